@@ -1,0 +1,30 @@
+# The two commands of the README:
+#   make demo   install what is missing, build, and run a local grid that creates real VMs
+#   make test   install what is missing, build, and run every test
+BUILD ?= build
+JOBS ?= $(shell nproc)
+IMAGE_DIR := $(BUILD)/images/tiny
+
+.PHONY: demo test setup build image clean bench
+
+demo: setup build image
+	$(BUILD)/vmgrid dev --hosts 2 --demo $(DEMO_ARGS)
+
+test: setup build image
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+
+setup:
+	@bash scripts/setup.sh
+
+build:
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+image:
+	@bash guest/build-tiny.sh $(IMAGE_DIR)
+
+bench: setup build image
+	$(BUILD)/bench/instantiate
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what vmgrid needs from Debian's packages. Idempotent: installs only
+# what is missing, so it is cheap to run before every build.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential cmake pkg-config
+  libsqlite3-dev nlohmann-json3-dev libcpp-httplib-dev libssl-dev libcli11-dev
+  libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # run VMs
+  qemu-system-x86 qemu-utils
+  # build guest images (guest/build-tiny.sh)
+  busybox-static qemu-guest-agent kmod e2fsprogs cpio zstd xz-utils
+  # NBD peers used by tests
+  libnbd-bin
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# QEMU runs as this unprivileged user when the agent runs as root.
+if [ "$(id -u)" -eq 0 ] && ! getent passwd vmgrid-qemu >/dev/null; then
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vmgrid-qemu
+  echo "setup: created system user vmgrid-qemu"
+fi
+echo "setup: all dependencies present"

@@ -1,0 +1,267 @@
+#include "agent/agent.h"
+
+#include <httplib.h>
+#include <pwd.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <spdlog/spdlog.h>
+
+#include "cli/api_client.h"
+#include "common/http_json.h"
+#include "common/signals.h"
+#include "common/util.h"
+#include "vmm/qemu_process.h"
+
+namespace vmgrid {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace {
+
+int64_t MemTotalMb() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit)
+    if (key == "MemTotal:") return kb / 1024;
+  return 0;
+}
+
+std::string DefaultRunas() {
+  if (geteuid() != 0) return "";
+  if (getpwnam("vmgrid-qemu")) return "vmgrid-qemu";
+  return "nobody";
+}
+
+// Resolves a workspace path sent by the controller: relative, no "..".
+Result<std::string> WorkspacePath(const std::string& root, const std::string& rel) {
+  if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "bad workspace path '" + rel + "'");
+  return root + "/" + rel;
+}
+
+}  // namespace
+
+Agent::Agent(AgentOptions options) : options_(std::move(options)) {}
+
+Agent::~Agent() {
+  Shutdown();
+  if (server_thread_.joinable()) server_thread_.join();
+  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+}
+
+nlohmann::json Agent::Capacity() const {
+  struct statvfs vfs;
+  int64_t disk_mb = 0;
+  if (statvfs(options_.state_dir.c_str(), &vfs) == 0)
+    disk_mb = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize) / (1 << 20);
+  int vcpus = options_.vcpus > 0 ? options_.vcpus : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  int64_t mem = options_.memory_mb > 0 ? static_cast<int64_t>(options_.memory_mb) : MemTotalMb() * 8 / 10;
+  return {{"vcpus", vcpus}, {"memory_mb", mem}, {"disk_mb", disk_mb}, {"kvm", KvmUsableBy("qemu-system-x86_64")}};
+}
+
+nlohmann::json Agent::StatusJson() {
+  nlohmann::json vms = nlohmann::json::array();
+  for (const auto& s : runner_->List()) vms.push_back(ToJson(s));
+  return {{"name", options_.name}, {"url", url_}, {"capacity", Capacity()}, {"vms", vms}};
+}
+
+Status Agent::Start() {
+  if (options_.name.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    options_.name = host;
+  }
+  if (options_.runas.empty()) options_.runas = DefaultRunas();
+  if (options_.token_file.empty()) options_.token_file = options_.state_dir + "/agent.token";
+  VMG_RETURN_IF_ERROR(MakeDirs(options_.state_dir, 0755));
+  std::error_code ec;
+  options_.state_dir = std::filesystem::absolute(options_.state_dir, ec).string();
+  workspace_dir_ = options_.state_dir + "/workspaces";
+  VMG_RETURN_IF_ERROR(MakeDirs(workspace_dir_, 0755));
+  auto token = ReadFile(options_.token_file, 4096);
+  if (!token.ok())
+    return MakeError(ErrorCode::kUnauthenticated,
+                     "cannot read the agent token from " + options_.token_file +
+                         " (the controller writes it to STATE/agent.token): " + token.error().message);
+  token_ = *token;
+  while (!token_.empty() && isspace(static_cast<unsigned char>(token_.back()))) token_.pop_back();
+
+  VmRunnerOptions ro;
+  ro.state_dir = options_.state_dir;
+  ro.runas = options_.runas;
+  runner_ = std::make_unique<VmRunner>(ro);
+  VMG_RETURN_IF_ERROR(runner_->Recover());
+
+  server_ = std::make_unique<httplib::Server>();
+  InstallRoutes();
+  std::string host = options_.listen.substr(0, options_.listen.rfind(':'));
+  int port = std::atoi(options_.listen.substr(options_.listen.rfind(':') + 1).c_str());
+  if (port == 0) port = server_->bind_to_any_port(host.c_str());
+  else if (!server_->bind_to_port(host.c_str(), port)) port = -1;
+  if (port <= 0)
+    return MakeError(ErrorCode::kUnavailable, "cannot listen on " + options_.listen);
+  url_ = "http://" + host + ":" + std::to_string(port);
+  server_thread_ = std::thread([this] { server_->listen_after_bind(); });
+
+  ApiClient::Options co;
+  co.peer_name = "controller";
+  co.read_timeout_s = 10;
+  controller_ = std::make_unique<ApiClient>(options_.controller_url, token_, co);
+  heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
+  spdlog::info("agent {} serving at {} (QEMU runs as '{}', KVM {})", options_.name, url_,
+               options_.runas.empty() ? "self" : options_.runas, KvmUsableBy("qemu-system-x86_64") ? "yes" : "no");
+  return Status::Ok();
+}
+
+void Agent::HeartbeatLoop() {
+  bool was_ok = true;
+  while (!stop_) {
+    nlohmann::json body = StatusJson();
+    auto r = controller_->Post("/v1/agent/heartbeat", body);
+    if (!r.ok() && was_ok)
+      spdlog::warn("heartbeat to {} failed: {}", options_.controller_url, r.error().message);
+    if (r.ok() && !was_ok) spdlog::info("heartbeat to {} works again", options_.controller_url);
+    was_ok = r.ok();
+    for (int i = 0; i < 20 && !stop_; ++i) std::this_thread::sleep_for(milliseconds(100));
+  }
+}
+
+void Agent::Wait() {
+  if (server_thread_.joinable()) server_thread_.join();
+}
+
+void Agent::Shutdown() {
+  stop_ = true;
+  if (server_) server_->stop();
+}
+
+void Agent::InstallRoutes() {
+  auto& s = *server_;
+  s.set_payload_max_length(kMaxJsonBody);
+  s.set_read_timeout(30, 0);
+  s.set_write_timeout(600, 0);
+  // Only the controller (holding the agent token) may call the agent.
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (!ConstantTimeEquals(BearerToken(req), token_)) {
+      SendError(res, MakeError(ErrorCode::kUnauthenticated, "the agent API needs the agent token"));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+
+  auto reply = [](httplib::Response& res, const auto& result, auto to_json) {
+    if (!result.ok()) return SendError(res, result.error());
+    SendJson(res, 200, to_json(result.value()));
+  };
+  auto body = [](const httplib::Request& req, httplib::Response& res) -> std::optional<nlohmann::json> {
+    auto j = ParseJsonObject(req.body);
+    if (!j.ok()) {
+      SendError(res, j.error());
+      return std::nullopt;
+    }
+    return *j;
+  };
+  auto status_json = [](const VmStatus& st) { return ToJson(st); };
+
+  s.Get("/agent/v1/status", [this](const httplib::Request&, httplib::Response& res) {
+    SendJson(res, 200, StatusJson());
+  });
+  s.Post("/agent/v1/vms", [=, this](const httplib::Request& req, httplib::Response& res) {
+    auto j = body(req, res);
+    if (!j) return;
+    auto spec = VmSpecFromJson(*j);
+    if (!spec.ok()) return SendError(res, spec.error());
+    if (spec->disk_mode == "persistent") {
+      auto p = WorkspacePath(workspace_dir_, spec->workspace_path);
+      if (!p.ok()) return SendError(res, p.error());
+      spec->workspace_path = *p;
+    }
+    reply(res, runner_->Create(*spec), status_json);
+  });
+  s.Post(R"(/agent/v1/vms/([^/]+)/stop)", [=, this](const httplib::Request& req, httplib::Response& res) {
+    reply(res, runner_->Stop(req.matches[1]), status_json);
+  });
+  s.Post(R"(/agent/v1/vms/([^/]+)/checkpoint)",
+         [=, this](const httplib::Request& req, httplib::Response& res) {
+           auto j = body(req, res);
+           if (!j) return;
+           reply(res, runner_->Checkpoint(req.matches[1], j->value("leave_running", false)), status_json);
+         });
+  s.Post(R"(/agent/v1/vms/([^/]+)/resume)", [=, this](const httplib::Request& req, httplib::Response& res) {
+    reply(res, runner_->Resume(req.matches[1]), status_json);
+  });
+  s.Get(R"(/agent/v1/vms/([^/]+)/checkpoint)", [=, this](const httplib::Request& req, httplib::Response& res) {
+    reply(res, runner_->CheckpointDir(req.matches[1]),
+          [](const std::string& d) { return nlohmann::json{{"dir", d}}; });
+  });
+  s.Post(R"(/agent/v1/vms/([^/]+)/exec)", [=, this](const httplib::Request& req, httplib::Response& res) {
+    auto j = body(req, res);
+    if (!j) return;
+    std::vector<std::string> argv = j->value("argv", std::vector<std::string>{});
+    int timeout_s = j->value("timeout_s", 60);
+    reply(res, runner_->Exec(req.matches[1], argv, j->value("input", ""), seconds(timeout_s)),
+          [](const ExecResult& e) {
+            return nlohmann::json{{"exit_code", e.exit_code}, {"stdout", e.out}, {"stderr", e.err}};
+          });
+  });
+  s.Delete(R"(/agent/v1/vms/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+    Status st = runner_->Destroy(req.matches[1], req.get_param_value("purge_workspace") == "true");
+    if (!st.ok()) return SendError(res, st.error());
+    SendJson(res, 204, nullptr);
+  });
+  s.Post("/agent/v1/image-checkpoints", [=, this](const httplib::Request& req, httplib::Response& res) {
+    auto j = body(req, res);
+    if (!j) return;
+    nlohmann::json spec = {{"id", "image-checkpoint"}, {"image", j->value("image", nlohmann::json::object())}};
+    auto parsed = VmSpecFromJson(spec);
+    if (!parsed.ok()) return SendError(res, parsed.error());
+    std::string target = j->value("target_dir", "");
+    if (target.empty() || target[0] != '/')
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "target_dir must be absolute"));
+    Status st = runner_->MakeImageCheckpoint(parsed->image, j->value("vcpus", 1),
+                                             j->value("memory_mb", int64_t{256}), target);
+    if (!st.ok()) return SendError(res, st.error());
+    SendJson(res, 200, {{"dir", target}});
+  });
+  s.Delete("/agent/v1/workspaces", [=, this](const httplib::Request& req, httplib::Response& res) {
+    auto p = WorkspacePath(workspace_dir_, req.get_param_value("path"));
+    if (!p.ok()) return SendError(res, p.error());
+    Status st = runner_->DeleteWorkspace(*p);
+    if (!st.ok()) return SendError(res, st.error());
+    SendJson(res, 204, nullptr);
+  });
+  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    SendError(res, MakeError(ErrorCode::kInternal, "internal error: " + what));
+  });
+}
+
+int RunAgent(const AgentOptions& options) {
+  InstallTerminationHandlers();
+  Agent agent(options);
+  Status st = agent.Start();
+  if (!st.ok()) {
+    spdlog::error("agent: {}", st.error().message);
+    return 1;
+  }
+  WaitForTermination();
+  agent.Shutdown();
+  agent.Wait();
+  spdlog::info("agent stopped; its VMs keep running and are re-adopted at the next start");
+  return 0;
+}
+
+}  // namespace vmgrid

@@ -1,0 +1,56 @@
+// The host agent (`vmgrid agent`): serves the agent API to the controller
+// (authenticated with the agent token), runs VMs through VmRunner, and
+// heartbeats the host's capacity and VMs to the controller.
+// Thread-safe: HTTP handlers run on the server's thread pool.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/vm_runner.h"
+#include "cli/options.h"
+#include "common/result.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace vmgrid {
+
+class ApiClient;
+
+class Agent {
+ public:
+  explicit Agent(AgentOptions options);
+  ~Agent();
+
+  // Recovers VMs, binds the listen address and starts the heartbeat thread.
+  Status Start();
+  // Serves until Shutdown(); VMs keep running after it returns.
+  void Wait();
+  void Shutdown();
+
+  std::string url() const { return url_; }
+  nlohmann::json StatusJson();
+
+ private:
+  void InstallRoutes();
+  void HeartbeatLoop();
+  nlohmann::json Capacity() const;
+
+  AgentOptions options_;
+  std::string token_;
+  std::string url_;
+  std::string workspace_dir_;
+  std::unique_ptr<VmRunner> runner_;
+  std::unique_ptr<httplib::Server> server_;
+  std::unique_ptr<ApiClient> controller_;
+  std::thread server_thread_, heartbeat_thread_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace vmgrid

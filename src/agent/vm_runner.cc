@@ -1,0 +1,660 @@
+#include "agent/vm_runner.h"
+
+#include <dirent.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+#include "common/subprocess.h"
+#include "common/util.h"
+#include "vmm/machine_ops.h"
+#include "vmm/qemu_process.h"
+
+namespace vmgrid {
+
+namespace fs = std::filesystem;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using Clock = std::chrono::steady_clock;
+
+struct VmRunner::Vm {
+  std::mutex op_mu;  // serializes lifecycle operations on this VM
+  VmSpec spec;       // immutable after creation
+
+  // Fields below are guarded by status_mu (read by List() during operations).
+  mutable std::mutex status_mu;
+  std::string state;
+  std::string error;
+  bool has_checkpoint = false;
+  bool created_workspace = false;
+  int64_t ready_ms = 0;
+  std::string disk_path;
+  std::string disk_format;
+
+  // Guarded by op_mu.
+  std::unique_ptr<QemuProcess> qemu;
+
+  void Set(const std::string& s, const std::string& e = "") {
+    std::lock_guard<std::mutex> l(status_mu);
+    state = s;
+    error = e;
+  }
+  std::string State() const {
+    std::lock_guard<std::mutex> l(status_mu);
+    return state;
+  }
+};
+
+// --- JSON ---------------------------------------------------------------------
+
+nlohmann::json ToJson(const VmSpec& s) {
+  return {{"id", s.id},
+          {"name", s.name},
+          {"owner_id", s.owner_id},
+          {"vcpus", s.vcpus},
+          {"memory_mb", s.memory_mb},
+          {"disk_mode", s.disk_mode},
+          {"image",
+           {{"id", s.image.id},
+            {"disk", s.image.disk},
+            {"format", s.image.format},
+            {"kernel", s.image.kernel},
+            {"initrd", s.image.initrd},
+            {"append", s.image.append}}},
+          {"workspace_path", s.workspace_path},
+          {"start", s.start},
+          {"checkpoint_dir", s.checkpoint_dir}};
+}
+
+Result<VmSpec> VmSpecFromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, "VM spec must be an object");
+  try {
+    VmSpec s;
+    s.id = j.at("id").get<std::string>();
+    s.name = j.value("name", s.id);
+    s.owner_id = j.value("owner_id", "");
+    s.vcpus = j.value("vcpus", 1);
+    s.memory_mb = j.value("memory_mb", int64_t{256});
+    s.disk_mode = j.value("disk_mode", "clone");
+    const auto& im = j.at("image");
+    s.image.id = im.value("id", "");
+    s.image.disk = im.at("disk").get<std::string>();
+    s.image.format = im.value("format", "raw");
+    s.image.kernel = im.value("kernel", "");
+    s.image.initrd = im.value("initrd", "");
+    s.image.append = im.value("append", "");
+    s.workspace_path = j.value("workspace_path", "");
+    s.start = j.value("start", "boot");
+    s.checkpoint_dir = j.value("checkpoint_dir", "");
+    if (s.id.empty() || s.id.find('/') != std::string::npos || s.id[0] == '.')
+      return MakeError(ErrorCode::kInvalidArgument, "bad VM id '" + s.id + "'");
+    if (s.vcpus < 1 || s.vcpus > 64 || s.memory_mb < 32 || s.memory_mb > 1 << 20)
+      return MakeError(ErrorCode::kInvalidArgument, "vcpus or memory out of range");
+    if (s.disk_mode != "clone" && s.disk_mode != "persistent")
+      return MakeError(ErrorCode::kInvalidArgument, "disk_mode must be clone or persistent");
+    if (s.start != "boot" && s.start != "resume")
+      return MakeError(ErrorCode::kInvalidArgument, "start must be boot or resume");
+    if (s.start == "resume" && s.checkpoint_dir.empty())
+      return MakeError(ErrorCode::kInvalidArgument, "resume needs checkpoint_dir");
+    if (s.disk_mode == "persistent" && s.workspace_path.empty())
+      return MakeError(ErrorCode::kInvalidArgument, "persistent disk needs workspace_path");
+    return s;
+  } catch (const nlohmann::json::exception& e) {
+    return MakeError(ErrorCode::kInvalidArgument, std::string("bad VM spec: ") + e.what());
+  }
+}
+
+nlohmann::json ToJson(const VmStatus& s) {
+  return {{"id", s.id},         {"owner_id", s.owner_id},
+          {"name", s.name},     {"state", s.state},
+          {"error", s.error},   {"pid", s.pid},
+          {"vcpus", s.vcpus},   {"memory_mb", s.memory_mb},
+          {"has_checkpoint", s.has_checkpoint}, {"ready_ms", s.ready_ms}};
+}
+
+// --- helpers ----------------------------------------------------------------------
+
+VmRunner::VmRunner(VmRunnerOptions options) : options_(std::move(options)) {
+  if (!options_.runas.empty()) {
+    if (struct passwd* pw = getpwnam(options_.runas.c_str())) {
+      qemu_uid_ = static_cast<int>(pw->pw_uid);
+      qemu_gid_ = static_cast<int>(pw->pw_gid);
+    }
+  }
+}
+
+VmRunner::~VmRunner() = default;
+
+std::string VmRunner::VmDir(const std::string& id) const {
+  return options_.state_dir + "/vms/" + id;
+}
+
+Status VmRunner::ChownForQemu(const std::string& path) {
+  if (qemu_uid_ < 0) return Status::Ok();
+  if (chown(path.c_str(), static_cast<uid_t>(qemu_uid_), static_cast<gid_t>(qemu_gid_)) != 0)
+    return MakeError(ErrorCode::kInternal, "chown " + path + ": " + strerror(errno));
+  return Status::Ok();
+}
+
+Status VmRunner::PersistState(Vm& vm) {
+  nlohmann::json j;
+  {
+    std::lock_guard<std::mutex> l(vm.status_mu);
+    j = {{"state", vm.state},
+         {"error", vm.error},
+         {"has_checkpoint", vm.has_checkpoint},
+         {"created_workspace", vm.created_workspace},
+         {"ready_ms", vm.ready_ms},
+         {"disk_path", vm.disk_path},
+         {"disk_format", vm.disk_format}};
+  }
+  return WriteFileAtomic(VmDir(vm.spec.id) + "/state.json", j.dump(2) + "\n");
+}
+
+VmStatus VmRunner::StatusOf(const Vm& vm) const {
+  VmStatus s;
+  s.id = vm.spec.id;
+  s.owner_id = vm.spec.owner_id;
+  s.name = vm.spec.name;
+  s.vcpus = vm.spec.vcpus;
+  s.memory_mb = vm.spec.memory_mb;
+  std::lock_guard<std::mutex> l(vm.status_mu);
+  s.state = vm.state;
+  s.error = vm.error;
+  s.has_checkpoint = vm.has_checkpoint;
+  s.ready_ms = vm.ready_ms;
+  return s;
+}
+
+Result<std::shared_ptr<VmRunner::Vm>> VmRunner::Find(const std::string& id) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = vms_.find(id);
+  if (it == vms_.end()) return MakeError(ErrorCode::kNotFound, "VM " + id + " is not on this host");
+  return it->second;
+}
+
+static Status QemuImg(const std::vector<std::string>& args) {
+  std::vector<std::string> argv{"qemu-img"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto r = RunProcessChecked(argv, std::chrono::minutes(30));
+  if (!r.ok()) return r.error();
+  return Status::Ok();
+}
+
+static Result<std::string> CheckpointKind(const std::string& dir) {
+  VMG_ASSIGN_OR_RETURN(std::string meta, ReadFile(dir + "/meta.json", 1 << 20));
+  auto j = nlohmann::json::parse(meta, nullptr, false);
+  if (!j.is_object() || !j.contains("kind") || !j["kind"].is_string())
+    return MakeError(ErrorCode::kInvalidArgument, "checkpoint " + dir + " has no valid meta.json");
+  return j["kind"].get<std::string>();
+}
+
+Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
+  const VmSpec& s = vm.spec;
+  std::string dir = VmDir(s.id);
+  std::string disk;
+  if (s.disk_mode == "clone") {
+    disk = dir + "/disk.qcow2";
+    if (s.start == "boot") {
+      VMG_RETURN_IF_ERROR(
+          QemuImg({"create", "-q", "-f", "qcow2", "-b", s.image.disk, "-F", s.image.format, disk}));
+    } else {
+      VMG_ASSIGN_OR_RETURN(std::string kind, CheckpointKind(s.checkpoint_dir));
+      std::string src = s.checkpoint_dir + "/disk.qcow2";
+      if (kind == "image") {
+        // An image's post-boot checkpoint lives as long as the image: link to it.
+        VMG_RETURN_IF_ERROR(QemuImg({"create", "-q", "-f", "qcow2", "-b", src, "-F", "qcow2", disk}));
+      } else {
+        // Another VM's checkpoint can vanish with that VM: take a copy. Its
+        // backing file is the image (or the image's checkpoint), which outlives it.
+        auto r = RunProcessChecked({"cp", "--sparse=always", src, disk});
+        if (!r.ok()) return r.error();
+      }
+    }
+    VMG_RETURN_IF_ERROR(ChownForQemu(disk));
+  } else {
+    disk = s.workspace_path;
+    if (!FileExists(disk)) {
+      VMG_RETURN_IF_ERROR(MakeDirs(fs::path(disk).parent_path().string(), 0755));
+      std::string tmp = disk + ".partial";
+      Status st = s.start == "boot"
+                      ? QemuImg({"convert", "-f", s.image.format, "-O", "qcow2", s.image.disk, tmp})
+                      : QemuImg({"convert", "-f", "qcow2", "-O", "qcow2",
+                                 s.checkpoint_dir + "/disk.qcow2", tmp});
+      if (!st.ok()) {
+        unlink(tmp.c_str());
+        return st.error().Wrap("copying the image into the workspace");
+      }
+      if (rename(tmp.c_str(), disk.c_str()) != 0)
+        return MakeError(ErrorCode::kInternal, "rename workspace: " + std::string(strerror(errno)));
+      *created_workspace = true;
+    } else if (s.start == "resume") {
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "workspace " + disk + " already exists; resuming a checkpoint into it would "
+                       "overwrite its contents (boot it instead, or use a new workspace)");
+    }
+    VMG_RETURN_IF_ERROR(ChownForQemu(disk));
+  }
+  std::lock_guard<std::mutex> l(vm.status_mu);
+  vm.disk_path = disk;
+  vm.disk_format = "qcow2";
+  return Status::Ok();
+}
+
+Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state) {
+  QemuConfig c;
+  c.vm_id = vm.spec.id;
+  c.vcpus = vm.spec.vcpus;
+  c.memory_mb = static_cast<int>(vm.spec.memory_mb);
+  c.kernel = vm.spec.image.kernel;
+  c.initrd = vm.spec.image.initrd;
+  c.append = vm.spec.image.append;
+  {
+    std::lock_guard<std::mutex> l(vm.status_mu);
+    c.disk_path = vm.disk_path;
+    c.disk_format = vm.disk_format;
+  }
+  c.run_dir = VmDir(vm.spec.id) + "/run";
+  c.incoming = incoming;
+  c.runas = options_.runas;
+  c.accel = options_.accel;
+  c.vmgenid = NewUuid();  // a new generation id makes a resumed guest reseed its RNG
+  c.qemu_binary = options_.qemu_binary;
+  // Old sockets and logs from a previous run would confuse readiness checks.
+  for (const char* f : {"qmp.sock", "qga.sock", "qemu.pid"}) unlink((c.run_dir + "/" + f).c_str());
+  VMG_ASSIGN_OR_RETURN(vm.qemu, QemuProcess::Launch(c, seconds(30)));
+  if (incoming) {
+    Status st = ResumeFromFile(vm.qemu->qmp(), memory_state, seconds(120));
+    if (!st.ok()) {
+      (void)vm.qemu->Kill();
+      vm.qemu.reset();
+      return st.error().Wrap("restoring checkpoint " + memory_state);
+    }
+  }
+  return Status::Ok();
+}
+
+Status VmRunner::WaitGuestReady(Vm& vm, Clock::time_point started) {
+  auto deadline = started + options_.ready_timeout;
+  Status st = GuestAgentClient::WaitReady(vm.qemu->qga_socket(), deadline);
+  if (!st.ok()) {
+    if (!vm.qemu->Alive()) return MakeError(ErrorCode::kInternal, "QEMU exited during boot; see " +
+                                                                      VmDir(vm.spec.id) + "/run/qemu.log");
+    return st.error().Wrap("the guest agent did not answer");
+  }
+  std::lock_guard<std::mutex> l(vm.status_mu);
+  vm.ready_ms =
+      std::chrono::duration_cast<milliseconds>(Clock::now() - started).count();
+  return Status::Ok();
+}
+
+static void Reseed(const std::string& qga_socket) {
+  auto ga = GuestAgentClient::Connect(qga_socket, seconds(5));
+  if (!ga.ok()) return;
+  Status st = (*ga)->ReseedRandom();
+  if (!st.ok()) spdlog::warn("reseeding guest RNG failed: {}", st.error().message);
+}
+
+// --- lifecycle ----------------------------------------------------------------------
+
+Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
+  auto started = Clock::now();
+  auto vm = std::make_shared<Vm>();
+  vm->spec = spec;
+  vm->state = "creating";
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (vms_.count(spec.id))
+      return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
+    vms_[spec.id] = vm;
+  }
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  std::string dir = VmDir(spec.id);
+  auto fail = [&](const Error& e) -> Error {
+    // A failed create leaves nothing behind: no process, no files, no record.
+    if (vm->qemu) (void)vm->qemu->Kill();
+    vm->qemu.reset();
+    if (vm->created_workspace) unlink(spec.workspace_path.c_str());
+    (void)RemoveTree(dir);
+    std::lock_guard<std::mutex> l(mu_);
+    vms_.erase(spec.id);
+    spdlog::warn("create {} failed: {}", spec.id, e.message);
+    return e;
+  };
+  if (FileExists(dir)) {
+    std::lock_guard<std::mutex> l(mu_);
+    vms_.erase(spec.id);
+    return MakeError(ErrorCode::kAlreadyExists, "VM directory " + dir + " already exists");
+  }
+  Status st = MakeDirs(dir + "/run", 0755);
+  if (st.ok()) st = ChownForQemu(dir + "/run");
+  if (st.ok()) chmod((dir + "/run").c_str(), 0700);
+  if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(spec).dump(2) + "\n");
+  if (st.ok()) st = PersistState(*vm);
+  bool created_ws = false;
+  if (st.ok()) st = PrepareDisk(*vm, &created_ws);
+  vm->created_workspace = created_ws;
+  if (st.ok()) st = PersistState(*vm);
+  if (!st.ok()) return fail(st.error());
+  bool resume = spec.start == "resume";
+  st = Launch(*vm, resume, spec.checkpoint_dir + "/memory.state");
+  if (!st.ok()) return fail(st.error());
+  st = WaitGuestReady(*vm, started);
+  if (!st.ok()) return fail(st.error());
+  if (resume) Reseed(vm->qemu->qga_socket());
+  vm->Set("running");
+  (void)PersistState(*vm);
+  spdlog::info("VM {} running (pid {}, {} in {} ms)", spec.id, vm->qemu->pid(),
+               resume ? "resumed" : "booted", vm->ready_ms);
+  return StatusOf(*vm);
+}
+
+Result<VmStatus> VmRunner::Stop(const std::string& id) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  RefreshLiveness(*vm);
+  if (vm->State() != "running")
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is " + vm->State() + ", not running");
+  vm->Set("stopping");
+  (void)PersistState(*vm);
+  // Flush the guest's page cache so the disk is consistent, then power off.
+  if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
+    (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
+  Status st = vm->qemu->Quit(seconds(10));
+  vm->qemu.reset();
+  vm->Set("stopped", st.ok() ? "" : st.error().message);
+  (void)PersistState(*vm);
+  return StatusOf(*vm);
+}
+
+Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir) {
+  std::string tmp = target_dir + ".new";
+  (void)RemoveTree(tmp);
+  VMG_RETURN_IF_ERROR(MakeDirs(tmp, 0755));
+  VMG_RETURN_IF_ERROR(ChownForQemu(tmp));
+  // Pauses, copies the disk while paused, then saves memory (a completed
+  // migration inactivates the block devices, so the copy cannot come after).
+  Status st = CheckpointToFiles(vm.qemu->qmp(), "disk0", tmp + "/disk.qcow2",
+                                vm.spec.disk_mode == "persistent", tmp + "/memory.state",
+                                seconds(1800));
+  if (!st.ok()) {
+    (void)RemoveTree(tmp);
+    return st;
+  }
+  chmod((tmp + "/memory.state").c_str(), 0600);  // guest memory: root only
+  chmod((tmp + "/disk.qcow2").c_str(), 0644);
+  return Status::Ok();
+}
+
+static Status SwapInDir(const std::string& tmp, const std::string& target) {
+  std::string old = target + ".old";
+  (void)RemoveTree(old);
+  if (FileExists(target) && rename(target.c_str(), old.c_str()) != 0)
+    return MakeError(ErrorCode::kInternal, "rename " + target + ": " + strerror(errno));
+  if (rename(tmp.c_str(), target.c_str()) != 0)
+    return MakeError(ErrorCode::kInternal, "rename " + tmp + ": " + strerror(errno));
+  (void)RemoveTree(old);
+  return Status::Ok();
+}
+
+Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  RefreshLiveness(*vm);
+  if (vm->State() != "running")
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is " + vm->State() + ", not running");
+  vm->Set("checkpointing");
+  (void)PersistState(*vm);
+  // Flush guest buffers so the disk snapshot holds what the guest wrote.
+  if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
+    (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
+  std::string target = VmDir(id) + "/checkpoint";
+  Status st = SaveCheckpoint(*vm, target);
+  if (st.ok()) {
+    nlohmann::json meta = {{"kind", "vm"},           {"vm_id", id},
+                           {"image_id", vm->spec.image.id}, {"vcpus", vm->spec.vcpus},
+                           {"memory_mb", vm->spec.memory_mb}, {"created_ms", NowMs()}};
+    st = WriteFileAtomic(target + ".new/meta.json", meta.dump(2) + "\n");
+  }
+  if (st.ok()) st = SwapInDir(target + ".new", target);
+  if (!st.ok()) {
+    // The VM is paused (or dead); put it back as it was.
+    if (vm->qemu && vm->qemu->Alive() && Cont(vm->qemu->qmp()).ok()) {
+      vm->Set("running", "checkpoint failed: " + st.error().message);
+    } else {
+      vm->qemu.reset();
+      vm->Set("error", "checkpoint failed and QEMU is gone: " + st.error().message);
+    }
+    (void)PersistState(*vm);
+    return st.error().Wrap("checkpoint of " + id);
+  }
+  {
+    std::lock_guard<std::mutex> l(vm->status_mu);
+    vm->has_checkpoint = true;
+  }
+  if (leave_running) {
+    Status c = Cont(vm->qemu->qmp());
+    vm->Set(c.ok() ? "running" : "error", c.ok() ? "" : c.error().message);
+  } else {
+    (void)vm->qemu->Quit(seconds(5));
+    vm->qemu.reset();
+    vm->Set("suspended");
+  }
+  (void)PersistState(*vm);
+  return StatusOf(*vm);
+}
+
+Result<VmStatus> VmRunner::Resume(const std::string& id) {
+  auto started = Clock::now();
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  RefreshLiveness(*vm);
+  std::string from = vm->State();
+  if (from != "suspended" && from != "stopped")
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + from + "; only a stopped or suspended VM can be resumed");
+  bool restore = from == "suspended";
+  vm->Set("resuming");
+  (void)PersistState(*vm);
+  Status st = Launch(*vm, restore, VmDir(id) + "/checkpoint/memory.state");
+  if (st.ok()) st = WaitGuestReady(*vm, started);
+  if (!st.ok()) {
+    if (vm->qemu) (void)vm->qemu->Kill();
+    vm->qemu.reset();
+    vm->Set(from, "resume failed: " + st.error().message);
+    (void)PersistState(*vm);
+    return st.error().Wrap("resume of " + id);
+  }
+  if (restore) Reseed(vm->qemu->qga_socket());
+  vm->Set("running");
+  (void)PersistState(*vm);
+  return StatusOf(*vm);
+}
+
+Status VmRunner::Destroy(const std::string& id, bool purge_workspace) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  vm->Set("deleting");
+  (void)PersistState(*vm);
+  if (vm->qemu) {
+    (void)vm->qemu->Kill();
+    vm->qemu.reset();
+  }
+  if (purge_workspace && vm->spec.disk_mode == "persistent") unlink(vm->spec.workspace_path.c_str());
+  VMG_RETURN_IF_ERROR(RemoveTree(VmDir(id)));
+  std::lock_guard<std::mutex> l(mu_);
+  vms_.erase(id);
+  return Status::Ok();
+}
+
+Result<ExecResult> VmRunner::Exec(const std::string& id, const std::vector<std::string>& argv,
+                                  const std::string& input, milliseconds timeout) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  RefreshLiveness(*vm);
+  if (vm->State() != "running")
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is " + vm->State() + ", not running");
+  VMG_ASSIGN_OR_RETURN(auto ga, GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(5)));
+  return ga->Exec(argv, input, timeout);
+}
+
+Result<VmStatus> VmRunner::Get(const std::string& id) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  return StatusOf(*vm);
+}
+
+void VmRunner::RefreshLiveness(Vm& vm) {
+  // Called with op_mu held. A QEMU that exited on its own (guest poweroff,
+  // crash, OOM kill) turns a running VM into a stopped one.
+  if (vm.qemu && !vm.qemu->Alive()) {
+    vm.qemu.reset();
+    vm.Set("stopped", "QEMU exited unexpectedly; see " + VmDir(vm.spec.id) + "/run/qemu.log");
+    (void)PersistState(vm);
+  }
+}
+
+std::vector<VmStatus> VmRunner::List() {
+  std::vector<std::shared_ptr<Vm>> vms;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [id, vm] : vms_) vms.push_back(vm);
+  }
+  std::vector<VmStatus> out;
+  for (auto& vm : vms) {
+    // Only check liveness when no operation is in flight on this VM.
+    std::unique_lock<std::mutex> op(vm->op_mu, std::try_to_lock);
+    if (op.owns_lock()) RefreshLiveness(*vm);
+    VmStatus s = StatusOf(*vm);
+    if (op.owns_lock() && vm->qemu) s.pid = vm->qemu->pid();
+    out.push_back(s);
+  }
+  return out;
+}
+
+Result<std::string> VmRunner::CheckpointDir(const std::string& id) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> l(vm->status_mu);
+  if (!vm->has_checkpoint)
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " has no checkpoint");
+  return VmDir(id) + "/checkpoint";
+}
+
+Status VmRunner::MakeImageCheckpoint(const ImageFiles& image, int vcpus, int64_t memory_mb,
+                                     const std::string& target_dir) {
+  VmSpec spec;
+  spec.id = NewId("ckpt");
+  spec.name = spec.id;
+  spec.vcpus = vcpus;
+  spec.memory_mb = memory_mb;
+  spec.image = image;
+  VMG_ASSIGN_OR_RETURN(VmStatus st, Create(spec));
+  (void)st;
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(spec.id));
+  Status result;
+  {
+    std::lock_guard<std::mutex> op(vm->op_mu);
+    if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
+      (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
+    result = SaveCheckpoint(*vm, target_dir);
+    if (result.ok()) {
+      nlohmann::json meta = {{"kind", "image"},   {"image_id", image.id},
+                             {"vcpus", vcpus},    {"memory_mb", memory_mb},
+                             {"created_ms", NowMs()}};
+      result = WriteFileAtomic(target_dir + ".new/meta.json", meta.dump(2) + "\n");
+    }
+    if (result.ok()) result = SwapInDir(target_dir + ".new", target_dir);
+  }
+  (void)Destroy(spec.id, false);
+  return result;
+}
+
+Status VmRunner::DeleteWorkspace(const std::string& path) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [id, vm] : vms_)
+      if (vm->spec.workspace_path == path)
+        return MakeError(ErrorCode::kFailedPrecondition, "workspace is in use by VM " + id);
+  }
+  if (unlink(path.c_str()) != 0 && errno != ENOENT)
+    return MakeError(ErrorCode::kInternal, "delete " + path + ": " + strerror(errno));
+  return Status::Ok();
+}
+
+// --- recovery -------------------------------------------------------------------------
+
+Status VmRunner::Recover() {
+  std::string root = options_.state_dir + "/vms";
+  VMG_RETURN_IF_ERROR(MakeDirs(root, 0755));
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    if (!entry.is_directory()) continue;
+    std::string id = entry.path().filename().string();
+    std::string dir = entry.path().string();
+    auto spec_text = ReadFile(dir + "/spec.json", 1 << 20);
+    auto state_text = ReadFile(dir + "/state.json", 1 << 20);
+    auto spec_json = spec_text.ok() ? nlohmann::json::parse(*spec_text, nullptr, false) : nlohmann::json();
+    auto state_json = state_text.ok() ? nlohmann::json::parse(*state_text, nullptr, false) : nlohmann::json();
+    auto spec = VmSpecFromJson(spec_json);
+    std::string state = state_json.is_object() ? state_json.value("state", "") : "";
+    if (!spec.ok() || state.empty() || state == "creating" || state == "deleting") {
+      // An interrupted create or delete: finish it. A create is only complete
+      // once it is running, so nothing of value is lost.
+      if (auto q = QemuProcess::Adopt(dir + "/run", seconds(2)); q.ok()) (void)(*q)->Kill();
+      if (spec.ok() && state_json.is_object() && state_json.value("created_workspace", false) &&
+          state == "creating")
+        unlink(spec->workspace_path.c_str());
+      spdlog::info("recover: removing leftover of interrupted {} of {}",
+                   state.empty() ? "create" : state, id);
+      (void)RemoveTree(dir);
+      continue;
+    }
+    auto vm = std::make_shared<Vm>();
+    vm->spec = *spec;
+    vm->state = state;
+    vm->error = state_json.value("error", "");
+    vm->has_checkpoint = state_json.value("has_checkpoint", false) && FileExists(dir + "/checkpoint/meta.json");
+    vm->created_workspace = state_json.value("created_workspace", false);
+    vm->ready_ms = state_json.value("ready_ms", int64_t{0});
+    vm->disk_path = state_json.value("disk_path", "");
+    vm->disk_format = state_json.value("disk_format", "qcow2");
+    auto q = QemuProcess::Adopt(dir + "/run", seconds(5));
+    if (q.ok()) {
+      vm->qemu = std::move(q).value();
+      auto status = QueryStatus(vm->qemu->qmp());
+      std::string qs = status.ok() ? *status : "";
+      if (qs == "running") {
+        vm->state = "running";
+      } else if (qs == "paused" || qs == "postmigrate" || qs == "finish-migrate") {
+        // Interrupted checkpoint: the VM was paused for it; let it run again.
+        (void)Cont(vm->qemu->qmp());
+        vm->state = "running";
+        vm->error = "a checkpoint was interrupted by an agent restart";
+      } else {
+        // Interrupted restore or unknown state: the process is useless.
+        (void)vm->qemu->Kill();
+        vm->qemu.reset();
+        vm->state = vm->has_checkpoint ? "suspended" : "stopped";
+        vm->error = "QEMU was in state '" + qs + "' after an agent restart";
+      }
+      spdlog::info("recover: adopted VM {} (pid {}, {})", id, vm->qemu ? vm->qemu->pid() : 0, vm->state);
+    } else if (state == "running" || state == "stopping" || state == "checkpointing" ||
+               state == "resuming") {
+      vm->state = state == "checkpointing" || state == "resuming"
+                      ? (vm->has_checkpoint ? "suspended" : "stopped")
+                      : "stopped";
+      if (state != "stopping") vm->error = "QEMU exited while the agent was down";
+      spdlog::warn("recover: VM {} was {} but its QEMU is gone", id, state);
+    }
+    (void)PersistState(*vm);
+    std::lock_guard<std::mutex> l(mu_);
+    vms_[id] = vm;
+  }
+  return Status::Ok();
+}
+
+}  // namespace vmgrid

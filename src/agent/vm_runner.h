@@ -1,0 +1,139 @@
+// VmRunner: the agent's side of the VM lifecycle. It owns the on-disk state
+// of every VM on this host (STATE/vms/ID/), starts QEMU through vmm/, and
+// re-adopts running QEMU processes after an agent restart.
+//
+// State machine (docs/vm-lifecycle.md has the full table):
+//   creating -> running | (failure: nothing left behind, VM forgotten)
+//   running  -> stopping -> stopped
+//   running  -> checkpointing -> suspended | running (leave_running)
+//   stopped | suspended -> resuming -> running
+//   any      -> deleting -> (gone)
+// A failed transition leaves the VM in the state it started from when that is
+// still true (e.g. a failed checkpoint of a running VM resumes it), and in
+// `error` otherwise (QEMU died); the error text says what happened.
+//
+// Thread-safety: all public methods are thread-safe. Operations on one VM are
+// serialized; different VMs proceed in parallel.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+#include "vmm/guest_agent_client.h"
+
+namespace vmgrid {
+
+class QemuProcess;
+
+// The image files a VM boots from (absolute paths, readable by the QEMU user).
+struct ImageFiles {
+  std::string id;
+  std::string disk;
+  std::string format;  // "raw" or "qcow2"
+  std::string kernel;  // empty: boot from the disk
+  std::string initrd;
+  std::string append;
+};
+
+struct VmSpec {
+  std::string id;
+  std::string name;
+  std::string owner_id;
+  int vcpus = 1;
+  int64_t memory_mb = 256;
+  std::string disk_mode = "clone";  // "clone" or "persistent"
+  ImageFiles image;
+  std::string workspace_path;  // persistent: the user's full-copy disk
+  std::string start = "boot";  // "boot" or "resume"
+  // For start == "resume": a checkpoint directory (memory.state, disk.qcow2,
+  // meta.json), either an image's post-boot checkpoint or another VM's.
+  std::string checkpoint_dir;
+};
+
+nlohmann::json ToJson(const VmSpec& spec);
+Result<VmSpec> VmSpecFromJson(const nlohmann::json& j);
+
+struct VmStatus {
+  std::string id;
+  std::string owner_id;
+  std::string name;
+  std::string state;
+  std::string error;
+  int pid = 0;
+  int vcpus = 0;
+  int64_t memory_mb = 0;
+  bool has_checkpoint = false;
+  int64_t ready_ms = 0;  // duration of the last create/resume until the guest agent answered
+};
+nlohmann::json ToJson(const VmStatus& status);
+
+struct VmRunnerOptions {
+  std::string state_dir;
+  std::string runas;          // "" = run QEMU as ourselves
+  std::string qemu_binary = "qemu-system-x86_64";
+  std::string accel;          // "" = auto
+  std::chrono::milliseconds ready_timeout = std::chrono::seconds(120);
+};
+
+class VmRunner {
+ public:
+  explicit VmRunner(VmRunnerOptions options);
+  ~VmRunner();
+
+  // Scans STATE/vms: re-adopts running QEMU processes, marks VMs whose QEMU is
+  // gone as stopped (with an error), and removes leftovers of creates that
+  // were interrupted. Call once before serving.
+  Status Recover();
+
+  Result<VmStatus> Create(const VmSpec& spec);
+  Result<VmStatus> Stop(const std::string& id);
+  Result<VmStatus> Checkpoint(const std::string& id, bool leave_running);
+  // From suspended: restore the checkpoint. From stopped: boot the disk again.
+  Result<VmStatus> Resume(const std::string& id);
+  Status Destroy(const std::string& id, bool purge_workspace);
+  Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv,
+                          const std::string& input, std::chrono::milliseconds timeout);
+  Result<VmStatus> Get(const std::string& id);
+  std::vector<VmStatus> List();
+  // Directory of a VM's latest checkpoint ("" if none).
+  Result<std::string> CheckpointDir(const std::string& id);
+
+  // Boots `image` once as a throwaway clone, waits for its guest agent, and
+  // saves a post-boot checkpoint into `target_dir` (created atomically).
+  Status MakeImageCheckpoint(const ImageFiles& image, int vcpus, int64_t memory_mb,
+                             const std::string& target_dir);
+
+  // Deletes a workspace file no VM on this host uses.
+  Status DeleteWorkspace(const std::string& path);
+
+  const VmRunnerOptions& options() const { return options_; }
+
+ private:
+  struct Vm;
+  Result<std::shared_ptr<Vm>> Find(const std::string& id);
+  std::string VmDir(const std::string& id) const;
+  Status PersistState(Vm& vm);
+  Status PrepareDisk(Vm& vm, bool* created_workspace);
+  Status Launch(Vm& vm, bool incoming, const std::string& memory_state);
+  Status WaitGuestReady(Vm& vm, std::chrono::steady_clock::time_point started);
+  Status ChownForQemu(const std::string& path);
+  VmStatus StatusOf(const Vm& vm) const;
+  void RefreshLiveness(Vm& vm);
+  Status SaveCheckpoint(Vm& vm, const std::string& target_dir);
+
+  const VmRunnerOptions options_;
+  int qemu_uid_ = -1, qemu_gid_ = -1;
+
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Vm>> vms_;  // guarded by mu_
+};
+
+}  // namespace vmgrid

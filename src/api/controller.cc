@@ -1,0 +1,1033 @@
+#include "api/controller.h"
+
+#include <httplib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+
+#include <spdlog/spdlog.h>
+
+#include "api/openapi.h"
+#include "cli/api_client.h"
+#include "common/http_json.h"
+#include "common/signals.h"
+#include "common/util.h"
+#include "images/image_file.h"
+
+namespace vmgrid {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Req = httplib::Request;
+using Res = httplib::Response;
+
+namespace {
+
+constexpr int64_t kMaxUploadBytes = int64_t{64} << 30;
+constexpr int64_t kHostDownAfterMs = 10'000;
+constexpr const char* kVersion = "0.1.0";
+
+const std::set<std::string> kTransitional = {"creating", "stopping", "checkpointing", "resuming",
+                                             "deleting"};
+
+Error NotFound(const std::string& what) { return MakeError(ErrorCode::kNotFound, what + " not found"); }
+
+std::string FileNameFor(const std::string& kind, const std::string& format) {
+  if (kind == "disk") return "disk." + format;
+  if (kind == "kernel") return "vmlinuz";
+  return "initrd.img";
+}
+
+}  // namespace
+
+Controller::Controller(ControllerOptions options) : options_(std::move(options)) {}
+
+Controller::~Controller() {
+  Shutdown();
+  Wait(std::chrono::seconds(1));
+}
+
+// --- start-up -------------------------------------------------------------------
+
+Status Controller::Start() {
+  VMG_RETURN_IF_ERROR(MakeDirs(options_.state_dir, 0755));
+  std::error_code ec;
+  options_.state_dir = fs::absolute(options_.state_dir, ec).string();
+  image_dir_ = options_.image_dir.empty() ? options_.state_dir + "/images"
+                                          : fs::absolute(options_.image_dir, ec).string();
+  // Image files must be readable by the unprivileged user QEMU runs as.
+  VMG_RETURN_IF_ERROR(MakeDirs(image_dir_, 0755));
+  VMG_ASSIGN_OR_RETURN(store_, Store::Open(options_.state_dir + "/vmgrid.db"));
+
+  // First start: an admin and the agents' credential, each written to a file
+  // only its owner can read. Only their hashes are stored.
+  std::string admin_file = options_.state_dir + "/admin.token";
+  VMG_ASSIGN_OR_RETURN(bool has_admin, store_->HasUserWithRole("admin"));
+  if (!has_admin) {
+    VMG_ASSIGN_OR_RETURN(auto created, store_->CreateUser("admin", "admin"));
+    VMG_RETURN_IF_ERROR(WriteFileAtomic(admin_file, created.second + "\n", 0600));
+    spdlog::info("created the admin user; its token is in {}", admin_file);
+  }
+  std::string agent_file = options_.state_dir + "/agent.token";
+  VMG_ASSIGN_OR_RETURN(bool has_agent, store_->HasUserWithRole("agent"));
+  if (!has_agent) {
+    VMG_ASSIGN_OR_RETURN(auto created, store_->CreateUser("agents", "agent"));
+    VMG_RETURN_IF_ERROR(WriteFileAtomic(agent_file, created.second + "\n", 0600));
+  }
+  auto token = ReadFile(agent_file, 4096);
+  if (!token.ok())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "cannot read " + agent_file + " (the controller needs it to call agents)");
+  agent_token_ = *token;
+  while (!agent_token_.empty() && isspace(static_cast<unsigned char>(agent_token_.back())))
+    agent_token_.pop_back();
+
+  server_ = std::make_unique<httplib::Server>();
+  InstallRoutes();
+  auto colon = options_.listen.rfind(':');
+  if (colon == std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "listen address must be HOST:PORT");
+  std::string host = options_.listen.substr(0, colon);
+  int port = std::atoi(options_.listen.substr(colon + 1).c_str());
+  if (port == 0) port = server_->bind_to_any_port(host.c_str());
+  else if (!server_->bind_to_port(host.c_str(), port)) port = -1;
+  if (port <= 0)
+    return MakeError(ErrorCode::kUnavailable,
+                     "cannot listen on " + options_.listen + " (in use by another process?)");
+  url_ = "http://" + host + ":" + std::to_string(port);
+  server_thread_ = std::thread([this] { server_->listen_after_bind(); });
+  reconcile_thread_ = std::thread([this] { ReconcileLoop(); });
+  spdlog::info("controller serving at {} (state {}, images {})", url_, options_.state_dir, image_dir_);
+  return Status::Ok();
+}
+
+void Controller::Shutdown() {
+  stop_ = true;
+  if (server_) server_->stop();
+}
+
+void Controller::Wait(std::chrono::milliseconds grace) {
+  if (server_thread_.joinable()) server_thread_.join();
+  if (reconcile_thread_.joinable()) reconcile_thread_.join();
+  std::unique_lock<std::mutex> l(mu_);
+  ops_cv_.wait_for(l, grace, [this] { return running_ops_ == 0; });
+}
+
+// --- plumbing ---------------------------------------------------------------------
+
+std::function<void(const Req&, Res&)> Controller::Authed(Handler h, const std::set<std::string>& roles) {
+  return [this, h = std::move(h), roles](const Req& req, Res& res) {
+    std::string token = BearerToken(req);
+    if (token.empty())
+      return SendError(res, MakeError(ErrorCode::kUnauthenticated,
+                                      "missing 'Authorization: Bearer TOKEN' header"));
+    auto user = store_->AuthenticateToken(token);
+    if (!user.ok()) return SendError(res, MakeError(ErrorCode::kUnauthenticated, "unknown token"));
+    if (!roles.count(user->role)) {
+      std::string why = user->role == "agent" ? "agent credentials may only call /v1/agent/*"
+                        : roles.count("agent") ? "this endpoint is for host agents only"
+                                               : "this needs the admin role";
+      return SendError(res, MakeError(ErrorCode::kPermissionDenied, why));
+    }
+    h(Caller{*user}, req, res);
+  };
+}
+
+void Controller::RunAsync(const std::string& vm_id, std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!vm_id.empty()) inflight_.insert(vm_id);
+    ++running_ops_;
+  }
+  std::thread([this, vm_id, fn = std::move(fn)] {
+    fn();
+    std::lock_guard<std::mutex> l(mu_);
+    if (!vm_id.empty()) inflight_.erase(inflight_.find(vm_id));
+    --running_ops_;
+    ops_cv_.notify_all();
+  }).detach();
+}
+
+bool Controller::InFlight(const std::string& vm_id) {
+  std::lock_guard<std::mutex> l(mu_);
+  return inflight_.count(vm_id) > 0;
+}
+
+ApiClient Controller::AgentClient(const Host& host, int read_timeout_s) {
+  ApiClient::Options o;
+  o.peer_name = "agent of host " + host.name;
+  o.unreachable_hint = "is `vmgrid agent` running there?";
+  o.read_timeout_s = read_timeout_s;
+  return ApiClient(host.url, agent_token_, o);
+}
+
+std::string Controller::UserName(const std::string& id) {
+  auto u = store_->GetUserById(id);
+  return u.ok() ? u->name : id;
+}
+
+json Controller::ImageJson(const Image& i) {
+  json ckpt = nullptr;
+  if (!i.ckpt_state.empty())
+    ckpt = {{"state", i.ckpt_state},     {"memory_mb", i.ckpt_memory_mb}, {"vcpus", i.ckpt_vcpus},
+            {"size_bytes", i.ckpt_size_bytes}, {"error", i.ckpt_error}};
+  auto owner = store_->GetUserById(i.owner_id);
+  return {{"id", i.id},
+          {"name", i.name},
+          {"owner", owner.ok() ? owner->name : i.owner_id},
+          {"public", owner.ok() && owner->role == "admin"},
+          {"state", i.state},
+          {"format", i.format},
+          {"size_bytes", i.size_bytes},
+          {"virtual_size_bytes", i.virtual_size_bytes},
+          {"has_kernel", i.has_kernel},
+          {"has_initrd", i.has_initrd},
+          {"append", i.append},
+          {"min_memory_mb", i.min_memory_mb},
+          {"checkpoint", ckpt},
+          {"created_at", FormatTimeMs(i.created_ms)}};
+}
+
+json Controller::VmJson(const Vm& v) {
+  auto image = store_->GetImage(v.image_id, "");
+  auto host = store_->GetHost(v.host_id);
+  std::string ws_name;
+  if (!v.workspace_id.empty())
+    if (auto ws = store_->GetWorkspace(v.workspace_id, ""); ws.ok()) ws_name = ws->name;
+  return {{"id", v.id},
+          {"name", v.name},
+          {"owner", UserName(v.owner_id)},
+          {"image", image.ok() ? image->name : v.image_id},
+          {"image_id", v.image_id},
+          {"host", host.ok() ? host->name : v.host_id},
+          {"host_id", v.host_id},
+          {"host_state", host.ok() ? host->state : "unknown"},
+          {"state", v.state},
+          {"vcpus", v.vcpus},
+          {"memory_mb", v.memory_mb},
+          {"disk", v.disk},
+          {"start", v.start},
+          {"workspace", ws_name},
+          {"error", v.error},
+          {"create_ms", v.create_ms},
+          {"created_at", FormatTimeMs(v.created_ms)},
+          {"updated_at", FormatTimeMs(v.updated_ms)}};
+}
+
+json Controller::HostJson(const Host& h, bool admin) {
+  json j = {{"id", h.id},
+            {"name", h.name},
+            {"state", h.state},
+            {"vcpus", h.vcpus},
+            {"memory_mb", h.memory_mb},
+            {"disk_mb", h.disk_mb},
+            {"kvm", h.kvm},
+            {"free_vcpus", std::max(0, h.vcpus - h.reserved_vcpus)},
+            {"free_memory_mb", std::max<int64_t>(0, h.memory_mb - h.reserved_memory_mb)},
+            {"last_heartbeat", FormatTimeMs(h.last_heartbeat_ms)}};
+  if (admin) {
+    j["url"] = h.url;
+    auto vms = store_->ListVmsOnHost(h.id);
+    j["vm_count"] = vms.ok() ? vms->size() : 0;
+  }
+  return j;
+}
+
+json Controller::WorkspaceJson(const Workspace& w) {
+  auto image = store_->GetImage(w.image_id, "");
+  auto host = store_->GetHost(w.host_id);
+  return {{"id", w.id},
+          {"name", w.name},
+          {"owner", UserName(w.owner_id)},
+          {"image", image.ok() ? image->name : w.image_id},
+          {"image_id", w.image_id},
+          {"host", host.ok() ? host->name : w.host_id},
+          {"host_id", w.host_id},
+          {"size_bytes", w.size_bytes},
+          {"vm_id", w.vm_id},
+          {"created_at", FormatTimeMs(w.created_ms)}};
+}
+
+Result<Image> Controller::VisibleImage(const Caller& c, const std::string& ref) {
+  auto own = store_->GetImage(ref, c.owner());
+  if (own.ok() || own.error().code != ErrorCode::kNotFound) return own;
+  VMG_ASSIGN_OR_RETURN(auto pub, store_->ListPublicImages());
+  for (const auto& i : pub)
+    if (i.id == ref || i.name == ref) return i;
+  return NotFound("image '" + ref + "'");
+}
+
+Result<Image> Controller::OwnImage(const Caller& c, const std::string& ref) {
+  VMG_ASSIGN_OR_RETURN(Image image, VisibleImage(c, ref));
+  if (!c.admin() && image.owner_id != c.user.id)
+    return MakeError(ErrorCode::kPermissionDenied, "image '" + ref + "' is a public image of the admin; "
+                                                   "only the admin may change it");
+  return image;
+}
+
+json Controller::AgentImageFiles(const Image& i) {
+  return {{"id", i.id},
+          {"disk", i.dir + "/" + FileNameFor("disk", i.format)},
+          {"format", i.format},
+          {"kernel", i.has_kernel ? i.dir + "/vmlinuz" : ""},
+          {"initrd", i.has_initrd ? i.dir + "/initrd.img" : ""},
+          {"append", i.append}};
+}
+
+// --- routes -----------------------------------------------------------------------------
+
+void Controller::InstallRoutes() {
+  auto& s = *server_;
+  s.set_payload_max_length(static_cast<size_t>(kMaxUploadBytes));
+  s.set_read_timeout(300, 0);
+  s.set_write_timeout(300, 0);
+  // Only image uploads may stream large bodies; everything else is refused
+  // before its body is read.
+  s.set_pre_routing_handler([](const Req& req, Res& res) {
+    bool upload = req.method == "PUT" && req.path.find("/files/") != std::string::npos;
+    if (!upload) {
+      auto len = std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10);
+      bool chunked = req.get_header_value("Transfer-Encoding") == "chunked";
+      if (len > kMaxJsonBody || chunked) {
+        res.status = 413;
+        res.set_content(json{{"error", {{"code", "payload_too_large"},
+                                        {"message", "request body over " + std::to_string(kMaxJsonBody) +
+                                                        " bytes (or chunked)"}}}}
+                                .dump() + "\n",
+                        "application/json");
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  s.set_exception_handler([](const Req&, Res& res, std::exception_ptr ep) {
+    std::string what = "unknown";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    SendError(res, MakeError(ErrorCode::kInternal, "internal error: " + what));
+  });
+  s.set_error_handler([](const Req& req, Res& res) {
+    if (!res.body.empty()) return;
+    if (res.status == 404)
+      SendError(res, MakeError(ErrorCode::kNotFound, "no such endpoint: " + req.method + " " + req.path));
+    else if (res.status == 413)
+      SendJson(res, 413, {{"error", {{"code", "payload_too_large"}, {"message", "request body too large"}}}});
+    else if (res.status >= 400)
+      SendJson(res, res.status,
+               json{{"error", {{"code", res.status < 500 ? "invalid_argument" : "internal"},
+                               {"message", "HTTP " + std::to_string(res.status)}}}});
+  });
+
+  s.Get("/v1/health", [](const Req&, Res& res) {
+    SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
+  });
+  s.Get("/v1/openapi.json", [](const Req&, Res& res) {
+    res.set_content(std::string(kOpenApiJson), "application/json");
+  });
+  s.Get("/v1/whoami", Authed([](const Caller& c, const Req&, Res& res) {
+          SendJson(res, 200, {{"id", c.user.id}, {"name", c.user.name}, {"role", c.user.role},
+                              {"created_at", FormatTimeMs(c.user.created_ms)}});
+        }));
+
+  // Users.
+  s.Post("/v1/users", Authed([this](const Caller& c, const Req& q, Res& r) { CreateUser(c, q, r); }, {"admin"}));
+  s.Get("/v1/users", Authed([this](const Caller&, const Req&, Res& res) {
+          auto users = store_->ListUsers();
+          if (!users.ok()) return SendError(res, users.error());
+          json out = json::array();
+          for (const auto& u : *users)
+            out.push_back({{"id", u.id}, {"name", u.name}, {"role", u.role},
+                           {"created_at", FormatTimeMs(u.created_ms)}});
+          SendJson(res, 200, {{"users", out}});
+        }, {"admin"}));
+
+  // Hosts.
+  s.Get("/v1/hosts", Authed([this](const Caller& c, const Req&, Res& res) {
+          auto hosts = store_->ListHosts();
+          if (!hosts.ok()) return SendError(res, hosts.error());
+          json out = json::array();
+          for (const auto& h : *hosts) out.push_back(HostJson(h, c.admin()));
+          SendJson(res, 200, {{"hosts", out}});
+        }));
+  s.Get(R"(/v1/hosts/([^/]+))", Authed([this](const Caller& c, const Req& req, Res& res) {
+          auto h = store_->GetHost(req.matches[1]);
+          if (!h.ok()) return SendError(res, h.error());
+          SendJson(res, 200, HostJson(*h, c.admin()));
+        }));
+  s.Post("/v1/agent/heartbeat",
+         Authed([this](const Caller& c, const Req& q, Res& r) { Heartbeat(c, q, r); }, {"agent"}));
+
+  // Images.
+  s.Post("/v1/images", Authed([this](const Caller& c, const Req& q, Res& r) { CreateImage(c, q, r); }));
+  s.Get("/v1/images", Authed([this](const Caller& c, const Req&, Res& res) {
+          auto own = store_->ListImages(c.owner());
+          if (!own.ok()) return SendError(res, own.error());
+          std::vector<Image> all = *own;
+          if (!c.admin()) {
+            auto pub = store_->ListPublicImages();
+            if (pub.ok()) all.insert(all.end(), pub->begin(), pub->end());
+          }
+          json out = json::array();
+          for (const auto& i : all) out.push_back(ImageJson(i));
+          SendJson(res, 200, {{"images", out}});
+        }));
+  s.Get(R"(/v1/images/([^/]+))", Authed([this](const Caller& c, const Req& req, Res& res) {
+          auto i = VisibleImage(c, req.matches[1]);
+          if (!i.ok()) return SendError(res, i.error());
+          SendJson(res, 200, ImageJson(*i));
+        }));
+  s.Put(R"(/v1/images/([^/]+)/files/(disk|kernel|initrd))",
+        [this](const Req& req, Res& res, const httplib::ContentReader& reader) {
+          Authed([&](const Caller& c, const Req&, Res& r) {
+            auto image = OwnImage(c, req.matches[1]);
+            if (!image.ok()) return SendError(r, image.error());
+            if (image->state != "uploading")
+              return SendError(r, MakeError(ErrorCode::kFailedPrecondition,
+                                            "image " + image->name + " is " + image->state +
+                                                "; published images are immutable"));
+            std::string kind = req.matches[2];
+            std::string final_path = image->dir + "/" + FileNameFor(kind, image->format);
+            std::string partial = final_path + ".partial";
+            std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+            if (!out) return SendError(r, MakeError(ErrorCode::kInternal, "cannot write " + partial));
+            int64_t received = 0;
+            bool ok = reader([&](const char* data, size_t len) {
+              received += static_cast<int64_t>(len);
+              out.write(data, static_cast<std::streamsize>(len));
+              return static_cast<bool>(out) && received <= kMaxUploadBytes;
+            });
+            out.close();
+            if (!ok || !out) {
+              unlink(partial.c_str());
+              return SendError(r, MakeError(ErrorCode::kInvalidArgument, "upload of " + kind + " was interrupted"));
+            }
+            chmod(partial.c_str(), 0644);
+            Status valid = Status::Ok();
+            if (kind == "disk") {
+              auto info = InspectDisk(partial, image->format, !image->has_kernel);
+              if (info.ok()) {
+                image->size_bytes = received;
+                image->virtual_size_bytes = info->virtual_size;
+              } else {
+                valid = info.error();
+              }
+            } else if (kind == "kernel") {
+              valid = CheckKernel(partial);
+            } else {
+              valid = CheckInitrd(partial);
+            }
+            if (!valid.ok()) {
+              unlink(partial.c_str());
+              return SendError(r, valid.error().Wrap(kind + " rejected"));
+            }
+            if (rename(partial.c_str(), final_path.c_str()) != 0)
+              return SendError(r, MakeError(ErrorCode::kInternal, "cannot store " + final_path));
+            Status st = store_->UpdateImage(*image);
+            if (!st.ok()) return SendError(r, st.error());
+            SendJson(r, 200, ImageJson(*image));
+          })(req, res);
+        });
+  s.Post(R"(/v1/images/([^/]+)/finalize)",
+         Authed([this](const Caller& c, const Req& q, Res& r) { FinalizeImage(c, q, r); }));
+  s.Post(R"(/v1/images/([^/]+)/checkpoint)",
+         Authed([this](const Caller& c, const Req& q, Res& r) { CheckpointImage(c, q, r); }));
+  s.Delete(R"(/v1/images/([^/]+))",
+           Authed([this](const Caller& c, const Req& q, Res& r) { DeleteImage(c, q, r); }));
+
+  // VMs.
+  s.Post("/v1/vms", Authed([this](const Caller& c, const Req& q, Res& r) { CreateVm(c, q, r); }));
+  s.Get("/v1/vms", Authed([this](const Caller& c, const Req&, Res& res) {
+          auto vms = store_->ListVms(c.owner());
+          if (!vms.ok()) return SendError(res, vms.error());
+          json out = json::array();
+          for (const auto& v : *vms) out.push_back(VmJson(v));
+          SendJson(res, 200, {{"vms", out}});
+        }));
+  s.Get(R"(/v1/vms/([^/]+))", Authed([this](const Caller& c, const Req& req, Res& res) {
+          auto v = store_->GetVm(req.matches[1], c.owner());
+          if (!v.ok()) return SendError(res, v.error());
+          SendJson(res, 200, VmJson(*v));
+        }));
+  for (const char* action : {"stop", "checkpoint", "resume"}) {
+    std::string a = action;
+    s.Post("/v1/vms/([^/]+)/" + a,
+           Authed([this, a](const Caller& c, const Req& q, Res& r) { VmAction(c, q, r, a); }));
+  }
+  s.Post(R"(/v1/vms/([^/]+)/exec)", Authed([this](const Caller& c, const Req& q, Res& r) { ExecVm(c, q, r); }));
+  s.Delete(R"(/v1/vms/([^/]+))", Authed([this](const Caller& c, const Req& q, Res& r) { DeleteVm(c, q, r); }));
+
+  // Workspaces.
+  s.Get("/v1/workspaces", Authed([this](const Caller& c, const Req&, Res& res) {
+          auto ws = store_->ListWorkspaces(c.owner());
+          if (!ws.ok()) return SendError(res, ws.error());
+          json out = json::array();
+          for (const auto& w : *ws) out.push_back(WorkspaceJson(w));
+          SendJson(res, 200, {{"workspaces", out}});
+        }));
+  s.Delete(R"(/v1/workspaces/([^/]+))",
+           Authed([this](const Caller& c, const Req& q, Res& r) { DeleteWorkspace(c, q, r); }));
+}
+
+// --- users and hosts -------------------------------------------------------------------
+
+void Controller::CreateUser(const Caller&, const Req& req, Res& res) {
+  auto body = ParseJsonObject(req.body, false);
+  if (!body.ok()) return SendError(res, body.error());
+  JsonFields f(*body, {"name", "role"});
+  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+  auto name = f.String("name", true);
+  if (!name.ok()) return SendError(res, name.error());
+  if (auto st = ValidateName("user", *name); !st.ok()) return SendError(res, st.error());
+  auto role = f.Enum("role", {"user", "admin"}, "user");
+  if (!role.ok()) return SendError(res, role.error());
+  auto created = store_->CreateUser(*name, *role);
+  if (!created.ok()) return SendError(res, created.error());
+  const User& u = created->first;
+  SendJson(res, 201, {{"user", {{"id", u.id}, {"name", u.name}, {"role", u.role},
+                                {"created_at", FormatTimeMs(u.created_ms)}}},
+                      {"token", created->second}});
+}
+
+void Controller::Heartbeat(const Caller&, const Req& req, Res& res) {
+  auto body = ParseJsonObject(req.body, false);
+  if (!body.ok()) return SendError(res, body.error());
+  JsonFields f(*body, {"name", "url", "capacity", "vms"});
+  auto name = f.String("name", true);
+  auto url = f.String("url", true);
+  if (!name.ok()) return SendError(res, name.error());
+  if (!url.ok()) return SendError(res, url.error());
+  if (auto st = ValidateName("host", *name); !st.ok()) return SendError(res, st.error());
+  const json& cap = (*body)["capacity"];
+  if (!cap.is_object()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "capacity must be an object"));
+  JsonFields cf(cap, {"vcpus", "memory_mb", "disk_mb", "kvm"});
+  auto vcpus = cf.Int("vcpus", 0, 0, 4096);
+  auto mem = cf.Int("memory_mb", 0, 0, int64_t{1} << 32);
+  auto disk = cf.Int("disk_mb", 0, 0, int64_t{1} << 40);
+  auto kvm = cf.Bool("kvm", false);
+  for (const Status& st : {vcpus.ok() ? Status() : Status(vcpus.error()), mem.ok() ? Status() : Status(mem.error()),
+                           disk.ok() ? Status() : Status(disk.error()), kvm.ok() ? Status() : Status(kvm.error())})
+    if (!st.ok()) return SendError(res, st.error());
+  auto host = store_->HeartbeatHost(*name, *url,
+                                    HostCapacity{static_cast<int>(*vcpus), *mem, *disk, *kvm});
+  if (!host.ok()) return SendError(res, host.error());
+  json vms = body->value("vms", json::array());
+  if (!vms.is_array()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "vms must be an array"));
+  ReconcileHost(*host, vms, NowMs());
+  SendJson(res, 200, {{"host_id", host->id}});
+}
+
+// Brings the controller's records in line with what the host's agent runs.
+// The agent is the authority on what runs; the controller on what should.
+void Controller::ReconcileHost(const Host& host, const json& reported, int64_t received_ms) {
+  std::map<std::string, json> by_id;
+  for (const auto& v : reported)
+    if (v.is_object() && v.contains("id") && v["id"].is_string()) by_id[v["id"].get<std::string>()] = v;
+  auto records = store_->ListVmsOnHost(host.id);
+  if (!records.ok()) return;
+  for (Vm vm : *records) {
+    // A record changed in the last seconds may be newer than this report.
+    if (InFlight(vm.id) || vm.updated_ms > received_ms - 5000) continue;
+    auto it = by_id.find(vm.id);
+    if (it == by_id.end()) {
+      if (vm.state == "error") continue;
+      if (vm.state == "deleting") {
+        (void)store_->DeleteVm(vm.id);  // the delete finished while we were away
+        continue;
+      }
+      vm.error = vm.state == "creating" ? "the create was interrupted (controller restart)"
+                                        : "the VM is not on host " + host.name + " any more";
+      vm.state = "error";
+      spdlog::warn("reconcile: VM {} missing on host {}", vm.id, host.name);
+      (void)store_->UpdateVm(vm);
+      continue;
+    }
+    std::string agent_state = it->second.value("state", "");
+    std::string agent_error = it->second.value("error", "");
+    if (agent_state.empty() || kTransitional.count(agent_state)) continue;  // agent still busy
+    if (vm.state == "deleting") continue;  // will be retried by the user
+    if (agent_state != vm.state) {
+      spdlog::info("reconcile: VM {} is {} on host {} (record said {})", vm.id, agent_state,
+                   host.name, vm.state);
+      vm.state = agent_state;
+      vm.error = agent_error;
+      if (vm.create_ms == 0) vm.create_ms = it->second.value("ready_ms", int64_t{0});
+      (void)store_->UpdateVm(vm);
+    }
+    by_id.erase(it);
+  }
+  for (const auto& [id, v] : by_id)
+    if (!store_->GetVm(id, "").ok() && !id.starts_with("ckpt-"))
+      spdlog::warn("reconcile: host {} runs VM {} that has no record here; leaving it alone",
+                   host.name, id);
+}
+
+void Controller::ReconcileLoop() {
+  while (!stop_) {
+    auto down = store_->MarkStaleHostsDown(NowMs() - kHostDownAfterMs);
+    if (down.ok())
+      for (const auto& id : *down) spdlog::warn("host {} missed its heartbeats: marked down", id);
+    for (int i = 0; i < 20 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+// --- images ----------------------------------------------------------------------------------
+
+void Controller::CreateImage(const Caller& c, const Req& req, Res& res) {
+  auto body = ParseJsonObject(req.body, false);
+  if (!body.ok()) return SendError(res, body.error());
+  JsonFields f(*body, {"name", "format", "has_kernel", "has_initrd", "append", "min_memory_mb"});
+  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+  Image i;
+  auto name = f.String("name", true);
+  auto format = f.Enum("format", {"raw", "qcow2"}, "raw");
+  auto has_kernel = f.Bool("has_kernel", false);
+  auto has_initrd = f.Bool("has_initrd", false);
+  auto append = f.String("append", false);
+  auto min_mem = f.Int("min_memory_mb", 64, 16, 1 << 20);
+  if (!name.ok()) return SendError(res, name.error());
+  if (!format.ok()) return SendError(res, format.error());
+  if (!has_kernel.ok()) return SendError(res, has_kernel.error());
+  if (!has_initrd.ok()) return SendError(res, has_initrd.error());
+  if (!append.ok()) return SendError(res, append.error());
+  if (!min_mem.ok()) return SendError(res, min_mem.error());
+  if (auto st = ValidateName("image", *name); !st.ok()) return SendError(res, st.error());
+  if (*has_initrd && !*has_kernel)
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "an initrd needs a kernel"));
+  if (append->size() > 4096)
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "append is longer than 4096 characters"));
+  i.id = NewId("img");
+  i.name = *name;
+  i.owner_id = c.user.id;
+  i.state = "uploading";
+  i.format = *format;
+  i.dir = image_dir_ + "/" + i.id;
+  i.has_kernel = *has_kernel;
+  i.has_initrd = *has_initrd;
+  i.append = *append;
+  i.min_memory_mb = *min_mem;
+  i.created_ms = NowMs();
+  if (auto st = MakeDirs(i.dir, 0755); !st.ok()) return SendError(res, st.error());
+  if (auto st = store_->InsertImage(i); !st.ok()) {
+    (void)RemoveTree(i.dir);
+    return SendError(res, st.error());
+  }
+  SendJson(res, 201, ImageJson(i));
+}
+
+void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
+  auto image = OwnImage(c, req.matches[1]);
+  if (!image.ok()) return SendError(res, image.error());
+  if (image->state == "ready") return SendJson(res, 200, ImageJson(*image));
+  std::vector<std::string> missing;
+  if (!FileExists(image->dir + "/" + FileNameFor("disk", image->format))) missing.push_back("disk");
+  if (image->has_kernel && !FileExists(image->dir + "/vmlinuz")) missing.push_back("kernel");
+  if (image->has_initrd && !FileExists(image->dir + "/initrd.img")) missing.push_back("initrd");
+  if (!missing.empty()) {
+    std::string list;
+    for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
+    return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                    "image " + image->name + " is missing: " + list +
+                                        " (upload with PUT /v1/images/ID/files/KIND)"));
+  }
+  image->state = "ready";
+  if (auto st = store_->UpdateImage(*image); !st.ok()) return SendError(res, st.error());
+  SendJson(res, 200, ImageJson(*image));
+}
+
+void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
+  auto image = OwnImage(c, req.matches[1]);
+  if (!image.ok()) return SendError(res, image.error());
+  auto body = ParseJsonObject(req.body);
+  if (!body.ok()) return SendError(res, body.error());
+  JsonFields f(*body, {"memory_mb", "vcpus"});
+  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+  auto mem = f.Int("memory_mb", std::max<int64_t>(256, image->min_memory_mb), image->min_memory_mb, 1 << 20);
+  auto vcpus = f.Int("vcpus", 1, 1, 64);
+  if (!mem.ok()) return SendError(res, mem.error());
+  if (!vcpus.ok()) return SendError(res, vcpus.error());
+  if (image->state != "ready")
+    return SendError(res, MakeError(ErrorCode::kFailedPrecondition, "image " + image->name + " is not ready"));
+  if (image->ckpt_state == "creating")
+    return SendError(res, MakeError(ErrorCode::kFailedPrecondition, "a checkpoint is already being made"));
+  auto hosts = store_->ListHosts();
+  if (!hosts.ok()) return SendError(res, hosts.error());
+  const Host* host = nullptr;
+  for (const auto& h : *hosts)
+    if (h.state == "up" && h.memory_mb - h.reserved_memory_mb >= *mem && (!host || h.memory_mb - h.reserved_memory_mb > host->memory_mb - host->reserved_memory_mb))
+      host = &h;
+  if (!host)
+    return SendError(res, MakeError(ErrorCode::kResourceExhausted, "no host is up with room to boot the image"));
+  image->ckpt_state = "creating";
+  image->ckpt_error.clear();
+  image->ckpt_memory_mb = *mem;
+  image->ckpt_vcpus = static_cast<int>(*vcpus);
+  if (auto st = store_->UpdateImage(*image); !st.ok()) return SendError(res, st.error());
+  SendJson(res, 202, ImageJson(*image));
+  Host h = *host;
+  Image img = *image;
+  RunAsync("", [this, h, img]() mutable {
+    std::string target = img.dir + "/checkpoint";
+    auto r = AgentClient(h).Post("/agent/v1/image-checkpoints",
+                                 {{"image", AgentImageFiles(img)}, {"vcpus", img.ckpt_vcpus},
+                                  {"memory_mb", img.ckpt_memory_mb}, {"target_dir", target}});
+    auto fresh = store_->GetImage(img.id, "");
+    if (!fresh.ok()) return;  // deleted meanwhile
+    if (r.ok()) {
+      std::error_code ec;
+      fresh->ckpt_state = "ready";
+      fresh->ckpt_size_bytes = static_cast<int64_t>(fs::file_size(target + "/memory.state", ec)) +
+                               static_cast<int64_t>(fs::file_size(target + "/disk.qcow2", ec));
+      spdlog::info("image {}: post-boot checkpoint ready", img.name);
+    } else {
+      fresh->ckpt_state = "error";
+      fresh->ckpt_error = r.error().message;
+      spdlog::warn("image {}: checkpoint failed: {}", img.name, r.error().message);
+    }
+    (void)store_->UpdateImage(*fresh);
+  });
+}
+
+void Controller::DeleteImage(const Caller& c, const Req& req, Res& res) {
+  auto image = OwnImage(c, req.matches[1]);
+  if (!image.ok()) return SendError(res, image.error());
+  if (image->ckpt_state == "creating")
+    return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                    "a checkpoint of this image is being made; try again when it is done"));
+  if (auto st = store_->DeleteImage(image->id); !st.ok()) return SendError(res, st.error());
+  (void)RemoveTree(image->dir);
+  SendJson(res, 204, nullptr);
+}
+
+// --- VMs ------------------------------------------------------------------------------------------
+
+void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
+  int64_t started = NowMs();
+  auto body = ParseJsonObject(req.body, false);
+  if (!body.ok()) return SendError(res, body.error());
+  JsonFields f(*body, {"image", "name", "vcpus", "memory_mb", "disk", "start", "workspace", "from_checkpoint"});
+  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+  auto from = f.String("from_checkpoint", false);
+  auto image_ref = f.String("image", from.ok() && from->empty());
+  auto name = f.String("name", false);
+  auto disk = f.Enum("disk", {"clone", "persistent"}, "clone");
+  auto start = f.Enum("start", {"boot", "resume"}, from.ok() && !from->empty() ? "resume" : "boot");
+  auto ws_name = f.String("workspace", false);
+  for (const auto* r : {&from, &image_ref, &name, &disk, &start, &ws_name})
+    if (!r->ok()) return SendError(res, r->error());
+  auto vcpus = f.Int("vcpus", 0, 1, 64);
+  auto mem = f.Int("memory_mb", 0, 32, 1 << 20);
+  if (!vcpus.ok()) return SendError(res, vcpus.error());
+  if (!mem.ok()) return SendError(res, mem.error());
+  if ((*body).contains("vcpus") && (*body)["vcpus"].is_null())
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "field 'vcpus' must be an integer"));
+
+  Vm vm;
+  vm.id = NewId("vm");
+  vm.name = name->empty() ? vm.id : *name;
+  if (auto st = ValidateName("VM", vm.name); !st.ok()) return SendError(res, st.error());
+  vm.owner_id = c.user.id;
+  vm.disk = *disk;
+  vm.start = *start;
+  vm.state = "creating";
+  vm.created_ms = vm.updated_ms = started;
+
+  // What to start from: an image (boot or its post-boot checkpoint), or a
+  // checkpoint of one of the caller's VMs.
+  Image image;
+  std::vector<std::string> candidates;
+  std::string checkpoint_dir;
+  int ckpt_vcpus = 0;
+  int64_t ckpt_mem = 0;
+  if (!from->empty()) {
+    if (vm.start != "resume")
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "from_checkpoint implies start=resume"));
+    auto src = store_->GetVm(*from, c.owner());
+    if (!src.ok()) return SendError(res, src.error());
+    auto host = store_->GetHost(src->host_id);
+    if (!host.ok()) return SendError(res, host.error());
+    auto dir = AgentClient(*host, 30).Get("/agent/v1/vms/" + src->id + "/checkpoint");
+    if (!dir.ok()) return SendError(res, dir.error().Wrap("checkpoint of VM " + src->name));
+    checkpoint_dir = dir->value("dir", "");
+    auto img = store_->GetImage(src->image_id, "");
+    if (!img.ok()) return SendError(res, img.error());
+    image = *img;
+    ckpt_vcpus = src->vcpus;
+    ckpt_mem = src->memory_mb;
+    candidates.push_back(src->host_id);  // the checkpoint lives there
+  } else {
+    auto img = VisibleImage(c, *image_ref);
+    if (!img.ok()) return SendError(res, img.error());
+    image = *img;
+    if (image.state != "ready")
+      return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                      "image " + image.name + " is still uploading"));
+    if (vm.start == "resume") {
+      if (image.ckpt_state != "ready")
+        return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                        "image " + image.name + " has no post-boot checkpoint; make one "
+                                        "with `vmgrid image checkpoint " + image.name + "` or boot instead"));
+      checkpoint_dir = image.dir + "/checkpoint";
+      ckpt_vcpus = image.ckpt_vcpus;
+      ckpt_mem = image.ckpt_memory_mb;
+    }
+  }
+  vm.image_id = image.id;
+  vm.vcpus = static_cast<int>(*vcpus ? *vcpus : (ckpt_vcpus ? ckpt_vcpus : 1));
+  vm.memory_mb = *mem ? *mem : (ckpt_mem ? ckpt_mem : std::max<int64_t>(256, image.min_memory_mb));
+  if (vm.start == "resume" && (vm.vcpus != ckpt_vcpus || vm.memory_mb != ckpt_mem))
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                    "the checkpoint was taken with " + std::to_string(ckpt_vcpus) +
+                                        " vCPU(s) and " + std::to_string(ckpt_mem) +
+                                        " MB; a resumed VM must have the same (omit vcpus and memory_mb)"));
+  if (vm.memory_mb < image.min_memory_mb)
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                    "image " + image.name + " needs at least " +
+                                        std::to_string(image.min_memory_mb) + " MB of memory"));
+
+  // Persistent disks are the user's workspace, pinned to the host holding it.
+  std::optional<Workspace> workspace;
+  bool new_workspace = false;
+  if (vm.disk == "persistent") {
+    std::string wsn = ws_name->empty() ? vm.name : *ws_name;
+    if (auto st = ValidateName("workspace", wsn); !st.ok()) return SendError(res, st.error());
+    auto found = store_->FindWorkspaceByName(c.user.id, wsn);
+    if (!found.ok()) return SendError(res, found.error());
+    if (found->has_value()) {
+      workspace = **found;
+      if (!workspace->vm_id.empty())
+        return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                        "workspace " + wsn + " is in use by VM " + workspace->vm_id));
+      if (workspace->image_id != image.id)
+        return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                        "workspace " + wsn + " holds a copy of another image"));
+      if (vm.start == "resume")
+        return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                        "workspace " + wsn + " exists; resuming a checkpoint into it would "
+                                        "overwrite it. Boot it, or pick a new workspace name"));
+      candidates = {workspace->host_id};
+    } else {
+      new_workspace = true;
+      workspace = Workspace{NewId("ws"), wsn, c.user.id, image.id, "", "", 0, vm.id, started};
+    }
+  } else if (!ws_name->empty()) {
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "workspace needs disk=persistent"));
+  }
+
+  // Placement: hosts that are up, most free memory first (spread).
+  if (candidates.empty()) {
+    auto hosts = store_->ListHosts();
+    if (!hosts.ok()) return SendError(res, hosts.error());
+    std::vector<Host> up;
+    for (const auto& h : *hosts)
+      if (h.state == "up") up.push_back(h);
+    if (up.empty())
+      return SendError(res, MakeError(ErrorCode::kResourceExhausted,
+                                      "no host is up; start an agent (`vmgrid agent`)"));
+    std::sort(up.begin(), up.end(), [](const Host& a, const Host& b) {
+      return a.memory_mb - a.reserved_memory_mb > b.memory_mb - b.reserved_memory_mb;
+    });
+    for (const auto& h : up) candidates.push_back(h.id);
+  }
+  auto placed = store_->PlaceAndInsertVm(vm, candidates);
+  if (!placed.ok()) return SendError(res, placed.error());
+  vm = *placed;
+  if (workspace) {
+    vm.workspace_id = workspace->id;
+    if (new_workspace) {
+      workspace->host_id = vm.host_id;
+      workspace->path = workspace->owner_id + "/" + workspace->id + ".qcow2";
+      if (auto st = store_->InsertWorkspace(*workspace); !st.ok()) {
+        (void)store_->DeleteVm(vm.id);
+        return SendError(res, st.error());
+      }
+    } else {
+      workspace->vm_id = vm.id;
+      (void)store_->UpdateWorkspace(*workspace);
+    }
+    (void)store_->UpdateVm(vm);
+  }
+  SendJson(res, 202, VmJson(vm));
+
+  auto host = store_->GetHost(vm.host_id);
+  json spec = {{"id", vm.id},
+               {"name", vm.name},
+               {"owner_id", vm.owner_id},
+               {"vcpus", vm.vcpus},
+               {"memory_mb", vm.memory_mb},
+               {"disk_mode", vm.disk},
+               {"image", AgentImageFiles(image)},
+               {"workspace_path", workspace ? workspace->path : ""},
+               {"start", vm.start},
+               {"checkpoint_dir", checkpoint_dir}};
+  Host h = host.ok() ? *host : Host{};
+  std::optional<Workspace> ws = workspace;
+  RunAsync(vm.id, [this, h, spec, vm, ws, new_workspace, started] {
+    auto r = AgentClient(h).Post("/agent/v1/vms", spec);
+    if (!r.ok() && ws && new_workspace) (void)store_->DeleteWorkspace(ws->id);
+    if (!r.ok() && ws && !new_workspace) {
+      Workspace w = *ws;
+      w.vm_id.clear();
+      (void)store_->UpdateWorkspace(w);
+    }
+    FinishVmOp(vm.id, r, "error", started, true);
+  });
+}
+
+void Controller::FinishVmOp(const std::string& vm_id, const Result<json>& answer,
+                            const std::string& state_on_error, int64_t started_ms, bool timing) {
+  auto vm = store_->GetVm(vm_id, "");
+  if (!vm.ok()) return;
+  if (answer.ok()) {
+    vm->state = answer->value("state", "running");
+    vm->error = answer->value("error", "");
+    if (timing) vm->create_ms = NowMs() - started_ms;
+  } else {
+    vm->state = state_on_error;
+    vm->error = answer.error().message;
+    spdlog::warn("VM {}: {}", vm_id, answer.error().message);
+  }
+  (void)store_->UpdateVm(*vm);
+}
+
+void Controller::VmAction(const Caller& c, const Req& req, Res& res, const std::string& action) {
+  int64_t started = NowMs();
+  auto vm = store_->GetVm(req.matches[1], c.owner());
+  if (!vm.ok()) return SendError(res, vm.error());
+  auto body = ParseJsonObject(req.body);
+  if (!body.ok()) return SendError(res, body.error());
+  JsonFields f(*body, {"leave_running"});
+  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+  auto leave = f.Bool("leave_running", false);
+  if (!leave.ok()) return SendError(res, leave.error());
+  if (action != "checkpoint" && body->contains("leave_running"))
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "leave_running applies to checkpoint only"));
+  std::vector<std::string> from;
+  std::string to;
+  if (action == "stop") from = {"running"}, to = "stopping";
+  else if (action == "checkpoint") from = {"running"}, to = "checkpointing";
+  else from = {"stopped", "suspended"}, to = "resuming";
+  auto moved = store_->TransitionVm(vm->id, from, to);
+  if (!moved.ok()) return SendError(res, moved.error());
+  SendJson(res, 202, VmJson(*moved));
+  std::string previous = vm->state;
+  auto host = store_->GetHost(vm->host_id);
+  Host h = host.ok() ? *host : Host{};
+  bool leave_running = *leave;
+  RunAsync(vm->id, [this, h, action, leave_running, previous, id = vm->id, started] {
+    ApiClient agent = AgentClient(h);
+    json body = action == "checkpoint" ? json{{"leave_running", leave_running}} : json::object();
+    auto r = agent.Post("/agent/v1/vms/" + id + "/" + action, body);
+    if (!r.ok()) {
+      // The agent says what state the VM is in after a failure.
+      auto now = agent.Get("/agent/v1/status");
+      std::string state = previous;
+      if (now.ok())
+        for (const auto& v : now->value("vms", json::array()))
+          if (v.value("id", "") == id) state = v.value("state", previous);
+      FinishVmOp(id, r, state, started, false);
+      return;
+    }
+    FinishVmOp(id, r, previous, started, action == "resume");
+  });
+}
+
+void Controller::ExecVm(const Caller& c, const Req& req, Res& res) {
+  auto vm = store_->GetVm(req.matches[1], c.owner());
+  if (!vm.ok()) return SendError(res, vm.error());
+  auto body = ParseJsonObject(req.body, false);
+  if (!body.ok()) return SendError(res, body.error());
+  JsonFields f(*body, {"argv", "input", "timeout_s"});
+  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+  auto argv = f.StringList("argv", true, 256);
+  auto input = f.String("input", false);
+  auto timeout = f.Int("timeout_s", 60, 1, 3600);
+  if (!argv.ok()) return SendError(res, argv.error());
+  if (!input.ok()) return SendError(res, input.error());
+  if (!timeout.ok()) return SendError(res, timeout.error());
+  if (argv->empty() || (*argv)[0].empty())
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "argv must name a program"));
+  if (vm->state != "running")
+    return SendError(res, MakeError(ErrorCode::kFailedPrecondition, "VM " + vm->name + " is " + vm->state +
+                                                                        "; exec needs it running"));
+  auto host = store_->GetHost(vm->host_id);
+  if (!host.ok()) return SendError(res, host.error());
+  auto r = AgentClient(*host, static_cast<int>(*timeout) + 30)
+               .Post("/agent/v1/vms/" + vm->id + "/exec",
+                     {{"argv", *argv}, {"input", *input}, {"timeout_s", *timeout}});
+  if (!r.ok()) return SendError(res, r.error());
+  SendJson(res, 200, *r);
+}
+
+void Controller::DeleteVm(const Caller& c, const Req& req, Res& res) {
+  auto vm = store_->GetVm(req.matches[1], c.owner());
+  if (!vm.ok()) return SendError(res, vm.error());
+  bool purge = req.get_param_value("purge_workspace") == "true";
+  auto moved = store_->TransitionVm(vm->id, {"running", "stopped", "suspended", "error", "deleting"}, "deleting");
+  if (!moved.ok())
+    return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                    moved.error().message + "; wait until the current operation ends"));
+  SendJson(res, 202, VmJson(*moved));
+  auto host = store_->GetHost(vm->host_id);
+  Host h = host.ok() ? *host : Host{};
+  RunAsync(vm->id, [this, h, purge, v = *vm] {
+    auto r = AgentClient(h).Delete("/agent/v1/vms/" + v.id + (purge ? "?purge_workspace=true" : ""));
+    if (!r.ok() && r.error().code != ErrorCode::kNotFound) {
+      FinishVmOp(v.id, r, "error", 0, false);
+      return;
+    }
+    if (!v.workspace_id.empty()) {
+      auto ws = store_->GetWorkspace(v.workspace_id, "");
+      if (ws.ok()) {
+        if (purge) {
+          (void)store_->DeleteWorkspace(ws->id);
+        } else {
+          ws->vm_id.clear();
+          (void)store_->UpdateWorkspace(*ws);
+        }
+      }
+    }
+    (void)store_->DeleteVm(v.id);
+  });
+}
+
+void Controller::DeleteWorkspace(const Caller& c, const Req& req, Res& res) {
+  auto ws = store_->GetWorkspace(req.matches[1], c.owner());
+  if (!ws.ok()) return SendError(res, ws.error());
+  if (!ws->vm_id.empty())
+    return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                    "workspace " + ws->name + " is in use by VM " + ws->vm_id + "; remove the VM first"));
+  auto host = store_->GetHost(ws->host_id);
+  if (!host.ok()) return SendError(res, host.error());
+  auto r = AgentClient(*host, 60).Delete("/agent/v1/workspaces?path=" + PathEscape(ws->path));
+  if (!r.ok()) return SendError(res, r.error().Wrap("deleting the workspace file"));
+  if (auto st = store_->DeleteWorkspace(ws->id); !st.ok()) return SendError(res, st.error());
+  SendJson(res, 204, nullptr);
+}
+
+int RunController(const ControllerOptions& options) {
+  InstallTerminationHandlers();
+  Controller controller(options);
+  Status st = controller.Start();
+  if (!st.ok()) {
+    spdlog::error("controller: {}", st.error().message);
+    return 1;
+  }
+  WaitForTermination();
+  spdlog::info("controller stopping; VMs keep running on their hosts");
+  controller.Shutdown();
+  controller.Wait(std::chrono::seconds(5));
+  // Operations still waiting on agents are abandoned, not lost: their VMs'
+  // records are reconciled with the agents' reports at the next start.
+  std::fflush(nullptr);
+  std::_Exit(0);
+}
+
+}  // namespace vmgrid

@@ -1,0 +1,117 @@
+// The controller (`vmgrid controller`): REST API under /v1 with bearer-token
+// authentication, the SQLite store, placement, and reconciliation of its
+// records with what host agents report. Long operations (create, stop,
+// checkpoint, resume, delete) answer 202 and run on background threads; the
+// store records every state change before and after the agent call, so a
+// controller restart loses nothing (see docs/vm-lifecycle.md).
+// Thread-safe: handlers run on the HTTP server's thread pool.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/options.h"
+#include "common/result.h"
+#include "store/store.h"
+
+namespace httplib {
+class Server;
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace vmgrid {
+
+class ApiClient;
+
+class Controller {
+ public:
+  explicit Controller(ControllerOptions options);
+  ~Controller();
+
+  // Opens the store, creates the admin and agent tokens at first start,
+  // binds the listen address and starts serving and reconciling.
+  Status Start();
+  void Shutdown();
+  // Waits for the server to stop and for in-flight operations to finish
+  // (at most `grace`).
+  void Wait(std::chrono::milliseconds grace);
+
+  std::string url() const { return url_; }
+  Store& store() { return *store_; }
+
+ private:
+  struct Caller {
+    User user;
+    bool admin() const { return user.role == "admin"; }
+    OwnerFilter owner() const { return admin() ? "" : user.id; }
+  };
+  using Handler = std::function<void(const Caller&, const httplib::Request&, httplib::Response&)>;
+
+  void InstallRoutes();
+  // Wraps a handler with authentication and a role check.
+  std::function<void(const httplib::Request&, httplib::Response&)> Authed(
+      Handler h, const std::set<std::string>& roles = {"admin", "user"});
+
+  // Route handlers.
+  void CreateUser(const Caller&, const httplib::Request&, httplib::Response&);
+  void Heartbeat(const Caller&, const httplib::Request&, httplib::Response&);
+  void CreateImage(const Caller&, const httplib::Request&, httplib::Response&);
+  void FinalizeImage(const Caller&, const httplib::Request&, httplib::Response&);
+  void CheckpointImage(const Caller&, const httplib::Request&, httplib::Response&);
+  void DeleteImage(const Caller&, const httplib::Request&, httplib::Response&);
+  void CreateVm(const Caller&, const httplib::Request&, httplib::Response&);
+  void VmAction(const Caller&, const httplib::Request&, httplib::Response&, const std::string& action);
+  void ExecVm(const Caller&, const httplib::Request&, httplib::Response&);
+  void DeleteVm(const Caller&, const httplib::Request&, httplib::Response&);
+  void DeleteWorkspace(const Caller&, const httplib::Request&, httplib::Response&);
+
+  // Object lookups honouring visibility (another user's object is not found).
+  Result<Image> VisibleImage(const Caller& c, const std::string& ref);
+  Result<Image> OwnImage(const Caller& c, const std::string& ref);
+
+  // JSON views.
+  nlohmann::json ImageJson(const Image& i);
+  nlohmann::json VmJson(const Vm& v);
+  nlohmann::json HostJson(const Host& h, bool admin);
+  nlohmann::json WorkspaceJson(const Workspace& w);
+  std::string UserName(const std::string& id);
+
+  ApiClient AgentClient(const Host& host, int read_timeout_s = 900);
+  nlohmann::json AgentImageFiles(const Image& image);
+
+  // Runs `fn` on a background thread; `vm_id` (if set) is marked in flight
+  // so reconciliation leaves it alone meanwhile.
+  void RunAsync(const std::string& vm_id, std::function<void()> fn);
+  bool InFlight(const std::string& vm_id);
+  void ReconcileLoop();
+  void ReconcileHost(const Host& host, const nlohmann::json& reported_vms, int64_t received_ms);
+  // Records the agent's answer for a VM operation.
+  void FinishVmOp(const std::string& vm_id, const Result<nlohmann::json>& answer,
+                  const std::string& state_on_error, int64_t started_ms, bool timing);
+
+  ControllerOptions options_;
+  std::string image_dir_;
+  std::string agent_token_;
+  std::string url_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread server_thread_, reconcile_thread_;
+  std::atomic<bool> stop_{false};
+
+  std::mutex mu_;
+  std::multiset<std::string> inflight_;  // guarded by mu_
+  int running_ops_ = 0;                  // guarded by mu_
+  std::condition_variable ops_cv_;
+};
+
+}  // namespace vmgrid

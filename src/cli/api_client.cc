@@ -1,0 +1,345 @@
+#include "cli/api_client.h"
+
+#include <fcntl.h>
+#include <httplib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace vmgrid {
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kUploadChunk = 1 << 20;  // 1 MiB per read/write
+
+std::string Trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  size_t e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+std::string Snippet(const std::string& body) {
+  std::string s = Trim(body);
+  if (s.size() > 200) s = s.substr(0, 200) + "...";
+  for (char& c : s) {
+    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+  }
+  return s;
+}
+
+std::string DumpJson(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// Turns a completed HTTP exchange into the API result.
+Result<json> ParseResponse(const httplib::Response& res, const std::string& url) {
+  const int status = res.status;
+  if (status >= 200 && status < 300) {
+    if (Trim(res.body).empty()) return json(nullptr);
+    json j = json::parse(res.body, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) {
+      return MakeError(ErrorCode::kInternal,
+                       "invalid JSON in the answer from " + url + ": " + Snippet(res.body));
+    }
+    return j;
+  }
+  json j = json::parse(res.body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_discarded() && j.is_object() && j.contains("error") && j["error"].is_object()) {
+    const json& e = j["error"];
+    ErrorCode code = ErrorCodeFromHttpStatus(status);
+    if (e.contains("code") && e["code"].is_string()) {
+      code = ErrorCodeFromApiString(e["code"].get<std::string>());
+    }
+    std::string message;
+    if (e.contains("message") && e["message"].is_string()) {
+      message = e["message"].get<std::string>();
+    }
+    if (message.empty()) message = "HTTP " + std::to_string(status) + " from " + url;
+    return MakeError(code, message);
+  }
+  std::string message = "HTTP " + std::to_string(status) + " from " + url;
+  std::string snippet = Snippet(res.body);
+  if (!snippet.empty()) message += ": " + snippet;
+  return MakeError(ErrorCodeFromHttpStatus(status), message);
+}
+
+}  // namespace
+
+// Access to ApiClient's private state for the request helpers below.
+struct ApiClientInternals {
+  static std::unique_ptr<httplib::Client> MakeClient(const ApiClient& c) {
+    auto cli = std::make_unique<httplib::Client>(c.scheme_host_port_);
+    cli->set_connection_timeout(c.options_.connect_timeout_s, 0);
+    cli->set_read_timeout(c.options_.read_timeout_s, 0);
+    cli->set_write_timeout(c.options_.write_timeout_s, 0);
+    cli->set_keep_alive(false);
+    cli->set_follow_location(false);
+    if (!c.token_.empty()) cli->set_bearer_token_auth(c.token_);
+    cli->set_default_headers(
+        {{"Accept", "application/json"}, {"User-Agent", c.options_.user_agent}});
+    return cli;
+  }
+
+  static Error TransportError(const ApiClient& c, httplib::Error err, double elapsed_s) {
+    const std::string& url = c.base_url_;
+    const std::string unreachable = "cannot reach the " + c.options_.peer_name + " at " + url;
+    switch (err) {
+      case httplib::Error::Connection:
+        return MakeError(ErrorCode::kUnavailable, unreachable + ": " + c.options_.unreachable_hint);
+      case httplib::Error::ConnectionTimeout:
+        return MakeError(ErrorCode::kUnavailable, unreachable + " (no connection within " +
+                                                      std::to_string(c.options_.connect_timeout_s) +
+                                                      "s): " + c.options_.unreachable_hint);
+      case httplib::Error::Read:
+        if (elapsed_s + 0.5 >= c.options_.read_timeout_s) {
+          return MakeError(ErrorCode::kTimeout, "the " + c.options_.peer_name + " at " + url +
+                                                    " did not answer within " +
+                                                    std::to_string(c.options_.read_timeout_s) +
+                                                    "s");
+        }
+        return MakeError(ErrorCode::kUnavailable, "the connection to the " + c.options_.peer_name +
+                                                      " at " + url +
+                                                      " was lost before it answered");
+      case httplib::Error::Write:
+        return MakeError(ErrorCode::kUnavailable, "the connection to the " + c.options_.peer_name +
+                                                      " at " + url +
+                                                      " was lost while sending the request");
+      case httplib::Error::Canceled:
+        return MakeError(ErrorCode::kInternal, "request canceled");
+      case httplib::Error::SSLConnection:
+      case httplib::Error::SSLLoadingCerts:
+      case httplib::Error::SSLServerVerification:
+        return MakeError(ErrorCode::kUnavailable, "TLS failure talking to the " +
+                                                      c.options_.peer_name + " at " + url + ": " +
+                                                      httplib::to_string(err));
+      default:
+        return MakeError(ErrorCode::kInternal, "request to the " + c.options_.peer_name + " at " +
+                                                   url + " failed: " + httplib::to_string(err));
+    }
+  }
+
+  // method: GET, POST or DELETE.
+  static Result<json> Send(const ApiClient& c, const std::string& method, const std::string& path,
+                           const json& body) {
+    if (!c.url_error_.empty()) return MakeError(ErrorCode::kInvalidArgument, c.url_error_);
+    try {
+      auto cli = MakeClient(c);
+      const std::string full = c.path_prefix_ + path;
+      const auto start = std::chrono::steady_clock::now();
+      httplib::Result res{nullptr, httplib::Error::Unknown};
+      const bool has_body = !body.is_null();
+      const std::string payload = has_body ? DumpJson(body) : std::string();
+      if (method == "GET") {
+        res = cli->Get(full);
+      } else if (method == "POST") {
+        res = has_body ? cli->Post(full, payload, "application/json") : cli->Post(full);
+      } else if (method == "DELETE") {
+        res = has_body ? cli->Delete(full, payload, "application/json") : cli->Delete(full);
+      } else {
+        return MakeError(ErrorCode::kInternal, "unsupported method " + method);
+      }
+      const double elapsed =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (!res) return TransportError(c, res.error(), elapsed);
+      return ParseResponse(res.value(), c.base_url_);
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kInternal, std::string("HTTP client failure: ") + e.what());
+    }
+  }
+
+  static Result<json> PutFile(const ApiClient& c, const std::string& path,
+                              const std::string& file_path, const ApiClient::ProgressFn& progress) {
+    if (!c.url_error_.empty()) return MakeError(ErrorCode::kInvalidArgument, c.url_error_);
+    int fd = ::open(file_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "cannot open " + file_path + ": " + std::strerror(errno));
+    }
+    struct FdCloser {
+      int fd;
+      ~FdCloser() { ::close(fd); }
+    } closer{fd};
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "cannot stat " + file_path + ": " + std::strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      return MakeError(ErrorCode::kInvalidArgument, file_path + " is not a regular file");
+    }
+    const uint64_t total = static_cast<uint64_t>(st.st_size);
+    try {
+      std::vector<char> buf(kUploadChunk);
+      std::string read_error;
+      bool canceled = false;
+      if (progress && !progress(0, total)) {
+        return MakeError(ErrorCode::kInternal, "upload canceled");
+      }
+      httplib::ContentProvider provider = [&](size_t offset, size_t length,
+                                              httplib::DataSink& sink) -> bool {
+        size_t want = std::min(length, buf.size());
+        ssize_t n;
+        do {
+          n = ::pread(fd, buf.data(), want, static_cast<off_t>(offset));
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) {
+          read_error = "cannot read " + file_path + ": " + std::strerror(errno);
+          return false;
+        }
+        if (n == 0) {
+          read_error = file_path + " shrank while it was being uploaded";
+          return false;
+        }
+        if (!sink.write(buf.data(), static_cast<size_t>(n))) {
+          return false;
+        }
+        if (progress && !progress(offset + static_cast<uint64_t>(n), total)) {
+          canceled = true;
+          return false;
+        }
+        return true;
+      };
+      auto cli = MakeClient(c);
+      const auto start = std::chrono::steady_clock::now();
+      auto res = cli->Put(c.path_prefix_ + path, static_cast<size_t>(total), provider,
+                          "application/octet-stream");
+      const double elapsed =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (!read_error.empty()) return MakeError(ErrorCode::kInternal, read_error);
+      if (canceled) return MakeError(ErrorCode::kInternal, "upload canceled");
+      if (!res) return TransportError(c, res.error(), elapsed);
+      return ParseResponse(res.value(), c.base_url_);
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kInternal, std::string("HTTP client failure: ") + e.what());
+    }
+  }
+};
+
+ApiClient::ApiClient(std::string base_url, std::string token)
+    : ApiClient(std::move(base_url), std::move(token), Options{}) {}
+
+ApiClient::ApiClient(std::string base_url, std::string token, Options options)
+    : token_(std::move(token)), options_(std::move(options)) {
+  std::string url = Trim(base_url);
+  if (url.find("://") == std::string::npos) url = "http://" + url;
+  const size_t scheme_end = url.find("://");
+  const std::string scheme = url.substr(0, scheme_end);
+  const std::string rest = url.substr(scheme_end + 3);
+  const size_t slash = rest.find('/');
+  const std::string host_port = rest.substr(0, slash);
+  std::string prefix = slash == std::string::npos ? "" : rest.substr(slash);
+  while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
+  if (scheme != "http" && scheme != "https") {
+    url_error_ = "bad URL '" + base_url + "': the scheme must be http or https";
+  } else if (host_port.empty() || host_port.front() == ':') {
+    url_error_ = "bad URL '" + base_url + "': no host (expected http://HOST:PORT)";
+  } else if (host_port.find_first_of("?#@ ") != std::string::npos) {
+    url_error_ = "bad URL '" + base_url + "': expected http://HOST:PORT";
+  } else {
+    // A port, if present, must be numeric (skip IPv6 brackets).
+    size_t colon = host_port.rfind(':');
+    size_t bracket = host_port.rfind(']');
+    if (colon != std::string::npos && (bracket == std::string::npos || colon > bracket)) {
+      std::string port = host_port.substr(colon + 1);
+      if (port.empty() || port.size() > 5 ||
+          port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) > 65535) {
+        url_error_ = "bad URL '" + base_url + "': bad port '" + port + "'";
+      }
+    }
+  }
+  for (char ch : token_) {
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) {
+      url_error_ = "the token contains control characters (a stray newline?)";
+      break;
+    }
+  }
+  scheme_host_port_ = scheme + "://" + host_port;
+  path_prefix_ = prefix;
+  base_url_ = scheme_host_port_ + path_prefix_;
+}
+
+Result<nlohmann::json> ApiClient::Get(const std::string& path) const {
+  return ApiClientInternals::Send(*this, "GET", path, nullptr);
+}
+
+Result<nlohmann::json> ApiClient::Post(const std::string& path, const nlohmann::json& body) const {
+  return ApiClientInternals::Send(*this, "POST", path, body);
+}
+
+Result<nlohmann::json> ApiClient::Delete(const std::string& path,
+                                         const nlohmann::json& body) const {
+  return ApiClientInternals::Send(*this, "DELETE", path, body);
+}
+
+Result<nlohmann::json> ApiClient::PutFile(const std::string& path, const std::string& file_path,
+                                          const ProgressFn& progress) const {
+  return ApiClientInternals::PutFile(*this, path, file_path, progress);
+}
+
+std::string PathEscape(const std::string& segment) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(segment.size());
+  for (unsigned char ch : segment) {
+    if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+        ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+      out.push_back(static_cast<char>(ch));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[ch >> 4]);
+      out.push_back(kHex[ch & 15]);
+    }
+  }
+  return out;
+}
+
+ErrorCode ErrorCodeFromApiString(const std::string& code) {
+  if (code == "invalid_argument") return ErrorCode::kInvalidArgument;
+  if (code == "payload_too_large") return ErrorCode::kInvalidArgument;
+  if (code == "not_found") return ErrorCode::kNotFound;
+  if (code == "already_exists") return ErrorCode::kAlreadyExists;
+  if (code == "failed_precondition") return ErrorCode::kFailedPrecondition;
+  if (code == "resource_exhausted") return ErrorCode::kResourceExhausted;
+  if (code == "unauthenticated") return ErrorCode::kUnauthenticated;
+  if (code == "permission_denied") return ErrorCode::kPermissionDenied;
+  if (code == "unavailable") return ErrorCode::kUnavailable;
+  if (code == "timeout") return ErrorCode::kTimeout;
+  return ErrorCode::kInternal;
+}
+
+ErrorCode ErrorCodeFromHttpStatus(int status) {
+  switch (status) {
+    case 400:
+    case 413:
+    case 422:
+      return ErrorCode::kInvalidArgument;
+    case 401:
+      return ErrorCode::kUnauthenticated;
+    case 403:
+      return ErrorCode::kPermissionDenied;
+    case 404:
+      return ErrorCode::kNotFound;
+    case 409:
+      return ErrorCode::kFailedPrecondition;
+    case 429:
+      return ErrorCode::kResourceExhausted;
+    case 502:
+    case 503:
+      return ErrorCode::kUnavailable;
+    case 504:
+      return ErrorCode::kTimeout;
+    default:
+      return ErrorCode::kInternal;
+  }
+}
+
+}  // namespace vmgrid

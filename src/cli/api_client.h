@@ -1,0 +1,85 @@
+// ApiClient: a small JSON-over-HTTP client for the vmgrid REST API (see
+// docs/api.md), used by the CLI, and by the agent (to the controller) and the
+// controller (to agents). Generic: it never prints.
+//
+// Every call opens its own connection, so one ApiClient may be used from
+// several threads at once.
+//
+// Error mapping:
+//   - non-2xx with body {"error":{"code","message"}}: the code string maps to
+//     ErrorCode (payload_too_large -> kInvalidArgument, unknown -> kInternal),
+//     the message is the server's message.
+//   - non-2xx without such a body: mapped from the HTTP status.
+//   - connection refused / unreachable: kUnavailable, with a hint naming the
+//     peer (Options::peer_name, Options::unreachable_hint).
+//   - no answer within the read timeout: kTimeout.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "common/result.h"
+
+namespace vmgrid {
+
+class ApiClient {
+ public:
+  struct Options {
+    int connect_timeout_s = 5;
+    int read_timeout_s = 300;
+    int write_timeout_s = 300;
+    // Used in "cannot reach the <peer_name> at URL: <unreachable_hint>".
+    std::string peer_name = "controller";
+    std::string unreachable_hint = "is `vmgrid controller` (or `vmgrid dev`) running?";
+    std::string user_agent = "vmgrid";
+  };
+
+  // Called while uploading; return false to cancel (the call then fails
+  // with kInternal "upload canceled").
+  using ProgressFn = std::function<bool(uint64_t bytes_sent, uint64_t total)>;
+
+  // base_url: "http://host:port" (a path prefix such as "http://h:1/x" is
+  // kept; a missing scheme means http). token: bearer token; empty sends no
+  // Authorization header. A malformed URL makes every call fail with
+  // kInvalidArgument.
+  ApiClient(std::string base_url, std::string token);
+  ApiClient(std::string base_url, std::string token, Options options);
+
+  const std::string& base_url() const { return base_url_; }
+  const Options& options() const { return options_; }
+  void set_read_timeout_s(int seconds) { options_.read_timeout_s = seconds; }
+
+  // path: absolute API path, e.g. "/v1/vms" (may contain a query string).
+  // Returns the parsed JSON answer; an empty body (e.g. 204) gives null.
+  Result<nlohmann::json> Get(const std::string& path) const;
+  // A null body sends no body.
+  Result<nlohmann::json> Post(const std::string& path, const nlohmann::json& body = nullptr) const;
+  Result<nlohmann::json> Delete(const std::string& path,
+                                const nlohmann::json& body = nullptr) const;
+  // Streams the file as application/octet-stream with PUT, reading it in
+  // chunks (never whole into memory). progress may be empty.
+  Result<nlohmann::json> PutFile(const std::string& path, const std::string& file_path,
+                                 const ProgressFn& progress = nullptr) const;
+
+ private:
+  std::string scheme_host_port_;  // "http://host:port"
+  std::string path_prefix_;       // "" or "/prefix"
+  std::string base_url_;          // normalized, for messages
+  std::string url_error_;         // non-empty when base_url was malformed
+  std::string token_;
+  Options options_;
+
+  friend struct ApiClientInternals;
+};
+
+// Percent-encodes one path segment (an id or a name) for use in a URL.
+std::string PathEscape(const std::string& segment);
+
+// Maps an API error code string ("not_found", ...) to ErrorCode.
+ErrorCode ErrorCodeFromApiString(const std::string& code);
+// Maps an HTTP status (>= 300) to ErrorCode when the body has no error code.
+ErrorCode ErrorCodeFromHttpStatus(int status);
+
+}  // namespace vmgrid

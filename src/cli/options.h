@@ -1,0 +1,70 @@
+// Options of the three server roles of the single `vmgrid` binary, filled by
+// the CLI (src/cli/cli.cc) and consumed by the role implementations:
+//   vmgrid controller -> RunController (src/api)
+//   vmgrid agent      -> RunAgent      (src/agent)
+//   vmgrid dev        -> RunDev        (src/dev)
+// The CLI validates syntax (e.g. "host:port" shape, positive numbers); the
+// roles validate semantics (e.g. that a directory is writable).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace vmgrid {
+
+// `vmgrid controller`: the REST API server and scheduler.
+struct ControllerOptions {
+  // Address to serve the REST API on, "HOST:PORT". Port 0 picks a free port.
+  std::string listen = "127.0.0.1:8470";
+  // Database, tokens (STATE/admin.token) and other controller state.
+  std::string state_dir = "./state/controller";
+  // Where uploaded images are stored. Empty: STATE_DIR/images.
+  std::string image_dir;
+};
+
+// `vmgrid agent`: runs QEMU VMs on one host on behalf of the controller.
+struct AgentOptions {
+  // Address the agent's own HTTP endpoint listens on, "HOST:PORT". Port 0
+  // picks a free port; the agent reports the actual URL in its heartbeat.
+  std::string listen = "127.0.0.1:0";
+  // Base URL of the controller the agent registers with.
+  std::string controller_url = "http://127.0.0.1:8470";
+  // File holding the agent-role token for the controller. Empty: the agent's
+  // default (implementation-defined, e.g. STATE_DIR/agent.token).
+  std::string token_file;
+  // VM disks, sockets, logs and other per-host state.
+  std::string state_dir = "./state/agent";
+  // Host name reported to the controller. Empty: the machine's hostname.
+  std::string name;
+  // Unprivileged user to run QEMU processes as. Empty: the agent's own user.
+  std::string runas;
+  // vCPUs offered to the grid. 0: all online CPUs of the machine.
+  int vcpus = 0;
+  // Memory offered to the grid, in MiB. 0: derived from the machine's memory.
+  uint64_t memory_mb = 0;
+};
+
+// `vmgrid dev`: a controller plus N agents in one process, for development
+// and demos; state under one directory (admin token at
+// STATE_DIR/controller/admin.token).
+struct DevOptions {
+  // Number of in-process agents (simulated hosts), >= 1.
+  int hosts = 1;
+  // Controller port on 127.0.0.1.
+  int port = 8470;
+  std::string state_dir = "./state/dev";
+  // Run the built-in demo (import an image, start VMs, exec) once up.
+  bool demo = false;
+  // Exit after the demo finishes (the CLI sets `demo` too when this is set).
+  bool exit_after_demo = false;
+  // Leave the demo's VMs running/existing at exit instead of deleting them.
+  bool keep_vms = false;
+};
+
+// Role entry points, defined by the respective modules (not by src/cli).
+// Each returns the process exit code (0 success). Must not throw.
+int RunController(const ControllerOptions& options);
+int RunAgent(const AgentOptions& options);
+int RunDev(const DevOptions& options);
+
+}  // namespace vmgrid

@@ -1,0 +1,46 @@
+// Small helpers shared by every module: random ids and tokens, hashing,
+// clocks, and crash-safe file writes.
+// All functions are thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "common/result.h"
+
+namespace vmgrid {
+
+// A random id with a type prefix, e.g. NewId("vm") -> "vm-3f9a1c0b2d".
+std::string NewId(const std::string& prefix);
+
+// A bearer token: "vmg_" + 64 hex chars of cryptographic randomness.
+std::string NewToken();
+
+// Hex SHA-256 of `data`.
+std::string Sha256Hex(const std::string& data);
+
+// Random bytes from the kernel CSPRNG.
+std::string RandomBytes(size_t n);
+
+// RFC 4122 version-4 UUID string.
+std::string NewUuid();
+
+// Milliseconds since the Unix epoch.
+int64_t NowMs();
+// ISO-8601 UTC string for a time in ms since the epoch.
+std::string FormatTimeMs(int64_t ms);
+
+// Writes `data` to `path` atomically (temp file + fsync + rename + fsync dir),
+// so a crash leaves either the old or the new content, never a mix.
+Status WriteFileAtomic(const std::string& path, const std::string& data, int mode = 0644);
+Result<std::string> ReadFile(const std::string& path, size_t max_bytes = 64 << 20);
+
+// mkdir -p with a mode for the created directories.
+Status MakeDirs(const std::string& path, int mode = 0755);
+// rm -rf; missing path is fine.
+Status RemoveTree(const std::string& path);
+
+bool FileExists(const std::string& path);
+
+}  // namespace vmgrid

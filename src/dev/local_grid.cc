@@ -1,0 +1,158 @@
+#include "dev/local_grid.h"
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "common/util.h"
+
+namespace vmgrid {
+
+using std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Asks the kernel for a free loopback port. The small race until the
+// controller binds it is acceptable for a local grid.
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  int port = ntohs(a.sin_port);
+  close(fd);
+  return port;
+}
+
+}  // namespace
+
+Result<nlohmann::json> PollUntil(const ApiClient& client, const std::string& path,
+                                 const std::function<bool(const nlohmann::json&)>& done,
+                                 milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  Error last = MakeError(ErrorCode::kTimeout, "timed out waiting on " + path);
+  while (Clock::now() < deadline) {
+    auto r = client.Get(path);
+    if (r.ok() && done(*r)) return r;
+    if (!r.ok()) last = r.error();
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  return MakeError(ErrorCode::kTimeout, "timed out waiting on " + path + " (last: " + last.message + ")");
+}
+
+LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
+  if (options_.vmgrid_binary.empty()) options_.vmgrid_binary = SelfExecutable();
+  std::error_code ec;
+  options_.state_dir = std::filesystem::absolute(options_.state_dir, ec).string();
+  if (options_.port == 0) options_.port = FreePort();
+  url_ = "http://127.0.0.1:" + std::to_string(options_.port);
+  agents_.resize(static_cast<size_t>(options_.hosts));
+}
+
+LocalGrid::~LocalGrid() {
+  for (auto& a : agents_) a.reset();
+  controller_.reset();
+}
+
+std::string LocalGrid::agent_state_dir(int index) const {
+  return options_.state_dir + "/host-" + std::to_string(index + 1);
+}
+
+std::string LocalGrid::admin_token() const {
+  auto t = ReadFile(controller_state_dir() + "/admin.token", 4096);
+  if (!t.ok()) return "";
+  std::string s = *t;
+  while (!s.empty() && isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
+  return s;
+}
+
+ApiClient LocalGrid::Admin() const { return ApiClient(url_, admin_token()); }
+
+Status LocalGrid::StartController(milliseconds timeout) {
+  VMG_RETURN_IF_ERROR(MakeDirs(log_dir()));
+  VMG_ASSIGN_OR_RETURN(controller_,
+                       ChildProcess::Spawn({options_.vmgrid_binary, "controller", "--listen",
+                                            "127.0.0.1:" + std::to_string(options_.port),
+                                            "--state-dir", controller_state_dir()},
+                                           log_dir() + "/controller.log"));
+  ApiClient anon(url_, "");
+  auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (!controller_->Running())
+      return MakeError(ErrorCode::kInternal, "the controller exited; see " + log_dir() + "/controller.log");
+    if (anon.Get("/v1/health").ok() && !admin_token().empty()) return Status::Ok();
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  return MakeError(ErrorCode::kTimeout, "the controller did not come up; see " + log_dir() + "/controller.log");
+}
+
+void LocalGrid::StopController(bool hard) {
+  if (!controller_) return;
+  if (hard) controller_->KillHard();
+  controller_.reset();
+}
+
+Status LocalGrid::StartAgent(int index, milliseconds timeout) {
+  (void)timeout;
+  std::string name = "host-" + std::to_string(index + 1);
+  std::vector<std::string> argv = {options_.vmgrid_binary, "agent", "--listen", "127.0.0.1:0",
+                                   "--controller", url_, "--token-file",
+                                   controller_state_dir() + "/agent.token", "--state-dir",
+                                   agent_state_dir(index), "--name", name};
+  if (options_.host_vcpus > 0) argv.insert(argv.end(), {"--vcpus", std::to_string(options_.host_vcpus)});
+  if (options_.host_memory_mb > 0)
+    argv.insert(argv.end(), {"--memory-mb", std::to_string(options_.host_memory_mb)});
+  VMG_ASSIGN_OR_RETURN(agents_[static_cast<size_t>(index)],
+                       ChildProcess::Spawn(argv, log_dir() + "/" + name + ".log"));
+  return Status::Ok();
+}
+
+void LocalGrid::StopAgent(int index, bool hard) {
+  auto& a = agents_[static_cast<size_t>(index)];
+  if (!a) return;
+  if (hard) a->KillHard();
+  a.reset();
+}
+
+Status LocalGrid::WaitHostsUp(int n, milliseconds timeout) {
+  ApiClient admin = Admin();
+  auto r = PollUntil(admin, "/v1/hosts", [n](const nlohmann::json& j) {
+    int up = 0;
+    for (const auto& h : j.value("hosts", nlohmann::json::array()))
+      if (h.value("state", "") == "up") ++up;
+    return up >= n;
+  }, timeout);
+  if (!r.ok()) return r.error().Wrap("waiting for " + std::to_string(n) + " host(s); see " + log_dir());
+  return Status::Ok();
+}
+
+int LocalGrid::KillVmProcesses() {
+  int killed = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    std::string pid = e.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    auto cmdline = ReadFile(e.path().string() + "/cmdline", 1 << 20);
+    if (!cmdline.ok() || cmdline->find("qemu-system") == std::string::npos) continue;
+    if (cmdline->find(options_.state_dir + "/") == std::string::npos) continue;
+    if (kill(std::stoi(pid), SIGKILL) == 0) ++killed;
+  }
+  return killed;
+}
+
+Status LocalGrid::Start(milliseconds timeout) {
+  VMG_RETURN_IF_ERROR(MakeDirs(options_.state_dir));
+  VMG_RETURN_IF_ERROR(StartController());
+  for (int i = 0; i < options_.hosts; ++i) VMG_RETURN_IF_ERROR(StartAgent(i));
+  return WaitHostsUp(options_.hosts, timeout);
+}
+
+}  // namespace vmgrid

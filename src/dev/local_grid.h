@@ -1,0 +1,66 @@
+// LocalGrid: a controller and N agents on this machine, each a child process
+// of ours running the `vmgrid` binary, with its own state directory and port.
+// Used by `vmgrid dev`, by the integration tests (which kill and restart the
+// pieces) and by the benchmarks. Not thread-safe.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/api_client.h"
+#include "common/child_process.h"
+#include "common/result.h"
+
+namespace vmgrid {
+
+struct LocalGridOptions {
+  std::string vmgrid_binary;  // "" = this executable
+  std::string state_dir;      // controller/, host-1/, ..., logs/
+  int port = 0;               // controller port; 0 = pick a free one
+  int hosts = 1;
+  int host_vcpus = 0;         // 0 = agent default
+  int64_t host_memory_mb = 0;
+};
+
+class LocalGrid {
+ public:
+  explicit LocalGrid(LocalGridOptions options);
+  ~LocalGrid();
+
+  // Starts the controller and all agents and waits until every host is up.
+  Status Start(std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+  Status StartController(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  void StopController(bool hard);
+  Status StartAgent(int index, std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  void StopAgent(int index, bool hard);
+  // Waits until the controller lists `n` hosts as up.
+  Status WaitHostsUp(int n, std::chrono::milliseconds timeout);
+
+  // SIGKILLs every QEMU whose files live under this grid's state directory
+  // (test and demo clean-up; VMs otherwise outlive their agents by design).
+  int KillVmProcesses();
+
+  const std::string& url() const { return url_; }
+  std::string admin_token() const;
+  std::string controller_state_dir() const { return options_.state_dir + "/controller"; }
+  std::string agent_state_dir(int index) const;
+  std::string log_dir() const { return options_.state_dir + "/logs"; }
+  ApiClient Admin() const;
+  int hosts() const { return options_.hosts; }
+
+ private:
+  LocalGridOptions options_;
+  std::string url_;
+  std::unique_ptr<ChildProcess> controller_;
+  std::vector<std::unique_ptr<ChildProcess>> agents_;
+};
+
+// Waits until GET `path` through `client` succeeds and `done(answer)` holds.
+Result<nlohmann::json> PollUntil(const ApiClient& client, const std::string& path,
+                                 const std::function<bool(const nlohmann::json&)>& done,
+                                 std::chrono::milliseconds timeout);
+
+}  // namespace vmgrid

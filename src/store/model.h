@@ -1,0 +1,86 @@
+// The controller's domain objects as stored. Every object has an owner (a
+// user id); hosts are owned by the admin. These are plain values; the Store
+// persists them and the API turns them into JSON.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace vmgrid {
+
+struct User {
+  std::string id;
+  std::string name;
+  std::string role;  // "admin", "user" or "agent"
+  int64_t created_ms = 0;
+};
+
+struct Host {
+  std::string id;
+  std::string name;
+  std::string url;      // agent endpoint, e.g. http://127.0.0.1:41234
+  std::string state;    // "up" or "down"
+  int vcpus = 0;
+  int64_t memory_mb = 0;
+  int64_t disk_mb = 0;
+  bool kvm = false;
+  int reserved_vcpus = 0;       // sum over VMs placed on this host
+  int64_t reserved_memory_mb = 0;
+  int64_t last_heartbeat_ms = 0;
+  int64_t created_ms = 0;
+};
+
+struct Image {
+  std::string id;
+  std::string name;
+  std::string owner_id;
+  std::string state;    // "uploading", "ready"
+  std::string format;   // "raw", "qcow2"
+  std::string dir;      // where its files live
+  int64_t size_bytes = 0;
+  int64_t virtual_size_bytes = 0;
+  bool has_kernel = false;
+  bool has_initrd = false;
+  std::string append;
+  int64_t min_memory_mb = 64;
+  // Post-boot checkpoint ("" state = none).
+  std::string ckpt_state;  // "", "creating", "ready", "error"
+  int64_t ckpt_memory_mb = 0;
+  int ckpt_vcpus = 0;
+  int64_t ckpt_size_bytes = 0;
+  std::string ckpt_error;
+  int64_t created_ms = 0;
+};
+
+struct Vm {
+  std::string id;
+  std::string name;
+  std::string owner_id;
+  std::string image_id;
+  std::string host_id;
+  std::string state;
+  int vcpus = 1;
+  int64_t memory_mb = 256;
+  std::string disk;    // "clone" or "persistent"
+  std::string start;   // "boot" or "resume"
+  std::string workspace_id;
+  std::string error;
+  int64_t create_ms = 0;  // request-to-ready time of the last create/resume
+  int64_t created_ms = 0;
+  int64_t updated_ms = 0;
+};
+
+struct Workspace {
+  std::string id;
+  std::string name;
+  std::string owner_id;
+  std::string image_id;
+  std::string host_id;
+  std::string path;  // on the host
+  int64_t size_bytes = 0;
+  std::string vm_id;  // attached VM, "" if none
+  int64_t created_ms = 0;
+};
+
+}  // namespace vmgrid

@@ -1,0 +1,611 @@
+#include "store/store.h"
+
+#include "common/util.h"
+
+namespace vmgrid {
+
+namespace {
+
+// Each entry moves the schema from version i to i+1. Never edit a released
+// entry; append a new one.
+const char* kMigrations[] = {
+    R"sql(
+CREATE TABLE users (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  role TEXT NOT NULL CHECK (role IN ('admin','user','agent')),
+  created_ms INTEGER NOT NULL
+);
+CREATE TABLE tokens (
+  token_sha256 TEXT PRIMARY KEY,
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  created_ms INTEGER NOT NULL
+);
+CREATE TABLE hosts (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  owner_id TEXT NOT NULL,
+  url TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('up','down')),
+  vcpus INTEGER NOT NULL,
+  memory_mb INTEGER NOT NULL,
+  disk_mb INTEGER NOT NULL,
+  kvm INTEGER NOT NULL,
+  last_heartbeat_ms INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL
+);
+CREATE TABLE images (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  owner_id TEXT NOT NULL REFERENCES users(id),
+  state TEXT NOT NULL,
+  format TEXT NOT NULL,
+  dir TEXT NOT NULL,
+  size_bytes INTEGER NOT NULL DEFAULT 0,
+  virtual_size_bytes INTEGER NOT NULL DEFAULT 0,
+  has_kernel INTEGER NOT NULL DEFAULT 0,
+  has_initrd INTEGER NOT NULL DEFAULT 0,
+  append TEXT NOT NULL DEFAULT '',
+  min_memory_mb INTEGER NOT NULL DEFAULT 64,
+  ckpt_state TEXT NOT NULL DEFAULT '',
+  ckpt_memory_mb INTEGER NOT NULL DEFAULT 0,
+  ckpt_vcpus INTEGER NOT NULL DEFAULT 0,
+  ckpt_size_bytes INTEGER NOT NULL DEFAULT 0,
+  ckpt_error TEXT NOT NULL DEFAULT '',
+  created_ms INTEGER NOT NULL,
+  UNIQUE (owner_id, name)
+);
+CREATE TABLE workspaces (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  owner_id TEXT NOT NULL REFERENCES users(id),
+  image_id TEXT NOT NULL REFERENCES images(id),
+  host_id TEXT NOT NULL REFERENCES hosts(id),
+  path TEXT NOT NULL,
+  size_bytes INTEGER NOT NULL DEFAULT 0,
+  vm_id TEXT NOT NULL DEFAULT '',
+  created_ms INTEGER NOT NULL,
+  UNIQUE (owner_id, name)
+);
+CREATE TABLE vms (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  owner_id TEXT NOT NULL REFERENCES users(id),
+  image_id TEXT NOT NULL REFERENCES images(id),
+  host_id TEXT NOT NULL REFERENCES hosts(id),
+  state TEXT NOT NULL,
+  vcpus INTEGER NOT NULL,
+  memory_mb INTEGER NOT NULL,
+  disk TEXT NOT NULL CHECK (disk IN ('clone','persistent')),
+  start TEXT NOT NULL CHECK (start IN ('boot','resume')),
+  workspace_id TEXT NOT NULL DEFAULT '',
+  error TEXT NOT NULL DEFAULT '',
+  create_ms INTEGER NOT NULL DEFAULT 0,
+  created_ms INTEGER NOT NULL,
+  updated_ms INTEGER NOT NULL,
+  UNIQUE (owner_id, name)
+);
+CREATE INDEX vms_host ON vms(host_id);
+)sql",
+};
+
+const char* kUserCols = "id, name, role, created_ms";
+User ReadUser(SqlStmt& s) { return User{s.Text(0), s.Text(1), s.Text(2), s.Int(3)}; }
+
+// Reservations are derived from the VMs on a host (no counters to drift):
+// every VM except a failed one holds its vcpus and memory.
+const char* kHostSelect =
+    "SELECT h.id, h.name, h.url, h.state, h.vcpus, h.memory_mb, h.disk_mb, h.kvm, "
+    "h.last_heartbeat_ms, h.created_ms, "
+    "COALESCE((SELECT SUM(v.vcpus) FROM vms v WHERE v.host_id = h.id AND v.state != 'error'), 0), "
+    "COALESCE((SELECT SUM(v.memory_mb) FROM vms v WHERE v.host_id = h.id AND v.state != 'error'), 0) "
+    "FROM hosts h";
+Host ReadHost(SqlStmt& s) {
+  Host h;
+  h.id = s.Text(0);
+  h.name = s.Text(1);
+  h.url = s.Text(2);
+  h.state = s.Text(3);
+  h.vcpus = static_cast<int>(s.Int(4));
+  h.memory_mb = s.Int(5);
+  h.disk_mb = s.Int(6);
+  h.kvm = s.Int(7) != 0;
+  h.last_heartbeat_ms = s.Int(8);
+  h.created_ms = s.Int(9);
+  h.reserved_vcpus = static_cast<int>(s.Int(10));
+  h.reserved_memory_mb = s.Int(11);
+  return h;
+}
+
+const char* kImageCols =
+    "id, name, owner_id, state, format, dir, size_bytes, virtual_size_bytes, has_kernel, "
+    "has_initrd, append, min_memory_mb, ckpt_state, ckpt_memory_mb, ckpt_vcpus, "
+    "ckpt_size_bytes, ckpt_error, created_ms";
+Image ReadImage(SqlStmt& s) {
+  Image i;
+  i.id = s.Text(0);
+  i.name = s.Text(1);
+  i.owner_id = s.Text(2);
+  i.state = s.Text(3);
+  i.format = s.Text(4);
+  i.dir = s.Text(5);
+  i.size_bytes = s.Int(6);
+  i.virtual_size_bytes = s.Int(7);
+  i.has_kernel = s.Int(8) != 0;
+  i.has_initrd = s.Int(9) != 0;
+  i.append = s.Text(10);
+  i.min_memory_mb = s.Int(11);
+  i.ckpt_state = s.Text(12);
+  i.ckpt_memory_mb = s.Int(13);
+  i.ckpt_vcpus = static_cast<int>(s.Int(14));
+  i.ckpt_size_bytes = s.Int(15);
+  i.ckpt_error = s.Text(16);
+  i.created_ms = s.Int(17);
+  return i;
+}
+std::vector<SqlValue> ImageValues(const Image& i) {
+  return {i.id, i.name, i.owner_id, i.state, i.format, i.dir, i.size_bytes,
+          i.virtual_size_bytes, int64_t{i.has_kernel}, int64_t{i.has_initrd}, i.append,
+          i.min_memory_mb, i.ckpt_state, i.ckpt_memory_mb, int64_t{i.ckpt_vcpus},
+          i.ckpt_size_bytes, i.ckpt_error, i.created_ms};
+}
+
+const char* kVmCols =
+    "id, name, owner_id, image_id, host_id, state, vcpus, memory_mb, disk, start, "
+    "workspace_id, error, create_ms, created_ms, updated_ms";
+Vm ReadVm(SqlStmt& s) {
+  Vm v;
+  v.id = s.Text(0);
+  v.name = s.Text(1);
+  v.owner_id = s.Text(2);
+  v.image_id = s.Text(3);
+  v.host_id = s.Text(4);
+  v.state = s.Text(5);
+  v.vcpus = static_cast<int>(s.Int(6));
+  v.memory_mb = s.Int(7);
+  v.disk = s.Text(8);
+  v.start = s.Text(9);
+  v.workspace_id = s.Text(10);
+  v.error = s.Text(11);
+  v.create_ms = s.Int(12);
+  v.created_ms = s.Int(13);
+  v.updated_ms = s.Int(14);
+  return v;
+}
+std::vector<SqlValue> VmValues(const Vm& v) {
+  return {v.id, v.name, v.owner_id, v.image_id, v.host_id, v.state, int64_t{v.vcpus},
+          v.memory_mb, v.disk, v.start, v.workspace_id, v.error, v.create_ms, v.created_ms,
+          v.updated_ms};
+}
+
+const char* kWsCols = "id, name, owner_id, image_id, host_id, path, size_bytes, vm_id, created_ms";
+Workspace ReadWs(SqlStmt& s) {
+  return Workspace{s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Text(4),
+                   s.Text(5), s.Int(6),  s.Text(7), s.Int(8)};
+}
+std::vector<SqlValue> WsValues(const Workspace& w) {
+  return {w.id, w.name, w.owner_id, w.image_id, w.host_id, w.path, w.size_bytes, w.vm_id,
+          w.created_ms};
+}
+
+std::string Placeholders(size_t n) {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) s += i ? ",?" : "?";
+  return s;
+}
+
+// Runs `sql` with params and collects rows with `read`.
+template <typename T, typename F>
+Result<std::vector<T>> Query(SqliteDb* db, const std::string& sql,
+                             const std::vector<SqlValue>& params, F read) {
+  VMG_ASSIGN_OR_RETURN(auto stmt, db->Prepare(sql));
+  for (size_t i = 0; i < params.size(); ++i) stmt->Bind(static_cast<int>(i + 1), params[i]);
+  std::vector<T> out;
+  while (true) {
+    VMG_ASSIGN_OR_RETURN(bool row, stmt->Step());
+    if (!row) break;
+    out.push_back(read(*stmt));
+  }
+  return out;
+}
+
+// Looks an object up by id, or by name within the owner's objects. For the
+// admin (empty owner) a name must be unambiguous.
+template <typename T, typename F>
+Result<T> GetByRef(SqliteDb* db, const std::string& table, const std::string& cols,
+                   const std::string& kind, const std::string& ref, const OwnerFilter& owner,
+                   F read) {
+  std::string where = owner.empty() ? "" : " AND owner_id = ?";
+  std::vector<SqlValue> params{ref};
+  if (!owner.empty()) params.push_back(owner);
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<T>(db, "SELECT " + cols + " FROM " + table +
+                                                  " WHERE id = ?" + where,
+                                           params, read));
+  if (rows.empty()) {
+    VMG_ASSIGN_OR_RETURN(rows, Query<T>(db, "SELECT " + cols + " FROM " + table +
+                                               " WHERE name = ?" + where,
+                                        params, read));
+  }
+  if (rows.empty()) return MakeError(ErrorCode::kNotFound, kind + " '" + ref + "' not found");
+  if (rows.size() > 1)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     kind + " name '" + ref + "' is used by several owners; use the id");
+  return rows[0];
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  VMG_ASSIGN_OR_RETURN(auto db, SqliteDb::Open(path));
+  std::unique_ptr<Store> store(new Store(std::move(db)));
+  VMG_RETURN_IF_ERROR(store->Migrate());
+  return store;
+}
+
+Status Store::Migrate() {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_RETURN_IF_ERROR(db_->Exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"));
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<int64_t>(db_.get(), "SELECT version FROM schema_version",
+                                                 {}, [](SqlStmt& s) { return s.Int(0); }));
+  int64_t version = rows.empty() ? 0 : rows[0];
+  const int64_t target = static_cast<int64_t>(std::size(kMigrations));
+  if (version > target)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "database schema version " + std::to_string(version) +
+                         " is newer than this vmgrid (" + std::to_string(target) + ")");
+  for (int64_t v = version; v < target; ++v) {
+    SqlTransaction tx(db_.get());
+    VMG_RETURN_IF_ERROR(tx.begin_status());
+    VMG_RETURN_IF_ERROR(db_->Exec(kMigrations[v]));
+    VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM schema_version"));
+    VMG_ASSIGN_OR_RETURN(int n, db_->Run("INSERT INTO schema_version VALUES (?)", {v + 1}));
+    (void)n;
+    VMG_RETURN_IF_ERROR(tx.Commit());
+  }
+  schema_version_ = static_cast<int>(target);
+  return Status::Ok();
+}
+
+// --- users -------------------------------------------------------------------
+
+Result<std::pair<User, std::string>> Store::CreateUser(const std::string& name,
+                                                       const std::string& role) {
+  std::lock_guard<std::mutex> lock(mu_);
+  User u{NewId("usr"), name, role, NowMs()};
+  std::string token = NewToken();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  auto r = db_->Run("INSERT INTO users (id, name, role, created_ms) VALUES (?,?,?,?)",
+                    {u.id, u.name, u.role, u.created_ms});
+  if (!r.ok()) {
+    if (r.error().code == ErrorCode::kAlreadyExists)
+      return MakeError(ErrorCode::kAlreadyExists, "user '" + name + "' already exists");
+    return r.error();
+  }
+  VMG_RETURN_IF_ERROR(db_->Run("INSERT INTO tokens VALUES (?,?,?)", {Sha256Hex(token), u.id, u.created_ms}));
+  VMG_RETURN_IF_ERROR(tx.Commit());
+  return std::make_pair(u, token);
+}
+
+Status Store::AddToken(const std::string& user_id, const std::string& token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = db_->Run("INSERT OR IGNORE INTO tokens VALUES (?,?,?)", {Sha256Hex(token), user_id, NowMs()});
+  if (!r.ok()) return r.error();
+  return Status::Ok();
+}
+
+Result<User> Store::AuthenticateToken(const std::string& token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<User>(db_.get(),
+                  "SELECT u.id, u.name, u.role, u.created_ms FROM users u JOIN tokens t "
+                  "ON t.user_id = u.id WHERE t.token_sha256 = ?",
+                  {Sha256Hex(token)}, ReadUser));
+  if (rows.empty()) return MakeError(ErrorCode::kUnauthenticated, "unknown token");
+  return rows[0];
+}
+
+Result<std::vector<User>> Store::ListUsers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Query<User>(db_.get(), std::string("SELECT ") + kUserCols + " FROM users ORDER BY created_ms",
+                     {}, ReadUser);
+}
+
+Result<User> Store::GetUserById(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<User>(db_.get(),
+                                              std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?",
+                                              {id}, ReadUser));
+  if (rows.empty()) return MakeError(ErrorCode::kNotFound, "user " + id + " not found");
+  return rows[0];
+}
+
+Result<bool> Store::HasUserWithRole(const std::string& role) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<int64_t>(db_.get(), "SELECT COUNT(*) FROM users WHERE role = ?",
+                                                 {role}, [](SqlStmt& s) { return s.Int(0); }));
+  return rows[0] > 0;
+}
+
+// --- hosts ---------------------------------------------------------------------
+
+Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& url,
+                                  const HostCapacity& cap) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t now = NowMs();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(
+      int changed,
+      db_->Run("UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
+               "last_heartbeat_ms=? WHERE name=?",
+               {url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm}, now, name}));
+  if (changed == 0) {
+    VMG_RETURN_IF_ERROR(db_->Run(
+        "INSERT INTO hosts (id, name, owner_id, url, state, vcpus, memory_mb, disk_mb, kvm, "
+        "last_heartbeat_ms, created_ms) VALUES (?,?,'admin',?,'up',?,?,?,?,?,?)",
+        {NewId("host"), name, url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb,
+         int64_t{cap.kvm}, now, now}));
+  }
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.name = ?",
+                                              {name}, ReadHost));
+  VMG_RETURN_IF_ERROR(tx.Commit());
+  return rows.at(0);
+}
+
+Result<std::vector<Host>> Store::ListHosts() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Query<Host>(db_.get(), std::string(kHostSelect) + " ORDER BY h.name", {}, ReadHost);
+}
+
+Result<Host> Store::GetHost(const std::string& ref) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) +
+                                                              " WHERE h.id = ? OR h.name = ?",
+                                              {ref, ref}, ReadHost));
+  if (rows.empty()) return MakeError(ErrorCode::kNotFound, "host '" + ref + "' not found");
+  return rows[0];
+}
+
+Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(auto ids, Query<std::string>(db_.get(),
+                                                    "SELECT id FROM hosts WHERE state='up' AND "
+                                                    "last_heartbeat_ms < ?",
+                                                    {cutoff_ms}, [](SqlStmt& s) { return s.Text(0); }));
+  VMG_RETURN_IF_ERROR(db_->Run("UPDATE hosts SET state='down' WHERE state='up' AND last_heartbeat_ms < ?",
+                               {cutoff_ms}));
+  VMG_RETURN_IF_ERROR(tx.Commit());
+  return ids;
+}
+
+// --- images --------------------------------------------------------------------
+
+Status Store::InsertImage(const Image& image) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = db_->Run(std::string("INSERT INTO images (") + kImageCols + ") VALUES (" +
+                        Placeholders(18) + ")",
+                    ImageValues(image));
+  if (!r.ok()) {
+    if (r.error().code == ErrorCode::kAlreadyExists)
+      return MakeError(ErrorCode::kAlreadyExists, "an image named '" + image.name + "' already exists");
+    return r.error();
+  }
+  return Status::Ok();
+}
+
+Status Store::UpdateImage(const Image& i) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto vals = ImageValues(i);
+  vals.erase(vals.begin());  // id goes last
+  vals.push_back(i.id);
+  VMG_RETURN_IF_ERROR(db_->Run(
+      "UPDATE images SET name=?, owner_id=?, state=?, format=?, dir=?, size_bytes=?, "
+      "virtual_size_bytes=?, has_kernel=?, has_initrd=?, append=?, min_memory_mb=?, ckpt_state=?, "
+      "ckpt_memory_mb=?, ckpt_vcpus=?, ckpt_size_bytes=?, ckpt_error=?, created_ms=? WHERE id=?",
+      vals));
+  return Status::Ok();
+}
+
+Result<Image> Store::GetImage(const std::string& ref, const OwnerFilter& owner) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return GetByRef<Image>(db_.get(), "images", kImageCols, "image", ref, owner, ReadImage);
+}
+
+Result<std::vector<Image>> Store::ListImages(const OwnerFilter& owner) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (owner.empty())
+    return Query<Image>(db_.get(), std::string("SELECT ") + kImageCols + " FROM images ORDER BY created_ms",
+                        {}, ReadImage);
+  return Query<Image>(db_.get(),
+                      std::string("SELECT ") + kImageCols +
+                          " FROM images WHERE owner_id = ? ORDER BY created_ms",
+                      {owner}, ReadImage);
+}
+
+Result<std::vector<Image>> Store::ListPublicImages() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Query<Image>(db_.get(),
+                      std::string("SELECT ") + kImageCols +
+                          " FROM images WHERE owner_id IN (SELECT id FROM users WHERE role = "
+                          "'admin') ORDER BY created_ms",
+                      {}, ReadImage);
+}
+
+Status Store::DeleteImage(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(auto users, Query<int64_t>(db_.get(),
+                                                  "SELECT (SELECT COUNT(*) FROM vms WHERE image_id=?) + "
+                                                  "(SELECT COUNT(*) FROM workspaces WHERE image_id=?)",
+                                                  {id, id}, [](SqlStmt& s) { return s.Int(0); }));
+  if (users[0] > 0)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "image is used by " + std::to_string(users[0]) +
+                         " VM(s) or workspace(s); remove them first");
+  VMG_RETURN_IF_ERROR(db_->Run("DELETE FROM images WHERE id = ?", {id}));
+  return tx.Commit();
+}
+
+// --- VMs ------------------------------------------------------------------------
+
+Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candidates) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  for (const auto& host_id : candidates) {
+    VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?",
+                                                {host_id}, ReadHost));
+    if (rows.empty()) continue;
+    const Host& h = rows[0];
+    if (h.state != "up") continue;
+    if (h.vcpus - h.reserved_vcpus < vm.vcpus) continue;
+    if (h.memory_mb - h.reserved_memory_mb < vm.memory_mb) continue;
+    vm.host_id = h.id;
+    auto r = db_->Run(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(15) + ")",
+                      VmValues(vm));
+    if (!r.ok()) {
+      if (r.error().code == ErrorCode::kAlreadyExists)
+        return MakeError(ErrorCode::kAlreadyExists, "a VM named '" + vm.name + "' already exists");
+      return r.error();
+    }
+    VMG_RETURN_IF_ERROR(tx.Commit());
+    return vm;
+  }
+  return MakeError(ErrorCode::kResourceExhausted,
+                   "no host has room for " + std::to_string(vm.vcpus) + " vCPU(s) and " +
+                       std::to_string(vm.memory_mb) + " MB (checked " +
+                       std::to_string(candidates.size()) + " host(s))");
+}
+
+Status Store::InsertVmRecord(const Vm& vm) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_RETURN_IF_ERROR(db_->Run(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" +
+                                   Placeholders(15) + ")",
+                               VmValues(vm)));
+  return Status::Ok();
+}
+
+Result<Vm> Store::GetVmLocked(const std::string& ref, const OwnerFilter& owner) {
+  return GetByRef<Vm>(db_.get(), "vms", kVmCols, "VM", ref, owner, ReadVm);
+}
+
+Result<Vm> Store::GetVm(const std::string& ref, const OwnerFilter& owner) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return GetVmLocked(ref, owner);
+}
+
+Result<std::vector<Vm>> Store::ListVms(const OwnerFilter& owner) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (owner.empty())
+    return Query<Vm>(db_.get(), std::string("SELECT ") + kVmCols + " FROM vms ORDER BY created_ms", {},
+                     ReadVm);
+  return Query<Vm>(db_.get(),
+                   std::string("SELECT ") + kVmCols + " FROM vms WHERE owner_id = ? ORDER BY created_ms",
+                   {owner}, ReadVm);
+}
+
+Result<std::vector<Vm>> Store::ListVmsOnHost(const std::string& host_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Query<Vm>(db_.get(), std::string("SELECT ") + kVmCols + " FROM vms WHERE host_id = ?",
+                   {host_id}, ReadVm);
+}
+
+Status Store::UpdateVm(const Vm& v) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_RETURN_IF_ERROR(db_->Run(
+      "UPDATE vms SET host_id=?, state=?, workspace_id=?, error=?, create_ms=?, updated_ms=? "
+      "WHERE id=?",
+      {v.host_id, v.state, v.workspace_id, v.error, v.create_ms, NowMs(), v.id}));
+  return Status::Ok();
+}
+
+Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::string>& from,
+                               const std::string& to) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(Vm vm, GetVmLocked(id, ""));
+  bool allowed = false;
+  for (const auto& f : from) allowed = allowed || vm.state == f;
+  if (!allowed)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.id + " is " + vm.state + "; this needs it to be " + [&] {
+                       std::string s;
+                       for (size_t i = 0; i < from.size(); ++i) s += (i ? " or " : "") + from[i];
+                       return s;
+                     }());
+  vm.state = to;
+  vm.updated_ms = NowMs();
+  if (to != "error") vm.error.clear();
+  VMG_RETURN_IF_ERROR(db_->Run("UPDATE vms SET state=?, error=?, updated_ms=? WHERE id=?",
+                               {vm.state, vm.error, vm.updated_ms, vm.id}));
+  VMG_RETURN_IF_ERROR(tx.Commit());
+  return vm;
+}
+
+Status Store::DeleteVm(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_RETURN_IF_ERROR(db_->Run("UPDATE workspaces SET vm_id='' WHERE vm_id=?", {id}));
+  VMG_RETURN_IF_ERROR(db_->Run("DELETE FROM vms WHERE id=?", {id}));
+  return tx.Commit();
+}
+
+// --- workspaces --------------------------------------------------------------------
+
+Status Store::InsertWorkspace(const Workspace& ws) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = db_->Run(std::string("INSERT INTO workspaces (") + kWsCols + ") VALUES (" + Placeholders(9) + ")",
+                    WsValues(ws));
+  if (!r.ok()) {
+    if (r.error().code == ErrorCode::kAlreadyExists)
+      return MakeError(ErrorCode::kAlreadyExists, "a workspace named '" + ws.name + "' already exists");
+    return r.error();
+  }
+  return Status::Ok();
+}
+
+Status Store::UpdateWorkspace(const Workspace& w) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_RETURN_IF_ERROR(db_->Run("UPDATE workspaces SET path=?, size_bytes=?, vm_id=?, host_id=? WHERE id=?",
+                               {w.path, w.size_bytes, w.vm_id, w.host_id, w.id}));
+  return Status::Ok();
+}
+
+Result<Workspace> Store::GetWorkspace(const std::string& ref, const OwnerFilter& owner) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return GetByRef<Workspace>(db_.get(), "workspaces", kWsCols, "workspace", ref, owner, ReadWs);
+}
+
+Result<std::optional<Workspace>> Store::FindWorkspaceByName(const std::string& owner_id,
+                                                            const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<Workspace>(db_.get(),
+                                                   std::string("SELECT ") + kWsCols +
+                                                       " FROM workspaces WHERE owner_id=? AND name=?",
+                                                   {owner_id, name}, ReadWs));
+  if (rows.empty()) return std::optional<Workspace>();
+  return std::optional<Workspace>(rows[0]);
+}
+
+Result<std::vector<Workspace>> Store::ListWorkspaces(const OwnerFilter& owner) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (owner.empty())
+    return Query<Workspace>(db_.get(), std::string("SELECT ") + kWsCols + " FROM workspaces", {}, ReadWs);
+  return Query<Workspace>(db_.get(), std::string("SELECT ") + kWsCols + " FROM workspaces WHERE owner_id=?",
+                          {owner}, ReadWs);
+}
+
+Status Store::DeleteWorkspace(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_RETURN_IF_ERROR(db_->Run("DELETE FROM workspaces WHERE id=?", {id}));
+  return Status::Ok();
+}
+
+}  // namespace vmgrid

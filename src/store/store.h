@@ -1,0 +1,106 @@
+// Store: the controller's persistent state (users, tokens, hosts, images,
+// VMs, workspaces) in SQLite with versioned schema migrations. Every method
+// is a single transaction: either all of its effect is recorded or none.
+// Thread-safe (one connection, serialized by a mutex).
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "store/model.h"
+#include "store/sqlite.h"
+
+namespace vmgrid {
+
+// Owner filter: "" means every owner (the admin's view).
+using OwnerFilter = std::string;
+
+struct HostCapacity {
+  int vcpus = 0;
+  int64_t memory_mb = 0;
+  int64_t disk_mb = 0;
+  bool kvm = false;
+};
+
+class Store {
+ public:
+  static Result<std::unique_ptr<Store>> Open(const std::string& path);
+
+  // Schema version after migrations.
+  int schema_version() const { return schema_version_; }
+
+  // --- users and tokens ---------------------------------------------------
+  // Creates a user and a first token; returns the plaintext token (only the
+  // SHA-256 of a token is stored).
+  Result<std::pair<User, std::string>> CreateUser(const std::string& name, const std::string& role);
+  Result<User> AuthenticateToken(const std::string& token);
+  Result<std::vector<User>> ListUsers();
+  Result<bool> HasUserWithRole(const std::string& role);
+  Result<User> GetUserById(const std::string& id);
+  // Adds a token for an existing user (used for the well-known agent token).
+  Status AddToken(const std::string& user_id, const std::string& token);
+
+  // --- hosts ----------------------------------------------------------------
+  // Registers a host by name, or refreshes its url, capacity and heartbeat.
+  Result<Host> HeartbeatHost(const std::string& name, const std::string& url,
+                             const HostCapacity& cap);
+  Result<std::vector<Host>> ListHosts();
+  Result<Host> GetHost(const std::string& ref);
+  // Marks hosts whose last heartbeat is older than `cutoff_ms` as down;
+  // returns the ids that changed.
+  Result<std::vector<std::string>> MarkStaleHostsDown(int64_t cutoff_ms);
+
+  // --- images ---------------------------------------------------------------
+  Status InsertImage(const Image& image);
+  Status UpdateImage(const Image& image);
+  Result<Image> GetImage(const std::string& ref, const OwnerFilter& owner);
+  Result<std::vector<Image>> ListImages(const OwnerFilter& owner);
+  // Images owned by admins are public: every user may see and use them.
+  Result<std::vector<Image>> ListPublicImages();
+  // Deletes unless a VM or workspace uses it (kFailedPrecondition).
+  Status DeleteImage(const std::string& id);
+
+  // --- VMs --------------------------------------------------------------------
+  // Atomically places `vm` on the first host in `candidates` (in order) that
+  // is up and has room for its vcpus and memory, and records it. Concurrent
+  // calls never oversubscribe a host. Returns the stored VM with host_id set,
+  // or kResourceExhausted.
+  Result<Vm> PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candidates);
+  Result<Vm> GetVm(const std::string& ref, const OwnerFilter& owner);
+  Result<std::vector<Vm>> ListVms(const OwnerFilter& owner);
+  Result<std::vector<Vm>> ListVmsOnHost(const std::string& host_id);
+  // Writes every mutable field of `vm` (state, error, host, timings...).
+  Status UpdateVm(const Vm& vm);
+  // Compare-and-set on state: fails with kFailedPrecondition if the VM's
+  // state is not one of `from`.
+  Result<Vm> TransitionVm(const std::string& id, const std::vector<std::string>& from,
+                          const std::string& to);
+  Status DeleteVm(const std::string& id);
+  // Inserts a VM record as-is (used when an agent reports a VM the controller
+  // has no record of, e.g. after restoring an old database).
+  Status InsertVmRecord(const Vm& vm);
+
+  // --- workspaces ---------------------------------------------------------------
+  Status InsertWorkspace(const Workspace& ws);
+  Status UpdateWorkspace(const Workspace& ws);
+  Result<Workspace> GetWorkspace(const std::string& ref, const OwnerFilter& owner);
+  Result<std::optional<Workspace>> FindWorkspaceByName(const std::string& owner_id,
+                                                       const std::string& name);
+  Result<std::vector<Workspace>> ListWorkspaces(const OwnerFilter& owner);
+  Status DeleteWorkspace(const std::string& id);
+
+ private:
+  explicit Store(std::unique_ptr<SqliteDb> db) : db_(std::move(db)) {}
+  Status Migrate();
+  Result<Vm> GetVmLocked(const std::string& ref, const OwnerFilter& owner);
+
+  std::mutex mu_;
+  std::unique_ptr<SqliteDb> db_;  // guarded by mu_
+  int schema_version_ = 0;
+};
+
+}  // namespace vmgrid

@@ -1,0 +1,300 @@
+// Integration tests for the lifecycle operations against real QEMU: a
+// guest-less VM (always runs) and the tiny guest image (skipped without it).
+#include "vmm/machine_ops.h"
+
+#include <gtest/gtest.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include "vmm/guest_agent_client.h"
+#include "vmm/qemu_process.h"
+#include "vmm/test_util.h"
+
+namespace vmgrid {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using vmm::testing::ProcessesMentioning;
+using vmm::testing::RandomUuid;
+using vmm::testing::Sh;
+using vmm::testing::TempDir;
+
+int64_t MsSince(Clock::time_point start) {
+  return std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
+}
+
+// The user QEMU runs as in these tests: nobody when we are root (so the
+// permission rules documented in qemu_process.h are exercised), else none.
+std::string TestRunAs() {
+  if (const char* env = std::getenv("VMGRID_TEST_RUNAS")) return env;
+  return (::geteuid() == 0 && ::getpwnam("nobody") != nullptr) ? "nobody" : "";
+}
+
+void GiveTo(const std::string& path, const std::string& user) {
+  if (user.empty()) return;
+  struct passwd* pw = ::getpwnam(user.c_str());
+  ASSERT_NE(pw, nullptr);
+  ASSERT_EQ(::chown(path.c_str(), pw->pw_uid, pw->pw_gid), 0) << path;
+}
+
+class MachineOpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // World-traversable so the -runas user can reach images in it.
+    ::chmod(dir_.path().c_str(), 0755);
+  }
+  void TearDown() override {
+    for (pid_t pid : ProcessesMentioning(dir_.path())) ::kill(pid, SIGKILL);
+  }
+  std::string P(const std::string& name) const { return dir_.path() + "/" + name; }
+  TempDir dir_;
+};
+
+TEST_F(MachineOpsTest, CheckpointAndResumeWithoutGuest) {
+  const std::string runas = TestRunAs();
+  ASSERT_EQ(Sh("qemu-img create -q -f raw " + P("base.raw") + " 64M"), 0);
+  ASSERT_EQ(Sh("qemu-img create -q -f qcow2 -b " + P("base.raw") + " -F raw " + P("top.qcow2")), 0);
+  ::chmod(P("top.qcow2").c_str(), 0600);
+  GiveTo(P("top.qcow2"), runas);
+  fs::create_directories(P("ckpt"));
+  GiveTo(P("ckpt"), runas);  // drive-backup creates its target as the QEMU user
+
+  QemuConfig c;
+  c.vm_id = "ops-src";
+  c.memory_mb = 128;
+  c.accel = "tcg";
+  c.disk_path = P("top.qcow2");
+  c.run_dir = P("run1");
+  c.runas = runas;
+  auto src = QemuProcess::Launch(c, seconds(30));
+  ASSERT_TRUE(src.ok()) << src.error().message;
+  QmpClient& qmp = (*src)->qmp();
+  EXPECT_EQ(*QueryStatus(qmp), "running");
+
+  ASSERT_TRUE(Stop(qmp).ok());
+  EXPECT_EQ(*QueryStatus(qmp), "paused");
+  Status st = BackupDiskTop(qmp, "disk0", P("ckpt/disk.qcow2"), /*full=*/false, seconds(60));
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  st = BackupDiskTop(qmp, "disk0", P("ckpt/disk.qcow2"), false, seconds(60));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ErrorCode::kAlreadyExists);
+  st = BackupDiskTop(qmp, "nope", P("ckpt/nope.qcow2"), false, seconds(60));
+  ASSERT_FALSE(st.ok());
+  EXPECT_FALSE(fs::exists(P("ckpt/nope.qcow2")));
+
+  auto t0 = Clock::now();
+  st = SaveStateToFile(qmp, P("ckpt/memory.state"), seconds(60));
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  std::cout << "[timing] guestless save: " << MsSince(t0) << " ms, "
+            << fs::file_size(P("ckpt/memory.state")) << " bytes\n";
+  struct stat sb;
+  ASSERT_EQ(::stat(P("ckpt/memory.state").c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_mode & 0777, 0600u);
+  EXPECT_EQ(sb.st_uid, ::geteuid());  // written through our fd, not by the QEMU user
+  EXPECT_EQ(*QueryStatus(qmp), "postmigrate");
+  // Disks are inactive after the migration: backing up now is refused clearly.
+  st = BackupDiskTop(qmp, "disk0", P("ckpt/late.qcow2"), false, seconds(60));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ErrorCode::kFailedPrecondition);
+  // Saving to an impossible path fails without side effects.
+  st = SaveStateToFile(qmp, P("no/such/dir/state"), seconds(10));
+  ASSERT_FALSE(st.ok());
+  // The source is not waiting for an incoming migration.
+  st = ResumeFromFile(qmp, P("ckpt/memory.state"), seconds(10));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ErrorCode::kFailedPrecondition);
+  // A checkpoint that leaves the VM running: cont re-activates the disks.
+  ASSERT_TRUE(Cont(qmp).ok());
+  EXPECT_EQ(*QueryStatus(qmp), "running");
+  ASSERT_TRUE((*src)->Quit(seconds(10)).ok());
+
+  // The backup keeps the original backing file (absolute path).
+  ASSERT_EQ(Sh("qemu-img info " + P("ckpt/disk.qcow2") +
+               " | grep -q 'backing file: " + P("base.raw") + "'"),
+            0);
+  ASSERT_EQ(
+      Sh("qemu-img create -q -f qcow2 -b " + P("ckpt/disk.qcow2") + " -F qcow2 " + P("top2.qcow2")),
+      0);
+  GiveTo(P("top2.qcow2"), runas);
+  c.vm_id = "ops-dst";
+  c.disk_path = P("top2.qcow2");
+  c.run_dir = P("run2");
+  c.incoming = true;
+  c.vmgenid = RandomUuid();
+  auto dst = QemuProcess::Launch(c, seconds(30));
+  ASSERT_TRUE(dst.ok()) << dst.error().message;
+  EXPECT_EQ(*QueryStatus((*dst)->qmp()), "inmigrate");
+  t0 = Clock::now();
+  st = ResumeFromFile((*dst)->qmp(), P("ckpt/memory.state"), seconds(60));
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  std::cout << "[timing] guestless resume: " << MsSince(t0) << " ms\n";
+  EXPECT_EQ(*QueryStatus((*dst)->qmp()), "running");
+  ASSERT_TRUE((*dst)->Quit(seconds(10)).ok());
+}
+
+TEST_F(MachineOpsTest, ResumeFromCorruptStateFailsWithoutHanging) {
+  std::ofstream(P("bad.state")) << "this is not a migration stream";
+  QemuConfig c;
+  c.vm_id = "ops-bad";
+  c.memory_mb = 128;
+  c.accel = "tcg";
+  c.run_dir = P("run");
+  c.incoming = true;
+  auto q = QemuProcess::Launch(c, seconds(30));
+  ASSERT_TRUE(q.ok()) << q.error().message;
+  auto t0 = Clock::now();
+  Status st = ResumeFromFile((*q)->qmp(), P("bad.state"), seconds(20));
+  ASSERT_FALSE(st.ok());
+  EXPECT_LT(MsSince(t0), 15000);
+  std::cout << "[info] corrupt state: " << st.error().message << "\n";
+  EXPECT_NE((*q)->LogTail().find("Not a migration stream"), std::string::npos) << (*q)->LogTail();
+  // QEMU exits right after closing the monitor.
+  for (int i = 0; i < 100 && (*q)->Alive(); ++i) std::this_thread::sleep_for(milliseconds(50));
+  EXPECT_FALSE((*q)->Alive());
+  st = ResumeFromFile((*q)->qmp(), P("missing.state"), seconds(5));
+  ASSERT_FALSE(st.ok());
+  (void)(*q)->Kill();
+}
+
+// --- the tiny guest ----------------------------------------------------------
+
+struct TinyImage {
+  std::string dir, kernel, initrd, rootfs, append;
+};
+
+std::optional<TinyImage> FindTinyImage(std::string* why) {
+  const char* env = std::getenv("VMGRID_TINY_IMAGE");
+  std::string dir = env != nullptr ? env : VMGRID_DEFAULT_TINY_IMAGE;
+  TinyImage img{dir, dir + "/vmlinuz", dir + "/initrd.img", dir + "/rootfs.raw", ""};
+  for (const std::string& f : {img.kernel, img.initrd, img.rootfs, dir + "/manifest.json"}) {
+    if (!fs::exists(f)) {
+      *why = "tiny image not built (" + f + " missing; run guest/build-tiny.sh)";
+      return std::nullopt;
+    }
+  }
+  std::ifstream in(dir + "/manifest.json");
+  nlohmann::json m = nlohmann::json::parse(in, nullptr, false);
+  if (m.is_discarded() || !m.contains("append") || !m["append"].is_string()) {
+    *why = "manifest.json has no \"append\" string";
+    return std::nullopt;
+  }
+  img.append = m["append"];
+  return img;
+}
+
+std::string TestAccel() {
+  const char* env = std::getenv("VMGRID_TEST_ACCEL");
+  return env != nullptr ? env : "tcg";
+}
+
+TEST_F(MachineOpsTest, TinyGuestBootExecCheckpointResume) {
+  std::string why;
+  std::optional<TinyImage> img = FindTinyImage(&why);
+  if (!img) GTEST_SKIP() << why;
+  // Image files must be readable by the QEMU user; only use -runas if they are.
+  std::string runas = TestRunAs();
+  if (!runas.empty() && Sh("su -s /bin/sh " + runas + " -c 'test -r " + img->rootfs +
+                           " && test -r " + img->kernel + "' 2>/dev/null") != 0) {
+    std::cout << "[info] image not readable by " << runas << "; running without -runas\n";
+    runas.clear();
+  }
+
+  ASSERT_EQ(Sh("qemu-img create -q -f qcow2 -b " + img->rootfs + " -F raw " + P("ov1.qcow2")), 0);
+  GiveTo(P("ov1.qcow2"), runas);
+  fs::create_directories(P("ckpt"));
+  GiveTo(P("ckpt"), runas);
+
+  QemuConfig c;
+  c.vm_id = "tiny-a";
+  c.vcpus = 2;  // MTTCG threads must coexist with -sandbox resourcecontrol=deny
+  c.memory_mb = 256;
+  c.kernel = img->kernel;
+  c.initrd = img->initrd;
+  c.append = img->append;
+  c.disk_path = P("ov1.qcow2");
+  c.run_dir = P("run1");
+  c.runas = runas;
+  c.accel = TestAccel();
+  c.vmgenid = RandomUuid();
+
+  auto t0 = Clock::now();
+  auto vm = QemuProcess::Launch(c, seconds(30));
+  ASSERT_TRUE(vm.ok()) << vm.error().message;
+  auto ga = GuestAgentClient::ConnectWhenReady((*vm)->qga_socket(), Clock::now() + seconds(240));
+  ASSERT_TRUE(ga.ok()) << ga.error().message << "\nconsole: " << P("run1/console.log");
+  std::cout << "[timing] boot to guest-agent ready (" << c.accel << "): " << MsSince(t0) << " ms\n";
+
+  Result<ExecResult> r = (*ga)->Exec({"echo", "hi"}, "", seconds(60));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->exit_code, 0);
+  EXPECT_EQ(r->out, "hi\n");
+  r = (*ga)->Exec({"cat"}, "from stdin", seconds(60));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->out, "from stdin");
+
+  const std::string marker_path = "/root/vmgrid-marker";
+  const std::string marker = "marker " + RandomUuid();
+  Status st = (*ga)->WriteFile(marker_path, marker);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  Result<std::string> back = (*ga)->ReadFile(marker_path, 4096);
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, marker);
+  ASSERT_TRUE((*ga)->ReseedRandom().ok());
+  ga->reset();  // the agent is done with this QEMU
+
+  t0 = Clock::now();
+  st = CheckpointToFiles((*vm)->qmp(), "disk0", P("ckpt/disk.qcow2"), /*full_disk=*/false,
+                         P("ckpt/memory.state"), seconds(120));
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  std::cout << "[timing] checkpoint (stop+backup top+save): " << MsSince(t0) << " ms; disk "
+            << fs::file_size(P("ckpt/disk.qcow2")) << " bytes, state "
+            << fs::file_size(P("ckpt/memory.state")) << " bytes\n";
+  ASSERT_TRUE((*vm)->Quit(seconds(10)).ok());
+
+  ASSERT_EQ(
+      Sh("qemu-img create -q -f qcow2 -b " + P("ckpt/disk.qcow2") + " -F qcow2 " + P("ov2.qcow2")),
+      0);
+  GiveTo(P("ov2.qcow2"), runas);
+  c.vm_id = "tiny-b";
+  c.disk_path = P("ov2.qcow2");
+  c.run_dir = P("run2");
+  c.incoming = true;
+  c.vmgenid = RandomUuid();  // a clone must look like a new generation to the guest
+  t0 = Clock::now();
+  auto vm2 = QemuProcess::Launch(c, seconds(30));
+  ASSERT_TRUE(vm2.ok()) << vm2.error().message;
+  auto launched_ms = MsSince(t0);
+  st = ResumeFromFile((*vm2)->qmp(), P("ckpt/memory.state"), seconds(120));
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  auto resumed_ms = MsSince(t0);
+  auto ga2 = GuestAgentClient::ConnectWhenReady((*vm2)->qga_socket(), Clock::now() + seconds(60));
+  ASSERT_TRUE(ga2.ok()) << ga2.error().message;
+  std::cout << "[timing] resume: launch " << launched_ms << " ms, state loaded+cont " << resumed_ms
+            << " ms, guest agent ready " << MsSince(t0) << " ms\n";
+
+  back = (*ga2)->ReadFile(marker_path, 4096);
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, marker);
+  // The same content is on the resumed disk, not only in the page cache.
+  r = (*ga2)->Exec({"sh", "-c", "sync && echo 3 > /proc/sys/vm/drop_caches && cat " + marker_path},
+                   "", seconds(60));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->out, marker);
+  ASSERT_TRUE((*ga2)->ReseedRandom().ok());
+  ASSERT_TRUE((*vm2)->Quit(seconds(10)).ok());
+}
+
+}  // namespace
+}  // namespace vmgrid

@@ -1,0 +1,137 @@
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "vmm/qemu_process.h"
+
+namespace vmgrid {
+namespace {
+
+QemuConfig FullConfig() {
+  QemuConfig c;
+  c.vm_id = "vm-1";
+  c.vcpus = 2;
+  c.memory_mb = 512;
+  c.kernel = "/img/vmlinuz";
+  c.initrd = "/img/initrd.img";
+  c.append = "console=ttyS0 root=/dev/vda rw";
+  c.disk_path = "/vms/vm-1/disk.qcow2";
+  c.run_dir = "/vms/vm-1/run";
+  c.incoming = true;
+  c.runas = "nobody";
+  c.accel = "tcg";
+  c.vmgenid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+  return c;
+}
+
+TEST(BuildQemuArgvTest, ExactDeviceConfiguration) {
+  // clang-format off
+  std::vector<std::string> want = {
+      "qemu-system-x86_64",
+      "-machine", "q35,accel=tcg",
+      "-cpu", "max",
+      "-smp", "2",
+      "-m", "512",
+      "-nodefaults",
+      "-no-user-config",
+      "-display", "none",
+      "-kernel", "/img/vmlinuz",
+      "-initrd", "/img/initrd.img",
+      "-append", "console=ttyS0 root=/dev/vda rw",
+      "-drive", "file=/vms/vm-1/disk.qcow2,if=none,id=disk0,format=qcow2,cache=writeback,discard=unmap",
+      "-device", "virtio-blk-pci,drive=disk0,id=vda",
+      "-device", "virtio-serial-pci,id=vser0",
+      "-chardev", "socket,path=/vms/vm-1/run/qga.sock,server=on,wait=off,id=qga0",
+      "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+      "-device", "virtio-rng-pci,id=rng0",
+      "-device", "vmgenid,id=vmgen0,guid=0f8fad5b-d9cb-469f-a165-70867728950e",
+      "-serial", "file:/vms/vm-1/run/console.log",
+      "-qmp", "unix:/vms/vm-1/run/qmp.sock,server=on,wait=off",
+      "-pidfile", "/vms/vm-1/run/qemu.pid",
+      "-D", "/vms/vm-1/run/qemu.log",
+      "-daemonize",
+      "-incoming", "defer",
+      "-sandbox", "on,obsolete=deny,resourcecontrol=deny",
+      "-runas", "nobody",
+      "-name", "vm-1,process=vmgrid-vm-1",
+  };
+  // clang-format on
+  EXPECT_EQ(BuildQemuArgv(FullConfig()), want);
+}
+
+TEST(BuildQemuArgvTest, KvmUsesHostCpu) {
+  QemuConfig c = FullConfig();
+  c.accel = "kvm";
+  std::vector<std::string> a = BuildQemuArgv(c);
+  EXPECT_EQ(a[2], "q35,accel=kvm");
+  EXPECT_EQ(a[4], "host");
+}
+
+TEST(BuildQemuArgvTest, MinimalConfigOmitsOptionalParts) {
+  QemuConfig c;
+  c.vm_id = "x";
+  c.run_dir = "/r/";  // trailing slash is not doubled
+  c.sandbox = false;
+  std::vector<std::string> a = BuildQemuArgv(c);
+  auto has = [&](const std::string& s) { return std::find(a.begin(), a.end(), s) != a.end(); };
+  for (const char* absent : {"-kernel", "-initrd", "-append", "-drive", "-incoming", "-sandbox",
+                             "-runas", "virtio-blk-pci,drive=disk0,id=vda"}) {
+    EXPECT_FALSE(has(absent)) << absent;
+  }
+  EXPECT_TRUE(has("q35,accel=tcg"));  // "" (auto) is resolved by Launch; pure default is tcg
+  EXPECT_TRUE(has("max"));
+  EXPECT_TRUE(has("vmgenid,id=vmgen0,guid=auto"));
+  EXPECT_TRUE(has("unix:/r/qmp.sock,server=on,wait=off"));
+  EXPECT_TRUE(has("1"));
+  EXPECT_TRUE(has("256"));
+  EXPECT_EQ(a.back(), "x,process=vmgrid-x");
+}
+
+TEST(BuildQemuArgvTest, KernelWithoutInitrdOrAppend) {
+  QemuConfig c = FullConfig();
+  c.initrd.clear();
+  c.append.clear();
+  std::vector<std::string> a = BuildQemuArgv(c);
+  EXPECT_NE(std::find(a.begin(), a.end(), "-kernel"), a.end());
+  EXPECT_EQ(std::find(a.begin(), a.end(), "-initrd"), a.end());
+  EXPECT_EQ(std::find(a.begin(), a.end(), "-append"), a.end());
+}
+
+TEST(ValidateQemuConfigTest, AcceptsGoodAndRejectsBadConfigs) {
+  EXPECT_TRUE(ValidateQemuConfig(FullConfig()).ok());
+  auto bad = [](auto mutate) {
+    QemuConfig c = FullConfig();
+    mutate(c);
+    Status st = ValidateQemuConfig(c);
+    return !st.ok() && st.error().code == ErrorCode::kInvalidArgument;
+  };
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.vm_id = ""; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.vm_id = "a,b"; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.vm_id = "a b"; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.vcpus = 0; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.memory_mb = 1; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.run_dir = ""; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.run_dir = "/a,b"; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.run_dir = "/" + std::string(120, 'd'); }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.disk_path = "/d,format=raw"; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.disk_format = "vmdk"; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.kernel = ""; }));  // initrd without kernel
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.append = "a\nb"; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.accel = "hvf"; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.vmgenid = "not-a-uuid"; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.runas = "root;rm"; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.qemu_binary = ""; }));
+  EXPECT_FALSE(bad([](QemuConfig& c) { c.vmgenid = ""; }));
+  EXPECT_FALSE(bad([](QemuConfig& c) { c.accel = ""; }));
+  EXPECT_FALSE(bad([](QemuConfig& c) { c.run_dir = "/" + std::string(90, 'd'); }));
+}
+
+TEST(RunPathTest, JoinsWithoutDoubleSlash) {
+  EXPECT_EQ(RunPath("/a/b", "qmp.sock"), "/a/b/qmp.sock");
+  EXPECT_EQ(RunPath("/a/b//", "qmp.sock"), "/a/b/qmp.sock");
+  EXPECT_EQ(RunPath("/", "qmp.sock"), "/qmp.sock");
+}
+
+}  // namespace
+}  // namespace vmgrid

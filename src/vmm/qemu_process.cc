@@ -1,0 +1,582 @@
+#include "vmm/qemu_process.h"
+
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <spawn.h>
+#include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+extern char** environ;
+
+namespace vmgrid {
+
+namespace {
+
+namespace fs = std::filesystem;
+using std::chrono::milliseconds;
+using vmm::Clock;
+using vmm::Deadline;
+using vmm::DeadlineAfter;
+using vmm::MillisUntil;
+using vmm::UniqueFd;
+
+constexpr size_t kSunPathMax = 107;  // sizeof(sockaddr_un::sun_path) - 1
+constexpr milliseconds kKillWait(10000);
+constexpr size_t kLogTailBytes = 1500;
+
+Error ErrnoError(ErrorCode code, const std::string& what, int err) {
+  return MakeError(code, what + ": " + std::strerror(err));
+}
+
+bool ValidId(const std::string& s, size_t max_len) {
+  if (s.empty() || s.size() > max_len) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+}
+
+bool ValidUuid(const std::string& s) {
+  if (s.size() != 36) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    bool dash_pos = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash_pos != (s[i] == '-')) return false;
+    if (!dash_pos && !std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
+  }
+  return true;
+}
+
+std::string ReadSmallFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string TailOfFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return "";
+  std::streamoff size = in.tellg();
+  std::streamoff start =
+      std::max<std::streamoff>(0, size - static_cast<std::streamoff>(kLogTailBytes));
+  in.seekg(start);
+  std::string tail(static_cast<size_t>(size - start), '\0');
+  in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  while (!tail.empty() && (tail.back() == '\n' || tail.back() == '\r')) tail.pop_back();
+  return tail;
+}
+
+std::string DiagnosticTail(const std::string& run_dir) {
+  std::string out;
+  std::string err = TailOfFile(RunPath(run_dir, kQemuStderrName));
+  std::string log = TailOfFile(RunPath(run_dir, kQemuLogName));
+  if (!err.empty()) out += "; qemu stderr: " + err;
+  if (!log.empty()) out += "; qemu.log: " + log;
+  return out;
+}
+
+Result<pid_t> ReadPidFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return MakeError(ErrorCode::kNotFound, "no pidfile " + path);
+  std::string text;
+  std::getline(in, text, '\0');
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+  pid_t pid = 0;
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), pid);
+  if (ec != std::errc() || ptr != text.data() + text.size() || pid <= 1) {
+    return MakeError(ErrorCode::kInternal, "malformed pidfile " + path);
+  }
+  return pid;
+}
+
+// Process state letter from /proc/PID/stat, or 0 if there is no such process.
+char ProcState(pid_t pid) {
+  std::string stat = ReadSmallFile("/proc/" + std::to_string(pid) + "/stat");
+  size_t paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size()) return 0;
+  return stat[paren + 2];
+}
+
+pid_t ParentPid(pid_t pid) {
+  std::string stat = ReadSmallFile("/proc/" + std::to_string(pid) + "/stat");
+  size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  std::istringstream rest(stat.substr(paren + 2));
+  char state;
+  pid_t ppid = 0;
+  rest >> state >> ppid;
+  return ppid;
+}
+
+std::vector<pid_t> ChildrenOf(pid_t parent) {
+  std::vector<pid_t> kids;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    pid_t pid = 0;
+    auto [ptr, perr] = std::from_chars(name.data(), name.data() + name.size(), pid);
+    if (perr != std::errc() || ptr != name.data() + name.size()) continue;
+    if (ParentPid(pid) == parent) kids.push_back(pid);
+  }
+  return kids;
+}
+
+// True if `pid` is a QEMU whose -pidfile lies in `run_dir`: guards against
+// acting on a recycled pid or on some unrelated process.
+bool IsQemuForRunDir(pid_t pid, const std::string& run_dir) {
+  std::string raw = ReadSmallFile("/proc/" + std::to_string(pid) + "/cmdline");
+  std::vector<std::string> argv;
+  for (size_t start = 0; start < raw.size();) {
+    size_t end = raw.find('\0', start);
+    if (end == std::string::npos) end = raw.size();
+    argv.push_back(raw.substr(start, end - start));
+    start = end + 1;
+  }
+  if (argv.empty() || fs::path(argv[0]).filename().string().find("qemu") == std::string::npos) {
+    return false;
+  }
+  std::error_code ec;
+  fs::path want = fs::weakly_canonical(RunPath(run_dir, kPidFileName), ec);
+  if (ec) return false;
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] != "-pidfile") continue;
+    fs::path got = fs::weakly_canonical(argv[i + 1], ec);
+    if (!ec && got == want) return true;
+  }
+  return false;
+}
+
+bool ExitedNoPidfd(pid_t pid) {
+  char state = ProcState(pid);
+  return state == 0 || state == 'Z' || state == 'X';
+}
+
+bool Exited(pid_t pid, const UniqueFd& pidfd) {
+  if (!pidfd.valid()) return ExitedNoPidfd(pid);
+  pollfd pfd{pidfd.get(), POLLIN, 0};
+  return ::poll(&pfd, 1, 0) > 0;
+}
+
+bool WaitGone(pid_t pid, const UniqueFd& pidfd, Deadline deadline) {
+  for (;;) {
+    if (pidfd.valid()) {
+      pollfd pfd{pidfd.get(), POLLIN, 0};
+      int rc = ::poll(&pfd, 1, MillisUntil(deadline));
+      if (rc > 0) return true;
+      if (rc == 0) return false;
+      if (errno != EINTR) return ExitedNoPidfd(pid);
+      continue;
+    }
+    if (ExitedNoPidfd(pid)) return true;
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+}
+
+// Raw syscalls: glibc 2.36's <sys/pidfd.h> lacks extern "C" and cannot be
+// linked from C++.
+int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+int PidfdSendSignal(int pidfd, int sig) {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
+}
+
+// SIGKILL that cannot hit a recycled pid when a pidfd is available.
+void SendKill(pid_t pid, const UniqueFd& pidfd) {
+  if (pidfd.valid()) {
+    PidfdSendSignal(pidfd.get(), SIGKILL);
+  } else {
+    ::kill(pid, SIGKILL);
+  }
+}
+
+UniqueFd OpenPidfd(pid_t pid) { return UniqueFd(PidfdOpen(pid)); }
+
+void RemoveRuntimeFilesIn(const std::string& run_dir) {
+  for (const char* name : {kQmpSocketName, kQgaSocketName, kPidFileName}) {
+    ::unlink(RunPath(run_dir, name).c_str());
+  }
+}
+
+// Kills a daemonized QEMU that Launch started but could not hand over.
+void KillDaemon(pid_t pid, const std::string& run_dir) {
+  UniqueFd pidfd = OpenPidfd(pid);
+  if (!IsQemuForRunDir(pid, run_dir)) return;
+  SendKill(pid, pidfd);
+  if (!WaitGone(pid, pidfd, DeadlineAfter(kKillWait))) {
+    spdlog::error("qemu pid {} in {} survived SIGKILL", pid, run_dir);
+  }
+}
+
+std::string Absolute(const std::string& path) {
+  if (path.empty()) return path;
+  std::error_code ec;
+  fs::path abs = fs::absolute(path, ec);
+  return ec ? path : abs.lexically_normal().string();
+}
+
+Result<pid_t> Spawn(const std::vector<std::string>& argv, int stderr_fd) {
+  std::vector<char*> cargv;
+  for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_t actions;
+  posix_spawnattr_init(&attr);
+  posix_spawn_file_actions_init(&actions);
+  // Its own session: a signal to the agent's process group (Ctrl-C, a
+  // supervisor's kill of the group) must not reach QEMU.
+  sigset_t empty, defaults;
+  sigemptyset(&empty);
+  sigemptyset(&defaults);
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) sigaddset(&defaults, sig);
+  }
+  posix_spawnattr_setsigmask(&attr, &empty);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, stderr_fd, 1);
+  posix_spawn_file_actions_adddup2(&actions, stderr_fd, 2);
+  // Belt and braces next to O_CLOEXEC: fds opened by other libraries without
+  // it (sockets, the agent's database) must not leak into a long-lived VM.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+
+  pid_t pid = -1;
+  int rc = ::posix_spawnp(&pid, cargv[0], &actions, &attr, cargv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) return ErrnoError(ErrorCode::kInternal, "spawn " + argv[0], rc);
+  return pid;
+}
+
+// Waits for QEMU's foreground process, which exits once the daemon finished
+// initializing. Returns its exit status, or -1 if someone else reaped it.
+Result<int> WaitLauncher(pid_t pid, Deadline deadline) {
+  milliseconds nap(2);
+  for (;;) {
+    int status = 0;
+    pid_t rc = ::waitpid(pid, &status, WNOHANG);
+    if (rc == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (rc < 0 && errno == ECHILD) return -1;  // SIGCHLD ignored or reaped elsewhere
+    if (rc < 0 && errno != EINTR) return ErrnoError(ErrorCode::kInternal, "waitpid", errno);
+    if (Clock::now() >= deadline)
+      return MakeError(ErrorCode::kTimeout, "QEMU did not start in time");
+    std::this_thread::sleep_for(nap);
+    nap = std::min(nap * 2, milliseconds(50));
+  }
+}
+
+}  // namespace
+
+std::string RunPath(const std::string& run_dir, const char* name) {
+  std::string dir = run_dir;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  return dir == "/" ? "/" + std::string(name) : dir + "/" + name;
+}
+
+Status ValidateQemuConfig(const QemuConfig& c) {
+  auto invalid = [](const std::string& msg) { return MakeError(ErrorCode::kInvalidArgument, msg); };
+  if (!ValidId(c.vm_id, 64)) return invalid("vm_id must match [A-Za-z0-9._-]{1,64}");
+  if (c.vcpus < 1 || c.vcpus > 255) return invalid("vcpus must be in [1, 255]");
+  if (c.memory_mb < 16 || c.memory_mb > 1024 * 1024)
+    return invalid("memory_mb must be in [16, 1048576]");
+  if (c.run_dir.empty()) return invalid("run_dir is required");
+  // Option-list values: QEMU would split at a comma (",," escaping exists but
+  // is not worth the risk of a silently different device).
+  for (const std::string* v : {&c.run_dir, &c.disk_path}) {
+    if (v->find(',') != std::string::npos) return invalid("path contains a comma: " + *v);
+  }
+  for (const std::string* v : {&c.run_dir, &c.disk_path, &c.kernel, &c.initrd, &c.append}) {
+    if (v->find('\0') != std::string::npos || v->find('\n') != std::string::npos) {
+      return invalid("NUL or newline in a path or the kernel command line");
+    }
+  }
+  // Launch makes run_dir absolute, which can only lengthen it; check both.
+  for (const std::string& dir : {c.run_dir, Absolute(c.run_dir)}) {
+    if (RunPath(dir, kQmpSocketName).size() > kSunPathMax) {
+      return invalid("run_dir too long for a unix socket path (max " + std::to_string(kSunPathMax) +
+                     " bytes incl. /qmp.sock): " + dir);
+    }
+  }
+  if (c.disk_format != "qcow2" && c.disk_format != "raw")
+    return invalid("disk_format must be qcow2 or raw");
+  if (c.kernel.empty() && (!c.initrd.empty() || !c.append.empty())) {
+    return invalid("initrd/append require a kernel");
+  }
+  if (!c.accel.empty() && c.accel != "tcg" && c.accel != "kvm")
+    return invalid("accel must be tcg, kvm or empty");
+  if (!c.vmgenid.empty() && !ValidUuid(c.vmgenid)) return invalid("vmgenid must be a UUID");
+  if (!c.runas.empty() && !ValidId(c.runas, 32)) return invalid("runas is not a valid user name");
+  if (c.qemu_binary.empty()) return invalid("qemu_binary is required");
+  return Status::Ok();
+}
+
+// One option and its value per line mirrors the command line.
+// clang-format off
+std::vector<std::string> BuildQemuArgv(const QemuConfig& c) {
+  const bool kvm = c.accel == "kvm";
+  const std::string& run = c.run_dir;
+  std::vector<std::string> a = {
+      c.qemu_binary,
+      "-machine", std::string("q35,accel=") + (kvm ? "kvm" : "tcg"),
+      "-cpu", kvm ? "host" : "max",
+      "-smp", std::to_string(c.vcpus),
+      "-m", std::to_string(c.memory_mb),
+      "-nodefaults",
+      "-no-user-config",
+      "-display", "none",
+  };
+  if (!c.kernel.empty()) {
+    a.insert(a.end(), {"-kernel", c.kernel});
+    if (!c.initrd.empty()) a.insert(a.end(), {"-initrd", c.initrd});
+    if (!c.append.empty()) a.insert(a.end(), {"-append", c.append});
+  }
+  if (!c.disk_path.empty()) {
+    a.insert(a.end(), {"-drive",
+                       "file=" + c.disk_path + ",if=none,id=disk0,format=" + c.disk_format +
+                           ",cache=writeback,discard=unmap",
+                       "-device", "virtio-blk-pci,drive=disk0,id=vda"});
+  }
+  a.insert(a.end(), {
+      "-device", "virtio-serial-pci,id=vser0",
+      "-chardev", "socket,path=" + RunPath(run, kQgaSocketName) + ",server=on,wait=off,id=qga0",
+      "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+      "-device", "virtio-rng-pci,id=rng0",
+      "-device", "vmgenid,id=vmgen0,guid=" + (c.vmgenid.empty() ? std::string("auto") : c.vmgenid),
+      "-serial", "file:" + RunPath(run, kConsoleLogName),
+      "-qmp", "unix:" + RunPath(run, kQmpSocketName) + ",server=on,wait=off",
+      "-pidfile", RunPath(run, kPidFileName),
+      "-D", RunPath(run, kQemuLogName),
+      "-daemonize",
+  });
+  if (c.incoming) a.insert(a.end(), {"-incoming", "defer"});
+  if (c.sandbox) a.insert(a.end(), {"-sandbox", kSandboxOptions});
+  if (!c.runas.empty()) a.insert(a.end(), {"-runas", c.runas});
+  a.insert(a.end(), {"-name", c.vm_id + ",process=vmgrid-" + c.vm_id});
+  return a;
+}
+// clang-format on
+
+bool KvmAvailable() {
+  UniqueFd fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+  if (!fd.valid()) return false;
+  return ::ioctl(fd.get(), KVM_GET_API_VERSION, 0) == KVM_API_VERSION;
+}
+
+namespace {
+
+// Starts the exact machine/cpu combination Launch would use for KVM, paused,
+// and quits it over QMP on stdin. Exit status 0 means KVM really works.
+bool ProbeKvm(const std::string& qemu_binary) {
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return false;
+  UniqueFd read_end(pipe_fds[0]), write_end(pipe_fds[1]);
+  const std::string commands = "{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n";
+  // Fits in the pipe buffer, so writing before the child runs cannot block.
+  if (::write(write_end.get(), commands.data(), commands.size()) !=
+      static_cast<ssize_t>(commands.size())) {
+    return false;
+  }
+  write_end.Reset();
+  std::vector<std::string> argv = {
+      qemu_binary,       "-machine", "q35,accel=kvm", "-cpu", "host", "-nodefaults",
+      "-no-user-config", "-display", "none",          "-S",   "-qmp", "stdio"};
+  std::vector<char*> cargv;
+  for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, read_end.get(), 0);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+  pid_t pid = -1;
+  int rc = ::posix_spawnp(&pid, cargv[0], &actions, nullptr, cargv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return false;
+  Result<int> status = WaitLauncher(pid, DeadlineAfter(milliseconds(10000)));
+  if (!status.ok()) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    return false;
+  }
+  return *status == 0;
+}
+
+}  // namespace
+
+bool KvmUsableBy(const std::string& qemu_binary) {
+  static std::mutex mu;
+  static std::map<std::string, bool> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(qemu_binary);
+  if (it != cache.end()) return it->second;
+  bool usable = KvmAvailable() && ProbeKvm(qemu_binary);
+  if (KvmAvailable() && !usable) {
+    spdlog::warn("/dev/kvm is present but {} cannot run q35 with -cpu host; using TCG",
+                 qemu_binary);
+  }
+  cache[qemu_binary] = usable;
+  return usable;
+}
+
+QemuProcess::QemuProcess(std::string run_dir, pid_t pid, vmm::UniqueFd pidfd,
+                         std::unique_ptr<QmpClient> qmp)
+    : run_dir_(std::move(run_dir)), pid_(pid), pidfd_(std::move(pidfd)), qmp_(std::move(qmp)) {}
+
+QemuProcess::~QemuProcess() = default;
+
+Result<std::unique_ptr<QemuProcess>> QemuProcess::Launch(const QemuConfig& config,
+                                                         milliseconds timeout) {
+  Deadline deadline = DeadlineAfter(timeout);
+  VMG_RETURN_IF_ERROR(ValidateQemuConfig(config));
+  QemuConfig cfg = config;
+  for (std::string* p : {&cfg.run_dir, &cfg.disk_path, &cfg.kernel, &cfg.initrd}) *p = Absolute(*p);
+  if (cfg.accel.empty()) cfg.accel = KvmUsableBy(cfg.qemu_binary) ? "kvm" : "tcg";
+  if (!cfg.runas.empty() && ::getpwnam(cfg.runas.c_str()) == nullptr) {
+    return MakeError(ErrorCode::kInvalidArgument, "runas: no such user " + cfg.runas);
+  }
+  const std::string& run = cfg.run_dir;
+
+  std::error_code ec;
+  if (fs::create_directories(run, ec)) {
+    fs::permissions(run, fs::perms::owner_all, ec);
+  } else if (ec) {
+    return MakeError(ErrorCode::kInternal, "create run_dir " + run + ": " + ec.message());
+  }
+  std::string pidfile = RunPath(run, kPidFileName);
+  if (Result<pid_t> old = ReadPidFile(pidfile);
+      old.ok() && !ExitedNoPidfd(*old) && IsQemuForRunDir(*old, run)) {
+    return MakeError(ErrorCode::kAlreadyExists,
+                     "QEMU pid " + std::to_string(*old) + " is already running in " + run);
+  }
+  // Stale files would let us mistake a dead VM's pidfile or socket for ours.
+  RemoveRuntimeFilesIn(run);
+
+  std::string stderr_path = RunPath(run, kQemuStderrName);
+  UniqueFd err_fd(::open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!err_fd.valid()) return ErrnoError(ErrorCode::kInternal, "open " + stderr_path, errno);
+
+  std::vector<std::string> argv = BuildQemuArgv(cfg);
+  VMG_ASSIGN_OR_RETURN(pid_t launcher, Spawn(argv, err_fd.get()));
+  err_fd.Reset();
+
+  Result<int> exit_status = WaitLauncher(launcher, deadline);
+  if (!exit_status.ok()) {
+    // Find the half-initialized daemon while it is still the launcher's child.
+    std::vector<pid_t> kids = ChildrenOf(launcher);
+    ::kill(launcher, SIGKILL);
+    ::waitpid(launcher, nullptr, 0);
+    for (pid_t kid : kids) KillDaemon(kid, run);
+    if (Result<pid_t> daemon = ReadPidFile(pidfile); daemon.ok()) KillDaemon(*daemon, run);
+    RemoveRuntimeFilesIn(run);
+    return MakeError(exit_status.error().code, exit_status.error().message + DiagnosticTail(run));
+  }
+  Result<pid_t> daemon = ReadPidFile(pidfile);
+  if (*exit_status > 0 || !daemon.ok()) {
+    if (daemon.ok()) KillDaemon(*daemon, run);
+    RemoveRuntimeFilesIn(run);
+    std::string why = *exit_status > 0 ? "QEMU exited with status " + std::to_string(*exit_status)
+                                       : daemon.error().message;
+    return MakeError(ErrorCode::kInternal, "launch failed: " + why + DiagnosticTail(run));
+  }
+
+  pid_t pid = *daemon;
+  UniqueFd pidfd = OpenPidfd(pid);
+  auto fail = [&](const Error& e) -> Error {
+    KillDaemon(pid, run);
+    RemoveRuntimeFilesIn(run);
+    return MakeError(e.code, "launch failed: " + e.message + DiagnosticTail(run));
+  };
+  if (Exited(pid, pidfd) || !IsQemuForRunDir(pid, run)) {
+    return fail(MakeError(ErrorCode::kInternal, "QEMU pid " + std::to_string(pid) + " vanished"));
+  }
+  // The socket exists once the launcher exited; a short floor keeps a launch
+  // that used up its timeout from failing for want of a few milliseconds.
+  Deadline qmp_deadline = std::max(deadline, DeadlineAfter(milliseconds(2000)));
+  auto qmp =
+      QmpClient::Connect(RunPath(run, kQmpSocketName), milliseconds(MillisUntil(qmp_deadline)));
+  if (!qmp.ok()) return fail(qmp.error());
+  spdlog::info("launched qemu pid {} for {} in {}", pid, cfg.vm_id, run);
+  return std::unique_ptr<QemuProcess>(
+      new QemuProcess(run, pid, std::move(pidfd), std::move(qmp).value()));
+}
+
+Result<std::unique_ptr<QemuProcess>> QemuProcess::Adopt(const std::string& run_dir,
+                                                        milliseconds timeout) {
+  std::string run = Absolute(run_dir);
+  VMG_ASSIGN_OR_RETURN(pid_t pid, ReadPidFile(RunPath(run, kPidFileName)));
+  UniqueFd pidfd = OpenPidfd(pid);
+  if (Exited(pid, pidfd) || !IsQemuForRunDir(pid, run)) {
+    return MakeError(ErrorCode::kNotFound,
+                     "no QEMU running in " + run + " (stale pid " + std::to_string(pid) + ")");
+  }
+  auto qmp = QmpClient::Connect(RunPath(run, kQmpSocketName), timeout);
+  if (!qmp.ok()) return qmp.error().Wrap("adopt " + run);
+  return std::unique_ptr<QemuProcess>(
+      new QemuProcess(run, pid, std::move(pidfd), std::move(qmp).value()));
+}
+
+std::string QemuProcess::LogTail() const { return TailOfFile(RunPath(run_dir_, kQemuLogName)); }
+
+bool QemuProcess::Alive() const { return !Exited(pid_, pidfd_); }
+
+bool QemuProcess::WaitExit(Deadline deadline) const { return WaitGone(pid_, pidfd_, deadline); }
+
+void QemuProcess::RemoveRuntimeFiles() const { RemoveRuntimeFilesIn(run_dir_); }
+
+Status QemuProcess::Quit(milliseconds grace) {
+  Deadline deadline = DeadlineAfter(grace);
+  if (Alive()) {
+    Result<nlohmann::json> r = qmp_->Execute("quit", nlohmann::json::object(), grace);
+    // QEMU may close the socket before its reply is read; only the exit counts.
+    if (!r.ok() && r.error().code != ErrorCode::kUnavailable) {
+      spdlog::warn("qemu pid {}: quit: {}", pid_, r.error().message);
+    }
+    if (!WaitExit(deadline)) {
+      spdlog::warn("qemu pid {} still running {} ms after quit; killing", pid_, grace.count());
+      return Kill();
+    }
+  }
+  qmp_->Close();
+  RemoveRuntimeFiles();
+  return Status::Ok();
+}
+
+Status QemuProcess::Kill() {
+  if (Alive()) {
+    if (!pidfd_.valid() && !IsQemuForRunDir(pid_, run_dir_)) {
+      return MakeError(ErrorCode::kInternal,
+                       "pid " + std::to_string(pid_) + " is no longer our QEMU");
+    }
+    SendKill(pid_, pidfd_);
+    if (!WaitExit(DeadlineAfter(kKillWait))) {
+      return MakeError(ErrorCode::kInternal,
+                       "QEMU pid " + std::to_string(pid_) + " survived SIGKILL");
+    }
+  }
+  qmp_->Close();
+  RemoveRuntimeFiles();
+  return Status::Ok();
+}
+
+}  // namespace vmgrid

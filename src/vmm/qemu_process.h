@@ -1,0 +1,129 @@
+// QemuProcess: launches, adopts and stops one daemonized QEMU per run
+// directory, plus the pure argv builder that fixes the VM's device layout.
+// QEMU outlives the agent by design; destroying a QemuProcess never stops it.
+// Thread-safety: Alive(), pid(), run_dir(), LogTail() and qmp() (itself
+// locked) may be called concurrently; Quit() and Kill() must not race.
+//
+// QEMU is started with -daemonize from its own session (setsid), with signal
+// dispositions reset and no inherited fds, so killing the agent or its
+// process group leaves VMs running; a restarted agent re-attaches with Adopt().
+//
+// Facts this relies on (QEMU 7.2, verified by the integration tests):
+// * QEMU opens the sockets, pidfile, -D log, serial file and disks while still
+//   root, then applies -runas. The run_dir may therefore stay root-only (0700).
+// * After -runas, QEMU re-opens disk images by name when a migration ends
+//   (it reopens them read-only) and creates drive-backup targets as that user:
+//   overlay and backing files must be readable, and backup target directories
+//   writable, by the -runas user, or migration/backup fail.
+// * The seccomp filter is installed before -daemonize forks and calls setsid()
+//   and before -runas calls setuid(), so spawn=deny and elevateprivileges=deny
+//   kill QEMU at startup; the sandbox uses obsolete=deny,resourcecontrol=deny.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "vmm/qmp_client.h"
+#include "vmm/unique_fd.h"
+
+namespace vmgrid {
+
+struct QemuConfig {
+  std::string vm_id;  // used in -name and the process title; [A-Za-z0-9._-]{1,64}
+  int vcpus = 1;
+  int memory_mb = 256;
+  std::string kernel, initrd, append;  // empty kernel => boot from disk firmware
+  std::string disk_path;               // empty => no disk
+  std::string disk_format = "qcow2";   // qcow2 | raw
+  std::string run_dir;                 // holds qmp.sock, qga.sock, qemu.pid, console.log, qemu.log
+  bool incoming = false;               // start with -incoming defer (resume from a checkpoint)
+  std::string runas;                   // unprivileged user when we run as root ("" = none)
+  bool sandbox = true;                 // -sandbox on,obsolete=deny,resourcecontrol=deny
+  std::string accel;                   // "" = auto: kvm if KvmUsableBy(qemu_binary), else tcg
+  std::string vmgenid;  // guid for -device vmgenid; "" = "auto" (QEMU picks a fresh one)
+  std::string qemu_binary = "qemu-system-x86_64";
+};
+
+// Fixed names inside a run directory.
+inline constexpr char kQmpSocketName[] = "qmp.sock";
+inline constexpr char kQgaSocketName[] = "qga.sock";
+inline constexpr char kPidFileName[] = "qemu.pid";
+inline constexpr char kConsoleLogName[] = "console.log";
+inline constexpr char kQemuLogName[] = "qemu.log";
+inline constexpr char kQemuStderrName[] = "qemu.stderr";  // QEMU's stderr until it daemonizes
+inline constexpr char kSandboxOptions[] = "on,obsolete=deny,resourcecontrol=deny";
+
+std::string RunPath(const std::string& run_dir, const char* name);
+
+// Rejects values QEMU would misparse (commas in option lists), socket paths
+// longer than sun_path, and out-of-range sizes.
+Status ValidateQemuConfig(const QemuConfig& config);
+
+// The full argv (argv[0] = qemu_binary). Pure: accel "" is treated as tcg
+// (Launch resolves "auto" first) and paths are used as given (Launch makes
+// them absolute, because -daemonize changes directory to /).
+std::vector<std::string> BuildQemuArgv(const QemuConfig& config);
+
+// /dev/kvm exists, opens read-write and speaks the stable KVM API.
+bool KvmAvailable();
+
+// KvmAvailable() and `qemu_binary` really starts a q35 machine with
+// accel=kvm -cpu host. The second check matters on nested/paravirtual hosts
+// (e.g. Firecracker with PVM) where /dev/kvm works but QEMU aborts setting
+// MSRs. Runs a ~40 ms probe QEMU once per binary; the result is cached.
+// Thread-safe. Launch uses this for accel "" (auto).
+bool KvmUsableBy(const std::string& qemu_binary);
+
+class QemuProcess {
+ public:
+  // Starts QEMU and connects QMP. On any failure nothing it started is left
+  // running, and the error carries the tail of QEMU's stderr and qemu.log.
+  // kAlreadyExists if a QEMU is already running in config.run_dir.
+  static Result<std::unique_ptr<QemuProcess>> Launch(const QemuConfig& config,
+                                                     std::chrono::milliseconds timeout);
+
+  // Re-attaches to the QEMU running in `run_dir` (after an agent restart).
+  // kNotFound if none runs there. Fails with kTimeout while another QMP client
+  // is connected to it.
+  static Result<std::unique_ptr<QemuProcess>> Adopt(const std::string& run_dir,
+                                                    std::chrono::milliseconds timeout);
+
+  ~QemuProcess();  // closes our handles only; QEMU keeps running
+  QemuProcess(const QemuProcess&) = delete;
+  QemuProcess& operator=(const QemuProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  const std::string& run_dir() const { return run_dir_; }
+  QmpClient& qmp() { return *qmp_; }
+  std::string qga_socket() const { return RunPath(run_dir_, kQgaSocketName); }
+  // The end of qemu.log: QEMU's own error messages after it daemonized.
+  std::string LogTail() const;
+
+  // False once the process has exited (a zombie counts as exited).
+  bool Alive() const;
+
+  // QMP quit, wait up to `grace` for the exit, then SIGKILL. Removes the
+  // sockets and pidfile once the process is gone.
+  Status Quit(std::chrono::milliseconds grace);
+  // SIGKILL and wait for the exit.
+  Status Kill();
+
+ private:
+  QemuProcess(std::string run_dir, pid_t pid, vmm::UniqueFd pidfd, std::unique_ptr<QmpClient> qmp);
+  bool WaitExit(std::chrono::steady_clock::time_point deadline) const;
+  void RemoveRuntimeFiles() const;
+
+  std::string run_dir_;
+  pid_t pid_;
+  // A pidfd pins the process identity: signals cannot hit a recycled pid, and
+  // it becomes readable when QEMU exits even though QEMU is not our child.
+  vmm::UniqueFd pidfd_;
+  std::unique_ptr<QmpClient> qmp_;
+};
+
+}  // namespace vmgrid

@@ -1,0 +1,245 @@
+// Integration tests: start real (diskless, kernel-less) QEMU processes.
+#include "vmm/qemu_process.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "vmm/machine_ops.h"
+#include "vmm/test_util.h"
+
+namespace vmgrid {
+namespace {
+
+using std::chrono::milliseconds;
+using vmm::testing::ProcessesMentioning;
+using vmm::testing::ProcessLive;
+using vmm::testing::TempDir;
+
+constexpr milliseconds kLaunchTimeout(30000);
+
+QemuConfig BareConfig(const std::string& run_dir, const std::string& id) {
+  QemuConfig c;
+  c.vm_id = id;
+  c.run_dir = run_dir;
+  c.memory_mb = 128;
+  c.accel = "tcg";
+  return c;
+}
+
+std::string ProcStatusField(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return line.substr(field.size() + 1);
+  }
+  return "";
+}
+
+class QemuProcessTest : public ::testing::Test {
+ protected:
+  std::string RunDir() const { return dir_.path() + "/run"; }
+  void TearDown() override {
+    // Never leave a QEMU behind, whatever the test did.
+    for (pid_t pid : ProcessesMentioning(dir_.path())) ::kill(pid, SIGKILL);
+  }
+  TempDir dir_;
+};
+
+TEST_F(QemuProcessTest, LaunchQueryQuit) {
+  // An fd we forget to mark close-on-exec must still not reach QEMU.
+  std::string marker = dir_.path() + "/leak-marker";
+  int leaky = ::open(marker.c_str(), O_RDWR | O_CREAT, 0600);
+  ASSERT_GE(leaky, 0);
+
+  auto start = std::chrono::steady_clock::now();
+  auto q = QemuProcess::Launch(BareConfig(RunDir(), "bare-1"), kLaunchTimeout);
+  ::close(leaky);
+  ASSERT_TRUE(q.ok()) << q.error().message;
+  auto launch_ms =
+      std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
+  std::cout << "[timing] bare launch+qmp: " << launch_ms.count() << " ms\n";
+  QemuProcess& qemu = **q;
+  EXPECT_TRUE(qemu.Alive());
+  EXPECT_GT(qemu.pid(), 1);
+  EXPECT_EQ(qemu.qga_socket(), RunDir() + "/qga.sock");
+
+  Result<std::string> status = QueryStatus(qemu.qmp());
+  ASSERT_TRUE(status.ok()) << status.error().message;
+  EXPECT_EQ(*status, "running");
+  Result<nlohmann::json> name = qemu.qmp().Execute("query-name");
+  ASSERT_TRUE(name.ok());
+  EXPECT_EQ((*name)["name"], "bare-1");
+
+  // Its own session and process group: signals to ours cannot reach it.
+  EXPECT_NE(::getsid(qemu.pid()), ::getsid(0));
+  EXPECT_NE(::getpgid(qemu.pid()), ::getpgid(0));
+  std::error_code ec;
+  for (const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(qemu.pid()) + "/fd", ec)) {
+    EXPECT_NE(std::filesystem::read_symlink(e.path(), ec).string(), marker)
+        << "fd leaked into QEMU";
+  }
+
+  pid_t pid = qemu.pid();
+  ASSERT_TRUE(qemu.Quit(milliseconds(10000)).ok());
+  EXPECT_FALSE(qemu.Alive());
+  EXPECT_FALSE(ProcessLive(pid));
+  EXPECT_FALSE(std::filesystem::exists(RunDir() + "/qemu.pid"));
+  EXPECT_FALSE(std::filesystem::exists(RunDir() + "/qmp.sock"));
+  // Calls after quit fail cleanly.
+  EXPECT_FALSE(qemu.qmp().Execute("query-status").ok());
+}
+
+TEST_F(QemuProcessTest, SurvivesKillOfLauncherProcessGroupAndIsAdopted) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Stand-in for the agent: its own process group, launches, then idles.
+    ::setpgid(0, 0);
+    auto q = QemuProcess::Launch(BareConfig(RunDir(), "survivor"), kLaunchTimeout);
+    pid_t pid = q.ok() ? (*q)->pid() : -1;
+    (void)!::write(fds[1], &pid, sizeof(pid));
+    for (;;) ::pause();
+  }
+  ::close(fds[1]);
+  pid_t qemu_pid = -1;
+  pollfd pfd{fds[0], POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 60000), 1);
+  ASSERT_EQ(::read(fds[0], &qemu_pid, sizeof(qemu_pid)), static_cast<ssize_t>(sizeof(qemu_pid)));
+  ::close(fds[0]);
+  // Kill the whole process group of the "agent", as a supervisor would.
+  ASSERT_EQ(::kill(-child, SIGKILL), 0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+  ASSERT_GT(qemu_pid, 1) << "launch in the child failed";
+
+  std::this_thread::sleep_for(milliseconds(300));
+  EXPECT_TRUE(ProcessLive(qemu_pid)) << "QEMU died with its launcher";
+
+  auto adopted = QemuProcess::Adopt(RunDir(), milliseconds(5000));
+  ASSERT_TRUE(adopted.ok()) << adopted.error().message;
+  EXPECT_EQ((*adopted)->pid(), qemu_pid);
+  EXPECT_TRUE((*adopted)->Alive());
+  Result<std::string> status = QueryStatus((*adopted)->qmp());
+  ASSERT_TRUE(status.ok()) << status.error().message;
+  EXPECT_EQ(*status, "running");
+  ASSERT_TRUE((*adopted)->Quit(milliseconds(10000)).ok());
+  EXPECT_FALSE(ProcessLive(qemu_pid));
+}
+
+TEST_F(QemuProcessTest, DestructorLeavesQemuRunning) {
+  pid_t pid;
+  {
+    auto q = QemuProcess::Launch(BareConfig(RunDir(), "kept"), kLaunchTimeout);
+    ASSERT_TRUE(q.ok()) << q.error().message;
+    pid = (*q)->pid();
+  }
+  EXPECT_TRUE(ProcessLive(pid));
+  auto adopted = QemuProcess::Adopt(RunDir(), milliseconds(5000));
+  ASSERT_TRUE(adopted.ok()) << adopted.error().message;
+  ASSERT_TRUE((*adopted)->Kill().ok());
+  EXPECT_FALSE(ProcessLive(pid));
+  EXPECT_FALSE((*adopted)->Alive());
+}
+
+TEST_F(QemuProcessTest, SecondLaunchAndBusyAdoptAreRefused) {
+  auto q = QemuProcess::Launch(BareConfig(RunDir(), "one"), kLaunchTimeout);
+  ASSERT_TRUE(q.ok()) << q.error().message;
+  auto again = QemuProcess::Launch(BareConfig(RunDir(), "two"), kLaunchTimeout);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code, ErrorCode::kAlreadyExists);
+  EXPECT_TRUE((*q)->Alive());
+  // QEMU serves one monitor client; a second one times out instead of hanging.
+  auto start = std::chrono::steady_clock::now();
+  auto busy = QemuProcess::Adopt(RunDir(), milliseconds(500));
+  ASSERT_FALSE(busy.ok());
+  EXPECT_EQ(busy.error().code, ErrorCode::kTimeout);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(3000));
+  ASSERT_TRUE((*q)->Quit(milliseconds(10000)).ok());
+}
+
+TEST_F(QemuProcessTest, FailedLaunchLeavesNothingBehind) {
+  QemuConfig c = BareConfig(RunDir(), "broken");
+  c.disk_path = dir_.path() + "/missing.qcow2";
+  auto q = QemuProcess::Launch(c, kLaunchTimeout);
+  ASSERT_FALSE(q.ok());
+  EXPECT_NE(q.error().message.find("missing.qcow2"), std::string::npos) << q.error().message;
+  EXPECT_TRUE(ProcessesMentioning(dir_.path()).empty());
+  EXPECT_FALSE(std::filesystem::exists(RunDir() + "/qemu.pid"));
+
+  c = BareConfig(RunDir(), "nobinary");
+  c.qemu_binary = dir_.path() + "/no-such-qemu";
+  q = QemuProcess::Launch(c, kLaunchTimeout);
+  ASSERT_FALSE(q.ok());
+
+  c = BareConfig(RunDir(), "badmem");
+  c.memory_mb = 1024 * 1024;  // 1 TiB: QEMU refuses to allocate it
+  q = QemuProcess::Launch(c, kLaunchTimeout);
+  if (q.ok()) {
+    (void)(*q)->Kill();
+  } else {
+    EXPECT_TRUE(ProcessesMentioning(dir_.path()).empty());
+  }
+}
+
+TEST_F(QemuProcessTest, AdoptRejectsMissingAndForeignProcesses) {
+  auto r = QemuProcess::Adopt(RunDir(), milliseconds(500));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  std::filesystem::create_directories(RunDir());
+  std::ofstream(RunDir() + "/qemu.pid") << ::getpid() << "\n";  // alive, but not QEMU
+  r = QemuProcess::Adopt(RunDir(), milliseconds(500));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  std::ofstream(RunDir() + "/qemu.pid") << "garbage";
+  r = QemuProcess::Adopt(RunDir(), milliseconds(500));
+  ASSERT_FALSE(r.ok());
+}
+
+TEST_F(QemuProcessTest, RunAsUnprivilegedUserWithRootOnlyRunDir) {
+  if (::geteuid() != 0 || ::getpwnam("nobody") == nullptr)
+    GTEST_SKIP() << "needs root and user nobody";
+  QemuConfig c = BareConfig(RunDir(), "runas");
+  c.runas = "nobody";
+  auto q = QemuProcess::Launch(c, kLaunchTimeout);
+  ASSERT_TRUE(q.ok()) << q.error().message;
+  // run_dir was created 0700 root: QEMU made its sockets before dropping root.
+  struct stat st;
+  ASSERT_EQ(::stat(RunDir().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  EXPECT_EQ(st.st_uid, 0u);
+  std::string uid = ProcStatusField((*q)->pid(), "Uid");
+  EXPECT_NE(uid.find(std::to_string(::getpwnam("nobody")->pw_uid)), std::string::npos) << uid;
+  EXPECT_NE(ProcStatusField((*q)->pid(), "Seccomp").find("2"), std::string::npos);
+  Result<std::string> status = QueryStatus((*q)->qmp());
+  ASSERT_TRUE(status.ok()) << status.error().message;
+  ASSERT_TRUE((*q)->Quit(milliseconds(10000)).ok());
+}
+
+TEST_F(QemuProcessTest, AutoAccelLaunches) {
+  QemuConfig c = BareConfig(RunDir(), "auto");
+  c.accel = "";
+  auto q = QemuProcess::Launch(c, kLaunchTimeout);
+  ASSERT_TRUE(q.ok()) << q.error().message;
+  std::ifstream in("/proc/" + std::to_string((*q)->pid()) + "/cmdline");
+  std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  bool kvm = KvmUsableBy(c.qemu_binary);
+  EXPECT_NE(cmdline.find(kvm ? "accel=kvm" : "accel=tcg"), std::string::npos);
+  std::cout << "[info] KvmAvailable() = " << KvmAvailable() << ", KvmUsableBy() = " << kvm << "\n";
+  ASSERT_TRUE((*q)->Quit(milliseconds(10000)).ok());
+}
+
+}  // namespace
+}  // namespace vmgrid

@@ -1,0 +1,73 @@
+#include "vmm/test_util.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+namespace vmgrid::vmm::testing {
+
+namespace {
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/vmm-XXXXXX";
+  char* p = ::mkdtemp(tmpl);
+  path_ = p != nullptr ? p : "/tmp";
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  if (path_ != "/tmp") std::filesystem::remove_all(path_, ec);
+}
+
+bool ProcessLive(pid_t pid) {
+  std::string stat = Slurp("/proc/" + std::to_string(pid) + "/stat");
+  size_t paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size()) return false;
+  char state = stat[paren + 2];
+  return state != 'Z' && state != 'X';
+}
+
+std::vector<pid_t> ProcessesMentioning(const std::string& needle) {
+  std::vector<pid_t> found;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    std::string name = e.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    pid_t pid = std::stoi(name);
+    if (pid == ::getpid()) continue;
+    std::string cmdline = Slurp(e.path().string() + "/cmdline");
+    if (cmdline.find(needle) != std::string::npos && ProcessLive(pid)) found.push_back(pid);
+  }
+  return found;
+}
+
+int Sh(const std::string& command) {
+  int rc = std::system(command.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::string RandomUuid() {
+  std::random_device rd;
+  std::uniform_int_distribution<int> hex(0, 15);
+  const char* digits = "0123456789abcdef";
+  std::string u = "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx";
+  for (char& c : u) {
+    if (c == 'x') c = digits[hex(rd)];
+    if (c == 'y') c = digits[8 + hex(rd) % 4];
+  }
+  return u;
+}
+
+}  // namespace vmgrid::vmm::testing

@@ -1,0 +1,39 @@
+// Test-only helpers shared by the vmm unit and integration tests: temporary
+// directories and looking at processes from the outside.
+// Thread-safety: TempDir is a plain value; the functions are stateless.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace vmgrid::vmm::testing {
+
+// A unique empty directory under /tmp (short, so socket paths fit), removed
+// with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Pids of live (non-zombie) processes whose command line mentions `needle`.
+std::vector<pid_t> ProcessesMentioning(const std::string& needle);
+
+// True if `pid` exists and is not a zombie.
+bool ProcessLive(pid_t pid);
+
+// Runs a shell command (test setup only, e.g. qemu-img); returns its exit code.
+int Sh(const std::string& command);
+
+// A random RFC 4122 v4 UUID.
+std::string RandomUuid();
+
+}  // namespace vmgrid::vmm::testing

@@ -1,0 +1,211 @@
+// The REST API against a real controller and agent: authentication,
+// authorization between users, and a table of malformed requests.
+#include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "tests/grid_fixture.h"
+
+namespace vmgrid {
+namespace {
+
+using namespace testing_support;
+
+class ApiTest : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    grid_ = StartGrid("api", 1).release();
+    ApiClient admin = grid_->Admin();
+    image_ = new json(ImportTiny(admin, "tiny", false));
+  }
+  static void TearDownTestSuite() {
+    std::unique_ptr<LocalGrid> g(grid_);
+    StopGrid(g);
+    delete image_;
+  }
+  static std::string NewUser(const std::string& name) {
+    auto r = grid_->Admin().Post("/v1/users", {{"name", name}});
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return r.ok() ? (*r)["token"].get<std::string>() : "";
+  }
+  // Raw request, to send bodies no well-behaved client would.
+  static httplib::Result Raw(const std::string& method, const std::string& path, const std::string& body,
+                             const std::string& token) {
+    httplib::Client cli(grid_->url());
+    cli.set_read_timeout(60, 0);
+    httplib::Headers h;
+    if (!token.empty()) h.emplace("Authorization", "Bearer " + token);
+    if (method == "POST") return cli.Post(path, h, body, "application/json");
+    if (method == "PUT") return cli.Put(path, h, body, "application/octet-stream");
+    if (method == "DELETE") return cli.Delete(path, h);
+    return cli.Get(path, h);
+  }
+
+  static LocalGrid* grid_;
+  static json* image_;
+};
+LocalGrid* ApiTest::grid_ = nullptr;
+json* ApiTest::image_ = nullptr;
+
+TEST_F(ApiTest, HealthAndOpenApiNeedNoToken) {
+  auto h = Raw("GET", "/v1/health", "", "");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  auto o = Raw("GET", "/v1/openapi.json", "", "");
+  ASSERT_TRUE(o);
+  EXPECT_EQ(o->status, 200);
+  auto doc = json::parse(o->body, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded());
+  EXPECT_TRUE(doc.contains("openapi"));
+  EXPECT_TRUE(doc["paths"].contains("/v1/vms"));
+}
+
+TEST_F(ApiTest, AdminTokenFileIsPrivate) {
+  struct stat st;
+  ASSERT_EQ(stat((grid_->controller_state_dir() + "/admin.token").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST_F(ApiTest, UsersAreIsolated) {
+  std::string alice_token = NewUser("alice");
+  ApiClient a(grid_->url(), alice_token), b(grid_->url(), NewUser("bob"));
+  json vm = CreateVm(a, {{"image", "tiny"}, {"name", "alices"}});
+  ASSERT_EQ(vm["state"], "running") << vm.dump();
+  std::string id = vm["id"];
+
+  // Bob can neither see nor touch Alice's VM: it does not exist for him.
+  EXPECT_EQ(b.Get("/v1/vms")->at("vms").size(), 0u);
+  EXPECT_EQ(b.Get("/v1/vms/" + id).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(b.Get("/v1/vms/alices").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(b.Post("/v1/vms/" + id + "/stop").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(b.Post("/v1/vms/" + id + "/exec", {{"argv", {"true"}}}).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(b.Delete("/v1/vms/" + id).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(b.Post("/v1/vms", {{"from_checkpoint", id}}).error().code, ErrorCode::kNotFound);
+  // Users cannot create users or act as agents.
+  EXPECT_EQ(b.Post("/v1/users", {{"name", "mallory"}}).error().code, ErrorCode::kPermissionDenied);
+  EXPECT_EQ(b.Post("/v1/agent/heartbeat", {{"name", "evil"}, {"url", "http://x"}}).error().code,
+            ErrorCode::kPermissionDenied);
+  // The agent credential cannot act as a user.
+  auto agent_token = ReadFile(grid_->controller_state_dir() + "/agent.token");
+  std::string tok = *agent_token;
+  tok.pop_back();
+  ApiClient agent(grid_->url(), tok);
+  EXPECT_EQ(agent.Get("/v1/vms").error().code, ErrorCode::kPermissionDenied);
+  // Users cannot reach an agent's API with their token.
+  auto hosts = grid_->Admin().Get("/v1/hosts");
+  std::string agent_url = (*hosts)["hosts"][0]["url"];
+  ApiClient direct(agent_url, alice_token);
+  EXPECT_EQ(direct.Get("/agent/v1/status").error().code, ErrorCode::kUnauthenticated);
+  // Users see public host attributes but not agent endpoints.
+  EXPECT_FALSE((*b.Get("/v1/hosts"))["hosts"][0].contains("url"));
+
+  // Alice still owns a working VM; the admin sees it too.
+  EXPECT_EQ(Exec(a, id, "echo mine"), "mine\n");
+  EXPECT_EQ(grid_->Admin().Get("/v1/vms/" + id)->at("owner"), "alice");
+  DeleteVm(a, id);
+}
+
+TEST_F(ApiTest, MissingOrBadTokenIsRejected) {
+  EXPECT_EQ(Raw("GET", "/v1/vms", "", "")->status, 401);
+  EXPECT_EQ(Raw("GET", "/v1/vms", "", "vmg_nope")->status, 401);
+  auto r = Raw("GET", "/v1/vms", "", "");
+  auto body = json::parse(r->body, nullptr, false);
+  EXPECT_EQ(body["error"]["code"], "unauthenticated");
+}
+
+struct BadRequest {
+  const char* what;
+  const char* method;
+  const char* path;
+  std::string body;
+  int status;
+  const char* message_part;
+};
+
+TEST_F(ApiTest, MalformedRequestsGetClear4xx) {
+  std::string admin = grid_->admin_token();
+  std::vector<BadRequest> cases = {
+      {"malformed JSON", "POST", "/v1/vms", "{\"image\": ", 400, "malformed JSON"},
+      {"not an object", "POST", "/v1/vms", "[1,2]", 400, "JSON object"},
+      {"empty body", "POST", "/v1/vms", "", 400, "empty"},
+      {"wrong type", "POST", "/v1/vms", R"({"image":"tiny","vcpus":"two"})", 400, "vcpus"},
+      {"fractional", "POST", "/v1/vms", R"({"image":"tiny","vcpus":1.5})", 400, "vcpus"},
+      {"unknown field", "POST", "/v1/vms", R"({"image":"tiny","colour":"red"})", 400, "colour"},
+      {"zero memory", "POST", "/v1/vms", R"({"image":"tiny","memory_mb":0})", 400, "memory_mb"},
+      {"10000 vcpus", "POST", "/v1/vms", R"({"image":"tiny","vcpus":10000})", 400, "vcpus"},
+      {"negative memory", "POST", "/v1/vms", R"({"image":"tiny","memory_mb":-5})", 400, "memory_mb"},
+      {"huge number", "POST", "/v1/vms", R"({"image":"tiny","memory_mb":1e400})", 400, ""},
+      {"bad disk mode", "POST", "/v1/vms", R"({"image":"tiny","disk":"floppy"})", 400, "disk"},
+      {"bad name", "POST", "/v1/vms", R"({"image":"tiny","name":"../etc"})", 400, "name"},
+      {"unknown image", "POST", "/v1/vms", R"({"image":"nope"})", 404, "nope"},
+      {"missing image", "POST", "/v1/vms", R"({"name":"x"})", 400, "image"},
+      {"resume w/o checkpoint", "POST", "/v1/vms", R"({"image":"tiny","start":"resume"})", 409, "checkpoint"},
+      {"unknown VM", "GET", "/v1/vms/vm-doesnotexist", "", 404, "not found"},
+      {"exec no argv", "POST", "/v1/vms/vm-x/exec", R"({})", 404, ""},
+      {"unknown endpoint", "GET", "/v1/nothing", "", 404, "no such endpoint"},
+      {"image bad format", "POST", "/v1/images", R"({"name":"i2","format":"vmdk"})", 400, "format"},
+      {"image dup name", "POST", "/v1/images", R"({"name":"tiny","format":"raw"})", 409, "already exists"},
+      {"user bad role", "POST", "/v1/users", R"({"name":"zed","role":"root"})", 400, "role"},
+      {"upload to ready image", "PUT", "/v1/images/tiny/files/disk", "xx", 409, "immutable"},
+  };
+  for (const auto& c : cases) {
+    auto r = Raw(c.method, c.path, c.body, admin);
+    ASSERT_TRUE(r) << c.what << ": no answer";
+    EXPECT_EQ(r->status, c.status) << c.what << ": " << r->body;
+    auto j = json::parse(r->body, nullptr, false);
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << c.what << ": " << r->body;
+    EXPECT_NE(j["error"]["message"].get<std::string>().find(c.message_part), std::string::npos)
+        << c.what << ": " << r->body;
+  }
+  // An oversized body is refused from its headers, before it is read.
+  {
+    std::string raw = "POST /v1/vms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + admin +
+                      "\r\nContent-Type: application/json\r\nContent-Length: " +
+                      std::to_string(64 << 20) + "\r\nConnection: close\r\n\r\n{";
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(std::stoi(grid_->url().substr(grid_->url().rfind(':') + 1))));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(write(fd, raw.data(), raw.size()), static_cast<ssize_t>(raw.size()));
+    std::string answer;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) answer.append(buf, static_cast<size_t>(n));
+    close(fd);
+    EXPECT_EQ(answer.rfind("HTTP/1.1 413", 0), 0u) << answer;
+    EXPECT_NE(answer.find("payload_too_large"), std::string::npos) << answer;
+  }
+  // None of them created anything.
+  EXPECT_EQ(grid_->Admin().Get("/v1/vms")->at("vms").size(), 0u);
+  EXPECT_EQ(grid_->Admin().Get("/v1/images")->at("images").size(), 1u);
+}
+
+TEST_F(ApiTest, BadImageFilesAreRejected) {
+  ApiClient admin = grid_->Admin();
+  auto img = admin.Post("/v1/images", {{"name", "fake"}, {"format", "qcow2"}, {"has_kernel", true}});
+  ASSERT_TRUE(img.ok());
+  std::string id = (*img)["id"];
+  // A raw file claiming to be qcow2, and a text file claiming to be a kernel.
+  std::string tmp = "/tmp/vmgrid-api-fake-" + std::to_string(getpid());
+  ASSERT_TRUE(WriteFileAtomic(tmp, std::string(1 << 20, 'x')).ok());
+  auto disk = admin.PutFile("/v1/images/" + id + "/files/disk", tmp);
+  ASSERT_FALSE(disk.ok());
+  EXPECT_EQ(disk.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(disk.error().message.find("qcow2"), std::string::npos) << disk.error().message;
+  auto kernel = admin.PutFile("/v1/images/" + id + "/files/kernel", tmp);
+  ASSERT_FALSE(kernel.ok());
+  EXPECT_NE(kernel.error().message.find("bzImage"), std::string::npos);
+  // Finalizing says what is missing.
+  auto fin = admin.Post("/v1/images/" + id + "/finalize");
+  ASSERT_FALSE(fin.ok());
+  EXPECT_NE(fin.error().message.find("disk"), std::string::npos);
+  EXPECT_TRUE(admin.Delete("/v1/images/" + id).ok());
+  unlink(tmp.c_str());
+}
+
+}  // namespace
+}  // namespace vmgrid

@@ -1,0 +1,124 @@
+// Shared helpers for the end-to-end tests: a LocalGrid of real processes
+// (controller + agents running the built `vmgrid` binary) and small wrappers
+// over the REST API. VMs are real QEMU guests booting the tiny image.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+
+#include "cli/api_client.h"
+#include "common/util.h"
+#include "dev/local_grid.h"
+
+namespace vmgrid::testing_support {
+
+using nlohmann::json;
+using std::chrono::seconds;
+
+inline std::string TinyImageDir() {
+  const char* env = getenv("VMGRID_TINY_IMAGE");
+  return env && *env ? env : VMGRID_TINY_IMAGE_DIR;
+}
+
+inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts) {
+  // A server may close a connection while we still send (e.g. a body it
+  // refuses); that must be an error result, not a signal that kills the test.
+  signal(SIGPIPE, SIG_IGN);
+  LocalGridOptions o;
+  o.vmgrid_binary = VMGRID_BINARY;
+  o.state_dir = "/tmp/vmgrid-test-" + name + "-" + std::to_string(getpid());
+  (void)RemoveTree(o.state_dir);
+  o.hosts = hosts;
+  o.host_vcpus = 8;         // TCG guests are mostly idle; allow a few per host
+  o.host_memory_mb = 4096;
+  auto grid = std::make_unique<LocalGrid>(o);
+  Status st = grid->Start();
+  EXPECT_TRUE(st.ok()) << st.error().message;
+  return grid;
+}
+
+inline void StopGrid(std::unique_ptr<LocalGrid>& grid) {
+  if (!grid) return;
+  grid->KillVmProcesses();
+  std::string dir = grid->controller_state_dir();
+  grid.reset();
+  (void)RemoveTree(dir.substr(0, dir.rfind('/')));
+}
+
+// Uploads the tiny guest as image `name`; with `checkpoint`, also makes its
+// post-boot checkpoint. Returns the image JSON.
+inline json ImportTiny(const ApiClient& api, const std::string& name, bool checkpoint) {
+  auto manifest_text = ReadFile(TinyImageDir() + "/manifest.json");
+  EXPECT_TRUE(manifest_text.ok()) << "build the image first: guest/build-tiny.sh";
+  json m = json::parse(*manifest_text);
+  auto created = api.Post("/v1/images", {{"name", name}, {"format", m.value("disk_format", "raw")},
+                                         {"has_kernel", true}, {"has_initrd", true},
+                                         {"append", m.value("append", "")}});
+  EXPECT_TRUE(created.ok()) << created.error().message;
+  std::string id = (*created)["id"];
+  for (auto [kind, key] : {std::pair{"disk", "disk"}, {"kernel", "kernel"}, {"initrd", "initrd"}}) {
+    auto r = api.PutFile("/v1/images/" + id + "/files/" + kind, TinyImageDir() + "/" + m[key].get<std::string>());
+    EXPECT_TRUE(r.ok()) << kind << ": " << r.error().message;
+  }
+  auto fin = api.Post("/v1/images/" + id + "/finalize");
+  EXPECT_TRUE(fin.ok()) << fin.error().message;
+  if (!checkpoint) return *fin;
+  auto ck = api.Post("/v1/images/" + id + "/checkpoint", json::object());
+  EXPECT_TRUE(ck.ok()) << ck.error().message;
+  auto done = PollUntil(api, "/v1/images/" + id, [](const json& j) {
+    return !j["checkpoint"].is_null() && j["checkpoint"].value("state", "") != "creating";
+  }, seconds(240));
+  EXPECT_TRUE(done.ok());
+  EXPECT_EQ((*done)["checkpoint"].value("state", ""), "ready") << done->dump();
+  return *done;
+}
+
+// Waits until the VM leaves transitional states; returns it.
+inline json WaitVm(const ApiClient& api, const std::string& id, seconds timeout = seconds(240)) {
+  auto r = PollUntil(api, "/v1/vms/" + id, [](const json& j) {
+    std::string s = j.value("state", "");
+    return s != "creating" && s != "stopping" && s != "checkpointing" && s != "resuming" &&
+           s != "deleting";
+  }, timeout);
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  return r.ok() ? *r : json();
+}
+
+inline json CreateVm(const ApiClient& api, json body) {
+  auto r = api.Post("/v1/vms", body);
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  if (!r.ok()) return json();
+  return WaitVm(api, (*r)["id"]);
+}
+
+inline json Act(const ApiClient& api, const std::string& id, const std::string& action,
+                json body = json::object()) {
+  auto r = api.Post("/v1/vms/" + id + "/" + action, body);
+  EXPECT_TRUE(r.ok()) << action << ": " << r.error().message;
+  return WaitVm(api, id);
+}
+
+inline std::string Exec(const ApiClient& api, const std::string& id, const std::string& sh) {
+  auto r = api.Post("/v1/vms/" + id + "/exec", {{"argv", {"/bin/sh", "-c", sh}}, {"timeout_s", 60}});
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  if (!r.ok()) return "";
+  EXPECT_EQ((*r)["exit_code"], 0) << r->dump();
+  return (*r)["stdout"];
+}
+
+inline void DeleteVm(const ApiClient& api, const std::string& id, bool purge = false) {
+  auto r = api.Delete("/v1/vms/" + id + (purge ? "?purge_workspace=true" : ""));
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  auto gone = PollUntil(api, "/v1/vms", [&](const json& j) {
+    for (const auto& v : j["vms"])
+      if (v["id"] == id) return false;
+    return true;
+  }, seconds(60));
+  EXPECT_TRUE(gone.ok());
+}
+
+}  // namespace vmgrid::testing_support
