@@ -38,12 +38,12 @@ MODULES_OPTIONAL="virtio_rng vmgenid"
 log() { if [[ $VERBOSE == 1 ]]; then echo "build-tiny: $*" >&2; fi; }
 die() { echo "build-tiny: error: $*" >&2; exit 1; }
 
-for tool in apt-get apt-cache dpkg-deb dpkg-query depmod modprobe mkfs.ext4 cpio gzip sha256sum ldd flock find sort truncate; do
-    command -v "$tool" >/dev/null 2>&1 || die "missing tool '$tool' (apt-get install kmod e2fsprogs cpio gzip apt dpkg util-linux)"
-done
 # depmod/modprobe/mkfs live in /sbin which may not be on a non-root PATH.
 export PATH="$PATH:/usr/sbin:/sbin"
 export LC_ALL=C
+for tool in apt-get apt-cache dpkg-deb dpkg-query depmod modprobe mkfs.ext4 cpio gzip sha256sum ldd flock find sort truncate; do
+    command -v "$tool" >/dev/null 2>&1 || die "missing tool '$tool' (apt-get install kmod e2fsprogs cpio gzip apt dpkg util-linux)"
+done
 
 # ---------------------------------------------------------------- inputs ---
 
@@ -263,7 +263,7 @@ fail() {
     while :; do setsid cttyhack sh; sleep 1; done
 }
 
-root= rootfstype=ext4 rootflags= mode=rw init=/sbin/init
+root='' rootfstype=ext4 rootflags='' mode=rw init=/sbin/init
 for arg in $(cat /proc/cmdline); do
     case $arg in
     root=*) root=${arg#root=} ;;
@@ -482,22 +482,34 @@ truncate -s "${DISK_SIZE_MB}M" "$OUT/rootfs.raw"
 # Regular-file target: mke2fs punches holes (discard) and marks the inode
 # tables zeroed, so the image stays sparse and the guest's ext4lazyinit has
 # nothing to do.  A 4 MiB journal bounds how much journal an overlay can dirty.
-mkfs.ext4 -q -F -t ext4 -b 4096 -N "$DISK_INODES" -m 0 -J size=4 -L vmgrid-tiny -U "$fs_uuid" \
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH \
+    mkfs.ext4 -q -F -t ext4 -b 4096 -N "$DISK_INODES" -m 0 -J size=4 -L vmgrid-tiny -U "$fs_uuid" \
     -E "discard,hash_seed=$fs_uuid,root_owner=0:0" \
     -d "$ROOTFS" "$OUT/rootfs.raw" >"$WORK/mkfs.log" 2>&1 || { cat "$WORK/mkfs.log" >&2; die "mkfs.ext4 failed"; }
-if [[ $EUID != 0 ]]; then
-    # mkfs -d copies the builder's uid/gid; make everything root-owned.
-    (cd "$ROOTFS" && find . -mindepth 1) | sed 's|^\.||' |
-        awk '{print "sif \"" $0 "\" uid 0"; print "sif \"" $0 "\" gid 0"}' >"$WORK/chown.debugfs"
-    debugfs -w -f "$WORK/chown.debugfs" "$OUT/rootfs.raw" >/dev/null 2>"$WORK/debugfs.log" ||
-        { cat "$WORK/debugfs.log" >&2; die "debugfs ownership fix-up failed"; }
+# mkfs -d copies each file's ctime (the build time) and, when not run as
+# root, the builder's uid/gid: pin them so the image is reproducible and
+# root-owned.
+{
+    echo "sif / ctime @$SOURCE_DATE_EPOCH"
+    echo "sif /lost+found ctime @$SOURCE_DATE_EPOCH"
+    (cd "$ROOTFS" && find . -mindepth 1) | sed 's|^\.||' | sort |
+        while IFS= read -r f; do
+            echo "sif \"$f\" ctime @$SOURCE_DATE_EPOCH"
+            [[ $EUID == 0 ]] || printf 'sif "%s" uid 0\nsif "%s" gid 0\n' "$f" "$f"
+        done
+} >"$WORK/fixup.debugfs"
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$WORK/fixup.debugfs" "$OUT/rootfs.raw" >/dev/null 2>"$WORK/debugfs.log" ||
+    { cat "$WORK/debugfs.log" >&2; die "debugfs fix-up of rootfs.raw failed"; }
+if grep -qiE 'error|invalid|not found|usage' "$WORK/debugfs.log"; then
+    cat "$WORK/debugfs.log" >&2
+    die "debugfs fix-up of rootfs.raw reported errors"
 fi
 
 cat >"$OUT/manifest.json" <<EOF
 {
   "name": "$IMAGE_NAME",
-  "kernel": "vmlinuz",${KERNEL_PVH:+
-  \"kernel_pvh\": \"$KERNEL_PVH\",}
+  "kernel": "${KERNEL_PVH:-vmlinuz}",
+  "kernel_bzimage": "vmlinuz",
   "initrd": "initrd.img",
   "disk": "rootfs.raw",
   "disk_format": "raw",

@@ -33,7 +33,8 @@ int UnusedPort() {
       ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
     ADD_FAILURE() << "cannot bind a socket";
   }
-  ::close(fd);
+  // Kept bound (never listening) for the life of the test process, so no
+  // other process can take the port meanwhile and connects are refused.
   return ntohs(addr.sin_port);
 }
 

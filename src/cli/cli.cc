@@ -448,7 +448,7 @@ int Fail(const Ctx& ctx, const Error& e, const std::string& kind = "") {
       break;
     case ErrorCode::kResourceExhausted:
       msg +=
-          "\n  hint: no host has room; see `vmgrid host list`, free capacity with "
+          "\n  hint: see `vmgrid host list`; free capacity with "
           "`vmgrid vm stop`/`vm rm`, or ask for less (--vcpus, --memory-mb)";
       break;
     default:
@@ -949,14 +949,7 @@ int CmdImageRm(Ctx& ctx, const std::string& ref) {
   if (!client.ok()) return Fail(ctx, client.error());
   auto res = client->Delete("/v1/images/" + PathEscape(ref));
   if (!res.ok()) {
-    int code = Fail(ctx, res.error(), "image");
-    if (res.error().code == ErrorCode::kFailedPrecondition) {
-      ctx.io.err
-          << "  hint: remove the VMs (`vmgrid vm rm`) and workspaces (`vmgrid workspace rm`) "
-             "using it first"
-          << std::endl;
-    }
-    return code;
+    return Fail(ctx, res.error(), "image");
   }
   if (!ctx.g.json) ctx.io.out << "deleted image " << ref << std::endl;
   return kExitOk;
@@ -1147,11 +1140,7 @@ int CmdWorkspaceRm(Ctx& ctx, const std::string& ref) {
   if (!client.ok()) return Fail(ctx, client.error());
   auto res = client->Delete("/v1/workspaces/" + PathEscape(ref));
   if (!res.ok()) {
-    int code = Fail(ctx, res.error(), "workspace");
-    if (res.error().code == ErrorCode::kFailedPrecondition) {
-      ctx.io.err << "  hint: remove the VM using it first (`vmgrid vm rm`)" << std::endl;
-    }
-    return code;
+    return Fail(ctx, res.error(), "workspace");
   }
   if (!ctx.g.json) ctx.io.out << "deleted workspace " << ref << std::endl;
   return kExitOk;

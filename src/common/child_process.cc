@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +36,9 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<std:
     // Own process group, so a terminal's Ctrl-C reaches only the parent,
     // which then shuts the children down in order.
     setpgid(0, 0);
+    // A helper must not outlive the process that owns it (a crashed test or
+    // `vmgrid dev`). VMs are not ChildProcesses: they outlive everything.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     int devnull = open("/dev/null", O_RDONLY);
     dup2(devnull, 0);
     dup2(log, 1);

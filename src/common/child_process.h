@@ -1,7 +1,8 @@
 // ChildProcess: a long-running helper process we own (the controller and
 // agents under `vmgrid dev`, servers in tests). Output goes to a log file.
-// The destructor terminates the child (SIGTERM, then SIGKILL) unless it was
-// released. Not thread-safe; own it from one thread.
+// The destructor terminates the child (SIGTERM, then SIGKILL), and the child
+// gets SIGTERM if the spawning thread dies. Not thread-safe; own it from the
+// thread that spawned it.
 #pragma once
 
 #include <sys/types.h>

@@ -55,6 +55,8 @@ LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
   if (options_.port == 0) options_.port = FreePort();
   url_ = "http://127.0.0.1:" + std::to_string(options_.port);
   agents_.resize(static_cast<size_t>(options_.hosts));
+  // Agents keep their address across restarts, as on real hosts.
+  for (int i = 0; i < options_.hosts; ++i) agent_ports_.push_back(FreePort());
 }
 
 LocalGrid::~LocalGrid() {
@@ -103,7 +105,8 @@ void LocalGrid::StopController(bool hard) {
 Status LocalGrid::StartAgent(int index, milliseconds timeout) {
   (void)timeout;
   std::string name = "host-" + std::to_string(index + 1);
-  std::vector<std::string> argv = {options_.vmgrid_binary, "agent", "--listen", "127.0.0.1:0",
+  std::vector<std::string> argv = {options_.vmgrid_binary, "agent", "--listen",
+                                   "127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]),
                                    "--controller", url_, "--token-file",
                                    controller_state_dir() + "/agent.token", "--state-dir",
                                    agent_state_dir(index), "--name", name};

@@ -56,6 +56,7 @@ class LocalGrid {
   std::string url_;
   std::unique_ptr<ChildProcess> controller_;
   std::vector<std::unique_ptr<ChildProcess>> agents_;
+  std::vector<int> agent_ports_;
 };
 
 // Waits until GET `path` through `client` succeeds and `done(answer)` holds.

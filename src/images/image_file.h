@@ -29,7 +29,8 @@ Result<DiskInfo> InspectDisk(const std::string& path, const std::string& claimed
 // Format guessed from the first bytes ("qcow2" or "raw").
 Result<std::string> SniffDiskFormat(const std::string& path);
 
-// A Linux kernel in bzImage format (boot protocol header "HdrS").
+// A Linux kernel: a bzImage (boot protocol header "HdrS"), or an x86-64 ELF
+// vmlinux that QEMU boots through its PVH entry.
 Status CheckKernel(const std::string& path);
 
 // An initramfs: cpio, or gzip/zstd/xz/lzma/lz4/bzip2 compressed.

@@ -66,6 +66,13 @@ TEST_F(ImageFileTest, KernelAndInitrdMagic) {
   k.replace(0x202, 4, "HdrS");
   EXPECT_TRUE(CheckKernel(Write("vmlinuz", k)).ok());
   EXPECT_FALSE(CheckKernel(Write("notkernel", std::string(0x300, 'x'))).ok());
+  std::string elf(0x300, '\0');
+  elf.replace(0, 4, "\x7f" "ELF");
+  elf[4] = 2;
+  elf[18] = 62;
+  EXPECT_TRUE(CheckKernel(Write("vmlinux", elf)).ok());
+  elf[18] = 40;  // ARM
+  EXPECT_FALSE(CheckKernel(Write("vmlinux.arm", elf)).ok());
   EXPECT_TRUE(CheckInitrd(Write("initrd.gz", "\x1f\x8b\x08\x00rest")).ok());
   EXPECT_TRUE(CheckInitrd(Write("initrd.cpio", "070701000")).ok());
   EXPECT_FALSE(CheckInitrd(Write("initrd.txt", "hello world")).ok());
