@@ -45,8 +45,14 @@ inline void StopGrid(std::unique_ptr<LocalGrid>& grid) {
   if (!grid) return;
   grid->KillVmProcesses();
   std::string dir = grid->controller_state_dir();
+  dir = dir.substr(0, dir.rfind('/'));
   grid.reset();
-  (void)RemoveTree(dir.substr(0, dir.rfind('/')));
+  // Keep the logs of a failed test for whoever looks into it.
+  if (::testing::Test::HasFailure()) {
+    std::fprintf(stderr, "keeping %s (logs in logs/) for inspection\n", dir.c_str());
+    return;
+  }
+  (void)RemoveTree(dir);
 }
 
 // Uploads the tiny guest as image `name`; with `checkpoint`, also makes its

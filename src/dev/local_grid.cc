@@ -103,7 +103,6 @@ void LocalGrid::StopController(bool hard) {
 }
 
 Status LocalGrid::StartAgent(int index, milliseconds timeout) {
-  (void)timeout;
   std::string name = "host-" + std::to_string(index + 1);
   std::vector<std::string> argv = {options_.vmgrid_binary, "agent", "--listen",
                                    "127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]),
@@ -113,9 +112,19 @@ Status LocalGrid::StartAgent(int index, milliseconds timeout) {
   if (options_.host_vcpus > 0) argv.insert(argv.end(), {"--vcpus", std::to_string(options_.host_vcpus)});
   if (options_.host_memory_mb > 0)
     argv.insert(argv.end(), {"--memory-mb", std::to_string(options_.host_memory_mb)});
-  VMG_ASSIGN_OR_RETURN(agents_[static_cast<size_t>(index)],
-                       ChildProcess::Spawn(argv, log_dir() + "/" + name + ".log"));
-  return Status::Ok();
+  auto& agent = agents_[static_cast<size_t>(index)];
+  VMG_ASSIGN_OR_RETURN(agent, ChildProcess::Spawn(argv, log_dir() + "/" + name + ".log"));
+  // Serving = its API answers (401 without the agent token) on its address.
+  ApiClient probe("http://127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]), "");
+  auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (!agent->Running())
+      return MakeError(ErrorCode::kInternal, "agent " + name + " exited; see " + log_dir() + "/" + name + ".log");
+    auto r = probe.Get("/agent/v1/status");
+    if (!r.ok() && r.error().code == ErrorCode::kUnauthenticated) return Status::Ok();
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  return MakeError(ErrorCode::kTimeout, "agent " + name + " did not come up; see " + log_dir());
 }
 
 void LocalGrid::StopAgent(int index, bool hard) {
