@@ -139,6 +139,7 @@ double PlainQemuOnce(const std::string& work, const json& image, const std::stri
   auto deadline = Clock::now() + seconds(300);
   if (resume) {
     auto qmp = QmpClient::Connect(c.run_dir + "/qmp.sock", seconds(30));
+    if (!(*proc)->Running()) Die("plain QEMU exited; see " + work + "/qemu.out");
     if (!qmp.ok()) Die(qmp.error().message);
     while (true) {
       auto st = (*qmp)->Execute("query-status");

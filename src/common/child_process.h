@@ -18,7 +18,7 @@ namespace vmgrid {
 
 class ChildProcess {
  public:
-  // Starts argv[0] (a path) with stdout+stderr appended to `log_path`.
+  // Starts argv[0] (a path, or a name looked up in PATH) with stdout+stderr appended to `log_path`.
   static Result<std::unique_ptr<ChildProcess>> Spawn(const std::vector<std::string>& argv,
                                                      const std::string& log_path);
   ~ChildProcess();
