@@ -237,16 +237,7 @@ void Agent::InstallRoutes() {
     if (!st.ok()) return SendError(res, st.error());
     SendJson(res, 204, nullptr);
   });
-  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "unknown";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    SendError(res, MakeError(ErrorCode::kInternal, "internal error: " + what));
-  });
+  InstallJsonErrorHandlers(s);
 }
 
 int RunAgent(const AgentOptions& options) {

@@ -304,16 +304,7 @@ void Controller::InstallRoutes() {
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });
-  s.set_exception_handler([](const Req&, Res& res, std::exception_ptr ep) {
-    std::string what = "unknown";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    SendError(res, MakeError(ErrorCode::kInternal, "internal error: " + what));
-  });
+  InstallJsonErrorHandlers(s);
   s.set_error_handler([](const Req& req, Res& res) {
     if (!res.body.empty()) return;
     if (res.status == 404)

@@ -985,11 +985,16 @@ struct VmCreateArgs {
   bool persistent = false;
   std::string workspace;
   bool resume = false;
+  std::string from_checkpoint;
   bool no_wait = false;
 };
 
 int CmdVmCreate(Ctx& ctx, const VmCreateArgs& a) {
-  json body = {{"image", a.image}};
+  if (a.image.empty() == a.from_checkpoint.empty())
+    return UsageError(ctx, "give exactly one of --image and --from-checkpoint", "vm create");
+  json body = json::object();
+  if (!a.image.empty()) body["image"] = a.image;
+  if (!a.from_checkpoint.empty()) body["from_checkpoint"] = a.from_checkpoint;
   if (!a.name.empty()) body["name"] = a.name;
   if (a.vcpus > 0) body["vcpus"] = a.vcpus;
   if (!a.memory.empty()) {
@@ -1280,7 +1285,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     a->add_option("--memory-mb", s.agent_memory, "Memory to offer, MiB or 4G (default: auto)")
         ->check(MemoryValidator());
 
-    auto* d = leaf(&app, "dev", "Run a controller and agents in one process (development)", [&] {
+    auto* d = leaf(&app, "dev", "Run a controller and N agents on this machine (development)", [&] {
       if (s.dev.exit_after_demo) s.dev.demo = true;
       return RunDev(s.dev);
     });
@@ -1358,7 +1363,9 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     g->group("Client commands");
     auto* c =
         leaf(g, "create", "Create and start a VM", [&] { return CmdVmCreate(ctx, s.create); });
-    c->add_option("--image", s.create.image, "Image id or name")->required();
+    c->add_option("--image", s.create.image, "Image id or name");
+    c->add_option("--from-checkpoint", s.create.from_checkpoint,
+                  "Resume a new clone from this VM's latest checkpoint (instead of --image)");
     c->add_option("--name", s.create.name, "VM name");
     c->add_option("--vcpus", s.create.vcpus, "vCPUs (default 1)")->check(CLI::Range(1, 1024));
     c->add_option("--memory-mb", s.create.memory, "Memory, MiB or 256M/1G (default 256M)")

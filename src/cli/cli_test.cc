@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cli/options.h"
+#include "cli/test_ports.h"
 
 namespace vmgrid {
 
@@ -55,22 +56,6 @@ namespace {
 
 using nlohmann::json;
 
-// A TCP port on 127.0.0.1 that nothing listens on (bound, then closed).
-int UnusedPort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    ADD_FAILURE() << "cannot bind a socket";
-  }
-  // Kept bound (never listening) for the life of the test process, so no
-  // other process can take the port meanwhile and connects are refused.
-  return ntohs(addr.sin_port);
-}
 namespace fs = std::filesystem;
 
 struct CliRun {

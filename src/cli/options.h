@@ -44,11 +44,11 @@ struct AgentOptions {
   uint64_t memory_mb = 0;
 };
 
-// `vmgrid dev`: a controller plus N agents in one process, for development
+// `vmgrid dev`: a controller plus N agents as child processes, for development
 // and demos; state under one directory (admin token at
 // STATE_DIR/controller/admin.token).
 struct DevOptions {
-  // Number of in-process agents (simulated hosts), >= 1.
+  // Number of agents (each its own process, state dir and port), >= 1.
   int hosts = 1;
   // Controller port on 127.0.0.1.
   int port = 8470;

@@ -30,6 +30,19 @@ void SendError(httplib::Response& res, const Error& error) {
            {{"error", {{"code", ErrorCodeName(error.code)}, {"message", error.message}}}});
 }
 
+void InstallJsonErrorHandlers(httplib::Server& server) {
+  server.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    SendError(res, MakeError(ErrorCode::kInternal, "internal error: " + what));
+  });
+}
+
 std::string BearerToken(const httplib::Request& req) {
   std::string h = req.get_header_value("Authorization");
   const std::string prefix = "Bearer ";

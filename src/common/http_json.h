@@ -23,6 +23,10 @@ int HttpStatusFor(ErrorCode code);
 void SendError(httplib::Response& res, const Error& error);
 void SendJson(httplib::Response& res, int status, const nlohmann::json& body);
 
+// An exception escaping a handler (a bug) answers 500 with the JSON error
+// body instead of an empty response.
+void InstallJsonErrorHandlers(httplib::Server& server);
+
 // "Bearer TOKEN" -> TOKEN, or "" when absent/malformed.
 std::string BearerToken(const httplib::Request& req);
 bool ConstantTimeEquals(const std::string& a, const std::string& b);
