@@ -63,7 +63,10 @@ nlohmann::json Agent::Capacity() const {
     disk_mb = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize) / (1 << 20);
   int vcpus = options_.vcpus > 0 ? options_.vcpus : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   int64_t mem = options_.memory_mb > 0 ? static_cast<int64_t>(options_.memory_mb) : MemTotalMb() * 8 / 10;
-  return {{"vcpus", vcpus}, {"memory_mb", mem}, {"disk_mb", disk_mb}, {"kvm", KvmUsableBy("qemu-system-x86_64")}};
+  return {{"vcpus", vcpus},       {"memory_mb", mem},
+          {"disk_mb", disk_mb},   {"kvm", KvmUsableBy("qemu-system-x86_64")},
+          {"site", options_.site}, {"network", options_.network},
+          {"arch", "x86_64"}};
 }
 
 nlohmann::json Agent::StatusJson() {

@@ -62,6 +62,7 @@ Status Controller::Start() {
   // Image files must be readable by the unprivileged user QEMU runs as.
   VMG_RETURN_IF_ERROR(MakeDirs(image_dir_, 0755));
   VMG_ASSIGN_OR_RETURN(store_, Store::Open(options_.state_dir + "/vmgrid.db"));
+  VMG_ASSIGN_OR_RETURN(query_, QueryService::Open(options_.state_dir + "/vmgrid.db"));
 
   // First start: an admin and the agents' credential, each written to a file
   // only its owner can read. Only their hashes are stored.
@@ -212,6 +213,7 @@ json Controller::VmJson(const Vm& v) {
           {"disk", v.disk},
           {"start", v.start},
           {"workspace", ws_name},
+          {"network", v.network},
           {"error", v.error},
           {"create_ms", v.create_ms},
           {"created_at", FormatTimeMs(v.created_ms)},
@@ -226,6 +228,9 @@ json Controller::HostJson(const Host& h, bool admin) {
             {"memory_mb", h.memory_mb},
             {"disk_mb", h.disk_mb},
             {"kvm", h.kvm},
+            {"site", h.site},
+            {"network", h.network},
+            {"arch", h.arch},
             {"free_vcpus", std::max(0, h.vcpus - h.reserved_vcpus)},
             {"free_memory_mb", std::max<int64_t>(0, h.memory_mb - h.reserved_memory_mb)},
             {"last_heartbeat", FormatTimeMs(h.last_heartbeat_ms)}};
@@ -455,6 +460,9 @@ void Controller::InstallRoutes() {
   s.Post(R"(/v1/vms/([^/]+)/exec)", Authed([this](const Caller& c, const Req& q, Res& r) { ExecVm(c, q, r); }));
   s.Delete(R"(/v1/vms/([^/]+))", Authed([this](const Caller& c, const Req& q, Res& r) { DeleteVm(c, q, r); }));
 
+  // Information service.
+  s.Post("/v1/query", Authed([this](const Caller& c, const Req& q, Res& r) { Query(c, q, r); }));
+
   // Workspaces.
   s.Get("/v1/workspaces", Authed([this](const Caller& c, const Req&, Res& res) {
           auto ws = store_->ListWorkspaces(c.owner());
@@ -498,7 +506,7 @@ void Controller::Heartbeat(const Caller&, const Req& req, Res& res) {
   if (auto st = ValidateName("host", *name); !st.ok()) return SendError(res, st.error());
   const json& cap = (*body)["capacity"];
   if (!cap.is_object()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "capacity must be an object"));
-  JsonFields cf(cap, {"vcpus", "memory_mb", "disk_mb", "kvm"});
+  JsonFields cf(cap, {"vcpus", "memory_mb", "disk_mb", "kvm", "site", "network", "arch"});
   auto vcpus = cf.Int("vcpus", 0, 0, 4096);
   auto mem = cf.Int("memory_mb", 0, 0, int64_t{1} << 32);
   auto disk = cf.Int("disk_mb", 0, 0, int64_t{1} << 40);
@@ -506,8 +514,14 @@ void Controller::Heartbeat(const Caller&, const Req& req, Res& res) {
   for (const Status& st : {vcpus.ok() ? Status() : Status(vcpus.error()), mem.ok() ? Status() : Status(mem.error()),
                            disk.ok() ? Status() : Status(disk.error()), kvm.ok() ? Status() : Status(kvm.error())})
     if (!st.ok()) return SendError(res, st.error());
-  auto host = store_->HeartbeatHost(*name, *url,
-                                    HostCapacity{static_cast<int>(*vcpus), *mem, *disk, *kvm});
+  HostCapacity hc{static_cast<int>(*vcpus), *mem, *disk, *kvm};
+  for (auto [field, dst] : {std::pair{"site", &hc.site}, {"network", &hc.network}, {"arch", &hc.arch}}) {
+    auto v = cf.String(field, false, *dst);
+    if (!v.ok()) return SendError(res, v.error());
+    if (auto st = ValidateName(field, *v); !st.ok()) return SendError(res, st.error());
+    *dst = *v;
+  }
+  auto host = store_->HeartbeatHost(*name, *url, hc);
   if (!host.ok()) return SendError(res, host.error());
   json vms = body->value("vms", json::array());
   if (!vms.is_array()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "vms must be an array"));
@@ -703,7 +717,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   int64_t started = NowMs();
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"image", "name", "vcpus", "memory_mb", "disk", "start", "workspace", "from_checkpoint"});
+  JsonFields f(*body, {"image", "name", "vcpus", "memory_mb", "disk", "start", "workspace",
+                       "from_checkpoint", "network"});
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   auto from = f.String("from_checkpoint", false);
   auto image_ref = f.String("image", from.ok() && from->empty());
@@ -729,6 +744,10 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   vm.start = *start;
   vm.state = "creating";
   vm.created_ms = vm.updated_ms = started;
+  auto network = f.String("network", false, "default");
+  if (!network.ok()) return SendError(res, network.error());
+  if (auto st = ValidateName("network", *network); !st.ok()) return SendError(res, st.error());
+  vm.network = *network;
 
   // What to start from: an image (boot or its post-boot checkpoint), or a
   // checkpoint of one of the caller's VMs.
@@ -868,6 +887,7 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
       w.vm_id.clear();
       (void)store_->UpdateWorkspace(w);
     }
+    if (r.ok()) (void)store_->NoteImageCached(vm.image_id, vm.host_id);
     FinishVmOp(vm.id, r, "error", started, true);
   });
 }
@@ -1001,6 +1021,67 @@ void Controller::DeleteWorkspace(const Caller& c, const Req& req, Res& res) {
   if (!r.ok()) return SendError(res, r.error().Wrap("deleting the workspace file"));
   if (auto st = store_->DeleteWorkspace(ws->id); !st.ok()) return SendError(res, st.error());
   SendJson(res, 204, nullptr);
+}
+
+void Controller::Query(const Caller& c, const Req& req, Res& res) {
+  auto body = ParseJsonObject(req.body, false);
+  if (!body.ok()) return SendError(res, body.error());
+  JsonFields f(*body, {"sql", "set", "max_rows", "timeout_ms"});
+  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+  auto sql = f.String("sql", false);
+  auto max_rows = f.Int("max_rows", 10'000, 1, 10'000);
+  auto timeout = f.Int("timeout_ms", 2'000, 1, 10'000);
+  if (!sql.ok()) return SendError(res, sql.error());
+  if (!max_rows.ok()) return SendError(res, max_rows.error());
+  if (!timeout.ok()) return SendError(res, timeout.error());
+  QueryLimits limits;
+  limits.max_rows = *max_rows;
+  limits.timeout_ms = *timeout;
+  QueryCaller caller{c.user.id, c.admin()};
+  bool has_set = body->contains("set");
+  if (sql->empty() == !has_set)
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "give exactly one of 'sql' and 'set'"));
+  if (!has_set) {
+    auto r = query_->Sql(caller, *sql, limits);
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, 200, {{"columns", r->columns}, {"rows", r->rows},
+                        {"elapsed_ms", static_cast<double>(r->elapsed_us) / 1000.0}});
+    return;
+  }
+  const json& sj = (*body)["set"];
+  if (!sj.is_object()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "'set' must be an object"));
+  JsonFields sf(sj, {"from", "size", "same", "sum", "min", "max", "where", "max_sets"});
+  if (auto st = sf.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+  SetQuery q;
+  auto from = sf.String("from", false, "vms");
+  auto size = sf.Int("size", 2, 1, 64);
+  auto same = sf.String("same", false);
+  auto sum = sf.String("sum", false, "memory_mb");
+  auto mn = sf.Int("min", 0, INT64_MIN / 4, INT64_MAX / 4);
+  auto mx = sf.Int("max", INT64_MAX / 4, INT64_MIN / 4, INT64_MAX / 4);
+  auto where = sf.String("where", false);
+  auto max_sets = sf.Int("max_sets", 10, 1, 1000);
+  for (const Status& st : {from.ok() ? Status() : Status(from.error()), size.ok() ? Status() : Status(size.error()),
+                           same.ok() ? Status() : Status(same.error()), sum.ok() ? Status() : Status(sum.error()),
+                           mn.ok() ? Status() : Status(mn.error()), mx.ok() ? Status() : Status(mx.error()),
+                           where.ok() ? Status() : Status(where.error()),
+                           max_sets.ok() ? Status() : Status(max_sets.error())})
+    if (!st.ok()) return SendError(res, st.error());
+  q.from = *from;
+  q.size = static_cast<size_t>(*size);
+  q.same = *same;
+  q.sum = *sum;
+  q.min = *mn;
+  q.max = *mx;
+  q.where = *where;
+  q.max_sets = static_cast<size_t>(*max_sets);
+  auto r = query_->Set(caller, q, limits);
+  if (!r.ok()) return SendError(res, r.error());
+  json sets = json::array();
+  for (const auto& s : r->sets) sets.push_back({{"group", s.group}, {"ids", s.ids}, {"total", s.total}});
+  SendJson(res, 200, {{"sets", sets}, {"candidates", r->candidates}, {"groups", r->groups},
+                      {"exact_search", r->used_exact_search},
+                      {"elapsed_ms", static_cast<double>(r->elapsed_us) / 1000.0}});
 }
 
 int RunController(const ControllerOptions& options) {

@@ -21,6 +21,7 @@
 
 #include "cli/options.h"
 #include "common/result.h"
+#include "infosvc/query_service.h"
 #include "store/store.h"
 
 namespace httplib {
@@ -74,6 +75,7 @@ class Controller {
   void ExecVm(const Caller&, const httplib::Request&, httplib::Response&);
   void DeleteVm(const Caller&, const httplib::Request&, httplib::Response&);
   void DeleteWorkspace(const Caller&, const httplib::Request&, httplib::Response&);
+  void Query(const Caller&, const httplib::Request&, httplib::Response&);
 
   // Object lookups honouring visibility (another user's object is not found).
   Result<Image> VisibleImage(const Caller& c, const std::string& ref);
@@ -104,6 +106,7 @@ class Controller {
   std::string agent_token_;
   std::string url_;
   std::unique_ptr<Store> store_;
+  std::unique_ptr<QueryService> query_;
   std::unique_ptr<httplib::Server> server_;
   std::thread server_thread_, reconcile_thread_;
   std::atomic<bool> stop_{false};

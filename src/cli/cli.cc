@@ -1151,6 +1151,78 @@ int CmdWorkspaceRm(Ctx& ctx, const std::string& ref) {
   return kExitOk;
 }
 
+struct QueryArgs {
+  std::string sql;
+  bool set = false;
+  std::string from = "vms";
+  int size = 2;
+  std::string same;
+  std::string sum = "memory_mb";
+  std::string min, max;
+  std::string where;
+  int max_rows = 0;
+};
+
+std::string CellText(const json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_null()) return "NULL";
+  return v.dump();
+}
+
+int CmdQuery(Ctx& ctx, const QueryArgs& a) {
+  json body = json::object();
+  if (a.set) {
+    if (!a.sql.empty()) return UsageError(ctx, "give SQL or --set, not both", "query");
+    json set = {{"from", a.from}, {"size", a.size}, {"sum", a.sum}};
+    if (!a.same.empty()) set["same"] = a.same;
+    if (!a.where.empty()) set["where"] = a.where;
+    // Bounds accept sizes (512M, 1G) for memory columns, else plain integers.
+    for (auto [flag, text, key] : {std::tuple{"--min", &a.min, "min"}, {"--max", &a.max, "max"}}) {
+      if (text->empty()) continue;
+      auto v = ParseMemoryMb(*text);
+      if (!v.ok()) return UsageError(ctx, std::string(flag) + ": " + v.error().message, "query");
+      set[key] = *v;
+    }
+    body["set"] = set;
+  } else {
+    if (a.sql.empty()) return UsageError(ctx, "give a SQL query or --set", "query");
+    body["sql"] = a.sql;
+  }
+  if (a.max_rows > 0) body["max_rows"] = a.max_rows;
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  auto res = client->Post("/v1/query", body);
+  if (!res.ok()) return Fail(ctx, res.error().Wrap("query failed"));
+  if (ctx.g.json) {
+    PrintJson(ctx, *res);
+    return kExitOk;
+  }
+  if (a.set) {
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& st : res->value("sets", json::array())) {
+      std::string ids;
+      for (const auto& id : st["ids"]) ids += (ids.empty() ? "" : ",") + CellText(id);
+      rows.push_back({CellText(st["group"]), ids, CellText(st["total"])});
+    }
+    PrintTable(ctx, {a.same.empty() ? "GROUP" : a.same, "IDS", "TOTAL " + a.sum}, rows);
+    ctx.io.err << res->value("sets", json::array()).size() << " set(s) from "
+               << res->value("candidates", 0) << " candidates in " << res->value("groups", 0)
+               << " group(s), " << res->value("elapsed_ms", 0.0) << " ms" << std::endl;
+    return kExitOk;
+  }
+  std::vector<std::string> headers;
+  for (const auto& c : res->value("columns", json::array())) headers.push_back(CellText(c));
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& r : res->value("rows", json::array())) {
+    std::vector<std::string> row;
+    for (const auto& v : r) row.push_back(CellText(v));
+    rows.push_back(row);
+  }
+  PrintTable(ctx, headers, rows);
+  ctx.io.err << rows.size() << " row(s), " << res->value("elapsed_ms", 0.0) << " ms" << std::endl;
+  return kExitOk;
+}
+
 int CmdWhoami(Ctx& ctx) {
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
@@ -1206,6 +1278,7 @@ struct Storage {
   std::string ref;
   ImportArgs import;
   VmCreateArgs create;
+  QueryArgs query;
   bool leave_running = false;
   bool purge_workspace = false;
   bool no_wait = false;
@@ -1281,6 +1354,10 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     a->add_option("--state-dir", s.agent.state_dir, "State directory")->capture_default_str();
     a->add_option("--name", s.agent.name, "Host name to report (default: hostname)");
     a->add_option("--runas", s.agent.runas, "Run QEMU as this user");
+    a->add_option("--site", s.agent.site, "Site (administrative domain) of this host")
+        ->capture_default_str();
+    a->add_option("--network", s.agent.network, "Network segment of this host")
+        ->capture_default_str();
     a->add_option("--vcpus", s.agent.vcpus, "vCPUs to offer (0: all)")->check(CLI::Range(0, 4096));
     a->add_option("--memory-mb", s.agent_memory, "Memory to offer, MiB or 4G (default: auto)")
         ->check(MemoryValidator());
@@ -1432,6 +1509,26 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     leaf(g, "rm", "Delete a workspace", [&] { return CmdWorkspaceRm(ctx, s.ref); })
         ->add_option("REF", s.ref, "Workspace id or name")
         ->required();
+  }
+
+  {
+    auto* q = leaf(&app, "query", "Query the grid information service (read-only SQL or --set)",
+                   [&] { return CmdQuery(ctx, s.query); });
+    q->group("Client commands");
+    q->add_option("SQL", s.query.sql,
+                  "SELECT over the views hosts, vms, images, image_cache, vdisks, "
+                  "virtualization, futures, machines, machines_ext");
+    q->add_flag("--set", s.query.set, "Find sets of --size rows with the same --same value "
+                                      "whose --sum totals between --min and --max");
+    q->add_option("--from", s.query.from, "View to draw set members from")->capture_default_str();
+    q->add_option("--size", s.query.size, "Members per set")->check(CLI::Range(1, 64))->capture_default_str();
+    q->add_option("--same", s.query.same, "Column all members share (e.g. network)");
+    q->add_option("--sum", s.query.sum, "Integer column to total")->capture_default_str();
+    q->add_option("--min", s.query.min, "Lowest total (number, or size like 512M)");
+    q->add_option("--max", s.query.max, "Highest total (number, or size like 1G)");
+    q->add_option("--where", s.query.where, "SQL condition on the members");
+    q->add_option("--max-rows", s.query.max_rows, "Refuse results longer than this")
+        ->check(CLI::Range(1, 10000));
   }
 
   leaf(&app, "whoami", "Show the user of the token", [&] {

@@ -42,6 +42,10 @@ struct AgentOptions {
   int vcpus = 0;
   // Memory offered to the grid, in MiB. 0: derived from the machine's memory.
   uint64_t memory_mb = 0;
+  // Administrative domain and network segment the host belongs to; the
+  // information service and placement query them.
+  std::string site = "default";
+  std::string network = "default";
 };
 
 // `vmgrid dev`: a controller plus N agents as child processes, for development

@@ -25,6 +25,9 @@ struct Host {
   int64_t memory_mb = 0;
   int64_t disk_mb = 0;
   bool kvm = false;
+  std::string site = "default";     // administrative domain
+  std::string network = "default";  // network segment
+  std::string arch = "x86_64";
   int reserved_vcpus = 0;       // sum over VMs placed on this host
   int64_t reserved_memory_mb = 0;
   int64_t last_heartbeat_ms = 0;
@@ -65,6 +68,7 @@ struct Vm {
   std::string disk;    // "clone" or "persistent"
   std::string start;   // "boot" or "resume"
   std::string workspace_id;
+  std::string network = "default";  // the virtual network the VM is on
   std::string error;
   int64_t create_ms = 0;  // request-to-ready time of the last create/resume
   int64_t created_ms = 0;

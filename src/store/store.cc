@@ -87,6 +87,20 @@ CREATE TABLE vms (
 );
 CREATE INDEX vms_host ON vms(host_id);
 )sql",
+    // 2: attributes the information service queries (docs/infosvc.md).
+    R"sql(
+ALTER TABLE hosts ADD COLUMN site TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE hosts ADD COLUMN network TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE hosts ADD COLUMN arch TEXT NOT NULL DEFAULT 'x86_64';
+ALTER TABLE vms ADD COLUMN network TEXT NOT NULL DEFAULT 'default';
+CREATE TABLE image_cache (
+  image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+  host_id TEXT NOT NULL REFERENCES hosts(id),
+  first_ms INTEGER NOT NULL,
+  PRIMARY KEY (image_id, host_id)
+);
+CREATE INDEX vms_owner ON vms(owner_id);
+)sql",
 };
 
 const char* kUserCols = "id, name, role, created_ms";
@@ -96,7 +110,7 @@ User ReadUser(SqlStmt& s) { return User{s.Text(0), s.Text(1), s.Text(2), s.Int(3
 // every VM except a failed one holds its vcpus and memory.
 const char* kHostSelect =
     "SELECT h.id, h.name, h.url, h.state, h.vcpus, h.memory_mb, h.disk_mb, h.kvm, "
-    "h.last_heartbeat_ms, h.created_ms, "
+    "h.last_heartbeat_ms, h.created_ms, h.site, h.network, h.arch, "
     "COALESCE((SELECT SUM(v.vcpus) FROM vms v WHERE v.host_id = h.id AND v.state != 'error'), 0), "
     "COALESCE((SELECT SUM(v.memory_mb) FROM vms v WHERE v.host_id = h.id AND v.state != 'error'), 0) "
     "FROM hosts h";
@@ -112,8 +126,11 @@ Host ReadHost(SqlStmt& s) {
   h.kvm = s.Int(7) != 0;
   h.last_heartbeat_ms = s.Int(8);
   h.created_ms = s.Int(9);
-  h.reserved_vcpus = static_cast<int>(s.Int(10));
-  h.reserved_memory_mb = s.Int(11);
+  h.site = s.Text(10);
+  h.network = s.Text(11);
+  h.arch = s.Text(12);
+  h.reserved_vcpus = static_cast<int>(s.Int(13));
+  h.reserved_memory_mb = s.Int(14);
   return h;
 }
 
@@ -152,7 +169,7 @@ std::vector<SqlValue> ImageValues(const Image& i) {
 
 const char* kVmCols =
     "id, name, owner_id, image_id, host_id, state, vcpus, memory_mb, disk, start, "
-    "workspace_id, error, create_ms, created_ms, updated_ms";
+    "workspace_id, error, create_ms, created_ms, updated_ms, network";
 Vm ReadVm(SqlStmt& s) {
   Vm v;
   v.id = s.Text(0);
@@ -170,12 +187,13 @@ Vm ReadVm(SqlStmt& s) {
   v.create_ms = s.Int(12);
   v.created_ms = s.Int(13);
   v.updated_ms = s.Int(14);
+  v.network = s.Text(15);
   return v;
 }
 std::vector<SqlValue> VmValues(const Vm& v) {
   return {v.id, v.name, v.owner_id, v.image_id, v.host_id, v.state, int64_t{v.vcpus},
           v.memory_mb, v.disk, v.start, v.workspace_id, v.error, v.create_ms, v.created_ms,
-          v.updated_ms};
+          v.updated_ms, v.network};
 }
 
 const char* kWsCols = "id, name, owner_id, image_id, host_id, path, size_bytes, vm_id, created_ms";
@@ -238,6 +256,7 @@ Result<T> GetByRef(SqliteDb* db, const std::string& table, const std::string& co
 Result<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   VMG_ASSIGN_OR_RETURN(auto db, SqliteDb::Open(path));
   std::unique_ptr<Store> store(new Store(std::move(db)));
+  store->path_ = path;
   VMG_RETURN_IF_ERROR(store->Migrate());
   return store;
 }
@@ -339,14 +358,16 @@ Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& ur
   VMG_ASSIGN_OR_RETURN(
       int changed,
       db_->Run("UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
-               "last_heartbeat_ms=? WHERE name=?",
-               {url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm}, now, name}));
+               "last_heartbeat_ms=?, site=?, network=?, arch=? WHERE name=?",
+               {url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm}, now,
+                cap.site, cap.network, cap.arch, name}));
   if (changed == 0) {
     VMG_RETURN_IF_ERROR(db_->Run(
         "INSERT INTO hosts (id, name, owner_id, url, state, vcpus, memory_mb, disk_mb, kvm, "
-        "last_heartbeat_ms, created_ms) VALUES (?,?,'admin',?,'up',?,?,?,?,?,?)",
+        "last_heartbeat_ms, created_ms, site, network, arch) "
+        "VALUES (?,?,'admin',?,'up',?,?,?,?,?,?,?,?,?)",
         {NewId("host"), name, url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb,
-         int64_t{cap.kvm}, now, now}));
+         int64_t{cap.kvm}, now, now, cap.site, cap.network, cap.arch}));
   }
   VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.name = ?",
                                               {name}, ReadHost));
@@ -466,7 +487,7 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     if (h.vcpus - h.reserved_vcpus < vm.vcpus) continue;
     if (h.memory_mb - h.reserved_memory_mb < vm.memory_mb) continue;
     vm.host_id = h.id;
-    auto r = db_->Run(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(15) + ")",
+    auto r = db_->Run(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
                       VmValues(vm));
     if (!r.ok()) {
       if (r.error().code == ErrorCode::kAlreadyExists)
@@ -485,7 +506,7 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
 Status Store::InsertVmRecord(const Vm& vm) {
   std::lock_guard<std::mutex> lock(mu_);
   VMG_RETURN_IF_ERROR(db_->Run(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" +
-                                   Placeholders(15) + ")",
+                                   Placeholders(16) + ")",
                                VmValues(vm)));
   return Status::Ok();
 }
@@ -555,6 +576,13 @@ Status Store::DeleteVm(const std::string& id) {
   VMG_RETURN_IF_ERROR(db_->Run("UPDATE workspaces SET vm_id='' WHERE vm_id=?", {id}));
   VMG_RETURN_IF_ERROR(db_->Run("DELETE FROM vms WHERE id=?", {id}));
   return tx.Commit();
+}
+
+Status Store::NoteImageCached(const std::string& image_id, const std::string& host_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_RETURN_IF_ERROR(db_->Run("INSERT INTO image_cache VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                               {image_id, host_id, NowMs()}));
+  return Status::Ok();
 }
 
 // --- workspaces --------------------------------------------------------------------

@@ -24,6 +24,9 @@ struct HostCapacity {
   int64_t memory_mb = 0;
   int64_t disk_mb = 0;
   bool kvm = false;
+  std::string site = "default";
+  std::string network = "default";
+  std::string arch = "x86_64";
 };
 
 class Store {
@@ -32,6 +35,7 @@ class Store {
 
   // Schema version after migrations.
   int schema_version() const { return schema_version_; }
+  const std::string& path() const { return path_; }
 
   // --- users and tokens ---------------------------------------------------
   // Creates a user and a first token; returns the plaintext token (only the
@@ -80,6 +84,8 @@ class Store {
   Result<Vm> TransitionVm(const std::string& id, const std::vector<std::string>& from,
                           const std::string& to);
   Status DeleteVm(const std::string& id);
+  // Records that `host_id` holds `image_id` (it ran a VM of it).
+  Status NoteImageCached(const std::string& image_id, const std::string& host_id);
   // Inserts a VM record as-is (used when an agent reports a VM the controller
   // has no record of, e.g. after restoring an old database).
   Status InsertVmRecord(const Vm& vm);
@@ -101,6 +107,7 @@ class Store {
   std::mutex mu_;
   std::unique_ptr<SqliteDb> db_;  // guarded by mu_
   int schema_version_ = 0;
+  std::string path_;
 };
 
 }  // namespace vmgrid

@@ -1,0 +1,187 @@
+#include "infosvc/query_service.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "store/store.h"
+
+namespace vmgrid {
+namespace {
+
+class QueryServiceTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::TempDir() + "/qs_" + std::to_string(getpid()) + "_" +
+           testing::UnitTest::GetInstance()->current_test_info()->name();
+    (void)RemoveTree(dir_);
+    ASSERT_TRUE(MakeDirs(dir_).ok());
+    store_ = std::move(Store::Open(dir_ + "/vmgrid.db")).value();
+    admin_ = store_->CreateUser("admin", "admin")->first;
+    alice_ = store_->CreateUser("alice", "user")->first;
+    bob_ = store_->CreateUser("bob", "user")->first;
+    Image img;
+    img.id = "img-1";
+    img.name = "tiny";
+    img.owner_id = admin_.id;
+    img.state = "ready";
+    img.format = "raw";
+    img.dir = "/x";
+    img.size_bytes = 128 << 20;
+    img.ckpt_state = "ready";
+    img.ckpt_memory_mb = 256;
+    img.ckpt_vcpus = 1;
+    ASSERT_TRUE(store_->InsertImage(img).ok());
+    HostCapacity big{16, 8192, 100000, false, "siteA", "net1", "x86_64"};
+    HostCapacity small{2, 512, 100000, false, "siteB", "net2", "x86_64"};
+    h1_ = store_->HeartbeatHost("h1", "http://a", big)->id;
+    h2_ = store_->HeartbeatHost("h2", "http://b", small)->id;
+    // Alice: five VMs on net "blue", Bob: one.
+    int64_t mems[] = {64, 128, 256, 256, 2048};
+    for (int i = 0; i < 5; ++i) AddVm(alice_.id, "a" + std::to_string(i), mems[i], "blue");
+    AddVm(bob_.id, "b0", 256, "blue");
+    ASSERT_TRUE(store_->NoteImageCached("img-1", h1_).ok());
+    svc_ = std::move(QueryService::Open(dir_ + "/vmgrid.db")).value();
+  }
+  void TearDown() override {
+    svc_.reset();
+    store_.reset();
+    (void)RemoveTree(dir_);
+  }
+  void AddVm(const std::string& owner, const std::string& name, int64_t mem, const std::string& net) {
+    Vm v;
+    v.id = NewId("vm");
+    v.name = name;
+    v.owner_id = owner;
+    v.image_id = "img-1";
+    v.state = "running";
+    v.memory_mb = mem;
+    v.disk = "clone";
+    v.start = "boot";
+    v.network = net;
+    v.created_ms = v.updated_ms = NowMs();
+    ASSERT_TRUE(store_->PlaceAndInsertVm(v, {h1_}).ok());
+  }
+  QueryResult Q(const User& u, const std::string& sql) {
+    auto r = svc_->Sql({u.id, u.role == "admin"}, sql);
+    EXPECT_TRUE(r.ok()) << sql << ": " << r.error().message;
+    return r.ok() ? *r : QueryResult{};
+  }
+  Error Fail(const User& u, const std::string& sql, QueryLimits limits = {}) {
+    auto r = svc_->Sql({u.id, u.role == "admin"}, sql, limits);
+    EXPECT_FALSE(r.ok()) << sql;
+    return r.ok() ? Error{} : r.error();
+  }
+
+  std::string dir_, h1_, h2_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<QueryService> svc_;
+  User admin_, alice_, bob_;
+};
+
+TEST_F(QueryServiceTest, UsersSeeOnlyTheirOwnVms) {
+  EXPECT_EQ(Q(admin_, "SELECT id FROM vms").rows.size(), 6u);
+  EXPECT_EQ(Q(alice_, "SELECT id FROM vms").rows.size(), 5u);
+  EXPECT_EQ(Q(bob_, "SELECT id FROM vms").rows.size(), 1u);
+  EXPECT_EQ(Q(bob_, "SELECT virtual_id FROM virtualization WHERE virtual_kind = 'vm'").rows.size(), 1u);
+  // Hosts are public, with public attributes only (no agent URL).
+  auto hosts = Q(bob_, "SELECT * FROM hosts");
+  EXPECT_EQ(hosts.rows.size(), 2u);
+  EXPECT_EQ(std::find(hosts.columns.begin(), hosts.columns.end(), "url"), hosts.columns.end());
+}
+
+TEST_F(QueryServiceTest, PaperQueryHostsThatCanInstantiateA1GbVm) {
+  auto r = Q(alice_, "SELECT DISTINCT host FROM futures WHERE max_memory_mb >= 1024 ORDER BY host");
+  ASSERT_EQ(r.rows.size(), 1u);
+  EXPECT_EQ(r.rows[0][0], "h1");
+  auto plain = Q(alice_, "SELECT name FROM hosts WHERE state = 'up' AND free_memory_mb >= 1024");
+  ASSERT_EQ(plain.rows.size(), 1u);
+}
+
+TEST_F(QueryServiceTest, PaperQuerySetsOfFourVmsOnOneNetwork) {
+  SetQuery q;
+  q.from = "vms";
+  q.size = 4;
+  q.same = "network";
+  q.sum = "memory_mb";
+  q.min = 512;
+  q.max = 1024;
+  auto r = svc_->Set({alice_.id, false}, q);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_EQ(r->sets.size(), 1u);
+  EXPECT_EQ(r->sets[0].group, "blue");
+  EXPECT_EQ(r->sets[0].ids.size(), 4u);
+  EXPECT_GE(r->sets[0].total, 512);
+  EXPECT_LE(r->sets[0].total, 1024);
+  // Bob alone has one VM: no set of four for him.
+  EXPECT_TRUE(svc_->Set({bob_.id, false}, q)->sets.empty());
+  q.sum = "name; DROP TABLE vms";
+  EXPECT_FALSE(svc_->Set({alice_.id, false}, q).ok());
+}
+
+TEST_F(QueryServiceTest, VirtualAndFutureNatureHiddenUnlessAsked) {
+  auto m = Q(alice_, "SELECT * FROM machines");
+  EXPECT_EQ(std::find(m.columns.begin(), m.columns.end(), "nature"), m.columns.end());
+  EXPECT_EQ(m.rows.size(), 2u + 5u);  // hosts + own running VMs, no futures
+  auto ext = Q(alice_, "SELECT nature, COUNT(*) FROM machines_ext GROUP BY nature ORDER BY nature");
+  ASSERT_EQ(ext.rows.size(), 3u);
+  EXPECT_EQ(ext.rows[0][0], "future");
+  EXPECT_EQ(ext.rows[1][0], "physical");
+  EXPECT_EQ(ext.rows[2][0], "virtual");
+}
+
+TEST_F(QueryServiceTest, FuturesCarryCostAndCacheState) {
+  auto r = Q(alice_, "SELECT host, start, cached, expected_ms FROM futures ORDER BY host, start");
+  // h1 can boot and resume tiny; h2 (512 MB, 2 vCPUs, nothing used) can too.
+  ASSERT_EQ(r.rows.size(), 4u);
+  EXPECT_EQ(r.rows[0][2], 1);  // h1 has it cached
+  EXPECT_EQ(r.rows[2][2], 0);
+  EXPECT_GT(r.rows[2][3].get<int64_t>(), r.rows[0][3].get<int64_t>());  // uncached costs more
+}
+
+TEST_F(QueryServiceTest, EverythingButSelectOnViewsIsRefused) {
+  EXPECT_EQ(Fail(bob_, "SELECT * FROM main.vms").code, ErrorCode::kPermissionDenied);
+  EXPECT_EQ(Fail(bob_, "SELECT token_sha256 FROM tokens").code, ErrorCode::kPermissionDenied);
+  EXPECT_EQ(Fail(admin_, "SELECT * FROM users").code, ErrorCode::kPermissionDenied);
+  EXPECT_FALSE(svc_->Sql({bob_.id, false}, "DELETE FROM vms").ok());
+  EXPECT_FALSE(svc_->Sql({bob_.id, false}, "UPDATE hosts SET state='down'").ok());
+  EXPECT_FALSE(svc_->Sql({bob_.id, false}, "PRAGMA table_info(vms)").ok());
+  EXPECT_FALSE(svc_->Sql({bob_.id, false}, "ATTACH '/tmp/x.db' AS x").ok());
+  EXPECT_FALSE(svc_->Sql({bob_.id, false}, "SELECT load_extension('x')").ok());
+  EXPECT_FALSE(svc_->Sql({bob_.id, false}, "SELECT 1; DELETE FROM vms").ok());
+  EXPECT_FALSE(svc_->Sql({bob_.id, false}, "SELEC nonsense").ok());
+  EXPECT_FALSE(svc_->Sql({bob_.id, false}, "").ok());
+  // A CTE named like a published view must not read base tables under that name.
+  EXPECT_EQ(Fail(bob_, "WITH hosts AS (SELECT * FROM main.tokens) SELECT * FROM hosts").code,
+            ErrorCode::kPermissionDenied);
+  EXPECT_EQ(Fail(bob_, "with \"VMS\"(a) as materialized (select owner_id from main.vms) select * from vms").code,
+            ErrorCode::kPermissionDenied);
+  EXPECT_EQ(Fail(bob_, "WITH x AS (SELECT * FROM main.vms) SELECT * FROM x").code,
+            ErrorCode::kPermissionDenied);
+  // Ordinary aliases and CTEs over the views are fine.
+  EXPECT_EQ(Q(bob_, "WITH mine AS (SELECT * FROM vms) SELECT COUNT(*) FROM mine AS m JOIN hosts AS h ON 1").rows[0][0], 2);
+  // Nothing changed.
+  EXPECT_EQ(Q(admin_, "SELECT COUNT(*) FROM vms").rows[0][0], 6);
+}
+
+TEST_F(QueryServiceTest, RunawayQueriesAndHugeResultsAreStopped) {
+  QueryLimits l;
+  l.timeout_ms = 200;
+  Error slow = Fail(bob_,
+                    "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) "
+                    "SELECT COUNT(*) FROM r",
+                    l);
+  EXPECT_NE(slow.message.find("longer than 200 ms"), std::string::npos) << slow.message;
+  QueryLimits rows;
+  rows.max_rows = 100;
+  Error big = Fail(bob_,
+                   "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r WHERE x < 1000) "
+                   "SELECT x FROM r",
+                   rows);
+  EXPECT_NE(big.message.find("more than 100 rows"), std::string::npos) << big.message;
+  // The service still answers afterwards.
+  EXPECT_EQ(Q(bob_, "SELECT COUNT(*) FROM hosts").rows[0][0], 2);
+}
+
+}  // namespace
+}  // namespace vmgrid
