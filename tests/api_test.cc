@@ -101,6 +101,19 @@ TEST_F(ApiTest, UsersAreIsolated) {
   // Users see public host attributes but not agent endpoints.
   EXPECT_FALSE((*b.Get("/v1/hosts"))["hosts"][0].contains("url"));
 
+  // The information service shows each user only what they may see.
+  auto qa = a.Post("/v1/query", {{"sql", "SELECT id FROM vms"}});
+  auto qb = b.Post("/v1/query", {{"sql", "SELECT id FROM vms"}});
+  ASSERT_TRUE(qa.ok() && qb.ok());
+  EXPECT_EQ((*qa)["rows"].size(), 1u);
+  EXPECT_EQ((*qb)["rows"].size(), 0u);
+  EXPECT_EQ(b.Post("/v1/query", {{"sql", "SELECT * FROM main.vms"}}).error().code,
+            ErrorCode::kPermissionDenied);
+  auto set = a.Post("/v1/query", {{"set", {{"from", "vms"}, {"size", 1}, {"same", "network"},
+                                           {"sum", "memory_mb"}, {"min", 1}, {"max", 1024}}}});
+  ASSERT_TRUE(set.ok()) << set.error().message;
+  EXPECT_EQ((*set)["sets"].size(), 1u);
+
   // Alice still owns a working VM; the admin sees it too.
   EXPECT_EQ(Exec(a, id, "echo mine"), "mine\n");
   EXPECT_EQ(grid_->Admin().Get("/v1/vms/" + id)->at("owner"), "alice");
@@ -182,6 +195,15 @@ TEST_F(ApiTest, MalformedRequestsGetClear4xx) {
   // None of them created anything.
   EXPECT_EQ(grid_->Admin().Get("/v1/vms")->at("vms").size(), 0u);
   EXPECT_EQ(grid_->Admin().Get("/v1/images")->at("images").size(), 1u);
+}
+
+TEST_F(ApiTest, FailedPlacementIsExplained) {
+  auto r = grid_->Admin().Post("/v1/vms", {{"image", "tiny"}, {"memory_mb", 65536}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kResourceExhausted);
+  EXPECT_NE(r.error().message.find("1 lack 65536 MB of free memory"), std::string::npos)
+      << r.error().message;
+  EXPECT_EQ(grid_->Admin().Get("/v1/vms")->at("vms").size(), 0u);
 }
 
 TEST_F(ApiTest, BadImageFilesAreRejected) {

@@ -847,7 +847,10 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     for (const auto& h : up) candidates.push_back(h.id);
   }
   auto placed = store_->PlaceAndInsertVm(vm, candidates);
-  if (!placed.ok()) return SendError(res, placed.error());
+  if (!placed.ok()) {
+    if (placed.error().code != ErrorCode::kResourceExhausted) return SendError(res, placed.error());
+    return SendError(res, ExplainNoPlacement(vm, candidates));
+  }
   vm = *placed;
   if (workspace) {
     vm.workspace_id = workspace->id;
@@ -890,6 +893,31 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     if (r.ok()) (void)store_->NoteImageCached(vm.image_id, vm.host_id);
     FinishVmOp(vm.id, r, "error", started, true);
   });
+}
+
+// Why no host took the VM: for each requirement, how many of the candidate
+// hosts failed it (compare condor_q -better-analyze, Kubernetes'
+// FailedScheduling events).
+Error Controller::ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates) {
+  int down = 0, cpu = 0, mem = 0, checked = 0;
+  for (const auto& id : candidates) {
+    auto h = store_->GetHost(id);
+    if (!h.ok()) continue;
+    ++checked;
+    if (h->state != "up") {
+      ++down;
+      continue;
+    }
+    if (h->vcpus - h->reserved_vcpus < vm.vcpus) ++cpu;
+    if (h->memory_mb - h->reserved_memory_mb < vm.memory_mb) ++mem;
+  }
+  return MakeError(ErrorCode::kResourceExhausted,
+                   "no host can run " + std::to_string(vm.vcpus) + " vCPU(s) with " +
+                       std::to_string(vm.memory_mb) + " MB: of " + std::to_string(checked) +
+                       " host(s) checked, " + std::to_string(down) + " are down, " +
+                       std::to_string(cpu) + " lack " + std::to_string(vm.vcpus) +
+                       " free vCPU(s), " + std::to_string(mem) + " lack " +
+                       std::to_string(vm.memory_mb) + " MB of free memory");
 }
 
 void Controller::FinishVmOp(const std::string& vm_id, const Result<json>& answer,

@@ -97,6 +97,7 @@ class Controller {
   bool InFlight(const std::string& vm_id);
   void ReconcileLoop();
   void ReconcileHost(const Host& host, const nlohmann::json& reported_vms, int64_t received_ms);
+  Error ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates);
   // Records the agent's answer for a VM operation.
   void FinishVmOp(const std::string& vm_id, const Result<nlohmann::json>& answer,
                   const std::string& state_on_error, int64_t started_ms, bool timing);
