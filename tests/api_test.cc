@@ -206,6 +206,23 @@ TEST_F(ApiTest, FailedPlacementIsExplained) {
   EXPECT_EQ(grid_->Admin().Get("/v1/vms")->at("vms").size(), 0u);
 }
 
+TEST_F(ApiTest, FuturesCanBeRealized) {
+  ApiClient admin = grid_->Admin();
+  auto f = admin.Post("/v1/query", {{"sql", "SELECT id, host_id FROM futures WHERE start = 'boot' LIMIT 1"}});
+  ASSERT_TRUE(f.ok()) << f.error().message;
+  ASSERT_EQ((*f)["rows"].size(), 1u);
+  std::string future = (*f)["rows"][0][0], host = (*f)["rows"][0][1];
+  json vm = CreateVm(admin, {{"from_future", future}, {"name", "realized"}});
+  EXPECT_EQ(vm["state"], "running") << vm.dump();
+  EXPECT_EQ(vm["host_id"], host);
+  // A future whose host cannot take it any more is refused with the reason.
+  auto stale = admin.Post("/v1/vms", {{"from_future", future}, {"memory_mb", 65536}});
+  ASSERT_FALSE(stale.ok());
+  EXPECT_NE(stale.error().message.find("is no longer valid"), std::string::npos) << stale.error().message;
+  EXPECT_EQ(admin.Post("/v1/vms", {{"from_future", "fut-bogus"}}).error().code, ErrorCode::kInvalidArgument);
+  DeleteVm(admin, vm["id"]);
+}
+
 TEST_F(ApiTest, BadImageFilesAreRejected) {
   ApiClient admin = grid_->Admin();
   auto img = admin.Post("/v1/images", {{"name", "fake"}, {"format", "qcow2"}, {"has_kernel", true}});

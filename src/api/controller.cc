@@ -718,8 +718,31 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
   JsonFields f(*body, {"image", "name", "vcpus", "memory_mb", "disk", "start", "workspace",
-                       "from_checkpoint", "network"});
+                       "from_checkpoint", "network", "from_future"});
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+  // A future from the information service ("fut-IMAGE-HOST-START") names the
+  // image, the host and how to start; realizing it is a create pinned there.
+  auto future = f.String("from_future", false);
+  if (!future.ok()) return SendError(res, future.error());
+  std::string future_host;
+  if (!future->empty()) {
+    if (body->contains("image") || body->contains("from_checkpoint") || body->contains("start"))
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                      "from_future already names the image and start; drop image, "
+                                      "start and from_checkpoint"));
+    const std::string& fid = *future;
+    size_t h = fid.find("-host-");
+    size_t last = fid.rfind('-');
+    if (fid.rfind("fut-", 0) != 0 || h == std::string::npos || last <= h + 5)
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                      "'" + fid + "' is not a future id (fut-IMAGE-HOST-START)"));
+    std::string start_mode = fid.substr(last + 1);
+    if (start_mode != "boot" && start_mode != "resume")
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "'" + fid + "' is not a future id"));
+    (*body)["image"] = fid.substr(4, h - 4);
+    (*body)["start"] = start_mode;
+    future_host = fid.substr(h + 1, last - h - 1);
+  }
   auto from = f.String("from_checkpoint", false);
   auto image_ref = f.String("image", from.ok() && from->empty());
   auto name = f.String("name", false);
@@ -831,6 +854,15 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     return SendError(res, MakeError(ErrorCode::kInvalidArgument, "workspace needs disk=persistent"));
   }
 
+  if (!future_host.empty()) {
+    if (!candidates.empty() && candidates[0] != future_host)
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                      "the workspace lives on another host than the future"));
+    if (!store_->GetHost(future_host).ok())
+      return SendError(res, MakeError(ErrorCode::kNotFound, "future " + *future +
+                                                                " is no longer valid: its host is gone"));
+    candidates = {future_host};
+  }
   // Placement: hosts that are up, most free memory first (spread).
   if (candidates.empty()) {
     auto hosts = store_->ListHosts();
@@ -849,7 +881,9 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   auto placed = store_->PlaceAndInsertVm(vm, candidates);
   if (!placed.ok()) {
     if (placed.error().code != ErrorCode::kResourceExhausted) return SendError(res, placed.error());
-    return SendError(res, ExplainNoPlacement(vm, candidates));
+    Error why = ExplainNoPlacement(vm, candidates);
+    if (!future_host.empty()) why = why.Wrap("future " + *future + " is no longer valid");
+    return SendError(res, why);
   }
   vm = *placed;
   if (workspace) {

@@ -986,13 +986,16 @@ struct VmCreateArgs {
   std::string workspace;
   bool resume = false;
   std::string from_checkpoint;
+  std::string from_future;
   bool no_wait = false;
 };
 
 int CmdVmCreate(Ctx& ctx, const VmCreateArgs& a) {
-  if (a.image.empty() == a.from_checkpoint.empty())
-    return UsageError(ctx, "give exactly one of --image and --from-checkpoint", "vm create");
+  if ((!a.image.empty()) + (!a.from_checkpoint.empty()) + (!a.from_future.empty()) != 1)
+    return UsageError(ctx, "give exactly one of --image, --from-checkpoint and --from-future",
+                      "vm create");
   json body = json::object();
+  if (!a.from_future.empty()) body["from_future"] = a.from_future;
   if (!a.image.empty()) body["image"] = a.image;
   if (!a.from_checkpoint.empty()) body["from_checkpoint"] = a.from_checkpoint;
   if (!a.name.empty()) body["name"] = a.name;
@@ -1443,6 +1446,8 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     c->add_option("--image", s.create.image, "Image id or name");
     c->add_option("--from-checkpoint", s.create.from_checkpoint,
                   "Resume a new clone from this VM's latest checkpoint (instead of --image)");
+    c->add_option("--from-future", s.create.from_future,
+                  "Realize a future from `vmgrid query` (its image, host and start mode)");
     c->add_option("--name", s.create.name, "VM name");
     c->add_option("--vcpus", s.create.vcpus, "vCPUs (default 1)")->check(CLI::Range(1, 1024));
     c->add_option("--memory-mb", s.create.memory, "Memory, MiB or 256M/1G (default 256M)")
