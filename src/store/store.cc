@@ -1,5 +1,7 @@
 #include "store/store.h"
 
+#include <algorithm>
+
 #include "common/util.h"
 
 namespace vmgrid {
@@ -501,6 +503,54 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
                    "no host has room for " + std::to_string(vm.vcpus) + " vCPU(s) and " +
                        std::to_string(vm.memory_mb) + " MB (checked " +
                        std::to_string(candidates.size()) + " host(s))");
+}
+
+Result<std::vector<Vm>> Store::PlaceAndInsertGang(
+    std::vector<Vm> vms, const std::vector<std::vector<std::string>>& groups) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  std::sort(vms.begin(), vms.end(), [](const Vm& a, const Vm& b) { return a.memory_mb > b.memory_mb; });
+  for (const auto& group : groups) {
+    std::vector<Host> hosts;
+    for (const auto& id : group) {
+      VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?",
+                                                  {id}, ReadHost));
+      if (!rows.empty() && rows[0].state == "up") hosts.push_back(rows[0]);
+    }
+    bool all = true;
+    std::vector<Vm> placed = vms;
+    for (auto& vm : placed) {
+      bool fit = false;
+      for (auto& h : hosts) {
+        if (h.vcpus - h.reserved_vcpus >= vm.vcpus && h.memory_mb - h.reserved_memory_mb >= vm.memory_mb) {
+          h.reserved_vcpus += vm.vcpus;
+          h.reserved_memory_mb += vm.memory_mb;
+          vm.host_id = h.id;
+          fit = true;
+          break;
+        }
+      }
+      if (!fit) {
+        all = false;
+        break;
+      }
+    }
+    if (!all) continue;
+    for (const auto& vm : placed) {
+      auto r = db_->Run(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
+                        VmValues(vm));
+      if (!r.ok()) {
+        if (r.error().code == ErrorCode::kAlreadyExists)
+          return MakeError(ErrorCode::kAlreadyExists, "a VM named '" + vm.name + "' already exists");
+        return r.error();
+      }
+    }
+    VMG_RETURN_IF_ERROR(tx.Commit());
+    return placed;
+  }
+  return MakeError(ErrorCode::kResourceExhausted,
+                   "no group of hosts has room for all " + std::to_string(vms.size()) + " VMs");
 }
 
 Status Store::InsertVmRecord(const Vm& vm) {

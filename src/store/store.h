@@ -74,6 +74,11 @@ class Store {
   // calls never oversubscribe a host. Returns the stored VM with host_id set,
   // or kResourceExhausted.
   Result<Vm> PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candidates);
+  // Gang co-allocation: places all of `vms` on hosts of one group (the first
+  // group, in order, where they all fit, first-fit decreasing by memory) and
+  // records them in one transaction — all or none.
+  Result<std::vector<Vm>> PlaceAndInsertGang(std::vector<Vm> vms,
+                                             const std::vector<std::vector<std::string>>& groups);
   Result<Vm> GetVm(const std::string& ref, const OwnerFilter& owner);
   Result<std::vector<Vm>> ListVms(const OwnerFilter& owner);
   Result<std::vector<Vm>> ListVmsOnHost(const std::string& host_id);

@@ -119,6 +119,30 @@ TEST_F(StoreTest, TransitionIsCompareAndSet) {
   EXPECT_EQ(store_->DeleteImage("img-1").error().code, ErrorCode::kFailedPrecondition);
 }
 
+TEST_F(StoreTest, GangIsAllOrNothing) {
+  auto a = store_->HeartbeatHost("a", "http://a", HostCapacity{4, 1024, 1000, false});
+  auto b = store_->HeartbeatHost("b", "http://b", HostCapacity{4, 4096, 1000, false});
+  std::vector<Vm> gang;
+  for (int i = 0; i < 4; ++i) {
+    gang.push_back(NewVm("g" + std::to_string(i)));
+    gang.back().memory_mb = 512;
+  }
+  // Group {a} cannot take 4 x 512 MB; group {b} can: all land on b.
+  auto r = store_->PlaceAndInsertGang(gang, {{a->id}, {b->id}});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  for (const auto& vm : *r) EXPECT_EQ(vm.host_id, b->id);
+  // Nothing fits now for another 4 x 1 GB: none is recorded.
+  for (auto& vm : gang) {
+    vm.id = NewId("vm");
+    vm.name += "x";
+    vm.memory_mb = 1024;
+  }
+  auto none = store_->PlaceAndInsertGang(gang, {{a->id}, {b->id}});
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, ErrorCode::kResourceExhausted);
+  EXPECT_EQ(store_->ListVms("")->size(), 4u);
+}
+
 TEST_F(StoreTest, StaleHostsGoDown) {
   ASSERT_TRUE(store_->HeartbeatHost("h1", "http://x", HostCapacity{4, 4096, 1000, false}).ok());
   auto ids = store_->MarkStaleHostsDown(NowMs() + 1000);
