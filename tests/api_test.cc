@@ -223,6 +223,30 @@ TEST_F(ApiTest, FuturesCanBeRealized) {
   DeleteVm(admin, vm["id"]);
 }
 
+TEST_F(ApiTest, GangIsPlacedWholeOrNotAtAll) {
+  ApiClient admin = grid_->Admin();
+  // The paper's set: four VMs on one network, 512 MB..1 GB in total.
+  auto r = admin.Post("/v1/vms", {{"image", "tiny"}, {"name", "gang"}, {"count", 4}, {"same", "network"},
+                                  {"total_memory_mb", {{"min", 512}, {"max", 1024}}}});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_EQ((*r)["vms"].size(), 4u);
+  int64_t total = 0;
+  for (const auto& vm : (*r)["vms"]) {
+    json done = WaitVm(admin, vm["id"]);
+    EXPECT_EQ(done["state"], "running") << done.dump();
+    total += done["memory_mb"].get<int64_t>();
+  }
+  EXPECT_GE(total, 512);
+  EXPECT_LE(total, 1024);
+  // Eight more cannot all fit next to them (8 vCPUs per host): none is made.
+  auto none = admin.Post("/v1/vms", {{"image", "tiny"}, {"name", "big"}, {"count", 8}, {"same", "site"}});
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, ErrorCode::kResourceExhausted);
+  EXPECT_NE(none.error().message.find("none was created"), std::string::npos) << none.error().message;
+  EXPECT_EQ(admin.Get("/v1/vms")->at("vms").size(), 4u);
+  for (const auto& vm : (*r)["vms"]) DeleteVm(admin, vm["id"]);
+}
+
 TEST_F(ApiTest, BadImageFilesAreRejected) {
   ApiClient admin = grid_->Admin();
   auto img = admin.Post("/v1/images", {{"name", "fake"}, {"format", "qcow2"}, {"has_kernel", true}});

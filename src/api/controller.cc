@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "api/openapi.h"
+#include "api/placement.h"
 #include "cli/api_client.h"
 #include "common/http_json.h"
 #include "common/signals.h"
@@ -718,7 +719,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
   JsonFields f(*body, {"image", "name", "vcpus", "memory_mb", "disk", "start", "workspace",
-                       "from_checkpoint", "network", "from_future"});
+                       "from_checkpoint", "network", "from_future", "policy", "site",
+                       "host_network", "count", "same", "total_memory_mb"});
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   // A future from the information service ("fut-IMAGE-HOST-START") names the
   // image, the host and how to start; realizing it is a create pinned there.
@@ -863,25 +865,43 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
                                                                 " is no longer valid: its host is gone"));
     candidates = {future_host};
   }
-  // Placement: hosts that are up, most free memory first (spread).
+  // Placement is a query over the information service (api/placement.h).
+  auto policy = f.Enum("policy", {"spread", "pack"}, "spread");
+  auto site = f.String("site", false);
+  auto host_network = f.String("host_network", false);
+  for (const auto* r : {&policy, &site, &host_network})
+    if (!r->ok()) return SendError(res, r->error());
+  for (const auto* v : {&*site, &*host_network})
+    if (!v->empty())
+      if (auto st = ValidateName("site/network", *v); !st.ok()) return SendError(res, st.error());
+  auto count = f.Int("count", 1, 1, 64);
+  if (!count.ok()) return SendError(res, count.error());
+  if (*count > 1 || body->contains("same") || body->contains("total_memory_mb")) {
+    if (workspace || !from->empty() || !future->empty())
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                      "a gang (count) takes non-persistent VMs of an image; drop "
+                                      "disk=persistent, workspace, from_checkpoint and from_future"));
+    return CreateGang(c, *body, vm, image, checkpoint_dir, *count, *policy, res, started);
+  }
   if (candidates.empty()) {
-    auto hosts = store_->ListHosts();
-    if (!hosts.ok()) return SendError(res, hosts.error());
-    std::vector<Host> up;
-    for (const auto& h : *hosts)
-      if (h.state == "up") up.push_back(h);
-    if (up.empty())
-      return SendError(res, MakeError(ErrorCode::kResourceExhausted,
-                                      "no host is up; start an agent (`vmgrid agent`)"));
-    std::sort(up.begin(), up.end(), [](const Host& a, const Host& b) {
-      return a.memory_mb - a.reserved_memory_mb > b.memory_mb - b.reserved_memory_mb;
-    });
-    for (const auto& h : up) candidates.push_back(h.id);
+    auto ranked = RankHosts(*query_, {image.id, vm.vcpus, vm.memory_mb, *policy, *site, *host_network});
+    if (!ranked.ok()) return SendError(res, ranked.error());
+    candidates = *ranked;
+    if (candidates.empty()) {
+      auto hosts = store_->ListHosts();
+      if (!hosts.ok()) return SendError(res, hosts.error());
+      if (hosts->empty())
+        return SendError(res, MakeError(ErrorCode::kResourceExhausted,
+                                        "no host has registered; start an agent (`vmgrid agent`)"));
+      std::vector<std::string> all;
+      for (const auto& h : *hosts) all.push_back(h.id);
+      return SendError(res, ExplainNoPlacement(vm, all, *site, *host_network));
+    }
   }
   auto placed = store_->PlaceAndInsertVm(vm, candidates);
   if (!placed.ok()) {
     if (placed.error().code != ErrorCode::kResourceExhausted) return SendError(res, placed.error());
-    Error why = ExplainNoPlacement(vm, candidates);
+    Error why = ExplainNoPlacement(vm, candidates, "", "");
     if (!future_host.empty()) why = why.Wrap("future " + *future + " is no longer valid");
     return SendError(res, why);
   }
@@ -903,6 +923,12 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   }
   SendJson(res, 202, VmJson(vm));
 
+  LaunchCreate(vm, image, checkpoint_dir, workspace, new_workspace, started);
+}
+
+void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
+                              const std::optional<Workspace>& workspace, bool new_workspace,
+                              int64_t started) {
   auto host = store_->GetHost(vm.host_id);
   json spec = {{"id", vm.id},
                {"name", vm.name},
@@ -929,11 +955,71 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   });
 }
 
+// Gang co-allocation: `count` VMs like `proto`, all on hosts sharing `same`
+// (site or network segment), with an optional bound on their total memory.
+// All are placed and recorded in one transaction, or none is.
+void Controller::CreateGang(const Caller& c, const json& body, const Vm& proto, const Image& image,
+                            const std::string& checkpoint_dir, int64_t count,
+                            const std::string& policy, Res& res, int64_t started) {
+  (void)c;
+  JsonFields f(body, {});
+  auto same = f.String("same", false);
+  if (!same.ok()) return SendError(res, same.error());
+  int64_t memory = proto.memory_mb;
+  if (body.contains("total_memory_mb")) {
+    const json& t = body["total_memory_mb"];
+    if (!t.is_object())
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                      "total_memory_mb must be an object {min, max}"));
+    JsonFields tf(t, {"min", "max"});
+    if (auto st = tf.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+    auto mn = tf.Int("min", 0, 0, int64_t{1} << 30);
+    auto mx = tf.Int("max", int64_t{1} << 30, 1, int64_t{1} << 30);
+    if (!mn.ok()) return SendError(res, mn.error());
+    if (!mx.ok()) return SendError(res, mx.error());
+    // Without an explicit size, split the lower bound evenly.
+    if (!body.contains("memory_mb") && proto.start != "resume")
+      memory = std::max<int64_t>(image.min_memory_mb, (*mn + count - 1) / count);
+    if (memory * count < *mn || memory * count > *mx)
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                      std::to_string(count) + " VMs of " + std::to_string(memory) +
+                                          " MB total " + std::to_string(memory * count) +
+                                          " MB, outside total_memory_mb [" + std::to_string(*mn) +
+                                          ", " + std::to_string(*mx) + "]"));
+  }
+  std::vector<Vm> vms;
+  for (int64_t i = 0; i < count; ++i) {
+    Vm vm = proto;
+    vm.id = NewId("vm");
+    vm.name = (proto.name == proto.id ? vm.id : proto.name + "-" + std::to_string(i + 1));
+    vm.memory_mb = memory;
+    vms.push_back(vm);
+  }
+  auto groups = HostGroups(*query_, *same, policy);
+  if (!groups.ok()) return SendError(res, groups.error());
+  auto placed = store_->PlaceAndInsertGang(vms, *groups);
+  if (!placed.ok()) {
+    if (placed.error().code != ErrorCode::kResourceExhausted) return SendError(res, placed.error());
+    return SendError(res, MakeError(ErrorCode::kResourceExhausted,
+                                    "no " + (same->empty() ? std::string("set of hosts") : *same) +
+                                        " has room for all " + std::to_string(count) + " VMs (" +
+                                        std::to_string(count) + " x " + std::to_string(proto.vcpus) +
+                                        " vCPU, " + std::to_string(memory) + " MB; " +
+                                        std::to_string(groups->size()) +
+                                        " group(s) of up hosts checked); none was created"));
+  }
+  json out = json::array();
+  for (const auto& vm : *placed) out.push_back(VmJson(vm));
+  SendJson(res, 202, {{"vms", out}});
+  for (const auto& vm : *placed) LaunchCreate(vm, image, checkpoint_dir, std::nullopt, false, started);
+}
+
 // Why no host took the VM: for each requirement, how many of the candidate
 // hosts failed it (compare condor_q -better-analyze, Kubernetes'
 // FailedScheduling events).
-Error Controller::ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates) {
-  int down = 0, cpu = 0, mem = 0, checked = 0;
+Error Controller::ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates,
+                                     const std::string& site, const std::string& network) {
+  int down = 0, cpu = 0, mem = 0, checked = 0, wrong_site = 0, wrong_net = 0;
   for (const auto& id : candidates) {
     auto h = store_->GetHost(id);
     if (!h.ok()) continue;
@@ -942,16 +1028,20 @@ Error Controller::ExplainNoPlacement(const Vm& vm, const std::vector<std::string
       ++down;
       continue;
     }
+    if (!site.empty() && h->site != site) ++wrong_site;
+    if (!network.empty() && h->network != network) ++wrong_net;
     if (h->vcpus - h->reserved_vcpus < vm.vcpus) ++cpu;
     if (h->memory_mb - h->reserved_memory_mb < vm.memory_mb) ++mem;
   }
-  return MakeError(ErrorCode::kResourceExhausted,
-                   "no host can run " + std::to_string(vm.vcpus) + " vCPU(s) with " +
-                       std::to_string(vm.memory_mb) + " MB: of " + std::to_string(checked) +
-                       " host(s) checked, " + std::to_string(down) + " are down, " +
-                       std::to_string(cpu) + " lack " + std::to_string(vm.vcpus) +
-                       " free vCPU(s), " + std::to_string(mem) + " lack " +
-                       std::to_string(vm.memory_mb) + " MB of free memory");
+  std::string msg = "no host can run " + std::to_string(vm.vcpus) + " vCPU(s) with " +
+                    std::to_string(vm.memory_mb) + " MB: of " + std::to_string(checked) +
+                    " host(s) checked, " + std::to_string(down) + " are down, " +
+                    std::to_string(cpu) + " lack " + std::to_string(vm.vcpus) +
+                    " free vCPU(s), " + std::to_string(mem) + " lack " +
+                    std::to_string(vm.memory_mb) + " MB of free memory";
+  if (!site.empty()) msg += ", " + std::to_string(wrong_site) + " are not in site " + site;
+  if (!network.empty()) msg += ", " + std::to_string(wrong_net) + " are not on network " + network;
+  return MakeError(ErrorCode::kResourceExhausted, msg);
 }
 
 void Controller::FinishVmOp(const std::string& vm_id, const Result<json>& answer,

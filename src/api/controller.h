@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -97,7 +98,13 @@ class Controller {
   bool InFlight(const std::string& vm_id);
   void ReconcileLoop();
   void ReconcileHost(const Host& host, const nlohmann::json& reported_vms, int64_t received_ms);
-  Error ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates);
+  Error ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates,
+                           const std::string& site, const std::string& network);
+  void LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
+                    const std::optional<Workspace>& workspace, bool new_workspace, int64_t started);
+  void CreateGang(const Caller& c, const nlohmann::json& body, const Vm& proto, const Image& image,
+                  const std::string& checkpoint_dir, int64_t count, const std::string& policy,
+                  httplib::Response& res, int64_t started);
   // Records the agent's answer for a VM operation.
   void FinishVmOp(const std::string& vm_id, const Result<nlohmann::json>& answer,
                   const std::string& state_on_error, int64_t started_ms, bool timing);

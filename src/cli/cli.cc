@@ -987,6 +987,13 @@ struct VmCreateArgs {
   bool resume = false;
   std::string from_checkpoint;
   std::string from_future;
+  int count = 0;
+  std::string same;
+  std::string total_mem;  // "512M..1G"
+  std::string policy;
+  std::string site;
+  std::string host_network;
+  std::string network;
   bool no_wait = false;
 };
 
@@ -1008,9 +1015,37 @@ int CmdVmCreate(Ctx& ctx, const VmCreateArgs& a) {
   if (a.persistent) body["disk"] = "persistent";
   if (!a.workspace.empty()) body["workspace"] = a.workspace;
   if (a.resume) body["start"] = "resume";
+  if (!a.policy.empty()) body["policy"] = a.policy;
+  if (!a.site.empty()) body["site"] = a.site;
+  if (!a.host_network.empty()) body["host_network"] = a.host_network;
+  if (!a.network.empty()) body["network"] = a.network;
+  if (a.count > 0) body["count"] = a.count;
+  if (!a.same.empty()) body["same"] = a.same;
+  if (!a.total_mem.empty()) {
+    auto dots = a.total_mem.find("..");
+    if (dots == std::string::npos)
+      return UsageError(ctx, "--total-mem wants MIN..MAX, e.g. 512M..1G", "vm create");
+    auto mn = ParseMemoryMb(a.total_mem.substr(0, dots));
+    auto mx = ParseMemoryMb(a.total_mem.substr(dots + 2));
+    if (!mn.ok() || !mx.ok()) return UsageError(ctx, "--total-mem wants MIN..MAX, e.g. 512M..1G", "vm create");
+    body["total_memory_mb"] = {{"min", *mn}, {"max", *mx}};
+  }
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
   auto vm = client->Post("/v1/vms", body);
+  if (vm.ok() && vm->contains("vms")) {
+    // A gang: all placed (or none, which is an error above). Wait for each.
+    int rc = kExitOk;
+    for (const auto& one : (*vm)["vms"]) {
+      if (a.no_wait) {
+        PrintOne(ctx, one, kVmHeaders, VmRow);
+        continue;
+      }
+      int r = WaitVm(ctx, *client, one, IdOr(one, ""), "running");
+      if (r != kExitOk) rc = r;
+    }
+    return rc;
+  }
   if (!vm.ok()) {
     int code = Fail(ctx, vm.error().Wrap("cannot create the VM"), "image");
     return code;
@@ -1446,6 +1481,16 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     c->add_option("--image", s.create.image, "Image id or name");
     c->add_option("--from-checkpoint", s.create.from_checkpoint,
                   "Resume a new clone from this VM's latest checkpoint (instead of --image)");
+    c->add_option("--count", s.create.count, "Create a gang of N VMs, all placed or none")
+        ->check(CLI::Range(1, 64));
+    c->add_option("--same", s.create.same, "Gang members share this host attribute: site or network")
+        ->check(CLI::IsMember({"site", "network"}));
+    c->add_option("--total-mem", s.create.total_mem, "Gang's total memory range, e.g. 512M..1G");
+    c->add_option("--policy", s.create.policy, "Placement: spread (default) or pack")
+        ->check(CLI::IsMember({"spread", "pack"}));
+    c->add_option("--site", s.create.site, "Only hosts of this site");
+    c->add_option("--host-network", s.create.host_network, "Only hosts on this network segment");
+    c->add_option("--network", s.create.network, "The VM's virtual network (default: default)");
     c->add_option("--from-future", s.create.from_future,
                   "Realize a future from `vmgrid query` (its image, host and start mode)");
     c->add_option("--name", s.create.name, "VM name");
