@@ -195,7 +195,9 @@ void Agent::InstallRoutes() {
          [=, this](const httplib::Request& req, httplib::Response& res) {
            auto j = body(req, res);
            if (!j) return;
-           reply(res, runner_->Checkpoint(req.matches[1], j->value("leave_running", false)), status_json);
+           auto leave = JsonFields(*j, {}).Bool("leave_running", false);
+           if (!leave.ok()) return SendError(res, leave.error());
+           reply(res, runner_->Checkpoint(req.matches[1], *leave), status_json);
          });
   s.Post(R"(/agent/v1/vms/([^/]+)/resume)", [=, this](const httplib::Request& req, httplib::Response& res) {
     reply(res, runner_->Resume(req.matches[1]), status_json);
@@ -207,9 +209,14 @@ void Agent::InstallRoutes() {
   s.Post(R"(/agent/v1/vms/([^/]+)/exec)", [=, this](const httplib::Request& req, httplib::Response& res) {
     auto j = body(req, res);
     if (!j) return;
-    std::vector<std::string> argv = j->value("argv", std::vector<std::string>{});
-    int timeout_s = j->value("timeout_s", 60);
-    reply(res, runner_->Exec(req.matches[1], argv, j->value("input", ""), seconds(timeout_s)),
+    JsonFields f(*j, {"argv", "input", "timeout_s"});
+    auto argv = f.StringList("argv", true, 256);
+    auto input = f.String("input", false);
+    auto timeout_s = f.Int("timeout_s", 60, 1, 3600);
+    if (!argv.ok()) return SendError(res, argv.error());
+    if (!input.ok()) return SendError(res, input.error());
+    if (!timeout_s.ok()) return SendError(res, timeout_s.error());
+    reply(res, runner_->Exec(req.matches[1], *argv, *input, seconds(*timeout_s)),
           [](const ExecResult& e) {
             return nlohmann::json{{"exit_code", e.exit_code}, {"stdout", e.out}, {"stderr", e.err}};
           });
@@ -222,16 +229,21 @@ void Agent::InstallRoutes() {
   s.Post("/agent/v1/image-checkpoints", [=, this](const httplib::Request& req, httplib::Response& res) {
     auto j = body(req, res);
     if (!j) return;
-    nlohmann::json spec = {{"id", "image-checkpoint"}, {"image", j->value("image", nlohmann::json::object())}};
+    JsonFields f(*j, {"image", "vcpus", "memory_mb", "target_dir"});
+    auto vcpus = f.Int("vcpus", 1, 1, 64);
+    auto memory = f.Int("memory_mb", 256, 32, 1 << 20);
+    auto target = f.String("target_dir", true);
+    if (!vcpus.ok()) return SendError(res, vcpus.error());
+    if (!memory.ok()) return SendError(res, memory.error());
+    if (!target.ok()) return SendError(res, target.error());
+    nlohmann::json spec = {{"id", "image-checkpoint"}, {"image", (*j)["image"]}};
     auto parsed = VmSpecFromJson(spec);
     if (!parsed.ok()) return SendError(res, parsed.error());
-    std::string target = j->value("target_dir", "");
-    if (target.empty() || target[0] != '/')
+    if (target->empty() || (*target)[0] != '/')
       return SendError(res, MakeError(ErrorCode::kInvalidArgument, "target_dir must be absolute"));
-    Status st = runner_->MakeImageCheckpoint(parsed->image, j->value("vcpus", 1),
-                                             j->value("memory_mb", int64_t{256}), target);
+    Status st = runner_->MakeImageCheckpoint(parsed->image, static_cast<int>(*vcpus), *memory, *target);
     if (!st.ok()) return SendError(res, st.error());
-    SendJson(res, 200, {{"dir", target}});
+    SendJson(res, 200, {{"dir", *target}});
   });
   s.Delete("/agent/v1/workspaces", [=, this](const httplib::Request& req, httplib::Response& res) {
     auto p = WorkspacePath(workspace_dir_, req.get_param_value("path"));

@@ -10,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/http_json.h"
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "vmm/machine_ops.h"
@@ -73,40 +74,39 @@ nlohmann::json ToJson(const VmSpec& s) {
 
 Result<VmSpec> VmSpecFromJson(const nlohmann::json& j) {
   if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, "VM spec must be an object");
-  try {
-    VmSpec s;
-    s.id = j.at("id").get<std::string>();
-    s.name = j.value("name", s.id);
-    s.owner_id = j.value("owner_id", "");
-    s.vcpus = j.value("vcpus", 1);
-    s.memory_mb = j.value("memory_mb", int64_t{256});
-    s.disk_mode = j.value("disk_mode", "clone");
-    const auto& im = j.at("image");
-    s.image.id = im.value("id", "");
-    s.image.disk = im.at("disk").get<std::string>();
-    s.image.format = im.value("format", "raw");
-    s.image.kernel = im.value("kernel", "");
-    s.image.initrd = im.value("initrd", "");
-    s.image.append = im.value("append", "");
-    s.workspace_path = j.value("workspace_path", "");
-    s.start = j.value("start", "boot");
-    s.checkpoint_dir = j.value("checkpoint_dir", "");
-    if (s.id.empty() || s.id.find('/') != std::string::npos || s.id[0] == '.')
-      return MakeError(ErrorCode::kInvalidArgument, "bad VM id '" + s.id + "'");
-    if (s.vcpus < 1 || s.vcpus > 64 || s.memory_mb < 32 || s.memory_mb > 1 << 20)
-      return MakeError(ErrorCode::kInvalidArgument, "vcpus or memory out of range");
-    if (s.disk_mode != "clone" && s.disk_mode != "persistent")
-      return MakeError(ErrorCode::kInvalidArgument, "disk_mode must be clone or persistent");
-    if (s.start != "boot" && s.start != "resume")
-      return MakeError(ErrorCode::kInvalidArgument, "start must be boot or resume");
-    if (s.start == "resume" && s.checkpoint_dir.empty())
-      return MakeError(ErrorCode::kInvalidArgument, "resume needs checkpoint_dir");
-    if (s.disk_mode == "persistent" && s.workspace_path.empty())
-      return MakeError(ErrorCode::kInvalidArgument, "persistent disk needs workspace_path");
-    return s;
-  } catch (const nlohmann::json::exception& e) {
-    return MakeError(ErrorCode::kInvalidArgument, std::string("bad VM spec: ") + e.what());
-  }
+  // Strict, checked access: the spec crosses a process boundary.
+  JsonFields f(j, {"id", "name", "owner_id", "vcpus", "memory_mb", "disk_mode", "image",
+                   "workspace_path", "start", "checkpoint_dir"});
+  VMG_RETURN_IF_ERROR(f.CheckUnknown());
+  VmSpec s;
+  VMG_ASSIGN_OR_RETURN(s.id, f.String("id", true));
+  VMG_ASSIGN_OR_RETURN(s.name, f.String("name", false, s.id));
+  VMG_ASSIGN_OR_RETURN(s.owner_id, f.String("owner_id", false));
+  VMG_ASSIGN_OR_RETURN(int64_t vcpus, f.Int("vcpus", 1, 1, 64));
+  s.vcpus = static_cast<int>(vcpus);
+  VMG_ASSIGN_OR_RETURN(s.memory_mb, f.Int("memory_mb", 256, 32, 1 << 20));
+  VMG_ASSIGN_OR_RETURN(s.disk_mode, f.Enum("disk_mode", {"clone", "persistent"}, "clone"));
+  VMG_ASSIGN_OR_RETURN(s.workspace_path, f.String("workspace_path", false));
+  VMG_ASSIGN_OR_RETURN(s.start, f.Enum("start", {"boot", "resume"}, "boot"));
+  VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, f.String("checkpoint_dir", false));
+  auto it = j.find("image");
+  if (it == j.end() || !it->is_object())
+    return MakeError(ErrorCode::kInvalidArgument, "field 'image' must be an object");
+  JsonFields im(*it, {"id", "disk", "format", "kernel", "initrd", "append"});
+  VMG_RETURN_IF_ERROR(im.CheckUnknown());
+  VMG_ASSIGN_OR_RETURN(s.image.id, im.String("id", false));
+  VMG_ASSIGN_OR_RETURN(s.image.disk, im.String("disk", true));
+  VMG_ASSIGN_OR_RETURN(s.image.format, im.Enum("format", {"raw", "qcow2"}, "raw"));
+  VMG_ASSIGN_OR_RETURN(s.image.kernel, im.String("kernel", false));
+  VMG_ASSIGN_OR_RETURN(s.image.initrd, im.String("initrd", false));
+  VMG_ASSIGN_OR_RETURN(s.image.append, im.String("append", false));
+  if (s.id.empty() || s.id.find('/') != std::string::npos || s.id[0] == '.')
+    return MakeError(ErrorCode::kInvalidArgument, "bad VM id '" + s.id + "'");
+  if (s.start == "resume" && s.checkpoint_dir.empty())
+    return MakeError(ErrorCode::kInvalidArgument, "resume needs checkpoint_dir");
+  if (s.disk_mode == "persistent" && s.workspace_path.empty())
+    return MakeError(ErrorCode::kInvalidArgument, "persistent disk needs workspace_path");
+  return s;
 }
 
 nlohmann::json ToJson(const VmStatus& s) {
@@ -619,7 +619,7 @@ Status VmRunner::Recover() {
     vm->error = state_json.value("error", "");
     vm->has_checkpoint = state_json.value("has_checkpoint", false) && FileExists(dir + "/checkpoint/meta.json");
     vm->created_workspace = state_json.value("created_workspace", false);
-    vm->ready_ms = state_json.value("ready_ms", int64_t{0});
+    if (state_json["ready_ms"].is_number_integer()) vm->ready_ms = state_json["ready_ms"].get<int64_t>();
     vm->disk_path = state_json.value("disk_path", "");
     vm->disk_format = state_json.value("disk_format", "qcow2");
     auto q = QemuProcess::Adopt(dir + "/run", seconds(5));

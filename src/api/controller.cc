@@ -564,7 +564,8 @@ void Controller::ReconcileHost(const Host& host, const json& reported, int64_t r
                    host.name, vm.state);
       vm.state = agent_state;
       vm.error = agent_error;
-      if (vm.create_ms == 0) vm.create_ms = it->second.value("ready_ms", int64_t{0});
+      if (vm.create_ms == 0 && it->second["ready_ms"].is_number_integer())
+        vm.create_ms = it->second["ready_ms"].get<int64_t>();
       (void)store_->UpdateVm(vm);
     }
     by_id.erase(it);

@@ -65,6 +65,25 @@ Result<nlohmann::json> ParseJsonObject(const std::string& body, bool allow_empty
     if (allow_empty) return nlohmann::json::object();
     return MakeError(ErrorCode::kInvalidArgument, "request body is empty; a JSON object is required");
   }
+  // Deeply nested documents would overflow the stack when copied or
+  // destroyed (both recurse); no request of ours nests more than a few levels.
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < body.size(); ++i) {
+    char c = body[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth)
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
   try {
     auto j = nlohmann::json::parse(body);
     if (!j.is_object())

@@ -17,6 +17,8 @@ namespace vmgrid {
 
 // Largest JSON request body accepted.
 constexpr size_t kMaxJsonBody = 1 << 20;
+// Deepest nesting of arrays/objects accepted in a request body.
+constexpr int kMaxJsonDepth = 64;
 
 int HttpStatusFor(ErrorCode code);
 // Writes {"error":{"code":..., "message":...}} with the matching status.

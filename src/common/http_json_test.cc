@@ -15,6 +15,10 @@ TEST(HttpJsonTest, ParseJsonObjectRejectsWhatItShould) {
   EXPECT_NE(ParseJsonObject("[1]").error().message.find("not array"), std::string::npos);
   EXPECT_FALSE(ParseJsonObject("{\"n\":1e400}").ok());
   EXPECT_FALSE(ParseJsonObject(std::string(kMaxJsonBody + 1, ' ')).ok());
+  // Deep nesting is refused before parsing (it would overflow the stack later).
+  std::string deep = "{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  EXPECT_NE(ParseJsonObject(deep).error().message.find("nested deeper"), std::string::npos);
+  EXPECT_TRUE(ParseJsonObject("{\"s\":\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"}").ok());
 }
 
 TEST(HttpJsonTest, FieldsAreStrict) {
