@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "vmm/unique_fd.h"
+
 namespace vmgrid::nbd {
 
 Result<std::shared_ptr<FileBlockSource>> FileBlockSource::Open(const std::string& path) {
@@ -27,23 +29,25 @@ Result<std::shared_ptr<FileBlockSource>> FileBlockSource::Open(const std::string
   off_t end = ::lseek(fd.get(), 0, SEEK_END);
   if (end < 0) return MakeError(ErrorCode::kInternal, "seek " + path + ": " + std::strerror(errno));
   return std::shared_ptr<FileBlockSource>(
-      new FileBlockSource(std::move(fd), static_cast<uint64_t>(end), path));
+      new FileBlockSource(fd.Release(), static_cast<uint64_t>(end), path));
 }
+
+FileBlockSource::~FileBlockSource() { ::close(fd_); }
 
 Status FileBlockSource::Read(uint64_t offset, size_t len, char* out) {
   if (offset > size_ || len > size_ - offset) {
     return MakeError(ErrorCode::kInvalidArgument, "read beyond the end of " + path_);
   }
   while (len > 0) {
-    ssize_t n = ::pread(fd_.get(), out, len, static_cast<off_t>(offset));
+    ssize_t n = ::pread(fd_, out, len, static_cast<off_t>(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
       return MakeError(ErrorCode::kInternal, "pread " + path_ + " at " + std::to_string(offset) +
                                                  ": " + std::strerror(errno));
     }
     if (n == 0) {
-      return MakeError(ErrorCode::kInternal,
-                       "short read of " + path_ + " at " + std::to_string(offset) + " (file shrank?)");
+      return MakeError(ErrorCode::kInternal, "short read of " + path_ + " at " +
+                                                 std::to_string(offset) + " (file shrank?)");
     }
     out += n;
     offset += static_cast<uint64_t>(n);

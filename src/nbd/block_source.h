@@ -10,7 +10,6 @@
 #include <string>
 
 #include "common/result.h"
-#include "vmm/unique_fd.h"
 
 namespace vmgrid::nbd {
 
@@ -43,14 +42,18 @@ class FileBlockSource final : public BlockSource {
   // regular file nor a block device, kInternal for other open/stat failures.
   static Result<std::shared_ptr<FileBlockSource>> Open(const std::string& path);
 
+  ~FileBlockSource() override;
+  FileBlockSource(const FileBlockSource&) = delete;
+  FileBlockSource& operator=(const FileBlockSource&) = delete;
+
   uint64_t size() const override { return size_; }
   Status Read(uint64_t offset, size_t len, char* out) override;
 
  private:
-  FileBlockSource(vmm::UniqueFd fd, uint64_t size, std::string path)
-      : fd_(std::move(fd)), size_(size), path_(std::move(path)) {}
+  FileBlockSource(int fd, uint64_t size, std::string path)
+      : fd_(fd), size_(size), path_(std::move(path)) {}
 
-  vmm::UniqueFd fd_;  // read-only; pread keeps no shared file position
+  const int fd_;  // owned, read-only; pread keeps no shared file position
   uint64_t size_;
   std::string path_;
 };

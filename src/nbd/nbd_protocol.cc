@@ -31,7 +31,9 @@ void AppendBe64(std::string& out, uint64_t v) {
 
 namespace {
 
-Error Invalid(std::string message) { return MakeError(ErrorCode::kInvalidArgument, std::move(message)); }
+Error Invalid(std::string message) {
+  return MakeError(ErrorCode::kInvalidArgument, std::move(message));
+}
 
 }  // namespace
 
@@ -174,6 +176,48 @@ std::array<char, kSimpleReplySize> BuildSimpleReply(uint32_t error, uint64_t coo
   return out;
 }
 
+namespace {
+
+void AppendChunkHeader(std::string& out, uint16_t flags, uint16_t type, uint64_t cookie,
+                       uint32_t length) {
+  AppendBe32(out, kStructuredReplyMagic);
+  AppendBe16(out, flags);
+  AppendBe16(out, type);
+  AppendBe64(out, cookie);
+  AppendBe32(out, length);
+}
+
+}  // namespace
+
+std::array<char, kReadChunkHeaderSize> BuildReadChunkHeader(uint64_t cookie, uint64_t offset,
+                                                            uint32_t data_length) {
+  std::string s;
+  s.reserve(kReadChunkHeaderSize);
+  // data_length <= kMaxPayload in every caller, so + 8 cannot wrap.
+  AppendChunkHeader(s, kReplyFlagDone, kReplyTypeOffsetData, cookie, data_length + 8);
+  AppendBe64(s, offset);
+  std::array<char, kReadChunkHeaderSize> out;
+  s.copy(out.data(), out.size());
+  return out;
+}
+
+std::string BuildDoneChunk(uint64_t cookie) {
+  std::string out;
+  AppendChunkHeader(out, kReplyFlagDone, kReplyTypeNone, cookie, 0);
+  return out;
+}
+
+std::string BuildErrorChunk(uint64_t cookie, uint32_t error, std::string_view message) {
+  message = message.substr(0, kMaxNameLength);
+  std::string out;
+  AppendChunkHeader(out, kReplyFlagDone, kReplyTypeError, cookie,
+                    static_cast<uint32_t>(6 + message.size()));
+  AppendBe32(out, error);
+  AppendBe16(out, static_cast<uint16_t>(message.size()));
+  out.append(message);
+  return out;
+}
+
 std::string BuildClientFlags(uint32_t flags) {
   std::string out;
   AppendBe32(out, flags);
@@ -223,31 +267,55 @@ Result<SimpleReply> ParseSimpleReply(std::string_view data) {
   return SimpleReply{LoadBe32(data.data() + 4), LoadBe64(data.data() + 8)};
 }
 
+Result<StructuredReplyHeader> ParseStructuredReplyHeader(std::string_view data) {
+  if (data.size() != kStructuredReplyHeaderSize) return Invalid("structured reply: need 20 bytes");
+  if (LoadBe32(data.data()) != kStructuredReplyMagic) return Invalid("structured reply: bad magic");
+  return StructuredReplyHeader{LoadBe16(data.data() + 4), LoadBe16(data.data() + 6),
+                               LoadBe64(data.data() + 8), LoadBe32(data.data() + 16)};
+}
+
 const char* OptionName(uint32_t option) {
   switch (option) {
-    case kOptExportName: return "EXPORT_NAME";
-    case kOptAbort: return "ABORT";
-    case kOptList: return "LIST";
-    case kOptStartTls: return "STARTTLS";
-    case kOptInfo: return "INFO";
-    case kOptGo: return "GO";
-    case kOptStructuredReply: return "STRUCTURED_REPLY";
-    case kOptListMetaContext: return "LIST_META_CONTEXT";
-    case kOptSetMetaContext: return "SET_META_CONTEXT";
+    case kOptExportName:
+      return "EXPORT_NAME";
+    case kOptAbort:
+      return "ABORT";
+    case kOptList:
+      return "LIST";
+    case kOptStartTls:
+      return "STARTTLS";
+    case kOptInfo:
+      return "INFO";
+    case kOptGo:
+      return "GO";
+    case kOptStructuredReply:
+      return "STRUCTURED_REPLY";
+    case kOptListMetaContext:
+      return "LIST_META_CONTEXT";
+    case kOptSetMetaContext:
+      return "SET_META_CONTEXT";
   }
   return "unknown";
 }
 
 const char* CommandName(uint16_t type) {
   switch (type) {
-    case kCmdRead: return "READ";
-    case kCmdWrite: return "WRITE";
-    case kCmdDisc: return "DISC";
-    case kCmdFlush: return "FLUSH";
-    case kCmdTrim: return "TRIM";
-    case kCmdCache: return "CACHE";
-    case kCmdWriteZeroes: return "WRITE_ZEROES";
-    case kCmdBlockStatus: return "BLOCK_STATUS";
+    case kCmdRead:
+      return "READ";
+    case kCmdWrite:
+      return "WRITE";
+    case kCmdDisc:
+      return "DISC";
+    case kCmdFlush:
+      return "FLUSH";
+    case kCmdTrim:
+      return "TRIM";
+    case kCmdCache:
+      return "CACHE";
+    case kCmdWriteZeroes:
+      return "WRITE_ZEROES";
+    case kCmdBlockStatus:
+      return "BLOCK_STATUS";
   }
   return "unknown";
 }

@@ -18,11 +18,12 @@
 namespace vmgrid::nbd {
 
 // --- Magic numbers ---------------------------------------------------------
-inline constexpr uint64_t kInitMagic = 0x4e42444d41474943;       // "NBDMAGIC"
-inline constexpr uint64_t kOptionMagic = 0x49484156454f5054;     // "IHAVEOPT"
+inline constexpr uint64_t kInitMagic = 0x4e42444d41474943;    // "NBDMAGIC"
+inline constexpr uint64_t kOptionMagic = 0x49484156454f5054;  // "IHAVEOPT"
 inline constexpr uint64_t kOptionReplyMagic = 0x0003e889045565a9;
 inline constexpr uint32_t kRequestMagic = 0x25609513;
 inline constexpr uint32_t kSimpleReplyMagic = 0x67446698;
+inline constexpr uint32_t kStructuredReplyMagic = 0x668e33ef;
 
 // --- Handshake flags (server, 16 bits) and client flags (32 bits) ------------
 inline constexpr uint16_t kFlagFixedNewstyle = 1 << 0;
@@ -87,7 +88,13 @@ inline constexpr uint16_t kCmdWriteZeroes = 6;
 inline constexpr uint16_t kCmdBlockStatus = 7;
 inline constexpr uint16_t kCmdFlagFua = 1 << 0;
 
-// --- Error values in simple replies ---------------------------------------------------
+// --- Structured reply chunks (after NBD_OPT_STRUCTURED_REPLY) ---------------------
+inline constexpr uint16_t kReplyFlagDone = 1 << 0;
+inline constexpr uint16_t kReplyTypeNone = 0;
+inline constexpr uint16_t kReplyTypeOffsetData = 1;
+inline constexpr uint16_t kReplyTypeError = (1 << 15) + 1;
+
+// --- Error values in replies ---------------------------------------------------
 inline constexpr uint32_t kEperm = 1;
 inline constexpr uint32_t kEio = 5;
 inline constexpr uint32_t kEnomem = 12;
@@ -98,12 +105,14 @@ inline constexpr uint32_t kEnotsup = 95;
 inline constexpr uint32_t kEshutdown = 108;
 
 // --- Message sizes -----------------------------------------------------------------------
-inline constexpr size_t kGreetingSize = 18;       // NBDMAGIC, IHAVEOPT, handshake flags
+inline constexpr size_t kGreetingSize = 18;  // NBDMAGIC, IHAVEOPT, handshake flags
 inline constexpr size_t kClientFlagsSize = 4;
-inline constexpr size_t kOptionHeaderSize = 16;   // magic, option, length
+inline constexpr size_t kOptionHeaderSize = 16;  // magic, option, length
 inline constexpr size_t kOptionReplyHeaderSize = 20;
 inline constexpr size_t kRequestHeaderSize = 28;
 inline constexpr size_t kSimpleReplySize = 16;
+inline constexpr size_t kStructuredReplyHeaderSize = 20;  // magic, flags, type, cookie, length
+inline constexpr size_t kReadChunkHeaderSize = kStructuredReplyHeaderSize + 8;  // + offset
 inline constexpr size_t kExportNameZeroes = 124;
 
 // --- Limits we enforce ---------------------------------------------------------------------
@@ -190,7 +199,9 @@ struct Request {
 Result<Request> ParseRequestHeader(std::string_view data);
 
 // Bytes of payload that follow the request header on the wire (only WRITE has any).
-inline uint32_t RequestPayloadLength(const Request& r) { return r.type == kCmdWrite ? r.length : 0; }
+inline uint32_t RequestPayloadLength(const Request& r) {
+  return r.type == kCmdWrite ? r.length : 0;
+}
 
 // Decides a request against a read-only export of `export_size` bytes:
 // 0 if it may be served (READ in bounds, FLUSH, DISC), else the NBD error to
@@ -203,7 +214,17 @@ uint32_t CheckRequest(const Request& request, uint64_t export_size, uint32_t max
 // The 16-byte simple reply header (data follows for a successful READ).
 std::array<char, kSimpleReplySize> BuildSimpleReply(uint32_t error, uint64_t cookie);
 
-// ===== Client side (tests, fuzz corpus, health checks) ============================================
+// Structured replies. We answer every READ with exactly one chunk, flagged
+// DONE: OFFSET_DATA with the whole range (its header and offset built here,
+// the data follows), NONE for an empty read, or ERROR.
+std::array<char, kReadChunkHeaderSize> BuildReadChunkHeader(uint64_t cookie, uint64_t offset,
+                                                            uint32_t data_length);
+std::string BuildDoneChunk(uint64_t cookie);  // NBD_REPLY_TYPE_NONE
+// `message` is cut to kMaxNameLength bytes (the spec's string limit).
+std::string BuildErrorChunk(uint64_t cookie, uint32_t error, std::string_view message);
+
+// ===== Client side (tests, fuzz corpus, health checks)
+// ============================================
 
 std::string BuildClientFlags(uint32_t flags);
 std::string BuildOption(uint32_t option, std::string_view data);
@@ -223,6 +244,14 @@ struct SimpleReply {
   uint64_t cookie = 0;
 };
 Result<SimpleReply> ParseSimpleReply(std::string_view data);  // 16 bytes
+
+struct StructuredReplyHeader {
+  uint16_t flags = 0;
+  uint16_t type = 0;
+  uint64_t cookie = 0;
+  uint32_t length = 0;
+};
+Result<StructuredReplyHeader> ParseStructuredReplyHeader(std::string_view data);  // 20 bytes
 
 // Names for logs.
 const char* OptionName(uint32_t option);
