@@ -10,8 +10,9 @@ IMAGE_DIR := $(BUILD)/images/tiny
 demo: setup build image
 	$(BUILD)/vmgrid dev --hosts 2 --demo $(DEMO_ARGS)
 
+# The tests run against SQLite and a throwaway PostgreSQL (scripts/run-tests.sh).
 test: setup build image
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+	@bash scripts/run-tests.sh $(BUILD) $(JOBS)
 
 setup:
 	@bash scripts/setup.sh

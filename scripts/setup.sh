@@ -8,6 +8,8 @@ PACKAGES=(
   build-essential cmake pkg-config
   libsqlite3-dev nlohmann-json3-dev libcpp-httplib-dev libssl-dev libcli11-dev
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # the PostgreSQL backend (libpq) and the server its tests run against
+  libpq-dev postgresql
   # run VMs
   qemu-system-x86 qemu-utils
   # build guest images (guest/build-tiny.sh)

@@ -18,6 +18,7 @@
 #include "common/signals.h"
 #include "common/util.h"
 #include "images/image_file.h"
+#include "store/sql_backend.h"
 
 namespace vmgrid {
 
@@ -62,8 +63,10 @@ Status Controller::Start() {
                                           : fs::absolute(options_.image_dir, ec).string();
   // Image files must be readable by the unprivileged user QEMU runs as.
   VMG_RETURN_IF_ERROR(MakeDirs(image_dir_, 0755));
-  VMG_ASSIGN_OR_RETURN(store_, Store::Open(options_.state_dir + "/vmgrid.db"));
-  VMG_ASSIGN_OR_RETURN(query_, QueryService::Open(options_.state_dir + "/vmgrid.db"));
+  const std::string database =
+      options_.database.empty() ? options_.state_dir + "/vmgrid.db" : options_.database;
+  VMG_ASSIGN_OR_RETURN(store_, Store::Open(database));
+  VMG_ASSIGN_OR_RETURN(query_, QueryService::Open(database));
 
   // First start: an admin and the agents' credential, each written to a file
   // only its owner can read. Only their hashes are stored.
@@ -103,7 +106,8 @@ Status Controller::Start() {
   url_ = "http://" + host + ":" + std::to_string(port);
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
   reconcile_thread_ = std::thread([this] { ReconcileLoop(); });
-  spdlog::info("controller serving at {} (state {}, images {})", url_, options_.state_dir, image_dir_);
+  spdlog::info("controller serving at {} (state {}, images {}, database {})", url_, options_.state_dir,
+               image_dir_, options_.database.empty() ? "SQLite" : RedactTarget(options_.database));
   return Status::Ok();
 }
 

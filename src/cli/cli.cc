@@ -1376,6 +1376,9 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
         ->check(ListenValidator())
         ->capture_default_str();
     c->add_option("--state-dir", s.controller.state_dir, "State directory")->capture_default_str();
+    c->add_option("--database", s.controller.database,
+                  "PostgreSQL URI, e.g. postgresql://vmgrid:PW@127.0.0.1/vmgrid "
+                  "(default: SQLite STATE_DIR/vmgrid.db)");
     c->add_option("--image-dir", s.controller.image_dir, "Image store (default: STATE_DIR/images)");
 
     auto* a = leaf(&app, "agent", "Run a host agent", [&] {

@@ -20,6 +20,8 @@ struct ControllerOptions {
   std::string state_dir = "./state/controller";
   // Where uploaded images are stored. Empty: STATE_DIR/images.
   std::string image_dir;
+  // Controller database: a PostgreSQL URI. Empty: SQLite STATE_DIR/vmgrid.db.
+  std::string database;
 };
 
 // `vmgrid agent`: runs QEMU VMs on one host on behalf of the controller.

@@ -3,27 +3,29 @@
 // virtualization, futures, machines, machines_ext) with read-only SQL, or
 // ask for sets of k resources with a co-allocation operator.
 //
-// Safety: each query runs on a read-only SQLite connection whose authorizer
-// allows only SELECT over the published views (no base tables, no PRAGMA,
-// ATTACH or writes, a whitelist of functions), one statement, a time limit
-// (progress handler) and a row limit. Views filter rows by the caller: a user
-// sees their own VMs and disks, public images and public host attributes.
+// Safety: one SELECT statement over the published views only, a time limit
+// and a row limit; views filter rows by the caller (a user sees their own VMs
+// and disks, public images and public host attributes). How the database
+// engine enforces it differs per backend (docs/infosvc.md, "Backends"):
+// - SQLite: each query runs on a read-only connection whose authorizer allows
+//   only SELECT over the views (no base tables, PRAGMA, ATTACH or writes, a
+//   whitelist of functions), with a progress handler as the clock.
+// - PostgreSQL: each query runs in a READ ONLY transaction as the NOLOGIN
+//   role vmgrid_query, which may read the views of schema `published` and
+//   nothing else, with statement_timeout as the clock; the caller's identity
+//   reaches the views authenticated, so a query cannot pose as someone else.
 //
 // Thread-safe: connections come from a pool; each query has one to itself.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
-
-struct sqlite3;
 
 namespace vmgrid {
 
@@ -73,8 +75,14 @@ struct SetResult {
 
 class QueryService {
  public:
-  // `db_path` is the controller's SQLite database (opened read-only here).
-  static Result<std::unique_ptr<QueryService>> Open(const std::string& db_path);
+  // `target` is the controller's database as given to Store::Open, after the
+  // Store has migrated it: a SQLite file (opened read-only here) or a
+  // PostgreSQL URI. On PostgreSQL, Open (re)creates the schema `published`
+  // (the views), the schema `infosvc` (the service's key and query function)
+  // and, if missing, the role vmgrid_query — so the URI's role needs
+  // CREATEROLE the first time, or a superuser must create vmgrid_query and
+  // grant it to that role beforehand.
+  static Result<std::unique_ptr<QueryService>> Open(const std::string& target);
   ~QueryService();
 
   Result<QueryResult> Sql(const QueryCaller& caller, const std::string& sql,
@@ -85,24 +93,19 @@ class QueryService {
   // Names of the published views.
   static const std::vector<std::string>& Views();
 
-  // A pooled read-only connection with the published views, the authorizer
-  // and the per-query context the SQL functions and handlers read.
-  struct Conn {
-    sqlite3* db = nullptr;
-    QueryCaller caller;
-    std::chrono::steady_clock::time_point deadline;
-    std::string denied;  // what the authorizer refused, for the error message
-    ~Conn();
+  // Runs one restricted query on one backend. `sql` is non-empty, within the
+  // size limit and defines no CTE named like a published view.
+  class Engine {
+   public:
+    virtual ~Engine() = default;
+    virtual Result<QueryResult> Run(const QueryCaller& caller, const std::string& sql,
+                                    const QueryLimits& limits) = 0;
   };
 
  private:
-  explicit QueryService(std::string db_path) : db_path_(std::move(db_path)) {}
-  Result<std::unique_ptr<Conn>> Acquire();
-  void Release(std::unique_ptr<Conn> conn);
+  explicit QueryService(std::unique_ptr<Engine> engine) : engine_(std::move(engine)) {}
 
-  std::string db_path_;
-  std::mutex mu_;
-  std::vector<std::unique_ptr<Conn>> idle_;  // guarded by mu_
+  std::unique_ptr<Engine> engine_;
 };
 
 }  // namespace vmgrid

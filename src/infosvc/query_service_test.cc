@@ -1,22 +1,26 @@
 #include "infosvc/query_service.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include "common/util.h"
 #include "store/store.h"
+#include "store/test_database.h"
 
 namespace vmgrid {
 namespace {
 
-class QueryServiceTest : public testing::Test {
+using testing_db::TestDatabase;
+
+// Runs against each backend: the parameter is "sqlite" or "postgres" (see
+// store/test_database.h); every test gets a fresh database.
+class QueryServiceTest : public testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    dir_ = testing::TempDir() + "/qs_" + std::to_string(getpid()) + "_" +
-           testing::UnitTest::GetInstance()->current_test_info()->name();
-    (void)RemoveTree(dir_);
-    ASSERT_TRUE(MakeDirs(dir_).ok());
-    store_ = std::move(Store::Open(dir_ + "/vmgrid.db")).value();
+    db_ = std::make_unique<TestDatabase>(GetParam());
+    VMGRID_REQUIRE_TEST_DATABASE(*db_);
+    auto store = Store::Open(db_->target());
+    ASSERT_TRUE(store.ok()) << store.error().message;
+    store_ = std::move(store).value();
     admin_ = store_->CreateUser("admin", "admin")->first;
     alice_ = store_->CreateUser("alice", "user")->first;
     bob_ = store_->CreateUser("bob", "user")->first;
@@ -41,12 +45,14 @@ class QueryServiceTest : public testing::Test {
     for (int i = 0; i < 5; ++i) AddVm(alice_.id, "a" + std::to_string(i), mems[i], "blue");
     AddVm(bob_.id, "b0", 256, "blue");
     ASSERT_TRUE(store_->NoteImageCached("img-1", h1_).ok());
-    svc_ = std::move(QueryService::Open(dir_ + "/vmgrid.db")).value();
+    auto svc = QueryService::Open(db_->target());
+    ASSERT_TRUE(svc.ok()) << svc.error().message;
+    svc_ = std::move(svc).value();
   }
   void TearDown() override {
     svc_.reset();
     store_.reset();
-    (void)RemoveTree(dir_);
+    db_.reset();
   }
   void AddVm(const std::string& owner, const std::string& name, int64_t mem, const std::string& net) {
     Vm v;
@@ -73,13 +79,14 @@ class QueryServiceTest : public testing::Test {
     return r.ok() ? Error{} : r.error();
   }
 
-  std::string dir_, h1_, h2_;
+  std::unique_ptr<TestDatabase> db_;
+  std::string h1_, h2_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<QueryService> svc_;
   User admin_, alice_, bob_;
 };
 
-TEST_F(QueryServiceTest, UsersSeeOnlyTheirOwnVms) {
+TEST_P(QueryServiceTest, UsersSeeOnlyTheirOwnVms) {
   EXPECT_EQ(Q(admin_, "SELECT id FROM vms").rows.size(), 6u);
   EXPECT_EQ(Q(alice_, "SELECT id FROM vms").rows.size(), 5u);
   EXPECT_EQ(Q(bob_, "SELECT id FROM vms").rows.size(), 1u);
@@ -90,7 +97,7 @@ TEST_F(QueryServiceTest, UsersSeeOnlyTheirOwnVms) {
   EXPECT_EQ(std::find(hosts.columns.begin(), hosts.columns.end(), "url"), hosts.columns.end());
 }
 
-TEST_F(QueryServiceTest, PaperQueryHostsThatCanInstantiateA1GbVm) {
+TEST_P(QueryServiceTest, PaperQueryHostsThatCanInstantiateA1GbVm) {
   auto r = Q(alice_, "SELECT DISTINCT host FROM futures WHERE max_memory_mb >= 1024 ORDER BY host");
   ASSERT_EQ(r.rows.size(), 1u);
   EXPECT_EQ(r.rows[0][0], "h1");
@@ -98,7 +105,7 @@ TEST_F(QueryServiceTest, PaperQueryHostsThatCanInstantiateA1GbVm) {
   ASSERT_EQ(plain.rows.size(), 1u);
 }
 
-TEST_F(QueryServiceTest, PaperQuerySetsOfFourVmsOnOneNetwork) {
+TEST_P(QueryServiceTest, PaperQuerySetsOfFourVmsOnOneNetwork) {
   SetQuery q;
   q.from = "vms";
   q.size = 4;
@@ -119,7 +126,7 @@ TEST_F(QueryServiceTest, PaperQuerySetsOfFourVmsOnOneNetwork) {
   EXPECT_FALSE(svc_->Set({alice_.id, false}, q).ok());
 }
 
-TEST_F(QueryServiceTest, VirtualAndFutureNatureHiddenUnlessAsked) {
+TEST_P(QueryServiceTest, VirtualAndFutureNatureHiddenUnlessAsked) {
   auto m = Q(alice_, "SELECT * FROM machines");
   EXPECT_EQ(std::find(m.columns.begin(), m.columns.end(), "nature"), m.columns.end());
   EXPECT_EQ(m.rows.size(), 2u + 5u);  // hosts + own running VMs, no futures
@@ -130,7 +137,7 @@ TEST_F(QueryServiceTest, VirtualAndFutureNatureHiddenUnlessAsked) {
   EXPECT_EQ(ext.rows[2][0], "virtual");
 }
 
-TEST_F(QueryServiceTest, FuturesCarryCostAndCacheState) {
+TEST_P(QueryServiceTest, FuturesCarryCostAndCacheState) {
   auto r = Q(alice_, "SELECT host, start, cached, expected_ms FROM futures ORDER BY host, start");
   // h1 can boot and resume tiny; h2 (512 MB, 2 vCPUs, nothing used) can too.
   ASSERT_EQ(r.rows.size(), 4u);
@@ -139,7 +146,7 @@ TEST_F(QueryServiceTest, FuturesCarryCostAndCacheState) {
   EXPECT_GT(r.rows[2][3].get<int64_t>(), r.rows[0][3].get<int64_t>());  // uncached costs more
 }
 
-TEST_F(QueryServiceTest, EverythingButSelectOnViewsIsRefused) {
+TEST_P(QueryServiceTest, EverythingButSelectOnViewsIsRefused) {
   EXPECT_EQ(Fail(bob_, "SELECT * FROM main.vms").code, ErrorCode::kPermissionDenied);
   EXPECT_EQ(Fail(bob_, "SELECT token_sha256 FROM tokens").code, ErrorCode::kPermissionDenied);
   EXPECT_EQ(Fail(admin_, "SELECT * FROM users").code, ErrorCode::kPermissionDenied);
@@ -159,12 +166,12 @@ TEST_F(QueryServiceTest, EverythingButSelectOnViewsIsRefused) {
   EXPECT_EQ(Fail(bob_, "WITH x AS (SELECT * FROM main.vms) SELECT * FROM x").code,
             ErrorCode::kPermissionDenied);
   // Ordinary aliases and CTEs over the views are fine.
-  EXPECT_EQ(Q(bob_, "WITH mine AS (SELECT * FROM vms) SELECT COUNT(*) FROM mine AS m JOIN hosts AS h ON 1").rows[0][0], 2);
+  EXPECT_EQ(Q(bob_, "WITH mine AS (SELECT * FROM vms) SELECT COUNT(*) FROM mine AS m JOIN hosts AS h ON TRUE").rows[0][0], 2);
   // Nothing changed.
   EXPECT_EQ(Q(admin_, "SELECT COUNT(*) FROM vms").rows[0][0], 6);
 }
 
-TEST_F(QueryServiceTest, RunawayQueriesAndHugeResultsAreStopped) {
+TEST_P(QueryServiceTest, RunawayQueriesAndHugeResultsAreStopped) {
   QueryLimits l;
   l.timeout_ms = 200;
   Error slow = Fail(bob_,
@@ -182,6 +189,35 @@ TEST_F(QueryServiceTest, RunawayQueriesAndHugeResultsAreStopped) {
   // The service still answers afterwards.
   EXPECT_EQ(Q(bob_, "SELECT COUNT(*) FROM hosts").rows[0][0], 2);
 }
+
+TEST_P(QueryServiceTest, QueriesCannotChangeTheirCallerOrRole) {
+  // PostgreSQL lets any query call set_config() and run SQL text through
+  // query_to_xml(); SQLite's authorizer refuses both functions.
+  auto posing = svc_->Sql({bob_.id, false},
+                          "SELECT query_to_xml('SELECT COUNT(*) AS n FROM vms', false, false, '') "
+                          "FROM (SELECT set_config('vmgrid.admin', '1', true), "
+                          "set_config('vmgrid.caller', '" + alice_.id + "', true)) AS s");
+  if (posing.ok()) {
+    // A forged caller is nobody: not the admin (6 VMs), not alice (5), not even bob.
+    ASSERT_EQ(posing->rows.size(), 1u);
+    EXPECT_NE(posing->rows[0][0].dump().find("<n>0</n>"), std::string::npos) << posing->rows[0][0];
+  }
+  // Taking back the role of the session (the controller's) is refused.
+  EXPECT_FALSE(svc_->Sql({bob_.id, false},
+                         "SELECT query_to_xml('SELECT COUNT(*) FROM public.tokens', false, false, '') "
+                         "FROM (SELECT set_config('role', session_user, true)) AS s")
+                   .ok());
+  EXPECT_FALSE(svc_->Sql({bob_.id, false}, "SELECT set_config('role', session_user, true)").ok());
+  // Nor can a query reach the base tables, or the service's own schema.
+  EXPECT_FALSE(svc_->Sql({admin_.id, true}, "SELECT * FROM infosvc.key").ok());
+  EXPECT_FALSE(svc_->Sql({admin_.id, true}, "SELECT COUNT(*) FROM public.users").ok());
+  // The service still answers with the right identity afterwards.
+  EXPECT_EQ(Q(bob_, "SELECT COUNT(*) FROM vms").rows[0][0], 1);
+  EXPECT_EQ(Q(admin_, "SELECT COUNT(*) FROM vms").rows[0][0], 6);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, QueryServiceTest, testing_db::Backends(),
+                         testing_db::BackendName);
 
 }  // namespace
 }  // namespace vmgrid

@@ -8,20 +8,24 @@ namespace vmgrid {
 
 namespace {
 
-// Each entry moves the schema from version i to i+1. Never edit a released
-// entry; append a new one.
+// Each entry moves the schema from version i to i+1. Never change what a
+// released entry does; append a new one. The same text runs on SQLite and
+// PostgreSQL: integers are BIGINT (64-bit on PostgreSQL; SQLite gives BIGINT
+// and INTEGER the same INTEGER affinity, so databases created before this
+// spelling behave identically), booleans are integers. If a statement ever
+// has to differ, give that entry per-dialect variants.
 const char* kMigrations[] = {
     R"sql(
 CREATE TABLE users (
   id TEXT PRIMARY KEY,
   name TEXT NOT NULL UNIQUE,
   role TEXT NOT NULL CHECK (role IN ('admin','user','agent')),
-  created_ms INTEGER NOT NULL
+  created_ms BIGINT NOT NULL
 );
 CREATE TABLE tokens (
   token_sha256 TEXT PRIMARY KEY,
   user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  created_ms INTEGER NOT NULL
+  created_ms BIGINT NOT NULL
 );
 CREATE TABLE hosts (
   id TEXT PRIMARY KEY,
@@ -29,12 +33,12 @@ CREATE TABLE hosts (
   owner_id TEXT NOT NULL,
   url TEXT NOT NULL,
   state TEXT NOT NULL CHECK (state IN ('up','down')),
-  vcpus INTEGER NOT NULL,
-  memory_mb INTEGER NOT NULL,
-  disk_mb INTEGER NOT NULL,
-  kvm INTEGER NOT NULL,
-  last_heartbeat_ms INTEGER NOT NULL,
-  created_ms INTEGER NOT NULL
+  vcpus BIGINT NOT NULL,
+  memory_mb BIGINT NOT NULL,
+  disk_mb BIGINT NOT NULL,
+  kvm BIGINT NOT NULL,
+  last_heartbeat_ms BIGINT NOT NULL,
+  created_ms BIGINT NOT NULL
 );
 CREATE TABLE images (
   id TEXT PRIMARY KEY,
@@ -43,18 +47,18 @@ CREATE TABLE images (
   state TEXT NOT NULL,
   format TEXT NOT NULL,
   dir TEXT NOT NULL,
-  size_bytes INTEGER NOT NULL DEFAULT 0,
-  virtual_size_bytes INTEGER NOT NULL DEFAULT 0,
-  has_kernel INTEGER NOT NULL DEFAULT 0,
-  has_initrd INTEGER NOT NULL DEFAULT 0,
+  size_bytes BIGINT NOT NULL DEFAULT 0,
+  virtual_size_bytes BIGINT NOT NULL DEFAULT 0,
+  has_kernel BIGINT NOT NULL DEFAULT 0,
+  has_initrd BIGINT NOT NULL DEFAULT 0,
   append TEXT NOT NULL DEFAULT '',
-  min_memory_mb INTEGER NOT NULL DEFAULT 64,
+  min_memory_mb BIGINT NOT NULL DEFAULT 64,
   ckpt_state TEXT NOT NULL DEFAULT '',
-  ckpt_memory_mb INTEGER NOT NULL DEFAULT 0,
-  ckpt_vcpus INTEGER NOT NULL DEFAULT 0,
-  ckpt_size_bytes INTEGER NOT NULL DEFAULT 0,
+  ckpt_memory_mb BIGINT NOT NULL DEFAULT 0,
+  ckpt_vcpus BIGINT NOT NULL DEFAULT 0,
+  ckpt_size_bytes BIGINT NOT NULL DEFAULT 0,
   ckpt_error TEXT NOT NULL DEFAULT '',
-  created_ms INTEGER NOT NULL,
+  created_ms BIGINT NOT NULL,
   UNIQUE (owner_id, name)
 );
 CREATE TABLE workspaces (
@@ -64,9 +68,9 @@ CREATE TABLE workspaces (
   image_id TEXT NOT NULL REFERENCES images(id),
   host_id TEXT NOT NULL REFERENCES hosts(id),
   path TEXT NOT NULL,
-  size_bytes INTEGER NOT NULL DEFAULT 0,
+  size_bytes BIGINT NOT NULL DEFAULT 0,
   vm_id TEXT NOT NULL DEFAULT '',
-  created_ms INTEGER NOT NULL,
+  created_ms BIGINT NOT NULL,
   UNIQUE (owner_id, name)
 );
 CREATE TABLE vms (
@@ -76,15 +80,15 @@ CREATE TABLE vms (
   image_id TEXT NOT NULL REFERENCES images(id),
   host_id TEXT NOT NULL REFERENCES hosts(id),
   state TEXT NOT NULL,
-  vcpus INTEGER NOT NULL,
-  memory_mb INTEGER NOT NULL,
+  vcpus BIGINT NOT NULL,
+  memory_mb BIGINT NOT NULL,
   disk TEXT NOT NULL CHECK (disk IN ('clone','persistent')),
   start TEXT NOT NULL CHECK (start IN ('boot','resume')),
   workspace_id TEXT NOT NULL DEFAULT '',
   error TEXT NOT NULL DEFAULT '',
-  create_ms INTEGER NOT NULL DEFAULT 0,
-  created_ms INTEGER NOT NULL,
-  updated_ms INTEGER NOT NULL,
+  create_ms BIGINT NOT NULL DEFAULT 0,
+  created_ms BIGINT NOT NULL,
+  updated_ms BIGINT NOT NULL,
   UNIQUE (owner_id, name)
 );
 CREATE INDEX vms_host ON vms(host_id);
@@ -98,7 +102,7 @@ ALTER TABLE vms ADD COLUMN network TEXT NOT NULL DEFAULT 'default';
 CREATE TABLE image_cache (
   image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
   host_id TEXT NOT NULL REFERENCES hosts(id),
-  first_ms INTEGER NOT NULL,
+  first_ms BIGINT NOT NULL,
   PRIMARY KEY (image_id, host_id)
 );
 CREATE INDEX vms_owner ON vms(owner_id);
@@ -106,7 +110,7 @@ CREATE INDEX vms_owner ON vms(owner_id);
 };
 
 const char* kUserCols = "id, name, role, created_ms";
-User ReadUser(SqlStmt& s) { return User{s.Text(0), s.Text(1), s.Text(2), s.Int(3)}; }
+User ReadUser(const SqlRow& s) { return User{s.Text(0), s.Text(1), s.Text(2), s.Int(3)}; }
 
 // Reservations are derived from the VMs on a host (no counters to drift):
 // every VM except a failed one holds its vcpus and memory.
@@ -116,7 +120,7 @@ const char* kHostSelect =
     "COALESCE((SELECT SUM(v.vcpus) FROM vms v WHERE v.host_id = h.id AND v.state != 'error'), 0), "
     "COALESCE((SELECT SUM(v.memory_mb) FROM vms v WHERE v.host_id = h.id AND v.state != 'error'), 0) "
     "FROM hosts h";
-Host ReadHost(SqlStmt& s) {
+Host ReadHost(const SqlRow& s) {
   Host h;
   h.id = s.Text(0);
   h.name = s.Text(1);
@@ -140,7 +144,7 @@ const char* kImageCols =
     "id, name, owner_id, state, format, dir, size_bytes, virtual_size_bytes, has_kernel, "
     "has_initrd, append, min_memory_mb, ckpt_state, ckpt_memory_mb, ckpt_vcpus, "
     "ckpt_size_bytes, ckpt_error, created_ms";
-Image ReadImage(SqlStmt& s) {
+Image ReadImage(const SqlRow& s) {
   Image i;
   i.id = s.Text(0);
   i.name = s.Text(1);
@@ -172,7 +176,7 @@ std::vector<SqlValue> ImageValues(const Image& i) {
 const char* kVmCols =
     "id, name, owner_id, image_id, host_id, state, vcpus, memory_mb, disk, start, "
     "workspace_id, error, create_ms, created_ms, updated_ms, network";
-Vm ReadVm(SqlStmt& s) {
+Vm ReadVm(const SqlRow& s) {
   Vm v;
   v.id = s.Text(0);
   v.name = s.Text(1);
@@ -199,7 +203,7 @@ std::vector<SqlValue> VmValues(const Vm& v) {
 }
 
 const char* kWsCols = "id, name, owner_id, image_id, host_id, path, size_bytes, vm_id, created_ms";
-Workspace ReadWs(SqlStmt& s) {
+Workspace ReadWs(const SqlRow& s) {
   return Workspace{s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Text(4),
                    s.Text(5), s.Int(6),  s.Text(7), s.Int(8)};
 }
@@ -216,23 +220,19 @@ std::string Placeholders(size_t n) {
 
 // Runs `sql` with params and collects rows with `read`.
 template <typename T, typename F>
-Result<std::vector<T>> Query(SqliteDb* db, const std::string& sql,
+Result<std::vector<T>> Query(SqlBackend* db, const std::string& sql,
                              const std::vector<SqlValue>& params, F read) {
-  VMG_ASSIGN_OR_RETURN(auto stmt, db->Prepare(sql));
-  for (size_t i = 0; i < params.size(); ++i) stmt->Bind(static_cast<int>(i + 1), params[i]);
+  VMG_ASSIGN_OR_RETURN(auto rows, db->Query(sql, params));
   std::vector<T> out;
-  while (true) {
-    VMG_ASSIGN_OR_RETURN(bool row, stmt->Step());
-    if (!row) break;
-    out.push_back(read(*stmt));
-  }
+  out.reserve(rows.size());
+  for (const SqlRow& row : rows) out.push_back(read(row));
   return out;
 }
 
 // Looks an object up by id, or by name within the owner's objects. For the
 // admin (empty owner) a name must be unambiguous.
 template <typename T, typename F>
-Result<T> GetByRef(SqliteDb* db, const std::string& table, const std::string& cols,
+Result<T> GetByRef(SqlBackend* db, const std::string& table, const std::string& cols,
                    const std::string& kind, const std::string& ref, const OwnerFilter& owner,
                    F read) {
   std::string where = owner.empty() ? "" : " AND owner_id = ?";
@@ -255,32 +255,36 @@ Result<T> GetByRef(SqliteDb* db, const std::string& table, const std::string& co
 
 }  // namespace
 
-Result<std::unique_ptr<Store>> Store::Open(const std::string& path) {
-  VMG_ASSIGN_OR_RETURN(auto db, SqliteDb::Open(path));
+Result<std::unique_ptr<Store>> Store::Open(const std::string& target) {
+  VMG_ASSIGN_OR_RETURN(auto db, OpenSqlBackend(target));
   std::unique_ptr<Store> store(new Store(std::move(db)));
-  store->path_ = path;
+  store->path_ = target;
   VMG_RETURN_IF_ERROR(store->Migrate());
   return store;
 }
 
 Status Store::Migrate() {
   std::lock_guard<std::mutex> lock(mu_);
-  VMG_RETURN_IF_ERROR(db_->Exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"));
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<int64_t>(db_.get(), "SELECT version FROM schema_version",
-                                                 {}, [](SqlStmt& s) { return s.Int(0); }));
-  int64_t version = rows.empty() ? 0 : rows[0];
+  VMG_RETURN_IF_ERROR(
+      db_->ExecScript("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"));
   const int64_t target = static_cast<int64_t>(std::size(kMigrations));
-  if (version > target)
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "database schema version " + std::to_string(version) +
-                         " is newer than this vmgrid (" + std::to_string(target) + ")");
-  for (int64_t v = version; v < target; ++v) {
+  // One step per transaction. The lock makes controllers that start together
+  // on one PostgreSQL database take turns; each re-reads the version.
+  while (true) {
     SqlTransaction tx(db_.get());
     VMG_RETURN_IF_ERROR(tx.begin_status());
-    VMG_RETURN_IF_ERROR(db_->Exec(kMigrations[v]));
+    VMG_RETURN_IF_ERROR(db_->LockTable("schema_version"));
+    VMG_ASSIGN_OR_RETURN(auto rows, Query<int64_t>(db_.get(), "SELECT version FROM schema_version",
+                                                   {}, [](const SqlRow& s) { return s.Int(0); }));
+    int64_t version = rows.empty() ? 0 : rows[0];
+    if (version > target)
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "database schema version " + std::to_string(version) +
+                           " is newer than this vmgrid (" + std::to_string(target) + ")");
+    if (version == target) break;
+    VMG_RETURN_IF_ERROR(db_->ExecScript(kMigrations[version]));
     VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM schema_version"));
-    VMG_ASSIGN_OR_RETURN(int n, db_->Run("INSERT INTO schema_version VALUES (?)", {v + 1}));
-    (void)n;
+    VMG_RETURN_IF_ERROR(db_->Exec("INSERT INTO schema_version VALUES (?)", {version + 1}));
     VMG_RETURN_IF_ERROR(tx.Commit());
   }
   schema_version_ = static_cast<int>(target);
@@ -296,21 +300,21 @@ Result<std::pair<User, std::string>> Store::CreateUser(const std::string& name,
   std::string token = NewToken();
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
-  auto r = db_->Run("INSERT INTO users (id, name, role, created_ms) VALUES (?,?,?,?)",
+  auto r = db_->Exec("INSERT INTO users (id, name, role, created_ms) VALUES (?,?,?,?)",
                     {u.id, u.name, u.role, u.created_ms});
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
       return MakeError(ErrorCode::kAlreadyExists, "user '" + name + "' already exists");
     return r.error();
   }
-  VMG_RETURN_IF_ERROR(db_->Run("INSERT INTO tokens VALUES (?,?,?)", {Sha256Hex(token), u.id, u.created_ms}));
+  VMG_RETURN_IF_ERROR(db_->Exec("INSERT INTO tokens VALUES (?,?,?)", {Sha256Hex(token), u.id, u.created_ms}));
   VMG_RETURN_IF_ERROR(tx.Commit());
   return std::make_pair(u, token);
 }
 
 Status Store::AddToken(const std::string& user_id, const std::string& token) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto r = db_->Run("INSERT OR IGNORE INTO tokens VALUES (?,?,?)", {Sha256Hex(token), user_id, NowMs()});
+  auto r = db_->Exec("INSERT INTO tokens VALUES (?,?,?) ON CONFLICT DO NOTHING", {Sha256Hex(token), user_id, NowMs()});
   if (!r.ok()) return r.error();
   return Status::Ok();
 }
@@ -345,7 +349,7 @@ Result<User> Store::GetUserById(const std::string& id) {
 Result<bool> Store::HasUserWithRole(const std::string& role) {
   std::lock_guard<std::mutex> lock(mu_);
   VMG_ASSIGN_OR_RETURN(auto rows, Query<int64_t>(db_.get(), "SELECT COUNT(*) FROM users WHERE role = ?",
-                                                 {role}, [](SqlStmt& s) { return s.Int(0); }));
+                                                 {role}, [](const SqlRow& s) { return s.Int(0); }));
   return rows[0] > 0;
 }
 
@@ -358,13 +362,13 @@ Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& ur
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_ASSIGN_OR_RETURN(
-      int changed,
-      db_->Run("UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
+      int64_t changed,
+      db_->Exec("UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
                "last_heartbeat_ms=?, site=?, network=?, arch=? WHERE name=?",
                {url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm}, now,
                 cap.site, cap.network, cap.arch, name}));
   if (changed == 0) {
-    VMG_RETURN_IF_ERROR(db_->Run(
+    VMG_RETURN_IF_ERROR(db_->Exec(
         "INSERT INTO hosts (id, name, owner_id, url, state, vcpus, memory_mb, disk_mb, kvm, "
         "last_heartbeat_ms, created_ms, site, network, arch) "
         "VALUES (?,?,'admin',?,'up',?,?,?,?,?,?,?,?,?)",
@@ -398,8 +402,8 @@ Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
   VMG_ASSIGN_OR_RETURN(auto ids, Query<std::string>(db_.get(),
                                                     "SELECT id FROM hosts WHERE state='up' AND "
                                                     "last_heartbeat_ms < ?",
-                                                    {cutoff_ms}, [](SqlStmt& s) { return s.Text(0); }));
-  VMG_RETURN_IF_ERROR(db_->Run("UPDATE hosts SET state='down' WHERE state='up' AND last_heartbeat_ms < ?",
+                                                    {cutoff_ms}, [](const SqlRow& s) { return s.Text(0); }));
+  VMG_RETURN_IF_ERROR(db_->Exec("UPDATE hosts SET state='down' WHERE state='up' AND last_heartbeat_ms < ?",
                                {cutoff_ms}));
   VMG_RETURN_IF_ERROR(tx.Commit());
   return ids;
@@ -409,7 +413,7 @@ Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
 
 Status Store::InsertImage(const Image& image) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto r = db_->Run(std::string("INSERT INTO images (") + kImageCols + ") VALUES (" +
+  auto r = db_->Exec(std::string("INSERT INTO images (") + kImageCols + ") VALUES (" +
                         Placeholders(18) + ")",
                     ImageValues(image));
   if (!r.ok()) {
@@ -425,7 +429,7 @@ Status Store::UpdateImage(const Image& i) {
   auto vals = ImageValues(i);
   vals.erase(vals.begin());  // id goes last
   vals.push_back(i.id);
-  VMG_RETURN_IF_ERROR(db_->Run(
+  VMG_RETURN_IF_ERROR(db_->Exec(
       "UPDATE images SET name=?, owner_id=?, state=?, format=?, dir=?, size_bytes=?, "
       "virtual_size_bytes=?, has_kernel=?, has_initrd=?, append=?, min_memory_mb=?, ckpt_state=?, "
       "ckpt_memory_mb=?, ckpt_vcpus=?, ckpt_size_bytes=?, ckpt_error=?, created_ms=? WHERE id=?",
@@ -465,12 +469,12 @@ Status Store::DeleteImage(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(auto users, Query<int64_t>(db_.get(),
                                                   "SELECT (SELECT COUNT(*) FROM vms WHERE image_id=?) + "
                                                   "(SELECT COUNT(*) FROM workspaces WHERE image_id=?)",
-                                                  {id, id}, [](SqlStmt& s) { return s.Int(0); }));
+                                                  {id, id}, [](const SqlRow& s) { return s.Int(0); }));
   if (users[0] > 0)
     return MakeError(ErrorCode::kFailedPrecondition,
                      "image is used by " + std::to_string(users[0]) +
                          " VM(s) or workspace(s); remove them first");
-  VMG_RETURN_IF_ERROR(db_->Run("DELETE FROM images WHERE id = ?", {id}));
+  VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM images WHERE id = ?", {id}));
   return tx.Commit();
 }
 
@@ -480,6 +484,9 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
   std::lock_guard<std::mutex> lock(mu_);
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
+  // Placements take turns (across controllers sharing a PostgreSQL database
+  // too): the free capacity read below stays true until the insert commits.
+  VMG_RETURN_IF_ERROR(db_->LockTable("vms"));
   for (const auto& host_id : candidates) {
     VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?",
                                                 {host_id}, ReadHost));
@@ -489,7 +496,7 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     if (h.vcpus - h.reserved_vcpus < vm.vcpus) continue;
     if (h.memory_mb - h.reserved_memory_mb < vm.memory_mb) continue;
     vm.host_id = h.id;
-    auto r = db_->Run(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
+    auto r = db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
                       VmValues(vm));
     if (!r.ok()) {
       if (r.error().code == ErrorCode::kAlreadyExists)
@@ -510,6 +517,7 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
   std::lock_guard<std::mutex> lock(mu_);
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_RETURN_IF_ERROR(db_->LockTable("vms"));  // as in PlaceAndInsertVm
   std::sort(vms.begin(), vms.end(), [](const Vm& a, const Vm& b) { return a.memory_mb > b.memory_mb; });
   for (const auto& group : groups) {
     std::vector<Host> hosts;
@@ -538,7 +546,7 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
     }
     if (!all) continue;
     for (const auto& vm : placed) {
-      auto r = db_->Run(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
+      auto r = db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
                         VmValues(vm));
       if (!r.ok()) {
         if (r.error().code == ErrorCode::kAlreadyExists)
@@ -555,7 +563,7 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
 
 Status Store::InsertVmRecord(const Vm& vm) {
   std::lock_guard<std::mutex> lock(mu_);
-  VMG_RETURN_IF_ERROR(db_->Run(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" +
+  VMG_RETURN_IF_ERROR(db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" +
                                    Placeholders(16) + ")",
                                VmValues(vm)));
   return Status::Ok();
@@ -588,7 +596,7 @@ Result<std::vector<Vm>> Store::ListVmsOnHost(const std::string& host_id) {
 
 Status Store::UpdateVm(const Vm& v) {
   std::lock_guard<std::mutex> lock(mu_);
-  VMG_RETURN_IF_ERROR(db_->Run(
+  VMG_RETURN_IF_ERROR(db_->Exec(
       "UPDATE vms SET host_id=?, state=?, workspace_id=?, error=?, create_ms=?, updated_ms=? "
       "WHERE id=?",
       {v.host_id, v.state, v.workspace_id, v.error, v.create_ms, NowMs(), v.id}));
@@ -610,11 +618,19 @@ Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::str
                        for (size_t i = 0; i < from.size(); ++i) s += (i ? " or " : "") + from[i];
                        return s;
                      }());
+  const std::string seen = vm.state;
   vm.state = to;
   vm.updated_ms = NowMs();
   if (to != "error") vm.error.clear();
-  VMG_RETURN_IF_ERROR(db_->Run("UPDATE vms SET state=?, error=?, updated_ms=? WHERE id=?",
-                               {vm.state, vm.error, vm.updated_ms, vm.id}));
+  // The state re-checked in the UPDATE keeps this a compare-and-set where
+  // another controller may write between the read and the write (PostgreSQL).
+  VMG_ASSIGN_OR_RETURN(
+      int64_t changed,
+      db_->Exec("UPDATE vms SET state=?, error=?, updated_ms=? WHERE id=? AND state=?",
+                {vm.state, vm.error, vm.updated_ms, vm.id, seen}));
+  if (changed == 0)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.id + " changed state concurrently; retry");
   VMG_RETURN_IF_ERROR(tx.Commit());
   return vm;
 }
@@ -623,14 +639,14 @@ Status Store::DeleteVm(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
-  VMG_RETURN_IF_ERROR(db_->Run("UPDATE workspaces SET vm_id='' WHERE vm_id=?", {id}));
-  VMG_RETURN_IF_ERROR(db_->Run("DELETE FROM vms WHERE id=?", {id}));
+  VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET vm_id='' WHERE vm_id=?", {id}));
+  VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM vms WHERE id=?", {id}));
   return tx.Commit();
 }
 
 Status Store::NoteImageCached(const std::string& image_id, const std::string& host_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  VMG_RETURN_IF_ERROR(db_->Run("INSERT INTO image_cache VALUES (?,?,?) ON CONFLICT DO NOTHING",
+  VMG_RETURN_IF_ERROR(db_->Exec("INSERT INTO image_cache VALUES (?,?,?) ON CONFLICT DO NOTHING",
                                {image_id, host_id, NowMs()}));
   return Status::Ok();
 }
@@ -639,7 +655,7 @@ Status Store::NoteImageCached(const std::string& image_id, const std::string& ho
 
 Status Store::InsertWorkspace(const Workspace& ws) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto r = db_->Run(std::string("INSERT INTO workspaces (") + kWsCols + ") VALUES (" + Placeholders(9) + ")",
+  auto r = db_->Exec(std::string("INSERT INTO workspaces (") + kWsCols + ") VALUES (" + Placeholders(9) + ")",
                     WsValues(ws));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
@@ -651,7 +667,7 @@ Status Store::InsertWorkspace(const Workspace& ws) {
 
 Status Store::UpdateWorkspace(const Workspace& w) {
   std::lock_guard<std::mutex> lock(mu_);
-  VMG_RETURN_IF_ERROR(db_->Run("UPDATE workspaces SET path=?, size_bytes=?, vm_id=?, host_id=? WHERE id=?",
+  VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET path=?, size_bytes=?, vm_id=?, host_id=? WHERE id=?",
                                {w.path, w.size_bytes, w.vm_id, w.host_id, w.id}));
   return Status::Ok();
 }
@@ -682,7 +698,7 @@ Result<std::vector<Workspace>> Store::ListWorkspaces(const OwnerFilter& owner) {
 
 Status Store::DeleteWorkspace(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
-  VMG_RETURN_IF_ERROR(db_->Run("DELETE FROM workspaces WHERE id=?", {id}));
+  VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM workspaces WHERE id=?", {id}));
   return Status::Ok();
 }
 

@@ -1,6 +1,7 @@
 // Store: the controller's persistent state (users, tokens, hosts, images,
-// VMs, workspaces) in SQLite with versioned schema migrations. Every method
-// is a single transaction: either all of its effect is recorded or none.
+// VMs, workspaces) in SQLite (embedded, the default) or PostgreSQL, with
+// versioned schema migrations. Every method is a single transaction: either
+// all of its effect is recorded or none.
 // Thread-safe (one connection, serialized by a mutex).
 #pragma once
 
@@ -12,7 +13,7 @@
 
 #include "common/result.h"
 #include "store/model.h"
-#include "store/sqlite.h"
+#include "store/sql_backend.h"
 
 namespace vmgrid {
 
@@ -31,10 +32,15 @@ struct HostCapacity {
 
 class Store {
  public:
-  static Result<std::unique_ptr<Store>> Open(const std::string& path);
+  // `target` is a SQLite database file (created if missing) or a PostgreSQL
+  // connection URI, "postgresql://..." or "postgres://..." (the database must
+  // exist; the tables are created in its default schema). Migrates the schema
+  // to this version; on failure nothing of the failed migration step remains.
+  static Result<std::unique_ptr<Store>> Open(const std::string& target);
 
   // Schema version after migrations.
   int schema_version() const { return schema_version_; }
+  // The target given to Open (a URI may hold a password: see RedactTarget).
   const std::string& path() const { return path_; }
 
   // --- users and tokens ---------------------------------------------------
@@ -105,12 +111,12 @@ class Store {
   Status DeleteWorkspace(const std::string& id);
 
  private:
-  explicit Store(std::unique_ptr<SqliteDb> db) : db_(std::move(db)) {}
+  explicit Store(SqlBackendPtr db) : db_(std::move(db)) {}
   Status Migrate();
   Result<Vm> GetVmLocked(const std::string& ref, const OwnerFilter& owner);
 
   std::mutex mu_;
-  std::unique_ptr<SqliteDb> db_;  // guarded by mu_
+  SqlBackendPtr db_;  // guarded by mu_
   int schema_version_ = 0;
   std::string path_;
 };

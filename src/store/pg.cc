@@ -1,0 +1,234 @@
+#include "store/pg.h"
+
+#include <cassert>
+#include <charconv>
+#include <cstdlib>
+#include <cstring>
+
+namespace vmgrid {
+
+namespace {
+
+// Type oids from the server's catalog/pg_type.dat (stable across versions).
+constexpr Oid kBoolOid = 16;
+constexpr Oid kInt8Oid = 20;
+constexpr Oid kInt2Oid = 21;
+constexpr Oid kInt4Oid = 23;
+constexpr Oid kOidOid = 26;
+constexpr Oid kFloat4Oid = 700;
+constexpr Oid kFloat8Oid = 701;
+constexpr Oid kNumericOid = 1700;
+
+SqlValue ParseValue(const char* text, int len, Oid type) {
+  std::string_view s(text, static_cast<size_t>(len));
+  switch (type) {
+    case kBoolOid:
+      return int64_t{s == "t"};
+    case kInt2Oid:
+    case kInt4Oid:
+    case kInt8Oid:
+    case kOidOid:
+    case kNumericOid: {
+      int64_t v = 0;
+      auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+      if (ec == std::errc() && end == s.data() + s.size()) return v;
+      if (type != kNumericOid) return std::string(s);
+      [[fallthrough]];  // a numeric with a fraction, or too large
+    }
+    case kFloat4Oid:
+    case kFloat8Oid:
+      return std::strtod(std::string(s).c_str(), nullptr);
+    default:
+      return std::string(s);
+  }
+}
+
+bool IsIdentifier(const std::string& s) {
+  if (s.empty() || !(isalpha(static_cast<unsigned char>(s[0])) || s[0] == '_')) return false;
+  for (char c : s)
+    if (!isalnum(static_cast<unsigned char>(c)) && c != '_') return false;
+  return true;
+}
+
+}  // namespace
+
+Result<PgConnPtr> PgConnect(const std::string& url) {
+  PgConnPtr conn(PQconnectdb(url.c_str()));
+  if (!conn) return MakeError(ErrorCode::kInternal, "libpq: out of memory");
+  if (PQstatus(conn.get()) != CONNECTION_OK) {
+    std::string msg = PQerrorMessage(conn.get());
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    return MakeError(ErrorCode::kUnavailable,
+                     "connect to PostgreSQL " + RedactTarget(url) + ": " + msg);
+  }
+  PQsetNoticeProcessor(
+      conn.get(), [](void*, const char*) {}, nullptr);
+  if (PQsetClientEncoding(conn.get(), "UTF8") != 0)
+    return MakeError(ErrorCode::kInternal, "PostgreSQL: cannot set client encoding UTF8");
+  return conn;
+}
+
+std::string PgSqlState(const PGresult* r) {
+  const char* s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+  return s ? s : "";
+}
+
+std::string PgMessage(PGconn* conn, const PGresult* r) {
+  const char* m = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
+  std::string msg = m ? m : (conn ? PQerrorMessage(conn) : "unknown error");
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  return msg;
+}
+
+std::string PgPlaceholders(const std::string& sql) {
+  std::string out;
+  out.reserve(sql.size() + 16);
+  int n = 0;
+  for (size_t i = 0; i < sql.size();) {
+    char c = sql[i];
+    if (c == '\'' || c == '"') {  // literal or quoted identifier; doubled quote escapes
+      size_t j = i + 1;
+      while (j < sql.size()) {
+        if (sql[j] == c && j + 1 < sql.size() && sql[j + 1] == c)
+          j += 2;
+        else if (sql[j++] == c)
+          break;
+      }
+      out.append(sql, i, j - i);
+      i = j;
+    } else if (c == '-' && i + 1 < sql.size() && sql[i + 1] == '-') {
+      size_t j = sql.find('\n', i);
+      j = j == std::string::npos ? sql.size() : j;
+      out.append(sql, i, j - i);
+      i = j;
+    } else if (c == '/' && i + 1 < sql.size() && sql[i + 1] == '*') {
+      size_t j = sql.find("*/", i + 2);
+      j = j == std::string::npos ? sql.size() : j + 2;
+      out.append(sql, i, j - i);
+      i = j;
+    } else if (c == '?') {
+      out += "$" + std::to_string(++n);
+      ++i;
+    } else {
+      out += c;
+      ++i;
+    }
+  }
+  return out;
+}
+
+Result<SqlBackendPtr> PgBackend::Open(const std::string& url) {
+  VMG_ASSIGN_OR_RETURN(PgConnPtr conn, PgConnect(url));
+  return SqlBackendPtr(new PgBackend(std::move(conn)));
+}
+
+Status PgBackend::EnsureConnected() {
+  if (PQstatus(conn_.get()) == CONNECTION_OK || in_transaction_) return Status::Ok();
+  PQreset(conn_.get());
+  if (PQstatus(conn_.get()) != CONNECTION_OK)
+    return MakeError(ErrorCode::kUnavailable,
+                     "PostgreSQL connection lost: " + PgMessage(conn_.get(), nullptr));
+  PQsetClientEncoding(conn_.get(), "UTF8");
+  return Status::Ok();
+}
+
+Error PgBackend::CommandError(const PGresult* r, const std::string& sql) {
+  std::string state = PgSqlState(r);
+  std::string msg = PgMessage(conn_.get(), r);
+  if (state.rfind("23", 0) == 0) return MakeError(ErrorCode::kAlreadyExists, "constraint: " + msg);
+  if (PQstatus(conn_.get()) != CONNECTION_OK || state.rfind("08", 0) == 0)
+    return MakeError(ErrorCode::kUnavailable, "PostgreSQL connection lost: " + msg);
+  return MakeError(ErrorCode::kInternal, "sql: " + msg + " (in '" + sql + "')");
+}
+
+Result<PgResultPtr> PgBackend::Run(const std::string& sql, const std::vector<SqlValue>& params) {
+  VMG_RETURN_IF_ERROR(EnsureConnected());
+  std::vector<std::string> text(params.size());
+  std::vector<const char*> values(params.size(), nullptr);
+  std::vector<Oid> types(params.size(), 0);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const SqlValue& v = params[i];
+    if (auto* n = std::get_if<int64_t>(&v)) {
+      text[i] = std::to_string(*n);
+      types[i] = kInt8Oid;
+    } else if (auto* d = std::get_if<double>(&v)) {
+      char buf[64];
+      auto [end, ec] = std::to_chars(buf, buf + sizeof buf, *d);
+      assert(ec == std::errc());
+      text[i].assign(buf, end);
+      types[i] = kFloat8Oid;
+    } else if (auto* s = std::get_if<std::string>(&v)) {
+      text[i] = *s;
+    }
+    if (!std::holds_alternative<std::nullptr_t>(v)) values[i] = text[i].c_str();
+  }
+  std::string pg_sql = PgPlaceholders(sql);
+  PgResultPtr r(PQexecParams(conn_.get(), pg_sql.c_str(), static_cast<int>(params.size()),
+                             types.data(), values.data(), nullptr, nullptr, 0));
+  ExecStatusType st = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return CommandError(r.get(), sql);
+  return r;
+}
+
+Result<std::vector<SqlRow>> PgBackend::Query(const std::string& sql,
+                                             const std::vector<SqlValue>& params) {
+  VMG_ASSIGN_OR_RETURN(PgResultPtr r, Run(sql, params));
+  const int nrows = PQntuples(r.get());
+  const int ncols = PQnfields(r.get());
+  std::vector<SqlRow> rows;
+  rows.reserve(static_cast<size_t>(nrows));
+  for (int i = 0; i < nrows; ++i) {
+    std::vector<SqlValue> row;
+    row.reserve(static_cast<size_t>(ncols));
+    for (int c = 0; c < ncols; ++c) {
+      if (PQgetisnull(r.get(), i, c))
+        row.emplace_back(nullptr);
+      else
+        row.push_back(
+            ParseValue(PQgetvalue(r.get(), i, c), PQgetlength(r.get(), i, c), PQftype(r.get(), c)));
+    }
+    rows.emplace_back(std::move(row));
+  }
+  return rows;
+}
+
+Result<int64_t> PgBackend::Exec(const std::string& sql, const std::vector<SqlValue>& params) {
+  VMG_ASSIGN_OR_RETURN(PgResultPtr r, Run(sql, params));
+  const char* n = PQcmdTuples(r.get());
+  return static_cast<int64_t>(n && *n ? std::atoll(n) : 0);
+}
+
+Status PgBackend::ExecScript(const std::string& sql) {
+  VMG_RETURN_IF_ERROR(EnsureConnected());
+  PgResultPtr r(PQexec(conn_.get(), sql.c_str()));
+  ExecStatusType st = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return CommandError(r.get(), sql);
+  return Status::Ok();
+}
+
+Status PgBackend::Begin() {
+  VMG_RETURN_IF_ERROR(ExecScript("BEGIN"));
+  in_transaction_ = true;
+  return Status::Ok();
+}
+
+Status PgBackend::Commit() {
+  Status s = ExecScript("COMMIT");
+  // A failed COMMIT ends the transaction too (the server rolls it back).
+  in_transaction_ = false;
+  return s;
+}
+
+Status PgBackend::Rollback() {
+  in_transaction_ = false;
+  if (PQstatus(conn_.get()) != CONNECTION_OK) return Status::Ok();  // nothing to roll back
+  return ExecScript("ROLLBACK");
+}
+
+Status PgBackend::LockTable(const std::string& table) {
+  if (!IsIdentifier(table)) return MakeError(ErrorCode::kInternal, "LockTable: bad table name");
+  // SHARE ROW EXCLUSIVE conflicts with itself and with row writers, not with readers.
+  return ExecScript("LOCK TABLE " + table + " IN SHARE ROW EXCLUSIVE MODE");
+}
+
+}  // namespace vmgrid

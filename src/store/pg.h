@@ -1,0 +1,67 @@
+// PgBackend: the SqlBackend over libpq, for a PostgreSQL server named by a
+// connection URI ("postgresql://user@host/db", "postgresql:///db?host=/sock").
+// One connection; `?` placeholders become $1, $2, ...; parameters are sent
+// as text (integers typed int8, reals float8, strings left for the server to
+// infer from the column, like a literal). Results are converted by column
+// type: integers (and integral numerics, e.g. SUM) to int64, reals to double,
+// booleans to 0/1, everything else to text.
+// Not thread-safe; the Store serializes access with a mutex.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <memory>
+#include <string>
+
+#include "store/sql_backend.h"
+
+namespace vmgrid {
+
+struct PgConnDeleter {
+  void operator()(PGconn* c) const { PQfinish(c); }
+};
+using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
+struct PgResultDeleter {
+  void operator()(PGresult* r) const { PQclear(r); }
+};
+using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
+
+// Connects to `url` with client encoding UTF-8 and server notices dropped.
+// kUnavailable (with the password redacted) when the server cannot be reached.
+Result<PgConnPtr> PgConnect(const std::string& url);
+
+// The SQLSTATE of a failed command ("" if none), and its primary message.
+std::string PgSqlState(const PGresult* r);
+std::string PgMessage(PGconn* conn, const PGresult* r);
+
+// Rewrites the `?` placeholders of `sql` as $1, $2, ... Quoted strings,
+// quoted identifiers and comments are left alone.
+std::string PgPlaceholders(const std::string& sql);
+
+class PgBackend : public SqlBackend {
+ public:
+  static Result<SqlBackendPtr> Open(const std::string& url);
+
+  Dialect dialect() const override { return Dialect::kPostgres; }
+  Result<std::vector<SqlRow>> Query(const std::string& sql,
+                                    const std::vector<SqlValue>& params) override;
+  Result<int64_t> Exec(const std::string& sql, const std::vector<SqlValue>& params) override;
+  Status ExecScript(const std::string& sql) override;
+  Status Begin() override;
+  Status Commit() override;
+  Status Rollback() override;
+  Status LockTable(const std::string& table) override;
+
+ private:
+  explicit PgBackend(PgConnPtr conn) : conn_(std::move(conn)) {}
+  // Runs one command with parameters; returns its result or the mapped error.
+  Result<PgResultPtr> Run(const std::string& sql, const std::vector<SqlValue>& params);
+  // Outside a transaction, reconnects a connection the server dropped.
+  Status EnsureConnected();
+  Error CommandError(const PGresult* r, const std::string& sql);
+
+  PgConnPtr conn_;
+  bool in_transaction_ = false;
+};
+
+}  // namespace vmgrid
