@@ -1,0 +1,299 @@
+#include "chunks/chunk_cache.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <unordered_set>
+
+#include <spdlog/spdlog.h>
+
+#include "chunks/chunk_digest.h"
+#include "common/util.h"
+
+namespace vmgrid {
+
+namespace {
+
+Error BadDigest(const std::string& s) {
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "'" + s.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
+}
+
+}  // namespace
+
+ChunkCache::ChunkCache(std::string dir, Options options, chunkfs::DirLock lock)
+    : dir_(std::move(dir)), options_(options), lock_(std::move(lock)) {
+  stats_.capacity_bytes = options_.capacity_bytes;
+}
+
+Result<ChunkCachePtr> ChunkCache::Open(const std::string& dir, Options options) {
+  uint64_t torn = 0;
+  VMG_ASSIGN_OR_RETURN(chunkfs::DirLock lock, chunkfs::OpenLayout(dir, &torn));
+  std::vector<std::string> junk;
+  VMG_ASSIGN_OR_RETURN(auto files, chunkfs::ScanChunks(dir, &junk));
+  ChunkCachePtr cache(new ChunkCache(dir, options, std::move(lock)));
+  uint64_t discarded = torn;
+  for (const auto& p : junk) {
+    if (RemoveTree(p).ok()) discarded++;
+  }
+  if (options.verify_on_open) {
+    std::vector<chunkfs::ChunkFileInfo> good;
+    for (auto& f : files) {
+      std::string path = chunkfs::ChunkPath(dir, f.digest);
+      auto data = chunkfs::ReadChunkFile(path);
+      if (data.ok() && ChunkDigest(*data) == f.digest) {
+        good.push_back(std::move(f));
+        continue;
+      }
+      spdlog::warn("chunk cache: discarding corrupt chunk {}", path);
+      ::unlink(path.c_str());
+      cache->stats_.verification_failures++;
+      discarded++;
+    }
+    files = std::move(good);
+  }
+  // Oldest first, so the newest end up at the front of the LRU list. mtime
+  // is the time a chunk was written: after a restart the order is "least
+  // recently fetched", an approximation of LRU.
+  std::sort(files.begin(), files.end(),
+            [](const auto& a, const auto& b) { return a.mtime_ns < b.mtime_ns; });
+  std::lock_guard<std::mutex> l(cache->mu_);
+  cache->stats_.discarded_at_open = discarded;
+  for (const auto& f : files) cache->AddEntryLocked(f.digest, f.size);
+  cache->EvictLocked();
+  if (discarded) spdlog::info("chunk cache {}: discarded {} torn or corrupt files at open", dir, discarded);
+  return cache;
+}
+
+void ChunkCache::AddEntryLocked(const std::string& digest, uint64_t size) {
+  Entry e;
+  e.size = size;
+  e.gen = next_gen_++;
+  e.pinned = pin_counts_.count(digest) > 0;
+  if (e.pinned) {
+    stats_.pinned_chunks++;
+    stats_.pinned_bytes += size;
+  } else {
+    lru_.push_front(digest);
+    e.lru = lru_.begin();
+  }
+  stats_.chunks++;
+  stats_.bytes += size;
+  entries_.emplace(digest, e);
+}
+
+void ChunkCache::RemoveEntryLocked(EntryMap::iterator it) {
+  const Entry& e = it->second;
+  if (e.pinned) {
+    stats_.pinned_chunks--;
+    stats_.pinned_bytes -= e.size;
+  } else {
+    lru_.erase(e.lru);
+  }
+  stats_.chunks--;
+  stats_.bytes -= e.size;
+  // Unlinked under the lock so that a concurrent Store of the same digest
+  // cannot have its fresh file removed by a stale eviction.
+  ::unlink(chunkfs::ChunkPath(dir_, it->first).c_str());
+  entries_.erase(it);
+}
+
+void ChunkCache::EvictLocked() {
+  while (stats_.bytes > options_.capacity_bytes && !lru_.empty()) {
+    auto it = entries_.find(lru_.back());
+    RemoveEntryLocked(it);
+    stats_.evictions++;
+  }
+}
+
+Result<std::string> ChunkCache::Get(const std::string& digest, const FetchFn& fetch) {
+  if (!IsChunkDigest(digest)) return BadDigest(digest);
+  std::unique_lock<std::mutex> l(mu_);
+  for (;;) {
+    auto it = entries_.find(digest);
+    if (it == entries_.end()) break;
+    Entry& e = it->second;
+    if (!e.pinned) lru_.splice(lru_.begin(), lru_, e.lru);
+    uint64_t gen = e.gen;
+    l.unlock();
+    auto data = chunkfs::ReadChunkFile(chunkfs::ChunkPath(dir_, digest));
+    bool good = data.ok() && ChunkDigest(*data) == digest;
+    l.lock();
+    if (good) {
+      stats_.hits++;
+      return data;
+    }
+    it = entries_.find(digest);
+    if (it != entries_.end() && it->second.gen == gen) {
+      // Evicted between lookup and read: just a miss. Anything else is a
+      // damaged file: drop it and fetch a good copy.
+      if (data.ok() || data.error().code != ErrorCode::kNotFound) {
+        stats_.verification_failures++;
+        spdlog::warn("chunk cache: chunk {} on disk is corrupt ({}); refetching", digest,
+                     data.ok() ? "hash mismatch" : data.error().message);
+      }
+      RemoveEntryLocked(it);
+    }
+  }
+  stats_.misses++;
+  if (auto fl = inflight_.find(digest); fl != inflight_.end()) {
+    std::shared_ptr<InFlight> f = fl->second;
+    stats_.coalesced++;
+    f->cv.wait(l, [&] { return f->done; });
+    return f->result;
+  }
+  auto f = std::make_shared<InFlight>();
+  inflight_.emplace(digest, f);
+  l.unlock();
+  Result<std::string> r = FetchAndStore(digest, fetch);
+  l.lock();
+  f->result = r;
+  f->done = true;
+  inflight_.erase(digest);
+  f->cv.notify_all();
+  return r;
+}
+
+Result<std::string> ChunkCache::FetchAndStore(const std::string& digest, const FetchFn& fetch) {
+  std::string bad_hash;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stats_.fetches++;
+    }
+    Result<std::string> r =
+        fetch ? fetch(digest)
+              : Result<std::string>(MakeError(ErrorCode::kUnavailable,
+                                              "chunk " + digest + " is not cached and there is no fetcher"));
+    bool good = false;
+    if (r.ok() && !r->empty() && r->size() <= kMaxChunkBytes) {
+      bad_hash = ChunkDigest(*r);
+      good = bad_hash == digest;
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (!r.ok()) {
+        stats_.fetch_failures++;
+        return r;
+      }
+      stats_.bytes_fetched += r->size();
+      if (!good) {
+        stats_.verification_failures++;
+        continue;
+      }
+    }
+    if (Status st = Store(digest, *r); !st.ok())  // still a good chunk: serve it uncached
+      spdlog::warn("chunk cache: cannot store chunk {}: {}", digest, st.error().message);
+    return r;
+  }
+  return MakeError(ErrorCode::kInternal, "corrupt chunk " + digest +
+                                             ": fetched twice and both copies were wrong (hash " + bad_hash + ")");
+}
+
+Status ChunkCache::Store(const std::string& digest, std::string_view data) {
+  // replace=true: the bytes are verified, so whatever is at the path (a
+  // stray file not in the index) is at best identical.
+  auto written = chunkfs::WriteChunkFile(dir_, digest, data, options_.sync_writes, true);
+  if (!written.ok()) return written.error();
+  std::lock_guard<std::mutex> l(mu_);
+  if (!entries_.count(digest)) {
+    AddEntryLocked(digest, data.size());
+    EvictLocked();
+  }
+  return Status::Ok();
+}
+
+Status ChunkCache::Insert(const std::string& digest, std::string_view data) {
+  if (!IsChunkDigest(digest)) return BadDigest(digest);
+  if (data.empty() || data.size() > kMaxChunkBytes)
+    return MakeError(ErrorCode::kInvalidArgument, "chunk " + digest + " has an impossible length");
+  if (ChunkDigest(data) != digest) {
+    std::lock_guard<std::mutex> l(mu_);
+    stats_.verification_failures++;
+    return MakeError(ErrorCode::kInvalidArgument, "data does not match chunk digest " + digest);
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (entries_.count(digest)) return Status::Ok();
+    stats_.bytes_fetched += data.size();
+  }
+  return Store(digest, data);
+}
+
+bool ChunkCache::Contains(const std::string& digest) const {
+  std::lock_guard<std::mutex> l(mu_);
+  return entries_.count(digest) > 0;
+}
+
+std::vector<std::string> ChunkCache::Missing(const std::vector<std::string>& chunks) const {
+  std::vector<std::string> out;
+  std::unordered_set<std::string> seen;
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& d : chunks)
+    if (d != kZeroChunk && !entries_.count(d) && seen.insert(d).second) out.push_back(d);
+  return out;
+}
+
+Status ChunkCache::Pin(const std::string& pin_id, const std::vector<std::string>& chunks) {
+  if (pin_id.empty()) return MakeError(ErrorCode::kInvalidArgument, "pin id is empty");
+  std::vector<std::string> set;
+  for (const auto& d : chunks) {
+    if (d == kZeroChunk) continue;
+    if (!IsChunkDigest(d)) return BadDigest(d);
+    set.push_back(d);
+  }
+  std::sort(set.begin(), set.end());
+  set.erase(std::unique(set.begin(), set.end()), set.end());
+  std::lock_guard<std::mutex> l(mu_);
+  auto [it, created] = pin_sets_.try_emplace(pin_id);
+  if (!created) {
+    if (it->second.chunks != set)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "pin id '" + pin_id + "' is already held for a different chunk list");
+    it->second.refs++;
+    return Status::Ok();
+  }
+  it->second.refs = 1;
+  for (const auto& d : set) {
+    if (pin_counts_[d]++ != 0) continue;
+    auto e = entries_.find(d);
+    if (e == entries_.end()) continue;
+    lru_.erase(e->second.lru);
+    e->second.pinned = true;
+    stats_.pinned_chunks++;
+    stats_.pinned_bytes += e->second.size;
+  }
+  it->second.chunks = std::move(set);
+  stats_.pins = pin_sets_.size();
+  return Status::Ok();
+}
+
+Status ChunkCache::Unpin(const std::string& pin_id) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = pin_sets_.find(pin_id);
+  if (it == pin_sets_.end()) return MakeError(ErrorCode::kNotFound, "no pin '" + pin_id + "'");
+  if (--it->second.refs > 0) return Status::Ok();
+  for (const auto& d : it->second.chunks) {
+    auto pc = pin_counts_.find(d);
+    if (--pc->second > 0) continue;
+    pin_counts_.erase(pc);
+    auto e = entries_.find(d);
+    if (e == entries_.end()) continue;
+    e->second.pinned = false;
+    lru_.push_front(d);
+    e->second.lru = lru_.begin();
+    stats_.pinned_chunks--;
+    stats_.pinned_bytes -= e->second.size;
+  }
+  pin_sets_.erase(it);
+  stats_.pins = pin_sets_.size();
+  EvictLocked();
+  return Status::Ok();
+}
+
+ChunkCache::Stats ChunkCache::stats() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return stats_;
+}
+
+}  // namespace vmgrid

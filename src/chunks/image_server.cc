@@ -1,0 +1,292 @@
+#include "chunks/image_server.h"
+
+#include <httplib.h>
+
+#include <cstdlib>
+#include <unordered_set>
+
+#include <spdlog/spdlog.h>
+
+#include "chunks/chunk_batch.h"
+#include "chunks/chunk_digest.h"
+#include "chunks/chunk_store.h"
+#include "chunks/image_catalog.h"
+#include "chunks/manifest.h"
+#include "common/http_json.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+using Req = httplib::Request;
+using Res = httplib::Response;
+
+namespace {
+
+Error BadDigest(const std::string& s) {
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "'" + s.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
+}
+
+// "latest" -> 0, "7" -> 7; anything else is an error.
+Result<uint64_t> ParseVersion(const std::string& s) {
+  if (s == "latest") return uint64_t{0};
+  bool digits = !s.empty() && s.size() <= 16 && s[0] != '0';
+  for (char c : s) digits = digits && c >= '0' && c <= '9';
+  uint64_t v = digits ? std::strtoull(s.c_str(), nullptr, 10) : 0;
+  if (!digits || v > kMaxManifestVersion)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "version '" + s.substr(0, 40) + "' must be a positive integer or 'latest'");
+  return v;
+}
+
+// Largest request body each route accepts; checked from Content-Length
+// before the body is read.
+uint64_t BodyLimitFor(const Req& req) {
+  if (req.method == "PUT" && req.path.rfind("/v1/chunks/", 0) == 0) return kMaxChunkBytes;
+  if (req.method == "POST" && (req.path.rfind("/v1/manifests/", 0) == 0 || req.path == "/v1/chunks:missing"))
+    return kMaxManifestJsonBytes;
+  return kMaxJsonBody;
+}
+
+Result<json> ParseLargeJsonObject(const std::string& body) {
+  if (body.size() <= kMaxJsonBody) return ParseJsonObject(body, false);
+  try {
+    json j = json::parse(body);
+    if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, "request body must be a JSON object");
+    return j;
+  } catch (const json::exception& e) {
+    return MakeError(ErrorCode::kInvalidArgument, std::string("malformed JSON: ") + e.what());
+  }
+}
+
+}  // namespace
+
+ImageServer::ImageServer(ChunkStore& store, ImageCatalog& catalog, Options options)
+    : store_(store), catalog_(catalog), options_(std::move(options)), server_(std::make_unique<httplib::Server>()) {
+  InstallRoutes();
+}
+
+ImageServer::~ImageServer() { Stop(); }
+
+Result<int> ImageServer::Start(const std::string& host, int port) {
+  int bound = port == 0 ? server_->bind_to_any_port(host.c_str())
+                        : (server_->bind_to_port(host.c_str(), port) ? port : -1);
+  if (bound <= 0)
+    return MakeError(ErrorCode::kUnavailable,
+                     "image server cannot listen on " + host + ":" + std::to_string(port));
+  url_ = "http://" + (host == "0.0.0.0" ? std::string("127.0.0.1") : host) + ":" + std::to_string(bound);
+  listen_returned_ = false;
+  thread_ = std::thread([this] {
+    server_->listen_after_bind();
+    listen_returned_ = true;
+  });
+  // Stop() only reaches a server that is running; wait for the accept loop.
+  while (!server_->is_running() && !listen_returned_) std::this_thread::yield();
+  return bound;
+}
+
+void ImageServer::Stop() {
+  if (server_) server_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+ImageServer::Stats ImageServer::stats() const {
+  Stats s;
+  s.requests = requests_;
+  s.chunks_served = chunks_served_;
+  s.bytes_served = bytes_served_;
+  s.batch_requests = batch_requests_;
+  s.chunks_uploaded = chunks_uploaded_;
+  s.bytes_uploaded = bytes_uploaded_;
+  s.manifests_published = manifests_published_;
+  s.auth_failures = auth_failures_;
+  return s;
+}
+
+json ImageServer::StatsJson() const {
+  Stats s = stats();
+  ChunkStore::Stats st = store_.stats();
+  ImageCatalog::Stats cs = catalog_.ComputeStats(store_);
+  return {{"server",
+           {{"requests", s.requests},
+            {"chunks_served", s.chunks_served},
+            {"bytes_served", s.bytes_served},
+            {"batch_requests", s.batch_requests},
+            {"chunks_uploaded", s.chunks_uploaded},
+            {"bytes_uploaded", s.bytes_uploaded},
+            {"manifests_published", s.manifests_published},
+            {"auth_failures", s.auth_failures}}},
+          {"store",
+           {{"chunks", st.chunks},
+            {"bytes", st.bytes},
+            {"puts", st.puts},
+            {"dedup_hits", st.dedup_hits},
+            {"gets", st.gets},
+            {"corrupt_reads", st.corrupt_reads}}},
+          {"catalog",
+           {{"images", cs.images},
+            {"versions", cs.versions},
+            {"logical_bytes", cs.logical_bytes},
+            {"referenced_bytes", cs.referenced_bytes},
+            {"physical_bytes", cs.physical_bytes},
+            {"dedup_ratio", cs.dedup_ratio},
+            {"total_ratio", cs.total_ratio},
+            {"corrupt_manifests", cs.corrupt_manifests}}}};
+}
+
+void ImageServer::InstallRoutes() {
+  auto& s = *server_;
+  int threads = options_.threads > 0 ? options_.threads : 1;
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  s.set_keep_alive_max_count(1000000);
+  s.set_keep_alive_timeout(options_.keep_alive_timeout_s);
+  s.set_read_timeout(options_.io_timeout_s, 0);
+  s.set_write_timeout(options_.io_timeout_s, 0);
+  s.set_tcp_nodelay(true);
+  s.set_payload_max_length(kMaxManifestJsonBytes);
+
+  s.set_pre_routing_handler([this](const Req& req, Res& res) {
+    requests_++;
+    if (!options_.token.empty() && !ConstantTimeEquals(BearerToken(req), options_.token)) {
+      auth_failures_++;
+      res.set_header("WWW-Authenticate", "Bearer");
+      SendError(res, MakeError(ErrorCode::kUnauthenticated, "missing or wrong bearer token"));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    uint64_t limit = BodyLimitFor(req);
+    uint64_t len = std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10);
+    bool chunked = req.get_header_value("Transfer-Encoding") == "chunked";
+    if (len > limit || chunked) {
+      SendJson(res, 413, {{"error", {{"code", "payload_too_large"},
+                                     {"message", "request body over " + std::to_string(limit) +
+                                                     " bytes (or chunked) for " + req.method + " " + req.path}}}});
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  InstallJsonErrorHandlers(s);
+  s.set_error_handler([](const Req& req, Res& res) {
+    if (!res.body.empty()) return;
+    if (res.status == 404)
+      SendError(res, MakeError(ErrorCode::kNotFound, "no such endpoint: " + req.method + " " + req.path));
+    else if (res.status == 413)
+      SendJson(res, 413, {{"error", {{"code", "payload_too_large"}, {"message", "request body too large"}}}});
+    else
+      SendJson(res, res.status,
+               {{"error", {{"code", res.status < 500 ? "invalid_argument" : "internal"},
+                           {"message", "HTTP " + std::to_string(res.status)}}}});
+  });
+
+  s.Get("/v1/stats", [this](const Req&, Res& res) { SendJson(res, 200, StatsJson()); });
+
+  // --- manifests ---
+  s.Get(R"(/v1/manifests/([^/]+))", [this](const Req& req, Res& res) {
+    std::string name = req.matches[1];
+    if (Status st = ValidateName("image", name); !st.ok()) return SendError(res, st.error());
+    auto versions = catalog_.Versions(name);
+    if (!versions.ok()) return SendError(res, versions.error());
+    json list = json::array();
+    for (const auto& v : *versions)
+      list.push_back({{"version", v.version}, {"digest", v.digest}, {"size", v.size},
+                      {"chunk_size", v.chunk_size}, {"chunks", v.chunks}});
+    SendJson(res, 200, {{"name", name}, {"versions", list}});
+  });
+  s.Get(R"(/v1/manifests/([^/]+)/([^/]+))", [this](const Req& req, Res& res) {
+    std::string name = req.matches[1];
+    if (Status st = ValidateName("image", name); !st.ok()) return SendError(res, st.error());
+    auto version = ParseVersion(req.matches[2]);
+    if (!version.ok()) return SendError(res, version.error());
+    auto m = *version == 0 ? catalog_.Latest(name) : catalog_.Get(name, *version);
+    if (!m.ok()) return SendError(res, m.error());
+    if (*version != 0) res.set_header("Cache-Control", "public, max-age=31536000, immutable");
+    SendJson(res, 200, m->ToJson());
+  });
+  s.Post(R"(/v1/manifests/([^/]+))", [this](const Req& req, Res& res) {
+    std::string name = req.matches[1];
+    if (Status st = ValidateName("image", name); !st.ok()) return SendError(res, st.error());
+    auto draft = ParseManifestDraftJson(req.body);
+    if (!draft.ok()) return SendError(res, draft.error());
+    auto m = catalog_.Publish(name, std::move(draft).value(), store_);
+    if (!m.ok()) return SendError(res, m.error());
+    manifests_published_++;
+    spdlog::info("image server: published {} version {} ({} bytes, {} chunks, digest {})", m->name,
+                 m->version, m->size, m->chunks.size(), m->Digest());
+    SendJson(res, 201, m->ToJson());
+  });
+
+  // --- chunks ---
+  s.Get(R"(/v1/chunks/([^/]+))", [this](const Req& req, Res& res) {
+    std::string digest = req.matches[1];
+    if (!IsChunkDigest(digest)) return SendError(res, BadDigest(digest));
+    auto data = options_.verify_on_read ? store_.Get(digest) : store_.GetUnverified(digest);
+    if (!data.ok()) return SendError(res, data.error());
+    chunks_served_++;
+    bytes_served_ += data->size();
+    res.set_header("Cache-Control", "public, max-age=31536000, immutable");
+    res.set_content(std::move(data).value(), "application/octet-stream");
+  });
+  s.Put(R"(/v1/chunks/([^/]+))", [this](const Req& req, Res& res) {
+    std::string digest = req.matches[1];
+    if (!IsChunkDigest(digest)) return SendError(res, BadDigest(digest));
+    bool existed = store_.Has(digest);
+    if (Status st = store_.PutVerified(digest, req.body); !st.ok()) return SendError(res, st.error());
+    if (!existed) {
+      chunks_uploaded_++;
+      bytes_uploaded_ += req.body.size();
+    }
+    SendJson(res, existed ? 200 : 201, {{"digest", digest}, {"size", req.body.size()}, {"created", !existed}});
+  });
+  s.Post("/v1/chunks:batch", [this](const Req& req, Res& res) {
+    batch_requests_++;
+    auto body = ParseJsonObject(req.body, false);
+    if (!body.ok()) return SendError(res, body.error());
+    JsonFields f(*body, {"digests"});
+    if (Status st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+    auto digests = f.StringList("digests", true, kMaxBatchChunks);
+    if (!digests.ok()) return SendError(res, digests.error());
+    if (digests->empty())
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "field 'digests' is empty"));
+    for (const auto& d : *digests)
+      if (!IsChunkDigest(d)) return SendError(res, BadDigest(d));
+    std::vector<std::string> datas;
+    uint64_t total = 0;
+    std::vector<std::string> served;
+    std::vector<uint64_t> lengths;
+    for (const auto& d : *digests) {
+      // Stop before reading a chunk that would not fit; the client asks again.
+      auto size = store_.Size(d);
+      if (!size.ok()) return SendError(res, size.error());
+      if (!datas.empty() && total + *size > options_.max_batch_bytes) break;
+      auto data = options_.verify_on_read ? store_.Get(d) : store_.GetUnverified(d);
+      if (!data.ok()) return SendError(res, data.error());
+      total += data->size();
+      served.push_back(d);
+      lengths.push_back(data->size());
+      datas.push_back(std::move(data).value());
+    }
+    std::string out = EncodeBatchHeader(served, lengths);
+    out.reserve(out.size() + total);
+    for (const auto& d : datas) out += d;
+    chunks_served_ += datas.size();
+    bytes_served_ += total;
+    res.set_header("X-Vmgrid-Batch-Chunks", std::to_string(datas.size()));
+    res.set_content(std::move(out), "application/octet-stream");
+  });
+  s.Post("/v1/chunks:missing", [this](const Req& req, Res& res) {
+    auto body = ParseLargeJsonObject(req.body);
+    if (!body.ok()) return SendError(res, body.error());
+    JsonFields f(*body, {"digests"});
+    if (Status st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+    auto digests = f.StringList("digests", true, kMaxManifestChunks);
+    if (!digests.ok()) return SendError(res, digests.error());
+    std::unordered_set<std::string> seen;
+    json missing = json::array();
+    for (const auto& d : *digests) {
+      if (!IsChunkDigest(d)) return SendError(res, BadDigest(d));
+      if (seen.insert(d).second && !store_.Has(d)) missing.push_back(d);
+    }
+    SendJson(res, 200, {{"missing", missing}});
+  });
+}
+
+}  // namespace vmgrid

@@ -1,0 +1,94 @@
+// ImageServer: serves a ChunkStore and its ImageCatalog over HTTP (what
+// `vmgrid image-server` will run): manifests, single and batched chunk
+// reads, and the push protocol (PUT chunks, then POST a manifest). The
+// protocol is specified in docs/chunk-store.md.
+//
+// Thread-safe: handlers run on the server's thread pool; Start/Stop from one
+// thread. The store and catalog must outlive the server.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace vmgrid {
+
+class ChunkStore;
+class ImageCatalog;
+
+class ImageServer {
+ public:
+  struct Options {
+    // When non-empty, every request must carry "Authorization: Bearer TOKEN".
+    std::string token;
+    // Worker threads; each keep-alive connection holds one while open.
+    int threads = 16;
+    // A batch answer stops adding chunks once it would exceed this many
+    // bytes (it always carries at least one); the client asks again for the
+    // rest. Bounds the server's memory per request.
+    uint64_t max_batch_bytes = 32ull << 20;
+    // Hash every chunk before sending it. A corrupt chunk then answers 500
+    // and is quarantined. Clients verify anyway, so turning this off trades
+    // server CPU for detecting rot only at the client.
+    bool verify_on_read = true;
+    // An idle keep-alive connection is closed after this long (the client
+    // reconnects transparently). Stop() waits for open idle connections up
+    // to this long, so keep it short.
+    int keep_alive_timeout_s = 5;
+    int io_timeout_s = 60;
+  };
+
+  struct Stats {
+    uint64_t requests = 0;
+    uint64_t chunks_served = 0;
+    uint64_t bytes_served = 0;
+    uint64_t batch_requests = 0;
+    uint64_t chunks_uploaded = 0;   // PUTs that stored a new chunk
+    uint64_t bytes_uploaded = 0;
+    uint64_t manifests_published = 0;
+    uint64_t auth_failures = 0;
+  };
+
+  ImageServer(ChunkStore& store, ImageCatalog& catalog, Options options);
+  ~ImageServer();  // Stop()s
+  ImageServer(const ImageServer&) = delete;
+  ImageServer& operator=(const ImageServer&) = delete;
+
+  // Binds host:port (port 0 picks a free one) and serves on a background
+  // thread. Returns the bound port; kUnavailable when the bind fails.
+  Result<int> Start(const std::string& host, int port);
+  // Stops accepting and waits for the serving thread. Idempotent.
+  void Stop();
+
+  // "http://host:port" once started.
+  std::string url() const { return url_; }
+  Stats stats() const;
+  // Server, store and catalog counters, as served by GET /v1/stats.
+  nlohmann::json StatsJson() const;
+
+ private:
+  void InstallRoutes();
+
+  ChunkStore& store_;
+  ImageCatalog& catalog_;
+  const Options options_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+  std::atomic<bool> listen_returned_{false};
+  std::string url_;
+
+  std::atomic<uint64_t> requests_{0}, chunks_served_{0}, bytes_served_{0}, batch_requests_{0},
+      chunks_uploaded_{0}, bytes_uploaded_{0}, manifests_published_{0}, auth_failures_{0};
+};
+
+}  // namespace vmgrid

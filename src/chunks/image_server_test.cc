@@ -1,0 +1,390 @@
+// ImageServer + ChunkClient over loopback (127.0.0.1, port 0).
+#include "chunks/image_server.h"
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <map>
+#include <thread>
+
+#include "chunks/chunk_batch.h"
+#include "chunks/chunk_client.h"
+#include "chunks/chunk_store.h"
+#include "chunks/image_catalog.h"
+#include "chunks/test_dir.h"
+
+namespace vmgrid {
+namespace {
+
+using nlohmann::json;
+
+constexpr uint32_t kChunk = 64 << 10;
+
+// An image of `chunks` pieces: mostly random, with zero pieces and a short tail.
+std::string MakeImage(const std::string& path, size_t chunks, uint64_t seed) {
+  std::string img;
+  for (size_t i = 0; i < chunks; ++i)
+    img += (i % 5 == 3) ? std::string(kChunk, '\0') : TestBytes(kChunk, seed * 1000 + i);
+  img += TestBytes(1234, seed);
+  WriteTestFile(path, img);
+  return img;
+}
+
+class ImageServerTest : public ::testing::Test {
+ protected:
+  void StartServer(ImageServer::Options options = {}) {
+    ChunkStore::Options so;
+    so.sync = false;
+    store_ = std::move(ChunkStore::Open(dir_.path(), so)).value();
+    catalog_ = std::move(ImageCatalog::Open(dir_.path())).value();
+    server_ = std::make_unique<ImageServer>(*store_, *catalog_, options);
+    auto port = server_->Start("127.0.0.1", 0);
+    ASSERT_TRUE(port.ok()) << port.error().message;
+    port_ = *port;
+  }
+  std::unique_ptr<ChunkClient> Client(const std::string& token = "", ChunkClient::Options o = {}) {
+    return std::make_unique<ChunkClient>(server_->url(), token, o);
+  }
+  std::string ChunkFile(const std::string& digest) {
+    return dir_ / ("chunks/" + digest.substr(0, 2) + "/" + digest);
+  }
+  // Fetches every chunk of `m` and reassembles the image in memory.
+  std::string Assemble(ChunkClient& client, const Manifest& m) {
+    std::mutex mu;
+    std::map<std::string, std::string> got;
+    std::vector<std::string> want;
+    for (const auto& c : m.chunks)
+      if (c != kZeroChunk) want.push_back(c);
+    Status st = client.FetchChunks(want, [&](const std::string& d, std::string data) {
+      std::lock_guard<std::mutex> l(mu);
+      EXPECT_TRUE(got.emplace(d, std::move(data)).second) << "chunk delivered twice";
+      return Status::Ok();
+    });
+    EXPECT_TRUE(st.ok()) << st.error().message;
+    std::string out;
+    for (size_t i = 0; i < m.chunks.size(); ++i)
+      out += m.IsZero(i) ? std::string(m.ChunkLength(i), '\0') : got[m.chunks[i]];
+    return out;
+  }
+
+  TestDir dir_;
+  ChunkStorePtr store_;
+  ImageCatalogPtr catalog_;
+  std::unique_ptr<ImageServer> server_;
+  int port_ = 0;
+};
+
+TEST_F(ImageServerTest, UploadListGetAndBatchFetchRoundTrip) {
+  StartServer();
+  TestDir local;
+  std::string img = MakeImage(local / "disk.raw", 40, 1);
+  ChunkClient::Options co;
+  co.connections = 4;
+  co.batch_chunks = 4;
+  auto client = Client("", co);
+
+  auto v1 = client->UploadImageFile(local / "disk.raw", "tiny", kChunk);
+  ASSERT_TRUE(v1.ok()) << v1.error().message;
+  EXPECT_EQ(v1->version, 1u);
+  EXPECT_EQ(v1->size, img.size());
+  EXPECT_EQ(server_->stats().chunks_uploaded, 33u);  // 40 - 8 zero pieces + tail
+
+  auto v2 = client->UploadImageFile(local / "disk.raw", "tiny", kChunk);  // nothing new to send
+  ASSERT_TRUE(v2.ok());
+  EXPECT_EQ(v2->version, 2u);
+  EXPECT_EQ(server_->stats().chunks_uploaded, 33u);
+
+  auto versions = client->ListVersions("tiny");
+  ASSERT_TRUE(versions.ok()) << versions.error().message;
+  ASSERT_EQ(versions->size(), 2u);
+  EXPECT_EQ((*versions)[1].digest, v2->Digest());
+
+  auto latest = client->GetManifest("tiny", 0);
+  ASSERT_TRUE(latest.ok()) << latest.error().message;
+  EXPECT_EQ(latest->version, 2u);
+  auto m1 = client->GetManifest("tiny", 1, v1->Digest());
+  ASSERT_TRUE(m1.ok()) << m1.error().message;
+  auto wrong = client->GetManifest("tiny", 1, v2->Digest());
+  EXPECT_FALSE(wrong.ok());
+  EXPECT_EQ(client->GetManifest("tiny", 3).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(client->GetManifest("nope", 0).error().code, ErrorCode::kNotFound);
+
+  uint64_t before = client->stats().requests;
+  EXPECT_TRUE(Assemble(*client, *m1) == img);
+  auto cs = client->stats();
+  EXPECT_EQ(cs.chunks_fetched, 33u);
+  EXPECT_EQ(cs.requests - before, 9u);  // ceil(33 / 4) batches, not 33 round trips
+  EXPECT_EQ(cs.verification_failures, 0u);
+  EXPECT_LE(cs.connections_opened, 4u);
+
+  auto one = client->FetchChunk(m1->chunks[0]);
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(*one, img.substr(0, kChunk));
+
+  auto stats = server_->StatsJson();
+  EXPECT_EQ(stats["catalog"]["versions"], 2);
+  EXPECT_GT(stats["catalog"]["dedup_ratio"].get<double>(), 1.9);
+}
+
+TEST_F(ImageServerTest, KeepAliveReusesOneConnection) {
+  StartServer();
+  std::vector<std::string> digests;
+  for (int i = 0; i < 20; ++i) digests.push_back(*store_->Put(TestBytes(1000, i)));
+  ChunkClient::Options co;
+  co.connections = 1;
+  auto client = Client("", co);
+  for (const auto& d : digests) ASSERT_TRUE(client->FetchChunk(d).ok());
+  EXPECT_EQ(client->stats().requests, 20u);
+  EXPECT_EQ(client->stats().connections_opened, 1u);
+}
+
+TEST_F(ImageServerTest, LargeBatchIsAnsweredInParts) {
+  ImageServer::Options so;
+  so.max_batch_bytes = 150 << 10;  // two 64 KiB chunks per answer
+  StartServer(so);
+  std::vector<std::string> digests;
+  std::map<std::string, std::string> want;
+  for (int i = 0; i < 9; ++i) {
+    std::string data = TestBytes(kChunk, 100 + i);
+    digests.push_back(*store_->Put(data));
+    want[digests.back()] = data;
+  }
+  ChunkClient::Options co;
+  co.connections = 1;
+  co.batch_chunks = 64;
+  auto client = Client("", co);
+  std::map<std::string, std::string> got;
+  ASSERT_TRUE(client->FetchChunks(digests, [&](const std::string& d, std::string data) {
+                      got[d] = std::move(data);
+                      return Status::Ok();
+                    }).ok());
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(client->stats().requests, 5u);  // 2+2+2+2+1
+}
+
+TEST_F(ImageServerTest, BearerTokenIsRequiredWhenSet) {
+  ImageServer::Options so;
+  so.token = "s3cret";
+  StartServer(so);
+  std::string d = *store_->Put(TestBytes(100, 1));
+  auto anon = Client()->FetchChunk(d);
+  ASSERT_FALSE(anon.ok());
+  EXPECT_EQ(anon.error().code, ErrorCode::kUnauthenticated);
+  EXPECT_EQ(Client("wrong")->FetchChunk(d).error().code, ErrorCode::kUnauthenticated);
+  EXPECT_TRUE(Client("s3cret")->FetchChunk(d).ok());
+  EXPECT_EQ(server_->stats().auth_failures, 2u);
+}
+
+TEST_F(ImageServerTest, ValidatesEveryInput) {
+  StartServer();
+  std::string present = *store_->Put(TestBytes(5000, 1));
+  ASSERT_TRUE(catalog_->Publish("tiny", Manifest{"", 0, 5000, kChunk, {present}}, *store_).ok());
+  std::string absent = ChunkDigest(std::string("absent"));
+  httplib::Client http("127.0.0.1", port_);
+  struct Case {
+    std::string what, method, path, body;
+    int status;
+    std::string code;
+  };
+  std::string too_many = "{\"digests\":[";
+  for (int i = 0; i <= 1024; ++i) too_many += (i ? ",\"" : "\"") + absent + "\"";
+  too_many += "]}";
+  std::vector<Case> cases = {
+      {"bad digest", "GET", "/v1/chunks/xyz", "", 400, "invalid_argument"},
+      {"uppercase digest", "GET", "/v1/chunks/" + std::string(64, 'A'), "", 400, "invalid_argument"},
+      {"absent chunk", "GET", "/v1/chunks/" + absent, "", 404, "not_found"},
+      {"unknown image", "GET", "/v1/manifests/nope", "", 404, "not_found"},
+      {"bad image name", "GET", "/v1/manifests/-x", "", 400, "invalid_argument"},
+      {"unknown version", "GET", "/v1/manifests/tiny/99", "", 404, "not_found"},
+      {"bad version", "GET", "/v1/manifests/tiny/1x", "", 400, "invalid_argument"},
+      {"version zero", "GET", "/v1/manifests/tiny/0", "", 400, "invalid_argument"},
+      {"unknown route", "GET", "/v1/nothing", "", 404, "not_found"},
+      {"digest mismatch", "PUT", "/v1/chunks/" + absent, "not the content", 400, "invalid_argument"},
+      {"empty chunk", "PUT", "/v1/chunks/" + ChunkDigest(std::string()), "", 400, "invalid_argument"},
+      {"batch malformed", "POST", "/v1/chunks:batch", "{", 400, "invalid_argument"},
+      {"batch empty", "POST", "/v1/chunks:batch", "{\"digests\":[]}", 400, "invalid_argument"},
+      {"batch bad digest", "POST", "/v1/chunks:batch", "{\"digests\":[\"zero\"]}", 400, "invalid_argument"},
+      {"batch unknown field", "POST", "/v1/chunks:batch", "{\"digests\":[],\"x\":1}", 400, "invalid_argument"},
+      {"batch absent", "POST", "/v1/chunks:batch", "{\"digests\":[\"" + absent + "\"]}", 404, "not_found"},
+      {"batch too many", "POST", "/v1/chunks:batch", too_many, 400, "invalid_argument"},
+      {"missing bad", "POST", "/v1/chunks:missing", "{\"digests\":[1]}", 400, "invalid_argument"},
+      {"publish missing chunk", "POST", "/v1/manifests/tiny",
+       json{{"size", 10}, {"chunk_size", kChunk}, {"chunks", {absent}}}.dump(), 409, "failed_precondition"},
+      {"publish inconsistent", "POST", "/v1/manifests/tiny",
+       json{{"size", kChunk + 1}, {"chunk_size", kChunk}, {"chunks", {present}}}.dump(), 400, "invalid_argument"},
+      {"publish with version", "POST", "/v1/manifests/tiny",
+       json{{"size", 10}, {"chunk_size", kChunk}, {"chunks", {present}}, {"version", 5}}.dump(), 400,
+       "invalid_argument"},
+      {"publish bad name", "POST", "/v1/manifests/-b",
+       json{{"size", 10}, {"chunk_size", kChunk}, {"chunks", {present}}}.dump(), 400, "invalid_argument"},
+  };
+  for (const auto& c : cases) {
+    httplib::Result r = c.method == "GET"   ? http.Get(c.path.c_str())
+                        : c.method == "PUT" ? http.Put(c.path.c_str(), c.body, "application/octet-stream")
+                                            : http.Post(c.path.c_str(), c.body, "application/json");
+    ASSERT_TRUE(r) << c.what << ": " << httplib::to_string(r.error());
+    EXPECT_EQ(r->status, c.status) << c.what << ": " << r->body;
+    json body = json::parse(r->body, nullptr, false);
+    ASSERT_TRUE(body.is_object()) << c.what << ": " << r->body;
+    EXPECT_EQ(body["error"]["code"], c.code) << c.what << ": " << r->body;
+    EXPECT_TRUE(body["error"]["message"].is_string()) << c.what;
+  }
+  // An oversized body is refused from its Content-Length, before it is read;
+  // the client may see the 413 or, having the connection closed while it
+  // still writes, a write error.
+  auto big = http.Post("/v1/chunks:batch", std::string(2 << 20, ' '), "application/json");
+  if (big) {
+    EXPECT_EQ(big->status, 413);
+    EXPECT_EQ(json::parse(big->body)["error"]["code"], "payload_too_large");
+  }
+  EXPECT_EQ(catalog_->Versions("tiny")->size(), 1u);  // nothing was published by the bad requests
+  EXPECT_EQ(store_->stats().chunks, 1u);
+}
+
+TEST_F(ImageServerTest, ClientDetectsCorruptChunkRefetchesOnceThenFails) {
+  ImageServer::Options so;
+  so.verify_on_read = false;  // let the rot reach the client
+  StartServer(so);
+  std::string good = *store_->Put(TestBytes(kChunk, 1));
+  std::string bad = *store_->Put(TestBytes(kChunk, 2));
+  FlipByte(ChunkFile(bad), 12345);
+  auto client = Client();
+
+  std::vector<std::string> delivered;
+  Status st = client->FetchChunks({good, bad}, [&](const std::string& d, std::string) {
+    delivered.push_back(d);
+    return Status::Ok();
+  });
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ErrorCode::kInternal);
+  EXPECT_NE(st.error().message.find("corrupt chunk " + bad), std::string::npos) << st.error().message;
+  EXPECT_EQ(delivered, std::vector<std::string>{good});  // the corrupt one never reaches the sink
+  EXPECT_EQ(client->stats().verification_failures, 2u);  // batch copy + the refetch
+  EXPECT_EQ(client->stats().refetches, 1u);
+
+  auto single = client->FetchChunk(bad);
+  ASSERT_FALSE(single.ok());
+  EXPECT_EQ(client->stats().verification_failures, 4u);
+  EXPECT_EQ(client->stats().refetches, 2u);
+}
+
+TEST_F(ImageServerTest, ServerVerifiesAndQuarantinesCorruptChunk) {
+  StartServer();  // verify_on_read defaults to true
+  std::string bad = *store_->Put(TestBytes(kChunk, 2));
+  FlipByte(ChunkFile(bad), 7);
+  auto client = Client();
+  auto r = client->FetchChunk(bad);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kInternal);
+  EXPECT_NE(r.error().message.find("corrupt chunk"), std::string::npos) << r.error().message;
+  EXPECT_EQ(store_->stats().corrupt_reads, 1u);
+  EXPECT_EQ(client->stats().verification_failures, 0u);
+  // Quarantined, so a re-upload repairs it.
+  ASSERT_TRUE(client->PutChunk(bad, TestBytes(kChunk, 2)).ok());
+  EXPECT_TRUE(client->FetchChunk(bad).ok());
+}
+
+// A server that corrupts the first copy of each chunk it sends in a batch.
+TEST(ChunkClient, TransientCorruptionIsRepairedByOneRefetch) {
+  std::string data = TestBytes(5000, 9);
+  std::string digest = ChunkDigest(data);
+  httplib::Server fake;
+  fake.Post("/v1/chunks:batch", [&](const httplib::Request&, httplib::Response& res) {
+    std::string flipped = data;
+    flipped[10] ^= 1;
+    res.set_content(json{{"digests", {digest}}, {"lengths", {data.size()}}}.dump() + "\n" + flipped,
+                    "application/octet-stream");
+  });
+  fake.Get(R"(/v1/chunks/(.+))", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(data, "application/octet-stream");
+  });
+  int port = fake.bind_to_any_port("127.0.0.1");
+  std::thread t([&] { fake.listen_after_bind(); });
+  while (!fake.is_running()) std::this_thread::yield();
+  {
+    ChunkClient client("http://127.0.0.1:" + std::to_string(port), "");
+    std::string got;
+    Status st = client.FetchChunks({digest}, [&](const std::string&, std::string d) {
+      got = std::move(d);
+      return Status::Ok();
+    });
+    ASSERT_TRUE(st.ok()) << st.error().message;
+    EXPECT_EQ(got, data);
+    EXPECT_EQ(client.stats().verification_failures, 1u);
+    EXPECT_EQ(client.stats().refetches, 1u);
+  }  // closes the keep-alive connection, so stop() need not wait it out
+  fake.stop();
+  t.join();
+}
+
+TEST(ChunkBatch, EncodeDecodeRoundTrip) {
+  std::vector<std::string> asked = {ChunkDigest(std::string("a")), ChunkDigest(std::string("bb")),
+                                    ChunkDigest(std::string("ccc"))};
+  std::string body = EncodeBatchHeader({asked[0], asked[1]}, {1, 2}) + "abb";
+  auto entries = DecodeBatchAnswer(body, asked);
+  ASSERT_TRUE(entries.ok()) << entries.error().message;
+  ASSERT_EQ(entries->size(), 2u);  // a prefix: the client asks again for the rest
+  EXPECT_EQ(body.substr((*entries)[1].offset, (*entries)[1].length), "bb");
+  EXPECT_FALSE(DecodeBatchAnswer(body, {asked[1], asked[0]}).ok());  // out of order
+  EXPECT_FALSE(DecodeBatchAnswer(body, {asked[0]}).ok());             // more than asked
+  EXPECT_FALSE(DecodeBatchAnswer(body.substr(0, body.size() - 1), asked).ok());
+}
+
+// Hostile batch framing from a server is rejected, never trusted.
+TEST(ChunkClient, RejectsMalformedBatchAnswers) {
+  std::string data = TestBytes(100, 1);
+  std::string digest = ChunkDigest(data);
+  std::vector<std::string> answers = {
+      "no newline at all",
+      "{\"digests\":[],\"lengths\":[]}\n",
+      json{{"digests", {digest}}, {"lengths", {100}}}.dump() + "\n" + data.substr(0, 50),
+      json{{"digests", {digest}}, {"lengths", {100}}}.dump() + "\n" + data + "extra",
+      json{{"digests", {digest, digest}}, {"lengths", {100, 0}}}.dump() + "\n" + data,
+      json{{"digests", {ChunkDigest(std::string("x"))}}, {"lengths", {100}}}.dump() + "\n" + data,
+      json{{"digests", {digest}}, {"lengths", {-100}}}.dump() + "\n" + data,
+      json{{"digests", digest}, {"lengths", 100}}.dump() + "\n" + data,
+  };
+  size_t next = 0;
+  httplib::Server fake;
+  fake.Post("/v1/chunks:batch", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(answers[next], "application/octet-stream");
+  });
+  int port = fake.bind_to_any_port("127.0.0.1");
+  std::thread t([&] { fake.listen_after_bind(); });
+  while (!fake.is_running()) std::this_thread::yield();
+  {
+    ChunkClient client("http://127.0.0.1:" + std::to_string(port), "");
+    for (next = 0; next < answers.size(); ++next) {
+      int calls = 0;
+      Status st = client.FetchChunks({digest}, [&](const std::string&, std::string) {
+        calls++;
+        return Status::Ok();
+      });
+      EXPECT_FALSE(st.ok()) << "answer " << next;
+      EXPECT_EQ(calls, 0) << "answer " << next;
+    }
+  }
+  fake.stop();
+  t.join();
+}
+
+TEST(ChunkClient, UnreachableServerIsUnavailable) {
+  TestDir dir;
+  ChunkStore::Options so;
+  so.sync = false;
+  auto store = std::move(ChunkStore::Open(dir.path(), so)).value();
+  auto catalog = std::move(ImageCatalog::Open(dir.path())).value();
+  std::string url;
+  {
+    ImageServer server(*store, *catalog, {});
+    ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
+    url = server.url();
+  }  // stopped: the port now refuses connections
+  ChunkClient client(url, "");
+  auto r = client.FetchChunk(ChunkDigest(std::string("x")));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace vmgrid

@@ -1,0 +1,73 @@
+// ManifestBlockSource: the bytes of one published image version, for an NBD
+// export (nbd::BlockSource), assembled from its manifest's chunks through
+// the host's ChunkCache; a miss is fetched on demand (e.g. with
+// ChunkClient::FetchChunk) and verified by the cache. Zero chunks cost no
+// I/O. The last few chunks used stay in memory, so a run of small guest
+// reads inside one chunk costs one cache read and one hash check.
+//
+// Thread-safe (NBD calls Read from every connection's thread).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "chunks/chunk_cache.h"
+#include "chunks/manifest.h"
+#include "common/result.h"
+#include "nbd/block_source.h"
+
+namespace vmgrid {
+
+class ChunkClient;
+
+class ManifestBlockSource final : public nbd::BlockSource {
+ public:
+  struct Options {
+    size_t memory_chunks = 8;  // recently used chunks kept in memory
+    // Pin the manifest's chunks in the cache (pin id: the manifest digest)
+    // for the life of this object, so a running VM's image is never evicted.
+    bool pin = true;
+  };
+
+  // kInvalidArgument for an invalid manifest; Pin's errors.
+  static Result<std::shared_ptr<ManifestBlockSource>> Create(Manifest manifest, ChunkCache& cache,
+                                                             ChunkCache::FetchFn fetch, Options options);
+  static Result<std::shared_ptr<ManifestBlockSource>> Create(Manifest manifest, ChunkCache& cache,
+                                                             ChunkCache::FetchFn fetch) {
+    return Create(std::move(manifest), cache, std::move(fetch), Options());
+  }
+  ~ManifestBlockSource() override;  // unpins
+
+  uint64_t size() const override { return manifest_.size; }
+  // kInvalidArgument outside [0, size()); the cache's errors (kUnavailable
+  // when the image server is unreachable, kInternal for a chunk that cannot
+  // be verified). Never returns unverified bytes.
+  Status Read(uint64_t offset, size_t len, char* out) override;
+
+  const Manifest& manifest() const { return manifest_; }
+
+ private:
+  using ChunkData = std::shared_ptr<const std::string>;
+  ManifestBlockSource(Manifest manifest, ChunkCache& cache, ChunkCache::FetchFn fetch, Options options);
+  Result<ChunkData> Chunk(size_t index);
+
+  const Manifest manifest_;
+  std::string pin_id_;  // set once by Create; empty when not pinned
+  ChunkCache& cache_;
+  const ChunkCache::FetchFn fetch_;
+  const Options options_;
+
+  std::mutex mu_;
+  std::vector<std::pair<size_t, ChunkData>> recent_;  // most recent last; protected by mu_
+};
+
+// Brings every chunk of `m` that the cache lacks into it, in batches over
+// the client's parallel connections (a cold start without one round trip
+// per chunk). Safe to run while a ManifestBlockSource serves reads.
+Status PrefetchManifest(const Manifest& m, ChunkCache& cache, ChunkClient& client);
+
+}  // namespace vmgrid
