@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 #include <pwd.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -106,10 +107,19 @@ Status Agent::Start() {
   InstallRoutes();
   std::string host = options_.listen.substr(0, options_.listen.rfind(':'));
   int port = std::atoi(options_.listen.substr(options_.listen.rfind(':') + 1).c_str());
+  // cpp-httplib listens with a backlog of 5: bursts of clients would be
+  // reset. Widen it once the socket is bound.
+  int listen_fd = -1;
+  server_->set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
   if (port == 0) port = server_->bind_to_any_port(host.c_str());
   else if (!server_->bind_to_port(host.c_str(), port)) port = -1;
   if (port <= 0)
     return MakeError(ErrorCode::kUnavailable, "cannot listen on " + options_.listen);
+  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
+  server_->set_socket_options(httplib::default_socket_options);  // drop the capture
   url_ = "http://" + host + ":" + std::to_string(port);
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
 

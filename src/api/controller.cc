@@ -1,6 +1,7 @@
 #include "api/controller.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -98,11 +99,20 @@ Status Controller::Start() {
     return MakeError(ErrorCode::kInvalidArgument, "listen address must be HOST:PORT");
   std::string host = options_.listen.substr(0, colon);
   int port = std::atoi(options_.listen.substr(colon + 1).c_str());
+  // cpp-httplib listens with a backlog of 5: bursts of clients would be
+  // reset. Widen it once the socket is bound.
+  int listen_fd = -1;
+  server_->set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
   if (port == 0) port = server_->bind_to_any_port(host.c_str());
   else if (!server_->bind_to_port(host.c_str(), port)) port = -1;
   if (port <= 0)
     return MakeError(ErrorCode::kUnavailable,
                      "cannot listen on " + options_.listen + " (in use by another process?)");
+  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
+  server_->set_socket_options(httplib::default_socket_options);  // drop the capture
   url_ = "http://" + host + ":" + std::to_string(port);
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
   reconcile_thread_ = std::thread([this] { ReconcileLoop(); });

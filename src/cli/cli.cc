@@ -24,6 +24,7 @@
 #include "cli/exit_codes.h"
 #include "cli/format.h"
 #include "cli/options.h"
+#include "sim/sim_hosts.h"
 #include "common/result.h"
 
 namespace vmgrid {
@@ -1317,6 +1318,8 @@ struct Storage {
   ImportArgs import;
   VmCreateArgs create;
   QueryArgs query;
+  SimHostsOptions sim;
+  std::string sim_memory;
   bool leave_running = false;
   bool purge_workspace = false;
   bool no_wait = false;
@@ -1402,6 +1405,26 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     a->add_option("--vcpus", s.agent.vcpus, "vCPUs to offer (0: all)")->check(CLI::Range(0, 4096));
     a->add_option("--memory-mb", s.agent_memory, "Memory to offer, MiB or 4G (default: auto)")
         ->check(MemoryValidator());
+
+    auto* sh = leaf(&app, "sim-hosts", "Simulate N hosts for the controller (scale tests)", [&] {
+      if (!s.sim_memory.empty()) s.sim.memory_mb = static_cast<int64_t>(ParseMemoryMb(s.sim_memory).value());
+      return RunSimHosts(s.sim);
+    });
+    sh->add_option("--count", s.sim.count, "Number of simulated hosts")
+        ->check(CLI::Range(1, 1000000))->capture_default_str();
+    sh->add_option("--controller", s.sim.controller_url, "Controller base URL")->capture_default_str();
+    sh->add_option("--token-file", s.sim.token_file, "File with the agent token")->required();
+    sh->add_option("--listen", s.sim.listen, "Address to serve the agent API on")
+        ->check(ListenValidator())->capture_default_str();
+    sh->add_option("--name-prefix", s.sim.name_prefix, "Host name prefix")->capture_default_str();
+    sh->add_option("--vcpus", s.sim.vcpus, "vCPUs per host")->check(CLI::Range(1, 4096))->capture_default_str();
+    sh->add_option("--memory-mb", s.sim_memory, "Memory per host, MiB or 16G")->check(MemoryValidator());
+    sh->add_option("--sites", s.sim.sites, "Sites, assigned round-robin")->check(CLI::Range(1, 100000));
+    sh->add_option("--networks", s.sim.networks, "Network segments, round-robin")->check(CLI::Range(1, 100000));
+    sh->add_option("--heartbeat-interval", s.sim.heartbeat_interval_s, "Seconds between heartbeats")
+        ->check(CLI::Range(0.1, 9.0));
+    sh->add_option("--latency-ms", s.sim.op_latency_ms, "Fake latency of VM operations")
+        ->check(CLI::Range(0, 600000));
 
     auto* d = leaf(&app, "dev", "Run a controller and N agents on this machine (development)", [&] {
       if (s.dev.exit_after_demo) s.dev.demo = true;

@@ -25,6 +25,7 @@
 
 #include "cli/options.h"
 #include "cli/test_ports.h"
+#include "sim/sim_hosts.h"
 
 namespace vmgrid {
 
@@ -51,6 +52,7 @@ int RunDev(const DevOptions& o) {
   ++g_role_calls;
   return 44;
 }
+int RunSimHosts(const SimHostsOptions&) { return 45; }
 
 namespace {
 

@@ -1,0 +1,402 @@
+#include "sim/sim_hosts.h"
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+
+#include "cli/api_client.h"
+#include "common/http_json.h"
+#include "common/signals.h"
+#include "common/util.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using Req = httplib::Request;
+using Res = httplib::Response;
+
+namespace {
+
+// Every agent path of every simulated host: /sim/NAME/agent/v1...
+const std::string kHostPrefix = R"(/sim/([^/]+)/agent/v1)";
+
+// Same rule as the real agent: relative, no "..".
+Status CheckWorkspacePath(const std::string& rel) {
+  if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "bad workspace path '" + rel + "'");
+  return Status::Ok();
+}
+
+}  // namespace
+
+SimHosts::SimHosts(SimHostsOptions options) : options_(std::move(options)) {
+  for (int i = 0; i < options_.count; ++i) {
+    hosts_.push_back(std::make_unique<SimVmTable>(HostName(i)));
+    index_of_[HostName(i)] = i;
+  }
+  host_ids_.resize(hosts_.size());
+}
+
+SimHosts::~SimHosts() {
+  Shutdown();
+  Wait();
+}
+
+std::string SimHosts::HostName(int index) const {
+  return options_.name_prefix + std::to_string(index + 1);
+}
+
+std::string SimHosts::HostUrl(int index) const { return url_ + "/sim/" + HostName(index); }
+
+int SimHosts::IndexOf(const std::string& name) const {
+  auto it = index_of_.find(name);
+  return it == index_of_.end() ? -1 : it->second;
+}
+
+std::string SimHosts::HostId(int index) const {
+  std::lock_guard<std::mutex> l(ids_mu_);
+  return host_ids_[static_cast<size_t>(index)];
+}
+
+json SimHosts::Capacity(int index) const {
+  return {{"vcpus", options_.vcpus},
+          {"memory_mb", options_.memory_mb},
+          {"disk_mb", options_.disk_mb},
+          {"kvm", false},
+          {"site", "site-" + std::to_string(index % std::max(1, options_.sites) + 1)},
+          {"network", "net-" + std::to_string(index % std::max(1, options_.networks) + 1)},
+          {"arch", "x86_64"}};
+}
+
+json SimHosts::StatusJson(int index) const {
+  json vms = json::array();
+  for (const auto& s : hosts_[static_cast<size_t>(index)]->List()) vms.push_back(ToJson(s));
+  return {{"name", HostName(index)},
+          {"url", HostUrl(index)},
+          {"capacity", Capacity(index)},
+          {"vms", vms}};
+}
+
+SimHosts::Stats SimHosts::stats() const {
+  Stats s;
+  s.heartbeats_ok = heartbeats_ok_;
+  s.heartbeats_failed = heartbeats_failed_;
+  s.heartbeat_us_total = heartbeat_us_;
+  s.registered = registered_;
+  s.vm_operations = vm_ops_;
+  return s;
+}
+
+Status SimHosts::Start() {
+  if (options_.count < 1 || options_.count > 1'000'000)
+    return MakeError(ErrorCode::kInvalidArgument, "count must be 1..1000000");
+  if (options_.vcpus < 0 || options_.vcpus > 4096 || options_.memory_mb < 0 || options_.disk_mb < 0)
+    return MakeError(ErrorCode::kInvalidArgument, "capacity out of range");
+  if (options_.heartbeat_interval_s <= 0 || options_.heartbeat_threads < 0 ||
+      options_.server_threads < 1 || options_.op_latency_ms < 0)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "heartbeat interval, thread counts and latency must be positive");
+  VMG_RETURN_IF_ERROR(ValidateName("host", HostName(options_.count - 1)));
+  token_ = options_.token;
+  if (token_.empty()) {
+    auto t = ReadFile(options_.token_file, 4096);
+    if (!t.ok())
+      return MakeError(
+          ErrorCode::kUnauthenticated,
+          "cannot read the agent token from '" + options_.token_file +
+              "' (the controller writes it to STATE/agent.token): " + t.error().message);
+    token_ = *t;
+  }
+  while (!token_.empty() && isspace(static_cast<unsigned char>(token_.back()))) token_.pop_back();
+
+  server_ = std::make_unique<httplib::Server>();
+  int threads = options_.server_threads;
+  server_->new_task_queue = [threads] {
+    return new httplib::ThreadPool(static_cast<size_t>(threads));
+  };
+  InstallRoutes();
+  // cpp-httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, fixed
+  // in Debian's compiled library): a burst of connects (the controller runs
+  // creates on parallel threads, a connection each) overflows it and the
+  // kernel resets them. Remember the socket and listen again with a deep queue.
+  int listen_fd = -1;
+  server_->set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
+  auto colon = options_.listen.rfind(':');
+  if (colon == std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "listen address must be HOST:PORT");
+  std::string host = options_.listen.substr(0, colon);
+  int port = std::atoi(options_.listen.substr(colon + 1).c_str());
+  if (port == 0)
+    port = server_->bind_to_any_port(host.c_str());
+  else if (!server_->bind_to_port(host.c_str(), port))
+    port = -1;
+  if (port <= 0) return MakeError(ErrorCode::kUnavailable, "cannot listen on " + options_.listen);
+  if (listen_fd < 0 || ::listen(listen_fd, SOMAXCONN) != 0)
+    spdlog::warn("sim-hosts: cannot deepen the listen queue; bursts of connections may be reset");
+  url_ = "http://" + host + ":" + std::to_string(port);
+  server_thread_ = std::thread([this] { server_->listen_after_bind(); });
+  int threads_wanted = options_.heartbeat_threads;
+  if (threads_wanted == 0)
+    threads_wanted = std::clamp(
+        static_cast<int>(options_.count / options_.heartbeat_interval_s / 100) + 1, 2, 64);
+  heartbeat_thread_count_ = std::min(threads_wanted, options_.count);
+  for (int t = 0; t < heartbeat_thread_count_; ++t)
+    heartbeat_threads_.emplace_back([this, t] { HeartbeatLoop(t); });
+  return Status::Ok();
+}
+
+void SimHosts::Shutdown() {
+  {
+    std::lock_guard<std::mutex> l(stop_mu_);
+    stop_ = true;
+  }
+  stop_cv_.notify_all();
+  if (server_) server_->stop();
+}
+
+void SimHosts::Wait() {
+  for (auto& t : heartbeat_threads_)
+    if (t.joinable()) t.join();
+  if (server_thread_.joinable()) server_thread_.join();
+}
+
+// --- heartbeats -------------------------------------------------------------------
+
+void SimHosts::SendHeartbeat(const ApiClient& controller, int index) {
+  auto t0 = Clock::now();
+  auto r = controller.Post("/v1/agent/heartbeat", StatusJson(index));
+  if (!r.ok()) {
+    ++heartbeats_failed_;
+    if (!failing_.exchange(true))
+      spdlog::warn("sim-hosts: heartbeats to {} fail: {}", options_.controller_url,
+                   r.error().message);
+    return;
+  }
+  ++heartbeats_ok_;
+  heartbeat_us_ += std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+  if (failing_.exchange(false))
+    spdlog::info("sim-hosts: heartbeats to {} work again", options_.controller_url);
+  std::string id = r->value("host_id", "");
+  std::lock_guard<std::mutex> l(ids_mu_);
+  auto& slot = host_ids_[static_cast<size_t>(index)];
+  if (slot.empty() && !id.empty()) ++registered_;
+  slot = id;
+}
+
+// Thread t owns hosts t, t+K, t+2K...; round 0 registers them back to back,
+// later rounds spread them evenly over the interval (catching up without
+// sleeping when the controller is slower than the schedule).
+void SimHosts::HeartbeatLoop(int t) {
+  const int k = heartbeat_thread_count_;
+  std::vector<int> mine;
+  for (int i = t; i < options_.count; i += k) mine.push_back(i);
+  auto period = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(options_.heartbeat_interval_s));
+  ApiClient::Options o;
+  o.peer_name = "controller";
+  o.read_timeout_s = 10;
+  ApiClient controller(options_.controller_url, token_, o);
+  auto start = Clock::now();
+  for (int64_t round = 0;; ++round) {
+    for (size_t j = 0; j < mine.size(); ++j) {
+      auto due = round == 0
+                     ? start
+                     : start + period * round +
+                           period * static_cast<int64_t>(j) / static_cast<int64_t>(mine.size());
+      {
+        std::unique_lock<std::mutex> l(stop_mu_);
+        if (stop_cv_.wait_until(l, due, [this] { return stop_; })) return;
+      }
+      SendHeartbeat(controller, mine[j]);
+    }
+  }
+}
+
+// --- agent API ----------------------------------------------------------------------
+
+void SimHosts::InstallRoutes() {
+  auto& s = *server_;
+  s.set_payload_max_length(kMaxJsonBody);
+  s.set_read_timeout(30, 0);
+  s.set_write_timeout(60, 0);
+  // Only the controller (holding the agent token) may call an agent.
+  s.set_pre_routing_handler([this](const Req& req, Res& res) {
+    if (!ConstantTimeEquals(BearerToken(req), token_)) {
+      SendError(res, MakeError(ErrorCode::kUnauthenticated, "the agent API needs the agent token"));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  InstallJsonErrorHandlers(s);
+  s.set_error_handler([](const Req& req, Res& res) {
+    if (res.status == 404 && res.body.empty())
+      SendError(
+          res, MakeError(ErrorCode::kNotFound, "no such endpoint: " + req.method + " " + req.path));
+  });
+
+  // Resolves the host of a request (matches[1]); answers 404 when unknown.
+  auto find = [this](const Req& req, Res& res) -> SimVmTable* {
+    int i = IndexOf(req.matches[1]);
+    if (i < 0) {
+      SendError(res, MakeError(ErrorCode::kNotFound,
+                               "no simulated host '" + std::string(req.matches[1]) + "'"));
+      return nullptr;
+    }
+    return hosts_[static_cast<size_t>(i)].get();
+  };
+  auto body = [](const Req& req, Res& res) -> std::optional<json> {
+    auto j = ParseJsonObject(req.body);
+    if (!j.ok()) {
+      SendError(res, j.error());
+      return std::nullopt;
+    }
+    return *j;
+  };
+  // Fake latency of a VM operation, counted.
+  auto operate = [this] {
+    ++vm_ops_;
+    if (options_.op_latency_ms > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(options_.op_latency_ms));
+  };
+  auto reply = [](Res& res, const Result<VmStatus>& r) {
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, 200, ToJson(*r));
+  };
+
+  s.Get(kHostPrefix + "/status", [this](const Req& req, Res& res) {
+    int i = IndexOf(req.matches[1]);
+    if (i < 0)
+      return SendError(res, MakeError(ErrorCode::kNotFound,
+                                      "no simulated host '" + std::string(req.matches[1]) + "'"));
+    SendJson(res, 200, StatusJson(i));
+  });
+  s.Post(kHostPrefix + "/vms", [=](const Req& req, Res& res) {
+    SimVmTable* h = find(req, res);
+    if (!h) return;
+    auto j = body(req, res);
+    if (!j) return;
+    auto spec = VmSpecFromJson(*j);
+    if (!spec.ok()) return SendError(res, spec.error());
+    if (spec->disk_mode == "persistent") {
+      if (auto st = CheckWorkspacePath(spec->workspace_path); !st.ok())
+        return SendError(res, st.error());
+      spec->workspace_path = "/sim/" + h->host_name() + "/workspaces/" + spec->workspace_path;
+    }
+    operate();
+    reply(res, h->Create(*spec));
+  });
+  s.Post(
+      kHostPrefix + R"(/vms/([^/]+)/(stop|checkpoint|resume|exec))", [=](const Req& req, Res& res) {
+        SimVmTable* h = find(req, res);
+        if (!h) return;
+        auto j = body(req, res);
+        if (!j) return;
+        std::string id = req.matches[2], action = req.matches[3];
+        operate();
+        if (action == "stop") return reply(res, h->Stop(id));
+        if (action == "resume") return reply(res, h->Resume(id));
+        if (action == "checkpoint")
+          return reply(res, h->Checkpoint(id, j->value("leave_running", false)));
+        std::vector<std::string> argv;
+        try {
+          argv = j->value("argv", std::vector<std::string>{});
+        } catch (const json::exception&) {
+          return SendError(
+              res, MakeError(ErrorCode::kInvalidArgument, "argv must be a list of strings"));
+        }
+        auto r = h->Exec(id, argv);
+        if (!r.ok()) return SendError(res, r.error());
+        SendJson(res, 200, {{"exit_code", r->exit_code}, {"stdout", r->out}, {"stderr", r->err}});
+      });
+  s.Get(kHostPrefix + R"(/vms/([^/]+)/checkpoint)", [=](const Req& req, Res& res) {
+    SimVmTable* h = find(req, res);
+    if (!h) return;
+    auto dir = h->CheckpointDir(req.matches[2]);
+    if (!dir.ok()) return SendError(res, dir.error());
+    SendJson(res, 200, {{"dir", *dir}});
+  });
+  s.Delete(kHostPrefix + R"(/vms/([^/]+))", [=](const Req& req, Res& res) {
+    SimVmTable* h = find(req, res);
+    if (!h) return;
+    operate();
+    Status st = h->Destroy(req.matches[2]);
+    if (!st.ok()) return SendError(res, st.error());
+    SendJson(res, 204, nullptr);
+  });
+  s.Post(kHostPrefix + "/image-checkpoints", [=](const Req& req, Res& res) {
+    SimVmTable* h = find(req, res);
+    if (!h) return;
+    auto j = body(req, res);
+    if (!j) return;
+    auto parsed =
+        VmSpecFromJson({{"id", "image-checkpoint"}, {"image", j->value("image", json::object())}});
+    if (!parsed.ok()) return SendError(res, parsed.error());
+    std::string target = j->value("target_dir", "");
+    if (target.empty() || target[0] != '/')
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "target_dir must be absolute"));
+    operate();  // pretends: nothing is written to target_dir
+    SendJson(res, 200, {{"dir", target}});
+  });
+  s.Delete(kHostPrefix + "/workspaces", [=](const Req& req, Res& res) {
+    SimVmTable* h = find(req, res);
+    if (!h) return;
+    std::string rel = req.get_param_value("path");
+    if (auto st = CheckWorkspacePath(rel); !st.ok()) return SendError(res, st.error());
+    Status st = h->DeleteWorkspace("/sim/" + h->host_name() + "/workspaces/" + rel);
+    if (!st.ok()) return SendError(res, st.error());
+    SendJson(res, 204, nullptr);
+  });
+}
+
+int RunSimHosts(const SimHostsOptions& options) {
+  InstallTerminationHandlers();
+  SimHosts sim(options);
+  Status st = sim.Start();
+  if (!st.ok()) {
+    spdlog::error("sim-hosts: {}", st.error().message);
+    return 1;
+  }
+  spdlog::info(
+      "sim-hosts: {} simulated hosts at {}/sim/{}1..{} registering with {} (heartbeat every {} s)",
+      options.count, sim.url(), options.name_prefix, options.count, options.controller_url,
+      options.heartbeat_interval_s);
+  // A line of progress every 30 s until told to stop.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread reporter([&] {
+    std::unique_lock<std::mutex> l(mu);
+    while (!cv.wait_for(l, std::chrono::seconds(30), [&] { return done; })) {
+      auto s = sim.stats();
+      spdlog::info(
+          "sim-hosts: {}/{} registered, {} heartbeats ok ({:.1f} ms mean), {} failed, {} VM "
+          "operations",
+          s.registered, options.count, s.heartbeats_ok,
+          s.heartbeats_ok ? static_cast<double>(s.heartbeat_us_total) / 1000.0 /
+                                static_cast<double>(s.heartbeats_ok)
+                          : 0.0,
+          s.heartbeats_failed, s.vm_operations);
+    }
+  });
+  WaitForTermination();
+  {
+    std::lock_guard<std::mutex> l(mu);
+    done = true;
+  }
+  cv.notify_all();
+  reporter.join();
+  sim.Shutdown();
+  sim.Wait();
+  spdlog::info("sim-hosts stopped");
+  return 0;
+}
+
+}  // namespace vmgrid

@@ -1,0 +1,147 @@
+// SimHosts (`vmgrid sim-hosts`): one process that plays N host agents, so one
+// machine can register thousands of hosts with a real controller and exercise
+// its heartbeat handling, information service and placement. VMs are
+// pretended (SimVmTable): operations succeed at once, after an optional fake
+// latency, and heartbeats report them.
+//
+// All hosts share one listening port; host i has the URL
+// http://HOST:PORT/sim/NAME and serves the agent API under it
+// (/sim/NAME/agent/v1/..., the same paths, JSON and agent-token check as
+// src/agent/agent.cc). The controller appends agent paths to a host's URL
+// (ApiClient keeps a base URL's path prefix), so it needs no change.
+//
+// Heartbeats: at Start() every host registers at once (as fast as the
+// controller answers); after that each host heartbeats every
+// `heartbeat_interval_s`, spread evenly over the interval and over the
+// heartbeat threads. Capacity is the same for every host; host i is
+// in site-(i % sites + 1) and on network segment net-(i % networks + 1).
+//
+// Thread-safe: HTTP handlers and heartbeats run on their own threads; the
+// public methods may be called from any thread after Start().
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "common/result.h"
+#include "sim/sim_vm_table.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace vmgrid {
+
+class ApiClient;
+
+struct SimHostsOptions {
+  // Controller to register with.
+  std::string controller_url = "http://127.0.0.1:8470";
+  // File holding the agent token (the controller writes STATE/agent.token).
+  std::string token_file;
+  // The agent token itself; when set, token_file is not read (in-process use).
+  std::string token;
+  // Address to serve all simulated hosts on, "HOST:PORT"; port 0 picks one.
+  std::string listen = "127.0.0.1:0";
+  int count = 100;
+  // Hosts are named PREFIX1 .. PREFIXcount.
+  std::string name_prefix = "sim-";
+  // Capacity of every host.
+  int vcpus = 8;
+  int64_t memory_mb = 16384;
+  int64_t disk_mb = 102400;
+  // Round-robin attributes: site-1..site-S, net-1..net-M.
+  int sites = 10;
+  int networks = 50;
+  // Seconds between two heartbeats of one host. The controller marks a host
+  // down after 10 s without one.
+  double heartbeat_interval_s = 5;
+  // Threads sending heartbeats, each one request at a time. 0: one per 100
+  // heartbeats/s of schedule (2..64), so a slow controller round trip does
+  // not by itself make the schedule slip.
+  int heartbeat_threads = 0;
+  // Fake duration of every VM operation (create, stop, checkpoint, resume,
+  // delete, exec, image checkpoint).
+  int op_latency_ms = 0;
+  // Threads answering agent API requests.
+  int server_threads = 16;
+};
+
+class SimHosts {
+ public:
+  explicit SimHosts(SimHostsOptions options);
+  ~SimHosts();
+  SimHosts(const SimHosts&) = delete;
+  SimHosts& operator=(const SimHosts&) = delete;
+
+  // Reads the token, binds the listen address, starts serving and
+  // heartbeating. Fails without side effects (nothing listens).
+  Status Start();
+  // Stops heartbeats and the server; returns at once. Wait() joins.
+  void Shutdown();
+  void Wait();
+
+  int count() const { return options_.count; }
+  // http://HOST:PORT (valid after Start).
+  const std::string& url() const { return url_; }
+  std::string HostName(int index) const;
+  std::string HostUrl(int index) const;
+  // Index of a host by name, or -1.
+  int IndexOf(const std::string& name) const;
+  SimVmTable& host(int index) { return *hosts_[static_cast<size_t>(index)]; }
+  // The id the controller gave host `index` in its last heartbeat answer
+  // ("" before the first successful heartbeat).
+  std::string HostId(int index) const;
+
+  // The heartbeat body of host `index` (also GET .../agent/v1/status).
+  nlohmann::json StatusJson(int index) const;
+
+  struct Stats {
+    int64_t heartbeats_ok = 0;
+    int64_t heartbeats_failed = 0;
+    int64_t heartbeat_us_total = 0;  // summed round trips of successful heartbeats
+    int registered = 0;              // hosts with at least one successful heartbeat
+    int64_t vm_operations = 0;       // agent API calls that changed a VM
+  };
+  Stats stats() const;
+
+ private:
+  void InstallRoutes();
+  void HeartbeatLoop(int thread_index);
+  void SendHeartbeat(const ApiClient& controller, int index);
+  nlohmann::json Capacity(int index) const;
+
+  SimHostsOptions options_;
+  std::string token_;
+  std::string url_;
+  std::vector<std::unique_ptr<SimVmTable>> hosts_;
+  std::unordered_map<std::string, int> index_of_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread server_thread_;
+  std::vector<std::thread> heartbeat_threads_;
+  int heartbeat_thread_count_ = 0;
+
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stop_ = false;  // guarded by stop_mu_
+
+  mutable std::mutex ids_mu_;
+  std::vector<std::string> host_ids_;  // guarded by ids_mu_
+
+  std::atomic<int64_t> heartbeats_ok_{0}, heartbeats_failed_{0}, heartbeat_us_{0}, vm_ops_{0};
+  std::atomic<int> registered_{0};
+  std::atomic<bool> failing_{false};
+};
+
+// Runs SimHosts until SIGINT/SIGTERM; returns the process exit code.
+int RunSimHosts(const SimHostsOptions& options);
+
+}  // namespace vmgrid

@@ -1,0 +1,133 @@
+#include "sim/sim_vm_table.h"
+
+namespace vmgrid {
+
+Result<SimVmTable::Entry*> SimVmTable::FindLocked(const std::string& id) {
+  auto it = vms_.find(id);
+  if (it == vms_.end()) return MakeError(ErrorCode::kNotFound, "VM " + id + " is not on this host");
+  return &it->second;
+}
+
+Result<VmStatus> SimVmTable::Create(const VmSpec& spec) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (vms_.count(spec.id))
+    return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
+  Entry e;
+  e.status.id = spec.id;
+  e.status.owner_id = spec.owner_id;
+  e.status.name = spec.name;
+  e.status.state = "running";
+  e.status.vcpus = spec.vcpus;
+  e.status.memory_mb = spec.memory_mb;
+  if (spec.disk_mode == "persistent") e.workspace_path = spec.workspace_path;
+  VmStatus out = e.status;
+  vms_.emplace(spec.id, std::move(e));
+  return out;
+}
+
+Result<VmStatus> SimVmTable::Stop(const std::string& id) {
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  if (e->status.state != "running")
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + e->status.state + ", not running");
+  e->status.state = "stopped";
+  return e->status;
+}
+
+Result<VmStatus> SimVmTable::Checkpoint(const std::string& id, bool leave_running) {
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  if (e->status.state != "running")
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + e->status.state + ", not running");
+  e->status.has_checkpoint = true;
+  if (!leave_running) e->status.state = "suspended";
+  return e->status;
+}
+
+Result<VmStatus> SimVmTable::Resume(const std::string& id) {
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  if (e->status.state != "suspended" && e->status.state != "stopped")
+    return MakeError(
+        ErrorCode::kFailedPrecondition,
+        "VM " + id + " is " + e->status.state + "; only a stopped or suspended VM can be resumed");
+  e->status.state = "running";
+  return e->status;
+}
+
+Status SimVmTable::Destroy(const std::string& id) {
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_RETURN_IF_ERROR(FindLocked(id));
+  vms_.erase(id);
+  return Status::Ok();
+}
+
+Result<ExecResult> SimVmTable::Exec(const std::string& id, const std::vector<std::string>& argv) {
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  if (e->status.state != "running")
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + e->status.state + ", not running");
+  ExecResult r;
+  r.out = "simulated host " + host_name_ + ", VM " + id + ":";
+  for (const auto& a : argv) r.out += " " + a;
+  r.out += "\n";
+  return r;
+}
+
+Result<std::string> SimVmTable::CheckpointDir(const std::string& id) {
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  if (!e->status.has_checkpoint)
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " has no checkpoint");
+  return "/sim/" + host_name_ + "/vms/" + id + "/checkpoint";
+}
+
+Status SimVmTable::DeleteWorkspace(const std::string& path) {
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& [id, e] : vms_)
+    if (!e.workspace_path.empty() && e.workspace_path == path)
+      return MakeError(ErrorCode::kFailedPrecondition, "workspace is in use by VM " + id);
+  return Status::Ok();
+}
+
+Status SimVmTable::Adopt(const VmStatus& status) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (status.id.empty()) return MakeError(ErrorCode::kInvalidArgument, "a VM needs an id");
+  if (!vms_.emplace(status.id, Entry{status, ""}).second)
+    return MakeError(ErrorCode::kAlreadyExists, "VM " + status.id + " already exists on this host");
+  return Status::Ok();
+}
+
+std::vector<VmStatus> SimVmTable::List() const {
+  std::lock_guard<std::mutex> l(mu_);
+  std::vector<VmStatus> out;
+  out.reserve(vms_.size());
+  for (const auto& [id, e] : vms_) out.push_back(e.status);
+  return out;
+}
+
+size_t SimVmTable::size() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return vms_.size();
+}
+
+int SimVmTable::used_vcpus() const {
+  std::lock_guard<std::mutex> l(mu_);
+  int n = 0;
+  for (const auto& [id, e] : vms_)
+    if (e.status.state != "error") n += e.status.vcpus;
+  return n;
+}
+
+int64_t SimVmTable::used_memory_mb() const {
+  std::lock_guard<std::mutex> l(mu_);
+  int64_t n = 0;
+  for (const auto& [id, e] : vms_)
+    if (e.status.state != "error") n += e.status.memory_mb;
+  return n;
+}
+
+}  // namespace vmgrid

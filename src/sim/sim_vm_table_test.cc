@@ -1,0 +1,97 @@
+#include "sim/sim_vm_table.h"
+
+#include <gtest/gtest.h>
+
+namespace vmgrid {
+namespace {
+
+VmSpec Spec(const std::string& id, int vcpus = 1, int64_t memory_mb = 256) {
+  VmSpec s;
+  s.id = id;
+  s.name = id;
+  s.owner_id = "usr-1";
+  s.vcpus = vcpus;
+  s.memory_mb = memory_mb;
+  s.image.disk = "/images/x/disk.raw";
+  return s;
+}
+
+TEST(SimVmTable, CreateRunsAtOnceAndRefusesDuplicates) {
+  SimVmTable t("sim-1");
+  auto r = t.Create(Spec("vm-a", 2, 512));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->state, "running");
+  EXPECT_EQ(r->vcpus, 2);
+  EXPECT_EQ(r->memory_mb, 512);
+  auto again = t.Create(Spec("vm-a"));
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code, ErrorCode::kAlreadyExists);
+  EXPECT_EQ(t.size(), 1u);
+}
+
+TEST(SimVmTable, LifecycleFollowsTheAgentStateMachine) {
+  SimVmTable t("sim-1");
+  ASSERT_TRUE(t.Create(Spec("vm-a")).ok());
+  // Resume needs stopped or suspended.
+  EXPECT_EQ(t.Resume("vm-a").error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(t.CheckpointDir("vm-a").error().code, ErrorCode::kFailedPrecondition);
+
+  auto c = t.Checkpoint("vm-a", /*leave_running=*/true);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->state, "running");
+  EXPECT_TRUE(c->has_checkpoint);
+  auto dir = t.CheckpointDir("vm-a");
+  ASSERT_TRUE(dir.ok());
+  EXPECT_EQ(*dir, "/sim/sim-1/vms/vm-a/checkpoint");
+
+  EXPECT_EQ(t.Checkpoint("vm-a", false)->state, "suspended");
+  EXPECT_EQ(t.Stop("vm-a").error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(t.Exec("vm-a", {"true"}).error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(t.Resume("vm-a")->state, "running");
+  EXPECT_EQ(t.Stop("vm-a")->state, "stopped");
+  EXPECT_EQ(t.Resume("vm-a")->state, "running");
+
+  auto e = t.Exec("vm-a", {"echo", "hi"});
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(e->exit_code, 0);
+  EXPECT_NE(e->out.find("echo hi"), std::string::npos);
+
+  ASSERT_TRUE(t.Destroy("vm-a").ok());
+  EXPECT_EQ(t.size(), 0u);
+  EXPECT_EQ(t.Destroy("vm-a").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(t.Stop("vm-a").error().code, ErrorCode::kNotFound);
+}
+
+TEST(SimVmTable, UsageCountsEveryVmButFailedOnes) {
+  SimVmTable t("sim-1");
+  ASSERT_TRUE(t.Create(Spec("vm-a", 1, 256)).ok());
+  ASSERT_TRUE(t.Create(Spec("vm-b", 2, 1024)).ok());
+  VmStatus failed;
+  failed.id = "vm-c";
+  failed.state = "error";
+  failed.vcpus = 4;
+  failed.memory_mb = 4096;
+  ASSERT_TRUE(t.Adopt(failed).ok());
+  EXPECT_EQ(t.Adopt(failed).error().code, ErrorCode::kAlreadyExists);
+  EXPECT_EQ(t.size(), 3u);
+  EXPECT_EQ(t.used_vcpus(), 3);
+  EXPECT_EQ(t.used_memory_mb(), 1280);
+  auto list = t.List();
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0].id, "vm-a");  // sorted by id
+}
+
+TEST(SimVmTable, WorkspaceInUseCannotBeDeleted) {
+  SimVmTable t("sim-1");
+  VmSpec s = Spec("vm-a");
+  s.disk_mode = "persistent";
+  s.workspace_path = "/sim/sim-1/workspaces/u/ws.qcow2";
+  ASSERT_TRUE(t.Create(s).ok());
+  EXPECT_EQ(t.DeleteWorkspace(s.workspace_path).error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_TRUE(t.DeleteWorkspace("/sim/sim-1/workspaces/u/other.qcow2").ok());
+  ASSERT_TRUE(t.Destroy("vm-a").ok());
+  EXPECT_TRUE(t.DeleteWorkspace(s.workspace_path).ok());
+}
+
+}  // namespace
+}  // namespace vmgrid
