@@ -480,6 +480,17 @@ Status Store::DeleteImage(const std::string& id) {
 
 // --- VMs ------------------------------------------------------------------------
 
+Status Store::InsertVmLocked(const Vm& vm) {
+  auto r = db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
+                     VmValues(vm));
+  if (!r.ok()) {
+    if (r.error().code == ErrorCode::kAlreadyExists)
+      return MakeError(ErrorCode::kAlreadyExists, "a VM named '" + vm.name + "' already exists");
+    return r.error();
+  }
+  return Status::Ok();
+}
+
 Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candidates) {
   std::lock_guard<std::mutex> lock(mu_);
   SqlTransaction tx(db_.get());
@@ -496,13 +507,7 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     if (h.vcpus - h.reserved_vcpus < vm.vcpus) continue;
     if (h.memory_mb - h.reserved_memory_mb < vm.memory_mb) continue;
     vm.host_id = h.id;
-    auto r = db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
-                      VmValues(vm));
-    if (!r.ok()) {
-      if (r.error().code == ErrorCode::kAlreadyExists)
-        return MakeError(ErrorCode::kAlreadyExists, "a VM named '" + vm.name + "' already exists");
-      return r.error();
-    }
+    VMG_RETURN_IF_ERROR(InsertVmLocked(vm));
     VMG_RETURN_IF_ERROR(tx.Commit());
     return vm;
   }
@@ -545,15 +550,7 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
       }
     }
     if (!all) continue;
-    for (const auto& vm : placed) {
-      auto r = db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
-                        VmValues(vm));
-      if (!r.ok()) {
-        if (r.error().code == ErrorCode::kAlreadyExists)
-          return MakeError(ErrorCode::kAlreadyExists, "a VM named '" + vm.name + "' already exists");
-        return r.error();
-      }
-    }
+    for (const auto& vm : placed) VMG_RETURN_IF_ERROR(InsertVmLocked(vm));
     VMG_RETURN_IF_ERROR(tx.Commit());
     return placed;
   }

@@ -113,6 +113,8 @@ class Store {
  private:
   explicit Store(SqlBackendPtr db) : db_(std::move(db)) {}
   Status Migrate();
+  // Inserts one VM row; a taken name is kAlreadyExists. Caller holds mu_.
+  Status InsertVmLocked(const Vm& vm);
   Result<Vm> GetVmLocked(const std::string& ref, const OwnerFilter& owner);
 
   std::mutex mu_;
