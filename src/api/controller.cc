@@ -325,17 +325,6 @@ void Controller::InstallRoutes() {
     return httplib::Server::HandlerResponse::Unhandled;
   });
   InstallJsonErrorHandlers(s);
-  s.set_error_handler([](const Req& req, Res& res) {
-    if (!res.body.empty()) return;
-    if (res.status == 404)
-      SendError(res, MakeError(ErrorCode::kNotFound, "no such endpoint: " + req.method + " " + req.path));
-    else if (res.status == 413)
-      SendJson(res, 413, {{"error", {{"code", "payload_too_large"}, {"message", "request body too large"}}}});
-    else if (res.status >= 400)
-      SendJson(res, res.status,
-               json{{"error", {{"code", res.status < 500 ? "invalid_argument" : "internal"},
-                               {"message", "HTTP " + std::to_string(res.status)}}}});
-  });
 
   s.Get("/v1/health", [](const Req&, Res& res) {
     SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});

@@ -165,17 +165,6 @@ void ImageServer::InstallRoutes() {
     return httplib::Server::HandlerResponse::Unhandled;
   });
   InstallJsonErrorHandlers(s);
-  s.set_error_handler([](const Req& req, Res& res) {
-    if (!res.body.empty()) return;
-    if (res.status == 404)
-      SendError(res, MakeError(ErrorCode::kNotFound, "no such endpoint: " + req.method + " " + req.path));
-    else if (res.status == 413)
-      SendJson(res, 413, {{"error", {{"code", "payload_too_large"}, {"message", "request body too large"}}}});
-    else
-      SendJson(res, res.status,
-               {{"error", {{"code", res.status < 500 ? "invalid_argument" : "internal"},
-                           {"message", "HTTP " + std::to_string(res.status)}}}});
-  });
 
   s.Get("/v1/stats", [this](const Req&, Res& res) { SendJson(res, 200, StatsJson()); });
 

@@ -41,6 +41,19 @@ void InstallJsonErrorHandlers(httplib::Server& server) {
     }
     SendError(res, MakeError(ErrorCode::kInternal, "internal error: " + what));
   });
+  // Answers httplib produces itself (no route, body too large) get the same
+  // JSON error body as ours.
+  server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    if (res.status == 404)
+      SendError(res, MakeError(ErrorCode::kNotFound, "no such endpoint: " + req.method + " " + req.path));
+    else if (res.status == 413)
+      SendJson(res, 413, {{"error", {{"code", "payload_too_large"}, {"message", "request body too large"}}}});
+    else if (res.status >= 400)
+      SendJson(res, res.status,
+               nlohmann::json{{"error", {{"code", res.status < 500 ? "invalid_argument" : "internal"},
+                                         {"message", "HTTP " + std::to_string(res.status)}}}});
+  });
 }
 
 std::string BearerToken(const httplib::Request& req) {

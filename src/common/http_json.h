@@ -26,7 +26,8 @@ void SendError(httplib::Response& res, const Error& error);
 void SendJson(httplib::Response& res, int status, const nlohmann::json& body);
 
 // An exception escaping a handler (a bug) answers 500 with the JSON error
-// body instead of an empty response.
+// body instead of an empty response, and httplib's own error answers (404
+// without a route, 413) carry the JSON error body too.
 void InstallJsonErrorHandlers(httplib::Server& server);
 
 // "Bearer TOKEN" -> TOKEN, or "" when absent/malformed.
