@@ -16,11 +16,16 @@
 //
 // Prints a markdown table and writes it into docs/benchmarks.md.
 //
-// Usage: infosvc [--hosts N] [--vms N] [--placement-hosts N] [--placements N]
+// Usage: infosvc [--backend sqlite|postgres] [--pg-url URL]
+//                [--hosts N] [--vms N] [--placement-hosts N] [--placements N]
 //                [--runs N] [--clients N] [--heartbeat-interval S]
 //                [--naive-timeout S] [--query-budget S] [--skip-queries] [--skip-placement]
 //                [--no-write] [--docs PATH]
 // VMGRID_BINARY in the environment overrides the `vmgrid` binary to run.
+// --backend postgres runs the controller on PostgreSQL: --pg-url (default
+// $VMGRID_TEST_PG_URL, e.g. from scripts/pg-test-server.sh) names a database
+// whose role may CREATE DATABASE; each phase gets a fresh database of its own,
+// dropped afterwards.
 
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -56,6 +61,8 @@ using std::chrono::seconds;
 namespace {
 
 struct Flags {
+  std::string backend = "sqlite";
+  std::string pg_url = getenv("VMGRID_TEST_PG_URL") ? getenv("VMGRID_TEST_PG_URL") : "";
   int hosts = 10'000;
   int vms = 100'000;
   int placement_hosts = 5'000;
@@ -178,8 +185,45 @@ int CountInFile(const std::string& path, const std::string& needle) {
   return n;
 }
 
-std::unique_ptr<ControllerProcess> StartController(const std::string& dir) {
+// `url` with its database replaced by `db` (libpq URI: scheme://auth/db?params).
+std::string WithDatabase(const std::string& url, const std::string& db) {
+  size_t auth = url.find("://") + 3;
+  size_t path = url.find_first_of("/?", auth);
+  if (path == std::string::npos) return url + "/" + db;
+  size_t query = url.find('?', path);
+  return url.substr(0, path) + "/" + db + (query == std::string::npos ? "" : url.substr(query));
+}
+
+// The controller's database for one phase: "" (SQLite in its state
+// directory) or a fresh PostgreSQL database, dropped by the destructor.
+class PhaseDatabase {
+ public:
+  PhaseDatabase(const Flags& f, const std::string& phase) {
+    if (f.backend != "postgres") return;
+    if (f.pg_url.empty()) Die("--backend postgres needs --pg-url or VMGRID_TEST_PG_URL");
+    admin_url_ = f.pg_url;
+    name_ = "vmgrid_bench_" + phase + "_" + std::to_string(getpid());
+    auto admin = Must(OpenSqlBackend(admin_url_), "connect to " + RedactTarget(admin_url_));
+    if (auto st = admin->ExecScript("DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)"); !st.ok())
+      Die(st.error().message);
+    if (auto st = admin->ExecScript("CREATE DATABASE " + name_); !st.ok()) Die(st.error().message);
+    target_ = WithDatabase(admin_url_, name_);
+  }
+  ~PhaseDatabase() {
+    if (name_.empty()) return;
+    auto admin = OpenSqlBackend(admin_url_);
+    if (admin.ok()) (void)(*admin)->ExecScript("DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");
+  }
+  const std::string& target() const { return target_; }
+
+ private:
+  std::string admin_url_, name_, target_;
+};
+
+std::unique_ptr<ControllerProcess> StartController(const std::string& dir,
+                                                   const std::string& database) {
   ControllerProcessOptions o;
+  o.database = database;
   o.vmgrid_binary = getenv("VMGRID_BINARY") ? getenv("VMGRID_BINARY") : VMGRID_BINARY;
   o.state_dir = dir + "/controller";
   o.log_path = dir + "/controller.log";
@@ -232,7 +276,8 @@ QueryPhaseResult RunQueries(const Flags& f) {
   std::string dir = f.state_dir + "/query";
   (void)RemoveTree(dir);
   if (!MakeDirs(dir).ok()) Die("mkdir " + dir);
-  auto controller = StartController(dir);
+  PhaseDatabase database(f, "query");
+  auto controller = StartController(dir, database.target());
   ApiClient admin(controller->url(), controller->admin_token());
 
   std::vector<std::string> user_ids;
@@ -528,7 +573,8 @@ PlacementResult RunPlacement(const Flags& f) {
   std::string dir = f.state_dir + "/placement";
   (void)RemoveTree(dir);
   if (!MakeDirs(dir).ok()) Die("mkdir " + dir);
-  auto controller = StartController(dir);
+  PhaseDatabase database(f, "placement");
+  auto controller = StartController(dir, database.target());
   ApiClient admin(controller->url(), controller->admin_token());
   CreateImage(admin, "debian", WriteBootableDisk(dir + "/disk.raw"));
   SimHosts sim(SimOptions(*controller, f, f.placement_hosts, 16, 64 * 1024));
@@ -593,7 +639,7 @@ PlacementResult RunPlacement(const Flags& f) {
 int main(int argc, char** argv) {
   Flags f;
   const char* kUsage =
-      "usage: infosvc [--hosts N] [--vms N] [--placement-hosts N] [--placements N] [--runs N] "
+      "usage: infosvc [--backend sqlite|postgres] [--pg-url URL] [--hosts N] [--vms N] [--placement-hosts N] [--placements N] [--runs N] "
       "[--clients N] [--heartbeat-interval S] [--naive-timeout S] [--query-budget S] "
       "[--skip-queries] [--skip-placement] [--no-write] [--docs PATH]";
   auto usage = [&] { Die(kUsage); };
@@ -603,7 +649,12 @@ int main(int argc, char** argv) {
     if (a == "--help" || a == "-h") {
       std::printf("%s\n", kUsage);
       return 0;
-    } else if (a == "--hosts" && has)
+    } else if (a == "--backend" && has) {
+      f.backend = argv[++i];
+      if (f.backend != "sqlite" && f.backend != "postgres") usage();
+    } else if (a == "--pg-url" && has)
+      f.pg_url = argv[++i];
+    else if (a == "--hosts" && has)
       f.hosts = std::max(1, std::atoi(argv[++i]));
     else if (a == "--vms" && has)
       f.vms = std::max(0, std::atoi(argv[++i]));
@@ -638,7 +689,9 @@ int main(int argc, char** argv) {
 
   std::ostringstream md;
   md << "Date: " << FormatTimeMs(NowMs()).substr(0, 10) << ". Machine: " << MachineLine()
-     << ". Controller: the built `vmgrid controller` (SQLite store); hosts: SimHosts in the "
+     << ". Controller: the built `vmgrid controller` ("
+     << (f.backend == "postgres" ? "PostgreSQL 15 store, local server, fsync off" : "SQLite store")
+     << "); hosts: SimHosts in the "
         "benchmark "
         "process (agent API and heartbeats, VM operations answered at once).\n\n";
   if (f.queries) {
@@ -682,7 +735,8 @@ int main(int argc, char** argv) {
   std::printf("%s", md.str().c_str());
 
   if (f.write) {
-    std::string begin = "<!-- infosvc:begin -->", end = "<!-- infosvc:end -->";
+    std::string begin = "<!-- infosvc-" + f.backend + ":begin -->",
+                end = "<!-- infosvc-" + f.backend + ":end -->";
     auto old = ReadFile(f.docs);
     std::string text = old.ok() ? *old : "# Benchmarks\n\n";
     std::string block = begin + "\n" + md.str() + end;
@@ -690,7 +744,7 @@ int main(int argc, char** argv) {
     if (b != std::string::npos && e != std::string::npos)
       text.replace(b, e + end.size() - b, block);
     else
-      text += "\n## Information service (bench/infosvc)\n\n" + block + "\n";
+      text += "\n## Information service (bench/infosvc), " + f.backend + "\n\n" + block + "\n";
     if (!WriteFileAtomic(f.docs, text).ok()) Die("cannot write " + f.docs);
     std::fprintf(stderr, "wrote %s\n", f.docs.c_str());
   }

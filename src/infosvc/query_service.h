@@ -65,10 +65,12 @@ struct FoundSet {
   int64_t total = 0;
 };
 
+// Groups are searched in ascending order of the shared value (the
+// database's order); the search stops after `max_sets` sets.
 struct SetResult {
   std::vector<FoundSet> sets;
-  int64_t candidates = 0;  // rows considered
-  int64_t groups = 0;
+  int64_t candidates = 0;  // rows of the groups searched
+  int64_t groups = 0;      // groups searched
   int64_t elapsed_us = 0;
   bool used_exact_search = false;
 };

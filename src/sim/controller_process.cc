@@ -66,11 +66,14 @@ std::string ControllerProcess::agent_token() const {
 }
 
 Status ControllerProcess::Spawn(std::chrono::milliseconds timeout) {
-  VMG_ASSIGN_OR_RETURN(
-      child_, ChildProcess::Spawn(
-                  {options_.vmgrid_binary, "controller", "--listen",
-                   "127.0.0.1:" + std::to_string(options_.port), "--state-dir", options_.state_dir},
-                  options_.log_path));
+  std::vector<std::string> argv = {options_.vmgrid_binary, "controller", "--listen",
+                                   "127.0.0.1:" + std::to_string(options_.port), "--state-dir",
+                                   options_.state_dir};
+  if (!options_.database.empty()) {
+    argv.push_back("--database");
+    argv.push_back(options_.database);
+  }
+  VMG_ASSIGN_OR_RETURN(child_, ChildProcess::Spawn(argv, options_.log_path));
   ApiClient anon(url(), "");
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {

@@ -18,6 +18,7 @@ struct ControllerProcessOptions {
   std::string state_dir;      // the controller's --state-dir
   int port = 0;               // 0 = pick a free loopback port
   std::string log_path;       // "" = STATE_DIR/../controller.log
+  std::string database;       // the controller's --database; "" = STATE_DIR/vmgrid.db (SQLite)
 };
 
 class ControllerProcess {
@@ -36,7 +37,10 @@ class ControllerProcess {
 
   std::string url() const { return "http://127.0.0.1:" + std::to_string(options_.port); }
   const std::string& state_dir() const { return options_.state_dir; }
-  std::string db_path() const { return options_.state_dir + "/vmgrid.db"; }
+  // What Store::Open and QueryService::Open take for the controller's database.
+  std::string db_path() const {
+    return options_.database.empty() ? options_.state_dir + "/vmgrid.db" : options_.database;
+  }
   std::string admin_token() const;
   std::string agent_token() const;
   pid_t pid() const { return child_ ? child_->pid() : -1; }

@@ -107,19 +107,56 @@ CREATE TABLE image_cache (
 );
 CREATE INDEX vms_owner ON vms(owner_id);
 )sql",
+    // 3: what the information service and placement read on every query,
+    // maintained instead of derived (docs/infosvc.md, "Maintained usage"):
+    // per-host usage (every VM except a failed one holds its vcpus and
+    // memory), written in the same transaction as each VM change; the
+    // virtualization relation as a table (one row per VM -> host, vdisk ->
+    // image, vdisk -> host cache) with an index on the physical side; and
+    // indexes for the usual filters.
+    R"sql(
+ALTER TABLE hosts ADD COLUMN used_vcpus BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE hosts ADD COLUMN used_memory_mb BIGINT NOT NULL DEFAULT 0;
+UPDATE hosts SET
+  used_vcpus = COALESCE((SELECT SUM(v.vcpus) FROM vms v
+                         WHERE v.host_id = hosts.id AND v.state <> 'error'), 0),
+  used_memory_mb = COALESCE((SELECT SUM(v.memory_mb) FROM vms v
+                             WHERE v.host_id = hosts.id AND v.state <> 'error'), 0);
+CREATE TABLE virtualization (
+  virtual_id TEXT NOT NULL,
+  virtual_kind TEXT NOT NULL,
+  physical_id TEXT NOT NULL,
+  physical_kind TEXT NOT NULL,
+  vm_id TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+  owner_id TEXT NOT NULL,
+  PRIMARY KEY (virtual_id, physical_kind)
+);
+INSERT INTO virtualization
+  SELECT id, 'vm', host_id, 'host', id, owner_id FROM vms
+  UNION ALL SELECT 'disk-' || id, 'vdisk', image_id, 'image', id, owner_id FROM vms
+  UNION ALL SELECT 'disk-' || id, 'vdisk', host_id, 'host_cache', id, owner_id FROM vms;
+CREATE INDEX virtualization_physical ON virtualization(physical_id, physical_kind);
+CREATE INDEX virtualization_vm ON virtualization(vm_id);
+CREATE INDEX vms_network ON vms(network, memory_mb);
+CREATE INDEX hosts_site ON hosts(site);
+CREATE INDEX image_cache_host ON image_cache(host_id);
+)sql",
 };
 
 const char* kUserCols = "id, name, role, created_ms";
 User ReadUser(const SqlRow& s) { return User{s.Text(0), s.Text(1), s.Text(2), s.Int(3)}; }
 
-// Reservations are derived from the VMs on a host (no counters to drift):
-// every VM except a failed one holds its vcpus and memory.
+// Reservations are maintained per host (used_vcpus, used_memory_mb): every
+// VM except a failed one holds its vcpus and memory. Every change of a VM's
+// host, state or existence adjusts them in its own transaction (HoldsOnHost,
+// AddUsageLocked), so they always equal the sum over the VMs.
 const char* kHostSelect =
     "SELECT h.id, h.name, h.url, h.state, h.vcpus, h.memory_mb, h.disk_mb, h.kvm, "
-    "h.last_heartbeat_ms, h.created_ms, h.site, h.network, h.arch, "
-    "COALESCE((SELECT SUM(v.vcpus) FROM vms v WHERE v.host_id = h.id AND v.state != 'error'), 0), "
-    "COALESCE((SELECT SUM(v.memory_mb) FROM vms v WHERE v.host_id = h.id AND v.state != 'error'), 0) "
+    "h.last_heartbeat_ms, h.created_ms, h.site, h.network, h.arch, h.used_vcpus, h.used_memory_mb "
     "FROM hosts h";
+
+// Whether a VM in this state holds its vcpus and memory on its host.
+bool HoldsOnHost(const std::string& state) { return state != "error"; }
 Host ReadHost(const SqlRow& s) {
   Host h;
   h.id = s.Text(0);
@@ -480,7 +517,15 @@ Status Store::DeleteImage(const std::string& id) {
 
 // --- VMs ------------------------------------------------------------------------
 
-Status Store::InsertVmLocked(const Vm& vm) {
+Status Store::AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t memory_mb) {
+  if (vcpus == 0 && memory_mb == 0) return Status::Ok();
+  VMG_RETURN_IF_ERROR(db_->Exec(
+      "UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ? WHERE id = ?",
+      {vcpus, memory_mb, host_id}));
+  return Status::Ok();
+}
+
+Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
   auto r = db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
                      VmValues(vm));
   if (!r.ok()) {
@@ -488,26 +533,39 @@ Status Store::InsertVmLocked(const Vm& vm) {
       return MakeError(ErrorCode::kAlreadyExists, "a VM named '" + vm.name + "' already exists");
     return r.error();
   }
+  VMG_RETURN_IF_ERROR(db_->Exec(
+      "INSERT INTO virtualization (virtual_id, virtual_kind, physical_id, physical_kind, vm_id, "
+      "owner_id) VALUES (?, 'vm', ?, 'host', ?, ?), (?, 'vdisk', ?, 'image', ?, ?), "
+      "(?, 'vdisk', ?, 'host_cache', ?, ?)",
+      {vm.id, vm.host_id, vm.id, vm.owner_id, "disk-" + vm.id, vm.image_id, vm.id, vm.owner_id,
+       "disk-" + vm.id, vm.host_id, vm.id, vm.owner_id}));
+  if (!reserved && HoldsOnHost(vm.state))
+    VMG_RETURN_IF_ERROR(AddUsageLocked(vm.host_id, vm.vcpus, vm.memory_mb));
   return Status::Ok();
 }
 
 Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candidates) {
+  if (!HoldsOnHost(vm.state))
+    return MakeError(ErrorCode::kInvalidArgument, "a VM in state " + vm.state + " holds no room to place");
   std::lock_guard<std::mutex> lock(mu_);
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
-  // Placements take turns (across controllers sharing a PostgreSQL database
-  // too): the free capacity read below stays true until the insert commits.
-  VMG_RETURN_IF_ERROR(db_->LockTable("vms"));
+  // The reservation is one conditional UPDATE of the host's usage: it checks
+  // and takes the room atomically. On PostgreSQL (READ COMMITTED) a
+  // concurrent reservation of the same host from another controller holds
+  // the row until it ends, and the condition is then re-checked on the row
+  // it wrote, so two controllers never both take the last room; placements
+  // on different hosts do not wait for each other.
   for (const auto& host_id : candidates) {
-    VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?",
-                                                {host_id}, ReadHost));
-    if (rows.empty()) continue;
-    const Host& h = rows[0];
-    if (h.state != "up") continue;
-    if (h.vcpus - h.reserved_vcpus < vm.vcpus) continue;
-    if (h.memory_mb - h.reserved_memory_mb < vm.memory_mb) continue;
-    vm.host_id = h.id;
-    VMG_RETURN_IF_ERROR(InsertVmLocked(vm));
+    VMG_ASSIGN_OR_RETURN(
+        int64_t taken,
+        db_->Exec("UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ? "
+                  "WHERE id = ? AND state = 'up' AND vcpus - used_vcpus >= ? "
+                  "AND memory_mb - used_memory_mb >= ?",
+                  {int64_t{vm.vcpus}, vm.memory_mb, host_id, int64_t{vm.vcpus}, vm.memory_mb}));
+    if (taken == 0) continue;
+    vm.host_id = host_id;
+    VMG_RETURN_IF_ERROR(InsertVmLocked(vm, /*reserved=*/true));
     VMG_RETURN_IF_ERROR(tx.Commit());
     return vm;
   }
@@ -522,7 +580,11 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
   std::lock_guard<std::mutex> lock(mu_);
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
-  VMG_RETURN_IF_ERROR(db_->LockTable("vms"));  // as in PlaceAndInsertVm
+  // Gangs take turns (across controllers sharing a PostgreSQL database too):
+  // the usage read below stays true until the inserts commit. Locking
+  // `hosts` before any of its rows keeps gangs and single placements (which
+  // lock one host row each) free of lock-order cycles.
+  VMG_RETURN_IF_ERROR(db_->LockTable("hosts"));
   std::sort(vms.begin(), vms.end(), [](const Vm& a, const Vm& b) { return a.memory_mb > b.memory_mb; });
   for (const auto& group : groups) {
     std::vector<Host> hosts;
@@ -550,7 +612,7 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
       }
     }
     if (!all) continue;
-    for (const auto& vm : placed) VMG_RETURN_IF_ERROR(InsertVmLocked(vm));
+    for (const auto& vm : placed) VMG_RETURN_IF_ERROR(InsertVmLocked(vm, /*reserved=*/false));
     VMG_RETURN_IF_ERROR(tx.Commit());
     return placed;
   }
@@ -560,10 +622,10 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
 
 Status Store::InsertVmRecord(const Vm& vm) {
   std::lock_guard<std::mutex> lock(mu_);
-  VMG_RETURN_IF_ERROR(db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" +
-                                   Placeholders(16) + ")",
-                               VmValues(vm)));
-  return Status::Ok();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_RETURN_IF_ERROR(InsertVmLocked(vm, /*reserved=*/false));
+  return tx.Commit();
 }
 
 Result<Vm> Store::GetVmLocked(const std::string& ref, const OwnerFilter& owner) {
@@ -591,13 +653,48 @@ Result<std::vector<Vm>> Store::ListVmsOnHost(const std::string& host_id) {
                    {host_id}, ReadVm);
 }
 
+Result<std::optional<Store::VmPlacement>> Store::GetVmPlacementLocked(const std::string& id) {
+  VMG_ASSIGN_OR_RETURN(auto rows, db_->Query("SELECT host_id, state, vcpus, memory_mb FROM vms WHERE id = ?",
+                                             {id}));
+  if (rows.empty()) return std::optional<VmPlacement>();
+  return std::optional<VmPlacement>(
+      VmPlacement{rows[0].Text(0), rows[0].Text(1), rows[0].Int(2), rows[0].Int(3)});
+}
+
+Status Store::MoveUsageLocked(const VmPlacement& before, const std::string& host_id,
+                              const std::string& state) {
+  const bool held = HoldsOnHost(before.state), holds = HoldsOnHost(state);
+  if (held == holds && before.host_id == host_id) return Status::Ok();
+  if (held) VMG_RETURN_IF_ERROR(AddUsageLocked(before.host_id, -before.vcpus, -before.memory_mb));
+  if (holds) VMG_RETURN_IF_ERROR(AddUsageLocked(host_id, before.vcpus, before.memory_mb));
+  return Status::Ok();
+}
+
 Status Store::UpdateVm(const Vm& v) {
   std::lock_guard<std::mutex> lock(mu_);
-  VMG_RETURN_IF_ERROR(db_->Exec(
-      "UPDATE vms SET host_id=?, state=?, workspace_id=?, error=?, create_ms=?, updated_ms=? "
-      "WHERE id=?",
-      {v.host_id, v.state, v.workspace_id, v.error, v.create_ms, NowMs(), v.id}));
-  return Status::Ok();
+  // Compare-and-set on the host and state read here, so that the usage moved
+  // below matches what was replaced even if another controller writes the
+  // row in between (PostgreSQL); retried a few times if it did.
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    SqlTransaction tx(db_.get());
+    VMG_RETURN_IF_ERROR(tx.begin_status());
+    VMG_ASSIGN_OR_RETURN(auto before, GetVmPlacementLocked(v.id));
+    if (!before) return Status::Ok();  // gone: nothing to write, as before
+    VMG_ASSIGN_OR_RETURN(
+        int64_t changed,
+        db_->Exec("UPDATE vms SET host_id=?, state=?, workspace_id=?, error=?, create_ms=?, "
+                  "updated_ms=? WHERE id=? AND host_id=? AND state=?",
+                  {v.host_id, v.state, v.workspace_id, v.error, v.create_ms, NowMs(), v.id,
+                   before->host_id, before->state}));
+    if (changed == 0) continue;
+    VMG_RETURN_IF_ERROR(MoveUsageLocked(*before, v.host_id, v.state));
+    if (v.host_id != before->host_id)
+      VMG_RETURN_IF_ERROR(db_->Exec(
+          "UPDATE virtualization SET physical_id=? WHERE vm_id=? AND physical_kind IN ('host','host_cache')",
+          {v.host_id, v.id}));
+    return tx.Commit();
+  }
+  return MakeError(ErrorCode::kUnavailable, "VM " + v.id + " keeps changing concurrently; retry");
 }
 
 Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::string>& from,
@@ -619,26 +716,40 @@ Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::str
   vm.state = to;
   vm.updated_ms = NowMs();
   if (to != "error") vm.error.clear();
-  // The state re-checked in the UPDATE keeps this a compare-and-set where
-  // another controller may write between the read and the write (PostgreSQL).
+  // The state (and host) re-checked in the UPDATE keep this a compare-and-set
+  // where another controller may write between the read and the write
+  // (PostgreSQL).
   VMG_ASSIGN_OR_RETURN(
       int64_t changed,
-      db_->Exec("UPDATE vms SET state=?, error=?, updated_ms=? WHERE id=? AND state=?",
-                {vm.state, vm.error, vm.updated_ms, vm.id, seen}));
+      db_->Exec("UPDATE vms SET state=?, error=?, updated_ms=? WHERE id=? AND state=? AND host_id=?",
+                {vm.state, vm.error, vm.updated_ms, vm.id, seen, vm.host_id}));
   if (changed == 0)
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + vm.id + " changed state concurrently; retry");
+  VMG_RETURN_IF_ERROR(MoveUsageLocked(VmPlacement{vm.host_id, seen, vm.vcpus, vm.memory_mb},
+                                      vm.host_id, vm.state));
   VMG_RETURN_IF_ERROR(tx.Commit());
   return vm;
 }
 
 Status Store::DeleteVm(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
-  SqlTransaction tx(db_.get());
-  VMG_RETURN_IF_ERROR(tx.begin_status());
-  VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET vm_id='' WHERE vm_id=?", {id}));
-  VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM vms WHERE id=?", {id}));
-  return tx.Commit();
+  for (int attempt = 0; attempt < 5; ++attempt) {  // compare-and-set, as in UpdateVm
+    SqlTransaction tx(db_.get());
+    VMG_RETURN_IF_ERROR(tx.begin_status());
+    VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET vm_id='' WHERE vm_id=?", {id}));
+    VMG_ASSIGN_OR_RETURN(auto before, GetVmPlacementLocked(id));
+    if (!before) return tx.Commit();
+    // Its virtualization rows go with it (ON DELETE CASCADE).
+    VMG_ASSIGN_OR_RETURN(int64_t changed,
+                         db_->Exec("DELETE FROM vms WHERE id=? AND host_id=? AND state=?",
+                                   {id, before->host_id, before->state}));
+    if (changed == 0) continue;
+    if (HoldsOnHost(before->state))
+      VMG_RETURN_IF_ERROR(AddUsageLocked(before->host_id, -before->vcpus, -before->memory_mb));
+    return tx.Commit();
+  }
+  return MakeError(ErrorCode::kUnavailable, "VM " + id + " keeps changing concurrently; retry");
 }
 
 Status Store::NoteImageCached(const std::string& image_id, const std::string& host_id) {

@@ -113,8 +113,24 @@ class Store {
  private:
   explicit Store(SqlBackendPtr db) : db_(std::move(db)) {}
   Status Migrate();
-  // Inserts one VM row; a taken name is kAlreadyExists. Caller holds mu_.
-  Status InsertVmLocked(const Vm& vm);
+  // What of a VM decides the usage it holds on its host.
+  struct VmPlacement {
+    std::string host_id;
+    std::string state;
+    int64_t vcpus = 0;
+    int64_t memory_mb = 0;
+  };
+  // The methods below run inside the caller's transaction; the caller holds mu_.
+  // Inserts one VM row and its virtualization rows; a taken name is
+  // kAlreadyExists. Adds the VM's usage to its host unless `reserved` (the
+  // caller already took it).
+  Status InsertVmLocked(const Vm& vm, bool reserved);
+  // Adds (or, negative, releases) usage on a host.
+  Status AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t memory_mb);
+  // Moves the usage of a VM that was `before` to its new host and state.
+  Status MoveUsageLocked(const VmPlacement& before, const std::string& host_id,
+                         const std::string& state);
+  Result<std::optional<VmPlacement>> GetVmPlacementLocked(const std::string& id);
   Result<Vm> GetVmLocked(const std::string& ref, const OwnerFilter& owner);
 
   std::mutex mu_;

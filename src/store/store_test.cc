@@ -183,6 +183,56 @@ TEST_P(StoreTest, GangIsAllOrNothing) {
   EXPECT_EQ(store_->ListVms("")->size(), 4u);
 }
 
+// Host usage is maintained, not derived: it must follow every VM change
+// (insert, failure, recovery, move, delete) exactly.
+TEST_P(StoreTest, HostUsageFollowsEveryVmChange) {
+  auto a = store_->HeartbeatHost("a", "http://a", HostCapacity{8, 8192, 1000, false});
+  auto b = store_->HeartbeatHost("b", "http://b", HostCapacity{8, 8192, 1000, false});
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto usage = [&](const std::string& host) {
+    auto h = store_->GetHost(host);
+    return std::pair<int, int64_t>{h->reserved_vcpus, h->reserved_memory_mb};
+  };
+  Vm big = NewVm("big");
+  big.vcpus = 2;
+  big.memory_mb = 1024;
+  auto v1 = store_->PlaceAndInsertVm(big, {a->id});
+  auto v2 = store_->PlaceAndInsertVm(NewVm("small"), {a->id});
+  ASSERT_TRUE(v1.ok() && v2.ok());
+  EXPECT_EQ(usage("a"), (std::pair<int, int64_t>{3, 1280}));
+  // A failed VM holds nothing; leaving `error` (e.g. to be deleted) holds again.
+  ASSERT_TRUE(store_->TransitionVm(v1->id, {"creating"}, "error").ok());
+  EXPECT_EQ(usage("a"), (std::pair<int, int64_t>{1, 256}));
+  ASSERT_TRUE(store_->TransitionVm(v1->id, {"error"}, "deleting").ok());
+  EXPECT_EQ(usage("a"), (std::pair<int, int64_t>{3, 1280}));
+  // UpdateVm moves usage with the host and the state.
+  Vm moved = *v2;
+  moved.host_id = b->id;
+  moved.state = "running";
+  ASSERT_TRUE(store_->UpdateVm(moved).ok());
+  EXPECT_EQ(usage("a"), (std::pair<int, int64_t>{2, 1024}));
+  EXPECT_EQ(usage("b"), (std::pair<int, int64_t>{1, 256}));
+  moved.state = "error";
+  ASSERT_TRUE(store_->UpdateVm(moved).ok());
+  EXPECT_EQ(usage("b"), (std::pair<int, int64_t>{0, 0}));
+  // Records inserted as-is count unless failed; deletes release.
+  Vm adopted = NewVm("adopted");
+  adopted.host_id = b->id;
+  adopted.state = "running";
+  ASSERT_TRUE(store_->InsertVmRecord(adopted).ok());
+  EXPECT_EQ(usage("b"), (std::pair<int, int64_t>{1, 256}));
+  ASSERT_TRUE(store_->DeleteVm(adopted.id).ok());
+  ASSERT_TRUE(store_->DeleteVm(v2->id).ok());  // failed: releases nothing more
+  ASSERT_TRUE(store_->DeleteVm(v1->id).ok());
+  EXPECT_EQ(usage("a"), (std::pair<int, int64_t>{0, 0}));
+  EXPECT_EQ(usage("b"), (std::pair<int, int64_t>{0, 0}));
+  // Room freed is room to place again (8 vCPUs on a).
+  for (int i = 0; i < 8; ++i)
+    EXPECT_TRUE(store_->PlaceAndInsertVm(NewVm("r" + std::to_string(i)), {a->id}).ok());
+  EXPECT_EQ(store_->PlaceAndInsertVm(NewVm("r8"), {a->id}).error().code,
+            ErrorCode::kResourceExhausted);
+}
+
 TEST_P(StoreTest, StaleHostsGoDown) {
   ASSERT_TRUE(store_->HeartbeatHost("h1", "http://x", HostCapacity{4, 4096, 1000, false}).ok());
   auto ids = store_->MarkStaleHostsDown(NowMs() + 1000);
