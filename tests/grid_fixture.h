@@ -55,19 +55,30 @@ inline void StopGrid(std::unique_ptr<LocalGrid>& grid) {
   (void)RemoveTree(dir);
 }
 
-// Uploads the tiny guest as image `name`; with `checkpoint`, also makes its
-// post-boot checkpoint. Returns the image JSON.
-inline json ImportTiny(const ApiClient& api, const std::string& name, bool checkpoint) {
+// The tiny guest's files (absolute paths) and kernel command line.
+struct TinyFiles {
+  std::string disk, format, kernel, initrd, append;
+};
+inline TinyFiles Tiny() {
   auto manifest_text = ReadFile(TinyImageDir() + "/manifest.json");
   EXPECT_TRUE(manifest_text.ok()) << "build the image first: guest/build-tiny.sh";
+  if (!manifest_text.ok()) return {};
   json m = json::parse(*manifest_text);
-  auto created = api.Post("/v1/images", {{"name", name}, {"format", m.value("disk_format", "raw")},
+  std::string d = TinyImageDir() + "/";
+  return {d + m["disk"].get<std::string>(), m.value("disk_format", "raw"), d + m["kernel"].get<std::string>(),
+          d + m["initrd"].get<std::string>(), m.value("append", "")};
+}
+
+// Uploads `files` as image `name`; with `checkpoint`, also makes its
+// post-boot checkpoint. Returns the image JSON.
+inline json ImportFiles(const ApiClient& api, const std::string& name, const TinyFiles& f, bool checkpoint) {
+  auto created = api.Post("/v1/images", {{"name", name}, {"format", f.format},
                                          {"has_kernel", true}, {"has_initrd", true},
-                                         {"append", m.value("append", "")}});
+                                         {"append", f.append}});
   EXPECT_TRUE(created.ok()) << created.error().message;
   std::string id = (*created)["id"];
-  for (auto [kind, key] : {std::pair{"disk", "disk"}, {"kernel", "kernel"}, {"initrd", "initrd"}}) {
-    auto r = api.PutFile("/v1/images/" + id + "/files/" + kind, TinyImageDir() + "/" + m[key].get<std::string>());
+  for (auto [kind, path] : {std::pair{"disk", f.disk}, {"kernel", f.kernel}, {"initrd", f.initrd}}) {
+    auto r = api.PutFile("/v1/images/" + id + "/files/" + kind, path);
     EXPECT_TRUE(r.ok()) << kind << ": " << r.error().message;
   }
   auto fin = api.Post("/v1/images/" + id + "/finalize");
@@ -81,6 +92,25 @@ inline json ImportTiny(const ApiClient& api, const std::string& name, bool check
   EXPECT_TRUE(done.ok());
   EXPECT_EQ((*done)["checkpoint"].value("state", ""), "ready") << done->dump();
   return *done;
+}
+
+inline json ImportTiny(const ApiClient& api, const std::string& name, bool checkpoint) {
+  return ImportFiles(api, name, Tiny(), checkpoint);
+}
+
+// Flips one byte in the middle of a file (a chunk in a store or cache).
+inline void FlipByte(const std::string& path) {
+  auto data = ReadFile(path, 64 << 20);
+  ASSERT_TRUE(data.ok()) << path;
+  std::string d = *data;
+  ASSERT_FALSE(d.empty());
+  d[d.size() / 2] = static_cast<char>(d[d.size() / 2] ^ 0x5a);
+  ASSERT_TRUE(WriteFileAtomic(path, d).ok());
+}
+
+// Path of a chunk in a chunk store or cache rooted at `root`.
+inline std::string ChunkFile(const std::string& root, const std::string& digest) {
+  return root + "/chunks/" + digest.substr(0, 2) + "/" + digest;
 }
 
 // Waits until the VM leaves transitional states; returns it.

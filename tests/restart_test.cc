@@ -43,6 +43,10 @@ TEST(RestartTest, KillAgentAndControllerWhileVmsRun) {
   json again = WaitVm(api, id);
   EXPECT_EQ(again["state"], "running");
   EXPECT_EQ(Exec(api, id, "cat /root/f"), "before\n");
+  // The disk's base is a lazily fetched NBD export of the agent: QEMU
+  // reconnected to the new agent, so blocks never read before (the whole
+  // disk, bypassing the guest's page cache) are still served.
+  EXPECT_EQ(Exec(api, id, "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null && echo read-all"), "read-all\n");
   EXPECT_EQ(Act(api, id, "checkpoint")["state"], "suspended");
   EXPECT_EQ(Act(api, id, "resume")["state"], "running");
   EXPECT_EQ(Exec(api, id, "cat /root/f"), "before\n");

@@ -136,15 +136,28 @@ TEST_F(VmLifecycleTest, CheckpointLeaveRunningAndWrongStates) {
 
 TEST_F(VmLifecycleTest, FailedCreateLeavesNothingBehind) {
   ApiClient api = Api();
-  // An image whose kernel vanished from the store after import: QEMU cannot
-  // start, and the create must leave no process, file or reservation.
-  json img = ImportTiny(api, "broken", false);
-  std::string dir = grid_->controller_state_dir() + "/images/" + img["id"].get<std::string>();
-  ASSERT_EQ(unlink((dir + "/vmlinuz").c_str()), 0);
+  // An image whose kernel is corrupt on the image server: the host must not
+  // use it (it never reaches a guest), so the create fails, and it must leave
+  // no process, file or reservation. The kernel gets a unique tail so that
+  // its last chunk is not shared with the tiny image (which hosts may cache).
+  TinyFiles f = Tiny();
+  auto kernel = ReadFile(f.kernel, 256 << 20);
+  ASSERT_TRUE(kernel.ok());
+  std::string unique_kernel = grid_->log_dir() + "/unique-kernel";
+  ASSERT_TRUE(WriteFileAtomic(unique_kernel, *kernel + RandomBytes(4096)).ok());
+  f.kernel = unique_kernel;
+  json img = ImportFiles(api, "broken", f, false);
+  ASSERT_TRUE(img["versions"].contains("kernel")) << img.dump();
+  json kv = img["versions"]["kernel"];
+  auto manifest = ReadFile(grid_->image_server_dir() + "/manifests/" + kv["name"].get<std::string>() + "/" +
+                           std::to_string(kv["version"].get<int>()) + ".json");
+  ASSERT_TRUE(manifest.ok());
+  std::string last_chunk = json::parse(*manifest)["chunks"].back();
+  FlipByte(ChunkFile(grid_->image_server_dir(), last_chunk));
   auto hosts_before = api.Get("/v1/hosts");
   json vm = CreateVm(api, {{"image", "broken"}, {"name", "doomed"}});
   EXPECT_EQ(vm["state"], "error");
-  EXPECT_FALSE(vm["error"].get<std::string>().empty());
+  EXPECT_NE(vm["error"].get<std::string>().find("corrupt"), std::string::npos) << vm.dump();
   auto hosts_after = api.Get("/v1/hosts");
   int64_t free_before = 0, free_after = 0;
   for (const auto& h : (*hosts_before)["hosts"]) free_before += h["free_memory_mb"].get<int64_t>();

@@ -73,7 +73,9 @@ nlohmann::json Agent::Capacity() const {
 nlohmann::json Agent::StatusJson() {
   nlohmann::json vms = nlohmann::json::array();
   for (const auto& s : runner_->List()) vms.push_back(ToJson(s));
-  return {{"name", options_.name}, {"url", url_}, {"capacity", Capacity()}, {"vms", vms}};
+  nlohmann::json out = {{"name", options_.name}, {"url", url_}, {"capacity", Capacity()}, {"vms", vms}};
+  if (images_) out["images"] = images_->StatsJson();
+  return out;
 }
 
 Status Agent::Start() {
@@ -100,6 +102,21 @@ Status Agent::Start() {
   VmRunnerOptions ro;
   ro.state_dir = options_.state_dir;
   ro.runas = options_.runas;
+  if (!options_.image_server.empty()) {
+    HostImages::Options io;
+    io.state_dir = options_.state_dir;
+    io.server_url = options_.image_server;
+    io.cache_bytes = options_.cache_mb << 20;
+    io.prefetch = options_.prefetch;
+    if (!options_.image_server_token_file.empty()) {
+      VMG_ASSIGN_OR_RETURN(io.token, ReadFile(options_.image_server_token_file, 4096));
+      while (!io.token.empty() && isspace(static_cast<unsigned char>(io.token.back()))) io.token.pop_back();
+    }
+    if (!ro.runas.empty())
+      if (struct passwd* pw = getpwnam(ro.runas.c_str())) io.socket_gid = static_cast<int>(pw->pw_gid);
+    VMG_ASSIGN_OR_RETURN(images_, HostImages::Open(io));
+    ro.images = images_.get();
+  }
   runner_ = std::make_unique<VmRunner>(ro);
   VMG_RETURN_IF_ERROR(runner_->Recover());
 
@@ -239,19 +256,40 @@ void Agent::InstallRoutes() {
   s.Post("/agent/v1/image-checkpoints", [=, this](const httplib::Request& req, httplib::Response& res) {
     auto j = body(req, res);
     if (!j) return;
-    JsonFields f(*j, {"image", "vcpus", "memory_mb", "target_dir"});
+    JsonFields f(*j, {"image", "blobs", "vcpus", "memory_mb", "target_dir", "push_as"});
+    if (Status st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
     auto vcpus = f.Int("vcpus", 1, 1, 64);
     auto memory = f.Int("memory_mb", 256, 32, 1 << 20);
-    auto target = f.String("target_dir", true);
+    auto target = f.String("target_dir", false);
+    auto push_as = f.String("push_as", false);
     if (!vcpus.ok()) return SendError(res, vcpus.error());
     if (!memory.ok()) return SendError(res, memory.error());
     if (!target.ok()) return SendError(res, target.error());
-    nlohmann::json spec = {{"id", "image-checkpoint"}, {"image", (*j)["image"]}};
+    if (!push_as.ok()) return SendError(res, push_as.error());
+    nlohmann::json spec = {{"id", "image-checkpoint"}, {"image", (*j)["image"]},
+                           {"blobs", j->value("blobs", nlohmann::json::object())}};
     auto parsed = VmSpecFromJson(spec);
     if (!parsed.ok()) return SendError(res, parsed.error());
+    if (!push_as->empty()) {
+      // Made here, published to the image server (memory state and disk
+      // delta as two new versions), then dropped locally.
+      if (!images_)
+        return SendError(res, MakeError(ErrorCode::kFailedPrecondition, "this agent has no image server"));
+      for (const char* suffix : {"-memory", "-disk"})
+        if (Status st = ValidateName("image", *push_as + suffix); !st.ok()) return SendError(res, st.error());
+      std::string dir = options_.state_dir + "/tmp/" + NewId("ickpt");
+      Status st = MakeDirs(options_.state_dir + "/tmp", 0755);
+      if (st.ok())
+        st = runner_->MakeImageCheckpoint(parsed->image, parsed->blobs, static_cast<int>(*vcpus), *memory, dir);
+      Result<BlobRef> mem = st.ok() ? images_->Push(dir + "/memory.state", *push_as + "-memory") : Result<BlobRef>(st.error());
+      Result<BlobRef> disk = mem.ok() ? images_->Push(dir + "/disk.qcow2", *push_as + "-disk") : Result<BlobRef>(mem.error());
+      (void)RemoveTree(dir);
+      if (!disk.ok()) return SendError(res, disk.error());
+      return SendJson(res, 200, {{"ckpt_memory", ToJson(*mem)}, {"ckpt_disk", ToJson(*disk)}});
+    }
     if (target->empty() || (*target)[0] != '/')
       return SendError(res, MakeError(ErrorCode::kInvalidArgument, "target_dir must be absolute"));
-    Status st = runner_->MakeImageCheckpoint(parsed->image, static_cast<int>(*vcpus), *memory, *target);
+    Status st = runner_->MakeImageCheckpoint(parsed->image, parsed->blobs, static_cast<int>(*vcpus), *memory, *target);
     if (!st.ok()) return SendError(res, st.error());
     SendJson(res, 200, {{"dir", *target}});
   });

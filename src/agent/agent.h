@@ -46,6 +46,7 @@ class Agent {
   std::string token_;
   std::string url_;
   std::string workspace_dir_;
+  std::unique_ptr<HostImages> images_;  // outlives runner_
   std::unique_ptr<VmRunner> runner_;
   std::unique_ptr<httplib::Server> server_;
   std::unique_ptr<ApiClient> controller_;

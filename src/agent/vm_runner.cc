@@ -69,14 +69,36 @@ nlohmann::json ToJson(const VmSpec& s) {
             {"append", s.image.append}}},
           {"workspace_path", s.workspace_path},
           {"start", s.start},
-          {"checkpoint_dir", s.checkpoint_dir}};
+          {"checkpoint_dir", s.checkpoint_dir},
+          {"blobs", BlobsJson(s.blobs)}};
+}
+
+nlohmann::json BlobsJson(const std::map<std::string, BlobRef>& blobs) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [kind, ref] : blobs) out[kind] = ToJson(ref);
+  return out;
+}
+
+Result<std::map<std::string, BlobRef>> BlobsFromJson(const nlohmann::json& j) {
+  std::map<std::string, BlobRef> out;
+  if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, "field 'blobs' must be an object");
+  for (const auto& [kind, ref] : j.items()) {
+    if (kind != "disk" && kind != "kernel" && kind != "initrd" && kind != "ckpt_memory" && kind != "ckpt_disk")
+      return MakeError(ErrorCode::kInvalidArgument, "unknown blob kind '" + kind.substr(0, 40) + "'");
+    VMG_ASSIGN_OR_RETURN(out[kind], BlobRefFromJson(ref, "blobs." + kind));
+  }
+  if (!out.empty() && !out.count("disk"))
+    return MakeError(ErrorCode::kInvalidArgument, "blobs must include the disk");
+  if (out.count("ckpt_memory") != out.count("ckpt_disk"))
+    return MakeError(ErrorCode::kInvalidArgument, "blobs ckpt_memory and ckpt_disk come together");
+  return out;
 }
 
 Result<VmSpec> VmSpecFromJson(const nlohmann::json& j) {
   if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, "VM spec must be an object");
   // Strict, checked access: the spec crosses a process boundary.
   JsonFields f(j, {"id", "name", "owner_id", "vcpus", "memory_mb", "disk_mode", "image",
-                   "workspace_path", "start", "checkpoint_dir"});
+                   "workspace_path", "start", "checkpoint_dir", "blobs"});
   VMG_RETURN_IF_ERROR(f.CheckUnknown());
   VmSpec s;
   VMG_ASSIGN_OR_RETURN(s.id, f.String("id", true));
@@ -89,6 +111,9 @@ Result<VmSpec> VmSpecFromJson(const nlohmann::json& j) {
   VMG_ASSIGN_OR_RETURN(s.workspace_path, f.String("workspace_path", false));
   VMG_ASSIGN_OR_RETURN(s.start, f.Enum("start", {"boot", "resume"}, "boot"));
   VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, f.String("checkpoint_dir", false));
+  if (auto b = j.find("blobs"); b != j.end()) {
+    VMG_ASSIGN_OR_RETURN(s.blobs, BlobsFromJson(*b));
+  }
   auto it = j.find("image");
   if (it == j.end() || !it->is_object())
     return MakeError(ErrorCode::kInvalidArgument, "field 'image' must be an object");
@@ -102,8 +127,8 @@ Result<VmSpec> VmSpecFromJson(const nlohmann::json& j) {
   VMG_ASSIGN_OR_RETURN(s.image.append, im.String("append", false));
   if (s.id.empty() || s.id.find('/') != std::string::npos || s.id[0] == '.')
     return MakeError(ErrorCode::kInvalidArgument, "bad VM id '" + s.id + "'");
-  if (s.start == "resume" && s.checkpoint_dir.empty())
-    return MakeError(ErrorCode::kInvalidArgument, "resume needs checkpoint_dir");
+  if (s.start == "resume" && s.checkpoint_dir.empty() && !s.blobs.count("ckpt_memory"))
+    return MakeError(ErrorCode::kInvalidArgument, "resume needs checkpoint_dir or checkpoint blobs");
   if (s.disk_mode == "persistent" && s.workspace_path.empty())
     return MakeError(ErrorCode::kInvalidArgument, "persistent disk needs workspace_path");
   return s;
@@ -194,6 +219,25 @@ static Result<std::string> CheckpointKind(const std::string& dir) {
   return j["kind"].get<std::string>();
 }
 
+Status VmRunner::ResolveBlobs(VmSpec& s) {
+  if (!options_.images || !s.blobs.count("disk")) return Status::Ok();
+  HostImages& images = *options_.images;
+  VMG_ASSIGN_OR_RETURN(std::string backing, images.AcquireDisk(s.blobs.at("disk"), s.id, s.start));
+  s.image.disk = backing;
+  s.image.format = "raw";
+  if (auto k = s.blobs.find("kernel"); k != s.blobs.end()) {
+    VMG_ASSIGN_OR_RETURN(s.image.kernel, images.Materialize(k->second, ".kernel", 0644));
+  }
+  if (auto i = s.blobs.find("initrd"); i != s.blobs.end()) {
+    VMG_ASSIGN_OR_RETURN(s.image.initrd, images.Materialize(i->second, ".initrd", 0644));
+  }
+  if (s.start == "resume" && s.blobs.count("ckpt_memory")) {
+    VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, images.MaterializeCheckpoint(s.blobs.at("ckpt_memory"),
+                                                                        s.blobs.at("ckpt_disk"), backing));
+  }
+  return Status::Ok();
+}
+
 Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
   const VmSpec& s = vm.spec;
   std::string dir = VmDir(s.id);
@@ -222,10 +266,18 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
     if (!FileExists(disk)) {
       VMG_RETURN_IF_ERROR(MakeDirs(fs::path(disk).parent_path().string(), 0755));
       std::string tmp = disk + ".partial";
+      std::string src = s.image.disk, src_format = s.image.format;
+      if (s.start == "boot" && options_.images && s.blobs.count("disk")) {
+        // A full local copy: all chunks in parallel batches (with progress),
+        // then one local conversion, instead of QEMU reading the export serially.
+        src = tmp + ".raw";
+        if (Status c = options_.images->CopyTo(s.blobs.at("disk"), src); !c.ok()) return c.error().Wrap("workspace");
+      }
       Status st = s.start == "boot"
-                      ? QemuImg({"convert", "-f", s.image.format, "-O", "qcow2", s.image.disk, tmp})
+                      ? QemuImg({"convert", "-f", src_format, "-O", "qcow2", src, tmp})
                       : QemuImg({"convert", "-f", "qcow2", "-O", "qcow2",
                                  s.checkpoint_dir + "/disk.qcow2", tmp});
+      if (src != s.image.disk) unlink(src.c_str());
       if (!st.ok()) {
         unlink(tmp.c_str());
         return st.error().Wrap("copying the image into the workspace");
@@ -320,6 +372,7 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
     if (vm->qemu) (void)vm->qemu->Kill();
     vm->qemu.reset();
     if (vm->created_workspace) unlink(spec.workspace_path.c_str());
+    if (options_.images) options_.images->ReleaseDisk(spec.id);
     (void)RemoveTree(dir);
     std::lock_guard<std::mutex> l(mu_);
     vms_.erase(spec.id);
@@ -334,7 +387,8 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   Status st = MakeDirs(dir + "/run", 0755);
   if (st.ok()) st = ChownForQemu(dir + "/run");
   if (st.ok()) chmod((dir + "/run").c_str(), 0700);
-  if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(spec).dump(2) + "\n");
+  if (st.ok()) st = ResolveBlobs(vm->spec);
+  if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(vm->spec).dump(2) + "\n");
   if (st.ok()) st = PersistState(*vm);
   bool created_ws = false;
   if (st.ok()) st = PrepareDisk(*vm, &created_ws);
@@ -342,11 +396,12 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   if (st.ok()) st = PersistState(*vm);
   if (!st.ok()) return fail(st.error());
   bool resume = spec.start == "resume";
-  st = Launch(*vm, resume, spec.checkpoint_dir + "/memory.state");
+  st = Launch(*vm, resume, vm->spec.checkpoint_dir + "/memory.state");
   if (!st.ok()) return fail(st.error());
   st = WaitGuestReady(*vm, started);
   if (!st.ok()) return fail(st.error());
   if (resume) Reseed(vm->qemu->qga_socket());
+  if (options_.images) options_.images->RecordPrefetch(spec.id);
   vm->Set("running");
   (void)PersistState(*vm);
   spdlog::info("VM {} running (pid {}, {} in {} ms)", spec.id, vm->qemu->pid(),
@@ -487,6 +542,7 @@ Status VmRunner::Destroy(const std::string& id, bool purge_workspace) {
   }
   if (purge_workspace && vm->spec.disk_mode == "persistent") unlink(vm->spec.workspace_path.c_str());
   VMG_RETURN_IF_ERROR(RemoveTree(VmDir(id)));
+  if (options_.images) options_.images->ReleaseDisk(id);
   std::lock_guard<std::mutex> l(mu_);
   vms_.erase(id);
   return Status::Ok();
@@ -544,14 +600,15 @@ Result<std::string> VmRunner::CheckpointDir(const std::string& id) {
   return VmDir(id) + "/checkpoint";
 }
 
-Status VmRunner::MakeImageCheckpoint(const ImageFiles& image, int vcpus, int64_t memory_mb,
-                                     const std::string& target_dir) {
+Status VmRunner::MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs,
+                                     int vcpus, int64_t memory_mb, const std::string& target_dir) {
   VmSpec spec;
   spec.id = NewId("ckpt");
   spec.name = spec.id;
   spec.vcpus = vcpus;
   spec.memory_mb = memory_mb;
   spec.image = image;
+  spec.blobs = blobs;
   VMG_ASSIGN_OR_RETURN(VmStatus st, Create(spec));
   (void)st;
   VMG_ASSIGN_OR_RETURN(auto vm, Find(spec.id));
@@ -612,6 +669,12 @@ Status VmRunner::Recover() {
                    state.empty() ? "create" : state, id);
       (void)RemoveTree(dir);
       continue;
+    }
+    if (options_.images && spec->blobs.count("disk")) {
+      // Before adopting: QEMU's NBD client is waiting to reconnect.
+      auto backing = options_.images->AcquireDisk(spec->blobs.at("disk"), id, "");
+      if (!backing.ok())
+        spdlog::error("recover: cannot export the disk of VM {}: {}", id, backing.error().message);
     }
     auto vm = std::make_shared<Vm>();
     vm->spec = *spec;

@@ -26,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/host_images.h"
 #include "common/result.h"
 #include "vmm/guest_agent_client.h"
 
@@ -56,9 +57,18 @@ struct VmSpec {
   // For start == "resume": a checkpoint directory (memory.state, disk.qcow2,
   // meta.json), either an image's post-boot checkpoint or another VM's.
   std::string checkpoint_dir;
+  // Image server versions (HostImages) this VM's files come from, when the
+  // controller has an image server: "disk", "kernel", "initrd", and for a
+  // resume from an image's checkpoint "ckpt_memory" and "ckpt_disk". With
+  // an image server configured on the agent they take the place of the
+  // paths above (which are resolved to local files and NBD exports).
+  std::map<std::string, BlobRef> blobs;
 };
 
 nlohmann::json ToJson(const VmSpec& spec);
+nlohmann::json BlobsJson(const std::map<std::string, BlobRef>& blobs);
+// Strict: known kinds only, each a valid BlobRef; disk required when any.
+Result<std::map<std::string, BlobRef>> BlobsFromJson(const nlohmann::json& j);
 Result<VmSpec> VmSpecFromJson(const nlohmann::json& j);
 
 struct VmStatus {
@@ -81,6 +91,7 @@ struct VmRunnerOptions {
   std::string qemu_binary = "qemu-system-x86_64";
   std::string accel;          // "" = auto
   std::chrono::milliseconds ready_timeout = std::chrono::seconds(120);
+  HostImages* images = nullptr;  // null: no image server, image files are local paths
 };
 
 class VmRunner {
@@ -108,8 +119,8 @@ class VmRunner {
 
   // Boots `image` once as a throwaway clone, waits for its guest agent, and
   // saves a post-boot checkpoint into `target_dir` (created atomically).
-  Status MakeImageCheckpoint(const ImageFiles& image, int vcpus, int64_t memory_mb,
-                             const std::string& target_dir);
+  Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs, int vcpus,
+                             int64_t memory_mb, const std::string& target_dir);
 
   // Deletes a workspace file no VM on this host uses.
   Status DeleteWorkspace(const std::string& path);
@@ -121,6 +132,8 @@ class VmRunner {
   Result<std::shared_ptr<Vm>> Find(const std::string& id);
   std::string VmDir(const std::string& id) const;
   Status PersistState(Vm& vm);
+  // Turns spec.blobs into local files and an NBD backing (HostImages).
+  Status ResolveBlobs(VmSpec& spec);
   Status PrepareDisk(Vm& vm, bool* created_workspace);
   Status Launch(Vm& vm, bool incoming, const std::string& memory_state);
   Status WaitGuestReady(Vm& vm, std::chrono::steady_clock::time_point started);

@@ -14,8 +14,10 @@
 
 #include "api/openapi.h"
 #include "api/placement.h"
+#include "chunks/chunk_client.h"
 #include "cli/api_client.h"
 #include "common/http_json.h"
+#include "common/subprocess.h"
 #include "common/signals.h"
 #include "common/util.h"
 #include "images/image_file.h"
@@ -68,6 +70,14 @@ Status Controller::Start() {
       options_.database.empty() ? options_.state_dir + "/vmgrid.db" : options_.database;
   VMG_ASSIGN_OR_RETURN(store_, Store::Open(database));
   VMG_ASSIGN_OR_RETURN(query_, QueryService::Open(database));
+  if (!options_.image_server.empty()) {
+    std::string token;
+    if (!options_.image_server_token_file.empty()) {
+      VMG_ASSIGN_OR_RETURN(token, ReadFile(options_.image_server_token_file, 4096));
+      while (!token.empty() && isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+    }
+    image_server_ = std::make_unique<ChunkClient>(options_.image_server, token);
+  }
 
   // First start: an admin and the agents' credential, each written to a file
   // only its owner can read. Only their hashes are stored.
@@ -205,6 +215,11 @@ json Controller::ImageJson(const Image& i) {
           {"append", i.append},
           {"min_memory_mb", i.min_memory_mb},
           {"checkpoint", ckpt},
+          // Image server versions of its files (kind -> name, version, digest, size).
+          {"versions", [&] {
+             json b = json::parse(i.blobs, nullptr, false);
+             return b.is_object() ? b : json::object();
+           }()},
           {"created_at", FormatTimeMs(i.created_ms)}};
 }
 
@@ -253,6 +268,8 @@ json Controller::HostJson(const Host& h, bool admin) {
     j["url"] = h.url;
     auto vms = store_->ListVmsOnHost(h.id);
     j["vm_count"] = vms.ok() ? vms->size() : 0;
+    std::lock_guard<std::mutex> l(mu_);
+    if (auto it = host_images_.find(h.id); it != host_images_.end()) j["images"] = it->second;
   }
   return j;
 }
@@ -296,6 +313,57 @@ json Controller::AgentImageFiles(const Image& i) {
           {"kernel", i.has_kernel ? i.dir + "/vmlinuz" : ""},
           {"initrd", i.has_initrd ? i.dir + "/initrd.img" : ""},
           {"append", i.append}};
+}
+
+json Controller::AgentBlobs(const Image& i, bool image_checkpoint) {
+  json all = json::parse(i.blobs, nullptr, false);
+  json out = json::object();
+  if (!all.is_object()) return out;
+  for (const char* kind : {"disk", "kernel", "initrd"})
+    if (all.contains(kind)) out[kind] = all[kind];
+  if (image_checkpoint)
+    for (const char* kind : {"ckpt_memory", "ckpt_disk"})
+      if (all.contains(kind)) out[kind] = all[kind];
+  return out;
+}
+
+Status Controller::PublishImage(Image& image) {
+  json blobs = json::object();
+  const std::string disk = image.dir + "/" + FileNameFor("disk", image.format);
+  std::string raw = disk;
+  if (image.format == "qcow2") {
+    // Chunks are guest-visible bytes, so that NBD serves reads straight from them.
+    raw = image.dir + "/disk.publish.raw";
+    auto r = RunProcessChecked({"qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk, raw}, std::chrono::minutes(30));
+    if (!r.ok()) return r.error().Wrap("converting the disk to raw for the image server");
+  }
+  std::vector<std::pair<std::string, std::string>> files = {{"disk", raw}};
+  if (image.has_kernel) files.emplace_back("kernel", image.dir + "/vmlinuz");
+  if (image.has_initrd) files.emplace_back("initrd", image.dir + "/initrd.img");
+  Status st;
+  for (const auto& [kind, path] : files) {
+    auto started = std::chrono::steady_clock::now();
+    int last = -1;
+    auto progress = [&, kind = kind](uint64_t done, uint64_t total) {
+      int pct = total ? static_cast<int>(done * 100 / total) : 100;
+      if (pct / 25 != last / 25) spdlog::info("image {}: publishing {}: {}%", image.name, kind, pct);
+      last = pct;
+      return !stop_.load();
+    };
+    auto m = image_server_->UploadImageFile(path, image.id + "-" + kind, kDefaultChunkSize, progress);
+    if (!m.ok()) {
+      st = m.error().Wrap("publishing the " + kind + " of image " + image.name + " to " + options_.image_server);
+      break;
+    }
+    blobs[kind] = {{"name", m->name}, {"version", m->version}, {"digest", m->Digest()}, {"size", m->size}};
+    spdlog::info("image {}: {} published as {} v{} ({} MiB, {} non-zero chunks) in {:.1f} s", image.name, kind,
+                 m->name, m->version, m->size >> 20, m->NonZeroChunks(),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  }
+  if (raw != disk) unlink(raw.c_str());
+  if (!st.ok()) return st;
+  image.blobs = blobs.dump();
+  return Status::Ok();
 }
 
 // --- routes -----------------------------------------------------------------------------
@@ -502,7 +570,7 @@ void Controller::CreateUser(const Caller&, const Req& req, Res& res) {
 void Controller::Heartbeat(const Caller&, const Req& req, Res& res) {
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"name", "url", "capacity", "vms"});
+  JsonFields f(*body, {"name", "url", "capacity", "vms", "images"});
   auto name = f.String("name", true);
   auto url = f.String("url", true);
   if (!name.ok()) return SendError(res, name.error());
@@ -530,7 +598,31 @@ void Controller::Heartbeat(const Caller&, const Req& req, Res& res) {
   json vms = body->value("vms", json::array());
   if (!vms.is_array()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "vms must be an array"));
   ReconcileHost(*host, vms, NowMs());
+  if (auto im = body->find("images"); im != body->end() && im->is_object()) NoteHostImages(host->id, *im);
   SendJson(res, 200, {{"host_id", host->id}});
+}
+
+// Keeps the host's cache counters for `host show`, and records which images
+// the host has exported (so it caches their chunks) in image_cache.
+void Controller::NoteHostImages(const std::string& host_id, const json& report) {
+  std::vector<std::string> images;
+  if (auto ex = report.find("exports"); ex != report.end() && ex->is_array())
+    for (const auto& e : *ex)
+      if (e.is_object() && e.contains("name") && e["name"].is_string()) {
+        std::string name = e["name"].get<std::string>();
+        const std::string suffix = "-disk";
+        if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+          images.push_back(name.substr(0, name.size() - suffix.size()));
+      }
+  std::vector<std::string> fresh;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    host_images_[host_id] = report;
+    for (const auto& i : images)
+      if (noted_cached_.insert({i, host_id}).second) fresh.push_back(i);
+  }
+  for (const auto& i : fresh)
+    if (store_->GetImage(i, "").ok()) (void)store_->NoteImageCached(i, host_id);
 }
 
 // Brings the controller's records in line with what the host's agent runs.
@@ -647,6 +739,9 @@ void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
                                     "image " + image->name + " is missing: " + list +
                                         " (upload with PUT /v1/images/ID/files/KIND)"));
   }
+  if (image_server_) {
+    if (auto st = PublishImage(*image); !st.ok()) return SendError(res, st.error());
+  }
   image->state = "ready";
   if (auto st = store_->UpdateImage(*image); !st.ok()) return SendError(res, st.error());
   SendJson(res, 200, ImageJson(*image));
@@ -685,16 +780,38 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
   Image img = *image;
   RunAsync("", [this, h, img]() mutable {
     std::string target = img.dir + "/checkpoint";
-    auto r = AgentClient(h).Post("/agent/v1/image-checkpoints",
-                                 {{"image", AgentImageFiles(img)}, {"vcpus", img.ckpt_vcpus},
-                                  {"memory_mb", img.ckpt_memory_mb}, {"target_dir", target}});
+    json body = {{"image", AgentImageFiles(img)}, {"vcpus", img.ckpt_vcpus}, {"memory_mb", img.ckpt_memory_mb}};
+    if (image_server_) {
+      // Made on the host, published to the image server (memory and disk
+      // delta), fetched by any host that resumes it.
+      body["blobs"] = AgentBlobs(img, false);
+      body["push_as"] = img.id + "-ckpt";
+    } else {
+      body["target_dir"] = target;
+    }
+    auto r = AgentClient(h).Post("/agent/v1/image-checkpoints", body);
     auto fresh = store_->GetImage(img.id, "");
     if (!fresh.ok()) return;  // deleted meanwhile
+    json blobs = json::parse(fresh->blobs, nullptr, false);
+    if (r.ok() && image_server_) {
+      auto mem = r->find("ckpt_memory");
+      auto disk = r->find("ckpt_disk");
+      if (!blobs.is_object() || mem == r->end() || disk == r->end() || !mem->is_object() || !disk->is_object() ||
+          !(*mem)["size"].is_number_unsigned() || !(*disk)["size"].is_number_unsigned())
+        r = MakeError(ErrorCode::kInternal, "the agent's answer lacks the published checkpoint versions");
+    }
     if (r.ok()) {
       std::error_code ec;
       fresh->ckpt_state = "ready";
-      fresh->ckpt_size_bytes = static_cast<int64_t>(fs::file_size(target + "/memory.state", ec)) +
-                               static_cast<int64_t>(fs::file_size(target + "/disk.qcow2", ec));
+      if (image_server_) {
+        blobs["ckpt_memory"] = (*r)["ckpt_memory"];
+        blobs["ckpt_disk"] = (*r)["ckpt_disk"];
+        fresh->blobs = blobs.dump();
+        fresh->ckpt_size_bytes = (*r)["ckpt_memory"]["size"].get<int64_t>() + (*r)["ckpt_disk"]["size"].get<int64_t>();
+      } else {
+        fresh->ckpt_size_bytes = static_cast<int64_t>(fs::file_size(target + "/memory.state", ec)) +
+                                 static_cast<int64_t>(fs::file_size(target + "/disk.qcow2", ec));
+      }
       spdlog::info("image {}: post-boot checkpoint ready", img.name);
     } else {
       fresh->ckpt_state = "error";
@@ -943,7 +1060,8 @@ void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::strin
                {"image", AgentImageFiles(image)},
                {"workspace_path", workspace ? workspace->path : ""},
                {"start", vm.start},
-               {"checkpoint_dir", checkpoint_dir}};
+               {"checkpoint_dir", checkpoint_dir},
+               {"blobs", AgentBlobs(image, vm.start == "resume" && checkpoint_dir == image.dir + "/checkpoint")}};
   Host h = host.ok() ? *host : Host{};
   std::optional<Workspace> ws = workspace;
   RunAsync(vm.id, [this, h, spec, vm, ws, new_workspace, started] {

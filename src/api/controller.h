@@ -34,6 +34,7 @@ struct Response;
 namespace vmgrid {
 
 class ApiClient;
+class ChunkClient;
 
 class Controller {
  public:
@@ -91,6 +92,11 @@ class Controller {
 
   ApiClient AgentClient(const Host& host, int read_timeout_s = 900);
   nlohmann::json AgentImageFiles(const Image& image);
+  // The image server versions an agent needs for `image` (and its post-boot
+  // checkpoint when `image_checkpoint`); {} without an image server.
+  nlohmann::json AgentBlobs(const Image& image, bool image_checkpoint);
+  // Publishes the image's files to the image server; fills image.blobs.
+  Status PublishImage(Image& image);
 
   // Runs `fn` on a background thread; `vm_id` (if set) is marked in flight
   // so reconciliation leaves it alone meanwhile.
@@ -98,6 +104,7 @@ class Controller {
   bool InFlight(const std::string& vm_id);
   void ReconcileLoop();
   void ReconcileHost(const Host& host, const nlohmann::json& reported_vms, int64_t received_ms);
+  void NoteHostImages(const std::string& host_id, const nlohmann::json& report);
   Error ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates,
                            const std::string& site, const std::string& network);
   void LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
@@ -115,12 +122,15 @@ class Controller {
   std::string url_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<QueryService> query_;
+  std::unique_ptr<ChunkClient> image_server_;  // null without --image-server
   std::unique_ptr<httplib::Server> server_;
   std::thread server_thread_, reconcile_thread_;
   std::atomic<bool> stop_{false};
 
   std::mutex mu_;
   std::multiset<std::string> inflight_;  // guarded by mu_
+  std::map<std::string, nlohmann::json> host_images_;  // host id -> last reported cache stats; guarded by mu_
+  std::set<std::pair<std::string, std::string>> noted_cached_;  // (image, host) recorded; guarded by mu_
   int running_ops_ = 0;                  // guarded by mu_
   std::condition_variable ops_cv_;
 };

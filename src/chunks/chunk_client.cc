@@ -173,6 +173,32 @@ Result<Manifest> ChunkClient::GetManifest(const std::string& name, uint64_t vers
   return m;
 }
 
+Result<std::vector<uint64_t>> ChunkClient::GetPrefetch(const std::string& name, uint64_t version,
+                                                       const std::string& mode) {
+  VMG_RETURN_IF_ERROR(ValidateName("image", name));
+  VMG_ASSIGN_OR_RETURN(Answer a, Call("GET", "/v1/prefetch/" + name + "/" + std::to_string(version) + "/" + mode,
+                                      "", "", kMaxManifestJsonBytes));
+  auto j = nlohmann::json::parse(a.body, nullptr, false);
+  std::vector<uint64_t> order;
+  if (!j.is_object() || !j.contains("order") || !j["order"].is_array())
+    return Protocol(base_url_, "prefetch answer has no order list");
+  for (const auto& v : j["order"]) {
+    if (!v.is_number_unsigned()) return Protocol(base_url_, "prefetch answer has a non-integer index");
+    order.push_back(v.get<uint64_t>());
+  }
+  return order;
+}
+
+Status ChunkClient::PutPrefetch(const std::string& name, uint64_t version, const std::string& mode,
+                                const std::vector<uint64_t>& order) {
+  VMG_RETURN_IF_ERROR(ValidateName("image", name));
+  nlohmann::json body = {{"order", order}};
+  auto a = Call("PUT", "/v1/prefetch/" + name + "/" + std::to_string(version) + "/" + mode, body.dump(),
+                "application/json", 1 << 20);
+  if (!a.ok()) return a.error();
+  return Status::Ok();
+}
+
 Result<std::string> ChunkClient::FetchSingle(const std::string& digest, int attempts, bool refetch) {
   std::string last_hash;
   for (int i = 0; i < attempts; ++i) {

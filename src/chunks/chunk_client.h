@@ -82,6 +82,12 @@ class ChunkClient {
   // chunks already handed to the sink stay handed.
   Status FetchChunks(const std::vector<std::string>& digests, const ChunkSink& sink);
 
+  // Prefetch hints (ImageCatalog::GetPrefetch/PutPrefetch). Get: kNotFound
+  // when none is recorded. Put: kAlreadyExists when another host was first.
+  Result<std::vector<uint64_t>> GetPrefetch(const std::string& name, uint64_t version, const std::string& mode);
+  Status PutPrefetch(const std::string& name, uint64_t version, const std::string& mode,
+                     const std::vector<uint64_t>& order);
+
   // --- push side ---
   // Which of `digests` the server lacks (each once, in first-seen order).
   Result<std::vector<std::string>> MissingChunks(const std::vector<std::string>& digests);

@@ -153,6 +153,72 @@ std::vector<std::string> ImageCatalog::Names() const {
   return out;
 }
 
+Result<uint64_t> ImageCatalog::ChunkCount(const std::string& name, uint64_t version) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = index_.find(name);
+  if (it == index_.end()) return MakeError(ErrorCode::kNotFound, "no image named '" + name + "'");
+  auto v = it->second.find(version);
+  if (v == it->second.end())
+    return MakeError(ErrorCode::kNotFound, "image '" + name + "' has no version " + std::to_string(version));
+  return v->second.chunks;
+}
+
+static Status CheckPrefetchMode(const std::string& mode) {
+  if (mode != "boot" && mode != "resume")
+    return MakeError(ErrorCode::kInvalidArgument, "prefetch mode '" + mode.substr(0, 40) +
+                                                      "' must be 'boot' or 'resume'");
+  return Status::Ok();
+}
+
+Status ImageCatalog::PutPrefetch(const std::string& name, uint64_t version, const std::string& mode,
+                                 const std::vector<uint64_t>& order) {
+  VMG_RETURN_IF_ERROR(CheckPrefetchMode(mode));
+  VMG_ASSIGN_OR_RETURN(uint64_t chunks, ChunkCount(name, version));
+  if (order.empty()) return MakeError(ErrorCode::kInvalidArgument, "the prefetch order is empty");
+  if (order.size() > chunks)
+    return MakeError(ErrorCode::kInvalidArgument, "the prefetch order lists " + std::to_string(order.size()) +
+                                                      " chunks; the image has " + std::to_string(chunks));
+  std::vector<bool> seen(chunks, false);
+  for (uint64_t i : order) {
+    if (i >= chunks)
+      return MakeError(ErrorCode::kInvalidArgument, "prefetch index " + std::to_string(i) +
+                                                        " is out of range (the image has " +
+                                                        std::to_string(chunks) + " chunks)");
+    if (seen[i]) return MakeError(ErrorCode::kInvalidArgument, "prefetch index " + std::to_string(i) + " repeats");
+    seen[i] = true;
+  }
+  std::string path = dir_ + "/" + name + "/" + std::to_string(version) + ".prefetch-" + mode + ".json";
+  std::lock_guard<std::mutex> l(mu_);  // one writer at a time, so "first one wins" holds
+  if (FileExists(path))
+    return MakeError(ErrorCode::kAlreadyExists, "a " + mode + " prefetch order of " + name + " version " +
+                                                    std::to_string(version) + " is already recorded");
+  return WriteFileAtomic(path, nlohmann::json{{"order", order}}.dump() + "\n");
+}
+
+Result<std::vector<uint64_t>> ImageCatalog::GetPrefetch(const std::string& name, uint64_t version,
+                                                        const std::string& mode) const {
+  VMG_RETURN_IF_ERROR(CheckPrefetchMode(mode));
+  VMG_ASSIGN_OR_RETURN(uint64_t chunks, ChunkCount(name, version));
+  std::string path = dir_ + "/" + name + "/" + std::to_string(version) + ".prefetch-" + mode + ".json";
+  if (!FileExists(path))
+    return MakeError(ErrorCode::kNotFound, "no " + mode + " prefetch order for " + name + " version " +
+                                               std::to_string(version));
+  VMG_ASSIGN_OR_RETURN(std::string text, ReadFile(path, 64ull << 20));
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  std::vector<uint64_t> order;
+  if (j.is_object() && j.contains("order") && j["order"].is_array()) {
+    for (const auto& v : j["order"]) {
+      if (!v.is_number_unsigned() || v.get<uint64_t>() >= chunks) {
+        order.clear();
+        break;
+      }
+      order.push_back(v.get<uint64_t>());
+    }
+  }
+  if (order.empty()) return MakeError(ErrorCode::kInternal, "prefetch file " + path + " is corrupt");
+  return order;
+}
+
 ImageCatalog::Stats ImageCatalog::ComputeStats(const ChunkStore& store) const {
   Stats s;
   {

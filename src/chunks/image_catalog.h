@@ -66,11 +66,24 @@ class ImageCatalog {
   Result<Manifest> Latest(const std::string& name) const;
   std::vector<std::string> Names() const;
 
+  // Prefetch hints of a version: the order in which a VM first read its
+  // chunks (chunk indexes) while it booted or resumed from it; `mode` is
+  // "boot" or "resume". Advisory and written once: the first recording
+  // stays (kAlreadyExists for later ones), so hosts agree on one order.
+  // kNotFound for an unknown version; kInvalidArgument for a bad mode, an
+  // index out of range, a repeated index, or an empty list.
+  Status PutPrefetch(const std::string& name, uint64_t version, const std::string& mode,
+                     const std::vector<uint64_t>& order);
+  // kNotFound when none was recorded.
+  Result<std::vector<uint64_t>> GetPrefetch(const std::string& name, uint64_t version,
+                                            const std::string& mode) const;
+
   Stats ComputeStats(const ChunkStore& store) const;
 
  private:
   explicit ImageCatalog(std::string dir) : dir_(std::move(dir)) {}
   std::string PathFor(const std::string& name, uint64_t version) const;
+  Result<uint64_t> ChunkCount(const std::string& name, uint64_t version) const;
 
   const std::string dir_;  // DIR/manifests
   mutable std::mutex mu_;

@@ -43,7 +43,8 @@ Result<uint64_t> ParseVersion(const std::string& s) {
 // before the body is read.
 uint64_t BodyLimitFor(const Req& req) {
   if (req.method == "PUT" && req.path.rfind("/v1/chunks/", 0) == 0) return kMaxChunkBytes;
-  if (req.method == "POST" && (req.path.rfind("/v1/manifests/", 0) == 0 || req.path == "/v1/chunks:missing"))
+  if ((req.method == "POST" && (req.path.rfind("/v1/manifests/", 0) == 0 || req.path == "/v1/chunks:missing")) ||
+      (req.method == "PUT" && req.path.rfind("/v1/prefetch/", 0) == 0))
     return kMaxManifestJsonBytes;
   return kMaxJsonBody;
 }
@@ -275,6 +276,36 @@ void ImageServer::InstallRoutes() {
       if (seen.insert(d).second && !store_.Has(d)) missing.push_back(d);
     }
     SendJson(res, 200, {{"missing", missing}});
+  });
+
+  // --- prefetch hints (docs/chunk-store.md, "Prefetch") ---
+  s.Get(R"(/v1/prefetch/([^/]+)/([^/]+)/([^/]+))", [this](const Req& req, Res& res) {
+    std::string name = req.matches[1];
+    if (Status st = ValidateName("image", name); !st.ok()) return SendError(res, st.error());
+    auto version = ParseVersion(req.matches[2]);
+    if (!version.ok()) return SendError(res, version.error());
+    auto order = catalog_.GetPrefetch(name, *version, req.matches[3]);
+    if (!order.ok()) return SendError(res, order.error());
+    SendJson(res, 200, {{"order", *order}});
+  });
+  s.Put(R"(/v1/prefetch/([^/]+)/([^/]+)/([^/]+))", [this](const Req& req, Res& res) {
+    std::string name = req.matches[1];
+    if (Status st = ValidateName("image", name); !st.ok()) return SendError(res, st.error());
+    auto version = ParseVersion(req.matches[2]);
+    if (!version.ok()) return SendError(res, version.error());
+    auto body = ParseLargeJsonObject(req.body);
+    if (!body.ok()) return SendError(res, body.error());
+    if (body->size() != 1 || !body->contains("order") || !(*body)["order"].is_array())
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "body must be {\"order\": [chunk indexes]}"));
+    std::vector<uint64_t> order;
+    for (const auto& v : (*body)["order"]) {
+      if (!v.is_number_unsigned())
+        return SendError(res, MakeError(ErrorCode::kInvalidArgument, "prefetch indexes must be unsigned integers"));
+      order.push_back(v.get<uint64_t>());
+    }
+    if (Status st = catalog_.PutPrefetch(name, *version, req.matches[3], order); !st.ok())
+      return SendError(res, st.error());
+    SendJson(res, 201, {{"chunks", order.size()}});
   });
 }
 

@@ -12,7 +12,13 @@ ManifestBlockSource::ManifestBlockSource(Manifest manifest, ChunkCache& cache, C
     : manifest_(std::move(manifest)),
       cache_(cache),
       fetch_(std::move(fetch)),
-      options_(options) {}
+      options_(options),
+      touched_(manifest_.chunks.size(), false) {}
+
+std::vector<uint64_t> ManifestBlockSource::FirstReads() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return first_reads_;
+}
 
 Result<std::shared_ptr<ManifestBlockSource>> ManifestBlockSource::Create(Manifest manifest, ChunkCache& cache,
                                                                          ChunkCache::FetchFn fetch,
@@ -35,6 +41,10 @@ ManifestBlockSource::~ManifestBlockSource() {
 Result<ManifestBlockSource::ChunkData> ManifestBlockSource::Chunk(size_t index) {
   {
     std::lock_guard<std::mutex> l(mu_);
+    if (!touched_[index]) {
+      touched_[index] = true;
+      first_reads_.push_back(index);
+    }
     for (size_t i = 0; i < recent_.size(); ++i) {
       if (recent_[i].first == index) {
         ChunkData d = recent_[i].second;

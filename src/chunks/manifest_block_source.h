@@ -50,6 +50,10 @@ class ManifestBlockSource final : public nbd::BlockSource {
 
   const Manifest& manifest() const { return manifest_; }
 
+  // The indexes of the non-zero chunks read so far, in the order of their
+  // first read: what a prefetch hint records (ImageCatalog::PutPrefetch).
+  std::vector<uint64_t> FirstReads() const;
+
  private:
   using ChunkData = std::shared_ptr<const std::string>;
   ManifestBlockSource(Manifest manifest, ChunkCache& cache, ChunkCache::FetchFn fetch, Options options);
@@ -61,8 +65,10 @@ class ManifestBlockSource final : public nbd::BlockSource {
   const ChunkCache::FetchFn fetch_;
   const Options options_;
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::vector<std::pair<size_t, ChunkData>> recent_;  // most recent last; protected by mu_
+  std::vector<bool> touched_;                          // per chunk; protected by mu_
+  std::vector<uint64_t> first_reads_;                  // protected by mu_
 };
 
 // Brings every chunk of `m` that the cache lacks into it, in batches over

@@ -913,6 +913,8 @@ int CmdImageImport(Ctx& ctx, const ImportArgs& a) {
     if (!up.ok()) return fail_and_clean(up.error());
   }
   if (g_interrupted.load()) return fail_and_clean(MakeError(ErrorCode::kInternal, "interrupted"));
+  if (!ctx.g.json)
+    ctx.io.err << "publishing " << a.name << " (chunking and pushing it to the image server, if any)" << std::endl;
   auto fin = client.Post("/v1/images/" + PathEscape(id) + "/finalize");
   if (!fin.ok()) return fail_and_clean(fin.error().Wrap("finalize"));
   json image = *fin;
@@ -1311,7 +1313,9 @@ CLI::Validator ListenValidator() {
 // All option storage for one invocation; lambdas capture it by reference.
 struct Storage {
   ControllerOptions controller;
+  ImageServerOptions image_server;
   AgentOptions agent;
+  bool no_prefetch = false;
   std::string agent_memory;
   DevOptions dev;
   std::string ref;
@@ -1383,9 +1387,25 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
                   "PostgreSQL URI, e.g. postgresql://vmgrid:PW@127.0.0.1/vmgrid "
                   "(default: SQLite STATE_DIR/vmgrid.db)");
     c->add_option("--image-dir", s.controller.image_dir, "Image store (default: STATE_DIR/images)");
+    c->add_option("--image-server", s.controller.image_server,
+                  "Image server URL to publish images and checkpoints to, e.g. http://127.0.0.1:8471 "
+                  "(default: none; agents read image files by path)");
+    c->add_option("--image-server-token-file", s.controller.image_server_token_file,
+                  "File with the image server's token");
+
+    auto* is = leaf(&app, "image-server", "Run an image server (content-addressed image and checkpoint chunks)",
+                    [&] { return RunImageServer(s.image_server); });
+    is->group("Server roles");
+    is->add_option("--listen", s.image_server.listen, "Address to listen on")
+        ->check(ListenValidator())
+        ->capture_default_str();
+    is->add_option("--dir", s.image_server.dir, "Chunk store and manifests")->capture_default_str();
+    is->add_option("--token-file", s.image_server.token_file,
+                   "File with the bearer token clients must send (default: none)");
 
     auto* a = leaf(&app, "agent", "Run a host agent", [&] {
       if (!s.agent_memory.empty()) s.agent.memory_mb = ParseMemoryMb(s.agent_memory).value();
+      s.agent.prefetch = !s.no_prefetch;
       return RunAgent(s.agent);
     });
     a->group("Server roles");
@@ -1405,6 +1425,14 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     a->add_option("--vcpus", s.agent.vcpus, "vCPUs to offer (0: all)")->check(CLI::Range(0, 4096));
     a->add_option("--memory-mb", s.agent_memory, "Memory to offer, MiB or 4G (default: auto)")
         ->check(MemoryValidator());
+    a->add_option("--image-server", s.agent.image_server,
+                  "Image server URL to fetch image chunks from (default: read image files by path)");
+    a->add_option("--image-server-token-file", s.agent.image_server_token_file,
+                  "File with the image server's token");
+    a->add_option("--cache-mb", s.agent.cache_mb, "Bound of the host chunk cache, MiB")
+        ->check(CLI::Range(64, 1 << 24))
+        ->capture_default_str();
+    a->add_flag("--no-prefetch", s.no_prefetch, "Do not stream recorded first-read orders on cold starts");
 
     auto* sh = leaf(&app, "sim-hosts", "Simulate N hosts for the controller (scale tests)", [&] {
       if (!s.sim_memory.empty()) s.sim.memory_mb = static_cast<int64_t>(ParseMemoryMb(s.sim_memory).value());
@@ -1458,8 +1486,9 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
   {
     auto* g = group(&app, "image", "VM images");
     g->group("Client commands");
-    auto* imp = leaf(g, "import", "Upload an image (from a build directory or files)",
+    auto* imp = leaf(g, "import", "Upload an image (from a build directory or files); alias: push",
                      [&] { return CmdImageImport(ctx, s.import); });
+    imp->alias("push");
     imp->add_option("NAME", s.import.name, "Image name")->required();
     imp->add_option("DIR", s.import.dir, "Directory with manifest.json (guest/build-tiny.sh)");
     imp->add_option("--disk", s.import.disk, "Disk image file");

@@ -53,6 +53,7 @@ int RunDev(const DevOptions& o) {
   return 44;
 }
 int RunSimHosts(const SimHostsOptions&) { return 45; }
+int RunImageServer(const ImageServerOptions&) { return 46; }
 
 namespace {
 

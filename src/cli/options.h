@@ -22,6 +22,11 @@ struct ControllerOptions {
   std::string image_dir;
   // Controller database: a PostgreSQL URI. Empty: SQLite STATE_DIR/vmgrid.db.
   std::string database;
+  // Image server (`vmgrid image-server`) that images and their checkpoints
+  // are published to (docs/chunk-store.md); empty: agents read image files
+  // from image_dir by path (one machine only).
+  std::string image_server;
+  std::string image_server_token_file;
 };
 
 // `vmgrid agent`: runs QEMU VMs on one host on behalf of the controller.
@@ -48,6 +53,13 @@ struct AgentOptions {
   // information service and placement query them.
   std::string site = "default";
   std::string network = "default";
+  // Image server (`vmgrid image-server`) to fetch image and checkpoint
+  // chunks from; empty: image files are read from the paths the controller
+  // sends (single-machine setups).
+  std::string image_server;
+  std::string image_server_token_file;  // bearer token for it ("" = none)
+  uint64_t cache_mb = 10240;            // bound of the host chunk cache (STATE/chunks)
+  bool prefetch = true;                 // stream recorded first-read orders on cold starts
 };
 
 // `vmgrid dev`: a controller plus N agents as child processes, for development
@@ -69,7 +81,16 @@ struct DevOptions {
 
 // Role entry points, defined by the respective modules (not by src/cli).
 // Each returns the process exit code (0 success). Must not throw.
+// `vmgrid image-server`: the content-addressed store of image and checkpoint
+// versions that agents fetch chunks from (docs/chunk-store.md).
+struct ImageServerOptions {
+  std::string listen = "127.0.0.1:8471";
+  std::string dir = "./state/image-server";  // chunks/, manifests/
+  std::string token_file;                     // bearer token clients must send ("" = none)
+};
+
 int RunController(const ControllerOptions& options);
+int RunImageServer(const ImageServerOptions& options);
 int RunAgent(const AgentOptions& options);
 int RunDev(const DevOptions& options);
 

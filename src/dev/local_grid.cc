@@ -57,11 +57,46 @@ LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
   agents_.resize(static_cast<size_t>(options_.hosts));
   // Agents keep their address across restarts, as on real hosts.
   for (int i = 0; i < options_.hosts; ++i) agent_ports_.push_back(FreePort());
+  if (options_.image_server && options_.image_server_port == 0) options_.image_server_port = FreePort();
+}
+
+std::string LocalGrid::image_server_url() const {
+  if (!options_.image_server) return "";
+  return "http://127.0.0.1:" + std::to_string(options_.image_server_port);
+}
+
+Status LocalGrid::StartImageServer(milliseconds timeout) {
+  if (!options_.image_server) return Status::Ok();
+  VMG_RETURN_IF_ERROR(MakeDirs(log_dir()));
+  if (!FileExists(image_server_token_file()))
+    VMG_RETURN_IF_ERROR(WriteFileAtomic(image_server_token_file(), NewToken() + "\n", 0600));
+  VMG_ASSIGN_OR_RETURN(image_server_,
+                       ChildProcess::Spawn({options_.vmgrid_binary, "image-server", "--listen",
+                                            "127.0.0.1:" + std::to_string(options_.image_server_port), "--dir",
+                                            image_server_dir(), "--token-file", image_server_token_file()},
+                                           log_dir() + "/image-server.log"));
+  ApiClient probe(image_server_url(), "");
+  auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (!image_server_->Running())
+      return MakeError(ErrorCode::kInternal, "the image server exited; see " + log_dir() + "/image-server.log");
+    auto r = probe.Get("/v1/stats");
+    if (r.ok() || r.error().code == ErrorCode::kUnauthenticated) return Status::Ok();
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  return MakeError(ErrorCode::kTimeout, "the image server did not come up; see " + log_dir() + "/image-server.log");
+}
+
+void LocalGrid::StopImageServer(bool hard) {
+  if (!image_server_) return;
+  if (hard) image_server_->KillHard();
+  image_server_.reset();
 }
 
 LocalGrid::~LocalGrid() {
   for (auto& a : agents_) a.reset();
   controller_.reset();
+  image_server_.reset();
 }
 
 std::string LocalGrid::agent_state_dir(int index) const {
@@ -80,11 +115,13 @@ ApiClient LocalGrid::Admin() const { return ApiClient(url_, admin_token()); }
 
 Status LocalGrid::StartController(milliseconds timeout) {
   VMG_RETURN_IF_ERROR(MakeDirs(log_dir()));
-  VMG_ASSIGN_OR_RETURN(controller_,
-                       ChildProcess::Spawn({options_.vmgrid_binary, "controller", "--listen",
-                                            "127.0.0.1:" + std::to_string(options_.port),
-                                            "--state-dir", controller_state_dir()},
-                                           log_dir() + "/controller.log"));
+  std::vector<std::string> argv = {options_.vmgrid_binary, "controller", "--listen",
+                                   "127.0.0.1:" + std::to_string(options_.port), "--state-dir",
+                                   controller_state_dir()};
+  if (options_.image_server)
+    argv.insert(argv.end(), {"--image-server", image_server_url(), "--image-server-token-file",
+                             image_server_token_file()});
+  VMG_ASSIGN_OR_RETURN(controller_, ChildProcess::Spawn(argv, log_dir() + "/controller.log"));
   ApiClient anon(url_, "");
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
@@ -112,6 +149,11 @@ Status LocalGrid::StartAgent(int index, milliseconds timeout) {
   if (options_.host_vcpus > 0) argv.insert(argv.end(), {"--vcpus", std::to_string(options_.host_vcpus)});
   if (options_.host_memory_mb > 0)
     argv.insert(argv.end(), {"--memory-mb", std::to_string(options_.host_memory_mb)});
+  if (options_.image_server) {
+    std::string url = options_.agent_image_server_url.empty() ? image_server_url() : options_.agent_image_server_url;
+    argv.insert(argv.end(), {"--image-server", url, "--image-server-token-file", image_server_token_file()});
+    if (!options_.agent_prefetch) argv.push_back("--no-prefetch");
+  }
   auto& agent = agents_[static_cast<size_t>(index)];
   VMG_ASSIGN_OR_RETURN(agent, ChildProcess::Spawn(argv, log_dir() + "/" + name + ".log"));
   // Serving = its API answers (401 without the agent token) on its address.
@@ -162,6 +204,7 @@ int LocalGrid::KillVmProcesses() {
 
 Status LocalGrid::Start(milliseconds timeout) {
   VMG_RETURN_IF_ERROR(MakeDirs(options_.state_dir));
+  VMG_RETURN_IF_ERROR(StartImageServer());
   VMG_RETURN_IF_ERROR(StartController());
   for (int i = 0; i < options_.hosts; ++i) VMG_RETURN_IF_ERROR(StartAgent(i));
   return WaitHostsUp(options_.hosts, timeout);

@@ -22,6 +22,13 @@ struct LocalGridOptions {
   int hosts = 1;
   int host_vcpus = 0;         // 0 = agent default
   int64_t host_memory_mb = 0;
+  // Run an image server (state_dir/image-server, token in
+  // state_dir/image-server.token) that the controller publishes to and
+  // agents fetch from. Off: agents read image files by path.
+  bool image_server = true;
+  int image_server_port = 0;           // 0 = pick a free one
+  std::string agent_image_server_url;  // "" = the grid's own (e.g. a WAN emulator in front of it)
+  bool agent_prefetch = true;
 };
 
 class LocalGrid {
@@ -33,6 +40,8 @@ class LocalGrid {
   Status Start(std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
   Status StartController(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  Status StartImageServer(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  void StopImageServer(bool hard);
   void StopController(bool hard);
   Status StartAgent(int index, std::chrono::milliseconds timeout = std::chrono::seconds(30));
   void StopAgent(int index, bool hard);
@@ -50,11 +59,19 @@ class LocalGrid {
   std::string log_dir() const { return options_.state_dir + "/logs"; }
   ApiClient Admin() const;
   int hosts() const { return options_.hosts; }
+  // "" when the grid runs without one.
+  std::string image_server_url() const;
+  std::string image_server_dir() const { return options_.state_dir + "/image-server"; }
+  std::string image_server_token_file() const { return options_.state_dir + "/image-server.token"; }
+  // Changes where agents started from now on fetch chunks (benchmarks).
+  void set_agent_image_server_url(std::string url) { options_.agent_image_server_url = std::move(url); }
+  void set_agent_prefetch(bool on) { options_.agent_prefetch = on; }
 
  private:
   LocalGridOptions options_;
   std::string url_;
   std::unique_ptr<ChildProcess> controller_;
+  std::unique_ptr<ChildProcess> image_server_;
   std::vector<std::unique_ptr<ChildProcess>> agents_;
   std::vector<int> agent_ports_;
 };

@@ -54,6 +54,10 @@ struct Image {
   int64_t ckpt_size_bytes = 0;
   std::string ckpt_error;
   int64_t created_ms = 0;
+  // Image server versions of its files, JSON {kind: {name, version, digest,
+  // size}} for kinds disk, kernel, initrd, ckpt_memory, ckpt_disk; "{}" when
+  // the controller has no image server.
+  std::string blobs = "{}";
 };
 
 struct Vm {

@@ -141,6 +141,11 @@ CREATE INDEX vms_network ON vms(network, memory_mb);
 CREATE INDEX hosts_site ON hosts(site);
 CREATE INDEX image_cache_host ON image_cache(host_id);
 )sql",
+    // 4: image server versions an image's files were published as
+    // (JSON: kind -> {name, version, digest, size}; docs/chunk-store.md).
+    R"sql(
+ALTER TABLE images ADD COLUMN blobs TEXT NOT NULL DEFAULT '{}';
+)sql",
 };
 
 const char* kUserCols = "id, name, role, created_ms";
@@ -180,7 +185,7 @@ Host ReadHost(const SqlRow& s) {
 const char* kImageCols =
     "id, name, owner_id, state, format, dir, size_bytes, virtual_size_bytes, has_kernel, "
     "has_initrd, append, min_memory_mb, ckpt_state, ckpt_memory_mb, ckpt_vcpus, "
-    "ckpt_size_bytes, ckpt_error, created_ms";
+    "ckpt_size_bytes, ckpt_error, created_ms, blobs";
 Image ReadImage(const SqlRow& s) {
   Image i;
   i.id = s.Text(0);
@@ -201,13 +206,14 @@ Image ReadImage(const SqlRow& s) {
   i.ckpt_size_bytes = s.Int(15);
   i.ckpt_error = s.Text(16);
   i.created_ms = s.Int(17);
+  i.blobs = s.Text(18);
   return i;
 }
 std::vector<SqlValue> ImageValues(const Image& i) {
   return {i.id, i.name, i.owner_id, i.state, i.format, i.dir, i.size_bytes,
           i.virtual_size_bytes, int64_t{i.has_kernel}, int64_t{i.has_initrd}, i.append,
           i.min_memory_mb, i.ckpt_state, i.ckpt_memory_mb, int64_t{i.ckpt_vcpus},
-          i.ckpt_size_bytes, i.ckpt_error, i.created_ms};
+          i.ckpt_size_bytes, i.ckpt_error, i.created_ms, i.blobs};
 }
 
 const char* kVmCols =
@@ -451,7 +457,7 @@ Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
 Status Store::InsertImage(const Image& image) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = db_->Exec(std::string("INSERT INTO images (") + kImageCols + ") VALUES (" +
-                        Placeholders(18) + ")",
+                        Placeholders(19) + ")",
                     ImageValues(image));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
@@ -469,7 +475,7 @@ Status Store::UpdateImage(const Image& i) {
   VMG_RETURN_IF_ERROR(db_->Exec(
       "UPDATE images SET name=?, owner_id=?, state=?, format=?, dir=?, size_bytes=?, "
       "virtual_size_bytes=?, has_kernel=?, has_initrd=?, append=?, min_memory_mb=?, ckpt_state=?, "
-      "ckpt_memory_mb=?, ckpt_vcpus=?, ckpt_size_bytes=?, ckpt_error=?, created_ms=? WHERE id=?",
+      "ckpt_memory_mb=?, ckpt_vcpus=?, ckpt_size_bytes=?, ckpt_error=?, created_ms=?, blobs=? WHERE id=?",
       vals));
   return Status::Ok();
 }

@@ -1,0 +1,403 @@
+#include "agent/host_images.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "chunks/chunk_cache.h"
+#include "chunks/chunk_client.h"
+#include "chunks/manifest_block_source.h"
+#include "common/http_json.h"
+#include "common/subprocess.h"
+#include "common/util.h"
+#include "nbd/nbd_server.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+
+json ToJson(const BlobRef& b) {
+  return {{"name", b.name}, {"version", b.version}, {"digest", b.digest}, {"size", b.size}};
+}
+
+Result<BlobRef> BlobRefFromJson(const json& j, const std::string& what) {
+  auto bad = [&](const std::string& why) { return MakeError(ErrorCode::kInvalidArgument, what + ": " + why); };
+  if (!j.is_object()) return bad("must be an object {name, version, digest, size}");
+  JsonFields f(j, {"name", "version", "digest", "size"});
+  if (Status st = f.CheckUnknown(); !st.ok()) return st.error().Wrap(what);
+  BlobRef b;
+  auto name = f.String("name", true);
+  auto digest = f.String("digest", true);
+  auto version = f.Int("version", 0, 1, int64_t{1} << 53);
+  auto size = f.Int("size", 0, 1, int64_t{1} << 50);
+  if (!name.ok()) return name.error().Wrap(what);
+  if (!digest.ok()) return digest.error().Wrap(what);
+  if (!version.ok()) return version.error().Wrap(what);
+  if (!size.ok()) return size.error().Wrap(what);
+  if (!j.contains("version") || !j.contains("size")) return bad("version and size are required");
+  if (Status st = ValidateName("image", *name); !st.ok()) return st.error().Wrap(what);
+  if (!IsChunkDigest(*digest)) return bad("digest must be 64 lowercase hex digits");
+  b.name = *name;
+  b.digest = *digest;
+  b.version = static_cast<uint64_t>(*version);
+  b.size = static_cast<uint64_t>(*size);
+  return b;
+}
+
+HostImages::HostImages(Options options) : options_(std::move(options)) {}
+
+Result<std::unique_ptr<HostImages>> HostImages::Open(Options options) {
+  if (options.server_url.empty())
+    return MakeError(ErrorCode::kInvalidArgument, "no image server URL");
+  std::unique_ptr<HostImages> h(new HostImages(options));
+  const std::string& dir = h->options_.state_dir;
+  for (const char* sub : {"/blobs", "/manifests"}) VMG_RETURN_IF_ERROR(MakeDirs(dir + sub, 0755));
+  ChunkCache::Options co;
+  co.capacity_bytes = options.cache_bytes;
+  VMG_ASSIGN_OR_RETURN(h->cache_, ChunkCache::Open(dir + "/chunks", co));
+  ChunkClient::Options cl;
+  cl.connections = options.connections;
+  h->client_ = std::make_unique<ChunkClient>(options.server_url, options.token, cl);
+  h->socket_path_ = dir + "/nbd.sock";
+  nbd::NbdServerOptions no;
+  no.unix_socket_path = h->socket_path_;
+  no.unix_socket_mode = 0660;  // QEMU runs as another user of our group after -runas
+  h->nbd_ = std::make_unique<nbd::NbdServer>(no);
+  VMG_RETURN_IF_ERROR(h->nbd_->Start());
+  if (options.socket_gid >= 0 && chown(h->socket_path_.c_str(), static_cast<uid_t>(-1),
+                                       static_cast<gid_t>(options.socket_gid)) != 0)
+    return MakeError(ErrorCode::kInternal, "chown " + h->socket_path_ + ": " + strerror(errno));
+  auto st = h->cache_->stats();
+  spdlog::info("host images: cache {} ({} chunks, {} MiB of {} MiB), image server {}, NBD at {}",
+               h->cache_->dir(), st.chunks, st.bytes >> 20, st.capacity_bytes >> 20, options.server_url,
+               h->socket_path_);
+  return h;
+}
+
+HostImages::~HostImages() {
+  stop_ = true;
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    threads.swap(prefetchers_);
+  }
+  for (auto& t : threads) t.join();
+  if (nbd_) nbd_->Stop();
+  std::lock_guard<std::mutex> l(mu_);
+  exports_.clear();  // unpins before the cache goes
+}
+
+std::shared_ptr<std::mutex> HostImages::LockFor(const std::string& key) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto& m = key_locks_[key];
+  if (!m) m = std::make_shared<std::mutex>();
+  return m;
+}
+
+Result<Manifest> HostImages::GetManifest(const BlobRef& ref) {
+  // Published versions are immutable: a local copy (checked against the
+  // digest the controller recorded) is as good as the server's.
+  std::string path = options_.state_dir + "/manifests/" + ref.digest + ".json";
+  if (FileExists(path)) {
+    auto text = ReadFile(path, kMaxManifestJsonBytes + 1);
+    if (text.ok()) {
+      auto m = ParseManifestJson(*text);
+      if (m.ok() && m->Digest() == ref.digest) return m;
+    }
+    spdlog::warn("host images: discarding corrupt local manifest {}", path);
+    unlink(path.c_str());
+  }
+  VMG_ASSIGN_OR_RETURN(Manifest m, client_->GetManifest(ref.name, ref.version, ref.digest));
+  if (m.size != ref.size)
+    return MakeError(ErrorCode::kInternal, "manifest " + ref.name + "/" + std::to_string(ref.version) + " has " +
+                                               std::to_string(m.size) + " bytes; expected " +
+                                               std::to_string(ref.size));
+  (void)WriteFileAtomic(path, m.ToJson().dump() + "\n");
+  return m;
+}
+
+std::string HostImages::BackingFor(const std::string& digest) const {
+  json file = {{"driver", "nbd"},
+               {"server", {{"type", "unix"}, {"path", socket_path_}}},
+               {"export", digest},
+               {"reconnect-delay", options_.reconnect_delay_s}};
+  return "json:" + json{{"driver", "raw"}, {"file", file}}.dump();
+}
+
+Result<std::string> HostImages::AcquireDisk(const BlobRef& disk, const std::string& user, const std::string& mode) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = user_of_.find(user);
+    if (it != user_of_.end()) {
+      if (it->second != disk.digest)
+        return MakeError(ErrorCode::kFailedPrecondition, user + " already uses another disk export");
+      return BackingFor(disk.digest);
+    }
+    if (auto e = exports_.find(disk.digest); e != exports_.end()) {
+      e->second.users.insert(user);
+      user_of_[user] = disk.digest;
+      return BackingFor(disk.digest);
+    }
+  }
+  auto lock = LockFor("export:" + disk.digest);
+  std::lock_guard<std::mutex> one(*lock);
+  {  // created by another caller while we waited?
+    std::lock_guard<std::mutex> l(mu_);
+    if (auto e = exports_.find(disk.digest); e != exports_.end()) {
+      e->second.users.insert(user);
+      user_of_[user] = disk.digest;
+      return BackingFor(disk.digest);
+    }
+  }
+  VMG_ASSIGN_OR_RETURN(Manifest m, GetManifest(disk));
+  ChunkClient* client = client_.get();
+  auto fetch = [client](const std::string& digest) { return client->FetchChunk(digest); };
+  VMG_ASSIGN_OR_RETURN(auto source, ManifestBlockSource::Create(m, *cache_, fetch));
+  VMG_RETURN_IF_ERROR(nbd_->AddExport(disk.digest, source));
+  size_t missing = cache_->Missing(m.chunks).size();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    Export& e = exports_[disk.digest];
+    e.source = source;
+    e.ref = disk;
+    e.users.insert(user);
+    e.first_user = user;
+    e.mode = mode;
+    user_of_[user] = disk.digest;
+  }
+  spdlog::info("host images: exporting {} v{} ({} MiB, {} of {} stored chunks not cached)", disk.name, disk.version,
+               disk.size >> 20, missing, m.NonZeroChunks());
+  if (options_.prefetch && !mode.empty() && missing > 0) StartPrefetch(m, mode);
+  return BackingFor(disk.digest);
+}
+
+void HostImages::ReleaseDisk(const std::string& user) {
+  std::shared_ptr<ManifestBlockSource> drop;  // destroyed (unpinned) outside mu_
+  std::string digest;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = user_of_.find(user);
+    if (it == user_of_.end()) return;
+    digest = it->second;
+    user_of_.erase(it);
+    auto e = exports_.find(digest);
+    if (e == exports_.end()) return;
+    e->second.users.erase(user);
+    if (!e->second.users.empty()) return;
+    drop = std::move(e->second.source);
+    exports_.erase(e);
+  }
+  (void)nbd_->RemoveExport(digest);
+  spdlog::info("host images: export {} removed (no VM uses it)", digest.substr(0, 12));
+}
+
+void HostImages::RecordPrefetch(const std::string& user) {
+  BlobRef ref;
+  std::string mode;
+  std::vector<uint64_t> order;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto u = user_of_.find(user);
+    if (u == user_of_.end()) return;
+    auto e = exports_.find(u->second);
+    if (e == exports_.end() || e->second.recorded || e->second.first_user != user || e->second.mode.empty())
+      return;
+    e->second.recorded = true;
+    ref = e->second.ref;
+    mode = e->second.mode;
+    order = e->second.source->FirstReads();
+  }
+  if (order.empty()) return;
+  Status st = client_->PutPrefetch(ref.name, ref.version, mode, order);
+  if (st.ok())
+    spdlog::info("host images: recorded {} prefetch order of {} v{}: {} chunks", mode, ref.name, ref.version,
+                 order.size());
+  else if (st.error().code != ErrorCode::kAlreadyExists)
+    spdlog::warn("host images: could not record the prefetch order of {}: {}", ref.name, st.error().message);
+}
+
+void HostImages::StartPrefetch(const Manifest& m, const std::string& mode) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (stop_) return;
+  prefetchers_.emplace_back([this, m, mode] {
+    auto order = client_->GetPrefetch(m.name, m.version, mode);
+    if (!order.ok()) {
+      if (order.error().code != ErrorCode::kNotFound)
+        spdlog::warn("host images: no prefetch for {}: {}", m.name, order.error().message);
+      return;
+    }
+    prefetch_runs_++;
+    // Stream the recorded order ahead of the guest, a batch at a time so the
+    // first chunks the guest needs arrive first.
+    constexpr size_t kBatch = 16;
+    size_t fetched = 0;
+    for (size_t i = 0; i < order->size() && !stop_; i += kBatch) {
+      std::vector<std::string> batch;
+      for (size_t j = i; j < std::min(order->size(), i + kBatch); ++j) {
+        const std::string& d = m.chunks[(*order)[j]];
+        if (d != kZeroChunk && !cache_->Contains(d)) batch.push_back(d);
+      }
+      if (batch.empty()) continue;
+      Status st = client_->FetchChunks(batch, [this, &fetched](const std::string& digest, std::string data) {
+        fetched++;
+        prefetched_chunks_++;
+        return cache_->Insert(digest, data);
+      });
+      if (!st.ok()) {
+        spdlog::warn("host images: prefetch of {} stopped: {}", m.name, st.error().message);
+        return;
+      }
+    }
+    spdlog::info("host images: prefetched {} chunks of {} v{} ({} order)", fetched, m.name, m.version, mode);
+  });
+}
+
+Status HostImages::Warm(const Manifest& m, const std::string& what) {
+  std::vector<std::string> missing = cache_->Missing(m.chunks);
+  if (missing.empty()) return Status::Ok();
+  const uint64_t total = missing.size() * uint64_t{m.chunk_size};  // at most; the last chunk may be shorter
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    id = next_transfer_++;
+    transfers_[id] = {what, 0, total};
+  }
+  auto started = std::chrono::steady_clock::now();
+  std::mutex pm;
+  uint64_t got = 0;
+  int last_decile = -1;
+  Status st = client_->FetchChunks(missing, [&](const std::string& digest, std::string data) -> Status {
+    uint64_t n = data.size();
+    VMG_RETURN_IF_ERROR(cache_->Insert(digest, data));
+    std::lock_guard<std::mutex> l(pm);
+    got += n;
+    int decile = static_cast<int>(got * 10 / std::max<uint64_t>(1, total));
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      transfers_[id].done = got;
+    }
+    if (decile != last_decile) {
+      last_decile = decile;
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      spdlog::info("host images: {}: {} MiB fetched ({:.0f} MiB/s)", what, got >> 20,
+                   s > 0 ? static_cast<double>(got) / (1 << 20) / s : 0.0);
+    }
+    return Status::Ok();
+  });
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    transfers_.erase(id);
+  }
+  return st;
+}
+
+Result<std::string> HostImages::Materialize(const BlobRef& ref, const std::string& suffix, int mode) {
+  std::string path = options_.state_dir + "/blobs/" + ref.digest + suffix;
+  auto lock = LockFor("blob:" + path);
+  std::lock_guard<std::mutex> one(*lock);
+  if (FileExists(path)) return path;
+  VMG_RETURN_IF_ERROR(CopyTo(ref, path));
+  if (chmod(path.c_str(), static_cast<mode_t>(mode)) != 0)
+    return MakeError(ErrorCode::kInternal, "chmod " + path + ": " + strerror(errno));
+  return path;
+}
+
+Result<std::string> HostImages::MaterializeCheckpoint(const BlobRef& memory, const BlobRef& disk,
+                                                      const std::string& backing) {
+  std::string dir = options_.state_dir + "/blobs/ckpt-" + memory.digest.substr(0, 24) + "-" + disk.digest.substr(0, 24);
+  auto lock = LockFor("blob:" + dir);
+  std::lock_guard<std::mutex> one(*lock);
+  if (FileExists(dir + "/meta.json")) return dir;
+  std::string tmp = dir + ".new";
+  (void)RemoveTree(tmp);
+  VMG_RETURN_IF_ERROR(MakeDirs(tmp, 0755));
+  auto fail = [&](const Error& e) -> Error {
+    (void)RemoveTree(tmp);
+    return e.Wrap("checkpoint " + memory.name + " v" + std::to_string(memory.version));
+  };
+  Status st = CopyTo(memory, tmp + "/memory.state");
+  if (st.ok()) st = CopyTo(disk, tmp + "/disk.qcow2");
+  if (!st.ok()) return fail(st.error());
+  chmod((tmp + "/memory.state").c_str(), 0600);  // guest memory: root only
+  chmod((tmp + "/disk.qcow2").c_str(), 0644);
+  // The disk delta names the backing of the host that made it; point it at
+  // this host's export of the same image version.
+  auto r = RunProcessChecked({"qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing, "-F", "raw",
+                              tmp + "/disk.qcow2"},
+                             std::chrono::minutes(1));
+  if (!r.ok()) return fail(r.error());
+  json meta = {{"kind", "image"}, {"memory", ToJson(memory)}, {"disk", ToJson(disk)}};
+  st = WriteFileAtomic(tmp + "/meta.json", meta.dump(2) + "\n");
+  if (st.ok() && rename(tmp.c_str(), dir.c_str()) != 0)
+    st = MakeError(ErrorCode::kInternal, "rename " + tmp + ": " + strerror(errno));
+  if (!st.ok()) return fail(st.error());
+  return dir;
+}
+
+Status HostImages::CopyTo(const BlobRef& ref, const std::string& path) {
+  VMG_ASSIGN_OR_RETURN(Manifest m, GetManifest(ref));
+  // Pinned while copying: a chunk fetched by Warm must still be there when
+  // WriteImageFile reads it.
+  std::string pin = "copy:" + path;
+  VMG_RETURN_IF_ERROR(cache_->Pin(pin, m.chunks));
+  ChunkClient* client = client_.get();
+  auto fetch = [client](const std::string& digest) { return client->FetchChunk(digest); };
+  Status st = Warm(m, ref.name + " v" + std::to_string(ref.version));
+  if (st.ok())
+    st = WriteImageFile(m, [this, &fetch](const std::string& d) { return cache_->Get(d, fetch); }, path);
+  (void)cache_->Unpin(pin);
+  if (!st.ok()) return st.error().Wrap("copying " + ref.name + " v" + std::to_string(ref.version) + " to " + path);
+  return Status::Ok();
+}
+
+Result<BlobRef> HostImages::Push(const std::string& path, const std::string& name) {
+  auto started = std::chrono::steady_clock::now();
+  VMG_ASSIGN_OR_RETURN(Manifest m, client_->UploadImageFile(path, name, kDefaultChunkSize));
+  // The host that made it is the likeliest to use it: keep its chunks.
+  (void)ForEachFileChunk(path, m.chunk_size, [this](size_t, std::string_view data, bool zero) {
+    if (!zero) (void)cache_->Insert(ChunkDigest(data), data);
+    return Status::Ok();
+  });
+  spdlog::info("host images: pushed {} as {} v{} ({} MiB) in {:.2f} s", path, name, m.version, m.size >> 20,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  return BlobRef{m.name, m.version, m.Digest(), m.size};
+}
+
+json HostImages::StatsJson() const {
+  auto c = cache_->stats();
+  auto cl = client_->stats();
+  auto n = nbd_->stats();
+  json out = {{"cache",
+               {{"hits", c.hits},
+                {"misses", c.misses},
+                {"coalesced", c.coalesced},
+                {"bytes_fetched", c.bytes_fetched},
+                {"verification_failures", c.verification_failures + cl.verification_failures},
+                {"evictions", c.evictions},
+                {"chunks", c.chunks},
+                {"bytes", c.bytes},
+                {"pinned_bytes", c.pinned_bytes},
+                {"capacity_bytes", c.capacity_bytes}}},
+              {"image_server",
+               {{"url", options_.server_url},
+                {"requests", cl.requests},
+                {"bytes_fetched", cl.bytes_fetched},
+                {"refetches", cl.refetches}}},
+              {"prefetch", {{"runs", prefetch_runs_.load()}, {"chunks", prefetched_chunks_.load()}}},
+              {"nbd", {{"connections", n.active_connections}, {"requests", n.requests}, {"bytes_read", n.bytes_read},
+                       {"errors", n.errors + n.source_errors}}}};
+  json exports = json::array(), transfers = json::array();
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& [digest, e] : exports_)
+    exports.push_back({{"name", e.ref.name}, {"version", e.ref.version}, {"digest", digest}, {"vms", e.users.size()}});
+  for (const auto& [id, t] : transfers_) transfers.push_back({{"what", t.what}, {"done", t.done}, {"total", t.total}});
+  out["exports"] = exports;
+  out["transfers"] = transfers;
+  return out;
+}
+
+}  // namespace vmgrid

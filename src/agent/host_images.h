@@ -1,0 +1,154 @@
+// HostImages: how a host gets the bytes of images and checkpoints from the
+// image server (docs/chunk-store.md, "On a host"). It owns the host's chunk
+// cache (shared by every VM here), a chunk client for the image server, and
+// the NBD server that exports each base-disk version to local QEMUs:
+//
+//   image server --HTTP batches--> ChunkCache (verified, bounded) --> NBD export
+//        ^                                                             |
+//        | push (checkpoints)                  qcow2 overlay backed by json:{nbd...}
+//
+// * A VM's clone overlay is backed by the export of its image's disk
+//   version; chunks are fetched on the guest's first read and verified.
+// * Kernels, initrds and checkpoint files (memory state, disk delta) are
+//   materialized as local files under STATE/blobs, fetched in parallel
+//   batches; persistent workspaces are full local copies (CopyTo).
+// * Prefetch: the order in which a VM first read a disk's chunks while
+//   booting (or resuming) is recorded on the image server; a host that
+//   starts cold streams those chunks ahead of the guest.
+// * Exports are reference-counted by VM id and pin their chunks in the
+//   cache, so a chunk a VM needs is never evicted.
+// * Restart: QEMU's NBD client reconnects (reconnect-delay) once the new
+//   agent re-exports the disks of its VMs (VmRunner::Recover calls
+//   AcquireDisk again); manifests are kept under STATE/manifests so that
+//   this works while the image server is unreachable.
+//
+// Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "chunks/manifest.h"
+#include "common/result.h"
+
+namespace vmgrid {
+
+class ChunkCache;
+class ChunkClient;
+class ManifestBlockSource;
+namespace nbd {
+class NbdServer;
+}
+
+// One published version on the image server, as the controller records it.
+struct BlobRef {
+  std::string name;
+  uint64_t version = 0;
+  std::string digest;  // Manifest::Digest()
+  uint64_t size = 0;
+  bool empty() const { return name.empty(); }
+};
+nlohmann::json ToJson(const BlobRef& b);
+// Strict: exactly name, version, digest, size.
+Result<BlobRef> BlobRefFromJson(const nlohmann::json& j, const std::string& what);
+
+class HostImages {
+ public:
+  struct Options {
+    std::string state_dir;   // chunks/, blobs/, manifests/, nbd.sock
+    std::string server_url;  // http://host:port of the image server
+    std::string token;       // its bearer token ("" = none)
+    uint64_t cache_bytes = 10ull << 30;
+    int socket_gid = -1;     // group allowed to connect to the NBD socket (QEMU's)
+    bool prefetch = true;    // stream recorded first-read orders on cold starts
+    int connections = 4;     // parallel connections to the image server
+    int reconnect_delay_s = 300;  // how long QEMU holds I/O while the export is away
+  };
+
+  struct Transfer {  // a materialization or full copy in progress
+    std::string what;
+    uint64_t done = 0, total = 0;
+  };
+
+  static Result<std::unique_ptr<HostImages>> Open(Options options);
+  ~HostImages();
+  HostImages(const HostImages&) = delete;
+  HostImages& operator=(const HostImages&) = delete;
+
+  // Exports `disk` over NBD for VM `user` and returns the backing-file string
+  // for a qcow2 overlay (json:{"driver":"raw","file":{"driver":"nbd",...}}).
+  // `mode` ("boot"/"resume") names the prefetch hint streamed when this
+  // creates the export on a cold cache ("" = no prefetch). Acquiring again
+  // for the same user is a no-op.
+  Result<std::string> AcquireDisk(const BlobRef& disk, const std::string& user, const std::string& mode);
+  // Drops `user`'s reference; the last one removes the export (unpins).
+  void ReleaseDisk(const std::string& user);
+  // Records the order of first reads of `user`'s disk as the image's
+  // prefetch hint, if this user started the export and none is recorded.
+  void RecordPrefetch(const std::string& user);
+  // The backing string of an exported digest (for rebasing checkpoint disks).
+  std::string BackingFor(const std::string& digest) const;
+
+  // A local file with the bytes of `ref` (STATE/blobs/DIGEST + suffix),
+  // fetched in parallel batches and verified when not there yet.
+  Result<std::string> Materialize(const BlobRef& ref, const std::string& suffix, int mode);
+  // A local image-checkpoint directory (memory.state, disk.qcow2 rebased
+  // onto `backing`, meta.json) as VmRunner resumes from; made once per
+  // checkpoint version, atomically.
+  Result<std::string> MaterializeCheckpoint(const BlobRef& memory, const BlobRef& disk, const std::string& backing);
+  // Writes all of `ref` to `path` (sparse raw), fetching missing chunks in
+  // parallel batches first; progress is logged and shown in StatsJson.
+  Status CopyTo(const BlobRef& ref, const std::string& path);
+  // Uploads a local raw file as a new version of `name`.
+  Result<BlobRef> Push(const std::string& path, const std::string& name);
+
+  // Cache, client and NBD counters, transfers in progress, exported digests.
+  nlohmann::json StatsJson() const;
+  const std::string& socket_path() const { return socket_path_; }
+  ChunkCache& cache() { return *cache_; }
+
+ private:
+  struct Export {
+    std::shared_ptr<ManifestBlockSource> source;
+    BlobRef ref;
+    std::set<std::string> users;
+    std::string first_user, mode;
+    bool recorded = false;
+  };
+
+  explicit HostImages(Options options);
+  Result<Manifest> GetManifest(const BlobRef& ref);
+  // Fetches every missing chunk of `m` in parallel batches; `what` names the
+  // transfer in logs and StatsJson.
+  Status Warm(const Manifest& m, const std::string& what);
+  void StartPrefetch(const Manifest& m, const std::string& mode);
+  std::shared_ptr<std::mutex> LockFor(const std::string& key);
+
+  const Options options_;
+  std::string socket_path_;
+  std::unique_ptr<ChunkCache> cache_;
+  std::unique_ptr<ChunkClient> client_;
+  std::unique_ptr<nbd::NbdServer> nbd_;
+
+  mutable std::mutex mu_;
+  std::map<std::string, Export> exports_;       // by digest; guarded by mu_
+  std::map<std::string, std::string> user_of_;  // user -> digest; guarded by mu_
+  std::map<std::string, std::shared_ptr<std::mutex>> key_locks_;  // guarded by mu_
+  std::map<uint64_t, Transfer> transfers_;      // guarded by mu_
+  uint64_t next_transfer_ = 1;                  // guarded by mu_
+  std::vector<std::thread> prefetchers_;        // guarded by mu_
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> prefetched_chunks_{0}, prefetch_runs_{0};
+};
+
+}  // namespace vmgrid

@@ -1,0 +1,54 @@
+// `vmgrid image-server`: serves a chunk store and its catalog of image
+// versions over HTTP (docs/chunk-store.md) until SIGTERM/SIGINT.
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include <spdlog/spdlog.h>
+
+#include "chunks/chunk_store.h"
+#include "chunks/image_catalog.h"
+#include "chunks/image_server.h"
+#include "cli/options.h"
+#include "common/signals.h"
+#include "common/util.h"
+
+namespace vmgrid {
+
+int RunImageServer(const ImageServerOptions& options) {
+  InstallTerminationHandlers();
+  auto fail = [](const std::string& what) {
+    spdlog::error("image server: {}", what);
+    return 1;
+  };
+  ImageServer::Options so;
+  if (!options.token_file.empty()) {
+    auto token = ReadFile(options.token_file, 4096);
+    if (!token.ok()) return fail("cannot read the token: " + token.error().message);
+    so.token = *token;
+    while (!so.token.empty() && isspace(static_cast<unsigned char>(so.token.back()))) so.token.pop_back();
+    if (so.token.empty()) return fail("the token file " + options.token_file + " is empty");
+  }
+  if (Status st = MakeDirs(options.dir, 0700); !st.ok()) return fail(st.error().message);
+  auto store = ChunkStore::Open(options.dir);
+  if (!store.ok()) return fail(store.error().message);
+  auto catalog = ImageCatalog::Open(options.dir);
+  if (!catalog.ok()) return fail(catalog.error().message);
+  ImageServer server(**store, **catalog, so);
+  std::string host = options.listen.substr(0, options.listen.rfind(':'));
+  int port = std::atoi(options.listen.substr(options.listen.rfind(':') + 1).c_str());
+  auto bound = server.Start(host, port);
+  if (!bound.ok()) return fail(bound.error().message);
+  auto stats = (*catalog)->ComputeStats(**store);
+  spdlog::info("image server on {} (store {}: {} images, {} versions, {} MiB stored, dedup {:.2f}x){}",
+               server.url(), options.dir, stats.images, stats.versions, stats.physical_bytes >> 20,
+               stats.dedup_ratio, so.token.empty() ? "; no token: anyone who can connect may read and push" : "");
+  std::cout << server.url() << std::endl;
+  WaitForTermination();
+  spdlog::info("image server stopping");
+  server.Stop();
+  return 0;
+}
+
+}  // namespace vmgrid

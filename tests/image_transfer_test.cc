@@ -1,0 +1,134 @@
+// End-to-end: images reach hosts through the image server (issue 3): lazy
+// NBD exports over the host chunk cache, corruption in the cache, a host with
+// an empty cache resuming a clone from an image checkpoint, prefetch hints.
+// One host; its cache is emptied by restarting the agent with its chunk
+// cache, materialized files and manifests removed.
+#include <filesystem>
+
+#include "tests/grid_fixture.h"
+
+namespace vmgrid {
+namespace {
+
+using namespace testing_support;
+namespace fs = std::filesystem;
+
+class ImageTransferTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { grid_ = StartGrid("images", 1); }
+  static void TearDownTestSuite() { StopGrid(grid_); }
+  void SetUp() override { ASSERT_TRUE(grid_ != nullptr); }
+
+  ApiClient Api() { return grid_->Admin(); }
+
+  // The host's image counters as the controller last heard them.
+  json HostImages() {
+    auto hosts = Api().Get("/v1/hosts");
+    EXPECT_TRUE(hosts.ok());
+    if (!hosts.ok() || (*hosts)["hosts"].empty()) return json();
+    return (*hosts)["hosts"][0].value("images", json());
+  }
+  // Waits for a heartbeat newer than now (2 s period), so counters are current.
+  json FreshHostImages() {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    return HostImages();
+  }
+
+  // Restarts the agent with nothing cached: chunks, materialized files and
+  // manifests removed while it is down.
+  void EmptyHostCache() {
+    grid_->StopAgent(0, false);
+    std::string dir = grid_->agent_state_dir(0);
+    for (const char* sub : {"/chunks", "/blobs", "/manifests"}) ASSERT_TRUE(RemoveTree(dir + sub).ok());
+    ASSERT_TRUE(grid_->StartAgent(0).ok());
+    ASSERT_TRUE(grid_->WaitHostsUp(1, seconds(30)).ok());
+  }
+
+  std::vector<std::string> CachedChunkFiles() {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& e : fs::recursive_directory_iterator(grid_->agent_state_dir(0) + "/chunks/chunks", ec))
+      if (e.is_regular_file()) out.push_back(e.path().string());
+    return out;
+  }
+
+  static std::unique_ptr<LocalGrid> grid_;
+};
+std::unique_ptr<LocalGrid> ImageTransferTest::grid_;
+
+TEST_F(ImageTransferTest, ColdBootFetchesLittleThenCorruptCacheIsRefetched) {
+  ApiClient api = Api();
+  json img = ImportTiny(api, "lazy", false);
+  ASSERT_TRUE(img["versions"].contains("disk")) << img.dump();
+  const uint64_t disk_size = img["versions"]["disk"]["size"];
+  EmptyHostCache();
+
+  json vm = CreateVm(api, {{"image", "lazy"}, {"name", "cold"}});
+  ASSERT_EQ(vm["state"], "running") << vm.dump();
+  EXPECT_EQ(Exec(api, vm["id"], "echo hello"), "hello\n");
+  json st = FreshHostImages();
+  ASSERT_TRUE(st.is_object()) << "no image counters in the host's heartbeat";
+  EXPECT_GT(st["cache"]["misses"].get<uint64_t>(), 0u) << st.dump();
+  // On-demand transfer: booting reads a small part of the disk.
+  const uint64_t fetched = st["cache"]["bytes_fetched"];
+  EXPECT_LT(fetched, disk_size / 2) << st.dump();
+  ASSERT_EQ(st["exports"].size(), 1u) << st.dump();
+  EXPECT_EQ(st["exports"][0]["vms"], 1);
+  // The first cold boot recorded its first-read order with the image version.
+  json dv = img["versions"]["disk"];
+  std::string hint = grid_->image_server_dir() + "/manifests/" + dv["name"].get<std::string>() + "/" +
+                     std::to_string(dv["version"].get<int>()) + ".prefetch-boot.json";
+  EXPECT_TRUE(FileExists(hint)) << hint;
+  DeleteVm(api, vm["id"]);
+
+  // Every cached chunk gets a flipped byte. A new VM still boots: each chunk
+  // fails verification, is counted, refetched and never reaches the guest.
+  const uint64_t failures_before = st["cache"]["verification_failures"];
+  auto files = CachedChunkFiles();
+  ASSERT_FALSE(files.empty());
+  for (const auto& f : files) FlipByte(f);
+  json vm2 = CreateVm(api, {{"image", "lazy"}, {"name", "healed"}});
+  ASSERT_EQ(vm2["state"], "running") << vm2.dump();
+  EXPECT_EQ(Exec(api, vm2["id"], "cat /etc/hostname >/dev/null && echo ok"), "ok\n");
+  json st2 = FreshHostImages();
+  EXPECT_GT(st2["cache"]["verification_failures"].get<uint64_t>(), failures_before) << st2.dump();
+  auto log = ReadFile(grid_->log_dir() + "/host-1.log", 64 << 20);
+  ASSERT_TRUE(log.ok());
+  EXPECT_NE(log->find("corrupt"), std::string::npos) << "the agent must log the corrupt chunk";
+  DeleteVm(api, vm2["id"]);
+
+  // With the cache emptied again, a cold boot streams the recorded order.
+  EmptyHostCache();
+  json vm3 = CreateVm(api, {{"image", "lazy"}, {"name", "prefetched"}});
+  ASSERT_EQ(vm3["state"], "running") << vm3.dump();
+  json st3 = FreshHostImages();
+  EXPECT_GE(st3["prefetch"]["runs"].get<uint64_t>(), 1u) << st3.dump();
+  EXPECT_GT(st3["prefetch"]["chunks"].get<uint64_t>(), 0u) << st3.dump();
+  DeleteVm(api, vm3["id"]);
+  EXPECT_TRUE(api.Delete("/v1/images/lazy").ok());
+}
+
+TEST_F(ImageTransferTest, EmptyCacheHostResumesCloneFromImageCheckpoint) {
+  ApiClient api = Api();
+  json img = ImportTiny(api, "ckpt", true);
+  ASSERT_TRUE(img["versions"].contains("ckpt_memory")) << img.dump();
+  ASSERT_TRUE(img["versions"].contains("ckpt_disk")) << img.dump();
+  // The checkpoint was made on this host; forget everything it cached.
+  EmptyHostCache();
+  json vm = CreateVm(api, {{"image", "ckpt"}, {"name", "resumed"}, {"start", "resume"}});
+  ASSERT_EQ(vm["state"], "running") << vm.dump();
+  EXPECT_EQ(Exec(api, vm["id"], "echo resumed"), "resumed\n");
+  json st = FreshHostImages();
+  EXPECT_GT(st["cache"]["misses"].get<uint64_t>() + st["image_server"]["bytes_fetched"].get<uint64_t>(), 0u)
+      << st.dump();
+  // A second clone on the now-warm host resumes too, from the same files.
+  json vm2 = CreateVm(api, {{"image", "ckpt"}, {"name", "resumed2"}, {"start", "resume"}});
+  ASSERT_EQ(vm2["state"], "running") << vm2.dump();
+  EXPECT_EQ(Exec(api, vm2["id"], "echo again"), "again\n");
+  DeleteVm(api, vm["id"]);
+  DeleteVm(api, vm2["id"]);
+  EXPECT_TRUE(api.Delete("/v1/images/ckpt").ok());
+}
+
+}  // namespace
+}  // namespace vmgrid
