@@ -126,6 +126,49 @@ TEST_F(ImageServerTest, UploadListGetAndBatchFetchRoundTrip) {
   EXPECT_GT(stats["catalog"]["dedup_ratio"].get<double>(), 1.9);
 }
 
+TEST_F(ImageServerTest, PrefetchHintsAreValidatedAndWrittenOnce) {
+  ImageServer::Options o;
+  o.keep_alive_timeout_s = 1;  // the restart below waits for idle connections
+  StartServer(o);
+  TestDir local;
+  MakeImage(local / "disk.raw", 10, 3);  // 11 chunks with the tail
+  auto client = Client();
+  auto v1 = client->UploadImageFile(local / "disk.raw", "hinted", kChunk);
+  ASSERT_TRUE(v1.ok()) << v1.error().message;
+
+  EXPECT_EQ(client->GetPrefetch("hinted", 1, "boot").error().code, ErrorCode::kNotFound);
+  // Bad hints: unknown version, bad mode, out of range, repeated, empty.
+  EXPECT_EQ(client->PutPrefetch("hinted", 2, "boot", {0}).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(client->PutPrefetch("nosuch", 1, "boot", {0}).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(client->PutPrefetch("hinted", 1, "reboot", {0}).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(client->PutPrefetch("hinted", 1, "boot", {11}).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(client->PutPrefetch("hinted", 1, "boot", {3, 1, 3}).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(client->PutPrefetch("hinted", 1, "boot", {}).error().code, ErrorCode::kInvalidArgument);
+
+  ASSERT_TRUE(client->PutPrefetch("hinted", 1, "boot", {5, 0, 10}).ok());
+  // The first recording stays.
+  EXPECT_EQ(client->PutPrefetch("hinted", 1, "boot", {1}).error().code, ErrorCode::kAlreadyExists);
+  ASSERT_TRUE(client->PutPrefetch("hinted", 1, "resume", {1}).ok());
+  auto boot = client->GetPrefetch("hinted", 1, "boot");
+  ASSERT_TRUE(boot.ok()) << boot.error().message;
+  EXPECT_EQ(*boot, (std::vector<uint64_t>{5, 0, 10}));
+  EXPECT_EQ(*client->GetPrefetch("hinted", 1, "resume"), (std::vector<uint64_t>{1}));
+
+  // Raw bodies the client would never send.
+  httplib::Client raw("127.0.0.1", port_);
+  for (const char* body : {"[1,2]", "{\"order\":[1],\"x\":1}", "{\"order\":[-1]}", "{\"order\":[\"1\"]}"}) {
+    auto r = raw.Put("/v1/prefetch/hinted/1/boot", body, "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 400) << body;
+  }
+  // Hints survive a restart of the server (they live beside the manifests,
+  // which the catalog's scan ignores).
+  server_.reset();
+  catalog_ = std::move(ImageCatalog::Open(dir_.path())).value();
+  EXPECT_EQ(catalog_->ComputeStats(*store_).corrupt_manifests, 0u);
+  EXPECT_EQ(*catalog_->GetPrefetch("hinted", 1, "boot"), (std::vector<uint64_t>{5, 0, 10}));
+}
+
 TEST_F(ImageServerTest, KeepAliveReusesOneConnection) {
   StartServer();
   std::vector<std::string> digests;

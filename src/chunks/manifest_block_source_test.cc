@@ -83,6 +83,15 @@ TEST_F(ManifestBlockSourceTest, ServesTheImageBitExactly) {
   EXPECT_EQ(cache_->stats().pins, 0u);  // unpinned with the last reference
 }
 
+TEST_F(ManifestBlockSourceTest, RecordsTheOrderOfFirstReads) {
+  auto src = ManifestBlockSource::Create(manifest_, *cache_, Fetch());
+  ASSERT_TRUE(src.ok());
+  std::string out(kChunk, 'x');
+  // Chunks 7, 2, 7 again, zero chunk 4 (not recorded: it needs no fetch), 0.
+  for (uint64_t c : {7, 2, 7, 4, 0}) ASSERT_TRUE((*src)->Read(c * kChunk + 10, 100, out.data()).ok());
+  EXPECT_EQ((*src)->FirstReads(), (std::vector<uint64_t>{7, 2, 0}));
+}
+
 TEST_F(ManifestBlockSourceTest, ZeroChunksNeedNoFetch) {
   auto src = ManifestBlockSource::Create(manifest_, *cache_, Fetch());
   ASSERT_TRUE(src.ok());
