@@ -1,9 +1,8 @@
 // libFuzzer target for the chunk module's parsers of untrusted input: image
 // manifests (from an image server or a client's upload) and batch answer
 // framing (from an image server). The first input byte picks the parser.
-// Not built by the main g++ build; add it to fuzz/CMakeLists.txt with
-// chunk_digest.cc, chunk_batch.cc, chunk_files.cc, chunk_store.cc and
-// manifest.cc. Seeds: src/chunks/testdata/fuzz/.
+// Built by fuzz/CMakeLists.txt (target fuzz_chunks, run by
+// scripts/fuzz-smoke.sh); seeds in fuzz/corpus/fuzz_chunks/.
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
