@@ -34,6 +34,11 @@ namespace {
 
 constexpr int64_t kMaxUploadBytes = int64_t{64} << 30;
 constexpr int64_t kHostDownAfterMs = 10'000;
+constexpr int64_t kTokenCacheMs = 10'000;
+// How often the capacity index is reloaded whole: it follows this
+// controller's own writes exactly; the reload picks up other controllers'
+// writes to a shared PostgreSQL database.
+constexpr int64_t kIndexResyncMs = 10'000;
 constexpr const char* kVersion = "0.1.0";
 
 const std::set<std::string> kTransitional = {"creating", "stopping", "checkpointing", "resuming",
@@ -70,6 +75,8 @@ Status Controller::Start() {
       options_.database.empty() ? options_.state_dir + "/vmgrid.db" : options_.database;
   VMG_ASSIGN_OR_RETURN(store_, Store::Open(database));
   VMG_ASSIGN_OR_RETURN(query_, QueryService::Open(database));
+  index_ = std::make_unique<CapacityIndex>();
+  VMG_RETURN_IF_ERROR(store_->SetObserver(index_.get()));
   if (!options_.image_server.empty()) {
     std::string token;
     if (!options_.image_server_token_file.empty()) {
@@ -151,8 +158,24 @@ std::function<void(const Req&, Res&)> Controller::Authed(Handler h, const std::s
     if (token.empty())
       return SendError(res, MakeError(ErrorCode::kUnauthenticated,
                                       "missing 'Authorization: Bearer TOKEN' header"));
-    auto user = store_->AuthenticateToken(token);
-    if (!user.ok()) return SendError(res, MakeError(ErrorCode::kUnauthenticated, "unknown token"));
+    // Verified tokens are remembered for a few seconds: every request of a
+    // busy grid (heartbeats, creates) would otherwise read the store first.
+    const std::string digest = Sha256Hex(token);
+    const int64_t now = NowMs();
+    std::optional<User> user;
+    {
+      std::lock_guard<std::mutex> l(auth_mu_);
+      if (auto it = auth_cache_.find(digest); it != auth_cache_.end() && it->second.second > now)
+        user = it->second.first;
+    }
+    if (!user) {
+      auto found = store_->AuthenticateToken(token);
+      if (!found.ok()) return SendError(res, MakeError(ErrorCode::kUnauthenticated, "unknown token"));
+      user = *found;
+      std::lock_guard<std::mutex> l(auth_mu_);
+      if (auth_cache_.size() > 10'000) auth_cache_.clear();
+      auth_cache_[digest] = {*user, now + kTokenCacheMs};
+    }
     if (!roles.count(user->role)) {
       std::string why = user->role == "agent" ? "agent credentials may only call /v1/agent/*"
                         : roles.count("agent") ? "this endpoint is for host agents only"
@@ -192,8 +215,15 @@ ApiClient Controller::AgentClient(const Host& host, int read_timeout_s) {
 }
 
 std::string Controller::UserName(const std::string& id) {
+  {
+    std::lock_guard<std::mutex> l(auth_mu_);
+    if (auto it = user_names_.find(id); it != user_names_.end()) return it->second;
+  }
   auto u = store_->GetUserById(id);
-  return u.ok() ? u->name : id;
+  if (!u.ok()) return id;
+  std::lock_guard<std::mutex> l(auth_mu_);
+  user_names_[id] = u->name;
+  return u->name;
 }
 
 json Controller::ImageJson(const Image& i) {
@@ -223,9 +253,11 @@ json Controller::ImageJson(const Image& i) {
           {"created_at", FormatTimeMs(i.created_ms)}};
 }
 
-json Controller::VmJson(const Vm& v) {
-  auto image = store_->GetImage(v.image_id, "");
-  auto host = store_->GetHost(v.host_id);
+json Controller::VmJson(const Vm& v, const Image* known_image, const Host* known_host) {
+  Result<Image> image = known_image && known_image->id == v.image_id ? Result<Image>(*known_image)
+                                                                    : store_->GetImage(v.image_id, "");
+  Result<Host> host = known_host && known_host->id == v.host_id ? Result<Host>(*known_host)
+                                                               : store_->GetHost(v.host_id);
   std::string ws_name;
   if (!v.workspace_id.empty())
     if (auto ws = store_->GetWorkspace(v.workspace_id, ""); ws.ok()) ws_name = ws->name;
@@ -597,7 +629,22 @@ void Controller::Heartbeat(const Caller&, const Req& req, Res& res) {
   if (!host.ok()) return SendError(res, host.error());
   json vms = body->value("vms", json::array());
   if (!vms.is_array()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "vms must be an array"));
-  ReconcileHost(*host, vms, NowMs());
+  // A report that already matched the records, while no record on the host
+  // changed since, needs no reconciling (most heartbeats of a steady grid).
+  const size_t report = std::hash<std::string>{}(vms.dump());
+  const uint64_t version = index_->VmVersion(host->id);
+  bool same;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = reconciled_.find(host->id);
+    same = it != reconciled_.end() && it->second == std::make_pair(report, version) && version != 0;
+  }
+  if (!same) {
+    bool clean = ReconcileHost(*host, vms, NowMs());
+    std::lock_guard<std::mutex> l(mu_);
+    if (clean) reconciled_[host->id] = {report, version};
+    else reconciled_.erase(host->id);
+  }
   if (auto im = body->find("images"); im != body->end() && im->is_object()) NoteHostImages(host->id, *im);
   SendJson(res, 200, {{"host_id", host->id}});
 }
@@ -627,18 +674,23 @@ void Controller::NoteHostImages(const std::string& host_id, const json& report) 
 
 // Brings the controller's records in line with what the host's agent runs.
 // The agent is the authority on what runs; the controller on what should.
-void Controller::ReconcileHost(const Host& host, const json& reported, int64_t received_ms) {
+bool Controller::ReconcileHost(const Host& host, const json& reported, int64_t received_ms) {
   std::map<std::string, json> by_id;
   for (const auto& v : reported)
     if (v.is_object() && v.contains("id") && v["id"].is_string()) by_id[v["id"].get<std::string>()] = v;
   auto records = store_->ListVmsOnHost(host.id);
-  if (!records.ok()) return;
+  if (!records.ok()) return false;
+  bool clean = true;
   for (Vm vm : *records) {
     // A record changed in the last seconds may be newer than this report.
-    if (InFlight(vm.id) || vm.updated_ms > received_ms - 5000) continue;
+    if (InFlight(vm.id) || vm.updated_ms > received_ms - 5000) {
+      clean = false;
+      continue;
+    }
     auto it = by_id.find(vm.id);
     if (it == by_id.end()) {
       if (vm.state == "error") continue;
+      clean = false;
       if (vm.state == "deleting") {
         (void)store_->DeleteVm(vm.id);  // the delete finished while we were away
         continue;
@@ -652,9 +704,16 @@ void Controller::ReconcileHost(const Host& host, const json& reported, int64_t r
     }
     std::string agent_state = it->second.value("state", "");
     std::string agent_error = it->second.value("error", "");
-    if (agent_state.empty() || kTransitional.count(agent_state)) continue;  // agent still busy
-    if (vm.state == "deleting") continue;  // will be retried by the user
+    if (agent_state.empty() || kTransitional.count(agent_state)) {  // agent still busy
+      clean = false;
+      continue;
+    }
+    if (vm.state == "deleting") {  // will be retried by the user
+      clean = false;
+      continue;
+    }
     if (agent_state != vm.state) {
+      clean = false;
       spdlog::info("reconcile: VM {} is {} on host {} (record said {})", vm.id, agent_state,
                    host.name, vm.state);
       vm.state = agent_state;
@@ -669,13 +728,22 @@ void Controller::ReconcileHost(const Host& host, const json& reported, int64_t r
     if (!store_->GetVm(id, "").ok() && !id.starts_with("ckpt-"))
       spdlog::warn("reconcile: host {} runs VM {} that has no record here; leaving it alone",
                    host.name, id);
+  return clean;
 }
 
 void Controller::ReconcileLoop() {
+  int64_t resynced = NowMs();
   while (!stop_) {
+    // Writes the heartbeat times kept in memory first (Store::HeartbeatHost).
     auto down = store_->MarkStaleHostsDown(NowMs() - kHostDownAfterMs);
     if (down.ok())
       for (const auto& id : *down) spdlog::warn("host {} missed its heartbeats: marked down", id);
+    else
+      spdlog::warn("marking stale hosts down: {}", down.error().message);
+    if (NowMs() - resynced >= kIndexResyncMs) {
+      if (auto st = store_->Resync(); !st.ok()) spdlog::warn("capacity index: {}", st.error().message);
+      resynced = NowMs();
+    }
     for (int i = 0; i < 20 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
 }
@@ -986,7 +1054,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
                                                                 " is no longer valid: its host is gone"));
     candidates = {future_host};
   }
-  // Placement is a query over the information service (api/placement.h).
+  // Placement ranks the hosts of the capacity index (api/placement.h); the
+  // store re-checks and reserves.
   auto policy = f.Enum("policy", {"spread", "pack"}, "spread");
   auto site = f.String("site", false);
   auto host_network = f.String("host_network", false);
@@ -1005,9 +1074,7 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     return CreateGang(c, *body, vm, image, checkpoint_dir, *count, *policy, res, started);
   }
   if (candidates.empty()) {
-    auto ranked = RankHosts(*query_, {image.id, vm.vcpus, vm.memory_mb, *policy, *site, *host_network});
-    if (!ranked.ok()) return SendError(res, ranked.error());
-    candidates = *ranked;
+    candidates = index_->Rank({image.id, vm.vcpus, vm.memory_mb, *policy, *site, *host_network});
     if (candidates.empty()) {
       auto hosts = store_->ListHosts();
       if (!hosts.ok()) return SendError(res, hosts.error());
@@ -1042,15 +1109,16 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     }
     (void)store_->UpdateVm(vm);
   }
-  SendJson(res, 202, VmJson(vm));
+  auto host = store_->GetHost(vm.host_id);
+  SendJson(res, 202, VmJson(vm, &image, host.ok() ? &*host : nullptr));
 
-  LaunchCreate(vm, image, checkpoint_dir, workspace, new_workspace, started);
+  LaunchCreate(vm, image, checkpoint_dir, workspace, new_workspace, started, host.ok() ? &*host : nullptr);
 }
 
 void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
                               const std::optional<Workspace>& workspace, bool new_workspace,
-                              int64_t started) {
-  auto host = store_->GetHost(vm.host_id);
+                              int64_t started, const Host* known_host) {
+  auto host = known_host && known_host->id == vm.host_id ? Result<Host>(*known_host) : store_->GetHost(vm.host_id);
   json spec = {{"id", vm.id},
                {"name", vm.name},
                {"owner_id", vm.owner_id},
@@ -1072,7 +1140,8 @@ void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::strin
       w.vm_id.clear();
       (void)store_->UpdateWorkspace(w);
     }
-    if (r.ok()) (void)store_->NoteImageCached(vm.image_id, vm.host_id);
+    if (r.ok() && !index_->IsCached(vm.image_id, vm.host_id))
+      (void)store_->NoteImageCached(vm.image_id, vm.host_id);
     FinishVmOp(vm.id, r, "error", started, true);
   });
 }
@@ -1117,7 +1186,7 @@ void Controller::CreateGang(const Caller& c, const json& body, const Vm& proto, 
     vm.memory_mb = memory;
     vms.push_back(vm);
   }
-  auto groups = HostGroups(*query_, *same, policy);
+  auto groups = index_->Groups(*same, policy);
   if (!groups.ok()) return SendError(res, groups.error());
   auto placed = store_->PlaceAndInsertGang(vms, *groups);
   if (!placed.ok()) {
@@ -1131,7 +1200,7 @@ void Controller::CreateGang(const Caller& c, const json& body, const Vm& proto, 
                                         " group(s) of up hosts checked); none was created"));
   }
   json out = json::array();
-  for (const auto& vm : *placed) out.push_back(VmJson(vm));
+  for (const auto& vm : *placed) out.push_back(VmJson(vm, &image));
   SendJson(res, 202, {{"vms", out}});
   for (const auto& vm : *placed) LaunchCreate(vm, image, checkpoint_dir, std::nullopt, false, started);
 }

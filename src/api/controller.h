@@ -34,6 +34,7 @@ struct Response;
 namespace vmgrid {
 
 class ApiClient;
+class CapacityIndex;
 class ChunkClient;
 
 class Controller {
@@ -85,7 +86,8 @@ class Controller {
 
   // JSON views.
   nlohmann::json ImageJson(const Image& i);
-  nlohmann::json VmJson(const Vm& v);
+  // `image` and `host`, when the caller has them at hand, save reading them.
+  nlohmann::json VmJson(const Vm& v, const Image* image = nullptr, const Host* host = nullptr);
   nlohmann::json HostJson(const Host& h, bool admin);
   nlohmann::json WorkspaceJson(const Workspace& w);
   std::string UserName(const std::string& id);
@@ -103,12 +105,15 @@ class Controller {
   void RunAsync(const std::string& vm_id, std::function<void()> fn);
   bool InFlight(const std::string& vm_id);
   void ReconcileLoop();
-  void ReconcileHost(const Host& host, const nlohmann::json& reported_vms, int64_t received_ms);
+  // Returns whether the records matched the report with nothing left to do
+  // (then the same report is not reconciled again until a record changes).
+  bool ReconcileHost(const Host& host, const nlohmann::json& reported_vms, int64_t received_ms);
   void NoteHostImages(const std::string& host_id, const nlohmann::json& report);
   Error ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates,
                            const std::string& site, const std::string& network);
   void LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
-                    const std::optional<Workspace>& workspace, bool new_workspace, int64_t started);
+                    const std::optional<Workspace>& workspace, bool new_workspace, int64_t started,
+                    const Host* host = nullptr);
   void CreateGang(const Caller& c, const nlohmann::json& body, const Vm& proto, const Image& image,
                   const std::string& checkpoint_dir, int64_t count, const std::string& policy,
                   httplib::Response& res, int64_t started);
@@ -120,6 +125,7 @@ class Controller {
   std::string image_dir_;
   std::string agent_token_;
   std::string url_;
+  std::unique_ptr<CapacityIndex> index_;  // placement's copy of host capacity; outlives store_
   std::unique_ptr<Store> store_;
   std::unique_ptr<QueryService> query_;
   std::unique_ptr<ChunkClient> image_server_;  // null without --image-server
@@ -132,6 +138,14 @@ class Controller {
   std::map<std::string, nlohmann::json> host_images_;  // host id -> last reported cache stats; guarded by mu_
   std::set<std::pair<std::string, std::string>> noted_cached_;  // (image, host) recorded; guarded by mu_
   int running_ops_ = 0;                  // guarded by mu_
+  // Per host: the last heartbeat report that matched the records, and the
+  // records' version then (CapacityIndex::VmVersion); guarded by mu_.
+  std::map<std::string, std::pair<size_t, uint64_t>> reconciled_;
+  // Verified tokens: SHA-256 -> (user, expiry ms). Tokens are never revoked
+  // today; the expiry bounds how long a removed one would still work.
+  std::mutex auth_mu_;
+  std::map<std::string, std::pair<User, int64_t>> auth_cache_;  // guarded by auth_mu_
+  std::map<std::string, std::string> user_names_;  // id -> name (names never change); guarded by auth_mu_
   std::condition_variable ops_cv_;
 };
 

@@ -1,66 +1,189 @@
 #include "api/placement.h"
 
-#include <map>
-
-#include "common/http_json.h"
+#include <algorithm>
 
 namespace vmgrid {
 
-namespace {
-
-// Every value spliced into the SQL below is an id or a validated name
-// ([A-Za-z0-9._-]); checked here again so the query can never be altered.
-Status CheckSafe(const std::string& what, const std::string& v) {
-  if (v.empty()) return Status::Ok();
-  return ValidateName(what, v);
-}
-
-const QueryCaller kPlacer{"", true};  // placement sees every host
-
-}  // namespace
-
-Result<std::vector<std::string>> RankHosts(QueryService& query, const PlacementRequest& r) {
-  VMG_RETURN_IF_ERROR(CheckSafe("image id", r.image_id));
-  VMG_RETURN_IF_ERROR(CheckSafe("site", r.site));
-  VMG_RETURN_IF_ERROR(CheckSafe("network", r.network));
-  std::string sql =
-      "SELECT h.id FROM hosts h LEFT JOIN image_cache c ON c.host_id = h.id AND c.image_id = '" +
-      r.image_id + "' WHERE h.state = 'up' AND h.free_vcpus >= " + std::to_string(r.vcpus) +
-      " AND h.free_memory_mb >= " + std::to_string(r.memory_mb);
-  if (!r.site.empty()) sql += " AND h.site = '" + r.site + "'";
-  if (!r.network.empty()) sql += " AND h.network = '" + r.network + "'";
-  sql += std::string(" ORDER BY (c.host_id IS NOT NULL) DESC, h.free_memory_mb ") +
-         (r.policy == "pack" ? "ASC" : "DESC") + ", h.id LIMIT " + std::to_string(r.max_candidates);
-  VMG_ASSIGN_OR_RETURN(QueryResult res, query.Sql(kPlacer, sql));
+std::vector<std::string> CapacityIndex::Rank(const PlacementRequest& r) const {
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> out;
-  for (const auto& row : res.rows) out.push_back(row[0].get<std::string>());
+  auto image = image_ids_.find(r.image_id);
+  const int image_ix = image == image_ids_.end() ? -1 : image->second;
+  if (image_ix >= 0) WalkLocked(by_free_cached_[static_cast<size_t>(image_ix)], r, -1, out);
+  WalkLocked(by_free_, r, image_ix, out);
   return out;
 }
 
-Result<std::vector<std::vector<std::string>>> HostGroups(QueryService& query,
-                                                         const std::string& attribute,
-                                                         const std::string& policy) {
+void CapacityIndex::WalkLocked(const ByFree& set, const PlacementRequest& r, int skip_cached,
+                               std::vector<std::string>& out) const {
+  auto consider = [&](const std::string& id) {
+    const Entry& e = hosts_.at(id);
+    if (e.vcpus - e.used_vcpus < r.vcpus) return;
+    if (!r.site.empty() && e.site != r.site) return;
+    if (!r.network.empty() && e.network != r.network) return;
+    if (skip_cached >= 0 && std::find(e.images.begin(), e.images.end(), skip_cached) != e.images.end())
+      return;
+    out.push_back(id);
+  };
+  if (r.policy == "pack") {  // least free memory that fits first, then id
+    for (auto it = set.lower_bound({r.memory_mb, ""}); it != set.end() && out.size() < r.max_candidates; ++it)
+      consider(it->second);
+    return;
+  }
+  // spread: most free memory first; within equal free memory, ids ascending.
+  auto end = set.end();
+  while (end != set.begin() && out.size() < r.max_candidates) {
+    const int64_t free = std::prev(end)->first;
+    if (free < r.memory_mb) break;
+    auto group = set.lower_bound({free, ""});
+    for (auto it = group; it != end && out.size() < r.max_candidates; ++it) consider(it->second);
+    end = group;
+  }
+}
+
+Result<std::vector<std::vector<std::string>>> CapacityIndex::Groups(const std::string& attribute,
+                                                                    const std::string& policy) const {
   if (!attribute.empty() && attribute != "site" && attribute != "network")
     return MakeError(ErrorCode::kInvalidArgument, "'same' must be site or network");
-  std::string key = attribute.empty() ? "''" : "h." + attribute;
-  std::string sql = "SELECT " + key + ", h.id, h.free_memory_mb FROM hosts h WHERE h.state = 'up' "
-                    "ORDER BY h.free_memory_mb " + (policy == "pack" ? "ASC" : "DESC") + ", h.id";
-  QueryLimits limits;
-  limits.max_rows = 100'000;
-  VMG_ASSIGN_OR_RETURN(QueryResult res, query.Sql(kPlacer, sql, limits));
-  std::map<std::string, std::pair<int64_t, std::vector<std::string>>> groups;
-  for (const auto& row : res.rows) {
-    auto& g = groups[row[0].get<std::string>()];
-    g.first += row[2].get<int64_t>();
-    g.second.push_back(row[1].get<std::string>());
+  struct Member {
+    int64_t free_memory;
+    std::string id;
+  };
+  std::map<std::string, std::pair<int64_t, std::vector<Member>>> groups;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, e] : hosts_) {
+      if (!e.up) continue;
+      auto& g = groups[attribute == "site" ? e.site : attribute == "network" ? e.network : ""];
+      g.first += e.free_memory();
+      g.second.push_back({e.free_memory(), e.id});
+    }
   }
-  std::vector<std::pair<int64_t, std::vector<std::string>>> ordered;
+  const bool pack = policy == "pack";
+  std::vector<std::pair<int64_t, std::vector<Member>>> ordered;
   for (auto& [k, g] : groups) ordered.push_back(std::move(g));
   std::stable_sort(ordered.begin(), ordered.end(),
                    [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<std::vector<std::string>> out;
-  for (auto& g : ordered) out.push_back(std::move(g.second));
+  for (auto& g : ordered) {
+    std::sort(g.second.begin(), g.second.end(), [pack](const Member& a, const Member& b) {
+      if (a.free_memory != b.free_memory) return pack ? a.free_memory < b.free_memory : a.free_memory > b.free_memory;
+      return a.id < b.id;
+    });
+    std::vector<std::string> ids;
+    for (auto& m : g.second) ids.push_back(std::move(m.id));
+    out.push_back(std::move(ids));
+  }
   return out;
+}
+
+bool CapacityIndex::IsCached(const std::string& image_id, const std::string& host_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto image = image_ids_.find(image_id);
+  auto host = hosts_.find(host_id);
+  if (image == image_ids_.end() || host == hosts_.end()) return false;
+  const auto& v = host->second.images;
+  return std::find(v.begin(), v.end(), image->second) != v.end();
+}
+
+uint64_t CapacityIndex::VmVersion(const std::string& host_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = hosts_.find(host_id);
+  return it == hosts_.end() ? 0 : it->second.vm_version;
+}
+
+size_t CapacityIndex::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return hosts_.size();
+}
+
+int CapacityIndex::InternLocked(const std::string& image_id) {
+  auto [it, added] = image_ids_.try_emplace(image_id, static_cast<int>(image_ids_.size()));
+  if (added) by_free_cached_.emplace_back();
+  return it->second;
+}
+
+void CapacityIndex::UnlinkLocked(const Entry& e) {
+  if (!e.up) return;
+  by_free_.erase({e.free_memory(), e.id});
+  for (int ix : e.images) by_free_cached_[static_cast<size_t>(ix)].erase({e.free_memory(), e.id});
+}
+
+void CapacityIndex::LinkLocked(const Entry& e) {
+  if (!e.up) return;
+  by_free_.insert({e.free_memory(), e.id});
+  for (int ix : e.images) by_free_cached_[static_cast<size_t>(ix)].insert({e.free_memory(), e.id});
+}
+
+void CapacityIndex::SetHostLocked(const Host& h) {
+  Entry& e = hosts_[h.id];
+  UnlinkLocked(e);
+  e.id = h.id;
+  e.site = h.site;
+  e.network = h.network;
+  e.up = h.state == "up";
+  e.vcpus = h.vcpus;
+  e.memory_mb = h.memory_mb;
+  e.used_vcpus = h.reserved_vcpus;
+  e.used_memory_mb = h.reserved_memory_mb;
+  e.vm_version = ++versions_;
+  LinkLocked(e);
+}
+
+void CapacityIndex::OnSnapshot(const std::vector<Host>& hosts,
+                               const std::vector<std::pair<std::string, std::string>>& cached) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Versions only grow, so a reconciler never mistakes a resynced host for
+  // an unchanged one.
+  hosts_.clear();
+  by_free_.clear();
+  for (auto& set : by_free_cached_) set.clear();
+  for (const auto& [image, host] : cached) {
+    auto it = hosts_.find(host);
+    if (it == hosts_.end()) it = hosts_.try_emplace(host).first;  // linked below, when known
+    it->second.images.push_back(InternLocked(image));
+  }
+  for (const Host& h : hosts) SetHostLocked(h);
+  std::erase_if(hosts_, [](const auto& e) { return e.second.id.empty(); });  // cache rows of no host
+}
+
+void CapacityIndex::OnHost(const Host& host) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SetHostLocked(host);  // keeps the host's images
+}
+
+void CapacityIndex::OnHostDown(const std::string& host_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = hosts_.find(host_id); it != hosts_.end()) {
+    UnlinkLocked(it->second);
+    it->second.up = false;
+  }
+}
+
+void CapacityIndex::OnUsage(const std::string& host_id, int64_t vcpus, int64_t memory_mb) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = hosts_.find(host_id); it != hosts_.end()) {
+    UnlinkLocked(it->second);
+    it->second.used_vcpus += vcpus;
+    it->second.used_memory_mb += memory_mb;
+    LinkLocked(it->second);
+  }
+}
+
+void CapacityIndex::OnVmChanged(const std::string& host_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = hosts_.find(host_id); it != hosts_.end()) it->second.vm_version = ++versions_;
+}
+
+void CapacityIndex::OnImageCached(const std::string& image_id, const std::string& host_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = hosts_.find(host_id);
+  if (it == hosts_.end()) return;
+  int ix = InternLocked(image_id);
+  Entry& e = it->second;
+  if (std::find(e.images.begin(), e.images.end(), ix) != e.images.end()) return;
+  e.images.push_back(ix);
+  if (e.up) by_free_cached_[static_cast<size_t>(ix)].insert({e.free_memory(), e.id});
 }
 
 }  // namespace vmgrid

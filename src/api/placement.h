@@ -1,21 +1,28 @@
-// Placement: choosing hosts for new VMs is a query over the information
-// service (the futures of the VM's image restricted to the VM's requirements),
-// ranked by a documented policy (docs/infosvc.md):
+// Placement: choosing hosts for new VMs. The policy (docs/infosvc.md,
+// "Placement") is the query over the futures of the VM's image restricted to
+// its requirements:
 //   requirements: host up, free vCPUs >= vcpus, free memory >= memory_mb,
 //                 and the site / network segment if the request names one;
 //   rank:         hosts that already hold the image first (cache locality),
 //                 then by free memory — most first ("spread", the default) or
 //                 least first ("pack", best fit) — then by id for stability.
-// The ranking is advisory: the store re-checks capacity in the transaction
-// that reserves (Store::PlaceAndInsertVm), so concurrent creates never
-// oversubscribe a host. Thread-safe (stateless over a thread-safe service).
+// It runs over CapacityIndex, an in-memory copy of the hosts' capacity, usage
+// and image cache that the Store keeps exact through StoreObserver (its own
+// writes, in commit order) and Resync (everyone's). The ranking is advisory:
+// the store re-checks capacity in the conditional UPDATE that reserves
+// (Store::PlaceAndInsertVm), so a stale copy can never oversubscribe a host.
 #pragma once
 
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/result.h"
-#include "infosvc/query_service.h"
+#include "store/store.h"
 
 namespace vmgrid {
 
@@ -29,13 +36,59 @@ struct PlacementRequest {
   size_t max_candidates = 64;
 };
 
-// Hosts in rank order (ids); empty if none meets the requirements.
-Result<std::vector<std::string>> RankHosts(QueryService& query, const PlacementRequest& request);
+// Thread-safe.
+class CapacityIndex : public StoreObserver {
+ public:
+  // Hosts in rank order (ids), at most r.max_candidates; empty if none meets
+  // the requirements.
+  std::vector<std::string> Rank(const PlacementRequest& r) const;
+  // Up hosts grouped by `attribute` ("site", "network" or "" for one group),
+  // groups ordered by total free memory (most first), hosts within a group by
+  // `policy`.
+  Result<std::vector<std::vector<std::string>>> Groups(const std::string& attribute,
+                                                       const std::string& policy) const;
+  bool IsCached(const std::string& image_id, const std::string& host_id) const;
+  // Changes whenever a VM record on the host changes (0 for unknown hosts).
+  uint64_t VmVersion(const std::string& host_id) const;
+  size_t size() const;
 
-// Up hosts grouped by `attribute` ("site", "network" or "" for one group),
-// groups ordered by total free memory, hosts within a group by `policy`.
-Result<std::vector<std::vector<std::string>>> HostGroups(QueryService& query,
-                                                         const std::string& attribute,
-                                                         const std::string& policy);
+  // StoreObserver.
+  void OnSnapshot(const std::vector<Host>& hosts,
+                  const std::vector<std::pair<std::string, std::string>>& cached) override;
+  void OnHost(const Host& host) override;
+  void OnHostDown(const std::string& host_id) override;
+  void OnUsage(const std::string& host_id, int64_t vcpus, int64_t memory_mb) override;
+  void OnVmChanged(const std::string& host_id) override;
+  void OnImageCached(const std::string& image_id, const std::string& host_id) override;
+
+ private:
+  struct Entry {
+    std::string id, site, network;
+    bool up = false;
+    int64_t vcpus = 0, memory_mb = 0, used_vcpus = 0, used_memory_mb = 0;
+    std::vector<int> images;  // interned image ids the host holds
+    uint64_t vm_version = 0;
+    int64_t free_memory() const { return memory_mb - used_memory_mb; }
+  };
+  // Up hosts by (free memory, id): a create walks them in rank order from
+  // the end its policy prefers and stops after max_candidates fits, instead
+  // of sorting every host.
+  using ByFree = std::set<std::pair<int64_t, std::string>>;
+  int InternLocked(const std::string& image_id);
+  void SetHostLocked(const Host& h);
+  // Take a host out of / put it into the ordered sets (before / after a change).
+  void UnlinkLocked(const Entry& e);
+  void LinkLocked(const Entry& e);
+  // Appends to `out` the fits of `set` in rank order, skipping `skip_cached`'s hosts.
+  void WalkLocked(const ByFree& set, const PlacementRequest& r, int skip_cached,
+                  std::vector<std::string>& out) const;
+
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, Entry> hosts_;  // by id; guarded by mu_
+  std::unordered_map<std::string, int> image_ids_;  // guarded by mu_
+  ByFree by_free_;                                  // every up host; guarded by mu_
+  std::vector<ByFree> by_free_cached_;              // per interned image; guarded by mu_
+  uint64_t versions_ = 0;                           // guarded by mu_
+};
 
 }  // namespace vmgrid

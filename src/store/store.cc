@@ -398,10 +398,33 @@ Result<bool> Store::HasUserWithRole(const std::string& role) {
 
 // --- hosts ---------------------------------------------------------------------
 
+namespace {
+
+// Whether a heartbeat of an up host changes nothing but its time.
+bool SameRegistration(const Host& h, const std::string& url, const HostCapacity& c) {
+  return h.state == "up" && h.url == url && h.vcpus == c.vcpus && h.memory_mb == c.memory_mb &&
+         h.disk_mb == c.disk_mb && h.kvm == c.kvm && h.site == c.site && h.network == c.network &&
+         h.arch == c.arch;
+}
+
+}  // namespace
+
 Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& url,
                                   const HostCapacity& cap) {
-  std::lock_guard<std::mutex> lock(mu_);
   int64_t now = NowMs();
+  {
+    std::lock_guard<std::mutex> beat(beat_mu_);
+    auto it = beat_written_.find(name);
+    if (it != beat_written_.end() && SameRegistration(it->second, url, cap)) {
+      beat_pending_[it->second.id] = now;
+      Host h = it->second;
+      h.last_heartbeat_ms = now;
+      return h;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_.clear();
+  now = NowMs();
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_ASSIGN_OR_RETURN(
@@ -420,13 +443,127 @@ Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& ur
   }
   VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.name = ?",
                                               {name}, ReadHost));
-  VMG_RETURN_IF_ERROR(tx.Commit());
-  return rows.at(0);
+  Host host = rows.at(0);
+  Notify([host](StoreObserver& o) { o.OnHost(host); });
+  VMG_RETURN_IF_ERROR(CommitLocked(tx));
+  std::lock_guard<std::mutex> beat(beat_mu_);
+  beat_written_[name] = host;
+  beat_pending_.erase(host.id);
+  return host;
+}
+
+Status Store::FlushHeartbeats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return FlushHeartbeatsLocked();
+}
+
+Status Store::FlushHeartbeatsLocked() {
+  std::vector<std::pair<std::string, int64_t>> beats;
+  {
+    std::lock_guard<std::mutex> beat(beat_mu_);
+    beats.assign(beat_pending_.begin(), beat_pending_.end());
+    beat_pending_.clear();
+  }
+  if (beats.empty()) return Status::Ok();
+  auto restore = [&] {  // kept for the next flush if this one fails
+    std::lock_guard<std::mutex> beat(beat_mu_);
+    for (const auto& [id, ms] : beats) beat_pending_.try_emplace(id, ms);
+  };
+  SqlTransaction tx(db_.get());
+  if (!tx.begin_status().ok()) {
+    restore();
+    return tx.begin_status();
+  }
+  // A few hundred hosts per statement. Only hosts still up: one marked down
+  // meanwhile (by another controller sharing the database) is forgotten
+  // here, so that its next heartbeat is written in full and brings it up.
+  constexpr size_t kChunk = 250;
+  std::vector<std::string> not_up;
+  for (size_t at = 0; at < beats.size(); at += kChunk) {
+    size_t end = std::min(beats.size(), at + kChunk);
+    std::string sql = "UPDATE hosts SET last_heartbeat_ms = CASE id";
+    std::vector<SqlValue> params;
+    for (size_t i = at; i < end; ++i) {
+      sql += " WHEN ? THEN CAST(? AS BIGINT)";
+      params.push_back(beats[i].first);
+      params.push_back(beats[i].second);
+    }
+    sql += " ELSE last_heartbeat_ms END WHERE state = 'up' AND id IN (" + Placeholders(end - at) + ")";
+    for (size_t i = at; i < end; ++i) params.push_back(beats[i].first);
+    auto changed = db_->Exec(sql, params);
+    if (!changed.ok()) {
+      restore();
+      return changed.error();
+    }
+    if (static_cast<size_t>(*changed) < end - at) {
+      std::vector<SqlValue> ids(params.end() - static_cast<long>(end - at), params.end());
+      VMG_ASSIGN_OR_RETURN(auto rows, db_->Query("SELECT id FROM hosts WHERE state <> 'up' AND id IN (" +
+                                                     Placeholders(end - at) + ")",
+                                                 ids));
+      for (const auto& r : rows) not_up.push_back(r.Text(0));
+    }
+  }
+  if (auto st = tx.Commit(); !st.ok()) {
+    restore();
+    return st;
+  }
+  if (!not_up.empty()) {
+    std::lock_guard<std::mutex> beat(beat_mu_);
+    std::sort(not_up.begin(), not_up.end());
+    std::erase_if(beat_written_, [&](const auto& e) {
+      return std::binary_search(not_up.begin(), not_up.end(), e.second.id);
+    });
+  }
+  return Status::Ok();
+}
+
+void Store::OverlayBeats(std::vector<Host>& hosts) {
+  std::lock_guard<std::mutex> beat(beat_mu_);
+  if (beat_pending_.empty()) return;
+  for (Host& h : hosts)
+    if (auto it = beat_pending_.find(h.id); it != beat_pending_.end())
+      h.last_heartbeat_ms = std::max(h.last_heartbeat_ms, it->second);
+}
+
+void Store::Notify(std::function<void(StoreObserver&)> event) {
+  if (observer_) pending_.push_back(std::move(event));
+}
+
+Status Store::CommitLocked(SqlTransaction& tx) {
+  Status st = tx.Commit();
+  if (st.ok() && observer_)
+    for (auto& event : pending_) event(*observer_);
+  pending_.clear();
+  return st;
+}
+
+Status Store::SetObserver(StoreObserver* observer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  observer_ = observer;
+  pending_.clear();
+  return observer_ ? SnapshotLocked() : Status::Ok();
+}
+
+Status Store::Resync() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return observer_ ? SnapshotLocked() : Status::Ok();
+}
+
+Status Store::SnapshotLocked() {
+  VMG_ASSIGN_OR_RETURN(auto hosts, Query<Host>(db_.get(), kHostSelect, {}, ReadHost));
+  using Pair = std::pair<std::string, std::string>;
+  VMG_ASSIGN_OR_RETURN(auto cached, Query<Pair>(db_.get(), "SELECT image_id, host_id FROM image_cache", {},
+                                                [](const SqlRow& r) { return Pair{r.Text(0), r.Text(1)}; }));
+  observer_->OnSnapshot(hosts, cached);
+  return Status::Ok();
 }
 
 Result<std::vector<Host>> Store::ListHosts() {
   std::lock_guard<std::mutex> lock(mu_);
-  return Query<Host>(db_.get(), std::string(kHostSelect) + " ORDER BY h.name", {}, ReadHost);
+  VMG_ASSIGN_OR_RETURN(auto hosts,
+                       Query<Host>(db_.get(), std::string(kHostSelect) + " ORDER BY h.name", {}, ReadHost));
+  OverlayBeats(hosts);
+  return hosts;
 }
 
 Result<Host> Store::GetHost(const std::string& ref) {
@@ -435,11 +572,14 @@ Result<Host> Store::GetHost(const std::string& ref) {
                                                               " WHERE h.id = ? OR h.name = ?",
                                               {ref, ref}, ReadHost));
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "host '" + ref + "' not found");
+  OverlayBeats(rows);
   return rows[0];
 }
 
 Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
   std::lock_guard<std::mutex> lock(mu_);
+  pending_.clear();
+  VMG_RETURN_IF_ERROR(FlushHeartbeatsLocked());  // decide on the latest times
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_ASSIGN_OR_RETURN(auto ids, Query<std::string>(db_.get(),
@@ -448,7 +588,17 @@ Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
                                                     {cutoff_ms}, [](const SqlRow& s) { return s.Text(0); }));
   VMG_RETURN_IF_ERROR(db_->Exec("UPDATE hosts SET state='down' WHERE state='up' AND last_heartbeat_ms < ?",
                                {cutoff_ms}));
-  VMG_RETURN_IF_ERROR(tx.Commit());
+  for (const auto& id : ids) Notify([id](StoreObserver& o) { o.OnHostDown(id); });
+  VMG_RETURN_IF_ERROR(CommitLocked(tx));
+  if (!ids.empty()) {  // their next heartbeat is written in full (state up)
+    std::vector<std::string> sorted = ids;
+    std::sort(sorted.begin(), sorted.end());
+    std::lock_guard<std::mutex> beat(beat_mu_);
+    for (const auto& id : ids) beat_pending_.erase(id);
+    std::erase_if(beat_written_, [&](const auto& e) {
+      return std::binary_search(sorted.begin(), sorted.end(), e.second.id);
+    });
+  }
   return ids;
 }
 
@@ -528,6 +678,7 @@ Status Store::AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t 
   VMG_RETURN_IF_ERROR(db_->Exec(
       "UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ? WHERE id = ?",
       {vcpus, memory_mb, host_id}));
+  Notify([host_id, vcpus, memory_mb](StoreObserver& o) { o.OnUsage(host_id, vcpus, memory_mb); });
   return Status::Ok();
 }
 
@@ -547,6 +698,7 @@ Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
        "disk-" + vm.id, vm.host_id, vm.id, vm.owner_id}));
   if (!reserved && HoldsOnHost(vm.state))
     VMG_RETURN_IF_ERROR(AddUsageLocked(vm.host_id, vm.vcpus, vm.memory_mb));
+  Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
   return Status::Ok();
 }
 
@@ -554,6 +706,7 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
   if (!HoldsOnHost(vm.state))
     return MakeError(ErrorCode::kInvalidArgument, "a VM in state " + vm.state + " holds no room to place");
   std::lock_guard<std::mutex> lock(mu_);
+  pending_.clear();
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   // The reservation is one conditional UPDATE of the host's usage: it checks
@@ -571,8 +724,11 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
                   {int64_t{vm.vcpus}, vm.memory_mb, host_id, int64_t{vm.vcpus}, vm.memory_mb}));
     if (taken == 0) continue;
     vm.host_id = host_id;
+    Notify([host_id, v = int64_t{vm.vcpus}, m = vm.memory_mb](StoreObserver& o) {
+      o.OnUsage(host_id, v, m);
+    });
     VMG_RETURN_IF_ERROR(InsertVmLocked(vm, /*reserved=*/true));
-    VMG_RETURN_IF_ERROR(tx.Commit());
+    VMG_RETURN_IF_ERROR(CommitLocked(tx));
     return vm;
   }
   return MakeError(ErrorCode::kResourceExhausted,
@@ -584,6 +740,7 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
 Result<std::vector<Vm>> Store::PlaceAndInsertGang(
     std::vector<Vm> vms, const std::vector<std::vector<std::string>>& groups) {
   std::lock_guard<std::mutex> lock(mu_);
+  pending_.clear();
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   // Gangs take turns (across controllers sharing a PostgreSQL database too):
@@ -619,7 +776,7 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
     }
     if (!all) continue;
     for (const auto& vm : placed) VMG_RETURN_IF_ERROR(InsertVmLocked(vm, /*reserved=*/false));
-    VMG_RETURN_IF_ERROR(tx.Commit());
+    VMG_RETURN_IF_ERROR(CommitLocked(tx));
     return placed;
   }
   return MakeError(ErrorCode::kResourceExhausted,
@@ -628,10 +785,11 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
 
 Status Store::InsertVmRecord(const Vm& vm) {
   std::lock_guard<std::mutex> lock(mu_);
+  pending_.clear();
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_RETURN_IF_ERROR(InsertVmLocked(vm, /*reserved=*/false));
-  return tx.Commit();
+  return CommitLocked(tx);
 }
 
 Result<Vm> Store::GetVmLocked(const std::string& ref, const OwnerFilter& owner) {
@@ -682,6 +840,7 @@ Status Store::UpdateVm(const Vm& v) {
   // below matches what was replaced even if another controller writes the
   // row in between (PostgreSQL); retried a few times if it did.
   for (int attempt = 0; attempt < 5; ++attempt) {
+    pending_.clear();
     SqlTransaction tx(db_.get());
     VMG_RETURN_IF_ERROR(tx.begin_status());
     VMG_ASSIGN_OR_RETURN(auto before, GetVmPlacementLocked(v.id));
@@ -698,7 +857,10 @@ Status Store::UpdateVm(const Vm& v) {
       VMG_RETURN_IF_ERROR(db_->Exec(
           "UPDATE virtualization SET physical_id=? WHERE vm_id=? AND physical_kind IN ('host','host_cache')",
           {v.host_id, v.id}));
-    return tx.Commit();
+    Notify([host = before->host_id](StoreObserver& o) { o.OnVmChanged(host); });
+    if (v.host_id != before->host_id)
+      Notify([host = v.host_id](StoreObserver& o) { o.OnVmChanged(host); });
+    return CommitLocked(tx);
   }
   return MakeError(ErrorCode::kUnavailable, "VM " + v.id + " keeps changing concurrently; retry");
 }
@@ -706,6 +868,7 @@ Status Store::UpdateVm(const Vm& v) {
 Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::string>& from,
                                const std::string& to) {
   std::lock_guard<std::mutex> lock(mu_);
+  pending_.clear();
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_ASSIGN_OR_RETURN(Vm vm, GetVmLocked(id, ""));
@@ -734,13 +897,15 @@ Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::str
                      "VM " + vm.id + " changed state concurrently; retry");
   VMG_RETURN_IF_ERROR(MoveUsageLocked(VmPlacement{vm.host_id, seen, vm.vcpus, vm.memory_mb},
                                       vm.host_id, vm.state));
-  VMG_RETURN_IF_ERROR(tx.Commit());
+  Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
+  VMG_RETURN_IF_ERROR(CommitLocked(tx));
   return vm;
 }
 
 Status Store::DeleteVm(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   for (int attempt = 0; attempt < 5; ++attempt) {  // compare-and-set, as in UpdateVm
+    pending_.clear();
     SqlTransaction tx(db_.get());
     VMG_RETURN_IF_ERROR(tx.begin_status());
     VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET vm_id='' WHERE vm_id=?", {id}));
@@ -753,15 +918,17 @@ Status Store::DeleteVm(const std::string& id) {
     if (changed == 0) continue;
     if (HoldsOnHost(before->state))
       VMG_RETURN_IF_ERROR(AddUsageLocked(before->host_id, -before->vcpus, -before->memory_mb));
-    return tx.Commit();
+    Notify([host = before->host_id](StoreObserver& o) { o.OnVmChanged(host); });
+    return CommitLocked(tx);
   }
   return MakeError(ErrorCode::kUnavailable, "VM " + id + " keeps changing concurrently; retry");
 }
 
 Status Store::NoteImageCached(const std::string& image_id, const std::string& host_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  VMG_RETURN_IF_ERROR(db_->Exec("INSERT INTO image_cache VALUES (?,?,?) ON CONFLICT DO NOTHING",
-                               {image_id, host_id, NowMs()}));
+  VMG_ASSIGN_OR_RETURN(int64_t added, db_->Exec("INSERT INTO image_cache VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                                                {image_id, host_id, NowMs()}));
+  if (added > 0 && observer_) observer_->OnImageCached(image_id, host_id);
   return Status::Ok();
 }
 

@@ -5,10 +5,12 @@
 // Thread-safe (one connection, serialized by a mutex).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/result.h"
@@ -30,6 +32,26 @@ struct HostCapacity {
   std::string arch = "x86_64";
 };
 
+// Told of every committed change that an in-memory copy of the hosts'
+// capacity needs (placement's CapacityIndex), in commit order. Called with the
+// Store's lock held: it must be quick and must not call the Store.
+class StoreObserver {
+ public:
+  virtual ~StoreObserver() = default;
+  // Every host and (image, host) cache row, read in one consistent snapshot;
+  // the calls below then continue from it.
+  virtual void OnSnapshot(const std::vector<Host>& hosts,
+                          const std::vector<std::pair<std::string, std::string>>& cached) = 0;
+  // A host registered, or its url, capacity, attributes or state changed.
+  virtual void OnHost(const Host& host) = 0;
+  virtual void OnHostDown(const std::string& host_id) = 0;
+  // The usage held on a host changed by this much (negative: released).
+  virtual void OnUsage(const std::string& host_id, int64_t vcpus, int64_t memory_mb) = 0;
+  // A VM record on this host was inserted, changed or deleted.
+  virtual void OnVmChanged(const std::string& host_id) = 0;
+  virtual void OnImageCached(const std::string& image_id, const std::string& host_id) = 0;
+};
+
 class Store {
  public:
   // `target` is a SQLite database file (created if missing) or a PostgreSQL
@@ -42,6 +64,13 @@ class Store {
   int schema_version() const { return schema_version_; }
   // The target given to Open (a URI may hold a password: see RedactTarget).
   const std::string& path() const { return path_; }
+
+  // Sets the observer (null: none; it must outlive the Store or be reset)
+  // and hands it a snapshot. Writes by other controllers sharing a
+  // PostgreSQL database reach it only with the next Resync.
+  Status SetObserver(StoreObserver* observer);
+  // Hands the observer a fresh snapshot.
+  Status Resync();
 
   // --- users and tokens ---------------------------------------------------
   // Creates a user and a first token; returns the plaintext token (only the
@@ -56,8 +85,15 @@ class Store {
 
   // --- hosts ----------------------------------------------------------------
   // Registers a host by name, or refreshes its url, capacity and heartbeat.
+  // A heartbeat that changes nothing but the time (the host is up with this
+  // url and capacity) is not written at once: its time is kept in memory and
+  // written, batched with the others, by FlushHeartbeats (and before
+  // MarkStaleHostsDown decides). It then returns the host as last written
+  // (usage included) with the new heartbeat time.
   Result<Host> HeartbeatHost(const std::string& name, const std::string& url,
                              const HostCapacity& cap);
+  // Writes the heartbeat times kept in memory, in one transaction.
+  Status FlushHeartbeats();
   Result<std::vector<Host>> ListHosts();
   Result<Host> GetHost(const std::string& ref);
   // Marks hosts whose last heartbeat is older than `cutoff_ms` as down;
@@ -132,9 +168,25 @@ class Store {
                          const std::string& state);
   Result<std::optional<VmPlacement>> GetVmPlacementLocked(const std::string& id);
   Result<Vm> GetVmLocked(const std::string& ref, const OwnerFilter& owner);
+  Status SnapshotLocked();
+  Status FlushHeartbeatsLocked();
+  // Queues a call to the observer until the transaction commits.
+  void Notify(std::function<void(StoreObserver&)> event);
+  // Commits and then delivers the queued calls (dropped if it fails).
+  Status CommitLocked(SqlTransaction& tx);
+  // Overlays heartbeat times not written yet.
+  void OverlayBeats(std::vector<Host>& hosts);
 
   std::mutex mu_;
   SqlBackendPtr db_;  // guarded by mu_
+  StoreObserver* observer_ = nullptr;  // guarded by mu_
+  std::vector<std::function<void(StoreObserver&)>> pending_;  // guarded by mu_
+  // Heartbeats: the row last written per host name, and times not written
+  // yet per host id. Guarded by beat_mu_ (taken after mu_, never before), so
+  // a heartbeat that changes nothing does not wait for the store's lock.
+  std::mutex beat_mu_;
+  std::unordered_map<std::string, Host> beat_written_;
+  std::unordered_map<std::string, int64_t> beat_pending_;
   int schema_version_ = 0;
   std::string path_;
 };
