@@ -130,5 +130,27 @@ TEST_F(ImageTransferTest, EmptyCacheHostResumesCloneFromImageCheckpoint) {
   EXPECT_TRUE(api.Delete("/v1/images/ckpt").ok());
 }
 
+// A clone of a VM's checkpoint on a host that has never seen the VM: the
+// source host publishes the checkpoint (memory and the disk flattened over
+// the base image), the other host fetches, verifies and resumes it.
+TEST(CrossHostCheckpointTest, CloneOfAVmCheckpointResumesOnAnotherHost) {
+  auto grid = StartGrid("xhost", 2);  // 4096 MB per host
+  ApiClient api = grid->Admin();
+  ImportTiny(api, "tiny", false);
+  // Big enough that a second one does not fit beside it: the clone must go
+  // to the other host.
+  json src = CreateVm(api, {{"image", "tiny"}, {"name", "src"}, {"memory_mb", 2560}});
+  ASSERT_EQ(src["state"], "running") << src.dump();
+  Exec(api, src["id"], "echo from-the-source > /root/marker && sync");
+  ASSERT_EQ(Act(api, src["id"], "checkpoint")["state"], "suspended");
+  json clone = CreateVm(api, {{"from_checkpoint", src["id"]}, {"name", "clone"}});
+  ASSERT_EQ(clone["state"], "running") << clone.dump();
+  EXPECT_NE(clone["host"], src["host"]);
+  EXPECT_EQ(Exec(api, clone["id"], "cat /root/marker"), "from-the-source\n");
+  DeleteVm(api, clone["id"]);
+  DeleteVm(api, src["id"]);
+  StopGrid(grid);
+}
+
 }  // namespace
 }  // namespace vmgrid

@@ -230,6 +230,8 @@ void Agent::InstallRoutes() {
     reply(res, runner_->Resume(req.matches[1]), status_json);
   });
   s.Get(R"(/agent/v1/vms/([^/]+)/checkpoint)", [=, this](const httplib::Request& req, httplib::Response& res) {
+    if (req.get_param_value("publish") == "true")
+      return reply(res, runner_->PublishCheckpoint(req.matches[1]), [](const nlohmann::json& j) { return j; });
     reply(res, runner_->CheckpointDir(req.matches[1]),
           [](const std::string& d) { return nlohmann::json{{"dir", d}}; });
   });

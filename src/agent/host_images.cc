@@ -275,15 +275,16 @@ Status HostImages::Warm(const Manifest& m, const std::string& what) {
     VMG_RETURN_IF_ERROR(cache_->Insert(digest, data));
     std::lock_guard<std::mutex> l(pm);
     got += n;
-    int decile = static_cast<int>(got * 10 / std::max<uint64_t>(1, total));
     {
       std::lock_guard<std::mutex> g(mu_);
       transfers_[id].done = got;
     }
-    if (decile != last_decile) {
-      last_decile = decile;
+    // Progress of large transfers in quarters; every transfer logs its end.
+    int quarter = static_cast<int>(got * 4 / std::max<uint64_t>(1, total));
+    if (total >= (64u << 20) && quarter != last_decile && quarter < 4) {
+      last_decile = quarter;
       double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      spdlog::info("host images: {}: {} MiB fetched ({:.0f} MiB/s)", what, got >> 20,
+      spdlog::info("host images: {}: {} of ~{} MiB fetched ({:.0f} MiB/s)", what, got >> 20, total >> 20,
                    s > 0 ? static_cast<double>(got) / (1 << 20) / s : 0.0);
     }
     return Status::Ok();
@@ -292,6 +293,10 @@ Status HostImages::Warm(const Manifest& m, const std::string& what) {
     std::lock_guard<std::mutex> g(mu_);
     transfers_.erase(id);
   }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (st.ok())
+    spdlog::info("host images: {}: fetched {} chunks, {:.1f} MiB in {:.2f} s ({:.0f} MiB/s)", what, missing.size(),
+                 static_cast<double>(got) / (1 << 20), secs, secs > 0 ? static_cast<double>(got) / (1 << 20) / secs : 0.0);
   return st;
 }
 
@@ -307,8 +312,9 @@ Result<std::string> HostImages::Materialize(const BlobRef& ref, const std::strin
 }
 
 Result<std::string> HostImages::MaterializeCheckpoint(const BlobRef& memory, const BlobRef& disk,
-                                                      const std::string& backing) {
-  std::string dir = options_.state_dir + "/blobs/ckpt-" + memory.digest.substr(0, 24) + "-" + disk.digest.substr(0, 24);
+                                                      const std::string& backing, const std::string& kind) {
+  std::string dir = options_.state_dir + "/blobs/" + kind + "ckpt-" + memory.digest.substr(0, 24) + "-" +
+                    disk.digest.substr(0, 24);
   auto lock = LockFor("blob:" + dir);
   std::lock_guard<std::mutex> one(*lock);
   if (FileExists(dir + "/meta.json")) return dir;
@@ -325,12 +331,20 @@ Result<std::string> HostImages::MaterializeCheckpoint(const BlobRef& memory, con
   chmod((tmp + "/memory.state").c_str(), 0600);  // guest memory: root only
   chmod((tmp + "/disk.qcow2").c_str(), 0644);
   // The disk delta names the backing of the host that made it; point it at
-  // this host's export of the same image version.
-  auto r = RunProcessChecked({"qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing, "-F", "raw",
-                              tmp + "/disk.qcow2"},
-                             std::chrono::minutes(1));
-  if (!r.ok()) return fail(r.error());
-  json meta = {{"kind", "image"}, {"memory", ToJson(memory)}, {"disk", ToJson(disk)}};
+  // this host's export of the same image version. (A persistent VM's
+  // checkpoint disk is a whole disk without a backing file.)
+  auto info = RunProcessChecked({"qemu-img", "info", "--output=json", "-U", tmp + "/disk.qcow2"}, std::chrono::minutes(1));
+  if (!info.ok()) return fail(info.error());
+  json ij = json::parse(*info, nullptr, false);
+  if (!ij.is_object() || ij.value("format", "") != "qcow2")
+    return fail(MakeError(ErrorCode::kInvalidArgument, "the checkpoint's disk is not a qcow2 image"));
+  if (ij.contains("backing-filename")) {
+    auto r = RunProcessChecked({"qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing, "-F", "raw",
+                                tmp + "/disk.qcow2"},
+                               std::chrono::minutes(1));
+    if (!r.ok()) return fail(r.error());
+  }
+  json meta = {{"kind", kind}, {"memory", ToJson(memory)}, {"disk", ToJson(disk)}};
   st = WriteFileAtomic(tmp + "/meta.json", meta.dump(2) + "\n");
   if (st.ok() && rename(tmp.c_str(), dir.c_str()) != 0)
     st = MakeError(ErrorCode::kInternal, "rename " + tmp + ": " + strerror(errno));

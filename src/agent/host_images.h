@@ -102,10 +102,11 @@ class HostImages {
   // A local file with the bytes of `ref` (STATE/blobs/DIGEST + suffix),
   // fetched in parallel batches and verified when not there yet.
   Result<std::string> Materialize(const BlobRef& ref, const std::string& suffix, int mode);
-  // A local image-checkpoint directory (memory.state, disk.qcow2 rebased
-  // onto `backing`, meta.json) as VmRunner resumes from; made once per
-  // checkpoint version, atomically.
-  Result<std::string> MaterializeCheckpoint(const BlobRef& memory, const BlobRef& disk, const std::string& backing);
+  // A local checkpoint directory (memory.state, disk.qcow2 rebased onto
+  // `backing` when it has a backing file, meta.json with `kind` "image" or
+  // "vm") as VmRunner resumes from; made once per version, atomically.
+  Result<std::string> MaterializeCheckpoint(const BlobRef& memory, const BlobRef& disk, const std::string& backing,
+                                            const std::string& kind);
   // Writes all of `ref` to `path` (sparse raw), fetching missing chunks in
   // parallel batches first; progress is logged and shown in StatsJson.
   Status CopyTo(const BlobRef& ref, const std::string& path);

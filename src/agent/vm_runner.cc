@@ -83,14 +83,15 @@ Result<std::map<std::string, BlobRef>> BlobsFromJson(const nlohmann::json& j) {
   std::map<std::string, BlobRef> out;
   if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, "field 'blobs' must be an object");
   for (const auto& [kind, ref] : j.items()) {
-    if (kind != "disk" && kind != "kernel" && kind != "initrd" && kind != "ckpt_memory" && kind != "ckpt_disk")
+    if (kind != "disk" && kind != "kernel" && kind != "initrd" && kind != "ckpt_memory" && kind != "ckpt_disk" &&
+        kind != "vm_ckpt_memory" && kind != "vm_ckpt_disk")
       return MakeError(ErrorCode::kInvalidArgument, "unknown blob kind '" + kind.substr(0, 40) + "'");
     VMG_ASSIGN_OR_RETURN(out[kind], BlobRefFromJson(ref, "blobs." + kind));
   }
   if (!out.empty() && !out.count("disk"))
     return MakeError(ErrorCode::kInvalidArgument, "blobs must include the disk");
-  if (out.count("ckpt_memory") != out.count("ckpt_disk"))
-    return MakeError(ErrorCode::kInvalidArgument, "blobs ckpt_memory and ckpt_disk come together");
+  if (out.count("ckpt_memory") != out.count("ckpt_disk") || out.count("vm_ckpt_memory") != out.count("vm_ckpt_disk"))
+    return MakeError(ErrorCode::kInvalidArgument, "a checkpoint's memory and disk blobs come together");
   return out;
 }
 
@@ -127,7 +128,8 @@ Result<VmSpec> VmSpecFromJson(const nlohmann::json& j) {
   VMG_ASSIGN_OR_RETURN(s.image.append, im.String("append", false));
   if (s.id.empty() || s.id.find('/') != std::string::npos || s.id[0] == '.')
     return MakeError(ErrorCode::kInvalidArgument, "bad VM id '" + s.id + "'");
-  if (s.start == "resume" && s.checkpoint_dir.empty() && !s.blobs.count("ckpt_memory"))
+  if (s.start == "resume" && s.checkpoint_dir.empty() && !s.blobs.count("ckpt_memory") &&
+      !s.blobs.count("vm_ckpt_memory"))
     return MakeError(ErrorCode::kInvalidArgument, "resume needs checkpoint_dir or checkpoint blobs");
   if (s.disk_mode == "persistent" && s.workspace_path.empty())
     return MakeError(ErrorCode::kInvalidArgument, "persistent disk needs workspace_path");
@@ -231,9 +233,13 @@ Status VmRunner::ResolveBlobs(VmSpec& s) {
   if (auto i = s.blobs.find("initrd"); i != s.blobs.end()) {
     VMG_ASSIGN_OR_RETURN(s.image.initrd, images.Materialize(i->second, ".initrd", 0644));
   }
-  if (s.start == "resume" && s.blobs.count("ckpt_memory")) {
+  if (s.start == "resume" && s.blobs.count("vm_ckpt_memory")) {
+    // Another VM's checkpoint, possibly made on another host.
+    VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, images.MaterializeCheckpoint(s.blobs.at("vm_ckpt_memory"),
+                                                                        s.blobs.at("vm_ckpt_disk"), backing, "vm"));
+  } else if (s.start == "resume" && s.blobs.count("ckpt_memory")) {
     VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, images.MaterializeCheckpoint(s.blobs.at("ckpt_memory"),
-                                                                        s.blobs.at("ckpt_disk"), backing));
+                                                                        s.blobs.at("ckpt_disk"), backing, "image"));
   }
   return Status::Ok();
 }
@@ -598,6 +604,43 @@ Result<std::string> VmRunner::CheckpointDir(const std::string& id) {
   if (!vm->has_checkpoint)
     return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " has no checkpoint");
   return VmDir(id) + "/checkpoint";
+}
+
+Result<nlohmann::json> VmRunner::PublishCheckpoint(const std::string& id) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  if (!options_.images) return MakeError(ErrorCode::kFailedPrecondition, "this agent has no image server");
+  std::string dir = VmDir(id) + "/checkpoint";
+  {
+    std::lock_guard<std::mutex> l(vm->status_mu);
+    if (!vm->has_checkpoint) return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " has no checkpoint");
+  }
+  // A new checkpoint replaces the directory, and this record with it.
+  if (auto text = ReadFile(dir + "/published.json", 1 << 16); text.ok()) {
+    auto j = nlohmann::json::parse(*text, nullptr, false);
+    if (j.is_object() && j.contains("vm_ckpt_memory") && j.contains("vm_ckpt_disk") &&
+        BlobRefFromJson(j["vm_ckpt_memory"], "memory").ok() && BlobRefFromJson(j["vm_ckpt_disk"], "disk").ok()) {
+      j["dir"] = dir;
+      return j;
+    }
+  }
+  std::string tmp_dir = options_.state_dir + "/tmp";
+  VMG_RETURN_IF_ERROR(MakeDirs(tmp_dir, 0755));
+  std::string flat = tmp_dir + "/" + NewId("flat") + ".qcow2";
+  std::vector<std::string> argv = {"convert", "-f", "qcow2", "-O", "qcow2"};
+  if (vm->spec.disk_mode == "clone" && vm->spec.blobs.count("disk"))
+    argv.insert(argv.end(), {"-B", options_.images->BackingFor(vm->spec.blobs.at("disk").digest), "-F", "raw"});
+  argv.insert(argv.end(), {dir + "/disk.qcow2", flat});
+  Status st = QemuImg(argv);
+  Result<BlobRef> mem = st.ok() ? options_.images->Push(dir + "/memory.state", id + "-ckpt-memory")
+                                : Result<BlobRef>(st.error());
+  Result<BlobRef> disk = mem.ok() ? options_.images->Push(flat, id + "-ckpt-disk") : Result<BlobRef>(mem.error());
+  unlink(flat.c_str());
+  if (!disk.ok()) return disk.error().Wrap("publishing the checkpoint of VM " + id);
+  nlohmann::json out = {{"vm_ckpt_memory", ToJson(*mem)}, {"vm_ckpt_disk", ToJson(*disk)}};
+  (void)WriteFileAtomic(dir + "/published.json", out.dump() + "\n");
+  out["dir"] = dir;
+  return out;
 }
 
 Status VmRunner::MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs,

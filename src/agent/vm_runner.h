@@ -116,6 +116,11 @@ class VmRunner {
   std::vector<VmStatus> List();
   // Directory of a VM's latest checkpoint ("" if none).
   Result<std::string> CheckpointDir(const std::string& id);
+  // Publishes the VM's latest checkpoint to the image server (once per
+  // checkpoint) so that any host can resume clones of it: the memory state,
+  // and the disk as one qcow2 delta over the image's base disk (all layers
+  // in between flattened). {"dir", "vm_ckpt_memory", "vm_ckpt_disk"}.
+  Result<nlohmann::json> PublishCheckpoint(const std::string& id);
 
   // Boots `image` once as a throwaway clone, waits for its guest agent, and
   // saves a post-boot checkpoint into `target_dir` (created atomically).

@@ -356,6 +356,9 @@ json Controller::AgentBlobs(const Image& i, bool image_checkpoint) {
   if (image_checkpoint)
     for (const char* kind : {"ckpt_memory", "ckpt_disk"})
       if (all.contains(kind)) out[kind] = all[kind];
+  // A clone of a VM's checkpoint (set by CreateVm on its copy of the image).
+  for (const char* kind : {"vm_ckpt_memory", "vm_ckpt_disk"})
+    if (all.contains(kind)) out[kind] = all[kind];
   return out;
 }
 
@@ -977,7 +980,10 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     if (!src.ok()) return SendError(res, src.error());
     auto host = store_->GetHost(src->host_id);
     if (!host.ok()) return SendError(res, host.error());
-    auto dir = AgentClient(*host, 30).Get("/agent/v1/vms/" + src->id + "/checkpoint");
+    // With an image server the source host publishes the checkpoint (once),
+    // and any host can resume it; without, it lives on the source host only.
+    auto dir = AgentClient(*host, image_server_ ? 600 : 30)
+                   .Get("/agent/v1/vms/" + src->id + "/checkpoint" + (image_server_ ? "?publish=true" : ""));
     if (!dir.ok()) return SendError(res, dir.error().Wrap("checkpoint of VM " + src->name));
     checkpoint_dir = dir->value("dir", "");
     auto img = store_->GetImage(src->image_id, "");
@@ -985,7 +991,19 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     image = *img;
     ckpt_vcpus = src->vcpus;
     ckpt_mem = src->memory_mb;
-    candidates.push_back(src->host_id);  // the checkpoint lives there
+    if (image_server_) {
+      json blobs = json::parse(image.blobs, nullptr, false);
+      auto mem = dir->find("vm_ckpt_memory");
+      auto disk = dir->find("vm_ckpt_disk");
+      if (!blobs.is_object() || mem == dir->end() || disk == dir->end())
+        return SendError(res, MakeError(ErrorCode::kInternal, "host " + host->name + " did not publish the "
+                                                              "checkpoint of VM " + src->name));
+      blobs["vm_ckpt_memory"] = *mem;  // this request's copy of the image only, not stored
+      blobs["vm_ckpt_disk"] = *disk;
+      image.blobs = blobs.dump();
+    } else {
+      candidates.push_back(src->host_id);  // the checkpoint lives there
+    }
   } else {
     auto img = VisibleImage(c, *image_ref);
     if (!img.ok()) return SendError(res, img.error());
