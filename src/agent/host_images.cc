@@ -80,12 +80,12 @@ Result<std::unique_ptr<HostImages>> HostImages::Open(Options options) {
 
 HostImages::~HostImages() {
   stop_ = true;
-  std::vector<std::thread> threads;
+  std::vector<Prefetcher> threads;
   {
     std::lock_guard<std::mutex> l(mu_);
     threads.swap(prefetchers_);
   }
-  for (auto& t : threads) t.join();
+  for (auto& p : threads) p.thread.join();
   if (nbd_) nbd_->Stop();
   std::lock_guard<std::mutex> l(mu_);
   exports_.clear();  // unpins before the cache goes
@@ -223,37 +223,52 @@ void HostImages::RecordPrefetch(const std::string& user) {
 void HostImages::StartPrefetch(const Manifest& m, const std::string& mode) {
   std::lock_guard<std::mutex> l(mu_);
   if (stop_) return;
-  prefetchers_.emplace_back([this, m, mode] {
-    auto order = client_->GetPrefetch(m.name, m.version, mode);
-    if (!order.ok()) {
-      if (order.error().code != ErrorCode::kNotFound)
-        spdlog::warn("host images: no prefetch for {}: {}", m.name, order.error().message);
+  for (auto it = prefetchers_.begin(); it != prefetchers_.end();) {
+    if (it->done->load()) {
+      it->thread.join();
+      it = prefetchers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  prefetchers_.push_back({std::thread([this, m, mode, done] {
+    Prefetch(m, mode);
+    *done = true;
+  }), done});
+}
+
+void HostImages::Prefetch(const Manifest& m, const std::string& mode) {
+  auto order = client_->GetPrefetch(m.name, m.version, mode);
+  if (!order.ok()) {
+    if (order.error().code != ErrorCode::kNotFound)
+      spdlog::warn("host images: no prefetch for {}: {}", m.name, order.error().message);
+    return;
+  }
+  prefetch_runs_++;
+  // Stream the recorded order ahead of the guest, a batch at a time so the
+  // first chunks the guest needs arrive first.
+  constexpr size_t kBatch = 16;
+  size_t fetched = 0;
+  for (size_t i = 0; i < order->size() && !stop_; i += kBatch) {
+    std::vector<std::string> batch;
+    for (size_t j = i; j < std::min(order->size(), i + kBatch); ++j) {
+      if ((*order)[j] >= m.chunks.size()) continue;  // the server's answer is not trusted
+      const std::string& d = m.chunks[(*order)[j]];
+      if (d != kZeroChunk && !cache_->Contains(d)) batch.push_back(d);
+    }
+    if (batch.empty()) continue;
+    Status st = client_->FetchChunks(batch, [this, &fetched](const std::string& digest, std::string data) {
+      fetched++;
+      prefetched_chunks_++;
+      return cache_->Insert(digest, data);
+    });
+    if (!st.ok()) {
+      spdlog::warn("host images: prefetch of {} stopped: {}", m.name, st.error().message);
       return;
     }
-    prefetch_runs_++;
-    // Stream the recorded order ahead of the guest, a batch at a time so the
-    // first chunks the guest needs arrive first.
-    constexpr size_t kBatch = 16;
-    size_t fetched = 0;
-    for (size_t i = 0; i < order->size() && !stop_; i += kBatch) {
-      std::vector<std::string> batch;
-      for (size_t j = i; j < std::min(order->size(), i + kBatch); ++j) {
-        const std::string& d = m.chunks[(*order)[j]];
-        if (d != kZeroChunk && !cache_->Contains(d)) batch.push_back(d);
-      }
-      if (batch.empty()) continue;
-      Status st = client_->FetchChunks(batch, [this, &fetched](const std::string& digest, std::string data) {
-        fetched++;
-        prefetched_chunks_++;
-        return cache_->Insert(digest, data);
-      });
-      if (!st.ok()) {
-        spdlog::warn("host images: prefetch of {} stopped: {}", m.name, st.error().message);
-        return;
-      }
-    }
-    spdlog::info("host images: prefetched {} chunks of {} v{} ({} order)", fetched, m.name, m.version, mode);
-  });
+  }
+  spdlog::info("host images: prefetched {} chunks of {} v{} ({} order)", fetched, m.name, m.version, mode);
 }
 
 Status HostImages::Warm(const Manifest& m, const std::string& what) {

@@ -133,6 +133,7 @@ class HostImages {
   // transfer in logs and StatsJson.
   Status Warm(const Manifest& m, const std::string& what);
   void StartPrefetch(const Manifest& m, const std::string& mode);
+  void Prefetch(const Manifest& m, const std::string& mode);  // runs on a prefetcher thread
   std::shared_ptr<std::mutex> LockFor(const std::string& key);
 
   const Options options_;
@@ -147,7 +148,11 @@ class HostImages {
   std::map<std::string, std::shared_ptr<std::mutex>> key_locks_;  // guarded by mu_
   std::map<uint64_t, Transfer> transfers_;      // guarded by mu_
   uint64_t next_transfer_ = 1;                  // guarded by mu_
-  std::vector<std::thread> prefetchers_;        // guarded by mu_
+  struct Prefetcher {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<Prefetcher> prefetchers_;         // guarded by mu_; finished ones are joined by the next start
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> prefetched_chunks_{0}, prefetch_runs_{0};
 };
