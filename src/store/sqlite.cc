@@ -60,7 +60,15 @@ Result<SqlBackendPtr> SqliteBackend::Open(const std::string& path) {
   return SqlBackendPtr(std::move(out));
 }
 
-SqliteBackend::~SqliteBackend() { sqlite3_close_v2(db_); }
+SqliteBackend::~SqliteBackend() {
+  DropStatements();
+  sqlite3_close_v2(db_);
+}
+
+void SqliteBackend::DropStatements() {
+  for (auto& [sql, stmt] : statements_) sqlite3_finalize(stmt);
+  statements_.clear();
+}
 
 Status SqliteBackend::ExecScript(const std::string& sql) {
   char* err = nullptr;
@@ -75,10 +83,21 @@ Status SqliteBackend::ExecScript(const std::string& sql) {
 Status SqliteBackend::Run(const std::string& sql, const std::vector<SqlValue>& params,
                           std::vector<SqlRow>* rows) {
   sqlite3_stmt* raw = nullptr;
-  if (sqlite3_prepare_v2(db_, sql.c_str(), static_cast<int>(sql.size()), &raw, nullptr) !=
-      SQLITE_OK)
-    return SqlError(db_, "prepare '" + sql + "'");
-  std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> stmt(raw, sqlite3_finalize);
+  if (auto it = statements_.find(sql); it != statements_.end()) {
+    raw = it->second;
+  } else {
+    if (sqlite3_prepare_v2(db_, sql.c_str(), static_cast<int>(sql.size()), &raw, nullptr) !=
+        SQLITE_OK)
+      return SqlError(db_, "prepare '" + sql + "'");
+    if (!raw) return MakeError(ErrorCode::kInternal, "empty statement");
+    if (statements_.size() >= 512) DropStatements();
+    statements_.emplace(sql, raw);
+  }
+  // Reset (ending its read of the database) and unbound after every use.
+  std::unique_ptr<sqlite3_stmt, void (*)(sqlite3_stmt*)> stmt(raw, [](sqlite3_stmt* s) {
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+  });
   for (size_t i = 0; i < params.size(); ++i) Bind(raw, static_cast<int>(i + 1), params[i]);
   while (true) {
     int rc = sqlite3_step(raw);

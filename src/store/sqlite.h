@@ -1,13 +1,17 @@
 // SqliteBackend: the SqlBackend over the SQLite C API (the default, embedded
-// backend): one connection with WAL, foreign keys and a busy timeout.
+// backend): one connection with WAL, foreign keys and a busy timeout. Each
+// distinct statement text is prepared once and kept (at most 512; then all
+// are dropped and prepared again as used).
 // Not thread-safe; the Store serializes access with a mutex.
 #pragma once
 
 #include <string>
+#include <unordered_map>
 
 #include "store/sql_backend.h"
 
 struct sqlite3;
+struct sqlite3_stmt;
 
 namespace vmgrid {
 
@@ -22,9 +26,9 @@ class SqliteBackend : public SqlBackend {
                                     const std::vector<SqlValue>& params) override;
   Result<int64_t> Exec(const std::string& sql, const std::vector<SqlValue>& params) override;
   Status ExecScript(const std::string& sql) override;
-  Status Begin() override { return ExecScript("BEGIN IMMEDIATE"); }
-  Status Commit() override { return ExecScript("COMMIT"); }
-  Status Rollback() override { return ExecScript("ROLLBACK"); }
+  Status Begin() override { return Run("BEGIN IMMEDIATE", {}, nullptr); }
+  Status Commit() override { return Run("COMMIT", {}, nullptr); }
+  Status Rollback() override { return Run("ROLLBACK", {}, nullptr); }
   Status LockTable(const std::string&) override { return Status::Ok(); }
 
  private:
@@ -33,7 +37,10 @@ class SqliteBackend : public SqlBackend {
   Status Run(const std::string& sql, const std::vector<SqlValue>& params,
              std::vector<SqlRow>* rows);
 
+  void DropStatements();
+
   sqlite3* db_;
+  std::unordered_map<std::string, sqlite3_stmt*> statements_;  // by text; reset after each use
 };
 
 }  // namespace vmgrid

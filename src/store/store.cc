@@ -278,17 +278,20 @@ template <typename T, typename F>
 Result<T> GetByRef(SqlBackend* db, const std::string& table, const std::string& cols,
                    const std::string& kind, const std::string& ref, const OwnerFilter& owner,
                    F read) {
+  // One statement: by id, else (the id matched nothing) by name. The name
+  // branch's NOT EXISTS is evaluated once, so a hit by id reads one row.
   std::string where = owner.empty() ? "" : " AND owner_id = ?";
   std::vector<SqlValue> params{ref};
   if (!owner.empty()) params.push_back(owner);
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<T>(db, "SELECT " + cols + " FROM " + table +
-                                                  " WHERE id = ?" + where,
+  params.push_back(ref);
+  if (!owner.empty()) params.push_back(owner);
+  params.push_back(ref);
+  if (!owner.empty()) params.push_back(owner);
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<T>(db, "SELECT " + cols + " FROM " + table + " WHERE id = ?" + where +
+                                                  " UNION ALL SELECT " + cols + " FROM " + table +
+                                                  " WHERE name = ?" + where + " AND NOT EXISTS (SELECT 1 FROM " +
+                                                  table + " WHERE id = ?" + where + ")",
                                            params, read));
-  if (rows.empty()) {
-    VMG_ASSIGN_OR_RETURN(rows, Query<T>(db, "SELECT " + cols + " FROM " + table +
-                                               " WHERE name = ?" + where,
-                                        params, read));
-  }
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, kind + " '" + ref + "' not found");
   if (rows.size() > 1)
     return MakeError(ErrorCode::kInvalidArgument,
@@ -303,7 +306,31 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& target) {
   std::unique_ptr<Store> store(new Store(std::move(db)));
   store->path_ = target;
   VMG_RETURN_IF_ERROR(store->Migrate());
+  // Reads that are not part of a write go to connections of their own, so
+  // they neither wait for a transaction's round trips nor hold up writers
+  // (PostgreSQL; SQLite readers in WAL mode run beside the writer). They read
+  // what was committed, which includes every write this Store has returned.
+  if (target != ":memory:" && !target.empty()) {
+    for (int i = 0; i < kReaders; ++i) {
+      VMG_ASSIGN_OR_RETURN(auto reader, OpenSqlBackend(target));
+      store->readers_.push_back(std::make_unique<Reader>());
+      store->readers_.back()->db = std::move(reader);
+    }
+  }
   return store;
+}
+
+Store::ReadLease Store::Read() {
+  if (readers_.empty()) return {std::unique_lock<std::mutex>(mu_), db_.get()};
+  const size_t n = readers_.size();
+  const size_t first = next_reader_.fetch_add(1) % n;
+  for (size_t i = 0; i < n; ++i) {
+    Reader& r = *readers_[(first + i) % n];
+    std::unique_lock<std::mutex> l(r.mu, std::try_to_lock);
+    if (l.owns_lock()) return {std::move(l), r.db.get()};
+  }
+  Reader& r = *readers_[first];
+  return {std::unique_lock<std::mutex>(r.mu), r.db.get()};
 }
 
 Status Store::Migrate() {
@@ -363,10 +390,10 @@ Status Store::AddToken(const std::string& user_id, const std::string& token) {
 }
 
 Result<User> Store::AuthenticateToken(const std::string& token) {
-  std::lock_guard<std::mutex> lock(mu_);
+  auto read = Read();
   VMG_ASSIGN_OR_RETURN(
       auto rows,
-      Query<User>(db_.get(),
+      Query<User>(read.db,
                   "SELECT u.id, u.name, u.role, u.created_ms FROM users u JOIN tokens t "
                   "ON t.user_id = u.id WHERE t.token_sha256 = ?",
                   {Sha256Hex(token)}, ReadUser));
@@ -375,14 +402,14 @@ Result<User> Store::AuthenticateToken(const std::string& token) {
 }
 
 Result<std::vector<User>> Store::ListUsers() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return Query<User>(db_.get(), std::string("SELECT ") + kUserCols + " FROM users ORDER BY created_ms",
+  auto read = Read();
+  return Query<User>(read.db, std::string("SELECT ") + kUserCols + " FROM users ORDER BY created_ms",
                      {}, ReadUser);
 }
 
 Result<User> Store::GetUserById(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<User>(db_.get(),
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<User>(read.db,
                                               std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?",
                                               {id}, ReadUser));
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "user " + id + " not found");
@@ -390,8 +417,8 @@ Result<User> Store::GetUserById(const std::string& id) {
 }
 
 Result<bool> Store::HasUserWithRole(const std::string& role) {
-  std::lock_guard<std::mutex> lock(mu_);
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<int64_t>(db_.get(), "SELECT COUNT(*) FROM users WHERE role = ?",
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<int64_t>(read.db, "SELECT COUNT(*) FROM users WHERE role = ?",
                                                  {role}, [](const SqlRow& s) { return s.Int(0); }));
   return rows[0] > 0;
 }
@@ -559,16 +586,16 @@ Status Store::SnapshotLocked() {
 }
 
 Result<std::vector<Host>> Store::ListHosts() {
-  std::lock_guard<std::mutex> lock(mu_);
+  auto read = Read();
   VMG_ASSIGN_OR_RETURN(auto hosts,
-                       Query<Host>(db_.get(), std::string(kHostSelect) + " ORDER BY h.name", {}, ReadHost));
+                       Query<Host>(read.db, std::string(kHostSelect) + " ORDER BY h.name", {}, ReadHost));
   OverlayBeats(hosts);
   return hosts;
 }
 
 Result<Host> Store::GetHost(const std::string& ref) {
-  std::lock_guard<std::mutex> lock(mu_);
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) +
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(read.db, std::string(kHostSelect) +
                                                               " WHERE h.id = ? OR h.name = ?",
                                               {ref, ref}, ReadHost));
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "host '" + ref + "' not found");
@@ -631,24 +658,24 @@ Status Store::UpdateImage(const Image& i) {
 }
 
 Result<Image> Store::GetImage(const std::string& ref, const OwnerFilter& owner) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return GetByRef<Image>(db_.get(), "images", kImageCols, "image", ref, owner, ReadImage);
+  auto read = Read();
+  return GetByRef<Image>(read.db, "images", kImageCols, "image", ref, owner, ReadImage);
 }
 
 Result<std::vector<Image>> Store::ListImages(const OwnerFilter& owner) {
-  std::lock_guard<std::mutex> lock(mu_);
+  auto read = Read();
   if (owner.empty())
-    return Query<Image>(db_.get(), std::string("SELECT ") + kImageCols + " FROM images ORDER BY created_ms",
+    return Query<Image>(read.db, std::string("SELECT ") + kImageCols + " FROM images ORDER BY created_ms",
                         {}, ReadImage);
-  return Query<Image>(db_.get(),
+  return Query<Image>(read.db,
                       std::string("SELECT ") + kImageCols +
                           " FROM images WHERE owner_id = ? ORDER BY created_ms",
                       {owner}, ReadImage);
 }
 
 Result<std::vector<Image>> Store::ListPublicImages() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return Query<Image>(db_.get(),
+  auto read = Read();
+  return Query<Image>(read.db,
                       std::string("SELECT ") + kImageCols +
                           " FROM images WHERE owner_id IN (SELECT id FROM users WHERE role = "
                           "'admin') ORDER BY created_ms",
@@ -707,6 +734,7 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     return MakeError(ErrorCode::kInvalidArgument, "a VM in state " + vm.state + " holds no room to place");
   std::lock_guard<std::mutex> lock(mu_);
   pending_.clear();
+  if (db_->dialect() == SqlBackend::Dialect::kPostgres) return PlaceAndInsertVmPgLocked(std::move(vm), candidates);
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   // The reservation is one conditional UPDATE of the host's usage: it checks
@@ -729,6 +757,47 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     });
     VMG_RETURN_IF_ERROR(InsertVmLocked(vm, /*reserved=*/true));
     VMG_RETURN_IF_ERROR(CommitLocked(tx));
+    return vm;
+  }
+  return MakeError(ErrorCode::kResourceExhausted,
+                   "no host has room for " + std::to_string(vm.vcpus) + " vCPU(s) and " +
+                       std::to_string(vm.memory_mb) + " MB (checked " +
+                       std::to_string(candidates.size()) + " host(s))");
+}
+
+// PostgreSQL: the reservation, the VM row and its virtualization rows are
+// one statement per candidate (data-modifying CTEs), so one round trip and
+// atomic without BEGIN/COMMIT: the conditional UPDATE holds the host's row,
+// and the inserts happen only if it took the room.
+Result<Vm> Store::PlaceAndInsertVmPgLocked(Vm vm, const std::vector<std::string>& candidates) {
+  const std::string sql = std::string(
+      "WITH r AS (UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ? "
+      "WHERE id = ? AND state = 'up' AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? "
+      "RETURNING id), "
+      "v AS (INSERT INTO vms (") + kVmCols + ") SELECT " + Placeholders(16) + " FROM r RETURNING id), "
+      "x AS (INSERT INTO virtualization (virtual_id, virtual_kind, physical_id, physical_kind, vm_id, "
+      "owner_id) SELECT ?, 'vm', ?, 'host', v.id, ? FROM v UNION ALL "
+      "SELECT ?, 'vdisk', ?, 'image', v.id, ? FROM v UNION ALL "
+      "SELECT ?, 'vdisk', ?, 'host_cache', v.id, ? FROM v) "
+      "SELECT COUNT(*) FROM v";
+  for (const auto& host_id : candidates) {
+    vm.host_id = host_id;
+    std::vector<SqlValue> params{int64_t{vm.vcpus}, vm.memory_mb, host_id, int64_t{vm.vcpus}, vm.memory_mb};
+    for (auto& v : VmValues(vm)) params.push_back(std::move(v));
+    for (auto v : std::initializer_list<SqlValue>{vm.id, host_id, vm.owner_id, "disk-" + vm.id, vm.image_id,
+                                                  vm.owner_id, "disk-" + vm.id, host_id, vm.owner_id})
+      params.push_back(std::move(v));
+    auto rows = db_->Query(sql, params);
+    if (!rows.ok()) {
+      if (rows.error().code == ErrorCode::kAlreadyExists)
+        return MakeError(ErrorCode::kAlreadyExists, "a VM named '" + vm.name + "' already exists");
+      return rows.error();
+    }
+    if (rows->empty() || (*rows)[0].Int(0) == 0) continue;
+    if (observer_) {
+      observer_->OnUsage(host_id, vm.vcpus, vm.memory_mb);
+      observer_->OnVmChanged(host_id);
+    }
     return vm;
   }
   return MakeError(ErrorCode::kResourceExhausted,
@@ -797,23 +866,23 @@ Result<Vm> Store::GetVmLocked(const std::string& ref, const OwnerFilter& owner) 
 }
 
 Result<Vm> Store::GetVm(const std::string& ref, const OwnerFilter& owner) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return GetVmLocked(ref, owner);
+  auto read = Read();
+  return GetByRef<Vm>(read.db, "vms", kVmCols, "VM", ref, owner, ReadVm);
 }
 
 Result<std::vector<Vm>> Store::ListVms(const OwnerFilter& owner) {
-  std::lock_guard<std::mutex> lock(mu_);
+  auto read = Read();
   if (owner.empty())
-    return Query<Vm>(db_.get(), std::string("SELECT ") + kVmCols + " FROM vms ORDER BY created_ms", {},
+    return Query<Vm>(read.db, std::string("SELECT ") + kVmCols + " FROM vms ORDER BY created_ms", {},
                      ReadVm);
-  return Query<Vm>(db_.get(),
+  return Query<Vm>(read.db,
                    std::string("SELECT ") + kVmCols + " FROM vms WHERE owner_id = ? ORDER BY created_ms",
                    {owner}, ReadVm);
 }
 
 Result<std::vector<Vm>> Store::ListVmsOnHost(const std::string& host_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return Query<Vm>(db_.get(), std::string("SELECT ") + kVmCols + " FROM vms WHERE host_id = ?",
+  auto read = Read();
+  return Query<Vm>(read.db, std::string("SELECT ") + kVmCols + " FROM vms WHERE host_id = ?",
                    {host_id}, ReadVm);
 }
 
@@ -954,14 +1023,14 @@ Status Store::UpdateWorkspace(const Workspace& w) {
 }
 
 Result<Workspace> Store::GetWorkspace(const std::string& ref, const OwnerFilter& owner) {
-  std::lock_guard<std::mutex> lock(mu_);
-  return GetByRef<Workspace>(db_.get(), "workspaces", kWsCols, "workspace", ref, owner, ReadWs);
+  auto read = Read();
+  return GetByRef<Workspace>(read.db, "workspaces", kWsCols, "workspace", ref, owner, ReadWs);
 }
 
 Result<std::optional<Workspace>> Store::FindWorkspaceByName(const std::string& owner_id,
                                                             const std::string& name) {
-  std::lock_guard<std::mutex> lock(mu_);
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<Workspace>(db_.get(),
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<Workspace>(read.db,
                                                    std::string("SELECT ") + kWsCols +
                                                        " FROM workspaces WHERE owner_id=? AND name=?",
                                                    {owner_id, name}, ReadWs));
@@ -970,10 +1039,10 @@ Result<std::optional<Workspace>> Store::FindWorkspaceByName(const std::string& o
 }
 
 Result<std::vector<Workspace>> Store::ListWorkspaces(const OwnerFilter& owner) {
-  std::lock_guard<std::mutex> lock(mu_);
+  auto read = Read();
   if (owner.empty())
-    return Query<Workspace>(db_.get(), std::string("SELECT ") + kWsCols + " FROM workspaces", {}, ReadWs);
-  return Query<Workspace>(db_.get(), std::string("SELECT ") + kWsCols + " FROM workspaces WHERE owner_id=?",
+    return Query<Workspace>(read.db, std::string("SELECT ") + kWsCols + " FROM workspaces", {}, ReadWs);
+  return Query<Workspace>(read.db, std::string("SELECT ") + kWsCols + " FROM workspaces WHERE owner_id=?",
                           {owner}, ReadWs);
 }
 

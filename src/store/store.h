@@ -5,6 +5,7 @@
 // Thread-safe (one connection, serialized by a mutex).
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -168,6 +169,14 @@ class Store {
                          const std::string& state);
   Result<std::optional<VmPlacement>> GetVmPlacementLocked(const std::string& id);
   Result<Vm> GetVmLocked(const std::string& ref, const OwnerFilter& owner);
+  // A connection for reads, held for one method: one of readers_ (the main
+  // connection under mu_ when there are none).
+  struct ReadLease {
+    std::unique_lock<std::mutex> lock;
+    SqlBackend* db;
+  };
+  ReadLease Read();
+  Result<Vm> PlaceAndInsertVmPgLocked(Vm vm, const std::vector<std::string>& candidates);
   Status SnapshotLocked();
   Status FlushHeartbeatsLocked();
   // Queues a call to the observer until the transaction commits.
@@ -179,6 +188,13 @@ class Store {
 
   std::mutex mu_;
   SqlBackendPtr db_;  // guarded by mu_
+  static constexpr int kReaders = 2;
+  struct Reader {
+    std::mutex mu;
+    SqlBackendPtr db;  // guarded by mu
+  };
+  std::vector<std::unique_ptr<Reader>> readers_;  // fixed after Open
+  std::atomic<size_t> next_reader_{0};
   StoreObserver* observer_ = nullptr;  // guarded by mu_
   std::vector<std::function<void(StoreObserver&)>> pending_;  // guarded by mu_
   // Heartbeats: the row last written per host name, and times not written
