@@ -12,6 +12,7 @@
 #   SMOKE_KEEP=1        keep the temp dir (console.log, overlay) for inspection
 #   SMOKE_KERNEL=FILE   kernel file inside OUTDIR (default: manifest "kernel")
 #   SMOKE_APPEND=...    kernel command line (default: manifest "append")
+#   SMOKE_MEMORY=MB     guest RAM (default: manifest "min_memory_mb", at least 256)
 #   PYTHON=python3      interpreter for the socket client
 set -euo pipefail
 
@@ -29,6 +30,8 @@ APPEND=${SMOKE_APPEND:-$(manifest_field append)}
 KERNEL=$OUT/${SMOKE_KERNEL:-$(manifest_field kernel)}
 INITRD=$OUT/$(manifest_field initrd)
 DISK=$OUT/$(manifest_field disk)
+MIN_MEMORY=$(sed -n 's/.*"min_memory_mb": *\([0-9][0-9]*\).*/\1/p' "$OUT/manifest.json" | head -n1)
+MEMORY=${SMOKE_MEMORY:-$((${MIN_MEMORY:-0} > 256 ? MIN_MEMORY : 256))}
 [[ -n $APPEND ]] || die "no append line in $OUT/manifest.json"
 [[ -f $KERNEL ]] || die "kernel $KERNEL missing"
 
@@ -53,7 +56,7 @@ if [[ ${SMOKE_SANDBOX:-0} == 1 ]]; then
 fi
 
 START=$(date +%s.%N)
-qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1 -m 256 -nodefaults -no-user-config -display none \
+qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1 -m "$MEMORY" -nodefaults -no-user-config -display none \
     -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND" \
     -drive file="$T/overlay.qcow2",if=none,id=disk0,format=qcow2,cache=writeback -device virtio-blk-pci,drive=disk0,id=vda \
     -device virtio-serial-pci,id=vser0 -chardev socket,path="$T/qga.sock",server=on,wait=off,id=qga0 \
