@@ -26,7 +26,9 @@ namespace {
 //             connection, a view in schema `published` on PostgreSQL;
 //   {pub}     the schema of the published views ("temp." / "published.");
 //   {base}    the schema of the Store's tables ("main." / the default);
-//   {admin}, {caller}  whether the caller is the admin, and their user id.
+//   {admin}, {caller}  whether the caller is the admin, and their user id;
+//   {mean_create_ms}  the mean create time of image i.id started as s.start,
+//             over every VM (not only the caller's).
 // Portable SQL only: booleans are CAST to INTEGER, MAX(a, b) is a CASE,
 // sums are CAST to BIGINT (PostgreSQL's SUM of a BIGINT is NUMERIC).
 // Every view is a plain SELECT over indexed base tables that the engines can
@@ -83,9 +85,8 @@ const char* kViews = R"sql(
                CASE s.start WHEN 'resume' THEN i.checkpoint_memory_mb
                             ELSE CASE WHEN i.min_memory_mb > 256 THEN i.min_memory_mb ELSE 256 END
                             END AS memory_mb,
-               COALESCE((SELECT CAST(AVG(v.create_ms) AS BIGINT) FROM {base}vms v
-                         WHERE v.image_id = i.id AND v.start = s.start AND v.create_ms > 0),
-                        CASE s.start WHEN 'resume' THEN 500 ELSE 10000 END) AS start_ms
+               COALESCE({mean_create_ms}, CASE s.start WHEN 'resume' THEN 500 ELSE 10000 END)
+                 AS start_ms
         FROM {pub}images i
         CROSS JOIN (SELECT 'boot' AS start UNION ALL SELECT 'resume') s
         WHERE s.start = 'boot' OR i.has_checkpoint <> 0) n
@@ -297,7 +298,10 @@ class SqliteEngine : public QueryService::Engine {
     sqlite3_create_function(c->db, "vmgrid_admin", 0, SQLITE_UTF8, c.get(), AdminFn, nullptr, nullptr);
     // TEMP views shadow nothing in main: they are the only names the
     // authorizer lets a query read.
-    std::string views = Expand(kViews, {{"{create}", "CREATE TEMP VIEW "},
+    std::string views = Expand(kViews, {{"{mean_create_ms}",
+                                         "(SELECT CAST(AVG(v.create_ms) AS BIGINT) FROM main.vms v "
+                                         "WHERE v.image_id = i.id AND v.start = s.start AND v.create_ms > 0)"},
+                                        {"{create}", "CREATE TEMP VIEW "},
                                         {"{pub}", "temp."},
                                         {"{base}", "main."},
                                         {"{admin}", "vmgrid_admin()"},
@@ -379,7 +383,56 @@ CREATE VIEW infosvc.caller AS
                      current_setting('vmgrid.admin', true) AS a,
                      current_setting('vmgrid.tag', true) AS t) s
         CROSS JOIN infosvc.key k) x;
+-- Over every VM, past the row-level security of vms (futures show the mean
+-- create time of an image, whoever created it).
+DROP FUNCTION IF EXISTS infosvc.mean_create_ms(text, text);
+CREATE FUNCTION infosvc.mean_create_ms(text, text) RETURNS bigint
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+  SELECT CAST(AVG(create_ms) AS BIGINT) FROM vms WHERE image_id = $1 AND start = $2 AND create_ms > 0
+$fn$;
+REVOKE ALL ON FUNCTION infosvc.mean_create_ms(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION infosvc.mean_create_ms(text, text) TO vmgrid_query;
 CREATE SCHEMA published;
+)sql";
+
+// Row-level security for the rows the views filter by caller. The policies
+// restrict only queries run as vmgrid_query (inside infosvc.run_query); the
+// Store's own statements (as the tables' owner, hence FORCE) pass the first
+// test. They are dropped before infosvc.caller is re-created (they depend on
+// it) and created again after the views.
+constexpr char kPgDropPolicies[] = R"sql(
+DROP POLICY IF EXISTS vmgrid_caller ON vms;
+DROP POLICY IF EXISTS vmgrid_caller ON virtualization;
+DROP POLICY IF EXISTS vmgrid_caller ON images;
+DROP POLICY IF EXISTS vmgrid_caller ON image_cache;
+DROP POLICY IF EXISTS vmgrid_caller ON users;
+)sql";
+constexpr char kPgPolicies[] = R"sql(
+CREATE POLICY vmgrid_caller ON vms USING (current_user <> 'vmgrid_query'
+  OR (SELECT admin FROM infosvc.caller) OR owner_id = (SELECT user_id FROM infosvc.caller));
+CREATE POLICY vmgrid_caller ON virtualization USING (current_user <> 'vmgrid_query'
+  OR (SELECT admin FROM infosvc.caller) OR owner_id = (SELECT user_id FROM infosvc.caller));
+CREATE POLICY vmgrid_caller ON images USING (current_user <> 'vmgrid_query'
+  OR (state = 'ready' AND ((SELECT admin FROM infosvc.caller)
+      OR owner_id = (SELECT user_id FROM infosvc.caller)
+      OR owner_id IN (SELECT id FROM users WHERE role = 'admin'))));
+CREATE POLICY vmgrid_caller ON image_cache USING (current_user <> 'vmgrid_query'
+  OR image_id IN (SELECT id FROM images));
+-- Users a caller may meet in the views: themselves and the admins (owners of
+-- public images); the admin meets everyone.
+CREATE POLICY vmgrid_caller ON users USING (current_user <> 'vmgrid_query'
+  OR (SELECT admin FROM infosvc.caller) OR id = (SELECT user_id FROM infosvc.caller)
+  OR role = 'admin');
+ALTER TABLE users ENABLE ROW LEVEL SECURITY;
+ALTER TABLE users FORCE ROW LEVEL SECURITY;
+ALTER TABLE vms ENABLE ROW LEVEL SECURITY;
+ALTER TABLE vms FORCE ROW LEVEL SECURITY;
+ALTER TABLE virtualization ENABLE ROW LEVEL SECURITY;
+ALTER TABLE virtualization FORCE ROW LEVEL SECURITY;
+ALTER TABLE images ENABLE ROW LEVEL SECURITY;
+ALTER TABLE images FORCE ROW LEVEL SECURITY;
+ALTER TABLE image_cache ENABLE ROW LEVEL SECURITY;
+ALTER TABLE image_cache FORCE ROW LEVEL SECURITY;
 )sql";
 
 // After the views: privileges, and the function queries run in. Creating a
@@ -423,19 +476,19 @@ class PgEngine : public QueryService::Engine {
   Status Setup() {
     VMG_ASSIGN_OR_RETURN(PgConnPtr conn, PgConnect(url_));
     PGconn* c = conn.get();
-    std::string script = std::string("BEGIN;\n") + kPgSetupHead +
-                         Expand(kViews, {{"{create}", "CREATE VIEW published."},
+    std::string script = std::string("BEGIN;\n") + kPgDropPolicies + kPgSetupHead +
+                         Expand(kViews, {{"{mean_create_ms}", "infosvc.mean_create_ms(i.id, s.start)"},
+                                         {"{create}", "CREATE VIEW published."},
                                          {"{pub}", "published."},
                                          {"{base}", ""},
                                          {"{admin}", "(SELECT admin FROM infosvc.caller)"},
                                          {"{caller}", "(SELECT user_id FROM infosvc.caller)"}});
-    // No pushing a query's conditions (which may raise errors that reveal
-    // values) below the views' own filters.
-    // `hosts` filters no rows and shows only public columns, so nothing
-    // can leak from it; without the barrier the planner may merge it into
-    // a query and join it by index.
-    for (const auto& v : QueryService::Views())
-      if (v != "hosts") script += "ALTER VIEW published." + v + " SET (security_barrier = true);\n";
+    // The caller filter is enforced by row-level security on the base
+    // tables (kPgPolicies), not by security_barrier views: the planner then
+    // merges the views into a query and joins them by index, while still
+    // evaluating the policies before any condition of the query that could
+    // raise an error revealing a hidden value (a non-leakproof function).
+    script += kPgPolicies;
     script += kPgSetupTail;
     auto fail = [&](const PGresult* r) -> Error {
       std::string msg = PgMessage(c, r);

@@ -216,6 +216,22 @@ TEST_P(QueryServiceTest, QueriesCannotChangeTheirCallerOrRole) {
   EXPECT_EQ(Q(admin_, "SELECT COUNT(*) FROM vms").rows[0][0], 6);
 }
 
+TEST_P(QueryServiceTest, ConditionsCannotSeeHiddenRowsThroughErrors) {
+  // A condition that fails on any of alice's VMs must never be evaluated on
+  // them when bob asks (PostgreSQL: the row-level security policies run
+  // before non-leakproof conditions; SQLite's x/0 is NULL, not an error).
+  auto probe = svc_->Sql({bob_.id, false},
+                         "SELECT id FROM vms WHERE 1 / (CASE WHEN owner = 'alice' THEN 0 ELSE 1 END) = 1");
+  ASSERT_TRUE(probe.ok()) << probe.error().message;
+  EXPECT_EQ(probe->rows.size(), 1u);
+  auto join = svc_->Sql({bob_.id, false},
+                        "SELECT x.virtual_id FROM hosts h JOIN virtualization x ON x.physical_id = h.id "
+                        "WHERE 1 / (CASE WHEN x.virtual_id LIKE 'disk-%' THEN 1 ELSE 1 END) = 1 "
+                        "AND length(x.virtual_id) / (CASE WHEN x.virtual_id = 'none' THEN 0 ELSE 1 END) > 0");
+  ASSERT_TRUE(join.ok()) << join.error().message;
+  EXPECT_EQ(join->rows.size(), 2u);  // bob's VM -> host and its vdisk -> host cache
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, QueryServiceTest, testing_db::Backends(),
                          testing_db::BackendName);
 
