@@ -15,7 +15,7 @@ PACKAGES=(
   # build guest images (guest/build-tiny.sh)
   busybox-static qemu-guest-agent kmod e2fsprogs cpio zstd xz-utils
   # NBD peers used by tests
-  libnbd-bin
+  libnbd-bin python3-libnbd
 )
 
 missing=()
