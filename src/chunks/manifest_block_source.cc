@@ -45,13 +45,9 @@ Result<ManifestBlockSource::ChunkData> ManifestBlockSource::Chunk(size_t index) 
       touched_[index] = true;
       first_reads_.push_back(index);
     }
-    for (size_t i = 0; i < recent_.size(); ++i) {
-      if (recent_[i].first == index) {
-        ChunkData d = recent_[i].second;
-        std::rotate(recent_.begin() + static_cast<ptrdiff_t>(i), recent_.begin() + static_cast<ptrdiff_t>(i) + 1,
-                    recent_.end());
-        return d;
-      }
+    if (auto it = recent_index_.find(index); it != recent_index_.end()) {
+      recent_.splice(recent_.begin(), recent_, it->second);  // now most recent
+      return it->second->second;
     }
   }
   const std::string& digest = manifest_.chunks[index];
@@ -64,8 +60,14 @@ Result<ManifestBlockSource::ChunkData> ManifestBlockSource::Chunk(size_t index) 
   auto data = std::make_shared<const std::string>(std::move(bytes));
   if (options_.memory_chunks > 0) {
     std::lock_guard<std::mutex> l(mu_);
-    if (recent_.size() >= options_.memory_chunks) recent_.erase(recent_.begin());
-    recent_.emplace_back(index, data);
+    if (!recent_index_.count(index)) {  // another reader may have added it meanwhile
+      if (recent_.size() >= options_.memory_chunks) {
+        recent_index_.erase(recent_.back().first);
+        recent_.pop_back();
+      }
+      recent_.emplace_front(index, data);
+      recent_index_[index] = recent_.begin();
+    }
   }
   return data;
 }

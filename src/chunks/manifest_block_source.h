@@ -9,6 +9,8 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
+#include <unordered_map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,7 +29,10 @@ class ChunkClient;
 class ManifestBlockSource final : public nbd::BlockSource {
  public:
   struct Options {
-    size_t memory_chunks = 8;  // recently used chunks kept in memory
+    // Recently used chunks kept in memory, verified: 128 x 512 KiB = 64 MiB
+    // per exported version, enough for a boot's working set, so scattered
+    // small guest reads do not re-read and re-hash a chunk each time.
+    size_t memory_chunks = 128;
     // Pin the manifest's chunks in the cache (pin id: the manifest digest)
     // for the life of this object, so a running VM's image is never evicted.
     bool pin = true;
@@ -66,7 +71,8 @@ class ManifestBlockSource final : public nbd::BlockSource {
   const Options options_;
 
   mutable std::mutex mu_;
-  std::vector<std::pair<size_t, ChunkData>> recent_;  // most recent last; protected by mu_
+  std::list<std::pair<size_t, ChunkData>> recent_;  // most recent first; protected by mu_
+  std::unordered_map<size_t, std::list<std::pair<size_t, ChunkData>>::iterator> recent_index_;  // protected by mu_
   std::vector<bool> touched_;                          // per chunk; protected by mu_
   std::vector<uint64_t> first_reads_;                  // protected by mu_
 };

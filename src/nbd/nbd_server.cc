@@ -279,6 +279,7 @@ void NbdServer::Serve(Connection* connection) {
   SessionOptions session;
   session.max_payload = options_.max_payload;
   session.peer = connection->peer;
+  session.workers = options_.session_workers;
   Status end = RunSession(stream, exports_, counters_, session);
   if (end.ok()) {
     spdlog::debug("nbd {}: session ended", connection->peer);

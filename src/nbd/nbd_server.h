@@ -39,6 +39,9 @@ struct NbdServerOptions {
   // A connection that has not selected an export within this time is closed.
   std::chrono::milliseconds handshake_timeout{30000};
   uint32_t max_payload = kMaxPayload;  // advertised and enforced request size limit
+  // READs of one connection served in parallel (a BlockSource may block on
+  // a fetch; QEMU pipelines requests). 0: one at a time, in order.
+  int session_workers = 4;
 };
 
 struct NbdStats {

@@ -9,8 +9,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <thread>
 
 #include "common/subprocess.h"
@@ -345,6 +347,59 @@ TEST_F(NbdServerTest, UnknownExportAndRemovedExport) {
 }
 
 // ----- Hostile clients ------------------------------------------------------------------
+
+// A source whose first block blocks until released: a fetch on a cold cache.
+class GatedBlockSource final : public BlockSource {
+ public:
+  explicit GatedBlockSource(std::string data) : data_(std::move(data)) {}
+  uint64_t size() const override { return data_.size(); }
+  Status Read(uint64_t offset, size_t len, char* out) override {
+    if (offset == 0) {
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait(l, [&] { return open_; });
+    }
+    std::memcpy(out, data_.data() + offset, len);
+    return Status::Ok();
+  }
+  void Open() {
+    std::lock_guard<std::mutex> l(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  const std::string data_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+TEST_F(NbdServerTest, ASlowReadDoesNotHoldUpLaterReadsOfTheConnection) {
+  auto gated = std::make_shared<GatedBlockSource>(image_.substr(0, 1 << 20));
+  ASSERT_TRUE(server_->AddExport("gated", gated).ok());
+  RawClient c(socket_);
+  ASSERT_TRUE(c.Open("gated"));
+  // READ of block 0 (blocked), then READ of 8192: the second one's reply
+  // comes first, the first one's when its block arrives.
+  c.Send(BuildRequest(kCmdRead, 1, 0, 4096) + BuildRequest(kCmdRead, 2, 8192, 4096));
+  auto second = ParseSimpleReply(c.Recv(kSimpleReplySize));
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->cookie, 2u);
+  EXPECT_EQ(second->error, 0u);
+  EXPECT_EQ(c.Recv(4096), image_.substr(8192, 4096));
+  gated->Open();
+  auto first = ParseSimpleReply(c.Recv(kSimpleReplySize));
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->cookie, 1u);
+  EXPECT_EQ(c.Recv(4096), image_.substr(0, 4096));
+  // DISC after requests in flight: they are answered before the close.
+  c.Send(BuildRequest(kCmdRead, 3, 12288, 4096) + BuildRequest(kCmdDisc, 4, 0, 0));
+  auto third = ParseSimpleReply(c.Recv(kSimpleReplySize));
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(third->cookie, 3u);
+  EXPECT_EQ(c.Recv(4096), image_.substr(12288, 4096));
+  EXPECT_TRUE(c.Closed());
+}
 
 TEST_F(NbdServerTest, HostileRequestsAreAnsweredAndTheConnectionSurvives) {
   RawClient c(socket_);

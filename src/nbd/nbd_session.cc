@@ -3,8 +3,13 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 namespace vmgrid::nbd {
 namespace {
@@ -182,7 +187,15 @@ class Session {
   // ----- Transmission phase -----
 
   Status Transmit() {
+    Status st = TransmitLoop();
+    Status pool = StopWorkers();  // every admitted request is answered before we return
+    if (st.ok() && !pool.ok()) return pool;
+    return st;
+  }
+
+  Status TransmitLoop() {
     for (;;) {
+      if (Status w = WorkerError(); !w.ok()) return w;
       char raw[kRequestHeaderSize];
       VMG_ASSIGN_OR_RETURN(bool got, ReadMessageStart(raw, sizeof raw));
       if (!got) return Status::Ok();  // closed between requests (no NBD_CMD_DISC)
@@ -207,27 +220,86 @@ class Session {
         VMG_RETURN_IF_ERROR(Reply(error, r));
         continue;
       }
-      if (r.type == kCmdRead) {
-        VMG_RETURN_IF_ERROR(ServeRead(r));
+      if (r.type == kCmdRead && options_.workers > 0 && r.length > 0) {
+        Submit(r);
+      } else if (r.type == kCmdRead) {
+        VMG_RETURN_IF_ERROR(ServeRead(r, data_, data_capacity_));
       } else {
         VMG_RETURN_IF_ERROR(Reply(0, r));  // FLUSH: nothing is ever dirty
       }
     }
   }
 
-  Status ServeRead(const Request& r) {
+  // ----- Parallel READs (options_.workers > 0) -----
+
+  // Queues a READ, waiting while too many bytes are in flight.
+  void Submit(const Request& r) {
+    std::unique_lock<std::mutex> l(pool_mu_);
+    pool_cv_.wait(l, [&] {
+      return inflight_ == 0 || inflight_bytes_ + r.length <= options_.max_inflight_bytes || !worker_error_.ok();
+    });
+    queue_.push_back(r);
+    inflight_++;
+    inflight_bytes_ += r.length;
+    if (workers_.size() < static_cast<size_t>(options_.workers) && idle_ == 0)
+      workers_.emplace_back([this] { Work(); });
+    pool_cv_.notify_all();
+  }
+
+  void Work() {
+    std::unique_ptr<char[]> buffer;
+    size_t capacity = 0;
+    std::unique_lock<std::mutex> l(pool_mu_);
+    for (;;) {
+      idle_++;
+      pool_cv_.wait(l, [&] { return !queue_.empty() || stopping_; });
+      idle_--;
+      if (queue_.empty()) return;  // stopping
+      Request r = queue_.front();
+      queue_.pop_front();
+      const bool broken = !worker_error_.ok();  // the stream broke: drop what is left
+      l.unlock();
+      Status st = broken ? Status::Ok() : ServeRead(r, buffer, capacity);
+      l.lock();
+      if (!st.ok() && worker_error_.ok()) worker_error_ = st;
+      inflight_--;
+      inflight_bytes_ -= r.length;
+      pool_cv_.notify_all();
+    }
+  }
+
+  Status WorkerError() {
+    std::lock_guard<std::mutex> l(pool_mu_);
+    return worker_error_;
+  }
+
+  // Waits until every queued READ is answered, then ends the workers.
+  Status StopWorkers() {
+    std::vector<std::thread> threads;
+    {
+      std::unique_lock<std::mutex> l(pool_mu_);
+      pool_cv_.wait(l, [&] { return inflight_ == 0; });
+      stopping_ = true;
+      pool_cv_.notify_all();
+      threads.swap(workers_);
+    }
+    for (auto& t : threads) t.join();
+    return WorkerError();
+  }
+
+  Status ServeRead(const Request& r, std::unique_ptr<char[]>& buffer, size_t& capacity) {
     if (r.length == 0) {
       if (structured_) return Send(BuildDoneChunk(r.cookie));
       return Reply(0, r);
     }
-    if (r.length > data_capacity_) {
+    if (r.length > capacity) {
       // Grow to the largest request seen; no value-initialisation (up to 32 MiB).
-      data_.reset(new char[r.length]);
-      data_capacity_ = r.length;
+      buffer.reset(new char[r.length]);
+      capacity = r.length;
     }
     // The whole range is read before any header goes out, so a failure can
     // still be reported cleanly (a simple reply cannot fail half-way).
-    Status read = source_->Read(r.offset, r.length, data_.get());
+    Status read = source_->Read(r.offset, r.length, buffer.get());
     if (!read.ok()) {
       counters_.source_errors.fetch_add(1, std::memory_order_relaxed);
       // One warning per session: a failing source would otherwise flood the log.
@@ -237,15 +309,15 @@ class Session {
       }
       return Reply(kEio, r);
     }
-    std::string_view data(data_.get(), r.length);
+    std::string_view data(buffer.get(), r.length);
     if (structured_) {
       auto header = BuildReadChunkHeader(r.cookie, r.offset, r.length);
       std::string_view parts[] = {std::string_view(header.data(), header.size()), data};
-      VMG_RETURN_IF_ERROR(stream_.WriteAll(parts));
+      VMG_RETURN_IF_ERROR(Write(parts));
     } else {
       auto header = BuildSimpleReply(0, r.cookie);
       std::string_view parts[] = {std::string_view(header.data(), header.size()), data};
-      VMG_RETURN_IF_ERROR(stream_.WriteAll(parts));
+      VMG_RETURN_IF_ERROR(Write(parts));
     }
     counters_.bytes_read.fetch_add(r.length, std::memory_order_relaxed);
     return Status::Ok();
@@ -274,6 +346,12 @@ class Session {
 
   Status Send(std::string_view bytes) {
     std::string_view parts[] = {bytes};
+    return Write(parts);
+  }
+
+  // Every reply goes through here: one message at a time on the stream.
+  Status Write(std::span<const std::string_view> parts) {
+    std::lock_guard<std::mutex> l(write_mu_);
     return stream_.WriteAll(parts);
   }
 
@@ -347,9 +425,21 @@ class Session {
   bool structured_ = false;  // NBD_OPT_STRUCTURED_REPLY negotiated
   BlockSourcePtr source_;    // the selected export, kept even if it is removed meanwhile
   uint64_t size_ = 0;
-  std::unique_ptr<char[]> data_;  // READ buffer, reused across requests
+  std::unique_ptr<char[]> data_;  // READ buffer of inline serving, reused across requests
   size_t data_capacity_ = 0;
-  uint64_t source_errors_ = 0;
+  std::atomic<uint64_t> source_errors_{0};
+
+  std::mutex write_mu_;  // serializes replies
+
+  std::mutex pool_mu_;  // guards the members below
+  std::condition_variable pool_cv_;
+  std::deque<Request> queue_;
+  std::vector<std::thread> workers_;
+  size_t idle_ = 0;      // workers waiting for a request
+  size_t inflight_ = 0;  // queued or being served
+  uint64_t inflight_bytes_ = 0;
+  bool stopping_ = false;
+  Status worker_error_;  // the first failed reply (the stream broke)
 };
 
 }  // namespace

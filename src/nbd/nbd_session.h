@@ -2,7 +2,10 @@
 // handshake, option haggling, then the transmission phase serving READs from
 // the chosen export. It runs over an abstract ByteStream, so the server drives
 // it on a socket and the fuzz target drives it on hostile bytes in memory.
-// Requests are served in order, one at a time; replies go out in order.
+// With SessionOptions::workers == 0 requests are served in order, one at a
+// time; with N > 0, READs run on up to N threads of the session and their
+// replies go out as they complete (the protocol identifies replies by
+// cookie; QEMU keeps up to 16 requests in flight per connection).
 // Structured replies are offered (one DONE chunk per READ); metadata contexts
 // (block status), TLS and extended headers are not.
 #pragma once
@@ -50,6 +53,13 @@ struct NbdCounters {
 struct SessionOptions {
   uint32_t max_payload = kMaxPayload;  // largest READ/WRITE length accepted
   std::string peer = "client";         // names the client in logs
+  // READs served in parallel per session (0 = inline, in order). The
+  // stream's ReadSome and WriteAll are then called from different threads
+  // (never two WriteAll at once).
+  int workers = 0;
+  // Bound on the payload bytes of READs queued or in progress (at least one
+  // request is always admitted).
+  uint64_t max_inflight_bytes = 64ull << 20;
 };
 
 // Runs a session to its end. Returns Ok when the client ended it as the
