@@ -306,11 +306,12 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& target) {
   std::unique_ptr<Store> store(new Store(std::move(db)));
   store->path_ = target;
   VMG_RETURN_IF_ERROR(store->Migrate());
-  // Reads that are not part of a write go to connections of their own, so
-  // they neither wait for a transaction's round trips nor hold up writers
-  // (PostgreSQL; SQLite readers in WAL mode run beside the writer). They read
-  // what was committed, which includes every write this Store has returned.
-  if (target != ":memory:" && !target.empty()) {
+  // PostgreSQL: reads that are not part of a write go to connections of
+  // their own, so they do not wait behind a transaction's round trips
+  // (placement at 5,000 hosts: 205 -> 314/s). They read what was committed,
+  // which includes every write this Store has returned. SQLite reads take
+  // microseconds in-process; extra connections there measured no faster.
+  if (store->db_->dialect() == SqlBackend::Dialect::kPostgres) {
     for (int i = 0; i < kReaders; ++i) {
       VMG_ASSIGN_OR_RETURN(auto reader, OpenSqlBackend(target));
       store->readers_.push_back(std::make_unique<Reader>());

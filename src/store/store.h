@@ -169,8 +169,8 @@ class Store {
                          const std::string& state);
   Result<std::optional<VmPlacement>> GetVmPlacementLocked(const std::string& id);
   Result<Vm> GetVmLocked(const std::string& ref, const OwnerFilter& owner);
-  // A connection for reads, held for one method: one of readers_ (the main
-  // connection under mu_ when there are none).
+  // A connection for reads, held for one method: one of readers_
+  // (PostgreSQL), else the main connection under mu_.
   struct ReadLease {
     std::unique_lock<std::mutex> lock;
     SqlBackend* db;
