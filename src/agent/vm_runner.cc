@@ -394,6 +394,7 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   if (st.ok()) st = ChownForQemu(dir + "/run");
   if (st.ok()) chmod((dir + "/run").c_str(), 0700);
   if (st.ok()) st = ResolveBlobs(vm->spec);
+  auto t_files = Clock::now();
   if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(vm->spec).dump(2) + "\n");
   if (st.ok()) st = PersistState(*vm);
   bool created_ws = false;
@@ -401,17 +402,26 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   vm->created_workspace = created_ws;
   if (st.ok()) st = PersistState(*vm);
   if (!st.ok()) return fail(st.error());
+  auto t_disk = Clock::now();
   bool resume = spec.start == "resume";
   st = Launch(*vm, resume, vm->spec.checkpoint_dir + "/memory.state");
   if (!st.ok()) return fail(st.error());
+  auto t_qemu = Clock::now();
   st = WaitGuestReady(*vm, started);
   if (!st.ok()) return fail(st.error());
+  auto t_ready = Clock::now();
   if (resume) Reseed(vm->qemu->qga_socket());
   if (options_.images) options_.images->RecordPrefetch(spec.id);
   vm->Set("running");
   (void)PersistState(*vm);
-  spdlog::info("VM {} running (pid {}, {} in {} ms)", spec.id, vm->qemu->pid(),
-               resume ? "resumed" : "booted", vm->ready_ms);
+  auto ms = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration_cast<milliseconds>(b - a).count();
+  };
+  spdlog::info("VM {} running (pid {}, {} in {} ms: files {} ms, disk {} ms, QEMU{} {} ms, guest agent {} ms, "
+               "after {} ms)",
+               spec.id, vm->qemu->pid(), resume ? "resumed" : "booted", vm->ready_ms, ms(started, t_files),
+               ms(t_files, t_disk), resume ? " + restore" : "", ms(t_disk, t_qemu), ms(t_qemu, t_ready),
+               ms(t_ready, Clock::now()));
   return StatusOf(*vm);
 }
 
