@@ -59,6 +59,17 @@ Controller::Controller(ControllerOptions options) : options_(std::move(options))
 Controller::~Controller() {
   Shutdown();
   Wait(std::chrono::seconds(1));
+  std::vector<std::thread> workers;
+  bool busy;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    op_stop_ = true;
+    busy = running_ops_ > 0;
+    workers.swap(op_workers_);
+  }
+  op_cv_.notify_all();
+  // Ops still running after Wait's grace are left behind, as before.
+  for (auto& t : workers) busy ? t.detach() : t.join();
 }
 
 // --- start-up -------------------------------------------------------------------
@@ -110,6 +121,10 @@ Status Controller::Start() {
     agent_token_.pop_back();
 
   server_ = std::make_unique<httplib::Server>();
+  // Keep-alive clients (the CLI in loops, benchmarks) each hold a server
+  // thread while connected; leave room for heartbeats beside them.
+  server_->new_task_queue = [] { return new httplib::ThreadPool(32); };
+  server_->set_tcp_nodelay(true);
   InstallRoutes();
   auto colon = options_.listen.rfind(':');
   if (colon == std::string::npos)
@@ -187,18 +202,36 @@ std::function<void(const Req&, Res&)> Controller::Authed(Handler h, const std::s
 }
 
 void Controller::RunAsync(const std::string& vm_id, std::function<void()> fn) {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (!vm_id.empty()) inflight_.insert(vm_id);
-    ++running_ops_;
-  }
-  std::thread([this, vm_id, fn = std::move(fn)] {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!vm_id.empty()) inflight_.insert(vm_id);
+  ++running_ops_;
+  op_queue_.push_back([this, vm_id, fn = std::move(fn)] {
     fn();
     std::lock_guard<std::mutex> l(mu_);
     if (!vm_id.empty()) inflight_.erase(inflight_.find(vm_id));
     --running_ops_;
     ops_cv_.notify_all();
-  }).detach();
+  });
+  if (idle_workers_ >= op_queue_.size() || op_workers_.size() >= kOpWorkers) {
+    op_cv_.notify_one();
+  } else {
+    op_workers_.emplace_back([this] { OpWorker(); });
+  }
+}
+
+void Controller::OpWorker() {
+  std::unique_lock<std::mutex> l(mu_);
+  for (;;) {
+    ++idle_workers_;
+    op_cv_.wait(l, [this] { return op_stop_ || !op_queue_.empty(); });
+    --idle_workers_;
+    if (op_queue_.empty()) return;  // stopping, nothing left
+    auto op = std::move(op_queue_.front());
+    op_queue_.pop_front();
+    l.unlock();
+    op();
+    l.lock();
+  }
 }
 
 bool Controller::InFlight(const std::string& vm_id) {

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <optional>
@@ -17,6 +18,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -100,7 +102,8 @@ class Controller {
   // Publishes the image's files to the image server; fills image.blobs.
   Status PublishImage(Image& image);
 
-  // Runs `fn` on a background thread; `vm_id` (if set) is marked in flight
+  // Runs `fn` on the operation pool (kOpWorkers threads, unbounded queue);
+  // `vm_id` (if set) is marked in flight from now until `fn` has returned,
   // so reconciliation leaves it alone meanwhile.
   void RunAsync(const std::string& vm_id, std::function<void()> fn);
   bool InFlight(const std::string& vm_id);
@@ -147,6 +150,15 @@ class Controller {
   std::map<std::string, std::pair<User, int64_t>> auth_cache_;  // guarded by auth_mu_
   std::map<std::string, std::string> user_names_;  // id -> name (names never change); guarded by auth_mu_
   std::condition_variable ops_cv_;
+  // The operation pool behind RunAsync: workers start on demand, up to
+  // kOpWorkers, and live until the controller is destroyed.
+  static constexpr size_t kOpWorkers = 24;
+  std::deque<std::function<void()>> op_queue_;  // guarded by mu_
+  std::vector<std::thread> op_workers_;         // guarded by mu_
+  size_t idle_workers_ = 0;                     // guarded by mu_
+  bool op_stop_ = false;                        // guarded by mu_
+  std::condition_variable op_cv_;               // a queued op or op_stop_
+  void OpWorker();
 };
 
 }  // namespace vmgrid

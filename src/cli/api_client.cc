@@ -9,7 +9,9 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -72,6 +74,19 @@ Result<json> ParseResponse(const httplib::Response& res, const std::string& url)
   return MakeError(ErrorCodeFromHttpStatus(status), message);
 }
 
+// Idle keep-alive connections, per "scheme://host:port\ntoken\nuser agent".
+constexpr size_t kIdlePerPeer = 4;
+constexpr auto kMaxIdle = std::chrono::seconds(2);
+struct IdleClient {
+  std::unique_ptr<httplib::Client> cli;
+  std::chrono::steady_clock::time_point since;
+};
+std::mutex idle_mu;
+std::map<std::string, std::vector<IdleClient>>& IdleClients() {  // guarded by idle_mu
+  static auto* m = new std::map<std::string, std::vector<IdleClient>>;
+  return *m;
+}
+
 }  // namespace
 
 // Access to ApiClient's private state for the request helpers below.
@@ -87,6 +102,51 @@ struct ApiClientInternals {
     cli->set_default_headers(
         {{"Accept", "application/json"}, {"User-Agent", c.options_.user_agent}});
     return cli;
+  }
+
+  static std::string PoolKey(const ApiClient& c) {
+    return c.scheme_host_port_ + "\n" + c.token_ + "\n" + c.options_.user_agent;
+  }
+
+  // A connection for one GET/POST/DELETE: an idle pooled one when
+  // keep_alive, else a new one.
+  static std::unique_ptr<httplib::Client> TakeClient(const ApiClient& c) {
+    if (!c.options_.keep_alive) return MakeClient(c);
+    std::unique_ptr<httplib::Client> cli;
+    {
+      std::lock_guard<std::mutex> l(idle_mu);
+      auto it = IdleClients().find(PoolKey(c));
+      if (it != IdleClients().end()) {
+        const auto now = std::chrono::steady_clock::now();
+        auto& v = it->second;
+        while (!v.empty()) {
+          IdleClient ic = std::move(v.back());
+          v.pop_back();
+          if (now - ic.since < kMaxIdle) {
+            cli = std::move(ic.cli);
+            break;
+          }
+        }
+        if (v.empty()) IdleClients().erase(it);
+      }
+    }
+    if (!cli) {
+      cli = MakeClient(c);
+      cli->set_keep_alive(true);
+      cli->set_tcp_nodelay(true);  // else Nagle + delayed ACK: 40 ms per call
+    }
+    cli->set_connection_timeout(c.options_.connect_timeout_s, 0);
+    cli->set_read_timeout(c.options_.read_timeout_s, 0);
+    cli->set_write_timeout(c.options_.write_timeout_s, 0);
+    return cli;
+  }
+
+  // Returns a connection after a successful exchange (keep_alive only).
+  static void ReturnClient(const ApiClient& c, std::unique_ptr<httplib::Client> cli) {
+    if (!c.options_.keep_alive || !cli->is_socket_open()) return;
+    std::lock_guard<std::mutex> l(idle_mu);
+    auto& v = IdleClients()[PoolKey(c)];
+    if (v.size() < kIdlePerPeer) v.push_back({std::move(cli), std::chrono::steady_clock::now()});
   }
 
   static Error TransportError(const ApiClient& c, httplib::Error err, double elapsed_s) {
@@ -132,7 +192,7 @@ struct ApiClientInternals {
                            const json& body) {
     if (!c.url_error_.empty()) return MakeError(ErrorCode::kInvalidArgument, c.url_error_);
     try {
-      auto cli = MakeClient(c);
+      auto cli = TakeClient(c);
       const std::string full = c.path_prefix_ + path;
       const auto start = std::chrono::steady_clock::now();
       httplib::Result res{nullptr, httplib::Error::Unknown};
@@ -150,7 +210,9 @@ struct ApiClientInternals {
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (!res) return TransportError(c, res.error(), elapsed);
-      return ParseResponse(res.value(), c.base_url_);
+      auto answer = ParseResponse(res.value(), c.base_url_);
+      ReturnClient(c, std::move(cli));
+      return answer;
     } catch (const std::exception& e) {
       return MakeError(ErrorCode::kInternal, std::string("HTTP client failure: ") + e.what());
     }

@@ -3,7 +3,10 @@
 // controller (to agents). Generic: it never prints.
 //
 // Every call opens its own connection, so one ApiClient may be used from
-// several threads at once.
+// several threads at once. With Options::keep_alive, GET/POST/DELETE calls
+// instead reuse idle connections to the same scheme://host:port (shared by
+// all ApiClients in the process; a few per peer, each idle at most 2 s, so
+// well within the server's keep-alive timeout).
 //
 // Error mapping:
 //   - non-2xx with body {"error":{"code","message"}}: the code string maps to
@@ -34,6 +37,9 @@ class ApiClient {
     std::string peer_name = "controller";
     std::string unreachable_hint = "is `vmgrid controller` (or `vmgrid dev`) running?";
     std::string user_agent = "vmgrid";
+    // Reuse connections (see above). The peer keeps one server thread per
+    // open connection; use it only for peers with threads to spare.
+    bool keep_alive = false;
   };
 
   // Called while uploading; return false to cancel (the call then fails
