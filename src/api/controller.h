@@ -151,8 +151,12 @@ class Controller {
   std::map<std::string, std::string> user_names_;  // id -> name (names never change); guarded by auth_mu_
   std::condition_variable ops_cv_;
   // The operation pool behind RunAsync: workers start on demand, up to
-  // kOpWorkers, and live until the controller is destroyed.
-  static constexpr size_t kOpWorkers = 24;
+  // kOpWorkers, and live until the controller is destroyed. An operation
+  // holds its worker for as long as the agent takes (a whole boot, minutes
+  // for a checkpoint), so the bound is generous: one VM's stop must not
+  // queue behind a burst of other VMs' boots. Reuse, not the bound, is what
+  // saves the thread start per create.
+  static constexpr size_t kOpWorkers = 256;
   std::deque<std::function<void()>> op_queue_;  // guarded by mu_
   std::vector<std::thread> op_workers_;         // guarded by mu_
   size_t idle_workers_ = 0;                     // guarded by mu_
