@@ -30,6 +30,7 @@
 #include <sstream>
 #include <thread>
 
+#include "machine.h"
 #include "chunks/chunk_cache.h"
 #include "chunks/chunk_store.h"
 #include "chunks/manifest.h"
@@ -375,16 +376,7 @@ NbdResult MeasureNbd(const ImageUnderTest& im, int random_reads) {
 // ---------------------------------------------------------------------------------------------
 
 std::string MachineLine() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line, model = "unknown CPU";
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      model = line.substr(line.find(':') + 2);
-      break;
-    }
-  return std::to_string(sysconf(_SC_NPROCESSORS_ONLN)) + " cores (" + model + "), " +
-         std::to_string(sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGE_SIZE) / (1 << 30)) + " GiB, " +
-         (KvmUsableBy("qemu-system-x86_64") ? "KVM" : "no usable KVM: QEMU TCG");
+  return bench::MachineLine() + ", " + (KvmUsableBy("qemu-system-x86_64") ? "KVM" : "no usable KVM: QEMU TCG");
 }
 
 uint64_t AllocatedBytes(const std::string& path) {

@@ -44,6 +44,7 @@
 #include <sstream>
 #include <thread>
 
+#include "machine.h"
 #include "cli/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
@@ -130,17 +131,7 @@ std::string Thousands(int64_t n) {
   return out;
 }
 
-std::string MachineLine() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line, model = "unknown CPU";
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      model = line.substr(line.find(':') + 2);
-      break;
-    }
-  return std::to_string(sysconf(_SC_NPROCESSORS_ONLN)) + " cores (" + model + "), " +
-         std::to_string(sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGE_SIZE) / (1 << 30)) + " GiB";
-}
+using bench::MachineLine;
 
 // A 1 MiB raw disk with an MBR boot signature: passes the controller's image
 // checks; simulated hosts never boot it.

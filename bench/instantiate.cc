@@ -19,6 +19,7 @@
 #include <sstream>
 #include <thread>
 
+#include "machine.h"
 #include "cli/api_client.h"
 #include "common/child_process.h"
 #include "common/subprocess.h"
@@ -157,16 +158,7 @@ double PlainQemuOnce(const std::string& work, const json& image, const std::stri
 }
 
 std::string MachineLine(bool kvm) {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line, model = "unknown CPU";
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      model = line.substr(line.find(':') + 2);
-      break;
-    }
-  return std::to_string(sysconf(_SC_NPROCESSORS_ONLN)) + " cores (" + model + "), " +
-         std::to_string(sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGE_SIZE) / (1 << 30)) + " GiB, " +
-         (kvm ? "KVM" : "no usable KVM: QEMU TCG");
+  return bench::MachineLine() + ", " + (kvm ? "KVM" : "no usable KVM: QEMU TCG");
 }
 
 }  // namespace

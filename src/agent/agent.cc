@@ -91,13 +91,12 @@ Status Agent::Start() {
   options_.state_dir = std::filesystem::absolute(options_.state_dir, ec).string();
   workspace_dir_ = options_.state_dir + "/workspaces";
   VMG_RETURN_IF_ERROR(MakeDirs(workspace_dir_, 0755));
-  auto token = ReadFile(options_.token_file, 4096);
+  auto token = ReadTokenFile(options_.token_file);
   if (!token.ok())
     return MakeError(ErrorCode::kUnauthenticated,
                      "cannot read the agent token from " + options_.token_file +
                          " (the controller writes it to STATE/agent.token): " + token.error().message);
   token_ = *token;
-  while (!token_.empty() && isspace(static_cast<unsigned char>(token_.back()))) token_.pop_back();
 
   VmRunnerOptions ro;
   ro.state_dir = options_.state_dir;
@@ -109,8 +108,7 @@ Status Agent::Start() {
     io.cache_bytes = options_.cache_mb << 20;
     io.prefetch = options_.prefetch;
     if (!options_.image_server_token_file.empty()) {
-      VMG_ASSIGN_OR_RETURN(io.token, ReadFile(options_.image_server_token_file, 4096));
-      while (!io.token.empty() && isspace(static_cast<unsigned char>(io.token.back()))) io.token.pop_back();
+      VMG_ASSIGN_OR_RETURN(io.token, ReadTokenFile(options_.image_server_token_file));
     }
     if (!ro.runas.empty())
       if (struct passwd* pw = getpwnam(ro.runas.c_str())) io.socket_gid = static_cast<int>(pw->pw_gid);

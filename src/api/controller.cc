@@ -91,8 +91,7 @@ Status Controller::Start() {
   if (!options_.image_server.empty()) {
     std::string token;
     if (!options_.image_server_token_file.empty()) {
-      VMG_ASSIGN_OR_RETURN(token, ReadFile(options_.image_server_token_file, 4096));
-      while (!token.empty() && isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+      VMG_ASSIGN_OR_RETURN(token, ReadTokenFile(options_.image_server_token_file));
     }
     image_server_ = std::make_unique<ChunkClient>(options_.image_server, token);
   }
@@ -112,13 +111,11 @@ Status Controller::Start() {
     VMG_ASSIGN_OR_RETURN(auto created, store_->CreateUser("agents", "agent"));
     VMG_RETURN_IF_ERROR(WriteFileAtomic(agent_file, created.second + "\n", 0600));
   }
-  auto token = ReadFile(agent_file, 4096);
+  auto token = ReadTokenFile(agent_file);
   if (!token.ok())
     return MakeError(ErrorCode::kFailedPrecondition,
                      "cannot read " + agent_file + " (the controller needs it to call agents)");
   agent_token_ = *token;
-  while (!agent_token_.empty() && isspace(static_cast<unsigned char>(agent_token_.back())))
-    agent_token_.pop_back();
 
   server_ = std::make_unique<httplib::Server>();
   // Keep-alive clients (the CLI in loops, benchmarks) each hold a server

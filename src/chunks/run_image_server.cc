@@ -24,10 +24,9 @@ int RunImageServer(const ImageServerOptions& options) {
   };
   ImageServer::Options so;
   if (!options.token_file.empty()) {
-    auto token = ReadFile(options.token_file, 4096);
+    auto token = ReadTokenFile(options.token_file);
     if (!token.ok()) return fail("cannot read the token: " + token.error().message);
     so.token = *token;
-    while (!so.token.empty() && isspace(static_cast<unsigned char>(so.token.back()))) so.token.pop_back();
     if (so.token.empty()) return fail("the token file " + options.token_file + " is empty");
   }
   if (Status st = MakeDirs(options.dir, 0700); !st.ok()) return fail(st.error().message);

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -116,6 +117,12 @@ Status WriteFileAtomic(const std::string& path, const std::string& data, int mod
     close(dfd);
   }
   return Status::Ok();
+}
+
+Result<std::string> ReadTokenFile(const std::string& path) {
+  VMG_ASSIGN_OR_RETURN(std::string token, ReadFile(path, 4096));
+  while (!token.empty() && isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  return token;
 }
 
 Result<std::string> ReadFile(const std::string& path, size_t max_bytes) {

@@ -35,6 +35,9 @@ std::string FormatTimeMs(int64_t ms);
 // so a crash leaves either the old or the new content, never a mix.
 Status WriteFileAtomic(const std::string& path, const std::string& data, int mode = 0644);
 Result<std::string> ReadFile(const std::string& path, size_t max_bytes = 64 << 20);
+// A bearer token kept in a file: at most 4 KiB, trailing whitespace (the
+// newline) removed. ReadFile's errors.
+Result<std::string> ReadTokenFile(const std::string& path);
 
 // mkdir -p with a mode for the created directories.
 Status MakeDirs(const std::string& path, int mode = 0755);

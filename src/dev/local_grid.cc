@@ -104,11 +104,8 @@ std::string LocalGrid::agent_state_dir(int index) const {
 }
 
 std::string LocalGrid::admin_token() const {
-  auto t = ReadFile(controller_state_dir() + "/admin.token", 4096);
-  if (!t.ok()) return "";
-  std::string s = *t;
-  while (!s.empty() && isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
-  return s;
+  auto t = ReadTokenFile(controller_state_dir() + "/admin.token");
+  return t.ok() ? *t : "";
 }
 
 ApiClient LocalGrid::Admin() const { return ApiClient(url_, admin_token()); }

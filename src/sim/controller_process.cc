@@ -17,11 +17,8 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 std::string ReadToken(const std::string& path) {
-  auto t = ReadFile(path, 4096);
-  if (!t.ok()) return "";
-  std::string s = *t;
-  while (!s.empty() && isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
-  return s;
+  auto t = ReadTokenFile(path);
+  return t.ok() ? *t : "";
 }
 
 }  // namespace

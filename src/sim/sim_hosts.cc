@@ -104,7 +104,7 @@ Status SimHosts::Start() {
   VMG_RETURN_IF_ERROR(ValidateName("host", HostName(options_.count - 1)));
   token_ = options_.token;
   if (token_.empty()) {
-    auto t = ReadFile(options_.token_file, 4096);
+    auto t = ReadTokenFile(options_.token_file);
     if (!t.ok())
       return MakeError(
           ErrorCode::kUnauthenticated,
