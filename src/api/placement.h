@@ -70,10 +70,11 @@ class CapacityIndex : public StoreObserver {
     uint64_t vm_version = 0;
     int64_t free_memory() const { return memory_mb - used_memory_mb; }
   };
-  // Up hosts by (free memory, id): a create walks them in rank order from
+  // Up hosts with a free vCPU by (free memory, id): a create walks them in rank order from
   // the end its policy prefers and stops after max_candidates fits, instead
   // of sorting every host.
   using ByFree = std::set<std::pair<int64_t, std::string>>;
+  static bool Linked(const Entry& e);
   int InternLocked(const std::string& image_id);
   void SetHostLocked(const Host& h);
   // Take a host out of / put it into the ordered sets (before / after a change).

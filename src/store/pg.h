@@ -1,6 +1,7 @@
 // PgBackend: the SqlBackend over libpq, for a PostgreSQL server named by a
 // connection URI ("postgresql://user@host/db", "postgresql:///db?host=/sock").
-// One connection; `?` placeholders become $1, $2, ...; parameters are sent
+// One connection; `?` placeholders become $1, $2, ...; each statement is
+// prepared once (per parameter typing) and executed by name after that; parameters are sent
 // as text (integers typed int8, reals float8, strings left for the server to
 // infer from the column, like a literal). Results are converted by column
 // type: integers (and integral numerics, e.g. SUM) to int64, reals to double,
@@ -12,6 +13,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 
 #include "store/sql_backend.h"
 
@@ -62,6 +64,11 @@ class PgBackend : public SqlBackend {
 
   PgConnPtr conn_;
   bool in_transaction_ = false;
+  // Statements prepared on this connection: SQL + parameter types -> name.
+  // Emptied (DEALLOCATE ALL) outside a transaction when full.
+  static constexpr size_t kMaxPrepared = 512;
+  std::unordered_map<std::string, std::string> prepared_;
+  uint64_t prepared_serial_ = 0;
 };
 
 }  // namespace vmgrid

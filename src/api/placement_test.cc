@@ -1,0 +1,87 @@
+#include "api/placement.h"
+
+#include <gtest/gtest.h>
+
+namespace vmgrid {
+namespace {
+
+Host MakeHost(const std::string& id, int vcpus, int64_t memory_mb, int used_vcpus = 0,
+              int64_t used_memory_mb = 0) {
+  Host h;
+  h.id = id;
+  h.name = id;
+  h.state = "up";
+  h.vcpus = vcpus;
+  h.memory_mb = memory_mb;
+  h.reserved_vcpus = used_vcpus;
+  h.reserved_memory_mb = used_memory_mb;
+  return h;
+}
+
+PlacementRequest Request(const std::string& image, int vcpus, int64_t memory_mb,
+                         const std::string& policy = "spread") {
+  PlacementRequest r;
+  r.image_id = image;
+  r.vcpus = vcpus;
+  r.memory_mb = memory_mb;
+  r.policy = policy;
+  return r;
+}
+
+TEST(CapacityIndex, SpreadRanksCachedHostsFirstThenMostFreeMemory) {
+  CapacityIndex ix;
+  ix.OnSnapshot({MakeHost("a", 4, 4096), MakeHost("b", 4, 8192), MakeHost("c", 4, 2048)},
+                {{"img", "c"}});
+  EXPECT_EQ(ix.Rank(Request("img", 1, 512)), (std::vector<std::string>{"c", "b", "a"}));
+  EXPECT_EQ(ix.Rank(Request("other", 1, 512)), (std::vector<std::string>{"b", "a", "c"}));
+  EXPECT_EQ(ix.Rank(Request("other", 1, 512, "pack")), (std::vector<std::string>{"c", "a", "b"}));
+  EXPECT_EQ(ix.Rank(Request("other", 1, 3000)), (std::vector<std::string>{"b", "a"}));
+}
+
+TEST(CapacityIndex, HostWithoutFreeVcpuIsNeverRankedAndComesBackWhenFreed) {
+  CapacityIndex ix;
+  ix.OnSnapshot({MakeHost("full", 2, 65536, 2, 512), MakeHost("small", 2, 1024)},
+                {{"img", "full"}});
+  // "full" has the most free memory and the image, but no vCPU to give.
+  EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"small"}));
+  ix.OnUsage("full", -1, -256);
+  EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"full", "small"}));
+  ix.OnUsage("full", 1, 256);  // full again
+  EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"small"}));
+  ix.OnHostDown("small");
+  EXPECT_TRUE(ix.Rank(Request("img", 1, 256)).empty());
+  ix.OnHost(MakeHost("small", 2, 1024));
+  EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"small"}));
+}
+
+TEST(CapacityIndex, CachedButFullHostsDoNotCrowdOutOthers) {
+  // Many hosts that hold the image are full: a create still gets its
+  // max_candidates from the others.
+  CapacityIndex ix;
+  std::vector<Host> hosts;
+  std::vector<std::pair<std::string, std::string>> cached;
+  for (int i = 0; i < 500; ++i) {
+    hosts.push_back(MakeHost("full" + std::to_string(i), 16, 65536, 16, 4096));
+    cached.push_back({"img", hosts.back().id});
+  }
+  for (int i = 0; i < 100; ++i) hosts.push_back(MakeHost("free" + std::to_string(i), 16, 32768));
+  ix.OnSnapshot(hosts, cached);
+  PlacementRequest r = Request("img", 1, 256);
+  r.max_candidates = 8;
+  auto ranked = ix.Rank(r);
+  ASSERT_EQ(ranked.size(), 8u);
+  for (const auto& id : ranked) EXPECT_EQ(id.rfind("free", 0), 0u) << id;
+}
+
+TEST(CapacityIndex, ImageCachedOnAFullHostJoinsTheCachedSetWhenItFrees) {
+  CapacityIndex ix;
+  ix.OnSnapshot({MakeHost("a", 1, 4096, 1, 256), MakeHost("b", 1, 8192)}, {});
+  ix.OnImageCached("img", "a");
+  EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"b"}));
+  ix.OnUsage("a", -1, -256);
+  EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"a", "b"}));
+  EXPECT_TRUE(ix.IsCached("img", "a"));
+}
+
+}  // namespace
+}  // namespace vmgrid
