@@ -62,7 +62,7 @@ Controller::~Controller() {
   std::vector<std::thread> workers;
   bool busy;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    std::lock_guard<std::mutex> l(ops_mu_);
     op_stop_ = true;
     busy = running_ops_ > 0;
     workers.swap(op_workers_);
@@ -158,7 +158,7 @@ void Controller::Shutdown() {
 void Controller::Wait(std::chrono::milliseconds grace) {
   if (server_thread_.joinable()) server_thread_.join();
   if (reconcile_thread_.joinable()) reconcile_thread_.join();
-  std::unique_lock<std::mutex> l(mu_);
+  std::unique_lock<std::mutex> l(ops_mu_);
   ops_cv_.wait_for(l, grace, [this] { return running_ops_ == 0; });
 }
 
@@ -199,25 +199,29 @@ std::function<void(const Req&, Res&)> Controller::Authed(Handler h, const std::s
 }
 
 void Controller::RunAsync(const std::string& vm_id, std::function<void()> fn) {
-  std::lock_guard<std::mutex> l(mu_);
-  if (!vm_id.empty()) inflight_.insert(vm_id);
-  ++running_ops_;
-  op_queue_.push_back([this, vm_id, fn = std::move(fn)] {
-    fn();
-    std::lock_guard<std::mutex> l(mu_);
-    if (!vm_id.empty()) inflight_.erase(inflight_.find(vm_id));
-    --running_ops_;
-    ops_cv_.notify_all();
-  });
-  if (idle_workers_ >= op_queue_.size() || op_workers_.size() >= kOpWorkers) {
-    op_cv_.notify_one();
-  } else {
-    op_workers_.emplace_back([this] { OpWorker(); });
+  bool wake;
+  {
+    std::lock_guard<std::mutex> l(ops_mu_);
+    if (!vm_id.empty()) inflight_.insert(vm_id);
+    ++running_ops_;
+    op_queue_.push_back([this, vm_id, fn = std::move(fn)] {
+      fn();
+      bool none;
+      {
+        std::lock_guard<std::mutex> l(ops_mu_);
+        if (!vm_id.empty()) inflight_.erase(inflight_.find(vm_id));
+        none = --running_ops_ == 0;
+      }
+      if (none) ops_cv_.notify_all();
+    });
+    wake = idle_workers_ >= op_queue_.size() || op_workers_.size() >= kOpWorkers;
+    if (!wake) op_workers_.emplace_back([this] { OpWorker(); });
   }
+  if (wake) op_cv_.notify_one();
 }
 
 void Controller::OpWorker() {
-  std::unique_lock<std::mutex> l(mu_);
+  std::unique_lock<std::mutex> l(ops_mu_);
   for (;;) {
     ++idle_workers_;
     op_cv_.wait(l, [this] { return op_stop_ || !op_queue_.empty(); });
@@ -232,7 +236,7 @@ void Controller::OpWorker() {
 }
 
 bool Controller::InFlight(const std::string& vm_id) {
-  std::lock_guard<std::mutex> l(mu_);
+  std::lock_guard<std::mutex> l(ops_mu_);
   return inflight_.count(vm_id) > 0;
 }
 
@@ -1285,18 +1289,18 @@ Error Controller::ExplainNoPlacement(const Vm& vm, const std::vector<std::string
 
 void Controller::FinishVmOp(const std::string& vm_id, const Result<json>& answer,
                             const std::string& state_on_error, int64_t started_ms, bool timing) {
-  auto vm = store_->GetVm(vm_id, "");
-  if (!vm.ok()) return;
-  if (answer.ok()) {
-    vm->state = answer->value("state", "running");
-    vm->error = answer->value("error", "");
-    if (timing) vm->create_ms = NowMs() - started_ms;
-  } else {
-    vm->state = state_on_error;
-    vm->error = answer.error().message;
-    spdlog::warn("VM {}: {}", vm_id, answer.error().message);
-  }
-  (void)store_->UpdateVm(*vm);
+  if (!answer.ok()) spdlog::warn("VM {}: {}", vm_id, answer.error().message);
+  Status st = store_->ModifyVm(vm_id, [&](Vm& vm) {
+    if (answer.ok()) {
+      vm.state = answer->value("state", "running");
+      vm.error = answer->value("error", "");
+      if (timing) vm.create_ms = NowMs() - started_ms;
+    } else {
+      vm.state = state_on_error;
+      vm.error = answer.error().message;
+    }
+  });
+  if (!st.ok()) spdlog::warn("VM {}: recording the outcome: {}", vm_id, st.error().message);
 }
 
 void Controller::VmAction(const Caller& c, const Req& req, Res& res, const std::string& action) {

@@ -137,10 +137,8 @@ class Controller {
   std::atomic<bool> stop_{false};
 
   std::mutex mu_;
-  std::multiset<std::string> inflight_;  // guarded by mu_
   std::map<std::string, nlohmann::json> host_images_;  // host id -> last reported cache stats; guarded by mu_
   std::set<std::pair<std::string, std::string>> noted_cached_;  // (image, host) recorded; guarded by mu_
-  int running_ops_ = 0;                  // guarded by mu_
   // Per host: the last heartbeat report that matched the records, and the
   // records' version then (CapacityIndex::VmVersion); guarded by mu_.
   std::map<std::string, std::pair<size_t, uint64_t>> reconciled_;
@@ -149,7 +147,13 @@ class Controller {
   std::mutex auth_mu_;
   std::map<std::string, std::pair<User, int64_t>> auth_cache_;  // guarded by auth_mu_
   std::map<std::string, std::string> user_names_;  // id -> name (names never change); guarded by auth_mu_
-  std::condition_variable ops_cv_;
+  // The operation pool behind RunAsync, and the VMs it works on, under a
+  // mutex of their own: every create passes through it twice, and heartbeats
+  // (mu_) must not queue behind it.
+  std::mutex ops_mu_;
+  std::multiset<std::string> inflight_;  // guarded by ops_mu_
+  int running_ops_ = 0;                  // guarded by ops_mu_
+  std::condition_variable ops_cv_;       // running_ops_ fell to 0
   // The operation pool behind RunAsync: workers start on demand, up to
   // kOpWorkers, and live until the controller is destroyed. An operation
   // holds its worker for as long as the agent takes (a whole boot, minutes
@@ -157,10 +161,10 @@ class Controller {
   // queue behind a burst of other VMs' boots. Reuse, not the bound, is what
   // saves the thread start per create.
   static constexpr size_t kOpWorkers = 256;
-  std::deque<std::function<void()>> op_queue_;  // guarded by mu_
-  std::vector<std::thread> op_workers_;         // guarded by mu_
-  size_t idle_workers_ = 0;                     // guarded by mu_
-  bool op_stop_ = false;                        // guarded by mu_
+  std::deque<std::function<void()>> op_queue_;  // guarded by ops_mu_
+  std::vector<std::thread> op_workers_;         // guarded by ops_mu_
+  size_t idle_workers_ = 0;                     // guarded by ops_mu_
+  bool op_stop_ = false;                        // guarded by ops_mu_
   std::condition_variable op_cv_;               // a queued op or op_stop_
   void OpWorker();
 };

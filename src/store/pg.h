@@ -53,6 +53,7 @@ class PgBackend : public SqlBackend {
   Status Commit() override;
   Status Rollback() override;
   Status LockTable(const std::string& table) override;
+  bool InTransaction() const override { return in_transaction_; }
 
  private:
   explicit PgBackend(PgConnPtr conn) : conn_(std::move(conn)) {}

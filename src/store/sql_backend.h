@@ -62,6 +62,9 @@ class SqlBackend {
   virtual Status Begin() = 0;
   virtual Status Commit() = 0;
   virtual Status Rollback() = 0;
+  // True while a transaction begun with Begin() is open (false again after a
+  // failure the server rolled it back for, where the backend can tell).
+  virtual bool InTransaction() const = 0;
   // Inside a transaction: keeps every other LockTable(`table`) and every
   // writer of `table` waiting until this transaction ends; readers go on.
   // A no-op on SQLite, where Begin already excludes all other writers.

@@ -30,6 +30,7 @@ class SqliteBackend : public SqlBackend {
   Status Commit() override { return Run("COMMIT", {}, nullptr); }
   Status Rollback() override { return Run("ROLLBACK", {}, nullptr); }
   Status LockTable(const std::string&) override { return Status::Ok(); }
+  bool InTransaction() const override;
 
  private:
   explicit SqliteBackend(sqlite3* db) : db_(db) {}

@@ -2,10 +2,13 @@
 // VMs, workspaces) in SQLite (embedded, the default) or PostgreSQL, with
 // versioned schema migrations. Every method is a single transaction: either
 // all of its effect is recorded or none.
-// Thread-safe (one connection, serialized by a mutex).
+// Thread-safe: one connection for writes, serialized by a mutex (on SQLite
+// the hot writes share transactions: group commit), and connections of
+// their own for reads.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -127,6 +130,10 @@ class Store {
   Result<std::vector<Vm>> ListVmsOnHost(const std::string& host_id);
   // Writes every mutable field of `vm` (state, error, host, timings...).
   Status UpdateVm(const Vm& vm);
+  // Reads the VM by id, applies `change` and writes it, in one transaction
+  // (no other write can slip in between). OK, with nothing written, if the
+  // VM is gone.
+  Status ModifyVm(const std::string& id, const std::function<void(Vm&)>& change);
   // Compare-and-set on state: fails with kFailedPrecondition if the VM's
   // state is not one of `from`.
   Result<Vm> TransitionVm(const std::string& id, const std::vector<std::string>& from,
@@ -168,9 +175,12 @@ class Store {
   Status MoveUsageLocked(const VmPlacement& before, const std::string& host_id,
                          const std::string& state);
   Result<std::optional<VmPlacement>> GetVmPlacementLocked(const std::string& id);
+  // Writes `v` over the row that was `before`; sets *raced (and writes
+  // nothing) if the row's host or state is no longer `before`'s.
+  Status UpdateVmLocked(const Vm& v, const VmPlacement& before, bool* raced);
   Result<Vm> GetVmLocked(const std::string& ref, const OwnerFilter& owner);
-  // A connection for reads, held for one method: one of readers_
-  // (PostgreSQL), else the main connection under mu_.
+  // A connection for reads, held for one method: one of readers_, else
+  // (an in-memory SQLite database) the main connection under mu_.
   struct ReadLease {
     std::unique_lock<std::mutex> lock;
     SqlBackend* db;
@@ -186,6 +196,16 @@ class Store {
   // Overlays heartbeat times not written yet.
   void OverlayBeats(std::vector<Host>& hosts);
 
+  // Group commit (SQLite; store.cc, "Group commit"): runs `body` (statements
+  // on db_, Notify) in the open write batch under a savepoint, and returns
+  // once the batch has committed, with body's error or the commit's. Without
+  // group commit (PostgreSQL), one transaction of its own.
+  Status Batched(const std::function<Status()>& body);
+  // mu_, with the open write batch (if any) committed first: for every
+  // method that uses db_ in a transaction of its own.
+  std::unique_lock<std::mutex> Exclusive();
+  void CommitBatchLocked();
+
   std::mutex mu_;
   SqlBackendPtr db_;  // guarded by mu_
   static constexpr int kReaders = 2;
@@ -195,6 +215,17 @@ class Store {
   };
   std::vector<std::unique_ptr<Reader>> readers_;  // fixed after Open
   std::atomic<size_t> next_reader_{0};
+  struct Batch {
+    int ops = 0;
+    bool done = false;
+    Status status;
+    std::vector<std::function<void(StoreObserver&)>> events;  // of the ops that succeeded
+  };
+  static constexpr int kMaxBatch = 64;
+  bool group_commit_ = false;            // fixed after Open
+  std::shared_ptr<Batch> batch_;         // the open batch; guarded by mu_
+  std::condition_variable batch_done_;   // with mu_
+  std::atomic<int> batch_waiters_{0};    // Batched callers waiting for mu_
   StoreObserver* observer_ = nullptr;  // guarded by mu_
   std::vector<std::function<void(StoreObserver&)>> pending_;  // guarded by mu_
   // Heartbeats: the row last written per host name, and times not written

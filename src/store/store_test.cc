@@ -113,6 +113,44 @@ TEST_P(StoreTest, ConcurrentPlacementNeverOversubscribes) {
   EXPECT_EQ(host->reserved_vcpus, 10);
 }
 
+// Concurrent writes share transactions on SQLite (group commit): one that
+// fails inside a batch (a taken name, after its host's usage was already
+// raised) must be undone alone, and every write that returned OK must be
+// committed and visible to a fresh connection.
+TEST_P(StoreTest, ConcurrentWritesFailAloneAndCommitBeforeReturning) {
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{1000, 1000 * 256, 1000, false});
+  ASSERT_TRUE(h.ok());
+  std::atomic<int> ok{0}, taken{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 16; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        // Names repeat across thread pairs: one of each pair's attempts fails.
+        auto r = store_->PlaceAndInsertVm(NewVm("vm" + std::to_string(t / 2) + "-" + std::to_string(i)), {h->id});
+        if (r.ok()) {
+          ++ok;
+          EXPECT_TRUE(store_->ModifyVm(r->id, [](Vm& vm) { vm.state = "running"; }).ok());
+        } else if (r.error().code == ErrorCode::kAlreadyExists) {
+          ++taken;
+        } else {
+          ADD_FAILURE() << r.error().message;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 8 * 20);
+  EXPECT_EQ(taken.load(), 8 * 20);
+  auto other = Store::Open(db_->target());
+  ASSERT_TRUE(other.ok()) << other.error().message;
+  auto vms = (*other)->ListVms("");
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ(vms->size(), 8u * 20u);
+  for (const auto& vm : *vms) EXPECT_EQ(vm.state, "running") << vm.name;
+  EXPECT_EQ((*other)->GetHost("h1")->reserved_vcpus, 8 * 20);
+  EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 8 * 20);
+}
+
 // Two Stores on one database stand for two controllers sharing it: their
 // mutexes do not exclude each other, the database's locking must.
 TEST_P(StoreTest, ConcurrentPlacementFromTwoStoresNeverOversubscribes) {
