@@ -722,6 +722,7 @@ bool Controller::ReconcileHost(const Host& host, const json& reported, int64_t r
     // A record changed in the last seconds may be newer than this report.
     if (InFlight(vm.id) || vm.updated_ms > received_ms - 5000) {
       clean = false;
+      by_id.erase(vm.id);  // known here: not an unrecorded VM
       continue;
     }
     auto it = by_id.find(vm.id);
@@ -739,8 +740,10 @@ bool Controller::ReconcileHost(const Host& host, const json& reported, int64_t r
       (void)store_->UpdateVm(vm);
       continue;
     }
-    std::string agent_state = it->second.value("state", "");
-    std::string agent_error = it->second.value("error", "");
+    const json report = std::move(it->second);
+    by_id.erase(it);  // matched: what is left in by_id afterwards has no record on this host
+    std::string agent_state = report.value("state", "");
+    std::string agent_error = report.value("error", "");
     if (agent_state.empty() || kTransitional.count(agent_state)) {  // agent still busy
       clean = false;
       continue;
@@ -755,11 +758,10 @@ bool Controller::ReconcileHost(const Host& host, const json& reported, int64_t r
                    host.name, vm.state);
       vm.state = agent_state;
       vm.error = agent_error;
-      if (vm.create_ms == 0 && it->second["ready_ms"].is_number_integer())
-        vm.create_ms = it->second["ready_ms"].get<int64_t>();
+      if (vm.create_ms == 0 && report.contains("ready_ms") && report["ready_ms"].is_number_integer())
+        vm.create_ms = report["ready_ms"].get<int64_t>();
       (void)store_->UpdateVm(vm);
     }
-    by_id.erase(it);
   }
   for (const auto& [id, v] : by_id)
     if (!store_->GetVm(id, "").ok() && !id.starts_with("ckpt-"))

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -131,6 +134,25 @@ TEST(RunPathTest, JoinsWithoutDoubleSlash) {
   EXPECT_EQ(RunPath("/a/b", "qmp.sock"), "/a/b/qmp.sock");
   EXPECT_EQ(RunPath("/a/b//", "qmp.sock"), "/a/b/qmp.sock");
   EXPECT_EQ(RunPath("/", "qmp.sock"), "/qmp.sock");
+}
+
+}  // namespace
+}  // namespace vmgrid
+
+namespace vmgrid {
+namespace {
+
+TEST(KvmDetectionTest, OnlyKvmIntelOrAmdCountsAsHardwareAssisted) {
+  std::string dir = ::testing::TempDir() + "/sysmod-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir + "/kvm");
+  std::filesystem::create_directories(dir + "/kvm_pvm");
+  EXPECT_FALSE(KvmIsHardwareAssisted(dir));
+  std::filesystem::create_directories(dir + "/kvm_amd");
+  EXPECT_TRUE(KvmIsHardwareAssisted(dir));
+  std::filesystem::remove_all(dir + "/kvm_amd");
+  std::filesystem::create_directories(dir + "/kvm_intel");
+  EXPECT_TRUE(KvmIsHardwareAssisted(dir));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

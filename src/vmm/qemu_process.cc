@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -424,16 +425,36 @@ bool ProbeKvm(const std::string& qemu_binary) {
 
 }  // namespace
 
+bool KvmIsHardwareAssisted(const std::string& sys_module_dir) {
+  std::error_code ec;
+  return std::filesystem::exists(sys_module_dir + "/kvm_intel", ec) ||
+         std::filesystem::exists(sys_module_dir + "/kvm_amd", ec);
+}
+
 bool KvmUsableBy(const std::string& qemu_binary) {
   static std::mutex mu;
   static std::map<std::string, bool> cache;
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(qemu_binary);
   if (it != cache.end()) return it->second;
-  bool usable = KvmAvailable() && ProbeKvm(qemu_binary);
-  if (KvmAvailable() && !usable) {
-    spdlog::warn("/dev/kvm is present but {} cannot run q35 with -cpu host; using TCG",
-                 qemu_binary);
+  const char* env = std::getenv("VMGRID_ACCEL");
+  const std::string forced = env ? env : "";
+  bool usable = false;
+  if (forced == "tcg") {
+    usable = false;
+  } else if (!KvmAvailable()) {
+    if (forced == "kvm") spdlog::warn("VMGRID_ACCEL=kvm but /dev/kvm is not usable; using TCG");
+  } else if (forced != "kvm" && !KvmIsHardwareAssisted()) {
+    // /dev/kvm without kvm_intel/kvm_amd: PVM (kvm_pvm) on a nested host.
+    // It starts QEMU (the probe passes) but runs only PVM-enabled guest
+    // kernels; a stock Debian kernel stops with a KVM internal error early in
+    // boot and the guest never answers.
+    spdlog::warn("/dev/kvm is not hardware-assisted KVM (no kvm_intel/kvm_amd module; kvm_pvm runs only "
+                 "PVM-enabled guest kernels); using TCG. VMGRID_ACCEL=kvm forces KVM");
+  } else {
+    usable = ProbeKvm(qemu_binary);
+    if (!usable)
+      spdlog::warn("/dev/kvm is present but {} cannot run q35 with -cpu host; using TCG", qemu_binary);
   }
   cache[qemu_binary] = usable;
   return usable;

@@ -72,11 +72,18 @@ std::vector<std::string> BuildQemuArgv(const QemuConfig& config);
 // /dev/kvm exists, opens read-write and speaks the stable KVM API.
 bool KvmAvailable();
 
-// KvmAvailable() and `qemu_binary` really starts a q35 machine with
-// accel=kvm -cpu host. The second check matters on nested/paravirtual hosts
-// (e.g. Firecracker with PVM) where /dev/kvm works but QEMU aborts setting
-// MSRs. Runs a ~40 ms probe QEMU once per binary; the result is cached.
-// Thread-safe. Launch uses this for accel "" (auto).
+// True if `sys_module_dir` (normally /sys/module) shows a hardware-assisted
+// KVM module (kvm_intel or kvm_amd) rather than, say, kvm_pvm.
+bool KvmIsHardwareAssisted(const std::string& sys_module_dir = "/sys/module");
+
+// KvmAvailable(), KVM is hardware-assisted, and `qemu_binary` really starts a
+// q35 machine with accel=kvm -cpu host. The later checks matter on
+// nested/paravirtual hosts (e.g. Firecracker with PVM, kvm_pvm): there
+// /dev/kvm works and QEMU may even start, but a stock guest kernel stops
+// with a KVM internal error during boot. Runs a ~40 ms probe QEMU once per
+// binary; the result is cached. VMGRID_ACCEL=tcg in the environment turns
+// KVM off, VMGRID_ACCEL=kvm skips the module check. Thread-safe. Launch uses
+// this for accel "" (auto).
 bool KvmUsableBy(const std::string& qemu_binary);
 
 class QemuProcess {
