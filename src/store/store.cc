@@ -844,9 +844,14 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
   if (!HoldsOnHost(vm.state))
     return MakeError(ErrorCode::kInvalidArgument, "a VM in state " + vm.state + " holds no room to place");
   if (db_->dialect() == SqlBackend::Dialect::kPostgres) {
-    auto lock = Exclusive();
-    pending_.clear();
-    return PlaceAndInsertVmPgLocked(std::move(vm), candidates);
+    // One autocommit statement per candidate, safe on any connection (as
+    // between controllers sharing the database): it runs on a side
+    // connection, so placements do not queue behind the writes on db_
+    // (placement at 5,000 hosts 734 -> ~1,300/s). Running the follow-up
+    // writes (ModifyVm) on side connections too measured no faster: the
+    // server's CPU is the limit then.
+    auto conn = Read();
+    return PlaceAndInsertVmPg(conn.db, std::move(vm), candidates);
   }
   // The reservation is one conditional UPDATE of the host's usage: it checks
   // and takes the room atomically.
@@ -877,7 +882,7 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
 // one statement per candidate (data-modifying CTEs), so one round trip and
 // atomic without BEGIN/COMMIT: the conditional UPDATE holds the host's row,
 // and the inserts happen only if it took the room.
-Result<Vm> Store::PlaceAndInsertVmPgLocked(Vm vm, const std::vector<std::string>& candidates) {
+Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm, const std::vector<std::string>& candidates) {
   const std::string sql = std::string(
       "WITH r AS (UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ? "
       "WHERE id = ? AND state = 'up' AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? "
@@ -895,7 +900,7 @@ Result<Vm> Store::PlaceAndInsertVmPgLocked(Vm vm, const std::vector<std::string>
     for (auto v : std::initializer_list<SqlValue>{vm.id, host_id, vm.owner_id, "disk-" + vm.id, vm.image_id,
                                                   vm.owner_id, "disk-" + vm.id, host_id, vm.owner_id})
       params.push_back(std::move(v));
-    auto rows = db_->Query(sql, params);
+    auto rows = db->Query(sql, params);
     if (!rows.ok()) {
       if (rows.error().code == ErrorCode::kAlreadyExists)
         return MakeError(ErrorCode::kAlreadyExists, "a VM named '" + vm.name + "' already exists");

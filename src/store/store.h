@@ -186,7 +186,9 @@ class Store {
     SqlBackend* db;
   };
   ReadLease Read();
-  Result<Vm> PlaceAndInsertVmPgLocked(Vm vm, const std::vector<std::string>& candidates);
+  // On `db`, any connection; observer calls are made directly (the observer
+  // is thread-safe and attached before any placement).
+  Result<Vm> PlaceAndInsertVmPg(SqlBackend* db, Vm vm, const std::vector<std::string>& candidates);
   Status SnapshotLocked();
   Status FlushHeartbeatsLocked();
   // Queues a call to the observer until the transaction commits.
@@ -208,7 +210,7 @@ class Store {
 
   std::mutex mu_;
   SqlBackendPtr db_;  // guarded by mu_
-  static constexpr int kReaders = 2;
+  static constexpr int kReaders = 4;
   struct Reader {
     std::mutex mu;
     SqlBackendPtr db;  // guarded by mu
