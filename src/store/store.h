@@ -128,7 +128,8 @@ class Store {
   Result<Vm> GetVm(const std::string& ref, const OwnerFilter& owner);
   Result<std::vector<Vm>> ListVms(const OwnerFilter& owner);
   Result<std::vector<Vm>> ListVmsOnHost(const std::string& host_id);
-  // Writes every mutable field of `vm` (state, error, host, timings...).
+  // Writes every mutable field of `vm` (host, state, workspace, error,
+  // create time) over the record (ModifyVm).
   Status UpdateVm(const Vm& vm);
   // Reads the VM by id, applies `change` and writes it, in one transaction
   // (no other write can slip in between). OK, with nothing written, if the
