@@ -109,6 +109,12 @@ TEST_F(ApiTest, UsersAreIsolated) {
   EXPECT_EQ((*qb)["rows"].size(), 0u);
   EXPECT_EQ(b.Post("/v1/query", {{"sql", "SELECT * FROM main.vms"}}).error().code,
             ErrorCode::kPermissionDenied);
+  // A CTE named after a published view (here with a string literal) reads
+  // nothing outside the views: the token hashes stay hidden.
+  EXPECT_EQ(b.Post("/v1/query", {{"sql", "WITH 'vms' AS (SELECT * FROM main.tokens) SELECT * FROM vms"}})
+                .error()
+                .code,
+            ErrorCode::kPermissionDenied);
   auto set = a.Post("/v1/query", {{"set", {{"from", "vms"}, {"size", 1}, {"same", "network"},
                                            {"sum", "memory_mb"}, {"min", 1}, {"max", 1024}}}});
   ASSERT_TRUE(set.ok()) << set.error().message;

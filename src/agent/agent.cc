@@ -91,12 +91,7 @@ Status Agent::Start() {
   options_.state_dir = std::filesystem::absolute(options_.state_dir, ec).string();
   workspace_dir_ = options_.state_dir + "/workspaces";
   VMG_RETURN_IF_ERROR(MakeDirs(workspace_dir_, 0755));
-  auto token = ReadTokenFile(options_.token_file);
-  if (!token.ok())
-    return MakeError(ErrorCode::kUnauthenticated,
-                     "cannot read the agent token from " + options_.token_file +
-                         " (the controller writes it to STATE/agent.token): " + token.error().message);
-  token_ = *token;
+  VMG_RETURN_IF_ERROR(LoadOrRegisterCredentials());
 
   VmRunnerOptions ro;
   ro.state_dir = options_.state_dir;
@@ -141,10 +136,54 @@ Status Agent::Start() {
   ApiClient::Options co;
   co.peer_name = "controller";
   co.read_timeout_s = 10;
-  controller_ = std::make_unique<ApiClient>(options_.controller_url, token_, co);
+  controller_ = std::make_unique<ApiClient>(options_.controller_url, host_token_, co);
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
   spdlog::info("agent {} serving at {} (QEMU runs as '{}', KVM {})", options_.name, url_,
                options_.runas.empty() ? "self" : options_.runas, KvmUsableBy("qemu-system-x86_64") ? "yes" : "no");
+  return Status::Ok();
+}
+
+Status Agent::LoadOrRegisterCredentials() {
+  const std::string file = options_.state_dir + "/host-credentials.json";
+  if (FileExists(file)) {
+    VMG_ASSIGN_OR_RETURN(std::string text, ReadFile(file, 64 << 10));
+    auto j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_object() && j.value("name", "") == options_.name && j.value("host_token", "") != "" &&
+        j.value("agent_api_token", "") != "") {
+      host_token_ = j["host_token"];
+      token_ = j["agent_api_token"];
+      return Status::Ok();
+    }
+    spdlog::warn("{} is not for host '{}'; registering again", file, options_.name);
+  }
+  auto join = ReadTokenFile(options_.token_file);
+  if (!join.ok())
+    return MakeError(ErrorCode::kUnauthenticated,
+                     "this host has no credentials yet, and the join token cannot be read from " +
+                         options_.token_file + " (the controller writes it to STATE/agent.token): " +
+                         join.error().message);
+  ApiClient::Options co;
+  co.peer_name = "controller";
+  co.read_timeout_s = 10;
+  ApiClient controller(options_.controller_url, *join, co);
+  // The controller may still be starting: retry for a minute, unless it
+  // answers with a refusal.
+  Result<nlohmann::json> r = MakeError(ErrorCode::kUnavailable, "not tried");
+  for (int attempt = 0; attempt < 120 && !stop_; ++attempt) {
+    r = controller.Post("/v1/agent/register", {{"name", options_.name}});
+    if (r.ok() || (r.error().code != ErrorCode::kUnavailable && r.error().code != ErrorCode::kTimeout))
+      break;
+    if (attempt == 0) spdlog::info("registering with {}: {}; retrying", options_.controller_url, r.error().message);
+    std::this_thread::sleep_for(milliseconds(500));
+  }
+  if (!r.ok()) return r.error().Wrap("registering host '" + options_.name + "' with the controller");
+  if (!r->is_object() || !(*r)["host_token"].is_string() || !(*r)["agent_api_token"].is_string())
+    return MakeError(ErrorCode::kInternal, "the controller's registration answer is malformed");
+  host_token_ = (*r)["host_token"];
+  token_ = (*r)["agent_api_token"];
+  nlohmann::json saved = {{"name", options_.name}, {"host_token", host_token_}, {"agent_api_token", token_}};
+  VMG_RETURN_IF_ERROR(WriteFileAtomic(file, saved.dump(2) + "\n", 0600));
+  spdlog::info("host {} registered; its credentials are in {}", options_.name, file);
   return Status::Ok();
 }
 

@@ -41,9 +41,13 @@ class Agent {
   void InstallRoutes();
   void HeartbeatLoop();
   nlohmann::json Capacity() const;
+  // Reads this host's credentials (STATE/host-credentials.json), or, at
+  // first start, exchanges the join token for them (api/host_credentials.h).
+  Status LoadOrRegisterCredentials();
 
   AgentOptions options_;
-  std::string token_;
+  std::string token_;       // the controller's credential for this agent's API
+  std::string host_token_;  // this agent's credential for the controller
   std::string url_;
   std::string workspace_dir_;
   std::unique_ptr<HostImages> images_;  // outlives runner_

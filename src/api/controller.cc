@@ -96,8 +96,10 @@ Status Controller::Start() {
     image_server_ = std::make_unique<ChunkClient>(options_.image_server, token);
   }
 
-  // First start: an admin and the agents' credential, each written to a file
-  // only its owner can read. Only their hashes are stored.
+  // First start: an admin and the agents' join token, each written to a
+  // file only its owner can read. Only their hashes are stored. Agents
+  // exchange the join token for credentials of their own host
+  // (host_credentials.h).
   std::string admin_file = options_.state_dir + "/admin.token";
   VMG_ASSIGN_OR_RETURN(bool has_admin, store_->HasUserWithRole("admin"));
   if (!has_admin) {
@@ -111,11 +113,7 @@ Status Controller::Start() {
     VMG_ASSIGN_OR_RETURN(auto created, store_->CreateUser("agents", "agent"));
     VMG_RETURN_IF_ERROR(WriteFileAtomic(agent_file, created.second + "\n", 0600));
   }
-  auto token = ReadTokenFile(agent_file);
-  if (!token.ok())
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "cannot read " + agent_file + " (the controller needs it to call agents)");
-  agent_token_ = *token;
+  VMG_ASSIGN_OR_RETURN(host_creds_, HostCredentials::Open(options_.state_dir + "/host-credential.key"));
 
   server_ = std::make_unique<httplib::Server>();
   // Keep-alive clients (the CLI in loops, benchmarks) each hold a server
@@ -172,10 +170,19 @@ std::function<void(const Req&, Res&)> Controller::Authed(Handler h, const std::s
                                       "missing 'Authorization: Bearer TOKEN' header"));
     // Verified tokens are remembered for a few seconds: every request of a
     // busy grid (heartbeats, creates) would otherwise read the store first.
-    const std::string digest = Sha256Hex(token);
-    const int64_t now = NowMs();
     std::optional<User> user;
-    {
+    // A host's own credential (checked without the store).
+    if (HostCredentials::LooksLikeHostToken(token)) {
+      auto host = host_creds_->VerifyHostToken(token);
+      if (!host) return SendError(res, MakeError(ErrorCode::kUnauthenticated, "unknown token"));
+      user = User{};
+      user->id = "host:" + *host;
+      user->name = *host;
+      user->role = "host";
+    }
+    const std::string digest = user ? "" : Sha256Hex(token);
+    const int64_t now = NowMs();
+    if (!user) {
       std::lock_guard<std::mutex> l(auth_mu_);
       if (auto it = auth_cache_.find(digest); it != auth_cache_.end() && it->second.second > now)
         user = it->second.first;
@@ -189,8 +196,10 @@ std::function<void(const Req&, Res&)> Controller::Authed(Handler h, const std::s
       auth_cache_[digest] = {*user, now + kTokenCacheMs};
     }
     if (!roles.count(user->role)) {
-      std::string why = user->role == "agent" ? "agent credentials may only call /v1/agent/*"
-                        : roles.count("agent") ? "this endpoint is for host agents only"
+      std::string why = user->role == "agent"  ? "the join token may only register hosts (POST /v1/agent/register)"
+                        : user->role == "host" ? "host credentials may only call /v1/agent/heartbeat"
+                        : roles.count("agent") ? "this endpoint is for joining hosts only"
+                        : roles.count("host")  ? "this endpoint is for host agents only"
                                                : "this needs the admin role";
       return SendError(res, MakeError(ErrorCode::kPermissionDenied, why));
     }
@@ -245,7 +254,7 @@ ApiClient Controller::AgentClient(const Host& host, int read_timeout_s) {
   o.peer_name = "agent of host " + host.name;
   o.unreachable_hint = "is `vmgrid agent` running there?";
   o.read_timeout_s = read_timeout_s;
-  return ApiClient(host.url, agent_token_, o);
+  return ApiClient(host.url, host_creds_->AgentApiToken(host.name), o);
 }
 
 std::string Controller::UserName(const std::string& id) {
@@ -499,8 +508,10 @@ void Controller::InstallRoutes() {
           if (!h.ok()) return SendError(res, h.error());
           SendJson(res, 200, HostJson(*h, c.admin()));
         }));
+  s.Post("/v1/agent/register",
+         Authed([this](const Caller& c, const Req& q, Res& r) { RegisterHost(c, q, r); }, {"agent"}));
   s.Post("/v1/agent/heartbeat",
-         Authed([this](const Caller& c, const Req& q, Res& r) { Heartbeat(c, q, r); }, {"agent"}));
+         Authed([this](const Caller& c, const Req& q, Res& r) { Heartbeat(c, q, r); }, {"host"}));
 
   // Images.
   s.Post("/v1/images", Authed([this](const Caller& c, const Req& q, Res& r) { CreateImage(c, q, r); }));
@@ -636,13 +647,41 @@ void Controller::CreateUser(const Caller&, const Req& req, Res& res) {
                       {"token", created->second}});
 }
 
-void Controller::Heartbeat(const Caller&, const Req& req, Res& res) {
+// The join token buys the credentials of a host that is not up: a new host,
+// or one whose agent lost its state. A host that is up keeps its
+// credentials to itself (a stolen join token cannot take them over).
+void Controller::RegisterHost(const Caller&, const Req& req, Res& res) {
+  auto body = ParseJsonObject(req.body, false);
+  if (!body.ok()) return SendError(res, body.error());
+  JsonFields f(*body, {"name"});
+  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+  auto name = f.String("name", true);
+  if (!name.ok()) return SendError(res, name.error());
+  if (auto st = ValidateName("host", *name); !st.ok()) return SendError(res, st.error());
+  auto existing = store_->GetHost(*name);
+  if (existing.ok() && existing->state == "up")
+    return SendError(res, MakeError(ErrorCode::kAlreadyExists,
+                                    "host '" + *name +
+                                        "' is registered and up; its agent already holds its "
+                                        "credentials (STATE/host-credentials.json)"));
+  spdlog::info("host {} registered with the join token", *name);
+  SendJson(res, 200, {{"name", *name},
+                      {"host_token", host_creds_->HostToken(*name)},
+                      {"agent_api_token", host_creds_->AgentApiToken(*name)}});
+}
+
+void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
   JsonFields f(*body, {"name", "url", "capacity", "vms", "images"});
   auto name = f.String("name", true);
   auto url = f.String("url", true);
   if (!name.ok()) return SendError(res, name.error());
+  // A host speaks only for itself.
+  if (*name != c.user.name)
+    return SendError(res, MakeError(ErrorCode::kPermissionDenied,
+                                    "this credential belongs to host '" + c.user.name + "', not '" +
+                                        *name + "'"));
   if (!url.ok()) return SendError(res, url.error());
   if (auto st = ValidateName("host", *name); !st.ok()) return SendError(res, st.error());
   const json& cap = (*body)["capacity"];

@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "api/host_credentials.h"
 #include "cli/options.h"
 #include "common/result.h"
 #include "infosvc/query_service.h"
@@ -71,6 +72,7 @@ class Controller {
   // Route handlers.
   void CreateUser(const Caller&, const httplib::Request&, httplib::Response&);
   void Heartbeat(const Caller&, const httplib::Request&, httplib::Response&);
+  void RegisterHost(const Caller&, const httplib::Request&, httplib::Response&);
   void CreateImage(const Caller&, const httplib::Request&, httplib::Response&);
   void FinalizeImage(const Caller&, const httplib::Request&, httplib::Response&);
   void CheckpointImage(const Caller&, const httplib::Request&, httplib::Response&);
@@ -126,7 +128,7 @@ class Controller {
 
   ControllerOptions options_;
   std::string image_dir_;
-  std::string agent_token_;
+  std::optional<HostCredentials> host_creds_;  // set by Start, then read-only
   std::string url_;
   std::unique_ptr<CapacityIndex> index_;  // placement's copy of host capacity; outlives store_
   std::unique_ptr<Store> store_;

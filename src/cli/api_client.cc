@@ -375,6 +375,7 @@ ErrorCode ErrorCodeFromApiString(const std::string& code) {
   if (code == "permission_denied") return ErrorCode::kPermissionDenied;
   if (code == "unavailable") return ErrorCode::kUnavailable;
   if (code == "timeout") return ErrorCode::kTimeout;
+  if (code == "too_many_requests") return ErrorCode::kTooManyRequests;
   return ErrorCode::kInternal;
 }
 
@@ -393,7 +394,7 @@ ErrorCode ErrorCodeFromHttpStatus(int status) {
     case 409:
       return ErrorCode::kFailedPrecondition;
     case 429:
-      return ErrorCode::kResourceExhausted;
+      return ErrorCode::kTooManyRequests;
     case 502:
     case 503:
       return ErrorCode::kUnavailable;

@@ -17,6 +17,7 @@ int ExitCodeForError(ErrorCode code) {
       return kExitConflict;
     case ErrorCode::kUnavailable:
     case ErrorCode::kTimeout:
+    case ErrorCode::kTooManyRequests:
       return kExitUnavailable;
     case ErrorCode::kInternal:
       return kExitFailure;

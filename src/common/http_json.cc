@@ -13,6 +13,7 @@ int HttpStatusFor(ErrorCode code) {
     case ErrorCode::kResourceExhausted: return 409;
     case ErrorCode::kUnavailable: return 503;
     case ErrorCode::kTimeout: return 504;
+    case ErrorCode::kTooManyRequests: return 429;
     case ErrorCode::kInternal: return 500;
   }
   return 500;
@@ -26,6 +27,7 @@ void SendJson(httplib::Response& res, int status, const nlohmann::json& body) {
 }
 
 void SendError(httplib::Response& res, const Error& error) {
+  if (error.code == ErrorCode::kTooManyRequests) res.set_header("Retry-After", "1");
   SendJson(res, HttpStatusFor(error.code),
            {{"error", {{"code", ErrorCodeName(error.code)}, {"message", error.message}}}});
 }

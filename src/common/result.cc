@@ -13,6 +13,7 @@ const char* ErrorCodeName(ErrorCode code) {
     case ErrorCode::kPermissionDenied: return "permission_denied";
     case ErrorCode::kUnavailable: return "unavailable";
     case ErrorCode::kTimeout: return "timeout";
+    case ErrorCode::kTooManyRequests: return "too_many_requests";
     case ErrorCode::kInternal: return "internal";
   }
   return "internal";

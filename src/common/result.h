@@ -22,6 +22,7 @@ enum class ErrorCode {
   kPermissionDenied,  // credential valid but not allowed
   kUnavailable,       // peer (agent, controller, QEMU) unreachable: retry may help
   kTimeout,           // deadline passed
+  kTooManyRequests,   // the caller has too much running: retry later
   kInternal,          // a bug or an environment failure the caller cannot fix
 };
 

@@ -19,6 +19,8 @@ std::string NewToken();
 
 // Hex SHA-256 of `data`.
 std::string Sha256Hex(const std::string& data);
+// HMAC-SHA-256 of `data` under `key`, as lower-case hex.
+std::string HmacSha256Hex(const std::string& key, const std::string& data);
 
 // Random bytes from the kernel CSPRNG.
 std::string RandomBytes(size_t n);

@@ -4,9 +4,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "common/util.h"
@@ -37,7 +40,7 @@ namespace {
 // by the Store (migration 3), not computed here.
 #define VISIBLE(owner) "({admin} OR " owner " = {caller})"
 const char* kViews = R"sql(
-{create}hosts AS
+{create}hosts{sfx} AS
   SELECT h.id, h.name, h.site, h.network, h.arch,
          CASE WHEN h.kvm <> 0 THEN 'kvm' ELSE 'tcg' END AS hypervisor,
          h.vcpus, h.memory_mb, h.disk_mb,
@@ -46,33 +49,33 @@ const char* kViews = R"sql(
          h.state
   FROM {base}hosts h;
 
-{create}vms AS
+{create}vms{sfx} AS
   SELECT v.id, v.name, u.name AS owner, i.name AS image, v.vcpus, v.memory_mb, v.network,
          v.state, v.disk, v.start
   FROM {base}vms v JOIN {base}users u ON u.id = v.owner_id JOIN {base}images i ON i.id = v.image_id
   WHERE )sql" VISIBLE("v.owner_id") R"sql(;
 
-{create}images AS
+{create}images{sfx} AS
   SELECT i.id, i.name, u.name AS owner, i.format, i.size_bytes, i.virtual_size_bytes,
          i.min_memory_mb, CAST(i.ckpt_state = 'ready' AS INTEGER) AS has_checkpoint,
          i.ckpt_memory_mb AS checkpoint_memory_mb, i.ckpt_vcpus AS checkpoint_vcpus
   FROM {base}images i JOIN {base}users u ON u.id = i.owner_id
   WHERE i.state = 'ready' AND ()sql" VISIBLE("i.owner_id") R"sql( OR u.role = 'admin');
 
-{create}image_cache AS
+{create}image_cache{sfx} AS
   SELECT c.image_id, c.host_id FROM {base}image_cache c
-  WHERE c.image_id IN (SELECT id FROM {pub}images);
+  WHERE c.image_id IN (SELECT id FROM {pub}images{sfx});
 
-{create}vdisks AS
+{create}vdisks{sfx} AS
   SELECT 'disk-' || v.id AS id, v.id AS vm_id, v.image_id, v.disk AS mode, v.host_id,
          NULLIF(v.workspace_id, '') AS workspace_id
   FROM {base}vms v WHERE )sql" VISIBLE("v.owner_id") R"sql(;
 
-{create}virtualization AS
+{create}virtualization{sfx} AS
   SELECT x.virtual_id, x.virtual_kind, x.physical_id, x.physical_kind
   FROM {base}virtualization x WHERE )sql" VISIBLE("x.owner_id") R"sql(;
 
-{create}futures AS
+{create}futures{sfx} AS
   SELECT 'fut-' || n.id || '-' || h.id || '-' || n.start AS id,
          n.id AS image_id, n.name AS image, h.id AS host_id, h.name AS host, n.start,
          n.vcpus, n.memory_mb, h.free_vcpus AS max_vcpus, h.free_memory_mb AS max_memory_mb,
@@ -87,29 +90,29 @@ const char* kViews = R"sql(
                             END AS memory_mb,
                COALESCE({mean_create_ms}, CASE s.start WHEN 'resume' THEN 500 ELSE 10000 END)
                  AS start_ms
-        FROM {pub}images i
+        FROM {pub}images{sfx} i
         CROSS JOIN (SELECT 'boot' AS start UNION ALL SELECT 'resume') s
         WHERE s.start = 'boot' OR i.has_checkpoint <> 0) n
-  CROSS JOIN {pub}hosts h
+  CROSS JOIN {pub}hosts{sfx} h
   LEFT JOIN {base}image_cache c ON c.image_id = n.id AND c.host_id = h.id
   WHERE h.state = 'up' AND h.free_memory_mb >= n.memory_mb AND h.free_vcpus >= n.vcpus;
 
-{create}machines AS
-  SELECT id, vcpus, memory_mb, network, site, arch FROM {pub}hosts WHERE state = 'up'
+{create}machines{sfx} AS
+  SELECT id, vcpus, memory_mb, network, site, arch FROM {pub}hosts{sfx} WHERE state = 'up'
   UNION ALL
   SELECT v.id, v.vcpus, v.memory_mb, v.network, h.site, h.arch
   FROM {base}vms v JOIN {base}hosts h ON h.id = v.host_id
   WHERE v.state = 'running' AND )sql" VISIBLE("v.owner_id") R"sql(;
 
-{create}machines_ext AS
+{create}machines_ext{sfx} AS
   SELECT id, vcpus, memory_mb, network, site, arch, 'physical' AS nature
-  FROM {pub}hosts WHERE state = 'up'
+  FROM {pub}hosts{sfx} WHERE state = 'up'
   UNION ALL
   SELECT v.id, v.vcpus, v.memory_mb, v.network, h.site, h.arch, 'virtual'
   FROM {base}vms v JOIN {base}hosts h ON h.id = v.host_id
   WHERE v.state = 'running' AND )sql" VISIBLE("v.owner_id") R"sql(
   UNION ALL
-  SELECT id, vcpus, memory_mb, network, site, 'x86_64', 'future' FROM {pub}futures;
+  SELECT id, vcpus, memory_mb, network, site, 'x86_64', 'future' FROM {pub}futures{sfx};
 )sql";
 #undef VISIBLE
 
@@ -138,6 +141,12 @@ Error TooLong(const QueryLimits& limits) {
                        " ms and was stopped; narrow it");
 }
 
+Error TooLarge(const QueryLimits& limits) {
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "the result is larger than " + std::to_string(limits.max_result_bytes) +
+                       " bytes; select fewer columns or rows");
+}
+
 Error TooManyRows(const QueryLimits& limits) {
   return MakeError(ErrorCode::kInvalidArgument,
                    "the result has more than " + std::to_string(limits.max_rows) +
@@ -145,8 +154,23 @@ Error TooManyRows(const QueryLimits& limits) {
 }
 
 // ---------------------------------------------------------------------------
-// SQLite: TEMP views on read-only connections, an authorizer, a progress
-// handler.
+// SQLite: TEMP views on read-only connections, an authorizer, a watchdog.
+//
+// Why the views come in two layers. SQLite's authorizer is told, for each
+// column a statement reads, only the name of the innermost view *or CTE*
+// the read happens in; a query can name a CTE anything, including the name
+// of a published view (`WITH 'vms' AS (SELECT * FROM main.tokens) ...`).
+// So no name a query can write may grant access to base tables: the views
+// that read them are named NAME_<secret>, where the secret is random per
+// process and never shown, and the published view NAME is only
+// `SELECT * FROM temp.NAME_<secret>`. The authorizer lets a base table be
+// read only inside a view of the secret set. CheckNoShadowingCte stays as
+// defence in depth.
+//
+// Why a watchdog as well as the progress handler: the handler runs between
+// VM instructions, and one function call (instr() over long strings) is one
+// instruction. The watchdog calls sqlite3_interrupt() at the deadline, and
+// SQLITE_LIMIT_LENGTH keeps any single value (hence any single call) small.
 
 const std::set<std::string> kSqliteFunctions = {
     "count", "sum", "total", "avg", "min", "max", "group_concat", "abs", "coalesce", "ifnull",
@@ -154,10 +178,34 @@ const std::set<std::string> kSqliteFunctions = {
     "like", "glob", "trim", "ltrim", "rtrim", "replace", "printf", "format", "typeof",
     "vmgrid_caller", "vmgrid_admin"};
 
+// Limits of a query connection (sqlite3_limit). A value of a query is at
+// most 64 KiB: instr() or replace() over such values costs well under the
+// time limit per call (over 1 MiB values one call ran 31 s).
+constexpr std::pair<int, int> kSqliteLimits[] = {
+    {SQLITE_LIMIT_LENGTH, 64 * 1024},
+    {SQLITE_LIMIT_SQL_LENGTH, 64 * 1024},  // the service checks max_sql_bytes first
+    {SQLITE_LIMIT_COLUMN, 200},
+    {SQLITE_LIMIT_EXPR_DEPTH, 200},
+    {SQLITE_LIMIT_COMPOUND_SELECT, 64},
+    {SQLITE_LIMIT_VDBE_OP, 100'000},
+    {SQLITE_LIMIT_FUNCTION_ARG, 16},
+    {SQLITE_LIMIT_ATTACHED, 0},
+    {SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 256},
+    {SQLITE_LIMIT_VARIABLE_NUMBER, 0},
+    {SQLITE_LIMIT_TRIGGER_DEPTH, 0},
+};
+
+// The names of the internal views of one process ("vms_<secret>", ...).
+struct InternalViews {
+  std::string suffix;           // "_<secret>"
+  std::set<std::string> names;  // every view name with the suffix
+};
+
 // A pooled read-only connection with the published views, the authorizer
 // and the per-query context the SQL functions and handlers read.
 struct SqliteConn {
   sqlite3* db = nullptr;
+  const InternalViews* internal = nullptr;
   QueryCaller caller;
   Clock::time_point deadline;
   std::string denied;  // what the authorizer refused, for the error message
@@ -182,10 +230,14 @@ int Authorize(void* arg, int action, const char* a1, const char* a2, const char*
     case SQLITE_RECURSIVE:
       return SQLITE_OK;
     case SQLITE_READ:
-      // Through a published view, or a published view itself.
-      if (view && views.count(view)) return SQLITE_OK;
-      if (db && std::strcmp(db, "temp") == 0 && a1 && views.count(a1)) return SQLITE_OK;
-      // A CTE's own rows belong to no database.
+      // Inside one of the internal views: only a name the query cannot write.
+      if (view && c->internal->names.count(view)) return SQLITE_OK;
+      // The columns of a view itself (published or internal) hold only
+      // filtered rows.
+      if (db && std::strcmp(db, "temp") == 0 && a1 &&
+          (views.count(a1) || c->internal->names.count(a1)))
+        return SQLITE_OK;
+      // A CTE's or subquery's own rows belong to no database.
       if (!db || !*db) return SQLITE_OK;
       // When SQLite merges the `hosts` view into a query that uses none of
       // its columns (COUNT(*) over a join), it checks a read of no column of
@@ -210,6 +262,11 @@ int Progress(void* arg) {
   return Clock::now() > c->deadline ? 1 : 0;
 }
 
+// Bytes a value adds to a response (its JSON text, roughly).
+size_t ValueBytes(const json& v) {
+  return v.is_string() ? v.get_ref<const std::string&>().size() + 3 : 12;
+}
+
 json SqliteColumn(sqlite3_stmt* st, int i) {
   switch (sqlite3_column_type(st, i)) {
     case SQLITE_INTEGER: return sqlite3_column_int64(st, i);
@@ -222,9 +279,69 @@ json SqliteColumn(sqlite3_stmt* st, int i) {
   }
 }
 
+// Interrupts connections whose query has passed its deadline, from a thread
+// of its own (see above). A connection is registered only while its query
+// runs, so sqlite3_interrupt() never meets a closed connection.
+class SqliteWatchdog {
+ public:
+  SqliteWatchdog() : thread_([this] { Loop(); }) {}
+  ~SqliteWatchdog() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  // Watches `db` until the returned guard goes out of scope.
+  struct Watch {
+    SqliteWatchdog* dog;
+    sqlite3* db;
+    ~Watch() {
+      std::lock_guard<std::mutex> l(dog->mu_);
+      dog->watched_.erase(db);
+    }
+  };
+  Watch Start(sqlite3* db, Clock::time_point deadline) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      watched_[db] = deadline;
+    }
+    cv_.notify_all();
+    return Watch{this, db};
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> l(mu_);
+    while (!stop_) {
+      auto next = Clock::time_point::max();
+      const auto now = Clock::now();
+      for (const auto& [db, deadline] : watched_) {
+        if (deadline <= now) sqlite3_interrupt(db);  // again after 50 ms if it still runs
+        next = std::min(next, deadline <= now ? now + std::chrono::milliseconds(50) : deadline);
+      }
+      if (next == Clock::time_point::max())
+        cv_.wait(l);
+      else
+        cv_.wait_until(l, next);
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<sqlite3*, Clock::time_point> watched_;  // guarded by mu_
+  bool stop_ = false;                              // guarded by mu_
+  std::thread thread_;
+};
+
 class SqliteEngine : public QueryService::Engine {
  public:
-  explicit SqliteEngine(std::string path) : path_(std::move(path)) {}
+  explicit SqliteEngine(std::string path) : path_(std::move(path)) {
+    internal_.suffix = "_" + NewToken().substr(0, 24);
+    for (const auto& v : QueryService::Views()) internal_.names.insert(v + internal_.suffix);
+  }
 
   // Opens one connection, so that a bad path fails QueryService::Open.
   Status Check() {
@@ -244,13 +361,16 @@ class SqliteEngine : public QueryService::Engine {
       std::unique_ptr<SqliteConn>* c;
       ~Releaser() { engine->Release(std::move(*c)); }
     } releaser{this, &conn};
+    // Declared after the releaser: unwatched before the connection goes back.
+    auto watch = watchdog_.Start(conn->db, conn->deadline);
 
     sqlite3_stmt* st = nullptr;
     const char* tail = nullptr;
     int rc = sqlite3_prepare_v2(conn->db, sql.c_str(), static_cast<int>(sql.size()), &st, &tail);
     if (rc != SQLITE_OK) {
       if (rc == SQLITE_AUTH) return NotAllowed(conn->denied);
-      return MakeError(ErrorCode::kInvalidArgument, std::string("SQL error: ") + sqlite3_errmsg(conn->db));
+      if (rc == SQLITE_INTERRUPT) return TooLong(limits);
+      return SqlError(conn->db);
     }
     std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> guard(st, sqlite3_finalize);
     if (!st) return MakeError(ErrorCode::kInvalidArgument, "the query has no statement");
@@ -258,27 +378,47 @@ class SqliteEngine : public QueryService::Engine {
       return MakeError(ErrorCode::kInvalidArgument, "give one statement per query");
     if (!sqlite3_stmt_readonly(st))
       return MakeError(ErrorCode::kPermissionDenied, "only read-only SELECT queries are allowed");
+    // EXPLAIN would show how the views are built, internal names included.
+    if (sqlite3_stmt_isexplain(st) != 0)
+      return MakeError(ErrorCode::kPermissionDenied, "EXPLAIN is not allowed; use the query's result");
 
     QueryResult out;
     int ncol = sqlite3_column_count(st);
-    for (int i = 0; i < ncol; ++i) out.columns.push_back(sqlite3_column_name(st, i));
+    size_t bytes = 0;
+    for (int i = 0; i < ncol; ++i) {
+      out.columns.push_back(sqlite3_column_name(st, i));
+      bytes += out.columns.back().size() + 3;
+    }
     while (true) {
       rc = sqlite3_step(st);
       if (rc == SQLITE_DONE) break;
       if (rc == SQLITE_ROW) {
         if (static_cast<int64_t>(out.rows.size()) >= limits.max_rows) return TooManyRows(limits);
         std::vector<json> row;
-        for (int i = 0; i < ncol; ++i) row.push_back(SqliteColumn(st, i));
+        row.reserve(static_cast<size_t>(ncol));
+        for (int i = 0; i < ncol; ++i) {
+          row.push_back(SqliteColumn(st, i));
+          bytes += ValueBytes(row.back());
+        }
+        if (bytes > limits.max_result_bytes) return TooLarge(limits);
         out.rows.push_back(std::move(row));
         continue;
       }
-      if (rc == SQLITE_INTERRUPT) return TooLong(limits);
-      return MakeError(ErrorCode::kInvalidArgument, std::string("SQL error: ") + sqlite3_errmsg(conn->db));
+      if (rc == SQLITE_INTERRUPT || Clock::now() > conn->deadline) return TooLong(limits);
+      return SqlError(conn->db);
     }
     return out;
   }
 
  private:
+  // SQLite's message, without the internal views' secret should it name one.
+  Error SqlError(sqlite3* db) const {
+    std::string msg = sqlite3_errmsg(db);
+    for (size_t p; (p = msg.find(internal_.suffix)) != std::string::npos;)
+      msg.erase(p, internal_.suffix.size());
+    return MakeError(ErrorCode::kInvalidArgument, "SQL error: " + msg);
+  }
+
   Result<std::unique_ptr<SqliteConn>> Acquire() {
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -289,6 +429,7 @@ class SqliteEngine : public QueryService::Engine {
       }
     }
     auto c = std::make_unique<SqliteConn>();
+    c->internal = &internal_;
     if (sqlite3_open_v2(path_.c_str(), &c->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
                         nullptr) != SQLITE_OK)
       return MakeError(ErrorCode::kInternal, "open " + path_ + " read-only: " +
@@ -296,16 +437,20 @@ class SqliteEngine : public QueryService::Engine {
     sqlite3_busy_timeout(c->db, 2000);
     sqlite3_create_function(c->db, "vmgrid_caller", 0, SQLITE_UTF8, c.get(), CallerFn, nullptr, nullptr);
     sqlite3_create_function(c->db, "vmgrid_admin", 0, SQLITE_UTF8, c.get(), AdminFn, nullptr, nullptr);
-    // TEMP views shadow nothing in main: they are the only names the
-    // authorizer lets a query read.
+    // TEMP views shadow nothing in main. The internal views read the base
+    // tables (always schema-qualified, so no CTE of a query can stand in
+    // for them); the published views read only the internal ones.
     std::string views = Expand(kViews, {{"{mean_create_ms}",
                                          "(SELECT CAST(AVG(v.create_ms) AS BIGINT) FROM main.vms v "
                                          "WHERE v.image_id = i.id AND v.start = s.start AND v.create_ms > 0)"},
                                         {"{create}", "CREATE TEMP VIEW "},
                                         {"{pub}", "temp."},
+                                        {"{sfx}", internal_.suffix},
                                         {"{base}", "main."},
                                         {"{admin}", "vmgrid_admin()"},
                                         {"{caller}", "vmgrid_caller()"}});
+    for (const auto& v : QueryService::Views())
+      views += "\nCREATE TEMP VIEW " + v + " AS SELECT * FROM temp." + v + internal_.suffix + ";";
     char* err = nullptr;
     if (sqlite3_exec(c->db, views.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
       std::string msg = err ? err : "?";
@@ -314,8 +459,7 @@ class SqliteEngine : public QueryService::Engine {
     }
     sqlite3_set_authorizer(c->db, Authorize, c.get());
     sqlite3_progress_handler(c->db, 1000, Progress, c.get());
-    // Keep memory of one query bounded too.
-    sqlite3_limit(c->db, SQLITE_LIMIT_LENGTH, 1 << 20);
+    for (const auto& [limit, value] : kSqliteLimits) sqlite3_limit(c->db, limit, value);
     return c;
   }
 
@@ -325,6 +469,8 @@ class SqliteEngine : public QueryService::Engine {
   }
 
   const std::string path_;
+  InternalViews internal_;  // set by the constructor, then read-only
+  SqliteWatchdog watchdog_;
   std::mutex mu_;
   std::vector<std::unique_ptr<SqliteConn>> idle_;  // guarded by mu_
 };
@@ -373,6 +519,7 @@ REVOKE ALL ON infosvc.key FROM PUBLIC;
 DROP SCHEMA IF EXISTS published CASCADE;
 DROP VIEW IF EXISTS infosvc.caller;
 DROP FUNCTION IF EXISTS infosvc.run_query(text, bigint);
+DROP FUNCTION IF EXISTS infosvc.run_query(text, bigint, bigint);
 CREATE VIEW infosvc.caller AS
   SELECT CASE WHEN ok THEN c END AS user_id, COALESCE(ok AND a = '1', false) AS admin
   FROM (SELECT s.c, s.a,
@@ -441,18 +588,31 @@ ALTER TABLE image_cache FORCE ROW LEVEL SECURITY;
 constexpr char kPgSetupTail[] = R"sql(
 GRANT USAGE ON SCHEMA published TO vmgrid_query;
 GRANT SELECT ON ALL TABLES IN SCHEMA published TO vmgrid_query;
-CREATE FUNCTION infosvc.run_query(q text, max_rows bigint) RETURNS SETOF json
+-- Rows are counted in bytes as they are produced: past max_bytes the query
+-- stops with SQLSTATE VGBIG, so neither the server's result store nor the
+-- controller holds more than that.
+CREATE FUNCTION infosvc.run_query(q text, max_rows bigint, max_bytes bigint) RETURNS SETOF json
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = published, pg_temp AS $fn$
+DECLARE
+  r json;
+  total bigint := 0;
 BEGIN
-  RETURN QUERY EXECUTE
+  FOR r IN EXECUTE
     'SELECT (SELECT pg_catalog.json_agg(e.value)'
     ' FROM pg_catalog.json_each(pg_catalog.to_json(vmgrid_row.*)) e) FROM ('
-    || q || E'\n) vmgrid_row LIMIT ' || max_rows;
+    || q || E'\n) vmgrid_row LIMIT ' || max_rows
+  LOOP
+    total := total OPERATOR(pg_catalog.+) pg_catalog.octet_length(r::text);
+    IF total OPERATOR(pg_catalog.>) max_bytes THEN
+      RAISE EXCEPTION 'the result is larger than % bytes', max_bytes USING ERRCODE = 'VGBIG';
+    END IF;
+    RETURN NEXT r;
+  END LOOP;
 END
 $fn$;
-REVOKE ALL ON FUNCTION infosvc.run_query(text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infosvc.run_query(text, bigint, bigint) FROM PUBLIC;
 GRANT CREATE ON SCHEMA infosvc TO vmgrid_query;
-ALTER FUNCTION infosvc.run_query(text, bigint) OWNER TO vmgrid_query;
+ALTER FUNCTION infosvc.run_query(text, bigint, bigint) OWNER TO vmgrid_query;
 REVOKE CREATE ON SCHEMA infosvc FROM vmgrid_query;
 )sql";
 
@@ -479,6 +639,7 @@ class PgEngine : public QueryService::Engine {
     std::string script = std::string("BEGIN;\n") + kPgDropPolicies + kPgSetupHead +
                          Expand(kViews, {{"{mean_create_ms}", "infosvc.mean_create_ms(i.id, s.start)"},
                                          {"{create}", "CREATE VIEW published."},
+                                         {"{sfx}", ""},
                                          {"{pub}", "published."},
                                          {"{base}", ""},
                                          {"{admin}", "(SELECT admin FROM infosvc.caller)"},
@@ -571,33 +732,69 @@ class PgEngine : public QueryService::Engine {
     // Run, as vmgrid_query; one more row than allowed tells "too many".
     const int64_t max_rows = std::clamp<int64_t>(limits.max_rows, 0, INT64_MAX - 1);
     std::string limit = std::to_string(max_rows + 1);
-    const char* run[] = {q.c_str(), limit.c_str()};
-    r.reset(PQexecParams(c, "SELECT infosvc.run_query($1, $2)", 2, nullptr, run, nullptr, nullptr, 0));
-    if (!PgOk(r.get())) return fail(r.get());
-    const int nrows = PQntuples(r.get());
-    if (nrows > max_rows) return TooManyRows(limits);
-    out.rows.reserve(static_cast<size_t>(nrows));
-    for (int i = 0; i < nrows; ++i) {
-      json values = PQgetisnull(r.get(), i, 0) ? json::array()
-                                               : json::parse(PQgetvalue(r.get(), i, 0), nullptr, false);
+    std::string max_bytes = std::to_string(limits.max_result_bytes);
+    const char* run[] = {q.c_str(), limit.c_str(), max_bytes.c_str()};
+    // Row by row (single-row mode), so that the controller's memory follows
+    // the byte cap rather than what libpq would buffer.
+    if (!PQsendQueryParams(c, "SELECT infosvc.run_query($1, $2, $3)", 3, nullptr, run, nullptr, nullptr, 0))
+      return MakeError(ErrorCode::kUnavailable, std::string("the information service lost its database: ") +
+                                                    PQerrorMessage(c));
+    PQsetSingleRowMode(c);
+    // Whatever happens below, the connection is drained before it is reused.
+    struct Drain {
+      PGconn* c;
+      ~Drain() {
+        while (PGresult* rest = PQgetResult(c)) PQclear(rest);
+      }
+    } drain{c};
+    size_t bytes = 0;
+    for (const auto& name : out.columns) bytes += name.size() + 3;
+    while (true) {
+      r.reset(PQgetResult(c));
+      if (!r) break;
+      const ExecStatusType st = PQresultStatus(r.get());
+      if (st == PGRES_TUPLES_OK) continue;  // the end of the rows
+      if (st != PGRES_SINGLE_TUPLE) return fail(r.get());
+      if (static_cast<int64_t>(out.rows.size()) >= max_rows) {
+        Cancel(c);
+        return TooManyRows(limits);
+      }
+      json values = PQgetisnull(r.get(), 0, 0) ? json::array()
+                                               : json::parse(PQgetvalue(r.get(), 0, 0), nullptr, false);
       if (!values.is_array() || values.size() != static_cast<size_t>(ncol))
-        return MakeError(ErrorCode::kInternal, "query result row " + std::to_string(i) + " is malformed");
+        return MakeError(ErrorCode::kInternal,
+                         "query result row " + std::to_string(out.rows.size()) + " is malformed");
       std::vector<json> row;
       row.reserve(static_cast<size_t>(ncol));
       for (int col = 0; col < ncol; ++col) {
         json& v = values[static_cast<size_t>(col)];
         // Booleans read as 0/1, as on SQLite.
         if (is_bool[static_cast<size_t>(col)] && v.is_boolean()) v = v.get<bool>() ? 1 : 0;
+        bytes += ValueBytes(v);
         row.push_back(std::move(v));
+      }
+      if (bytes > limits.max_result_bytes) {
+        Cancel(c);
+        return TooLarge(limits);
       }
       out.rows.push_back(std::move(row));
     }
     return out;
   }
 
+  // Asks the server to stop the running statement (best effort).
+  static void Cancel(PGconn* c) {
+    if (PGcancel* cancel = PQgetCancel(c)) {
+      char err[256];
+      PQcancel(cancel, err, sizeof err);
+      PQfreeCancel(cancel);
+    }
+  }
+
   static Error QueryError(PGconn* c, const PGresult* r, const QueryLimits& limits) {
     const std::string state = PgSqlState(r);
     const std::string msg = PgMessage(c, r);
+    if (state == "VGBIG") return TooLarge(limits);
     if (PQstatus(c) != CONNECTION_OK || state.rfind("08", 0) == 0)
       return MakeError(ErrorCode::kUnavailable, "the information service lost its database: " + msg);
     if (state == "57014") return TooLong(limits);  // statement_timeout
@@ -635,10 +832,10 @@ class PgEngine : public QueryService::Engine {
 
 // ---------------------------------------------------------------------------
 
-// The authorizer learns only the name of the innermost view (or CTE) behind
-// a read, so a CTE named like a published view could read base tables under
-// its name. Refuse CTE definitions that reuse a view name: a view name
-// followed by "(" (column list) or by AS [NOT] [MATERIALIZED] "(".
+// Defence in depth (the internal views' secret names are the defence, see
+// "SQLite" above): refuse CTE definitions that reuse a published view's name,
+// written as an identifier, quoted, or as a string literal, followed by "("
+// (column list) or by AS [NOT] [MATERIALIZED] "(".
 Status CheckNoShadowingCte(const std::string& sql) {
   std::vector<std::string> tokens;  // lower-cased identifiers/keywords and punctuation
   for (size_t i = 0; i < sql.size();) {
@@ -653,13 +850,21 @@ Status CheckNoShadowingCte(const std::string& sql) {
       i = e == std::string::npos ? sql.size() : e + 2;
       continue;
     }
-    if (c == '\'') {  // string literal: skip ('' escapes)
+    if (c == '\'') {  // string literal ('' escapes): SQLite takes one as a CTE name too
+      std::string lit;
       ++i;
       while (i < sql.size()) {
-        if (sql[i] == '\'' && i + 1 < sql.size() && sql[i + 1] == '\'') i += 2;
-        else if (sql[i++] == '\'') break;
+        if (sql[i] == '\'' && i + 1 < sql.size() && sql[i + 1] == '\'') {
+          lit += '\'';
+          i += 2;
+        } else if (sql[i] == '\'') {
+          ++i;
+          break;
+        } else {
+          lit += static_cast<char>(tolower(static_cast<unsigned char>(sql[i++])));
+        }
       }
-      tokens.push_back("'");
+      tokens.push_back(lit);
       continue;
     }
     if (c == '"' || c == '`' || c == '[') {  // quoted identifier
@@ -715,21 +920,56 @@ const std::vector<std::string>& QueryService::Views() {
   return kNames;
 }
 
-Result<std::unique_ptr<QueryService>> QueryService::Open(const std::string& target) {
+Result<std::unique_ptr<QueryService>> QueryService::Open(const std::string& target,
+                                                         int max_concurrent_per_user) {
+  if (max_concurrent_per_user < 1)
+    return MakeError(ErrorCode::kInvalidArgument, "queries per user must be at least 1");
   if (IsPostgresTarget(target)) {
     auto engine = std::make_unique<PgEngine>(target);
     VMG_RETURN_IF_ERROR(engine->Setup());
-    return std::unique_ptr<QueryService>(new QueryService(std::move(engine)));
+    return std::unique_ptr<QueryService>(new QueryService(std::move(engine), max_concurrent_per_user));
   }
   auto engine = std::make_unique<SqliteEngine>(target);
   VMG_RETURN_IF_ERROR(engine->Check());  // fail early on a bad path
-  return std::unique_ptr<QueryService>(new QueryService(std::move(engine)));
+  return std::unique_ptr<QueryService>(new QueryService(std::move(engine), max_concurrent_per_user));
+}
+
+class QueryService::Slot {
+ public:
+  Slot(QueryService* svc, std::string user) : svc_(svc), user_(std::move(user)) {}
+  ~Slot() {
+    std::lock_guard<std::mutex> l(svc_->slots_mu_);
+    if (--svc_->running_[user_] <= 0) svc_->running_.erase(user_);
+  }
+
+ private:
+  QueryService* svc_;
+  std::string user_;
+};
+
+Result<std::unique_ptr<QueryService::Slot>> QueryService::TakeSlot(const QueryCaller& caller) {
+  std::lock_guard<std::mutex> l(slots_mu_);
+  int& n = running_[caller.user_id];
+  if (n >= max_concurrent_per_user_) {
+    if (n == 0) running_.erase(caller.user_id);
+    return MakeError(ErrorCode::kTooManyRequests,
+                     "you already run " + std::to_string(max_concurrent_per_user_) +
+                         " queries at once; wait for one to finish");
+  }
+  ++n;
+  return std::make_unique<Slot>(this, caller.user_id);
 }
 
 QueryService::~QueryService() = default;
 
 Result<QueryResult> QueryService::Sql(const QueryCaller& caller, const std::string& sql,
                                       const QueryLimits& limits) {
+  VMG_ASSIGN_OR_RETURN(auto slot, TakeSlot(caller));
+  return RunSql(caller, sql, limits);
+}
+
+Result<QueryResult> QueryService::RunSql(const QueryCaller& caller, const std::string& sql,
+                                         const QueryLimits& limits) {
   auto start = Clock::now();
   if (sql.find_first_not_of(" \t\r\n") == std::string::npos)
     return MakeError(ErrorCode::kInvalidArgument, "the query is empty");
@@ -746,6 +986,7 @@ Result<QueryResult> QueryService::Sql(const QueryCaller& caller, const std::stri
 
 Result<SetResult> QueryService::Set(const QueryCaller& caller, const SetQuery& q,
                                     const QueryLimits& limits) {
+  VMG_ASSIGN_OR_RETURN(auto slot, TakeSlot(caller));
   auto start = Clock::now();
   const auto& views = Views();
   if (std::find(views.begin(), views.end(), q.from) == views.end())
@@ -760,6 +1001,7 @@ Result<SetResult> QueryService::Set(const QueryCaller& caller, const SetQuery& q
                            (q.same.empty() ? "" : " ORDER BY " + q.same);
   QueryLimits inner = limits;
   inner.max_rows = std::max<int64_t>(limits.max_rows, 1'000'000);
+  inner.max_result_bytes = std::max<size_t>(limits.max_result_bytes, 64 << 20);
   // Rows come grouped (ordered by the shared value), so a group is complete
   // when the next one starts and the search stops after `max_sets` groups
   // with a set. Read a prefix first (with an index on the column, the
@@ -767,7 +1009,7 @@ Result<SetResult> QueryService::Set(const QueryCaller& caller, const SetQuery& q
   constexpr int64_t kPrefixRows = 1000;
   for (int64_t limit = q.same.empty() ? 0 : kPrefixRows;; limit = 0) {
     std::string sql = base + (limit > 0 ? " LIMIT " + std::to_string(limit + 1) : "");
-    VMG_ASSIGN_OR_RETURN(QueryResult rows, Sql(caller, sql, inner));
+    VMG_ASSIGN_OR_RETURN(QueryResult rows, RunSql(caller, sql, inner));
     const bool truncated = limit > 0 && static_cast<int64_t>(rows.rows.size()) > limit;
     SetResult out;
     std::vector<int64_t> weights;

@@ -15,11 +15,20 @@
 //   nothing else, with statement_timeout as the clock; the caller's identity
 //   reaches the views authenticated, so a query cannot pose as someone else.
 //
+// Both: the time limit holds inside a single function call (SQLite: a
+// watchdog thread interrupts the connection, and no value exceeds 64 KiB;
+// PostgreSQL: statement_timeout); the result is capped in rows and bytes;
+// each user runs at most `max_concurrent_per_user` queries at once (more is
+// kTooManyRequests). Why the SQLite views come in two layers, and what a
+// query cannot name: query_service.cc, "SQLite".
+//
 // Thread-safe: connections come from a pool; each query has one to itself.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -38,6 +47,9 @@ struct QueryLimits {
   int64_t max_rows = 10'000;
   int64_t timeout_ms = 2'000;
   size_t max_sql_bytes = 16 * 1024;
+  // The result's size, counted as JSON text (roughly): column names and
+  // values. Bounds the controller's memory as much as the rows do.
+  size_t max_result_bytes = 8 * 1024 * 1024;
 };
 
 struct QueryResult {
@@ -84,7 +96,10 @@ class QueryService {
   // and, if missing, the role vmgrid_query — so the URI's role needs
   // CREATEROLE the first time, or a superuser must create vmgrid_query and
   // grant it to that role beforehand.
-  static Result<std::unique_ptr<QueryService>> Open(const std::string& target);
+  // At most `max_concurrent_per_user` queries (Sql or Set) of one user run
+  // at once; more answer kTooManyRequests at once, without waiting.
+  static Result<std::unique_ptr<QueryService>> Open(const std::string& target,
+                                                    int max_concurrent_per_user = 4);
   ~QueryService();
 
   Result<QueryResult> Sql(const QueryCaller& caller, const std::string& sql,
@@ -105,9 +120,18 @@ class QueryService {
   };
 
  private:
-  explicit QueryService(std::unique_ptr<Engine> engine) : engine_(std::move(engine)) {}
+  QueryService(std::unique_ptr<Engine> engine, int max_concurrent_per_user)
+      : engine_(std::move(engine)), max_concurrent_per_user_(max_concurrent_per_user) {}
+
+  // Takes one of the caller's query slots until the returned guard is gone.
+  class Slot;
+  Result<std::unique_ptr<Slot>> TakeSlot(const QueryCaller& caller);
+  Result<QueryResult> RunSql(const QueryCaller& caller, const std::string& sql, const QueryLimits& limits);
 
   std::unique_ptr<Engine> engine_;
+  const int max_concurrent_per_user_;
+  std::mutex slots_mu_;
+  std::map<std::string, int> running_;  // user id -> queries running; guarded by slots_mu_
 };
 
 }  // namespace vmgrid

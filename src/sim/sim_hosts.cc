@@ -40,6 +40,8 @@ SimHosts::SimHosts(SimHostsOptions options) : options_(std::move(options)) {
     index_of_[HostName(i)] = i;
   }
   host_ids_.resize(hosts_.size());
+  host_tokens_.resize(hosts_.size());
+  api_tokens_.resize(hosts_.size());
 }
 
 SimHosts::~SimHosts() {
@@ -171,8 +173,28 @@ void SimHosts::Wait() {
 // --- heartbeats -------------------------------------------------------------------
 
 void SimHosts::SendHeartbeat(const ApiClient& controller, int index) {
+  std::string host_token;
+  {
+    std::lock_guard<std::mutex> l(ids_mu_);
+    host_token = host_tokens_[static_cast<size_t>(index)];
+  }
+  if (host_token.empty()) {  // first: exchange the join token for this host's credentials
+    auto reg = controller.Post("/v1/agent/register", {{"name", HostName(index)}});
+    if (!reg.ok() || !(*reg)["host_token"].is_string() || !(*reg)["agent_api_token"].is_string()) {
+      ++heartbeats_failed_;
+      if (!failing_.exchange(true))
+        spdlog::warn("sim-hosts: registering with {} fails: {}", options_.controller_url,
+                     reg.ok() ? "malformed answer" : reg.error().message);
+      return;
+    }
+    host_token = (*reg)["host_token"];
+    std::lock_guard<std::mutex> l(ids_mu_);
+    host_tokens_[static_cast<size_t>(index)] = host_token;
+    api_tokens_[static_cast<size_t>(index)] = (*reg)["agent_api_token"];
+  }
   auto t0 = Clock::now();
-  auto r = controller.Post("/v1/agent/heartbeat", StatusJson(index));
+  auto r = ApiClient(options_.controller_url, host_token, controller.options())
+               .Post("/v1/agent/heartbeat", StatusJson(index));
   if (!r.ok()) {
     ++heartbeats_failed_;
     if (!failing_.exchange(true))
@@ -227,9 +249,20 @@ void SimHosts::InstallRoutes() {
   s.set_payload_max_length(kMaxJsonBody);
   s.set_read_timeout(30, 0);
   s.set_write_timeout(60, 0);
-  // Only the controller (holding the agent token) may call an agent.
+  // Only the controller, with the credential it gave that host, may call
+  // a host (/sim/NAME/...); unknown hosts are left to the 404 below.
   s.set_pre_routing_handler([this](const Req& req, Res& res) {
-    if (!ConstantTimeEquals(BearerToken(req), token_)) {
+    const std::string prefix = "/sim/";
+    std::string expected;
+    if (req.path.rfind(prefix, 0) == 0) {
+      const size_t end = req.path.find('/', prefix.size());
+      int i = IndexOf(req.path.substr(prefix.size(), end == std::string::npos ? std::string::npos
+                                                                              : end - prefix.size()));
+      if (i < 0) return httplib::Server::HandlerResponse::Unhandled;
+      std::lock_guard<std::mutex> l(ids_mu_);
+      expected = api_tokens_[static_cast<size_t>(i)];
+    }
+    if (expected.empty() || !ConstantTimeEquals(BearerToken(req), expected)) {
       SendError(res, MakeError(ErrorCode::kUnauthenticated, "the agent API needs the agent token"));
       return httplib::Server::HandlerResponse::Handled;
     }

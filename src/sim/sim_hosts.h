@@ -45,9 +45,11 @@ class ApiClient;
 struct SimHostsOptions {
   // Controller to register with.
   std::string controller_url = "http://127.0.0.1:8470";
-  // File holding the agent token (the controller writes STATE/agent.token).
+  // File holding the join token (the controller writes STATE/agent.token);
+  // each host exchanges it for credentials of its own before its first
+  // heartbeat, as a real agent does (api/host_credentials.h).
   std::string token_file;
-  // The agent token itself; when set, token_file is not read (in-process use).
+  // The join token itself; when set, token_file is not read (in-process use).
   std::string token;
   // Address to serve all simulated hosts on, "HOST:PORT"; port 0 picks one.
   std::string listen = "127.0.0.1:0";
@@ -134,7 +136,9 @@ class SimHosts {
   bool stop_ = false;  // guarded by stop_mu_
 
   mutable std::mutex ids_mu_;
-  std::vector<std::string> host_ids_;  // guarded by ids_mu_
+  std::vector<std::string> host_ids_;     // guarded by ids_mu_
+  std::vector<std::string> host_tokens_;  // host -> controller; guarded by ids_mu_
+  std::vector<std::string> api_tokens_;   // controller -> host ("" before registering); guarded by ids_mu_
 
   std::atomic<int64_t> heartbeats_ok_{0}, heartbeats_failed_{0}, heartbeat_us_{0}, vm_ops_{0};
   std::atomic<int> registered_{0};

@@ -19,18 +19,26 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-constexpr const char* kToken = "vmg_test_agent_token";
+constexpr const char* kToken = "vmg_test_agent_token";  // the join token
+// What the fake controller hands host NAME for its agent API.
+std::string ApiToken(const std::string& name) { return "api-tok-" + name; }
 
 // Records heartbeats by host name and answers like the controller.
 class FakeController {
  public:
   FakeController() {
+    server_.Post("/v1/agent/register", [](const httplib::Request& req, httplib::Response& res) {
+      if (BearerToken(req) != kToken)
+        return SendError(res, MakeError(ErrorCode::kUnauthenticated, "join token"));
+      std::string name = json::parse(req.body)["name"];
+      SendJson(res, 200, {{"host_token", "host-tok-" + name}, {"agent_api_token", ApiToken(name)}});
+    });
     server_.Post("/v1/agent/heartbeat",
                  [this](const httplib::Request& req, httplib::Response& res) {
-                   if (BearerToken(req) != kToken)
-                     return SendError(res, MakeError(ErrorCode::kUnauthenticated, "token"));
                    json j = json::parse(req.body);
                    std::string name = j["name"];
+                   if (BearerToken(req) != "host-tok-" + name)
+                     return SendError(res, MakeError(ErrorCode::kUnauthenticated, "token"));
                    {
                      std::lock_guard<std::mutex> l(mu_);
                      last_[name] = j;
@@ -100,7 +108,11 @@ class SimHostsTest : public ::testing::Test {
     sim_ = std::make_unique<SimHosts>(o);
     ASSERT_TRUE(sim_->Start().ok());
   }
-  ApiClient Agent(int index) const { return ApiClient(sim_->HostUrl(index), kToken); }
+  // Calls host `index` with its credential, once it has registered.
+  ApiClient Agent(int index) const {
+    EXPECT_TRUE(Eventually([&] { return !sim_->HostId(index).empty(); }));
+    return ApiClient(sim_->HostUrl(index), ApiToken(sim_->HostName(index)));
+  }
 
   FakeController controller_;
   std::unique_ptr<SimHosts> sim_;
@@ -128,6 +140,12 @@ TEST_F(SimHostsTest, RefusesCallsWithoutTheAgentToken) {
   auto w = ApiClient(sim_->HostUrl(0), "vmg_wrong").Post("/agent/v1/vms", VmSpecJson("vm-x"));
   ASSERT_FALSE(w.ok());
   EXPECT_EQ(w.error().code, ErrorCode::kUnauthenticated);
+  // Neither the join token nor another host's credential opens a host.
+  (void)Agent(0);
+  auto join = ApiClient(sim_->HostUrl(0), kToken).Get("/agent/v1/status");
+  EXPECT_EQ(join.error().code, ErrorCode::kUnauthenticated);
+  auto other = ApiClient(sim_->HostUrl(0), ApiToken(sim_->HostName(1))).Get("/agent/v1/status");
+  EXPECT_EQ(other.error().code, ErrorCode::kUnauthenticated);
   EXPECT_EQ(sim_->host(0).size(), 0u);
 }
 
@@ -287,8 +305,9 @@ TEST(SimHostsStart, HeartbeatFailuresAreCountedNotFatal) {
   ASSERT_TRUE(sim.Start().ok());
   ASSERT_TRUE(Eventually([&] { return sim.stats().heartbeats_failed >= 3; }));
   EXPECT_EQ(sim.stats().registered, 0);
-  // Still serving.
-  EXPECT_TRUE(ApiClient(sim.HostUrl(0), kToken).Get("/agent/v1/status").ok());
+  // Still serving, though to nobody: no host has credentials yet.
+  EXPECT_EQ(ApiClient(sim.HostUrl(0), kToken).Get("/agent/v1/status").error().code,
+            ErrorCode::kUnauthenticated);
 }
 
 }  // namespace
