@@ -17,7 +17,9 @@ namespace {
 
 using namespace testing_support;
 
-std::string VmDir(const LocalGrid& grid, const std::string& id) { return grid.agent_state_dir(0) + "/vms/" + id; }
+std::string VmDir(const LocalGrid& grid, const std::string& id) {
+  return grid.agent_state_dir(0) + "/vms/" + id;
+}
 
 int QemuPid(const LocalGrid& grid, const std::string& id) {
   auto pid = ReadFile(VmDir(grid, id) + "/run/qemu.pid");
@@ -50,7 +52,8 @@ std::string DiskDigest(const LocalGrid& grid, const std::string& id) {
 Result<std::string> NbdInfoAs(long uid, const std::vector<std::string>& args) {
   std::vector<std::string> argv;
   if (uid >= 0) {
-    argv = {"setpriv", "--reuid=" + std::to_string(uid), "--regid=" + std::to_string(uid), "--clear-groups"};
+    argv = {"setpriv", "--reuid=" + std::to_string(uid), "--regid=" + std::to_string(uid),
+            "--clear-groups"};
   }
   argv.push_back("nbdinfo");
   argv.insert(argv.end(), args.begin(), args.end());
@@ -66,7 +69,8 @@ mode_t ModeOf(const std::string& path, struct stat* out = nullptr) {
 
 TEST(VmIsolationTest, EachVmRunsInItsOwnBox) {
   if (::geteuid() != 0) GTEST_SKIP() << "per-VM uids need a root agent";
-  if (!RunProcessChecked({"nbdinfo", "--version"}, seconds(10)).ok()) GTEST_SKIP() << "nbdinfo is not installed";
+  if (!RunProcessChecked({"nbdinfo", "--version"}, seconds(10)).ok())
+    GTEST_SKIP() << "nbdinfo is not installed";
   auto grid = StartGrid("isolation", 1);
   ApiClient api = grid->Admin();
   ImportTiny(api, "tiny", false);
@@ -104,7 +108,8 @@ TEST(VmIsolationTest, EachVmRunsInItsOwnBox) {
   std::string sock_a = dir + "/run/nbd.sock", sock_b = VmDir(*grid, idb) + "/run/nbd.sock";
   EXPECT_EQ(ModeOf(sock_a, &st), 0600u);
   EXPECT_EQ(static_cast<long>(st.st_uid), ua);
-  EXPECT_EQ(ModeOf(grid->agent_state_dir(0) + "/nbd.sock", &st), 0600u) << "host-wide socket: agent only";
+  EXPECT_EQ(ModeOf(grid->agent_state_dir(0) + "/nbd.sock", &st), 0600u)
+      << "host-wide socket: agent only";
   EXPECT_EQ(st.st_uid, 0u);
   EXPECT_EQ(ModeOf(grid->agent_state_dir(0) + "/chunks"), 0700u) << "chunk cache: agent only";
 
@@ -115,14 +120,15 @@ TEST(VmIsolationTest, EachVmRunsInItsOwnBox) {
   auto list = NbdInfoAs(ua, {"--list", "nbd+unix:///?socket=" + sock_a});
   ASSERT_TRUE(list.ok()) << list.error().message;
   EXPECT_NE(list->find(da), std::string::npos) << *list;
-  if (da != db) {
-    EXPECT_EQ(list->find(db), std::string::npos) << "VM A's socket lists VM B's export:\n" << *list;
-    EXPECT_FALSE(NbdInfoAs(-1, {"--size", "nbd+unix:///" + db + "?socket=" + sock_a}).ok())
-        << "VM A's socket opens VM B's export";
-  }
+  ASSERT_NE(da, db) << "two images, two exports";
+  EXPECT_EQ(list->find(db), std::string::npos) << "VM A's socket lists VM B's export:\n" << *list;
+  EXPECT_FALSE(NbdInfoAs(-1, {"--size", "nbd+unix:///" + db + "?socket=" + sock_a}).ok())
+      << "VM A's socket opens VM B's export";
   // As A's uid: neither B's socket nor the host-wide one can be reached.
   EXPECT_FALSE(NbdInfoAs(ua, {"--list", "nbd+unix:///?socket=" + sock_b}).ok());
-  EXPECT_FALSE(NbdInfoAs(ua, {"--list", "nbd+unix:///?socket=" + grid->agent_state_dir(0) + "/nbd.sock"}).ok());
+  EXPECT_FALSE(
+      NbdInfoAs(ua, {"--list", "nbd+unix:///?socket=" + grid->agent_state_dir(0) + "/nbd.sock"})
+          .ok());
 
   // Agent restart: QEMU keeps running as the same uid and reconnects to its
   // own socket, which the new agent re-creates.
@@ -133,7 +139,8 @@ TEST(VmIsolationTest, EachVmRunsInItsOwnBox) {
   ASSERT_TRUE(grid->WaitHostsUp(1, seconds(30)).ok());
   EXPECT_EQ(QemuPid(*grid, ida), pa);
   EXPECT_EQ(WaitVm(api, ida)["state"], "running");
-  EXPECT_EQ(Exec(api, ida, "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null && echo read-all"), "read-all\n");
+  EXPECT_EQ(Exec(api, ida, "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null && echo read-all"),
+            "read-all\n");
   EXPECT_EQ(Exec(api, ida, "cat /root/f"), "before\n");
   EXPECT_EQ(ModeOf(sock_a, &st), 0600u);
   EXPECT_EQ(static_cast<long>(st.st_uid), ua);

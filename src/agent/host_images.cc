@@ -125,15 +125,18 @@ Result<Manifest> HostImages::GetManifest(const BlobRef& ref) {
   return m;
 }
 
-std::string HostImages::BackingFor(const std::string& digest, const std::string& socket_path) const {
-  json file = {{"driver", "nbd"},
-               {"server", {{"type", "unix"}, {"path", socket_path.empty() ? socket_path_ : socket_path}}},
-               {"export", digest},
-               {"reconnect-delay", options_.reconnect_delay_s}};
+std::string HostImages::BackingFor(const std::string& digest,
+                                   const std::string& socket_path) const {
+  json file = {
+      {"driver", "nbd"},
+      {"server", {{"type", "unix"}, {"path", socket_path.empty() ? socket_path_ : socket_path}}},
+      {"export", digest},
+      {"reconnect-delay", options_.reconnect_delay_s}};
   return "json:" + json{{"driver", "raw"}, {"file", file}}.dump();
 }
 
-Result<std::string> HostImages::AcquireDisk(const BlobRef& disk, const std::string& user, const std::string& mode,
+Result<std::string> HostImages::AcquireDisk(const BlobRef& disk, const std::string& user,
+                                            const std::string& mode,
                                             const VmNbdEndpoint& endpoint) {
   if (endpoint.socket_path.empty())
     return MakeError(ErrorCode::kInvalidArgument, "VM " + user + ": no NBD socket path");
@@ -154,7 +157,8 @@ Result<std::string> HostImages::AcquireDisk(const BlobRef& disk, const std::stri
   // Before chown only root can connect (0600, ours), so there is no window
   // in which another user reaches the socket.
   if (st.ok() && (endpoint.uid >= 0 || endpoint.gid >= 0) &&
-      chown(endpoint.socket_path.c_str(), static_cast<uid_t>(endpoint.uid), static_cast<gid_t>(endpoint.gid)) != 0)
+      chown(endpoint.socket_path.c_str(), static_cast<uid_t>(endpoint.uid),
+            static_cast<gid_t>(endpoint.gid)) != 0)
     st = MakeError(ErrorCode::kInternal, "chown " + endpoint.socket_path + ": " + strerror(errno));
   if (!st.ok()) {
     server.reset();  // stops it and removes the socket
@@ -165,12 +169,13 @@ Result<std::string> HostImages::AcquireDisk(const BlobRef& disk, const std::stri
     std::lock_guard<std::mutex> l(mu_);
     vm_servers_[user] = std::move(server);
   }
-  spdlog::info("host images: VM {} reads {} v{} through its own NBD socket {}", user, disk.name, disk.version,
-               endpoint.socket_path);
+  spdlog::info("host images: VM {} reads {} v{} through its own NBD socket {}", user, disk.name,
+               disk.version, endpoint.socket_path);
   return BackingFor(disk.digest, endpoint.socket_path);
 }
 
-Result<std::shared_ptr<ManifestBlockSource>> HostImages::ExportFor(const BlobRef& disk, const std::string& user,
+Result<std::shared_ptr<ManifestBlockSource>> HostImages::ExportFor(const BlobRef& disk,
+                                                                   const std::string& user,
                                                                    const std::string& mode) {
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -220,7 +225,7 @@ Result<std::shared_ptr<ManifestBlockSource>> HostImages::ExportFor(const BlobRef
 
 void HostImages::ReleaseDisk(const std::string& user) {
   std::shared_ptr<ManifestBlockSource> drop;  // destroyed (unpinned) outside mu_
-  std::unique_ptr<nbd::NbdServer> server;      // stopped outside mu_
+  std::unique_ptr<nbd::NbdServer> server;     // stopped outside mu_
   std::string digest;
   {
     std::lock_guard<std::mutex> l(mu_);

@@ -104,8 +104,8 @@ class HostImages {
   // ("boot"/"resume") names the prefetch hint streamed when this creates the
   // export on a cold cache ("" = no prefetch). Acquiring again for the same
   // user is a no-op. On failure: no export, no server, no socket left.
-  Result<std::string> AcquireDisk(const BlobRef& disk, const std::string& user, const std::string& mode,
-                                  const VmNbdEndpoint& endpoint);
+  Result<std::string> AcquireDisk(const BlobRef& disk, const std::string& user,
+                                  const std::string& mode, const VmNbdEndpoint& endpoint);
   // Drops `user`'s reference and stops its NBD server (its socket goes); the
   // last reference removes the export (unpins).
   void ReleaseDisk(const std::string& user);
@@ -147,7 +147,8 @@ class HostImages {
 
   explicit HostImages(Options options);
   // The shared export of `disk` (created on first use) with `user` counted.
-  Result<std::shared_ptr<ManifestBlockSource>> ExportFor(const BlobRef& disk, const std::string& user,
+  Result<std::shared_ptr<ManifestBlockSource>> ExportFor(const BlobRef& disk,
+                                                         const std::string& user,
                                                          const std::string& mode);
   Result<Manifest> GetManifest(const BlobRef& ref);
   // Fetches every missing chunk of `m` in parallel batches; `what` names the

@@ -164,16 +164,19 @@ VmRunner::VmRunner(VmRunnerOptions options) : options_(std::move(options)) {
     spdlog::info("VMs run as uids {}..{}, one per VM", options_.vm_uid_base,
                  int64_t{options_.vm_uid_base} + options_.vm_uid_count - 1);
   } else if (geteuid() != 0) {
-    spdlog::warn("not root: every QEMU runs as the agent's own user; VMs on this host are not separated by uid "
-                 "(their NBD sockets and files are, only as far as one user's processes can be)");
+    spdlog::warn(
+        "not root: every QEMU runs as the agent's own user; VMs on this host are not separated "
+        "by uid (their NBD sockets and files are, as far as one user's processes can be)");
   } else {
-    spdlog::warn("per-VM uids are off: every QEMU runs as {}", options_.runas.empty() ? "root" : options_.runas);
+    spdlog::warn("per-VM uids are off: every QEMU runs as {}",
+                 options_.runas.empty() ? "root" : options_.runas);
   }
   if (!options_.cgroup_root.empty()) {
     auto cg = VmCgroups::Open(options_.cgroup_root);
     if (cg.ok()) {
       cgroups_ = std::move(cg).value();
-      spdlog::info("each VM gets a cgroup under {} (memory.max, cpu.max = what was placed)", cgroups_->dir());
+      spdlog::info("each VM gets a cgroup under {} (memory.max, cpu.max = what was placed)",
+                   cgroups_->dir());
     } else {
       spdlog::warn("no per-VM cgroups, VMs run without memory/CPU limits: {}", cg.error().message);
     }
@@ -218,13 +221,26 @@ Error VmRunner::ForUser(const Error& e, const std::string& what) const {
   spdlog::warn("{}: {}", what, e.message);
   const char* why = "an internal error on the host (details in the host's log)";
   switch (e.code) {
-    case ErrorCode::kNotFound: why = "not found on the host"; break;
-    case ErrorCode::kAlreadyExists: why = "it already exists on the host"; break;
-    case ErrorCode::kFailedPrecondition: why = "the VM is not in a state that allows it"; break;
-    case ErrorCode::kTimeout: why = "the host timed out (details in the host's log)"; break;
-    case ErrorCode::kUnavailable: why = "a service the host needs is unavailable (details in the host's log)"; break;
-    case ErrorCode::kInvalidArgument: why = "the host refused the request (details in the host's log)"; break;
-    default: break;
+    case ErrorCode::kNotFound:
+      why = "not found on the host";
+      break;
+    case ErrorCode::kAlreadyExists:
+      why = "it already exists on the host";
+      break;
+    case ErrorCode::kFailedPrecondition:
+      why = "the VM is not in a state that allows it";
+      break;
+    case ErrorCode::kTimeout:
+      why = "the host timed out (details in the host's log)";
+      break;
+    case ErrorCode::kUnavailable:
+      why = "a service the host needs is unavailable (details in the host's log)";
+      break;
+    case ErrorCode::kInvalidArgument:
+      why = "the host refused the request (details in the host's log)";
+      break;
+    default:
+      break;
   }
   return MakeError(e.code, what + " failed: " + why);
 }
@@ -289,7 +305,8 @@ Status VmRunner::ResolveBlobs(Vm& vm) {
   VmSpec& s = vm.spec;
   if (!options_.images || !s.blobs.count("disk")) return Status::Ok();
   HostImages& images = *options_.images;
-  VMG_ASSIGN_OR_RETURN(std::string backing, images.AcquireDisk(s.blobs.at("disk"), s.id, s.start, NbdEndpoint(vm)));
+  VMG_ASSIGN_OR_RETURN(std::string backing,
+                       images.AcquireDisk(s.blobs.at("disk"), s.id, s.start, NbdEndpoint(vm)));
   // Checkpoint files are shared by the VMs of this host: they name the
   // agent's socket; QEMU is pointed at the VM's own at launch (nbd_depth).
   const std::string shared_backing = images.BackingFor(s.blobs.at("disk").digest);
@@ -303,13 +320,13 @@ Status VmRunner::ResolveBlobs(Vm& vm) {
   }
   if (s.start == "resume" && s.blobs.count("vm_ckpt_memory")) {
     // Another VM's checkpoint, possibly made on another host.
-    VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, images.MaterializeCheckpoint(s.blobs.at("vm_ckpt_memory"),
-                                                                        s.blobs.at("vm_ckpt_disk"), shared_backing,
-                                                                        "vm"));
+    VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, images.MaterializeCheckpoint(
+                                               s.blobs.at("vm_ckpt_memory"),
+                                               s.blobs.at("vm_ckpt_disk"), shared_backing, "vm"));
   } else if (s.start == "resume" && s.blobs.count("ckpt_memory")) {
     VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, images.MaterializeCheckpoint(s.blobs.at("ckpt_memory"),
-                                                                        s.blobs.at("ckpt_disk"), shared_backing,
-                                                                        "image"));
+                                                                        s.blobs.at("ckpt_disk"),
+                                                                        shared_backing, "image"));
   }
   return Status::Ok();
 }
@@ -404,7 +421,8 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state) 
     c.nbd_depth = vm.nbd_depth;
   }
   if (cgroups_) {
-    auto dir = cgroups_->Prepare(vm.spec.id, {.vcpus = vm.spec.vcpus, .memory_mb = vm.spec.memory_mb});
+    auto dir =
+        cgroups_->Prepare(vm.spec.id, {.vcpus = vm.spec.vcpus, .memory_mb = vm.spec.memory_mb});
     if (dir.ok()) {
       c.cgroup_dir = *dir;
     } else {
@@ -463,8 +481,9 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
       return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
     int uid = AllocateUidLocked();
     if (uid == -2)
-      return MakeError(ErrorCode::kResourceExhausted,
-                       "all " + std::to_string(options_.vm_uid_count) + " per-VM uids of this host are in use");
+      return MakeError(
+          ErrorCode::kResourceExhausted,
+          "all " + std::to_string(options_.vm_uid_count) + " per-VM uids of this host are in use");
     vm->uid = vm->gid = uid;
     vms_[spec.id] = vm;
   }
@@ -492,7 +511,8 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   // The VM directory stays the agent's (QEMU must not replace spec.json or
   // state.json); QEMU's own files are below it: run/, disk.qcow2, checkpoint/.
   // With a per-VM uid only that VM's group may enter it.
-  if (st.ok() && vm->gid >= 0 && chown(dir.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(vm->gid)) != 0)
+  if (st.ok() && vm->gid >= 0 &&
+      chown(dir.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(vm->gid)) != 0)
     st = MakeError(ErrorCode::kInternal, "chown " + dir + ": " + strerror(errno));
   if (st.ok()) chmod(dir.c_str(), vm->gid >= 0 ? 0710 : QemuIds(*vm).first >= 0 ? 0711 : 0700);
   if (st.ok()) st = ChownForQemu(*vm, dir + "/run");
@@ -548,7 +568,7 @@ Result<VmStatus> VmRunner::Stop(const std::string& id) {
   return StatusOf(*vm);
 }
 
-Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir) {
+Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir, bool shared) {
   std::string tmp = target_dir + ".new";
   (void)RemoveTree(tmp);
   VMG_RETURN_IF_ERROR(MakeDirs(tmp, 0700));
@@ -564,6 +584,17 @@ Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir) {
   }
   chmod((tmp + "/memory.state").c_str(), 0600);  // guest memory: the agent only
   chmod((tmp + "/disk.qcow2").c_str(), 0600);
+  // QEMU wrote the disk copy as the VM's uid; from now on only the agent may
+  // change the checkpoint (QEMU never reads it: a resume gets fds and the
+  // VM's own overlay).
+  for (const std::string& p : {tmp + "/disk.qcow2", tmp}) {
+    if (lchown(p.c_str(), 0, 0) != 0 && errno != ENOENT && geteuid() == 0)
+      return MakeError(ErrorCode::kInternal, "chown " + p + ": " + strerror(errno));
+  }
+  // An image's checkpoint is the backing file of its clones' overlays, which
+  // their QEMUs (other uids) open; a VM's own checkpoint is the agent's.
+  chmod(tmp.c_str(), shared ? 0755 : 0700);
+  if (shared) chmod((tmp + "/disk.qcow2").c_str(), 0644);
   return Status::Ok();
 }
 
@@ -590,7 +621,7 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
   if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
     (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
   std::string target = VmDir(id) + "/checkpoint";
-  Status st = SaveCheckpoint(*vm, target);
+  Status st = SaveCheckpoint(*vm, target, /*shared=*/false);
   if (st.ok()) {
     nlohmann::json meta = {{"kind", "vm"},           {"vm_id", id},
                            {"image_id", vm->spec.image.id}, {"vcpus", vm->spec.vcpus},
@@ -699,8 +730,8 @@ void VmRunner::RefreshLiveness(Vm& vm) {
   // Called with op_mu held. A QEMU that exited on its own (guest poweroff,
   // crash, OOM kill) turns a running VM into a stopped one.
   if (vm.qemu && !vm.qemu->Alive()) {
-    spdlog::warn("VM {}: QEMU exited unexpectedly; see {}/run/qemu.log: {}", vm.spec.id, VmDir(vm.spec.id),
-                 vm.qemu->LogTail());
+    spdlog::warn("VM {}: QEMU exited unexpectedly; see {}/run/qemu.log: {}", vm.spec.id,
+                 VmDir(vm.spec.id), vm.qemu->LogTail());
     vm.qemu.reset();
     vm.Set("stopped", "QEMU exited unexpectedly (details in the host's log)");
     (void)PersistState(vm);
@@ -787,7 +818,7 @@ Status VmRunner::MakeImageCheckpoint(const ImageFiles& image, const std::map<std
     std::lock_guard<std::mutex> op(vm->op_mu);
     if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
       (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
-    result = SaveCheckpoint(*vm, target_dir);
+    result = SaveCheckpoint(*vm, target_dir, /*shared=*/true);
     if (result.ok()) {
       nlohmann::json meta = {{"kind", "image"},   {"image_id", image.id},
                              {"vcpus", vcpus},    {"memory_mb", memory_mb},

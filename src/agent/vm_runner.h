@@ -20,12 +20,11 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/host_images.h"
 #include "common/result.h"
@@ -97,7 +96,7 @@ struct VmRunnerOptions {
   // vm_uid_base 0 turns this off (QEMU runs as `runas`).
   int vm_uid_base = 2000000000;
   int vm_uid_count = 65536;
-  std::string runas;          // "" = run QEMU as ourselves; without per-VM uids (or not root)
+  std::string runas;  // "" = run QEMU as ourselves; without per-VM uids (or not root)
   // cgroup v2 hierarchy (or a subtree delegated to the agent) for one cgroup
   // per VM with its placed memory and vCPUs as limits; used when usable
   // (VmCgroups::Open), "" = off.
@@ -167,7 +166,8 @@ class VmRunner {
   Error ForUser(const Error& e, const std::string& what) const;
   VmStatus StatusOf(const Vm& vm) const;
   void RefreshLiveness(Vm& vm);
-  Status SaveCheckpoint(Vm& vm, const std::string& target_dir);
+  // `shared`: an image's checkpoint, readable by the QEMUs of its clones.
+  Status SaveCheckpoint(Vm& vm, const std::string& target_dir, bool shared);
 
   const VmRunnerOptions options_;
   int qemu_uid_ = -1, qemu_gid_ = -1;

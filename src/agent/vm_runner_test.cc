@@ -18,7 +18,9 @@ TEST(VmRunnerTest, FailedLaunchTellsTheUserNoHostPathsOrQemuOutput) {
   TestDir dir;
   ASSERT_EQ(::chmod(dir.path().c_str(), 0755), 0);  // the stand-in may run as a per-VM uid
   std::string fake_qemu = dir / "fake-qemu";
-  WriteTestFile(fake_qemu, "#!/bin/sh\necho 'SECRET-QEMU-OUTPUT: could not open /etc/host-secret' >&2\nexit 1\n");
+  WriteTestFile(
+      fake_qemu,
+      "#!/bin/sh\necho 'SECRET-QEMU-OUTPUT: could not open /etc/host-secret' >&2\nexit 1\n");
   ASSERT_EQ(::chmod(fake_qemu.c_str(), 0755), 0);
   std::string disk = dir / "disk.raw";
   WriteTestFile(disk, std::string(1 << 20, '\0'));
@@ -40,7 +42,8 @@ TEST(VmRunnerTest, FailedLaunchTellsTheUserNoHostPathsOrQemuOutput) {
   ASSERT_FALSE(r.ok());
   const std::string& msg = r.error().message;
   EXPECT_EQ(msg.find(dir.path()), std::string::npos) << "host path in a user-facing error: " << msg;
-  EXPECT_EQ(msg.find("SECRET-QEMU-OUTPUT"), std::string::npos) << "QEMU output in a user-facing error: " << msg;
+  EXPECT_EQ(msg.find("SECRET-QEMU-OUTPUT"), std::string::npos)
+      << "QEMU output in a user-facing error: " << msg;
   EXPECT_EQ(msg.find("/etc/host-secret"), std::string::npos) << msg;
   EXPECT_NE(msg.find("vm-fails"), std::string::npos) << "still says what failed: " << msg;
   // A failed create leaves nothing behind.

@@ -1418,8 +1418,9 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     a->add_option("--state-dir", s.agent.state_dir, "State directory")->capture_default_str();
     a->add_option("--name", s.agent.name, "Host name to report (default: hostname)");
     a->add_option("--runas", s.agent.runas, "Run QEMU as this user (when per-VM uids are off)");
-    a->add_option("--vm-uid-base", s.agent.vm_uid_base,
-                  "As root, run each VM's QEMU as uid/gid BASE+slot, a range the agent owns (0: off)")
+    a->add_option(
+         "--vm-uid-base", s.agent.vm_uid_base,
+         "As root, run each VM's QEMU as uid/gid BASE+slot, a range the agent owns (0: off)")
         ->check(CLI::Range(0, 2100000000))
         ->capture_default_str();
     a->add_option("--vm-uid-count", s.agent.vm_uid_count, "Size of the per-VM uid range")

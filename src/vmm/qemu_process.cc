@@ -1,9 +1,9 @@
 #include "vmm/qemu_process.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/kvm.h>
 #include <poll.h>
-#include <grp.h>
 #include <pwd.h>
 #include <signal.h>
 #include <spawn.h>
@@ -216,7 +216,8 @@ Result<Credentials> ResolveCredentials(const QemuConfig& c) {
     cred.gid = static_cast<gid_t>(c.gid);
   } else if (!c.runas.empty()) {
     struct passwd* pw = ::getpwnam(c.runas.c_str());
-    if (pw == nullptr) return MakeError(ErrorCode::kInvalidArgument, "runas: no such user " + c.runas);
+    if (pw == nullptr)
+      return MakeError(ErrorCode::kInvalidArgument, "runas: no such user " + c.runas);
     cred.drop = true;
     cred.uid = pw->pw_uid;
     cred.gid = pw->pw_gid;
@@ -224,8 +225,10 @@ Result<Credentials> ResolveCredentials(const QemuConfig& c) {
     return cred;
   }
   if (::geteuid() != 0) {
-    if (::geteuid() == cred.uid) cred.drop = false;  // already that user
-    else return MakeError(ErrorCode::kFailedPrecondition, "running QEMU as another user needs root");
+    if (::geteuid() == cred.uid)
+      cred.drop = false;  // already that user
+    else
+      return MakeError(ErrorCode::kFailedPrecondition, "running QEMU as another user needs root");
   }
   cred.groups.push_back(cred.gid);
   if (struct group* kvm = ::getgrnam("kvm")) cred.groups.push_back(kvm->gr_gid);
@@ -255,8 +258,8 @@ std::string FindExecutable(const std::string& name) {
 // stdout/stderr at `stderr_fd`, closes every other fd, drops to `cred` and
 // execs. Returns QEMU's pid once exec succeeded; between fork and exec only
 // async-signal-safe calls run.
-Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, int stderr_fd, const Credentials& cred,
-                            const std::string& cgroup_dir) {
+Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, int stderr_fd,
+                            const Credentials& cred, const std::string& cgroup_dir) {
   std::string binary = FindExecutable(argv[0]);
   std::vector<char*> cargv;
   for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
@@ -302,7 +305,8 @@ Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, int stderr_fd,
     ::umask(077);
     // Into the VM's cgroup while still privileged ("0": the writer itself).
     if (cgroup_procs.valid() && ::write(cgroup_procs.get(), "0", 1) != 1) die(errno);
-    if (::dup2(dev_null.get(), 0) < 0 || ::dup2(stderr_fd, 1) < 0 || ::dup2(stderr_fd, 2) < 0) die(errno);
+    if (::dup2(dev_null.get(), 0) < 0 || ::dup2(stderr_fd, 1) < 0 || ::dup2(stderr_fd, 2) < 0)
+      die(errno);
     // Belt and braces next to O_CLOEXEC: fds opened by other libraries
     // without it (sockets, the agent's database) must not leak into a VM.
     // Only the report pipe (close-on-exec) stays.
@@ -377,7 +381,8 @@ Status ValidateQemuConfig(const QemuConfig& c) {
   for (const std::string* v : {&c.run_dir, &c.disk_path, &c.nbd_socket}) {
     if (v->find(',') != std::string::npos) return invalid("path contains a comma: " + *v);
   }
-  for (const std::string* v : {&c.run_dir, &c.disk_path, &c.kernel, &c.initrd, &c.append, &c.cgroup_dir}) {
+  for (const std::string* v :
+       {&c.run_dir, &c.disk_path, &c.kernel, &c.initrd, &c.append, &c.cgroup_dir}) {
     if (v->find('\0') != std::string::npos || v->find('\n') != std::string::npos) {
       return invalid("NUL or newline in a path or the kernel command line");
     }
@@ -401,9 +406,11 @@ Status ValidateQemuConfig(const QemuConfig& c) {
   if ((c.uid < 0) != (c.gid < 0)) return invalid("uid and gid go together");
   if (c.uid == 0 || c.gid == 0) return invalid("QEMU must not run as uid or gid 0");
   if (c.nbd_depth < 0 || c.nbd_depth > 8) return invalid("nbd_depth must be in [0, 8]");
-  if ((c.nbd_depth > 0) != !c.nbd_socket.empty()) return invalid("nbd_socket and nbd_depth go together");
+  if ((c.nbd_depth > 0) != !c.nbd_socket.empty())
+    return invalid("nbd_socket and nbd_depth go together");
   if (c.nbd_depth > 0 && c.disk_path.empty()) return invalid("nbd_socket needs a disk");
-  if (c.nbd_socket.size() > kSunPathMax) return invalid("nbd_socket too long for a unix socket path");
+  if (c.nbd_socket.size() > kSunPathMax)
+    return invalid("nbd_socket too long for a unix socket path");
   if (c.qemu_binary.empty()) return invalid("qemu_binary is required");
   return Status::Ok();
 }
@@ -581,7 +588,8 @@ Result<std::unique_ptr<QemuProcess>> QemuProcess::Launch(const QemuConfig& confi
   std::vector<std::string> argv = BuildQemuArgv(cfg);
   Result<pid_t> spawned = SpawnDetached(argv, err_fd.get(), cred, cfg.cgroup_dir);
   err_fd.Reset();
-  if (!spawned.ok()) return MakeError(spawned.error().code, spawned.error().message + DiagnosticTail(run));
+  if (!spawned.ok())
+    return MakeError(spawned.error().code, spawned.error().message + DiagnosticTail(run));
   pid_t pid = *spawned;
   UniqueFd pidfd = OpenPidfd(pid);
   auto fail = [&](const Error& e) -> Error {
@@ -597,14 +605,17 @@ Result<std::unique_ptr<QemuProcess>> QemuProcess::Launch(const QemuConfig& confi
     if (Exited(pid, pidfd)) {
       return fail(MakeError(ErrorCode::kInternal, "QEMU exited during startup"));
     }
-    if (Clock::now() >= deadline) return fail(MakeError(ErrorCode::kTimeout, "QEMU did not start in time"));
+    if (Clock::now() >= deadline)
+      return fail(MakeError(ErrorCode::kTimeout, "QEMU did not start in time"));
     auto left = std::min<int64_t>(MillisUntil(deadline), 1000);
-    auto connected = QmpClient::Connect(RunPath(run, kQmpSocketName), milliseconds(std::max<int64_t>(left, 1)));
+    auto connected =
+        QmpClient::Connect(RunPath(run, kQmpSocketName), milliseconds(std::max<int64_t>(left, 1)));
     if (connected.ok()) {
       qmp = std::move(connected).value();
       break;
     }
-    if (connected.error().code != ErrorCode::kTimeout && connected.error().code != ErrorCode::kUnavailable &&
+    if (connected.error().code != ErrorCode::kTimeout &&
+        connected.error().code != ErrorCode::kUnavailable &&
         connected.error().code != ErrorCode::kNotFound) {
       return fail(connected.error());
     }

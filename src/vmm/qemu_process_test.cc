@@ -212,6 +212,7 @@ TEST_F(QemuProcessTest, AdoptRejectsMissingAndForeignProcesses) {
 TEST_F(QemuProcessTest, RunAsUnprivilegedUser) {
   if (::geteuid() != 0 || ::getpwnam("nobody") == nullptr)
     GTEST_SKIP() << "needs root and user nobody";
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);  // QEMU's user must reach run_dir
   QemuConfig c = BareConfig(RunDir(), "runas");
   c.runas = "nobody";
   auto q = QemuProcess::Launch(c, kLaunchTimeout);
@@ -235,6 +236,7 @@ TEST_F(QemuProcessTest, RunAsUnprivilegedUser) {
 // kill it with SIGSYS at startup (checked below with the old command line).
 TEST_F(QemuProcessTest, FullSandboxWithNumericUidAndDetachedLaunch) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);  // QEMU's user must reach run_dir
   QemuConfig c = BareConfig(RunDir(), "jailed");
   c.uid = 64123;  // no passwd entry: a per-VM uid
   c.gid = 64123;
@@ -274,7 +276,8 @@ TEST_F(QemuProcessTest, FullSandboxWithNumericUidAndDetachedLaunch) {
   for (size_t i = 1; i < argv.size(); ++i) sh += " '" + argv[i] + "'";
   sh += " -daemonize >/dev/null 2>&1";
   int rc = std::system(sh.c_str());
-  EXPECT_NE(rc, 0) << "QEMU 7.2 accepted -daemonize with spawn=deny; the detached launch may be unnecessary";
+  EXPECT_NE(rc, 0)
+      << "QEMU 7.2 accepted -daemonize with spawn=deny; the detached launch may be unnecessary";
 }
 
 TEST_F(QemuProcessTest, AutoAccelLaunches) {

@@ -24,12 +24,14 @@ Result<std::string> ReadSmall(const std::string& path) {
 // cgroupfs files take one write(2) each; no truncation, no temp files.
 Status WriteControl(const std::string& path, const std::string& value) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return MakeError(ErrorCode::kUnavailable, "open " + path + ": " + std::strerror(errno));
+  if (fd < 0)
+    return MakeError(ErrorCode::kUnavailable, "open " + path + ": " + std::strerror(errno));
   ssize_t n = ::write(fd, value.data(), value.size());
   int err = errno;
   ::close(fd);
   if (n != static_cast<ssize_t>(value.size()))
-    return MakeError(ErrorCode::kUnavailable, "write " + path + ": " + std::strerror(n < 0 ? err : EIO));
+    return MakeError(ErrorCode::kUnavailable,
+                     "write " + path + ": " + std::strerror(n < 0 ? err : EIO));
   return Status::Ok();
 }
 
@@ -49,7 +51,8 @@ Status EnableForChildren(const std::string& dir) {
 bool ValidVmId(const std::string& id) {
   if (id.empty() || id.size() > 64 || id[0] == '.') return false;
   for (char c : id)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
+      return false;
   return true;
 }
 
@@ -58,9 +61,11 @@ bool ValidVmId(const std::string& id) {
 Result<VmCgroups> VmCgroups::Open(const std::string& root) {
   auto controllers = ReadSmall(root + "/cgroup.controllers");
   if (!controllers.ok())
-    return MakeError(ErrorCode::kUnavailable, root + " is not a cgroup v2 hierarchy (no cgroup.controllers)");
+    return MakeError(ErrorCode::kUnavailable,
+                     root + " is not a cgroup v2 hierarchy (no cgroup.controllers)");
   if (!HasWord(*controllers, "cpu") || !HasWord(*controllers, "memory"))
-    return MakeError(ErrorCode::kUnavailable, root + " does not offer the cpu and memory controllers");
+    return MakeError(ErrorCode::kUnavailable,
+                     root + " does not offer the cpu and memory controllers");
   VMG_RETURN_IF_ERROR(EnableForChildren(root));
   std::string dir = root + "/vmgrid";
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
@@ -81,8 +86,8 @@ Result<std::string> VmCgroups::Prepare(const std::string& vm_id, const CgroupLim
   // Swap would let a guest exceed its memory at the host's expense.
   (void)WriteControl(dir + "/memory.swap.max", "0");  // absent without swap accounting
   constexpr int64_t kPeriodUs = 100000;
-  VMG_RETURN_IF_ERROR(
-      WriteControl(dir + "/cpu.max", std::to_string(limits.vcpus * kPeriodUs) + " " + std::to_string(kPeriodUs)));
+  VMG_RETURN_IF_ERROR(WriteControl(dir + "/cpu.max", std::to_string(limits.vcpus * kPeriodUs) +
+                                                         " " + std::to_string(kPeriodUs)));
   return dir;
 }
 

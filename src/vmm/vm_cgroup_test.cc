@@ -22,7 +22,9 @@ class FakeCgroupRoot {
   }
   ~FakeCgroupRoot() { (void)RemoveTree(path_); }
   const std::string& path() const { return path_; }
-  void Write(const std::string& rel, const std::string& text) const { std::ofstream(path_ + "/" + rel) << text; }
+  void Write(const std::string& rel, const std::string& text) const {
+    std::ofstream(path_ + "/" + rel) << text;
+  }
   std::string Read(const std::string& rel) const {
     auto r = ReadFile(path_ + "/" + rel, 4096);
     return r.ok() ? *r : "<missing>";
@@ -55,7 +57,8 @@ TEST(VmCgroupsTest, PreparesLimitsFromWhatWasPlaced) {
   EXPECT_EQ(root.Read("cgroup.subtree_control"), "+cpu +memory");
   EXPECT_EQ(root.Read("vmgrid/cgroup.subtree_control"), "+cpu +memory");
   ASSERT_EQ(::mkdir((root.path() + "/vmgrid/vm-1").c_str(), 0755), 0);
-  for (const char* f : {"memory.max", "cpu.max", "cgroup.procs"}) root.Write(std::string("vmgrid/vm-1/") + f, "");
+  for (const char* f : {"memory.max", "cpu.max", "cgroup.procs"})
+    root.Write(std::string("vmgrid/vm-1/") + f, "");
   auto dir = c->Prepare("vm-1", {.vcpus = 2, .memory_mb = 256, .overhead_mb = 64});
   ASSERT_TRUE(dir.ok()) << dir.error().message;
   EXPECT_EQ(*dir, root.path() + "/vmgrid/vm-1");
