@@ -96,6 +96,9 @@ Status Agent::Start() {
   VmRunnerOptions ro;
   ro.state_dir = options_.state_dir;
   ro.runas = options_.runas;
+  ro.vm_uid_base = options_.vm_uid_base;
+  ro.vm_uid_count = options_.vm_uid_count;
+  ro.cgroup_root = options_.cgroup_root;
   if (!options_.image_server.empty()) {
     HostImages::Options io;
     io.state_dir = options_.state_dir;

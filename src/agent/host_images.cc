@@ -65,12 +65,11 @@ Result<std::unique_ptr<HostImages>> HostImages::Open(Options options) {
   h->socket_path_ = dir + "/nbd.sock";
   nbd::NbdServerOptions no;
   no.unix_socket_path = h->socket_path_;
-  no.unix_socket_mode = 0660;  // QEMU runs as another user of our group after -runas
+  // The agent's own: every export, so no QEMU may connect (a VM's QEMU gets
+  // a socket of its own that serves its export only).
+  no.unix_socket_mode = 0600;
   h->nbd_ = std::make_unique<nbd::NbdServer>(no);
   VMG_RETURN_IF_ERROR(h->nbd_->Start());
-  if (options.socket_gid >= 0 && chown(h->socket_path_.c_str(), static_cast<uid_t>(-1),
-                                       static_cast<gid_t>(options.socket_gid)) != 0)
-    return MakeError(ErrorCode::kInternal, "chown " + h->socket_path_ + ": " + strerror(errno));
   auto st = h->cache_->stats();
   spdlog::info("host images: cache {} ({} chunks, {} MiB of {} MiB), image server {}, NBD at {}",
                h->cache_->dir(), st.chunks, st.bytes >> 20, st.capacity_bytes >> 20, options.server_url,
@@ -86,6 +85,12 @@ HostImages::~HostImages() {
     threads.swap(prefetchers_);
   }
   for (auto& p : threads) p.thread.join();
+  std::map<std::string, std::unique_ptr<nbd::NbdServer>> servers;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    servers.swap(vm_servers_);
+  }
+  servers.clear();  // stops them (QEMU's NBD clients wait to reconnect)
   if (nbd_) nbd_->Stop();
   std::lock_guard<std::mutex> l(mu_);
   exports_.clear();  // unpins before the cache goes
@@ -120,27 +125,70 @@ Result<Manifest> HostImages::GetManifest(const BlobRef& ref) {
   return m;
 }
 
-std::string HostImages::BackingFor(const std::string& digest) const {
-  json file = {{"driver", "nbd"},
-               {"server", {{"type", "unix"}, {"path", socket_path_}}},
-               {"export", digest},
-               {"reconnect-delay", options_.reconnect_delay_s}};
+std::string HostImages::BackingFor(const std::string& digest,
+                                   const std::string& socket_path) const {
+  json file = {
+      {"driver", "nbd"},
+      {"server", {{"type", "unix"}, {"path", socket_path.empty() ? socket_path_ : socket_path}}},
+      {"export", digest},
+      {"reconnect-delay", options_.reconnect_delay_s}};
   return "json:" + json{{"driver", "raw"}, {"file", file}}.dump();
 }
 
-Result<std::string> HostImages::AcquireDisk(const BlobRef& disk, const std::string& user, const std::string& mode) {
+Result<std::string> HostImages::AcquireDisk(const BlobRef& disk, const std::string& user,
+                                            const std::string& mode,
+                                            const VmNbdEndpoint& endpoint) {
+  if (endpoint.socket_path.empty())
+    return MakeError(ErrorCode::kInvalidArgument, "VM " + user + ": no NBD socket path");
+  VMG_ASSIGN_OR_RETURN(std::shared_ptr<ManifestBlockSource> source, ExportFor(disk, user, mode));
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (vm_servers_.count(user)) return BackingFor(disk.digest, endpoint.socket_path);
+  }
+  // The VM's own server: one export, a handful of connections (QEMU opens
+  // one per NBD node; qemu-img runs of the agent add one each).
+  nbd::NbdServerOptions no;
+  no.unix_socket_path = endpoint.socket_path;
+  no.unix_socket_mode = 0600;
+  no.max_connections = 16;
+  auto server = std::make_unique<nbd::NbdServer>(no);
+  Status st = server->AddExport(disk.digest, source);
+  if (st.ok()) st = server->Start();
+  // Before chown only root can connect (0600, ours), so there is no window
+  // in which another user reaches the socket.
+  if (st.ok() && (endpoint.uid >= 0 || endpoint.gid >= 0) &&
+      chown(endpoint.socket_path.c_str(), static_cast<uid_t>(endpoint.uid),
+            static_cast<gid_t>(endpoint.gid)) != 0)
+    st = MakeError(ErrorCode::kInternal, "chown " + endpoint.socket_path + ": " + strerror(errno));
+  if (!st.ok()) {
+    server.reset();  // stops it and removes the socket
+    ReleaseDisk(user);
+    return st.error().Wrap("NBD socket of VM " + user);
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    vm_servers_[user] = std::move(server);
+  }
+  spdlog::info("host images: VM {} reads {} v{} through its own NBD socket {}", user, disk.name,
+               disk.version, endpoint.socket_path);
+  return BackingFor(disk.digest, endpoint.socket_path);
+}
+
+Result<std::shared_ptr<ManifestBlockSource>> HostImages::ExportFor(const BlobRef& disk,
+                                                                   const std::string& user,
+                                                                   const std::string& mode) {
   {
     std::lock_guard<std::mutex> l(mu_);
     auto it = user_of_.find(user);
     if (it != user_of_.end()) {
       if (it->second != disk.digest)
         return MakeError(ErrorCode::kFailedPrecondition, user + " already uses another disk export");
-      return BackingFor(disk.digest);
+      return exports_.at(disk.digest).source;
     }
     if (auto e = exports_.find(disk.digest); e != exports_.end()) {
       e->second.users.insert(user);
       user_of_[user] = disk.digest;
-      return BackingFor(disk.digest);
+      return e->second.source;
     }
   }
   auto lock = LockFor("export:" + disk.digest);
@@ -150,7 +198,7 @@ Result<std::string> HostImages::AcquireDisk(const BlobRef& disk, const std::stri
     if (auto e = exports_.find(disk.digest); e != exports_.end()) {
       e->second.users.insert(user);
       user_of_[user] = disk.digest;
-      return BackingFor(disk.digest);
+      return e->second.source;
     }
   }
   VMG_ASSIGN_OR_RETURN(Manifest m, GetManifest(disk));
@@ -172,14 +220,19 @@ Result<std::string> HostImages::AcquireDisk(const BlobRef& disk, const std::stri
   spdlog::info("host images: exporting {} v{} ({} MiB, {} of {} stored chunks not cached)", disk.name, disk.version,
                disk.size >> 20, missing, m.NonZeroChunks());
   if (options_.prefetch && !mode.empty() && missing > 0) StartPrefetch(m, mode);
-  return BackingFor(disk.digest);
+  return source;
 }
 
 void HostImages::ReleaseDisk(const std::string& user) {
   std::shared_ptr<ManifestBlockSource> drop;  // destroyed (unpinned) outside mu_
+  std::unique_ptr<nbd::NbdServer> server;     // stopped outside mu_
   std::string digest;
   {
     std::lock_guard<std::mutex> l(mu_);
+    if (auto s = vm_servers_.find(user); s != vm_servers_.end()) {
+      server = std::move(s->second);
+      vm_servers_.erase(s);
+    }
     auto it = user_of_.find(user);
     if (it == user_of_.end()) return;
     digest = it->second;
@@ -191,6 +244,7 @@ void HostImages::ReleaseDisk(const std::string& user) {
     drop = std::move(e->second.source);
     exports_.erase(e);
   }
+  server.reset();
   (void)nbd_->RemoveExport(digest);
   spdlog::info("host images: export {} removed (no VM uses it)", digest.substr(0, 12));
 }
@@ -400,6 +454,17 @@ json HostImages::StatsJson() const {
   auto c = cache_->stats();
   auto cl = client_->stats();
   auto n = nbd_->stats();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (const auto& [vm, server] : vm_servers_) {
+      auto v = server->stats();
+      n.active_connections += v.active_connections;
+      n.requests += v.requests;
+      n.bytes_read += v.bytes_read;
+      n.errors += v.errors;
+      n.source_errors += v.source_errors;
+    }
+  }
   json out = {{"cache",
                {{"hits", c.hits},
                 {"misses", c.misses},

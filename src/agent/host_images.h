@@ -21,6 +21,12 @@
 //   agent re-exports the disks of its VMs (VmRunner::Recover calls
 //   AcquireDisk again); manifests are kept under STATE/manifests so that
 //   this works while the image server is unreachable.
+// * Isolation: each VM's QEMU reaches its disk through a unix socket of its
+//   own (in the VM's run directory, 0600, owned by the VM's uid) whose server
+//   lists and opens only that VM's export. The host-wide STATE/nbd.sock is
+//   for the agent's own qemu-img runs: 0600, owned by the agent, never named
+//   to a QEMU (files shared between VMs name it in their headers; VmRunner
+//   points QEMU's NBD node at the VM's socket when it launches).
 //
 // Thread-safe.
 #pragma once
@@ -69,7 +75,7 @@ class HostImages {
     std::string server_url;  // http://host:port of the image server
     std::string token;       // its bearer token ("" = none)
     uint64_t cache_bytes = 10ull << 30;
-    int socket_gid = -1;     // group allowed to connect to the NBD socket (QEMU's)
+    int socket_gid = -1;     // unused: the host-wide socket is agent-only (see VmNbdEndpoint)
     bool prefetch = true;    // stream recorded first-read orders on cold starts
     int connections = 4;     // parallel connections to the image server
     int reconnect_delay_s = 300;  // how long QEMU holds I/O while the export is away
@@ -85,19 +91,31 @@ class HostImages {
   HostImages(const HostImages&) = delete;
   HostImages& operator=(const HostImages&) = delete;
 
-  // Exports `disk` over NBD for VM `user` and returns the backing-file string
-  // for a qcow2 overlay (json:{"driver":"raw","file":{"driver":"nbd",...}}).
-  // `mode` ("boot"/"resume") names the prefetch hint streamed when this
-  // creates the export on a cold cache ("" = no prefetch). Acquiring again
-  // for the same user is a no-op.
-  Result<std::string> AcquireDisk(const BlobRef& disk, const std::string& user, const std::string& mode);
-  // Drops `user`'s reference; the last one removes the export (unpins).
+  // Where one VM's QEMU connects for its disk: a socket only it may open.
+  struct VmNbdEndpoint {
+    std::string socket_path;  // e.g. STATE/vms/ID/run/nbd.sock
+    int uid = -1, gid = -1;   // owner of the socket (-1: the agent's)
+  };
+
+  // Exports `disk` over NBD for VM `user` on a server of that VM's own,
+  // listening on `endpoint` and serving nothing else, and returns the
+  // backing-file string for a qcow2 overlay naming that socket
+  // (json:{"driver":"raw","file":{"driver":"nbd",...}}). `mode`
+  // ("boot"/"resume") names the prefetch hint streamed when this creates the
+  // export on a cold cache ("" = no prefetch). Acquiring again for the same
+  // user is a no-op. On failure: no export, no server, no socket left.
+  Result<std::string> AcquireDisk(const BlobRef& disk, const std::string& user,
+                                  const std::string& mode, const VmNbdEndpoint& endpoint);
+  // Drops `user`'s reference and stops its NBD server (its socket goes); the
+  // last reference removes the export (unpins).
   void ReleaseDisk(const std::string& user);
   // Records the order of first reads of `user`'s disk as the image's
   // prefetch hint, if this user started the export and none is recorded.
   void RecordPrefetch(const std::string& user);
-  // The backing string of an exported digest (for rebasing checkpoint disks).
-  std::string BackingFor(const std::string& digest) const;
+  // The backing string of an exported digest on the host-wide, agent-only
+  // socket (for files shared by VMs and for the agent's qemu-img runs), or
+  // on `socket_path` when given.
+  std::string BackingFor(const std::string& digest, const std::string& socket_path = "") const;
 
   // A local file with the bytes of `ref` (STATE/blobs/DIGEST + suffix),
   // fetched in parallel batches and verified when not there yet.
@@ -128,6 +146,10 @@ class HostImages {
   };
 
   explicit HostImages(Options options);
+  // The shared export of `disk` (created on first use) with `user` counted.
+  Result<std::shared_ptr<ManifestBlockSource>> ExportFor(const BlobRef& disk,
+                                                         const std::string& user,
+                                                         const std::string& mode);
   Result<Manifest> GetManifest(const BlobRef& ref);
   // Fetches every missing chunk of `m` in parallel batches; `what` names the
   // transfer in logs and StatsJson.
@@ -145,6 +167,8 @@ class HostImages {
   mutable std::mutex mu_;
   std::map<std::string, Export> exports_;       // by digest; guarded by mu_
   std::map<std::string, std::string> user_of_;  // user -> digest; guarded by mu_
+  // One NBD server per VM, serving only that VM's export; guarded by mu_.
+  std::map<std::string, std::unique_ptr<nbd::NbdServer>> vm_servers_;
   std::map<std::string, std::shared_ptr<std::mutex>> key_locks_;  // guarded by mu_
   std::map<uint64_t, Transfer> transfers_;      // guarded by mu_
   uint64_t next_transfer_ = 1;                  // guarded by mu_

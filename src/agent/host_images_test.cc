@@ -3,6 +3,7 @@
 #include "agent/host_images.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include "agent/vm_runner.h"
 #include "chunks/chunk_client.h"
@@ -44,6 +45,13 @@ class HostImagesTest : public ::testing::Test {
     EXPECT_TRUE(h.ok()) << h.error().message;
     return h.ok() ? std::move(h).value() : nullptr;
   }
+  HostImages::VmNbdEndpoint Endpoint(const std::string& vm) { return {dir_ / (vm + ".sock")}; }
+  // Runs an NBD client of libnbd (nbdinfo): its output, or the failure.
+  Result<std::string> NbdInfo(const std::vector<std::string>& args) {
+    std::vector<std::string> argv{"nbdinfo"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunProcessChecked(argv, std::chrono::seconds(30));
+  }
   // Reads the whole export through qemu-img, as QEMU reads a backing file.
   Result<std::string> ReadThroughQemuImg(const std::string& backing) {
     std::string out = dir_ / "out.raw";
@@ -65,7 +73,7 @@ class HostImagesTest : public ::testing::Test {
 TEST_F(HostImagesTest, ExportServesTheImageLazilyAndIsReferenceCounted) {
   auto h = Open();
   ASSERT_TRUE(h);
-  auto backing = h->AcquireDisk(disk_, "vm-1", "boot");
+  auto backing = h->AcquireDisk(disk_, "vm-1", "boot", Endpoint("vm-1"));
   ASSERT_TRUE(backing.ok()) << backing.error().message;
   EXPECT_EQ(backing->rfind("json:", 0), 0u);
   EXPECT_NE(backing->find(disk_.digest), std::string::npos);
@@ -81,7 +89,7 @@ TEST_F(HostImagesTest, ExportServesTheImageLazilyAndIsReferenceCounted) {
   EXPECT_EQ(st["cache"]["verification_failures"], 0);
 
   // A second VM shares the export; it goes away with the last user.
-  ASSERT_TRUE(h->AcquireDisk(disk_, "vm-2", "boot").ok());
+  ASSERT_TRUE(h->AcquireDisk(disk_, "vm-2", "boot", Endpoint("vm-2")).ok());
   EXPECT_EQ(h->StatsJson()["exports"][0]["vms"], 2);
   h->ReleaseDisk("vm-1");
   EXPECT_EQ(h->StatsJson()["exports"].size(), 1u);
@@ -90,13 +98,79 @@ TEST_F(HostImagesTest, ExportServesTheImageLazilyAndIsReferenceCounted) {
   EXPECT_FALSE(ReadThroughQemuImg(*backing).ok()) << "a removed export must not be served";
 
   // The first reader's order was recorded once, as the boot hint.
-  ASSERT_TRUE(h->AcquireDisk(disk_, "vm-3", "boot").ok());
+  backing = h->AcquireDisk(disk_, "vm-3", "boot", Endpoint("vm-3"));
+  ASSERT_TRUE(backing.ok()) << backing.error().message;
   ASSERT_TRUE(ReadThroughQemuImg(*backing).ok());
   h->RecordPrefetch("vm-3");
   ChunkClient reader(server_->url(), "sekrit");
   auto hint = reader.GetPrefetch(disk_.name, disk_.version, "boot");
   ASSERT_TRUE(hint.ok()) << hint.error().message;
   EXPECT_FALSE(hint->empty());
+}
+
+// Issue 9: a VM's QEMU reaches its disk through a socket that lists and
+// opens only that VM's export; the host-wide socket (every export) is the
+// agent's alone. Checked with libnbd's nbdinfo as the client. On the old
+// code every VM used STATE/host/nbd.sock (0660, group of QEMU's user), where
+// `nbdinfo --list` showed every export of the host.
+TEST_F(HostImagesTest, EachVmSocketServesOnlyThatVmsExport) {
+  if (RunProcessChecked({"nbdinfo", "--version"}, std::chrono::seconds(10)).ok() == false)
+    GTEST_SKIP() << "nbdinfo (libnbd-bin) is not installed";
+  // A second, private image for VM B.
+  WriteTestFile(dir_ / "private.raw", TestBytes(1 << 20, 7));
+  ChunkClient pusher(server_->url(), "sekrit");
+  auto m = pusher.UploadImageFile(dir_ / "private.raw", "private-disk", kDefaultChunkSize);
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  BlobRef secret{m->name, m->version, m->Digest(), m->size};
+
+  auto h = Open();
+  ASSERT_TRUE(h);
+  std::string a_sock = dir_ / "a.sock", b_sock = dir_ / "b.sock";
+  auto a = h->AcquireDisk(disk_, "vm-a", "", {a_sock});
+  ASSERT_TRUE(a.ok()) << a.error().message;
+  auto b = h->AcquireDisk(secret, "vm-b", "", {b_sock});
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  EXPECT_NE(a->find(a_sock), std::string::npos) << "the backing names the VM's socket: " << *a;
+
+  // Listing A's socket shows A's export only.
+  auto list = NbdInfo({"--list", "nbd+unix:///?socket=" + a_sock});
+  ASSERT_TRUE(list.ok()) << list.error().message;
+  EXPECT_NE(list->find(disk_.digest), std::string::npos) << *list;
+  EXPECT_EQ(list->find(secret.digest), std::string::npos) << "VM A lists VM B's export:\n" << *list;
+  // Opening B's export (NBD_OPT_GO) on A's socket is refused; on B's it works.
+  EXPECT_FALSE(NbdInfo({"--size", "nbd+unix:///" + secret.digest + "?socket=" + a_sock}).ok());
+  auto size = NbdInfo({"--size", "nbd+unix:///" + secret.digest + "?socket=" + b_sock});
+  ASSERT_TRUE(size.ok()) << size.error().message;
+  EXPECT_EQ(std::stoull(*size), secret.size);
+  // Reading B's bytes through A's socket fails, as a QEMU would try.
+  EXPECT_FALSE(ReadThroughQemuImg(h->BackingFor(secret.digest, a_sock)).ok());
+  auto bytes = ReadThroughQemuImg(*a);
+  ASSERT_TRUE(bytes.ok()) << bytes.error().message;
+  EXPECT_TRUE(*bytes == image_);
+
+  // Modes: the VM sockets and the host-wide socket are 0600 (owner only).
+  for (const std::string& sock : {a_sock, b_sock, h->socket_path()}) {
+    struct stat st {};
+    ASSERT_EQ(::stat(sock.c_str(), &st), 0) << sock;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << sock;
+  }
+
+  // Released: A's socket is gone and B keeps being served.
+  h->ReleaseDisk("vm-a");
+  EXPECT_FALSE(FileExists(a_sock));
+  EXPECT_TRUE(NbdInfo({"--size", "nbd+unix:///" + secret.digest + "?socket=" + b_sock}).ok());
+
+  // Agent restart: a new HostImages re-exports on the same path (the stale
+  // socket is replaced) and still serves B's export only there.
+  h.reset();
+  h = Open();
+  ASSERT_TRUE(h);
+  ASSERT_TRUE(h->AcquireDisk(secret, "vm-b", "", {b_sock}).ok());
+  ASSERT_TRUE(h->AcquireDisk(disk_, "vm-a", "", {a_sock}).ok());
+  list = NbdInfo({"--list", "nbd+unix:///?socket=" + b_sock});
+  ASSERT_TRUE(list.ok()) << list.error().message;
+  EXPECT_NE(list->find(secret.digest), std::string::npos);
+  EXPECT_EQ(list->find(disk_.digest), std::string::npos) << *list;
 }
 
 TEST_F(HostImagesTest, MaterializeVerifiesAndSurvivesReopen) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
@@ -36,6 +37,11 @@ struct VmRunner::Vm {
   int64_t ready_ms = 0;
   std::string disk_path;
   std::string disk_format;
+  // Set at creation, then fixed (state.json): QEMU's uid/gid (-1: the
+  // agent's runas user or itself) and how many backing levels below the
+  // disk its NBD node sits (0: no NBD backing).
+  int uid = -1, gid = -1;
+  int nbd_depth = 0;
 
   // Guarded by op_mu.
   std::unique_ptr<QemuProcess> qemu;
@@ -153,6 +159,28 @@ VmRunner::VmRunner(VmRunnerOptions options) : options_(std::move(options)) {
       qemu_gid_ = static_cast<int>(pw->pw_gid);
     }
   }
+  per_vm_uids_ = geteuid() == 0 && options_.vm_uid_base > 0 && options_.vm_uid_count > 0;
+  if (per_vm_uids_) {
+    spdlog::info("VMs run as uids {}..{}, one per VM", options_.vm_uid_base,
+                 int64_t{options_.vm_uid_base} + options_.vm_uid_count - 1);
+  } else if (geteuid() != 0) {
+    spdlog::warn(
+        "not root: every QEMU runs as the agent's own user; VMs on this host are not separated "
+        "by uid (their NBD sockets and files are, as far as one user's processes can be)");
+  } else {
+    spdlog::warn("per-VM uids are off: every QEMU runs as {}",
+                 options_.runas.empty() ? "root" : options_.runas);
+  }
+  if (!options_.cgroup_root.empty()) {
+    auto cg = VmCgroups::Open(options_.cgroup_root);
+    if (cg.ok()) {
+      cgroups_ = std::move(cg).value();
+      spdlog::info("each VM gets a cgroup under {} (memory.max, cpu.max = what was placed)",
+                   cgroups_->dir());
+    } else {
+      spdlog::warn("no per-VM cgroups, VMs run without memory/CPU limits: {}", cg.error().message);
+    }
+  }
 }
 
 VmRunner::~VmRunner() = default;
@@ -161,11 +189,60 @@ std::string VmRunner::VmDir(const std::string& id) const {
   return options_.state_dir + "/vms/" + id;
 }
 
-Status VmRunner::ChownForQemu(const std::string& path) {
-  if (qemu_uid_ < 0) return Status::Ok();
-  if (chown(path.c_str(), static_cast<uid_t>(qemu_uid_), static_cast<gid_t>(qemu_gid_)) != 0)
+std::pair<int, int> VmRunner::QemuIds(const Vm& vm) const {
+  if (vm.uid >= 0) return {vm.uid, vm.gid};
+  return {qemu_uid_, qemu_gid_};
+}
+
+Status VmRunner::ChownForQemu(const Vm& vm, const std::string& path) {
+  auto [uid, gid] = QemuIds(vm);
+  if (uid < 0) return Status::Ok();
+  if (chown(path.c_str(), static_cast<uid_t>(uid), static_cast<gid_t>(gid)) != 0)
     return MakeError(ErrorCode::kInternal, "chown " + path + ": " + strerror(errno));
   return Status::Ok();
+}
+
+HostImages::VmNbdEndpoint VmRunner::NbdEndpoint(const Vm& vm) const {
+  auto [uid, gid] = QemuIds(vm);
+  return {VmDir(vm.spec.id) + "/run/nbd.sock", uid, gid};
+}
+
+int VmRunner::AllocateUidLocked() const {
+  if (!per_vm_uids_) return -1;
+  std::set<int> used;
+  for (const auto& [id, vm] : vms_)
+    if (vm->uid >= 0) used.insert(vm->uid);
+  for (int slot = 0; slot < options_.vm_uid_count; ++slot)
+    if (!used.count(options_.vm_uid_base + slot)) return options_.vm_uid_base + slot;
+  return -2;
+}
+
+Error VmRunner::ForUser(const Error& e, const std::string& what) const {
+  spdlog::warn("{}: {}", what, e.message);
+  const char* why = "an internal error on the host (details in the host's log)";
+  switch (e.code) {
+    case ErrorCode::kNotFound:
+      why = "not found on the host";
+      break;
+    case ErrorCode::kAlreadyExists:
+      why = "it already exists on the host";
+      break;
+    case ErrorCode::kFailedPrecondition:
+      why = "the VM is not in a state that allows it";
+      break;
+    case ErrorCode::kTimeout:
+      why = "the host timed out (details in the host's log)";
+      break;
+    case ErrorCode::kUnavailable:
+      why = "a service the host needs is unavailable (details in the host's log)";
+      break;
+    case ErrorCode::kInvalidArgument:
+      why = "the host refused the request (details in the host's log)";
+      break;
+    default:
+      break;
+  }
+  return MakeError(e.code, what + " failed: " + why);
 }
 
 Status VmRunner::PersistState(Vm& vm) {
@@ -180,7 +257,10 @@ Status VmRunner::PersistState(Vm& vm) {
          {"disk_path", vm.disk_path},
          {"disk_format", vm.disk_format}};
   }
-  return WriteFileAtomic(VmDir(vm.spec.id) + "/state.json", j.dump(2) + "\n");
+  j["uid"] = vm.uid;
+  j["gid"] = vm.gid;
+  j["nbd_depth"] = vm.nbd_depth;
+  return WriteFileAtomic(VmDir(vm.spec.id) + "/state.json", j.dump(2) + "\n", 0600);
 }
 
 VmStatus VmRunner::StatusOf(const Vm& vm) const {
@@ -221,10 +301,15 @@ static Result<std::string> CheckpointKind(const std::string& dir) {
   return j["kind"].get<std::string>();
 }
 
-Status VmRunner::ResolveBlobs(VmSpec& s) {
+Status VmRunner::ResolveBlobs(Vm& vm) {
+  VmSpec& s = vm.spec;
   if (!options_.images || !s.blobs.count("disk")) return Status::Ok();
   HostImages& images = *options_.images;
-  VMG_ASSIGN_OR_RETURN(std::string backing, images.AcquireDisk(s.blobs.at("disk"), s.id, s.start));
+  VMG_ASSIGN_OR_RETURN(std::string backing,
+                       images.AcquireDisk(s.blobs.at("disk"), s.id, s.start, NbdEndpoint(vm)));
+  // Checkpoint files are shared by the VMs of this host: they name the
+  // agent's socket; QEMU is pointed at the VM's own at launch (nbd_depth).
+  const std::string shared_backing = images.BackingFor(s.blobs.at("disk").digest);
   s.image.disk = backing;
   s.image.format = "raw";
   if (auto k = s.blobs.find("kernel"); k != s.blobs.end()) {
@@ -235,11 +320,13 @@ Status VmRunner::ResolveBlobs(VmSpec& s) {
   }
   if (s.start == "resume" && s.blobs.count("vm_ckpt_memory")) {
     // Another VM's checkpoint, possibly made on another host.
-    VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, images.MaterializeCheckpoint(s.blobs.at("vm_ckpt_memory"),
-                                                                        s.blobs.at("vm_ckpt_disk"), backing, "vm"));
+    VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, images.MaterializeCheckpoint(
+                                               s.blobs.at("vm_ckpt_memory"),
+                                               s.blobs.at("vm_ckpt_disk"), shared_backing, "vm"));
   } else if (s.start == "resume" && s.blobs.count("ckpt_memory")) {
     VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, images.MaterializeCheckpoint(s.blobs.at("ckpt_memory"),
-                                                                        s.blobs.at("ckpt_disk"), backing, "image"));
+                                                                        s.blobs.at("ckpt_disk"),
+                                                                        shared_backing, "image"));
   }
   return Status::Ok();
 }
@@ -253,9 +340,12 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
     if (s.start == "boot") {
       VMG_RETURN_IF_ERROR(
           QemuImg({"create", "-q", "-f", "qcow2", "-b", s.image.disk, "-F", s.image.format, disk}));
+      if (options_.images && s.blobs.count("disk")) vm.nbd_depth = 1;
     } else {
       VMG_ASSIGN_OR_RETURN(std::string kind, CheckpointKind(s.checkpoint_dir));
       std::string src = s.checkpoint_dir + "/disk.qcow2";
+      // overlay -> image checkpoint disk -> export, or a copy -> export
+      if (options_.images && s.blobs.count("disk")) vm.nbd_depth = kind == "image" ? 2 : 1;
       if (kind == "image") {
         // An image's post-boot checkpoint lives as long as the image: link to it.
         VMG_RETURN_IF_ERROR(QemuImg({"create", "-q", "-f", "qcow2", "-b", src, "-F", "qcow2", disk}));
@@ -266,7 +356,8 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
         if (!r.ok()) return r.error();
       }
     }
-    VMG_RETURN_IF_ERROR(ChownForQemu(disk));
+    VMG_RETURN_IF_ERROR(ChownForQemu(vm, disk));
+    chmod(disk.c_str(), 0600);
   } else {
     disk = s.workspace_path;
     if (!FileExists(disk)) {
@@ -296,7 +387,8 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
                        "workspace " + disk + " already exists; resuming a checkpoint into it would "
                        "overwrite its contents (boot it instead, or use a new workspace)");
     }
-    VMG_RETURN_IF_ERROR(ChownForQemu(disk));
+    VMG_RETURN_IF_ERROR(ChownForQemu(vm, disk));
+    chmod(disk.c_str(), 0600);
   }
   std::lock_guard<std::mutex> l(vm.status_mu);
   vm.disk_path = disk;
@@ -320,6 +412,23 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state) 
   c.run_dir = VmDir(vm.spec.id) + "/run";
   c.incoming = incoming;
   c.runas = options_.runas;
+  if (vm.uid >= 0) {
+    c.uid = vm.uid;
+    c.gid = vm.gid;
+  }
+  if (vm.nbd_depth > 0) {
+    c.nbd_socket = NbdEndpoint(vm).socket_path;
+    c.nbd_depth = vm.nbd_depth;
+  }
+  if (cgroups_) {
+    auto dir =
+        cgroups_->Prepare(vm.spec.id, {.vcpus = vm.spec.vcpus, .memory_mb = vm.spec.memory_mb});
+    if (dir.ok()) {
+      c.cgroup_dir = *dir;
+    } else {
+      spdlog::warn("VM {} runs without a cgroup: {}", vm.spec.id, dir.error().message);
+    }
+  }
   c.accel = options_.accel;
   c.vmgenid = NewUuid();  // a new generation id makes a resumed guest reseed its RNG
   c.qemu_binary = options_.qemu_binary;
@@ -341,8 +450,9 @@ Status VmRunner::WaitGuestReady(Vm& vm, Clock::time_point started) {
   auto deadline = started + options_.ready_timeout;
   Status st = GuestAgentClient::WaitReady(vm.qemu->qga_socket(), deadline);
   if (!st.ok()) {
-    if (!vm.qemu->Alive()) return MakeError(ErrorCode::kInternal, "QEMU exited during boot; see " +
-                                                                      VmDir(vm.spec.id) + "/run/qemu.log");
+    if (!vm.qemu->Alive())
+      return MakeError(ErrorCode::kInternal, "QEMU exited during boot; see " + VmDir(vm.spec.id) +
+                                                 "/run/qemu.log: " + vm.qemu->LogTail());
     return st.error().Wrap("the guest agent did not answer");
   }
   std::lock_guard<std::mutex> l(vm.status_mu);
@@ -369,6 +479,12 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
     std::lock_guard<std::mutex> l(mu_);
     if (vms_.count(spec.id))
       return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
+    int uid = AllocateUidLocked();
+    if (uid == -2)
+      return MakeError(
+          ErrorCode::kResourceExhausted,
+          "all " + std::to_string(options_.vm_uid_count) + " per-VM uids of this host are in use");
+    vm->uid = vm->gid = uid;
     vms_[spec.id] = vm;
   }
   std::lock_guard<std::mutex> op(vm->op_mu);
@@ -379,23 +495,31 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
     vm->qemu.reset();
     if (vm->created_workspace) unlink(spec.workspace_path.c_str());
     if (options_.images) options_.images->ReleaseDisk(spec.id);
+    if (cgroups_) cgroups_->Remove(spec.id);
     (void)RemoveTree(dir);
     std::lock_guard<std::mutex> l(mu_);
     vms_.erase(spec.id);
-    spdlog::warn("create {} failed: {}", spec.id, e.message);
-    return e;
+    return ForUser(e, "create of VM " + spec.id);
   };
   if (FileExists(dir)) {
     std::lock_guard<std::mutex> l(mu_);
     vms_.erase(spec.id);
-    return MakeError(ErrorCode::kAlreadyExists, "VM directory " + dir + " already exists");
+    return ForUser(MakeError(ErrorCode::kAlreadyExists, "VM directory " + dir + " already exists"),
+                   "create of VM " + spec.id);
   }
-  Status st = MakeDirs(dir + "/run", 0755);
-  if (st.ok()) st = ChownForQemu(dir + "/run");
+  Status st = MakeDirs(dir + "/run", 0700);
+  // The VM directory stays the agent's (QEMU must not replace spec.json or
+  // state.json); QEMU's own files are below it: run/, disk.qcow2, checkpoint/.
+  // With a per-VM uid only that VM's group may enter it.
+  if (st.ok() && vm->gid >= 0 &&
+      chown(dir.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(vm->gid)) != 0)
+    st = MakeError(ErrorCode::kInternal, "chown " + dir + ": " + strerror(errno));
+  if (st.ok()) chmod(dir.c_str(), vm->gid >= 0 ? 0710 : QemuIds(*vm).first >= 0 ? 0711 : 0700);
+  if (st.ok()) st = ChownForQemu(*vm, dir + "/run");
   if (st.ok()) chmod((dir + "/run").c_str(), 0700);
-  if (st.ok()) st = ResolveBlobs(vm->spec);
+  if (st.ok()) st = ResolveBlobs(*vm);
   auto t_files = Clock::now();
-  if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(vm->spec).dump(2) + "\n");
+  if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(vm->spec).dump(2) + "\n", 0600);
   if (st.ok()) st = PersistState(*vm);
   bool created_ws = false;
   if (st.ok()) st = PrepareDisk(*vm, &created_ws);
@@ -438,16 +562,17 @@ Result<VmStatus> VmRunner::Stop(const std::string& id) {
     (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
   Status st = vm->qemu->Quit(seconds(10));
   vm->qemu.reset();
-  vm->Set("stopped", st.ok() ? "" : st.error().message);
+  if (!st.ok()) spdlog::warn("stop of VM {}: {}", id, st.error().message);
+  vm->Set("stopped", st.ok() ? "" : "QEMU did not quit cleanly (details in the host's log)");
   (void)PersistState(*vm);
   return StatusOf(*vm);
 }
 
-Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir) {
+Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir, bool shared) {
   std::string tmp = target_dir + ".new";
   (void)RemoveTree(tmp);
-  VMG_RETURN_IF_ERROR(MakeDirs(tmp, 0755));
-  VMG_RETURN_IF_ERROR(ChownForQemu(tmp));
+  VMG_RETURN_IF_ERROR(MakeDirs(tmp, 0700));
+  VMG_RETURN_IF_ERROR(ChownForQemu(vm, tmp));
   // Pauses, copies the disk while paused, then saves memory (a completed
   // migration inactivates the block devices, so the copy cannot come after).
   Status st = CheckpointToFiles(vm.qemu->qmp(), "disk0", tmp + "/disk.qcow2",
@@ -457,8 +582,19 @@ Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir) {
     (void)RemoveTree(tmp);
     return st;
   }
-  chmod((tmp + "/memory.state").c_str(), 0600);  // guest memory: root only
-  chmod((tmp + "/disk.qcow2").c_str(), 0644);
+  chmod((tmp + "/memory.state").c_str(), 0600);  // guest memory: the agent only
+  chmod((tmp + "/disk.qcow2").c_str(), 0600);
+  // QEMU wrote the disk copy as the VM's uid; from now on only the agent may
+  // change the checkpoint (QEMU never reads it: a resume gets fds and the
+  // VM's own overlay).
+  for (const std::string& p : {tmp + "/disk.qcow2", tmp}) {
+    if (lchown(p.c_str(), 0, 0) != 0 && errno != ENOENT && geteuid() == 0)
+      return MakeError(ErrorCode::kInternal, "chown " + p + ": " + strerror(errno));
+  }
+  // An image's checkpoint is the backing file of its clones' overlays, which
+  // their QEMUs (other uids) open; a VM's own checkpoint is the agent's.
+  chmod(tmp.c_str(), shared ? 0755 : 0700);
+  if (shared) chmod((tmp + "/disk.qcow2").c_str(), 0644);
   return Status::Ok();
 }
 
@@ -485,7 +621,7 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
   if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
     (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
   std::string target = VmDir(id) + "/checkpoint";
-  Status st = SaveCheckpoint(*vm, target);
+  Status st = SaveCheckpoint(*vm, target, /*shared=*/false);
   if (st.ok()) {
     nlohmann::json meta = {{"kind", "vm"},           {"vm_id", id},
                            {"image_id", vm->spec.image.id}, {"vcpus", vm->spec.vcpus},
@@ -496,13 +632,13 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
   if (!st.ok()) {
     // The VM is paused (or dead); put it back as it was.
     if (vm->qemu && vm->qemu->Alive() && Cont(vm->qemu->qmp()).ok()) {
-      vm->Set("running", "checkpoint failed: " + st.error().message);
+      vm->Set("running", "checkpoint failed (details in the host's log)");
     } else {
       vm->qemu.reset();
-      vm->Set("error", "checkpoint failed and QEMU is gone: " + st.error().message);
+      vm->Set("error", "checkpoint failed and QEMU is gone (details in the host's log)");
     }
     (void)PersistState(*vm);
-    return st.error().Wrap("checkpoint of " + id);
+    return ForUser(st.error(), "checkpoint of VM " + id);
   }
   {
     std::lock_guard<std::mutex> l(vm->status_mu);
@@ -537,9 +673,9 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
   if (!st.ok()) {
     if (vm->qemu) (void)vm->qemu->Kill();
     vm->qemu.reset();
-    vm->Set(from, "resume failed: " + st.error().message);
+    vm->Set(from, "resume failed (details in the host's log)");
     (void)PersistState(*vm);
-    return st.error().Wrap("resume of " + id);
+    return ForUser(st.error(), "resume of VM " + id);
   }
   if (restore) Reseed(vm->qemu->qga_socket());
   vm->Set("running");
@@ -556,9 +692,18 @@ Status VmRunner::Destroy(const std::string& id, bool purge_workspace) {
     (void)vm->qemu->Kill();
     vm->qemu.reset();
   }
-  if (purge_workspace && vm->spec.disk_mode == "persistent") unlink(vm->spec.workspace_path.c_str());
-  VMG_RETURN_IF_ERROR(RemoveTree(VmDir(id)));
+  if (purge_workspace && vm->spec.disk_mode == "persistent") {
+    unlink(vm->spec.workspace_path.c_str());
+  } else if (vm->spec.disk_mode == "persistent" && vm->uid >= 0) {
+    // The uid goes back to the pool: the next VM to get it must not own
+    // this user's workspace.
+    if (chown(vm->spec.workspace_path.c_str(), 0, 0) != 0 && errno != ENOENT)
+      spdlog::warn("VM {}: chown of its workspace back to the agent: {}", id, strerror(errno));
+    chmod(vm->spec.workspace_path.c_str(), 0600);
+  }
   if (options_.images) options_.images->ReleaseDisk(id);
+  if (cgroups_) cgroups_->Remove(id);
+  if (Status rm = RemoveTree(VmDir(id)); !rm.ok()) return ForUser(rm.error(), "delete of VM " + id);
   std::lock_guard<std::mutex> l(mu_);
   vms_.erase(id);
   return Status::Ok();
@@ -571,8 +716,9 @@ Result<ExecResult> VmRunner::Exec(const std::string& id, const std::vector<std::
   RefreshLiveness(*vm);
   if (vm->State() != "running")
     return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is " + vm->State() + ", not running");
-  VMG_ASSIGN_OR_RETURN(auto ga, GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(5)));
-  return ga->Exec(argv, input, timeout);
+  auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(5));
+  if (!ga.ok()) return ForUser(ga.error(), "exec in VM " + id);
+  return (*ga)->Exec(argv, input, timeout);
 }
 
 Result<VmStatus> VmRunner::Get(const std::string& id) {
@@ -584,8 +730,10 @@ void VmRunner::RefreshLiveness(Vm& vm) {
   // Called with op_mu held. A QEMU that exited on its own (guest poweroff,
   // crash, OOM kill) turns a running VM into a stopped one.
   if (vm.qemu && !vm.qemu->Alive()) {
+    spdlog::warn("VM {}: QEMU exited unexpectedly; see {}/run/qemu.log: {}", vm.spec.id,
+                 VmDir(vm.spec.id), vm.qemu->LogTail());
     vm.qemu.reset();
-    vm.Set("stopped", "QEMU exited unexpectedly; see " + VmDir(vm.spec.id) + "/run/qemu.log");
+    vm.Set("stopped", "QEMU exited unexpectedly (details in the host's log)");
     (void)PersistState(vm);
   }
 }
@@ -646,7 +794,7 @@ Result<nlohmann::json> VmRunner::PublishCheckpoint(const std::string& id) {
                                 : Result<BlobRef>(st.error());
   Result<BlobRef> disk = mem.ok() ? options_.images->Push(flat, id + "-ckpt-disk") : Result<BlobRef>(mem.error());
   unlink(flat.c_str());
-  if (!disk.ok()) return disk.error().Wrap("publishing the checkpoint of VM " + id);
+  if (!disk.ok()) return ForUser(disk.error(), "publishing the checkpoint of VM " + id);
   nlohmann::json out = {{"vm_ckpt_memory", ToJson(*mem)}, {"vm_ckpt_disk", ToJson(*disk)}};
   (void)WriteFileAtomic(dir + "/published.json", out.dump() + "\n");
   out["dir"] = dir;
@@ -670,7 +818,7 @@ Status VmRunner::MakeImageCheckpoint(const ImageFiles& image, const std::map<std
     std::lock_guard<std::mutex> op(vm->op_mu);
     if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
       (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
-    result = SaveCheckpoint(*vm, target_dir);
+    result = SaveCheckpoint(*vm, target_dir, /*shared=*/true);
     if (result.ok()) {
       nlohmann::json meta = {{"kind", "image"},   {"image_id", image.id},
                              {"vcpus", vcpus},    {"memory_mb", memory_mb},
@@ -680,6 +828,7 @@ Status VmRunner::MakeImageCheckpoint(const ImageFiles& image, const std::map<std
     if (result.ok()) result = SwapInDir(target_dir + ".new", target_dir);
   }
   (void)Destroy(spec.id, false);
+  if (!result.ok()) return ForUser(result.error(), "checkpoint of image " + image.id);
   return result;
 }
 
@@ -723,14 +872,22 @@ Status VmRunner::Recover() {
       (void)RemoveTree(dir);
       continue;
     }
+    auto vm = std::make_shared<Vm>();
+    vm->spec = *spec;
+    auto int_field = [&](const char* key, int fallback) {
+      auto it = state_json.find(key);
+      return it != state_json.end() && it->is_number_integer() ? it->get<int>() : fallback;
+    };
+    vm->uid = int_field("uid", -1);
+    vm->gid = int_field("gid", -1);
+    vm->nbd_depth = int_field("nbd_depth", 0);
     if (options_.images && spec->blobs.count("disk")) {
-      // Before adopting: QEMU's NBD client is waiting to reconnect.
-      auto backing = options_.images->AcquireDisk(spec->blobs.at("disk"), id, "");
+      // Before adopting: QEMU's NBD client is waiting to reconnect to the
+      // VM's own socket.
+      auto backing = options_.images->AcquireDisk(spec->blobs.at("disk"), id, "", NbdEndpoint(*vm));
       if (!backing.ok())
         spdlog::error("recover: cannot export the disk of VM {}: {}", id, backing.error().message);
     }
-    auto vm = std::make_shared<Vm>();
-    vm->spec = *spec;
     vm->state = state;
     vm->error = state_json.value("error", "");
     vm->has_checkpoint = state_json.value("has_checkpoint", false) && FileExists(dir + "/checkpoint/meta.json");

@@ -20,15 +20,16 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/host_images.h"
 #include "common/result.h"
 #include "vmm/guest_agent_client.h"
+#include "vmm/vm_cgroup.h"
 
 namespace vmgrid {
 
@@ -87,7 +88,19 @@ nlohmann::json ToJson(const VmStatus& status);
 
 struct VmRunnerOptions {
   std::string state_dir;
-  std::string runas;          // "" = run QEMU as ourselves
+  // When the agent runs as root, each VM's QEMU runs as a uid/gid of its
+  // own, vm_uid_base + slot (slot < vm_uid_count, the lowest one no VM on
+  // this host holds; recorded in the VM's state.json, so it survives agent
+  // restarts and returns to the pool when the VM is deleted). The range
+  // must belong to the agent: no other user or service may use those ids.
+  // vm_uid_base 0 turns this off (QEMU runs as `runas`).
+  int vm_uid_base = 2000000000;
+  int vm_uid_count = 65536;
+  std::string runas;  // "" = run QEMU as ourselves; without per-VM uids (or not root)
+  // cgroup v2 hierarchy (or a subtree delegated to the agent) for one cgroup
+  // per VM with its placed memory and vCPUs as limits; used when usable
+  // (VmCgroups::Open), "" = off.
+  std::string cgroup_root = "/sys/fs/cgroup";
   std::string qemu_binary = "qemu-system-x86_64";
   std::string accel;          // "" = auto
   std::chrono::milliseconds ready_timeout = std::chrono::seconds(120);
@@ -138,17 +151,28 @@ class VmRunner {
   std::string VmDir(const std::string& id) const;
   Status PersistState(Vm& vm);
   // Turns spec.blobs into local files and an NBD backing (HostImages).
-  Status ResolveBlobs(VmSpec& spec);
+  Status ResolveBlobs(Vm& vm);
   Status PrepareDisk(Vm& vm, bool* created_workspace);
   Status Launch(Vm& vm, bool incoming, const std::string& memory_state);
   Status WaitGuestReady(Vm& vm, std::chrono::steady_clock::time_point started);
-  Status ChownForQemu(const std::string& path);
+  Status ChownForQemu(const Vm& vm, const std::string& path);
+  // The uid/gid QEMU of `vm` runs as (-1: the agent's own).
+  std::pair<int, int> QemuIds(const Vm& vm) const;
+  HostImages::VmNbdEndpoint NbdEndpoint(const Vm& vm) const;
+  // The lowest free per-VM uid slot; -1 when per-VM uids are off. mu_ held.
+  int AllocateUidLocked() const;
+  // Errors that reach users name no host path and carry no QEMU output:
+  // logs `e` in full and returns its code with `what` and a generic reason.
+  Error ForUser(const Error& e, const std::string& what) const;
   VmStatus StatusOf(const Vm& vm) const;
   void RefreshLiveness(Vm& vm);
-  Status SaveCheckpoint(Vm& vm, const std::string& target_dir);
+  // `shared`: an image's checkpoint, readable by the QEMUs of its clones.
+  Status SaveCheckpoint(Vm& vm, const std::string& target_dir, bool shared);
 
   const VmRunnerOptions options_;
   int qemu_uid_ = -1, qemu_gid_ = -1;
+  bool per_vm_uids_ = false;
+  std::optional<VmCgroups> cgroups_;  // set when the host allows per-VM cgroups
 
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Vm>> vms_;  // guarded by mu_

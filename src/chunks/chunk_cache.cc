@@ -1,6 +1,10 @@
 #include "chunks/chunk_cache.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <unordered_set>
@@ -29,6 +33,11 @@ ChunkCache::ChunkCache(std::string dir, Options options, chunkfs::DirLock lock)
 Result<ChunkCachePtr> ChunkCache::Open(const std::string& dir, Options options) {
   uint64_t torn = 0;
   VMG_ASSIGN_OR_RETURN(chunkfs::DirLock lock, chunkfs::OpenLayout(dir, &torn));
+  // Cached chunks may belong to private images: only the agent reads them
+  // (QEMU reads through its NBD socket). The directory's mode covers every
+  // chunk file, including those written by older versions with 0644.
+  if (::chmod(dir.c_str(), 0700) != 0)
+    return MakeError(ErrorCode::kInternal, "chmod " + dir + ": " + std::strerror(errno));
   std::vector<std::string> junk;
   VMG_ASSIGN_OR_RETURN(auto files, chunkfs::ScanChunks(dir, &junk));
   ChunkCachePtr cache(new ChunkCache(dir, options, std::move(lock)));

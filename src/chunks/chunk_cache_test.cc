@@ -1,6 +1,7 @@
 #include "chunks/chunk_cache.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <map>
@@ -81,6 +82,22 @@ TEST(ChunkCache, MissFetchesOnceThenHits) {
   EXPECT_EQ(absent.error().code, ErrorCode::kNotFound);  // the fetch's error
   EXPECT_EQ(cache->stats().fetch_failures, 1u);
   EXPECT_EQ(cache->stats().chunks, 1u);
+}
+
+// Issue 9: cached chunks of private images must not be readable by other
+// users of the host (a QEMU running as a VM's uid reads through NBD only).
+TEST(ChunkCache, CacheDirectoryIsReadableOnlyByTheAgent) {
+  TestDir dir;
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0755), 0);  // as an older agent left it
+  auto cache = OpenCache(dir.path(), 1 << 20);
+  ASSERT_TRUE(cache);
+  FakeOrigin origin;
+  Chunk a = MakeChunk(1);
+  origin.Add(a);
+  ASSERT_TRUE(cache->Get(a.digest, origin.Fn()).ok());
+  struct stat st {};
+  ASSERT_EQ(::stat(dir.path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
 }
 
 TEST(ChunkCache, FetchedBytesAreVerified) {

@@ -1417,7 +1417,18 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     a->add_option("--token-file", s.agent.token_file, "File with the agent token");
     a->add_option("--state-dir", s.agent.state_dir, "State directory")->capture_default_str();
     a->add_option("--name", s.agent.name, "Host name to report (default: hostname)");
-    a->add_option("--runas", s.agent.runas, "Run QEMU as this user");
+    a->add_option("--runas", s.agent.runas, "Run QEMU as this user (when per-VM uids are off)");
+    a->add_option(
+         "--vm-uid-base", s.agent.vm_uid_base,
+         "As root, run each VM's QEMU as uid/gid BASE+slot, a range the agent owns (0: off)")
+        ->check(CLI::Range(0, 2100000000))
+        ->capture_default_str();
+    a->add_option("--vm-uid-count", s.agent.vm_uid_count, "Size of the per-VM uid range")
+        ->check(CLI::Range(1, 1 << 24))
+        ->capture_default_str();
+    a->add_option("--cgroup-root", s.agent.cgroup_root,
+                  "cgroup v2 hierarchy for per-VM cgroups, used when usable (\"\": off)")
+        ->capture_default_str();
     a->add_option("--site", s.agent.site, "Site (administrative domain) of this host")
         ->capture_default_str();
     a->add_option("--network", s.agent.network, "Network segment of this host")

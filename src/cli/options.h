@@ -45,6 +45,12 @@ struct AgentOptions {
   std::string name;
   // Unprivileged user to run QEMU processes as. Empty: the agent's own user.
   std::string runas;
+  // As root, each VM's QEMU runs as uid/gid vm_uid_base + slot (slot <
+  // vm_uid_count); the range must belong to the agent. 0: off (runas).
+  int vm_uid_base = 2000000000;
+  int vm_uid_count = 65536;
+  // cgroup v2 hierarchy for per-VM cgroups (used when usable; "" = off).
+  std::string cgroup_root = "/sys/fs/cgroup";
   // vCPUs offered to the grid. 0: all online CPUs of the machine.
   int vcpus = 0;
   // Memory offered to the grid, in MiB. 0: derived from the machine's memory.

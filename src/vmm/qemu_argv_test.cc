@@ -53,14 +53,35 @@ TEST(BuildQemuArgvTest, ExactDeviceConfiguration) {
       "-qmp", "unix:/vms/vm-1/run/qmp.sock,server=on,wait=off",
       "-pidfile", "/vms/vm-1/run/qemu.pid",
       "-D", "/vms/vm-1/run/qemu.log",
-      "-daemonize",
       "-incoming", "defer",
-      "-sandbox", "on,obsolete=deny,resourcecontrol=deny",
-      "-runas", "nobody",
+      // Issue 9: the full sandbox. The launcher drops privileges and detaches
+      // itself, so there is no -runas and no -daemonize (both are killed by
+      // elevateprivileges=deny / spawn=deny in QEMU 7.2).
+      "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
       "-name", "vm-1,process=vmgrid-vm-1",
   };
   // clang-format on
   EXPECT_EQ(BuildQemuArgv(FullConfig()), want);
+}
+
+TEST(BuildQemuArgvTest, NbdBackingIsPointedAtTheVmsOwnSocket) {
+  QemuConfig c = FullConfig();
+  c.nbd_socket = "/vms/vm-1/run/nbd.sock";
+  c.nbd_depth = 2;  // overlay -> image checkpoint disk -> NBD export
+  std::vector<std::string> a = BuildQemuArgv(c);
+  EXPECT_NE(std::find(a.begin(), a.end(),
+                      "file=/vms/vm-1/disk.qcow2,if=none,id=disk0,format=qcow2,cache=writeback,"
+                      "discard=unmap,backing.backing.file.server.path=/vms/vm-1/run/nbd.sock"),
+            a.end());
+  EXPECT_TRUE(ValidateQemuConfig(c).ok());
+  c.nbd_socket = "/a,b";
+  EXPECT_FALSE(ValidateQemuConfig(c).ok());
+  c.nbd_socket.clear();
+  EXPECT_FALSE(ValidateQemuConfig(c).ok()) << "depth without a socket";
+  c = FullConfig();
+  c.uid = 0;
+  c.gid = 0;
+  EXPECT_FALSE(ValidateQemuConfig(c).ok()) << "QEMU never runs as root by request";
 }
 
 TEST(BuildQemuArgvTest, KvmUsesHostCpu) {
@@ -79,7 +100,7 @@ TEST(BuildQemuArgvTest, MinimalConfigOmitsOptionalParts) {
   std::vector<std::string> a = BuildQemuArgv(c);
   auto has = [&](const std::string& s) { return std::find(a.begin(), a.end(), s) != a.end(); };
   for (const char* absent : {"-kernel", "-initrd", "-append", "-drive", "-incoming", "-sandbox",
-                             "-runas", "virtio-blk-pci,drive=disk0,id=vda"}) {
+                             "-runas", "-daemonize", "virtio-blk-pci,drive=disk0,id=vda"}) {
     EXPECT_FALSE(has(absent)) << absent;
   }
   EXPECT_TRUE(has("q35,accel=tcg"));  // "" (auto) is resolved by Launch; pure default is tcg

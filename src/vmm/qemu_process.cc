@@ -1,6 +1,7 @@
 #include "vmm/qemu_process.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/kvm.h>
 #include <poll.h>
 #include <pwd.h>
@@ -116,30 +117,6 @@ char ProcState(pid_t pid) {
   return stat[paren + 2];
 }
 
-pid_t ParentPid(pid_t pid) {
-  std::string stat = ReadSmallFile("/proc/" + std::to_string(pid) + "/stat");
-  size_t paren = stat.rfind(')');
-  if (paren == std::string::npos) return 0;
-  std::istringstream rest(stat.substr(paren + 2));
-  char state;
-  pid_t ppid = 0;
-  rest >> state >> ppid;
-  return ppid;
-}
-
-std::vector<pid_t> ChildrenOf(pid_t parent) {
-  std::vector<pid_t> kids;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
-    const std::string name = entry.path().filename().string();
-    pid_t pid = 0;
-    auto [ptr, perr] = std::from_chars(name.data(), name.data() + name.size(), pid);
-    if (perr != std::errc() || ptr != name.data() + name.size()) continue;
-    if (ParentPid(pid) == parent) kids.push_back(pid);
-  }
-  return kids;
-}
-
 // True if `pid` is a QEMU whose -pidfile lies in `run_dir`: guards against
 // acting on a recycled pid or on some unrelated process.
 bool IsQemuForRunDir(pid_t pid, const std::string& run_dir) {
@@ -216,16 +193,6 @@ void RemoveRuntimeFilesIn(const std::string& run_dir) {
   }
 }
 
-// Kills a daemonized QEMU that Launch started but could not hand over.
-void KillDaemon(pid_t pid, const std::string& run_dir) {
-  UniqueFd pidfd = OpenPidfd(pid);
-  if (!IsQemuForRunDir(pid, run_dir)) return;
-  SendKill(pid, pidfd);
-  if (!WaitGone(pid, pidfd, DeadlineAfter(kKillWait))) {
-    spdlog::error("qemu pid {} in {} survived SIGKILL", pid, run_dir);
-  }
-}
-
 std::string Absolute(const std::string& path) {
   if (path.empty()) return path;
   std::error_code ec;
@@ -233,40 +200,148 @@ std::string Absolute(const std::string& path) {
   return ec ? path : abs.lexically_normal().string();
 }
 
-Result<pid_t> Spawn(const std::vector<std::string>& argv, int stderr_fd) {
+// Who QEMU runs as. Resolved before fork: nothing after fork may allocate.
+struct Credentials {
+  bool drop = false;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;  // supplementary groups (kvm, to open /dev/kvm)
+};
+
+Result<Credentials> ResolveCredentials(const QemuConfig& c) {
+  Credentials cred;
+  if (c.uid >= 0) {
+    cred.drop = true;
+    cred.uid = static_cast<uid_t>(c.uid);
+    cred.gid = static_cast<gid_t>(c.gid);
+  } else if (!c.runas.empty()) {
+    struct passwd* pw = ::getpwnam(c.runas.c_str());
+    if (pw == nullptr)
+      return MakeError(ErrorCode::kInvalidArgument, "runas: no such user " + c.runas);
+    cred.drop = true;
+    cred.uid = pw->pw_uid;
+    cred.gid = pw->pw_gid;
+  } else {
+    return cred;
+  }
+  if (::geteuid() != 0) {
+    if (::geteuid() == cred.uid)
+      cred.drop = false;  // already that user
+    else
+      return MakeError(ErrorCode::kFailedPrecondition, "running QEMU as another user needs root");
+  }
+  cred.groups.push_back(cred.gid);
+  if (struct group* kvm = ::getgrnam("kvm")) cred.groups.push_back(kvm->gr_gid);
+  return cred;
+}
+
+// Resolved before fork (execvp may allocate while searching PATH).
+std::string FindExecutable(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  std::string dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= dirs.size()) {
+    size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    std::string candidate = (end > start ? dirs.substr(start, end - start) : ".") + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = end + 1;
+  }
+  return name;
+}
+
+// Starts `argv` detached: fork, setsid, fork again, so QEMU's parent is init
+// (or a subreaper) and it is in a session of its own — a signal to the
+// agent's process group (Ctrl-C, a supervisor's kill) must not reach it. The
+// grandchild resets signals, sets umask 077, points stdin at /dev/null and
+// stdout/stderr at `stderr_fd`, closes every other fd, drops to `cred` and
+// execs. Returns QEMU's pid once exec succeeded; between fork and exec only
+// async-signal-safe calls run.
+Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, int stderr_fd,
+                            const Credentials& cred, const std::string& cgroup_dir) {
+  std::string binary = FindExecutable(argv[0]);
   std::vector<char*> cargv;
   for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
   cargv.push_back(nullptr);
-
-  posix_spawnattr_t attr;
-  posix_spawn_file_actions_t actions;
-  posix_spawnattr_init(&attr);
-  posix_spawn_file_actions_init(&actions);
-  // Its own session: a signal to the agent's process group (Ctrl-C, a
-  // supervisor's kill of the group) must not reach QEMU.
-  sigset_t empty, defaults;
-  sigemptyset(&empty);
-  sigemptyset(&defaults);
-  for (int sig = 1; sig < NSIG; ++sig) {
-    if (sig != SIGKILL && sig != SIGSTOP) sigaddset(&defaults, sig);
+  int report[2];
+  if (::pipe2(report, O_CLOEXEC) != 0) return ErrnoError(ErrorCode::kInternal, "pipe", errno);
+  UniqueFd report_read(report[0]), report_write(report[1]);
+  UniqueFd dev_null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!dev_null.valid()) return ErrnoError(ErrorCode::kInternal, "open /dev/null", errno);
+  UniqueFd cgroup_procs;
+  if (!cgroup_dir.empty()) {
+    std::string procs = cgroup_dir + "/cgroup.procs";
+    cgroup_procs.Reset(::open(procs.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!cgroup_procs.valid()) return ErrnoError(ErrorCode::kInternal, "open " + procs, errno);
   }
-  posix_spawnattr_setsigmask(&attr, &empty);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr,
-                           POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, stderr_fd, 1);
-  posix_spawn_file_actions_adddup2(&actions, stderr_fd, 2);
-  // Belt and braces next to O_CLOEXEC: fds opened by other libraries without
-  // it (sockets, the agent's database) must not leak into a long-lived VM.
-  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
 
-  pid_t pid = -1;
-  int rc = ::posix_spawnp(&pid, cargv[0], &actions, &attr, cargv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  if (rc != 0) return ErrnoError(ErrorCode::kInternal, "spawn " + argv[0], rc);
-  return pid;
+  pid_t middle = ::fork();
+  if (middle < 0) return ErrnoError(ErrorCode::kInternal, "fork", errno);
+  if (middle == 0) {
+    const int w = report_write.get();
+    auto die = [w](int err) {
+      int32_t msg[2] = {-1, err};
+      (void)!::write(w, msg, sizeof msg);
+      ::_exit(127);
+    };
+    if (::setsid() < 0) die(errno);
+    pid_t qemu = ::fork();
+    if (qemu < 0) die(errno);
+    if (qemu > 0) {
+      int32_t msg[2] = {static_cast<int32_t>(qemu), 0};
+      (void)!::write(w, msg, sizeof msg);
+      ::_exit(0);
+    }
+    // The grandchild: becomes QEMU.
+    sigset_t empty;
+    sigemptyset(&empty);
+    ::sigprocmask(SIG_SETMASK, &empty, nullptr);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (sig != SIGKILL && sig != SIGSTOP) (void)::sigaction(sig, &dfl, nullptr);
+    }
+    ::umask(077);
+    // Into the VM's cgroup while still privileged ("0": the writer itself).
+    if (cgroup_procs.valid() && ::write(cgroup_procs.get(), "0", 1) != 1) die(errno);
+    if (::dup2(dev_null.get(), 0) < 0 || ::dup2(stderr_fd, 1) < 0 || ::dup2(stderr_fd, 2) < 0)
+      die(errno);
+    // Belt and braces next to O_CLOEXEC: fds opened by other libraries
+    // without it (sockets, the agent's database) must not leak into a VM.
+    // Only the report pipe (close-on-exec) stays.
+    if (w > 3) (void)::close_range(3, static_cast<unsigned>(w - 1), 0);
+    (void)::close_range(static_cast<unsigned>(w + 1), ~0U, 0);
+    if (::chdir("/") != 0) die(errno);
+    if (cred.drop) {
+      if (::setgroups(cred.groups.size(), cred.groups.data()) != 0) die(errno);
+      if (::setgid(cred.gid) != 0) die(errno);
+      if (::setuid(cred.uid) != 0) die(errno);
+    }
+    ::execve(binary.c_str(), cargv.data(), environ);
+    die(errno);
+  }
+  report_write.Reset();
+  int status = 0;
+  while (::waitpid(middle, &status, 0) < 0 && errno == EINTR) {
+  }
+  // Reads the middle process's message, then EOF (exec closed the pipe) or
+  // the grandchild's errno.
+  int32_t msg[4] = {0, 0, 0, 0};
+  size_t got = 0;
+  while (got < sizeof msg) {
+    ssize_t n = ::read(report_read.get(), reinterpret_cast<char*>(msg) + got, sizeof msg - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got < 2 * sizeof(int32_t) || msg[0] < 0) {
+    return ErrnoError(ErrorCode::kInternal, "start " + argv[0], got >= 8 ? msg[1] : EIO);
+  }
+  if (got >= 4 * sizeof(int32_t)) {
+    return ErrnoError(ErrorCode::kInternal, "exec " + binary, msg[3]);
+  }
+  return static_cast<pid_t>(msg[0]);
 }
 
 // Waits for QEMU's foreground process, which exits once the daemon finished
@@ -303,10 +378,11 @@ Status ValidateQemuConfig(const QemuConfig& c) {
   if (c.run_dir.empty()) return invalid("run_dir is required");
   // Option-list values: QEMU would split at a comma (",," escaping exists but
   // is not worth the risk of a silently different device).
-  for (const std::string* v : {&c.run_dir, &c.disk_path}) {
+  for (const std::string* v : {&c.run_dir, &c.disk_path, &c.nbd_socket}) {
     if (v->find(',') != std::string::npos) return invalid("path contains a comma: " + *v);
   }
-  for (const std::string* v : {&c.run_dir, &c.disk_path, &c.kernel, &c.initrd, &c.append}) {
+  for (const std::string* v :
+       {&c.run_dir, &c.disk_path, &c.kernel, &c.initrd, &c.append, &c.cgroup_dir}) {
     if (v->find('\0') != std::string::npos || v->find('\n') != std::string::npos) {
       return invalid("NUL or newline in a path or the kernel command line");
     }
@@ -327,6 +403,14 @@ Status ValidateQemuConfig(const QemuConfig& c) {
     return invalid("accel must be tcg, kvm or empty");
   if (!c.vmgenid.empty() && !ValidUuid(c.vmgenid)) return invalid("vmgenid must be a UUID");
   if (!c.runas.empty() && !ValidId(c.runas, 32)) return invalid("runas is not a valid user name");
+  if ((c.uid < 0) != (c.gid < 0)) return invalid("uid and gid go together");
+  if (c.uid == 0 || c.gid == 0) return invalid("QEMU must not run as uid or gid 0");
+  if (c.nbd_depth < 0 || c.nbd_depth > 8) return invalid("nbd_depth must be in [0, 8]");
+  if ((c.nbd_depth > 0) != !c.nbd_socket.empty())
+    return invalid("nbd_socket and nbd_depth go together");
+  if (c.nbd_depth > 0 && c.disk_path.empty()) return invalid("nbd_socket needs a disk");
+  if (c.nbd_socket.size() > kSunPathMax)
+    return invalid("nbd_socket too long for a unix socket path");
   if (c.qemu_binary.empty()) return invalid("qemu_binary is required");
   return Status::Ok();
 }
@@ -352,9 +436,14 @@ std::vector<std::string> BuildQemuArgv(const QemuConfig& c) {
     if (!c.append.empty()) a.insert(a.end(), {"-append", c.append});
   }
   if (!c.disk_path.empty()) {
+    std::string nbd;  // backing.(...)file.server.path=SOCKET
+    if (c.nbd_depth > 0) {
+      for (int i = 0; i < c.nbd_depth; ++i) nbd += "backing.";
+      nbd = "," + nbd + "file.server.path=" + c.nbd_socket;
+    }
     a.insert(a.end(), {"-drive",
                        "file=" + c.disk_path + ",if=none,id=disk0,format=" + c.disk_format +
-                           ",cache=writeback,discard=unmap",
+                           ",cache=writeback,discard=unmap" + nbd,
                        "-device", "virtio-blk-pci,drive=disk0,id=vda"});
   }
   a.insert(a.end(), {
@@ -367,11 +456,9 @@ std::vector<std::string> BuildQemuArgv(const QemuConfig& c) {
       "-qmp", "unix:" + RunPath(run, kQmpSocketName) + ",server=on,wait=off",
       "-pidfile", RunPath(run, kPidFileName),
       "-D", RunPath(run, kQemuLogName),
-      "-daemonize",
   });
   if (c.incoming) a.insert(a.end(), {"-incoming", "defer"});
   if (c.sandbox) a.insert(a.end(), {"-sandbox", kSandboxOptions});
-  if (!c.runas.empty()) a.insert(a.end(), {"-runas", c.runas});
   a.insert(a.end(), {"-name", c.vm_id + ",process=vmgrid-" + c.vm_id});
   return a;
 }
@@ -473,14 +560,15 @@ Result<std::unique_ptr<QemuProcess>> QemuProcess::Launch(const QemuConfig& confi
   QemuConfig cfg = config;
   for (std::string* p : {&cfg.run_dir, &cfg.disk_path, &cfg.kernel, &cfg.initrd}) *p = Absolute(*p);
   if (cfg.accel.empty()) cfg.accel = KvmUsableBy(cfg.qemu_binary) ? "kvm" : "tcg";
-  if (!cfg.runas.empty() && ::getpwnam(cfg.runas.c_str()) == nullptr) {
-    return MakeError(ErrorCode::kInvalidArgument, "runas: no such user " + cfg.runas);
-  }
+  VMG_ASSIGN_OR_RETURN(Credentials cred, ResolveCredentials(cfg));
   const std::string& run = cfg.run_dir;
 
   std::error_code ec;
   if (fs::create_directories(run, ec)) {
     fs::permissions(run, fs::perms::owner_all, ec);
+    // QEMU creates its sockets, pidfile and logs here as its own user.
+    if (cred.drop && ::chown(run.c_str(), cred.uid, cred.gid) != 0)
+      return ErrnoError(ErrorCode::kInternal, "chown " + run, errno);
   } else if (ec) {
     return MakeError(ErrorCode::kInternal, "create run_dir " + run + ": " + ec.message());
   }
@@ -498,48 +586,46 @@ Result<std::unique_ptr<QemuProcess>> QemuProcess::Launch(const QemuConfig& confi
   if (!err_fd.valid()) return ErrnoError(ErrorCode::kInternal, "open " + stderr_path, errno);
 
   std::vector<std::string> argv = BuildQemuArgv(cfg);
-  VMG_ASSIGN_OR_RETURN(pid_t launcher, Spawn(argv, err_fd.get()));
+  Result<pid_t> spawned = SpawnDetached(argv, err_fd.get(), cred, cfg.cgroup_dir);
   err_fd.Reset();
-
-  Result<int> exit_status = WaitLauncher(launcher, deadline);
-  if (!exit_status.ok()) {
-    // Find the half-initialized daemon while it is still the launcher's child.
-    std::vector<pid_t> kids = ChildrenOf(launcher);
-    ::kill(launcher, SIGKILL);
-    ::waitpid(launcher, nullptr, 0);
-    for (pid_t kid : kids) KillDaemon(kid, run);
-    if (Result<pid_t> daemon = ReadPidFile(pidfile); daemon.ok()) KillDaemon(*daemon, run);
-    RemoveRuntimeFilesIn(run);
-    return MakeError(exit_status.error().code, exit_status.error().message + DiagnosticTail(run));
-  }
-  Result<pid_t> daemon = ReadPidFile(pidfile);
-  if (*exit_status > 0 || !daemon.ok()) {
-    if (daemon.ok()) KillDaemon(*daemon, run);
-    RemoveRuntimeFilesIn(run);
-    std::string why = *exit_status > 0 ? "QEMU exited with status " + std::to_string(*exit_status)
-                                       : daemon.error().message;
-    return MakeError(ErrorCode::kInternal, "launch failed: " + why + DiagnosticTail(run));
-  }
-
-  pid_t pid = *daemon;
+  if (!spawned.ok())
+    return MakeError(spawned.error().code, spawned.error().message + DiagnosticTail(run));
+  pid_t pid = *spawned;
   UniqueFd pidfd = OpenPidfd(pid);
   auto fail = [&](const Error& e) -> Error {
-    KillDaemon(pid, run);
+    SendKill(pid, pidfd);
+    (void)WaitGone(pid, pidfd, DeadlineAfter(kKillWait));
     RemoveRuntimeFilesIn(run);
     return MakeError(e.code, "launch failed: " + e.message + DiagnosticTail(run));
   };
-  if (Exited(pid, pidfd) || !IsQemuForRunDir(pid, run)) {
+  // QMP answers once QEMU finished initializing (commands run in its main
+  // loop); until then, watch for an early exit (bad option, missing file).
+  std::unique_ptr<QmpClient> qmp;
+  for (;;) {
+    if (Exited(pid, pidfd)) {
+      return fail(MakeError(ErrorCode::kInternal, "QEMU exited during startup"));
+    }
+    if (Clock::now() >= deadline)
+      return fail(MakeError(ErrorCode::kTimeout, "QEMU did not start in time"));
+    auto left = std::min<int64_t>(MillisUntil(deadline), 1000);
+    auto connected =
+        QmpClient::Connect(RunPath(run, kQmpSocketName), milliseconds(std::max<int64_t>(left, 1)));
+    if (connected.ok()) {
+      qmp = std::move(connected).value();
+      break;
+    }
+    if (connected.error().code != ErrorCode::kTimeout &&
+        connected.error().code != ErrorCode::kUnavailable &&
+        connected.error().code != ErrorCode::kNotFound) {
+      return fail(connected.error());
+    }
+  }
+  if (!IsQemuForRunDir(pid, run)) {
     return fail(MakeError(ErrorCode::kInternal, "QEMU pid " + std::to_string(pid) + " vanished"));
   }
-  // The socket exists once the launcher exited; a short floor keeps a launch
-  // that used up its timeout from failing for want of a few milliseconds.
-  Deadline qmp_deadline = std::max(deadline, DeadlineAfter(milliseconds(2000)));
-  auto qmp =
-      QmpClient::Connect(RunPath(run, kQmpSocketName), milliseconds(MillisUntil(qmp_deadline)));
-  if (!qmp.ok()) return fail(qmp.error());
-  spdlog::info("launched qemu pid {} for {} in {}", pid, cfg.vm_id, run);
-  return std::unique_ptr<QemuProcess>(
-      new QemuProcess(run, pid, std::move(pidfd), std::move(qmp).value()));
+  spdlog::info("launched qemu pid {} for {} in {}{}", pid, cfg.vm_id, run,
+               cred.drop ? " as uid " + std::to_string(cred.uid) : std::string());
+  return std::unique_ptr<QemuProcess>(new QemuProcess(run, pid, std::move(pidfd), std::move(qmp)));
 }
 
 Result<std::unique_ptr<QemuProcess>> QemuProcess::Adopt(const std::string& run_dir,

@@ -4,20 +4,28 @@
 // Thread-safety: Alive(), pid(), run_dir(), LogTail() and qmp() (itself
 // locked) may be called concurrently; Quit() and Kill() must not race.
 //
-// QEMU is started with -daemonize from its own session (setsid), with signal
-// dispositions reset and no inherited fds, so killing the agent or its
-// process group leaves VMs running; a restarted agent re-attaches with Adopt().
+// QEMU is started detached (a double fork: its own session, parent init),
+// with signal dispositions reset, umask 077 and no inherited fds, so killing
+// the agent or its process group leaves VMs running; a restarted agent
+// re-attaches with Adopt(). The launcher drops privileges itself (setgroups,
+// setgid, setuid to config.uid/gid, or the runas user) before exec, so QEMU
+// never holds root and gets neither -daemonize nor -runas.
 //
 // Facts this relies on (QEMU 7.2, verified by the integration tests):
-// * QEMU opens the sockets, pidfile, -D log, serial file and disks while still
-//   root, then applies -runas. The run_dir may therefore stay root-only (0700).
-// * After -runas, QEMU re-opens disk images by name when a migration ends
-//   (it reopens them read-only) and creates drive-backup targets as that user:
-//   overlay and backing files must be readable, and backup target directories
-//   writable, by the -runas user, or migration/backup fail.
 // * The seccomp filter is installed before -daemonize forks and calls setsid()
-//   and before -runas calls setuid(), so spawn=deny and elevateprivileges=deny
-//   kill QEMU at startup; the sandbox uses obsolete=deny,resourcecontrol=deny.
+//   and before -runas calls setuid(): with either, spawn=deny and
+//   elevateprivileges=deny kill QEMU at startup (SIGSYS). Without them the
+//   full sandbox kSandboxOptions runs under TCG and KVM.
+// * QEMU opens the sockets, pidfile, -D log, serial file and disks as the
+//   unprivileged user: run_dir, the disk chain and the kernel/initrd must be
+//   reachable by it (run_dir 0700 owned by it is enough for the run files).
+// * After a migration ends QEMU re-opens disk images by name (read-only) and
+//   it creates drive-backup targets: backup target directories must be
+//   writable by its user.
+// * Options given on -drive override those of a json: backing filename
+//   (QEMU's bdrv_fill_options joins them with the explicit ones winning), so
+//   `backing.file.server.path=` points an NBD backing node at another socket
+//   whatever the qcow2 header names.
 #pragma once
 
 #include <sys/types.h>
@@ -43,7 +51,15 @@ struct QemuConfig {
   std::string run_dir;                 // holds qmp.sock, qga.sock, qemu.pid, console.log, qemu.log
   bool incoming = false;               // start with -incoming defer (resume from a checkpoint)
   std::string runas;                   // unprivileged user when we run as root ("" = none)
-  bool sandbox = true;                 // -sandbox on,obsolete=deny,resourcecontrol=deny
+  int uid = -1, gid = -1;              // run as this uid/gid (wins over runas); -1 = runas/ourselves
+  bool sandbox = true;                 // -sandbox kSandboxOptions
+  // A clone disk whose chain ends in an NBD export: the NBD node, nbd_depth
+  // backing levels below disk_path (1 = the disk's backing file), connects
+  // to nbd_socket whatever the image headers name. 0 = no override.
+  std::string nbd_socket;
+  int nbd_depth = 0;
+  // A cgroup directory (VmCgroups::Prepare) QEMU joins before it execs; "" = none.
+  std::string cgroup_dir;
   std::string accel;                   // "" = auto: kvm if KvmUsableBy(qemu_binary), else tcg
   std::string vmgenid;  // guid for -device vmgenid; "" = "auto" (QEMU picks a fresh one)
   std::string qemu_binary = "qemu-system-x86_64";
@@ -55,8 +71,9 @@ inline constexpr char kQgaSocketName[] = "qga.sock";
 inline constexpr char kPidFileName[] = "qemu.pid";
 inline constexpr char kConsoleLogName[] = "console.log";
 inline constexpr char kQemuLogName[] = "qemu.log";
-inline constexpr char kQemuStderrName[] = "qemu.stderr";  // QEMU's stderr until it daemonizes
-inline constexpr char kSandboxOptions[] = "on,obsolete=deny,resourcecontrol=deny";
+inline constexpr char kQemuStderrName[] = "qemu.stderr";  // QEMU's stderr
+inline constexpr char kSandboxOptions[] =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 std::string RunPath(const std::string& run_dir, const char* name);
 
@@ -66,7 +83,7 @@ Status ValidateQemuConfig(const QemuConfig& config);
 
 // The full argv (argv[0] = qemu_binary). Pure: accel "" is treated as tcg
 // (Launch resolves "auto" first) and paths are used as given (Launch makes
-// them absolute, because -daemonize changes directory to /).
+// them absolute, and starts QEMU in /).
 std::vector<std::string> BuildQemuArgv(const QemuConfig& config);
 
 // /dev/kvm exists, opens read-write and speaks the stable KVM API.
@@ -89,7 +106,8 @@ bool KvmUsableBy(const std::string& qemu_binary);
 class QemuProcess {
  public:
   // Starts QEMU and connects QMP. On any failure nothing it started is left
-  // running, and the error carries the tail of QEMU's stderr and qemu.log.
+  // running, and the error carries the tail of QEMU's stderr and qemu.log
+  // (host detail for the agent's log, not for users).
   // kAlreadyExists if a QEMU is already running in config.run_dir.
   static Result<std::unique_ptr<QemuProcess>> Launch(const QemuConfig& config,
                                                      std::chrono::milliseconds timeout);
@@ -108,7 +126,7 @@ class QemuProcess {
   const std::string& run_dir() const { return run_dir_; }
   QmpClient& qmp() { return *qmp_; }
   std::string qga_socket() const { return RunPath(run_dir_, kQgaSocketName); }
-  // The end of qemu.log: QEMU's own error messages after it daemonized.
+  // The end of qemu.log: QEMU's own error messages.
   std::string LogTail() const;
 
   // False once the process has exited (a zombie counts as exited).
