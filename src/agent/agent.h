@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/allowed_paths.h"
 #include "agent/vm_runner.h"
 #include "cli/options.h"
 #include "common/result.h"
@@ -46,6 +47,8 @@ class Agent {
   std::string token_;
   std::string url_;
   std::string workspace_dir_;
+  std::unique_ptr<AllowedPaths> allowed_;             // state dir + image dirs
+  std::unique_ptr<AllowedPaths> allowed_workspaces_;  // workspace dir
   std::unique_ptr<HostImages> images_;  // outlives runner_
   std::unique_ptr<VmRunner> runner_;
   std::unique_ptr<httplib::Server> server_;
