@@ -15,6 +15,8 @@
 #include "common/http_json.h"
 #include "common/signals.h"
 #include "common/util.h"
+#include "images/image_file.h"
+#include "images/qcow2_header.h"
 #include "vmm/qemu_process.h"
 
 namespace vmgrid {
@@ -40,11 +42,40 @@ std::string DefaultRunas() {
   return "nobody";
 }
 
-// Resolves a workspace path sent by the controller: relative, no "..".
-Result<std::string> WorkspacePath(const std::string& root, const std::string& rel) {
+// Resolves a workspace path sent by the controller: relative, no "..", and
+// (symlinks followed) under the workspace directory.
+Result<std::string> WorkspacePath(const AllowedPaths& workspaces, const std::string& root,
+                                  const std::string& rel) {
   if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos)
-    return MakeError(ErrorCode::kInvalidArgument, "bad workspace path '" + rel + "'");
-  return root + "/" + rel;
+    return MakeError(ErrorCode::kInvalidArgument, "bad workspace path");
+  return workspaces.Resolve(root + "/" + rel, "the workspace path");
+}
+
+// The local files a spec names that the agent will really open (with an
+// image server, the blobs take the place of some of them), resolved under
+// the allowed directories; a user's qcow2 is refused if its header names a
+// backing or data file, before qemu-img or QEMU opens it.
+Status CheckSpecPaths(const AllowedPaths& allowed, bool has_image_server, VmSpec& s) {
+  const bool resolved = has_image_server && s.blobs.count("disk");
+  if (!resolved) {
+    VMG_ASSIGN_OR_RETURN(s.image.disk, allowed.Resolve(s.image.disk, "the image disk"));
+    if (s.image.format == "qcow2") {
+      auto h = CheckUntrustedQcow2File(s.image.disk, kMaxVirtualDiskBytes);
+      if (!h.ok()) return h.error().Wrap("image disk refused");
+    }
+  }
+  if (!s.image.kernel.empty() && !(resolved && s.blobs.count("kernel"))) {
+    VMG_ASSIGN_OR_RETURN(s.image.kernel, allowed.Resolve(s.image.kernel, "the kernel"));
+  }
+  if (!s.image.initrd.empty() && !(resolved && s.blobs.count("initrd"))) {
+    VMG_ASSIGN_OR_RETURN(s.image.initrd, allowed.Resolve(s.image.initrd, "the initrd"));
+  }
+  if (s.start == "resume" && !s.checkpoint_dir.empty() &&
+      !(resolved && (s.blobs.count("vm_ckpt_memory") || s.blobs.count("ckpt_memory")))) {
+    VMG_ASSIGN_OR_RETURN(s.checkpoint_dir,
+                         allowed.Resolve(s.checkpoint_dir, "the checkpoint directory"));
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -91,6 +122,10 @@ Status Agent::Start() {
   options_.state_dir = std::filesystem::absolute(options_.state_dir, ec).string();
   workspace_dir_ = options_.state_dir + "/workspaces";
   VMG_RETURN_IF_ERROR(MakeDirs(workspace_dir_, 0755));
+  std::vector<std::string> roots = options_.image_dirs;
+  roots.push_back(options_.state_dir);
+  allowed_ = std::make_unique<AllowedPaths>(roots);
+  allowed_workspaces_ = std::make_unique<AllowedPaths>(std::vector<std::string>{workspace_dir_});
   VMG_RETURN_IF_ERROR(LoadOrRegisterCredentials());
 
   VmRunnerOptions ro;
@@ -248,8 +283,10 @@ void Agent::InstallRoutes() {
     if (!j) return;
     auto spec = VmSpecFromJson(*j);
     if (!spec.ok()) return SendError(res, spec.error());
+    if (Status st = CheckSpecPaths(*allowed_, images_ != nullptr, *spec); !st.ok())
+      return SendError(res, st.error());
     if (spec->disk_mode == "persistent") {
-      auto p = WorkspacePath(workspace_dir_, spec->workspace_path);
+      auto p = WorkspacePath(*allowed_workspaces_, workspace_dir_, spec->workspace_path);
       if (!p.ok()) return SendError(res, p.error());
       spec->workspace_path = *p;
     }
@@ -312,6 +349,8 @@ void Agent::InstallRoutes() {
                            {"blobs", j->value("blobs", nlohmann::json::object())}};
     auto parsed = VmSpecFromJson(spec);
     if (!parsed.ok()) return SendError(res, parsed.error());
+    if (Status st = CheckSpecPaths(*allowed_, images_ != nullptr, *parsed); !st.ok())
+      return SendError(res, st.error());
     if (!push_as->empty()) {
       // Made here, published to the image server (memory state and disk
       // delta as two new versions), then dropped locally.
@@ -331,12 +370,15 @@ void Agent::InstallRoutes() {
     }
     if (target->empty() || (*target)[0] != '/')
       return SendError(res, MakeError(ErrorCode::kInvalidArgument, "target_dir must be absolute"));
-    Status st = runner_->MakeImageCheckpoint(parsed->image, parsed->blobs, static_cast<int>(*vcpus), *memory, *target);
+    auto target_dir = allowed_->Resolve(*target, "target_dir");
+    if (!target_dir.ok()) return SendError(res, target_dir.error());
+    Status st = runner_->MakeImageCheckpoint(parsed->image, parsed->blobs, static_cast<int>(*vcpus),
+                                             *memory, *target_dir);
     if (!st.ok()) return SendError(res, st.error());
     SendJson(res, 200, {{"dir", *target}});
   });
   s.Delete("/agent/v1/workspaces", [=, this](const httplib::Request& req, httplib::Response& res) {
-    auto p = WorkspacePath(workspace_dir_, req.get_param_value("path"));
+    auto p = WorkspacePath(*allowed_workspaces_, workspace_dir_, req.get_param_value("path"));
     if (!p.ok()) return SendError(res, p.error());
     Status st = runner_->DeleteWorkspace(*p);
     if (!st.ok()) return SendError(res, st.error());

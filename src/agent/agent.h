@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/allowed_paths.h"
 #include "agent/vm_runner.h"
 #include "cli/options.h"
 #include "common/result.h"
@@ -50,6 +51,8 @@ class Agent {
   std::string host_token_;  // this agent's credential for the controller
   std::string url_;
   std::string workspace_dir_;
+  std::unique_ptr<AllowedPaths> allowed_;             // state dir + image dirs
+  std::unique_ptr<AllowedPaths> allowed_workspaces_;  // workspace dir
   std::unique_ptr<HostImages> images_;  // outlives runner_
   std::unique_ptr<VmRunner> runner_;
   std::unique_ptr<httplib::Server> server_;

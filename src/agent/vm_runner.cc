@@ -14,6 +14,7 @@
 #include "common/http_json.h"
 #include "common/subprocess.h"
 #include "common/util.h"
+#include "images/qcow2_header.h"
 #include "vmm/machine_ops.h"
 #include "vmm/qemu_process.h"
 
@@ -396,6 +397,20 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
   return Status::Ok();
 }
 
+// How many backing steps below `top` (an overlay the agent made) the user's
+// image `user_disk` is; 0 if the chain does not reach it as a local file.
+static int UntrustedDepth(const std::string& top, const std::string& user_disk) {
+  std::string path = top;
+  for (int depth = 1; depth <= 16; ++depth) {
+    auto b = Qcow2BackingFile(path);
+    if (!b.ok() || b->empty()) return 0;
+    std::string next = (*b)[0] == '/' ? *b : (fs::path(path).parent_path() / *b).string();
+    if (*b == user_disk || next == user_disk) return depth;
+    path = next;
+  }
+  return 0;
+}
+
 Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state) {
   QemuConfig c;
   c.vm_id = vm.spec.id;
@@ -409,6 +424,9 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state) 
     c.disk_path = vm.disk_path;
     c.disk_format = vm.disk_format;
   }
+  // The user's image is opened with no backing file, whatever its header says.
+  if (c.disk_format == "qcow2" && !vm.spec.image.disk.empty())
+    c.disk_untrusted_depth = UntrustedDepth(c.disk_path, vm.spec.image.disk);
   c.run_dir = VmDir(vm.spec.id) + "/run";
   c.incoming = incoming;
   c.runas = options_.runas;

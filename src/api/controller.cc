@@ -1,5 +1,6 @@
 #include "api/controller.h"
 
+#include <fcntl.h>
 #include <httplib.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -21,6 +22,7 @@
 #include "common/signals.h"
 #include "common/util.h"
 #include "images/image_file.h"
+#include "images/qcow2_header.h"
 #include "store/sql_backend.h"
 
 namespace vmgrid {
@@ -411,8 +413,9 @@ Status Controller::PublishImage(Image& image) {
   std::string raw = disk;
   if (image.format == "qcow2") {
     // Chunks are guest-visible bytes, so that NBD serves reads straight from them.
+    // qemu-img reads the user's file unprivileged, through an fd.
     raw = image.dir + "/disk.publish.raw";
-    auto r = RunProcessChecked({"qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk, raw}, std::chrono::minutes(30));
+    Status r = ConvertUntrustedQcow2ToRaw(disk, raw, std::chrono::minutes(30));
     if (!r.ok()) return r.error().Wrap("converting the disk to raw for the image server");
   }
   std::vector<std::pair<std::string, std::string>> files = {{"disk", raw}};
@@ -534,54 +537,8 @@ void Controller::InstallRoutes() {
         }));
   s.Put(R"(/v1/images/([^/]+)/files/(disk|kernel|initrd))",
         [this](const Req& req, Res& res, const httplib::ContentReader& reader) {
-          Authed([&](const Caller& c, const Req&, Res& r) {
-            auto image = OwnImage(c, req.matches[1]);
-            if (!image.ok()) return SendError(r, image.error());
-            if (image->state != "uploading")
-              return SendError(r, MakeError(ErrorCode::kFailedPrecondition,
-                                            "image " + image->name + " is " + image->state +
-                                                "; published images are immutable"));
-            std::string kind = req.matches[2];
-            std::string final_path = image->dir + "/" + FileNameFor(kind, image->format);
-            std::string partial = final_path + ".partial";
-            std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-            if (!out) return SendError(r, MakeError(ErrorCode::kInternal, "cannot write " + partial));
-            int64_t received = 0;
-            bool ok = reader([&](const char* data, size_t len) {
-              received += static_cast<int64_t>(len);
-              out.write(data, static_cast<std::streamsize>(len));
-              return static_cast<bool>(out) && received <= kMaxUploadBytes;
-            });
-            out.close();
-            if (!ok || !out) {
-              unlink(partial.c_str());
-              return SendError(r, MakeError(ErrorCode::kInvalidArgument, "upload of " + kind + " was interrupted"));
-            }
-            chmod(partial.c_str(), 0644);
-            Status valid = Status::Ok();
-            if (kind == "disk") {
-              auto info = InspectDisk(partial, image->format, !image->has_kernel);
-              if (info.ok()) {
-                image->size_bytes = received;
-                image->virtual_size_bytes = info->virtual_size;
-              } else {
-                valid = info.error();
-              }
-            } else if (kind == "kernel") {
-              valid = CheckKernel(partial);
-            } else {
-              valid = CheckInitrd(partial);
-            }
-            if (!valid.ok()) {
-              unlink(partial.c_str());
-              return SendError(r, valid.error().Wrap(kind + " rejected"));
-            }
-            if (rename(partial.c_str(), final_path.c_str()) != 0)
-              return SendError(r, MakeError(ErrorCode::kInternal, "cannot store " + final_path));
-            Status st = store_->UpdateImage(*image);
-            if (!st.ok()) return SendError(r, st.error());
-            SendJson(r, 200, ImageJson(*image));
-          })(req, res);
+          Authed([&](const Caller& c, const Req&, Res& r) { UploadImageFile(c, req, r, reader); })(
+              req, res);
         });
   s.Post(R"(/v1/images/([^/]+)/finalize)",
          Authed([this](const Caller& c, const Req& q, Res& r) { FinalizeImage(c, q, r); }));
@@ -870,8 +827,155 @@ void Controller::CreateImage(const Caller& c, const Req& req, Res& res) {
   SendJson(res, 201, ImageJson(i));
 }
 
+namespace {
+
+// An upload's private temporary file: created O_EXCL under a fresh name in
+// the image's directory, unlinked unless Commit() renamed it into place.
+class UploadTempFile {
+ public:
+  UploadTempFile(const UploadTempFile&) = delete;
+  UploadTempFile& operator=(const UploadTempFile&) = delete;
+  ~UploadTempFile() {
+    if (fd_ >= 0) close(fd_);
+    if (!path_.empty()) unlink(path_.c_str());
+  }
+  static Result<std::unique_ptr<UploadTempFile>> Create(const std::string& dir,
+                                                        const std::string& kind) {
+    std::string path = dir + "/." + kind + "." + NewId("upload") + ".tmp";
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+      return MakeError(ErrorCode::kInternal, "cannot create a temporary file for the upload");
+    auto t = std::unique_ptr<UploadTempFile>(new UploadTempFile(fd, path));
+    // Readable by the unprivileged user that validates it (and by QEMU later).
+    if (fchmod(fd, 0644) != 0) return MakeError(ErrorCode::kInternal, "cannot chmod the upload");
+    return t;
+  }
+  int fd() const { return fd_; }
+  bool Write(const char* data, size_t len) {
+    while (len > 0) {
+      ssize_t n = write(fd_, data, len);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      data += n;
+      len -= static_cast<size_t>(n);
+    }
+    return true;
+  }
+  // Renames the file validated through fd() to `final_path`, after checking
+  // that its name still refers to that very file.
+  Status Commit(const std::string& final_path) {
+    struct stat by_fd, by_name;
+    if (fsync(fd_) != 0 || fstat(fd_, &by_fd) != 0 || lstat(path_.c_str(), &by_name) != 0 ||
+        by_fd.st_dev != by_name.st_dev || by_fd.st_ino != by_name.st_ino)
+      return MakeError(ErrorCode::kInternal, "the uploaded file changed before it was stored");
+    if (rename(path_.c_str(), final_path.c_str()) != 0)
+      return MakeError(ErrorCode::kInternal, "cannot store the uploaded file");
+    path_.clear();
+    return Status::Ok();
+  }
+
+ private:
+  UploadTempFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  int fd_ = -1;
+  std::string path_;
+};
+
+}  // namespace
+
+Status Controller::ClaimImageIo(const std::string& id, const std::string& kind) {
+  std::lock_guard<std::mutex> l(image_io_mu_);
+  auto& busy = image_io_[id];
+  if (busy.count("finalize"))
+    return MakeError(ErrorCode::kFailedPrecondition, "the image is being finalized");
+  if (kind == "finalize" && !busy.empty())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "an upload to this image is in progress; finalize it when done");
+  if (!busy.insert(kind).second)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "another upload of the " + kind + " of this image is in progress");
+  return Status::Ok();
+}
+
+void Controller::ReleaseImageIo(const std::string& id, const std::string& kind) {
+  std::lock_guard<std::mutex> l(image_io_mu_);
+  auto it = image_io_.find(id);
+  if (it == image_io_.end()) return;
+  it->second.erase(kind);
+  if (it->second.empty()) image_io_.erase(it);
+}
+
+// Uploads: each request writes its own O_EXCL temporary file, validates that
+// file through its fd (qemu-img reads the fd, unprivileged), and renames that
+// same file into place, while it holds the image file's claim; a finalize
+// cannot start meanwhile, and a ready image is never written again.
+void Controller::UploadImageFile(const Caller& c, const Req& req, Res& r,
+                                 const httplib::ContentReader& reader) {
+  auto image = OwnImage(c, req.matches[1]);
+  if (!image.ok()) return SendError(r, image.error());
+  if (image->state != "uploading")
+    return SendError(r, MakeError(ErrorCode::kFailedPrecondition,
+                                  "image " + image->name + " is " + image->state +
+                                      "; published images are immutable"));
+  const std::string kind = req.matches[2];
+  if (Status st = ClaimImageIo(image->id, kind); !st.ok()) return SendError(r, st.error());
+  struct Release {
+    Controller* self;
+    std::string id, kind;
+    ~Release() { self->ReleaseImageIo(id, kind); }
+  } release{this, image->id, kind};
+  auto tmp = UploadTempFile::Create(image->dir, kind);
+  if (!tmp.ok()) return SendError(r, tmp.error());
+  int64_t received = 0;
+  bool wrote = true;
+  bool ok = reader([&](const char* data, size_t len) {
+    received += static_cast<int64_t>(len);
+    wrote = wrote && received <= kMaxUploadBytes && (*tmp)->Write(data, len);
+    return wrote;
+  });
+  if (!ok || !wrote)
+    return SendError(
+        r, MakeError(ErrorCode::kInvalidArgument, "upload of " + kind + " was interrupted"));
+  Status valid = Status::Ok();
+  if (kind == "disk") {
+    auto info = InspectDiskFd((*tmp)->fd(), image->format, !image->has_kernel);
+    if (info.ok()) {
+      image->size_bytes = received;
+      image->virtual_size_bytes = info->virtual_size;
+    } else {
+      valid = info.error();
+    }
+  } else if (kind == "kernel") {
+    valid = CheckKernelFd((*tmp)->fd());
+  } else {
+    valid = CheckInitrdFd((*tmp)->fd());
+  }
+  if (!valid.ok()) return SendError(r, valid.error().Wrap(kind + " rejected"));
+  // Our claim excludes a finalize, but the image may have been deleted.
+  auto fresh = store_->GetImage(image->id, "");
+  if (!fresh.ok() || fresh->state != "uploading")
+    return SendError(r, MakeError(ErrorCode::kFailedPrecondition,
+                                  "image " + image->name + " is no longer uploading"));
+  if (kind == "disk") {
+    fresh->size_bytes = image->size_bytes;
+    fresh->virtual_size_bytes = image->virtual_size_bytes;
+  }
+  if (Status st = (*tmp)->Commit(image->dir + "/" + FileNameFor(kind, image->format)); !st.ok())
+    return SendError(r, st.error());
+  if (Status st = store_->UpdateImage(*fresh); !st.ok()) return SendError(r, st.error());
+  SendJson(r, 200, ImageJson(*fresh));
+}
+
 void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
   auto image = OwnImage(c, req.matches[1]);
+  if (!image.ok()) return SendError(res, image.error());
+  if (image->state == "ready") return SendJson(res, 200, ImageJson(*image));
+  if (Status st = ClaimImageIo(image->id, "finalize"); !st.ok()) return SendError(res, st.error());
+  struct Release {
+    Controller* self;
+    std::string id;
+    ~Release() { self->ReleaseImageIo(id, "finalize"); }
+  } release{this, image->id};
+  image = store_->GetImage(image->id, "");  // as it is now that no upload runs
   if (!image.ok()) return SendError(res, image.error());
   if (image->state == "ready") return SendJson(res, 200, ImageJson(*image));
   std::vector<std::string> missing;
@@ -884,6 +988,12 @@ void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
     return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
                                     "image " + image->name + " is missing: " + list +
                                         " (upload with PUT /v1/images/ID/files/KIND)"));
+  }
+  if (image->format == "qcow2") {
+    // Again before anything opens it to publish or boot it.
+    auto h = CheckUntrustedQcow2File(image->dir + "/" + FileNameFor("disk", image->format),
+                                     kMaxVirtualDiskBytes);
+    if (!h.ok()) return SendError(res, h.error().Wrap("disk rejected"));
   }
   if (image_server_) {
     if (auto st = PublishImage(*image); !st.ok()) return SendError(res, st.error());

@@ -29,6 +29,7 @@
 #include "store/store.h"
 
 namespace httplib {
+class ContentReader;
 class Server;
 struct Request;
 struct Response;
@@ -103,6 +104,13 @@ class Controller {
   nlohmann::json AgentBlobs(const Image& image, bool image_checkpoint);
   // Publishes the image's files to the image server; fills image.blobs.
   Status PublishImage(Image& image);
+  // One writer per image file: claims `kind` ("disk", "kernel", "initrd", or
+  // "finalize" for the whole image) of image `id`, or fails with
+  // kFailedPrecondition (409) while another upload or a finalize holds it.
+  Status ClaimImageIo(const std::string& id, const std::string& kind);
+  void ReleaseImageIo(const std::string& id, const std::string& kind);
+  void UploadImageFile(const Caller& c, const httplib::Request& req, httplib::Response& res,
+                       const httplib::ContentReader& reader);
 
   // Runs `fn` on the operation pool (kOpWorkers threads, unbounded queue);
   // `vm_id` (if set) is marked in flight from now until `fn` has returned,
@@ -137,6 +145,10 @@ class Controller {
   std::unique_ptr<httplib::Server> server_;
   std::thread server_thread_, reconcile_thread_;
   std::atomic<bool> stop_{false};
+
+  std::mutex image_io_mu_;
+  std::map<std::string, std::set<std::string>>
+      image_io_;  // image id -> claimed kinds; guarded by image_io_mu_
 
   std::mutex mu_;
   std::map<std::string, nlohmann::json> host_images_;  // host id -> last reported cache stats; guarded by mu_

@@ -225,7 +225,11 @@ int Run(int argc, char** argv) {
       // Loopback HTTP: cold batched fetch of every chunk into a host cache,
       // then single GETs for latency.
       auto catalog = std::move(ImageCatalog::Open(work + "/server")).value();
-      ImageServer server(*store, *catalog, {});
+      ImageServer server(*store, *catalog, [] {
+        ImageServer::Options o;
+        o.allow_anonymous = true;
+        return o;
+      }());
       (void)server.Start("127.0.0.1", 0);
       ChunkCache::Options co;
       co.capacity_bytes = 1ull << 40;

@@ -70,6 +70,8 @@ ImageServer::ImageServer(ChunkStore& store, ImageCatalog& catalog, Options optio
 ImageServer::~ImageServer() { Stop(); }
 
 Result<int> ImageServer::Start(const std::string& host, int port) {
+  if (options_.token.empty() && !options_.allow_anonymous)
+    return MakeError(ErrorCode::kInvalidArgument, "the image server needs a token");
   int bound = port == 0 ? server_->bind_to_any_port(host.c_str())
                         : (server_->bind_to_port(host.c_str(), port) ? port : -1);
   if (bound <= 0)

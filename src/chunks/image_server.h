@@ -29,8 +29,11 @@ class ImageCatalog;
 class ImageServer {
  public:
   struct Options {
-    // When non-empty, every request must carry "Authorization: Bearer TOKEN".
+    // Every request must carry "Authorization: Bearer TOKEN". Start() refuses
+    // an empty token unless allow_anonymous (unit tests and benchmarks only):
+    // the server hands out every image and checkpoint memory file.
     std::string token;
+    bool allow_anonymous = false;
     // Worker threads; each keep-alive connection holds one while open.
     int threads = 16;
     // A batch answer stops adding chunks once it would exceed this many

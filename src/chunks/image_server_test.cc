@@ -37,6 +37,7 @@ class ImageServerTest : public ::testing::Test {
     so.sync = false;
     store_ = std::move(ChunkStore::Open(dir_.path(), so)).value();
     catalog_ = std::move(ImageCatalog::Open(dir_.path())).value();
+    if (options.token.empty()) options.allow_anonymous = true;
     server_ = std::make_unique<ImageServer>(*store_, *catalog_, options);
     auto port = server_->Start("127.0.0.1", 0);
     ASSERT_TRUE(port.ok()) << port.error().message;
@@ -73,6 +74,15 @@ class ImageServerTest : public ::testing::Test {
   std::unique_ptr<ImageServer> server_;
   int port_ = 0;
 };
+
+TEST_F(ImageServerTest, RefusesToStartWithoutAToken) {
+  auto store = std::move(ChunkStore::Open(dir_.path())).value();
+  auto catalog = std::move(ImageCatalog::Open(dir_.path())).value();
+  ImageServer server(*store, *catalog, {});
+  auto port = server.Start("127.0.0.1", 0);
+  ASSERT_FALSE(port.ok());
+  EXPECT_NE(port.error().message.find("token"), std::string::npos);
+}
 
 TEST_F(ImageServerTest, UploadListGetAndBatchFetchRoundTrip) {
   StartServer();
@@ -419,7 +429,11 @@ TEST(ChunkClient, UnreachableServerIsUnavailable) {
   auto catalog = std::move(ImageCatalog::Open(dir.path())).value();
   std::string url;
   {
-    ImageServer server(*store, *catalog, {});
+    ImageServer server(*store, *catalog, [] {
+      ImageServer::Options o;
+      o.allow_anonymous = true;
+      return o;
+    }());
     ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
     url = server.url();
   }  // stopped: the port now refuses connections

@@ -146,7 +146,11 @@ TEST_F(ManifestBlockSourceTest, ConcurrentReadersSeeTheImage) {
 
 TEST_F(ManifestBlockSourceTest, PrefetchOverHttpThenServeOffline) {
   auto catalog = std::move(ImageCatalog::Open(dir_ / "server")).value();
-  ImageServer server(*store_, *catalog, {});
+  ImageServer server(*store_, *catalog, [] {
+    ImageServer::Options o;
+    o.allow_anonymous = true;
+    return o;
+  }());
   ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
   auto published = catalog->Publish("tiny", manifest_, *store_);
   ASSERT_TRUE(published.ok());

@@ -23,13 +23,24 @@ int RunImageServer(const ImageServerOptions& options) {
     return 1;
   };
   ImageServer::Options so;
-  if (!options.token_file.empty()) {
-    auto token = ReadTokenFile(options.token_file);
-    if (!token.ok()) return fail("cannot read the token: " + token.error().message);
-    so.token = *token;
-    if (so.token.empty()) return fail("the token file " + options.token_file + " is empty");
-  }
   if (Status st = MakeDirs(options.dir, 0700); !st.ok()) return fail(st.error().message);
+  // Never without a token: it would serve every image and checkpoint memory
+  // file to anyone who can connect. Without --token-file, DIR/server.token
+  // is created (0600) at the first start, like the controller's tokens.
+  std::string token_file = options.token_file;
+  if (token_file.empty()) {
+    token_file = options.dir + "/server.token";
+    if (!FileExists(token_file)) {
+      if (Status st = WriteFileAtomic(token_file, NewToken() + "\n", 0600); !st.ok())
+        return fail("cannot create the token file: " + st.error().message);
+      spdlog::info("image server: created the token file {} (give it to the controller and agents)",
+                   token_file);
+    }
+  }
+  auto token = ReadTokenFile(token_file);
+  if (!token.ok()) return fail("cannot read the token: " + token.error().message);
+  so.token = *token;
+  if (so.token.empty()) return fail("the token file " + token_file + " is empty");
   auto store = ChunkStore::Open(options.dir);
   if (!store.ok()) return fail(store.error().message);
   auto catalog = ImageCatalog::Open(options.dir);
@@ -40,9 +51,10 @@ int RunImageServer(const ImageServerOptions& options) {
   auto bound = server.Start(host, port);
   if (!bound.ok()) return fail(bound.error().message);
   auto stats = (*catalog)->ComputeStats(**store);
-  spdlog::info("image server on {} (store {}: {} images, {} versions, {} MiB stored, dedup {:.2f}x){}",
-               server.url(), options.dir, stats.images, stats.versions, stats.physical_bytes >> 20,
-               stats.dedup_ratio, so.token.empty() ? "; no token: anyone who can connect may read and push" : "");
+  spdlog::info(
+      "image server on {} (store {}: {} images, {} versions, {} MiB stored, dedup {:.2f}x)",
+      server.url(), options.dir, stats.images, stats.versions, stats.physical_bytes >> 20,
+      stats.dedup_ratio);
   std::cout << server.url() << std::endl;
   WaitForTermination();
   spdlog::info("image server stopping");

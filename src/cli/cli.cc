@@ -1400,8 +1400,9 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
         ->check(ListenValidator())
         ->capture_default_str();
     is->add_option("--dir", s.image_server.dir, "Chunk store and manifests")->capture_default_str();
-    is->add_option("--token-file", s.image_server.token_file,
-                   "File with the bearer token clients must send (default: none)");
+    is->add_option(
+        "--token-file", s.image_server.token_file,
+        "File with the bearer token clients must send (default: DIR/server.token, created 0600)");
 
     auto* a = leaf(&app, "agent", "Run a host agent", [&] {
       if (!s.agent_memory.empty()) s.agent.memory_mb = ParseMemoryMb(s.agent_memory).value();
@@ -1440,6 +1441,9 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
                   "Image server URL to fetch image chunks from (default: read image files by path)");
     a->add_option("--image-server-token-file", s.agent.image_server_token_file,
                   "File with the image server's token");
+    a->add_option("--image-dir", s.agent.image_dirs,
+                  "Directory of image files the controller may name by path (repeatable; "
+                  "single-machine setups)");
     a->add_option("--cache-mb", s.agent.cache_mb, "Bound of the host chunk cache, MiB")
         ->check(CLI::Range(64, 1 << 24))
         ->capture_default_str();

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace vmgrid {
 
@@ -64,6 +65,10 @@ struct AgentOptions {
   // sends (single-machine setups).
   std::string image_server;
   std::string image_server_token_file;  // bearer token for it ("" = none)
+  // Directories of image files the controller may name by path (on a single
+  // machine: the controller's image directory). Paths the controller sends
+  // are accepted only under these and the state directory.
+  std::vector<std::string> image_dirs;
   uint64_t cache_mb = 10240;            // bound of the host chunk cache (STATE/chunks)
   bool prefetch = true;                 // stream recorded first-read orders on cold starts
 };
@@ -92,7 +97,9 @@ struct DevOptions {
 struct ImageServerOptions {
   std::string listen = "127.0.0.1:8471";
   std::string dir = "./state/image-server";  // chunks/, manifests/
-  std::string token_file;                     // bearer token clients must send ("" = none)
+  // Bearer token clients must send. "" = DIR/server.token, created (0600) at
+  // the first start: the image server never serves without a token.
+  std::string token_file;
 };
 
 int RunController(const ControllerOptions& options);

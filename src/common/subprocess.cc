@@ -1,6 +1,7 @@
 #include "common/subprocess.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -28,6 +29,14 @@ struct Fd {
 
 Result<ProcessOutput> RunProcess(const std::vector<std::string>& argv,
                                  std::chrono::milliseconds timeout) {
+  ProcessOptions o;
+  o.timeout = timeout;
+  return RunProcess(argv, o);
+}
+
+Result<ProcessOutput> RunProcess(const std::vector<std::string>& argv,
+                                 const ProcessOptions& options) {
+  const auto timeout = options.timeout;
   if (argv.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty command");
   int out_pipe[2], err_pipe[2];
   if (pipe2(out_pipe, O_CLOEXEC) != 0) return MakeError(ErrorCode::kInternal, "pipe failed");
@@ -44,11 +53,14 @@ Result<ProcessOutput> RunProcess(const std::vector<std::string>& argv,
   pid_t pid = fork();
   if (pid < 0) return MakeError(ErrorCode::kInternal, std::string("fork: ") + strerror(errno));
   if (pid == 0) {
-    int devnull = open("/dev/null", O_RDONLY);
-    dup2(devnull, 0);
+    int in = options.stdin_fd >= 0 ? options.stdin_fd : open("/dev/null", O_RDONLY);
+    dup2(in, 0);
     dup2(out_w.fd, 1);
     dup2(err_w.fd, 2);
     syscall(SYS_close_range, 3, ~0U, 0);
+    if (options.drop_privileges &&
+        (setgroups(0, nullptr) != 0 || setgid(options.gid) != 0 || setuid(options.uid) != 0))
+      _exit(126);
     execvp(cargv[0], cargv.data());
     _exit(127);
   }

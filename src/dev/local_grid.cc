@@ -138,11 +138,13 @@ void LocalGrid::StopController(bool hard) {
 
 Status LocalGrid::StartAgent(int index, milliseconds timeout) {
   std::string name = "host-" + std::to_string(index + 1);
-  std::vector<std::string> argv = {options_.vmgrid_binary, "agent", "--listen",
-                                   "127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]),
-                                   "--controller", url_, "--token-file",
-                                   controller_state_dir() + "/agent.token", "--state-dir",
-                                   agent_state_dir(index), "--name", name};
+  std::vector<std::string> argv = {
+      options_.vmgrid_binary, "agent", "--listen",
+      "127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]), "--controller", url_,
+      "--token-file", controller_state_dir() + "/agent.token", "--state-dir",
+      agent_state_dir(index), "--name", name,
+      // Without an image server the controller names image files by path.
+      "--image-dir", controller_state_dir() + "/images"};
   if (options_.host_vcpus > 0) argv.insert(argv.end(), {"--vcpus", std::to_string(options_.host_vcpus)});
   if (options_.host_memory_mb > 0)
     argv.insert(argv.end(), {"--memory-mb", std::to_string(options_.host_memory_mb)});

@@ -4,10 +4,12 @@
 // Thread-safe (stateless).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
 #include "common/result.h"
+#include "common/subprocess.h"
 
 namespace vmgrid {
 
@@ -26,14 +28,36 @@ constexpr int64_t kMaxVirtualDiskBytes = int64_t{4} << 40;
 Result<DiskInfo> InspectDisk(const std::string& path, const std::string& claimed_format,
                              bool needs_boot_sector);
 
+// The same for an open file: `fd` is what is validated, so a caller that
+// validates a file and then renames it (by fd identity) publishes exactly
+// the bytes that were checked. A qcow2 header is read by vmgrid itself first
+// (images/qcow2_header.h): a backing file, external data file or encryption
+// is refused before any QEMU tool opens the file. qemu-img then reads the
+// file through this fd (as /dev/stdin), never by path, and when we run as
+// root it runs as the unprivileged user vmgrid-qemu (nobody if absent).
+Result<DiskInfo> InspectDiskFd(int fd, const std::string& claimed_format, bool needs_boot_sector);
+
+// Converts a user's qcow2 at `src` (checked again: no backing or data file)
+// to a new raw file `dst` (replaced if present), with qemu-img reading `src`
+// through an fd and running unprivileged as for InspectDiskFd. On failure
+// `dst` does not exist.
+Status ConvertUntrustedQcow2ToRaw(const std::string& src, const std::string& dst,
+                                  std::chrono::milliseconds timeout);
+
+// How qemu-img and other tools are run on user files: as vmgrid-qemu (or
+// nobody) when this process is root, unchanged otherwise.
+ProcessOptions UntrustedToolOptions(std::chrono::milliseconds timeout);
+
 // Format guessed from the first bytes ("qcow2" or "raw").
 Result<std::string> SniffDiskFormat(const std::string& path);
 
 // A Linux kernel: a bzImage (boot protocol header "HdrS"), or an x86-64 ELF
 // vmlinux that QEMU boots through its PVH entry.
 Status CheckKernel(const std::string& path);
+Status CheckKernelFd(int fd);
 
 // An initramfs: cpio, or gzip/zstd/xz/lzma/lz4/bzip2 compressed.
 Status CheckInitrd(const std::string& path);
+Status CheckInitrdFd(int fd);
 
 }  // namespace vmgrid

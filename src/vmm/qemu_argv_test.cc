@@ -122,6 +122,17 @@ TEST(BuildQemuArgvTest, KernelWithoutInitrdOrAppend) {
   EXPECT_EQ(std::find(a.begin(), a.end(), "-append"), a.end());
 }
 
+TEST(BuildQemuArgvTest, UntrustedLayerLosesItsBackingFile) {
+  QemuConfig c = FullConfig();
+  c.disk_untrusted_depth = 2;
+  auto a = BuildQemuArgv(c);
+  auto it = std::find(a.begin(), a.end(), "-drive");
+  ASSERT_NE(it, a.end());
+  EXPECT_EQ(*(it + 1),
+            "file=/vms/vm-1/disk.qcow2,if=none,id=disk0,format=qcow2,cache=writeback,discard=unmap,"
+            "backing.backing.backing=");
+}
+
 TEST(ValidateQemuConfigTest, AcceptsGoodAndRejectsBadConfigs) {
   EXPECT_TRUE(ValidateQemuConfig(FullConfig()).ok());
   auto bad = [](auto mutate) {
@@ -140,6 +151,8 @@ TEST(ValidateQemuConfigTest, AcceptsGoodAndRejectsBadConfigs) {
   EXPECT_TRUE(bad([](QemuConfig& c) { c.run_dir = "/" + std::string(120, 'd'); }));
   EXPECT_TRUE(bad([](QemuConfig& c) { c.disk_path = "/d,format=raw"; }));
   EXPECT_TRUE(bad([](QemuConfig& c) { c.disk_format = "vmdk"; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.disk_untrusted_depth = -1; }));
+  EXPECT_TRUE(bad([](QemuConfig& c) { c.disk_untrusted_depth = 17; }));
   EXPECT_TRUE(bad([](QemuConfig& c) { c.kernel = ""; }));  // initrd without kernel
   EXPECT_TRUE(bad([](QemuConfig& c) { c.append = "a\nb"; }));
   EXPECT_TRUE(bad([](QemuConfig& c) { c.accel = "hvf"; }));

@@ -396,6 +396,8 @@ Status ValidateQemuConfig(const QemuConfig& c) {
   }
   if (c.disk_format != "qcow2" && c.disk_format != "raw")
     return invalid("disk_format must be qcow2 or raw");
+  if (c.disk_untrusted_depth < 0 || c.disk_untrusted_depth > 16)
+    return invalid("disk_untrusted_depth must be in [0, 16]");
   if (c.kernel.empty() && (!c.initrd.empty() || !c.append.empty())) {
     return invalid("initrd/append require a kernel");
   }
@@ -441,9 +443,14 @@ std::vector<std::string> BuildQemuArgv(const QemuConfig& c) {
       for (int i = 0; i < c.nbd_depth; ++i) nbd += "backing.";
       nbd = "," + nbd + "file.server.path=" + c.nbd_socket;
     }
+    std::string cut;  // backing.(...)backing= (the user's layer has no backing file)
+    if (c.disk_untrusted_depth > 0) {
+      for (int i = 0; i < c.disk_untrusted_depth; ++i) cut += "backing.";
+      cut = "," + cut + "backing=";
+    }
     a.insert(a.end(), {"-drive",
                        "file=" + c.disk_path + ",if=none,id=disk0,format=" + c.disk_format +
-                           ",cache=writeback,discard=unmap" + nbd,
+                           ",cache=writeback,discard=unmap" + nbd + cut,
                        "-device", "virtio-blk-pci,drive=disk0,id=vda"});
   }
   a.insert(a.end(), {

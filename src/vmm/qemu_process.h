@@ -48,6 +48,10 @@ struct QemuConfig {
   std::string kernel, initrd, append;  // empty kernel => boot from disk firmware
   std::string disk_path;               // empty => no disk
   std::string disk_format = "qcow2";   // qcow2 | raw
+  // > 0: the layer this many backing steps below disk_path is a user's image;
+  // QEMU opens it with no backing file of its own ("backing.…backing=" on the
+  // -drive), whatever its header says. 0: no layer is cut.
+  int disk_untrusted_depth = 0;
   std::string run_dir;                 // holds qmp.sock, qga.sock, qemu.pid, console.log, qemu.log
   bool incoming = false;               // start with -incoming defer (resume from a checkpoint)
   std::string runas;                   // unprivileged user when we run as root ("" = none)

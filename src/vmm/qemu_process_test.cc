@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include "common/subprocess.h"
 #include "vmm/machine_ops.h"
 #include "vmm/test_util.h"
 
@@ -291,6 +292,52 @@ TEST_F(QemuProcessTest, AutoAccelLaunches) {
   EXPECT_NE(cmdline.find(kvm ? "accel=kvm" : "accel=tcg"), std::string::npos);
   std::cout << "[info] KvmAvailable() = " << KvmAvailable() << ", KvmUsableBy() = " << kvm << "\n";
   ASSERT_TRUE((*q)->Quit(milliseconds(10000)).ok());
+}
+
+// Issue 9: a user's qcow2 can name a backing file (here a host file standing
+// in for the admin token). With disk_untrusted_depth, QEMU opens that layer
+// with no backing file of its own, so nothing of the host file is reachable
+// from the guest's drive; without it (the code before issue 9) the host file
+// is part of the drive's chain. Checked on QEMU's own view (query-block).
+TEST_F(QemuProcessTest, UntrustedLayerIsOpenedWithoutItsBackingFile) {
+  std::string secret = dir_.path() + "/host-secret";
+  {
+    std::ofstream(secret) << "SECRET-HOST-FILE";
+  }
+  ASSERT_EQ(::truncate(secret.c_str(), 1 << 20), 0);
+  std::string user = dir_.path() + "/user.qcow2", top = dir_.path() + "/top.qcow2";
+  ASSERT_TRUE(RunProcessChecked({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", secret,
+                                 "-F", "raw", user, "1M"})
+                  .ok());
+  ASSERT_TRUE(RunProcessChecked({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", user, "-F",
+                                 "qcow2", top, "1M"})
+                  .ok());
+  // The image below the user's layer, as QEMU opened it ("" for none).
+  auto below_user_layer = [&](int depth) -> std::string {
+    QemuConfig c = BareConfig(RunDir(), "cut-" + std::to_string(depth));
+    c.disk_path = top;
+    c.disk_untrusted_depth = depth;
+    c.incoming = true;  // devices open, guest never runs
+    auto q = QemuProcess::Launch(c, kLaunchTimeout);
+    EXPECT_TRUE(q.ok()) << q.error().message;
+    if (!q.ok()) return "?";
+    auto blocks = (*q)->qmp().Execute("query-block");
+    EXPECT_TRUE(blocks.ok()) << blocks.error().message;
+    (void)(*q)->Quit(milliseconds(10000));
+    if (!blocks.ok()) return "?";
+    for (const auto& b : *blocks) {
+      if (b.value("device", "") != "disk0") continue;
+      const auto& top_image = b["inserted"]["image"];
+      EXPECT_NE(top_image["backing-image"].value("filename", "").find(user), std::string::npos)
+          << b.dump();
+      const auto& user_image = top_image["backing-image"];
+      return user_image.contains("backing-image") ? user_image["backing-image"].value("filename", "?") : "";
+    }
+    ADD_FAILURE() << "no disk0 in " << blocks->dump();
+    return "?";
+  };
+  EXPECT_EQ(below_user_layer(0), secret) << "control: without the cut the host file is in the chain";
+  EXPECT_EQ(below_user_layer(1), "");
 }
 
 }  // namespace
