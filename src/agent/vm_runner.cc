@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <filesystem>
 #include <set>
 
@@ -217,32 +218,38 @@ int VmRunner::AllocateUidLocked() const {
   return -2;
 }
 
+// What of an error may reach a user: its reason without host detail. QEMU's
+// own output (appended after these markers by vmm/ and WaitGuestReady) is
+// cut, and every absolute path (or json: backing string) is replaced.
+std::string RedactForUser(const std::string& message) {
+  std::string m = message;
+  for (const char* marker : {"; qemu stderr:", "; qemu.log:", "; see "}) {
+    if (size_t at = m.find(marker); at != std::string::npos) m.erase(at);
+  }
+  std::string out;
+  size_t i = 0;
+  while (i < m.size()) {
+    bool token_start = i == 0 || std::isspace(static_cast<unsigned char>(m[i - 1])) || m[i - 1] == '\'' ||
+                       m[i - 1] == '"' || m[i - 1] == '(' || m[i - 1] == '=';
+    if (token_start && (m[i] == '/' || m.compare(i, 5, "json:") == 0)) {
+      const bool json = m[i] == 'j';  // a json: string holds quotes; it ends at a space
+      size_t end = i;
+      while (end < m.size() && !std::isspace(static_cast<unsigned char>(m[end])) &&
+             (json || (m[end] != '\'' && m[end] != '"' && m[end] != ')')))
+        ++end;
+      while (end > i + 1 && (m[end - 1] == ':' || m[end - 1] == ',' || m[end - 1] == ';')) --end;
+      out += "<host path>";
+      i = end;
+      continue;
+    }
+    out += m[i++];
+  }
+  return out;
+}
+
 Error VmRunner::ForUser(const Error& e, const std::string& what) const {
   spdlog::warn("{}: {}", what, e.message);
-  const char* why = "an internal error on the host (details in the host's log)";
-  switch (e.code) {
-    case ErrorCode::kNotFound:
-      why = "not found on the host";
-      break;
-    case ErrorCode::kAlreadyExists:
-      why = "it already exists on the host";
-      break;
-    case ErrorCode::kFailedPrecondition:
-      why = "the VM is not in a state that allows it";
-      break;
-    case ErrorCode::kTimeout:
-      why = "the host timed out (details in the host's log)";
-      break;
-    case ErrorCode::kUnavailable:
-      why = "a service the host needs is unavailable (details in the host's log)";
-      break;
-    case ErrorCode::kInvalidArgument:
-      why = "the host refused the request (details in the host's log)";
-      break;
-    default:
-      break;
-  }
-  return MakeError(e.code, what + " failed: " + why);
+  return MakeError(e.code, what + " failed: " + RedactForUser(e.message) + " (details in the host's log)");
 }
 
 Status VmRunner::PersistState(Vm& vm) {
@@ -632,10 +639,10 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
   if (!st.ok()) {
     // The VM is paused (or dead); put it back as it was.
     if (vm->qemu && vm->qemu->Alive() && Cont(vm->qemu->qmp()).ok()) {
-      vm->Set("running", "checkpoint failed (details in the host's log)");
+      vm->Set("running", "checkpoint failed: " + RedactForUser(st.error().message));
     } else {
       vm->qemu.reset();
-      vm->Set("error", "checkpoint failed and QEMU is gone (details in the host's log)");
+      vm->Set("error", "checkpoint failed and QEMU is gone: " + RedactForUser(st.error().message));
     }
     (void)PersistState(*vm);
     return ForUser(st.error(), "checkpoint of VM " + id);
@@ -673,7 +680,7 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
   if (!st.ok()) {
     if (vm->qemu) (void)vm->qemu->Kill();
     vm->qemu.reset();
-    vm->Set(from, "resume failed (details in the host's log)");
+    vm->Set(from, "resume failed: " + RedactForUser(st.error().message));
     (void)PersistState(*vm);
     return ForUser(st.error(), "resume of VM " + id);
   }
@@ -840,7 +847,8 @@ Status VmRunner::DeleteWorkspace(const std::string& path) {
         return MakeError(ErrorCode::kFailedPrecondition, "workspace is in use by VM " + id);
   }
   if (unlink(path.c_str()) != 0 && errno != ENOENT)
-    return MakeError(ErrorCode::kInternal, "delete " + path + ": " + strerror(errno));
+    return ForUser(MakeError(ErrorCode::kInternal, "delete " + path + ": " + strerror(errno)),
+                   "deleting the workspace");
   return Status::Ok();
 }
 
