@@ -858,6 +858,7 @@ Status VmRunner::Recover() {
   std::string root = options_.state_dir + "/vms";
   VMG_RETURN_IF_ERROR(MakeDirs(root, 0755));
   std::error_code ec;
+  bool legacy_nbd = false;
   for (const auto& entry : fs::directory_iterator(root, ec)) {
     if (!entry.is_directory()) continue;
     std::string id = entry.path().filename().string();
@@ -889,6 +890,17 @@ Status VmRunner::Recover() {
     vm->uid = int_field("uid", -1);
     vm->gid = int_field("gid", -1);
     vm->nbd_depth = int_field("nbd_depth", 0);
+    if (options_.images && spec->blobs.count("disk") && spec->disk_mode == "clone" &&
+        !state_json.contains("nbd_depth") && !legacy_nbd) {
+      // Started by an agent before per-VM sockets: its QEMU reconnects to
+      // the host-wide socket. Its next launch gets a socket of its own.
+      legacy_nbd = true;
+      if (Status st = options_.images->AllowLegacyClients(qemu_gid_); !st.ok())
+        spdlog::error("recover: VM {} cannot reconnect to its disk: {}", id, st.error().message);
+    }
+    if (options_.images && spec->blobs.count("disk") && vm->nbd_depth == 0 &&
+        spec->disk_mode == "clone")
+      vm->nbd_depth = spec->start == "resume" && spec->blobs.count("ckpt_memory") ? 2 : 1;
     if (options_.images && spec->blobs.count("disk")) {
       // Before adopting: QEMU's NBD client is waiting to reconnect to the
       // VM's own socket.
