@@ -371,6 +371,7 @@ ErrorCode ErrorCodeFromApiString(const std::string& code) {
   if (code == "already_exists") return ErrorCode::kAlreadyExists;
   if (code == "failed_precondition") return ErrorCode::kFailedPrecondition;
   if (code == "resource_exhausted") return ErrorCode::kResourceExhausted;
+  if (code == "too_many_requests") return ErrorCode::kResourceExhausted;  // 429, retry later
   if (code == "unauthenticated") return ErrorCode::kUnauthenticated;
   if (code == "permission_denied") return ErrorCode::kPermissionDenied;
   if (code == "unavailable") return ErrorCode::kUnavailable;

@@ -118,6 +118,7 @@ Status LocalGrid::StartController(milliseconds timeout) {
   if (options_.image_server)
     argv.insert(argv.end(), {"--image-server", image_server_url(), "--image-server-token-file",
                              image_server_token_file()});
+  argv.insert(argv.end(), options_.controller_args.begin(), options_.controller_args.end());
   VMG_ASSIGN_OR_RETURN(controller_, ChildProcess::Spawn(argv, log_dir() + "/controller.log"));
   ApiClient anon(url_, "");
   auto deadline = Clock::now() + timeout;

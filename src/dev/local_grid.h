@@ -29,6 +29,7 @@ struct LocalGridOptions {
   int image_server_port = 0;           // 0 = pick a free one
   std::string agent_image_server_url;  // "" = the grid's own (e.g. a WAN emulator in front of it)
   bool agent_prefetch = true;
+  std::vector<std::string> controller_args;  // appended to `vmgrid controller` (e.g. limits)
 };
 
 class LocalGrid {
