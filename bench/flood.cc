@@ -8,6 +8,7 @@
 // per phase, and the flood's answers (accepted, 429, other) and rate.
 //
 // Usage: flood [--seconds S=20] [--exec-threads N=32] [--query-threads N=8]
+// (VMGRID_BENCH_BINARY=PATH runs the grid from another `vmgrid` build.)
 
 #include <httplib.h>
 #include <signal.h>
@@ -120,7 +121,9 @@ int main(int argc, char** argv) {
   }
 
   LocalGridOptions o;
-  o.vmgrid_binary = VMGRID_BINARY;
+  // VMGRID_BENCH_BINARY: measure another build (e.g. the code before a change).
+  const char* other = getenv("VMGRID_BENCH_BINARY");
+  o.vmgrid_binary = other && *other ? other : VMGRID_BINARY;
   o.state_dir = "/tmp/vmgrid-bench-flood-" + std::to_string(getpid());
   (void)RemoveTree(o.state_dir);
   o.hosts = 1;

@@ -38,7 +38,7 @@ TEST(ExecFloodTest, OneUserCannotStarveHealthOrHeartbeats) {
   std::atomic<int> limited_without_retry_after{0};
   std::vector<std::string> op_ids(kFlood);
   std::vector<std::thread> flood;
-  const std::string body = json{{"argv", {"/bin/sleep", "30"}}, {"timeout_s", 120}}.dump();
+  const std::string body = json{{"argv", {"/bin/sleep", "20"}}, {"timeout_s", 120}}.dump();
   for (int i = 0; i < kFlood; ++i)
     flood.emplace_back([&, i] {
       httplib::Client cli(grid->url());
