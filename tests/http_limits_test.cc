@@ -160,5 +160,21 @@ TEST_F(HttpLimitsTest, BodiesNeedAContentLength) {
   EXPECT_EQ(ok.rfind("HTTP/1.1 201", 0), 0u) << ok;
 }
 
+TEST_F(HttpLimitsTest, AgentsListenerServesOnlyHeartbeatsAndHealth) {
+  ASSERT_FALSE(grid_->agent_controller_url().empty());
+  ApiClient anon(grid_->agent_controller_url(), "");
+  EXPECT_TRUE(anon.Get("/v1/health").ok());
+  // No user endpoint exists there, even for the admin; heartbeats need the
+  // agent credential.
+  ApiClient admin(grid_->agent_controller_url(), grid_->admin_token());
+  EXPECT_EQ(admin.Get("/v1/vms").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(admin.Post("/v1/agent/heartbeat", {{"name", "evil"}, {"url", "http://x"}}).error().code,
+            ErrorCode::kPermissionDenied);
+  // The real agent heartbeats through it: its host is up.
+  auto hosts = grid_->Admin().Get("/v1/hosts");
+  ASSERT_TRUE(hosts.ok());
+  EXPECT_EQ((*hosts)["hosts"][0]["state"], "up");
+}
+
 }  // namespace
 }  // namespace vmgrid

@@ -47,6 +47,30 @@ const std::set<std::string> kTransitional = {"creating", "stopping", "checkpoint
 
 Error NotFound(const std::string& what) { return MakeError(ErrorCode::kNotFound, what + " not found"); }
 
+// Binds `server` to "HOST:PORT" (port 0: any free one); returns its URL.
+Result<std::string> BindServer(httplib::Server& server, const std::string& listen) {
+  auto colon = listen.rfind(':');
+  if (colon == std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "listen address must be HOST:PORT");
+  std::string host = listen.substr(0, colon);
+  int port = std::atoi(listen.substr(colon + 1).c_str());
+  // cpp-httplib listens with a backlog of 5: bursts of clients would be
+  // reset. Widen it once the socket is bound.
+  int listen_fd = -1;
+  server.set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
+  if (port == 0) port = server.bind_to_any_port(host.c_str());
+  else if (!server.bind_to_port(host.c_str(), port)) port = -1;
+  server.set_socket_options(httplib::default_socket_options);  // drop the capture
+  if (port <= 0)
+    return MakeError(ErrorCode::kUnavailable,
+                     "cannot listen on " + listen + " (in use by another process?)");
+  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
+  return "http://" + host + ":" + std::to_string(port);
+}
+
 // A refusal by admission control: 429 with Retry-After, so well-behaved
 // clients back off instead of hammering.
 void SendTooMany(Res& res, const Error& error, int retry_after_s) {
@@ -144,26 +168,18 @@ Status Controller::Start() {
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server_->set_tcp_nodelay(true);
   InstallRoutes();
-  auto colon = options_.listen.rfind(':');
-  if (colon == std::string::npos)
-    return MakeError(ErrorCode::kInvalidArgument, "listen address must be HOST:PORT");
-  std::string host = options_.listen.substr(0, colon);
-  int port = std::atoi(options_.listen.substr(colon + 1).c_str());
-  // cpp-httplib listens with a backlog of 5: bursts of clients would be
-  // reset. Widen it once the socket is bound.
-  int listen_fd = -1;
-  server_->set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
-    listen_fd = sock;
-  });
-  if (port == 0) port = server_->bind_to_any_port(host.c_str());
-  else if (!server_->bind_to_port(host.c_str(), port)) port = -1;
-  if (port <= 0)
-    return MakeError(ErrorCode::kUnavailable,
-                     "cannot listen on " + options_.listen + " (in use by another process?)");
-  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
-  server_->set_socket_options(httplib::default_socket_options);  // drop the capture
-  url_ = "http://" + host + ":" + std::to_string(port);
+  VMG_ASSIGN_OR_RETURN(url_, BindServer(*server_, options_.listen));
+  // Agents' own listener: heartbeats (and health) on threads no user
+  // connection can take.
+  if (!options_.agent_listen.empty()) {
+    agent_server_ = std::make_unique<GuardedServer>(limits);
+    agent_server_->new_task_queue = [] { return new httplib::ThreadPool(kAgentListenerThreads); };
+    agent_server_->set_tcp_nodelay(true);
+    InstallAgentListenerRoutes();
+    VMG_ASSIGN_OR_RETURN(agent_url_, BindServer(*agent_server_, options_.agent_listen));
+    agent_server_thread_ = std::thread([this] { agent_server_->listen_after_bind(); });
+    spdlog::info("controller: agents' listener at {}", agent_url_);
+  }
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
   reconcile_thread_ = std::thread([this] { ReconcileLoop(); });
   spdlog::info("controller serving at {} (state {}, images {}, database {})", url_, options_.state_dir,
@@ -174,10 +190,12 @@ Status Controller::Start() {
 void Controller::Shutdown() {
   stop_ = true;
   if (server_) server_->stop();
+  if (agent_server_) agent_server_->stop();
 }
 
 void Controller::Wait(std::chrono::milliseconds grace) {
   if (server_thread_.joinable()) server_thread_.join();
+  if (agent_server_thread_.joinable()) agent_server_thread_.join();
   if (reconcile_thread_.joinable()) reconcile_thread_.join();
   std::unique_lock<std::mutex> l(ops_mu_);
   ops_cv_.wait_for(l, grace, [this] { return running_ops_ == 0; });
@@ -636,6 +654,22 @@ void Controller::InstallRoutes() {
         }));
   s.Delete(R"(/v1/workspaces/([^/]+))",
            Authed([this](const Caller& c, const Req& q, Res& r) { DeleteWorkspace(c, q, r); }));
+}
+
+// Only what agents (and a load balancer's health check) need.
+void Controller::InstallAgentListenerRoutes() {
+  auto& s = *agent_server_;
+  s.set_payload_max_length(kMaxJsonBody);
+  s.set_pre_routing_handler([](const Req& req, Res& res) {
+    return RefuseUnframedBody(req, res, kMaxJsonBody) ? httplib::Server::HandlerResponse::Handled
+                                                      : httplib::Server::HandlerResponse::Unhandled;
+  });
+  InstallJsonErrorHandlers(s);
+  s.Get("/v1/health", [](const Req&, Res& res) {
+    SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
+  });
+  s.Post("/v1/agent/heartbeat",
+         Authed([this](const Caller& c, const Req& q, Res& r) { Heartbeat(c, q, r); }, {"agent"}));
 }
 
 // --- users and hosts -------------------------------------------------------------------

@@ -58,6 +58,8 @@ class Controller {
   void Wait(std::chrono::milliseconds grace);
 
   std::string url() const { return url_; }
+  // The agents' listener ("" without --agent-listen).
+  std::string agent_url() const { return agent_url_; }
   Store& store() { return *store_; }
 
  private:
@@ -69,6 +71,7 @@ class Controller {
   using Handler = std::function<void(const Caller&, const httplib::Request&, httplib::Response&)>;
 
   void InstallRoutes();
+  void InstallAgentListenerRoutes();
   // Wraps a handler with authentication and a role check.
   std::function<void(const httplib::Request&, httplib::Response&)> Authed(
       Handler h, const std::set<std::string>& roles = {"admin", "user"});
@@ -139,7 +142,10 @@ class Controller {
   std::unique_ptr<QueryService> query_;
   std::unique_ptr<ChunkClient> image_server_;  // null without --image-server
   std::unique_ptr<httplib::Server> server_;
-  std::thread server_thread_, reconcile_thread_;
+  std::unique_ptr<httplib::Server> agent_server_;  // with --agent-listen
+  std::string agent_url_;
+  static constexpr size_t kAgentListenerThreads = 16;
+  std::thread server_thread_, reconcile_thread_, agent_server_thread_;
   std::atomic<bool> stop_{false};
 
   std::mutex mu_;

@@ -1425,6 +1425,10 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
                   "(default: none; agents read image files by path)");
     c->add_option("--image-server-token-file", s.controller.image_server_token_file,
                   "File with the image server's token");
+    c->add_option("--agent-listen", s.controller.agent_listen,
+                  "Separate address for agents' heartbeats (and health), with threads of its own; "
+                  "give agents this URL as --controller (default: none, the main listener)")
+        ->check(ListenValidator());
     // Admission limits (docs/api.md#limits); over a limit: 429 with Retry-After.
     for (auto [flag, dst, what] :
          {std::tuple{"--max-requests-per-user", &s.controller.max_requests_per_user,

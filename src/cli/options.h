@@ -37,6 +37,10 @@ struct ControllerOptions {
   int max_queries_per_user = 2;    // information-service queries at once
   int http_threads = 128;          // connection threads of the REST API server
   int header_timeout_ms = 10'000;  // a request's line and headers, in total
+  // A second listener, "HOST:PORT", serving only agents' heartbeats and
+  // health on threads of its own; point agents' --controller at it. Empty:
+  // agents use the main listener.
+  std::string agent_listen;
 };
 
 // `vmgrid agent`: runs QEMU VMs on one host on behalf of the controller.
