@@ -54,11 +54,12 @@ struct Latencies {
 };
 
 struct Probe {
-  Latencies health, heartbeat;
+  Latencies health, heartbeat, agent_heartbeat;
 };
 
 // Probes health and heartbeats alternately, every 50 ms, until `stop`.
-Probe RunProbe(const std::string& url, const std::string& agent_token,
+// `agent_url`: the controller's agents' listener ("" = none).
+Probe RunProbe(const std::string& url, const std::string& agent_url, const std::string& agent_token,
                const std::atomic<bool>& stop) {
   Probe p;
   const std::string beat = json{
@@ -89,6 +90,18 @@ Probe RunProbe(const std::string& url, const std::string& agent_token,
         p.heartbeat.ms.push_back(ms);
       else
         ++p.heartbeat.failed;
+    }
+    if (!agent_url.empty()) {
+      httplib::Client cli(agent_url);
+      cli.set_read_timeout(30, 0);
+      auto t0 = Clock::now();
+      auto r = cli.Post("/v1/agent/heartbeat", {{"Authorization", "Bearer " + agent_token}}, beat,
+                        "application/json");
+      double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      if (r && r->status == 200)
+        p.agent_heartbeat.ms.push_back(ms);
+      else
+        ++p.agent_heartbeat.failed;
     }
     std::this_thread::sleep_for(milliseconds(50));
   }
@@ -124,6 +137,7 @@ int main(int argc, char** argv) {
   // VMGRID_BENCH_BINARY: measure another build (e.g. the code before a change).
   const char* other = getenv("VMGRID_BENCH_BINARY");
   o.vmgrid_binary = other && *other ? other : VMGRID_BINARY;
+  o.agent_listener = !(other && *other);  // older builds lack --agent-listen
   o.state_dir = "/tmp/vmgrid-bench-flood-" + std::to_string(getpid());
   (void)RemoveTree(o.state_dir);
   o.hosts = 1;
@@ -171,7 +185,7 @@ int main(int argc, char** argv) {
   auto probe_for = [&](int s) {
     std::atomic<bool> stop{false};
     Probe p;
-    std::thread t([&] { p = RunProbe(grid.url(), agent, stop); });
+    std::thread t([&] { p = RunProbe(grid.url(), grid.agent_controller_url(), agent, stop); });
     std::this_thread::sleep_for(seconds(s));
     stop = true;
     t.join();
@@ -226,10 +240,14 @@ int main(int argc, char** argv) {
       "| phase | probe | answered | failed | p50 ms | p99 ms | max ms "
       "|\n|---|---|---|---|---|---|---|\n");
   for (auto [phase, p] : {std::pair{"idle", &idle}, {"flood", &busy}})
-    for (auto [name, l] : {std::pair{"GET /v1/health", &p->health}, {"heartbeat", &p->heartbeat}})
+    for (auto [name, l] : {std::pair{"GET /v1/health", &p->health},
+                           {"heartbeat, main listener", &p->heartbeat},
+                           {"heartbeat, agents' listener", &p->agent_heartbeat}}) {
+      if (l->ms.empty() && l->failed == 0) continue;  // no agents' listener (older build)
       std::printf("| %s | %s | %zu | %d | %.2f | %.2f | %.2f |\n", phase, name, l->ms.size(),
                   l->failed, l->Pct(0.5), l->Pct(0.99),
                   l->ms.empty() ? 0.0 : *std::max_element(l->ms.begin(), l->ms.end()));
+    }
   std::printf(
       "\n| flood (one user, %.0f s) | threads | accepted | 429 | other | requests/s "
       "|\n|---|---|---|---|---|---|\n",
