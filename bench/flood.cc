@@ -59,7 +59,8 @@ struct Probe {
 
 // Probes health and heartbeats alternately, every 50 ms, until `stop`.
 // `agent_url`: the controller's agents' listener ("" = none).
-Probe RunProbe(const std::string& url, const std::string& agent_url, const std::string& agent_token,
+// `host_token`: the probe host's own credential (heartbeats as "flood-probe").
+Probe RunProbe(const std::string& url, const std::string& agent_url, const std::string& host_token,
                const std::atomic<bool>& stop) {
   Probe p;
   const std::string beat = json{
@@ -79,30 +80,21 @@ Probe RunProbe(const std::string& url, const std::string& agent_url, const std::
       else
         ++p.health.failed;
     }
-    {
-      httplib::Client cli(url);
+    // One heartbeat on a new connection, timed into `into`.
+    auto heartbeat = [&](const std::string& to, Latencies& into) {
+      httplib::Client cli(to);
       cli.set_read_timeout(30, 0);
       auto t0 = Clock::now();
-      auto r = cli.Post("/v1/agent/heartbeat", {{"Authorization", "Bearer " + agent_token}}, beat,
+      auto r = cli.Post("/v1/agent/heartbeat", {{"Authorization", "Bearer " + host_token}}, beat,
                         "application/json");
       double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
       if (r && r->status == 200)
-        p.heartbeat.ms.push_back(ms);
+        into.ms.push_back(ms);
       else
-        ++p.heartbeat.failed;
-    }
-    if (!agent_url.empty()) {
-      httplib::Client cli(agent_url);
-      cli.set_read_timeout(30, 0);
-      auto t0 = Clock::now();
-      auto r = cli.Post("/v1/agent/heartbeat", {{"Authorization", "Bearer " + agent_token}}, beat,
-                        "application/json");
-      double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-      if (r && r->status == 200)
-        p.agent_heartbeat.ms.push_back(ms);
-      else
-        ++p.agent_heartbeat.failed;
-    }
+        ++into.failed;
+    };
+    heartbeat(url, p.heartbeat);
+    if (!agent_url.empty()) heartbeat(agent_url, p.agent_heartbeat);
     std::this_thread::sleep_for(milliseconds(50));
   }
   return p;
@@ -177,10 +169,12 @@ int main(int argc, char** argv) {
       flooder, "/v1/vms/" + vm_id, [](const json& j) { return j.value("state", "") != "creating"; },
       seconds(300));
   if (!running.ok() || (*running)["state"] != "running") Die("the VM did not start");
-  auto agent_token = ReadFile(grid.controller_state_dir() + "/agent.token");
-  if (!agent_token.ok()) Die(agent_token.error().message);
-  std::string agent = *agent_token;
-  while (!agent.empty() && agent.back() == '\n') agent.pop_back();
+  // The probe is a host of its own: it registers with the join token.
+  auto join = ReadTokenFile(grid.controller_state_dir() + "/agent.token");
+  if (!join.ok()) Die(join.error().message);
+  auto registered = ApiClient(grid.url(), *join).Post("/v1/agent/register", {{"name", "flood-probe"}});
+  if (!registered.ok()) Die("registering the probe host: " + registered.error().message);
+  const std::string agent = (*registered)["host_token"];
 
   auto probe_for = [&](int s) {
     std::atomic<bool> stop{false};
