@@ -1470,7 +1470,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
         ->capture_default_str();
     a->add_option("--controller", s.agent.controller_url, "Controller base URL")
         ->capture_default_str();
-    a->add_option("--token-file", s.agent.token_file, "File with the agent token");
+    a->add_option("--token-file", s.agent.token_file, "File with the join token (controller STATE/agent.token); read only until this host has credentials (STATE/host-credentials.json)");
     a->add_option("--state-dir", s.agent.state_dir, "State directory")->capture_default_str();
     a->add_option("--name", s.agent.name, "Host name to report (default: hostname)");
     a->add_option("--runas", s.agent.runas, "Run QEMU as this user (when per-VM uids are off)");
@@ -1511,7 +1511,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     sh->add_option("--count", s.sim.count, "Number of simulated hosts")
         ->check(CLI::Range(1, 1000000))->capture_default_str();
     sh->add_option("--controller", s.sim.controller_url, "Controller base URL")->capture_default_str();
-    sh->add_option("--token-file", s.sim.token_file, "File with the agent token")->required();
+    sh->add_option("--token-file", s.sim.token_file, "File with the join token (controller STATE/agent.token)")->required();
     sh->add_option("--listen", s.sim.listen, "Address to serve the agent API on")
         ->check(ListenValidator())->capture_default_str();
     sh->add_option("--name-prefix", s.sim.name_prefix, "Host name prefix")->capture_default_str();

@@ -51,8 +51,9 @@ struct AgentOptions {
   std::string listen = "127.0.0.1:0";
   // Base URL of the controller the agent registers with.
   std::string controller_url = "http://127.0.0.1:8470";
-  // File holding the agent-role token for the controller. Empty: the agent's
-  // default (implementation-defined, e.g. STATE_DIR/agent.token).
+  // File holding the join token (the controller's STATE/agent.token), which
+  // the agent exchanges once for credentials of its own host, kept in
+  // STATE_DIR/host-credentials.json. Empty: STATE_DIR/agent.token.
   std::string token_file;
   // VM disks, sockets, logs and other per-host state.
   std::string state_dir = "./state/agent";
