@@ -68,10 +68,13 @@ class ImageSecurityTest : public testing::Test {
     EXPECT_TRUE(hosts.ok());
     return (*hosts)["hosts"][0];
   }
+  // The agent API as the controller calls it (with the agent's own API
+  // token, which the controller gave it at registration).
   static ApiClient Agent() {
-    auto t = ReadTokenFile(grid_->controller_state_dir() + "/agent.token");
-    EXPECT_TRUE(t.ok());
-    return ApiClient(Host()["url"].get<std::string>(), t.ok() ? *t : "");
+    auto creds = ReadFile(grid_->agent_state_dir(0) + "/host-credentials.json");
+    EXPECT_TRUE(creds.ok());
+    json j = creds.ok() ? json::parse(*creds, nullptr, false) : json();
+    return ApiClient(Host()["url"].get<std::string>(), j.is_object() ? j.value("agent_api_token", "") : "");
   }
 
   static LocalGrid* grid_;
