@@ -297,10 +297,14 @@ TEST_F(ApiTest, QuotaIsEnforcedAndTheAdminCanRaiseIt) {
   EXPECT_EQ(fresh["usage"]["vms"], 0) << fresh.dump();
 
   // Only the admin sets quotas, with a strict body.
-  EXPECT_EQ(carol.Put("/v1/users/carol/quota", {{"vms", 100}}).error().code, ErrorCode::kPermissionDenied);
-  EXPECT_EQ(admin.Put("/v1/users/carol/quota", {{"vms", -1}}).error().code, ErrorCode::kInvalidArgument);
-  EXPECT_EQ(admin.Put("/v1/users/carol/quota", {{"vms", "2"}}).error().code, ErrorCode::kInvalidArgument);
-  EXPECT_EQ(admin.Put("/v1/users/carol/quota", {{"cpus", 2}}).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(carol.Put("/v1/users/carol/quota", {{"vms", 100}}).error().code,
+            ErrorCode::kPermissionDenied);
+  EXPECT_EQ(admin.Put("/v1/users/carol/quota", {{"vms", -1}}).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(admin.Put("/v1/users/carol/quota", {{"vms", "2"}}).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(admin.Put("/v1/users/carol/quota", {{"cpus", 2}}).error().code,
+            ErrorCode::kInvalidArgument);
   EXPECT_EQ(admin.Put("/v1/users/nobody/quota", {{"vms", 1}}).error().code, ErrorCode::kNotFound);
 
   auto set = admin.Put("/v1/users/carol/quota", {{"vms", 1}, {"vcpus", 1}, {"image_bytes", 1000}});
@@ -312,18 +316,21 @@ TEST_F(ApiTest, QuotaIsEnforcedAndTheAdminCanRaiseIt) {
   auto big = carol.Post("/v1/vms", {{"image", "tiny"}, {"name", "big"}, {"vcpus", 2}});
   ASSERT_FALSE(big.ok());
   EXPECT_EQ(big.error().code, ErrorCode::kPermissionDenied);
-  EXPECT_NE(big.error().message.find("quota: carol may use 1 vCPU(s) (0 in use, 2 more asked)"), std::string::npos)
+  EXPECT_NE(big.error().message.find("quota: carol may use 1 vCPU(s) (0 in use, 2 more asked)"),
+            std::string::npos)
       << big.error().message;
   auto gang = carol.Post("/v1/vms", {{"image", "tiny"}, {"name", "gang"}, {"count", 2}});
   ASSERT_FALSE(gang.ok());
   EXPECT_EQ(gang.error().code, ErrorCode::kPermissionDenied);
-  EXPECT_NE(gang.error().message.find("quota: carol may run 1 VM (0 running, 2 more asked)"), std::string::npos)
+  EXPECT_NE(gang.error().message.find("quota: carol may run 1 VM (0 running, 2 more asked)"),
+            std::string::npos)
       << gang.error().message;
   EXPECT_EQ(carol.Get("/v1/vms")->at("vms").size(), 0u);
 
   // Raised, the same request is placed and runs; the next VM is over the
   // VM count.
-  ASSERT_TRUE(admin.Put("/v1/users/carol/quota", {{"vms", 1}, {"vcpus", 2}, {"image_bytes", 1000}}).ok());
+  ASSERT_TRUE(
+      admin.Put("/v1/users/carol/quota", {{"vms", 1}, {"vcpus", 2}, {"image_bytes", 1000}}).ok());
   json vm = CreateVm(carol, {{"image", "tiny"}, {"name", "big"}, {"vcpus", 2}});
   EXPECT_EQ(vm["state"], "running") << vm.dump();
   auto second = carol.Post("/v1/vms", {{"image", "tiny"}, {"name", "second"}});
@@ -338,17 +345,22 @@ TEST_F(ApiTest, QuotaIsEnforcedAndTheAdminCanRaiseIt) {
 
   // Image bytes are checked at finalize: the upload stays unpublished.
   TinyFiles tiny = Tiny();
-  auto img = carol.Post("/v1/images", {{"name", "mine"}, {"format", tiny.format}, {"has_kernel", true},
-                                       {"has_initrd", true}, {"append", tiny.append}});
+  auto img = carol.Post("/v1/images", {{"name", "mine"},
+                                       {"format", tiny.format},
+                                       {"has_kernel", true},
+                                       {"has_initrd", true},
+                                       {"append", tiny.append}});
   ASSERT_TRUE(img.ok()) << img.error().message;
   const std::string img_id = (*img)["id"];
-  for (auto [kind, path] : {std::pair{"disk", tiny.disk}, {"kernel", tiny.kernel}, {"initrd", tiny.initrd}})
+  for (auto [kind, path] :
+       {std::pair{"disk", tiny.disk}, {"kernel", tiny.kernel}, {"initrd", tiny.initrd}})
     ASSERT_TRUE(carol.PutFile("/v1/images/" + img_id + "/files/" + kind, path).ok()) << kind;
   auto fin = carol.Post("/v1/images/" + img_id + "/finalize");
   ASSERT_FALSE(fin.ok());
   EXPECT_EQ(fin.error().code, ErrorCode::kPermissionDenied);
-  EXPECT_NE(fin.error().message.find("quota: carol may keep 1000 bytes of images (0 in ready images"),
-            std::string::npos)
+  EXPECT_NE(
+      fin.error().message.find("quota: carol may keep 1000 bytes of images (0 in ready images"),
+      std::string::npos)
       << fin.error().message;
   EXPECT_EQ(carol.Get("/v1/images/" + img_id)->value("state", ""), "uploading");
   ASSERT_TRUE(admin.Put("/v1/users/carol/quota", json::object()).ok());  // unlimited again

@@ -54,6 +54,12 @@ std::string FileNameFor(const std::string& kind, const std::string& format) {
   return "initrd.img";
 }
 
+// Sends a handler's answer: its JSON with `status`, or its error.
+void Reply(Res& res, int status, const Result<json>& answer) {
+  if (!answer.ok()) return SendError(res, answer.error());
+  SendJson(res, status, *answer);
+}
+
 }  // namespace
 
 Controller::Controller(ControllerOptions options) : options_(std::move(options)) {}
@@ -499,11 +505,9 @@ void Controller::InstallRoutes() {
           }
           SendJson(res, 200, {{"users", out}});
         }, {"admin"}));
-  s.Put(R"(/v1/users/([^/]+)/quota)", Authed([this](const Caller&, const Req& q, Res& r) {
-          auto user = SetUserQuota(q);
-          if (!user.ok()) return SendError(r, user.error());
-          SendJson(r, 200, *user);
-        }, {"admin"}));
+  s.Put(R"(/v1/users/([^/]+)/quota)",
+        Authed([this](const Caller&, const Req& q, Res& r) { Reply(r, 200, SetUserQuota(q)); },
+               {"admin"}));
 
   // Hosts.
   s.Get("/v1/hosts", Authed([this](const Caller& c, const Req&, Res& res) {
@@ -648,8 +652,9 @@ Result<json> Controller::SetUserQuota(const Req& req) {
   VMG_ASSIGN_OR_RETURN(q.image_bytes, f.Int("image_bytes", 0, 0, kMax));
   VMG_ASSIGN_OR_RETURN(q.workspace_bytes, f.Int("workspace_bytes", 0, 0, kMax));
   VMG_ASSIGN_OR_RETURN(User u, store_->SetUserQuota(name, q));
-  spdlog::info("quota of user {} set to {} VMs, {} vCPUs, {} MB, {} image bytes, {} workspace bytes", u.name,
-               q.vms, q.vcpus, q.memory_mb, q.image_bytes, q.workspace_bytes);
+  spdlog::info(
+      "quota of user {} set to {} VMs, {} vCPUs, {} MB, {} image bytes, {} workspace bytes", u.name,
+      q.vms, q.vcpus, q.memory_mb, q.image_bytes, q.workspace_bytes);
   return UserJson(u);
 }
 
@@ -1294,7 +1299,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
       new_workspace = true;
       // It holds a copy of the image's disk: its virtual size is what it
       // takes of the workspace_bytes quota.
-      workspace = Workspace{NewId("ws"), wsn, c.user.id, image.id, "", "", image.virtual_size_bytes, vm.id, started};
+      workspace = Workspace{
+          NewId("ws"), wsn, c.user.id, image.id, "", "", image.virtual_size_bytes, vm.id, started};
     }
   } else if (!ws_name->empty()) {
     return SendError(res, MakeError(ErrorCode::kInvalidArgument, "workspace needs disk=persistent"));

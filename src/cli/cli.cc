@@ -26,8 +26,8 @@
 #include "cli/exit_codes.h"
 #include "cli/format.h"
 #include "cli/options.h"
-#include "sim/sim_hosts.h"
 #include "common/result.h"
+#include "sim/sim_hosts.h"
 
 namespace vmgrid {
 namespace {
@@ -1181,8 +1181,11 @@ int CmdUserList(Ctx& ctx) { return ListCommand(ctx, "/v1/users", "users", kUserH
 
 // The quota fields, as the API and --flags name them.
 const std::vector<std::pair<const char*, const char*>> kQuotaFields = {
-    {"vms", "VMs"}, {"vcpus", "vCPUs"}, {"memory_mb", "memory MB"},
-    {"image_bytes", "image bytes"}, {"workspace_bytes", "workspace bytes"}};
+    {"vms", "VMs"},
+    {"vcpus", "vCPUs"},
+    {"memory_mb", "memory MB"},
+    {"image_bytes", "image bytes"},
+    {"workspace_bytes", "workspace bytes"}};
 
 // Shows a user's quota (and usage); with flags, changes the given fields and
 // keeps the others (the API's PUT replaces the whole quota).
@@ -1194,19 +1197,23 @@ int CmdUserQuota(Ctx& ctx, const std::string& name, const std::map<std::string, 
   json user;
   for (const auto& u : users->value("users", json::array()))
     if (Str(u, "name") == name) user = u;
-  if (user.is_null()) return Fail(ctx, MakeError(ErrorCode::kNotFound, "user '" + name + "' not found"), "user quota");
+  if (user.is_null())
+    return Fail(ctx, MakeError(ErrorCode::kNotFound, "user '" + name + "' not found"),
+                "user quota");
   if (!set.empty()) {
     json quota = user.value("quota", json::object());
     for (const auto& [field, value] : set) quota[field] = value;
     auto res = client->Put("/v1/users/" + PathEscape(name) + "/quota", quota);
-    if (!res.ok()) return Fail(ctx, res.error().Wrap("cannot set the quota of " + name), "user quota");
+    if (!res.ok())
+      return Fail(ctx, res.error().Wrap("cannot set the quota of " + name), "user quota");
     user = *res;
   }
   if (ctx.g.json) {
     PrintJson(ctx, user);
     return kExitOk;
   }
-  const json quota = user.value("quota", json::object()), usage = user.value("usage", json::object());
+  const json quota = user.value("quota", json::object()),
+             usage = user.value("usage", json::object());
   std::vector<std::vector<std::string>> rows;
   for (const auto& [field, label] : kQuotaFields) {
     const int64_t limit = quota.value(field, int64_t{0});

@@ -210,28 +210,31 @@ Result<UserUsage> UsageOf(SqlBackend* db, const std::string& user_id) {
 
 // The first quota of `q` that `use` + `ask` exceeds, as kPermissionDenied
 // naming the quota and the numbers.
-Status CheckQuota(const std::string& user, const UserQuota& q, const UserUsage& use, const QuotaAsk& ask) {
+Status CheckQuota(const std::string& user, const UserQuota& q, const UserUsage& use,
+                  const QuotaAsk& ask) {
   auto over = [](int64_t limit, int64_t used, int64_t asked) {
     return limit > 0 && asked > 0 && used + asked > limit;
   };
   auto n = [](int64_t v) { return std::to_string(v); };
   std::string why;
   if (over(q.vms, use.vms, ask.vms))
-    why = user + " may run " + n(q.vms) + " VM" + (q.vms == 1 ? "" : "s") + " (" + n(use.vms) + " running" +
-          (ask.vms > 1 ? ", " + n(ask.vms) + " more asked" : "") + ")";
+    why = user + " may run " + n(q.vms) + " VM" + (q.vms == 1 ? "" : "s") + " (" + n(use.vms) +
+          " running" + (ask.vms > 1 ? ", " + n(ask.vms) + " more asked" : "") + ")";
   else if (over(q.vcpus, use.vcpus, ask.vcpus))
-    why = user + " may use " + n(q.vcpus) + " vCPU(s) (" + n(use.vcpus) + " in use, " + n(ask.vcpus) + " more asked)";
+    why = user + " may use " + n(q.vcpus) + " vCPU(s) (" + n(use.vcpus) + " in use, " +
+          n(ask.vcpus) + " more asked)";
   else if (over(q.memory_mb, use.memory_mb, ask.memory_mb))
-    why = user + " may use " + n(q.memory_mb) + " MB of memory (" + n(use.memory_mb) + " MB in use, " +
-          n(ask.memory_mb) + " MB more asked)";
+    why = user + " may use " + n(q.memory_mb) + " MB of memory (" + n(use.memory_mb) +
+          " MB in use, " + n(ask.memory_mb) + " MB more asked)";
   else if (over(q.image_bytes, use.image_bytes, ask.image_bytes))
     why = user + " may keep " + n(q.image_bytes) + " bytes of images (" + n(use.image_bytes) +
           " in ready images, this one has " + n(ask.image_bytes) + ")";
   else if (over(q.workspace_bytes, use.workspace_bytes, ask.workspace_bytes))
-    why = user + " may keep " + n(q.workspace_bytes) + " bytes of workspaces (" + n(use.workspace_bytes) +
-          " in use, this one is " + n(ask.workspace_bytes) + ")";
+    why = user + " may keep " + n(q.workspace_bytes) + " bytes of workspaces (" +
+          n(use.workspace_bytes) + " in use, this one is " + n(ask.workspace_bytes) + ")";
   if (why.empty()) return Status::Ok();
-  return MakeError(ErrorCode::kPermissionDenied, "quota: " + why + "; ask the admin to raise it (`vmgrid user quota`)");
+  return MakeError(ErrorCode::kPermissionDenied,
+                   "quota: " + why + "; ask the admin to raise it (`vmgrid user quota`)");
 }
 
 // Checks `ask` against the user's quota inside the caller's transaction on
@@ -244,9 +247,10 @@ Status CheckQuota(const std::string& user, const UserQuota& q, const UserUsage& 
 // the same statement as the lock would use the statement's older snapshot.
 Status CheckQuotaLocked(SqlBackend* db, const std::string& user_id, const QuotaAsk& ask) {
   const bool pg = db->dialect() == SqlBackend::Dialect::kPostgres;
-  VMG_ASSIGN_OR_RETURN(auto users, db->Query(std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?" +
-                                                 (pg ? " FOR NO KEY UPDATE" : ""),
-                                             {user_id}));
+  VMG_ASSIGN_OR_RETURN(auto users,
+                       db->Query(std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?" +
+                                     (pg ? " FOR NO KEY UPDATE" : ""),
+                                 {user_id}));
   if (users.empty()) return MakeError(ErrorCode::kNotFound, "user " + user_id + " not found");
   const User u = ReadUser(users[0]);
   if (!Limits(u.quota, ask)) return Status::Ok();
@@ -624,15 +628,17 @@ Result<User> Store::GetUserById(const std::string& id) {
 
 Result<User> Store::SetUserQuota(const std::string& name, const UserQuota& quota) {
   auto lock = Exclusive();
-  VMG_ASSIGN_OR_RETURN(int64_t changed,
-                       db_->Exec("UPDATE users SET quota_vms = ?, quota_vcpus = ?, quota_memory_mb = ?, "
-                                 "quota_image_bytes = ?, quota_workspace_bytes = ? WHERE name = ?",
-                                 {quota.vms, quota.vcpus, quota.memory_mb, quota.image_bytes,
-                                  quota.workspace_bytes, name}));
+  VMG_ASSIGN_OR_RETURN(
+      int64_t changed,
+      db_->Exec("UPDATE users SET quota_vms = ?, quota_vcpus = ?, quota_memory_mb = ?, "
+                "quota_image_bytes = ?, quota_workspace_bytes = ? WHERE name = ?",
+                {quota.vms, quota.vcpus, quota.memory_mb, quota.image_bytes, quota.workspace_bytes,
+                 name}));
   if (changed == 0) return MakeError(ErrorCode::kNotFound, "user '" + name + "' not found");
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<User>(db_.get(),
-                                              std::string("SELECT ") + kUserCols + " FROM users WHERE name = ?",
-                                              {name}, ReadUser));
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<User>(db_.get(), std::string("SELECT ") + kUserCols + " FROM users WHERE name = ?",
+                  {name}, ReadUser));
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "user '" + name + "' not found");
   return rows[0];
 }
@@ -893,7 +899,8 @@ Status Store::FinalizeImage(const Image& i) {
   VMG_ASSIGN_OR_RETURN(auto rows, db_->Query("SELECT state FROM images WHERE id = ?", {i.id}));
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "image " + i.name + " not found");
   if (rows[0].Text(0) != "ready")
-    VMG_RETURN_IF_ERROR(CheckQuotaLocked(db_.get(), i.owner_id, QuotaAsk{0, 0, 0, i.size_bytes, 0}));
+    VMG_RETURN_IF_ERROR(
+        CheckQuotaLocked(db_.get(), i.owner_id, QuotaAsk{0, 0, 0, i.size_bytes, 0}));
   VMG_RETURN_IF_ERROR(UpdateImageLocked(i));
   return tx.Commit();
 }
@@ -996,9 +1003,10 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     // locks the user's row, counts, and places (CheckQuotaLocked).
     auto conn = Read();
     const QuotaAsk ask{1, vm.vcpus, vm.memory_mb, 0, 0};
-    VMG_ASSIGN_OR_RETURN(auto users, Query<User>(conn.db,
-                                                 std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?",
-                                                 {vm.owner_id}, ReadUser));
+    VMG_ASSIGN_OR_RETURN(
+        auto users,
+        Query<User>(conn.db, std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?",
+                    {vm.owner_id}, ReadUser));
     std::optional<SqlTransaction> tx;
     if (!users.empty() && Limits(users[0].quota, ask)) {
       tx.emplace(conn.db);
@@ -1016,7 +1024,8 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
   // The reservation is one conditional UPDATE of the host's usage: it checks
   // and takes the room atomically.
   VMG_RETURN_IF_ERROR(Batched([&]() -> Status {
-    VMG_RETURN_IF_ERROR(CheckQuotaLocked(db_.get(), vm.owner_id, QuotaAsk{1, vm.vcpus, vm.memory_mb, 0, 0}));
+    VMG_RETURN_IF_ERROR(
+        CheckQuotaLocked(db_.get(), vm.owner_id, QuotaAsk{1, vm.vcpus, vm.memory_mb, 0, 0}));
     for (const auto& host_id : candidates) {
       VMG_ASSIGN_OR_RETURN(
           int64_t taken,
@@ -1305,7 +1314,8 @@ Status Store::InsertWorkspace(const Workspace& ws) {
   auto lock = Exclusive();
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
-  VMG_RETURN_IF_ERROR(CheckQuotaLocked(db_.get(), ws.owner_id, QuotaAsk{0, 0, 0, 0, ws.size_bytes}));
+  VMG_RETURN_IF_ERROR(
+      CheckQuotaLocked(db_.get(), ws.owner_id, QuotaAsk{0, 0, 0, 0, ws.size_bytes}));
   auto r = db_->Exec(std::string("INSERT INTO workspaces (") + kWsCols + ") VALUES (" + Placeholders(9) + ")",
                     WsValues(ws));
   if (!r.ok()) {

@@ -294,9 +294,12 @@ TEST_P(StoreTest, ConcurrentPlacementNeverExceedsQuota) {
   for (int i = 0; i < 40; ++i) {
     threads.emplace_back([&, i] {
       auto r = stores[i % 2]->PlaceAndInsertVm(NewVm("vm" + std::to_string(i)), {h->id});
-      if (r.ok()) ++ok;
-      else if (r.error().code == ErrorCode::kPermissionDenied) ++over;
-      else ADD_FAILURE() << r.error().message;
+      if (r.ok())
+        ++ok;
+      else if (r.error().code == ErrorCode::kPermissionDenied)
+        ++over;
+      else
+        ADD_FAILURE() << r.error().message;
     });
   }
   for (auto& t : threads) t.join();
@@ -316,7 +319,8 @@ TEST_P(StoreTest, ConcurrentPlacementAndGangsNeverExceedVcpuAndMemoryQuota) {
   for (int i = 0; i < 30; ++i) {
     threads.emplace_back([&, i] {
       if (i % 3 == 0) {
-        std::vector<Vm> gang{NewVm("g" + std::to_string(i) + "a"), NewVm("g" + std::to_string(i) + "b")};
+        std::vector<Vm> gang{NewVm("g" + std::to_string(i) + "a"),
+                             NewVm("g" + std::to_string(i) + "b")};
         auto r = store_->PlaceAndInsertGang(gang, {{h->id}});
         if (!r.ok()) {
           EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied) << r.error().message;
@@ -365,7 +369,8 @@ TEST_P(StoreTest, QuotaErrorsNameTheQuotaAndTheNumbers) {
   big.vcpus = 2;
   auto d = store_->PlaceAndInsertVm(big, {h->id});
   ASSERT_FALSE(d.ok());
-  EXPECT_NE(d.error().message.find("quota: alice may use 3 vCPU(s) (2 in use, 2 more asked)"), std::string::npos)
+  EXPECT_NE(d.error().message.find("quota: alice may use 3 vCPU(s) (2 in use, 2 more asked)"),
+            std::string::npos)
       << d.error().message;
   // A gang over the memory quota: none of it is placed.
   ASSERT_TRUE(store_->SetUserQuota("alice", UserQuota{0, 0, 1024, 0, 0}).ok());
@@ -409,7 +414,8 @@ TEST_P(StoreTest, ImageAndWorkspaceBytesAreLimited) {
   auto over = store_->FinalizeImage(b);
   ASSERT_FALSE(over.ok());
   EXPECT_EQ(over.error().code, ErrorCode::kPermissionDenied);
-  EXPECT_NE(over.error().message.find("alice may keep 1000 bytes of images (600 in ready images, this one has 401)"),
+  EXPECT_NE(over.error().message.find(
+                "alice may keep 1000 bytes of images (600 in ready images, this one has 401)"),
             std::string::npos)
       << over.error().message;
   EXPECT_EQ(store_->GetImage(b.id, "")->state, "uploading");
@@ -427,7 +433,8 @@ TEST_P(StoreTest, ImageAndWorkspaceBytesAreLimited) {
   auto ws_over = store_->InsertWorkspace(w2);
   ASSERT_FALSE(ws_over.ok());
   EXPECT_EQ(ws_over.error().code, ErrorCode::kPermissionDenied);
-  EXPECT_NE(ws_over.error().message.find("may keep 500 bytes of workspaces (300 in use, this one is 300)"),
+  EXPECT_NE(ws_over.error().message.find(
+                "may keep 500 bytes of workspaces (300 in use, this one is 300)"),
             std::string::npos)
       << ws_over.error().message;
   EXPECT_FALSE(store_->FindWorkspaceByName(alice_.id, "w2")->has_value());
