@@ -343,7 +343,9 @@ TEST_F(ApiTest, QuotaIsEnforcedAndTheAdminCanRaiseIt) {
   EXPECT_EQ(used["usage"]["vcpus"], 2) << used.dump();
   DeleteVm(carol, vm["id"]);
 
-  // Image bytes are checked at finalize: the upload stays unpublished.
+  // Image bytes bound uploads, and are checked again at finalize: an image
+  // uploaded while the quota was higher stays unpublished.
+  ASSERT_TRUE(admin.Put("/v1/users/carol/quota", json::object()).ok());
   TinyFiles tiny = Tiny();
   auto img = carol.Post("/v1/images", {{"name", "mine"},
                                        {"format", tiny.format},
@@ -355,6 +357,14 @@ TEST_F(ApiTest, QuotaIsEnforcedAndTheAdminCanRaiseIt) {
   for (auto [kind, path] :
        {std::pair{"disk", tiny.disk}, {"kernel", tiny.kernel}, {"initrd", tiny.initrd}})
     ASSERT_TRUE(carol.PutFile("/v1/images/" + img_id + "/files/" + kind, path).ok()) << kind;
+  ASSERT_TRUE(admin.Put("/v1/users/carol/quota", {{"image_bytes", 1000}}).ok());
+  auto upload = carol.PutFile("/v1/images/" + img_id + "/files/disk", tiny.disk);
+  ASSERT_FALSE(upload.ok());
+  EXPECT_EQ(upload.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(
+      upload.error().message.find("quota: carol may keep 1000 bytes of images (0 in ready images)"),
+      std::string::npos)
+      << upload.error().message;
   auto fin = carol.Post("/v1/images/" + img_id + "/finalize");
   ASSERT_FALSE(fin.ok());
   EXPECT_EQ(fin.error().code, ErrorCode::kPermissionDenied);

@@ -977,15 +977,37 @@ void Controller::UploadImageFile(const Caller& c, const Req& req, Res& r,
     std::string id, kind;
     ~Release() { self->ReleaseImageIo(id, kind); }
   } release{this, image->id, kind};
+  // The owner's image_bytes quota bounds what a disk upload may write;
+  // finalize checks it again, atomically with the image becoming ready.
+  int64_t room = kMaxUploadBytes;
+  std::optional<Error> over_quota;
+  if (kind == "disk") {
+    auto owner = store_->GetUserById(image->owner_id);
+    if (!owner.ok()) return SendError(r, owner.error());
+    if (owner->quota.image_bytes > 0) {
+      auto use = store_->GetUserUsage(owner->id);
+      if (!use.ok()) return SendError(r, use.error());
+      room = std::min(room, owner->quota.image_bytes - use->image_bytes);
+      over_quota = MakeError(ErrorCode::kPermissionDenied,
+                             "quota: " + owner->name + " may keep " +
+                                 std::to_string(owner->quota.image_bytes) + " bytes of images (" +
+                                 std::to_string(use->image_bytes) +
+                                 " in ready images); this disk is larger than the rest");
+    }
+  }
   auto tmp = UploadTempFile::Create(image->dir, kind);
   if (!tmp.ok()) return SendError(r, tmp.error());
   int64_t received = 0;
   bool wrote = true;
   bool ok = reader([&](const char* data, size_t len) {
     received += static_cast<int64_t>(len);
-    wrote = wrote && received <= kMaxUploadBytes && (*tmp)->Write(data, len);
+    // Over the quota: read the rest without writing it, so that the client
+    // gets the 403 rather than a connection closed while it sends.
+    if (received > room) return over_quota.has_value() && received <= kMaxUploadBytes;
+    wrote = wrote && (*tmp)->Write(data, len);
     return wrote;
   });
+  if (received > room && over_quota) return SendError(r, *over_quota);
   if (!ok || !wrote)
     return SendError(
         r, MakeError(ErrorCode::kInvalidArgument, "upload of " + kind + " was interrupted"));
