@@ -190,7 +190,8 @@ bool Limits(const UserQuota& q, const QuotaAsk& ask) {
          (q.workspace_bytes > 0 && ask.workspace_bytes > 0);
 }
 
-// The user's usage as the quota counts it (model.h UserQuota), as `db` sees it now.
+// The user's usage as the quota counts it (model.h UserQuota), as `db` sees
+// it now. A VM counts in every state but 'error', as in HoldsOnHost.
 Result<UserUsage> UsageOf(SqlBackend* db, const std::string& user_id) {
   VMG_ASSIGN_OR_RETURN(
       auto rows,
@@ -1000,7 +1001,9 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     // writes (ModifyVm) on side connections too measured no faster: the
     // server's CPU is the limit then.
     // A user with a VM quota takes the slower path: a transaction that
-    // locks the user's row, counts, and places (CheckQuotaLocked).
+    // locks the user's row, counts, and places (CheckQuotaLocked). A quota
+    // set while this runs may not apply to it: it is ordered before the
+    // quota, like the VMs the user already holds.
     auto conn = Read();
     const QuotaAsk ask{1, vm.vcpus, vm.memory_mb, 0, 0};
     VMG_ASSIGN_OR_RETURN(
