@@ -26,8 +26,8 @@
 #include "cli/exit_codes.h"
 #include "cli/format.h"
 #include "cli/options.h"
-#include "common/result.h"
 #include "sim/sim_hosts.h"
+#include "common/result.h"
 
 namespace vmgrid {
 namespace {
