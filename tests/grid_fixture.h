@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "cli/api_client.h"
 #include "common/util.h"
@@ -24,17 +25,27 @@ inline std::string TinyImageDir() {
   return env && *env ? env : VMGRID_TINY_IMAGE_DIR;
 }
 
-inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts) {
+inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
+                                            std::vector<std::string> controller_args = {}) {
   // A server may close a connection while we still send (e.g. a body it
   // refuses); that must be an error result, not a signal that kills the test.
   signal(SIGPIPE, SIG_IGN);
   LocalGridOptions o;
-  o.vmgrid_binary = VMGRID_BINARY;
+  // VMGRID_TEST_BINARY runs the grid from another build (e.g. the previous
+  // commit's, to see a new test fail without its fix); that build may not
+  // know newer controller options, so VMGRID_TEST_DROP_CONTROLLER_ARGS=1
+  // leaves them out.
+  const char* other = getenv("VMGRID_TEST_BINARY");
+  o.vmgrid_binary = other && *other ? other : VMGRID_BINARY;
+  if (const char* drop = getenv("VMGRID_TEST_DROP_CONTROLLER_ARGS");
+      drop && std::string(drop) == "1")
+    controller_args.clear();
   o.state_dir = "/tmp/vmgrid-test-" + name + "-" + std::to_string(getpid());
   (void)RemoveTree(o.state_dir);
   o.hosts = hosts;
   o.host_vcpus = 8;         // TCG guests are mostly idle; allow a few per host
   o.host_memory_mb = 4096;
+  o.controller_args = std::move(controller_args);
   auto grid = std::make_unique<LocalGrid>(o);
   Status st = grid->Start();
   EXPECT_TRUE(st.ok()) << st.error().message;
@@ -138,12 +149,25 @@ inline json Act(const ApiClient& api, const std::string& id, const std::string& 
   return WaitVm(api, id);
 }
 
+// Runs an exec operation to its end (POST answers 202 with the operation,
+// polled until it is no longer running); returns the operation.
+inline Result<json> ExecOperation(const ApiClient& api, const std::string& id, const json& body) {
+  auto op = api.Post("/v1/vms/" + id + "/exec", body);
+  if (!op.ok()) return op.error();
+  return PollUntil(
+      api, "/v1/operations/" + (*op)["id"].get<std::string>(),
+      [](const json& j) { return j.value("state", "") != "running"; }, seconds(600));
+}
+
 inline std::string Exec(const ApiClient& api, const std::string& id, const std::string& sh) {
-  auto r = api.Post("/v1/vms/" + id + "/exec", {{"argv", {"/bin/sh", "-c", sh}}, {"timeout_s", 60}});
-  EXPECT_TRUE(r.ok()) << r.error().message;
-  if (!r.ok()) return "";
-  EXPECT_EQ((*r)["exit_code"], 0) << r->dump();
-  return (*r)["stdout"];
+  auto op = ExecOperation(api, id, {{"argv", {"/bin/sh", "-c", sh}}, {"timeout_s", 60}});
+  EXPECT_TRUE(op.ok()) << op.error().message;
+  if (!op.ok()) return "";
+  EXPECT_EQ((*op)["state"], "succeeded") << op->dump();
+  const json r = (*op)["result"];
+  if (!r.is_object()) return "";
+  EXPECT_EQ(r["exit_code"], 0) << r.dump();
+  return r.value("stdout", "");
 }
 
 inline void DeleteVm(const ApiClient& api, const std::string& id, bool purge = false) {

@@ -223,6 +223,18 @@ Result<std::shared_ptr<ManifestBlockSource>> HostImages::ExportFor(const BlobRef
   return source;
 }
 
+Status HostImages::AllowLegacyClients(int gid) {
+  if (gid >= 0 && chown(socket_path_.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(gid)) != 0)
+    return MakeError(ErrorCode::kInternal, "chown " + socket_path_ + ": " + strerror(errno));
+  if (chmod(socket_path_.c_str(), 0660) != 0)
+    return MakeError(ErrorCode::kInternal, "chmod " + socket_path_ + ": " + strerror(errno));
+  spdlog::warn(
+      "host images: {} is open to group {} for VMs started by an older agent (they can read every "
+      "export of this host); stop and resume them to give each its own socket",
+      socket_path_, gid);
+  return Status::Ok();
+}
+
 void HostImages::ReleaseDisk(const std::string& user) {
   std::shared_ptr<ManifestBlockSource> drop;  // destroyed (unpinned) outside mu_
   std::unique_ptr<nbd::NbdServer> server;     // stopped outside mu_

@@ -106,6 +106,10 @@ class HostImages {
   // user is a no-op. On failure: no export, no server, no socket left.
   Result<std::string> AcquireDisk(const BlobRef& disk, const std::string& user,
                                   const std::string& mode, const VmNbdEndpoint& endpoint);
+  // For VMs whose QEMU an older agent started on the host-wide socket (it
+  // reconnects there after a restart): lets group `gid` connect to it again
+  // (0660), until the agent restarts with no such VM left. Logged.
+  Status AllowLegacyClients(int gid);
   // Drops `user`'s reference and stops its NBD server (its socket goes); the
   // last reference removes the export (unpins).
   void ReleaseDisk(const std::string& user);

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <filesystem>
 #include <set>
 
@@ -218,32 +219,38 @@ int VmRunner::AllocateUidLocked() const {
   return -2;
 }
 
+// What of an error may reach a user: its reason without host detail. QEMU's
+// own output (appended after these markers by vmm/ and WaitGuestReady) is
+// cut, and every absolute path (or json: backing string) is replaced.
+std::string RedactForUser(const std::string& message) {
+  std::string m = message;
+  for (const char* marker : {"; qemu stderr:", "; qemu.log:", "; see "}) {
+    if (size_t at = m.find(marker); at != std::string::npos) m.erase(at);
+  }
+  std::string out;
+  size_t i = 0;
+  while (i < m.size()) {
+    bool token_start = i == 0 || std::isspace(static_cast<unsigned char>(m[i - 1])) || m[i - 1] == '\'' ||
+                       m[i - 1] == '"' || m[i - 1] == '(' || m[i - 1] == '=';
+    if (token_start && (m[i] == '/' || m.compare(i, 5, "json:") == 0)) {
+      const bool json = m[i] == 'j';  // a json: string holds quotes; it ends at a space
+      size_t end = i;
+      while (end < m.size() && !std::isspace(static_cast<unsigned char>(m[end])) &&
+             (json || (m[end] != '\'' && m[end] != '"' && m[end] != ')')))
+        ++end;
+      while (end > i + 1 && (m[end - 1] == ':' || m[end - 1] == ',' || m[end - 1] == ';')) --end;
+      out += "<host path>";
+      i = end;
+      continue;
+    }
+    out += m[i++];
+  }
+  return out;
+}
+
 Error VmRunner::ForUser(const Error& e, const std::string& what) const {
   spdlog::warn("{}: {}", what, e.message);
-  const char* why = "an internal error on the host (details in the host's log)";
-  switch (e.code) {
-    case ErrorCode::kNotFound:
-      why = "not found on the host";
-      break;
-    case ErrorCode::kAlreadyExists:
-      why = "it already exists on the host";
-      break;
-    case ErrorCode::kFailedPrecondition:
-      why = "the VM is not in a state that allows it";
-      break;
-    case ErrorCode::kTimeout:
-      why = "the host timed out (details in the host's log)";
-      break;
-    case ErrorCode::kUnavailable:
-      why = "a service the host needs is unavailable (details in the host's log)";
-      break;
-    case ErrorCode::kInvalidArgument:
-      why = "the host refused the request (details in the host's log)";
-      break;
-    default:
-      break;
-  }
-  return MakeError(e.code, what + " failed: " + why);
+  return MakeError(e.code, what + " failed: " + RedactForUser(e.message) + " (details in the host's log)");
 }
 
 Status VmRunner::PersistState(Vm& vm) {
@@ -650,10 +657,10 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
   if (!st.ok()) {
     // The VM is paused (or dead); put it back as it was.
     if (vm->qemu && vm->qemu->Alive() && Cont(vm->qemu->qmp()).ok()) {
-      vm->Set("running", "checkpoint failed (details in the host's log)");
+      vm->Set("running", "checkpoint failed: " + RedactForUser(st.error().message));
     } else {
       vm->qemu.reset();
-      vm->Set("error", "checkpoint failed and QEMU is gone (details in the host's log)");
+      vm->Set("error", "checkpoint failed and QEMU is gone: " + RedactForUser(st.error().message));
     }
     (void)PersistState(*vm);
     return ForUser(st.error(), "checkpoint of VM " + id);
@@ -691,7 +698,7 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
   if (!st.ok()) {
     if (vm->qemu) (void)vm->qemu->Kill();
     vm->qemu.reset();
-    vm->Set(from, "resume failed (details in the host's log)");
+    vm->Set(from, "resume failed: " + RedactForUser(st.error().message));
     (void)PersistState(*vm);
     return ForUser(st.error(), "resume of VM " + id);
   }
@@ -858,7 +865,8 @@ Status VmRunner::DeleteWorkspace(const std::string& path) {
         return MakeError(ErrorCode::kFailedPrecondition, "workspace is in use by VM " + id);
   }
   if (unlink(path.c_str()) != 0 && errno != ENOENT)
-    return MakeError(ErrorCode::kInternal, "delete " + path + ": " + strerror(errno));
+    return ForUser(MakeError(ErrorCode::kInternal, "delete " + path + ": " + strerror(errno)),
+                   "deleting the workspace");
   return Status::Ok();
 }
 
@@ -868,6 +876,7 @@ Status VmRunner::Recover() {
   std::string root = options_.state_dir + "/vms";
   VMG_RETURN_IF_ERROR(MakeDirs(root, 0755));
   std::error_code ec;
+  bool legacy_nbd = false;
   for (const auto& entry : fs::directory_iterator(root, ec)) {
     if (!entry.is_directory()) continue;
     std::string id = entry.path().filename().string();
@@ -899,6 +908,17 @@ Status VmRunner::Recover() {
     vm->uid = int_field("uid", -1);
     vm->gid = int_field("gid", -1);
     vm->nbd_depth = int_field("nbd_depth", 0);
+    if (options_.images && spec->blobs.count("disk") && spec->disk_mode == "clone" &&
+        !state_json.contains("nbd_depth") && !legacy_nbd) {
+      // Started by an agent before per-VM sockets: its QEMU reconnects to
+      // the host-wide socket. Its next launch gets a socket of its own.
+      legacy_nbd = true;
+      if (Status st = options_.images->AllowLegacyClients(qemu_gid_); !st.ok())
+        spdlog::error("recover: VM {} cannot reconnect to its disk: {}", id, st.error().message);
+    }
+    if (options_.images && spec->blobs.count("disk") && vm->nbd_depth == 0 &&
+        spec->disk_mode == "clone")
+      vm->nbd_depth = spec->start == "resume" && spec->blobs.count("ckpt_memory") ? 2 : 1;
     if (options_.images && spec->blobs.count("disk")) {
       // Before adopting: QEMU's NBD client is waiting to reconnect to the
       // VM's own socket.

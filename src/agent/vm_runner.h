@@ -86,6 +86,11 @@ struct VmStatus {
 };
 nlohmann::json ToJson(const VmStatus& status);
 
+// `message` without what only the host should see: QEMU's output (after
+// "; qemu stderr:", "; qemu.log:", "; see ") is cut and every absolute path
+// or json: backing string becomes "<host path>".
+std::string RedactForUser(const std::string& message);
+
 struct VmRunnerOptions {
   std::string state_dir;
   // When the agent runs as root, each VM's QEMU runs as a uid/gid of its
@@ -162,7 +167,8 @@ class VmRunner {
   // The lowest free per-VM uid slot; -1 when per-VM uids are off. mu_ held.
   int AllocateUidLocked() const;
   // Errors that reach users name no host path and carry no QEMU output:
-  // logs `e` in full and returns its code with `what` and a generic reason.
+  // logs `e` in full and returns its code with `what` and the reason with
+  // QEMU's output cut and host paths replaced (RedactForUser).
   Error ForUser(const Error& e, const std::string& what) const;
   VmStatus StatusOf(const Vm& vm) const;
   void RefreshLiveness(Vm& vm);

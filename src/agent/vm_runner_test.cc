@@ -51,5 +51,17 @@ TEST(VmRunnerTest, FailedLaunchTellsTheUserNoHostPathsOrQemuOutput) {
   EXPECT_TRUE(runner.List().empty());
 }
 
+TEST(VmRunnerTest, RedactForUserKeepsTheReasonOnly) {
+  EXPECT_EQ(RedactForUser("corrupt chunk ab12 from image server http://10.0.0.1:8471"),
+            "corrupt chunk ab12 from image server http://10.0.0.1:8471");
+  EXPECT_EQ(RedactForUser("copying tiny v1 to /var/lib/vmgrid/blobs/ab.kernel: no space"),
+            "copying tiny v1 to <host path>: no space");
+  EXPECT_EQ(RedactForUser("open '/srv/x y': denied"), "open '<host path> y': denied");
+  EXPECT_EQ(RedactForUser("launch failed: QEMU exited; qemu stderr: qemu: cannot open /etc/shadow"),
+            "launch failed: QEMU exited");
+  EXPECT_EQ(RedactForUser("QEMU exited during boot; see /s/vms/v/run/qemu.log: tail"), "QEMU exited during boot");
+  EXPECT_EQ(RedactForUser("backing json:{\"driver\":\"raw\"} failed"), "backing <host path> failed");
+}
+
 }  // namespace
 }  // namespace vmgrid

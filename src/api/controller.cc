@@ -18,6 +18,7 @@
 #include "chunks/chunk_client.h"
 #include "cli/api_client.h"
 #include "common/http_json.h"
+#include "common/http_server.h"
 #include "common/subprocess.h"
 #include "common/signals.h"
 #include "common/util.h"
@@ -47,6 +48,37 @@ const std::set<std::string> kTransitional = {"creating", "stopping", "checkpoint
                                              "deleting"};
 
 Error NotFound(const std::string& what) { return MakeError(ErrorCode::kNotFound, what + " not found"); }
+
+// Binds `server` to "HOST:PORT" (port 0: any free one); returns its URL.
+Result<std::string> BindServer(httplib::Server& server, const std::string& listen) {
+  auto colon = listen.rfind(':');
+  if (colon == std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "listen address must be HOST:PORT");
+  std::string host = listen.substr(0, colon);
+  int port = std::atoi(listen.substr(colon + 1).c_str());
+  // cpp-httplib listens with a backlog of 5: bursts of clients would be
+  // reset. Widen it once the socket is bound.
+  int listen_fd = -1;
+  server.set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
+  if (port == 0) port = server.bind_to_any_port(host.c_str());
+  else if (!server.bind_to_port(host.c_str(), port)) port = -1;
+  server.set_socket_options(httplib::default_socket_options);  // drop the capture
+  if (port <= 0)
+    return MakeError(ErrorCode::kUnavailable,
+                     "cannot listen on " + listen + " (in use by another process?)");
+  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
+  return "http://" + host + ":" + std::to_string(port);
+}
+
+// A refusal by admission control: 429 with Retry-After, so well-behaved
+// clients back off instead of hammering.
+void SendTooMany(Res& res, const Error& error, int retry_after_s) {
+  res.set_header("Retry-After", std::to_string(retry_after_s));
+  SendJson(res, 429, {{"error", {{"code", "too_many_requests"}, {"message", error.message}}}});
+}
 
 std::string FileNameFor(const std::string& kind, const std::string& format) {
   if (kind == "disk") return "disk." + format;
@@ -93,7 +125,7 @@ Status Controller::Start() {
   const std::string database =
       options_.database.empty() ? options_.state_dir + "/vmgrid.db" : options_.database;
   VMG_ASSIGN_OR_RETURN(store_, Store::Open(database));
-  VMG_ASSIGN_OR_RETURN(query_, QueryService::Open(database));
+  VMG_ASSIGN_OR_RETURN(query_, QueryService::Open(database, std::max(1, options_.max_queries_per_user)));
   index_ = std::make_unique<CapacityIndex>();
   VMG_RETURN_IF_ERROR(store_->SetObserver(index_.get()));
   if (!options_.image_server.empty()) {
@@ -123,32 +155,37 @@ Status Controller::Start() {
   }
   VMG_ASSIGN_OR_RETURN(host_creds_, HostCredentials::Open(options_.state_dir + "/host-credential.key"));
 
-  server_ = std::make_unique<httplib::Server>();
-  // Keep-alive clients (the CLI in loops, benchmarks) each hold a server
-  // thread while connected; leave room for heartbeats beside them.
-  server_->new_task_queue = [] { return new httplib::ThreadPool(32); };
+  // Admission: user requests in handlers are bounded per user and in total,
+  // below the thread count, so heartbeats and health always find a thread.
+  const int user_requests =
+      std::min(options_.max_user_requests, std::max(1, options_.http_threads - 8));
+  requests_ =
+      std::make_unique<Admission>("requests", options_.max_requests_per_user, user_requests, 1);
+  execs_ = std::make_unique<Admission>("exec operations", options_.max_execs_per_user, 0, 5);
+  creates_ =
+      std::make_unique<Admission>("VM creates in flight", options_.max_creates_per_user, 0, 10);
+  queries_ = std::make_unique<Admission>("queries", options_.max_queries_per_user, 0, 1);
+  HttpServerLimits limits;
+  limits.header_timeout_ms = options_.header_timeout_ms;
+  server_ = std::make_unique<GuardedServer>(limits);
+  // Each connection holds a thread while open (keep-alive clients too); slow
+  // ones are cut off by GuardedServer's deadlines.
+  const size_t threads = static_cast<size_t>(options_.http_threads);
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server_->set_tcp_nodelay(true);
   InstallRoutes();
-  auto colon = options_.listen.rfind(':');
-  if (colon == std::string::npos)
-    return MakeError(ErrorCode::kInvalidArgument, "listen address must be HOST:PORT");
-  std::string host = options_.listen.substr(0, colon);
-  int port = std::atoi(options_.listen.substr(colon + 1).c_str());
-  // cpp-httplib listens with a backlog of 5: bursts of clients would be
-  // reset. Widen it once the socket is bound.
-  int listen_fd = -1;
-  server_->set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
-    listen_fd = sock;
-  });
-  if (port == 0) port = server_->bind_to_any_port(host.c_str());
-  else if (!server_->bind_to_port(host.c_str(), port)) port = -1;
-  if (port <= 0)
-    return MakeError(ErrorCode::kUnavailable,
-                     "cannot listen on " + options_.listen + " (in use by another process?)");
-  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
-  server_->set_socket_options(httplib::default_socket_options);  // drop the capture
-  url_ = "http://" + host + ":" + std::to_string(port);
+  VMG_ASSIGN_OR_RETURN(url_, BindServer(*server_, options_.listen));
+  // Agents' own listener: heartbeats (and health) on threads no user
+  // connection can take.
+  if (!options_.agent_listen.empty()) {
+    agent_server_ = std::make_unique<GuardedServer>(limits);
+    agent_server_->new_task_queue = [] { return new httplib::ThreadPool(kAgentListenerThreads); };
+    agent_server_->set_tcp_nodelay(true);
+    InstallAgentListenerRoutes();
+    VMG_ASSIGN_OR_RETURN(agent_url_, BindServer(*agent_server_, options_.agent_listen));
+    agent_server_thread_ = std::thread([this] { agent_server_->listen_after_bind(); });
+    spdlog::info("controller: agents' listener at {}", agent_url_);
+  }
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
   reconcile_thread_ = std::thread([this] { ReconcileLoop(); });
   spdlog::info("controller serving at {} (state {}, images {}, database {})", url_, options_.state_dir,
@@ -159,10 +196,12 @@ Status Controller::Start() {
 void Controller::Shutdown() {
   stop_ = true;
   if (server_) server_->stop();
+  if (agent_server_) agent_server_->stop();
 }
 
 void Controller::Wait(std::chrono::milliseconds grace) {
   if (server_thread_.joinable()) server_thread_.join();
+  if (agent_server_thread_.joinable()) agent_server_thread_.join();
   if (reconcile_thread_.joinable()) reconcile_thread_.join();
   std::unique_lock<std::mutex> l(ops_mu_);
   ops_cv_.wait_for(l, grace, [this] { return running_ops_ == 0; });
@@ -210,6 +249,13 @@ std::function<void(const Req&, Res&)> Controller::Authed(Handler h, const std::s
                         : roles.count("host")  ? "this endpoint is for host agents only"
                                                : "this needs the admin role";
       return SendError(res, MakeError(ErrorCode::kPermissionDenied, why));
+    }
+    // Agents (registration, heartbeats) are never admitted against users' bounds.
+    Admission::SlotPtr slot;
+    if (user->role != "agent" && user->role != "host") {
+      auto got = requests_->Acquire(user->id, 1, user->role == "admin");
+      if (!got.ok()) return SendTooMany(res, got.error(), requests_->retry_after_s());
+      slot = *got;
     }
     h(Caller{*user}, req, res);
   };
@@ -462,22 +508,14 @@ void Controller::InstallRoutes() {
   s.set_write_timeout(300, 0);
   // Only image uploads may stream large bodies; everything else is refused
   // before its body is read.
+  // Bodies come only with a Content-Length (no chunked, compressed or
+  // length-less ones), refused before authentication and before a byte of
+  // them is read; only image uploads may be large.
   s.set_pre_routing_handler([](const Req& req, Res& res) {
     bool upload = req.method == "PUT" && req.path.find("/files/") != std::string::npos;
-    if (!upload) {
-      auto len = std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10);
-      bool chunked = req.get_header_value("Transfer-Encoding") == "chunked";
-      if (len > kMaxJsonBody || chunked) {
-        res.status = 413;
-        res.set_content(json{{"error", {{"code", "payload_too_large"},
-                                        {"message", "request body over " + std::to_string(kMaxJsonBody) +
-                                                        " bytes (or chunked)"}}}}
-                                .dump() + "\n",
-                        "application/json");
-        return httplib::Server::HandlerResponse::Handled;
-      }
-    }
-    return httplib::Server::HandlerResponse::Unhandled;
+    return RefuseUnframedBody(req, res, upload ? kMaxUploadBytes : kMaxJsonBody)
+               ? httplib::Server::HandlerResponse::Handled
+               : httplib::Server::HandlerResponse::Unhandled;
   });
   InstallJsonErrorHandlers(s);
 
@@ -578,6 +616,8 @@ void Controller::InstallRoutes() {
            Authed([this, a](const Caller& c, const Req& q, Res& r) { VmAction(c, q, r, a); }));
   }
   s.Post(R"(/v1/vms/([^/]+)/exec)", Authed([this](const Caller& c, const Req& q, Res& r) { ExecVm(c, q, r); }));
+  s.Get(R"(/v1/operations/([^/]+))",
+        Authed([this](const Caller& c, const Req& q, Res& r) { GetOperation(c, q, r); }));
   s.Delete(R"(/v1/vms/([^/]+))", Authed([this](const Caller& c, const Req& q, Res& r) { DeleteVm(c, q, r); }));
 
   // Information service.
@@ -593,6 +633,24 @@ void Controller::InstallRoutes() {
         }));
   s.Delete(R"(/v1/workspaces/([^/]+))",
            Authed([this](const Caller& c, const Req& q, Res& r) { DeleteWorkspace(c, q, r); }));
+}
+
+// Only what agents (and a load balancer's health check) need.
+void Controller::InstallAgentListenerRoutes() {
+  auto& s = *agent_server_;
+  s.set_payload_max_length(kMaxJsonBody);
+  s.set_pre_routing_handler([](const Req& req, Res& res) {
+    return RefuseUnframedBody(req, res, kMaxJsonBody) ? httplib::Server::HandlerResponse::Handled
+                                                      : httplib::Server::HandlerResponse::Unhandled;
+  });
+  InstallJsonErrorHandlers(s);
+  s.Get("/v1/health", [](const Req&, Res& res) {
+    SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
+  });
+  s.Post("/v1/agent/register",
+         Authed([this](const Caller& c, const Req& q, Res& r) { RegisterHost(c, q, r); }, {"agent"}));
+  s.Post("/v1/agent/heartbeat",
+         Authed([this](const Caller& c, const Req& q, Res& r) { Heartbeat(c, q, r); }, {"host"}));
 }
 
 // --- users and hosts -------------------------------------------------------------------
@@ -1349,12 +1407,15 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
       if (auto st = ValidateName("site/network", *v); !st.ok()) return SendError(res, st.error());
   auto count = f.Int("count", 1, 1, 64);
   if (!count.ok()) return SendError(res, count.error());
+  // Held until the agent has answered for every VM of this create.
+  auto slot = creates_->Acquire(c.user.id, *count, c.admin());
+  if (!slot.ok()) return SendTooMany(res, slot.error(), creates_->retry_after_s());
   if (*count > 1 || body->contains("same") || body->contains("total_memory_mb")) {
     if (workspace || !from->empty() || !future->empty())
       return SendError(res, MakeError(ErrorCode::kInvalidArgument,
                                       "a gang (count) takes non-persistent VMs of an image; drop "
                                       "disk=persistent, workspace, from_checkpoint and from_future"));
-    return CreateGang(c, *body, vm, image, checkpoint_dir, *count, *policy, res, started);
+    return CreateGang(c, *body, vm, image, checkpoint_dir, *count, *policy, res, started, *slot);
   }
   if (candidates.empty()) {
     candidates = index_->Rank({image.id, vm.vcpus, vm.memory_mb, *policy, *site, *host_network});
@@ -1395,12 +1456,13 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   auto host = store_->GetHost(vm.host_id);
   SendJson(res, 202, VmJson(vm, &image, host.ok() ? &*host : nullptr));
 
-  LaunchCreate(vm, image, checkpoint_dir, workspace, new_workspace, started, host.ok() ? &*host : nullptr);
+  LaunchCreate(vm, image, checkpoint_dir, workspace, new_workspace, started,
+               host.ok() ? &*host : nullptr, *slot);
 }
 
 void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
                               const std::optional<Workspace>& workspace, bool new_workspace,
-                              int64_t started, const Host* known_host) {
+                              int64_t started, const Host* known_host, Admission::SlotPtr slot) {
   auto host = known_host && known_host->id == vm.host_id ? Result<Host>(*known_host) : store_->GetHost(vm.host_id);
   json spec = {{"id", vm.id},
                {"name", vm.name},
@@ -1415,7 +1477,7 @@ void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::strin
                {"blobs", AgentBlobs(image, vm.start == "resume" && checkpoint_dir == image.dir + "/checkpoint")}};
   Host h = host.ok() ? *host : Host{};
   std::optional<Workspace> ws = workspace;
-  RunAsync(vm.id, [this, h, spec, vm, ws, new_workspace, started] {
+  RunAsync(vm.id, [this, h, spec, vm, ws, new_workspace, started, slot] {
     auto r = AgentClient(h).Post("/agent/v1/vms", spec);
     if (!r.ok() && ws && new_workspace) (void)store_->DeleteWorkspace(ws->id);
     if (!r.ok() && ws && !new_workspace) {
@@ -1434,7 +1496,8 @@ void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::strin
 // All are placed and recorded in one transaction, or none is.
 void Controller::CreateGang(const Caller& c, const json& body, const Vm& proto, const Image& image,
                             const std::string& checkpoint_dir, int64_t count,
-                            const std::string& policy, Res& res, int64_t started) {
+                            const std::string& policy, Res& res, int64_t started,
+                            Admission::SlotPtr slot) {
   (void)c;
   JsonFields f(body, {});
   auto same = f.String("same", false);
@@ -1485,7 +1548,8 @@ void Controller::CreateGang(const Caller& c, const json& body, const Vm& proto, 
   json out = json::array();
   for (const auto& vm : *placed) out.push_back(VmJson(vm, &image));
   SendJson(res, 202, {{"vms", out}});
-  for (const auto& vm : *placed) LaunchCreate(vm, image, checkpoint_dir, std::nullopt, false, started);
+  for (const auto& vm : *placed)
+    LaunchCreate(vm, image, checkpoint_dir, std::nullopt, false, started, nullptr, slot);
 }
 
 // Why no host took the VM: for each requirement, how many of the candidate
@@ -1596,11 +1660,83 @@ void Controller::ExecVm(const Caller& c, const Req& req, Res& res) {
                                                                         "; exec needs it running"));
   auto host = store_->GetHost(vm->host_id);
   if (!host.ok()) return SendError(res, host.error());
-  auto r = AgentClient(*host, static_cast<int>(*timeout) + 30)
-               .Post("/agent/v1/vms/" + vm->id + "/exec",
-                     {{"argv", *argv}, {"input", *input}, {"timeout_s", *timeout}});
-  if (!r.ok()) return SendError(res, r.error());
-  SendJson(res, 200, *r);
+  auto slot = execs_->Acquire(c.user.id, 1, c.admin());
+  if (!slot.ok()) return SendTooMany(res, slot.error(), execs_->retry_after_s());
+  Operation op;
+  op.id = NewId("op");
+  op.kind = "exec";
+  op.owner_id = c.user.id;
+  op.vm_id = vm->id;
+  op.state = "running";
+  op.created_ms = NowMs();
+  json answer;
+  {
+    std::lock_guard<std::mutex> l(operations_mu_);
+    // Forget finished operations past their time, and a user's oldest
+    // finished ones beyond the per-user count.
+    std::map<std::string, std::vector<std::pair<int64_t, std::string>>> finished;
+    for (auto it = operations_.begin(); it != operations_.end();) {
+      if (it->second.state != "running" &&
+          it->second.finished_ms < op.created_ms - kOperationKeepMs) {
+        it = operations_.erase(it);
+        continue;
+      }
+      if (it->second.state != "running" && it->second.owner_id == c.user.id)
+        finished[it->second.owner_id].push_back({it->second.finished_ms, it->first});
+      ++it;
+    }
+    for (auto& [owner, list] : finished) {
+      if (list.size() < kFinishedOperationsPerUser) continue;
+      std::sort(list.begin(), list.end());
+      for (size_t i = 0; i + kFinishedOperationsPerUser <= list.size(); ++i)
+        operations_.erase(list[i].second);
+    }
+    operations_[op.id] = op;
+    answer = OperationJson(op);
+  }
+  SendJson(res, 202, answer);
+  Host h = *host;
+  json request = {{"argv", *argv}, {"input", *input}, {"timeout_s", *timeout}};
+  const int read_timeout = static_cast<int>(*timeout) + 30;
+  RunAsync("", [this, h, request, read_timeout, id = op.id, vm_id = vm->id, slot = *slot] {
+    auto r = AgentClient(h, read_timeout).Post("/agent/v1/vms/" + vm_id + "/exec", request);
+    std::lock_guard<std::mutex> l(operations_mu_);
+    auto it = operations_.find(id);
+    if (it == operations_.end()) return;
+    it->second.finished_ms = NowMs();
+    if (r.ok()) {
+      it->second.state = "succeeded";
+      it->second.result = *r;
+    } else {
+      it->second.state = "failed";
+      it->second.error = {{"code", ErrorCodeName(r.error().code)}, {"message", r.error().message}};
+    }
+  });
+}
+
+json Controller::OperationJson(const Operation& op) {
+  json j = {{"id", op.id},
+            {"kind", op.kind},
+            {"vm_id", op.vm_id},
+            {"state", op.state},
+            {"result", op.result},
+            {"error", op.error},
+            {"created_at", FormatTimeMs(op.created_ms)},
+            {"finished_at", op.finished_ms ? json(FormatTimeMs(op.finished_ms)) : json(nullptr)}};
+  return j;
+}
+
+void Controller::GetOperation(const Caller& c, const Req& req, Res& res) {
+  json answer;
+  {
+    std::lock_guard<std::mutex> l(operations_mu_);
+    auto it = operations_.find(req.matches[1]);
+    // Another user's operation is not found, like their VMs.
+    if (it == operations_.end() || (!c.admin() && it->second.owner_id != c.user.id))
+      return SendError(res, NotFound("operation '" + std::string(req.matches[1]) + "'"));
+    answer = OperationJson(it->second);
+  }
+  SendJson(res, 200, answer);
 }
 
 void Controller::DeleteVm(const Caller& c, const Req& req, Res& res) {
@@ -1660,6 +1796,8 @@ void Controller::Query(const Caller& c, const Req& req, Res& res) {
   if (!sql.ok()) return SendError(res, sql.error());
   if (!max_rows.ok()) return SendError(res, max_rows.error());
   if (!timeout.ok()) return SendError(res, timeout.error());
+  auto slot = queries_->Acquire(c.user.id, 1, c.admin());
+  if (!slot.ok()) return SendTooMany(res, slot.error(), queries_->retry_after_s());
   QueryLimits limits;
   limits.max_rows = *max_rows;
   limits.timeout_ms = *timeout;

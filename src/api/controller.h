@@ -3,7 +3,11 @@
 // records with what host agents report. Long operations (create, stop,
 // checkpoint, resume, delete) answer 202 and run on background threads; the
 // store records every state change before and after the agent call, so a
-// controller restart loses nothing (see docs/vm-lifecycle.md).
+// controller restart loses nothing (see docs/vm-lifecycle.md). Exec is an
+// operation object (POST answers 202, GET /v1/operations/ID polls), kept in
+// memory only. No request holds a server thread for long; what one user may
+// hold at once is bounded (api/admission.h, 429 beyond), and heartbeats and
+// health never wait for a user's slot.
 // Thread-safe: handlers run on the HTTP server's thread pool.
 #pragma once
 
@@ -22,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "api/admission.h"
 #include "api/host_credentials.h"
 #include "cli/options.h"
 #include "common/result.h"
@@ -55,6 +60,8 @@ class Controller {
   void Wait(std::chrono::milliseconds grace);
 
   std::string url() const { return url_; }
+  // The agents' listener ("" without --agent-listen).
+  std::string agent_url() const { return agent_url_; }
   Store& store() { return *store_; }
 
  private:
@@ -66,6 +73,7 @@ class Controller {
   using Handler = std::function<void(const Caller&, const httplib::Request&, httplib::Response&)>;
 
   void InstallRoutes();
+  void InstallAgentListenerRoutes();
   // Wraps a handler with authentication and a role check.
   std::function<void(const httplib::Request&, httplib::Response&)> Authed(
       Handler h, const std::set<std::string>& roles = {"admin", "user"});
@@ -83,6 +91,7 @@ class Controller {
   void CreateVm(const Caller&, const httplib::Request&, httplib::Response&);
   void VmAction(const Caller&, const httplib::Request&, httplib::Response&, const std::string& action);
   void ExecVm(const Caller&, const httplib::Request&, httplib::Response&);
+  void GetOperation(const Caller&, const httplib::Request&, httplib::Response&);
   void DeleteVm(const Caller&, const httplib::Request&, httplib::Response&);
   void DeleteWorkspace(const Caller&, const httplib::Request&, httplib::Response&);
   void Query(const Caller&, const httplib::Request&, httplib::Response&);
@@ -128,10 +137,10 @@ class Controller {
                            const std::string& site, const std::string& network);
   void LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
                     const std::optional<Workspace>& workspace, bool new_workspace, int64_t started,
-                    const Host* host = nullptr);
+                    const Host* host = nullptr, Admission::SlotPtr slot = nullptr);
   void CreateGang(const Caller& c, const nlohmann::json& body, const Vm& proto, const Image& image,
                   const std::string& checkpoint_dir, int64_t count, const std::string& policy,
-                  httplib::Response& res, int64_t started);
+                  httplib::Response& res, int64_t started, Admission::SlotPtr slot);
   // Records the agent's answer for a VM operation.
   void FinishVmOp(const std::string& vm_id, const Result<nlohmann::json>& answer,
                   const std::string& state_on_error, int64_t started_ms, bool timing);
@@ -145,7 +154,10 @@ class Controller {
   std::unique_ptr<QueryService> query_;
   std::unique_ptr<ChunkClient> image_server_;  // null without --image-server
   std::unique_ptr<httplib::Server> server_;
-  std::thread server_thread_, reconcile_thread_;
+  std::unique_ptr<httplib::Server> agent_server_;  // with --agent-listen
+  std::string agent_url_;
+  static constexpr size_t kAgentListenerThreads = 16;
+  std::thread server_thread_, reconcile_thread_, agent_server_thread_;
   std::atomic<bool> stop_{false};
 
   std::mutex image_io_mu_;
@@ -183,6 +195,25 @@ class Controller {
   bool op_stop_ = false;                        // guarded by ops_mu_
   std::condition_variable op_cv_;               // a queued op or op_stop_
   void OpWorker();
+
+  // Admission (api/admission.h): user requests being handled, and per user
+  // exec operations, creates in flight and queries. Set by Start.
+  std::unique_ptr<Admission> requests_, execs_, creates_, queries_;
+
+  // Exec operations, in memory: a controller restart forgets them (polling
+  // one then answers 404; the guest command itself is not repeated).
+  struct Operation {
+    std::string id, kind, owner_id, vm_id;
+    std::string state;  // running | succeeded | failed
+    nlohmann::json result, error;
+    int64_t created_ms = 0, finished_ms = 0;
+  };
+  nlohmann::json OperationJson(const Operation& op);
+  std::mutex operations_mu_;
+  std::map<std::string, Operation> operations_;  // guarded by operations_mu_
+  // Finished operations are kept this long, and at most this many per user.
+  static constexpr int64_t kOperationKeepMs = 10 * 60'000;
+  static constexpr size_t kFinishedOperationsPerUser = 256;
 };
 
 }  // namespace vmgrid

@@ -20,6 +20,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 #include "cli/api_client.h"
@@ -1125,10 +1126,42 @@ int CmdVmExec(Ctx& ctx, const ExecArgs& a) {
     Fail(ctx, client.error());
     return kExitFailure;
   }
-  // The controller waits for the guest command; allow for its timeout.
+  // The controller answers at once with an exec operation (202), polled
+  // here until the guest command has ended. While the user's exec limit is
+  // reached (429) the command waits its turn, as it did when execs queued.
   const int guest_timeout = a.timeout_s > 0 ? a.timeout_s : 60;
-  client->set_read_timeout_s(std::max(300, guest_timeout + 60));
+  const auto give_up =
+      std::chrono::steady_clock::now() + std::chrono::seconds(std::max(300, guest_timeout + 60));
   auto res = client->Post("/v1/vms/" + PathEscape(a.ref) + "/exec", body);
+  while (!res.ok() && res.error().code == ErrorCode::kTooManyRequests &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    res = client->Post("/v1/vms/" + PathEscape(a.ref) + "/exec", body);
+  }
+  auto wait = std::chrono::milliseconds(50);
+  while (res.ok() && res->is_object() && !res->contains("exit_code") &&
+         res->value("kind", "") == "exec") {
+    const std::string state = res->value("state", "");
+    if (state == "succeeded" && (*res)["result"].is_object()) {
+      res = json((*res)["result"]);
+      break;
+    }
+    if (state == "failed") {
+      const json& e = (*res)["error"];
+      res = MakeError(
+          e.is_object() ? ErrorCodeFromApiString(e.value("code", "")) : ErrorCode::kInternal,
+          e.is_object() ? e.value("message", "exec failed") : "exec failed");
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= give_up) {
+      res = MakeError(ErrorCode::kTimeout,
+                      "exec operation " + res->value("id", "") + " has not ended");
+      break;
+    }
+    std::this_thread::sleep_for(wait);
+    wait = std::min(wait * 2, std::chrono::milliseconds(500));
+    res = client->Get("/v1/operations/" + PathEscape(res->value("id", "")));
+  }
   if (!res.ok()) {
     Fail(ctx, res.error(), "vm");
     return ExecTransportExitCode(res.error().code);
@@ -1441,6 +1474,28 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
                   "(default: none; agents read image files by path)");
     c->add_option("--image-server-token-file", s.controller.image_server_token_file,
                   "File with the image server's token");
+    c->add_option("--agent-listen", s.controller.agent_listen,
+                  "Separate address for agents' heartbeats (and health), with threads of its own; "
+                  "give agents this URL as --controller (default: none, the main listener)")
+        ->check(ListenValidator());
+    // Admission limits (docs/api.md#limits); over a limit: 429 with Retry-After.
+    for (auto [flag, dst, what] :
+         {std::tuple{"--max-requests-per-user", &s.controller.max_requests_per_user,
+                     "Requests of one user handled at once"},
+          {"--max-user-requests", &s.controller.max_user_requests,
+           "Requests of all users handled at once (the other HTTP threads stay free for agents and "
+           "health)"},
+          {"--max-execs-per-user", &s.controller.max_execs_per_user,
+           "Exec operations of one user running at once"},
+          {"--max-creates-per-user", &s.controller.max_creates_per_user,
+           "VM creates of one user in flight"},
+          {"--max-queries-per-user", &s.controller.max_queries_per_user,
+           "Queries of one user running at once"},
+          {"--http-threads", &s.controller.http_threads,
+           "Connection threads of the REST API server"},
+          {"--header-timeout-ms", &s.controller.header_timeout_ms,
+           "Time a client has to send a request's line and headers"}})
+      c->add_option(flag, *dst, what)->check(CLI::Range(1, 1'000'000))->capture_default_str();
 
     auto* is = leaf(&app, "image-server", "Run an image server (content-addressed image and checkpoint chunks)",
                     [&] { return RunImageServer(s.image_server); });
@@ -1464,7 +1519,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
         ->capture_default_str();
     a->add_option("--controller", s.agent.controller_url, "Controller base URL")
         ->capture_default_str();
-    a->add_option("--token-file", s.agent.token_file, "File with the agent token");
+    a->add_option("--token-file", s.agent.token_file, "File with the join token (controller STATE/agent.token); read only until this host has credentials (STATE/host-credentials.json)");
     a->add_option("--state-dir", s.agent.state_dir, "State directory")->capture_default_str();
     a->add_option("--name", s.agent.name, "Host name to report (default: hostname)");
     a->add_option("--runas", s.agent.runas, "Run QEMU as this user (when per-VM uids are off)");
@@ -1505,7 +1560,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     sh->add_option("--count", s.sim.count, "Number of simulated hosts")
         ->check(CLI::Range(1, 1000000))->capture_default_str();
     sh->add_option("--controller", s.sim.controller_url, "Controller base URL")->capture_default_str();
-    sh->add_option("--token-file", s.sim.token_file, "File with the agent token")->required();
+    sh->add_option("--token-file", s.sim.token_file, "File with the join token (controller STATE/agent.token)")->required();
     sh->add_option("--listen", s.sim.listen, "Address to serve the agent API on")
         ->check(ListenValidator())->capture_default_str();
     sh->add_option("--name-prefix", s.sim.name_prefix, "Host name prefix")->capture_default_str();

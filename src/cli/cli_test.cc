@@ -280,9 +280,26 @@ class FakeController {
           if (!authed(req, res)) return;
           std::lock_guard<std::mutex> l(mu_);
           exec_body_ = json::parse(req.body);
-          res.set_content(json{{"exit_code", 3}, {"stdout", "out\n"}, {"stderr", "err\n"}}.dump(),
+          // Like the controller: the first try is over the user's exec
+          // limit (429), the next starts an operation that the CLI polls.
+          if (exec_posts_++ == 0) {
+            res.set_header("Retry-After", "1");
+            return ReplyError(res, 429, "too_many_requests", "too many exec operations at once");
+          }
+          res.status = 202;
+          res.set_content(json{{"id", "op-1"}, {"kind", "exec"}, {"state", "running"}}.dump(),
                           "application/json");
         });
+    server_.Get("/v1/operations/op-1", [=, this](const httplib::Request& req,
+                                                 httplib::Response& res) {
+      if (!authed(req, res)) return;
+      std::lock_guard<std::mutex> l(mu_);
+      json op = {
+          {"id", "op-1"}, {"kind", "exec"}, {"state", ++op_polls_ < 3 ? "running" : "succeeded"}};
+      if (op["state"] == "succeeded")
+        op["result"] = {{"exit_code", 3}, {"stdout", "out\n"}, {"stderr", "err\n"}};
+      res.set_content(op.dump(), "application/json");
+    });
     server_.Post("/v1/users", [=, this](const httplib::Request& req, httplib::Response& res) {
       if (!authed(req, res)) return;
       json in = json::parse(req.body);
@@ -388,6 +405,7 @@ class FakeController {
 
   std::mutex mu_;
   json create_body_, exec_body_, image_create_, checkpoint_body_;
+  int exec_posts_ = 0, op_polls_ = 0;
   std::map<std::string, std::string> uploads_;
   json QuotaUser() const {
     return {{"id", "usr-9"},
@@ -512,6 +530,9 @@ TEST_F(CliServerTest, VmExecPassesOutputAndExitCode) {
   EXPECT_EQ(fake_.exec_body_["argv"], json({"sh", "-c", "exit 3"}));
   EXPECT_EQ(fake_.exec_body_["input"], "abc");
   EXPECT_EQ(fake_.exec_body_["timeout_s"], 5);
+  // It waited out the 429 and polled the operation to its end.
+  EXPECT_EQ(fake_.exec_posts_, 2);
+  EXPECT_EQ(fake_.op_polls_, 3);
 }
 
 TEST_F(CliServerTest, AuthErrorsExit4WithHint) {

@@ -28,6 +28,20 @@ struct ControllerOptions {
   // from image_dir by path (one machine only).
   std::string image_server;
   std::string image_server_token_file;
+  // Admission (docs/api.md#limits): one user's share of the controller. Over
+  // a limit the request is answered 429 with Retry-After.
+  int max_requests_per_user = 16;  // requests of one user being handled at once
+  int max_user_requests = 96;      // all users' requests at once (the rest of
+                                   // http_threads stays free for agents and health)
+  int max_execs_per_user = 8;      // exec operations running at once
+  int max_creates_per_user = 16;   // VM creates in flight (gang members count)
+  int max_queries_per_user = 2;    // information-service queries at once
+  int http_threads = 128;          // connection threads of the REST API server
+  int header_timeout_ms = 10'000;  // a request's line and headers, in total
+  // A second listener, "HOST:PORT", serving only agents' heartbeats and
+  // health on threads of its own; point agents' --controller at it. Empty:
+  // agents use the main listener.
+  std::string agent_listen;
 };
 
 // `vmgrid agent`: runs QEMU VMs on one host on behalf of the controller.
@@ -37,8 +51,9 @@ struct AgentOptions {
   std::string listen = "127.0.0.1:0";
   // Base URL of the controller the agent registers with.
   std::string controller_url = "http://127.0.0.1:8470";
-  // File holding the agent-role token for the controller. Empty: the agent's
-  // default (implementation-defined, e.g. STATE_DIR/agent.token).
+  // File holding the join token (the controller's STATE/agent.token), which
+  // the agent exchanges once for credentials of its own host, kept in
+  // STATE_DIR/host-credentials.json. Empty: STATE_DIR/agent.token.
   std::string token_file;
   // VM disks, sockets, logs and other per-host state.
   std::string state_dir = "./state/agent";

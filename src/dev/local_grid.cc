@@ -54,6 +54,8 @@ LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
   options_.state_dir = std::filesystem::absolute(options_.state_dir, ec).string();
   if (options_.port == 0) options_.port = FreePort();
   url_ = "http://127.0.0.1:" + std::to_string(options_.port);
+  // Agents heartbeat to the controller's listener of their own.
+  if (options_.agent_listener) agent_controller_url_ = "http://127.0.0.1:" + std::to_string(FreePort());
   agents_.resize(static_cast<size_t>(options_.hosts));
   // Agents keep their address across restarts, as on real hosts.
   for (int i = 0; i < options_.hosts; ++i) agent_ports_.push_back(FreePort());
@@ -118,6 +120,9 @@ Status LocalGrid::StartController(milliseconds timeout) {
   if (options_.image_server)
     argv.insert(argv.end(), {"--image-server", image_server_url(), "--image-server-token-file",
                              image_server_token_file()});
+  if (!agent_controller_url_.empty())
+    argv.insert(argv.end(), {"--agent-listen", agent_controller_url_.substr(std::string("http://").size())});
+  argv.insert(argv.end(), options_.controller_args.begin(), options_.controller_args.end());
   VMG_ASSIGN_OR_RETURN(controller_, ChildProcess::Spawn(argv, log_dir() + "/controller.log"));
   ApiClient anon(url_, "");
   auto deadline = Clock::now() + timeout;
@@ -140,9 +145,9 @@ Status LocalGrid::StartAgent(int index, milliseconds timeout) {
   std::string name = "host-" + std::to_string(index + 1);
   std::vector<std::string> argv = {
       options_.vmgrid_binary, "agent", "--listen",
-      "127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]), "--controller", url_,
-      "--token-file", controller_state_dir() + "/agent.token", "--state-dir",
-      agent_state_dir(index), "--name", name,
+      "127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]), "--controller",
+      agent_controller_url_.empty() ? url_ : agent_controller_url_, "--token-file",
+      controller_state_dir() + "/agent.token", "--state-dir", agent_state_dir(index), "--name", name,
       // Without an image server the controller names image files by path.
       "--image-dir", controller_state_dir() + "/images"};
   if (options_.host_vcpus > 0) argv.insert(argv.end(), {"--vcpus", std::to_string(options_.host_vcpus)});

@@ -29,6 +29,10 @@ struct LocalGridOptions {
   int image_server_port = 0;           // 0 = pick a free one
   std::string agent_image_server_url;  // "" = the grid's own (e.g. a WAN emulator in front of it)
   bool agent_prefetch = true;
+  std::vector<std::string> controller_args;  // appended to `vmgrid controller` (e.g. limits)
+  // The controller serves agents on a listener of their own (--agent-listen),
+  // so users' connections never delay heartbeats.
+  bool agent_listener = true;
 };
 
 class LocalGrid {
@@ -53,6 +57,8 @@ class LocalGrid {
   int KillVmProcesses();
 
   const std::string& url() const { return url_; }
+  // The controller's listener for agents ("" with agent_listener off).
+  const std::string& agent_controller_url() const { return agent_controller_url_; }
   std::string admin_token() const;
   std::string controller_state_dir() const { return options_.state_dir + "/controller"; }
   std::string agent_state_dir(int index) const;
@@ -74,6 +80,7 @@ class LocalGrid {
   std::unique_ptr<ChildProcess> image_server_;
   std::vector<std::unique_ptr<ChildProcess>> agents_;
   std::vector<int> agent_ports_;
+  std::string agent_controller_url_;  // the controller's agents' listener, or ""
 };
 
 // Waits until GET `path` through `client` succeeds and `done(answer)` holds.

@@ -948,6 +948,7 @@ class QueryService::Slot {
 };
 
 Result<std::unique_ptr<QueryService::Slot>> QueryService::TakeSlot(const QueryCaller& caller) {
+  if (caller.admin) return std::unique_ptr<Slot>();  // trusted, like the controller's admission
   std::lock_guard<std::mutex> l(slots_mu_);
   int& n = running_[caller.user_id];
   if (n >= max_concurrent_per_user_) {

@@ -97,7 +97,8 @@ class QueryService {
   // CREATEROLE the first time, or a superuser must create vmgrid_query and
   // grant it to that role beforehand.
   // At most `max_concurrent_per_user` queries (Sql or Set) of one user run
-  // at once; more answer kTooManyRequests at once, without waiting.
+  // at once; more answer kTooManyRequests at once, without waiting. The
+  // admin is not limited.
   static Result<std::unique_ptr<QueryService>> Open(const std::string& target,
                                                     int max_concurrent_per_user = 4);
   ~QueryService();

@@ -650,7 +650,13 @@ Result<std::unique_ptr<QemuProcess>> QemuProcess::Adopt(const std::string& run_d
       new QemuProcess(run, pid, std::move(pidfd), std::move(qmp).value()));
 }
 
-std::string QemuProcess::LogTail() const { return TailOfFile(RunPath(run_dir_, kQemuLogName)); }
+std::string QemuProcess::LogTail() const {
+  // Not daemonized, QEMU reports errors on its stderr (qemu.stderr), and
+  // -D logging goes to qemu.log.
+  std::string err = TailOfFile(RunPath(run_dir_, kQemuStderrName));
+  std::string log = TailOfFile(RunPath(run_dir_, kQemuLogName));
+  return err.empty() ? log : log.empty() ? err : err + "\n" + log;
+}
 
 bool QemuProcess::Alive() const { return !Exited(pid_, pidfd_); }
 

@@ -75,7 +75,7 @@ inline constexpr char kQgaSocketName[] = "qga.sock";
 inline constexpr char kPidFileName[] = "qemu.pid";
 inline constexpr char kConsoleLogName[] = "console.log";
 inline constexpr char kQemuLogName[] = "qemu.log";
-inline constexpr char kQemuStderrName[] = "qemu.stderr";  // QEMU's stderr
+inline constexpr char kQemuStderrName[] = "qemu.stderr";  // QEMU's stderr (its error messages)
 inline constexpr char kSandboxOptions[] =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
@@ -130,7 +130,7 @@ class QemuProcess {
   const std::string& run_dir() const { return run_dir_; }
   QmpClient& qmp() { return *qmp_; }
   std::string qga_socket() const { return RunPath(run_dir_, kQgaSocketName); }
-  // The end of qemu.log: QEMU's own error messages.
+  // The end of qemu.stderr and qemu.log: QEMU's own error messages.
   std::string LogTail() const;
 
   // False once the process has exited (a zombie counts as exited).

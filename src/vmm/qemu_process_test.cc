@@ -281,6 +281,25 @@ TEST_F(QemuProcessTest, FullSandboxWithNumericUidAndDetachedLaunch) {
       << "QEMU 7.2 accepted -daemonize with spawn=deny; the detached launch may be unnecessary";
 }
 
+// The launcher joins QemuConfig::cgroup_dir by writing "0" (itself) to its
+// cgroup.procs before exec. This host has no cgroup v2, so a plain file
+// stands in for cgroupfs (VmCgroups is tested in vm_cgroup_test.cc).
+TEST_F(QemuProcessTest, JoinsItsCgroupBeforeExec) {
+  std::string cg = dir_.path() + "/cg";
+  ASSERT_TRUE(std::filesystem::create_directories(cg));
+  std::ofstream(cg + "/cgroup.procs").flush();
+  QemuConfig c = BareConfig(RunDir(), "cgroup");
+  c.cgroup_dir = cg;
+  auto q = QemuProcess::Launch(c, kLaunchTimeout);
+  ASSERT_TRUE(q.ok()) << q.error().message;
+  std::ifstream in(cg + "/cgroup.procs");
+  std::string written((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(written, "0");
+  ASSERT_TRUE((*q)->Quit(milliseconds(10000)).ok());
+  c.cgroup_dir = dir_.path() + "/no-such-cgroup";
+  EXPECT_FALSE(QemuProcess::Launch(c, kLaunchTimeout).ok()) << "a configured cgroup is not optional";
+}
+
 TEST_F(QemuProcessTest, AutoAccelLaunches) {
   QemuConfig c = BareConfig(RunDir(), "auto");
   c.accel = "";
