@@ -276,5 +276,109 @@ TEST_F(ApiTest, BadImageFilesAreRejected) {
   unlink(tmp.c_str());
 }
 
+// Quotas (docs/security.md, "Quotas"): set by the admin with a strict body,
+// shown with usage, enforced at placement and at finalize with 403 naming
+// the quota and the numbers; raising the quota lets the same request in.
+TEST_F(ApiTest, QuotaIsEnforcedAndTheAdminCanRaiseIt) {
+  ApiClient admin = grid_->Admin();
+  ApiClient carol(grid_->url(), NewUser("carol"));
+  auto user_json = [&](const std::string& name) {
+    auto users = admin.Get("/v1/users");
+    EXPECT_TRUE(users.ok()) << users.error().message;
+    json found;
+    if (users.ok())
+      for (const auto& u : (*users)["users"])
+        if (u["name"] == name) found = u;
+    return found;
+  };
+  // Unlimited by default, with usage shown.
+  json fresh = user_json("carol");
+  EXPECT_EQ(fresh["quota"]["vms"], 0) << fresh.dump();
+  EXPECT_EQ(fresh["usage"]["vms"], 0) << fresh.dump();
+
+  // Only the admin sets quotas, with a strict body.
+  EXPECT_EQ(carol.Put("/v1/users/carol/quota", {{"vms", 100}}).error().code,
+            ErrorCode::kPermissionDenied);
+  EXPECT_EQ(admin.Put("/v1/users/carol/quota", {{"vms", -1}}).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(admin.Put("/v1/users/carol/quota", {{"vms", "2"}}).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(admin.Put("/v1/users/carol/quota", {{"cpus", 2}}).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(admin.Put("/v1/users/nobody/quota", {{"vms", 1}}).error().code, ErrorCode::kNotFound);
+
+  auto set = admin.Put("/v1/users/carol/quota", {{"vms", 1}, {"vcpus", 1}, {"image_bytes", 1000}});
+  ASSERT_TRUE(set.ok()) << set.error().message;
+  EXPECT_EQ((*set)["quota"]["vcpus"], 1) << set->dump();
+  EXPECT_EQ((*set)["quota"]["memory_mb"], 0) << set->dump();
+
+  // Over the vCPU quota: refused before anything runs, single or gang.
+  auto big = carol.Post("/v1/vms", {{"image", "tiny"}, {"name", "big"}, {"vcpus", 2}});
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(big.error().message.find("quota: carol may use 1 vCPU(s) (0 in use, 2 more asked)"),
+            std::string::npos)
+      << big.error().message;
+  auto gang = carol.Post("/v1/vms", {{"image", "tiny"}, {"name", "gang"}, {"count", 2}});
+  ASSERT_FALSE(gang.ok());
+  EXPECT_EQ(gang.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(gang.error().message.find("quota: carol may run 1 VM (0 running, 2 more asked)"),
+            std::string::npos)
+      << gang.error().message;
+  EXPECT_EQ(carol.Get("/v1/vms")->at("vms").size(), 0u);
+
+  // Raised, the same request is placed and runs; the next VM is over the
+  // VM count.
+  ASSERT_TRUE(
+      admin.Put("/v1/users/carol/quota", {{"vms", 1}, {"vcpus", 2}, {"image_bytes", 1000}}).ok());
+  json vm = CreateVm(carol, {{"image", "tiny"}, {"name", "big"}, {"vcpus", 2}});
+  EXPECT_EQ(vm["state"], "running") << vm.dump();
+  auto second = carol.Post("/v1/vms", {{"image", "tiny"}, {"name", "second"}});
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(second.error().message.find("quota: carol may run 1 VM (1 running)"), std::string::npos)
+      << second.error().message;
+  json used = user_json("carol");
+  EXPECT_EQ(used["usage"]["vms"], 1) << used.dump();
+  EXPECT_EQ(used["usage"]["vcpus"], 2) << used.dump();
+  DeleteVm(carol, vm["id"]);
+
+  // Image bytes bound uploads, and are checked again at finalize: an image
+  // uploaded while the quota was higher stays unpublished.
+  ASSERT_TRUE(admin.Put("/v1/users/carol/quota", json::object()).ok());
+  TinyFiles tiny = Tiny();
+  auto img = carol.Post("/v1/images", {{"name", "mine"},
+                                       {"format", tiny.format},
+                                       {"has_kernel", true},
+                                       {"has_initrd", true},
+                                       {"append", tiny.append}});
+  ASSERT_TRUE(img.ok()) << img.error().message;
+  const std::string img_id = (*img)["id"];
+  for (auto [kind, path] :
+       {std::pair{"disk", tiny.disk}, {"kernel", tiny.kernel}, {"initrd", tiny.initrd}})
+    ASSERT_TRUE(carol.PutFile("/v1/images/" + img_id + "/files/" + kind, path).ok()) << kind;
+  ASSERT_TRUE(admin.Put("/v1/users/carol/quota", {{"image_bytes", 1000}}).ok());
+  auto upload = carol.PutFile("/v1/images/" + img_id + "/files/disk", tiny.disk);
+  ASSERT_FALSE(upload.ok());
+  EXPECT_EQ(upload.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(
+      upload.error().message.find("quota: carol may keep 1000 bytes of images (0 in ready images)"),
+      std::string::npos)
+      << upload.error().message;
+  auto fin = carol.Post("/v1/images/" + img_id + "/finalize");
+  ASSERT_FALSE(fin.ok());
+  EXPECT_EQ(fin.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(
+      fin.error().message.find("quota: carol may keep 1000 bytes of images (0 in ready images"),
+      std::string::npos)
+      << fin.error().message;
+  EXPECT_EQ(carol.Get("/v1/images/" + img_id)->value("state", ""), "uploading");
+  ASSERT_TRUE(admin.Put("/v1/users/carol/quota", json::object()).ok());  // unlimited again
+  auto fin2 = carol.Post("/v1/images/" + img_id + "/finalize");
+  ASSERT_TRUE(fin2.ok()) << fin2.error().message;
+  EXPECT_EQ((*fin2)["state"], "ready");
+  EXPECT_TRUE(carol.Delete("/v1/images/" + img_id).ok());
+}
+
 }  // namespace
 }  // namespace vmgrid

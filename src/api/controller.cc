@@ -86,6 +86,12 @@ std::string FileNameFor(const std::string& kind, const std::string& format) {
   return "initrd.img";
 }
 
+// Sends a handler's answer: its JSON with `status`, or its error.
+void Reply(Res& res, int status, const Result<json>& answer) {
+  if (!answer.ok()) return SendError(res, answer.error());
+  SendJson(res, status, *answer);
+}
+
 }  // namespace
 
 Controller::Controller(ControllerOptions options) : options_(std::move(options)) {}
@@ -530,11 +536,16 @@ void Controller::InstallRoutes() {
           auto users = store_->ListUsers();
           if (!users.ok()) return SendError(res, users.error());
           json out = json::array();
-          for (const auto& u : *users)
-            out.push_back({{"id", u.id}, {"name", u.name}, {"role", u.role},
-                           {"created_at", FormatTimeMs(u.created_ms)}});
+          for (const auto& u : *users) {
+            auto user = UserJson(u);
+            if (!user.ok()) return SendError(res, user.error());
+            out.push_back(*user);
+          }
           SendJson(res, 200, {{"users", out}});
         }, {"admin"}));
+  s.Put(R"(/v1/users/([^/]+)/quota)",
+        Authed([this](const Caller&, const Req& q, Res& r) { Reply(r, 200, SetUserQuota(q)); },
+               {"admin"}));
 
   // Hosts.
   s.Get("/v1/hosts", Authed([this](const Caller& c, const Req&, Res& res) {
@@ -660,6 +671,49 @@ void Controller::CreateUser(const Caller&, const Req& req, Res& res) {
   SendJson(res, 201, {{"user", {{"id", u.id}, {"name", u.name}, {"role", u.role},
                                 {"created_at", FormatTimeMs(u.created_ms)}}},
                       {"token", created->second}});
+}
+
+// A user with its quota (0: unlimited) and what it holds now, counted as
+// the quota counts it.
+Result<json> Controller::UserJson(const User& u) {
+  VMG_ASSIGN_OR_RETURN(UserUsage use, store_->GetUserUsage(u.id));
+  const UserQuota& q = u.quota;
+  return json{{"id", u.id},
+              {"name", u.name},
+              {"role", u.role},
+              {"created_at", FormatTimeMs(u.created_ms)},
+              {"quota",
+               {{"vms", q.vms},
+                {"vcpus", q.vcpus},
+                {"memory_mb", q.memory_mb},
+                {"image_bytes", q.image_bytes},
+                {"workspace_bytes", q.workspace_bytes}}},
+              {"usage",
+               {{"vms", use.vms},
+                {"vcpus", use.vcpus},
+                {"memory_mb", use.memory_mb},
+                {"image_bytes", use.image_bytes},
+                {"workspace_bytes", use.workspace_bytes}}}};
+}
+
+// PUT replaces the whole quota: a field left out is 0, unlimited.
+Result<json> Controller::SetUserQuota(const Req& req) {
+  const std::string name = req.matches[1];
+  VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body, false));
+  JsonFields f(body, {"vms", "vcpus", "memory_mb", "image_bytes", "workspace_bytes"});
+  VMG_RETURN_IF_ERROR(f.CheckUnknown());
+  constexpr int64_t kMax = int64_t{1} << 53;  // exact in every JSON client
+  UserQuota q;
+  VMG_ASSIGN_OR_RETURN(q.vms, f.Int("vms", 0, 0, kMax));
+  VMG_ASSIGN_OR_RETURN(q.vcpus, f.Int("vcpus", 0, 0, kMax));
+  VMG_ASSIGN_OR_RETURN(q.memory_mb, f.Int("memory_mb", 0, 0, kMax));
+  VMG_ASSIGN_OR_RETURN(q.image_bytes, f.Int("image_bytes", 0, 0, kMax));
+  VMG_ASSIGN_OR_RETURN(q.workspace_bytes, f.Int("workspace_bytes", 0, 0, kMax));
+  VMG_ASSIGN_OR_RETURN(User u, store_->SetUserQuota(name, q));
+  spdlog::info(
+      "quota of user {} set to {} VMs, {} vCPUs, {} MB, {} image bytes, {} workspace bytes", u.name,
+      q.vms, q.vcpus, q.memory_mb, q.image_bytes, q.workspace_bytes);
+  return UserJson(u);
 }
 
 // The join token buys the credentials of a host that is not up: a new host,
@@ -981,15 +1035,37 @@ void Controller::UploadImageFile(const Caller& c, const Req& req, Res& r,
     std::string id, kind;
     ~Release() { self->ReleaseImageIo(id, kind); }
   } release{this, image->id, kind};
+  // The owner's image_bytes quota bounds what a disk upload may write;
+  // finalize checks it again, atomically with the image becoming ready.
+  int64_t room = kMaxUploadBytes;
+  std::optional<Error> over_quota;
+  if (kind == "disk") {
+    auto owner = store_->GetUserById(image->owner_id);
+    if (!owner.ok()) return SendError(r, owner.error());
+    if (owner->quota.image_bytes > 0) {
+      auto use = store_->GetUserUsage(owner->id);
+      if (!use.ok()) return SendError(r, use.error());
+      room = std::min(room, owner->quota.image_bytes - use->image_bytes);
+      over_quota = MakeError(ErrorCode::kPermissionDenied,
+                             "quota: " + owner->name + " may keep " +
+                                 std::to_string(owner->quota.image_bytes) + " bytes of images (" +
+                                 std::to_string(use->image_bytes) +
+                                 " in ready images); this disk is larger than the rest");
+    }
+  }
   auto tmp = UploadTempFile::Create(image->dir, kind);
   if (!tmp.ok()) return SendError(r, tmp.error());
   int64_t received = 0;
   bool wrote = true;
   bool ok = reader([&](const char* data, size_t len) {
     received += static_cast<int64_t>(len);
-    wrote = wrote && received <= kMaxUploadBytes && (*tmp)->Write(data, len);
+    // Over the quota: read the rest without writing it, so that the client
+    // gets the 403 rather than a connection closed while it sends.
+    if (received > room) return over_quota.has_value() && received <= kMaxUploadBytes;
+    wrote = wrote && (*tmp)->Write(data, len);
     return wrote;
   });
+  if (received > room && over_quota) return SendError(r, *over_quota);
   if (!ok || !wrote)
     return SendError(
         r, MakeError(ErrorCode::kInvalidArgument, "upload of " + kind + " was interrupted"));
@@ -1057,7 +1133,8 @@ void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
     if (auto st = PublishImage(*image); !st.ok()) return SendError(res, st.error());
   }
   image->state = "ready";
-  if (auto st = store_->UpdateImage(*image); !st.ok()) return SendError(res, st.error());
+  // The owner's image_bytes quota is checked with the write.
+  if (auto st = store_->FinalizeImage(*image); !st.ok()) return SendError(res, st.error());
   SendJson(res, 200, ImageJson(*image));
 }
 
@@ -1300,7 +1377,10 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
       candidates = {workspace->host_id};
     } else {
       new_workspace = true;
-      workspace = Workspace{NewId("ws"), wsn, c.user.id, image.id, "", "", 0, vm.id, started};
+      // It holds a copy of the image's disk: its virtual size is what it
+      // takes of the workspace_bytes quota.
+      workspace = Workspace{
+          NewId("ws"), wsn, c.user.id, image.id, "", "", image.virtual_size_bytes, vm.id, started};
     }
   } else if (!ws_name->empty()) {
     return SendError(res, MakeError(ErrorCode::kInvalidArgument, "workspace needs disk=persistent"));

@@ -80,6 +80,8 @@ class Controller {
 
   // Route handlers.
   void CreateUser(const Caller&, const httplib::Request&, httplib::Response&);
+  Result<nlohmann::json> SetUserQuota(const httplib::Request&);
+  Result<nlohmann::json> UserJson(const User& u);
   void Heartbeat(const Caller&, const httplib::Request&, httplib::Response&);
   void RegisterHost(const Caller&, const httplib::Request&, httplib::Response&);
   void CreateImage(const Caller&, const httplib::Request&, httplib::Response&);

@@ -204,6 +204,8 @@ struct ApiClientInternals {
         res = has_body ? cli->Post(full, payload, "application/json") : cli->Post(full);
       } else if (method == "DELETE") {
         res = has_body ? cli->Delete(full, payload, "application/json") : cli->Delete(full);
+      } else if (method == "PUT") {
+        res = cli->Put(full, payload, "application/json");
       } else {
         return MakeError(ErrorCode::kInternal, "unsupported method " + method);
       }
@@ -340,6 +342,10 @@ Result<nlohmann::json> ApiClient::Post(const std::string& path, const nlohmann::
 Result<nlohmann::json> ApiClient::Delete(const std::string& path,
                                          const nlohmann::json& body) const {
   return ApiClientInternals::Send(*this, "DELETE", path, body);
+}
+
+Result<nlohmann::json> ApiClient::Put(const std::string& path, const nlohmann::json& body) const {
+  return ApiClientInternals::Send(*this, "PUT", path, body);
 }
 
 Result<nlohmann::json> ApiClient::PutFile(const std::string& path, const std::string& file_path,

@@ -64,6 +64,8 @@ class ApiClient {
   Result<nlohmann::json> Post(const std::string& path, const nlohmann::json& body = nullptr) const;
   Result<nlohmann::json> Delete(const std::string& path,
                                 const nlohmann::json& body = nullptr) const;
+  // A JSON body (PUT of a whole resource, e.g. a user's quota).
+  Result<nlohmann::json> Put(const std::string& path, const nlohmann::json& body) const;
   // Streams the file as application/octet-stream with PUT, reading it in
   // chunks (never whole into memory). progress may be empty.
   Result<nlohmann::json> PutFile(const std::string& path, const std::string& file_path,

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -1210,6 +1212,52 @@ int CmdUserCreate(Ctx& ctx, const std::string& name, bool admin) {
 
 int CmdUserList(Ctx& ctx) { return ListCommand(ctx, "/v1/users", "users", kUserHeaders, UserRow); }
 
+// The quota fields, as the API and --flags name them.
+const std::vector<std::pair<const char*, const char*>> kQuotaFields = {
+    {"vms", "VMs"},
+    {"vcpus", "vCPUs"},
+    {"memory_mb", "memory MB"},
+    {"image_bytes", "image bytes"},
+    {"workspace_bytes", "workspace bytes"}};
+
+// Shows a user's quota (and usage); with flags, changes the given fields and
+// keeps the others (the API's PUT replaces the whole quota).
+int CmdUserQuota(Ctx& ctx, const std::string& name, const std::map<std::string, int64_t>& set) {
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  auto users = client->Get("/v1/users");
+  if (!users.ok()) return Fail(ctx, users.error().Wrap("cannot read users"), "user quota");
+  json user;
+  for (const auto& u : users->value("users", json::array()))
+    if (Str(u, "name") == name) user = u;
+  if (user.is_null())
+    return Fail(ctx, MakeError(ErrorCode::kNotFound, "user '" + name + "' not found"),
+                "user quota");
+  if (!set.empty()) {
+    json quota = user.value("quota", json::object());
+    for (const auto& [field, value] : set) quota[field] = value;
+    auto res = client->Put("/v1/users/" + PathEscape(name) + "/quota", quota);
+    if (!res.ok())
+      return Fail(ctx, res.error().Wrap("cannot set the quota of " + name), "user quota");
+    user = *res;
+  }
+  if (ctx.g.json) {
+    PrintJson(ctx, user);
+    return kExitOk;
+  }
+  const json quota = user.value("quota", json::object()),
+             usage = user.value("usage", json::object());
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& [field, label] : kQuotaFields) {
+    const int64_t limit = quota.value(field, int64_t{0});
+    rows.push_back({label, limit > 0 ? std::to_string(limit) : "unlimited",
+                    std::to_string(usage.value(field, int64_t{0}))});
+  }
+  ctx.io.out << "quota of " << name << ":\n";
+  PrintTable(ctx, {"RESOURCE", "QUOTA", "USED"}, rows);
+  return kExitOk;
+}
+
 int CmdWorkspaceList(Ctx& ctx) {
   return ListCommand(ctx, "/v1/workspaces", "workspaces", kWorkspaceHeaders, WorkspaceRow);
 }
@@ -1363,6 +1411,7 @@ struct Storage {
   ExecArgs exec;
   std::string user_name;
   bool user_admin = false;
+  std::map<std::string, int64_t> quota;  // user quota: the fields to set
   std::string cp_memory;
   int cp_vcpus = 0;
 };
@@ -1674,6 +1723,17 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     c->add_option("NAME", s.user_name, "User name")->required();
     c->add_flag("--admin", s.user_admin, "Give the admin role");
     leaf(g, "list", "List users", [&] { return CmdUserList(ctx); });
+    auto* q = leaf(g, "quota", "Show a user's quota and usage, or set parts of it (0 = unlimited)",
+                   [&] { return CmdUserQuota(ctx, s.user_name, s.quota); });
+    q->add_option("NAME", s.user_name, "User name")->required();
+    for (const auto& [field, label] : kQuotaFields) {
+      std::string flag = std::string("--") + field;
+      std::replace(flag.begin(), flag.end(), '_', '-');
+      q->add_option_function<int64_t>(
+           flag, [&s, f = std::string(field)](const int64_t& v) { s.quota[f] = v; },
+           std::string("Most ") + label + " at once (0: unlimited)")
+          ->check(CLI::NonNegativeNumber);
+    }
   }
 
   // --- workspace

@@ -309,6 +309,18 @@ class FakeController {
                           .dump(),
                       "application/json");
     });
+    server_.Get("/v1/users", [=, this](const httplib::Request& req, httplib::Response& res) {
+      if (!authed(req, res)) return;
+      std::lock_guard<std::mutex> l(mu_);
+      res.set_content(json{{"users", {QuotaUser()}}}.dump(), "application/json");
+    });
+    server_.Put("/v1/users/bob/quota",
+                [=, this](const httplib::Request& req, httplib::Response& res) {
+                  if (!authed(req, res)) return;
+                  std::lock_guard<std::mutex> l(mu_);
+                  quota_ = json::parse(req.body);
+                  res.set_content(QuotaUser().dump(), "application/json");
+                });
     // Images
     server_.Post("/v1/images", [=, this](const httplib::Request& req, httplib::Response& res) {
       if (!authed(req, res)) return;
@@ -395,6 +407,20 @@ class FakeController {
   json create_body_, exec_body_, image_create_, checkpoint_body_;
   int exec_posts_ = 0, op_polls_ = 0;
   std::map<std::string, std::string> uploads_;
+  json QuotaUser() const {
+    return {{"id", "usr-9"},
+            {"name", "bob"},
+            {"role", "user"},
+            {"quota", quota_},
+            {"usage",
+             {{"vms", 1},
+              {"vcpus", 1},
+              {"memory_mb", 256},
+              {"image_bytes", 0},
+              {"workspace_bytes", 0}}}};
+  }
+  json quota_ = {
+      {"vms", 2}, {"vcpus", 0}, {"memory_mb", 0}, {"image_bytes", 0}, {"workspace_bytes", 0}};
   std::string final_state_ = "running";
   std::string purge_;
   int polls_ = 0;
@@ -547,6 +573,23 @@ TEST_F(CliServerTest, UserCreatePrintsTokenOnce) {
   EXPECT_NE(r.out.find("created user bob (usr-9, role admin)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("token: newtoken123"), std::string::npos);
   EXPECT_NE(r.err.find("shown only this once"), std::string::npos);
+}
+
+TEST_F(CliServerTest, UserQuotaShowsAndChangesOnlyTheGivenLimits) {
+  auto shown = Client({"user", "quota", "bob"});
+  ASSERT_EQ(shown.rc, 0) << shown.err;
+  EXPECT_NE(shown.out.find("quota of bob"), std::string::npos) << shown.out;
+  EXPECT_NE(shown.out.find("unlimited"), std::string::npos) << shown.out;
+  auto set = Client({"user", "quota", "bob", "--vcpus", "4", "--memory-mb", "1024"});
+  ASSERT_EQ(set.rc, 0) << set.err;
+  {
+    std::lock_guard<std::mutex> l(fake_.mu_);
+    EXPECT_EQ(fake_.quota_["vms"], 2) << fake_.quota_.dump();  // kept
+    EXPECT_EQ(fake_.quota_["vcpus"], 4) << fake_.quota_.dump();
+    EXPECT_EQ(fake_.quota_["memory_mb"], 1024) << fake_.quota_.dump();
+  }
+  EXPECT_EQ(Client({"user", "quota", "bob", "--vms", "-1"}).rc, 2);
+  EXPECT_EQ(Client({"user", "quota", "nobody"}).rc, 3);
 }
 
 TEST_F(CliServerTest, ImageImportFromManifestWithCheckpoint) {

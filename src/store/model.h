@@ -9,11 +9,35 @@
 
 namespace vmgrid {
 
+// What a user may hold at once, set by the admin. 0 means unlimited (the
+// default). VMs, vCPUs and memory count every VM of the user that holds room
+// on a host (all but failed ones); image bytes count the user's ready images
+// (their disks' bytes as uploaded); workspace bytes the virtual sizes
+// of the user's persistent workspaces.
+struct UserQuota {
+  int64_t vms = 0;
+  int64_t vcpus = 0;
+  int64_t memory_mb = 0;
+  int64_t image_bytes = 0;
+  int64_t workspace_bytes = 0;
+  bool operator==(const UserQuota&) const = default;
+};
+
+// What a user holds now, counted as UserQuota counts it.
+struct UserUsage {
+  int64_t vms = 0;
+  int64_t vcpus = 0;
+  int64_t memory_mb = 0;
+  int64_t image_bytes = 0;
+  int64_t workspace_bytes = 0;
+};
+
 struct User {
   std::string id;
   std::string name;
   std::string role;  // "admin", "user" or "agent"
   int64_t created_ms = 0;
+  UserQuota quota;
 };
 
 struct Host {

@@ -84,6 +84,12 @@ class Store {
   Result<std::vector<User>> ListUsers();
   Result<bool> HasUserWithRole(const std::string& role);
   Result<User> GetUserById(const std::string& id);
+  // Sets the quota of the user named `name` (0 fields: unlimited) and
+  // returns the user. It limits what is placed, finalized or created from
+  // then on; what the user already holds stays.
+  Result<User> SetUserQuota(const std::string& name, const UserQuota& quota);
+  // What the user holds now, as the quota counts it (model.h UserQuota).
+  Result<UserUsage> GetUserUsage(const std::string& user_id);
   // Adds a token for an existing user (used for the well-known agent token).
   Status AddToken(const std::string& user_id, const std::string& token);
 
@@ -107,6 +113,12 @@ class Store {
   // --- images ---------------------------------------------------------------
   Status InsertImage(const Image& image);
   Status UpdateImage(const Image& image);
+  // UpdateImage for an image that becomes ready: if it was not ready, its
+  // size_bytes plus the owner's ready images must fit the owner's
+  // image_bytes quota (kPermissionDenied, nothing written), checked in the
+  // same transaction as the write (concurrent finalizes of one user take
+  // turns).
+  Status FinalizeImage(const Image& image);
   Result<Image> GetImage(const std::string& ref, const OwnerFilter& owner);
   Result<std::vector<Image>> ListImages(const OwnerFilter& owner);
   // Images owned by admins are public: every user may see and use them.
@@ -118,11 +130,14 @@ class Store {
   // Atomically places `vm` on the first host in `candidates` (in order) that
   // is up and has room for its vcpus and memory, and records it. Concurrent
   // calls never oversubscribe a host. Returns the stored VM with host_id set,
-  // or kResourceExhausted.
+  // or kResourceExhausted. The owner's quota (vms, vcpus, memory_mb) is
+  // checked in the same transaction as the insert (concurrent placements
+  // never exceed it): over it, kPermissionDenied and nothing written.
   Result<Vm> PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candidates);
   // Gang co-allocation: places all of `vms` on hosts of one group (the first
   // group, in order, where they all fit, first-fit decreasing by memory) and
-  // records them in one transaction — all or none.
+  // records them in one transaction — all or none. All of `vms` have one
+  // owner, whose quota must hold all of them (as PlaceAndInsertVm).
   Result<std::vector<Vm>> PlaceAndInsertGang(std::vector<Vm> vms,
                                              const std::vector<std::vector<std::string>>& groups);
   Result<Vm> GetVm(const std::string& ref, const OwnerFilter& owner);
@@ -147,6 +162,8 @@ class Store {
   Status InsertVmRecord(const Vm& vm);
 
   // --- workspaces ---------------------------------------------------------------
+  // Inserts unless the owner's workspace_bytes quota cannot hold ws.size_bytes
+  // more (kPermissionDenied), checked in the same transaction.
   Status InsertWorkspace(const Workspace& ws);
   Status UpdateWorkspace(const Workspace& ws);
   Result<Workspace> GetWorkspace(const std::string& ref, const OwnerFilter& owner);
@@ -180,6 +197,7 @@ class Store {
   // nothing) if the row's host or state is no longer `before`'s.
   Status UpdateVmLocked(const Vm& v, const VmPlacement& before, bool* raced);
   Result<Vm> GetVmLocked(const std::string& ref, const OwnerFilter& owner);
+  Status UpdateImageLocked(const Image& image);
   // A connection for reads, held for one method: one of readers_, else
   // (an in-memory SQLite database) the main connection under mu_.
   struct ReadLease {
@@ -187,8 +205,9 @@ class Store {
     SqlBackend* db;
   };
   ReadLease Read();
-  // On `db`, any connection; observer calls are made directly (the observer
-  // is thread-safe and attached before any placement).
+  // On `db`, any connection, in the caller's transaction if it has one; the
+  // caller tells the observer (thread-safe, attached before any placement)
+  // once the VM is committed.
   Result<Vm> PlaceAndInsertVmPg(SqlBackend* db, Vm vm, const std::vector<std::string>& candidates);
   Status SnapshotLocked();
   Status FlushHeartbeatsLocked();

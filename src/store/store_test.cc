@@ -279,6 +279,167 @@ TEST_P(StoreTest, StaleHostsGoDown) {
   EXPECT_EQ(store_->GetHost("h1")->state, "down");
 }
 
+// Quotas are checked in the transaction that places: many concurrent
+// placements, half of them through a second Store (a second controller on
+// the same database), never exceed the quota, and exactly the quota succeed.
+TEST_P(StoreTest, ConcurrentPlacementNeverExceedsQuota) {
+  auto other = Store::Open(db_->target());
+  ASSERT_TRUE(other.ok()) << other.error().message;
+  Store* stores[] = {store_.get(), other->get()};
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{100, 100 * 256, 1000, false});
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(store_->SetUserQuota("alice", UserQuota{3, 0, 0, 0, 0}).ok());
+  std::atomic<int> ok{0}, over{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 40; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = stores[i % 2]->PlaceAndInsertVm(NewVm("vm" + std::to_string(i)), {h->id});
+      if (r.ok())
+        ++ok;
+      else if (r.error().code == ErrorCode::kPermissionDenied)
+        ++over;
+      else
+        ADD_FAILURE() << r.error().message;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 3);
+  EXPECT_EQ(over.load(), 37);
+  EXPECT_EQ(store_->ListVms(alice_.id)->size(), 3u);
+  EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 3);
+  EXPECT_EQ(store_->GetUserUsage(alice_.id)->vms, 3);
+}
+
+// The same for vCPUs and memory, with single placements and gangs racing.
+TEST_P(StoreTest, ConcurrentPlacementAndGangsNeverExceedVcpuAndMemoryQuota) {
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{100, 100 * 256, 1000, false});
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(store_->SetUserQuota("alice", UserQuota{0, 7, 6 * 256, 0, 0}).ok());
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 30; ++i) {
+    threads.emplace_back([&, i] {
+      if (i % 3 == 0) {
+        std::vector<Vm> gang{NewVm("g" + std::to_string(i) + "a"),
+                             NewVm("g" + std::to_string(i) + "b")};
+        auto r = store_->PlaceAndInsertGang(gang, {{h->id}});
+        if (!r.ok()) {
+          EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied) << r.error().message;
+        }
+      } else {
+        auto r = store_->PlaceAndInsertVm(NewVm("vm" + std::to_string(i)), {h->id});
+        if (!r.ok()) {
+          EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied) << r.error().message;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  // Memory (6 x 256 MB) is the tighter quota; every VM is 1 vCPU, 256 MB, so
+  // exactly 6 fit whatever the order (a gang needs 2, the last single 1).
+  auto use = store_->GetUserUsage(alice_.id);
+  ASSERT_TRUE(use.ok());
+  EXPECT_EQ(use->memory_mb, 6 * 256);
+  EXPECT_EQ(use->vcpus, 6);
+  EXPECT_EQ(store_->GetHost("h1")->reserved_memory_mb, 6 * 256);
+}
+
+TEST_P(StoreTest, QuotaErrorsNameTheQuotaAndTheNumbers) {
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{100, 100 * 256, 1000, false});
+  ASSERT_TRUE(h.ok());
+  // Unlimited by default.
+  EXPECT_EQ(store_->GetUserById(alice_.id)->quota, UserQuota{});
+  auto set = store_->SetUserQuota("alice", UserQuota{2, 0, 0, 0, 0});
+  ASSERT_TRUE(set.ok()) << set.error().message;
+  EXPECT_EQ(set->quota.vms, 2);
+  EXPECT_EQ(store_->SetUserQuota("nobody", UserQuota{}).error().code, ErrorCode::kNotFound);
+  auto a = store_->PlaceAndInsertVm(NewVm("a"), {h->id});
+  auto b = store_->PlaceAndInsertVm(NewVm("b"), {h->id});
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto c = store_->PlaceAndInsertVm(NewVm("c"), {h->id});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(c.error().message.find("quota: alice may run 2 VMs (2 running)"), std::string::npos)
+      << c.error().message;
+  // A failed VM holds nothing, so it does not count.
+  ASSERT_TRUE(store_->ModifyVm(a->id, [](Vm& vm) { vm.state = "error"; }).ok());
+  EXPECT_TRUE(store_->PlaceAndInsertVm(NewVm("c"), {h->id}).ok());
+  // vCPUs: the numbers say what is used and what was asked.
+  ASSERT_TRUE(store_->SetUserQuota("alice", UserQuota{0, 3, 0, 0, 0}).ok());
+  Vm big = NewVm("big");
+  big.vcpus = 2;
+  auto d = store_->PlaceAndInsertVm(big, {h->id});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.error().message.find("quota: alice may use 3 vCPU(s) (2 in use, 2 more asked)"),
+            std::string::npos)
+      << d.error().message;
+  // A gang over the memory quota: none of it is placed.
+  ASSERT_TRUE(store_->SetUserQuota("alice", UserQuota{0, 0, 1024, 0, 0}).ok());
+  auto g = store_->PlaceAndInsertGang({NewVm("g1"), NewVm("g2"), NewVm("g3")}, {{h->id}});
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(g.error().message.find("may use 1024 MB of memory (512 MB in use, 768 MB more asked)"),
+            std::string::npos)
+      << g.error().message;
+  EXPECT_EQ(store_->ListVms(alice_.id)->size(), 3u);
+  // Raised (or back to unlimited), it places again.
+  ASSERT_TRUE(store_->SetUserQuota("alice", UserQuota{}).ok());
+  EXPECT_TRUE(store_->PlaceAndInsertGang({NewVm("g1"), NewVm("g2")}, {{h->id}}).ok());
+  // Other users are not affected by alice's quota.
+  ASSERT_TRUE(store_->SetUserQuota("alice", UserQuota{1, 0, 0, 0, 0}).ok());
+  auto bob = store_->CreateUser("bob", "user");
+  ASSERT_TRUE(bob.ok());
+  Vm bobs = NewVm("bobs");
+  bobs.owner_id = bob->first.id;
+  EXPECT_TRUE(store_->PlaceAndInsertVm(bobs, {h->id}).ok());
+}
+
+TEST_P(StoreTest, ImageAndWorkspaceBytesAreLimited) {
+  ASSERT_TRUE(store_->SetUserQuota("alice", UserQuota{0, 0, 0, 1000, 500}).ok());
+  auto image = [&](const std::string& name, int64_t bytes) {
+    Image i;
+    i.id = NewId("img");
+    i.name = name;
+    i.owner_id = alice_.id;
+    i.state = "uploading";
+    i.format = "raw";
+    i.dir = "/x";
+    i.size_bytes = bytes;
+    EXPECT_TRUE(store_->InsertImage(i).ok());
+    i.state = "ready";
+    return i;
+  };
+  // img-1 (SetUp) is ready with 0 bytes.
+  Image a = image("a", 600), b = image("b", 401), c = image("c", 400);
+  EXPECT_TRUE(store_->FinalizeImage(a).ok());
+  auto over = store_->FinalizeImage(b);
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(over.error().message.find(
+                "alice may keep 1000 bytes of images (600 in ready images, this one has 401)"),
+            std::string::npos)
+      << over.error().message;
+  EXPECT_EQ(store_->GetImage(b.id, "")->state, "uploading");
+  EXPECT_TRUE(store_->FinalizeImage(c).ok());
+  // Updating a ready image (its checkpoint) is not a new image.
+  c.ckpt_state = "ready";
+  EXPECT_TRUE(store_->FinalizeImage(c).ok());
+  EXPECT_EQ(store_->GetUserUsage(alice_.id)->image_bytes, 1000);
+
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{4, 4096, 1000, false});
+  ASSERT_TRUE(h.ok());
+  Workspace w1{NewId("ws"), "w1", alice_.id, "img-1", h->id, "p1", 300, "", NowMs()};
+  Workspace w2{NewId("ws"), "w2", alice_.id, "img-1", h->id, "p2", 300, "", NowMs()};
+  EXPECT_TRUE(store_->InsertWorkspace(w1).ok());
+  auto ws_over = store_->InsertWorkspace(w2);
+  ASSERT_FALSE(ws_over.ok());
+  EXPECT_EQ(ws_over.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(ws_over.error().message.find(
+                "may keep 500 bytes of workspaces (300 in use, this one is 300)"),
+            std::string::npos)
+      << ws_over.error().message;
+  EXPECT_FALSE(store_->FindWorkspaceByName(alice_.id, "w2")->has_value());
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, testing_db::Backends(), testing_db::BackendName);
 
 }  // namespace
