@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli/api_client.h"
@@ -54,6 +55,14 @@ inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
 
 inline void StopGrid(std::unique_ptr<LocalGrid>& grid) {
   if (!grid) return;
+  // First nothing that could still start a VM (a create in flight would
+  // otherwise launch its QEMU after the sweep), then the VMs.
+  grid->StopController(false);
+  for (int i = 0; i < grid->hosts(); ++i) grid->StopAgent(i, false);
+  grid->KillVmProcesses();
+  // A launcher the agent had forked just before it stopped execs QEMU a
+  // moment later: sweep once more.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   grid->KillVmProcesses();
   std::string dir = grid->controller_state_dir();
   dir = dir.substr(0, dir.rfind('/'));
