@@ -1,7 +1,11 @@
 #include "common/http_server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -10,6 +14,8 @@
 #include <cerrno>
 #include <chrono>
 #include <string>
+
+#include "common/tls.h"
 
 namespace vmgrid {
 
@@ -36,7 +42,32 @@ void Address(const sockaddr_storage& ss, std::string& ip, int& port) {
 // so it knows exactly where the body starts.
 class GuardedStream : public httplib::Stream {
  public:
-  GuardedStream(socket_t sock, const HttpServerLimits& limits) : sock_(sock), limits_(limits) {}
+  // With `ssl`, the stream speaks TLS over `sock` (which is then
+  // non-blocking); Handshake must succeed before anything else.
+  GuardedStream(socket_t sock, const HttpServerLimits& limits, SSL* ssl = nullptr)
+      : sock_(sock), limits_(limits), ssl_(ssl) {}
+
+  // The TLS handshake, within the first request's header deadline. Records
+  // the verified client certificate's common name.
+  bool Handshake(Clock::time_point deadline) {
+    for (;;) {
+      ERR_clear_error();
+      int r = SSL_accept(ssl_);
+      if (r == 1) break;
+      if (!WaitFor(SSL_get_error(ssl_, r), deadline)) return false;
+    }
+    if (X509* peer = SSL_get1_peer_certificate(ssl_)) {
+      if (SSL_get_verify_result(ssl_) == X509_V_OK) {
+        char buf[256] = "";
+        X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, buf, sizeof buf);
+        peer_name = buf;
+      }
+      X509_free(peer);
+    }
+    return true;
+  }
+
+  std::string peer_name;  // CN of the verified client certificate, or ""
 
   // Starts a request: its header deadline runs from `start`.
   void BeginRequest(Clock::time_point start) {
@@ -55,7 +86,9 @@ class GuardedStream : public httplib::Stream {
   bool failed() const { return failed_; }
   bool close_after_response = false;
 
-  bool is_readable() const override { return start_ < end_ || Poll(POLLIN, deadline_); }
+  bool is_readable() const override {
+    return start_ < end_ || (ssl_ && SSL_pending(ssl_) > 0) || Poll(POLLIN, deadline_);
+  }
   bool is_writable() const override {
     return !failed_ &&
            Poll(POLLOUT, Clock::now() + std::chrono::milliseconds(limits_.write_timeout_ms));
@@ -83,11 +116,24 @@ class GuardedStream : public httplib::Stream {
   ssize_t write(const char* ptr, size_t size) override {
     if (failed_) return -1;
     size_t done = 0;
+    // Never blocks in send() (the socket's SO_SNDTIMEO is httplib's long
+    // one): a client that stops reading is cut off after write_timeout_ms.
+    const auto deadline = [this] {
+      return Clock::now() + std::chrono::milliseconds(limits_.write_timeout_ms);
+    };
     while (done < size) {
-      if (!Poll(POLLOUT, Clock::now() + std::chrono::milliseconds(limits_.write_timeout_ms)))
-        return Fail();
-      // Never blocks in send() (the socket's SO_SNDTIMEO is httplib's long
-      // one): a client that stops reading is cut off after write_timeout_ms.
+      if (ssl_) {
+        ERR_clear_error();
+        int n =
+            SSL_write(ssl_, ptr + done, static_cast<int>(std::min<size_t>(size - done, 1 << 30)));
+        if (n > 0) {
+          done += static_cast<size_t>(n);
+          continue;
+        }
+        if (!WaitFor(SSL_get_error(ssl_, n), deadline())) return Fail();
+        continue;
+      }
+      if (!Poll(POLLOUT, deadline())) return Fail();
       ssize_t n = ::send(sock_, ptr + done, size - done, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
       if (n <= 0) return Fail();
@@ -129,6 +175,17 @@ class GuardedStream : public httplib::Stream {
   // Reads what the socket has into the empty buffer, waiting until `deadline`.
   bool Fill(Clock::time_point deadline) {
     for (;;) {
+      if (ssl_) {
+        ERR_clear_error();
+        int n = SSL_read(ssl_, buf_, sizeof buf_);
+        if (n > 0) {
+          start_ = 0;
+          end_ = static_cast<size_t>(n);
+          return true;
+        }
+        if (!WaitFor(SSL_get_error(ssl_, n), deadline)) return false;
+        continue;
+      }
       if (!Poll(POLLIN, deadline)) return false;
       ssize_t n = ::recv(sock_, buf_, sizeof buf_, MSG_DONTWAIT);
       if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
@@ -177,8 +234,17 @@ class GuardedStream : public httplib::Stream {
     return 0;
   }
 
+  // After an SSL call failed with `ssl_error`: waits until the socket can
+  // do what TLS needs; false when it cannot (closed, error, deadline).
+  bool WaitFor(int ssl_error, Clock::time_point deadline) const {
+    if (ssl_error == SSL_ERROR_WANT_READ) return Poll(POLLIN, deadline);
+    if (ssl_error == SSL_ERROR_WANT_WRITE) return Poll(POLLOUT, deadline);
+    return false;
+  }
+
   const socket_t sock_;
   const HttpServerLimits& limits_;
+  SSL* const ssl_;
   char buf_[4096];
   size_t start_ = 0, end_ = 0;
   bool failed_ = false;
@@ -197,11 +263,63 @@ void GuardedServer::CloseAfterResponse() {
   if (current_stream) current_stream->close_after_response = true;
 }
 
+std::string GuardedServer::PeerCertificateName() {
+  return current_stream ? current_stream->peer_name : std::string();
+}
+
+Result<std::string> GuardedServer::Bind(const std::string& listen) {
+  auto colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "listen address must be HOST:PORT, not '" + listen + "'");
+  std::string host = listen.substr(0, colon);
+  const std::string port_text = listen.substr(colon + 1);
+  if (port_text.empty() || port_text.size() > 5 ||
+      port_text.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoi(port_text) > 65535)
+    return MakeError(ErrorCode::kInvalidArgument, "bad port in listen address '" + listen + "'");
+  int port = std::stoi(port_text);
+  // cpp-httplib listens with a backlog of 5 (fixed in Debian's compiled
+  // library): bursts of clients would be reset. Widen it once bound.
+  int listen_fd = -1;
+  set_socket_options([&listen_fd](socket_t s) {
+    httplib::default_socket_options(s);
+    listen_fd = s;
+  });
+  if (port == 0)
+    port = bind_to_any_port(host.c_str());
+  else if (!bind_to_port(host.c_str(), port))
+    port = -1;
+  set_socket_options(httplib::default_socket_options);  // drop the capture
+  if (port <= 0)
+    return MakeError(ErrorCode::kUnavailable,
+                     "cannot listen on " + listen + " (in use by another process?)");
+  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
+  if (host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "::" || host == "[::]") host = "[::1]";
+  return std::string(tls_ ? "https://" : "http://") + host + ":" + std::to_string(port);
+}
+
 bool GuardedServer::process_and_close_socket(socket_t sock) {
-  GuardedStream strm(sock, limits_);
+  auto start = Clock::now();  // the first request's deadline runs from accept
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(nullptr, SSL_free);
+  if (tls_) {
+    ssl.reset(SSL_new(tls_->get()));
+    int flags = fcntl(sock, F_GETFL);
+    if (!ssl || flags < 0 || fcntl(sock, F_SETFL, flags | O_NONBLOCK) != 0 ||
+        SSL_set_fd(ssl.get(), sock) != 1) {
+      ::close(sock);
+      return false;
+    }
+  }
+  GuardedStream strm(sock, limits_, ssl.get());
+  if (ssl && !strm.Handshake(start + std::chrono::milliseconds(limits_.header_timeout_ms))) {
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+    return false;
+  }
   current_stream = &strm;
   bool ok = true;
-  auto start = Clock::now();  // the first request's deadline runs from accept
   for (size_t n = 0; n < limits_.max_requests_per_connection && is_running(); ++n) {
     if (n > 0) {
       if (!strm.WaitForRequest(std::chrono::milliseconds(limits_.keep_alive_idle_ms))) break;
@@ -214,6 +332,7 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
     if (!ok || closed || strm.failed() || strm.close_after_response) break;
   }
   current_stream = nullptr;
+  if (ssl && !strm.failed()) SSL_shutdown(ssl.get());  // close_notify, best effort
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);
   return ok;

@@ -10,6 +10,7 @@
 //   - caps on the header block's bytes and lines (answered 431, then closed),
 //   - a body deadline that grows with the bytes received (a minimum rate),
 //   - an idle deadline between keep-alive requests and a write timeout.
+// With a TLS context it terminates TLS itself, with the same deadlines.
 // Request framing (bodies only with Content-Length) is RefuseUnframedBody's
 // job, called from the pre-routing handler before authentication.
 // Thread-safe as httplib::Server is; limits are fixed before listening.
@@ -19,6 +20,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/result.h"
 
 namespace vmgrid {
 
@@ -33,9 +38,22 @@ struct HttpServerLimits {
   size_t max_requests_per_connection = 100;
 };
 
+class TlsContext;
+
 class GuardedServer : public httplib::Server {
  public:
-  explicit GuardedServer(HttpServerLimits limits) : limits_(limits) {}
+  // With `tls`, every connection is TLS (handshake within the header
+  // deadline); see common/tls.h.
+  explicit GuardedServer(HttpServerLimits limits, std::shared_ptr<TlsContext> tls = nullptr)
+      : limits_(limits), tls_(std::move(tls)) {}
+
+  // Binds "HOST:PORT" (port 0: any free one) with a deep listen queue;
+  // returns the server's URL ("https://" with TLS). Then listen_after_bind().
+  Result<std::string> Bind(const std::string& listen);
+
+  // The common name of the current connection's verified client
+  // certificate ("" for none, or outside a handler).
+  static std::string PeerCertificateName();
 
   // Makes the connection close once the current response is written (for a
   // request refused before its body was read). Call from a handler; no-op
@@ -46,6 +64,7 @@ class GuardedServer : public httplib::Server {
   bool process_and_close_socket(socket_t sock) override;
 
   const HttpServerLimits limits_;
+  const std::shared_ptr<TlsContext> tls_;
 };
 
 // For a pre-routing handler: refuses, before authentication and before any
