@@ -24,6 +24,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/tls.h"
 #include "cli/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
@@ -70,7 +71,8 @@ Probe RunProbe(const std::string& url, const std::string& agent_url, const std::
       {"vms", json::array()}}.dump();
   while (!stop) {
     {
-      httplib::Client cli(url);
+      auto cli_owner = NewHttpClient(url);
+      auto& cli = *cli_owner;
       cli.set_read_timeout(30, 0);
       auto t0 = Clock::now();
       auto r = cli.Get("/v1/health");
@@ -82,7 +84,8 @@ Probe RunProbe(const std::string& url, const std::string& agent_url, const std::
     }
     // One heartbeat on a new connection, timed into `into`.
     auto heartbeat = [&](const std::string& to, Latencies& into) {
-      httplib::Client cli(to);
+      auto cli_owner = NewHttpClient(to);
+      auto& cli = *cli_owner;
       cli.set_read_timeout(30, 0);
       auto t0 = Clock::now();
       auto r = cli.Post("/v1/agent/heartbeat", {{"Authorization", "Bearer " + host_token}}, beat,
@@ -198,7 +201,8 @@ int main(int argc, char** argv) {
   const std::string query_body = json{{"sql", "SELECT id, state, memory_mb FROM vms"}}.dump();
   auto flood_loop = [&](const std::string& path, const std::string& body, FloodCounts& c,
                         int ok_status) {
-    httplib::Client cli(grid.url());
+    auto cli_owner = NewHttpClient(grid.url());
+      auto& cli = *cli_owner;
     cli.set_keep_alive(true);
     cli.set_read_timeout(120, 0);
     while (!flood_stop) {

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "common/tls.h"
 #include "tests/grid_fixture.h"
 
 namespace vmgrid {
@@ -16,7 +17,7 @@ using namespace testing_support;
 class ApiTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
-    grid_ = StartGrid("api", 1).release();
+    grid_ = StartGrid("api", 1, {}, /*tls=*/false).release();
     ApiClient admin = grid_->Admin();
     image_ = new json(ImportTiny(admin, "tiny", false));
   }
@@ -33,7 +34,8 @@ class ApiTest : public testing::Test {
   // Raw request, to send bodies no well-behaved client would.
   static httplib::Result Raw(const std::string& method, const std::string& path, const std::string& body,
                              const std::string& token) {
-    httplib::Client cli(grid_->url());
+    auto cli_owner = NewHttpClient(grid_->url());
+      auto& cli = *cli_owner;
     cli.set_read_timeout(60, 0);
     httplib::Headers h;
     if (!token.empty()) h.emplace("Authorization", "Bearer " + token);

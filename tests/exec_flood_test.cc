@@ -9,6 +9,7 @@
 #include <atomic>
 #include <thread>
 
+#include "common/tls.h"
 #include "tests/grid_fixture.h"
 
 namespace vmgrid {
@@ -41,7 +42,8 @@ TEST(ExecFloodTest, OneUserCannotStarveHealthOrHeartbeats) {
   const std::string body = json{{"argv", {"/bin/sleep", "20"}}, {"timeout_s", 120}}.dump();
   for (int i = 0; i < kFlood; ++i)
     flood.emplace_back([&, i] {
-      httplib::Client cli(grid->url());
+      auto cli_owner = NewHttpClient(grid->url());
+      auto& cli = *cli_owner;
       cli.set_read_timeout(90, 0);
       auto r = cli.Post(("/v1/vms/" + id + "/exec").c_str(), {{"Authorization", "Bearer " + token}},
                         body, "application/json");
@@ -61,7 +63,8 @@ TEST(ExecFloodTest, OneUserCannotStarveHealthOrHeartbeats) {
 
   // Meanwhile health answers, the admin is served and the agent's
   // heartbeats keep arriving (the host stays up, its heartbeat time moves).
-  httplib::Client probe(grid->url());
+  auto probe_owner = NewHttpClient(grid->url());
+      auto& probe = *probe_owner;
   probe.set_read_timeout(5, 0);  // generous; today it never answers at all
   int health_ok = 0;
   for (int i = 0; i < 10; ++i) {

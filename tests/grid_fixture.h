@@ -26,8 +26,12 @@ inline std::string TinyImageDir() {
   return env && *env ? env : VMGRID_TINY_IMAGE_DIR;
 }
 
+// `tls` false: every role serves plain HTTP on loopback (--plain-http), for
+// suites that write raw HTTP bytes to a socket (framing and header attacks,
+// which GuardedServer handles the same way inside TLS).
 inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
-                                            std::vector<std::string> controller_args = {}) {
+                                            std::vector<std::string> controller_args = {},
+                                            bool tls = true) {
   // A server may close a connection while we still send (e.g. a body it
   // refuses); that must be an error result, not a signal that kills the test.
   signal(SIGPIPE, SIG_IGN);
@@ -47,6 +51,7 @@ inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
   o.host_vcpus = 8;         // TCG guests are mostly idle; allow a few per host
   o.host_memory_mb = 4096;
   o.controller_args = std::move(controller_args);
+  o.tls = tls;
   auto grid = std::make_unique<LocalGrid>(o);
   Status st = grid->Start();
   EXPECT_TRUE(st.ok()) << st.error().message;

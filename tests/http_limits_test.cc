@@ -21,7 +21,7 @@ class HttpLimitsTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
     // A short header deadline keeps the slow-client test short.
-    grid_ = StartGrid("http-limits", 1, {"--header-timeout-ms", "2000"}).release();
+    grid_ = StartGrid("http-limits", 1, {"--header-timeout-ms", "2000"}, /*tls=*/false).release();
   }
   static void TearDownTestSuite() {
     std::unique_ptr<LocalGrid> g(grid_);

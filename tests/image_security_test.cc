@@ -28,7 +28,7 @@ using namespace testing_support;
 class ImageSecurityTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
-    grid_ = StartGrid("imgsec", 1).release();
+    grid_ = StartGrid("imgsec", 1, {}, /*tls=*/false).release();
     dir_ = new std::string("/tmp/vmgrid-imgsec-files-" + std::to_string(getpid()));
     (void)RemoveTree(*dir_);
     ASSERT_TRUE(MakeDirs(*dir_).ok());
@@ -289,7 +289,7 @@ TEST_F(ImageSecurityTest, ImageServerNeverServesWithoutAToken) {
   std::string dir = *dir_ + "/image-server";
   std::string log = *dir_ + "/image-server.log";
   auto child = ChildProcess::Spawn(
-      {VMGRID_BINARY, "image-server", "--listen", "127.0.0.1:0", "--dir", dir}, log);
+      {VMGRID_BINARY, "image-server", "--listen", "127.0.0.1:0", "--plain-http", "--dir", dir}, log);
   ASSERT_TRUE(child.ok()) << child.error().message;
   std::string url;
   for (int i = 0; i < 600 && url.empty(); ++i) {

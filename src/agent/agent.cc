@@ -1,19 +1,20 @@
 #include "agent/agent.h"
 
 #include <httplib.h>
-#include <sys/socket.h>
 #include <pwd.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 
-#include <spdlog/spdlog.h>
-
 #include "cli/api_client.h"
 #include "common/http_json.h"
+#include "common/http_server.h"
 #include "common/signals.h"
+#include "common/tls.h"
 #include "common/util.h"
 #include "images/image_file.h"
 #include "images/qcow2_header.h"
@@ -94,9 +95,10 @@ nlohmann::json Agent::Capacity() const {
   if (statvfs(options_.state_dir.c_str(), &vfs) == 0)
     disk_mb = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize) / (1 << 20);
   int vcpus = options_.vcpus > 0 ? options_.vcpus : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
-  int64_t mem = options_.memory_mb > 0 ? static_cast<int64_t>(options_.memory_mb) : MemTotalMb() * 8 / 10;
-  return {{"vcpus", vcpus},       {"memory_mb", mem},
-          {"disk_mb", disk_mb},   {"kvm", KvmUsableBy("qemu-system-x86_64")},
+  int64_t mem =
+      options_.memory_mb > 0 ? static_cast<int64_t>(options_.memory_mb) : MemTotalMb() * 8 / 10;
+  return {{"vcpus", vcpus},        {"memory_mb", mem},
+          {"disk_mb", disk_mb},    {"kvm", KvmUsableBy("qemu-system-x86_64")},
           {"site", options_.site}, {"network", options_.network},
           {"arch", "x86_64"}};
 }
@@ -104,7 +106,8 @@ nlohmann::json Agent::Capacity() const {
 nlohmann::json Agent::StatusJson() {
   nlohmann::json vms = nlohmann::json::array();
   for (const auto& s : runner_->List()) vms.push_back(ToJson(s));
-  nlohmann::json out = {{"name", options_.name}, {"url", url_}, {"capacity", Capacity()}, {"vms", vms}};
+  nlohmann::json out = {
+      {"name", options_.name}, {"url", url_}, {"capacity", Capacity()}, {"vms", vms}};
   if (images_) out["images"] = images_->StatsJson();
   return out;
 }
@@ -126,6 +129,12 @@ Status Agent::Start() {
   roots.push_back(options_.state_dir);
   allowed_ = std::make_unique<AllowedPaths>(roots);
   allowed_workspaces_ = std::make_unique<AllowedPaths>(std::vector<std::string>{workspace_dir_});
+  // Mutual TLS: only holders of a certificate of the grid's CA (the
+  // controller) reach the agent API, and they still need this host's agent
+  // API token. Our certificate is our client identity towards the
+  // controller and the image server.
+  VMG_ASSIGN_OR_RETURN(auto tls, ServerTls("agent", options_.listen, options_.tls, true));
+  VMG_RETURN_IF_ERROR(SetClientTls(options_.tls.files));
   VMG_RETURN_IF_ERROR(LoadOrRegisterCredentials());
 
   VmRunnerOptions ro;
@@ -144,31 +153,17 @@ Status Agent::Start() {
       VMG_ASSIGN_OR_RETURN(io.token, ReadTokenFile(options_.image_server_token_file));
     }
     if (!ro.runas.empty())
-      if (struct passwd* pw = getpwnam(ro.runas.c_str())) io.socket_gid = static_cast<int>(pw->pw_gid);
+      if (struct passwd* pw = getpwnam(ro.runas.c_str()))
+        io.socket_gid = static_cast<int>(pw->pw_gid);
     VMG_ASSIGN_OR_RETURN(images_, HostImages::Open(io));
     ro.images = images_.get();
   }
   runner_ = std::make_unique<VmRunner>(ro);
   VMG_RETURN_IF_ERROR(runner_->Recover());
 
-  server_ = std::make_unique<httplib::Server>();
+  server_ = std::make_unique<GuardedServer>(HttpServerLimits{}, tls);
   InstallRoutes();
-  std::string host = options_.listen.substr(0, options_.listen.rfind(':'));
-  int port = std::atoi(options_.listen.substr(options_.listen.rfind(':') + 1).c_str());
-  // cpp-httplib listens with a backlog of 5: bursts of clients would be
-  // reset. Widen it once the socket is bound.
-  int listen_fd = -1;
-  server_->set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
-    listen_fd = sock;
-  });
-  if (port == 0) port = server_->bind_to_any_port(host.c_str());
-  else if (!server_->bind_to_port(host.c_str(), port)) port = -1;
-  if (port <= 0)
-    return MakeError(ErrorCode::kUnavailable, "cannot listen on " + options_.listen);
-  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
-  server_->set_socket_options(httplib::default_socket_options);  // drop the capture
-  url_ = "http://" + host + ":" + std::to_string(port);
+  VMG_ASSIGN_OR_RETURN(url_, server_->Bind(options_.listen));
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
 
   ApiClient::Options co;
@@ -177,7 +172,8 @@ Status Agent::Start() {
   controller_ = std::make_unique<ApiClient>(options_.controller_url, host_token_, co);
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
   spdlog::info("agent {} serving at {} (QEMU runs as '{}', KVM {})", options_.name, url_,
-               options_.runas.empty() ? "self" : options_.runas, KvmUsableBy("qemu-system-x86_64") ? "yes" : "no");
+               options_.runas.empty() ? "self" : options_.runas,
+               KvmUsableBy("qemu-system-x86_64") ? "yes" : "no");
   return Status::Ok();
 }
 
@@ -196,10 +192,11 @@ Status Agent::LoadOrRegisterCredentials() {
   }
   auto join = ReadTokenFile(options_.token_file);
   if (!join.ok())
-    return MakeError(ErrorCode::kUnauthenticated,
-                     "this host has no credentials yet, and the join token cannot be read from " +
-                         options_.token_file + " (the controller writes it to STATE/agent.token): " +
-                         join.error().message);
+    return MakeError(
+        ErrorCode::kUnauthenticated,
+        "this host has no credentials yet, and the join token cannot be read from " +
+            options_.token_file +
+            " (the controller writes it to STATE/agent.token): " + join.error().message);
   ApiClient::Options co;
   co.peer_name = "controller";
   co.read_timeout_s = 10;
@@ -209,17 +206,21 @@ Status Agent::LoadOrRegisterCredentials() {
   Result<nlohmann::json> r = MakeError(ErrorCode::kUnavailable, "not tried");
   for (int attempt = 0; attempt < 120 && !stop_; ++attempt) {
     r = controller.Post("/v1/agent/register", {{"name", options_.name}});
-    if (r.ok() || (r.error().code != ErrorCode::kUnavailable && r.error().code != ErrorCode::kTimeout))
+    if (r.ok() ||
+        (r.error().code != ErrorCode::kUnavailable && r.error().code != ErrorCode::kTimeout))
       break;
-    if (attempt == 0) spdlog::info("registering with {}: {}; retrying", options_.controller_url, r.error().message);
+    if (attempt == 0)
+      spdlog::info("registering with {}: {}; retrying", options_.controller_url, r.error().message);
     std::this_thread::sleep_for(milliseconds(500));
   }
-  if (!r.ok()) return r.error().Wrap("registering host '" + options_.name + "' with the controller");
+  if (!r.ok())
+    return r.error().Wrap("registering host '" + options_.name + "' with the controller");
   if (!r->is_object() || !(*r)["host_token"].is_string() || !(*r)["agent_api_token"].is_string())
     return MakeError(ErrorCode::kInternal, "the controller's registration answer is malformed");
   host_token_ = (*r)["host_token"];
   token_ = (*r)["agent_api_token"];
-  nlohmann::json saved = {{"name", options_.name}, {"host_token", host_token_}, {"agent_api_token", token_}};
+  nlohmann::json saved = {
+      {"name", options_.name}, {"host_token", host_token_}, {"agent_api_token", token_}};
   VMG_RETURN_IF_ERROR(WriteFileAtomic(file, saved.dump(2) + "\n", 0600));
   spdlog::info("host {} registered; its credentials are in {}", options_.name, file);
   return Status::Ok();
@@ -265,7 +266,8 @@ void Agent::InstallRoutes() {
     if (!result.ok()) return SendError(res, result.error());
     SendJson(res, 200, to_json(result.value()));
   };
-  auto body = [](const httplib::Request& req, httplib::Response& res) -> std::optional<nlohmann::json> {
+  auto body = [](const httplib::Request& req,
+                 httplib::Response& res) -> std::optional<nlohmann::json> {
     auto j = ParseJsonObject(req.body);
     if (!j.ok()) {
       SendError(res, j.error());
@@ -292,9 +294,10 @@ void Agent::InstallRoutes() {
     }
     reply(res, runner_->Create(*spec), status_json);
   });
-  s.Post(R"(/agent/v1/vms/([^/]+)/stop)", [=, this](const httplib::Request& req, httplib::Response& res) {
-    reply(res, runner_->Stop(req.matches[1]), status_json);
-  });
+  s.Post(R"(/agent/v1/vms/([^/]+)/stop)",
+         [=, this](const httplib::Request& req, httplib::Response& res) {
+           reply(res, runner_->Stop(req.matches[1]), status_json);
+         });
   s.Post(R"(/agent/v1/vms/([^/]+)/checkpoint)",
          [=, this](const httplib::Request& req, httplib::Response& res) {
            auto j = body(req, res);
@@ -303,16 +306,21 @@ void Agent::InstallRoutes() {
            if (!leave.ok()) return SendError(res, leave.error());
            reply(res, runner_->Checkpoint(req.matches[1], *leave), status_json);
          });
-  s.Post(R"(/agent/v1/vms/([^/]+)/resume)", [=, this](const httplib::Request& req, httplib::Response& res) {
-    reply(res, runner_->Resume(req.matches[1]), status_json);
-  });
-  s.Get(R"(/agent/v1/vms/([^/]+)/checkpoint)", [=, this](const httplib::Request& req, httplib::Response& res) {
-    if (req.get_param_value("publish") == "true")
-      return reply(res, runner_->PublishCheckpoint(req.matches[1]), [](const nlohmann::json& j) { return j; });
-    reply(res, runner_->CheckpointDir(req.matches[1]),
-          [](const std::string& d) { return nlohmann::json{{"dir", d}}; });
-  });
-  s.Post(R"(/agent/v1/vms/([^/]+)/exec)", [=, this](const httplib::Request& req, httplib::Response& res) {
+  s.Post(R"(/agent/v1/vms/([^/]+)/resume)",
+         [=, this](const httplib::Request& req, httplib::Response& res) {
+           reply(res, runner_->Resume(req.matches[1]), status_json);
+         });
+  s.Get(R"(/agent/v1/vms/([^/]+)/checkpoint)",
+        [=, this](const httplib::Request& req, httplib::Response& res) {
+          if (req.get_param_value("publish") == "true")
+            return reply(res, runner_->PublishCheckpoint(req.matches[1]),
+                         [](const nlohmann::json& j) { return j; });
+          reply(res, runner_->CheckpointDir(req.matches[1]), [](const std::string& d) {
+            return nlohmann::json{{"dir", d}};
+          });
+        });
+  s.Post(R"(/agent/v1/vms/([^/]+)/exec)", [=, this](const httplib::Request& req,
+                                                    httplib::Response& res) {
     auto j = body(req, res);
     if (!j) return;
     JsonFields f(*j, {"argv", "input", "timeout_s"});
@@ -332,7 +340,8 @@ void Agent::InstallRoutes() {
     if (!st.ok()) return SendError(res, st.error());
     SendJson(res, 204, nullptr);
   });
-  s.Post("/agent/v1/image-checkpoints", [=, this](const httplib::Request& req, httplib::Response& res) {
+  s.Post("/agent/v1/image-checkpoints", [=, this](const httplib::Request& req,
+                                                  httplib::Response& res) {
     auto j = body(req, res);
     if (!j) return;
     JsonFields f(*j, {"image", "blobs", "vcpus", "memory_mb", "target_dir", "push_as"});
@@ -345,7 +354,8 @@ void Agent::InstallRoutes() {
     if (!memory.ok()) return SendError(res, memory.error());
     if (!target.ok()) return SendError(res, target.error());
     if (!push_as.ok()) return SendError(res, push_as.error());
-    nlohmann::json spec = {{"id", "image-checkpoint"}, {"image", (*j)["image"]},
+    nlohmann::json spec = {{"id", "image-checkpoint"},
+                           {"image", (*j)["image"]},
                            {"blobs", j->value("blobs", nlohmann::json::object())}};
     auto parsed = VmSpecFromJson(spec);
     if (!parsed.ok()) return SendError(res, parsed.error());
@@ -355,15 +365,20 @@ void Agent::InstallRoutes() {
       // Made here, published to the image server (memory state and disk
       // delta as two new versions), then dropped locally.
       if (!images_)
-        return SendError(res, MakeError(ErrorCode::kFailedPrecondition, "this agent has no image server"));
+        return SendError(
+            res, MakeError(ErrorCode::kFailedPrecondition, "this agent has no image server"));
       for (const char* suffix : {"-memory", "-disk"})
-        if (Status st = ValidateName("image", *push_as + suffix); !st.ok()) return SendError(res, st.error());
+        if (Status st = ValidateName("image", *push_as + suffix); !st.ok())
+          return SendError(res, st.error());
       std::string dir = options_.state_dir + "/tmp/" + NewId("ickpt");
       Status st = MakeDirs(options_.state_dir + "/tmp", 0755);
       if (st.ok())
-        st = runner_->MakeImageCheckpoint(parsed->image, parsed->blobs, static_cast<int>(*vcpus), *memory, dir);
-      Result<BlobRef> mem = st.ok() ? images_->Push(dir + "/memory.state", *push_as + "-memory") : Result<BlobRef>(st.error());
-      Result<BlobRef> disk = mem.ok() ? images_->Push(dir + "/disk.qcow2", *push_as + "-disk") : Result<BlobRef>(mem.error());
+        st = runner_->MakeImageCheckpoint(parsed->image, parsed->blobs, static_cast<int>(*vcpus),
+                                          *memory, dir);
+      Result<BlobRef> mem = st.ok() ? images_->Push(dir + "/memory.state", *push_as + "-memory")
+                                    : Result<BlobRef>(st.error());
+      Result<BlobRef> disk = mem.ok() ? images_->Push(dir + "/disk.qcow2", *push_as + "-disk")
+                                      : Result<BlobRef>(mem.error());
       (void)RemoveTree(dir);
       if (!disk.ok()) return SendError(res, disk.error());
       return SendJson(res, 200, {{"ckpt_memory", ToJson(*mem)}, {"ckpt_disk", ToJson(*disk)}});

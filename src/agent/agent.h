@@ -23,6 +23,7 @@ class Server;
 namespace vmgrid {
 
 class ApiClient;
+class GuardedServer;
 
 class Agent {
  public:
@@ -55,7 +56,7 @@ class Agent {
   std::unique_ptr<AllowedPaths> allowed_workspaces_;  // workspace dir
   std::unique_ptr<HostImages> images_;  // outlives runner_
   std::unique_ptr<VmRunner> runner_;
-  std::unique_ptr<httplib::Server> server_;
+  std::unique_ptr<GuardedServer> server_;
   std::unique_ptr<ApiClient> controller_;
   std::thread server_thread_, heartbeat_thread_;
   std::atomic<bool> stop_{false};

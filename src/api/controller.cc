@@ -20,6 +20,7 @@
 #include "common/http_json.h"
 #include "common/http_server.h"
 #include "common/subprocess.h"
+#include "common/tls.h"
 #include "common/signals.h"
 #include "common/util.h"
 #include "images/image_file.h"
@@ -48,30 +49,6 @@ const std::set<std::string> kTransitional = {"creating", "stopping", "checkpoint
                                              "deleting"};
 
 Error NotFound(const std::string& what) { return MakeError(ErrorCode::kNotFound, what + " not found"); }
-
-// Binds `server` to "HOST:PORT" (port 0: any free one); returns its URL.
-Result<std::string> BindServer(httplib::Server& server, const std::string& listen) {
-  auto colon = listen.rfind(':');
-  if (colon == std::string::npos)
-    return MakeError(ErrorCode::kInvalidArgument, "listen address must be HOST:PORT");
-  std::string host = listen.substr(0, colon);
-  int port = std::atoi(listen.substr(colon + 1).c_str());
-  // cpp-httplib listens with a backlog of 5: bursts of clients would be
-  // reset. Widen it once the socket is bound.
-  int listen_fd = -1;
-  server.set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
-    listen_fd = sock;
-  });
-  if (port == 0) port = server.bind_to_any_port(host.c_str());
-  else if (!server.bind_to_port(host.c_str(), port)) port = -1;
-  server.set_socket_options(httplib::default_socket_options);  // drop the capture
-  if (port <= 0)
-    return MakeError(ErrorCode::kUnavailable,
-                     "cannot listen on " + listen + " (in use by another process?)");
-  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
-  return "http://" + host + ":" + std::to_string(port);
-}
 
 // A refusal by admission control: 429 with Retry-After, so well-behaved
 // clients back off instead of hammering.
@@ -165,24 +142,33 @@ Status Controller::Start() {
   creates_ =
       std::make_unique<Admission>("VM creates in flight", options_.max_creates_per_user, 0, 10);
   queries_ = std::make_unique<Admission>("queries", options_.max_queries_per_user, 0, 1);
+  // TLS for users (token authentication, no client certificate), mutual TLS
+  // for agents on their listener; our certificate is also our client
+  // identity towards agents and the image server.
+  VMG_ASSIGN_OR_RETURN(auto user_tls, ServerTls("controller", options_.listen, options_.tls, false));
+  tls_ = user_tls != nullptr;
+  if (tls_) VMG_RETURN_IF_ERROR(SetClientTls(options_.tls.files));
   HttpServerLimits limits;
   limits.header_timeout_ms = options_.header_timeout_ms;
-  server_ = std::make_unique<GuardedServer>(limits);
+  server_ = std::make_unique<GuardedServer>(limits, user_tls);
   // Each connection holds a thread while open (keep-alive clients too); slow
   // ones are cut off by GuardedServer's deadlines.
   const size_t threads = static_cast<size_t>(options_.http_threads);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server_->set_tcp_nodelay(true);
   InstallRoutes();
-  VMG_ASSIGN_OR_RETURN(url_, BindServer(*server_, options_.listen));
+  VMG_ASSIGN_OR_RETURN(url_, server_->Bind(options_.listen));
   // Agents' own listener: heartbeats (and health) on threads no user
   // connection can take.
   if (!options_.agent_listen.empty()) {
-    agent_server_ = std::make_unique<GuardedServer>(limits);
+    VMG_ASSIGN_OR_RETURN(auto agent_tls,
+                         ServerTls("controller (agents' listener)", options_.agent_listen,
+                                   options_.tls, /*require_client_cert=*/true));
+    agent_server_ = std::make_unique<GuardedServer>(limits, agent_tls);
     agent_server_->new_task_queue = [] { return new httplib::ThreadPool(kAgentListenerThreads); };
     agent_server_->set_tcp_nodelay(true);
     InstallAgentListenerRoutes();
-    VMG_ASSIGN_OR_RETURN(agent_url_, BindServer(*agent_server_, options_.agent_listen));
+    VMG_ASSIGN_OR_RETURN(agent_url_, agent_server_->Bind(options_.agent_listen));
     agent_server_thread_ = std::thread([this] { agent_server_->listen_after_bind(); });
     spdlog::info("controller: agents' listener at {}", agent_url_);
   }
@@ -739,6 +725,23 @@ void Controller::RegisterHost(const Caller&, const Req& req, Res& res) {
                       {"agent_api_token", host_creds_->AgentApiToken(*name)}});
 }
 
+// An agent's URL: http(s)://HOST:PORT; with TLS, plain HTTP only on loopback
+// (a controller serving TLS never sends an agent token in the clear).
+Status Controller::CheckAgentUrl(const std::string& url) const {
+  const bool https = url.rfind("https://", 0) == 0;
+  if (!https && url.rfind("http://", 0) != 0)
+    return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT");
+  std::string rest = url.substr(https ? 8 : 7);
+  auto colon = rest.rfind(':');
+  if (colon == std::string::npos || colon == 0 || rest.find('/') != std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT");
+  if (tls_ && !https && !IsLoopbackHost(rest.substr(0, colon)))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "this controller talks to agents over TLS: the agent url must be https:// "
+                     "(plain http only on loopback)");
+  return Status::Ok();
+}
+
 void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
@@ -753,6 +756,7 @@ void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
                                         *name + "'"));
   if (!url.ok()) return SendError(res, url.error());
   if (auto st = ValidateName("host", *name); !st.ok()) return SendError(res, st.error());
+  if (auto st = CheckAgentUrl(*url); !st.ok()) return SendError(res, st.error());
   const json& cap = (*body)["capacity"];
   if (!cap.is_object()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "capacity must be an object"));
   JsonFields cf(cap, {"vcpus", "memory_mb", "disk_mb", "kvm", "site", "network", "arch"});

@@ -45,6 +45,7 @@ namespace vmgrid {
 class ApiClient;
 class CapacityIndex;
 class ChunkClient;
+class GuardedServer;
 
 class Controller {
  public:
@@ -73,6 +74,7 @@ class Controller {
   using Handler = std::function<void(const Caller&, const httplib::Request&, httplib::Response&)>;
 
   void InstallRoutes();
+  Status CheckAgentUrl(const std::string& url) const;
   void InstallAgentListenerRoutes();
   // Wraps a handler with authentication and a role check.
   std::function<void(const httplib::Request&, httplib::Response&)> Authed(
@@ -153,8 +155,9 @@ class Controller {
   std::unique_ptr<Store> store_;
   std::unique_ptr<QueryService> query_;
   std::unique_ptr<ChunkClient> image_server_;  // null without --image-server
-  std::unique_ptr<httplib::Server> server_;
-  std::unique_ptr<httplib::Server> agent_server_;  // with --agent-listen
+  std::unique_ptr<GuardedServer> server_;
+  std::unique_ptr<GuardedServer> agent_server_;  // with --agent-listen
+  bool tls_ = false;  // serving TLS (and so talking TLS to agents)
   std::string agent_url_;
   static constexpr size_t kAgentListenerThreads = 16;
   std::thread server_thread_, reconcile_thread_, agent_server_thread_;

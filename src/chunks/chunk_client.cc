@@ -9,6 +9,7 @@
 #include "chunks/chunk_batch.h"
 #include "cli/api_client.h"
 #include "common/http_json.h"
+#include "common/tls.h"
 
 namespace vmgrid {
 
@@ -67,7 +68,7 @@ ChunkClient::ChunkClient(std::string base_url, std::string token, Options option
 ChunkClient::~ChunkClient() = default;
 
 std::unique_ptr<httplib::Client> ChunkClient::NewConnection() {
-  auto c = std::make_unique<httplib::Client>(base_url_);
+  auto c = NewHttpClient(base_url_);  // https: verified, with our client certificate
   c->set_keep_alive(true);
   c->set_tcp_nodelay(true);
   c->set_connection_timeout(options_.connect_timeout_s, 0);

@@ -1,11 +1,10 @@
 #include "chunks/image_server.h"
 
 #include <httplib.h>
+#include <spdlog/spdlog.h>
 
 #include <cstdlib>
 #include <unordered_set>
-
-#include <spdlog/spdlog.h>
 
 #include "chunks/chunk_batch.h"
 #include "chunks/chunk_digest.h"
@@ -13,6 +12,7 @@
 #include "chunks/image_catalog.h"
 #include "chunks/manifest.h"
 #include "common/http_json.h"
+#include "common/http_server.h"
 
 namespace vmgrid {
 
@@ -43,7 +43,8 @@ Result<uint64_t> ParseVersion(const std::string& s) {
 // before the body is read.
 uint64_t BodyLimitFor(const Req& req) {
   if (req.method == "PUT" && req.path.rfind("/v1/chunks/", 0) == 0) return kMaxChunkBytes;
-  if ((req.method == "POST" && (req.path.rfind("/v1/manifests/", 0) == 0 || req.path == "/v1/chunks:missing")) ||
+  if ((req.method == "POST" &&
+       (req.path.rfind("/v1/manifests/", 0) == 0 || req.path == "/v1/chunks:missing")) ||
       (req.method == "PUT" && req.path.rfind("/v1/prefetch/", 0) == 0))
     return kMaxManifestJsonBytes;
   return kMaxJsonBody;
@@ -53,7 +54,8 @@ Result<json> ParseLargeJsonObject(const std::string& body) {
   if (body.size() <= kMaxJsonBody) return ParseJsonObject(body, false);
   try {
     json j = json::parse(body);
-    if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, "request body must be a JSON object");
+    if (!j.is_object())
+      return MakeError(ErrorCode::kInvalidArgument, "request body must be a JSON object");
     return j;
   } catch (const json::exception& e) {
     return MakeError(ErrorCode::kInvalidArgument, std::string("malformed JSON: ") + e.what());
@@ -63,7 +65,10 @@ Result<json> ParseLargeJsonObject(const std::string& body) {
 }  // namespace
 
 ImageServer::ImageServer(ChunkStore& store, ImageCatalog& catalog, Options options)
-    : store_(store), catalog_(catalog), options_(std::move(options)), server_(std::make_unique<httplib::Server>()) {
+    : store_(store),
+      catalog_(catalog),
+      options_(std::move(options)),
+      server_(std::make_unique<GuardedServer>(HttpServerLimits{}, options_.tls)) {
   InstallRoutes();
 }
 
@@ -72,12 +77,11 @@ ImageServer::~ImageServer() { Stop(); }
 Result<int> ImageServer::Start(const std::string& host, int port) {
   if (options_.token.empty() && !options_.allow_anonymous)
     return MakeError(ErrorCode::kInvalidArgument, "the image server needs a token");
-  int bound = port == 0 ? server_->bind_to_any_port(host.c_str())
-                        : (server_->bind_to_port(host.c_str(), port) ? port : -1);
-  if (bound <= 0)
-    return MakeError(ErrorCode::kUnavailable,
-                     "image server cannot listen on " + host + ":" + std::to_string(port));
-  url_ = "http://" + (host == "0.0.0.0" ? std::string("127.0.0.1") : host) + ":" + std::to_string(bound);
+  std::string listen = host + ":" + std::to_string(port);
+  if (host.find(':') != std::string::npos && host.front() != '[')
+    listen = "[" + host + "]:" + std::to_string(port);
+  VMG_ASSIGN_OR_RETURN(url_, server_->Bind(listen));
+  const int bound = std::stoi(url_.substr(url_.rfind(':') + 1));
   listen_returned_ = false;
   thread_ = std::thread([this] {
     server_->listen_after_bind();
@@ -160,9 +164,11 @@ void ImageServer::InstallRoutes() {
     uint64_t len = std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10);
     bool chunked = req.get_header_value("Transfer-Encoding") == "chunked";
     if (len > limit || chunked) {
-      SendJson(res, 413, {{"error", {{"code", "payload_too_large"},
-                                     {"message", "request body over " + std::to_string(limit) +
-                                                     " bytes (or chunked) for " + req.method + " " + req.path}}}});
+      SendJson(res, 413,
+               {{"error",
+                 {{"code", "payload_too_large"},
+                  {"message", "request body over " + std::to_string(limit) +
+                                  " bytes (or chunked) for " + req.method + " " + req.path}}}});
       return httplib::Server::HandlerResponse::Handled;
     }
     return httplib::Server::HandlerResponse::Unhandled;
@@ -179,8 +185,11 @@ void ImageServer::InstallRoutes() {
     if (!versions.ok()) return SendError(res, versions.error());
     json list = json::array();
     for (const auto& v : *versions)
-      list.push_back({{"version", v.version}, {"digest", v.digest}, {"size", v.size},
-                      {"chunk_size", v.chunk_size}, {"chunks", v.chunks}});
+      list.push_back({{"version", v.version},
+                      {"digest", v.digest},
+                      {"size", v.size},
+                      {"chunk_size", v.chunk_size},
+                      {"chunks", v.chunks}});
     SendJson(res, 200, {{"name", name}, {"versions", list}});
   });
   s.Get(R"(/v1/manifests/([^/]+)/([^/]+))", [this](const Req& req, Res& res) {
@@ -221,12 +230,14 @@ void ImageServer::InstallRoutes() {
     std::string digest = req.matches[1];
     if (!IsChunkDigest(digest)) return SendError(res, BadDigest(digest));
     bool existed = store_.Has(digest);
-    if (Status st = store_.PutVerified(digest, req.body); !st.ok()) return SendError(res, st.error());
+    if (Status st = store_.PutVerified(digest, req.body); !st.ok())
+      return SendError(res, st.error());
     if (!existed) {
       chunks_uploaded_++;
       bytes_uploaded_ += req.body.size();
     }
-    SendJson(res, existed ? 200 : 201, {{"digest", digest}, {"size", req.body.size()}, {"created", !existed}});
+    SendJson(res, existed ? 200 : 201,
+             {{"digest", digest}, {"size", req.body.size()}, {"created", !existed}});
   });
   s.Post("/v1/chunks:batch", [this](const Req& req, Res& res) {
     batch_requests_++;
@@ -298,11 +309,13 @@ void ImageServer::InstallRoutes() {
     auto body = ParseLargeJsonObject(req.body);
     if (!body.ok()) return SendError(res, body.error());
     if (body->size() != 1 || !body->contains("order") || !(*body)["order"].is_array())
-      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "body must be {\"order\": [chunk indexes]}"));
+      return SendError(
+          res, MakeError(ErrorCode::kInvalidArgument, "body must be {\"order\": [chunk indexes]}"));
     std::vector<uint64_t> order;
     for (const auto& v : (*body)["order"]) {
       if (!v.is_number_unsigned())
-        return SendError(res, MakeError(ErrorCode::kInvalidArgument, "prefetch indexes must be unsigned integers"));
+        return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                        "prefetch indexes must be unsigned integers"));
       order.push_back(v.get<uint64_t>());
     }
     if (Status st = catalog_.PutPrefetch(name, *version, req.matches[3], order); !st.ok())

@@ -23,6 +23,9 @@ class Server;
 
 namespace vmgrid {
 
+class GuardedServer;
+class TlsContext;
+
 class ChunkStore;
 class ImageCatalog;
 
@@ -34,6 +37,8 @@ class ImageServer {
     // the server hands out every image and checkpoint memory file.
     std::string token;
     bool allow_anonymous = false;
+    // TLS (common/tls.h); null: plain HTTP (the caller checked it may).
+    std::shared_ptr<TlsContext> tls = nullptr;
     // Worker threads; each keep-alive connection holds one while open.
     int threads = 16;
     // A batch answer stops adding chunks once it would exceed this many
@@ -85,7 +90,7 @@ class ImageServer {
   ChunkStore& store_;
   ImageCatalog& catalog_;
   const Options options_;
-  std::unique_ptr<httplib::Server> server_;
+  std::unique_ptr<GuardedServer> server_;
   std::thread thread_;
   std::atomic<bool> listen_returned_{false};
   std::string url_;

@@ -12,6 +12,7 @@
 #include "chunks/image_server.h"
 #include "cli/options.h"
 #include "common/signals.h"
+#include "common/tls.h"
 #include "common/util.h"
 
 namespace vmgrid {
@@ -41,6 +42,10 @@ int RunImageServer(const ImageServerOptions& options) {
   if (!token.ok()) return fail("cannot read the token: " + token.error().message);
   so.token = *token;
   if (so.token.empty()) return fail("the token file " + token_file + " is empty");
+  // Its clients are grid roles (the controller and agents): mutual TLS.
+  auto tls = ServerTls("image server", options.listen, options.tls, /*require_client_cert=*/true);
+  if (!tls.ok()) return fail(tls.error().message);
+  so.tls = *tls;
   auto store = ChunkStore::Open(options.dir);
   if (!store.ok()) return fail(store.error().message);
   auto catalog = ImageCatalog::Open(options.dir);

@@ -1,5 +1,7 @@
 #include "cli/api_client.h"
 
+#include "common/tls.h"
+
 #include <fcntl.h>
 #include <httplib.h>
 #include <sys/stat.h>
@@ -92,7 +94,7 @@ std::map<std::string, std::vector<IdleClient>>& IdleClients() {  // guarded by i
 // Access to ApiClient's private state for the request helpers below.
 struct ApiClientInternals {
   static std::unique_ptr<httplib::Client> MakeClient(const ApiClient& c) {
-    auto cli = std::make_unique<httplib::Client>(c.scheme_host_port_);
+    auto cli = NewHttpClient(c.scheme_host_port_);  // https: verified against our CA
     cli->set_connection_timeout(c.options_.connect_timeout_s, 0);
     cli->set_read_timeout(c.options_.read_timeout_s, 0);
     cli->set_write_timeout(c.options_.write_timeout_s, 0);
@@ -175,12 +177,19 @@ struct ApiClientInternals {
                                                       " was lost while sending the request");
       case httplib::Error::Canceled:
         return MakeError(ErrorCode::kInternal, "request canceled");
+      case httplib::Error::SSLServerVerification:
+        return MakeError(ErrorCode::kUnavailable,
+                         "the " + c.options_.peer_name + " at " + url +
+                             " presented a certificate that is not trusted or not for this host "
+                             "name; trust the grid's CA (--ca or VMGRID_CA; `vmgrid dev` writes "
+                             "STATE/tls/ca.pem)");
       case httplib::Error::SSLConnection:
       case httplib::Error::SSLLoadingCerts:
-      case httplib::Error::SSLServerVerification:
         return MakeError(ErrorCode::kUnavailable, "TLS failure talking to the " +
                                                       c.options_.peer_name + " at " + url + ": " +
-                                                      httplib::to_string(err));
+                                                      httplib::to_string(err) +
+                                                      " (plain http:// to a TLS server, or a "
+                                                      "client certificate it refused?)");
       default:
         return MakeError(ErrorCode::kInternal, "request to the " + c.options_.peer_name + " at " +
                                                    url + " failed: " + httplib::to_string(err));

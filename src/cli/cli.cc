@@ -29,6 +29,7 @@
 #include "cli/options.h"
 #include "sim/sim_hosts.h"
 #include "common/result.h"
+#include "common/tls.h"
 
 namespace vmgrid {
 namespace {
@@ -37,8 +38,9 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kVersion = "0.1.0";
-constexpr const char* kDefaultUrl = "http://127.0.0.1:8470";
+constexpr const char* kDefaultUrl = "https://127.0.0.1:8470";
 constexpr const char* kDevAdminToken = "./state/dev/controller/admin.token";
+constexpr const char* kDevCa = "./state/dev/tls/ca.pem";
 constexpr auto kVmPollInterval = std::chrono::milliseconds(200);
 constexpr auto kImagePollInterval = std::chrono::milliseconds(500);
 constexpr auto kProgressInterval = std::chrono::milliseconds(100);
@@ -378,6 +380,7 @@ struct Globals {
   std::string url = kDefaultUrl;
   std::string token;
   std::string token_file;
+  std::string ca;  // CA file to trust for https:// (default: kDevCa, ~/.config/vmgrid/ca.pem)
   bool json = false;
   int wait_timeout_s = 600;
 };
@@ -467,9 +470,30 @@ int UsageError(const Ctx& ctx, const std::string& message, const std::string& co
   return kExitUsage;
 }
 
+// The CA that an https:// controller's certificate must chain to:
+// --ca/VMGRID_CA, else the first existing of kDevCa and ~/.config/vmgrid/ca.pem
+// (none: the system's trust store).
+Status ResolveCa(const Ctx& ctx) {
+  std::string ca = ctx.g.ca;
+  if (ca.empty()) {
+    std::vector<std::string> candidates = {kDevCa};
+    if (const char* home = std::getenv("HOME"); home && *home)
+      candidates.push_back(std::string(home) + "/.config/vmgrid/ca.pem");
+    for (const auto& c : candidates)
+      if (IsRegularFile(c)) {
+        ca = c;
+        break;
+      }
+  } else if (!IsRegularFile(ca)) {
+    return MakeError(ErrorCode::kInvalidArgument, "the CA file " + ca + " (from --ca/VMGRID_CA) does not exist");
+  }
+  return SetClientTls({"", "", ca});
+}
+
 Result<ApiClient> MakeClient(Ctx& ctx) {
   auto token = ResolveToken(ctx);
   if (!token.ok()) return token.error();
+  VMG_RETURN_IF_ERROR(ResolveCa(ctx));
   ApiClient::Options opts;
   opts.user_agent = std::string("vmgrid-cli/") + kVersion;
   return ApiClient(ctx.g.url, *token, opts);
@@ -1414,7 +1438,34 @@ struct Storage {
   std::map<std::string, int64_t> quota;  // user quota: the fields to set
   std::string cp_memory;
   int cp_vcpus = 0;
+  std::string tls_dir;
+  CertificateRequest tls_request;
+  std::string tls_out;
 };
+
+// `vmgrid tls init`: a CA for the grid's roles.
+int CmdTlsInit(const Ctx& ctx, const std::string& dir) {
+  const bool existed = IsRegularFile(dir + "/ca.pem");
+  if (Status st = CreateCa(dir); !st.ok()) return Fail(ctx, st.error());
+  ctx.io.out << (existed ? "kept the existing CA in " : "created a CA: ") << dir
+             << "/ca.pem (certificate, give it to every role and user as --ca) and " << dir
+             << "/ca.key (private key, 0600: keep it off the hosts)" << std::endl;
+  return 0;
+}
+
+// `vmgrid tls issue NAME`: a certificate of DIR's CA for one role.
+int CmdTlsIssue(const Ctx& ctx, const std::string& dir, CertificateRequest req, std::string out) {
+  if (out.empty()) out = dir + "/" + req.common_name;
+  if (req.dns_names.empty() && req.ip_addresses.empty())
+    return UsageError(ctx, "give the names clients reach it by: --dns NAME and/or --ip ADDRESS",
+                      "tls issue");
+  if (Status st = IssueCertificate(dir, req, out + ".pem", out + ".key"); !st.ok())
+    return Fail(ctx, st.error());
+  ctx.io.out << "issued " << out << ".pem and " << out << ".key (0600) for " << req.common_name
+             << "; serve with --tls-cert " << out << ".pem --tls-key " << out << ".key --ca " << dir
+             << "/ca.pem" << std::endl;
+  return 0;
+}
 
 int Run(const std::vector<std::string>& args, const CliIo& io) {
   Ctx ctx{Globals{}, io, "", false};
@@ -1434,6 +1485,10 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
                  "File holding the token (default: first existing of " +
                      std::string(kDevAdminToken) + ", ~/.config/vmgrid/token)")
       ->envname("VMGRID_TOKEN_FILE");
+  app.add_option("--ca", ctx.g.ca,
+                 "CA certificate the controller's must chain to (default: first existing of " +
+                     std::string(kDevCa) + ", ~/.config/vmgrid/ca.pem; else the system's)")
+      ->envname("VMGRID_CA");
   app.add_flag("--json", ctx.g.json, "Print the API's JSON instead of tables");
   app.add_option("--wait-timeout", ctx.g.wait_timeout_s,
                  "Seconds to wait for long operations before giving up")
@@ -1456,6 +1511,17 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     return sub;
   };
 
+  // TLS flags of a server role (common/tls.h).
+  auto tls_flags = [](CLI::App* role, ServerTlsOptions& tls, const std::string& who) {
+    role->add_option("--tls-cert", tls.files.cert, "PEM certificate " + who + " serves with and presents as a client")
+        ->check(CLI::ExistingFile);
+    role->add_option("--tls-key", tls.files.key, "Its PEM private key")->check(CLI::ExistingFile);
+    role->add_option("--ca", tls.files.ca, "PEM CA certificate of the grid (peers' certificates must chain to it)")
+        ->check(CLI::ExistingFile);
+    role->add_flag("--plain-http", tls.plain_http,
+                   "Serve plain HTTP instead of TLS (loopback addresses only)");
+  };
+
   // --- server roles
   {
     auto* c = leaf(&app, "controller", "Run the controller (REST API server)",
@@ -1465,6 +1531,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
         ->check(ListenValidator())
         ->capture_default_str();
     c->add_option("--state-dir", s.controller.state_dir, "State directory")->capture_default_str();
+    tls_flags(c, s.controller.tls, "the controller");
     c->add_option("--database", s.controller.database,
                   "PostgreSQL URI, e.g. postgresql://vmgrid:PW@127.0.0.1/vmgrid "
                   "(default: SQLite STATE_DIR/vmgrid.db)");
@@ -1504,6 +1571,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
         ->check(ListenValidator())
         ->capture_default_str();
     is->add_option("--dir", s.image_server.dir, "Chunk store and manifests")->capture_default_str();
+    tls_flags(is, s.image_server.tls, "the image server");
     is->add_option(
         "--token-file", s.image_server.token_file,
         "File with the bearer token clients must send (default: DIR/server.token, created 0600)");
@@ -1521,6 +1589,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
         ->capture_default_str();
     a->add_option("--token-file", s.agent.token_file, "File with the join token (controller STATE/agent.token); read only until this host has credentials (STATE/host-credentials.json)");
     a->add_option("--state-dir", s.agent.state_dir, "State directory")->capture_default_str();
+    tls_flags(a, s.agent.tls, "the agent");
     a->add_option("--name", s.agent.name, "Host name to report (default: hostname)");
     a->add_option("--runas", s.agent.runas, "Run QEMU as this user (when per-VM uids are off)");
     a->add_option(
@@ -1589,6 +1658,27 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     d->add_flag("--exit-after-demo", s.dev.exit_after_demo,
                 "Exit when the demo is done (implies --demo)");
     d->add_flag("--keep-vms", s.dev.keep_vms, "Keep the demo's VMs at exit");
+  }
+
+  // --- tls
+  {
+    auto* g = group(&app, "tls", "Certificates for TLS between the grid's roles and users");
+    g->group("Server roles");
+    leaf(g, "init", "Create the grid's CA (DIR/ca.pem, DIR/ca.key); keeps an existing one",
+         [&] { return CmdTlsInit(ctx, s.tls_dir); })
+        ->add_option("--dir", s.tls_dir, "Directory of the CA")
+        ->required();
+    auto* issue = leaf(g, "issue", "Issue a certificate (NAME.pem, NAME.key) signed by DIR's CA",
+                       [&] { return CmdTlsIssue(ctx, s.tls_dir, s.tls_request, s.tls_out); });
+    issue->add_option("NAME", s.tls_request.common_name, "Name of the role or host (certificate CN)")
+        ->required();
+    issue->add_option("--dir", s.tls_dir, "Directory of the CA")->required();
+    issue->add_option("--dns", s.tls_request.dns_names, "DNS name clients use (repeatable)");
+    issue->add_option("--ip", s.tls_request.ip_addresses, "IP address clients use (repeatable)");
+    issue->add_option("--days", s.tls_request.days, "Validity in days")
+        ->check(CLI::Range(1, 3650))
+        ->capture_default_str();
+    issue->add_option("--out", s.tls_out, "Path prefix of the files (default: DIR/NAME)");
   }
 
   // --- host

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "common/tls.h"
+
 namespace vmgrid {
 
 // `vmgrid controller`: the REST API server and scheduler.
@@ -42,6 +44,10 @@ struct ControllerOptions {
   // health on threads of its own; point agents' --controller at it. Empty:
   // agents use the main listener.
   std::string agent_listen;
+  // TLS (common/tls.h): the certificate the controller serves with and
+  // presents to agents and the image server, and the CA all of them chain
+  // to; the agents' listener requires agents' client certificates.
+  ServerTlsOptions tls;
 };
 
 // `vmgrid agent`: runs QEMU VMs on one host on behalf of the controller.
@@ -50,7 +56,7 @@ struct AgentOptions {
   // picks a free port; the agent reports the actual URL in its heartbeat.
   std::string listen = "127.0.0.1:0";
   // Base URL of the controller the agent registers with.
-  std::string controller_url = "http://127.0.0.1:8470";
+  std::string controller_url = "https://127.0.0.1:8470";
   // File holding the join token (the controller's STATE/agent.token), which
   // the agent exchanges once for credentials of its own host, kept in
   // STATE_DIR/host-credentials.json. Empty: STATE_DIR/agent.token.
@@ -86,6 +92,10 @@ struct AgentOptions {
   std::vector<std::string> image_dirs;
   uint64_t cache_mb = 10240;            // bound of the host chunk cache (STATE/chunks)
   bool prefetch = true;                 // stream recorded first-read orders on cold starts
+  // TLS: the agent serves its API only to clients with a certificate of the
+  // CA (the controller), and presents its certificate to the controller and
+  // the image server.
+  ServerTlsOptions tls;
 };
 
 // `vmgrid dev`: a controller plus N agents as child processes, for development
@@ -115,6 +125,8 @@ struct ImageServerOptions {
   // Bearer token clients must send. "" = DIR/server.token, created (0600) at
   // the first start: the image server never serves without a token.
   std::string token_file;
+  // TLS; clients (controller, agents) must present certificates of the CA.
+  ServerTlsOptions tls;
 };
 
 int RunController(const ControllerOptions& options);

@@ -56,8 +56,8 @@ int Cli(const LocalGrid& grid, std::vector<std::string> args) {
   for (auto& a : args) std::printf(a.find(' ') == std::string::npos ? " %s" : " '%s'", a.c_str());
   std::printf("\n");
   std::fflush(stdout);
-  std::vector<std::string> argv = {SelfExecutable(), "--url", grid.url(), "--token-file",
-                                   grid.controller_state_dir() + "/admin.token"};
+  std::vector<std::string> argv = {SelfExecutable(), "--url", grid.url(), "--ca", grid.ca_file(),
+                                   "--token-file", grid.controller_state_dir() + "/admin.token"};
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<char*> cargv;
   for (auto& a : argv) cargv.push_back(a.data());
@@ -131,10 +131,11 @@ int RunDev(const DevOptions& options) {
     std::fprintf(stderr, "error: %s\n", st.error().message.c_str());
     return 1;
   }
-  std::printf("==> grid is up. To use it from another shell:\n"
-              "      export VMGRID_URL=%s VMGRID_TOKEN_FILE=%s/admin.token\n"
+  std::printf("==> grid is up (TLS, CA %s). To use it from another shell:\n"
+              "      export VMGRID_URL=%s VMGRID_CA=%s VMGRID_TOKEN_FILE=%s/admin.token\n"
               "    logs: %s\n",
-              grid.url().c_str(), grid.controller_state_dir().c_str(), grid.log_dir().c_str());
+              grid.ca_file().c_str(), grid.url().c_str(), grid.ca_file().c_str(),
+              grid.controller_state_dir().c_str(), grid.log_dir().c_str());
   std::fflush(stdout);
   int rc = 0;
   if (options.demo || options.exit_after_demo) {

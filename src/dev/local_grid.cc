@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "common/tls.h"
 #include "common/util.h"
 
 namespace vmgrid {
@@ -45,7 +46,8 @@ Result<nlohmann::json> PollUntil(const ApiClient& client, const std::string& pat
     if (!r.ok()) last = r.error();
     std::this_thread::sleep_for(milliseconds(100));
   }
-  return MakeError(ErrorCode::kTimeout, "timed out waiting on " + path + " (last: " + last.message + ")");
+  return MakeError(ErrorCode::kTimeout,
+                   "timed out waiting on " + path + " (last: " + last.message + ")");
 }
 
 LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
@@ -53,40 +55,70 @@ LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
   std::error_code ec;
   options_.state_dir = std::filesystem::absolute(options_.state_dir, ec).string();
   if (options_.port == 0) options_.port = FreePort();
-  url_ = "http://127.0.0.1:" + std::to_string(options_.port);
+  scheme_ = options_.tls ? "https://" : "http://";
+  url_ = scheme_ + "127.0.0.1:" + std::to_string(options_.port);
   // Agents heartbeat to the controller's listener of their own.
-  if (options_.agent_listener) agent_controller_url_ = "http://127.0.0.1:" + std::to_string(FreePort());
+  if (options_.agent_listener)
+    agent_controller_url_ = scheme_ + "127.0.0.1:" + std::to_string(FreePort());
   agents_.resize(static_cast<size_t>(options_.hosts));
   // Agents keep their address across restarts, as on real hosts.
   for (int i = 0; i < options_.hosts; ++i) agent_ports_.push_back(FreePort());
-  if (options_.image_server && options_.image_server_port == 0) options_.image_server_port = FreePort();
+  if (options_.image_server && options_.image_server_port == 0)
+    options_.image_server_port = FreePort();
 }
 
 std::string LocalGrid::image_server_url() const {
   if (!options_.image_server) return "";
-  return "http://127.0.0.1:" + std::to_string(options_.image_server_port);
+  return scheme_ + "127.0.0.1:" + std::to_string(options_.image_server_port);
+}
+
+Status LocalGrid::EnsurePki() {
+  if (!options_.tls || pki_ready_) return Status::Ok();
+  std::vector<std::string> names = {"controller", "image-server", "operator"};
+  for (int i = 0; i < options_.hosts; ++i) names.push_back("host-" + std::to_string(i + 1));
+  VMG_ASSIGN_OR_RETURN(auto files, EnsureLocalPki(tls_dir(), names));
+  // This process talks to every role as the grid's operator: it trusts the
+  // CA and presents a client certificate (the agents' API asks for one).
+  VMG_RETURN_IF_ERROR(SetClientTls(files[2]));
+  pki_ready_ = true;
+  return Status::Ok();
+}
+
+std::vector<std::string> LocalGrid::TlsArgs(const std::string& role) const {
+  if (!options_.tls) return {"--plain-http"};
+  return {"--tls-cert", tls_dir() + "/" + role + ".pem",
+          "--tls-key",  tls_dir() + "/" + role + ".key",
+          "--ca",       ca_file()};
 }
 
 Status LocalGrid::StartImageServer(milliseconds timeout) {
   if (!options_.image_server) return Status::Ok();
+  VMG_RETURN_IF_ERROR(EnsurePki());
   VMG_RETURN_IF_ERROR(MakeDirs(log_dir()));
   if (!FileExists(image_server_token_file()))
     VMG_RETURN_IF_ERROR(WriteFileAtomic(image_server_token_file(), NewToken() + "\n", 0600));
-  VMG_ASSIGN_OR_RETURN(image_server_,
-                       ChildProcess::Spawn({options_.vmgrid_binary, "image-server", "--listen",
-                                            "127.0.0.1:" + std::to_string(options_.image_server_port), "--dir",
-                                            image_server_dir(), "--token-file", image_server_token_file()},
-                                           log_dir() + "/image-server.log"));
+  std::vector<std::string> argv = {options_.vmgrid_binary,
+                                   "image-server",
+                                   "--listen",
+                                   "127.0.0.1:" + std::to_string(options_.image_server_port),
+                                   "--dir",
+                                   image_server_dir(),
+                                   "--token-file",
+                                   image_server_token_file()};
+  for (auto& a : TlsArgs("image-server")) argv.push_back(a);
+  VMG_ASSIGN_OR_RETURN(image_server_, ChildProcess::Spawn(argv, log_dir() + "/image-server.log"));
   ApiClient probe(image_server_url(), "");
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
     if (!image_server_->Running())
-      return MakeError(ErrorCode::kInternal, "the image server exited; see " + log_dir() + "/image-server.log");
+      return MakeError(ErrorCode::kInternal,
+                       "the image server exited; see " + log_dir() + "/image-server.log");
     auto r = probe.Get("/v1/stats");
     if (r.ok() || r.error().code == ErrorCode::kUnauthenticated) return Status::Ok();
     std::this_thread::sleep_for(milliseconds(50));
   }
-  return MakeError(ErrorCode::kTimeout, "the image server did not come up; see " + log_dir() + "/image-server.log");
+  return MakeError(ErrorCode::kTimeout,
+                   "the image server did not come up; see " + log_dir() + "/image-server.log");
 }
 
 void LocalGrid::StopImageServer(bool hard) {
@@ -113,26 +145,33 @@ std::string LocalGrid::admin_token() const {
 ApiClient LocalGrid::Admin() const { return ApiClient(url_, admin_token()); }
 
 Status LocalGrid::StartController(milliseconds timeout) {
+  VMG_RETURN_IF_ERROR(EnsurePki());
   VMG_RETURN_IF_ERROR(MakeDirs(log_dir()));
-  std::vector<std::string> argv = {options_.vmgrid_binary, "controller", "--listen",
-                                   "127.0.0.1:" + std::to_string(options_.port), "--state-dir",
+  std::vector<std::string> argv = {options_.vmgrid_binary,
+                                   "controller",
+                                   "--listen",
+                                   "127.0.0.1:" + std::to_string(options_.port),
+                                   "--state-dir",
                                    controller_state_dir()};
+  for (auto& a : TlsArgs("controller")) argv.push_back(a);
   if (options_.image_server)
     argv.insert(argv.end(), {"--image-server", image_server_url(), "--image-server-token-file",
                              image_server_token_file()});
   if (!agent_controller_url_.empty())
-    argv.insert(argv.end(), {"--agent-listen", agent_controller_url_.substr(std::string("http://").size())});
+    argv.insert(argv.end(), {"--agent-listen", agent_controller_url_.substr(scheme_.size())});
   argv.insert(argv.end(), options_.controller_args.begin(), options_.controller_args.end());
   VMG_ASSIGN_OR_RETURN(controller_, ChildProcess::Spawn(argv, log_dir() + "/controller.log"));
   ApiClient anon(url_, "");
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
     if (!controller_->Running())
-      return MakeError(ErrorCode::kInternal, "the controller exited; see " + log_dir() + "/controller.log");
+      return MakeError(ErrorCode::kInternal,
+                       "the controller exited; see " + log_dir() + "/controller.log");
     if (anon.Get("/v1/health").ok() && !admin_token().empty()) return Status::Ok();
     std::this_thread::sleep_for(milliseconds(50));
   }
-  return MakeError(ErrorCode::kTimeout, "the controller did not come up; see " + log_dir() + "/controller.log");
+  return MakeError(ErrorCode::kTimeout,
+                   "the controller did not come up; see " + log_dir() + "/controller.log");
 }
 
 void LocalGrid::StopController(bool hard) {
@@ -142,30 +181,38 @@ void LocalGrid::StopController(bool hard) {
 }
 
 Status LocalGrid::StartAgent(int index, milliseconds timeout) {
+  VMG_RETURN_IF_ERROR(EnsurePki());
   std::string name = "host-" + std::to_string(index + 1);
   std::vector<std::string> argv = {
       options_.vmgrid_binary, "agent", "--listen",
       "127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]), "--controller",
       agent_controller_url_.empty() ? url_ : agent_controller_url_, "--token-file",
-      controller_state_dir() + "/agent.token", "--state-dir", agent_state_dir(index), "--name", name,
+      controller_state_dir() + "/agent.token", "--state-dir", agent_state_dir(index), "--name",
+      name,
       // Without an image server the controller names image files by path.
       "--image-dir", controller_state_dir() + "/images"};
-  if (options_.host_vcpus > 0) argv.insert(argv.end(), {"--vcpus", std::to_string(options_.host_vcpus)});
+  for (auto& a : TlsArgs(name)) argv.push_back(a);
+  if (options_.host_vcpus > 0)
+    argv.insert(argv.end(), {"--vcpus", std::to_string(options_.host_vcpus)});
   if (options_.host_memory_mb > 0)
     argv.insert(argv.end(), {"--memory-mb", std::to_string(options_.host_memory_mb)});
   if (options_.image_server) {
-    std::string url = options_.agent_image_server_url.empty() ? image_server_url() : options_.agent_image_server_url;
-    argv.insert(argv.end(), {"--image-server", url, "--image-server-token-file", image_server_token_file()});
+    std::string url = options_.agent_image_server_url.empty() ? image_server_url()
+                                                              : options_.agent_image_server_url;
+    argv.insert(argv.end(),
+                {"--image-server", url, "--image-server-token-file", image_server_token_file()});
     if (!options_.agent_prefetch) argv.push_back("--no-prefetch");
   }
   auto& agent = agents_[static_cast<size_t>(index)];
   VMG_ASSIGN_OR_RETURN(agent, ChildProcess::Spawn(argv, log_dir() + "/" + name + ".log"));
   // Serving = its API answers (401 without the agent token) on its address.
-  ApiClient probe("http://127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]), "");
+  ApiClient probe(scheme_ + "127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]),
+                  "");
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
     if (!agent->Running())
-      return MakeError(ErrorCode::kInternal, "agent " + name + " exited; see " + log_dir() + "/" + name + ".log");
+      return MakeError(ErrorCode::kInternal,
+                       "agent " + name + " exited; see " + log_dir() + "/" + name + ".log");
     auto r = probe.Get("/agent/v1/status");
     if (!r.ok() && r.error().code == ErrorCode::kUnauthenticated) return Status::Ok();
     std::this_thread::sleep_for(milliseconds(50));
@@ -182,13 +229,17 @@ void LocalGrid::StopAgent(int index, bool hard) {
 
 Status LocalGrid::WaitHostsUp(int n, milliseconds timeout) {
   ApiClient admin = Admin();
-  auto r = PollUntil(admin, "/v1/hosts", [n](const nlohmann::json& j) {
-    int up = 0;
-    for (const auto& h : j.value("hosts", nlohmann::json::array()))
-      if (h.value("state", "") == "up") ++up;
-    return up >= n;
-  }, timeout);
-  if (!r.ok()) return r.error().Wrap("waiting for " + std::to_string(n) + " host(s); see " + log_dir());
+  auto r = PollUntil(
+      admin, "/v1/hosts",
+      [n](const nlohmann::json& j) {
+        int up = 0;
+        for (const auto& h : j.value("hosts", nlohmann::json::array()))
+          if (h.value("state", "") == "up") ++up;
+        return up >= n;
+      },
+      timeout);
+  if (!r.ok())
+    return r.error().Wrap("waiting for " + std::to_string(n) + " host(s); see " + log_dir());
   return Status::Ok();
 }
 

@@ -20,7 +20,7 @@ struct LocalGridOptions {
   std::string state_dir;      // controller/, host-1/, ..., logs/
   int port = 0;               // controller port; 0 = pick a free one
   int hosts = 1;
-  int host_vcpus = 0;         // 0 = agent default
+  int host_vcpus = 0;  // 0 = agent default
   int64_t host_memory_mb = 0;
   // Run an image server (state_dir/image-server, token in
   // state_dir/image-server.token) that the controller publishes to and
@@ -33,6 +33,10 @@ struct LocalGridOptions {
   // The controller serves agents on a listener of their own (--agent-listen),
   // so users' connections never delay heartbeats.
   bool agent_listener = true;
+  // Every role serves TLS with certificates of a CA in state_dir/tls
+  // (created on first start; controller, image-server, host-N and an
+  // "operator" client certificate for this process). Off: --plain-http.
+  bool tls = true;
 };
 
 class LocalGrid {
@@ -64,13 +68,20 @@ class LocalGrid {
   std::string agent_state_dir(int index) const;
   std::string log_dir() const { return options_.state_dir + "/logs"; }
   ApiClient Admin() const;
+  // The grid's CA and certificates (state_dir/tls); "" without TLS.
+  std::string tls_dir() const { return options_.tls ? options_.state_dir + "/tls" : ""; }
+  std::string ca_file() const { return options_.tls ? tls_dir() + "/ca.pem" : ""; }
+  // The command-line flags with which `role` (a PKI name) serves.
+  std::vector<std::string> TlsArgs(const std::string& role) const;
   int hosts() const { return options_.hosts; }
   // "" when the grid runs without one.
   std::string image_server_url() const;
   std::string image_server_dir() const { return options_.state_dir + "/image-server"; }
   std::string image_server_token_file() const { return options_.state_dir + "/image-server.token"; }
   // Changes where agents started from now on fetch chunks (benchmarks).
-  void set_agent_image_server_url(std::string url) { options_.agent_image_server_url = std::move(url); }
+  void set_agent_image_server_url(std::string url) {
+    options_.agent_image_server_url = std::move(url);
+  }
   void set_agent_prefetch(bool on) { options_.agent_prefetch = on; }
 
  private:
@@ -81,6 +92,10 @@ class LocalGrid {
   std::vector<std::unique_ptr<ChildProcess>> agents_;
   std::vector<int> agent_ports_;
   std::string agent_controller_url_;  // the controller's agents' listener, or ""
+  std::string scheme_;                // "https://" or "http://"
+  bool pki_ready_ = false;
+
+  Status EnsurePki();
 };
 
 // Waits until GET `path` through `client` succeeds and `done(answer)` holds.

@@ -10,7 +10,9 @@
 
 #include "cli/api_client.h"
 #include "common/http_json.h"
+#include "common/http_server.h"
 #include "common/signals.h"
+#include "common/tls.h"
 #include "common/util.h"
 
 namespace vmgrid {
@@ -116,34 +118,17 @@ Status SimHosts::Start() {
   }
   while (!token_.empty() && isspace(static_cast<unsigned char>(token_.back()))) token_.pop_back();
 
-  server_ = std::make_unique<httplib::Server>();
+  // A scale-test tool: plain HTTP, so only on loopback (common/tls.h).
+  ServerTlsOptions plain;
+  plain.plain_http = true;
+  VMG_RETURN_IF_ERROR(ServerTls("simulated hosts", options_.listen, plain, false));
+  server_ = std::make_unique<GuardedServer>(HttpServerLimits{});
   int threads = options_.server_threads;
   server_->new_task_queue = [threads] {
     return new httplib::ThreadPool(static_cast<size_t>(threads));
   };
   InstallRoutes();
-  // cpp-httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, fixed
-  // in Debian's compiled library): a burst of connects (the controller runs
-  // creates on parallel threads, a connection each) overflows it and the
-  // kernel resets them. Remember the socket and listen again with a deep queue.
-  int listen_fd = -1;
-  server_->set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
-    listen_fd = sock;
-  });
-  auto colon = options_.listen.rfind(':');
-  if (colon == std::string::npos)
-    return MakeError(ErrorCode::kInvalidArgument, "listen address must be HOST:PORT");
-  std::string host = options_.listen.substr(0, colon);
-  int port = std::atoi(options_.listen.substr(colon + 1).c_str());
-  if (port == 0)
-    port = server_->bind_to_any_port(host.c_str());
-  else if (!server_->bind_to_port(host.c_str(), port))
-    port = -1;
-  if (port <= 0) return MakeError(ErrorCode::kUnavailable, "cannot listen on " + options_.listen);
-  if (listen_fd < 0 || ::listen(listen_fd, SOMAXCONN) != 0)
-    spdlog::warn("sim-hosts: cannot deepen the listen queue; bursts of connections may be reset");
-  url_ = "http://" + host + ":" + std::to_string(port);
+  VMG_ASSIGN_OR_RETURN(url_, server_->Bind(options_.listen));
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
   int threads_wanted = options_.heartbeat_threads;
   if (threads_wanted == 0)
@@ -256,8 +241,8 @@ void SimHosts::InstallRoutes() {
     std::string expected;
     if (req.path.rfind(prefix, 0) == 0) {
       const size_t end = req.path.find('/', prefix.size());
-      int i = IndexOf(req.path.substr(prefix.size(), end == std::string::npos ? std::string::npos
-                                                                              : end - prefix.size()));
+      int i = IndexOf(req.path.substr(
+          prefix.size(), end == std::string::npos ? std::string::npos : end - prefix.size()));
       if (i < 0) return httplib::Server::HandlerResponse::Unhandled;
       std::lock_guard<std::mutex> l(ids_mu_);
       expected = api_tokens_[static_cast<size_t>(i)];

@@ -41,6 +41,7 @@ class Server;
 namespace vmgrid {
 
 class ApiClient;
+class GuardedServer;
 
 struct SimHostsOptions {
   // Controller to register with.
@@ -126,7 +127,7 @@ class SimHosts {
   std::string url_;
   std::vector<std::unique_ptr<SimVmTable>> hosts_;
   std::unordered_map<std::string, int> index_of_;
-  std::unique_ptr<httplib::Server> server_;
+  std::unique_ptr<GuardedServer> server_;
   std::thread server_thread_;
   std::vector<std::thread> heartbeat_threads_;
   int heartbeat_thread_count_ = 0;
