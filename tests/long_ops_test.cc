@@ -241,6 +241,26 @@ TEST_F(LongOpsTest, OperationsAnswer202AndOnlyTheirOwnerSeesThem) {
   EXPECT_EQ(missing.error().code, ErrorCode::kFailedPrecondition);
   EXPECT_NE(missing.error().message.find("missing: disk"), std::string::npos);
 
+  // A failed finalize (over the image quota when the image would become
+  // ready): the operation says why, the image is uploading again and says
+  // so too, and it can be deleted at once (its claim ended with the
+  // operation).
+  const std::string doomed = UploadedImage(owner, "doomed", small_disk_);
+  ASSERT_TRUE(admin.Put("/v1/users/owner/quota", {{"image_bytes", 1}}).ok());
+  auto failed = owner.Post("/v1/images/" + doomed + "/finalize");
+  ASSERT_TRUE(failed.ok()) << failed.error().message;
+  auto outcome = AwaitOperation(owner, *failed);
+  ASSERT_TRUE(admin.Put("/v1/users/owner/quota", json::object()).ok());
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.error().code, ErrorCode::kPermissionDenied) << outcome.error().message;
+  auto after = owner.Get("/v1/images/" + doomed);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ((*after)["state"], "uploading") << after->dump();
+  EXPECT_EQ((*after)["finalize"]["state"], "failed") << after->dump();
+  EXPECT_EQ((*after)["finalize"]["operation"], (*failed)["id"]) << after->dump();
+  EXPECT_NE((*after)["finalize"]["error"].get<std::string>().find("quota"), std::string::npos);
+  EXPECT_TRUE(owner.Delete("/v1/images/" + doomed).ok());
+
   // A workspace: created with a persistent VM, kept when the VM goes.
   ImportTiny(admin, "tiny", false);
   json vm = CreateVm(owner, {{"image", "tiny"}, {"name", "keeper"}, {"disk", "persistent"}});
