@@ -160,7 +160,8 @@ int main(int argc, char** argv) {
                                dir + "/" + m[key].get<std::string>());
         !r.ok())
       Die(std::string(kind) + ": " + r.error().message);
-  if (auto r = admin.Post("/v1/images/" + img_id + "/finalize"); !r.ok()) Die(r.error().message);
+  if (auto r = AwaitOperation(admin, admin.Post("/v1/images/" + img_id + "/finalize")); !r.ok())
+    Die(r.error().message);
   auto user = admin.Post("/v1/users", {{"name", "flooder"}});
   if (!user.ok()) Die(user.error().message);
   const std::string token = (*user)["token"];

@@ -206,7 +206,8 @@ json Import(const ApiClient& api, ImageUnderTest& im) {
     auto r = api.PutFile("/v1/images/" + id + "/files/" + kind, path);
     if (!r.ok()) Die(std::string(kind) + ": " + r.error().message);
   }
-  if (auto r = api.Post("/v1/images/" + id + "/finalize"); !r.ok()) Die(r.error().message);
+  if (auto r = AwaitOperation(api, api.Post("/v1/images/" + id + "/finalize")); !r.ok())
+    Die(r.error().message);
   if (auto r = api.Post("/v1/images/" + id + "/checkpoint", {{"memory_mb", im.memory_mb}}); !r.ok())
     Die(r.error().message);
   auto done = PollUntil(api, "/v1/images/" + id, [](const json& j) {

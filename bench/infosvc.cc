@@ -150,7 +150,7 @@ std::string CreateImage(const ApiClient& api, const std::string& name, const std
   json created = Must(api.Post("/v1/images", {{"name", name}, {"format", "raw"}}), "create image");
   std::string id = created["id"];
   Must(api.PutFile("/v1/images/" + id + "/files/disk", disk), "upload disk");
-  Must(api.Post("/v1/images/" + id + "/finalize"), "finalize image");
+  Must(AwaitOperation(api, api.Post("/v1/images/" + id + "/finalize")), "finalize image");
   return id;
 }
 

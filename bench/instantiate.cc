@@ -69,7 +69,8 @@ json ImportTiny(const ApiClient& api, const std::string& dir) {
     auto r = api.PutFile("/v1/images/" + id + "/files/" + kind, dir + "/" + m[kind].get<std::string>());
     if (!r.ok()) Die(r.error().message);
   }
-  if (auto r = api.Post("/v1/images/" + id + "/finalize"); !r.ok()) Die(r.error().message);
+  if (auto r = AwaitOperation(api, api.Post("/v1/images/" + id + "/finalize")); !r.ok())
+    Die(r.error().message);
   if (auto r = api.Post("/v1/images/" + id + "/checkpoint", json::object()); !r.ok()) Die(r.error().message);
   auto done = PollUntil(api, "/v1/images/" + id, [](const json& j) {
     return !j["checkpoint"].is_null() && j["checkpoint"]["state"] != "creating";

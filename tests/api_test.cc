@@ -367,16 +367,24 @@ TEST_F(ApiTest, QuotaIsEnforcedAndTheAdminCanRaiseIt) {
       upload.error().message.find("quota: carol may keep 1000 bytes of images (0 in ready images)"),
       std::string::npos)
       << upload.error().message;
-  auto fin = carol.Post("/v1/images/" + img_id + "/finalize");
+  // The quota is checked when the finalize operation makes the image ready.
+  auto fin = AwaitOperation(carol, carol.Post("/v1/images/" + img_id + "/finalize"));
   ASSERT_FALSE(fin.ok());
   EXPECT_EQ(fin.error().code, ErrorCode::kPermissionDenied);
   EXPECT_NE(
       fin.error().message.find("quota: carol may keep 1000 bytes of images (0 in ready images"),
       std::string::npos)
       << fin.error().message;
-  EXPECT_EQ(carol.Get("/v1/images/" + img_id)->value("state", ""), "uploading");
+  // The image stays uploading and says why its finalize failed.
+  auto after = carol.Get("/v1/images/" + img_id);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ((*after)["state"], "uploading") << after->dump();
+  EXPECT_EQ((*after)["finalize"]["state"], "failed") << after->dump();
+  EXPECT_NE((*after)["finalize"]["error"].get<std::string>().find("quota: carol"),
+            std::string::npos)
+      << after->dump();
   ASSERT_TRUE(admin.Put("/v1/users/carol/quota", json::object()).ok());  // unlimited again
-  auto fin2 = carol.Post("/v1/images/" + img_id + "/finalize");
+  auto fin2 = AwaitOperation(carol, carol.Post("/v1/images/" + img_id + "/finalize"));
   ASSERT_TRUE(fin2.ok()) << fin2.error().message;
   EXPECT_EQ((*fin2)["state"], "ready");
   EXPECT_TRUE(carol.Delete("/v1/images/" + img_id).ok());

@@ -106,7 +106,8 @@ inline json ImportFiles(const ApiClient& api, const std::string& name, const Tin
     auto r = api.PutFile("/v1/images/" + id + "/files/" + kind, path);
     EXPECT_TRUE(r.ok()) << kind << ": " << r.error().message;
   }
-  auto fin = api.Post("/v1/images/" + id + "/finalize");
+  // Finalize is an operation (202), run to its end; its result is the image.
+  auto fin = AwaitOperation(api, api.Post("/v1/images/" + id + "/finalize"));
   EXPECT_TRUE(fin.ok()) << fin.error().message;
   if (!checkpoint) return *fin;
   auto ck = api.Post("/v1/images/" + id + "/checkpoint", json::object());

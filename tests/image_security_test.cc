@@ -188,7 +188,7 @@ TEST_F(ImageSecurityTest, SecondConcurrentUploadOfAFileIsRefusedAndTheFirstIsWha
   auto stored = ReadFile(ImageDir(id) + "/disk.qcow2", 64 << 20);
   ASSERT_TRUE(stored.ok());
   EXPECT_TRUE(*stored == *good) << "the stored disk is not the validated upload";
-  auto fin = admin.Post("/v1/images/" + id + "/finalize");
+  auto fin = AwaitOperation(admin, admin.Post("/v1/images/" + id + "/finalize"));
   ASSERT_TRUE(fin.ok()) << fin.error().message;
   EXPECT_EQ((*fin)["state"], "ready");
   // A published version never changes.

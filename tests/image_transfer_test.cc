@@ -143,7 +143,20 @@ TEST(CrossHostCheckpointTest, CloneOfAVmCheckpointResumesOnAnotherHost) {
   ASSERT_EQ(src["state"], "running") << src.dump();
   Exec(api, src["id"], "echo from-the-source > /root/marker && sync");
   ASSERT_EQ(Act(api, src["id"], "checkpoint")["state"], "suspended");
-  json clone = CreateVm(api, {{"from_checkpoint", src["id"]}, {"name", "clone"}});
+  // The create answers at once; the source host's publishing is an
+  // operation of its own, named in the answer, and the clone boots after it.
+  auto accepted = api.Post("/v1/vms", {{"from_checkpoint", src["id"]}, {"name", "clone"}});
+  ASSERT_TRUE(accepted.ok()) << accepted.error().message;
+  EXPECT_EQ((*accepted)["state"], "creating") << accepted->dump();
+  const json publish = (*accepted)["operation"];
+  ASSERT_TRUE(publish.is_object()) << accepted->dump();
+  EXPECT_EQ(publish["kind"], "checkpoint_publish");
+  EXPECT_EQ(publish["vm_id"], src["id"]);
+  auto published = AwaitOperation(api, publish);
+  ASSERT_TRUE(published.ok()) << published.error().message;
+  EXPECT_TRUE(published->contains("vm_ckpt_memory")) << published->dump();
+  EXPECT_TRUE(published->contains("vm_ckpt_disk")) << published->dump();
+  json clone = WaitVm(api, (*accepted)["id"]);
   ASSERT_EQ(clone["state"], "running") << clone.dump();
   EXPECT_NE(clone["host"], src["host"]);
   EXPECT_EQ(Exec(api, clone["id"], "cat /root/marker"), "from-the-source\n");

@@ -71,7 +71,11 @@ void Reply(Res& res, int status, const Result<json>& answer) {
 
 }  // namespace
 
-Controller::Controller(ControllerOptions options) : options_(std::move(options)) {}
+Controller::Controller(ControllerOptions options)
+    : options_(std::move(options)),
+      long_ops_(std::make_unique<Admission>("long operations (image finalizes, checkpoint "
+                                            "publishes, workspace deletions)",
+                                            options_.max_long_ops_per_user, 0, 5)) {}
 
 Controller::~Controller() {
   Shutdown();
@@ -315,11 +319,28 @@ json Controller::ImageJson(const Image& i) {
     ckpt = {{"state", i.ckpt_state},     {"memory_mb", i.ckpt_memory_mb}, {"vcpus", i.ckpt_vcpus},
             {"size_bytes", i.ckpt_size_bytes}, {"error", i.ckpt_error}};
   auto owner = store_->GetUserById(i.owner_id);
+  // A finalize in progress or the last one's failure (kept in memory: the
+  // store says `uploading` until a finalize has succeeded).
+  std::string state = i.state;
+  json finalize = nullptr;
+  if (state == "uploading") {
+    {
+      std::lock_guard<std::mutex> l(image_io_mu_);
+      if (auto it = image_io_.find(i.id); it != image_io_.end() && it->second.count("finalize"))
+        state = "finalizing";
+    }
+    std::lock_guard<std::mutex> l(operations_mu_);
+    if (auto it = finalize_failures_.find(i.id);
+        it != finalize_failures_.end() && state != "finalizing")
+      finalize = {
+          {"state", "failed"}, {"operation", it->second.first}, {"error", it->second.second}};
+  }
   return {{"id", i.id},
           {"name", i.name},
           {"owner", owner.ok() ? owner->name : i.owner_id},
           {"public", owner.ok() && owner->role == "admin"},
-          {"state", i.state},
+          {"state", state},
+          {"finalize", finalize},
           {"format", i.format},
           {"size_bytes", i.size_bytes},
           {"virtual_size_bytes", i.virtual_size_bytes},
@@ -329,7 +350,8 @@ json Controller::ImageJson(const Image& i) {
           {"min_memory_mb", i.min_memory_mb},
           {"checkpoint", ckpt},
           // Image server versions of its files (kind -> name, version, digest, size).
-          {"versions", [&] {
+          {"versions",
+           [&] {
              json b = json::parse(i.blobs, nullptr, false);
              return b.is_object() ? b : json::object();
            }()},
@@ -445,13 +467,15 @@ json Controller::AgentBlobs(const Image& i, bool image_checkpoint) {
   return out;
 }
 
-Status Controller::PublishImage(Image& image) {
+Status Controller::PublishImage(Image& image,
+                                const std::function<void(const std::string&, int)>& report) {
   json blobs = json::object();
   const std::string disk = image.dir + "/" + FileNameFor("disk", image.format);
   std::string raw = disk;
   if (image.format == "qcow2") {
     // Chunks are guest-visible bytes, so that NBD serves reads straight from them.
     // qemu-img reads the user's file unprivileged, through an fd.
+    if (report) report("converting the disk", 0);
     raw = image.dir + "/disk.publish.raw";
     Status r = ConvertUntrustedQcow2ToRaw(disk, raw, std::chrono::minutes(30));
     if (!r.ok()) return r.error().Wrap("converting the disk to raw for the image server");
@@ -466,6 +490,7 @@ Status Controller::PublishImage(Image& image) {
     auto progress = [&, kind = kind](uint64_t done, uint64_t total) {
       int pct = total ? static_cast<int>(done * 100 / total) : 100;
       if (pct / 25 != last / 25) spdlog::info("image {}: publishing {}: {}%", image.name, kind, pct);
+      if (report && pct != last) report("publishing the " + kind, pct);
       last = pct;
       return !stop_.load();
     };
@@ -1103,19 +1128,34 @@ void Controller::UploadImageFile(const Caller& c, const Req& req, Res& r,
   SendJson(r, 200, ImageJson(*fresh));
 }
 
+// Finalize answers 202 with an operation at once; the checks that need no
+// more than a glance (no upload running, every file there, the qcow2
+// header) still answer at once with their error. The conversion, the
+// publishing and the quota check run on the operation pool while the
+// image's "finalize" claim is held, so no upload can start until the
+// operation has ended; the image is `ready` (usable) only once it
+// succeeded. A failed finalize leaves the image `uploading` with
+// `finalize: {state: failed, error}`: upload again, finalize again or delete.
 void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
   auto image = OwnImage(c, req.matches[1]);
   if (!image.ok()) return SendError(res, image.error());
-  if (image->state == "ready") return SendJson(res, 200, ImageJson(*image));
+  Operation op;
+  op.kind = "image_finalize";
+  op.owner_id = c.user.id;
+  op.image_id = image->id;
+  if (image->state == "ready") {  // nothing to do: an operation that has succeeded
+    json answer = StartOperation(op);
+    return SendJson(res, 202, FinishOperation(op.id, ImageJson(*image)));
+  }
   if (Status st = ClaimImageIo(image->id, "finalize"); !st.ok()) return SendError(res, st.error());
-  struct Release {
-    Controller* self;
-    std::string id;
-    ~Release() { self->ReleaseImageIo(id, "finalize"); }
-  } release{this, image->id};
+  // Released when the operation ends (or here, on an early refusal).
+  auto claim = std::shared_ptr<void>(
+      nullptr, [this, id = image->id](void*) { ReleaseImageIo(id, "finalize"); });
   image = store_->GetImage(image->id, "");  // as it is now that no upload runs
   if (!image.ok()) return SendError(res, image.error());
-  if (image->state == "ready") return SendJson(res, 200, ImageJson(*image));
+  if (image->state == "ready")
+    return SendError(
+        res, MakeError(ErrorCode::kFailedPrecondition, "image " + image->name + " is ready"));
   std::vector<std::string> missing;
   if (!FileExists(image->dir + "/" + FileNameFor("disk", image->format))) missing.push_back("disk");
   if (image->has_kernel && !FileExists(image->dir + "/vmlinuz")) missing.push_back("kernel");
@@ -1133,13 +1173,42 @@ void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
                                      kMaxVirtualDiskBytes);
     if (!h.ok()) return SendError(res, h.error().Wrap("disk rejected"));
   }
-  if (image_server_) {
-    if (auto st = PublishImage(*image); !st.ok()) return SendError(res, st.error());
+  auto slot = long_ops_->Acquire(c.user.id, 1, c.admin());
+  if (!slot.ok()) return SendTooMany(res, slot.error(), long_ops_->retry_after_s());
+  json answer = StartOperation(op);
+  {
+    std::lock_guard<std::mutex> l(operations_mu_);
+    finalize_failures_.erase(image->id);
   }
-  image->state = "ready";
+  SendJson(res, 202, answer);
+  RunAsync("", [this, id = op.id, image_id = image->id, claim = std::move(claim),
+                slot = *slot]() mutable {
+    auto outcome = RunFinalize(id, image_id);
+    if (!outcome.ok()) {
+      spdlog::warn("image {}: finalize failed: {}", image_id, outcome.error().message);
+      std::lock_guard<std::mutex> l(operations_mu_);
+      finalize_failures_[image_id] = {id, outcome.error().message};
+    }
+    // Whoever sees the operation ended may upload, delete or finalize again.
+    claim.reset();
+    slot.reset();
+    FinishOperation(id, outcome);
+  });
+}
+
+Result<json> Controller::RunFinalize(const std::string& op_id, const std::string& image_id) {
+  VMG_ASSIGN_OR_RETURN(Image image, store_->GetImage(image_id, ""));
+  if (image_server_) {
+    VMG_RETURN_IF_ERROR(PublishImage(image, [this, &op_id](const std::string& step, int pct) {
+      SetOperationProgress(op_id, step, pct);
+    }));
+    if (stop_) return MakeError(ErrorCode::kUnavailable, "the controller is shutting down");
+  }
+  image.state = "ready";
   // The owner's image_bytes quota is checked with the write.
-  if (auto st = store_->FinalizeImage(*image); !st.ok()) return SendError(res, st.error());
-  SendJson(res, 200, ImageJson(*image));
+  VMG_RETURN_IF_ERROR(store_->FinalizeImage(image));
+  SetOperationProgress(op_id, "ready", 100);
+  return ImageJson(image);
 }
 
 void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
@@ -1223,8 +1292,21 @@ void Controller::DeleteImage(const Caller& c, const Req& req, Res& res) {
   if (image->ckpt_state == "creating")
     return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
                                     "a checkpoint of this image is being made; try again when it is done"));
+  {
+    // Its finalize operation reads the files: it ends first.
+    std::lock_guard<std::mutex> l(image_io_mu_);
+    if (auto it = image_io_.find(image->id); it != image_io_.end() && it->second.count("finalize"))
+      return SendError(
+          res, MakeError(ErrorCode::kFailedPrecondition,
+                         "image " + image->name +
+                             " is being finalized; try again when its operation has ended"));
+  }
   if (auto st = store_->DeleteImage(image->id); !st.ok()) return SendError(res, st.error());
   (void)RemoveTree(image->dir);
+  {
+    std::lock_guard<std::mutex> l(operations_mu_);
+    finalize_failures_.erase(image->id);
+  }
   SendJson(res, 204, nullptr);
 }
 
@@ -1297,6 +1379,10 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   std::string checkpoint_dir;
   int ckpt_vcpus = 0;
   int64_t ckpt_mem = 0;
+  // With an image server, the source host publishes the VM's checkpoint
+  // (once; minutes for a large one) on the operation pool before the create.
+  std::optional<Host> publish_from;
+  std::string publish_vm;
   if (!from->empty()) {
     if (vm.start != "resume")
       return SendError(res, MakeError(ErrorCode::kInvalidArgument, "from_checkpoint implies start=resume"));
@@ -1304,29 +1390,21 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     if (!src.ok()) return SendError(res, src.error());
     auto host = store_->GetHost(src->host_id);
     if (!host.ok()) return SendError(res, host.error());
-    // With an image server the source host publishes the checkpoint (once),
-    // and any host can resume it; without, it lives on the source host only.
-    auto dir = AgentClient(*host, image_server_ ? 600 : 30)
-                   .Get("/agent/v1/vms/" + src->id + "/checkpoint" + (image_server_ ? "?publish=true" : ""));
-    if (!dir.ok()) return SendError(res, dir.error().Wrap("checkpoint of VM " + src->name));
-    checkpoint_dir = dir->value("dir", "");
     auto img = store_->GetImage(src->image_id, "");
     if (!img.ok()) return SendError(res, img.error());
     image = *img;
     ckpt_vcpus = src->vcpus;
     ckpt_mem = src->memory_mb;
+    // A quick question (is there a checkpoint, where); nothing is copied.
+    auto dir = AgentClient(*host, 30).Get("/agent/v1/vms/" + src->id + "/checkpoint");
+    if (!dir.ok()) return SendError(res, dir.error().Wrap("checkpoint of VM " + src->name));
+    checkpoint_dir = dir->value("dir", "");
     if (image_server_) {
-      json blobs = json::parse(image.blobs, nullptr, false);
-      auto mem = dir->find("vm_ckpt_memory");
-      auto disk = dir->find("vm_ckpt_disk");
-      if (!blobs.is_object() || mem == dir->end() || disk == dir->end())
-        return SendError(res, MakeError(ErrorCode::kInternal, "host " + host->name + " did not publish the "
-                                                              "checkpoint of VM " + src->name));
-      blobs["vm_ckpt_memory"] = *mem;  // this request's copy of the image only, not stored
-      blobs["vm_ckpt_disk"] = *disk;
-      image.blobs = blobs.dump();
+      // Any host can resume it once published (below, on the operation pool).
+      publish_from = *host;
+      publish_vm = src->id;
     } else {
-      candidates.push_back(src->host_id);  // the checkpoint lives there
+      candidates.push_back(src->host_id);  // without an image server it lives there only
     }
   } else {
     auto img = VisibleImage(c, *image_ref);
@@ -1368,6 +1446,9 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     if (!found.ok()) return SendError(res, found.error());
     if (found->has_value()) {
       workspace = **found;
+      if (WorkspaceBeingDeleted(workspace->id))
+        return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                        "workspace " + wsn + " is being deleted"));
       if (!workspace->vm_id.empty())
         return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
                                         "workspace " + wsn + " is in use by VM " + workspace->vm_id));
@@ -1414,6 +1495,13 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   // Held until the agent has answered for every VM of this create.
   auto slot = creates_->Acquire(c.user.id, *count, c.admin());
   if (!slot.ok()) return SendTooMany(res, slot.error(), creates_->retry_after_s());
+  // Publishing a checkpoint is a long operation of its own.
+  Admission::SlotPtr publish_slot;
+  if (publish_from) {
+    auto got = long_ops_->Acquire(c.user.id, 1, c.admin());
+    if (!got.ok()) return SendTooMany(res, got.error(), long_ops_->retry_after_s());
+    publish_slot = *got;
+  }
   if (*count > 1 || body->contains("same") || body->contains("total_memory_mb")) {
     if (workspace || !from->empty() || !future->empty())
       return SendError(res, MakeError(ErrorCode::kInvalidArgument,
@@ -1458,16 +1546,65 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     (void)store_->UpdateVm(vm);
   }
   auto host = store_->GetHost(vm.host_id);
-  SendJson(res, 202, VmJson(vm, &image, host.ok() ? &*host : nullptr));
-
-  LaunchCreate(vm, image, checkpoint_dir, workspace, new_workspace, started,
-               host.ok() ? &*host : nullptr, *slot);
+  json answer = VmJson(vm, &image, host.ok() ? &*host : nullptr);
+  if (!publish_from) {
+    SendJson(res, 202, answer);
+    return LaunchCreate(vm, image, checkpoint_dir, workspace, new_workspace, started,
+                        host.ok() ? &*host : nullptr, *slot);
+  }
+  // The VM is `creating` while its source's checkpoint is published; the
+  // publish is an operation of its own, named in the answer.
+  Operation op;
+  op.kind = "checkpoint_publish";
+  op.owner_id = c.user.id;
+  op.vm_id = publish_vm;
+  answer["operation"] = StartOperation(op);
+  SendJson(res, 202, answer);
+  RunAsync(vm.id, [this, op_id = op.id, src_host = *publish_from, src_id = publish_vm, vm, image,
+                   workspace, new_workspace, started, h = host.ok() ? *host : Host{}, slot = *slot,
+                   publish_slot]() mutable {
+    auto dir =
+        AgentClient(src_host, 600).Get("/agent/v1/vms/" + src_id + "/checkpoint?publish=true");
+    json blobs = json::parse(image.blobs, nullptr, false);
+    if (dir.ok() &&
+        (!blobs.is_object() || !dir->contains("vm_ckpt_memory") || !dir->contains("vm_ckpt_disk")))
+      dir = MakeError(ErrorCode::kInternal,
+                      "host " + src_host.name + " did not publish the checkpoint of VM " + src_id);
+    publish_slot.reset();
+    if (!dir.ok()) {
+      Error e = dir.error().Wrap("checkpoint of VM " + src_id);
+      FinishOperation(op_id, e);
+      if (workspace && new_workspace) (void)store_->DeleteWorkspace(workspace->id);
+      if (workspace && !new_workspace) {
+        Workspace w = *workspace;
+        w.vm_id.clear();
+        (void)store_->UpdateWorkspace(w);
+      }
+      FinishVmOp(vm.id, e, "error", started, true);
+      return;
+    }
+    json published = {{"vm_ckpt_memory", (*dir)["vm_ckpt_memory"]},
+                      {"vm_ckpt_disk", (*dir)["vm_ckpt_disk"]}};
+    FinishOperation(op_id, published);
+    blobs.update(published);  // this create's copy of the image only, not stored
+    image.blobs = blobs.dump();
+    RunCreate(vm, image, dir->value("dir", ""), workspace, new_workspace, started, h);
+  });
 }
 
 void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
                               const std::optional<Workspace>& workspace, bool new_workspace,
                               int64_t started, const Host* known_host, Admission::SlotPtr slot) {
   auto host = known_host && known_host->id == vm.host_id ? Result<Host>(*known_host) : store_->GetHost(vm.host_id);
+  Host h = host.ok() ? *host : Host{};
+  RunAsync(vm.id, [this, h, vm, image, checkpoint_dir, workspace, new_workspace, started, slot] {
+    RunCreate(vm, image, checkpoint_dir, workspace, new_workspace, started, h);
+  });
+}
+
+void Controller::RunCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
+                           const std::optional<Workspace>& ws, bool new_workspace, int64_t started,
+                           const Host& h) {
   json spec = {{"id", vm.id},
                {"name", vm.name},
                {"owner_id", vm.owner_id},
@@ -1475,24 +1612,21 @@ void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::strin
                {"memory_mb", vm.memory_mb},
                {"disk_mode", vm.disk},
                {"image", AgentImageFiles(image)},
-               {"workspace_path", workspace ? workspace->path : ""},
+               {"workspace_path", ws ? ws->path : ""},
                {"start", vm.start},
                {"checkpoint_dir", checkpoint_dir},
-               {"blobs", AgentBlobs(image, vm.start == "resume" && checkpoint_dir == image.dir + "/checkpoint")}};
-  Host h = host.ok() ? *host : Host{};
-  std::optional<Workspace> ws = workspace;
-  RunAsync(vm.id, [this, h, spec, vm, ws, new_workspace, started, slot] {
-    auto r = AgentClient(h).Post("/agent/v1/vms", spec);
-    if (!r.ok() && ws && new_workspace) (void)store_->DeleteWorkspace(ws->id);
-    if (!r.ok() && ws && !new_workspace) {
-      Workspace w = *ws;
-      w.vm_id.clear();
-      (void)store_->UpdateWorkspace(w);
-    }
-    if (r.ok() && !index_->IsCached(vm.image_id, vm.host_id))
-      (void)store_->NoteImageCached(vm.image_id, vm.host_id);
-    FinishVmOp(vm.id, r, "error", started, true);
-  });
+               {"blobs", AgentBlobs(image, vm.start == "resume" &&
+                                               checkpoint_dir == image.dir + "/checkpoint")}};
+  auto r = AgentClient(h).Post("/agent/v1/vms", spec);
+  if (!r.ok() && ws && new_workspace) (void)store_->DeleteWorkspace(ws->id);
+  if (!r.ok() && ws && !new_workspace) {
+    Workspace w = *ws;
+    w.vm_id.clear();
+    (void)store_->UpdateWorkspace(w);
+  }
+  if (r.ok() && !index_->IsCached(vm.image_id, vm.host_id))
+    (void)store_->NoteImageCached(vm.image_id, vm.host_id);
+  FinishVmOp(vm.id, r, "error", started, true);
 }
 
 // Gang co-allocation: `count` VMs like `proto`, all on hosts sharing `same`
@@ -1667,62 +1801,80 @@ void Controller::ExecVm(const Caller& c, const Req& req, Res& res) {
   auto slot = execs_->Acquire(c.user.id, 1, c.admin());
   if (!slot.ok()) return SendTooMany(res, slot.error(), execs_->retry_after_s());
   Operation op;
-  op.id = NewId("op");
   op.kind = "exec";
   op.owner_id = c.user.id;
   op.vm_id = vm->id;
-  op.state = "running";
-  op.created_ms = NowMs();
-  json answer;
-  {
-    std::lock_guard<std::mutex> l(operations_mu_);
-    // Forget finished operations past their time, and a user's oldest
-    // finished ones beyond the per-user count.
-    std::map<std::string, std::vector<std::pair<int64_t, std::string>>> finished;
-    for (auto it = operations_.begin(); it != operations_.end();) {
-      if (it->second.state != "running" &&
-          it->second.finished_ms < op.created_ms - kOperationKeepMs) {
-        it = operations_.erase(it);
-        continue;
-      }
-      if (it->second.state != "running" && it->second.owner_id == c.user.id)
-        finished[it->second.owner_id].push_back({it->second.finished_ms, it->first});
-      ++it;
-    }
-    for (auto& [owner, list] : finished) {
-      if (list.size() < kFinishedOperationsPerUser) continue;
-      std::sort(list.begin(), list.end());
-      for (size_t i = 0; i + kFinishedOperationsPerUser <= list.size(); ++i)
-        operations_.erase(list[i].second);
-    }
-    operations_[op.id] = op;
-    answer = OperationJson(op);
-  }
-  SendJson(res, 202, answer);
+  SendJson(res, 202, StartOperation(op));
   Host h = *host;
   json request = {{"argv", *argv}, {"input", *input}, {"timeout_s", *timeout}};
   const int read_timeout = static_cast<int>(*timeout) + 30;
-  RunAsync("", [this, h, request, read_timeout, id = op.id, vm_id = vm->id, slot = *slot] {
-    auto r = AgentClient(h, read_timeout).Post("/agent/v1/vms/" + vm_id + "/exec", request);
-    std::lock_guard<std::mutex> l(operations_mu_);
-    auto it = operations_.find(id);
-    if (it == operations_.end()) return;
-    it->second.finished_ms = NowMs();
-    if (r.ok()) {
-      it->second.state = "succeeded";
-      it->second.result = *r;
-    } else {
-      it->second.state = "failed";
-      it->second.error = {{"code", ErrorCodeName(r.error().code)}, {"message", r.error().message}};
+  RunAsync(
+      "", [this, h, request, read_timeout, id = op.id, vm_id = vm->id, slot = *slot]() mutable {
+        auto r = AgentClient(h, read_timeout).Post("/agent/v1/vms/" + vm_id + "/exec", request);
+        slot.reset();  // whoever sees it ended may exec again
+        FinishOperation(id, r);
+      });
+}
+
+json Controller::StartOperation(Operation& op) {
+  op.id = NewId("op");
+  op.state = "running";
+  op.created_ms = NowMs();
+  std::lock_guard<std::mutex> l(operations_mu_);
+  // Forget finished operations past their time, and the owner's oldest
+  // finished ones beyond the per-user count.
+  std::vector<std::pair<int64_t, std::string>> finished;
+  for (auto it = operations_.begin(); it != operations_.end();) {
+    if (it->second.state != "running" &&
+        it->second.finished_ms < op.created_ms - kOperationKeepMs) {
+      it = operations_.erase(it);
+      continue;
     }
-  });
+    if (it->second.state != "running" && it->second.owner_id == op.owner_id)
+      finished.push_back({it->second.finished_ms, it->first});
+    ++it;
+  }
+  if (finished.size() >= kFinishedOperationsPerUser) {
+    std::sort(finished.begin(), finished.end());
+    for (size_t i = 0; i + kFinishedOperationsPerUser <= finished.size(); ++i)
+      operations_.erase(finished[i].second);
+  }
+  operations_[op.id] = op;
+  return OperationJson(op);
+}
+
+json Controller::FinishOperation(const std::string& id, const Result<json>& outcome) {
+  std::lock_guard<std::mutex> l(operations_mu_);
+  auto it = operations_.find(id);
+  if (it == operations_.end()) return nullptr;
+  Operation& op = it->second;
+  op.finished_ms = NowMs();
+  if (outcome.ok()) {
+    op.state = "succeeded";
+    op.result = *outcome;
+  } else {
+    op.state = "failed";
+    op.error = {{"code", ErrorCodeName(outcome.error().code)},
+                {"message", outcome.error().message}};
+  }
+  return OperationJson(op);
+}
+
+void Controller::SetOperationProgress(const std::string& id, const std::string& step, int percent) {
+  std::lock_guard<std::mutex> l(operations_mu_);
+  if (auto it = operations_.find(id); it != operations_.end() && it->second.state == "running")
+    it->second.progress = {{"step", step}, {"percent", std::clamp(percent, 0, 100)}};
 }
 
 json Controller::OperationJson(const Operation& op) {
+  auto id_or_null = [](const std::string& v) { return v.empty() ? json(nullptr) : json(v); };
   json j = {{"id", op.id},
             {"kind", op.kind},
-            {"vm_id", op.vm_id},
+            {"vm_id", id_or_null(op.vm_id)},
+            {"image_id", id_or_null(op.image_id)},
+            {"workspace_id", id_or_null(op.workspace_id)},
             {"state", op.state},
+            {"progress", op.state == "running" ? op.progress : json(nullptr)},
             {"result", op.result},
             {"error", op.error},
             {"created_at", FormatTimeMs(op.created_ms)},
@@ -1775,6 +1927,10 @@ void Controller::DeleteVm(const Caller& c, const Req& req, Res& res) {
   });
 }
 
+// Deleting a workspace's file is an agent call: it runs as an operation
+// (202), and the workspace stays listed until the file is gone. Meanwhile
+// no VM may take it (CreateVm checks WorkspaceBeingDeleted), nor may a
+// second deletion start. On failure the workspace is kept: delete again.
 void Controller::DeleteWorkspace(const Caller& c, const Req& req, Res& res) {
   auto ws = store_->GetWorkspace(req.matches[1], c.owner());
   if (!ws.ok()) return SendError(res, ws.error());
@@ -1783,10 +1939,48 @@ void Controller::DeleteWorkspace(const Caller& c, const Req& req, Res& res) {
                                     "workspace " + ws->name + " is in use by VM " + ws->vm_id + "; remove the VM first"));
   auto host = store_->GetHost(ws->host_id);
   if (!host.ok()) return SendError(res, host.error());
-  auto r = AgentClient(*host, 60).Delete("/agent/v1/workspaces?path=" + PathEscape(ws->path));
-  if (!r.ok()) return SendError(res, r.error().Wrap("deleting the workspace file"));
-  if (auto st = store_->DeleteWorkspace(ws->id); !st.ok()) return SendError(res, st.error());
-  SendJson(res, 204, nullptr);
+  auto slot = long_ops_->Acquire(c.user.id, 1, c.admin());
+  if (!slot.ok()) return SendTooMany(res, slot.error(), long_ops_->retry_after_s());
+  {
+    std::lock_guard<std::mutex> l(operations_mu_);
+    if (!deleting_workspaces_.insert(ws->id).second)
+      return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                      "workspace " + ws->name + " is being deleted"));
+  }
+  auto unmark = std::shared_ptr<void>(nullptr, [this, id = ws->id](void*) {
+    std::lock_guard<std::mutex> l(operations_mu_);
+    deleting_workspaces_.erase(id);
+  });
+  // A VM may have taken it between the read above and the mark.
+  ws = store_->GetWorkspace(ws->id, "");
+  if (!ws.ok()) return SendError(res, ws.error());
+  if (!ws->vm_id.empty())
+    return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
+                                    "workspace " + ws->name + " is in use by VM " + ws->vm_id +
+                                        "; remove the VM first"));
+  Operation op;
+  op.kind = "workspace_delete";
+  op.owner_id = c.user.id;
+  op.workspace_id = ws->id;
+  SendJson(res, 202, StartOperation(op));
+  RunAsync("", [this, id = op.id, h = *host, w = *ws, unmark = std::move(unmark),
+                slot = *slot]() mutable {
+    Result<json> outcome = json(nullptr);
+    auto r = AgentClient(h, 60).Delete("/agent/v1/workspaces?path=" + PathEscape(w.path));
+    if (!r.ok())
+      outcome = r.error().Wrap("deleting the workspace file");
+    else if (Status st = store_->DeleteWorkspace(w.id); !st.ok())
+      outcome = st.error();
+    if (!outcome.ok()) spdlog::warn("workspace {}: {}", w.id, outcome.error().message);
+    unmark.reset();
+    slot.reset();
+    FinishOperation(id, outcome);
+  });
+}
+
+bool Controller::WorkspaceBeingDeleted(const std::string& id) {
+  std::lock_guard<std::mutex> l(operations_mu_);
+  return deleting_workspaces_.count(id) > 0;
 }
 
 void Controller::Query(const Caller& c, const Req& req, Res& res) {

@@ -3,8 +3,9 @@
 // records with what host agents report. Long operations (create, stop,
 // checkpoint, resume, delete) answer 202 and run on background threads; the
 // store records every state change before and after the agent call, so a
-// controller restart loses nothing (see docs/vm-lifecycle.md). Exec is an
-// operation object (POST answers 202, GET /v1/operations/ID polls), kept in
+// controller restart loses nothing (see docs/vm-lifecycle.md). Exec, image
+// finalize, checkpoint publishing and workspace deletion are operation
+// objects (POST/DELETE answers 202, GET /v1/operations/ID polls), kept in
 // memory only. No request holds a server thread for long; what one user may
 // hold at once is bounded (api/admission.h, 429 beyond), and heartbeats and
 // health never wait for a user's slot.
@@ -116,7 +117,9 @@ class Controller {
   // checkpoint when `image_checkpoint`); {} without an image server.
   nlohmann::json AgentBlobs(const Image& image, bool image_checkpoint);
   // Publishes the image's files to the image server; fills image.blobs.
-  Status PublishImage(Image& image);
+  // `progress` (may be empty) hears of each step and its percentage.
+  Status PublishImage(Image& image,
+                      const std::function<void(const std::string&, int)>& progress = nullptr);
   // One writer per image file: claims `kind` ("disk", "kernel", "initrd", or
   // "finalize" for the whole image) of image `id`, or fails with
   // kFailedPrecondition (409) while another upload or a finalize holds it.
@@ -202,18 +205,47 @@ class Controller {
   // Admission (api/admission.h): user requests being handled, and per user
   // exec operations, creates in flight and queries. Set by Start.
   std::unique_ptr<Admission> requests_, execs_, creates_, queries_;
+  // Image finalizes, checkpoint publishes and workspace deletions of one
+  // user running at once (set by the constructor).
+  std::unique_ptr<Admission> long_ops_;
 
-  // Exec operations, in memory: a controller restart forgets them (polling
-  // one then answers 404; the guest command itself is not repeated).
+  // Operations (exec, image_finalize, checkpoint_publish, workspace_delete),
+  // in memory: a controller restart forgets them (polling one then answers
+  // 404; the work itself is not repeated, and what it left behind is
+  // described in docs/api.md).
   struct Operation {
-    std::string id, kind, owner_id, vm_id;
+    std::string id, kind, owner_id, vm_id, image_id, workspace_id;
     std::string state;  // running | succeeded | failed
     nlohmann::json result, error;
+    nlohmann::json progress;  // null or {step, percent}
     int64_t created_ms = 0, finished_ms = 0;
   };
   nlohmann::json OperationJson(const Operation& op);
+  // Records `op` (state running, a fresh id and creation time) for its
+  // owner, forgetting finished operations past their time; returns its JSON.
+  nlohmann::json StartOperation(Operation& op);
+  // Ends operation `id` with `outcome` (its result, or its error); returns
+  // its JSON (null if it was forgotten).
+  nlohmann::json FinishOperation(const std::string& id, const Result<nlohmann::json>& outcome);
+  void SetOperationProgress(const std::string& id, const std::string& step, int percent);
   std::mutex operations_mu_;
   std::map<std::string, Operation> operations_;  // guarded by operations_mu_
+  // Why the last finalize of an image failed (image id -> operation id,
+  // message), shown with the image until it is finalized or deleted.
+  std::map<std::string, std::pair<std::string, std::string>>
+      finalize_failures_;  // guarded by operations_mu_
+  // Workspaces whose deletion runs (ids): no VM may take them meanwhile.
+  std::set<std::string> deleting_workspaces_;  // guarded by operations_mu_
+  bool WorkspaceBeingDeleted(const std::string& id);
+
+  // The body of an image finalize, on the operation pool, while the
+  // image's "finalize" claim is held: publishes the image and marks it
+  // ready. Its result is the image.
+  Result<nlohmann::json> RunFinalize(const std::string& op_id, const std::string& image_id);
+  // A VM create on its host, on the operation pool (LaunchCreate's body).
+  void RunCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
+                 const std::optional<Workspace>& workspace, bool new_workspace, int64_t started,
+                 const Host& host);
   // Finished operations are kept this long, and at most this many per user.
   static constexpr int64_t kOperationKeepMs = 10 * 60'000;
   static constexpr size_t kFinishedOperationsPerUser = 256;

@@ -723,6 +723,87 @@ Result<json> WaitCheckpoint(Ctx& ctx, const ApiClient& client, const std::string
 }
 
 // ---------------------------------------------------------------------------
+// Operations (GET /v1/operations/ID)
+
+bool IsOperation(const Result<json>& r) {
+  return r.ok() && r->is_object() && Str(*r, "id").rfind("op-", 0) == 0 && r->contains("kind") &&
+         r->contains("state");
+}
+
+// Sends `request` again while the controller answers 429 (the user's limit
+// on long operations is reached), as a queue would have waited, until the
+// wait timeout.
+Result<json> RetryWhileBusy(Ctx& ctx, const std::function<Result<json>()>& request) {
+  const auto give_up = Clock::now() + std::chrono::seconds(ctx.g.wait_timeout_s);
+  auto res = request();
+  while (!res.ok() && res.error().code == ErrorCode::kTooManyRequests && Clock::now() < give_up &&
+         !g_interrupted.load()) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    res = request();
+  }
+  return res;
+}
+
+// Polls the operation `op` (as POST/DELETE answered it) until it has ended;
+// returns its result, or its error (with the operation's error code). Shows
+// `what`, its step and progress on a TTY.
+Result<json> WaitOperation(Ctx& ctx, const ApiClient& client, json op, const std::string& what,
+                           bool interruptible) {
+  const std::string id = Str(op, "id");
+  const auto start = Clock::now();
+  const auto deadline = start + std::chrono::seconds(ctx.g.wait_timeout_s);
+  StatusLine status(ctx.io);
+  auto wait = std::chrono::milliseconds(50);
+  int unavailable_streak = 0;
+  while (true) {
+    const std::string state = Str(op, "state");
+    if (state == "succeeded") {
+      status.Finish("");
+      return op.contains("result") ? op["result"] : json(nullptr);
+    }
+    if (state == "failed") {
+      status.Finish("");
+      const json e = op.value("error", json::object());
+      return MakeError(
+          e.is_object() ? ErrorCodeFromApiString(e.value("code", "")) : ErrorCode::kInternal,
+          e.is_object() ? e.value("message", what + " failed") : what + " failed");
+    }
+    if (interruptible && g_interrupted.load()) {
+      status.Finish("");
+      return MakeError(ErrorCode::kInternal, "interrupted");
+    }
+    if (Clock::now() >= deadline) {
+      status.Finish("");
+      return MakeError(ErrorCode::kTimeout,
+                       "timed out after " + std::to_string(ctx.g.wait_timeout_s) +
+                           "s waiting for " + what + " (operation " + id +
+                           " still running; check with GET /v1/operations/" + id + ")");
+    }
+    std::string line = what;
+    if (const json p = op.value("progress", json()); p.is_object()) {
+      line += ": " + Str(p, "step");
+      if (auto pct = Num(p, "percent")) line += " " + std::to_string(*pct) + "%";
+    }
+    status.Update(line + "\u2026 " + FormatElapsed(Seconds(Clock::now() - start)));
+    std::this_thread::sleep_for(wait);
+    wait = std::min(wait * 2, std::chrono::milliseconds(500));
+    auto got = client.Get("/v1/operations/" + PathEscape(id));
+    if (!got.ok()) {
+      if (got.error().code == ErrorCode::kUnavailable && ++unavailable_streak < 10) continue;
+      status.Finish("");
+      // A restarted controller forgets its operations.
+      if (got.error().code == ErrorCode::kNotFound)
+        return MakeError(ErrorCode::kUnavailable,
+                         "operation " + id + " of " + what +
+                             " is gone (the controller restarted?); check the object and retry");
+      return got.error().Wrap("while waiting for " + what);
+    }
+    unavailable_streak = 0;
+    op = std::move(got).value();
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Commands: host
 
 int CmdHostList(Ctx& ctx) { return ListCommand(ctx, "/v1/hosts", "hosts", kHostHeaders, HostRow); }
@@ -942,7 +1023,10 @@ int CmdImageImport(Ctx& ctx, const ImportArgs& a) {
   if (g_interrupted.load()) return fail_and_clean(MakeError(ErrorCode::kInternal, "interrupted"));
   if (!ctx.g.json)
     ctx.io.err << "publishing " << a.name << " (chunking and pushing it to the image server, if any)" << std::endl;
-  auto fin = client.Post("/v1/images/" + PathEscape(id) + "/finalize");
+  // Finalize is an operation (202), polled until the image is ready.
+  auto fin = RetryWhileBusy(
+      ctx, [&] { return client.Post("/v1/images/" + PathEscape(id) + "/finalize"); });
+  if (IsOperation(fin)) fin = WaitOperation(ctx, client, *fin, "publishing " + a.name, true);
   if (!fin.ok()) return fail_and_clean(fin.error().Wrap("finalize"));
   json image = *fin;
 
@@ -1289,7 +1373,10 @@ int CmdWorkspaceList(Ctx& ctx) {
 int CmdWorkspaceRm(Ctx& ctx, const std::string& ref) {
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
-  auto res = client->Delete("/v1/workspaces/" + PathEscape(ref));
+  // Deletion is an operation (202), polled until the file is gone.
+  auto res =
+      RetryWhileBusy(ctx, [&] { return client->Delete("/v1/workspaces/" + PathEscape(ref)); });
+  if (IsOperation(res)) res = WaitOperation(ctx, *client, *res, "deleting workspace " + ref, false);
   if (!res.ok()) {
     return Fail(ctx, res.error(), "workspace");
   }
@@ -1554,6 +1641,9 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
            "health)"},
           {"--max-execs-per-user", &s.controller.max_execs_per_user,
            "Exec operations of one user running at once"},
+          {"--max-long-ops-per-user", &s.controller.max_long_ops_per_user,
+           "Image finalizes, checkpoint publishes and workspace deletions of one user running at "
+           "once"},
           {"--max-creates-per-user", &s.controller.max_creates_per_user,
            "VM creates of one user in flight"},
           {"--max-queries-per-user", &s.controller.max_queries_per_user,

@@ -350,9 +350,68 @@ class FakeController {
                      ReplyError(res, 400, "invalid_argument", "disk is not a valid qcow2 file");
                      return;
                    }
-                   finalized_ = true;
-                   res.set_content(Image("ready", nullptr).dump(), "application/json");
+                   // Like the controller: the first try is over the user's
+                   // limit on long operations (429), the next starts an
+                   // operation that the CLI polls.
+                   if (finalize_posts_++ == 0) {
+                     res.set_header("Retry-After", "1");
+                     return ReplyError(res, 429, "too_many_requests", "too many long operations");
+                   }
+                   res.status = 202;
+                   res.set_content(json{{"id", "op-fin"},
+                                        {"kind", "image_finalize"},
+                                        {"image_id", "img-5"},
+                                        {"state", "running"}}
+                                       .dump(),
+                                   "application/json");
                  });
+    server_.Get("/v1/operations/op-fin",
+                [=, this](const httplib::Request& req, httplib::Response& res) {
+                  if (!authed(req, res)) return;
+                  std::lock_guard<std::mutex> l(mu_);
+                  json op = {{"id", "op-fin"}, {"kind", "image_finalize"}, {"image_id", "img-5"}};
+                  if (++finalize_polls_ < 2) {
+                    op["state"] = "running";
+                    op["progress"] = {{"step", "publishing the disk"}, {"percent", 50}};
+                  } else if (fail_finalize_op_) {
+                    op["state"] = "failed";
+                    op["error"] = {{"code", "permission_denied"},
+                                   {"message", "quota: bob may keep 10 bytes of images"}};
+                  } else {
+                    op["state"] = "succeeded";
+                    op["result"] = Image("ready", nullptr);
+                    finalized_ = true;
+                  }
+                  res.set_content(op.dump(), "application/json");
+                });
+    server_.Delete("/v1/workspaces/ws-1",
+                   [=, this](const httplib::Request& req, httplib::Response& res) {
+                     if (!authed(req, res)) return;
+                     res.status = 202;
+                     res.set_content(json{{"id", "op-ws"},
+                                          {"kind", "workspace_delete"},
+                                          {"workspace_id", "ws-1"},
+                                          {"state", "running"}}
+                                         .dump(),
+                                     "application/json");
+                   });
+    server_.Get(
+        "/v1/operations/op-ws", [=, this](const httplib::Request& req, httplib::Response& res) {
+          if (!authed(req, res)) return;
+          std::lock_guard<std::mutex> l(mu_);
+          json op = {{"id", "op-ws"}, {"kind", "workspace_delete"}, {"workspace_id", "ws-1"}};
+          if (++workspace_polls_ < 2) {
+            op["state"] = "running";
+          } else if (fail_workspace_delete_) {
+            op["state"] = "failed";
+            op["error"] = {{"code", "unavailable"},
+                           {"message", "deleting the workspace file: cannot reach the agent"}};
+          } else {
+            op["state"] = "succeeded";
+            op["result"] = nullptr;
+          }
+          res.set_content(op.dump(), "application/json");
+        });
     server_.Post("/v1/images/img-5/checkpoint", [=, this](const httplib::Request& req,
                                                           httplib::Response& res) {
       if (!authed(req, res)) return;
@@ -427,6 +486,9 @@ class FakeController {
   int image_polls_ = 0;
   bool deleted_ = false;
   bool fail_finalize_ = false;
+  bool fail_finalize_op_ = false;
+  bool fail_workspace_delete_ = false;
+  int finalize_posts_ = 0, finalize_polls_ = 0, workspace_polls_ = 0;
   bool finalized_ = false;
   bool image_deleted_ = false;
 
@@ -617,6 +679,8 @@ TEST_F(CliServerTest, ImageImportFromManifestWithCheckpoint) {
   EXPECT_EQ(fake_.uploads_["kernel"], "kernel-bytes");
   EXPECT_EQ(fake_.uploads_["initrd"], "initrd-bytes");
   EXPECT_TRUE(fake_.finalized_);
+  EXPECT_EQ(fake_.finalize_posts_, 2);  // waited out the 429
+  EXPECT_GE(fake_.finalize_polls_, 2);  // polled the operation to its end
   EXPECT_EQ(fake_.checkpoint_body_["memory_mb"], 256);
   EXPECT_GE(fake_.image_polls_, 2);
   EXPECT_FALSE(fake_.image_deleted_);
@@ -638,6 +702,33 @@ TEST_F(CliServerTest, ImageImportFailureRemovesHalfCreatedImage) {
   EXPECT_TRUE(fake_.image_deleted_);
   EXPECT_NE(r.err.find("not a valid qcow2 file"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("removed the half-imported image img-5"), std::string::npos) << r.err;
+}
+
+// The finalize operation fails (e.g. over the image quota when the image
+// becomes ready): the same exit code as the synchronous 403 gave, and the
+// half-imported image is removed.
+TEST_F(CliServerTest, ImageImportFailedFinalizeOperationRemovesTheImage) {
+  fake_.fail_finalize_op_ = true;
+  std::string disk = WriteFile("y.raw", std::string(1000, '\0'));
+  auto r = Client({"image", "import", "tiny", "--disk", disk});
+  EXPECT_EQ(r.rc, 4) << r.err;
+  EXPECT_FALSE(fake_.finalized_);
+  EXPECT_TRUE(fake_.image_deleted_);
+  EXPECT_NE(r.err.find("quota: bob may keep 10 bytes"), std::string::npos) << r.err;
+}
+
+TEST_F(CliServerTest, WorkspaceRmWaitsForItsOperation) {
+  auto r = Client({"workspace", "rm", "ws-1"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_GE(fake_.workspace_polls_, 2);
+  EXPECT_NE(r.out.find("deleted workspace ws-1"), std::string::npos) << r.out;
+
+  fake_.workspace_polls_ = 0;
+  fake_.fail_workspace_delete_ = true;
+  auto failed = Client({"workspace", "rm", "ws-1"});
+  EXPECT_EQ(failed.rc, 6) << failed.err;  // unavailable, as the synchronous answer was
+  EXPECT_NE(failed.err.find("cannot reach the agent"), std::string::npos) << failed.err;
+  EXPECT_EQ(failed.out.find("deleted"), std::string::npos) << failed.out;
 }
 
 }  // namespace

@@ -36,6 +36,8 @@ struct ControllerOptions {
   int max_user_requests = 96;      // all users' requests at once (the rest of
                                    // http_threads stays free for agents and health)
   int max_execs_per_user = 8;      // exec operations running at once
+  int max_long_ops_per_user = 4;   // image finalizes, checkpoint publishes and
+                                   // workspace deletions running at once
   int max_creates_per_user = 16;   // VM creates in flight (gang members count)
   int max_queries_per_user = 2;    // information-service queries at once
   int http_threads = 128;          // connection threads of the REST API server

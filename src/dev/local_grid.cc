@@ -50,6 +50,25 @@ Result<nlohmann::json> PollUntil(const ApiClient& client, const std::string& pat
                    "timed out waiting on " + path + " (last: " + last.message + ")");
 }
 
+Result<nlohmann::json> AwaitOperation(const ApiClient& client, const Result<nlohmann::json>& answer,
+                                      milliseconds timeout) {
+  if (!answer.ok() || !answer->is_object() || !answer->contains("kind") ||
+      !answer->value("id", "").starts_with("op-"))
+    return answer;
+  const std::string id = (*answer)["id"];
+  auto op =
+      (*answer)["state"] != "running"
+          ? answer
+          : PollUntil(
+                client, "/v1/operations/" + id,
+                [](const nlohmann::json& j) { return j.value("state", "") != "running"; }, timeout);
+  if (!op.ok()) return op.error();
+  if ((*op)["state"] == "succeeded") return (*op)["result"];
+  const nlohmann::json e = op->value("error", nlohmann::json::object());
+  return MakeError(ErrorCodeFromApiString(e.value("code", "")),
+                   e.value("message", "operation " + id + " failed"));
+}
+
 LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
   if (options_.vmgrid_binary.empty()) options_.vmgrid_binary = SelfExecutable();
   std::error_code ec;

@@ -103,4 +103,12 @@ Result<nlohmann::json> PollUntil(const ApiClient& client, const std::string& pat
                                  const std::function<bool(const nlohmann::json&)>& done,
                                  std::chrono::milliseconds timeout);
 
+// Runs an operation that a POST or DELETE answered with (202; docs/api.md,
+// operation) to its end, polling GET /v1/operations/ID. Returns the
+// operation's result if it succeeded, else its error (the operation's code
+// and message). A failed request, or an answer that is not an operation,
+// is returned as it is.
+Result<nlohmann::json> AwaitOperation(const ApiClient& client, const Result<nlohmann::json>& answer,
+                                      std::chrono::milliseconds timeout = std::chrono::minutes(10));
+
 }  // namespace vmgrid

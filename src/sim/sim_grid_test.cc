@@ -92,7 +92,9 @@ TEST_F(SimGridTest, ConcurrentCreatesNeverOversubscribeSimulatedHosts) {
   auto put = admin.PutFile("/v1/images/" + image_id + "/files/disk",
                            WriteBootableDisk(dir_ + "/disk.raw"));
   ASSERT_TRUE(put.ok()) << put.error().message;
-  ASSERT_TRUE(admin.Post("/v1/images/" + image_id + "/finalize").ok());
+  auto ready = AwaitOperation(admin, admin.Post("/v1/images/" + image_id + "/finalize"));
+  ASSERT_TRUE(ready.ok()) << ready.error().message;
+  ASSERT_EQ((*ready)["state"], "ready");
 
   // 50 creates at once; raw HTTP to see the status codes.
   std::atomic<int> accepted{0}, exhausted{0}, other{0};
