@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/subprocess.h"
+#include "common/tls.h"
 #include "tests/grid_fixture.h"
 
 namespace vmgrid {
@@ -90,7 +91,8 @@ TEST_F(LongOpsTest, SlowFinalizesOfOneUserHoldNoRequestAndOthersAreServed) {
   std::vector<std::thread> flood;
   for (int i = 0; i < kImages; ++i)
     flood.emplace_back([&, i] {
-      httplib::Client cli(grid_->url());
+      auto cli_owner = NewHttpClient(grid_->url());
+      auto& cli = *cli_owner;
       cli.set_read_timeout(60, 0);
       auto r = cli.Post(("/v1/images/" + ids[static_cast<size_t>(i)] + "/finalize").c_str(),
                         {{"Authorization", "Bearer " + token}}, "", "application/json");
@@ -119,7 +121,8 @@ TEST_F(LongOpsTest, SlowFinalizesOfOneUserHoldNoRequestAndOthersAreServed) {
 
   // While they run health answers, and the hoarder's images say that they
   // are being finalized and take no upload and no VM.
-  httplib::Client probe(grid_->url());
+  auto probe_owner = NewHttpClient(grid_->url());
+  auto& probe = *probe_owner;
   probe.set_read_timeout(5, 0);
   int health_ok = 0;
   for (int i = 0; i < 5; ++i) {
@@ -204,7 +207,8 @@ TEST_F(LongOpsTest, OperationsAnswer202AndOnlyTheirOwnerSeesThem) {
   ApiClient admin = grid_->Admin();
   const std::string id = UploadedImage(owner, "mine", small_disk_);
 
-  httplib::Client cli(grid_->url());
+  auto cli_owner = NewHttpClient(grid_->url());
+  auto& cli = *cli_owner;
   auto r = cli.Post(("/v1/images/" + id + "/finalize").c_str(),
                     {{"Authorization", "Bearer " + token}}, "", "application/json");
   ASSERT_TRUE(r);
