@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "common/tls.h"
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
 #include "machine.h"

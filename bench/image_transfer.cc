@@ -35,7 +35,7 @@
 #include "chunks/chunk_store.h"
 #include "chunks/manifest.h"
 #include "chunks/manifest_block_source.h"
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/child_process.h"
 #include "common/subprocess.h"
 #include "common/util.h"

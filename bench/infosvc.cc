@@ -46,7 +46,7 @@
 #include <thread>
 
 #include "machine.h"
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
 #include "infosvc/query_service.h"

@@ -20,7 +20,7 @@
 #include <thread>
 
 #include "machine.h"
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/child_process.h"
 #include "common/subprocess.h"
 #include "common/util.h"

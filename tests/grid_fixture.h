@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
 

@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
 #include "common/signals.h"

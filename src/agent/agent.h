@@ -13,7 +13,7 @@
 
 #include "agent/allowed_paths.h"
 #include "agent/vm_runner.h"
-#include "cli/options.h"
+#include "agent/agent_options.h"
 #include "common/result.h"
 
 namespace httplib {

@@ -16,7 +16,7 @@
 #include "api/openapi.h"
 #include "api/placement.h"
 #include "chunks/chunk_client.h"
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
 #include "common/subprocess.h"

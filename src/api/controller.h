@@ -29,7 +29,7 @@
 
 #include "api/admission.h"
 #include "api/host_credentials.h"
-#include "cli/options.h"
+#include "api/controller_options.h"
 #include "common/result.h"
 #include "infosvc/query_service.h"
 #include "store/store.h"

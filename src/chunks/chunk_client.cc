@@ -7,7 +7,7 @@
 #include <unordered_set>
 
 #include "chunks/chunk_batch.h"
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/http_json.h"
 #include "common/tls.h"
 

@@ -10,7 +10,7 @@
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"
 #include "chunks/image_server.h"
-#include "cli/options.h"
+#include "chunks/image_server_options.h"
 #include "common/signals.h"
 #include "common/tls.h"
 #include "common/util.h"

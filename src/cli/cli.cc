@@ -23,7 +23,7 @@
 #include <tuple>
 #include <utility>
 
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "cli/exit_codes.h"
 #include "cli/format.h"
 #include "cli/options.h"

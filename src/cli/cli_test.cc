@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "cli/options.h"
-#include "cli/test_ports.h"
+#include "common/test_ports.h"
 #include "sim/sim_hosts.h"
 
 namespace vmgrid {

@@ -11,7 +11,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "cli/options.h"
+#include "dev/dev_options.h"
 #include "common/signals.h"
 #include "common/subprocess.h"
 #include "common/util.h"

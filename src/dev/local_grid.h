@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/child_process.h"
 #include "common/result.h"
 

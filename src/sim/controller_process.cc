@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <thread>
 
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/util.h"
 
 namespace vmgrid {

@@ -10,7 +10,7 @@
 #include <fstream>
 #include <thread>
 
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
 #include "sim/controller_process.h"

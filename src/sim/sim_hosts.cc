@@ -8,7 +8,7 @@
 #include <chrono>
 #include <optional>
 
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
 #include "common/signals.h"

@@ -10,7 +10,7 @@
 #include <map>
 #include <thread>
 
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/http_json.h"
 
 namespace vmgrid {

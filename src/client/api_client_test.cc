@@ -1,5 +1,5 @@
-#include "cli/api_client.h"
-#include "cli/test_ports.h"
+#include "client/api_client.h"
+#include "common/test_ports.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
