@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "client/api_client.h"
+#include "agent/agent_api.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
 #include "common/signals.h"
@@ -47,8 +48,7 @@ std::string DefaultRunas() {
 // (symlinks followed) under the workspace directory.
 Result<std::string> WorkspacePath(const AllowedPaths& workspaces, const std::string& root,
                                   const std::string& rel) {
-  if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos)
-    return MakeError(ErrorCode::kInvalidArgument, "bad workspace path");
+  VMG_RETURN_IF_ERROR(CheckWorkspaceName(rel));
   return workspaces.Resolve(root + "/" + rel, "the workspace path");
 }
 
@@ -262,144 +262,47 @@ void Agent::InstallRoutes() {
     return httplib::Server::HandlerResponse::Unhandled;
   });
 
-  auto reply = [](httplib::Response& res, const auto& result, auto to_json) {
-    if (!result.ok()) return SendError(res, result.error());
-    SendJson(res, 200, to_json(result.value()));
-  };
-  auto body = [](const httplib::Request& req,
-                 httplib::Response& res) -> std::optional<nlohmann::json> {
-    auto j = ParseJsonObject(req.body);
-    if (!j.ok()) {
-      SendError(res, j.error());
-      return std::nullopt;
-    }
-    return *j;
-  };
-  auto status_json = [](const VmStatus& st) { return ToJson(st); };
-
-  s.Get("/agent/v1/status", [this](const httplib::Request&, httplib::Response& res) {
-    SendJson(res, 200, StatusJson());
-  });
-  s.Post("/agent/v1/vms", [=, this](const httplib::Request& req, httplib::Response& res) {
-    auto j = body(req, res);
-    if (!j) return;
-    auto spec = VmSpecFromJson(*j);
-    if (!spec.ok()) return SendError(res, spec.error());
-    if (Status st = CheckSpecPaths(*allowed_, images_ != nullptr, *spec); !st.ok())
-      return SendError(res, st.error());
-    if (spec->disk_mode == "persistent") {
-      auto p = WorkspacePath(*allowed_workspaces_, workspace_dir_, spec->workspace_path);
-      if (!p.ok()) return SendError(res, p.error());
-      spec->workspace_path = *p;
-    }
-    reply(res, runner_->Create(*spec), status_json);
-  });
-  s.Post(R"(/agent/v1/vms/([^/]+)/stop)",
-         [=, this](const httplib::Request& req, httplib::Response& res) {
-           reply(res, runner_->Stop(req.matches[1]), status_json);
-         });
-  s.Post(R"(/agent/v1/vms/([^/]+)/checkpoint)",
-         [=, this](const httplib::Request& req, httplib::Response& res) {
-           auto j = body(req, res);
-           if (!j) return;
-           auto leave = JsonFields(*j, {}).Bool("leave_running", false);
-           if (!leave.ok()) return SendError(res, leave.error());
-           reply(res, runner_->Checkpoint(req.matches[1], *leave), status_json);
-         });
-  s.Post(R"(/agent/v1/vms/([^/]+)/resume)",
-         [=, this](const httplib::Request& req, httplib::Response& res) {
-           reply(res, runner_->Resume(req.matches[1]), status_json);
-         });
-  s.Get(R"(/agent/v1/vms/([^/]+)/checkpoint)",
-        [=, this](const httplib::Request& req, httplib::Response& res) {
-          if (req.get_param_value("publish") == "true")
-            return reply(res, runner_->PublishCheckpoint(req.matches[1]),
-                         [](const nlohmann::json& j) { return j; });
-          reply(res, runner_->CheckpointDir(req.matches[1]), [](const std::string& d) {
-            return nlohmann::json{{"dir", d}};
-          });
-        });
-  s.Post(R"(/agent/v1/vms/([^/]+)/exec)", [=, this](const httplib::Request& req,
-                                                    httplib::Response& res) {
-    auto j = body(req, res);
-    if (!j) return;
-    JsonFields f(*j, {"argv", "input", "timeout_s"});
-    auto argv = f.StringList("argv", true, 256);
-    auto input = f.String("input", false);
-    auto timeout_s = f.Int("timeout_s", 60, 1, 3600);
-    if (!argv.ok()) return SendError(res, argv.error());
-    if (!input.ok()) return SendError(res, input.error());
-    if (!timeout_s.ok()) return SendError(res, timeout_s.error());
-    reply(res, runner_->Exec(req.matches[1], *argv, *input, seconds(*timeout_s)),
-          [](const ExecResult& e) {
-            return nlohmann::json{{"exit_code", e.exit_code}, {"stdout", e.out}, {"stderr", e.err}};
-          });
-  });
-  s.Delete(R"(/agent/v1/vms/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
-    Status st = runner_->Destroy(req.matches[1], req.get_param_value("purge_workspace") == "true");
-    if (!st.ok()) return SendError(res, st.error());
-    SendJson(res, 204, nullptr);
-  });
-  s.Post("/agent/v1/image-checkpoints", [=, this](const httplib::Request& req,
-                                                  httplib::Response& res) {
-    auto j = body(req, res);
-    if (!j) return;
-    JsonFields f(*j, {"image", "blobs", "vcpus", "memory_mb", "target_dir", "push_as"});
-    if (Status st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-    auto vcpus = f.Int("vcpus", 1, 1, 64);
-    auto memory = f.Int("memory_mb", 256, 32, 1 << 20);
-    auto target = f.String("target_dir", false);
-    auto push_as = f.String("push_as", false);
-    if (!vcpus.ok()) return SendError(res, vcpus.error());
-    if (!memory.ok()) return SendError(res, memory.error());
-    if (!target.ok()) return SendError(res, target.error());
-    if (!push_as.ok()) return SendError(res, push_as.error());
-    nlohmann::json spec = {{"id", "image-checkpoint"},
-                           {"image", (*j)["image"]},
-                           {"blobs", j->value("blobs", nlohmann::json::object())}};
-    auto parsed = VmSpecFromJson(spec);
-    if (!parsed.ok()) return SendError(res, parsed.error());
-    if (Status st = CheckSpecPaths(*allowed_, images_ != nullptr, *parsed); !st.ok())
-      return SendError(res, st.error());
-    if (!push_as->empty()) {
-      // Made here, published to the image server (memory state and disk
-      // delta as two new versions), then dropped locally.
-      if (!images_)
-        return SendError(
-            res, MakeError(ErrorCode::kFailedPrecondition, "this agent has no image server"));
-      for (const char* suffix : {"-memory", "-disk"})
-        if (Status st = ValidateName("image", *push_as + suffix); !st.ok())
-          return SendError(res, st.error());
-      std::string dir = options_.state_dir + "/tmp/" + NewId("ickpt");
-      Status st = MakeDirs(options_.state_dir + "/tmp", 0755);
-      if (st.ok())
-        st = runner_->MakeImageCheckpoint(parsed->image, parsed->blobs, static_cast<int>(*vcpus),
-                                          *memory, dir);
-      Result<BlobRef> mem = st.ok() ? images_->Push(dir + "/memory.state", *push_as + "-memory")
-                                    : Result<BlobRef>(st.error());
-      Result<BlobRef> disk = mem.ok() ? images_->Push(dir + "/disk.qcow2", *push_as + "-disk")
-                                      : Result<BlobRef>(mem.error());
-      (void)RemoveTree(dir);
-      if (!disk.ok()) return SendError(res, disk.error());
-      return SendJson(res, 200, {{"ckpt_memory", ToJson(*mem)}, {"ckpt_disk", ToJson(*disk)}});
-    }
-    if (target->empty() || (*target)[0] != '/')
-      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "target_dir must be absolute"));
-    auto target_dir = allowed_->Resolve(*target, "target_dir");
-    if (!target_dir.ok()) return SendError(res, target_dir.error());
-    Status st = runner_->MakeImageCheckpoint(parsed->image, parsed->blobs, static_cast<int>(*vcpus),
-                                             *memory, *target_dir);
-    if (!st.ok()) return SendError(res, st.error());
-    SendJson(res, 200, {{"dir", *target}});
-  });
-  s.Delete("/agent/v1/workspaces", [=, this](const httplib::Request& req, httplib::Response& res) {
-    auto p = WorkspacePath(*allowed_workspaces_, workspace_dir_, req.get_param_value("path"));
-    if (!p.ok()) return SendError(res, p.error());
-    Status st = runner_->DeleteWorkspace(*p);
-    if (!st.ok()) return SendError(res, st.error());
-    SendJson(res, 204, nullptr);
-  });
+  InstallAgentApi(s, "", 0, [this](const httplib::Request&, httplib::Response&) { return this; });
   InstallJsonErrorHandlers(s);
+}
+
+// --- AgentHost: what the controller may name on this host -----------------------
+
+Status Agent::PrepareSpec(VmSpec& spec) {
+  VMG_RETURN_IF_ERROR(CheckSpecPaths(*allowed_, images_ != nullptr, spec));
+  if (spec.disk_mode == "persistent") {
+    VMG_ASSIGN_OR_RETURN(spec.workspace_path, WorkspaceFile(spec.workspace_path));
+  }
+  return Status::Ok();
+}
+
+Result<std::string> Agent::WorkspaceFile(const std::string& rel) {
+  return WorkspacePath(*allowed_workspaces_, workspace_dir_, rel);
+}
+
+Result<nlohmann::json> Agent::ImageCheckpoint(const VmSpec& spec, int vcpus, int64_t memory_mb,
+                                              const std::string& target_dir,
+                                              const std::string& push_as) {
+  if (!push_as.empty()) {
+    // Made here, published to the image server (memory state and disk
+    // delta as two new versions), then dropped locally.
+    if (!images_)
+      return MakeError(ErrorCode::kFailedPrecondition, "this agent has no image server");
+    std::string dir = options_.state_dir + "/tmp/" + NewId("ickpt");
+    Status st = MakeDirs(options_.state_dir + "/tmp", 0755);
+    if (st.ok()) st = runner_->MakeImageCheckpoint(spec.image, spec.blobs, vcpus, memory_mb, dir);
+    Result<BlobRef> mem = st.ok() ? images_->Push(dir + "/memory.state", push_as + "-memory")
+                                  : Result<BlobRef>(st.error());
+    Result<BlobRef> disk = mem.ok() ? images_->Push(dir + "/disk.qcow2", push_as + "-disk")
+                                    : Result<BlobRef>(mem.error());
+    if (Status rm = RemoveTree(dir); !rm.ok())  // a leftover only costs disk; say so
+      spdlog::warn("image checkpoint: cannot remove {}: {}", dir, rm.error().message);
+    if (!disk.ok()) return disk.error();
+    return nlohmann::json{{"ckpt_memory", ToJson(*mem)}, {"ckpt_disk", ToJson(*disk)}};
+  }
+  VMG_ASSIGN_OR_RETURN(std::string target, allowed_->Resolve(target_dir, "target_dir"));
+  VMG_RETURN_IF_ERROR(runner_->MakeImageCheckpoint(spec.image, spec.blobs, vcpus, memory_mb, target));
+  return nlohmann::json{{"dir", target_dir}};
 }
 
 int RunAgent(const AgentOptions& options) {

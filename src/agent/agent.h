@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/agent_api.h"
 #include "agent/allowed_paths.h"
 #include "agent/vm_runner.h"
 #include "agent/agent_options.h"
@@ -25,7 +26,7 @@ namespace vmgrid {
 class ApiClient;
 class GuardedServer;
 
-class Agent {
+class Agent : public AgentHost {
  public:
   explicit Agent(AgentOptions options);
   ~Agent();
@@ -37,7 +38,16 @@ class Agent {
   void Shutdown();
 
   std::string url() const { return url_; }
-  nlohmann::json StatusJson();
+
+  // AgentHost (agent/agent_api.h): QEMU VMs, and only files under the state
+  // and image directories.
+  VmDriver& driver() override { return *runner_; }
+  nlohmann::json StatusJson() override;
+  Status PrepareSpec(VmSpec& spec) override;
+  Result<std::string> WorkspaceFile(const std::string& rel) override;
+  Result<nlohmann::json> ImageCheckpoint(const VmSpec& spec, int vcpus, int64_t memory_mb,
+                                         const std::string& target_dir,
+                                         const std::string& push_as) override;
 
  private:
   void InstallRoutes();

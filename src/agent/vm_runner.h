@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent/vm_driver.h"
 #include "agent/host_images.h"
 #include "common/result.h"
 #include "vmm/guest_agent_client.h"
@@ -112,41 +113,42 @@ struct VmRunnerOptions {
   HostImages* images = nullptr;  // null: no image server, image files are local paths
 };
 
-class VmRunner {
+// The QEMU VmDriver (agent/vm_driver.h).
+class VmRunner : public VmDriver {
  public:
   explicit VmRunner(VmRunnerOptions options);
-  ~VmRunner();
+  ~VmRunner() override;
 
   // Scans STATE/vms: re-adopts running QEMU processes, marks VMs whose QEMU is
   // gone as stopped (with an error), and removes leftovers of creates that
   // were interrupted. Call once before serving.
   Status Recover();
 
-  Result<VmStatus> Create(const VmSpec& spec);
-  Result<VmStatus> Stop(const std::string& id);
-  Result<VmStatus> Checkpoint(const std::string& id, bool leave_running);
+  Result<VmStatus> Create(const VmSpec& spec) override;
+  Result<VmStatus> Stop(const std::string& id) override;
+  Result<VmStatus> Checkpoint(const std::string& id, bool leave_running) override;
   // From suspended: restore the checkpoint. From stopped: boot the disk again.
-  Result<VmStatus> Resume(const std::string& id);
-  Status Destroy(const std::string& id, bool purge_workspace);
+  Result<VmStatus> Resume(const std::string& id) override;
+  Status Destroy(const std::string& id, bool purge_workspace) override;
   Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv,
-                          const std::string& input, std::chrono::milliseconds timeout);
+                          const std::string& input, std::chrono::milliseconds timeout) override;
   Result<VmStatus> Get(const std::string& id);
-  std::vector<VmStatus> List();
+  std::vector<VmStatus> List() override;
   // Directory of a VM's latest checkpoint ("" if none).
-  Result<std::string> CheckpointDir(const std::string& id);
+  Result<std::string> CheckpointDir(const std::string& id) override;
   // Publishes the VM's latest checkpoint to the image server (once per
   // checkpoint) so that any host can resume clones of it: the memory state,
   // and the disk as one qcow2 delta over the image's base disk (all layers
   // in between flattened). {"dir", "vm_ckpt_memory", "vm_ckpt_disk"}.
-  Result<nlohmann::json> PublishCheckpoint(const std::string& id);
+  Result<nlohmann::json> PublishCheckpoint(const std::string& id) override;
 
   // Boots `image` once as a throwaway clone, waits for its guest agent, and
   // saves a post-boot checkpoint into `target_dir` (created atomically).
   Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs, int vcpus,
-                             int64_t memory_mb, const std::string& target_dir);
+                             int64_t memory_mb, const std::string& target_dir) override;
 
   // Deletes a workspace file no VM on this host uses.
-  Status DeleteWorkspace(const std::string& path);
+  Status DeleteWorkspace(const std::string& path) override;
 
   const VmRunnerOptions& options() const { return options_; }
 

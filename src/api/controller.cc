@@ -755,11 +755,13 @@ void Controller::RegisterHost(const Caller&, const Req& req, Res& res) {
 Status Controller::CheckAgentUrl(const std::string& url) const {
   const bool https = url.rfind("https://", 0) == 0;
   if (!https && url.rfind("http://", 0) != 0)
-    return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT");
+    return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT[/PATH]");
+  // HOST:PORT, then an optional path prefix (simulated hosts: /sim/NAME).
   std::string rest = url.substr(https ? 8 : 7);
+  rest = rest.substr(0, rest.find('/'));
   auto colon = rest.rfind(':');
-  if (colon == std::string::npos || colon == 0 || rest.find('/') != std::string::npos)
-    return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT");
+  if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size())
+    return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT[/PATH]");
   if (tls_ && !https && !IsLoopbackHost(rest.substr(0, colon)))
     return MakeError(ErrorCode::kInvalidArgument,
                      "this controller talks to agents over TLS: the agent url must be https:// "

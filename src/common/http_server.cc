@@ -332,7 +332,11 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
     if (!ok || closed || strm.failed() || strm.close_after_response) break;
   }
   current_stream = nullptr;
-  if (ssl && !strm.failed()) SSL_shutdown(ssl.get());  // close_notify, best effort
+  // No close_notify: cpp-httplib's client decides whether a pooled
+  // keep-alive connection is still open by peeking one byte, and a pending
+  // close_notify record would look like data (it would then write into a
+  // closed connection). HTTP framing (Content-Length) already tells a
+  // complete answer from a truncated one.
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);
   return ok;

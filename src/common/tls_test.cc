@@ -39,15 +39,19 @@ class TlsTest : public ::testing::Test {
   }
 
   // Serves GET /who (the client certificate's name) over TLS.
-  void StartServer(bool require_client_cert, int header_timeout_ms = 10'000) {
+  void StartServer(bool require_client_cert, int header_timeout_ms = 10'000,
+                   int keep_alive_idle_ms = 5'000) {
     auto ctx = TlsContext::ForServer(server_, require_client_cert);
     ASSERT_TRUE(ctx.ok()) << ctx.error().message;
     HttpServerLimits limits;
     limits.header_timeout_ms = header_timeout_ms;
+    limits.keep_alive_idle_ms = keep_alive_idle_ms;
     srv_ = std::make_unique<GuardedServer>(limits, *ctx);
-    srv_->Get("/who", [](const httplib::Request&, httplib::Response& res) {
+    auto who = [](const httplib::Request&, httplib::Response& res) {
       res.set_content("peer=" + GuardedServer::PeerCertificateName(), "text/plain");
-    });
+    };
+    srv_->Get("/who", who);
+    srv_->Post("/who", who);
     auto url = srv_->Bind("127.0.0.1:0");
     ASSERT_TRUE(url.ok()) << url.error().message;
     url_ = *url;
@@ -146,6 +150,21 @@ TEST_F(TlsTest, PlainHttpToATlsServerGetsNothing) {
   plain.set_read_timeout(5, 0);
   auto r = plain.Get("/who");
   EXPECT_TRUE(!r || r->status >= 400);
+}
+
+TEST_F(TlsTest, PooledConnectionClosedWhileIdleIsReplacedNotWrittenInto) {
+  // The server drops idle keep-alive connections; a client that pooled one
+  // must see it closed and reconnect (a close_notify left unread made
+  // cpp-httplib's liveness peek think it open: "Write" errors).
+  StartServer(false, 10'000, /*keep_alive_idle_ms=*/200);
+  ASSERT_TRUE(SetClientTls({"", "", server_.ca}).ok());
+  auto cli = NewHttpClient(url_);
+  cli->set_keep_alive(true);
+  for (int i = 0; i < 3; ++i) {
+    auto r = cli->Post("/who", "{}", "application/json");
+    ASSERT_TRUE(r) << i << ": " << httplib::to_string(r.error());
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  }
 }
 
 TEST_F(TlsTest, SilentClientIsCutOffAtTheHandshakeDeadline) {

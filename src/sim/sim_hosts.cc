@@ -8,6 +8,7 @@
 #include <chrono>
 #include <optional>
 
+#include "agent/agent_api.h"
 #include "client/api_client.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
@@ -25,20 +26,51 @@ using Res = httplib::Response;
 namespace {
 
 // Every agent path of every simulated host: /sim/NAME/agent/v1...
-const std::string kHostPrefix = R"(/sim/([^/]+)/agent/v1)";
-
-// Same rule as the real agent: relative, no "..".
-Status CheckWorkspacePath(const std::string& rel) {
-  if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos)
-    return MakeError(ErrorCode::kInvalidArgument, "bad workspace path '" + rel + "'");
-  return Status::Ok();
-}
+const std::string kHostPrefix = R"(/sim/([^/]+))";
 
 }  // namespace
 
+// One simulated host behind the real agent API: its SimVmTable, its report,
+// and paths that name nothing real ("/sim/NAME/...").
+class SimAgentHost : public AgentHost {
+ public:
+  SimAgentHost(SimHosts& owner, int index) : owner_(owner), index_(index) {}
+
+  VmDriver& driver() override { return owner_.host(index_); }
+  json StatusJson() override { return owner_.StatusJson(index_); }
+  Status PrepareSpec(VmSpec& spec) override {
+    if (spec.disk_mode == "persistent") {
+      VMG_ASSIGN_OR_RETURN(spec.workspace_path, WorkspaceFile(spec.workspace_path));
+    }
+    return Status::Ok();
+  }
+  Result<std::string> WorkspaceFile(const std::string& rel) override {
+    return "/sim/" + owner_.HostName(index_) + "/workspaces/" + rel;
+  }
+  Result<json> ImageCheckpoint(const VmSpec& spec, int vcpus, int64_t memory_mb,
+                               const std::string& target_dir, const std::string& push_as) override {
+    if (!push_as.empty())
+      return MakeError(ErrorCode::kFailedPrecondition, "simulated hosts have no image server");
+    VMG_RETURN_IF_ERROR(
+        driver().MakeImageCheckpoint(spec.image, spec.blobs, vcpus, memory_mb, target_dir));
+    return json{{"dir", target_dir}};
+  }
+
+ private:
+  SimHosts& owner_;
+  const int index_;
+};
+
 SimHosts::SimHosts(SimHostsOptions options) : options_(std::move(options)) {
+  // Fake latency of a VM operation, counted.
+  auto operate = [this] {
+    ++vm_ops_;
+    if (options_.op_latency_ms > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(options_.op_latency_ms));
+  };
   for (int i = 0; i < options_.count; ++i) {
-    hosts_.push_back(std::make_unique<SimVmTable>(HostName(i)));
+    hosts_.push_back(std::make_unique<SimVmTable>(HostName(i), operate));
+    agent_hosts_.push_back(std::make_unique<SimAgentHost>(*this, i));
     index_of_[HostName(i)] = i;
   }
   host_ids_.resize(hosts_.size());
@@ -260,117 +292,15 @@ void SimHosts::InstallRoutes() {
           res, MakeError(ErrorCode::kNotFound, "no such endpoint: " + req.method + " " + req.path));
   });
 
-  // Resolves the host of a request (matches[1]); answers 404 when unknown.
-  auto find = [this](const Req& req, Res& res) -> SimVmTable* {
+  // The real agent API, one AgentHost per simulated host (matches[1]).
+  InstallAgentApi(s, kHostPrefix, 1, [this](const Req& req, Res& res) -> AgentHost* {
     int i = IndexOf(req.matches[1]);
     if (i < 0) {
       SendError(res, MakeError(ErrorCode::kNotFound,
                                "no simulated host '" + std::string(req.matches[1]) + "'"));
       return nullptr;
     }
-    return hosts_[static_cast<size_t>(i)].get();
-  };
-  auto body = [](const Req& req, Res& res) -> std::optional<json> {
-    auto j = ParseJsonObject(req.body);
-    if (!j.ok()) {
-      SendError(res, j.error());
-      return std::nullopt;
-    }
-    return *j;
-  };
-  // Fake latency of a VM operation, counted.
-  auto operate = [this] {
-    ++vm_ops_;
-    if (options_.op_latency_ms > 0)
-      std::this_thread::sleep_for(std::chrono::milliseconds(options_.op_latency_ms));
-  };
-  auto reply = [](Res& res, const Result<VmStatus>& r) {
-    if (!r.ok()) return SendError(res, r.error());
-    SendJson(res, 200, ToJson(*r));
-  };
-
-  s.Get(kHostPrefix + "/status", [this](const Req& req, Res& res) {
-    int i = IndexOf(req.matches[1]);
-    if (i < 0)
-      return SendError(res, MakeError(ErrorCode::kNotFound,
-                                      "no simulated host '" + std::string(req.matches[1]) + "'"));
-    SendJson(res, 200, StatusJson(i));
-  });
-  s.Post(kHostPrefix + "/vms", [=](const Req& req, Res& res) {
-    SimVmTable* h = find(req, res);
-    if (!h) return;
-    auto j = body(req, res);
-    if (!j) return;
-    auto spec = VmSpecFromJson(*j);
-    if (!spec.ok()) return SendError(res, spec.error());
-    if (spec->disk_mode == "persistent") {
-      if (auto st = CheckWorkspacePath(spec->workspace_path); !st.ok())
-        return SendError(res, st.error());
-      spec->workspace_path = "/sim/" + h->host_name() + "/workspaces/" + spec->workspace_path;
-    }
-    operate();
-    reply(res, h->Create(*spec));
-  });
-  s.Post(
-      kHostPrefix + R"(/vms/([^/]+)/(stop|checkpoint|resume|exec))", [=](const Req& req, Res& res) {
-        SimVmTable* h = find(req, res);
-        if (!h) return;
-        auto j = body(req, res);
-        if (!j) return;
-        std::string id = req.matches[2], action = req.matches[3];
-        operate();
-        if (action == "stop") return reply(res, h->Stop(id));
-        if (action == "resume") return reply(res, h->Resume(id));
-        if (action == "checkpoint")
-          return reply(res, h->Checkpoint(id, j->value("leave_running", false)));
-        std::vector<std::string> argv;
-        try {
-          argv = j->value("argv", std::vector<std::string>{});
-        } catch (const json::exception&) {
-          return SendError(
-              res, MakeError(ErrorCode::kInvalidArgument, "argv must be a list of strings"));
-        }
-        auto r = h->Exec(id, argv);
-        if (!r.ok()) return SendError(res, r.error());
-        SendJson(res, 200, {{"exit_code", r->exit_code}, {"stdout", r->out}, {"stderr", r->err}});
-      });
-  s.Get(kHostPrefix + R"(/vms/([^/]+)/checkpoint)", [=](const Req& req, Res& res) {
-    SimVmTable* h = find(req, res);
-    if (!h) return;
-    auto dir = h->CheckpointDir(req.matches[2]);
-    if (!dir.ok()) return SendError(res, dir.error());
-    SendJson(res, 200, {{"dir", *dir}});
-  });
-  s.Delete(kHostPrefix + R"(/vms/([^/]+))", [=](const Req& req, Res& res) {
-    SimVmTable* h = find(req, res);
-    if (!h) return;
-    operate();
-    Status st = h->Destroy(req.matches[2]);
-    if (!st.ok()) return SendError(res, st.error());
-    SendJson(res, 204, nullptr);
-  });
-  s.Post(kHostPrefix + "/image-checkpoints", [=](const Req& req, Res& res) {
-    SimVmTable* h = find(req, res);
-    if (!h) return;
-    auto j = body(req, res);
-    if (!j) return;
-    auto parsed =
-        VmSpecFromJson({{"id", "image-checkpoint"}, {"image", j->value("image", json::object())}});
-    if (!parsed.ok()) return SendError(res, parsed.error());
-    std::string target = j->value("target_dir", "");
-    if (target.empty() || target[0] != '/')
-      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "target_dir must be absolute"));
-    operate();  // pretends: nothing is written to target_dir
-    SendJson(res, 200, {{"dir", target}});
-  });
-  s.Delete(kHostPrefix + "/workspaces", [=](const Req& req, Res& res) {
-    SimVmTable* h = find(req, res);
-    if (!h) return;
-    std::string rel = req.get_param_value("path");
-    if (auto st = CheckWorkspacePath(rel); !st.ok()) return SendError(res, st.error());
-    Status st = h->DeleteWorkspace("/sim/" + h->host_name() + "/workspaces/" + rel);
-    if (!st.ok()) return SendError(res, st.error());
-    SendJson(res, 204, nullptr);
+    return agent_hosts_[static_cast<size_t>(i)].get();
   });
 }
 

@@ -6,9 +6,10 @@
 //
 // All hosts share one listening port; host i has the URL
 // http://HOST:PORT/sim/NAME and serves the agent API under it
-// (/sim/NAME/agent/v1/..., the same paths, JSON and agent-token check as
-// src/agent/agent.cc). The controller appends agent paths to a host's URL
-// (ApiClient keeps a base URL's path prefix), so it needs no change.
+// (/sim/NAME/agent/v1/...): the real agent API code (agent/agent_api.h) with
+// a SimVmTable as each host's VmDriver, behind a per-host agent-token check.
+// The controller appends agent paths to a host's URL (ApiClient keeps a base
+// URL's path prefix), so it needs no change.
 //
 // Heartbeats: at Start() every host registers at once (as fast as the
 // controller answers); after that each host heartbeats every
@@ -42,6 +43,7 @@ namespace vmgrid {
 
 class ApiClient;
 class GuardedServer;
+class SimAgentHost;
 
 struct SimHostsOptions {
   // Controller to register with.
@@ -126,6 +128,7 @@ class SimHosts {
   std::string token_;
   std::string url_;
   std::vector<std::unique_ptr<SimVmTable>> hosts_;
+  std::vector<std::unique_ptr<SimAgentHost>> agent_hosts_;  // the agent API's view of hosts_
   std::unordered_map<std::string, int> index_of_;
   std::unique_ptr<GuardedServer> server_;
   std::thread server_thread_;

@@ -9,6 +9,7 @@ Result<SimVmTable::Entry*> SimVmTable::FindLocked(const std::string& id) {
 }
 
 Result<VmStatus> SimVmTable::Create(const VmSpec& spec) {
+  Operate();
   std::lock_guard<std::mutex> l(mu_);
   if (vms_.count(spec.id))
     return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
@@ -26,6 +27,7 @@ Result<VmStatus> SimVmTable::Create(const VmSpec& spec) {
 }
 
 Result<VmStatus> SimVmTable::Stop(const std::string& id) {
+  Operate();
   std::lock_guard<std::mutex> l(mu_);
   VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
   if (e->status.state != "running")
@@ -36,6 +38,7 @@ Result<VmStatus> SimVmTable::Stop(const std::string& id) {
 }
 
 Result<VmStatus> SimVmTable::Checkpoint(const std::string& id, bool leave_running) {
+  Operate();
   std::lock_guard<std::mutex> l(mu_);
   VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
   if (e->status.state != "running")
@@ -47,6 +50,7 @@ Result<VmStatus> SimVmTable::Checkpoint(const std::string& id, bool leave_runnin
 }
 
 Result<VmStatus> SimVmTable::Resume(const std::string& id) {
+  Operate();
   std::lock_guard<std::mutex> l(mu_);
   VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
   if (e->status.state != "suspended" && e->status.state != "stopped")
@@ -57,14 +61,18 @@ Result<VmStatus> SimVmTable::Resume(const std::string& id) {
   return e->status;
 }
 
-Status SimVmTable::Destroy(const std::string& id) {
+Status SimVmTable::Destroy(const std::string& id, bool /*purge_workspace*/) {
+  Operate();
   std::lock_guard<std::mutex> l(mu_);
   VMG_RETURN_IF_ERROR(FindLocked(id));
   vms_.erase(id);
   return Status::Ok();
 }
 
-Result<ExecResult> SimVmTable::Exec(const std::string& id, const std::vector<std::string>& argv) {
+Result<ExecResult> SimVmTable::Exec(const std::string& id, const std::vector<std::string>& argv,
+                                    const std::string& /*input*/,
+                                    std::chrono::milliseconds /*timeout*/) {
+  Operate();
   std::lock_guard<std::mutex> l(mu_);
   VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
   if (e->status.state != "running")
@@ -93,6 +101,23 @@ Status SimVmTable::DeleteWorkspace(const std::string& path) {
   return Status::Ok();
 }
 
+Result<nlohmann::json> SimVmTable::PublishCheckpoint(const std::string& id) {
+  VMG_ASSIGN_OR_RETURN(std::string dir, CheckpointDir(id));
+  return MakeError(
+      ErrorCode::kFailedPrecondition,
+      "simulated host " + host_name_ + " has no image server to publish " + dir + " to");
+}
+
+Status SimVmTable::MakeImageCheckpoint(const ImageFiles&, const std::map<std::string, BlobRef>&,
+                                       int, int64_t, const std::string&) {
+  Operate();  // pretends: nothing is written
+  return Status::Ok();
+}
+
+void SimVmTable::Operate() {
+  if (on_operation_) on_operation_();
+}
+
 Status SimVmTable::Adopt(const VmStatus& status) {
   std::lock_guard<std::mutex> l(mu_);
   if (status.id.empty()) return MakeError(ErrorCode::kInvalidArgument, "a VM needs an id");
@@ -101,7 +126,7 @@ Status SimVmTable::Adopt(const VmStatus& status) {
   return Status::Ok();
 }
 
-std::vector<VmStatus> SimVmTable::List() const {
+std::vector<VmStatus> SimVmTable::List() {
   std::lock_guard<std::mutex> l(mu_);
   std::vector<VmStatus> out;
   out.reserve(vms_.size());

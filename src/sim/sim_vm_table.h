@@ -1,7 +1,8 @@
-// SimVmTable: the pretend VM lifecycle of one simulated host (compare
+// SimVmTable: the VmDriver (agent/vm_driver.h) of a simulated host (compare
 // OpenNebula's dummy drivers). Same states, transitions and error codes as
-// VmRunner (src/agent/vm_runner.h), but every transition completes at once
-// and nothing touches QEMU or the file system: the table is the host.
+// VmRunner, but every transition completes at once (after the optional fake
+// latency of `on_operation`) and nothing touches QEMU or the file system:
+// the table is the host. The real agent API code serves it (sim_hosts.h).
 //
 //   Create:     (new) -> running; an id already here -> kAlreadyExists
 //   Stop:       running -> stopped
@@ -13,39 +14,52 @@
 // Thread-safe: all public methods.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "agent/vm_driver.h"
 #include "agent/vm_runner.h"
 #include "common/result.h"
 #include "vmm/guest_agent_client.h"
 
 namespace vmgrid {
 
-class SimVmTable {
+class SimVmTable : public VmDriver {
  public:
-  explicit SimVmTable(std::string host_name) : host_name_(std::move(host_name)) {}
+  // `on_operation` runs before every VM operation, outside the table's lock
+  // (SimHosts counts operations and sleeps their fake latency there).
+  explicit SimVmTable(std::string host_name, std::function<void()> on_operation = nullptr)
+      : host_name_(std::move(host_name)), on_operation_(std::move(on_operation)) {}
 
-  Result<VmStatus> Create(const VmSpec& spec);
-  Result<VmStatus> Stop(const std::string& id);
-  Result<VmStatus> Checkpoint(const std::string& id, bool leave_running);
-  Result<VmStatus> Resume(const std::string& id);
-  Status Destroy(const std::string& id);
+  Result<VmStatus> Create(const VmSpec& spec) override;
+  Result<VmStatus> Stop(const std::string& id) override;
+  Result<VmStatus> Checkpoint(const std::string& id, bool leave_running) override;
+  Result<VmStatus> Resume(const std::string& id) override;
+  Status Destroy(const std::string& id, bool purge_workspace = false) override;
   // exit 0; stdout names the host, the VM and the argv.
-  Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv);
+  Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv,
+                          const std::string& input = "",
+                          std::chrono::milliseconds timeout = std::chrono::seconds(60)) override;
   // A path that names the checkpoint; nothing exists there.
-  Result<std::string> CheckpointDir(const std::string& id);
+  Result<std::string> CheckpointDir(const std::string& id) override;
+  // Refused: simulated hosts have no image server.
+  Result<nlohmann::json> PublishCheckpoint(const std::string& id) override;
+  // Pretends: nothing is written to target_dir.
+  Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs,
+                             int vcpus, int64_t memory_mb, const std::string& target_dir) override;
   // Refuses (kFailedPrecondition) while a VM of this host uses `path`.
-  Status DeleteWorkspace(const std::string& path);
+  Status DeleteWorkspace(const std::string& path) override;
 
   // Records a VM as if it had been created here earlier (benchmarks seed
   // state this way; an agent would re-adopt it after a restart).
   Status Adopt(const VmStatus& status);
 
-  std::vector<VmStatus> List() const;
+  std::vector<VmStatus> List() override;
   size_t size() const;
   // Sums over the VMs that are not in `error`, as the controller reserves.
   int used_vcpus() const;
@@ -58,8 +72,10 @@ class SimVmTable {
     std::string workspace_path;  // persistent disks only
   };
   Result<Entry*> FindLocked(const std::string& id);
+  void Operate();
 
   const std::string host_name_;
+  const std::function<void()> on_operation_;
   mutable std::mutex mu_;
   std::map<std::string, Entry> vms_;  // guarded by mu_
 };

@@ -56,9 +56,9 @@ TEST(SimVmTable, LifecycleFollowsTheAgentStateMachine) {
   EXPECT_EQ(e->exit_code, 0);
   EXPECT_NE(e->out.find("echo hi"), std::string::npos);
 
-  ASSERT_TRUE(t.Destroy("vm-a").ok());
+  ASSERT_TRUE(t.Destroy("vm-a", false).ok());
   EXPECT_EQ(t.size(), 0u);
-  EXPECT_EQ(t.Destroy("vm-a").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(t.Destroy("vm-a", false).error().code, ErrorCode::kNotFound);
   EXPECT_EQ(t.Stop("vm-a").error().code, ErrorCode::kNotFound);
 }
 
@@ -89,7 +89,7 @@ TEST(SimVmTable, WorkspaceInUseCannotBeDeleted) {
   ASSERT_TRUE(t.Create(s).ok());
   EXPECT_EQ(t.DeleteWorkspace(s.workspace_path).error().code, ErrorCode::kFailedPrecondition);
   EXPECT_TRUE(t.DeleteWorkspace("/sim/sim-1/workspaces/u/other.qcow2").ok());
-  ASSERT_TRUE(t.Destroy("vm-a").ok());
+  ASSERT_TRUE(t.Destroy("vm-a", false).ok());
   EXPECT_TRUE(t.DeleteWorkspace(s.workspace_path).ok());
 }
 

@@ -1,0 +1,157 @@
+#include "agent/agent_api.h"
+
+#include <httplib.h>
+
+#include <optional>
+
+#include "agent/vm_runner.h"
+#include "common/http_json.h"
+
+namespace vmgrid {
+
+namespace {
+
+using Req = httplib::Request;
+using Res = httplib::Response;
+using nlohmann::json;
+
+std::optional<json> Body(const Req& req, Res& res) {
+  auto j = ParseJsonObject(req.body);
+  if (!j.ok()) {
+    SendError(res, j.error());
+    return std::nullopt;
+  }
+  return *j;
+}
+
+void Reply(Res& res, const Result<VmStatus>& r) {
+  if (!r.ok()) return SendError(res, r.error());
+  SendJson(res, 200, ToJson(*r));
+}
+
+void ReplyStatus(Res& res, const Status& st) {
+  if (!st.ok()) return SendError(res, st.error());
+  SendJson(res, 204, nullptr);
+}
+
+}  // namespace
+
+Status CheckWorkspaceName(const std::string& rel) {
+  if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "bad workspace path '" + rel + "'");
+  return Status::Ok();
+}
+
+void InstallAgentApi(httplib::Server& s, const std::string& prefix, int prefix_groups,
+                     AgentHostResolver resolve) {
+  const std::string base = prefix + "/agent/v1";
+  const size_t id = static_cast<size_t>(prefix_groups) + 1;  // the VM id's capture
+
+  s.Get(base + "/status", [=](const Req& req, Res& res) {
+    if (AgentHost* h = resolve(req, res)) SendJson(res, 200, h->StatusJson());
+  });
+  s.Post(base + "/vms", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    auto j = Body(req, res);
+    if (!j) return;
+    auto spec = VmSpecFromJson(*j);
+    if (!spec.ok()) return SendError(res, spec.error());
+    if (spec->disk_mode == "persistent")
+      if (Status st = CheckWorkspaceName(spec->workspace_path); !st.ok())
+        return SendError(res, st.error());
+    if (Status st = h->PrepareSpec(*spec); !st.ok()) return SendError(res, st.error());
+    Reply(res, h->driver().Create(*spec));
+  });
+  s.Post(base + R"(/vms/([^/]+)/(stop|resume))", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    const std::string vm = req.matches[id];
+    Reply(res, req.matches[id + 1] == "stop" ? h->driver().Stop(vm) : h->driver().Resume(vm));
+  });
+  s.Post(base + R"(/vms/([^/]+)/checkpoint)", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    auto j = Body(req, res);
+    if (!j) return;
+    JsonFields f(*j, {"leave_running"});
+    auto leave = f.Bool("leave_running", false);
+    if (!leave.ok()) return SendError(res, leave.error());
+    Reply(res, h->driver().Checkpoint(req.matches[id], *leave));
+  });
+  s.Get(base + R"(/vms/([^/]+)/checkpoint)", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    if (req.get_param_value("publish") == "true") {
+      auto r = h->driver().PublishCheckpoint(req.matches[id]);
+      if (!r.ok()) return SendError(res, r.error());
+      return SendJson(res, 200, *r);
+    }
+    auto dir = h->driver().CheckpointDir(req.matches[id]);
+    if (!dir.ok()) return SendError(res, dir.error());
+    SendJson(res, 200, {{"dir", *dir}});
+  });
+  s.Post(base + R"(/vms/([^/]+)/exec)", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    auto j = Body(req, res);
+    if (!j) return;
+    JsonFields f(*j, {"argv", "input", "timeout_s"});
+    auto argv = f.StringList("argv", true, 256);
+    auto input = f.String("input", false);
+    auto timeout_s = f.Int("timeout_s", 60, 1, 3600);
+    if (!argv.ok()) return SendError(res, argv.error());
+    if (!input.ok()) return SendError(res, input.error());
+    if (!timeout_s.ok()) return SendError(res, timeout_s.error());
+    auto r = h->driver().Exec(req.matches[id], *argv, *input, std::chrono::seconds(*timeout_s));
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, 200, {{"exit_code", r->exit_code}, {"stdout", r->out}, {"stderr", r->err}});
+  });
+  s.Delete(base + R"(/vms/([^/]+))", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    ReplyStatus(res, h->driver().Destroy(req.matches[id],
+                                         req.get_param_value("purge_workspace") == "true"));
+  });
+  s.Post(base + "/image-checkpoints", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    auto j = Body(req, res);
+    if (!j) return;
+    JsonFields f(*j, {"image", "blobs", "vcpus", "memory_mb", "target_dir", "push_as"});
+    if (Status st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+    auto vcpus = f.Int("vcpus", 1, 1, 64);
+    auto memory = f.Int("memory_mb", 256, 32, 1 << 20);
+    auto target = f.String("target_dir", false);
+    auto push_as = f.String("push_as", false);
+    if (!vcpus.ok()) return SendError(res, vcpus.error());
+    if (!memory.ok()) return SendError(res, memory.error());
+    if (!target.ok()) return SendError(res, target.error());
+    if (!push_as.ok()) return SendError(res, push_as.error());
+    if (push_as->empty() && (target->empty() || (*target)[0] != '/'))
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "target_dir must be absolute"));
+    if (!push_as->empty())
+      for (const char* suffix : {"-memory", "-disk"})
+        if (Status st = ValidateName("image", *push_as + suffix); !st.ok())
+          return SendError(res, st.error());
+    auto spec = VmSpecFromJson({{"id", "image-checkpoint"},
+                                {"image", j->value("image", json::object())},
+                                {"blobs", j->value("blobs", json::object())}});
+    if (!spec.ok()) return SendError(res, spec.error());
+    if (Status st = h->PrepareSpec(*spec); !st.ok()) return SendError(res, st.error());
+    auto r = h->ImageCheckpoint(*spec, static_cast<int>(*vcpus), *memory, *target, *push_as);
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, 200, *r);
+  });
+  s.Delete(base + "/workspaces", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    const std::string rel = req.get_param_value("path");
+    if (Status st = CheckWorkspaceName(rel); !st.ok()) return SendError(res, st.error());
+    auto file = h->WorkspaceFile(rel);
+    if (!file.ok()) return SendError(res, file.error());
+    ReplyStatus(res, h->driver().DeleteWorkspace(*file));
+  });
+}
+
+}  // namespace vmgrid

@@ -1,0 +1,63 @@
+// VmDriver: what a host does to its VMs, behind the agent API. Two
+// implementations: VmRunner (QEMU, src/agent/vm_runner.h) and SimVmTable
+// (pretend VMs for scale tests, src/sim/sim_vm_table.h) — a driver, not a
+// second server, as OpenNebula's dummy drivers are. The agent API
+// (agent/agent_api.h) parses requests once and calls a driver, so scale tests
+// run the real route code.
+//
+// Contract, for every implementation:
+//   Create:     (new) -> running | stopped (start "none"); an id already
+//               here -> kAlreadyExists
+//   Stop:       running -> stopped
+//   Checkpoint: running -> suspended | running (leave_running)
+//   Resume:     suspended | stopped -> running
+//   Destroy:    any -> (gone); purge_workspace also deletes a persistent disk
+//   Exec:       running only
+// Unknown ids answer kNotFound, a wrong state kFailedPrecondition; a failed
+// operation has no side effects beyond what docs/vm-lifecycle.md lists.
+// Thread-safe: all methods, for every implementation.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "vmm/guest_agent_client.h"
+
+namespace vmgrid {
+
+struct VmSpec;
+struct VmStatus;
+struct ImageFiles;
+struct BlobRef;
+
+class VmDriver {
+ public:
+  virtual ~VmDriver() = default;
+
+  virtual Result<VmStatus> Create(const VmSpec& spec) = 0;
+  virtual Result<VmStatus> Stop(const std::string& id) = 0;
+  virtual Result<VmStatus> Checkpoint(const std::string& id, bool leave_running) = 0;
+  virtual Result<VmStatus> Resume(const std::string& id) = 0;
+  virtual Status Destroy(const std::string& id, bool purge_workspace) = 0;
+  virtual Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv,
+                                  const std::string& input, std::chrono::milliseconds timeout) = 0;
+  virtual std::vector<VmStatus> List() = 0;
+  // Directory of a VM's latest checkpoint ("" if none).
+  virtual Result<std::string> CheckpointDir(const std::string& id) = 0;
+  // Publishes the VM's latest checkpoint to the image server:
+  // {"dir", "vm_ckpt_memory", "vm_ckpt_disk"}.
+  virtual Result<nlohmann::json> PublishCheckpoint(const std::string& id) = 0;
+  // Boots `image` once as a throwaway clone and saves its post-boot
+  // checkpoint into `target_dir`.
+  virtual Status MakeImageCheckpoint(const ImageFiles& image,
+                                     const std::map<std::string, BlobRef>& blobs, int vcpus,
+                                     int64_t memory_mb, const std::string& target_dir) = 0;
+  // Deletes a workspace no VM of this host uses (kFailedPrecondition if one does).
+  virtual Status DeleteWorkspace(const std::string& path) = 0;
+};
+
+}  // namespace vmgrid
