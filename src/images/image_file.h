@@ -44,6 +44,25 @@ Result<DiskInfo> InspectDiskFd(int fd, const std::string& claimed_format, bool n
 Status ConvertUntrustedQcow2ToRaw(const std::string& src, const std::string& dst,
                                   std::chrono::milliseconds timeout);
 
+// Copies the top layer of a qcow2 that a VM's QEMU wrote (a checkpoint's
+// disk: header and content are the guest's to choose once it owns QEMU) to a
+// new qcow2 `dst` (replaced if present) backed by `backing` of format
+// `backing_format`, or standalone when `backing` is "". As `qemu-img convert
+// -B` does, only clusters allocated in `src`'s own layer are copied (zeroed
+// ones as zero clusters). The backing file `src`'s header names is never
+// opened: with a `backing`, qemu-img sees an empty file of the same size in
+// its place (so unallocated clusters stay unallocated); without one, a
+// header naming a backing file is refused (kInvalidArgument), as are
+// external data files and encryption. qemu-img runs under `tool` (a VM's
+// uid, or UntrustedToolOptions), reads `src` through an fd (for which `src`
+// is made readable to tool.gid, 0640, and given back to root 0600 after)
+// and writes only into `dst`, which is made beforehand (from trusted values
+// only) and given to the tool's user; its header is checked afterwards to
+// name exactly `backing`. On failure `dst` does not exist.
+Status CopyUntrustedQcow2Top(const std::string& src, const std::string& dst,
+                             const std::string& backing, const std::string& backing_format,
+                             const ProcessOptions& tool);
+
 // How qemu-img and other tools are run on user files: as vmgrid-qemu (or
 // nobody) when this process is root, unchanged otherwise.
 ProcessOptions UntrustedToolOptions(std::chrono::milliseconds timeout);
