@@ -17,6 +17,11 @@ struct DiskInfo {
   std::string format;          // "raw" or "qcow2"
   int64_t virtual_size = 0;    // bytes the guest sees
   int64_t actual_size = 0;     // bytes allocated on the host
+  // `qemu-img measure -O qcow2`: the bytes its data takes as an uncompressed
+  // qcow2 (what it expands to), and a fully allocated qcow2 of its virtual
+  // size (what an overlay or copy of it can grow to, metadata included).
+  int64_t expanded_size = 0;
+  int64_t max_clone_size = 0;
 };
 
 // Largest disk a guest may see; bigger claims are treated as hostile.
@@ -24,7 +29,8 @@ constexpr int64_t kMaxVirtualDiskBytes = int64_t{4} << 40;
 
 // Checks that `path` is a disk of `claimed_format` ("raw" or "qcow2"), that a
 // qcow2 is consistent and has no backing file, and (when `needs_boot_sector`)
-// that a raw disk carries an MBR/GPT boot signature. Uses `qemu-img`.
+// that a raw disk carries an MBR/GPT boot signature, and measures it (see
+// DiskInfo). Uses `qemu-img`.
 Result<DiskInfo> InspectDisk(const std::string& path, const std::string& claimed_format,
                              bool needs_boot_sector);
 

@@ -82,6 +82,29 @@ TEST_F(ImageFileTest, KernelAndInitrdMagic) {
   EXPECT_FALSE(CheckKernel(dir_ + "/missing").ok());
 }
 
+// Issue 9 §3: `qemu-img measure` bounds what an image expands to. A
+// compressed qcow2 uploads small but holds its data uncompressed once
+// published or copied; a copy or overlay can grow to a full allocation.
+TEST_F(ImageFileTest, MeasuresWhatTheDiskExpandsTo) {
+  std::string raw = Write("data.raw", std::string(4 << 20, 'A'));
+  std::string packed = dir_ + "/packed.qcow2";
+  ASSERT_TRUE(RunProcessChecked({"qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", "-o",
+                                 "cluster_size=65536", raw, packed})
+                  .ok());
+  ASSERT_TRUE(RunProcessChecked({"qemu-img", "resize", "-f", "qcow2", packed, "64M"}).ok());
+  auto info = InspectDisk(packed, "qcow2", false);
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  auto file_size = ReadFile(packed, 64 << 20)->size();
+  EXPECT_LT(file_size, 1u << 20) << "compressed";
+  EXPECT_GE(info->expanded_size, 4 << 20) << "its data, uncompressed";
+  EXPECT_LT(info->expanded_size, 8 << 20) << "not its virtual size: the rest is unallocated";
+  EXPECT_GE(info->max_clone_size, 64 << 20) << "a copy can grow to its virtual size and more";
+  EXPECT_LT(info->max_clone_size, 66 << 20);
+  auto plain = InspectDisk(raw, "raw", false);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_GE(plain->max_clone_size, 4 << 20);
+}
+
 // The top layer of a disk a VM's QEMU wrote (a checkpoint) is copied as
 // `qemu-img convert -B` copies it, but by an unprivileged qemu-img that
 // never opens the backing file the header names.
