@@ -100,11 +100,14 @@ nlohmann::json Agent::Capacity() const {
   }
   int vcpus = options_.vcpus > 0 ? options_.vcpus : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   int64_t mem = options_.memory_mb > 0 ? static_cast<int64_t>(options_.memory_mb) : MemTotalMb() * 8 / 10;
-  return {{"vcpus", vcpus},       {"memory_mb", mem},
-          {"disk_mb", disk_mb},   {"disk_total_bytes", disk_total},
+  return {{"vcpus", vcpus},
+          {"memory_mb", mem},
+          {"disk_mb", disk_mb},
+          {"disk_total_bytes", disk_total},
           {"disk_free_bytes", std::min(disk_free, disk_total)},
           {"kvm", KvmUsableBy("qemu-system-x86_64")},
-          {"site", options_.site}, {"network", options_.network},
+          {"site", options_.site},
+          {"network", options_.network},
           {"arch", "x86_64"}};
 }
 

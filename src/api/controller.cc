@@ -345,7 +345,8 @@ json Controller::ImageJson(const Image& i) {
           {"min_memory_mb", i.min_memory_mb},
           {"checkpoint", ckpt},
           // Image server versions of its files (kind -> name, version, digest, size).
-          {"versions", [&] {
+          {"versions",
+           [&] {
              json b = json::parse(i.blobs, nullptr, false);
              return b.is_object() ? b : json::object();
            }()},
@@ -1152,15 +1153,18 @@ void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
   if (image_server_) {
     // Publishing stores the disk expanded: refuse an image over the quota
     // before that work (FinalizeImage below is the atomic check).
-    if (auto owner = store_->GetUserById(image->owner_id); owner.ok() && owner->quota.image_bytes > 0) {
+    if (auto owner = store_->GetUserById(image->owner_id);
+        owner.ok() && owner->quota.image_bytes > 0) {
       auto use = store_->GetUserUsage(owner->id);
       if (use.ok() && use->image_bytes + image->QuotaBytes() > owner->quota.image_bytes)
-        return SendError(res, MakeError(ErrorCode::kPermissionDenied,
-                                        "quota: " + owner->name + " may keep " +
-                                            std::to_string(owner->quota.image_bytes) + " bytes of images (" +
-                                            std::to_string(use->image_bytes) + " in ready images, this one has " +
-                                            std::to_string(image->QuotaBytes()) +
-                                            " once expanded); ask the admin to raise it (`vmgrid user quota`)"));
+        return SendError(
+            res,
+            MakeError(ErrorCode::kPermissionDenied,
+                      "quota: " + owner->name + " may keep " +
+                          std::to_string(owner->quota.image_bytes) + " bytes of images (" +
+                          std::to_string(use->image_bytes) + " in ready images, this one has " +
+                          std::to_string(image->QuotaBytes()) +
+                          " once expanded); ask the admin to raise it (`vmgrid user quota`)"));
     }
     if (auto st = PublishImage(*image); !st.ok()) return SendError(res, st.error());
   }
@@ -1454,8 +1458,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     return CreateGang(c, *body, vm, image, checkpoint_dir, *count, *policy, res, started, *slot);
   }
   if (candidates.empty()) {
-    candidates =
-        index_->Rank({image.id, vm.vcpus, vm.memory_mb, vm.disk_bytes, *policy, *site, *host_network});
+    candidates = index_->Rank(
+        {image.id, vm.vcpus, vm.memory_mb, vm.disk_bytes, *policy, *site, *host_network});
     if (candidates.empty()) {
       auto hosts = store_->ListHosts();
       if (!hosts.ok()) return SendError(res, hosts.error());
@@ -1608,7 +1612,8 @@ Error Controller::ExplainNoPlacement(const Vm& vm, const std::vector<std::string
     if (!network.empty() && h->network != network) ++wrong_net;
     if (h->vcpus - h->reserved_vcpus < vm.vcpus) ++cpu;
     if (h->memory_mb - h->reserved_memory_mb < vm.memory_mb) ++mem;
-    if (h->disk_total_bytes > 0 && h->disk_free_bytes - h->reserved_disk_bytes < vm.disk_bytes) ++disk;
+    if (h->disk_total_bytes > 0 && h->disk_free_bytes - h->reserved_disk_bytes < vm.disk_bytes)
+      ++disk;
   }
   const std::string disk_mib = std::to_string((vm.disk_bytes + (1 << 20) - 1) >> 20);
   std::string msg = "no host can run " + std::to_string(vm.vcpus) + " vCPU(s) with " +

@@ -31,7 +31,7 @@ struct PlacementRequest {
   std::string image_id;
   int vcpus = 1;
   int64_t memory_mb = 256;
-  int64_t disk_bytes = 0;  // Vm::disk_bytes
+  int64_t disk_bytes = 0;         // Vm::disk_bytes
   std::string policy = "spread";  // or "pack"
   std::string site;               // "" = any
   std::string network;            // host network segment, "" = any

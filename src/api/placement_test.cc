@@ -88,7 +88,8 @@ TEST(CapacityIndex, ImageCachedOnAFullHostJoinsTheCachedSetWhenItFrees) {
 // host that reports no disk is not limited.
 TEST(CapacityIndex, HostWithoutDiskRoomIsNotRanked) {
   CapacityIndex ix;
-  Host small = MakeHost("small", 8, 65536), big = MakeHost("big", 8, 1024), legacy = MakeHost("old", 8, 512);
+  Host small = MakeHost("small", 8, 65536), big = MakeHost("big", 8, 1024),
+       legacy = MakeHost("old", 8, 512);
   small.disk_total_bytes = big.disk_total_bytes = int64_t{100} << 30;
   small.disk_free_bytes = int64_t{2} << 30;
   big.disk_free_bytes = int64_t{50} << 30;

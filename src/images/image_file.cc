@@ -148,17 +148,20 @@ Result<DiskInfo> InspectDiskFd(int fd, const std::string& claimed_format, bool n
   ProcessOptions mo = UntrustedToolOptions(std::chrono::minutes(5));
   mo.stdin_fd = fd;
   auto measure = RunProcess(
-      {"qemu-img", "measure", "--output=json", "-f", claimed_format, "-O", "qcow2", "/dev/stdin"}, mo);
+      {"qemu-img", "measure", "--output=json", "-f", claimed_format, "-O", "qcow2", "/dev/stdin"},
+      mo);
   if (!measure.ok()) return measure.error();
   if (measure->exit_code != 0)
     return MakeError(ErrorCode::kInvalidArgument,
                      "not a valid " + claimed_format + " image (qemu-img measure failed)");
   nlohmann::json m = nlohmann::json::parse(measure->out, nullptr, false);
-  if (!m.is_object() || !m["required"].is_number_unsigned() || !m["fully-allocated"].is_number_unsigned())
+  if (!m.is_object() || !m["required"].is_number_unsigned() ||
+      !m["fully-allocated"].is_number_unsigned())
     return MakeError(ErrorCode::kInternal, "qemu-img measure printed unexpected JSON");
   d.expanded_size = m["required"].get<int64_t>();
   d.max_clone_size = m["fully-allocated"].get<int64_t>();
-  if (d.max_clone_size < d.virtual_size || d.expanded_size < 0 || d.expanded_size > d.max_clone_size)
+  if (d.max_clone_size < d.virtual_size || d.expanded_size < 0 ||
+      d.expanded_size > d.max_clone_size)
     return MakeError(ErrorCode::kInternal, "qemu-img measure printed implausible sizes");
   return d;
 }

@@ -158,8 +158,9 @@ TEST_P(QueryServiceTest, HostsPublishTheirDiskAndFuturesNeedRoomOnIt) {
   cramped.disk_total_bytes = int64_t{10} << 30;
   cramped.disk_free_bytes = int64_t{100} << 20;  // less than a 256 MB memory checkpoint
   ASSERT_TRUE(store_->HeartbeatHost("h3", "http://c", cramped).ok());
-  auto hosts = Q(bob_, "SELECT disk_total_bytes, disk_free_bytes, disk_reserved_bytes FROM hosts "
-                       "WHERE name = 'h3'");
+  auto hosts = Q(bob_,
+                 "SELECT disk_total_bytes, disk_free_bytes, disk_reserved_bytes FROM hosts "
+                 "WHERE name = 'h3'");
   ASSERT_EQ(hosts.rows.size(), 1u);
   EXPECT_EQ(hosts.rows[0][0], int64_t{10} << 30);
   EXPECT_EQ(hosts.rows[0][1], int64_t{100} << 20);

@@ -100,8 +100,8 @@ SimHosts::Stats SimHosts::stats() const {
 Status SimHosts::Start() {
   if (options_.count < 1 || options_.count > 1'000'000)
     return MakeError(ErrorCode::kInvalidArgument, "count must be 1..1000000");
-  if (options_.vcpus < 0 || options_.vcpus > 4096 || options_.memory_mb < 0 || options_.disk_mb < 0 ||
-      options_.disk_mb > (int64_t{1} << 40))
+  if (options_.vcpus < 0 || options_.vcpus > 4096 || options_.memory_mb < 0 ||
+      options_.disk_mb < 0 || options_.disk_mb > (int64_t{1} << 40))
     return MakeError(ErrorCode::kInvalidArgument, "capacity out of range");
   if (options_.heartbeat_interval_s <= 0 || options_.heartbeat_threads < 0 ||
       options_.server_threads < 1 || options_.op_latency_ms < 0)

@@ -96,9 +96,13 @@ struct Image {
   std::string blobs = "{}";
 
   // What a clone or workspace of this image can grow to on a host.
-  int64_t CloneBoundBytes() const { return max_clone_bytes > 0 ? max_clone_bytes : virtual_size_bytes; }
+  int64_t CloneBoundBytes() const {
+    return max_clone_bytes > 0 ? max_clone_bytes : virtual_size_bytes;
+  }
   // What it counts against its owner's image_bytes quota.
-  int64_t QuotaBytes() const { return expanded_size_bytes > size_bytes ? expanded_size_bytes : size_bytes; }
+  int64_t QuotaBytes() const {
+    return expanded_size_bytes > size_bytes ? expanded_size_bytes : size_bytes;
+  }
 };
 
 struct Vm {

@@ -306,7 +306,9 @@ bool HasDiskRoom(const Host& h, int64_t disk_bytes) {
 }
 
 // Whole MiB, rounded up (a placement message, not accounting).
-std::string MiB(int64_t bytes) { return std::to_string((bytes + (int64_t{1} << 20) - 1) >> 20) + " MiB"; }
+std::string MiB(int64_t bytes) {
+  return std::to_string((bytes + (int64_t{1} << 20) - 1) >> 20) + " MiB";
+}
 
 Error NoRoom(const Vm& vm, size_t checked) {
   return MakeError(ErrorCode::kResourceExhausted,
@@ -367,10 +369,26 @@ Image ReadImage(const SqlRow& s) {
   return i;
 }
 std::vector<SqlValue> ImageValues(const Image& i) {
-  return {i.id, i.name, i.owner_id, i.state, i.format, i.dir, i.size_bytes,
-          i.virtual_size_bytes, int64_t{i.has_kernel}, int64_t{i.has_initrd}, i.append,
-          i.min_memory_mb, i.ckpt_state, i.ckpt_memory_mb, int64_t{i.ckpt_vcpus},
-          i.ckpt_size_bytes, i.ckpt_error, i.created_ms, i.blobs, i.expanded_size_bytes,
+  return {i.id,
+          i.name,
+          i.owner_id,
+          i.state,
+          i.format,
+          i.dir,
+          i.size_bytes,
+          i.virtual_size_bytes,
+          int64_t{i.has_kernel},
+          int64_t{i.has_initrd},
+          i.append,
+          i.min_memory_mb,
+          i.ckpt_state,
+          i.ckpt_memory_mb,
+          int64_t{i.ckpt_vcpus},
+          i.ckpt_size_bytes,
+          i.ckpt_error,
+          i.created_ms,
+          i.blobs,
+          i.expanded_size_bytes,
           i.max_clone_bytes};
 }
 
@@ -399,9 +417,10 @@ Vm ReadVm(const SqlRow& s) {
   return v;
 }
 std::vector<SqlValue> VmValues(const Vm& v) {
-  return {v.id, v.name, v.owner_id, v.image_id, v.host_id, v.state, int64_t{v.vcpus},
-          v.memory_mb, v.disk, v.start, v.workspace_id, v.error, v.create_ms, v.created_ms,
-          v.updated_ms, v.network, v.disk_bytes};
+  return {v.id,           v.name,           v.owner_id,  v.image_id,   v.host_id,
+          v.state,        int64_t{v.vcpus}, v.memory_mb, v.disk,       v.start,
+          v.workspace_id, v.error,          v.create_ms, v.created_ms, v.updated_ms,
+          v.network,      v.disk_bytes};
 }
 
 const char* kWsCols = "id, name, owner_id, image_id, host_id, path, size_bytes, vm_id, created_ms";
@@ -748,19 +767,19 @@ Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& ur
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_ASSIGN_OR_RETURN(
       int64_t changed,
-      db_->Exec("UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
-               "last_heartbeat_ms=?, site=?, network=?, arch=?, disk_total_bytes=?, "
-               "disk_free_bytes=? WHERE name=?",
-               {url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm}, now,
-                cap.site, cap.network, cap.arch, cap.disk_total_bytes, cap.disk_free_bytes, name}));
+      db_->Exec(
+          "UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
+          "last_heartbeat_ms=?, site=?, network=?, arch=?, disk_total_bytes=?, "
+          "disk_free_bytes=? WHERE name=?",
+          {url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm}, now, cap.site,
+           cap.network, cap.arch, cap.disk_total_bytes, cap.disk_free_bytes, name}));
   if (changed == 0) {
     VMG_RETURN_IF_ERROR(db_->Exec(
         "INSERT INTO hosts (id, name, owner_id, url, state, vcpus, memory_mb, disk_mb, kvm, "
         "last_heartbeat_ms, created_ms, site, network, arch, disk_total_bytes, disk_free_bytes) "
         "VALUES (?,?,'admin',?,'up',?,?,?,?,?,?,?,?,?,?,?)",
-        {NewId("host"), name, url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb,
-         int64_t{cap.kvm}, now, now, cap.site, cap.network, cap.arch, cap.disk_total_bytes,
-         cap.disk_free_bytes}));
+        {NewId("host"), name, url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm},
+         now, now, cap.site, cap.network, cap.arch, cap.disk_total_bytes, cap.disk_free_bytes}));
   }
   VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.name = ?",
                                               {name}, ReadHost));
@@ -938,9 +957,9 @@ Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
 
 Status Store::InsertImage(const Image& image) {
   auto lock = Exclusive();
-  auto r = db_->Exec(std::string("INSERT INTO images (") + kImageCols + ") VALUES (" +
-                        Placeholders(21) + ")",
-                    ImageValues(image));
+  auto r = db_->Exec(
+      std::string("INSERT INTO images (") + kImageCols + ") VALUES (" + Placeholders(21) + ")",
+      ImageValues(image));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
       return MakeError(ErrorCode::kAlreadyExists, "an image named '" + image.name + "' already exists");
@@ -1037,8 +1056,9 @@ Status Store::AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t 
 }
 
 Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
-  auto r = db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(17) + ")",
-                     VmValues(vm));
+  auto r =
+      db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(17) + ")",
+                VmValues(vm));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
       return MakeError(ErrorCode::kAlreadyExists, "a VM named '" + vm.name + "' already exists");
@@ -1107,9 +1127,8 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
                      vm.memory_mb, vm.disk_bytes}));
       if (taken == 0) continue;
       vm.host_id = host_id;
-      Notify([host_id, v = int64_t{vm.vcpus}, m = vm.memory_mb, d = vm.disk_bytes](StoreObserver& o) {
-        o.OnUsage(host_id, v, m, d);
-      });
+      Notify([host_id, v = int64_t{vm.vcpus}, m = vm.memory_mb,
+              d = vm.disk_bytes](StoreObserver& o) { o.OnUsage(host_id, v, m, d); });
       return InsertVmLocked(vm, /*reserved=*/true);
     }
     return NoRoom(vm, candidates.size());
@@ -1122,17 +1141,19 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
 // atomic without BEGIN/COMMIT: the conditional UPDATE holds the host's row,
 // and the inserts happen only if it took the room.
 Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm, const std::vector<std::string>& candidates) {
-  const std::string sql = std::string(
-      "WITH r AS (UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ?, "
-      "used_disk_bytes = used_disk_bytes + ? "
-      "WHERE id = ? AND state = 'up' AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? "
-      "AND ") + kDiskRoom + " RETURNING id), "
-      "v AS (INSERT INTO vms (" + kVmCols + ") SELECT " + Placeholders(17) + " FROM r RETURNING id), "
-      "x AS (INSERT INTO virtualization (virtual_id, virtual_kind, physical_id, physical_kind, vm_id, "
-      "owner_id) SELECT ?, 'vm', ?, 'host', v.id, ? FROM v UNION ALL "
-      "SELECT ?, 'vdisk', ?, 'image', v.id, ? FROM v UNION ALL "
-      "SELECT ?, 'vdisk', ?, 'host_cache', v.id, ? FROM v) "
-      "SELECT COUNT(*) FROM v";
+  const std::string reserve = std::string(
+      "WITH r AS (UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + "
+      "?, used_disk_bytes = used_disk_bytes + ? WHERE id = ? AND state = 'up' AND vcpus - "
+      "used_vcpus >= ? AND memory_mb - used_memory_mb >= ? AND ");
+  const std::string insert = std::string("v AS (INSERT INTO vms (") + kVmCols + ") SELECT " +
+                             Placeholders(17) + " FROM r RETURNING id), ";
+  const std::string sql = reserve + kDiskRoom + " RETURNING id), " + insert +
+                          "x AS (INSERT INTO virtualization (virtual_id, virtual_kind, "
+                          "physical_id, physical_kind, vm_id, "
+                          "owner_id) SELECT ?, 'vm', ?, 'host', v.id, ? FROM v UNION ALL "
+                          "SELECT ?, 'vdisk', ?, 'image', v.id, ? FROM v UNION ALL "
+                          "SELECT ?, 'vdisk', ?, 'host_cache', v.id, ? FROM v) "
+                          "SELECT COUNT(*) FROM v";
   for (const auto& host_id : candidates) {
     vm.host_id = host_id;
     std::vector<SqlValue> params{int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
@@ -1187,8 +1208,8 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
     for (auto& vm : placed) {
       bool fit = false;
       for (auto& h : hosts) {
-        if (h.vcpus - h.reserved_vcpus >= vm.vcpus && h.memory_mb - h.reserved_memory_mb >= vm.memory_mb &&
-            HasDiskRoom(h, vm.disk_bytes)) {
+        if (h.vcpus - h.reserved_vcpus >= vm.vcpus &&
+            h.memory_mb - h.reserved_memory_mb >= vm.memory_mb && HasDiskRoom(h, vm.disk_bytes)) {
           h.reserved_vcpus += vm.vcpus;
           h.reserved_memory_mb += vm.memory_mb;
           h.reserved_disk_bytes += vm.disk_bytes;
@@ -1248,7 +1269,8 @@ Result<std::vector<Vm>> Store::ListVmsOnHost(const std::string& host_id) {
 Result<std::optional<Store::VmPlacement>> Store::GetVmPlacementLocked(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(
       auto rows,
-      db_->Query("SELECT host_id, state, vcpus, memory_mb, disk_bytes FROM vms WHERE id = ?", {id}));
+      db_->Query("SELECT host_id, state, vcpus, memory_mb, disk_bytes FROM vms WHERE id = ?",
+                 {id}));
   if (rows.empty()) return std::optional<VmPlacement>();
   return std::optional<VmPlacement>(VmPlacement{rows[0].Text(0), rows[0].Text(1), rows[0].Int(2),
                                                 rows[0].Int(3), rows[0].Int(4)});
@@ -1367,8 +1389,8 @@ Status Store::DeleteVm(const std::string& id) {
                                    {id, before->host_id, before->state}));
     if (changed == 0) continue;
     if (HoldsOnHost(before->state))
-      VMG_RETURN_IF_ERROR(AddUsageLocked(before->host_id, -before->vcpus, -before->memory_mb,
-                                         -before->disk_bytes));
+      VMG_RETURN_IF_ERROR(
+          AddUsageLocked(before->host_id, -before->vcpus, -before->memory_mb, -before->disk_bytes));
     Notify([host = before->host_id](StoreObserver& o) { o.OnVmChanged(host); });
     return CommitLocked(tx);
   }

@@ -117,10 +117,9 @@ class Store {
   Status InsertImage(const Image& image);
   Status UpdateImage(const Image& image);
   // UpdateImage for an image that becomes ready: if it was not ready, its
-  // QuotaBytes() (size as uploaded, or expanded if more) plus the owner's ready images must fit the owner's
-  // image_bytes quota (kPermissionDenied, nothing written), checked in the
-  // same transaction as the write (concurrent finalizes of one user take
-  // turns).
+  // QuotaBytes() (size as uploaded, or expanded if more) plus the owner's ready images must fit the
+  // owner's image_bytes quota (kPermissionDenied, nothing written), checked in the same transaction
+  // as the write (concurrent finalizes of one user take turns).
   Status FinalizeImage(const Image& image);
   Result<Image> GetImage(const std::string& ref, const OwnerFilter& owner);
   Result<std::vector<Image>> ListImages(const OwnerFilter& owner);

@@ -470,7 +470,8 @@ TEST_P(StoreTest, HostDiskIsAPlacementResource) {
         placed[static_cast<size_t>(i)] = r->id;
       } else if (r.error().code == ErrorCode::kResourceExhausted) {
         ++exhausted;
-        EXPECT_NE(r.error().message.find("3072 MiB of disk"), std::string::npos) << r.error().message;
+        EXPECT_NE(r.error().message.find("3072 MiB of disk"), std::string::npos)
+            << r.error().message;
       }
     });
   }
@@ -478,9 +479,12 @@ TEST_P(StoreTest, HostDiskIsAPlacementResource) {
   EXPECT_EQ(ok.load(), 3) << "10 GiB free holds three VMs of 3 GiB";
   EXPECT_EQ(exhausted.load(), 17);
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 9 * kGiB);
-  EXPECT_EQ(store_->GetVm(*std::find_if(placed.begin(), placed.end(), [](auto& id) { return !id.empty(); }), "")
-                ->disk_bytes,
-            3 * kGiB);
+  EXPECT_EQ(
+      store_
+          ->GetVm(*std::find_if(placed.begin(), placed.end(), [](auto& id) { return !id.empty(); }),
+                  "")
+          ->disk_bytes,
+      3 * kGiB);
   // A gang is held to the same room.
   auto gang = store_->PlaceAndInsertGang({vm("g1")}, {{h->id}});
   ASSERT_FALSE(gang.ok());
