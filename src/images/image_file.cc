@@ -260,8 +260,8 @@ Status CopyUntrustedQcow2Top(const std::string& src, const std::string& dst,
   po.stdin_fd = in.fd;
   auto r = RunProcess(convert, po);
   if (lend) {
-    (void)fchmod(in.fd, 0600);
     (void)fchown(in.fd, before.st_uid, before.st_gid);
+    (void)fchmod(in.fd, before.st_mode & 07777);
   }
   unlink(zero.c_str());
   if (!r.ok()) return fail(r.error());

@@ -61,7 +61,7 @@ Status ConvertUntrustedQcow2ToRaw(const std::string& src, const std::string& dst
 // header naming a backing file is refused (kInvalidArgument), as are
 // external data files and encryption. qemu-img runs under `tool` (a VM's
 // uid, or UntrustedToolOptions), reads `src` through an fd (for which `src`
-// is made readable to tool.gid, 0640, and given back to root 0600 after)
+// is made readable to tool.gid, 0640, and given its owner and mode back after)
 // and writes only into `dst`, which is made beforehand (from trusted values
 // only) and given to the tool's user; its header is checked afterwards to
 // name exactly `backing`. On failure `dst` does not exist.

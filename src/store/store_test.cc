@@ -550,6 +550,47 @@ TEST_P(StoreTest, ImageBytesCountWhatTheImageExpandsTo) {
   EXPECT_EQ(got->CloneBoundBytes(), 8192);
 }
 
+// Migration 7 on a database that already holds VMs: each VM gets its image's
+// virtual size plus its memory as disk_bytes, each host their sum, each image
+// its virtual size as clone bound (what is known without measuring again).
+TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
+  constexpr int64_t kGiB = int64_t{1} << 30;
+  Image img;
+  img.id = "img-big";
+  img.name = "big";
+  img.owner_id = alice_.id;
+  img.state = "ready";
+  img.format = "raw";
+  img.dir = "/x";
+  img.virtual_size_bytes = kGiB;
+  ASSERT_TRUE(store_->InsertImage(img).ok());
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{8, 8192, 1000, false});
+  ASSERT_TRUE(h.ok());
+  Vm a = NewVm("a"), b = NewVm("b"), failed = NewVm("failed");
+  a.image_id = b.image_id = failed.image_id = "img-big";
+  for (Vm* v : {&a, &b, &failed}) ASSERT_TRUE(store_->PlaceAndInsertVm(*v, {h->id}).ok());
+  ASSERT_TRUE(store_->TransitionVm(failed.id, {"creating"}, "error").ok());
+  store_.reset();
+  {  // Back to schema version 6.
+    auto db = OpenSqlBackend(db_->target());
+    ASSERT_TRUE(db.ok()) << db.error().message;
+    for (const char* drop :
+         {"hosts DROP COLUMN disk_total_bytes", "hosts DROP COLUMN disk_free_bytes",
+          "hosts DROP COLUMN used_disk_bytes", "images DROP COLUMN expanded_size_bytes",
+          "images DROP COLUMN max_clone_bytes", "vms DROP COLUMN disk_bytes"})
+      ASSERT_TRUE((*db)->ExecScript(std::string("ALTER TABLE ") + drop).ok()) << drop;
+    ASSERT_TRUE((*db)->ExecScript("UPDATE schema_version SET version = 6").ok());
+  }
+  auto s = Store::Open(db_->target());
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  store_ = std::move(s).value();
+  EXPECT_EQ(store_->schema_version(), 7);
+  EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
+  EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
+  EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);
+  EXPECT_EQ(store_->GetImage("img-big", "")->expanded_size_bytes, 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, testing_db::Backends(), testing_db::BackendName);
 
 }  // namespace
