@@ -1579,13 +1579,15 @@ void Controller::CreateGang(const Caller& c, const json& body, const Vm& proto, 
   auto placed = store_->PlaceAndInsertGang(vms, *groups);
   if (!placed.ok()) {
     if (placed.error().code != ErrorCode::kResourceExhausted) return SendError(res, placed.error());
-    return SendError(res, MakeError(ErrorCode::kResourceExhausted,
-                                    "no " + (same->empty() ? std::string("set of hosts") : *same) +
-                                        " has room for all " + std::to_string(count) + " VMs (" +
-                                        std::to_string(count) + " x " + std::to_string(proto.vcpus) +
-                                        " vCPU, " + std::to_string(memory) + " MB; " +
-                                        std::to_string(groups->size()) +
-                                        " group(s) of up hosts checked); none was created"));
+    return SendError(
+        res, MakeError(ErrorCode::kResourceExhausted,
+                       "no " + (same->empty() ? std::string("set of hosts") : *same) +
+                           " has room for all " + std::to_string(count) + " VMs (" +
+                           std::to_string(count) + " x " + std::to_string(proto.vcpus) + " vCPU, " +
+                           std::to_string(memory) + " MB, " +
+                           std::to_string((vms[0].disk_bytes + (1 << 20) - 1) >> 20) +
+                           " MiB of disk; " + std::to_string(groups->size()) +
+                           " group(s) of up hosts checked); none was created"));
   }
   json out = json::array();
   for (const auto& vm : *placed) out.push_back(VmJson(vm, &image));
