@@ -278,6 +278,32 @@ TEST_F(ApiTest, BadImageFilesAreRejected) {
   unlink(tmp.c_str());
 }
 
+// Issue 9 §3: the real agent reports the disk of its state directory, and
+// each VM shows the disk it holds there (docs/security.md, "Disk space").
+TEST_F(ApiTest, HostsReportTheirDiskAndVmsTheDiskTheyHold) {
+  ApiClient admin = grid_->Admin();
+  auto hosts = admin.Get("/v1/hosts");
+  ASSERT_TRUE(hosts.ok()) << hosts.error().message;
+  ASSERT_EQ((*hosts)["hosts"].size(), 1u);
+  const json& h = (*hosts)["hosts"][0];
+  EXPECT_GT(h["disk_total_bytes"].get<int64_t>(), 0) << h.dump();
+  EXPECT_GT(h["disk_free_bytes"].get<int64_t>(), 0) << h.dump();
+  EXPECT_LE(h["disk_free_bytes"].get<int64_t>(), h["disk_total_bytes"].get<int64_t>()) << h.dump();
+  auto image = admin.Get("/v1/images/tiny");
+  ASSERT_TRUE(image.ok()) << image.error().message;
+  const int64_t bound = (*image)["max_clone_bytes"];
+  EXPECT_GE(bound, (*image)["virtual_size_bytes"].get<int64_t>()) << image->dump();
+  json vm = CreateVm(admin, {{"image", "tiny"}, {"name", "disk-holder"}, {"memory_mb", 256}});
+  EXPECT_EQ(vm["disk_bytes"], bound + (int64_t{256} << 20)) << vm.dump();
+  auto held = admin.Get("/v1/hosts");
+  ASSERT_TRUE(held.ok());
+  EXPECT_EQ((*held)["hosts"][0]["reserved_disk_bytes"], bound + (int64_t{256} << 20));
+  DeleteVm(admin, vm["id"]);
+  auto released = admin.Get("/v1/hosts");
+  ASSERT_TRUE(released.ok());
+  EXPECT_EQ((*released)["hosts"][0]["reserved_disk_bytes"], 0);
+}
+
 // Quotas (docs/security.md, "Quotas"): set by the admin with a strict body,
 // shown with usage, enforced at placement and at finalize with 403 naming
 // the quota and the numbers; raising the quota lets the same request in.

@@ -90,16 +90,25 @@ Agent::~Agent() {
 }
 
 nlohmann::json Agent::Capacity() const {
+  // The file system of the state directory holds the VMs' overlays,
+  // workspaces and checkpoints: the controller places VMs by its free space.
   struct statvfs vfs;
-  int64_t disk_mb = 0;
-  if (statvfs(options_.state_dir.c_str(), &vfs) == 0)
-    disk_mb = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize) / (1 << 20);
+  int64_t disk_mb = 0, disk_total = 0, disk_free = 0;
+  if (statvfs(options_.state_dir.c_str(), &vfs) == 0) {
+    disk_free = static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
+    disk_total = static_cast<int64_t>(vfs.f_blocks) * static_cast<int64_t>(vfs.f_frsize);
+    disk_mb = disk_free / (1 << 20);
+  }
   int vcpus = options_.vcpus > 0 ? options_.vcpus : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
-  int64_t mem =
-      options_.memory_mb > 0 ? static_cast<int64_t>(options_.memory_mb) : MemTotalMb() * 8 / 10;
-  return {{"vcpus", vcpus},        {"memory_mb", mem},
-          {"disk_mb", disk_mb},    {"kvm", KvmUsableBy("qemu-system-x86_64")},
-          {"site", options_.site}, {"network", options_.network},
+  int64_t mem = options_.memory_mb > 0 ? static_cast<int64_t>(options_.memory_mb) : MemTotalMb() * 8 / 10;
+  return {{"vcpus", vcpus},
+          {"memory_mb", mem},
+          {"disk_mb", disk_mb},
+          {"disk_total_bytes", disk_total},
+          {"disk_free_bytes", std::min(disk_free, disk_total)},
+          {"kvm", KvmUsableBy("qemu-system-x86_64")},
+          {"site", options_.site},
+          {"network", options_.network},
           {"arch", "x86_64"}};
 }
 

@@ -15,6 +15,7 @@
 #include "common/http_json.h"
 #include "common/subprocess.h"
 #include "common/util.h"
+#include "images/image_file.h"
 #include "images/qcow2_header.h"
 #include "vmm/machine_ops.h"
 #include "vmm/qemu_process.h"
@@ -810,11 +811,20 @@ Result<nlohmann::json> VmRunner::PublishCheckpoint(const std::string& id) {
   std::string tmp_dir = options_.state_dir + "/tmp";
   VMG_RETURN_IF_ERROR(MakeDirs(tmp_dir, 0755));
   std::string flat = tmp_dir + "/" + NewId("flat") + ".qcow2";
-  std::vector<std::string> argv = {"convert", "-f", "qcow2", "-O", "qcow2"};
-  if (vm->spec.disk_mode == "clone" && vm->spec.blobs.count("disk"))
-    argv.insert(argv.end(), {"-B", options_.images->BackingFor(vm->spec.blobs.at("disk").digest), "-F", "raw"});
-  argv.insert(argv.end(), {dir + "/disk.qcow2", flat});
-  Status st = QemuImg(argv);
+  // The VM's QEMU wrote this disk: once the guest owns QEMU, its header and
+  // content are the guest's. qemu-img reads it as the VM's own uid (or the
+  // unprivileged tool user), never through the backing file its header
+  // names; a clone's copy is backed by the image's export, as before.
+  ProcessOptions tool = UntrustedToolOptions(std::chrono::minutes(30));
+  if (auto [uid, gid] = QemuIds(*vm); uid >= 0 && geteuid() == 0) {
+    tool.drop_privileges = true;
+    tool.uid = static_cast<uid_t>(uid);
+    tool.gid = static_cast<gid_t>(gid);
+  }
+  const bool backed = vm->spec.disk_mode == "clone" && vm->spec.blobs.count("disk");
+  Status st = CopyUntrustedQcow2Top(
+      dir + "/disk.qcow2", flat,
+      backed ? options_.images->BackingFor(vm->spec.blobs.at("disk").digest) : "", "raw", tool);
   Result<BlobRef> mem = st.ok() ? options_.images->Push(dir + "/memory.state", id + "-ckpt-memory")
                                 : Result<BlobRef>(st.error());
   Result<BlobRef> disk = mem.ok() ? options_.images->Push(flat, id + "-ckpt-disk") : Result<BlobRef>(mem.error());

@@ -4,7 +4,11 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include "chunks/chunk_store.h"
+#include "chunks/image_catalog.h"
+#include "chunks/image_server.h"
 #include "chunks/test_dir.h"
+#include "common/subprocess.h"
 #include "common/util.h"
 
 namespace vmgrid {
@@ -61,6 +65,66 @@ TEST(VmRunnerTest, RedactForUserKeepsTheReasonOnly) {
             "launch failed: QEMU exited");
   EXPECT_EQ(RedactForUser("QEMU exited during boot; see /s/vms/v/run/qemu.log: tail"), "QEMU exited during boot");
   EXPECT_EQ(RedactForUser("backing json:{\"driver\":\"raw\"} failed"), "backing <host path> failed");
+}
+
+// Issue 9 §3: the agent published a VM's checkpoint with `qemu-img convert`
+// as root, following whatever backing file the checkpoint disk's header
+// named. The VM's QEMU writes that disk, so a guest that owns QEMU could name
+// a host file (the admin token, say) and read it back by resuming the
+// published checkpoint. On the old code this publish succeeded and the
+// image server got the host file's bytes.
+TEST(VmRunnerTest, PublishingACheckpointNeverReadsAHostFileItsDiskNames) {
+  TestDir dir;
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0755), 0);
+  ChunkStore::Options so;
+  so.sync = false;
+  auto store = std::move(ChunkStore::Open(dir / "server", so)).value();
+  auto catalog = std::move(ImageCatalog::Open(dir / "server")).value();
+  ImageServer server(*store, *catalog, ImageServer::Options{.token = "sekrit"});
+  ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
+  HostImages::Options ho;
+  ho.state_dir = dir / "host";
+  ho.server_url = server.url();
+  ho.token = "sekrit";
+  auto images = HostImages::Open(ho);
+  ASSERT_TRUE(images.ok()) << images.error().message;
+
+  const std::string secret = dir / "admin.token";
+  WriteTestFile(secret, std::string(1 << 20, 'S'));
+  ASSERT_EQ(::chmod(secret.c_str(), 0600), 0);
+  // A stopped VM on a persistent disk with a checkpoint whose disk names
+  // the secret as its backing file (as a hostile QEMU can write it).
+  VmRunnerOptions o;
+  o.state_dir = dir / "state";
+  o.images = images->get();
+  const std::string vm_dir = o.state_dir + "/vms/vm-evil";
+  ASSERT_TRUE(MakeDirs(vm_dir + "/checkpoint", 0700).ok());
+  VmSpec spec;
+  spec.id = "vm-evil";
+  spec.disk_mode = "persistent";
+  spec.workspace_path = dir / "ws.qcow2";
+  spec.image.disk = dir / "image.raw";
+  spec.image.format = "raw";
+  WriteTestFile(vm_dir + "/spec.json", ToJson(spec).dump());
+  WriteTestFile(vm_dir + "/state.json",
+                nlohmann::json{{"state", "stopped"}, {"has_checkpoint", true}}.dump());
+  WriteTestFile(vm_dir + "/checkpoint/meta.json", R"({"kind":"vm"})");
+  WriteTestFile(vm_dir + "/checkpoint/memory.state", std::string(4096, 'm'));
+  const std::string disk = vm_dir + "/checkpoint/disk.qcow2";
+  ASSERT_TRUE(RunProcessChecked(
+                  {"qemu-img", "create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw", disk})
+                  .ok());
+  ASSERT_EQ(::chmod(disk.c_str(), 0600), 0);
+
+  VmRunner runner(o);
+  ASSERT_TRUE(runner.Recover().ok());
+  ASSERT_TRUE(runner.Get("vm-evil").ok()) << "the seeded VM was not recovered";
+  auto published = runner.PublishCheckpoint("vm-evil");
+  ASSERT_FALSE(published.ok()) << "published a checkpoint that reads " << secret << ": "
+                               << published->dump();
+  EXPECT_EQ(published.error().message.find(dir.path()), std::string::npos)
+      << published.error().message;
+  EXPECT_EQ(server.stats().chunks_uploaded, 0u);
 }
 
 }  // namespace

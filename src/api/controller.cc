@@ -344,6 +344,8 @@ json Controller::ImageJson(const Image& i) {
           {"format", i.format},
           {"size_bytes", i.size_bytes},
           {"virtual_size_bytes", i.virtual_size_bytes},
+          {"expanded_size_bytes", i.expanded_size_bytes},
+          {"max_clone_bytes", i.max_clone_bytes},
           {"has_kernel", i.has_kernel},
           {"has_initrd", i.has_initrd},
           {"append", i.append},
@@ -378,6 +380,7 @@ json Controller::VmJson(const Vm& v, const Image* known_image, const Host* known
           {"vcpus", v.vcpus},
           {"memory_mb", v.memory_mb},
           {"disk", v.disk},
+          {"disk_bytes", v.disk_bytes},
           {"start", v.start},
           {"workspace", ws_name},
           {"network", v.network},
@@ -400,6 +403,9 @@ json Controller::HostJson(const Host& h, bool admin) {
             {"arch", h.arch},
             {"free_vcpus", std::max(0, h.vcpus - h.reserved_vcpus)},
             {"free_memory_mb", std::max<int64_t>(0, h.memory_mb - h.reserved_memory_mb)},
+            {"disk_total_bytes", h.disk_total_bytes},
+            {"disk_free_bytes", h.disk_free_bytes},
+            {"reserved_disk_bytes", h.reserved_disk_bytes},
             {"last_heartbeat", FormatTimeMs(h.last_heartbeat_ms)}};
   if (admin) {
     j["url"] = h.url;
@@ -786,7 +792,8 @@ void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
   if (auto st = CheckAgentUrl(*url); !st.ok()) return SendError(res, st.error());
   const json& cap = (*body)["capacity"];
   if (!cap.is_object()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "capacity must be an object"));
-  JsonFields cf(cap, {"vcpus", "memory_mb", "disk_mb", "kvm", "site", "network", "arch"});
+  JsonFields cf(cap, {"vcpus", "memory_mb", "disk_mb", "disk_total_bytes", "disk_free_bytes", "kvm",
+                      "site", "network", "arch"});
   auto vcpus = cf.Int("vcpus", 0, 0, 4096);
   auto mem = cf.Int("memory_mb", 0, 0, int64_t{1} << 32);
   auto disk = cf.Int("disk_mb", 0, 0, int64_t{1} << 40);
@@ -794,7 +801,16 @@ void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
   for (const Status& st : {vcpus.ok() ? Status() : Status(vcpus.error()), mem.ok() ? Status() : Status(mem.error()),
                            disk.ok() ? Status() : Status(disk.error()), kvm.ok() ? Status() : Status(kvm.error())})
     if (!st.ok()) return SendError(res, st.error());
+  auto disk_total = cf.Int("disk_total_bytes", 0, 0, int64_t{1} << 60);
+  auto disk_free = cf.Int("disk_free_bytes", 0, 0, int64_t{1} << 60);
+  if (!disk_total.ok()) return SendError(res, disk_total.error());
+  if (!disk_free.ok()) return SendError(res, disk_free.error());
+  if (*disk_free > *disk_total)
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                    "capacity: disk_free_bytes exceeds disk_total_bytes"));
   HostCapacity hc{static_cast<int>(*vcpus), *mem, *disk, *kvm};
+  hc.disk_total_bytes = *disk_total;
+  hc.disk_free_bytes = *disk_free;
   for (auto [field, dst] : {std::pair{"site", &hc.site}, {"network", &hc.network}, {"arch", &hc.arch}}) {
     auto v = cf.String(field, false, *dst);
     if (!v.ok()) return SendError(res, v.error());
@@ -1106,6 +1122,8 @@ void Controller::UploadImageFile(const Caller& c, const Req& req, Res& r,
     if (info.ok()) {
       image->size_bytes = received;
       image->virtual_size_bytes = info->virtual_size;
+      image->expanded_size_bytes = info->expanded_size;
+      image->max_clone_bytes = info->max_clone_size;
     } else {
       valid = info.error();
     }
@@ -1123,6 +1141,8 @@ void Controller::UploadImageFile(const Caller& c, const Req& req, Res& r,
   if (kind == "disk") {
     fresh->size_bytes = image->size_bytes;
     fresh->virtual_size_bytes = image->virtual_size_bytes;
+    fresh->expanded_size_bytes = image->expanded_size_bytes;
+    fresh->max_clone_bytes = image->max_clone_bytes;
   }
   if (Status st = (*tmp)->Commit(image->dir + "/" + FileNameFor(kind, image->format)); !st.ok())
     return SendError(r, st.error());
@@ -1201,6 +1221,19 @@ void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
 Result<json> Controller::RunFinalize(const std::string& op_id, const std::string& image_id) {
   VMG_ASSIGN_OR_RETURN(Image image, store_->GetImage(image_id, ""));
   if (image_server_) {
+    // Publishing stores the disk expanded: refuse an image over the quota
+    // before that work (store_->FinalizeImage below is the atomic check).
+    if (auto owner = store_->GetUserById(image.owner_id);
+        owner.ok() && owner->quota.image_bytes > 0) {
+      auto use = store_->GetUserUsage(owner->id);
+      if (use.ok() && use->image_bytes + image.QuotaBytes() > owner->quota.image_bytes)
+        return MakeError(ErrorCode::kPermissionDenied,
+                         "quota: " + owner->name + " may keep " +
+                             std::to_string(owner->quota.image_bytes) + " bytes of images (" +
+                             std::to_string(use->image_bytes) + " in ready images, this one has " +
+                             std::to_string(image.QuotaBytes()) +
+                             " once expanded); ask the admin to raise it (`vmgrid user quota`)");
+    }
     VMG_RETURN_IF_ERROR(PublishImage(image, [this, &op_id](const std::string& step, int pct) {
       SetOperationProgress(op_id, step, pct);
     }));
@@ -1437,6 +1470,9 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     return SendError(res, MakeError(ErrorCode::kInvalidArgument,
                                     "image " + image.name + " needs at least " +
                                         std::to_string(image.min_memory_mb) + " MB of memory"));
+  // The host disk it holds: its overlay or workspace can grow to a fully
+  // allocated copy of the image's disk, and a checkpoint writes its memory.
+  vm.disk_bytes = image.CloneBoundBytes() + (vm.memory_mb << 20);
 
   // Persistent disks are the user's workspace, pinned to the host holding it.
   std::optional<Workspace> workspace;
@@ -1464,10 +1500,11 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
       candidates = {workspace->host_id};
     } else {
       new_workspace = true;
-      // It holds a copy of the image's disk: its virtual size is what it
-      // takes of the workspace_bytes quota.
+      // It holds a copy of the image's disk: what that copy can grow to (a
+      // fully allocated qcow2 of its virtual size, `qemu-img measure`) is
+      // what it takes of the workspace_bytes quota.
       workspace = Workspace{
-          NewId("ws"), wsn, c.user.id, image.id, "", "", image.virtual_size_bytes, vm.id, started};
+          NewId("ws"), wsn, c.user.id, image.id, "", "", image.CloneBoundBytes(), vm.id, started};
     }
   } else if (!ws_name->empty()) {
     return SendError(res, MakeError(ErrorCode::kInvalidArgument, "workspace needs disk=persistent"));
@@ -1512,7 +1549,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     return CreateGang(c, *body, vm, image, checkpoint_dir, *count, *policy, res, started, *slot);
   }
   if (candidates.empty()) {
-    candidates = index_->Rank({image.id, vm.vcpus, vm.memory_mb, *policy, *site, *host_network});
+    candidates = index_->Rank(
+        {image.id, vm.vcpus, vm.memory_mb, vm.disk_bytes, *policy, *site, *host_network});
     if (candidates.empty()) {
       auto hosts = store_->ListHosts();
       if (!hosts.ok()) return SendError(res, hosts.error());
@@ -1670,6 +1708,7 @@ void Controller::CreateGang(const Caller& c, const json& body, const Vm& proto, 
     vm.id = NewId("vm");
     vm.name = (proto.name == proto.id ? vm.id : proto.name + "-" + std::to_string(i + 1));
     vm.memory_mb = memory;
+    vm.disk_bytes = image.CloneBoundBytes() + (memory << 20);
     vms.push_back(vm);
   }
   auto groups = index_->Groups(*same, policy);
@@ -1677,13 +1716,15 @@ void Controller::CreateGang(const Caller& c, const json& body, const Vm& proto, 
   auto placed = store_->PlaceAndInsertGang(vms, *groups);
   if (!placed.ok()) {
     if (placed.error().code != ErrorCode::kResourceExhausted) return SendError(res, placed.error());
-    return SendError(res, MakeError(ErrorCode::kResourceExhausted,
-                                    "no " + (same->empty() ? std::string("set of hosts") : *same) +
-                                        " has room for all " + std::to_string(count) + " VMs (" +
-                                        std::to_string(count) + " x " + std::to_string(proto.vcpus) +
-                                        " vCPU, " + std::to_string(memory) + " MB; " +
-                                        std::to_string(groups->size()) +
-                                        " group(s) of up hosts checked); none was created"));
+    return SendError(
+        res, MakeError(ErrorCode::kResourceExhausted,
+                       "no " + (same->empty() ? std::string("set of hosts") : *same) +
+                           " has room for all " + std::to_string(count) + " VMs (" +
+                           std::to_string(count) + " x " + std::to_string(proto.vcpus) + " vCPU, " +
+                           std::to_string(memory) + " MB, " +
+                           std::to_string((vms[0].disk_bytes + (1 << 20) - 1) >> 20) +
+                           " MiB of disk; " + std::to_string(groups->size()) +
+                           " group(s) of up hosts checked); none was created"));
   }
   json out = json::array();
   for (const auto& vm : *placed) out.push_back(VmJson(vm, &image));
@@ -1697,7 +1738,7 @@ void Controller::CreateGang(const Caller& c, const json& body, const Vm& proto, 
 // FailedScheduling events).
 Error Controller::ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates,
                                      const std::string& site, const std::string& network) {
-  int down = 0, cpu = 0, mem = 0, checked = 0, wrong_site = 0, wrong_net = 0;
+  int down = 0, cpu = 0, mem = 0, disk = 0, checked = 0, wrong_site = 0, wrong_net = 0;
   for (const auto& id : candidates) {
     auto h = store_->GetHost(id);
     if (!h.ok()) continue;
@@ -1710,13 +1751,18 @@ Error Controller::ExplainNoPlacement(const Vm& vm, const std::vector<std::string
     if (!network.empty() && h->network != network) ++wrong_net;
     if (h->vcpus - h->reserved_vcpus < vm.vcpus) ++cpu;
     if (h->memory_mb - h->reserved_memory_mb < vm.memory_mb) ++mem;
+    if (h->disk_total_bytes > 0 && h->disk_free_bytes - h->reserved_disk_bytes < vm.disk_bytes)
+      ++disk;
   }
+  const std::string disk_mib = std::to_string((vm.disk_bytes + (1 << 20) - 1) >> 20);
   std::string msg = "no host can run " + std::to_string(vm.vcpus) + " vCPU(s) with " +
-                    std::to_string(vm.memory_mb) + " MB: of " + std::to_string(checked) +
-                    " host(s) checked, " + std::to_string(down) + " are down, " +
-                    std::to_string(cpu) + " lack " + std::to_string(vm.vcpus) +
+                    std::to_string(vm.memory_mb) + " MB and " + disk_mib + " MiB of disk: of " +
+                    std::to_string(checked) + " host(s) checked, " + std::to_string(down) +
+                    " are down, " + std::to_string(cpu) + " lack " + std::to_string(vm.vcpus) +
                     " free vCPU(s), " + std::to_string(mem) + " lack " +
-                    std::to_string(vm.memory_mb) + " MB of free memory";
+                    std::to_string(vm.memory_mb) + " MB of free memory, " + std::to_string(disk) +
+                    " lack " + disk_mib +
+                    " MiB of free disk (what the VM's disk can grow to plus a memory checkpoint)";
   if (!site.empty()) msg += ", " + std::to_string(wrong_site) + " are not in site " + site;
   if (!network.empty()) msg += ", " + std::to_string(wrong_net) + " are not on network " + network;
   return MakeError(ErrorCode::kResourceExhausted, msg);

@@ -19,6 +19,7 @@ void CapacityIndex::WalkLocked(const ByFree& set, const PlacementRequest& r, int
   auto consider = [&](const std::string& id) {
     const Entry& e = hosts_.at(id);
     if (e.vcpus - e.used_vcpus < r.vcpus) return;
+    if (e.disk_total > 0 && e.disk_free - e.used_disk < r.disk_bytes) return;
     if (!r.site.empty() && e.site != r.site) return;
     if (!r.network.empty() && e.network != r.network) return;
     if (skip_cached >= 0 && std::find(e.images.begin(), e.images.end(), skip_cached) != e.images.end())
@@ -133,6 +134,9 @@ void CapacityIndex::SetHostLocked(const Host& h) {
   e.memory_mb = h.memory_mb;
   e.used_vcpus = h.reserved_vcpus;
   e.used_memory_mb = h.reserved_memory_mb;
+  e.disk_total = h.disk_total_bytes;
+  e.disk_free = h.disk_free_bytes;
+  e.used_disk = h.reserved_disk_bytes;
   e.vm_version = ++versions_;
   LinkLocked(e);
 }
@@ -167,12 +171,14 @@ void CapacityIndex::OnHostDown(const std::string& host_id) {
   }
 }
 
-void CapacityIndex::OnUsage(const std::string& host_id, int64_t vcpus, int64_t memory_mb) {
+void CapacityIndex::OnUsage(const std::string& host_id, int64_t vcpus, int64_t memory_mb,
+                            int64_t disk_bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto it = hosts_.find(host_id); it != hosts_.end()) {
     UnlinkLocked(it->second);
     it->second.used_vcpus += vcpus;
     it->second.used_memory_mb += memory_mb;
+    it->second.used_disk += disk_bytes;
     LinkLocked(it->second);
   }
 }

@@ -2,6 +2,7 @@
 // "Placement") is the query over the futures of the VM's image restricted to
 // its requirements:
 //   requirements: host up, free vCPUs >= vcpus, free memory >= memory_mb,
+//                 free disk >= disk_bytes (hosts that report their disk),
 //                 and the site / network segment if the request names one;
 //   rank:         hosts that already hold the image first (cache locality),
 //                 then by free memory — most first ("spread", the default) or
@@ -30,6 +31,7 @@ struct PlacementRequest {
   std::string image_id;
   int vcpus = 1;
   int64_t memory_mb = 256;
+  int64_t disk_bytes = 0;         // Vm::disk_bytes
   std::string policy = "spread";  // or "pack"
   std::string site;               // "" = any
   std::string network;            // host network segment, "" = any
@@ -57,7 +59,8 @@ class CapacityIndex : public StoreObserver {
                   const std::vector<std::pair<std::string, std::string>>& cached) override;
   void OnHost(const Host& host) override;
   void OnHostDown(const std::string& host_id) override;
-  void OnUsage(const std::string& host_id, int64_t vcpus, int64_t memory_mb) override;
+  void OnUsage(const std::string& host_id, int64_t vcpus, int64_t memory_mb,
+               int64_t disk_bytes) override;
   void OnVmChanged(const std::string& host_id) override;
   void OnImageCached(const std::string& image_id, const std::string& host_id) override;
 
@@ -66,6 +69,7 @@ class CapacityIndex : public StoreObserver {
     std::string id, site, network;
     bool up = false;
     int64_t vcpus = 0, memory_mb = 0, used_vcpus = 0, used_memory_mb = 0;
+    int64_t disk_total = 0, disk_free = 0, used_disk = 0;  // disk_total 0: not limited
     std::vector<int> images;  // interned image ids the host holds
     uint64_t vm_version = 0;
     int64_t free_memory() const { return memory_mb - used_memory_mb; }

@@ -44,9 +44,9 @@ TEST(CapacityIndex, HostWithoutFreeVcpuIsNeverRankedAndComesBackWhenFreed) {
                 {{"img", "full"}});
   // "full" has the most free memory and the image, but no vCPU to give.
   EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"small"}));
-  ix.OnUsage("full", -1, -256);
+  ix.OnUsage("full", -1, -256, 0);
   EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"full", "small"}));
-  ix.OnUsage("full", 1, 256);  // full again
+  ix.OnUsage("full", 1, 256, 0);  // full again
   EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"small"}));
   ix.OnHostDown("small");
   EXPECT_TRUE(ix.Rank(Request("img", 1, 256)).empty());
@@ -78,9 +78,30 @@ TEST(CapacityIndex, ImageCachedOnAFullHostJoinsTheCachedSetWhenItFrees) {
   ix.OnSnapshot({MakeHost("a", 1, 4096, 1, 256), MakeHost("b", 1, 8192)}, {});
   ix.OnImageCached("img", "a");
   EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"b"}));
-  ix.OnUsage("a", -1, -256);
+  ix.OnUsage("a", -1, -256, 0);
   EXPECT_EQ(ix.Rank(Request("img", 1, 256)), (std::vector<std::string>{"a", "b"}));
   EXPECT_TRUE(ix.IsCached("img", "a"));
+}
+
+// Issue 9 §3: a host without free disk for what the VM's disk can grow to
+// (plus its memory checkpoint) is not ranked; usage moves the room, and a
+// host that reports no disk is not limited.
+TEST(CapacityIndex, HostWithoutDiskRoomIsNotRanked) {
+  CapacityIndex ix;
+  Host small = MakeHost("small", 8, 65536), big = MakeHost("big", 8, 1024),
+       legacy = MakeHost("old", 8, 512);
+  small.disk_total_bytes = big.disk_total_bytes = int64_t{100} << 30;
+  small.disk_free_bytes = int64_t{2} << 30;
+  big.disk_free_bytes = int64_t{50} << 30;
+  big.reserved_disk_bytes = int64_t{10} << 30;
+  ix.OnSnapshot({small, big, legacy}, {});
+  PlacementRequest r = Request("img", 1, 256);
+  r.disk_bytes = int64_t{3} << 30;
+  EXPECT_EQ(ix.Rank(r), (std::vector<std::string>{"big", "old"}));
+  ix.OnUsage("big", 1, 256, int64_t{38} << 30);  // 40 - 38 = 2 GiB left
+  EXPECT_EQ(ix.Rank(r), (std::vector<std::string>{"old"}));
+  ix.OnUsage("big", -1, -256, -(int64_t{38} << 30));
+  EXPECT_EQ(ix.Rank(r), (std::vector<std::string>{"big", "old"}));
 }
 
 }  // namespace

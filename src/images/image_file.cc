@@ -143,6 +143,26 @@ Result<DiskInfo> InspectDiskFd(int fd, const std::string& claimed_format, bool n
       return MakeError(ErrorCode::kInvalidArgument, "the qcow2 image is corrupt (qemu-img check exit " +
                                                         std::to_string(check->exit_code) + ")");
   }
+  // What it expands to: compressed clusters count uncompressed, and a copy
+  // or overlay of it can grow to a fully allocated image.
+  ProcessOptions mo = UntrustedToolOptions(std::chrono::minutes(5));
+  mo.stdin_fd = fd;
+  auto measure = RunProcess(
+      {"qemu-img", "measure", "--output=json", "-f", claimed_format, "-O", "qcow2", "/dev/stdin"},
+      mo);
+  if (!measure.ok()) return measure.error();
+  if (measure->exit_code != 0)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "not a valid " + claimed_format + " image (qemu-img measure failed)");
+  nlohmann::json m = nlohmann::json::parse(measure->out, nullptr, false);
+  if (!m.is_object() || !m["required"].is_number_unsigned() ||
+      !m["fully-allocated"].is_number_unsigned())
+    return MakeError(ErrorCode::kInternal, "qemu-img measure printed unexpected JSON");
+  d.expanded_size = m["required"].get<int64_t>();
+  d.max_clone_size = m["fully-allocated"].get<int64_t>();
+  if (d.max_clone_size < d.virtual_size || d.expanded_size < 0 ||
+      d.expanded_size > d.max_clone_size)
+    return MakeError(ErrorCode::kInternal, "qemu-img measure printed implausible sizes");
   return d;
 }
 
@@ -173,6 +193,98 @@ Status ConvertUntrustedQcow2ToRaw(const std::string& src, const std::string& dst
     return MakeError(ErrorCode::kInvalidArgument,
                      "the qcow2 image could not be converted (qemu-img convert failed)");
   }
+  return Status::Ok();
+}
+
+Status CopyUntrustedQcow2Top(const std::string& src, const std::string& dst,
+                             const std::string& backing, const std::string& backing_format,
+                             const ProcessOptions& tool) {
+  unlink(dst.c_str());
+  const std::string zero = dst + ".zero";
+  unlink(zero.c_str());
+  OwnedFd in{open(src.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)};
+  if (in.fd < 0) return MakeError(ErrorCode::kInternal, "cannot open the disk to copy");
+  VMG_ASSIGN_OR_RETURN(std::string head, ReadHeadFd(in.fd, 64 << 10));
+  VMG_ASSIGN_OR_RETURN(Qcow2Header h, ParseQcow2Header(head));
+  // Its backing file is checked separately below; everything else as for
+  // any user image.
+  Qcow2Header unbacked = h;
+  unbacked.backing_file_offset = 0;
+  unbacked.backing_file_size = 0;
+  unbacked.has_backing_format_extension = false;
+  VMG_RETURN_IF_ERROR(CheckUntrustedQcow2(unbacked, kMaxVirtualDiskBytes));
+  const bool header_backed = h.backing_file_offset != 0 || h.backing_file_size != 0;
+  if (backing.empty() && header_backed)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the disk names a backing file where it should have none");
+  const std::string size = std::to_string(h.virtual_size);
+  // The output, from trusted values only (-u: the backing is not opened).
+  std::vector<std::string> create = {"qemu-img", "create", "-q", "-f", "qcow2", "-u"};
+  if (!backing.empty()) create.insert(create.end(), {"-b", backing, "-F", backing_format});
+  create.insert(create.end(), {dst, size});
+  auto fail = [&](Error e) -> Error {
+    unlink(dst.c_str());
+    unlink(zero.c_str());
+    return e;
+  };
+  if (auto r = RunProcessChecked(create, std::chrono::minutes(1)); !r.ok()) return fail(r.error());
+  if (tool.drop_privileges && chown(dst.c_str(), tool.uid, tool.gid) != 0)
+    return fail(MakeError(ErrorCode::kInternal, "cannot prepare the copy"));
+  chmod(dst.c_str(), 0600);
+  nlohmann::json src_spec = {{"driver", "qcow2"},
+                             {"file", {{"driver", "file"}, {"filename", "/dev/stdin"}}},
+                             {"backing", nullptr}};
+  if (!backing.empty()) {
+    // Present, so unallocated clusters are not zeros, and never read
+    // (convert -B copies only what the top layer holds).
+    OwnedFd z{open(zero.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644)};
+    if (z.fd < 0 || ftruncate(z.fd, static_cast<off_t>(h.virtual_size)) != 0)
+      return fail(MakeError(ErrorCode::kInternal, "cannot prepare the copy"));
+    src_spec["backing"] = {{"driver", "raw"}, {"file", {{"driver", "file"}, {"filename", zero}}}};
+  }
+  nlohmann::json dst_spec = {
+      {"driver", "qcow2"}, {"file", {{"driver", "file"}, {"filename", dst}}}, {"backing", nullptr}};
+  std::vector<std::string> convert = {"qemu-img", "convert", "-n", "-O", "qcow2"};
+  if (!backing.empty()) convert.insert(convert.end(), {"-B", backing});
+  convert.insert(convert.end(), {"json:" + src_spec.dump(), "json:" + dst_spec.dump()});
+  // qemu-img opens /dev/stdin again, which checks the file's mode: lend the
+  // tool's group read access for the run (the file's directory stays closed
+  // to it, so only this fd leads there).
+  struct stat before;
+  if (fstat(in.fd, &before) != 0)
+    return fail(MakeError(ErrorCode::kInternal, "cannot stat the disk"));
+  const bool lend = tool.drop_privileges;
+  if (lend && (fchown(in.fd, 0, tool.gid) != 0 || fchmod(in.fd, 0640) != 0))
+    return fail(MakeError(ErrorCode::kInternal, "cannot open the disk to the copying user"));
+  ProcessOptions po = tool;
+  po.stdin_fd = in.fd;
+  auto r = RunProcess(convert, po);
+  if (lend) {
+    (void)fchown(in.fd, before.st_uid, before.st_gid);
+    (void)fchmod(in.fd, before.st_mode & 07777);
+  }
+  unlink(zero.c_str());
+  if (!r.ok()) return fail(r.error());
+  if (r->exit_code != 0)
+    return fail(MakeError(ErrorCode::kInvalidArgument,
+                          "the disk could not be copied (qemu-img convert failed)"));
+  // Written by a process that read hostile input: check what it wrote.
+  OwnedFd out{open(dst.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)};
+  if (out.fd < 0) return fail(MakeError(ErrorCode::kInternal, "cannot open the copy"));
+  auto out_head = ReadHeadFd(out.fd, 64 << 10);
+  if (!out_head.ok()) return fail(out_head.error());
+  auto oh = ParseQcow2Header(*out_head);
+  if (!oh.ok()) return fail(oh.error());
+  Qcow2Header out_unbacked = *oh;
+  out_unbacked.backing_file_offset = 0;
+  out_unbacked.backing_file_size = 0;
+  out_unbacked.has_backing_format_extension = false;
+  if (Status st = CheckUntrustedQcow2(out_unbacked, kMaxVirtualDiskBytes); !st.ok())
+    return fail(st.error());
+  if (oh->backing_file != backing || oh->virtual_size != h.virtual_size ||
+      (backing.empty() && (oh->backing_file_offset != 0 || oh->backing_file_size != 0)))
+    return fail(
+        MakeError(ErrorCode::kInvalidArgument, "the copy of the disk is not what was asked for"));
   return Status::Ok();
 }
 

@@ -17,6 +17,11 @@ struct DiskInfo {
   std::string format;          // "raw" or "qcow2"
   int64_t virtual_size = 0;    // bytes the guest sees
   int64_t actual_size = 0;     // bytes allocated on the host
+  // `qemu-img measure -O qcow2`: the bytes its data takes as an uncompressed
+  // qcow2 (what it expands to), and a fully allocated qcow2 of its virtual
+  // size (what an overlay or copy of it can grow to, metadata included).
+  int64_t expanded_size = 0;
+  int64_t max_clone_size = 0;
 };
 
 // Largest disk a guest may see; bigger claims are treated as hostile.
@@ -24,7 +29,8 @@ constexpr int64_t kMaxVirtualDiskBytes = int64_t{4} << 40;
 
 // Checks that `path` is a disk of `claimed_format` ("raw" or "qcow2"), that a
 // qcow2 is consistent and has no backing file, and (when `needs_boot_sector`)
-// that a raw disk carries an MBR/GPT boot signature. Uses `qemu-img`.
+// that a raw disk carries an MBR/GPT boot signature, and measures it (see
+// DiskInfo). Uses `qemu-img`.
 Result<DiskInfo> InspectDisk(const std::string& path, const std::string& claimed_format,
                              bool needs_boot_sector);
 
@@ -43,6 +49,25 @@ Result<DiskInfo> InspectDiskFd(int fd, const std::string& claimed_format, bool n
 // `dst` does not exist.
 Status ConvertUntrustedQcow2ToRaw(const std::string& src, const std::string& dst,
                                   std::chrono::milliseconds timeout);
+
+// Copies the top layer of a qcow2 that a VM's QEMU wrote (a checkpoint's
+// disk: header and content are the guest's to choose once it owns QEMU) to a
+// new qcow2 `dst` (replaced if present) backed by `backing` of format
+// `backing_format`, or standalone when `backing` is "". As `qemu-img convert
+// -B` does, only clusters allocated in `src`'s own layer are copied (zeroed
+// ones as zero clusters). The backing file `src`'s header names is never
+// opened: with a `backing`, qemu-img sees an empty file of the same size in
+// its place (so unallocated clusters stay unallocated); without one, a
+// header naming a backing file is refused (kInvalidArgument), as are
+// external data files and encryption. qemu-img runs under `tool` (a VM's
+// uid, or UntrustedToolOptions), reads `src` through an fd (for which `src`
+// is made readable to tool.gid, 0640, and given its owner and mode back after)
+// and writes only into `dst`, which is made beforehand (from trusted values
+// only) and given to the tool's user; its header is checked afterwards to
+// name exactly `backing`. On failure `dst` does not exist.
+Status CopyUntrustedQcow2Top(const std::string& src, const std::string& dst,
+                             const std::string& backing, const std::string& backing_format,
+                             const ProcessOptions& tool);
 
 // How qemu-img and other tools are run on user files: as vmgrid-qemu (or
 // nobody) when this process is root, unchanged otherwise.

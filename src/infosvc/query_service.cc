@@ -46,7 +46,8 @@ const char* kViews = R"sql(
          h.vcpus, h.memory_mb, h.disk_mb,
          h.vcpus - h.used_vcpus AS free_vcpus,
          h.memory_mb - h.used_memory_mb AS free_memory_mb,
-         h.state
+         h.state,
+         h.disk_total_bytes, h.disk_free_bytes, h.used_disk_bytes AS disk_reserved_bytes
   FROM {base}hosts h;
 
 {create}vms{sfx} AS
@@ -58,7 +59,8 @@ const char* kViews = R"sql(
 {create}images{sfx} AS
   SELECT i.id, i.name, u.name AS owner, i.format, i.size_bytes, i.virtual_size_bytes,
          i.min_memory_mb, CAST(i.ckpt_state = 'ready' AS INTEGER) AS has_checkpoint,
-         i.ckpt_memory_mb AS checkpoint_memory_mb, i.ckpt_vcpus AS checkpoint_vcpus
+         i.ckpt_memory_mb AS checkpoint_memory_mb, i.ckpt_vcpus AS checkpoint_vcpus,
+         i.expanded_size_bytes, i.max_clone_bytes
   FROM {base}images i JOIN {base}users u ON u.id = i.owner_id
   WHERE i.state = 'ready' AND ()sql" VISIBLE("i.owner_id") R"sql( OR u.role = 'admin');
 
@@ -83,7 +85,7 @@ const char* kViews = R"sql(
          CAST(c.host_id IS NOT NULL AS INTEGER) AS cached,
          n.start_ms + CASE WHEN c.host_id IS NULL THEN n.size_bytes / 100000 ELSE 0 END
            AS expected_ms
-  FROM (SELECT i.id, i.name, i.size_bytes, s.start,
+  FROM (SELECT i.id, i.name, i.size_bytes, i.max_clone_bytes, s.start,
                CASE s.start WHEN 'resume' THEN i.checkpoint_vcpus ELSE 1 END AS vcpus,
                CASE s.start WHEN 'resume' THEN i.checkpoint_memory_mb
                             ELSE CASE WHEN i.min_memory_mb > 256 THEN i.min_memory_mb ELSE 256 END
@@ -95,7 +97,9 @@ const char* kViews = R"sql(
         WHERE s.start = 'boot' OR i.has_checkpoint <> 0) n
   CROSS JOIN {pub}hosts{sfx} h
   LEFT JOIN {base}image_cache c ON c.image_id = n.id AND c.host_id = h.id
-  WHERE h.state = 'up' AND h.free_memory_mb >= n.memory_mb AND h.free_vcpus >= n.vcpus;
+  WHERE h.state = 'up' AND h.free_memory_mb >= n.memory_mb AND h.free_vcpus >= n.vcpus
+    AND (h.disk_total_bytes = 0 OR
+         h.disk_free_bytes - h.disk_reserved_bytes >= n.max_clone_bytes + n.memory_mb * 1048576);
 
 {create}machines{sfx} AS
   SELECT id, vcpus, memory_mb, network, site, arch FROM {pub}hosts{sfx} WHERE state = 'up'

@@ -150,6 +150,29 @@ TEST_P(QueryServiceTest, FuturesCarryCostAndCacheState) {
   EXPECT_GT(r.rows[2][3].get<int64_t>(), r.rows[0][3].get<int64_t>());  // uncached costs more
 }
 
+// Issue 9 §3: the hosts view publishes each host's disk (as the agent
+// reports it, and what placed VMs hold of it), and a future needs room on
+// it for what the VM's disk can grow to plus a memory checkpoint.
+TEST_P(QueryServiceTest, HostsPublishTheirDiskAndFuturesNeedRoomOnIt) {
+  HostCapacity cramped{4, 4096, 100, false, "siteC", "net3", "x86_64"};
+  cramped.disk_total_bytes = int64_t{10} << 30;
+  cramped.disk_free_bytes = int64_t{100} << 20;  // less than a 256 MB memory checkpoint
+  ASSERT_TRUE(store_->HeartbeatHost("h3", "http://c", cramped).ok());
+  auto hosts = Q(bob_,
+                 "SELECT disk_total_bytes, disk_free_bytes, disk_reserved_bytes FROM hosts "
+                 "WHERE name = 'h3'");
+  ASSERT_EQ(hosts.rows.size(), 1u);
+  EXPECT_EQ(hosts.rows[0][0], int64_t{10} << 30);
+  EXPECT_EQ(hosts.rows[0][1], int64_t{100} << 20);
+  EXPECT_EQ(hosts.rows[0][2], 0);
+  EXPECT_EQ(Q(alice_, "SELECT id FROM futures WHERE host = 'h3'").rows.size(), 0u);
+  cramped.disk_free_bytes = int64_t{5} << 30;
+  ASSERT_TRUE(store_->HeartbeatHost("h3", "http://c", cramped).ok());
+  EXPECT_EQ(Q(alice_, "SELECT id FROM futures WHERE host = 'h3'").rows.size(), 2u);
+  auto images = Q(alice_, "SELECT expanded_size_bytes, max_clone_bytes FROM images");
+  EXPECT_EQ(images.rows.size(), 1u);
+}
+
 TEST_P(QueryServiceTest, EverythingButSelectOnViewsIsRefused) {
   EXPECT_EQ(Fail(bob_, "SELECT * FROM main.vms").code, ErrorCode::kPermissionDenied);
   EXPECT_EQ(Fail(bob_, "SELECT token_sha256 FROM tokens").code, ErrorCode::kPermissionDenied);

@@ -55,6 +55,7 @@ class SimGridTest : public ::testing::Test {
     so.vcpus = 1;
     so.memory_mb = 4096;
     so.heartbeat_interval_s = 2;
+    Configure(so);
     sim_ = std::make_unique<SimHosts>(so);
     ASSERT_TRUE(sim_->Start().ok());
   }
@@ -64,6 +65,33 @@ class SimGridTest : public ::testing::Test {
     if (!HasFailure()) (void)RemoveTree(dir_);
   }
   ApiClient Admin() const { return ApiClient(controller_->url(), controller_->admin_token()); }
+  virtual void Configure(SimHostsOptions&) {}
+  // Waits until `n` hosts are up; returns the hosts listing.
+  json WaitHostsUp(int n) {
+    auto up = PollUntil(
+        Admin(), "/v1/hosts",
+        [n](const json& j) {
+          int up = 0;
+          for (const auto& h : j["hosts"]) up += h["state"] == "up";
+          return up == n;
+        },
+        seconds(30));
+    EXPECT_TRUE(up.ok()) << up.error().message;
+    return up.ok() ? *up : json();
+  }
+  // The 1 MiB raw disk as a ready image named `name`.
+  void ImportDisk(const std::string& name) {
+    ApiClient admin = Admin();
+    auto image = admin.Post("/v1/images", {{"name", name}, {"format", "raw"}});
+    ASSERT_TRUE(image.ok()) << image.error().message;
+    std::string image_id = (*image)["id"];
+    auto put = admin.PutFile("/v1/images/" + image_id + "/files/disk",
+                             WriteBootableDisk(dir_ + "/" + name + ".raw"));
+    ASSERT_TRUE(put.ok()) << put.error().message;
+    auto ready = AwaitOperation(admin, admin.Post("/v1/images/" + image_id + "/finalize"));
+    ASSERT_TRUE(ready.ok()) << ready.error().message;
+    ASSERT_EQ((*ready)["state"], "ready");
+  }
 
   std::string dir_;
   std::unique_ptr<ControllerProcess> controller_;
@@ -165,6 +193,62 @@ TEST_F(SimGridTest, ConcurrentCreatesNeverOversubscribeSimulatedHosts) {
   ASSERT_TRUE(q.ok()) << q.error().message;
   EXPECT_EQ((*q)["rows"][0][0], 0);
   EXPECT_EQ((*q)["rows"][0][1], 0);
+}
+
+// Issue 9 §3: the host's disk is a placement resource. Two simulated hosts
+// with 1 GiB of free disk each (and vCPUs and memory to spare): each VM
+// holds what its disk can grow to (the 1 MiB image, fully allocated, with
+// qcow2 metadata) plus a 256 MB memory checkpoint, so three fit per host;
+// the seventh VM is refused with the reason, and a deleted VM's room is
+// placeable again.
+class SimGridDiskTest : public SimGridTest {
+ protected:
+  void Configure(SimHostsOptions& so) override {
+    so.count = 2;
+    so.vcpus = 8;
+    so.memory_mb = 8192;
+    so.disk_mb = 1024;
+  }
+};
+
+TEST_F(SimGridDiskTest, HostsWithoutDiskRoomAreRefused) {
+  ApiClient admin = Admin();
+  json hosts = WaitHostsUp(2);
+  for (const auto& h : hosts["hosts"]) {
+    EXPECT_EQ(h["disk_total_bytes"], int64_t{1} << 30) << h.dump();
+    EXPECT_EQ(h["disk_free_bytes"], int64_t{1} << 30) << h.dump();
+  }
+  ImportDisk("disk-only");
+  auto image = admin.Get("/v1/images/disk-only");
+  ASSERT_TRUE(image.ok()) << image.error().message;
+  const int64_t bound = (*image)["max_clone_bytes"];
+  EXPECT_GE(bound, int64_t{1} << 20) << image->dump();
+  EXPECT_LT(bound, int64_t{2} << 20) << image->dump();
+
+  std::vector<std::string> ids;
+  for (int i = 0; i < 6; ++i) {
+    auto vm = admin.Post("/v1/vms", {{"image", "disk-only"}, {"name", "vm-" + std::to_string(i)}});
+    ASSERT_TRUE(vm.ok()) << i << ": " << vm.error().message;
+    EXPECT_EQ((*vm)["disk_bytes"], bound + (int64_t{256} << 20)) << vm->dump();
+    ids.push_back((*vm)["id"]);
+  }
+  auto full = admin.Post("/v1/vms", {{"image", "disk-only"}, {"name", "vm-6"}});
+  ASSERT_FALSE(full.ok());
+  EXPECT_EQ(full.error().code, ErrorCode::kResourceExhausted);
+  EXPECT_NE(full.error().message.find("2 lack 258 MiB of free disk"), std::string::npos)
+      << full.error().message;
+  auto listed = admin.Get("/v1/hosts");
+  ASSERT_TRUE(listed.ok());
+  for (const auto& h : (*listed)["hosts"])
+    EXPECT_EQ(h["reserved_disk_bytes"], 3 * (bound + (int64_t{256} << 20))) << h.dump();
+
+  // Deleting a VM releases its disk.
+  ASSERT_TRUE(admin.Delete("/v1/vms/" + ids[0]).ok());
+  auto gone = PollUntil(
+      admin, "/v1/vms", [](const json& j) { return j["vms"].size() == 5u; }, seconds(30));
+  ASSERT_TRUE(gone.ok()) << gone.error().message;
+  auto again = admin.Post("/v1/vms", {{"image", "disk-only"}, {"name", "vm-7"}});
+  EXPECT_TRUE(again.ok()) << again.error().message;
 }
 
 }  // namespace

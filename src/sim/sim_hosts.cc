@@ -103,6 +103,9 @@ json SimHosts::Capacity(int index) const {
   return {{"vcpus", options_.vcpus},
           {"memory_mb", options_.memory_mb},
           {"disk_mb", options_.disk_mb},
+          // An empty simulated disk of disk_mb: placement counts VMs' disks there.
+          {"disk_total_bytes", options_.disk_mb << 20},
+          {"disk_free_bytes", options_.disk_mb << 20},
           {"kvm", false},
           {"site", "site-" + std::to_string(index % std::max(1, options_.sites) + 1)},
           {"network", "net-" + std::to_string(index % std::max(1, options_.networks) + 1)},
@@ -131,7 +134,8 @@ SimHosts::Stats SimHosts::stats() const {
 Status SimHosts::Start() {
   if (options_.count < 1 || options_.count > 1'000'000)
     return MakeError(ErrorCode::kInvalidArgument, "count must be 1..1000000");
-  if (options_.vcpus < 0 || options_.vcpus > 4096 || options_.memory_mb < 0 || options_.disk_mb < 0)
+  if (options_.vcpus < 0 || options_.vcpus > 4096 || options_.memory_mb < 0 ||
+      options_.disk_mb < 0 || options_.disk_mb > (int64_t{1} << 40))
     return MakeError(ErrorCode::kInvalidArgument, "capacity out of range");
   if (options_.heartbeat_interval_s <= 0 || options_.heartbeat_threads < 0 ||
       options_.server_threads < 1 || options_.op_latency_ms < 0)

@@ -62,7 +62,7 @@ struct SimHostsOptions {
   // Capacity of every host.
   int vcpus = 8;
   int64_t memory_mb = 16384;
-  int64_t disk_mb = 102400;
+  int64_t disk_mb = 102400;  // reported as the state directory's total and free disk
   // Round-robin attributes: site-1..site-S, net-1..net-M.
   int sites = 10;
   int networks = 50;

@@ -12,8 +12,9 @@ namespace vmgrid {
 // What a user may hold at once, set by the admin. 0 means unlimited (the
 // default). VMs, vCPUs and memory count every VM of the user that holds room
 // on a host (all but failed ones); image bytes count the user's ready images
-// (their disks' bytes as uploaded); workspace bytes the virtual sizes
-// of the user's persistent workspaces.
+// (each its disk as uploaded or, if more, what its data expands to:
+// Image::expanded_size_bytes); workspace bytes what the user's persistent
+// workspaces can grow to (their image's Image::max_clone_bytes).
 struct UserQuota {
   int64_t vms = 0;
   int64_t vcpus = 0;
@@ -47,13 +48,18 @@ struct Host {
   std::string state;    // "up" or "down"
   int vcpus = 0;
   int64_t memory_mb = 0;
-  int64_t disk_mb = 0;
+  int64_t disk_mb = 0;  // free MB of the agent's state directory (legacy; see below)
+  // The file system of the agent's state directory, as last reported (0 =
+  // not reported: an old agent; its disk is then not a placement resource).
+  int64_t disk_total_bytes = 0;
+  int64_t disk_free_bytes = 0;
   bool kvm = false;
   std::string site = "default";     // administrative domain
   std::string network = "default";  // network segment
   std::string arch = "x86_64";
   int reserved_vcpus = 0;       // sum over VMs placed on this host
   int64_t reserved_memory_mb = 0;
+  int64_t reserved_disk_bytes = 0;  // sum of Vm::disk_bytes over VMs placed here
   int64_t last_heartbeat_ms = 0;
   int64_t created_ms = 0;
 };
@@ -67,6 +73,12 @@ struct Image {
   std::string dir;      // where its files live
   int64_t size_bytes = 0;
   int64_t virtual_size_bytes = 0;
+  // `qemu-img measure` at finalize (0 for images finalized before it): the
+  // bytes its data takes as an uncompressed qcow2 (what it expands to), and
+  // a fully allocated qcow2 of its virtual size (what a clone's overlay or a
+  // workspace copy of it can grow to, metadata included).
+  int64_t expanded_size_bytes = 0;
+  int64_t max_clone_bytes = 0;
   bool has_kernel = false;
   bool has_initrd = false;
   std::string append;
@@ -82,6 +94,15 @@ struct Image {
   // size}} for kinds disk, kernel, initrd, ckpt_memory, ckpt_disk; "{}" when
   // the controller has no image server.
   std::string blobs = "{}";
+
+  // What a clone or workspace of this image can grow to on a host.
+  int64_t CloneBoundBytes() const {
+    return max_clone_bytes > 0 ? max_clone_bytes : virtual_size_bytes;
+  }
+  // What it counts against its owner's image_bytes quota.
+  int64_t QuotaBytes() const {
+    return expanded_size_bytes > size_bytes ? expanded_size_bytes : size_bytes;
+  }
 };
 
 struct Vm {
@@ -97,6 +118,9 @@ struct Vm {
   std::string start;   // "boot" or "resume"
   std::string workspace_id;
   std::string network = "default";  // the virtual network the VM is on
+  // Host disk it holds while placed: what its disk (overlay or workspace)
+  // can grow to plus a memory checkpoint (placement reserves and releases it).
+  int64_t disk_bytes = 0;
   std::string error;
   int64_t create_ms = 0;  // request-to-ready time of the last create/resume
   int64_t created_ms = 0;

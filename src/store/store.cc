@@ -1,6 +1,7 @@
 #include "store/store.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "common/util.h"
 
@@ -165,6 +166,26 @@ ALTER TABLE users ADD COLUMN quota_memory_mb BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN quota_image_bytes BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN quota_workspace_bytes BIGINT NOT NULL DEFAULT 0;
 )sql",
+    // 7: the host's disk as a placement resource (docs/security.md,
+    // "Disk space"). Hosts report the file system of their state directory;
+    // each VM holds disk_bytes there (what its overlay or workspace can grow
+    // to plus a memory checkpoint), summed per host in used_disk_bytes like
+    // vCPUs and memory (migration 3). Images record `qemu-img measure`.
+    // Existing images are bounded by their virtual size, and existing VMs
+    // hold that plus their memory.
+    R"sql(
+ALTER TABLE hosts ADD COLUMN disk_total_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE hosts ADD COLUMN disk_free_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE hosts ADD COLUMN used_disk_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN expanded_size_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN max_clone_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE vms ADD COLUMN disk_bytes BIGINT NOT NULL DEFAULT 0;
+UPDATE images SET max_clone_bytes = virtual_size_bytes;
+UPDATE vms SET disk_bytes = memory_mb * 1048576 +
+  COALESCE((SELECT i.virtual_size_bytes FROM images i WHERE i.id = vms.image_id), 0);
+UPDATE hosts SET used_disk_bytes = COALESCE((SELECT SUM(v.disk_bytes) FROM vms v
+                                             WHERE v.host_id = hosts.id AND v.state <> 'error'), 0);
+)sql",
 };
 
 const char* kUserCols =
@@ -199,7 +220,8 @@ Result<UserUsage> UsageOf(SqlBackend* db, const std::string& user_id) {
                 "(SELECT COUNT(*) AS n, CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS c, "
                 "CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS m FROM vms "
                 "WHERE owner_id = ? AND state <> 'error') v, "
-                "(SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) AS b FROM images "
+                "(SELECT CAST(COALESCE(SUM(CASE WHEN expanded_size_bytes > size_bytes "
+                "THEN expanded_size_bytes ELSE size_bytes END), 0) AS BIGINT) AS b FROM images "
                 "WHERE owner_id = ? AND state = 'ready') i, "
                 "(SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) AS b FROM workspaces "
                 "WHERE owner_id = ?) w",
@@ -259,17 +281,41 @@ Status CheckQuotaLocked(SqlBackend* db, const std::string& user_id, const QuotaA
   return CheckQuota(u.name, u.quota, use, ask);
 }
 
-// Reservations are maintained per host (used_vcpus, used_memory_mb): every
-// VM except a failed one holds its vcpus and memory. Every change of a VM's
+// Reservations are maintained per host (used_vcpus, used_memory_mb,
+// used_disk_bytes): every VM except a failed one holds its vcpus, memory and
+// disk_bytes. Every change of a VM's
 // host, state or existence adjusts them in its own transaction (HoldsOnHost,
 // AddUsageLocked), so they always equal the sum over the VMs.
 const char* kHostSelect =
     "SELECT h.id, h.name, h.url, h.state, h.vcpus, h.memory_mb, h.disk_mb, h.kvm, "
-    "h.last_heartbeat_ms, h.created_ms, h.site, h.network, h.arch, h.used_vcpus, h.used_memory_mb "
+    "h.last_heartbeat_ms, h.created_ms, h.site, h.network, h.arch, h.used_vcpus, h.used_memory_mb, "
+    "h.disk_total_bytes, h.disk_free_bytes, h.used_disk_bytes "
     "FROM hosts h";
 
 // Whether a VM in this state holds its vcpus and memory on its host.
 bool HoldsOnHost(const std::string& state) { return state != "error"; }
+
+// The host's disk has room for the VM's disk_bytes (bound to the second
+// `?`; the UPDATE's first binds what is added). Hosts that do not report
+// their disk (disk_total_bytes 0: agents before migration 7) are not limited.
+// The free space is as last reported, and already-written bytes of placed
+// VMs count there and in their reservation: conservative, never over.
+const char* kDiskRoom = "(disk_total_bytes = 0 OR disk_free_bytes - used_disk_bytes >= ?)";
+bool HasDiskRoom(const Host& h, int64_t disk_bytes) {
+  return h.disk_total_bytes == 0 || h.disk_free_bytes - h.reserved_disk_bytes >= disk_bytes;
+}
+
+// Whole MiB, rounded up (a placement message, not accounting).
+std::string MiB(int64_t bytes) {
+  return std::to_string((bytes + (int64_t{1} << 20) - 1) >> 20) + " MiB";
+}
+
+Error NoRoom(const Vm& vm, size_t checked) {
+  return MakeError(ErrorCode::kResourceExhausted,
+                   "no host has room for " + std::to_string(vm.vcpus) + " vCPU(s), " +
+                       std::to_string(vm.memory_mb) + " MB and " + MiB(vm.disk_bytes) +
+                       " of disk (checked " + std::to_string(checked) + " host(s))");
+}
 Host ReadHost(const SqlRow& s) {
   Host h;
   h.id = s.Text(0);
@@ -287,13 +333,16 @@ Host ReadHost(const SqlRow& s) {
   h.arch = s.Text(12);
   h.reserved_vcpus = static_cast<int>(s.Int(13));
   h.reserved_memory_mb = s.Int(14);
+  h.disk_total_bytes = s.Int(15);
+  h.disk_free_bytes = s.Int(16);
+  h.reserved_disk_bytes = s.Int(17);
   return h;
 }
 
 const char* kImageCols =
     "id, name, owner_id, state, format, dir, size_bytes, virtual_size_bytes, has_kernel, "
     "has_initrd, append, min_memory_mb, ckpt_state, ckpt_memory_mb, ckpt_vcpus, "
-    "ckpt_size_bytes, ckpt_error, created_ms, blobs";
+    "ckpt_size_bytes, ckpt_error, created_ms, blobs, expanded_size_bytes, max_clone_bytes";
 Image ReadImage(const SqlRow& s) {
   Image i;
   i.id = s.Text(0);
@@ -315,18 +364,37 @@ Image ReadImage(const SqlRow& s) {
   i.ckpt_error = s.Text(16);
   i.created_ms = s.Int(17);
   i.blobs = s.Text(18);
+  i.expanded_size_bytes = s.Int(19);
+  i.max_clone_bytes = s.Int(20);
   return i;
 }
 std::vector<SqlValue> ImageValues(const Image& i) {
-  return {i.id, i.name, i.owner_id, i.state, i.format, i.dir, i.size_bytes,
-          i.virtual_size_bytes, int64_t{i.has_kernel}, int64_t{i.has_initrd}, i.append,
-          i.min_memory_mb, i.ckpt_state, i.ckpt_memory_mb, int64_t{i.ckpt_vcpus},
-          i.ckpt_size_bytes, i.ckpt_error, i.created_ms, i.blobs};
+  return {i.id,
+          i.name,
+          i.owner_id,
+          i.state,
+          i.format,
+          i.dir,
+          i.size_bytes,
+          i.virtual_size_bytes,
+          int64_t{i.has_kernel},
+          int64_t{i.has_initrd},
+          i.append,
+          i.min_memory_mb,
+          i.ckpt_state,
+          i.ckpt_memory_mb,
+          int64_t{i.ckpt_vcpus},
+          i.ckpt_size_bytes,
+          i.ckpt_error,
+          i.created_ms,
+          i.blobs,
+          i.expanded_size_bytes,
+          i.max_clone_bytes};
 }
 
 const char* kVmCols =
     "id, name, owner_id, image_id, host_id, state, vcpus, memory_mb, disk, start, "
-    "workspace_id, error, create_ms, created_ms, updated_ms, network";
+    "workspace_id, error, create_ms, created_ms, updated_ms, network, disk_bytes";
 Vm ReadVm(const SqlRow& s) {
   Vm v;
   v.id = s.Text(0);
@@ -345,12 +413,14 @@ Vm ReadVm(const SqlRow& s) {
   v.created_ms = s.Int(13);
   v.updated_ms = s.Int(14);
   v.network = s.Text(15);
+  v.disk_bytes = s.Int(16);
   return v;
 }
 std::vector<SqlValue> VmValues(const Vm& v) {
-  return {v.id, v.name, v.owner_id, v.image_id, v.host_id, v.state, int64_t{v.vcpus},
-          v.memory_mb, v.disk, v.start, v.workspace_id, v.error, v.create_ms, v.created_ms,
-          v.updated_ms, v.network};
+  return {v.id,           v.name,           v.owner_id,  v.image_id,   v.host_id,
+          v.state,        int64_t{v.vcpus}, v.memory_mb, v.disk,       v.start,
+          v.workspace_id, v.error,          v.create_ms, v.created_ms, v.updated_ms,
+          v.network,      v.disk_bytes};
 }
 
 const char* kWsCols = "id, name, owner_id, image_id, host_id, path, size_bytes, vm_id, created_ms";
@@ -660,11 +730,19 @@ Result<bool> Store::HasUserWithRole(const std::string& role) {
 
 namespace {
 
+// Free disk moves by less than this between heartbeats without a write:
+// a host's logs and caches change it every time, and a full write of every
+// heartbeat would undo the in-memory path below. Placement therefore sees
+// the free space with this much slack (docs/security.md, "Disk space").
+constexpr int64_t kDiskFreeSlack = int64_t{256} << 20;
+
 // Whether a heartbeat of an up host changes nothing but its time.
 bool SameRegistration(const Host& h, const std::string& url, const HostCapacity& c) {
   return h.state == "up" && h.url == url && h.vcpus == c.vcpus && h.memory_mb == c.memory_mb &&
-         h.disk_mb == c.disk_mb && h.kvm == c.kvm && h.site == c.site && h.network == c.network &&
-         h.arch == c.arch;
+         std::abs(h.disk_mb - c.disk_mb) < (kDiskFreeSlack >> 20) &&
+         h.disk_total_bytes == c.disk_total_bytes &&
+         std::abs(h.disk_free_bytes - c.disk_free_bytes) < kDiskFreeSlack && h.kvm == c.kvm &&
+         h.site == c.site && h.network == c.network && h.arch == c.arch;
 }
 
 }  // namespace
@@ -689,17 +767,19 @@ Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& ur
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_ASSIGN_OR_RETURN(
       int64_t changed,
-      db_->Exec("UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
-               "last_heartbeat_ms=?, site=?, network=?, arch=? WHERE name=?",
-               {url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm}, now,
-                cap.site, cap.network, cap.arch, name}));
+      db_->Exec(
+          "UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
+          "last_heartbeat_ms=?, site=?, network=?, arch=?, disk_total_bytes=?, "
+          "disk_free_bytes=? WHERE name=?",
+          {url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm}, now, cap.site,
+           cap.network, cap.arch, cap.disk_total_bytes, cap.disk_free_bytes, name}));
   if (changed == 0) {
     VMG_RETURN_IF_ERROR(db_->Exec(
         "INSERT INTO hosts (id, name, owner_id, url, state, vcpus, memory_mb, disk_mb, kvm, "
-        "last_heartbeat_ms, created_ms, site, network, arch) "
-        "VALUES (?,?,'admin',?,'up',?,?,?,?,?,?,?,?,?)",
-        {NewId("host"), name, url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb,
-         int64_t{cap.kvm}, now, now, cap.site, cap.network, cap.arch}));
+        "last_heartbeat_ms, created_ms, site, network, arch, disk_total_bytes, disk_free_bytes) "
+        "VALUES (?,?,'admin',?,'up',?,?,?,?,?,?,?,?,?,?,?)",
+        {NewId("host"), name, url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm},
+         now, now, cap.site, cap.network, cap.arch, cap.disk_total_bytes, cap.disk_free_bytes}));
   }
   VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.name = ?",
                                               {name}, ReadHost));
@@ -877,9 +957,9 @@ Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
 
 Status Store::InsertImage(const Image& image) {
   auto lock = Exclusive();
-  auto r = db_->Exec(std::string("INSERT INTO images (") + kImageCols + ") VALUES (" +
-                        Placeholders(19) + ")",
-                    ImageValues(image));
+  auto r = db_->Exec(
+      std::string("INSERT INTO images (") + kImageCols + ") VALUES (" + Placeholders(21) + ")",
+      ImageValues(image));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
       return MakeError(ErrorCode::kAlreadyExists, "an image named '" + image.name + "' already exists");
@@ -901,7 +981,7 @@ Status Store::FinalizeImage(const Image& i) {
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "image " + i.name + " not found");
   if (rows[0].Text(0) != "ready")
     VMG_RETURN_IF_ERROR(
-        CheckQuotaLocked(db_.get(), i.owner_id, QuotaAsk{0, 0, 0, i.size_bytes, 0}));
+        CheckQuotaLocked(db_.get(), i.owner_id, QuotaAsk{0, 0, 0, i.QuotaBytes(), 0}));
   VMG_RETURN_IF_ERROR(UpdateImageLocked(i));
   return tx.Commit();
 }
@@ -913,7 +993,8 @@ Status Store::UpdateImageLocked(const Image& i) {
   VMG_RETURN_IF_ERROR(db_->Exec(
       "UPDATE images SET name=?, owner_id=?, state=?, format=?, dir=?, size_bytes=?, "
       "virtual_size_bytes=?, has_kernel=?, has_initrd=?, append=?, min_memory_mb=?, ckpt_state=?, "
-      "ckpt_memory_mb=?, ckpt_vcpus=?, ckpt_size_bytes=?, ckpt_error=?, created_ms=?, blobs=? WHERE id=?",
+      "ckpt_memory_mb=?, ckpt_vcpus=?, ckpt_size_bytes=?, ckpt_error=?, created_ms=?, blobs=?, "
+      "expanded_size_bytes=?, max_clone_bytes=? WHERE id=?",
       vals));
   return Status::Ok();
 }
@@ -961,18 +1042,23 @@ Status Store::DeleteImage(const std::string& id) {
 
 // --- VMs ------------------------------------------------------------------------
 
-Status Store::AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t memory_mb) {
-  if (vcpus == 0 && memory_mb == 0) return Status::Ok();
+Status Store::AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t memory_mb,
+                             int64_t disk_bytes) {
+  if (vcpus == 0 && memory_mb == 0 && disk_bytes == 0) return Status::Ok();
   VMG_RETURN_IF_ERROR(db_->Exec(
-      "UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ? WHERE id = ?",
-      {vcpus, memory_mb, host_id}));
-  Notify([host_id, vcpus, memory_mb](StoreObserver& o) { o.OnUsage(host_id, vcpus, memory_mb); });
+      "UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ?, "
+      "used_disk_bytes = used_disk_bytes + ? WHERE id = ?",
+      {vcpus, memory_mb, disk_bytes, host_id}));
+  Notify([host_id, vcpus, memory_mb, disk_bytes](StoreObserver& o) {
+    o.OnUsage(host_id, vcpus, memory_mb, disk_bytes);
+  });
   return Status::Ok();
 }
 
 Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
-  auto r = db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(16) + ")",
-                     VmValues(vm));
+  auto r =
+      db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(17) + ")",
+                VmValues(vm));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
       return MakeError(ErrorCode::kAlreadyExists, "a VM named '" + vm.name + "' already exists");
@@ -985,7 +1071,7 @@ Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
       {vm.id, vm.host_id, vm.id, vm.owner_id, "disk-" + vm.id, vm.image_id, vm.id, vm.owner_id,
        "disk-" + vm.id, vm.host_id, vm.id, vm.owner_id}));
   if (!reserved && HoldsOnHost(vm.state))
-    VMG_RETURN_IF_ERROR(AddUsageLocked(vm.host_id, vm.vcpus, vm.memory_mb));
+    VMG_RETURN_IF_ERROR(AddUsageLocked(vm.host_id, vm.vcpus, vm.memory_mb, vm.disk_bytes));
   Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
   return Status::Ok();
 }
@@ -1019,7 +1105,7 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     VMG_ASSIGN_OR_RETURN(Vm placed, PlaceAndInsertVmPg(conn.db, std::move(vm), candidates));
     if (tx) VMG_RETURN_IF_ERROR(tx->Commit());
     if (observer_) {
-      observer_->OnUsage(placed.host_id, placed.vcpus, placed.memory_mb);
+      observer_->OnUsage(placed.host_id, placed.vcpus, placed.memory_mb, placed.disk_bytes);
       observer_->OnVmChanged(placed.host_id);
     }
     return placed;
@@ -1032,21 +1118,20 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     for (const auto& host_id : candidates) {
       VMG_ASSIGN_OR_RETURN(
           int64_t taken,
-          db_->Exec("UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ? "
-                    "WHERE id = ? AND state = 'up' AND vcpus - used_vcpus >= ? "
-                    "AND memory_mb - used_memory_mb >= ?",
-                    {int64_t{vm.vcpus}, vm.memory_mb, host_id, int64_t{vm.vcpus}, vm.memory_mb}));
+          db_->Exec(std::string("UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = "
+                                "used_memory_mb + ?, used_disk_bytes = used_disk_bytes + ? "
+                                "WHERE id = ? AND state = 'up' AND vcpus - used_vcpus >= ? "
+                                "AND memory_mb - used_memory_mb >= ? AND ") +
+                        kDiskRoom,
+                    {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id, int64_t{vm.vcpus},
+                     vm.memory_mb, vm.disk_bytes}));
       if (taken == 0) continue;
       vm.host_id = host_id;
-      Notify([host_id, v = int64_t{vm.vcpus}, m = vm.memory_mb](StoreObserver& o) {
-        o.OnUsage(host_id, v, m);
-      });
+      Notify([host_id, v = int64_t{vm.vcpus}, m = vm.memory_mb,
+              d = vm.disk_bytes](StoreObserver& o) { o.OnUsage(host_id, v, m, d); });
       return InsertVmLocked(vm, /*reserved=*/true);
     }
-    return MakeError(ErrorCode::kResourceExhausted,
-                     "no host has room for " + std::to_string(vm.vcpus) + " vCPU(s) and " +
-                         std::to_string(vm.memory_mb) + " MB (checked " +
-                         std::to_string(candidates.size()) + " host(s))");
+    return NoRoom(vm, candidates.size());
   }));
   return vm;
 }
@@ -1056,19 +1141,23 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
 // atomic without BEGIN/COMMIT: the conditional UPDATE holds the host's row,
 // and the inserts happen only if it took the room.
 Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm, const std::vector<std::string>& candidates) {
-  const std::string sql = std::string(
-      "WITH r AS (UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ? "
-      "WHERE id = ? AND state = 'up' AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? "
-      "RETURNING id), "
-      "v AS (INSERT INTO vms (") + kVmCols + ") SELECT " + Placeholders(16) + " FROM r RETURNING id), "
-      "x AS (INSERT INTO virtualization (virtual_id, virtual_kind, physical_id, physical_kind, vm_id, "
-      "owner_id) SELECT ?, 'vm', ?, 'host', v.id, ? FROM v UNION ALL "
-      "SELECT ?, 'vdisk', ?, 'image', v.id, ? FROM v UNION ALL "
-      "SELECT ?, 'vdisk', ?, 'host_cache', v.id, ? FROM v) "
-      "SELECT COUNT(*) FROM v";
+  const std::string reserve = std::string(
+      "WITH r AS (UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + "
+      "?, used_disk_bytes = used_disk_bytes + ? WHERE id = ? AND state = 'up' AND vcpus - "
+      "used_vcpus >= ? AND memory_mb - used_memory_mb >= ? AND ");
+  const std::string insert = std::string("v AS (INSERT INTO vms (") + kVmCols + ") SELECT " +
+                             Placeholders(17) + " FROM r RETURNING id), ";
+  const std::string sql = reserve + kDiskRoom + " RETURNING id), " + insert +
+                          "x AS (INSERT INTO virtualization (virtual_id, virtual_kind, "
+                          "physical_id, physical_kind, vm_id, "
+                          "owner_id) SELECT ?, 'vm', ?, 'host', v.id, ? FROM v UNION ALL "
+                          "SELECT ?, 'vdisk', ?, 'image', v.id, ? FROM v UNION ALL "
+                          "SELECT ?, 'vdisk', ?, 'host_cache', v.id, ? FROM v) "
+                          "SELECT COUNT(*) FROM v";
   for (const auto& host_id : candidates) {
     vm.host_id = host_id;
-    std::vector<SqlValue> params{int64_t{vm.vcpus}, vm.memory_mb, host_id, int64_t{vm.vcpus}, vm.memory_mb};
+    std::vector<SqlValue> params{int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
+                                 int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes};
     for (auto& v : VmValues(vm)) params.push_back(std::move(v));
     for (auto v : std::initializer_list<SqlValue>{vm.id, host_id, vm.owner_id, "disk-" + vm.id, vm.image_id,
                                                   vm.owner_id, "disk-" + vm.id, host_id, vm.owner_id})
@@ -1082,10 +1171,7 @@ Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm, const std::vector<st
     if (rows->empty() || (*rows)[0].Int(0) == 0) continue;
     return vm;
   }
-  return MakeError(ErrorCode::kResourceExhausted,
-                   "no host has room for " + std::to_string(vm.vcpus) + " vCPU(s) and " +
-                       std::to_string(vm.memory_mb) + " MB (checked " +
-                       std::to_string(candidates.size()) + " host(s))");
+  return NoRoom(vm, candidates.size());
 }
 
 Result<std::vector<Vm>> Store::PlaceAndInsertGang(
@@ -1122,9 +1208,11 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
     for (auto& vm : placed) {
       bool fit = false;
       for (auto& h : hosts) {
-        if (h.vcpus - h.reserved_vcpus >= vm.vcpus && h.memory_mb - h.reserved_memory_mb >= vm.memory_mb) {
+        if (h.vcpus - h.reserved_vcpus >= vm.vcpus &&
+            h.memory_mb - h.reserved_memory_mb >= vm.memory_mb && HasDiskRoom(h, vm.disk_bytes)) {
           h.reserved_vcpus += vm.vcpus;
           h.reserved_memory_mb += vm.memory_mb;
+          h.reserved_disk_bytes += vm.disk_bytes;
           vm.host_id = h.id;
           fit = true;
           break;
@@ -1179,19 +1267,24 @@ Result<std::vector<Vm>> Store::ListVmsOnHost(const std::string& host_id) {
 }
 
 Result<std::optional<Store::VmPlacement>> Store::GetVmPlacementLocked(const std::string& id) {
-  VMG_ASSIGN_OR_RETURN(auto rows, db_->Query("SELECT host_id, state, vcpus, memory_mb FROM vms WHERE id = ?",
-                                             {id}));
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      db_->Query("SELECT host_id, state, vcpus, memory_mb, disk_bytes FROM vms WHERE id = ?",
+                 {id}));
   if (rows.empty()) return std::optional<VmPlacement>();
-  return std::optional<VmPlacement>(
-      VmPlacement{rows[0].Text(0), rows[0].Text(1), rows[0].Int(2), rows[0].Int(3)});
+  return std::optional<VmPlacement>(VmPlacement{rows[0].Text(0), rows[0].Text(1), rows[0].Int(2),
+                                                rows[0].Int(3), rows[0].Int(4)});
 }
 
 Status Store::MoveUsageLocked(const VmPlacement& before, const std::string& host_id,
                               const std::string& state) {
   const bool held = HoldsOnHost(before.state), holds = HoldsOnHost(state);
   if (held == holds && before.host_id == host_id) return Status::Ok();
-  if (held) VMG_RETURN_IF_ERROR(AddUsageLocked(before.host_id, -before.vcpus, -before.memory_mb));
-  if (holds) VMG_RETURN_IF_ERROR(AddUsageLocked(host_id, before.vcpus, before.memory_mb));
+  if (held)
+    VMG_RETURN_IF_ERROR(
+        AddUsageLocked(before.host_id, -before.vcpus, -before.memory_mb, -before.disk_bytes));
+  if (holds)
+    VMG_RETURN_IF_ERROR(AddUsageLocked(host_id, before.vcpus, before.memory_mb, before.disk_bytes));
   return Status::Ok();
 }
 
@@ -1235,7 +1328,7 @@ Status Store::ModifyVm(const std::string& id, const std::function<void(Vm&)>& ch
     VMG_RETURN_IF_ERROR(Batched([&]() -> Status {
       auto vm = GetVmLocked(id, "");
       if (!vm.ok()) return vm.error().code == ErrorCode::kNotFound ? Status::Ok() : Status(vm.error());
-      const VmPlacement before{vm->host_id, vm->state, vm->vcpus, vm->memory_mb};
+      const VmPlacement before{vm->host_id, vm->state, vm->vcpus, vm->memory_mb, vm->disk_bytes};
       change(*vm);
       return UpdateVmLocked(*vm, before, &raced);
     }));
@@ -1274,8 +1367,8 @@ Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::str
   if (changed == 0)
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + vm.id + " changed state concurrently; retry");
-  VMG_RETURN_IF_ERROR(MoveUsageLocked(VmPlacement{vm.host_id, seen, vm.vcpus, vm.memory_mb},
-                                      vm.host_id, vm.state));
+  VMG_RETURN_IF_ERROR(MoveUsageLocked(
+      VmPlacement{vm.host_id, seen, vm.vcpus, vm.memory_mb, vm.disk_bytes}, vm.host_id, vm.state));
   Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
   return vm;
@@ -1296,7 +1389,8 @@ Status Store::DeleteVm(const std::string& id) {
                                    {id, before->host_id, before->state}));
     if (changed == 0) continue;
     if (HoldsOnHost(before->state))
-      VMG_RETURN_IF_ERROR(AddUsageLocked(before->host_id, -before->vcpus, -before->memory_mb));
+      VMG_RETURN_IF_ERROR(
+          AddUsageLocked(before->host_id, -before->vcpus, -before->memory_mb, -before->disk_bytes));
     Notify([host = before->host_id](StoreObserver& o) { o.OnVmChanged(host); });
     return CommitLocked(tx);
   }

@@ -34,6 +34,8 @@ struct HostCapacity {
   std::string site = "default";
   std::string network = "default";
   std::string arch = "x86_64";
+  int64_t disk_total_bytes = 0;  // of the agent's state directory; 0 = not reported
+  int64_t disk_free_bytes = 0;
 };
 
 // Told of every committed change that an in-memory copy of the hosts'
@@ -50,7 +52,8 @@ class StoreObserver {
   virtual void OnHost(const Host& host) = 0;
   virtual void OnHostDown(const std::string& host_id) = 0;
   // The usage held on a host changed by this much (negative: released).
-  virtual void OnUsage(const std::string& host_id, int64_t vcpus, int64_t memory_mb) = 0;
+  virtual void OnUsage(const std::string& host_id, int64_t vcpus, int64_t memory_mb,
+                       int64_t disk_bytes) = 0;
   // A VM record on this host was inserted, changed or deleted.
   virtual void OnVmChanged(const std::string& host_id) = 0;
   virtual void OnImageCached(const std::string& image_id, const std::string& host_id) = 0;
@@ -114,10 +117,9 @@ class Store {
   Status InsertImage(const Image& image);
   Status UpdateImage(const Image& image);
   // UpdateImage for an image that becomes ready: if it was not ready, its
-  // size_bytes plus the owner's ready images must fit the owner's
-  // image_bytes quota (kPermissionDenied, nothing written), checked in the
-  // same transaction as the write (concurrent finalizes of one user take
-  // turns).
+  // QuotaBytes() (size as uploaded, or expanded if more) plus the owner's ready images must fit the
+  // owner's image_bytes quota (kPermissionDenied, nothing written), checked in the same transaction
+  // as the write (concurrent finalizes of one user take turns).
   Status FinalizeImage(const Image& image);
   Result<Image> GetImage(const std::string& ref, const OwnerFilter& owner);
   Result<std::vector<Image>> ListImages(const OwnerFilter& owner);
@@ -128,7 +130,8 @@ class Store {
 
   // --- VMs --------------------------------------------------------------------
   // Atomically places `vm` on the first host in `candidates` (in order) that
-  // is up and has room for its vcpus and memory, and records it. Concurrent
+  // is up and has room for its vcpus, memory and disk_bytes (on hosts that
+  // report their disk: disk_free_bytes - reserved_disk_bytes), and records it. Concurrent
   // calls never oversubscribe a host. Returns the stored VM with host_id set,
   // or kResourceExhausted. The owner's quota (vms, vcpus, memory_mb) is
   // checked in the same transaction as the insert (concurrent placements
@@ -181,6 +184,7 @@ class Store {
     std::string state;
     int64_t vcpus = 0;
     int64_t memory_mb = 0;
+    int64_t disk_bytes = 0;
   };
   // The methods below run inside the caller's transaction; the caller holds mu_.
   // Inserts one VM row and its virtualization rows; a taken name is
@@ -188,7 +192,8 @@ class Store {
   // caller already took it).
   Status InsertVmLocked(const Vm& vm, bool reserved);
   // Adds (or, negative, releases) usage on a host.
-  Status AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t memory_mb);
+  Status AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t memory_mb,
+                        int64_t disk_bytes);
   // Moves the usage of a VM that was `before` to its new host and state.
   Status MoveUsageLocked(const VmPlacement& before, const std::string& host_id,
                          const std::string& state);

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -438,6 +439,156 @@ TEST_P(StoreTest, ImageAndWorkspaceBytesAreLimited) {
             std::string::npos)
       << ws_over.error().message;
   EXPECT_FALSE(store_->FindWorkspaceByName(alice_.id, "w2")->has_value());
+}
+
+// Issue 9 §3: the host's disk is a placement resource. Each VM holds what
+// its disk can grow to plus a memory checkpoint (Vm::disk_bytes) while it
+// holds room, reserved with the placement (also concurrently) and released
+// when it fails or is deleted. Hosts that report no disk are not limited.
+TEST_P(StoreTest, HostDiskIsAPlacementResource) {
+  constexpr int64_t kGiB = int64_t{1} << 30;
+  HostCapacity cap{64, 64 * 1024, 1000, false};
+  cap.disk_total_bytes = 100 * kGiB;
+  cap.disk_free_bytes = 10 * kGiB;
+  auto h = store_->HeartbeatHost("h1", "http://x", cap);
+  ASSERT_TRUE(h.ok()) << h.error().message;
+  EXPECT_EQ(h->disk_total_bytes, 100 * kGiB);
+  EXPECT_EQ(h->disk_free_bytes, 10 * kGiB);
+  auto vm = [&](const std::string& name) {
+    Vm v = NewVm(name);
+    v.disk_bytes = 3 * kGiB;
+    return v;
+  };
+  std::atomic<int> ok{0}, exhausted{0};
+  std::vector<std::thread> threads;
+  std::vector<std::string> placed(20);
+  for (int i = 0; i < 20; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = store_->PlaceAndInsertVm(vm("vm" + std::to_string(i)), {h->id});
+      if (r.ok()) {
+        ++ok;
+        placed[static_cast<size_t>(i)] = r->id;
+      } else if (r.error().code == ErrorCode::kResourceExhausted) {
+        ++exhausted;
+        EXPECT_NE(r.error().message.find("3072 MiB of disk"), std::string::npos)
+            << r.error().message;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 3) << "10 GiB free holds three VMs of 3 GiB";
+  EXPECT_EQ(exhausted.load(), 17);
+  EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 9 * kGiB);
+  EXPECT_EQ(
+      store_
+          ->GetVm(*std::find_if(placed.begin(), placed.end(), [](auto& id) { return !id.empty(); }),
+                  "")
+          ->disk_bytes,
+      3 * kGiB);
+  // A gang is held to the same room.
+  auto gang = store_->PlaceAndInsertGang({vm("g1")}, {{h->id}});
+  ASSERT_FALSE(gang.ok());
+  EXPECT_EQ(gang.error().code, ErrorCode::kResourceExhausted);
+  // A failed VM releases its disk, a deleted one too.
+  std::vector<std::string> ids;
+  for (const auto& id : placed)
+    if (!id.empty()) ids.push_back(id);
+  ASSERT_TRUE(store_->TransitionVm(ids[0], {"creating"}, "error").ok());
+  EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 6 * kGiB);
+  ASSERT_TRUE(store_->DeleteVm(ids[1]).ok());
+  EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 3 * kGiB);
+  EXPECT_TRUE(store_->PlaceAndInsertGang({vm("g2"), vm("g3")}, {{h->id}}).ok());
+  EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 9 * kGiB);
+  // Less free space reported (the VMs wrote, or something else did): less room.
+  cap.disk_free_bytes = 8 * kGiB;
+  ASSERT_TRUE(store_->HeartbeatHost("h1", "http://x", cap).ok());
+  EXPECT_EQ(store_->GetHost("h1")->disk_free_bytes, 8 * kGiB);
+  Vm small = NewVm("small");
+  small.disk_bytes = 1;
+  EXPECT_EQ(store_->PlaceAndInsertVm(small, {h->id}).error().code, ErrorCode::kResourceExhausted);
+  // An agent that reports no disk (before migration 7) is not limited.
+  auto legacy = store_->HeartbeatHost("old", "http://o", HostCapacity{64, 64 * 1024, 1000, false});
+  ASSERT_TRUE(legacy.ok());
+  for (int i = 0; i < 5; ++i)
+    EXPECT_TRUE(store_->PlaceAndInsertVm(vm("old" + std::to_string(i)), {legacy->id}).ok());
+  EXPECT_EQ(store_->GetHost("old")->reserved_disk_bytes, 15 * kGiB);
+}
+
+// Issue 9 §3: an image counts against image_bytes with what it expands to
+// (`qemu-img measure`: a compressed qcow2 stores less than its data), not
+// only the bytes uploaded.
+TEST_P(StoreTest, ImageBytesCountWhatTheImageExpandsTo) {
+  ASSERT_TRUE(store_->SetUserQuota("alice", UserQuota{0, 0, 0, 1000, 0}).ok());
+  auto image = [&](const std::string& name, int64_t bytes, int64_t expanded) {
+    Image i;
+    i.id = NewId("img");
+    i.name = name;
+    i.owner_id = alice_.id;
+    i.state = "uploading";
+    i.format = "qcow2";
+    i.dir = "/x";
+    i.size_bytes = bytes;
+    i.expanded_size_bytes = expanded;
+    i.virtual_size_bytes = 4096;
+    i.max_clone_bytes = 8192;
+    EXPECT_TRUE(store_->InsertImage(i).ok());
+    i.state = "ready";
+    return i;
+  };
+  Image a = image("a", 100, 900), b = image("b", 50, 200);
+  ASSERT_TRUE(store_->FinalizeImage(a).ok());
+  EXPECT_EQ(store_->GetUserUsage(alice_.id)->image_bytes, 900);
+  auto over = store_->FinalizeImage(b);
+  ASSERT_FALSE(over.ok());
+  EXPECT_NE(over.error().message.find("(900 in ready images, this one has 200)"), std::string::npos)
+      << over.error().message;
+  // The measured sizes are stored.
+  auto got = store_->GetImage(a.id, "");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->expanded_size_bytes, 900);
+  EXPECT_EQ(got->max_clone_bytes, 8192);
+  EXPECT_EQ(got->CloneBoundBytes(), 8192);
+}
+
+// Migration 7 on a database that already holds VMs: each VM gets its image's
+// virtual size plus its memory as disk_bytes, each host their sum, each image
+// its virtual size as clone bound (what is known without measuring again).
+TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
+  constexpr int64_t kGiB = int64_t{1} << 30;
+  Image img;
+  img.id = "img-big";
+  img.name = "big";
+  img.owner_id = alice_.id;
+  img.state = "ready";
+  img.format = "raw";
+  img.dir = "/x";
+  img.virtual_size_bytes = kGiB;
+  ASSERT_TRUE(store_->InsertImage(img).ok());
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{8, 8192, 1000, false});
+  ASSERT_TRUE(h.ok());
+  Vm a = NewVm("a"), b = NewVm("b"), failed = NewVm("failed");
+  a.image_id = b.image_id = failed.image_id = "img-big";
+  for (Vm* v : {&a, &b, &failed}) ASSERT_TRUE(store_->PlaceAndInsertVm(*v, {h->id}).ok());
+  ASSERT_TRUE(store_->TransitionVm(failed.id, {"creating"}, "error").ok());
+  store_.reset();
+  {  // Back to schema version 6.
+    auto db = OpenSqlBackend(db_->target());
+    ASSERT_TRUE(db.ok()) << db.error().message;
+    for (const char* drop :
+         {"hosts DROP COLUMN disk_total_bytes", "hosts DROP COLUMN disk_free_bytes",
+          "hosts DROP COLUMN used_disk_bytes", "images DROP COLUMN expanded_size_bytes",
+          "images DROP COLUMN max_clone_bytes", "vms DROP COLUMN disk_bytes"})
+      ASSERT_TRUE((*db)->ExecScript(std::string("ALTER TABLE ") + drop).ok()) << drop;
+    ASSERT_TRUE((*db)->ExecScript("UPDATE schema_version SET version = 6").ok());
+  }
+  auto s = Store::Open(db_->target());
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  store_ = std::move(s).value();
+  EXPECT_EQ(store_->schema_version(), 7);
+  EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
+  EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
+  EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);
+  EXPECT_EQ(store_->GetImage("img-big", "")->expanded_size_bytes, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, testing_db::Backends(), testing_db::BackendName);
