@@ -2,6 +2,9 @@
 // OpenNebula's dummy drivers). Same states, transitions and error codes as
 // VmRunner (src/agent/vm_runner.h), but every transition completes at once
 // and nothing touches QEMU or the file system: the table is the host.
+// Which operation may start from which state, and the state it ends in, come
+// from the transition table (common/vm_state.h); every operation succeeds
+// at once, so no transitional state is ever seen here.
 //
 //   Create:     (new) -> running; an id already here -> kAlreadyExists
 //   Stop:       running -> stopped
@@ -9,6 +12,7 @@
 //   Resume:     stopped | suspended -> running
 //   Destroy:    any -> (gone)
 //   Exec:       running only; answers a canned result
+//   Adopt:      a state that is none of VmState's -> kInvalidArgument
 // On failure: no side effects. Unknown ids answer kNotFound.
 // Thread-safe: all public methods.
 #pragma once
