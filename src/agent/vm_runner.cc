@@ -16,6 +16,7 @@
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "images/image_file.h"
+#include "common/vm_state.h"
 #include "images/qcow2_header.h"
 #include "vmm/machine_ops.h"
 #include "vmm/qemu_process.h"
@@ -33,7 +34,7 @@ struct VmRunner::Vm {
 
   // Fields below are guarded by status_mu (read by List() during operations).
   mutable std::mutex status_mu;
-  std::string state;
+  VmState state = VmState::kCreating;
   std::string error;
   bool has_checkpoint = false;
   bool created_workspace = false;
@@ -49,12 +50,12 @@ struct VmRunner::Vm {
   // Guarded by op_mu.
   std::unique_ptr<QemuProcess> qemu;
 
-  void Set(const std::string& s, const std::string& e = "") {
+  void Set(VmState s, const std::string& e = "") {
     std::lock_guard<std::mutex> l(status_mu);
     state = s;
     error = e;
   }
-  std::string State() const {
+  VmState State() const {
     std::lock_guard<std::mutex> l(status_mu);
     return state;
   }
@@ -258,7 +259,7 @@ Status VmRunner::PersistState(Vm& vm) {
   nlohmann::json j;
   {
     std::lock_guard<std::mutex> l(vm.status_mu);
-    j = {{"state", vm.state},
+    j = {{"state", ToString(vm.state)},
          {"error", vm.error},
          {"has_checkpoint", vm.has_checkpoint},
          {"created_workspace", vm.created_workspace},
@@ -280,7 +281,7 @@ VmStatus VmRunner::StatusOf(const Vm& vm) const {
   s.vcpus = vm.spec.vcpus;
   s.memory_mb = vm.spec.memory_mb;
   std::lock_guard<std::mutex> l(vm.status_mu);
-  s.state = vm.state;
+  s.state = ToString(vm.state);
   s.error = vm.error;
   s.has_checkpoint = vm.has_checkpoint;
   s.ready_ms = vm.ready_ms;
@@ -500,7 +501,7 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   auto started = Clock::now();
   auto vm = std::make_shared<Vm>();
   vm->spec = spec;
-  vm->state = "creating";
+  vm->state = VmState::kCreating;
   {
     std::lock_guard<std::mutex> l(mu_);
     if (vms_.count(spec.id))
@@ -562,7 +563,7 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   auto t_ready = Clock::now();
   if (resume) Reseed(vm->qemu->qga_socket());
   if (options_.images) options_.images->RecordPrefetch(spec.id);
-  vm->Set("running");
+  vm->Set(VmState::kRunning);
   (void)PersistState(*vm);
   auto ms = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration_cast<milliseconds>(b - a).count();
@@ -579,9 +580,12 @@ Result<VmStatus> VmRunner::Stop(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
   RefreshLiveness(*vm);
-  if (vm->State() != "running")
-    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is " + vm->State() + ", not running");
-  vm->Set("stopping");
+  const VmState from = vm->State();
+  auto t = LookupTransition(from, VmOp::kStop);
+  if (!t.ok())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + ToString(from) + ", not running");
+  vm->Set(*t->transitional);
   (void)PersistState(*vm);
   // Flush the guest's page cache so the disk is consistent, then power off.
   if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
@@ -589,7 +593,8 @@ Result<VmStatus> VmRunner::Stop(const std::string& id) {
   Status st = vm->qemu->Quit(seconds(10));
   vm->qemu.reset();
   if (!st.ok()) spdlog::warn("stop of VM {}: {}", id, st.error().message);
-  vm->Set("stopped", st.ok() ? "" : "QEMU did not quit cleanly (details in the host's log)");
+  // Once begun a stop does not fail: a QEMU that would not quit was killed.
+  vm->Set(*t->success, st.ok() ? "" : "QEMU did not quit cleanly (details in the host's log)");
   (void)PersistState(*vm);
   return StatusOf(*vm);
 }
@@ -639,9 +644,13 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
   RefreshLiveness(*vm);
-  if (vm->State() != "running")
-    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is " + vm->State() + ", not running");
-  vm->Set("checkpointing");
+  const VmState from = vm->State();
+  auto t =
+      LookupTransition(from, leave_running ? VmOp::kCheckpointLeaveRunning : VmOp::kCheckpoint);
+  if (!t.ok())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + ToString(from) + ", not running");
+  vm->Set(*t->transitional);
   (void)PersistState(*vm);
   // Flush guest buffers so the disk snapshot holds what the guest wrote.
   if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
@@ -658,10 +667,11 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
   if (!st.ok()) {
     // The VM is paused (or dead); put it back as it was.
     if (vm->qemu && vm->qemu->Alive() && Cont(vm->qemu->qmp()).ok()) {
-      vm->Set("running", "checkpoint failed: " + RedactForUser(st.error().message));
+      vm->Set(t->failure, "checkpoint failed: " + RedactForUser(st.error().message));
     } else {
       vm->qemu.reset();
-      vm->Set("error", "checkpoint failed and QEMU is gone: " + RedactForUser(st.error().message));
+      vm->Set(VmState::kError,
+              "checkpoint failed and QEMU is gone: " + RedactForUser(st.error().message));
     }
     (void)PersistState(*vm);
     return ForUser(st.error(), "checkpoint of VM " + id);
@@ -672,11 +682,11 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
   }
   if (leave_running) {
     Status c = Cont(vm->qemu->qmp());
-    vm->Set(c.ok() ? "running" : "error", c.ok() ? "" : c.error().message);
+    vm->Set(c.ok() ? *t->success : VmState::kError, c.ok() ? "" : c.error().message);
   } else {
     (void)vm->qemu->Quit(seconds(5));
     vm->qemu.reset();
-    vm->Set("suspended");
+    vm->Set(*t->success);
   }
   (void)PersistState(*vm);
   return StatusOf(*vm);
@@ -687,24 +697,26 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
   RefreshLiveness(*vm);
-  std::string from = vm->State();
-  if (from != "suspended" && from != "stopped")
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "VM " + id + " is " + from + "; only a stopped or suspended VM can be resumed");
-  bool restore = from == "suspended";
-  vm->Set("resuming");
+  const VmState from = vm->State();
+  auto t = LookupTransition(from, VmOp::kResume);
+  if (!t.ok())
+    return MakeError(
+        ErrorCode::kFailedPrecondition,
+        "VM " + id + " is " + ToString(from) + "; only a stopped or suspended VM can be resumed");
+  bool restore = from == VmState::kSuspended;
+  vm->Set(*t->transitional);
   (void)PersistState(*vm);
   Status st = Launch(*vm, restore, VmDir(id) + "/checkpoint/memory.state");
   if (st.ok()) st = WaitGuestReady(*vm, started);
   if (!st.ok()) {
     if (vm->qemu) (void)vm->qemu->Kill();
     vm->qemu.reset();
-    vm->Set(from, "resume failed: " + RedactForUser(st.error().message));
+    vm->Set(t->failure, "resume failed: " + RedactForUser(st.error().message));
     (void)PersistState(*vm);
     return ForUser(st.error(), "resume of VM " + id);
   }
   if (restore) Reseed(vm->qemu->qga_socket());
-  vm->Set("running");
+  vm->Set(*t->success);
   (void)PersistState(*vm);
   return StatusOf(*vm);
 }
@@ -712,7 +724,7 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
 Status VmRunner::Destroy(const std::string& id, bool purge_workspace) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
-  vm->Set("deleting");
+  vm->Set(VmState::kDeleting);
   (void)PersistState(*vm);
   if (vm->qemu) {
     (void)vm->qemu->Kill();
@@ -740,8 +752,9 @@ Result<ExecResult> VmRunner::Exec(const std::string& id, const std::vector<std::
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
   RefreshLiveness(*vm);
-  if (vm->State() != "running")
-    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is " + vm->State() + ", not running");
+  if (!Allows(vm->State(), VmOp::kExec))
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + ToString(vm->State()) + ", not running");
   auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(5));
   if (!ga.ok()) return ForUser(ga.error(), "exec in VM " + id);
   return (*ga)->Exec(argv, input, timeout);
@@ -759,7 +772,7 @@ void VmRunner::RefreshLiveness(Vm& vm) {
     spdlog::warn("VM {}: QEMU exited unexpectedly; see {}/run/qemu.log: {}", vm.spec.id,
                  VmDir(vm.spec.id), vm.qemu->LogTail());
     vm.qemu.reset();
-    vm.Set("stopped", "QEMU exited unexpectedly (details in the host's log)");
+    vm.Set(VmState::kStopped, "QEMU exited unexpectedly (details in the host's log)");
     (void)PersistState(vm);
   }
 }
@@ -936,8 +949,17 @@ Status VmRunner::Recover() {
       if (!backing.ok())
         spdlog::error("recover: cannot export the disk of VM {}: {}", id, backing.error().message);
     }
-    vm->state = state;
     vm->error = state_json.value("error", "");
+    auto parsed = ParseVmState(state);
+    if (parsed.ok()) {
+      vm->state = *parsed;
+    } else {
+      // Not written by us (state.json is the agent's): unless its QEMU runs,
+      // treat it as a VM that stopped while the agent was away.
+      spdlog::warn("recover: VM {}: {}", id, parsed.error().message);
+      vm->state = VmState::kStopped;
+      vm->error = "unknown state '" + state + "' in state.json after an agent restart";
+    }
     vm->has_checkpoint = state_json.value("has_checkpoint", false) && FileExists(dir + "/checkpoint/meta.json");
     vm->created_workspace = state_json.value("created_workspace", false);
     if (state_json["ready_ms"].is_number_integer()) vm->ready_ms = state_json["ready_ms"].get<int64_t>();
@@ -949,25 +971,26 @@ Status VmRunner::Recover() {
       auto status = QueryStatus(vm->qemu->qmp());
       std::string qs = status.ok() ? *status : "";
       if (qs == "running") {
-        vm->state = "running";
+        vm->state = VmState::kRunning;
       } else if (qs == "paused" || qs == "postmigrate" || qs == "finish-migrate") {
         // Interrupted checkpoint: the VM was paused for it; let it run again.
         (void)Cont(vm->qemu->qmp());
-        vm->state = "running";
+        vm->state = VmState::kRunning;
         vm->error = "a checkpoint was interrupted by an agent restart";
       } else {
         // Interrupted restore or unknown state: the process is useless.
         (void)vm->qemu->Kill();
         vm->qemu.reset();
-        vm->state = vm->has_checkpoint ? "suspended" : "stopped";
+        vm->state = vm->has_checkpoint ? VmState::kSuspended : VmState::kStopped;
         vm->error = "QEMU was in state '" + qs + "' after an agent restart";
       }
-      spdlog::info("recover: adopted VM {} (pid {}, {})", id, vm->qemu ? vm->qemu->pid() : 0, vm->state);
-    } else if (state == "running" || state == "stopping" || state == "checkpointing" ||
-               state == "resuming") {
-      vm->state = state == "checkpointing" || state == "resuming"
-                      ? (vm->has_checkpoint ? "suspended" : "stopped")
-                      : "stopped";
+      spdlog::info("recover: adopted VM {} (pid {}, {})", id, vm->qemu ? vm->qemu->pid() : 0,
+                   ToString(vm->state));
+    } else if (parsed.ok() && (*parsed == VmState::kRunning || IsTransitional(*parsed))) {
+      // (creating and deleting were finished above.)
+      vm->state = *parsed == VmState::kCheckpointing || *parsed == VmState::kResuming
+                      ? (vm->has_checkpoint ? VmState::kSuspended : VmState::kStopped)
+                      : VmState::kStopped;
       if (state != "stopping") vm->error = "QEMU exited while the agent was down";
       spdlog::warn("recover: VM {} was {} but its QEMU is gone", id, state);
     }

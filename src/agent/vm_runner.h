@@ -2,7 +2,9 @@
 // of every VM on this host (STATE/vms/ID/), starts QEMU through vmm/, and
 // re-adopts running QEMU processes after an agent restart.
 //
-// State machine (docs/vm-lifecycle.md has the full table):
+// State machine (the transition table of common/vm_state.h decides which
+// operation may start from which state and what it sets; docs/vm-lifecycle.md
+// shows it with what each failure leaves behind):
 //   creating -> running | (failure: nothing left behind, VM forgotten)
 //   running  -> stopping -> stopped
 //   running  -> checkpointing -> suspended | running (leave_running)

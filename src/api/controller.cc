@@ -23,6 +23,7 @@
 #include "common/tls.h"
 #include "common/signals.h"
 #include "common/util.h"
+#include "common/vm_state.h"
 #include "images/image_file.h"
 #include "images/qcow2_header.h"
 #include "store/sql_backend.h"
@@ -44,9 +45,6 @@ constexpr int64_t kTokenCacheMs = 10'000;
 // writes to a shared PostgreSQL database.
 constexpr int64_t kIndexResyncMs = 10'000;
 constexpr const char* kVersion = "0.1.0";
-
-const std::set<std::string> kTransitional = {"creating", "stopping", "checkpointing", "resuming",
-                                             "deleting"};
 
 Error NotFound(const std::string& what) { return MakeError(ErrorCode::kNotFound, what + " not found"); }
 
@@ -899,7 +897,8 @@ bool Controller::ReconcileHost(const Host& host, const json& reported, int64_t r
     by_id.erase(it);  // matched: what is left in by_id afterwards has no record on this host
     std::string agent_state = report.value("state", "");
     std::string agent_error = report.value("error", "");
-    if (agent_state.empty() || kTransitional.count(agent_state)) {  // agent still busy
+    // Agent still busy (or reporting a state that is none of ours: wait).
+    if (auto s = ParseVmState(agent_state); !s.ok() || IsTransitional(*s)) {
       clean = false;
       continue;
     }
@@ -1772,7 +1771,11 @@ void Controller::FinishVmOp(const std::string& vm_id, const Result<json>& answer
                             const std::string& state_on_error, int64_t started_ms, bool timing) {
   if (!answer.ok()) spdlog::warn("VM {}: {}", vm_id, answer.error().message);
   Status st = store_->ModifyVm(vm_id, [&](Vm& vm) {
-    if (answer.ok()) {
+    if (answer.ok() && !ParseVmState(answer->value("state", "running")).ok()) {
+      // The database holds our states only (migration 8).
+      vm.state = state_on_error;
+      vm.error = "the host reported an unknown state '" + answer->value("state", "") + "'";
+    } else if (answer.ok()) {
       vm.state = answer->value("state", "running");
       vm.error = answer->value("error", "");
       if (timing) vm.create_ms = NowMs() - started_ms;
@@ -1796,15 +1799,14 @@ void Controller::VmAction(const Caller& c, const Req& req, Res& res, const std::
   if (!leave.ok()) return SendError(res, leave.error());
   if (action != "checkpoint" && body->contains("leave_running"))
     return SendError(res, MakeError(ErrorCode::kInvalidArgument, "leave_running applies to checkpoint only"));
-  std::vector<std::string> from;
-  std::string to;
-  if (action == "stop") from = {"running"}, to = "stopping";
-  else if (action == "checkpoint") from = {"running"}, to = "checkpointing";
-  else from = {"stopped", "suspended"}, to = "resuming";
-  auto moved = store_->TransitionVm(vm->id, from, to);
+  const VmOp op = action == "stop" ? VmOp::kStop
+                  : action == "checkpoint"
+                      ? (*leave ? VmOp::kCheckpointLeaveRunning : VmOp::kCheckpoint)
+                      : VmOp::kResume;
+  auto moved = store_->TransitionVm(vm->id, op);
   if (!moved.ok()) return SendError(res, moved.error());
   SendJson(res, 202, VmJson(*moved));
-  std::string previous = vm->state;
+  std::string previous = vm->state;  // the table's state on failure for these operations
   auto host = store_->GetHost(vm->host_id);
   Host h = host.ok() ? *host : Host{};
   bool leave_running = *leave;
@@ -1818,7 +1820,8 @@ void Controller::VmAction(const Caller& c, const Req& req, Res& res, const std::
       std::string state = previous;
       if (now.ok())
         for (const auto& v : now->value("vms", json::array()))
-          if (v.value("id", "") == id) state = v.value("state", previous);
+          if (v.value("id", "") == id && ParseVmState(v.value("state", "")).ok())
+            state = v.value("state", previous);
       FinishVmOp(id, r, state, started, false);
       return;
     }
@@ -1841,7 +1844,7 @@ void Controller::ExecVm(const Caller& c, const Req& req, Res& res) {
   if (!timeout.ok()) return SendError(res, timeout.error());
   if (argv->empty() || (*argv)[0].empty())
     return SendError(res, MakeError(ErrorCode::kInvalidArgument, "argv must name a program"));
-  if (vm->state != "running")
+  if (auto s = ParseVmState(vm->state); !s.ok() || !Allows(*s, VmOp::kExec))
     return SendError(res, MakeError(ErrorCode::kFailedPrecondition, "VM " + vm->name + " is " + vm->state +
                                                                         "; exec needs it running"));
   auto host = store_->GetHost(vm->host_id);
@@ -1947,7 +1950,7 @@ void Controller::DeleteVm(const Caller& c, const Req& req, Res& res) {
   auto vm = store_->GetVm(req.matches[1], c.owner());
   if (!vm.ok()) return SendError(res, vm.error());
   bool purge = req.get_param_value("purge_workspace") == "true";
-  auto moved = store_->TransitionVm(vm->id, {"running", "stopped", "suspended", "error", "deleting"}, "deleting");
+  auto moved = store_->TransitionVm(vm->id, VmOp::kDelete);
   if (!moved.ok())
     return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
                                     moved.error().message + "; wait until the current operation ends"));

@@ -30,6 +30,7 @@
 #include "sim/sim_hosts.h"
 #include "common/result.h"
 #include "common/tls.h"
+#include "common/vm_state.h"
 
 namespace vmgrid {
 namespace {
@@ -567,9 +568,10 @@ int ShowCommand(Ctx& ctx, const std::string& path, const std::string& kind) {
 // ---------------------------------------------------------------------------
 // Waiting for VM operations
 
-bool IsTransitional(const std::string& state) {
-  return state == "creating" || state == "stopping" || state == "checkpointing" ||
-         state == "resuming" || state == "deleting";
+// What a VM is waiting for after `op` succeeds (common/vm_state.h).
+std::string SuccessStateOf(VmOp op) {
+  auto s = SuccessOf(op);
+  return s ? ToString(*s) : "";
 }
 
 std::string VmErrorText(const json& vm) {
@@ -591,7 +593,7 @@ int WaitVm(Ctx& ctx, const ApiClient& client, json vm, const std::string& ref,
   bool first = true;
   std::string state = StateOf(vm);
   while (true) {
-    if (!first || state.empty() || IsTransitional(state)) {
+    if (!first || state.empty() || IsTransitionalName(state)) {
       if (!first) std::this_thread::sleep_for(kVmPollInterval);
       auto got = client.Get(path);
       if (!got.ok()) {
@@ -616,7 +618,7 @@ int WaitVm(Ctx& ctx, const ApiClient& client, json vm, const std::string& ref,
     }
     first = false;
     const double elapsed = Seconds(Clock::now() - start);
-    if (!IsTransitional(state) && !state.empty()) break;
+    if (!IsTransitionalName(state) && !state.empty()) break;
     if (Clock::now() >= deadline) {
       status.Finish("");
       ctx.io.err << "error: timed out after " << ctx.g.wait_timeout_s << "s waiting for " << id
@@ -629,7 +631,7 @@ int WaitVm(Ctx& ctx, const ApiClient& client, json vm, const std::string& ref,
                   FormatElapsed(elapsed));
   }
   const double elapsed = Seconds(Clock::now() - start);
-  if (state == "error") {
+  if (state == ToString(VmState::kError)) {
     status.Finish("");
     ctx.io.err << "error: " << id << " failed: " << VmErrorText(vm) << std::endl;
     if (ctx.g.json) PrintJson(ctx, vm);
@@ -1155,7 +1157,7 @@ int CmdVmCreate(Ctx& ctx, const VmCreateArgs& a) {
         PrintOne(ctx, one, kVmHeaders, VmRow);
         continue;
       }
-      int r = WaitVm(ctx, *client, one, IdOr(one, ""), "running");
+      int r = WaitVm(ctx, *client, one, IdOr(one, ""), SuccessStateOf(VmOp::kCreate));
       if (r != kExitOk) rc = r;
     }
     return rc;
@@ -1165,7 +1167,8 @@ int CmdVmCreate(Ctx& ctx, const VmCreateArgs& a) {
     return code;
   }
   if (a.no_wait) return PrintOne(ctx, *vm, kVmHeaders, VmRow);
-  return WaitVm(ctx, *client, *vm, a.name.empty() ? IdOr(*vm, "") : a.name, "running");
+  return WaitVm(ctx, *client, *vm, a.name.empty() ? IdOr(*vm, "") : a.name,
+                SuccessStateOf(VmOp::kCreate));
 }
 
 int CmdVmList(Ctx& ctx) { return ListCommand(ctx, "/v1/vms", "vms", kVmHeaders, VmRow); }
@@ -1201,8 +1204,8 @@ int CmdVmRm(Ctx& ctx, const std::string& ref, bool purge_workspace, bool no_wait
     }
     return kExitOk;
   }
-  if (StateOf(vm).empty()) vm["state"] = "deleting";
-  return WaitVm(ctx, *client, vm, ref, "");
+  if (StateOf(vm).empty()) vm["state"] = ToString(VmState::kDeleting);
+  return WaitVm(ctx, *client, vm, ref, SuccessStateOf(VmOp::kDelete));
 }
 
 struct ExecArgs {
@@ -1862,19 +1865,22 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     leaf(g, "show", "Show one VM", [&] { return CmdVmShow(ctx, s.ref); })
         ->add_option("REF", s.ref, "VM id or name")
         ->required();
-    auto* stop = leaf(g, "stop", "Stop a VM",
-                      [&] { return VmAction(ctx, s.ref, "stop", nullptr, "stopped", s.no_wait); });
+    auto* stop = leaf(g, "stop", "Stop a VM", [&] {
+      return VmAction(ctx, s.ref, "stop", nullptr, SuccessStateOf(VmOp::kStop), s.no_wait);
+    });
     stop->add_option("REF", s.ref, "VM id or name")->required();
     stop->add_flag("--no-wait", s.no_wait, "Do not wait");
     auto* cp = leaf(g, "checkpoint", "Checkpoint a VM (suspends it unless --leave-running)", [&] {
-      return VmAction(ctx, s.ref, "checkpoint", {{"leave_running", s.leave_running}},
-                      s.leave_running ? "running" : "suspended", s.no_wait);
+      return VmAction(
+          ctx, s.ref, "checkpoint", {{"leave_running", s.leave_running}},
+          SuccessStateOf(s.leave_running ? VmOp::kCheckpointLeaveRunning : VmOp::kCheckpoint),
+          s.no_wait);
     });
     cp->add_option("REF", s.ref, "VM id or name")->required();
     cp->add_flag("--leave-running", s.leave_running, "Keep the VM running");
     cp->add_flag("--no-wait", s.no_wait, "Do not wait");
     auto* resume = leaf(g, "resume", "Resume a suspended VM", [&] {
-      return VmAction(ctx, s.ref, "resume", nullptr, "running", s.no_wait);
+      return VmAction(ctx, s.ref, "resume", nullptr, SuccessStateOf(VmOp::kResume), s.no_wait);
     });
     resume->add_option("REF", s.ref, "VM id or name")->required();
     resume->add_flag("--no-wait", s.no_wait, "Do not wait");

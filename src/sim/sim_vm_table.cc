@@ -1,6 +1,26 @@
 #include "sim/sim_vm_table.h"
 
+#include "common/vm_state.h"
+
 namespace vmgrid {
+
+namespace {
+
+// The transition table decides, as for VmRunner; every operation here
+// completes at once, so a VM goes straight to the op's success state.
+bool Allowed(const VmStatus& s, VmOp op) {
+  auto state = ParseVmState(s.state);
+  return state.ok() && Allows(*state, op);
+}
+
+std::string After(VmOp op) { return ToString(*SuccessOf(op)); }
+
+bool Holds(const VmStatus& s) {
+  auto state = ParseVmState(s.state);
+  return !state.ok() || HoldsReservation(*state);
+}
+
+}  // namespace
 
 Result<SimVmTable::Entry*> SimVmTable::FindLocked(const std::string& id) {
   auto it = vms_.find(id);
@@ -17,7 +37,7 @@ Result<VmStatus> SimVmTable::Create(const VmSpec& spec) {
   e.status.id = spec.id;
   e.status.owner_id = spec.owner_id;
   e.status.name = spec.name;
-  e.status.state = "running";
+  e.status.state = After(VmOp::kCreate);
   e.status.vcpus = spec.vcpus;
   e.status.memory_mb = spec.memory_mb;
   if (spec.disk_mode == "persistent") e.workspace_path = spec.workspace_path;
@@ -30,10 +50,10 @@ Result<VmStatus> SimVmTable::Stop(const std::string& id) {
   Operate();
   std::lock_guard<std::mutex> l(mu_);
   VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
-  if (e->status.state != "running")
+  if (!Allowed(e->status, VmOp::kStop))
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + id + " is " + e->status.state + ", not running");
-  e->status.state = "stopped";
+  e->status.state = After(VmOp::kStop);
   return e->status;
 }
 
@@ -41,11 +61,12 @@ Result<VmStatus> SimVmTable::Checkpoint(const std::string& id, bool leave_runnin
   Operate();
   std::lock_guard<std::mutex> l(mu_);
   VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
-  if (e->status.state != "running")
+  const VmOp op = leave_running ? VmOp::kCheckpointLeaveRunning : VmOp::kCheckpoint;
+  if (!Allowed(e->status, op))
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + id + " is " + e->status.state + ", not running");
   e->status.has_checkpoint = true;
-  if (!leave_running) e->status.state = "suspended";
+  e->status.state = After(op);
   return e->status;
 }
 
@@ -53,11 +74,11 @@ Result<VmStatus> SimVmTable::Resume(const std::string& id) {
   Operate();
   std::lock_guard<std::mutex> l(mu_);
   VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
-  if (e->status.state != "suspended" && e->status.state != "stopped")
+  if (!Allowed(e->status, VmOp::kResume))
     return MakeError(
         ErrorCode::kFailedPrecondition,
         "VM " + id + " is " + e->status.state + "; only a stopped or suspended VM can be resumed");
-  e->status.state = "running";
+  e->status.state = After(VmOp::kResume);
   return e->status;
 }
 
@@ -75,7 +96,7 @@ Result<ExecResult> SimVmTable::Exec(const std::string& id, const std::vector<std
   Operate();
   std::lock_guard<std::mutex> l(mu_);
   VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
-  if (e->status.state != "running")
+  if (!Allowed(e->status, VmOp::kExec))
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + id + " is " + e->status.state + ", not running");
   ExecResult r;
@@ -121,6 +142,7 @@ void SimVmTable::Operate() {
 Status SimVmTable::Adopt(const VmStatus& status) {
   std::lock_guard<std::mutex> l(mu_);
   if (status.id.empty()) return MakeError(ErrorCode::kInvalidArgument, "a VM needs an id");
+  VMG_RETURN_IF_ERROR(ParseVmState(status.state));
   if (!vms_.emplace(status.id, Entry{status, ""}).second)
     return MakeError(ErrorCode::kAlreadyExists, "VM " + status.id + " already exists on this host");
   return Status::Ok();
@@ -143,7 +165,7 @@ int SimVmTable::used_vcpus() const {
   std::lock_guard<std::mutex> l(mu_);
   int n = 0;
   for (const auto& [id, e] : vms_)
-    if (e.status.state != "error") n += e.status.vcpus;
+    if (Holds(e.status)) n += e.status.vcpus;
   return n;
 }
 
@@ -151,7 +173,7 @@ int64_t SimVmTable::used_memory_mb() const {
   std::lock_guard<std::mutex> l(mu_);
   int64_t n = 0;
   for (const auto& [id, e] : vms_)
-    if (e.status.state != "error") n += e.status.memory_mb;
+    if (Holds(e.status)) n += e.status.memory_mb;
   return n;
 }
 

@@ -3,6 +3,9 @@
 // VmRunner, but every transition completes at once (after the optional fake
 // latency of `on_operation`) and nothing touches QEMU or the file system:
 // the table is the host. The real agent API code serves it (sim_hosts.h).
+// Which operation may start from which state, and the state it ends in, come
+// from the transition table (common/vm_state.h); every operation succeeds
+// at once, so no transitional state is ever seen here.
 //
 //   Create:     (new) -> running; an id already here -> kAlreadyExists
 //   Stop:       running -> stopped
@@ -10,6 +13,7 @@
 //   Resume:     stopped | suspended -> running
 //   Destroy:    any -> (gone)
 //   Exec:       running only; answers a canned result
+//   Adopt:      a state that is none of VmState's -> kInvalidArgument
 // On failure: no side effects. Unknown ids answer kNotFound.
 // Thread-safe: all public methods.
 #pragma once

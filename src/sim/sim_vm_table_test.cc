@@ -73,6 +73,10 @@ TEST(SimVmTable, UsageCountsEveryVmButFailedOnes) {
   failed.memory_mb = 4096;
   ASSERT_TRUE(t.Adopt(failed).ok());
   EXPECT_EQ(t.Adopt(failed).error().code, ErrorCode::kAlreadyExists);
+  VmStatus odd = failed;
+  odd.id = "vm-d";
+  odd.state = "paused";  // not a VM state (common/vm_state.h)
+  EXPECT_EQ(t.Adopt(odd).error().code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(t.size(), 3u);
   EXPECT_EQ(t.used_vcpus(), 3);
   EXPECT_EQ(t.used_memory_mb(), 1280);

@@ -4,18 +4,32 @@
 #include <cstdlib>
 
 #include "common/util.h"
+#include "common/vm_state.h"
 
 namespace vmgrid {
 
 namespace {
 
+// A migration's SQL: one text for both databases (a plain string converts),
+// or {sqlite, postgres} where a statement has to differ.
+struct Migration {
+  Migration(const char* both) : sqlite(both), postgres(both) {}  // NOLINT: implicit by design
+  Migration(const char* sqlite_sql, const char* postgres_sql)
+      : sqlite(sqlite_sql), postgres(postgres_sql) {}
+  const char* For(SqlBackend::Dialect d) const {
+    return d == SqlBackend::Dialect::kPostgres ? postgres : sqlite;
+  }
+  const char* sqlite;
+  const char* postgres;
+};
+
 // Each entry moves the schema from version i to i+1. Never change what a
 // released entry does; append a new one. The same text runs on SQLite and
 // PostgreSQL: integers are BIGINT (64-bit on PostgreSQL; SQLite gives BIGINT
 // and INTEGER the same INTEGER affinity, so databases created before this
-// spelling behave identically), booleans are integers. If a statement ever
-// has to differ, give that entry per-dialect variants.
-const char* kMigrations[] = {
+// spelling behave identically), booleans are integers. Where a statement has
+// to differ, the entry is a {sqlite, postgres} pair (migration 8).
+const Migration kMigrations[] = {
     R"sql(
 CREATE TABLE users (
   id TEXT PRIMARY KEY,
@@ -186,6 +200,36 @@ UPDATE vms SET disk_bytes = memory_mb * 1048576 +
 UPDATE hosts SET used_disk_bytes = COALESCE((SELECT SUM(v.disk_bytes) FROM vms v
                                              WHERE v.host_id = hosts.id AND v.state <> 'error'), 0);
 )sql",
+    // 8: vms.state holds a state of common/vm_state.h only (the names of
+    // ToString(VmState); StoreTest.UnknownVmStateIsRefused checks that every
+    // one is accepted). A new state needs a new migration.
+    // PostgreSQL: a CHECK constraint, validated against the existing rows.
+    // SQLite cannot add a CHECK to an existing table; it documents rebuilding
+    // the table instead (CREATE new, copy, DROP, rename). We use triggers that
+    // RAISE(ABORT) on an INSERT or an UPDATE of state with any other value:
+    // just as strict for every write (the error is a constraint violation,
+    // as for a CHECK), and it leaves the table alone. A rebuild would have to
+    // spell out every column of vms here (and lose any a later branch adds
+    // before it, e.g. sec-disk's disk_bytes), and dropping vms with foreign
+    // keys on would cascade-delete its virtualization rows.
+    // `UPDATE vms SET state = state` runs the check over the rows already
+    // there, so the migration fails rather than keep a bad one.
+    {R"sql(
+CREATE TRIGGER vms_state_check_insert BEFORE INSERT ON vms
+WHEN NEW.state NOT IN ('creating','running','stopping','stopped','checkpointing',
+                       'suspended','resuming','deleting','error')
+BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: vms.state'); END;
+CREATE TRIGGER vms_state_check_update BEFORE UPDATE OF state ON vms
+WHEN NEW.state NOT IN ('creating','running','stopping','stopped','checkpointing',
+                       'suspended','resuming','deleting','error')
+BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: vms.state'); END;
+UPDATE vms SET state = state;
+)sql",
+     R"sql(
+ALTER TABLE vms ADD CONSTRAINT vms_state_check
+  CHECK (state IN ('creating','running','stopping','stopped','checkpointing',
+                   'suspended','resuming','deleting','error'));
+)sql"},
 };
 
 const char* kUserCols =
@@ -293,7 +337,11 @@ const char* kHostSelect =
     "FROM hosts h";
 
 // Whether a VM in this state holds its vcpus and memory on its host.
-bool HoldsOnHost(const std::string& state) { return state != "error"; }
+// (HoldsReservation; a state that does not parse cannot be in the table.)
+bool HoldsOnHost(const std::string& state) {
+  auto s = ParseVmState(state);
+  return !s.ok() || HoldsReservation(*s);
+}
 
 // The host's disk has room for the VM's disk_bytes (bound to the second
 // `?`; the UPDATE's first binds what is added). Hosts that do not report
@@ -632,7 +680,7 @@ Status Store::Migrate() {
                        "database schema version " + std::to_string(version) +
                            " is newer than this vmgrid (" + std::to_string(target) + ")");
     if (version == target) break;
-    VMG_RETURN_IF_ERROR(db_->ExecScript(kMigrations[version]));
+    VMG_RETURN_IF_ERROR(db_->ExecScript(kMigrations[version].For(db_->dialect())));
     VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM schema_version"));
     VMG_RETURN_IF_ERROR(db_->Exec("INSERT INTO schema_version VALUES (?)", {version + 1}));
     VMG_RETURN_IF_ERROR(tx.Commit());
@@ -1372,6 +1420,22 @@ Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::str
   Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
   return vm;
+}
+
+Result<Vm> Store::TransitionVm(const std::string& id, VmOp op) {
+  // Every row of one operation moves to the same transitional state
+  // (VmStateTest.OneTransitionalStatePerOp), so one compare-and-set does.
+  const std::vector<VmState> states = FromStates(op);
+  std::optional<VmTransition> t;
+  if (!states.empty()) {
+    VMG_ASSIGN_OR_RETURN(t, LookupTransition(states.front(), op));
+  }
+  if (!t || !t->transitional)
+    return MakeError(ErrorCode::kInternal,
+                     std::string(ToString(op)) + " is not a state change of an existing VM");
+  std::vector<std::string> from;
+  for (VmState s : states) from.push_back(ToString(s));
+  return TransitionVm(id, from, ToString(*t->transitional));
 }
 
 Status Store::DeleteVm(const std::string& id) {

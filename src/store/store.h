@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "common/vm_state.h"
 #include "store/model.h"
 #include "store/sql_backend.h"
 
@@ -157,6 +158,11 @@ class Store {
   // state is not one of `from`.
   Result<Vm> TransitionVm(const std::string& id, const std::vector<std::string>& from,
                           const std::string& to);
+  // The same for the start of `op` (common/vm_state.h): from any state the
+  // table allows it from, to its transitional state. kFailedPrecondition
+  // names the state and the states that would do; kInternal for an `op`
+  // that changes no state (exec).
+  Result<Vm> TransitionVm(const std::string& id, VmOp op);
   Status DeleteVm(const std::string& id);
   // Records that `host_id` holds `image_id` (it ran a VM of it).
   Status NoteImageCached(const std::string& image_id, const std::string& host_id);

@@ -198,6 +198,96 @@ TEST_P(StoreTest, TransitionIsCompareAndSet) {
   EXPECT_EQ(store_->DeleteImage("img-1").error().code, ErrorCode::kFailedPrecondition);
 }
 
+TEST_P(StoreTest, TransitionByOpFollowsTheTable) {
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{4, 4096, 1000, false});
+  auto vm = store_->PlaceAndInsertVm(NewVm("a"), {h->id});
+  ASSERT_TRUE(vm.ok());
+  auto refused = store_->TransitionVm(vm->id, VmOp::kResume);  // creating
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_NE(refused.error().message.find("is creating; this needs it to be stopped or suspended"),
+            std::string::npos)
+      << refused.error().message;
+  ASSERT_TRUE(store_->TransitionVm(vm->id, {"creating"}, "stopped").ok());
+  auto moved = store_->TransitionVm(vm->id, VmOp::kResume);
+  ASSERT_TRUE(moved.ok());
+  EXPECT_EQ(moved->state, "resuming");
+  EXPECT_EQ(store_->TransitionVm(vm->id, VmOp::kExec).error().code, ErrorCode::kInternal);
+  EXPECT_EQ(store_->TransitionVm(vm->id, VmOp::kCreate).error().code, ErrorCode::kInternal);
+}
+
+// Migration 8: the database holds the states of common/vm_state.h only.
+TEST_P(StoreTest, UnknownVmStateIsRefused) {
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{4, 4096, 1000, false});
+  auto vm = store_->PlaceAndInsertVm(NewVm("a"), {h->id});
+  ASSERT_TRUE(vm.ok());
+  // Every state of the code is accepted, by an update and by an insert.
+  for (VmState state : AllVmStates()) {
+    Vm v = *vm;
+    v.state = ToString(state);
+    EXPECT_TRUE(store_->UpdateVm(v).ok()) << v.state;
+    EXPECT_EQ(store_->GetVm(vm->id, "")->state, v.state);
+    Vm other = NewVm(std::string("as-") + ToString(state));
+    other.host_id = h->id;
+    other.state = ToString(state);
+    EXPECT_TRUE(store_->InsertVmRecord(other).ok()) << other.state;
+  }
+  // Anything else is a constraint violation, whichever way it is written.
+  int n = 0;
+  for (const char* bad : {"", "Running", "paused", "unknown", "running "}) {
+    Vm v = *vm;
+    v.state = bad;
+    auto st = store_->UpdateVm(v);
+    EXPECT_FALSE(st.ok()) << "'" << bad << "'";
+    EXPECT_FALSE(store_->TransitionVm(vm->id, {"error"}, bad).ok()) << "'" << bad << "'";
+    Vm other = NewVm("bad-" + std::to_string(++n));
+    other.host_id = h->id;
+    other.state = bad;
+    auto ins = store_->InsertVmRecord(other);
+    ASSERT_FALSE(ins.ok()) << "'" << bad << "'";
+    EXPECT_EQ(ins.error().code, ErrorCode::kAlreadyExists) << ins.error().message;  // a constraint
+    EXPECT_FALSE(store_->GetVm(other.id, "").ok());
+  }
+  EXPECT_EQ(store_->GetVm(vm->id, "")->state, "error");  // the last good write stands
+  // And raw SQL, past the Store, is refused too.
+  auto db = OpenSqlBackend(db_->target());
+  ASSERT_TRUE(db.ok());
+  EXPECT_FALSE((*db)->Exec("UPDATE vms SET state='paused' WHERE id=?", {vm->id}).ok());
+}
+
+// Migration 8 on a database that holds a state outside the code's fails
+// (and changes nothing); once the row is fixed it runs.
+TEST_P(StoreTest, StateMigrationChecksExistingRows) {
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{4, 4096, 1000, false});
+  auto vm = store_->PlaceAndInsertVm(NewVm("a"), {h->id});
+  ASSERT_TRUE(vm.ok());
+  store_.reset();
+  auto db = OpenSqlBackend(db_->target());
+  ASSERT_TRUE(db.ok());
+  // Back to version 7, without the check, with a bad row.
+  ASSERT_TRUE((*db)
+                  ->ExecScript(db_->is_postgres()
+                                   ? "ALTER TABLE vms DROP CONSTRAINT vms_state_check"
+                                   : "DROP TRIGGER vms_state_check_insert; "
+                                     "DROP TRIGGER vms_state_check_update")
+                  .ok());
+  ASSERT_TRUE((*db)->Exec("UPDATE schema_version SET version = 7").ok());
+  ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='paused' WHERE id=?", {vm->id}).ok());
+  auto refused = Store::Open(db_->target());
+  ASSERT_FALSE(refused.ok());
+  auto version = (*db)->Query("SELECT version FROM schema_version");
+  ASSERT_TRUE(version.ok());
+  EXPECT_EQ((*version)[0].Int(0), 7);
+  ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
+  auto s = Store::Open(db_->target());
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  EXPECT_EQ((*s)->schema_version(), 8);
+  EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
+  Vm v = *vm;
+  v.state = "paused";
+  EXPECT_FALSE((*s)->UpdateVm(v).ok());
+}
+
 TEST_P(StoreTest, GangIsAllOrNothing) {
   auto a = store_->HeartbeatHost("a", "http://a", HostCapacity{4, 1024, 1000, false});
   auto b = store_->HeartbeatHost("b", "http://b", HostCapacity{4, 4096, 1000, false});
