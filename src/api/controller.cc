@@ -24,6 +24,7 @@
 #include "common/tls.h"
 #include "common/signals.h"
 #include "common/util.h"
+#include "common/version.h"
 #include "images/image_file.h"
 #include "images/qcow2_header.h"
 #include "store/sql_backend.h"
@@ -44,7 +45,6 @@ constexpr int64_t kTokenCacheMs = 10'000;
 // controller's own writes exactly; the reload picks up other controllers'
 // writes to a shared PostgreSQL database.
 constexpr int64_t kIndexResyncMs = 10'000;
-constexpr const char* kVersion = "0.1.0";
 
 const std::set<std::string> kTransitional = {"creating", "stopping", "checkpointing", "resuming",
                                              "deleting"};
