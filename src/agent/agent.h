@@ -6,9 +6,10 @@
 
 #include <atomic>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "agent/allowed_paths.h"
 #include "agent/vm_runner.h"
@@ -53,7 +54,7 @@ class Agent {
   std::string workspace_dir_;
   std::unique_ptr<AllowedPaths> allowed_;             // state dir + image dirs
   std::unique_ptr<AllowedPaths> allowed_workspaces_;  // workspace dir
-  std::unique_ptr<HostImages> images_;                // outlives runner_
+  std::unique_ptr<HostImages> images_;  // outlives runner_
   std::unique_ptr<VmRunner> runner_;
   std::unique_ptr<GuardedServer> server_;
   std::unique_ptr<ApiClient> controller_;

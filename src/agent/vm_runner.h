@@ -107,7 +107,7 @@ struct VmRunnerOptions {
   // (VmCgroups::Open), "" = off.
   std::string cgroup_root = "/sys/fs/cgroup";
   std::string qemu_binary = "qemu-system-x86_64";
-  std::string accel;  // "" = auto
+  std::string accel;          // "" = auto
   std::chrono::milliseconds ready_timeout = std::chrono::seconds(120);
   HostImages* images = nullptr;  // null: no image server, image files are local paths
 };
@@ -142,8 +142,8 @@ class VmRunner {
 
   // Boots `image` once as a throwaway clone, waits for its guest agent, and
   // saves a post-boot checkpoint into `target_dir` (created atomically).
-  Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs,
-                             int vcpus, int64_t memory_mb, const std::string& target_dir);
+  Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs, int vcpus,
+                             int64_t memory_mb, const std::string& target_dir);
 
   // Deletes a workspace file no VM on this host uses.
   Status DeleteWorkspace(const std::string& path);

@@ -59,10 +59,8 @@ TEST(VmRunnerTest, RedactForUserKeepsTheReasonOnly) {
   EXPECT_EQ(RedactForUser("open '/srv/x y': denied"), "open '<host path> y': denied");
   EXPECT_EQ(RedactForUser("launch failed: QEMU exited; qemu stderr: qemu: cannot open /etc/shadow"),
             "launch failed: QEMU exited");
-  EXPECT_EQ(RedactForUser("QEMU exited during boot; see /s/vms/v/run/qemu.log: tail"),
-            "QEMU exited during boot");
-  EXPECT_EQ(RedactForUser("backing json:{\"driver\":\"raw\"} failed"),
-            "backing <host path> failed");
+  EXPECT_EQ(RedactForUser("QEMU exited during boot; see /s/vms/v/run/qemu.log: tail"), "QEMU exited during boot");
+  EXPECT_EQ(RedactForUser("backing json:{\"driver\":\"raw\"} failed"), "backing <host path> failed");
 }
 
 }  // namespace

@@ -85,7 +85,7 @@ class CapacityIndex : public StoreObserver {
                   std::vector<std::string>& out) const;
 
   mutable std::mutex mu_;
-  std::unordered_map<std::string, Entry> hosts_;    // by id; guarded by mu_
+  std::unordered_map<std::string, Entry> hosts_;  // by id; guarded by mu_
   std::unordered_map<std::string, int> image_ids_;  // guarded by mu_
   ByFree by_free_;                                  // every up host; guarded by mu_
   std::vector<ByFree> by_free_cached_;              // per interned image; guarded by mu_

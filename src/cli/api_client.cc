@@ -1,5 +1,7 @@
 #include "cli/api_client.h"
 
+#include "common/tls.h"
+
 #include <fcntl.h>
 #include <httplib.h>
 #include <sys/stat.h>
@@ -14,8 +16,6 @@
 #include <mutex>
 #include <utility>
 #include <vector>
-
-#include "common/tls.h"
 
 namespace vmgrid {
 namespace {

@@ -1,4 +1,5 @@
 #include "cli/api_client.h"
+#include "cli/test_ports.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -16,12 +17,11 @@
 #include <thread>
 #include <vector>
 
-#include "cli/test_ports.h"
-
 namespace vmgrid {
 namespace {
 
 using nlohmann::json;
+
 
 // A tiny fake controller on 127.0.0.1:<any port>.
 class FakeServer {

@@ -14,9 +14,9 @@
 namespace vmgrid {
 
 struct DiskInfo {
-  std::string format;        // "raw" or "qcow2"
-  int64_t virtual_size = 0;  // bytes the guest sees
-  int64_t actual_size = 0;   // bytes allocated on the host
+  std::string format;          // "raw" or "qcow2"
+  int64_t virtual_size = 0;    // bytes the guest sees
+  int64_t actual_size = 0;     // bytes allocated on the host
 };
 
 // Largest disk a guest may see; bigger claims are treated as hostile.
