@@ -5,14 +5,21 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 IMAGE_DIR := $(BUILD)/images/tiny
 
-.PHONY: demo test setup build image clean bench
+.PHONY: demo test check setup build image clean bench
 
 demo: setup build image
 	$(BUILD)/vmgrid dev --hosts 2 --demo $(DEMO_ARGS)
 
 # The tests run against SQLite and a throwaway PostgreSQL (scripts/run-tests.sh).
-test: setup build image
+# (scripts/run-tests.sh repeats the static checks for those who call it
+# directly; `check` first fails fast, before a long build.)
+test: setup check build image
 	@bash scripts/run-tests.sh $(BUILD) $(JOBS)
+
+# Static checks, seconds: formatting (clang-format) and include direction.
+check:
+	@bash scripts/check-format.sh
+	@bash scripts/check-includes.sh
 
 setup:
 	@bash scripts/setup.sh

@@ -17,9 +17,10 @@
 #
 # Environment:
 #   DEBIAN_CACHE       .deb cache dir (default <repo>/build/images/.debian-cache)
-#   DEBIAN_MIRROR      archive URL (default: the deb.debian.org/debian URI in
-#                      the host's apt sources, else http://deb.debian.org/debian)
-#   DEBIAN_SECURITY_MIRROR   (default: the same for debian-security)
+#   DEBIAN_MIRROR      archive URL (default: the .../debian URI of the host's
+#                      apt sources; the script names no archive host itself)
+#   DEBIAN_SECURITY_MIRROR   (default: the host's .../debian-security URI, else
+#                      debian-security beside DEBIAN_MIRROR)
 #   DEBIAN_VERBOSE=1   print build details on stderr
 #   DEBIAN_FORCE=1     rebuild even if the digest matches
 set -euo pipefail
@@ -68,19 +69,22 @@ fi
 
 # ---------------------------------------------------------------- inputs ---
 
-# The mirror: the deb.debian.org-style URI that the host's apt already uses
-# (on these machines only Debian's archive is reachable).
+# The mirror: the archive the host's apt already uses (on these machines
+# only that one is reachable), read from its sources: one-line `deb [opts]
+# URI suite…` entries and deb822 `URIs:` fields. No host name is built in.
 host_uri() {  # PATH_SUFFIX (debian | debian-security) -> URI or empty
-    local files
-    files=$(ls /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-    [[ -n $files ]] || return 0
-    # shellcheck disable=SC2086
-    grep -hv '^[[:space:]]*#' $files 2>/dev/null | grep -oE "https?://[^ ]+/$1/?( |$)" | head -n1 | sed 's:/* *$::' || true
+    local f
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [[ -f $f ]] && cat "$f"
+    done 2>/dev/null |
+        sed -n -E -e 's/^[[:space:]]*deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p' \
+            -e 's/^[[:space:]]*URIs:[[:space:]]*(.*)$/\1/p' |
+        tr -s ' \t' '\n\n' | grep -E "^[a-z+]+://.*/$1/?\$" | head -n1 | sed 's:/*$::' || true
 }
 MIRROR=${DEBIAN_MIRROR:-$(host_uri debian)}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+[[ -n $MIRROR ]] || die "no .../debian archive in the host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/*.sources); set DEBIAN_MIRROR"
 SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-$(host_uri debian-security)}
-SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+SECURITY_MIRROR=${SECURITY_MIRROR:-${MIRROR%/debian}/debian-security}
 
 # Resolve the full package set with the host's apt lists, as if installing
 # into an empty system: Priority: required + apt + PACKAGES + kernel

@@ -9,6 +9,10 @@ JOBS=${2:-$(nproc)}
 cd "$(dirname "$0")/.."
 SERVER=$PWD/scripts/pg-test-server.sh
 
+# Static checks first (seconds): formatting and include direction.
+bash scripts/check-format.sh
+bash scripts/check-includes.sh
+
 export VMGRID_PG_DIR=${VMGRID_PG_DIR:-/tmp/vmgrid-pg/run-$$}
 trap 'bash "$SERVER" stop' EXIT
 VMGRID_TEST_PG_URL=$(bash "$SERVER" start)

@@ -6,6 +6,8 @@ set -euo pipefail
 PACKAGES=(
   # build
   build-essential cmake pkg-config
+  # scripts/check-format.sh
+  clang-format
   libsqlite3-dev nlohmann-json3-dev libcpp-httplib-dev libssl-dev libcli11-dev
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   # the PostgreSQL backend (libpq) and the server its tests run against

@@ -15,6 +15,7 @@
 
 #include "api/openapi.h"
 #include "api/placement.h"
+#include "api/routes.h"
 #include "chunks/chunk_client.h"
 #include "client/api_client.h"
 #include "common/http_json.h"
@@ -24,6 +25,7 @@
 #include "common/signals.h"
 #include "common/util.h"
 #include "common/vm_state.h"
+#include "common/version.h"
 #include "images/image_file.h"
 #include "images/qcow2_header.h"
 #include "store/sql_backend.h"
@@ -44,7 +46,6 @@ constexpr int64_t kTokenCacheMs = 10'000;
 // controller's own writes exactly; the reload picks up other controllers'
 // writes to a shared PostgreSQL database.
 constexpr int64_t kIndexResyncMs = 10'000;
-constexpr const char* kVersion = "0.1.0";
 
 Error NotFound(const std::string& what) { return MakeError(ErrorCode::kNotFound, what + " not found"); }
 
@@ -517,22 +518,25 @@ Status Controller::PublishImage(Image& image,
 // --- routes -----------------------------------------------------------------------------
 
 void Controller::InstallRoutes() {
-  auto& s = *server_;
-  s.set_payload_max_length(static_cast<size_t>(kMaxUploadBytes));
-  s.set_read_timeout(300, 0);
-  s.set_write_timeout(300, 0);
+  auto& server = *server_;
+  server.set_payload_max_length(static_cast<size_t>(kMaxUploadBytes));
+  server.set_read_timeout(300, 0);
+  server.set_write_timeout(300, 0);
   // Only image uploads may stream large bodies; everything else is refused
   // before its body is read.
   // Bodies come only with a Content-Length (no chunked, compressed or
   // length-less ones), refused before authentication and before a byte of
   // them is read; only image uploads may be large.
-  s.set_pre_routing_handler([](const Req& req, Res& res) {
+  server.set_pre_routing_handler([](const Req& req, Res& res) {
     bool upload = req.method == "PUT" && req.path.find("/files/") != std::string::npos;
     return RefuseUnframedBody(req, res, upload ? kMaxUploadBytes : kMaxJsonBody)
                ? httplib::Server::HandlerResponse::Handled
                : httplib::Server::HandlerResponse::Unhandled;
   });
-  InstallJsonErrorHandlers(s);
+  InstallJsonErrorHandlers(server);
+  // Every route is noted (installed_routes) for openapi_test, which compares
+  // them with api/routes.h, the OpenAPI document and docs/api.md.
+  RouteRecorder s(server, &installed_routes_);
 
   s.Get("/v1/health", [](const Req&, Res& res) {
     SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
@@ -673,7 +677,7 @@ void Controller::InstallAgentListenerRoutes() {
 void Controller::CreateUser(const Caller&, const Req& req, Res& res) {
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"name", "role"});
+  JsonFields f(*body, request_fields::kCreateUser);
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   auto name = f.String("name", true);
   if (!name.ok()) return SendError(res, name.error());
@@ -715,7 +719,7 @@ Result<json> Controller::UserJson(const User& u) {
 Result<json> Controller::SetUserQuota(const Req& req) {
   const std::string name = req.matches[1];
   VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body, false));
-  JsonFields f(body, {"vms", "vcpus", "memory_mb", "image_bytes", "workspace_bytes"});
+  JsonFields f(body, request_fields::kUserQuota);
   VMG_RETURN_IF_ERROR(f.CheckUnknown());
   constexpr int64_t kMax = int64_t{1} << 53;  // exact in every JSON client
   UserQuota q;
@@ -737,7 +741,7 @@ Result<json> Controller::SetUserQuota(const Req& req) {
 void Controller::RegisterHost(const Caller&, const Req& req, Res& res) {
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"name"});
+  JsonFields f(*body, request_fields::kRegisterHost);
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   auto name = f.String("name", true);
   if (!name.ok()) return SendError(res, name.error());
@@ -776,7 +780,7 @@ Status Controller::CheckAgentUrl(const std::string& url) const {
 void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"name", "url", "capacity", "vms", "images"});
+  JsonFields f(*body, request_fields::kHeartbeat);
   auto name = f.String("name", true);
   auto url = f.String("url", true);
   if (!name.ok()) return SendError(res, name.error());
@@ -790,8 +794,7 @@ void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
   if (auto st = CheckAgentUrl(*url); !st.ok()) return SendError(res, st.error());
   const json& cap = (*body)["capacity"];
   if (!cap.is_object()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "capacity must be an object"));
-  JsonFields cf(cap, {"vcpus", "memory_mb", "disk_mb", "disk_total_bytes", "disk_free_bytes", "kvm",
-                      "site", "network", "arch"});
+  JsonFields cf(cap, request_fields::kHeartbeatCapacity);
   auto vcpus = cf.Int("vcpus", 0, 0, 4096);
   auto mem = cf.Int("memory_mb", 0, 0, int64_t{1} << 32);
   auto disk = cf.Int("disk_mb", 0, 0, int64_t{1} << 40);
@@ -946,7 +949,7 @@ void Controller::ReconcileLoop() {
 void Controller::CreateImage(const Caller& c, const Req& req, Res& res) {
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"name", "format", "has_kernel", "has_initrd", "append", "min_memory_mb"});
+  JsonFields f(*body, request_fields::kCreateImage);
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   Image i;
   auto name = f.String("name", true);
@@ -1250,7 +1253,7 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
   if (!image.ok()) return SendError(res, image.error());
   auto body = ParseJsonObject(req.body);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"memory_mb", "vcpus"});
+  JsonFields f(*body, request_fields::kImageCheckpoint);
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   auto mem = f.Int("memory_mb", std::max<int64_t>(256, image->min_memory_mb), image->min_memory_mb, 1 << 20);
   auto vcpus = f.Int("vcpus", 1, 1, 64);
@@ -1350,9 +1353,7 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   int64_t started = NowMs();
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"image", "name", "vcpus", "memory_mb", "disk", "start", "workspace",
-                       "from_checkpoint", "network", "from_future", "policy", "site",
-                       "host_network", "count", "same", "total_memory_mb"});
+  JsonFields f(*body, request_fields::kCreateVm);
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   // A future from the information service ("fut-IMAGE-HOST-START") names the
   // image, the host and how to start; realizing it is a create pinned there.
@@ -1685,7 +1686,7 @@ void Controller::CreateGang(const Caller& c, const json& body, const Vm& proto, 
     if (!t.is_object())
       return SendError(res, MakeError(ErrorCode::kInvalidArgument,
                                       "total_memory_mb must be an object {min, max}"));
-    JsonFields tf(t, {"min", "max"});
+    JsonFields tf(t, request_fields::kTotalMemory);
     if (auto st = tf.CheckUnknown(); !st.ok()) return SendError(res, st.error());
     auto mn = tf.Int("min", 0, 0, int64_t{1} << 30);
     auto mx = tf.Int("max", int64_t{1} << 30, 1, int64_t{1} << 30);
@@ -1793,7 +1794,7 @@ void Controller::VmAction(const Caller& c, const Req& req, Res& res, const std::
   if (!vm.ok()) return SendError(res, vm.error());
   auto body = ParseJsonObject(req.body);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"leave_running"});
+  JsonFields f(*body, request_fields::kVmCheckpoint);
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   auto leave = f.Bool("leave_running", false);
   if (!leave.ok()) return SendError(res, leave.error());
@@ -1834,7 +1835,7 @@ void Controller::ExecVm(const Caller& c, const Req& req, Res& res) {
   if (!vm.ok()) return SendError(res, vm.error());
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"argv", "input", "timeout_s"});
+  JsonFields f(*body, request_fields::kExec);
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   auto argv = f.StringList("argv", true, 256);
   auto input = f.String("input", false);
@@ -2037,7 +2038,7 @@ bool Controller::WorkspaceBeingDeleted(const std::string& id) {
 void Controller::Query(const Caller& c, const Req& req, Res& res) {
   auto body = ParseJsonObject(req.body, false);
   if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, {"sql", "set", "max_rows", "timeout_ms"});
+  JsonFields f(*body, request_fields::kQuery);
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   auto sql = f.String("sql", false);
   auto max_rows = f.Int("max_rows", 10'000, 1, 10'000);
@@ -2063,7 +2064,7 @@ void Controller::Query(const Caller& c, const Req& req, Res& res) {
   }
   const json& sj = (*body)["set"];
   if (!sj.is_object()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "'set' must be an object"));
-  JsonFields sf(sj, {"from", "size", "same", "sum", "min", "max", "where", "max_sets"});
+  JsonFields sf(sj, request_fields::kSetQuery);
   if (auto st = sf.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   SetQuery q;
   auto from = sf.String("from", false, "vms");

@@ -30,6 +30,7 @@
 #include "api/admission.h"
 #include "api/host_credentials.h"
 #include "api/controller_options.h"
+#include "api/routes.h"
 #include "common/result.h"
 #include "infosvc/query_service.h"
 #include "store/store.h"
@@ -65,6 +66,9 @@ class Controller {
   // The agents' listener ("" without --agent-listen).
   std::string agent_url() const { return agent_url_; }
   Store& store() { return *store_; }
+  // (method, pattern) of every route of the main listener, in registration
+  // order; set by Start() before serving, read-only after (openapi_test).
+  const std::vector<InstalledRoute>& installed_routes() const { return installed_routes_; }
 
  private:
   struct Caller {
@@ -159,6 +163,7 @@ class Controller {
   std::unique_ptr<QueryService> query_;
   std::unique_ptr<ChunkClient> image_server_;  // null without --image-server
   std::unique_ptr<GuardedServer> server_;
+  std::vector<InstalledRoute> installed_routes_;
   std::unique_ptr<GuardedServer> agent_server_;  // with --agent-listen
   bool tls_ = false;  // serving TLS (and so talking TLS to agents)
   std::string agent_url_;

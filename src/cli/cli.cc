@@ -29,8 +29,11 @@
 #include "cli/options.h"
 #include "sim/sim_hosts.h"
 #include "common/result.h"
+#include "common/util.h"
+#include "common/version.h"
 #include "common/tls.h"
 #include "common/vm_state.h"
+#include "images/image_file.h"
 
 namespace vmgrid {
 namespace {
@@ -38,7 +41,6 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-constexpr const char* kVersion = "0.1.0";
 constexpr const char* kDefaultUrl = "https://127.0.0.1:8470";
 constexpr const char* kDevAdminToken = "./state/dev/controller/admin.token";
 constexpr const char* kDevCa = "./state/dev/tls/ca.pem";
@@ -77,14 +79,6 @@ bool IsRegularFile(const std::string& path) {
 bool IsDirectory(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-Result<std::string> ReadSmallFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return MakeError(ErrorCode::kInvalidArgument, "cannot read " + path);
-  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return MakeError(ErrorCode::kInvalidArgument, "cannot read " + path);
-  return data;
 }
 
 // Field accessors tolerant of missing/null fields and of numbers-as-strings.
@@ -413,7 +407,7 @@ Result<std::string> ResolveToken(Ctx& ctx) {
   }
   for (const auto& path : candidates) {
     if (!explicit_file && !IsRegularFile(path)) continue;
-    auto data = ReadSmallFile(path);
+    auto data = ReadFile(path, 1 << 20);
     if (!data.ok()) {
       return MakeError(ErrorCode::kInvalidArgument, "cannot read the token file " + path +
                                                         " (from --token-file/VMGRID_TOKEN_FILE)");
@@ -836,17 +830,6 @@ std::string JoinPath(const std::string& dir, const std::string& file) {
   return dir + "/" + file;
 }
 
-// qcow2 files start with "QFI\xfb".
-std::string DetectFormat(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  if (in.read(magic, 4) && magic[0] == 'Q' && magic[1] == 'F' && magic[2] == 'I' &&
-      static_cast<unsigned char>(magic[3]) == 0xfb) {
-    return "qcow2";
-  }
-  return "raw";
-}
-
 struct ImportPlan {
   std::string disk, format, kernel, initrd;
   std::optional<std::string> append;
@@ -870,7 +853,7 @@ Result<ImportPlan> PlanImport(const ImportArgs& a) {
                            "as made by guest/build-tiny.sh)");
     }
     const std::string manifest_path = JoinPath(a.dir, "manifest.json");
-    auto text = ReadSmallFile(manifest_path);
+    auto text = ReadFile(manifest_path, 1 << 20);
     if (!text.ok()) {
       return MakeError(ErrorCode::kInvalidArgument, "cannot read " + manifest_path);
     }
@@ -926,7 +909,11 @@ Result<ImportPlan> PlanImport(const ImportArgs& a) {
       return MakeError(ErrorCode::kInvalidArgument, *f + ": no such file");
     }
   }
-  if (p.format.empty()) p.format = DetectFormat(p.disk);
+  if (p.format.empty()) {
+    auto sniffed = SniffDiskFormat(p.disk);  // what the controller checks it against
+    if (!sniffed.ok()) return sniffed.error();
+    p.format = *sniffed;
+  }
   if (p.format != "raw" && p.format != "qcow2") {
     return MakeError(ErrorCode::kInvalidArgument,
                      "disk format '" + p.format + "' is not supported (raw or qcow2)");

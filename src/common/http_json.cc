@@ -119,6 +119,10 @@ JsonFields::JsonFields(const nlohmann::json& obj, std::initializer_list<const ch
   for (const char* a : allowed) allowed_.insert(a);
 }
 
+JsonFields::JsonFields(const nlohmann::json& obj, std::span<const char* const> allowed) : obj_(obj) {
+  for (const char* a : allowed) allowed_.insert(a);
+}
+
 Status JsonFields::CheckUnknown() const {
   for (const auto& [k, v] : obj_.items()) {
     if (!allowed_.count(k)) {

@@ -7,6 +7,7 @@
 
 #include <initializer_list>
 #include <set>
+#include <span>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -44,6 +45,8 @@ Result<nlohmann::json> ParseJsonObject(const std::string& body, bool allow_empty
 class JsonFields {
  public:
   JsonFields(const nlohmann::json& obj, std::initializer_list<const char*> allowed);
+  // The same with a named list (api/routes.h keeps the controller's).
+  JsonFields(const nlohmann::json& obj, std::span<const char* const> allowed);
   // Fails on the first field that is not in `allowed`.
   Status CheckUnknown() const;
 

@@ -26,6 +26,8 @@
 #include <sstream>
 #include <thread>
 
+#include "common/util.h"
+
 extern char** environ;
 
 namespace vmgrid {
@@ -66,11 +68,10 @@ bool ValidUuid(const std::string& s) {
   return true;
 }
 
-std::string ReadSmallFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// A /proc file's text, or "" if it cannot be read (the process is gone).
+std::string ReadProcFile(const std::string& path) {
+  auto text = ReadFile(path, 1 << 20);
+  return text.ok() ? *text : "";
 }
 
 std::string TailOfFile(const std::string& path) {
@@ -111,7 +112,7 @@ Result<pid_t> ReadPidFile(const std::string& path) {
 
 // Process state letter from /proc/PID/stat, or 0 if there is no such process.
 char ProcState(pid_t pid) {
-  std::string stat = ReadSmallFile("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat = ReadProcFile("/proc/" + std::to_string(pid) + "/stat");
   size_t paren = stat.rfind(')');
   if (paren == std::string::npos || paren + 2 >= stat.size()) return 0;
   return stat[paren + 2];
@@ -120,7 +121,7 @@ char ProcState(pid_t pid) {
 // True if `pid` is a QEMU whose -pidfile lies in `run_dir`: guards against
 // acting on a recycled pid or on some unrelated process.
 bool IsQemuForRunDir(pid_t pid, const std::string& run_dir) {
-  std::string raw = ReadSmallFile("/proc/" + std::to_string(pid) + "/cmdline");
+  std::string raw = ReadProcFile("/proc/" + std::to_string(pid) + "/cmdline");
   std::vector<std::string> argv;
   for (size_t start = 0; start < raw.size();) {
     size_t end = raw.find('\0', start);

@@ -1,0 +1,57 @@
+#include "api/routes.h"
+
+namespace vmgrid {
+
+namespace {
+namespace f = request_fields;
+
+constexpr BodyObject kCreateUserBody[] = {{"", f::kCreateUser}};
+constexpr BodyObject kUserQuotaBody[] = {{"", f::kUserQuota}};
+constexpr BodyObject kRegisterHostBody[] = {{"", f::kRegisterHost}};
+constexpr BodyObject kHeartbeatBody[] = {{"", f::kHeartbeat, false},
+                                         {"capacity", f::kHeartbeatCapacity, false}};
+constexpr BodyObject kCreateImageBody[] = {{"", f::kCreateImage}};
+constexpr BodyObject kImageCheckpointBody[] = {{"", f::kImageCheckpoint}};
+constexpr BodyObject kCreateVmBody[] = {{"", f::kCreateVm}, {"total_memory_mb", f::kTotalMemory}};
+constexpr BodyObject kVmCheckpointBody[] = {{"", f::kVmCheckpoint}};
+constexpr BodyObject kExecBody[] = {{"", f::kExec}};
+constexpr BodyObject kQueryBody[] = {{"", f::kQuery}, {"set", f::kSetQuery}};
+
+// Stop and resume read an optional empty object (VmAction refuses
+// leave_running for them), so they take no documented body.
+constexpr RouteSpec kRoutes[] = {
+    {"GET", "/v1/health", "/v1/health", {}},
+    {"GET", "/v1/openapi.json", "/v1/openapi.json", {}},
+    {"GET", "/v1/whoami", "/v1/whoami", {}},
+    {"POST", "/v1/users", "/v1/users", kCreateUserBody},
+    {"GET", "/v1/users", "/v1/users", {}},
+    {"PUT", "/v1/users/([^/]+)/quota", "/v1/users/{name}/quota", kUserQuotaBody},
+    {"GET", "/v1/hosts", "/v1/hosts", {}},
+    {"GET", "/v1/hosts/([^/]+)", "/v1/hosts/{ref}", {}},
+    {"POST", "/v1/agent/register", "/v1/agent/register", kRegisterHostBody},
+    {"POST", "/v1/agent/heartbeat", "/v1/agent/heartbeat", kHeartbeatBody},
+    {"POST", "/v1/images", "/v1/images", kCreateImageBody},
+    {"GET", "/v1/images", "/v1/images", {}},
+    {"GET", "/v1/images/([^/]+)", "/v1/images/{ref}", {}},
+    {"PUT", "/v1/images/([^/]+)/files/(disk|kernel|initrd)", "/v1/images/{ref}/files/{kind}", {}},
+    {"POST", "/v1/images/([^/]+)/finalize", "/v1/images/{ref}/finalize", {}},
+    {"POST", "/v1/images/([^/]+)/checkpoint", "/v1/images/{ref}/checkpoint", kImageCheckpointBody},
+    {"DELETE", "/v1/images/([^/]+)", "/v1/images/{ref}", {}},
+    {"POST", "/v1/vms", "/v1/vms", kCreateVmBody},
+    {"GET", "/v1/vms", "/v1/vms", {}},
+    {"GET", "/v1/vms/([^/]+)", "/v1/vms/{ref}", {}},
+    {"POST", "/v1/vms/([^/]+)/stop", "/v1/vms/{ref}/stop", {}},
+    {"POST", "/v1/vms/([^/]+)/checkpoint", "/v1/vms/{ref}/checkpoint", kVmCheckpointBody},
+    {"POST", "/v1/vms/([^/]+)/resume", "/v1/vms/{ref}/resume", {}},
+    {"POST", "/v1/vms/([^/]+)/exec", "/v1/vms/{ref}/exec", kExecBody},
+    {"GET", "/v1/operations/([^/]+)", "/v1/operations/{id}", {}},
+    {"DELETE", "/v1/vms/([^/]+)", "/v1/vms/{ref}", {}},
+    {"POST", "/v1/query", "/v1/query", kQueryBody},
+    {"GET", "/v1/workspaces", "/v1/workspaces", {}},
+    {"DELETE", "/v1/workspaces/([^/]+)", "/v1/workspaces/{ref}", {}},
+};
+}  // namespace
+
+std::span<const RouteSpec> ControllerRoutes() { return kRoutes; }
+
+}  // namespace vmgrid
