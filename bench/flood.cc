@@ -24,8 +24,8 @@
 #include <tuple>
 #include <vector>
 
-#include "common/tls.h"
 #include "client/api_client.h"
+#include "common/tls.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
 #include "machine.h"
@@ -176,7 +176,8 @@ int main(int argc, char** argv) {
   // The probe is a host of its own: it registers with the join token.
   auto join = ReadTokenFile(grid.controller_state_dir() + "/agent.token");
   if (!join.ok()) Die(join.error().message);
-  auto registered = ApiClient(grid.url(), *join).Post("/v1/agent/register", {{"name", "flood-probe"}});
+  auto registered =
+      ApiClient(grid.url(), *join).Post("/v1/agent/register", {{"name", "flood-probe"}});
   if (!registered.ok()) Die("registering the probe host: " + registered.error().message);
   const std::string agent = (*registered)["host_token"];
 
@@ -203,7 +204,7 @@ int main(int argc, char** argv) {
   auto flood_loop = [&](const std::string& path, const std::string& body, FloodCounts& c,
                         int ok_status) {
     auto cli_owner = NewHttpClient(grid.url());
-      auto& cli = *cli_owner;
+    auto& cli = *cli_owner;
     cli.set_keep_alive(true);
     cli.set_read_timeout(120, 0);
     while (!flood_stop) {

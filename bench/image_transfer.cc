@@ -30,7 +30,6 @@
 #include <sstream>
 #include <thread>
 
-#include "machine.h"
 #include "chunks/chunk_cache.h"
 #include "chunks/chunk_store.h"
 #include "chunks/manifest.h"
@@ -41,6 +40,7 @@
 #include "common/util.h"
 #include "dev/local_grid.h"
 #include "linkem/link_emulator.h"
+#include "machine.h"
 #include "nbd/nbd_server.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/machine_ops.h"
@@ -57,7 +57,9 @@ namespace {
 
 constexpr char kStateDir[] = "/tmp/vmgrid-bench-image-transfer";
 
-double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "image_transfer: %s\n", what.c_str());
@@ -98,8 +100,8 @@ struct ImageUnderTest {
 // ---------------------------------------------------------------------------------------------
 // Plain QEMU (same argv builder as the agent, foreground, no vmgrid process)
 
-QemuConfig PlainConfig(const ImageUnderTest& im, const std::string& work, const std::string& overlay,
-                       bool incoming) {
+QemuConfig PlainConfig(const ImageUnderTest& im, const std::string& work,
+                       const std::string& overlay, bool incoming) {
   QemuConfig c;
   c.vm_id = "plain";
   c.memory_mb = im.memory_mb;
@@ -137,11 +139,14 @@ std::unique_ptr<ChildProcess> SpawnPlain(const QemuConfig& c, const std::string&
   return std::move(*proc);
 }
 
-std::string FreshOverlay(const std::string& work, const std::string& backing, const std::string& fmt) {
+std::string FreshOverlay(const std::string& work, const std::string& backing,
+                         const std::string& fmt) {
   (void)RemoveTree(work);
   if (!MakeDirs(work + "/run").ok()) Die("mkdir " + work);
   std::string overlay = work + "/disk.qcow2";
-  if (!RunProcessChecked({"qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", fmt, overlay}).ok())
+  if (!RunProcessChecked(
+           {"qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", fmt, overlay})
+           .ok())
     Die("qemu-img create failed");
   return overlay;
 }
@@ -198,11 +203,15 @@ void MakePlainCheckpoint(ImageUnderTest& im) {
 // vmgrid
 
 json Import(const ApiClient& api, ImageUnderTest& im) {
-  auto created = api.Post("/v1/images", {{"name", im.name}, {"format", im.manifest.value("disk_format", "raw")},
-                                         {"has_kernel", true}, {"has_initrd", true}, {"append", im.append}});
+  auto created = api.Post("/v1/images", {{"name", im.name},
+                                         {"format", im.manifest.value("disk_format", "raw")},
+                                         {"has_kernel", true},
+                                         {"has_initrd", true},
+                                         {"append", im.append}});
   if (!created.ok()) Die(created.error().message);
   std::string id = (*created)["id"];
-  for (auto [kind, path] : {std::pair{"disk", im.disk}, {"kernel", im.kernel}, {"initrd", im.initrd}}) {
+  for (auto [kind, path] :
+       {std::pair{"disk", im.disk}, {"kernel", im.kernel}, {"initrd", im.initrd}}) {
     auto r = api.PutFile("/v1/images/" + id + "/files/" + kind, path);
     if (!r.ok()) Die(std::string(kind) + ": " + r.error().message);
   }
@@ -210,9 +219,12 @@ json Import(const ApiClient& api, ImageUnderTest& im) {
     Die(r.error().message);
   if (auto r = api.Post("/v1/images/" + id + "/checkpoint", {{"memory_mb", im.memory_mb}}); !r.ok())
     Die(r.error().message);
-  auto done = PollUntil(api, "/v1/images/" + id, [](const json& j) {
-    return !j["checkpoint"].is_null() && j["checkpoint"]["state"] != "creating";
-  }, seconds(900));
+  auto done = PollUntil(
+      api, "/v1/images/" + id,
+      [](const json& j) {
+        return !j["checkpoint"].is_null() && j["checkpoint"]["state"] != "creating";
+      },
+      seconds(900));
   if (!done.ok() || (*done)["checkpoint"]["state"] != "ready")
     Die("image checkpoint failed: " + (done.ok() ? done->dump() : done.error().message));
   return *done;
@@ -236,7 +248,9 @@ json FreshHostImages(const ApiClient& api) {
   Die("no heartbeat from the host in 10 s");
 }
 
-uint64_t ServerBytes(const json& images) { return images["image_server"]["bytes_fetched"].get<uint64_t>(); }
+uint64_t ServerBytes(const json& images) {
+  return images["image_server"]["bytes_fetched"].get<uint64_t>();
+}
 
 // Restarts the agent with an empty cache (chunks, materialized files and
 // manifests removed while it is down), fetching from `url`.
@@ -275,20 +289,24 @@ VmRun VmgridOnce(const ApiClient& api, json body) {
   }
   VmRun run;
   run.seconds = Since(t0);
-  if (vm.contains("create_ms") && vm["create_ms"].is_number()) run.create_ms = vm["create_ms"].get<double>();
+  if (vm.contains("create_ms") && vm["create_ms"].is_number())
+    run.create_ms = vm["create_ms"].get<double>();
   (void)api.Delete("/v1/vms/" + id + "?purge_workspace=true");
-  (void)PollUntil(api, "/v1/vms", [&](const json& j) {
-    for (const auto& v : j["vms"])
-      if (v["id"] == id) return false;
-    return true;
-  }, seconds(120));
+  (void)PollUntil(
+      api, "/v1/vms",
+      [&](const json& j) {
+        for (const auto& v : j["vms"])
+          if (v["id"] == id) return false;
+        return true;
+      },
+      seconds(120));
   return run;
 }
 
 // Non-zero bytes of a published version, from the image server's manifest.
 uint64_t StoredBytes(const LocalGrid& grid, const json& ref) {
-  std::string path = grid.image_server_dir() + "/manifests/" + ref["name"].get<std::string>() + "/" +
-                     std::to_string(ref["version"].get<uint64_t>()) + ".json";
+  std::string path = grid.image_server_dir() + "/manifests/" + ref["name"].get<std::string>() +
+                     "/" + std::to_string(ref["version"].get<uint64_t>()) + ".json";
   auto text = ReadFile(path, kMaxManifestJsonBytes + 1);
   if (!text.ok()) Die(text.error().message);
   auto m = ParseManifestJson(*text);
@@ -306,8 +324,8 @@ struct NbdResult {
 
 json RunReadBench(const std::string& uri, const std::string& chunks_file, int random_reads) {
   std::string script = std::string(VMGRID_SOURCE_DIR) + "/bench/nbd_read_bench.py";
-  auto r = RunProcessChecked({"/usr/bin/python3", script, uri, "--data-chunks", chunks_file, "--random",
-                              std::to_string(random_reads)},
+  auto r = RunProcessChecked({"/usr/bin/python3", script, uri, "--data-chunks", chunks_file,
+                              "--random", std::to_string(random_reads)},
                              std::chrono::minutes(20));
   if (!r.ok()) Die("nbd_read_bench.py: " + r.error().message + " (python3-libnbd installed?)");
   return json::parse(*r);
@@ -353,9 +371,10 @@ NbdResult MeasureNbd(const ImageUnderTest& im, int random_reads) {
   if (auto st = server.AddExport("disk", *source); !st.ok()) Die(st.error().message);
   if (auto st = server.Start(); !st.ok()) Die(st.error().message);
   std::string qsock = work + "/qemu-nbd.sock";
-  auto qemu_nbd = ChildProcess::Spawn({"qemu-nbd", "--read-only", "--persistent", "--shared=8", "--format=raw",
-                                       "--export-name=disk", "--socket=" + qsock, im.disk},
-                                      work + "/qemu-nbd.log");
+  auto qemu_nbd =
+      ChildProcess::Spawn({"qemu-nbd", "--read-only", "--persistent", "--shared=8", "--format=raw",
+                           "--export-name=disk", "--socket=" + qsock, im.disk},
+                          work + "/qemu-nbd.log");
   if (!qemu_nbd.ok()) Die(qemu_nbd.error().message);
   for (int i = 0; i < 200 && !FileExists(qsock); ++i) std::this_thread::sleep_for(milliseconds(25));
   std::string ours_uri = "nbd+unix:///disk?socket=" + no.unix_socket_path;
@@ -377,7 +396,8 @@ NbdResult MeasureNbd(const ImageUnderTest& im, int random_reads) {
 // ---------------------------------------------------------------------------------------------
 
 std::string MachineLine() {
-  return bench::MachineLine() + ", " + (KvmUsableBy("qemu-system-x86_64") ? "KVM" : "no usable KVM: QEMU TCG");
+  return bench::MachineLine() + ", " +
+         (KvmUsableBy("qemu-system-x86_64") ? "KVM" : "no usable KVM: QEMU TCG");
 }
 
 uint64_t AllocatedBytes(const std::string& path) {
@@ -412,25 +432,38 @@ int main(int argc, char** argv) {
   std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
   std::string images_root = std::string(VMGRID_SOURCE_DIR) + "/build/images";
   const char* usage =
-      "usage: image_transfer [--images tiny,debian] [--runs N] [--debian-runs N] [--rtt-ms MS] [--mbit M]\n"
-      "                      [--random-reads N] [--images-root DIR] [--no-nbd] [--no-write] [--docs PATH]";
+      "usage: image_transfer [--images tiny,debian] [--runs N] [--debian-runs N] [--rtt-ms MS] "
+      "[--mbit M]\n"
+      "                      [--random-reads N] [--images-root DIR] [--no-nbd] [--no-write] "
+      "[--docs PATH]";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
       if (i + 1 >= argc) Die(usage);
       return argv[++i];
     };
-    if (a == "--runs") runs = std::max(1, std::atoi(next().c_str()));
-    else if (a == "--debian-runs") debian_runs = std::max(1, std::atoi(next().c_str()));
-    else if (a == "--images") images = Split(next());
-    else if (a == "--rtt-ms") rtt_ms = std::atof(next().c_str());
-    else if (a == "--mbit") mbit = std::atof(next().c_str());
-    else if (a == "--random-reads") random_reads = std::max(16, std::atoi(next().c_str()));
-    else if (a == "--images-root") images_root = next();
-    else if (a == "--no-nbd") nbd_bench = false;
-    else if (a == "--no-write") write = false;
-    else if (a == "--docs") docs = next();
-    else Die(usage);
+    if (a == "--runs")
+      runs = std::max(1, std::atoi(next().c_str()));
+    else if (a == "--debian-runs")
+      debian_runs = std::max(1, std::atoi(next().c_str()));
+    else if (a == "--images")
+      images = Split(next());
+    else if (a == "--rtt-ms")
+      rtt_ms = std::atof(next().c_str());
+    else if (a == "--mbit")
+      mbit = std::atof(next().c_str());
+    else if (a == "--random-reads")
+      random_reads = std::max(16, std::atoi(next().c_str()));
+    else if (a == "--images-root")
+      images_root = next();
+    else if (a == "--no-nbd")
+      nbd_bench = false;
+    else if (a == "--no-write")
+      write = false;
+    else if (a == "--docs")
+      docs = next();
+    else
+      Die(usage);
   }
   signal(SIGPIPE, SIG_IGN);
   auto whole = Clock::now();
@@ -443,7 +476,8 @@ int main(int argc, char** argv) {
     im.dir = images_root + "/" + name;
     auto text = ReadFile(im.dir + "/manifest.json");
     if (!text.ok()) {
-      std::fprintf(stderr, "image %s: %s/manifest.json missing; not measured\n", name.c_str(), im.dir.c_str());
+      std::fprintf(stderr, "image %s: %s/manifest.json missing; not measured\n", name.c_str(),
+                   im.dir.c_str());
       not_measured.push_back(name);
       continue;
     }
@@ -485,22 +519,25 @@ int main(int argc, char** argv) {
 
   std::ostringstream md;
   md << "Date: " << FormatTimeMs(NowMs()).substr(0, 10) << ". Machine: " << MachineLine()
-     << "; shared with other engineers' builds and tests during the run. WAN: LinkEmulator in front of the "
+     << "; shared with other engineers' builds and tests during the run. WAN: LinkEmulator in "
+        "front of the "
         "image server, "
      << Fmt("%.0f", rtt_ms) << " ms RTT, " << Fmt("%.0f", mbit)
-     << " Mbit/s shared by all connections; LAN: the image server on loopback. Times: from the request "
-        "(POST /v1/vms, or spawning plain QEMU) until the guest agent answers; median (min–max) of the runs.\n\n";
+     << " Mbit/s shared by all connections; LAN: the image server on loopback. Times: from the "
+        "request "
+        "(POST /v1/vms, or spawning plain QEMU) until the guest agent answers; median (min–max) of "
+        "the runs.\n\n";
   std::vector<Target> targets;
   bool debian_bytes_measured = false;
 
   for (auto& im : under_test) {
-    std::fprintf(stderr, "[%s] importing and making the post-boot checkpoint (%d MB)...\n", im.name.c_str(),
-                 im.memory_mb);
+    std::fprintf(stderr, "[%s] importing and making the post-boot checkpoint (%d MB)...\n",
+                 im.name.c_str(), im.memory_mb);
     auto t_import = Clock::now();
     im.api = Import(api, im);
     double import_s = Since(t_import);
-    std::fprintf(stderr, "[%s] imported + checkpointed in %.1f s; plain QEMU checkpoint...\n", im.name.c_str(),
-                 import_s);
+    std::fprintf(stderr, "[%s] imported + checkpointed in %.1f s; plain QEMU checkpoint...\n",
+                 im.name.c_str(), import_s);
     MakePlainCheckpoint(im);
     const json& versions = im.api["versions"];
     const uint64_t kernel_bytes = StoredBytes(grid, versions["kernel"]);
@@ -522,9 +559,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "[%s] priming %s %.2f s\n", im.name.c_str(), start, r.seconds);
     }
 
-    std::map<std::string, Samples> t;           // "plain boot", "cold LAN boot", ...
-    std::map<std::string, Samples> bytes;       // image server bytes for cold starts
-    std::map<std::string, Samples> create_ms;   // controller's create_ms
+    std::map<std::string, Samples> t;          // "plain boot", "cold LAN boot", ...
+    std::map<std::string, Samples> bytes;      // image server bytes for cold starts
+    std::map<std::string, Samples> create_ms;  // controller's create_ms
     for (int run = 0; run < im.runs; ++run) {
       for (const char* start : {"boot", "resume"}) {
         double s = PlainOnce(im, std::string(start) == "resume");
@@ -545,16 +582,19 @@ int main(int argc, char** argv) {
             json b = body_base;
             b["start"] = start;
             if (std::string(start) == "resume") b.erase("memory_mb");
-            b["name"] = std::string(temp) + "-" + net.name + "-" + start + "-" + std::to_string(run);
+            b["name"] =
+                std::string(temp) + "-" + net.name + "-" + start + "-" + std::to_string(run);
             std::string key = std::string(temp) + " " + net.name + " " + start;
             VmRun r = VmgridOnce(api, b);
             uint64_t after = ServerBytes(FreshHostImages(api));
             t[key].v.push_back(r.seconds);
             create_ms[key].v.push_back(r.create_ms);
             bytes[key].v.push_back(static_cast<double>(after - before));
-            std::fprintf(stderr, "[%s] run %d %-16s %.2f s (controller %.0f ms), %s MiB from the image server\n",
-                         im.name.c_str(), run + 1, key.c_str(), r.seconds, r.create_ms,
-                         MiB(static_cast<double>(after - before)).c_str());
+            std::fprintf(
+                stderr,
+                "[%s] run %d %-16s %.2f s (controller %.0f ms), %s MiB from the image server\n",
+                im.name.c_str(), run + 1, key.c_str(), r.seconds, r.create_ms,
+                MiB(static_cast<double>(after - before)).c_str());
             before = after;
           }
         }
@@ -571,8 +611,8 @@ int main(int argc, char** argv) {
         t[key].v.push_back(r.seconds);
         create_ms[key].v.push_back(r.create_ms);
         bytes[key].v.push_back(static_cast<double>(after - before));
-        std::fprintf(stderr, "[%s] run %d %-28s %.2f s, %s MiB\n", im.name.c_str(), run + 1, key.c_str(), r.seconds,
-                     MiB(static_cast<double>(after - before)).c_str());
+        std::fprintf(stderr, "[%s] run %d %-28s %.2f s, %s MiB\n", im.name.c_str(), run + 1,
+                     key.c_str(), r.seconds, MiB(static_cast<double>(after - before)).c_str());
       }
     }
     EmptyHostCache(grid, lan_url, true);
@@ -580,12 +620,15 @@ int main(int argc, char** argv) {
     // --- tables for this image
     const double bw = mbit * 1e6 / 8;  // bytes/s
     md << "### " << im.name << "\n\n"
-       << "Image: " << im.name << " — disk " << MiB(static_cast<double>(im.disk_virtual)) << " MiB virtual, "
-       << MiB(static_cast<double>(im.disk_allocated)) << " MiB allocated (" << MiB(static_cast<double>(disk_stored))
-       << " MiB in non-zero 512 KiB chunks); kernel (PVH vmlinux) " << MiB(static_cast<double>(kernel_bytes))
-       << " MiB and initrd " << MiB(static_cast<double>(initrd_bytes)) << " MiB stored; post-boot checkpoint "
-       << im.memory_mb << " MB guest: memory state " << MiB(static_cast<double>(mem_bytes)) << " MiB, disk delta "
-       << MiB(static_cast<double>(ckdisk_bytes)) << " MiB stored. 1 vCPU. " << im.runs << " run(s). Import + "
+       << "Image: " << im.name << " — disk " << MiB(static_cast<double>(im.disk_virtual))
+       << " MiB virtual, " << MiB(static_cast<double>(im.disk_allocated)) << " MiB allocated ("
+       << MiB(static_cast<double>(disk_stored))
+       << " MiB in non-zero 512 KiB chunks); kernel (PVH vmlinux) "
+       << MiB(static_cast<double>(kernel_bytes)) << " MiB and initrd "
+       << MiB(static_cast<double>(initrd_bytes)) << " MiB stored; post-boot checkpoint "
+       << im.memory_mb << " MB guest: memory state " << MiB(static_cast<double>(mem_bytes))
+       << " MiB, disk delta " << MiB(static_cast<double>(ckdisk_bytes)) << " MiB stored. 1 vCPU. "
+       << im.runs << " run(s). Import + "
        << "vmgrid checkpoint took " << Fmt("%.0f", import_s) << " s.\n\n"
        << "| start | plain QEMU, local files | cold LAN | cold WAN | warm LAN | warm WAN |\n"
        << "|---|---|---|---|---|---|\n";
@@ -599,40 +642,49 @@ int main(int argc, char** argv) {
     for (const char* start : {"boot", "resume"}) {
       std::string st = start;
       double base = t["plain " + st].Median();
-      md << "| " << st << " | " << cell("plain " + st, 0) << " | " << cell("cold LAN " + st, base) << " | "
-         << cell("cold WAN " + st, base) << " | " << cell("warm LAN " + st, base) << " | "
+      md << "| " << st << " | " << cell("plain " + st, 0) << " | " << cell("cold LAN " + st, base)
+         << " | " << cell("cold WAN " + st, base) << " | " << cell("warm LAN " + st, base) << " | "
          << cell("warm WAN " + st, base) << " |\n";
     }
     md << "\nPrefetch (cold boots; \"with\" = the columns above):\n\n"
-       << "| cold boot | with prefetch | without prefetch | bytes with | bytes without |\n|---|---|---|---|---|\n";
+       << "| cold boot | with prefetch | without prefetch | bytes with | bytes without "
+          "|\n|---|---|---|---|---|\n";
     for (const char* net : {"LAN", "WAN"}) {
       std::string n = net;
-      md << "| " << n << " | " << cell("cold " + n + " boot", 0) << " | " << cell("cold " + n + " boot, no prefetch", 0)
-         << " | " << MiB(bytes["cold " + n + " boot"].Median()) << " MiB | "
+      md << "| " << n << " | " << cell("cold " + n + " boot", 0) << " | "
+         << cell("cold " + n + " boot, no prefetch", 0) << " | "
+         << MiB(bytes["cold " + n + " boot"].Median()) << " MiB | "
          << MiB(bytes["cold " + n + " boot, no prefetch"].Median()) << " MiB |\n";
     }
     // Bytes: each cold start fetched the materialized files whole (kernel,
     // initrd; for resume also the memory state and disk delta) plus the disk
     // chunks the guest (and prefetch) read through the export.
-    md << "\nBytes fetched from the image server per start (median; host counter image_server.bytes_fetched). "
-          "\"Disk part\" = total minus the files materialized whole before QEMU starts (kernel, initrd; for a "
+    md << "\nBytes fetched from the image server per start (median; host counter "
+          "image_server.bytes_fetched). "
+          "\"Disk part\" = total minus the files materialized whole before QEMU starts (kernel, "
+          "initrd; for a "
           "resume also memory state and disk delta).\n\n"
-       << "| start | total | disk part | % of disk virtual | % of disk allocated | total % of image "
+       << "| start | total | disk part | % of disk virtual | % of disk allocated | total % of "
+          "image "
           "(disk virtual + kernel + initrd) | lower bound at "
        << Fmt("%.0f", mbit) << " Mbit/s |\n|---|---|---|---|---|---|---|\n";
     const double image_total = static_cast<double>(im.disk_virtual + kernel_bytes + initrd_bytes);
-    for (std::string key : {"cold LAN boot", "cold WAN boot", "cold LAN boot, no prefetch", "cold LAN resume",
-                            "cold WAN resume", "warm LAN boot", "warm LAN resume"}) {
+    for (std::string key :
+         {"cold LAN boot", "cold WAN boot", "cold LAN boot, no prefetch", "cold LAN resume",
+          "cold WAN resume", "warm LAN boot", "warm LAN resume"}) {
       double b = bytes[key].Median();
       bool resume = key.find("resume") != std::string::npos;
-      double files = static_cast<double>(kernel_bytes + initrd_bytes + (resume ? mem_bytes + ckdisk_bytes : 0));
+      double files = static_cast<double>(kernel_bytes + initrd_bytes +
+                                         (resume ? mem_bytes + ckdisk_bytes : 0));
       double disk_part = key.rfind("warm", 0) == 0 ? b : std::max(0.0, b - files);
       md << "| " << key << " | " << MiB(b) << " MiB | " << MiB(disk_part) << " MiB | "
          << Fmt("%.2f%%", 100 * disk_part / static_cast<double>(im.disk_virtual)) << " | "
          << Fmt("%.2f%%", 100 * disk_part / static_cast<double>(im.disk_allocated)) << " | "
-         << Fmt("%.2f%%", 100 * b / image_total) << " | " << Fmt("%.2f s", b / bw + 3 * rtt_ms / 1000) << " |\n";
+         << Fmt("%.2f%%", 100 * b / image_total) << " | "
+         << Fmt("%.2f s", b / bw + 3 * rtt_ms / 1000) << " |\n";
     }
-    md << "\nController's `create_ms` (request to guest agent, measured inside the controller), median: ";
+    md << "\nController's `create_ms` (request to guest agent, measured inside the controller), "
+          "median: ";
     bool first = true;
     for (auto& [key, s] : create_ms) {
       md << (first ? "" : "; ") << key << " " << Fmt("%.2f s", s.Median() / 1000);
@@ -641,30 +693,38 @@ int main(int argc, char** argv) {
     md << ".\n\n";
 
     // --- targets
-    auto ratio = [&](const std::string& a, const std::string& b) { return t[a].Median() / t[b].Median(); };
+    auto ratio = [&](const std::string& a, const std::string& b) {
+      return t[a].Median() / t[b].Median();
+    };
     targets.push_back({im.name + ": warm-cache resume (LAN) vs plain local resume", "≤ 1.1x",
                        ratio("warm LAN resume", "plain resume"), 1.1,
-                       Fmt("%.2f s", t["warm LAN resume"].Median()) + " vs " + Fmt("%.2f s", t["plain resume"].Median())});
-    targets.push_back({im.name + ": cold LAN boot vs plain local boot", "≤ 1.3x", ratio("cold LAN boot", "plain boot"),
-                       1.3, Fmt("%.2f s", t["cold LAN boot"].Median()) + " vs " + Fmt("%.2f s", t["plain boot"].Median())});
+                       Fmt("%.2f s", t["warm LAN resume"].Median()) + " vs " +
+                           Fmt("%.2f s", t["plain resume"].Median())});
+    targets.push_back({im.name + ": cold LAN boot vs plain local boot", "≤ 1.3x",
+                       ratio("cold LAN boot", "plain boot"), 1.3,
+                       Fmt("%.2f s", t["cold LAN boot"].Median()) + " vs " +
+                           Fmt("%.2f s", t["plain boot"].Median())});
     if (im.name == "debian") {
       double b = bytes["cold LAN boot"].Median();
-      targets.push_back({"debian: bytes fetched to boot (cold LAN, with prefetch) vs image", "≤ 5%",
-                         b / image_total, 0.05,
-                         MiB(b) + " MiB of " + MiB(image_total) + " MiB (disk virtual + kernel + initrd); " +
-                             Fmt("%.1f%%", 100 * b / static_cast<double>(im.disk_allocated + kernel_bytes + initrd_bytes)) +
-                             " of the allocated bytes"});
+      targets.push_back(
+          {"debian: bytes fetched to boot (cold LAN, with prefetch) vs image", "≤ 5%",
+           b / image_total, 0.05,
+           MiB(b) + " MiB of " + MiB(image_total) + " MiB (disk virtual + kernel + initrd); " +
+               Fmt("%.1f%%",
+                   100 * b / static_cast<double>(im.disk_allocated + kernel_bytes + initrd_bytes)) +
+               " of the allocated bytes"});
       debian_bytes_measured = true;
     }
     double wb = bytes["cold WAN resume"].Median();
     double bound = wb / bw + 3 * rtt_ms / 1000;
     targets.push_back({im.name + ": cold WAN resume vs bytes ÷ bandwidth + 3 RTT", "≤ 1.25x",
                        t["cold WAN resume"].Median() / bound, 1.25,
-                       Fmt("%.2f s", t["cold WAN resume"].Median()) + " vs " + Fmt("%.2f s", bound) + " (" + MiB(wb) +
-                           " MiB)"});
+                       Fmt("%.2f s", t["cold WAN resume"].Median()) + " vs " +
+                           Fmt("%.2f s", bound) + " (" + MiB(wb) + " MiB)"});
   }
   if (!debian_bytes_measured)
-    targets.push_back({"debian: bytes fetched to boot vs image", "≤ 5%", 0, 0.05, "Debian image not measured", false});
+    targets.push_back({"debian: bytes fetched to boot vs image", "≤ 5%", 0, 0.05,
+                       "Debian image not measured", false});
 
   grid.KillVmProcesses();
   wan.Stop();
@@ -672,21 +732,28 @@ int main(int argc, char** argv) {
   // --- NBD throughput
   if (nbd_bench) {
     md << "### NBD read throughput (warm cache)\n\n"
-       << "Our export: ChunkStore → ChunkCache (every chunk cached, the chunk files in the page cache) → "
-          "ManifestBlockSource → nbd::NbdServer on a unix socket, in the benchmark process; qemu-nbd: "
-          "`qemu-nbd --read-only --shared=8 --format=raw` of the same raw file (in the page cache). Sequential: "
-          "`nbdcopy --no-extents URI null:` (second pass), and libnbd reads of 1 MiB at queue depth 8 over the whole "
-          "export; random: 4 KiB reads at random offsets inside the chunks that hold data, one connection, queue "
+       << "Our export: ChunkStore → ChunkCache (every chunk cached, the chunk files in the page "
+          "cache) → "
+          "ManifestBlockSource → nbd::NbdServer on a unix socket, in the benchmark process; "
+          "qemu-nbd: "
+          "`qemu-nbd --read-only --shared=8 --format=raw` of the same raw file (in the page "
+          "cache). Sequential: "
+          "`nbdcopy --no-extents URI null:` (second pass), and libnbd reads of 1 MiB at queue "
+          "depth 8 over the whole "
+          "export; random: 4 KiB reads at random offsets inside the chunks that hold data, one "
+          "connection, queue "
           "depth 1 and 16 (bench/nbd_read_bench.py, python3-libnbd).\n\n"
-       << "| image | server | nbdcopy MiB/s | seq 1 MiB QD8 MiB/s | rand 4 KiB QD1 IOPS | QD1 MiB/s | rand 4 KiB QD16 "
+       << "| image | server | nbdcopy MiB/s | seq 1 MiB QD8 MiB/s | rand 4 KiB QD1 IOPS | QD1 "
+          "MiB/s | rand 4 KiB QD16 "
           "IOPS | QD16 MiB/s |\n|---|---|---|---|---|---|---|---|\n";
     for (auto& im : under_test) {
       std::fprintf(stderr, "[%s] NBD throughput...\n", im.name.c_str());
       NbdResult r = MeasureNbd(im, random_reads);
       auto row = [&](const char* server, const json& j, double copy) {
         md << "| " << im.name << " | " << server << " | " << Fmt("%.0f", copy) << " | "
-           << Fmt("%.0f", j["seq"]["mib_s"].get<double>()) << " | " << Fmt("%.0f", j["rand_qd1"]["iops"].get<double>())
-           << " | " << Fmt("%.1f", j["rand_qd1"]["mib_s"].get<double>()) << " | "
+           << Fmt("%.0f", j["seq"]["mib_s"].get<double>()) << " | "
+           << Fmt("%.0f", j["rand_qd1"]["iops"].get<double>()) << " | "
+           << Fmt("%.1f", j["rand_qd1"]["mib_s"].get<double>()) << " | "
            << Fmt("%.0f", j["rand_qd16"]["iops"].get<double>()) << " | "
            << Fmt("%.1f", j["rand_qd16"]["mib_s"].get<double>()) << " |\n";
       };
@@ -696,13 +763,15 @@ int main(int argc, char** argv) {
         const char* what;
         double ours, theirs;
       } cmp[] = {{"nbdcopy sequential", r.ours_nbdcopy, r.qemu_nbdcopy},
-                 {"sequential 1 MiB QD8", r.ours["seq"]["mib_s"].get<double>(), r.qemu["seq"]["mib_s"].get<double>()},
-                 {"random 4 KiB QD1", r.ours["rand_qd1"]["iops"].get<double>(), r.qemu["rand_qd1"]["iops"].get<double>()},
+                 {"sequential 1 MiB QD8", r.ours["seq"]["mib_s"].get<double>(),
+                  r.qemu["seq"]["mib_s"].get<double>()},
+                 {"random 4 KiB QD1", r.ours["rand_qd1"]["iops"].get<double>(),
+                  r.qemu["rand_qd1"]["iops"].get<double>()},
                  {"random 4 KiB QD16", r.ours["rand_qd16"]["iops"].get<double>(),
                   r.qemu["rand_qd16"]["iops"].get<double>()}};
       for (auto& c : cmp)
-        targets.push_back({im.name + ": NBD " + c.what + " vs qemu-nbd", "≥ 1x", c.ours / c.theirs, -1.0,
-                           Fmt("%.0f", c.ours) + " vs " + Fmt("%.0f", c.theirs)});
+        targets.push_back({im.name + ": NBD " + c.what + " vs qemu-nbd", "≥ 1x", c.ours / c.theirs,
+                           -1.0, Fmt("%.0f", c.ours) + " vs " + Fmt("%.0f", c.theirs)});
     }
     md << "\n";
   }
@@ -710,12 +779,14 @@ int main(int argc, char** argv) {
   md << "### Targets\n\n| measure | target | measured | ratio | result |\n|---|---|---|---|---|\n";
   for (const auto& tg : targets) {
     if (!tg.measured) {
-      md << "| " << tg.measure << " | " << tg.target << " | " << tg.detail << " | – | not measured |\n";
+      md << "| " << tg.measure << " | " << tg.target << " | " << tg.detail
+         << " | – | not measured |\n";
       continue;
     }
     // limit < 0: a lower bound on the ratio (at least |limit|).
     bool met = tg.limit < 0 ? tg.ratio >= -tg.limit : tg.ratio <= tg.limit;
-    std::string ratio = tg.target.find('%') != std::string::npos ? Fmt("%.2f%%", 100 * tg.ratio) : Fmt("%.2fx", tg.ratio);
+    std::string ratio = tg.target.find('%') != std::string::npos ? Fmt("%.2f%%", 100 * tg.ratio)
+                                                                 : Fmt("%.2fx", tg.ratio);
     md << "| " << tg.measure << " | " << tg.target << " | " << tg.detail << " | " << ratio << " | "
        << (met ? "met" : "**missed**") << " |\n";
   }
@@ -731,8 +802,10 @@ int main(int argc, char** argv) {
     std::string text = old.ok() ? *old : "# Benchmarks\n\n";
     std::string block = begin + "\n" + md.str() + end;
     auto b = text.find(begin), e = text.find(end);
-    if (b != std::string::npos && e != std::string::npos) text.replace(b, e + end.size() - b, block);
-    else text += "\n## Image transfer (bench/image_transfer)\n\n" + block + "\n";
+    if (b != std::string::npos && e != std::string::npos)
+      text.replace(b, e + end.size() - b, block);
+    else
+      text += "\n## Image transfer (bench/image_transfer)\n\n" + block + "\n";
     if (!WriteFileAtomic(docs, text).ok()) Die("cannot write " + docs);
     std::fprintf(stderr, "wrote %s\n", docs.c_str());
   }

@@ -45,11 +45,11 @@
 #include <sstream>
 #include <thread>
 
-#include "machine.h"
 #include "client/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
 #include "infosvc/query_service.h"
+#include "machine.h"
 #include "sim/controller_process.h"
 #include "sim/sim_hosts.h"
 #include "store/store.h"
@@ -206,7 +206,8 @@ class PhaseDatabase {
   ~PhaseDatabase() {
     if (name_.empty()) return;
     auto admin = OpenSqlBackend(admin_url_);
-    if (admin.ok()) (void)(*admin)->ExecScript("DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");
+    if (admin.ok())
+      (void)(*admin)->ExecScript("DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");
   }
   const std::string& target() const { return target_; }
 
@@ -636,7 +637,8 @@ PlacementResult RunPlacement(const Flags& f) {
 int main(int argc, char** argv) {
   Flags f;
   const char* kUsage =
-      "usage: infosvc [--backend sqlite|postgres] [--pg-url URL] [--hosts N] [--vms N] [--placement-hosts N] [--placements N] [--runs N] "
+      "usage: infosvc [--backend sqlite|postgres] [--pg-url URL] [--hosts N] [--vms N] "
+      "[--placement-hosts N] [--placements N] [--runs N] "
       "[--clients N] [--heartbeat-interval S] [--naive-timeout S] [--query-budget S] "
       "[--skip-queries] [--skip-placement] [--no-write] [--docs PATH]";
   auto usage = [&] { Die(kUsage); };

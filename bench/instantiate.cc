@@ -19,12 +19,12 @@
 #include <sstream>
 #include <thread>
 
-#include "machine.h"
 #include "client/api_client.h"
 #include "common/child_process.h"
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
+#include "machine.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/qemu_process.h"
 #include "vmm/qmp_client.h"
@@ -60,21 +60,28 @@ void Die(const std::string& what) {
 
 json ImportTiny(const ApiClient& api, const std::string& dir) {
   json m = json::parse(*ReadFile(dir + "/manifest.json"));
-  auto created = api.Post("/v1/images", {{"name", "tiny"}, {"format", m.value("disk_format", "raw")},
-                                         {"has_kernel", true}, {"has_initrd", true},
+  auto created = api.Post("/v1/images", {{"name", "tiny"},
+                                         {"format", m.value("disk_format", "raw")},
+                                         {"has_kernel", true},
+                                         {"has_initrd", true},
                                          {"append", m.value("append", "")}});
   if (!created.ok()) Die(created.error().message);
   std::string id = (*created)["id"];
   for (const char* kind : {"disk", "kernel", "initrd"}) {
-    auto r = api.PutFile("/v1/images/" + id + "/files/" + kind, dir + "/" + m[kind].get<std::string>());
+    auto r =
+        api.PutFile("/v1/images/" + id + "/files/" + kind, dir + "/" + m[kind].get<std::string>());
     if (!r.ok()) Die(r.error().message);
   }
   if (auto r = AwaitOperation(api, api.Post("/v1/images/" + id + "/finalize")); !r.ok())
     Die(r.error().message);
-  if (auto r = api.Post("/v1/images/" + id + "/checkpoint", json::object()); !r.ok()) Die(r.error().message);
-  auto done = PollUntil(api, "/v1/images/" + id, [](const json& j) {
-    return !j["checkpoint"].is_null() && j["checkpoint"]["state"] != "creating";
-  }, seconds(300));
+  if (auto r = api.Post("/v1/images/" + id + "/checkpoint", json::object()); !r.ok())
+    Die(r.error().message);
+  auto done = PollUntil(
+      api, "/v1/images/" + id,
+      [](const json& j) {
+        return !j["checkpoint"].is_null() && j["checkpoint"]["state"] != "creating";
+      },
+      seconds(300));
   if (!done.ok() || (*done)["checkpoint"]["state"] != "ready") Die("image checkpoint failed");
   return *done;
 }
@@ -94,11 +101,14 @@ double VmgridOnce(const ApiClient& api, json body) {
   }
   double t = Since(t0);
   (void)api.Delete("/v1/vms/" + id + "?purge_workspace=true");
-  (void)PollUntil(api, "/v1/vms", [&](const json& j) {
-    for (const auto& v : j["vms"])
-      if (v["id"] == id) return false;
-    return true;
-  }, seconds(60));
+  (void)PollUntil(
+      api, "/v1/vms",
+      [&](const json& j) {
+        for (const auto& v : j["vms"])
+          if (v["id"] == id) return false;
+        return true;
+      },
+      seconds(60));
   return t;
 }
 
@@ -112,7 +122,8 @@ double PlainQemuOnce(const std::string& work, const json& image, const std::stri
   std::string overlay = work + "/disk.qcow2";
   std::string backing = resume ? image_dir + "/checkpoint/disk.qcow2" : image_dir + "/disk.raw";
   if (!RunProcessChecked({"qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F",
-                          resume ? "qcow2" : "raw", overlay}).ok())
+                          resume ? "qcow2" : "raw", overlay})
+           .ok())
     Die("qemu-img create failed");
   QemuConfig c;
   c.vm_id = "plain";
@@ -131,8 +142,16 @@ double PlainQemuOnce(const std::string& work, const json& image, const std::stri
   std::vector<std::string> plain;
   for (size_t i = 0; i < argv.size(); ++i) {
     if (argv[i] == "-daemonize") continue;
-    if (argv[i] == "-pidfile") { ++i; continue; }
-    if (argv[i] == "-incoming") { plain.push_back("-incoming"); plain.push_back("exec:cat " + image_dir + "/checkpoint/memory.state"); ++i; continue; }
+    if (argv[i] == "-pidfile") {
+      ++i;
+      continue;
+    }
+    if (argv[i] == "-incoming") {
+      plain.push_back("-incoming");
+      plain.push_back("exec:cat " + image_dir + "/checkpoint/memory.state");
+      ++i;
+      continue;
+    }
     plain.push_back(argv[i]);
   }
   auto t0 = Clock::now();
@@ -170,13 +189,18 @@ int main(int argc, char** argv) {
   std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--runs" && i + 1 < argc) runs = std::max(1, std::atoi(argv[++i]));
-    else if (a == "--no-write") write = false;
-    else if (a == "--docs" && i + 1 < argc) docs = argv[++i];
-    else Die("usage: instantiate [--runs N] [--no-write] [--docs PATH]");
+    if (a == "--runs" && i + 1 < argc)
+      runs = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--no-write")
+      write = false;
+    else if (a == "--docs" && i + 1 < argc)
+      docs = argv[++i];
+    else
+      Die("usage: instantiate [--runs N] [--no-write] [--docs PATH]");
   }
   signal(SIGPIPE, SIG_IGN);
-  std::string image_src = getenv("VMGRID_TINY_IMAGE") ? getenv("VMGRID_TINY_IMAGE") : VMGRID_TINY_IMAGE_DIR;
+  std::string image_src =
+      getenv("VMGRID_TINY_IMAGE") ? getenv("VMGRID_TINY_IMAGE") : VMGRID_TINY_IMAGE_DIR;
   LocalGridOptions o;
   o.vmgrid_binary = VMGRID_BINARY;
   o.state_dir = "/tmp/vmgrid-bench-instantiate";
@@ -200,15 +224,22 @@ int main(int argc, char** argv) {
   };
   std::vector<Row> rows = {
       {"vmgrid boot, clone", "boot", {{"image", "tiny"}, {"start", "boot"}, {"disk", "clone"}}},
-      {"vmgrid boot, persistent", "boot", {{"image", "tiny"}, {"start", "boot"}, {"disk", "persistent"}}},
-      {"vmgrid resume, clone", "resume", {{"image", "tiny"}, {"start", "resume"}, {"disk", "clone"}}},
-      {"vmgrid resume, persistent", "resume", {{"image", "tiny"}, {"start", "resume"}, {"disk", "persistent"}}},
+      {"vmgrid boot, persistent",
+       "boot",
+       {{"image", "tiny"}, {"start", "boot"}, {"disk", "persistent"}}},
+      {"vmgrid resume, clone",
+       "resume",
+       {{"image", "tiny"}, {"start", "resume"}, {"disk", "clone"}}},
+      {"vmgrid resume, persistent",
+       "resume",
+       {{"image", "tiny"}, {"start", "resume"}, {"disk", "persistent"}}},
   };
   std::map<std::string, Stats> plain, ours;
   // Interleave the modes run by run so that drifting machine load hits all alike.
   for (int r = 0; r < runs; ++r) {
     for (const char* key : {"boot", "resume"}) {
-      double t = PlainQemuOnce("/tmp/vmgrid-bench-instantiate/plain", image, image_dir, std::string(key) == "resume");
+      double t = PlainQemuOnce("/tmp/vmgrid-bench-instantiate/plain", image, image_dir,
+                               std::string(key) == "resume");
       plain[key].v.push_back(t);
       std::fprintf(stderr, "run %d plain QEMU %-6s %.2f s\n", r + 1, key, t);
     }
@@ -252,8 +283,10 @@ int main(int argc, char** argv) {
     std::string text = old.ok() ? *old : "# Benchmarks\n\n";
     std::string block = begin + "\n" + md.str() + end;
     auto b = text.find(begin), e = text.find(end);
-    if (b != std::string::npos && e != std::string::npos) text.replace(b, e + end.size() - b, block);
-    else text += "\n## Instantiation (bench/instantiate)\n\n" + block + "\n";
+    if (b != std::string::npos && e != std::string::npos)
+      text.replace(b, e + end.size() - b, block);
+    else
+      text += "\n## Instantiation (bench/instantiate)\n\n" + block + "\n";
     if (!WriteFileAtomic(docs, text).ok()) Die("cannot write " + docs);
     std::fprintf(stderr, "wrote %s\n", docs.c_str());
   }

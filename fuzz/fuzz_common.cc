@@ -6,9 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <algorithm>
 #include <filesystem>
 
 // Undefined behaviour is a finding: stop at the first report (libFuzzer then
@@ -20,7 +20,8 @@ extern "C" const char* __ubsan_default_options() {
 namespace vmgrid::fuzz {
 
 void QuietLogging() {
-  auto logger = std::make_shared<spdlog::logger>("fuzz", std::make_shared<spdlog::sinks::null_sink_mt>());
+  auto logger =
+      std::make_shared<spdlog::logger>("fuzz", std::make_shared<spdlog::sinks::null_sink_mt>());
   logger->set_level(spdlog::level::trace);
   spdlog::set_default_logger(logger);
 }
@@ -76,7 +77,8 @@ void Trace(const char* op, bool ok, std::string_view detail) {
 
 void InvariantFailed(const char* what, std::string_view detail) {
   std::fprintf(stderr, "==fuzz== invariant failed: %s\n", what);
-  if (!detail.empty()) std::fprintf(stderr, "==fuzz== detail: %.*s\n", static_cast<int>(detail.size()), detail.data());
+  if (!detail.empty())
+    std::fprintf(stderr, "==fuzz== detail: %.*s\n", static_cast<int>(detail.size()), detail.data());
   std::abort();
 }
 

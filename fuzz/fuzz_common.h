@@ -38,8 +38,8 @@ void Trace(const char* op, bool ok, std::string_view detail);
 // Aborts (a fuzzer "crash") with a message when an invariant of the code
 // under test does not hold.
 [[noreturn]] void InvariantFailed(const char* what, std::string_view detail = {});
-#define FUZZ_CHECK(cond, detail) \
-  do {                           \
+#define FUZZ_CHECK(cond, detail)                                   \
+  do {                                                             \
     if (!(cond)) ::vmgrid::fuzz::InvariantFailed(#cond, (detail)); \
   } while (0)
 

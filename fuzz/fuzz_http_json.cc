@@ -137,8 +137,8 @@ void CheckpointImage(const json& b) {
 }
 
 void CreateVm(const json& b) {
-  JsonFields f(b, {"image", "name", "vcpus", "memory_mb", "disk", "start", "workspace",
-                   "from_checkpoint"});
+  JsonFields f(
+      b, {"image", "name", "vcpus", "memory_mb", "disk", "start", "workspace", "from_checkpoint"});
   Check(f.CheckUnknown());
   auto from = f.String("from_checkpoint", false);
   Check(from);

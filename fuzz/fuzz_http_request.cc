@@ -43,8 +43,9 @@ Harness& Server() {
     limits.max_header_lines = 20;
     h->server = std::make_unique<vmgrid::GuardedServer>(limits);
     h->server->set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
-      return vmgrid::RefuseUnframedBody(req, res, 4096) ? httplib::Server::HandlerResponse::Handled
-                                                        : httplib::Server::HandlerResponse::Unhandled;
+      return vmgrid::RefuseUnframedBody(req, res, 4096)
+                 ? httplib::Server::HandlerResponse::Handled
+                 : httplib::Server::HandlerResponse::Unhandled;
     });
     auto ok = [h](const httplib::Request& req, httplib::Response& res) {
       ++h->handled;

@@ -19,14 +19,20 @@ bool HasAt(std::string_view s, size_t off, std::string_view magic) {
 
 bool ExpectKernel(std::string_view s) {
   if (HasAt(s, 0x202, "HdrS")) return true;  // bzImage boot protocol header
-  return HasAt(s, 0, "\x7f" "ELF") && s.size() >= 20 && s[4] == 2 &&  // ELFCLASS64
-         static_cast<unsigned char>(s[18]) == 62 && s[19] == 0;       // e_machine = EM_X86_64
+  return HasAt(s, 0,
+               "\x7f"
+               "ELF") &&
+         s.size() >= 20 && s[4] == 2 &&                          // ELFCLASS64
+         static_cast<unsigned char>(s[18]) == 62 && s[19] == 0;  // e_machine = EM_X86_64
 }
 
 bool ExpectInitrd(std::string_view s) {
   using namespace std::string_view_literals;
-  for (std::string_view m : {"\x1f\x8b"sv, "\x28\xb5\x2f\xfd"sv, "\xfd" "7zXZ"sv, "\x5d\x00\x00"sv,
-                             "\x02\x21\x4c\x18"sv, "BZh"sv, "070701"sv, "070702"sv}) {
+  for (std::string_view m :
+       {"\x1f\x8b"sv, "\x28\xb5\x2f\xfd"sv,
+        "\xfd"
+        "7zXZ"sv,
+        "\x5d\x00\x00"sv, "\x02\x21\x4c\x18"sv, "BZh"sv, "070701"sv, "070702"sv}) {
     if (HasAt(s, 0, m)) return true;
   }
   return false;

@@ -39,13 +39,15 @@ void CheckRead(const Result<std::string>& r, size_t max_bytes) {
     FUZZ_CHECK(!r.error().message.empty(), "error without message");
     return;
   }
-  FUZZ_CHECK(r->size() <= max_bytes, "ReadFile returned more than max_bytes: " + std::to_string(r->size()));
+  FUZZ_CHECK(r->size() <= max_bytes,
+             "ReadFile returned more than max_bytes: " + std::to_string(r->size()));
 }
 
 void CheckExec(const Result<ExecResult>& r) {
-  vmgrid::fuzz::Trace("exec", r.ok(),
-                      r.ok() ? "exit " + std::to_string(r->exit_code) + " out=" + r->out + " err=" + r->err
-                             : r.error().message);
+  vmgrid::fuzz::Trace(
+      "exec", r.ok(),
+      r.ok() ? "exit " + std::to_string(r->exit_code) + " out=" + r->out + " err=" + r->err
+             : r.error().message);
   if (!r.ok()) {
     FUZZ_CHECK(!r.error().message.empty(), "error without message");
     return;
@@ -68,8 +70,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   for (char op : script.ops) {
     switch (op) {
-      case 's': Consume("sync", qga.Sync(kTimeout)); break;
-      case 'p': Consume("ping", qga.Ping(kTimeout)); break;
+      case 's':
+        Consume("sync", qga.Sync(kTimeout));
+        break;
+      case 'p':
+        Consume("ping", qga.Ping(kTimeout));
+        break;
       case 'c': {
         Result<json> r = qga.Call("guest-get-osinfo", json::object(), kTimeout);
         if (r.ok()) {
@@ -81,15 +87,32 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         break;
       }
-      case 'x': CheckExec(qga.Exec({"/bin/sh", "-c", "cat; echo done"}, "input\n", kTimeout)); break;
-      case 'X': CheckExec(qga.Exec({"true"}, "", kTimeout)); break;
-      case 'r': CheckRead(qga.ReadFile("/etc/hostname", 64, kTimeout), 64); break;
-      case 'R': CheckRead(qga.ReadFile("/var/log/syslog", 1 << 20, kTimeout), 1 << 20); break;
-      case 'z': CheckRead(qga.ReadFile("/etc/machine-id", 0, kTimeout), 0); break;
-      case 'w': Consume("write_file", qga.WriteFile("/tmp/fuzz", "hello world", kTimeout)); break;
-      case 'W': Consume("write_empty", qga.WriteFile("/tmp/empty", "", kTimeout)); break;
-      case 'n': Consume("reseed", qga.ReseedRandom(kTimeout)); break;
-      default: break;
+      case 'x':
+        CheckExec(qga.Exec({"/bin/sh", "-c", "cat; echo done"}, "input\n", kTimeout));
+        break;
+      case 'X':
+        CheckExec(qga.Exec({"true"}, "", kTimeout));
+        break;
+      case 'r':
+        CheckRead(qga.ReadFile("/etc/hostname", 64, kTimeout), 64);
+        break;
+      case 'R':
+        CheckRead(qga.ReadFile("/var/log/syslog", 1 << 20, kTimeout), 1 << 20);
+        break;
+      case 'z':
+        CheckRead(qga.ReadFile("/etc/machine-id", 0, kTimeout), 0);
+        break;
+      case 'w':
+        Consume("write_file", qga.WriteFile("/tmp/fuzz", "hello world", kTimeout));
+        break;
+      case 'W':
+        Consume("write_empty", qga.WriteFile("/tmp/empty", "", kTimeout));
+        break;
+      case 'n':
+        Consume("reseed", qga.ReseedRandom(kTimeout));
+        break;
+      default:
+        break;
     }
   }
   return 0;

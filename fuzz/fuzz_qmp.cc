@@ -95,9 +95,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   bool closed = false;
   for (char op : script.ops) {
     switch (op) {
-      case 'e': Consume("execute", qmp.Execute("query-status", json::object(), kTimeout)); break;
-      case 'a': Consume("device_del", qmp.Execute("device_del", {{"id", "disk1"}}, kTimeout)); break;
-      case 'f': Consume("getfd", qmp.ExecuteWithFd("getfd", {{"fdname", "fuzzfd"}}, env.devnull, kTimeout)); break;
+      case 'e':
+        Consume("execute", qmp.Execute("query-status", json::object(), kTimeout));
+        break;
+      case 'a':
+        Consume("device_del", qmp.Execute("device_del", {{"id", "disk1"}}, kTimeout));
+        break;
+      case 'f':
+        Consume("getfd", qmp.ExecuteWithFd("getfd", {{"fdname", "fuzzfd"}}, env.devnull, kTimeout));
+        break;
       case 'w': {
         Result<json> e = qmp.WaitEvent("SHUTDOWN", kTimeout);
         if (e.ok()) {
@@ -127,7 +133,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         break;
       }
-      case 'b': (void)qmp.broken(); break;
+      case 'b':
+        (void)qmp.broken();
+        break;
       case 'c':
         qmp.Close();
         closed = true;
@@ -138,20 +146,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (!st.ok()) FUZZ_CHECK(!st.error().message.empty(), "error without message");
         break;
       }
-      case 'C': Consume("cont", vmgrid::Cont(qmp)); break;
-      case 'P': Consume("stop", vmgrid::Stop(qmp)); break;
-      case 'S': Consume("save_state", vmgrid::SaveStateToFile(qmp, env.state_path, kTimeout)); break;
-      case 'R': Consume("resume", vmgrid::ResumeFromFile(qmp, env.resume_path, kTimeout)); break;
+      case 'C':
+        Consume("cont", vmgrid::Cont(qmp));
+        break;
+      case 'P':
+        Consume("stop", vmgrid::Stop(qmp));
+        break;
+      case 'S':
+        Consume("save_state", vmgrid::SaveStateToFile(qmp, env.state_path, kTimeout));
+        break;
+      case 'R':
+        Consume("resume", vmgrid::ResumeFromFile(qmp, env.resume_path, kTimeout));
+        break;
       case 'B':
         Consume("backup", vmgrid::BackupDiskTop(qmp, "disk0", env.backup_path, false, kTimeout));
         ::unlink(env.backup_path.c_str());
         break;
       case 'K':
-        Consume("checkpoint", vmgrid::CheckpointToFiles(qmp, "disk0", env.ckpt_disk, false, env.ckpt_state,
-                                          kTimeout));
+        Consume("checkpoint", vmgrid::CheckpointToFiles(qmp, "disk0", env.ckpt_disk, false,
+                                                        env.ckpt_state, kTimeout));
         ::unlink(env.ckpt_disk.c_str());
         break;
-      default: break;
+      default:
+        break;
     }
     if (closed) {
       FUZZ_CHECK(qmp.broken(), "closed client is not broken");

@@ -29,8 +29,9 @@ bool Same(const VmSpec& a, const VmSpec& b) {
 void CheckSentInteger(const json& j, const char* key, int64_t got) {
   auto it = j.find(key);
   if (it == j.end() || !it->is_number_integer()) return;
-  bool same = it->is_number_unsigned() ? it->get<uint64_t>() == static_cast<uint64_t>(got) && got >= 0
-                                       : it->get<int64_t>() == got;
+  bool same = it->is_number_unsigned()
+                  ? it->get<uint64_t>() == static_cast<uint64_t>(got) && got >= 0
+                  : it->get<int64_t>() == got;
   FUZZ_CHECK(same, std::string(key) + ": sent " + it->dump() + ", parsed " + std::to_string(got));
 }
 

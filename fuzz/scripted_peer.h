@@ -69,7 +69,7 @@ class ScriptedPeer {
   size_t next_chunk_ = 0;
   std::string out_;  // scripted bytes the socket has not accepted yet
   bool eof_sent_ = false;
-  std::string in_;   // partial request line
+  std::string in_;  // partial request line
   std::map<std::string, std::string> vars_;
   size_t requests_ = 0;
 };

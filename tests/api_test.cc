@@ -1,7 +1,7 @@
 // The REST API against a real controller and agent: authentication,
 // authorization between users, and a table of malformed requests.
-#include <gtest/gtest.h>
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -32,10 +32,10 @@ class ApiTest : public testing::Test {
     return r.ok() ? (*r)["token"].get<std::string>() : "";
   }
   // Raw request, to send bodies no well-behaved client would.
-  static httplib::Result Raw(const std::string& method, const std::string& path, const std::string& body,
-                             const std::string& token) {
+  static httplib::Result Raw(const std::string& method, const std::string& path,
+                             const std::string& body, const std::string& token) {
     auto cli_owner = NewHttpClient(grid_->url());
-      auto& cli = *cli_owner;
+    auto& cli = *cli_owner;
     cli.set_read_timeout(60, 0);
     httplib::Headers h;
     if (!token.empty()) h.emplace("Authorization", "Bearer " + token);
@@ -82,7 +82,8 @@ TEST_F(ApiTest, UsersAreIsolated) {
   EXPECT_EQ(b.Get("/v1/vms/" + id).error().code, ErrorCode::kNotFound);
   EXPECT_EQ(b.Get("/v1/vms/alices").error().code, ErrorCode::kNotFound);
   EXPECT_EQ(b.Post("/v1/vms/" + id + "/stop").error().code, ErrorCode::kNotFound);
-  EXPECT_EQ(b.Post("/v1/vms/" + id + "/exec", {{"argv", {"true"}}}).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(b.Post("/v1/vms/" + id + "/exec", {{"argv", {"true"}}}).error().code,
+            ErrorCode::kNotFound);
   EXPECT_EQ(b.Delete("/v1/vms/" + id).error().code, ErrorCode::kNotFound);
   EXPECT_EQ(b.Post("/v1/vms", {{"from_checkpoint", id}}).error().code, ErrorCode::kNotFound);
   // Users cannot create users or act as agents.
@@ -113,12 +114,18 @@ TEST_F(ApiTest, UsersAreIsolated) {
             ErrorCode::kPermissionDenied);
   // A CTE named after a published view (here with a string literal) reads
   // nothing outside the views: the token hashes stay hidden.
-  EXPECT_EQ(b.Post("/v1/query", {{"sql", "WITH 'vms' AS (SELECT * FROM main.tokens) SELECT * FROM vms"}})
-                .error()
-                .code,
-            ErrorCode::kPermissionDenied);
-  auto set = a.Post("/v1/query", {{"set", {{"from", "vms"}, {"size", 1}, {"same", "network"},
-                                           {"sum", "memory_mb"}, {"min", 1}, {"max", 1024}}}});
+  EXPECT_EQ(
+      b.Post("/v1/query", {{"sql", "WITH 'vms' AS (SELECT * FROM main.tokens) SELECT * FROM vms"}})
+          .error()
+          .code,
+      ErrorCode::kPermissionDenied);
+  auto set = a.Post("/v1/query", {{"set",
+                                   {{"from", "vms"},
+                                    {"size", 1},
+                                    {"same", "network"},
+                                    {"sum", "memory_mb"},
+                                    {"min", 1},
+                                    {"max", 1024}}}});
   ASSERT_TRUE(set.ok()) << set.error().message;
   EXPECT_EQ((*set)["sets"].size(), 1u);
 
@@ -156,18 +163,21 @@ TEST_F(ApiTest, MalformedRequestsGetClear4xx) {
       {"unknown field", "POST", "/v1/vms", R"({"image":"tiny","colour":"red"})", 400, "colour"},
       {"zero memory", "POST", "/v1/vms", R"({"image":"tiny","memory_mb":0})", 400, "memory_mb"},
       {"10000 vcpus", "POST", "/v1/vms", R"({"image":"tiny","vcpus":10000})", 400, "vcpus"},
-      {"negative memory", "POST", "/v1/vms", R"({"image":"tiny","memory_mb":-5})", 400, "memory_mb"},
+      {"negative memory", "POST", "/v1/vms", R"({"image":"tiny","memory_mb":-5})", 400,
+       "memory_mb"},
       {"huge number", "POST", "/v1/vms", R"({"image":"tiny","memory_mb":1e400})", 400, ""},
       {"bad disk mode", "POST", "/v1/vms", R"({"image":"tiny","disk":"floppy"})", 400, "disk"},
       {"bad name", "POST", "/v1/vms", R"({"image":"tiny","name":"../etc"})", 400, "name"},
       {"unknown image", "POST", "/v1/vms", R"({"image":"nope"})", 404, "nope"},
       {"missing image", "POST", "/v1/vms", R"({"name":"x"})", 400, "image"},
-      {"resume w/o checkpoint", "POST", "/v1/vms", R"({"image":"tiny","start":"resume"})", 409, "checkpoint"},
+      {"resume w/o checkpoint", "POST", "/v1/vms", R"({"image":"tiny","start":"resume"})", 409,
+       "checkpoint"},
       {"unknown VM", "GET", "/v1/vms/vm-doesnotexist", "", 404, "not found"},
       {"exec no argv", "POST", "/v1/vms/vm-x/exec", R"({})", 404, ""},
       {"unknown endpoint", "GET", "/v1/nothing", "", 404, "no such endpoint"},
       {"image bad format", "POST", "/v1/images", R"({"name":"i2","format":"vmdk"})", 400, "format"},
-      {"image dup name", "POST", "/v1/images", R"({"name":"tiny","format":"raw"})", 409, "already exists"},
+      {"image dup name", "POST", "/v1/images", R"({"name":"tiny","format":"raw"})", 409,
+       "already exists"},
       {"user bad role", "POST", "/v1/users", R"({"name":"zed","role":"root"})", 400, "role"},
       {"upload to ready image", "PUT", "/v1/images/tiny/files/disk", "xx", 409, "immutable"},
   };
@@ -182,13 +192,15 @@ TEST_F(ApiTest, MalformedRequestsGetClear4xx) {
   }
   // An oversized body is refused from its headers, before it is read.
   {
-    std::string raw = "POST /v1/vms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + admin +
-                      "\r\nContent-Type: application/json\r\nContent-Length: " +
-                      std::to_string(64 << 20) + "\r\nConnection: close\r\n\r\n{";
+    std::string raw =
+        "POST /v1/vms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + admin +
+        "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(64 << 20) +
+        "\r\nConnection: close\r\n\r\n{";
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(std::stoi(grid_->url().substr(grid_->url().rfind(':') + 1))));
+    a.sin_port =
+        htons(static_cast<uint16_t>(std::stoi(grid_->url().substr(grid_->url().rfind(':') + 1))));
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
     ASSERT_EQ(write(fd, raw.data(), raw.size()), static_cast<ssize_t>(raw.size()));
@@ -216,7 +228,8 @@ TEST_F(ApiTest, FailedPlacementIsExplained) {
 
 TEST_F(ApiTest, FuturesCanBeRealized) {
   ApiClient admin = grid_->Admin();
-  auto f = admin.Post("/v1/query", {{"sql", "SELECT id, host_id FROM futures WHERE start = 'boot' LIMIT 1"}});
+  auto f = admin.Post("/v1/query",
+                      {{"sql", "SELECT id, host_id FROM futures WHERE start = 'boot' LIMIT 1"}});
   ASSERT_TRUE(f.ok()) << f.error().message;
   ASSERT_EQ((*f)["rows"].size(), 1u);
   std::string future = (*f)["rows"][0][0], host = (*f)["rows"][0][1];
@@ -226,15 +239,20 @@ TEST_F(ApiTest, FuturesCanBeRealized) {
   // A future whose host cannot take it any more is refused with the reason.
   auto stale = admin.Post("/v1/vms", {{"from_future", future}, {"memory_mb", 65536}});
   ASSERT_FALSE(stale.ok());
-  EXPECT_NE(stale.error().message.find("is no longer valid"), std::string::npos) << stale.error().message;
-  EXPECT_EQ(admin.Post("/v1/vms", {{"from_future", "fut-bogus"}}).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(stale.error().message.find("is no longer valid"), std::string::npos)
+      << stale.error().message;
+  EXPECT_EQ(admin.Post("/v1/vms", {{"from_future", "fut-bogus"}}).error().code,
+            ErrorCode::kInvalidArgument);
   DeleteVm(admin, vm["id"]);
 }
 
 TEST_F(ApiTest, GangIsPlacedWholeOrNotAtAll) {
   ApiClient admin = grid_->Admin();
   // The paper's set: four VMs on one network, 512 MB..1 GB in total.
-  auto r = admin.Post("/v1/vms", {{"image", "tiny"}, {"name", "gang"}, {"count", 4}, {"same", "network"},
+  auto r = admin.Post("/v1/vms", {{"image", "tiny"},
+                                  {"name", "gang"},
+                                  {"count", 4},
+                                  {"same", "network"},
                                   {"total_memory_mb", {{"min", 512}, {"max", 1024}}}});
   ASSERT_TRUE(r.ok()) << r.error().message;
   ASSERT_EQ((*r)["vms"].size(), 4u);
@@ -247,17 +265,20 @@ TEST_F(ApiTest, GangIsPlacedWholeOrNotAtAll) {
   EXPECT_GE(total, 512);
   EXPECT_LE(total, 1024);
   // Eight more cannot all fit next to them (8 vCPUs per host): none is made.
-  auto none = admin.Post("/v1/vms", {{"image", "tiny"}, {"name", "big"}, {"count", 8}, {"same", "site"}});
+  auto none =
+      admin.Post("/v1/vms", {{"image", "tiny"}, {"name", "big"}, {"count", 8}, {"same", "site"}});
   ASSERT_FALSE(none.ok());
   EXPECT_EQ(none.error().code, ErrorCode::kResourceExhausted);
-  EXPECT_NE(none.error().message.find("none was created"), std::string::npos) << none.error().message;
+  EXPECT_NE(none.error().message.find("none was created"), std::string::npos)
+      << none.error().message;
   EXPECT_EQ(admin.Get("/v1/vms")->at("vms").size(), 4u);
   for (const auto& vm : (*r)["vms"]) DeleteVm(admin, vm["id"]);
 }
 
 TEST_F(ApiTest, BadImageFilesAreRejected) {
   ApiClient admin = grid_->Admin();
-  auto img = admin.Post("/v1/images", {{"name", "fake"}, {"format", "qcow2"}, {"has_kernel", true}});
+  auto img =
+      admin.Post("/v1/images", {{"name", "fake"}, {"format", "qcow2"}, {"has_kernel", true}});
   ASSERT_TRUE(img.ok());
   std::string id = (*img)["id"];
   // A raw file claiming to be qcow2, and a text file claiming to be a kernel.

@@ -64,7 +64,7 @@ TEST(ExecFloodTest, OneUserCannotStarveHealthOrHeartbeats) {
   // Meanwhile health answers, the admin is served and the agent's
   // heartbeats keep arriving (the host stays up, its heartbeat time moves).
   auto probe_owner = NewHttpClient(grid->url());
-      auto& probe = *probe_owner;
+  auto& probe = *probe_owner;
   probe.set_read_timeout(5, 0);  // generous; today it never answers at all
   int health_ok = 0;
   for (int i = 0; i < 10; ++i) {

@@ -48,7 +48,7 @@ inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
   o.state_dir = "/tmp/vmgrid-test-" + name + "-" + std::to_string(getpid());
   (void)RemoveTree(o.state_dir);
   o.hosts = hosts;
-  o.host_vcpus = 8;         // TCG guests are mostly idle; allow a few per host
+  o.host_vcpus = 8;  // TCG guests are mostly idle; allow a few per host
   o.host_memory_mb = 4096;
   o.controller_args = std::move(controller_args);
   o.tls = tls;
@@ -90,19 +90,24 @@ inline TinyFiles Tiny() {
   if (!manifest_text.ok()) return {};
   json m = json::parse(*manifest_text);
   std::string d = TinyImageDir() + "/";
-  return {d + m["disk"].get<std::string>(), m.value("disk_format", "raw"), d + m["kernel"].get<std::string>(),
-          d + m["initrd"].get<std::string>(), m.value("append", "")};
+  return {d + m["disk"].get<std::string>(), m.value("disk_format", "raw"),
+          d + m["kernel"].get<std::string>(), d + m["initrd"].get<std::string>(),
+          m.value("append", "")};
 }
 
 // Uploads `files` as image `name`; with `checkpoint`, also makes its
 // post-boot checkpoint. Returns the image JSON.
-inline json ImportFiles(const ApiClient& api, const std::string& name, const TinyFiles& f, bool checkpoint) {
-  auto created = api.Post("/v1/images", {{"name", name}, {"format", f.format},
-                                         {"has_kernel", true}, {"has_initrd", true},
+inline json ImportFiles(const ApiClient& api, const std::string& name, const TinyFiles& f,
+                        bool checkpoint) {
+  auto created = api.Post("/v1/images", {{"name", name},
+                                         {"format", f.format},
+                                         {"has_kernel", true},
+                                         {"has_initrd", true},
                                          {"append", f.append}});
   EXPECT_TRUE(created.ok()) << created.error().message;
   std::string id = (*created)["id"];
-  for (auto [kind, path] : {std::pair{"disk", f.disk}, {"kernel", f.kernel}, {"initrd", f.initrd}}) {
+  for (auto [kind, path] :
+       {std::pair{"disk", f.disk}, {"kernel", f.kernel}, {"initrd", f.initrd}}) {
     auto r = api.PutFile("/v1/images/" + id + "/files/" + kind, path);
     EXPECT_TRUE(r.ok()) << kind << ": " << r.error().message;
   }
@@ -112,9 +117,12 @@ inline json ImportFiles(const ApiClient& api, const std::string& name, const Tin
   if (!checkpoint) return *fin;
   auto ck = api.Post("/v1/images/" + id + "/checkpoint", json::object());
   EXPECT_TRUE(ck.ok()) << ck.error().message;
-  auto done = PollUntil(api, "/v1/images/" + id, [](const json& j) {
-    return !j["checkpoint"].is_null() && j["checkpoint"].value("state", "") != "creating";
-  }, seconds(240));
+  auto done = PollUntil(
+      api, "/v1/images/" + id,
+      [](const json& j) {
+        return !j["checkpoint"].is_null() && j["checkpoint"].value("state", "") != "creating";
+      },
+      seconds(240));
   EXPECT_TRUE(done.ok());
   EXPECT_EQ((*done)["checkpoint"].value("state", ""), "ready") << done->dump();
   return *done;
@@ -141,11 +149,14 @@ inline std::string ChunkFile(const std::string& root, const std::string& digest)
 
 // Waits until the VM leaves transitional states; returns it.
 inline json WaitVm(const ApiClient& api, const std::string& id, seconds timeout = seconds(240)) {
-  auto r = PollUntil(api, "/v1/vms/" + id, [](const json& j) {
-    std::string s = j.value("state", "");
-    return s != "creating" && s != "stopping" && s != "checkpointing" && s != "resuming" &&
-           s != "deleting";
-  }, timeout);
+  auto r = PollUntil(
+      api, "/v1/vms/" + id,
+      [](const json& j) {
+        std::string s = j.value("state", "");
+        return s != "creating" && s != "stopping" && s != "checkpointing" && s != "resuming" &&
+               s != "deleting";
+      },
+      timeout);
   EXPECT_TRUE(r.ok()) << r.error().message;
   return r.ok() ? *r : json();
 }
@@ -188,11 +199,14 @@ inline std::string Exec(const ApiClient& api, const std::string& id, const std::
 inline void DeleteVm(const ApiClient& api, const std::string& id, bool purge = false) {
   auto r = api.Delete("/v1/vms/" + id + (purge ? "?purge_workspace=true" : ""));
   EXPECT_TRUE(r.ok()) << r.error().message;
-  auto gone = PollUntil(api, "/v1/vms", [&](const json& j) {
-    for (const auto& v : j["vms"])
-      if (v["id"] == id) return false;
-    return true;
-  }, seconds(60));
+  auto gone = PollUntil(
+      api, "/v1/vms",
+      [&](const json& j) {
+        for (const auto& v : j["vms"])
+          if (v["id"] == id) return false;
+        return true;
+      },
+      seconds(60));
   EXPECT_TRUE(gone.ok());
 }
 

@@ -55,8 +55,8 @@ class ImageSecurityTest : public testing::Test {
     return p;
   }
   static std::string NewImage(const std::string& name, bool has_kernel = true) {
-    auto img = grid_->Admin().Post("/v1/images",
-                                   {{"name", name}, {"format", "qcow2"}, {"has_kernel", has_kernel}});
+    auto img = grid_->Admin().Post(
+        "/v1/images", {{"name", name}, {"format", "qcow2"}, {"has_kernel", has_kernel}});
     EXPECT_TRUE(img.ok()) << img.error().message;
     return img.ok() ? (*img)["id"].get<std::string>() : "";
   }
@@ -74,7 +74,8 @@ class ImageSecurityTest : public testing::Test {
     auto creds = ReadFile(grid_->agent_state_dir(0) + "/host-credentials.json");
     EXPECT_TRUE(creds.ok());
     json j = creds.ok() ? json::parse(*creds, nullptr, false) : json();
-    return ApiClient(Host()["url"].get<std::string>(), j.is_object() ? j.value("agent_api_token", "") : "");
+    return ApiClient(Host()["url"].get<std::string>(),
+                     j.is_object() ? j.value("agent_api_token", "") : "");
   }
 
   static LocalGrid* grid_;
@@ -289,7 +290,8 @@ TEST_F(ImageSecurityTest, ImageServerNeverServesWithoutAToken) {
   std::string dir = *dir_ + "/image-server";
   std::string log = *dir_ + "/image-server.log";
   auto child = ChildProcess::Spawn(
-      {VMGRID_BINARY, "image-server", "--listen", "127.0.0.1:0", "--plain-http", "--dir", dir}, log);
+      {VMGRID_BINARY, "image-server", "--listen", "127.0.0.1:0", "--plain-http", "--dir", dir},
+      log);
   ASSERT_TRUE(child.ok()) << child.error().message;
   std::string url;
   for (int i = 0; i < 600 && url.empty(); ++i) {

@@ -39,7 +39,8 @@ class ImageTransferTest : public ::testing::Test {
   void EmptyHostCache() {
     grid_->StopAgent(0, false);
     std::string dir = grid_->agent_state_dir(0);
-    for (const char* sub : {"/chunks", "/blobs", "/manifests"}) ASSERT_TRUE(RemoveTree(dir + sub).ok());
+    for (const char* sub : {"/chunks", "/blobs", "/manifests"})
+      ASSERT_TRUE(RemoveTree(dir + sub).ok());
     ASSERT_TRUE(grid_->StartAgent(0).ok());
     ASSERT_TRUE(grid_->WaitHostsUp(1, seconds(30)).ok());
   }
@@ -47,7 +48,8 @@ class ImageTransferTest : public ::testing::Test {
   std::vector<std::string> CachedChunkFiles() {
     std::vector<std::string> out;
     std::error_code ec;
-    for (const auto& e : fs::recursive_directory_iterator(grid_->agent_state_dir(0) + "/chunks/chunks", ec))
+    for (const auto& e :
+         fs::recursive_directory_iterator(grid_->agent_state_dir(0) + "/chunks/chunks", ec))
       if (e.is_regular_file()) out.push_back(e.path().string());
     return out;
   }
@@ -76,8 +78,8 @@ TEST_F(ImageTransferTest, ColdBootFetchesLittleThenCorruptCacheIsRefetched) {
   EXPECT_EQ(st["exports"][0]["vms"], 1);
   // The first cold boot recorded its first-read order with the image version.
   json dv = img["versions"]["disk"];
-  std::string hint = grid_->image_server_dir() + "/manifests/" + dv["name"].get<std::string>() + "/" +
-                     std::to_string(dv["version"].get<int>()) + ".prefetch-boot.json";
+  std::string hint = grid_->image_server_dir() + "/manifests/" + dv["name"].get<std::string>() +
+                     "/" + std::to_string(dv["version"].get<int>()) + ".prefetch-boot.json";
   EXPECT_TRUE(FileExists(hint)) << hint;
   DeleteVm(api, vm["id"]);
 
@@ -119,7 +121,9 @@ TEST_F(ImageTransferTest, EmptyCacheHostResumesCloneFromImageCheckpoint) {
   ASSERT_EQ(vm["state"], "running") << vm.dump();
   EXPECT_EQ(Exec(api, vm["id"], "echo resumed"), "resumed\n");
   json st = FreshHostImages();
-  EXPECT_GT(st["cache"]["misses"].get<uint64_t>() + st["image_server"]["bytes_fetched"].get<uint64_t>(), 0u)
+  EXPECT_GT(
+      st["cache"]["misses"].get<uint64_t>() + st["image_server"]["bytes_fetched"].get<uint64_t>(),
+      0u)
       << st.dump();
   // A second clone on the now-warm host resumes too, from the same files.
   json vm2 = CreateVm(api, {{"image", "ckpt"}, {"name", "resumed2"}, {"start", "resume"}});

@@ -46,7 +46,8 @@ TEST(RestartTest, KillAgentAndControllerWhileVmsRun) {
   // The disk's base is a lazily fetched NBD export of the agent: QEMU
   // reconnected to the new agent, so blocks never read before (the whole
   // disk, bypassing the guest's page cache) are still served.
-  EXPECT_EQ(Exec(api, id, "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null && echo read-all"), "read-all\n");
+  EXPECT_EQ(Exec(api, id, "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null && echo read-all"),
+            "read-all\n");
   EXPECT_EQ(Act(api, id, "checkpoint")["state"], "suspended");
   EXPECT_EQ(Act(api, id, "resume")["state"], "running");
   EXPECT_EQ(Exec(api, id, "cat /root/f"), "before\n");
@@ -71,7 +72,8 @@ TEST(RestartTest, VmWhoseQemuDiedWhileAgentWasDownIsReported) {
   grid->StopAgent(0, true);
   kill(pid, SIGKILL);
   ASSERT_TRUE(grid->StartAgent(0).ok());
-  auto r = PollUntil(api, "/v1/vms/" + id, [](const json& j) { return j["state"] == "stopped"; }, seconds(60));
+  auto r = PollUntil(
+      api, "/v1/vms/" + id, [](const json& j) { return j["state"] == "stopped"; }, seconds(60));
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_NE((*r)["error"].get<std::string>().find("QEMU"), std::string::npos);
   // It can be booted again on its disk.

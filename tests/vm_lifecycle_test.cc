@@ -23,7 +23,8 @@ class VmLifecycleTest : public testing::Test {
   }
   ApiClient Api() { return grid_->Admin(); }
   std::string BaseDiskPath() {
-    return grid_->controller_state_dir() + "/images/" + (*image_)["id"].get<std::string>() + "/disk.raw";
+    return grid_->controller_state_dir() + "/images/" + (*image_)["id"].get<std::string>() +
+           "/disk.raw";
   }
 
   static LocalGrid* grid_;
@@ -85,7 +86,8 @@ TEST_F(VmLifecycleTest, ClonesOfPostBootCheckpointGetFreshEntropy) {
 
 TEST_F(VmLifecycleTest, PersistentWorkspaceSurvivesStopAndDestroy) {
   ApiClient api = Api();
-  json vm = CreateVm(api, {{"image", "tiny"}, {"name", "ws-vm"}, {"disk", "persistent"}, {"workspace", "ws1"}});
+  json vm = CreateVm(
+      api, {{"image", "tiny"}, {"name", "ws-vm"}, {"disk", "persistent"}, {"workspace", "ws1"}});
   ASSERT_EQ(vm["state"], "running") << vm.dump();
   EXPECT_EQ(vm["workspace"], "ws1");
   Exec(api, vm["id"], "echo keep-me > /root/data && sync");
@@ -103,7 +105,8 @@ TEST_F(VmLifecycleTest, PersistentWorkspaceSurvivesStopAndDestroy) {
   ASSERT_TRUE(ws.ok());
   ASSERT_EQ((*ws)["workspaces"].size(), 1u);
   EXPECT_EQ((*ws)["workspaces"][0]["vm_id"], "");
-  json vm2 = CreateVm(api, {{"image", "tiny"}, {"name", "ws-vm2"}, {"disk", "persistent"}, {"workspace", "ws1"}});
+  json vm2 = CreateVm(
+      api, {{"image", "tiny"}, {"name", "ws-vm2"}, {"disk", "persistent"}, {"workspace", "ws1"}});
   ASSERT_EQ(vm2["state"], "running") << vm2.dump();
   EXPECT_EQ(Exec(api, vm2["id"], "cat /root/data /root/data2"), "keep-me\nsecond\n");
 
@@ -149,8 +152,9 @@ TEST_F(VmLifecycleTest, FailedCreateLeavesNothingBehind) {
   json img = ImportFiles(api, "broken", f, false);
   ASSERT_TRUE(img["versions"].contains("kernel")) << img.dump();
   json kv = img["versions"]["kernel"];
-  auto manifest = ReadFile(grid_->image_server_dir() + "/manifests/" + kv["name"].get<std::string>() + "/" +
-                           std::to_string(kv["version"].get<int>()) + ".json");
+  auto manifest =
+      ReadFile(grid_->image_server_dir() + "/manifests/" + kv["name"].get<std::string>() + "/" +
+               std::to_string(kv["version"].get<int>()) + ".json");
   ASSERT_TRUE(manifest.ok());
   std::string last_chunk = json::parse(*manifest)["chunks"].back();
   FlipByte(ChunkFile(grid_->image_server_dir(), last_chunk));

@@ -10,8 +10,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "client/api_client.h"
 #include "agent/agent_api.h"
+#include "client/api_client.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
 #include "common/signals.h"
@@ -100,7 +100,8 @@ nlohmann::json Agent::Capacity() const {
     disk_mb = disk_free / (1 << 20);
   }
   int vcpus = options_.vcpus > 0 ? options_.vcpus : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
-  int64_t mem = options_.memory_mb > 0 ? static_cast<int64_t>(options_.memory_mb) : MemTotalMb() * 8 / 10;
+  int64_t mem =
+      options_.memory_mb > 0 ? static_cast<int64_t>(options_.memory_mb) : MemTotalMb() * 8 / 10;
   return {{"vcpus", vcpus},
           {"memory_mb", mem},
           {"disk_mb", disk_mb},
@@ -310,7 +311,8 @@ Result<nlohmann::json> Agent::ImageCheckpoint(const VmSpec& spec, int vcpus, int
     return nlohmann::json{{"ckpt_memory", ToJson(*mem)}, {"ckpt_disk", ToJson(*disk)}};
   }
   VMG_ASSIGN_OR_RETURN(std::string target, allowed_->Resolve(target_dir, "target_dir"));
-  VMG_RETURN_IF_ERROR(runner_->MakeImageCheckpoint(spec.image, spec.blobs, vcpus, memory_mb, target));
+  VMG_RETURN_IF_ERROR(
+      runner_->MakeImageCheckpoint(spec.image, spec.blobs, vcpus, memory_mb, target));
   return nlohmann::json{{"dir", target_dir}};
 }
 

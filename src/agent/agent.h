@@ -6,15 +6,14 @@
 
 #include <atomic>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 
-#include <nlohmann/json.hpp>
-
 #include "agent/agent_api.h"
+#include "agent/agent_options.h"
 #include "agent/allowed_paths.h"
 #include "agent/vm_runner.h"
-#include "agent/agent_options.h"
 #include "common/result.h"
 
 namespace httplib {
@@ -64,7 +63,7 @@ class Agent : public AgentHost {
   std::string workspace_dir_;
   std::unique_ptr<AllowedPaths> allowed_;             // state dir + image dirs
   std::unique_ptr<AllowedPaths> allowed_workspaces_;  // workspace dir
-  std::unique_ptr<HostImages> images_;  // outlives runner_
+  std::unique_ptr<HostImages> images_;                // outlives runner_
   std::unique_ptr<VmRunner> runner_;
   std::unique_ptr<GuardedServer> server_;
   std::unique_ptr<ApiClient> controller_;

@@ -52,8 +52,8 @@ struct AgentOptions {
   // machine: the controller's image directory). Paths the controller sends
   // are accepted only under these and the state directory.
   std::vector<std::string> image_dirs;
-  uint64_t cache_mb = 10240;            // bound of the host chunk cache (STATE/chunks)
-  bool prefetch = true;                 // stream recorded first-read orders on cold starts
+  uint64_t cache_mb = 10240;  // bound of the host chunk cache (STATE/chunks)
+  bool prefetch = true;       // stream recorded first-read orders on cold starts
   // TLS: the agent serves its API only to clients with a certificate of the
   // CA (the controller), and presents its certificate to the controller and
   // the image server.

@@ -1,12 +1,11 @@
 #include "agent/host_images.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-
-#include <spdlog/spdlog.h>
 
 #include "chunks/chunk_cache.h"
 #include "chunks/chunk_client.h"
@@ -25,7 +24,9 @@ json ToJson(const BlobRef& b) {
 }
 
 Result<BlobRef> BlobRefFromJson(const json& j, const std::string& what) {
-  auto bad = [&](const std::string& why) { return MakeError(ErrorCode::kInvalidArgument, what + ": " + why); };
+  auto bad = [&](const std::string& why) {
+    return MakeError(ErrorCode::kInvalidArgument, what + ": " + why);
+  };
   if (!j.is_object()) return bad("must be an object {name, version, digest, size}");
   JsonFields f(j, {"name", "version", "digest", "size"});
   if (Status st = f.CheckUnknown(); !st.ok()) return st.error().Wrap(what);
@@ -72,8 +73,8 @@ Result<std::unique_ptr<HostImages>> HostImages::Open(Options options) {
   VMG_RETURN_IF_ERROR(h->nbd_->Start());
   auto st = h->cache_->stats();
   spdlog::info("host images: cache {} ({} chunks, {} MiB of {} MiB), image server {}, NBD at {}",
-               h->cache_->dir(), st.chunks, st.bytes >> 20, st.capacity_bytes >> 20, options.server_url,
-               h->socket_path_);
+               h->cache_->dir(), st.chunks, st.bytes >> 20, st.capacity_bytes >> 20,
+               options.server_url, h->socket_path_);
   return h;
 }
 
@@ -118,9 +119,9 @@ Result<Manifest> HostImages::GetManifest(const BlobRef& ref) {
   }
   VMG_ASSIGN_OR_RETURN(Manifest m, client_->GetManifest(ref.name, ref.version, ref.digest));
   if (m.size != ref.size)
-    return MakeError(ErrorCode::kInternal, "manifest " + ref.name + "/" + std::to_string(ref.version) + " has " +
-                                               std::to_string(m.size) + " bytes; expected " +
-                                               std::to_string(ref.size));
+    return MakeError(ErrorCode::kInternal,
+                     "manifest " + ref.name + "/" + std::to_string(ref.version) + " has " +
+                         std::to_string(m.size) + " bytes; expected " + std::to_string(ref.size));
   (void)WriteFileAtomic(path, m.ToJson().dump() + "\n");
   return m;
 }
@@ -182,7 +183,8 @@ Result<std::shared_ptr<ManifestBlockSource>> HostImages::ExportFor(const BlobRef
     auto it = user_of_.find(user);
     if (it != user_of_.end()) {
       if (it->second != disk.digest)
-        return MakeError(ErrorCode::kFailedPrecondition, user + " already uses another disk export");
+        return MakeError(ErrorCode::kFailedPrecondition,
+                         user + " already uses another disk export");
       return exports_.at(disk.digest).source;
     }
     if (auto e = exports_.find(disk.digest); e != exports_.end()) {
@@ -217,8 +219,8 @@ Result<std::shared_ptr<ManifestBlockSource>> HostImages::ExportFor(const BlobRef
     e.mode = mode;
     user_of_[user] = disk.digest;
   }
-  spdlog::info("host images: exporting {} v{} ({} MiB, {} of {} stored chunks not cached)", disk.name, disk.version,
-               disk.size >> 20, missing, m.NonZeroChunks());
+  spdlog::info("host images: exporting {} v{} ({} MiB, {} of {} stored chunks not cached)",
+               disk.name, disk.version, disk.size >> 20, missing, m.NonZeroChunks());
   if (options_.prefetch && !mode.empty() && missing > 0) StartPrefetch(m, mode);
   return source;
 }
@@ -270,7 +272,8 @@ void HostImages::RecordPrefetch(const std::string& user) {
     auto u = user_of_.find(user);
     if (u == user_of_.end()) return;
     auto e = exports_.find(u->second);
-    if (e == exports_.end() || e->second.recorded || e->second.first_user != user || e->second.mode.empty())
+    if (e == exports_.end() || e->second.recorded || e->second.first_user != user ||
+        e->second.mode.empty())
       return;
     e->second.recorded = true;
     ref = e->second.ref;
@@ -280,10 +283,11 @@ void HostImages::RecordPrefetch(const std::string& user) {
   if (order.empty()) return;
   Status st = client_->PutPrefetch(ref.name, ref.version, mode, order);
   if (st.ok())
-    spdlog::info("host images: recorded {} prefetch order of {} v{}: {} chunks", mode, ref.name, ref.version,
-                 order.size());
+    spdlog::info("host images: recorded {} prefetch order of {} v{}: {} chunks", mode, ref.name,
+                 ref.version, order.size());
   else if (st.error().code != ErrorCode::kAlreadyExists)
-    spdlog::warn("host images: could not record the prefetch order of {}: {}", ref.name, st.error().message);
+    spdlog::warn("host images: could not record the prefetch order of {}: {}", ref.name,
+                 st.error().message);
 }
 
 void HostImages::StartPrefetch(const Manifest& m, const std::string& mode) {
@@ -299,9 +303,10 @@ void HostImages::StartPrefetch(const Manifest& m, const std::string& mode) {
   }
   auto done = std::make_shared<std::atomic<bool>>(false);
   prefetchers_.push_back({std::thread([this, m, mode, done] {
-    Prefetch(m, mode);
-    *done = true;
-  }), done});
+                            Prefetch(m, mode);
+                            *done = true;
+                          }),
+                          done});
 }
 
 void HostImages::Prefetch(const Manifest& m, const std::string& mode) {
@@ -324,23 +329,26 @@ void HostImages::Prefetch(const Manifest& m, const std::string& mode) {
       if (d != kZeroChunk && !cache_->Contains(d)) batch.push_back(d);
     }
     if (batch.empty()) continue;
-    Status st = client_->FetchChunks(batch, [this, &fetched](const std::string& digest, std::string data) {
-      fetched++;
-      prefetched_chunks_++;
-      return cache_->Insert(digest, data);
-    });
+    Status st =
+        client_->FetchChunks(batch, [this, &fetched](const std::string& digest, std::string data) {
+          fetched++;
+          prefetched_chunks_++;
+          return cache_->Insert(digest, data);
+        });
     if (!st.ok()) {
       spdlog::warn("host images: prefetch of {} stopped: {}", m.name, st.error().message);
       return;
     }
   }
-  spdlog::info("host images: prefetched {} chunks of {} v{} ({} order)", fetched, m.name, m.version, mode);
+  spdlog::info("host images: prefetched {} chunks of {} v{} ({} order)", fetched, m.name, m.version,
+               mode);
 }
 
 Status HostImages::Warm(const Manifest& m, const std::string& what) {
   std::vector<std::string> missing = cache_->Missing(m.chunks);
   if (missing.empty()) return Status::Ok();
-  const uint64_t total = missing.size() * uint64_t{m.chunk_size};  // at most; the last chunk may be shorter
+  const uint64_t total =
+      missing.size() * uint64_t{m.chunk_size};  // at most; the last chunk may be shorter
   uint64_t id;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -351,37 +359,41 @@ Status HostImages::Warm(const Manifest& m, const std::string& what) {
   std::mutex pm;
   uint64_t got = 0;
   int last_decile = -1;
-  Status st = client_->FetchChunks(missing, [&](const std::string& digest, std::string data) -> Status {
-    uint64_t n = data.size();
-    VMG_RETURN_IF_ERROR(cache_->Insert(digest, data));
-    std::lock_guard<std::mutex> l(pm);
-    got += n;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      transfers_[id].done = got;
-    }
-    // Progress of large transfers in quarters; every transfer logs its end.
-    int quarter = static_cast<int>(got * 4 / std::max<uint64_t>(1, total));
-    if (total >= (64u << 20) && quarter != last_decile && quarter < 4) {
-      last_decile = quarter;
-      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      spdlog::info("host images: {}: {} of ~{} MiB fetched ({:.0f} MiB/s)", what, got >> 20, total >> 20,
-                   s > 0 ? static_cast<double>(got) / (1 << 20) / s : 0.0);
-    }
-    return Status::Ok();
-  });
+  Status st =
+      client_->FetchChunks(missing, [&](const std::string& digest, std::string data) -> Status {
+        uint64_t n = data.size();
+        VMG_RETURN_IF_ERROR(cache_->Insert(digest, data));
+        std::lock_guard<std::mutex> l(pm);
+        got += n;
+        {
+          std::lock_guard<std::mutex> g(mu_);
+          transfers_[id].done = got;
+        }
+        // Progress of large transfers in quarters; every transfer logs its end.
+        int quarter = static_cast<int>(got * 4 / std::max<uint64_t>(1, total));
+        if (total >= (64u << 20) && quarter != last_decile && quarter < 4) {
+          last_decile = quarter;
+          double s =
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+          spdlog::info("host images: {}: {} of ~{} MiB fetched ({:.0f} MiB/s)", what, got >> 20,
+                       total >> 20, s > 0 ? static_cast<double>(got) / (1 << 20) / s : 0.0);
+        }
+        return Status::Ok();
+      });
   {
     std::lock_guard<std::mutex> g(mu_);
     transfers_.erase(id);
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   if (st.ok())
-    spdlog::info("host images: {}: fetched {} chunks, {:.1f} MiB in {:.2f} s ({:.0f} MiB/s)", what, missing.size(),
-                 static_cast<double>(got) / (1 << 20), secs, secs > 0 ? static_cast<double>(got) / (1 << 20) / secs : 0.0);
+    spdlog::info("host images: {}: fetched {} chunks, {:.1f} MiB in {:.2f} s ({:.0f} MiB/s)", what,
+                 missing.size(), static_cast<double>(got) / (1 << 20), secs,
+                 secs > 0 ? static_cast<double>(got) / (1 << 20) / secs : 0.0);
   return st;
 }
 
-Result<std::string> HostImages::Materialize(const BlobRef& ref, const std::string& suffix, int mode) {
+Result<std::string> HostImages::Materialize(const BlobRef& ref, const std::string& suffix,
+                                            int mode) {
   std::string path = options_.state_dir + "/blobs/" + ref.digest + suffix;
   auto lock = LockFor("blob:" + path);
   std::lock_guard<std::mutex> one(*lock);
@@ -393,9 +405,10 @@ Result<std::string> HostImages::Materialize(const BlobRef& ref, const std::strin
 }
 
 Result<std::string> HostImages::MaterializeCheckpoint(const BlobRef& memory, const BlobRef& disk,
-                                                      const std::string& backing, const std::string& kind) {
-  std::string dir = options_.state_dir + "/blobs/" + kind + "ckpt-" + memory.digest.substr(0, 24) + "-" +
-                    disk.digest.substr(0, 24);
+                                                      const std::string& backing,
+                                                      const std::string& kind) {
+  std::string dir = options_.state_dir + "/blobs/" + kind + "ckpt-" + memory.digest.substr(0, 24) +
+                    "-" + disk.digest.substr(0, 24);
   auto lock = LockFor("blob:" + dir);
   std::lock_guard<std::mutex> one(*lock);
   if (FileExists(dir + "/meta.json")) return dir;
@@ -414,14 +427,16 @@ Result<std::string> HostImages::MaterializeCheckpoint(const BlobRef& memory, con
   // The disk delta names the backing of the host that made it; point it at
   // this host's export of the same image version. (A persistent VM's
   // checkpoint disk is a whole disk without a backing file.)
-  auto info = RunProcessChecked({"qemu-img", "info", "--output=json", "-U", tmp + "/disk.qcow2"}, std::chrono::minutes(1));
+  auto info = RunProcessChecked({"qemu-img", "info", "--output=json", "-U", tmp + "/disk.qcow2"},
+                                std::chrono::minutes(1));
   if (!info.ok()) return fail(info.error());
   json ij = json::parse(*info, nullptr, false);
   if (!ij.is_object() || ij.value("format", "") != "qcow2")
-    return fail(MakeError(ErrorCode::kInvalidArgument, "the checkpoint's disk is not a qcow2 image"));
+    return fail(
+        MakeError(ErrorCode::kInvalidArgument, "the checkpoint's disk is not a qcow2 image"));
   if (ij.contains("backing-filename")) {
-    auto r = RunProcessChecked({"qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing, "-F", "raw",
-                                tmp + "/disk.qcow2"},
+    auto r = RunProcessChecked({"qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing, "-F",
+                                "raw", tmp + "/disk.qcow2"},
                                std::chrono::minutes(1));
     if (!r.ok()) return fail(r.error());
   }
@@ -443,9 +458,12 @@ Status HostImages::CopyTo(const BlobRef& ref, const std::string& path) {
   auto fetch = [client](const std::string& digest) { return client->FetchChunk(digest); };
   Status st = Warm(m, ref.name + " v" + std::to_string(ref.version));
   if (st.ok())
-    st = WriteImageFile(m, [this, &fetch](const std::string& d) { return cache_->Get(d, fetch); }, path);
+    st = WriteImageFile(
+        m, [this, &fetch](const std::string& d) { return cache_->Get(d, fetch); }, path);
   (void)cache_->Unpin(pin);
-  if (!st.ok()) return st.error().Wrap("copying " + ref.name + " v" + std::to_string(ref.version) + " to " + path);
+  if (!st.ok())
+    return st.error().Wrap("copying " + ref.name + " v" + std::to_string(ref.version) + " to " +
+                           path);
   return Status::Ok();
 }
 
@@ -457,7 +475,8 @@ Result<BlobRef> HostImages::Push(const std::string& path, const std::string& nam
     if (!zero) (void)cache_->Insert(ChunkDigest(data), data);
     return Status::Ok();
   });
-  spdlog::info("host images: pushed {} as {} v{} ({} MiB) in {:.2f} s", path, name, m.version, m.size >> 20,
+  spdlog::info("host images: pushed {} as {} v{} ({} MiB) in {:.2f} s", path, name, m.version,
+               m.size >> 20,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   return BlobRef{m.name, m.version, m.Digest(), m.size};
 }
@@ -477,30 +496,38 @@ json HostImages::StatsJson() const {
       n.source_errors += v.source_errors;
     }
   }
-  json out = {{"cache",
-               {{"hits", c.hits},
-                {"misses", c.misses},
-                {"coalesced", c.coalesced},
-                {"bytes_fetched", c.bytes_fetched},
-                {"verification_failures", c.verification_failures + cl.verification_failures},
-                {"evictions", c.evictions},
-                {"chunks", c.chunks},
-                {"bytes", c.bytes},
-                {"pinned_bytes", c.pinned_bytes},
-                {"capacity_bytes", c.capacity_bytes}}},
-              {"image_server",
-               {{"url", options_.server_url},
-                {"requests", cl.requests},
-                {"bytes_fetched", cl.bytes_fetched},
-                {"refetches", cl.refetches}}},
-              {"prefetch", {{"runs", prefetch_runs_.load()}, {"chunks", prefetched_chunks_.load()}}},
-              {"nbd", {{"connections", n.active_connections}, {"requests", n.requests}, {"bytes_read", n.bytes_read},
-                       {"errors", n.errors + n.source_errors}}}};
+  json out = {
+      {"cache",
+       {{"hits", c.hits},
+        {"misses", c.misses},
+        {"coalesced", c.coalesced},
+        {"bytes_fetched", c.bytes_fetched},
+        {"verification_failures", c.verification_failures + cl.verification_failures},
+        {"evictions", c.evictions},
+        {"chunks", c.chunks},
+        {"bytes", c.bytes},
+        {"pinned_bytes", c.pinned_bytes},
+        {"capacity_bytes", c.capacity_bytes}}},
+      {"image_server",
+       {{"url", options_.server_url},
+        {"requests", cl.requests},
+        {"bytes_fetched", cl.bytes_fetched},
+        {"refetches", cl.refetches}}},
+      {"prefetch", {{"runs", prefetch_runs_.load()}, {"chunks", prefetched_chunks_.load()}}},
+      {"nbd",
+       {{"connections", n.active_connections},
+        {"requests", n.requests},
+        {"bytes_read", n.bytes_read},
+        {"errors", n.errors + n.source_errors}}}};
   json exports = json::array(), transfers = json::array();
   std::lock_guard<std::mutex> l(mu_);
   for (const auto& [digest, e] : exports_)
-    exports.push_back({{"name", e.ref.name}, {"version", e.ref.version}, {"digest", digest}, {"vms", e.users.size()}});
-  for (const auto& [id, t] : transfers_) transfers.push_back({{"what", t.what}, {"done", t.done}, {"total", t.total}});
+    exports.push_back({{"name", e.ref.name},
+                       {"version", e.ref.version},
+                       {"digest", digest},
+                       {"vms", e.users.size()}});
+  for (const auto& [id, t] : transfers_)
+    transfers.push_back({{"what", t.what}, {"done", t.done}, {"total", t.total}});
   out["exports"] = exports;
   out["transfers"] = transfers;
   return out;

@@ -37,12 +37,11 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "chunks/manifest.h"
 #include "common/result.h"
@@ -75,9 +74,9 @@ class HostImages {
     std::string server_url;  // http://host:port of the image server
     std::string token;       // its bearer token ("" = none)
     uint64_t cache_bytes = 10ull << 30;
-    int socket_gid = -1;     // unused: the host-wide socket is agent-only (see VmNbdEndpoint)
-    bool prefetch = true;    // stream recorded first-read orders on cold starts
-    int connections = 4;     // parallel connections to the image server
+    int socket_gid = -1;          // unused: the host-wide socket is agent-only (see VmNbdEndpoint)
+    bool prefetch = true;         // stream recorded first-read orders on cold starts
+    int connections = 4;          // parallel connections to the image server
     int reconnect_delay_s = 300;  // how long QEMU holds I/O while the export is away
   };
 
@@ -127,8 +126,8 @@ class HostImages {
   // A local checkpoint directory (memory.state, disk.qcow2 rebased onto
   // `backing` when it has a backing file, meta.json with `kind` "image" or
   // "vm") as VmRunner resumes from; made once per version, atomically.
-  Result<std::string> MaterializeCheckpoint(const BlobRef& memory, const BlobRef& disk, const std::string& backing,
-                                            const std::string& kind);
+  Result<std::string> MaterializeCheckpoint(const BlobRef& memory, const BlobRef& disk,
+                                            const std::string& backing, const std::string& kind);
   // Writes all of `ref` to `path` (sparse raw), fetching missing chunks in
   // parallel batches first; progress is logged and shown in StatsJson.
   Status CopyTo(const BlobRef& ref, const std::string& path);
@@ -174,13 +173,14 @@ class HostImages {
   // One NBD server per VM, serving only that VM's export; guarded by mu_.
   std::map<std::string, std::unique_ptr<nbd::NbdServer>> vm_servers_;
   std::map<std::string, std::shared_ptr<std::mutex>> key_locks_;  // guarded by mu_
-  std::map<uint64_t, Transfer> transfers_;      // guarded by mu_
-  uint64_t next_transfer_ = 1;                  // guarded by mu_
+  std::map<uint64_t, Transfer> transfers_;                        // guarded by mu_
+  uint64_t next_transfer_ = 1;                                    // guarded by mu_
   struct Prefetcher {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done;
   };
-  std::vector<Prefetcher> prefetchers_;         // guarded by mu_; finished ones are joined by the next start
+  std::vector<Prefetcher>
+      prefetchers_;  // guarded by mu_; finished ones are joined by the next start
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> prefetched_chunks_{0}, prefetch_runs_{0};
 };

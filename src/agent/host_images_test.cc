@@ -26,10 +26,12 @@ class HostImagesTest : public ::testing::Test {
     so.sync = false;
     store_ = std::move(ChunkStore::Open(dir_ / "server", so)).value();
     catalog_ = std::move(ImageCatalog::Open(dir_ / "server")).value();
-    server_ = std::make_unique<ImageServer>(*store_, *catalog_, ImageServer::Options{.token = "sekrit"});
+    server_ =
+        std::make_unique<ImageServer>(*store_, *catalog_, ImageServer::Options{.token = "sekrit"});
     ASSERT_TRUE(server_->Start("127.0.0.1", 0).ok());
     // 3 MiB of data with a hole in the middle.
-    image_ = TestBytes(1 << 20, 1) + std::string(1 << 20, '\0') + TestBytes((1 << 20) + 4608, 2);  // disks are whole sectors
+    image_ = TestBytes(1 << 20, 1) + std::string(1 << 20, '\0') +
+             TestBytes((1 << 20) + 4608, 2);  // disks are whole sectors
     WriteTestFile(dir_ / "disk.raw", image_);
     ChunkClient pusher(server_->url(), "sekrit");
     auto m = pusher.UploadImageFile(dir_ / "disk.raw", "img-disk", kDefaultChunkSize);
@@ -191,7 +193,8 @@ TEST_F(HostImagesTest, MaterializeVerifiesAndSurvivesReopen) {
   ASSERT_TRUE(h);
   auto m = catalog_->Get(disk_.name, disk_.version);
   ASSERT_TRUE(m.ok());
-  std::string chunk = dir_ / ("host/chunks/chunks/" + m->chunks[0].substr(0, 2) + "/" + m->chunks[0]);
+  std::string chunk =
+      dir_ / ("host/chunks/chunks/" + m->chunks[0].substr(0, 2) + "/" + m->chunks[0]);
   auto data = ReadFile(chunk, 8 << 20);
   ASSERT_TRUE(data.ok());
   std::string bad = *data;
@@ -218,14 +221,15 @@ TEST_F(HostImagesTest, PushPublishesANewVersion) {
 }
 
 TEST(BlobRefs, StrictParsing) {
-  json good = {{"name", "img-disk"}, {"version", 1}, {"digest", std::string(64, 'b')}, {"size", 10}};
+  json good = {
+      {"name", "img-disk"}, {"version", 1}, {"digest", std::string(64, 'b')}, {"size", 10}};
   ASSERT_TRUE(BlobRefFromJson(good, "disk").ok());
   for (auto [field, value] : std::vector<std::pair<std::string, json>>{{"name", "../x"},
-                                                                        {"version", 0},
-                                                                        {"version", "1"},
-                                                                        {"digest", "abc"},
-                                                                        {"size", -1},
-                                                                        {"extra", 1}}) {
+                                                                       {"version", 0},
+                                                                       {"version", "1"},
+                                                                       {"digest", "abc"},
+                                                                       {"size", -1},
+                                                                       {"extra", 1}}) {
     json bad = good;
     bad[field] = value;
     EXPECT_FALSE(BlobRefFromJson(bad, "disk").ok()) << field << "=" << value.dump();
@@ -234,7 +238,8 @@ TEST(BlobRefs, StrictParsing) {
   no_size.erase("size");
   EXPECT_FALSE(BlobRefFromJson(no_size, "disk").ok());
   EXPECT_FALSE(BlobsFromJson({{"kernel", good}}).ok()) << "a disk is required";
-  EXPECT_FALSE(BlobsFromJson({{"disk", good}, {"ckpt_memory", good}}).ok()) << "memory without disk delta";
+  EXPECT_FALSE(BlobsFromJson({{"disk", good}, {"ckpt_memory", good}}).ok())
+      << "memory without disk delta";
   EXPECT_FALSE(BlobsFromJson({{"disk", good}, {"rootkit", good}}).ok());
   EXPECT_TRUE(BlobsFromJson({{"disk", good}, {"ckpt_memory", good}, {"ckpt_disk", good}}).ok());
 }

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <grp.h>
 #include <pwd.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,13 +11,11 @@
 #include <filesystem>
 #include <set>
 
-#include <spdlog/spdlog.h>
-
 #include "common/http_json.h"
 #include "common/subprocess.h"
 #include "common/util.h"
-#include "images/image_file.h"
 #include "common/vm_state.h"
+#include "images/image_file.h"
 #include "images/qcow2_header.h"
 #include "vmm/machine_ops.h"
 #include "vmm/qemu_process.h"
@@ -91,17 +90,21 @@ nlohmann::json BlobsJson(const std::map<std::string, BlobRef>& blobs) {
 
 Result<std::map<std::string, BlobRef>> BlobsFromJson(const nlohmann::json& j) {
   std::map<std::string, BlobRef> out;
-  if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, "field 'blobs' must be an object");
+  if (!j.is_object())
+    return MakeError(ErrorCode::kInvalidArgument, "field 'blobs' must be an object");
   for (const auto& [kind, ref] : j.items()) {
-    if (kind != "disk" && kind != "kernel" && kind != "initrd" && kind != "ckpt_memory" && kind != "ckpt_disk" &&
-        kind != "vm_ckpt_memory" && kind != "vm_ckpt_disk")
-      return MakeError(ErrorCode::kInvalidArgument, "unknown blob kind '" + kind.substr(0, 40) + "'");
+    if (kind != "disk" && kind != "kernel" && kind != "initrd" && kind != "ckpt_memory" &&
+        kind != "ckpt_disk" && kind != "vm_ckpt_memory" && kind != "vm_ckpt_disk")
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "unknown blob kind '" + kind.substr(0, 40) + "'");
     VMG_ASSIGN_OR_RETURN(out[kind], BlobRefFromJson(ref, "blobs." + kind));
   }
   if (!out.empty() && !out.count("disk"))
     return MakeError(ErrorCode::kInvalidArgument, "blobs must include the disk");
-  if (out.count("ckpt_memory") != out.count("ckpt_disk") || out.count("vm_ckpt_memory") != out.count("vm_ckpt_disk"))
-    return MakeError(ErrorCode::kInvalidArgument, "a checkpoint's memory and disk blobs come together");
+  if (out.count("ckpt_memory") != out.count("ckpt_disk") ||
+      out.count("vm_ckpt_memory") != out.count("vm_ckpt_disk"))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a checkpoint's memory and disk blobs come together");
   return out;
 }
 
@@ -140,18 +143,24 @@ Result<VmSpec> VmSpecFromJson(const nlohmann::json& j) {
     return MakeError(ErrorCode::kInvalidArgument, "bad VM id '" + s.id + "'");
   if (s.start == "resume" && s.checkpoint_dir.empty() && !s.blobs.count("ckpt_memory") &&
       !s.blobs.count("vm_ckpt_memory"))
-    return MakeError(ErrorCode::kInvalidArgument, "resume needs checkpoint_dir or checkpoint blobs");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "resume needs checkpoint_dir or checkpoint blobs");
   if (s.disk_mode == "persistent" && s.workspace_path.empty())
     return MakeError(ErrorCode::kInvalidArgument, "persistent disk needs workspace_path");
   return s;
 }
 
 nlohmann::json ToJson(const VmStatus& s) {
-  return {{"id", s.id},         {"owner_id", s.owner_id},
-          {"name", s.name},     {"state", s.state},
-          {"error", s.error},   {"pid", s.pid},
-          {"vcpus", s.vcpus},   {"memory_mb", s.memory_mb},
-          {"has_checkpoint", s.has_checkpoint}, {"ready_ms", s.ready_ms}};
+  return {{"id", s.id},
+          {"owner_id", s.owner_id},
+          {"name", s.name},
+          {"state", s.state},
+          {"error", s.error},
+          {"pid", s.pid},
+          {"vcpus", s.vcpus},
+          {"memory_mb", s.memory_mb},
+          {"has_checkpoint", s.has_checkpoint},
+          {"ready_ms", s.ready_ms}};
 }
 
 // --- helpers ----------------------------------------------------------------------
@@ -232,8 +241,8 @@ std::string RedactForUser(const std::string& message) {
   std::string out;
   size_t i = 0;
   while (i < m.size()) {
-    bool token_start = i == 0 || std::isspace(static_cast<unsigned char>(m[i - 1])) || m[i - 1] == '\'' ||
-                       m[i - 1] == '"' || m[i - 1] == '(' || m[i - 1] == '=';
+    bool token_start = i == 0 || std::isspace(static_cast<unsigned char>(m[i - 1])) ||
+                       m[i - 1] == '\'' || m[i - 1] == '"' || m[i - 1] == '(' || m[i - 1] == '=';
     if (token_start && (m[i] == '/' || m.compare(i, 5, "json:") == 0)) {
       const bool json = m[i] == 'j';  // a json: string holds quotes; it ends at a space
       size_t end = i;
@@ -252,7 +261,8 @@ std::string RedactForUser(const std::string& message) {
 
 Error VmRunner::ForUser(const Error& e, const std::string& what) const {
   spdlog::warn("{}: {}", what, e.message);
-  return MakeError(e.code, what + " failed: " + RedactForUser(e.message) + " (details in the host's log)");
+  return MakeError(e.code,
+                   what + " failed: " + RedactForUser(e.message) + " (details in the host's log)");
 }
 
 Status VmRunner::PersistState(Vm& vm) {
@@ -358,7 +368,8 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
       if (options_.images && s.blobs.count("disk")) vm.nbd_depth = kind == "image" ? 2 : 1;
       if (kind == "image") {
         // An image's post-boot checkpoint lives as long as the image: link to it.
-        VMG_RETURN_IF_ERROR(QemuImg({"create", "-q", "-f", "qcow2", "-b", src, "-F", "qcow2", disk}));
+        VMG_RETURN_IF_ERROR(
+            QemuImg({"create", "-q", "-f", "qcow2", "-b", src, "-F", "qcow2", disk}));
       } else {
         // Another VM's checkpoint can vanish with that VM: take a copy. Its
         // backing file is the image (or the image's checkpoint), which outlives it.
@@ -378,7 +389,8 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
         // A full local copy: all chunks in parallel batches (with progress),
         // then one local conversion, instead of QEMU reading the export serially.
         src = tmp + ".raw";
-        if (Status c = options_.images->CopyTo(s.blobs.at("disk"), src); !c.ok()) return c.error().Wrap("workspace");
+        if (Status c = options_.images->CopyTo(s.blobs.at("disk"), src); !c.ok())
+          return c.error().Wrap("workspace");
       }
       Status st = s.start == "boot"
                       ? QemuImg({"convert", "-f", src_format, "-O", "qcow2", src, tmp})
@@ -394,8 +406,9 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
       *created_workspace = true;
     } else if (s.start == "resume") {
       return MakeError(ErrorCode::kFailedPrecondition,
-                       "workspace " + disk + " already exists; resuming a checkpoint into it would "
-                       "overwrite its contents (boot it instead, or use a new workspace)");
+                       "workspace " + disk +
+                           " already exists; resuming a checkpoint into it would "
+                           "overwrite its contents (boot it instead, or use a new workspace)");
     }
     VMG_RETURN_IF_ERROR(ChownForQemu(vm, disk));
     chmod(disk.c_str(), 0600);
@@ -483,8 +496,7 @@ Status VmRunner::WaitGuestReady(Vm& vm, Clock::time_point started) {
     return st.error().Wrap("the guest agent did not answer");
   }
   std::lock_guard<std::mutex> l(vm.status_mu);
-  vm.ready_ms =
-      std::chrono::duration_cast<milliseconds>(Clock::now() - started).count();
+  vm.ready_ms = std::chrono::duration_cast<milliseconds>(Clock::now() - started).count();
   return Status::Ok();
 }
 
@@ -568,11 +580,13 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   auto ms = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration_cast<milliseconds>(b - a).count();
   };
-  spdlog::info("VM {} running (pid {}, {} in {} ms: files {} ms, disk {} ms, QEMU{} {} ms, guest agent {} ms, "
-               "after {} ms)",
-               spec.id, vm->qemu->pid(), resume ? "resumed" : "booted", vm->ready_ms, ms(started, t_files),
-               ms(t_files, t_disk), resume ? " + restore" : "", ms(t_disk, t_qemu), ms(t_qemu, t_ready),
-               ms(t_ready, Clock::now()));
+  spdlog::info(
+      "VM {} running (pid {}, {} in {} ms: files {} ms, disk {} ms, QEMU{} {} ms, guest agent {} "
+      "ms, "
+      "after {} ms)",
+      spec.id, vm->qemu->pid(), resume ? "resumed" : "booted", vm->ready_ms, ms(started, t_files),
+      ms(t_files, t_disk), resume ? " + restore" : "", ms(t_disk, t_qemu), ms(t_qemu, t_ready),
+      ms(t_ready, Clock::now()));
   return StatusOf(*vm);
 }
 
@@ -606,9 +620,9 @@ Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir, bool shar
   VMG_RETURN_IF_ERROR(ChownForQemu(vm, tmp));
   // Pauses, copies the disk while paused, then saves memory (a completed
   // migration inactivates the block devices, so the copy cannot come after).
-  Status st = CheckpointToFiles(vm.qemu->qmp(), "disk0", tmp + "/disk.qcow2",
-                                vm.spec.disk_mode == "persistent", tmp + "/memory.state",
-                                seconds(1800));
+  Status st =
+      CheckpointToFiles(vm.qemu->qmp(), "disk0", tmp + "/disk.qcow2",
+                        vm.spec.disk_mode == "persistent", tmp + "/memory.state", seconds(1800));
   if (!st.ok()) {
     (void)RemoveTree(tmp);
     return st;
@@ -658,9 +672,12 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
   std::string target = VmDir(id) + "/checkpoint";
   Status st = SaveCheckpoint(*vm, target, /*shared=*/false);
   if (st.ok()) {
-    nlohmann::json meta = {{"kind", "vm"},           {"vm_id", id},
-                           {"image_id", vm->spec.image.id}, {"vcpus", vm->spec.vcpus},
-                           {"memory_mb", vm->spec.memory_mb}, {"created_ms", NowMs()}};
+    nlohmann::json meta = {{"kind", "vm"},
+                           {"vm_id", id},
+                           {"image_id", vm->spec.image.id},
+                           {"vcpus", vm->spec.vcpus},
+                           {"memory_mb", vm->spec.memory_mb},
+                           {"created_ms", NowMs()}};
     st = WriteFileAtomic(target + ".new/meta.json", meta.dump(2) + "\n");
   }
   if (st.ok()) st = SwapInDir(target + ".new", target);
@@ -806,17 +823,20 @@ Result<std::string> VmRunner::CheckpointDir(const std::string& id) {
 Result<nlohmann::json> VmRunner::PublishCheckpoint(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
-  if (!options_.images) return MakeError(ErrorCode::kFailedPrecondition, "this agent has no image server");
+  if (!options_.images)
+    return MakeError(ErrorCode::kFailedPrecondition, "this agent has no image server");
   std::string dir = VmDir(id) + "/checkpoint";
   {
     std::lock_guard<std::mutex> l(vm->status_mu);
-    if (!vm->has_checkpoint) return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " has no checkpoint");
+    if (!vm->has_checkpoint)
+      return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " has no checkpoint");
   }
   // A new checkpoint replaces the directory, and this record with it.
   if (auto text = ReadFile(dir + "/published.json", 1 << 16); text.ok()) {
     auto j = nlohmann::json::parse(*text, nullptr, false);
     if (j.is_object() && j.contains("vm_ckpt_memory") && j.contains("vm_ckpt_disk") &&
-        BlobRefFromJson(j["vm_ckpt_memory"], "memory").ok() && BlobRefFromJson(j["vm_ckpt_disk"], "disk").ok()) {
+        BlobRefFromJson(j["vm_ckpt_memory"], "memory").ok() &&
+        BlobRefFromJson(j["vm_ckpt_disk"], "disk").ok()) {
       j["dir"] = dir;
       return j;
     }
@@ -840,7 +860,8 @@ Result<nlohmann::json> VmRunner::PublishCheckpoint(const std::string& id) {
       backed ? options_.images->BackingFor(vm->spec.blobs.at("disk").digest) : "", "raw", tool);
   Result<BlobRef> mem = st.ok() ? options_.images->Push(dir + "/memory.state", id + "-ckpt-memory")
                                 : Result<BlobRef>(st.error());
-  Result<BlobRef> disk = mem.ok() ? options_.images->Push(flat, id + "-ckpt-disk") : Result<BlobRef>(mem.error());
+  Result<BlobRef> disk =
+      mem.ok() ? options_.images->Push(flat, id + "-ckpt-disk") : Result<BlobRef>(mem.error());
   unlink(flat.c_str());
   if (!disk.ok()) return ForUser(disk.error(), "publishing the checkpoint of VM " + id);
   nlohmann::json out = {{"vm_ckpt_memory", ToJson(*mem)}, {"vm_ckpt_disk", ToJson(*disk)}};
@@ -849,8 +870,9 @@ Result<nlohmann::json> VmRunner::PublishCheckpoint(const std::string& id) {
   return out;
 }
 
-Status VmRunner::MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs,
-                                     int vcpus, int64_t memory_mb, const std::string& target_dir) {
+Status VmRunner::MakeImageCheckpoint(const ImageFiles& image,
+                                     const std::map<std::string, BlobRef>& blobs, int vcpus,
+                                     int64_t memory_mb, const std::string& target_dir) {
   VmSpec spec;
   spec.id = NewId("ckpt");
   spec.name = spec.id;
@@ -868,8 +890,10 @@ Status VmRunner::MakeImageCheckpoint(const ImageFiles& image, const std::map<std
       (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
     result = SaveCheckpoint(*vm, target_dir, /*shared=*/true);
     if (result.ok()) {
-      nlohmann::json meta = {{"kind", "image"},   {"image_id", image.id},
-                             {"vcpus", vcpus},    {"memory_mb", memory_mb},
+      nlohmann::json meta = {{"kind", "image"},
+                             {"image_id", image.id},
+                             {"vcpus", vcpus},
+                             {"memory_mb", memory_mb},
                              {"created_ms", NowMs()}};
       result = WriteFileAtomic(target_dir + ".new/meta.json", meta.dump(2) + "\n");
     }
@@ -906,8 +930,10 @@ Status VmRunner::Recover() {
     std::string dir = entry.path().string();
     auto spec_text = ReadFile(dir + "/spec.json", 1 << 20);
     auto state_text = ReadFile(dir + "/state.json", 1 << 20);
-    auto spec_json = spec_text.ok() ? nlohmann::json::parse(*spec_text, nullptr, false) : nlohmann::json();
-    auto state_json = state_text.ok() ? nlohmann::json::parse(*state_text, nullptr, false) : nlohmann::json();
+    auto spec_json =
+        spec_text.ok() ? nlohmann::json::parse(*spec_text, nullptr, false) : nlohmann::json();
+    auto state_json =
+        state_text.ok() ? nlohmann::json::parse(*state_text, nullptr, false) : nlohmann::json();
     auto spec = VmSpecFromJson(spec_json);
     std::string state = state_json.is_object() ? state_json.value("state", "") : "";
     if (!spec.ok() || state.empty() || state == "creating" || state == "deleting") {
@@ -960,9 +986,11 @@ Status VmRunner::Recover() {
       vm->state = VmState::kStopped;
       vm->error = "unknown state '" + state + "' in state.json after an agent restart";
     }
-    vm->has_checkpoint = state_json.value("has_checkpoint", false) && FileExists(dir + "/checkpoint/meta.json");
+    vm->has_checkpoint =
+        state_json.value("has_checkpoint", false) && FileExists(dir + "/checkpoint/meta.json");
     vm->created_workspace = state_json.value("created_workspace", false);
-    if (state_json["ready_ms"].is_number_integer()) vm->ready_ms = state_json["ready_ms"].get<int64_t>();
+    if (state_json["ready_ms"].is_number_integer())
+      vm->ready_ms = state_json["ready_ms"].get<int64_t>();
     vm->disk_path = state_json.value("disk_path", "");
     vm->disk_format = state_json.value("disk_format", "qcow2");
     auto q = QemuProcess::Adopt(dir + "/run", seconds(5));

@@ -28,8 +28,8 @@
 #include <utility>
 #include <vector>
 
-#include "agent/vm_driver.h"
 #include "agent/host_images.h"
+#include "agent/vm_driver.h"
 #include "common/result.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/vm_cgroup.h"
@@ -110,7 +110,7 @@ struct VmRunnerOptions {
   // (VmCgroups::Open), "" = off.
   std::string cgroup_root = "/sys/fs/cgroup";
   std::string qemu_binary = "qemu-system-x86_64";
-  std::string accel;          // "" = auto
+  std::string accel;  // "" = auto
   std::chrono::milliseconds ready_timeout = std::chrono::seconds(120);
   HostImages* images = nullptr;  // null: no image server, image files are local paths
 };
@@ -146,8 +146,8 @@ class VmRunner : public VmDriver {
 
   // Boots `image` once as a throwaway clone, waits for its guest agent, and
   // saves a post-boot checkpoint into `target_dir` (created atomically).
-  Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs, int vcpus,
-                             int64_t memory_mb, const std::string& target_dir) override;
+  Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs,
+                             int vcpus, int64_t memory_mb, const std::string& target_dir) override;
 
   // Deletes a workspace file no VM on this host uses.
   Status DeleteWorkspace(const std::string& path) override;

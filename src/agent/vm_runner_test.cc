@@ -63,8 +63,10 @@ TEST(VmRunnerTest, RedactForUserKeepsTheReasonOnly) {
   EXPECT_EQ(RedactForUser("open '/srv/x y': denied"), "open '<host path> y': denied");
   EXPECT_EQ(RedactForUser("launch failed: QEMU exited; qemu stderr: qemu: cannot open /etc/shadow"),
             "launch failed: QEMU exited");
-  EXPECT_EQ(RedactForUser("QEMU exited during boot; see /s/vms/v/run/qemu.log: tail"), "QEMU exited during boot");
-  EXPECT_EQ(RedactForUser("backing json:{\"driver\":\"raw\"} failed"), "backing <host path> failed");
+  EXPECT_EQ(RedactForUser("QEMU exited during boot; see /s/vms/v/run/qemu.log: tail"),
+            "QEMU exited during boot");
+  EXPECT_EQ(RedactForUser("backing json:{\"driver\":\"raw\"} failed"),
+            "backing <host path> failed");
 }
 
 // Issue 9 §3: the agent published a VM's checkpoint with `qemu-img convert`

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <httplib.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,8 +12,6 @@
 #include <filesystem>
 #include <fstream>
 
-#include <spdlog/spdlog.h>
-
 #include "api/openapi.h"
 #include "api/placement.h"
 #include "api/routes.h"
@@ -20,12 +19,12 @@
 #include "client/api_client.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
+#include "common/signals.h"
 #include "common/subprocess.h"
 #include "common/tls.h"
-#include "common/signals.h"
 #include "common/util.h"
-#include "common/vm_state.h"
 #include "common/version.h"
+#include "common/vm_state.h"
 #include "images/image_file.h"
 #include "images/qcow2_header.h"
 #include "store/sql_backend.h"
@@ -47,7 +46,9 @@ constexpr int64_t kTokenCacheMs = 10'000;
 // writes to a shared PostgreSQL database.
 constexpr int64_t kIndexResyncMs = 10'000;
 
-Error NotFound(const std::string& what) { return MakeError(ErrorCode::kNotFound, what + " not found"); }
+Error NotFound(const std::string& what) {
+  return MakeError(ErrorCode::kNotFound, what + " not found");
+}
 
 // A refusal by admission control: 429 with Retry-After, so well-behaved
 // clients back off instead of hammering.
@@ -105,7 +106,8 @@ Status Controller::Start() {
   const std::string database =
       options_.database.empty() ? options_.state_dir + "/vmgrid.db" : options_.database;
   VMG_ASSIGN_OR_RETURN(store_, Store::Open(database));
-  VMG_ASSIGN_OR_RETURN(query_, QueryService::Open(database, std::max(1, options_.max_queries_per_user)));
+  VMG_ASSIGN_OR_RETURN(query_,
+                       QueryService::Open(database, std::max(1, options_.max_queries_per_user)));
   index_ = std::make_unique<CapacityIndex>();
   VMG_RETURN_IF_ERROR(store_->SetObserver(index_.get()));
   if (!options_.image_server.empty()) {
@@ -133,7 +135,8 @@ Status Controller::Start() {
     VMG_ASSIGN_OR_RETURN(auto created, store_->CreateUser("agents", "agent"));
     VMG_RETURN_IF_ERROR(WriteFileAtomic(agent_file, created.second + "\n", 0600));
   }
-  VMG_ASSIGN_OR_RETURN(host_creds_, HostCredentials::Open(options_.state_dir + "/host-credential.key"));
+  VMG_ASSIGN_OR_RETURN(host_creds_,
+                       HostCredentials::Open(options_.state_dir + "/host-credential.key"));
 
   // Admission: user requests in handlers are bounded per user and in total,
   // below the thread count, so heartbeats and health always find a thread.
@@ -148,7 +151,8 @@ Status Controller::Start() {
   // TLS for users (token authentication, no client certificate), mutual TLS
   // for agents on their listener; our certificate is also our client
   // identity towards agents and the image server.
-  VMG_ASSIGN_OR_RETURN(auto user_tls, ServerTls("controller", options_.listen, options_.tls, false));
+  VMG_ASSIGN_OR_RETURN(auto user_tls,
+                       ServerTls("controller", options_.listen, options_.tls, false));
   tls_ = user_tls != nullptr;
   if (tls_) VMG_RETURN_IF_ERROR(SetClientTls(options_.tls.files));
   HttpServerLimits limits;
@@ -177,8 +181,9 @@ Status Controller::Start() {
   }
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
   reconcile_thread_ = std::thread([this] { ReconcileLoop(); });
-  spdlog::info("controller serving at {} (state {}, images {}, database {})", url_, options_.state_dir,
-               image_dir_, options_.database.empty() ? "SQLite" : RedactTarget(options_.database));
+  spdlog::info("controller serving at {} (state {}, images {}, database {})", url_,
+               options_.state_dir, image_dir_,
+               options_.database.empty() ? "SQLite" : RedactTarget(options_.database));
   return Status::Ok();
 }
 
@@ -198,7 +203,8 @@ void Controller::Wait(std::chrono::milliseconds grace) {
 
 // --- plumbing ---------------------------------------------------------------------
 
-std::function<void(const Req&, Res&)> Controller::Authed(Handler h, const std::set<std::string>& roles) {
+std::function<void(const Req&, Res&)> Controller::Authed(Handler h,
+                                                         const std::set<std::string>& roles) {
   return [this, h = std::move(h), roles](const Req& req, Res& res) {
     std::string token = BearerToken(req);
     if (token.empty())
@@ -225,18 +231,20 @@ std::function<void(const Req&, Res&)> Controller::Authed(Handler h, const std::s
     }
     if (!user) {
       auto found = store_->AuthenticateToken(token);
-      if (!found.ok()) return SendError(res, MakeError(ErrorCode::kUnauthenticated, "unknown token"));
+      if (!found.ok())
+        return SendError(res, MakeError(ErrorCode::kUnauthenticated, "unknown token"));
       user = *found;
       std::lock_guard<std::mutex> l(auth_mu_);
       if (auth_cache_.size() > 10'000) auth_cache_.clear();
       auth_cache_[digest] = {*user, now + kTokenCacheMs};
     }
     if (!roles.count(user->role)) {
-      std::string why = user->role == "agent"  ? "the join token may only register hosts (POST /v1/agent/register)"
-                        : user->role == "host" ? "host credentials may only call /v1/agent/heartbeat"
-                        : roles.count("agent") ? "this endpoint is for joining hosts only"
-                        : roles.count("host")  ? "this endpoint is for host agents only"
-                                               : "this needs the admin role";
+      std::string why =
+          user->role == "agent" ? "the join token may only register hosts (POST /v1/agent/register)"
+          : user->role == "host" ? "host credentials may only call /v1/agent/heartbeat"
+          : roles.count("agent") ? "this endpoint is for joining hosts only"
+          : roles.count("host")  ? "this endpoint is for host agents only"
+                                 : "this needs the admin role";
       return SendError(res, MakeError(ErrorCode::kPermissionDenied, why));
     }
     // Agents (registration, heartbeats) are never admitted against users' bounds.
@@ -315,8 +323,11 @@ std::string Controller::UserName(const std::string& id) {
 json Controller::ImageJson(const Image& i) {
   json ckpt = nullptr;
   if (!i.ckpt_state.empty())
-    ckpt = {{"state", i.ckpt_state},     {"memory_mb", i.ckpt_memory_mb}, {"vcpus", i.ckpt_vcpus},
-            {"size_bytes", i.ckpt_size_bytes}, {"error", i.ckpt_error}};
+    ckpt = {{"state", i.ckpt_state},
+            {"memory_mb", i.ckpt_memory_mb},
+            {"vcpus", i.ckpt_vcpus},
+            {"size_bytes", i.ckpt_size_bytes},
+            {"error", i.ckpt_error}};
   auto owner = store_->GetUserById(i.owner_id);
   // A finalize in progress or the last one's failure (kept in memory: the
   // store says `uploading` until a finalize has succeeded).
@@ -360,10 +371,11 @@ json Controller::ImageJson(const Image& i) {
 }
 
 json Controller::VmJson(const Vm& v, const Image* known_image, const Host* known_host) {
-  Result<Image> image = known_image && known_image->id == v.image_id ? Result<Image>(*known_image)
-                                                                    : store_->GetImage(v.image_id, "");
+  Result<Image> image = known_image && known_image->id == v.image_id
+                            ? Result<Image>(*known_image)
+                            : store_->GetImage(v.image_id, "");
   Result<Host> host = known_host && known_host->id == v.host_id ? Result<Host>(*known_host)
-                                                               : store_->GetHost(v.host_id);
+                                                                : store_->GetHost(v.host_id);
   std::string ws_name;
   if (!v.workspace_id.empty())
     if (auto ws = store_->GetWorkspace(v.workspace_id, ""); ws.ok()) ws_name = ws->name;
@@ -443,8 +455,9 @@ Result<Image> Controller::VisibleImage(const Caller& c, const std::string& ref) 
 Result<Image> Controller::OwnImage(const Caller& c, const std::string& ref) {
   VMG_ASSIGN_OR_RETURN(Image image, VisibleImage(c, ref));
   if (!c.admin() && image.owner_id != c.user.id)
-    return MakeError(ErrorCode::kPermissionDenied, "image '" + ref + "' is a public image of the admin; "
-                                                   "only the admin may change it");
+    return MakeError(ErrorCode::kPermissionDenied, "image '" + ref +
+                                                       "' is a public image of the admin; "
+                                                       "only the admin may change it");
   return image;
 }
 
@@ -494,19 +507,23 @@ Status Controller::PublishImage(Image& image,
     int last = -1;
     auto progress = [&, kind = kind](uint64_t done, uint64_t total) {
       int pct = total ? static_cast<int>(done * 100 / total) : 100;
-      if (pct / 25 != last / 25) spdlog::info("image {}: publishing {}: {}%", image.name, kind, pct);
+      if (pct / 25 != last / 25)
+        spdlog::info("image {}: publishing {}: {}%", image.name, kind, pct);
       if (report && pct != last) report("publishing the " + kind, pct);
       last = pct;
       return !stop_.load();
     };
-    auto m = image_server_->UploadImageFile(path, image.id + "-" + kind, kDefaultChunkSize, progress);
+    auto m =
+        image_server_->UploadImageFile(path, image.id + "-" + kind, kDefaultChunkSize, progress);
     if (!m.ok()) {
-      st = m.error().Wrap("publishing the " + kind + " of image " + image.name + " to " + options_.image_server);
+      st = m.error().Wrap("publishing the " + kind + " of image " + image.name + " to " +
+                          options_.image_server);
       break;
     }
-    blobs[kind] = {{"name", m->name}, {"version", m->version}, {"digest", m->Digest()}, {"size", m->size}};
-    spdlog::info("image {}: {} published as {} v{} ({} MiB, {} non-zero chunks) in {:.1f} s", image.name, kind,
-                 m->name, m->version, m->size >> 20, m->NonZeroChunks(),
+    blobs[kind] = {
+        {"name", m->name}, {"version", m->version}, {"digest", m->Digest()}, {"size", m->size}};
+    spdlog::info("image {}: {} published as {} v{} ({} MiB, {} non-zero chunks) in {:.1f} s",
+                 image.name, kind, m->name, m->version, m->size >> 20, m->NonZeroChunks(),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   }
   if (raw != disk) unlink(raw.c_str());
@@ -545,23 +562,29 @@ void Controller::InstallRoutes() {
     res.set_content(std::string(kOpenApiJson), "application/json");
   });
   s.Get("/v1/whoami", Authed([](const Caller& c, const Req&, Res& res) {
-          SendJson(res, 200, {{"id", c.user.id}, {"name", c.user.name}, {"role", c.user.role},
-                              {"created_at", FormatTimeMs(c.user.created_ms)}});
+          SendJson(res, 200,
+                   {{"id", c.user.id},
+                    {"name", c.user.name},
+                    {"role", c.user.role},
+                    {"created_at", FormatTimeMs(c.user.created_ms)}});
         }));
 
   // Users.
-  s.Post("/v1/users", Authed([this](const Caller& c, const Req& q, Res& r) { CreateUser(c, q, r); }, {"admin"}));
-  s.Get("/v1/users", Authed([this](const Caller&, const Req&, Res& res) {
-          auto users = store_->ListUsers();
-          if (!users.ok()) return SendError(res, users.error());
-          json out = json::array();
-          for (const auto& u : *users) {
-            auto user = UserJson(u);
-            if (!user.ok()) return SendError(res, user.error());
-            out.push_back(*user);
-          }
-          SendJson(res, 200, {{"users", out}});
-        }, {"admin"}));
+  s.Post("/v1/users",
+         Authed([this](const Caller& c, const Req& q, Res& r) { CreateUser(c, q, r); }, {"admin"}));
+  s.Get("/v1/users", Authed(
+                         [this](const Caller&, const Req&, Res& res) {
+                           auto users = store_->ListUsers();
+                           if (!users.ok()) return SendError(res, users.error());
+                           json out = json::array();
+                           for (const auto& u : *users) {
+                             auto user = UserJson(u);
+                             if (!user.ok()) return SendError(res, user.error());
+                             out.push_back(*user);
+                           }
+                           SendJson(res, 200, {{"users", out}});
+                         },
+                         {"admin"}));
   s.Put(R"(/v1/users/([^/]+)/quota)",
         Authed([this](const Caller&, const Req& q, Res& r) { Reply(r, 200, SetUserQuota(q)); },
                {"admin"}));
@@ -579,13 +602,15 @@ void Controller::InstallRoutes() {
           if (!h.ok()) return SendError(res, h.error());
           SendJson(res, 200, HostJson(*h, c.admin()));
         }));
-  s.Post("/v1/agent/register",
-         Authed([this](const Caller& c, const Req& q, Res& r) { RegisterHost(c, q, r); }, {"agent"}));
+  s.Post(
+      "/v1/agent/register",
+      Authed([this](const Caller& c, const Req& q, Res& r) { RegisterHost(c, q, r); }, {"agent"}));
   s.Post("/v1/agent/heartbeat",
          Authed([this](const Caller& c, const Req& q, Res& r) { Heartbeat(c, q, r); }, {"host"}));
 
   // Images.
-  s.Post("/v1/images", Authed([this](const Caller& c, const Req& q, Res& r) { CreateImage(c, q, r); }));
+  s.Post("/v1/images",
+         Authed([this](const Caller& c, const Req& q, Res& r) { CreateImage(c, q, r); }));
   s.Get("/v1/images", Authed([this](const Caller& c, const Req&, Res& res) {
           auto own = store_->ListImages(c.owner());
           if (!own.ok()) return SendError(res, own.error());
@@ -634,10 +659,12 @@ void Controller::InstallRoutes() {
     s.Post("/v1/vms/([^/]+)/" + a,
            Authed([this, a](const Caller& c, const Req& q, Res& r) { VmAction(c, q, r, a); }));
   }
-  s.Post(R"(/v1/vms/([^/]+)/exec)", Authed([this](const Caller& c, const Req& q, Res& r) { ExecVm(c, q, r); }));
+  s.Post(R"(/v1/vms/([^/]+)/exec)",
+         Authed([this](const Caller& c, const Req& q, Res& r) { ExecVm(c, q, r); }));
   s.Get(R"(/v1/operations/([^/]+))",
         Authed([this](const Caller& c, const Req& q, Res& r) { GetOperation(c, q, r); }));
-  s.Delete(R"(/v1/vms/([^/]+))", Authed([this](const Caller& c, const Req& q, Res& r) { DeleteVm(c, q, r); }));
+  s.Delete(R"(/v1/vms/([^/]+))",
+           Authed([this](const Caller& c, const Req& q, Res& r) { DeleteVm(c, q, r); }));
 
   // Information service.
   s.Post("/v1/query", Authed([this](const Caller& c, const Req& q, Res& r) { Query(c, q, r); }));
@@ -666,8 +693,9 @@ void Controller::InstallAgentListenerRoutes() {
   s.Get("/v1/health", [](const Req&, Res& res) {
     SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
   });
-  s.Post("/v1/agent/register",
-         Authed([this](const Caller& c, const Req& q, Res& r) { RegisterHost(c, q, r); }, {"agent"}));
+  s.Post(
+      "/v1/agent/register",
+      Authed([this](const Caller& c, const Req& q, Res& r) { RegisterHost(c, q, r); }, {"agent"}));
   s.Post("/v1/agent/heartbeat",
          Authed([this](const Caller& c, const Req& q, Res& r) { Heartbeat(c, q, r); }, {"host"}));
 }
@@ -687,9 +715,13 @@ void Controller::CreateUser(const Caller&, const Req& req, Res& res) {
   auto created = store_->CreateUser(*name, *role);
   if (!created.ok()) return SendError(res, created.error());
   const User& u = created->first;
-  SendJson(res, 201, {{"user", {{"id", u.id}, {"name", u.name}, {"role", u.role},
-                                {"created_at", FormatTimeMs(u.created_ms)}}},
-                      {"token", created->second}});
+  SendJson(res, 201,
+           {{"user",
+             {{"id", u.id},
+              {"name", u.name},
+              {"role", u.role},
+              {"created_at", FormatTimeMs(u.created_ms)}}},
+            {"token", created->second}});
 }
 
 // A user with its quota (0: unlimited) and what it holds now, counted as
@@ -753,9 +785,10 @@ void Controller::RegisterHost(const Caller&, const Req& req, Res& res) {
                                         "' is registered and up; its agent already holds its "
                                         "credentials (STATE/host-credentials.json)"));
   spdlog::info("host {} registered with the join token", *name);
-  SendJson(res, 200, {{"name", *name},
-                      {"host_token", host_creds_->HostToken(*name)},
-                      {"agent_api_token", host_creds_->AgentApiToken(*name)}});
+  SendJson(res, 200,
+           {{"name", *name},
+            {"host_token", host_creds_->HostToken(*name)},
+            {"agent_api_token", host_creds_->AgentApiToken(*name)}});
 }
 
 // An agent's URL: http(s)://HOST:PORT; with TLS, plain HTTP only on loopback
@@ -786,21 +819,23 @@ void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
   if (!name.ok()) return SendError(res, name.error());
   // A host speaks only for itself.
   if (*name != c.user.name)
-    return SendError(res, MakeError(ErrorCode::kPermissionDenied,
-                                    "this credential belongs to host '" + c.user.name + "', not '" +
-                                        *name + "'"));
+    return SendError(
+        res, MakeError(ErrorCode::kPermissionDenied, "this credential belongs to host '" +
+                                                         c.user.name + "', not '" + *name + "'"));
   if (!url.ok()) return SendError(res, url.error());
   if (auto st = ValidateName("host", *name); !st.ok()) return SendError(res, st.error());
   if (auto st = CheckAgentUrl(*url); !st.ok()) return SendError(res, st.error());
   const json& cap = (*body)["capacity"];
-  if (!cap.is_object()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "capacity must be an object"));
+  if (!cap.is_object())
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "capacity must be an object"));
   JsonFields cf(cap, request_fields::kHeartbeatCapacity);
   auto vcpus = cf.Int("vcpus", 0, 0, 4096);
   auto mem = cf.Int("memory_mb", 0, 0, int64_t{1} << 32);
   auto disk = cf.Int("disk_mb", 0, 0, int64_t{1} << 40);
   auto kvm = cf.Bool("kvm", false);
-  for (const Status& st : {vcpus.ok() ? Status() : Status(vcpus.error()), mem.ok() ? Status() : Status(mem.error()),
-                           disk.ok() ? Status() : Status(disk.error()), kvm.ok() ? Status() : Status(kvm.error())})
+  for (const Status& st :
+       {vcpus.ok() ? Status() : Status(vcpus.error()), mem.ok() ? Status() : Status(mem.error()),
+        disk.ok() ? Status() : Status(disk.error()), kvm.ok() ? Status() : Status(kvm.error())})
     if (!st.ok()) return SendError(res, st.error());
   auto disk_total = cf.Int("disk_total_bytes", 0, 0, int64_t{1} << 60);
   auto disk_free = cf.Int("disk_free_bytes", 0, 0, int64_t{1} << 60);
@@ -812,7 +847,8 @@ void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
   HostCapacity hc{static_cast<int>(*vcpus), *mem, *disk, *kvm};
   hc.disk_total_bytes = *disk_total;
   hc.disk_free_bytes = *disk_free;
-  for (auto [field, dst] : {std::pair{"site", &hc.site}, {"network", &hc.network}, {"arch", &hc.arch}}) {
+  for (auto [field, dst] :
+       {std::pair{"site", &hc.site}, {"network", &hc.network}, {"arch", &hc.arch}}) {
     auto v = cf.String(field, false, *dst);
     if (!v.ok()) return SendError(res, v.error());
     if (auto st = ValidateName(field, *v); !st.ok()) return SendError(res, st.error());
@@ -821,7 +857,8 @@ void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
   auto host = store_->HeartbeatHost(*name, *url, hc);
   if (!host.ok()) return SendError(res, host.error());
   json vms = body->value("vms", json::array());
-  if (!vms.is_array()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "vms must be an array"));
+  if (!vms.is_array())
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "vms must be an array"));
   // A report that already matched the records, while no record on the host
   // changed since, needs no reconciling (most heartbeats of a steady grid).
   const size_t report = std::hash<std::string>{}(vms.dump());
@@ -835,10 +872,13 @@ void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
   if (!same) {
     bool clean = ReconcileHost(*host, vms, NowMs());
     std::lock_guard<std::mutex> l(mu_);
-    if (clean) reconciled_[host->id] = {report, version};
-    else reconciled_.erase(host->id);
+    if (clean)
+      reconciled_[host->id] = {report, version};
+    else
+      reconciled_.erase(host->id);
   }
-  if (auto im = body->find("images"); im != body->end() && im->is_object()) NoteHostImages(host->id, *im);
+  if (auto im = body->find("images"); im != body->end() && im->is_object())
+    NoteHostImages(host->id, *im);
   SendJson(res, 200, {{"host_id", host->id}});
 }
 
@@ -851,7 +891,8 @@ void Controller::NoteHostImages(const std::string& host_id, const json& report) 
       if (e.is_object() && e.contains("name") && e["name"].is_string()) {
         std::string name = e["name"].get<std::string>();
         const std::string suffix = "-disk";
-        if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+        if (name.size() > suffix.size() &&
+            name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
           images.push_back(name.substr(0, name.size() - suffix.size()));
       }
   std::vector<std::string> fresh;
@@ -870,7 +911,8 @@ void Controller::NoteHostImages(const std::string& host_id, const json& report) 
 bool Controller::ReconcileHost(const Host& host, const json& reported, int64_t received_ms) {
   std::map<std::string, json> by_id;
   for (const auto& v : reported)
-    if (v.is_object() && v.contains("id") && v["id"].is_string()) by_id[v["id"].get<std::string>()] = v;
+    if (v.is_object() && v.contains("id") && v["id"].is_string())
+      by_id[v["id"].get<std::string>()] = v;
   auto records = store_->ListVmsOnHost(host.id);
   if (!records.ok()) return false;
   bool clean = true;
@@ -915,7 +957,8 @@ bool Controller::ReconcileHost(const Host& host, const json& reported, int64_t r
                    host.name, vm.state);
       vm.state = agent_state;
       vm.error = agent_error;
-      if (vm.create_ms == 0 && report.contains("ready_ms") && report["ready_ms"].is_number_integer())
+      if (vm.create_ms == 0 && report.contains("ready_ms") &&
+          report["ready_ms"].is_number_integer())
         vm.create_ms = report["ready_ms"].get<int64_t>();
       (void)store_->UpdateVm(vm);
     }
@@ -937,10 +980,12 @@ void Controller::ReconcileLoop() {
     else
       spdlog::warn("marking stale hosts down: {}", down.error().message);
     if (NowMs() - resynced >= kIndexResyncMs) {
-      if (auto st = store_->Resync(); !st.ok()) spdlog::warn("capacity index: {}", st.error().message);
+      if (auto st = store_->Resync(); !st.ok())
+        spdlog::warn("capacity index: {}", st.error().message);
       resynced = NowMs();
     }
-    for (int i = 0; i < 20 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    for (int i = 0; i < 20 && !stop_; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
 }
 
@@ -968,7 +1013,8 @@ void Controller::CreateImage(const Caller& c, const Req& req, Res& res) {
   if (*has_initrd && !*has_kernel)
     return SendError(res, MakeError(ErrorCode::kInvalidArgument, "an initrd needs a kernel"));
   if (append->size() > 4096)
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "append is longer than 4096 characters"));
+    return SendError(
+        res, MakeError(ErrorCode::kInvalidArgument, "append is longer than 4096 characters"));
   i.id = NewId("img");
   i.name = *name;
   i.owner_id = c.user.id;
@@ -1255,22 +1301,27 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
   if (!body.ok()) return SendError(res, body.error());
   JsonFields f(*body, request_fields::kImageCheckpoint);
   if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-  auto mem = f.Int("memory_mb", std::max<int64_t>(256, image->min_memory_mb), image->min_memory_mb, 1 << 20);
+  auto mem = f.Int("memory_mb", std::max<int64_t>(256, image->min_memory_mb), image->min_memory_mb,
+                   1 << 20);
   auto vcpus = f.Int("vcpus", 1, 1, 64);
   if (!mem.ok()) return SendError(res, mem.error());
   if (!vcpus.ok()) return SendError(res, vcpus.error());
   if (image->state != "ready")
-    return SendError(res, MakeError(ErrorCode::kFailedPrecondition, "image " + image->name + " is not ready"));
+    return SendError(
+        res, MakeError(ErrorCode::kFailedPrecondition, "image " + image->name + " is not ready"));
   if (image->ckpt_state == "creating")
-    return SendError(res, MakeError(ErrorCode::kFailedPrecondition, "a checkpoint is already being made"));
+    return SendError(
+        res, MakeError(ErrorCode::kFailedPrecondition, "a checkpoint is already being made"));
   auto hosts = store_->ListHosts();
   if (!hosts.ok()) return SendError(res, hosts.error());
   const Host* host = nullptr;
   for (const auto& h : *hosts)
-    if (h.state == "up" && h.memory_mb - h.reserved_memory_mb >= *mem && (!host || h.memory_mb - h.reserved_memory_mb > host->memory_mb - host->reserved_memory_mb))
+    if (h.state == "up" && h.memory_mb - h.reserved_memory_mb >= *mem &&
+        (!host || h.memory_mb - h.reserved_memory_mb > host->memory_mb - host->reserved_memory_mb))
       host = &h;
   if (!host)
-    return SendError(res, MakeError(ErrorCode::kResourceExhausted, "no host is up with room to boot the image"));
+    return SendError(
+        res, MakeError(ErrorCode::kResourceExhausted, "no host is up with room to boot the image"));
   image->ckpt_state = "creating";
   image->ckpt_error.clear();
   image->ckpt_memory_mb = *mem;
@@ -1281,7 +1332,9 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
   Image img = *image;
   RunAsync("", [this, h, img]() mutable {
     std::string target = img.dir + "/checkpoint";
-    json body = {{"image", AgentImageFiles(img)}, {"vcpus", img.ckpt_vcpus}, {"memory_mb", img.ckpt_memory_mb}};
+    json body = {{"image", AgentImageFiles(img)},
+                 {"vcpus", img.ckpt_vcpus},
+                 {"memory_mb", img.ckpt_memory_mb}};
     if (image_server_) {
       // Made on the host, published to the image server (memory and disk
       // delta), fetched by any host that resumes it.
@@ -1297,9 +1350,11 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
     if (r.ok() && image_server_) {
       auto mem = r->find("ckpt_memory");
       auto disk = r->find("ckpt_disk");
-      if (!blobs.is_object() || mem == r->end() || disk == r->end() || !mem->is_object() || !disk->is_object() ||
-          !(*mem)["size"].is_number_unsigned() || !(*disk)["size"].is_number_unsigned())
-        r = MakeError(ErrorCode::kInternal, "the agent's answer lacks the published checkpoint versions");
+      if (!blobs.is_object() || mem == r->end() || disk == r->end() || !mem->is_object() ||
+          !disk->is_object() || !(*mem)["size"].is_number_unsigned() ||
+          !(*disk)["size"].is_number_unsigned())
+        r = MakeError(ErrorCode::kInternal,
+                      "the agent's answer lacks the published checkpoint versions");
     }
     if (r.ok()) {
       std::error_code ec;
@@ -1308,7 +1363,8 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
         blobs["ckpt_memory"] = (*r)["ckpt_memory"];
         blobs["ckpt_disk"] = (*r)["ckpt_disk"];
         fresh->blobs = blobs.dump();
-        fresh->ckpt_size_bytes = (*r)["ckpt_memory"]["size"].get<int64_t>() + (*r)["ckpt_disk"]["size"].get<int64_t>();
+        fresh->ckpt_size_bytes =
+            (*r)["ckpt_memory"]["size"].get<int64_t>() + (*r)["ckpt_disk"]["size"].get<int64_t>();
       } else {
         fresh->ckpt_size_bytes = static_cast<int64_t>(fs::file_size(target + "/memory.state", ec)) +
                                  static_cast<int64_t>(fs::file_size(target + "/disk.qcow2", ec));
@@ -1327,8 +1383,9 @@ void Controller::DeleteImage(const Caller& c, const Req& req, Res& res) {
   auto image = OwnImage(c, req.matches[1]);
   if (!image.ok()) return SendError(res, image.error());
   if (image->ckpt_state == "creating")
-    return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
-                                    "a checkpoint of this image is being made; try again when it is done"));
+    return SendError(
+        res, MakeError(ErrorCode::kFailedPrecondition,
+                       "a checkpoint of this image is being made; try again when it is done"));
   {
     // Its finalize operation reads the files: it ends first.
     std::lock_guard<std::mutex> l(image_io_mu_);
@@ -1347,7 +1404,8 @@ void Controller::DeleteImage(const Caller& c, const Req& req, Res& res) {
   SendJson(res, 204, nullptr);
 }
 
-// --- VMs ------------------------------------------------------------------------------------------
+// --- VMs
+// ------------------------------------------------------------------------------------------
 
 void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   int64_t started = NowMs();
@@ -1373,7 +1431,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
                                       "'" + fid + "' is not a future id (fut-IMAGE-HOST-START)"));
     std::string start_mode = fid.substr(last + 1);
     if (start_mode != "boot" && start_mode != "resume")
-      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "'" + fid + "' is not a future id"));
+      return SendError(res,
+                       MakeError(ErrorCode::kInvalidArgument, "'" + fid + "' is not a future id"));
     (*body)["image"] = fid.substr(4, h - 4);
     (*body)["start"] = start_mode;
     future_host = fid.substr(h + 1, last - h - 1);
@@ -1391,7 +1450,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   if (!vcpus.ok()) return SendError(res, vcpus.error());
   if (!mem.ok()) return SendError(res, mem.error());
   if ((*body).contains("vcpus") && (*body)["vcpus"].is_null())
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "field 'vcpus' must be an integer"));
+    return SendError(res,
+                     MakeError(ErrorCode::kInvalidArgument, "field 'vcpus' must be an integer"));
 
   Vm vm;
   vm.id = NewId("vm");
@@ -1420,7 +1480,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   std::string publish_vm;
   if (!from->empty()) {
     if (vm.start != "resume")
-      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "from_checkpoint implies start=resume"));
+      return SendError(
+          res, MakeError(ErrorCode::kInvalidArgument, "from_checkpoint implies start=resume"));
     auto src = store_->GetVm(*from, c.owner());
     if (!src.ok()) return SendError(res, src.error());
     auto host = store_->GetHost(src->host_id);
@@ -1451,8 +1512,10 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     if (vm.start == "resume") {
       if (image.ckpt_state != "ready")
         return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
-                                        "image " + image.name + " has no post-boot checkpoint; make one "
-                                        "with `vmgrid image checkpoint " + image.name + "` or boot instead"));
+                                        "image " + image.name +
+                                            " has no post-boot checkpoint; make one "
+                                            "with `vmgrid image checkpoint " +
+                                            image.name + "` or boot instead"));
       checkpoint_dir = image.dir + "/checkpoint";
       ckpt_vcpus = image.ckpt_vcpus;
       ckpt_mem = image.ckpt_memory_mb;
@@ -1462,10 +1525,11 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   vm.vcpus = static_cast<int>(*vcpus ? *vcpus : (ckpt_vcpus ? ckpt_vcpus : 1));
   vm.memory_mb = *mem ? *mem : (ckpt_mem ? ckpt_mem : std::max<int64_t>(256, image.min_memory_mb));
   if (vm.start == "resume" && (vm.vcpus != ckpt_vcpus || vm.memory_mb != ckpt_mem))
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument,
-                                    "the checkpoint was taken with " + std::to_string(ckpt_vcpus) +
-                                        " vCPU(s) and " + std::to_string(ckpt_mem) +
-                                        " MB; a resumed VM must have the same (omit vcpus and memory_mb)"));
+    return SendError(
+        res, MakeError(ErrorCode::kInvalidArgument,
+                       "the checkpoint was taken with " + std::to_string(ckpt_vcpus) +
+                           " vCPU(s) and " + std::to_string(ckpt_mem) +
+                           " MB; a resumed VM must have the same (omit vcpus and memory_mb)"));
   if (vm.memory_mb < image.min_memory_mb)
     return SendError(res, MakeError(ErrorCode::kInvalidArgument,
                                     "image " + image.name + " needs at least " +
@@ -1488,15 +1552,17 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
         return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
                                         "workspace " + wsn + " is being deleted"));
       if (!workspace->vm_id.empty())
-        return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
-                                        "workspace " + wsn + " is in use by VM " + workspace->vm_id));
+        return SendError(res,
+                         MakeError(ErrorCode::kFailedPrecondition,
+                                   "workspace " + wsn + " is in use by VM " + workspace->vm_id));
       if (workspace->image_id != image.id)
         return SendError(res, MakeError(ErrorCode::kInvalidArgument,
                                         "workspace " + wsn + " holds a copy of another image"));
       if (vm.start == "resume")
         return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
-                                        "workspace " + wsn + " exists; resuming a checkpoint into it would "
-                                        "overwrite it. Boot it, or pick a new workspace name"));
+                                        "workspace " + wsn +
+                                            " exists; resuming a checkpoint into it would "
+                                            "overwrite it. Boot it, or pick a new workspace name"));
       candidates = {workspace->host_id};
     } else {
       new_workspace = true;
@@ -1507,7 +1573,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
           NewId("ws"), wsn, c.user.id, image.id, "", "", image.CloneBoundBytes(), vm.id, started};
     }
   } else if (!ws_name->empty()) {
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "workspace needs disk=persistent"));
+    return SendError(res,
+                     MakeError(ErrorCode::kInvalidArgument, "workspace needs disk=persistent"));
   }
 
   if (!future_host.empty()) {
@@ -1515,8 +1582,9 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
       return SendError(res, MakeError(ErrorCode::kInvalidArgument,
                                       "the workspace lives on another host than the future"));
     if (!store_->GetHost(future_host).ok())
-      return SendError(res, MakeError(ErrorCode::kNotFound, "future " + *future +
-                                                                " is no longer valid: its host is gone"));
+      return SendError(res,
+                       MakeError(ErrorCode::kNotFound,
+                                 "future " + *future + " is no longer valid: its host is gone"));
     candidates = {future_host};
   }
   // Placement ranks the hosts of the capacity index (api/placement.h); the
@@ -1543,9 +1611,10 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   }
   if (*count > 1 || body->contains("same") || body->contains("total_memory_mb")) {
     if (workspace || !from->empty() || !future->empty())
-      return SendError(res, MakeError(ErrorCode::kInvalidArgument,
-                                      "a gang (count) takes non-persistent VMs of an image; drop "
-                                      "disk=persistent, workspace, from_checkpoint and from_future"));
+      return SendError(res,
+                       MakeError(ErrorCode::kInvalidArgument,
+                                 "a gang (count) takes non-persistent VMs of an image; drop "
+                                 "disk=persistent, workspace, from_checkpoint and from_future"));
     return CreateGang(c, *body, vm, image, checkpoint_dir, *count, *policy, res, started, *slot);
   }
   if (candidates.empty()) {
@@ -1635,7 +1704,8 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
 void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
                               const std::optional<Workspace>& workspace, bool new_workspace,
                               int64_t started, const Host* known_host, Admission::SlotPtr slot) {
-  auto host = known_host && known_host->id == vm.host_id ? Result<Host>(*known_host) : store_->GetHost(vm.host_id);
+  auto host = known_host && known_host->id == vm.host_id ? Result<Host>(*known_host)
+                                                         : store_->GetHost(vm.host_id);
   Host h = host.ok() ? *host : Host{};
   RunAsync(vm.id, [this, h, vm, image, checkpoint_dir, workspace, new_workspace, started, slot] {
     RunCreate(vm, image, checkpoint_dir, workspace, new_workspace, started, h);
@@ -1799,7 +1869,8 @@ void Controller::VmAction(const Caller& c, const Req& req, Res& res, const std::
   auto leave = f.Bool("leave_running", false);
   if (!leave.ok()) return SendError(res, leave.error());
   if (action != "checkpoint" && body->contains("leave_running"))
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "leave_running applies to checkpoint only"));
+    return SendError(
+        res, MakeError(ErrorCode::kInvalidArgument, "leave_running applies to checkpoint only"));
   const VmOp op = action == "stop" ? VmOp::kStop
                   : action == "checkpoint"
                       ? (*leave ? VmOp::kCheckpointLeaveRunning : VmOp::kCheckpoint)
@@ -1846,8 +1917,9 @@ void Controller::ExecVm(const Caller& c, const Req& req, Res& res) {
   if (argv->empty() || (*argv)[0].empty())
     return SendError(res, MakeError(ErrorCode::kInvalidArgument, "argv must name a program"));
   if (auto s = ParseVmState(vm->state); !s.ok() || !Allows(*s, VmOp::kExec))
-    return SendError(res, MakeError(ErrorCode::kFailedPrecondition, "VM " + vm->name + " is " + vm->state +
-                                                                        "; exec needs it running"));
+    return SendError(res,
+                     MakeError(ErrorCode::kFailedPrecondition,
+                               "VM " + vm->name + " is " + vm->state + "; exec needs it running"));
   auto host = store_->GetHost(vm->host_id);
   if (!host.ok()) return SendError(res, host.error());
   auto slot = execs_->Acquire(c.user.id, 1, c.admin());
@@ -1953,13 +2025,15 @@ void Controller::DeleteVm(const Caller& c, const Req& req, Res& res) {
   bool purge = req.get_param_value("purge_workspace") == "true";
   auto moved = store_->TransitionVm(vm->id, VmOp::kDelete);
   if (!moved.ok())
-    return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
-                                    moved.error().message + "; wait until the current operation ends"));
+    return SendError(res,
+                     MakeError(ErrorCode::kFailedPrecondition,
+                               moved.error().message + "; wait until the current operation ends"));
   SendJson(res, 202, VmJson(*moved));
   auto host = store_->GetHost(vm->host_id);
   Host h = host.ok() ? *host : Host{};
   RunAsync(vm->id, [this, h, purge, v = *vm] {
-    auto r = AgentClient(h).Delete("/agent/v1/vms/" + v.id + (purge ? "?purge_workspace=true" : ""));
+    auto r =
+        AgentClient(h).Delete("/agent/v1/vms/" + v.id + (purge ? "?purge_workspace=true" : ""));
     if (!r.ok() && r.error().code != ErrorCode::kNotFound) {
       FinishVmOp(v.id, r, "error", 0, false);
       return;
@@ -1988,7 +2062,8 @@ void Controller::DeleteWorkspace(const Caller& c, const Req& req, Res& res) {
   if (!ws.ok()) return SendError(res, ws.error());
   if (!ws->vm_id.empty())
     return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
-                                    "workspace " + ws->name + " is in use by VM " + ws->vm_id + "; remove the VM first"));
+                                    "workspace " + ws->name + " is in use by VM " + ws->vm_id +
+                                        "; remove the VM first"));
   auto host = store_->GetHost(ws->host_id);
   if (!host.ok()) return SendError(res, host.error());
   auto slot = long_ops_->Acquire(c.user.id, 1, c.admin());
@@ -2054,16 +2129,20 @@ void Controller::Query(const Caller& c, const Req& req, Res& res) {
   QueryCaller caller{c.user.id, c.admin()};
   bool has_set = body->contains("set");
   if (sql->empty() == !has_set)
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "give exactly one of 'sql' and 'set'"));
+    return SendError(res,
+                     MakeError(ErrorCode::kInvalidArgument, "give exactly one of 'sql' and 'set'"));
   if (!has_set) {
     auto r = query_->Sql(caller, *sql, limits);
     if (!r.ok()) return SendError(res, r.error());
-    SendJson(res, 200, {{"columns", r->columns}, {"rows", r->rows},
-                        {"elapsed_ms", static_cast<double>(r->elapsed_us) / 1000.0}});
+    SendJson(res, 200,
+             {{"columns", r->columns},
+              {"rows", r->rows},
+              {"elapsed_ms", static_cast<double>(r->elapsed_us) / 1000.0}});
     return;
   }
   const json& sj = (*body)["set"];
-  if (!sj.is_object()) return SendError(res, MakeError(ErrorCode::kInvalidArgument, "'set' must be an object"));
+  if (!sj.is_object())
+    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "'set' must be an object"));
   JsonFields sf(sj, request_fields::kSetQuery);
   if (auto st = sf.CheckUnknown(); !st.ok()) return SendError(res, st.error());
   SetQuery q;
@@ -2075,11 +2154,12 @@ void Controller::Query(const Caller& c, const Req& req, Res& res) {
   auto mx = sf.Int("max", INT64_MAX / 4, INT64_MIN / 4, INT64_MAX / 4);
   auto where = sf.String("where", false);
   auto max_sets = sf.Int("max_sets", 10, 1, 1000);
-  for (const Status& st : {from.ok() ? Status() : Status(from.error()), size.ok() ? Status() : Status(size.error()),
-                           same.ok() ? Status() : Status(same.error()), sum.ok() ? Status() : Status(sum.error()),
-                           mn.ok() ? Status() : Status(mn.error()), mx.ok() ? Status() : Status(mx.error()),
-                           where.ok() ? Status() : Status(where.error()),
-                           max_sets.ok() ? Status() : Status(max_sets.error())})
+  for (const Status& st :
+       {from.ok() ? Status() : Status(from.error()), size.ok() ? Status() : Status(size.error()),
+        same.ok() ? Status() : Status(same.error()), sum.ok() ? Status() : Status(sum.error()),
+        mn.ok() ? Status() : Status(mn.error()), mx.ok() ? Status() : Status(mx.error()),
+        where.ok() ? Status() : Status(where.error()),
+        max_sets.ok() ? Status() : Status(max_sets.error())})
     if (!st.ok()) return SendError(res, st.error());
   q.from = *from;
   q.size = static_cast<size_t>(*size);
@@ -2092,10 +2172,14 @@ void Controller::Query(const Caller& c, const Req& req, Res& res) {
   auto r = query_->Set(caller, q, limits);
   if (!r.ok()) return SendError(res, r.error());
   json sets = json::array();
-  for (const auto& s : r->sets) sets.push_back({{"group", s.group}, {"ids", s.ids}, {"total", s.total}});
-  SendJson(res, 200, {{"sets", sets}, {"candidates", r->candidates}, {"groups", r->groups},
-                      {"exact_search", r->used_exact_search},
-                      {"elapsed_ms", static_cast<double>(r->elapsed_us) / 1000.0}});
+  for (const auto& s : r->sets)
+    sets.push_back({{"group", s.group}, {"ids", s.ids}, {"total", s.total}});
+  SendJson(res, 200,
+           {{"sets", sets},
+            {"candidates", r->candidates},
+            {"groups", r->groups},
+            {"exact_search", r->used_exact_search},
+            {"elapsed_ms", static_cast<double>(r->elapsed_us) / 1000.0}});
 }
 
 int RunController(const ControllerOptions& options) {

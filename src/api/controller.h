@@ -17,19 +17,18 @@
 #include <deque>
 #include <functional>
 #include <map>
-#include <optional>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "api/admission.h"
-#include "api/host_credentials.h"
 #include "api/controller_options.h"
+#include "api/host_credentials.h"
 #include "api/routes.h"
 #include "common/result.h"
 #include "infosvc/query_service.h"
@@ -96,7 +95,8 @@ class Controller {
   void CheckpointImage(const Caller&, const httplib::Request&, httplib::Response&);
   void DeleteImage(const Caller&, const httplib::Request&, httplib::Response&);
   void CreateVm(const Caller&, const httplib::Request&, httplib::Response&);
-  void VmAction(const Caller&, const httplib::Request&, httplib::Response&, const std::string& action);
+  void VmAction(const Caller&, const httplib::Request&, httplib::Response&,
+                const std::string& action);
   void ExecVm(const Caller&, const httplib::Request&, httplib::Response&);
   void GetOperation(const Caller&, const httplib::Request&, httplib::Response&);
   void DeleteVm(const Caller&, const httplib::Request&, httplib::Response&);
@@ -165,7 +165,7 @@ class Controller {
   std::unique_ptr<GuardedServer> server_;
   std::vector<InstalledRoute> installed_routes_;
   std::unique_ptr<GuardedServer> agent_server_;  // with --agent-listen
-  bool tls_ = false;  // serving TLS (and so talking TLS to agents)
+  bool tls_ = false;                             // serving TLS (and so talking TLS to agents)
   std::string agent_url_;
   static constexpr size_t kAgentListenerThreads = 16;
   std::thread server_thread_, reconcile_thread_, agent_server_thread_;
@@ -176,8 +176,10 @@ class Controller {
       image_io_;  // image id -> claimed kinds; guarded by image_io_mu_
 
   std::mutex mu_;
-  std::map<std::string, nlohmann::json> host_images_;  // host id -> last reported cache stats; guarded by mu_
-  std::set<std::pair<std::string, std::string>> noted_cached_;  // (image, host) recorded; guarded by mu_
+  std::map<std::string, nlohmann::json>
+      host_images_;  // host id -> last reported cache stats; guarded by mu_
+  std::set<std::pair<std::string, std::string>>
+      noted_cached_;  // (image, host) recorded; guarded by mu_
   // Per host: the last heartbeat report that matched the records, and the
   // records' version then (CapacityIndex::VmVersion); guarded by mu_.
   std::map<std::string, std::pair<size_t, uint64_t>> reconciled_;
@@ -185,7 +187,8 @@ class Controller {
   // today; the expiry bounds how long a removed one would still work.
   std::mutex auth_mu_;
   std::map<std::string, std::pair<User, int64_t>> auth_cache_;  // guarded by auth_mu_
-  std::map<std::string, std::string> user_names_;  // id -> name (names never change); guarded by auth_mu_
+  std::map<std::string, std::string>
+      user_names_;  // id -> name (names never change); guarded by auth_mu_
   // The operation pool behind RunAsync, and the VMs it works on, under a
   // mutex of their own: every create passes through it twice, and heartbeats
   // (mu_) must not queue behind it.

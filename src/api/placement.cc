@@ -22,12 +22,14 @@ void CapacityIndex::WalkLocked(const ByFree& set, const PlacementRequest& r, int
     if (e.disk_total > 0 && e.disk_free - e.used_disk < r.disk_bytes) return;
     if (!r.site.empty() && e.site != r.site) return;
     if (!r.network.empty() && e.network != r.network) return;
-    if (skip_cached >= 0 && std::find(e.images.begin(), e.images.end(), skip_cached) != e.images.end())
+    if (skip_cached >= 0 &&
+        std::find(e.images.begin(), e.images.end(), skip_cached) != e.images.end())
       return;
     out.push_back(id);
   };
   if (r.policy == "pack") {  // least free memory that fits first, then id
-    for (auto it = set.lower_bound({r.memory_mb, ""}); it != set.end() && out.size() < r.max_candidates; ++it)
+    for (auto it = set.lower_bound({r.memory_mb, ""});
+         it != set.end() && out.size() < r.max_candidates; ++it)
       consider(it->second);
     return;
   }
@@ -42,8 +44,8 @@ void CapacityIndex::WalkLocked(const ByFree& set, const PlacementRequest& r, int
   }
 }
 
-Result<std::vector<std::vector<std::string>>> CapacityIndex::Groups(const std::string& attribute,
-                                                                    const std::string& policy) const {
+Result<std::vector<std::vector<std::string>>> CapacityIndex::Groups(
+    const std::string& attribute, const std::string& policy) const {
   if (!attribute.empty() && attribute != "site" && attribute != "network")
     return MakeError(ErrorCode::kInvalidArgument, "'same' must be site or network");
   struct Member {
@@ -68,7 +70,8 @@ Result<std::vector<std::vector<std::string>>> CapacityIndex::Groups(const std::s
   std::vector<std::vector<std::string>> out;
   for (auto& g : ordered) {
     std::sort(g.second.begin(), g.second.end(), [pack](const Member& a, const Member& b) {
-      if (a.free_memory != b.free_memory) return pack ? a.free_memory < b.free_memory : a.free_memory > b.free_memory;
+      if (a.free_memory != b.free_memory)
+        return pack ? a.free_memory < b.free_memory : a.free_memory > b.free_memory;
       return a.id < b.id;
     });
     std::vector<std::string> ids;
@@ -155,7 +158,8 @@ void CapacityIndex::OnSnapshot(const std::vector<Host>& hosts,
     it->second.images.push_back(InternLocked(image));
   }
   for (const Host& h : hosts) SetHostLocked(h);
-  std::erase_if(hosts_, [](const auto& e) { return e.second.id.empty(); });  // cache rows of no host
+  std::erase_if(hosts_,
+                [](const auto& e) { return e.second.id.empty(); });  // cache rows of no host
 }
 
 void CapacityIndex::OnHost(const Host& host) {

@@ -70,7 +70,7 @@ class CapacityIndex : public StoreObserver {
     bool up = false;
     int64_t vcpus = 0, memory_mb = 0, used_vcpus = 0, used_memory_mb = 0;
     int64_t disk_total = 0, disk_free = 0, used_disk = 0;  // disk_total 0: not limited
-    std::vector<int> images;  // interned image ids the host holds
+    std::vector<int> images;                               // interned image ids the host holds
     uint64_t vm_version = 0;
     int64_t free_memory() const { return memory_mb - used_memory_mb; }
   };
@@ -89,7 +89,7 @@ class CapacityIndex : public StoreObserver {
                   std::vector<std::string>& out) const;
 
   mutable std::mutex mu_;
-  std::unordered_map<std::string, Entry> hosts_;  // by id; guarded by mu_
+  std::unordered_map<std::string, Entry> hosts_;    // by id; guarded by mu_
   std::unordered_map<std::string, int> image_ids_;  // guarded by mu_
   ByFree by_free_;                                  // every up host; guarded by mu_
   std::vector<ByFree> by_free_cached_;              // per interned image; guarded by mu_

@@ -29,8 +29,8 @@ inline constexpr const char* kRegisterHost[] = {"name"};
 // the controller); these are the ones it reads.
 inline constexpr const char* kHeartbeat[] = {"name", "url", "capacity", "vms", "images"};
 inline constexpr const char* kHeartbeatCapacity[] = {
-    "vcpus", "memory_mb", "disk_mb", "disk_total_bytes", "disk_free_bytes", "kvm", "site", "network",
-    "arch"};
+    "vcpus", "memory_mb", "disk_mb", "disk_total_bytes", "disk_free_bytes", "kvm",
+    "site",  "network",   "arch"};
 inline constexpr const char* kCreateImage[] = {"name",       "format", "has_kernel",
                                                "has_initrd", "append", "min_memory_mb"};
 inline constexpr const char* kImageCheckpoint[] = {"memory_mb", "vcpus"};

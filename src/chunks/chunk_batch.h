@@ -20,7 +20,8 @@ namespace vmgrid {
 inline constexpr size_t kMaxBatchChunks = 1024;
 
 // The header line, '\n' included.
-std::string EncodeBatchHeader(const std::vector<std::string>& digests, const std::vector<uint64_t>& lengths);
+std::string EncodeBatchHeader(const std::vector<std::string>& digests,
+                              const std::vector<uint64_t>& lengths);
 
 struct BatchEntry {
   std::string digest;
@@ -33,6 +34,7 @@ struct BatchEntry {
 // are a prefix of `asked` in order, lengths in 1..kMaxChunkBytes, and the
 // body exactly as long as the header says. kInvalidArgument naming the
 // problem otherwise. Does not hash (the caller verifies each chunk).
-Result<std::vector<BatchEntry>> DecodeBatchAnswer(std::string_view body, const std::vector<std::string>& asked);
+Result<std::vector<BatchEntry>> DecodeBatchAnswer(std::string_view body,
+                                                  const std::vector<std::string>& asked);
 
 }  // namespace vmgrid

@@ -1,15 +1,13 @@
 #include "chunks/chunk_cache.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-
-#include <algorithm>
 #include <unordered_set>
-
-#include <spdlog/spdlog.h>
 
 #include "chunks/chunk_digest.h"
 #include "common/util.h"
@@ -70,7 +68,8 @@ Result<ChunkCachePtr> ChunkCache::Open(const std::string& dir, Options options) 
   cache->stats_.discarded_at_open = discarded;
   for (const auto& f : files) cache->AddEntryLocked(f.digest, f.size);
   cache->EvictLocked();
-  if (discarded) spdlog::info("chunk cache {}: discarded {} torn or corrupt files at open", dir, discarded);
+  if (discarded)
+    spdlog::info("chunk cache {}: discarded {} torn or corrupt files at open", dir, discarded);
   return cache;
 }
 
@@ -172,8 +171,9 @@ Result<std::string> ChunkCache::FetchAndStore(const std::string& digest, const F
     }
     Result<std::string> r =
         fetch ? fetch(digest)
-              : Result<std::string>(MakeError(ErrorCode::kUnavailable,
-                                              "chunk " + digest + " is not cached and there is no fetcher"));
+              : Result<std::string>(
+                    MakeError(ErrorCode::kUnavailable,
+                              "chunk " + digest + " is not cached and there is no fetcher"));
     bool good = false;
     if (r.ok() && !r->empty() && r->size() <= kMaxChunkBytes) {
       bad_hash = ChunkDigest(*r);
@@ -196,7 +196,8 @@ Result<std::string> ChunkCache::FetchAndStore(const std::string& digest, const F
     return r;
   }
   return MakeError(ErrorCode::kInternal, "corrupt chunk " + digest +
-                                             ": fetched twice and both copies were wrong (hash " + bad_hash + ")");
+                                             ": fetched twice and both copies were wrong (hash " +
+                                             bad_hash + ")");
 }
 
 Status ChunkCache::Store(const std::string& digest, std::string_view data) {

@@ -57,7 +57,7 @@ class ChunkCache {
     uint64_t coalesced = 0;  // misses that waited for another caller's fetch
     uint64_t fetches = 0;    // calls of a fetch function
     uint64_t fetch_failures = 0;
-    uint64_t bytes_fetched = 0;  // bytes brought in by fetches and Insert
+    uint64_t bytes_fetched = 0;          // bytes brought in by fetches and Insert
     uint64_t verification_failures = 0;  // corrupt chunks found on disk or fetched
     uint64_t evictions = 0;
     uint64_t discarded_at_open = 0;  // temp files, junk, corrupt chunks removed by Open
@@ -65,7 +65,7 @@ class ChunkCache {
     uint64_t bytes = 0;
     uint64_t pinned_chunks = 0;  // cached chunks that are pinned
     uint64_t pinned_bytes = 0;
-    uint64_t pins = 0;           // pin ids held
+    uint64_t pins = 0;  // pin ids held
     uint64_t capacity_bytes = 0;
   };
 

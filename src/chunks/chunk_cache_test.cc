@@ -4,8 +4,8 @@
 #include <sys/stat.h>
 
 #include <atomic>
-#include <map>
 #include <condition_variable>
+#include <map>
 #include <thread>
 
 #include "chunks/chunk_digest.h"
@@ -239,7 +239,8 @@ TEST(ChunkCache, RestartRebuildsIndexAndDiscardsTornAndCorruptFiles) {
   }
   // A crash mid-write leaves a temp file; junk in a shard; one chunk rotted.
   WriteTestFile(dir / "tmp/0123456789abcdef.999.1", "torn write");
-  WriteTestFile(dir / ("chunks/" + chunks[0].digest.substr(0, 2) + "/" + chunks[0].digest + ".tmp"), "junk");
+  WriteTestFile(dir / ("chunks/" + chunks[0].digest.substr(0, 2) + "/" + chunks[0].digest + ".tmp"),
+                "junk");
   FlipByte(PathOf(dir, chunks[1].digest), 0);
   origin.calls = 0;
   {

@@ -47,8 +47,10 @@ class ChunkClient::Lease {
   }
   ~Lease() {
     std::lock_guard<std::mutex> l(c_.pool_mu_);
-    if (conn_) c_.idle_.push_back(std::move(conn_));
-    else c_.open_--;
+    if (conn_)
+      c_.idle_.push_back(std::move(conn_));
+    else
+      c_.open_--;
     c_.pool_cv_.notify_one();
   }
   httplib::Client* operator->() { return conn_.get(); }
@@ -60,8 +62,9 @@ class ChunkClient::Lease {
 };
 
 ChunkClient::ChunkClient(std::string base_url, std::string token, Options options)
-    : base_url_(base_url.size() > 1 && base_url.back() == '/' ? base_url.substr(0, base_url.size() - 1)
-                                                              : base_url),
+    : base_url_(base_url.size() > 1 && base_url.back() == '/'
+                    ? base_url.substr(0, base_url.size() - 1)
+                    : base_url),
       token_(std::move(token)),
       options_(options) {}
 
@@ -113,9 +116,9 @@ Result<ChunkClient::Answer> ChunkClient::Call(const std::string& method, const s
     if (too_big)
       return Protocol(base_url_, "answer to " + method + " " + path + " is larger than " +
                                      std::to_string(max_answer_bytes) + " bytes");
-    return MakeError(ErrorCode::kUnavailable, "cannot reach the image server at " + base_url_ + " (" +
-                                                  method + " " + path.substr(0, 100) + "): " +
-                                                  httplib::to_string(res.error()));
+    return MakeError(ErrorCode::kUnavailable, "cannot reach the image server at " + base_url_ +
+                                                  " (" + method + " " + path.substr(0, 100) +
+                                                  "): " + httplib::to_string(res.error()));
   }
   Answer a;
   a.status = res->status;
@@ -126,15 +129,18 @@ Result<ChunkClient::Answer> ChunkClient::Call(const std::string& method, const s
     json j = json::parse(a.body);
     if (j.is_object() && j.contains("error") && j["error"].is_object()) {
       const json& e = j["error"];
-      std::string code = e.contains("code") && e["code"].is_string() ? e["code"].get<std::string>() : "";
-      std::string msg = e.contains("message") && e["message"].is_string() ? e["message"].get<std::string>() : "";
-      return MakeError(code.empty() ? ErrorCodeFromHttpStatus(a.status) : ErrorCodeFromApiString(code), msg);
+      std::string code =
+          e.contains("code") && e["code"].is_string() ? e["code"].get<std::string>() : "";
+      std::string msg =
+          e.contains("message") && e["message"].is_string() ? e["message"].get<std::string>() : "";
+      return MakeError(
+          code.empty() ? ErrorCodeFromHttpStatus(a.status) : ErrorCodeFromApiString(code), msg);
     }
   } catch (const json::exception&) {
   }
   return MakeError(ErrorCodeFromHttpStatus(a.status),
-                   "image server " + base_url_ + " answered HTTP " + std::to_string(a.status) + " to " +
-                       method + " " + path.substr(0, 100));
+                   "image server " + base_url_ + " answered HTTP " + std::to_string(a.status) +
+                       " to " + method + " " + path.substr(0, 100));
 }
 
 Result<std::vector<ChunkClient::VersionInfo>> ChunkClient::ListVersions(const std::string& name) {
@@ -161,30 +167,34 @@ Result<std::vector<ChunkClient::VersionInfo>> ChunkClient::ListVersions(const st
 Result<Manifest> ChunkClient::GetManifest(const std::string& name, uint64_t version,
                                           const std::string& expected_digest) {
   VMG_RETURN_IF_ERROR(ValidateName("image", name));
-  std::string path = "/v1/manifests/" + name + "/" + (version == 0 ? "latest" : std::to_string(version));
+  std::string path =
+      "/v1/manifests/" + name + "/" + (version == 0 ? "latest" : std::to_string(version));
   VMG_ASSIGN_OR_RETURN(Answer a, Call("GET", path, "", "", kMaxManifestJsonBytes));
   auto m = ParseManifestJson(a.body);
   if (!m.ok()) return Protocol(base_url_, "manifest " + name + ": " + m.error().message);
   if (m->name != name || (version != 0 && m->version != version))
-    return Protocol(base_url_, "asked for manifest " + name + "/" + std::to_string(version) + ", got " +
-                                   m->name + "/" + std::to_string(m->version));
+    return Protocol(base_url_, "asked for manifest " + name + "/" + std::to_string(version) +
+                                   ", got " + m->name + "/" + std::to_string(m->version));
   if (!expected_digest.empty() && m->Digest() != expected_digest)
     return MakeError(ErrorCode::kInternal, "manifest " + name + "/" + std::to_string(m->version) +
-                                               " has digest " + m->Digest() + ", expected " + expected_digest);
+                                               " has digest " + m->Digest() + ", expected " +
+                                               expected_digest);
   return m;
 }
 
 Result<std::vector<uint64_t>> ChunkClient::GetPrefetch(const std::string& name, uint64_t version,
                                                        const std::string& mode) {
   VMG_RETURN_IF_ERROR(ValidateName("image", name));
-  VMG_ASSIGN_OR_RETURN(Answer a, Call("GET", "/v1/prefetch/" + name + "/" + std::to_string(version) + "/" + mode,
-                                      "", "", kMaxManifestJsonBytes));
+  VMG_ASSIGN_OR_RETURN(
+      Answer a, Call("GET", "/v1/prefetch/" + name + "/" + std::to_string(version) + "/" + mode, "",
+                     "", kMaxManifestJsonBytes));
   auto j = nlohmann::json::parse(a.body, nullptr, false);
   std::vector<uint64_t> order;
   if (!j.is_object() || !j.contains("order") || !j["order"].is_array())
     return Protocol(base_url_, "prefetch answer has no order list");
   for (const auto& v : j["order"]) {
-    if (!v.is_number_unsigned()) return Protocol(base_url_, "prefetch answer has a non-integer index");
+    if (!v.is_number_unsigned())
+      return Protocol(base_url_, "prefetch answer has a non-integer index");
     order.push_back(v.get<uint64_t>());
   }
   return order;
@@ -194,13 +204,14 @@ Status ChunkClient::PutPrefetch(const std::string& name, uint64_t version, const
                                 const std::vector<uint64_t>& order) {
   VMG_RETURN_IF_ERROR(ValidateName("image", name));
   nlohmann::json body = {{"order", order}};
-  auto a = Call("PUT", "/v1/prefetch/" + name + "/" + std::to_string(version) + "/" + mode, body.dump(),
-                "application/json", 1 << 20);
+  auto a = Call("PUT", "/v1/prefetch/" + name + "/" + std::to_string(version) + "/" + mode,
+                body.dump(), "application/json", 1 << 20);
   if (!a.ok()) return a.error();
   return Status::Ok();
 }
 
-Result<std::string> ChunkClient::FetchSingle(const std::string& digest, int attempts, bool refetch) {
+Result<std::string> ChunkClient::FetchSingle(const std::string& digest, int attempts,
+                                             bool refetch) {
   std::string last_hash;
   for (int i = 0; i < attempts; ++i) {
     if (i > 0 || refetch) refetches_++;
@@ -213,8 +224,9 @@ Result<std::string> ChunkClient::FetchSingle(const std::string& digest, int atte
     }
     verification_failures_++;
   }
-  return MakeError(ErrorCode::kInternal, "corrupt chunk " + digest + " from image server " + base_url_ +
-                                             ": the refetched copy is wrong too (hashes to " + last_hash + ")");
+  return MakeError(ErrorCode::kInternal,
+                   "corrupt chunk " + digest + " from image server " + base_url_ +
+                       ": the refetched copy is wrong too (hashes to " + last_hash + ")");
 }
 
 Result<std::string> ChunkClient::FetchChunk(const std::string& digest) {
@@ -227,8 +239,9 @@ Status ChunkClient::FetchBatch(std::vector<std::string> digests, const ChunkSink
   while (pos < digests.size()) {
     std::vector<std::string> ask(digests.begin() + static_cast<ptrdiff_t>(pos), digests.end());
     uint64_t max_prefix = 64 + 100 * ask.size();
-    VMG_ASSIGN_OR_RETURN(Answer a, Call("POST", "/v1/chunks:batch", json{{"digests", ask}}.dump(),
-                                        "application/json", max_prefix + ask.size() * kMaxChunkBytes));
+    VMG_ASSIGN_OR_RETURN(Answer a,
+                         Call("POST", "/v1/chunks:batch", json{{"digests", ask}}.dump(),
+                              "application/json", max_prefix + ask.size() * kMaxChunkBytes));
     auto entries = DecodeBatchAnswer(a.body, ask);  // untrusted: checked completely first
     if (!entries.ok()) return Protocol(base_url_, entries.error().message);
     for (const auto& e : *entries) {
@@ -257,9 +270,11 @@ Status ChunkClient::FetchChunks(const std::vector<std::string>& digests, const C
   size_t per_batch = std::clamp<size_t>(options_.batch_chunks, 1, kMaxBatchChunks);
   std::vector<std::vector<std::string>> batches;
   for (size_t i = 0; i < unique.size(); i += per_batch)
-    batches.emplace_back(unique.begin() + static_cast<ptrdiff_t>(i),
-                         unique.begin() + static_cast<ptrdiff_t>(std::min(unique.size(), i + per_batch)));
-  size_t workers = std::min<size_t>(batches.size(), static_cast<size_t>(std::max(1, options_.connections)));
+    batches.emplace_back(
+        unique.begin() + static_cast<ptrdiff_t>(i),
+        unique.begin() + static_cast<ptrdiff_t>(std::min(unique.size(), i + per_batch)));
+  size_t workers =
+      std::min<size_t>(batches.size(), static_cast<size_t>(std::max(1, options_.connections)));
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
   std::mutex err_mu;
@@ -283,16 +298,19 @@ Status ChunkClient::FetchChunks(const std::vector<std::string>& digests, const C
   return first_error;
 }
 
-Result<std::vector<std::string>> ChunkClient::MissingChunks(const std::vector<std::string>& digests) {
+Result<std::vector<std::string>> ChunkClient::MissingChunks(
+    const std::vector<std::string>& digests) {
   std::vector<std::string> out;
   const size_t kPerRequest = 65536;  // ~4.4 MB of JSON per request
   for (size_t i = 0; i < digests.size(); i += kPerRequest) {
-    std::vector<std::string> part(digests.begin() + static_cast<ptrdiff_t>(i),
-                                  digests.begin() + static_cast<ptrdiff_t>(std::min(digests.size(), i + kPerRequest)));
+    std::vector<std::string> part(
+        digests.begin() + static_cast<ptrdiff_t>(i),
+        digests.begin() + static_cast<ptrdiff_t>(std::min(digests.size(), i + kPerRequest)));
     for (const auto& d : part)
       if (!IsChunkDigest(d)) return BadDigest(d);
-    VMG_ASSIGN_OR_RETURN(Answer a, Call("POST", "/v1/chunks:missing", json{{"digests", part}}.dump(),
-                                        "application/json", 100 * part.size() + 4096));
+    VMG_ASSIGN_OR_RETURN(Answer a,
+                         Call("POST", "/v1/chunks:missing", json{{"digests", part}}.dump(),
+                              "application/json", 100 * part.size() + 4096));
     try {
       json answer = json::parse(a.body);  // named: at() returns a reference into it
       for (const auto& d : answer.at("missing")) {
@@ -309,7 +327,8 @@ Result<std::vector<std::string>> ChunkClient::MissingChunks(const std::vector<st
 
 Status ChunkClient::PutChunk(const std::string& digest, std::string_view data) {
   if (!IsChunkDigest(digest)) return BadDigest(digest);
-  auto a = Call("PUT", "/v1/chunks/" + digest, std::string(data), "application/octet-stream", 64 << 10);
+  auto a =
+      Call("PUT", "/v1/chunks/" + digest, std::string(data), "application/octet-stream", 64 << 10);
   if (!a.ok()) return a.error();
   return Status::Ok();
 }
@@ -321,17 +340,19 @@ Result<Manifest> ChunkClient::Publish(const std::string& name, const Manifest& d
                {"size", draft.size},
                {"chunk_size", draft.chunk_size},
                {"chunks", draft.chunks}};
-  VMG_ASSIGN_OR_RETURN(Answer a, Call("POST", "/v1/manifests/" + name, body.dump(), "application/json",
-                                      kMaxManifestJsonBytes));
+  VMG_ASSIGN_OR_RETURN(Answer a, Call("POST", "/v1/manifests/" + name, body.dump(),
+                                      "application/json", kMaxManifestJsonBytes));
   auto m = ParseManifestJson(a.body);
   if (!m.ok()) return Protocol(base_url_, "published manifest: " + m.error().message);
-  if (m->name != name || m->size != draft.size || m->chunk_size != draft.chunk_size || m->chunks != draft.chunks)
+  if (m->name != name || m->size != draft.size || m->chunk_size != draft.chunk_size ||
+      m->chunks != draft.chunks)
     return Protocol(base_url_, "published manifest differs from the one sent");
   return m;
 }
 
 Result<Manifest> ChunkClient::UploadImageFile(const std::string& path, const std::string& name,
-                                              uint32_t chunk_size, const ChunkProgressFn& progress) {
+                                              uint32_t chunk_size,
+                                              const ChunkProgressFn& progress) {
   VMG_RETURN_IF_ERROR(ValidateName("image", name));
   Manifest draft;
   draft.chunk_size = chunk_size;
@@ -357,7 +378,8 @@ Result<Manifest> ChunkClient::UploadImageFile(const std::string& path, const std
           bool changed = zero != (d == kZeroChunk);
           if (!changed && (zero || !missing.count(d))) return Status::Ok();
           if (changed || ChunkDigest(data) != d)
-            return MakeError(ErrorCode::kFailedPrecondition, path + " changed while it was uploaded");
+            return MakeError(ErrorCode::kFailedPrecondition,
+                             path + " changed while it was uploaded");
           VMG_RETURN_IF_ERROR(PutChunk(d, data));
           missing.erase(d);
           return Status::Ok();

@@ -41,8 +41,8 @@ class ChunkClient {
 
   struct Stats {
     uint64_t requests = 0;
-    uint64_t chunks_fetched = 0;          // verified chunks handed to callers
-    uint64_t bytes_fetched = 0;           // chunk bytes received, good or bad
+    uint64_t chunks_fetched = 0;         // verified chunks handed to callers
+    uint64_t bytes_fetched = 0;          // chunk bytes received, good or bad
     uint64_t verification_failures = 0;  // chunks received that did not match their digest
     uint64_t refetches = 0;
     uint64_t connections_opened = 0;
@@ -57,7 +57,8 @@ class ChunkClient {
 
   // base_url: "http://host:port" (no path). token: bearer token or "".
   ChunkClient(std::string base_url, std::string token, Options options);
-  ChunkClient(std::string base_url, std::string token) : ChunkClient(std::move(base_url), std::move(token), Options()) {}
+  ChunkClient(std::string base_url, std::string token)
+      : ChunkClient(std::move(base_url), std::move(token), Options()) {}
   ~ChunkClient();
   ChunkClient(const ChunkClient&) = delete;
   ChunkClient& operator=(const ChunkClient&) = delete;
@@ -84,7 +85,8 @@ class ChunkClient {
 
   // Prefetch hints (ImageCatalog::GetPrefetch/PutPrefetch). Get: kNotFound
   // when none is recorded. Put: kAlreadyExists when another host was first.
-  Result<std::vector<uint64_t>> GetPrefetch(const std::string& name, uint64_t version, const std::string& mode);
+  Result<std::vector<uint64_t>> GetPrefetch(const std::string& name, uint64_t version,
+                                            const std::string& mode);
   Status PutPrefetch(const std::string& name, uint64_t version, const std::string& mode,
                      const std::vector<uint64_t>& order);
 
@@ -99,8 +101,8 @@ class ChunkClient {
   // publishes the result as a new version. Reads the file twice (hash, then
   // upload); fails with kFailedPrecondition if it changes in between.
   // `progress` is called for both passes.
-  Result<Manifest> UploadImageFile(const std::string& path, const std::string& name, uint32_t chunk_size,
-                                   const ChunkProgressFn& progress = nullptr);
+  Result<Manifest> UploadImageFile(const std::string& path, const std::string& name,
+                                   uint32_t chunk_size, const ChunkProgressFn& progress = nullptr);
 
   Stats stats() const;
   const std::string& base_url() const { return base_url_; }
@@ -130,8 +132,8 @@ class ChunkClient {
   std::vector<std::unique_ptr<httplib::Client>> idle_;  // protected by pool_mu_
   int open_ = 0;                                        // protected by pool_mu_
 
-  std::atomic<uint64_t> requests_{0}, chunks_fetched_{0}, bytes_fetched_{0}, verification_failures_{0},
-      refetches_{0}, connections_opened_{0};
+  std::atomic<uint64_t> requests_{0}, chunks_fetched_{0}, bytes_fetched_{0},
+      verification_failures_{0}, refetches_{0}, connections_opened_{0};
 };
 
 }  // namespace vmgrid

@@ -23,7 +23,9 @@ inline constexpr uint64_t kMaxChunkBytes = kMaxChunkSize;
 
 // Hex SHA-256 of a raw buffer (OpenSSL EVP; SHA-NI when the CPU has it).
 std::string ChunkDigest(const void* data, size_t len);
-inline std::string ChunkDigest(std::string_view data) { return ChunkDigest(data.data(), data.size()); }
+inline std::string ChunkDigest(std::string_view data) {
+  return ChunkDigest(data.data(), data.size());
+}
 
 // Exactly 64 lowercase hex characters. Digests name files, so this is the
 // check that keeps untrusted input from choosing a path.

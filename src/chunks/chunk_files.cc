@@ -51,7 +51,8 @@ Status WriteAll(int fd, std::string_view data, const std::string& path) {
 // it existed. Uses renameat2(RENAME_NOREPLACE), falling back to link+unlink on
 // file systems without it.
 Result<bool> RenameNoReplace(const std::string& tmp, const std::string& path) {
-  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) == 0) return true;
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) == 0)
+    return true;
   if (errno == EEXIST) {
     ::unlink(tmp.c_str());
     return false;
@@ -189,7 +190,8 @@ Result<std::string> ReadChunkFile(const std::string& path) {
   return out;
 }
 
-Result<std::vector<ChunkFileInfo>> ScanChunks(const std::string& root, std::vector<std::string>* junk) {
+Result<std::vector<ChunkFileInfo>> ScanChunks(const std::string& root,
+                                              std::vector<std::string>* junk) {
   std::vector<ChunkFileInfo> out;
   for (int i = 0; i < 256; ++i) {
     std::string shard = ShardName(i);

@@ -58,6 +58,7 @@ struct ChunkFileInfo {
 // Lists ROOT/chunks. Entries that cannot be chunks (a name that is not a
 // digest, a file in the wrong shard, not a regular file, empty or larger
 // than kMaxChunkBytes) are appended to *junk as paths and not listed.
-Result<std::vector<ChunkFileInfo>> ScanChunks(const std::string& root, std::vector<std::string>* junk);
+Result<std::vector<ChunkFileInfo>> ScanChunks(const std::string& root,
+                                              std::vector<std::string>* junk);
 
 }  // namespace vmgrid::chunkfs

@@ -45,7 +45,9 @@ namespace vmgrid {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
 
 struct ImageArg {
   std::string path, trace, after;
@@ -70,7 +72,9 @@ struct TraceCost {
   uint64_t guest_bytes = 0;  // distinct 4 KiB pages read, in bytes
   uint64_t fetches = 0;
   uint64_t fetched_bytes = 0;
-  double Amplification() const { return guest_bytes ? double(fetched_bytes) / double(guest_bytes) : 0; }
+  double Amplification() const {
+    return guest_bytes ? double(fetched_bytes) / double(guest_bytes) : 0;
+  }
   // Serial misses: one round trip plus transfer each.
   double StallSeconds(double rtt_s, double bytes_per_s) const {
     return double(fetches) * rtt_s + double(fetched_bytes) / bytes_per_s;
@@ -103,14 +107,17 @@ std::vector<Read> RandomReads(const std::string& path, size_t n, uint64_t seed) 
   });
   std::vector<Read> out;
   std::mt19937_64 rng(seed);
-  for (size_t i = 0; i < n && !blocks.empty(); ++i) out.push_back({blocks[rng() % blocks.size()] * 4096, 4096});
+  for (size_t i = 0; i < n && !blocks.empty(); ++i)
+    out.push_back({blocks[rng() % blocks.size()] * 4096, 4096});
   return out;
 }
 
 std::string Human(double bytes) {
   char buf[32];
-  if (bytes >= 1 << 20) snprintf(buf, sizeof buf, "%.1f MiB", bytes / (1 << 20));
-  else snprintf(buf, sizeof buf, "%.0f KiB", bytes / 1024);
+  if (bytes >= 1 << 20)
+    snprintf(buf, sizeof buf, "%.1f MiB", bytes / (1 << 20));
+  else
+    snprintf(buf, sizeof buf, "%.0f KiB", bytes / 1024);
   return buf;
 }
 
@@ -131,7 +138,8 @@ struct Network {
   double rtt_s;
   double bytes_per_s;
 };
-const Network kNetworks[] = {{"LAN 1Gb/s 0.2ms", 0.0002, 125e6}, {"WAN 100Mb/s 30ms", 0.030, 12.5e6}};
+const Network kNetworks[] = {{"LAN 1Gb/s 0.2ms", 0.0002, 125e6},
+                             {"WAN 100Mb/s 30ms", 0.030, 12.5e6}};
 
 int Run(int argc, char** argv) {
   std::vector<ImageArg> images;
@@ -148,12 +156,18 @@ int Run(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--image") images.push_back({next(), "", ""});
-    else if (a == "--trace" && !images.empty()) images.back().trace = next();
-    else if (a == "--after" && !images.empty()) images.back().after = next();
-    else if (a == "--random-reads") random_reads = std::strtoull(next().c_str(), nullptr, 10);
-    else if (a == "--dir") base_dir = next();
-    else if (a == "--no-sync") sync = false;
+    if (a == "--image")
+      images.push_back({next(), "", ""});
+    else if (a == "--trace" && !images.empty())
+      images.back().trace = next();
+    else if (a == "--after" && !images.empty())
+      images.back().after = next();
+    else if (a == "--random-reads")
+      random_reads = std::strtoull(next().c_str(), nullptr, 10);
+    else if (a == "--dir")
+      base_dir = next();
+    else if (a == "--no-sync")
+      sync = false;
     else if (a == "--sizes") {
       sizes.clear();
       std::string list = next();
@@ -164,15 +178,18 @@ int Run(int argc, char** argv) {
         p = q + 1;
       }
     } else {
-      fprintf(stderr, "usage: %s [--image FILE [--trace FILE] [--after FILE]]... [--sizes 64K,1M] "
-                      "[--random-reads N] [--dir DIR] [--no-sync]\n", argv[0]);
+      fprintf(stderr,
+              "usage: %s [--image FILE [--trace FILE] [--after FILE]]... [--sizes 64K,1M] "
+              "[--random-reads N] [--dir DIR] [--no-sync]\n",
+              argv[0]);
       return 2;
     }
   }
   if (images.empty()) {
     std::string tiny = "/work/main/build/images/tiny";
     std::string after = "/work/main/build-chunks/trace/tiny_boot_reads.txt.disk.raw";
-    images.push_back({tiny + "/rootfs.raw", std::string(VMGRID_CHUNKS_SOURCE_DIR) + "/testdata/tiny_boot_reads.txt",
+    images.push_back({tiny + "/rootfs.raw",
+                      std::string(VMGRID_CHUNKS_SOURCE_DIR) + "/testdata/tiny_boot_reads.txt",
                       FileExists(after) ? after : ""});
     images.push_back({tiny + "/vmlinux", "", ""});
   }
@@ -192,12 +209,15 @@ int Run(int argc, char** argv) {
     // Also warms the page cache, so the first chunk size is not charged for disk reads.
     std::vector<Read> random = RandomReads(img.path, random_reads, 42);
     printf("\n== %s: %s, %s allocated; boot trace: %s; %zu random 4 KiB reads of non-zero data\n",
-           img.path.c_str(), Human(double(st.st_size)).c_str(), Human(double(st.st_blocks) * 512).c_str(),
-           trace.empty() ? "none" : (std::to_string(trace.size()) + " reads (" + img.trace + ")").c_str(),
+           img.path.c_str(), Human(double(st.st_size)).c_str(),
+           Human(double(st.st_blocks) * 512).c_str(),
+           trace.empty() ? "none"
+                         : (std::to_string(trace.size()) + " reads (" + img.trace + ")").c_str(),
            random.size());
-    printf("%-6s %8s %8s %8s %10s %6s %9s %9s %9s %8s\n", "chunk", "chunks", "nonzero", "distinct", "stored",
-           "dedup", "manifest", "store", "fetch", "GET");
-    printf("%-6s %8s %8s %8s %10s %6s %9s %9s %9s %8s\n", "", "", "", "", "", "", "", "MB/s", "MB/s", "ms");
+    printf("%-6s %8s %8s %8s %10s %6s %9s %9s %9s %8s\n", "chunk", "chunks", "nonzero", "distinct",
+           "stored", "dedup", "manifest", "store", "fetch", "GET");
+    printf("%-6s %8s %8s %8s %10s %6s %9s %9s %9s %8s\n", "", "", "", "", "", "", "", "MB/s",
+           "MB/s", "ms");
     struct Row {
       uint32_t cs;
       Manifest m;
@@ -242,9 +262,8 @@ int Run(int argc, char** argv) {
         ChunkClient client(server.url(), "", cl);
         std::vector<std::string> all = cache->Missing(m->chunks);
         auto t1 = Clock::now();
-        Status fs = client.FetchChunks(all, [&](const std::string& d, std::string data) {
-          return cache->Insert(d, data);
-        });
+        Status fs = client.FetchChunks(
+            all, [&](const std::string& d, std::string data) { return cache->Insert(d, data); });
         double fetch_s = Seconds(t1);
         if (!fs.ok()) fprintf(stderr, "fetch: %s\n", fs.error().message.c_str());
         fetch_mbs = double(sst.bytes) / 1e6 / fetch_s;
@@ -265,10 +284,11 @@ int Run(int argc, char** argv) {
         }
       }
       std::string manifest_json = m->ToJson().dump();
-      printf("%-6s %8zu %8lu %8lu %10s %6.2f %9s %9.0f %9.0f %8.2f\n", SizeName(cs).c_str(), m->chunks.size(),
-             (unsigned long)m->NonZeroChunks(), (unsigned long)sst.chunks, Human(double(sst.bytes)).c_str(),
-             DedupRatio(m->NonZeroBytes(), sst.bytes), Human(double(manifest_json.size())).c_str(),
-             double(m->NonZeroBytes()) / 1e6 / store_s, fetch_mbs, get_ms);
+      printf("%-6s %8zu %8lu %8lu %10s %6.2f %9s %9.0f %9.0f %8.2f\n", SizeName(cs).c_str(),
+             m->chunks.size(), (unsigned long)m->NonZeroChunks(), (unsigned long)sst.chunks,
+             Human(double(sst.bytes)).c_str(), DedupRatio(m->NonZeroBytes(), sst.bytes),
+             Human(double(manifest_json.size())).c_str(), double(m->NonZeroBytes()) / 1e6 / store_s,
+             fetch_mbs, get_ms);
       rows.push_back(std::move(row));
       catalog.reset();
       cache.reset();
@@ -277,19 +297,24 @@ int Run(int argc, char** argv) {
     }
     auto print_cost = [&](const char* title, TraceCost Row::*which) {
       printf("\n%s\n", title);
-      printf("%-6s %8s %10s %10s %7s %7s", "chunk", "fetches", "guest", "fetched", "ampl", "%image");
+      printf("%-6s %8s %10s %10s %7s %7s", "chunk", "fetches", "guest", "fetched", "ampl",
+             "%image");
       for (const auto& n : kNetworks) printf(" %18s", n.name);
       printf("\n");
       for (const auto& r : rows) {
         const TraceCost& c = r.*which;
-        printf("%-6s %8lu %10s %10s %7.1f %6.2f%%", SizeName(r.cs).c_str(), (unsigned long)c.fetches,
-               Human(double(c.guest_bytes)).c_str(), Human(double(c.fetched_bytes)).c_str(), c.Amplification(),
+        printf("%-6s %8lu %10s %10s %7.1f %6.2f%%", SizeName(r.cs).c_str(),
+               (unsigned long)c.fetches, Human(double(c.guest_bytes)).c_str(),
+               Human(double(c.fetched_bytes)).c_str(), c.Amplification(),
                100.0 * double(c.fetched_bytes) / double(r.m.size));
         for (const auto& n : kNetworks) printf(" %16.2fs ", c.StallSeconds(n.rtt_s, n.bytes_per_s));
         printf("\n");
       }
     };
-    if (!trace.empty()) print_cost("boot trace, cold cache, on demand (stall = serial misses x (RTT + chunk/bandwidth)):", &Row::boot);
+    if (!trace.empty())
+      print_cost(
+          "boot trace, cold cache, on demand (stall = serial misses x (RTT + chunk/bandwidth)):",
+          &Row::boot);
     if (!random.empty()) print_cost("random 4 KiB reads of non-zero data, cold cache:", &Row::rnd);
     if (!img.after.empty()) {
       printf("\nsecond version (%s): new chunks to upload / fetch\n", img.after.c_str());

@@ -10,7 +10,9 @@
 namespace vmgrid {
 
 double DedupRatio(uint64_t logical_bytes, uint64_t physical_bytes) {
-  return physical_bytes == 0 ? 0.0 : static_cast<double>(logical_bytes) / static_cast<double>(physical_bytes);
+  return physical_bytes == 0
+             ? 0.0
+             : static_cast<double>(logical_bytes) / static_cast<double>(physical_bytes);
 }
 
 ChunkStore::ChunkStore(std::string dir, Options options, chunkfs::DirLock lock)
@@ -39,20 +41,21 @@ Result<std::string> ChunkStore::Put(std::string_view data) {
 
 Status ChunkStore::PutVerified(const std::string& digest, std::string_view data) {
   if (!IsChunkDigest(digest))
-    return MakeError(ErrorCode::kInvalidArgument, "'" + digest.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + digest.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
   std::string actual = ChunkDigest(data);
   if (actual != digest)
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "chunk data does not match its digest " + digest + " (it hashes to " + actual + ")");
+    return MakeError(ErrorCode::kInvalidArgument, "chunk data does not match its digest " + digest +
+                                                      " (it hashes to " + actual + ")");
   return PutChecked(digest, data);
 }
 
 Status ChunkStore::PutChecked(const std::string& digest, std::string_view data) {
   if (data.empty()) return MakeError(ErrorCode::kInvalidArgument, "a chunk cannot be empty");
   if (data.size() > kMaxChunkBytes)
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "chunk of " + std::to_string(data.size()) + " bytes is larger than the limit of " +
-                         std::to_string(kMaxChunkBytes));
+    return MakeError(ErrorCode::kInvalidArgument, "chunk of " + std::to_string(data.size()) +
+                                                      " bytes is larger than the limit of " +
+                                                      std::to_string(kMaxChunkBytes));
   std::string path = chunkfs::ChunkPath(dir_, digest);
   struct stat st;
   bool present = ::stat(path.c_str(), &st) == 0;
@@ -65,7 +68,8 @@ Status ChunkStore::PutChecked(const std::string& digest, std::string_view data) 
     stats_.dedup_hits++;
     return Status::Ok();
   }
-  VMG_ASSIGN_OR_RETURN(bool created, chunkfs::WriteChunkFile(dir_, digest, data, options_.sync, present));
+  VMG_ASSIGN_OR_RETURN(bool created,
+                       chunkfs::WriteChunkFile(dir_, digest, data, options_.sync, present));
   std::lock_guard<std::mutex> l(mu_);
   stats_.puts++;
   stats_.put_bytes += data.size();
@@ -82,7 +86,8 @@ Status ChunkStore::PutChecked(const std::string& digest, std::string_view data) 
 
 Result<std::string> ChunkStore::Get(const std::string& digest) {
   if (!IsChunkDigest(digest))
-    return MakeError(ErrorCode::kInvalidArgument, "'" + digest.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + digest.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
   std::string path = chunkfs::ChunkPath(dir_, digest);
   auto data = chunkfs::ReadChunkFile(path);
   {
@@ -111,13 +116,14 @@ Result<std::string> ChunkStore::Get(const std::string& digest) {
     }
   }
   return MakeError(ErrorCode::kInternal, "corrupt chunk " + digest + " in " + dir_ + ": its " +
-                                             std::to_string(data->size()) + " bytes hash to " + actual +
-                                             (moved ? "; moved to " + qpath : ""));
+                                             std::to_string(data->size()) + " bytes hash to " +
+                                             actual + (moved ? "; moved to " + qpath : ""));
 }
 
 Result<std::string> ChunkStore::GetUnverified(const std::string& digest) {
   if (!IsChunkDigest(digest))
-    return MakeError(ErrorCode::kInvalidArgument, "'" + digest.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + digest.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
   auto data = chunkfs::ReadChunkFile(chunkfs::ChunkPath(dir_, digest));
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -136,7 +142,8 @@ bool ChunkStore::Has(const std::string& digest) const {
 
 Result<uint64_t> ChunkStore::Size(const std::string& digest) const {
   if (!IsChunkDigest(digest))
-    return MakeError(ErrorCode::kInvalidArgument, "'" + digest.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + digest.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
   struct stat st;
   if (::stat(chunkfs::ChunkPath(dir_, digest).c_str(), &st) != 0)
     return MakeError(ErrorCode::kNotFound, "no chunk " + digest);

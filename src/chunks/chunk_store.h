@@ -29,11 +29,11 @@ class ChunkStore {
   };
 
   struct Stats {
-    uint64_t chunks = 0;         // distinct chunks stored
-    uint64_t bytes = 0;          // physical bytes of those chunks
-    uint64_t puts = 0;           // Put/PutVerified calls that succeeded
-    uint64_t put_bytes = 0;      // bytes offered by those calls
-    uint64_t dedup_hits = 0;     // puts of a chunk that was already stored
+    uint64_t chunks = 0;      // distinct chunks stored
+    uint64_t bytes = 0;       // physical bytes of those chunks
+    uint64_t puts = 0;        // Put/PutVerified calls that succeeded
+    uint64_t put_bytes = 0;   // bytes offered by those calls
+    uint64_t dedup_hits = 0;  // puts of a chunk that was already stored
     uint64_t gets = 0;
     uint64_t corrupt_reads = 0;  // Gets that found a chunk whose hash did not match
   };

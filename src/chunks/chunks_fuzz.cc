@@ -42,8 +42,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     }
     case 2: {
-      static const std::vector<std::string> asked = {
-          ChunkDigest(std::string_view("a")), ChunkDigest(std::string_view("b")), ChunkDigest(std::string_view("c"))};
+      static const std::vector<std::string> asked = {ChunkDigest(std::string_view("a")),
+                                                     ChunkDigest(std::string_view("b")),
+                                                     ChunkDigest(std::string_view("c"))};
       auto entries = DecodeBatchAnswer(in, asked);
       if (!entries.ok()) break;
       Check(!entries->empty() && entries->size() <= asked.size());

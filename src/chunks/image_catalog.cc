@@ -1,10 +1,9 @@
 #include "chunks/image_catalog.h"
 
 #include <dirent.h>
+#include <spdlog/spdlog.h>
 
 #include <cstring>
-
-#include <spdlog/spdlog.h>
 
 #include "chunks/chunk_store.h"
 #include "common/http_json.h"
@@ -22,7 +21,8 @@ std::vector<std::string> ListDir(const std::string& dir) {
   std::vector<std::string> out;
   if (DIR* d = ::opendir(dir.c_str())) {
     while (dirent* e = ::readdir(d))
-      if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) out.push_back(e->d_name);
+      if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
+        out.push_back(e->d_name);
     ::closedir(d);
   }
   return out;
@@ -69,7 +69,8 @@ Result<ImageCatalogPtr> ImageCatalog::Open(const std::string& dir) {
   return cat;
 }
 
-Result<Manifest> ImageCatalog::Publish(const std::string& name, Manifest draft, const ChunkStore& store) {
+Result<Manifest> ImageCatalog::Publish(const std::string& name, Manifest draft,
+                                       const ChunkStore& store) {
   VMG_RETURN_IF_ERROR(ValidateName("image", name));
   VMG_RETURN_IF_ERROR(ValidateManifest(draft, false));
   std::vector<std::string> missing;
@@ -82,7 +83,8 @@ Result<Manifest> ImageCatalog::Publish(const std::string& name, Manifest draft, 
     std::string list;
     for (size_t i = 0; i < missing.size() && i < 3; ++i) list += (i ? ", " : "") + missing[i];
     return MakeError(ErrorCode::kFailedPrecondition,
-                     std::to_string(missing.size()) + " chunk(s) of the manifest are not on the server " +
+                     std::to_string(missing.size()) +
+                         " chunk(s) of the manifest are not on the server " +
                          "(or have the wrong length); upload them first: " + list +
                          (missing.size() > 3 ? ", ..." : ""));
   }
@@ -104,7 +106,8 @@ Result<Manifest> ImageCatalog::Publish(const std::string& name, Manifest draft, 
   return draft;
 }
 
-Result<std::vector<ImageCatalog::VersionInfo>> ImageCatalog::Versions(const std::string& name) const {
+Result<std::vector<ImageCatalog::VersionInfo>> ImageCatalog::Versions(
+    const std::string& name) const {
   std::lock_guard<std::mutex> l(mu_);
   auto it = index_.find(name);
   if (it == index_.end()) return MakeError(ErrorCode::kNotFound, "no image named '" + name + "'");
@@ -129,8 +132,9 @@ Result<Manifest> ImageCatalog::Get(const std::string& name, uint64_t version) co
   VMG_ASSIGN_OR_RETURN(std::string text, ReadFile(path, kMaxManifestJsonBytes + 1));
   auto m = ParseManifestJson(text);
   if (!m.ok() || m->Digest() != digest)
-    return MakeError(ErrorCode::kInternal, "manifest file " + path + " is corrupt" +
-                                               (m.ok() ? std::string(" (digest changed)") : ": " + m.error().message));
+    return MakeError(ErrorCode::kInternal,
+                     "manifest file " + path + " is corrupt" +
+                         (m.ok() ? std::string(" (digest changed)") : ": " + m.error().message));
   return m;
 }
 
@@ -159,14 +163,15 @@ Result<uint64_t> ImageCatalog::ChunkCount(const std::string& name, uint64_t vers
   if (it == index_.end()) return MakeError(ErrorCode::kNotFound, "no image named '" + name + "'");
   auto v = it->second.find(version);
   if (v == it->second.end())
-    return MakeError(ErrorCode::kNotFound, "image '" + name + "' has no version " + std::to_string(version));
+    return MakeError(ErrorCode::kNotFound,
+                     "image '" + name + "' has no version " + std::to_string(version));
   return v->second.chunks;
 }
 
 static Status CheckPrefetchMode(const std::string& mode) {
   if (mode != "boot" && mode != "resume")
-    return MakeError(ErrorCode::kInvalidArgument, "prefetch mode '" + mode.substr(0, 40) +
-                                                      "' must be 'boot' or 'resume'");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "prefetch mode '" + mode.substr(0, 40) + "' must be 'boot' or 'resume'");
   return Status::Ok();
 }
 
@@ -176,22 +181,27 @@ Status ImageCatalog::PutPrefetch(const std::string& name, uint64_t version, cons
   VMG_ASSIGN_OR_RETURN(uint64_t chunks, ChunkCount(name, version));
   if (order.empty()) return MakeError(ErrorCode::kInvalidArgument, "the prefetch order is empty");
   if (order.size() > chunks)
-    return MakeError(ErrorCode::kInvalidArgument, "the prefetch order lists " + std::to_string(order.size()) +
-                                                      " chunks; the image has " + std::to_string(chunks));
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the prefetch order lists " + std::to_string(order.size()) +
+                         " chunks; the image has " + std::to_string(chunks));
   std::vector<bool> seen(chunks, false);
   for (uint64_t i : order) {
     if (i >= chunks)
       return MakeError(ErrorCode::kInvalidArgument, "prefetch index " + std::to_string(i) +
                                                         " is out of range (the image has " +
                                                         std::to_string(chunks) + " chunks)");
-    if (seen[i]) return MakeError(ErrorCode::kInvalidArgument, "prefetch index " + std::to_string(i) + " repeats");
+    if (seen[i])
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "prefetch index " + std::to_string(i) + " repeats");
     seen[i] = true;
   }
-  std::string path = dir_ + "/" + name + "/" + std::to_string(version) + ".prefetch-" + mode + ".json";
+  std::string path =
+      dir_ + "/" + name + "/" + std::to_string(version) + ".prefetch-" + mode + ".json";
   std::lock_guard<std::mutex> l(mu_);  // one writer at a time, so "first one wins" holds
   if (FileExists(path))
-    return MakeError(ErrorCode::kAlreadyExists, "a " + mode + " prefetch order of " + name + " version " +
-                                                    std::to_string(version) + " is already recorded");
+    return MakeError(ErrorCode::kAlreadyExists, "a " + mode + " prefetch order of " + name +
+                                                    " version " + std::to_string(version) +
+                                                    " is already recorded");
   return WriteFileAtomic(path, nlohmann::json{{"order", order}}.dump() + "\n");
 }
 
@@ -199,10 +209,11 @@ Result<std::vector<uint64_t>> ImageCatalog::GetPrefetch(const std::string& name,
                                                         const std::string& mode) const {
   VMG_RETURN_IF_ERROR(CheckPrefetchMode(mode));
   VMG_ASSIGN_OR_RETURN(uint64_t chunks, ChunkCount(name, version));
-  std::string path = dir_ + "/" + name + "/" + std::to_string(version) + ".prefetch-" + mode + ".json";
+  std::string path =
+      dir_ + "/" + name + "/" + std::to_string(version) + ".prefetch-" + mode + ".json";
   if (!FileExists(path))
-    return MakeError(ErrorCode::kNotFound, "no " + mode + " prefetch order for " + name + " version " +
-                                               std::to_string(version));
+    return MakeError(ErrorCode::kNotFound, "no " + mode + " prefetch order for " + name +
+                                               " version " + std::to_string(version));
   VMG_ASSIGN_OR_RETURN(std::string text, ReadFile(path, 64ull << 20));
   auto j = nlohmann::json::parse(text, nullptr, false);
   std::vector<uint64_t> order;
@@ -215,7 +226,8 @@ Result<std::vector<uint64_t>> ImageCatalog::GetPrefetch(const std::string& name,
       order.push_back(v.get<uint64_t>());
     }
   }
-  if (order.empty()) return MakeError(ErrorCode::kInternal, "prefetch file " + path + " is corrupt");
+  if (order.empty())
+    return MakeError(ErrorCode::kInternal, "prefetch file " + path + " is corrupt");
   return order;
 }
 

@@ -88,7 +88,7 @@ class ImageCatalog {
   const std::string dir_;  // DIR/manifests
   mutable std::mutex mu_;
   std::map<std::string, std::map<uint64_t, VersionInfo>> index_;  // protected by mu_
-  uint64_t corrupt_manifests_ = 0;                                 // protected by mu_
+  uint64_t corrupt_manifests_ = 0;                                // protected by mu_
 };
 
 }  // namespace vmgrid

@@ -10,10 +10,9 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
-
-#include <nlohmann/json.hpp>
 
 #include "common/result.h"
 
@@ -61,7 +60,7 @@ class ImageServer {
     uint64_t chunks_served = 0;
     uint64_t bytes_served = 0;
     uint64_t batch_requests = 0;
-    uint64_t chunks_uploaded = 0;   // PUTs that stored a new chunk
+    uint64_t chunks_uploaded = 0;  // PUTs that stored a new chunk
     uint64_t bytes_uploaded = 0;
     uint64_t manifests_published = 0;
     uint64_t auth_failures = 0;

@@ -150,9 +150,12 @@ TEST_F(ImageServerTest, PrefetchHintsAreValidatedAndWrittenOnce) {
   // Bad hints: unknown version, bad mode, out of range, repeated, empty.
   EXPECT_EQ(client->PutPrefetch("hinted", 2, "boot", {0}).error().code, ErrorCode::kNotFound);
   EXPECT_EQ(client->PutPrefetch("nosuch", 1, "boot", {0}).error().code, ErrorCode::kNotFound);
-  EXPECT_EQ(client->PutPrefetch("hinted", 1, "reboot", {0}).error().code, ErrorCode::kInvalidArgument);
-  EXPECT_EQ(client->PutPrefetch("hinted", 1, "boot", {11}).error().code, ErrorCode::kInvalidArgument);
-  EXPECT_EQ(client->PutPrefetch("hinted", 1, "boot", {3, 1, 3}).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(client->PutPrefetch("hinted", 1, "reboot", {0}).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(client->PutPrefetch("hinted", 1, "boot", {11}).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(client->PutPrefetch("hinted", 1, "boot", {3, 1, 3}).error().code,
+            ErrorCode::kInvalidArgument);
   EXPECT_EQ(client->PutPrefetch("hinted", 1, "boot", {}).error().code, ErrorCode::kInvalidArgument);
 
   ASSERT_TRUE(client->PutPrefetch("hinted", 1, "boot", {5, 0, 10}).ok());
@@ -166,7 +169,8 @@ TEST_F(ImageServerTest, PrefetchHintsAreValidatedAndWrittenOnce) {
 
   // Raw bodies the client would never send.
   httplib::Client raw("127.0.0.1", port_);
-  for (const char* body : {"[1,2]", "{\"order\":[1],\"x\":1}", "{\"order\":[-1]}", "{\"order\":[\"1\"]}"}) {
+  for (const char* body :
+       {"[1,2]", "{\"order\":[1],\"x\":1}", "{\"order\":[-1]}", "{\"order\":[\"1\"]}"}) {
     auto r = raw.Put("/v1/prefetch/hinted/1/boot", body, "application/json");
     ASSERT_TRUE(r);
     EXPECT_EQ(r->status, 400) << body;
@@ -207,10 +211,13 @@ TEST_F(ImageServerTest, LargeBatchIsAnsweredInParts) {
   co.batch_chunks = 64;
   auto client = Client("", co);
   std::map<std::string, std::string> got;
-  ASSERT_TRUE(client->FetchChunks(digests, [&](const std::string& d, std::string data) {
-                      got[d] = std::move(data);
-                      return Status::Ok();
-                    }).ok());
+  ASSERT_TRUE(client
+                  ->FetchChunks(digests,
+                                [&](const std::string& d, std::string data) {
+                                  got[d] = std::move(data);
+                                  return Status::Ok();
+                                })
+                  .ok());
   EXPECT_EQ(got, want);
   EXPECT_EQ(client->stats().requests, 5u);  // 2+2+2+2+1
 }
@@ -244,7 +251,8 @@ TEST_F(ImageServerTest, ValidatesEveryInput) {
   too_many += "]}";
   std::vector<Case> cases = {
       {"bad digest", "GET", "/v1/chunks/xyz", "", 400, "invalid_argument"},
-      {"uppercase digest", "GET", "/v1/chunks/" + std::string(64, 'A'), "", 400, "invalid_argument"},
+      {"uppercase digest", "GET", "/v1/chunks/" + std::string(64, 'A'), "", 400,
+       "invalid_argument"},
       {"absent chunk", "GET", "/v1/chunks/" + absent, "", 404, "not_found"},
       {"unknown image", "GET", "/v1/manifests/nope", "", 404, "not_found"},
       {"bad image name", "GET", "/v1/manifests/-x", "", 400, "invalid_argument"},
@@ -252,29 +260,38 @@ TEST_F(ImageServerTest, ValidatesEveryInput) {
       {"bad version", "GET", "/v1/manifests/tiny/1x", "", 400, "invalid_argument"},
       {"version zero", "GET", "/v1/manifests/tiny/0", "", 400, "invalid_argument"},
       {"unknown route", "GET", "/v1/nothing", "", 404, "not_found"},
-      {"digest mismatch", "PUT", "/v1/chunks/" + absent, "not the content", 400, "invalid_argument"},
-      {"empty chunk", "PUT", "/v1/chunks/" + ChunkDigest(std::string()), "", 400, "invalid_argument"},
+      {"digest mismatch", "PUT", "/v1/chunks/" + absent, "not the content", 400,
+       "invalid_argument"},
+      {"empty chunk", "PUT", "/v1/chunks/" + ChunkDigest(std::string()), "", 400,
+       "invalid_argument"},
       {"batch malformed", "POST", "/v1/chunks:batch", "{", 400, "invalid_argument"},
       {"batch empty", "POST", "/v1/chunks:batch", "{\"digests\":[]}", 400, "invalid_argument"},
-      {"batch bad digest", "POST", "/v1/chunks:batch", "{\"digests\":[\"zero\"]}", 400, "invalid_argument"},
-      {"batch unknown field", "POST", "/v1/chunks:batch", "{\"digests\":[],\"x\":1}", 400, "invalid_argument"},
-      {"batch absent", "POST", "/v1/chunks:batch", "{\"digests\":[\"" + absent + "\"]}", 404, "not_found"},
+      {"batch bad digest", "POST", "/v1/chunks:batch", "{\"digests\":[\"zero\"]}", 400,
+       "invalid_argument"},
+      {"batch unknown field", "POST", "/v1/chunks:batch", "{\"digests\":[],\"x\":1}", 400,
+       "invalid_argument"},
+      {"batch absent", "POST", "/v1/chunks:batch", "{\"digests\":[\"" + absent + "\"]}", 404,
+       "not_found"},
       {"batch too many", "POST", "/v1/chunks:batch", too_many, 400, "invalid_argument"},
       {"missing bad", "POST", "/v1/chunks:missing", "{\"digests\":[1]}", 400, "invalid_argument"},
       {"publish missing chunk", "POST", "/v1/manifests/tiny",
-       json{{"size", 10}, {"chunk_size", kChunk}, {"chunks", {absent}}}.dump(), 409, "failed_precondition"},
+       json{{"size", 10}, {"chunk_size", kChunk}, {"chunks", {absent}}}.dump(), 409,
+       "failed_precondition"},
       {"publish inconsistent", "POST", "/v1/manifests/tiny",
-       json{{"size", kChunk + 1}, {"chunk_size", kChunk}, {"chunks", {present}}}.dump(), 400, "invalid_argument"},
-      {"publish with version", "POST", "/v1/manifests/tiny",
-       json{{"size", 10}, {"chunk_size", kChunk}, {"chunks", {present}}, {"version", 5}}.dump(), 400,
+       json{{"size", kChunk + 1}, {"chunk_size", kChunk}, {"chunks", {present}}}.dump(), 400,
        "invalid_argument"},
+      {"publish with version", "POST", "/v1/manifests/tiny",
+       json{{"size", 10}, {"chunk_size", kChunk}, {"chunks", {present}}, {"version", 5}}.dump(),
+       400, "invalid_argument"},
       {"publish bad name", "POST", "/v1/manifests/-b",
-       json{{"size", 10}, {"chunk_size", kChunk}, {"chunks", {present}}}.dump(), 400, "invalid_argument"},
+       json{{"size", 10}, {"chunk_size", kChunk}, {"chunks", {present}}}.dump(), 400,
+       "invalid_argument"},
   };
   for (const auto& c : cases) {
-    httplib::Result r = c.method == "GET"   ? http.Get(c.path.c_str())
-                        : c.method == "PUT" ? http.Put(c.path.c_str(), c.body, "application/octet-stream")
-                                            : http.Post(c.path.c_str(), c.body, "application/json");
+    httplib::Result r = c.method == "GET" ? http.Get(c.path.c_str())
+                        : c.method == "PUT"
+                            ? http.Put(c.path.c_str(), c.body, "application/octet-stream")
+                            : http.Post(c.path.c_str(), c.body, "application/json");
     ASSERT_TRUE(r) << c.what << ": " << httplib::to_string(r.error());
     EXPECT_EQ(r->status, c.status) << c.what << ": " << r->body;
     json body = json::parse(r->body, nullptr, false);
@@ -310,7 +327,8 @@ TEST_F(ImageServerTest, ClientDetectsCorruptChunkRefetchesOnceThenFails) {
   });
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, ErrorCode::kInternal);
-  EXPECT_NE(st.error().message.find("corrupt chunk " + bad), std::string::npos) << st.error().message;
+  EXPECT_NE(st.error().message.find("corrupt chunk " + bad), std::string::npos)
+      << st.error().message;
   EXPECT_EQ(delivered, std::vector<std::string>{good});  // the corrupt one never reaches the sink
   EXPECT_EQ(client->stats().verification_failures, 2u);  // batch copy + the refetch
   EXPECT_EQ(client->stats().refetches, 1u);
@@ -379,7 +397,7 @@ TEST(ChunkBatch, EncodeDecodeRoundTrip) {
   ASSERT_EQ(entries->size(), 2u);  // a prefix: the client asks again for the rest
   EXPECT_EQ(body.substr((*entries)[1].offset, (*entries)[1].length), "bb");
   EXPECT_FALSE(DecodeBatchAnswer(body, {asked[1], asked[0]}).ok());  // out of order
-  EXPECT_FALSE(DecodeBatchAnswer(body, {asked[0]}).ok());             // more than asked
+  EXPECT_FALSE(DecodeBatchAnswer(body, {asked[0]}).ok());            // more than asked
   EXPECT_FALSE(DecodeBatchAnswer(body.substr(0, body.size() - 1), asked).ok());
 }
 

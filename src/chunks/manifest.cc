@@ -18,7 +18,9 @@ using nlohmann::json;
 namespace {
 
 Error Invalid(const std::string& msg) { return MakeError(ErrorCode::kInvalidArgument, msg); }
-Error Errno(const std::string& what) { return MakeError(ErrorCode::kInternal, what + ": " + std::strerror(errno)); }
+Error Errno(const std::string& what) {
+  return MakeError(ErrorCode::kInternal, what + ": " + std::strerror(errno));
+}
 
 // Thrown from the parser callback to stop at the first structural problem.
 struct ShapeError {
@@ -49,7 +51,8 @@ Result<json> ParseFlatObject(std::string_view text) {
   };
   try {
     json j = json::parse(text.begin(), text.end(), cb);
-    if (!j.is_object()) return Invalid(std::string("manifest must be a JSON object, not ") + j.type_name());
+    if (!j.is_object())
+      return Invalid(std::string("manifest must be a JSON object, not ") + j.type_name());
     return j;
   } catch (const ShapeError& e) {
     return Invalid(e.message);
@@ -69,8 +72,8 @@ Result<uint64_t> Uint(const json& obj, const char* name, uint64_t min, uint64_t 
     return Invalid(std::string("field '") + name + "' must not be negative");
   uint64_t v = it->get<uint64_t>();
   if (v < min || v > max)
-    return Invalid(std::string("field '") + name + "' is " + std::to_string(v) + "; it must be between " +
-                   std::to_string(min) + " and " + std::to_string(max));
+    return Invalid(std::string("field '") + name + "' is " + std::to_string(v) +
+                   "; it must be between " + std::to_string(min) + " and " + std::to_string(max));
   return v;
 }
 
@@ -93,8 +96,8 @@ Status ReadBody(const json& obj, Manifest& m) {
   uint64_t want = ChunkCountFor(m.size, m.chunk_size);
   if (it->size() != want)
     return Invalid("field 'chunks' has " + std::to_string(it->size()) + " entries but size " +
-                   std::to_string(m.size) + " at chunk_size " + std::to_string(m.chunk_size) + " needs " +
-                   std::to_string(want));
+                   std::to_string(m.size) + " at chunk_size " + std::to_string(m.chunk_size) +
+                   " needs " + std::to_string(want));
   m.chunks.clear();
   m.chunks.reserve(it->size());
   for (const auto& e : *it) {
@@ -139,16 +142,16 @@ uint64_t Manifest::NonZeroBytes() const {
 std::string Manifest::CanonicalJson() const {
   // nlohmann::json objects keep keys sorted, and every value is ASCII
   // without characters that need escaping, so dump() is canonical.
-  json j = {{"format", kFormat}, {"name", name},   {"version", version},
-            {"size", size},      {"chunk_size", chunk_size}, {"chunks", chunks}};
+  json j = {{"format", kFormat},        {"name", name},    {"version", version}, {"size", size},
+            {"chunk_size", chunk_size}, {"chunks", chunks}};
   return j.dump();
 }
 
 std::string Manifest::Digest() const { return ChunkDigest(CanonicalJson()); }
 
 json Manifest::ToJson() const {
-  json j = {{"format", kFormat}, {"name", name},   {"version", version},
-            {"size", size},      {"chunk_size", chunk_size}, {"chunks", chunks}};
+  json j = {{"format", kFormat},        {"name", name},    {"version", version}, {"size", size},
+            {"chunk_size", chunk_size}, {"chunks", chunks}};
   j["digest"] = Digest();
   return j;
 }
@@ -157,17 +160,20 @@ Status ValidateManifest(const Manifest& m, bool published) {
   if (published) {
     VMG_RETURN_IF_ERROR(ValidateName("image", m.name));
     if (m.version < 1 || m.version > kMaxManifestVersion)
-      return Invalid("manifest version must be between 1 and " + std::to_string(kMaxManifestVersion));
+      return Invalid("manifest version must be between 1 and " +
+                     std::to_string(kMaxManifestVersion));
   }
   if (!IsValidChunkSize(m.chunk_size))
-    return Invalid("chunk_size " + std::to_string(m.chunk_size) + " is not a power of two between " +
-                   std::to_string(kMinChunkSize) + " and " + std::to_string(kMaxChunkSize));
+    return Invalid("chunk_size " + std::to_string(m.chunk_size) +
+                   " is not a power of two between " + std::to_string(kMinChunkSize) + " and " +
+                   std::to_string(kMaxChunkSize));
   if (m.size < 1) return Invalid("an image must be at least one byte long");
   uint64_t want = ChunkCountFor(m.size, m.chunk_size);
   if (want > kMaxManifestChunks)
-    return Invalid("an image of " + std::to_string(m.size) + " bytes needs " + std::to_string(want) +
-                   " chunks of " + std::to_string(m.chunk_size) + " bytes; the limit is " +
-                   std::to_string(kMaxManifestChunks) + " (use larger chunks)");
+    return Invalid("an image of " + std::to_string(m.size) + " bytes needs " +
+                   std::to_string(want) + " chunks of " + std::to_string(m.chunk_size) +
+                   " bytes; the limit is " + std::to_string(kMaxManifestChunks) +
+                   " (use larger chunks)");
   if (m.chunks.size() != want)
     return Invalid("manifest has " + std::to_string(m.chunks.size()) + " chunks but size " +
                    std::to_string(m.size) + " needs " + std::to_string(want));
@@ -194,8 +200,8 @@ Result<Manifest> ParseManifestJson(std::string_view text) {
     return Invalid("field 'digest' must be a digest (64 lowercase hex)");
   std::string actual = m.Digest();
   if (digest->get<std::string>() != actual)
-    return Invalid("manifest digest " + digest->get<std::string>() + " does not match its content (" +
-                   actual + ")");
+    return Invalid("manifest digest " + digest->get<std::string>() +
+                   " does not match its content (" + actual + ")");
   return m;
 }
 
@@ -228,8 +234,9 @@ Status ForEachFileChunk(const std::string& path, uint32_t chunk_size, const File
   if (size == 0) return Invalid(path + " is empty");
   uint64_t count = ChunkCountFor(size, chunk_size);
   if (count > kMaxManifestChunks)
-    return Invalid(path + " needs " + std::to_string(count) + " chunks of " + std::to_string(chunk_size) +
-                   " bytes; the limit is " + std::to_string(kMaxManifestChunks) + " (use larger chunks)");
+    return Invalid(path + " needs " + std::to_string(count) + " chunks of " +
+                   std::to_string(chunk_size) + " bytes; the limit is " +
+                   std::to_string(kMaxManifestChunks) + " (use larger chunks)");
   std::string buf(chunk_size, '\0');
   const std::string zeros(chunk_size, '\0');  // what a hole reads as
   // Next offset holding data, from SEEK_DATA; everything before it is a hole.
@@ -302,7 +309,8 @@ Status WriteImageFile(const Manifest& m, const ChunkGetFn& get, const std::strin
       auto data = get(m.chunks[i]);
       if (!data.ok()) return fail(data.error().Wrap("chunk " + std::to_string(i)));
       if (data->size() != len || ChunkDigest(*data) != m.chunks[i])
-        return fail(MakeError(ErrorCode::kInternal, "chunk " + std::to_string(i) + " (" + m.chunks[i] +
+        return fail(MakeError(ErrorCode::kInternal, "chunk " + std::to_string(i) + " (" +
+                                                        m.chunks[i] +
                                                         ") has the wrong length or content"));
       size_t done = 0;
       while (done < len) {
@@ -314,7 +322,8 @@ Status WriteImageFile(const Manifest& m, const ChunkGetFn& get, const std::strin
         done += static_cast<size_t>(w);
       }
     }
-    if (progress && !progress(off + len, m.size)) return fail(MakeError(ErrorCode::kInternal, "canceled"));
+    if (progress && !progress(off + len, m.size))
+      return fail(MakeError(ErrorCode::kInternal, "canceled"));
   }
   if (::fsync(fd) != 0) return fail(Errno("fsync " + tmp));
   ::close(fd);

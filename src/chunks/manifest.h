@@ -7,11 +7,10 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "chunks/chunk_digest.h"
 #include "common/result.h"
@@ -33,9 +32,9 @@ inline constexpr uint64_t kMaxManifestVersion = uint64_t{1} << 53;  // exact in 
 struct Manifest {
   static constexpr int kFormat = 1;
 
-  std::string name;       // image name (ValidateName rules)
-  uint64_t version = 0;   // 1, 2, ... assigned at publication; 0 = not published
-  uint64_t size = 0;      // bytes of the raw image, >= 1
+  std::string name;      // image name (ValidateName rules)
+  uint64_t version = 0;  // 1, 2, ... assigned at publication; 0 = not published
+  uint64_t size = 0;     // bytes of the raw image, >= 1
   uint32_t chunk_size = 0;
   // One entry per chunk_size piece of the image (the last may be shorter):
   // a chunk digest, or kZeroChunk for a piece that is all zero bytes.

@@ -7,8 +7,8 @@
 
 namespace vmgrid {
 
-ManifestBlockSource::ManifestBlockSource(Manifest manifest, ChunkCache& cache, ChunkCache::FetchFn fetch,
-                                         Options options)
+ManifestBlockSource::ManifestBlockSource(Manifest manifest, ChunkCache& cache,
+                                         ChunkCache::FetchFn fetch, Options options)
     : manifest_(std::move(manifest)),
       cache_(cache),
       fetch_(std::move(fetch)),
@@ -20,7 +20,8 @@ std::vector<uint64_t> ManifestBlockSource::FirstReads() const {
   return first_reads_;
 }
 
-Result<std::shared_ptr<ManifestBlockSource>> ManifestBlockSource::Create(Manifest manifest, ChunkCache& cache,
+Result<std::shared_ptr<ManifestBlockSource>> ManifestBlockSource::Create(Manifest manifest,
+                                                                         ChunkCache& cache,
                                                                          ChunkCache::FetchFn fetch,
                                                                          Options options) {
   VMG_RETURN_IF_ERROR(ValidateManifest(manifest, false));
@@ -53,10 +54,10 @@ Result<ManifestBlockSource::ChunkData> ManifestBlockSource::Chunk(size_t index) 
   const std::string& digest = manifest_.chunks[index];
   VMG_ASSIGN_OR_RETURN(std::string bytes, cache_.Get(digest, fetch_));
   if (bytes.size() != manifest_.ChunkLength(index))
-    return MakeError(ErrorCode::kInternal, "chunk " + std::to_string(index) + " (" + digest + ") of " +
-                                               manifest_.name + " has " + std::to_string(bytes.size()) +
-                                               " bytes; the manifest says " +
-                                               std::to_string(manifest_.ChunkLength(index)));
+    return MakeError(ErrorCode::kInternal,
+                     "chunk " + std::to_string(index) + " (" + digest + ") of " + manifest_.name +
+                         " has " + std::to_string(bytes.size()) + " bytes; the manifest says " +
+                         std::to_string(manifest_.ChunkLength(index)));
   auto data = std::make_shared<const std::string>(std::move(bytes));
   if (options_.memory_chunks > 0) {
     std::lock_guard<std::mutex> l(mu_);

@@ -10,10 +10,10 @@
 
 #include <cstdint>
 #include <list>
-#include <unordered_map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -40,7 +40,8 @@ class ManifestBlockSource final : public nbd::BlockSource {
 
   // kInvalidArgument for an invalid manifest; Pin's errors.
   static Result<std::shared_ptr<ManifestBlockSource>> Create(Manifest manifest, ChunkCache& cache,
-                                                             ChunkCache::FetchFn fetch, Options options);
+                                                             ChunkCache::FetchFn fetch,
+                                                             Options options);
   static Result<std::shared_ptr<ManifestBlockSource>> Create(Manifest manifest, ChunkCache& cache,
                                                              ChunkCache::FetchFn fetch) {
     return Create(std::move(manifest), cache, std::move(fetch), Options());
@@ -61,7 +62,8 @@ class ManifestBlockSource final : public nbd::BlockSource {
 
  private:
   using ChunkData = std::shared_ptr<const std::string>;
-  ManifestBlockSource(Manifest manifest, ChunkCache& cache, ChunkCache::FetchFn fetch, Options options);
+  ManifestBlockSource(Manifest manifest, ChunkCache& cache, ChunkCache::FetchFn fetch,
+                      Options options);
   Result<ChunkData> Chunk(size_t index);
 
   const Manifest manifest_;
@@ -72,9 +74,10 @@ class ManifestBlockSource final : public nbd::BlockSource {
 
   mutable std::mutex mu_;
   std::list<std::pair<size_t, ChunkData>> recent_;  // most recent first; protected by mu_
-  std::unordered_map<size_t, std::list<std::pair<size_t, ChunkData>>::iterator> recent_index_;  // protected by mu_
-  std::vector<bool> touched_;                          // per chunk; protected by mu_
-  std::vector<uint64_t> first_reads_;                  // protected by mu_
+  std::unordered_map<size_t, std::list<std::pair<size_t, ChunkData>>::iterator>
+      recent_index_;                   // protected by mu_
+  std::vector<bool> touched_;          // per chunk; protected by mu_
+  std::vector<uint64_t> first_reads_;  // protected by mu_
 };
 
 // Brings every chunk of `m` that the cache lacks into it, in batches over

@@ -58,9 +58,13 @@ TEST_F(ManifestBlockSourceTest, ServesTheImageBitExactly) {
   ASSERT_EQ(block->size(), image_.size());
 
   // Reads of every alignment, crossing chunk boundaries and the tail.
-  std::vector<std::pair<uint64_t, size_t>> reads = {
-      {0, 512}, {kChunk - 100, 300}, {3 * kChunk + 5, 2 * kChunk + 17}, {4 * kChunk, 2 * kChunk},
-      {image_.size() - 777, 777}, {image_.size() - 1, 1}, {0, image_.size()}};
+  std::vector<std::pair<uint64_t, size_t>> reads = {{0, 512},
+                                                    {kChunk - 100, 300},
+                                                    {3 * kChunk + 5, 2 * kChunk + 17},
+                                                    {4 * kChunk, 2 * kChunk},
+                                                    {image_.size() - 777, 777},
+                                                    {image_.size() - 1, 1},
+                                                    {0, image_.size()}};
   for (auto [off, len] : reads) {
     std::string out(len, 'x');
     Status st = block->Read(off, len, out.data());
@@ -72,8 +76,10 @@ TEST_F(ManifestBlockSourceTest, ServesTheImageBitExactly) {
   EXPECT_EQ(cache_->stats().pinned_chunks, 10u);
 
   std::string out(10, '\0');
-  EXPECT_EQ(block->Read(image_.size() - 5, 10, out.data()).error().code, ErrorCode::kInvalidArgument);
-  EXPECT_EQ(block->Read(image_.size() + 1, 1, out.data()).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(block->Read(image_.size() - 5, 10, out.data()).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(block->Read(image_.size() + 1, 1, out.data()).error().code,
+            ErrorCode::kInvalidArgument);
   EXPECT_EQ(block->Read(UINT64_MAX, 2, out.data()).error().code, ErrorCode::kInvalidArgument);
 
   block.reset();
@@ -88,7 +94,8 @@ TEST_F(ManifestBlockSourceTest, RecordsTheOrderOfFirstReads) {
   ASSERT_TRUE(src.ok());
   std::string out(kChunk, 'x');
   // Chunks 7, 2, 7 again, zero chunk 4 (not recorded: it needs no fetch), 0.
-  for (uint64_t c : {7, 2, 7, 4, 0}) ASSERT_TRUE((*src)->Read(c * kChunk + 10, 100, out.data()).ok());
+  for (uint64_t c : {7, 2, 7, 4, 0})
+    ASSERT_TRUE((*src)->Read(c * kChunk + 10, 100, out.data()).ok());
   EXPECT_EQ((*src)->FirstReads(), (std::vector<uint64_t>{7, 2, 0}));
 }
 
@@ -127,7 +134,8 @@ TEST_F(ManifestBlockSourceTest, NeverServesUnverifiedBytes) {
 }
 
 TEST_F(ManifestBlockSourceTest, ConcurrentReadersSeeTheImage) {
-  auto src = ManifestBlockSource::Create(manifest_, *cache_, Fetch(), {.memory_chunks = 2, .pin = true});
+  auto src =
+      ManifestBlockSource::Create(manifest_, *cache_, Fetch(), {.memory_chunks = 2, .pin = true});
   ASSERT_TRUE(src.ok());
   std::atomic<int> bad{0};
   std::vector<std::thread> threads;

@@ -116,7 +116,9 @@ TEST(Manifest, RejectsHostileJson) {
   // Oversized input is refused before parsing.
   EXPECT_FALSE(ParseManifestJson(std::string(kMaxManifestJsonBytes + 1, ' ')).ok());
   // Too many chunks: the count check happens before any entry is copied.
-  json big = {{"size", uint64_t{kMaxManifestChunks + 1} * 4096}, {"chunk_size", 4096}, {"chunks", json::array()}};
+  json big = {{"size", uint64_t{kMaxManifestChunks + 1} * 4096},
+              {"chunk_size", 4096},
+              {"chunks", json::array()}};
   EXPECT_FALSE(ParseManifestDraftJson(big.dump()).ok());
 }
 
@@ -145,11 +147,11 @@ TEST(Manifest, ValidateCatchesInconsistency) {
 // chunk and a short tail.
 std::string MakeImage(const std::string& path, uint32_t cs) {
   std::string img;
-  img += TestBytes(cs, 10);            // chunk 0
-  img += std::string(cs, '\0');        // chunk 1: zeros written out
-  img += TestBytes(cs, 10);            // chunk 2: same as chunk 0
-  img += std::string(3 * cs, '\0');    // chunks 3-5: left as a hole below
-  img += TestBytes(cs / 2 + 7, 11);    // chunk 6: short tail
+  img += TestBytes(cs, 10);          // chunk 0
+  img += std::string(cs, '\0');      // chunk 1: zeros written out
+  img += TestBytes(cs, 10);          // chunk 2: same as chunk 0
+  img += std::string(3 * cs, '\0');  // chunks 3-5: left as a hole below
+  img += TestBytes(cs / 2 + 7, 11);  // chunk 6: short tail
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   EXPECT_GE(fd, 0);
   EXPECT_EQ(::pwrite(fd, img.data(), 3 * cs, 0), static_cast<ssize_t>(3 * cs));
@@ -183,15 +185,18 @@ TEST(ChunkImageFile, ChunksAndReassemblesBitExactly) {
   EXPECT_EQ(m->ChunkLength(6), cs / 2 + 7);
   EXPECT_EQ(store->stats().chunks, 2u);  // the repeat is stored once, zeros not at all
 
-  ASSERT_TRUE(WriteImageFile(*m, [&](const std::string& d) { return store->Get(d); }, dir / "out.raw").ok());
+  ASSERT_TRUE(WriteImageFile(
+                  *m, [&](const std::string& d) { return store->Get(d); }, dir / "out.raw")
+                  .ok());
   auto out = ReadFile(dir / "out.raw", 1 << 30);
   ASSERT_TRUE(out.ok());
   EXPECT_TRUE(*out == img) << "reassembled image differs";
   EXPECT_FALSE(FileExists(dir / "out.raw.partial"));
 
   // A source handing out wrong bytes fails the assembly and leaves nothing.
-  Status bad = WriteImageFile(*m, [&](const std::string&) -> Result<std::string> { return TestBytes(cs, 99); },
-                              dir / "bad.raw");
+  Status bad = WriteImageFile(
+      *m, [&](const std::string&) -> Result<std::string> { return TestBytes(cs, 99); },
+      dir / "bad.raw");
   EXPECT_FALSE(bad.ok());
   EXPECT_FALSE(FileExists(dir / "bad.raw"));
   EXPECT_FALSE(FileExists(dir / "bad.raw.partial"));

@@ -1,11 +1,11 @@
 // `vmgrid image-server`: serves a chunk store and its catalog of image
 // versions over HTTP (docs/chunk-store.md) until SIGTERM/SIGINT.
+#include <spdlog/spdlog.h>
+
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
-
-#include <spdlog/spdlog.h>
 
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"

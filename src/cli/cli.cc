@@ -23,17 +23,17 @@
 #include <tuple>
 #include <utility>
 
-#include "client/api_client.h"
 #include "cli/exit_codes.h"
 #include "cli/format.h"
 #include "cli/options.h"
-#include "sim/sim_hosts.h"
+#include "client/api_client.h"
 #include "common/result.h"
+#include "common/tls.h"
 #include "common/util.h"
 #include "common/version.h"
-#include "common/tls.h"
 #include "common/vm_state.h"
 #include "images/image_file.h"
+#include "sim/sim_hosts.h"
 
 namespace vmgrid {
 namespace {
@@ -480,7 +480,8 @@ Status ResolveCa(const Ctx& ctx) {
         break;
       }
   } else if (!IsRegularFile(ca)) {
-    return MakeError(ErrorCode::kInvalidArgument, "the CA file " + ca + " (from --ca/VMGRID_CA) does not exist");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the CA file " + ca + " (from --ca/VMGRID_CA) does not exist");
   }
   return SetClientTls({"", "", ca});
 }
@@ -1011,7 +1012,8 @@ int CmdImageImport(Ctx& ctx, const ImportArgs& a) {
   }
   if (g_interrupted.load()) return fail_and_clean(MakeError(ErrorCode::kInternal, "interrupted"));
   if (!ctx.g.json)
-    ctx.io.err << "publishing " << a.name << " (chunking and pushing it to the image server, if any)" << std::endl;
+    ctx.io.err << "publishing " << a.name
+               << " (chunking and pushing it to the image server, if any)" << std::endl;
   // Finalize is an operation (202), polled until the image is ready.
   auto fin = RetryWhileBusy(
       ctx, [&] { return client.Post("/v1/images/" + PathEscape(id) + "/finalize"); });
@@ -1130,7 +1132,8 @@ int CmdVmCreate(Ctx& ctx, const VmCreateArgs& a) {
       return UsageError(ctx, "--total-mem wants MIN..MAX, e.g. 512M..1G", "vm create");
     auto mn = ParseMemoryMb(a.total_mem.substr(0, dots));
     auto mx = ParseMemoryMb(a.total_mem.substr(dots + 2));
-    if (!mn.ok() || !mx.ok()) return UsageError(ctx, "--total-mem wants MIN..MAX, e.g. 512M..1G", "vm create");
+    if (!mn.ok() || !mx.ok())
+      return UsageError(ctx, "--total-mem wants MIN..MAX, e.g. 512M..1G", "vm create");
     body["total_memory_mb"] = {{"min", *mn}, {"max", *mx}};
   }
   auto client = MakeClient(ctx);
@@ -1590,10 +1593,12 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
 
   // TLS flags of a server role (common/tls.h).
   auto tls_flags = [](CLI::App* role, ServerTlsOptions& tls, const std::string& who) {
-    role->add_option("--tls-cert", tls.files.cert, "PEM certificate " + who + " serves with and presents as a client")
+    role->add_option("--tls-cert", tls.files.cert,
+                     "PEM certificate " + who + " serves with and presents as a client")
         ->check(CLI::ExistingFile);
     role->add_option("--tls-key", tls.files.key, "Its PEM private key")->check(CLI::ExistingFile);
-    role->add_option("--ca", tls.files.ca, "PEM CA certificate of the grid (peers' certificates must chain to it)")
+    role->add_option("--ca", tls.files.ca,
+                     "PEM CA certificate of the grid (peers' certificates must chain to it)")
         ->check(CLI::ExistingFile);
     role->add_flag("--plain-http", tls.plain_http,
                    "Serve plain HTTP instead of TLS (loopback addresses only)");
@@ -1613,9 +1618,10 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
                   "PostgreSQL URI, e.g. postgresql://vmgrid:PW@127.0.0.1/vmgrid "
                   "(default: SQLite STATE_DIR/vmgrid.db)");
     c->add_option("--image-dir", s.controller.image_dir, "Image store (default: STATE_DIR/images)");
-    c->add_option("--image-server", s.controller.image_server,
-                  "Image server URL to publish images and checkpoints to, e.g. http://127.0.0.1:8471 "
-                  "(default: none; agents read image files by path)");
+    c->add_option(
+        "--image-server", s.controller.image_server,
+        "Image server URL to publish images and checkpoints to, e.g. http://127.0.0.1:8471 "
+        "(default: none; agents read image files by path)");
     c->add_option("--image-server-token-file", s.controller.image_server_token_file,
                   "File with the image server's token");
     c->add_option("--agent-listen", s.controller.agent_listen,
@@ -1644,7 +1650,8 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
            "Time a client has to send a request's line and headers"}})
       c->add_option(flag, *dst, what)->check(CLI::Range(1, 1'000'000))->capture_default_str();
 
-    auto* is = leaf(&app, "image-server", "Run an image server (content-addressed image and checkpoint chunks)",
+    auto* is = leaf(&app, "image-server",
+                    "Run an image server (content-addressed image and checkpoint chunks)",
                     [&] { return RunImageServer(s.image_server); });
     is->group("Server roles");
     is->add_option("--listen", s.image_server.listen, "Address to listen on")
@@ -1667,7 +1674,9 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
         ->capture_default_str();
     a->add_option("--controller", s.agent.controller_url, "Controller base URL")
         ->capture_default_str();
-    a->add_option("--token-file", s.agent.token_file, "File with the join token (controller STATE/agent.token); read only until this host has credentials (STATE/host-credentials.json)");
+    a->add_option("--token-file", s.agent.token_file,
+                  "File with the join token (controller STATE/agent.token); read only until this "
+                  "host has credentials (STATE/host-credentials.json)");
     a->add_option("--state-dir", s.agent.state_dir, "State directory")->capture_default_str();
     tls_flags(a, s.agent.tls, "the agent");
     a->add_option("--name", s.agent.name, "Host name to report (default: hostname)");
@@ -1690,8 +1699,9 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     a->add_option("--vcpus", s.agent.vcpus, "vCPUs to offer (0: all)")->check(CLI::Range(0, 4096));
     a->add_option("--memory-mb", s.agent_memory, "Memory to offer, MiB or 4G (default: auto)")
         ->check(MemoryValidator());
-    a->add_option("--image-server", s.agent.image_server,
-                  "Image server URL to fetch image chunks from (default: read image files by path)");
+    a->add_option(
+        "--image-server", s.agent.image_server,
+        "Image server URL to fetch image chunks from (default: read image files by path)");
     a->add_option("--image-server-token-file", s.agent.image_server_token_file,
                   "File with the image server's token");
     a->add_option("--image-dir", s.agent.image_dirs,
@@ -1700,23 +1710,35 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     a->add_option("--cache-mb", s.agent.cache_mb, "Bound of the host chunk cache, MiB")
         ->check(CLI::Range(64, 1 << 24))
         ->capture_default_str();
-    a->add_flag("--no-prefetch", s.no_prefetch, "Do not stream recorded first-read orders on cold starts");
+    a->add_flag("--no-prefetch", s.no_prefetch,
+                "Do not stream recorded first-read orders on cold starts");
 
     auto* sh = leaf(&app, "sim-hosts", "Simulate N hosts for the controller (scale tests)", [&] {
-      if (!s.sim_memory.empty()) s.sim.memory_mb = static_cast<int64_t>(ParseMemoryMb(s.sim_memory).value());
+      if (!s.sim_memory.empty())
+        s.sim.memory_mb = static_cast<int64_t>(ParseMemoryMb(s.sim_memory).value());
       return RunSimHosts(s.sim);
     });
     sh->add_option("--count", s.sim.count, "Number of simulated hosts")
-        ->check(CLI::Range(1, 1000000))->capture_default_str();
-    sh->add_option("--controller", s.sim.controller_url, "Controller base URL")->capture_default_str();
-    sh->add_option("--token-file", s.sim.token_file, "File with the join token (controller STATE/agent.token)")->required();
+        ->check(CLI::Range(1, 1000000))
+        ->capture_default_str();
+    sh->add_option("--controller", s.sim.controller_url, "Controller base URL")
+        ->capture_default_str();
+    sh->add_option("--token-file", s.sim.token_file,
+                   "File with the join token (controller STATE/agent.token)")
+        ->required();
     sh->add_option("--listen", s.sim.listen, "Address to serve the agent API on")
-        ->check(ListenValidator())->capture_default_str();
+        ->check(ListenValidator())
+        ->capture_default_str();
     sh->add_option("--name-prefix", s.sim.name_prefix, "Host name prefix")->capture_default_str();
-    sh->add_option("--vcpus", s.sim.vcpus, "vCPUs per host")->check(CLI::Range(1, 4096))->capture_default_str();
-    sh->add_option("--memory-mb", s.sim_memory, "Memory per host, MiB or 16G")->check(MemoryValidator());
-    sh->add_option("--sites", s.sim.sites, "Sites, assigned round-robin")->check(CLI::Range(1, 100000));
-    sh->add_option("--networks", s.sim.networks, "Network segments, round-robin")->check(CLI::Range(1, 100000));
+    sh->add_option("--vcpus", s.sim.vcpus, "vCPUs per host")
+        ->check(CLI::Range(1, 4096))
+        ->capture_default_str();
+    sh->add_option("--memory-mb", s.sim_memory, "Memory per host, MiB or 16G")
+        ->check(MemoryValidator());
+    sh->add_option("--sites", s.sim.sites, "Sites, assigned round-robin")
+        ->check(CLI::Range(1, 100000));
+    sh->add_option("--networks", s.sim.networks, "Network segments, round-robin")
+        ->check(CLI::Range(1, 100000));
     sh->add_option("--heartbeat-interval", s.sim.heartbeat_interval_s, "Seconds between heartbeats")
         ->check(CLI::Range(0.1, 9.0));
     sh->add_option("--latency-ms", s.sim.op_latency_ms, "Fake latency of VM operations")
@@ -1750,7 +1772,8 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
         ->required();
     auto* issue = leaf(g, "issue", "Issue a certificate (NAME.pem, NAME.key) signed by DIR's CA",
                        [&] { return CmdTlsIssue(ctx, s.tls_dir, s.tls_request, s.tls_out); });
-    issue->add_option("NAME", s.tls_request.common_name, "Name of the role or host (certificate CN)")
+    issue
+        ->add_option("NAME", s.tls_request.common_name, "Name of the role or host (certificate CN)")
         ->required();
     issue->add_option("--dir", s.tls_dir, "Directory of the CA")->required();
     issue->add_option("--dns", s.tls_request.dns_names, "DNS name clients use (repeatable)");
@@ -1827,7 +1850,8 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
                   "Resume a new clone from this VM's latest checkpoint (instead of --image)");
     c->add_option("--count", s.create.count, "Create a gang of N VMs, all placed or none")
         ->check(CLI::Range(1, 64));
-    c->add_option("--same", s.create.same, "Gang members share this host attribute: site or network")
+    c->add_option("--same", s.create.same,
+                  "Gang members share this host attribute: site or network")
         ->check(CLI::IsMember({"site", "network"}));
     c->add_option("--total-mem", s.create.total_mem, "Gang's total memory range, e.g. 512M..1G");
     c->add_option("--policy", s.create.policy, "Placement: spread (default) or pack")
@@ -1926,10 +1950,13 @@ int Run(const std::vector<std::string>& args, const CliIo& io) {
     q->add_option("SQL", s.query.sql,
                   "SELECT over the views hosts, vms, images, image_cache, vdisks, "
                   "virtualization, futures, machines, machines_ext");
-    q->add_flag("--set", s.query.set, "Find sets of --size rows with the same --same value "
-                                      "whose --sum totals between --min and --max");
+    q->add_flag("--set", s.query.set,
+                "Find sets of --size rows with the same --same value "
+                "whose --sum totals between --min and --max");
     q->add_option("--from", s.query.from, "View to draw set members from")->capture_default_str();
-    q->add_option("--size", s.query.size, "Members per set")->check(CLI::Range(1, 64))->capture_default_str();
+    q->add_option("--size", s.query.size, "Members per set")
+        ->check(CLI::Range(1, 64))
+        ->capture_default_str();
     q->add_option("--same", s.query.same, "Column all members share (e.g. network)");
     q->add_option("--sum", s.query.sum, "Integer column to total")->capture_default_str();
     q->add_option("--min", s.query.min, "Lowest total (number, or size like 512M)");

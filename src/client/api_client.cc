@@ -1,7 +1,5 @@
 #include "client/api_client.h"
 
-#include "common/tls.h"
-
 #include <fcntl.h>
 #include <httplib.h>
 #include <sys/stat.h>
@@ -16,6 +14,8 @@
 #include <mutex>
 #include <utility>
 #include <vector>
+
+#include "common/tls.h"
 
 namespace vmgrid {
 namespace {

@@ -1,5 +1,4 @@
 #include "client/api_client.h"
-#include "common/test_ports.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -17,11 +16,12 @@
 #include <thread>
 #include <vector>
 
+#include "common/test_ports.h"
+
 namespace vmgrid {
 namespace {
 
 using nlohmann::json;
-
 
 // A tiny fake controller on 127.0.0.1:<any port>.
 class FakeServer {

@@ -4,17 +4,26 @@ namespace vmgrid {
 
 int HttpStatusFor(ErrorCode code) {
   switch (code) {
-    case ErrorCode::kInvalidArgument: return 400;
-    case ErrorCode::kUnauthenticated: return 401;
-    case ErrorCode::kPermissionDenied: return 403;
-    case ErrorCode::kNotFound: return 404;
+    case ErrorCode::kInvalidArgument:
+      return 400;
+    case ErrorCode::kUnauthenticated:
+      return 401;
+    case ErrorCode::kPermissionDenied:
+      return 403;
+    case ErrorCode::kNotFound:
+      return 404;
     case ErrorCode::kAlreadyExists:
     case ErrorCode::kFailedPrecondition:
-    case ErrorCode::kResourceExhausted: return 409;
-    case ErrorCode::kUnavailable: return 503;
-    case ErrorCode::kTimeout: return 504;
-    case ErrorCode::kTooManyRequests: return 429;
-    case ErrorCode::kInternal: return 500;
+    case ErrorCode::kResourceExhausted:
+      return 409;
+    case ErrorCode::kUnavailable:
+      return 503;
+    case ErrorCode::kTimeout:
+      return 504;
+    case ErrorCode::kTooManyRequests:
+      return 429;
+    case ErrorCode::kInternal:
+      return 500;
   }
   return 500;
 }
@@ -33,28 +42,32 @@ void SendError(httplib::Response& res, const Error& error) {
 }
 
 void InstallJsonErrorHandlers(httplib::Server& server) {
-  server.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "unknown";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    SendError(res, MakeError(ErrorCode::kInternal, "internal error: " + what));
-  });
+  server.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown";
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        SendError(res, MakeError(ErrorCode::kInternal, "internal error: " + what));
+      });
   // Answers httplib produces itself (no route, body too large) get the same
   // JSON error body as ours.
   server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
     if (res.status == 404)
-      SendError(res, MakeError(ErrorCode::kNotFound, "no such endpoint: " + req.method + " " + req.path));
+      SendError(
+          res, MakeError(ErrorCode::kNotFound, "no such endpoint: " + req.method + " " + req.path));
     else if (res.status == 413)
-      SendJson(res, 413, {{"error", {{"code", "payload_too_large"}, {"message", "request body too large"}}}});
+      SendJson(res, 413,
+               {{"error", {{"code", "payload_too_large"}, {"message", "request body too large"}}}});
     else if (res.status >= 400)
       SendJson(res, res.status,
-               nlohmann::json{{"error", {{"code", res.status < 500 ? "invalid_argument" : "internal"},
-                                         {"message", "HTTP " + std::to_string(res.status)}}}});
+               nlohmann::json{{"error",
+                               {{"code", res.status < 500 ? "invalid_argument" : "internal"},
+                                {"message", "HTTP " + std::to_string(res.status)}}}});
   });
 }
 
@@ -78,7 +91,8 @@ Result<nlohmann::json> ParseJsonObject(const std::string& body, bool allow_empty
                      "request body is larger than " + std::to_string(kMaxJsonBody) + " bytes");
   if (body.find_first_not_of(" \t\r\n") == std::string::npos) {
     if (allow_empty) return nlohmann::json::object();
-    return MakeError(ErrorCode::kInvalidArgument, "request body is empty; a JSON object is required");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "request body is empty; a JSON object is required");
   }
   // Deeply nested documents would overflow the stack when copied or
   // destroyed (both recurse); no request of ours nests more than a few levels.
@@ -87,8 +101,10 @@ Result<nlohmann::json> ParseJsonObject(const std::string& body, bool allow_empty
   for (size_t i = 0; i < body.size(); ++i) {
     char c = body[i];
     if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {
@@ -119,7 +135,8 @@ JsonFields::JsonFields(const nlohmann::json& obj, std::initializer_list<const ch
   for (const char* a : allowed) allowed_.insert(a);
 }
 
-JsonFields::JsonFields(const nlohmann::json& obj, std::span<const char* const> allowed) : obj_(obj) {
+JsonFields::JsonFields(const nlohmann::json& obj, std::span<const char* const> allowed)
+    : obj_(obj) {
   for (const char* a : allowed) allowed_.insert(a);
 }
 
@@ -135,10 +152,13 @@ Status JsonFields::CheckUnknown() const {
   return Status::Ok();
 }
 
-Result<std::string> JsonFields::String(const char* name, bool required, const std::string& def) const {
+Result<std::string> JsonFields::String(const char* name, bool required,
+                                       const std::string& def) const {
   auto it = obj_.find(name);
   if (it == obj_.end() || it->is_null()) {
-    if (required) return MakeError(ErrorCode::kInvalidArgument, std::string("field '") + name + "' is required");
+    if (required)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       std::string("field '") + name + "' is required");
     return def;
   }
   if (!it->is_string())
@@ -160,7 +180,8 @@ Result<int64_t> JsonFields::Int(const char* name, int64_t def, int64_t min, int6
   if (v < min || v > max)
     return MakeError(ErrorCode::kInvalidArgument, std::string("field '") + name + "' is " +
                                                       std::to_string(v) + "; it must be between " +
-                                                      std::to_string(min) + " and " + std::to_string(max));
+                                                      std::to_string(min) + " and " +
+                                                      std::to_string(max));
   return v;
 }
 
@@ -168,8 +189,9 @@ Result<bool> JsonFields::Bool(const char* name, bool def) const {
   auto it = obj_.find(name);
   if (it == obj_.end() || it->is_null()) return def;
   if (!it->is_boolean())
-    return MakeError(ErrorCode::kInvalidArgument,
-                     std::string("field '") + name + "' must be true or false, not " + it->type_name());
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        std::string("field '") + name + "' must be true or false, not " + it->type_name());
   return it->get<bool>();
 }
 
@@ -189,15 +211,18 @@ Result<std::vector<std::string>> JsonFields::StringList(const char* name, bool r
                                                         size_t max_items) const {
   auto it = obj_.find(name);
   if (it == obj_.end() || it->is_null()) {
-    if (required) return MakeError(ErrorCode::kInvalidArgument, std::string("field '") + name + "' is required");
+    if (required)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       std::string("field '") + name + "' is required");
     return std::vector<std::string>{};
   }
   if (!it->is_array())
     return MakeError(ErrorCode::kInvalidArgument,
                      std::string("field '") + name + "' must be an array of strings");
   if (it->size() > max_items)
-    return MakeError(ErrorCode::kInvalidArgument, std::string("field '") + name + "' has more than " +
-                                                      std::to_string(max_items) + " items");
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        std::string("field '") + name + "' has more than " + std::to_string(max_items) + " items");
   std::vector<std::string> out;
   for (const auto& e : *it) {
     if (!e.is_string())
@@ -213,7 +238,8 @@ Status ValidateName(const std::string& what, const std::string& name) {
     return MakeError(ErrorCode::kInvalidArgument, what + " name '" + name + "' " + why);
   };
   if (name.empty() || name.size() > 63) return bad("must be 1 to 63 characters long");
-  if (!isalnum(static_cast<unsigned char>(name[0]))) return bad("must start with a letter or digit");
+  if (!isalnum(static_cast<unsigned char>(name[0])))
+    return bad("must start with a letter or digit");
   for (char c : name)
     if (!isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
       return bad("may contain only letters, digits, '-', '_' and '.'");

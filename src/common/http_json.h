@@ -6,11 +6,10 @@
 #include <httplib.h>
 
 #include <initializer_list>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <span>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "common/result.h"
 
@@ -56,7 +55,8 @@ class JsonFields {
   // One of `choices`.
   Result<std::string> Enum(const char* name, std::initializer_list<const char*> choices,
                            const std::string& def) const;
-  Result<std::vector<std::string>> StringList(const char* name, bool required, size_t max_items) const;
+  Result<std::vector<std::string>> StringList(const char* name, bool required,
+                                              size_t max_items) const;
 
  private:
   const nlohmann::json& obj_;

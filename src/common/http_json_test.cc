@@ -11,14 +11,17 @@ TEST(HttpJsonTest, ParseJsonObjectRejectsWhatItShould) {
   EXPECT_TRUE(ParseJsonObject("{\"a\":1}").ok());
   EXPECT_TRUE(ParseJsonObject("").ok());
   EXPECT_FALSE(ParseJsonObject("", false).ok());
-  EXPECT_NE(ParseJsonObject("{\"a\":").error().message.find("malformed JSON at byte"), std::string::npos);
+  EXPECT_NE(ParseJsonObject("{\"a\":").error().message.find("malformed JSON at byte"),
+            std::string::npos);
   EXPECT_NE(ParseJsonObject("[1]").error().message.find("not array"), std::string::npos);
   EXPECT_FALSE(ParseJsonObject("{\"n\":1e400}").ok());
   EXPECT_FALSE(ParseJsonObject(std::string(kMaxJsonBody + 1, ' ')).ok());
   // Deep nesting is refused before parsing (it would overflow the stack later).
   std::string deep = "{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
   EXPECT_NE(ParseJsonObject(deep).error().message.find("nested deeper"), std::string::npos);
-  EXPECT_TRUE(ParseJsonObject("{\"s\":\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"}").ok());
+  EXPECT_TRUE(ParseJsonObject(
+                  "{\"s\":\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"}")
+                  .ok());
 }
 
 TEST(HttpJsonTest, FieldsAreStrict) {
@@ -39,7 +42,8 @@ TEST(HttpJsonTest, FieldsAreStrict) {
   EXPECT_FALSE(f.StringList("list", true, 1).ok());
   EXPECT_FALSE(f.StringList("bad", true, 5).ok());
   EXPECT_EQ(*f.Enum("name", {"x", "y"}, "y"), "x");
-  EXPECT_NE(f.Enum("name", {"p", "q"}, "p").error().message.find("one of: p, q"), std::string::npos);
+  EXPECT_NE(f.Enum("name", {"p", "q"}, "p").error().message.find("one of: p, q"),
+            std::string::npos);
   JsonFields strict(j, {"name"});
   EXPECT_NE(strict.CheckUnknown().error().message.find("unknown field"), std::string::npos);
 }

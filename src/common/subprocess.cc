@@ -97,8 +97,8 @@ Result<ProcessOutput> RunProcess(const std::vector<std::string>& argv,
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (timed_out)
-    return MakeError(ErrorCode::kTimeout, argv[0] + " did not finish within " +
-                                              std::to_string(timeout.count()) + " ms");
+    return MakeError(ErrorCode::kTimeout,
+                     argv[0] + " did not finish within " + std::to_string(timeout.count()) + " ms");
   if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
   if (result.exit_code == 127 && result.out.empty() && result.err.empty())
     return MakeError(ErrorCode::kInternal, "cannot run " + argv[0] + ": not installed?");

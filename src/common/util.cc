@@ -1,6 +1,7 @@
 #include "common/util.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <sys/random.h>
@@ -12,8 +13,6 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-
-#include <fmt/format.h>
 
 namespace vmgrid {
 
@@ -136,14 +135,16 @@ Result<std::string> ReadTokenFile(const std::string& path) {
 
 Result<std::string> ReadFile(const std::string& path, size_t max_bytes) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return MakeError(ErrorCode::kNotFound, "cannot open " + path + ": " + std::strerror(errno));
+  if (!in)
+    return MakeError(ErrorCode::kNotFound, "cannot open " + path + ": " + std::strerror(errno));
   std::string out;
   char buf[65536];
   while (in) {
     in.read(buf, sizeof buf);
     out.append(buf, static_cast<size_t>(in.gcount()));
     if (out.size() > max_bytes)
-      return MakeError(ErrorCode::kInvalidArgument, path + " is larger than " + std::to_string(max_bytes) + " bytes");
+      return MakeError(ErrorCode::kInvalidArgument,
+                       path + " is larger than " + std::to_string(max_bytes) + " bytes");
   }
   return out;
 }

@@ -1,20 +1,18 @@
 // `vmgrid dev`: a whole grid on this machine (controller + N agents as child
 // processes, embedded SQLite), and the README's demo on top of it.
 
+#include <spdlog/spdlog.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
-
 #include <cstdio>
 #include <filesystem>
 
-#include <spdlog/spdlog.h>
-
-#include "dev/dev_options.h"
 #include "common/signals.h"
 #include "common/subprocess.h"
 #include "common/util.h"
+#include "dev/dev_options.h"
 #include "dev/local_grid.h"
 
 #ifndef VMGRID_SOURCE_DIR
@@ -56,8 +54,13 @@ int Cli(const LocalGrid& grid, std::vector<std::string> args) {
   for (auto& a : args) std::printf(a.find(' ') == std::string::npos ? " %s" : " '%s'", a.c_str());
   std::printf("\n");
   std::fflush(stdout);
-  std::vector<std::string> argv = {SelfExecutable(), "--url", grid.url(), "--ca", grid.ca_file(),
-                                   "--token-file", grid.controller_state_dir() + "/admin.token"};
+  std::vector<std::string> argv = {SelfExecutable(),
+                                   "--url",
+                                   grid.url(),
+                                   "--ca",
+                                   grid.ca_file(),
+                                   "--token-file",
+                                   grid.controller_state_dir() + "/admin.token"};
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<char*> cargv;
   for (auto& a : argv) cargv.push_back(a.data());
@@ -80,8 +83,8 @@ Status RunDemo(LocalGrid& grid) {
   if (!images.ok()) return images.error();
   bool have_tiny = false;
   for (const auto& i : images->value("images", json::array()))
-    if (i.value("name", "") == "tiny" && i.value("state", "") == "ready" && !i["checkpoint"].is_null() &&
-        i["checkpoint"].value("state", "") == "ready")
+    if (i.value("name", "") == "tiny" && i.value("state", "") == "ready" &&
+        !i["checkpoint"].is_null() && i["checkpoint"].value("state", "") == "ready")
       have_tiny = true;
   if (!have_tiny) {
     (void)admin.Delete("/v1/images/tiny");
@@ -90,12 +93,16 @@ Status RunDemo(LocalGrid& grid) {
       return MakeError(ErrorCode::kInternal, "image import failed");
   }
   Cli(grid, {"image", "list"});
-  for (const char* name : {"demo-boot", "demo-resume"}) (void)admin.Delete(std::string("/v1/vms/") + name);
-  (void)PollUntil(admin, "/v1/vms", [](const json& j) {
-    for (const auto& v : j.value("vms", json::array()))
-      if (v.value("name", "").starts_with("demo-")) return false;
-    return true;
-  }, seconds(60));
+  for (const char* name : {"demo-boot", "demo-resume"})
+    (void)admin.Delete(std::string("/v1/vms/") + name);
+  (void)PollUntil(
+      admin, "/v1/vms",
+      [](const json& j) {
+        for (const auto& v : j.value("vms", json::array()))
+          if (v.value("name", "").starts_with("demo-")) return false;
+        return true;
+      },
+      seconds(60));
   std::printf("\n==> creating one VM by booting the image\n");
   if (Cli(grid, {"vm", "create", "--image", "tiny", "--name", "demo-boot"}) != 0)
     return MakeError(ErrorCode::kInternal, "vm create (boot) failed");
@@ -104,8 +111,10 @@ Status RunDemo(LocalGrid& grid) {
     return MakeError(ErrorCode::kInternal, "vm create (resume) failed");
   for (const char* name : {"demo-boot", "demo-resume"}) {
     std::printf("\n==> running a command inside %s through the guest agent\n", name);
-    if (Cli(grid, {"vm", "exec", name, "--", "/bin/sh", "-c",
-                   "echo \"hello from $(hostname)\"; uname -sr; echo \"uptime: $(cat /proc/uptime)\""}) != 0)
+    if (Cli(grid,
+            {"vm", "exec", name, "--", "/bin/sh", "-c",
+             "echo \"hello from $(hostname)\"; uname -sr; echo \"uptime: $(cat /proc/uptime)\""}) !=
+        0)
       return MakeError(ErrorCode::kInternal, "vm exec failed");
   }
   std::printf("\n");
@@ -131,11 +140,12 @@ int RunDev(const DevOptions& options) {
     std::fprintf(stderr, "error: %s\n", st.error().message.c_str());
     return 1;
   }
-  std::printf("==> grid is up (TLS, CA %s). To use it from another shell:\n"
-              "      export VMGRID_URL=%s VMGRID_CA=%s VMGRID_TOKEN_FILE=%s/admin.token\n"
-              "    logs: %s\n",
-              grid.ca_file().c_str(), grid.url().c_str(), grid.ca_file().c_str(),
-              grid.controller_state_dir().c_str(), grid.log_dir().c_str());
+  std::printf(
+      "==> grid is up (TLS, CA %s). To use it from another shell:\n"
+      "      export VMGRID_URL=%s VMGRID_CA=%s VMGRID_TOKEN_FILE=%s/admin.token\n"
+      "    logs: %s\n",
+      grid.ca_file().c_str(), grid.url().c_str(), grid.ca_file().c_str(),
+      grid.controller_state_dir().c_str(), grid.log_dir().c_str());
   std::fflush(stdout);
   int rc = 0;
   if (options.demo || options.exit_after_demo) {
@@ -160,8 +170,9 @@ int RunDev(const DevOptions& options) {
     if (vms.ok()) {
       for (const auto& v : vms->value("vms", json::array()))
         (void)admin.Delete("/v1/vms/" + v.value("id", ""));
-      (void)PollUntil(admin, "/v1/vms", [](const json& j) { return j.value("vms", json::array()).empty(); },
-                seconds(60));
+      (void)PollUntil(
+          admin, "/v1/vms", [](const json& j) { return j.value("vms", json::array()).empty(); },
+          seconds(60));
     }
     grid.KillVmProcesses();
   }

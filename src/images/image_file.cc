@@ -7,7 +7,6 @@
 
 #include <cstring>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "common/subprocess.h"
@@ -119,12 +118,14 @@ Result<DiskInfo> InspectDiskFd(int fd, const std::string& claimed_format, bool n
   if (info.is_discarded() || !info.is_object())
     return MakeError(ErrorCode::kInternal, "qemu-img info printed unparsable JSON");
   if (info.contains("backing-filename"))
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "qcow2 images with a backing file are not accepted (the backing file could "
-                     "name any file on the host); flatten it first: qemu-img convert -O qcow2 IN OUT");
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "qcow2 images with a backing file are not accepted (the backing file could "
+        "name any file on the host); flatten it first: qemu-img convert -O qcow2 IN OUT");
   if (info.contains("format-specific") && info["format-specific"].contains("data") &&
       info["format-specific"]["data"].value("data-file", "") != "")
-    return MakeError(ErrorCode::kInvalidArgument, "qcow2 images with an external data file are not accepted");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "qcow2 images with an external data file are not accepted");
   DiskInfo d;
   d.format = claimed_format;
   d.virtual_size = info.value("virtual-size", int64_t{0});
@@ -140,8 +141,9 @@ Result<DiskInfo> InspectDiskFd(int fd, const std::string& claimed_format, bool n
     if (!check.ok()) return check.error();
     // Exit 0 = clean, 3 = leaked clusters only (harmless); others mean corruption.
     if (check->exit_code != 0 && check->exit_code != 3)
-      return MakeError(ErrorCode::kInvalidArgument, "the qcow2 image is corrupt (qemu-img check exit " +
-                                                        std::to_string(check->exit_code) + ")");
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the qcow2 image is corrupt (qemu-img check exit " +
+                           std::to_string(check->exit_code) + ")");
   }
   // What it expands to: compressed clusters count uncompressed, and a copy
   // or overlay of it can grow to a fully allocated image.
@@ -299,7 +301,11 @@ Status CheckKernelFd(int fd) {
   if (StartsWith(head, "HdrS", 4, 0x202)) return Status::Ok();
   // An uncompressed ELF vmlinux, booted through its PVH entry point: it saves
   // the guest the kernel's self-decompression (seconds under TCG).
-  if (StartsWith(head, "\x7f" "ELF", 4) && head.size() >= 20 && head[4] == 2 /* 64-bit */ &&
+  if (StartsWith(head,
+                 "\x7f"
+                 "ELF",
+                 4) &&
+      head.size() >= 20 && head[4] == 2 /* 64-bit */ &&
       static_cast<unsigned char>(head[18]) == 62 /* EM_X86_64 */ && head[19] == 0)
     return Status::Ok();
   return MakeError(ErrorCode::kInvalidArgument,
@@ -319,14 +325,16 @@ Status CheckInitrdFd(int fd) {
     const char* magic;
     size_t n;
   } kMagics[] = {
-      {"\x1f\x8b", 2},           // gzip
-      {"\x28\xb5\x2f\xfd", 4},   // zstd
-      {"\xfd" "7zXZ", 5},        // xz
-      {"\x5d\x00\x00", 3},       // lzma
-      {"\x02\x21\x4c\x18", 4},   // lz4 legacy
-      {"BZh", 3},                // bzip2
-      {"070701", 6},             // cpio newc
-      {"070702", 6},             // cpio crc
+      {"\x1f\x8b", 2},          // gzip
+      {"\x28\xb5\x2f\xfd", 4},  // zstd
+      {"\xfd"
+       "7zXZ",
+       5},                      // xz
+      {"\x5d\x00\x00", 3},      // lzma
+      {"\x02\x21\x4c\x18", 4},  // lz4 legacy
+      {"BZh", 3},               // bzip2
+      {"070701", 6},            // cpio newc
+      {"070702", 6},            // cpio crc
   };
   for (const auto& m : kMagics)
     if (StartsWith(head, m.magic, m.n)) return Status::Ok();

@@ -14,9 +14,9 @@
 namespace vmgrid {
 
 struct DiskInfo {
-  std::string format;          // "raw" or "qcow2"
-  int64_t virtual_size = 0;    // bytes the guest sees
-  int64_t actual_size = 0;     // bytes allocated on the host
+  std::string format;        // "raw" or "qcow2"
+  int64_t virtual_size = 0;  // bytes the guest sees
+  int64_t actual_size = 0;   // bytes allocated on the host
   // `qemu-img measure -O qcow2`: the bytes its data takes as an uncompressed
   // qcow2 (what it expands to), and a fully allocated qcow2 of its virtual
   // size (what an overlay or copy of it can grow to, metadata included).

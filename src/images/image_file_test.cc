@@ -49,7 +49,8 @@ TEST_F(ImageFileTest, BackingFileIsRejected) {
   std::string base = dir_ + "/base.qcow2", top = dir_ + "/top.qcow2";
   ASSERT_TRUE(RunProcessChecked({"qemu-img", "create", "-f", "qcow2", base, "8M"}).ok());
   ASSERT_TRUE(
-      RunProcessChecked({"qemu-img", "create", "-f", "qcow2", "-b", base, "-F", "qcow2", top}).ok());
+      RunProcessChecked({"qemu-img", "create", "-f", "qcow2", "-b", base, "-F", "qcow2", top})
+          .ok());
   auto r = InspectDisk(top, "qcow2", false);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("backing file"), std::string::npos);
@@ -69,7 +70,9 @@ TEST_F(ImageFileTest, KernelAndInitrdMagic) {
   EXPECT_TRUE(CheckKernel(Write("vmlinuz", k)).ok());
   EXPECT_FALSE(CheckKernel(Write("notkernel", std::string(0x300, 'x'))).ok());
   std::string elf(0x300, '\0');
-  elf.replace(0, 4, "\x7f" "ELF");
+  elf.replace(0, 4,
+              "\x7f"
+              "ELF");
   elf[4] = 2;
   elf[18] = 62;
   EXPECT_TRUE(CheckKernel(Write("vmlinux", elf)).ok());

@@ -120,7 +120,8 @@ const char* kViews = R"sql(
 )sql";
 #undef VISIBLE
 
-std::string Expand(std::string text, const std::vector<std::pair<std::string, std::string>>& subst) {
+std::string Expand(std::string text,
+                   const std::vector<std::pair<std::string, std::string>>& subst) {
   for (const auto& [from, to] : subst)
     for (size_t p = text.find(from); p != std::string::npos; p = text.find(from, p + to.size()))
       text.replace(p, from.size(), to);
@@ -134,27 +135,27 @@ std::string ViewList() {
 }
 
 Error NotAllowed(const std::string& what) {
-  return MakeError(ErrorCode::kPermissionDenied,
-                   "not allowed: " + what +
-                       ". Queries may only SELECT from the published views: " + ViewList());
+  return MakeError(
+      ErrorCode::kPermissionDenied,
+      "not allowed: " + what + ". Queries may only SELECT from the published views: " + ViewList());
 }
 
 Error TooLong(const QueryLimits& limits) {
-  return MakeError(ErrorCode::kInvalidArgument,
-                   "the query ran longer than " + std::to_string(limits.timeout_ms) +
-                       " ms and was stopped; narrow it");
+  return MakeError(ErrorCode::kInvalidArgument, "the query ran longer than " +
+                                                    std::to_string(limits.timeout_ms) +
+                                                    " ms and was stopped; narrow it");
 }
 
 Error TooLarge(const QueryLimits& limits) {
-  return MakeError(ErrorCode::kInvalidArgument,
-                   "the result is larger than " + std::to_string(limits.max_result_bytes) +
-                       " bytes; select fewer columns or rows");
+  return MakeError(ErrorCode::kInvalidArgument, "the result is larger than " +
+                                                    std::to_string(limits.max_result_bytes) +
+                                                    " bytes; select fewer columns or rows");
 }
 
 Error TooManyRows(const QueryLimits& limits) {
-  return MakeError(ErrorCode::kInvalidArgument,
-                   "the result has more than " + std::to_string(limits.max_rows) +
-                       " rows; add LIMIT or a narrower WHERE");
+  return MakeError(ErrorCode::kInvalidArgument, "the result has more than " +
+                                                    std::to_string(limits.max_rows) +
+                                                    " rows; add LIMIT or a narrower WHERE");
 }
 
 // ---------------------------------------------------------------------------
@@ -177,10 +178,11 @@ Error TooManyRows(const QueryLimits& limits) {
 // SQLITE_LIMIT_LENGTH keeps any single value (hence any single call) small.
 
 const std::set<std::string> kSqliteFunctions = {
-    "count", "sum", "total", "avg", "min", "max", "group_concat", "abs", "coalesce", "ifnull",
-    "nullif", "iif", "length", "lower", "upper", "round", "substr", "substring", "instr",
-    "like", "glob", "trim", "ltrim", "rtrim", "replace", "printf", "format", "typeof",
-    "vmgrid_caller", "vmgrid_admin"};
+    "count",        "sum",    "total",    "avg",    "min",           "max",
+    "group_concat", "abs",    "coalesce", "ifnull", "nullif",        "iif",
+    "length",       "lower",  "upper",    "round",  "substr",        "substring",
+    "instr",        "like",   "glob",     "trim",   "ltrim",         "rtrim",
+    "replace",      "printf", "format",   "typeof", "vmgrid_caller", "vmgrid_admin"};
 
 // Limits of a query connection (sqlite3_limit). A value of a query is at
 // most 64 KiB: instr() or replace() over such values costs well under the
@@ -228,7 +230,8 @@ void AdminFn(sqlite3_context* ctx, int, sqlite3_value**) {
 int Authorize(void* arg, int action, const char* a1, const char* a2, const char* db,
               const char* view) {
   auto* c = static_cast<SqliteConn*>(arg);
-  static const std::set<std::string> views(QueryService::Views().begin(), QueryService::Views().end());
+  static const std::set<std::string> views(QueryService::Views().begin(),
+                                           QueryService::Views().end());
   switch (action) {
     case SQLITE_SELECT:
     case SQLITE_RECURSIVE:
@@ -273,12 +276,16 @@ size_t ValueBytes(const json& v) {
 
 json SqliteColumn(sqlite3_stmt* st, int i) {
   switch (sqlite3_column_type(st, i)) {
-    case SQLITE_INTEGER: return sqlite3_column_int64(st, i);
-    case SQLITE_FLOAT: return sqlite3_column_double(st, i);
-    case SQLITE_NULL: return nullptr;
+    case SQLITE_INTEGER:
+      return sqlite3_column_int64(st, i);
+    case SQLITE_FLOAT:
+      return sqlite3_column_double(st, i);
+    case SQLITE_NULL:
+      return nullptr;
     default: {
       const unsigned char* p = sqlite3_column_text(st, i);
-      return std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(st, i)));
+      return std::string(reinterpret_cast<const char*>(p),
+                         static_cast<size_t>(sqlite3_column_bytes(st, i)));
     }
   }
 }
@@ -384,7 +391,8 @@ class SqliteEngine : public QueryService::Engine {
       return MakeError(ErrorCode::kPermissionDenied, "only read-only SELECT queries are allowed");
     // EXPLAIN would show how the views are built, internal names included.
     if (sqlite3_stmt_isexplain(st) != 0)
-      return MakeError(ErrorCode::kPermissionDenied, "EXPLAIN is not allowed; use the query's result");
+      return MakeError(ErrorCode::kPermissionDenied,
+                       "EXPLAIN is not allowed; use the query's result");
 
     QueryResult out;
     int ncol = sqlite3_column_count(st);
@@ -439,20 +447,23 @@ class SqliteEngine : public QueryService::Engine {
       return MakeError(ErrorCode::kInternal, "open " + path_ + " read-only: " +
                                                  (c->db ? sqlite3_errmsg(c->db) : "out of memory"));
     sqlite3_busy_timeout(c->db, 2000);
-    sqlite3_create_function(c->db, "vmgrid_caller", 0, SQLITE_UTF8, c.get(), CallerFn, nullptr, nullptr);
-    sqlite3_create_function(c->db, "vmgrid_admin", 0, SQLITE_UTF8, c.get(), AdminFn, nullptr, nullptr);
+    sqlite3_create_function(c->db, "vmgrid_caller", 0, SQLITE_UTF8, c.get(), CallerFn, nullptr,
+                            nullptr);
+    sqlite3_create_function(c->db, "vmgrid_admin", 0, SQLITE_UTF8, c.get(), AdminFn, nullptr,
+                            nullptr);
     // TEMP views shadow nothing in main. The internal views read the base
     // tables (always schema-qualified, so no CTE of a query can stand in
     // for them); the published views read only the internal ones.
-    std::string views = Expand(kViews, {{"{mean_create_ms}",
-                                         "(SELECT CAST(AVG(v.create_ms) AS BIGINT) FROM main.vms v "
-                                         "WHERE v.image_id = i.id AND v.start = s.start AND v.create_ms > 0)"},
-                                        {"{create}", "CREATE TEMP VIEW "},
-                                        {"{pub}", "temp."},
-                                        {"{sfx}", internal_.suffix},
-                                        {"{base}", "main."},
-                                        {"{admin}", "vmgrid_admin()"},
-                                        {"{caller}", "vmgrid_caller()"}});
+    std::string views =
+        Expand(kViews, {{"{mean_create_ms}",
+                         "(SELECT CAST(AVG(v.create_ms) AS BIGINT) FROM main.vms v "
+                         "WHERE v.image_id = i.id AND v.start = s.start AND v.create_ms > 0)"},
+                        {"{create}", "CREATE TEMP VIEW "},
+                        {"{pub}", "temp."},
+                        {"{sfx}", internal_.suffix},
+                        {"{base}", "main."},
+                        {"{admin}", "vmgrid_admin()"},
+                        {"{caller}", "vmgrid_caller()"}});
     for (const auto& v : QueryService::Views())
       views += "\nCREATE TEMP VIEW " + v + " AS SELECT * FROM temp." + v + internal_.suffix + ";";
     char* err = nullptr;
@@ -640,14 +651,15 @@ class PgEngine : public QueryService::Engine {
   Status Setup() {
     VMG_ASSIGN_OR_RETURN(PgConnPtr conn, PgConnect(url_));
     PGconn* c = conn.get();
-    std::string script = std::string("BEGIN;\n") + kPgDropPolicies + kPgSetupHead +
-                         Expand(kViews, {{"{mean_create_ms}", "infosvc.mean_create_ms(i.id, s.start)"},
-                                         {"{create}", "CREATE VIEW published."},
-                                         {"{sfx}", ""},
-                                         {"{pub}", "published."},
-                                         {"{base}", ""},
-                                         {"{admin}", "(SELECT admin FROM infosvc.caller)"},
-                                         {"{caller}", "(SELECT user_id FROM infosvc.caller)"}});
+    std::string script =
+        std::string("BEGIN;\n") + kPgDropPolicies + kPgSetupHead +
+        Expand(kViews, {{"{mean_create_ms}", "infosvc.mean_create_ms(i.id, s.start)"},
+                        {"{create}", "CREATE VIEW published."},
+                        {"{sfx}", ""},
+                        {"{pub}", "published."},
+                        {"{base}", ""},
+                        {"{admin}", "(SELECT admin FROM infosvc.caller)"},
+                        {"{caller}", "(SELECT user_id FROM infosvc.caller)"}});
     // The caller filter is enforced by row-level security on the base
     // tables (kPgPolicies), not by security_barrier views: the planner then
     // merges the views into a query and joins them by index, while still
@@ -669,8 +681,9 @@ class PgEngine : public QueryService::Engine {
     if (!PgOk(r.get())) return fail(r.get());
     std::string fresh = NewToken();
     const char* params[] = {fresh.c_str()};
-    r.reset(PQexecParams(c, "INSERT INTO infosvc.key (id, k) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
-                         1, nullptr, params, nullptr, nullptr, 0));
+    r.reset(PQexecParams(
+        c, "INSERT INTO infosvc.key (id, k) VALUES (1, $1) ON CONFLICT (id) DO NOTHING", 1, nullptr,
+        params, nullptr, nullptr, 0));
     if (!PgOk(r.get())) return fail(r.get());
     r.reset(PQexec(c, "SELECT k FROM infosvc.key"));
     if (!PgOk(r.get()) || PQntuples(r.get()) != 1) return fail(r.get());
@@ -685,13 +698,15 @@ class PgEngine : public QueryService::Engine {
                           const QueryLimits& limits) override {
     // The text becomes a subquery: no trailing semicolons.
     std::string q = sql;
-    while (!q.empty() && (q.back() == ';' || isspace(static_cast<unsigned char>(q.back())))) q.pop_back();
+    while (!q.empty() && (q.back() == ';' || isspace(static_cast<unsigned char>(q.back()))))
+      q.pop_back();
     if (q.empty()) return MakeError(ErrorCode::kInvalidArgument, "the query has no statement");
     VMG_ASSIGN_OR_RETURN(PgConnPtr conn, Acquire());
     Result<QueryResult> result = RunIn(conn.get(), caller, q, limits);
     // End the transaction, and drop session advisory locks the query took.
     PgResultPtr end(PQexec(conn.get(), "ROLLBACK; SELECT pg_advisory_unlock_all()"));
-    if (PgOk(end.get()) && PQtransactionStatus(conn.get()) == PQTRANS_IDLE) Release(std::move(conn));
+    if (PgOk(end.get()) && PQtransactionStatus(conn.get()) == PQTRANS_IDLE)
+      Release(std::move(conn));
     return result;
   }
 
@@ -706,17 +721,18 @@ class PgEngine : public QueryService::Engine {
     std::string admin = caller.admin ? "1" : "0";
     std::string tag = CallerTag(key_, caller);
     const char* settings[] = {timeout.c_str(), caller.user_id.c_str(), admin.c_str(), tag.c_str()};
-    r.reset(PQexecParams(c,
-                         "SELECT set_config('statement_timeout', $1, true), "
-                         "set_config('search_path', 'published', true), "
-                         // The tables are in memory: index probes are not 4x a
-                         // sequential read, and with the default the planner
-                         // scans 300,000 virtualization rows where 1,000 index
-                         // probes do (57 -> 16 ms on the benchmark's join).
-                         "set_config('random_page_cost', '1.1', true), "
-                         "set_config('vmgrid.caller', $2, true), set_config('vmgrid.admin', $3, true), "
-                         "set_config('vmgrid.tag', $4, true)",
-                         4, nullptr, settings, nullptr, nullptr, 0));
+    r.reset(
+        PQexecParams(c,
+                     "SELECT set_config('statement_timeout', $1, true), "
+                     "set_config('search_path', 'published', true), "
+                     // The tables are in memory: index probes are not 4x a
+                     // sequential read, and with the default the planner
+                     // scans 300,000 virtualization rows where 1,000 index
+                     // probes do (57 -> 16 ms on the benchmark's join).
+                     "set_config('random_page_cost', '1.1', true), "
+                     "set_config('vmgrid.caller', $2, true), set_config('vmgrid.admin', $3, true), "
+                     "set_config('vmgrid.tag', $4, true)",
+                     4, nullptr, settings, nullptr, nullptr, 0));
     if (!PgOk(r.get())) return fail(r.get());
     // Parse and describe: one statement (a prepared statement cannot hold
     // more), its column names and types. Nothing runs yet.
@@ -740,9 +756,11 @@ class PgEngine : public QueryService::Engine {
     const char* run[] = {q.c_str(), limit.c_str(), max_bytes.c_str()};
     // Row by row (single-row mode), so that the controller's memory follows
     // the byte cap rather than what libpq would buffer.
-    if (!PQsendQueryParams(c, "SELECT infosvc.run_query($1, $2, $3)", 3, nullptr, run, nullptr, nullptr, 0))
-      return MakeError(ErrorCode::kUnavailable, std::string("the information service lost its database: ") +
-                                                    PQerrorMessage(c));
+    if (!PQsendQueryParams(c, "SELECT infosvc.run_query($1, $2, $3)", 3, nullptr, run, nullptr,
+                           nullptr, 0))
+      return MakeError(
+          ErrorCode::kUnavailable,
+          std::string("the information service lost its database: ") + PQerrorMessage(c));
     PQsetSingleRowMode(c);
     // Whatever happens below, the connection is drained before it is reused.
     struct Drain {
@@ -763,8 +781,9 @@ class PgEngine : public QueryService::Engine {
         Cancel(c);
         return TooManyRows(limits);
       }
-      json values = PQgetisnull(r.get(), 0, 0) ? json::array()
-                                               : json::parse(PQgetvalue(r.get(), 0, 0), nullptr, false);
+      json values = PQgetisnull(r.get(), 0, 0)
+                        ? json::array()
+                        : json::parse(PQgetvalue(r.get(), 0, 0), nullptr, false);
       if (!values.is_array() || values.size() != static_cast<size_t>(ncol))
         return MakeError(ErrorCode::kInternal,
                          "query result row " + std::to_string(out.rows.size()) + " is malformed");
@@ -800,7 +819,8 @@ class PgEngine : public QueryService::Engine {
     const std::string msg = PgMessage(c, r);
     if (state == "VGBIG") return TooLarge(limits);
     if (PQstatus(c) != CONNECTION_OK || state.rfind("08", 0) == 0)
-      return MakeError(ErrorCode::kUnavailable, "the information service lost its database: " + msg);
+      return MakeError(ErrorCode::kUnavailable,
+                       "the information service lost its database: " + msg);
     if (state == "57014") return TooLong(limits);  // statement_timeout
     // No privilege; a name outside the published views (unknown here, since
     // the search path holds only them); a write in the READ ONLY transaction.
@@ -844,7 +864,10 @@ Status CheckNoShadowingCte(const std::string& sql) {
   std::vector<std::string> tokens;  // lower-cased identifiers/keywords and punctuation
   for (size_t i = 0; i < sql.size();) {
     char c = sql[i];
-    if (isspace(static_cast<unsigned char>(c))) { ++i; continue; }
+    if (isspace(static_cast<unsigned char>(c))) {
+      ++i;
+      continue;
+    }
     if (c == '-' && i + 1 < sql.size() && sql[i + 1] == '-') {
       while (i < sql.size() && sql[i] != '\n') ++i;
       continue;
@@ -875,7 +898,8 @@ Status CheckNoShadowingCte(const std::string& sql) {
       char close = c == '[' ? ']' : c;
       std::string id;
       ++i;
-      while (i < sql.size() && sql[i] != close) id += static_cast<char>(tolower(static_cast<unsigned char>(sql[i++])));
+      while (i < sql.size() && sql[i] != close)
+        id += static_cast<char>(tolower(static_cast<unsigned char>(sql[i++])));
       ++i;
       tokens.push_back(id);
       continue;
@@ -902,14 +926,15 @@ Status CheckNoShadowingCte(const std::string& sql) {
       cte = n < tokens.size() && tokens[n] == "(";
     }
     if (cte)
-      return MakeError(ErrorCode::kPermissionDenied,
-                       "a WITH clause may not define '" + tokens[t] + "': that name is a published view");
+      return MakeError(ErrorCode::kPermissionDenied, "a WITH clause may not define '" + tokens[t] +
+                                                         "': that name is a published view");
   }
   return Status::Ok();
 }
 
 bool IsIdentifier(const std::string& s) {
-  if (s.empty() || s.size() > 64 || !(isalpha(static_cast<unsigned char>(s[0])) || s[0] == '_')) return false;
+  if (s.empty() || s.size() > 64 || !(isalpha(static_cast<unsigned char>(s[0])) || s[0] == '_'))
+    return false;
   for (char c : s)
     if (!isalnum(static_cast<unsigned char>(c)) && c != '_') return false;
   return true;
@@ -918,9 +943,9 @@ bool IsIdentifier(const std::string& s) {
 }  // namespace
 
 const std::vector<std::string>& QueryService::Views() {
-  static const std::vector<std::string> kNames = {"hosts",  "vms",           "images",
-                                                  "image_cache", "vdisks",  "virtualization",
-                                                  "futures", "machines",     "machines_ext"};
+  static const std::vector<std::string> kNames = {"hosts",       "vms",      "images",
+                                                  "image_cache", "vdisks",   "virtualization",
+                                                  "futures",     "machines", "machines_ext"};
   return kNames;
 }
 
@@ -931,11 +956,13 @@ Result<std::unique_ptr<QueryService>> QueryService::Open(const std::string& targ
   if (IsPostgresTarget(target)) {
     auto engine = std::make_unique<PgEngine>(target);
     VMG_RETURN_IF_ERROR(engine->Setup());
-    return std::unique_ptr<QueryService>(new QueryService(std::move(engine), max_concurrent_per_user));
+    return std::unique_ptr<QueryService>(
+        new QueryService(std::move(engine), max_concurrent_per_user));
   }
   auto engine = std::make_unique<SqliteEngine>(target);
   VMG_RETURN_IF_ERROR(engine->Check());  // fail early on a bad path
-  return std::unique_ptr<QueryService>(new QueryService(std::move(engine), max_concurrent_per_user));
+  return std::unique_ptr<QueryService>(
+      new QueryService(std::move(engine), max_concurrent_per_user));
 }
 
 class QueryService::Slot {
@@ -957,9 +984,9 @@ Result<std::unique_ptr<QueryService::Slot>> QueryService::TakeSlot(const QueryCa
   int& n = running_[caller.user_id];
   if (n >= max_concurrent_per_user_) {
     if (n == 0) running_.erase(caller.user_id);
-    return MakeError(ErrorCode::kTooManyRequests,
-                     "you already run " + std::to_string(max_concurrent_per_user_) +
-                         " queries at once; wait for one to finish");
+    return MakeError(ErrorCode::kTooManyRequests, "you already run " +
+                                                      std::to_string(max_concurrent_per_user_) +
+                                                      " queries at once; wait for one to finish");
   }
   ++n;
   return std::make_unique<Slot>(this, caller.user_id);
@@ -985,7 +1012,8 @@ Result<QueryResult> QueryService::RunSql(const QueryCaller& caller, const std::s
   // what the query role may read anyway, but one rule for both is simpler.
   VMG_RETURN_IF_ERROR(CheckNoShadowingCte(sql));
   VMG_ASSIGN_OR_RETURN(QueryResult out, engine_->Run(caller, sql, limits));
-  out.elapsed_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
+  out.elapsed_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
   return out;
 }
 
@@ -998,11 +1026,15 @@ Result<SetResult> QueryService::Set(const QueryCaller& caller, const SetQuery& q
     return MakeError(ErrorCode::kInvalidArgument, "set: 'from' must be one of the published views");
   if (!q.same.empty() && !IsIdentifier(q.same))
     return MakeError(ErrorCode::kInvalidArgument, "set: 'same' must be a column name");
-  if (!IsIdentifier(q.sum)) return MakeError(ErrorCode::kInvalidArgument, "set: 'sum' must be a column name");
-  if (q.size < 1 || q.size > 64) return MakeError(ErrorCode::kInvalidArgument, "set: 'size' must be 1..64");
-  if (q.min > q.max) return MakeError(ErrorCode::kInvalidArgument, "set: 'min' is larger than 'max'");
+  if (!IsIdentifier(q.sum))
+    return MakeError(ErrorCode::kInvalidArgument, "set: 'sum' must be a column name");
+  if (q.size < 1 || q.size > 64)
+    return MakeError(ErrorCode::kInvalidArgument, "set: 'size' must be 1..64");
+  if (q.min > q.max)
+    return MakeError(ErrorCode::kInvalidArgument, "set: 'min' is larger than 'max'");
   const std::string base = "SELECT id, " + (q.same.empty() ? std::string("NULL") : q.same) + ", " +
-                           q.sum + " FROM " + q.from + (q.where.empty() ? "" : " WHERE (" + q.where + ")") +
+                           q.sum + " FROM " + q.from +
+                           (q.where.empty() ? "" : " WHERE (" + q.where + ")") +
                            (q.same.empty() ? "" : " ORDER BY " + q.same);
   QueryLimits inner = limits;
   inner.max_rows = std::max<int64_t>(limits.max_rows, 1'000'000);
@@ -1042,7 +1074,8 @@ Result<SetResult> QueryService::Set(const QueryCaller& caller, const SetQuery& q
     size_t begin = 0;
     for (size_t i = 0; i < n && out.sets.size() < q.max_sets; ++i) {
       if (!rows.rows[i][2].is_number_integer())
-        return MakeError(ErrorCode::kInvalidArgument, "set: column '" + q.sum + "' is not an integer");
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "set: column '" + q.sum + "' is not an integer");
       if (i + 1 < rows.rows.size() && rows.rows[i + 1][1] == rows.rows[begin][1]) continue;
       // Row i ends its group (a prefix carries one row more than it uses,
       // so this is known for its last group too).
@@ -1051,7 +1084,8 @@ Result<SetResult> QueryService::Set(const QueryCaller& caller, const SetQuery& q
     }
     if (truncated && out.sets.size() < q.max_sets) continue;  // read all
     out.candidates = static_cast<int64_t>(begin);
-    out.elapsed_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
+    out.elapsed_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
     return out;
   }
 }

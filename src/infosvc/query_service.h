@@ -29,10 +29,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/result.h"
 
@@ -72,7 +71,7 @@ struct SetQuery {
 };
 
 struct FoundSet {
-  nlohmann::json group;             // the shared `same` value
+  nlohmann::json group;  // the shared `same` value
   std::vector<std::string> ids;
   int64_t total = 0;
 };
@@ -127,7 +126,8 @@ class QueryService {
   // Takes one of the caller's query slots until the returned guard is gone.
   class Slot;
   Result<std::unique_ptr<Slot>> TakeSlot(const QueryCaller& caller);
-  Result<QueryResult> RunSql(const QueryCaller& caller, const std::string& sql, const QueryLimits& limits);
+  Result<QueryResult> RunSql(const QueryCaller& caller, const std::string& sql,
+                             const QueryLimits& limits);
 
   std::unique_ptr<Engine> engine_;
   const int max_concurrent_per_user_;

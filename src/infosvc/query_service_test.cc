@@ -58,7 +58,8 @@ class QueryServiceTest : public testing::TestWithParam<std::string> {
     store_.reset();
     db_.reset();
   }
-  void AddVm(const std::string& owner, const std::string& name, int64_t mem, const std::string& net) {
+  void AddVm(const std::string& owner, const std::string& name, int64_t mem,
+             const std::string& net) {
     Vm v;
     v.id = NewId("vm");
     v.name = name;
@@ -94,7 +95,8 @@ TEST_P(QueryServiceTest, UsersSeeOnlyTheirOwnVms) {
   EXPECT_EQ(Q(admin_, "SELECT id FROM vms").rows.size(), 6u);
   EXPECT_EQ(Q(alice_, "SELECT id FROM vms").rows.size(), 5u);
   EXPECT_EQ(Q(bob_, "SELECT id FROM vms").rows.size(), 1u);
-  EXPECT_EQ(Q(bob_, "SELECT virtual_id FROM virtualization WHERE virtual_kind = 'vm'").rows.size(), 1u);
+  EXPECT_EQ(Q(bob_, "SELECT virtual_id FROM virtualization WHERE virtual_kind = 'vm'").rows.size(),
+            1u);
   // Hosts are public, with public attributes only (no agent URL).
   auto hosts = Q(bob_, "SELECT * FROM hosts");
   EXPECT_EQ(hosts.rows.size(), 2u);
@@ -188,12 +190,19 @@ TEST_P(QueryServiceTest, EverythingButSelectOnViewsIsRefused) {
   // A CTE named like a published view must not read base tables under that name.
   EXPECT_EQ(Fail(bob_, "WITH hosts AS (SELECT * FROM main.tokens) SELECT * FROM hosts").code,
             ErrorCode::kPermissionDenied);
-  EXPECT_EQ(Fail(bob_, "with \"VMS\"(a) as materialized (select owner_id from main.vms) select * from vms").code,
-            ErrorCode::kPermissionDenied);
+  EXPECT_EQ(
+      Fail(bob_,
+           "with \"VMS\"(a) as materialized (select owner_id from main.vms) select * from vms")
+          .code,
+      ErrorCode::kPermissionDenied);
   EXPECT_EQ(Fail(bob_, "WITH x AS (SELECT * FROM main.vms) SELECT * FROM x").code,
             ErrorCode::kPermissionDenied);
   // Ordinary aliases and CTEs over the views are fine.
-  EXPECT_EQ(Q(bob_, "WITH mine AS (SELECT * FROM vms) SELECT COUNT(*) FROM mine AS m JOIN hosts AS h ON TRUE").rows[0][0], 2);
+  EXPECT_EQ(
+      Q(bob_,
+        "WITH mine AS (SELECT * FROM vms) SELECT COUNT(*) FROM mine AS m JOIN hosts AS h ON TRUE")
+          .rows[0][0],
+      2);
   // Nothing changed.
   EXPECT_EQ(Q(admin_, "SELECT COUNT(*) FROM vms").rows[0][0], 6);
 }
@@ -223,17 +232,19 @@ TEST_P(QueryServiceTest, QueriesCannotChangeTheirCallerOrRole) {
   auto posing = svc_->Sql({bob_.id, false},
                           "SELECT query_to_xml('SELECT COUNT(*) AS n FROM vms', false, false, '') "
                           "FROM (SELECT set_config('vmgrid.admin', '1', true), "
-                          "set_config('vmgrid.caller', '" + alice_.id + "', true)) AS s");
+                          "set_config('vmgrid.caller', '" +
+                              alice_.id + "', true)) AS s");
   if (posing.ok()) {
     // A forged caller is nobody: not the admin (6 VMs), not alice (5), not even bob.
     ASSERT_EQ(posing->rows.size(), 1u);
     EXPECT_NE(posing->rows[0][0].dump().find("<n>0</n>"), std::string::npos) << posing->rows[0][0];
   }
   // Taking back the role of the session (the controller's) is refused.
-  EXPECT_FALSE(svc_->Sql({bob_.id, false},
-                         "SELECT query_to_xml('SELECT COUNT(*) FROM public.tokens', false, false, '') "
-                         "FROM (SELECT set_config('role', session_user, true)) AS s")
-                   .ok());
+  EXPECT_FALSE(
+      svc_->Sql({bob_.id, false},
+                "SELECT query_to_xml('SELECT COUNT(*) FROM public.tokens', false, false, '') "
+                "FROM (SELECT set_config('role', session_user, true)) AS s")
+          .ok());
   EXPECT_FALSE(svc_->Sql({bob_.id, false}, "SELECT set_config('role', session_user, true)").ok());
   // Nor can a query reach the base tables, or the service's own schema.
   EXPECT_FALSE(svc_->Sql({admin_.id, true}, "SELECT * FROM infosvc.key").ok());
@@ -247,14 +258,16 @@ TEST_P(QueryServiceTest, ConditionsCannotSeeHiddenRowsThroughErrors) {
   // A condition that fails on any of alice's VMs must never be evaluated on
   // them when bob asks (PostgreSQL: the row-level security policies run
   // before non-leakproof conditions; SQLite's x/0 is NULL, not an error).
-  auto probe = svc_->Sql({bob_.id, false},
-                         "SELECT id FROM vms WHERE 1 / (CASE WHEN owner = 'alice' THEN 0 ELSE 1 END) = 1");
+  auto probe =
+      svc_->Sql({bob_.id, false},
+                "SELECT id FROM vms WHERE 1 / (CASE WHEN owner = 'alice' THEN 0 ELSE 1 END) = 1");
   ASSERT_TRUE(probe.ok()) << probe.error().message;
   EXPECT_EQ(probe->rows.size(), 1u);
-  auto join = svc_->Sql({bob_.id, false},
-                        "SELECT x.virtual_id FROM hosts h JOIN virtualization x ON x.physical_id = h.id "
-                        "WHERE 1 / (CASE WHEN x.virtual_id LIKE 'disk-%' THEN 1 ELSE 1 END) = 1 "
-                        "AND length(x.virtual_id) / (CASE WHEN x.virtual_id = 'none' THEN 0 ELSE 1 END) > 0");
+  auto join = svc_->Sql(
+      {bob_.id, false},
+      "SELECT x.virtual_id FROM hosts h JOIN virtualization x ON x.physical_id = h.id "
+      "WHERE 1 / (CASE WHEN x.virtual_id LIKE 'disk-%' THEN 1 ELSE 1 END) = 1 "
+      "AND length(x.virtual_id) / (CASE WHEN x.virtual_id = 'none' THEN 0 ELSE 1 END) > 0");
   ASSERT_TRUE(join.ok()) << join.error().message;
   EXPECT_EQ(join->rows.size(), 2u);  // bob's VM -> host and its vdisk -> host cache
 }
@@ -276,7 +289,8 @@ const char* const kEscapeCorpus[] = {
     "WITH 'vms' AS NOT MATERIALIZED (SELECT * FROM main.tokens) SELECT * FROM vms",
     "WITH x AS (SELECT 1), 'futures' AS (SELECT * FROM main.users) SELECT * FROM futures",
     "SELECT * FROM (WITH 'vms' AS (SELECT * FROM main.tokens) SELECT * FROM vms)",
-    "SELECT (WITH 'hosts' AS (SELECT group_concat(token_sha256) FROM main.tokens) SELECT * FROM hosts)",
+    "SELECT (WITH 'hosts' AS (SELECT group_concat(token_sha256) FROM main.tokens) SELECT * FROM "
+    "hosts)",
     "WITH 'machines_ext' AS (SELECT * FROM tokens) SELECT * FROM machines_ext",
     "WITH vms AS (SELECT * FROM tokens) SELECT * FROM vms",
     "WITH \"vms\" AS (SELECT * FROM public.tokens) SELECT * FROM vms",
@@ -361,8 +375,8 @@ TEST_P(QueryServiceTest, AnswersNeverHoldAnotherUsersRows) {
   ASSERT_TRUE(store_->InsertImage(priv).ok());
   const std::string tok = NewToken();
   ASSERT_TRUE(store_->AddToken(alice_.id, tok).ok());
-  std::set<std::string> hidden = {priv.id, priv.name, alice_.id, alice_.name, "http://a", "http://b",
-                                  Sha256Hex(tok)};
+  std::set<std::string> hidden = {priv.id,    priv.name,  alice_.id,     alice_.name,
+                                  "http://a", "http://b", Sha256Hex(tok)};
   auto all = Q(admin_, "SELECT id, name FROM vms WHERE owner = 'alice'");
   ASSERT_EQ(all.rows.size(), 5u);
   for (const auto& row : all.rows) {
@@ -458,23 +472,26 @@ TEST_P(QueryServiceTest, NoSingleValueIsLargeEnoughToOutlastTheTimeLimit) {
   // 64 KiB now (SQLite's printf() answers NULL beyond, other functions fail).
   QueryLimits l;
   l.timeout_ms = 500;
-  auto capped = svc_->Sql({bob_.id, false},
-                          "SELECT printf('%.*c', 900000, 'a') IS NULL, length(printf('%.*c', 60000, 'a')), "
-                          "instr(printf('%.*c', 900000, 'a'), printf('%.*c', 450000, 'a') || 'b')",
-                          l);
+  auto capped =
+      svc_->Sql({bob_.id, false},
+                "SELECT printf('%.*c', 900000, 'a') IS NULL, length(printf('%.*c', 60000, 'a')), "
+                "instr(printf('%.*c', 900000, 'a'), printf('%.*c', 450000, 'a') || 'b')",
+                l);
   ASSERT_TRUE(capped.ok()) << capped.error().message;
   EXPECT_EQ(capped->rows[0][0], 1);
   EXPECT_EQ(capped->rows[0][1], 60000);
   EXPECT_TRUE(capped->rows[0][2].is_null());
-  Error concat = Fail(bob_, "SELECT length(printf('%.*c', 60000, 'a') || printf('%.*c', 60000, 'a'))", l);
+  Error concat =
+      Fail(bob_, "SELECT length(printf('%.*c', 60000, 'a') || printf('%.*c', 60000, 'a'))", l);
   EXPECT_NE(concat.message.find("too big"), std::string::npos) << concat.message;
   // Within the cap, many calls (one per row: not a constant SQLite could
   // compute once) are stopped by the clock between calls.
-  Error many = Fail(bob_,
-                    "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r WHERE x < 100000) "
-                    "SELECT SUM(instr(printf('%.*c', 60000 - x % 2, 'a'), printf('%.*c', 30000, 'a') || 'b')) "
-                    "FROM r",
-                    l);
+  Error many = Fail(
+      bob_,
+      "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r WHERE x < 100000) "
+      "SELECT SUM(instr(printf('%.*c', 60000 - x % 2, 'a'), printf('%.*c', 30000, 'a') || 'b')) "
+      "FROM r",
+      l);
   EXPECT_NE(many.message.find("longer than 500 ms"), std::string::npos) << many.message;
 }
 

@@ -5,19 +5,20 @@
 
 namespace vmgrid {
 
-std::optional<std::vector<size_t>> FindKSubsetInRange(const std::vector<int64_t>& weights,
-                                                      size_t k, int64_t lo, int64_t hi,
-                                                      SetSearchStats* stats,
+std::optional<std::vector<size_t>> FindKSubsetInRange(const std::vector<int64_t>& weights, size_t k,
+                                                      int64_t lo, int64_t hi, SetSearchStats* stats,
                                                       int64_t max_dp_cells) {
   SetSearchStats local;
   SetSearchStats& st = stats ? *stats : local;
   const size_t n = weights.size();
-  if (k == 0) return lo <= 0 && 0 <= hi ? std::optional<std::vector<size_t>>(std::vector<size_t>{})
-                                         : std::nullopt;
+  if (k == 0)
+    return lo <= 0 && 0 <= hi ? std::optional<std::vector<size_t>>(std::vector<size_t>{})
+                              : std::nullopt;
   if (k > n || lo > hi) return std::nullopt;
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return weights[a] < weights[b]; });
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return weights[a] < weights[b]; });
   std::vector<int64_t> w(n);
   for (size_t i = 0; i < n; ++i) w[i] = weights[order[i]];
 

@@ -27,8 +27,8 @@ struct SetSearchStats {
 // Returns indices into `weights` of k distinct items with lo <= sum <= hi, or
 // nullopt if there is none (or if the DP would exceed max_dp_cells, in which
 // case stats->used_dp is set and the answer may be a false negative).
-std::optional<std::vector<size_t>> FindKSubsetInRange(const std::vector<int64_t>& weights,
-                                                      size_t k, int64_t lo, int64_t hi,
+std::optional<std::vector<size_t>> FindKSubsetInRange(const std::vector<int64_t>& weights, size_t k,
+                                                      int64_t lo, int64_t hi,
                                                       SetSearchStats* stats = nullptr,
                                                       int64_t max_dp_cells = 50'000'000);
 

@@ -122,7 +122,7 @@ namespace {
 // One direction of one connection: a reader fills the queue with stamped
 // segments, a writer delivers them at their release times.
 struct Direction {
-  LinkEmulator::Link* link = nullptr;  // null: unlimited rate
+  LinkEmulator::Link* link = nullptr;            // null: unlimited rate
   std::unique_ptr<LinkEmulator::Link> own_link;  // when the link is not shared
   std::atomic<uint64_t>* delivered = nullptr;
 
@@ -406,9 +406,8 @@ Result<int> LinkEmulator::Start() {
   if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &bound_len) != 0) {
     return SysError("getsockname");
   }
-  int port = bound.ss_family == AF_INET6
-                 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
-                 : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  int port = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+                                         : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
   vmm::UniqueFd stop_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd.valid()) return SysError("eventfd");
 

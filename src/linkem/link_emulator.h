@@ -31,6 +31,8 @@
 // not race each other. The destructor calls Stop.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -39,8 +41,6 @@
 #include <mutex>
 #include <string>
 #include <thread>
-
-#include <sys/socket.h>
 
 #include "common/result.h"
 #include "vmm/unique_fd.h"

@@ -171,9 +171,8 @@ void Report(const char* name, int port, uint64_t bytes, int streams) {
   Rtt r = MeasureRtt(port, 20);
   double up = Bulk(port, 'U', bytes, streams);
   double down = Bulk(port, 'D', bytes, streams);
-  std::printf("%-22s %9.2f %8.2f %8.2f %8.2f %9.2f %9.1f %9.2f %9.1f\n", name,
-              r.connect_and_first, r.min, r.median, r.max, up, bytes * 8 / up / 1e6, down,
-              bytes * 8 / down / 1e6);
+  std::printf("%-22s %9.2f %8.2f %8.2f %8.2f %9.2f %9.1f %9.2f %9.1f\n", name, r.connect_and_first,
+              r.min, r.median, r.max, up, bytes * 8 / up / 1e6, down, bytes * 8 / down / 1e6);
 }
 
 }  // namespace
@@ -185,7 +184,8 @@ int main(int argc, char** argv) {
   CLI::App app{"linkem_bench: round trips and bulk throughput through vmgrid-linkem"};
   app.add_option("--rtt-ms", rtt_ms)->capture_default_str();
   app.add_option("--rate-mbit", rate_mbit)->capture_default_str();
-  app.add_option("--bulk-mb", bulk_mb, "Bytes per bulk transfer (MB = 10^6)")->capture_default_str();
+  app.add_option("--bulk-mb", bulk_mb, "Bytes per bulk transfer (MB = 10^6)")
+      ->capture_default_str();
   app.add_option("--streams", streams, "Parallel connections per bulk transfer")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
@@ -228,8 +228,8 @@ int main(int argc, char** argv) {
   uint64_t bytes = static_cast<uint64_t>(bulk_mb * 1e6);
   std::printf("rtt %.1f ms, rate %.1f Mbit/s, bulk %.0f MB over %d stream(s); times in ms / s\n",
               rtt_ms, rate_mbit, bulk_mb, streams);
-  std::printf("%-22s %9s %8s %8s %8s %9s %9s %9s %9s\n", "path", "conn+1st", "rtt_min",
-              "rtt_med", "rtt_max", "up_s", "up_Mbit", "down_s", "down_Mbit");
+  std::printf("%-22s %9s %8s %8s %8s %9s %9s %9s %9s\n", "path", "conn+1st", "rtt_min", "rtt_med",
+              "rtt_max", "up_s", "up_Mbit", "down_s", "down_Mbit");
   if (!skip_direct) Report("loopback (direct)", server_port, bytes, streams);
   Report("linkem", *port, bytes, streams);
   em.Stop();

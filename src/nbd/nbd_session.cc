@@ -236,7 +236,8 @@ class Session {
   void Submit(const Request& r) {
     std::unique_lock<std::mutex> l(pool_mu_);
     pool_cv_.wait(l, [&] {
-      return inflight_ == 0 || inflight_bytes_ + r.length <= options_.max_inflight_bytes || !worker_error_.ok();
+      return inflight_ == 0 || inflight_bytes_ + r.length <= options_.max_inflight_bytes ||
+             !worker_error_.ok();
     });
     queue_.push_back(r);
     inflight_++;

@@ -63,8 +63,12 @@ std::string ControllerProcess::agent_token() const {
 }
 
 Status ControllerProcess::Spawn(std::chrono::milliseconds timeout) {
-  std::vector<std::string> argv = {options_.vmgrid_binary, "controller", "--listen",
-                                   "127.0.0.1:" + std::to_string(options_.port), "--plain-http", "--state-dir",
+  std::vector<std::string> argv = {options_.vmgrid_binary,
+                                   "controller",
+                                   "--listen",
+                                   "127.0.0.1:" + std::to_string(options_.port),
+                                   "--plain-http",
+                                   "--state-dir",
                                    options_.state_dir};
   if (!options_.database.empty()) {
     argv.push_back("--database");

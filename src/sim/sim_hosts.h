@@ -142,7 +142,8 @@ class SimHosts {
   mutable std::mutex ids_mu_;
   std::vector<std::string> host_ids_;     // guarded by ids_mu_
   std::vector<std::string> host_tokens_;  // host -> controller; guarded by ids_mu_
-  std::vector<std::string> api_tokens_;   // controller -> host ("" before registering); guarded by ids_mu_
+  std::vector<std::string>
+      api_tokens_;  // controller -> host ("" before registering); guarded by ids_mu_
 
   std::atomic<int64_t> heartbeats_ok_{0}, heartbeats_failed_{0}, heartbeat_us_{0}, vm_ops_{0};
   std::atomic<int> registered_{0};

@@ -44,8 +44,8 @@ struct User {
 struct Host {
   std::string id;
   std::string name;
-  std::string url;      // agent endpoint, e.g. http://127.0.0.1:41234
-  std::string state;    // "up" or "down"
+  std::string url;    // agent endpoint, e.g. http://127.0.0.1:41234
+  std::string state;  // "up" or "down"
   int vcpus = 0;
   int64_t memory_mb = 0;
   int64_t disk_mb = 0;  // free MB of the agent's state directory (legacy; see below)
@@ -57,7 +57,7 @@ struct Host {
   std::string site = "default";     // administrative domain
   std::string network = "default";  // network segment
   std::string arch = "x86_64";
-  int reserved_vcpus = 0;       // sum over VMs placed on this host
+  int reserved_vcpus = 0;  // sum over VMs placed on this host
   int64_t reserved_memory_mb = 0;
   int64_t reserved_disk_bytes = 0;  // sum of Vm::disk_bytes over VMs placed here
   int64_t last_heartbeat_ms = 0;
@@ -68,9 +68,9 @@ struct Image {
   std::string id;
   std::string name;
   std::string owner_id;
-  std::string state;    // "uploading", "ready"
-  std::string format;   // "raw", "qcow2"
-  std::string dir;      // where its files live
+  std::string state;   // "uploading", "ready"
+  std::string format;  // "raw", "qcow2"
+  std::string dir;     // where its files live
   int64_t size_bytes = 0;
   int64_t virtual_size_bytes = 0;
   // `qemu-img measure` at finalize (0 for images finalized before it): the
@@ -114,8 +114,8 @@ struct Vm {
   std::string state;
   int vcpus = 1;
   int64_t memory_mb = 256;
-  std::string disk;    // "clone" or "persistent"
-  std::string start;   // "boot" or "resume"
+  std::string disk;   // "clone" or "persistent"
+  std::string start;  // "boot" or "resume"
   std::string workspace_id;
   std::string network = "default";  // the virtual network the VM is on
   // Host disk it holds while placed: what its disk (overlay or workspace)

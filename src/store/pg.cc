@@ -178,7 +178,8 @@ Result<PgResultPtr> PgBackend::Run(const std::string& sql, const std::vector<Sql
   }
   if (it == prepared_.end() && prepared_.size() < kMaxPrepared) {
     std::string name = "vmg" + std::to_string(++prepared_serial_);
-    PgResultPtr p(PQprepare(conn_.get(), name.c_str(), PgPlaceholders(sql).c_str(), n, types.data()));
+    PgResultPtr p(
+        PQprepare(conn_.get(), name.c_str(), PgPlaceholders(sql).c_str(), n, types.data()));
     ExecStatusType pst = p ? PQresultStatus(p.get()) : PGRES_FATAL_ERROR;
     if (pst != PGRES_COMMAND_OK) return CommandError(p.get(), sql);
     it = prepared_.emplace(std::move(key), std::move(name)).first;

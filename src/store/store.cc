@@ -477,8 +477,8 @@ Workspace ReadWs(const SqlRow& s) {
                    s.Text(5), s.Int(6),  s.Text(7), s.Int(8)};
 }
 std::vector<SqlValue> WsValues(const Workspace& w) {
-  return {w.id, w.name, w.owner_id, w.image_id, w.host_id, w.path, w.size_bytes, w.vm_id,
-          w.created_ms};
+  return {w.id,   w.name,       w.owner_id, w.image_id,  w.host_id,
+          w.path, w.size_bytes, w.vm_id,    w.created_ms};
 }
 
 std::string Placeholders(size_t n) {
@@ -513,11 +513,13 @@ Result<T> GetByRef(SqlBackend* db, const std::string& table, const std::string& 
   if (!owner.empty()) params.push_back(owner);
   params.push_back(ref);
   if (!owner.empty()) params.push_back(owner);
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<T>(db, "SELECT " + cols + " FROM " + table + " WHERE id = ?" + where +
-                                                  " UNION ALL SELECT " + cols + " FROM " + table +
-                                                  " WHERE name = ?" + where + " AND NOT EXISTS (SELECT 1 FROM " +
-                                                  table + " WHERE id = ?" + where + ")",
-                                           params, read));
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<T>(db,
+               "SELECT " + cols + " FROM " + table + " WHERE id = ?" + where +
+                   " UNION ALL SELECT " + cols + " FROM " + table + " WHERE name = ?" + where +
+                   " AND NOT EXISTS (SELECT 1 FROM " + table + " WHERE id = ?" + where + ")",
+               params, read));
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, kind + " '" + ref + "' not found");
   if (rows.size() > 1)
     return MakeError(ErrorCode::kInvalidArgument,
@@ -557,7 +559,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& target) {
   // write batch that has not committed yet. They read what was committed,
   // which includes every write this Store has returned.
   const bool sqlite = store->db_->dialect() == SqlBackend::Dialect::kSqlite;
-  const bool in_memory = sqlite && (target.empty() || target == ":memory:" || target.starts_with("file:"));
+  const bool in_memory =
+      sqlite && (target.empty() || target == ":memory:" || target.starts_with("file:"));
   store->group_commit_ = sqlite && !in_memory;
   if (!in_memory) {
     for (int i = 0; i < kReaders; ++i) {
@@ -607,9 +610,9 @@ void Store::CommitBatchLocked() {
   std::shared_ptr<Batch> b = std::move(batch_);
   batch_.reset();
   if (b->status.ok()) {
-    b->status = db_->InTransaction()
-                    ? db_->Commit()
-                    : MakeError(ErrorCode::kInternal, "the write batch was rolled back by the database");
+    b->status = db_->InTransaction() ? db_->Commit()
+                                     : MakeError(ErrorCode::kInternal,
+                                                 "the write batch was rolled back by the database");
   }
   if (db_->InTransaction()) (void)db_->Rollback();
   if (b->status.ok() && observer_)
@@ -633,7 +636,8 @@ Status Store::Batched(const std::function<Status()>& body) {
   pending_.clear();
   if (batch_ && !db_->InTransaction()) {
     // The database ended the transaction (e.g. a full disk): fail the batch.
-    batch_->status = MakeError(ErrorCode::kInternal, "the write batch was rolled back by the database");
+    batch_->status =
+        MakeError(ErrorCode::kInternal, "the write batch was rolled back by the database");
     CommitBatchLocked();
   }
   if (!batch_) {
@@ -647,7 +651,8 @@ Status Store::Batched(const std::function<Status()>& body) {
     if (st.ok()) st = db_->ExecScript("RELEASE op");
     if (!st.ok() && db_->InTransaction()) {
       if (!db_->ExecScript("ROLLBACK TO op").ok() || !db_->ExecScript("RELEASE op").ok())
-        mine->status = MakeError(ErrorCode::kInternal, "cannot roll back a failed write: " + st.error().message);
+        mine->status = MakeError(ErrorCode::kInternal,
+                                 "cannot roll back a failed write: " + st.error().message);
     }
   }
   if (st.ok())
@@ -699,20 +704,22 @@ Result<std::pair<User, std::string>> Store::CreateUser(const std::string& name,
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   auto r = db_->Exec("INSERT INTO users (id, name, role, created_ms) VALUES (?,?,?,?)",
-                    {u.id, u.name, u.role, u.created_ms});
+                     {u.id, u.name, u.role, u.created_ms});
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
       return MakeError(ErrorCode::kAlreadyExists, "user '" + name + "' already exists");
     return r.error();
   }
-  VMG_RETURN_IF_ERROR(db_->Exec("INSERT INTO tokens VALUES (?,?,?)", {Sha256Hex(token), u.id, u.created_ms}));
+  VMG_RETURN_IF_ERROR(
+      db_->Exec("INSERT INTO tokens VALUES (?,?,?)", {Sha256Hex(token), u.id, u.created_ms}));
   VMG_RETURN_IF_ERROR(tx.Commit());
   return std::make_pair(u, token);
 }
 
 Status Store::AddToken(const std::string& user_id, const std::string& token) {
   auto lock = Exclusive();
-  auto r = db_->Exec("INSERT INTO tokens VALUES (?,?,?) ON CONFLICT DO NOTHING", {Sha256Hex(token), user_id, NowMs()});
+  auto r = db_->Exec("INSERT INTO tokens VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                     {Sha256Hex(token), user_id, NowMs()});
   if (!r.ok()) return r.error();
   return Status::Ok();
 }
@@ -732,15 +739,17 @@ Result<User> Store::AuthenticateToken(const std::string& token) {
 
 Result<std::vector<User>> Store::ListUsers() {
   auto read = Read();
-  return Query<User>(read.db, std::string("SELECT ") + kUserCols + " FROM users ORDER BY created_ms",
-                     {}, ReadUser);
+  return Query<User>(read.db,
+                     std::string("SELECT ") + kUserCols + " FROM users ORDER BY created_ms", {},
+                     ReadUser);
 }
 
 Result<User> Store::GetUserById(const std::string& id) {
   auto read = Read();
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<User>(read.db,
-                                              std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?",
-                                              {id}, ReadUser));
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<User>(read.db, std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?", {id},
+                  ReadUser));
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "user " + id + " not found");
   return rows[0];
 }
@@ -769,8 +778,9 @@ Result<UserUsage> Store::GetUserUsage(const std::string& user_id) {
 
 Result<bool> Store::HasUserWithRole(const std::string& role) {
   auto read = Read();
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<int64_t>(read.db, "SELECT COUNT(*) FROM users WHERE role = ?",
-                                                 {role}, [](const SqlRow& s) { return s.Int(0); }));
+  VMG_ASSIGN_OR_RETURN(auto rows,
+                       Query<int64_t>(read.db, "SELECT COUNT(*) FROM users WHERE role = ?", {role},
+                                      [](const SqlRow& s) { return s.Int(0); }));
   return rows[0] > 0;
 }
 
@@ -829,8 +839,9 @@ Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& ur
         {NewId("host"), name, url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm},
          now, now, cap.site, cap.network, cap.arch, cap.disk_total_bytes, cap.disk_free_bytes}));
   }
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.name = ?",
-                                              {name}, ReadHost));
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.name = ?", {name}, ReadHost));
   Host host = rows.at(0);
   Notify([host](StoreObserver& o) { o.OnHost(host); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
@@ -883,7 +894,8 @@ Status Store::FlushHeartbeatsLocked() {
       params.push_back(beats[i].first);
       params.push_back(beats[i].second);
     }
-    sql += " ELSE last_heartbeat_ms END WHERE state = 'up' AND id IN (" + Placeholders(end - at) + ")";
+    sql +=
+        " ELSE last_heartbeat_ms END WHERE state = 'up' AND id IN (" + Placeholders(end - at) + ")";
     for (size_t i = at; i < end; ++i) params.push_back(beats[i].first);
     auto changed = db_->Exec(sql, params);
     if (!changed.ok()) {
@@ -892,9 +904,10 @@ Status Store::FlushHeartbeatsLocked() {
     }
     if (static_cast<size_t>(*changed) < end - at) {
       std::vector<SqlValue> ids(params.end() - static_cast<long>(end - at), params.end());
-      VMG_ASSIGN_OR_RETURN(auto rows, db_->Query("SELECT id FROM hosts WHERE state <> 'up' AND id IN (" +
-                                                     Placeholders(end - at) + ")",
-                                                 ids));
+      VMG_ASSIGN_OR_RETURN(auto rows,
+                           db_->Query("SELECT id FROM hosts WHERE state <> 'up' AND id IN (" +
+                                          Placeholders(end - at) + ")",
+                                      ids));
       for (const auto& r : rows) not_up.push_back(r.Text(0));
     }
   }
@@ -951,25 +964,29 @@ Status Store::Resync() {
 Status Store::SnapshotLocked() {
   VMG_ASSIGN_OR_RETURN(auto hosts, Query<Host>(db_.get(), kHostSelect, {}, ReadHost));
   using Pair = std::pair<std::string, std::string>;
-  VMG_ASSIGN_OR_RETURN(auto cached, Query<Pair>(db_.get(), "SELECT image_id, host_id FROM image_cache", {},
-                                                [](const SqlRow& r) { return Pair{r.Text(0), r.Text(1)}; }));
+  VMG_ASSIGN_OR_RETURN(
+      auto cached,
+      Query<Pair>(db_.get(), "SELECT image_id, host_id FROM image_cache", {}, [](const SqlRow& r) {
+        return Pair{r.Text(0), r.Text(1)};
+      }));
   observer_->OnSnapshot(hosts, cached);
   return Status::Ok();
 }
 
 Result<std::vector<Host>> Store::ListHosts() {
   auto read = Read();
-  VMG_ASSIGN_OR_RETURN(auto hosts,
-                       Query<Host>(read.db, std::string(kHostSelect) + " ORDER BY h.name", {}, ReadHost));
+  VMG_ASSIGN_OR_RETURN(
+      auto hosts,
+      Query<Host>(read.db, std::string(kHostSelect) + " ORDER BY h.name", {}, ReadHost));
   OverlayBeats(hosts);
   return hosts;
 }
 
 Result<Host> Store::GetHost(const std::string& ref) {
   auto read = Read();
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(read.db, std::string(kHostSelect) +
-                                                              " WHERE h.id = ? OR h.name = ?",
-                                              {ref, ref}, ReadHost));
+  VMG_ASSIGN_OR_RETURN(
+      auto rows, Query<Host>(read.db, std::string(kHostSelect) + " WHERE h.id = ? OR h.name = ?",
+                             {ref, ref}, ReadHost));
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "host '" + ref + "' not found");
   OverlayBeats(rows);
   return rows[0];
@@ -981,12 +998,13 @@ Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
   VMG_RETURN_IF_ERROR(FlushHeartbeatsLocked());  // decide on the latest times
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
-  VMG_ASSIGN_OR_RETURN(auto ids, Query<std::string>(db_.get(),
-                                                    "SELECT id FROM hosts WHERE state='up' AND "
-                                                    "last_heartbeat_ms < ?",
-                                                    {cutoff_ms}, [](const SqlRow& s) { return s.Text(0); }));
-  VMG_RETURN_IF_ERROR(db_->Exec("UPDATE hosts SET state='down' WHERE state='up' AND last_heartbeat_ms < ?",
-                               {cutoff_ms}));
+  VMG_ASSIGN_OR_RETURN(auto ids,
+                       Query<std::string>(db_.get(),
+                                          "SELECT id FROM hosts WHERE state='up' AND "
+                                          "last_heartbeat_ms < ?",
+                                          {cutoff_ms}, [](const SqlRow& s) { return s.Text(0); }));
+  VMG_RETURN_IF_ERROR(db_->Exec(
+      "UPDATE hosts SET state='down' WHERE state='up' AND last_heartbeat_ms < ?", {cutoff_ms}));
   for (const auto& id : ids) Notify([id](StoreObserver& o) { o.OnHostDown(id); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
   if (!ids.empty()) {  // their next heartbeat is written in full (state up)
@@ -1010,7 +1028,8 @@ Status Store::InsertImage(const Image& image) {
       ImageValues(image));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
-      return MakeError(ErrorCode::kAlreadyExists, "an image named '" + image.name + "' already exists");
+      return MakeError(ErrorCode::kAlreadyExists,
+                       "an image named '" + image.name + "' already exists");
     return r.error();
   }
   return Status::Ok();
@@ -1055,12 +1074,13 @@ Result<Image> Store::GetImage(const std::string& ref, const OwnerFilter& owner) 
 Result<std::vector<Image>> Store::ListImages(const OwnerFilter& owner) {
   auto read = Read();
   if (owner.empty())
-    return Query<Image>(read.db, std::string("SELECT ") + kImageCols + " FROM images ORDER BY created_ms",
+    return Query<Image>(read.db,
+                        std::string("SELECT ") + kImageCols + " FROM images ORDER BY created_ms",
                         {}, ReadImage);
-  return Query<Image>(read.db,
-                      std::string("SELECT ") + kImageCols +
-                          " FROM images WHERE owner_id = ? ORDER BY created_ms",
-                      {owner}, ReadImage);
+  return Query<Image>(
+      read.db,
+      std::string("SELECT ") + kImageCols + " FROM images WHERE owner_id = ? ORDER BY created_ms",
+      {owner}, ReadImage);
 }
 
 Result<std::vector<Image>> Store::ListPublicImages() {
@@ -1076,10 +1096,11 @@ Status Store::DeleteImage(const std::string& id) {
   auto lock = Exclusive();
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
-  VMG_ASSIGN_OR_RETURN(auto users, Query<int64_t>(db_.get(),
-                                                  "SELECT (SELECT COUNT(*) FROM vms WHERE image_id=?) + "
-                                                  "(SELECT COUNT(*) FROM workspaces WHERE image_id=?)",
-                                                  {id, id}, [](const SqlRow& s) { return s.Int(0); }));
+  VMG_ASSIGN_OR_RETURN(auto users,
+                       Query<int64_t>(db_.get(),
+                                      "SELECT (SELECT COUNT(*) FROM vms WHERE image_id=?) + "
+                                      "(SELECT COUNT(*) FROM workspaces WHERE image_id=?)",
+                                      {id, id}, [](const SqlRow& s) { return s.Int(0); }));
   if (users[0] > 0)
     return MakeError(ErrorCode::kFailedPrecondition,
                      "image is used by " + std::to_string(users[0]) +
@@ -1126,7 +1147,8 @@ Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
 
 Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candidates) {
   if (!HoldsOnHost(vm.state))
-    return MakeError(ErrorCode::kInvalidArgument, "a VM in state " + vm.state + " holds no room to place");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a VM in state " + vm.state + " holds no room to place");
   if (db_->dialect() == SqlBackend::Dialect::kPostgres) {
     // One autocommit statement per candidate, safe on any connection (as
     // between controllers sharing the database): it runs on a side
@@ -1188,7 +1210,8 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
 // one statement per candidate (data-modifying CTEs), so one round trip and
 // atomic without BEGIN/COMMIT: the conditional UPDATE holds the host's row,
 // and the inserts happen only if it took the room.
-Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm, const std::vector<std::string>& candidates) {
+Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm,
+                                     const std::vector<std::string>& candidates) {
   const std::string reserve = std::string(
       "WITH r AS (UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + "
       "?, used_disk_bytes = used_disk_bytes + ? WHERE id = ? AND state = 'up' AND vcpus - "
@@ -1207,8 +1230,9 @@ Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm, const std::vector<st
     std::vector<SqlValue> params{int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
                                  int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes};
     for (auto& v : VmValues(vm)) params.push_back(std::move(v));
-    for (auto v : std::initializer_list<SqlValue>{vm.id, host_id, vm.owner_id, "disk-" + vm.id, vm.image_id,
-                                                  vm.owner_id, "disk-" + vm.id, host_id, vm.owner_id})
+    for (auto v :
+         std::initializer_list<SqlValue>{vm.id, host_id, vm.owner_id, "disk-" + vm.id, vm.image_id,
+                                         vm.owner_id, "disk-" + vm.id, host_id, vm.owner_id})
       params.push_back(std::move(v));
     auto rows = db->Query(sql, params);
     if (!rows.ok()) {
@@ -1243,12 +1267,14 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
   // `hosts` before any of its rows keeps gangs and single placements (which
   // lock one host row each) free of lock-order cycles.
   VMG_RETURN_IF_ERROR(db_->LockTable("hosts"));
-  std::sort(vms.begin(), vms.end(), [](const Vm& a, const Vm& b) { return a.memory_mb > b.memory_mb; });
+  std::sort(vms.begin(), vms.end(),
+            [](const Vm& a, const Vm& b) { return a.memory_mb > b.memory_mb; });
   for (const auto& group : groups) {
     std::vector<Host> hosts;
     for (const auto& id : group) {
-      VMG_ASSIGN_OR_RETURN(auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?",
-                                                  {id}, ReadHost));
+      VMG_ASSIGN_OR_RETURN(
+          auto rows,
+          Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?", {id}, ReadHost));
       if (!rows.empty() && rows[0].state == "up") hosts.push_back(rows[0]);
     }
     bool all = true;
@@ -1301,11 +1327,12 @@ Result<Vm> Store::GetVm(const std::string& ref, const OwnerFilter& owner) {
 Result<std::vector<Vm>> Store::ListVms(const OwnerFilter& owner) {
   auto read = Read();
   if (owner.empty())
-    return Query<Vm>(read.db, std::string("SELECT ") + kVmCols + " FROM vms ORDER BY created_ms", {},
-                     ReadVm);
-  return Query<Vm>(read.db,
-                   std::string("SELECT ") + kVmCols + " FROM vms WHERE owner_id = ? ORDER BY created_ms",
-                   {owner}, ReadVm);
+    return Query<Vm>(read.db, std::string("SELECT ") + kVmCols + " FROM vms ORDER BY created_ms",
+                     {}, ReadVm);
+  return Query<Vm>(
+      read.db,
+      std::string("SELECT ") + kVmCols + " FROM vms WHERE owner_id = ? ORDER BY created_ms",
+      {owner}, ReadVm);
 }
 
 Result<std::vector<Vm>> Store::ListVmsOnHost(const std::string& host_id) {
@@ -1349,11 +1376,13 @@ Status Store::UpdateVmLocked(const Vm& v, const VmPlacement& before, bool* raced
   }
   VMG_RETURN_IF_ERROR(MoveUsageLocked(before, v.host_id, v.state));
   if (v.host_id != before.host_id)
-    VMG_RETURN_IF_ERROR(db_->Exec(
-        "UPDATE virtualization SET physical_id=? WHERE vm_id=? AND physical_kind IN ('host','host_cache')",
-        {v.host_id, v.id}));
+    VMG_RETURN_IF_ERROR(
+        db_->Exec("UPDATE virtualization SET physical_id=? WHERE vm_id=? AND physical_kind IN "
+                  "('host','host_cache')",
+                  {v.host_id, v.id}));
   Notify([host = before.host_id](StoreObserver& o) { o.OnVmChanged(host); });
-  if (v.host_id != before.host_id) Notify([host = v.host_id](StoreObserver& o) { o.OnVmChanged(host); });
+  if (v.host_id != before.host_id)
+    Notify([host = v.host_id](StoreObserver& o) { o.OnVmChanged(host); });
   return Status::Ok();
 }
 
@@ -1375,7 +1404,8 @@ Status Store::ModifyVm(const std::string& id, const std::function<void(Vm&)>& ch
     bool raced = false;
     VMG_RETURN_IF_ERROR(Batched([&]() -> Status {
       auto vm = GetVmLocked(id, "");
-      if (!vm.ok()) return vm.error().code == ErrorCode::kNotFound ? Status::Ok() : Status(vm.error());
+      if (!vm.ok())
+        return vm.error().code == ErrorCode::kNotFound ? Status::Ok() : Status(vm.error());
       const VmPlacement before{vm->host_id, vm->state, vm->vcpus, vm->memory_mb, vm->disk_bytes};
       change(*vm);
       return UpdateVmLocked(*vm, before, &raced);
@@ -1395,12 +1425,13 @@ Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::str
   bool allowed = false;
   for (const auto& f : from) allowed = allowed || vm.state == f;
   if (!allowed)
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "VM " + vm.id + " is " + vm.state + "; this needs it to be " + [&] {
-                       std::string s;
-                       for (size_t i = 0; i < from.size(); ++i) s += (i ? " or " : "") + from[i];
-                       return s;
-                     }());
+    return MakeError(
+        ErrorCode::kFailedPrecondition,
+        "VM " + vm.id + " is " + vm.state + "; this needs it to be " + [&] {
+          std::string s;
+          for (size_t i = 0; i < from.size(); ++i) s += (i ? " or " : "") + from[i];
+          return s;
+        }());
   const std::string seen = vm.state;
   vm.state = to;
   vm.updated_ms = NowMs();
@@ -1410,8 +1441,9 @@ Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::str
   // (PostgreSQL).
   VMG_ASSIGN_OR_RETURN(
       int64_t changed,
-      db_->Exec("UPDATE vms SET state=?, error=?, updated_ms=? WHERE id=? AND state=? AND host_id=?",
-                {vm.state, vm.error, vm.updated_ms, vm.id, seen, vm.host_id}));
+      db_->Exec(
+          "UPDATE vms SET state=?, error=?, updated_ms=? WHERE id=? AND state=? AND host_id=?",
+          {vm.state, vm.error, vm.updated_ms, vm.id, seen, vm.host_id}));
   if (changed == 0)
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + vm.id + " changed state concurrently; retry");
@@ -1463,8 +1495,9 @@ Status Store::DeleteVm(const std::string& id) {
 
 Status Store::NoteImageCached(const std::string& image_id, const std::string& host_id) {
   auto lock = Exclusive();
-  VMG_ASSIGN_OR_RETURN(int64_t added, db_->Exec("INSERT INTO image_cache VALUES (?,?,?) ON CONFLICT DO NOTHING",
-                                                {image_id, host_id, NowMs()}));
+  VMG_ASSIGN_OR_RETURN(int64_t added,
+                       db_->Exec("INSERT INTO image_cache VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                                 {image_id, host_id, NowMs()}));
   if (added > 0 && observer_) observer_->OnImageCached(image_id, host_id);
   return Status::Ok();
 }
@@ -1477,11 +1510,13 @@ Status Store::InsertWorkspace(const Workspace& ws) {
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_RETURN_IF_ERROR(
       CheckQuotaLocked(db_.get(), ws.owner_id, QuotaAsk{0, 0, 0, 0, ws.size_bytes}));
-  auto r = db_->Exec(std::string("INSERT INTO workspaces (") + kWsCols + ") VALUES (" + Placeholders(9) + ")",
-                    WsValues(ws));
+  auto r = db_->Exec(
+      std::string("INSERT INTO workspaces (") + kWsCols + ") VALUES (" + Placeholders(9) + ")",
+      WsValues(ws));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
-      return MakeError(ErrorCode::kAlreadyExists, "a workspace named '" + ws.name + "' already exists");
+      return MakeError(ErrorCode::kAlreadyExists,
+                       "a workspace named '" + ws.name + "' already exists");
     return r.error();
   }
   return tx.Commit();
@@ -1489,8 +1524,9 @@ Status Store::InsertWorkspace(const Workspace& ws) {
 
 Status Store::UpdateWorkspace(const Workspace& w) {
   auto lock = Exclusive();
-  VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET path=?, size_bytes=?, vm_id=?, host_id=? WHERE id=?",
-                               {w.path, w.size_bytes, w.vm_id, w.host_id, w.id}));
+  VMG_RETURN_IF_ERROR(
+      db_->Exec("UPDATE workspaces SET path=?, size_bytes=?, vm_id=?, host_id=? WHERE id=?",
+                {w.path, w.size_bytes, w.vm_id, w.host_id, w.id}));
   return Status::Ok();
 }
 
@@ -1502,10 +1538,11 @@ Result<Workspace> Store::GetWorkspace(const std::string& ref, const OwnerFilter&
 Result<std::optional<Workspace>> Store::FindWorkspaceByName(const std::string& owner_id,
                                                             const std::string& name) {
   auto read = Read();
-  VMG_ASSIGN_OR_RETURN(auto rows, Query<Workspace>(read.db,
-                                                   std::string("SELECT ") + kWsCols +
-                                                       " FROM workspaces WHERE owner_id=? AND name=?",
-                                                   {owner_id, name}, ReadWs));
+  VMG_ASSIGN_OR_RETURN(auto rows,
+                       Query<Workspace>(read.db,
+                                        std::string("SELECT ") + kWsCols +
+                                            " FROM workspaces WHERE owner_id=? AND name=?",
+                                        {owner_id, name}, ReadWs));
   if (rows.empty()) return std::optional<Workspace>();
   return std::optional<Workspace>(rows[0]);
 }
@@ -1513,8 +1550,10 @@ Result<std::optional<Workspace>> Store::FindWorkspaceByName(const std::string& o
 Result<std::vector<Workspace>> Store::ListWorkspaces(const OwnerFilter& owner) {
   auto read = Read();
   if (owner.empty())
-    return Query<Workspace>(read.db, std::string("SELECT ") + kWsCols + " FROM workspaces", {}, ReadWs);
-  return Query<Workspace>(read.db, std::string("SELECT ") + kWsCols + " FROM workspaces WHERE owner_id=?",
+    return Query<Workspace>(read.db, std::string("SELECT ") + kWsCols + " FROM workspaces", {},
+                            ReadWs);
+  return Query<Workspace>(read.db,
+                          std::string("SELECT ") + kWsCols + " FROM workspaces WHERE owner_id=?",
                           {owner}, ReadWs);
 }
 

@@ -255,11 +255,11 @@ class Store {
     std::vector<std::function<void(StoreObserver&)>> events;  // of the ops that succeeded
   };
   static constexpr int kMaxBatch = 64;
-  bool group_commit_ = false;            // fixed after Open
-  std::shared_ptr<Batch> batch_;         // the open batch; guarded by mu_
-  std::condition_variable batch_done_;   // with mu_
-  std::atomic<int> batch_waiters_{0};    // Batched callers waiting for mu_
-  StoreObserver* observer_ = nullptr;  // guarded by mu_
+  bool group_commit_ = false;                                 // fixed after Open
+  std::shared_ptr<Batch> batch_;                              // the open batch; guarded by mu_
+  std::condition_variable batch_done_;                        // with mu_
+  std::atomic<int> batch_waiters_{0};                         // Batched callers waiting for mu_
+  StoreObserver* observer_ = nullptr;                         // guarded by mu_
   std::vector<std::function<void(StoreObserver&)>> pending_;  // guarded by mu_
   // Heartbeats: the row last written per host name, and times not written
   // yet per host id. Guarded by beat_mu_ (taken after mu_, never before), so

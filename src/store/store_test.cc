@@ -103,8 +103,10 @@ TEST_P(StoreTest, ConcurrentPlacementNeverOversubscribes) {
   for (int i = 0; i < 50; ++i) {
     threads.emplace_back([&, i] {
       auto r = store_->PlaceAndInsertVm(NewVm("vm" + std::to_string(i)), {h->id});
-      if (r.ok()) ++ok;
-      else if (r.error().code == ErrorCode::kResourceExhausted) ++exhausted;
+      if (r.ok())
+        ++ok;
+      else if (r.error().code == ErrorCode::kResourceExhausted)
+        ++exhausted;
     });
   }
   for (auto& t : threads) t.join();
@@ -127,7 +129,8 @@ TEST_P(StoreTest, ConcurrentWritesFailAloneAndCommitBeforeReturning) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 20; ++i) {
         // Names repeat across thread pairs: one of each pair's attempts fails.
-        auto r = store_->PlaceAndInsertVm(NewVm("vm" + std::to_string(t / 2) + "-" + std::to_string(i)), {h->id});
+        auto r = store_->PlaceAndInsertVm(
+            NewVm("vm" + std::to_string(t / 2) + "-" + std::to_string(i)), {h->id});
         if (r.ok()) {
           ++ok;
           EXPECT_TRUE(store_->ModifyVm(r->id, [](Vm& vm) { vm.state = "running"; }).ok());
@@ -165,9 +168,12 @@ TEST_P(StoreTest, ConcurrentPlacementFromTwoStoresNeverOversubscribes) {
   for (int i = 0; i < 50; ++i) {
     threads.emplace_back([&, i] {
       auto r = stores[i % 2]->PlaceAndInsertVm(NewVm("vm" + std::to_string(i)), {h->id});
-      if (r.ok()) ++ok;
-      else if (r.error().code == ErrorCode::kResourceExhausted) ++exhausted;
-      else ADD_FAILURE() << r.error().message;
+      if (r.ok())
+        ++ok;
+      else if (r.error().code == ErrorCode::kResourceExhausted)
+        ++exhausted;
+      else
+        ADD_FAILURE() << r.error().message;
     });
   }
   for (auto& t : threads) t.join();

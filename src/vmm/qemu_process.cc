@@ -544,12 +544,14 @@ bool KvmUsableBy(const std::string& qemu_binary) {
     // It starts QEMU (the probe passes) but runs only PVM-enabled guest
     // kernels; a stock Debian kernel stops with a KVM internal error early in
     // boot and the guest never answers.
-    spdlog::warn("/dev/kvm is not hardware-assisted KVM (no kvm_intel/kvm_amd module; kvm_pvm runs only "
-                 "PVM-enabled guest kernels); using TCG. VMGRID_ACCEL=kvm forces KVM");
+    spdlog::warn(
+        "/dev/kvm is not hardware-assisted KVM (no kvm_intel/kvm_amd module; kvm_pvm runs only "
+        "PVM-enabled guest kernels); using TCG. VMGRID_ACCEL=kvm forces KVM");
   } else {
     usable = ProbeKvm(qemu_binary);
     if (!usable)
-      spdlog::warn("/dev/kvm is present but {} cannot run q35 with -cpu host; using TCG", qemu_binary);
+      spdlog::warn("/dev/kvm is present but {} cannot run q35 with -cpu host; using TCG",
+                   qemu_binary);
   }
   cache[qemu_binary] = usable;
   return usable;

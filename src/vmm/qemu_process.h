@@ -52,11 +52,11 @@ struct QemuConfig {
   // QEMU opens it with no backing file of its own ("backing.…backing=" on the
   // -drive), whatever its header says. 0: no layer is cut.
   int disk_untrusted_depth = 0;
-  std::string run_dir;                 // holds qmp.sock, qga.sock, qemu.pid, console.log, qemu.log
-  bool incoming = false;               // start with -incoming defer (resume from a checkpoint)
-  std::string runas;                   // unprivileged user when we run as root ("" = none)
-  int uid = -1, gid = -1;              // run as this uid/gid (wins over runas); -1 = runas/ourselves
-  bool sandbox = true;                 // -sandbox kSandboxOptions
+  std::string run_dir;     // holds qmp.sock, qga.sock, qemu.pid, console.log, qemu.log
+  bool incoming = false;   // start with -incoming defer (resume from a checkpoint)
+  std::string runas;       // unprivileged user when we run as root ("" = none)
+  int uid = -1, gid = -1;  // run as this uid/gid (wins over runas); -1 = runas/ourselves
+  bool sandbox = true;     // -sandbox kSandboxOptions
   // A clone disk whose chain ends in an NBD export: the NBD node, nbd_depth
   // backing levels below disk_path (1 = the disk's backing file), connects
   // to nbd_socket whatever the image headers name. 0 = no override.
@@ -64,7 +64,7 @@ struct QemuConfig {
   int nbd_depth = 0;
   // A cgroup directory (VmCgroups::Prepare) QEMU joins before it execs; "" = none.
   std::string cgroup_dir;
-  std::string accel;                   // "" = auto: kvm if KvmUsableBy(qemu_binary), else tcg
+  std::string accel;    // "" = auto: kvm if KvmUsableBy(qemu_binary), else tcg
   std::string vmgenid;  // guid for -device vmgenid; "" = "auto" (QEMU picks a fresh one)
   std::string qemu_binary = "qemu-system-x86_64";
 };

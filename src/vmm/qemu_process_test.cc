@@ -297,7 +297,8 @@ TEST_F(QemuProcessTest, JoinsItsCgroupBeforeExec) {
   EXPECT_EQ(written, "0");
   ASSERT_TRUE((*q)->Quit(milliseconds(10000)).ok());
   c.cgroup_dir = dir_.path() + "/no-such-cgroup";
-  EXPECT_FALSE(QemuProcess::Launch(c, kLaunchTimeout).ok()) << "a configured cgroup is not optional";
+  EXPECT_FALSE(QemuProcess::Launch(c, kLaunchTimeout).ok())
+      << "a configured cgroup is not optional";
 }
 
 TEST_F(QemuProcessTest, AutoAccelLaunches) {
@@ -320,9 +321,7 @@ TEST_F(QemuProcessTest, AutoAccelLaunches) {
 // is part of the drive's chain. Checked on QEMU's own view (query-block).
 TEST_F(QemuProcessTest, UntrustedLayerIsOpenedWithoutItsBackingFile) {
   std::string secret = dir_.path() + "/host-secret";
-  {
-    std::ofstream(secret) << "SECRET-HOST-FILE";
-  }
+  { std::ofstream(secret) << "SECRET-HOST-FILE"; }
   ASSERT_EQ(::truncate(secret.c_str(), 1 << 20), 0);
   std::string user = dir_.path() + "/user.qcow2", top = dir_.path() + "/top.qcow2";
   ASSERT_TRUE(RunProcessChecked({"qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", secret,
@@ -350,12 +349,15 @@ TEST_F(QemuProcessTest, UntrustedLayerIsOpenedWithoutItsBackingFile) {
       EXPECT_NE(top_image["backing-image"].value("filename", "").find(user), std::string::npos)
           << b.dump();
       const auto& user_image = top_image["backing-image"];
-      return user_image.contains("backing-image") ? user_image["backing-image"].value("filename", "?") : "";
+      return user_image.contains("backing-image")
+                 ? user_image["backing-image"].value("filename", "?")
+                 : "";
     }
     ADD_FAILURE() << "no disk0 in " << blocks->dump();
     return "?";
   };
-  EXPECT_EQ(below_user_layer(0), secret) << "control: without the cut the host file is in the chain";
+  EXPECT_EQ(below_user_layer(0), secret)
+      << "control: without the cut the host file is in the chain";
   EXPECT_EQ(below_user_layer(1), "");
 }
 
