@@ -20,7 +20,7 @@
 
 #include "api/controller.h"
 #include "api/routes.h"
-#include "cli/api_client.h"
+#include "client/api_client.h"
 #include "common/util.h"
 
 namespace vmgrid {
