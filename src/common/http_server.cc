@@ -8,6 +8,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -85,6 +86,11 @@ class GuardedStream : public httplib::Stream {
   }
 
   bool failed() const { return failed_; }
+  // Bytes received and not yet read (buffered here or in the socket).
+  bool HasUnread() const {
+    int pending = 0;
+    return start_ < end_ || (ioctl(sock_, FIONREAD, &pending) == 0 && pending > 0);
+  }
   bool close_after_response = false;
 
   bool is_readable() const override {
@@ -343,6 +349,26 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
   // close_notify record would look like data (it would then write into a
   // closed connection). HTTP framing (Content-Length) already tells a
   // complete answer from a truncated one.
+  //
+  // Lingering close: when the client is still sending (a body refused before
+  // it was read, e.g. an upload answered 409 or 413), closing now would
+  // reset the connection and could destroy the answer on its way. Stop
+  // sending instead, and read and drop what still comes, for at most 2 s or
+  // 8 MiB, before closing.
+  if (strm.HasUnread()) {
+    ::shutdown(sock, SHUT_WR);
+    const auto until = Clock::now() + std::chrono::seconds(2);
+    char drain[16384];
+    size_t dropped = 0;
+    while (dropped < (8u << 20) && Clock::now() < until) {
+      pollfd p{sock, POLLIN, 0};
+      if (::poll(&p, 1, 200) <= 0) continue;
+      ssize_t n = ::recv(sock, drain, sizeof drain, MSG_DONTWAIT);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (n <= 0) break;  // the client closed: done
+      dropped += static_cast<size_t>(n);
+    }
+  }
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);
   return ok;
