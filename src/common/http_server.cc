@@ -13,9 +13,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <string>
+#include <string_view>
 
 #include "common/tls.h"
 
@@ -76,6 +79,8 @@ class GuardedStream : public httplib::Stream {
     in_headers_ = true;
     header_bytes_ = header_lines_ = 0;
     line_len_ = 0;
+    line_.clear();
+    content_length_ = body_bytes_ = 0;
     deadline_ = start + std::chrono::milliseconds(limits_.header_timeout_ms);
   }
 
@@ -92,6 +97,26 @@ class GuardedStream : public httplib::Stream {
     return start_ < end_ || (ioctl(sock_, FIONREAD, &pending) == 0 && pending > 0);
   }
   bool close_after_response = false;
+
+  // Body bytes the client announced (Content-Length) that no one has read
+  // yet: a handler refused the request before reading its body.
+  int64_t UnreadBody() const {
+    return in_headers_ ? 0 : std::max<int64_t>(0, content_length_ - body_bytes_);
+  }
+
+  // Reads and drops the rest of the current request's body, at most `max`
+  // bytes and until `until`; true when none is left. Through TLS when the
+  // connection is TLS, so the count is exact.
+  bool DiscardBody(Clock::time_point until, int64_t max) {
+    while (UnreadBody() > 0 && max > 0 && !failed_) {
+      if (start_ == end_ && !Fill(until)) return false;
+      const int64_t n = std::min({static_cast<int64_t>(end_ - start_), UnreadBody(), max});
+      start_ += static_cast<size_t>(n);
+      body_bytes_ += n;
+      max -= n;
+    }
+    return UnreadBody() == 0;
+  }
 
   bool is_readable() const override {
     return start_ < end_ || (ssl_ && SSL_pending(ssl_) > 0) || Poll(POLLIN, deadline_);
@@ -211,9 +236,13 @@ class GuardedStream : public httplib::Stream {
       if (++header_bytes_ > limits_.max_header_bytes)
         return Refuse("request header block too large");
       if (c != '\n') {
-        if (c != '\r') ++line_len_;
+        if (c != '\r') {
+          ++line_len_;
+          if (line_.size() < kLineKept) line_.push_back(c);
+        }
         continue;
       }
+      NoteHeaderLine();
       if (line_len_ == 0 && header_lines_ > 0) {  // the blank line
         in_headers_ = false;
         body_start_ = Clock::now();
@@ -226,6 +255,26 @@ class GuardedStream : public httplib::Stream {
       line_len_ = 0;
     }
     return n;
+  }
+
+  // Remembers the Content-Length of the request (httplib parses it too; the
+  // stream needs it to know whether a refused request's body is still
+  // coming). A malformed value is left to RefuseUnframedBody and httplib.
+  void NoteHeaderLine() {
+    static constexpr std::string_view kName = "content-length:";
+    if (line_.size() > kName.size() &&
+        std::equal(kName.begin(), kName.end(), line_.begin(), [](char a, char b) {
+          return a == std::tolower(static_cast<unsigned char>(b));
+        })) {
+      const size_t at = line_.find_first_not_of(" \t", kName.size());
+      const size_t end = line_.find_last_not_of(" \t");
+      int64_t v = 0;
+      if (at != std::string::npos && end - at < 18) {
+        auto [p, ec] = std::from_chars(line_.data() + at, line_.data() + end + 1, v);
+        if (ec == std::errc() && p == line_.data() + end + 1 && v >= 0) content_length_ = v;
+      }
+    }
+    line_.clear();
   }
 
   size_t Refuse(const std::string& why) {
@@ -257,6 +306,9 @@ class GuardedStream : public httplib::Stream {
   bool failed_ = false;
   bool in_headers_ = true;
   size_t header_bytes_ = 0, header_lines_ = 0, line_len_ = 0;
+  static constexpr size_t kLineKept = 40;  // enough for "Content-Length: <19 digits>"
+  std::string line_;                       // the current header line's start
+  int64_t content_length_ = 0;
   Clock::time_point deadline_;
   Clock::time_point body_start_;
   int64_t body_bytes_ = 0;
@@ -265,6 +317,18 @@ class GuardedStream : public httplib::Stream {
 thread_local GuardedStream* current_stream = nullptr;
 
 }  // namespace
+
+GuardedServer::GuardedServer(HttpServerLimits limits, std::shared_ptr<TlsContext> tls)
+    : limits_(limits), tls_(std::move(tls)) {
+  // A response to a request whose body was not read says that the
+  // connection closes: the client must not reuse it (its unread body would
+  // be taken for the next request).
+  set_post_routing_handler([](const httplib::Request&, httplib::Response& res) {
+    if (!current_stream || current_stream->UnreadBody() == 0) return;
+    current_stream->close_after_response = true;
+    if (res.get_header_value("Connection") != "close") res.set_header("Connection", "close");
+  });
+}
 
 void GuardedServer::CloseAfterResponse() {
   if (current_stream) current_stream->close_after_response = true;
@@ -341,7 +405,9 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
     bool closed = false;
     const bool last = n + 1 == limits_.max_requests_per_connection;
     ok = process_request(strm, last, closed, nullptr);
-    if (!ok || closed || strm.failed() || strm.close_after_response) break;
+    // A body left unread (refused before it was read) ends the connection:
+    // its bytes are not the next request.
+    if (!ok || closed || strm.failed() || strm.close_after_response || strm.UnreadBody() > 0) break;
   }
   current_stream = nullptr;
   // No close_notify: cpp-httplib's client decides whether a pooled
@@ -355,12 +421,16 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
   // reset the connection and could destroy the answer on its way. Stop
   // sending instead, and read and drop what still comes, for at most 2 s or
   // 8 MiB, before closing.
-  if (strm.HasUnread()) {
+  //
+  // First the rest of a refused body, through TLS when it is TLS (exact);
+  // then whatever still arrives, raw.
+  const auto linger_until = Clock::now() + std::chrono::seconds(2);
+  if (strm.UnreadBody() > 0 && !strm.failed()) strm.DiscardBody(linger_until, 8 << 20);
+  if (strm.HasUnread() || strm.UnreadBody() > 0) {
     ::shutdown(sock, SHUT_WR);
-    const auto until = Clock::now() + std::chrono::seconds(2);
     char drain[16384];
     size_t dropped = 0;
-    while (dropped < (8u << 20) && Clock::now() < until) {
+    while (dropped < (8u << 20) && Clock::now() < linger_until) {
       pollfd p{sock, POLLIN, 0};
       if (::poll(&p, 1, 200) <= 0) continue;
       ssize_t n = ::recv(sock, drain, sizeof drain, MSG_DONTWAIT);

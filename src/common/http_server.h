@@ -44,8 +44,8 @@ class GuardedServer : public httplib::Server {
  public:
   // With `tls`, every connection is TLS (handshake within the header
   // deadline); see common/tls.h.
-  explicit GuardedServer(HttpServerLimits limits, std::shared_ptr<TlsContext> tls = nullptr)
-      : limits_(limits), tls_(std::move(tls)) {}
+  // Installs a post-routing handler (keep it: roles must not replace it).
+  explicit GuardedServer(HttpServerLimits limits, std::shared_ptr<TlsContext> tls = nullptr);
 
   // Binds "HOST:PORT" (port 0: any free one) with a deep listen queue;
   // returns the server's URL ("https://" with TLS). Then listen_after_bind().

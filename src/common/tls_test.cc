@@ -167,6 +167,38 @@ TEST_F(TlsTest, PooledConnectionClosedWhileIdleIsReplacedNotWrittenInto) {
   }
 }
 
+TEST_F(TlsTest, UploadRefusedBeforeItsBodyIsReadGetsTheRefusal) {
+  // A handler that refuses a PUT without reading its body (an upload to an
+  // image being finalized: 409) must reach the client as the 409, however
+  // much of the body is still on its way; not as a reset connection.
+  StartServer(false);
+  srv_->Put("/upload",
+            [](const httplib::Request&, httplib::Response& res, const httplib::ContentReader&) {
+              res.status = 409;
+              res.set_content("{\"error\":{\"code\":\"failed_precondition\",\"message\":\"busy\"}}",
+                              "application/json");
+            });
+  ASSERT_TRUE(SetClientTls({"", "", server_.ca}).ok());
+  for (size_t size : {size_t{1}, size_t{200} << 10, size_t{4} << 20}) {
+    const std::string body(size, 'x');
+    for (int i = 0; i < 20; ++i) {
+      auto cli = NewHttpClient(url_);
+      cli->set_read_timeout(10, 0);
+      httplib::ContentProvider provider = [&](size_t offset, size_t length,
+                                              httplib::DataSink& sink) {
+        return sink.write(body.data() + offset, std::min<size_t>(length, 65536));
+      };
+      auto r = cli->Put("/upload", body.size(), provider, "application/octet-stream");
+      ASSERT_TRUE(r) << size << " bytes, try " << i << ": " << httplib::to_string(r.error());
+      EXPECT_EQ(r->status, 409);
+      // The pooled-connection case: the same client again.
+      auto again = cli->Get("/who");
+      ASSERT_TRUE(again) << httplib::to_string(again.error());
+      EXPECT_EQ(again->status, 200);
+    }
+  }
+}
+
 TEST_F(TlsTest, SilentClientIsCutOffAtTheHandshakeDeadline) {
   StartServer(false, /*header_timeout_ms=*/300);
   int fd = socket(AF_INET, SOCK_STREAM, 0);
