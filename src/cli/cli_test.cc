@@ -36,26 +36,24 @@ ControllerOptions g_controller;
 AgentOptions g_agent;
 DevOptions g_dev;
 int g_role_calls = 0;
-}  // namespace
-int RunController(const ControllerOptions& o) {
+// The roles' entry points: stubs that record what the CLI parsed.
+int StubController(const ControllerOptions& o) {
   g_controller = o;
   ++g_role_calls;
   return 42;
 }
-int RunAgent(const AgentOptions& o) {
+int StubAgent(const AgentOptions& o) {
   g_agent = o;
   ++g_role_calls;
   return 43;
 }
-int RunDev(const DevOptions& o) {
+int StubDev(const DevOptions& o) {
   g_dev = o;
   ++g_role_calls;
   return 44;
 }
-int RunSimHosts(const SimHostsOptions&) { return 45; }
-int RunImageServer(const ImageServerOptions&) { return 46; }
-
-namespace {
+int StubSimHosts(const SimHostsOptions&) { return 45; }
+int StubImageServer(const ImageServerOptions&) { return 46; }
 
 using nlohmann::json;
 
@@ -70,7 +68,13 @@ struct CliRun {
 CliRun Cli(std::vector<std::string> args) {
   args.insert(args.begin(), "vmgrid");
   std::ostringstream out, err;
-  int rc = RunCliArgs(args, CliIo{out, err, false});
+  RoleEntryPoints roles;
+  roles.controller = StubController;
+  roles.agent = StubAgent;
+  roles.image_server = StubImageServer;
+  roles.sim_hosts = StubSimHosts;
+  roles.dev = StubDev;
+  int rc = RunCliArgs(args, CliIo{out, err, false}, roles);
   return {rc, out.str(), err.str()};
 }
 
