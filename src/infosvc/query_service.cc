@@ -101,6 +101,21 @@ const char* kViews = R"sql(
     AND (h.disk_total_bytes = 0 OR
          h.disk_free_bytes - h.disk_reserved_bytes >= n.max_clone_bytes + n.memory_mb * 1048576);
 
+{create}networks{sfx} AS
+  SELECT n.id, n.name,
+         CASE WHEN )sql" VISIBLE("n.owner_id") R"sql( OR u.role = 'admin' THEN u.name END AS owner,
+         n.subnet, CAST(n.egress <> 0 AS INTEGER) AS egress
+  FROM {base}networks n LEFT JOIN {base}users u ON u.id = n.owner_id
+  WHERE )sql" VISIBLE("n.owner_id") R"sql(
+     OR n.id IN (SELECT s.network_id FROM {base}network_shares s WHERE s.user_id = {caller});
+
+{create}nics{sfx} AS
+  SELECT c.vm_id AS id, c.vm_id, v.name AS vm, c.idx AS nic, c.network_id, w.name AS network, c.mac, c.ip,
+         v.host_id, v.state, v.vcpus, v.memory_mb
+  FROM {base}nics c JOIN {base}networks w ON w.id = c.network_id
+       JOIN {base}vms v ON v.id = c.vm_id
+  WHERE )sql" VISIBLE("c.owner_id") R"sql(;
+
 {create}machines{sfx} AS
   SELECT id, vcpus, memory_mb, network, site, arch FROM {pub}hosts{sfx} WHERE state = 'up'
   UNION ALL
@@ -568,6 +583,9 @@ DROP POLICY IF EXISTS vmgrid_caller ON virtualization;
 DROP POLICY IF EXISTS vmgrid_caller ON images;
 DROP POLICY IF EXISTS vmgrid_caller ON image_cache;
 DROP POLICY IF EXISTS vmgrid_caller ON users;
+DROP POLICY IF EXISTS vmgrid_caller ON networks;
+DROP POLICY IF EXISTS vmgrid_caller ON network_shares;
+DROP POLICY IF EXISTS vmgrid_caller ON nics;
 )sql";
 constexpr char kPgPolicies[] = R"sql(
 CREATE POLICY vmgrid_caller ON vms USING (current_user <> 'vmgrid_query'
@@ -595,6 +613,21 @@ ALTER TABLE images ENABLE ROW LEVEL SECURITY;
 ALTER TABLE images FORCE ROW LEVEL SECURITY;
 ALTER TABLE image_cache ENABLE ROW LEVEL SECURITY;
 ALTER TABLE image_cache FORCE ROW LEVEL SECURITY;
+-- Virtual networks: the caller's own and those shared with them; NICs of
+-- the caller's VMs only.
+CREATE POLICY vmgrid_caller ON network_shares USING (current_user <> 'vmgrid_query'
+  OR (SELECT admin FROM infosvc.caller) OR user_id = (SELECT user_id FROM infosvc.caller));
+CREATE POLICY vmgrid_caller ON networks USING (current_user <> 'vmgrid_query'
+  OR (SELECT admin FROM infosvc.caller) OR owner_id = (SELECT user_id FROM infosvc.caller)
+  OR id IN (SELECT network_id FROM network_shares));
+CREATE POLICY vmgrid_caller ON nics USING (current_user <> 'vmgrid_query'
+  OR (SELECT admin FROM infosvc.caller) OR owner_id = (SELECT user_id FROM infosvc.caller));
+ALTER TABLE network_shares ENABLE ROW LEVEL SECURITY;
+ALTER TABLE network_shares FORCE ROW LEVEL SECURITY;
+ALTER TABLE networks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE networks FORCE ROW LEVEL SECURITY;
+ALTER TABLE nics ENABLE ROW LEVEL SECURITY;
+ALTER TABLE nics FORCE ROW LEVEL SECURITY;
 )sql";
 
 // After the views: privileges, and the function queries run in. Creating a
@@ -943,9 +976,9 @@ bool IsIdentifier(const std::string& s) {
 }  // namespace
 
 const std::vector<std::string>& QueryService::Views() {
-  static const std::vector<std::string> kNames = {"hosts",       "vms",      "images",
-                                                  "image_cache", "vdisks",   "virtualization",
-                                                  "futures",     "machines", "machines_ext"};
+  static const std::vector<std::string> kNames = {
+      "hosts",   "vms",      "images", "image_cache", "vdisks",      "virtualization",
+      "futures", "networks", "nics",   "machines",    "machines_ext"};
   return kNames;
 }
 

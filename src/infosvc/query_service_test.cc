@@ -360,6 +360,57 @@ TEST_P(QueryServiceTest, EscapeCorpusIsRefused) {
   EXPECT_EQ(Q(admin_, "SELECT COUNT(*) FROM vms").rows[0][0], 6);
 }
 
+// The virtual networks in the information service: a user sees their own
+// networks and NICs (and ones shared with them), and the paper's set query
+// "VMs on the same network" runs over real networks.
+TEST_P(QueryServiceTest, NetworksAndNicsAreQueryable) {
+  auto lab = store_->CreateNetwork(alice_.id, "lab", "10.20.0.0/24", true);
+  ASSERT_TRUE(lab.ok()) << lab.error().message;
+  for (int i = 0; i < 4; ++i) {
+    Vm v;
+    v.id = NewId("vm");
+    v.name = "lab" + std::to_string(i);
+    v.owner_id = alice_.id;
+    v.image_id = "img-1";
+    v.state = "running";
+    v.memory_mb = 128;
+    v.disk = "clone";
+    v.start = "boot";
+    v.net_ids = {lab->id};
+    ASSERT_TRUE(store_->PlaceAndInsertVm(v, {h1_}).ok());
+  }
+  auto nets = Q(alice_, "SELECT name, subnet, egress, owner FROM networks");
+  ASSERT_EQ(nets.rows.size(), 1u);
+  EXPECT_EQ(nets.rows[0][0], "lab");
+  EXPECT_EQ(nets.rows[0][1], "10.20.0.0/24");
+  EXPECT_EQ(nets.rows[0][2], 1);
+  auto nics = Q(alice_, "SELECT vm, ip, mac FROM nics WHERE network = 'lab' ORDER BY ip");
+  ASSERT_EQ(nics.rows.size(), 4u);
+  EXPECT_EQ(nics.rows[0][1], "10.20.0.10");
+  EXPECT_EQ(
+      Q(alice_, "SELECT COUNT(*) FROM virtualization WHERE physical_kind = 'network'").rows[0][0],
+      4);
+  EXPECT_EQ(Q(bob_, "SELECT COUNT(*) FROM nics").rows[0][0], 0);
+  EXPECT_EQ(Q(bob_, "SELECT COUNT(*) FROM networks").rows[0][0], 0);
+  // Shared with bob: he sees the network, not alice's NICs.
+  ASSERT_TRUE(store_->ShareNetwork(lab->id, bob_.id).ok());
+  EXPECT_EQ(Q(bob_, "SELECT COUNT(*) FROM networks").rows[0][0], 1);
+  EXPECT_EQ(Q(bob_, "SELECT COUNT(*) FROM nics").rows[0][0], 0);
+  // Four VMs on the same (real) network, 512 MiB in all.
+  SetQuery q;
+  q.from = "nics";
+  q.size = 4;
+  q.same = "network_id";
+  q.sum = "memory_mb";
+  q.min = 512;
+  q.max = 512;
+  auto sets = svc_->Set({alice_.id, false}, q);
+  ASSERT_TRUE(sets.ok()) << sets.error().message;
+  ASSERT_FALSE(sets->sets.empty());
+  EXPECT_EQ(sets->sets[0].group, lab->id);
+  EXPECT_EQ(sets->sets[0].ids.size(), 4u);
+}
+
 // Every value a user's answer holds must be one that user may see: run
 // many queries as bob, and look for anything of alice's, of the tokens or of
 // the hosts' private attributes in the answers.
@@ -373,12 +424,39 @@ TEST_P(QueryServiceTest, AnswersNeverHoldAnotherUsersRows) {
   priv.dir = "/x";
   priv.size_bytes = 1 << 20;
   ASSERT_TRUE(store_->InsertImage(priv).ok());
+  // Alice's virtual network, with a NIC of hers; bob has one of his own.
+  auto net = store_->CreateNetwork(alice_.id, "alice-secret-net", "10.77.0.0/24", false);
+  ASSERT_TRUE(net.ok()) << net.error().message;
+  ASSERT_TRUE(store_->CreateNetwork(bob_.id, "bobnet", "10.78.0.0/24", false).ok());
+  Vm nic_vm;
+  nic_vm.id = NewId("vm");
+  nic_vm.name = "a-nic";
+  nic_vm.owner_id = alice_.id;
+  nic_vm.image_id = "img-1";
+  nic_vm.state = "running";
+  nic_vm.memory_mb = 64;
+  nic_vm.disk = "clone";
+  nic_vm.start = "boot";
+  nic_vm.net_ids = {net->id};
+  ASSERT_TRUE(store_->PlaceAndInsertVm(nic_vm, {h1_}).ok());
+  const Nic nic = (*store_->ListVmNics(nic_vm.id))[0];
   const std::string tok = NewToken();
   ASSERT_TRUE(store_->AddToken(alice_.id, tok).ok());
-  std::set<std::string> hidden = {priv.id,    priv.name,  alice_.id,     alice_.name,
-                                  "http://a", "http://b", Sha256Hex(tok)};
+  std::set<std::string> hidden = {priv.id,
+                                  priv.name,
+                                  alice_.id,
+                                  alice_.name,
+                                  "http://a",
+                                  "http://b",
+                                  Sha256Hex(tok),
+                                  net->id,
+                                  net->name,
+                                  net->subnet,
+                                  nic.ip,
+                                  nic.mac,
+                                  "nic-" + nic_vm.id + "-0"};
   auto all = Q(admin_, "SELECT id, name FROM vms WHERE owner = 'alice'");
-  ASSERT_EQ(all.rows.size(), 5u);
+  ASSERT_EQ(all.rows.size(), 6u);
   for (const auto& row : all.rows) {
     hidden.insert(row[0].get<std::string>());
     hidden.insert("disk-" + row[0].get<std::string>());
@@ -390,6 +468,8 @@ TEST_P(QueryServiceTest, AnswersNeverHoldAnotherUsersRows) {
                   "SELECT * FROM virtualization x LEFT JOIN vdisks d ON d.id = x.virtual_id",
                   "SELECT * FROM images i LEFT JOIN image_cache c ON c.image_id = i.id",
                   "SELECT * FROM machines_ext m LEFT JOIN vms v ON v.id = m.id",
+                  "SELECT * FROM nics n LEFT JOIN networks w ON w.id = n.network_id",
+                  "SELECT * FROM networks w LEFT JOIN virtualization x ON x.physical_id = w.id",
                   "SELECT owner, COUNT(*) FROM vms GROUP BY owner",
                   "SELECT * FROM futures f JOIN images i ON i.id = f.image_id",
                   "WITH 'x' AS (SELECT * FROM vms) SELECT * FROM x",

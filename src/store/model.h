@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace vmgrid {
 
@@ -117,7 +118,11 @@ struct Vm {
   std::string disk;   // "clone" or "persistent"
   std::string start;  // "boot" or "resume"
   std::string workspace_id;
-  std::string network = "default";  // the virtual network the VM is on
+  std::string network = "default";  // a label, kept for the information service (not a NIC)
+  // Virtual networks (ids) it has a NIC on, in NIC order. Given to
+  // PlaceAndInsertVm, which allocates each NIC's address in the same
+  // transaction (ListVmNics reads them back).
+  std::vector<std::string> net_ids;
   // Host disk it holds while placed: what its disk (overlay or workspace)
   // can grow to plus a memory checkpoint (placement reserves and releases it).
   int64_t disk_bytes = 0;
@@ -125,6 +130,32 @@ struct Vm {
   int64_t create_ms = 0;  // request-to-ready time of the last create/resume
   int64_t created_ms = 0;
   int64_t updated_ms = 0;
+};
+
+// A user's virtual network (docs/vnet.md): an IPv4 subnet whose addresses
+// the Store assigns (IPAM), and a tunnel id (vni) unique in the grid.
+struct Network {
+  std::string id;
+  std::string name;
+  std::string owner_id;
+  std::string subnet;  // CIDR, e.g. "10.20.0.0/24" (prefix /16 to /28)
+  bool egress = false;
+  int64_t vni = 0;
+  int64_t created_ms = 0;
+  std::vector<std::string> shared_with;  // user ids the admin shared it with
+};
+
+// One NIC of a VM on a virtual network: its address is unique in the
+// network, its MAC in the grid (locally administered, derived from the
+// network's vni and the address, so it never collides).
+struct Nic {
+  std::string vm_id;
+  int index = 0;  // NIC order in the VM
+  std::string network_id;
+  std::string network;  // the network's name
+  std::string mac;
+  std::string ip;
+  int prefix = 0;  // of the network's subnet
 };
 
 struct Workspace {

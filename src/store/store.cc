@@ -5,6 +5,7 @@
 
 #include "common/util.h"
 #include "common/vm_state.h"
+#include "store/ipam.h"
 
 namespace vmgrid {
 
@@ -230,6 +231,40 @@ ALTER TABLE vms ADD CONSTRAINT vms_state_check
   CHECK (state IN ('creating','running','stopping','stopped','checkpointing',
                    'suspended','resuming','deleting','error'));
 )sql"},
+    // 9: virtual networks (docs/vnet.md). A user's networks, shared with
+    // other users only by the admin; one row per VM NIC with its address
+    // (host_index in the subnet, unique per network: the IPAM of
+    // store/ipam.h) and MAC (unique in the grid). A VM's NICs go with it.
+    R"sql(
+CREATE TABLE networks (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  owner_id TEXT NOT NULL REFERENCES users(id),
+  subnet TEXT NOT NULL,
+  egress BIGINT NOT NULL DEFAULT 0,
+  vni BIGINT NOT NULL UNIQUE CHECK (vni > 0 AND vni < 16777216),
+  created_ms BIGINT NOT NULL,
+  UNIQUE (owner_id, name)
+);
+CREATE TABLE network_shares (
+  network_id TEXT NOT NULL REFERENCES networks(id) ON DELETE CASCADE,
+  user_id TEXT NOT NULL REFERENCES users(id),
+  PRIMARY KEY (network_id, user_id)
+);
+CREATE TABLE nics (
+  vm_id TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+  idx BIGINT NOT NULL,
+  network_id TEXT NOT NULL REFERENCES networks(id),
+  host_index BIGINT NOT NULL,
+  mac TEXT NOT NULL UNIQUE,
+  ip TEXT NOT NULL,
+  owner_id TEXT NOT NULL,
+  PRIMARY KEY (vm_id, idx),
+  UNIQUE (network_id, host_index)
+);
+CREATE INDEX nics_network ON nics(network_id);
+CREATE INDEX network_shares_user ON network_shares(user_id);
+)sql",
 };
 
 const char* kUserCols =
@@ -1139,9 +1174,68 @@ Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
       "(?, 'vdisk', ?, 'host_cache', ?, ?)",
       {vm.id, vm.host_id, vm.id, vm.owner_id, "disk-" + vm.id, vm.image_id, vm.id, vm.owner_id,
        "disk-" + vm.id, vm.host_id, vm.id, vm.owner_id}));
+  VMG_RETURN_IF_ERROR(AllocateNicsLocked(db_.get(), vm));
   if (!reserved && HoldsOnHost(vm.state))
     VMG_RETURN_IF_ERROR(AddUsageLocked(vm.host_id, vm.vcpus, vm.memory_mb, vm.disk_bytes));
   Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
+  return Status::Ok();
+}
+
+// IPAM: each NIC gets the lowest free host index of its network from
+// kFirstVmIndex on (store/ipam.h), in the VM's transaction on `db`. On
+// PostgreSQL the network's row is locked first (placements run on several
+// connections, and controllers may share the database); on SQLite the
+// Store's write lock serializes them. UNIQUE (network_id, host_index) backs
+// both.
+Status Store::AllocateNicsLocked(SqlBackend* db, const Vm& vm) {
+  for (size_t i = 0; i < vm.net_ids.size(); ++i)
+    VMG_RETURN_IF_ERROR(AllocateNicLocked(db, vm, static_cast<int>(i), vm.net_ids[i]));
+  return Status::Ok();
+}
+
+Status Store::AllocateNicLocked(SqlBackend* db, const Vm& vm, int index,
+                                const std::string& network_id) {
+  using SubnetVni = std::pair<std::string, int64_t>;
+  auto read_net = [](const SqlRow& r) { return SubnetVni{r.Text(0), r.Int(1)}; };
+  VMG_ASSIGN_OR_RETURN(auto nets,
+                       Query<SubnetVni>(db_.get(), "SELECT subnet, vni FROM networks WHERE id = ?",
+                                        {network_id}, read_net));
+  if (nets.empty())
+    return MakeError(ErrorCode::kNotFound, "network '" + network_id + "' not found");
+  VMG_ASSIGN_OR_RETURN(Subnet subnet, ParseSubnet(nets[0].first));
+  VMG_ASSIGN_OR_RETURN(auto taken,
+                       Query<int64_t>(db,
+                                      "SELECT host_index FROM nics WHERE network_id = ? "
+                                      "ORDER BY host_index",
+                                      {network_id}, [](const SqlRow& r) { return r.Int(0); }));
+  int64_t pick = kFirstVmIndex;
+  for (int64_t t : taken) {
+    if (t < pick) continue;
+    if (t > pick) break;
+    ++pick;
+  }
+  if (pick > static_cast<int64_t>(subnet.last_vm_index()))
+    return MakeError(ErrorCode::kResourceExhausted,
+                     "network " + network_id + " (" + nets[0].first + ") has no free address");
+  const auto host_index = static_cast<uint32_t>(pick);
+  std::vector<SqlValue> values{vm.id,
+                               int64_t{index},
+                               network_id,
+                               pick,
+                               NicMac(nets[0].second, host_index),
+                               HostAddress(subnet, host_index),
+                               vm.owner_id};
+  auto r = db->Exec(
+      "INSERT INTO nics (vm_id, idx, network_id, host_index, mac, ip, owner_id) "
+      "VALUES (?, ?, ?, ?, ?, ?, ?)",
+      values);
+  if (!r.ok()) return r.error();  // a taken address (another controller): UNIQUE
+  // The virtualization relation: the NIC is a virtual link on the network.
+  auto x = db->Exec(
+      "INSERT INTO virtualization (virtual_id, virtual_kind, physical_id, physical_kind, vm_id, "
+      "owner_id) VALUES (?, 'nic', ?, 'network', ?, ?)",
+      {"nic-" + vm.id + "-" + std::to_string(index), network_id, vm.id, vm.owner_id});
+  if (!x.ok()) return x.error();
   return Status::Ok();
 }
 
@@ -1166,13 +1260,17 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
         auto users,
         Query<User>(conn.db, std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?",
                     {vm.owner_id}, ReadUser));
+    // A VM with NICs takes a transaction too: its addresses are allocated
+    // with it (AllocateNicsLocked), all or nothing.
     std::optional<SqlTransaction> tx;
-    if (!users.empty() && Limits(users[0].quota, ask)) {
+    const bool quota = !users.empty() && Limits(users[0].quota, ask);
+    if (quota || !vm.net_ids.empty()) {
       tx.emplace(conn.db);
       VMG_RETURN_IF_ERROR(tx->begin_status());
-      VMG_RETURN_IF_ERROR(CheckQuotaLocked(conn.db, vm.owner_id, ask));
     }
+    if (quota) VMG_RETURN_IF_ERROR(CheckQuotaLocked(conn.db, vm.owner_id, ask));
     VMG_ASSIGN_OR_RETURN(Vm placed, PlaceAndInsertVmPg(conn.db, std::move(vm), candidates));
+    VMG_RETURN_IF_ERROR(AllocateNicsLocked(conn.db, placed));
     if (tx) VMG_RETURN_IF_ERROR(tx->Commit());
     if (observer_) {
       observer_->OnUsage(placed.host_id, placed.vcpus, placed.memory_mb, placed.disk_bytes);
@@ -1561,6 +1659,158 @@ Status Store::DeleteWorkspace(const std::string& id) {
   auto lock = Exclusive();
   VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM workspaces WHERE id=?", {id}));
   return Status::Ok();
+}
+
+// --- virtual networks -------------------------------------------------------------
+
+namespace {
+
+const char* kNetworkCols = "id, name, owner_id, subnet, egress, vni, created_ms";
+Network ReadNetwork(const SqlRow& r) {
+  Network n;
+  n.id = r.Text(0);
+  n.name = r.Text(1);
+  n.owner_id = r.Text(2);
+  n.subnet = r.Text(3);
+  n.egress = r.Int(4) != 0;
+  n.vni = r.Int(5);
+  n.created_ms = r.Int(6);
+  return n;
+}
+
+Status FillShares(SqlBackend* db, std::vector<Network>& nets) {
+  for (auto& n : nets) {
+    VMG_ASSIGN_OR_RETURN(n.shared_with,
+                         Query<std::string>(db,
+                                            "SELECT user_id FROM network_shares WHERE "
+                                            "network_id = ? ORDER BY user_id",
+                                            {n.id}, [](const SqlRow& r) { return r.Text(0); }));
+  }
+  return Status::Ok();
+}
+
+const char* kNicCols =
+    "n.vm_id, n.idx, n.network_id, w.name, n.mac, n.ip, w.subnet FROM nics n "
+    "JOIN networks w ON w.id = n.network_id";
+Nic ReadNic(const SqlRow& r) {
+  Nic n;
+  n.vm_id = r.Text(0);
+  n.index = static_cast<int>(r.Int(1));
+  n.network_id = r.Text(2);
+  n.network = r.Text(3);
+  n.mac = r.Text(4);
+  n.ip = r.Text(5);
+  auto subnet = ParseSubnet(r.Text(6));
+  n.prefix = subnet.ok() ? subnet->prefix : 0;
+  return n;
+}
+
+}  // namespace
+
+Result<Network> Store::CreateNetwork(const std::string& owner_id, const std::string& name,
+                                     const std::string& subnet, bool egress) {
+  VMG_ASSIGN_OR_RETURN(Subnet parsed, ParseSubnet(subnet));
+  auto lock = Exclusive();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(
+      auto next, Query<int64_t>(db_.get(), "SELECT COALESCE(MAX(vni), 0) + 1 FROM networks", {},
+                                [](const SqlRow& r) { return r.Int(0); }));
+  if (next[0] >= (int64_t{1} << 24))
+    return MakeError(ErrorCode::kResourceExhausted, "no tunnel id left for a new network");
+  Network n{NewId("net"), name, owner_id, FormatSubnet(parsed), egress, next[0], NowMs(), {}};
+  auto r = db_->Exec(
+      "INSERT INTO networks (" + std::string(kNetworkCols) + ") VALUES (" + Placeholders(7) + ")",
+      {n.id, n.name, n.owner_id, n.subnet, int64_t{n.egress}, n.vni, n.created_ms});
+  if (!r.ok()) {
+    if (r.error().code == ErrorCode::kAlreadyExists)
+      return MakeError(ErrorCode::kAlreadyExists, "a network named '" + name + "' already exists");
+    return r.error();
+  }
+  VMG_RETURN_IF_ERROR(tx.Commit());
+  return n;
+}
+
+Result<Network> Store::GetNetwork(const std::string& ref, const std::string& user_id, bool admin) {
+  auto read = Read();
+  // By id, or by name among the user's own (the admin: anyone's, if the
+  // name is unambiguous); then only if the user may use it.
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<Network>(read.db,
+                     "SELECT " + std::string(kNetworkCols) +
+                         " FROM networks WHERE id = ? UNION ALL SELECT " + kNetworkCols +
+                         " FROM networks WHERE name = ? AND (? <> 0 OR owner_id = ?) AND "
+                         "NOT EXISTS (SELECT 1 FROM networks WHERE id = ?)",
+                     {ref, ref, int64_t{admin}, user_id, ref}, ReadNetwork));
+  if (rows.size() > 1)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "network name '" + ref + "' is used by several owners; use the id");
+  if (!rows.empty()) VMG_RETURN_IF_ERROR(FillShares(read.db, rows));
+  const bool visible =
+      !rows.empty() && (admin || rows[0].owner_id == user_id ||
+                        std::find(rows[0].shared_with.begin(), rows[0].shared_with.end(),
+                                  user_id) != rows[0].shared_with.end());
+  if (!visible) return MakeError(ErrorCode::kNotFound, "network '" + ref + "' not found");
+  return rows[0];
+}
+
+Result<std::vector<Network>> Store::ListNetworks(const std::string& user_id, bool admin) {
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<Network>(read.db,
+                     "SELECT " + std::string(kNetworkCols) +
+                         " FROM networks WHERE ? <> 0 OR owner_id = ? OR id IN (SELECT "
+                         "network_id FROM network_shares WHERE user_id = ?) ORDER BY created_ms",
+                     {int64_t{admin}, user_id, user_id}, ReadNetwork));
+  VMG_RETURN_IF_ERROR(FillShares(read.db, rows));
+  return rows;
+}
+
+Status Store::ShareNetwork(const std::string& network_id, const std::string& user_id) {
+  auto lock = Exclusive();
+  auto r = db_->Exec("INSERT INTO network_shares (network_id, user_id) VALUES (?, ?)",
+                     {network_id, user_id});
+  if (!r.ok() && r.error().code == ErrorCode::kAlreadyExists) return Status::Ok();
+  if (!r.ok()) return r.error();
+  return Status::Ok();
+}
+
+Status Store::DeleteNetwork(const std::string& id) {
+  auto lock = Exclusive();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(auto users,
+                       Query<std::string>(db_.get(),
+                                          "SELECT DISTINCT v.name FROM nics n JOIN vms v ON v.id = "
+                                          "n.vm_id WHERE n.network_id = ? ORDER BY v.name",
+                                          {id}, [](const SqlRow& r) { return r.Text(0); }));
+  if (!users.empty()) {
+    std::string names;
+    for (size_t i = 0; i < users.size() && i < 5; ++i) names += (i ? ", " : "") + users[i];
+    if (users.size() > 5) names += ", ...";
+    return MakeError(ErrorCode::kFailedPrecondition, "network is used by " +
+                                                         std::to_string(users.size()) + " VM(s) (" +
+                                                         names + "); remove them first");
+  }
+  VMG_ASSIGN_OR_RETURN(int64_t n, db_->Exec("DELETE FROM networks WHERE id = ?", {id}));
+  if (n == 0) return MakeError(ErrorCode::kNotFound, "network '" + id + "' not found");
+  return tx.Commit();
+}
+
+Result<std::vector<Nic>> Store::ListVmNics(const std::string& vm_id) {
+  auto read = Read();
+  return Query<Nic>(read.db,
+                    std::string("SELECT ") + kNicCols + " WHERE n.vm_id = ? ORDER BY n.idx",
+                    {vm_id}, ReadNic);
+}
+
+Result<std::vector<Nic>> Store::ListNetworkNics(const std::string& network_id) {
+  auto read = Read();
+  return Query<Nic>(
+      read.db, std::string("SELECT ") + kNicCols + " WHERE n.network_id = ? ORDER BY n.host_index",
+      {network_id}, ReadNic);
 }
 
 }  // namespace vmgrid

@@ -129,6 +129,25 @@ class Store {
   // Deletes unless a VM or workspace uses it (kFailedPrecondition).
   Status DeleteImage(const std::string& id);
 
+  // --- virtual networks (docs/vnet.md) ------------------------------------------
+  // Creates `name` for `owner_id` (names are unique per owner) on `subnet`
+  // (store/ipam.h ParseSubnet: a private IPv4 range, /16 to /28) with a new
+  // tunnel id (vni).
+  Result<Network> CreateNetwork(const std::string& owner_id, const std::string& name,
+                                const std::string& subnet, bool egress);
+  // By id, or by name among the user's own; kNotFound unless the user owns
+  // it, it is shared with them, or `admin`.
+  Result<Network> GetNetwork(const std::string& ref, const std::string& user_id, bool admin);
+  // The networks the user may use (the admin: all).
+  Result<std::vector<Network>> ListNetworks(const std::string& user_id, bool admin);
+  // Lets `user_id` put VMs on the network (admin's decision; idempotent).
+  Status ShareNetwork(const std::string& network_id, const std::string& user_id);
+  // Deletes unless a VM has a NIC on it (kFailedPrecondition naming them).
+  Status DeleteNetwork(const std::string& id);
+  // NICs are allocated with their VM (Vm::net_ids) and deleted with it.
+  Result<std::vector<Nic>> ListVmNics(const std::string& vm_id);
+  Result<std::vector<Nic>> ListNetworkNics(const std::string& network_id);
+
   // --- VMs --------------------------------------------------------------------
   // Atomically places `vm` on the first host in `candidates` (in order) that
   // is up and has room for its vcpus, memory and disk_bytes (on hosts that
@@ -197,6 +216,8 @@ class Store {
   // kAlreadyExists. Adds the VM's usage to its host unless `reserved` (the
   // caller already took it).
   Status InsertVmLocked(const Vm& vm, bool reserved);
+  Status AllocateNicsLocked(SqlBackend* db, const Vm& vm);
+  Status AllocateNicLocked(SqlBackend* db, const Vm& vm, int index, const std::string& network_id);
   // Adds (or, negative, releases) usage on a host.
   Status AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t memory_mb,
                         int64_t disk_bytes);

@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <set>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "common/util.h"
 #include "store/test_database.h"
@@ -16,6 +19,11 @@ using testing_db::TestDatabase;
 
 // Runs against each backend: the parameter is "sqlite" or "postgres" (see
 // store/test_database.h); every test gets a fresh database.
+// Undoes migration 9 (virtual networks), for tests that run migrations
+// again from an older version.
+constexpr const char* kDropMigration9 =
+    "DROP TABLE nics; DROP TABLE network_shares; DROP TABLE networks;";
+
 class StoreTest : public testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -277,6 +285,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
                                    : "DROP TRIGGER vms_state_check_insert; "
                                      "DROP TRIGGER vms_state_check_update")
                   .ok());
+  ASSERT_TRUE((*db)->ExecScript(kDropMigration9).ok());
   ASSERT_TRUE((*db)->Exec("UPDATE schema_version SET version = 7").ok());
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='paused' WHERE id=?", {vm->id}).ok());
   auto refused = Store::Open(db_->target());
@@ -287,7 +296,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 8);
+  EXPECT_EQ((*s)->schema_version(), 9);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   Vm v = *vm;
   v.state = "paused";
@@ -680,16 +689,112 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
                                                  : "DROP TRIGGER vms_state_check_insert; "
                                                    "DROP TRIGGER vms_state_check_update";
     ASSERT_TRUE((*db)->ExecScript(drop8).ok()) << drop8;
+    ASSERT_TRUE((*db)->ExecScript(kDropMigration9).ok());
     ASSERT_TRUE((*db)->ExecScript("UPDATE schema_version SET version = 6").ok());
   }
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 8);
+  EXPECT_EQ(store_->schema_version(), 9);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);
   EXPECT_EQ(store_->GetImage("img-big", "")->expanded_size_bytes, 0);
+}
+
+TEST_P(StoreTest, NetworksBelongToTheirOwnerUnlessShared) {
+  auto bob = store_->CreateUser("bob", "user");
+  ASSERT_TRUE(bob.ok());
+  auto net = store_->CreateNetwork(alice_.id, "lab", "10.20.0.0/24", false);
+  ASSERT_TRUE(net.ok()) << net.error().message;
+  EXPECT_EQ(net->subnet, "10.20.0.0/24");
+  EXPECT_GT(net->vni, 0);
+  // Names are unique per owner; another owner may use the same name.
+  EXPECT_EQ(store_->CreateNetwork(alice_.id, "lab", "10.21.0.0/24", false).error().code,
+            ErrorCode::kAlreadyExists);
+  auto bobs = store_->CreateNetwork(bob->first.id, "lab", "10.20.0.0/24", true);
+  ASSERT_TRUE(bobs.ok()) << bobs.error().message;
+  EXPECT_NE(bobs->vni, net->vni);
+  // Bad subnets are refused with the reason.
+  for (const char* bad : {"10.20.0.0", "10.20.0.1/24", "8.8.8.0/24", "10.0.0.0/8", "10.0.0.0/30",
+                          "10.20.0.0/x", "ten/24"}) {
+    auto r = store_->CreateNetwork(alice_.id, std::string("n-") + bad, bad, false);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << bad;
+  }
+  // Each sees its own; bob does not see alice's, by id or by name.
+  EXPECT_EQ(store_->GetNetwork("lab", alice_.id, false)->id, net->id);
+  EXPECT_EQ(store_->GetNetwork("lab", bob->first.id, false)->id, bobs->id);
+  EXPECT_EQ(store_->GetNetwork(net->id, bob->first.id, false).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(store_->ListNetworks(bob->first.id, false)->size(), 1u);
+  EXPECT_EQ(store_->ListNetworks("", true)->size(), 2u);
+  // The admin's name lookup must be unambiguous.
+  EXPECT_EQ(store_->GetNetwork("lab", "", true).error().code, ErrorCode::kInvalidArgument);
+  // Shared: bob may use it by id.
+  ASSERT_TRUE(store_->ShareNetwork(net->id, bob->first.id).ok());
+  ASSERT_TRUE(store_->ShareNetwork(net->id, bob->first.id).ok());  // idempotent
+  auto shared = store_->GetNetwork(net->id, bob->first.id, false);
+  ASSERT_TRUE(shared.ok());
+  EXPECT_EQ(shared->shared_with, std::vector<std::string>{bob->first.id});
+  EXPECT_EQ(store_->ListNetworks(bob->first.id, false)->size(), 2u);
+}
+
+TEST_P(StoreTest, NicsGetUniqueAddressesThatAreReleasedWithTheirVm) {
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{64, 64 * 256, 1000, false});
+  ASSERT_TRUE(h.ok());
+  // A /28 has 16 addresses: .0 network, .1-.9 the switch's, .15 broadcast:
+  // room for 5 VMs (.10-.14).
+  auto net = store_->CreateNetwork(alice_.id, "small", "10.9.0.16/28", false);
+  ASSERT_TRUE(net.ok()) << net.error().message;
+  auto other = store_->CreateNetwork(alice_.id, "other", "10.9.1.0/24", false);
+  ASSERT_TRUE(other.ok());
+  std::vector<std::string> ids;
+  std::set<std::string> ips, macs;
+  for (int i = 0; i < 5; ++i) {
+    Vm v = NewVm("n" + std::to_string(i));
+    v.net_ids = {net->id, other->id};
+    auto r = store_->PlaceAndInsertVm(v, {h->id});
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    ids.push_back(r->id);
+    auto nics = store_->ListVmNics(r->id);
+    ASSERT_TRUE(nics.ok());
+    ASSERT_EQ(nics->size(), 2u);
+    EXPECT_EQ((*nics)[0].network, "small");
+    EXPECT_EQ((*nics)[0].prefix, 28);
+    EXPECT_EQ((*nics)[1].network_id, other->id);
+    for (const auto& n : *nics) {
+      EXPECT_TRUE(ips.insert(n.network_id + "/" + n.ip).second) << n.ip;
+      EXPECT_TRUE(macs.insert(n.mac).second) << n.mac;
+    }
+    EXPECT_EQ((*nics)[0].ip, "10.9.0." + std::to_string(26 + i));
+  }
+  // Full: the sixth VM is refused and nothing of it is written.
+  Vm sixth = NewVm("n5");
+  sixth.net_ids = {net->id};
+  auto full = store_->PlaceAndInsertVm(sixth, {h->id});
+  ASSERT_FALSE(full.ok());
+  EXPECT_EQ(full.error().code, ErrorCode::kResourceExhausted);
+  EXPECT_EQ(store_->GetVm(sixth.id, "").error().code, ErrorCode::kNotFound);
+  // A network in use cannot be deleted.
+  auto busy = store_->DeleteNetwork(net->id);
+  ASSERT_FALSE(busy.ok());
+  EXPECT_EQ(busy.error().code, ErrorCode::kFailedPrecondition);
+  // Deleting a VM frees its address, which the next VM gets.
+  const std::string freed = (*store_->ListVmNics(ids[2]))[0].ip;
+  ASSERT_TRUE(store_->DeleteVm(ids[2]).ok());
+  EXPECT_TRUE(store_->ListVmNics(ids[2])->empty());
+  EXPECT_EQ(store_->ListNetworkNics(net->id)->size(), 4u);
+  auto again = store_->PlaceAndInsertVm(sixth, {h->id});
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ((*store_->ListVmNics(again->id))[0].ip, freed);
+  for (const auto& id : ids) {
+    if (id != ids[2]) {
+      ASSERT_TRUE(store_->DeleteVm(id).ok());
+    }
+  }
+  ASSERT_TRUE(store_->DeleteVm(again->id).ok());
+  EXPECT_TRUE(store_->DeleteNetwork(net->id).ok());
+  EXPECT_EQ(store_->GetNetwork(net->id, alice_.id, false).error().code, ErrorCode::kNotFound);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, testing_db::Backends(), testing_db::BackendName);
