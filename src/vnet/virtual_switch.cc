@@ -57,13 +57,12 @@ MacAddr NetworkConfig::switch_mac() const {
 }
 
 Port::~Port() {
-  // Unlink only the socket this port bound: a newer switch may have replaced
-  // the file already (a restart), and its socket must survive us.
-  if (!fd.valid()) return;
-  struct stat mine {
-  }, now{};
-  if (fstat(fd.get(), &mine) == 0 && stat(config.switch_path.c_str(), &now) == 0 &&
-      mine.st_ino == now.st_ino && mine.st_dev == now.st_dev)
+  // Unlink only the socket file this port bound: a newer switch may have
+  // replaced it already (a restart), and its socket must survive us.
+  if (!fd.valid() || bound_inode == 0) return;
+  struct stat now {};
+  if (stat(config.switch_path.c_str(), &now) == 0 && now.st_ino == bound_inode &&
+      now.st_dev == bound_dev)
     ::unlink(config.switch_path.c_str());
 }
 
@@ -129,7 +128,12 @@ Result<Port*> VirtualSwitch::AddPort(const PortConfig& pc) {
     return Errno("unlink " + pc.switch_path);
   if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&local), sizeof local) != 0)
     return Errno("bind " + pc.switch_path);
-  port->fd = std::move(fd);  // from here the Port's destructor unlinks the path on failure
+  port->fd = std::move(fd);
+  struct stat st {};
+  if (stat(pc.switch_path.c_str(), &st) == 0) {  // from here ~Port unlinks the path
+    port->bound_inode = st.st_ino;
+    port->bound_dev = st.st_dev;
+  }
   if (pc.socket_uid || pc.socket_gid) {
     if (::chown(pc.switch_path.c_str(), pc.socket_uid ? *pc.socket_uid : static_cast<uid_t>(-1),
                 pc.socket_gid ? *pc.socket_gid : static_cast<gid_t>(-1)) != 0)

@@ -96,8 +96,10 @@ struct Port {
   sockaddr_un vm_addr{};
   socklen_t vm_addr_len = 0;
   PortCounters counters;
-  uint64_t token = 0;  // the SwitchHost's epoll token
-  ~Port();             // unlinks switch_path if this port still owns it
+  uint64_t token = 0;     // the SwitchHost's epoll token
+  ino_t bound_inode = 0;  // the socket file we bound (not to unlink a successor's)
+  dev_t bound_dev = 0;
+  ~Port();  // unlinks switch_path if this port still owns it
 };
 
 class VirtualSwitch;
