@@ -18,8 +18,11 @@ void TxBatch::Add(int fd, const sockaddr* addr, socklen_t addr_len, const uint8_
 
 void TxBatch::Flush() {
   if (items_.empty()) return;
-  std::stable_sort(items_.begin(), items_.end(),
-                   [](const Item& a, const Item& b) { return a.fd < b.fd; });
+  // Usually every item goes to one socket (unicast between two ports):
+  // already grouped, no sort (stable_sort would allocate).
+  auto by_fd = [](const Item& a, const Item& b) { return a.fd < b.fd; };
+  if (!std::is_sorted(items_.begin(), items_.end(), by_fd))
+    std::stable_sort(items_.begin(), items_.end(), by_fd);
   size_t start = 0;
   while (start < items_.size()) {
     size_t end = start;
