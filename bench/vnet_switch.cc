@@ -17,7 +17,10 @@
 // the direct socket path, the relay and the switch, and the tunnel codec's
 // seal+open rate on one core.
 //
-//   vnet_switch [--seconds S] [--latency-samples N]
+// On a shared machine every number is the best of --repeat runs (highest
+// rate, lowest CPU per frame, lowest p50), to see through other load.
+//
+//   vnet_switch [--seconds S] [--latency-samples N] [--repeat R]
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <poll.h>
@@ -317,6 +320,7 @@ int ReadQlen() {
 int main(int argc, char** argv) {
   double seconds = 2.0;
   int samples = 20000;
+  int repeat = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--seconds")
@@ -419,6 +423,15 @@ int main(int argc, char** argv) {
   for (size_t size : {64, 1500}) {
     for (const Path& p : paths) {
       Rate r = MeasureRate(p, size, seconds);
+      for (int k = 1; k < repeat; ++k) {
+        Rate again = MeasureRate(p, size, seconds);
+        if (again.delivered_per_s > r.delivered_per_s) {
+          again.cpu_ns_per_frame = std::min(again.cpu_ns_per_frame, r.cpu_ns_per_frame);
+          r = again;
+        } else {
+          r.cpu_ns_per_frame = std::min(again.cpu_ns_per_frame, r.cpu_ns_per_frame);
+        }
+      }
       std::printf(
           "%-22s %6zu %14.0f %14.2f %16.0f %12.2f %9.2f%%\n", p.name.c_str(), size,
           r.delivered_per_s, r.delivered_per_s * static_cast<double>(size) * 8 / 1e9,
@@ -439,11 +452,19 @@ int main(int argc, char** argv) {
   std::printf("%-22s %6s %10s %10s %14s\n", "one frame in flight", "frame", "p50 us", "p99 us",
               "added p50 us");
   for (size_t size : {64, 1500}) {
-    Latency base = MeasureLatency(direct, size, samples);
+    auto best = [&](const Path& p) {
+      Latency l = MeasureLatency(p, size, samples);
+      for (int k = 1; k < repeat; ++k) {
+        Latency again = MeasureLatency(p, size, samples);
+        if (again.p50_us < l.p50_us) l = again;
+      }
+      return l;
+    };
+    Latency base = best(direct);
     std::printf("%-22s %6zu %10.1f %10.1f %14s\n", direct.name.c_str(), size, base.p50_us,
                 base.p99_us, "-");
     for (const Path& p : paths) {
-      Latency l = MeasureLatency(p, size, samples);
+      Latency l = best(p);
       std::printf("%-22s %6zu %10.1f %10.1f %14.1f\n", p.name.c_str(), size, l.p50_us, l.p99_us,
                   l.p50_us - base.p50_us);
     }
