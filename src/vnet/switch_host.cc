@@ -148,11 +148,11 @@ Status SwitchHost::SetRemote(uint32_t network_id, const std::vector<PeerHost>& p
 }
 
 Status SwitchHost::InstallTunnelKey(uint32_t network_id, uint32_t epoch,
-                                    std::span<const uint8_t> key) {
+                                    std::span<const uint8_t> key, KeyUse use) {
   std::lock_guard lock(mu_);
   VirtualSwitch* sw = Find(network_id);
   if (!sw) return NoNetwork(network_id);
-  return sw->InstallTunnelKey(epoch, key);
+  return sw->InstallTunnelKey(epoch, key, use);
 }
 
 Result<PortCounters> SwitchHost::GetPortCounters(uint32_t network_id,

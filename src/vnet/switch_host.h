@@ -65,8 +65,11 @@ class SwitchHost {
   // Replaces the network's peer hosts and remote NICs (VirtualSwitch::SetRemote).
   Status SetRemote(uint32_t network_id, const std::vector<PeerHost>& peers,
                    const std::vector<RemoteNic>& nics);
-  // Installs the next key epoch of the network's tunnel (TunnelCodec::InstallKey).
-  Status InstallTunnelKey(uint32_t network_id, uint32_t epoch, std::span<const uint8_t> key);
+  // Installs a key epoch of the network's tunnel (TunnelCodec::InstallKey).
+  // Rotation without loss: kOpenOnly on every host of the network, then
+  // kSealAndOpen on every host.
+  Status InstallTunnelKey(uint32_t network_id, uint32_t epoch, std::span<const uint8_t> key,
+                          KeyUse use = KeyUse::kSealAndOpen);
 
   Result<PortCounters> GetPortCounters(uint32_t network_id, const std::string& port_name) const;
   Result<TunnelCounters> GetTunnelCounters(uint32_t network_id) const;

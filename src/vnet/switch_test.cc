@@ -629,6 +629,26 @@ TEST_F(TwoHostTest, KeyRotationKeepsTrafficFlowing) {
   EXPECT_TRUE(a_->Recv());
 }
 
+TEST_F(TwoHostTest, TwoStepRotationLosesNothing) {
+  TunnelKey k2;
+  k2.fill(0x77);
+  ASSERT_TRUE(h1_->InstallTunnelKey(kNet, 2, k2, KeyUse::kOpenOnly).ok());
+  ASSERT_TRUE(h2_->InstallTunnelKey(kNet, 2, k2, KeyUse::kOpenOnly).ok());
+  ASSERT_TRUE(h1_->InstallTunnelKey(kNet, 2, k2).ok());  // h1 seals with 2, h2 not yet
+  auto f = UdpFrame(Mac(1), Mac(5), Ip(10, 20, 0, 10), Ip(10, 20, 0, 14), 1, 2, Bytes("e2"));
+  a_->Send(f);
+  auto got = r_->Recv();
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, f);
+  r_->Send(UdpFrame(Mac(5), Mac(1), Ip(10, 20, 0, 14), Ip(10, 20, 0, 10), 2, 1, Bytes("e1")));
+  EXPECT_TRUE(a_->Recv());
+  ASSERT_TRUE(h2_->InstallTunnelKey(kNet, 2, k2).ok());
+  r_->Send(UdpFrame(Mac(5), Mac(1), Ip(10, 20, 0, 14), Ip(10, 20, 0, 10), 2, 1, Bytes("e2")));
+  EXPECT_TRUE(a_->Recv());
+  EXPECT_EQ(Tunnel(*h1_).drop(TunnelDrop::kUnknownEpoch), 0u);
+  EXPECT_EQ(Tunnel(*h2_).drop(TunnelDrop::kUnknownEpoch), 0u);
+}
+
 TEST_F(TwoHostTest, NoKeyMeansNothingLeavesTheHost) {
   auto h3 = StartHost(3);
   ASSERT_TRUE(h3->AddNetwork(Net(kNet, "lab")).ok());

@@ -89,7 +89,7 @@ TunnelCodec::~TunnelCodec() = default;
 
 uint32_t TunnelCodec::current_epoch() const { return current_ ? current_->epoch : 0; }
 
-Status TunnelCodec::InstallKey(uint32_t epoch, std::span<const uint8_t> key) {
+Status TunnelCodec::InstallKey(uint32_t epoch, std::span<const uint8_t> key, KeyUse use) {
   if (key.size() != 32)
     return MakeError(ErrorCode::kInvalidArgument, "tunnel key must be 32 bytes");
   if (current_ && epoch <= current_->epoch)
@@ -105,6 +105,12 @@ Status TunnelCodec::InstallKey(uint32_t epoch, std::span<const uint8_t> key) {
       EVP_DecryptInit_ex(slot->dec.get(), EVP_aes_256_gcm(), nullptr, key.data(), nullptr) != 1)
     return MakeError(ErrorCode::kInternal, "OpenSSL: cannot set up AES-256-GCM");
   slot->next_seq = WallClockNanos();
+  if (next_ && next_->epoch == epoch) slot->windows = std::move(next_->windows);
+  if (use == KeyUse::kOpenOnly) {
+    next_ = std::move(slot);
+    return Status::Ok();
+  }
+  next_.reset();
   previous_ = std::move(current_);
   current_ = std::move(slot);
   return Status::Ok();
@@ -154,6 +160,8 @@ TunnelCodec::Opened TunnelCodec::Open(std::span<const uint8_t> packet, std::span
     k = current_.get();
   else if (previous_ && previous_->epoch == hp.header.epoch)
     k = previous_.get();
+  else if (next_ && next_->epoch == hp.header.epoch)
+    k = next_.get();
   if (k == nullptr) {
     r.error = TunnelDrop::kUnknownEpoch;
     return r;

@@ -12,9 +12,11 @@
 // every host of a network shares the key, and each sender's sequence only
 // grows, so a (key, nonce) pair is never used twice (see InstallKey).
 //
-// Keys: the codec holds at most two epochs. It seals with the newest and
-// opens with either; installing epoch N+1 forgets N-1, so packets sealed with
-// a key older than the previous one are refused (kUnknownEpoch).
+// Keys: the codec seals with the current epoch and opens with the current
+// and the previous one; installing epoch N+1 for sealing forgets N-1, so
+// packets sealed with a key older than the previous one are refused
+// (kUnknownEpoch). For rotation without loss, a key can first be installed
+// for opening only (the "next" epoch) on every host, then for sealing.
 // Replay: a sliding window of 1024 sequence numbers per (sender, epoch);
 // a number seen before is kReplayed, one left of the window kTooOld. The
 // window moves only for packets whose tag verified.
@@ -71,6 +73,11 @@ class ReplayWindow {
   std::array<uint64_t, kSize / 64> bits_{};
 };
 
+enum class KeyUse : uint8_t {
+  kSealAndOpen,  // becomes the current key; the current one becomes the previous one
+  kOpenOnly,     // accepted from peers from now on; sealing stays with the current key
+};
+
 class TunnelCodec {
  public:
   TunnelCodec(uint32_t network_id, HostId local_host);
@@ -78,14 +85,19 @@ class TunnelCodec {
   TunnelCodec(const TunnelCodec&) = delete;
   TunnelCodec& operator=(const TunnelCodec&) = delete;
 
-  // Installs the key of `epoch`, which must be newer than every installed
-  // epoch (kFailedPrecondition otherwise) and 32 bytes long. It becomes the
-  // sealing key; the previous one stays accepted; older ones are forgotten.
+  // Installs the key of `epoch`, which must be newer than the current epoch
+  // (kFailedPrecondition otherwise) and 32 bytes long.
+  // kSealAndOpen: it becomes the sealing key; the previous one stays
+  // accepted; older ones and an open-only key of another epoch are forgotten
+  // (an open-only key of the same epoch is promoted, keeping its replay
+  // windows). kOpenOnly: it is accepted besides the current and previous
+  // keys (replacing an earlier open-only key); nothing else changes.
   // The sealing sequence of a new key starts at the wall clock in nanoseconds,
   // so a restarted switch given the same key does not reuse a nonce as long
   // as the clock has not gone back (the controller should still rotate the
   // key when a host restarts; docs/vnet.md). On failure nothing changes.
-  Status InstallKey(uint32_t epoch, std::span<const uint8_t> key);
+  Status InstallKey(uint32_t epoch, std::span<const uint8_t> key,
+                    KeyUse use = KeyUse::kSealAndOpen);
   bool has_key() const { return current_ != nullptr; }
   uint32_t current_epoch() const;
 
@@ -113,6 +125,7 @@ class TunnelCodec {
   HostId local_host_;
   KeySlotPtr current_;
   KeySlotPtr previous_;
+  KeySlotPtr next_;  // open-only
 };
 
 }  // namespace vmgrid::vnet

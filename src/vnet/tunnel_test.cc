@@ -155,6 +155,32 @@ TEST(TunnelTest, RotationAcceptsCurrentAndPreviousOnly) {
   EXPECT_EQ(p.b.current_epoch(), 3u);
 }
 
+TEST(TunnelTest, OpenOnlyKeyThenSealingLosesNothing) {
+  Pair p;
+  // Phase 1: both learn epoch 2 for opening; both still seal with 1.
+  ASSERT_TRUE(p.a.InstallKey(2, Key(0x22), KeyUse::kOpenOnly).ok());
+  ASSERT_TRUE(p.b.InstallKey(2, Key(0x22), KeyUse::kOpenOnly).ok());
+  EXPECT_EQ(p.a.current_epoch(), 1u);
+  EXPECT_TRUE(Open(p.b, Seal(p.a, kFrame)).ok());
+  // Phase 2, a first: a seals with 2, which b (still at 1) accepts as its next key.
+  ASSERT_TRUE(p.a.InstallKey(2, Key(0x22)).ok());
+  auto e2 = Seal(p.a, kFrame);
+  EXPECT_EQ(ParseTunnelHeader(e2).header.epoch, 2u);
+  EXPECT_TRUE(Open(p.b, e2).ok());
+  EXPECT_TRUE(Open(p.a, Seal(p.b, kFrame)).ok());  // b's epoch 1: a's previous
+  // b promotes epoch 2: the replay window it built while 2 was open-only stays.
+  ASSERT_TRUE(p.b.InstallKey(2, Key(0x22)).ok());
+  EXPECT_EQ(Open(p.b, e2).error, TunnelDrop::kReplayed);
+  EXPECT_TRUE(Open(p.b, Seal(p.a, kFrame)).ok());
+  // An open-only key must be newer than the current one; a newer one replaces it.
+  EXPECT_FALSE(p.b.InstallKey(2, Key(0x33), KeyUse::kOpenOnly).ok());
+  ASSERT_TRUE(p.b.InstallKey(3, Key(0x33), KeyUse::kOpenOnly).ok());
+  ASSERT_TRUE(p.b.InstallKey(4, Key(0x44), KeyUse::kOpenOnly).ok());
+  TunnelCodec c3(7, 3);
+  ASSERT_TRUE(c3.InstallKey(3, Key(0x33)).ok());
+  EXPECT_EQ(Open(p.b, Seal(c3, kFrame)).error, TunnelDrop::kUnknownEpoch);
+}
+
 TEST(TunnelTest, SequenceNeverRepeatsAcrossCodecs) {
   // A restarted switch (a new codec with the same key) starts above the old one.
   TunnelCodec first(7, 1);

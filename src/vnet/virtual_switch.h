@@ -135,8 +135,8 @@ class VirtualSwitch {
   // collide with local ports or each other.
   Status SetRemote(const std::vector<PeerHost>& peers, const std::vector<RemoteNic>& nics);
 
-  Status InstallTunnelKey(uint32_t epoch, std::span<const uint8_t> key) {
-    return codec_.InstallKey(epoch, key);
+  Status InstallTunnelKey(uint32_t epoch, std::span<const uint8_t> key, KeyUse use) {
+    return codec_.InstallKey(epoch, key, use);
   }
 
   const TunnelCounters& tunnel_counters() const { return tunnel_counters_; }
