@@ -34,6 +34,7 @@ struct PortCounters {
   uint64_t arp_answered = 0;
   uint64_t dhcp_answered = 0;
   uint64_t dns_answered = 0;
+  uint64_t echo_answered = 0;                      // pings to the switch's addresses
   std::array<uint64_t, kDropReasonCount> drops{};  // indexed by DropReason
 
   uint64_t drop(DropReason r) const { return drops[static_cast<size_t>(r)]; }

@@ -264,4 +264,39 @@ size_t BuildUdpFrame(std::span<uint8_t> out, const UdpEndpoints& ends,
   return len;
 }
 
+bool IsIcmpEchoRequest(const Frame& f) {
+  return f.ipv4 && f.ipv4->protocol == kIpProtoIcmp && !f.ipv4->fragment &&
+         f.ipv4->payload.size() >= 8 && f.ipv4->payload[0] == 8 && f.ipv4->payload[1] == 0;
+}
+
+size_t BuildIcmpEchoReply(std::span<uint8_t> out, const UdpEndpoints& ends,
+                          std::span<const uint8_t> request) {
+  const size_t ip_total = 20 + request.size();
+  const size_t len = kEthernetHeaderLen + ip_total;
+  if (request.size() < 8 || out.size() < len || len > kMaxFrameLen) return 0;
+  uint8_t* p = out.data();
+  std::memcpy(p, ends.dst_mac.data(), 6);
+  std::memcpy(p + 6, ends.src_mac.data(), 6);
+  Store16(p + 12, kEtherTypeIpv4);
+  uint8_t* ip = p + kEthernetHeaderLen;
+  ip[0] = 0x45;
+  ip[1] = 0;
+  Store16(ip + 2, static_cast<uint16_t>(ip_total));
+  Store16(ip + 4, 0);
+  Store16(ip + 6, 0x4000);
+  ip[8] = 64;
+  ip[9] = kIpProtoIcmp;
+  Store16(ip + 10, 0);
+  Store32(ip + 12, ends.src_ip);
+  Store32(ip + 16, ends.dst_ip);
+  Store16(ip + 10, ChecksumFinish(ChecksumAdd(0, {ip, 20})));
+  uint8_t* icmp = ip + 20;
+  std::memcpy(icmp, request.data(), request.size());
+  icmp[0] = 0;  // echo reply
+  icmp[1] = 0;
+  Store16(icmp + 2, 0);
+  Store16(icmp + 2, ChecksumFinish(ChecksumAdd(0, {icmp, request.size()})));
+  return len;
+}
+
 }  // namespace vmgrid::vnet

@@ -30,6 +30,7 @@ inline constexpr uint16_t kEtherTypeIpv4 = 0x0800;
 inline constexpr uint16_t kEtherTypeArp = 0x0806;
 inline constexpr uint16_t kEtherTypeVlan = 0x8100;
 inline constexpr uint16_t kEtherTypeQinQ = 0x88a8;
+inline constexpr uint8_t kIpProtoIcmp = 1;
 inline constexpr uint8_t kIpProtoUdp = 17;
 
 inline bool IsMulticast(const MacAddr& mac) { return (mac[0] & 1) != 0; }  // incl. broadcast
@@ -117,6 +118,13 @@ struct UdpEndpoints {
 // Ethernet + IPv4 (TTL 64, DF, no options) + UDP with both checksums.
 size_t BuildUdpFrame(std::span<uint8_t> out, const UdpEndpoints& ends,
                      std::span<const uint8_t> payload);
+
+// True for an unfragmented ICMP echo request (type 8, code 0, >= 8 bytes).
+bool IsIcmpEchoRequest(const Frame& frame);
+// Ethernet + IPv4 (TTL 64, no options) + ICMP echo reply (type 0) carrying
+// the request's identifier, sequence and data (`request` is its ICMP message).
+size_t BuildIcmpEchoReply(std::span<uint8_t> out, const UdpEndpoints& ends,
+                          std::span<const uint8_t> request);
 
 // Big-endian loads and stores (callers check bounds first).
 inline uint16_t Load16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }

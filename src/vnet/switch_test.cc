@@ -388,6 +388,45 @@ TEST_F(SwitchTest, DnsAnswersNamesOfThisNetworkOnly) {
   EXPECT_EQ(ca.drop(DropReason::kNotServed), 1u);
 }
 
+TEST_F(SwitchTest, TheSwitchAnswersPings) {
+  const MacAddr sw = Net(kNet, "lab").switch_mac();
+  // An ICMP echo request (id 0x1234, seq 7, 4 data bytes) to the service address.
+  Bytes_t icmp = {8, 0, 0, 0, 0x12, 0x34, 0, 7, 'p', 'i', 'n', 'g'};
+  Store16(&icmp[2], ChecksumFinish(ChecksumAdd(0, icmp)));
+  Bytes_t f(kMaxFrameLen);
+  UdpEndpoints e{Mac(1), sw, Ip(10, 20, 0, 10), Ip(10, 20, 0, 2), 0, 0};
+  f.resize(BuildUdpFrame(f, e, {}));  // an IPv4 frame to rewrite as ICMP
+  f.resize(14 + 20);
+  f.insert(f.end(), icmp.begin(), icmp.end());
+  f[14 + 9] = kIpProtoIcmp;
+  Store16(&f[14 + 2], static_cast<uint16_t>(20 + icmp.size()));
+  Store16(&f[14 + 10], 0);
+  Store16(&f[14 + 10], ChecksumFinish(ChecksumAdd(0, {&f[14], 20})));
+  a_->Send(f);
+  auto r = a_->Recv();
+  ASSERT_TRUE(r);
+  FrameParse p = ParseFrame(*r);
+  ASSERT_TRUE(p.ok());
+  ASSERT_TRUE(p.frame.ipv4);
+  EXPECT_EQ(p.frame.ipv4->src, Ip(10, 20, 0, 2));
+  EXPECT_EQ(p.frame.ipv4->dst, Ip(10, 20, 0, 10));
+  const auto& reply = p.frame.ipv4->payload;
+  ASSERT_EQ(reply.size(), icmp.size());
+  EXPECT_EQ(reply[0], 0);
+  EXPECT_EQ(Load16(&reply[4]), 0x1234);
+  EXPECT_EQ(Load16(&reply[6]), 7);
+  EXPECT_EQ(ChecksumFinish(ChecksumAdd(0, reply)), 0);
+  // The gateway does not answer without egress.
+  Store32(&f[14 + 16], Ip(10, 20, 0, 1));
+  Store16(&f[14 + 10], 0);
+  Store16(&f[14 + 10], ChecksumFinish(ChecksumAdd(0, {&f[14], 20})));
+  a_->Send(f);
+  WaitRx(*h1_, kNet, "a", 2);
+  EXPECT_TRUE(a_->Empty());
+  EXPECT_EQ(Counters(*h1_, kNet, "a").echo_answered, 1u);
+  EXPECT_EQ(Counters(*h1_, kNet, "a").drop(DropReason::kNotServed), 1u);
+}
+
 TEST_F(SwitchTest, ControlPlaneRefusesCollisions) {
   EXPECT_EQ(h1_->AddPort(kNet, PortCfg("a", Mac(9), Ip(10, 20, 0, 40), "")).error().code,
             ErrorCode::kAlreadyExists);

@@ -298,6 +298,25 @@ void VirtualSwitch::HandleFromPort(Port& port, std::span<const uint8_t> data, bo
   if (f.eth.dst == switch_mac_) {
     if (f.udp && f.udp->dst_port == 53 && f.ipv4->dst == config_.service_ip())
       return HandleDns(port, f, io);
+    const bool to_switch_ip = f.ipv4->dst == config_.service_ip() ||
+                              (config_.egress && f.ipv4->dst == config_.gateway_ip());
+    if (to_switch_ip && IsIcmpEchoRequest(f)) {
+      uint8_t* buf = io.scratch.Take();
+      UdpEndpoints ends;
+      ends.src_mac = switch_mac_;
+      ends.dst_mac = port.identity.mac;
+      ends.src_ip = f.ipv4->dst;
+      ends.dst_ip = port.identity.ip;
+      const size_t n =
+          buf ? BuildIcmpEchoReply({buf, ScratchBuffers::kSlotSize}, ends, f.ipv4->payload) : 0;
+      if (n == 0) {
+        port.counters.Drop(DropReason::kTxFailed);
+        return;
+      }
+      ++port.counters.echo_answered;
+      SendToPort(port, buf, n, io);
+      return;
+    }
     port.counters.Drop(DropReason::kNotServed);
     return;
   }
