@@ -487,6 +487,45 @@ TEST_F(SwitchTest, ANewSwitchBindingThePathFirstKeepsIt) {
   h1_ = std::move(h);
 }
 
+TEST(TxBatchTest, KeepsOrderAndDropsWhatAFullReceiverRefuses) {
+  char tmpl[] = "/tmp/vnet-tx-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  {
+    FakeVm rx(dir + "/rx", dir + "/unused");
+    int tx_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un to{};
+    to.sun_family = AF_UNIX;
+    std::strncpy(to.sun_path, (dir + "/rx").c_str(), sizeof to.sun_path - 1);
+    sockaddr_un nobody = to;
+    std::strncpy(nobody.sun_path, (dir + "/nobody").c_str(), sizeof nobody.sun_path - 1);
+    TxBatch batch;
+    std::vector<Bytes_t> frames;
+    for (int i = 0; i < 200; ++i) frames.push_back(Bytes_t{static_cast<uint8_t>(i)});
+    uint64_t ok = 0, failed = 0, gone = 0;
+    for (auto& f : frames) {
+      batch.Add(tx_fd, reinterpret_cast<sockaddr*>(&to), sizeof to, f.data(), f.size(), &ok,
+                &failed);
+      batch.Add(tx_fd, reinterpret_cast<sockaddr*>(&nobody), sizeof nobody, f.data(), f.size(),
+                nullptr, &gone);
+    }
+    batch.Flush();
+    EXPECT_EQ(batch.size(), 0u);
+    EXPECT_EQ(ok + failed, 200u);
+    EXPECT_EQ(gone, 200u);
+    EXPECT_GT(ok, 0u);
+    // What arrived is a prefix, in order (the receiver's queue filled up, the rest was dropped).
+    for (uint64_t i = 0; i < ok; ++i) {
+      auto got = rx.Recv(0);
+      ASSERT_TRUE(got);
+      EXPECT_EQ((*got)[0], static_cast<uint8_t>(i));
+    }
+    EXPECT_TRUE(rx.Empty());
+    close(tx_fd);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // ---- two hosts joined by a tunnel --------------------------------------------
 
 class TwoHostTest : public SwitchTest {
