@@ -83,9 +83,11 @@ class QemuDgramTest : public ::testing::Test {
       p.mac = mac;
       p.ip = ip;
       p.vm_name = name;
-      p.switch_path = dir_ + "/" + name + ".sw";
-      p.vm_path = dir_ + "/" + name + ".qemu";
+      // A comma in the path: QemuNetdevArg must escape it for QEMU.
+      p.switch_path = dir_ + "/" + name + ",sw";
+      p.vm_path = dir_ + "/" + name + ",qemu";
       ASSERT_TRUE(host_->AddPort(5, p).ok());
+      if (std::string(name) == "vm1") vm1_ = p;
     }
   }
 
@@ -103,8 +105,7 @@ class QemuDgramTest : public ::testing::Test {
         "-serial",
         "none",
         "-netdev",
-        "dgram,id=n0,local.type=unix,local.path=" + dir_ + "/vm1.qemu" +
-            ",remote.type=unix,remote.path=" + dir_ + "/vm1.sw",
+        QemuNetdevArg(vm1_, "n0"),
         "-netdev",
         "dgram,id=n1,local.type=unix,local.path=" + dir_ + "/relay.qemu" +
             ",remote.type=unix,remote.path=" + dir_ + "/guest.sock",
@@ -120,7 +121,7 @@ class QemuDgramTest : public ::testing::Test {
     // QEMU binds both local paths before it runs.
     for (int i = 0; i < 500; ++i) {
       if (std::filesystem::exists(dir_ + "/relay.qemu") &&
-          std::filesystem::exists(dir_ + "/vm1.qemu"))
+          std::filesystem::exists(dir_ + "/vm1,qemu"))
         return;
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
@@ -159,6 +160,7 @@ class QemuDgramTest : public ::testing::Test {
   int guest_ = -1;
   pid_t qemu_pid_ = -1;
   SwitchHostPtr host_;
+  PortConfig vm1_;
 };
 
 TEST_F(QemuDgramTest, FramesFlowThroughQemuAndSurviveASwitchRestart) {
@@ -177,6 +179,8 @@ TEST_F(QemuDgramTest, FramesFlowThroughQemuAndSurviveASwitchRestart) {
 TEST_F(QemuDgramTest, QemuStartsBeforeTheSwitch) {
   // An agent that starts QEMU first: frames sent before the switch exists are
   // lost (ENOENT/ECONNREFUSED in QEMU, which keeps running), then flow.
+  vm1_.switch_path = dir_ + "/vm1,sw";
+  vm1_.vm_path = dir_ + "/vm1,qemu";
   StartQemu();
   GuestSend(ArpRequest(Mac(1), Ip(10, 30, 0, 10), Ip(10, 30, 0, 11)));
   StartSwitch();

@@ -50,6 +50,19 @@ Error Errno(const std::string& what) {
 
 }  // namespace
 
+std::string QemuNetdevArg(const PortConfig& port, const std::string& netdev_id) {
+  auto escape = [](const std::string& v) {
+    std::string out;
+    for (char c : v) {
+      out.push_back(c);
+      if (c == ',') out.push_back(',');
+    }
+    return out;
+  };
+  return "dgram,id=" + escape(netdev_id) + ",local.type=unix,local.path=" + escape(port.vm_path) +
+         ",remote.type=unix,remote.path=" + escape(port.switch_path);
+}
+
 MacAddr NetworkConfig::switch_mac() const {
   MacAddr m{0x02, 0x56, 0, 0, 0, 0};
   Store32(&m[2], id);

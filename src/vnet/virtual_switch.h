@@ -73,6 +73,13 @@ struct PortConfig {
   std::optional<gid_t> socket_gid;
 };
 
+// The value of QEMU's `-netdev` option that connects a NIC to `port`:
+//   dgram,id=ID,local.type=unix,local.path=VM_PATH,remote.type=unix,remote.path=SWITCH_PATH
+// (commas in paths doubled, as QEMU's option syntax wants). QEMU binds
+// VM_PATH and sends every frame to SWITCH_PATH. Pair it with
+// `-device virtio-net-pci,netdev=ID,mac=MAC` using the port's MAC.
+std::string QemuNetdevArg(const PortConfig& port, const std::string& netdev_id);
+
 // A NIC of this network on another host.
 struct RemoteNic {
   MacAddr mac{};
