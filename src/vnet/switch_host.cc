@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace vmgrid::vnet {
@@ -25,6 +26,26 @@ Error NoNetwork(uint32_t id) {
   return MakeError(ErrorCode::kNotFound, "no network " + std::to_string(id) + " on this host");
 }
 }  // namespace
+
+Result<int> EnsureUnixDgramQueueLength(int wanted) {
+  constexpr const char* kPath = "/proc/sys/net/unix/max_dgram_qlen";
+  auto read_value = [&]() -> Result<int> {
+    FILE* f = std::fopen(kPath, "re");
+    if (!f) return Errno(std::string("open ") + kPath);
+    int v = -1;
+    const int n = std::fscanf(f, "%d", &v);
+    std::fclose(f);
+    if (n != 1) return MakeError(ErrorCode::kInternal, std::string("cannot parse ") + kPath);
+    return v;
+  };
+  VMG_ASSIGN_OR_RETURN(int current, read_value());
+  if (current >= wanted) return current;
+  FILE* f = std::fopen(kPath, "we");
+  if (!f) return Errno(std::string("cannot raise ") + kPath);
+  const bool ok = std::fprintf(f, "%d\n", wanted) > 0;
+  if (std::fclose(f) != 0 || !ok) return Errno(std::string("write ") + kPath);
+  return read_value();
+}
 
 SwitchHost::SwitchHost(const SwitchHostOptions& options)
     : options_(options), scratch_(options.batch * 2 + 8) {

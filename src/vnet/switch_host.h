@@ -40,6 +40,14 @@ struct SwitchHostOptions {
   size_t batch = 64;                // datagrams per recvmmsg
 };
 
+// Linux caps a unix datagram socket's receive queue at net.unix.max_dgram_qlen
+// datagrams (default 10), read when a socket is created; the switch drops
+// what does not fit in a VM's queue (docs/vnet.md, "Queue length"). Raises
+// the setting of this network namespace to `wanted` if it is lower (needs
+// root) and returns the value in effect. Call it before creating ports and
+// starting QEMUs: existing sockets keep their old limit.
+Result<int> EnsureUnixDgramQueueLength(int wanted);
+
 class SwitchHost;
 using SwitchHostPtr = std::unique_ptr<SwitchHost>;
 

@@ -487,6 +487,12 @@ TEST_F(SwitchTest, ANewSwitchBindingThePathFirstKeepsIt) {
   h1_ = std::move(h);
 }
 
+TEST(QueueLengthTest, ReadsTheSettingWithoutLoweringIt) {
+  auto v = EnsureUnixDgramQueueLength(1);  // never lowers, so this writes nothing
+  ASSERT_TRUE(v.ok()) << v.error().message;
+  EXPECT_GE(*v, 1);
+}
+
 TEST(TxBatchTest, KeepsOrderAndDropsWhatAFullReceiverRefuses) {
   char tmpl[] = "/tmp/vnet-tx-XXXXXX";
   ASSERT_NE(mkdtemp(tmpl), nullptr);
