@@ -142,7 +142,8 @@ class VirtualSwitch {
   // collide with local ports or each other.
   Status SetRemote(const std::vector<PeerHost>& peers, const std::vector<RemoteNic>& nics);
 
-  Status InstallTunnelKey(uint32_t epoch, std::span<const uint8_t> key, KeyUse use) {
+  Status InstallTunnelKey(uint32_t epoch, std::span<const uint8_t> key,
+                          KeyUse use = KeyUse::kSealAndOpen) {
     return codec_.InstallKey(epoch, key, use);
   }
 
