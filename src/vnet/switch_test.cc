@@ -13,6 +13,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -425,6 +426,36 @@ TEST_F(SwitchTest, TheSwitchAnswersPings) {
   EXPECT_TRUE(a_->Empty());
   EXPECT_EQ(Counters(*h1_, kNet, "a").echo_answered, 1u);
   EXPECT_EQ(Counters(*h1_, kNet, "a").drop(DropReason::kNotServed), 1u);
+}
+
+TEST_F(SwitchTest, ControlCallsWhileTrafficFlows) {
+  // Ports come and go, counters are read and the remote table is replaced
+  // while a and b exchange frames (run under TSan too: the lock is the contract).
+  std::atomic<bool> stop{false};
+  std::thread traffic([&] {
+    while (!stop) {
+      a_->Send(Udp(1, 2, 11, "x"));
+      a_->Send(UdpFrame(Mac(1), kBroadcastMac, Ip(10, 20, 0, 10), Ip(10, 20, 0, 255), 1, 2, {}));
+      while (b_->Recv(0)) {
+      }
+      while (c_->Recv(0)) {
+      }
+      while (auto r = a_->Recv(0)) {
+      }
+    }
+  });
+  for (int i = 0; i < 50; ++i) {
+    auto p = PortCfg("tmp", Mac(50), Ip(10, 20, 0, 50), "tmp");
+    ASSERT_TRUE(h1_->AddPort(kNet, p).ok());
+    ASSERT_TRUE(h1_->SetRemote(kNet, {PeerHost{9, Ip(127, 0, 0, 1), 9}},
+                               {RemoteNic{Mac(60), Ip(10, 20, 0, 60), "far", 9}})
+                    .ok());
+    EXPECT_TRUE(h1_->GetPortCounters(kNet, "a").ok());
+    ASSERT_TRUE(h1_->RemovePort(kNet, "tmp").ok());
+  }
+  stop = true;
+  traffic.join();
+  EXPECT_GT(Counters(*h1_, kNet, "b").tx_frames, 0u);
 }
 
 TEST_F(SwitchTest, ControlPlaneRefusesCollisions) {
