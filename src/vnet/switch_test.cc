@@ -453,9 +453,10 @@ TEST_F(SwitchTest, ControlCallsWhileTrafficFlows) {
     EXPECT_TRUE(h1_->GetPortCounters(kNet, "a").ok());
     ASSERT_TRUE(h1_->RemovePort(kNet, "tmp").ok());
   }
+  // The traffic thread may not have run yet on a busy machine: wait for it.
+  EXPECT_TRUE(WaitFor([&] { return Counters(*h1_, kNet, "b").tx_frames > 0; }));
   stop = true;
   traffic.join();
-  EXPECT_GT(Counters(*h1_, kNet, "b").tx_frames, 0u);
 }
 
 TEST_F(SwitchTest, ControlPlaneRefusesCollisions) {
