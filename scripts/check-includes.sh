@@ -15,7 +15,7 @@ import os, re, sys
 LAYERS = [
     ["common"],
     ["vmm", "store", "images", "client"],  # client: ApiClient (HTTPS JSON client)
-    ["nbd", "infosvc", "linkem"],  # nbd, linkem: vmm/unique_fd.h; infosvc: store
+    ["nbd", "infosvc", "linkem", "vnet"],  # nbd, linkem, vnet: vmm/unique_fd.h; infosvc: store
     ["chunks"],                    # chunks: nbd/block_source.h
     ["agent", "api"],
     ["sim", "dev"],

@@ -9,7 +9,7 @@
 # message when clang++ or libFuzzer is not installed.
 #
 # Environment:
-#   FUZZ_TARGETS    targets to run (default: all ten)
+#   FUZZ_TARGETS    targets to run (default: all of them)
 #   FUZZ_BUILD_DIR  build directory (default: build-fuzz)
 #   FUZZ_JOBS       build parallelism (default: 2)
 #   FUZZ_ARGS       extra libFuzzer flags for every run (e.g. -max_len=16384)
@@ -25,7 +25,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${FUZZ_BUILD_DIR:-build-fuzz}"
 case "$BUILD" in /*) ;; *) BUILD="$ROOT/$BUILD" ;; esac
 JOBS="${FUZZ_JOBS:-2}"
-TARGETS="${FUZZ_TARGETS:-fuzz_qmp fuzz_qga fuzz_http_json fuzz_vm_spec fuzz_image_magic fuzz_chunks fuzz_query fuzz_host_token fuzz_qcow2_header fuzz_http_request}"
+TARGETS="${FUZZ_TARGETS:-fuzz_qmp fuzz_qga fuzz_http_json fuzz_vm_spec fuzz_image_magic fuzz_chunks fuzz_query fuzz_host_token fuzz_qcow2_header fuzz_http_request fuzz_vnet_frame fuzz_vnet_switch fuzz_vnet_tunnel fuzz_vnet_dhcp fuzz_vnet_dns}"
 # Be gentle with whatever else runs on the machine (VMs, benchmarks).
 NICE=(nice -n 10)
 

@@ -1,0 +1,31 @@
+// Anti-spoofing: what a port (one VM NIC) may send. A port has one MAC and at
+// most one IPv4 address, both given by the controller; the guest is hostile
+// and anything else it sends is dropped with a reason that is counted.
+// Thread-safety: pure functions.
+#pragma once
+
+#include "vnet/frame.h"
+
+namespace vmgrid::vnet {
+
+struct PortIdentity {
+  MacAddr mac{};
+  Ipv4Addr ip = 0;  // 0: none assigned (then only DHCP from 0.0.0.0 passes)
+};
+
+// The verdict on a parsed frame from `port` (kNone: accepted):
+//   - Ethernet source must be the port's MAC (kSpoofedMac);
+//   - ARP: sender MAC must be the port's MAC and sender IP the port's address,
+//     or 0.0.0.0 (an RFC 5227 probe) (kSpoofedArp); gratuitous ARP for its
+//     own address is therefore allowed;
+//   - IPv4: source must be the port's address, or 0.0.0.0 for DHCP client
+//     traffic (UDP 68 -> 67) (kSpoofedIp);
+//   - any other ethertype: kUnsupportedProtocol.
+DropReason CheckFromPort(const PortIdentity& port, const Frame& frame);
+
+// True for a DHCP client message (UDP 68 -> 67, unfragmented).
+inline bool IsDhcpClientMessage(const Frame& f) {
+  return f.udp && f.udp->src_port == 68 && f.udp->dst_port == 67;
+}
+
+}  // namespace vmgrid::vnet
