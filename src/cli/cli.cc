@@ -49,6 +49,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io, const RoleEntryPo
   AddHostCommands(t);
   AddImageCommands(t);
   AddVmCommands(t);
+  AddNetCommands(t);
   AddUserCommands(t);
   AddQueryCommands(t);
   AddWhoamiCommand(t);

@@ -146,8 +146,9 @@ struct VmCreateArgs {
   std::string total_mem;  // "512M..1G"
   std::string policy;
   std::string site;
-  std::string host_network;
-  std::string network;
+  std::string host_network;  // --host-segment
+  std::string network;       // --network-label
+  std::vector<std::string> nets;
   bool no_wait = false;
 };
 
@@ -173,6 +174,7 @@ int CmdVmCreate(Ctx& ctx, const VmCreateArgs& a) {
   if (!a.site.empty()) body["site"] = a.site;
   if (!a.host_network.empty()) body["host_network"] = a.host_network;
   if (!a.network.empty()) body["network"] = a.network;
+  if (!a.nets.empty()) body["nets"] = a.nets;
   if (a.count > 0) body["count"] = a.count;
   if (!a.same.empty()) body["same"] = a.same;
   if (!a.total_mem.empty()) {
@@ -361,14 +363,24 @@ void AddVmCommands(CommandTree& t) {
                 "Resume a new clone from this VM's latest checkpoint (instead of --image)");
   c->add_option("--count", s.create.count, "Create a gang of N VMs, all placed or none")
       ->check(CLI::Range(1, 64));
-  c->add_option("--same", s.create.same, "Gang members share this host attribute: site or network")
-      ->check(CLI::IsMember({"site", "network"}));
+  c->add_option("--same", s.create.same,
+                "Gang members share this host attribute: site or segment (the hosts' network "
+                "segment; `network` is an older name of it)")
+      ->check(CLI::IsMember({"site", "segment", "network"}))
+      ->transform([](const std::string& v) { return v == "segment" ? "network" : v; });
   c->add_option("--total-mem", s.create.total_mem, "Gang's total memory range, e.g. 512M..1G");
   c->add_option("--policy", s.create.policy, "Placement: spread (default) or pack")
       ->check(CLI::IsMember({"spread", "pack"}));
   c->add_option("--site", s.create.site, "Only hosts of this site");
-  c->add_option("--host-network", s.create.host_network, "Only hosts on this network segment");
-  c->add_option("--network", s.create.network, "The VM's virtual network (default: default)");
+  c->add_option("--host-segment,--host-network", s.create.host_network,
+                "Only hosts on this network segment (a placement requirement, not a network "
+                "card; --host-network is its older name)");
+  c->add_option("--net", s.create.nets,
+                "Give the VM a network card on this virtual network (`vmgrid net`); repeatable, "
+                "one card each, in order");
+  c->add_option("--network-label", s.create.network,
+                "A free-form label shown as `network` in the information service's vms view "
+                "(not a network card: see --net)");
   c->add_option("--from-future", s.create.from_future,
                 "Realize a future from `vmgrid query` (its image, host and start mode)");
   c->add_option("--name", s.create.name, "VM name");

@@ -150,6 +150,7 @@ void AddTlsCommands(CommandTree& t);
 void AddHostCommands(CommandTree& t);
 void AddImageCommands(CommandTree& t);
 void AddVmCommands(CommandTree& t);
+void AddNetCommands(CommandTree& t);
 void AddUserCommands(CommandTree& t);  // user, workspace
 void AddQueryCommands(CommandTree& t);
 void AddWhoamiCommand(CommandTree& t);
