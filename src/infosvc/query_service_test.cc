@@ -454,7 +454,8 @@ TEST_P(QueryServiceTest, AnswersNeverHoldAnotherUsersRows) {
                                   net->subnet,
                                   nic.ip,
                                   nic.mac,
-                                  "nic-" + nic_vm.id + "-0"};
+                                  "nic-" + nic_vm.id + "-0",
+                                  net->tunnel_key_hex};
   auto all = Q(admin_, "SELECT id, name FROM vms WHERE owner = 'alice'");
   ASSERT_EQ(all.rows.size(), 6u);
   for (const auto& row : all.rows) {

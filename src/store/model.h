@@ -143,6 +143,10 @@ struct Network {
   int64_t vni = 0;
   int64_t created_ms = 0;
   std::vector<std::string> shared_with;  // user ids the admin shared it with
+  // The tunnels' AEAD key (64 hex digits) and its epoch. Secret: for the
+  // network's hosts only, never in an API answer or a query view.
+  std::string tunnel_key_hex;
+  int64_t key_epoch = 0;
 };
 
 // One NIC of a VM on a virtual network: its address is unique in the

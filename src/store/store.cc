@@ -235,6 +235,8 @@ ALTER TABLE vms ADD CONSTRAINT vms_state_check
     // other users only by the admin; one row per VM NIC with its address
     // (host_index in the subnet, unique per network: the IPAM of
     // store/ipam.h) and MAC (unique in the grid). A VM's NICs go with it.
+    // tunnel_key: the network's AEAD key (hex, 32 bytes) for the tunnels
+    // between its hosts, rotated (key_epoch + 1) when a host leaves it.
     R"sql(
 CREATE TABLE networks (
   id TEXT PRIMARY KEY,
@@ -243,6 +245,8 @@ CREATE TABLE networks (
   subnet TEXT NOT NULL,
   egress BIGINT NOT NULL DEFAULT 0,
   vni BIGINT NOT NULL UNIQUE CHECK (vni > 0 AND vni < 16777216),
+  tunnel_key TEXT NOT NULL,
+  key_epoch BIGINT NOT NULL DEFAULT 1,
   created_ms BIGINT NOT NULL,
   UNIQUE (owner_id, name)
 );
@@ -1665,7 +1669,8 @@ Status Store::DeleteWorkspace(const std::string& id) {
 
 namespace {
 
-const char* kNetworkCols = "id, name, owner_id, subnet, egress, vni, created_ms";
+const char* kNetworkCols =
+    "id, name, owner_id, subnet, egress, vni, created_ms, tunnel_key, key_epoch";
 Network ReadNetwork(const SqlRow& r) {
   Network n;
   n.id = r.Text(0);
@@ -1675,6 +1680,8 @@ Network ReadNetwork(const SqlRow& r) {
   n.egress = r.Int(4) != 0;
   n.vni = r.Int(5);
   n.created_ms = r.Int(6);
+  n.tunnel_key_hex = r.Text(7);
+  n.key_epoch = r.Int(8);
   return n;
 }
 
@@ -1718,10 +1725,20 @@ Result<Network> Store::CreateNetwork(const std::string& owner_id, const std::str
                                 [](const SqlRow& r) { return r.Int(0); }));
   if (next[0] >= (int64_t{1} << 24))
     return MakeError(ErrorCode::kResourceExhausted, "no tunnel id left for a new network");
-  Network n{NewId("net"), name, owner_id, FormatSubnet(parsed), egress, next[0], NowMs(), {}};
+  Network n{NewId("net"),
+            name,
+            owner_id,
+            FormatSubnet(parsed),
+            egress,
+            next[0],
+            NowMs(),
+            {},
+            Sha256Hex(RandomBytes(32)),  // the tunnel key: 32 random bytes, hex
+            1};
   auto r = db_->Exec(
-      "INSERT INTO networks (" + std::string(kNetworkCols) + ") VALUES (" + Placeholders(7) + ")",
-      {n.id, n.name, n.owner_id, n.subnet, int64_t{n.egress}, n.vni, n.created_ms});
+      "INSERT INTO networks (" + std::string(kNetworkCols) + ") VALUES (" + Placeholders(9) + ")",
+      {n.id, n.name, n.owner_id, n.subnet, int64_t{n.egress}, n.vni, n.created_ms, n.tunnel_key_hex,
+       n.key_epoch});
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
       return MakeError(ErrorCode::kAlreadyExists, "a network named '" + name + "' already exists");
@@ -1775,6 +1792,20 @@ Status Store::ShareNetwork(const std::string& network_id, const std::string& use
   if (!r.ok() && r.error().code == ErrorCode::kAlreadyExists) return Status::Ok();
   if (!r.ok()) return r.error();
   return Status::Ok();
+}
+
+Result<Network> Store::RotateNetworkKey(const std::string& id) {
+  auto lock = Exclusive();
+  VMG_ASSIGN_OR_RETURN(int64_t n, db_->Exec("UPDATE networks SET tunnel_key = ?, key_epoch = "
+                                            "key_epoch + 1 WHERE id = ?",
+                                            {Sha256Hex(RandomBytes(32)), id}));
+  if (n == 0) return MakeError(ErrorCode::kNotFound, "network '" + id + "' not found");
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<Network>(db_.get(),
+                                                 "SELECT " + std::string(kNetworkCols) +
+                                                     " FROM networks WHERE id = ?",
+                                                 {id}, ReadNetwork));
+  if (rows.empty()) return MakeError(ErrorCode::kNotFound, "network '" + id + "' not found");
+  return rows[0];
 }
 
 Status Store::DeleteNetwork(const std::string& id) {

@@ -144,6 +144,9 @@ class Store {
   Status ShareNetwork(const std::string& network_id, const std::string& user_id);
   // Deletes unless a VM has a NIC on it (kFailedPrecondition naming them).
   Status DeleteNetwork(const std::string& id);
+  // A new tunnel key, epoch + 1 (when a host leaves the network, so that it
+  // cannot read or forge the network's traffic from then on).
+  Result<Network> RotateNetworkKey(const std::string& id);
   // NICs are allocated with their VM (Vm::net_ids) and deleted with it.
   Result<std::vector<Nic>> ListVmNics(const std::string& vm_id);
   Result<std::vector<Nic>> ListNetworkNics(const std::string& network_id);

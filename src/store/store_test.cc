@@ -737,6 +737,15 @@ TEST_P(StoreTest, NetworksBelongToTheirOwnerUnlessShared) {
   ASSERT_TRUE(shared.ok());
   EXPECT_EQ(shared->shared_with, std::vector<std::string>{bob->first.id});
   EXPECT_EQ(store_->ListNetworks(bob->first.id, false)->size(), 2u);
+  // Each network has its own tunnel key; rotation changes it and the epoch.
+  EXPECT_EQ(net->tunnel_key_hex.size(), 64u);
+  EXPECT_NE(net->tunnel_key_hex, bobs->tunnel_key_hex);
+  EXPECT_EQ(net->key_epoch, 1);
+  auto rotated = store_->RotateNetworkKey(net->id);
+  ASSERT_TRUE(rotated.ok()) << rotated.error().message;
+  EXPECT_EQ(rotated->key_epoch, 2);
+  EXPECT_NE(rotated->tunnel_key_hex, net->tunnel_key_hex);
+  EXPECT_EQ(store_->GetNetwork(net->id, alice_.id, false)->tunnel_key_hex, rotated->tunnel_key_hex);
 }
 
 TEST_P(StoreTest, NicsGetUniqueAddressesThatAreReleasedWithTheirVm) {
