@@ -1,7 +1,8 @@
 // Integration tests for VM networking at the QEMU level: the NIC arguments
 // against a real QEMU 7.2 (always runs), and two tiny guests joined directly
 // by QEMU's -netdev dgram, each one's local socket the other's remote (no
-// switch; skipped without the tiny image).
+// switch; skipped without the tiny image), one of which is checkpointed and
+// resumed with the same NIC.
 #include <gtest/gtest.h>
 #include <pwd.h>
 #include <signal.h>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "vmm/guest_agent_client.h"
+#include "vmm/machine_ops.h"
 #include "vmm/nic_config.h"
 #include "vmm/qemu_process.h"
 #include "vmm/test_util.h"
@@ -153,7 +155,7 @@ constexpr char kReceiverScript[] =
     "read -r end _ </proc/uptime\n"
     "echo \"$start $end\" >/tmp/recv.time\n";
 
-TEST_F(VnetTest, TwoTinyGuestsJoinedByDgramPingAndTransfer) {
+TEST_F(VnetTest, TwoTinyGuestsJoinedByDgramPingTransferAndResume) {
   std::string why;
   std::optional<TinyImage> img = FindTinyImage(VMGRID_DEFAULT_TINY_IMAGE, &why);
   if (!img) GTEST_SKIP() << why;
@@ -168,6 +170,7 @@ TEST_F(VnetTest, TwoTinyGuestsJoinedByDgramPingAndTransfer) {
   const std::string ips[2] = {"10.99.0.1", "10.99.0.2"};
   const std::string macs[2] = {"52:54:00:99:00:01", "52:54:00:99:00:02"};
   std::unique_ptr<QemuProcess> vm[2];
+  QemuConfig config[2];
   for (int i = 0; i < 2; ++i) {
     const std::string overlay = P("disk-" + names[i] + ".qcow2");
     ASSERT_EQ(Sh("qemu-img create -q -f qcow2 -b " + img->rootfs + " -F raw " + overlay), 0);
@@ -187,6 +190,7 @@ TEST_F(VnetTest, TwoTinyGuestsJoinedByDgramPingAndTransfer) {
     // A cable between the two: each sends to the other's default local socket.
     nic.remote_path = DefaultNicSocketPath(P("run-" + names[1 - i]), 0);
     c.nics = {nic};
+    config[i] = c;
     auto launched = QemuProcess::Launch(c, seconds(30));
     ASSERT_TRUE(launched.ok()) << launched.error().message;
     vm[i] = std::move(launched).value();
@@ -253,7 +257,39 @@ TEST_F(VnetTest, TwoTinyGuestsJoinedByDgramPingAndTransfer) {
   in >> start >> end >> bytes >> md5;
   EXPECT_EQ(bytes, static_cast<size_t>(kMiB) << 20);
   EXPECT_EQ(md5 + "  -\n", sent);
-  std::cout << "[timing] " << kMiB << " MiB over TCP a -> b in " << (end - start) << " s (guest)\n"
+  std::cout << "[timing] " << kMiB << " MiB over TCP a -> b in " << (end - start) << " s (guest)\n";
+
+  // b is checkpointed and resumed with the same NIC (same MAC, same local
+  // socket, which a still sends to): the link works again, both ways.
+  ga[1].reset();
+  fs::create_directories(P("ckpt-b"));
+  GiveTo(P("ckpt-b"), runas);
+  Status st = CheckpointToFiles(vm[1]->qmp(), "disk0", P("ckpt-b/disk.qcow2"), /*full_disk=*/false,
+                                P("ckpt-b/memory.state"), seconds(60));
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  ASSERT_TRUE(vm[1]->Quit(seconds(10)).ok());
+  const std::string overlay2 = P("disk-b2.qcow2");
+  ASSERT_EQ(
+      Sh("qemu-img create -q -f qcow2 -b " + P("ckpt-b/disk.qcow2") + " -F qcow2 " + overlay2), 0);
+  GiveTo(overlay2, runas);
+  QemuConfig resumed = config[1];
+  resumed.disk_path = overlay2;
+  resumed.incoming = true;
+  auto t1 = Clock::now();
+  auto launched = QemuProcess::Launch(resumed, seconds(30));
+  ASSERT_TRUE(launched.ok()) << launched.error().message;
+  vm[1] = std::move(launched).value();
+  st = ResumeFromFile(vm[1]->qmp(), P("ckpt-b/memory.state"), seconds(60));
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  auto again = GuestAgentClient::ConnectWhenReady(vm[1]->qga_socket(), Clock::now() + seconds(30));
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  ga[1] = std::move(again).value();
+  ping = GuestSh(*ga[0], "ping -c 2 -W 5 " + ips[1]);
+  EXPECT_NE(ping.find("2 packets received"), std::string::npos) << ping;
+  ping = GuestSh(*ga[1], "ping -c 1 -W 5 " + ips[0]);
+  EXPECT_NE(ping.find("1 packets received"), std::string::npos) << ping;
+  std::cout << "[timing] b checkpointed, resumed and pinging again: " << MsSince(t1)
+            << " ms after its relaunch\n"
             << "[timing] whole test: " << MsSince(t0) << " ms\n";
   for (auto& v : vm) ASSERT_TRUE(v->Quit(seconds(10)).ok());
 }
