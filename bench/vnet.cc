@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -192,6 +193,7 @@ struct Row {
   std::vector<double> host_mb_per_s;  // the same transfers timed on the host
   std::vector<double> rtt_ms;
   int pings_sent = 0;
+  int64_t out_segs = 0, retrans_segs = 0;  // the sender's TCP counters over all transfers
   std::string error;
 };
 
@@ -201,6 +203,24 @@ constexpr char kReceiverScript[] =
     "cat >/tmp/recv\n"
     "read -r end _ </proc/uptime\n"
     "echo \"$start $end $(wc -c </tmp/recv) $(md5sum </tmp/recv)\" >/tmp/recv.done\n";
+
+// The guest's TCP OutSegs and RetransSegs (/proc/net/snmp).
+Result<std::pair<int64_t, int64_t>> TcpCounters(GuestAgentClient& ga) {
+  VMG_ASSIGN_OR_RETURN(std::string out, Sh(ga, "grep '^Tcp:' /proc/net/snmp"));
+  std::istringstream in(out);
+  std::string names, values;
+  std::getline(in, names);
+  std::getline(in, values);
+  std::istringstream n(names), v(values);
+  std::string name, value;
+  int64_t out_segs = -1, retrans = -1;
+  while (n >> name && v >> value) {
+    if (name == "OutSegs") out_segs = std::atoll(value.c_str());
+    if (name == "RetransSegs") retrans = std::atoll(value.c_str());
+  }
+  if (out_segs < 0 || retrans < 0) return MakeError(ErrorCode::kInternal, "no Tcp: counters");
+  return std::make_pair(out_segs, retrans);
+}
 
 // One transfer of `mib` MiB a -> b: returns {guest-timed MB/s, host-timed MB/s}.
 Result<std::pair<double, double>> Transfer(VmLink& link, int mib, int port) {
@@ -276,6 +296,7 @@ Row RunRow(VmLink& link, const Options& o) {
   std::fprintf(stderr, "vnet: %s: both guests up in %.1f s; %d x %d MiB a -> b, then %d pings\n",
                row.name.c_str(), std::chrono::duration<double>(Clock::now() - t0).count(), o.runs,
                o.mib, o.pings);
+  auto before = TcpCounters(link.Guest(0));
   for (int run = 0; run < o.runs; ++run) {
     auto r = Transfer(link, o.mib, 5001 + run);
     if (!r.ok()) {
@@ -286,6 +307,11 @@ Row RunRow(VmLink& link, const Options& o) {
     row.host_mb_per_s.push_back(r->second);
     std::fprintf(stderr, "vnet:   transfer %d: %.2f MB/s (guest), %.2f MB/s (host)\n", run + 1,
                  r->first, r->second);
+  }
+  auto after = TcpCounters(link.Guest(0));
+  if (before.ok() && after.ok()) {
+    row.out_segs = after->first - before->first;
+    row.retrans_segs = after->second - before->second;
   }
   if (row.error.empty()) {
     auto rtt = Pings(link, o.pings, o.interval);
@@ -307,21 +333,25 @@ void PrintTable(const std::vector<Row>& rows, const Options& o) {
   std::printf(
       "TCP: %d MiB of random data a -> b with busybox nc, md5 checked, %d runs (guest-timed: "
       "receiver's accept to EOF, 10 ms steps; host-timed: from the sender's start to the receiver "
-      "seen done, incl. guest-agent round trips). ping: %d pings every %.3f s after 3 warm-up.\n\n",
+      "seen done, incl. guest-agent round trips; retransmitted: the sender's TCP RetransSegs / "
+      "OutSegs). ping: %d pings every %.3f s after 3 warm-up.\n\n",
       o.mib, o.runs, o.pings, o.interval);
   std::printf(
-      "| path | TCP MB/s (median, guest) | min..max | TCP MB/s (median, host) | ping p50 ms | "
-      "p99 ms | max ms | lost |\n");
-  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+      "| path | TCP MB/s (median, guest) | min..max | TCP MB/s (median, host) | retransmitted | "
+      "ping p50 ms | p99 ms | max ms | lost |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const Row& r : rows) {
     if (!r.error.empty() && r.mb_per_s.empty()) {
-      std::printf("| %s | failed: %s | | | | | | |\n", r.name.c_str(), r.error.c_str());
+      std::printf("| %s | failed: %s | | | | | | | |\n", r.name.c_str(), r.error.c_str());
       continue;
     }
     auto [mn, mx] = std::minmax_element(r.mb_per_s.begin(), r.mb_per_s.end());
-    std::printf("| %s | %.2f | %.2f..%.2f | %.2f | %.2f | %.2f | %.2f | %d/%d |\n", r.name.c_str(),
-                Median(r.mb_per_s), *mn, *mx, Median(r.host_mb_per_s), Percentile(r.rtt_ms, 0.5),
-                Percentile(r.rtt_ms, 0.99),
+    std::printf("| %s | %.2f | %.2f..%.2f | %.2f | %.2f%% | %.2f | %.2f | %.2f | %d/%d |\n",
+                r.name.c_str(), Median(r.mb_per_s), *mn, *mx, Median(r.host_mb_per_s),
+                r.out_segs > 0
+                    ? 100.0 * static_cast<double>(r.retrans_segs) / static_cast<double>(r.out_segs)
+                    : 0.0,
+                Percentile(r.rtt_ms, 0.5), Percentile(r.rtt_ms, 0.99),
                 r.rtt_ms.empty() ? 0.0 : *std::max_element(r.rtt_ms.begin(), r.rtt_ms.end()),
                 r.pings_sent - static_cast<int>(r.rtt_ms.size()), r.pings_sent);
     if (!r.error.empty()) std::printf("\n(%s: %s)\n", r.name.c_str(), r.error.c_str());
