@@ -409,7 +409,8 @@ cat >"$ROOTFS/sbin/net-up" <<'EOF'
 #   (nothing, or vmgrid.netN=dhcp)      DHCP with udhcpc (/etc/udhcpc/vmgrid.script)
 # All DHCP clients start at once; this returns when each has a lease or has
 # sent 3 discovers 1 s apart, whichever comes first (udhcpc -b then goes on
-# in the background).  State and log: /run/net.
+# in the background).  No host name is sent (every tiny VM is "tiny"): the
+# name comes from the server.  State and log: /run/net.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 set -- /sys/class/net/eth*
 [ -e "$1" ] || exit 0
@@ -432,7 +433,7 @@ for path in "$@"; do
     '' | dhcp)
         ip link set "$ifc" up
         udhcpc -i "$ifc" -s /etc/udhcpc/vmgrid.script -p "/run/net/udhcpc.$ifc.pid" \
-            -b -t 3 -T 1 -A 5 -O search -x hostname:"$(hostname)" >>/run/net/log 2>&1 &
+            -b -t 3 -T 1 -A 5 -O search >>/run/net/log 2>&1 &
         ;;
     */*)
         addr=${conf%%,*}
