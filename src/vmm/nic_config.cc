@@ -101,6 +101,38 @@ std::string RandomLocalMac() {
   return LocalMacFromBytes(b);
 }
 
+nlohmann::json ToJson(const NicConfig& nic) {
+  nlohmann::json j = {{"mac", nic.mac}, {"backend", ToString(nic.backend)}};
+  if (!nic.local_path.empty()) j["local_path"] = nic.local_path;
+  if (!nic.remote_path.empty()) j["remote_path"] = nic.remote_path;
+  return j;
+}
+
+Result<NicConfig> NicConfigFromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return MakeError(ErrorCode::kInvalidArgument, "a NIC must be an object");
+  NicConfig nic;
+  for (const auto& [key, value] : j.items()) {
+    std::string* field = key == "mac"           ? &nic.mac
+                         : key == "local_path"  ? &nic.local_path
+                         : key == "remote_path" ? &nic.remote_path
+                                                : nullptr;
+    if (key != "backend" && field == nullptr) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "unknown NIC field '" + key + "' (mac, backend, local_path, remote_path)");
+    }
+    if (!value.is_string()) {
+      return MakeError(ErrorCode::kInvalidArgument, "NIC field '" + key + "' must be a string");
+    }
+    if (field != nullptr) {
+      *field = value.get<std::string>();
+    } else {
+      VMG_ASSIGN_OR_RETURN(nic.backend, ParseNicBackend(value.get<std::string>()));
+    }
+  }
+  if (nic.mac.empty()) return MakeError(ErrorCode::kInvalidArgument, "a NIC needs a mac");
+  return nic;
+}
+
 std::string DefaultNicSocketPath(const std::string& run_dir, int index) {
   std::string name = "nic" + std::to_string(index) + ".sock";
   return RunPath(run_dir, name.c_str());

@@ -23,6 +23,7 @@
 
 #include <array>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,14 @@ struct NicConfig {
   std::string local_path;
   std::string remote_path;
 };
+
+// {"mac", "backend" ("dgram" | "user"), "local_path", "remote_path"}; empty
+// paths are left out. For a VM spec stored by the agent (spec.json).
+nlohmann::json ToJson(const NicConfig& nic);
+// Strict inverse: an object with known fields of the right types only
+// (kInvalidArgument naming the field). Checks types, not values: the list is
+// checked with ValidateNics (ValidateQemuConfig) where run_dir is known.
+Result<NicConfig> NicConfigFromJson(const nlohmann::json& j);
 
 // NICs a VM may have: PCI slots 0x10..0x17.
 inline constexpr int kMaxNics = 8;

@@ -71,6 +71,48 @@ TEST(NicBackendTest, StringCodec) {
   EXPECT_FALSE(ParseNicBackend("").ok());
 }
 
+TEST(NicJsonTest, RoundTripAndStrictParsing) {
+  NicConfig d = Dgram("52:54:00:00:00:01", "/sw/p.sock", "/run/l.sock");
+  nlohmann::json j = ToJson(d);
+  EXPECT_EQ(j, nlohmann::json({{"mac", "52:54:00:00:00:01"},
+                               {"backend", "dgram"},
+                               {"local_path", "/run/l.sock"},
+                               {"remote_path", "/sw/p.sock"}}));
+  auto back = NicConfigFromJson(j);
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(back->mac, d.mac);
+  EXPECT_EQ(back->backend, d.backend);
+  EXPECT_EQ(back->local_path, d.local_path);
+  EXPECT_EQ(back->remote_path, d.remote_path);
+
+  NicConfig u;
+  u.mac = "02:00:00:00:00:02";
+  u.backend = NicBackend::kUser;
+  EXPECT_EQ(ToJson(u), nlohmann::json({{"mac", "02:00:00:00:00:02"}, {"backend", "user"}}));
+  back = NicConfigFromJson(ToJson(u));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->backend, NicBackend::kUser);
+  // The backend defaults to dgram.
+  back = NicConfigFromJson({{"mac", "02:00:00:00:00:02"}, {"remote_path", "/s"}});
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->backend, NicBackend::kDgram);
+
+  for (const nlohmann::json& bad : {
+           nlohmann::json::array(),
+           nlohmann::json{{"remote_path", "/s"}},                             // no mac
+           nlohmann::json{{"mac", "02:00:00:00:00:02"}, {"ip", "10.0.0.1"}},  // unknown
+           nlohmann::json{{"mac", 5}},
+           nlohmann::json{{"mac", "02:00:00:00:00:02"}, {"backend", "tap"}},
+           nlohmann::json{{"mac", "02:00:00:00:00:02"}, {"remote_path", nullptr}},
+       }) {
+    auto r = NicConfigFromJson(bad);
+    EXPECT_FALSE(r.ok()) << bad.dump();
+    if (!r.ok()) {
+      EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+    }
+  }
+}
+
 TEST(BuildNicArgsTest, DgramAndUserNicsAtFixedSlots) {
   std::vector<NicConfig> nics = {
       Dgram("52:54:00:AA:00:01", "/var/lib/vmgrid/sw/n1/port-7.sock"),
