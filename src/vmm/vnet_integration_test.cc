@@ -205,9 +205,13 @@ TEST_F(VnetTest, TwoTinyGuestsJoinedByDgramPingTransferAndResume) {
   std::cout << "[timing] both guests answer: " << MsSince(t0) << " ms\n";
 
   for (int i = 0; i < 2; ++i) {
-    std::string out = GuestSh(*ga[i],
-                              "cat /sys/class/net/eth0/operstate /sys/class/net/eth0/address; "
-                              "ip -4 -o addr show dev eth0");
+    std::string out =
+        GuestSh(*ga[i],
+                // operstate turns "up" shortly after the link is set up (linkwatch).
+                "for i in $(seq 50); do [ $(cat /sys/class/net/eth0/operstate) = up ] "
+                "&& break; sleep 0.1; done; "
+                "cat /sys/class/net/eth0/operstate /sys/class/net/eth0/address; "
+                "ip -4 -o addr show dev eth0");
     EXPECT_NE(out.find("up\n" + macs[i] + "\n"), std::string::npos) << out;
     EXPECT_NE(out.find("inet " + ips[i] + "/24"), std::string::npos) << out;
   }
