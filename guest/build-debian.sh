@@ -42,7 +42,7 @@ GUEST_HOSTNAME=debian
 # Installed on top of debootstrap's minbase (required packages + apt), without
 # Recommends.  The kernel comes last so the initramfs is generated only once.
 PACKAGES="systemd-sysv udev dbus kmod qemu-guest-agent iproute2 iputils-ping procps psmisc
- less vim-tiny ca-certificates curl python3 xz-utils zstd"
+ less vim-tiny ca-certificates curl python3 xz-utils zstd systemd-resolved netcat-openbsd"
 KERNEL_PACKAGE=linux-image-amd64
 # Modules in the initramfs (MODULES=list keeps it small; dependencies are added).
 INITRAMFS_MODULES="virtio_pci virtio_blk virtio_console ext4"
@@ -392,6 +392,64 @@ exec /bin/systemctl --no-block "$action"
 EOF2
 chmod 0755 "$ROOT/sbin/shutdown"
 
+# --- networking ------------------------------------------------------------------
+# systemd-networkd runs DHCP on every virtio NIC; systemd-resolved takes the
+# DNS servers and search domains it learns (/etc/resolv.conf -> its stub).
+# vmgrid.netN=ADDR/PREFIX[,GATEWAY] | off | dhcp on the kernel command line
+# overrides NIC N (PCI slot 0x10+N, as src/vmm places it), like the tiny image.
+step "configuring systemd-networkd and systemd-resolved"
+mkdir -p "$ROOT/etc/systemd/network" "$ROOT/etc/systemd/system-generators"
+cat >"$ROOT/etc/systemd/network/80-vmgrid-virtio.network" <<'EOF2'
+# vmgrid: DHCP (IPv4) on every virtio NIC.  The switch answers DHCP and DNS.
+[Match]
+Driver=virtio_net
+
+[Network]
+DHCP=ipv4
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+
+[DHCPv4]
+ClientIdentifier=mac
+UseDomains=yes
+UseHostname=yes
+EOF2
+cat >"$ROOT/etc/systemd/system-generators/vmgrid-net-generator" <<'EOF2'
+#!/bin/sh
+# vmgrid: vmgrid.netN=ADDR/PREFIX[,GATEWAY] | off | dhcp on the kernel command
+# line -> /run/systemd/network/10-vmgrid-netN.network for the NIC at PCI slot
+# 0x10+N (it sorts before 80-vmgrid-virtio.network, so it wins).
+out=/run/systemd/network
+read -r cmdline </proc/cmdline
+for arg in $cmdline; do
+    case $arg in vmgrid.net[0-9]*=*) ;; *) continue ;; esac
+    key=${arg%%=*} val=${arg#*=}
+    n=${key#vmgrid.net}
+    case $n in '' | *[!0-9]*) continue ;; esac
+    [ "$n" -lt 8 ] || continue
+    slot=$(printf '%02x' $((16 + n)))
+    f=$out/10-vmgrid-net$n.network
+    mkdir -p $out
+    case $val in
+    off) printf '[Match]\nPath=pci-0000:00:%s.0\n\n[Link]\nUnmanaged=yes\n' "$slot" >"$f" ;;
+    dhcp) rm -f "$f" ;;
+    */*)
+        addr=${val%%,*} gw=''
+        case $val in *,*) gw=${val#*,} ;; esac
+        {
+            printf '[Match]\nPath=pci-0000:00:%s.0\n\n[Network]\nAddress=%s\n' "$slot" "$addr"
+            printf 'LinkLocalAddressing=no\nIPv6AcceptRA=no\n'
+            [ -z "$gw" ] || printf 'Gateway=%s\n' "$gw"
+        } >"$f"
+        ;;
+    esac
+done
+exit 0
+EOF2
+chmod 0755 "$ROOT/etc/systemd/system-generators/vmgrid-net-generator"
+in_root systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1 ||
+    die "systemctl enable systemd-networkd systemd-resolved failed in the chroot"
+
 # shellcheck disable=SC2086
 for u in $MASK_UNITS; do ln -sfn /dev/null "$ROOT/etc/systemd/system/$u"; done
 in_root systemctl set-default multi-user.target >/dev/null 2>&1 || die "systemctl set-default failed in the chroot"
@@ -408,7 +466,8 @@ rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/debconf/*-old "$ROOT"/var/l
     "$ROOT"/tmp/* "$ROOT"/var/tmp/* "$ROOT"/root/.bash_history "$ROOT/debootstrap"
 mkdir -p "$ROOT/var/lib/apt/lists/partial"
 find "$ROOT/var/log" -type f \( -name '*.log' -o -name '*.gz' \) -delete
-: >"$ROOT/etc/resolv.conf"
+# systemd-resolved's stub (127.0.0.53, with the DHCP search domains).
+ln -sfn ../run/systemd/resolve/stub-resolv.conf "$ROOT/etc/resolv.conf"
 
 # ---------------------------------------------------------------- outputs ---
 OUT=$WORK/out

@@ -34,6 +34,9 @@ GUEST_HOSTNAME=tiny
 # Kernel modules loaded by the initramfs (dependencies are resolved with depmod).
 MODULES_REQUIRED="virtio_pci virtio_blk virtio_console ext4"
 MODULES_OPTIONAL="virtio_rng vmgenid"
+# Loaded only when the VM has a virtio-net device (PCI 1af4:1000 or 1af4:1041),
+# so a VM without NICs boots exactly as before.
+MODULES_NIC="virtio_net"
 
 log() { if [[ $VERBOSE == 1 ]]; then echo "build-tiny: $*" >&2; fi; }
 die() { echo "build-tiny: error: $*" >&2; exit 1; }
@@ -201,7 +204,7 @@ declare -A seen=()
 add_module_chain() {  # MODULE required|optional
     local m=$1 kind=$2 out line path name opt
     if ! out=$(modprobe -C "$WORK/no-modprobe.d" -d "$KROOT" -S "$KVER" --show-depends "$m" 2>&1); then
-        [[ $kind == optional ]] || die "kernel $KVER has no module $m: $out"
+        [[ $kind != required ]] || die "kernel $KVER has no module $m: $out"
         log "module $m: not available in $KVER, skipped"
         return 0
     fi
@@ -223,7 +226,7 @@ add_module_chain() {  # MODULE required|optional
             esac
             # CPU-specific accelerations (arch/x86/crypto) may not load on every -cpu model.
             opt=$kind
-            [[ $path == */kernel/arch/* ]] && opt=optional
+            [[ $path == */kernel/arch/* && $kind == required ]] && opt=optional
             echo "$name $opt" >>"$INITRD/lib/modules/load.list"
             log "module $name ($opt)"
             ;;
@@ -233,6 +236,7 @@ add_module_chain() {  # MODULE required|optional
 }
 for m in $MODULES_REQUIRED; do add_module_chain "$m" required; done
 for m in $MODULES_OPTIONAL; do add_module_chain "$m" optional; done
+for m in $MODULES_NIC; do add_module_chain "$m" nic; done
 
 # --- initramfs --------------------------------------------------------------
 install_busybox() {  # ROOT: busybox + applet symlinks (never overwriting existing files)
@@ -275,8 +279,19 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
+# A virtio-net device (legacy 1af4:1000 or modern 1af4:1041)?  Read with the
+# shell's own `read`: no fork per device.
+have_nic=0
+for d in /sys/bus/pci/devices/*; do
+    read -r vendor <"$d/vendor" 2>/dev/null || continue
+    [ "$vendor" = 0x1af4 ] || continue
+    read -r device <"$d/device" 2>/dev/null || continue
+    case $device in 0x1000 | 0x1041) have_nic=1 ;; esac
+done
+
 while read -r mod kind; do
     [ -n "$mod" ] || continue
+    [ "$kind" != nic ] || [ $have_nic = 1 ] || continue
     if ! insmod "/lib/modules/$mod.ko" 2>/tmp/insmod.err; then
         [ "$kind" = optional ] || echo "tiny-initramfs: warning: insmod $mod failed: $(cat /tmp/insmod.err)"
     fi
@@ -376,9 +391,148 @@ mounted /run || mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
 mkdir -p /run/lock /root
 hostname -F /etc/hostname
 ip link set lo up 2>/dev/null
+# Networking before the guest agent starts, so "the agent answers" means
+# "the NICs are configured" in the usual case.  Bounded: no NIC costs a
+# directory listing, a NIC without a DHCP server at most ~3 s (udhcpc then
+# keeps trying in the background).
+/sbin/net-up
 [ -x /etc/rc.local ] && /etc/rc.local
 exec /bin/busybox init
 EOF
+
+cat >"$ROOTFS/sbin/net-up" <<'EOF'
+#!/bin/sh
+# vmgrid tiny: configure every Ethernet NIC (ethN, in PCI order: vmgrid puts
+# NIC N at slot 0x10+N).  Per NIC, from the kernel command line:
+#   vmgrid.netN=ADDR/PREFIX[,GATEWAY]   static address (and default route)
+#   vmgrid.netN=off                     leave the NIC down
+#   (nothing, or vmgrid.netN=dhcp)      DHCP with udhcpc (/etc/udhcpc/vmgrid.script)
+# All DHCP clients start at once; this returns when each has a lease or has
+# sent 3 discovers 1 s apart, whichever comes first (udhcpc -b then goes on
+# in the background).  No host name is sent (every tiny VM is "tiny"): the
+# name comes from the server.  State and log: /run/net.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+set -- /sys/class/net/eth*
+[ -e "$1" ] || exit 0
+mkdir -p /run/net
+read -r cmdline </proc/cmdline
+log() { echo "net-up: $*"; echo "$*" >>/run/net/log; }
+setting() {  # N -> the value of vmgrid.netN= (the last one wins), or ""
+    v=
+    for arg in $cmdline; do
+        case $arg in vmgrid.net$1=*) v=${arg#vmgrid.net"$1"=} ;; esac
+    done
+    echo "$v"
+}
+for path in "$@"; do
+    ifc=${path##*/}
+    n=${ifc#eth}
+    conf=$(setting "$n")
+    case $conf in
+    off) log "$ifc: off (vmgrid.net$n=off)" ;;
+    '' | dhcp)
+        ip link set "$ifc" up
+        udhcpc -i "$ifc" -s /etc/udhcpc/vmgrid.script -p "/run/net/udhcpc.$ifc.pid" \
+            -b -t 3 -T 1 -A 5 -O search >>/run/net/log 2>&1 &
+        ;;
+    */*)
+        addr=${conf%%,*}
+        gw=
+        case $conf in *,*) gw=${conf#*,} ;; esac
+        ip link set "$ifc" up
+        if ip addr add "$addr" dev "$ifc"; then
+            log "$ifc: static $addr"
+        else
+            log "$ifc: cannot set the static address $addr"
+        fi
+        if [ -n "$gw" ]; then
+            ip route add default via "$gw" dev "$ifc" metric $((100 + n)) ||
+                log "$ifc: cannot add a default route via $gw"
+        fi
+        ;;
+    *) log "$ifc: ignoring malformed vmgrid.net$n=$conf (want ADDR/PREFIX[,GATEWAY], dhcp or off)" ;;
+    esac
+done
+wait
+exit 0
+EOF
+
+mkdir -p "$ROOTFS/etc/udhcpc"
+cat >"$ROOTFS/etc/udhcpc/vmgrid.script" <<'EOF'
+#!/bin/sh
+# vmgrid tiny: udhcpc event script (started by /sbin/net-up).  Sets the
+# address, the default route (metric 100+N for ethN, so several NICs can each
+# have one), the host name if the server sent one, and /run/resolv.conf
+# (/etc/resolv.conf links there) from the DNS servers and search domains of
+# every NIC that holds a lease.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+state=/run/net
+mkdir -p $state
+ifc=$interface
+n=${ifc#eth}
+case $n in '' | *[!0-9]*) n=0 ;; esac
+metric=$((100 + n))
+
+write_resolv() {
+    all_ns='' all_search=''
+    for f in "$state"/*.dns; do
+        [ -f "$f" ] || continue
+        dns_servers='' dns_search=''
+        . "$f"
+        all_ns="$all_ns $dns_servers"
+        all_search="$all_search $dns_search"
+    done
+    {
+        echo "# written by /etc/udhcpc/vmgrid.script"
+        set -- $all_search
+        [ $# -eq 0 ] || echo "search $*"
+        for s in $all_ns; do echo "nameserver $s"; done
+    } >/run/resolv.conf.new && mv -f /run/resolv.conf.new /run/resolv.conf
+}
+
+case $1 in
+deconfig)
+    if [ -f "$state/$ifc.addr" ]; then
+        ip addr del "$(cat "$state/$ifc.addr")" dev "$ifc" 2>/dev/null
+        rm -f "$state/$ifc.addr"
+    fi
+    ip link set "$ifc" up
+    rm -f "$state/$ifc.dns"
+    write_resolv
+    ;;
+bound | renew)
+    new="$ip/${mask:-24}"
+    old=$(cat "$state/$ifc.addr" 2>/dev/null)
+    if [ "$old" != "$new" ]; then
+        [ -z "$old" ] || ip addr del "$old" dev "$ifc" 2>/dev/null
+        ip addr add "$new" ${broadcast:+broadcast "$broadcast"} dev "$ifc"
+        echo "$new" >"$state/$ifc.addr"
+    fi
+    [ -z "$mtu" ] || ip link set "$ifc" mtu "$mtu"
+    while ip route del default dev "$ifc" 2>/dev/null; do :; done
+    for r in $router; do
+        ip route add default via "$r" dev "$ifc" metric $metric && break
+    done
+    # Values from the server are quoted for a shell only after dropping
+    # anything but host-name characters.
+    safe() { echo "$1" | tr -cd 'A-Za-z0-9.: -'; }
+    {
+        echo "dns_servers='$(safe "$dns")'"
+        echo "dns_search='$(safe "${search:-$domain}")'"
+    } >"$state/$ifc.dns"
+    write_resolv
+    h=$(safe "$hostname" | tr -d ' :')
+    [ -z "$h" ] || hostname "$h"
+    echo "$ifc: $1 $new router ${router:-none} dns ${dns:-none} lease ${lease:-?}s${h:+ hostname $h}" >>"$state/log"
+    echo "$ifc: $new (dhcp)" >/dev/console 2>/dev/null
+    ;;
+leasefail | nak)
+    echo "$ifc: $1" >>"$state/log"
+    ;;
+esac
+exit 0
+EOF
+ln -sfn ../run/resolv.conf "$ROOTFS/etc/resolv.conf"
 
 cat >"$ROOTFS/etc/inittab" <<'EOF'
 # busybox init (started by /sbin/init)
@@ -430,7 +584,8 @@ done
 sync
 exec /sbin/$action
 EOF
-chmod 0755 "$ROOTFS/sbin/init" "$ROOTFS/sbin/qga-run" "$ROOTFS/sbin/shutdown"
+chmod 0755 "$ROOTFS/sbin/init" "$ROOTFS/sbin/qga-run" "$ROOTFS/sbin/shutdown" "$ROOTFS/sbin/net-up" \
+    "$ROOTFS/etc/udhcpc/vmgrid.script"
 
 # ---------------------------------------------------------------- outputs ---
 OUT=$WORK/out

@@ -2,7 +2,8 @@
 # Boot a guest image with plain QEMU (TCG, the project's exact device set) on a
 # throwaway qcow2 overlay and check the guest agent end to end:
 #   guest-sync-delimited / guest-ping, guest-exec with captured output,
-#   guest-file-open/read/close, then QMP quit.
+#   guest-file-open/read/close, the NIC (DHCP from QEMU's user-mode network:
+#   address, default route, resolv.conf, host name), then QMP quit.
 #
 #   guest/smoke-test.sh [OUTDIR]            (default: <repo>/build/images/tiny)
 #
@@ -13,6 +14,9 @@
 #   SMOKE_KERNEL=FILE   kernel file inside OUTDIR (default: manifest "kernel")
 #   SMOKE_APPEND=...    kernel command line (default: manifest "append")
 #   SMOKE_MEMORY=MB     guest RAM (default: manifest "min_memory_mb", at least 256)
+#   SMOKE_NET=1         one virtio-net NIC on QEMU's user-mode network (libslirp,
+#                       restrict=on: its DHCP/DNS only, no way out); 0 = no NIC
+#   SMOKE_NET_TIMEOUT=60  seconds to wait for the NIC's DHCP address after the agent answers
 #   PYTHON=python3      interpreter for the socket client
 set -euo pipefail
 
@@ -49,14 +53,32 @@ trap cleanup EXIT
 qemu-img create -q -f qcow2 -b "$DISK" -F raw "$T/overlay.qcow2"
 
 extra=()
+NET=${SMOKE_NET:-1}
+wrap=()
+NET_ISOLATED=0
+if [[ $NET == 1 ]]; then
+    # libslirp sends a router and DNS server only when not restricted.  In a
+    # network namespace of its own (no interface but a down loopback) QEMU
+    # cannot reach anything anyway, so there it runs unrestricted and the
+    # guest's DHCP client sees the full answer; elsewhere restrict=on.
+    restrict=on
+    if [[ $EUID == 0 ]] && unshare --net true 2>/dev/null; then
+        wrap=(unshare --net --)
+        restrict=off
+        NET_ISOLATED=1
+    fi
+    # Slot 0x10 and the ids are what src/vmm's BuildQemuArgv uses for NIC 0.
+    extra+=(-netdev user,id=net0,restrict=$restrict,hostname=smokevm,dnssearch=vmgrid.test
+        -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,addr=0x10,id=nic0)
+fi
 if [[ ${SMOKE_SANDBOX:-0} == 1 ]]; then
-    extra=(-sandbox on -runas nobody)
+    extra+=(-sandbox on -runas nobody)
     chmod 0755 "$T"
     chown nobody "$T/overlay.qcow2"
 fi
 
 START=$(date +%s.%N)
-qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1 -m "$MEMORY" -nodefaults -no-user-config -display none \
+"${wrap[@]}" qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1 -m "$MEMORY" -nodefaults -no-user-config -display none \
     -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND" \
     -drive file="$T/overlay.qcow2",if=none,id=disk0,format=qcow2,cache=writeback -device virtio-blk-pci,drive=disk0,id=vda \
     -device virtio-serial-pci,id=vser0 -chardev socket,path="$T/qga.sock",server=on,wait=off,id=qga0 \
@@ -67,10 +89,12 @@ qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 1 -m "$MEMORY" -nodefaul
 QEMU_PID=$!
 
 rc=0
-"$PYTHON" - "$T" "$START" "$TIMEOUT" "$QEMU_PID" <<'PY' || rc=$?
+"$PYTHON" - "$T" "$START" "$TIMEOUT" "$QEMU_PID" "$NET" "${SMOKE_NET_TIMEOUT:-60}" "$(manifest_field name)" "$NET_ISOLATED" <<'PY' || rc=$?
 import base64, json, os, socket, sys, time
 
 tdir, start, timeout, qemu_pid = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+net, net_timeout, image_name = sys.argv[5] == "1", float(sys.argv[6]), sys.argv[7]
+full_dhcp = sys.argv[8] == "1"  # unrestricted slirp: its DHCP also names a router and DNS server
 
 def qemu_alive():
     try:
@@ -179,20 +203,22 @@ while True:
 ping_time = time.time() - start
 print(f"guest-ping answered {ping_time:.2f}s after QEMU start")
 
-r = qga.cmd("guest-exec", {"path": "/bin/sh",
-                           "arg": ["-c", "echo hello > /root/hello; sync; cat /proc/version"],
-                           "capture-output": True})
-pid = r["pid"]
-exec_deadline = time.time() + 30
-while True:
-    st = qga.cmd("guest-exec-status", {"pid": pid})
-    if st.get("exited"):
-        break
-    if time.time() > exec_deadline:
-        raise SystemExit("guest-exec did not finish within 30s")
-    time.sleep(0.05)
-out = base64.b64decode(st.get("out-data", "")).decode(errors="replace")
-err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")
+def guest_sh(script, timeout=30):
+    r = qga.cmd("guest-exec", {"path": "/bin/sh", "arg": ["-c", script], "capture-output": True})
+    pid = r["pid"]
+    exec_deadline = time.time() + timeout
+    while True:
+        st = qga.cmd("guest-exec-status", {"pid": pid})
+        if st.get("exited"):
+            break
+        if time.time() > exec_deadline:
+            raise SystemExit(f"guest-exec did not finish within {timeout:.0f}s")
+        time.sleep(0.05)
+    out = base64.b64decode(st.get("out-data", "")).decode(errors="replace")
+    err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")
+    return st, out, err
+
+st, out, err = guest_sh("echo hello > /root/hello; sync; cat /proc/version")
 print(f"guest-exec exit code {st.get('exitcode')}, stdout: {out.strip()}")
 if err:
     print(f"guest-exec stderr: {err.strip()}")
@@ -206,6 +232,31 @@ content = base64.b64decode(data["buf-b64"]).decode(errors="replace")
 print(f"guest-file-read /root/hello: {content.strip()!r}")
 if content != "hello\n":
     raise SystemExit("unexpected /root/hello content")
+
+if net:
+    # libslirp's DHCP: 10.0.2.15/24, router 10.0.2.2, DNS 10.0.2.3, plus the
+    # host name and search domain given on -netdev.
+    show = ("ip -4 -o addr show scope global; ip -4 route show default; "
+            "echo @; cat /etc/resolv.conf; echo @; hostname")
+    net_deadline = time.time() + net_timeout
+    while True:
+        st, out, err = guest_sh(show)
+        if "inet 10.0.2.15/24" in out and (not full_dhcp or "default via 10.0.2.2" in out):
+            break
+        if time.time() > net_deadline:
+            raise SystemExit(f"the NIC has no DHCP address {net_timeout:.0f}s after the agent answered:\n{out}{err}")
+        time.sleep(0.5)
+    print(f"NIC configured by DHCP {time.time() - start:.2f}s after QEMU start")
+    addrs, resolv, host = (part.strip() for part in out.split("@", 2))
+    print("guest network:\n  " + "\n  ".join((addrs + "\n" + resolv).splitlines()) + f"\n  hostname {host}")
+    if "vmgrid.test" not in resolv:
+        raise SystemExit("resolv.conf lacks the DHCP search domain vmgrid.test")
+    if not full_dhcp:
+        print("note: restricted user-mode network (no netns): no router or DNS server to check")
+    elif "nameserver 10.0.2.3" not in resolv and "nameserver 127.0.0.53" not in resolv:
+        raise SystemExit("resolv.conf names neither the DHCP DNS server nor a local stub resolver")
+    if image_name == "tiny" and host != "smokevm":
+        raise SystemExit(f"host name {host!r}, not the DHCP-given smokevm")
 
 # QMP quit
 q = connect(os.path.join(tdir, "qmp.sock"), time.time() + 5)

@@ -170,29 +170,8 @@ TEST_F(MachineOpsTest, ResumeFromCorruptStateFailsWithoutHanging) {
 
 // --- the tiny guest ----------------------------------------------------------
 
-struct TinyImage {
-  std::string dir, kernel, initrd, rootfs, append;
-};
-
-std::optional<TinyImage> FindTinyImage(std::string* why) {
-  const char* env = std::getenv("VMGRID_TINY_IMAGE");
-  std::string dir = env != nullptr ? env : VMGRID_DEFAULT_TINY_IMAGE;
-  TinyImage img{dir, dir + "/vmlinuz", dir + "/initrd.img", dir + "/rootfs.raw", ""};
-  for (const std::string& f : {img.kernel, img.initrd, img.rootfs, dir + "/manifest.json"}) {
-    if (!fs::exists(f)) {
-      *why = "tiny image not built (" + f + " missing; run guest/build-tiny.sh)";
-      return std::nullopt;
-    }
-  }
-  std::ifstream in(dir + "/manifest.json");
-  nlohmann::json m = nlohmann::json::parse(in, nullptr, false);
-  if (m.is_discarded() || !m.contains("append") || !m["append"].is_string()) {
-    *why = "manifest.json has no \"append\" string";
-    return std::nullopt;
-  }
-  img.append = m["append"];
-  return img;
-}
+using vmm::testing::FindTinyImage;
+using vmm::testing::TinyImage;
 
 std::string TestAccel() {
   const char* env = std::getenv("VMGRID_TEST_ACCEL");
@@ -201,7 +180,7 @@ std::string TestAccel() {
 
 TEST_F(MachineOpsTest, TinyGuestBootExecCheckpointResume) {
   std::string why;
-  std::optional<TinyImage> img = FindTinyImage(&why);
+  std::optional<TinyImage> img = FindTinyImage(VMGRID_DEFAULT_TINY_IMAGE, &why);
   if (!img) GTEST_SKIP() << why;
   // Image files must be readable by the QEMU user; only use -runas if they are.
   std::string runas = TestRunAs();

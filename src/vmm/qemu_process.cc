@@ -192,6 +192,8 @@ void RemoveRuntimeFilesIn(const std::string& run_dir) {
   for (const char* name : {kQmpSocketName, kQgaSocketName, kPidFileName}) {
     ::unlink(RunPath(run_dir, name).c_str());
   }
+  // NICs' default local sockets (QEMU leaves them behind).
+  for (int i = 0; i < kMaxNics; ++i) ::unlink(DefaultNicSocketPath(run_dir, i).c_str());
 }
 
 std::string Absolute(const std::string& path) {
@@ -415,6 +417,14 @@ Status ValidateQemuConfig(const QemuConfig& c) {
   if (c.nbd_socket.size() > kSunPathMax)
     return invalid("nbd_socket too long for a unix socket path");
   if (c.qemu_binary.empty()) return invalid("qemu_binary is required");
+  // Default local sockets live in run_dir, which Launch makes absolute.
+  VMG_RETURN_IF_ERROR(ValidateNics(c.nics, c.run_dir));
+  std::vector<NicConfig> absolute_nics = c.nics;
+  for (NicConfig& nic : absolute_nics) {
+    nic.local_path = Absolute(nic.local_path);
+    nic.remote_path = Absolute(nic.remote_path);
+  }
+  VMG_RETURN_IF_ERROR(ValidateNics(absolute_nics, Absolute(c.run_dir)));
   return Status::Ok();
 }
 
@@ -460,6 +470,10 @@ std::vector<std::string> BuildQemuArgv(const QemuConfig& c) {
       "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
       "-device", "virtio-rng-pci,id=rng0",
       "-device", "vmgenid,id=vmgen0,guid=" + (c.vmgenid.empty() ? std::string("auto") : c.vmgenid),
+  });
+  std::vector<std::string> nics = BuildNicArgs(c.nics, run);
+  a.insert(a.end(), nics.begin(), nics.end());
+  a.insert(a.end(), {
       "-serial", "file:" + RunPath(run, kConsoleLogName),
       "-qmp", "unix:" + RunPath(run, kQmpSocketName) + ",server=on,wait=off",
       "-pidfile", RunPath(run, kPidFileName),
@@ -569,6 +583,10 @@ Result<std::unique_ptr<QemuProcess>> QemuProcess::Launch(const QemuConfig& confi
   VMG_RETURN_IF_ERROR(ValidateQemuConfig(config));
   QemuConfig cfg = config;
   for (std::string* p : {&cfg.run_dir, &cfg.disk_path, &cfg.kernel, &cfg.initrd}) *p = Absolute(*p);
+  for (NicConfig& nic : cfg.nics) {
+    nic.local_path = Absolute(nic.local_path);
+    nic.remote_path = Absolute(nic.remote_path);
+  }
   if (cfg.accel.empty()) cfg.accel = KvmUsableBy(cfg.qemu_binary) ? "kvm" : "tcg";
   VMG_ASSIGN_OR_RETURN(Credentials cred, ResolveCredentials(cfg));
   const std::string& run = cfg.run_dir;

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "vmm/nic_config.h"
 #include "vmm/qmp_client.h"
 #include "vmm/unique_fd.h"
 
@@ -66,6 +67,9 @@ struct QemuConfig {
   std::string cgroup_dir;
   std::string accel;    // "" = auto: kvm if KvmUsableBy(qemu_binary), else tcg
   std::string vmgenid;  // guid for -device vmgenid; "" = "auto" (QEMU picks a fresh one)
+  // Network cards, NIC i at PCI slot 0x10+i (vmm/nic_config.h). Part of the
+  // device layout: a resume needs the same list.
+  std::vector<NicConfig> nics;
   std::string qemu_binary = "qemu-system-x86_64";
 };
 
@@ -82,7 +86,7 @@ inline constexpr char kSandboxOptions[] =
 std::string RunPath(const std::string& run_dir, const char* name);
 
 // Rejects values QEMU would misparse (commas in option lists), socket paths
-// longer than sun_path, and out-of-range sizes.
+// longer than sun_path, out-of-range sizes, and bad NICs (ValidateNics).
 Status ValidateQemuConfig(const QemuConfig& config);
 
 // The full argv (argv[0] = qemu_binary). Pure: accel "" is treated as tcg

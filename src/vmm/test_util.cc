@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 
@@ -68,6 +69,35 @@ std::string RandomUuid() {
     if (c == 'y') c = digits[8 + hex(rd) % 4];
   }
   return u;
+}
+
+std::optional<TinyImage> FindTinyImage(const std::string& default_dir, std::string* why) {
+  const char* env = std::getenv("VMGRID_TINY_IMAGE");
+  std::string dir = env != nullptr ? env : default_dir;
+  TinyImage img;
+  img.dir = dir;
+  img.kernel = dir + "/vmlinuz";
+  img.initrd = dir + "/initrd.img";
+  img.rootfs = dir + "/rootfs.raw";
+  for (const std::string& f : {img.kernel, img.initrd, img.rootfs, dir + "/manifest.json"}) {
+    if (!std::filesystem::exists(f)) {
+      *why = "tiny image not built (" + f + " missing; run guest/build-tiny.sh)";
+      return std::nullopt;
+    }
+  }
+  std::ifstream in(dir + "/manifest.json");
+  nlohmann::json m = nlohmann::json::parse(in, nullptr, false);
+  if (m.is_discarded() || !m.contains("append") || !m["append"].is_string()) {
+    *why = "manifest.json has no \"append\" string";
+    return std::nullopt;
+  }
+  img.append = m["append"];
+  img.fast_kernel = img.kernel;
+  if (m.contains("kernel") && m["kernel"].is_string() &&
+      std::filesystem::exists(dir + "/" + m["kernel"].get<std::string>())) {
+    img.fast_kernel = dir + "/" + m["kernel"].get<std::string>();
+  }
+  return img;
 }
 
 }  // namespace vmgrid::vmm::testing

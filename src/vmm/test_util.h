@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,5 +36,17 @@ int Sh(const std::string& command);
 
 // A random RFC 4122 v4 UUID.
 std::string RandomUuid();
+
+// The tiny guest image (guest/build-tiny.sh): its files and manifest values.
+struct TinyImage {
+  std::string dir;
+  std::string kernel;       // the bzImage (vmlinuz)
+  std::string fast_kernel;  // the manifest's "kernel" (the PVH vmlinux when there is one)
+  std::string initrd, rootfs, append;
+};
+
+// The image in $VMGRID_TINY_IMAGE, else in `default_dir`; nullopt with the
+// reason in *why when it is not built (tests then skip).
+std::optional<TinyImage> FindTinyImage(const std::string& default_dir, std::string* why);
 
 }  // namespace vmgrid::vmm::testing

@@ -1,0 +1,408 @@
+// bench/vnet: VM-to-VM networking. Each row of the table is one way of
+// joining two tiny guests on one Layer-2 link, measured the same way: TCP
+// throughput (busybox nc, N MiB of random data a -> b, the bytes' md5 checked,
+// timed inside the receiving guest from accept to EOF) and ping RTT
+// percentiles (busybox ping a -> b).
+//
+// Rows today:
+//   direct dgram  two plain QEMUs joined by QEMU's own -netdev dgram, each
+//                 one's local socket the other's remote (the baseline: no
+//                 vmgrid process on the path)
+// Rows to add (issue 11): two vmgrid VMs through the switch on one host; two
+// hosts (network namespaces) through the encrypted tunnel. Each is a VmLink
+// (below): start two guests with addresses on NIC 0, hand out their guest
+// agents; RunRow measures every link alike.
+//
+// Usage: vnet [--mib N=32] [--runs N=3] [--pings N=200] [--interval S=0.02]
+//             [--memory MB=256] [--vcpus N=1]
+// The tiny image: VMGRID_TINY_IMAGE or the build's images/tiny.
+
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "machine.h"
+#include "vmm/guest_agent_client.h"
+#include "vmm/nic_config.h"
+#include "vmm/qemu_process.h"
+
+using namespace vmgrid;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "vnet: %s\n", what.c_str());
+  std::exit(1);
+}
+
+struct Options {
+  int mib = 32;
+  int runs = 3;
+  int pings = 200;
+  double interval = 0.02;
+  int memory_mb = 256;
+  int vcpus = 1;
+  std::string image_dir;
+  std::string work_dir = "/tmp/vmgrid-bench-vnet";
+};
+
+struct TinyImage {
+  std::string kernel, initrd, rootfs, append;
+};
+
+TinyImage LoadImage(const std::string& dir) {
+  std::ifstream in(dir + "/manifest.json");
+  nlohmann::json m = nlohmann::json::parse(in, nullptr, false);
+  if (m.is_discarded()) Die("no tiny image in " + dir + " (run guest/build-tiny.sh)");
+  TinyImage img;
+  img.kernel = dir + "/" + m.value("kernel", "vmlinuz");
+  img.initrd = dir + "/" + m.value("initrd", "initrd.img");
+  img.rootfs = dir + "/" + m.value("disk", "rootfs.raw");
+  img.append = m.value("append", "");
+  for (const std::string& f : {img.kernel, img.initrd, img.rootfs}) {
+    if (!fs::exists(f)) Die(f + " missing (run guest/build-tiny.sh)");
+  }
+  return img;
+}
+
+// Two guests on one Layer-2 link: guest i has Ip(i) on its NIC 0. One
+// subclass per row of the table.
+class VmLink {
+ public:
+  virtual ~VmLink() = default;
+  virtual std::string Name() const = 0;
+  // Boots both guests; returns once both guest agents answer.
+  virtual Status Start() = 0;
+  virtual GuestAgentClient& Guest(int i) = 0;
+  virtual std::string Ip(int i) const = 0;
+  // Stops both guests (also on a failed Start).
+  virtual void Stop() = 0;
+};
+using VmLinkPtr = std::unique_ptr<VmLink>;
+
+// The baseline: QEMU's -netdev dgram straight from one VM to the other, with
+// static addresses from the kernel command line (vmgrid.net0=).
+class DirectDgramLink : public VmLink {
+ public:
+  DirectDgramLink(const Options& o, TinyImage img) : o_(o), img_(std::move(img)) {}
+  ~DirectDgramLink() override { Stop(); }
+  std::string Name() const override { return "direct: QEMU -netdev dgram, VM to VM"; }
+  std::string Ip(int i) const override { return i == 0 ? "10.99.0.1" : "10.99.0.2"; }
+  GuestAgentClient& Guest(int i) override { return *ga_[i]; }
+
+  Status Start() override {
+    const auto deadline = Clock::now() + seconds(120);
+    const std::string dir = o_.work_dir + "/direct";
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    fs::create_directories(dir, ec);
+    if (ec) return MakeError(ErrorCode::kInternal, "create " + dir + ": " + ec.message());
+    for (int i = 0; i < 2; ++i) {
+      const std::string overlay = dir + "/disk" + std::to_string(i) + ".qcow2";
+      const std::string cmd = "qemu-img create -q -f qcow2 -b '" + img_.rootfs + "' -F raw '" +
+                              overlay + "' >/dev/null";
+      if (std::system(cmd.c_str()) != 0)
+        return MakeError(ErrorCode::kInternal, "qemu-img create failed");
+      QemuConfig c;
+      c.vm_id = "vnet-bench-" + std::to_string(i);
+      c.vcpus = o_.vcpus;
+      c.memory_mb = o_.memory_mb;
+      c.kernel = img_.kernel;
+      c.initrd = img_.initrd;
+      c.append = img_.append + " vmgrid.net0=" + Ip(i) + "/24";
+      c.disk_path = overlay;
+      c.run_dir = RunDir(i);
+      c.accel = "tcg";
+      NicConfig nic;
+      nic.mac = RandomLocalMac();
+      nic.remote_path = DefaultNicSocketPath(RunDir(1 - i), 0);
+      c.nics = {nic};
+      auto vm = QemuProcess::Launch(c, seconds(30));
+      if (!vm.ok()) return vm.error().Wrap("launch VM " + std::to_string(i));
+      vm_[i] = std::move(vm).value();
+    }
+    for (int i = 0; i < 2; ++i) {
+      auto ga = GuestAgentClient::ConnectWhenReady(vm_[i]->qga_socket(), deadline);
+      if (!ga.ok()) return ga.error().Wrap("guest agent of VM " + std::to_string(i));
+      ga_[i] = std::move(ga).value();
+    }
+    return Status::Ok();
+  }
+
+  void Stop() override {
+    for (int i = 0; i < 2; ++i) {
+      ga_[i].reset();
+      if (vm_[i]) (void)vm_[i]->Quit(seconds(10));
+      vm_[i].reset();
+    }
+  }
+
+ private:
+  std::string RunDir(int i) const { return o_.work_dir + "/direct/run" + std::to_string(i); }
+
+  Options o_;
+  TinyImage img_;
+  std::unique_ptr<QemuProcess> vm_[2];
+  std::unique_ptr<GuestAgentClient> ga_[2];
+};
+
+Result<std::string> Sh(GuestAgentClient& ga, const std::string& script,
+                       milliseconds timeout = seconds(120)) {
+  VMG_ASSIGN_OR_RETURN(ExecResult r, ga.Exec({"sh", "-c", script}, "", timeout));
+  if (r.exit_code != 0) {
+    return MakeError(ErrorCode::kInternal, "guest: `" + script + "` exited " +
+                                               std::to_string(r.exit_code) + ": " + r.err + r.out);
+  }
+  return r.out;
+}
+
+Status ShOk(GuestAgentClient& ga, const std::string& script) {
+  Result<std::string> r = Sh(ga, script);
+  return r.ok() ? Status::Ok() : Status(r.error());
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t rank = static_cast<size_t>(p * static_cast<double>(v.size()) + 0.999999);
+  return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
+}
+
+double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
+
+struct Row {
+  std::string name;
+  std::vector<double> mb_per_s;       // one per run, guest-timed
+  std::vector<double> host_mb_per_s;  // the same transfers timed on the host
+  std::vector<double> rtt_ms;
+  int pings_sent = 0;
+  int64_t out_segs = 0, retrans_segs = 0;  // the sender's TCP counters over all transfers
+  std::string error;
+};
+
+constexpr char kReceiverScript[] =
+    "#!/bin/sh\n"
+    "read -r start _ </proc/uptime\n"
+    "cat >/tmp/recv\n"
+    "read -r end _ </proc/uptime\n"
+    "echo \"$start $end $(wc -c </tmp/recv) $(md5sum </tmp/recv)\" >/tmp/recv.done\n";
+
+// The guest's TCP OutSegs and RetransSegs (/proc/net/snmp).
+Result<std::pair<int64_t, int64_t>> TcpCounters(GuestAgentClient& ga) {
+  VMG_ASSIGN_OR_RETURN(std::string out, Sh(ga, "grep '^Tcp:' /proc/net/snmp"));
+  std::istringstream in(out);
+  std::string names, values;
+  std::getline(in, names);
+  std::getline(in, values);
+  std::istringstream n(names), v(values);
+  std::string name, value;
+  int64_t out_segs = -1, retrans = -1;
+  while (n >> name && v >> value) {
+    if (name == "OutSegs") out_segs = std::atoll(value.c_str());
+    if (name == "RetransSegs") retrans = std::atoll(value.c_str());
+  }
+  if (out_segs < 0 || retrans < 0) return MakeError(ErrorCode::kInternal, "no Tcp: counters");
+  return std::make_pair(out_segs, retrans);
+}
+
+// One transfer of `mib` MiB a -> b: returns {guest-timed MB/s, host-timed MB/s}.
+Result<std::pair<double, double>> Transfer(VmLink& link, int mib, int port) {
+  GuestAgentClient& a = link.Guest(0);
+  GuestAgentClient& b = link.Guest(1);
+  VMG_ASSIGN_OR_RETURN(std::string sent_md5,
+                       Sh(a, "[ -s /tmp/data ] || dd if=/dev/urandom of=/tmp/data bs=64k count=" +
+                                 std::to_string(16 * mib) + " 2>/dev/null; md5sum </tmp/data"));
+  VMG_RETURN_IF_ERROR(b.WriteFile("/tmp/rx.sh", kReceiverScript));
+  VMG_RETURN_IF_ERROR(ShOk(b, "rm -f /tmp/recv /tmp/recv.done; chmod 0755 /tmp/rx.sh; (nc -l -p " +
+                                  std::to_string(port) +
+                                  " -e /tmp/rx.sh </dev/null >/dev/null 2>&1 &)"));
+  const auto t0 = Clock::now();
+  for (int attempt = 0;; ++attempt) {  // the listener may not be bound yet
+    auto sent = Sh(a, "nc " + link.Ip(1) + " " + std::to_string(port) + " </tmp/data");
+    if (sent.ok()) break;
+    if (attempt == 20) return sent.error();
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  std::string done;
+  for (auto deadline = Clock::now() + seconds(600);;) {
+    auto r = b.Exec({"cat", "/tmp/recv.done"}, "", seconds(30));
+    if (!r.ok()) return r.error();
+    if (r->exit_code == 0 && !r->out.empty()) {
+      done = r->out;
+      break;
+    }
+    if (Clock::now() > deadline) return MakeError(ErrorCode::kTimeout, "receiver never finished");
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  const double host_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::istringstream in(done);
+  double start = 0, end = 0;
+  size_t bytes = 0;
+  std::string md5;
+  in >> start >> end >> bytes >> md5;
+  const size_t want = static_cast<size_t>(mib) << 20;
+  if (bytes != want || md5 + "  -\n" != sent_md5) {
+    return MakeError(ErrorCode::kInternal, "received " + std::to_string(bytes) + " bytes, md5 " +
+                                               md5 + "; sent " + std::to_string(want) + ", " +
+                                               sent_md5);
+  }
+  const double mb = static_cast<double>(want) / 1e6;
+  return std::make_pair(mb / std::max(end - start, 0.01), mb / host_s);
+}
+
+// Per-packet RTTs ("time=X ms") of `count` pings a -> b.
+Result<std::vector<double>> Pings(VmLink& link, int count, double interval) {
+  VMG_RETURN_IF_ERROR(ShOk(link.Guest(0), "ping -c 3 -W 5 " + link.Ip(1)));  // ARP, caches
+  char cmd[128];
+  std::snprintf(cmd, sizeof cmd, "ping -c %d -i %.3f -W 5 %s", count, interval, link.Ip(1).c_str());
+  VMG_ASSIGN_OR_RETURN(std::string out, Sh(link.Guest(0), cmd, seconds(60 + count)));
+  std::vector<double> rtt;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t at = line.find("time=");
+    if (at != std::string::npos) rtt.push_back(std::atof(line.c_str() + at + 5));
+  }
+  return rtt;
+}
+
+Row RunRow(VmLink& link, const Options& o) {
+  Row row;
+  row.name = link.Name();
+  std::fprintf(stderr, "vnet: %s: booting two guests...\n", row.name.c_str());
+  auto t0 = Clock::now();
+  if (Status st = link.Start(); !st.ok()) {
+    row.error = st.error().message;
+    link.Stop();
+    return row;
+  }
+  std::fprintf(stderr, "vnet: %s: both guests up in %.1f s; %d x %d MiB a -> b, then %d pings\n",
+               row.name.c_str(), std::chrono::duration<double>(Clock::now() - t0).count(), o.runs,
+               o.mib, o.pings);
+  auto before = TcpCounters(link.Guest(0));
+  for (int run = 0; run < o.runs; ++run) {
+    auto r = Transfer(link, o.mib, 5001 + run);
+    if (!r.ok()) {
+      row.error = r.error().message;
+      break;
+    }
+    row.mb_per_s.push_back(r->first);
+    row.host_mb_per_s.push_back(r->second);
+    std::fprintf(stderr, "vnet:   transfer %d: %.2f MB/s (guest), %.2f MB/s (host)\n", run + 1,
+                 r->first, r->second);
+  }
+  auto after = TcpCounters(link.Guest(0));
+  if (before.ok() && after.ok()) {
+    row.out_segs = after->first - before->first;
+    row.retrans_segs = after->second - before->second;
+  }
+  if (row.error.empty()) {
+    auto rtt = Pings(link, o.pings, o.interval);
+    if (rtt.ok()) {
+      row.rtt_ms = *rtt;
+    } else {
+      row.error = rtt.error().message;
+    }
+  }
+  row.pings_sent = o.pings;
+  link.Stop();
+  return row;
+}
+
+void PrintTable(const std::vector<Row>& rows, const Options& o) {
+  std::printf("## bench/vnet: VM to VM on one link\n\n");
+  std::printf("machine: %s; guests: tiny image, TCG, %d vCPU, %d MiB each\n",
+              bench::MachineLine().c_str(), o.vcpus, o.memory_mb);
+  std::printf(
+      "TCP: %d MiB of random data a -> b with busybox nc, md5 checked, %d runs (guest-timed: "
+      "receiver's accept to EOF, 10 ms steps; host-timed: from the sender's start to the receiver "
+      "seen done, incl. guest-agent round trips; retransmitted: the sender's TCP RetransSegs / "
+      "OutSegs). ping: %d pings every %.3f s after 3 warm-up.\n\n",
+      o.mib, o.runs, o.pings, o.interval);
+  std::printf(
+      "| path | TCP MB/s (median, guest) | min..max | TCP MB/s (median, host) | retransmitted | "
+      "ping p50 ms | p99 ms | max ms | lost |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const Row& r : rows) {
+    if (!r.error.empty() && r.mb_per_s.empty()) {
+      std::printf("| %s | failed: %s | | | | | | | |\n", r.name.c_str(), r.error.c_str());
+      continue;
+    }
+    auto [mn, mx] = std::minmax_element(r.mb_per_s.begin(), r.mb_per_s.end());
+    std::printf("| %s | %.2f | %.2f..%.2f | %.2f | %.2f%% | %.2f | %.2f | %.2f | %d/%d |\n",
+                r.name.c_str(), Median(r.mb_per_s), *mn, *mx, Median(r.host_mb_per_s),
+                r.out_segs > 0
+                    ? 100.0 * static_cast<double>(r.retrans_segs) / static_cast<double>(r.out_segs)
+                    : 0.0,
+                Percentile(r.rtt_ms, 0.5), Percentile(r.rtt_ms, 0.99),
+                r.rtt_ms.empty() ? 0.0 : *std::max_element(r.rtt_ms.begin(), r.rtt_ms.end()),
+                r.pings_sent - static_cast<int>(r.rtt_ms.size()), r.pings_sent);
+    if (!r.error.empty()) std::printf("\n(%s: %s)\n", r.name.c_str(), r.error.c_str());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  o.image_dir = std::getenv("VMGRID_TINY_IMAGE") != nullptr ? std::getenv("VMGRID_TINY_IMAGE")
+                                                            : VMGRID_TINY_IMAGE_DIR;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) Die("missing value for " + a);
+      return argv[++i];
+    };
+    if (a == "--mib") {
+      o.mib = std::max(1, std::atoi(next()));
+    } else if (a == "--runs") {
+      o.runs = std::max(1, std::atoi(next()));
+    } else if (a == "--pings") {
+      o.pings = std::max(1, std::atoi(next()));
+    } else if (a == "--interval") {
+      o.interval = std::max(0.01, std::atof(next()));
+    } else if (a == "--memory") {
+      o.memory_mb = std::max(128, std::atoi(next()));
+    } else if (a == "--vcpus") {
+      o.vcpus = std::max(1, std::atoi(next()));
+    } else {
+      Die("usage: vnet [--mib N=32] [--runs N=3] [--pings N=200] [--interval S=0.02] "
+          "[--memory MB=256] [--vcpus N=1]");
+    }
+  }
+  if (static_cast<int64_t>(o.mib) * 2 + 64 > o.memory_mb)
+    Die("--mib needs about twice its size in guest memory (/tmp is RAM): raise --memory");
+  signal(SIGPIPE, SIG_IGN);
+  TinyImage img = LoadImage(o.image_dir);
+
+  std::vector<VmLinkPtr> links;
+  links.push_back(std::make_unique<DirectDgramLink>(o, img));
+  // Next rows (issue 11): links.push_back(SwitchLink(...)), TunnelLink(...).
+
+  std::vector<Row> rows;
+  for (VmLinkPtr& link : links) rows.push_back(RunRow(*link, o));
+  PrintTable(rows, o);
+  std::error_code ec;
+  fs::remove_all(o.work_dir, ec);
+  for (const Row& r : rows) {
+    if (!r.error.empty()) return 1;
+  }
+  return 0;
+}
