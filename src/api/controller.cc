@@ -1048,25 +1048,47 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
   if (image->ckpt_state == "creating")
     return SendError(
         res, MakeError(ErrorCode::kFailedPrecondition, "a checkpoint is already being made"));
-  auto hosts = store_->ListHosts();
-  if (!hosts.ok()) return SendError(res, hosts.error());
-  const Host* host = nullptr;
-  for (const auto& h : *hosts)
-    if (h.state == "up" && h.memory_mb - h.reserved_memory_mb >= *mem &&
-        (!host || h.memory_mb - h.reserved_memory_mb > host->memory_mb - host->reserved_memory_mb))
-      host = &h;
-  if (!host)
-    return SendError(
-        res, MakeError(ErrorCode::kResourceExhausted, "no host is up with room to boot the image"));
+  // The boot that makes the checkpoint holds its host's vCPUs, memory and
+  // disk like any VM's: it is ranked by the same placement and reserved in
+  // the same transaction (Store::PlaceAndInsertVm, which also checks the
+  // caller's quota) as a VM record of its own — an image-checkpoint VM
+  // (proto/checkpoint_ref.h), in flight while the agent works, deleted when
+  // it is done. Concurrent creates therefore cannot take its room.
+  Vm reservation;
+  reservation.id = NewId(kImageCheckpointVmPrefix);
+  reservation.name = reservation.id;
+  reservation.owner_id = c.user.id;
+  reservation.image_id = image->id;
+  reservation.state = "creating";
+  reservation.vcpus = static_cast<int>(*vcpus);
+  reservation.memory_mb = *mem;
+  reservation.disk = "clone";
+  reservation.start = "boot";
+  reservation.disk_bytes = image->CloneBoundBytes() + (*mem << 20);
+  reservation.created_ms = reservation.updated_ms = NowMs();
+  const Error no_room =
+      MakeError(ErrorCode::kResourceExhausted, "no host is up with room to boot the image");
+  auto candidates = index_->Rank({image->id, reservation.vcpus, reservation.memory_mb,
+                                  reservation.disk_bytes, "spread", "", ""});
+  if (candidates.empty()) return SendError(res, no_room);
+  auto placed = store_->PlaceAndInsertVm(reservation, candidates);
+  if (!placed.ok()) return SendError(res, placed.error());
+  auto host = store_->GetHost(placed->host_id);
   image->ckpt_state = "creating";
   image->ckpt_error.clear();
   image->ckpt_memory_mb = *mem;
   image->ckpt_vcpus = static_cast<int>(*vcpus);
-  if (auto st = store_->UpdateImage(*image); !st.ok()) return SendError(res, st.error());
+  Status recorded = host.ok() ? store_->UpdateImage(*image) : Status(host.error());
+  if (!recorded.ok()) {
+    // Nothing was started: give the room back.
+    if (Status st = store_->DeleteVm(placed->id); !st.ok())
+      CountFailedWrite(st, "releasing the reservation " + placed->id);
+    return SendError(res, recorded.error());
+  }
   SendJson(res, 202, ImageJson(*image));
   Host h = *host;
   Image img = *image;
-  ops_->Run("", [this, h, img]() mutable {
+  ops_->Run(placed->id, [this, h, img, reservation_id = placed->id]() mutable {
     std::string target = img.dir + "/checkpoint";
     ImageCheckpointRequest request;
     request.image = AgentImageFiles(img);
@@ -1086,6 +1108,10 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
       request.target_dir = target;
     }
     if (r.ok()) r = agents_->MakeImageCheckpoint(h, request);
+    // The boot is over: its room is free again. A record left behind holds
+    // it until reconciliation marks it failed (the host reports no such VM).
+    if (Status st = store_->DeleteVm(reservation_id); !st.ok())
+      CountFailedWrite(st, "releasing the reservation " + reservation_id);
     auto fresh = store_->GetImage(img.id, "");
     if (!fresh.ok()) return;  // deleted meanwhile
     json blobs = json::parse(fresh->blobs, nullptr, false);
@@ -1109,7 +1135,10 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
       fresh->ckpt_error = r.error().message;
       spdlog::warn("image {}: checkpoint failed: {}", img.name, r.error().message);
     }
-    (void)store_->UpdateImage(*fresh);
+    // Left behind, the image shows its checkpoint as still being made (and
+    // refuses another) until the controller restarts; say so in the log.
+    if (Status st = store_->UpdateImage(*fresh); !st.ok())
+      CountFailedWrite(st, "recording the checkpoint of image " + img.id);
   });
 }
 
@@ -1130,7 +1159,9 @@ void Controller::DeleteImage(const Caller& c, const Req& req, Res& res) {
                              " is being finalized; try again when its operation has ended"));
   }
   if (auto st = store_->DeleteImage(image->id); !st.ok()) return SendError(res, st.error());
-  (void)RemoveTree(image->dir);
+  // The record is gone; a directory left behind only costs disk.
+  if (Status st = RemoveTree(image->dir); !st.ok())
+    spdlog::warn("image {}: cannot remove {}: {}", image->id, image->dir, st.error().message);
   {
     std::lock_guard<std::mutex> l(operations_mu_);
     finalize_failures_.erase(image->id);
@@ -1371,14 +1402,26 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
       workspace->host_id = vm.host_id;
       workspace->path = workspace->owner_id + "/" + workspace->id + ".qcow2";
       if (auto st = store_->InsertWorkspace(*workspace); !st.ok()) {
-        (void)store_->DeleteVm(vm.id);
+        // Left behind, the record stays `creating` until reconciliation
+        // marks it failed (its host never heard of it); failed VMs hold no room.
+        CountFailedWrite(store_->DeleteVm(vm.id),
+                         "removing VM " + vm.id + " after " + st.error().message);
         return SendError(res, st.error());
       }
     } else {
       workspace->vm_id = vm.id;
-      (void)store_->UpdateWorkspace(*workspace);
     }
-    (void)store_->UpdateVm(vm);
+    // The workspace is claimed by the VM, and the VM names the workspace;
+    // without both a later delete would not release it, so either write
+    // failing undoes the create.
+    Status linked = new_workspace ? Status::Ok() : store_->UpdateWorkspace(*workspace);
+    if (linked.ok()) linked = store_->UpdateVm(vm);
+    if (!linked.ok()) {
+      ReleaseWorkspace(*workspace, new_workspace);
+      CountFailedWrite(store_->DeleteVm(vm.id),
+                       "removing VM " + vm.id + " after " + linked.error().message);
+      return SendError(res, linked.error());
+    }
   }
   auto host = store_->GetHost(vm.host_id);
   json answer = VmJson(vm, &image, host.ok() ? &*host : nullptr);
@@ -1407,12 +1450,7 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     if (!dir.ok()) {
       Error e = dir.error().Wrap("checkpoint of VM " + src_id);
       ops_->Finish(op_id, e);
-      if (workspace && new_workspace) (void)store_->DeleteWorkspace(workspace->id);
-      if (workspace && !new_workspace) {
-        Workspace w = *workspace;
-        w.vm_id.clear();
-        (void)store_->UpdateWorkspace(w);
-      }
+      if (workspace) ReleaseWorkspace(*workspace, new_workspace);
       vms_->RecordOutcome(vm.id, e, "error", started, true);
       return;
     }
@@ -1459,14 +1497,11 @@ void Controller::RunCreate(const Vm& vm, const Image& image, const std::string& 
   } else {
     r = blobs.error();
   }
-  if (!r.ok() && ws && new_workspace) (void)store_->DeleteWorkspace(ws->id);
-  if (!r.ok() && ws && !new_workspace) {
-    Workspace w = *ws;
-    w.vm_id.clear();
-    (void)store_->UpdateWorkspace(w);
-  }
+  if (!r.ok() && ws) ReleaseWorkspace(*ws, new_workspace);
+  // Only placement's preference for hosts with a warm cache depends on it.
   if (r.ok() && !index_->IsCached(vm.image_id, vm.host_id))
-    (void)store_->NoteImageCached(vm.image_id, vm.host_id);
+    CountFailedWrite(store_->NoteImageCached(vm.image_id, vm.host_id),
+                     "noting image " + vm.image_id + " cached on host " + vm.host_id);
   vms_->RecordOutcome(vm.id, r, "error", started, true);
 }
 
@@ -1739,6 +1774,26 @@ void Controller::Query(const Caller& c, const Req& req, Res& res) {
             {"groups", r->groups},
             {"exact_search", r->used_exact_search},
             {"elapsed_ms", static_cast<double>(r->elapsed_us) / 1000.0}});
+}
+
+void Controller::ReleaseWorkspace(const Workspace& ws, bool created) {
+  if (created) {
+    // A workspace record left behind names a file that was never made;
+    // deleting the workspace clears it.
+    CountFailedWrite(store_->DeleteWorkspace(ws.id), "removing workspace " + ws.id);
+    return;
+  }
+  // Left behind, the workspace stays claimed by the failed VM; deleting
+  // that VM releases it.
+  Workspace w = ws;
+  w.vm_id.clear();
+  CountFailedWrite(store_->UpdateWorkspace(w), "releasing workspace " + ws.id);
+}
+
+void Controller::CountFailedWrite(const Status& st, const std::string& what) {
+  if (st.ok()) return;
+  spdlog::warn("{}: {} (store write failed; continuing)", what, st.error().message);
+  ++failed_writes_;
 }
 
 int RunController(const ControllerOptions& options) {

@@ -182,6 +182,14 @@ class Controller {
   // user running at once (set by the constructor).
   std::unique_ptr<Admission> long_ops_;
 
+  // A create that did not happen gives its workspace back: deletes the one
+  // it `created`, or releases an existing one (logged and counted on failure).
+  void ReleaseWorkspace(const Workspace& ws, bool created);
+  // Logs and counts a store write that failed where the request or
+  // operation goes on; each call site says why that is safe.
+  void CountFailedWrite(const Status& st, const std::string& what);
+  std::atomic<int64_t> failed_writes_{0};
+
   // Guards finalize_failures_ and deleting_workspaces_.
   std::mutex operations_mu_;
   // Why the last finalize of an image failed (image id -> operation id,
