@@ -92,7 +92,10 @@ Result<Manifest> HostImages::GetManifest(const BlobRef& ref) {
     return MakeError(ErrorCode::kInternal,
                      "manifest " + ref.name + "/" + std::to_string(ref.version) + " has " +
                          std::to_string(m.size) + " bytes; expected " + std::to_string(ref.size));
-  (void)WriteFileAtomic(path, m.ToJson().dump() + "\n");
+  // A local copy saves asking the image server again; without it the next
+  // open of this version fetches the manifest again.
+  if (Status st = WriteFileAtomic(path, m.ToJson().dump() + "\n"); !st.ok())
+    spdlog::warn("host images: cannot keep manifest {}: {}", path, st.error().message);
   return m;
 }
 

@@ -180,6 +180,21 @@ Status VmRunner::PersistState(Vm& vm) {
   return WriteFileAtomic(VmDir(vm.spec.id) + "/state.json", j.dump(2) + "\n", 0600);
 }
 
+// state.json records what the VM's in-memory state already says. While the
+// agent runs, the memory is what List() and the heartbeats report, and the
+// next transition writes the file again; a stale file matters only if the
+// agent restarts before then, and Recover() re-checks QEMU's liveness
+// (a VM recorded running whose QEMU is gone comes back stopped). Failing the
+// operation instead would set what QEMU does apart from what we report, so
+// a failed write is logged and counted (state_write_failures()).
+void VmRunner::PersistStateOrCount(Vm& vm) {
+  Status st = PersistState(vm);
+  if (st.ok()) return;
+  ++state_write_failures_;
+  spdlog::warn("VM {}: writing state.json: {} (the in-memory state stays authoritative)",
+               vm.spec.id, st.error().message);
+}
+
 VmStatus VmRunner::StatusOf(const Vm& vm) const {
   VmStatus s;
   s.id = vm.spec.id;
@@ -473,7 +488,7 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   if (resume) Reseed(vm->qemu->qga_socket());
   if (options_.images) options_.images->RecordPrefetch(spec.id);
   vm->Set(VmState::kRunning);
-  (void)PersistState(*vm);
+  PersistStateOrCount(*vm);
   auto ms = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration_cast<milliseconds>(b - a).count();
   };
@@ -497,7 +512,7 @@ Result<VmStatus> VmRunner::Stop(const std::string& id) {
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + id + " is " + ToString(from) + ", not running");
   vm->Set(*t->transitional);
-  (void)PersistState(*vm);
+  PersistStateOrCount(*vm);
   // Flush the guest's page cache so the disk is consistent, then power off.
   if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
     (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
@@ -506,7 +521,7 @@ Result<VmStatus> VmRunner::Stop(const std::string& id) {
   if (!st.ok()) spdlog::warn("stop of VM {}: {}", id, st.error().message);
   // Once begun a stop does not fail: a QEMU that would not quit was killed.
   vm->Set(*t->success, st.ok() ? "" : "QEMU did not quit cleanly (details in the host's log)");
-  (void)PersistState(*vm);
+  PersistStateOrCount(*vm);
   return StatusOf(*vm);
 }
 
@@ -562,7 +577,7 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + id + " is " + ToString(from) + ", not running");
   vm->Set(*t->transitional);
-  (void)PersistState(*vm);
+  PersistStateOrCount(*vm);
   // Flush guest buffers so the disk snapshot holds what the guest wrote.
   if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
     (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
@@ -587,7 +602,7 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
       vm->Set(VmState::kError,
               "checkpoint failed and QEMU is gone: " + RedactForUser(st.error().message));
     }
-    (void)PersistState(*vm);
+    PersistStateOrCount(*vm);
     return ForUser(st.error(), "checkpoint of VM " + id);
   }
   {
@@ -602,7 +617,7 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
     vm->qemu.reset();
     vm->Set(*t->success);
   }
-  (void)PersistState(*vm);
+  PersistStateOrCount(*vm);
   return StatusOf(*vm);
 }
 
@@ -619,19 +634,19 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
         "VM " + id + " is " + ToString(from) + "; only a stopped or suspended VM can be resumed");
   bool restore = from == VmState::kSuspended;
   vm->Set(*t->transitional);
-  (void)PersistState(*vm);
+  PersistStateOrCount(*vm);
   Status st = Launch(*vm, restore, VmDir(id) + "/checkpoint/memory.state");
   if (st.ok()) st = WaitGuestReady(*vm, started);
   if (!st.ok()) {
     if (vm->qemu) (void)vm->qemu->Kill();
     vm->qemu.reset();
     vm->Set(t->failure, "resume failed: " + RedactForUser(st.error().message));
-    (void)PersistState(*vm);
+    PersistStateOrCount(*vm);
     return ForUser(st.error(), "resume of VM " + id);
   }
   if (restore) Reseed(vm->qemu->qga_socket());
   vm->Set(*t->success);
-  (void)PersistState(*vm);
+  PersistStateOrCount(*vm);
   return StatusOf(*vm);
 }
 
@@ -639,7 +654,7 @@ Status VmRunner::Destroy(const std::string& id, bool purge_workspace) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
   vm->Set(VmState::kDeleting);
-  (void)PersistState(*vm);
+  PersistStateOrCount(*vm);
   if (vm->qemu) {
     (void)vm->qemu->Kill();
     vm->qemu.reset();
@@ -687,7 +702,7 @@ void VmRunner::RefreshLiveness(Vm& vm) {
                  VmDir(vm.spec.id), vm.qemu->LogTail());
     vm.qemu.reset();
     vm.Set(VmState::kStopped, "QEMU exited unexpectedly (details in the host's log)");
-    (void)PersistState(vm);
+    PersistStateOrCount(vm);
   }
 }
 
@@ -761,7 +776,12 @@ Result<CheckpointRef> VmRunner::PublishCheckpoint(const std::string& id) {
   unlink(flat.c_str());
   if (!disk.ok()) return ForUser(disk.error(), "publishing the checkpoint of VM " + id);
   CheckpointRef out{"", *mem, *disk};
-  (void)WriteFileAtomic(dir + "/published.json", ToJson(out).dump() + "\n");
+  // Only a cache of the versions: without it the next publish pushes again
+  // (the image server keeps the chunks, so little is sent twice).
+  if (Status st = WriteFileAtomic(dir + "/published.json", ToJson(out).dump() + "\n"); !st.ok()) {
+    ++state_write_failures_;
+    spdlog::warn("VM {}: recording its published checkpoint: {}", id, st.error().message);
+  }
   out.dir = dir;
   return out;
 }
@@ -918,7 +938,7 @@ Status VmRunner::Recover() {
       if (state != "stopping") vm->error = "QEMU exited while the agent was down";
       spdlog::warn("recover: VM {} was {} but its QEMU is gone", id, state);
     }
-    (void)PersistState(*vm);
+    PersistStateOrCount(*vm);
     std::lock_guard<std::mutex> l(mu_);
     vms_[id] = vm;
   }

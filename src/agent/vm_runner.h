@@ -18,6 +18,7 @@
 // serialized; different VMs proceed in parallel.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -86,6 +87,9 @@ class VmRunner : public VmDriver {
   Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv,
                           const std::string& input, std::chrono::milliseconds timeout) override;
   Result<VmStatus> Get(const std::string& id);
+  // state.json and published.json writes that failed (each logged; the
+  // in-memory state stays authoritative, see PersistStateOrCount).
+  int64_t state_write_failures() const { return state_write_failures_.load(); }
   std::vector<VmStatus> List() override;
   // Directory of a VM's latest checkpoint ("" if none).
   Result<std::string> CheckpointDir(const std::string& id) override;
@@ -110,6 +114,7 @@ class VmRunner : public VmDriver {
   Result<std::shared_ptr<Vm>> Find(const std::string& id);
   std::string VmDir(const std::string& id) const;
   Status PersistState(Vm& vm);
+  void PersistStateOrCount(Vm& vm);
   // Turns spec.blobs into local files and an NBD backing (HostImages).
   Status ResolveBlobs(Vm& vm);
   Status PrepareDisk(Vm& vm, bool* created_workspace);
@@ -133,6 +138,7 @@ class VmRunner : public VmDriver {
   const VmRunnerOptions options_;
   int qemu_uid_ = -1, qemu_gid_ = -1;
   bool per_vm_uids_ = false;
+  std::atomic<int64_t> state_write_failures_{0};
   std::optional<VmCgroups> cgroups_;  // set when the host allows per-VM cgroups
 
   std::mutex mu_;
