@@ -1,29 +1,32 @@
-// fuzz_vm_spec: the agent's parsing of the VM spec the controller POSTs to
-// /agent/v1/vms (ParseJsonObject, then VmSpecFromJson), and of spec.json read
-// back by VmRunner::Recover (json::parse without exceptions, any JSON type).
-// Oracles: an accepted spec satisfies the documented constraints, survives
-// ToJson -> dump -> parse -> VmSpecFromJson unchanged, and its integer fields
-// hold the values that were sent (no silent narrowing).
+// fuzz_vm_spec: the controller<->agent protocol's parsers (src/proto), fed
+// what crosses the process boundary. The input is one JSON document, parsed
+// as the VM spec the controller POSTs to /agent/v1/vms (ParseJsonObject,
+// then VmSpecFromJson) and as spec.json read back by VmRunner::Recover
+// (json::parse without exceptions, any JSON type); the same document is then
+// parsed as every other protocol type: a host report (heartbeat), a VM
+// status, an image checkpoint request and result, a checkpoint reference,
+// and its string values as future ids and export names.
+// Oracles: an accepted value satisfies the documented constraints, survives
+// ToJson -> dump -> parse -> FromJson unchanged, and its integer fields hold
+// the values that were sent (no silent narrowing).
 #include <cstdint>
 #include <string>
 
-#include "agent/vm_runner.h"
 #include "common/http_json.h"
 #include "fuzz_common.h"
+#include "proto/blob_ref.h"
+#include "proto/checkpoint_ref.h"
+#include "proto/future_id.h"
+#include "proto/host_report.h"
+#include "proto/vm_spec.h"
+#include "proto/vm_status.h"
 
 namespace {
 
 using nlohmann::json;
 using vmgrid::VmSpec;
 
-bool Same(const VmSpec& a, const VmSpec& b) {
-  return a.id == b.id && a.name == b.name && a.owner_id == b.owner_id && a.vcpus == b.vcpus &&
-         a.memory_mb == b.memory_mb && a.disk_mode == b.disk_mode && a.image.id == b.image.id &&
-         a.image.disk == b.image.disk && a.image.format == b.image.format &&
-         a.image.kernel == b.image.kernel && a.image.initrd == b.image.initrd &&
-         a.image.append == b.image.append && a.workspace_path == b.workspace_path &&
-         a.start == b.start && a.checkpoint_dir == b.checkpoint_dir;
-}
+json Wire(const json& j) { return json::parse(j.dump(), nullptr, false); }
 
 // An accepted integer field must hold exactly the integer that was sent.
 void CheckSentInteger(const json& j, const char* key, int64_t got) {
@@ -54,7 +57,47 @@ void CheckSpec(const json& j) {
   std::string text = vmgrid::ToJson(s).dump(2);
   auto again = vmgrid::VmSpecFromJson(json::parse(text, nullptr, false));
   FUZZ_CHECK(again.ok(), text);
-  FUZZ_CHECK(Same(s, *again), text);
+  FUZZ_CHECK(s == *again, text);
+}
+
+// Every other protocol type: accepted values round-trip.
+void CheckOthers(const json& j) {
+  if (auto r = vmgrid::HostReportFromJson(j); r.ok()) {
+    FUZZ_CHECK(r->report.capacity.disk_free_bytes <= r->report.capacity.disk_total_bytes, j.dump());
+    auto again = vmgrid::HostReportFromJson(Wire(vmgrid::ToJson(r->report)));
+    FUZZ_CHECK(again.ok() && again->report == r->report && again->dropped_vms == 0, j.dump());
+  }
+  if (auto s = vmgrid::VmStatusFromJson(j); s.ok()) {
+    auto again = vmgrid::VmStatusFromJson(Wire(vmgrid::ToJson(*s)));
+    FUZZ_CHECK(again.ok() && *again == *s, j.dump());
+  }
+  if (auto q = vmgrid::ImageCheckpointRequestFromJson(j); q.ok()) {
+    FUZZ_CHECK(!q->push_as.empty() || (!q->target_dir.empty() && q->target_dir[0] == '/'),
+               j.dump());
+    auto again = vmgrid::ImageCheckpointRequestFromJson(Wire(vmgrid::ToJson(*q)));
+    FUZZ_CHECK(again.ok() && *again == *q, j.dump());
+  }
+  for (bool pushed : {false, true}) {
+    if (auto r = vmgrid::ImageCheckpointResultFromJson(j, pushed); r.ok() && pushed) {
+      auto again = vmgrid::ImageCheckpointResultFromJson(Wire(vmgrid::ToJson(*r)), true);
+      FUZZ_CHECK(again.ok() && again->memory == r->memory && again->disk == r->disk, j.dump());
+    }
+    if (auto c = vmgrid::CheckpointRefFromJson(j, pushed); c.ok()) {
+      FUZZ_CHECK(!pushed || c->published(), j.dump());
+      auto again = vmgrid::CheckpointRefFromJson(Wire(vmgrid::ToJson(*c)), pushed);
+      FUZZ_CHECK(again.ok() && *again == *c, j.dump());
+    }
+  }
+  if (!j.is_object()) return;
+  for (const auto& [key, value] : j.items()) {
+    if (!value.is_string()) continue;
+    const std::string& text = value.get_ref<const std::string&>();
+    if (auto f = vmgrid::ParseFutureId(text); f.ok()) {
+      auto again = vmgrid::ParseFutureId(f->ToString());
+      FUZZ_CHECK(again.ok() && *again == *f, text);
+    }
+    if (auto e = vmgrid::ParseExportRef(text)) FUZZ_CHECK(e->Name() == text, text);
+  }
 }
 
 }  // namespace
@@ -64,7 +107,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   // POST /agent/v1/vms
   auto j = vmgrid::ParseJsonObject(body);
-  if (j.ok()) CheckSpec(*j);
+  if (j.ok()) {
+    CheckSpec(*j);
+    CheckOthers(*j);
+  }
 
   // VmRunner::Recover: spec.json of any shape (discarded values included).
   json any = json::parse(body, nullptr, /*allow_exceptions=*/false);

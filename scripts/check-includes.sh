@@ -14,7 +14,7 @@ import os, re, sys
 # Lowest first. A module may include itself and modules of lower layers.
 LAYERS = [
     ["common"],
-    ["vmm", "store", "images", "client"],  # client: ApiClient (HTTPS JSON client)
+    ["vmm", "store", "images", "client", "proto"],  # client: ApiClient; proto: controller<->agent wire types
     ["nbd", "infosvc", "linkem", "vnet"],  # nbd, linkem, vnet: vmm/unique_fd.h; infosvc: store
     ["chunks"],                    # chunks: nbd/block_source.h
     ["agent", "api"],

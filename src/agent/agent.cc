@@ -89,7 +89,7 @@ Agent::~Agent() {
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
 }
 
-nlohmann::json Agent::Capacity() const {
+HostCapacityReport Agent::Capacity() const {
   // The file system of the state directory holds the VMs' overlays,
   // workspaces and checkpoints: the controller places VMs by its free space.
   struct statvfs vfs;
@@ -102,24 +102,27 @@ nlohmann::json Agent::Capacity() const {
   int vcpus = options_.vcpus > 0 ? options_.vcpus : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   int64_t mem =
       options_.memory_mb > 0 ? static_cast<int64_t>(options_.memory_mb) : MemTotalMb() * 8 / 10;
-  return {{"vcpus", vcpus},
-          {"memory_mb", mem},
-          {"disk_mb", disk_mb},
-          {"disk_total_bytes", disk_total},
-          {"disk_free_bytes", std::min(disk_free, disk_total)},
-          {"kvm", KvmUsableBy("qemu-system-x86_64")},
-          {"site", options_.site},
-          {"network", options_.network},
-          {"arch", "x86_64"}};
+  HostCapacityReport c;
+  c.vcpus = vcpus;
+  c.memory_mb = mem;
+  c.disk_mb = disk_mb;
+  c.disk_total_bytes = disk_total;
+  c.disk_free_bytes = std::min(disk_free, disk_total);
+  c.kvm = KvmUsableBy("qemu-system-x86_64");
+  c.site = options_.site;
+  c.network = options_.network;
+  c.arch = "x86_64";
+  return c;
 }
 
-nlohmann::json Agent::StatusJson() {
-  nlohmann::json vms = nlohmann::json::array();
-  for (const auto& s : runner_->List()) vms.push_back(ToJson(s));
-  nlohmann::json out = {
-      {"name", options_.name}, {"url", url_}, {"capacity", Capacity()}, {"vms", vms}};
-  if (images_) out["images"] = images_->StatsJson();
-  return out;
+HostReport Agent::Report() {
+  HostReport r;
+  r.name = options_.name;
+  r.url = url_;
+  r.capacity = Capacity();
+  r.vms = runner_->List();
+  if (images_) r.images = images_->StatsJson();
+  return r;
 }
 
 Status Agent::Start() {
@@ -239,8 +242,7 @@ Status Agent::LoadOrRegisterCredentials() {
 void Agent::HeartbeatLoop() {
   bool was_ok = true;
   while (!stop_) {
-    nlohmann::json body = StatusJson();
-    auto r = controller_->Post("/v1/agent/heartbeat", body);
+    auto r = controller_->Post("/v1/agent/heartbeat", ToJson(Report()));
     if (!r.ok() && was_ok)
       spdlog::warn("heartbeat to {} failed: {}", options_.controller_url, r.error().message);
     if (r.ok() && !was_ok) spdlog::info("heartbeat to {} works again", options_.controller_url);
@@ -290,9 +292,11 @@ Result<std::string> Agent::WorkspaceFile(const std::string& rel) {
   return WorkspacePath(*allowed_workspaces_, workspace_dir_, rel);
 }
 
-Result<nlohmann::json> Agent::ImageCheckpoint(const VmSpec& spec, int vcpus, int64_t memory_mb,
-                                              const std::string& target_dir,
-                                              const std::string& push_as) {
+Result<ImageCheckpointResult> Agent::ImageCheckpoint(const VmSpec& spec,
+                                                     const ImageCheckpointRequest& req) {
+  const std::string& push_as = req.push_as;
+  const int vcpus = req.vcpus;
+  const int64_t memory_mb = req.memory_mb;
   if (!push_as.empty()) {
     // Made here, published to the image server (memory state and disk
     // delta as two new versions), then dropped locally.
@@ -308,12 +312,12 @@ Result<nlohmann::json> Agent::ImageCheckpoint(const VmSpec& spec, int vcpus, int
     if (Status rm = RemoveTree(dir); !rm.ok())  // a leftover only costs disk; say so
       spdlog::warn("image checkpoint: cannot remove {}: {}", dir, rm.error().message);
     if (!disk.ok()) return disk.error();
-    return nlohmann::json{{"ckpt_memory", ToJson(*mem)}, {"ckpt_disk", ToJson(*disk)}};
+    return ImageCheckpointResult{"", *mem, *disk};
   }
-  VMG_ASSIGN_OR_RETURN(std::string target, allowed_->Resolve(target_dir, "target_dir"));
+  VMG_ASSIGN_OR_RETURN(std::string target, allowed_->Resolve(req.target_dir, "target_dir"));
   VMG_RETURN_IF_ERROR(
       runner_->MakeImageCheckpoint(spec.image, spec.blobs, vcpus, memory_mb, target));
-  return nlohmann::json{{"dir", target_dir}};
+  return ImageCheckpointResult{req.target_dir, {}, {}};
 }
 
 int RunAgent(const AgentOptions& options) {

@@ -41,17 +41,16 @@ class Agent : public AgentHost {
   // AgentHost (agent/agent_api.h): QEMU VMs, and only files under the state
   // and image directories.
   VmDriver& driver() override { return *runner_; }
-  nlohmann::json StatusJson() override;
+  HostReport Report() override;
   Status PrepareSpec(VmSpec& spec) override;
   Result<std::string> WorkspaceFile(const std::string& rel) override;
-  Result<nlohmann::json> ImageCheckpoint(const VmSpec& spec, int vcpus, int64_t memory_mb,
-                                         const std::string& target_dir,
-                                         const std::string& push_as) override;
+  Result<ImageCheckpointResult> ImageCheckpoint(const VmSpec& spec,
+                                                const ImageCheckpointRequest& req) override;
 
  private:
   void InstallRoutes();
   void HeartbeatLoop();
-  nlohmann::json Capacity() const;
+  HostCapacityReport Capacity() const;
   // Reads this host's credentials (STATE/host-credentials.json), or, at
   // first start, exchanges the join token for them (api/host_credentials.h).
   Status LoadOrRegisterCredentials();

@@ -48,7 +48,7 @@ void InstallAgentApi(httplib::Server& s, const std::string& prefix, int prefix_g
   const size_t id = static_cast<size_t>(prefix_groups) + 1;  // the VM id's capture
 
   s.Get(base + "/status", [=](const Req& req, Res& res) {
-    if (AgentHost* h = resolve(req, res)) SendJson(res, 200, h->StatusJson());
+    if (AgentHost* h = resolve(req, res)) SendJson(res, 200, ToJson(h->Report()));
   });
   s.Post(base + "/vms", [=](const Req& req, Res& res) {
     AgentHost* h = resolve(req, res);
@@ -85,11 +85,11 @@ void InstallAgentApi(httplib::Server& s, const std::string& prefix, int prefix_g
     if (req.get_param_value("publish") == "true") {
       auto r = h->driver().PublishCheckpoint(req.matches[id]);
       if (!r.ok()) return SendError(res, r.error());
-      return SendJson(res, 200, *r);
+      return SendJson(res, 200, ToJson(*r));
     }
     auto dir = h->driver().CheckpointDir(req.matches[id]);
     if (!dir.ok()) return SendError(res, dir.error());
-    SendJson(res, 200, {{"dir", *dir}});
+    SendJson(res, 200, ToJson(CheckpointRef{*dir, {}, {}}));
   });
   s.Post(base + R"(/vms/([^/]+)/exec)", [=](const Req& req, Res& res) {
     AgentHost* h = resolve(req, res);
@@ -118,30 +118,16 @@ void InstallAgentApi(httplib::Server& s, const std::string& prefix, int prefix_g
     if (!h) return;
     auto j = Body(req, res);
     if (!j) return;
-    JsonFields f(*j, {"image", "blobs", "vcpus", "memory_mb", "target_dir", "push_as"});
-    if (Status st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-    auto vcpus = f.Int("vcpus", 1, 1, 64);
-    auto memory = f.Int("memory_mb", 256, 32, 1 << 20);
-    auto target = f.String("target_dir", false);
-    auto push_as = f.String("push_as", false);
-    if (!vcpus.ok()) return SendError(res, vcpus.error());
-    if (!memory.ok()) return SendError(res, memory.error());
-    if (!target.ok()) return SendError(res, target.error());
-    if (!push_as.ok()) return SendError(res, push_as.error());
-    if (push_as->empty() && (target->empty() || (*target)[0] != '/'))
-      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "target_dir must be absolute"));
-    if (!push_as->empty())
-      for (const char* suffix : {"-memory", "-disk"})
-        if (Status st = ValidateName("image", *push_as + suffix); !st.ok())
-          return SendError(res, st.error());
-    auto spec = VmSpecFromJson({{"id", "image-checkpoint"},
-                                {"image", j->value("image", json::object())},
-                                {"blobs", j->value("blobs", json::object())}});
-    if (!spec.ok()) return SendError(res, spec.error());
-    if (Status st = h->PrepareSpec(*spec); !st.ok()) return SendError(res, st.error());
-    auto r = h->ImageCheckpoint(*spec, static_cast<int>(*vcpus), *memory, *target, *push_as);
+    auto request = ImageCheckpointRequestFromJson(*j);
+    if (!request.ok()) return SendError(res, request.error());
+    VmSpec spec;
+    spec.id = spec.name = "image-checkpoint";
+    spec.image = request->image;
+    spec.blobs = request->blobs;
+    if (Status st = h->PrepareSpec(spec); !st.ok()) return SendError(res, st.error());
+    auto r = h->ImageCheckpoint(spec, *request);
     if (!r.ok()) return SendError(res, r.error());
-    SendJson(res, 200, *r);
+    SendJson(res, 200, ToJson(*r));
   });
   s.Delete(base + "/workspaces", [=](const Req& req, Res& res) {
     AgentHost* h = resolve(req, res);

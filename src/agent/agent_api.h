@@ -24,6 +24,8 @@
 
 #include "agent/vm_driver.h"
 #include "common/result.h"
+#include "proto/checkpoint_ref.h"
+#include "proto/host_report.h"
 
 namespace httplib {
 class Server;
@@ -41,20 +43,19 @@ class AgentHost {
   virtual ~AgentHost() = default;
 
   virtual VmDriver& driver() = 0;
-  // The host report: {"name", "url", "capacity", "vms", ...}.
-  virtual nlohmann::json StatusJson() = 0;
+  // The host report (GET status, and the body of every heartbeat).
+  virtual HostReport Report() = 0;
   // Resolves the host files a VM spec names (image files, checkpoint
   // directory, the workspace, given relative to the host's workspace
   // directory and already checked by CheckWorkspaceName) or refuses them.
   virtual Status PrepareSpec(VmSpec& spec) = 0;
   // The file of workspace `rel` (checked by CheckWorkspaceName).
   virtual Result<std::string> WorkspaceFile(const std::string& rel) = 0;
-  // Makes an image's post-boot checkpoint from a prepared spec: pushed to
-  // the image server as `push_as`-memory/-disk ({"ckpt_memory",
-  // "ckpt_disk"}), or written to the absolute `target_dir` ({"dir"}).
-  virtual Result<nlohmann::json> ImageCheckpoint(const VmSpec& spec, int vcpus, int64_t memory_mb,
-                                                 const std::string& target_dir,
-                                                 const std::string& push_as) = 0;
+  // Makes an image's post-boot checkpoint from `spec` (req's image and
+  // blobs, prepared by PrepareSpec): pushed to the image server as
+  // req.push_as-memory/-disk, or written to the absolute req.target_dir.
+  virtual Result<ImageCheckpointResult> ImageCheckpoint(const VmSpec& spec,
+                                                        const ImageCheckpointRequest& req) = 0;
 };
 
 // A workspace path as the controller sends it: relative, without "..".

@@ -19,36 +19,6 @@ namespace vmgrid {
 
 using nlohmann::json;
 
-json ToJson(const BlobRef& b) {
-  return {{"name", b.name}, {"version", b.version}, {"digest", b.digest}, {"size", b.size}};
-}
-
-Result<BlobRef> BlobRefFromJson(const json& j, const std::string& what) {
-  auto bad = [&](const std::string& why) {
-    return MakeError(ErrorCode::kInvalidArgument, what + ": " + why);
-  };
-  if (!j.is_object()) return bad("must be an object {name, version, digest, size}");
-  JsonFields f(j, {"name", "version", "digest", "size"});
-  if (Status st = f.CheckUnknown(); !st.ok()) return st.error().Wrap(what);
-  BlobRef b;
-  auto name = f.String("name", true);
-  auto digest = f.String("digest", true);
-  auto version = f.Int("version", 0, 1, int64_t{1} << 53);
-  auto size = f.Int("size", 0, 1, int64_t{1} << 50);
-  if (!name.ok()) return name.error().Wrap(what);
-  if (!digest.ok()) return digest.error().Wrap(what);
-  if (!version.ok()) return version.error().Wrap(what);
-  if (!size.ok()) return size.error().Wrap(what);
-  if (!j.contains("version") || !j.contains("size")) return bad("version and size are required");
-  if (Status st = ValidateName("image", *name); !st.ok()) return st.error().Wrap(what);
-  if (!IsChunkDigest(*digest)) return bad("digest must be 64 lowercase hex digits");
-  b.name = *name;
-  b.digest = *digest;
-  b.version = static_cast<uint64_t>(*version);
-  b.size = static_cast<uint64_t>(*size);
-  return b;
-}
-
 HostImages::HostImages(Options options) : options_(std::move(options)) {}
 
 Result<std::unique_ptr<HostImages>> HostImages::Open(Options options) {
@@ -122,7 +92,10 @@ Result<Manifest> HostImages::GetManifest(const BlobRef& ref) {
     return MakeError(ErrorCode::kInternal,
                      "manifest " + ref.name + "/" + std::to_string(ref.version) + " has " +
                          std::to_string(m.size) + " bytes; expected " + std::to_string(ref.size));
-  (void)WriteFileAtomic(path, m.ToJson().dump() + "\n");
+  // A local copy saves asking the image server again; without it the next
+  // open of this version fetches the manifest again.
+  if (Status st = WriteFileAtomic(path, m.ToJson().dump() + "\n"); !st.ok())
+    spdlog::warn("host images: cannot keep manifest {}: {}", path, st.error().message);
   return m;
 }
 

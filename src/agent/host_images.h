@@ -45,6 +45,7 @@
 
 #include "chunks/manifest.h"
 #include "common/result.h"
+#include "proto/blob_ref.h"
 
 namespace vmgrid {
 
@@ -54,18 +55,6 @@ class ManifestBlockSource;
 namespace nbd {
 class NbdServer;
 }
-
-// One published version on the image server, as the controller records it.
-struct BlobRef {
-  std::string name;
-  uint64_t version = 0;
-  std::string digest;  // Manifest::Digest()
-  uint64_t size = 0;
-  bool empty() const { return name.empty(); }
-};
-nlohmann::json ToJson(const BlobRef& b);
-// Strict: exactly name, version, digest, size.
-Result<BlobRef> BlobRefFromJson(const nlohmann::json& j, const std::string& what);
 
 class HostImages {
  public:

@@ -25,14 +25,13 @@
 #include <vector>
 
 #include "common/result.h"
+#include "proto/blob_ref.h"
+#include "proto/checkpoint_ref.h"
+#include "proto/vm_spec.h"
+#include "proto/vm_status.h"
 #include "vmm/guest_agent_client.h"
 
 namespace vmgrid {
-
-struct VmSpec;
-struct VmStatus;
-struct ImageFiles;
-struct BlobRef;
 
 class VmDriver {
  public:
@@ -48,9 +47,9 @@ class VmDriver {
   virtual std::vector<VmStatus> List() = 0;
   // Directory of a VM's latest checkpoint ("" if none).
   virtual Result<std::string> CheckpointDir(const std::string& id) = 0;
-  // Publishes the VM's latest checkpoint to the image server:
-  // {"dir", "vm_ckpt_memory", "vm_ckpt_disk"}.
-  virtual Result<nlohmann::json> PublishCheckpoint(const std::string& id) = 0;
+  // Publishes the VM's latest checkpoint to the image server (its
+  // directory and both versions).
+  virtual Result<CheckpointRef> PublishCheckpoint(const std::string& id) = 0;
   // Boots `image` once as a throwaway clone and saves its post-boot
   // checkpoint into `target_dir`.
   virtual Status MakeImageCheckpoint(const ImageFiles& image,

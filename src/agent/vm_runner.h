@@ -18,6 +18,7 @@
 // serialized; different VMs proceed in parallel.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -31,63 +32,14 @@
 #include "agent/host_images.h"
 #include "agent/vm_driver.h"
 #include "common/result.h"
+#include "proto/vm_spec.h"
+#include "proto/vm_status.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/vm_cgroup.h"
 
 namespace vmgrid {
 
 class QemuProcess;
-
-// The image files a VM boots from (absolute paths, readable by the QEMU user).
-struct ImageFiles {
-  std::string id;
-  std::string disk;
-  std::string format;  // "raw" or "qcow2"
-  std::string kernel;  // empty: boot from the disk
-  std::string initrd;
-  std::string append;
-};
-
-struct VmSpec {
-  std::string id;
-  std::string name;
-  std::string owner_id;
-  int vcpus = 1;
-  int64_t memory_mb = 256;
-  std::string disk_mode = "clone";  // "clone" or "persistent"
-  ImageFiles image;
-  std::string workspace_path;  // persistent: the user's full-copy disk
-  std::string start = "boot";  // "boot" or "resume"
-  // For start == "resume": a checkpoint directory (memory.state, disk.qcow2,
-  // meta.json), either an image's post-boot checkpoint or another VM's.
-  std::string checkpoint_dir;
-  // Image server versions (HostImages) this VM's files come from, when the
-  // controller has an image server: "disk", "kernel", "initrd", and for a
-  // resume from an image's checkpoint "ckpt_memory" and "ckpt_disk". With
-  // an image server configured on the agent they take the place of the
-  // paths above (which are resolved to local files and NBD exports).
-  std::map<std::string, BlobRef> blobs;
-};
-
-nlohmann::json ToJson(const VmSpec& spec);
-nlohmann::json BlobsJson(const std::map<std::string, BlobRef>& blobs);
-// Strict: known kinds only, each a valid BlobRef; disk required when any.
-Result<std::map<std::string, BlobRef>> BlobsFromJson(const nlohmann::json& j);
-Result<VmSpec> VmSpecFromJson(const nlohmann::json& j);
-
-struct VmStatus {
-  std::string id;
-  std::string owner_id;
-  std::string name;
-  std::string state;
-  std::string error;
-  int pid = 0;
-  int vcpus = 0;
-  int64_t memory_mb = 0;
-  bool has_checkpoint = false;
-  int64_t ready_ms = 0;  // duration of the last create/resume until the guest agent answered
-};
-nlohmann::json ToJson(const VmStatus& status);
 
 // `message` without what only the host should see: QEMU's output (after
 // "; qemu stderr:", "; qemu.log:", "; see ") is cut and every absolute path
@@ -135,6 +87,9 @@ class VmRunner : public VmDriver {
   Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv,
                           const std::string& input, std::chrono::milliseconds timeout) override;
   Result<VmStatus> Get(const std::string& id);
+  // state.json and published.json writes that failed (each logged; the
+  // in-memory state stays authoritative, see PersistStateOrCount).
+  int64_t state_write_failures() const { return state_write_failures_.load(); }
   std::vector<VmStatus> List() override;
   // Directory of a VM's latest checkpoint ("" if none).
   Result<std::string> CheckpointDir(const std::string& id) override;
@@ -142,7 +97,7 @@ class VmRunner : public VmDriver {
   // checkpoint) so that any host can resume clones of it: the memory state,
   // and the disk as one qcow2 delta over the image's base disk (all layers
   // in between flattened). {"dir", "vm_ckpt_memory", "vm_ckpt_disk"}.
-  Result<nlohmann::json> PublishCheckpoint(const std::string& id) override;
+  Result<CheckpointRef> PublishCheckpoint(const std::string& id) override;
 
   // Boots `image` once as a throwaway clone, waits for its guest agent, and
   // saves a post-boot checkpoint into `target_dir` (created atomically).
@@ -159,6 +114,7 @@ class VmRunner : public VmDriver {
   Result<std::shared_ptr<Vm>> Find(const std::string& id);
   std::string VmDir(const std::string& id) const;
   Status PersistState(Vm& vm);
+  void PersistStateOrCount(Vm& vm);
   // Turns spec.blobs into local files and an NBD backing (HostImages).
   Status ResolveBlobs(Vm& vm);
   Status PrepareDisk(Vm& vm, bool* created_workspace);
@@ -182,6 +138,7 @@ class VmRunner : public VmDriver {
   const VmRunnerOptions options_;
   int qemu_uid_ = -1, qemu_gid_ = -1;
   bool per_vm_uids_ = false;
+  std::atomic<int64_t> state_write_failures_{0};
   std::optional<VmCgroups> cgroups_;  // set when the host allows per-VM cgroups
 
   std::mutex mu_;

@@ -123,7 +123,7 @@ TEST(VmRunnerTest, PublishingACheckpointNeverReadsAHostFileItsDiskNames) {
   ASSERT_TRUE(runner.Get("vm-evil").ok()) << "the seeded VM was not recovered";
   auto published = runner.PublishCheckpoint("vm-evil");
   ASSERT_FALSE(published.ok()) << "published a checkpoint that reads " << secret << ": "
-                               << published->dump();
+                               << ToJson(*published).dump();
   EXPECT_EQ(published.error().message.find(dir.path()), std::string::npos)
       << published.error().message;
   EXPECT_EQ(server.stats().chunks_uploaded, 0u);

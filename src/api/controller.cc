@@ -12,9 +12,14 @@
 #include <filesystem>
 #include <fstream>
 
+#include "api/agent_client.h"
 #include "api/openapi.h"
 #include "api/placement.h"
 #include "api/routes.h"
+#include "api/routes/host_routes.h"
+#include "api/routes/vm_routes.h"
+#include "api/services/host_service.h"
+#include "api/services/vm_service.h"
 #include "chunks/chunk_client.h"
 #include "client/api_client.h"
 #include "common/http_json.h"
@@ -27,6 +32,10 @@
 #include "common/vm_state.h"
 #include "images/image_file.h"
 #include "images/qcow2_header.h"
+#include "proto/checkpoint_ref.h"
+#include "proto/future_id.h"
+#include "proto/host_report.h"
+#include "proto/vm_spec.h"
 #include "store/sql_backend.h"
 
 namespace vmgrid {
@@ -64,7 +73,7 @@ std::string FileNameFor(const std::string& kind, const std::string& format) {
 }
 
 // Sends a handler's answer: its JSON with `status`, or its error.
-void Reply(Res& res, int status, const Result<json>& answer) {
+void SendReply(Res& res, int status, const Result<json>& answer) {
   if (!answer.ok()) return SendError(res, answer.error());
   SendJson(res, status, *answer);
 }
@@ -73,6 +82,7 @@ void Reply(Res& res, int status, const Result<json>& answer) {
 
 Controller::Controller(ControllerOptions options)
     : options_(std::move(options)),
+      ops_(std::make_unique<OpQueue>()),
       long_ops_(std::make_unique<Admission>("long operations (image finalizes, checkpoint "
                                             "publishes, workspace deletions)",
                                             options_.max_long_ops_per_user, 0, 5)) {}
@@ -80,17 +90,8 @@ Controller::Controller(ControllerOptions options)
 Controller::~Controller() {
   Shutdown();
   Wait(std::chrono::seconds(1));
-  std::vector<std::thread> workers;
-  bool busy;
-  {
-    std::lock_guard<std::mutex> l(ops_mu_);
-    op_stop_ = true;
-    busy = running_ops_ > 0;
-    workers.swap(op_workers_);
-  }
-  op_cv_.notify_all();
-  // Ops still running after Wait's grace are left behind, as before.
-  for (auto& t : workers) busy ? t.detach() : t.join();
+  // Ops still running after Wait's grace are left behind (detached).
+  ops_.reset();
 }
 
 // --- start-up -------------------------------------------------------------------
@@ -155,6 +156,12 @@ Status Controller::Start() {
                        ServerTls("controller", options_.listen, options_.tls, false));
   tls_ = user_tls != nullptr;
   if (tls_) VMG_RETURN_IF_ERROR(SetClientTls(options_.tls.files));
+  // The services behind the routes, with what they use passed in.
+  agents_ = NewHttpAgentClient(*host_creds_);
+  hosts_ = std::make_unique<HostService>(
+      *store_, *index_, *host_creds_, SystemClock::Get(),
+      [this](const std::string& vm_id) { return ops_->InFlight(vm_id); }, tls_);
+  vms_ = std::make_unique<VmService>(*store_, *agents_, *ops_, SystemClock::Get());
   HttpServerLimits limits;
   limits.header_timeout_ms = options_.header_timeout_ms;
   server_ = std::make_unique<GuardedServer>(limits, user_tls);
@@ -197,8 +204,7 @@ void Controller::Wait(std::chrono::milliseconds grace) {
   if (server_thread_.joinable()) server_thread_.join();
   if (agent_server_thread_.joinable()) agent_server_thread_.join();
   if (reconcile_thread_.joinable()) reconcile_thread_.join();
-  std::unique_lock<std::mutex> l(ops_mu_);
-  ops_cv_.wait_for(l, grace, [this] { return running_ops_ == 0; });
+  ops_->WaitIdle(grace);
 }
 
 // --- plumbing ---------------------------------------------------------------------
@@ -256,56 +262,6 @@ std::function<void(const Req&, Res&)> Controller::Authed(Handler h,
     }
     h(Caller{*user}, req, res);
   };
-}
-
-void Controller::RunAsync(const std::string& vm_id, std::function<void()> fn) {
-  bool wake;
-  {
-    std::lock_guard<std::mutex> l(ops_mu_);
-    if (!vm_id.empty()) inflight_.insert(vm_id);
-    ++running_ops_;
-    op_queue_.push_back([this, vm_id, fn = std::move(fn)] {
-      fn();
-      bool none;
-      {
-        std::lock_guard<std::mutex> l(ops_mu_);
-        if (!vm_id.empty()) inflight_.erase(inflight_.find(vm_id));
-        none = --running_ops_ == 0;
-      }
-      if (none) ops_cv_.notify_all();
-    });
-    wake = idle_workers_ >= op_queue_.size() || op_workers_.size() >= kOpWorkers;
-    if (!wake) op_workers_.emplace_back([this] { OpWorker(); });
-  }
-  if (wake) op_cv_.notify_one();
-}
-
-void Controller::OpWorker() {
-  std::unique_lock<std::mutex> l(ops_mu_);
-  for (;;) {
-    ++idle_workers_;
-    op_cv_.wait(l, [this] { return op_stop_ || !op_queue_.empty(); });
-    --idle_workers_;
-    if (op_queue_.empty()) return;  // stopping, nothing left
-    auto op = std::move(op_queue_.front());
-    op_queue_.pop_front();
-    l.unlock();
-    op();
-    l.lock();
-  }
-}
-
-bool Controller::InFlight(const std::string& vm_id) {
-  std::lock_guard<std::mutex> l(ops_mu_);
-  return inflight_.count(vm_id) > 0;
-}
-
-ApiClient Controller::AgentClient(const Host& host, int read_timeout_s) {
-  ApiClient::Options o;
-  o.peer_name = "agent of host " + host.name;
-  o.unreachable_hint = "is `vmgrid agent` running there?";
-  o.read_timeout_s = read_timeout_s;
-  return ApiClient(host.url, host_creds_->AgentApiToken(host.name), o);
 }
 
 std::string Controller::UserName(const std::string& id) {
@@ -401,33 +357,6 @@ json Controller::VmJson(const Vm& v, const Image* known_image, const Host* known
           {"updated_at", FormatTimeMs(v.updated_ms)}};
 }
 
-json Controller::HostJson(const Host& h, bool admin) {
-  json j = {{"id", h.id},
-            {"name", h.name},
-            {"state", h.state},
-            {"vcpus", h.vcpus},
-            {"memory_mb", h.memory_mb},
-            {"disk_mb", h.disk_mb},
-            {"kvm", h.kvm},
-            {"site", h.site},
-            {"network", h.network},
-            {"arch", h.arch},
-            {"free_vcpus", std::max(0, h.vcpus - h.reserved_vcpus)},
-            {"free_memory_mb", std::max<int64_t>(0, h.memory_mb - h.reserved_memory_mb)},
-            {"disk_total_bytes", h.disk_total_bytes},
-            {"disk_free_bytes", h.disk_free_bytes},
-            {"reserved_disk_bytes", h.reserved_disk_bytes},
-            {"last_heartbeat", FormatTimeMs(h.last_heartbeat_ms)}};
-  if (admin) {
-    j["url"] = h.url;
-    auto vms = store_->ListVmsOnHost(h.id);
-    j["vm_count"] = vms.ok() ? vms->size() : 0;
-    std::lock_guard<std::mutex> l(mu_);
-    if (auto it = host_images_.find(h.id); it != host_images_.end()) j["images"] = it->second;
-  }
-  return j;
-}
-
 json Controller::WorkspaceJson(const Workspace& w) {
   auto image = store_->GetImage(w.image_id, "");
   auto host = store_->GetHost(w.host_id);
@@ -461,19 +390,19 @@ Result<Image> Controller::OwnImage(const Caller& c, const std::string& ref) {
   return image;
 }
 
-json Controller::AgentImageFiles(const Image& i) {
-  return {{"id", i.id},
-          {"disk", i.dir + "/" + FileNameFor("disk", i.format)},
-          {"format", i.format},
-          {"kernel", i.has_kernel ? i.dir + "/vmlinuz" : ""},
-          {"initrd", i.has_initrd ? i.dir + "/initrd.img" : ""},
-          {"append", i.append}};
+ImageFiles Controller::AgentImageFiles(const Image& i) {
+  return {i.id,
+          i.dir + "/" + FileNameFor("disk", i.format),
+          i.format,
+          i.has_kernel ? i.dir + "/vmlinuz" : "",
+          i.has_initrd ? i.dir + "/initrd.img" : "",
+          i.append};
 }
 
-json Controller::AgentBlobs(const Image& i, bool image_checkpoint) {
+Result<BlobSet> Controller::AgentBlobs(const Image& i, bool image_checkpoint) {
   json all = json::parse(i.blobs, nullptr, false);
   json out = json::object();
-  if (!all.is_object()) return out;
+  if (!all.is_object()) return BlobSet{};
   for (const char* kind : {"disk", "kernel", "initrd"})
     if (all.contains(kind)) out[kind] = all[kind];
   if (image_checkpoint)
@@ -482,7 +411,9 @@ json Controller::AgentBlobs(const Image& i, bool image_checkpoint) {
   // A clone of a VM's checkpoint (set by CreateVm on its copy of the image).
   for (const char* kind : {"vm_ckpt_memory", "vm_ckpt_disk"})
     if (all.contains(kind)) out[kind] = all[kind];
-  return out;
+  auto blobs = BlobsFromJson(out);
+  if (!blobs.ok()) return blobs.error().Wrap("image " + i.id + ": its recorded versions");
+  return blobs;
 }
 
 Status Controller::PublishImage(Image& image,
@@ -534,6 +465,35 @@ Status Controller::PublishImage(Image& image,
 
 // --- routes -----------------------------------------------------------------------------
 
+// Installs routes (api/routes/route.h) behind the controller's
+// authentication, role check and admission, sending their answers.
+class Controller::AuthedRoutes : public RouteInstaller {
+ public:
+  AuthedRoutes(Controller& c, RouteRecorder<GuardedServer>& s) : c_(c), s_(s) {}
+  void Get(const std::string& pattern, Route route, std::set<std::string> roles) override {
+    s_.Get(pattern, Wrap(std::move(route), std::move(roles)));
+  }
+  void Post(const std::string& pattern, Route route, std::set<std::string> roles) override {
+    s_.Post(pattern, Wrap(std::move(route), std::move(roles)));
+  }
+  void Delete(const std::string& pattern, Route route, std::set<std::string> roles) override {
+    s_.Delete(pattern, Wrap(std::move(route), std::move(roles)));
+  }
+
+ private:
+  std::function<void(const Req&, Res&)> Wrap(Route route, std::set<std::string> roles) {
+    return c_.Authed(
+        [route = std::move(route)](const Caller& c, const Req& req, Res& res) {
+          auto r = route(c, req);
+          if (!r.ok()) return SendError(res, r.error());
+          SendJson(res, r->status, r->body);
+        },
+        roles);
+  }
+  Controller& c_;
+  RouteRecorder<GuardedServer>& s_;
+};
+
 void Controller::InstallRoutes() {
   auto& server = *server_;
   server.set_payload_max_length(static_cast<size_t>(kMaxUploadBytes));
@@ -554,6 +514,7 @@ void Controller::InstallRoutes() {
   // Every route is noted (installed_routes) for openapi_test, which compares
   // them with api/routes.h, the OpenAPI document and docs/api.md.
   RouteRecorder s(server, &installed_routes_);
+  AuthedRoutes routes(*this, s);
 
   s.Get("/v1/health", [](const Req&, Res& res) {
     SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
@@ -586,27 +547,12 @@ void Controller::InstallRoutes() {
                          },
                          {"admin"}));
   s.Put(R"(/v1/users/([^/]+)/quota)",
-        Authed([this](const Caller&, const Req& q, Res& r) { Reply(r, 200, SetUserQuota(q)); },
+        Authed([this](const Caller&, const Req& q, Res& r) { SendReply(r, 200, SetUserQuota(q)); },
                {"admin"}));
 
   // Hosts.
-  s.Get("/v1/hosts", Authed([this](const Caller& c, const Req&, Res& res) {
-          auto hosts = store_->ListHosts();
-          if (!hosts.ok()) return SendError(res, hosts.error());
-          json out = json::array();
-          for (const auto& h : *hosts) out.push_back(HostJson(h, c.admin()));
-          SendJson(res, 200, {{"hosts", out}});
-        }));
-  s.Get(R"(/v1/hosts/([^/]+))", Authed([this](const Caller& c, const Req& req, Res& res) {
-          auto h = store_->GetHost(req.matches[1]);
-          if (!h.ok()) return SendError(res, h.error());
-          SendJson(res, 200, HostJson(*h, c.admin()));
-        }));
-  s.Post(
-      "/v1/agent/register",
-      Authed([this](const Caller& c, const Req& q, Res& r) { RegisterHost(c, q, r); }, {"agent"}));
-  s.Post("/v1/agent/heartbeat",
-         Authed([this](const Caller& c, const Req& q, Res& r) { Heartbeat(c, q, r); }, {"host"}));
+  InstallHostRoutes(routes, *hosts_);
+  InstallAgentRoutes(routes, *hosts_);
 
   // Images.
   s.Post("/v1/images",
@@ -654,17 +600,11 @@ void Controller::InstallRoutes() {
           if (!v.ok()) return SendError(res, v.error());
           SendJson(res, 200, VmJson(*v));
         }));
-  for (const char* action : {"stop", "checkpoint", "resume"}) {
-    std::string a = action;
-    s.Post("/v1/vms/([^/]+)/" + a,
-           Authed([this, a](const Caller& c, const Req& q, Res& r) { VmAction(c, q, r, a); }));
-  }
+  InstallVmActionRoutes(routes, *vms_, [this](const Vm& v) { return VmJson(v); });
   s.Post(R"(/v1/vms/([^/]+)/exec)",
          Authed([this](const Caller& c, const Req& q, Res& r) { ExecVm(c, q, r); }));
   s.Get(R"(/v1/operations/([^/]+))",
         Authed([this](const Caller& c, const Req& q, Res& r) { GetOperation(c, q, r); }));
-  s.Delete(R"(/v1/vms/([^/]+))",
-           Authed([this](const Caller& c, const Req& q, Res& r) { DeleteVm(c, q, r); }));
 
   // Information service.
   s.Post("/v1/query", Authed([this](const Caller& c, const Req& q, Res& r) { Query(c, q, r); }));
@@ -693,11 +633,10 @@ void Controller::InstallAgentListenerRoutes() {
   s.Get("/v1/health", [](const Req&, Res& res) {
     SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
   });
-  s.Post(
-      "/v1/agent/register",
-      Authed([this](const Caller& c, const Req& q, Res& r) { RegisterHost(c, q, r); }, {"agent"}));
-  s.Post("/v1/agent/heartbeat",
-         Authed([this](const Caller& c, const Req& q, Res& r) { Heartbeat(c, q, r); }, {"host"}));
+  std::vector<InstalledRoute> unrecorded;  // openapi_test checks the main listener only
+  RouteRecorder<GuardedServer> recorder(s, &unrecorded);
+  AuthedRoutes routes(*this, recorder);
+  InstallAgentRoutes(routes, *hosts_);
 }
 
 // --- users and hosts -------------------------------------------------------------------
@@ -765,209 +704,6 @@ Result<json> Controller::SetUserQuota(const Req& req) {
       "quota of user {} set to {} VMs, {} vCPUs, {} MB, {} image bytes, {} workspace bytes", u.name,
       q.vms, q.vcpus, q.memory_mb, q.image_bytes, q.workspace_bytes);
   return UserJson(u);
-}
-
-// The join token buys the credentials of a host that is not up: a new host,
-// or one whose agent lost its state. A host that is up keeps its
-// credentials to itself (a stolen join token cannot take them over).
-void Controller::RegisterHost(const Caller&, const Req& req, Res& res) {
-  auto body = ParseJsonObject(req.body, false);
-  if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, request_fields::kRegisterHost);
-  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-  auto name = f.String("name", true);
-  if (!name.ok()) return SendError(res, name.error());
-  if (auto st = ValidateName("host", *name); !st.ok()) return SendError(res, st.error());
-  auto existing = store_->GetHost(*name);
-  if (existing.ok() && existing->state == "up")
-    return SendError(res, MakeError(ErrorCode::kAlreadyExists,
-                                    "host '" + *name +
-                                        "' is registered and up; its agent already holds its "
-                                        "credentials (STATE/host-credentials.json)"));
-  spdlog::info("host {} registered with the join token", *name);
-  SendJson(res, 200,
-           {{"name", *name},
-            {"host_token", host_creds_->HostToken(*name)},
-            {"agent_api_token", host_creds_->AgentApiToken(*name)}});
-}
-
-// An agent's URL: http(s)://HOST:PORT; with TLS, plain HTTP only on loopback
-// (a controller serving TLS never sends an agent token in the clear).
-Status Controller::CheckAgentUrl(const std::string& url) const {
-  const bool https = url.rfind("https://", 0) == 0;
-  if (!https && url.rfind("http://", 0) != 0)
-    return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT[/PATH]");
-  // HOST:PORT, then an optional path prefix (simulated hosts: /sim/NAME).
-  std::string rest = url.substr(https ? 8 : 7);
-  rest = rest.substr(0, rest.find('/'));
-  auto colon = rest.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size())
-    return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT[/PATH]");
-  if (tls_ && !https && !IsLoopbackHost(rest.substr(0, colon)))
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "this controller talks to agents over TLS: the agent url must be https:// "
-                     "(plain http only on loopback)");
-  return Status::Ok();
-}
-
-void Controller::Heartbeat(const Caller& c, const Req& req, Res& res) {
-  auto body = ParseJsonObject(req.body, false);
-  if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, request_fields::kHeartbeat);
-  auto name = f.String("name", true);
-  auto url = f.String("url", true);
-  if (!name.ok()) return SendError(res, name.error());
-  // A host speaks only for itself.
-  if (*name != c.user.name)
-    return SendError(
-        res, MakeError(ErrorCode::kPermissionDenied, "this credential belongs to host '" +
-                                                         c.user.name + "', not '" + *name + "'"));
-  if (!url.ok()) return SendError(res, url.error());
-  if (auto st = ValidateName("host", *name); !st.ok()) return SendError(res, st.error());
-  if (auto st = CheckAgentUrl(*url); !st.ok()) return SendError(res, st.error());
-  const json& cap = (*body)["capacity"];
-  if (!cap.is_object())
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "capacity must be an object"));
-  JsonFields cf(cap, request_fields::kHeartbeatCapacity);
-  auto vcpus = cf.Int("vcpus", 0, 0, 4096);
-  auto mem = cf.Int("memory_mb", 0, 0, int64_t{1} << 32);
-  auto disk = cf.Int("disk_mb", 0, 0, int64_t{1} << 40);
-  auto kvm = cf.Bool("kvm", false);
-  for (const Status& st :
-       {vcpus.ok() ? Status() : Status(vcpus.error()), mem.ok() ? Status() : Status(mem.error()),
-        disk.ok() ? Status() : Status(disk.error()), kvm.ok() ? Status() : Status(kvm.error())})
-    if (!st.ok()) return SendError(res, st.error());
-  auto disk_total = cf.Int("disk_total_bytes", 0, 0, int64_t{1} << 60);
-  auto disk_free = cf.Int("disk_free_bytes", 0, 0, int64_t{1} << 60);
-  if (!disk_total.ok()) return SendError(res, disk_total.error());
-  if (!disk_free.ok()) return SendError(res, disk_free.error());
-  if (*disk_free > *disk_total)
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument,
-                                    "capacity: disk_free_bytes exceeds disk_total_bytes"));
-  HostCapacity hc{static_cast<int>(*vcpus), *mem, *disk, *kvm};
-  hc.disk_total_bytes = *disk_total;
-  hc.disk_free_bytes = *disk_free;
-  for (auto [field, dst] :
-       {std::pair{"site", &hc.site}, {"network", &hc.network}, {"arch", &hc.arch}}) {
-    auto v = cf.String(field, false, *dst);
-    if (!v.ok()) return SendError(res, v.error());
-    if (auto st = ValidateName(field, *v); !st.ok()) return SendError(res, st.error());
-    *dst = *v;
-  }
-  auto host = store_->HeartbeatHost(*name, *url, hc);
-  if (!host.ok()) return SendError(res, host.error());
-  json vms = body->value("vms", json::array());
-  if (!vms.is_array())
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "vms must be an array"));
-  // A report that already matched the records, while no record on the host
-  // changed since, needs no reconciling (most heartbeats of a steady grid).
-  const size_t report = std::hash<std::string>{}(vms.dump());
-  const uint64_t version = index_->VmVersion(host->id);
-  bool same;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    auto it = reconciled_.find(host->id);
-    same = it != reconciled_.end() && it->second == std::make_pair(report, version) && version != 0;
-  }
-  if (!same) {
-    bool clean = ReconcileHost(*host, vms, NowMs());
-    std::lock_guard<std::mutex> l(mu_);
-    if (clean)
-      reconciled_[host->id] = {report, version};
-    else
-      reconciled_.erase(host->id);
-  }
-  if (auto im = body->find("images"); im != body->end() && im->is_object())
-    NoteHostImages(host->id, *im);
-  SendJson(res, 200, {{"host_id", host->id}});
-}
-
-// Keeps the host's cache counters for `host show`, and records which images
-// the host has exported (so it caches their chunks) in image_cache.
-void Controller::NoteHostImages(const std::string& host_id, const json& report) {
-  std::vector<std::string> images;
-  if (auto ex = report.find("exports"); ex != report.end() && ex->is_array())
-    for (const auto& e : *ex)
-      if (e.is_object() && e.contains("name") && e["name"].is_string()) {
-        std::string name = e["name"].get<std::string>();
-        const std::string suffix = "-disk";
-        if (name.size() > suffix.size() &&
-            name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
-          images.push_back(name.substr(0, name.size() - suffix.size()));
-      }
-  std::vector<std::string> fresh;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    host_images_[host_id] = report;
-    for (const auto& i : images)
-      if (noted_cached_.insert({i, host_id}).second) fresh.push_back(i);
-  }
-  for (const auto& i : fresh)
-    if (store_->GetImage(i, "").ok()) (void)store_->NoteImageCached(i, host_id);
-}
-
-// Brings the controller's records in line with what the host's agent runs.
-// The agent is the authority on what runs; the controller on what should.
-bool Controller::ReconcileHost(const Host& host, const json& reported, int64_t received_ms) {
-  std::map<std::string, json> by_id;
-  for (const auto& v : reported)
-    if (v.is_object() && v.contains("id") && v["id"].is_string())
-      by_id[v["id"].get<std::string>()] = v;
-  auto records = store_->ListVmsOnHost(host.id);
-  if (!records.ok()) return false;
-  bool clean = true;
-  for (Vm vm : *records) {
-    // A record changed in the last seconds may be newer than this report.
-    if (InFlight(vm.id) || vm.updated_ms > received_ms - 5000) {
-      clean = false;
-      by_id.erase(vm.id);  // known here: not an unrecorded VM
-      continue;
-    }
-    auto it = by_id.find(vm.id);
-    if (it == by_id.end()) {
-      if (vm.state == "error") continue;
-      clean = false;
-      if (vm.state == "deleting") {
-        (void)store_->DeleteVm(vm.id);  // the delete finished while we were away
-        continue;
-      }
-      vm.error = vm.state == "creating" ? "the create was interrupted (controller restart)"
-                                        : "the VM is not on host " + host.name + " any more";
-      vm.state = "error";
-      spdlog::warn("reconcile: VM {} missing on host {}", vm.id, host.name);
-      (void)store_->UpdateVm(vm);
-      continue;
-    }
-    const json report = std::move(it->second);
-    by_id.erase(it);  // matched: what is left in by_id afterwards has no record on this host
-    std::string agent_state = report.value("state", "");
-    std::string agent_error = report.value("error", "");
-    // Agent still busy (or reporting a state that is none of ours: wait).
-    if (auto s = ParseVmState(agent_state); !s.ok() || IsTransitional(*s)) {
-      clean = false;
-      continue;
-    }
-    if (vm.state == "deleting") {  // will be retried by the user
-      clean = false;
-      continue;
-    }
-    if (agent_state != vm.state) {
-      clean = false;
-      spdlog::info("reconcile: VM {} is {} on host {} (record said {})", vm.id, agent_state,
-                   host.name, vm.state);
-      vm.state = agent_state;
-      vm.error = agent_error;
-      if (vm.create_ms == 0 && report.contains("ready_ms") &&
-          report["ready_ms"].is_number_integer())
-        vm.create_ms = report["ready_ms"].get<int64_t>();
-      (void)store_->UpdateVm(vm);
-    }
-  }
-  for (const auto& [id, v] : by_id)
-    if (!store_->GetVm(id, "").ok() && !id.starts_with("ckpt-"))
-      spdlog::warn("reconcile: host {} runs VM {} that has no record here; leaving it alone",
-                   host.name, id);
-  return clean;
 }
 
 void Controller::ReconcileLoop() {
@@ -1214,8 +950,8 @@ void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
   op.owner_id = c.user.id;
   op.image_id = image->id;
   if (image->state == "ready") {  // nothing to do: an operation that has succeeded
-    json answer = StartOperation(op);
-    return SendJson(res, 202, FinishOperation(op.id, ImageJson(*image)));
+    json answer = ops_->Start(op);
+    return SendJson(res, 202, ops_->Finish(op.id, ImageJson(*image)));
   }
   if (Status st = ClaimImageIo(image->id, "finalize"); !st.ok()) return SendError(res, st.error());
   // Released when the operation ends (or here, on an early refusal).
@@ -1245,14 +981,14 @@ void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
   }
   auto slot = long_ops_->Acquire(c.user.id, 1, c.admin());
   if (!slot.ok()) return SendTooMany(res, slot.error(), long_ops_->retry_after_s());
-  json answer = StartOperation(op);
+  json answer = ops_->Start(op);
   {
     std::lock_guard<std::mutex> l(operations_mu_);
     finalize_failures_.erase(image->id);
   }
   SendJson(res, 202, answer);
-  RunAsync("", [this, id = op.id, image_id = image->id, claim = std::move(claim),
-                slot = *slot]() mutable {
+  ops_->Run("", [this, id = op.id, image_id = image->id, claim = std::move(claim),
+                 slot = *slot]() mutable {
     auto outcome = RunFinalize(id, image_id);
     if (!outcome.ok()) {
       spdlog::warn("image {}: finalize failed: {}", image_id, outcome.error().message);
@@ -1262,7 +998,7 @@ void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
     // Whoever sees the operation ended may upload, delete or finalize again.
     claim.reset();
     slot.reset();
-    FinishOperation(id, outcome);
+    ops_->Finish(id, outcome);
   });
 }
 
@@ -1283,14 +1019,14 @@ Result<json> Controller::RunFinalize(const std::string& op_id, const std::string
                              " once expanded); ask the admin to raise it (`vmgrid user quota`)");
     }
     VMG_RETURN_IF_ERROR(PublishImage(image, [this, &op_id](const std::string& step, int pct) {
-      SetOperationProgress(op_id, step, pct);
+      ops_->SetProgress(op_id, step, pct);
     }));
     if (stop_) return MakeError(ErrorCode::kUnavailable, "the controller is shutting down");
   }
   image.state = "ready";
   // The owner's image_bytes quota is checked with the write.
   VMG_RETURN_IF_ERROR(store_->FinalizeImage(image));
-  SetOperationProgress(op_id, "ready", 100);
+  ops_->SetProgress(op_id, "ready", 100);
   return ImageJson(image);
 }
 
@@ -1312,59 +1048,83 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
   if (image->ckpt_state == "creating")
     return SendError(
         res, MakeError(ErrorCode::kFailedPrecondition, "a checkpoint is already being made"));
-  auto hosts = store_->ListHosts();
-  if (!hosts.ok()) return SendError(res, hosts.error());
-  const Host* host = nullptr;
-  for (const auto& h : *hosts)
-    if (h.state == "up" && h.memory_mb - h.reserved_memory_mb >= *mem &&
-        (!host || h.memory_mb - h.reserved_memory_mb > host->memory_mb - host->reserved_memory_mb))
-      host = &h;
-  if (!host)
-    return SendError(
-        res, MakeError(ErrorCode::kResourceExhausted, "no host is up with room to boot the image"));
+  // The boot that makes the checkpoint holds its host's vCPUs, memory and
+  // disk like any VM's: it is ranked by the same placement and reserved in
+  // the same transaction (Store::PlaceAndInsertVm, which also checks the
+  // caller's quota) as a VM record of its own — an image-checkpoint VM
+  // (proto/checkpoint_ref.h), in flight while the agent works, deleted when
+  // it is done. Concurrent creates therefore cannot take its room.
+  Vm reservation;
+  reservation.id = NewId(kImageCheckpointVmPrefix);
+  reservation.name = reservation.id;
+  reservation.owner_id = c.user.id;
+  reservation.image_id = image->id;
+  reservation.state = "creating";
+  reservation.vcpus = static_cast<int>(*vcpus);
+  reservation.memory_mb = *mem;
+  reservation.disk = "clone";
+  reservation.start = "boot";
+  reservation.disk_bytes = image->CloneBoundBytes() + (*mem << 20);
+  reservation.created_ms = reservation.updated_ms = NowMs();
+  const Error no_room =
+      MakeError(ErrorCode::kResourceExhausted, "no host is up with room to boot the image");
+  auto candidates = index_->Rank({image->id, reservation.vcpus, reservation.memory_mb,
+                                  reservation.disk_bytes, "spread", "", ""});
+  if (candidates.empty()) return SendError(res, no_room);
+  auto placed = store_->PlaceAndInsertVm(reservation, candidates);
+  if (!placed.ok()) return SendError(res, placed.error());
+  auto host = store_->GetHost(placed->host_id);
   image->ckpt_state = "creating";
   image->ckpt_error.clear();
   image->ckpt_memory_mb = *mem;
   image->ckpt_vcpus = static_cast<int>(*vcpus);
-  if (auto st = store_->UpdateImage(*image); !st.ok()) return SendError(res, st.error());
+  Status recorded = host.ok() ? store_->UpdateImage(*image) : Status(host.error());
+  if (!recorded.ok()) {
+    // Nothing was started: give the room back.
+    if (Status st = store_->DeleteVm(placed->id); !st.ok())
+      CountFailedWrite(st, "releasing the reservation " + placed->id);
+    return SendError(res, recorded.error());
+  }
   SendJson(res, 202, ImageJson(*image));
   Host h = *host;
   Image img = *image;
-  RunAsync("", [this, h, img]() mutable {
+  ops_->Run(placed->id, [this, h, img, reservation_id = placed->id]() mutable {
     std::string target = img.dir + "/checkpoint";
-    json body = {{"image", AgentImageFiles(img)},
-                 {"vcpus", img.ckpt_vcpus},
-                 {"memory_mb", img.ckpt_memory_mb}};
+    ImageCheckpointRequest request;
+    request.image = AgentImageFiles(img);
+    request.vcpus = img.ckpt_vcpus;
+    request.memory_mb = img.ckpt_memory_mb;
+    Result<ImageCheckpointResult> r = ImageCheckpointResult{};
     if (image_server_) {
       // Made on the host, published to the image server (memory and disk
       // delta), fetched by any host that resumes it.
-      body["blobs"] = AgentBlobs(img, false);
-      body["push_as"] = img.id + "-ckpt";
+      auto blobs = AgentBlobs(img, false);
+      if (blobs.ok())
+        request.blobs = std::move(*blobs);
+      else
+        r = blobs.error();
+      request.push_as = CheckpointBlobStem(img.id);
     } else {
-      body["target_dir"] = target;
+      request.target_dir = target;
     }
-    auto r = AgentClient(h).Post("/agent/v1/image-checkpoints", body);
+    if (r.ok()) r = agents_->MakeImageCheckpoint(h, request);
+    // The boot is over: its room is free again. A record left behind holds
+    // it until reconciliation marks it failed (the host reports no such VM).
+    if (Status st = store_->DeleteVm(reservation_id); !st.ok())
+      CountFailedWrite(st, "releasing the reservation " + reservation_id);
     auto fresh = store_->GetImage(img.id, "");
     if (!fresh.ok()) return;  // deleted meanwhile
     json blobs = json::parse(fresh->blobs, nullptr, false);
-    if (r.ok() && image_server_) {
-      auto mem = r->find("ckpt_memory");
-      auto disk = r->find("ckpt_disk");
-      if (!blobs.is_object() || mem == r->end() || disk == r->end() || !mem->is_object() ||
-          !disk->is_object() || !(*mem)["size"].is_number_unsigned() ||
-          !(*disk)["size"].is_number_unsigned())
-        r = MakeError(ErrorCode::kInternal,
-                      "the agent's answer lacks the published checkpoint versions");
-    }
+    if (r.ok() && image_server_ && !blobs.is_object())
+      r = MakeError(ErrorCode::kInternal, "image " + img.id + " has no published versions");
     if (r.ok()) {
       std::error_code ec;
       fresh->ckpt_state = "ready";
       if (image_server_) {
-        blobs["ckpt_memory"] = (*r)["ckpt_memory"];
-        blobs["ckpt_disk"] = (*r)["ckpt_disk"];
+        blobs["ckpt_memory"] = ToJson(r->memory);
+        blobs["ckpt_disk"] = ToJson(r->disk);
         fresh->blobs = blobs.dump();
-        fresh->ckpt_size_bytes =
-            (*r)["ckpt_memory"]["size"].get<int64_t>() + (*r)["ckpt_disk"]["size"].get<int64_t>();
+        fresh->ckpt_size_bytes = static_cast<int64_t>(r->memory.size + r->disk.size);
       } else {
         fresh->ckpt_size_bytes = static_cast<int64_t>(fs::file_size(target + "/memory.state", ec)) +
                                  static_cast<int64_t>(fs::file_size(target + "/disk.qcow2", ec));
@@ -1375,7 +1135,10 @@ void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
       fresh->ckpt_error = r.error().message;
       spdlog::warn("image {}: checkpoint failed: {}", img.name, r.error().message);
     }
-    (void)store_->UpdateImage(*fresh);
+    // Left behind, the image shows its checkpoint as still being made (and
+    // refuses another) until the controller restarts; say so in the log.
+    if (Status st = store_->UpdateImage(*fresh); !st.ok())
+      CountFailedWrite(st, "recording the checkpoint of image " + img.id);
   });
 }
 
@@ -1396,7 +1159,9 @@ void Controller::DeleteImage(const Caller& c, const Req& req, Res& res) {
                              " is being finalized; try again when its operation has ended"));
   }
   if (auto st = store_->DeleteImage(image->id); !st.ok()) return SendError(res, st.error());
-  (void)RemoveTree(image->dir);
+  // The record is gone; a directory left behind only costs disk.
+  if (Status st = RemoveTree(image->dir); !st.ok())
+    spdlog::warn("image {}: cannot remove {}: {}", image->id, image->dir, st.error().message);
   {
     std::lock_guard<std::mutex> l(operations_mu_);
     finalize_failures_.erase(image->id);
@@ -1423,19 +1188,11 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
       return SendError(res, MakeError(ErrorCode::kInvalidArgument,
                                       "from_future already names the image and start; drop image, "
                                       "start and from_checkpoint"));
-    const std::string& fid = *future;
-    size_t h = fid.find("-host-");
-    size_t last = fid.rfind('-');
-    if (fid.rfind("fut-", 0) != 0 || h == std::string::npos || last <= h + 5)
-      return SendError(res, MakeError(ErrorCode::kInvalidArgument,
-                                      "'" + fid + "' is not a future id (fut-IMAGE-HOST-START)"));
-    std::string start_mode = fid.substr(last + 1);
-    if (start_mode != "boot" && start_mode != "resume")
-      return SendError(res,
-                       MakeError(ErrorCode::kInvalidArgument, "'" + fid + "' is not a future id"));
-    (*body)["image"] = fid.substr(4, h - 4);
-    (*body)["start"] = start_mode;
-    future_host = fid.substr(h + 1, last - h - 1);
+    auto fid = ParseFutureId(*future);
+    if (!fid.ok()) return SendError(res, fid.error());
+    (*body)["image"] = fid->image_id;
+    (*body)["start"] = fid->start;
+    future_host = fid->host_id;
   }
   auto from = f.String("from_checkpoint", false);
   auto image_ref = f.String("image", from.ok() && from->empty());
@@ -1492,9 +1249,9 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
     ckpt_vcpus = src->vcpus;
     ckpt_mem = src->memory_mb;
     // A quick question (is there a checkpoint, where); nothing is copied.
-    auto dir = AgentClient(*host, 30).Get("/agent/v1/vms/" + src->id + "/checkpoint");
+    auto dir = agents_->Checkpoint(*host, src->id, /*publish=*/false, 30);
     if (!dir.ok()) return SendError(res, dir.error().Wrap("checkpoint of VM " + src->name));
-    checkpoint_dir = dir->value("dir", "");
+    checkpoint_dir = dir->dir;
     if (image_server_) {
       // Any host can resume it once published (below, on the operation pool).
       publish_from = *host;
@@ -1645,14 +1402,26 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
       workspace->host_id = vm.host_id;
       workspace->path = workspace->owner_id + "/" + workspace->id + ".qcow2";
       if (auto st = store_->InsertWorkspace(*workspace); !st.ok()) {
-        (void)store_->DeleteVm(vm.id);
+        // Left behind, the record stays `creating` until reconciliation
+        // marks it failed (its host never heard of it); failed VMs hold no room.
+        CountFailedWrite(store_->DeleteVm(vm.id),
+                         "removing VM " + vm.id + " after " + st.error().message);
         return SendError(res, st.error());
       }
     } else {
       workspace->vm_id = vm.id;
-      (void)store_->UpdateWorkspace(*workspace);
     }
-    (void)store_->UpdateVm(vm);
+    // The workspace is claimed by the VM, and the VM names the workspace;
+    // without both a later delete would not release it, so either write
+    // failing undoes the create.
+    Status linked = new_workspace ? Status::Ok() : store_->UpdateWorkspace(*workspace);
+    if (linked.ok()) linked = store_->UpdateVm(vm);
+    if (!linked.ok()) {
+      ReleaseWorkspace(*workspace, new_workspace);
+      CountFailedWrite(store_->DeleteVm(vm.id),
+                       "removing VM " + vm.id + " after " + linked.error().message);
+      return SendError(res, linked.error());
+    }
   }
   auto host = store_->GetHost(vm.host_id);
   json answer = VmJson(vm, &image, host.ok() ? &*host : nullptr);
@@ -1667,37 +1436,30 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   op.kind = "checkpoint_publish";
   op.owner_id = c.user.id;
   op.vm_id = publish_vm;
-  answer["operation"] = StartOperation(op);
+  answer["operation"] = ops_->Start(op);
   SendJson(res, 202, answer);
-  RunAsync(vm.id, [this, op_id = op.id, src_host = *publish_from, src_id = publish_vm, vm, image,
-                   workspace, new_workspace, started, h = host.ok() ? *host : Host{}, slot = *slot,
-                   publish_slot]() mutable {
-    auto dir =
-        AgentClient(src_host, 600).Get("/agent/v1/vms/" + src_id + "/checkpoint?publish=true");
+  ops_->Run(vm.id, [this, op_id = op.id, src_host = *publish_from, src_id = publish_vm, vm, image,
+                    workspace, new_workspace, started, h = host.ok() ? *host : Host{}, slot = *slot,
+                    publish_slot]() mutable {
+    auto dir = agents_->Checkpoint(src_host, src_id, /*publish=*/true, 600);
     json blobs = json::parse(image.blobs, nullptr, false);
-    if (dir.ok() &&
-        (!blobs.is_object() || !dir->contains("vm_ckpt_memory") || !dir->contains("vm_ckpt_disk")))
+    if (dir.ok() && !blobs.is_object())
       dir = MakeError(ErrorCode::kInternal,
                       "host " + src_host.name + " did not publish the checkpoint of VM " + src_id);
     publish_slot.reset();
     if (!dir.ok()) {
       Error e = dir.error().Wrap("checkpoint of VM " + src_id);
-      FinishOperation(op_id, e);
-      if (workspace && new_workspace) (void)store_->DeleteWorkspace(workspace->id);
-      if (workspace && !new_workspace) {
-        Workspace w = *workspace;
-        w.vm_id.clear();
-        (void)store_->UpdateWorkspace(w);
-      }
-      FinishVmOp(vm.id, e, "error", started, true);
+      ops_->Finish(op_id, e);
+      if (workspace) ReleaseWorkspace(*workspace, new_workspace);
+      vms_->RecordOutcome(vm.id, e, "error", started, true);
       return;
     }
-    json published = {{"vm_ckpt_memory", (*dir)["vm_ckpt_memory"]},
-                      {"vm_ckpt_disk", (*dir)["vm_ckpt_disk"]}};
-    FinishOperation(op_id, published);
+    json published = ToJson(*dir);
+    published.erase("dir");  // the operation's result: the two versions
+    ops_->Finish(op_id, published);
     blobs.update(published);  // this create's copy of the image only, not stored
     image.blobs = blobs.dump();
-    RunCreate(vm, image, dir->value("dir", ""), workspace, new_workspace, started, h);
+    RunCreate(vm, image, dir->dir, workspace, new_workspace, started, h);
   });
 }
 
@@ -1707,7 +1469,7 @@ void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::strin
   auto host = known_host && known_host->id == vm.host_id ? Result<Host>(*known_host)
                                                          : store_->GetHost(vm.host_id);
   Host h = host.ok() ? *host : Host{};
-  RunAsync(vm.id, [this, h, vm, image, checkpoint_dir, workspace, new_workspace, started, slot] {
+  ops_->Run(vm.id, [this, h, vm, image, checkpoint_dir, workspace, new_workspace, started, slot] {
     RunCreate(vm, image, checkpoint_dir, workspace, new_workspace, started, h);
   });
 }
@@ -1715,28 +1477,32 @@ void Controller::LaunchCreate(const Vm& vm, const Image& image, const std::strin
 void Controller::RunCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
                            const std::optional<Workspace>& ws, bool new_workspace, int64_t started,
                            const Host& h) {
-  json spec = {{"id", vm.id},
-               {"name", vm.name},
-               {"owner_id", vm.owner_id},
-               {"vcpus", vm.vcpus},
-               {"memory_mb", vm.memory_mb},
-               {"disk_mode", vm.disk},
-               {"image", AgentImageFiles(image)},
-               {"workspace_path", ws ? ws->path : ""},
-               {"start", vm.start},
-               {"checkpoint_dir", checkpoint_dir},
-               {"blobs", AgentBlobs(image, vm.start == "resume" &&
-                                               checkpoint_dir == image.dir + "/checkpoint")}};
-  auto r = AgentClient(h).Post("/agent/v1/vms", spec);
-  if (!r.ok() && ws && new_workspace) (void)store_->DeleteWorkspace(ws->id);
-  if (!r.ok() && ws && !new_workspace) {
-    Workspace w = *ws;
-    w.vm_id.clear();
-    (void)store_->UpdateWorkspace(w);
+  VmSpec spec;
+  spec.id = vm.id;
+  spec.name = vm.name;
+  spec.owner_id = vm.owner_id;
+  spec.vcpus = vm.vcpus;
+  spec.memory_mb = vm.memory_mb;
+  spec.disk_mode = vm.disk;
+  spec.image = AgentImageFiles(image);
+  spec.workspace_path = ws ? ws->path : "";
+  spec.start = vm.start;
+  spec.checkpoint_dir = checkpoint_dir;
+  auto blobs =
+      AgentBlobs(image, vm.start == "resume" && checkpoint_dir == image.dir + "/checkpoint");
+  Result<VmStatus> r = VmStatus{};
+  if (blobs.ok()) {
+    spec.blobs = std::move(*blobs);
+    r = agents_->CreateVm(h, spec);
+  } else {
+    r = blobs.error();
   }
+  if (!r.ok() && ws) ReleaseWorkspace(*ws, new_workspace);
+  // Only placement's preference for hosts with a warm cache depends on it.
   if (r.ok() && !index_->IsCached(vm.image_id, vm.host_id))
-    (void)store_->NoteImageCached(vm.image_id, vm.host_id);
-  FinishVmOp(vm.id, r, "error", started, true);
+    CountFailedWrite(store_->NoteImageCached(vm.image_id, vm.host_id),
+                     "noting image " + vm.image_id + " cached on host " + vm.host_id);
+  vms_->RecordOutcome(vm.id, r, "error", started, true);
 }
 
 // Gang co-allocation: `count` VMs like `proto`, all on hosts sharing `same`
@@ -1838,69 +1604,6 @@ Error Controller::ExplainNoPlacement(const Vm& vm, const std::vector<std::string
   return MakeError(ErrorCode::kResourceExhausted, msg);
 }
 
-void Controller::FinishVmOp(const std::string& vm_id, const Result<json>& answer,
-                            const std::string& state_on_error, int64_t started_ms, bool timing) {
-  if (!answer.ok()) spdlog::warn("VM {}: {}", vm_id, answer.error().message);
-  Status st = store_->ModifyVm(vm_id, [&](Vm& vm) {
-    if (answer.ok() && !ParseVmState(answer->value("state", "running")).ok()) {
-      // The database holds our states only (migration 8).
-      vm.state = state_on_error;
-      vm.error = "the host reported an unknown state '" + answer->value("state", "") + "'";
-    } else if (answer.ok()) {
-      vm.state = answer->value("state", "running");
-      vm.error = answer->value("error", "");
-      if (timing) vm.create_ms = NowMs() - started_ms;
-    } else {
-      vm.state = state_on_error;
-      vm.error = answer.error().message;
-    }
-  });
-  if (!st.ok()) spdlog::warn("VM {}: recording the outcome: {}", vm_id, st.error().message);
-}
-
-void Controller::VmAction(const Caller& c, const Req& req, Res& res, const std::string& action) {
-  int64_t started = NowMs();
-  auto vm = store_->GetVm(req.matches[1], c.owner());
-  if (!vm.ok()) return SendError(res, vm.error());
-  auto body = ParseJsonObject(req.body);
-  if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, request_fields::kVmCheckpoint);
-  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-  auto leave = f.Bool("leave_running", false);
-  if (!leave.ok()) return SendError(res, leave.error());
-  if (action != "checkpoint" && body->contains("leave_running"))
-    return SendError(
-        res, MakeError(ErrorCode::kInvalidArgument, "leave_running applies to checkpoint only"));
-  const VmOp op = action == "stop" ? VmOp::kStop
-                  : action == "checkpoint"
-                      ? (*leave ? VmOp::kCheckpointLeaveRunning : VmOp::kCheckpoint)
-                      : VmOp::kResume;
-  auto moved = store_->TransitionVm(vm->id, op);
-  if (!moved.ok()) return SendError(res, moved.error());
-  SendJson(res, 202, VmJson(*moved));
-  std::string previous = vm->state;  // the table's state on failure for these operations
-  auto host = store_->GetHost(vm->host_id);
-  Host h = host.ok() ? *host : Host{};
-  bool leave_running = *leave;
-  RunAsync(vm->id, [this, h, action, leave_running, previous, id = vm->id, started] {
-    ApiClient agent = AgentClient(h);
-    json body = action == "checkpoint" ? json{{"leave_running", leave_running}} : json::object();
-    auto r = agent.Post("/agent/v1/vms/" + id + "/" + action, body);
-    if (!r.ok()) {
-      // The agent says what state the VM is in after a failure.
-      auto now = agent.Get("/agent/v1/status");
-      std::string state = previous;
-      if (now.ok())
-        for (const auto& v : now->value("vms", json::array()))
-          if (v.value("id", "") == id && ParseVmState(v.value("state", "")).ok())
-            state = v.value("state", previous);
-      FinishVmOp(id, r, state, started, false);
-      return;
-    }
-    FinishVmOp(id, r, previous, started, action == "resume");
-  });
-}
-
 void Controller::ExecVm(const Caller& c, const Req& req, Res& res) {
   auto vm = store_->GetVm(req.matches[1], c.owner());
   if (!vm.ok()) return SendError(res, vm.error());
@@ -1928,129 +1631,20 @@ void Controller::ExecVm(const Caller& c, const Req& req, Res& res) {
   op.kind = "exec";
   op.owner_id = c.user.id;
   op.vm_id = vm->id;
-  SendJson(res, 202, StartOperation(op));
+  SendJson(res, 202, ops_->Start(op));
   Host h = *host;
   json request = {{"argv", *argv}, {"input", *input}, {"timeout_s", *timeout}};
   const int read_timeout = static_cast<int>(*timeout) + 30;
-  RunAsync(
-      "", [this, h, request, read_timeout, id = op.id, vm_id = vm->id, slot = *slot]() mutable {
-        auto r = AgentClient(h, read_timeout).Post("/agent/v1/vms/" + vm_id + "/exec", request);
-        slot.reset();  // whoever sees it ended may exec again
-        FinishOperation(id, r);
-      });
-}
-
-json Controller::StartOperation(Operation& op) {
-  op.id = NewId("op");
-  op.state = "running";
-  op.created_ms = NowMs();
-  std::lock_guard<std::mutex> l(operations_mu_);
-  // Forget finished operations past their time, and the owner's oldest
-  // finished ones beyond the per-user count.
-  std::vector<std::pair<int64_t, std::string>> finished;
-  for (auto it = operations_.begin(); it != operations_.end();) {
-    if (it->second.state != "running" &&
-        it->second.finished_ms < op.created_ms - kOperationKeepMs) {
-      it = operations_.erase(it);
-      continue;
-    }
-    if (it->second.state != "running" && it->second.owner_id == op.owner_id)
-      finished.push_back({it->second.finished_ms, it->first});
-    ++it;
-  }
-  if (finished.size() >= kFinishedOperationsPerUser) {
-    std::sort(finished.begin(), finished.end());
-    for (size_t i = 0; i + kFinishedOperationsPerUser <= finished.size(); ++i)
-      operations_.erase(finished[i].second);
-  }
-  operations_[op.id] = op;
-  return OperationJson(op);
-}
-
-json Controller::FinishOperation(const std::string& id, const Result<json>& outcome) {
-  std::lock_guard<std::mutex> l(operations_mu_);
-  auto it = operations_.find(id);
-  if (it == operations_.end()) return nullptr;
-  Operation& op = it->second;
-  op.finished_ms = NowMs();
-  if (outcome.ok()) {
-    op.state = "succeeded";
-    op.result = *outcome;
-  } else {
-    op.state = "failed";
-    op.error = {{"code", ErrorCodeName(outcome.error().code)},
-                {"message", outcome.error().message}};
-  }
-  return OperationJson(op);
-}
-
-void Controller::SetOperationProgress(const std::string& id, const std::string& step, int percent) {
-  std::lock_guard<std::mutex> l(operations_mu_);
-  if (auto it = operations_.find(id); it != operations_.end() && it->second.state == "running")
-    it->second.progress = {{"step", step}, {"percent", std::clamp(percent, 0, 100)}};
-}
-
-json Controller::OperationJson(const Operation& op) {
-  auto id_or_null = [](const std::string& v) { return v.empty() ? json(nullptr) : json(v); };
-  json j = {{"id", op.id},
-            {"kind", op.kind},
-            {"vm_id", id_or_null(op.vm_id)},
-            {"image_id", id_or_null(op.image_id)},
-            {"workspace_id", id_or_null(op.workspace_id)},
-            {"state", op.state},
-            {"progress", op.state == "running" ? op.progress : json(nullptr)},
-            {"result", op.result},
-            {"error", op.error},
-            {"created_at", FormatTimeMs(op.created_ms)},
-            {"finished_at", op.finished_ms ? json(FormatTimeMs(op.finished_ms)) : json(nullptr)}};
-  return j;
+  ops_->Run("",
+            [this, h, request, read_timeout, id = op.id, vm_id = vm->id, slot = *slot]() mutable {
+              auto r = agents_->Exec(h, vm_id, request, read_timeout);
+              slot.reset();  // whoever sees it ended may exec again
+              ops_->Finish(id, r);
+            });
 }
 
 void Controller::GetOperation(const Caller& c, const Req& req, Res& res) {
-  json answer;
-  {
-    std::lock_guard<std::mutex> l(operations_mu_);
-    auto it = operations_.find(req.matches[1]);
-    // Another user's operation is not found, like their VMs.
-    if (it == operations_.end() || (!c.admin() && it->second.owner_id != c.user.id))
-      return SendError(res, NotFound("operation '" + std::string(req.matches[1]) + "'"));
-    answer = OperationJson(it->second);
-  }
-  SendJson(res, 200, answer);
-}
-
-void Controller::DeleteVm(const Caller& c, const Req& req, Res& res) {
-  auto vm = store_->GetVm(req.matches[1], c.owner());
-  if (!vm.ok()) return SendError(res, vm.error());
-  bool purge = req.get_param_value("purge_workspace") == "true";
-  auto moved = store_->TransitionVm(vm->id, VmOp::kDelete);
-  if (!moved.ok())
-    return SendError(res,
-                     MakeError(ErrorCode::kFailedPrecondition,
-                               moved.error().message + "; wait until the current operation ends"));
-  SendJson(res, 202, VmJson(*moved));
-  auto host = store_->GetHost(vm->host_id);
-  Host h = host.ok() ? *host : Host{};
-  RunAsync(vm->id, [this, h, purge, v = *vm] {
-    auto r =
-        AgentClient(h).Delete("/agent/v1/vms/" + v.id + (purge ? "?purge_workspace=true" : ""));
-    if (!r.ok() && r.error().code != ErrorCode::kNotFound) {
-      FinishVmOp(v.id, r, "error", 0, false);
-      return;
-    }
-    if (!v.workspace_id.empty()) {
-      auto ws = store_->GetWorkspace(v.workspace_id, "");
-      if (ws.ok()) {
-        if (purge) {
-          (void)store_->DeleteWorkspace(ws->id);
-        } else {
-          ws->vm_id.clear();
-          (void)store_->UpdateWorkspace(*ws);
-        }
-      }
-    }
-    (void)store_->DeleteVm(v.id);
-  });
+  SendReply(res, 200, ops_->Get(req.matches[1], c.user.id, c.admin()));
 }
 
 // Deleting a workspace's file is an agent call: it runs as an operation
@@ -2089,11 +1683,11 @@ void Controller::DeleteWorkspace(const Caller& c, const Req& req, Res& res) {
   op.kind = "workspace_delete";
   op.owner_id = c.user.id;
   op.workspace_id = ws->id;
-  SendJson(res, 202, StartOperation(op));
-  RunAsync("", [this, id = op.id, h = *host, w = *ws, unmark = std::move(unmark),
-                slot = *slot]() mutable {
+  SendJson(res, 202, ops_->Start(op));
+  ops_->Run("", [this, id = op.id, h = *host, w = *ws, unmark = std::move(unmark),
+                 slot = *slot]() mutable {
     Result<json> outcome = json(nullptr);
-    auto r = AgentClient(h, 60).Delete("/agent/v1/workspaces?path=" + PathEscape(w.path));
+    Status r = agents_->DeleteWorkspace(h, w.path);
     if (!r.ok())
       outcome = r.error().Wrap("deleting the workspace file");
     else if (Status st = store_->DeleteWorkspace(w.id); !st.ok())
@@ -2101,7 +1695,7 @@ void Controller::DeleteWorkspace(const Caller& c, const Req& req, Res& res) {
     if (!outcome.ok()) spdlog::warn("workspace {}: {}", w.id, outcome.error().message);
     unmark.reset();
     slot.reset();
-    FinishOperation(id, outcome);
+    ops_->Finish(id, outcome);
   });
 }
 
@@ -2180,6 +1774,26 @@ void Controller::Query(const Caller& c, const Req& req, Res& res) {
             {"groups", r->groups},
             {"exact_search", r->used_exact_search},
             {"elapsed_ms", static_cast<double>(r->elapsed_us) / 1000.0}});
+}
+
+void Controller::ReleaseWorkspace(const Workspace& ws, bool created) {
+  if (created) {
+    // A workspace record left behind names a file that was never made;
+    // deleting the workspace clears it.
+    CountFailedWrite(store_->DeleteWorkspace(ws.id), "removing workspace " + ws.id);
+    return;
+  }
+  // Left behind, the workspace stays claimed by the failed VM; deleting
+  // that VM releases it.
+  Workspace w = ws;
+  w.vm_id.clear();
+  CountFailedWrite(store_->UpdateWorkspace(w), "releasing workspace " + ws.id);
+}
+
+void Controller::CountFailedWrite(const Status& st, const std::string& what) {
+  if (st.ok()) return;
+  spdlog::warn("{}: {} (store write failed; continuing)", what, st.error().message);
+  ++failed_writes_;
 }
 
 int RunController(const ControllerOptions& options) {

@@ -27,11 +27,19 @@
 #include <vector>
 
 #include "api/admission.h"
+#include "api/agent_client.h"
 #include "api/controller_options.h"
 #include "api/host_credentials.h"
+#include "api/op_queue.h"
 #include "api/routes.h"
+#include "api/routes/route.h"
+#include "api/services/host_service.h"
+#include "api/services/vm_service.h"
 #include "common/result.h"
 #include "infosvc/query_service.h"
+#include "proto/blob_ref.h"
+#include "proto/vm_spec.h"
+#include "proto/vm_status.h"
 #include "store/store.h"
 
 namespace httplib {
@@ -70,15 +78,10 @@ class Controller {
   const std::vector<InstalledRoute>& installed_routes() const { return installed_routes_; }
 
  private:
-  struct Caller {
-    User user;
-    bool admin() const { return user.role == "admin"; }
-    OwnerFilter owner() const { return admin() ? "" : user.id; }
-  };
+  class AuthedRoutes;
   using Handler = std::function<void(const Caller&, const httplib::Request&, httplib::Response&)>;
 
   void InstallRoutes();
-  Status CheckAgentUrl(const std::string& url) const;
   void InstallAgentListenerRoutes();
   // Wraps a handler with authentication and a role check.
   std::function<void(const httplib::Request&, httplib::Response&)> Authed(
@@ -88,18 +91,13 @@ class Controller {
   void CreateUser(const Caller&, const httplib::Request&, httplib::Response&);
   Result<nlohmann::json> SetUserQuota(const httplib::Request&);
   Result<nlohmann::json> UserJson(const User& u);
-  void Heartbeat(const Caller&, const httplib::Request&, httplib::Response&);
-  void RegisterHost(const Caller&, const httplib::Request&, httplib::Response&);
   void CreateImage(const Caller&, const httplib::Request&, httplib::Response&);
   void FinalizeImage(const Caller&, const httplib::Request&, httplib::Response&);
   void CheckpointImage(const Caller&, const httplib::Request&, httplib::Response&);
   void DeleteImage(const Caller&, const httplib::Request&, httplib::Response&);
   void CreateVm(const Caller&, const httplib::Request&, httplib::Response&);
-  void VmAction(const Caller&, const httplib::Request&, httplib::Response&,
-                const std::string& action);
   void ExecVm(const Caller&, const httplib::Request&, httplib::Response&);
   void GetOperation(const Caller&, const httplib::Request&, httplib::Response&);
-  void DeleteVm(const Caller&, const httplib::Request&, httplib::Response&);
   void DeleteWorkspace(const Caller&, const httplib::Request&, httplib::Response&);
   void Query(const Caller&, const httplib::Request&, httplib::Response&);
 
@@ -111,15 +109,13 @@ class Controller {
   nlohmann::json ImageJson(const Image& i);
   // `image` and `host`, when the caller has them at hand, save reading them.
   nlohmann::json VmJson(const Vm& v, const Image* image = nullptr, const Host* host = nullptr);
-  nlohmann::json HostJson(const Host& h, bool admin);
   nlohmann::json WorkspaceJson(const Workspace& w);
   std::string UserName(const std::string& id);
 
-  ApiClient AgentClient(const Host& host, int read_timeout_s = 900);
-  nlohmann::json AgentImageFiles(const Image& image);
+  ImageFiles AgentImageFiles(const Image& image);
   // The image server versions an agent needs for `image` (and its post-boot
-  // checkpoint when `image_checkpoint`); {} without an image server.
-  nlohmann::json AgentBlobs(const Image& image, bool image_checkpoint);
+  // checkpoint when `image_checkpoint`); empty without an image server.
+  Result<BlobSet> AgentBlobs(const Image& image, bool image_checkpoint);
   // Publishes the image's files to the image server; fills image.blobs.
   // `progress` (may be empty) hears of each step and its percentage.
   Status PublishImage(Image& image,
@@ -132,16 +128,7 @@ class Controller {
   void UploadImageFile(const Caller& c, const httplib::Request& req, httplib::Response& res,
                        const httplib::ContentReader& reader);
 
-  // Runs `fn` on the operation pool (kOpWorkers threads, unbounded queue);
-  // `vm_id` (if set) is marked in flight from now until `fn` has returned,
-  // so reconciliation leaves it alone meanwhile.
-  void RunAsync(const std::string& vm_id, std::function<void()> fn);
-  bool InFlight(const std::string& vm_id);
   void ReconcileLoop();
-  // Returns whether the records matched the report with nothing left to do
-  // (then the same report is not reconciled again until a record changes).
-  bool ReconcileHost(const Host& host, const nlohmann::json& reported_vms, int64_t received_ms);
-  void NoteHostImages(const std::string& host_id, const nlohmann::json& report);
   Error ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates,
                            const std::string& site, const std::string& network);
   void LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
@@ -150,9 +137,6 @@ class Controller {
   void CreateGang(const Caller& c, const nlohmann::json& body, const Vm& proto, const Image& image,
                   const std::string& checkpoint_dir, int64_t count, const std::string& policy,
                   httplib::Response& res, int64_t started, Admission::SlotPtr slot);
-  // Records the agent's answer for a VM operation.
-  void FinishVmOp(const std::string& vm_id, const Result<nlohmann::json>& answer,
-                  const std::string& state_on_error, int64_t started_ms, bool timing);
 
   ControllerOptions options_;
   std::string image_dir_;
@@ -175,40 +159,21 @@ class Controller {
   std::map<std::string, std::set<std::string>>
       image_io_;  // image id -> claimed kinds; guarded by image_io_mu_
 
-  std::mutex mu_;
-  std::map<std::string, nlohmann::json>
-      host_images_;  // host id -> last reported cache stats; guarded by mu_
-  std::set<std::pair<std::string, std::string>>
-      noted_cached_;  // (image, host) recorded; guarded by mu_
-  // Per host: the last heartbeat report that matched the records, and the
-  // records' version then (CapacityIndex::VmVersion); guarded by mu_.
-  std::map<std::string, std::pair<size_t, uint64_t>> reconciled_;
   // Verified tokens: SHA-256 -> (user, expiry ms). Tokens are never revoked
   // today; the expiry bounds how long a removed one would still work.
   std::mutex auth_mu_;
   std::map<std::string, std::pair<User, int64_t>> auth_cache_;  // guarded by auth_mu_
   std::map<std::string, std::string>
       user_names_;  // id -> name (names never change); guarded by auth_mu_
-  // The operation pool behind RunAsync, and the VMs it works on, under a
-  // mutex of their own: every create passes through it twice, and heartbeats
-  // (mu_) must not queue behind it.
-  std::mutex ops_mu_;
-  std::multiset<std::string> inflight_;  // guarded by ops_mu_
-  int running_ops_ = 0;                  // guarded by ops_mu_
-  std::condition_variable ops_cv_;       // running_ops_ fell to 0
-  // The operation pool behind RunAsync: workers start on demand, up to
-  // kOpWorkers, and live until the controller is destroyed. An operation
-  // holds its worker for as long as the agent takes (a whole boot, minutes
-  // for a checkpoint), so the bound is generous: one VM's stop must not
-  // queue behind a burst of other VMs' boots. Reuse, not the bound, is what
-  // saves the thread start per create.
-  static constexpr size_t kOpWorkers = 256;
-  std::deque<std::function<void()>> op_queue_;  // guarded by ops_mu_
-  std::vector<std::thread> op_workers_;         // guarded by ops_mu_
-  size_t idle_workers_ = 0;                     // guarded by ops_mu_
-  bool op_stop_ = false;                        // guarded by ops_mu_
-  std::condition_variable op_cv_;               // a queued op or op_stop_
-  void OpWorker();
+  // Background work and polled operations (api/op_queue.h). Reset first
+  // in the destructor, so that idle workers are joined while the rest of
+  // the controller still exists.
+  std::unique_ptr<OpQueue> ops_;
+  using Operation = OpQueue::Operation;
+  // The services behind the routes (api/services/), set by Start.
+  AgentClientPtr agents_;
+  std::unique_ptr<HostService> hosts_;
+  std::unique_ptr<VmService> vms_;
 
   // Admission (api/admission.h): user requests being handled, and per user
   // exec operations, creates in flight and queries. Set by Start.
@@ -217,27 +182,16 @@ class Controller {
   // user running at once (set by the constructor).
   std::unique_ptr<Admission> long_ops_;
 
-  // Operations (exec, image_finalize, checkpoint_publish, workspace_delete),
-  // in memory: a controller restart forgets them (polling one then answers
-  // 404; the work itself is not repeated, and what it left behind is
-  // described in docs/api.md).
-  struct Operation {
-    std::string id, kind, owner_id, vm_id, image_id, workspace_id;
-    std::string state;  // running | succeeded | failed
-    nlohmann::json result, error;
-    nlohmann::json progress;  // null or {step, percent}
-    int64_t created_ms = 0, finished_ms = 0;
-  };
-  nlohmann::json OperationJson(const Operation& op);
-  // Records `op` (state running, a fresh id and creation time) for its
-  // owner, forgetting finished operations past their time; returns its JSON.
-  nlohmann::json StartOperation(Operation& op);
-  // Ends operation `id` with `outcome` (its result, or its error); returns
-  // its JSON (null if it was forgotten).
-  nlohmann::json FinishOperation(const std::string& id, const Result<nlohmann::json>& outcome);
-  void SetOperationProgress(const std::string& id, const std::string& step, int percent);
+  // A create that did not happen gives its workspace back: deletes the one
+  // it `created`, or releases an existing one (logged and counted on failure).
+  void ReleaseWorkspace(const Workspace& ws, bool created);
+  // Logs and counts a store write that failed where the request or
+  // operation goes on; each call site says why that is safe.
+  void CountFailedWrite(const Status& st, const std::string& what);
+  std::atomic<int64_t> failed_writes_{0};
+
+  // Guards finalize_failures_ and deleting_workspaces_.
   std::mutex operations_mu_;
-  std::map<std::string, Operation> operations_;  // guarded by operations_mu_
   // Why the last finalize of an image failed (image id -> operation id,
   // message), shown with the image until it is finalized or deleted.
   std::map<std::string, std::pair<std::string, std::string>>
@@ -254,9 +208,6 @@ class Controller {
   void RunCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
                  const std::optional<Workspace>& workspace, bool new_workspace, int64_t started,
                  const Host& host);
-  // Finished operations are kept this long, and at most this many per user.
-  static constexpr int64_t kOperationKeepMs = 10 * 60'000;
-  static constexpr size_t kFinishedOperationsPerUser = 256;
 };
 
 }  // namespace vmgrid

@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "proto/host_report.h"
+
 namespace vmgrid {
 
 // Allow-lists of request bodies (JsonFields): the one list of what a handler
@@ -27,10 +29,9 @@ inline constexpr const char* kUserQuota[] = {"vms", "vcpus", "memory_mb", "image
 inline constexpr const char* kRegisterHost[] = {"name"};
 // A heartbeat tolerates fields it does not know (agents may be newer than
 // the controller); these are the ones it reads.
-inline constexpr const char* kHeartbeat[] = {"name", "url", "capacity", "vms", "images"};
-inline constexpr const char* kHeartbeatCapacity[] = {
-    "vcpus", "memory_mb", "disk_mb", "disk_total_bytes", "disk_free_bytes", "kvm",
-    "site",  "network",   "arch"};
+// The heartbeat is the agent's host report (proto/host_report.h).
+inline constexpr auto& kHeartbeat = kHostReportFields;
+inline constexpr auto& kHeartbeatCapacity = kHostCapacityFields;
 inline constexpr const char* kCreateImage[] = {"name",       "format", "has_kernel",
                                                "has_initrd", "append", "min_memory_mb"};
 inline constexpr const char* kImageCheckpoint[] = {"memory_mb", "vcpus"};

@@ -14,6 +14,7 @@
 
 #include "common/util.h"
 #include "infosvc/set_search.h"
+#include "proto/future_id.h"
 #include "store/pg.h"
 #include "store/sql_backend.h"
 
@@ -30,6 +31,8 @@ namespace {
 //   {pub}     the schema of the published views ("temp." / "published.");
 //   {base}    the schema of the Store's tables ("main." / the default);
 //   {admin}, {caller}  whether the caller is the admin, and their user id;
+//   {future_id}  the id of a future (proto/future_id.h builds it and
+//             the controller parses it);
 //   {mean_create_ms}  the mean create time of image i.id started as s.start,
 //             over every VM (not only the caller's).
 // Portable SQL only: booleans are CAST to INTEGER, MAX(a, b) is a CASE,
@@ -78,7 +81,7 @@ const char* kViews = R"sql(
   FROM {base}virtualization x WHERE )sql" VISIBLE("x.owner_id") R"sql(;
 
 {create}futures{sfx} AS
-  SELECT 'fut-' || n.id || '-' || h.id || '-' || n.start AS id,
+  SELECT {future_id} AS id,
          n.id AS image_id, n.name AS image, h.id AS host_id, h.name AS host, n.start,
          n.vcpus, n.memory_mb, h.free_vcpus AS max_vcpus, h.free_memory_mb AS max_memory_mb,
          h.site, h.network,
@@ -470,7 +473,8 @@ class SqliteEngine : public QueryService::Engine {
     // tables (always schema-qualified, so no CTE of a query can stand in
     // for them); the published views read only the internal ones.
     std::string views =
-        Expand(kViews, {{"{mean_create_ms}",
+        Expand(kViews, {{"{future_id}", FutureIdSqlExpression("n.id", "h.id", "n.start")},
+                        {"{mean_create_ms}",
                          "(SELECT CAST(AVG(v.create_ms) AS BIGINT) FROM main.vms v "
                          "WHERE v.image_id = i.id AND v.start = s.start AND v.create_ms > 0)"},
                         {"{create}", "CREATE TEMP VIEW "},
@@ -686,7 +690,8 @@ class PgEngine : public QueryService::Engine {
     PGconn* c = conn.get();
     std::string script =
         std::string("BEGIN;\n") + kPgDropPolicies + kPgSetupHead +
-        Expand(kViews, {{"{mean_create_ms}", "infosvc.mean_create_ms(i.id, s.start)"},
+        Expand(kViews, {{"{future_id}", FutureIdSqlExpression("n.id", "h.id", "n.start")},
+                        {"{mean_create_ms}", "infosvc.mean_create_ms(i.id, s.start)"},
                         {"{create}", "CREATE VIEW published."},
                         {"{sfx}", ""},
                         {"{pub}", "published."},

@@ -37,7 +37,7 @@ class SimAgentHost : public AgentHost {
   SimAgentHost(SimHosts& owner, int index) : owner_(owner), index_(index) {}
 
   VmDriver& driver() override { return owner_.host(index_); }
-  json StatusJson() override { return owner_.StatusJson(index_); }
+  HostReport Report() override { return owner_.Report(index_); }
   Status PrepareSpec(VmSpec& spec) override {
     if (spec.disk_mode == "persistent") {
       VMG_ASSIGN_OR_RETURN(spec.workspace_path, WorkspaceFile(spec.workspace_path));
@@ -47,13 +47,13 @@ class SimAgentHost : public AgentHost {
   Result<std::string> WorkspaceFile(const std::string& rel) override {
     return "/sim/" + owner_.HostName(index_) + "/workspaces/" + rel;
   }
-  Result<json> ImageCheckpoint(const VmSpec& spec, int vcpus, int64_t memory_mb,
-                               const std::string& target_dir, const std::string& push_as) override {
-    if (!push_as.empty())
+  Result<ImageCheckpointResult> ImageCheckpoint(const VmSpec& spec,
+                                                const ImageCheckpointRequest& req) override {
+    if (!req.push_as.empty())
       return MakeError(ErrorCode::kFailedPrecondition, "simulated hosts have no image server");
-    VMG_RETURN_IF_ERROR(
-        driver().MakeImageCheckpoint(spec.image, spec.blobs, vcpus, memory_mb, target_dir));
-    return json{{"dir", target_dir}};
+    VMG_RETURN_IF_ERROR(driver().MakeImageCheckpoint(spec.image, spec.blobs, req.vcpus,
+                                                     req.memory_mb, req.target_dir));
+    return ImageCheckpointResult{req.target_dir, {}, {}};
   }
 
  private:
@@ -99,26 +99,27 @@ std::string SimHosts::HostId(int index) const {
   return host_ids_[static_cast<size_t>(index)];
 }
 
-json SimHosts::Capacity(int index) const {
-  return {{"vcpus", options_.vcpus},
-          {"memory_mb", options_.memory_mb},
-          {"disk_mb", options_.disk_mb},
-          // An empty simulated disk of disk_mb: placement counts VMs' disks there.
-          {"disk_total_bytes", options_.disk_mb << 20},
-          {"disk_free_bytes", options_.disk_mb << 20},
-          {"kvm", false},
-          {"site", "site-" + std::to_string(index % std::max(1, options_.sites) + 1)},
-          {"network", "net-" + std::to_string(index % std::max(1, options_.networks) + 1)},
-          {"arch", "x86_64"}};
+HostCapacityReport SimHosts::Capacity(int index) const {
+  HostCapacityReport c;
+  c.vcpus = options_.vcpus;
+  c.memory_mb = options_.memory_mb;
+  c.disk_mb = options_.disk_mb;
+  // An empty simulated disk of disk_mb: placement counts VMs' disks there.
+  c.disk_total_bytes = c.disk_free_bytes = options_.disk_mb << 20;
+  c.kvm = false;
+  c.site = "site-" + std::to_string(index % std::max(1, options_.sites) + 1);
+  c.network = "net-" + std::to_string(index % std::max(1, options_.networks) + 1);
+  c.arch = "x86_64";
+  return c;
 }
 
-json SimHosts::StatusJson(int index) const {
-  json vms = json::array();
-  for (const auto& s : hosts_[static_cast<size_t>(index)]->List()) vms.push_back(ToJson(s));
-  return {{"name", HostName(index)},
-          {"url", HostUrl(index)},
-          {"capacity", Capacity(index)},
-          {"vms", vms}};
+HostReport SimHosts::Report(int index) const {
+  HostReport r;
+  r.name = HostName(index);
+  r.url = HostUrl(index);
+  r.capacity = Capacity(index);
+  r.vms = hosts_[static_cast<size_t>(index)]->List();
+  return r;
 }
 
 SimHosts::Stats SimHosts::stats() const {
@@ -215,7 +216,7 @@ void SimHosts::SendHeartbeat(const ApiClient& controller, int index) {
   }
   auto t0 = Clock::now();
   auto r = ApiClient(options_.controller_url, host_token, controller.options())
-               .Post("/v1/agent/heartbeat", StatusJson(index));
+               .Post("/v1/agent/heartbeat", ToJson(Report(index)));
   if (!r.ok()) {
     ++heartbeats_failed_;
     if (!failing_.exchange(true))
@@ -227,7 +228,8 @@ void SimHosts::SendHeartbeat(const ApiClient& controller, int index) {
   heartbeat_us_ += std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
   if (failing_.exchange(false))
     spdlog::info("sim-hosts: heartbeats to {} work again", options_.controller_url);
-  std::string id = r->value("host_id", "");
+  auto reply = HeartbeatReplyFromJson(*r);
+  std::string id = reply.ok() ? reply->host_id : "";
   std::lock_guard<std::mutex> l(ids_mu_);
   auto& slot = host_ids_[static_cast<size_t>(index)];
   if (slot.empty() && !id.empty()) ++registered_;

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "proto/host_report.h"
 #include "sim/sim_vm_table.h"
 
 namespace httplib {
@@ -107,7 +108,7 @@ class SimHosts {
   std::string HostId(int index) const;
 
   // The heartbeat body of host `index` (also GET .../agent/v1/status).
-  nlohmann::json StatusJson(int index) const;
+  HostReport Report(int index) const;
 
   struct Stats {
     int64_t heartbeats_ok = 0;
@@ -122,7 +123,7 @@ class SimHosts {
   void InstallRoutes();
   void HeartbeatLoop(int thread_index);
   void SendHeartbeat(const ApiClient& controller, int index);
-  nlohmann::json Capacity(int index) const;
+  HostCapacityReport Capacity(int index) const;
 
   SimHostsOptions options_;
   std::string token_;

@@ -122,7 +122,7 @@ Status SimVmTable::DeleteWorkspace(const std::string& path) {
   return Status::Ok();
 }
 
-Result<nlohmann::json> SimVmTable::PublishCheckpoint(const std::string& id) {
+Result<CheckpointRef> SimVmTable::PublishCheckpoint(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(std::string dir, CheckpointDir(id));
   return MakeError(
       ErrorCode::kFailedPrecondition,

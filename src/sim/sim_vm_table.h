@@ -52,7 +52,7 @@ class SimVmTable : public VmDriver {
   // A path that names the checkpoint; nothing exists there.
   Result<std::string> CheckpointDir(const std::string& id) override;
   // Refused: simulated hosts have no image server.
-  Result<nlohmann::json> PublishCheckpoint(const std::string& id) override;
+  Result<CheckpointRef> PublishCheckpoint(const std::string& id) override;
   // Pretends: nothing is written to target_dir.
   Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs,
                              int vcpus, int64_t memory_mb, const std::string& target_dir) override;

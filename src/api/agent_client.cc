@@ -1,0 +1,86 @@
+#include "api/agent_client.h"
+
+#include "api/host_credentials.h"
+#include "client/api_client.h"
+#include "common/util.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+
+namespace {
+
+class HttpAgentClient : public AgentClient {
+ public:
+  explicit HttpAgentClient(const HostCredentials& credentials) : credentials_(credentials) {}
+
+  Result<VmStatus> CreateVm(const Host& host, const VmSpec& spec) override {
+    VMG_ASSIGN_OR_RETURN(json answer, Client(host).Post("/agent/v1/vms", ToJson(spec)));
+    return VmStatusFromJson(answer);
+  }
+
+  Result<VmStatus> VmAction(const Host& host, const std::string& vm_id, const std::string& action,
+                            bool leave_running) override {
+    json body = action == "checkpoint" ? json{{"leave_running", leave_running}} : json::object();
+    VMG_ASSIGN_OR_RETURN(json answer,
+                         Client(host).Post("/agent/v1/vms/" + vm_id + "/" + action, body));
+    return VmStatusFromJson(answer);
+  }
+
+  vmgrid::Status DeleteVm(const Host& host, const std::string& vm_id, bool purge) override {
+    auto r = Client(host).Delete("/agent/v1/vms/" + vm_id + (purge ? "?purge_workspace=true" : ""));
+    if (!r.ok()) return r.error();
+    return Status::Ok();
+  }
+
+  Result<json> Exec(const Host& host, const std::string& vm_id, const json& request,
+                    int read_timeout_s) override {
+    return Client(host, read_timeout_s).Post("/agent/v1/vms/" + vm_id + "/exec", request);
+  }
+
+  Result<HostReport> HostStatus(const Host& host) override {
+    VMG_ASSIGN_OR_RETURN(json answer, Client(host).Get("/agent/v1/status"));
+    VMG_ASSIGN_OR_RETURN(ParsedHostReport parsed, HostReportFromJson(answer));
+    return parsed.report;
+  }
+
+  Result<CheckpointRef> Checkpoint(const Host& host, const std::string& vm_id, bool publish,
+                                   int read_timeout_s) override {
+    VMG_ASSIGN_OR_RETURN(json answer, Client(host, read_timeout_s)
+                                          .Get("/agent/v1/vms/" + vm_id + "/checkpoint" +
+                                               (publish ? "?publish=true" : "")));
+    return CheckpointRefFromJson(answer, publish);
+  }
+
+  Result<ImageCheckpointResult> MakeImageCheckpoint(const Host& host,
+                                                    const ImageCheckpointRequest& req) override {
+    VMG_ASSIGN_OR_RETURN(json answer,
+                         Client(host).Post("/agent/v1/image-checkpoints", ToJson(req)));
+    return ImageCheckpointResultFromJson(answer, !req.push_as.empty());
+  }
+
+  vmgrid::Status DeleteWorkspace(const Host& host, const std::string& path) override {
+    auto r = Client(host, 60).Delete("/agent/v1/workspaces?path=" + PathEscape(path));
+    if (!r.ok()) return r.error();
+    return Status::Ok();
+  }
+
+ private:
+  ApiClient Client(const Host& host, int read_timeout_s = kLongTimeoutS) const {
+    ApiClient::Options o;
+    o.peer_name = "agent of host " + host.name;
+    o.unreachable_hint = "is `vmgrid agent` running there?";
+    o.read_timeout_s = read_timeout_s;
+    return ApiClient(host.url, credentials_.AgentApiToken(host.name), o);
+  }
+
+  const HostCredentials& credentials_;
+};
+
+}  // namespace
+
+AgentClientPtr NewHttpAgentClient(const HostCredentials& credentials) {
+  return std::make_unique<HttpAgentClient>(credentials);
+}
+
+}  // namespace vmgrid

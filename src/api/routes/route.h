@@ -1,0 +1,51 @@
+// What a controller route is: a function of the authenticated caller and the
+// request that parses the request, calls one service and returns its answer
+// (a status and a JSON body) or an error — never writing an error by hand.
+// The controller wraps each route with authentication, the role check and
+// admission (RouteInstaller), and sends the answer or the error's JSON body.
+#pragma once
+
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+
+#include "api/routes.h"
+#include "common/result.h"
+#include "store/store.h"
+
+namespace httplib {
+class Server;
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace vmgrid {
+
+// The authenticated caller of a route.
+struct Caller {
+  User user;
+  bool admin() const { return user.role == "admin"; }
+  OwnerFilter owner() const { return admin() ? "" : user.id; }
+};
+
+struct Reply {
+  int status = 200;
+  nlohmann::json body;
+};
+
+using Route = std::function<Result<Reply>(const Caller&, const httplib::Request&)>;
+
+// Registers routes on a server: `Install` wraps `route` with authentication
+// and a check that the caller's role is one of `roles`.
+class RouteInstaller {
+ public:
+  virtual ~RouteInstaller() = default;
+  virtual void Get(const std::string& pattern, Route route, std::set<std::string> roles) = 0;
+  virtual void Post(const std::string& pattern, Route route, std::set<std::string> roles) = 0;
+  virtual void Delete(const std::string& pattern, Route route, std::set<std::string> roles) = 0;
+};
+
+inline const std::set<std::string> kUserRoles = {"admin", "user"};
+
+}  // namespace vmgrid

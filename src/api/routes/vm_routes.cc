@@ -1,0 +1,44 @@
+#include "api/routes/vm_routes.h"
+
+#include <httplib.h>
+
+#include "api/routes.h"
+#include "api/services/vm_service.h"
+#include "common/http_json.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+using Req = httplib::Request;
+
+void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, VmView view) {
+  for (const std::string action : {"stop", "checkpoint", "resume"}) {
+    s.Post(
+        "/v1/vms/([^/]+)/" + action,
+        [&vms, view, action](const Caller& c, const Req& req) -> Result<Reply> {
+          VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body));
+          JsonFields f(body, request_fields::kVmCheckpoint);
+          VMG_RETURN_IF_ERROR(f.CheckUnknown());
+          VMG_ASSIGN_OR_RETURN(bool leave, f.Bool("leave_running", false));
+          if (action != "checkpoint" && body.contains("leave_running"))
+            return MakeError(ErrorCode::kInvalidArgument,
+                             "leave_running applies to checkpoint only");
+          const VmOp op = action == "stop" ? VmOp::kStop
+                          : action == "checkpoint"
+                              ? (leave ? VmOp::kCheckpointLeaveRunning : VmOp::kCheckpoint)
+                              : VmOp::kResume;
+          VMG_ASSIGN_OR_RETURN(Vm moved, vms.Act(req.matches[1], c.owner(), op));
+          return Reply{202, view(moved)};
+        },
+        kUserRoles);
+  }
+  s.Delete(R"(/v1/vms/([^/]+))",
+           [&vms, view](const Caller& c, const Req& req) -> Result<Reply> {
+             const bool purge = req.get_param_value("purge_workspace") == "true";
+             VMG_ASSIGN_OR_RETURN(Vm moved, vms.Delete(req.matches[1], c.owner(), purge));
+             return Reply{202, view(moved)};
+           },
+           kUserRoles);
+}
+
+}  // namespace vmgrid

@@ -1,0 +1,238 @@
+#include "api/services/host_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "api/host_credentials.h"
+#include "api/placement.h"
+#include "common/http_json.h"
+#include "common/tls.h"
+#include "common/util.h"
+#include "common/vm_state.h"
+#include "proto/blob_ref.h"
+#include "proto/checkpoint_ref.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+
+HostService::HostService(Store& store, CapacityIndex& index, const HostCredentials& credentials,
+                         const Clock& clock, InFlightFn in_flight, bool tls)
+    : store_(store),
+      index_(index),
+      credentials_(credentials),
+      clock_(clock),
+      in_flight_(std::move(in_flight)),
+      tls_(tls) {}
+
+Result<json> HostService::Register(const std::string& name) {
+  VMG_RETURN_IF_ERROR(ValidateName("host", name));
+  auto existing = store_.GetHost(name);
+  if (existing.ok() && existing->state == "up")
+    return MakeError(ErrorCode::kAlreadyExists,
+                     "host '" + name +
+                         "' is registered and up; its agent already holds its "
+                         "credentials (STATE/host-credentials.json)");
+  spdlog::info("host {} registered with the join token", name);
+  return json{{"name", name},
+              {"host_token", credentials_.HostToken(name)},
+              {"agent_api_token", credentials_.AgentApiToken(name)}};
+}
+
+Status HostService::CheckAgentUrl(const std::string& url) const {
+  const bool https = url.rfind("https://", 0) == 0;
+  if (!https && url.rfind("http://", 0) != 0)
+    return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT[/PATH]");
+  // HOST:PORT, then an optional path prefix (simulated hosts: /sim/NAME).
+  std::string rest = url.substr(https ? 8 : 7);
+  rest = rest.substr(0, rest.find('/'));
+  auto colon = rest.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size())
+    return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT[/PATH]");
+  if (tls_ && !https && !IsLoopbackHost(rest.substr(0, colon)))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "this controller talks to agents over TLS: the agent url must be https:// "
+                     "(plain http only on loopback)");
+  return Status::Ok();
+}
+
+Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const HostReport& report) {
+  if (report.name != caller)
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "this credential belongs to host '" + caller + "', not '" + report.name + "'");
+  VMG_RETURN_IF_ERROR(CheckAgentUrl(report.url));
+  const HostCapacityReport& cap = report.capacity;
+  HostCapacity hc{cap.vcpus, cap.memory_mb, cap.disk_mb, cap.kvm};
+  hc.disk_total_bytes = cap.disk_total_bytes;
+  hc.disk_free_bytes = cap.disk_free_bytes;
+  hc.site = cap.site;
+  hc.network = cap.network;
+  hc.arch = cap.arch;
+  VMG_ASSIGN_OR_RETURN(Host host, store_.HeartbeatHost(report.name, report.url, hc));
+  // A report that already matched the records, while no record on the host
+  // changed since, needs no reconciling (most heartbeats of a steady grid).
+  json vms = json::array();
+  for (const auto& v : report.vms) vms.push_back(ToJson(v));
+  const size_t digest = std::hash<std::string>{}(vms.dump());
+  const uint64_t version = index_.VmVersion(host.id);
+  bool same;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = reconciled_.find(host.id);
+    same = it != reconciled_.end() && it->second == std::make_pair(digest, version) && version != 0;
+  }
+  if (!same) {
+    bool clean = Reconcile(host, report.vms, clock_.NowMs());
+    std::lock_guard<std::mutex> l(mu_);
+    if (clean)
+      reconciled_[host.id] = {digest, version};
+    else
+      reconciled_.erase(host.id);
+  }
+  if (report.images.is_object()) NoteHostImages(host.id, report.images);
+  return HeartbeatReply{host.id};
+}
+
+// Keeps the host's cache counters for `host show`, and records which images
+// the host has exported (so it caches their chunks) in image_cache.
+void HostService::NoteHostImages(const std::string& host_id, const json& report) {
+  std::vector<std::string> images;
+  if (auto ex = report.find("exports"); ex != report.end() && ex->is_array())
+    for (const auto& e : *ex)
+      if (e.is_object() && e.contains("name") && e["name"].is_string())
+        if (auto ref = ParseExportRef(e["name"].get<std::string>()); ref && ref->kind == "disk")
+          images.push_back(ref->image_id);
+  std::vector<std::string> fresh;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    host_images_[host_id] = report;
+    for (const auto& i : images)
+      if (noted_cached_.insert({i, host_id}).second) fresh.push_back(i);
+  }
+  for (const auto& i : fresh) {
+    if (!store_.GetImage(i, "").ok()) continue;  // an image deleted meanwhile
+    Status st = store_.NoteImageCached(i, host_id);
+    if (!st.ok()) {
+      // Only placement's preference for hosts with a warm cache suffers;
+      // forget that it was noted, so the next heartbeat tries again.
+      CountFailedWrite(st, "noting image " + i + " cached on host " + host_id);
+      std::lock_guard<std::mutex> l(mu_);
+      noted_cached_.erase({i, host_id});
+    }
+  }
+}
+
+bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& reported,
+                            int64_t received_ms) {
+  std::map<std::string, VmStatus> by_id;
+  for (const auto& v : reported) by_id[v.id] = v;
+  auto records = store_.ListVmsOnHost(host.id);
+  if (!records.ok()) return false;
+  bool clean = true;
+  for (Vm vm : *records) {
+    // A record changed in the last seconds may be newer than this report.
+    if (in_flight_(vm.id) || vm.updated_ms > received_ms - 5000) {
+      clean = false;
+      by_id.erase(vm.id);  // known here: not an unrecorded VM
+      continue;
+    }
+    auto it = by_id.find(vm.id);
+    if (it == by_id.end()) {
+      if (vm.state == "error") continue;
+      clean = false;
+      if (vm.state == "deleting") {
+        // The delete finished while we were away. A failed write leaves
+        // the record `deleting`, and the next heartbeat tries again.
+        CountFailedWrite(store_.DeleteVm(vm.id), "deleting the record of VM " + vm.id);
+        continue;
+      }
+      vm.error = vm.state == "creating" ? "the create was interrupted (controller restart)"
+                                        : "the VM is not on host " + host.name + " any more";
+      vm.state = "error";
+      spdlog::warn("reconcile: VM {} missing on host {}", vm.id, host.name);
+      // Not clean: the next heartbeat tries again.
+      CountFailedWrite(store_.UpdateVm(vm), "marking VM " + vm.id + " failed");
+      continue;
+    }
+    const VmStatus report = std::move(it->second);
+    by_id.erase(it);  // matched: what is left in by_id afterwards has no record on this host
+    // Agent still busy (or reporting a state that is none of ours: wait).
+    if (auto s = ParseVmState(report.state); !s.ok() || IsTransitional(*s)) {
+      clean = false;
+      continue;
+    }
+    if (vm.state == "deleting") {  // will be retried by the user
+      clean = false;
+      continue;
+    }
+    if (report.state != vm.state) {
+      clean = false;
+      spdlog::info("reconcile: VM {} is {} on host {} (record said {})", vm.id, report.state,
+                   host.name, vm.state);
+      vm.state = report.state;
+      vm.error = report.error;
+      if (vm.create_ms == 0) vm.create_ms = report.ready_ms;
+      // Not clean: the next heartbeat tries again.
+      CountFailedWrite(store_.UpdateVm(vm), "recording VM " + vm.id + "'s state");
+    }
+  }
+  for (const auto& [id, v] : by_id)
+    if (!store_.GetVm(id, "").ok() && !IsImageCheckpointVm(id))
+      spdlog::warn("reconcile: host {} runs VM {} that has no record here; leaving it alone",
+                   host.name, id);
+  return clean;
+}
+
+void HostService::CountFailedWrite(const Status& st, const std::string& what) {
+  if (st.ok()) return;
+  spdlog::warn("{}: {}", what, st.error().message);
+  std::lock_guard<std::mutex> l(mu_);
+  ++failed_writes_;
+}
+
+int64_t HostService::failed_writes() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return failed_writes_;
+}
+
+Result<std::vector<json>> HostService::List(bool admin) {
+  VMG_ASSIGN_OR_RETURN(auto hosts, store_.ListHosts());
+  std::vector<json> out;
+  for (const auto& h : hosts) out.push_back(HostJson(h, admin));
+  return out;
+}
+
+Result<json> HostService::Get(const std::string& ref, bool admin) {
+  VMG_ASSIGN_OR_RETURN(Host h, store_.GetHost(ref));
+  return HostJson(h, admin);
+}
+
+json HostService::HostJson(const Host& h, bool admin) {
+  json j = {{"id", h.id},
+            {"name", h.name},
+            {"state", h.state},
+            {"vcpus", h.vcpus},
+            {"memory_mb", h.memory_mb},
+            {"disk_mb", h.disk_mb},
+            {"kvm", h.kvm},
+            {"site", h.site},
+            {"network", h.network},
+            {"arch", h.arch},
+            {"free_vcpus", std::max(0, h.vcpus - h.reserved_vcpus)},
+            {"free_memory_mb", std::max<int64_t>(0, h.memory_mb - h.reserved_memory_mb)},
+            {"disk_total_bytes", h.disk_total_bytes},
+            {"disk_free_bytes", h.disk_free_bytes},
+            {"reserved_disk_bytes", h.reserved_disk_bytes},
+            {"last_heartbeat", FormatTimeMs(h.last_heartbeat_ms)}};
+  if (admin) {
+    j["url"] = h.url;
+    auto vms = store_.ListVmsOnHost(h.id);
+    j["vm_count"] = vms.ok() ? vms->size() : 0;
+    std::lock_guard<std::mutex> l(mu_);
+    if (auto it = host_images_.find(h.id); it != host_images_.end()) j["images"] = it->second;
+  }
+  return j;
+}
+
+}  // namespace vmgrid

@@ -1,0 +1,94 @@
+// HostService: the controller's side of its hosts — joining (the join token
+// buys a host its credentials), heartbeats (a host's report updates its
+// record and capacity) and reconciliation of the VM records with what the
+// host's agent runs, plus the host views of the REST API.
+//
+// Dependencies are passed in (the store, the placement index, the host
+// credentials, a clock, and which VMs have an operation in flight), so the
+// service runs in unit tests on a SQLite store without a grid.
+// Thread-safe: every method (heartbeats of many hosts arrive at once).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/result.h"
+#include "proto/host_report.h"
+#include "store/store.h"
+
+namespace vmgrid {
+
+class CapacityIndex;
+class HostCredentials;
+
+class HostService {
+ public:
+  using InFlightFn = std::function<bool(const std::string& vm_id)>;
+  // `tls`: the controller talks TLS to agents (so agent URLs must be https
+  // except on loopback). All references must outlive the service.
+  HostService(Store& store, CapacityIndex& index, const HostCredentials& credentials,
+              const Clock& clock, InFlightFn in_flight, bool tls);
+
+  // The credentials of host `name` for a join-token holder: refused
+  // (kAlreadyExists) while the host is up, so a stolen join token cannot
+  // take over a live host. {"name", "host_token", "agent_api_token"}.
+  Result<nlohmann::json> Register(const std::string& name);
+
+  // A heartbeat of host `caller` (the name its credential belongs to): a
+  // host speaks only for itself (kPermissionDenied). Records the capacity,
+  // reconciles the VM records with the report, and notes the images the
+  // host caches.
+  Result<HeartbeatReply> Heartbeat(const std::string& caller, const HostReport& report);
+
+  // Brings the records of `host`'s VMs in line with what its agent reports
+  // (received at `received_ms`): the agent is the authority on what runs,
+  // the controller on what should. Records changed in the last 5 s and VMs
+  // with an operation in flight are left alone. Returns whether the records
+  // matched the report with nothing left to do.
+  bool Reconcile(const Host& host, const std::vector<VmStatus>& reported, int64_t received_ms);
+
+  // An agent's URL: http(s)://HOST:PORT[/PATH]; with TLS, plain HTTP only on
+  // loopback (a controller serving TLS never sends an agent token in the
+  // clear).
+  Status CheckAgentUrl(const std::string& url) const;
+
+  Result<std::vector<nlohmann::json>> List(bool admin);
+  Result<nlohmann::json> Get(const std::string& ref, bool admin);
+  // The host as the REST API shows it; the admin also sees its URL, VM count
+  // and image cache statistics.
+  nlohmann::json HostJson(const Host& h, bool admin);
+
+  // What the store's writes dropped by reconciliation count (each is logged).
+  int64_t failed_writes() const;
+
+ private:
+  void NoteHostImages(const std::string& host_id, const nlohmann::json& images);
+  void CountFailedWrite(const Status& st, const std::string& what);
+
+  Store& store_;
+  CapacityIndex& index_;
+  const HostCredentials& credentials_;
+  const Clock& clock_;
+  const InFlightFn in_flight_;
+  const bool tls_;
+
+  mutable std::mutex mu_;
+  // host id -> last reported cache stats
+  std::map<std::string, nlohmann::json> host_images_;  // guarded by mu_
+  // (image, host) recorded in image_cache
+  std::set<std::pair<std::string, std::string>> noted_cached_;  // guarded by mu_
+  // Per host: the last report that matched the records, and the records'
+  // version then (CapacityIndex::VmVersion).
+  std::map<std::string, std::pair<size_t, uint64_t>> reconciled_;  // guarded by mu_
+  int64_t failed_writes_ = 0;                                      // guarded by mu_
+};
+
+}  // namespace vmgrid

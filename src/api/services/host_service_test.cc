@@ -1,0 +1,124 @@
+// HostService on a SQLite store, without a grid: heartbeats and
+// reconciliation of the VM records with what a host reports.
+#include "api/services/host_service.h"
+
+#include <set>
+
+#include "api/services/service_test_fixture.h"
+
+namespace vmgrid {
+namespace {
+
+class HostServiceTest : public ServiceTest {
+ protected:
+  void SetUp() override {
+    ServiceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    hosts_ = std::make_unique<HostService>(
+        *store_, index_, *creds_, clock_,
+        [this](const std::string& id) { return in_flight_.count(id) > 0; }, /*tls=*/false);
+  }
+
+  HostReport Report(std::vector<VmStatus> vms) {
+    HostReport r;
+    r.name = "h1";
+    r.url = "http://127.0.0.1:1";
+    r.capacity.vcpus = 8;
+    r.capacity.memory_mb = 8192;
+    r.vms = std::move(vms);
+    return r;
+  }
+  static VmStatus Status(const std::string& id, const std::string& state) {
+    VmStatus s;
+    s.id = id;
+    s.state = state;
+    return s;
+  }
+  std::string StateOf(const std::string& id) {
+    auto vm = store_->GetVm(id, "");
+    return vm.ok() ? vm->state : "(gone)";
+  }
+
+  std::set<std::string> in_flight_;
+  std::unique_ptr<HostService> hosts_;
+};
+
+TEST_F(HostServiceTest, AHostSpeaksOnlyForItself) {
+  auto r = hosts_->Heartbeat("h2", Report({}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied);
+  auto ok = hosts_->Heartbeat("h1", Report({}));
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  EXPECT_EQ(ok->host_id, host_.id);
+}
+
+TEST_F(HostServiceTest, HeartbeatRecordsCapacityAndTheImagesTheHostCaches) {
+  HostReport r = Report({});
+  r.capacity.vcpus = 16;
+  r.capacity.site = "site-2";
+  r.images = {{"exports", {{{"name", "img-1-disk"}}, {{"name", "vm-9-ckpt-disk"}}}}};
+  ASSERT_TRUE(hosts_->Heartbeat("h1", r).ok());
+  auto h = store_->GetHost(host_.id);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->vcpus, 16);
+  EXPECT_EQ(h->site, "site-2");
+  EXPECT_TRUE(index_.IsCached("img-1", host_.id));
+  auto shown = hosts_->Get(host_.id, /*admin=*/true);
+  ASSERT_TRUE(shown.ok());
+  EXPECT_EQ((*shown)["images"], r.images) << "the admin sees the cache statistics";
+  EXPECT_FALSE(hosts_->Get(host_.id, false)->contains("url")) << "users do not see agent URLs";
+}
+
+TEST_F(HostServiceTest, AgentUrlsAreCheckedAndTlsNeedsHttpsOffLoopback) {
+  EXPECT_TRUE(hosts_->CheckAgentUrl("http://127.0.0.1:7000/sim/h1").ok());
+  EXPECT_FALSE(hosts_->CheckAgentUrl("ftp://127.0.0.1:7000").ok());
+  EXPECT_FALSE(hosts_->CheckAgentUrl("http://127.0.0.1").ok());
+  HostService tls(
+      *store_, index_, *creds_, clock_, [](const std::string&) { return false; }, true);
+  EXPECT_TRUE(tls.CheckAgentUrl("http://127.0.0.1:7000").ok());
+  EXPECT_FALSE(tls.CheckAgentUrl("http://10.0.0.5:7000").ok());
+  EXPECT_TRUE(tls.CheckAgentUrl("https://10.0.0.5:7000").ok());
+}
+
+TEST_F(HostServiceTest, ReconcileFollowsTheAgent) {
+  Vm running = AddVm("a", "running");
+  Vm stopped = AddVm("b", "running");
+  Vm missing = AddVm("c", "running");
+  Vm deleting = AddVm("d", "deleting");
+  Vm busy = AddVm("e", "running");
+  in_flight_.insert(busy.id);
+  // The store stamps records with the real time; the report comes later.
+  clock_.Advance(10'000);
+  bool clean = hosts_->Reconcile(
+      host_,
+      {Status(running.id, "running"), Status(stopped.id, "stopped"), Status(busy.id, "stopped")},
+      clock_.NowMs());
+  EXPECT_FALSE(clean);
+  EXPECT_EQ(StateOf(running.id), "running");
+  EXPECT_EQ(StateOf(stopped.id), "stopped") << "the agent is the authority on what runs";
+  EXPECT_EQ(StateOf(missing.id), "error");
+  EXPECT_NE(store_->GetVm(missing.id, "")->error.find("not on host h1"), std::string::npos);
+  EXPECT_EQ(StateOf(deleting.id), "(gone)") << "the delete finished while we were away";
+  EXPECT_EQ(StateOf(busy.id), "running") << "an operation in flight is left alone";
+  EXPECT_EQ(hosts_->failed_writes(), 0);
+}
+
+TEST_F(HostServiceTest, ARecordNewerThanTheReportIsLeftAlone) {
+  Vm a = AddVm("a", "running");
+  // Received before the record's last change (plus the 5 s margin).
+  EXPECT_FALSE(hosts_->Reconcile(host_, {}, clock_.NowMs()));
+  EXPECT_EQ(StateOf(a.id), "running");
+}
+
+TEST_F(HostServiceTest, ReconcileWaitsWhileTheAgentIsBusyAndIsCleanWhenAllMatch) {
+  Vm a = AddVm("a", "running");
+  clock_.Advance(10'000);
+  EXPECT_FALSE(hosts_->Reconcile(host_, {Status(a.id, "stopping")}, clock_.NowMs()));
+  EXPECT_EQ(StateOf(a.id), "running") << "a transitional state on the agent: wait";
+  EXPECT_FALSE(hosts_->Reconcile(host_, {Status(a.id, "exploded")}, clock_.NowMs()));
+  EXPECT_EQ(StateOf(a.id), "running") << "a state that is none of ours: wait";
+  EXPECT_TRUE(hosts_->Reconcile(host_, {Status(a.id, "running")}, clock_.NowMs()));
+}
+
+}  // namespace
+}  // namespace vmgrid

@@ -1,0 +1,136 @@
+// A controller's dependencies without a grid, for the services' unit tests:
+// a SQLite store in a temporary directory with one user, one image and one
+// host, the placement index observing it, host credentials, a fake clock,
+// an operation queue and a fake agent that answers from a script.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "api/agent_client.h"
+#include "api/host_credentials.h"
+#include "api/op_queue.h"
+#include "api/placement.h"
+#include "common/clock.h"
+#include "common/util.h"
+#include "store/store.h"
+#include "store/test_database.h"
+
+namespace vmgrid {
+
+// Answers what the test put in its fields; records every call.
+class FakeAgent : public AgentClient {
+ public:
+  std::mutex mu;
+  std::vector<std::string> calls;  // "action vm-id" / "status" / "delete vm-id"
+  Result<VmStatus> action_answer = VmStatus{};
+  Result<HostReport> status_answer = HostReport{};
+  Status delete_answer;
+
+  Result<VmStatus> CreateVm(const Host&, const VmSpec& spec) override {
+    Note("create " + spec.id);
+    return action_answer;
+  }
+  Result<VmStatus> VmAction(const Host&, const std::string& vm_id, const std::string& action,
+                            bool leave_running) override {
+    Note(action + (leave_running ? "+leave " : " ") + vm_id);
+    return action_answer;
+  }
+  vmgrid::Status DeleteVm(const Host&, const std::string& vm_id, bool purge) override {
+    Note(std::string(purge ? "purge " : "delete ") + vm_id);
+    return delete_answer;
+  }
+  Result<nlohmann::json> Exec(const Host&, const std::string& vm_id, const nlohmann::json&,
+                              int) override {
+    Note("exec " + vm_id);
+    return nlohmann::json::object();
+  }
+  Result<HostReport> HostStatus(const Host&) override {
+    Note("status");
+    return status_answer;
+  }
+  Result<CheckpointRef> Checkpoint(const Host&, const std::string& vm_id, bool, int) override {
+    Note("checkpoint-ref " + vm_id);
+    return CheckpointRef{};
+  }
+  Result<ImageCheckpointResult> MakeImageCheckpoint(const Host&,
+                                                    const ImageCheckpointRequest&) override {
+    Note("image-checkpoint");
+    return ImageCheckpointResult{};
+  }
+  vmgrid::Status DeleteWorkspace(const Host&, const std::string& path) override {
+    Note("delete-workspace " + path);
+    return vmgrid::Status::Ok();
+  }
+
+ private:
+  void Note(const std::string& call) {
+    std::lock_guard<std::mutex> l(mu);
+    calls.push_back(call);
+  }
+};
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = std::make_unique<testing_db::TestDatabase>(testing_db::kSqlite);
+    VMGRID_REQUIRE_TEST_DATABASE(*db_);
+    auto s = Store::Open(db_->target());
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    store_ = std::move(s).value();
+    ASSERT_TRUE(store_->SetObserver(&index_).ok());
+    auto creds = HostCredentials::Open(::testing::TempDir() + "/" + NewId("key"));
+    ASSERT_TRUE(creds.ok()) << creds.error().message;
+    creds_.emplace(std::move(creds).value());
+    auto u = store_->CreateUser("alice", "user");
+    ASSERT_TRUE(u.ok());
+    alice_ = u->first;
+    Image img;
+    img.id = "img-1";
+    img.name = "tiny";
+    img.owner_id = alice_.id;
+    img.state = "ready";
+    img.format = "raw";
+    img.dir = "/nonexistent";
+    ASSERT_TRUE(store_->InsertImage(img).ok());
+    auto h = store_->HeartbeatHost("h1", "http://127.0.0.1:1", HostCapacity{8, 8192, 10000, false});
+    ASSERT_TRUE(h.ok()) << h.error().message;
+    host_ = *h;
+  }
+
+  // A VM of alice's on h1 in `state` (the store stamps its changes with the
+  // real time, which the fake clock starts at).
+  Vm AddVm(const std::string& name, const std::string& state) {
+    Vm v;
+    v.id = NewId("vm");
+    v.name = name;
+    v.owner_id = alice_.id;
+    v.image_id = "img-1";
+    v.state = "creating";
+    v.vcpus = 1;
+    v.memory_mb = 256;
+    v.disk = "clone";
+    v.start = "boot";
+    v.created_ms = v.updated_ms = clock_.NowMs();
+    auto placed = store_->PlaceAndInsertVm(v, {host_.id});
+    EXPECT_TRUE(placed.ok()) << placed.error().message;
+    EXPECT_TRUE(store_->ModifyVm(placed->id, [&](Vm& vm) { vm.state = state; }).ok());
+    return *store_->GetVm(placed->id, "");
+  }
+
+  std::unique_ptr<testing_db::TestDatabase> db_;
+  CapacityIndex index_;  // outlives store_
+  std::unique_ptr<Store> store_;
+  std::optional<HostCredentials> creds_;
+  FakeClock clock_{NowMs()};
+  FakeAgent agent_;
+  User alice_;
+  Host host_;
+};
+
+}  // namespace vmgrid

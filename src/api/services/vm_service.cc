@@ -1,0 +1,121 @@
+#include "api/services/vm_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include "api/agent_client.h"
+#include "api/op_queue.h"
+
+namespace vmgrid {
+
+namespace {
+
+const char* AgentAction(VmOp op) {
+  switch (op) {
+    case VmOp::kStop:
+      return "stop";
+    case VmOp::kResume:
+      return "resume";
+    default:
+      return "checkpoint";
+  }
+}
+
+}  // namespace
+
+VmService::VmService(Store& store, AgentClient& agents, OpQueue& ops, const Clock& clock)
+    : store_(store), agents_(agents), ops_(ops), clock_(clock) {}
+
+Result<Vm> VmService::Act(const std::string& id, const OwnerFilter& owner, VmOp op) {
+  if (op != VmOp::kStop && op != VmOp::kCheckpoint && op != VmOp::kCheckpointLeaveRunning &&
+      op != VmOp::kResume)
+    return MakeError(ErrorCode::kInternal, "VmService::Act: not a VM action");
+  const int64_t started = clock_.NowMs();
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(id, owner));
+  VMG_ASSIGN_OR_RETURN(Vm moved, store_.TransitionVm(vm.id, op));
+  const std::string previous = vm.state;  // the table's state on failure for these operations
+  auto host = store_.GetHost(vm.host_id);
+  Host h = host.ok() ? *host : Host{};
+  const std::string action = AgentAction(op);
+  const bool leave_running = op == VmOp::kCheckpointLeaveRunning;
+  ops_.Run(vm.id, [this, h, action, leave_running, previous, id = vm.id, started] {
+    auto r = agents_.VmAction(h, id, action, leave_running);
+    if (!r.ok()) {
+      // The agent says what state the VM is in after a failure.
+      auto now = agents_.HostStatus(h);
+      std::string state = previous;
+      if (now.ok())
+        for (const auto& v : now->vms)
+          if (v.id == id && ParseVmState(v.state).ok()) state = v.state;
+      RecordOutcome(id, r, state, started, false);
+      return;
+    }
+    RecordOutcome(id, r, previous, started, action == "resume");
+  });
+  return moved;
+}
+
+Result<Vm> VmService::Delete(const std::string& id, const OwnerFilter& owner, bool purge) {
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(id, owner));
+  auto moved = store_.TransitionVm(vm.id, VmOp::kDelete);
+  if (!moved.ok())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     moved.error().message + "; wait until the current operation ends");
+  auto host = store_.GetHost(vm.host_id);
+  Host h = host.ok() ? *host : Host{};
+  ops_.Run(vm.id, [this, h, purge, v = vm] {
+    Status r = agents_.DeleteVm(h, v.id, purge);
+    if (!r.ok() && r.error().code != ErrorCode::kNotFound) {
+      RecordOutcome(v.id, r.error(), "error", 0, false);
+      return;
+    }
+    if (!v.workspace_id.empty()) {
+      auto ws = store_.GetWorkspace(v.workspace_id, "");
+      if (ws.ok()) {
+        if (purge) {
+          // The file is gone; a record left behind shows a workspace that
+          // cannot boot, which deleting it again clears.
+          CountFailedWrite(store_.DeleteWorkspace(ws->id), "deleting workspace " + ws->id);
+        } else {
+          ws->vm_id.clear();
+          // Left behind, the workspace still names this VM and cannot be
+          // taken by another until an admin clears it.
+          CountFailedWrite(store_.UpdateWorkspace(*ws), "releasing workspace " + ws->id);
+        }
+      }
+    }
+    // Left `deleting`: the next heartbeat's reconciliation deletes the
+    // record once the host no longer reports the VM.
+    CountFailedWrite(store_.DeleteVm(v.id), "deleting the record of VM " + v.id);
+  });
+  return *moved;
+}
+
+void VmService::RecordOutcome(const std::string& vm_id, const Result<VmStatus>& answer,
+                              const std::string& state_on_error, int64_t started_ms, bool timing) {
+  if (!answer.ok()) spdlog::warn("VM {}: {}", vm_id, answer.error().message);
+  Status st = store_.ModifyVm(vm_id, [&](Vm& vm) {
+    if (answer.ok() && !ParseVmState(answer->state).ok()) {
+      // The database holds our states only (migration 8).
+      vm.state = state_on_error;
+      vm.error = "the host reported an unknown state '" + answer->state + "'";
+    } else if (answer.ok()) {
+      vm.state = answer->state;
+      vm.error = answer->error;
+      if (timing) vm.create_ms = clock_.NowMs() - started_ms;
+    } else {
+      vm.state = state_on_error;
+      vm.error = answer.error().message;
+    }
+  });
+  // The record stays transitional; reconciliation with the host's next
+  // heartbeat settles it.
+  CountFailedWrite(st, "VM " + vm_id + ": recording the outcome");
+}
+
+void VmService::CountFailedWrite(const Status& st, const std::string& what) {
+  if (st.ok()) return;
+  spdlog::warn("{}: {}", what, st.error().message);
+  ++failed_writes_;
+}
+
+}  // namespace vmgrid

@@ -1,0 +1,61 @@
+// VmService: the lifecycle operations on existing VMs — stop, checkpoint,
+// resume and delete — and the recording of what a host's agent answered.
+// Each operation moves the record at once (Store::TransitionVm, the table of
+// common/vm_state.h, compare-and-set) and asks the agent in the background
+// (OpQueue); the answer, or the failure and the state the agent reports
+// after it, is recorded when it comes (docs/vm-lifecycle.md).
+//
+// Dependencies are passed in (store, agent client, operation queue, clock),
+// so the service runs in unit tests with a SQLite store and a fake agent.
+// Thread-safe: every method.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "common/clock.h"
+#include "common/result.h"
+#include "common/vm_state.h"
+#include "proto/vm_status.h"
+#include "store/store.h"
+
+namespace vmgrid {
+
+class AgentClient;
+class OpQueue;
+
+class VmService {
+ public:
+  VmService(Store& store, AgentClient& agents, OpQueue& ops, const Clock& clock);
+
+  // VM `id` of `owner` moves by `op` (kStop, kCheckpoint,
+  // kCheckpointLeaveRunning or kResume); returns the record as moved. On
+  // failure (not found, or the table forbids it from the VM's state):
+  // nothing changed.
+  Result<Vm> Act(const std::string& id, const OwnerFilter& owner, VmOp op);
+  // Deletes VM `id` of `owner` (its persistent workspace too when
+  // `purge_workspace`); the record is `deleting` until the host has
+  // removed it. kFailedPrecondition while another operation runs.
+  Result<Vm> Delete(const std::string& id, const OwnerFilter& owner, bool purge_workspace);
+
+  // Records the agent's answer for an operation on VM `vm_id` started at
+  // `started_ms`: its state (and, with `timing`, how long it took), or
+  // `state_on_error` and the error.
+  void RecordOutcome(const std::string& vm_id, const Result<VmStatus>& answer,
+                     const std::string& state_on_error, int64_t started_ms, bool timing);
+
+  // Store writes that failed after the agent had acted (each is logged).
+  int64_t failed_writes() const { return failed_writes_.load(); }
+
+ private:
+  void CountFailedWrite(const Status& st, const std::string& what);
+
+  Store& store_;
+  AgentClient& agents_;
+  OpQueue& ops_;
+  const Clock& clock_;
+  std::atomic<int64_t> failed_writes_{0};
+};
+
+}  // namespace vmgrid

@@ -1,0 +1,107 @@
+// VmService on a SQLite store with a fake agent: each operation moves the
+// record at once, asks the agent in the background and records its answer.
+#include "api/services/vm_service.h"
+
+#include "api/services/service_test_fixture.h"
+
+namespace vmgrid {
+namespace {
+
+class VmServiceTest : public ServiceTest {
+ protected:
+  void SetUp() override {
+    ServiceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    vms_ = std::make_unique<VmService>(*store_, agent_, ops_, clock_);
+  }
+  void Settle() { ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10))); }
+  static VmStatus Answer(const std::string& id, const std::string& state) {
+    VmStatus s;
+    s.id = id;
+    s.state = state;
+    return s;
+  }
+
+  OpQueue ops_;
+  std::unique_ptr<VmService> vms_;
+};
+
+TEST_F(VmServiceTest, StopMovesTheRecordAndRecordsTheAgentsAnswer) {
+  Vm vm = AddVm("a", "running");
+  agent_.action_answer = Answer(vm.id, "stopped");
+  auto moved = vms_->Act(vm.id, alice_.id, VmOp::kStop);
+  ASSERT_TRUE(moved.ok()) << moved.error().message;
+  EXPECT_EQ(moved->state, "stopping");
+  Settle();
+  EXPECT_EQ(store_->GetVm(vm.id, "")->state, "stopped");
+  ASSERT_EQ(agent_.calls.size(), 1u);
+  EXPECT_EQ(agent_.calls[0], "stop " + vm.id);
+}
+
+TEST_F(VmServiceTest, RefusedOperationsChangeNothingAndCallNoAgent) {
+  Vm vm = AddVm("a", "stopped");
+  auto r = vms_->Act(vm.id, alice_.id, VmOp::kStop);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(vms_->Act(vm.id, "someone-else", VmOp::kResume).error().code, ErrorCode::kNotFound);
+  Settle();
+  EXPECT_EQ(store_->GetVm(vm.id, "")->state, "stopped");
+  EXPECT_TRUE(agent_.calls.empty());
+}
+
+TEST_F(VmServiceTest, AFailedCheckpointTakesTheStateTheAgentReports) {
+  Vm vm = AddVm("a", "running");
+  agent_.action_answer = MakeError(ErrorCode::kInternal, "disk full");
+  HostReport report;
+  report.vms = {Answer(vm.id, "stopped")};  // QEMU died during the checkpoint
+  agent_.status_answer = report;
+  auto moved = vms_->Act(vm.id, alice_.id, VmOp::kCheckpointLeaveRunning);
+  ASSERT_TRUE(moved.ok()) << moved.error().message;
+  EXPECT_EQ(moved->state, "checkpointing");
+  Settle();
+  auto after = store_->GetVm(vm.id, "");
+  EXPECT_EQ(after->state, "stopped");
+  EXPECT_EQ(after->error, "disk full");
+  EXPECT_EQ(agent_.calls, (std::vector<std::string>{"checkpoint+leave " + vm.id, "status"}));
+}
+
+TEST_F(VmServiceTest, AnUnknownStateFromTheHostIsNotRecorded) {
+  Vm vm = AddVm("a", "stopped");
+  agent_.action_answer = Answer(vm.id, "levitating");
+  ASSERT_TRUE(vms_->Act(vm.id, alice_.id, VmOp::kResume).ok());
+  Settle();
+  auto after = store_->GetVm(vm.id, "");
+  EXPECT_EQ(after->state, "stopped") << "the state it started from";
+  EXPECT_NE(after->error.find("unknown state 'levitating'"), std::string::npos) << after->error;
+}
+
+TEST_F(VmServiceTest, ResumeRecordsHowLongItTook) {
+  Vm vm = AddVm("a", "suspended");
+  agent_.action_answer = Answer(vm.id, "running");
+  ASSERT_TRUE(vms_->Act(vm.id, alice_.id, VmOp::kResume).ok());
+  Settle();
+  auto after = store_->GetVm(vm.id, "");
+  EXPECT_EQ(after->state, "running");
+  EXPECT_GE(after->create_ms, 0);
+}
+
+TEST_F(VmServiceTest, DeleteRemovesTheRecordOnceTheHostHasAndKeepsItWhenItFails) {
+  Vm gone = AddVm("a", "running");
+  auto moved = vms_->Delete(gone.id, alice_.id, false);
+  ASSERT_TRUE(moved.ok()) << moved.error().message;
+  EXPECT_EQ(moved->state, "deleting");
+  Settle();
+  EXPECT_FALSE(store_->GetVm(gone.id, "").ok());
+
+  Vm kept = AddVm("b", "running");
+  agent_.delete_answer = MakeError(ErrorCode::kUnavailable, "host unreachable");
+  ASSERT_TRUE(vms_->Delete(kept.id, alice_.id, false).ok());
+  Settle();
+  auto after = store_->GetVm(kept.id, "");
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->state, "error");
+  EXPECT_EQ(vms_->failed_writes(), 0);
+}
+
+}  // namespace
+}  // namespace vmgrid

@@ -1,0 +1,93 @@
+#include "proto/host_report.h"
+
+#include "common/http_json.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+
+json ToJson(const HostCapacityReport& c) {
+  return {{"vcpus", c.vcpus},
+          {"memory_mb", c.memory_mb},
+          {"disk_mb", c.disk_mb},
+          {"disk_total_bytes", c.disk_total_bytes},
+          {"disk_free_bytes", c.disk_free_bytes},
+          {"kvm", c.kvm},
+          {"site", c.site},
+          {"network", c.network},
+          {"arch", c.arch}};
+}
+
+json ToJson(const HostReport& r) {
+  json vms = json::array();
+  for (const auto& v : r.vms) vms.push_back(ToJson(v));
+  json out = {{"name", r.name}, {"url", r.url}, {"capacity", ToJson(r.capacity)}, {"vms", vms}};
+  if (!r.images.is_null()) out["images"] = r.images;
+  return out;
+}
+
+Result<HostCapacityReport> HostCapacityFromJson(const json& cap) {
+  if (!cap.is_object()) return MakeError(ErrorCode::kInvalidArgument, "capacity must be an object");
+  JsonFields cf(cap, kHostCapacityFields);
+  HostCapacityReport c;
+  VMG_ASSIGN_OR_RETURN(int64_t vcpus, cf.Int("vcpus", 0, 0, 4096));
+  c.vcpus = static_cast<int>(vcpus);
+  VMG_ASSIGN_OR_RETURN(c.memory_mb, cf.Int("memory_mb", 0, 0, int64_t{1} << 32));
+  VMG_ASSIGN_OR_RETURN(c.disk_mb, cf.Int("disk_mb", 0, 0, int64_t{1} << 40));
+  VMG_ASSIGN_OR_RETURN(c.kvm, cf.Bool("kvm", false));
+  VMG_ASSIGN_OR_RETURN(c.disk_total_bytes, cf.Int("disk_total_bytes", 0, 0, int64_t{1} << 60));
+  VMG_ASSIGN_OR_RETURN(c.disk_free_bytes, cf.Int("disk_free_bytes", 0, 0, int64_t{1} << 60));
+  if (c.disk_free_bytes > c.disk_total_bytes)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "capacity: disk_free_bytes exceeds disk_total_bytes");
+  for (auto [field, dst] :
+       {std::pair{"site", &c.site}, {"network", &c.network}, {"arch", &c.arch}}) {
+    VMG_ASSIGN_OR_RETURN(std::string v, cf.String(field, false, *dst));
+    VMG_RETURN_IF_ERROR(ValidateName(field, v));
+    *dst = v;
+  }
+  return c;
+}
+
+Result<ParsedHostReport> HostReportFromJson(const json& j) {
+  if (!j.is_object())
+    return MakeError(ErrorCode::kInvalidArgument, "host report must be an object");
+  JsonFields f(j, kHostReportFields);
+  ParsedHostReport out;
+  HostReport& r = out.report;
+  VMG_ASSIGN_OR_RETURN(r.name, f.String("name", true));
+  VMG_ASSIGN_OR_RETURN(r.url, f.String("url", true));
+  VMG_RETURN_IF_ERROR(ValidateName("host", r.name));
+  auto cap = j.find("capacity");
+  if (cap == j.end()) return MakeError(ErrorCode::kInvalidArgument, "capacity must be an object");
+  VMG_ASSIGN_OR_RETURN(r.capacity, HostCapacityFromJson(*cap));
+  if (auto vms = j.find("vms"); vms != j.end() && !vms->is_null()) {
+    if (!vms->is_array()) return MakeError(ErrorCode::kInvalidArgument, "vms must be an array");
+    for (const auto& v : *vms) {
+      auto s = VmStatusFromJson(v);
+      if (s.ok())
+        r.vms.push_back(std::move(*s));
+      else
+        ++out.dropped_vms;
+    }
+  }
+  if (auto im = j.find("images"); im != j.end() && !im->is_null()) {
+    if (!im->is_object())
+      return MakeError(ErrorCode::kInvalidArgument, "field 'images' must be an object");
+    r.images = *im;
+  }
+  return out;
+}
+
+json ToJson(const HeartbeatReply& r) { return {{"host_id", r.host_id}}; }
+
+Result<HeartbeatReply> HeartbeatReplyFromJson(const json& j) {
+  if (!j.is_object())
+    return MakeError(ErrorCode::kInvalidArgument, "heartbeat reply must be an object");
+  JsonFields f(j, {"host_id"});
+  HeartbeatReply r;
+  VMG_ASSIGN_OR_RETURN(r.host_id, f.String("host_id", true));
+  return r;
+}
+
+}  // namespace vmgrid

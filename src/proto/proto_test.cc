@@ -1,0 +1,242 @@
+// Round trips of every protocol type through its codec, and the strictness
+// each parser promises.
+#include <gtest/gtest.h>
+
+#include "proto/blob_ref.h"
+#include "proto/checkpoint_ref.h"
+#include "proto/future_id.h"
+#include "proto/host_report.h"
+#include "proto/vm_spec.h"
+#include "proto/vm_status.h"
+
+namespace vmgrid {
+namespace {
+
+using nlohmann::json;
+
+BlobRef Blob(const std::string& name, uint64_t version) {
+  return {name, version, std::string(64, 'a'), 4096 * version};
+}
+
+// Through text, as it crosses a process boundary.
+json Wire(const json& j) { return json::parse(j.dump()); }
+
+VmSpec FullSpec() {
+  VmSpec s;
+  s.id = "vm-1";
+  s.name = "web";
+  s.owner_id = "user-1";
+  s.vcpus = 2;
+  s.memory_mb = 512;
+  s.disk_mode = "persistent";
+  s.image = {"img-1", "/images/img-1/disk.qcow2", "qcow2", "/k", "/i", "console=ttyS0"};
+  s.workspace_path = "user-1/ws-1.qcow2";
+  s.start = "resume";
+  s.checkpoint_dir = "/images/img-1/checkpoint";
+  s.blobs = {{"disk", Blob("img-1-disk", 1)},
+             {"ckpt_memory", Blob("img-1-ckpt-memory", 2)},
+             {"ckpt_disk", Blob("img-1-ckpt-disk", 3)}};
+  return s;
+}
+
+TEST(VmSpecTest, RoundTrips) {
+  VmSpec s = FullSpec();
+  auto back = VmSpecFromJson(Wire(ToJson(s)));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, s);
+  VmSpec minimal;
+  minimal.id = "vm-2";
+  minimal.name = "vm-2";
+  minimal.image.disk = "/d";
+  minimal.image.format = "raw";
+  auto m = VmSpecFromJson(Wire(ToJson(minimal)));
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  EXPECT_EQ(*m, minimal);
+}
+
+TEST(VmSpecTest, DefaultsAndStrictness) {
+  auto s = VmSpecFromJson({{"id", "vm-1"}, {"image", {{"disk", "/d"}}}});
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  EXPECT_EQ(s->name, "vm-1");
+  EXPECT_EQ(s->vcpus, 1);
+  EXPECT_EQ(s->memory_mb, 256);
+  EXPECT_EQ(s->start, "boot");
+  EXPECT_EQ(s->image.format, "raw");
+  json j = ToJson(FullSpec());
+  for (auto [field, value] :
+       std::initializer_list<std::pair<const char*, json>>{{"surprise", 1},
+                                                           {"vcpus", 65},
+                                                           {"vcpus", "2"},
+                                                           {"memory_mb", 16},
+                                                           {"disk_mode", "shared"},
+                                                           {"start", "later"},
+                                                           {"id", "../x"},
+                                                           {"image", "disk"}}) {
+    json bad = j;
+    bad[field] = value;
+    auto r = VmSpecFromJson(bad);
+    EXPECT_FALSE(r.ok()) << field << "=" << value.dump();
+  }
+  json no_ckpt = j;
+  no_ckpt["checkpoint_dir"] = "";
+  no_ckpt["blobs"] = json::object();
+  EXPECT_FALSE(VmSpecFromJson(no_ckpt).ok()) << "a resume needs a checkpoint";
+  json no_ws = j;
+  no_ws["workspace_path"] = "";
+  EXPECT_FALSE(VmSpecFromJson(no_ws).ok()) << "a persistent disk needs a workspace";
+  json half = j;
+  half["blobs"].erase("ckpt_disk");
+  EXPECT_FALSE(VmSpecFromJson(half).ok()) << "checkpoint blobs come in pairs";
+}
+
+TEST(VmStatusTest, RoundTripsAndIgnoresNewFields) {
+  VmStatus s{"vm-1", "user-1", "web", "running", "", 4242, 2, 512, true, 830};
+  auto back = VmStatusFromJson(Wire(ToJson(s)));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, s);
+  json newer = ToJson(s);
+  newer["nics"] = json::array();
+  EXPECT_TRUE(VmStatusFromJson(newer).ok());
+  json bad = ToJson(s);
+  bad["vcpus"] = "two";
+  EXPECT_FALSE(VmStatusFromJson(bad).ok());
+  EXPECT_FALSE(VmStatusFromJson({{"state", "running"}}).ok()) << "an id is required";
+}
+
+TEST(HostReportTest, RoundTrips) {
+  HostReport r;
+  r.name = "h1";
+  r.url = "https://127.0.0.1:7000";
+  r.capacity = {8, 16384, 100000, 1 << 30, 1 << 29, true, "site-1", "net-1", "x86_64"};
+  r.vms = {VmStatus{"vm-1", "u", "a", "running", "", 1, 1, 256, false, 10},
+           VmStatus{"vm-2", "u", "b", "stopped", "boom", 0, 2, 512, true, 0}};
+  r.images = {{"exports", json::array({{{"name", "img-1-disk"}}})}};
+  auto back = HostReportFromJson(Wire(ToJson(r)));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(back->report, r);
+  EXPECT_EQ(back->dropped_vms, 0);
+
+  HostReport bare;
+  bare.name = "h2";
+  bare.url = "http://127.0.0.1:1";
+  auto b = HostReportFromJson(Wire(ToJson(bare)));
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  EXPECT_EQ(b->report, bare);
+}
+
+TEST(HostReportTest, Strictness) {
+  HostReport r;
+  r.name = "h1";
+  r.url = "http://127.0.0.1:1";
+  json j = ToJson(r);
+  VmStatus one;
+  one.id = "vm-1";
+  j["vms"] = json::array({ToJson(one), json{{"state", "running"}}, 7});
+  auto dropped = HostReportFromJson(j);
+  ASSERT_TRUE(dropped.ok()) << dropped.error().message;
+  EXPECT_EQ(dropped->report.vms.size(), 1u);
+  EXPECT_EQ(dropped->dropped_vms, 2);
+  for (auto [field, value] : std::initializer_list<std::pair<const char*, json>>{
+           {"name", "bad name"}, {"capacity", 3}, {"vms", "none"}, {"images", 1}}) {
+    json bad = ToJson(r);
+    bad[field] = value;
+    EXPECT_FALSE(HostReportFromJson(bad).ok()) << field;
+  }
+  json disk = ToJson(r);
+  disk["capacity"]["disk_free_bytes"] = 2;
+  disk["capacity"]["disk_total_bytes"] = 1;
+  EXPECT_FALSE(HostReportFromJson(disk).ok());
+  json site = ToJson(r);
+  site["capacity"]["site"] = "a/b";
+  EXPECT_FALSE(HostReportFromJson(site).ok());
+  auto reply = HeartbeatReplyFromJson(Wire(ToJson(HeartbeatReply{"host-1"})));
+  ASSERT_TRUE(reply.ok());
+  EXPECT_EQ(reply->host_id, "host-1");
+}
+
+TEST(FutureIdTest, RoundTripsAndRefusesOthers) {
+  FutureId f{"img-0a1b2c3d4e", "host-5f6a7b8c9d", "resume"};
+  EXPECT_EQ(f.ToString(), "fut-img-0a1b2c3d4e-host-5f6a7b8c9d-resume");
+  auto back = ParseFutureId(f.ToString());
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, f);
+  for (const char* bad : {"", "fut-", "img-1-host-2-boot", "fut-img-1-host-2-later",
+                          "fut-img-1-host-boot", "fut-host-2-boot"})
+    EXPECT_FALSE(ParseFutureId(bad).ok()) << bad;
+  EXPECT_EQ(FutureIdSqlExpression("n.id", "h.id", "n.start"),
+            "'fut-' || n.id || '-' || h.id || '-' || n.start");
+}
+
+TEST(BlobRefTest, ExportNamesAndBlobs) {
+  ExportRef e{"img-1", "disk"};
+  EXPECT_EQ(e.Name(), "img-1-disk");
+  auto back = ParseExportRef(e.Name());
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->image_id, "img-1");
+  EXPECT_EQ(back->kind, "disk");
+  EXPECT_EQ(ParseExportRef("img-1-kernel")->kind, "kernel");
+  EXPECT_FALSE(ParseExportRef("img-1-ckpt-disk").has_value()) << "a checkpoint, not an image";
+  EXPECT_FALSE(ParseExportRef("-disk").has_value());
+  EXPECT_FALSE(ParseExportRef("img-1-swap").has_value());
+
+  BlobSet set{{"disk", Blob("img-1-disk", 1)}, {"kernel", Blob("img-1-kernel", 2)}};
+  auto s = BlobsFromJson(Wire(BlobsJson(set)));
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  EXPECT_EQ(*s, set);
+  EXPECT_FALSE(BlobsFromJson({{"kernel", ToJson(Blob("k", 1))}}).ok()) << "disk required";
+  json bad_digest = ToJson(Blob("img-1-disk", 1));
+  bad_digest["digest"] = "ABC";
+  EXPECT_FALSE(BlobRefFromJson(bad_digest, "disk").ok());
+}
+
+TEST(CheckpointRefTest, RoundTrips) {
+  CheckpointRef local{"/state/vms/vm-1/checkpoint", {}, {}};
+  auto l = CheckpointRefFromJson(Wire(ToJson(local)), false);
+  ASSERT_TRUE(l.ok()) << l.error().message;
+  EXPECT_EQ(*l, local);
+  EXPECT_FALSE(CheckpointRefFromJson(ToJson(local), true).ok()) << "not published";
+
+  CheckpointRef pub{"/d", Blob(CheckpointBlobStem("vm-1") + "-memory", 1),
+                    Blob(CheckpointBlobStem("vm-1") + "-disk", 2)};
+  EXPECT_EQ(pub.memory.name, "vm-1-ckpt-memory");
+  auto p = CheckpointRefFromJson(Wire(ToJson(pub)), true);
+  ASSERT_TRUE(p.ok()) << p.error().message;
+  EXPECT_EQ(*p, pub);
+
+  EXPECT_TRUE(IsImageCheckpointVm("ckpt-0a1b2c3d4e"));
+  EXPECT_FALSE(IsImageCheckpointVm("vm-0a1b2c3d4e"));
+}
+
+TEST(ImageCheckpointTest, RequestAndResultRoundTrip) {
+  ImageCheckpointRequest pushed;
+  pushed.image = {"img-1", "/images/img-1/disk.raw", "raw", "", "", ""};
+  pushed.blobs = {{"disk", Blob("img-1-disk", 1)}};
+  pushed.vcpus = 2;
+  pushed.memory_mb = 384;
+  pushed.push_as = CheckpointBlobStem("img-1");
+  auto back = ImageCheckpointRequestFromJson(Wire(ToJson(pushed)));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, pushed);
+
+  ImageCheckpointRequest local = pushed;
+  local.blobs.clear();
+  local.push_as.clear();
+  local.target_dir = "/images/img-1/checkpoint";
+  auto l = ImageCheckpointRequestFromJson(Wire(ToJson(local)));
+  ASSERT_TRUE(l.ok()) << l.error().message;
+  EXPECT_EQ(*l, local);
+  local.target_dir = "relative";
+  EXPECT_FALSE(ImageCheckpointRequestFromJson(ToJson(local)).ok());
+
+  ImageCheckpointResult made{"", Blob("img-1-ckpt-memory", 1), Blob("img-1-ckpt-disk", 1)};
+  auto r = ImageCheckpointResultFromJson(Wire(ToJson(made)), true);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(*r, made);
+  EXPECT_FALSE(ImageCheckpointResultFromJson({{"dir", "/x"}}, true).ok());
+  auto d = ImageCheckpointResultFromJson(Wire(ToJson(ImageCheckpointResult{"/x", {}, {}})), false);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->dir, "/x");
+}
+
+}  // namespace
+}  // namespace vmgrid

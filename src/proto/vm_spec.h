@@ -1,0 +1,69 @@
+// VmSpec: what the controller sends an agent to create a VM (POST
+// /agent/v1/vms) and what the agent keeps as the VM's spec.json, with its one
+// codec. The controller fills it (api/services), the agent and the simulated
+// hosts parse it with VmSpecFromJson; nothing else builds or reads that JSON.
+//
+// Adding a field (e.g. the NICs of a later issue, `nics: [{network, mac, ip,
+// socket_path}]`): a member here (a struct of its own with its own codec
+// when it has parts), one line in ToJson, one in VmSpecFromJson with its
+// validation, the name in kVmSpecFields, and proto_test's round trip. Older
+// spec.json files lack it, so its default must mean "none".
+// Thread-safe (values and pure functions).
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "common/result.h"
+#include "proto/blob_ref.h"
+
+namespace vmgrid {
+
+// The image files a VM boots from (absolute paths on the host, or names the
+// agent resolves through the image server when `blobs` are given).
+struct ImageFiles {
+  std::string id;
+  std::string disk;
+  std::string format;  // "raw" or "qcow2"
+  std::string kernel;  // empty: boot from the disk
+  std::string initrd;
+  std::string append;
+  bool operator==(const ImageFiles&) const = default;
+};
+nlohmann::json ToJson(const ImageFiles& image);
+// Strict: known fields only, disk required, format raw|qcow2 (default raw).
+Result<ImageFiles> ImageFilesFromJson(const nlohmann::json& j);
+
+struct VmSpec {
+  std::string id;
+  std::string name;
+  std::string owner_id;
+  int vcpus = 1;
+  int64_t memory_mb = 256;
+  std::string disk_mode = "clone";  // "clone" or "persistent"
+  ImageFiles image;
+  std::string workspace_path;  // persistent: the user's full-copy disk
+  std::string start = "boot";  // "boot" or "resume"
+  // For start == "resume": a checkpoint directory (memory.state, disk.qcow2,
+  // meta.json), either an image's post-boot checkpoint or another VM's.
+  std::string checkpoint_dir;
+  // Image server versions this VM's files come from, when the controller
+  // has an image server (proto/blob_ref.h). With an image server configured
+  // on the agent they take the place of the paths above.
+  BlobSet blobs;
+  bool operator==(const VmSpec&) const = default;
+};
+
+// The fields a VM spec may hold (anything else is refused).
+inline constexpr const char* kVmSpecFields[] = {
+    "id",    "name",           "owner_id", "vcpus",          "memory_mb", "disk_mode",
+    "image", "workspace_path", "start",    "checkpoint_dir", "blobs"};
+
+nlohmann::json ToJson(const VmSpec& spec);
+// Strict: unknown fields, wrong types and out-of-range values are errors
+// naming the field; a resume needs a checkpoint (a directory or checkpoint
+// blobs), a persistent disk a workspace path; the id is a path component.
+Result<VmSpec> VmSpecFromJson(const nlohmann::json& j);
+
+}  // namespace vmgrid
