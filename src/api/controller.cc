@@ -17,8 +17,10 @@
 #include "api/placement.h"
 #include "api/routes.h"
 #include "api/routes/host_routes.h"
+#include "api/routes/network_routes.h"
 #include "api/routes/vm_routes.h"
 #include "api/services/host_service.h"
+#include "api/services/network_service.h"
 #include "api/services/vm_service.h"
 #include "chunks/chunk_client.h"
 #include "client/api_client.h"
@@ -162,6 +164,7 @@ Status Controller::Start() {
       *store_, *index_, *host_creds_, SystemClock::Get(),
       [this](const std::string& vm_id) { return ops_->InFlight(vm_id); }, tls_);
   vms_ = std::make_unique<VmService>(*store_, *agents_, *ops_, SystemClock::Get());
+  networks_ = std::make_unique<NetworkService>(*store_);
   HttpServerLimits limits;
   limits.header_timeout_ms = options_.header_timeout_ms;
   server_ = std::make_unique<GuardedServer>(limits, user_tls);
@@ -598,7 +601,11 @@ void Controller::InstallRoutes() {
   s.Get(R"(/v1/vms/([^/]+))", Authed([this](const Caller& c, const Req& req, Res& res) {
           auto v = store_->GetVm(req.matches[1], c.owner());
           if (!v.ok()) return SendError(res, v.error());
-          SendJson(res, 200, VmJson(*v));
+          json vm = VmJson(*v);
+          auto nics = networks_->VmNics(v->id);
+          if (!nics.ok()) return SendError(res, nics.error());
+          vm["nics"] = *nics;
+          SendJson(res, 200, vm);
         }));
   InstallVmActionRoutes(routes, *vms_, [this](const Vm& v) { return VmJson(v); });
   s.Post(R"(/v1/vms/([^/]+)/exec)",
@@ -619,6 +626,9 @@ void Controller::InstallRoutes() {
         }));
   s.Delete(R"(/v1/workspaces/([^/]+))",
            Authed([this](const Caller& c, const Req& q, Res& r) { DeleteWorkspace(c, q, r); }));
+
+  // Virtual networks.
+  InstallNetworkRoutes(routes, *networks_);
 }
 
 // Only what agents (and a load balancer's health check) need.
@@ -1223,6 +1233,13 @@ void Controller::CreateVm(const Caller& c, const Req& req, Res& res) {
   if (!network.ok()) return SendError(res, network.error());
   if (auto st = ValidateName("network", *network); !st.ok()) return SendError(res, st.error());
   vm.network = *network;
+  // Network cards: the caller's (or shared) virtual networks, one card each;
+  // the Store gives each its address with the VM's insert.
+  auto nets = f.StringList("nets", false, 8);
+  if (!nets.ok()) return SendError(res, nets.error());
+  auto net_ids = networks_->Resolve(c, *nets);
+  if (!net_ids.ok()) return SendError(res, net_ids.error());
+  vm.net_ids = *net_ids;
 
   // What to start from: an image (boot or its post-boot checkpoint), or a
   // checkpoint of one of the caller's VMs.

@@ -34,6 +34,7 @@
 #include "api/routes.h"
 #include "api/routes/route.h"
 #include "api/services/host_service.h"
+#include "api/services/network_service.h"
 #include "api/services/vm_service.h"
 #include "common/result.h"
 #include "infosvc/query_service.h"
@@ -174,6 +175,7 @@ class Controller {
   AgentClientPtr agents_;
   std::unique_ptr<HostService> hosts_;
   std::unique_ptr<VmService> vms_;
+  std::unique_ptr<NetworkService> networks_;
 
   // Admission (api/admission.h): user requests being handled, and per user
   // exec operations, creates in flight and queries. Set by Start.

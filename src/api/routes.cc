@@ -16,6 +16,8 @@ constexpr BodyObject kCreateVmBody[] = {{"", f::kCreateVm}, {"total_memory_mb", 
 constexpr BodyObject kVmCheckpointBody[] = {{"", f::kVmCheckpoint}};
 constexpr BodyObject kExecBody[] = {{"", f::kExec}};
 constexpr BodyObject kQueryBody[] = {{"", f::kQuery}, {"set", f::kSetQuery}};
+constexpr BodyObject kCreateNetworkBody[] = {{"", f::kCreateNetwork}};
+constexpr BodyObject kShareNetworkBody[] = {{"", f::kShareNetwork}};
 
 // Stop and resume read an optional empty object (VmAction refuses
 // leave_running for them), so they take no documented body.
@@ -49,6 +51,11 @@ constexpr RouteSpec kRoutes[] = {
     {"POST", "/v1/query", "/v1/query", kQueryBody},
     {"GET", "/v1/workspaces", "/v1/workspaces", {}},
     {"DELETE", "/v1/workspaces/([^/]+)", "/v1/workspaces/{ref}", {}},
+    {"POST", "/v1/networks", "/v1/networks", kCreateNetworkBody},
+    {"GET", "/v1/networks", "/v1/networks", {}},
+    {"GET", "/v1/networks/([^/]+)", "/v1/networks/{ref}", {}},
+    {"DELETE", "/v1/networks/([^/]+)", "/v1/networks/{ref}", {}},
+    {"POST", "/v1/networks/([^/]+)/share", "/v1/networks/{ref}/share", kShareNetworkBody},
 };
 }  // namespace
 

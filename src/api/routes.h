@@ -36,11 +36,13 @@ inline constexpr const char* kCreateImage[] = {"name",       "format", "has_kern
                                                "has_initrd", "append", "min_memory_mb"};
 inline constexpr const char* kImageCheckpoint[] = {"memory_mb", "vcpus"};
 inline constexpr const char* kCreateVm[] = {
-    "image",        "name",        "vcpus",     "memory_mb",
-    "disk",         "start",       "workspace", "from_checkpoint",
-    "network",      "from_future", "policy",    "site",
-    "host_network", "count",       "same",      "total_memory_mb"};
+    "image",           "name",      "vcpus",           "memory_mb", "disk",
+    "start",           "workspace", "from_checkpoint", "network",   "from_future",
+    "policy",          "site",      "host_network",    "count",     "same",
+    "total_memory_mb", "nets"};
 inline constexpr const char* kTotalMemory[] = {"min", "max"};
+inline constexpr const char* kCreateNetwork[] = {"name", "subnet", "egress"};
+inline constexpr const char* kShareNetwork[] = {"user"};
 inline constexpr const char* kVmCheckpoint[] = {"leave_running"};
 inline constexpr const char* kExec[] = {"argv", "input", "timeout_s"};
 inline constexpr const char* kQuery[] = {"sql", "set", "max_rows", "timeout_ms"};

@@ -251,5 +251,105 @@ TEST_F(SimGridDiskTest, HostsWithoutDiskRoomAreRefused) {
   EXPECT_TRUE(again.ok()) << again.error().message;
 }
 
+// Virtual networks through the REST API (docs/vnet.md): a user's networks
+// are theirs; a VM created with `nets` gets a card with an address of the
+// network (the Store's IPAM), shown on the VM and on the network; a network
+// in use cannot be deleted; another user can neither see nor use it unless
+// the admin shares it.
+TEST_F(SimGridTest, VirtualNetworksBelongToTheirOwnersAndGiveVmsCards) {
+  WaitHostsUp(kHosts);
+  ImportDisk("disk-only");
+  ApiClient admin = Admin();
+  auto user = [&](const std::string& name) {
+    auto r = admin.Post("/v1/users", {{"name", name}});
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return ApiClient(controller_->url(), r.ok() ? (*r)["token"].get<std::string>() : "");
+  };
+  ApiClient alice = user("alice"), bob = user("bob");
+
+  auto lab = alice.Post("/v1/networks", {{"name", "lab"}, {"subnet", "10.30.0.0/24"}});
+  ASSERT_TRUE(lab.ok()) << lab.error().message;
+  const std::string lab_id = (*lab)["id"];
+  EXPECT_EQ((*lab)["subnet"], "10.30.0.0/24");
+  EXPECT_EQ((*lab)["owner"], "alice");
+  EXPECT_FALSE(lab->contains("tunnel_key")) << lab->dump();
+  // Bad requests say what was wrong; nothing is created.
+  for (const json& bad :
+       {json{{"name", "Lab"}}, json{{"name", "-x"}},
+        json{{"name", "pub"}, {"subnet", "8.8.8.0/24"}},
+        json{{"name", "wide"}, {"subnet", "10.0.0.0/8"}}, json{{"name", "x"}, {"vni", 5}}}) {
+    auto r = alice.Post("/v1/networks", bad);
+    ASSERT_FALSE(r.ok()) << bad.dump();
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << bad.dump();
+  }
+  EXPECT_EQ(alice.Post("/v1/networks", {{"name", "lab"}}).error().code, ErrorCode::kAlreadyExists);
+  EXPECT_EQ((*alice.Get("/v1/networks"))["networks"].size(), 1u);
+
+  // Bob sees nothing of it and cannot use it.
+  EXPECT_EQ((*bob.Get("/v1/networks"))["networks"].size(), 0u);
+  EXPECT_EQ(bob.Get("/v1/networks/" + lab_id).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(bob.Delete("/v1/networks/" + lab_id).error().code, ErrorCode::kNotFound);
+  auto bobs_vm = bob.Post("/v1/vms", {{"image", "disk-only"}, {"nets", {lab_id}}});
+  ASSERT_FALSE(bobs_vm.ok());
+  EXPECT_EQ(bobs_vm.error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(bob.Post("/v1/networks/" + lab_id + "/share", {{"user", "bob"}}).error().code,
+            ErrorCode::kPermissionDenied);
+
+  // Alice's VM gets a card on it.
+  auto vm = alice.Post("/v1/vms", {{"image", "disk-only"}, {"name", "web"}, {"nets", {"lab"}}});
+  ASSERT_TRUE(vm.ok()) << vm.error().message;
+  EXPECT_EQ(alice.Post("/v1/vms", {{"image", "disk-only"}, {"nets", {"lab", "lab"}}}).error().code,
+            ErrorCode::kInvalidArgument);
+  auto shown = alice.Get("/v1/vms/web");
+  ASSERT_TRUE(shown.ok()) << shown.error().message;
+  ASSERT_EQ((*shown)["nics"].size(), 1u) << shown->dump();
+  EXPECT_EQ((*shown)["nics"][0]["network"], "lab");
+  EXPECT_EQ((*shown)["nics"][0]["ip"], "10.30.0.10");
+  EXPECT_EQ((*shown)["nics"][0]["prefix"], 24);
+  auto net = alice.Get("/v1/networks/lab");
+  ASSERT_TRUE(net.ok()) << net.error().message;
+  ASSERT_EQ((*net)["nics"].size(), 1u);
+  EXPECT_EQ((*net)["nics"][0]["vm"], "web");
+  EXPECT_EQ((*net)["nics"][0]["mac"], (*shown)["nics"][0]["mac"]);
+  // In use: not deleted.
+  EXPECT_EQ(alice.Delete("/v1/networks/lab").error().code, ErrorCode::kFailedPrecondition);
+
+  // Shared by the admin, bob may put a VM on it; he sees alice's card's
+  // address, not her VM.
+  auto shared = admin.Post("/v1/networks/" + lab_id + "/share", {{"user", "bob"}});
+  ASSERT_TRUE(shared.ok()) << shared.error().message;
+  auto bob_vm =
+      bob.Post("/v1/vms", {{"image", "disk-only"}, {"name", "client"}, {"nets", {lab_id}}});
+  ASSERT_TRUE(bob_vm.ok()) << bob_vm.error().message;
+  auto seen = bob.Get("/v1/networks/" + lab_id);
+  ASSERT_TRUE(seen.ok()) << seen.error().message;
+  ASSERT_EQ((*seen)["nics"].size(), 2u);
+  for (const auto& card : (*seen)["nics"]) {
+    if (card["ip"] == "10.30.0.10") {
+      EXPECT_FALSE(card.contains("vm")) << card.dump();
+    } else {
+      EXPECT_EQ(card["vm"], "client");
+    }
+  }
+  EXPECT_EQ((*seen)["owner"], "");
+  EXPECT_EQ(bob.Delete("/v1/networks/" + lab_id).error().code, ErrorCode::kPermissionDenied);
+
+  // Once its VMs are gone, its owner deletes it.
+  for (auto* c : {&alice, &bob}) {
+    auto vms = c->Get("/v1/vms");
+    ASSERT_TRUE(vms.ok());
+    for (const auto& v : (*vms)["vms"]) {
+      auto del = c->Delete("/v1/vms/" + v["id"].get<std::string>());
+      ASSERT_TRUE(del.ok()) << del.error().message;
+    }
+  }
+  auto gone = PollUntil(
+      admin, "/v1/vms", [](const json& j) { return j["vms"].empty(); }, seconds(30));
+  ASSERT_TRUE(gone.ok()) << gone.error().message;
+  auto del = alice.Delete("/v1/networks/lab");
+  EXPECT_TRUE(del.ok()) << del.error().message;
+  EXPECT_EQ(alice.Get("/v1/networks/lab").error().code, ErrorCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace vmgrid
