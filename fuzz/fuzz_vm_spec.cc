@@ -3,7 +3,8 @@
 // as the VM spec the controller POSTs to /agent/v1/vms (ParseJsonObject,
 // then VmSpecFromJson) and as spec.json read back by VmRunner::Recover
 // (json::parse without exceptions, any JSON type); the same document is then
-// parsed as every other protocol type: a host report (heartbeat), a VM
+// parsed as every other protocol type: a host report (heartbeat), the
+// heartbeat answer with its network plan, a list of NICs, a VM
 // status, an image checkpoint request and result, a checkpoint reference,
 // and its string values as future ids and export names.
 // Oracles: an accepted value satisfies the documented constraints, survives
@@ -18,6 +19,7 @@
 #include "proto/checkpoint_ref.h"
 #include "proto/future_id.h"
 #include "proto/host_report.h"
+#include "proto/network_plan.h"
 #include "proto/vm_spec.h"
 #include "proto/vm_status.h"
 
@@ -66,6 +68,17 @@ void CheckOthers(const json& j) {
     FUZZ_CHECK(r->report.capacity.disk_free_bytes <= r->report.capacity.disk_total_bytes, j.dump());
     auto again = vmgrid::HostReportFromJson(Wire(vmgrid::ToJson(r->report)));
     FUZZ_CHECK(again.ok() && again->report == r->report && again->dropped_vms == 0, j.dump());
+  }
+  if (auto h = vmgrid::HeartbeatReplyFromJson(j); h.ok() && h->networks) {
+    for (const auto& n : h->networks->networks)
+      FUZZ_CHECK(n.vni > 0 && n.vni < (1u << 24), j.dump());
+    auto again = vmgrid::HeartbeatReplyFromJson(Wire(vmgrid::ToJson(*h)));
+    FUZZ_CHECK(again.ok() && again->networks == h->networks, j.dump());
+  }
+  if (auto n = vmgrid::NicSpecsFromJson(j); n.ok()) {
+    FUZZ_CHECK(n->size() <= 8, j.dump());
+    for (size_t i = 0; i < n->size(); ++i)
+      FUZZ_CHECK((*n)[i].index == static_cast<int>(i), j.dump());
   }
   if (auto s = vmgrid::VmStatusFromJson(j); s.ok()) {
     auto again = vmgrid::VmStatusFromJson(Wire(vmgrid::ToJson(*s)));

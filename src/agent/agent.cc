@@ -1,5 +1,6 @@
 #include "agent/agent.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
 #include <pwd.h>
 #include <spdlog/spdlog.h>
@@ -79,6 +80,39 @@ Status CheckSpecPaths(const AllowedPaths& allowed, bool has_image_server, VmSpec
   return Status::Ok();
 }
 
+// The tunnel socket's address and port from --tunnel-listen, else from the
+// agent's listen address (a wildcard or a name: loopback, with a warning).
+Result<std::pair<std::string, int>> TunnelAddress(const AgentOptions& o) {
+  std::string spec = o.tunnel_listen;
+  bool derived = spec.empty();
+  if (derived) spec = o.listen.substr(0, o.listen.rfind(':'));
+  std::string ip = spec;
+  int port = 0;
+  if (!derived) {
+    if (auto colon = spec.rfind(':'); colon != std::string::npos) {
+      ip = spec.substr(0, colon);
+      const std::string p = spec.substr(colon + 1);
+      if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos ||
+          std::stoi(p) > 65535)
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "--tunnel-listen: bad port in '" + o.tunnel_listen + "'");
+      port = std::stoi(p);
+    }
+  }
+  in_addr a{};
+  if (inet_pton(AF_INET, ip.c_str(), &a) != 1 || a.s_addr == 0) {
+    if (!derived)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "--tunnel-listen needs an IPv4 address other hosts can reach, not '" +
+                           o.tunnel_listen + "'");
+    spdlog::warn(
+        "virtual networks: tunnels listen on 127.0.0.1 (this machine only); set "
+        "--tunnel-listen to an address the other hosts reach");
+    ip = "127.0.0.1";
+  }
+  return std::make_pair(ip, port);
+}
+
 }  // namespace
 
 Agent::Agent(AgentOptions options) : options_(std::move(options)) {}
@@ -122,6 +156,7 @@ HostReport Agent::Report() {
   r.capacity = Capacity();
   r.vms = runner_->List();
   if (images_) r.images = images_->StatsJson();
+  if (networks_) r.tunnel = networks_->Endpoint();
   return r;
 }
 
@@ -171,6 +206,13 @@ Status Agent::Start() {
     VMG_ASSIGN_OR_RETURN(images_, HostImages::Open(io));
     ro.images = images_.get();
   }
+  HostNetworksOptions no;
+  no.state_dir = options_.state_dir;
+  VMG_ASSIGN_OR_RETURN(auto tunnel, TunnelAddress(options_));
+  no.tunnel_ip = tunnel.first;
+  no.tunnel_port = tunnel.second;
+  VMG_ASSIGN_OR_RETURN(networks_, HostNetworks::Open(no));
+  ro.networks = networks_.get();
   runner_ = std::make_unique<VmRunner>(ro);
   VMG_RETURN_IF_ERROR(runner_->Recover());
 
@@ -243,12 +285,27 @@ void Agent::HeartbeatLoop() {
   bool was_ok = true;
   while (!stop_) {
     auto r = controller_->Post("/v1/agent/heartbeat", ToJson(Report()));
+    if (r.ok()) ApplyHeartbeatReply(*r);
     if (!r.ok() && was_ok)
       spdlog::warn("heartbeat to {} failed: {}", options_.controller_url, r.error().message);
     if (r.ok() && !was_ok) spdlog::info("heartbeat to {} works again", options_.controller_url);
     was_ok = r.ok();
     for (int i = 0; i < 20 && !stop_; ++i) std::this_thread::sleep_for(milliseconds(100));
   }
+}
+
+void Agent::ApplyHeartbeatReply(const nlohmann::json& j) {
+  auto reply = HeartbeatReplyFromJson(j);
+  if (!reply.ok()) {
+    spdlog::warn("the controller's heartbeat answer is malformed: {}", reply.error().message);
+    return;
+  }
+  if (!reply->networks || !networks_) return;
+  const bool was_running = networks_->Endpoint().has_value();
+  if (Status st = networks_->ApplyPlan(*reply->networks); !st.ok())
+    spdlog::warn("virtual networks: the controller's plan applied in part: {}", st.error().message);
+  // The switches just started: the VMs adopted at start get their ports.
+  if (!was_running && networks_->Endpoint()) runner_->ReattachNics();
 }
 
 void Agent::Wait() {

@@ -50,6 +50,8 @@ class Agent : public AgentHost {
  private:
   void InstallRoutes();
   void HeartbeatLoop();
+  // Applies the network plan of a heartbeat answer (HostNetworks).
+  void ApplyHeartbeatReply(const nlohmann::json& reply);
   HostCapacityReport Capacity() const;
   // Reads this host's credentials (STATE/host-credentials.json), or, at
   // first start, exchanges the join token for them (api/host_credentials.h).
@@ -63,6 +65,7 @@ class Agent : public AgentHost {
   std::unique_ptr<AllowedPaths> allowed_;             // state dir + image dirs
   std::unique_ptr<AllowedPaths> allowed_workspaces_;  // workspace dir
   std::unique_ptr<HostImages> images_;                // outlives runner_
+  std::unique_ptr<HostNetworks> networks_;            // outlives runner_
   std::unique_ptr<VmRunner> runner_;
   std::unique_ptr<GuardedServer> server_;
   std::unique_ptr<ApiClient> controller_;

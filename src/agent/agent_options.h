@@ -54,6 +54,11 @@ struct AgentOptions {
   std::vector<std::string> image_dirs;
   uint64_t cache_mb = 10240;  // bound of the host chunk cache (STATE/chunks)
   bool prefetch = true;       // stream recorded first-read orders on cold starts
+  // Virtual networks: "IP[:PORT]" the host's tunnel UDP socket binds, where
+  // the other hosts' switches reach this host's (IPv4). Empty: the host of
+  // `listen` (127.0.0.1 when that is a wildcard or a name) and the port of
+  // the last run, else any free one.
+  std::string tunnel_listen;
   // TLS: the agent serves its API only to clients with a certificate of the
   // CA (the controller), and presents its certificate to the controller and
   // the image server.

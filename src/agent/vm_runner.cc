@@ -112,6 +112,33 @@ Status VmRunner::ChownForQemu(const Vm& vm, const std::string& path) {
   return Status::Ok();
 }
 
+Result<std::vector<NicConfig>> VmRunner::AttachNics(const Vm& vm, bool wait) {
+  if (vm.spec.nics.empty()) return std::vector<NicConfig>{};
+  if (!options_.networks)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "this host runs no virtual networks; VM " + vm.spec.id + " has network cards");
+  if (!wait && !options_.networks->Endpoint()) return std::vector<NicConfig>{};
+  auto [uid, gid] = QemuIds(vm);
+  return options_.networks->Attach(vm.spec.id, vm.spec.name, vm.spec.nics,
+                                   VmDir(vm.spec.id) + "/run", uid, gid);
+}
+
+void VmRunner::ReattachNics() {
+  std::vector<std::shared_ptr<Vm>> vms;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [id, vm] : vms_)
+      if (!vm->spec.nics.empty()) vms.push_back(vm);
+  }
+  for (auto& vm : vms) {
+    std::lock_guard<std::mutex> op(vm->op_mu);
+    if (!vm->qemu) continue;  // attached again when it next starts
+    if (auto r = AttachNics(*vm, false); !r.ok())
+      spdlog::warn("VM {}: its network cards have no switch ports: {}", vm->spec.id,
+                   r.error().message);
+  }
+}
+
 HostImages::VmNbdEndpoint VmRunner::NbdEndpoint(const Vm& vm) const {
   auto [uid, gid] = QemuIds(vm);
   return {VmDir(vm.spec.id) + "/run/nbd.sock", uid, gid};
@@ -384,6 +411,7 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state) 
   c.accel = options_.accel;
   c.vmgenid = NewUuid();  // a new generation id makes a resumed guest reseed its RNG
   c.qemu_binary = options_.qemu_binary;
+  VMG_ASSIGN_OR_RETURN(c.nics, AttachNics(vm, true));
   // Old sockets and logs from a previous run would confuse readiness checks.
   for (const char* f : {"qmp.sock", "qga.sock", "qemu.pid"}) unlink((c.run_dir + "/" + f).c_str());
   VMG_ASSIGN_OR_RETURN(vm.qemu, QemuProcess::Launch(c, seconds(30)));
@@ -446,6 +474,7 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
     vm->qemu.reset();
     if (vm->created_workspace) unlink(spec.workspace_path.c_str());
     if (options_.images) options_.images->ReleaseDisk(spec.id);
+    if (options_.networks) options_.networks->Detach(spec.id, spec.nics);
     if (cgroups_) cgroups_->Remove(spec.id);
     (void)RemoveTree(dir);
     std::lock_guard<std::mutex> l(mu_);
@@ -669,6 +698,7 @@ Status VmRunner::Destroy(const std::string& id, bool purge_workspace) {
     chmod(vm->spec.workspace_path.c_str(), 0600);
   }
   if (options_.images) options_.images->ReleaseDisk(id);
+  if (options_.networks) options_.networks->Detach(id, vm->spec.nics);
   if (cgroups_) cgroups_->Remove(id);
   if (Status rm = RemoveTree(VmDir(id)); !rm.ok()) return ForUser(rm.error(), "delete of VM " + id);
   std::lock_guard<std::mutex> l(mu_);
@@ -930,6 +960,12 @@ Status VmRunner::Recover() {
       }
       spdlog::info("recover: adopted VM {} (pid {}, {})", id, vm->qemu ? vm->qemu->pid() : 0,
                    ToString(vm->state));
+      // Its QEMU still sends to its ports' paths: bind them again (now, if
+      // the switches run from the saved plan, else at the first plan).
+      if (vm->qemu)
+        if (auto r = AttachNics(*vm, false); !r.ok())
+          spdlog::warn("recover: VM {}: its network cards have no switch ports: {}", id,
+                       r.error().message);
     } else if (parsed.ok() && (*parsed == VmState::kRunning || IsTransitional(*parsed))) {
       // (creating and deleting were finished above.)
       vm->state = *parsed == VmState::kCheckpointing || *parsed == VmState::kResuming

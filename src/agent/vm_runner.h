@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "agent/host_images.h"
+#include "agent/host_networks.h"
 #include "agent/vm_driver.h"
 #include "common/result.h"
 #include "proto/vm_spec.h"
@@ -65,6 +66,9 @@ struct VmRunnerOptions {
   std::string accel;  // "" = auto
   std::chrono::milliseconds ready_timeout = std::chrono::seconds(120);
   HostImages* images = nullptr;  // null: no image server, image files are local paths
+  // The host's virtual switches (agent/host_networks.h); null: VMs with
+  // NICs are refused.
+  HostNetworks* networks = nullptr;
 };
 
 // The QEMU VmDriver (agent/vm_driver.h).
@@ -104,6 +108,10 @@ class VmRunner : public VmDriver {
   Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs,
                              int vcpus, int64_t memory_mb, const std::string& target_dir) override;
 
+  // Gives every running VM with NICs its switch ports again (after the
+  // switches started late, e.g. at an agent's first plan). Logs failures.
+  void ReattachNics();
+
   // Deletes a workspace file no VM on this host uses.
   Status DeleteWorkspace(const std::string& path) override;
 
@@ -121,6 +129,8 @@ class VmRunner : public VmDriver {
   Status Launch(Vm& vm, bool incoming, const std::string& memory_state);
   Status WaitGuestReady(Vm& vm, std::chrono::steady_clock::time_point started);
   Status ChownForQemu(const Vm& vm, const std::string& path);
+  // The VM's NICs as switch ports (HostNetworks::Attach); none without NICs.
+  Result<std::vector<NicConfig>> AttachNics(const Vm& vm, bool wait);
   // The uid/gid QEMU of `vm` runs as (-1: the agent's own).
   std::pair<int, int> QemuIds(const Vm& vm) const;
   HostImages::VmNbdEndpoint NbdEndpoint(const Vm& vm) const;

@@ -1507,12 +1507,16 @@ void Controller::RunCreate(const Vm& vm, const Image& image, const std::string& 
   spec.checkpoint_dir = checkpoint_dir;
   auto blobs =
       AgentBlobs(image, vm.start == "resume" && checkpoint_dir == image.dir + "/checkpoint");
+  auto nics = networks_->VmNicSpecs(vm.id);
   Result<VmStatus> r = VmStatus{};
-  if (blobs.ok()) {
-    spec.blobs = std::move(*blobs);
-    r = agents_->CreateVm(h, spec);
-  } else {
+  if (!blobs.ok()) {
     r = blobs.error();
+  } else if (!nics.ok()) {
+    r = nics.error().Wrap("reading the VM's network cards");
+  } else {
+    spec.blobs = std::move(*blobs);
+    spec.nics = std::move(*nics);
+    r = agents_->CreateVm(h, spec);
   }
   if (!r.ok() && ws) ReleaseWorkspace(*ws, new_workspace);
   // Only placement's preference for hosts with a warm cache depends on it.

@@ -15,20 +15,6 @@
 
 namespace vmgrid {
 
-// Where a host's switches meet the others' (reported by its agent).
-struct TunnelEndpoint {
-  uint32_t host_number = 0;  // the host's id in tunnel headers (not 0)
-  std::string ip;            // IPv4
-  int port = 0;
-};
-
-// A NIC with where its VM runs, as the plan reads it.
-struct PlacedNic {
-  Nic nic;
-  std::string host_id;
-  std::string vm_name;
-};
-
 struct PlannedPeer {
   std::string host_id;
   TunnelEndpoint endpoint;

@@ -181,6 +181,9 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
         ->capture_default_str();
     a->add_flag("--no-prefetch", s.no_prefetch,
                 "Do not stream recorded first-read orders on cold starts");
+    a->add_option("--tunnel-listen", s.agent.tunnel_listen,
+                  "IPv4[:PORT] for virtual-network tunnels, reachable by the other hosts "
+                  "(default: the --listen address, the last run's port)");
 
     auto* sh =
         t.Leaf(&t.app, "sim-hosts", "Simulate N hosts for the controller (scale tests)", [&] {

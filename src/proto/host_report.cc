@@ -23,6 +23,7 @@ json ToJson(const HostReport& r) {
   for (const auto& v : r.vms) vms.push_back(ToJson(v));
   json out = {{"name", r.name}, {"url", r.url}, {"capacity", ToJson(r.capacity)}, {"vms", vms}};
   if (!r.images.is_null()) out["images"] = r.images;
+  if (r.tunnel) out["tunnel"] = ToJson(*r.tunnel);
   return out;
 }
 
@@ -76,10 +77,17 @@ Result<ParsedHostReport> HostReportFromJson(const json& j) {
       return MakeError(ErrorCode::kInvalidArgument, "field 'images' must be an object");
     r.images = *im;
   }
+  if (auto t = j.find("tunnel"); t != j.end() && !t->is_null()) {
+    VMG_ASSIGN_OR_RETURN(r.tunnel, TunnelEndpointFromJson(*t));
+  }
   return out;
 }
 
-json ToJson(const HeartbeatReply& r) { return {{"host_id", r.host_id}}; }
+json ToJson(const HeartbeatReply& r) {
+  json j = {{"host_id", r.host_id}};
+  if (r.networks) j["networks"] = ToJson(*r.networks);
+  return j;
+}
 
 Result<HeartbeatReply> HeartbeatReplyFromJson(const json& j) {
   if (!j.is_object())
@@ -87,6 +95,9 @@ Result<HeartbeatReply> HeartbeatReplyFromJson(const json& j) {
   JsonFields f(j, {"host_id"});
   HeartbeatReply r;
   VMG_ASSIGN_OR_RETURN(r.host_id, f.String("host_id", true));
+  if (auto n = j.find("networks"); n != j.end() && !n->is_null()) {
+    VMG_ASSIGN_OR_RETURN(r.networks, HostNetworkPlanFromJson(*n));
+  }
   return r;
 }
 

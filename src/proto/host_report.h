@@ -8,10 +8,12 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/result.h"
+#include "proto/network_plan.h"
 #include "proto/vm_status.h"
 
 namespace vmgrid {
@@ -31,7 +33,8 @@ struct HostCapacityReport {
 
 // The fields a report and its capacity may hold (api/routes.h documents the
 // heartbeat with them).
-inline constexpr const char* kHostReportFields[] = {"name", "url", "capacity", "vms", "images"};
+inline constexpr const char* kHostReportFields[] = {"name", "url",    "capacity",
+                                                    "vms",  "images", "tunnel"};
 inline constexpr const char* kHostCapacityFields[] = {
     "vcpus", "memory_mb", "disk_mb", "disk_total_bytes", "disk_free_bytes", "kvm",
     "site",  "network",   "arch"};
@@ -45,6 +48,9 @@ struct HostReport {
   // [{"name": EXPORT_NAME, ...}], counters...}); null without an image server.
   // Kept as JSON: the controller only shows it and reads the export names.
   nlohmann::json images;
+  // Where the host's virtual-network tunnels listen; absent until its
+  // switches run (an agent starts them at the first heartbeat reply).
+  std::optional<TunnelEndpointReport> tunnel = std::nullopt;
   bool operator==(const HostReport&) const = default;
 };
 
@@ -69,6 +75,9 @@ Result<ParsedHostReport> HostReportFromJson(const nlohmann::json& j);
 // The controller's answer to a heartbeat.
 struct HeartbeatReply {
   std::string host_id;
+  // The host's part of the virtual networks (absent from controllers that
+  // predate them).
+  std::optional<HostNetworkPlan> networks = std::nullopt;
 };
 nlohmann::json ToJson(const HeartbeatReply& r);
 Result<HeartbeatReply> HeartbeatReplyFromJson(const nlohmann::json& j);

@@ -2,10 +2,13 @@
 // each parser promises.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
 #include "proto/future_id.h"
 #include "proto/host_report.h"
+#include "proto/network_plan.h"
 #include "proto/vm_spec.h"
 #include "proto/vm_status.h"
 
@@ -236,6 +239,89 @@ TEST(ImageCheckpointTest, RequestAndResultRoundTrip) {
   auto d = ImageCheckpointResultFromJson(Wire(ToJson(ImageCheckpointResult{"/x", {}, {}})), false);
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(d->dir, "/x");
+}
+
+}  // namespace
+}  // namespace vmgrid
+
+namespace vmgrid {
+namespace {
+
+HostNetworkPlan SamplePlan() {
+  NetworkPlan n;
+  n.vni = 7;
+  n.name = "lab";
+  n.subnet = "10.20.0.0/24";
+  n.egress = true;
+  n.key_epoch = 3;
+  n.key_hex = std::string(64, 'a');
+  n.peers = {{2, "10.213.0.2", 4789}};
+  n.remote_nics = {{"0a:00:00:07:00:0b", "10.20.0.11", "b", 2}};
+  return {1, {n}};
+}
+
+TEST(NetworkPlanTest, NicsPlanAndEndpointRoundTrip) {
+  VmSpec s;
+  s.id = "vm-1";
+  s.image.disk = "/d";
+  s.image.format = "raw";
+  s.nics = {{0, 7, "lab", "10.20.0.0/24", false, "0a:00:00:07:00:0a", "10.20.0.10"},
+            {1, 9, "lab2", "10.30.0.0/24", true, "0a:00:00:09:00:0a", "10.30.0.10"}};
+  auto back = VmSpecFromJson(Wire(ToJson(s)));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, s);
+
+  HeartbeatReply reply{"host-1", SamplePlan()};
+  auto r = HeartbeatReplyFromJson(Wire(ToJson(reply)));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r->networks.has_value());
+  EXPECT_EQ(*r->networks, SamplePlan());
+
+  HostReport rep;
+  rep.name = "h";
+  rep.url = "https://127.0.0.1:1";
+  rep.tunnel = TunnelEndpointReport{"10.213.0.1", 4789};
+  auto hr = HostReportFromJson(Wire(ToJson(rep)));
+  ASSERT_TRUE(hr.ok()) << hr.error().message;
+  EXPECT_EQ(hr->report.tunnel, rep.tunnel);
+}
+
+TEST(NetworkPlanTest, RefusesMalformedParts) {
+  // NICs: out of order, duplicate network, bad vni, unknown field.
+  json nic = ToJson(NicSpec{0, 7, "lab", "10.20.0.0/24", false, "0a:00:00:07:00:0a", "10.20.0.10"});
+  EXPECT_TRUE(NicSpecsFromJson(json::array({nic})).ok());
+  json second = nic;
+  second["index"] = 2;
+  EXPECT_FALSE(NicSpecsFromJson(json::array({nic, second})).ok());
+  second["index"] = 1;
+  EXPECT_FALSE(NicSpecsFromJson(json::array({nic, second})).ok());  // same vni twice
+  for (auto [field, value] : std::vector<std::pair<std::string, json>>{
+           {"vni", 0}, {"vni", 1 << 24}, {"index", 8}, {"mac", 5}, {"extra", 1}}) {
+    json bad = nic;
+    bad[field] = value;
+    EXPECT_FALSE(NicSpecFromJson(bad).ok()) << field;
+  }
+  EXPECT_FALSE(NicSpecsFromJson(json::array({nic, nic, nic, nic, nic, nic, nic, nic, nic})).ok());
+  // Plans: short key, peer without port, remote NIC without host, a string for a list.
+  json plan = ToJson(SamplePlan());
+  for (auto edit : std::vector<std::function<void(json&)>>{
+           [](json& p) { p["networks"][0]["key_hex"] = "abcd"; },
+           [](json& p) { p["networks"][0]["key_hex"] = std::string(64, 'g'); },
+           [](json& p) { p["networks"][0]["peers"][0].erase("port"); },
+           [](json& p) { p["networks"][0]["remote_nics"][0]["host_number"] = 0; },
+           [](json& p) { p["networks"][0]["peers"] = "all"; },
+           [](json& p) { p["networks"][0]["vni"] = -1; },
+           [](json& p) { p["host_number"] = "one"; },
+           [](json& p) { p["networks"] = json::array({1}); },
+       }) {
+    json bad = plan;
+    edit(bad);
+    EXPECT_FALSE(HostNetworkPlanFromJson(bad).ok()) << bad.dump();
+  }
+  // Endpoints: not IPv4, port out of range.
+  EXPECT_FALSE(TunnelEndpointFromJson({{"ip", "example"}, {"port", 1}}).ok());
+  EXPECT_FALSE(TunnelEndpointFromJson({{"ip", "0.0.0.0"}, {"port", 1}}).ok());
+  EXPECT_FALSE(TunnelEndpointFromJson({{"ip", "10.0.0.1"}, {"port", 70000}}).ok());
 }
 
 }  // namespace

@@ -26,6 +26,12 @@ Result<ImageFiles> ImageFilesFromJson(const json& j) {
   return i;
 }
 
+static json NicsJson(const std::vector<NicSpec>& nics) {
+  json a = json::array();
+  for (const auto& n : nics) a.push_back(ToJson(n));
+  return a;
+}
+
 json ToJson(const VmSpec& s) {
   return {{"id", s.id},
           {"name", s.name},
@@ -37,7 +43,8 @@ json ToJson(const VmSpec& s) {
           {"workspace_path", s.workspace_path},
           {"start", s.start},
           {"checkpoint_dir", s.checkpoint_dir},
-          {"blobs", BlobsJson(s.blobs)}};
+          {"blobs", BlobsJson(s.blobs)},
+          {"nics", NicsJson(s.nics)}};
 }
 
 Result<VmSpec> VmSpecFromJson(const json& j) {
@@ -58,6 +65,9 @@ Result<VmSpec> VmSpecFromJson(const json& j) {
   VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, f.String("checkpoint_dir", false));
   if (auto b = j.find("blobs"); b != j.end()) {
     VMG_ASSIGN_OR_RETURN(s.blobs, BlobsFromJson(*b));
+  }
+  if (auto n = j.find("nics"); n != j.end()) {
+    VMG_ASSIGN_OR_RETURN(s.nics, NicSpecsFromJson(*n));
   }
   auto it = j.find("image");
   if (it == j.end())

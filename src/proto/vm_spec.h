@@ -3,8 +3,7 @@
 // codec. The controller fills it (api/services), the agent and the simulated
 // hosts parse it with VmSpecFromJson; nothing else builds or reads that JSON.
 //
-// Adding a field (e.g. the NICs of a later issue, `nics: [{network, mac, ip,
-// socket_path}]`): a member here (a struct of its own with its own codec
+// Adding a field: a member here (a struct of its own with its own codec
 // when it has parts), one line in ToJson, one in VmSpecFromJson with its
 // validation, the name in kVmSpecFields, and proto_test's round trip. Older
 // spec.json files lack it, so its default must mean "none".
@@ -17,6 +16,7 @@
 
 #include "common/result.h"
 #include "proto/blob_ref.h"
+#include "proto/network_plan.h"
 
 namespace vmgrid {
 
@@ -52,13 +52,16 @@ struct VmSpec {
   // has an image server (proto/blob_ref.h). With an image server configured
   // on the agent they take the place of the paths above.
   BlobSet blobs;
+  // One NIC per virtual network, in order (proto/network_plan.h); older
+  // spec.json files have none.
+  std::vector<NicSpec> nics;
   bool operator==(const VmSpec&) const = default;
 };
 
 // The fields a VM spec may hold (anything else is refused).
 inline constexpr const char* kVmSpecFields[] = {
     "id",    "name",           "owner_id", "vcpus",          "memory_mb", "disk_mode",
-    "image", "workspace_path", "start",    "checkpoint_dir", "blobs"};
+    "image", "workspace_path", "start",    "checkpoint_dir", "blobs",     "nics"};
 
 nlohmann::json ToJson(const VmSpec& spec);
 // Strict: unknown fields, wrong types and out-of-range values are errors

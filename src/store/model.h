@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -63,6 +64,12 @@ struct Host {
   int64_t reserved_disk_bytes = 0;  // sum of Vm::disk_bytes over VMs placed here
   int64_t last_heartbeat_ms = 0;
   int64_t created_ms = 0;
+  // Virtual networks: the host's number in tunnel headers (assigned when
+  // the host first reports, unique, never 0) and where its tunnel socket
+  // listens ("" / 0 until its agent reports it).
+  int64_t tunnel_number = 0;
+  std::string tunnel_ip;
+  int64_t tunnel_port = 0;
 };
 
 struct Image {
@@ -160,6 +167,30 @@ struct Nic {
   std::string mac;
   std::string ip;
   int prefix = 0;  // of the network's subnet
+};
+
+// A NIC with where its VM is (the VM's host and name).
+struct PlacedNic {
+  Nic nic;
+  std::string host_id;
+  std::string vm_name;
+};
+
+// Where a host's switches meet the others' (reported by its agent).
+struct TunnelEndpoint {
+  uint32_t host_number = 0;  // the host's id in tunnel headers (not 0)
+  std::string ip;            // IPv4
+  int port = 0;
+};
+
+// What the controller needs to plan one host's virtual networks: every
+// network with a NIC on the host, all NICs of those networks with their
+// hosts, and the tunnel endpoints of those hosts (host id -> endpoint; a
+// host that has not reported one is absent).
+struct NetworkPlanInputs {
+  std::vector<Network> networks;
+  std::vector<PlacedNic> nics;
+  std::map<std::string, TunnelEndpoint> endpoints;
 };
 
 struct Workspace {

@@ -269,6 +269,17 @@ CREATE TABLE nics (
 CREATE INDEX nics_network ON nics(network_id);
 CREATE INDEX network_shares_user ON network_shares(user_id);
 )sql",
+    // 10: where hosts' virtual-network tunnels meet. tunnel_number: a
+    // host's number in tunnel headers, unique and never 0 (existing hosts
+    // are numbered in id order; a new host gets MAX + 1 when it first
+    // reports); tunnel_ip/port: the endpoint its agent reports ('' / 0: none).
+    R"sql(
+ALTER TABLE hosts ADD COLUMN tunnel_number BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE hosts ADD COLUMN tunnel_ip TEXT NOT NULL DEFAULT '';
+ALTER TABLE hosts ADD COLUMN tunnel_port BIGINT NOT NULL DEFAULT 0;
+UPDATE hosts SET tunnel_number = (SELECT COUNT(*) FROM hosts h2 WHERE h2.id <= hosts.id);
+CREATE UNIQUE INDEX hosts_tunnel_number ON hosts(tunnel_number);
+)sql",
 };
 
 const char* kUserCols =
@@ -372,7 +383,8 @@ Status CheckQuotaLocked(SqlBackend* db, const std::string& user_id, const QuotaA
 const char* kHostSelect =
     "SELECT h.id, h.name, h.url, h.state, h.vcpus, h.memory_mb, h.disk_mb, h.kvm, "
     "h.last_heartbeat_ms, h.created_ms, h.site, h.network, h.arch, h.used_vcpus, h.used_memory_mb, "
-    "h.disk_total_bytes, h.disk_free_bytes, h.used_disk_bytes "
+    "h.disk_total_bytes, h.disk_free_bytes, h.used_disk_bytes, h.tunnel_number, h.tunnel_ip, "
+    "h.tunnel_port "
     "FROM hosts h";
 
 // Whether a VM in this state holds its vcpus and memory on its host.
@@ -423,6 +435,9 @@ Host ReadHost(const SqlRow& s) {
   h.disk_total_bytes = s.Int(15);
   h.disk_free_bytes = s.Int(16);
   h.reserved_disk_bytes = s.Int(17);
+  h.tunnel_number = s.Int(18);
+  h.tunnel_ip = s.Text(19);
+  h.tunnel_port = s.Int(20);
   return h;
 }
 
@@ -839,7 +854,8 @@ bool SameRegistration(const Host& h, const std::string& url, const HostCapacity&
          std::abs(h.disk_mb - c.disk_mb) < (kDiskFreeSlack >> 20) &&
          h.disk_total_bytes == c.disk_total_bytes &&
          std::abs(h.disk_free_bytes - c.disk_free_bytes) < kDiskFreeSlack && h.kvm == c.kvm &&
-         h.site == c.site && h.network == c.network && h.arch == c.arch;
+         h.site == c.site && h.network == c.network && h.arch == c.arch &&
+         h.tunnel_ip == c.tunnel_ip && h.tunnel_port == c.tunnel_port;
 }
 
 }  // namespace
@@ -864,20 +880,24 @@ Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& ur
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_ASSIGN_OR_RETURN(
       int64_t changed,
-      db_->Exec(
-          "UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
-          "last_heartbeat_ms=?, site=?, network=?, arch=?, disk_total_bytes=?, "
-          "disk_free_bytes=? WHERE name=?",
-          {url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm}, now, cap.site,
-           cap.network, cap.arch, cap.disk_total_bytes, cap.disk_free_bytes, name}));
+      db_->Exec("UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
+                "last_heartbeat_ms=?, site=?, network=?, arch=?, disk_total_bytes=?, "
+                "disk_free_bytes=?, tunnel_ip=?, tunnel_port=? WHERE name=?",
+                {url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm}, now,
+                 cap.site, cap.network, cap.arch, cap.disk_total_bytes, cap.disk_free_bytes,
+                 cap.tunnel_ip, cap.tunnel_port, name}));
   if (changed == 0) {
     VMG_RETURN_IF_ERROR(db_->Exec(
         "INSERT INTO hosts (id, name, owner_id, url, state, vcpus, memory_mb, disk_mb, kvm, "
-        "last_heartbeat_ms, created_ms, site, network, arch, disk_total_bytes, disk_free_bytes) "
-        "VALUES (?,?,'admin',?,'up',?,?,?,?,?,?,?,?,?,?,?)",
+        "last_heartbeat_ms, created_ms, site, network, arch, disk_total_bytes, disk_free_bytes, "
+        "tunnel_ip, tunnel_port, tunnel_number) "
+        "VALUES (?,?,'admin',?,'up',?,?,?,?,?,?,?,?,?,?,?,?,?,"
+        "(SELECT COALESCE(MAX(tunnel_number), 0) + 1 FROM hosts))",
         {NewId("host"), name, url, int64_t{cap.vcpus}, cap.memory_mb, cap.disk_mb, int64_t{cap.kvm},
-         now, now, cap.site, cap.network, cap.arch, cap.disk_total_bytes, cap.disk_free_bytes}));
+         now, now, cap.site, cap.network, cap.arch, cap.disk_total_bytes, cap.disk_free_bytes,
+         cap.tunnel_ip, cap.tunnel_port}));
   }
+  ++network_generation_;  // a host's tunnel endpoint may have changed
   VMG_ASSIGN_OR_RETURN(
       auto rows,
       Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.name = ?", {name}, ReadHost));
@@ -1192,6 +1212,8 @@ Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
 // Store's write lock serializes them. UNIQUE (network_id, host_index) backs
 // both.
 Status Store::AllocateNicsLocked(SqlBackend* db, const Vm& vm) {
+  // (Also when the transaction then rolls back: a plan computed once more.)
+  if (!vm.net_ids.empty()) ++network_generation_;
   for (size_t i = 0; i < vm.net_ids.size(); ++i)
     VMG_RETURN_IF_ERROR(AllocateNicLocked(db, vm, static_cast<int>(i), vm.net_ids[i]));
   return Status::Ok();
@@ -1581,11 +1603,29 @@ Status Store::DeleteVm(const std::string& id) {
     VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET vm_id='' WHERE vm_id=?", {id}));
     VMG_ASSIGN_OR_RETURN(auto before, GetVmPlacementLocked(id));
     if (!before) return tx.Commit();
-    // Its virtualization rows go with it (ON DELETE CASCADE).
+    VMG_ASSIGN_OR_RETURN(
+        auto nets, Query<std::string>(db_.get(), "SELECT network_id FROM nics WHERE vm_id=?", {id},
+                                      [](const SqlRow& r) { return r.Text(0); }));
+    // Its virtualization rows and NICs go with it (ON DELETE CASCADE).
     VMG_ASSIGN_OR_RETURN(int64_t changed,
                          db_->Exec("DELETE FROM vms WHERE id=? AND host_id=? AND state=?",
                                    {id, before->host_id, before->state}));
     if (changed == 0) continue;
+    // A host that no longer carries a network must not read its traffic
+    // any more: the network gets a new tunnel key (docs/vnet.md, "Keys").
+    for (const auto& net : nets) {
+      VMG_ASSIGN_OR_RETURN(
+          auto left,
+          Query<int64_t>(db_.get(),
+                         "SELECT COUNT(*) FROM nics n JOIN vms v ON v.id = n.vm_id "
+                         "WHERE n.network_id = ? AND v.host_id = ?",
+                         {net, before->host_id}, [](const SqlRow& r) { return r.Int(0); }));
+      if (left.at(0) == 0)
+        VMG_RETURN_IF_ERROR(
+            db_->Exec("UPDATE networks SET tunnel_key = ?, key_epoch = key_epoch + 1 WHERE id = ?",
+                      {Sha256Hex(RandomBytes(32)), net}));
+    }
+    if (!nets.empty()) ++network_generation_;
     if (HoldsOnHost(before->state))
       VMG_RETURN_IF_ERROR(
           AddUsageLocked(before->host_id, -before->vcpus, -before->memory_mb, -before->disk_bytes));
@@ -1796,6 +1836,7 @@ Status Store::ShareNetwork(const std::string& network_id, const std::string& use
 
 Result<Network> Store::RotateNetworkKey(const std::string& id) {
   auto lock = Exclusive();
+  ++network_generation_;
   VMG_ASSIGN_OR_RETURN(int64_t n, db_->Exec("UPDATE networks SET tunnel_key = ?, key_epoch = "
                                             "key_epoch + 1 WHERE id = ?",
                                             {Sha256Hex(RandomBytes(32)), id}));
@@ -1827,6 +1868,7 @@ Status Store::DeleteNetwork(const std::string& id) {
   }
   VMG_ASSIGN_OR_RETURN(int64_t n, db_->Exec("DELETE FROM networks WHERE id = ?", {id}));
   if (n == 0) return MakeError(ErrorCode::kNotFound, "network '" + id + "' not found");
+  ++network_generation_;
   return tx.Commit();
 }
 
@@ -1842,6 +1884,43 @@ Result<std::vector<Nic>> Store::ListNetworkNics(const std::string& network_id) {
   return Query<Nic>(
       read.db, std::string("SELECT ") + kNicCols + " WHERE n.network_id = ? ORDER BY n.host_index",
       {network_id}, ReadNic);
+}
+
+Result<NetworkPlanInputs> Store::NetworkPlanInputsForHost(const std::string& host_id) {
+  auto read = Read();
+  NetworkPlanInputs in;
+  const std::string on_host =
+      "SELECT DISTINCT n2.network_id FROM nics n2 JOIN vms v2 ON v2.id = n2.vm_id "
+      "WHERE v2.host_id = ?";
+  VMG_ASSIGN_OR_RETURN(in.networks,
+                       Query<Network>(read.db,
+                                      "SELECT " + std::string(kNetworkCols) +
+                                          " FROM networks WHERE id IN (" + on_host + ")",
+                                      {host_id}, ReadNetwork));
+  if (in.networks.empty()) return in;
+  VMG_ASSIGN_OR_RETURN(
+      in.nics, Query<PlacedNic>(read.db,
+                                "SELECT n.vm_id, n.idx, n.network_id, w.name, n.mac, n.ip, "
+                                "w.subnet, v.host_id, v.name FROM nics n JOIN networks w ON "
+                                "w.id = n.network_id JOIN vms v ON v.id = n.vm_id WHERE "
+                                "n.network_id IN (" +
+                                    on_host + ") ORDER BY n.network_id, n.host_index",
+                                {host_id}, [](const SqlRow& r) {
+                                  // ReadNic's 7 columns, then the VM's host and name.
+                                  return PlacedNic{ReadNic(r), r.Text(7), r.Text(8)};
+                                }));
+  VMG_ASSIGN_OR_RETURN(
+      auto hosts,
+      Query<Host>(read.db,
+                  std::string(kHostSelect) +
+                      " WHERE h.tunnel_port > 0 AND h.id IN (SELECT DISTINCT v.host_id FROM nics n "
+                      "JOIN vms v ON v.id = n.vm_id WHERE n.network_id IN (" +
+                      on_host + "))",
+                  {host_id}, ReadHost));
+  for (const auto& h : hosts)
+    in.endpoints[h.id] = {static_cast<uint32_t>(h.tunnel_number), h.tunnel_ip,
+                          static_cast<int>(h.tunnel_port)};
+  return in;
 }
 
 }  // namespace vmgrid

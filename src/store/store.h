@@ -37,6 +37,8 @@ struct HostCapacity {
   std::string arch = "x86_64";
   int64_t disk_total_bytes = 0;  // of the agent's state directory; 0 = not reported
   int64_t disk_free_bytes = 0;
+  std::string tunnel_ip = "";  // the host's virtual-network tunnel endpoint ("" / 0: none)
+  int64_t tunnel_port = 0;
 };
 
 // Told of every committed change that an in-memory copy of the hosts'
@@ -150,6 +152,13 @@ class Store {
   // NICs are allocated with their VM (Vm::net_ids) and deleted with it.
   Result<std::vector<Nic>> ListVmNics(const std::string& vm_id);
   Result<std::vector<Nic>> ListNetworkNics(const std::string& network_id);
+  // What planning `host_id`'s virtual networks needs (model.h).
+  Result<NetworkPlanInputs> NetworkPlanInputsForHost(const std::string& host_id);
+  // Changes whenever something a network plan reads may have changed (a VM
+  // with NICs inserted or deleted, a network deleted or rekeyed, a host's
+  // registration written). In memory: another controller sharing the
+  // database does not move it (planners re-plan periodically as well).
+  int64_t network_generation() const { return network_generation_.load(); }
 
   // --- VMs --------------------------------------------------------------------
   // Atomically places `vm` on the first host in `candidates` (in order) that
@@ -289,6 +298,7 @@ class Store {
   // yet per host id. Guarded by beat_mu_ (taken after mu_, never before), so
   // a heartbeat that changes nothing does not wait for the store's lock.
   std::mutex beat_mu_;
+  std::atomic<int64_t> network_generation_{1};
   std::unordered_map<std::string, Host> beat_written_;
   std::unordered_map<std::string, int64_t> beat_pending_;
   int schema_version_ = 0;

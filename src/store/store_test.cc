@@ -21,8 +21,11 @@ using testing_db::TestDatabase;
 // store/test_database.h); every test gets a fresh database.
 // Undoes migration 9 (virtual networks), for tests that run migrations
 // again from an older version.
+// Undoes migrations 9 and 10 (virtual networks, hosts' tunnel columns).
 constexpr const char* kDropMigration9 =
-    "DROP TABLE nics; DROP TABLE network_shares; DROP TABLE networks;";
+    "DROP TABLE nics; DROP TABLE network_shares; DROP TABLE networks; "
+    "DROP INDEX hosts_tunnel_number; ALTER TABLE hosts DROP COLUMN tunnel_number; "
+    "ALTER TABLE hosts DROP COLUMN tunnel_ip; ALTER TABLE hosts DROP COLUMN tunnel_port;";
 
 class StoreTest : public testing::TestWithParam<std::string> {
  protected:
@@ -296,8 +299,10 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 9);
+  EXPECT_EQ((*s)->schema_version(), 10);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
+  // Migration 10 numbered the host that was there.
+  EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
   Vm v = *vm;
   v.state = "paused";
   EXPECT_FALSE((*s)->UpdateVm(v).ok());
@@ -695,7 +700,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 9);
+  EXPECT_EQ(store_->schema_version(), 10);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);
@@ -804,6 +809,61 @@ TEST_P(StoreTest, NicsGetUniqueAddressesThatAreReleasedWithTheirVm) {
   ASSERT_TRUE(store_->DeleteVm(again->id).ok());
   EXPECT_TRUE(store_->DeleteNetwork(net->id).ok());
   EXPECT_EQ(store_->GetNetwork(net->id, alice_.id, false).error().code, ErrorCode::kNotFound);
+}
+
+// Hosts get distinct tunnel numbers; a plan reads a host's networks, their
+// NICs with their hosts, and the endpoints; the last VM of a network to
+// leave a host rekeys the network.
+TEST_P(StoreTest, NetworkPlanInputsAndRekeyWhenAHostLeaves) {
+  HostCapacity cap{4, 4096, 1000, false};
+  auto h1 = store_->HeartbeatHost("h1", "http://a", cap);
+  cap.tunnel_ip = "10.213.0.2";
+  cap.tunnel_port = 4789;
+  auto h2 = store_->HeartbeatHost("h2", "http://b", cap);
+  auto h3 = store_->HeartbeatHost("h3", "http://c", HostCapacity{4, 4096, 1000, false});
+  ASSERT_TRUE(h1.ok() && h2.ok() && h3.ok());
+  EXPECT_GT(h1->tunnel_number, 0);
+  EXPECT_NE(h1->tunnel_number, h2->tunnel_number);
+  EXPECT_NE(h2->tunnel_number, h3->tunnel_number);
+  EXPECT_EQ(store_->GetHost("h2")->tunnel_port, 4789);
+  auto net = store_->CreateNetwork(alice_.id, "lab", "10.20.0.0/24", false);
+  auto other = store_->CreateNetwork(alice_.id, "other", "10.30.0.0/24", false);
+  ASSERT_TRUE(net.ok() && other.ok());
+  const int64_t gen0 = store_->network_generation();
+  Vm a = NewVm("a"), b = NewVm("b"), c = NewVm("c");
+  a.net_ids = b.net_ids = {net->id};
+  c.net_ids = {other->id};
+  auto va = store_->PlaceAndInsertVm(a, {h1->id});
+  auto vb = store_->PlaceAndInsertVm(b, {h2->id});
+  auto vc = store_->PlaceAndInsertVm(c, {h3->id});
+  ASSERT_TRUE(va.ok() && vb.ok() && vc.ok());
+  EXPECT_GT(store_->network_generation(), gen0);
+
+  auto in = store_->NetworkPlanInputsForHost(h1->id);
+  ASSERT_TRUE(in.ok()) << in.error().message;
+  ASSERT_EQ(in->networks.size(), 1u);  // not "other": it has no NIC on h1
+  EXPECT_EQ(in->networks[0].id, net->id);
+  ASSERT_EQ(in->nics.size(), 2u);
+  std::set<std::string> hosts;
+  for (const auto& p : in->nics) hosts.insert(p.host_id + "/" + p.vm_name);
+  EXPECT_EQ(hosts, (std::set<std::string>{h1->id + "/a", h2->id + "/b"}));
+  // Only h2 reported an endpoint.
+  ASSERT_EQ(in->endpoints.size(), 1u);
+  EXPECT_EQ(in->endpoints.at(h2->id).ip, "10.213.0.2");
+  EXPECT_EQ(in->endpoints.at(h2->id).port, 4789);
+  EXPECT_EQ(in->endpoints.at(h2->id).host_number, static_cast<uint32_t>(h2->tunnel_number));
+  EXPECT_TRUE(store_->NetworkPlanInputsForHost(h3->id)->networks.size() == 1u);
+
+  // b leaves h2, the last NIC of lab there: lab gets a new key and epoch.
+  const int64_t epoch = in->networks[0].key_epoch;
+  const std::string key = in->networks[0].tunnel_key_hex;
+  ASSERT_TRUE(store_->DeleteVm(vb->id).ok());
+  auto after = store_->GetNetwork(net->id, "", true);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->key_epoch, epoch + 1);
+  EXPECT_NE(after->tunnel_key_hex, key);
+  // other's key did not move.
+  EXPECT_EQ(store_->GetNetwork(other->id, "", true)->key_epoch, other->key_epoch);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, testing_db::Backends(), testing_db::BackendName);

@@ -6,6 +6,7 @@
 
 #include "api/host_credentials.h"
 #include "api/placement.h"
+#include "api/vnet_plan.h"
 #include "common/http_json.h"
 #include "common/tls.h"
 #include "common/util.h"
@@ -69,6 +70,10 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
   hc.site = cap.site;
   hc.network = cap.network;
   hc.arch = cap.arch;
+  if (report.tunnel) {
+    hc.tunnel_ip = report.tunnel->ip;
+    hc.tunnel_port = report.tunnel->port;
+  }
   VMG_ASSIGN_OR_RETURN(Host host, store_.HeartbeatHost(report.name, report.url, hc));
   // A report that already matched the records, while no record on the host
   // changed since, needs no reconciling (most heartbeats of a steady grid).
@@ -91,7 +96,54 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
       reconciled_.erase(host.id);
   }
   if (report.images.is_object()) NoteHostImages(host.id, report.images);
-  return HeartbeatReply{host.id};
+  HeartbeatReply reply{host.id, std::nullopt};
+  // Without its plan a host keeps the last one it had: say nothing rather
+  // than something wrong.
+  if (auto plan = NetworkPlanFor(host); plan.ok())
+    reply.networks = std::move(*plan);
+  else
+    spdlog::warn("no network plan for host {}: {}", host.name, plan.error().message);
+  return reply;
+}
+
+Result<HostNetworkPlan> HostService::NetworkPlanFor(const Host& host) {
+  // A safety net for what the generation cannot see (another controller
+  // writing the same database).
+  constexpr int64_t kReplanMs = 30'000;
+  const int64_t generation = store_.network_generation();
+  const int64_t now = clock_.NowMs();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = plans_.find(host.id);
+    if (it != plans_.end() && it->second.generation == generation &&
+        now - it->second.computed_ms < kReplanMs &&
+        it->second.plan.host_number == static_cast<uint32_t>(host.tunnel_number))
+      return it->second.plan;
+  }
+  VMG_ASSIGN_OR_RETURN(NetworkPlanInputs in, store_.NetworkPlanInputsForHost(host.id));
+  HostNetworkPlan out;
+  out.host_number = static_cast<uint32_t>(host.tunnel_number);
+  auto planned = PlanNetworks(in.networks, in.nics, in.endpoints);
+  for (const PlannedNetwork& pn : planned[host.id]) {
+    NetworkPlan n;
+    n.vni = pn.vni;
+    n.name = pn.name;
+    n.subnet = pn.subnet;
+    n.egress = pn.egress;
+    n.key_epoch = pn.key_epoch;
+    n.key_hex = pn.key_hex;
+    for (const auto& p : pn.peers)
+      n.peers.push_back({p.endpoint.host_number, p.endpoint.ip, p.endpoint.port});
+    for (const auto& r : pn.remote_nics) {
+      auto ep = in.endpoints.find(r.host_id);
+      if (ep == in.endpoints.end()) continue;  // PlanNetworks only lists NICs of peers
+      n.remote_nics.push_back({r.nic.mac, r.nic.ip, r.vm_name, ep->second.host_number});
+    }
+    out.networks.push_back(std::move(n));
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  plans_[host.id] = {generation, now, out};
+  return out;
 }
 
 // Keeps the host's cache counters for `host show`, and records which images

@@ -72,6 +72,9 @@ class HostService {
  private:
   void NoteHostImages(const std::string& host_id, const nlohmann::json& images);
   void CountFailedWrite(const Status& st, const std::string& what);
+  // The host's part of the virtual networks (api/vnet_plan.h), recomputed
+  // when the Store's network generation moved or every kReplanMs.
+  Result<HostNetworkPlan> NetworkPlanFor(const Host& host);
 
   Store& store_;
   CapacityIndex& index_;
@@ -89,6 +92,12 @@ class HostService {
   // version then (CapacityIndex::VmVersion).
   std::map<std::string, std::pair<size_t, uint64_t>> reconciled_;  // guarded by mu_
   int64_t failed_writes_ = 0;                                      // guarded by mu_
+  struct CachedPlan {
+    int64_t generation = 0;
+    int64_t computed_ms = 0;
+    HostNetworkPlan plan;
+  };
+  std::map<std::string, CachedPlan> plans_;  // host id -> its last plan; guarded by mu_
 };
 
 }  // namespace vmgrid

@@ -129,4 +129,21 @@ Result<json> NetworkService::VmNics(const std::string& vm_id) {
   return cards;
 }
 
+Result<std::vector<NicSpec>> NetworkService::VmNicSpecs(const std::string& vm_id) {
+  VMG_ASSIGN_OR_RETURN(auto nics, store_.ListVmNics(vm_id));
+  std::vector<NicSpec> out;
+  std::map<std::string, Network> nets;
+  for (const Nic& n : nics) {
+    auto it = nets.find(n.network_id);
+    if (it == nets.end()) {
+      VMG_ASSIGN_OR_RETURN(Network net, store_.GetNetwork(n.network_id, "", true));
+      it = nets.emplace(n.network_id, std::move(net)).first;
+    }
+    const Network& net = it->second;
+    out.push_back(
+        {n.index, static_cast<uint32_t>(net.vni), net.name, net.subnet, net.egress, n.mac, n.ip});
+  }
+  return out;
+}
+
 }  // namespace vmgrid

@@ -40,6 +40,8 @@ class NetworkService {
   Result<std::vector<std::string>> Resolve(const Caller& c, const std::vector<std::string>& refs);
   // A VM's cards for its JSON: [{network, network_id, index, mac, ip, prefix}].
   Result<nlohmann::json> VmNics(const std::string& vm_id);
+  // The VM's NICs as its agent gets them in the VM spec (proto/network_plan.h).
+  Result<std::vector<NicSpec>> VmNicSpecs(const std::string& vm_id);
 
  private:
   nlohmann::json NetworkJson(const Caller& c, const Network& n);

@@ -1,0 +1,365 @@
+#include "agent/host_networks.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <set>
+
+#include "common/util.h"
+#include "vnet/frame.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+Result<std::vector<uint8_t>> KeyBytes(const std::string& hex) {
+  if (hex.size() != 64) return MakeError(ErrorCode::kInvalidArgument, "a key is 64 hex digits");
+  std::vector<uint8_t> out(32);
+  for (size_t i = 0; i < 32; ++i) {
+    unsigned v = 0;
+    if (std::sscanf(hex.c_str() + 2 * i, "%2x", &v) != 1)
+      return MakeError(ErrorCode::kInvalidArgument, "a key is 64 hex digits");
+    out[i] = static_cast<uint8_t>(v);
+  }
+  return out;
+}
+
+struct Cidr {
+  vnet::Ipv4Addr base = 0;
+  int prefix = 0;
+};
+
+// "A.B.C.D/P" with no host bits set, P in 8..29 (the switch's range).
+Result<Cidr> ParseCidr(const std::string& text) {
+  auto slash = text.find('/');
+  if (slash == std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "subnet '" + text + "' is not A.B.C.D/P");
+  VMG_ASSIGN_OR_RETURN(vnet::Ipv4Addr base, vnet::ParseIpv4(text.substr(0, slash)));
+  const std::string p = text.substr(slash + 1);
+  if (p.empty() || p.size() > 2 || p.find_first_not_of("0123456789") != std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "subnet '" + text + "' has a bad prefix");
+  const int prefix = std::stoi(p);
+  if (prefix < 8 || prefix > 29)
+    return MakeError(ErrorCode::kInvalidArgument, "subnet '" + text + "': prefix out of range");
+  if (base & ~(~vnet::Ipv4Addr{0} << (32 - prefix)))
+    return MakeError(ErrorCode::kInvalidArgument, "subnet '" + text + "' has host bits set");
+  return Cidr{base, prefix};
+}
+
+std::string PortName(const std::string& vm_id, int index) {
+  return vm_id + "-" + std::to_string(index);
+}
+
+json CountersJson(const vnet::PortCounters& c) {
+  json drops = json::object();
+  for (size_t i = 1; i < vnet::kDropReasonCount; ++i)
+    if (c.drops[i]) drops[vnet::DropReasonName(static_cast<vnet::DropReason>(i))] = c.drops[i];
+  return {{"rx_frames", c.rx_frames},       {"tx_frames", c.tx_frames},
+          {"arp_answered", c.arp_answered}, {"dhcp_answered", c.dhcp_answered},
+          {"dns_answered", c.dns_answered}, {"drops", drops}};
+}
+
+json CountersJson(const vnet::TunnelCounters& c) {
+  json drops = json::object();
+  for (size_t i = 1; i < vnet::kTunnelDropCount; ++i)
+    if (c.drops[i]) drops[vnet::TunnelDropName(static_cast<vnet::TunnelDrop>(i))] = c.drops[i];
+  return {{"tx_packets", c.tx_packets},
+          {"tx_failed", c.tx_failed},
+          {"tx_no_key", c.tx_no_key},
+          {"rx_packets", c.rx_packets},
+          {"drops", drops}};
+}
+
+}  // namespace
+
+HostNetworks::HostNetworks(HostNetworksOptions options) : options_(std::move(options)) {}
+
+HostNetworks::~HostNetworks() {
+  std::lock_guard<std::mutex> l(mu_);
+  host_.reset();
+}
+
+std::string HostNetworks::PlanFile() const { return options_.state_dir + "/vnet/plan.json"; }
+
+Result<std::unique_ptr<HostNetworks>> HostNetworks::Open(const HostNetworksOptions& options) {
+  if (!vnet::ParseIpv4(options.tunnel_ip).ok())
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "tunnel address '" + options.tunnel_ip + "' is not an IPv4 address");
+  auto self = std::unique_ptr<HostNetworks>(new HostNetworks(options));
+  // The port sockets' directory: QEMU (the VM's uid) must reach its port.
+  VMG_RETURN_IF_ERROR(MakeDirs(options.state_dir + "/vnet", 0711));
+  chmod((options.state_dir + "/vnet").c_str(), 0711);
+  if (auto q = vnet::EnsureUnixDgramQueueLength(options.dgram_queue_length); !q.ok())
+    spdlog::warn(
+        "virtual networks: {}; a burst of more frames than the queue holds is lost "
+        "(docs/vnet.md, \"Queue length\")",
+        q.error().message);
+  else if (*q < options.dgram_queue_length)
+    spdlog::warn("virtual networks: net.unix.max_dgram_qlen is {} (wanted {})", *q,
+                 options.dgram_queue_length);
+  const std::string file = self->PlanFile();
+  if (!FileExists(file)) return self;
+  auto text = ReadFile(file, 64 << 20);
+  json j = text.ok() ? json::parse(*text, nullptr, false) : json();
+  Result<HostNetworkPlan> plan = MakeError(ErrorCode::kInvalidArgument, "not a JSON object");
+  if (j.is_object() && j.contains("plan")) plan = HostNetworkPlanFromJson(j["plan"]);
+  if (!plan.ok()) {
+    spdlog::warn("virtual networks: {} is unusable ({}); set aside, waiting for the controller",
+                 file, text.ok() ? plan.error().message : text.error().message);
+    std::rename(file.c_str(), (file + ".bad").c_str());
+    return self;
+  }
+  if (options.tunnel_port == 0 && j.value("tunnel_port", 0) > 0)
+    self->tunnel_port_ = j.value("tunnel_port", 0);
+  if (Status st = self->ApplyPlan(*plan); !st.ok())
+    spdlog::warn("virtual networks: the saved plan applied in part: {}", st.error().message);
+  return self;
+}
+
+std::optional<TunnelEndpointReport> HostNetworks::Endpoint() const {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!host_) return std::nullopt;
+  return TunnelEndpointReport{options_.tunnel_ip, host_->tunnel_port()};
+}
+
+Status HostNetworks::StartSwitchesLocked(uint32_t host_number) {
+  vnet::SwitchHostOptions so;
+  so.host_id = host_number;
+  VMG_ASSIGN_OR_RETURN(so.tunnel_ip, vnet::ParseIpv4(options_.tunnel_ip));
+  const int wanted = options_.tunnel_port > 0 ? options_.tunnel_port : tunnel_port_;
+  so.tunnel_port = static_cast<uint16_t>(wanted);
+  auto started = vnet::SwitchHost::Start(so);
+  if (!started.ok() && options_.tunnel_port == 0 && wanted != 0) {
+    // The last run's port is taken: any port will do (peers learn it from
+    // the next heartbeat; until then they send to the old one).
+    spdlog::warn("virtual networks: tunnel port {} is taken ({}); using another", wanted,
+                 started.error().message);
+    so.tunnel_port = 0;
+    started = vnet::SwitchHost::Start(so);
+  }
+  if (!started.ok()) return started.error().Wrap("starting the virtual switches");
+  host_ = std::move(*started);
+  host_number_ = host_number;
+  tunnel_port_ = host_->tunnel_port();
+  spdlog::info("virtual networks: switches running; host number {}, tunnels at {}:{}", host_number,
+               options_.tunnel_ip, tunnel_port_);
+  started_cv_.notify_all();
+  return Status::Ok();
+}
+
+Status HostNetworks::EnsureNetworkLocked(uint32_t vni, const std::string& name,
+                                         const std::string& subnet, bool egress) {
+  if (nets_.count(vni)) return Status::Ok();
+  VMG_ASSIGN_OR_RETURN(Cidr parsed, ParseCidr(subnet));
+  vnet::NetworkConfig c;
+  c.id = vni;
+  c.name = name;
+  c.subnet = parsed.base;
+  c.prefix_len = parsed.prefix;
+  c.egress = egress;
+  VMG_RETURN_IF_ERROR(host_->AddNetwork(c));
+  NetState& st = nets_[vni];
+  st.name = name;
+  st.subnet = subnet;
+  st.egress = egress;
+  return Status::Ok();
+}
+
+Status HostNetworks::ApplyNetworkLocked(const NetworkPlan& n) {
+  const std::string what = "network " + n.name + " (vni " + std::to_string(n.vni) + ")";
+  if (auto it = nets_.find(n.vni);
+      it != nets_.end() && (it->second.subnet != n.subnet || it->second.name != n.name ||
+                            it->second.egress != n.egress)) {
+    // Another network now holds this vni (this host missed a delete):
+    // start it afresh if no VM here still uses the old one.
+    if (!it->second.ports.empty())
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       what + " differs from the local switch, which VMs still use");
+    (void)host_->RemoveNetwork(n.vni);  // kNotFound only if already gone
+    nets_.erase(it);
+  }
+  if (Status st = EnsureNetworkLocked(n.vni, n.name, n.subnet, n.egress); !st.ok())
+    return st.error().Wrap(what);
+  NetState& st = nets_[n.vni];
+  std::vector<vnet::PeerHost> peers;
+  for (const auto& p : n.peers) {
+    auto ip = vnet::ParseIpv4(p.ip);
+    if (!ip.ok()) return ip.error().Wrap(what + ": peer " + std::to_string(p.number));
+    peers.push_back({p.number, *ip, static_cast<uint16_t>(p.port)});
+  }
+  std::vector<vnet::RemoteNic> nics;
+  for (const auto& r : n.remote_nics) {
+    auto mac = vnet::ParseMac(r.mac);
+    auto ip = vnet::ParseIpv4(r.ip);
+    if (!mac.ok() || !ip.ok())
+      return MakeError(ErrorCode::kInvalidArgument,
+                       what + ": remote NIC " + r.mac + " / " + r.ip + " is malformed");
+    nics.push_back({*mac, *ip, r.vm_name, r.host_number});
+  }
+  if (Status s = host_->SetRemote(n.vni, peers, nics); !s.ok()) return s.error().Wrap(what);
+  if (n.key_epoch > st.sealing_epoch && n.key_epoch != st.pending_epoch) {
+    VMG_ASSIGN_OR_RETURN(auto key, KeyBytes(n.key_hex));
+    const auto epoch = static_cast<uint32_t>(n.key_epoch);
+    if (st.sealing_epoch == 0) {
+      // The first key this switch has: nothing older to stay compatible with.
+      VMG_RETURN_IF_ERROR(host_->InstallTunnelKey(n.vni, epoch, key, vnet::KeyUse::kSealAndOpen));
+      st.sealing_epoch = n.key_epoch;
+    } else {
+      VMG_RETURN_IF_ERROR(host_->InstallTunnelKey(n.vni, epoch, key, vnet::KeyUse::kOpenOnly));
+      st.pending_epoch = n.key_epoch;
+      st.pending_key = std::move(key);
+      st.promote_at = Clock::now() + options_.promote_after;
+    }
+  }
+  return Status::Ok();
+}
+
+void HostNetworks::PromoteKeysLocked() {
+  const auto now = Clock::now();
+  for (auto& [vni, st] : nets_) {
+    if (st.pending_epoch == 0 || now < st.promote_at) continue;
+    Status s = host_->InstallTunnelKey(vni, static_cast<uint32_t>(st.pending_epoch), st.pending_key,
+                                       vnet::KeyUse::kSealAndOpen);
+    if (!s.ok()) {
+      spdlog::warn("virtual networks: sealing with key epoch {} of network {}: {}",
+                   st.pending_epoch, st.name, s.error().message);
+      continue;
+    }
+    st.sealing_epoch = st.pending_epoch;
+    st.pending_epoch = 0;
+    st.pending_key.clear();
+  }
+}
+
+Status HostNetworks::ApplyPlan(const HostNetworkPlan& plan) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (plan.host_number == 0) return Status::Ok();  // the controller has not numbered us yet
+  if (host_ && host_number_ != plan.host_number) {
+    // Renumbered (a new controller database): peers know us by the new number.
+    spdlog::warn("virtual networks: host number changes from {} to {}; restarting the switches",
+                 host_number_, plan.host_number);
+    host_.reset();
+    for (auto& [vni, st] : nets_) st.sealing_epoch = st.pending_epoch = 0;
+    nets_.clear();
+  }
+  if (!host_) VMG_RETURN_IF_ERROR(StartSwitchesLocked(plan.host_number));
+  Status first = Status::Ok();
+  std::set<uint32_t> listed;
+  for (const auto& n : plan.networks) {
+    listed.insert(n.vni);
+    if (Status st = ApplyNetworkLocked(n); !st.ok()) {
+      spdlog::warn("virtual networks: {}", st.error().message);
+      if (first.ok()) first = st;
+    }
+  }
+  for (auto it = nets_.begin(); it != nets_.end();) {
+    if (listed.count(it->first) || !it->second.ports.empty()) {
+      ++it;
+      continue;
+    }
+    (void)host_->RemoveNetwork(it->first);  // kNotFound: already gone, as wanted
+    it = nets_.erase(it);
+  }
+  PromoteKeysLocked();
+  json saved = {{"tunnel_port", tunnel_port_}, {"plan", ToJson(plan)}};
+  if (Status w = WriteFileAtomic(PlanFile(), saved.dump() + "\n", 0600); !w.ok())
+    // Only a restart's quick recovery needs it: the next heartbeat brings the plan again.
+    spdlog::warn("virtual networks: cannot save {}: {}", PlanFile(), w.error().message);
+  return first;
+}
+
+Result<std::vector<NicConfig>> HostNetworks::Attach(const std::string& vm_id,
+                                                    const std::string& vm_name,
+                                                    const std::vector<NicSpec>& nics,
+                                                    const std::string& run_dir, int uid, int gid) {
+  std::vector<NicConfig> out;
+  if (nics.empty()) return out;
+  std::unique_lock<std::mutex> l(mu_);
+  if (!started_cv_.wait_for(l, options_.first_plan_wait, [&] { return host_ != nullptr; }))
+    return MakeError(ErrorCode::kUnavailable,
+                     "virtual networks are not running on this host yet (waiting for the "
+                     "controller's first heartbeat answer)");
+  std::vector<std::pair<uint32_t, std::string>> added;
+  auto undo = [&] {
+    for (const auto& [vni, name] : added) {
+      (void)host_->RemovePort(vni, name);
+      nets_[vni].ports.erase(name);
+    }
+  };
+  for (const NicSpec& n : nics) {
+    if (Status st = EnsureNetworkLocked(n.vni, n.network, n.subnet, n.egress); !st.ok()) {
+      undo();
+      return st.error().Wrap("network " + n.network);
+    }
+    vnet::PortConfig p;
+    p.name = PortName(vm_id, n.index);
+    auto mac = vnet::ParseMac(n.mac);
+    auto ip = vnet::ParseIpv4(n.ip);
+    if (!mac.ok() || !ip.ok()) {
+      undo();
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "NIC " + std::to_string(n.index) + ": bad MAC or address");
+    }
+    p.mac = *mac;
+    p.ip = *ip;
+    p.vm_name = vm_name;
+    p.switch_path = options_.state_dir + "/vnet/" + p.name + ".sock";
+    p.vm_path = DefaultNicSocketPath(run_dir, n.index);
+    if (uid >= 0) p.socket_uid = static_cast<uid_t>(uid);
+    if (gid >= 0) p.socket_gid = static_cast<gid_t>(gid);
+    (void)host_->RemovePort(n.vni, p.name);  // an earlier run's port: replaced
+    if (Status st = host_->AddPort(n.vni, p); !st.ok()) {
+      undo();
+      return st.error().Wrap("NIC " + std::to_string(n.index) + " on network " + n.network);
+    }
+    nets_[n.vni].ports[p.name] = n.index;
+    added.emplace_back(n.vni, p.name);
+    NicConfig c;
+    c.mac = n.mac;
+    c.backend = NicBackend::kDgram;
+    c.local_path = p.vm_path;
+    c.remote_path = p.switch_path;
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+void HostNetworks::Detach(const std::string& vm_id, const std::vector<NicSpec>& nics) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!host_) return;
+  for (const NicSpec& n : nics) {
+    const std::string name = PortName(vm_id, n.index);
+    (void)host_->RemovePort(n.vni, name);  // kNotFound: never attached (or already removed)
+    if (auto it = nets_.find(n.vni); it != nets_.end()) it->second.ports.erase(name);
+  }
+}
+
+json HostNetworks::Stats() const {
+  std::lock_guard<std::mutex> l(mu_);
+  json nets = json::array();
+  if (!host_) return {{"running", false}};
+  for (const auto& [vni, st] : nets_) {
+    json ports = json::object();
+    for (const auto& [name, index] : st.ports)
+      if (auto c = host_->GetPortCounters(vni, name); c.ok()) ports[name] = CountersJson(*c);
+    json tunnel;
+    if (auto t = host_->GetTunnelCounters(vni); t.ok()) tunnel = CountersJson(*t);
+    nets.push_back({{"vni", vni},
+                    {"name", st.name},
+                    {"key_epoch", st.sealing_epoch},
+                    {"ports", ports},
+                    {"tunnel", tunnel}});
+  }
+  return {{"running", true},
+          {"host_number", host_number_},
+          {"tunnel_port", tunnel_port_},
+          {"networks", nets},
+          {"host_tunnel", CountersJson(host_->host_tunnel_counters())}};
+}
+
+}  // namespace vmgrid
