@@ -49,6 +49,15 @@ bool InNet(Ipv4Addr ip, Ipv4Addr net, int prefix) {
   return (ip & mask) == net;
 }
 
+// A TCP segment other than a connection request (SYN without ACK): it
+// belongs to a flow slirp already has a socket for, or slirp resets it.
+bool IsTcpSegmentOfAConnection(const Frame& f) {
+  if (f.ipv4->protocol != 6) return false;
+  if (f.ipv4->fragment || f.ipv4->payload.size() < 20) return false;
+  const uint8_t flags = f.ipv4->payload[13];
+  return (flags & 0x12) != 0x02;
+}
+
 }  // namespace
 
 const char* EgressDropName(EgressDrop reason) {
@@ -67,6 +76,8 @@ const char* EgressDropName(EgressDrop reason) {
       return "multicast";
     case EgressDrop::kThisNetwork:
       return "this_network";
+    case EgressDrop::kTooManyFlows:
+      return "too_many_flows";
     case EgressDrop::kCount:
       break;
   }
@@ -177,14 +188,18 @@ struct EgressGateway::Callbacks {
   }
 };
 
-EgressGateway::EgressGateway(const NetworkConfig& network, vmm::UniqueFd link)
-    : mac_(EgressGatewayMac(network.gateway_ip())), link_(std::move(link)), rx_(kMaxFrameLen + 1) {
+EgressGateway::EgressGateway(const NetworkConfig& network, vmm::UniqueFd link, size_t max_sockets)
+    : mac_(EgressGatewayMac(network.gateway_ip())),
+      max_sockets_(max_sockets),
+      link_(std::move(link)),
+      rx_(kMaxFrameLen + 1) {
   scope_.subnet = network.subnet;
   scope_.netmask = network.netmask();
   scope_.gateway_ip = network.gateway_ip();
 }
 
-Result<EgressGatewayPtr> EgressGateway::Start(const NetworkConfig& network, vmm::UniqueFd link) {
+Result<EgressGatewayPtr> EgressGateway::Start(const NetworkConfig& network, vmm::UniqueFd link,
+                                              size_t max_sockets) {
   if (!network.egress) return Invalid("network " + network.name + " has no egress");
   if (network.prefix_len < 8 || network.prefix_len > 29 ||
       (network.subnet & ~network.netmask()) != 0)
@@ -196,7 +211,7 @@ Result<EgressGatewayPtr> EgressGateway::Start(const NetworkConfig& network, vmm:
   if (network.mtu != 0 && (network.mtu < 576 || network.mtu > 1500))
     return Invalid("mtu must be 576..1500");
   if (!link.valid()) return Invalid("egress gateway without a link to the switch");
-  EgressGatewayPtr g(new EgressGateway(network, std::move(link)));
+  EgressGatewayPtr g(new EgressGateway(network, std::move(link), max_sockets));
 
   timeval tv{0, kSendTimeoutMs * 1000};
   if (setsockopt(g->link_.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
@@ -305,6 +320,9 @@ void EgressGateway::ReadLink() {
       RefreshHostAddresses();
       why = CheckToOutside(parse.frame, scope_);
     }
+    if (why == EgressDrop::kNone && counters_.sockets >= max_sockets_ && parse.frame.ipv4 &&
+        !IsTcpSegmentOfAConnection(parse.frame))
+      why = EgressDrop::kTooManyFlows;
     if (why != EgressDrop::kNone) {
       ++counters_.drops[static_cast<size_t>(why)];
       continue;
@@ -345,6 +363,7 @@ void EgressGateway::Loop() {
       pollfds_.push_back(pollfd{link_.get(), POLLIN, 0});
       uint32_t slirp_timeout = UINT32_MAX;
       slirp_pollfds_fill(slirp_, &slirp_timeout, Callbacks::AddPoll, this);
+      counters_.sockets = pollfds_.size() - 2;
       if (slirp_timeout != UINT32_MAX)
         timeout_ms = static_cast<int>(std::min<uint32_t>(slirp_timeout, INT_MAX));
       if (const int64_t next = NextTimerMs(); next >= 0) {
@@ -373,12 +392,12 @@ void EgressGateway::Loop() {
 
 Result<uint16_t> EgressGateway::AddForward(Ipv4Addr guest_ip, uint16_t guest_port,
                                            Ipv4Addr listen_ip, uint16_t listen_port) {
+  std::lock_guard lock(mu_);
   if ((guest_ip & scope_.netmask) != scope_.subnet || guest_ip == scope_.subnet ||
       guest_ip == scope_.gateway_ip || guest_ip == scope_.subnet + 2 ||
       guest_ip == (scope_.subnet | ~scope_.netmask))
     return Invalid("guest address " + FormatIpv4(guest_ip) + " is not a VM address of the network");
   if (guest_port == 0) return Invalid("guest port 0");
-  std::lock_guard lock(mu_);
   for (const PortForward& f : forwards_)
     if (listen_port != 0 && f.listen_ip == listen_ip && f.listen_port == listen_port)
       return MakeError(ErrorCode::kAlreadyExists, "a forward already listens at " +

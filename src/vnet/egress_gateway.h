@@ -53,10 +53,18 @@ enum class EgressDrop : uint8_t {
   kLinkLocal,     // 169.254.0.0/16 (cloud metadata services live there)
   kMulticast,     // 224.0.0.0/4, 240.0.0.0/4 and 255.255.255.255
   kThisNetwork,   // an address of the network's own subnet other than the gateway
+  kTooManyFlows,  // a new TCP connection, or UDP/ICMP, while slirp holds kMaxEgressSockets
   kCount,
 };
 inline constexpr size_t kEgressDropCount = static_cast<size_t>(EgressDrop::kCount);
 const char* EgressDropName(EgressDrop reason);
+
+// slirp opens one host socket per guest flow (TCP connection, UDP source
+// port, ICMP echo): sockets of the agent's process. Beyond this many per
+// network, new TCP connections and all UDP/ICMP are dropped, so that a guest
+// cannot use up the agent's file descriptors; flows end (and their sockets
+// close) as usual and traffic resumes.
+inline constexpr size_t kMaxEgressSockets = 256;
 
 // The addresses a frame is judged against.
 struct EgressScope {
@@ -86,6 +94,7 @@ struct EgressCounters {
   uint64_t from_outside = 0;      // frames slirp sent towards guests
   uint64_t to_switch_failed = 0;  // slirp's frames the switch socket refused (full, gone)
   uint64_t guest_errors = 0;      // slirp's guest_error reports (malformed traffic it met)
+  uint64_t sockets = 0;           // slirp's host sockets (flows, forwards) at the last poll
   std::array<uint64_t, kEgressDropCount> drops{};  // by EgressDrop
 
   uint64_t drop(EgressDrop r) const { return drops[static_cast<size_t>(r)]; }
@@ -111,7 +120,9 @@ class EgressGateway {
   // end of a connected unix datagram socket pair whose other end is the
   // switch's router port. kInvalidArgument for a network without egress or a
   // bad subnet; kInternal when slirp or a socket cannot be made.
-  static Result<EgressGatewayPtr> Start(const NetworkConfig& network, vmm::UniqueFd link);
+  // max_sockets: see kMaxEgressSockets (tests use less).
+  static Result<EgressGatewayPtr> Start(const NetworkConfig& network, vmm::UniqueFd link,
+                                        size_t max_sockets = kMaxEgressSockets);
   // Stops the thread, closes every connection and listening socket.
   ~EgressGateway();
   EgressGateway(const EgressGateway&) = delete;
@@ -139,7 +150,7 @@ class EgressGateway {
  private:
   struct Timer;
   struct Callbacks;
-  EgressGateway(const NetworkConfig& network, vmm::UniqueFd link);
+  EgressGateway(const NetworkConfig& network, vmm::UniqueFd link, size_t max_sockets);
   void Loop();
   void ReadLink();
   void SendToSwitch(std::span<const uint8_t> frame);
@@ -150,6 +161,7 @@ class EgressGateway {
   Status RemoveForwardLocked(Ipv4Addr listen_ip, uint16_t listen_port);
 
   const MacAddr mac_;
+  const size_t max_sockets_;
   vmm::UniqueFd link_;
   vmm::UniqueFd wake_;  // eventfd: stop, or slirp's sockets changed
   std::atomic<bool> stop_{false};

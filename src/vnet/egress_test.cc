@@ -146,6 +146,15 @@ TEST(EgressPolicyTest, LocalAddressesIncludeLoopback) {
   EXPECT_TRUE(std::binary_search(a->begin(), a->end(), Ip(127, 0, 0, 1)));
 }
 
+bool WaitFor(const std::function<bool()>& done) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return false;
+}
+
 NetworkConfig EgressNet(uint32_t id = kNet) {
   NetworkConfig c;
   c.id = id;
@@ -224,6 +233,38 @@ TEST(EgressGatewayConfigTest, ForwardsAreCheckedAndNothingListensAfterAFailure) 
   EXPECT_EQ(::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << strerror(errno);
 }
 
+TEST(EgressGatewayConfigTest, BeyondItsSocketsNewFlowsAreDroppedButConnectionsGoOn) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair), 0);
+  vmm::UniqueFd switch_end(pair[0]);
+  auto g = EgressGateway::Start(EgressNet(), vmm::UniqueFd(pair[1]), /*max_sockets=*/2);
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  // Two forwards: two listening sockets of slirp's.
+  ASSERT_TRUE((*g)->AddForward(kVmIp, 80, Ip(127, 0, 0, 1), 0).ok());
+  ASSERT_TRUE((*g)->AddForward(kVmIp, 81, Ip(127, 0, 0, 1), 0).ok());
+  ASSERT_TRUE(WaitFor([&] { return (*g)->counters().sockets == 2; }));
+  const MacAddr gw = EgressGatewayMac(kGateway);
+  const Ipv4Addr outside = Ip(192, 0, 2, 1);  // TEST-NET-1; nothing is sent there
+  auto send = [&](const Bytes& f) {
+    ASSERT_EQ(::send(switch_end.get(), f.data(), f.size(), 0), static_cast<ssize_t>(f.size()));
+  };
+  send(UdpFrame(Mac(1), gw, kVmIp, outside, 5000, 9, {1}));
+  send(TcpSyn(Mac(1), gw, kVmIp, outside, 5001, 9));
+  ASSERT_TRUE(WaitFor([&] { return (*g)->counters().drop(EgressDrop::kTooManyFlows) == 2; }));
+  EXPECT_EQ((*g)->counters().to_outside, 0u);
+  // A segment of an existing connection still reaches slirp (which resets it
+  // here: there is no such connection).
+  Bytes ack = TcpSyn(Mac(1), gw, kVmIp, outside, 5002, 9);
+  uint8_t* tcp = &ack[kEthernetHeaderLen + 20];
+  tcp[13] = 0x10;  // ACK
+  Store16(tcp + 16, 0);
+  uint32_t sum = ChecksumAdd(0, {&ack[kEthernetHeaderLen + 12], 8}) + 6 + 20;
+  Store16(tcp + 16, ChecksumFinish(ChecksumAdd(sum, {tcp, 20})));
+  send(ack);
+  ASSERT_TRUE(WaitFor([&] { return (*g)->counters().to_outside == 1; }));
+  EXPECT_EQ((*g)->counters().drop(EgressDrop::kTooManyFlows), 2u);
+}
+
 // The VM's side of a port, as QEMU would be.
 class FakeVm {
  public:
@@ -269,15 +310,6 @@ class FakeVm {
   vmm::UniqueFd fd_;
   std::string switch_path_;
 };
-
-bool WaitFor(const std::function<bool()>& done) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return false;
-}
 
 // A TCP listener on this host, to see whether anything reaches it.
 class Listener {
