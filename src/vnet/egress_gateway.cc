@@ -1,7 +1,6 @@
 #include "vnet/egress_gateway.h"
 
 #include <arpa/inet.h>
-#include <ifaddrs.h>
 #include <libslirp.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -38,92 +37,18 @@ in_addr InAddr(Ipv4Addr ip) {
   return a;
 }
 
+bool InNet(Ipv4Addr ip, Ipv4Addr net, int prefix) {
+  const Ipv4Addr mask = prefix == 0 ? 0 : ~Ipv4Addr{0} << (32 - prefix);
+  return (ip & mask) == net;
+}
+
 int64_t MonotonicNs() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
-bool InNet(Ipv4Addr ip, Ipv4Addr net, int prefix) {
-  const Ipv4Addr mask = prefix == 0 ? 0 : ~Ipv4Addr{0} << (32 - prefix);
-  return (ip & mask) == net;
-}
-
-// A TCP segment other than a connection request (SYN without ACK): it
-// belongs to a flow slirp already has a socket for, or slirp resets it.
-bool IsTcpSegmentOfAConnection(const Frame& f) {
-  if (f.ipv4->protocol != 6) return false;
-  if (f.ipv4->fragment || f.ipv4->payload.size() < 20) return false;
-  const uint8_t flags = f.ipv4->payload[13];
-  return (flags & 0x12) != 0x02;
-}
-
 }  // namespace
-
-const char* EgressDropName(EgressDrop reason) {
-  switch (reason) {
-    case EgressDrop::kNone:
-      return "none";
-    case EgressDrop::kMalformed:
-      return "malformed";
-    case EgressDrop::kHostLoopback:
-      return "host_loopback";
-    case EgressDrop::kHostLocal:
-      return "host_local";
-    case EgressDrop::kLinkLocal:
-      return "link_local";
-    case EgressDrop::kMulticast:
-      return "multicast";
-    case EgressDrop::kThisNetwork:
-      return "this_network";
-    case EgressDrop::kTooManyFlows:
-      return "too_many_flows";
-    case EgressDrop::kCount:
-      break;
-  }
-  return "unknown";
-}
-
-EgressDrop CheckToOutside(const Frame& frame, const EgressScope& scope) {
-  // The switch's proxy-ARP replies to slirp's requests for VM addresses:
-  // slirp needs them to address its frames (guests' ARP never gets here).
-  if (frame.arp) return frame.arp->op == 2 ? EgressDrop::kNone : EgressDrop::kMalformed;
-  if (!frame.ipv4) return EgressDrop::kMalformed;
-  const Ipv4Addr dst = frame.ipv4->dst;
-  if (InNet(dst, 0x7f000000, 8)) return EgressDrop::kHostLoopback;
-  // connect() to 0.0.0.0 reaches this host's loopback on Linux.
-  if (InNet(dst, 0, 8)) return EgressDrop::kHostLocal;
-  if (InNet(dst, 0xa9fe0000, 16)) return EgressDrop::kLinkLocal;
-  if (InNet(dst, 0xe0000000, 3)) return EgressDrop::kMulticast;  // 224/4 and 240/4
-  // The gateway itself: slirp answers pings, carries the replies of port
-  // forwards' connections, and refuses new connections to it (it would map
-  // them to the host's loopback; disable_host_loopback).
-  if (dst == scope.gateway_ip) return EgressDrop::kNone;
-  if ((dst & scope.netmask) == scope.subnet) return EgressDrop::kThisNetwork;
-  if (std::binary_search(scope.host_addresses.begin(), scope.host_addresses.end(), dst))
-    return EgressDrop::kHostLocal;
-  return EgressDrop::kNone;
-}
-
-Result<std::vector<Ipv4Addr>> LocalIpv4Addresses() {
-  ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0) return Errno("getifaddrs");
-  std::vector<Ipv4Addr> out;
-  for (ifaddrs* i = list; i; i = i->ifa_next) {
-    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
-    out.push_back(ntohl(reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr.s_addr));
-  }
-  freeifaddrs(list);
-  std::sort(out.begin(), out.end());
-  out.erase(std::unique(out.begin(), out.end()), out.end());
-  return out;
-}
-
-MacAddr EgressGatewayMac(Ipv4Addr gateway_ip) {
-  MacAddr m{0x52, 0x55, 0, 0, 0, 0};
-  Store32(&m[2], gateway_ip);
-  return m;
-}
 
 // A slirp timer: slirp asks for it (timer_new), arms it in milliseconds of
 // clock_get_ns's clock (timer_mod) and frees it; the loop runs due ones.
@@ -321,7 +246,7 @@ void EgressGateway::ReadLink() {
       why = CheckToOutside(parse.frame, scope_);
     }
     if (why == EgressDrop::kNone && counters_.sockets >= max_sockets_ && parse.frame.ipv4 &&
-        !IsTcpSegmentOfAConnection(parse.frame))
+        StartsNewFlow(parse.frame))
       why = EgressDrop::kTooManyFlows;
     if (why != EgressDrop::kNone) {
       ++counters_.drops[static_cast<size_t>(why)];

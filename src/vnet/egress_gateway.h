@@ -13,7 +13,7 @@
 // address of its interfaces, 0.0.0.0/8 — link-local 169.254.0.0/16 (cloud
 // metadata services), multicast/reserved space and the network's own subnet
 // (its VMs are reached through the switch, not the NAT). CheckToOutside
-// decides, before slirp sees a frame. No DHCP (the switch serves it), no DNS
+// (egress_policy.h) decides, before slirp sees a frame. No DHCP (the switch serves it), no DNS
 // (the switch answers at .2; outside names are not resolved), no IPv6.
 //
 // Thread-safety: every public method may be called from any thread; a mutex
@@ -37,6 +37,7 @@
 
 #include "common/result.h"
 #include "vmm/unique_fd.h"
+#include "vnet/egress_policy.h"
 #include "vnet/frame.h"
 #include "vnet/virtual_switch.h"
 
@@ -44,50 +45,12 @@ struct Slirp;
 
 namespace vmgrid::vnet {
 
-// Why the gateway refuses a frame a guest sent towards the outside.
-enum class EgressDrop : uint8_t {
-  kNone = 0,
-  kMalformed,     // neither IPv4 nor an ARP reply (the switch's answers to slirp's requests)
-  kHostLoopback,  // 127.0.0.0/8
-  kHostLocal,     // an address of this host's interfaces, or 0.0.0.0/8 (which means "this host")
-  kLinkLocal,     // 169.254.0.0/16 (cloud metadata services live there)
-  kMulticast,     // 224.0.0.0/4, 240.0.0.0/4 and 255.255.255.255
-  kThisNetwork,   // an address of the network's own subnet other than the gateway
-  kTooManyFlows,  // a new TCP connection, or UDP/ICMP, while slirp holds kMaxEgressSockets
-  kCount,
-};
-inline constexpr size_t kEgressDropCount = static_cast<size_t>(EgressDrop::kCount);
-const char* EgressDropName(EgressDrop reason);
-
 // slirp opens one host socket per guest flow (TCP connection, UDP source
 // port, ICMP echo): sockets of the agent's process. Beyond this many per
 // network, new TCP connections and all UDP/ICMP are dropped, so that a guest
 // cannot use up the agent's file descriptors; flows end (and their sockets
 // close) as usual and traffic resumes.
 inline constexpr size_t kMaxEgressSockets = 256;
-
-// The addresses a frame is judged against.
-struct EgressScope {
-  Ipv4Addr subnet = 0;
-  Ipv4Addr netmask = 0;
-  Ipv4Addr gateway_ip = 0;
-  // This host's own IPv4 addresses (LocalIpv4Addresses), sorted.
-  std::vector<Ipv4Addr> host_addresses;
-};
-
-// The verdict on a parsed frame going to the outside: kNone to let slirp
-// have it. Only the destination is judged; the switch has already checked
-// that the source is the sending VM's own address. ARP replies pass (the
-// switch answers slirp's ARP requests for VMs; it never forwards a guest's ARP).
-EgressDrop CheckToOutside(const Frame& frame, const EgressScope& scope);
-
-// This host's IPv4 interface addresses (getifaddrs), sorted, unique.
-Result<std::vector<Ipv4Addr>> LocalIpv4Addresses();
-
-// libslirp's own MAC for the gateway: it sends every frame from
-// 52:55:<the 4 bytes of its host address> (QEMU's user networking does the
-// same); the switch's router port must have exactly this MAC.
-MacAddr EgressGatewayMac(Ipv4Addr gateway_ip);
 
 struct EgressCounters {
   uint64_t to_outside = 0;        // frames from guests handed to slirp

@@ -136,6 +136,23 @@ TEST(EgressPolicyTest, OutsideAndTheGatewayPass) {
   EXPECT_EQ(CheckToOutside(p.frame, Scope()), EgressDrop::kNone);
 }
 
+TEST(EgressPolicyTest, OnlySegmentsOfConnectionsStartNoFlow) {
+  auto starts = [](const Bytes& b) {
+    FrameParse p = ParseFrame(b);
+    EXPECT_TRUE(p.ok());
+    return StartsNewFlow(p.frame);
+  };
+  const MacAddr gw = EgressGatewayMac(kGateway);
+  Bytes syn = TcpSyn(Mac(1), gw, kVmIp, Ip(9, 9, 9, 9), 1, 2);
+  EXPECT_TRUE(starts(syn));
+  syn[kEthernetHeaderLen + 20 + 13] = 0x12;  // SYN+ACK: answers a forward's connection
+  EXPECT_FALSE(starts(syn));
+  syn[kEthernetHeaderLen + 20 + 13] = 0x10;  // ACK
+  EXPECT_FALSE(starts(syn));
+  EXPECT_TRUE(starts(UdpFrame(Mac(1), gw, kVmIp, Ip(9, 9, 9, 9), 1, 2, {})));
+  EXPECT_TRUE(starts(IcmpEcho(Mac(1), gw, kVmIp, Ip(9, 9, 9, 9))));
+}
+
 TEST(EgressPolicyTest, GatewayMacIsSlirps) {
   EXPECT_EQ(FormatMac(EgressGatewayMac(Ip(10, 20, 0, 1))), "52:55:0a:14:00:01");
 }
