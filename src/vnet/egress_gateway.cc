@@ -208,12 +208,17 @@ void EgressGateway::Wake() {
 
 void EgressGateway::SendToSwitch(std::span<const uint8_t> frame) {
   // Blocking, with a short timeout: the switch drains its socket quickly,
-  // and slirp's TCP would rather wait a moment than retransmit.
-  if (::send(link_.get(), frame.data(), frame.size(), MSG_NOSIGNAL) ==
-      static_cast<ssize_t>(frame.size()))
+  // and slirp's TCP would rather wait a moment than retransmit. Once a send
+  // timed out, the rest of this round does not wait (the switch may itself
+  // be waiting, e.g. for a control call that waits for our lock).
+  const int flags = MSG_NOSIGNAL | (switch_full_ ? MSG_DONTWAIT : 0);
+  if (::send(link_.get(), frame.data(), frame.size(), flags) ==
+      static_cast<ssize_t>(frame.size())) {
     ++counters_.from_outside;
-  else
-    ++counters_.to_switch_failed;
+    return;
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK) switch_full_ = true;
+  ++counters_.to_switch_failed;
 }
 
 void EgressGateway::RefreshHostAddresses() {
@@ -305,6 +310,7 @@ void EgressGateway::Loop() {
     }
     std::lock_guard lock(mu_);
     if (stop_.load()) return;
+    switch_full_ = false;
     if (n > 0 && (pollfds_[0].revents & POLLIN)) {
       uint64_t v;
       [[maybe_unused]] ssize_t r = read(wake_.get(), &v, sizeof v);

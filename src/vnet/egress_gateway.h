@@ -138,6 +138,7 @@ class EgressGateway {
   std::vector<std::unique_ptr<Timer>> timers_;
   std::vector<PortForward> forwards_;
   EgressCounters counters_;
+  bool switch_full_ = false;  // a send to the switch timed out in this round of the loop
   std::vector<uint8_t> rx_;
   std::vector<pollfd> pollfds_;  // the loop's, between slirp_pollfds_fill and _poll
 };
