@@ -216,7 +216,7 @@ TEST(EgressGatewayConfigTest, StartRefusesBadConfigs) {
   ASSERT_TRUE(r.ok()) << r.error().message;
 }
 
-TEST(EgressGatewayConfigTest, ForwardsAreCheckedAndNothingListensAfterAFailure) {
+TEST(EgressGatewayConfigTest, ForwardsAreCheckedAndFreeTheirPortOnRemoval) {
   auto g = EgressGateway::Start(EgressNet(), PairEnd());
   ASSERT_TRUE(g.ok()) << g.error().message;
   const Ipv4Addr lo = Ip(127, 0, 0, 1);
