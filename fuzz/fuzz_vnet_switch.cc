@@ -3,9 +3,13 @@
 // parsing, anti-spoofing, proxy ARP, DHCP and DNS answers, forwarding and
 // the checks on tunnelled frames. Input: records [u16 length][selector][frame];
 // with an odd selector the frame comes through the tunnel (sealed by host 2
-// with the network's key), else port "a" sends it. Oracles: no crash or
-// out-of-bounds access; every frame is counted as received; a port never
-// gets more than one datagram per local port and peer for a frame.
+// with the network's key), with selector & 2 the egress gateway's router
+// port sends it, else port "a" does. Oracles: no crash or out-of-bounds
+// access; every frame is counted as received; a port never gets more than
+// one datagram per local port and peer for a frame; nothing the router port
+// sends enters the tunnel.
+#include <sys/socket.h>
+
 #include <cstdint>
 #include <string>
 
@@ -19,6 +23,8 @@ using namespace vmgrid::vnet;
 struct World {
   VirtualSwitchPtr sw;
   Port* a = nullptr;
+  Port* router = nullptr;
+  int gateway_end = -1;  // the gateway's end of the pair: nobody reads it
   TunnelCodec remote{3, 2};
   TxBatch tx;
   ScratchBuffers scratch{64};
@@ -49,6 +55,15 @@ World& TheWorld() {
       FUZZ_CHECK(port.ok(), port.ok() ? "" : port.error().message);
       if (i == 1) w->a = *port;
     }
+    // The egress gateway's router port (slirp's MAC for 10.20.0.1).
+    int pair[2];
+    FUZZ_CHECK(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) == 0,
+               "socketpair");
+    w->gateway_end = pair[1];
+    auto router = w->sw->AddRouterPort("egress", {0x52, 0x55, 0x0a, 0x14, 0, 1}, 0x0a140001,
+                                       vmgrid::vmm::UniqueFd(pair[0]));
+    FUZZ_CHECK(router.ok(), router.ok() ? "" : router.error().message);
+    w->router = *router;
     // Peer 2 owns 52:54:00:00:00:05 / 10.20.0.20; its address is unroutable.
     FUZZ_CHECK(w->sw
                    ->SetRemote({PeerHost{2, 0x7f000001, 9}},
@@ -69,7 +84,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   World& w = TheWorld();
   SwitchIo io{w.tx, w.scratch, -1};
   const uint64_t rx0 = w.a->counters.rx_frames;
+  const uint64_t router_rx0 = w.router->counters.rx_frames;
   uint64_t from_port = 0;
+  uint64_t from_router = 0;
   size_t i = 0;
   std::vector<uint8_t> sealed(4096);
   while (i + 2 <= size) {
@@ -85,6 +102,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (frame.size() + kTunnelOverhead > sealed.size()) continue;
       size_t n = w.remote.Seal(frame, sealed);
       w.sw->HandleFromTunnel({sealed.data(), n}, io);
+    } else if (rec[0] & 2) {
+      auto tunnel_sends = [&] {
+        const TunnelCounters& t = w.sw->tunnel_counters();
+        return t.tx_packets + t.tx_failed + t.tx_no_key;
+      };
+      const uint64_t tunnel0 = tunnel_sends();
+      w.sw->HandleFromPort(*w.router, frame, frame.size() > kMaxFrameLen, io);
+      ++from_router;
+      FUZZ_CHECK(w.tx.size() - before <= 3, "a router frame fanned out to more than a, b, c");
+      w.tx.Flush();  // sends are counted when flushed
+      FUZZ_CHECK(tunnel_sends() == tunnel0, "a router frame went to the tunnel");
     } else {
       w.sw->HandleFromPort(*w.a, frame, frame.size() > kMaxFrameLen, io);
       ++from_port;
@@ -94,5 +122,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     w.scratch.Reset();
   }
   FUZZ_CHECK(w.a->counters.rx_frames - rx0 == from_port, "frames not counted");
+  FUZZ_CHECK(w.router->counters.rx_frames - router_rx0 == from_router, "router frames not counted");
   return 0;
 }

@@ -16,6 +16,8 @@ PACKAGES=(
   qemu-system-x86 qemu-utils
   # build guest images (guest/build-tiny.sh)
   busybox-static qemu-guest-agent kmod e2fsprogs cpio zstd xz-utils
+  # the egress NAT of virtual networks (src/vnet/egress_gateway.h); slirp.pc requires glib
+  libslirp-dev libglib2.0-dev
   # NBD peers used by tests
   libnbd-bin python3-libnbd
 )

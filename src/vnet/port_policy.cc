@@ -13,6 +13,7 @@ DropReason CheckFromPort(const PortIdentity& port, const Frame& frame) {
   }
   if (frame.ipv4) {
     const Ipv4Packet& ip = *frame.ipv4;
+    if (port.router) return DropReason::kNone;
     if (port.ip != 0 && ip.src == port.ip) return DropReason::kNone;
     if (ip.src == 0 && IsDhcpClientMessage(frame)) return DropReason::kNone;
     return DropReason::kSpoofedIp;

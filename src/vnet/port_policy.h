@@ -11,6 +11,11 @@ namespace vmgrid::vnet {
 struct PortIdentity {
   MacAddr mac{};
   Ipv4Addr ip = 0;  // 0: none assigned (then only DHCP from 0.0.0.0 passes)
+  // A router port (the network's egress gateway, egress_gateway.h): its IPv4
+  // frames carry the outside's source addresses, so any IPv4 source passes
+  // here (the switch still refuses sources inside the subnet but its own).
+  // MAC and ARP rules are those of every port.
+  bool router = false;
 };
 
 // The verdict on a parsed frame from `port` (kNone: accepted):
@@ -19,7 +24,7 @@ struct PortIdentity {
 //     or 0.0.0.0 (an RFC 5227 probe) (kSpoofedArp); gratuitous ARP for its
 //     own address is therefore allowed;
 //   - IPv4: source must be the port's address, or 0.0.0.0 for DHCP client
-//     traffic (UDP 68 -> 67) (kSpoofedIp);
+//     traffic (UDP 68 -> 67) (kSpoofedIp); any source from a router port;
 //   - any other ethertype: kUnsupportedProtocol.
 DropReason CheckFromPort(const PortIdentity& port, const Frame& frame);
 

@@ -47,6 +47,23 @@ TEST(PortPolicyTest, ForgedSourcesAreDropped) {
             DropReason::kSpoofedArp);
 }
 
+// A router port (the egress gateway) sends the outside's addresses as IPv4
+// sources, but its MAC and its ARP are held to the same rules as a VM's.
+TEST(PortPolicyTest, RouterPortMaySendAnyIpv4SourceButNotAnotherMacOrArp) {
+  const PortIdentity router{Mac(1), Ip(10, 0, 0, 1), /*router=*/true};
+  EXPECT_EQ(Verdict(router, UdpFrame(Mac(1), Mac(2), Ip(9, 9, 9, 9), Ip(10, 0, 0, 6), 1, 2, {})),
+            DropReason::kNone);
+  EXPECT_EQ(Verdict(router, UdpFrame(Mac(9), Mac(2), Ip(9, 9, 9, 9), Ip(10, 0, 0, 6), 1, 2, {})),
+            DropReason::kSpoofedMac);
+  EXPECT_EQ(Verdict(router, ArpRequest(Mac(1), Ip(10, 0, 0, 1), Ip(10, 0, 0, 6))),
+            DropReason::kNone);
+  EXPECT_EQ(Verdict(router, ArpRequest(Mac(1), Ip(9, 9, 9, 9), Ip(10, 0, 0, 6))),
+            DropReason::kSpoofedArp);
+  // A VM port is not a router.
+  EXPECT_EQ(Verdict(kPort, UdpFrame(Mac(1), Mac(2), Ip(9, 9, 9, 9), Ip(10, 0, 0, 6), 1, 2, {})),
+            DropReason::kSpoofedIp);
+}
+
 TEST(PortPolicyTest, UnassignedPortMayOnlyDoDhcp) {
   const PortIdentity bare{Mac(1), 0};
   EXPECT_EQ(Verdict(bare, UdpFrame(Mac(1), kBroadcastMac, 0, 0xffffffff, 68, 67, {})),

@@ -1,6 +1,7 @@
 #include "vnet/switch_host.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/epoll.h>
@@ -112,6 +113,24 @@ Status SwitchHost::AddNetwork(const NetworkConfig& config) {
     return MakeError(ErrorCode::kAlreadyExists,
                      "network " + std::to_string(config.id) + " already on this host");
   VMG_ASSIGN_OR_RETURN(VirtualSwitchPtr sw, VirtualSwitch::Create(config, options_.host_id));
+  EgressGatewayPtr gateway;
+  Port* router = nullptr;
+  if (config.egress) {
+    // A socket pair, not a path: nothing else on the host can send frames
+    // into the gateway or the switch's router port.
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair) != 0) return Errno("socketpair");
+    vmm::UniqueFd switch_end(pair[0]);
+    vmm::UniqueFd gateway_end(pair[1]);
+    if (fcntl(switch_end.get(), F_SETFL, O_NONBLOCK) != 0) return Errno("fcntl O_NONBLOCK");
+    VMG_ASSIGN_OR_RETURN(router,
+                         sw->AddRouterPort(kEgressPortName, EgressGatewayMac(config.gateway_ip()),
+                                           config.gateway_ip(), std::move(switch_end)));
+    VMG_ASSIGN_OR_RETURN(gateway, EgressGateway::Start(config, std::move(gateway_end)));
+    VMG_RETURN_IF_ERROR(Register(router));
+  }
+  if (router) sources_[router->token] = Source{sw.get(), router};
+  if (gateway) gateways_[config.id] = std::move(gateway);
   switches_[config.id] = std::move(sw);
   return Status::Ok();
 }
@@ -120,9 +139,50 @@ Status SwitchHost::RemoveNetwork(uint32_t network_id) {
   std::lock_guard lock(mu_);
   auto it = switches_.find(network_id);
   if (it == switches_.end()) return NoNetwork(network_id);
+  gateways_.erase(network_id);  // stops its thread, closes its connections
   for (Port* p : it->second->ports()) sources_.erase(p->token);
   switches_.erase(it);  // closing the fds removes them from the epoll set
   return Status::Ok();
+}
+
+Result<EgressGateway*> SwitchHost::FindGateway(uint32_t network_id) const {
+  if (!Find(network_id)) return NoNetwork(network_id);
+  auto it = gateways_.find(network_id);
+  if (it == gateways_.end())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "network " + std::to_string(network_id) + " has no egress");
+  return it->second.get();
+}
+
+Result<uint16_t> SwitchHost::AddForward(uint32_t network_id, Ipv4Addr guest_ip, uint16_t guest_port,
+                                        Ipv4Addr listen_ip, uint16_t listen_port) {
+  std::lock_guard lock(mu_);
+  VMG_ASSIGN_OR_RETURN(EgressGateway * gateway, FindGateway(network_id));
+  bool ours = false;
+  for (Port* p : Find(network_id)->ports())
+    ours = ours || (!p->identity.router && guest_ip != 0 && p->identity.ip == guest_ip);
+  if (!ours)
+    return MakeError(ErrorCode::kNotFound, FormatIpv4(guest_ip) + " is not a NIC of network " +
+                                               std::to_string(network_id) + " on this host");
+  return gateway->AddForward(guest_ip, guest_port, listen_ip, listen_port);
+}
+
+Status SwitchHost::RemoveForward(uint32_t network_id, Ipv4Addr listen_ip, uint16_t listen_port) {
+  std::lock_guard lock(mu_);
+  VMG_ASSIGN_OR_RETURN(EgressGateway * gateway, FindGateway(network_id));
+  return gateway->RemoveForward(listen_ip, listen_port);
+}
+
+Result<std::vector<PortForward>> SwitchHost::GetForwards(uint32_t network_id) const {
+  std::lock_guard lock(mu_);
+  VMG_ASSIGN_OR_RETURN(EgressGateway * gateway, FindGateway(network_id));
+  return gateway->forwards();
+}
+
+Result<EgressCounters> SwitchHost::GetEgressCounters(uint32_t network_id) const {
+  std::lock_guard lock(mu_);
+  VMG_ASSIGN_OR_RETURN(EgressGateway * gateway, FindGateway(network_id));
+  return gateway->counters();
 }
 
 Status SwitchHost::Register(Port* port) {
@@ -153,6 +213,10 @@ Status SwitchHost::RemovePort(uint32_t network_id, const std::string& name) {
   if (!sw) return NoNetwork(network_id);
   Port* port = sw->FindPort(name);
   if (!port) return MakeError(ErrorCode::kNotFound, "no port " + name);
+  if (port->identity.router)
+    return MakeError(ErrorCode::kInvalidArgument, "the egress port goes with its network");
+  if (auto g = gateways_.find(network_id); g != gateways_.end() && port->identity.ip != 0)
+    g->second->RemoveForwardsTo(port->identity.ip);
   sources_.erase(port->token);
   return sw->RemovePort(name);
 }

@@ -29,6 +29,7 @@
 
 #include "common/result.h"
 #include "vmm/unique_fd.h"
+#include "vnet/egress_gateway.h"
 #include "vnet/virtual_switch.h"
 
 namespace vmgrid::vnet {
@@ -48,6 +49,10 @@ struct SwitchHostOptions {
 // starting QEMUs: existing sockets keep their old limit.
 Result<int> EnsureUnixDgramQueueLength(int wanted);
 
+// The name of a network's router port to its egress gateway (a VM port of
+// that name is refused as a duplicate).
+inline constexpr char kEgressPortName[] = "egress";
+
 class SwitchHost;
 using SwitchHostPtr = std::unique_ptr<SwitchHost>;
 
@@ -64,12 +69,31 @@ class SwitchHost {
   HostId host_id() const { return options_.host_id; }
 
   // kAlreadyExists if the network id is present; see VirtualSwitch::Create.
+  // With config.egress, also starts the network's EgressGateway on a router
+  // port named kEgressPortName (.1, MAC EgressGatewayMac); on failure
+  // nothing is added.
   Status AddNetwork(const NetworkConfig& config);
-  // Removes the network and all its ports. kNotFound if absent.
+  // Removes the network, all its ports, its gateway and its forwards.
+  // kNotFound if absent.
   Status RemoveNetwork(uint32_t network_id);
-  // See VirtualSwitch::AddPort / RemovePort.
+  // See VirtualSwitch::AddPort / RemovePort. Removing a port also removes
+  // the forwards to its address; the egress port cannot be removed alone.
   Status AddPort(uint32_t network_id, const PortConfig& port);
   Status RemovePort(uint32_t network_id, const std::string& port_name);
+
+  // `vm forward`: the host listens at listen_ip:listen_port (0: a free port)
+  // and carries each TCP connection through the network's egress gateway to
+  // guest_ip:guest_port. Returns the port listened on. guest_ip must be the
+  // address of a NIC (port) of the network on this host (kNotFound);
+  // kFailedPrecondition for a network without egress; kAlreadyExists for an
+  // address in use. Nothing changes on failure.
+  Result<uint16_t> AddForward(uint32_t network_id, Ipv4Addr guest_ip, uint16_t guest_port,
+                              Ipv4Addr listen_ip = 0x7f000001, uint16_t listen_port = 0);
+  // kNotFound if the network or the forward is absent.
+  Status RemoveForward(uint32_t network_id, Ipv4Addr listen_ip, uint16_t listen_port);
+  Result<std::vector<PortForward>> GetForwards(uint32_t network_id) const;
+  // kFailedPrecondition for a network without egress.
+  Result<EgressCounters> GetEgressCounters(uint32_t network_id) const;
   // Replaces the network's peer hosts and remote NICs (VirtualSwitch::SetRemote).
   Status SetRemote(uint32_t network_id, const std::vector<PeerHost>& peers,
                    const std::vector<RemoteNic>& nics);
@@ -91,6 +115,7 @@ class SwitchHost {
   void ReadTunnel();
   Status Register(Port* port);
   VirtualSwitch* Find(uint32_t network_id) const;
+  Result<EgressGateway*> FindGateway(uint32_t network_id) const;
 
   struct Source {
     VirtualSwitch* sw;
@@ -108,8 +133,9 @@ class SwitchHost {
   mutable std::mutex mu_;
   // State below is protected by mu_.
   std::map<uint32_t, VirtualSwitchPtr> switches_;
-  std::unordered_map<uint64_t, Source> sources_;  // epoll token -> port
-  uint64_t next_token_ = 16;                      // 0: wake, 1: tunnel
+  std::map<uint32_t, EgressGatewayPtr> gateways_;  // networks with egress
+  std::unordered_map<uint64_t, Source> sources_;   // epoll token -> port
+  uint64_t next_token_ = 16;                       // 0: wake, 1: tunnel
   TunnelCounters host_counters_;
   // Loop-thread buffers (also under mu_ while used).
   std::vector<uint8_t> rx_data_;

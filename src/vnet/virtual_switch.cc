@@ -159,6 +159,32 @@ Result<Port*> VirtualSwitch::AddPort(const PortConfig& pc) {
   return raw;
 }
 
+Result<Port*> VirtualSwitch::AddRouterPort(const std::string& name, const MacAddr& mac, Ipv4Addr ip,
+                                           vmm::UniqueFd fd) {
+  if (name.empty()) return Invalid("port name empty");
+  if (FindPort(name)) return Exists("port " + name + " already exists");
+  if (!fd.valid()) return Invalid("router port " + name + " without a socket");
+  if (IsMulticast(mac) || mac == MacAddr{} || mac == switch_mac_)
+    return Invalid("router MAC " + FormatMac(mac) + " is multicast, zero or the switch's");
+  if ((ip & config_.netmask()) != config_.subnet || ip == config_.subnet ||
+      ip == config_.broadcast_ip())
+    return Invalid("router address " + FormatIpv4(ip) + " is not a host of the subnet");
+  if (local_by_mac_.count(MacKey(mac)) || remote_by_mac_.count(MacKey(mac)))
+    return Exists("MAC " + FormatMac(mac) + " already on network " + config_.name);
+  for (auto& p : ports_)
+    if (p->identity.ip == ip) return Exists("address " + FormatIpv4(ip) + " already has a port");
+  auto port = std::make_unique<Port>();
+  port->config.name = name;
+  port->config.mac = mac;
+  port->config.ip = ip;
+  port->identity = PortIdentity{mac, ip, /*router=*/true};
+  port->fd = std::move(fd);  // connected: sends need no address (vm_addr_len 0)
+  Port* raw = port.get();
+  ports_.push_back(std::move(port));
+  RebuildTables();
+  return raw;
+}
+
 Status VirtualSwitch::RemovePort(const std::string& name) {
   for (auto it = ports_.begin(); it != ports_.end(); ++it) {
     if ((*it)->config.name == name) {
@@ -305,6 +331,13 @@ void VirtualSwitch::HandleFromPort(Port& port, std::span<const uint8_t> data, bo
     port.counters.Drop(why);
     return;
   }
+  // A router speaks for the outside: it must not impersonate a NIC of the
+  // network (an outside peer whose address lies in our subnet).
+  if (port.identity.router && f.ipv4 && f.ipv4->src != port.identity.ip &&
+      (f.ipv4->src & config_.netmask()) == config_.subnet) {
+    port.counters.Drop(DropReason::kSpoofedIp);
+    return;
+  }
   if (f.arp) return HandleArp(port, f, io);
   // IPv4 from here (the policy let nothing else through).
   if (IsDhcpClientMessage(f)) return HandleDhcp(port, f, io);
@@ -334,9 +367,12 @@ void VirtualSwitch::HandleFromPort(Port& port, std::span<const uint8_t> data, bo
     return;
   }
   if (IsMulticast(f.eth.dst)) {
+    // Not to the gateway (it has no use for them) and, from the gateway,
+    // not to other hosts (their own gateway serves their VMs).
     for (auto& other : ports_)
-      if (other.get() != &port) SendToPort(*other, data.data(), data.size(), io);
-    SendToPeers(data, nullptr, io);
+      if (other.get() != &port && !other->identity.router)
+        SendToPort(*other, data.data(), data.size(), io);
+    if (!port.identity.router) SendToPeers(data, nullptr, io);
     return;
   }
   const uint64_t dst = MacKey(f.eth.dst);
@@ -344,7 +380,7 @@ void VirtualSwitch::HandleFromPort(Port& port, std::span<const uint8_t> data, bo
     SendToPort(*it->second, data.data(), data.size(), io);
     return;
   }
-  if (auto it = remote_by_mac_.find(dst); it != remote_by_mac_.end()) {
+  if (auto it = remote_by_mac_.find(dst); it != remote_by_mac_.end() && !port.identity.router) {
     auto peer = peer_by_id_.find(it->second->host);
     if (peer != peer_by_id_.end()) {
       SendToPeers(data, peer->second, io);
@@ -500,7 +536,8 @@ void VirtualSwitch::HandleFromTunnel(std::span<const uint8_t> packet, SwitchIo& 
     return;
   }
   if (IsMulticast(f.eth.dst)) {
-    for (auto& p : ports_) SendToPort(*p, frame.data(), frame.size(), io);
+    for (auto& p : ports_)
+      if (!p->identity.router) SendToPort(*p, frame.data(), frame.size(), io);
     return;
   }
   auto dst = local_by_mac_.find(MacKey(f.eth.dst));

@@ -10,9 +10,10 @@
 //     destination MAC, drops unknown unicast (counted), and copies broadcast
 //     and multicast to the network's other local ports and remote hosts only;
 //   - carries frames to and from other hosts through the network's tunnel.
-// Addresses reserved in every subnet: .0 (network), .1 (gateway, the future
-// egress NAT: ARP answered only when egress is on), .2 (the switch: DHCP
-// server, DNS), the broadcast address.
+// Addresses reserved in every subnet: .0 (network), .1 (gateway, the egress
+// NAT: ARP answered only when egress is on, with the gateway port's MAC once
+// it is attached, AddRouterPort), .2 (the switch: DHCP server, DNS), the
+// broadcast address.
 //
 // Thread-safety: none. A VirtualSwitch is driven by the SwitchHost that owns
 // it, under the host's lock (switch_host.h); SwitchHost is the API the agent
@@ -132,6 +133,16 @@ class VirtualSwitch {
   // already on the network; kInvalidArgument for an address outside the
   // subnet or reserved, a multicast MAC, a path too long.
   Result<Port*> AddPort(const PortConfig& port);
+  // A router port: the network's egress gateway (egress_gateway.h) on one
+  // end of a connected unix datagram socket pair, `fd` being the switch's
+  // end. It owns `mac` and `ip` (the gateway address, which AddPort refuses
+  // to VMs): ARP for `ip` is answered with `mac`, frames to `mac` go to the
+  // gateway. Its IPv4 frames may carry any source outside the subnet (NAT);
+  // they are counted like any port's, stay on this host (never tunnelled:
+  // every host of the network has its own gateway with the same MAC), and
+  // broadcasts are not copied to it. kAlreadyExists for a taken name or MAC.
+  Result<Port*> AddRouterPort(const std::string& name, const MacAddr& mac, Ipv4Addr ip,
+                              vmm::UniqueFd fd);
   // kNotFound if there is no such port. Closes and unlinks its socket.
   Status RemovePort(const std::string& name);
   Port* FindPort(const std::string& name);
