@@ -347,9 +347,10 @@ class Controller::AuthedRoutes : public RouteInstaller {
   // decides what becomes of the connection.
   void PutStream(const std::string& pattern, StreamRoute route,
                  std::set<std::string> roles) override {
-    s_.Put(pattern, [this, route = std::move(route), roles = std::move(roles)](
+    // Captures the controller, not this installer (which ends with InstallRoutes).
+    s_.Put(pattern, [controller = &c_, route = std::move(route), roles = std::move(roles)](
                         const Req& req, Res& res, const httplib::ContentReader& reader) {
-      c_.Authed(
+      controller->Authed(
           [&](const Caller& c, const Req&, Res& r) {
             BodyReader body = [&reader](const std::function<bool(const char*, size_t)>& receive) {
               return reader(receive);

@@ -57,6 +57,8 @@ void InstallImageRoutes(RouteInstaller& s, ImageService& images) {
          kUserRoles);
   s.Post(R"(/v1/images/([^/]+)/checkpoint)",
          [&images](const Caller& c, const Req& req) -> Result<Reply> {
+           // An image the caller may not change is refused whatever the body says.
+           VMG_RETURN_IF_ERROR(images.OwnImage(c, req.matches[1]));
            VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body));
            JsonFields f(body, request_fields::kImageCheckpoint);
            VMG_RETURN_IF_ERROR(f.CheckUnknown());

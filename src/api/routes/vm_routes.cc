@@ -45,6 +45,8 @@ void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, VmView view) {
 void InstallExecRoutes(RouteInstaller& s, VmService& vms) {
   s.Post(R"(/v1/vms/([^/]+)/exec)",
          [&vms](const Caller& c, const Req& req) -> Result<Reply> {
+           // An unknown VM is 404 whatever the body says.
+           VMG_RETURN_IF_ERROR(vms.Get(req.matches[1], c.owner()));
            VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body, false));
            JsonFields f(body, request_fields::kExec);
            VMG_RETURN_IF_ERROR(f.CheckUnknown());

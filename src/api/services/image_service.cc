@@ -197,7 +197,8 @@ Result<BlobSet> ImageService::AgentBlobs(const Image& i, bool image_checkpoint) 
 Result<json> ImageService::Create(const Caller& c, const NewImage& r) {
   VMG_RETURN_IF_ERROR(ValidateName("image", r.name));
   if (r.format != "raw" && r.format != "qcow2")
-    return MakeError(ErrorCode::kInvalidArgument, "field 'format' must be raw or qcow2");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "field 'format' is '" + r.format + "'; it must be one of: raw, qcow2");
   if (r.has_initrd && !r.has_kernel)
     return MakeError(ErrorCode::kInvalidArgument, "an initrd needs a kernel");
   if (r.append.size() > 4096)

@@ -17,7 +17,8 @@ json UserService::Brief(const User& u) {
 Result<json> UserService::Create(const std::string& name, const std::string& role) {
   VMG_RETURN_IF_ERROR(ValidateName("user", name));
   if (role != "user" && role != "admin")
-    return MakeError(ErrorCode::kInvalidArgument, "field 'role' must be user or admin");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "field 'role' is '" + role + "'; it must be one of: user, admin");
   VMG_ASSIGN_OR_RETURN(auto created, store_.CreateUser(name, role));
   return json{{"user", Brief(created.first)}, {"token", created.second}};
 }

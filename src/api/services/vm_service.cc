@@ -92,6 +92,10 @@ Result<Vm> VmService::Delete(const std::string& id, const OwnerFilter& owner, bo
   return *moved;
 }
 
+Result<Vm> VmService::Get(const std::string& ref, const OwnerFilter& owner) {
+  return store_.GetVm(ref, owner);
+}
+
 Result<nlohmann::json> VmService::Exec(const Caller& c, const std::string& ref,
                                        const ExecRequest& request) {
   VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(ref, c.owner()));

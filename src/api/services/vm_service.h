@@ -51,6 +51,8 @@ class VmService {
   // removed it. kFailedPrecondition while another operation runs.
   Result<Vm> Delete(const std::string& id, const OwnerFilter& owner, bool purge_workspace);
 
+  // VM `ref` (id or name) of `owner`; kNotFound for another user's.
+  Result<Vm> Get(const std::string& ref, const OwnerFilter& owner);
   // Starts `request` in VM `ref` of the caller (it must be running);
   // answers the operation, whose result is the agent's (exit code and
   // output). kInvalidArgument without a program, kTooManyRequests over the
