@@ -11,12 +11,14 @@ Result<Admission::SlotPtr> Admission::Acquire(const std::string& user, int64_t n
   const bool user_limit = !trusted && mine + n > per_user_;
   if (user_limit || (total_ > 0 && total_held_ + n > total_)) {
     if (mine == 0) held_.erase(user);
-    return MakeError(ErrorCode::kTooManyRequests,
-                     user_limit
-                         ? "too many " + what_ + " at once: at most " + std::to_string(per_user_) +
-                               " per user; try again when some have finished"
-                         : "the controller is busy with " + std::to_string(total_) + " " + what_ +
-                               " of all users; try again shortly");
+    Error e = MakeError(ErrorCode::kTooManyRequests,
+                        user_limit ? "too many " + what_ + " at once: at most " +
+                                         std::to_string(per_user_) +
+                                         " per user; try again when some have finished"
+                                   : "the controller is busy with " + std::to_string(total_) + " " +
+                                         what_ + " of all users; try again shortly");
+    e.retry_after_s = retry_after_s_;
+    return e;
   }
   mine += n;
   total_held_ += n;

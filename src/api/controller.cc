@@ -1,27 +1,29 @@
 #include "api/controller.h"
 
-#include <fcntl.h>
 #include <httplib.h>
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <filesystem>
-#include <fstream>
 
 #include "api/agent_client.h"
 #include "api/openapi.h"
 #include "api/placement.h"
 #include "api/routes.h"
 #include "api/routes/host_routes.h"
+#include "api/routes/image_routes.h"
 #include "api/routes/network_routes.h"
+#include "api/routes/query_routes.h"
+#include "api/routes/user_routes.h"
 #include "api/routes/vm_routes.h"
+#include "api/routes/workspace_routes.h"
 #include "api/services/host_service.h"
+#include "api/services/image_service.h"
 #include "api/services/network_service.h"
+#include "api/services/user_service.h"
 #include "api/services/vm_service.h"
+#include "api/services/workspace_service.h"
 #include "chunks/chunk_client.h"
 #include "client/api_client.h"
 #include "common/http_json.h"
@@ -32,8 +34,6 @@
 #include "common/util.h"
 #include "common/version.h"
 #include "common/vm_state.h"
-#include "images/image_file.h"
-#include "images/qcow2_header.h"
 #include "proto/checkpoint_ref.h"
 #include "proto/future_id.h"
 #include "proto/host_report.h"
@@ -49,7 +49,6 @@ using Res = httplib::Response;
 
 namespace {
 
-constexpr int64_t kMaxUploadBytes = int64_t{64} << 30;
 constexpr int64_t kHostDownAfterMs = 10'000;
 constexpr int64_t kTokenCacheMs = 10'000;
 // How often the capacity index is reloaded whole: it follows this
@@ -57,27 +56,11 @@ constexpr int64_t kTokenCacheMs = 10'000;
 // writes to a shared PostgreSQL database.
 constexpr int64_t kIndexResyncMs = 10'000;
 
-Error NotFound(const std::string& what) {
-  return MakeError(ErrorCode::kNotFound, what + " not found");
-}
-
 // A refusal by admission control: 429 with Retry-After, so well-behaved
 // clients back off instead of hammering.
 void SendTooMany(Res& res, const Error& error, int retry_after_s) {
   res.set_header("Retry-After", std::to_string(retry_after_s));
   SendJson(res, 429, {{"error", {{"code", "too_many_requests"}, {"message", error.message}}}});
-}
-
-std::string FileNameFor(const std::string& kind, const std::string& format) {
-  if (kind == "disk") return "disk." + format;
-  if (kind == "kernel") return "vmlinuz";
-  return "initrd.img";
-}
-
-// Sends a handler's answer: its JSON with `status`, or its error.
-void SendReply(Res& res, int status, const Result<json>& answer) {
-  if (!answer.ok()) return SendError(res, answer.error());
-  SendJson(res, status, *answer);
 }
 
 }  // namespace
@@ -163,8 +146,13 @@ Status Controller::Start() {
   hosts_ = std::make_unique<HostService>(
       *store_, *index_, *host_creds_, SystemClock::Get(),
       [this](const std::string& vm_id) { return ops_->InFlight(vm_id); }, tls_);
-  vms_ = std::make_unique<VmService>(*store_, *agents_, *ops_, SystemClock::Get());
+  vms_ = std::make_unique<VmService>(*store_, *agents_, *ops_, SystemClock::Get(), *execs_);
   networks_ = std::make_unique<NetworkService>(*store_);
+  users_ = std::make_unique<UserService>(*store_);
+  images_ = std::make_unique<ImageService>(
+      *store_, *index_, *agents_, *ops_, SystemClock::Get(), *long_ops_,
+      ImageStorage{image_dir_, image_server_.get(), options_.image_server}, stop_);
+  workspaces_ = std::make_unique<WorkspaceService>(*store_, *agents_, *ops_, *long_ops_);
   HttpServerLimits limits;
   limits.header_timeout_ms = options_.header_timeout_ms;
   server_ = std::make_unique<GuardedServer>(limits, user_tls);
@@ -279,56 +267,6 @@ std::string Controller::UserName(const std::string& id) {
   return u->name;
 }
 
-json Controller::ImageJson(const Image& i) {
-  json ckpt = nullptr;
-  if (!i.ckpt_state.empty())
-    ckpt = {{"state", i.ckpt_state},
-            {"memory_mb", i.ckpt_memory_mb},
-            {"vcpus", i.ckpt_vcpus},
-            {"size_bytes", i.ckpt_size_bytes},
-            {"error", i.ckpt_error}};
-  auto owner = store_->GetUserById(i.owner_id);
-  // A finalize in progress or the last one's failure (kept in memory: the
-  // store says `uploading` until a finalize has succeeded).
-  std::string state = i.state;
-  json finalize = nullptr;
-  if (state == "uploading") {
-    {
-      std::lock_guard<std::mutex> l(image_io_mu_);
-      if (auto it = image_io_.find(i.id); it != image_io_.end() && it->second.count("finalize"))
-        state = "finalizing";
-    }
-    std::lock_guard<std::mutex> l(operations_mu_);
-    if (auto it = finalize_failures_.find(i.id);
-        it != finalize_failures_.end() && state != "finalizing")
-      finalize = {
-          {"state", "failed"}, {"operation", it->second.first}, {"error", it->second.second}};
-  }
-  return {{"id", i.id},
-          {"name", i.name},
-          {"owner", owner.ok() ? owner->name : i.owner_id},
-          {"public", owner.ok() && owner->role == "admin"},
-          {"state", state},
-          {"finalize", finalize},
-          {"format", i.format},
-          {"size_bytes", i.size_bytes},
-          {"virtual_size_bytes", i.virtual_size_bytes},
-          {"expanded_size_bytes", i.expanded_size_bytes},
-          {"max_clone_bytes", i.max_clone_bytes},
-          {"has_kernel", i.has_kernel},
-          {"has_initrd", i.has_initrd},
-          {"append", i.append},
-          {"min_memory_mb", i.min_memory_mb},
-          {"checkpoint", ckpt},
-          // Image server versions of its files (kind -> name, version, digest, size).
-          {"versions",
-           [&] {
-             json b = json::parse(i.blobs, nullptr, false);
-             return b.is_object() ? b : json::object();
-           }()},
-          {"created_at", FormatTimeMs(i.created_ms)}};
-}
-
 json Controller::VmJson(const Vm& v, const Image* known_image, const Host* known_host) {
   Result<Image> image = known_image && known_image->id == v.image_id
                             ? Result<Image>(*known_image)
@@ -376,94 +314,13 @@ json Controller::WorkspaceJson(const Workspace& w) {
 }
 
 Result<Image> Controller::VisibleImage(const Caller& c, const std::string& ref) {
-  auto own = store_->GetImage(ref, c.owner());
-  if (own.ok() || own.error().code != ErrorCode::kNotFound) return own;
-  VMG_ASSIGN_OR_RETURN(auto pub, store_->ListPublicImages());
-  for (const auto& i : pub)
-    if (i.id == ref || i.name == ref) return i;
-  return NotFound("image '" + ref + "'");
+  return images_->VisibleImage(c, ref);
 }
 
-Result<Image> Controller::OwnImage(const Caller& c, const std::string& ref) {
-  VMG_ASSIGN_OR_RETURN(Image image, VisibleImage(c, ref));
-  if (!c.admin() && image.owner_id != c.user.id)
-    return MakeError(ErrorCode::kPermissionDenied, "image '" + ref +
-                                                       "' is a public image of the admin; "
-                                                       "only the admin may change it");
-  return image;
-}
-
-ImageFiles Controller::AgentImageFiles(const Image& i) {
-  return {i.id,
-          i.dir + "/" + FileNameFor("disk", i.format),
-          i.format,
-          i.has_kernel ? i.dir + "/vmlinuz" : "",
-          i.has_initrd ? i.dir + "/initrd.img" : "",
-          i.append};
-}
+ImageFiles Controller::AgentImageFiles(const Image& i) { return ImageService::AgentImageFiles(i); }
 
 Result<BlobSet> Controller::AgentBlobs(const Image& i, bool image_checkpoint) {
-  json all = json::parse(i.blobs, nullptr, false);
-  json out = json::object();
-  if (!all.is_object()) return BlobSet{};
-  for (const char* kind : {"disk", "kernel", "initrd"})
-    if (all.contains(kind)) out[kind] = all[kind];
-  if (image_checkpoint)
-    for (const char* kind : {"ckpt_memory", "ckpt_disk"})
-      if (all.contains(kind)) out[kind] = all[kind];
-  // A clone of a VM's checkpoint (set by CreateVm on its copy of the image).
-  for (const char* kind : {"vm_ckpt_memory", "vm_ckpt_disk"})
-    if (all.contains(kind)) out[kind] = all[kind];
-  auto blobs = BlobsFromJson(out);
-  if (!blobs.ok()) return blobs.error().Wrap("image " + i.id + ": its recorded versions");
-  return blobs;
-}
-
-Status Controller::PublishImage(Image& image,
-                                const std::function<void(const std::string&, int)>& report) {
-  json blobs = json::object();
-  const std::string disk = image.dir + "/" + FileNameFor("disk", image.format);
-  std::string raw = disk;
-  if (image.format == "qcow2") {
-    // Chunks are guest-visible bytes, so that NBD serves reads straight from them.
-    // qemu-img reads the user's file unprivileged, through an fd.
-    if (report) report("converting the disk", 0);
-    raw = image.dir + "/disk.publish.raw";
-    Status r = ConvertUntrustedQcow2ToRaw(disk, raw, std::chrono::minutes(30));
-    if (!r.ok()) return r.error().Wrap("converting the disk to raw for the image server");
-  }
-  std::vector<std::pair<std::string, std::string>> files = {{"disk", raw}};
-  if (image.has_kernel) files.emplace_back("kernel", image.dir + "/vmlinuz");
-  if (image.has_initrd) files.emplace_back("initrd", image.dir + "/initrd.img");
-  Status st;
-  for (const auto& [kind, path] : files) {
-    auto started = std::chrono::steady_clock::now();
-    int last = -1;
-    auto progress = [&, kind = kind](uint64_t done, uint64_t total) {
-      int pct = total ? static_cast<int>(done * 100 / total) : 100;
-      if (pct / 25 != last / 25)
-        spdlog::info("image {}: publishing {}: {}%", image.name, kind, pct);
-      if (report && pct != last) report("publishing the " + kind, pct);
-      last = pct;
-      return !stop_.load();
-    };
-    auto m =
-        image_server_->UploadImageFile(path, image.id + "-" + kind, kDefaultChunkSize, progress);
-    if (!m.ok()) {
-      st = m.error().Wrap("publishing the " + kind + " of image " + image.name + " to " +
-                          options_.image_server);
-      break;
-    }
-    blobs[kind] = {
-        {"name", m->name}, {"version", m->version}, {"digest", m->Digest()}, {"size", m->size}};
-    spdlog::info("image {}: {} published as {} v{} ({} MiB, {} non-zero chunks) in {:.1f} s",
-                 image.name, kind, m->name, m->version, m->size >> 20, m->NonZeroChunks(),
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
-  }
-  if (raw != disk) unlink(raw.c_str());
-  if (!st.ok()) return st;
-  image.blobs = blobs.dump();
-  return Status::Ok();
+  return ImageService::AgentBlobs(i, image_checkpoint);
 }
 
 // --- routes -----------------------------------------------------------------------------
@@ -479,19 +336,40 @@ class Controller::AuthedRoutes : public RouteInstaller {
   void Post(const std::string& pattern, Route route, std::set<std::string> roles) override {
     s_.Post(pattern, Wrap(std::move(route), std::move(roles)));
   }
+  void Put(const std::string& pattern, Route route, std::set<std::string> roles) override {
+    s_.Put(pattern, Wrap(std::move(route), std::move(roles)));
+  }
   void Delete(const std::string& pattern, Route route, std::set<std::string> roles) override {
     s_.Delete(pattern, Wrap(std::move(route), std::move(roles)));
   }
+  // The route runs before the body is read (httplib's content reader), so
+  // its refusals are answered without reading it; GuardedServer then
+  // decides what becomes of the connection.
+  void PutStream(const std::string& pattern, StreamRoute route,
+                 std::set<std::string> roles) override {
+    // Captures the controller, not this installer (which ends with InstallRoutes).
+    s_.Put(pattern, [controller = &c_, route = std::move(route), roles = std::move(roles)](
+                        const Req& req, Res& res, const httplib::ContentReader& reader) {
+      controller->Authed(
+          [&](const Caller& c, const Req&, Res& r) {
+            BodyReader body = [&reader](const std::function<bool(const char*, size_t)>& receive) {
+              return reader(receive);
+            };
+            Send(r, route(c, req, body));
+          },
+          roles)(req, res);
+    });
+  }
 
  private:
+  static void Send(Res& res, const Result<Reply>& r) {
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, r->status, r->body);
+  }
   std::function<void(const Req&, Res&)> Wrap(Route route, std::set<std::string> roles) {
-    return c_.Authed(
-        [route = std::move(route)](const Caller& c, const Req& req, Res& res) {
-          auto r = route(c, req);
-          if (!r.ok()) return SendError(res, r.error());
-          SendJson(res, r->status, r->body);
-        },
-        roles);
+    return c_.Authed([route = std::move(route)](const Caller& c, const Req& req,
+                                                Res& res) { Send(res, route(c, req)); },
+                     roles);
   }
   Controller& c_;
   RouteRecorder<GuardedServer>& s_;
@@ -499,7 +377,7 @@ class Controller::AuthedRoutes : public RouteInstaller {
 
 void Controller::InstallRoutes() {
   auto& server = *server_;
-  server.set_payload_max_length(static_cast<size_t>(kMaxUploadBytes));
+  server.set_payload_max_length(static_cast<size_t>(kMaxImageUploadBytes));
   server.set_read_timeout(300, 0);
   server.set_write_timeout(300, 0);
   // Only image uploads may stream large bodies; everything else is refused
@@ -509,7 +387,7 @@ void Controller::InstallRoutes() {
   // them is read; only image uploads may be large.
   server.set_pre_routing_handler([](const Req& req, Res& res) {
     bool upload = req.method == "PUT" && req.path.find("/files/") != std::string::npos;
-    return RefuseUnframedBody(req, res, upload ? kMaxUploadBytes : kMaxJsonBody)
+    return RefuseUnframedBody(req, res, upload ? kMaxImageUploadBytes : kMaxJsonBody)
                ? httplib::Server::HandlerResponse::Handled
                : httplib::Server::HandlerResponse::Unhandled;
   });
@@ -525,69 +403,15 @@ void Controller::InstallRoutes() {
   s.Get("/v1/openapi.json", [](const Req&, Res& res) {
     res.set_content(std::string(kOpenApiJson), "application/json");
   });
-  s.Get("/v1/whoami", Authed([](const Caller& c, const Req&, Res& res) {
-          SendJson(res, 200,
-                   {{"id", c.user.id},
-                    {"name", c.user.name},
-                    {"role", c.user.role},
-                    {"created_at", FormatTimeMs(c.user.created_ms)}});
-        }));
-
   // Users.
-  s.Post("/v1/users",
-         Authed([this](const Caller& c, const Req& q, Res& r) { CreateUser(c, q, r); }, {"admin"}));
-  s.Get("/v1/users", Authed(
-                         [this](const Caller&, const Req&, Res& res) {
-                           auto users = store_->ListUsers();
-                           if (!users.ok()) return SendError(res, users.error());
-                           json out = json::array();
-                           for (const auto& u : *users) {
-                             auto user = UserJson(u);
-                             if (!user.ok()) return SendError(res, user.error());
-                             out.push_back(*user);
-                           }
-                           SendJson(res, 200, {{"users", out}});
-                         },
-                         {"admin"}));
-  s.Put(R"(/v1/users/([^/]+)/quota)",
-        Authed([this](const Caller&, const Req& q, Res& r) { SendReply(r, 200, SetUserQuota(q)); },
-               {"admin"}));
+  InstallUserRoutes(routes, *users_);
 
   // Hosts.
   InstallHostRoutes(routes, *hosts_);
   InstallAgentRoutes(routes, *hosts_);
 
   // Images.
-  s.Post("/v1/images",
-         Authed([this](const Caller& c, const Req& q, Res& r) { CreateImage(c, q, r); }));
-  s.Get("/v1/images", Authed([this](const Caller& c, const Req&, Res& res) {
-          auto own = store_->ListImages(c.owner());
-          if (!own.ok()) return SendError(res, own.error());
-          std::vector<Image> all = *own;
-          if (!c.admin()) {
-            auto pub = store_->ListPublicImages();
-            if (pub.ok()) all.insert(all.end(), pub->begin(), pub->end());
-          }
-          json out = json::array();
-          for (const auto& i : all) out.push_back(ImageJson(i));
-          SendJson(res, 200, {{"images", out}});
-        }));
-  s.Get(R"(/v1/images/([^/]+))", Authed([this](const Caller& c, const Req& req, Res& res) {
-          auto i = VisibleImage(c, req.matches[1]);
-          if (!i.ok()) return SendError(res, i.error());
-          SendJson(res, 200, ImageJson(*i));
-        }));
-  s.Put(R"(/v1/images/([^/]+)/files/(disk|kernel|initrd))",
-        [this](const Req& req, Res& res, const httplib::ContentReader& reader) {
-          Authed([&](const Caller& c, const Req&, Res& r) { UploadImageFile(c, req, r, reader); })(
-              req, res);
-        });
-  s.Post(R"(/v1/images/([^/]+)/finalize)",
-         Authed([this](const Caller& c, const Req& q, Res& r) { FinalizeImage(c, q, r); }));
-  s.Post(R"(/v1/images/([^/]+)/checkpoint)",
-         Authed([this](const Caller& c, const Req& q, Res& r) { CheckpointImage(c, q, r); }));
-  s.Delete(R"(/v1/images/([^/]+))",
-           Authed([this](const Caller& c, const Req& q, Res& r) { DeleteImage(c, q, r); }));
+  InstallImageRoutes(routes, *images_);
 
   // VMs.
   s.Post("/v1/vms", Authed([this](const Caller& c, const Req& q, Res& r) { CreateVm(c, q, r); }));
@@ -608,24 +432,15 @@ void Controller::InstallRoutes() {
           SendJson(res, 200, vm);
         }));
   InstallVmActionRoutes(routes, *vms_, [this](const Vm& v) { return VmJson(v); });
-  s.Post(R"(/v1/vms/([^/]+)/exec)",
-         Authed([this](const Caller& c, const Req& q, Res& r) { ExecVm(c, q, r); }));
-  s.Get(R"(/v1/operations/([^/]+))",
-        Authed([this](const Caller& c, const Req& q, Res& r) { GetOperation(c, q, r); }));
+  InstallExecRoutes(routes, *vms_);
+  InstallOperationRoutes(routes, *ops_);
 
   // Information service.
-  s.Post("/v1/query", Authed([this](const Caller& c, const Req& q, Res& r) { Query(c, q, r); }));
+  InstallQueryRoutes(routes, *query_, *queries_);
 
   // Workspaces.
-  s.Get("/v1/workspaces", Authed([this](const Caller& c, const Req&, Res& res) {
-          auto ws = store_->ListWorkspaces(c.owner());
-          if (!ws.ok()) return SendError(res, ws.error());
-          json out = json::array();
-          for (const auto& w : *ws) out.push_back(WorkspaceJson(w));
-          SendJson(res, 200, {{"workspaces", out}});
-        }));
-  s.Delete(R"(/v1/workspaces/([^/]+))",
-           Authed([this](const Caller& c, const Req& q, Res& r) { DeleteWorkspace(c, q, r); }));
+  InstallWorkspaceRoutes(routes, *workspaces_,
+                         [this](const Workspace& w) { return WorkspaceJson(w); });
 
   // Virtual networks.
   InstallNetworkRoutes(routes, *networks_);
@@ -649,73 +464,6 @@ void Controller::InstallAgentListenerRoutes() {
   InstallAgentRoutes(routes, *hosts_);
 }
 
-// --- users and hosts -------------------------------------------------------------------
-
-void Controller::CreateUser(const Caller&, const Req& req, Res& res) {
-  auto body = ParseJsonObject(req.body, false);
-  if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, request_fields::kCreateUser);
-  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-  auto name = f.String("name", true);
-  if (!name.ok()) return SendError(res, name.error());
-  if (auto st = ValidateName("user", *name); !st.ok()) return SendError(res, st.error());
-  auto role = f.Enum("role", {"user", "admin"}, "user");
-  if (!role.ok()) return SendError(res, role.error());
-  auto created = store_->CreateUser(*name, *role);
-  if (!created.ok()) return SendError(res, created.error());
-  const User& u = created->first;
-  SendJson(res, 201,
-           {{"user",
-             {{"id", u.id},
-              {"name", u.name},
-              {"role", u.role},
-              {"created_at", FormatTimeMs(u.created_ms)}}},
-            {"token", created->second}});
-}
-
-// A user with its quota (0: unlimited) and what it holds now, counted as
-// the quota counts it.
-Result<json> Controller::UserJson(const User& u) {
-  VMG_ASSIGN_OR_RETURN(UserUsage use, store_->GetUserUsage(u.id));
-  const UserQuota& q = u.quota;
-  return json{{"id", u.id},
-              {"name", u.name},
-              {"role", u.role},
-              {"created_at", FormatTimeMs(u.created_ms)},
-              {"quota",
-               {{"vms", q.vms},
-                {"vcpus", q.vcpus},
-                {"memory_mb", q.memory_mb},
-                {"image_bytes", q.image_bytes},
-                {"workspace_bytes", q.workspace_bytes}}},
-              {"usage",
-               {{"vms", use.vms},
-                {"vcpus", use.vcpus},
-                {"memory_mb", use.memory_mb},
-                {"image_bytes", use.image_bytes},
-                {"workspace_bytes", use.workspace_bytes}}}};
-}
-
-// PUT replaces the whole quota: a field left out is 0, unlimited.
-Result<json> Controller::SetUserQuota(const Req& req) {
-  const std::string name = req.matches[1];
-  VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body, false));
-  JsonFields f(body, request_fields::kUserQuota);
-  VMG_RETURN_IF_ERROR(f.CheckUnknown());
-  constexpr int64_t kMax = int64_t{1} << 53;  // exact in every JSON client
-  UserQuota q;
-  VMG_ASSIGN_OR_RETURN(q.vms, f.Int("vms", 0, 0, kMax));
-  VMG_ASSIGN_OR_RETURN(q.vcpus, f.Int("vcpus", 0, 0, kMax));
-  VMG_ASSIGN_OR_RETURN(q.memory_mb, f.Int("memory_mb", 0, 0, kMax));
-  VMG_ASSIGN_OR_RETURN(q.image_bytes, f.Int("image_bytes", 0, 0, kMax));
-  VMG_ASSIGN_OR_RETURN(q.workspace_bytes, f.Int("workspace_bytes", 0, 0, kMax));
-  VMG_ASSIGN_OR_RETURN(User u, store_->SetUserQuota(name, q));
-  spdlog::info(
-      "quota of user {} set to {} VMs, {} vCPUs, {} MB, {} image bytes, {} workspace bytes", u.name,
-      q.vms, q.vcpus, q.memory_mb, q.image_bytes, q.workspace_bytes);
-  return UserJson(u);
-}
-
 void Controller::ReconcileLoop() {
   int64_t resynced = NowMs();
   while (!stop_) {
@@ -733,450 +481,6 @@ void Controller::ReconcileLoop() {
     for (int i = 0; i < 20 && !stop_; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-}
-
-// --- images ----------------------------------------------------------------------------------
-
-void Controller::CreateImage(const Caller& c, const Req& req, Res& res) {
-  auto body = ParseJsonObject(req.body, false);
-  if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, request_fields::kCreateImage);
-  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-  Image i;
-  auto name = f.String("name", true);
-  auto format = f.Enum("format", {"raw", "qcow2"}, "raw");
-  auto has_kernel = f.Bool("has_kernel", false);
-  auto has_initrd = f.Bool("has_initrd", false);
-  auto append = f.String("append", false);
-  auto min_mem = f.Int("min_memory_mb", 64, 16, 1 << 20);
-  if (!name.ok()) return SendError(res, name.error());
-  if (!format.ok()) return SendError(res, format.error());
-  if (!has_kernel.ok()) return SendError(res, has_kernel.error());
-  if (!has_initrd.ok()) return SendError(res, has_initrd.error());
-  if (!append.ok()) return SendError(res, append.error());
-  if (!min_mem.ok()) return SendError(res, min_mem.error());
-  if (auto st = ValidateName("image", *name); !st.ok()) return SendError(res, st.error());
-  if (*has_initrd && !*has_kernel)
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "an initrd needs a kernel"));
-  if (append->size() > 4096)
-    return SendError(
-        res, MakeError(ErrorCode::kInvalidArgument, "append is longer than 4096 characters"));
-  i.id = NewId("img");
-  i.name = *name;
-  i.owner_id = c.user.id;
-  i.state = "uploading";
-  i.format = *format;
-  i.dir = image_dir_ + "/" + i.id;
-  i.has_kernel = *has_kernel;
-  i.has_initrd = *has_initrd;
-  i.append = *append;
-  i.min_memory_mb = *min_mem;
-  i.created_ms = NowMs();
-  if (auto st = MakeDirs(i.dir, 0755); !st.ok()) return SendError(res, st.error());
-  if (auto st = store_->InsertImage(i); !st.ok()) {
-    (void)RemoveTree(i.dir);
-    return SendError(res, st.error());
-  }
-  SendJson(res, 201, ImageJson(i));
-}
-
-namespace {
-
-// An upload's private temporary file: created O_EXCL under a fresh name in
-// the image's directory, unlinked unless Commit() renamed it into place.
-class UploadTempFile {
- public:
-  UploadTempFile(const UploadTempFile&) = delete;
-  UploadTempFile& operator=(const UploadTempFile&) = delete;
-  ~UploadTempFile() {
-    if (fd_ >= 0) close(fd_);
-    if (!path_.empty()) unlink(path_.c_str());
-  }
-  static Result<std::unique_ptr<UploadTempFile>> Create(const std::string& dir,
-                                                        const std::string& kind) {
-    std::string path = dir + "/." + kind + "." + NewId("upload") + ".tmp";
-    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0)
-      return MakeError(ErrorCode::kInternal, "cannot create a temporary file for the upload");
-    auto t = std::unique_ptr<UploadTempFile>(new UploadTempFile(fd, path));
-    // Readable by the unprivileged user that validates it (and by QEMU later).
-    if (fchmod(fd, 0644) != 0) return MakeError(ErrorCode::kInternal, "cannot chmod the upload");
-    return t;
-  }
-  int fd() const { return fd_; }
-  bool Write(const char* data, size_t len) {
-    while (len > 0) {
-      ssize_t n = write(fd_, data, len);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
-      data += n;
-      len -= static_cast<size_t>(n);
-    }
-    return true;
-  }
-  // Renames the file validated through fd() to `final_path`, after checking
-  // that its name still refers to that very file.
-  Status Commit(const std::string& final_path) {
-    struct stat by_fd, by_name;
-    if (fsync(fd_) != 0 || fstat(fd_, &by_fd) != 0 || lstat(path_.c_str(), &by_name) != 0 ||
-        by_fd.st_dev != by_name.st_dev || by_fd.st_ino != by_name.st_ino)
-      return MakeError(ErrorCode::kInternal, "the uploaded file changed before it was stored");
-    if (rename(path_.c_str(), final_path.c_str()) != 0)
-      return MakeError(ErrorCode::kInternal, "cannot store the uploaded file");
-    path_.clear();
-    return Status::Ok();
-  }
-
- private:
-  UploadTempFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
-  int fd_ = -1;
-  std::string path_;
-};
-
-}  // namespace
-
-Status Controller::ClaimImageIo(const std::string& id, const std::string& kind) {
-  std::lock_guard<std::mutex> l(image_io_mu_);
-  auto& busy = image_io_[id];
-  if (busy.count("finalize"))
-    return MakeError(ErrorCode::kFailedPrecondition, "the image is being finalized");
-  if (kind == "finalize" && !busy.empty())
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "an upload to this image is in progress; finalize it when done");
-  if (!busy.insert(kind).second)
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "another upload of the " + kind + " of this image is in progress");
-  return Status::Ok();
-}
-
-void Controller::ReleaseImageIo(const std::string& id, const std::string& kind) {
-  std::lock_guard<std::mutex> l(image_io_mu_);
-  auto it = image_io_.find(id);
-  if (it == image_io_.end()) return;
-  it->second.erase(kind);
-  if (it->second.empty()) image_io_.erase(it);
-}
-
-// Uploads: each request writes its own O_EXCL temporary file, validates that
-// file through its fd (qemu-img reads the fd, unprivileged), and renames that
-// same file into place, while it holds the image file's claim; a finalize
-// cannot start meanwhile, and a ready image is never written again.
-void Controller::UploadImageFile(const Caller& c, const Req& req, Res& r,
-                                 const httplib::ContentReader& reader) {
-  auto image = OwnImage(c, req.matches[1]);
-  if (!image.ok()) return SendError(r, image.error());
-  if (image->state != "uploading")
-    return SendError(r, MakeError(ErrorCode::kFailedPrecondition,
-                                  "image " + image->name + " is " + image->state +
-                                      "; published images are immutable"));
-  const std::string kind = req.matches[2];
-  if (Status st = ClaimImageIo(image->id, kind); !st.ok()) return SendError(r, st.error());
-  struct Release {
-    Controller* self;
-    std::string id, kind;
-    ~Release() { self->ReleaseImageIo(id, kind); }
-  } release{this, image->id, kind};
-  // The owner's image_bytes quota bounds what a disk upload may write;
-  // finalize checks it again, atomically with the image becoming ready.
-  int64_t room = kMaxUploadBytes;
-  std::optional<Error> over_quota;
-  if (kind == "disk") {
-    auto owner = store_->GetUserById(image->owner_id);
-    if (!owner.ok()) return SendError(r, owner.error());
-    if (owner->quota.image_bytes > 0) {
-      auto use = store_->GetUserUsage(owner->id);
-      if (!use.ok()) return SendError(r, use.error());
-      room = std::min(room, owner->quota.image_bytes - use->image_bytes);
-      over_quota = MakeError(ErrorCode::kPermissionDenied,
-                             "quota: " + owner->name + " may keep " +
-                                 std::to_string(owner->quota.image_bytes) + " bytes of images (" +
-                                 std::to_string(use->image_bytes) +
-                                 " in ready images); this disk is larger than the rest");
-    }
-  }
-  auto tmp = UploadTempFile::Create(image->dir, kind);
-  if (!tmp.ok()) return SendError(r, tmp.error());
-  int64_t received = 0;
-  bool wrote = true;
-  bool ok = reader([&](const char* data, size_t len) {
-    received += static_cast<int64_t>(len);
-    // Over the quota: read the rest without writing it, so that the client
-    // gets the 403 rather than a connection closed while it sends.
-    if (received > room) return over_quota.has_value() && received <= kMaxUploadBytes;
-    wrote = wrote && (*tmp)->Write(data, len);
-    return wrote;
-  });
-  if (received > room && over_quota) return SendError(r, *over_quota);
-  if (!ok || !wrote)
-    return SendError(
-        r, MakeError(ErrorCode::kInvalidArgument, "upload of " + kind + " was interrupted"));
-  Status valid = Status::Ok();
-  if (kind == "disk") {
-    auto info = InspectDiskFd((*tmp)->fd(), image->format, !image->has_kernel);
-    if (info.ok()) {
-      image->size_bytes = received;
-      image->virtual_size_bytes = info->virtual_size;
-      image->expanded_size_bytes = info->expanded_size;
-      image->max_clone_bytes = info->max_clone_size;
-    } else {
-      valid = info.error();
-    }
-  } else if (kind == "kernel") {
-    valid = CheckKernelFd((*tmp)->fd());
-  } else {
-    valid = CheckInitrdFd((*tmp)->fd());
-  }
-  if (!valid.ok()) return SendError(r, valid.error().Wrap(kind + " rejected"));
-  // Our claim excludes a finalize, but the image may have been deleted.
-  auto fresh = store_->GetImage(image->id, "");
-  if (!fresh.ok() || fresh->state != "uploading")
-    return SendError(r, MakeError(ErrorCode::kFailedPrecondition,
-                                  "image " + image->name + " is no longer uploading"));
-  if (kind == "disk") {
-    fresh->size_bytes = image->size_bytes;
-    fresh->virtual_size_bytes = image->virtual_size_bytes;
-    fresh->expanded_size_bytes = image->expanded_size_bytes;
-    fresh->max_clone_bytes = image->max_clone_bytes;
-  }
-  if (Status st = (*tmp)->Commit(image->dir + "/" + FileNameFor(kind, image->format)); !st.ok())
-    return SendError(r, st.error());
-  if (Status st = store_->UpdateImage(*fresh); !st.ok()) return SendError(r, st.error());
-  SendJson(r, 200, ImageJson(*fresh));
-}
-
-// Finalize answers 202 with an operation at once; the checks that need no
-// more than a glance (no upload running, every file there, the qcow2
-// header) still answer at once with their error. The conversion, the
-// publishing and the quota check run on the operation pool while the
-// image's "finalize" claim is held, so no upload can start until the
-// operation has ended; the image is `ready` (usable) only once it
-// succeeded. A failed finalize leaves the image `uploading` with
-// `finalize: {state: failed, error}`: upload again, finalize again or delete.
-void Controller::FinalizeImage(const Caller& c, const Req& req, Res& res) {
-  auto image = OwnImage(c, req.matches[1]);
-  if (!image.ok()) return SendError(res, image.error());
-  Operation op;
-  op.kind = "image_finalize";
-  op.owner_id = c.user.id;
-  op.image_id = image->id;
-  if (image->state == "ready") {  // nothing to do: an operation that has succeeded
-    json answer = ops_->Start(op);
-    return SendJson(res, 202, ops_->Finish(op.id, ImageJson(*image)));
-  }
-  if (Status st = ClaimImageIo(image->id, "finalize"); !st.ok()) return SendError(res, st.error());
-  // Released when the operation ends (or here, on an early refusal).
-  auto claim = std::shared_ptr<void>(
-      nullptr, [this, id = image->id](void*) { ReleaseImageIo(id, "finalize"); });
-  image = store_->GetImage(image->id, "");  // as it is now that no upload runs
-  if (!image.ok()) return SendError(res, image.error());
-  if (image->state == "ready")
-    return SendError(
-        res, MakeError(ErrorCode::kFailedPrecondition, "image " + image->name + " is ready"));
-  std::vector<std::string> missing;
-  if (!FileExists(image->dir + "/" + FileNameFor("disk", image->format))) missing.push_back("disk");
-  if (image->has_kernel && !FileExists(image->dir + "/vmlinuz")) missing.push_back("kernel");
-  if (image->has_initrd && !FileExists(image->dir + "/initrd.img")) missing.push_back("initrd");
-  if (!missing.empty()) {
-    std::string list;
-    for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
-    return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
-                                    "image " + image->name + " is missing: " + list +
-                                        " (upload with PUT /v1/images/ID/files/KIND)"));
-  }
-  if (image->format == "qcow2") {
-    // Again before anything opens it to publish or boot it.
-    auto h = CheckUntrustedQcow2File(image->dir + "/" + FileNameFor("disk", image->format),
-                                     kMaxVirtualDiskBytes);
-    if (!h.ok()) return SendError(res, h.error().Wrap("disk rejected"));
-  }
-  auto slot = long_ops_->Acquire(c.user.id, 1, c.admin());
-  if (!slot.ok()) return SendTooMany(res, slot.error(), long_ops_->retry_after_s());
-  json answer = ops_->Start(op);
-  {
-    std::lock_guard<std::mutex> l(operations_mu_);
-    finalize_failures_.erase(image->id);
-  }
-  SendJson(res, 202, answer);
-  ops_->Run("", [this, id = op.id, image_id = image->id, claim = std::move(claim),
-                 slot = *slot]() mutable {
-    auto outcome = RunFinalize(id, image_id);
-    if (!outcome.ok()) {
-      spdlog::warn("image {}: finalize failed: {}", image_id, outcome.error().message);
-      std::lock_guard<std::mutex> l(operations_mu_);
-      finalize_failures_[image_id] = {id, outcome.error().message};
-    }
-    // Whoever sees the operation ended may upload, delete or finalize again.
-    claim.reset();
-    slot.reset();
-    ops_->Finish(id, outcome);
-  });
-}
-
-Result<json> Controller::RunFinalize(const std::string& op_id, const std::string& image_id) {
-  VMG_ASSIGN_OR_RETURN(Image image, store_->GetImage(image_id, ""));
-  if (image_server_) {
-    // Publishing stores the disk expanded: refuse an image over the quota
-    // before that work (store_->FinalizeImage below is the atomic check).
-    if (auto owner = store_->GetUserById(image.owner_id);
-        owner.ok() && owner->quota.image_bytes > 0) {
-      auto use = store_->GetUserUsage(owner->id);
-      if (use.ok() && use->image_bytes + image.QuotaBytes() > owner->quota.image_bytes)
-        return MakeError(ErrorCode::kPermissionDenied,
-                         "quota: " + owner->name + " may keep " +
-                             std::to_string(owner->quota.image_bytes) + " bytes of images (" +
-                             std::to_string(use->image_bytes) + " in ready images, this one has " +
-                             std::to_string(image.QuotaBytes()) +
-                             " once expanded); ask the admin to raise it (`vmgrid user quota`)");
-    }
-    VMG_RETURN_IF_ERROR(PublishImage(image, [this, &op_id](const std::string& step, int pct) {
-      ops_->SetProgress(op_id, step, pct);
-    }));
-    if (stop_) return MakeError(ErrorCode::kUnavailable, "the controller is shutting down");
-  }
-  image.state = "ready";
-  // The owner's image_bytes quota is checked with the write.
-  VMG_RETURN_IF_ERROR(store_->FinalizeImage(image));
-  ops_->SetProgress(op_id, "ready", 100);
-  return ImageJson(image);
-}
-
-void Controller::CheckpointImage(const Caller& c, const Req& req, Res& res) {
-  auto image = OwnImage(c, req.matches[1]);
-  if (!image.ok()) return SendError(res, image.error());
-  auto body = ParseJsonObject(req.body);
-  if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, request_fields::kImageCheckpoint);
-  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-  auto mem = f.Int("memory_mb", std::max<int64_t>(256, image->min_memory_mb), image->min_memory_mb,
-                   1 << 20);
-  auto vcpus = f.Int("vcpus", 1, 1, 64);
-  if (!mem.ok()) return SendError(res, mem.error());
-  if (!vcpus.ok()) return SendError(res, vcpus.error());
-  if (image->state != "ready")
-    return SendError(
-        res, MakeError(ErrorCode::kFailedPrecondition, "image " + image->name + " is not ready"));
-  if (image->ckpt_state == "creating")
-    return SendError(
-        res, MakeError(ErrorCode::kFailedPrecondition, "a checkpoint is already being made"));
-  // The boot that makes the checkpoint holds its host's vCPUs, memory and
-  // disk like any VM's: it is ranked by the same placement and reserved in
-  // the same transaction (Store::PlaceAndInsertVm, which also checks the
-  // caller's quota) as a VM record of its own — an image-checkpoint VM
-  // (proto/checkpoint_ref.h), in flight while the agent works, deleted when
-  // it is done. Concurrent creates therefore cannot take its room.
-  Vm reservation;
-  reservation.id = NewId(kImageCheckpointVmPrefix);
-  reservation.name = reservation.id;
-  reservation.owner_id = c.user.id;
-  reservation.image_id = image->id;
-  reservation.state = "creating";
-  reservation.vcpus = static_cast<int>(*vcpus);
-  reservation.memory_mb = *mem;
-  reservation.disk = "clone";
-  reservation.start = "boot";
-  reservation.disk_bytes = image->CloneBoundBytes() + (*mem << 20);
-  reservation.created_ms = reservation.updated_ms = NowMs();
-  const Error no_room =
-      MakeError(ErrorCode::kResourceExhausted, "no host is up with room to boot the image");
-  auto candidates = index_->Rank({image->id, reservation.vcpus, reservation.memory_mb,
-                                  reservation.disk_bytes, "spread", "", ""});
-  if (candidates.empty()) return SendError(res, no_room);
-  auto placed = store_->PlaceAndInsertVm(reservation, candidates);
-  if (!placed.ok()) return SendError(res, placed.error());
-  auto host = store_->GetHost(placed->host_id);
-  image->ckpt_state = "creating";
-  image->ckpt_error.clear();
-  image->ckpt_memory_mb = *mem;
-  image->ckpt_vcpus = static_cast<int>(*vcpus);
-  Status recorded = host.ok() ? store_->UpdateImage(*image) : Status(host.error());
-  if (!recorded.ok()) {
-    // Nothing was started: give the room back.
-    if (Status st = store_->DeleteVm(placed->id); !st.ok())
-      CountFailedWrite(st, "releasing the reservation " + placed->id);
-    return SendError(res, recorded.error());
-  }
-  SendJson(res, 202, ImageJson(*image));
-  Host h = *host;
-  Image img = *image;
-  ops_->Run(placed->id, [this, h, img, reservation_id = placed->id]() mutable {
-    std::string target = img.dir + "/checkpoint";
-    ImageCheckpointRequest request;
-    request.image = AgentImageFiles(img);
-    request.vcpus = img.ckpt_vcpus;
-    request.memory_mb = img.ckpt_memory_mb;
-    Result<ImageCheckpointResult> r = ImageCheckpointResult{};
-    if (image_server_) {
-      // Made on the host, published to the image server (memory and disk
-      // delta), fetched by any host that resumes it.
-      auto blobs = AgentBlobs(img, false);
-      if (blobs.ok())
-        request.blobs = std::move(*blobs);
-      else
-        r = blobs.error();
-      request.push_as = CheckpointBlobStem(img.id);
-    } else {
-      request.target_dir = target;
-    }
-    if (r.ok()) r = agents_->MakeImageCheckpoint(h, request);
-    // The boot is over: its room is free again. A record left behind holds
-    // it until reconciliation marks it failed (the host reports no such VM).
-    if (Status st = store_->DeleteVm(reservation_id); !st.ok())
-      CountFailedWrite(st, "releasing the reservation " + reservation_id);
-    auto fresh = store_->GetImage(img.id, "");
-    if (!fresh.ok()) return;  // deleted meanwhile
-    json blobs = json::parse(fresh->blobs, nullptr, false);
-    if (r.ok() && image_server_ && !blobs.is_object())
-      r = MakeError(ErrorCode::kInternal, "image " + img.id + " has no published versions");
-    if (r.ok()) {
-      std::error_code ec;
-      fresh->ckpt_state = "ready";
-      if (image_server_) {
-        blobs["ckpt_memory"] = ToJson(r->memory);
-        blobs["ckpt_disk"] = ToJson(r->disk);
-        fresh->blobs = blobs.dump();
-        fresh->ckpt_size_bytes = static_cast<int64_t>(r->memory.size + r->disk.size);
-      } else {
-        fresh->ckpt_size_bytes = static_cast<int64_t>(fs::file_size(target + "/memory.state", ec)) +
-                                 static_cast<int64_t>(fs::file_size(target + "/disk.qcow2", ec));
-      }
-      spdlog::info("image {}: post-boot checkpoint ready", img.name);
-    } else {
-      fresh->ckpt_state = "error";
-      fresh->ckpt_error = r.error().message;
-      spdlog::warn("image {}: checkpoint failed: {}", img.name, r.error().message);
-    }
-    // Left behind, the image shows its checkpoint as still being made (and
-    // refuses another) until the controller restarts; say so in the log.
-    if (Status st = store_->UpdateImage(*fresh); !st.ok())
-      CountFailedWrite(st, "recording the checkpoint of image " + img.id);
-  });
-}
-
-void Controller::DeleteImage(const Caller& c, const Req& req, Res& res) {
-  auto image = OwnImage(c, req.matches[1]);
-  if (!image.ok()) return SendError(res, image.error());
-  if (image->ckpt_state == "creating")
-    return SendError(
-        res, MakeError(ErrorCode::kFailedPrecondition,
-                       "a checkpoint of this image is being made; try again when it is done"));
-  {
-    // Its finalize operation reads the files: it ends first.
-    std::lock_guard<std::mutex> l(image_io_mu_);
-    if (auto it = image_io_.find(image->id); it != image_io_.end() && it->second.count("finalize"))
-      return SendError(
-          res, MakeError(ErrorCode::kFailedPrecondition,
-                         "image " + image->name +
-                             " is being finalized; try again when its operation has ended"));
-  }
-  if (auto st = store_->DeleteImage(image->id); !st.ok()) return SendError(res, st.error());
-  // The record is gone; a directory left behind only costs disk.
-  if (Status st = RemoveTree(image->dir); !st.ok())
-    spdlog::warn("image {}: cannot remove {}: {}", image->id, image->dir, st.error().message);
-  {
-    std::lock_guard<std::mutex> l(operations_mu_);
-    finalize_failures_.erase(image->id);
-  }
-  SendJson(res, 204, nullptr);
 }
 
 // --- VMs
@@ -1625,176 +929,8 @@ Error Controller::ExplainNoPlacement(const Vm& vm, const std::vector<std::string
   return MakeError(ErrorCode::kResourceExhausted, msg);
 }
 
-void Controller::ExecVm(const Caller& c, const Req& req, Res& res) {
-  auto vm = store_->GetVm(req.matches[1], c.owner());
-  if (!vm.ok()) return SendError(res, vm.error());
-  auto body = ParseJsonObject(req.body, false);
-  if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, request_fields::kExec);
-  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-  auto argv = f.StringList("argv", true, 256);
-  auto input = f.String("input", false);
-  auto timeout = f.Int("timeout_s", 60, 1, 3600);
-  if (!argv.ok()) return SendError(res, argv.error());
-  if (!input.ok()) return SendError(res, input.error());
-  if (!timeout.ok()) return SendError(res, timeout.error());
-  if (argv->empty() || (*argv)[0].empty())
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "argv must name a program"));
-  if (auto s = ParseVmState(vm->state); !s.ok() || !Allows(*s, VmOp::kExec))
-    return SendError(res,
-                     MakeError(ErrorCode::kFailedPrecondition,
-                               "VM " + vm->name + " is " + vm->state + "; exec needs it running"));
-  auto host = store_->GetHost(vm->host_id);
-  if (!host.ok()) return SendError(res, host.error());
-  auto slot = execs_->Acquire(c.user.id, 1, c.admin());
-  if (!slot.ok()) return SendTooMany(res, slot.error(), execs_->retry_after_s());
-  Operation op;
-  op.kind = "exec";
-  op.owner_id = c.user.id;
-  op.vm_id = vm->id;
-  SendJson(res, 202, ops_->Start(op));
-  Host h = *host;
-  json request = {{"argv", *argv}, {"input", *input}, {"timeout_s", *timeout}};
-  const int read_timeout = static_cast<int>(*timeout) + 30;
-  ops_->Run("",
-            [this, h, request, read_timeout, id = op.id, vm_id = vm->id, slot = *slot]() mutable {
-              auto r = agents_->Exec(h, vm_id, request, read_timeout);
-              slot.reset();  // whoever sees it ended may exec again
-              ops_->Finish(id, r);
-            });
-}
-
-void Controller::GetOperation(const Caller& c, const Req& req, Res& res) {
-  SendReply(res, 200, ops_->Get(req.matches[1], c.user.id, c.admin()));
-}
-
-// Deleting a workspace's file is an agent call: it runs as an operation
-// (202), and the workspace stays listed until the file is gone. Meanwhile
-// no VM may take it (CreateVm checks WorkspaceBeingDeleted), nor may a
-// second deletion start. On failure the workspace is kept: delete again.
-void Controller::DeleteWorkspace(const Caller& c, const Req& req, Res& res) {
-  auto ws = store_->GetWorkspace(req.matches[1], c.owner());
-  if (!ws.ok()) return SendError(res, ws.error());
-  if (!ws->vm_id.empty())
-    return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
-                                    "workspace " + ws->name + " is in use by VM " + ws->vm_id +
-                                        "; remove the VM first"));
-  auto host = store_->GetHost(ws->host_id);
-  if (!host.ok()) return SendError(res, host.error());
-  auto slot = long_ops_->Acquire(c.user.id, 1, c.admin());
-  if (!slot.ok()) return SendTooMany(res, slot.error(), long_ops_->retry_after_s());
-  {
-    std::lock_guard<std::mutex> l(operations_mu_);
-    if (!deleting_workspaces_.insert(ws->id).second)
-      return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
-                                      "workspace " + ws->name + " is being deleted"));
-  }
-  auto unmark = std::shared_ptr<void>(nullptr, [this, id = ws->id](void*) {
-    std::lock_guard<std::mutex> l(operations_mu_);
-    deleting_workspaces_.erase(id);
-  });
-  // A VM may have taken it between the read above and the mark.
-  ws = store_->GetWorkspace(ws->id, "");
-  if (!ws.ok()) return SendError(res, ws.error());
-  if (!ws->vm_id.empty())
-    return SendError(res, MakeError(ErrorCode::kFailedPrecondition,
-                                    "workspace " + ws->name + " is in use by VM " + ws->vm_id +
-                                        "; remove the VM first"));
-  Operation op;
-  op.kind = "workspace_delete";
-  op.owner_id = c.user.id;
-  op.workspace_id = ws->id;
-  SendJson(res, 202, ops_->Start(op));
-  ops_->Run("", [this, id = op.id, h = *host, w = *ws, unmark = std::move(unmark),
-                 slot = *slot]() mutable {
-    Result<json> outcome = json(nullptr);
-    Status r = agents_->DeleteWorkspace(h, w.path);
-    if (!r.ok())
-      outcome = r.error().Wrap("deleting the workspace file");
-    else if (Status st = store_->DeleteWorkspace(w.id); !st.ok())
-      outcome = st.error();
-    if (!outcome.ok()) spdlog::warn("workspace {}: {}", w.id, outcome.error().message);
-    unmark.reset();
-    slot.reset();
-    ops_->Finish(id, outcome);
-  });
-}
-
 bool Controller::WorkspaceBeingDeleted(const std::string& id) {
-  std::lock_guard<std::mutex> l(operations_mu_);
-  return deleting_workspaces_.count(id) > 0;
-}
-
-void Controller::Query(const Caller& c, const Req& req, Res& res) {
-  auto body = ParseJsonObject(req.body, false);
-  if (!body.ok()) return SendError(res, body.error());
-  JsonFields f(*body, request_fields::kQuery);
-  if (auto st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-  auto sql = f.String("sql", false);
-  auto max_rows = f.Int("max_rows", 10'000, 1, 10'000);
-  auto timeout = f.Int("timeout_ms", 2'000, 1, 10'000);
-  if (!sql.ok()) return SendError(res, sql.error());
-  if (!max_rows.ok()) return SendError(res, max_rows.error());
-  if (!timeout.ok()) return SendError(res, timeout.error());
-  auto slot = queries_->Acquire(c.user.id, 1, c.admin());
-  if (!slot.ok()) return SendTooMany(res, slot.error(), queries_->retry_after_s());
-  QueryLimits limits;
-  limits.max_rows = *max_rows;
-  limits.timeout_ms = *timeout;
-  QueryCaller caller{c.user.id, c.admin()};
-  bool has_set = body->contains("set");
-  if (sql->empty() == !has_set)
-    return SendError(res,
-                     MakeError(ErrorCode::kInvalidArgument, "give exactly one of 'sql' and 'set'"));
-  if (!has_set) {
-    auto r = query_->Sql(caller, *sql, limits);
-    if (!r.ok()) return SendError(res, r.error());
-    SendJson(res, 200,
-             {{"columns", r->columns},
-              {"rows", r->rows},
-              {"elapsed_ms", static_cast<double>(r->elapsed_us) / 1000.0}});
-    return;
-  }
-  const json& sj = (*body)["set"];
-  if (!sj.is_object())
-    return SendError(res, MakeError(ErrorCode::kInvalidArgument, "'set' must be an object"));
-  JsonFields sf(sj, request_fields::kSetQuery);
-  if (auto st = sf.CheckUnknown(); !st.ok()) return SendError(res, st.error());
-  SetQuery q;
-  auto from = sf.String("from", false, "vms");
-  auto size = sf.Int("size", 2, 1, 64);
-  auto same = sf.String("same", false);
-  auto sum = sf.String("sum", false, "memory_mb");
-  auto mn = sf.Int("min", 0, INT64_MIN / 4, INT64_MAX / 4);
-  auto mx = sf.Int("max", INT64_MAX / 4, INT64_MIN / 4, INT64_MAX / 4);
-  auto where = sf.String("where", false);
-  auto max_sets = sf.Int("max_sets", 10, 1, 1000);
-  for (const Status& st :
-       {from.ok() ? Status() : Status(from.error()), size.ok() ? Status() : Status(size.error()),
-        same.ok() ? Status() : Status(same.error()), sum.ok() ? Status() : Status(sum.error()),
-        mn.ok() ? Status() : Status(mn.error()), mx.ok() ? Status() : Status(mx.error()),
-        where.ok() ? Status() : Status(where.error()),
-        max_sets.ok() ? Status() : Status(max_sets.error())})
-    if (!st.ok()) return SendError(res, st.error());
-  q.from = *from;
-  q.size = static_cast<size_t>(*size);
-  q.same = *same;
-  q.sum = *sum;
-  q.min = *mn;
-  q.max = *mx;
-  q.where = *where;
-  q.max_sets = static_cast<size_t>(*max_sets);
-  auto r = query_->Set(caller, q, limits);
-  if (!r.ok()) return SendError(res, r.error());
-  json sets = json::array();
-  for (const auto& s : r->sets)
-    sets.push_back({{"group", s.group}, {"ids", s.ids}, {"total", s.total}});
-  SendJson(res, 200,
-           {{"sets", sets},
-            {"candidates", r->candidates},
-            {"groups", r->groups},
-            {"exact_search", r->used_exact_search},
-            {"elapsed_ms", static_cast<double>(r->elapsed_us) / 1000.0}});
+  return workspaces_->BeingDeleted(id);
 }
 
 void Controller::ReleaseWorkspace(const Workspace& ws, bool created) {

@@ -34,8 +34,11 @@
 #include "api/routes.h"
 #include "api/routes/route.h"
 #include "api/services/host_service.h"
+#include "api/services/image_service.h"
 #include "api/services/network_service.h"
+#include "api/services/user_service.h"
 #include "api/services/vm_service.h"
+#include "api/services/workspace_service.h"
 #include "common/result.h"
 #include "infosvc/query_service.h"
 #include "proto/blob_ref.h"
@@ -88,46 +91,21 @@ class Controller {
   std::function<void(const httplib::Request&, httplib::Response&)> Authed(
       Handler h, const std::set<std::string>& roles = {"admin", "user"});
 
-  // Route handlers.
-  void CreateUser(const Caller&, const httplib::Request&, httplib::Response&);
-  Result<nlohmann::json> SetUserQuota(const httplib::Request&);
-  Result<nlohmann::json> UserJson(const User& u);
-  void CreateImage(const Caller&, const httplib::Request&, httplib::Response&);
-  void FinalizeImage(const Caller&, const httplib::Request&, httplib::Response&);
-  void CheckpointImage(const Caller&, const httplib::Request&, httplib::Response&);
-  void DeleteImage(const Caller&, const httplib::Request&, httplib::Response&);
+  // Route handlers still here (the others are in api/routes/).
   void CreateVm(const Caller&, const httplib::Request&, httplib::Response&);
-  void ExecVm(const Caller&, const httplib::Request&, httplib::Response&);
-  void GetOperation(const Caller&, const httplib::Request&, httplib::Response&);
-  void DeleteWorkspace(const Caller&, const httplib::Request&, httplib::Response&);
-  void Query(const Caller&, const httplib::Request&, httplib::Response&);
 
-  // Object lookups honouring visibility (another user's object is not found).
+  // An image visible to the caller (ImageService::VisibleImage).
   Result<Image> VisibleImage(const Caller& c, const std::string& ref);
-  Result<Image> OwnImage(const Caller& c, const std::string& ref);
 
   // JSON views.
-  nlohmann::json ImageJson(const Image& i);
   // `image` and `host`, when the caller has them at hand, save reading them.
   nlohmann::json VmJson(const Vm& v, const Image* image = nullptr, const Host* host = nullptr);
   nlohmann::json WorkspaceJson(const Workspace& w);
   std::string UserName(const std::string& id);
 
+  // ImageService::AgentImageFiles and AgentBlobs.
   ImageFiles AgentImageFiles(const Image& image);
-  // The image server versions an agent needs for `image` (and its post-boot
-  // checkpoint when `image_checkpoint`); empty without an image server.
   Result<BlobSet> AgentBlobs(const Image& image, bool image_checkpoint);
-  // Publishes the image's files to the image server; fills image.blobs.
-  // `progress` (may be empty) hears of each step and its percentage.
-  Status PublishImage(Image& image,
-                      const std::function<void(const std::string&, int)>& progress = nullptr);
-  // One writer per image file: claims `kind` ("disk", "kernel", "initrd", or
-  // "finalize" for the whole image) of image `id`, or fails with
-  // kFailedPrecondition (409) while another upload or a finalize holds it.
-  Status ClaimImageIo(const std::string& id, const std::string& kind);
-  void ReleaseImageIo(const std::string& id, const std::string& kind);
-  void UploadImageFile(const Caller& c, const httplib::Request& req, httplib::Response& res,
-                       const httplib::ContentReader& reader);
 
   void ReconcileLoop();
   Error ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates,
@@ -156,10 +134,6 @@ class Controller {
   std::thread server_thread_, reconcile_thread_, agent_server_thread_;
   std::atomic<bool> stop_{false};
 
-  std::mutex image_io_mu_;
-  std::map<std::string, std::set<std::string>>
-      image_io_;  // image id -> claimed kinds; guarded by image_io_mu_
-
   // Verified tokens: SHA-256 -> (user, expiry ms). Tokens are never revoked
   // today; the expiry bounds how long a removed one would still work.
   std::mutex auth_mu_;
@@ -176,6 +150,9 @@ class Controller {
   std::unique_ptr<HostService> hosts_;
   std::unique_ptr<VmService> vms_;
   std::unique_ptr<NetworkService> networks_;
+  std::unique_ptr<UserService> users_;
+  std::unique_ptr<ImageService> images_;
+  std::unique_ptr<WorkspaceService> workspaces_;
 
   // Admission (api/admission.h): user requests being handled, and per user
   // exec operations, creates in flight and queries. Set by Start.
@@ -192,20 +169,9 @@ class Controller {
   void CountFailedWrite(const Status& st, const std::string& what);
   std::atomic<int64_t> failed_writes_{0};
 
-  // Guards finalize_failures_ and deleting_workspaces_.
-  std::mutex operations_mu_;
-  // Why the last finalize of an image failed (image id -> operation id,
-  // message), shown with the image until it is finalized or deleted.
-  std::map<std::string, std::pair<std::string, std::string>>
-      finalize_failures_;  // guarded by operations_mu_
-  // Workspaces whose deletion runs (ids): no VM may take them meanwhile.
-  std::set<std::string> deleting_workspaces_;  // guarded by operations_mu_
+  // Whether a deletion of workspace `id` runs (WorkspaceService::BeingDeleted).
   bool WorkspaceBeingDeleted(const std::string& id);
 
-  // The body of an image finalize, on the operation pool, while the
-  // image's "finalize" claim is held: publishes the image and marks it
-  // ready. Its result is the image.
-  Result<nlohmann::json> RunFinalize(const std::string& op_id, const std::string& image_id);
   // A VM create on its host, on the operation pool (LaunchCreate's body).
   void RunCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
                  const std::optional<Workspace>& workspace, bool new_workspace, int64_t started,

@@ -1,5 +1,7 @@
 #include "common/http_json.h"
 
+#include <algorithm>
+
 namespace vmgrid {
 
 int HttpStatusFor(ErrorCode code) {
@@ -36,7 +38,8 @@ void SendJson(httplib::Response& res, int status, const nlohmann::json& body) {
 }
 
 void SendError(httplib::Response& res, const Error& error) {
-  if (error.code == ErrorCode::kTooManyRequests) res.set_header("Retry-After", "1");
+  if (error.code == ErrorCode::kTooManyRequests)
+    res.set_header("Retry-After", std::to_string(std::max(1, error.retry_after_s)));
   SendJson(res, HttpStatusFor(error.code),
            {{"error", {{"code", ErrorCodeName(error.code)}, {"message", error.message}}}});
 }

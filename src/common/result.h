@@ -31,10 +31,15 @@ const char* ErrorCodeName(ErrorCode code);
 struct Error {
   ErrorCode code = ErrorCode::kInternal;
   std::string message;
+  // With kTooManyRequests: the seconds after which a retry may succeed
+  // (HTTP Retry-After; 0: 1 second).
+  int retry_after_s = 0;
 
   // Returns a copy with "context: " prepended, for adding what the caller was
   // doing when a lower layer failed.
-  Error Wrap(const std::string& context) const { return Error{code, context + ": " + message}; }
+  Error Wrap(const std::string& context) const {
+    return Error{code, context + ": " + message, retry_after_s};
+  }
 };
 
 inline Error MakeError(ErrorCode code, std::string message) {

@@ -5,6 +5,7 @@
 // admission (RouteInstaller), and sends the answer or the error's JSON body.
 #pragma once
 
+#include <cstddef>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -36,6 +37,15 @@ struct Reply {
 
 using Route = std::function<Result<Reply>(const Caller&, const httplib::Request&)>;
 
+// Reads a request body in pieces, handing each to `receive` (which answers
+// false to stop); false if the body could not be read whole. httplib's
+// ContentReader is one.
+using BodyReader = std::function<bool(const std::function<bool(const char*, size_t)>& receive)>;
+// A route whose body is streamed (image uploads): it is called before a byte
+// of the body is read, so a refusal is answered without reading it.
+using StreamRoute =
+    std::function<Result<Reply>(const Caller&, const httplib::Request&, const BodyReader&)>;
+
 // Registers routes on a server: `Install` wraps `route` with authentication
 // and a check that the caller's role is one of `roles`.
 class RouteInstaller {
@@ -43,7 +53,10 @@ class RouteInstaller {
   virtual ~RouteInstaller() = default;
   virtual void Get(const std::string& pattern, Route route, std::set<std::string> roles) = 0;
   virtual void Post(const std::string& pattern, Route route, std::set<std::string> roles) = 0;
+  virtual void Put(const std::string& pattern, Route route, std::set<std::string> roles) = 0;
   virtual void Delete(const std::string& pattern, Route route, std::set<std::string> roles) = 0;
+  virtual void PutStream(const std::string& pattern, StreamRoute route,
+                         std::set<std::string> roles) = 0;
 };
 
 inline const std::set<std::string> kUserRoles = {"admin", "user"};

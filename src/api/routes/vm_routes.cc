@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include "api/op_queue.h"
 #include "api/routes.h"
 #include "api/services/vm_service.h"
 #include "common/http_json.h"
@@ -39,6 +40,33 @@ void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, VmView view) {
              return Reply{202, view(moved)};
            },
            kUserRoles);
+}
+
+void InstallExecRoutes(RouteInstaller& s, VmService& vms) {
+  s.Post(R"(/v1/vms/([^/]+)/exec)",
+         [&vms](const Caller& c, const Req& req) -> Result<Reply> {
+           // An unknown VM is 404 whatever the body says.
+           VMG_RETURN_IF_ERROR(vms.Get(req.matches[1], c.owner()));
+           VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body, false));
+           JsonFields f(body, request_fields::kExec);
+           VMG_RETURN_IF_ERROR(f.CheckUnknown());
+           ExecRequest r;
+           VMG_ASSIGN_OR_RETURN(r.argv, f.StringList("argv", true, 256));
+           VMG_ASSIGN_OR_RETURN(r.input, f.String("input", false));
+           VMG_ASSIGN_OR_RETURN(r.timeout_s, f.Int("timeout_s", 60, 1, 3600));
+           VMG_ASSIGN_OR_RETURN(json op, vms.Exec(c, req.matches[1], r));
+           return Reply{202, op};
+         },
+         kUserRoles);
+}
+
+void InstallOperationRoutes(RouteInstaller& s, const OpQueue& ops) {
+  s.Get(R"(/v1/operations/([^/]+))",
+        [&ops](const Caller& c, const Req& req) -> Result<Reply> {
+          VMG_ASSIGN_OR_RETURN(json op, ops.Get(req.matches[1], c.user.id, c.admin()));
+          return Reply{200, op};
+        },
+        kUserRoles);
 }
 
 }  // namespace vmgrid

@@ -43,7 +43,7 @@ class HostServiceTest : public ServiceTest {
   std::unique_ptr<HostService> hosts_;
 };
 
-TEST_F(HostServiceTest, AHostSpeaksOnlyForItself) {
+TEST_P(HostServiceTest, AHostSpeaksOnlyForItself) {
   auto r = hosts_->Heartbeat("h2", Report({}));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied);
@@ -52,7 +52,7 @@ TEST_F(HostServiceTest, AHostSpeaksOnlyForItself) {
   EXPECT_EQ(ok->host_id, host_.id);
 }
 
-TEST_F(HostServiceTest, HeartbeatRecordsCapacityAndTheImagesTheHostCaches) {
+TEST_P(HostServiceTest, HeartbeatRecordsCapacityAndTheImagesTheHostCaches) {
   HostReport r = Report({});
   r.capacity.vcpus = 16;
   r.capacity.site = "site-2";
@@ -69,7 +69,7 @@ TEST_F(HostServiceTest, HeartbeatRecordsCapacityAndTheImagesTheHostCaches) {
   EXPECT_FALSE(hosts_->Get(host_.id, false)->contains("url")) << "users do not see agent URLs";
 }
 
-TEST_F(HostServiceTest, AgentUrlsAreCheckedAndTlsNeedsHttpsOffLoopback) {
+TEST_P(HostServiceTest, AgentUrlsAreCheckedAndTlsNeedsHttpsOffLoopback) {
   EXPECT_TRUE(hosts_->CheckAgentUrl("http://127.0.0.1:7000/sim/h1").ok());
   EXPECT_FALSE(hosts_->CheckAgentUrl("ftp://127.0.0.1:7000").ok());
   EXPECT_FALSE(hosts_->CheckAgentUrl("http://127.0.0.1").ok());
@@ -80,7 +80,7 @@ TEST_F(HostServiceTest, AgentUrlsAreCheckedAndTlsNeedsHttpsOffLoopback) {
   EXPECT_TRUE(tls.CheckAgentUrl("https://10.0.0.5:7000").ok());
 }
 
-TEST_F(HostServiceTest, ReconcileFollowsTheAgent) {
+TEST_P(HostServiceTest, ReconcileFollowsTheAgent) {
   Vm running = AddVm("a", "running");
   Vm stopped = AddVm("b", "running");
   Vm missing = AddVm("c", "running");
@@ -103,14 +103,14 @@ TEST_F(HostServiceTest, ReconcileFollowsTheAgent) {
   EXPECT_EQ(hosts_->failed_writes(), 0);
 }
 
-TEST_F(HostServiceTest, ARecordNewerThanTheReportIsLeftAlone) {
+TEST_P(HostServiceTest, ARecordNewerThanTheReportIsLeftAlone) {
   Vm a = AddVm("a", "running");
   // Received before the record's last change (plus the 5 s margin).
   EXPECT_FALSE(hosts_->Reconcile(host_, {}, clock_.NowMs()));
   EXPECT_EQ(StateOf(a.id), "running");
 }
 
-TEST_F(HostServiceTest, ReconcileWaitsWhileTheAgentIsBusyAndIsCleanWhenAllMatch) {
+TEST_P(HostServiceTest, ReconcileWaitsWhileTheAgentIsBusyAndIsCleanWhenAllMatch) {
   Vm a = AddVm("a", "running");
   clock_.Advance(10'000);
   EXPECT_FALSE(hosts_->Reconcile(host_, {Status(a.id, "stopping")}, clock_.NowMs()));
@@ -119,6 +119,9 @@ TEST_F(HostServiceTest, ReconcileWaitsWhileTheAgentIsBusyAndIsCleanWhenAllMatch)
   EXPECT_EQ(StateOf(a.id), "running") << "a state that is none of ours: wait";
   EXPECT_TRUE(hosts_->Reconcile(host_, {Status(a.id, "running")}, clock_.NowMs()));
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, HostServiceTest, testing_db::Backends(),
+                         testing_db::BackendName);
 
 }  // namespace
 }  // namespace vmgrid

@@ -1,7 +1,9 @@
 // A controller's dependencies without a grid, for the services' unit tests:
-// a SQLite store in a temporary directory with one user, one image and one
-// host, the placement index observing it, host credentials, a fake clock,
-// an operation queue and a fake agent that answers from a script.
+// a fresh store (the suites are parameterized over testing_db::Backends():
+// SQLite, and PostgreSQL when VMGRID_TEST_PG_URL names a server) with one
+// user, one image and one host, the placement index observing it, host
+// credentials, a fake clock, an operation queue and a fake agent that
+// answers from a script.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -31,6 +33,10 @@ class FakeAgent : public AgentClient {
   Result<VmStatus> action_answer = VmStatus{};
   Result<HostReport> status_answer = HostReport{};
   Status delete_answer;
+  // Called (outside the lock) by Exec and DeleteWorkspace before they
+  // answer, e.g. to hold an operation running.
+  std::function<void()> on_exec, on_delete_workspace;
+  Status delete_workspace_answer;
 
   Result<VmStatus> CreateVm(const Host&, const VmSpec& spec) override {
     Note("create " + spec.id);
@@ -48,6 +54,7 @@ class FakeAgent : public AgentClient {
   Result<nlohmann::json> Exec(const Host&, const std::string& vm_id, const nlohmann::json&,
                               int) override {
     Note("exec " + vm_id);
+    if (on_exec) on_exec();
     return nlohmann::json::object();
   }
   Result<HostReport> HostStatus(const Host&) override {
@@ -65,7 +72,8 @@ class FakeAgent : public AgentClient {
   }
   vmgrid::Status DeleteWorkspace(const Host&, const std::string& path) override {
     Note("delete-workspace " + path);
-    return vmgrid::Status::Ok();
+    if (on_delete_workspace) on_delete_workspace();
+    return delete_workspace_answer;
   }
 
  private:
@@ -75,10 +83,10 @@ class FakeAgent : public AgentClient {
   }
 };
 
-class ServiceTest : public ::testing::Test {
+class ServiceTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    db_ = std::make_unique<testing_db::TestDatabase>(testing_db::kSqlite);
+    db_ = std::make_unique<testing_db::TestDatabase>(GetParam());
     VMGRID_REQUIRE_TEST_DATABASE(*db_);
     auto s = Store::Open(db_->target());
     ASSERT_TRUE(s.ok()) << s.error().message;

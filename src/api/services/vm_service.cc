@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "api/admission.h"
 #include "api/agent_client.h"
 #include "api/op_queue.h"
 
@@ -22,8 +23,9 @@ const char* AgentAction(VmOp op) {
 
 }  // namespace
 
-VmService::VmService(Store& store, AgentClient& agents, OpQueue& ops, const Clock& clock)
-    : store_(store), agents_(agents), ops_(ops), clock_(clock) {}
+VmService::VmService(Store& store, AgentClient& agents, OpQueue& ops, const Clock& clock,
+                     Admission& execs)
+    : store_(store), agents_(agents), ops_(ops), clock_(clock), execs_(execs) {}
 
 Result<Vm> VmService::Act(const std::string& id, const OwnerFilter& owner, VmOp op) {
   if (op != VmOp::kStop && op != VmOp::kCheckpoint && op != VmOp::kCheckpointLeaveRunning &&
@@ -88,6 +90,41 @@ Result<Vm> VmService::Delete(const std::string& id, const OwnerFilter& owner, bo
     CountFailedWrite(store_.DeleteVm(v.id), "deleting the record of VM " + v.id);
   });
   return *moved;
+}
+
+Result<Vm> VmService::Get(const std::string& ref, const OwnerFilter& owner) {
+  return store_.GetVm(ref, owner);
+}
+
+Result<nlohmann::json> VmService::Exec(const Caller& c, const std::string& ref,
+                                       const ExecRequest& request) {
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(ref, c.owner()));
+  if (request.argv.empty() || request.argv[0].empty())
+    return MakeError(ErrorCode::kInvalidArgument, "argv must name a program");
+  if (request.timeout_s < 1 || request.timeout_s > 3600)
+    return MakeError(ErrorCode::kInvalidArgument, "field 'timeout_s' is " +
+                                                      std::to_string(request.timeout_s) +
+                                                      "; it must be between 1 and 3600");
+  if (auto s = ParseVmState(vm.state); !s.ok() || !Allows(*s, VmOp::kExec))
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.name + " is " + vm.state + "; exec needs it running");
+  VMG_ASSIGN_OR_RETURN(Host host, store_.GetHost(vm.host_id));
+  VMG_ASSIGN_OR_RETURN(auto slot, execs_.Acquire(c.user.id, 1, c.admin()));
+  OpQueue::Operation op;
+  op.kind = "exec";
+  op.owner_id = c.user.id;
+  op.vm_id = vm.id;
+  nlohmann::json answer = ops_.Start(op);
+  nlohmann::json body = {
+      {"argv", request.argv}, {"input", request.input}, {"timeout_s", request.timeout_s}};
+  const int read_timeout = static_cast<int>(request.timeout_s) + 30;
+  ops_.Run("", [this, host, body, read_timeout, id = op.id, vm_id = vm.id,
+                slot = std::move(slot)]() mutable {
+    auto r = agents_.Exec(host, vm_id, body, read_timeout);
+    slot.reset();  // whoever sees it ended may exec again
+    ops_.Finish(id, r);
+  });
+  return answer;
 }
 
 void VmService::RecordOutcome(const std::string& vm_id, const Result<VmStatus>& answer,

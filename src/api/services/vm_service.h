@@ -12,8 +12,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
+#include "api/routes/route.h"
 #include "common/clock.h"
 #include "common/result.h"
 #include "common/vm_state.h"
@@ -22,12 +25,21 @@
 
 namespace vmgrid {
 
+class Admission;
 class AgentClient;
 class OpQueue;
 
+// A command to run in a VM's guest (POST /v1/vms/ID/exec).
+struct ExecRequest {
+  std::vector<std::string> argv;  // argv[0] names the program
+  std::string input;              // its standard input
+  int64_t timeout_s = 60;
+};
+
 class VmService {
  public:
-  VmService(Store& store, AgentClient& agents, OpQueue& ops, const Clock& clock);
+  // `execs` bounds each user's exec operations.
+  VmService(Store& store, AgentClient& agents, OpQueue& ops, const Clock& clock, Admission& execs);
 
   // VM `id` of `owner` moves by `op` (kStop, kCheckpoint,
   // kCheckpointLeaveRunning or kResume); returns the record as moved. On
@@ -38,6 +50,14 @@ class VmService {
   // `purge_workspace`); the record is `deleting` until the host has
   // removed it. kFailedPrecondition while another operation runs.
   Result<Vm> Delete(const std::string& id, const OwnerFilter& owner, bool purge_workspace);
+
+  // VM `ref` (id or name) of `owner`; kNotFound for another user's.
+  Result<Vm> Get(const std::string& ref, const OwnerFilter& owner);
+  // Starts `request` in VM `ref` of the caller (it must be running);
+  // answers the operation, whose result is the agent's (exit code and
+  // output). kInvalidArgument without a program, kTooManyRequests over the
+  // caller's exec operations; nothing runs on failure.
+  Result<nlohmann::json> Exec(const Caller& c, const std::string& ref, const ExecRequest& request);
 
   // Records the agent's answer for an operation on VM `vm_id` started at
   // `started_ms`: its state (and, with `timing`, how long it took), or
@@ -55,6 +75,7 @@ class VmService {
   AgentClient& agents_;
   OpQueue& ops_;
   const Clock& clock_;
+  Admission& execs_;
   std::atomic<int64_t> failed_writes_{0};
 };
 

@@ -2,6 +2,9 @@
 // record at once, asks the agent in the background and records its answer.
 #include "api/services/vm_service.h"
 
+#include <future>
+
+#include "api/admission.h"
 #include "api/services/service_test_fixture.h"
 
 namespace vmgrid {
@@ -12,7 +15,7 @@ class VmServiceTest : public ServiceTest {
   void SetUp() override {
     ServiceTest::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
-    vms_ = std::make_unique<VmService>(*store_, agent_, ops_, clock_);
+    vms_ = std::make_unique<VmService>(*store_, agent_, ops_, clock_, execs_);
   }
   void Settle() { ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10))); }
   static VmStatus Answer(const std::string& id, const std::string& state) {
@@ -23,10 +26,11 @@ class VmServiceTest : public ServiceTest {
   }
 
   OpQueue ops_;
+  Admission execs_{"exec operations", 1, 0, 5};
   std::unique_ptr<VmService> vms_;
 };
 
-TEST_F(VmServiceTest, StopMovesTheRecordAndRecordsTheAgentsAnswer) {
+TEST_P(VmServiceTest, StopMovesTheRecordAndRecordsTheAgentsAnswer) {
   Vm vm = AddVm("a", "running");
   agent_.action_answer = Answer(vm.id, "stopped");
   auto moved = vms_->Act(vm.id, alice_.id, VmOp::kStop);
@@ -38,7 +42,7 @@ TEST_F(VmServiceTest, StopMovesTheRecordAndRecordsTheAgentsAnswer) {
   EXPECT_EQ(agent_.calls[0], "stop " + vm.id);
 }
 
-TEST_F(VmServiceTest, RefusedOperationsChangeNothingAndCallNoAgent) {
+TEST_P(VmServiceTest, RefusedOperationsChangeNothingAndCallNoAgent) {
   Vm vm = AddVm("a", "stopped");
   auto r = vms_->Act(vm.id, alice_.id, VmOp::kStop);
   ASSERT_FALSE(r.ok());
@@ -49,7 +53,7 @@ TEST_F(VmServiceTest, RefusedOperationsChangeNothingAndCallNoAgent) {
   EXPECT_TRUE(agent_.calls.empty());
 }
 
-TEST_F(VmServiceTest, AFailedCheckpointTakesTheStateTheAgentReports) {
+TEST_P(VmServiceTest, AFailedCheckpointTakesTheStateTheAgentReports) {
   Vm vm = AddVm("a", "running");
   agent_.action_answer = MakeError(ErrorCode::kInternal, "disk full");
   HostReport report;
@@ -65,7 +69,7 @@ TEST_F(VmServiceTest, AFailedCheckpointTakesTheStateTheAgentReports) {
   EXPECT_EQ(agent_.calls, (std::vector<std::string>{"checkpoint+leave " + vm.id, "status"}));
 }
 
-TEST_F(VmServiceTest, AnUnknownStateFromTheHostIsNotRecorded) {
+TEST_P(VmServiceTest, AnUnknownStateFromTheHostIsNotRecorded) {
   Vm vm = AddVm("a", "stopped");
   agent_.action_answer = Answer(vm.id, "levitating");
   ASSERT_TRUE(vms_->Act(vm.id, alice_.id, VmOp::kResume).ok());
@@ -75,7 +79,7 @@ TEST_F(VmServiceTest, AnUnknownStateFromTheHostIsNotRecorded) {
   EXPECT_NE(after->error.find("unknown state 'levitating'"), std::string::npos) << after->error;
 }
 
-TEST_F(VmServiceTest, ResumeRecordsHowLongItTook) {
+TEST_P(VmServiceTest, ResumeRecordsHowLongItTook) {
   Vm vm = AddVm("a", "suspended");
   agent_.action_answer = Answer(vm.id, "running");
   ASSERT_TRUE(vms_->Act(vm.id, alice_.id, VmOp::kResume).ok());
@@ -85,7 +89,7 @@ TEST_F(VmServiceTest, ResumeRecordsHowLongItTook) {
   EXPECT_GE(after->create_ms, 0);
 }
 
-TEST_F(VmServiceTest, DeleteRemovesTheRecordOnceTheHostHasAndKeepsItWhenItFails) {
+TEST_P(VmServiceTest, DeleteRemovesTheRecordOnceTheHostHasAndKeepsItWhenItFails) {
   Vm gone = AddVm("a", "running");
   auto moved = vms_->Delete(gone.id, alice_.id, false);
   ASSERT_TRUE(moved.ok()) << moved.error().message;
@@ -102,6 +106,49 @@ TEST_F(VmServiceTest, DeleteRemovesTheRecordOnceTheHostHasAndKeepsItWhenItFails)
   EXPECT_EQ(after->state, "error");
   EXPECT_EQ(vms_->failed_writes(), 0);
 }
+
+TEST_P(VmServiceTest, ExecRunsInARunningVmOfTheCallerOnly) {
+  Vm vm = AddVm("a", "running");
+  ExecRequest r;
+  r.argv = {"true"};
+  auto op = vms_->Exec(Caller{alice_}, vm.id, r);
+  ASSERT_TRUE(op.ok()) << op.error().message;
+  EXPECT_EQ((*op)["kind"], "exec");
+  Settle();
+  EXPECT_EQ(agent_.calls, (std::vector<std::string>{"exec " + vm.id}));
+
+  User bob = store_->CreateUser("bob", "user")->first;
+  EXPECT_EQ(vms_->Exec(Caller{bob}, vm.id, r).error().code, ErrorCode::kNotFound);
+  Vm stopped = AddVm("b", "stopped");
+  EXPECT_EQ(vms_->Exec(Caller{alice_}, stopped.id, r).error().code, ErrorCode::kFailedPrecondition);
+  r.argv = {""};
+  auto bad = vms_->Exec(Caller{alice_}, vm.id, r);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(bad.error().message.find("argv"), std::string::npos) << bad.error().message;
+  Settle();
+  EXPECT_EQ(agent_.calls.size(), 1u) << "refused execs call no agent";
+}
+
+TEST_P(VmServiceTest, ExecBeyondTheCallersLimitIsRefusedWithARetryTime) {
+  Vm vm = AddVm("a", "running");
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  agent_.on_exec = [released] { released.wait(); };
+  ExecRequest r;
+  r.argv = {"sleep", "1"};
+  ASSERT_TRUE(vms_->Exec(Caller{alice_}, vm.id, r).ok());
+  auto second = vms_->Exec(Caller{alice_}, vm.id, r);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error().code, ErrorCode::kTooManyRequests);
+  EXPECT_EQ(second.error().retry_after_s, 5);
+  release.set_value();
+  Settle();
+  EXPECT_TRUE(vms_->Exec(Caller{alice_}, vm.id, r).ok()) << "the slot is free once it ended";
+  Settle();
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, VmServiceTest, testing_db::Backends(), testing_db::BackendName);
 
 }  // namespace
 }  // namespace vmgrid
