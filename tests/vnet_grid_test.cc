@@ -4,7 +4,11 @@
 // talk across hosts through the encrypted tunnel, and see nothing of
 // another user's network; an agent killed with -9 does not take the VMs'
 // network down for longer than its restart.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -205,6 +209,88 @@ TEST_F(VnetGridTest, OneUsersVmsTalkAcrossHostsAndNoOneElseSeesThem) {
 
   for (const json* v : {&a1, &a2}) DeleteVm(alice, (*v)["id"]);
   DeleteVm(bob, b1["id"]);
+}
+
+// Sends `text` to 127.0.0.1:port and returns what comes back before the
+// peer closes or 5 s pass ("" if the connection fails).
+std::string EchoThrough(int port, const std::string& text) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string got;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      ::send(fd, text.data(), text.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(text.size())) {
+    char buf[4096];
+    while (got.size() < text.size()) {
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  return got;
+}
+
+TEST_F(VnetGridTest, ForwardExposesAGuestPortToItsOwnerOnly) {
+  ApiClient carol = User("carol"), dave = User("dave");
+  ASSERT_TRUE(carol.Post("/v1/networks", {{"name", "web"}, {"egress", true}}).ok());
+  // (Another subnet: a guest with two cards in one subnet routes its answers by chance.)
+  ASSERT_TRUE(carol.Post("/v1/networks", {{"name", "closed"}, {"subnet", "10.30.0.0/24"}}).ok());
+  const std::string image = (*image_)["id"];
+  json w = CreateVm(carol, {{"image", image}, {"name", "w1"}, {"nets", {"web", "closed"}}});
+  ASSERT_EQ(w.value("state", ""), "running") << w.dump();
+  const std::string id = w["id"];
+  ASSERT_EQ(Sh(carol, id, "(nc -ll -p 8080 -e /bin/cat </dev/null >/dev/null 2>&1 &)").first, 0);
+
+  // Not dave's VM; not through a network without egress; not on another address.
+  auto theirs = dave.Post("/v1/vms/" + id + "/forwards", {{"guest_port", 8080}});
+  ASSERT_FALSE(theirs.ok());
+  EXPECT_EQ(theirs.error().code, ErrorCode::kNotFound);
+  auto closed = carol.Post("/v1/vms/" + id + "/forwards", {{"guest_port", 8080}, {"nic", 1}});
+  ASSERT_FALSE(closed.ok());
+  EXPECT_EQ(closed.error().code, ErrorCode::kFailedPrecondition) << closed.error().message;
+  auto wide =
+      carol.Post("/v1/vms/" + id + "/forwards", {{"guest_port", 8080}, {"listen_ip", "0.0.0.0"}});
+  ASSERT_FALSE(wide.ok());
+  EXPECT_EQ(wide.error().code, ErrorCode::kPermissionDenied) << wide.error().message;
+  auto bad = carol.Post("/v1/vms/" + id + "/forwards", {{"guest_port", 70000}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument);
+
+  auto f = carol.Post("/v1/vms/" + id + "/forwards", {{"guest_port", 8080}});
+  ASSERT_TRUE(f.ok()) << f.error().message;
+  const int port = (*f)["listen_port"];
+  EXPECT_EQ((*f)["guest_ip"], NicIp(w, 0));
+  const std::string text = "through the egress gateway to the guest and back\n";
+  std::string got;
+  for (int attempt = 0; attempt < 30 && got != text; ++attempt) {
+    got = EchoThrough(port, text);
+    if (got != text) std::this_thread::sleep_for(milliseconds(300));
+  }
+  EXPECT_EQ(got, text);
+
+  // Stop and resume: the forward comes back with the VM.
+  Act(carol, id, "stop");
+  json again = Act(carol, id, "resume");
+  ASSERT_EQ(again.value("state", ""), "running") << again.dump();
+  ASSERT_EQ(Sh(carol, id, "(nc -ll -p 8080 -e /bin/cat </dev/null >/dev/null 2>&1 &)").first, 0);
+  got.clear();
+  for (int attempt = 0; attempt < 30 && got != text; ++attempt) {
+    got = EchoThrough(port, text);
+    if (got != text) std::this_thread::sleep_for(milliseconds(300));
+  }
+  EXPECT_EQ(got, text) << "the forward did not come back after stop and resume";
+
+  EXPECT_EQ(dave.Delete("/v1/vms/" + id + "/forwards/" + std::to_string(port)).error().code,
+            ErrorCode::kNotFound);
+  ASSERT_TRUE(carol.Delete("/v1/vms/" + id + "/forwards/" + std::to_string(port)).ok());
+  EXPECT_EQ(EchoThrough(port, text), "");
+  DeleteVm(carol, id);
 }
 
 }  // namespace

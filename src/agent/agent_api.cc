@@ -107,6 +107,22 @@ void InstallAgentApi(httplib::Server& s, const std::string& prefix, int prefix_g
     if (!r.ok()) return SendError(res, r.error());
     SendJson(res, 200, {{"exit_code", r->exit_code}, {"stdout", r->out}, {"stderr", r->err}});
   });
+  s.Post(base + R"(/vms/([^/]+)/forwards)", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    auto j = Body(req, res);
+    if (!j) return;
+    auto request = ForwardRequestFromJson(*j);
+    if (!request.ok()) return SendError(res, request.error());
+    auto r = h->driver().AddForward(req.matches[id], *request);
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, 200, ToJson(*r));
+  });
+  s.Delete(base + R"(/vms/([^/]+)/forwards/([0-9]{1,5}))", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    ReplyStatus(res, h->driver().RemoveForward(req.matches[id], std::stoi(req.matches[id + 1])));
+  });
   s.Delete(base + R"(/vms/([^/]+))", [=](const Req& req, Res& res) {
     AgentHost* h = resolve(req, res);
     if (!h) return;

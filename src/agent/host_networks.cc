@@ -362,4 +362,31 @@ json HostNetworks::Stats() const {
           {"host_tunnel", CountersJson(host_->host_tunnel_counters())}};
 }
 
+Result<ForwardInfo> HostNetworks::AddForward(const NicSpec& nic, const ForwardRequest& request) {
+  VMG_ASSIGN_OR_RETURN(vnet::Ipv4Addr listen, vnet::ParseIpv4(request.listen_ip));
+  if ((listen >> 24) != 127 && request.listen_ip != options_.tunnel_ip)
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "a forward listens on loopback or on the host's tunnel address " +
+                         options_.tunnel_ip + ", not on " + request.listen_ip);
+  VMG_ASSIGN_OR_RETURN(vnet::Ipv4Addr guest, vnet::ParseIpv4(nic.ip));
+  std::lock_guard<std::mutex> l(mu_);
+  if (!host_)
+    return MakeError(ErrorCode::kUnavailable, "virtual networks are not running on this host yet");
+  if (!nic.egress)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "network " + nic.network + " has no egress gateway (create it with --egress)");
+  VMG_ASSIGN_OR_RETURN(uint16_t port,
+                       host_->AddForward(nic.vni, guest, static_cast<uint16_t>(request.guest_port),
+                                         listen, static_cast<uint16_t>(request.listen_port)));
+  return ForwardInfo{nic.index, nic.ip, request.guest_port, request.listen_ip, port};
+}
+
+Status HostNetworks::RemoveForward(const NicSpec& nic, const std::string& listen_ip,
+                                   int listen_port) {
+  VMG_ASSIGN_OR_RETURN(vnet::Ipv4Addr listen, vnet::ParseIpv4(listen_ip));
+  std::lock_guard<std::mutex> l(mu_);
+  if (!host_) return MakeError(ErrorCode::kNotFound, "no such forward");
+  return host_->RemoveForward(nic.vni, listen, static_cast<uint16_t>(listen_port));
+}
+
 }  // namespace vmgrid

@@ -75,6 +75,13 @@ class HostNetworks {
   Result<std::vector<NicConfig>> Attach(const std::string& vm_id, const std::string& vm_name,
                                         const std::vector<NicSpec>& nics,
                                         const std::string& run_dir, int uid, int gid);
+  // `vm forward`: listen_ip:listen_port (0: any) on this host carries TCP
+  // connections to guest_port of `nic` (its network must have egress).
+  // listen_ip: loopback or the tunnel address (nothing else of the host is
+  // opened to users).
+  Result<ForwardInfo> AddForward(const NicSpec& nic, const ForwardRequest& request);
+  Status RemoveForward(const NicSpec& nic, const std::string& listen_ip, int listen_port);
+
   // Removes the VM's ports (those that exist).
   void Detach(const std::string& vm_id, const std::vector<NicSpec>& nics);
 

@@ -27,6 +27,7 @@
 #include "common/result.h"
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
+#include "proto/network_plan.h"
 #include "proto/vm_spec.h"
 #include "proto/vm_status.h"
 #include "vmm/guest_agent_client.h"
@@ -57,6 +58,11 @@ class VmDriver {
                                      int64_t memory_mb, const std::string& target_dir) = 0;
   // Deletes a workspace no VM of this host uses (kFailedPrecondition if one does).
   virtual Status DeleteWorkspace(const std::string& path) = 0;
+  // `vm forward` (running VMs with a NIC on an egress network): a TCP port of
+  // this host reaching a guest port; kept across resumes and agent restarts
+  // until removed or the VM is deleted.
+  virtual Result<ForwardInfo> AddForward(const std::string& id, const ForwardRequest& request) = 0;
+  virtual Status RemoveForward(const std::string& id, int listen_port) = 0;
 };
 
 }  // namespace vmgrid

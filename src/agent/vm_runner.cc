@@ -119,8 +119,83 @@ Result<std::vector<NicConfig>> VmRunner::AttachNics(const Vm& vm, bool wait) {
                      "this host runs no virtual networks; VM " + vm.spec.id + " has network cards");
   if (!wait && !options_.networks->Endpoint()) return std::vector<NicConfig>{};
   auto [uid, gid] = QemuIds(vm);
-  return options_.networks->Attach(vm.spec.id, vm.spec.name, vm.spec.nics,
-                                   VmDir(vm.spec.id) + "/run", uid, gid);
+  VMG_ASSIGN_OR_RETURN(auto nics, options_.networks->Attach(vm.spec.id, vm.spec.name, vm.spec.nics,
+                                                            VmDir(vm.spec.id) + "/run", uid, gid));
+  for (const ForwardInfo& f : LoadForwards(vm.spec.id)) {
+    if (f.nic < 0 || static_cast<size_t>(f.nic) >= vm.spec.nics.size()) continue;
+    auto again = options_.networks->AddForward(
+        vm.spec.nics[static_cast<size_t>(f.nic)],
+        ForwardRequest{f.nic, f.guest_port, f.listen_ip, f.listen_port});
+    if (!again.ok())
+      spdlog::warn("VM {}: forward {}:{} -> guest port {} is lost: {}", vm.spec.id, f.listen_ip,
+                   f.listen_port, f.guest_port, again.error().message);
+  }
+  return nics;
+}
+
+std::vector<ForwardInfo> VmRunner::LoadForwards(const std::string& id) const {
+  std::vector<ForwardInfo> out;
+  auto text = ReadFile(VmDir(id) + "/forwards.json", 1 << 20);
+  if (!text.ok()) return out;
+  auto j = nlohmann::json::parse(*text, nullptr, false);
+  if (!j.is_array()) return out;
+  for (const auto& e : j)
+    if (auto f = ForwardInfoFromJson(e); f.ok()) out.push_back(*f);
+  return out;
+}
+
+Status VmRunner::SaveForwards(const std::string& id, const std::vector<ForwardInfo>& forwards) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& f : forwards) j.push_back(ToJson(f));
+  return WriteFileAtomic(VmDir(id) + "/forwards.json", j.dump() + "\n", 0600);
+}
+
+Result<ForwardInfo> VmRunner::AddForward(const std::string& id, const ForwardRequest& request) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  RefreshLiveness(*vm);
+  if (vm->State() != VmState::kRunning)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + ToString(vm->State()) + ", not running");
+  if (request.nic < 0 || static_cast<size_t>(request.nic) >= vm->spec.nics.size())
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "VM " + id + " has no NIC " + std::to_string(request.nic));
+  if (!options_.networks)
+    return MakeError(ErrorCode::kFailedPrecondition, "this host runs no virtual networks");
+  VMG_ASSIGN_OR_RETURN(
+      ForwardInfo f,
+      options_.networks->AddForward(vm->spec.nics[static_cast<size_t>(request.nic)], request));
+  std::vector<ForwardInfo> all = LoadForwards(id);
+  all.push_back(f);
+  if (Status st = SaveForwards(id, all); !st.ok()) {
+    // Unrecorded, it would vanish at the next resume: take it back.
+    (void)options_.networks->RemoveForward(vm->spec.nics[static_cast<size_t>(request.nic)],
+                                           f.listen_ip, f.listen_port);
+    return ForUser(st.error(), "forward of VM " + id);
+  }
+  return f;
+}
+
+Status VmRunner::RemoveForward(const std::string& id, int listen_port) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  std::vector<ForwardInfo> all = LoadForwards(id), kept;
+  std::optional<ForwardInfo> gone;
+  for (const auto& f : all) {
+    if (f.listen_port == listen_port && !gone)
+      gone = f;
+    else
+      kept.push_back(f);
+  }
+  if (!gone)
+    return MakeError(ErrorCode::kNotFound,
+                     "VM " + id + " has no forward on port " + std::to_string(listen_port));
+  VMG_RETURN_IF_ERROR(SaveForwards(id, kept));
+  if (options_.networks && static_cast<size_t>(gone->nic) < vm->spec.nics.size())
+    // kNotFound: not active now (a stopped VM); the record is what counted.
+    (void)options_.networks->RemoveForward(vm->spec.nics[static_cast<size_t>(gone->nic)],
+                                           gone->listen_ip, gone->listen_port);
+  return Status::Ok();
 }
 
 void VmRunner::ReattachNics() {

@@ -108,6 +108,9 @@ class VmRunner : public VmDriver {
   Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs,
                              int vcpus, int64_t memory_mb, const std::string& target_dir) override;
 
+  Result<ForwardInfo> AddForward(const std::string& id, const ForwardRequest& request) override;
+  Status RemoveForward(const std::string& id, int listen_port) override;
+
   // Gives every running VM with NICs its switch ports again (after the
   // switches started late, e.g. at an agent's first plan). Logs failures.
   void ReattachNics();
@@ -131,6 +134,10 @@ class VmRunner : public VmDriver {
   Status ChownForQemu(const Vm& vm, const std::string& path);
   // The VM's NICs as switch ports (HostNetworks::Attach); none without NICs.
   Result<std::vector<NicConfig>> AttachNics(const Vm& vm, bool wait);
+  // STATE/vms/ID/forwards.json: the VM's forwards, added again after each
+  // attach (a port's removal takes its forwards with it).
+  std::vector<ForwardInfo> LoadForwards(const std::string& id) const;
+  Status SaveForwards(const std::string& id, const std::vector<ForwardInfo>& forwards);
   // The uid/gid QEMU of `vm` runs as (-1: the agent's own).
   std::pair<int, int> QemuIds(const Vm& vm) const;
   HostImages::VmNbdEndpoint NbdEndpoint(const Vm& vm) const;

@@ -65,6 +65,21 @@ class HttpAgentClient : public AgentClient {
     return Status::Ok();
   }
 
+  Result<ForwardInfo> AddForward(const Host& host, const std::string& vm_id,
+                                 const ForwardRequest& request) override {
+    auto r = Client(host, 60).Post("/agent/v1/vms/" + vm_id + "/forwards", ToJson(request));
+    if (!r.ok()) return r.error();
+    return ForwardInfoFromJson(*r);
+  }
+
+  vmgrid::Status RemoveForward(const Host& host, const std::string& vm_id,
+                               int listen_port) override {
+    auto r = Client(host, 60).Delete("/agent/v1/vms/" + vm_id + "/forwards/" +
+                                     std::to_string(listen_port));
+    if (!r.ok()) return r.error();
+    return Status::Ok();
+  }
+
  private:
   ApiClient Client(const Host& host, int read_timeout_s = kLongTimeoutS) const {
     ApiClient::Options o;

@@ -12,6 +12,7 @@
 #include "common/result.h"
 #include "proto/checkpoint_ref.h"
 #include "proto/host_report.h"
+#include "proto/network_plan.h"
 #include "proto/vm_spec.h"
 #include "proto/vm_status.h"
 #include "store/store.h"
@@ -46,6 +47,10 @@ class AgentClient {
   virtual Result<ImageCheckpointResult> MakeImageCheckpoint(
       const Host& host, const ImageCheckpointRequest& request) = 0;
   virtual vmgrid::Status DeleteWorkspace(const Host& host, const std::string& path) = 0;
+  virtual Result<ForwardInfo> AddForward(const Host& host, const std::string& vm_id,
+                                         const ForwardRequest& request) = 0;
+  virtual vmgrid::Status RemoveForward(const Host& host, const std::string& vm_id,
+                                       int listen_port) = 0;
 };
 using AgentClientPtr = std::unique_ptr<AgentClient>;
 

@@ -18,6 +18,7 @@ constexpr BodyObject kExecBody[] = {{"", f::kExec}};
 constexpr BodyObject kQueryBody[] = {{"", f::kQuery}, {"set", f::kSetQuery}};
 constexpr BodyObject kCreateNetworkBody[] = {{"", f::kCreateNetwork}};
 constexpr BodyObject kShareNetworkBody[] = {{"", f::kShareNetwork}};
+constexpr BodyObject kForwardBody[] = {{"", f::kForward}};
 
 // Stop and resume read an optional empty object (VmAction refuses
 // leave_running for them), so they take no documented body.
@@ -46,6 +47,8 @@ constexpr RouteSpec kRoutes[] = {
     {"POST", "/v1/vms/([^/]+)/checkpoint", "/v1/vms/{ref}/checkpoint", kVmCheckpointBody},
     {"POST", "/v1/vms/([^/]+)/resume", "/v1/vms/{ref}/resume", {}},
     {"POST", "/v1/vms/([^/]+)/exec", "/v1/vms/{ref}/exec", kExecBody},
+    {"POST", "/v1/vms/([^/]+)/forwards", "/v1/vms/{ref}/forwards", kForwardBody},
+    {"DELETE", "/v1/vms/([^/]+)/forwards/([^/]+)", "/v1/vms/{ref}/forwards/{port}", {}},
     {"GET", "/v1/operations/([^/]+)", "/v1/operations/{id}", {}},
     {"DELETE", "/v1/vms/([^/]+)", "/v1/vms/{ref}", {}},
     {"POST", "/v1/query", "/v1/query", kQueryBody},

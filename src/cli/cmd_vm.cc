@@ -1,5 +1,5 @@
 // `vmgrid vm ...`: create (single VMs and gangs), list, show, stop,
-// checkpoint, resume, rm, exec.
+// checkpoint, resume, rm, exec, forward, unforward.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -338,6 +338,50 @@ int CmdVmExec(Ctx& ctx, const ExecArgs& a) {
   return static_cast<int>(code);
 }
 
+struct ForwardArgs {
+  std::string ref;
+  int guest_port = 0;
+  std::string listen = "127.0.0.1:0";
+  int nic = 0;
+};
+
+// `vm forward REF GUEST_PORT [--listen IP:PORT] [--nic N]`: POST
+// /v1/vms/REF/forwards; prints where to connect.
+int CmdVmForward(Ctx& ctx, const ForwardArgs& a) {
+  const auto colon = a.listen.rfind(':');
+  if (colon == std::string::npos)
+    return Fail(ctx,
+                MakeError(ErrorCode::kInvalidArgument, "--listen wants IP:PORT (PORT 0: any)"));
+  json body = {
+      {"guest_port", a.guest_port}, {"nic", a.nic}, {"listen_ip", a.listen.substr(0, colon)}};
+  const std::string port = a.listen.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
+    return Fail(ctx, MakeError(ErrorCode::kInvalidArgument, "--listen: bad port '" + port + "'"));
+  body["listen_port"] = std::stoi(port);
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  auto r = client->Post("/v1/vms/" + PathEscape(a.ref) + "/forwards", body);
+  if (!r.ok()) return Fail(ctx, r.error(), "vm");
+  if (ctx.g.json) {
+    PrintJson(ctx, *r);
+  } else {
+    ctx.io.out << "host " << Str(*r, "host") << " " << Str(*r, "listen_ip") << ":"
+               << NumStr(*r, "listen_port") << " -> " << Str(*r, "guest_ip") << ":"
+               << NumStr(*r, "guest_port") << " (vm " << a.ref << ", nic " << NumStr(*r, "nic")
+               << ")" << std::endl;
+  }
+  return kExitOk;
+}
+
+int CmdVmUnforward(Ctx& ctx, const std::string& ref, int port) {
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  auto r = client->Delete("/v1/vms/" + PathEscape(ref) + "/forwards/" + std::to_string(port));
+  if (!r.ok()) return Fail(ctx, r.error(), "vm");
+  if (!ctx.g.json) ctx.io.out << "removed the forward on port " << port << std::endl;
+  return kExitOk;
+}
+
 // ---------------------------------------------------------------------------
 
 }  // namespace
@@ -347,6 +391,7 @@ struct AddVmCommandsFlags {
   std::string ref;
   VmCreateArgs create;
   ExecArgs exec;
+  ForwardArgs forward;
   bool no_wait = false;
   bool leave_running = false;
   bool purge_workspace = false;
@@ -422,6 +467,25 @@ void AddVmCommands(CommandTree& t) {
   rm->add_option("REF", s.ref, "VM id or name")->required();
   rm->add_flag("--purge-workspace", s.purge_workspace, "Also delete its workspace");
   rm->add_flag("--no-wait", s.no_wait, "Do not wait");
+  auto* fw =
+      t.Leaf(g, "forward", "Expose a guest TCP port on the VM's host (its network needs --egress)",
+             [&] { return CmdVmForward(t.ctx, s.forward); });
+  fw->add_option("REF", s.forward.ref, "VM id or name")->required();
+  fw->add_option("GUEST_PORT", s.forward.guest_port, "TCP port in the guest")
+      ->required()
+      ->check(CLI::Range(1, 65535));
+  fw->add_option("--listen", s.forward.listen,
+                 "IP:PORT on the VM's host: loopback or the host's tunnel address; PORT 0 = any")
+      ->capture_default_str();
+  fw->add_option("--nic", s.forward.nic, "The NIC (its index) whose address is reached")
+      ->check(CLI::Range(0, 7))
+      ->capture_default_str();
+  auto* unfw = t.Leaf(g, "unforward", "Remove a forward: vm unforward REF PORT",
+                      [&] { return CmdVmUnforward(t.ctx, s.ref, s.forward.guest_port); });
+  unfw->add_option("REF", s.ref, "VM id or name")->required();
+  unfw->add_option("PORT", s.forward.guest_port, "The forward's listen port")
+      ->required()
+      ->check(CLI::Range(1, 65535));
   auto* ex = t.Leaf(g, "exec", "Run a command in a VM: vm exec REF [--timeout S] -- CMD ARGS...",
                     [&] { return CmdVmExec(t.ctx, s.exec); });
   ex->add_option("REF", s.exec.ref, "VM id or name")->required();

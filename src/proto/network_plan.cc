@@ -208,4 +208,65 @@ Result<HostNetworkPlan> HostNetworkPlanFromJson(const json& j) {
   return p;
 }
 
+namespace {
+
+Result<std::string> Ipv4Field(const JsonFields& f, const char* name, const std::string& def) {
+  VMG_ASSIGN_OR_RETURN(std::string ip, f.String(name, false, def));
+  in_addr a{};
+  if (inet_pton(AF_INET, ip.c_str(), &a) != 1)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     std::string("field '") + name + "' must be an IPv4 address");
+  return ip;
+}
+
+}  // namespace
+
+json ToJson(const ForwardRequest& f) {
+  return {{"nic", f.nic},
+          {"guest_port", f.guest_port},
+          {"listen_ip", f.listen_ip},
+          {"listen_port", f.listen_port}};
+}
+
+Result<ForwardRequest> ForwardRequestFromJson(const json& j) {
+  if (!j.is_object()) return NotObject("a forward");
+  JsonFields f(j, {"nic", "guest_port", "listen_ip", "listen_port"});
+  VMG_RETURN_IF_ERROR(f.CheckUnknown());
+  ForwardRequest r;
+  VMG_ASSIGN_OR_RETURN(int64_t nic, f.Int("nic", 0, 0, kMaxNicsPerVm - 1));
+  VMG_ASSIGN_OR_RETURN(int64_t guest, f.Int("guest_port", 0, 1, 65535));
+  if (guest == 0) return MakeError(ErrorCode::kInvalidArgument, "field 'guest_port' is required");
+  VMG_ASSIGN_OR_RETURN(r.listen_ip, Ipv4Field(f, "listen_ip", r.listen_ip));
+  VMG_ASSIGN_OR_RETURN(int64_t listen, f.Int("listen_port", 0, 0, 65535));
+  r.nic = static_cast<int>(nic);
+  r.guest_port = static_cast<int>(guest);
+  r.listen_port = static_cast<int>(listen);
+  return r;
+}
+
+json ToJson(const ForwardInfo& f) {
+  return {{"nic", f.nic},
+          {"guest_ip", f.guest_ip},
+          {"guest_port", f.guest_port},
+          {"listen_ip", f.listen_ip},
+          {"listen_port", f.listen_port}};
+}
+
+Result<ForwardInfo> ForwardInfoFromJson(const json& j) {
+  if (!j.is_object()) return NotObject("a forward");
+  JsonFields f(j, {"nic", "guest_ip", "guest_port", "listen_ip", "listen_port"});
+  ForwardInfo r;
+  VMG_ASSIGN_OR_RETURN(int64_t nic, f.Int("nic", 0, 0, kMaxNicsPerVm - 1));
+  VMG_ASSIGN_OR_RETURN(r.guest_ip, Ipv4Field(f, "guest_ip", ""));
+  VMG_ASSIGN_OR_RETURN(int64_t guest, f.Int("guest_port", 0, 1, 65535));
+  VMG_ASSIGN_OR_RETURN(r.listen_ip, Ipv4Field(f, "listen_ip", ""));
+  VMG_ASSIGN_OR_RETURN(int64_t listen, f.Int("listen_port", 0, 1, 65535));
+  if (guest == 0 || listen == 0)
+    return MakeError(ErrorCode::kInvalidArgument, "a forward needs both ports");
+  r.nic = static_cast<int>(nic);
+  r.guest_port = static_cast<int>(guest);
+  r.listen_port = static_cast<int>(listen);
+  return r;
+}
+
 }  // namespace vmgrid

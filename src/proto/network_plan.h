@@ -82,4 +82,29 @@ nlohmann::json ToJson(const HostNetworkPlan& p);
 // hex digits, at most 4096 networks, 4096 peers and 65536 NICs each).
 Result<HostNetworkPlan> HostNetworkPlanFromJson(const nlohmann::json& j);
 
+// A port forward (`vm forward`): a TCP port on the VM's host whose
+// connections reach a guest port of one of the VM's NICs, through its
+// network's egress gateway (POST /agent/v1/vms/ID/forwards).
+struct ForwardRequest {
+  int nic = 0;                          // the NIC's index
+  int guest_port = 0;                   // 1..65535
+  std::string listen_ip = "127.0.0.1";  // on the VM's host
+  int listen_port = 0;                  // 0: any free port
+  bool operator==(const ForwardRequest&) const = default;
+};
+nlohmann::json ToJson(const ForwardRequest& f);
+// Strict: known fields, ports in range, listen_ip IPv4.
+Result<ForwardRequest> ForwardRequestFromJson(const nlohmann::json& j);
+
+struct ForwardInfo {
+  int nic = 0;
+  std::string guest_ip;
+  int guest_port = 0;
+  std::string listen_ip;
+  int listen_port = 0;
+  bool operator==(const ForwardInfo&) const = default;
+};
+nlohmann::json ToJson(const ForwardInfo& f);
+Result<ForwardInfo> ForwardInfoFromJson(const nlohmann::json& j);
+
 }  // namespace vmgrid

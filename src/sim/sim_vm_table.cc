@@ -114,6 +114,15 @@ Result<std::string> SimVmTable::CheckpointDir(const std::string& id) {
   return "/sim/" + host_name_ + "/vms/" + id + "/checkpoint";
 }
 
+Result<ForwardInfo> SimVmTable::AddForward(const std::string& id, const ForwardRequest&) {
+  return MakeError(ErrorCode::kFailedPrecondition,
+                   "VM " + id + " is on a simulated host, which has no virtual networks");
+}
+
+Status SimVmTable::RemoveForward(const std::string& id, int) {
+  return MakeError(ErrorCode::kNotFound, "VM " + id + " has no forwards (simulated host)");
+}
+
 Status SimVmTable::DeleteWorkspace(const std::string& path) {
   std::lock_guard<std::mutex> l(mu_);
   for (const auto& [id, e] : vms_)

@@ -58,6 +58,9 @@ class SimVmTable : public VmDriver {
                              int vcpus, int64_t memory_mb, const std::string& target_dir) override;
   // Refuses (kFailedPrecondition) while a VM of this host uses `path`.
   Status DeleteWorkspace(const std::string& path) override;
+  // Simulated hosts carry no virtual networks: kFailedPrecondition.
+  Result<ForwardInfo> AddForward(const std::string& id, const ForwardRequest& request) override;
+  Status RemoveForward(const std::string& id, int listen_port) override;
 
   // Records a VM as if it had been created here earlier (benchmarks seed
   // state this way; an agent would re-adopt it after a restart).

@@ -33,6 +33,27 @@ void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, VmView view) {
         },
         kUserRoles);
   }
+  s.Post(
+      "/v1/vms/([^/]+)/forwards",
+      [&vms](const Caller& c, const Req& req) -> Result<Reply> {
+        VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body));
+        VMG_ASSIGN_OR_RETURN(ForwardRequest r, ForwardRequestFromJson(body));
+        VMG_ASSIGN_OR_RETURN(json f, vms.Forward(req.matches[1], c.owner(), r));
+        return Reply{201, f};
+      },
+      kUserRoles);
+  s.Delete(R"(/v1/vms/([^/]+)/forwards/([^/]+))",
+           [&vms](const Caller& c, const Req& req) -> Result<Reply> {
+             const std::string port = req.matches[2];
+             if (port.empty() || port.size() > 5 ||
+                 port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) < 1 ||
+                 std::stoi(port) > 65535)
+               return MakeError(ErrorCode::kInvalidArgument,
+                                "'" + port + "' is not a port (1-65535)");
+             VMG_RETURN_IF_ERROR(vms.Unforward(req.matches[1], c.owner(), std::stoi(port)));
+             return Reply{204, nullptr};
+           },
+           kUserRoles);
   s.Delete(R"(/v1/vms/([^/]+))",
            [&vms, view](const Caller& c, const Req& req) -> Result<Reply> {
              const bool purge = req.get_param_value("purge_workspace") == "true";

@@ -75,6 +75,15 @@ class FakeAgent : public AgentClient {
     if (on_delete_workspace) on_delete_workspace();
     return delete_workspace_answer;
   }
+  Result<ForwardInfo> AddForward(const Host&, const std::string& vm_id,
+                                 const ForwardRequest& r) override {
+    Note("forward " + vm_id + " " + std::to_string(r.guest_port));
+    return ForwardInfo{r.nic, "10.20.0.10", r.guest_port, r.listen_ip, 40000};
+  }
+  vmgrid::Status RemoveForward(const Host&, const std::string& vm_id, int port) override {
+    Note("unforward " + vm_id + " " + std::to_string(port));
+    return vmgrid::Status::Ok();
+  }
 
  private:
   void Note(const std::string& call) {

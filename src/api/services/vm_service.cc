@@ -155,4 +155,24 @@ void VmService::CountFailedWrite(const Status& st, const std::string& what) {
   ++failed_writes_;
 }
 
+Result<nlohmann::json> VmService::Forward(const std::string& id, const OwnerFilter& owner,
+                                          const ForwardRequest& request) {
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(id, owner));
+  if (vm.state != "running")
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.name + " is " + vm.state + ", not running");
+  VMG_ASSIGN_OR_RETURN(Host host, store_.GetHost(vm.host_id));
+  VMG_ASSIGN_OR_RETURN(ForwardInfo f, agents_.AddForward(host, vm.id, request));
+  nlohmann::json j = ToJson(f);
+  j["vm_id"] = vm.id;
+  j["host"] = host.name;
+  return j;
+}
+
+Status VmService::Unforward(const std::string& id, const OwnerFilter& owner, int listen_port) {
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(id, owner));
+  VMG_ASSIGN_OR_RETURN(Host host, store_.GetHost(vm.host_id));
+  return agents_.RemoveForward(host, vm.id, listen_port);
+}
+
 }  // namespace vmgrid

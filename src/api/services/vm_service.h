@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/result.h"
 #include "common/vm_state.h"
+#include "proto/network_plan.h"
 #include "proto/vm_status.h"
 #include "store/store.h"
 
@@ -50,6 +51,11 @@ class VmService {
   // `purge_workspace`); the record is `deleting` until the host has
   // removed it. kFailedPrecondition while another operation runs.
   Result<Vm> Delete(const std::string& id, const OwnerFilter& owner, bool purge_workspace);
+  // `vm forward`: a TCP port on the running VM's host reaching a guest port
+  // (its network needs egress). The answer adds the host's name.
+  Result<nlohmann::json> Forward(const std::string& id, const OwnerFilter& owner,
+                                 const ForwardRequest& request);
+  Status Unforward(const std::string& id, const OwnerFilter& owner, int listen_port);
 
   // VM `ref` (id or name) of `owner`; kNotFound for another user's.
   Result<Vm> Get(const std::string& ref, const OwnerFilter& owner);
