@@ -152,6 +152,33 @@ TEST_F(VnetGridTest, OneUsersVmsTalkAcrossHostsAndNoOneElseSeesThem) {
   auto [acode, aout] = Sh(alice, a2["id"], "ping -c 1 -W 2 b1.lab");
   EXPECT_NE(acode, 0) << aout;
 
+  // A guest that takes another address or MAC gets nothing through, and its
+  // host's switch counts why (the admin sees the counters in host show).
+  auto [scode, sout] =
+      Sh(alice, a2["id"],
+         "ip addr add 10.20.0.99/24 dev eth0; ping -c 2 -W 2 -I 10.20.0.99 " + ip1 +
+             "; ip addr del 10.20.0.99/24 dev eth0; "
+             "ip link set dev eth0 address 0a:66:66:66:66:66; ping -c 2 -W 2 " +
+             ip1 + "; ip link set dev eth0 address " + a2["nics"][0].value("mac", "") +
+             "; ping -c 1 -W 5 " + ip1);
+  (void)scode;
+  EXPECT_NE(sout.find("2 packets transmitted, 0 packets received"), std::string::npos) << sout;
+  EXPECT_NE(sout.find("1 packets transmitted, 1 packets received"), std::string::npos)
+      << "a2 did not get its network back with its own MAC: " << sout;
+  json counters;
+  for (auto deadline = Clock::now() + std::chrono::seconds(10); Clock::now() < deadline;) {
+    auto host = grid_->Admin().Get("/v1/hosts/" + a2["host_id"].get<std::string>());
+    ASSERT_TRUE(host.ok());
+    for (const auto& n : (*host)["networks"].value("networks", json::array()))
+      for (const auto& [name, port] : n["ports"].items())
+        if (name.rfind(a2["id"].get<std::string>(), 0) == 0) counters = port["drops"];
+    if (counters.value("spoofed_ip", 0) > 0 && counters.value("spoofed_mac", 0) > 0) break;
+    std::this_thread::sleep_for(milliseconds(500));
+  }
+  EXPECT_GT(counters.value("spoofed_ip", 0), 0) << counters.dump();
+  EXPECT_GT(counters.value("spoofed_mac", 0), 0) << counters.dump();
+  std::cout << "[info] a2's port drops after spoofing: " << counters.dump() << "\n";
+
   // Cross-user: bob cannot see alice's VMs or network.
   auto alice_lab = alice.Get("/v1/networks/lab");
   ASSERT_TRUE(alice_lab.ok());

@@ -156,7 +156,10 @@ HostReport Agent::Report() {
   r.capacity = Capacity();
   r.vms = runner_->List();
   if (images_) r.images = images_->StatsJson();
-  if (networks_) r.tunnel = networks_->Endpoint();
+  if (networks_) {
+    r.tunnel = networks_->Endpoint();
+    if (r.tunnel) r.networks = networks_->Stats();
+  }
   return r;
 }
 

@@ -24,6 +24,7 @@ json ToJson(const HostReport& r) {
   json out = {{"name", r.name}, {"url", r.url}, {"capacity", ToJson(r.capacity)}, {"vms", vms}};
   if (!r.images.is_null()) out["images"] = r.images;
   if (r.tunnel) out["tunnel"] = ToJson(*r.tunnel);
+  if (!r.networks.is_null()) out["networks"] = r.networks;
   return out;
 }
 
@@ -76,6 +77,11 @@ Result<ParsedHostReport> HostReportFromJson(const json& j) {
     if (!im->is_object())
       return MakeError(ErrorCode::kInvalidArgument, "field 'images' must be an object");
     r.images = *im;
+  }
+  if (auto n = j.find("networks"); n != j.end() && !n->is_null()) {
+    if (!n->is_object())
+      return MakeError(ErrorCode::kInvalidArgument, "field 'networks' must be an object");
+    r.networks = *n;
   }
   if (auto t = j.find("tunnel"); t != j.end() && !t->is_null()) {
     VMG_ASSIGN_OR_RETURN(r.tunnel, TunnelEndpointFromJson(*t));

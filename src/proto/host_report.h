@@ -33,8 +33,8 @@ struct HostCapacityReport {
 
 // The fields a report and its capacity may hold (api/routes.h documents the
 // heartbeat with them).
-inline constexpr const char* kHostReportFields[] = {"name", "url",    "capacity",
-                                                    "vms",  "images", "tunnel"};
+inline constexpr const char* kHostReportFields[] = {"name",   "url",    "capacity", "vms",
+                                                    "images", "tunnel", "networks"};
 inline constexpr const char* kHostCapacityFields[] = {
     "vcpus", "memory_mb", "disk_mb", "disk_total_bytes", "disk_free_bytes", "kvm",
     "site",  "network",   "arch"};
@@ -51,6 +51,9 @@ struct HostReport {
   // Where the host's virtual-network tunnels listen; absent until its
   // switches run (an agent starts them at the first heartbeat reply).
   std::optional<TunnelEndpointReport> tunnel = std::nullopt;
+  // The host's virtual switches' counters (HostNetworks::Stats: per port
+  // and per network, drops by reason); null without. Shown, not parsed.
+  nlohmann::json networks;
   bool operator==(const HostReport&) const = default;
 };
 

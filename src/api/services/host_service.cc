@@ -96,6 +96,10 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
       reconciled_.erase(host.id);
   }
   if (report.images.is_object()) NoteHostImages(host.id, report.images);
+  if (report.networks.is_object()) {
+    std::lock_guard<std::mutex> l(mu_);
+    host_networks_[host.id] = report.networks;
+  }
   HeartbeatReply reply{host.id, std::nullopt};
   // Without its plan a host keeps the last one it had: say nothing rather
   // than something wrong.
@@ -283,6 +287,7 @@ json HostService::HostJson(const Host& h, bool admin) {
     j["vm_count"] = vms.ok() ? vms->size() : 0;
     std::lock_guard<std::mutex> l(mu_);
     if (auto it = host_images_.find(h.id); it != host_images_.end()) j["images"] = it->second;
+    if (auto it = host_networks_.find(h.id); it != host_networks_.end()) j["networks"] = it->second;
   }
   return j;
 }

@@ -86,6 +86,8 @@ class HostService {
   mutable std::mutex mu_;
   // host id -> last reported cache stats
   std::map<std::string, nlohmann::json> host_images_;  // guarded by mu_
+  // host id -> its virtual switches' counters, as last reported
+  std::map<std::string, nlohmann::json> host_networks_;  // guarded by mu_
   // (image, host) recorded in image_cache
   std::set<std::pair<std::string, std::string>> noted_cached_;  // guarded by mu_
   // Per host: the last report that matched the records, and the records'
