@@ -148,6 +148,26 @@ TEST_P(VmServiceTest, ExecBeyondTheCallersLimitIsRefusedWithARetryTime) {
   Settle();
 }
 
+TEST_P(VmServiceTest, ForwardsAreTheOwnersAndNeedARunningVm) {
+  Vm vm = AddVm("a", "running");
+  ForwardRequest req;
+  req.guest_port = 8080;
+  auto theirs = vms_->Forward(vm.id, "someone-else", req);
+  ASSERT_FALSE(theirs.ok());
+  EXPECT_EQ(theirs.error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(vms_->Unforward(vm.id, "someone-else", 40000).error().code, ErrorCode::kNotFound);
+  auto f = vms_->Forward(vm.id, alice_.id, req);
+  ASSERT_TRUE(f.ok()) << f.error().message;
+  EXPECT_EQ((*f)["vm_id"], vm.id);
+  EXPECT_EQ((*f)["listen_port"], 40000);
+  EXPECT_TRUE((*f).contains("host"));
+  EXPECT_TRUE(vms_->Unforward(vm.id, alice_.id, 40000).ok());
+  Vm stopped = AddVm("b", "stopped");
+  EXPECT_EQ(vms_->Forward(stopped.id, alice_.id, req).error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(agent_.calls, (std::vector<std::string>{"forward " + vm.id + " 8080",
+                                                    "unforward " + vm.id + " 40000"}));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, VmServiceTest, testing_db::Backends(), testing_db::BackendName);
 
 }  // namespace
