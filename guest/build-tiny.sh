@@ -279,19 +279,13 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
-# A virtio-net device (legacy 1af4:1000 or modern 1af4:1041)?  Read with the
-# shell's own `read`: no fork per device.
-have_nic=0
-for d in /sys/bus/pci/devices/*; do
-    read -r vendor <"$d/vendor" 2>/dev/null || continue
-    [ "$vendor" = 0x1af4 ] || continue
-    read -r device <"$d/device" 2>/dev/null || continue
-    case $device in 0x1000 | 0x1041) have_nic=1 ;; esac
-done
-
+# The NIC driver loads whether or not a card is present: a guest resumed
+# from a checkpoint taken without cards (an image's post-boot checkpoint)
+# gets its cards afterwards, through a PCI rescan by vmgrid's agent, and
+# nothing would load the driver then (the modules live only here, in the
+# initramfs, and the guest has no hot-plug helper).
 while read -r mod kind; do
     [ -n "$mod" ] || continue
-    [ "$kind" != nic ] || [ $have_nic = 1 ] || continue
     if ! insmod "/lib/modules/$mod.ko" 2>/tmp/insmod.err; then
         [ "$kind" = optional ] || echo "tiny-initramfs: warning: insmod $mod failed: $(cat /tmp/insmod.err)"
     fi

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -31,7 +32,7 @@ inline std::string TinyImageDir() {
 // which GuardedServer handles the same way inside TLS).
 inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
                                             std::vector<std::string> controller_args = {},
-                                            bool tls = true) {
+                                            bool tls = true, bool host_namespaces = false) {
   // A server may close a connection while we still send (e.g. a body it
   // refuses); that must be an error result, not a signal that kills the test.
   signal(SIGPIPE, SIG_IGN);
@@ -52,6 +53,7 @@ inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
   o.host_memory_mb = 4096;
   o.controller_args = std::move(controller_args);
   o.tls = tls;
+  o.host_namespaces = host_namespaces;
   auto grid = std::make_unique<LocalGrid>(o);
   Status st = grid->Start();
   EXPECT_TRUE(st.ok()) << st.error().message;
@@ -72,8 +74,11 @@ inline void StopGrid(std::unique_ptr<LocalGrid>& grid) {
   std::string dir = grid->controller_state_dir();
   dir = dir.substr(0, dir.rfind('/'));
   grid.reset();
-  // Keep the logs of a failed test for whoever looks into it.
-  if (::testing::Test::HasFailure()) {
+  // Keep the logs of a failed test for whoever looks into it (in a suite's
+  // TearDownTestSuite HasFailure() is false: ask the whole run).
+  if (::testing::Test::HasFailure() ||
+      ::testing::UnitTest::GetInstance()->failed_test_count() > 0 ||
+      std::getenv("VMGRID_KEEP_GRID") != nullptr) {
     std::fprintf(stderr, "keeping %s (logs in logs/) for inspection\n", dir.c_str());
     return;
   }

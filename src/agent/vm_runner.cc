@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <set>
 
+#include "agent/guest_network.h"
 #include "common/http_json.h"
 #include "common/subprocess.h"
 #include "common/util.h"
@@ -590,6 +591,12 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   if (!st.ok()) return fail(st.error());
   auto t_ready = Clock::now();
   if (resume) Reseed(vm->qemu->qga_socket());
+  if (resume && !spec.nics.empty()) {
+    // Resumed from an image's or another VM's checkpoint: the guest still
+    // has that one's network state (agent/guest_network.h).
+    st = ReconfigureGuestNetwork(vm->qemu->qga_socket(), spec.nics, seconds(60));
+    if (!st.ok()) return fail(st.error());
+  }
   if (options_.images) options_.images->RecordPrefetch(spec.id);
   vm->Set(VmState::kRunning);
   PersistStateOrCount(*vm);

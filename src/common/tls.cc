@@ -317,7 +317,8 @@ Status IssueCertificate(const std::string& ca_dir, const CertificateRequest& req
 }
 
 Result<std::vector<TlsFiles>> EnsureLocalPki(const std::string& dir,
-                                             const std::vector<std::string>& names) {
+                                             const std::vector<std::string>& names,
+                                             const std::vector<std::string>& extra_ips) {
   VMG_RETURN_IF_ERROR(CreateCa(dir, "vmgrid local CA"));
   std::vector<TlsFiles> out;
   for (const auto& name : names) {
@@ -327,6 +328,7 @@ Result<std::vector<TlsFiles>> EnsureLocalPki(const std::string& dir,
       req.common_name = name;
       req.dns_names = {"localhost"};
       req.ip_addresses = {"127.0.0.1", "::1"};
+      req.ip_addresses.insert(req.ip_addresses.end(), extra_ips.begin(), extra_ips.end());
       VMG_RETURN_IF_ERROR(IssueCertificate(dir, req, f.cert, f.key));
     }
     out.push_back(f);

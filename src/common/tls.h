@@ -105,10 +105,11 @@ Status IssueCertificate(const std::string& ca_dir, const CertificateRequest& req
                         const std::string& cert_file, const std::string& key_file);
 
 // For local grids: DIR's CA (created if missing) and DIR/NAME.pem +
-// DIR/NAME.key for each name, valid for localhost and 127.0.0.1, issued if
-// missing. Returns the files for each name in order.
+// DIR/NAME.key for each name, valid for localhost, 127.0.0.1 and
+// `extra_ips`, issued if missing. Returns the files for each name in order.
 Result<std::vector<TlsFiles>> EnsureLocalPki(const std::string& dir,
-                                             const std::vector<std::string>& names);
+                                             const std::vector<std::string>& names,
+                                             const std::vector<std::string>& extra_ips = {});
 
 // The subject common name of a PEM certificate file (for messages and tests).
 Result<std::string> CertificateCommonName(const std::string& cert_file);

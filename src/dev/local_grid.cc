@@ -76,9 +76,21 @@ LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
   if (options_.port == 0) options_.port = FreePort();
   scheme_ = options_.tls ? "https://" : "http://";
   url_ = scheme_ + "127.0.0.1:" + std::to_string(options_.port);
+  std::string servers = "127.0.0.1";  // where agents reach the controller and image server
+  if (options_.host_namespaces) {
+    auto ns = HostNamespaces::Create(options_.hosts);
+    if (ns.ok()) {
+      netns_ = std::move(ns).value();
+      servers = netns_->root_ip();
+      options_.agent_listener = true;  // the main listener stays on loopback
+    } else {
+      netns_status_ = ns.error().Wrap("host namespaces");
+    }
+  }
   // Agents heartbeat to the controller's listener of their own.
   if (options_.agent_listener)
-    agent_controller_url_ = scheme_ + "127.0.0.1:" + std::to_string(FreePort());
+    agent_controller_url_ = scheme_ + servers + ":" + std::to_string(FreePort());
+  image_server_host_ = servers;
   agents_.resize(static_cast<size_t>(options_.hosts));
   // Agents keep their address across restarts, as on real hosts.
   for (int i = 0; i < options_.hosts; ++i) agent_ports_.push_back(FreePort());
@@ -88,14 +100,17 @@ LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
 
 std::string LocalGrid::image_server_url() const {
   if (!options_.image_server) return "";
-  return scheme_ + "127.0.0.1:" + std::to_string(options_.image_server_port);
+  return scheme_ + image_server_host_ + ":" + std::to_string(options_.image_server_port);
 }
 
 Status LocalGrid::EnsurePki() {
+  VMG_RETURN_IF_ERROR(netns_status_);
   if (!options_.tls || pki_ready_) return Status::Ok();
   std::vector<std::string> names = {"controller", "image-server", "operator"};
   for (int i = 0; i < options_.hosts; ++i) names.push_back("host-" + std::to_string(i + 1));
-  VMG_ASSIGN_OR_RETURN(auto files, EnsureLocalPki(tls_dir(), names));
+  VMG_ASSIGN_OR_RETURN(
+      auto files,
+      EnsureLocalPki(tls_dir(), names, netns_ ? netns_->all_ips() : std::vector<std::string>{}));
   // This process talks to every role as the grid's operator: it trusts the
   // CA and presents a client certificate (the agents' API asks for one).
   VMG_RETURN_IF_ERROR(SetClientTls(files[2]));
@@ -116,14 +131,15 @@ Status LocalGrid::StartImageServer(milliseconds timeout) {
   VMG_RETURN_IF_ERROR(MakeDirs(log_dir()));
   if (!FileExists(image_server_token_file()))
     VMG_RETURN_IF_ERROR(WriteFileAtomic(image_server_token_file(), NewToken() + "\n", 0600));
-  std::vector<std::string> argv = {options_.vmgrid_binary,
-                                   "image-server",
-                                   "--listen",
-                                   "127.0.0.1:" + std::to_string(options_.image_server_port),
-                                   "--dir",
-                                   image_server_dir(),
-                                   "--token-file",
-                                   image_server_token_file()};
+  std::vector<std::string> argv = {
+      options_.vmgrid_binary,
+      "image-server",
+      "--listen",
+      image_server_host_ + ":" + std::to_string(options_.image_server_port),
+      "--dir",
+      image_server_dir(),
+      "--token-file",
+      image_server_token_file()};
   for (auto& a : TlsArgs("image-server")) argv.push_back(a);
   VMG_ASSIGN_OR_RETURN(image_server_, ChildProcess::Spawn(argv, log_dir() + "/image-server.log"));
   ApiClient probe(image_server_url(), "");
@@ -150,6 +166,11 @@ LocalGrid::~LocalGrid() {
   for (auto& a : agents_) a.reset();
   controller_.reset();
   image_server_.reset();
+  netns_.reset();  // after the processes that use the links
+}
+
+std::string LocalGrid::host_address(int index) const {
+  return netns_ ? netns_->host_ip(index) : "127.0.0.1";
 }
 
 std::string LocalGrid::agent_state_dir(int index) const {
@@ -202,9 +223,10 @@ void LocalGrid::StopController(bool hard) {
 Status LocalGrid::StartAgent(int index, milliseconds timeout) {
   VMG_RETURN_IF_ERROR(EnsurePki());
   std::string name = "host-" + std::to_string(index + 1);
+  const std::string address =
+      host_address(index) + ":" + std::to_string(agent_ports_[static_cast<size_t>(index)]);
   std::vector<std::string> argv = {
-      options_.vmgrid_binary, "agent", "--listen",
-      "127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]), "--controller",
+      options_.vmgrid_binary, "agent", "--listen", address, "--controller",
       agent_controller_url_.empty() ? url_ : agent_controller_url_, "--token-file",
       controller_state_dir() + "/agent.token", "--state-dir", agent_state_dir(index), "--name",
       name,
@@ -222,11 +244,15 @@ Status LocalGrid::StartAgent(int index, milliseconds timeout) {
                 {"--image-server", url, "--image-server-token-file", image_server_token_file()});
     if (!options_.agent_prefetch) argv.push_back("--no-prefetch");
   }
+  if (netns_) {
+    // Its tunnels on its own link; the process in its namespace.
+    argv.insert(argv.end(), {"--tunnel-listen", host_address(index)});
+    argv = netns_->InNamespace(index, argv);
+  }
   auto& agent = agents_[static_cast<size_t>(index)];
   VMG_ASSIGN_OR_RETURN(agent, ChildProcess::Spawn(argv, log_dir() + "/" + name + ".log"));
   // Serving = its API answers (401 without the agent token) on its address.
-  ApiClient probe(scheme_ + "127.0.0.1:" + std::to_string(agent_ports_[static_cast<size_t>(index)]),
-                  "");
+  ApiClient probe(scheme_ + address, "");
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
     if (!agent->Running())

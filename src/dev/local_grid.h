@@ -12,6 +12,7 @@
 #include "client/api_client.h"
 #include "common/child_process.h"
 #include "common/result.h"
+#include "dev/host_namespaces.h"
 
 namespace vmgrid {
 
@@ -37,6 +38,11 @@ struct LocalGridOptions {
   // (created on first start; controller, image-server, host-N and an
   // "operator" client certificate for this process). Off: --plain-http.
   bool tls = true;
+  // Each agent in a network namespace of its own, all joined by a bridge in
+  // the root namespace (dev/host_namespaces.h; needs root): agents, their
+  // tunnels and their traffic to the controller and image server cross real
+  // links. Off: everything on loopback.
+  bool host_namespaces = false;
 };
 
 class LocalGrid {
@@ -74,6 +80,8 @@ class LocalGrid {
   // The command-line flags with which `role` (a PKI name) serves.
   std::vector<std::string> TlsArgs(const std::string& role) const;
   int hosts() const { return options_.hosts; }
+  // The namespaces (host_namespaces on), else nullptr.
+  HostNamespaces* namespaces() const { return netns_.get(); }
   // "" when the grid runs without one.
   std::string image_server_url() const;
   std::string image_server_dir() const { return options_.state_dir + "/image-server"; }
@@ -92,8 +100,12 @@ class LocalGrid {
   std::vector<std::unique_ptr<ChildProcess>> agents_;
   std::vector<int> agent_ports_;
   std::string agent_controller_url_;  // the controller's agents' listener, or ""
-  std::string scheme_;                // "https://" or "http://"
+  std::string image_server_host_ = "127.0.0.1";
+  std::string scheme_;  // "https://" or "http://"
   bool pki_ready_ = false;
+  std::unique_ptr<HostNamespaces> netns_;
+  Status netns_status_ = Status::Ok();        // why the namespaces could not be made
+  std::string host_address(int index) const;  // where agent `index` listens
 
   Status EnsurePki();
 };

@@ -4,6 +4,7 @@
 #include <libslirp.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -13,6 +14,9 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <sstream>
+
+#include "common/util.h"
 
 namespace vmgrid::vnet {
 
@@ -30,6 +34,22 @@ Error Errno(const std::string& what) {
   return MakeError(ErrorCode::kInternal, what + ": " + std::strerror(errno));
 }
 Error Invalid(const std::string& m) { return MakeError(ErrorCode::kInvalidArgument, m); }
+
+}  // namespace
+
+// Linux's default ephemeral range 32768-60999 gives 20000-32767.
+PortRange ForwardPortRange() {
+  int lo = 32768, hi = 60999;
+  if (auto text = ReadFile("/proc/sys/net/ipv4/ip_local_port_range", 256); text.ok()) {
+    std::istringstream in(*text);
+    int a = 0, b = 0;
+    if (in >> a >> b && a > 0 && b >= a && b < 65536) lo = a, hi = b;
+  }
+  if (lo - 1 - kForwardPortFloor >= 1000) return {kForwardPortFloor, lo - 1};
+  return {lo, hi};
+}
+
+namespace {
 
 in_addr InAddr(Ipv4Addr ip) {
   in_addr a{};
@@ -334,24 +354,19 @@ Result<uint16_t> EgressGateway::AddForward(Ipv4Addr guest_ip, uint16_t guest_por
       return MakeError(ErrorCode::kAlreadyExists, "a forward already listens at " +
                                                       FormatIpv4(listen_ip) + ":" +
                                                       std::to_string(listen_port));
-  // slirp does not tell which port it bound for port 0: take a free one
-  // ourselves (bind, read, close) and hand it over; another process may take
-  // it in between, so try again a few times.
-  for (int attempt = 0; attempt < (listen_port == 0 ? 5 : 1); ++attempt) {
-    uint16_t port = listen_port;
-    if (port == 0) {
-      vmm::UniqueFd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-      if (!probe.valid()) return Errno("socket");
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_addr = InAddr(listen_ip);
-      socklen_t len = sizeof a;
-      if (::bind(probe.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
-        return Errno("bind " + FormatIpv4(listen_ip));
-      if (::getsockname(probe.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0)
-        return Errno("getsockname");
-      port = ntohs(a.sin_port);
-    }
+  // Port 0: a free port of our own range, below the kernel's ephemeral
+  // range. A port from that range (what bind to port 0 hands out) is
+  // unsafe: once a resumed VM's forward lets go of it for a moment, any
+  // outgoing connection of the host may take it as its source port, and the
+  // forward cannot come back (that happened under load).
+  const PortRange range = ForwardPortRange();
+  std::uniform_int_distribution<int> pick(range.first, range.last);
+  for (int attempt = 0; attempt < (listen_port == 0 ? 32 : 1); ++attempt) {
+    uint16_t port = listen_port != 0 ? listen_port : static_cast<uint16_t>(pick(rng_));
+    bool ours = false;
+    for (const PortForward& f : forwards_)
+      ours = ours || (f.listen_ip == listen_ip && f.listen_port == port);
+    if (ours) continue;
     errno = 0;
     if (slirp_add_hostfwd(slirp_, /*is_udp=*/0, InAddr(listen_ip), port, InAddr(guest_ip),
                           guest_port) == 0) {
@@ -375,7 +390,9 @@ Status EgressGateway::RemoveForwardLocked(Ipv4Addr listen_ip, uint16_t listen_po
   if (it == forwards_.end())
     return MakeError(ErrorCode::kNotFound,
                      "no forward at " + FormatIpv4(listen_ip) + ":" + std::to_string(listen_port));
-  (void)slirp_remove_hostfwd(slirp_, /*is_udp=*/0, InAddr(listen_ip), listen_port);
+  if (slirp_remove_hostfwd(slirp_, /*is_udp=*/0, InAddr(listen_ip), listen_port) != 0)
+    spdlog::warn("egress: slirp had no listener at {}:{} for the forward being removed",
+                 FormatIpv4(listen_ip), listen_port);
   forwards_.erase(it);
   Wake();
   return Status::Ok();

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <span>
 #include <string>
 #include <thread>
@@ -73,6 +74,15 @@ struct PortForward {
   uint16_t guest_port = 0;
 };
 
+// The ports a forward that names none may get: [first, last].
+struct PortRange {
+  int first = 0, last = 0;
+};
+inline constexpr int kForwardPortFloor = 20000;
+// Below the kernel's ephemeral range (ip_local_port_range), from
+// kForwardPortFloor; the ephemeral range itself if that leaves < 1000 ports.
+PortRange ForwardPortRange();
+
 class EgressGateway;
 using EgressGatewayPtr = std::unique_ptr<EgressGateway>;
 
@@ -94,7 +104,8 @@ class EgressGateway {
   MacAddr mac() const { return mac_; }
   Ipv4Addr ip() const { return scope_.gateway_ip; }
 
-  // Listens at listen_ip:listen_port (0: a free port, chosen here) and
+  // Listens at listen_ip:listen_port (0: a free port of ForwardPortRange(),
+  // chosen here) and
   // returns the port. The caller checks that guest_ip is a NIC of the
   // network. kInvalidArgument for a guest address outside the subnet or
   // reserved, or port 0; kAlreadyExists when the address is taken (by a
@@ -137,6 +148,7 @@ class EgressGateway {
   std::chrono::steady_clock::time_point addresses_read_{};
   std::vector<std::unique_ptr<Timer>> timers_;
   std::vector<PortForward> forwards_;
+  std::minstd_rand rng_{std::random_device{}()};  // picks forward ports
   EgressCounters counters_;
   bool switch_full_ = false;  // a send to the switch timed out in this round of the loop
   std::vector<uint8_t> rx_;

@@ -126,15 +126,22 @@ class HostListener {
 
 // Sends `data` to 127.0.0.1:port, half-closes, returns everything read back
 // (empty when the connection was refused or reset before any byte).
-std::string EchoThrough(uint16_t port, const std::string& data) {
+// A TCP connection to 127.0.0.1:port; invalid if refused.
+vmm::UniqueFd ConnectLoopback(uint16_t port) {
   vmm::UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(port);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return "";
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return vmm::UniqueFd();
   timeval tv{30, 0};
   setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return s;
+}
+
+std::string EchoThrough(uint16_t port, const std::string& data) {
+  vmm::UniqueFd s = ConnectLoopback(port);
+  if (!s.valid()) return "";
   std::string got;
   // Write and read at once: the echo may fill the buffers both ways.
   std::thread writer([&] {
@@ -317,6 +324,27 @@ TEST_F(EgressIntegrationTest, GuestsReachTheOutsideOnlyWithEgressNeverTheHostAnd
   }
   EXPECT_EQ(echoed.size(), data.size());
   EXPECT_TRUE(echoed == data) << "the bytes differ";
+  // A connection still open through the forward when it is removed: the
+  // removal closes the listener (not the connection, which shares its local
+  // address), so nothing listens afterwards and the same port can be taken
+  // again at once (a resumed VM's forward comes back on its port).
+  vmm::UniqueFd held = ConnectLoopback(*port);
+  ASSERT_TRUE(held.valid());
+  ASSERT_EQ(::send(held.get(), "held", 4, MSG_NOSIGNAL), 4);
+  char four[4];
+  ASSERT_EQ(::recv(held.get(), four, sizeof four, MSG_WAITALL), 4)
+      << "no echo on the held connection";
+  ASSERT_TRUE(host->RemoveForward(1, Ip("127.0.0.1"), *port).ok());
+  EXPECT_EQ(EchoThrough(*port, "x"), "") << "nothing listens after RemoveForward";
+  auto again = host->AddForward(1, Ip("10.21.0.10"), 8080, Ip("127.0.0.1"), *port);
+  ASSERT_TRUE(again.ok()) << "the same port again: " << again.error().message;
+  echoed.clear();
+  for (int attempt = 0; attempt < 20 && echoed.empty(); ++attempt) {
+    echoed = EchoThrough(*port, "again");
+    if (echoed.empty()) std::this_thread::sleep_for(milliseconds(500));
+  }
+  EXPECT_EQ(echoed, "again");
+  held.Reset();
   ASSERT_TRUE(host->RemoveForward(1, Ip("127.0.0.1"), *port).ok());
   EXPECT_EQ(EchoThrough(*port, "x"), "") << "nothing listens after RemoveForward";
 

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <optional>
 #include <thread>
@@ -229,7 +230,16 @@ TEST(EgressGatewayConfigTest, ForwardsAreCheckedAndFreeTheirPortOnRemoval) {
   EXPECT_FALSE((*g)->AddForward(kVmIp, 0, lo, 0).ok());
   auto port = (*g)->AddForward(kVmIp, 80, lo, 0);
   ASSERT_TRUE(port.ok()) << port.error().message;
-  EXPECT_NE(*port, 0);
+  // A port of our own, never one of the kernel's ephemeral (source) ports,
+  // which an outgoing connection could hold when the forward is added again.
+  const PortRange range = ForwardPortRange();
+  EXPECT_GE(*port, range.first);
+  EXPECT_LE(*port, range.last);
+  int eph_lo = 0, eph_hi = 0;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> eph_lo >> eph_hi;
+  if (eph_lo - kForwardPortFloor > 1000) {
+    EXPECT_LT(*port, eph_lo);
+  }
   auto again = (*g)->AddForward(kVmIp, 81, lo, *port);
   ASSERT_FALSE(again.ok());
   EXPECT_EQ(again.error().code, ErrorCode::kAlreadyExists);
@@ -248,6 +258,16 @@ TEST(EgressGatewayConfigTest, ForwardsAreCheckedAndFreeTheirPortOnRemoval) {
   int one = 1;
   setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   EXPECT_EQ(::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << strerror(errno);
+
+  // A gateway that goes away (its network left the host) frees its
+  // forwards' ports too.
+  auto last = (*g)->AddForward(kVmIp, 80, lo, 0);
+  ASSERT_TRUE(last.ok()) << last.error().message;
+  g->reset();
+  vmm::UniqueFd s2(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  a.sin_port = htons(*last);
+  setsockopt(s2.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  EXPECT_EQ(::bind(s2.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << strerror(errno);
 }
 
 TEST(EgressGatewayConfigTest, BeyondItsSocketsNewFlowsAreDroppedButConnectionsGoOn) {

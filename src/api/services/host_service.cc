@@ -283,6 +283,8 @@ json HostService::HostJson(const Host& h, bool admin) {
             {"last_heartbeat", FormatTimeMs(h.last_heartbeat_ms)}};
   if (admin) {
     j["url"] = h.url;
+    // Where its agent's virtual-network tunnels listen (number 0: not yet numbered).
+    j["tunnel"] = {{"number", h.tunnel_number}, {"ip", h.tunnel_ip}, {"port", h.tunnel_port}};
     auto vms = store_.ListVmsOnHost(h.id);
     j["vm_count"] = vms.ok() ? vms->size() : 0;
     std::lock_guard<std::mutex> l(mu_);
