@@ -405,9 +405,18 @@ TEST_F(VnetGridTest, ForwardExposesAGuestPortToItsOwnerOnly) {
   }
   EXPECT_EQ(got, text);
 
-  // (A forward is added again after a resume, on its port; not asserted here:
-  // the re-add failed once in CI and once in 6 local runs of this suite, with
-  // EADDRINUSE from libslirp; see docs/vnet.md, "Egress and forwards".)
+  // Stop and resume: the forward is still there, on its port (the switch
+  // port and its forwards are kept when the resume attaches them unchanged).
+  Act(carol, id, "stop");
+  json again = Act(carol, id, "resume");
+  ASSERT_EQ(again.value("state", ""), "running") << again.dump();
+  ASSERT_EQ(Sh(carol, id, "(nc -ll -p 8080 -e /bin/cat </dev/null >/dev/null 2>&1 &)").first, 0);
+  got.clear();
+  for (int attempt = 0; attempt < 30 && got != text; ++attempt) {
+    got = EchoThrough(port, text);
+    if (got != text) std::this_thread::sleep_for(milliseconds(300));
+  }
+  EXPECT_EQ(got, text) << "the forward did not come back after stop and resume";
 
   EXPECT_EQ(dave.Delete("/v1/vms/" + id + "/forwards/" + std::to_string(port)).error().code,
             ErrorCode::kNotFound);

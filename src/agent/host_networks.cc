@@ -17,6 +17,12 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+bool SamePort(const vnet::PortConfig& a, const vnet::PortConfig& b) {
+  return a.name == b.name && a.mac == b.mac && a.ip == b.ip && a.vm_name == b.vm_name &&
+         a.switch_path == b.switch_path && a.vm_path == b.vm_path && a.socket_uid == b.socket_uid &&
+         a.socket_gid == b.socket_gid;
+}
+
 Result<std::vector<uint8_t>> KeyBytes(const std::string& hex) {
   if (hex.size() != 64) return MakeError(ErrorCode::kInvalidArgument, "a key is 64 hex digits");
   std::vector<uint8_t> out(32);
@@ -289,6 +295,7 @@ Result<std::vector<NicConfig>> HostNetworks::Attach(const std::string& vm_id,
     for (const auto& [vni, name] : added) {
       (void)host_->RemovePort(vni, name);
       nets_[vni].ports.erase(name);
+      nets_[vni].configs.erase(name);
     }
   };
   for (const NicSpec& n : nics) {
@@ -312,13 +319,22 @@ Result<std::vector<NicConfig>> HostNetworks::Attach(const std::string& vm_id,
     p.vm_path = DefaultNicSocketPath(run_dir, n.index);
     if (uid >= 0) p.socket_uid = static_cast<uid_t>(uid);
     if (gid >= 0) p.socket_gid = static_cast<gid_t>(gid);
-    (void)host_->RemovePort(n.vni, p.name);  // an earlier run's port: replaced
-    if (Status st = host_->AddPort(n.vni, p); !st.ok()) {
-      undo();
-      return st.error().Wrap("NIC " + std::to_string(n.index) + " on network " + n.network);
+    NetState& net = nets_[n.vni];
+    auto kept = net.configs.find(p.name);
+    if (kept != net.configs.end() && SamePort(kept->second, p) &&
+        host_->GetPortCounters(n.vni, p.name).ok()) {
+      // Attached before with the same values: the port stays, and so do
+      // the forwards to it (nothing to undo on a later failure either).
+    } else {
+      (void)host_->RemovePort(n.vni, p.name);  // an earlier run's port: replaced
+      if (Status st = host_->AddPort(n.vni, p); !st.ok()) {
+        undo();
+        return st.error().Wrap("NIC " + std::to_string(n.index) + " on network " + n.network);
+      }
+      net.ports[p.name] = n.index;
+      net.configs[p.name] = p;
+      added.emplace_back(n.vni, p.name);
     }
-    nets_[n.vni].ports[p.name] = n.index;
-    added.emplace_back(n.vni, p.name);
     NicConfig c;
     c.mac = n.mac;
     c.backend = NicBackend::kDgram;
@@ -335,7 +351,10 @@ void HostNetworks::Detach(const std::string& vm_id, const std::vector<NicSpec>& 
   for (const NicSpec& n : nics) {
     const std::string name = PortName(vm_id, n.index);
     (void)host_->RemovePort(n.vni, name);  // kNotFound: never attached (or already removed)
-    if (auto it = nets_.find(n.vni); it != nets_.end()) it->second.ports.erase(name);
+    if (auto it = nets_.find(n.vni); it != nets_.end()) {
+      it->second.ports.erase(name);
+      it->second.configs.erase(name);
+    }
   }
 }
 

@@ -106,6 +106,10 @@ class HostNetworks {
     std::vector<uint8_t> pending_key;
     std::chrono::steady_clock::time_point promote_at;
     std::map<std::string, int> ports;  // port name -> NIC index
+    // What each port was attached with: a re-attach with the same values
+    // (a resume, an agent's re-adoption) keeps the port and its forwards
+    // instead of replacing them, so no forward's listener is re-bound.
+    std::map<std::string, vnet::PortConfig> configs;
   };
 
   const HostNetworksOptions options_;

@@ -349,11 +349,13 @@ Result<uint16_t> EgressGateway::AddForward(Ipv4Addr guest_ip, uint16_t guest_por
       guest_ip == (scope_.subnet | ~scope_.netmask))
     return Invalid("guest address " + FormatIpv4(guest_ip) + " is not a VM address of the network");
   if (guest_port == 0) return Invalid("guest port 0");
-  for (const PortForward& f : forwards_)
-    if (listen_port != 0 && f.listen_ip == listen_ip && f.listen_port == listen_port)
-      return MakeError(ErrorCode::kAlreadyExists, "a forward already listens at " +
-                                                      FormatIpv4(listen_ip) + ":" +
-                                                      std::to_string(listen_port));
+  for (const PortForward& f : forwards_) {
+    if (listen_port == 0 || f.listen_ip != listen_ip || f.listen_port != listen_port) continue;
+    if (f.guest_ip == guest_ip && f.guest_port == guest_port) return listen_port;  // as asked
+    return MakeError(ErrorCode::kAlreadyExists, "a forward already listens at " +
+                                                    FormatIpv4(listen_ip) + ":" +
+                                                    std::to_string(listen_port));
+  }
   // Port 0: a free port of our own range, below the kernel's ephemeral
   // range. A port from that range (what bind to port 0 hands out) is
   // unsafe: once a resumed VM's forward lets go of it for a moment, any

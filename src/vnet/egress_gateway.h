@@ -108,8 +108,11 @@ class EgressGateway {
   // chosen here) and
   // returns the port. The caller checks that guest_ip is a NIC of the
   // network. kInvalidArgument for a guest address outside the subnet or
-  // reserved, or port 0; kAlreadyExists when the address is taken (by a
-  // forward or anything else on the host); on failure nothing listens.
+  // reserved, or port 0; kAlreadyExists when the address is taken (by
+  // another forward or anything else on the host); on failure nothing
+  // listens. Adding a forward that exists as asked returns its port.
+  // (A forward to another guest address or port at the same address is
+  // kAlreadyExists.)
   Result<uint16_t> AddForward(Ipv4Addr guest_ip, uint16_t guest_port, Ipv4Addr listen_ip,
                               uint16_t listen_port);
   // Stops listening (connections already made go on until they close).

@@ -243,6 +243,10 @@ TEST(EgressGatewayConfigTest, ForwardsAreCheckedAndFreeTheirPortOnRemoval) {
   auto again = (*g)->AddForward(kVmIp, 81, lo, *port);
   ASSERT_FALSE(again.ok());
   EXPECT_EQ(again.error().code, ErrorCode::kAlreadyExists);
+  // The same forward again (a re-attach adds its VM's forwards again): its port.
+  auto same = (*g)->AddForward(kVmIp, 80, lo, *port);
+  ASSERT_TRUE(same.ok()) << same.error().message;
+  EXPECT_EQ(*same, *port);
   ASSERT_EQ((*g)->forwards().size(), 1u);
   EXPECT_EQ((*g)->forwards()[0].guest_port, 80);
   EXPECT_EQ((*g)->RemoveForward(lo, static_cast<uint16_t>(*port + 1)).error().code,
