@@ -336,10 +336,30 @@ TEST_F(TinyMigrationTest, TargetKilledMidMigrationLeavesSourceRunning) {
     ASSERT_TRUE(ep.ok()) << ep.error().message;
     OutgoingParams out = Outgoing(*key, "src", *ep, true);
     pid_t dst_pid = dst->pid();
-    out.on_phase = [&](MigrationPhase ph) {
-      if (ph == when) ::kill(dst_pid, SIGKILL);
-    };
+    std::thread killer;
+    if (when == MigrationPhase::kMigrating) {
+      // Throttled so RAM is still moving when the target dies: kill it once
+      // 8 MiB went over (QmpClient is thread-safe; MigrateOut polls too).
+      out.max_bandwidth = 32 << 20;
+      out.on_phase = [&](MigrationPhase ph) {
+        if (ph != when) return;
+        killer = std::thread([&src, dst_pid] {
+          for (int i = 0; i < 3000; ++i) {
+            auto info = src->qmp().Execute("query-migrate");
+            if (!info.ok() || info->value("status", "") != "active") break;
+            if (info->contains("ram") && (*info)["ram"].value("transferred", 0) > (8 << 20)) break;
+            std::this_thread::sleep_for(milliseconds(10));
+          }
+          ::kill(dst_pid, SIGKILL);
+        });
+      };
+    } else {
+      out.on_phase = [&](MigrationPhase ph) {
+        if (ph == when) ::kill(dst_pid, SIGKILL);
+      };
+    }
     auto stats = MigrateOut(src->qmp(), out, seconds(300));
+    if (killer.joinable()) killer.join();
     ASSERT_FALSE(stats.ok());
     std::cout << "[info] target killed at " << ToString(when) << ": " << stats.error().message
               << "\n";
