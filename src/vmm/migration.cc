@@ -199,7 +199,50 @@ void ResetMigrationSettings(QmpClient& qmp) {
   DropCredentials(qmp);
 }
 
+// Undoes what MigrateOut started, in reverse order; each step is best effort
+// (QEMU may be busy, the target gone) and must not stop the next. Leaves the
+// source running.
+void CleanUpOutgoing(QmpClient& qmp, bool migrating, bool mirror, bool node) {
+  if (migrating) {
+    (void)qmp.Execute("migrate_cancel", json::object(), kCleanupTimeout);
+    Deadline d = DeadlineAfter(milliseconds(10000));
+    milliseconds nap(5);
+    for (;;) {
+      Result<json> info = qmp.Execute("query-migrate", json::object(), kCleanupTimeout);
+      std::string s = info.ok() ? GetString(*info, "status").value_or("") : "";
+      if (!info.ok() || s == "cancelled" || s == "failed" || s == "completed" || s.empty()) break;
+      if (!Nap(&nap, d, "migrate_cancel").ok()) break;
+    }
+  }
+  if (mirror) CancelMirror(qmp);
+  if (node) (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, kCleanupTimeout);
+  ResetMigrationSettings(qmp);
+  if (Result<json> s = qmp.Execute("query-status", json::object(), kCleanupTimeout); s.ok()) {
+    std::string now = GetString(*s, "status").value_or("");
+    if (now != "running") {
+      Result<json> c = qmp.Execute("cont", json::object(), kCleanupTimeout);
+      if (!c.ok())
+        spdlog::error("migration failed and the source ({}) did not resume: {}", now,
+                      c.error().message);
+    }
+  }
+}
+
 }  // namespace
+
+Result<bool> RecoverOutgoing(QmpClient& qmp) {
+  VMG_ASSIGN_OR_RETURN(json info, qmp.Execute("query-migrate", json::object(), kCleanupTimeout));
+  VMG_ASSIGN_OR_RETURN(json status, qmp.Execute("query-status", json::object(), kCleanupTimeout));
+  if (GetString(info, "status") == "completed" && GetString(status, "status") == "postmigrate") {
+    // The target may hold the VM (paused until FinishIncoming): only the
+    // controller knows which copy lives on.
+    (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, kCleanupTimeout);
+    ResetMigrationSettings(qmp);
+    return true;
+  }
+  CleanUpOutgoing(qmp, true, true, true);
+  return false;
+}
 
 const char* ToString(MigrationPhase phase) {
   switch (phase) {
@@ -311,40 +354,14 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
         ErrorCode::kFailedPrecondition,
         "migrate: the source is " + GetString(*status, "status").value_or("?") + ", not running");
 
-  bool have_creds = false, have_node = false, have_mirror = false, migrating = false;
+  bool have_node = false, have_mirror = false, migrating = false;
   auto fail = [&](const Error& e) -> Error {
-    // Undo in reverse order; each step is best effort (QEMU may be busy, the
-    // target may be gone) and must not stop the next.
-    if (migrating) {
-      (void)qmp.Execute("migrate_cancel", json::object(), kCleanupTimeout);
-      Deadline d = DeadlineAfter(milliseconds(10000));
-      milliseconds nap(5);
-      for (;;) {
-        Result<json> info = qmp.Execute("query-migrate", json::object(), kCleanupTimeout);
-        std::string s = info.ok() ? GetString(*info, "status").value_or("") : "";
-        if (!info.ok() || s == "cancelled" || s == "failed" || s == "completed" || s.empty()) break;
-        if (!Nap(&nap, d, "migrate_cancel").ok()) break;
-      }
-    }
-    if (have_mirror) CancelMirror(qmp);
-    if (have_node) (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, kCleanupTimeout);
-    ResetMigrationSettings(qmp);
-    (void)have_creds;
-    if (Result<json> s = qmp.Execute("query-status", json::object(), kCleanupTimeout); s.ok()) {
-      std::string now = GetString(*s, "status").value_or("");
-      if (now != "running") {
-        Result<json> c = qmp.Execute("cont", json::object(), kCleanupTimeout);
-        if (!c.ok())
-          spdlog::error("migration failed and the source ({}) did not resume: {}", now,
-                        c.error().message);
-      }
-    }
+    CleanUpOutgoing(qmp, migrating, have_mirror, have_node);
     return e.Wrap("migrate");
   };
 
   Status st = AddCredentials(qmp, p.key, p.key_dir, p.qemu_uid, p.qemu_gid, false, deadline);
   if (!st.ok()) return fail(st.error());
-  have_creds = true;
 
   if (!p.device.empty()) {
     if (p.target.nbd_port <= 0)

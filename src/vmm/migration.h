@@ -138,6 +138,13 @@ Result<MigrationStats> MigrateOut(QmpClient& source, const OutgoingParams& param
 Status FinishIncoming(QmpClient& target, const std::string& key_dir,
                       std::chrono::milliseconds timeout);
 
+// After an agent restart interrupted MigrateOut: if the migration had
+// completed (source paused in postmigrate) it stays so, as after a MigrateOut
+// that succeeded (true: quit it or ResumeSource once the controller decides);
+// otherwise whatever is still in flight is cancelled as on failure and the
+// source runs again (false).
+Result<bool> RecoverOutgoing(QmpClient& source);
+
 // Removes a key directory StartIncoming made (when the target is abandoned).
 void RemoveKeyDir(const std::string& key_dir);
 
