@@ -564,49 +564,57 @@ Status VmRunner::NotMigrating(const Vm& vm) const {
                    "VM " + vm.spec.id + " is in a live migration (" + m + ")");
 }
 
-Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
-  auto started = Clock::now();
+Result<std::shared_ptr<VmRunner::Vm>> VmRunner::RegisterNewVm(const VmSpec& spec,
+                                                              const std::string& migration,
+                                                              const std::string& what) {
   auto vm = std::make_shared<Vm>();
   vm->spec = spec;
   vm->state = VmState::kCreating;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (vms_.count(spec.id))
-      return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
-    int uid = AllocateUidLocked();
-    if (uid == -2)
-      return MakeError(
-          ErrorCode::kResourceExhausted,
-          "all " + std::to_string(options_.vm_uid_count) + " per-VM uids of this host are in use");
-    vm->uid = vm->gid = uid;
-    vms_[spec.id] = vm;
-  }
-  std::lock_guard<std::mutex> op(vm->op_mu);
-  std::string dir = VmDir(spec.id);
-  auto fail = [&](const Error& e) -> Error {
-    DiscardNewVm(*vm);
-    return ForUser(e, "create of VM " + spec.id);
-  };
-  if (FileExists(dir)) {
-    std::lock_guard<std::mutex> l(mu_);
-    vms_.erase(spec.id);
-    return ForUser(MakeError(ErrorCode::kAlreadyExists, "VM directory " + dir + " already exists"),
-                   "create of VM " + spec.id);
-  }
+  vm->migration = migration;
+  std::lock_guard<std::mutex> l(mu_);
+  if (vms_.count(spec.id))
+    return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
+  if (FileExists(VmDir(spec.id)))
+    return ForUser(
+        MakeError(ErrorCode::kAlreadyExists, "VM directory " + VmDir(spec.id) + " already exists"),
+        what);
+  int uid = AllocateUidLocked();
+  if (uid == -2)
+    return MakeError(ErrorCode::kResourceExhausted, "all " + std::to_string(options_.vm_uid_count) +
+                                                        " per-VM uids of this host are in use");
+  vm->uid = vm->gid = uid;
+  vms_[spec.id] = vm;
+  return vm;
+}
+
+Status VmRunner::MakeVmFiles(Vm& vm) {
+  const std::string dir = VmDir(vm.spec.id);
   Status st = MakeDirs(dir + "/run", 0700);
   // The VM directory stays the agent's (QEMU must not replace spec.json or
   // state.json); QEMU's own files are below it: run/, disk.qcow2, checkpoint/.
   // With a per-VM uid only that VM's group may enter it.
-  if (st.ok() && vm->gid >= 0 &&
-      chown(dir.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(vm->gid)) != 0)
+  if (st.ok() && vm.gid >= 0 &&
+      chown(dir.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(vm.gid)) != 0)
     st = MakeError(ErrorCode::kInternal, "chown " + dir + ": " + strerror(errno));
-  if (st.ok()) chmod(dir.c_str(), vm->gid >= 0 ? 0710 : QemuIds(*vm).first >= 0 ? 0711 : 0700);
-  if (st.ok()) st = ChownForQemu(*vm, dir + "/run");
+  if (st.ok()) chmod(dir.c_str(), vm.gid >= 0 ? 0710 : QemuIds(vm).first >= 0 ? 0711 : 0700);
+  if (st.ok()) st = ChownForQemu(vm, dir + "/run");
   if (st.ok()) chmod((dir + "/run").c_str(), 0700);
-  if (st.ok()) st = ResolveBlobs(*vm);
+  if (st.ok()) st = ResolveBlobs(vm);
+  if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(vm.spec).dump(2) + "\n", 0600);
+  if (st.ok()) st = PersistState(vm);
+  return st;
+}
+
+Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
+  auto started = Clock::now();
+  VMG_ASSIGN_OR_RETURN(auto vm, RegisterNewVm(spec, "", "create of VM " + spec.id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  auto fail = [&](const Error& e) -> Error {
+    DiscardNewVm(*vm);
+    return ForUser(e, "create of VM " + spec.id);
+  };
+  Status st = MakeVmFiles(*vm);
   auto t_files = Clock::now();
-  if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(vm->spec).dump(2) + "\n", 0600);
-  if (st.ok()) st = PersistState(*vm);
   bool created_ws = false;
   if (st.ok()) st = PrepareDisk(*vm, &created_ws);
   vm->created_workspace = created_ws;
@@ -1030,46 +1038,16 @@ Status VmRunner::PrepareIncomingDisk(Vm& vm, bool* created_workspace) {
 
 Result<IncomingInfo> VmRunner::PrepareIncoming(const IncomingRequest& request) {
   const VmSpec& spec = request.spec;
-  auto vm = std::make_shared<Vm>();
-  vm->spec = spec;
-  vm->state = VmState::kCreating;
-  vm->migration = "incoming";
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (vms_.count(spec.id))
-      return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
-    int uid = AllocateUidLocked();
-    if (uid == -2)
-      return MakeError(
-          ErrorCode::kResourceExhausted,
-          "all " + std::to_string(options_.vm_uid_count) + " per-VM uids of this host are in use");
-    vm->uid = vm->gid = uid;
-    vms_[spec.id] = vm;
-  }
+  const std::string what = "incoming migration of VM " + spec.id;
+  // Laid out as a create; state.json says creating, so an agent restart
+  // before FinishIncoming removes it all (Recover).
+  VMG_ASSIGN_OR_RETURN(auto vm, RegisterNewVm(spec, "incoming", what));
   std::lock_guard<std::mutex> op(vm->op_mu);
-  const std::string dir = VmDir(spec.id);
   auto fail = [&](const Error& e) -> Error {
     DiscardNewVm(*vm);
-    return ForUser(e, "incoming migration of VM " + spec.id);
+    return ForUser(e, what);
   };
-  if (FileExists(dir)) {
-    std::lock_guard<std::mutex> l(mu_);
-    vms_.erase(spec.id);
-    return ForUser(MakeError(ErrorCode::kAlreadyExists, "VM directory " + dir + " already exists"),
-                   "incoming migration of VM " + spec.id);
-  }
-  // The same layout as Create; state.json says creating, so an agent restart
-  // before FinishIncoming removes it all (Recover).
-  Status st = MakeDirs(dir + "/run", 0700);
-  if (st.ok() && vm->gid >= 0 &&
-      chown(dir.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(vm->gid)) != 0)
-    st = MakeError(ErrorCode::kInternal, "chown " + dir + ": " + strerror(errno));
-  if (st.ok()) chmod(dir.c_str(), vm->gid >= 0 ? 0710 : QemuIds(*vm).first >= 0 ? 0711 : 0700);
-  if (st.ok()) st = ChownForQemu(*vm, dir + "/run");
-  if (st.ok()) chmod((dir + "/run").c_str(), 0700);
-  if (st.ok()) st = ResolveBlobs(*vm);
-  if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(vm->spec).dump(2) + "\n", 0600);
-  if (st.ok()) st = PersistState(*vm);
+  Status st = MakeVmFiles(*vm);
   bool created_ws = false;
   if (st.ok()) st = PrepareIncomingDisk(*vm, &created_ws);
   vm->created_workspace = created_ws;

@@ -146,6 +146,14 @@ class VmRunner : public VmDriver {
   // the source's top layer (the image, or an image's checkpoint; nothing
   // for a persistent workspace, which gets the image's virtual size).
   Status PrepareIncomingDisk(Vm& vm, bool* created_workspace);
+  // A new VM record (a create, or an incoming migration when `migration` is
+  // "incoming") in state creating with a per-VM uid; kAlreadyExists if the id
+  // or its directory is taken here.
+  Result<std::shared_ptr<Vm>> RegisterNewVm(const VmSpec& spec, const std::string& migration,
+                                            const std::string& what);
+  // STATE/vms/ID with run/ (owners and modes for QEMU's uid), the blobs
+  // resolved, spec.json and state.json written. op_mu held.
+  Status MakeVmFiles(Vm& vm);
   // Undoes a create or an incoming migration that did not complete: kills
   // QEMU, removes the VM's files (and a workspace it created) and its record.
   // op_mu held.

@@ -22,6 +22,18 @@ bool Holds(const VmStatus& s) {
 
 }  // namespace
 
+SimVmTable::Entry SimVmTable::NewEntry(const VmSpec& spec, const std::string& state) {
+  Entry e;
+  e.status.id = spec.id;
+  e.status.owner_id = spec.owner_id;
+  e.status.name = spec.name;
+  e.status.state = state;
+  e.status.vcpus = spec.vcpus;
+  e.status.memory_mb = spec.memory_mb;
+  if (spec.disk_mode == "persistent") e.workspace_path = spec.workspace_path;
+  return e;
+}
+
 Result<SimVmTable::Entry*> SimVmTable::FindLocked(const std::string& id) {
   auto it = vms_.find(id);
   if (it == vms_.end()) return MakeError(ErrorCode::kNotFound, "VM " + id + " is not on this host");
@@ -40,14 +52,7 @@ Result<VmStatus> SimVmTable::Create(const VmSpec& spec) {
   std::lock_guard<std::mutex> l(mu_);
   if (vms_.count(spec.id))
     return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
-  Entry e;
-  e.status.id = spec.id;
-  e.status.owner_id = spec.owner_id;
-  e.status.name = spec.name;
-  e.status.state = After(VmOp::kCreate);
-  e.status.vcpus = spec.vcpus;
-  e.status.memory_mb = spec.memory_mb;
-  if (spec.disk_mode == "persistent") e.workspace_path = spec.workspace_path;
+  Entry e = NewEntry(spec, After(VmOp::kCreate));
   VmStatus out = e.status;
   vms_.emplace(spec.id, std::move(e));
   return out;
@@ -199,14 +204,7 @@ Result<IncomingInfo> SimVmTable::PrepareIncoming(const IncomingRequest& request)
   const VmSpec& spec = request.spec;
   if (vms_.count(spec.id))
     return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
-  Entry e;
-  e.status.id = spec.id;
-  e.status.owner_id = spec.owner_id;
-  e.status.name = spec.name;
-  e.status.state = ToString(VmState::kCreating);
-  e.status.vcpus = spec.vcpus;
-  e.status.memory_mb = spec.memory_mb;
-  if (spec.disk_mode == "persistent") e.workspace_path = spec.workspace_path;
+  Entry e = NewEntry(spec, ToString(VmState::kCreating));
   e.incoming = true;
   vms_.emplace(spec.id, std::move(e));
   return IncomingInfo{request.listen_host, 1, 2, "disk0"};

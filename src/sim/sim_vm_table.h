@@ -89,6 +89,7 @@ class SimVmTable : public VmDriver {
     bool incoming = false;       // PrepareIncoming'd, not finished yet
     bool migrated_out = false;   // MigrateOut'd, not confirmed yet
   };
+  static Entry NewEntry(const VmSpec& spec, const std::string& state);
   Result<Entry*> FindLocked(const std::string& id);
   // FindLocked, refusing a VM in the middle of a migration.
   Result<Entry*> FindIdleLocked(const std::string& id);

@@ -35,12 +35,8 @@ using vmm::testing::ProcessLive;
 using vmm::testing::RandomUuid;
 using vmm::testing::Sh;
 using vmm::testing::TempDir;
+using vmm::testing::TestRunAs;
 using vmm::testing::TinyImage;
-
-std::string TestRunAs() {
-  if (const char* env = std::getenv("VMGRID_TEST_RUNAS")) return env;
-  return (::geteuid() == 0 && ::getpwnam("nobody") != nullptr) ? "nobody" : "";
-}
 
 void PrintStats(const std::string& what, const MigrationStats& s) {
   std::cout << "[migration] " << what << ": total " << s.total_ms << " ms (mirror ready after "
