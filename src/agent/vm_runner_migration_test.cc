@@ -1,6 +1,8 @@
 // Live migration between two VmRunners (two "hosts" with their own state
 // directories on this machine) with the tiny guest and real QEMU: the driver
-// operations of agent/vm_driver.h in the controller's order, and the aborts.
+// operations of agent/vm_driver.h in the controller's order (clone and
+// persistent disks, a guest writing its disk in a loop: no write lost), and
+// the aborts.
 // Skipped unless the tiny image exists (VMGRID_TINY_IMAGE overrides).
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -71,6 +73,34 @@ class VmRunnerMigrationTest : public ::testing::Test {
     EXPECT_TRUE(e.ok()) << e.error().message;
     return e.ok() ? e->out : "";
   }
+  // A guest loop appends 1, 2, 3, ... to /root/log, syncing each line;
+  // returns the last line once one is on the disk.
+  static std::string StartLog(VmRunner& r) {
+    Out(r,
+        "(i=0; while true; do i=$((i+1)); echo $i >> /root/log; sync; sleep 0.05; done) "
+        ">/dev/null 2>&1 </dev/null & echo started");
+    std::string last;
+    for (int i = 0; i < 600 && last.empty(); ++i) {
+      last = Out(r, "tail -n 1 /root/log 2>/dev/null");
+      if (last.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_FALSE(last.empty());
+    return last;
+  }
+  // Every line from 1 on is in the log on the disk (page cache dropped), at
+  // least up to `before`, and the loop still writes.
+  static void ExpectLogComplete(VmRunner& r, const std::string& before) {
+    std::string check = Out(r,
+                            "sync; echo 3 > /proc/sys/vm/drop_caches; n=0; "
+                            "while read l; do n=$((n+1)); [ \"$l\" = \"$n\" ] || "
+                            "{ echo gap at $n: $l; exit 0; }; done < /root/log; echo ok $n");
+    ASSERT_EQ(check.rfind("ok ", 0), 0u) << check;
+    EXPECT_GE(std::stoll(check.substr(3)), std::stoll(before)) << check;
+    std::string later = Out(r, "tail -n 1 /root/log");
+    for (int i = 0; i < 600 && later == Out(r, "tail -n 1 /root/log"); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_NE(later, Out(r, "tail -n 1 /root/log")) << "the guest's loop stopped";
+  }
   static MigrationCredential Credential() {
     auto k = NewMigrationKey("vmgrid-mig-test");
     return {k->identity, k->key_hex};
@@ -85,6 +115,7 @@ TEST_F(VmRunnerMigrationTest, MovesARunningVmBetweenHosts) {
   auto created = a_->Create(Spec());
   ASSERT_TRUE(created.ok()) << created.error().message;
   EXPECT_EQ(Out(*a_, "echo before > /root/marker && sync && cat /root/marker"), "before\n");
+  const std::string logged = StartLog(*a_);
 
   MigrationCredential cred = Credential();
   auto info = b_->PrepareIncoming(IncomingRequest{Spec(), cred, "127.0.0.1"});
@@ -109,6 +140,7 @@ TEST_F(VmRunnerMigrationTest, MovesARunningVmBetweenHosts) {
   EXPECT_FALSE(fs::exists(dir_.path() + "/a/vms/vm-mig"));
   EXPECT_TRUE(ProcessesMentioning(dir_.path() + "/a/").empty());
   EXPECT_EQ(Out(*b_, "sync && echo 3 > /proc/sys/vm/drop_caches && cat /root/marker"), "before\n");
+  ExpectLogComplete(*b_, logged);
 
   // The target's agent restarts: the VM is adopted as an ordinary running VM.
   b_ = std::make_unique<VmRunner>(b_->options());
@@ -150,6 +182,38 @@ TEST_F(VmRunnerMigrationTest, AbortedMigrationsLeaveTheSourceRunningAndNothingOn
   ASSERT_TRUE(ck.ok()) << ck.error().message;
   EXPECT_EQ(ck->state, "running");
   ASSERT_TRUE(a_->Destroy("vm-mig", true).ok());
+}
+
+// A persistent workspace moves whole (it has no backing file): the target
+// gets an empty qcow2 of the same size and the mirror copies all of it. A
+// guest loop appends to a file and syncs each line; after the move the
+// target's disk (page cache dropped) holds every line, none missing.
+TEST_F(VmRunnerMigrationTest, PersistentWorkspaceMovesWithNoWriteLost) {
+  VmSpec spec = Spec();
+  spec.disk_mode = "persistent";
+  spec.workspace_path = dir_.path() + "/a-ws/u/ws.qcow2";
+  ASSERT_TRUE(a_->Create(spec).ok());
+  const std::string before = StartLog(*a_);
+
+  VmSpec there = spec;  // the target host's PrepareSpec names its own workspace file
+  there.workspace_path = dir_.path() + "/b-ws/u/ws.qcow2";
+  MigrationCredential cred = Credential();
+  auto info = b_->PrepareIncoming(IncomingRequest{there, cred, "127.0.0.1"});
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  EXPECT_EQ(Sh("qemu-img info -U " + there.workspace_path + " | grep -q 'backing file'"), 1)
+      << "a workspace has no backing file";
+  auto result = a_->MigrateOut("vm-mig", MigrateOutRequest{*info, cred, 0});
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  std::cout << "[migration] persistent workspace: total " << result->total_ms << " ms, downtime "
+            << result->downtime_ms << " ms, RAM " << result->ram_bytes << " bytes, disk "
+            << result->disk_bytes << " bytes\n";
+  ASSERT_TRUE(b_->FinishIncoming("vm-mig").ok());
+  ASSERT_TRUE(a_->ConfirmMigrateOut("vm-mig", true).ok());
+  EXPECT_FALSE(fs::exists(spec.workspace_path)) << "the source's stale copy is deleted";
+  EXPECT_TRUE(fs::exists(there.workspace_path));
+
+  ExpectLogComplete(*b_, before);
+  ASSERT_TRUE(b_->Destroy("vm-mig", true).ok());
 }
 
 }  // namespace
