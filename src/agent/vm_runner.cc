@@ -166,11 +166,7 @@ Status VmRunner::SaveForwards(const std::string& id, const std::vector<ForwardIn
 Result<ForwardInfo> VmRunner::AddForward(const std::string& id, const ForwardRequest& request) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
-  RefreshLiveness(*vm);
-  VMG_RETURN_IF_ERROR(NotMigrating(*vm));
-  if (vm->State() != VmState::kRunning)
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "VM " + id + " is " + ToString(vm->State()) + ", not running");
+  VMG_RETURN_IF_ERROR(RunningAndIdle(*vm));
   if (request.nic < 0 || static_cast<size_t>(request.nic) >= vm->spec.nics.size())
     return MakeError(ErrorCode::kInvalidArgument,
                      "VM " + id + " has no NIC " + std::to_string(request.nic));
@@ -555,6 +551,15 @@ void VmRunner::DiscardNewVm(Vm& vm) {
   (void)RemoveTree(VmDir(spec.id));
   std::lock_guard<std::mutex> l(mu_);
   vms_.erase(spec.id);
+}
+
+Status VmRunner::RunningAndIdle(Vm& vm) {
+  RefreshLiveness(vm);
+  VMG_RETURN_IF_ERROR(NotMigrating(vm));
+  if (vm.State() != VmState::kRunning)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.spec.id + " is " + ToString(vm.State()) + ", not running");
+  return Status::Ok();
 }
 
 Status VmRunner::NotMigrating(const Vm& vm) const {
@@ -1074,11 +1079,7 @@ Result<MigrationResult> VmRunner::MigrateOut(const std::string& id,
                                              const MigrateOutRequest& request) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
-  RefreshLiveness(*vm);
-  VMG_RETURN_IF_ERROR(NotMigrating(*vm));
-  if (vm->State() != VmState::kRunning)
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "VM " + id + " is " + ToString(vm->State()) + ", not running");
+  VMG_RETURN_IF_ERROR(RunningAndIdle(*vm));
   vm->SetMigration("outgoing");
   PersistStateOrCount(*vm);
   auto [uid, gid] = QemuIds(*vm);

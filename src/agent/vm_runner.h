@@ -160,6 +160,8 @@ class VmRunner : public VmDriver {
   void DiscardNewVm(Vm& vm);
   // kFailedPrecondition while `vm` takes part in a live migration.
   Status NotMigrating(const Vm& vm) const;
+  // RefreshLiveness, then kFailedPrecondition unless running and not migrating. op_mu held.
+  Status RunningAndIdle(Vm& vm);
   // Where the migration's PSK file lives while QEMU needs it.
   std::string MigrationKeyDir(const std::string& id) const;
   Status WaitGuestReady(Vm& vm, std::chrono::steady_clock::time_point started);

@@ -242,6 +242,13 @@ class TinyMigrationTest : public MigrationTest {
     if (!ga.ok()) return ga.error();
     return (*ga)->Exec({"sh", "-c", script}, "", seconds(60));
   }
+  // A guest loop writing 1, 2, 3, ... into /root/counter.
+  static void StartCounter(QemuProcess& q) {
+    auto r = Run(q,
+                 "(i=0; while true; do i=$((i+1)); echo $i > /root/counter; sleep 0.1; done) "
+                 ">/dev/null 2>&1 </dev/null & echo started");
+    ASSERT_TRUE(r.ok()) << r.error().message;
+  }
   // The source keeps working: its guest agent runs commands and its loop counts.
   void ExpectSourceUsable(QemuProcess& src) {
     EXPECT_TRUE(src.Alive());
@@ -316,10 +323,7 @@ TEST_F(TinyMigrationTest, GuestWithDiskAndLoopMovesAndKeepsRunning) {
 TEST_F(TinyMigrationTest, TargetKilledMidMigrationLeavesSourceRunning) {
   auto src = BootSource();
   ASSERT_NE(src, nullptr);
-  auto r = Run(*src,
-               "(i=0; while true; do i=$((i+1)); echo $i > /root/counter; sleep 0.1; done) "
-               ">/dev/null 2>&1 </dev/null & echo started");
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  StartCounter(*src);
   // Kill -9 the target once while the disk is being mirrored, once while RAM moves.
   for (MigrationPhase when : {MigrationPhase::kMirrorStarted, MigrationPhase::kMigrating}) {
     SCOPED_TRACE(ToString(when));
@@ -376,10 +380,7 @@ TEST_F(TinyMigrationTest, TargetKilledMidMigrationLeavesSourceRunning) {
 TEST_F(TinyMigrationTest, WrongKeyOnTargetFailsAndSourceRuns) {
   auto src = BootSource();
   ASSERT_NE(src, nullptr);
-  auto r = Run(*src,
-               "(i=0; while true; do i=$((i+1)); echo $i > /root/counter; sleep 0.1; done) "
-               ">/dev/null 2>&1 </dev/null & echo started");
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  StartCounter(*src);
   auto dst = StartTarget("dst");
   ASSERT_NE(dst, nullptr);
   auto right = NewMigrationKey("vmgrid-test");
