@@ -164,12 +164,23 @@ TEST_F(VmRunnerMigrationTest, AbortedMigrationsLeaveTheSourceRunningAndNothingOn
   EXPECT_EQ(Out(*a_, "echo still"), "still\n");
 
   // 2. The target fails after the migration completed (its QEMU is killed
-  // before FinishIncoming): the source resumes where it stopped.
+  // before FinishIncoming, and the source's agent restarted meanwhile): the
+  // source resumes where it stopped.
   MigrationCredential cred = Credential();
   info = b_->PrepareIncoming(IncomingRequest{Spec(), cred, "127.0.0.1"});
   ASSERT_TRUE(info.ok()) << info.error().message;
   result = a_->MigrateOut("vm-mig", MigrateOutRequest{*info, cred, 0});
   ASSERT_TRUE(result.ok()) << result.error().message;
+  // The source's agent restarts now: the migration had completed, so its
+  // QEMU stays paused (the target could hold the VM) until confirmed.
+  a_ = std::make_unique<VmRunner>(a_->options());
+  ASSERT_TRUE(a_->Recover().ok());
+  EXPECT_EQ(a_->Get("vm-mig")->state, "running");
+  EXPECT_EQ(a_->Exec("vm-mig", {"true"}, "", seconds(5)).error().code,
+            ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(
+      Sh("grep -q '\"migration\": \"migrated-out\"' " + dir_.path() + "/a/vms/vm-mig/state.json"),
+      0);
   for (pid_t pid : ProcessesMentioning(dir_.path() + "/b/")) ::kill(pid, SIGKILL);
   EXPECT_FALSE(b_->FinishIncoming("vm-mig").ok());
   EXPECT_TRUE(b_->List().empty());
