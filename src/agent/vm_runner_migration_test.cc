@@ -188,6 +188,21 @@ TEST_F(VmRunnerMigrationTest, AbortedMigrationsLeaveTheSourceRunningAndNothingOn
   ASSERT_TRUE(a_->ConfirmMigrateOut("vm-mig", false).ok());
   EXPECT_EQ(a_->Get("vm-mig")->state, "running");
   EXPECT_EQ(Out(*a_, "echo resumed"), "resumed\n");
+  // 3. The target's agent restarts before FinishIncoming (its QEMU, detached,
+  // had received everything): Recover removes the half-arrived VM.
+  cred = Credential();
+  info = b_->PrepareIncoming(IncomingRequest{Spec(), cred, "127.0.0.1"});
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  result = a_->MigrateOut("vm-mig", MigrateOutRequest{*info, cred, 0});
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  b_ = std::make_unique<VmRunner>(b_->options());
+  ASSERT_TRUE(b_->Recover().ok());
+  EXPECT_TRUE(b_->List().empty());
+  EXPECT_FALSE(fs::exists(dir_.path() + "/b/vms/vm-mig"));
+  EXPECT_TRUE(ProcessesMentioning(dir_.path() + "/b/").empty());
+  ASSERT_TRUE(a_->ConfirmMigrateOut("vm-mig", false).ok());
+  EXPECT_EQ(Out(*a_, "echo resumed again"), "resumed again\n");
+
   // And a checkpoint still works on the source (no TLS left in its settings).
   auto ck = a_->Checkpoint("vm-mig", true);
   ASSERT_TRUE(ck.ok()) << ck.error().message;
