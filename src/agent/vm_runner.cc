@@ -804,6 +804,8 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
 Status VmRunner::Destroy(const std::string& id, bool purge_workspace) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
+  // A half-arrived incoming migration's workspace is only a partial copy.
+  if (vm->Migration() == "incoming" && vm->created_workspace) purge_workspace = true;
   vm->Set(VmState::kDeleting);
   PersistStateOrCount(*vm);
   if (vm->qemu) {

@@ -240,6 +240,14 @@ TEST_F(VmRunnerMigrationTest, PersistentWorkspaceMovesWithNoWriteLost) {
 
   ExpectLogComplete(*b_, before);
   ASSERT_TRUE(b_->Destroy("vm-mig", true).ok());
+
+  // A delete (not an abort) of a half-arrived VM takes its partial workspace too.
+  auto again = a_->PrepareIncoming(IncomingRequest{spec, Credential(), "127.0.0.1"});
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_TRUE(fs::exists(spec.workspace_path));
+  ASSERT_TRUE(a_->Destroy("vm-mig", /*purge_workspace=*/false).ok());
+  EXPECT_FALSE(fs::exists(spec.workspace_path));
+  EXPECT_TRUE(a_->List().empty());
 }
 
 }  // namespace
