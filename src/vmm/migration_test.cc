@@ -162,6 +162,11 @@ TEST_F(MigrationTest, GuestlessWithDiskOverPskTls) {
   EXPECT_GT(stats->ram_bytes, 0);
   EXPECT_FALSE(fs::exists(P("src/mig-key")));
   EXPECT_EQ(*QueryStatus((*src)->qmp()), "postmigrate");
+  // An agent restarting now finds a completed migration: it stays paused.
+  auto recovered = RecoverOutgoing((*src)->qmp());
+  ASSERT_TRUE(recovered.ok()) << recovered.error().message;
+  EXPECT_TRUE(*recovered);
+  EXPECT_EQ(*QueryStatus((*src)->qmp()), "postmigrate");
   // The target waits (-S) until it is told to run.
   EXPECT_NE(*QueryStatus((*dst)->qmp()), "running");
   Status st = FinishIncoming((*dst)->qmp(), P("dst/mig-key"), seconds(30));
@@ -197,6 +202,57 @@ TEST_F(MigrationTest, WrongKeyOnTheMigrationStreamFailsAndSourceRuns) {
   EXPECT_TRUE(st.ok()) << st.error().message;
   ASSERT_TRUE((*src)->Quit(seconds(10)).ok());
   (void)(*dst)->Kill();
+}
+
+// What an agent that died during MigrateOut leaves in the source QEMU (TLS
+// object, NBD client node, a running mirror, a throttled migration with
+// pause-before-switchover): RecoverOutgoing cancels it all and the VM runs.
+TEST_F(MigrationTest, RecoverOutgoingCancelsAnInterruptedMigration) {
+  ASSERT_EQ(Sh("qemu-img create -q -f raw " + P("base.raw") + " 64M"), 0);
+  ::chmod(P("base.raw").c_str(), 0644);
+  Overlay(P("base.raw"), "raw", "src.qcow2");
+  Overlay(P("base.raw"), "raw", "dst.qcow2");
+  QemuConfig c;
+  c.memory_mb = 128;
+  auto src = Start(c, "src", "src.qcow2", false);
+  ASSERT_TRUE(src.ok()) << src.error().message;
+  auto dst = Start(c, "dst", "dst.qcow2", true);
+  ASSERT_TRUE(dst.ok()) << dst.error().message;
+  auto key = NewMigrationKey("vmgrid-test");
+  ASSERT_TRUE(key.ok());
+  auto ep = StartIncoming((*dst)->qmp(), Incoming(*key, "dst", true), seconds(30));
+  ASSERT_TRUE(ep.ok()) << ep.error().message;
+  // MigrateOut's own steps, stopped halfway: the "agent" dies once RAM moves
+  // (1 MB/s: it is still moving when we look).
+  OutgoingParams out = Outgoing(*key, "src", *ep, true);
+  out.max_bandwidth = 1 << 20;
+  bool interrupted = false;
+  out.on_phase = [&](MigrationPhase ph) {
+    if (ph != MigrationPhase::kMigrating || interrupted) return;
+    interrupted = true;
+    auto info = (*src)->qmp().Execute("query-migrate");
+    ASSERT_TRUE(info.ok());
+    std::string status = info->value("status", "");
+    EXPECT_TRUE(status == "setup" || status == "active") << info->dump();
+    auto recovered = RecoverOutgoing((*src)->qmp());
+    ASSERT_TRUE(recovered.ok()) << recovered.error().message;
+    EXPECT_FALSE(*recovered);
+  };
+  auto stats = MigrateOut((*src)->qmp(), out, seconds(60));
+  EXPECT_FALSE(stats.ok());  // what it waited for was cancelled under it
+  ASSERT_TRUE(interrupted);
+  EXPECT_EQ(*QueryStatus((*src)->qmp()), "running");
+  auto jobs = (*src)->qmp().Execute("query-block-jobs");
+  ASSERT_TRUE(jobs.ok());
+  EXPECT_TRUE(jobs->empty()) << jobs->dump();
+  auto params = (*src)->qmp().Execute("query-migrate-parameters");
+  ASSERT_TRUE(params.ok());
+  EXPECT_EQ(params->value("tls-creds", "?"), "") << params->dump();
+  // Saving state to a file works again (no TLS, no pause-before-switchover).
+  Status st = SaveStateToFile((*src)->qmp(), P("state"), seconds(60));
+  EXPECT_TRUE(st.ok()) << st.error().message;
+  (void)(*dst)->Kill();
+  ASSERT_TRUE((*src)->Quit(seconds(10)).ok());
 }
 
 // --- the tiny guest ----------------------------------------------------------
