@@ -6,7 +6,8 @@
 // parsed as every other protocol type: a host report (heartbeat), the
 // heartbeat answer with its network plan, a list of NICs, a VM
 // status, an image checkpoint request and result, a checkpoint reference,
-// and its string values as future ids and export names.
+// the live-migration messages (incoming request and info, migrate-out
+// request, migration result), and its string values as future ids and export names.
 // Oracles: an accepted value satisfies the documented constraints, survives
 // ToJson -> dump -> parse -> FromJson unchanged, and its integer fields hold
 // the values that were sent (no silent narrowing).
@@ -19,6 +20,7 @@
 #include "proto/checkpoint_ref.h"
 #include "proto/future_id.h"
 #include "proto/host_report.h"
+#include "proto/migration.h"
 #include "proto/network_plan.h"
 #include "proto/vm_spec.h"
 #include "proto/vm_status.h"
@@ -100,6 +102,32 @@ void CheckOthers(const json& j) {
       auto again = vmgrid::CheckpointRefFromJson(Wire(vmgrid::ToJson(*c)), pushed);
       FUZZ_CHECK(again.ok() && *again == *c, j.dump());
     }
+  }
+  if (auto m = vmgrid::IncomingRequestFromJson(j); m.ok()) {
+    FUZZ_CHECK(m->credential.key_hex.size() == 64 && !m->listen_host.empty(), j.dump());
+    auto again = vmgrid::IncomingRequestFromJson(Wire(vmgrid::ToJson(*m)));
+    FUZZ_CHECK(again.ok() && *again == *m, j.dump());
+  }
+  if (auto m = vmgrid::IncomingInfoFromJson(j); m.ok()) {
+    FUZZ_CHECK(m->migration_port >= 1 && m->migration_port <= 65535, j.dump());
+    FUZZ_CHECK((m->nbd_port == 0) == m->nbd_export.empty(), j.dump());
+    CheckSentInteger(j, "nbd_port", m->nbd_port);
+    CheckSentInteger(j, "migration_port", m->migration_port);
+    auto again = vmgrid::IncomingInfoFromJson(Wire(vmgrid::ToJson(*m)));
+    FUZZ_CHECK(again.ok() && *again == *m, j.dump());
+  }
+  if (auto m = vmgrid::MigrateOutRequestFromJson(j); m.ok()) {
+    CheckSentInteger(j, "max_bandwidth", m->max_bandwidth);
+    auto again = vmgrid::MigrateOutRequestFromJson(Wire(vmgrid::ToJson(*m)));
+    FUZZ_CHECK(again.ok() && *again == *m, j.dump());
+  }
+  if (auto m = vmgrid::MigrationResultFromJson(j); m.ok()) {
+    FUZZ_CHECK(m->total_ms >= 0 && m->downtime_ms >= 0 && m->ram_bytes >= 0 && m->disk_bytes >= 0,
+               j.dump());
+    CheckSentInteger(j, "total_ms", m->total_ms);
+    CheckSentInteger(j, "ram_bytes", m->ram_bytes);
+    auto again = vmgrid::MigrationResultFromJson(Wire(vmgrid::ToJson(*m)));
+    FUZZ_CHECK(again.ok() && *again == *m, j.dump());
   }
   if (!j.is_object()) return;
   for (const auto& [key, value] : j.items()) {

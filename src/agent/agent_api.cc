@@ -123,6 +123,53 @@ void InstallAgentApi(httplib::Server& s, const std::string& prefix, int prefix_g
     if (!h) return;
     ReplyStatus(res, h->driver().RemoveForward(req.matches[id], std::stoi(req.matches[id + 1])));
   });
+  // Live migration (proto/migration.h, docs/migration.md).
+  s.Post(base + "/migrations/incoming", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    auto j = Body(req, res);
+    if (!j) return;
+    auto request = IncomingRequestFromJson(*j);
+    if (!request.ok()) return SendError(res, request.error());
+    if (request->spec.disk_mode == "persistent")
+      if (Status st = CheckWorkspaceName(request->spec.workspace_path); !st.ok())
+        return SendError(res, st.error());
+    if (Status st = h->PrepareSpec(request->spec); !st.ok()) return SendError(res, st.error());
+    auto r = h->driver().PrepareIncoming(*request);
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, 200, ToJson(*r));
+  });
+  s.Post(base + R"(/vms/([^/]+)/migrate-out)", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    auto j = Body(req, res);
+    if (!j) return;
+    auto request = MigrateOutRequestFromJson(*j);
+    if (!request.ok()) return SendError(res, request.error());
+    auto r = h->driver().MigrateOut(req.matches[id], *request);
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, 200, ToJson(*r));
+  });
+  s.Post(base + R"(/vms/([^/]+)/(finish-incoming|abort-incoming))", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    const std::string vm = req.matches[id];
+    if (req.matches[id + 1] == "finish-incoming") return Reply(res, h->driver().FinishIncoming(vm));
+    ReplyStatus(res, h->driver().AbortIncoming(vm));
+  });
+  s.Post(base + R"(/vms/([^/]+)/confirm-migrate-out)", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    auto j = Body(req, res);
+    if (!j) return;
+    JsonFields f(*j, {"migrated"});
+    if (Status st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+    if (!j->contains("migrated"))
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "field 'migrated' is required"));
+    auto migrated = f.Bool("migrated", false);
+    if (!migrated.ok()) return SendError(res, migrated.error());
+    ReplyStatus(res, h->driver().ConfirmMigrateOut(req.matches[id], *migrated));
+  });
   s.Delete(base + R"(/vms/([^/]+))", [=](const Req& req, Res& res) {
     AgentHost* h = resolve(req, res);
     if (!h) return;

@@ -13,6 +13,19 @@
 //   Resume:     suspended | stopped -> running
 //   Destroy:    any -> (gone); purge_workspace also deletes a persistent disk
 //   Exec:       running only
+//   Live migration (docs/migration.md), the controller calling two hosts:
+//     target PrepareIncoming:  (new) -> creating (an incoming VM: QEMU waits,
+//                              paused, for the source; its disk is exported)
+//     source MigrateOut:       running -> running, migrated out (paused; every
+//                              other operation but ConfirmMigrateOut and
+//                              Destroy is refused while migrating)
+//     target FinishIncoming:   creating (incoming) -> running
+//     target AbortIncoming:    creating (incoming) -> (gone, nothing left)
+//     source ConfirmMigrateOut(migrated=true):  -> (gone; a persistent
+//                              workspace's file is deleted: it moved)
+//     source ConfirmMigrateOut(migrated=false): -> running again
+//   A failed MigrateOut leaves the source running and not migrating; a
+//   failed FinishIncoming removes the target like AbortIncoming.
 // Unknown ids answer kNotFound, a wrong state kFailedPrecondition; a failed
 // operation has no side effects beyond what docs/vm-lifecycle.md lists.
 // Thread-safe: all methods, for every implementation.
@@ -27,6 +40,7 @@
 #include "common/result.h"
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
+#include "proto/migration.h"
 #include "proto/network_plan.h"
 #include "proto/vm_spec.h"
 #include "proto/vm_status.h"
@@ -63,6 +77,14 @@ class VmDriver {
   // until removed or the VM is deleted.
   virtual Result<ForwardInfo> AddForward(const std::string& id, const ForwardRequest& request) = 0;
   virtual Status RemoveForward(const std::string& id, int listen_port) = 0;
+
+  // Live migration, in the order the controller calls them (contract above).
+  virtual Result<IncomingInfo> PrepareIncoming(const IncomingRequest& request) = 0;
+  virtual Result<MigrationResult> MigrateOut(const std::string& id,
+                                             const MigrateOutRequest& request) = 0;
+  virtual Result<VmStatus> FinishIncoming(const std::string& id) = 0;
+  virtual Status AbortIncoming(const std::string& id) = 0;
+  virtual Status ConfirmMigrateOut(const std::string& id, bool migrated) = 0;
 };
 
 }  // namespace vmgrid

@@ -19,6 +19,7 @@
 #include "images/image_file.h"
 #include "images/qcow2_header.h"
 #include "vmm/machine_ops.h"
+#include "vmm/migration.h"
 #include "vmm/qemu_process.h"
 
 namespace vmgrid {
@@ -46,6 +47,10 @@ struct VmRunner::Vm {
   // disk its NBD node sits (0: no NBD backing).
   int uid = -1, gid = -1;
   int nbd_depth = 0;
+  // Its part in a live migration (state.json "migration"): "" none,
+  // "incoming" (a PrepareIncoming'd target, state creating), "outgoing"
+  // (MigrateOut running), "migrated-out" (source paused until confirmed).
+  std::string migration;
 
   // Guarded by op_mu.
   std::unique_ptr<QemuProcess> qemu;
@@ -58,6 +63,14 @@ struct VmRunner::Vm {
   VmState State() const {
     std::lock_guard<std::mutex> l(status_mu);
     return state;
+  }
+  void SetMigration(const std::string& m) {
+    std::lock_guard<std::mutex> l(status_mu);
+    migration = m;
+  }
+  std::string Migration() const {
+    std::lock_guard<std::mutex> l(status_mu);
+    return migration;
   }
 };
 
@@ -154,10 +167,7 @@ Status VmRunner::SaveForwards(const std::string& id, const std::vector<ForwardIn
 Result<ForwardInfo> VmRunner::AddForward(const std::string& id, const ForwardRequest& request) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
-  RefreshLiveness(*vm);
-  if (vm->State() != VmState::kRunning)
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "VM " + id + " is " + ToString(vm->State()) + ", not running");
+  VMG_RETURN_IF_ERROR(RunningAndIdle(*vm));
   if (request.nic < 0 || static_cast<size_t>(request.nic) >= vm->spec.nics.size())
     return MakeError(ErrorCode::kInvalidArgument,
                      "VM " + id + " has no NIC " + std::to_string(request.nic));
@@ -275,7 +285,8 @@ Status VmRunner::PersistState(Vm& vm) {
          {"created_workspace", vm.created_workspace},
          {"ready_ms", vm.ready_ms},
          {"disk_path", vm.disk_path},
-         {"disk_format", vm.disk_format}};
+         {"disk_format", vm.disk_format},
+         {"migration", vm.migration}};
   }
   j["uid"] = vm.uid;
   j["gid"] = vm.gid;
@@ -448,7 +459,8 @@ static int UntrustedDepth(const std::string& top, const std::string& user_disk) 
   return 0;
 }
 
-Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state) {
+Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state,
+                        bool migration_target) {
   QemuConfig c;
   c.vm_id = vm.spec.id;
   c.vcpus = vm.spec.vcpus;
@@ -465,7 +477,9 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state) 
   if (c.disk_format == "qcow2" && !vm.spec.image.disk.empty())
     c.disk_untrusted_depth = UntrustedDepth(c.disk_path, vm.spec.image.disk);
   c.run_dir = VmDir(vm.spec.id) + "/run";
-  c.incoming = incoming;
+  c.incoming = incoming || migration_target;
+  // A migration target must not run before the source has stopped for good.
+  c.start_paused = migration_target;
   c.runas = options_.runas;
   if (vm.uid >= 0) {
     c.uid = vm.uid;
@@ -491,7 +505,7 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state) 
   // Old sockets and logs from a previous run would confuse readiness checks.
   for (const char* f : {"qmp.sock", "qga.sock", "qemu.pid"}) unlink((c.run_dir + "/" + f).c_str());
   VMG_ASSIGN_OR_RETURN(vm.qemu, QemuProcess::Launch(c, seconds(30)));
-  if (incoming) {
+  if (incoming && !migration_target) {
     Status st = ResumeFromFile(vm.qemu->qmp(), memory_state, seconds(120));
     if (!st.ok()) {
       (void)vm.qemu->Kill();
@@ -525,58 +539,88 @@ static void Reseed(const std::string& qga_socket) {
 
 // --- lifecycle ----------------------------------------------------------------------
 
-Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
-  auto started = Clock::now();
+void VmRunner::DiscardNewVm(Vm& vm) {
+  // A failed create (or incoming migration) leaves nothing behind: no
+  // process, no files, no record.
+  const VmSpec& spec = vm.spec;
+  if (vm.qemu) (void)vm.qemu->Kill();
+  vm.qemu.reset();
+  if (vm.created_workspace) unlink(spec.workspace_path.c_str());
+  if (options_.images) options_.images->ReleaseDisk(spec.id);
+  if (options_.networks) options_.networks->Detach(spec.id, spec.nics);
+  if (cgroups_) cgroups_->Remove(spec.id);
+  (void)RemoveTree(VmDir(spec.id));
+  std::lock_guard<std::mutex> l(mu_);
+  vms_.erase(spec.id);
+}
+
+Status VmRunner::RunningAndIdle(Vm& vm) {
+  RefreshLiveness(vm);
+  VMG_RETURN_IF_ERROR(NotMigrating(vm));
+  if (vm.State() != VmState::kRunning)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.spec.id + " is " + ToString(vm.State()) + ", not running");
+  return Status::Ok();
+}
+
+Status VmRunner::NotMigrating(const Vm& vm) const {
+  std::string m = vm.Migration();
+  if (m.empty()) return Status::Ok();
+  return MakeError(ErrorCode::kFailedPrecondition,
+                   "VM " + vm.spec.id + " is in a live migration (" + m + ")");
+}
+
+Result<std::shared_ptr<VmRunner::Vm>> VmRunner::RegisterNewVm(const VmSpec& spec,
+                                                              const std::string& migration,
+                                                              const std::string& what) {
   auto vm = std::make_shared<Vm>();
   vm->spec = spec;
   vm->state = VmState::kCreating;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (vms_.count(spec.id))
-      return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
-    int uid = AllocateUidLocked();
-    if (uid == -2)
-      return MakeError(
-          ErrorCode::kResourceExhausted,
-          "all " + std::to_string(options_.vm_uid_count) + " per-VM uids of this host are in use");
-    vm->uid = vm->gid = uid;
-    vms_[spec.id] = vm;
-  }
-  std::lock_guard<std::mutex> op(vm->op_mu);
-  std::string dir = VmDir(spec.id);
-  auto fail = [&](const Error& e) -> Error {
-    // A failed create leaves nothing behind: no process, no files, no record.
-    if (vm->qemu) (void)vm->qemu->Kill();
-    vm->qemu.reset();
-    if (vm->created_workspace) unlink(spec.workspace_path.c_str());
-    if (options_.images) options_.images->ReleaseDisk(spec.id);
-    if (options_.networks) options_.networks->Detach(spec.id, spec.nics);
-    if (cgroups_) cgroups_->Remove(spec.id);
-    (void)RemoveTree(dir);
-    std::lock_guard<std::mutex> l(mu_);
-    vms_.erase(spec.id);
-    return ForUser(e, "create of VM " + spec.id);
-  };
-  if (FileExists(dir)) {
-    std::lock_guard<std::mutex> l(mu_);
-    vms_.erase(spec.id);
-    return ForUser(MakeError(ErrorCode::kAlreadyExists, "VM directory " + dir + " already exists"),
-                   "create of VM " + spec.id);
-  }
+  vm->migration = migration;
+  std::lock_guard<std::mutex> l(mu_);
+  if (vms_.count(spec.id))
+    return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
+  if (FileExists(VmDir(spec.id)))
+    return ForUser(
+        MakeError(ErrorCode::kAlreadyExists, "VM directory " + VmDir(spec.id) + " already exists"),
+        what);
+  int uid = AllocateUidLocked();
+  if (uid == -2)
+    return MakeError(ErrorCode::kResourceExhausted, "all " + std::to_string(options_.vm_uid_count) +
+                                                        " per-VM uids of this host are in use");
+  vm->uid = vm->gid = uid;
+  vms_[spec.id] = vm;
+  return vm;
+}
+
+Status VmRunner::MakeVmFiles(Vm& vm) {
+  const std::string dir = VmDir(vm.spec.id);
   Status st = MakeDirs(dir + "/run", 0700);
   // The VM directory stays the agent's (QEMU must not replace spec.json or
   // state.json); QEMU's own files are below it: run/, disk.qcow2, checkpoint/.
   // With a per-VM uid only that VM's group may enter it.
-  if (st.ok() && vm->gid >= 0 &&
-      chown(dir.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(vm->gid)) != 0)
+  if (st.ok() && vm.gid >= 0 &&
+      chown(dir.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(vm.gid)) != 0)
     st = MakeError(ErrorCode::kInternal, "chown " + dir + ": " + strerror(errno));
-  if (st.ok()) chmod(dir.c_str(), vm->gid >= 0 ? 0710 : QemuIds(*vm).first >= 0 ? 0711 : 0700);
-  if (st.ok()) st = ChownForQemu(*vm, dir + "/run");
+  if (st.ok()) chmod(dir.c_str(), vm.gid >= 0 ? 0710 : QemuIds(vm).first >= 0 ? 0711 : 0700);
+  if (st.ok()) st = ChownForQemu(vm, dir + "/run");
   if (st.ok()) chmod((dir + "/run").c_str(), 0700);
-  if (st.ok()) st = ResolveBlobs(*vm);
+  if (st.ok()) st = ResolveBlobs(vm);
+  if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(vm.spec).dump(2) + "\n", 0600);
+  if (st.ok()) st = PersistState(vm);
+  return st;
+}
+
+Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
+  auto started = Clock::now();
+  VMG_ASSIGN_OR_RETURN(auto vm, RegisterNewVm(spec, "", "create of VM " + spec.id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  auto fail = [&](const Error& e) -> Error {
+    DiscardNewVm(*vm);
+    return ForUser(e, "create of VM " + spec.id);
+  };
+  Status st = MakeVmFiles(*vm);
   auto t_files = Clock::now();
-  if (st.ok()) st = WriteFileAtomic(dir + "/spec.json", ToJson(vm->spec).dump(2) + "\n", 0600);
-  if (st.ok()) st = PersistState(*vm);
   bool created_ws = false;
   if (st.ok()) st = PrepareDisk(*vm, &created_ws);
   vm->created_workspace = created_ws;
@@ -617,6 +661,7 @@ Result<VmStatus> VmRunner::Stop(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
   RefreshLiveness(*vm);
+  VMG_RETURN_IF_ERROR(NotMigrating(*vm));
   const VmState from = vm->State();
   auto t = LookupTransition(from, VmOp::kStop);
   if (!t.ok())
@@ -681,6 +726,7 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
   RefreshLiveness(*vm);
+  VMG_RETURN_IF_ERROR(NotMigrating(*vm));
   const VmState from = vm->State();
   auto t =
       LookupTransition(from, leave_running ? VmOp::kCheckpointLeaveRunning : VmOp::kCheckpoint);
@@ -737,6 +783,7 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
   RefreshLiveness(*vm);
+  VMG_RETURN_IF_ERROR(NotMigrating(*vm));
   const VmState from = vm->State();
   auto t = LookupTransition(from, VmOp::kResume);
   if (!t.ok())
@@ -764,6 +811,8 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
 Status VmRunner::Destroy(const std::string& id, bool purge_workspace) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
+  // A half-arrived incoming migration's workspace is only a partial copy.
+  if (vm->Migration() == "incoming" && vm->created_workspace) purge_workspace = true;
   vm->Set(VmState::kDeleting);
   PersistStateOrCount(*vm);
   if (vm->qemu) {
@@ -793,6 +842,7 @@ Result<ExecResult> VmRunner::Exec(const std::string& id, const std::vector<std::
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
   RefreshLiveness(*vm);
+  VMG_RETURN_IF_ERROR(NotMigrating(*vm));
   if (!Allows(vm->State(), VmOp::kExec))
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + id + " is " + ToString(vm->State()) + ", not running");
@@ -945,6 +995,189 @@ Status VmRunner::DeleteWorkspace(const std::string& path) {
   return Status::Ok();
 }
 
+// --- live migration -------------------------------------------------------------------
+
+std::string VmRunner::MigrationKeyDir(const std::string& id) const {
+  return VmDir(id) + "/run/mig-key";
+}
+
+Status VmRunner::PrepareIncomingDisk(Vm& vm, bool* created_workspace) {
+  const VmSpec& s = vm.spec;
+  std::string disk;
+  if (s.disk_mode == "clone") {
+    disk = VmDir(s.id) + "/disk.qcow2";
+    // The source's top layer lies over the image, or over an image's
+    // checkpoint disk; a VM checkpoint's disk was copied into that top layer.
+    std::string backing = s.image.disk, format = s.image.format;
+    Result<std::string> kind = s.start == "resume" && !s.checkpoint_dir.empty()
+                                   ? CheckpointKind(s.checkpoint_dir)
+                                   : Result<std::string>(std::string("none"));
+    if (!kind.ok()) return kind.error();
+    const bool image_checkpoint = *kind == "image";
+    if (image_checkpoint) {
+      backing = s.checkpoint_dir + "/disk.qcow2";
+      format = "qcow2";
+    }
+    if (options_.images && s.blobs.count("disk")) vm.nbd_depth = image_checkpoint ? 2 : 1;
+    VMG_RETURN_IF_ERROR(
+        QemuImg({"create", "-q", "-f", "qcow2", "-b", backing, "-F", format, disk}));
+  } else {
+    // A workspace has no backing file; it was converted from the image and
+    // never resized, so the image gives its virtual size: create an overlay
+    // of the image and cut the backing reference (no data is read).
+    disk = s.workspace_path;
+    if (FileExists(disk))
+      return MakeError(ErrorCode::kAlreadyExists,
+                       "workspace " + disk + " already exists on the target host");
+    VMG_RETURN_IF_ERROR(MakeDirs(fs::path(disk).parent_path().string(), 0755));
+    std::string tmp = disk + ".partial";
+    Status st =
+        QemuImg({"create", "-q", "-f", "qcow2", "-b", s.image.disk, "-F", s.image.format, tmp});
+    if (st.ok()) st = QemuImg({"rebase", "-q", "-u", "-b", "", "-f", "qcow2", tmp});
+    if (st.ok() && rename(tmp.c_str(), disk.c_str()) != 0)
+      st = MakeError(ErrorCode::kInternal, "rename workspace: " + std::string(strerror(errno)));
+    if (!st.ok()) {
+      unlink(tmp.c_str());
+      return st.error().Wrap("creating the workspace of an incoming migration");
+    }
+    *created_workspace = true;
+  }
+  VMG_RETURN_IF_ERROR(ChownForQemu(vm, disk));
+  chmod(disk.c_str(), 0600);
+  std::lock_guard<std::mutex> l(vm.status_mu);
+  vm.disk_path = disk;
+  vm.disk_format = "qcow2";
+  return Status::Ok();
+}
+
+Result<IncomingInfo> VmRunner::PrepareIncoming(const IncomingRequest& request) {
+  const VmSpec& spec = request.spec;
+  const std::string what = "incoming migration of VM " + spec.id;
+  // Laid out as a create; state.json says creating, so an agent restart
+  // before FinishIncoming removes it all (Recover).
+  VMG_ASSIGN_OR_RETURN(auto vm, RegisterNewVm(spec, "incoming", what));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  auto fail = [&](const Error& e) -> Error {
+    DiscardNewVm(*vm);
+    return ForUser(e, what);
+  };
+  Status st = MakeVmFiles(*vm);
+  bool created_ws = false;
+  if (st.ok()) st = PrepareIncomingDisk(*vm, &created_ws);
+  vm->created_workspace = created_ws;
+  if (st.ok()) st = PersistState(*vm);
+  if (st.ok()) st = Launch(*vm, false, "", /*migration_target=*/true);
+  if (!st.ok()) return fail(st.error());
+  auto [uid, gid] = QemuIds(*vm);
+  IncomingParams p;
+  p.device = "disk0";
+  p.listen_host = request.listen_host;
+  p.key = {request.credential.identity, request.credential.key_hex};
+  p.key_dir = MigrationKeyDir(spec.id);
+  p.qemu_uid = uid;
+  p.qemu_gid = gid;
+  RemoveKeyDir(p.key_dir);  // a leftover of an earlier attempt
+  auto ep = StartIncoming(vm->qemu->qmp(), p, seconds(30));
+  if (!ep.ok()) return fail(ep.error());
+  spdlog::info("VM {}: incoming migration prepared (NBD port {}, migration port {})", spec.id,
+               ep->nbd_port, ep->migration_port);
+  return IncomingInfo{ep->host, ep->nbd_port, ep->migration_port, ep->nbd_export};
+}
+
+Result<MigrationResult> VmRunner::MigrateOut(const std::string& id,
+                                             const MigrateOutRequest& request) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  VMG_RETURN_IF_ERROR(RunningAndIdle(*vm));
+  vm->SetMigration("outgoing");
+  PersistStateOrCount(*vm);
+  auto [uid, gid] = QemuIds(*vm);
+  OutgoingParams p;
+  p.target = {request.target.host, request.target.nbd_port, request.target.migration_port,
+              request.target.nbd_export};
+  {
+    std::lock_guard<std::mutex> l(vm->status_mu);
+    p.device = vm->disk_path.empty() ? "" : "disk0";
+  }
+  p.key = {request.credential.identity, request.credential.key_hex};
+  p.key_dir = MigrationKeyDir(id);
+  p.qemu_uid = uid;
+  p.qemu_gid = gid;
+  p.max_bandwidth = request.max_bandwidth;
+  p.on_phase = [&id](MigrationPhase ph) { spdlog::info("VM {}: migration {}", id, ToString(ph)); };
+  RemoveKeyDir(p.key_dir);
+  auto stats = vmgrid::MigrateOut(vm->qemu->qmp(), p, std::chrono::minutes(30));
+  if (!stats.ok()) {
+    vm->SetMigration("");
+    RefreshLiveness(*vm);
+    PersistStateOrCount(*vm);
+    return ForUser(stats.error(), "migration of VM " + id);
+  }
+  vm->SetMigration("migrated-out");
+  PersistStateOrCount(*vm);
+  spdlog::info("VM {} migrated out in {} ms (downtime {} ms, RAM {} bytes, disk {} bytes)", id,
+               stats->total_ms, stats->downtime_ms, stats->ram_bytes, stats->disk_bytes);
+  return MigrationResult{stats->total_ms,    stats->mirror_ms, stats->qemu_total_ms,
+                         stats->downtime_ms, stats->ram_bytes, stats->disk_bytes};
+}
+
+Result<VmStatus> VmRunner::FinishIncoming(const std::string& id) {
+  auto started = Clock::now();
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  if (vm->Migration() != "incoming")
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is not an incoming migration");
+  Status st = vm->qemu ? vmgrid::FinishIncoming(vm->qemu->qmp(), MigrationKeyDir(id), seconds(60))
+                       : Status(MakeError(ErrorCode::kInternal, "its QEMU is gone"));
+  if (st.ok()) st = WaitGuestReady(*vm, started);
+  if (!st.ok()) {
+    DiscardNewVm(*vm);
+    return ForUser(st.error(), "finishing the incoming migration of VM " + id);
+  }
+  vm->SetMigration("");
+  vm->Set(VmState::kRunning);
+  PersistStateOrCount(*vm);
+  return StatusOf(*vm);
+}
+
+Status VmRunner::AbortIncoming(const std::string& id) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  if (vm->Migration() != "incoming")
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is not an incoming migration");
+  DiscardNewVm(*vm);
+  return Status::Ok();
+}
+
+Status VmRunner::ConfirmMigrateOut(const std::string& id, bool migrated) {
+  {
+    VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+    std::lock_guard<std::mutex> op(vm->op_mu);
+    if (vm->Migration() != "migrated-out")
+      return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " has not migrated out");
+    if (!migrated) {
+      // The target could not take over: the source runs on where it stopped.
+      Status st = vm->qemu ? ResumeSource(vm->qemu->qmp())
+                           : Status(MakeError(ErrorCode::kInternal, "its QEMU is gone"));
+      vm->SetMigration("");
+      if (!st.ok()) {
+        if (vm->qemu) (void)vm->qemu->Kill();
+        vm->qemu.reset();
+        vm->Set(VmState::kError,
+                "resuming after a failed migration: " + RedactForUser(st.error().message));
+      }
+      PersistStateOrCount(*vm);
+      if (!st.ok()) return ForUser(st.error(), "resuming VM " + id + " after a failed migration");
+      return Status::Ok();
+    }
+    if (vm->qemu) (void)vm->qemu->Quit(seconds(5));
+    vm->qemu.reset();
+  }
+  // The VM runs elsewhere now: its files here, a persistent workspace's
+  // stale copy included, go.
+  return Destroy(id, /*purge_workspace=*/true);
+}
+
 // --- recovery -------------------------------------------------------------------------
 
 Status VmRunner::Recover() {
@@ -1021,8 +1254,35 @@ Status VmRunner::Recover() {
       vm->ready_ms = state_json["ready_ms"].get<int64_t>();
     vm->disk_path = state_json.value("disk_path", "");
     vm->disk_format = state_json.value("disk_format", "qcow2");
+    const std::string migration = state_json.value("migration", "");
     auto q = QemuProcess::Adopt(dir + "/run", seconds(5));
-    if (q.ok()) {
+    if (q.ok() && (migration == "outgoing" || migration == "migrated-out")) {
+      // A migration source: if the migration completed, the target may hold
+      // the VM (paused until the controller finishes it), so this copy stays
+      // paused until ConfirmMigrateOut says which one lives on; otherwise
+      // what was in flight is cancelled and the VM runs on here.
+      vm->qemu = std::move(q).value();
+      auto completed = RecoverOutgoing(vm->qemu->qmp());
+      if (completed.ok() && *completed) {
+        vm->state = VmState::kRunning;
+        vm->migration = "migrated-out";
+      } else if (auto now = QueryStatus(vm->qemu->qmp());
+                 completed.ok() && now.ok() && *now == "running") {
+        vm->state = VmState::kRunning;
+        vm->error = "a migration was interrupted by an agent restart";
+      } else {
+        (void)vm->qemu->Kill();
+        vm->qemu.reset();
+        vm->state = VmState::kStopped;
+        vm->error = "a migration was interrupted by an agent restart and QEMU could not resume";
+      }
+      spdlog::info("recover: VM {} was migrating out: {}", id,
+                   vm->migration.empty() ? "runs here again" : "waits for the controller");
+      if (vm->qemu)
+        if (auto r = AttachNics(*vm, false); !r.ok())
+          spdlog::warn("recover: VM {}: its network cards have no switch ports: {}", id,
+                       r.error().message);
+    } else if (q.ok()) {
       vm->qemu = std::move(q).value();
       auto status = QueryStatus(vm->qemu->qmp());
       std::string qs = status.ok() ? *status : "";

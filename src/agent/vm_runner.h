@@ -111,6 +111,16 @@ class VmRunner : public VmDriver {
   Result<ForwardInfo> AddForward(const std::string& id, const ForwardRequest& request) override;
   Status RemoveForward(const std::string& id, int listen_port) override;
 
+  // Live migration (agent/vm_driver.h, docs/migration.md). The target's
+  // QEMU listens on request.listen_host; the VM keeps its id, spec (NICs,
+  // workspace name) and per-VM uid scheme (a fresh uid of this host).
+  Result<IncomingInfo> PrepareIncoming(const IncomingRequest& request) override;
+  Result<MigrationResult> MigrateOut(const std::string& id,
+                                     const MigrateOutRequest& request) override;
+  Result<VmStatus> FinishIncoming(const std::string& id) override;
+  Status AbortIncoming(const std::string& id) override;
+  Status ConfirmMigrateOut(const std::string& id, bool migrated) override;
+
   // Gives every running VM with NICs its switch ports again (after the
   // switches started late, e.g. at an agent's first plan). Logs failures.
   void ReattachNics();
@@ -129,7 +139,31 @@ class VmRunner : public VmDriver {
   // Turns spec.blobs into local files and an NBD backing (HostImages).
   Status ResolveBlobs(Vm& vm);
   Status PrepareDisk(Vm& vm, bool* created_workspace);
-  Status Launch(Vm& vm, bool incoming, const std::string& memory_state);
+  // migration_target: -incoming defer and -S, no state loaded (StartIncoming's job).
+  Status Launch(Vm& vm, bool incoming, const std::string& memory_state,
+                bool migration_target = false);
+  // The disk of an incoming migration: a fresh qcow2 over what lies below
+  // the source's top layer (the image, or an image's checkpoint; nothing
+  // for a persistent workspace, which gets the image's virtual size).
+  Status PrepareIncomingDisk(Vm& vm, bool* created_workspace);
+  // A new VM record (a create, or an incoming migration when `migration` is
+  // "incoming") in state creating with a per-VM uid; kAlreadyExists if the id
+  // or its directory is taken here.
+  Result<std::shared_ptr<Vm>> RegisterNewVm(const VmSpec& spec, const std::string& migration,
+                                            const std::string& what);
+  // STATE/vms/ID with run/ (owners and modes for QEMU's uid), the blobs
+  // resolved, spec.json and state.json written. op_mu held.
+  Status MakeVmFiles(Vm& vm);
+  // Undoes a create or an incoming migration that did not complete: kills
+  // QEMU, removes the VM's files (and a workspace it created) and its record.
+  // op_mu held.
+  void DiscardNewVm(Vm& vm);
+  // kFailedPrecondition while `vm` takes part in a live migration.
+  Status NotMigrating(const Vm& vm) const;
+  // RefreshLiveness, then kFailedPrecondition unless running and not migrating. op_mu held.
+  Status RunningAndIdle(Vm& vm);
+  // Where the migration's PSK file lives while QEMU needs it.
+  std::string MigrationKeyDir(const std::string& id) const;
   Status WaitGuestReady(Vm& vm, std::chrono::steady_clock::time_point started);
   Status ChownForQemu(const Vm& vm, const std::string& path);
   // The VM's NICs as switch ports (HostNetworks::Attach); none without NICs.

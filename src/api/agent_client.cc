@@ -72,6 +72,44 @@ class HttpAgentClient : public AgentClient {
     return ForwardInfoFromJson(*r);
   }
 
+  Result<IncomingInfo> PrepareIncoming(const Host& target,
+                                       const IncomingRequest& request) override {
+    // Builds the VM's disk and starts its QEMU: as long as a create's start.
+    auto r = Client(target).Post("/agent/v1/migrations/incoming", ToJson(request));
+    if (!r.ok()) return r.error();
+    return IncomingInfoFromJson(*r);
+  }
+
+  Result<MigrationResult> MigrateOut(const Host& source, const std::string& vm_id,
+                                     const MigrateOutRequest& request) override {
+    // Disk mirror and RAM: bounded by the agent's own 30 minutes.
+    auto r = Client(source, 1900).Post("/agent/v1/vms/" + vm_id + "/migrate-out", ToJson(request));
+    if (!r.ok()) return r.error();
+    return MigrationResultFromJson(*r);
+  }
+
+  Result<VmStatus> FinishIncoming(const Host& target, const std::string& vm_id) override {
+    auto r = Client(target).Post("/agent/v1/vms/" + vm_id + "/finish-incoming",
+                                 nlohmann::json::object());
+    if (!r.ok()) return r.error();
+    return VmStatusFromJson(*r);
+  }
+
+  vmgrid::Status AbortIncoming(const Host& target, const std::string& vm_id) override {
+    auto r = Client(target, 120)
+                 .Post("/agent/v1/vms/" + vm_id + "/abort-incoming", nlohmann::json::object());
+    if (!r.ok()) return r.error();
+    return Status::Ok();
+  }
+
+  vmgrid::Status ConfirmMigrateOut(const Host& source, const std::string& vm_id,
+                                   bool migrated) override {
+    auto r = Client(source, 120)
+                 .Post("/agent/v1/vms/" + vm_id + "/confirm-migrate-out", {{"migrated", migrated}});
+    if (!r.ok()) return r.error();
+    return Status::Ok();
+  }
+
   vmgrid::Status RemoveForward(const Host& host, const std::string& vm_id,
                                int listen_port) override {
     auto r = Client(host, 60).Delete("/agent/v1/vms/" + vm_id + "/forwards/" +
@@ -93,6 +131,27 @@ class HttpAgentClient : public AgentClient {
 };
 
 }  // namespace
+
+namespace {
+Error NoMigration() {
+  return MakeError(ErrorCode::kFailedPrecondition, "this agent client does not migrate VMs");
+}
+}  // namespace
+
+Result<IncomingInfo> AgentClient::PrepareIncoming(const Host&, const IncomingRequest&) {
+  return NoMigration();
+}
+Result<MigrationResult> AgentClient::MigrateOut(const Host&, const std::string&,
+                                                const MigrateOutRequest&) {
+  return NoMigration();
+}
+Result<VmStatus> AgentClient::FinishIncoming(const Host&, const std::string&) {
+  return NoMigration();
+}
+vmgrid::Status AgentClient::AbortIncoming(const Host&, const std::string&) { return NoMigration(); }
+vmgrid::Status AgentClient::ConfirmMigrateOut(const Host&, const std::string&, bool) {
+  return NoMigration();
+}
 
 AgentClientPtr NewHttpAgentClient(const HostCredentials& credentials) {
   return std::make_unique<HttpAgentClient>(credentials);

@@ -12,6 +12,7 @@
 #include "common/result.h"
 #include "proto/checkpoint_ref.h"
 #include "proto/host_report.h"
+#include "proto/migration.h"
 #include "proto/network_plan.h"
 #include "proto/vm_spec.h"
 #include "proto/vm_status.h"
@@ -51,6 +52,18 @@ class AgentClient {
                                          const ForwardRequest& request) = 0;
   virtual vmgrid::Status RemoveForward(const Host& host, const std::string& vm_id,
                                        int listen_port) = 0;
+
+  // Live migration (proto/migration.h, docs/migration.md): the routes of the
+  // target's and the source's agent in the order the controller calls them.
+  // Not pure: clients that do not migrate (the services' FakeAgent so far)
+  // answer kFailedPrecondition.
+  virtual Result<IncomingInfo> PrepareIncoming(const Host& target, const IncomingRequest& request);
+  virtual Result<MigrationResult> MigrateOut(const Host& source, const std::string& vm_id,
+                                             const MigrateOutRequest& request);
+  virtual Result<VmStatus> FinishIncoming(const Host& target, const std::string& vm_id);
+  virtual vmgrid::Status AbortIncoming(const Host& target, const std::string& vm_id);
+  virtual vmgrid::Status ConfirmMigrateOut(const Host& source, const std::string& vm_id,
+                                           bool migrated);
 };
 using AgentClientPtr = std::unique_ptr<AgentClient>;
 

@@ -8,6 +8,7 @@
 #include "proto/checkpoint_ref.h"
 #include "proto/future_id.h"
 #include "proto/host_report.h"
+#include "proto/migration.h"
 #include "proto/network_plan.h"
 #include "proto/vm_spec.h"
 #include "proto/vm_status.h"
@@ -322,6 +323,71 @@ TEST(NetworkPlanTest, RefusesMalformedParts) {
   EXPECT_FALSE(TunnelEndpointFromJson({{"ip", "example"}, {"port", 1}}).ok());
   EXPECT_FALSE(TunnelEndpointFromJson({{"ip", "0.0.0.0"}, {"port", 1}}).ok());
   EXPECT_FALSE(TunnelEndpointFromJson({{"ip", "10.0.0.1"}, {"port", 70000}}).ok());
+}
+
+TEST(MigrationProtoTest, RoundTrips) {
+  MigrationCredential cred{"vmgrid-mig-7", std::string(64, 'c')};
+  IncomingRequest in{FullSpec(), cred, "10.0.0.2"};
+  auto in_back = IncomingRequestFromJson(Wire(ToJson(in)));
+  ASSERT_TRUE(in_back.ok()) << in_back.error().message;
+  EXPECT_EQ(*in_back, in);
+  IncomingInfo info{"10.0.0.2", 40001, 40002, "disk0"};
+  auto info_back = IncomingInfoFromJson(Wire(ToJson(info)));
+  ASSERT_TRUE(info_back.ok()) << info_back.error().message;
+  EXPECT_EQ(*info_back, info);
+  IncomingInfo diskless{"host-b.example", 0, 40002, ""};
+  ASSERT_TRUE(IncomingInfoFromJson(Wire(ToJson(diskless))).ok());
+  MigrateOutRequest out{info, cred, 100 << 20};
+  auto out_back = MigrateOutRequestFromJson(Wire(ToJson(out)));
+  ASSERT_TRUE(out_back.ok()) << out_back.error().message;
+  EXPECT_EQ(*out_back, out);
+  MigrationResult result{2948, 227, 2670, 199, 98791371, 1703936};
+  auto result_back = MigrationResultFromJson(Wire(ToJson(result)));
+  ASSERT_TRUE(result_back.ok()) << result_back.error().message;
+  EXPECT_EQ(*result_back, result);
+}
+
+TEST(MigrationProtoTest, RefusesMalformedParts) {
+  MigrationCredential cred{"vmgrid-mig-7", std::string(64, 'c')};
+  json in = ToJson(IncomingRequest{FullSpec(), cred, "10.0.0.2"});
+  for (auto edit : std::vector<std::function<void(json&)>>{
+           [](json& j) { j["credential"]["key_hex"] = std::string(64, 'C'); },
+           [](json& j) { j["credential"]["key_hex"] = "abcd"; },
+           [](json& j) { j["credential"]["identity"] = "a:b"; },
+           [](json& j) { j["credential"]["identity"] = ""; },
+           [](json& j) { j["credential"]["extra"] = 1; },
+           [](json& j) { j["listen_host"] = "host.example"; },
+           [](json& j) { j.erase("spec"); },
+           [](json& j) { j["spec"] = "vm-1"; },
+           [](json& j) { j["spec"]["vcpus"] = 0; },
+           [](json& j) { j["extra"] = true; },
+       }) {
+    json bad = in;
+    edit(bad);
+    EXPECT_FALSE(IncomingRequestFromJson(bad).ok()) << bad.dump();
+  }
+  json info = ToJson(IncomingInfo{"10.0.0.2", 40001, 40002, "disk0"});
+  for (auto edit : std::vector<std::function<void(json&)>>{
+           [](json& j) { j["nbd_port"] = 70000; },
+           [](json& j) { j["migration_port"] = 0; },
+           [](json& j) { j.erase("migration_port"); },
+           [](json& j) { j["nbd_export"] = ""; },
+           [](json& j) { j["nbd_export"] = "a/b"; },
+           [](json& j) { j["host"] = "a b"; },
+           [](json& j) { j["host"] = ""; },
+           [](json& j) { j["nbd_port"] = "40001"; },
+       }) {
+    json bad = info;
+    edit(bad);
+    EXPECT_FALSE(IncomingInfoFromJson(bad).ok()) << bad.dump();
+  }
+  json out = ToJson(MigrateOutRequest{IncomingInfo{"10.0.0.2", 1, 2, "d"}, cred, 0});
+  out["max_bandwidth"] = -1;
+  EXPECT_FALSE(MigrateOutRequestFromJson(out).ok());
+  EXPECT_FALSE(MigrationResultFromJson({{"total_ms", -5}}).ok());
+  EXPECT_FALSE(MigrationResultFromJson({{"total_ms", 1.5}}).ok());
+  EXPECT_FALSE(MigrationResultFromJson({{"bytes", 1}}).ok());
+  EXPECT_FALSE(MigrationResultFromJson(json::array()).ok());
 }
 
 }  // namespace

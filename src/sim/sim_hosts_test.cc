@@ -12,6 +12,7 @@
 
 #include "client/api_client.h"
 #include "common/http_json.h"
+#include "proto/migration.h"
 
 namespace vmgrid {
 namespace {
@@ -194,6 +195,39 @@ TEST_F(SimHostsTest, VmOperationsAreRoutedToTheirHost) {
   ASSERT_FALSE(gone.ok());
   EXPECT_EQ(gone.error().code, ErrorCode::kNotFound);
   EXPECT_GE(sim_->stats().vm_operations, 6);
+}
+
+TEST_F(SimHostsTest, MigrationRoutesMoveAVmBetweenHosts) {
+  ASSERT_TRUE(Agent(1).Post("/agent/v1/vms", VmSpecJson("vm-m")).ok());
+  MigrationCredential cred{"vmgrid-mig-1", std::string(64, 'e')};
+  auto spec = VmSpecFromJson(VmSpecJson("vm-m"));
+  ASSERT_TRUE(spec.ok());
+  json request = ToJson(IncomingRequest{*spec, cred, "127.0.0.1"});
+  auto info = Agent(2).Post("/agent/v1/migrations/incoming", request);
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  auto parsed = IncomingInfoFromJson(*info);
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message;
+  // Strict parsing on the agent: an unknown field or a bad key is refused.
+  json bad = request;
+  bad["credential"]["key_hex"] = "00";
+  EXPECT_EQ(Agent(3).Post("/agent/v1/migrations/incoming", bad).error().code,
+            ErrorCode::kInvalidArgument);
+  auto result =
+      Agent(1).Post("/agent/v1/vms/vm-m/migrate-out", ToJson(MigrateOutRequest{*parsed, cred, 0}));
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  ASSERT_TRUE(MigrationResultFromJson(*result).ok());
+  auto finished = Agent(2).Post("/agent/v1/vms/vm-m/finish-incoming", json::object());
+  ASSERT_TRUE(finished.ok()) << finished.error().message;
+  EXPECT_EQ((*finished)["state"], "running");
+  EXPECT_EQ(Agent(1).Post("/agent/v1/vms/vm-m/confirm-migrate-out", json::object()).error().code,
+            ErrorCode::kInvalidArgument);  // "migrated" is required
+  ASSERT_TRUE(Agent(1).Post("/agent/v1/vms/vm-m/confirm-migrate-out", {{"migrated", true}}).ok());
+  EXPECT_EQ(sim_->host(1).size(), 0u);
+  EXPECT_EQ(sim_->host(2).size(), 1u);
+  // Abort: nothing stays on the target.
+  ASSERT_TRUE(Agent(4).Post("/agent/v1/migrations/incoming", request).ok());
+  ASSERT_TRUE(Agent(4).Post("/agent/v1/vms/vm-m/abort-incoming", json::object()).ok());
+  EXPECT_EQ(sim_->host(4).size(), 0u);
 }
 
 TEST_F(SimHostsTest, RejectsBadSpecsLikeTheAgent) {

@@ -22,10 +22,29 @@ bool Holds(const VmStatus& s) {
 
 }  // namespace
 
+SimVmTable::Entry SimVmTable::NewEntry(const VmSpec& spec, const std::string& state) {
+  Entry e;
+  e.status.id = spec.id;
+  e.status.owner_id = spec.owner_id;
+  e.status.name = spec.name;
+  e.status.state = state;
+  e.status.vcpus = spec.vcpus;
+  e.status.memory_mb = spec.memory_mb;
+  if (spec.disk_mode == "persistent") e.workspace_path = spec.workspace_path;
+  return e;
+}
+
 Result<SimVmTable::Entry*> SimVmTable::FindLocked(const std::string& id) {
   auto it = vms_.find(id);
   if (it == vms_.end()) return MakeError(ErrorCode::kNotFound, "VM " + id + " is not on this host");
   return &it->second;
+}
+
+Result<SimVmTable::Entry*> SimVmTable::FindIdleLocked(const std::string& id) {
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  if (e->incoming || e->migrated_out)
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is migrating");
+  return e;
 }
 
 Result<VmStatus> SimVmTable::Create(const VmSpec& spec) {
@@ -33,14 +52,7 @@ Result<VmStatus> SimVmTable::Create(const VmSpec& spec) {
   std::lock_guard<std::mutex> l(mu_);
   if (vms_.count(spec.id))
     return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
-  Entry e;
-  e.status.id = spec.id;
-  e.status.owner_id = spec.owner_id;
-  e.status.name = spec.name;
-  e.status.state = After(VmOp::kCreate);
-  e.status.vcpus = spec.vcpus;
-  e.status.memory_mb = spec.memory_mb;
-  if (spec.disk_mode == "persistent") e.workspace_path = spec.workspace_path;
+  Entry e = NewEntry(spec, After(VmOp::kCreate));
   VmStatus out = e.status;
   vms_.emplace(spec.id, std::move(e));
   return out;
@@ -49,7 +61,7 @@ Result<VmStatus> SimVmTable::Create(const VmSpec& spec) {
 Result<VmStatus> SimVmTable::Stop(const std::string& id) {
   Operate();
   std::lock_guard<std::mutex> l(mu_);
-  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindIdleLocked(id));
   if (!Allowed(e->status, VmOp::kStop))
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + id + " is " + e->status.state + ", not running");
@@ -60,7 +72,7 @@ Result<VmStatus> SimVmTable::Stop(const std::string& id) {
 Result<VmStatus> SimVmTable::Checkpoint(const std::string& id, bool leave_running) {
   Operate();
   std::lock_guard<std::mutex> l(mu_);
-  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindIdleLocked(id));
   const VmOp op = leave_running ? VmOp::kCheckpointLeaveRunning : VmOp::kCheckpoint;
   if (!Allowed(e->status, op))
     return MakeError(ErrorCode::kFailedPrecondition,
@@ -73,7 +85,7 @@ Result<VmStatus> SimVmTable::Checkpoint(const std::string& id, bool leave_runnin
 Result<VmStatus> SimVmTable::Resume(const std::string& id) {
   Operate();
   std::lock_guard<std::mutex> l(mu_);
-  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindIdleLocked(id));
   if (!Allowed(e->status, VmOp::kResume))
     return MakeError(
         ErrorCode::kFailedPrecondition,
@@ -95,7 +107,7 @@ Result<ExecResult> SimVmTable::Exec(const std::string& id, const std::vector<std
                                     std::chrono::milliseconds /*timeout*/) {
   Operate();
   std::lock_guard<std::mutex> l(mu_);
-  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindIdleLocked(id));
   if (!Allowed(e->status, VmOp::kExec))
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + id + " is " + e->status.state + ", not running");
@@ -184,6 +196,64 @@ int64_t SimVmTable::used_memory_mb() const {
   for (const auto& [id, e] : vms_)
     if (Holds(e.status)) n += e.status.memory_mb;
   return n;
+}
+
+Result<IncomingInfo> SimVmTable::PrepareIncoming(const IncomingRequest& request) {
+  Operate();
+  std::lock_guard<std::mutex> l(mu_);
+  const VmSpec& spec = request.spec;
+  if (vms_.count(spec.id))
+    return MakeError(ErrorCode::kAlreadyExists, "VM " + spec.id + " already exists on this host");
+  Entry e = NewEntry(spec, ToString(VmState::kCreating));
+  e.incoming = true;
+  vms_.emplace(spec.id, std::move(e));
+  return IncomingInfo{request.listen_host, 1, 2, "disk0"};
+}
+
+Result<MigrationResult> SimVmTable::MigrateOut(const std::string& id, const MigrateOutRequest&) {
+  Operate();
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindIdleLocked(id));
+  if (e->status.state != ToString(VmState::kRunning))
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + e->status.state + ", not running");
+  e->migrated_out = true;
+  return MigrationResult{};
+}
+
+Result<VmStatus> SimVmTable::FinishIncoming(const std::string& id) {
+  Operate();
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  if (!e->incoming)
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is not an incoming migration");
+  e->incoming = false;
+  e->status.state = ToString(VmState::kRunning);
+  return e->status;
+}
+
+Status SimVmTable::AbortIncoming(const std::string& id) {
+  Operate();
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  if (!e->incoming)
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is not an incoming migration");
+  vms_.erase(id);
+  return Status::Ok();
+}
+
+Status SimVmTable::ConfirmMigrateOut(const std::string& id, bool migrated) {
+  Operate();
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));
+  if (!e->migrated_out)
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " has not migrated out");
+  if (migrated) {
+    vms_.erase(id);
+  } else {
+    e->migrated_out = false;
+  }
+  return Status::Ok();
 }
 
 }  // namespace vmgrid

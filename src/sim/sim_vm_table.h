@@ -61,6 +61,15 @@ class SimVmTable : public VmDriver {
   // Simulated hosts carry no virtual networks: kFailedPrecondition.
   Result<ForwardInfo> AddForward(const std::string& id, const ForwardRequest& request) override;
   Status RemoveForward(const std::string& id, int listen_port) override;
+  // Simulated as VmRunner's states go (no data moves): an incoming VM is
+  // `creating` until finished or aborted, a migrated-out one refuses other
+  // operations until confirmed. The endpoint names this host, ports 1 and 2.
+  Result<IncomingInfo> PrepareIncoming(const IncomingRequest& request) override;
+  Result<MigrationResult> MigrateOut(const std::string& id,
+                                     const MigrateOutRequest& request) override;
+  Result<VmStatus> FinishIncoming(const std::string& id) override;
+  Status AbortIncoming(const std::string& id) override;
+  Status ConfirmMigrateOut(const std::string& id, bool migrated) override;
 
   // Records a VM as if it had been created here earlier (benchmarks seed
   // state this way; an agent would re-adopt it after a restart).
@@ -77,8 +86,13 @@ class SimVmTable : public VmDriver {
   struct Entry {
     VmStatus status;
     std::string workspace_path;  // persistent disks only
+    bool incoming = false;       // PrepareIncoming'd, not finished yet
+    bool migrated_out = false;   // MigrateOut'd, not confirmed yet
   };
+  static Entry NewEntry(const VmSpec& spec, const std::string& state);
   Result<Entry*> FindLocked(const std::string& id);
+  // FindLocked, refusing a VM in the middle of a migration.
+  Result<Entry*> FindIdleLocked(const std::string& id);
   void Operate();
 
   const std::string host_name_;

@@ -97,5 +97,36 @@ TEST(SimVmTable, WorkspaceInUseCannotBeDeleted) {
   EXPECT_TRUE(t.DeleteWorkspace(s.workspace_path).ok());
 }
 
+TEST(SimVmTable, MigrationMovesAVmBetweenTwoTables) {
+  SimVmTable source("sim-1"), target("sim-2");
+  ASSERT_TRUE(source.Create(Spec("vm-a", 2, 512)).ok());
+  MigrationCredential cred{"vmgrid-mig-1", std::string(64, 'a')};
+  auto info = target.PrepareIncoming(IncomingRequest{Spec("vm-a", 2, 512), cred, "10.0.0.2"});
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  EXPECT_EQ(info->host, "10.0.0.2");
+  EXPECT_EQ(target.List().at(0).state, "creating");
+  EXPECT_EQ(target.Exec("vm-a", {"true"}).error().code, ErrorCode::kFailedPrecondition);
+  ASSERT_TRUE(source.MigrateOut("vm-a", MigrateOutRequest{*info, cred, 0}).ok());
+  // Migrated out: nothing but confirm (or delete) until the controller decides.
+  EXPECT_EQ(source.Stop("vm-a").error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_FALSE(source.MigrateOut("vm-a", MigrateOutRequest{*info, cred, 0}).ok());
+  auto finished = target.FinishIncoming("vm-a");
+  ASSERT_TRUE(finished.ok());
+  EXPECT_EQ(finished->state, "running");
+  ASSERT_TRUE(source.ConfirmMigrateOut("vm-a", true).ok());
+  EXPECT_EQ(source.size(), 0u);
+  EXPECT_TRUE(target.Exec("vm-a", {"true"}).ok());
+
+  // Aborted: the target forgets it, the source runs on.
+  auto back = source.PrepareIncoming(IncomingRequest{Spec("vm-a", 2, 512), cred, "10.0.0.1"});
+  ASSERT_TRUE(back.ok());
+  ASSERT_TRUE(target.MigrateOut("vm-a", MigrateOutRequest{*back, cred, 0}).ok());
+  ASSERT_TRUE(source.AbortIncoming("vm-a").ok());
+  ASSERT_TRUE(target.ConfirmMigrateOut("vm-a", false).ok());
+  EXPECT_EQ(source.size(), 0u);
+  EXPECT_TRUE(target.Exec("vm-a", {"true"}).ok());
+  EXPECT_EQ(target.AbortIncoming("vm-a").error().code, ErrorCode::kFailedPrecondition);
+}
+
 }  // namespace
 }  // namespace vmgrid

@@ -30,16 +30,10 @@ using vmm::testing::ProcessesMentioning;
 using vmm::testing::RandomUuid;
 using vmm::testing::Sh;
 using vmm::testing::TempDir;
+using vmm::testing::TestRunAs;
 
 int64_t MsSince(Clock::time_point start) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
-}
-
-// The user QEMU runs as in these tests: nobody when we are root (so the
-// permission rules documented in qemu_process.h are exercised), else none.
-std::string TestRunAs() {
-  if (const char* env = std::getenv("VMGRID_TEST_RUNAS")) return env;
-  return (::geteuid() == 0 && ::getpwnam("nobody") != nullptr) ? "nobody" : "";
 }
 
 void GiveTo(const std::string& path, const std::string& user) {

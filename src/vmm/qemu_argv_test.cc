@@ -91,6 +91,19 @@ TEST(BuildQemuArgvTest, KvmUsesHostCpu) {
   EXPECT_EQ(a[4], "host");
 }
 
+TEST(BuildQemuArgvTest, StartPausedAddsDashS) {
+  QemuConfig c;
+  c.vm_id = "x";
+  c.run_dir = "/r";
+  c.incoming = true;
+  c.start_paused = true;
+  std::vector<std::string> a = BuildQemuArgv(c);
+  auto at = std::find(a.begin(), a.end(), "-incoming");
+  ASSERT_NE(at, a.end());
+  EXPECT_EQ(*(at + 1), "defer");
+  EXPECT_NE(std::find(a.begin(), a.end(), "-S"), a.end());
+}
+
 TEST(BuildQemuArgvTest, MinimalConfigOmitsOptionalParts) {
   QemuConfig c;
   c.vm_id = "x";
@@ -99,7 +112,7 @@ TEST(BuildQemuArgvTest, MinimalConfigOmitsOptionalParts) {
   std::vector<std::string> a = BuildQemuArgv(c);
   auto has = [&](const std::string& s) { return std::find(a.begin(), a.end(), s) != a.end(); };
   for (const char* absent : {"-kernel", "-initrd", "-append", "-drive", "-incoming", "-sandbox",
-                             "-runas", "-daemonize", "virtio-blk-pci,drive=disk0,id=vda"}) {
+                             "-S", "-runas", "-daemonize", "virtio-blk-pci,drive=disk0,id=vda"}) {
     EXPECT_FALSE(has(absent)) << absent;
   }
   EXPECT_TRUE(has("q35,accel=tcg"));  // "" (auto) is resolved by Launch; pure default is tcg

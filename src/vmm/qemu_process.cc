@@ -480,6 +480,7 @@ std::vector<std::string> BuildQemuArgv(const QemuConfig& c) {
       "-D", RunPath(run, kQemuLogName),
   });
   if (c.incoming) a.insert(a.end(), {"-incoming", "defer"});
+  if (c.start_paused) a.push_back("-S");
   if (c.sandbox) a.insert(a.end(), {"-sandbox", kSandboxOptions});
   a.insert(a.end(), {"-name", c.vm_id + ",process=vmgrid-" + c.vm_id});
   return a;

@@ -53,8 +53,12 @@ struct QemuConfig {
   // QEMU opens it with no backing file of its own ("backing.…backing=" on the
   // -drive), whatever its header says. 0: no layer is cut.
   int disk_untrusted_depth = 0;
-  std::string run_dir;     // holds qmp.sock, qga.sock, qemu.pid, console.log, qemu.log
-  bool incoming = false;   // start with -incoming defer (resume from a checkpoint)
+  std::string run_dir;    // holds qmp.sock, qga.sock, qemu.pid, console.log, qemu.log
+  bool incoming = false;  // start with -incoming defer (resume from a checkpoint)
+  // -S: the guest stays paused until `cont`, also once an incoming migration
+  // completes (a live-migration target must not run before the source knows
+  // the migration succeeded: vmm/migration.h).
+  bool start_paused = false;
   std::string runas;       // unprivileged user when we run as root ("" = none)
   int uid = -1, gid = -1;  // run as this uid/gid (wins over runas); -1 = runas/ourselves
   bool sandbox = true;     // -sandbox kSandboxOptions

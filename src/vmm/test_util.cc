@@ -1,5 +1,6 @@
 #include "vmm/test_util.h"
 
+#include <pwd.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -57,6 +58,11 @@ std::vector<pid_t> ProcessesMentioning(const std::string& needle) {
 int Sh(const std::string& command) {
   int rc = std::system(command.c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::string TestRunAs() {
+  if (const char* env = std::getenv("VMGRID_TEST_RUNAS")) return env;
+  return (::geteuid() == 0 && ::getpwnam("nobody") != nullptr) ? "nobody" : "";
 }
 
 std::string RandomUuid() {

@@ -34,6 +34,11 @@ bool ProcessLive(pid_t pid);
 // Runs a shell command (test setup only, e.g. qemu-img); returns its exit code.
 int Sh(const std::string& command);
 
+// The user QEMU runs as in integration tests: $VMGRID_TEST_RUNAS, else
+// nobody when we are root (so the permission rules of qemu_process.h are
+// exercised), else none.
+std::string TestRunAs();
+
 // A random RFC 4122 v4 UUID.
 std::string RandomUuid();
 

@@ -42,17 +42,11 @@ using vmm::testing::FindTinyImage;
 using vmm::testing::ProcessesMentioning;
 using vmm::testing::Sh;
 using vmm::testing::TempDir;
+using vmm::testing::TestRunAs;
 using vmm::testing::TinyImage;
 
 int64_t MsSince(Clock::time_point start) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
-}
-
-// nobody when we are root (QEMU then runs unprivileged, as in production),
-// else no user switch. VMGRID_TEST_RUNAS overrides.
-std::string TestRunAs() {
-  if (const char* env = std::getenv("VMGRID_TEST_RUNAS")) return env;
-  return (::geteuid() == 0 && ::getpwnam("nobody") != nullptr) ? "nobody" : "";
 }
 
 void GiveTo(const std::string& path, const std::string& user) {

@@ -1,0 +1,77 @@
+// The live-migration part of the controller<->agent protocol
+// (docs/migration.md). The controller runs, for one VM:
+//   target agent: POST /agent/v1/migrations/incoming  IncomingRequest -> IncomingInfo
+//   source agent: POST /agent/v1/vms/ID/migrate-out   MigrateOutRequest -> MigrationResult
+//   target agent: POST /agent/v1/vms/ID/finish-incoming              -> VmStatus
+//   source agent: POST /agent/v1/vms/ID/confirm-migrate-out {"migrated": bool}
+// and on failure target .../abort-incoming and source confirm with false.
+// The credential is the migration's one-time TLS pre-shared key: the
+// controller makes it, sends it to both agents and keeps it nowhere.
+// Strict codecs: unknown fields, wrong types and out-of-range values are
+// errors. Thread-safe (values and pure functions).
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "common/result.h"
+#include "proto/vm_spec.h"
+
+namespace vmgrid {
+
+struct MigrationCredential {
+  std::string identity;  // TLS PSK identity, [A-Za-z0-9._-]{1,64}
+  std::string key_hex;   // 64 lowercase hex digits
+  bool operator==(const MigrationCredential&) const = default;
+};
+nlohmann::json ToJson(const MigrationCredential& c);
+Result<MigrationCredential> MigrationCredentialFromJson(const nlohmann::json& j);
+
+// Target side: the VM as it was created (same id, NICs, workspace name) and
+// where the target's listeners bind (an IP literal of the target host that
+// the source can reach).
+struct IncomingRequest {
+  VmSpec spec;
+  MigrationCredential credential;
+  std::string listen_host;
+  bool operator==(const IncomingRequest&) const = default;
+};
+nlohmann::json ToJson(const IncomingRequest& r);
+Result<IncomingRequest> IncomingRequestFromJson(const nlohmann::json& j);
+
+// What the source connects to: the target's NBD export of the new disk and
+// its migration listener.
+struct IncomingInfo {
+  std::string host;        // IP literal or host name
+  int nbd_port = 0;        // 1..65535; 0 when the VM has no disk
+  int migration_port = 0;  // 1..65535
+  std::string nbd_export;  // [A-Za-z0-9._-]{0,64}; "" with nbd_port 0
+  bool operator==(const IncomingInfo&) const = default;
+};
+nlohmann::json ToJson(const IncomingInfo& i);
+Result<IncomingInfo> IncomingInfoFromJson(const nlohmann::json& j);
+
+struct MigrateOutRequest {
+  IncomingInfo target;
+  MigrationCredential credential;
+  int64_t max_bandwidth = 0;  // bytes/s for RAM; 0 = unthrottled
+  bool operator==(const MigrateOutRequest&) const = default;
+};
+nlohmann::json ToJson(const MigrateOutRequest& r);
+Result<MigrateOutRequest> MigrateOutRequestFromJson(const nlohmann::json& j);
+
+// The source's figures (vmm/migration.h MigrationStats); all >= 0.
+struct MigrationResult {
+  int64_t total_ms = 0;
+  int64_t mirror_ms = 0;
+  int64_t qemu_total_ms = 0;
+  int64_t downtime_ms = 0;
+  int64_t ram_bytes = 0;
+  int64_t disk_bytes = 0;
+  bool operator==(const MigrationResult&) const = default;
+};
+nlohmann::json ToJson(const MigrationResult& r);
+Result<MigrationResult> MigrationResultFromJson(const nlohmann::json& j);
+
+}  // namespace vmgrid

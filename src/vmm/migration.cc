@@ -1,0 +1,530 @@
+#include "vmm/migration.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "vmm/json_util.h"
+#include "vmm/unique_fd.h"
+#include "vmm/unix_stream.h"
+
+namespace vmgrid {
+
+namespace {
+
+using nlohmann::json;
+using std::chrono::milliseconds;
+using vmm::Clock;
+using vmm::Deadline;
+using vmm::DeadlineAfter;
+using vmm::GetBool;
+using vmm::GetInt;
+using vmm::GetString;
+using vmm::MillisUntil;
+using vmm::UniqueFd;
+
+constexpr char kCredsId[] = "vmg-mig-tls";
+constexpr char kNbdNode[] = "vmg-mig-nbd";
+constexpr char kMirrorJob[] = "vmg-mig-mirror";
+constexpr char kExportId[] = "vmg-mig-export";
+constexpr char kNbdListenFd[] = "vmg-mig-nbd-listen";
+constexpr int64_t kUnthrottled = int64_t{1} << 40;
+constexpr milliseconds kCleanupTimeout(5000);
+
+milliseconds Left(Deadline deadline) {
+  return milliseconds(std::max<int64_t>(MillisUntil(deadline), 1));
+}
+
+int64_t MsSince(Clock::time_point t) {
+  return std::chrono::duration_cast<milliseconds>(Clock::now() - t).count();
+}
+
+Error ErrnoError(const std::string& what, int err) {
+  return MakeError(ErrorCode::kInternal, what + ": " + std::strerror(err));
+}
+
+bool ValidIdentity(const std::string& s) {
+  if (s.empty() || s.size() > 64) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  });
+}
+
+// Host part of a migration URI: IPv6 literals need brackets.
+std::string UriHost(const std::string& host) {
+  return host.find(':') != std::string::npos ? "[" + host + "]" : host;
+}
+
+// Writes KEY_DIR/keys.psk for QEMU's user, creates the tls-creds-psk object
+// (QEMU reads the file now) and removes the file and directory again.
+Status AddCredentials(QmpClient& qmp, const MigrationKey& key, const std::string& key_dir, int uid,
+                      int gid, bool server, Deadline deadline) {
+  VMG_RETURN_IF_ERROR(ValidateMigrationKey(key));
+  if (::mkdir(key_dir.c_str(), 0700) != 0) return ErrnoError("mkdir " + key_dir, errno);
+  const std::string file = key_dir + "/keys.psk";
+  auto remove_all = [&] {
+    ::unlink(file.c_str());
+    ::rmdir(key_dir.c_str());
+  };
+  Status st = Status::Ok();
+  {
+    UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+    const std::string line = key.identity + ":" + key.key_hex + "\n";
+    if (!fd.valid()) {
+      st = ErrnoError("create " + file, errno);
+    } else if (::write(fd.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+      st = ErrnoError("write " + file, errno);
+    } else if (uid >= 0 &&
+               (::fchown(fd.get(), static_cast<uid_t>(uid), static_cast<gid_t>(gid)) != 0 ||
+                ::chown(key_dir.c_str(), static_cast<uid_t>(uid), static_cast<gid_t>(gid)) != 0)) {
+      st = ErrnoError("chown " + key_dir, errno);
+    }
+  }
+  if (!st.ok()) {
+    remove_all();
+    return st;
+  }
+  json args = {{"qom-type", "tls-creds-psk"},
+               {"id", kCredsId},
+               {"endpoint", server ? "server" : "client"},
+               {"dir", key_dir},
+               {"verify-peer", true}};
+  if (!server) args["username"] = key.identity;
+  Result<json> r = qmp.Execute("object-add", args, Left(deadline));
+  // A client reads its key now; gnutls's server side reads the file at each
+  // handshake, so the target's stays until FinishIncoming.
+  if (!r.ok() || !server) remove_all();
+  if (!r.ok()) return r.error().Wrap("TLS credentials");
+  return Status::Ok();
+}
+
+void DropCredentials(QmpClient& qmp) {
+  (void)qmp.Execute("migrate-set-parameters", {{"tls-creds", ""}}, kCleanupTimeout);
+  (void)qmp.Execute("object-del", {{"id", kCredsId}}, kCleanupTimeout);
+}
+
+Result<std::string> NodeNameOf(QmpClient& qmp, const std::string& device, Deadline deadline) {
+  VMG_ASSIGN_OR_RETURN(json blocks, qmp.Execute("query-block", json::object(), Left(deadline)));
+  if (blocks.is_array()) {
+    for (const json& b : blocks) {
+      if (GetString(b, "device") != device) continue;
+      const json* inserted = vmm::FindField(b, "inserted");
+      if (inserted == nullptr) break;
+      if (auto node = GetString(*inserted, "node-name")) return *node;
+    }
+  }
+  return MakeError(ErrorCode::kNotFound, "no block device '" + device + "' with a medium");
+}
+
+// A TCP listening socket on `host`, port chosen by the kernel.
+Result<UniqueFd> ListenTcp(const std::string& host, int* port) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  int rc = ::getaddrinfo(host.c_str(), "0", &hints, &res);
+  if (rc != 0)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "listen address " + host + ": " + gai_strerror(rc));
+  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
+  UniqueFd fd(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return ErrnoError("socket", errno);
+  int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(fd.get(), res->ai_addr, res->ai_addrlen) != 0)
+    return ErrnoError("bind " + host, errno);
+  if (::listen(fd.get(), 16) != 0) return ErrnoError("listen", errno);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+    return ErrnoError("getsockname", errno);
+  *port = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
+                                   : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  return fd;
+}
+
+// The mirror job as query-block-jobs shows it, or null json when it is gone.
+Result<json> MirrorJob(QmpClient& qmp, Deadline deadline) {
+  VMG_ASSIGN_OR_RETURN(json jobs, qmp.Execute("query-block-jobs", json::object(), Left(deadline)));
+  if (jobs.is_array())
+    for (const json& j : jobs)
+      if (GetString(j, "device") == kMirrorJob) return j;
+  return json();
+}
+
+// Sleeps a growing nap, or fails once `deadline` would pass.
+Status Nap(milliseconds* nap, Deadline deadline, const std::string& what) {
+  if (Clock::now() + *nap >= deadline) return MakeError(ErrorCode::kTimeout, what + " at deadline");
+  std::this_thread::sleep_for(*nap);
+  *nap = std::min(*nap * 2, milliseconds(50));
+  return Status::Ok();
+}
+
+// Cancels the mirror (forcefully: no completion wanted) and waits until it is
+// gone; best effort.
+void CancelMirror(QmpClient& qmp) {
+  Deadline deadline = DeadlineAfter(milliseconds(10000));
+  (void)qmp.Execute("block-job-cancel", {{"device", kMirrorJob}, {"force", true}}, kCleanupTimeout);
+  milliseconds nap(5);
+  for (;;) {
+    Result<json> job = MirrorJob(qmp, deadline);
+    if (!job.ok() || job->is_null()) break;
+    if (GetString(*job, "status") == "concluded") {
+      (void)qmp.Execute("job-dismiss", {{"id", kMirrorJob}}, kCleanupTimeout);
+      break;
+    }
+    if (!Nap(&nap, deadline, "mirror cancel").ok()) break;
+  }
+}
+
+void ResetMigrationSettings(QmpClient& qmp) {
+  (void)qmp.Execute(
+      "migrate-set-capabilities",
+      {{"capabilities",
+        json::array({{{"capability", "pause-before-switchover"}, {"state", false}}})}},
+      kCleanupTimeout);
+  (void)qmp.Execute("migrate-set-parameters", {{"max-bandwidth", kUnthrottled}}, kCleanupTimeout);
+  DropCredentials(qmp);
+}
+
+// Undoes what MigrateOut started, in reverse order; each step is best effort
+// (QEMU may be busy, the target gone) and must not stop the next. Leaves the
+// source running.
+void CleanUpOutgoing(QmpClient& qmp, bool migrating, bool mirror, bool node) {
+  if (migrating) {
+    (void)qmp.Execute("migrate_cancel", json::object(), kCleanupTimeout);
+    Deadline d = DeadlineAfter(milliseconds(10000));
+    milliseconds nap(5);
+    for (;;) {
+      Result<json> info = qmp.Execute("query-migrate", json::object(), kCleanupTimeout);
+      std::string s = info.ok() ? GetString(*info, "status").value_or("") : "";
+      if (!info.ok() || s == "cancelled" || s == "failed" || s == "completed" || s.empty()) break;
+      if (!Nap(&nap, d, "migrate_cancel").ok()) break;
+    }
+  }
+  if (mirror) CancelMirror(qmp);
+  if (node) (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, kCleanupTimeout);
+  ResetMigrationSettings(qmp);
+  if (Result<json> s = qmp.Execute("query-status", json::object(), kCleanupTimeout); s.ok()) {
+    std::string now = GetString(*s, "status").value_or("");
+    if (now != "running") {
+      Result<json> c = qmp.Execute("cont", json::object(), kCleanupTimeout);
+      if (!c.ok())
+        spdlog::error("migration failed and the source ({}) did not resume: {}", now,
+                      c.error().message);
+    }
+  }
+}
+
+}  // namespace
+
+Result<bool> RecoverOutgoing(QmpClient& qmp) {
+  VMG_ASSIGN_OR_RETURN(json info, qmp.Execute("query-migrate", json::object(), kCleanupTimeout));
+  VMG_ASSIGN_OR_RETURN(json status, qmp.Execute("query-status", json::object(), kCleanupTimeout));
+  if (GetString(info, "status") == "completed" && GetString(status, "status") == "postmigrate") {
+    // The target may hold the VM (paused until FinishIncoming): only the
+    // controller knows which copy lives on.
+    (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, kCleanupTimeout);
+    ResetMigrationSettings(qmp);
+    return true;
+  }
+  CleanUpOutgoing(qmp, true, true, true);
+  return false;
+}
+
+const char* ToString(MigrationPhase phase) {
+  switch (phase) {
+    case MigrationPhase::kMirrorStarted:
+      return "mirror-started";
+    case MigrationPhase::kMirrorReady:
+      return "mirror-ready";
+    case MigrationPhase::kMigrating:
+      return "migrating";
+    case MigrationPhase::kSwitchover:
+      return "switchover";
+  }
+  return "?";
+}
+
+Result<MigrationKey> NewMigrationKey(const std::string& identity) {
+  unsigned char raw[32];
+  if (RAND_bytes(raw, sizeof raw) != 1) return MakeError(ErrorCode::kInternal, "RAND_bytes failed");
+  static const char* kHex = "0123456789abcdef";
+  MigrationKey key{identity, ""};
+  for (unsigned char b : raw) {
+    key.key_hex += kHex[b >> 4];
+    key.key_hex += kHex[b & 15];
+  }
+  VMG_RETURN_IF_ERROR(ValidateMigrationKey(key));
+  return key;
+}
+
+Status ValidateMigrationKey(const MigrationKey& key) {
+  if (!ValidIdentity(key.identity))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "migration key identity must match [A-Za-z0-9._-]{1,64}");
+  if (key.key_hex.size() != 64 || !std::all_of(key.key_hex.begin(), key.key_hex.end(), [](char c) {
+        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+      }))
+    return MakeError(ErrorCode::kInvalidArgument, "migration key must be 64 lowercase hex digits");
+  return Status::Ok();
+}
+
+Result<IncomingEndpoint> StartIncoming(QmpClient& qmp, const IncomingParams& p,
+                                       milliseconds timeout) {
+  Deadline deadline = DeadlineAfter(timeout);
+  IncomingEndpoint out;
+  out.host = p.listen_host;
+  auto fail = [](const Error& e) { return e.Wrap("prepare incoming migration"); };
+  Result<json> status = qmp.Execute("query-status", json::object(), Left(deadline));
+  if (!status.ok()) return fail(status.error());
+  if (GetString(*status, "status") != "inmigrate")
+    return fail(
+        MakeError(ErrorCode::kFailedPrecondition, "QEMU is not waiting for an incoming migration"));
+  if (Status st = AddCredentials(qmp, p.key, p.key_dir, p.qemu_uid, p.qemu_gid, true, deadline);
+      !st.ok())
+    return fail(st.error());
+  if (!p.device.empty()) {
+    Result<std::string> node = NodeNameOf(qmp, p.device, deadline);
+    if (!node.ok()) return fail(node.error());
+    Result<UniqueFd> listener = ListenTcp(p.listen_host, &out.nbd_port);
+    if (!listener.ok()) return fail(listener.error());
+    Result<json> r =
+        qmp.ExecuteWithFd("getfd", {{"fdname", kNbdListenFd}}, listener->get(), Left(deadline));
+    if (!r.ok()) return fail(r.error());
+    r = qmp.Execute(
+        "nbd-server-start",
+        {{"addr", {{"type", "fd"}, {"data", {{"str", kNbdListenFd}}}}}, {"tls-creds", kCredsId}},
+        Left(deadline));
+    if (!r.ok()) return fail(r.error());
+    out.nbd_export = p.device;
+    r = qmp.Execute("block-export-add",
+                    {{"type", "nbd"},
+                     {"id", kExportId},
+                     {"node-name", *node},
+                     {"name", out.nbd_export},
+                     {"writable", true}},
+                    Left(deadline));
+    if (!r.ok()) return fail(r.error());
+  }
+  Result<json> r = qmp.Execute("migrate-set-parameters", {{"tls-creds", kCredsId}}, Left(deadline));
+  if (!r.ok()) return fail(r.error());
+  r = qmp.Execute("migrate-incoming", {{"uri", "tcp:" + UriHost(p.listen_host) + ":0"}},
+                  Left(deadline));
+  if (!r.ok()) return fail(r.error());
+  Result<json> info = qmp.Execute("query-migrate", json::object(), Left(deadline));
+  if (!info.ok()) return fail(info.error());
+  if (const json* addrs = vmm::FindField(*info, "socket-address"); addrs && addrs->is_array()) {
+    for (const json& a : *addrs) {
+      auto port = GetString(a, "port");
+      if (port && !port->empty() && port->size() <= 5 &&
+          std::all_of(port->begin(), port->end(), ::isdigit))
+        out.migration_port = std::stoi(*port);
+    }
+  }
+  if (out.migration_port <= 0 || out.migration_port > 65535)
+    return fail(MakeError(ErrorCode::kInternal, "QEMU did not report its migration port"));
+  return out;
+}
+
+Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milliseconds timeout) {
+  const auto started = Clock::now();
+  Deadline deadline = DeadlineAfter(timeout);
+  MigrationStats stats;
+  auto phase = [&](MigrationPhase ph) {
+    spdlog::debug("migration: {}", ToString(ph));
+    if (p.on_phase) p.on_phase(ph);
+  };
+  Result<json> status = qmp.Execute("query-status", json::object(), Left(deadline));
+  if (!status.ok()) return status.error().Wrap("migrate");
+  if (GetString(*status, "status") != "running")
+    return MakeError(
+        ErrorCode::kFailedPrecondition,
+        "migrate: the source is " + GetString(*status, "status").value_or("?") + ", not running");
+
+  bool have_node = false, have_mirror = false, migrating = false;
+  auto fail = [&](const Error& e) -> Error {
+    CleanUpOutgoing(qmp, migrating, have_mirror, have_node);
+    return e.Wrap("migrate");
+  };
+
+  Status st = AddCredentials(qmp, p.key, p.key_dir, p.qemu_uid, p.qemu_gid, false, deadline);
+  if (!st.ok()) return fail(st.error());
+
+  if (!p.device.empty()) {
+    if (p.target.nbd_port <= 0)
+      return fail(MakeError(ErrorCode::kInvalidArgument, "the target has no NBD export"));
+    Result<json> r = qmp.Execute(
+        "blockdev-add",
+        {{"driver", "nbd"},
+         {"node-name", kNbdNode},
+         {"server",
+          {{"type", "inet"}, {"host", p.target.host}, {"port", std::to_string(p.target.nbd_port)}}},
+         {"export", p.target.nbd_export},
+         {"tls-creds", kCredsId}},
+        Left(deadline));
+    if (!r.ok()) return fail(r.error().Wrap("connect to the target's disk"));
+    have_node = true;
+    r = qmp.Execute("blockdev-mirror",
+                    {{"job-id", kMirrorJob},
+                     {"device", p.device},
+                     {"target", kNbdNode},
+                     {"sync", "top"},
+                     {"auto-dismiss", false}},
+                    Left(deadline));
+    if (!r.ok()) return fail(r.error().Wrap("start the disk mirror"));
+    have_mirror = true;
+    phase(MigrationPhase::kMirrorStarted);
+    milliseconds nap(5);
+    for (;;) {
+      Result<json> job = MirrorJob(qmp, deadline);
+      if (!job.ok()) return fail(job.error());
+      if (job->is_null()) return fail(MakeError(ErrorCode::kInternal, "the disk mirror vanished"));
+      if (GetString(*job, "status") == "concluded")
+        return fail(MakeError(
+            ErrorCode::kInternal,
+            "the disk mirror failed: " + GetString(*job, "error").value_or("(no reason)")));
+      if (GetBool(*job, "ready").value_or(false)) break;
+      if (Status n = Nap(&nap, deadline, "the disk mirror is still not ready"); !n.ok())
+        return fail(n.error());
+    }
+    stats.mirror_ms = MsSince(started);
+    phase(MigrationPhase::kMirrorReady);
+  }
+
+  Result<json> r =
+      qmp.Execute("migrate-set-capabilities",
+                  {{"capabilities",
+                    json::array({{{"capability", "pause-before-switchover"}, {"state", true}}})}},
+                  Left(deadline));
+  if (!r.ok()) return fail(r.error());
+  r = qmp.Execute("migrate-set-parameters",
+                  {{"tls-creds", kCredsId},
+                   {"max-bandwidth", p.max_bandwidth > 0 ? p.max_bandwidth : kUnthrottled}},
+                  Left(deadline));
+  if (!r.ok()) return fail(r.error());
+  r = qmp.Execute(
+      "migrate",
+      {{"uri", "tcp:" + UriHost(p.target.host) + ":" + std::to_string(p.target.migration_port)}},
+      Left(deadline));
+  if (!r.ok()) return fail(r.error());
+  migrating = true;
+  phase(MigrationPhase::kMigrating);
+
+  json final_info;
+  bool switched = false;
+  milliseconds nap(5);
+  for (;;) {
+    Result<json> info = qmp.Execute("query-migrate", json::object(), Left(deadline));
+    if (!info.ok()) return fail(info.error());
+    std::string s = GetString(*info, "status").value_or("");
+    if (s == "completed") {
+      final_info = *info;
+      break;
+    }
+    if (s == "failed" || s == "cancelled")
+      return fail(MakeError(ErrorCode::kInternal,
+                            "migration " + s + ": " +
+                                GetString(*info, "error-desc").value_or("(QEMU gave no reason)")));
+    if (s == "pre-switchover" && !switched) {
+      switched = true;
+      phase(MigrationPhase::kSwitchover);
+      if (have_mirror) {
+        // vCPUs are stopped and the disks still active: completing the ready
+        // mirror now leaves the target with every write the guest made.
+        Result<json> job = MirrorJob(qmp, deadline);
+        if (!job.ok()) return fail(job.error());
+        if (job->is_null() || GetString(*job, "status") == "concluded")
+          return fail(MakeError(
+              ErrorCode::kInternal,
+              "the disk mirror failed before switchover: " +
+                  (job->is_null() ? std::string("gone") : GetString(*job, "error").value_or("?"))));
+        Result<json> c = qmp.Execute("block-job-cancel", {{"device", kMirrorJob}}, Left(deadline));
+        if (!c.ok()) return fail(c.error());
+        milliseconds jnap(2);
+        for (;;) {
+          job = MirrorJob(qmp, deadline);
+          if (!job.ok()) return fail(job.error());
+          if (job->is_null())
+            return fail(MakeError(ErrorCode::kInternal, "the disk mirror vanished"));
+          if (GetString(*job, "status") == "concluded") break;
+          if (Status n = Nap(&jnap, deadline, "the disk mirror did not complete"); !n.ok())
+            return fail(n.error());
+        }
+        stats.disk_bytes = GetInt(*job, "offset").value_or(0);
+        if (auto err = GetString(*job, "error"))
+          return fail(
+              MakeError(ErrorCode::kInternal, "the disk mirror failed at switchover: " + *err));
+        (void)qmp.Execute("job-dismiss", {{"id", kMirrorJob}}, Left(deadline));
+        have_mirror = false;
+      }
+      Result<json> c =
+          qmp.Execute("migrate-continue", {{"state", "pre-switchover"}}, Left(deadline));
+      if (!c.ok()) return fail(c.error());
+      nap = milliseconds(2);
+      continue;
+    }
+    if (Status n = Nap(&nap, deadline, "migration still " + s); !n.ok()) return fail(n.error());
+  }
+  if (have_node) (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, Left(deadline));
+  ResetMigrationSettings(qmp);
+  stats.total_ms = MsSince(started);
+  stats.qemu_total_ms = GetInt(final_info, "total-time").value_or(0);
+  stats.downtime_ms = GetInt(final_info, "downtime").value_or(0);
+  if (const json* ram = vmm::FindField(final_info, "ram"))
+    stats.ram_bytes = GetInt(*ram, "transferred").value_or(0);
+  return stats;
+}
+
+void RemoveKeyDir(const std::string& key_dir) {
+  ::unlink((key_dir + "/keys.psk").c_str());
+  ::rmdir(key_dir.c_str());
+}
+
+Status FinishIncoming(QmpClient& qmp, const std::string& key_dir, milliseconds timeout) {
+  Deadline deadline = DeadlineAfter(timeout);
+  RemoveKeyDir(key_dir);  // the source's connections are all made by now
+  milliseconds nap(5);
+  for (;;) {
+    Result<json> info = qmp.Execute("query-migrate", json::object(), Left(deadline));
+    if (!info.ok()) return info.error().Wrap("finish incoming migration");
+    std::string s = GetString(*info, "status").value_or("");
+    if (s == "completed") break;
+    if (s == "failed" || s == "cancelled")
+      return MakeError(ErrorCode::kInternal, "incoming migration " + s);
+    if (Status n = Nap(&nap, deadline, "incoming migration still " + (s.empty() ? "waiting" : s));
+        !n.ok())
+      return n.error();
+  }
+  // Stopping the server also removes its export; the source dropped its client.
+  Result<json> r = qmp.Execute("nbd-server-stop", json::object(), Left(deadline));
+  if (!r.ok() && r.error().message.find("not running") == std::string::npos)
+    return r.error().Wrap("finish incoming migration: nbd-server-stop");
+  DropCredentials(qmp);
+  r = qmp.Execute("cont", json::object(), Left(deadline));
+  if (!r.ok()) return r.error().Wrap("finish incoming migration: cont");
+  return Status::Ok();
+}
+
+Status ResumeSource(QmpClient& qmp) {
+  Result<json> s = qmp.Execute("query-status", json::object(), kCleanupTimeout);
+  if (!s.ok()) return s.error().Wrap("resume the migration source");
+  if (GetString(*s, "status") == "running") return Status::Ok();
+  Result<json> r = qmp.Execute("cont", json::object(), kCleanupTimeout);
+  if (!r.ok()) return r.error().Wrap("resume the migration source");
+  return Status::Ok();
+}
+
+}  // namespace vmgrid

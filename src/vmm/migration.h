@@ -1,0 +1,155 @@
+// Live migration of a running VM with non-shared storage, at the QMP level:
+// the target QEMU serves an NBD export of its new disk, the source mirrors
+// its disk's top layer into it while the guest runs, then migrates RAM and
+// device state; both connections are authenticated and encrypted with a
+// one-time TLS pre-shared key. The agent (agent/vm_runner.h) wraps these steps
+// into its driver operations; docs/migration.md shows the whole sequence.
+//
+// The sequence (libvirt's for non-shared storage, with pause-before-switchover):
+//   target: StartIncoming  (-incoming defer -S QEMU, same device layout, its
+//                           disk a fresh qcow2 on the same base)
+//   source: MigrateOut     (mirror sync=top -> ready -> migrate -> at
+//                           pre-switchover block-job-cancel the ready mirror ->
+//                           migrate-continue -> completed; source postmigrate)
+//   target: FinishIncoming (incoming completed -> nbd-server-stop -> cont)
+//   source: quit its QEMU, or ResumeSource if FinishIncoming failed
+//
+// Facts this relies on (QEMU 7.2, verified by migration_test.cc and by hand):
+// * tls-creds-psk takes DIR/keys.psk ("identity:hexkey" lines), readable by
+//   QEMU's own (unprivileged) uid. A client reads its key when the object is
+//   created, so the source's file exists only during object-add; a server
+//   hands the file name to gnutls, which reads it at every handshake, so the
+//   target's file must stay until the source has connected (FinishIncoming
+//   removes it; an aborted target's goes with its directory).
+// * TLS PSK works for both the NBD server (nbd-server-start tls-creds) and the
+//   migration stream (migrate-set-parameters tls-creds); neither needs x509.
+//   A peer with another key fails the handshake: the source's blockdev-add of
+//   the NBD client node fails at once.
+// * nbd-server-start accepts a listening socket passed with getfd
+//   (SocketAddress type "fd"); migrate-incoming "tcp:HOST:0" binds a free
+//   port and query-migrate's "socket-address" names it.
+// * block-export-add wants the disk's node name (query-block), not the drive id.
+// * A target started without -S runs as soon as the incoming migration
+//   completes (the source's run state travels in the stream). With -S it stays
+//   paused until FinishIncoming's `cont`, so the guest never runs twice.
+// * With pause-before-switchover the source stops its vCPUs and waits in
+//   "pre-switchover" with its disks still active: cancelling the READY mirror
+//   then completes it (the target holds every write) without pivoting.
+//   After "completed" the disks are inactivated; `cont` re-activates them.
+// * If the migration fails or is cancelled QEMU restarts the source's vCPUs
+//   itself when they ran before; ResumeSource/the failure path check anyway.
+//
+// Thread-safety: free functions over a QmpClient (itself locked); two
+// migration or lifecycle operations on one QEMU must not run concurrently.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "common/result.h"
+#include "vmm/qmp_client.h"
+
+namespace vmgrid {
+
+// The one-time credential of one migration: a TLS PSK identity and key.
+struct MigrationKey {
+  std::string identity;  // [A-Za-z0-9._-]{1,64}
+  std::string key_hex;   // 64 lowercase hex digits (32 random bytes)
+};
+// A fresh random key (OpenSSL's RAND_bytes) with `identity`.
+Result<MigrationKey> NewMigrationKey(const std::string& identity);
+Status ValidateMigrationKey(const MigrationKey& key);
+
+// Where the source reaches the target's listeners.
+struct IncomingEndpoint {
+  std::string host;  // IPv4/IPv6 literal or host name
+  int nbd_port = 0;  // 0: no disk is mirrored
+  int migration_port = 0;
+  std::string nbd_export;  // export name of the target's disk
+};
+
+struct IncomingParams {
+  std::string device = "disk0";           // the drive to export; "" = a diskless VM
+  std::string listen_host = "127.0.0.1";  // address both listeners bind
+  MigrationKey key;
+  // Created (must not exist) 0700 for QEMU's uid/gid to hold keys.psk (0600)
+  // while QEMU needs it: until FinishIncoming, or RemoveKeyDir on failure.
+  std::string key_dir;
+  int qemu_uid = -1, qemu_gid = -1;  // -1: QEMU runs as ourselves
+};
+
+// For a QEMU started with incoming=true, start_paused=true and the source's
+// device layout, its disk a fresh overlay of the source's top layer's base
+// (same virtual size): creates the TLS server credentials, an NBD server on
+// a fresh TCP port with the disk exported writable, and a migration listener.
+// The returned endpoint's host is params.listen_host. On failure QEMU is in an
+// unknown state: the caller kills it (AbortIncoming's job in the agent).
+Result<IncomingEndpoint> StartIncoming(QmpClient& target, const IncomingParams& params,
+                                       std::chrono::milliseconds timeout);
+
+// Progress points of MigrateOut, for logs and for tests that break things at
+// a chosen moment.
+enum class MigrationPhase {
+  kMirrorStarted,  // the block mirror to the target's export runs
+  kMirrorReady,    // the target's disk has caught up; RAM migration starts next
+  kMigrating,      // migrate started (RAM pre-copy)
+  kSwitchover,     // source paused at pre-switchover; mirror being completed
+};
+const char* ToString(MigrationPhase phase);
+
+struct OutgoingParams {
+  IncomingEndpoint target;
+  std::string device = "disk0";  // "" = a diskless VM (no mirror)
+  MigrationKey key;
+  // As IncomingParams::key_dir, on the source's side; removed before
+  // MigrateOut returns (right after QEMU read the key).
+  std::string key_dir;
+  int qemu_uid = -1, qemu_gid = -1;
+  int64_t max_bandwidth = 0;                     // bytes/s for RAM; 0 = unthrottled
+  std::function<void(MigrationPhase)> on_phase;  // may be empty; runs on the caller's thread
+};
+
+struct MigrationStats {
+  int64_t total_ms = 0;       // MigrateOut's wall time: mirror + migration
+  int64_t mirror_ms = 0;      // until the mirror was ready
+  int64_t qemu_total_ms = 0;  // QEMU's "total-time" of the RAM migration
+  int64_t downtime_ms = 0;    // QEMU's "downtime" (vCPUs stopped, incl. mirror completion)
+  int64_t ram_bytes = 0;      // QEMU's ram "transferred"
+  int64_t disk_bytes = 0;     // bytes the mirror wrote (its job offset)
+};
+
+// Runs the source side. On success the source is paused ("postmigrate", disks
+// inactivated) with no mirror job, NBD node or TLS object of ours left: quit
+// it once the target has taken over, or ResumeSource it if the target could
+// not. On failure (the target died or refused the key, a timeout, ...) the
+// source runs as before: the mirror is cancelled, the migration cancelled, the
+// NBD client node and credentials removed, and `cont` issued if the vCPUs were
+// left stopped. Either way migration parameters and capabilities are put back
+// (no TLS, no pause-before-switchover) so later checkpoints work.
+Result<MigrationStats> MigrateOut(QmpClient& source, const OutgoingParams& params,
+                                  std::chrono::milliseconds timeout);
+
+// Target side once MigrateOut succeeded: removes the key directory, waits for
+// the incoming migration to complete, stops the NBD server, drops the
+// credentials and runs the guest. On failure the caller kills the target
+// (and resumes the source).
+Status FinishIncoming(QmpClient& target, const std::string& key_dir,
+                      std::chrono::milliseconds timeout);
+
+// After an agent restart interrupted MigrateOut: if the migration had
+// completed (source paused in postmigrate) it stays so, as after a MigrateOut
+// that succeeded (true: quit it or ResumeSource once the controller decides);
+// otherwise whatever is still in flight is cancelled as on failure and the
+// source runs again (false).
+Result<bool> RecoverOutgoing(QmpClient& source);
+
+// Removes a key directory StartIncoming made (when the target is abandoned).
+void RemoveKeyDir(const std::string& key_dir);
+
+// Source side when the target could not take over after MigrateOut succeeded:
+// `cont` (re-activates the disks; the guest runs on where it stopped).
+Status ResumeSource(QmpClient& source);
+
+}  // namespace vmgrid
