@@ -146,6 +146,16 @@ double PlainQemuOnce(const std::string& work, const json& image, const std::stri
       ++i;
       continue;
     }
+    // `-incoming exec:cat ...` spawns a shell, which the full sandbox's
+    // spawn=deny kills silently (SIGSYS); vmgrid itself restores through an
+    // fd. The plain resume keeps the rest of the sandbox.
+    if (argv[i] == "-sandbox" && resume && i + 1 < argv.size()) {
+      std::string options = argv[++i];
+      if (auto at = options.find(",spawn=deny"); at != std::string::npos)
+        options.erase(at, std::string(",spawn=deny").size());
+      plain.insert(plain.end(), {"-sandbox", options});
+      continue;
+    }
     if (argv[i] == "-incoming") {
       plain.push_back("-incoming");
       plain.push_back("exec:cat " + image_dir + "/checkpoint/memory.state");

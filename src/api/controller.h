@@ -33,17 +33,16 @@
 #include "api/op_queue.h"
 #include "api/routes.h"
 #include "api/routes/route.h"
+#include "api/services/api_views.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
 #include "api/services/network_service.h"
 #include "api/services/user_service.h"
+#include "api/services/vm_create_service.h"
 #include "api/services/vm_service.h"
 #include "api/services/workspace_service.h"
 #include "common/result.h"
 #include "infosvc/query_service.h"
-#include "proto/blob_ref.h"
-#include "proto/vm_spec.h"
-#include "proto/vm_status.h"
 #include "store/store.h"
 
 namespace httplib {
@@ -91,31 +90,7 @@ class Controller {
   std::function<void(const httplib::Request&, httplib::Response&)> Authed(
       Handler h, const std::set<std::string>& roles = {"admin", "user"});
 
-  // Route handlers still here (the others are in api/routes/).
-  void CreateVm(const Caller&, const httplib::Request&, httplib::Response&);
-
-  // An image visible to the caller (ImageService::VisibleImage).
-  Result<Image> VisibleImage(const Caller& c, const std::string& ref);
-
-  // JSON views.
-  // `image` and `host`, when the caller has them at hand, save reading them.
-  nlohmann::json VmJson(const Vm& v, const Image* image = nullptr, const Host* host = nullptr);
-  nlohmann::json WorkspaceJson(const Workspace& w);
-  std::string UserName(const std::string& id);
-
-  // ImageService::AgentImageFiles and AgentBlobs.
-  ImageFiles AgentImageFiles(const Image& image);
-  Result<BlobSet> AgentBlobs(const Image& image, bool image_checkpoint);
-
   void ReconcileLoop();
-  Error ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates,
-                           const std::string& site, const std::string& network);
-  void LaunchCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
-                    const std::optional<Workspace>& workspace, bool new_workspace, int64_t started,
-                    const Host* host = nullptr, Admission::SlotPtr slot = nullptr);
-  void CreateGang(const Caller& c, const nlohmann::json& body, const Vm& proto, const Image& image,
-                  const std::string& checkpoint_dir, int64_t count, const std::string& policy,
-                  httplib::Response& res, int64_t started, Admission::SlotPtr slot);
 
   ControllerOptions options_;
   std::string image_dir_;
@@ -138,13 +113,10 @@ class Controller {
   // today; the expiry bounds how long a removed one would still work.
   std::mutex auth_mu_;
   std::map<std::string, std::pair<User, int64_t>> auth_cache_;  // guarded by auth_mu_
-  std::map<std::string, std::string>
-      user_names_;  // id -> name (names never change); guarded by auth_mu_
   // Background work and polled operations (api/op_queue.h). Reset first
   // in the destructor, so that idle workers are joined while the rest of
   // the controller still exists.
   std::unique_ptr<OpQueue> ops_;
-  using Operation = OpQueue::Operation;
   // The services behind the routes (api/services/), set by Start.
   AgentClientPtr agents_;
   std::unique_ptr<HostService> hosts_;
@@ -153,6 +125,8 @@ class Controller {
   std::unique_ptr<UserService> users_;
   std::unique_ptr<ImageService> images_;
   std::unique_ptr<WorkspaceService> workspaces_;
+  std::unique_ptr<ApiViews> views_;
+  std::unique_ptr<VmCreateService> vm_creates_;
 
   // Admission (api/admission.h): user requests being handled, and per user
   // exec operations, creates in flight and queries. Set by Start.
@@ -160,22 +134,6 @@ class Controller {
   // Image finalizes, checkpoint publishes and workspace deletions of one
   // user running at once (set by the constructor).
   std::unique_ptr<Admission> long_ops_;
-
-  // A create that did not happen gives its workspace back: deletes the one
-  // it `created`, or releases an existing one (logged and counted on failure).
-  void ReleaseWorkspace(const Workspace& ws, bool created);
-  // Logs and counts a store write that failed where the request or
-  // operation goes on; each call site says why that is safe.
-  void CountFailedWrite(const Status& st, const std::string& what);
-  std::atomic<int64_t> failed_writes_{0};
-
-  // Whether a deletion of workspace `id` runs (WorkspaceService::BeingDeleted).
-  bool WorkspaceBeingDeleted(const std::string& id);
-
-  // A VM create on its host, on the operation pool (LaunchCreate's body).
-  void RunCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
-                 const std::optional<Workspace>& workspace, bool new_workspace, int64_t started,
-                 const Host& host);
 };
 
 }  // namespace vmgrid

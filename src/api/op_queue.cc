@@ -30,8 +30,13 @@ void OpQueue::Run(const std::string& vm_id, std::function<void()> fn) {
     std::lock_guard<std::mutex> l(mu_);
     if (!vm_id.empty()) inflight_.insert(vm_id);
     ++running_;
-    queue_.push_back([this, vm_id, fn = std::move(fn)] {
-      fn();
+    queue_.push_back([this, vm_id, fn = std::move(fn)]() mutable {
+      {
+        // What the work holds (an admission slot, a claim) is let go before
+        // it counts as ended, so whoever sees the queue idle sees it released.
+        auto work = std::move(fn);
+        work();
+      }
       bool none;
       {
         std::lock_guard<std::mutex> l(mu_);

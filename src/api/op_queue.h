@@ -53,7 +53,8 @@ class OpQueue {
   OpQueue& operator=(const OpQueue&) = delete;
 
   // Runs `fn` on a worker (queued when all `max_workers` are busy); `vm_id`
-  // (if set) is in flight from now until `fn` has returned.
+  // (if set) is in flight from now until `fn` has returned. `fn` (and so
+  // what it captures) is destroyed before the work counts as ended.
   void Run(const std::string& vm_id, std::function<void()> fn);
   bool InFlight(const std::string& vm_id) const;
   // Waits at most `grace` until no work runs; whether none does.

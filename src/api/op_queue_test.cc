@@ -35,6 +35,15 @@ TEST(OpQueueTest, QueuesBeyondItsWorkers) {
   EXPECT_EQ(done.load(), 50);
 }
 
+TEST(OpQueueTest, WhatTheWorkHoldsIsReleasedWhenItCountsAsEnded) {
+  OpQueue q;
+  auto held = std::make_shared<int>(0);  // e.g. an admission slot
+  for (int i = 0; i < 20; ++i) q.Run("vm-1", [held] { ++*held; });
+  ASSERT_TRUE(q.WaitIdle(std::chrono::seconds(10)));
+  EXPECT_EQ(held.use_count(), 1) << "no worker still holds a copy";
+  EXPECT_EQ(*held, 20);
+}
+
 TEST(OpQueueTest, OperationRecords) {
   FakeClock clock;
   OpQueue q(clock);

@@ -4,13 +4,119 @@
 
 #include "api/op_queue.h"
 #include "api/routes.h"
+#include "api/services/network_service.h"
+#include "api/services/vm_create_service.h"
 #include "api/services/vm_service.h"
 #include "common/http_json.h"
+#include "proto/future_id.h"
 
 namespace vmgrid {
 
 using nlohmann::json;
 using Req = httplib::Request;
+
+namespace {
+
+// POST /v1/vms's body: types, ranges and names; what needs the store is
+// VmCreateService's.
+Result<CreateVmRequest> ParseCreateVm(const std::string& text) {
+  VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(text, false));
+  JsonFields f(body, request_fields::kCreateVm);
+  VMG_RETURN_IF_ERROR(f.CheckUnknown());
+  CreateVmRequest r;
+  // A future from the information service ("fut-IMAGE-HOST-START") names the
+  // image, the host and how to start; realizing it is a create pinned there.
+  VMG_ASSIGN_OR_RETURN(r.future, f.String("from_future", false));
+  if (!r.future.empty()) {
+    if (body.contains("image") || body.contains("from_checkpoint") || body.contains("start"))
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "from_future already names the image and start; drop image, "
+                       "start and from_checkpoint");
+    VMG_ASSIGN_OR_RETURN(FutureId fid, ParseFutureId(r.future));
+    body["image"] = fid.image_id;
+    body["start"] = fid.start;
+    r.future_host = fid.host_id;
+  }
+  auto from = f.String("from_checkpoint", false);
+  auto image = f.String("image", from.ok() && from->empty());
+  auto name = f.String("name", false);
+  auto disk = f.Enum("disk", {"clone", "persistent"}, "clone");
+  auto start = f.Enum("start", {"boot", "resume"}, from.ok() && !from->empty() ? "resume" : "boot");
+  auto workspace = f.String("workspace", false);
+  for (const auto* v : {&from, &image, &name, &disk, &start, &workspace}) VMG_RETURN_IF_ERROR(*v);
+  r.from_checkpoint = *from;
+  r.image = *image;
+  r.name = *name;
+  r.disk = *disk;
+  r.start = *start;
+  r.workspace = *workspace;
+  auto vcpus = f.Int("vcpus", 0, 1, 64);
+  auto memory = f.Int("memory_mb", 0, 32, 1 << 20);
+  VMG_RETURN_IF_ERROR(vcpus);
+  VMG_RETURN_IF_ERROR(memory);
+  if (body.contains("vcpus") && body["vcpus"].is_null())
+    return MakeError(ErrorCode::kInvalidArgument, "field 'vcpus' must be an integer");
+  r.vcpus = *vcpus;
+  r.memory_mb = *memory;
+  r.memory_named = body.contains("memory_mb");
+  if (!r.name.empty()) VMG_RETURN_IF_ERROR(ValidateName("VM", r.name));
+  VMG_ASSIGN_OR_RETURN(r.network, f.String("network", false, "default"));
+  VMG_RETURN_IF_ERROR(ValidateName("network", r.network));
+  VMG_ASSIGN_OR_RETURN(r.nets, f.StringList("nets", false, 8));
+  VMG_ASSIGN_OR_RETURN(r.policy, f.Enum("policy", {"spread", "pack"}, "spread"));
+  VMG_ASSIGN_OR_RETURN(r.site, f.String("site", false));
+  VMG_ASSIGN_OR_RETURN(r.host_network, f.String("host_network", false));
+  for (const auto* v : {&r.site, &r.host_network})
+    if (!v->empty()) VMG_RETURN_IF_ERROR(ValidateName("site/network", *v));
+  VMG_ASSIGN_OR_RETURN(r.count, f.Int("count", 1, 1, 64));
+  // A gang's fields.
+  if (body.contains("same")) {
+    VMG_ASSIGN_OR_RETURN(r.same, f.String("same", false));
+  }
+  if (body.contains("total_memory_mb")) {
+    const json& t = body["total_memory_mb"];
+    if (!t.is_object())
+      return MakeError(ErrorCode::kInvalidArgument, "total_memory_mb must be an object {min, max}");
+    JsonFields tf(t, request_fields::kTotalMemory);
+    VMG_RETURN_IF_ERROR(tf.CheckUnknown());
+    TotalMemory total;
+    VMG_ASSIGN_OR_RETURN(total.min, tf.Int("min", 0, 0, int64_t{1} << 30));
+    VMG_ASSIGN_OR_RETURN(total.max, tf.Int("max", int64_t{1} << 30, 1, int64_t{1} << 30));
+    r.total_memory = total;
+  }
+  return r;
+}
+
+}  // namespace
+
+void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmService& vms,
+                           NetworkService& networks, VmView view) {
+  s.Post(
+      "/v1/vms",
+      [&creates](const Caller& c, const Req& req) -> Result<Reply> {
+        VMG_ASSIGN_OR_RETURN(CreateVmRequest r, ParseCreateVm(req.body));
+        VMG_ASSIGN_OR_RETURN(json created, creates.Create(c, r));
+        return Reply{202, created};
+      },
+      kUserRoles);
+  s.Get(
+      "/v1/vms",
+      [&vms, view](const Caller& c, const Req&) -> Result<Reply> {
+        VMG_ASSIGN_OR_RETURN(std::vector<Vm> list, vms.List(c.owner()));
+        json out = json::array();
+        for (const auto& v : list) out.push_back(view(v));
+        return Reply{200, {{"vms", out}}};
+      },
+      kUserRoles);
+  s.Get(R"(/v1/vms/([^/]+))",
+        [&vms, &networks, view](const Caller& c, const Req& req) -> Result<Reply> {
+          VMG_ASSIGN_OR_RETURN(Vm v, vms.Get(req.matches[1], c.owner()));
+          json vm = view(v);
+          VMG_ASSIGN_OR_RETURN(vm["nics"], networks.VmNics(v.id));
+          return Reply{200, vm};
+        },
+        kUserRoles);
+}
 
 void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, VmView view) {
   for (const std::string action : {"stop", "checkpoint", "resume"}) {

@@ -1,9 +1,10 @@
-// The VM routes of the REST API on existing VMs: POST
+// The VM routes of the REST API: POST /v1/vms (202 with the VM, or the
+// gang's VMs; VmCreateService), GET /v1/vms[/ID]; on existing VMs POST
 // /v1/vms/ID/{stop,checkpoint,resume} and DELETE /v1/vms/ID (each answers
 // 202 with the VM as moved), POST /v1/vms/ID/exec (202 with an operation);
 // and GET /v1/operations/ID, which polls any operation (exec, image
-// finalize, workspace delete). Each parses its request and calls VmService
-// (operations: the OpQueue).
+// finalize, workspace delete). Each parses its request and calls one
+// service (VmCreateService, VmService; operations: the OpQueue).
 #pragma once
 
 #include <functional>
@@ -13,12 +14,17 @@
 
 namespace vmgrid {
 
+class NetworkService;
 class OpQueue;
+class VmCreateService;
 class VmService;
 
 // How a VM is shown (the controller's view: names of its image, host, ...).
 using VmView = std::function<nlohmann::json(const Vm&)>;
 
+// POST /v1/vms, GET /v1/vms and GET /v1/vms/ID (with the VM's cards).
+void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmService& vms,
+                           NetworkService& networks, VmView view);
 void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, VmView view);
 void InstallExecRoutes(RouteInstaller& s, VmService& vms);
 void InstallOperationRoutes(RouteInstaller& s, const OpQueue& ops);

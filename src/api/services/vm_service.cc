@@ -96,6 +96,8 @@ Result<Vm> VmService::Get(const std::string& ref, const OwnerFilter& owner) {
   return store_.GetVm(ref, owner);
 }
 
+Result<std::vector<Vm>> VmService::List(const OwnerFilter& owner) { return store_.ListVms(owner); }
+
 Result<nlohmann::json> VmService::Exec(const Caller& c, const std::string& ref,
                                        const ExecRequest& request) {
   VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(ref, c.owner()));

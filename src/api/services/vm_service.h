@@ -1,5 +1,6 @@
 // VmService: the lifecycle operations on existing VMs — stop, checkpoint,
-// resume and delete — and the recording of what a host's agent answered.
+// resume and delete (their creation is VmCreateService's) — and the
+// recording of what a host's agent answered.
 // Each operation moves the record at once (Store::TransitionVm, the table of
 // common/vm_state.h, compare-and-set) and asks the agent in the background
 // (OpQueue); the answer, or the failure and the state the agent reports
@@ -59,6 +60,8 @@ class VmService {
 
   // VM `ref` (id or name) of `owner`; kNotFound for another user's.
   Result<Vm> Get(const std::string& ref, const OwnerFilter& owner);
+  // The VMs of `owner` ("": everyone's).
+  Result<std::vector<Vm>> List(const OwnerFilter& owner);
   // Starts `request` in VM `ref` of the caller (it must be running);
   // answers the operation, whose result is the agent's (exit code and
   // output). kInvalidArgument without a program, kTooManyRequests over the

@@ -1,0 +1,67 @@
+#include "api/services/api_views.h"
+
+#include "common/util.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+
+std::string ApiViews::UserName(const std::string& id) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (auto it = user_names_.find(id); it != user_names_.end()) return it->second;
+  }
+  auto u = store_.GetUserById(id);
+  if (!u.ok()) return id;
+  std::lock_guard<std::mutex> l(mu_);
+  user_names_[id] = u->name;
+  return u->name;
+}
+
+json ApiViews::VmJson(const Vm& v, const Image* known_image, const Host* known_host) {
+  Result<Image> image = known_image && known_image->id == v.image_id
+                            ? Result<Image>(*known_image)
+                            : store_.GetImage(v.image_id, "");
+  Result<Host> host = known_host && known_host->id == v.host_id ? Result<Host>(*known_host)
+                                                                : store_.GetHost(v.host_id);
+  std::string ws_name;
+  if (!v.workspace_id.empty())
+    if (auto ws = store_.GetWorkspace(v.workspace_id, ""); ws.ok()) ws_name = ws->name;
+  return {{"id", v.id},
+          {"name", v.name},
+          {"owner", UserName(v.owner_id)},
+          {"image", image.ok() ? image->name : v.image_id},
+          {"image_id", v.image_id},
+          {"host", host.ok() ? host->name : v.host_id},
+          {"host_id", v.host_id},
+          {"host_state", host.ok() ? host->state : "unknown"},
+          {"state", v.state},
+          {"vcpus", v.vcpus},
+          {"memory_mb", v.memory_mb},
+          {"disk", v.disk},
+          {"disk_bytes", v.disk_bytes},
+          {"start", v.start},
+          {"workspace", ws_name},
+          {"network", v.network},
+          {"error", v.error},
+          {"create_ms", v.create_ms},
+          {"created_at", FormatTimeMs(v.created_ms)},
+          {"updated_at", FormatTimeMs(v.updated_ms)}};
+}
+
+json ApiViews::WorkspaceJson(const Workspace& w) {
+  auto image = store_.GetImage(w.image_id, "");
+  auto host = store_.GetHost(w.host_id);
+  return {{"id", w.id},
+          {"name", w.name},
+          {"owner", UserName(w.owner_id)},
+          {"image", image.ok() ? image->name : w.image_id},
+          {"image_id", w.image_id},
+          {"host", host.ok() ? host->name : w.host_id},
+          {"host_id", w.host_id},
+          {"size_bytes", w.size_bytes},
+          {"vm_id", w.vm_id},
+          {"created_at", FormatTimeMs(w.created_ms)}};
+}
+
+}  // namespace vmgrid
