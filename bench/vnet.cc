@@ -12,11 +12,14 @@
 //                 with anti-spoofing, addresses by the switch's DHCP
 //   tunnel        each VM on its own host's switch (two SwitchHosts), the
 //                 hosts joined by the encrypted UDP tunnel over loopback
+//   tunnel WAN    the same through an emulated WAN link (linkem's UdpLink:
+//                 100 Mbit/s, 40 ms RTT, drop-tail buffer of one BDP);
+//                 --no-wan leaves it out
 // Each is a VmLink (below): start two guests with addresses on NIC 0, hand
 // out their guest agents; RunRow measures every link alike.
 //
 // Usage: vnet [--mib N=32] [--runs N=3] [--pings N=200] [--interval S=0.02]
-//             [--memory MB=256] [--vcpus N=1]
+//             [--memory MB=256] [--vcpus N=1] [--no-wan]
 // The tiny image: VMGRID_TINY_IMAGE or the build's images/tiny.
 
 #include <signal.h>
@@ -30,11 +33,13 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "linkem/udp_link.h"
 #include "machine.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/nic_config.h"
@@ -62,6 +67,7 @@ struct Options {
   double interval = 0.02;
   int memory_mb = 256;
   int vcpus = 1;
+  bool wan = true;  // the tunnel row again through an emulated WAN link
   std::string image_dir;
   std::string work_dir = "/tmp/vmgrid-bench-vnet";
 };
@@ -368,10 +374,19 @@ void PrintTable(const std::vector<Row>& rows, const Options& o) {
 // addresses from the switch's DHCP, as grid VMs do.
 class SwitchedLink : public VmLink {
  public:
-  SwitchedLink(const Options& o, TinyImage img, bool tunnel)
-      : o_(o), img_(std::move(img)), tunnel_(tunnel) {}
+  // `wan`: the tunnel crosses a UdpLink (linkem) of that rate and RTT
+  // instead of bare loopback.
+  struct Wan {
+    uint64_t rate_bps = 0;
+    std::chrono::microseconds rtt{0};
+  };
+  SwitchedLink(const Options& o, TinyImage img, bool tunnel, std::optional<Wan> wan = {})
+      : o_(o), img_(std::move(img)), tunnel_(tunnel), wan_(wan) {}
   ~SwitchedLink() override { Stop(); }
   std::string Name() const override {
+    if (wan_)
+      return "tunnel over an emulated WAN (" + std::to_string(wan_->rate_bps / 1000000) +
+             " Mbit/s, " + std::to_string(wan_->rtt.count() / 1000) + " ms RTT, linkem UdpLink)";
     return tunnel_ ? "tunnel: two vmgrid switches, AES-GCM over loopback UDP"
                    : "switch: two VMs on one vmgrid switch";
   }
@@ -380,7 +395,7 @@ class SwitchedLink : public VmLink {
 
   Status Start() override {
     const auto deadline = Clock::now() + seconds(120);
-    const std::string dir = o_.work_dir + (tunnel_ ? "/tunnel" : "/switch");
+    const std::string dir = Dir();
     std::error_code ec;
     fs::remove_all(dir, ec);
     fs::create_directories(dir, ec);
@@ -417,10 +432,29 @@ class SwitchedLink : public VmLink {
       VMG_RETURN_IF_ERROR(HostOf(i).AddPort(net.id, port));
       ports_[i] = port;
     }
+    uint16_t peer_port[2] = {0, 0};  // where host h sends to reach the other
+    if (tunnel_) {
+      peer_port[0] = host_[1]->tunnel_port();
+      peer_port[1] = host_[0]->tunnel_port();
+    }
+    if (wan_) {
+      UdpLinkOptions lo;
+      lo.a_port = host_[0]->tunnel_port();
+      lo.b_port = host_[1]->tunnel_port();
+      lo.rate_bps = wan_->rate_bps;
+      lo.rtt = wan_->rtt;
+      // A router's buffer of about one bandwidth-delay product.
+      lo.queue_bytes = std::max<size_t>(64 << 10, wan_->rate_bps / 8 * wan_->rtt.count() / 1000000);
+      auto link = UdpLink::Start(lo);
+      if (!link.ok()) return link.error().Wrap("emulated WAN link");
+      wan_link_ = std::move(link).value();
+      peer_port[0] = wan_link_->b_facing_port();
+      peer_port[1] = wan_link_->a_facing_port();
+    }
     if (tunnel_) {
       for (int h = 0; h < 2; ++h) {
         const int o = 1 - h;
-        vnet::PeerHost peer{static_cast<vnet::HostId>(o + 1), 0x7f000001, host_[o]->tunnel_port()};
+        vnet::PeerHost peer{static_cast<vnet::HostId>(o + 1), 0x7f000001, peer_port[h]};
         vnet::RemoteNic nic{mac[o], ports_[o].ip, ports_[o].vm_name,
                             static_cast<vnet::HostId>(o + 1)};
         VMG_RETURN_IF_ERROR(host_[h]->SetRemote(net.id, {peer}, {nic}));
@@ -466,17 +500,21 @@ class SwitchedLink : public VmLink {
       vm_[i].reset();
     }
     for (auto& h : host_) h.reset();
+    wan_link_.reset();
   }
 
  private:
-  std::string RunDir(int i) const {
-    return o_.work_dir + (tunnel_ ? "/tunnel/run" : "/switch/run") + std::to_string(i);
+  std::string Dir() const {
+    return o_.work_dir + (wan_ ? "/wan" : tunnel_ ? "/tunnel" : "/switch");
   }
+  std::string RunDir(int i) const { return Dir() + "/run" + std::to_string(i); }
   vnet::SwitchHost& HostOf(int vm) { return *host_[tunnel_ ? vm : 0]; }
 
   Options o_;
   TinyImage img_;
   bool tunnel_;
+  std::optional<Wan> wan_;
+  std::unique_ptr<UdpLink> wan_link_;
   vnet::SwitchHostPtr host_[2];
   vnet::PortConfig ports_[2];
   std::unique_ptr<QemuProcess> vm_[2];
@@ -505,9 +543,11 @@ int main(int argc, char** argv) {
       o.memory_mb = std::max(128, std::atoi(next()));
     } else if (a == "--vcpus") {
       o.vcpus = std::max(1, std::atoi(next()));
+    } else if (a == "--no-wan") {
+      o.wan = false;
     } else {
       Die("usage: vnet [--mib N=32] [--runs N=3] [--pings N=200] [--interval S=0.02] "
-          "[--memory MB=256] [--vcpus N=1]");
+          "[--memory MB=256] [--vcpus N=1] [--no-wan]");
     }
   }
   if (static_cast<int64_t>(o.mib) * 2 + 64 > o.memory_mb)
@@ -525,6 +565,10 @@ int main(int argc, char** argv) {
   links.push_back(std::make_unique<DirectDgramLink>(o, img));
   links.push_back(std::make_unique<SwitchedLink>(o, img, /*tunnel=*/false));
   links.push_back(std::make_unique<SwitchedLink>(o, img, /*tunnel=*/true));
+  if (o.wan)
+    links.push_back(std::make_unique<SwitchedLink>(
+        o, img, /*tunnel=*/true,
+        SwitchedLink::Wan{100'000'000, std::chrono::microseconds(40'000)}));
 
   std::vector<Row> rows;
   for (VmLinkPtr& link : links) rows.push_back(RunRow(*link, o));

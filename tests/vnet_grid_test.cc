@@ -405,6 +405,21 @@ TEST_F(VnetGridTest, ForwardExposesAGuestPortToItsOwnerOnly) {
   }
   EXPECT_EQ(got, text);
 
+  // The admin sees the gateway's counters in host show: the echo went
+  // through slirp both ways.
+  json egress;
+  for (auto deadline = Clock::now() + std::chrono::seconds(10); Clock::now() < deadline;) {
+    auto host = grid_->Admin().Get("/v1/hosts/" + w["host_id"].get<std::string>());
+    ASSERT_TRUE(host.ok());
+    for (const auto& n : (*host)["networks"].value("networks", json::array()))
+      if (n.value("name", "") == "web") egress = n.value("egress", json());
+    if (egress.is_object() && egress.value("from_outside", 0) > 0) break;
+    std::this_thread::sleep_for(milliseconds(500));
+  }
+  ASSERT_TRUE(egress.is_object()) << "no egress counters in host show";
+  EXPECT_GT(egress.value("from_outside", 0), 0) << egress.dump();
+  EXPECT_GT(egress.value("to_outside", 0), 0) << egress.dump();
+
   // Stop and resume: the forward is still there, on its port (the switch
   // port and its forwards are kept when the resume attaches them unchanged).
   Act(carol, id, "stop");

@@ -4,10 +4,12 @@
 #include <httplib.h>
 #include <pwd.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -380,8 +382,23 @@ Result<ImageCheckpointResult> Agent::ImageCheckpoint(const VmSpec& spec,
   return ImageCheckpointResult{req.target_dir, {}, {}};
 }
 
+// Each egress network holds up to vnet::kMaxEgressSockets slirp sockets,
+// each switch port and tunnel a few more: the usual soft limit of 1024 fds
+// would run out with a handful of busy networks. Raised to the hard limit.
+static void RaiseFileLimit() {
+  rlimit r{};
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur >= r.rlim_max) return;
+  const rlim_t before = r.rlim_cur;
+  r.rlim_cur = r.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &r) == 0)
+    spdlog::info("open files limit raised from {} to {}", before, r.rlim_cur);
+  else
+    spdlog::warn("cannot raise the open files limit from {}: {}", before, strerror(errno));
+}
+
 int RunAgent(const AgentOptions& options) {
   InstallTerminationHandlers();
+  RaiseFileLimit();
   Agent agent(options);
   Status st = agent.Start();
   if (!st.ok()) {

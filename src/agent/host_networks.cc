@@ -81,6 +81,18 @@ json CountersJson(const vnet::TunnelCounters& c) {
           {"drops", drops}};
 }
 
+json CountersJson(const vnet::EgressCounters& c) {
+  json drops = json::object();
+  for (size_t i = 1; i < vnet::kEgressDropCount; ++i)
+    if (c.drops[i]) drops[vnet::EgressDropName(static_cast<vnet::EgressDrop>(i))] = c.drops[i];
+  return {{"to_outside", c.to_outside},
+          {"from_outside", c.from_outside},
+          {"to_switch_failed", c.to_switch_failed},
+          {"guest_errors", c.guest_errors},
+          {"sockets", c.sockets},
+          {"drops", drops}};
+}
+
 }  // namespace
 
 HostNetworks::HostNetworks(HostNetworksOptions options) : options_(std::move(options)) {}
@@ -368,11 +380,14 @@ json HostNetworks::Stats() const {
       if (auto c = host_->GetPortCounters(vni, name); c.ok()) ports[name] = CountersJson(*c);
     json tunnel;
     if (auto t = host_->GetTunnelCounters(vni); t.ok()) tunnel = CountersJson(*t);
-    nets.push_back({{"vni", vni},
-                    {"name", st.name},
-                    {"key_epoch", st.sealing_epoch},
-                    {"ports", ports},
-                    {"tunnel", tunnel}});
+    json net = {{"vni", vni},
+                {"name", st.name},
+                {"key_epoch", st.sealing_epoch},
+                {"ports", ports},
+                {"tunnel", tunnel}};
+    // Networks with egress: the gateway's traffic and what its policy refused.
+    if (auto e = host_->GetEgressCounters(vni); e.ok()) net["egress"] = CountersJson(*e);
+    nets.push_back(std::move(net));
   }
   return {{"running", true},
           {"host_number", host_number_},

@@ -54,7 +54,8 @@ void InstallAgentRoutes(RouteInstaller& s, HostService& hosts) {
            if (parsed.dropped_vms > 0)
              spdlog::warn("heartbeat of host {}: {} VM entr(ies) did not parse and were left out",
                           name, parsed.dropped_vms);
-           VMG_ASSIGN_OR_RETURN(HeartbeatReply reply, hosts.Heartbeat(c.user.name, parsed.report));
+           VMG_ASSIGN_OR_RETURN(HeartbeatReply reply,
+                                hosts.Heartbeat(c.user.name, parsed.report, req.remote_addr));
            return Reply{200, ToJson(reply)};
          },
          {"host"});

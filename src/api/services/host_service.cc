@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "api/host_credentials.h"
 #include "api/placement.h"
@@ -58,7 +59,8 @@ Status HostService::CheckAgentUrl(const std::string& url) const {
   return Status::Ok();
 }
 
-Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const HostReport& report) {
+Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const HostReport& report,
+                                              const std::string& peer_ip) {
   if (report.name != caller)
     return MakeError(ErrorCode::kPermissionDenied,
                      "this credential belongs to host '" + caller + "', not '" + report.name + "'");
@@ -71,8 +73,21 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
   hc.network = cap.network;
   hc.arch = cap.arch;
   if (report.tunnel) {
-    hc.tunnel_ip = report.tunnel->ip;
-    hc.tunnel_port = report.tunnel->port;
+    // The peers will send this network's traffic there: only to the
+    // address this host speaks from (a dual-stack listener names IPv4
+    // peers ::ffff:a.b.c.d).
+    const std::string from = peer_ip.starts_with("::ffff:") ? peer_ip.substr(7) : peer_ip;
+    if (report.tunnel->ip == from) {
+      hc.tunnel_ip = report.tunnel->ip;
+      hc.tunnel_port = report.tunnel->port;
+    } else {
+      std::lock_guard<std::mutex> l(mu_);
+      if (std::exchange(refused_tunnels_[report.name], report.tunnel->ip) != report.tunnel->ip)
+        spdlog::warn(
+            "host {}: ignoring its tunnel address {}: its heartbeats come from {} (an agent's "
+            "--tunnel-listen must be the address it reaches the controller from)",
+            report.name, report.tunnel->ip, from);
+    }
   }
   VMG_ASSIGN_OR_RETURN(Host host, store_.HeartbeatHost(report.name, report.url, hc));
   // A report that already matched the records, while no record on the host

@@ -45,8 +45,12 @@ class HostService {
   // A heartbeat of host `caller` (the name its credential belongs to): a
   // host speaks only for itself (kPermissionDenied). Records the capacity,
   // reconciles the VM records with the report, and notes the images the
-  // host caches.
-  Result<HeartbeatReply> Heartbeat(const std::string& caller, const HostReport& report);
+  // host caches. `peer_ip` is the address the heartbeat came from: the
+  // host's tunnel endpoint is recorded only if it is that address, so a
+  // stolen host credential cannot point the peers' tunnel traffic at
+  // someone else (a reflection attack); otherwise it is ignored and logged.
+  Result<HeartbeatReply> Heartbeat(const std::string& caller, const HostReport& report,
+                                   const std::string& peer_ip);
 
   // Brings the records of `host`'s VMs in line with what its agent reports
   // (received at `received_ms`): the agent is the authority on what runs,
@@ -88,6 +92,8 @@ class HostService {
   std::map<std::string, nlohmann::json> host_images_;  // guarded by mu_
   // host id -> its virtual switches' counters, as last reported
   std::map<std::string, nlohmann::json> host_networks_;  // guarded by mu_
+  // host name -> the tunnel address last refused (logged once per change); guarded by mu_
+  std::map<std::string, std::string> refused_tunnels_;
   // (image, host) recorded in image_cache
   std::set<std::pair<std::string, std::string>> noted_cached_;  // guarded by mu_
   // Per host: the last report that matched the records, and the records'

@@ -9,6 +9,8 @@
 namespace vmgrid {
 namespace {
 
+constexpr char kPeer[] = "127.0.0.1";  // where the tests' heartbeats come from
+
 class HostServiceTest : public ServiceTest {
  protected:
   void SetUp() override {
@@ -44,10 +46,10 @@ class HostServiceTest : public ServiceTest {
 };
 
 TEST_P(HostServiceTest, AHostSpeaksOnlyForItself) {
-  auto r = hosts_->Heartbeat("h2", Report({}));
+  auto r = hosts_->Heartbeat("h2", Report({}), kPeer);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied);
-  auto ok = hosts_->Heartbeat("h1", Report({}));
+  auto ok = hosts_->Heartbeat("h1", Report({}), kPeer);
   ASSERT_TRUE(ok.ok()) << ok.error().message;
   EXPECT_EQ(ok->host_id, host_.id);
 }
@@ -57,7 +59,7 @@ TEST_P(HostServiceTest, HeartbeatRecordsCapacityAndTheImagesTheHostCaches) {
   r.capacity.vcpus = 16;
   r.capacity.site = "site-2";
   r.images = {{"exports", {{{"name", "img-1-disk"}}, {{"name", "vm-9-ckpt-disk"}}}}};
-  ASSERT_TRUE(hosts_->Heartbeat("h1", r).ok());
+  ASSERT_TRUE(hosts_->Heartbeat("h1", r, kPeer).ok());
   auto h = store_->GetHost(host_.id);
   ASSERT_TRUE(h.ok());
   EXPECT_EQ(h->vcpus, 16);
@@ -67,6 +69,31 @@ TEST_P(HostServiceTest, HeartbeatRecordsCapacityAndTheImagesTheHostCaches) {
   ASSERT_TRUE(shown.ok());
   EXPECT_EQ((*shown)["images"], r.images) << "the admin sees the cache statistics";
   EXPECT_FALSE(hosts_->Get(host_.id, false)->contains("url")) << "users do not see agent URLs";
+}
+
+// A stolen host credential must not point the tunnels of the host's
+// networks at a third party: the endpoint counts only from its own address.
+TEST_P(HostServiceTest, ATunnelEndpointCountsOnlyFromTheAddressTheHostSpeaksFrom) {
+  HostReport r = Report({});
+  r.tunnel = TunnelEndpointReport{"127.0.0.2", 4789};
+  ASSERT_TRUE(hosts_->Heartbeat("h1", r, kPeer).ok());
+  auto h = store_->GetHost(host_.id);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->tunnel_ip, "") << "an endpoint elsewhere than the heartbeat's source was taken";
+  EXPECT_EQ(h->tunnel_port, 0);
+  r.tunnel = TunnelEndpointReport{"127.0.0.1", 4789};
+  ASSERT_TRUE(hosts_->Heartbeat("h1", r, "::ffff:127.0.0.1").ok());
+  h = store_->GetHost(host_.id);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->tunnel_ip, "127.0.0.1");
+  EXPECT_EQ(h->tunnel_port, 4789);
+  // Moving it elsewhere later is refused too: the endpoint is cleared (the
+  // host's networks stop until it reports its own address again).
+  r.tunnel = TunnelEndpointReport{"127.0.0.2", 4789};
+  ASSERT_TRUE(hosts_->Heartbeat("h1", r, kPeer).ok());
+  h = store_->GetHost(host_.id);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->tunnel_ip, "");
 }
 
 TEST_P(HostServiceTest, AgentUrlsAreCheckedAndTlsNeedsHttpsOffLoopback) {
