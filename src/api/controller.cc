@@ -13,6 +13,7 @@
 #include "api/routes.h"
 #include "api/routes/host_routes.h"
 #include "api/routes/image_routes.h"
+#include "api/routes/migration_routes.h"
 #include "api/routes/network_routes.h"
 #include "api/routes/query_routes.h"
 #include "api/routes/user_routes.h"
@@ -20,6 +21,7 @@
 #include "api/routes/workspace_routes.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
+#include "api/services/migration_service.h"
 #include "api/services/network_service.h"
 #include "api/services/user_service.h"
 #include "api/services/vm_service.h"
@@ -153,6 +155,8 @@ Status Controller::Start() {
       *store_, *index_, *agents_, *ops_, SystemClock::Get(), *long_ops_,
       ImageStorage{image_dir_, image_server_.get(), options_.image_server}, stop_);
   workspaces_ = std::make_unique<WorkspaceService>(*store_, *agents_, *ops_, *long_ops_);
+  migrations_ = std::make_unique<MigrationService>(*store_, *index_, *agents_, *networks_, *ops_,
+                                                   SystemClock::Get(), *long_ops_);
   HttpServerLimits limits;
   limits.header_timeout_ms = options_.header_timeout_ms;
   server_ = std::make_unique<GuardedServer>(limits, user_tls);
@@ -434,6 +438,7 @@ void Controller::InstallRoutes() {
   InstallVmActionRoutes(routes, *vms_, [this](const Vm& v) { return VmJson(v); });
   InstallExecRoutes(routes, *vms_);
   InstallOperationRoutes(routes, *ops_);
+  InstallMigrationRoutes(routes, *migrations_);
 
   // Information service.
   InstallQueryRoutes(routes, *query_, *queries_);

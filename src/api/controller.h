@@ -35,6 +35,7 @@
 #include "api/routes/route.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
+#include "api/services/migration_service.h"
 #include "api/services/network_service.h"
 #include "api/services/user_service.h"
 #include "api/services/vm_service.h"
@@ -153,6 +154,7 @@ class Controller {
   std::unique_ptr<UserService> users_;
   std::unique_ptr<ImageService> images_;
   std::unique_ptr<WorkspaceService> workspaces_;
+  std::unique_ptr<MigrationService> migrations_;
 
   // Admission (api/admission.h): user requests being handled, and per user
   // exec operations, creates in flight and queries. Set by Start.
