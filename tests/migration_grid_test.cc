@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <iostream>
 
 #include "tests/grid_fixture.h"
@@ -50,7 +51,10 @@ LocalGrid* MigrationGridTest::grid_ = nullptr;
 json* MigrationGridTest::image_ = nullptr;
 
 TEST_F(MigrationGridTest, ARunningVmMovesToTheOtherHostWithItsDiskAndNetwork) {
-  ApiClient alice = User("alice"), bob = User("bob");
+  auto made = grid_->Admin().Post("/v1/users", {{"name", "alice"}});
+  ASSERT_TRUE(made.ok()) << made.error().message;
+  const std::string alice_token = (*made)["token"];
+  ApiClient alice(grid_->url(), alice_token), bob = User("bob");
   ASSERT_TRUE(alice.Post("/v1/networks", {{"name", "lab"}}).ok());
   const std::string image = (*image_)["id"];
   json a1 = CreateVm(alice, {{"image", image}, {"name", "a1"}, {"nets", {"lab"}}});
@@ -115,15 +119,32 @@ TEST_F(MigrationGridTest, ARunningVmMovesToTheOtherHostWithItsDiskAndNetwork) {
   ASSERT_TRUE(hosts.ok());
   std::cout << "[info] hosts after " << hosts->dump() << "\n";
 
-  // And back, naming the host.
-  auto back = AwaitOperation(alice, alice.Post("/v1/vms/" + id + "/migrate", {{"to", from}}));
-  ASSERT_TRUE(back.ok()) << back.error().message;
-  std::cout << "[info] migration back " << back->dump() << "\n";
+  // And back with the CLI, naming the host.
+  const std::string cmd = "VMGRID_TOKEN=" + alice_token + " " + VMGRID_BINARY + " --url " +
+                          grid_->url() + " --ca " + grid_->ca_file() + " vm migrate a1 --to " +
+                          a1.value("host", "") + " 2>&1";
+  std::string cli_out;
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) cli_out += buf;
+  const int cli_rc = pclose(p);
+  std::cout << "[info] migration back: " << cli_out;
+  EXPECT_EQ(cli_rc, 0) << cli_out;
+  EXPECT_NE(
+      cli_out.find("migrated a1 from " + moved.value("host", "") + " to " + a1.value("host", "")),
+      std::string::npos)
+      << cli_out;
   json home = WaitVm(alice, id);
   EXPECT_EQ(home.value("host_id", ""), from);
   auto [bcode, bout] = Sh(alice, id, "cat /root/mig.txt");
   EXPECT_EQ(bcode, 0);
   EXPECT_EQ(bout, written + "after\n");
+  auto [p2, ping2] = Sh(alice, id,
+                        "for i in $(seq 15); do ping -c 1 -W 2 a2.lab >/dev/null && break; "
+                        "sleep 1; done; ping -c 3 -W 5 a2.lab",
+                        90);
+  EXPECT_EQ(p2, 0) << ping2;
 }
 
 }  // namespace
