@@ -159,7 +159,7 @@ inline json WaitVm(const ApiClient& api, const std::string& id, seconds timeout 
       [](const json& j) {
         std::string s = j.value("state", "");
         return s != "creating" && s != "stopping" && s != "checkpointing" && s != "resuming" &&
-               s != "deleting";
+               s != "deleting" && s != "migrating";
       },
       timeout);
   EXPECT_TRUE(r.ok()) << r.error().message;

@@ -13,6 +13,7 @@
 #include "api/routes.h"
 #include "api/routes/host_routes.h"
 #include "api/routes/image_routes.h"
+#include "api/routes/migration_routes.h"
 #include "api/routes/network_routes.h"
 #include "api/routes/query_routes.h"
 #include "api/routes/user_routes.h"
@@ -21,6 +22,7 @@
 #include "api/services/api_views.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
+#include "api/services/migration_service.h"
 #include "api/services/network_service.h"
 #include "api/services/user_service.h"
 #include "api/services/vm_create_service.h"
@@ -148,6 +150,8 @@ Status Controller::Start() {
   vm_creates_ = std::make_unique<VmCreateService>(
       *store_, *index_, *agents_, *ops_, SystemClock::Get(), *creates_, *long_ops_, *vms_, *images_,
       *networks_, *workspaces_, *views_, image_server_ != nullptr);
+  migrations_ = std::make_unique<MigrationService>(*store_, *index_, *agents_, *networks_, *ops_,
+                                                   SystemClock::Get(), *long_ops_);
   HttpServerLimits limits;
   limits.header_timeout_ms = options_.header_timeout_ms;
   server_ = std::make_unique<GuardedServer>(limits, user_tls);
@@ -347,6 +351,7 @@ void Controller::InstallRoutes() {
   InstallVmActionRoutes(routes, *vms_, [this](const Vm& v) { return views_->VmJson(v); });
   InstallExecRoutes(routes, *vms_);
   InstallOperationRoutes(routes, *ops_);
+  InstallMigrationRoutes(routes, *migrations_);
 
   // Information service.
   InstallQueryRoutes(routes, *query_, *queries_);

@@ -19,6 +19,7 @@ constexpr BodyObject kQueryBody[] = {{"", f::kQuery}, {"set", f::kSetQuery}};
 constexpr BodyObject kCreateNetworkBody[] = {{"", f::kCreateNetwork}};
 constexpr BodyObject kShareNetworkBody[] = {{"", f::kShareNetwork}};
 constexpr BodyObject kForwardBody[] = {{"", f::kForward}};
+constexpr BodyObject kMigrateVmBody[] = {{"", f::kMigrateVm}};
 
 // Stop and resume read an optional empty object (VmAction refuses
 // leave_running for them), so they take no documented body.
@@ -49,6 +50,7 @@ constexpr RouteSpec kRoutes[] = {
     {"POST", "/v1/vms/([^/]+)/exec", "/v1/vms/{ref}/exec", kExecBody},
     {"POST", "/v1/vms/([^/]+)/forwards", "/v1/vms/{ref}/forwards", kForwardBody},
     {"DELETE", "/v1/vms/([^/]+)/forwards/([^/]+)", "/v1/vms/{ref}/forwards/{port}", {}},
+    {"POST", "/v1/vms/([^/]+)/migrate", "/v1/vms/{ref}/migrate", kMigrateVmBody},
     {"GET", "/v1/operations/([^/]+)", "/v1/operations/{id}", {}},
     {"DELETE", "/v1/vms/([^/]+)", "/v1/vms/{ref}", {}},
     {"POST", "/v1/query", "/v1/query", kQueryBody},

@@ -1,5 +1,5 @@
 // `vmgrid vm ...`: create (single VMs and gangs), list, show, stop,
-// checkpoint, resume, rm, exec, forward, unforward.
+// checkpoint, resume, rm, exec, forward, unforward, migrate.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -382,6 +382,41 @@ int CmdVmUnforward(Ctx& ctx, const std::string& ref, int port) {
   return kExitOk;
 }
 
+// POST /v1/vms/REF/migrate {to?}: a `migrate` operation, polled until the VM
+// runs on its new host (or the migration failed and it runs on its source).
+int CmdVmMigrate(Ctx& ctx, const std::string& ref, const std::string& to, bool no_wait) {
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  json body = json::object();
+  if (!to.empty()) body["to"] = to;
+  auto res = RetryWhileBusy(
+      ctx, [&] { return client->Post("/v1/vms/" + PathEscape(ref) + "/migrate", body); });
+  if (!res.ok()) return Fail(ctx, res.error(), "vm");
+  if (no_wait) {
+    if (ctx.g.json) {
+      PrintJson(ctx, *res);
+    } else {
+      ctx.io.out << "migrating " << ref << " from " << Str(*res, "from") << " to "
+                 << Str(*res, "to") << " (operation " << Str(*res, "id") << ")" << std::endl;
+    }
+    return kExitOk;
+  }
+  const std::string what = "migrating " + ref + " to " + Str(*res, "to");
+  if (IsOperation(res)) res = WaitOperation(ctx, *client, *res, what, false);
+  if (!res.ok()) return Fail(ctx, res.error().Wrap("migration of " + ref), "vm");
+  if (ctx.g.json) {
+    PrintJson(ctx, *res);
+  } else {
+    auto num = [&](const char* k) { return Num(*res, k).value_or(0); };
+    ctx.io.out << "migrated " << ref << " from " << Str(*res, "from") << " to " << Str(*res, "to")
+               << " in " << num("total_ms") << " ms (downtime " << num("downtime_ms") << " ms, RAM "
+               << num("ram_bytes") / 1000000 << " MB, disk " << num("disk_bytes") / 1000000
+               << " MB)" << std::endl;
+    if (res->contains("warning")) ctx.io.err << "warning: " << Str(*res, "warning") << std::endl;
+  }
+  return kExitOk;
+}
+
 // ---------------------------------------------------------------------------
 
 }  // namespace
@@ -395,6 +430,8 @@ struct AddVmCommandsFlags {
   bool no_wait = false;
   bool leave_running = false;
   bool purge_workspace = false;
+  std::string migrate_to;
+  bool wait = true;
 };
 
 void AddVmCommands(CommandTree& t) {
@@ -467,6 +504,13 @@ void AddVmCommands(CommandTree& t) {
   rm->add_option("REF", s.ref, "VM id or name")->required();
   rm->add_flag("--purge-workspace", s.purge_workspace, "Also delete its workspace");
   rm->add_flag("--no-wait", s.no_wait, "Do not wait");
+  auto* mig =
+      t.Leaf(g, "migrate", "Live-migrate a running VM to another host: vm migrate REF [--to HOST]",
+             [&] { return CmdVmMigrate(t.ctx, s.ref, s.migrate_to, s.no_wait); });
+  mig->add_option("REF", s.ref, "VM id or name")->required();
+  mig->add_option("--to", s.migrate_to, "Target host (name or id); default: placement's choice");
+  mig->add_flag("--wait", s.wait, "Wait until the VM runs on its new host (the default)");
+  mig->add_flag("--no-wait", s.no_wait, "Return once the migration has started");
   auto* fw =
       t.Leaf(g, "forward", "Expose a guest TCP port on the VM's host (its network needs --egress)",
              [&] { return CmdVmForward(t.ctx, s.forward); });

@@ -8,13 +8,13 @@ namespace {
 
 using S = VmState;
 
-constexpr std::array kStates = {S::kCreating, S::kRunning,       S::kStopping,
-                                S::kStopped,  S::kCheckpointing, S::kSuspended,
-                                S::kResuming, S::kDeleting,      S::kError};
+constexpr std::array kStates = {S::kCreating,      S::kRunning,   S::kStopping, S::kStopped,
+                                S::kCheckpointing, S::kSuspended, S::kResuming, S::kDeleting,
+                                S::kMigrating,     S::kError};
 
 constexpr std::array kOps = {
     VmOp::kCreate, VmOp::kStop,   VmOp::kCheckpoint, VmOp::kCheckpointLeaveRunning,
-    VmOp::kResume, VmOp::kDelete, VmOp::kExec};
+    VmOp::kResume, VmOp::kDelete, VmOp::kExec,       VmOp::kMigrate};
 
 // The table. Rows of one operation are in the order their from-states are
 // named in messages ("stopped or suspended"); docs/vm-lifecycle.md lists
@@ -33,6 +33,8 @@ const VmTransition kTable[] = {
     // A delete that failed or was interrupted may be started again.
     {S::kDeleting, VmOp::kDelete, S::kDeleting, std::nullopt, S::kError},
     {S::kRunning, VmOp::kExec, std::nullopt, S::kRunning, S::kRunning},
+    // Success: running on the target host; failure: running on the source.
+    {S::kRunning, VmOp::kMigrate, S::kMigrating, S::kRunning, S::kRunning},
 };
 
 std::string StateList() {
@@ -65,6 +67,8 @@ const char* ToString(VmState state) {
       return "resuming";
     case S::kDeleting:
       return "deleting";
+    case S::kMigrating:
+      return "migrating";
     case S::kError:
       return "error";
   }
@@ -85,6 +89,7 @@ bool IsTransitional(VmState state) {
     case S::kCheckpointing:
     case S::kResuming:
     case S::kDeleting:
+    case S::kMigrating:
       return true;
     case S::kRunning:
     case S::kStopped:
@@ -118,6 +123,8 @@ const char* ToString(VmOp op) {
       return "delete";
     case VmOp::kExec:
       return "exec";
+    case VmOp::kMigrate:
+      return "migrate";
   }
   return "?";
 }

@@ -28,6 +28,7 @@ enum class VmState {
   kSuspended,      // checkpoint saved and QEMU exited
   kResuming,       // QEMU starting from the checkpoint or booting the disk
   kDeleting,       // QEMU killed, files being removed
+  kMigrating,      // live migration to another host (runs on the source until it switches)
   kError,          // a create failed or the VM vanished; holds no reservation
 };
 
@@ -58,12 +59,13 @@ enum class VmOp {
   kCheckpointLeaveRunning,  // checkpoint with leave_running: it keeps running
   kResume,
   kDelete,
-  kExec,  // runs a command in the guest; the VM's state does not change
+  kExec,     // runs a command in the guest; the VM's state does not change
+  kMigrate,  // live migration to another host (docs/migration.md)
 };
 
 std::span<const VmOp> AllVmOps();
 // "create", "stop", "checkpoint", "checkpoint_leave_running", "resume",
-// "delete", "exec".
+// "delete", "exec", "migrate".
 const char* ToString(VmOp op);
 Result<VmOp> ParseVmOp(std::string_view name);
 

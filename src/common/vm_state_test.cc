@@ -31,7 +31,7 @@ TEST(VmStateTest, EveryStateRoundTrips) {
   // The names the REST API has always used.
   EXPECT_EQ(names,
             (std::set<std::string>{"creating", "running", "stopping", "stopped", "checkpointing",
-                                   "suspended", "resuming", "deleting", "error"}));
+                                   "suspended", "resuming", "deleting", "migrating", "error"}));
 }
 
 TEST(VmStateTest, UnknownStatesAreErrorsThatSayWhy) {
@@ -53,7 +53,7 @@ TEST(VmStateTest, EveryOpRoundTrips) {
     ASSERT_TRUE(parsed.ok()) << ToString(op);
     EXPECT_EQ(*parsed, op);
   }
-  EXPECT_FALSE(ParseVmOp("migrate").ok());
+  EXPECT_FALSE(ParseVmOp("teleport").ok());
 }
 
 TEST(VmStateTest, TransitionalAndReservation) {
@@ -62,7 +62,7 @@ TEST(VmStateTest, TransitionalAndReservation) {
     if (IsTransitional(s)) transitional.insert(s);
   EXPECT_EQ(transitional,
             (std::set<VmState>{VmState::kCreating, VmState::kStopping, VmState::kCheckpointing,
-                               VmState::kResuming, VmState::kDeleting}));
+                               VmState::kResuming, VmState::kDeleting, VmState::kMigrating}));
   for (VmState s : AllVmStates()) EXPECT_EQ(HoldsReservation(s), s != VmState::kError);
 }
 

@@ -280,6 +280,45 @@ ALTER TABLE hosts ADD COLUMN tunnel_port BIGINT NOT NULL DEFAULT 0;
 UPDATE hosts SET tunnel_number = (SELECT COUNT(*) FROM hosts h2 WHERE h2.id <= hosts.id);
 CREATE UNIQUE INDEX hosts_tunnel_number ON hosts(tunnel_number);
 )sql",
+    // 11: live migration (docs/migration.md). vms.state may be 'migrating'
+    // (migration 8's check, redone with the new name), and vm_migrations
+    // holds the target of each migration in flight with the room reserved
+    // there (the VM's vcpus, memory and disk_bytes, added to the target's
+    // used_* when it began): a migrating VM holds room on both hosts.
+    {R"sql(
+DROP TRIGGER vms_state_check_insert;
+DROP TRIGGER vms_state_check_update;
+CREATE TRIGGER vms_state_check_insert BEFORE INSERT ON vms
+WHEN NEW.state NOT IN ('creating','running','stopping','stopped','checkpointing',
+                       'suspended','resuming','deleting','migrating','error')
+BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: vms.state'); END;
+CREATE TRIGGER vms_state_check_update BEFORE UPDATE OF state ON vms
+WHEN NEW.state NOT IN ('creating','running','stopping','stopped','checkpointing',
+                       'suspended','resuming','deleting','migrating','error')
+BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: vms.state'); END;
+CREATE TABLE vm_migrations (
+  vm_id TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+  target_host_id TEXT NOT NULL REFERENCES hosts(id),
+  vcpus BIGINT NOT NULL,
+  memory_mb BIGINT NOT NULL,
+  disk_bytes BIGINT NOT NULL,
+  started_ms BIGINT NOT NULL
+);
+)sql",
+     R"sql(
+ALTER TABLE vms DROP CONSTRAINT vms_state_check;
+ALTER TABLE vms ADD CONSTRAINT vms_state_check
+  CHECK (state IN ('creating','running','stopping','stopped','checkpointing',
+                   'suspended','resuming','deleting','migrating','error'));
+CREATE TABLE vm_migrations (
+  vm_id TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+  target_host_id TEXT NOT NULL REFERENCES hosts(id),
+  vcpus BIGINT NOT NULL,
+  memory_mb BIGINT NOT NULL,
+  disk_bytes BIGINT NOT NULL,
+  started_ms BIGINT NOT NULL
+);
+)sql"},
 };
 
 const char* kUserCols =
@@ -1499,6 +1538,8 @@ Status Store::UpdateVmLocked(const Vm& v, const VmPlacement& before, bool* raced
     return Status::Ok();
   }
   VMG_RETURN_IF_ERROR(MoveUsageLocked(before, v.host_id, v.state));
+  if (before.state == "migrating" && v.state != "migrating")
+    VMG_RETURN_IF_ERROR(ReleaseMigrationLocked(v.id));
   if (v.host_id != before.host_id)
     VMG_RETURN_IF_ERROR(
         db_->Exec("UPDATE virtualization SET physical_id=? WHERE vm_id=? AND physical_kind IN "
@@ -1603,6 +1644,7 @@ Status Store::DeleteVm(const std::string& id) {
     VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET vm_id='' WHERE vm_id=?", {id}));
     VMG_ASSIGN_OR_RETURN(auto before, GetVmPlacementLocked(id));
     if (!before) return tx.Commit();
+    VMG_RETURN_IF_ERROR(ReleaseMigrationLocked(id));
     VMG_ASSIGN_OR_RETURN(
         auto nets, Query<std::string>(db_.get(), "SELECT network_id FROM nics WHERE vm_id=?", {id},
                                       [](const SqlRow& r) { return r.Text(0); }));
@@ -1611,20 +1653,7 @@ Status Store::DeleteVm(const std::string& id) {
                          db_->Exec("DELETE FROM vms WHERE id=? AND host_id=? AND state=?",
                                    {id, before->host_id, before->state}));
     if (changed == 0) continue;
-    // A host that no longer carries a network must not read its traffic
-    // any more: the network gets a new tunnel key (docs/vnet.md, "Keys").
-    for (const auto& net : nets) {
-      VMG_ASSIGN_OR_RETURN(
-          auto left,
-          Query<int64_t>(db_.get(),
-                         "SELECT COUNT(*) FROM nics n JOIN vms v ON v.id = n.vm_id "
-                         "WHERE n.network_id = ? AND v.host_id = ?",
-                         {net, before->host_id}, [](const SqlRow& r) { return r.Int(0); }));
-      if (left.at(0) == 0)
-        VMG_RETURN_IF_ERROR(
-            db_->Exec("UPDATE networks SET tunnel_key = ?, key_epoch = key_epoch + 1 WHERE id = ?",
-                      {Sha256Hex(RandomBytes(32)), net}));
-    }
+    VMG_RETURN_IF_ERROR(RekeyNetworksLeftLocked(nets, before->host_id));
     if (!nets.empty()) ++network_generation_;
     if (HoldsOnHost(before->state))
       VMG_RETURN_IF_ERROR(
@@ -1633,6 +1662,157 @@ Status Store::DeleteVm(const std::string& id) {
     return CommitLocked(tx);
   }
   return MakeError(ErrorCode::kUnavailable, "VM " + id + " keeps changing concurrently; retry");
+}
+
+// A host that no longer carries a network must not read its traffic any
+// more: the network gets a new tunnel key (docs/vnet.md, "Keys").
+Status Store::RekeyNetworksLeftLocked(const std::vector<std::string>& nets,
+                                      const std::string& host_id) {
+  for (const auto& net : nets) {
+    VMG_ASSIGN_OR_RETURN(auto left,
+                         Query<int64_t>(db_.get(),
+                                        "SELECT COUNT(*) FROM nics n JOIN vms v ON v.id = n.vm_id "
+                                        "WHERE n.network_id = ? AND v.host_id = ?",
+                                        {net, host_id}, [](const SqlRow& r) { return r.Int(0); }));
+    if (left.at(0) == 0)
+      VMG_RETURN_IF_ERROR(
+          db_->Exec("UPDATE networks SET tunnel_key = ?, key_epoch = key_epoch + 1 WHERE id = ?",
+                    {Sha256Hex(RandomBytes(32)), net}));
+  }
+  return Status::Ok();
+}
+
+// --- live migration ---------------------------------------------------------------
+
+namespace {
+struct MigrationRow {
+  std::string target;
+  int64_t vcpus = 0, memory_mb = 0, disk_bytes = 0;
+};
+MigrationRow ReadMigrationRow(const SqlRow& r) {
+  return MigrationRow{r.Text(0), r.Int(1), r.Int(2), r.Int(3)};
+}
+constexpr const char* kMigrationSelect =
+    "SELECT target_host_id, vcpus, memory_mb, disk_bytes FROM vm_migrations WHERE vm_id = ?";
+}  // namespace
+
+Status Store::ReleaseMigrationLocked(const std::string& id) {
+  VMG_ASSIGN_OR_RETURN(auto rows,
+                       Query<MigrationRow>(db_.get(), kMigrationSelect, {id}, ReadMigrationRow));
+  if (rows.empty()) return Status::Ok();
+  VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM vm_migrations WHERE vm_id = ?", {id}));
+  VMG_RETURN_IF_ERROR(
+      AddUsageLocked(rows[0].target, -rows[0].vcpus, -rows[0].memory_mb, -rows[0].disk_bytes));
+  Notify([host = rows[0].target](StoreObserver& o) { o.OnVmChanged(host); });
+  return Status::Ok();
+}
+
+Result<std::pair<Vm, std::string>> Store::BeginMigration(
+    const std::string& id, const std::vector<std::string>& candidates) {
+  auto lock = Exclusive();
+  pending_.clear();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(Vm vm, GetVmLocked(id, ""));
+  VMG_ASSIGN_OR_RETURN(VmState state, ParseVmState(vm.state));
+  VMG_RETURN_IF_ERROR(LookupTransition(state, VmOp::kMigrate));
+  const std::string seen = vm.state;
+  vm.state = ToString(VmState::kMigrating);
+  vm.error.clear();
+  vm.updated_ms = NowMs();
+  VMG_ASSIGN_OR_RETURN(
+      int64_t changed,
+      db_->Exec(
+          "UPDATE vms SET state=?, error=?, updated_ms=? WHERE id=? AND state=? AND host_id=?",
+          {vm.state, vm.error, vm.updated_ms, vm.id, seen, vm.host_id}));
+  if (changed == 0)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.id + " changed state concurrently; retry");
+  // The same conditional UPDATE that places a VM takes the room.
+  for (const auto& host_id : candidates) {
+    if (host_id == vm.host_id) continue;
+    VMG_ASSIGN_OR_RETURN(
+        int64_t taken,
+        db_->Exec(std::string("UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = "
+                              "used_memory_mb + ?, used_disk_bytes = used_disk_bytes + ? "
+                              "WHERE id = ? AND state = 'up' AND vcpus - used_vcpus >= ? "
+                              "AND memory_mb - used_memory_mb >= ? AND ") +
+                      kDiskRoom,
+                  {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id, int64_t{vm.vcpus},
+                   vm.memory_mb, vm.disk_bytes}));
+    if (taken == 0) continue;
+    VMG_RETURN_IF_ERROR(
+        db_->Exec("INSERT INTO vm_migrations (vm_id, target_host_id, vcpus, memory_mb, disk_bytes, "
+                  "started_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                  {vm.id, host_id, int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, vm.updated_ms}));
+    Notify([host_id, v = int64_t{vm.vcpus}, m = vm.memory_mb, d = vm.disk_bytes](StoreObserver& o) {
+      o.OnUsage(host_id, v, m, d);
+    });
+    Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
+    Notify([host_id](StoreObserver& o) { o.OnVmChanged(host_id); });
+    VMG_RETURN_IF_ERROR(CommitLocked(tx));
+    return std::make_pair(vm, host_id);
+  }
+  return NoRoom(vm, candidates.size());  // the transaction rolls back: still running
+}
+
+Result<std::string> Store::MigrationTarget(const std::string& id) {
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(auto rows,
+                       Query<MigrationRow>(read.db, kMigrationSelect, {id}, ReadMigrationRow));
+  return rows.empty() ? std::string() : rows[0].target;
+}
+
+Result<Vm> Store::FinishMigration(const std::string& id) {
+  auto lock = Exclusive();
+  pending_.clear();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(Vm vm, GetVmLocked(id, ""));
+  VMG_ASSIGN_OR_RETURN(auto rows,
+                       Query<MigrationRow>(db_.get(), kMigrationSelect, {id}, ReadMigrationRow));
+  if (vm.state != "migrating" || rows.empty())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.id + " is " + vm.state + ", not migrating");
+  const std::string source = vm.host_id, target = rows[0].target;
+  vm.host_id = target;
+  vm.state = ToString(VmState::kRunning);
+  vm.error.clear();
+  vm.updated_ms = NowMs();
+  VMG_ASSIGN_OR_RETURN(int64_t changed,
+                       db_->Exec("UPDATE vms SET host_id=?, state=?, error=?, updated_ms=? "
+                                 "WHERE id=? AND state='migrating' AND host_id=?",
+                                 {vm.host_id, vm.state, vm.error, vm.updated_ms, vm.id, source}));
+  if (changed == 0)
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + vm.id + " changed state concurrently");
+  // The target's reservation becomes the VM's own; the source's goes.
+  VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM vm_migrations WHERE vm_id = ?", {id}));
+  VMG_RETURN_IF_ERROR(AddUsageLocked(source, -vm.vcpus, -vm.memory_mb, -vm.disk_bytes));
+  VMG_RETURN_IF_ERROR(
+      db_->Exec("UPDATE virtualization SET physical_id=? WHERE vm_id=? AND physical_kind IN "
+                "('host','host_cache')",
+                {target, id}));
+  VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET host_id=? WHERE vm_id=?", {target, id}));
+  // NICs are keyed by VM: the host change moves them in every plan.
+  VMG_ASSIGN_OR_RETURN(
+      auto nets, Query<std::string>(db_.get(), "SELECT network_id FROM nics WHERE vm_id=?", {id},
+                                    [](const SqlRow& r) { return r.Text(0); }));
+  VMG_RETURN_IF_ERROR(RekeyNetworksLeftLocked(nets, source));
+  if (!nets.empty()) ++network_generation_;
+  Notify([source](StoreObserver& o) { o.OnVmChanged(source); });
+  Notify([target](StoreObserver& o) { o.OnVmChanged(target); });
+  VMG_RETURN_IF_ERROR(CommitLocked(tx));
+  return vm;
+}
+
+Status Store::AbortMigration(const std::string& id, const std::string& state,
+                             const std::string& error) {
+  return ModifyVm(id, [&](Vm& vm) {
+    if (vm.state != "migrating") return;
+    // Leaving `migrating` releases the target's room (UpdateVmLocked).
+    vm.state = state;
+    vm.error = error;
+  });
 }
 
 Status Store::NoteImageCached(const std::string& image_id, const std::string& host_id) {

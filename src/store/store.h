@@ -201,6 +201,27 @@ class Store {
   // has no record of, e.g. after restoring an old database).
   Status InsertVmRecord(const Vm& vm);
 
+  // --- live migration (docs/migration.md) ------------------------------------------
+  // VM `id` goes from running to migrating (compare-and-set) and its room
+  // (vcpus, memory, disk_bytes) is reserved on the first host of
+  // `candidates` (other than its own) that is up and has it, in one
+  // transaction; vm_migrations remembers the target. Returns the VM as
+  // moved and the target's id. kFailedPrecondition (VM not running) or
+  // kResourceExhausted (no candidate has room): nothing changed.
+  Result<std::pair<Vm, std::string>> BeginMigration(const std::string& id,
+                                                    const std::vector<std::string>& candidates);
+  // The target host of VM `id`'s migration in flight ("" if none).
+  Result<std::string> MigrationTarget(const std::string& id);
+  // The VM arrived: it is running on the target (the room reserved there is
+  // now its own), the source's room is released, its workspace (if any) is
+  // on the target, and its NICs are planned there (network generation
+  // moves; a network the source no longer carries is rekeyed, as after a
+  // delete). kFailedPrecondition if the VM is not migrating.
+  Result<Vm> FinishMigration(const std::string& id);
+  // The migration failed: the target's room is released and the VM is
+  // `state` on its source host with `error`. OK if no migration is in flight.
+  Status AbortMigration(const std::string& id, const std::string& state, const std::string& error);
+
   // --- workspaces ---------------------------------------------------------------
   // Inserts unless the owner's workspace_bytes quota cannot hold ws.size_bytes
   // more (kPermissionDenied), checked in the same transaction.
@@ -237,6 +258,12 @@ class Store {
   Status MoveUsageLocked(const VmPlacement& before, const std::string& host_id,
                          const std::string& state);
   Result<std::optional<VmPlacement>> GetVmPlacementLocked(const std::string& id);
+  // Deletes VM `id`'s vm_migrations row, releasing the room it reserved on
+  // the target (a migrating VM that leaves `migrating` any other way than
+  // FinishMigration, or is deleted).
+  Status ReleaseMigrationLocked(const std::string& id);
+  // Networks of `nets` with no NIC left on `host_id` get a new tunnel key.
+  Status RekeyNetworksLeftLocked(const std::vector<std::string>& nets, const std::string& host_id);
   // Writes `v` over the row that was `before`; sets *raced (and writes
   // nothing) if the row's host or state is no longer `before`'s.
   Status UpdateVmLocked(const Vm& v, const VmPlacement& before, bool* raced);

@@ -481,6 +481,26 @@ TEST_F(SwitchTest, ControlPlaneRefusesCollisions) {
   EXPECT_TRUE(h1_->AddPort(kNet, PortCfg("d", Mac(9), Ip(10, 20, 0, 40), "vm-d")).ok());
 }
 
+TEST_F(SwitchTest, AVmMigratingHereHasItsPortBeforeThePlanMovesItsNic) {
+  const std::vector<PeerHost> peers{PeerHost{9, Ip(127, 0, 0, 1), 9}};
+  const RemoteNic far{Mac(60), Ip(10, 20, 0, 60), "far", 9};
+  ASSERT_TRUE(h1_->SetRemote(kNet, peers, {far}).ok());
+  // Another NIC with its MAC or its address is still a conflict.
+  EXPECT_EQ(h1_->AddPort(kNet, PortCfg("m", Mac(60), Ip(10, 20, 0, 61), "far")).error().code,
+            ErrorCode::kAlreadyExists);
+  EXPECT_EQ(h1_->AddPort(kNet, PortCfg("m", Mac(61), Ip(10, 20, 0, 60), "x")).error().code,
+            ErrorCode::kAlreadyExists);
+  // The same NIC arriving (live migration): its port wins, and the plan that
+  // still has it on its old host is accepted until the next one.
+  ASSERT_TRUE(h1_->AddPort(kNet, PortCfg("m", Mac(60), Ip(10, 20, 0, 60), "far")).ok());
+  EXPECT_TRUE(h1_->SetRemote(kNet, peers, {far}).ok());
+  // But never two ports of it.
+  EXPECT_EQ(h1_->AddPort(kNet, PortCfg("m2", Mac(60), Ip(10, 20, 0, 60), "far")).error().code,
+            ErrorCode::kAlreadyExists);
+  EXPECT_TRUE(h1_->RemovePort(kNet, "m").ok());
+  EXPECT_TRUE(h1_->SetRemote(kNet, peers, {}).ok());
+}
+
 TEST_F(SwitchTest, RemovedPortGetsNothingAndItsPathIsGone) {
   ASSERT_TRUE(h1_->RemovePort(kNet, "b").ok());
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/b.sw"));

@@ -99,7 +99,8 @@ Result<VirtualSwitchPtr> VirtualSwitch::Create(const NetworkConfig& config, Host
   return sw;
 }
 
-Status VirtualSwitch::CheckNic(const MacAddr& mac, Ipv4Addr ip, const std::string& vm_name) const {
+Status VirtualSwitch::CheckNic(const MacAddr& mac, Ipv4Addr ip, const std::string& vm_name,
+                               bool local) const {
   if (IsMulticast(mac) || mac == MacAddr{} || (mac[0] == 0x02 && mac[1] == 0x56))
     return Invalid("MAC " + FormatMac(mac) + " is multicast, zero or in the switch's range");
   if (ip != 0) {
@@ -110,19 +111,30 @@ Status VirtualSwitch::CheckNic(const MacAddr& mac, Ipv4Addr ip, const std::strin
       return Invalid("address " + FormatIpv4(ip) + " is reserved");
   }
   if (!ValidVmName(vm_name)) return Invalid("bad VM name: " + vm_name);
-  if (local_by_mac_.count(MacKey(mac)) || remote_by_mac_.count(MacKey(mac)))
-    return Exists("MAC " + FormatMac(mac) + " already on network " + config_.name);
-  if (ip != 0 && mac_by_ip_.count(ip))
-    return Exists("address " + FormatIpv4(ip) + " already on network " + config_.name);
-  if (!vm_name.empty() && ip_by_name_.count(vm_name))
-    return Exists("name " + vm_name + " already on network " + config_.name);
+  auto lp = local_by_mac_.find(MacKey(mac));
+  auto rn = remote_by_mac_.find(MacKey(mac));
+  const bool same_local = lp != local_by_mac_.end() && lp->second->config.ip == ip &&
+                          lp->second->config.vm_name == vm_name;
+  const bool same_remote =
+      rn != remote_by_mac_.end() && rn->second->ip == ip && rn->second->vm_name == vm_name;
+  // Only the other side may hold the same NIC (a migration); never its own.
+  const bool taken =
+      local ? (lp != local_by_mac_.end() || (rn != remote_by_mac_.end() && !same_remote))
+            : (rn != remote_by_mac_.end() || (lp != local_by_mac_.end() && !same_local));
+  if (taken) return Exists("MAC " + FormatMac(mac) + " already on network " + config_.name);
+  if (ip != 0)
+    if (auto it = mac_by_ip_.find(ip); it != mac_by_ip_.end() && it->second != mac)
+      return Exists("address " + FormatIpv4(ip) + " already on network " + config_.name);
+  if (!vm_name.empty())
+    if (auto it = ip_by_name_.find(vm_name); it != ip_by_name_.end() && it->second != ip)
+      return Exists("name " + vm_name + " already on network " + config_.name);
   return Status::Ok();
 }
 
 Result<Port*> VirtualSwitch::AddPort(const PortConfig& pc) {
   if (pc.name.empty()) return Invalid("port name empty");
   if (FindPort(pc.name)) return Exists("port " + pc.name + " already exists");
-  VMG_RETURN_IF_ERROR(CheckNic(pc.mac, pc.ip, pc.vm_name));
+  VMG_RETURN_IF_ERROR(CheckNic(pc.mac, pc.ip, pc.vm_name, /*local=*/true));
   VMG_ASSIGN_OR_RETURN(sockaddr_un local, UnixAddr(pc.switch_path));
   VMG_ASSIGN_OR_RETURN(sockaddr_un remote, UnixAddr(pc.vm_path));
 
@@ -235,7 +247,7 @@ Status VirtualSwitch::SetRemote(const std::vector<PeerHost>& peers,
                    ", which is not a peer");
       break;
     }
-    st = CheckNic(n.mac, n.ip, n.vm_name);
+    st = CheckNic(n.mac, n.ip, n.vm_name, /*local=*/false);
     if (!st.ok()) break;
     remote_nics_.push_back(n);
     RebuildTables();
@@ -266,6 +278,8 @@ void VirtualSwitch::RebuildTables() {
     }
   }
   for (const RemoteNic& n : remote_nics_) {
+    // A VM that migrated here: its port wins until the plan moves its NIC.
+    if (local_by_mac_.count(MacKey(n.mac))) continue;
     remote_by_mac_[MacKey(n.mac)] = &n;
     if (n.ip != 0) {
       mac_by_ip_[n.ip] = n.mac;

@@ -174,7 +174,11 @@ class VirtualSwitch {
   };
 
   void RebuildTables();
-  Status CheckNic(const MacAddr& mac, Ipv4Addr ip, const std::string& vm_name) const;
+  // `local`: the NIC is to be a port here (else a remote NIC of the plan).
+  // The one NIC on both sides, a port here and a remote NIC with the same
+  // MAC, address and name, is no conflict: a VM live-migrating here has its
+  // port before the plan moves its NIC (the port wins, RebuildTables).
+  Status CheckNic(const MacAddr& mac, Ipv4Addr ip, const std::string& vm_name, bool local) const;
   void HandleArp(Port& port, const Frame& f, SwitchIo& io);
   void HandleDhcp(Port& port, const Frame& f, SwitchIo& io);
   void HandleDns(Port& port, const Frame& f, SwitchIo& io);

@@ -75,6 +75,41 @@ class FakeAgent : public AgentClient {
     if (on_delete_workspace) on_delete_workspace();
     return delete_workspace_answer;
   }
+  // Live migration: "prepare-incoming HOST VM", "migrate-out HOST VM",
+  // "finish-incoming HOST VM", "abort-incoming HOST VM",
+  // "confirm-migrate-out HOST VM true|false" (HOST: the host's name).
+  Result<IncomingInfo> incoming_answer = IncomingInfo{"127.0.0.1", 10809, 4444, "disk"};
+  Result<MigrationResult> migrate_out_answer = MigrationResult{3000, 200, 2700, 150, 1 << 20, 4096};
+  Result<VmStatus> finish_answer = VmStatus{};
+  vmgrid::Status abort_answer, confirm_answer;
+  std::function<void()> on_migrate_out;  // called before MigrateOut answers
+  IncomingRequest last_incoming;
+
+  Result<IncomingInfo> PrepareIncoming(const Host& target, const IncomingRequest& r) override {
+    Note("prepare-incoming " + target.name + " " + r.spec.id);
+    std::lock_guard<std::mutex> l(mu);
+    last_incoming = r;
+    return incoming_answer;
+  }
+  Result<MigrationResult> MigrateOut(const Host& source, const std::string& vm_id,
+                                     const MigrateOutRequest&) override {
+    Note("migrate-out " + source.name + " " + vm_id);
+    if (on_migrate_out) on_migrate_out();
+    return migrate_out_answer;
+  }
+  Result<VmStatus> FinishIncoming(const Host& target, const std::string& vm_id) override {
+    Note("finish-incoming " + target.name + " " + vm_id);
+    return finish_answer;
+  }
+  vmgrid::Status AbortIncoming(const Host& target, const std::string& vm_id) override {
+    Note("abort-incoming " + target.name + " " + vm_id);
+    return abort_answer;
+  }
+  vmgrid::Status ConfirmMigrateOut(const Host& source, const std::string& vm_id,
+                                   bool migrated) override {
+    Note("confirm-migrate-out " + source.name + " " + vm_id + (migrated ? " true" : " false"));
+    return confirm_answer;
+  }
   Result<ForwardInfo> AddForward(const Host&, const std::string& vm_id,
                                  const ForwardRequest& r) override {
     Note("forward " + vm_id + " " + std::to_string(r.guest_port));

@@ -1,0 +1,219 @@
+#include "api/services/migration_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include "api/admission.h"
+#include "api/agent_client.h"
+#include "api/op_queue.h"
+#include "api/placement.h"
+#include "api/services/image_service.h"
+#include "api/services/network_service.h"
+#include "vmm/migration.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+
+std::string HostOfUrl(const std::string& url) {
+  std::string rest = url;
+  if (auto scheme = rest.find("://"); scheme != std::string::npos) rest = rest.substr(scheme + 3);
+  if (auto slash = rest.find('/'); slash != std::string::npos) rest = rest.substr(0, slash);
+  if (!rest.empty() && rest[0] == '[') {
+    auto close = rest.find(']');
+    return close == std::string::npos ? rest.substr(1) : rest.substr(1, close - 1);
+  }
+  if (auto colon = rest.find(':'); colon != std::string::npos) rest = rest.substr(0, colon);
+  return rest;
+}
+
+MigrationService::MigrationService(Store& store, const CapacityIndex& index, AgentClient& agents,
+                                   NetworkService& networks, OpQueue& ops, const Clock& clock,
+                                   Admission& long_ops)
+    : store_(store),
+      index_(index),
+      agents_(agents),
+      networks_(networks),
+      ops_(ops),
+      clock_(clock),
+      long_ops_(long_ops) {}
+
+Result<VmSpec> MigrationService::SpecFor(const Vm& vm) {
+  VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(vm.image_id, ""));
+  VmSpec spec;
+  spec.id = vm.id;
+  spec.name = vm.name;
+  spec.owner_id = vm.owner_id;
+  spec.vcpus = vm.vcpus;
+  spec.memory_mb = vm.memory_mb;
+  spec.disk_mode = vm.disk;
+  spec.image = ImageService::AgentImageFiles(image);
+  spec.start = "boot";  // the target's disk lies on the image (SpecFor's callers refuse resumes)
+  if (!vm.workspace_id.empty()) {
+    VMG_ASSIGN_OR_RETURN(Workspace ws, store_.GetWorkspace(vm.workspace_id, ""));
+    spec.workspace_path = ws.path;
+  }
+  VMG_ASSIGN_OR_RETURN(spec.blobs, ImageService::AgentBlobs(image, false));
+  auto nics = networks_.VmNicSpecs(vm.id);
+  if (!nics.ok()) return nics.error().Wrap("reading the VM's network cards");
+  spec.nics = std::move(*nics);
+  return spec;
+}
+
+Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_ref,
+                                       const std::string& to_host) {
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(vm_ref, c.owner()));
+  if (auto s = ParseVmState(vm.state); !s.ok() || !Allows(*s, VmOp::kMigrate))
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + vm.name + " is " + vm.state +
+                                                         "; migrate needs it to be " +
+                                                         DescribeFromStates(VmOp::kMigrate));
+  if (vm.start == "resume")
+    // Its disk's top layer lies over the checkpoint it was resumed from
+    // (an image's, or another VM's copied into it); the record does not say
+    // which, so the target could not lay its disk over the right base.
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.name +
+                         " was resumed from a checkpoint; migrating such VMs is not supported yet");
+  VMG_ASSIGN_OR_RETURN(Host source, store_.GetHost(vm.host_id));
+  std::vector<std::string> candidates;
+  if (!to_host.empty()) {
+    VMG_ASSIGN_OR_RETURN(Host target, store_.GetHost(to_host));
+    if (target.id == source.id)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "VM " + vm.name + " is already on host " + source.name);
+    if (target.state != "up")
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "host " + target.name + " is " + target.state);
+    candidates = {target.id};
+  } else {
+    PlacementRequest r;
+    r.image_id = vm.image_id;
+    r.vcpus = vm.vcpus;
+    r.memory_mb = vm.memory_mb;
+    r.disk_bytes = vm.disk_bytes;
+    for (auto& id : index_.Rank(r))
+      if (id != source.id) candidates.push_back(id);
+    if (candidates.empty())
+      return MakeError(ErrorCode::kResourceExhausted, "no other host has room for VM " + vm.name +
+                                                          " (" + std::to_string(vm.vcpus) +
+                                                          " vCPU(s), " +
+                                                          std::to_string(vm.memory_mb) + " MB)");
+  }
+  VMG_ASSIGN_OR_RETURN(auto slot, long_ops_.Acquire(c.user.id, 1, c.admin()));
+  // Moves the record and reserves the target's room, or changes nothing.
+  auto begun = store_.BeginMigration(vm.id, candidates);
+  if (!begun.ok()) {
+    if (begun.error().code == ErrorCode::kResourceExhausted && !to_host.empty())
+      return MakeError(ErrorCode::kResourceExhausted,
+                       "host " + to_host + " has no room for VM " + vm.name + " (" +
+                           std::to_string(vm.vcpus) + " vCPU(s), " + std::to_string(vm.memory_mb) +
+                           " MB, its disk)");
+    return begun.error();
+  }
+  vm = begun->first;
+  auto target = store_.GetHost(begun->second);
+  if (!target.ok()) {
+    CountFailedWrite(store_.AbortMigration(vm.id, "running", ""), "VM " + vm.id);
+    return target.error();
+  }
+  OpQueue::Operation op;
+  op.kind = "migrate";
+  op.owner_id = c.user.id;
+  op.vm_id = vm.id;
+  json answer = ops_.Start(op);
+  answer["from"] = source.name;
+  answer["to"] = target->name;
+  ops_.Run(vm.id, [this, id = op.id, vm, source, t = *target, slot = std::move(slot)]() mutable {
+    auto r = Run(id, vm, source, t);
+    slot.reset();
+    ops_.Finish(id, r);
+  });
+  return answer;
+}
+
+Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const Host& source,
+                                   const Host& target) {
+  const int64_t started = clock_.NowMs();
+  bool prepared = false, sent = false;
+  // Puts everything back: the VM runs on its source.
+  auto fail = [&](const Error& e) -> Error {
+    spdlog::warn("migration of VM {} from {} to {}: {}", vm.id, source.name, target.name,
+                 e.message);
+    if (prepared) {
+      Status st = agents_.AbortIncoming(target, vm.id);
+      if (!st.ok() && st.error().code != ErrorCode::kNotFound)
+        spdlog::warn("VM {}: aborting the incoming migration on {}: {}", vm.id, target.name,
+                     st.error().message);
+    }
+    if (sent) {
+      // A MigrateOut that failed has put the source back already (then
+      // this is refused as "has not migrated out"); one that completed
+      // left it paused, and this resumes it.
+      Status st = agents_.ConfirmMigrateOut(source, vm.id, false);
+      if (!st.ok())
+        spdlog::info("VM {}: confirm-migrate-out(false) on {}: {}", vm.id, source.name,
+                     st.error().message);
+    }
+    // The state the source reports after the failure wins (QEMU may have
+    // died); else the VM runs on.
+    std::string state = "running";
+    if (auto now = agents_.HostStatus(source); now.ok())
+      for (const auto& v : now->vms)
+        if (v.id == vm.id)
+          if (auto s = ParseVmState(v.state); s.ok() && !IsTransitional(*s)) state = v.state;
+    CountFailedWrite(store_.AbortMigration(vm.id, state, "migration failed: " + e.message),
+                     "VM " + vm.id + ": recording a failed migration");
+    return e;
+  };
+
+  ops_.SetProgress(op_id, "prepare", 5);
+  auto spec = SpecFor(vm);
+  if (!spec.ok()) return fail(spec.error());
+  auto key = NewMigrationKey("vmgrid-" + vm.id);
+  if (!key.ok()) return fail(key.error());
+  const MigrationCredential credential{key->identity, key->key_hex};
+  IncomingRequest incoming{*spec, credential, HostOfUrl(target.url)};
+  prepared = true;  // a failed PrepareIncoming removes what it made; an abort is harmless
+  auto info = agents_.PrepareIncoming(target, incoming);
+  if (!info.ok()) return fail(info.error().Wrap("preparing host " + target.name));
+
+  ops_.SetProgress(op_id, "migrate", 20);
+  sent = true;
+  auto result = agents_.MigrateOut(source, vm.id, MigrateOutRequest{*info, credential, 0});
+  if (!result.ok()) return fail(result.error().Wrap("migrating from host " + source.name));
+
+  ops_.SetProgress(op_id, "finish", 90);
+  auto finished = agents_.FinishIncoming(target, vm.id);
+  if (!finished.ok()) return fail(finished.error().Wrap("starting on host " + target.name));
+
+  // The VM runs on the target: the record follows before the source's copy
+  // goes, so a failure below leaves only a paused leftover on the source.
+  auto moved = store_.FinishMigration(vm.id);
+  if (!moved.ok()) {
+    // The agents have switched; a record still on the source would be
+    // wrong either way. Reconciliation cannot fix this one: say so.
+    CountFailedWrite(moved.error(), "VM " + vm.id + ": recording its new host " + target.name);
+    return moved.error().Wrap("VM " + vm.id + " runs on host " + target.name +
+                              " but its record could not be moved");
+  }
+  json out = ToJson(*result);
+  Status confirmed = agents_.ConfirmMigrateOut(source, vm.id, true);
+  if (!confirmed.ok()) {
+    spdlog::warn("VM {}: removing the migrated-out copy on {}: {}", vm.id, source.name,
+                 confirmed.error().message);
+    out["warning"] =
+        "the paused copy on host " + source.name + " was not removed: " + confirmed.error().message;
+  }
+  out["vm_id"] = vm.id;
+  out["from"] = source.name;
+  out["to"] = target.name;
+  out["controller_ms"] = clock_.NowMs() - started;
+  return out;
+}
+
+void MigrationService::CountFailedWrite(const Status& st, const std::string& what) {
+  if (st.ok()) return;
+  spdlog::warn("{}: {}", what, st.error().message);
+  ++failed_writes_;
+}
+
+}  // namespace vmgrid

@@ -1,0 +1,82 @@
+// MigrationService: live migration of a running VM to another host
+// (docs/migration.md, "The controller"). Migrate checks the request, moves
+// the record to `migrating` and reserves the VM's room on the target in one
+// transaction (Store::BeginMigration), and runs the agents' sequence on the
+// OpQueue as a polled `migrate` operation:
+//   target PrepareIncoming -> source MigrateOut -> target FinishIncoming ->
+//   record the new host (Store::FinishMigration) -> source ConfirmMigrateOut(true).
+// On a failure before the record moves: target AbortIncoming, source
+// ConfirmMigrateOut(false), target room released, the VM running on its
+// source (or in the state the source reports), the error in the record and
+// in the operation.
+//
+// Dependencies are passed in, so the service runs in unit tests with a
+// store, a fake agent and no grid. Thread-safe: every method.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "api/routes/route.h"
+#include "common/clock.h"
+#include "common/result.h"
+#include "proto/migration.h"
+#include "proto/vm_spec.h"
+#include "store/store.h"
+
+namespace vmgrid {
+
+class Admission;
+class AgentClient;
+class CapacityIndex;
+class NetworkService;
+class OpQueue;
+
+class MigrationService {
+ public:
+  // `long_ops` bounds each user's long operations (shared with image
+  // finalizes, checkpoint publishes and workspace deletions).
+  MigrationService(Store& store, const CapacityIndex& index, AgentClient& agents,
+                   NetworkService& networks, OpQueue& ops, const Clock& clock, Admission& long_ops);
+
+  // Starts migrating VM `vm_ref` (id or name) of the caller (the admin: any
+  // VM) to host `to_host` (name or id; "" = placement's choice among the
+  // other hosts). Answers the `migrate` operation (202), whose result is
+  // {vm_id, from, to, controller_ms, and MigrationResult's fields}.
+  // Refusals change nothing: kNotFound (another user's VM, unknown host),
+  // kFailedPrecondition (VM not running, target down, VM resumed from a
+  // checkpoint), kInvalidArgument (target is the VM's host),
+  // kResourceExhausted (no room on the target / on any other host),
+  // kTooManyRequests (the caller's long operations).
+  Result<nlohmann::json> Migrate(const Caller& c, const std::string& vm_ref,
+                                 const std::string& to_host);
+
+  // The VM's spec as its target agent gets it (what its create had).
+  Result<VmSpec> SpecFor(const Vm& vm);
+
+  // Store writes that failed after an agent had acted (each is logged).
+  int64_t failed_writes() const { return failed_writes_.load(); }
+
+ private:
+  // The sequence, on the operation pool; the operation's outcome.
+  Result<nlohmann::json> Run(const std::string& op_id, const Vm& vm, const Host& source,
+                             const Host& target);
+  void CountFailedWrite(const Status& st, const std::string& what);
+
+  Store& store_;
+  const CapacityIndex& index_;
+  AgentClient& agents_;
+  NetworkService& networks_;
+  OpQueue& ops_;
+  const Clock& clock_;
+  Admission& long_ops_;
+  std::atomic<int64_t> failed_writes_{0};
+};
+
+// The host part of an agent URL ("https://10.0.0.2:7001" -> "10.0.0.2",
+// "http://[::1]:5" -> "::1"): where a target's migration listeners bind.
+std::string HostOfUrl(const std::string& url);
+
+}  // namespace vmgrid

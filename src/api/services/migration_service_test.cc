@@ -1,0 +1,211 @@
+// MigrationService on both databases with a fake agent: the record moves to
+// `migrating`, the target's room is reserved while the agents work, and the
+// outcome (new host, or back on the source) is recorded with the right
+// reservations.
+#include "api/services/migration_service.h"
+
+#include "api/admission.h"
+#include "api/services/network_service.h"
+#include "api/services/service_test_fixture.h"
+
+namespace vmgrid {
+namespace {
+
+class MigrationServiceTest : public ServiceTest {
+ protected:
+  void SetUp() override {
+    ServiceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    auto h2 =
+        store_->HeartbeatHost("h2", "https://10.9.8.7:7001", HostCapacity{8, 8192, 10000, false});
+    ASSERT_TRUE(h2.ok()) << h2.error().message;
+    h2_ = *h2;
+    networks_ = std::make_unique<NetworkService>(*store_);
+    migrations_ = std::make_unique<MigrationService>(*store_, index_, agent_, *networks_, ops_,
+                                                     clock_, long_ops_);
+  }
+  void Settle() { ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10))); }
+  Host HostNow(const std::string& id) { return *store_->GetHost(id); }
+  nlohmann::json Operation(const nlohmann::json& started) {
+    auto op = ops_.Get(started["id"], alice_.id, false);
+    EXPECT_TRUE(op.ok());
+    return op.ok() ? *op : nlohmann::json();
+  }
+
+  Host h2_;
+  std::unique_ptr<NetworkService> networks_;
+  OpQueue ops_;
+  Admission long_ops_{"long operations", 2, 0, 5};
+  std::unique_ptr<MigrationService> migrations_;
+};
+
+TEST_P(MigrationServiceTest, SuccessMovesTheHostAndTheReservations) {
+  Vm vm = AddVm("a", "running");
+  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 1);
+  // While the source sends, the VM is migrating and holds room on both hosts.
+  Vm during;
+  Host target_during;
+  agent_.on_migrate_out = [&] {
+    during = *store_->GetVm(vm.id, "");
+    target_during = HostNow(h2_.id);
+  };
+  auto op = migrations_->Migrate(Caller{alice_}, "a", "");  // placement's choice: h2
+  ASSERT_TRUE(op.ok()) << op.error().message;
+  EXPECT_EQ((*op)["kind"], "migrate");
+  EXPECT_EQ((*op)["to"], "h2");
+  Settle();
+  EXPECT_EQ(during.state, "migrating");
+  EXPECT_EQ(during.host_id, host_.id);
+  EXPECT_EQ(target_during.reserved_vcpus, 1);
+  EXPECT_EQ(target_during.reserved_memory_mb, 256);
+
+  Vm after = *store_->GetVm(vm.id, "");
+  EXPECT_EQ(after.state, "running");
+  EXPECT_EQ(after.host_id, h2_.id);
+  EXPECT_EQ(after.error, "");
+  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 0);
+  EXPECT_EQ(HostNow(host_.id).reserved_memory_mb, 0);
+  EXPECT_EQ(HostNow(host_.id).reserved_disk_bytes, 0);
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 1);
+  EXPECT_EQ(HostNow(h2_.id).reserved_memory_mb, 256);
+  EXPECT_EQ(HostNow(h2_.id).reserved_disk_bytes, vm.disk_bytes);
+  EXPECT_EQ(*store_->MigrationTarget(vm.id), "");
+  EXPECT_EQ(agent_.calls,
+            (std::vector<std::string>{"prepare-incoming h2 " + vm.id, "migrate-out h1 " + vm.id,
+                                      "finish-incoming h2 " + vm.id,
+                                      "confirm-migrate-out h1 " + vm.id + " true"}));
+  // The target got the VM's spec, a one-time key and its own address.
+  EXPECT_EQ(agent_.last_incoming.spec.id, vm.id);
+  EXPECT_EQ(agent_.last_incoming.spec.memory_mb, 256);
+  EXPECT_EQ(agent_.last_incoming.listen_host, "10.9.8.7");
+  EXPECT_EQ(agent_.last_incoming.credential.key_hex.size(), 64u);
+  auto done = Operation(*op);
+  EXPECT_EQ(done["state"], "succeeded") << done.dump();
+  EXPECT_EQ(done["result"]["downtime_ms"], 150);
+  EXPECT_EQ(done["result"]["ram_bytes"], 1 << 20);
+  EXPECT_EQ(done["result"]["from"], "h1");
+  EXPECT_EQ(done["result"]["to"], "h2");
+  EXPECT_EQ(migrations_->failed_writes(), 0);
+  // And back, naming the host.
+  ASSERT_TRUE(migrations_->Migrate(Caller{alice_}, vm.id, "h1").ok());
+  Settle();
+  EXPECT_EQ(store_->GetVm(vm.id, "")->host_id, host_.id);
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 0);
+  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 1);
+}
+
+TEST_P(MigrationServiceTest, AFailedMigrateOutLeavesTheVmRunningOnItsSource) {
+  Vm vm = AddVm("a", "running");
+  agent_.migrate_out_answer = MakeError(ErrorCode::kUnavailable, "target unreachable");
+  auto op = migrations_->Migrate(Caller{alice_}, vm.id, "h2");
+  ASSERT_TRUE(op.ok()) << op.error().message;
+  Settle();
+  Vm after = *store_->GetVm(vm.id, "");
+  EXPECT_EQ(after.state, "running");
+  EXPECT_EQ(after.host_id, host_.id);
+  EXPECT_NE(after.error.find("target unreachable"), std::string::npos) << after.error;
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 0) << "the target's room is released";
+  EXPECT_EQ(HostNow(h2_.id).reserved_disk_bytes, 0);
+  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 1);
+  EXPECT_EQ(*store_->MigrationTarget(vm.id), "");
+  EXPECT_EQ(agent_.calls,
+            (std::vector<std::string>{"prepare-incoming h2 " + vm.id, "migrate-out h1 " + vm.id,
+                                      "abort-incoming h2 " + vm.id,
+                                      "confirm-migrate-out h1 " + vm.id + " false", "status"}));
+  auto done = Operation(*op);
+  EXPECT_EQ(done["state"], "failed");
+  EXPECT_NE(done["error"]["message"].get<std::string>().find("target unreachable"),
+            std::string::npos);
+  // It may be migrated again.
+  agent_.migrate_out_answer = MigrationResult{};
+  ASSERT_TRUE(migrations_->Migrate(Caller{alice_}, vm.id, "h2").ok());
+  Settle();
+  EXPECT_EQ(store_->GetVm(vm.id, "")->host_id, h2_.id);
+}
+
+TEST_P(MigrationServiceTest, AFailedFinishResumesTheSource) {
+  Vm vm = AddVm("a", "running");
+  agent_.finish_answer = MakeError(ErrorCode::kInternal, "guest agent silent");
+  ASSERT_TRUE(migrations_->Migrate(Caller{alice_}, vm.id, "").ok());
+  Settle();
+  Vm after = *store_->GetVm(vm.id, "");
+  EXPECT_EQ(after.state, "running");
+  EXPECT_EQ(after.host_id, host_.id);
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 0);
+  EXPECT_EQ(agent_.calls[3], "abort-incoming h2 " + vm.id);
+  EXPECT_EQ(agent_.calls[4], "confirm-migrate-out h1 " + vm.id + " false");
+}
+
+TEST_P(MigrationServiceTest, RefusalsChangeNothingAndCallNoAgent) {
+  Vm vm = AddVm("a", "running");
+  User bob = store_->CreateUser("bob", "user")->first;
+  EXPECT_EQ(migrations_->Migrate(Caller{bob}, vm.id, "").error().code, ErrorCode::kNotFound);
+  Vm stopped = AddVm("b", "stopped");
+  EXPECT_EQ(migrations_->Migrate(Caller{alice_}, stopped.id, "").error().code,
+            ErrorCode::kFailedPrecondition);
+  auto same = migrations_->Migrate(Caller{alice_}, vm.id, "h1");
+  ASSERT_FALSE(same.ok());
+  EXPECT_EQ(same.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(same.error().message.find("already on host h1"), std::string::npos);
+  EXPECT_EQ(migrations_->Migrate(Caller{alice_}, vm.id, "nowhere").error().code,
+            ErrorCode::kNotFound);
+  // A target without room.
+  ASSERT_TRUE(
+      store_->HeartbeatHost("small", "https://10.0.0.3:1", HostCapacity{1, 128, 10000, false})
+          .ok());
+  EXPECT_EQ(migrations_->Migrate(Caller{alice_}, vm.id, "small").error().code,
+            ErrorCode::kResourceExhausted);
+  Settle();
+  EXPECT_TRUE(agent_.calls.empty());
+  Vm after = *store_->GetVm(vm.id, "");
+  EXPECT_EQ(after.state, "running");
+  EXPECT_EQ(after.host_id, host_.id);
+  auto hosts = store_->ListHosts();
+  ASSERT_TRUE(hosts.ok());
+  for (const Host& h : *hosts) {
+    if (h.id != host_.id) {
+      EXPECT_EQ(h.reserved_vcpus, 0) << h.name;
+    }
+  }
+  // The admin may migrate anyone's VM.
+  User admin = store_->CreateUser("root", "admin")->first;
+  ASSERT_TRUE(migrations_->Migrate(Caller{admin}, vm.id, "h2").ok());
+  Settle();
+  EXPECT_EQ(store_->GetVm(vm.id, "")->host_id, h2_.id);
+}
+
+TEST_P(MigrationServiceTest, AMigratingVmTakesNoOtherOperationAndADeleteReleasesBothHosts) {
+  Vm vm = AddVm("a", "running");
+  auto begun = store_->BeginMigration(vm.id, {host_.id, h2_.id});
+  ASSERT_TRUE(begun.ok()) << begun.error().message;
+  EXPECT_EQ(begun->second, h2_.id) << "never the VM's own host";
+  EXPECT_FALSE(store_->TransitionVm(vm.id, VmOp::kStop).ok());
+  EXPECT_EQ(migrations_->Migrate(Caller{alice_}, vm.id, "").error().code,
+            ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 1);
+  ASSERT_TRUE(store_->DeleteVm(vm.id).ok());
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 0);
+  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 0);
+  // Reconciliation writing another state over `migrating` releases the target too.
+  Vm other = AddVm("b", "running");
+  ASSERT_TRUE(store_->BeginMigration(other.id, {h2_.id}).ok());
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 1);
+  Vm v = *store_->GetVm(other.id, "");
+  v.state = "running";
+  ASSERT_TRUE(store_->UpdateVm(v).ok());
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 0);
+  EXPECT_EQ(*store_->MigrationTarget(other.id), "");
+}
+
+TEST(HostOfUrlTest, TakesTheHostPart) {
+  EXPECT_EQ(HostOfUrl("https://10.0.0.2:7001"), "10.0.0.2");
+  EXPECT_EQ(HostOfUrl("http://127.0.0.1:1/x"), "127.0.0.1");
+  EXPECT_EQ(HostOfUrl("https://[::1]:5"), "::1");
+  EXPECT_EQ(HostOfUrl("host.example"), "host.example");
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, MigrationServiceTest, testing_db::Backends(),
+                         testing_db::BackendName);
+
+}  // namespace
+}  // namespace vmgrid
