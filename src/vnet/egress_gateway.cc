@@ -329,6 +329,8 @@ void EgressGateway::Loop() {
       return;  // EFAULT/EINVAL: a bug; the destructor still joins
     }
     std::lock_guard lock(mu_);
+    ++rounds_;
+    round_done_.notify_all();
     if (stop_.load()) return;
     switch_full_ = false;
     if (n > 0 && (pollfds_[0].revents & POLLIN)) {
@@ -396,21 +398,30 @@ Status EgressGateway::RemoveForwardLocked(Ipv4Addr listen_ip, uint16_t listen_po
     spdlog::warn("egress: slirp had no listener at {}:{} for the forward being removed",
                  FormatIpv4(listen_ip), listen_port);
   forwards_.erase(it);
-  Wake();
   return Status::Ok();
 }
 
+void EgressGateway::WaitForLoopRound(std::unique_lock<std::mutex>& lock) {
+  const uint64_t before = rounds_;
+  Wake();
+  round_done_.wait_for(lock, std::chrono::seconds(1),
+                       [&] { return rounds_ != before || stop_.load(); });
+}
+
 Status EgressGateway::RemoveForward(Ipv4Addr listen_ip, uint16_t listen_port) {
-  std::lock_guard lock(mu_);
-  return RemoveForwardLocked(listen_ip, listen_port);
+  std::unique_lock lock(mu_);
+  Status st = RemoveForwardLocked(listen_ip, listen_port);
+  if (st.ok()) WaitForLoopRound(lock);
+  return st;
 }
 
 void EgressGateway::RemoveForwardsTo(Ipv4Addr guest_ip) {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
   std::vector<PortForward> gone;
   for (const PortForward& f : forwards_)
     if (f.guest_ip == guest_ip) gone.push_back(f);
   for (const PortForward& f : gone) (void)RemoveForwardLocked(f.listen_ip, f.listen_port);
+  if (!gone.empty()) WaitForLoopRound(lock);
 }
 
 std::vector<PortForward> EgressGateway::forwards() const {

@@ -27,6 +27,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -136,6 +137,10 @@ class EgressGateway {
   void RefreshHostAddresses();
   void Wake();
   Status RemoveForwardLocked(Ipv4Addr listen_ip, uint16_t listen_port);
+  // Wakes the loop and waits (up to a second) until it has come back from
+  // poll(): a socket slirp closed meanwhile is only released by the kernel
+  // once no poll() holds it, so its port is free when this returns.
+  void WaitForLoopRound(std::unique_lock<std::mutex>& lock);
 
   const MacAddr mac_;
   const size_t max_sockets_;
@@ -156,6 +161,8 @@ class EgressGateway {
   bool switch_full_ = false;  // a send to the switch timed out in this round of the loop
   std::vector<uint8_t> rx_;
   std::vector<pollfd> pollfds_;  // the loop's, between slirp_pollfds_fill and _poll
+  uint64_t rounds_ = 0;          // times the loop came back from poll()
+  std::condition_variable round_done_;
 };
 
 }  // namespace vmgrid::vnet
