@@ -310,6 +310,10 @@ class Bench {
     fs::create_directories(o_.work_dir, ec);
     if (ec) return MakeError(ErrorCode::kInternal, "create " + o_.work_dir + ": " + ec.message());
     vmgenid_ = vmm::testing::RandomUuid();
+    dh_params_ = o_.work_dir + "/dh-params.pem";
+    if (vmm::testing::Sh("openssl genpkey -genparam -algorithm DH -pkeyopt dh_param:ffdhe2048 "
+                         "-out '" + dh_params_ + "' 2>/dev/null") != 0)
+      return MakeError(ErrorCode::kInternal, "openssl could not write the ffdhe2048 group");
     VMG_ASSIGN_OR_RETURN(vm_, Launch(/*incoming=*/false, /*paused=*/false));
     auto ga = GuestAgentClient::ConnectWhenReady(vm_->qga_socket(), Clock::now() + seconds(240));
     if (!ga.ok()) return ga.error().Wrap("guest agent");
@@ -419,17 +423,15 @@ class Bench {
   }
 
   // tls-creds-psk "mig-tls" from DIR/keys.psk (written here; QEMU runs as us).
-  static Status AddPsk(QmpClient& q, const std::string& dir, const MigrationKey& key,
+  Status AddPsk(QmpClient& q, const std::string& dir, const MigrationKey& key,
                        bool server) {
     std::error_code ec;
     fs::create_directories(dir, ec);
     std::ofstream(dir + "/keys.psk") << key.identity << ":" << key.key_hex << "\n";
     // The same fixed DH group vmgrid hands its server (vmm/migration.cc), so
     // the two differ only in what they do, not in QEMU generating parameters.
-    if (server &&
-        vmm::testing::Sh("openssl genpkey -genparam -algorithm DH -pkeyopt dh_param:ffdhe2048 "
-                         "-out '" + dir + "/dh-params.pem' 2>/dev/null") != 0)
-      return MakeError(ErrorCode::kInternal, "openssl could not write the ffdhe2048 group");
+    if (server) fs::copy_file(dh_params_, dir + "/dh-params.pem", ec);
+    if (ec) return MakeError(ErrorCode::kInternal, "copy the DH parameters: " + ec.message());
     json args = {{"qom-type", "tls-creds-psk"},
                  {"id", "mig-tls"},
                  {"endpoint", server ? "server" : "client"},
@@ -560,6 +562,7 @@ class Bench {
   Options o_;
   vmm::testing::TinyImage img_;
   std::string vmgenid_;
+  std::string dh_params_;  // RFC 7919 ffdhe2048, for the plain + TLS side
   std::unique_ptr<QemuProcess> vm_;
   int next_ = 0;
 };
