@@ -143,8 +143,8 @@ const char* SideName(Side s) {
 
 struct Sample {
   double total_ms = 0;
-  double downtime_ms = 0;  // QEMU's
-  double gap_ms = 0;       // largest host-seen gap between guest ticks
+  double downtime_ms = 0;    // QEMU's
+  double gap_ms = 0;         // largest host-seen gap between guest ticks
   double switch_gap_ms = 0;  // last tick from the source -> first from the target
   double guest_jump_ms = 0;  // the guest's printk clock across the switchover
   double ram_mb = 0, disk_mb = 0, link_mb = 0;
@@ -285,8 +285,8 @@ Result<Links> Connect(const LinkSpec& spec, int nbd_port, int mig_port) {
     l.mig_port = mig_port;
     return l;
   }
-  for (auto [target, out, port] : {std::tuple{nbd_port, &l.nbd, &l.nbd_port},
-                                   std::tuple{mig_port, &l.mig, &l.mig_port}}) {
+  for (auto [target, out, port] :
+       {std::tuple{nbd_port, &l.nbd, &l.nbd_port}, std::tuple{mig_port, &l.mig, &l.mig_port}}) {
     linkem::LinkEmulatorOptions o;
     o.target_port = static_cast<uint16_t>(target);
     o.rate_bps = spec.rate_bps;
@@ -312,7 +312,8 @@ class Bench {
     vmgenid_ = vmm::testing::RandomUuid();
     dh_params_ = o_.work_dir + "/dh-params.pem";
     if (vmm::testing::Sh("openssl genpkey -genparam -algorithm DH -pkeyopt dh_param:ffdhe2048 "
-                         "-out '" + dh_params_ + "' 2>/dev/null") != 0)
+                         "-out '" +
+                         dh_params_ + "' 2>/dev/null") != 0)
       return MakeError(ErrorCode::kInternal, "openssl could not write the ffdhe2048 group");
     VMG_ASSIGN_OR_RETURN(vm_, Launch(/*incoming=*/false, /*paused=*/false));
     auto ga = GuestAgentClient::ConnectWhenReady(vm_->qga_socket(), Clock::now() + seconds(240));
@@ -348,8 +349,8 @@ class Bench {
     if (!r.ok()) {
       (void)dst->Kill();
       if (side != Side::kVmgrid) CleanUpPlain(vm_->qmp());
-      if (Result<json> st = vm_->qmp().Execute("query-status"); !st.ok() ||
-          st->value("status", "") != "running")
+      if (Result<json> st = vm_->qmp().Execute("query-status");
+          !st.ok() || st->value("status", "") != "running")
         return r.error().Wrap("the guest is lost");
       return r.error();
     }
@@ -359,7 +360,8 @@ class Bench {
     s.disk_mb = r->disk_mb;
     s.link_mb = r->link_mb;
     s.phases = r->phases;
-    for (int i = 0; i < 5000 && !ticks.TargetTicked(); ++i) std::this_thread::sleep_for(milliseconds(1));
+    for (int i = 0; i < 5000 && !ticks.TargetTicked(); ++i)
+      std::this_thread::sleep_for(milliseconds(1));
     std::this_thread::sleep_for(milliseconds(20));
     ticks.Stop();
     const auto& a = ticks.arrivals();
@@ -387,8 +389,8 @@ class Bench {
   Result<std::unique_ptr<QemuProcess>> Launch(bool incoming, bool paused) {
     const std::string name = "vm" + std::to_string(next_++);
     const std::string overlay = o_.work_dir + "/" + name + ".qcow2";
-    if (vmm::testing::Sh("qemu-img create -q -f qcow2 -b '" + img_.rootfs + "' -F raw '" +
-                         overlay + "' >/dev/null") != 0)
+    if (vmm::testing::Sh("qemu-img create -q -f qcow2 -b '" + img_.rootfs + "' -F raw '" + overlay +
+                         "' >/dev/null") != 0)
       return MakeError(ErrorCode::kInternal, "qemu-img create failed");
     QemuConfig c;
     c.vm_id = "bench-migrate-" + name;
@@ -423,8 +425,7 @@ class Bench {
   }
 
   // tls-creds-psk "mig-tls" from DIR/keys.psk (written here; QEMU runs as us).
-  Status AddPsk(QmpClient& q, const std::string& dir, const MigrationKey& key,
-                       bool server) {
+  Status AddPsk(QmpClient& q, const std::string& dir, const MigrationKey& key, bool server) {
     std::error_code ec;
     fs::create_directories(dir, ec);
     std::ofstream(dir + "/keys.psk") << key.identity << ":" << key.key_hex << "\n";
@@ -479,8 +480,7 @@ class Bench {
         t.Execute("migrate-incoming", {{"uri", "tcp:127.0.0.1:" + std::to_string(mig_port)}}));
     VMG_ASSIGN_OR_RETURN(Links links, Connect(spec, nbd_port, mig_port));
     ph.Mark("prepared");
-    VMG_RETURN_IF_ERROR(
-        q.Execute("migrate-set-parameters", {{"max-bandwidth", kUnthrottled}}));
+    VMG_RETURN_IF_ERROR(q.Execute("migrate-set-parameters", {{"max-bandwidth", kUnthrottled}}));
     nbd_client["server"]["port"] = std::to_string(links.nbd_port);
     VMG_RETURN_IF_ERROR(q.Execute("blockdev-add", nbd_client));
     VMG_RETURN_IF_ERROR(q.Execute("blockdev-mirror", {{"job-id", "mig-mirror"},
@@ -498,8 +498,8 @@ class Bench {
     if (!resumed.ok()) {
       auto info = q.Execute("query-migrate");
       return MakeError(ErrorCode::kInternal,
-                       "target did not resume: " + resumed.error().message + "; source: " +
-                           (info.ok() ? info->dump() : info.error().message));
+                       "target did not resume: " + resumed.error().message +
+                           "; source: " + (info.ok() ? info->dump() : info.error().message));
     }
     // Not timed: the figures and the source's cleanup.
     Sample s;
@@ -611,7 +611,7 @@ struct Cell2 {
   std::vector<std::string> errors;
 };
 
-std::vector<double> Field(const std::vector<Sample>& v, double Sample::* f) {
+std::vector<double> Field(const std::vector<Sample>& v, double Sample::*f) {
   std::vector<double> out;
   for (const Sample& s : v) out.push_back(s.*f);
   return out;
@@ -657,8 +657,9 @@ int main(int argc, char** argv) {
   if (o.seed == 0) o.seed = static_cast<unsigned>(Clock::now().time_since_epoch().count());
 
   std::vector<LinkSpec> links = {{"loopback", false, 0, {}}};
-  if (o.lan) links.push_back({"LAN (linkem 1000 Mbit/s, 0.2 ms RTT)", true, 1'000'000'000,
-                              std::chrono::microseconds(200)});
+  if (o.lan)
+    links.push_back({"LAN (linkem 1000 Mbit/s, 0.2 ms RTT)", true, 1'000'000'000,
+                     std::chrono::microseconds(200)});
   if (o.wan)
     links.push_back({"WAN (linkem " + std::to_string(o.mbit) + " Mbit/s, " +
                          std::to_string(o.rtt_ms) + " ms RTT)",
@@ -703,17 +704,18 @@ int main(int argc, char** argv) {
     load_min = std::min(load_min, s.load1);
     load_max = std::max(load_max, s.load1);
     cells[t.link].s[static_cast<int>(t.side)].push_back(s);
-    std::fprintf(stderr,
-                 "migrate: %zu/%zu %-40s %-10s total %6.0f ms, downtime %4.0f ms, gap %4.0f ms "
-                 "(guest clock %3.0f ms), RAM %.1f MB, disk %.1f MB, link %.1f MB, load %.2f [%s]\n",
-                 i + 1, trials.size(), links[t.link].name.c_str(), SideName(t.side), s.total_ms,
-                 s.downtime_ms, s.gap_ms, s.guest_jump_ms, s.ram_mb, s.disk_mb, s.link_mb,
-                 s.load1, s.phases.c_str());
+    std::fprintf(
+        stderr,
+        "migrate: %zu/%zu %-40s %-10s total %6.0f ms, downtime %4.0f ms, gap %4.0f ms "
+        "(guest clock %3.0f ms), RAM %.1f MB, disk %.1f MB, link %.1f MB, load %.2f [%s]\n",
+        i + 1, trials.size(), links[t.link].name.c_str(), SideName(t.side), s.total_ms,
+        s.downtime_ms, s.gap_ms, s.guest_jump_ms, s.ram_mb, s.disk_mb, s.link_mb, s.load1,
+        s.phases.c_str());
     if (csv)
-      csv << i + 1 << ",\"" << links[t.link].name << "\"," << SideName(t.side) << ","
-          << s.total_ms << "," << s.downtime_ms << "," << s.gap_ms << "," << s.switch_gap_ms
-          << "," << s.guest_jump_ms << "," << s.ram_mb << "," << s.disk_mb << "," << s.link_mb
-          << "," << s.load1 << "\n";
+      csv << i + 1 << ",\"" << links[t.link].name << "\"," << SideName(t.side) << "," << s.total_ms
+          << "," << s.downtime_ms << "," << s.gap_ms << "," << s.switch_gap_ms << ","
+          << s.guest_jump_ms << "," << s.ram_mb << "," << s.disk_mb << "," << s.link_mb << ","
+          << s.load1 << "\n";
   }
   const double minutes = std::chrono::duration<double>(Clock::now() - started).count() / 60;
 
@@ -728,14 +730,16 @@ int main(int argc, char** argv) {
       load_before.c_str(), load_min, load_max, o.runs, o.seed, minutes);
   std::printf(
       "plain QEMU: no -S; blockdev-mirror sync=top copy-mode=write-blocking to the "
-      "target's NBD export, migrate with default capabilities, the target runs on completion; no TLS, or (+ TLS) PSK TLS on NBD and the stream as vmgrid (same RFC 7919 DH group). "
+      "target's NBD export, migrate with default capabilities, the target runs on completion; no "
+      "TLS, or (+ TLS) PSK TLS on NBD and the stream as vmgrid (same RFC 7919 DH group). "
       "vmgrid: vmm/migration.h (StartIncoming, MigrateOut, FinishIncoming): PSK TLS on NBD and "
       "the stream, mirror sync=top background, pause-before-switchover, target -S + cont. "
       "Both: max-bandwidth unthrottled.\n");
   std::printf(
       "total: target prepare → guest running on the target. downtime: QEMU's query-migrate. "
       "gap: largest host-timed gap between the guest's console ticks. guest clock: the guest's "
-      "printk time across the switchover (how much of it the guest's own clock saw). MB: RAM transferred + "
+      "printk time across the switchover (how much of it the guest's own clock saw). MB: RAM "
+      "transferred + "
       "mirror offset; link: bytes through the emulator (both directions). median (Q1–Q3).\n\n");
   std::printf(
       "| link | side | n | total ms | QEMU downtime ms | gap seen ms | guest clock ms | RAM MB | "
@@ -743,15 +747,13 @@ int main(int argc, char** argv) {
   for (size_t l = 0; l < links.size(); ++l) {
     for (int side = 0; side < kSides; ++side) {
       const auto& v = cells[l].s[side];
-      std::printf("| %s | %s | %zu | %s | %s | %s | %s | %s | %s | %s |\n", links[l].name.c_str(),
-                  SideName(static_cast<Side>(side)), v.size(),
-                  Cell(Field(v, &Sample::total_ms)).c_str(),
-                  Cell(Field(v, &Sample::downtime_ms)).c_str(),
-                  Cell(Field(v, &Sample::gap_ms)).c_str(),
-                  Cell(Field(v, &Sample::guest_jump_ms)).c_str(),
-                  Cell(Field(v, &Sample::ram_mb), 1).c_str(),
-                  Cell(Field(v, &Sample::disk_mb), 1).c_str(),
-                  links[l].emulated ? Cell(Field(v, &Sample::link_mb), 1).c_str() : "–");
+      std::printf(
+          "| %s | %s | %zu | %s | %s | %s | %s | %s | %s | %s |\n", links[l].name.c_str(),
+          SideName(static_cast<Side>(side)), v.size(), Cell(Field(v, &Sample::total_ms)).c_str(),
+          Cell(Field(v, &Sample::downtime_ms)).c_str(), Cell(Field(v, &Sample::gap_ms)).c_str(),
+          Cell(Field(v, &Sample::guest_jump_ms)).c_str(),
+          Cell(Field(v, &Sample::ram_mb), 1).c_str(), Cell(Field(v, &Sample::disk_mb), 1).c_str(),
+          links[l].emulated ? Cell(Field(v, &Sample::link_mb), 1).c_str() : "–");
     }
   }
   std::printf(
