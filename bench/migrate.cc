@@ -305,6 +305,9 @@ class Bench {
   }
 
   Status Boot() {
+    // QEMUs of an interrupted earlier run (they are daemons) would load the
+    // machine under this one.
+    for (pid_t pid : vmm::testing::ProcessesMentioning(o_.work_dir)) ::kill(pid, SIGKILL);
     std::error_code ec;
     fs::remove_all(o_.work_dir, ec);
     fs::create_directories(o_.work_dir, ec);
