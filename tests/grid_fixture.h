@@ -213,6 +213,15 @@ inline std::pair<int, std::string> Sh(const ApiClient& api, const std::string& v
   return {r.value("exit_code", -1), r.value("stdout", "") + r.value("stderr", "")};
 }
 
+// The pid of VM `vm_id`'s live QEMU on host `index` of the grid (0: none).
+inline int LiveQemuOn(const LocalGrid& grid, int index, const std::string& vm_id) {
+  auto pid = ReadFile(grid.agent_state_dir(index) + "/vms/" + vm_id + "/run/qemu.pid", 64);
+  if (!pid.ok()) return 0;
+  const int p = std::atoi(pid->c_str());
+  auto cmdline = ReadFile("/proc/" + std::to_string(p) + "/cmdline", 1 << 20);
+  return p > 0 && cmdline.ok() && cmdline->find("qemu-system") != std::string::npos ? p : 0;
+}
+
 // A new user of the grid (made by its admin); returns the user's token.
 inline std::string NewUserToken(const LocalGrid& grid, const std::string& name) {
   auto r = grid.Admin().Post("/v1/users", {{"name", name}});

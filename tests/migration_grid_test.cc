@@ -163,5 +163,104 @@ void MigrationGridTest::MovesWithItsDiskAndNetwork() {
   EXPECT_EQ(p2, 0) << ping2;
 }
 
+// Where a VM of this grid runs: its host's index ("host-N" is index N-1).
+int HostIndex(const json& vm) { return std::stoi(vm.value("host", "host-0").substr(5)) - 1; }
+
+// Killing a process mid-migration leaves the VM running on exactly one host,
+// its record saying which, its disk intact, and no room held for it on the
+// other: the target's QEMU, the target's agent, then the controller, each
+// killed (SIGKILL) while the source is sending.
+TEST_F(MigrationGridTest, AKillMidMigrationLeavesTheVmRunningOnExactlyOneHost) {
+  ApiClient carol = User("carol");
+  json vm = CreateVm(carol, {{"image", (*image_)["id"]}, {"name", "c1"}});
+  ASSERT_EQ(vm.value("state", ""), "running") << vm.dump();
+  const std::string id = vm["id"];
+  auto [wcode, written] = Sh(carol, id,
+                             "echo kept-$(cat /proc/sys/kernel/random/boot_id) "
+                             "> /root/k.txt && sync && cat /root/k.txt");
+  ASSERT_EQ(wcode, 0) << written;
+
+  // Starts a migration and returns once the source is sending (the
+  // operation's `migrate` step) or the operation has ended.
+  auto migrate_until_sending = [&]() -> json {
+    auto op = carol.Post("/v1/vms/" + id + "/migrate", json::object());
+    EXPECT_TRUE(op.ok()) << op.error().message;
+    if (!op.ok()) return json();
+    auto sending = PollUntil(
+        carol, "/v1/operations/" + (*op)["id"].get<std::string>(),
+        [](const json& j) {
+          return j.value("state", "") != "running" ||
+                 (j["progress"].is_object() && j["progress"].value("step", "") == "migrate");
+        },
+        seconds(120));
+    EXPECT_TRUE(sending.ok());
+    return *op;
+  };
+  // The VM runs on one host only, as its record says, with its disk; each
+  // host's free room is its size less the VMs recorded there.
+  auto runs_once = [&](const std::string& after) -> int {
+    SCOPED_TRACE(after);
+    json now = WaitVm(carol, id);
+    EXPECT_EQ(now.value("state", ""), "running") << now.dump();
+    const int on = HostIndex(now);
+    EXPECT_GT(LiveQemuOn(*grid_, on, id), 0) << "no QEMU where the record says it runs";
+    EXPECT_EQ(LiveQemuOn(*grid_, 1 - on, id), 0) << "a second QEMU on the other host";
+    auto [code, out] = Sh(carol, id, "cat /root/k.txt");
+    EXPECT_EQ(code, 0) << out;
+    EXPECT_EQ(out, written) << "the guest rebooted or lost its disk";
+    auto vms = grid_->Admin().Get("/v1/vms");
+    auto hosts = grid_->Admin().Get("/v1/hosts");
+    EXPECT_TRUE(vms.ok() && hosts.ok());
+    if (!vms.ok() || !hosts.ok()) return on;
+    for (const auto& h : (*hosts)["hosts"]) {
+      int64_t used = 0;
+      for (const auto& v : (*vms)["vms"])
+        if (v.value("host_id", "") == h.value("id", "")) used += v.value("memory_mb", 0);
+      EXPECT_EQ(h.value("free_memory_mb", -1), h.value("memory_mb", 0) - used) << h.dump();
+    }
+    return on;
+  };
+
+  // 1. The target's QEMU dies: the source never stopped for good.
+  {
+    const int source = HostIndex(vm);
+    json op = migrate_until_sending();
+    const int target_pid = LiveQemuOn(*grid_, 1 - source, id);
+    ASSERT_GT(target_pid, 0) << "no incoming QEMU on the target";
+    ::kill(target_pid, SIGKILL);
+    auto r = AwaitOperation(carol, op);
+    std::cout << "[info] target QEMU killed: " << (r.ok() ? r->dump() : r.error().message) << "\n";
+    EXPECT_FALSE(r.ok()) << r->dump();
+    EXPECT_EQ(runs_once("target QEMU killed"), source);
+  }
+  // 2. The target's agent dies: the migration fails at the latest when the
+  // target should start; the agent, back, drops the half-arrived copy.
+  {
+    const int source = HostIndex(WaitVm(carol, id));
+    json op = migrate_until_sending();
+    grid_->StopAgent(1 - source, /*hard=*/true);
+    auto r = AwaitOperation(carol, op);
+    std::cout << "[info] target agent killed: " << (r.ok() ? r->dump() : r.error().message) << "\n";
+    EXPECT_FALSE(r.ok()) << r->dump();
+    ASSERT_TRUE(grid_->StartAgent(1 - source).ok());
+    ASSERT_TRUE(grid_->WaitHostsUp(2, seconds(60)).ok());
+    EXPECT_EQ(runs_once("target agent killed"), source);
+  }
+  // 3. The controller dies: the next one finds the migration's row and
+  // settles it by what the two hosts report.
+  {
+    json op = migrate_until_sending();
+    grid_->StopController(/*hard=*/true);
+    ASSERT_TRUE(grid_->StartController().ok());
+    const int on = runs_once("controller killed");
+    std::cout << "[info] controller killed mid-migration: the VM runs on host-" << on + 1 << "\n";
+    // And it still migrates.
+    auto again = AwaitOperation(carol, carol.Post("/v1/vms/" + id + "/migrate", json::object()));
+    EXPECT_TRUE(again.ok()) << again.error().message;
+    EXPECT_EQ(runs_once("migrated again"), 1 - on);
+  }
+  DeleteVm(carol, id);
+}
+
 }  // namespace
 }  // namespace vmgrid

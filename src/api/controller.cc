@@ -55,6 +55,10 @@ constexpr int64_t kTokenCacheMs = 10'000;
 // controller's own writes exactly; the reload picks up other controllers'
 // writes to a shared PostgreSQL database.
 constexpr int64_t kIndexResyncMs = 10'000;
+// A migration row with no operation this long was left by a migrate whose
+// operation never started (a crash between the two); the operation itself
+// is seen by OpQueue::InFlight however long it runs.
+constexpr int64_t kMigrationStaleMs = 60'000;
 
 }  // namespace
 
@@ -383,8 +387,12 @@ void Controller::InstallAgentListenerRoutes() {
 }
 
 void Controller::ReconcileLoop() {
-  int64_t resynced = NowMs();
+  const int64_t started = NowMs();
+  int64_t resynced = started;
   while (!stop_) {
+    // Migrations a previous controller left half-done (its operations died
+    // with it), and any whose operation never started.
+    migrations_->RecoverInterrupted(started, kMigrationStaleMs);
     // Writes the heartbeat times kept in memory first (Store::HeartbeatHost).
     auto down = store_->MarkStaleHostsDown(NowMs() - kHostDownAfterMs);
     if (down.ok())

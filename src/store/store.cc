@@ -1760,6 +1760,16 @@ Result<std::string> Store::MigrationTarget(const std::string& id) {
   return rows.empty() ? std::string() : rows[0].target;
 }
 
+Result<std::vector<Store::PendingMigration>> Store::ListMigrations() {
+  auto read = Read();
+  return Query<PendingMigration>(
+      read.db,
+      "SELECT vm_id, target_host_id, started_ms FROM vm_migrations ORDER BY started_ms, vm_id", {},
+      [](const SqlRow& r) {
+        return PendingMigration{r.Text(0), r.Text(1), r.Int(2)};
+      });
+}
+
 Result<Vm> Store::FinishMigration(const std::string& id) {
   auto lock = Exclusive();
   pending_.clear();

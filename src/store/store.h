@@ -212,6 +212,12 @@ class Store {
                                                     const std::vector<std::string>& candidates);
   // The target host of VM `id`'s migration in flight ("" if none).
   Result<std::string> MigrationTarget(const std::string& id);
+  // Every migration in flight (vm_migrations), oldest first.
+  struct PendingMigration {
+    std::string vm_id, target_host_id;
+    int64_t started_ms = 0;
+  };
+  Result<std::vector<PendingMigration>> ListMigrations();
   // The VM arrived: it is running on the target (the room reserved there is
   // now its own), the source's room is released, its workspace (if any) is
   // on the target, and its NICs are planned there (network generation

@@ -203,7 +203,10 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
   bool clean = true;
   for (Vm vm : *records) {
     // A record changed in the last seconds may be newer than this report.
-    if (in_flight_(vm.id) || vm.updated_ms > received_ms - 5000) {
+    // A migrating VM's outcome is MigrationService's to record (its
+    // operation, or RecoverInterrupted after a restart): both hosts may
+    // report it meanwhile.
+    if (in_flight_(vm.id) || vm.updated_ms > received_ms - 5000 || vm.state == "migrating") {
       clean = false;
       by_id.erase(vm.id);  // known here: not an unrecorded VM
       continue;

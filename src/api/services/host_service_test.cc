@@ -137,6 +137,21 @@ TEST_P(HostServiceTest, ARecordNewerThanTheReportIsLeftAlone) {
   EXPECT_EQ(StateOf(a.id), "running");
 }
 
+// A migrating VM's outcome is the migration's to record: whatever its
+// hosts report meanwhile, reconciliation leaves the record (and the room
+// held on the target) alone.
+TEST_P(HostServiceTest, ReconcileLeavesAMigratingRecordAlone) {
+  auto h2 = store_->HeartbeatHost("h2", "http://127.0.0.2:1", HostCapacity{8, 8192, 10000, false});
+  ASSERT_TRUE(h2.ok()) << h2.error().message;
+  Vm a = AddVm("a", "running");
+  ASSERT_TRUE(store_->BeginMigration(a.id, {h2->id}).ok());
+  EXPECT_FALSE(hosts_->Reconcile(host_, {Status(a.id, "running")}, clock_.NowMs() + 60'000));
+  hosts_->Reconcile(*h2, {Status(a.id, "running")}, clock_.NowMs() + 60'000);  // not its record
+  EXPECT_FALSE(hosts_->Reconcile(host_, {}, clock_.NowMs() + 60'000));
+  EXPECT_EQ(StateOf(a.id), "migrating");
+  EXPECT_EQ(store_->GetHost(h2->id)->reserved_vcpus, 1);
+}
+
 TEST_P(HostServiceTest, ReconcileWaitsWhileTheAgentIsBusyAndIsCleanWhenAllMatch) {
   Vm a = AddVm("a", "running");
   clock_.Advance(10'000);

@@ -201,6 +201,72 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
   return out;
 }
 
+int MigrationService::RecoverInterrupted(int64_t interrupted_before_ms, int64_t stale_after_ms) {
+  auto rows = store_.ListMigrations();
+  if (!rows.ok()) {
+    spdlog::warn("interrupted migrations: {}", rows.error().message);
+    return 0;
+  }
+  int settled = 0;
+  const int64_t now = clock_.NowMs();
+  for (const auto& m : *rows) {
+    if (m.started_ms >= interrupted_before_ms && now - m.started_ms <= stale_after_ms) continue;
+    if (ops_.InFlight(m.vm_id)) continue;  // its operation still runs
+    if (Status st = Recover(m); st.ok()) {
+      ++settled;
+    } else {
+      spdlog::warn("interrupted migration of VM {}: {}; trying again later", m.vm_id,
+                   st.error().message);
+    }
+  }
+  return settled;
+}
+
+Result<std::string> MigrationService::ReportedState(const Host& host, const std::string& id) {
+  VMG_ASSIGN_OR_RETURN(HostReport report, agents_.HostStatus(host));
+  for (const auto& v : report.vms)
+    if (v.id == id) return v.state;
+  return std::string();
+}
+
+Status MigrationService::Recover(const Store::PendingMigration& m) {
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(m.vm_id, ""));
+  if (vm.state != "migrating") return Status::Ok();  // settled meanwhile (deleted, finished)
+  VMG_ASSIGN_OR_RETURN(Host source, store_.GetHost(vm.host_id));
+  VMG_ASSIGN_OR_RETURN(Host target, store_.GetHost(m.target_host_id));
+  auto on_target = ReportedState(target, vm.id);
+  if (!on_target.ok())
+    return on_target.error().Wrap("asking target host " + target.name + " about the VM");
+  if (*on_target == "running") {
+    // FinishIncoming ran: the target's copy is the VM now; the source's
+    // (paused since the switchover) goes.
+    if (auto moved = store_.FinishMigration(vm.id); !moved.ok()) return moved.error();
+    if (Status st = agents_.ConfirmMigrateOut(source, vm.id, true); !st.ok())
+      spdlog::warn("VM {}: removing the migrated-out copy on {}: {}", vm.id, source.name,
+                   st.error().message);
+    spdlog::info("interrupted migration of VM {}: it runs on {}, its new host", vm.id, target.name);
+    return Status::Ok();
+  }
+  // Not started on the target: the source's copy lives on. The incoming
+  // copy goes first, so a MigrateOut still under way cannot complete.
+  if (!on_target->empty())
+    if (Status st = agents_.AbortIncoming(target, vm.id);
+        !st.ok() && st.error().code != ErrorCode::kNotFound)
+      return st.error().Wrap("aborting the incoming copy on host " + target.name);
+  Status resumed = agents_.ConfirmMigrateOut(source, vm.id, false);
+  if (!resumed.ok() && resumed.error().code != ErrorCode::kFailedPrecondition &&
+      resumed.error().code != ErrorCode::kNotFound)
+    spdlog::warn("VM {}: resuming it on {}: {}", vm.id, source.name, resumed.error().message);
+  std::string state = "running";
+  if (auto now = ReportedState(source, vm.id); now.ok())
+    if (auto s = ParseVmState(*now); s.ok() && !IsTransitional(*s)) state = *now;
+  VMG_RETURN_IF_ERROR(store_.AbortMigration(
+      vm.id, state,
+      "the migration to host " + target.name + " was interrupted; the VM stays on " + source.name));
+  spdlog::info("interrupted migration of VM {}: it stays on {}", vm.id, source.name);
+  return Status::Ok();
+}
+
 void MigrationService::CountFailedWrite(const Status& st, const std::string& what) {
   if (st.ok()) return;
   spdlog::warn("{}: {}", what, st.error().message);

@@ -53,6 +53,19 @@ class MigrationService {
   Result<nlohmann::json> Migrate(const Caller& c, const std::string& vm_ref,
                                  const std::string& to_host);
 
+  // Settles migrations whose operation is gone because the controller
+  // stopped mid-migration (docs/migration.md, "Interrupted migrations"): a
+  // VM its target already runs stays there (recorded as a finished
+  // migration, the source's paused copy removed); any other goes back to its
+  // source (the target's incoming copy aborted, a paused source resumed, the
+  // target's room released). Looks at rows begun before
+  // `interrupted_before_ms` (the controller's start) or more than
+  // `stale_after_ms` ago, whose VM has no operation in flight. A target that
+  // does not answer keeps its row for a later call: only its report tells
+  // whether the VM runs there already, and resuming the source before
+  // knowing could run the VM twice. Returns how many were settled.
+  int RecoverInterrupted(int64_t interrupted_before_ms, int64_t stale_after_ms);
+
   // The VM's spec as its target agent gets it (what its create had).
   Result<VmSpec> SpecFor(const Vm& vm);
 
@@ -64,6 +77,10 @@ class MigrationService {
   Result<nlohmann::json> Run(const std::string& op_id, const Vm& vm, const Host& source,
                              const Host& target);
   void CountFailedWrite(const Status& st, const std::string& what);
+  // One interrupted migration (RecoverInterrupted).
+  Status Recover(const Store::PendingMigration& m);
+  // The state `host` reports for VM `id` ("" if it does not have it).
+  Result<std::string> ReportedState(const Host& host, const std::string& id);
 
   Store& store_;
   const CapacityIndex& index_;

@@ -197,6 +197,89 @@ TEST_P(MigrationServiceTest, AMigratingVmTakesNoOtherOperationAndADeleteReleases
   EXPECT_EQ(*store_->MigrationTarget(other.id), "");
 }
 
+// A controller that died mid-migration left the record `migrating` with
+// room taken on the target; the next one settles it by what the hosts say.
+HostReport Reporting(const std::string& vm_id, const std::string& state) {
+  HostReport r;
+  VmStatus v;
+  v.id = vm_id;
+  v.state = state;
+  r.vms.push_back(v);
+  return r;
+}
+
+TEST_P(MigrationServiceTest, AnInterruptedMigrationTheTargetFinishedStaysThere) {
+  Vm vm = AddVm("a", "running");
+  ASSERT_TRUE(store_->BeginMigration(vm.id, {h2_.id}).ok());
+  agent_.status_by_host.insert_or_assign("h2", Reporting(vm.id, "running"));
+  agent_.status_by_host.insert_or_assign("h1",
+                                         Reporting(vm.id, "running"));  // paused, migrated out
+  EXPECT_EQ(migrations_->RecoverInterrupted(NowMs() + 1, 60'000), 1);
+  Vm after = *store_->GetVm(vm.id, "");
+  EXPECT_EQ(after.state, "running");
+  EXPECT_EQ(after.host_id, h2_.id);
+  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 0);
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 1);
+  EXPECT_EQ(*store_->MigrationTarget(vm.id), "");
+  EXPECT_EQ(agent_.calls,
+            (std::vector<std::string>{"status", "confirm-migrate-out h1 " + vm.id + " true"}));
+  // Nothing left to settle.
+  EXPECT_EQ(migrations_->RecoverInterrupted(NowMs() + 1, 60'000), 0);
+}
+
+TEST_P(MigrationServiceTest, AnInterruptedMigrationNotStartedOnTheTargetGoesBackToTheSource) {
+  Vm vm = AddVm("a", "running");
+  ASSERT_TRUE(store_->BeginMigration(vm.id, {h2_.id}).ok());
+  agent_.status_by_host.insert_or_assign("h2",
+                                         Reporting(vm.id, "creating"));  // incoming, not finished
+  agent_.status_by_host.insert_or_assign("h1", Reporting(vm.id, "running"));
+  EXPECT_EQ(migrations_->RecoverInterrupted(NowMs() + 1, 60'000), 1);
+  Vm after = *store_->GetVm(vm.id, "");
+  EXPECT_EQ(after.state, "running");
+  EXPECT_EQ(after.host_id, host_.id);
+  EXPECT_NE(after.error.find("interrupted"), std::string::npos) << after.error;
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 0) << "the target's room is released";
+  EXPECT_EQ(HostNow(h2_.id).reserved_disk_bytes, 0);
+  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 1);
+  EXPECT_EQ(agent_.calls,
+            (std::vector<std::string>{"status", "abort-incoming h2 " + vm.id,
+                                      "confirm-migrate-out h1 " + vm.id + " false", "status"}));
+  // A target that never got the VM is not asked to abort it; a source
+  // whose VM stopped meanwhile records that.
+  agent_.calls.clear();
+  Vm b = AddVm("b", "running");
+  ASSERT_TRUE(store_->BeginMigration(b.id, {h2_.id}).ok());
+  agent_.status_by_host.insert_or_assign("h2", HostReport{});
+  agent_.status_by_host.insert_or_assign("h1", Reporting(b.id, "stopped"));
+  EXPECT_EQ(migrations_->RecoverInterrupted(NowMs() + 1, 60'000), 1);
+  EXPECT_EQ(store_->GetVm(b.id, "")->state, "stopped");
+  EXPECT_EQ(agent_.calls, (std::vector<std::string>{
+                              "status", "confirm-migrate-out h1 " + b.id + " false", "status"}));
+}
+
+TEST_P(MigrationServiceTest, AnInterruptedMigrationWaitsForAnUnreachableTargetAndSparesLiveOnes) {
+  Vm vm = AddVm("a", "running");
+  ASSERT_TRUE(store_->BeginMigration(vm.id, {h2_.id}).ok());
+  // The target may run the VM already: resuming the source could run it twice.
+  agent_.status_by_host.insert_or_assign("h2",
+                                         MakeError(ErrorCode::kUnavailable, "connection refused"));
+  EXPECT_EQ(migrations_->RecoverInterrupted(NowMs() + 1, 60'000), 0);
+  EXPECT_EQ(store_->GetVm(vm.id, "")->state, "migrating");
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 1);
+  EXPECT_EQ(agent_.calls, (std::vector<std::string>{"status"}));
+  // A migration this controller began (after its start) and that is still
+  // young is somebody's operation about to run: not touched.
+  agent_.calls.clear();
+  agent_.status_by_host.insert_or_assign("h2", HostReport{});
+  EXPECT_EQ(migrations_->RecoverInterrupted(NowMs() - 3'600'000, 60'000), 0);
+  EXPECT_TRUE(agent_.calls.empty());
+  // Once stale, it is settled.
+  clock_.Advance(120'000);
+  EXPECT_EQ(migrations_->RecoverInterrupted(NowMs() - 3'600'000, 60'000), 1);
+  EXPECT_EQ(store_->GetVm(vm.id, "")->host_id, host_.id);
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 0);
+}
+
 TEST(HostOfUrlTest, TakesTheHostPart) {
   EXPECT_EQ(HostOfUrl("https://10.0.0.2:7001"), "10.0.0.2");
   EXPECT_EQ(HostOfUrl("http://127.0.0.1:1/x"), "127.0.0.1");

@@ -10,6 +10,7 @@
 
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -32,6 +33,7 @@ class FakeAgent : public AgentClient {
   std::vector<std::string> calls;  // "action vm-id" / "status" / "delete vm-id"
   Result<VmStatus> action_answer = VmStatus{};
   Result<HostReport> status_answer = HostReport{};
+  std::map<std::string, Result<HostReport>> status_by_host;  // by host name; else status_answer
   Status delete_answer;
   // Called (outside the lock) by Exec and DeleteWorkspace before they
   // answer, e.g. to hold an operation running.
@@ -57,9 +59,11 @@ class FakeAgent : public AgentClient {
     if (on_exec) on_exec();
     return nlohmann::json::object();
   }
-  Result<HostReport> HostStatus(const Host&) override {
+  Result<HostReport> HostStatus(const Host& h) override {
     Note("status");
-    return status_answer;
+    std::lock_guard<std::mutex> l(mu);
+    auto it = status_by_host.find(h.name);
+    return it != status_by_host.end() ? it->second : status_answer;
   }
   Result<CheckpointRef> Checkpoint(const Host&, const std::string& vm_id, bool, int) override {
     Note("checkpoint-ref " + vm_id);
