@@ -22,6 +22,7 @@
 #include "api/services/api_views.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
+#include "api/services/drain_service.h"
 #include "api/services/migration_service.h"
 #include "api/services/network_service.h"
 #include "api/services/user_service.h"
@@ -152,6 +153,7 @@ Status Controller::Start() {
       *networks_, *workspaces_, *views_, image_server_ != nullptr);
   migrations_ = std::make_unique<MigrationService>(*store_, *index_, *agents_, *networks_, *ops_,
                                                    SystemClock::Get(), *long_ops_);
+  drains_ = std::make_unique<DrainService>(*store_, *migrations_, *ops_);
   HttpServerLimits limits;
   limits.header_timeout_ms = options_.header_timeout_ms;
   server_ = std::make_unique<GuardedServer>(limits, user_tls);
@@ -352,6 +354,7 @@ void Controller::InstallRoutes() {
   InstallExecRoutes(routes, *vms_);
   InstallOperationRoutes(routes, *ops_);
   InstallMigrationRoutes(routes, *migrations_);
+  InstallDrainRoutes(routes, *drains_, *hosts_);
 
   // Information service.
   InstallQueryRoutes(routes, *query_, *queries_);

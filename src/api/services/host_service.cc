@@ -283,6 +283,7 @@ json HostService::HostJson(const Host& h, bool admin) {
   json j = {{"id", h.id},
             {"name", h.name},
             {"state", h.state},
+            {"draining", h.draining},
             {"vcpus", h.vcpus},
             {"memory_mb", h.memory_mb},
             {"disk_mb", h.disk_mb},
