@@ -110,17 +110,16 @@ int CmdHostDrain(Ctx& ctx, const std::string& ref, int parallel, bool no_wait) {
       PrintJson(ctx, *res);
     } else {
       ctx.io.out << "draining host " << Str(*res, "host") << " (operation " << Str(*res, "id")
-                 << "; `vmgrid host show " << ref << "` or GET /v1/operations/"
-                 << Str(*res, "id") << ")" << std::endl;
+                 << "; `vmgrid host show " << ref << "` or GET /v1/operations/" << Str(*res, "id")
+                 << ")" << std::endl;
     }
     return kExitOk;
   }
   DrainProgress progress(ctx);
   if (IsOperation(res))
-    res = WaitOperation(ctx, *client, *res, "draining host " + ref, false,
-                        [&](const json& op) {
-                          if (!ctx.g.json) progress.Update(op);
-                        });
+    res = WaitOperation(ctx, *client, *res, "draining host " + ref, false, [&](const json& op) {
+      if (!ctx.g.json) progress.Update(op);
+    });
   if (!res.ok()) return Fail(ctx, res.error().Wrap("drain of host " + ref), "host");
   const auto not_moved = Num(*res, "not_moved").value_or(0);
   if (ctx.g.json) {
@@ -162,13 +161,12 @@ void AddHostCommands(CommandTree& t) {
   auto& parallel = t.Keep<int>();
   parallel = 2;
   auto& no_wait = t.Keep<bool>();
-  auto* drain = t.Leaf(g, "drain",
-                       "Take a host out of service (admin): no new VM goes there, and its VMs "
-                       "are live-migrated away; a VM that cannot move is reported and keeps "
-                       "running there (exit 5)",
-                       [&t, &ref, &parallel, &no_wait] {
-                         return CmdHostDrain(t.ctx, ref, parallel, no_wait);
-                       });
+  auto* drain = t.Leaf(
+      g, "drain",
+      "Take a host out of service (admin): no new VM goes there, and its VMs "
+      "are live-migrated away; a VM that cannot move is reported and keeps "
+      "running there (exit 5)",
+      [&t, &ref, &parallel, &no_wait] { return CmdHostDrain(t.ctx, ref, parallel, no_wait); });
   drain->add_option("REF", ref, "Host id or name")->required();
   drain->add_option("--parallel", parallel, "Migrations at once (1-16, default 2)")
       ->check(CLI::Range(1, 16));

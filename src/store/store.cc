@@ -445,6 +445,16 @@ bool HoldsOnHost(const std::string& state) {
 // The free space is as last reported, and already-written bytes of placed
 // VMs count there and in their reservation: conservative, never over.
 const char* kDiskRoom = "(disk_total_bytes = 0 OR disk_free_bytes - used_disk_bytes >= ?)";
+// The conditional UPDATE that takes a VM's room on a host (binds: vcpus,
+// memory_mb, disk_bytes, host id, vcpus, memory_mb, disk_bytes): only a host
+// that is up, not draining, and has the room. Every placement and every
+// migration's target reservation goes through it.
+const std::string kReserveRoom =
+    std::string(
+        "UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ?, "
+        "used_disk_bytes = used_disk_bytes + ? WHERE id = ? AND state = 'up' AND draining = 0 "
+        "AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? AND ") +
+    kDiskRoom;
 bool HasDiskRoom(const Host& h, int64_t disk_bytes) {
   return h.disk_total_bytes == 0 || h.disk_free_bytes - h.reserved_disk_bytes >= disk_bytes;
 }
@@ -1108,8 +1118,8 @@ Result<Host> Store::SetHostDraining(const std::string& ref, bool draining) {
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "host '" + ref + "' not found");
   Host host = rows[0];
   if (host.draining == draining) return host;  // idempotent: nothing to write
-  VMG_RETURN_IF_ERROR(db_->Exec("UPDATE hosts SET draining = ? WHERE id = ?",
-                                {int64_t{draining}, host.id}));
+  VMG_RETURN_IF_ERROR(
+      db_->Exec("UPDATE hosts SET draining = ? WHERE id = ?", {int64_t{draining}, host.id}));
   host.draining = draining;
   Notify([host](StoreObserver& o) { o.OnHost(host); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
@@ -1381,13 +1391,8 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     for (const auto& host_id : candidates) {
       VMG_ASSIGN_OR_RETURN(
           int64_t taken,
-          db_->Exec(std::string("UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = "
-                                "used_memory_mb + ?, used_disk_bytes = used_disk_bytes + ? "
-                                "WHERE id = ? AND state = 'up' AND draining = 0 AND vcpus - used_vcpus >= ? "
-                                "AND memory_mb - used_memory_mb >= ? AND ") +
-                        kDiskRoom,
-                    {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id, int64_t{vm.vcpus},
-                     vm.memory_mb, vm.disk_bytes}));
+          db_->Exec(kReserveRoom, {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
+                                   int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes}));
       if (taken == 0) continue;
       vm.host_id = host_id;
       Notify([host_id, v = int64_t{vm.vcpus}, m = vm.memory_mb,
@@ -1405,13 +1410,10 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
 // and the inserts happen only if it took the room.
 Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm,
                                      const std::vector<std::string>& candidates) {
-  const std::string reserve = std::string(
-      "WITH r AS (UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + "
-      "?, used_disk_bytes = used_disk_bytes + ? WHERE id = ? AND state = 'up' AND draining = 0 "
-      "AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? AND ");
+  const std::string reserve = "WITH r AS (" + kReserveRoom;
   const std::string insert = std::string("v AS (INSERT INTO vms (") + kVmCols + ") SELECT " +
                              Placeholders(17) + " FROM r RETURNING id), ";
-  const std::string sql = reserve + kDiskRoom + " RETURNING id), " + insert +
+  const std::string sql = reserve + " RETURNING id), " + insert +
                           "x AS (INSERT INTO virtualization (virtual_id, virtual_kind, "
                           "physical_id, physical_kind, vm_id, "
                           "owner_id) SELECT ?, 'vm', ?, 'host', v.id, ? FROM v UNION ALL "
@@ -1468,8 +1470,7 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
       VMG_ASSIGN_OR_RETURN(
           auto rows,
           Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?", {id}, ReadHost));
-      if (!rows.empty() && rows[0].state == "up" && !rows[0].draining)
-        hosts.push_back(rows[0]);
+      if (!rows.empty() && rows[0].state == "up" && !rows[0].draining) hosts.push_back(rows[0]);
     }
     bool all = true;
     std::vector<Vm> placed = vms;
@@ -1764,13 +1765,8 @@ Result<std::pair<Vm, std::string>> Store::BeginMigration(
     if (host_id == vm.host_id) continue;
     VMG_ASSIGN_OR_RETURN(
         int64_t taken,
-        db_->Exec(std::string("UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = "
-                              "used_memory_mb + ?, used_disk_bytes = used_disk_bytes + ? "
-                              "WHERE id = ? AND state = 'up' AND draining = 0 AND vcpus - used_vcpus >= ? "
-                              "AND memory_mb - used_memory_mb >= ? AND ") +
-                      kDiskRoom,
-                  {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id, int64_t{vm.vcpus},
-                   vm.memory_mb, vm.disk_bytes}));
+        db_->Exec(kReserveRoom, {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
+                                 int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes}));
     if (taken == 0) continue;
     VMG_RETURN_IF_ERROR(
         db_->Exec("INSERT INTO vm_migrations (vm_id, target_host_id, vcpus, memory_mb, disk_bytes, "

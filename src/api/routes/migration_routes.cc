@@ -33,9 +33,8 @@ void InstallDrainRoutes(RouteInstaller& s, DrainService& drains, HostService& ho
            VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body));
            JsonFields f(body, request_fields::kDrainHost);
            VMG_RETURN_IF_ERROR(f.CheckUnknown());
-           VMG_ASSIGN_OR_RETURN(int64_t parallel,
-                                f.Int("parallel", DrainService::kDefaultParallel, 1,
-                                      DrainService::kMaxParallel));
+           VMG_ASSIGN_OR_RETURN(int64_t parallel, f.Int("parallel", DrainService::kDefaultParallel,
+                                                        1, DrainService::kMaxParallel));
            VMG_ASSIGN_OR_RETURN(json op,
                                 drains.Drain(c, req.matches[1], static_cast<int>(parallel)));
            return Reply{202, op};

@@ -63,7 +63,8 @@ class DrainService {
   OpQueue& ops_;
 
   std::mutex mu_;
-  std::map<std::string, nlohmann::json> running_;  // host id -> its drain's operation; guarded by mu_
+  // Host id -> its drain's operation, while it runs; guarded by mu_.
+  std::map<std::string, nlohmann::json> running_;
 };
 
 }  // namespace vmgrid

@@ -409,7 +409,8 @@ Error VmCreateService::ExplainNoPlacement(const Vm& vm, const std::vector<std::s
                     std::to_string(vm.memory_mb) + " MB of free memory, " + std::to_string(disk) +
                     " lack " + disk_mib +
                     " MiB of free disk (what the VM's disk can grow to plus a memory checkpoint)";
-  if (draining > 0) msg += ", " + std::to_string(draining) + " are draining (`vmgrid host undrain`)";
+  if (draining > 0)
+    msg += ", " + std::to_string(draining) + " are draining (`vmgrid host undrain`)";
   if (!site.empty()) msg += ", " + std::to_string(wrong_site) + " are not in site " + site;
   if (!network.empty()) msg += ", " + std::to_string(wrong_net) + " are not on network " + network;
   return MakeError(ErrorCode::kResourceExhausted, msg);
