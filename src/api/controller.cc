@@ -154,6 +154,7 @@ Status Controller::Start() {
   migrations_ = std::make_unique<MigrationService>(*store_, *index_, *agents_, *networks_, *ops_,
                                                    SystemClock::Get(), *long_ops_);
   drains_ = std::make_unique<DrainService>(*store_, *migrations_, *ops_);
+  hosts_->SetDrainStatus([this](const std::string& host_id) { return drains_->Running(host_id); });
   HttpServerLimits limits;
   limits.header_timeout_ms = options_.header_timeout_ms;
   server_ = std::make_unique<GuardedServer>(limits, user_tls);

@@ -59,6 +59,18 @@ Result<Host> DrainService::Undrain(const Caller& c, const std::string& host_ref)
   return host;
 }
 
+json DrainService::Running(const std::string& host_id) const {
+  std::string id;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = running_.find(host_id);
+    if (it == running_.end()) return nullptr;
+    id = it->second.value("id", "");
+  }
+  auto op = ops_.Get(id, "", /*admin=*/true);
+  return op.ok() ? *op : json(nullptr);
+}
+
 Result<json> DrainService::Run(const std::string& op_id, const Caller& c, const Host& host,
                                int parallel) {
   VMG_ASSIGN_OR_RETURN(auto vms, store_.ListVmsOnHost(host.id));

@@ -54,6 +54,10 @@ class DrainService {
   // reported as not moved); those under way finish.
   Result<Host> Undrain(const Caller& c, const std::string& host_ref);
 
+  // The drain of `host_id` running now as the admin polls it (the
+  // operation: id, state, progress with each VM's state), or null.
+  nlohmann::json Running(const std::string& host_id) const;
+
  private:
   Result<nlohmann::json> Run(const std::string& op_id, const Caller& c, const Host& host,
                              int parallel);
@@ -62,7 +66,7 @@ class DrainService {
   MigrationService& migrations_;
   OpQueue& ops_;
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   // Host id -> its drain's operation, while it runs; guarded by mu_.
   std::map<std::string, nlohmann::json> running_;
 };

@@ -222,6 +222,12 @@ TEST_P(DrainServiceTest, ARunningDrainIsAnsweredAgainAndUndrainStopsIt) {
   auto second = drains_->Drain(Caller{admin_}, "h1", 1);
   ASSERT_TRUE(second.ok());
   EXPECT_EQ((*second)["id"], (*first)["id"]) << "one drain per host at a time";
+  // The host view shows it (DrainService::Running), with each VM's state.
+  json running = drains_->Running(host_.id);
+  EXPECT_EQ(running["id"], (*first)["id"]);
+  EXPECT_EQ(running["state"], "running");
+  EXPECT_EQ(running["progress"]["vms"].size(), 2u) << running.dump();
+  EXPECT_TRUE(drains_->Running(h2_.id).is_null());
   ASSERT_TRUE(drains_->Undrain(Caller{admin_}, "h1").ok());
   release.set_value();
   Settle();
@@ -232,6 +238,7 @@ TEST_P(DrainServiceTest, ARunningDrainIsAnsweredAgainAndUndrainStopsIt) {
   EXPECT_EQ(vms["b"]["error"], "the host was undrained");
   EXPECT_EQ(store_->GetVm(b.id, "")->host_id, host_.id);
   EXPECT_FALSE(HostNow(host_.id).draining);
+  EXPECT_TRUE(drains_->Running(host_.id).is_null()) << "ended";
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, DrainServiceTest, testing_db::Backends(),
