@@ -26,11 +26,7 @@ class ApiTest : public testing::Test {
     StopGrid(g);
     delete image_;
   }
-  static std::string NewUser(const std::string& name) {
-    auto r = grid_->Admin().Post("/v1/users", {{"name", name}});
-    EXPECT_TRUE(r.ok()) << r.error().message;
-    return r.ok() ? (*r)["token"].get<std::string>() : "";
-  }
+  static std::string NewUser(const std::string& name) { return NewUserToken(*grid_, name); }
   // Raw request, to send bodies no well-behaved client would.
   static httplib::Result Raw(const std::string& method, const std::string& path,
                              const std::string& body, const std::string& token) {

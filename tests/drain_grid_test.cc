@@ -52,9 +52,7 @@ TEST_F(DrainGridTest, DrainMovesEveryVmAwayAndKeepsNewOnesOffUntilUndrained) {
   ASSERT_EQ((*listed)["hosts"].size(), 3u);
   const std::string h0 = (*listed)["hosts"][0]["name"], h1 = (*listed)["hosts"][1]["name"],
                     h2 = (*listed)["hosts"][2]["name"];
-  auto made = admin.Post("/v1/users", {{"name", "alice"}});
-  ASSERT_TRUE(made.ok()) << made.error().message;
-  ApiClient alice(grid_->url(), (*made)["token"].get<std::string>());
+  ApiClient alice = NewUser(*grid_, "alice");
 
   // A user may not drain; an unknown host is not found.
   auto refused = alice.Post("/v1/hosts/" + h0 + "/drain", json::object());

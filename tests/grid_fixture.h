@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "client/api_client.h"
@@ -199,6 +200,29 @@ inline std::string Exec(const ApiClient& api, const std::string& id, const std::
   if (!r.is_object()) return "";
   EXPECT_EQ(r["exit_code"], 0) << r.dump();
   return r.value("stdout", "");
+}
+
+// Runs `sh` in the VM; returns {exit code, stdout + stderr} ({-1, why}
+// when the exec itself failed).
+inline std::pair<int, std::string> Sh(const ApiClient& api, const std::string& vm,
+                                      const std::string& sh, int timeout_s = 60) {
+  auto op = ExecOperation(api, vm, {{"argv", {"/bin/sh", "-c", sh}}, {"timeout_s", timeout_s}});
+  EXPECT_TRUE(op.ok()) << op.error().message;
+  if (!op.ok() || !(*op)["result"].is_object()) return {-1, op.ok() ? op->dump() : ""};
+  const json& r = (*op)["result"];
+  return {r.value("exit_code", -1), r.value("stdout", "") + r.value("stderr", "")};
+}
+
+// A new user of the grid (made by its admin); returns the user's token.
+inline std::string NewUserToken(const LocalGrid& grid, const std::string& name) {
+  auto r = grid.Admin().Post("/v1/users", {{"name", name}});
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  return r.ok() ? (*r)["token"].get<std::string>() : "";
+}
+
+// The same, as a client of the grid's API.
+inline ApiClient NewUser(const LocalGrid& grid, const std::string& name) {
+  return ApiClient(grid.url(), NewUserToken(grid, name));
 }
 
 inline void DeleteVm(const ApiClient& api, const std::string& id, bool purge = false) {

@@ -44,11 +44,7 @@ class LongOpsTest : public testing::Test {
     StopGrid(g);
   }
 
-  static std::string NewUser(const std::string& name) {
-    auto r = grid_->Admin().Post("/v1/users", {{"name", name}});
-    EXPECT_TRUE(r.ok()) << r.error().message;
-    return r.ok() ? (*r)["token"].get<std::string>() : "";
-  }
+  static std::string NewUser(const std::string& name) { return NewUserToken(*grid_, name); }
 
   // An image with its disk (qcow2) and the tiny kernel uploaded, not yet
   // finalized; returns its id.

@@ -32,19 +32,7 @@ class MigrationGridTest : public ::testing::Test {
     grid_ = nullptr;
     image_ = nullptr;
   }
-  static ApiClient User(const std::string& name) {
-    auto r = grid_->Admin().Post("/v1/users", {{"name", name}});
-    EXPECT_TRUE(r.ok()) << r.error().message;
-    return ApiClient(grid_->url(), r.ok() ? (*r)["token"].get<std::string>() : "");
-  }
-  static std::pair<int, std::string> Sh(const ApiClient& api, const std::string& vm,
-                                        const std::string& sh, int timeout_s = 60) {
-    auto op = ExecOperation(api, vm, {{"argv", {"/bin/sh", "-c", sh}}, {"timeout_s", timeout_s}});
-    EXPECT_TRUE(op.ok()) << op.error().message;
-    if (!op.ok() || !(*op)["result"].is_object()) return {-1, op.ok() ? op->dump() : ""};
-    const json& r = (*op)["result"];
-    return {r.value("exit_code", -1), r.value("stdout", "") + r.value("stderr", "")};
-  }
+  static ApiClient User(const std::string& name) { return NewUser(*grid_, name); }
 
   // A VM with a NIC moves to the other host and back (by the API, then the
   // CLI), keeping its boot, disk and network.

@@ -43,20 +43,7 @@ class VnetGridTest : public ::testing::Test {
   // Two VMs of alice on two hosts: DHCP, names, 50 MB over TCP, isolation
   // from bob, spoofing counted, an agent's kill -9 survived.
   void UsersVmsTalkAcrossHosts();
-  static ApiClient User(const std::string& name) {
-    auto r = grid_->Admin().Post("/v1/users", {{"name", name}});
-    EXPECT_TRUE(r.ok()) << r.error().message;
-    return ApiClient(grid_->url(), r.ok() ? (*r)["token"].get<std::string>() : "");
-  }
-  // Runs `sh` in the VM; returns {exit code, stdout + stderr}.
-  static std::pair<int, std::string> Sh(const ApiClient& api, const std::string& vm,
-                                        const std::string& sh, int timeout_s = 60) {
-    auto op = ExecOperation(api, vm, {{"argv", {"/bin/sh", "-c", sh}}, {"timeout_s", timeout_s}});
-    EXPECT_TRUE(op.ok()) << op.error().message;
-    if (!op.ok() || !(*op)["result"].is_object()) return {-1, op.ok() ? op->dump() : ""};
-    const json& r = (*op)["result"];
-    return {r.value("exit_code", -1), r.value("stdout", "") + r.value("stderr", "")};
-  }
+  static ApiClient User(const std::string& name) { return NewUser(*grid_, name); }
   static std::string NicIp(const json& vm, int index = 0) {
     const json& nics = vm["nics"];
     if (!nics.is_array() || nics.size() <= static_cast<size_t>(index)) return "";

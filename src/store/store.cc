@@ -445,16 +445,21 @@ bool HoldsOnHost(const std::string& state) {
 // The free space is as last reported, and already-written bytes of placed
 // VMs count there and in their reservation: conservative, never over.
 const char* kDiskRoom = "(disk_total_bytes = 0 OR disk_free_bytes - used_disk_bytes >= ?)";
-// The conditional UPDATE that takes a VM's room on a host (binds: vcpus,
-// memory_mb, disk_bytes, host id, vcpus, memory_mb, disk_bytes): only a host
-// that is up, not draining, and has the room. Every placement and every
-// migration's target reservation goes through it.
-const std::string kReserveRoom =
+// Takes a VM's room on a host if the host is up, not draining (docs/migration.md,
+// "Drain and maintenance") and has it: one conditional UPDATE that checks and
+// takes atomically. Every placement and every migration's target reservation
+// goes through it. Binds: vcpus, memory_mb, disk_bytes (added), host id,
+// vcpus, memory_mb, disk_bytes (asked).
+const std::string kTakeRoom =
     std::string(
         "UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ?, "
         "used_disk_bytes = used_disk_bytes + ? WHERE id = ? AND state = 'up' AND draining = 0 "
         "AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? AND ") +
     kDiskRoom;
+std::vector<SqlValue> TakeRoomParams(const Vm& vm, const std::string& host_id) {
+  return {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
+          int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes};
+}
 bool HasDiskRoom(const Host& h, int64_t disk_bytes) {
   return h.disk_total_bytes == 0 || h.disk_free_bytes - h.reserved_disk_bytes >= disk_bytes;
 }
@@ -1262,6 +1267,15 @@ Status Store::AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t 
   return Status::Ok();
 }
 
+Result<bool> Store::TryTakeRoomLocked(const Vm& vm, const std::string& host_id) {
+  VMG_ASSIGN_OR_RETURN(int64_t taken, db_->Exec(kTakeRoom, TakeRoomParams(vm, host_id)));
+  if (taken == 0) return false;
+  Notify([host_id, v = int64_t{vm.vcpus}, m = vm.memory_mb, d = vm.disk_bytes](StoreObserver& o) {
+    o.OnUsage(host_id, v, m, d);
+  });
+  return true;
+}
+
 Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
   auto r =
       db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(17) + ")",
@@ -1389,14 +1403,9 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     VMG_RETURN_IF_ERROR(
         CheckQuotaLocked(db_.get(), vm.owner_id, QuotaAsk{1, vm.vcpus, vm.memory_mb, 0, 0}));
     for (const auto& host_id : candidates) {
-      VMG_ASSIGN_OR_RETURN(
-          int64_t taken,
-          db_->Exec(kReserveRoom, {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
-                                   int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes}));
-      if (taken == 0) continue;
+      VMG_ASSIGN_OR_RETURN(bool taken, TryTakeRoomLocked(vm, host_id));
+      if (!taken) continue;
       vm.host_id = host_id;
-      Notify([host_id, v = int64_t{vm.vcpus}, m = vm.memory_mb,
-              d = vm.disk_bytes](StoreObserver& o) { o.OnUsage(host_id, v, m, d); });
       return InsertVmLocked(vm, /*reserved=*/true);
     }
     return NoRoom(vm, candidates.size());
@@ -1410,7 +1419,7 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
 // and the inserts happen only if it took the room.
 Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm,
                                      const std::vector<std::string>& candidates) {
-  const std::string reserve = "WITH r AS (" + kReserveRoom;
+  const std::string reserve = "WITH r AS (" + kTakeRoom;
   const std::string insert = std::string("v AS (INSERT INTO vms (") + kVmCols + ") SELECT " +
                              Placeholders(17) + " FROM r RETURNING id), ";
   const std::string sql = reserve + " RETURNING id), " + insert +
@@ -1422,8 +1431,7 @@ Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm,
                           "SELECT COUNT(*) FROM v";
   for (const auto& host_id : candidates) {
     vm.host_id = host_id;
-    std::vector<SqlValue> params{int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
-                                 int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes};
+    std::vector<SqlValue> params = TakeRoomParams(vm, host_id);
     for (auto& v : VmValues(vm)) params.push_back(std::move(v));
     for (auto v :
          std::initializer_list<SqlValue>{vm.id, host_id, vm.owner_id, "disk-" + vm.id, vm.image_id,
@@ -1763,18 +1771,12 @@ Result<std::pair<Vm, std::string>> Store::BeginMigration(
   // The same conditional UPDATE that places a VM takes the room.
   for (const auto& host_id : candidates) {
     if (host_id == vm.host_id) continue;
-    VMG_ASSIGN_OR_RETURN(
-        int64_t taken,
-        db_->Exec(kReserveRoom, {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
-                                 int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes}));
-    if (taken == 0) continue;
+    VMG_ASSIGN_OR_RETURN(bool taken, TryTakeRoomLocked(vm, host_id));
+    if (!taken) continue;
     VMG_RETURN_IF_ERROR(
         db_->Exec("INSERT INTO vm_migrations (vm_id, target_host_id, vcpus, memory_mb, disk_bytes, "
                   "started_ms) VALUES (?, ?, ?, ?, ?, ?)",
                   {vm.id, host_id, int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, vm.updated_ms}));
-    Notify([host_id, v = int64_t{vm.vcpus}, m = vm.memory_mb, d = vm.disk_bytes](StoreObserver& o) {
-      o.OnUsage(host_id, v, m, d);
-    });
     Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
     Notify([host_id](StoreObserver& o) { o.OnVmChanged(host_id); });
     VMG_RETURN_IF_ERROR(CommitLocked(tx));

@@ -255,6 +255,9 @@ class Store {
   Status InsertVmLocked(const Vm& vm, bool reserved);
   Status AllocateNicsLocked(SqlBackend* db, const Vm& vm);
   Status AllocateNicLocked(SqlBackend* db, const Vm& vm, int index, const std::string& network_id);
+  // Takes vm's room (vcpus, memory, disk) on host_id if that host is up and
+  // has it, atomically; false when it has not.
+  Result<bool> TryTakeRoomLocked(const Vm& vm, const std::string& host_id);
   // Adds (or, negative, releases) usage on a host.
   Status AddUsageLocked(const std::string& host_id, int64_t vcpus, int64_t memory_mb,
                         int64_t disk_bytes);

@@ -26,22 +26,13 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
+using vmm::testing::GiveTo;
+using vmm::testing::MsSince;
 using vmm::testing::ProcessesMentioning;
 using vmm::testing::RandomUuid;
 using vmm::testing::Sh;
 using vmm::testing::TempDir;
 using vmm::testing::TestRunAs;
-
-int64_t MsSince(Clock::time_point start) {
-  return std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
-}
-
-void GiveTo(const std::string& path, const std::string& user) {
-  if (user.empty()) return;
-  struct passwd* pw = ::getpwnam(user.c_str());
-  ASSERT_NE(pw, nullptr);
-  ASSERT_EQ(::chown(path.c_str(), pw->pw_uid, pw->pw_gid), 0) << path;
-}
 
 class MachineOpsTest : public ::testing::Test {
  protected:
@@ -61,9 +52,9 @@ TEST_F(MachineOpsTest, CheckpointAndResumeWithoutGuest) {
   ASSERT_EQ(Sh("qemu-img create -q -f raw " + P("base.raw") + " 64M"), 0);
   ASSERT_EQ(Sh("qemu-img create -q -f qcow2 -b " + P("base.raw") + " -F raw " + P("top.qcow2")), 0);
   ::chmod(P("top.qcow2").c_str(), 0600);
-  GiveTo(P("top.qcow2"), runas);
+  ASSERT_TRUE(GiveTo(P("top.qcow2"), runas));
   fs::create_directories(P("ckpt"));
-  GiveTo(P("ckpt"), runas);  // drive-backup creates its target as the QEMU user
+  ASSERT_TRUE(GiveTo(P("ckpt"), runas));  // drive-backup creates its target as the QEMU user
 
   QemuConfig c;
   c.vm_id = "ops-src";
@@ -121,7 +112,7 @@ TEST_F(MachineOpsTest, CheckpointAndResumeWithoutGuest) {
   ASSERT_EQ(
       Sh("qemu-img create -q -f qcow2 -b " + P("ckpt/disk.qcow2") + " -F qcow2 " + P("top2.qcow2")),
       0);
-  GiveTo(P("top2.qcow2"), runas);
+  ASSERT_TRUE(GiveTo(P("top2.qcow2"), runas));
   c.vm_id = "ops-dst";
   c.disk_path = P("top2.qcow2");
   c.run_dir = P("run2");
@@ -148,10 +139,10 @@ TEST_F(MachineOpsTest, ResumeFromCorruptStateFailsWithoutHanging) {
   c.incoming = true;
   auto q = QemuProcess::Launch(c, seconds(30));
   ASSERT_TRUE(q.ok()) << q.error().message;
-  auto t0 = Clock::now();
   Status st = ResumeFromFile((*q)->qmp(), P("bad.state"), seconds(20));
   ASSERT_FALSE(st.ok());
-  EXPECT_LT(MsSince(t0), 15000);
+  // It failed on the stream, not by waiting out its deadline.
+  EXPECT_NE(st.error().code, ErrorCode::kTimeout) << st.error().message;
   std::cout << "[info] corrupt state: " << st.error().message << "\n";
   EXPECT_NE((*q)->LogTail().find("Not a migration stream"), std::string::npos) << (*q)->LogTail();
   // QEMU exits right after closing the monitor.
@@ -185,9 +176,9 @@ TEST_F(MachineOpsTest, TinyGuestBootExecCheckpointResume) {
   }
 
   ASSERT_EQ(Sh("qemu-img create -q -f qcow2 -b " + img->rootfs + " -F raw " + P("ov1.qcow2")), 0);
-  GiveTo(P("ov1.qcow2"), runas);
+  ASSERT_TRUE(GiveTo(P("ov1.qcow2"), runas));
   fs::create_directories(P("ckpt"));
-  GiveTo(P("ckpt"), runas);
+  ASSERT_TRUE(GiveTo(P("ckpt"), runas));
 
   QemuConfig c;
   c.vm_id = "tiny-a";
@@ -239,7 +230,7 @@ TEST_F(MachineOpsTest, TinyGuestBootExecCheckpointResume) {
   ASSERT_EQ(
       Sh("qemu-img create -q -f qcow2 -b " + P("ckpt/disk.qcow2") + " -F qcow2 " + P("ov2.qcow2")),
       0);
-  GiveTo(P("ov2.qcow2"), runas);
+  ASSERT_TRUE(GiveTo(P("ov2.qcow2"), runas));
   c.vm_id = "tiny-b";
   c.disk_path = P("ov2.qcow2");
   c.run_dir = P("run2");

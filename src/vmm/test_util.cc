@@ -65,6 +65,18 @@ std::string TestRunAs() {
   return (::geteuid() == 0 && ::getpwnam("nobody") != nullptr) ? "nobody" : "";
 }
 
+bool GiveTo(const std::string& path, const std::string& user) {
+  if (user.empty()) return true;
+  struct passwd* pw = ::getpwnam(user.c_str());
+  return pw != nullptr && ::chown(path.c_str(), pw->pw_uid, pw->pw_gid) == 0;
+}
+
+int64_t MsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               start)
+      .count();
+}
+
 std::string RandomUuid() {
   std::random_device rd;
   std::uniform_int_distribution<int> hex(0, 15);

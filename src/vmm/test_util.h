@@ -5,6 +5,8 @@
 
 #include <sys/types.h>
 
+#include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,6 +40,13 @@ int Sh(const std::string& command);
 // nobody when we are root (so the permission rules of qemu_process.h are
 // exercised), else none.
 std::string TestRunAs();
+
+// Gives path to user (chown), for files QEMU running as -runas user must
+// write; true at once when user is empty (no -runas).
+bool GiveTo(const std::string& path, const std::string& user);
+
+// Milliseconds since `start` on the steady clock.
+int64_t MsSince(std::chrono::steady_clock::time_point start);
 
 // A random RFC 4122 v4 UUID.
 std::string RandomUuid();

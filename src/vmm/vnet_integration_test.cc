@@ -39,22 +39,13 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 using vmm::testing::FindTinyImage;
+using vmm::testing::GiveTo;
+using vmm::testing::MsSince;
 using vmm::testing::ProcessesMentioning;
 using vmm::testing::Sh;
 using vmm::testing::TempDir;
 using vmm::testing::TestRunAs;
 using vmm::testing::TinyImage;
-
-int64_t MsSince(Clock::time_point start) {
-  return std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
-}
-
-void GiveTo(const std::string& path, const std::string& user) {
-  if (user.empty()) return;
-  struct passwd* pw = ::getpwnam(user.c_str());
-  ASSERT_NE(pw, nullptr);
-  ASSERT_EQ(::chown(path.c_str(), pw->pw_uid, pw->pw_gid), 0) << path;
-}
 
 bool IsSocket(const std::string& path) {
   struct stat st {};
@@ -168,7 +159,7 @@ TEST_F(VnetTest, TwoTinyGuestsJoinedByDgramPingTransferAndResume) {
   for (int i = 0; i < 2; ++i) {
     const std::string overlay = P("disk-" + names[i] + ".qcow2");
     ASSERT_EQ(Sh("qemu-img create -q -f qcow2 -b " + img->rootfs + " -F raw " + overlay), 0);
-    GiveTo(overlay, runas);
+    ASSERT_TRUE(GiveTo(overlay, runas));
     QemuConfig c;
     c.vm_id = "vnet-" + names[i];
     c.memory_mb = 256;
@@ -261,7 +252,7 @@ TEST_F(VnetTest, TwoTinyGuestsJoinedByDgramPingTransferAndResume) {
   // socket, which a still sends to): the link works again, both ways.
   ga[1].reset();
   fs::create_directories(P("ckpt-b"));
-  GiveTo(P("ckpt-b"), runas);
+  ASSERT_TRUE(GiveTo(P("ckpt-b"), runas));
   Status st = CheckpointToFiles(vm[1]->qmp(), "disk0", P("ckpt-b/disk.qcow2"), /*full_disk=*/false,
                                 P("ckpt-b/memory.state"), seconds(60));
   ASSERT_TRUE(st.ok()) << st.error().message;
@@ -269,7 +260,7 @@ TEST_F(VnetTest, TwoTinyGuestsJoinedByDgramPingTransferAndResume) {
   const std::string overlay2 = P("disk-b2.qcow2");
   ASSERT_EQ(
       Sh("qemu-img create -q -f qcow2 -b " + P("ckpt-b/disk.qcow2") + " -F qcow2 " + overlay2), 0);
-  GiveTo(overlay2, runas);
+  ASSERT_TRUE(GiveTo(overlay2, runas));
   QemuConfig resumed = config[1];
   resumed.disk_path = overlay2;
   resumed.incoming = true;

@@ -6,6 +6,7 @@
 #include "api/agent_client.h"
 #include "api/op_queue.h"
 #include "api/placement.h"
+#include "api/services/agent_spec.h"
 #include "api/services/image_service.h"
 #include "api/services/network_service.h"
 #include "vmm/migration.h"
@@ -39,23 +40,13 @@ MigrationService::MigrationService(Store& store, const CapacityIndex& index, Age
 
 Result<VmSpec> MigrationService::SpecFor(const Vm& vm) {
   VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(vm.image_id, ""));
-  VmSpec spec;
-  spec.id = vm.id;
-  spec.name = vm.name;
-  spec.owner_id = vm.owner_id;
-  spec.vcpus = vm.vcpus;
-  spec.memory_mb = vm.memory_mb;
-  spec.disk_mode = vm.disk;
-  spec.image = ImageService::AgentImageFiles(image);
-  spec.start = "boot";  // the target's disk lies on the image (SpecFor's callers refuse resumes)
+  std::string workspace_path;
   if (!vm.workspace_id.empty()) {
     VMG_ASSIGN_OR_RETURN(Workspace ws, store_.GetWorkspace(vm.workspace_id, ""));
-    spec.workspace_path = ws.path;
+    workspace_path = ws.path;
   }
-  VMG_ASSIGN_OR_RETURN(spec.blobs, ImageService::AgentBlobs(image, false));
-  auto nics = networks_.VmNicSpecs(vm.id);
-  if (!nics.ok()) return nics.error().Wrap("reading the VM's network cards");
-  spec.nics = std::move(*nics);
+  VMG_ASSIGN_OR_RETURN(VmSpec spec, AgentVmSpec(vm, image, workspace_path, false, networks_));
+  spec.start = "boot";  // the target's disk lies on the image (SpecFor's callers refuse resumes)
   return spec;
 }
 

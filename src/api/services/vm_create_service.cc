@@ -7,6 +7,7 @@
 #include "api/agent_client.h"
 #include "api/op_queue.h"
 #include "api/placement.h"
+#include "api/services/agent_spec.h"
 #include "api/services/api_views.h"
 #include "api/services/image_service.h"
 #include "api/services/network_service.h"
@@ -297,29 +298,15 @@ void VmCreateService::Launch(const Vm& vm, const Image& image, const std::string
 
 void VmCreateService::RunCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
                                 const WorkspaceClaim& claim, int64_t started, const Host& h) {
-  VmSpec spec;
-  spec.id = vm.id;
-  spec.name = vm.name;
-  spec.owner_id = vm.owner_id;
-  spec.vcpus = vm.vcpus;
-  spec.memory_mb = vm.memory_mb;
-  spec.disk_mode = vm.disk;
-  spec.image = ImageService::AgentImageFiles(image);
-  spec.workspace_path = claim.workspace ? claim.workspace->path : "";
-  spec.start = vm.start;
-  spec.checkpoint_dir = checkpoint_dir;
-  auto blobs = ImageService::AgentBlobs(
-      image, vm.start == "resume" && checkpoint_dir == image.dir + "/checkpoint");
-  auto nics = networks_.VmNicSpecs(vm.id);
+  auto spec =
+      AgentVmSpec(vm, image, claim.workspace ? claim.workspace->path : "",
+                  vm.start == "resume" && checkpoint_dir == image.dir + "/checkpoint", networks_);
   Result<VmStatus> r = VmStatus{};
-  if (!blobs.ok()) {
-    r = blobs.error();
-  } else if (!nics.ok()) {
-    r = nics.error().Wrap("reading the VM's network cards");
+  if (!spec.ok()) {
+    r = spec.error();
   } else {
-    spec.blobs = std::move(*blobs);
-    spec.nics = std::move(*nics);
-    r = agents_.CreateVm(h, spec);
+    spec->checkpoint_dir = checkpoint_dir;
+    r = agents_.CreateVm(h, *spec);
   }
   if (!r.ok()) ReleaseWorkspace(claim);
   // Only placement's preference for hosts with a warm cache depends on it.
