@@ -20,6 +20,7 @@
 #include "api/routes/vm_routes.h"
 #include "api/routes/workspace_routes.h"
 #include "api/services/api_views.h"
+#include "api/services/drain_service.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
 #include "api/services/migration_service.h"
@@ -156,6 +157,8 @@ Status Controller::Start() {
       *networks_, *workspaces_, *views_, image_server_ != nullptr);
   migrations_ = std::make_unique<MigrationService>(*store_, *index_, *agents_, *networks_, *ops_,
                                                    SystemClock::Get(), *long_ops_);
+  drains_ = std::make_unique<DrainService>(*store_, *migrations_, *ops_);
+  hosts_->SetDrainStatus([this](const std::string& host_id) { return drains_->Running(host_id); });
   HttpServerLimits limits;
   limits.header_timeout_ms = options_.header_timeout_ms;
   server_ = std::make_unique<GuardedServer>(limits, user_tls);
@@ -356,6 +359,7 @@ void Controller::InstallRoutes() {
   InstallExecRoutes(routes, *vms_);
   InstallOperationRoutes(routes, *ops_);
   InstallMigrationRoutes(routes, *migrations_);
+  InstallDrainRoutes(routes, *drains_, *hosts_);
 
   // Information service.
   InstallQueryRoutes(routes, *query_, *queries_);

@@ -34,6 +34,7 @@
 #include "api/routes.h"
 #include "api/routes/route.h"
 #include "api/services/api_views.h"
+#include "api/services/drain_service.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
 #include "api/services/migration_service.h"
@@ -129,6 +130,7 @@ class Controller {
   std::unique_ptr<ApiViews> views_;
   std::unique_ptr<VmCreateService> vm_creates_;
   std::unique_ptr<MigrationService> migrations_;
+  std::unique_ptr<DrainService> drains_;  // after migrations_, which it uses
 
   // Admission (api/admission.h): user requests being handled, and per user
   // exec operations, creates in flight and queries. Set by Start.

@@ -119,10 +119,14 @@ json OpQueue::Finish(const std::string& id, const Result<json>& outcome) {
   return ToJson(op);
 }
 
-void OpQueue::SetProgress(const std::string& id, const std::string& step, int percent) {
+void OpQueue::SetProgress(const std::string& id, const std::string& step, int percent,
+                          const json& more) {
+  json progress = more.is_object() ? more : json::object();
+  progress["step"] = step;
+  progress["percent"] = std::clamp(percent, 0, 100);
   std::lock_guard<std::mutex> l(records_mu_);
   if (auto it = records_.find(id); it != records_.end() && it->second.state == "running")
-    it->second.progress = {{"step", step}, {"percent", std::clamp(percent, 0, 100)}};
+    it->second.progress = std::move(progress);
 }
 
 Result<json> OpQueue::Get(const std::string& id, const std::string& user_id, bool admin) const {

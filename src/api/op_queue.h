@@ -66,7 +66,10 @@ class OpQueue {
   // Ends operation `id` with `outcome` (its result, or its error); returns
   // its JSON (null if it was forgotten).
   nlohmann::json Finish(const std::string& id, const Result<nlohmann::json>& outcome);
-  void SetProgress(const std::string& id, const std::string& step, int percent);
+  // `more` (an object, if given): further fields of the progress, e.g. a
+  // drain's per-VM states.
+  void SetProgress(const std::string& id, const std::string& step, int percent,
+                   const nlohmann::json& more = nullptr);
   // The operation's JSON; another user's operation is not found (unless
   // `admin`), like their VMs.
   Result<nlohmann::json> Get(const std::string& id, const std::string& user_id, bool admin) const;

@@ -132,7 +132,7 @@ void CapacityIndex::SetHostLocked(const Host& h) {
   e.id = h.id;
   e.site = h.site;
   e.network = h.network;
-  e.up = h.state == "up";
+  e.up = h.state == "up" && !h.draining;  // a draining host is offered to nobody
   e.vcpus = h.vcpus;
   e.memory_mb = h.memory_mb;
   e.used_vcpus = h.reserved_vcpus;

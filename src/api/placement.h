@@ -1,7 +1,7 @@
 // Placement: choosing hosts for new VMs. The policy (docs/infosvc.md,
 // "Placement") is the query over the futures of the VM's image restricted to
 // its requirements:
-//   requirements: host up, free vCPUs >= vcpus, free memory >= memory_mb,
+//   requirements: host up and not draining, free vCPUs >= vcpus, free memory >= memory_mb,
 //                 free disk >= disk_bytes (hosts that report their disk),
 //                 and the site / network segment if the request names one;
 //   rank:         hosts that already hold the image first (cache locality),
@@ -67,7 +67,7 @@ class CapacityIndex : public StoreObserver {
  private:
   struct Entry {
     std::string id, site, network;
-    bool up = false;
+    bool up = false;  // up and not draining: offered to placement
     int64_t vcpus = 0, memory_mb = 0, used_vcpus = 0, used_memory_mb = 0;
     int64_t disk_total = 0, disk_free = 0, used_disk = 0;  // disk_total 0: not limited
     std::vector<int> images;                               // interned image ids the host holds

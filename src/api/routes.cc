@@ -20,6 +20,7 @@ constexpr BodyObject kCreateNetworkBody[] = {{"", f::kCreateNetwork}};
 constexpr BodyObject kShareNetworkBody[] = {{"", f::kShareNetwork}};
 constexpr BodyObject kForwardBody[] = {{"", f::kForward}};
 constexpr BodyObject kMigrateVmBody[] = {{"", f::kMigrateVm}};
+constexpr BodyObject kDrainHostBody[] = {{"", f::kDrainHost}};
 
 // Stop and resume read an optional empty object (VmAction refuses
 // leave_running for them), so they take no documented body.
@@ -32,6 +33,8 @@ constexpr RouteSpec kRoutes[] = {
     {"PUT", "/v1/users/([^/]+)/quota", "/v1/users/{name}/quota", kUserQuotaBody},
     {"GET", "/v1/hosts", "/v1/hosts", {}},
     {"GET", "/v1/hosts/([^/]+)", "/v1/hosts/{ref}", {}},
+    {"POST", "/v1/hosts/([^/]+)/drain", "/v1/hosts/{ref}/drain", kDrainHostBody},
+    {"POST", "/v1/hosts/([^/]+)/undrain", "/v1/hosts/{ref}/undrain", {}},
     {"POST", "/v1/agent/register", "/v1/agent/register", kRegisterHostBody},
     {"POST", "/v1/agent/heartbeat", "/v1/agent/heartbeat", kHeartbeatBody},
     {"POST", "/v1/images", "/v1/images", kCreateImageBody},

@@ -47,6 +47,7 @@ inline constexpr const char* kVmCheckpoint[] = {"leave_running"};
 inline constexpr const char* kForward[] = {"nic", "guest_port", "listen_ip", "listen_port"};
 inline constexpr const char* kExec[] = {"argv", "input", "timeout_s"};
 inline constexpr const char* kMigrateVm[] = {"to"};
+inline constexpr const char* kDrainHost[] = {"parallel"};
 inline constexpr const char* kQuery[] = {"sql", "set", "max_rows", "timeout_ms"};
 inline constexpr const char* kSetQuery[] = {"from", "size", "same",  "sum",
                                             "min",  "max",  "where", "max_sets"};

@@ -404,7 +404,7 @@ Result<json> RetryWhileBusy(Ctx& ctx, const std::function<Result<json>()>& reque
 // returns its result, or its error (with the operation's error code). Shows
 // `what`, its step and progress on a TTY.
 Result<json> WaitOperation(Ctx& ctx, const ApiClient& client, json op, const std::string& what,
-                           bool interruptible) {
+                           bool interruptible, const std::function<void(const json&)>& on_update) {
   const std::string id = Str(op, "id");
   const auto start = Clock::now();
   const auto deadline = start + std::chrono::seconds(ctx.g.wait_timeout_s);
@@ -412,6 +412,7 @@ Result<json> WaitOperation(Ctx& ctx, const ApiClient& client, json op, const std
   auto wait = std::chrono::milliseconds(50);
   int unavailable_streak = 0;
   while (true) {
+    if (on_update) on_update(op);
     const std::string state = Str(op, "state");
     if (state == "succeeded") {
       status.Finish("");

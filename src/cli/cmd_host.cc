@@ -1,4 +1,4 @@
-// `vmgrid host list|show`.
+// `vmgrid host list|show|drain|undrain`.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -45,9 +45,11 @@ std::vector<std::string> HostRow(const json& h) {
   if (h.is_object() && h.contains("kvm") && h["kvm"].is_boolean()) {
     kvm = h["kvm"].get<bool>() ? "yes" : "no";
   }
+  std::string state = Str(h, "state");
+  if (h.is_object() && h.value("draining", false)) state += " (draining)";
   return {Str(h, "id"),
           Str(h, "name"),
-          Str(h, "state"),
+          state,
           kvm,
           NumStr(h, "vm_count"),
           free_of("free_vcpus", "vcpus", false),
@@ -63,6 +65,89 @@ int CmdHostShow(Ctx& ctx, const std::string& ref) {
   return ShowCommand(ctx, "/v1/hosts/" + PathEscape(ref), "host");
 }
 
+// Prints a line for each VM of the drain whose state changed since the
+// last call: migrating (to X), moved to X, could not move (why).
+class DrainProgress {
+ public:
+  explicit DrainProgress(Ctx& ctx) : ctx_(ctx) {}
+  void Update(const json& op) {
+    json vms;
+    if (op.contains("result") && op["result"].is_object()) vms = op["result"].value("vms", json());
+    if (!vms.is_array() && op.contains("progress") && op["progress"].is_object())
+      vms = op["progress"].value("vms", json());
+    if (!vms.is_array()) return;
+    for (const auto& v : vms) {
+      const std::string name = Str(v, "name"), state = Str(v, "state");
+      std::string& seen = seen_[Str(v, "id")];
+      if (state == seen || state == "waiting") continue;
+      seen = state;
+      if (state == "migrating")
+        ctx_.io.out << "VM " << name << ": migrating to " << Str(v, "to") << std::endl;
+      else if (state == "moved")
+        ctx_.io.out << "VM " << name << ": moved to " << Str(v, "to") << std::endl;
+      else
+        ctx_.io.out << "VM " << name << ": could not move: " << Str(v, "error") << std::endl;
+    }
+  }
+
+ private:
+  Ctx& ctx_;
+  std::map<std::string, std::string> seen_;  // VM id -> the state last printed
+};
+
+// POST /v1/hosts/REF/drain {parallel}: the host takes no new VMs, and a
+// `drain` operation migrates its VMs away; polled (printing each VM's
+// progress) unless `no_wait`. Exits 5 if any VM could not move.
+int CmdHostDrain(Ctx& ctx, const std::string& ref, int parallel, bool no_wait) {
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  auto res = RetryWhileBusy(ctx, [&] {
+    return client->Post("/v1/hosts/" + PathEscape(ref) + "/drain", json{{"parallel", parallel}});
+  });
+  if (!res.ok()) return Fail(ctx, res.error(), "host");
+  if (no_wait) {
+    if (ctx.g.json) {
+      PrintJson(ctx, *res);
+    } else {
+      ctx.io.out << "draining host " << Str(*res, "host") << " (operation " << Str(*res, "id")
+                 << "; `vmgrid host show " << ref << "` or GET /v1/operations/" << Str(*res, "id")
+                 << ")" << std::endl;
+    }
+    return kExitOk;
+  }
+  DrainProgress progress(ctx);
+  if (IsOperation(res))
+    res = WaitOperation(ctx, *client, *res, "draining host " + ref, false, [&](const json& op) {
+      if (!ctx.g.json) progress.Update(op);
+    });
+  if (!res.ok()) return Fail(ctx, res.error().Wrap("drain of host " + ref), "host");
+  const auto not_moved = Num(*res, "not_moved").value_or(0);
+  if (ctx.g.json) {
+    PrintJson(ctx, *res);
+  } else {
+    ctx.io.out << "host " << ref << " is drained: " << Num(*res, "moved").value_or(0)
+               << " VM(s) moved, " << not_moved << " could not move" << std::endl;
+  }
+  if (not_moved == 0) return kExitOk;
+  ctx.io.err << "error: " << not_moved << " VM(s) could not move and still run on host " << ref
+             << "; fix what is reported above and run `vmgrid host drain " << ref << "` again"
+             << std::endl;
+  return kExitConflict;
+}
+
+// POST /v1/hosts/REF/undrain: back in service.
+int CmdHostUndrain(Ctx& ctx, const std::string& ref) {
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  auto res = client->Post("/v1/hosts/" + PathEscape(ref) + "/undrain", json::object());
+  if (!res.ok()) return Fail(ctx, res.error(), "host");
+  if (ctx.g.json)
+    PrintJson(ctx, *res);
+  else
+    ctx.io.out << "host " << Str(*res, "name") << " is back in service" << std::endl;
+  return kExitOk;
+}
+
 }  // namespace
 
 void AddHostCommands(CommandTree& t) {
@@ -71,6 +156,24 @@ void AddHostCommands(CommandTree& t) {
   g->group("Client commands");
   t.Leaf(g, "list", "List hosts", [&t] { return CmdHostList(t.ctx); });
   t.Leaf(g, "show", "Show one host", [&t, &ref] { return CmdHostShow(t.ctx, ref); })
+      ->add_option("REF", ref, "Host id or name")
+      ->required();
+  auto& parallel = t.Keep<int>();
+  parallel = 2;
+  auto& no_wait = t.Keep<bool>();
+  auto* drain = t.Leaf(
+      g, "drain",
+      "Take a host out of service (admin): no new VM goes there, and its VMs "
+      "are live-migrated away; a VM that cannot move is reported and keeps "
+      "running there (exit 5)",
+      [&t, &ref, &parallel, &no_wait] { return CmdHostDrain(t.ctx, ref, parallel, no_wait); });
+  drain->add_option("REF", ref, "Host id or name")->required();
+  drain->add_option("--parallel", parallel, "Migrations at once (1-16, default 2)")
+      ->check(CLI::Range(1, 16));
+  drain->add_flag("--no-wait", no_wait,
+                  "Return once the drain has started (poll with `vmgrid host show`)");
+  t.Leaf(g, "undrain", "Return a drained host to service (admin); moved VMs stay where they are",
+         [&t, &ref] { return CmdHostUndrain(t.ctx, ref); })
       ->add_option("REF", ref, "Host id or name")
       ->required();
 }

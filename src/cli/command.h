@@ -204,8 +204,11 @@ int ShowCommand(Ctx& ctx, const std::string& path, const std::string& kind);
 // Long operations (GET /v1/operations/ID).
 bool IsOperation(const Result<json>& r);
 Result<json> RetryWhileBusy(Ctx& ctx, const std::function<Result<json>()>& request);
+// `on_update` (if set) sees the operation as each poll answers it, the
+// last one included (a drain prints its VMs' progress from it).
 Result<json> WaitOperation(Ctx& ctx, const ApiClient& client, json op, const std::string& what,
-                           bool interruptible);
+                           bool interruptible,
+                           const std::function<void(const json&)>& on_update = nullptr);
 
 CLI::Validator MemoryValidator();
 CLI::Validator ListenValidator();

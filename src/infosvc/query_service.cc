@@ -50,7 +50,8 @@ const char* kViews = R"sql(
          h.vcpus - h.used_vcpus AS free_vcpus,
          h.memory_mb - h.used_memory_mb AS free_memory_mb,
          h.state,
-         h.disk_total_bytes, h.disk_free_bytes, h.used_disk_bytes AS disk_reserved_bytes
+         h.disk_total_bytes, h.disk_free_bytes, h.used_disk_bytes AS disk_reserved_bytes,
+         CAST(h.draining <> 0 AS INTEGER) AS draining
   FROM {base}hosts h;
 
 {create}vms{sfx} AS
@@ -100,7 +101,7 @@ const char* kViews = R"sql(
         WHERE s.start = 'boot' OR i.has_checkpoint <> 0) n
   CROSS JOIN {pub}hosts{sfx} h
   LEFT JOIN {base}image_cache c ON c.image_id = n.id AND c.host_id = h.id
-  WHERE h.state = 'up' AND h.free_memory_mb >= n.memory_mb AND h.free_vcpus >= n.vcpus
+  WHERE h.state = 'up' AND h.draining = 0 AND h.free_memory_mb >= n.memory_mb AND h.free_vcpus >= n.vcpus
     AND (h.disk_total_bytes = 0 OR
          h.disk_free_bytes - h.disk_reserved_bytes >= n.max_clone_bytes + n.memory_mb * 1048576);
 

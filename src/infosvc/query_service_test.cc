@@ -175,6 +175,22 @@ TEST_P(QueryServiceTest, HostsPublishTheirDiskAndFuturesNeedRoomOnIt) {
   EXPECT_EQ(images.rows.size(), 1u);
 }
 
+// Drain (docs/migration.md): a draining host says so in `hosts` and
+// offers no futures until undrained.
+TEST_P(QueryServiceTest, ADrainingHostOffersNoFutures) {
+  const size_t before = Q(alice_, "SELECT id FROM futures WHERE host = 'h1'").rows.size();
+  ASSERT_GT(before, 0u);
+  ASSERT_TRUE(store_->SetHostDraining("h1", true).ok());
+  auto hosts = Q(bob_, "SELECT name, draining FROM hosts ORDER BY name");
+  ASSERT_EQ(hosts.rows.size(), 2u);
+  EXPECT_EQ(hosts.rows[0][1], 1);
+  EXPECT_EQ(hosts.rows[1][1], 0);
+  EXPECT_EQ(Q(alice_, "SELECT id FROM futures WHERE host = 'h1'").rows.size(), 0u);
+  EXPECT_GT(Q(alice_, "SELECT id FROM futures WHERE host = 'h2'").rows.size(), 0u);
+  ASSERT_TRUE(store_->SetHostDraining("h1", false).ok());
+  EXPECT_EQ(Q(alice_, "SELECT id FROM futures WHERE host = 'h1'").rows.size(), before);
+}
+
 TEST_P(QueryServiceTest, EverythingButSelectOnViewsIsRefused) {
   EXPECT_EQ(Fail(bob_, "SELECT * FROM main.vms").code, ErrorCode::kPermissionDenied);
   EXPECT_EQ(Fail(bob_, "SELECT token_sha256 FROM tokens").code, ErrorCode::kPermissionDenied);

@@ -70,6 +70,9 @@ struct Host {
   int64_t tunnel_number = 0;
   std::string tunnel_ip;
   int64_t tunnel_port = 0;
+  // Drained by the admin (docs/migration.md, "Drain and maintenance"): its
+  // VMs stay, but no placement (create, gang, migration target) chooses it.
+  bool draining = false;
 };
 
 struct Image {

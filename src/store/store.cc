@@ -319,6 +319,12 @@ CREATE TABLE vm_migrations (
   started_ms BIGINT NOT NULL
 );
 )sql"},
+    // 12: drain (docs/migration.md, "Drain and maintenance"). A draining
+    // host keeps its VMs but is offered to no placement: creates, gangs,
+    // checkpoint publishes and migration targets skip it until undrained.
+    R"sql(
+ALTER TABLE hosts ADD COLUMN draining BIGINT NOT NULL DEFAULT 0;
+)sql",
 };
 
 const char* kUserCols =
@@ -423,7 +429,7 @@ const char* kHostSelect =
     "SELECT h.id, h.name, h.url, h.state, h.vcpus, h.memory_mb, h.disk_mb, h.kvm, "
     "h.last_heartbeat_ms, h.created_ms, h.site, h.network, h.arch, h.used_vcpus, h.used_memory_mb, "
     "h.disk_total_bytes, h.disk_free_bytes, h.used_disk_bytes, h.tunnel_number, h.tunnel_ip, "
-    "h.tunnel_port "
+    "h.tunnel_port, h.draining "
     "FROM hosts h";
 
 // Whether a VM in this state holds its vcpus and memory on its host.
@@ -439,14 +445,16 @@ bool HoldsOnHost(const std::string& state) {
 // The free space is as last reported, and already-written bytes of placed
 // VMs count there and in their reservation: conservative, never over.
 const char* kDiskRoom = "(disk_total_bytes = 0 OR disk_free_bytes - used_disk_bytes >= ?)";
-// Takes a VM's room on a host if the host is up and has it: one conditional
-// UPDATE that checks and takes atomically. Binds: vcpus, memory_mb,
-// disk_bytes (added), host id, vcpus, memory_mb, disk_bytes (asked).
+// Takes a VM's room on a host if the host is up, not draining (docs/migration.md,
+// "Drain and maintenance") and has it: one conditional UPDATE that checks and
+// takes atomically. Every placement and every migration's target reservation
+// goes through it. Binds: vcpus, memory_mb, disk_bytes (added), host id,
+// vcpus, memory_mb, disk_bytes (asked).
 const std::string kTakeRoom =
     std::string(
         "UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ?, "
-        "used_disk_bytes = used_disk_bytes + ? WHERE id = ? AND state = 'up' AND "
-        "vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? AND ") +
+        "used_disk_bytes = used_disk_bytes + ? WHERE id = ? AND state = 'up' AND draining = 0 "
+        "AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? AND ") +
     kDiskRoom;
 std::vector<SqlValue> TakeRoomParams(const Vm& vm, const std::string& host_id) {
   return {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
@@ -490,6 +498,7 @@ Host ReadHost(const SqlRow& s) {
   h.tunnel_number = s.Int(18);
   h.tunnel_ip = s.Text(19);
   h.tunnel_port = s.Int(20);
+  h.draining = s.Int(21) != 0;
   return h;
 }
 
@@ -1103,6 +1112,29 @@ Result<Host> Store::GetHost(const std::string& ref) {
   return rows[0];
 }
 
+Result<Host> Store::SetHostDraining(const std::string& ref, bool draining) {
+  auto lock = Exclusive();
+  pending_.clear();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(
+      auto rows, Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ? OR h.name = ?",
+                             {ref, ref}, ReadHost));
+  if (rows.empty()) return MakeError(ErrorCode::kNotFound, "host '" + ref + "' not found");
+  Host host = rows[0];
+  if (host.draining == draining) return host;  // idempotent: nothing to write
+  VMG_RETURN_IF_ERROR(
+      db_->Exec("UPDATE hosts SET draining = ? WHERE id = ?", {int64_t{draining}, host.id}));
+  host.draining = draining;
+  Notify([host](StoreObserver& o) { o.OnHost(host); });
+  VMG_RETURN_IF_ERROR(CommitLocked(tx));
+  // A heartbeat that changes nothing returns the host as last written.
+  std::lock_guard<std::mutex> beat(beat_mu_);
+  if (auto it = beat_written_.find(host.name); it != beat_written_.end())
+    it->second.draining = draining;
+  return host;
+}
+
 Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
   auto lock = Exclusive();
   pending_.clear();
@@ -1446,7 +1478,7 @@ Result<std::vector<Vm>> Store::PlaceAndInsertGang(
       VMG_ASSIGN_OR_RETURN(
           auto rows,
           Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?", {id}, ReadHost));
-      if (!rows.empty() && rows[0].state == "up") hosts.push_back(rows[0]);
+      if (!rows.empty() && rows[0].state == "up" && !rows[0].draining) hosts.push_back(rows[0]);
     }
     bool all = true;
     std::vector<Vm> placed = vms;

@@ -112,6 +112,10 @@ class Store {
   Status FlushHeartbeats();
   Result<std::vector<Host>> ListHosts();
   Result<Host> GetHost(const std::string& ref);
+  // Sets or clears host `ref`'s (id or name) draining flag and returns the
+  // host; placement's conditional updates skip a draining host from the
+  // commit on. Setting what is already set writes nothing (idempotent).
+  Result<Host> SetHostDraining(const std::string& ref, bool draining);
   // Marks hosts whose last heartbeat is older than `cutoff_ms` as down;
   // returns the ids that changed.
   Result<std::vector<std::string>> MarkStaleHostsDown(int64_t cutoff_ms);

@@ -21,12 +21,13 @@ using testing_db::TestDatabase;
 // store/test_database.h); every test gets a fresh database.
 // Undoes migration 9 (virtual networks), for tests that run migrations
 // again from an older version.
-// Undoes migrations 9 to 11 (virtual networks, hosts' tunnel columns, live
-// migrations' table; migration 11's state check is dropped with migration 8's).
+// Undoes migrations 9 to 12 (virtual networks, hosts' tunnel columns, live
+// migrations' table, drain; migration 11's state check is dropped with migration 8's).
 constexpr const char* kDropMigration9 =
     "DROP TABLE vm_migrations; DROP TABLE nics; DROP TABLE network_shares; DROP TABLE networks; "
     "DROP INDEX hosts_tunnel_number; ALTER TABLE hosts DROP COLUMN tunnel_number; "
-    "ALTER TABLE hosts DROP COLUMN tunnel_ip; ALTER TABLE hosts DROP COLUMN tunnel_port;";
+    "ALTER TABLE hosts DROP COLUMN tunnel_ip; ALTER TABLE hosts DROP COLUMN tunnel_port; "
+    "ALTER TABLE hosts DROP COLUMN draining;";
 
 class StoreTest : public testing::TestWithParam<std::string> {
  protected:
@@ -300,10 +301,12 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 11);
+  EXPECT_EQ((*s)->schema_version(), 12);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
+  // Migration 12: the host that was there is not draining.
+  EXPECT_FALSE((*s)->GetHost("h1")->draining);
   Vm v = *vm;
   v.state = "paused";
   EXPECT_FALSE((*s)->UpdateVm(v).ok());
@@ -701,7 +704,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 11);
+  EXPECT_EQ(store_->schema_version(), 12);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);

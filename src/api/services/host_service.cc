@@ -286,6 +286,7 @@ json HostService::HostJson(const Host& h, bool admin) {
   json j = {{"id", h.id},
             {"name", h.name},
             {"state", h.state},
+            {"draining", h.draining},
             {"vcpus", h.vcpus},
             {"memory_mb", h.memory_mb},
             {"disk_mb", h.disk_mb},
@@ -305,6 +306,9 @@ json HostService::HostJson(const Host& h, bool admin) {
     j["tunnel"] = {{"number", h.tunnel_number}, {"ip", h.tunnel_ip}, {"port", h.tunnel_port}};
     auto vms = store_.ListVmsOnHost(h.id);
     j["vm_count"] = vms.ok() ? vms->size() : 0;
+    // A drain running now: its operation, with each VM's progress.
+    if (drain_status_)
+      if (json drain = drain_status_(h.id); !drain.is_null()) j["drain"] = std::move(drain);
     std::lock_guard<std::mutex> l(mu_);
     if (auto it = host_images_.find(h.id); it != host_images_.end()) j["images"] = it->second;
     if (auto it = host_networks_.find(h.id); it != host_networks_.end()) j["networks"] = it->second;

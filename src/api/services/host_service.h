@@ -70,6 +70,12 @@ class HostService {
   // and image cache statistics.
   nlohmann::json HostJson(const Host& h, bool admin);
 
+  // Where the admin's host view finds a running drain (DrainService::
+  // Running): set once, before the service is used.
+  void SetDrainStatus(std::function<nlohmann::json(const std::string& host_id)> status) {
+    drain_status_ = std::move(status);
+  }
+
   // What the store's writes dropped by reconciliation count (each is logged).
   int64_t failed_writes() const;
 
@@ -86,6 +92,7 @@ class HostService {
   const Clock& clock_;
   const InFlightFn in_flight_;
   const bool tls_;
+  std::function<nlohmann::json(const std::string&)> drain_status_;
 
   mutable std::mutex mu_;
   // host id -> last reported cache stats

@@ -51,7 +51,7 @@ Result<VmSpec> MigrationService::SpecFor(const Vm& vm) {
 }
 
 Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_ref,
-                                       const std::string& to_host) {
+                                       const std::string& to_host, DoneFn done) {
   VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(vm_ref, c.owner()));
   if (auto s = ParseVmState(vm.state); !s.ok() || !Allows(*s, VmOp::kMigrate))
     return MakeError(ErrorCode::kFailedPrecondition, "VM " + vm.name + " is " + vm.state +
@@ -74,6 +74,9 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
     if (target.state != "up")
       return MakeError(ErrorCode::kFailedPrecondition,
                        "host " + target.name + " is " + target.state);
+    if (target.draining)
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "host " + target.name + " is draining (`vmgrid host undrain` first)");
     candidates = {target.id};
   } else {
     PlacementRequest r;
@@ -113,10 +116,12 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
   json answer = ops_.Start(op);
   answer["from"] = source.name;
   answer["to"] = target->name;
-  ops_.Run(vm.id, [this, id = op.id, vm, source, t = *target, slot = std::move(slot)]() mutable {
+  ops_.Run(vm.id, [this, id = op.id, vm, source, t = *target, slot = std::move(slot),
+                   done = std::move(done)]() mutable {
     auto r = Run(id, vm, source, t);
     slot.reset();
     ops_.Finish(id, r);
+    if (done) done(r);
   });
   return answer;
 }

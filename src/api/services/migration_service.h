@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -50,8 +51,13 @@ class MigrationService {
   // checkpoint), kInvalidArgument (target is the VM's host),
   // kResourceExhausted (no room on the target / on any other host),
   // kTooManyRequests (the caller's long operations).
+  // `done` (if set) is called with the operation's outcome once it has
+  // finished (on the operation's worker, the VM still in flight): how a
+  // drain waits for its migrations. It is not called for a refusal.
+  // A draining host is never a target (kFailedPrecondition when named).
+  using DoneFn = std::function<void(const Result<nlohmann::json>&)>;
   Result<nlohmann::json> Migrate(const Caller& c, const std::string& vm_ref,
-                                 const std::string& to_host);
+                                 const std::string& to_host, DoneFn done = nullptr);
 
   // Settles migrations whose operation is gone because the controller
   // stopped mid-migration (docs/migration.md, "Interrupted migrations"): a

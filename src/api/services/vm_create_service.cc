@@ -366,13 +366,18 @@ Result<json> VmCreateService::CreateGang(const CreateVmRequest& r, const Vm& pro
 
 Error VmCreateService::ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates,
                                           const std::string& site, const std::string& network) {
-  int down = 0, cpu = 0, mem = 0, disk = 0, checked = 0, wrong_site = 0, wrong_net = 0;
+  int down = 0, draining = 0, cpu = 0, mem = 0, disk = 0, checked = 0, wrong_site = 0,
+      wrong_net = 0;
   for (const auto& id : candidates) {
     auto h = store_.GetHost(id);
     if (!h.ok()) continue;
     ++checked;
     if (h->state != "up") {
       ++down;
+      continue;
+    }
+    if (h->draining) {
+      ++draining;
       continue;
     }
     if (!site.empty() && h->site != site) ++wrong_site;
@@ -391,6 +396,8 @@ Error VmCreateService::ExplainNoPlacement(const Vm& vm, const std::vector<std::s
                     std::to_string(vm.memory_mb) + " MB of free memory, " + std::to_string(disk) +
                     " lack " + disk_mib +
                     " MiB of free disk (what the VM's disk can grow to plus a memory checkpoint)";
+  if (draining > 0)
+    msg += ", " + std::to_string(draining) + " are draining (`vmgrid host undrain`)";
   if (!site.empty()) msg += ", " + std::to_string(wrong_site) + " are not in site " + site;
   if (!network.empty()) msg += ", " + std::to_string(wrong_net) + " are not on network " + network;
   return MakeError(ErrorCode::kResourceExhausted, msg);
