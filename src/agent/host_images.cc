@@ -454,21 +454,28 @@ Result<BlobRef> HostImages::Push(const std::string& path, const std::string& nam
   return BlobRef{m.name, m.version, m.Digest(), m.size};
 }
 
-json HostImages::StatsJson() const {
-  auto c = cache_->stats();
-  auto cl = client_->stats();
-  auto n = nbd_->stats();
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    for (const auto& [vm, server] : vm_servers_) {
-      auto v = server->stats();
-      n.active_connections += v.active_connections;
-      n.requests += v.requests;
-      n.bytes_read += v.bytes_read;
-      n.errors += v.errors;
-      n.source_errors += v.source_errors;
-    }
+HostImages::Counters HostImages::counters() const {
+  Counters out{cache_->stats(), client_->stats(), nbd_->stats(), prefetch_runs_.load(),
+               prefetched_chunks_.load()};
+  auto& n = out.nbd;
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& [vm, server] : vm_servers_) {
+    auto v = server->stats();
+    n.connections += v.connections;
+    n.active_connections += v.active_connections;
+    n.requests += v.requests;
+    n.bytes_read += v.bytes_read;
+    n.errors += v.errors;
+    n.source_errors += v.source_errors;
   }
+  return out;
+}
+
+json HostImages::StatsJson() const {
+  const Counters all = counters();
+  const auto& c = all.cache;
+  const auto& cl = all.client;
+  const auto& n = all.nbd;
   json out = {
       {"cache",
        {{"hits", c.hits},
@@ -486,7 +493,7 @@ json HostImages::StatsJson() const {
         {"requests", cl.requests},
         {"bytes_fetched", cl.bytes_fetched},
         {"refetches", cl.refetches}}},
-      {"prefetch", {{"runs", prefetch_runs_.load()}, {"chunks", prefetched_chunks_.load()}}},
+      {"prefetch", {{"runs", all.prefetch_runs}, {"chunks", all.prefetched_chunks}}},
       {"nbd",
        {{"connections", n.active_connections},
         {"requests", n.requests},

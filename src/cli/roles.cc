@@ -71,6 +71,13 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
     role->add_flag("--plain-http", tls.plain_http,
                    "Serve plain HTTP instead of TLS (loopback addresses only)");
   };
+  // The optional metrics endpoint of a server role (common/metrics_server.h).
+  auto metrics_flag = [](CLI::App* role, std::string& listen) {
+    role->add_option("--metrics-listen", listen,
+                     "Serve Prometheus metrics at http://HOST:PORT/metrics, unauthenticated "
+                     "(docs/operations.md; default: off)")
+        ->check(ListenValidator());
+  };
 
   // --- server roles
   {
@@ -82,6 +89,7 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
         ->capture_default_str();
     c->add_option("--state-dir", s.controller.state_dir, "State directory")->capture_default_str();
     tls_flags(c, s.controller.tls, "the controller");
+    metrics_flag(c, s.controller.metrics_listen);
     c->add_option("--database", s.controller.database,
                   "PostgreSQL URI, e.g. postgresql://vmgrid:PW@127.0.0.1/vmgrid "
                   "(default: SQLite STATE_DIR/vmgrid.db)");
@@ -128,6 +136,7 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
         ->capture_default_str();
     is->add_option("--dir", s.image_server.dir, "Chunk store and manifests")->capture_default_str();
     tls_flags(is, s.image_server.tls, "the image server");
+    metrics_flag(is, s.image_server.metrics_listen);
     is->add_option(
         "--token-file", s.image_server.token_file,
         "File with the bearer token clients must send (default: DIR/server.token, created 0600)");
@@ -181,6 +190,7 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
         ->capture_default_str();
     a->add_flag("--no-prefetch", s.no_prefetch,
                 "Do not stream recorded first-read orders on cold starts");
+    metrics_flag(a, s.agent.metrics_listen);
     a->add_option("--tunnel-listen", s.agent.tunnel_listen,
                   "IPv4[:PORT] for virtual-network tunnels, reachable by the other hosts "
                   "(default: the --listen address, the last run's port)");
