@@ -23,7 +23,8 @@ metrics::ParsedExposition Scrape(const std::string& url, const std::vector<std::
   if (!res) return {};
   EXPECT_EQ(res->status, 200) << url;
   EXPECT_EQ(res->get_header_value("Content-Type"), metrics::kContentType);
-  for (const auto& s : secret) EXPECT_EQ(res->body.find(s), std::string::npos) << s << " in " << url;
+  for (const auto& s : secret)
+    EXPECT_EQ(res->body.find(s), std::string::npos) << s << " in " << url;
   auto parsed = metrics::ParseExposition(res->body);
   EXPECT_TRUE(parsed.ok()) << url << ": " << (parsed.ok() ? "" : parsed.error().message);
   return parsed.ok() ? *parsed : metrics::ParsedExposition{};

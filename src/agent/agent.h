@@ -64,8 +64,8 @@ class Agent : public AgentHost {
 
   AgentOptions options_;
   metrics::Registry registry_;  // outlives everything its collector reads
-  std::string token_;       // the controller's credential for this agent's API
-  std::string host_token_;  // this agent's credential for the controller
+  std::string token_;           // the controller's credential for this agent's API
+  std::string host_token_;      // this agent's credential for the controller
   std::string url_;
   std::string workspace_dir_;
   std::unique_ptr<AllowedPaths> allowed_;             // state dir + image dirs

@@ -476,29 +476,28 @@ json HostImages::StatsJson() const {
   const auto& c = all.cache;
   const auto& cl = all.client;
   const auto& n = all.nbd;
-  json out = {
-      {"cache",
-       {{"hits", c.hits},
-        {"misses", c.misses},
-        {"coalesced", c.coalesced},
-        {"bytes_fetched", c.bytes_fetched},
-        {"verification_failures", c.verification_failures + cl.verification_failures},
-        {"evictions", c.evictions},
-        {"chunks", c.chunks},
-        {"bytes", c.bytes},
-        {"pinned_bytes", c.pinned_bytes},
-        {"capacity_bytes", c.capacity_bytes}}},
-      {"image_server",
-       {{"url", options_.server_url},
-        {"requests", cl.requests},
-        {"bytes_fetched", cl.bytes_fetched},
-        {"refetches", cl.refetches}}},
-      {"prefetch", {{"runs", all.prefetch_runs}, {"chunks", all.prefetched_chunks}}},
-      {"nbd",
-       {{"connections", n.active_connections},
-        {"requests", n.requests},
-        {"bytes_read", n.bytes_read},
-        {"errors", n.errors + n.source_errors}}}};
+  json out = {{"cache",
+               {{"hits", c.hits},
+                {"misses", c.misses},
+                {"coalesced", c.coalesced},
+                {"bytes_fetched", c.bytes_fetched},
+                {"verification_failures", c.verification_failures + cl.verification_failures},
+                {"evictions", c.evictions},
+                {"chunks", c.chunks},
+                {"bytes", c.bytes},
+                {"pinned_bytes", c.pinned_bytes},
+                {"capacity_bytes", c.capacity_bytes}}},
+              {"image_server",
+               {{"url", options_.server_url},
+                {"requests", cl.requests},
+                {"bytes_fetched", cl.bytes_fetched},
+                {"refetches", cl.refetches}}},
+              {"prefetch", {{"runs", all.prefetch_runs}, {"chunks", all.prefetched_chunks}}},
+              {"nbd",
+               {{"connections", n.active_connections},
+                {"requests", n.requests},
+                {"bytes_read", n.bytes_read},
+                {"errors", n.errors + n.source_errors}}}};
   json exports = json::array(), transfers = json::array();
   std::lock_guard<std::mutex> l(mu_);
   for (const auto& [digest, e] : exports_)

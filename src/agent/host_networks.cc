@@ -407,7 +407,8 @@ HostNetworks::Totals HostNetworks::totals() const {
     t.tunnels.tx_no_key += c.tx_no_key;
     t.tunnels.rx_packets += c.rx_packets;
     for (size_t i = 0; i < vnet::kTunnelDropCount; ++i) t.tunnels.drops[i] += c.drops[i];
-    for (size_t i = 0; i < vnet::kDropReasonCount; ++i) t.tunnels.frame_drops[i] += c.frame_drops[i];
+    for (size_t i = 0; i < vnet::kDropReasonCount; ++i)
+      t.tunnels.frame_drops[i] += c.frame_drops[i];
   };
   add_tunnel(host_->host_tunnel_counters());
   for (const auto& [vni, st] : nets_) {

@@ -185,7 +185,8 @@ Status Controller::Start() {
     spdlog::info("controller: agents' listener at {}", agent_url_);
   }
   if (!options_.metrics_listen.empty()) {
-    VMG_ASSIGN_OR_RETURN(metrics_server_, MetricsServer::Start(options_.metrics_listen, *registry_));
+    VMG_ASSIGN_OR_RETURN(metrics_server_,
+                         MetricsServer::Start(options_.metrics_listen, *registry_));
   }
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
   reconcile_thread_ = std::thread([this] { ReconcileLoop(); });
@@ -316,8 +317,8 @@ class Controller::AuthedRoutes : public RouteInstaller {
                  std::set<std::string> roles) override {
     // Captures the controller, not this installer (which ends with InstallRoutes).
     s_.Put(pattern, [controller = &c_, route = std::move(route), roles = std::move(roles),
-                     series = c_.SeriesFor("PUT", pattern)](
-                        const Req& req, Res& res, const httplib::ContentReader& reader) {
+                     series = c_.SeriesFor("PUT", pattern)](const Req& req, Res& res,
+                                                            const httplib::ContentReader& reader) {
       const auto started = std::chrono::steady_clock::now();
       controller->Authed(
           [&](const Caller& c, const Req&, Res& r) {
@@ -459,36 +460,46 @@ void Controller::AddMetricsCollectors() {
     if (auto counts = store_->CountVmsByState(); counts.ok()) {
       for (VmState s : AllVmStates()) {
         auto it = counts->find(ToString(s));
-        vms.Add({{"state", ToString(s)}}, it == counts->end() ? 0 : static_cast<double>(it->second));
+        vms.Add({{"state", ToString(s)}},
+                it == counts->end() ? 0 : static_cast<double>(it->second));
       }
     }
     out.push_back(std::move(vms));
     const auto load = ops_->load();
-    out.push_back(FamilySnapshot{"vmgrid_operations_queued",
-                                 "Background operations waiting for a worker.", Type::kGauge, {}}
-                      .Add({}, static_cast<double>(load.queued)));
-    out.push_back(FamilySnapshot{"vmgrid_operations_running",
-                                 "Background operations running (creates, stops, migrations...).",
-                                 Type::kGauge, {}}
-                      .Add({}, static_cast<double>(load.running)));
+    out.push_back(FamilySnapshot{
+        "vmgrid_operations_queued",
+        "Background operations waiting for a worker.",
+        Type::kGauge,
+        {}}.Add({}, static_cast<double>(load.queued)));
+    out.push_back(FamilySnapshot{
+        "vmgrid_operations_running",
+        "Background operations running (creates, stops, migrations...).",
+        Type::kGauge,
+        {}}.Add({}, static_cast<double>(load.running)));
     // Hosts are the grid's (the admin's), not a tenant's: named in labels.
-    FamilySnapshot up{"vmgrid_host_up", "1 while the host's agent heartbeats, else 0.",
-                      Type::kGauge, {}};
+    FamilySnapshot up{
+        "vmgrid_host_up", "1 while the host's agent heartbeats, else 0.", Type::kGauge, {}};
     FamilySnapshot vcpus{"vmgrid_host_vcpus", "vCPUs the host offers.", Type::kGauge, {}};
-    FamilySnapshot used_vcpus{"vmgrid_host_reserved_vcpus", "vCPUs of the VMs placed on the host.",
-                              Type::kGauge, {}};
-    FamilySnapshot mem{"vmgrid_host_memory_bytes", "Memory the host offers to VMs.",
-                       Type::kGauge, {}};
+    FamilySnapshot used_vcpus{
+        "vmgrid_host_reserved_vcpus", "vCPUs of the VMs placed on the host.", Type::kGauge, {}};
+    FamilySnapshot mem{
+        "vmgrid_host_memory_bytes", "Memory the host offers to VMs.", Type::kGauge, {}};
     FamilySnapshot used_mem{"vmgrid_host_reserved_memory_bytes",
-                            "Memory of the VMs placed on the host.", Type::kGauge, {}};
+                            "Memory of the VMs placed on the host.",
+                            Type::kGauge,
+                            {}};
     FamilySnapshot disk_total{"vmgrid_host_disk_total_bytes",
                               "Size of the file system of the host's state directory.",
-                              Type::kGauge, {}};
+                              Type::kGauge,
+                              {}};
     FamilySnapshot disk_free{"vmgrid_host_disk_free_bytes",
                              "Free space of the host's state directory, as last reported.",
-                             Type::kGauge, {}};
+                             Type::kGauge,
+                             {}};
     FamilySnapshot used_disk{"vmgrid_host_reserved_disk_bytes",
-                             "Disk reserved by the VMs placed on the host.", Type::kGauge, {}};
+                             "Disk reserved by the VMs placed on the host.",
+                             Type::kGauge,
+                             {}};
     if (auto hosts = store_->ListHosts(); hosts.ok()) {
       constexpr double kMiB = 1024.0 * 1024.0;
       for (const auto& h : *hosts) {
@@ -509,7 +520,8 @@ void Controller::AddMetricsCollectors() {
     // (each logged): nonzero means records may need reconciling.
     FamilySnapshot failed{"vmgrid_store_failed_writes_total",
                           "Store writes that failed after an agent had acted, by service.",
-                          Type::kCounter, {}};
+                          Type::kCounter,
+                          {}};
     failed.Add({{"service", "hosts"}}, static_cast<double>(hosts_->failed_writes()))
         .Add({{"service", "vms"}}, static_cast<double>(vms_->failed_writes()))
         .Add({{"service", "vm_create"}}, static_cast<double>(vm_creates_->failed_writes()))

@@ -123,10 +123,8 @@ std::vector<metrics::FamilySnapshot> ImageServer::MetricFamilies() const {
   return {
       one("vmgrid_image_server_http_requests_total", "Requests received (all routes).", C,
           s.requests),
-      one("vmgrid_image_server_batch_requests_total", "Batch chunk requests.", C,
-          s.batch_requests),
-      one("vmgrid_image_server_chunks_served_total", "Chunks sent to clients.", C,
-          s.chunks_served),
+      one("vmgrid_image_server_batch_requests_total", "Batch chunk requests.", C, s.batch_requests),
+      one("vmgrid_image_server_chunks_served_total", "Chunks sent to clients.", C, s.chunks_served),
       one("vmgrid_image_server_served_bytes_total", "Chunk bytes sent to clients.", C,
           s.bytes_served),
       one("vmgrid_image_server_chunks_uploaded_total", "Uploads that stored a new chunk.", C,

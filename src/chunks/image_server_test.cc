@@ -1,6 +1,5 @@
 // ImageServer + ChunkClient over loopback (127.0.0.1, port 0).
 #include "chunks/image_server.h"
-#include "common/metrics_text.h"
 
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -13,6 +12,7 @@
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"
 #include "chunks/test_dir.h"
+#include "common/metrics_text.h"
 
 namespace vmgrid {
 namespace {

@@ -1509,7 +1509,9 @@ Result<std::map<std::string, int64_t>> Store::CountVmsByState() {
   using Row = std::pair<std::string, int64_t>;
   VMG_ASSIGN_OR_RETURN(auto rows,
                        Query<Row>(read.db, "SELECT state, COUNT(*) FROM vms GROUP BY state", {},
-                                  [](const SqlRow& s) { return Row{s.Text(0), s.Int(1)}; }));
+                                  [](const SqlRow& s) {
+                                    return Row{s.Text(0), s.Int(1)};
+                                  }));
   return std::map<std::string, int64_t>(rows.begin(), rows.end());
 }
 

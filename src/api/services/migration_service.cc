@@ -2,9 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include "api/controller_metrics.h"
 #include "api/admission.h"
 #include "api/agent_client.h"
+#include "api/controller_metrics.h"
 #include "api/op_queue.h"
 #include "api/placement.h"
 #include "api/services/image_service.h"

@@ -4,8 +4,8 @@
 
 #include <algorithm>
 
-#include "api/controller_metrics.h"
 #include "api/agent_client.h"
+#include "api/controller_metrics.h"
 #include "api/op_queue.h"
 #include "api/placement.h"
 #include "api/services/api_views.h"
