@@ -33,7 +33,8 @@ inline std::string TinyImageDir() {
 // which GuardedServer handles the same way inside TLS).
 inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
                                             std::vector<std::string> controller_args = {},
-                                            bool tls = true, bool host_namespaces = false) {
+                                            bool tls = true, bool host_namespaces = false,
+                                            bool metrics = false) {
   // A server may close a connection while we still send (e.g. a body it
   // refuses); that must be an error result, not a signal that kills the test.
   signal(SIGPIPE, SIG_IGN);
@@ -55,6 +56,7 @@ inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
   o.controller_args = std::move(controller_args);
   o.tls = tls;
   o.host_namespaces = host_namespaces;
+  o.metrics = metrics;
   auto grid = std::make_unique<LocalGrid>(o);
   Status st = grid->Start();
   EXPECT_TRUE(st.ok()) << st.error().message;

@@ -12,8 +12,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "agent/agent_api.h"
+#include "agent/agent_metrics.h"
 #include "client/api_client.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
@@ -225,6 +227,15 @@ Status Agent::Start() {
   InstallRoutes();
   VMG_ASSIGN_OR_RETURN(url_, server_->Bind(options_.listen));
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
+  registry_.AddCollector([this] {
+    std::optional<HostImages::Counters> images;
+    if (images_) images = images_->counters();
+    return AgentMetrics(runner_->List(), images ? &*images : nullptr,
+                        networks_ ? networks_->totals() : HostNetworks::Totals{});
+  });
+  if (!options_.metrics_listen.empty()) {
+    VMG_ASSIGN_OR_RETURN(metrics_server_, MetricsServer::Start(options_.metrics_listen, registry_));
+  }
 
   ApiClient::Options co;
   co.peer_name = "controller";

@@ -14,6 +14,8 @@
 #include "agent/agent_options.h"
 #include "agent/allowed_paths.h"
 #include "agent/vm_runner.h"
+#include "common/metrics.h"
+#include "common/metrics_server.h"
 #include "common/result.h"
 
 namespace httplib {
@@ -37,6 +39,9 @@ class Agent : public AgentHost {
   void Shutdown();
 
   std::string url() const { return url_; }
+  // The metrics listener ("" without --metrics-listen).
+  std::string metrics_url() const { return metrics_server_ ? metrics_server_->url() : ""; }
+  const metrics::Registry& metrics() const { return registry_; }
 
   // AgentHost (agent/agent_api.h): QEMU VMs, and only files under the state
   // and image directories.
@@ -58,8 +63,9 @@ class Agent : public AgentHost {
   Status LoadOrRegisterCredentials();
 
   AgentOptions options_;
-  std::string token_;       // the controller's credential for this agent's API
-  std::string host_token_;  // this agent's credential for the controller
+  metrics::Registry registry_;  // outlives everything its collector reads
+  std::string token_;           // the controller's credential for this agent's API
+  std::string host_token_;      // this agent's credential for the controller
   std::string url_;
   std::string workspace_dir_;
   std::unique_ptr<AllowedPaths> allowed_;             // state dir + image dirs
@@ -68,6 +74,7 @@ class Agent : public AgentHost {
   std::unique_ptr<HostNetworks> networks_;            // outlives runner_
   std::unique_ptr<VmRunner> runner_;
   std::unique_ptr<GuardedServer> server_;
+  std::unique_ptr<MetricsServer> metrics_server_;  // with --metrics-listen; stopped first
   std::unique_ptr<ApiClient> controller_;
   std::thread server_thread_, heartbeat_thread_;
   std::atomic<bool> stop_{false};

@@ -63,6 +63,9 @@ struct AgentOptions {
   // CA (the controller), and presents its certificate to the controller and
   // the image server.
   ServerTlsOptions tls;
+  // Prometheus metrics at http://HOST:PORT/metrics, plain HTTP without
+  // authentication (common/metrics_server.h); empty: off.
+  std::string metrics_listen;
 };
 
 // The role's entry point: runs until SIGTERM/SIGINT; returns the process

@@ -454,44 +454,50 @@ Result<BlobRef> HostImages::Push(const std::string& path, const std::string& nam
   return BlobRef{m.name, m.version, m.Digest(), m.size};
 }
 
-json HostImages::StatsJson() const {
-  auto c = cache_->stats();
-  auto cl = client_->stats();
-  auto n = nbd_->stats();
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    for (const auto& [vm, server] : vm_servers_) {
-      auto v = server->stats();
-      n.active_connections += v.active_connections;
-      n.requests += v.requests;
-      n.bytes_read += v.bytes_read;
-      n.errors += v.errors;
-      n.source_errors += v.source_errors;
-    }
+HostImages::Counters HostImages::counters() const {
+  Counters out{cache_->stats(), client_->stats(), nbd_->stats(), prefetch_runs_.load(),
+               prefetched_chunks_.load()};
+  auto& n = out.nbd;
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& [vm, server] : vm_servers_) {
+    auto v = server->stats();
+    n.connections += v.connections;
+    n.active_connections += v.active_connections;
+    n.requests += v.requests;
+    n.bytes_read += v.bytes_read;
+    n.errors += v.errors;
+    n.source_errors += v.source_errors;
   }
-  json out = {
-      {"cache",
-       {{"hits", c.hits},
-        {"misses", c.misses},
-        {"coalesced", c.coalesced},
-        {"bytes_fetched", c.bytes_fetched},
-        {"verification_failures", c.verification_failures + cl.verification_failures},
-        {"evictions", c.evictions},
-        {"chunks", c.chunks},
-        {"bytes", c.bytes},
-        {"pinned_bytes", c.pinned_bytes},
-        {"capacity_bytes", c.capacity_bytes}}},
-      {"image_server",
-       {{"url", options_.server_url},
-        {"requests", cl.requests},
-        {"bytes_fetched", cl.bytes_fetched},
-        {"refetches", cl.refetches}}},
-      {"prefetch", {{"runs", prefetch_runs_.load()}, {"chunks", prefetched_chunks_.load()}}},
-      {"nbd",
-       {{"connections", n.active_connections},
-        {"requests", n.requests},
-        {"bytes_read", n.bytes_read},
-        {"errors", n.errors + n.source_errors}}}};
+  return out;
+}
+
+json HostImages::StatsJson() const {
+  const Counters all = counters();
+  const auto& c = all.cache;
+  const auto& cl = all.client;
+  const auto& n = all.nbd;
+  json out = {{"cache",
+               {{"hits", c.hits},
+                {"misses", c.misses},
+                {"coalesced", c.coalesced},
+                {"bytes_fetched", c.bytes_fetched},
+                {"verification_failures", c.verification_failures + cl.verification_failures},
+                {"evictions", c.evictions},
+                {"chunks", c.chunks},
+                {"bytes", c.bytes},
+                {"pinned_bytes", c.pinned_bytes},
+                {"capacity_bytes", c.capacity_bytes}}},
+              {"image_server",
+               {{"url", options_.server_url},
+                {"requests", cl.requests},
+                {"bytes_fetched", cl.bytes_fetched},
+                {"refetches", cl.refetches}}},
+              {"prefetch", {{"runs", all.prefetch_runs}, {"chunks", all.prefetched_chunks}}},
+              {"nbd",
+               {{"connections", n.active_connections},
+                {"requests", n.requests},
+                {"bytes_read", n.bytes_read},
+                {"errors", n.errors + n.source_errors}}}};
   json exports = json::array(), transfers = json::array();
   std::lock_guard<std::mutex> l(mu_);
   for (const auto& [digest, e] : exports_)

@@ -43,8 +43,11 @@
 #include <thread>
 #include <vector>
 
+#include "chunks/chunk_cache.h"
+#include "chunks/chunk_client.h"
 #include "chunks/manifest.h"
 #include "common/result.h"
+#include "nbd/nbd_server.h"
 #include "proto/blob_ref.h"
 
 namespace vmgrid {
@@ -125,6 +128,14 @@ class HostImages {
 
   // Cache, client and NBD counters, transfers in progress, exported digests.
   nlohmann::json StatsJson() const;
+  // The counters of StatsJson, typed (for /metrics).
+  struct Counters {
+    ChunkCache::Stats cache;
+    ChunkClient::Stats client;
+    nbd::NbdStats nbd;  // the host's export server and every VM's, summed
+    uint64_t prefetch_runs = 0, prefetched_chunks = 0;
+  };
+  Counters counters() const;
   const std::string& socket_path() const { return socket_path_; }
   ChunkCache& cache() { return *cache_; }
 

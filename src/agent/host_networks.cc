@@ -396,6 +396,49 @@ json HostNetworks::Stats() const {
           {"host_tunnel", CountersJson(host_->host_tunnel_counters())}};
 }
 
+HostNetworks::Totals HostNetworks::totals() const {
+  Totals t;
+  std::lock_guard<std::mutex> l(mu_);
+  if (!host_) return t;
+  t.running = true;
+  auto add_tunnel = [&t](const vnet::TunnelCounters& c) {
+    t.tunnels.tx_packets += c.tx_packets;
+    t.tunnels.tx_failed += c.tx_failed;
+    t.tunnels.tx_no_key += c.tx_no_key;
+    t.tunnels.rx_packets += c.rx_packets;
+    for (size_t i = 0; i < vnet::kTunnelDropCount; ++i) t.tunnels.drops[i] += c.drops[i];
+    for (size_t i = 0; i < vnet::kDropReasonCount; ++i)
+      t.tunnels.frame_drops[i] += c.frame_drops[i];
+  };
+  add_tunnel(host_->host_tunnel_counters());
+  for (const auto& [vni, st] : nets_) {
+    ++t.networks;
+    for (const auto& [name, index] : st.ports) {
+      auto c = host_->GetPortCounters(vni, name);
+      if (!c.ok()) continue;
+      ++t.ports;
+      auto& p = t.ports_total;
+      p.rx_frames += c->rx_frames;
+      p.tx_frames += c->tx_frames;
+      p.arp_answered += c->arp_answered;
+      p.dhcp_answered += c->dhcp_answered;
+      p.dns_answered += c->dns_answered;
+      p.echo_answered += c->echo_answered;
+      for (size_t i = 0; i < vnet::kDropReasonCount; ++i) p.drops[i] += c->drops[i];
+    }
+    if (auto c = host_->GetTunnelCounters(vni); c.ok()) add_tunnel(*c);
+    if (auto e = host_->GetEgressCounters(vni); e.ok()) {
+      t.egress.to_outside += e->to_outside;
+      t.egress.from_outside += e->from_outside;
+      t.egress.to_switch_failed += e->to_switch_failed;
+      t.egress.guest_errors += e->guest_errors;
+      t.egress.sockets += e->sockets;
+      for (size_t i = 0; i < vnet::kEgressDropCount; ++i) t.egress.drops[i] += e->drops[i];
+    }
+  }
+  return t;
+}
+
 Result<ForwardInfo> HostNetworks::AddForward(const NicSpec& nic, const ForwardRequest& request) {
   VMG_ASSIGN_OR_RETURN(vnet::Ipv4Addr listen, vnet::ParseIpv4(request.listen_ip));
   if ((listen >> 24) != 127 && request.listen_ip != options_.tunnel_ip)

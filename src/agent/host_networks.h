@@ -87,6 +87,16 @@ class HostNetworks {
 
   // Counters of every port and network, for the host report.
   nlohmann::json Stats() const;
+  // The same summed over the host's networks and ports (for /metrics:
+  // network and port names are users', totals are not).
+  struct Totals {
+    bool running = false;
+    size_t networks = 0, ports = 0;
+    vnet::PortCounters ports_total;
+    vnet::TunnelCounters tunnels;  // the networks' and the host's own
+    vnet::EgressCounters egress;
+  };
+  Totals totals() const;
 
  private:
   explicit HostNetworks(HostNetworksOptions options);

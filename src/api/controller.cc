@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <filesystem>
 
 #include "api/agent_client.h"
@@ -33,6 +35,7 @@
 #include "client/api_client.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
+#include "common/metrics_server.h"
 #include "common/signals.h"
 #include "common/subprocess.h"
 #include "common/tls.h"
@@ -65,6 +68,8 @@ constexpr int64_t kMigrationStaleMs = 60'000;
 
 Controller::Controller(ControllerOptions options)
     : options_(std::move(options)),
+      registry_(std::make_unique<metrics::Registry>()),
+      metrics_(std::make_unique<ControllerMetrics>(*registry_)),
       ops_(std::make_unique<OpQueue>()),
       long_ops_(std::make_unique<Admission>("long operations (image finalizes, checkpoint "
                                             "publishes, workspace deletions)",
@@ -159,6 +164,9 @@ Status Controller::Start() {
                                                    SystemClock::Get(), *long_ops_);
   drains_ = std::make_unique<DrainService>(*store_, *migrations_, *ops_);
   hosts_->SetDrainStatus([this](const std::string& host_id) { return drains_->Running(host_id); });
+  vm_creates_->set_metrics(metrics_.get());
+  migrations_->set_metrics(metrics_.get());
+  AddMetricsCollectors();
   HttpServerLimits limits;
   limits.header_timeout_ms = options_.header_timeout_ms;
   server_ = std::make_unique<GuardedServer>(limits, user_tls);
@@ -183,6 +191,10 @@ Status Controller::Start() {
     agent_server_thread_ = std::thread([this] { agent_server_->listen_after_bind(); });
     spdlog::info("controller: agents' listener at {}", agent_url_);
   }
+  if (!options_.metrics_listen.empty()) {
+    VMG_ASSIGN_OR_RETURN(metrics_server_,
+                         MetricsServer::Start(options_.metrics_listen, *registry_));
+  }
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
   reconcile_thread_ = std::thread([this] { ReconcileLoop(); });
   spdlog::info("controller serving at {} (state {}, images {}, database {})", url_,
@@ -193,6 +205,7 @@ Status Controller::Start() {
 
 void Controller::Shutdown() {
   stop_ = true;
+  metrics_server_.reset();
   if (server_) server_->stop();
   if (agent_server_) agent_server_->stop();
 }
@@ -262,6 +275,29 @@ std::function<void(const Req&, Res&)> Controller::Authed(Handler h,
   };
 }
 
+// The request series of one route (Controller::SeriesFor).
+struct Controller::RouteSeries {
+  metrics::Family<metrics::Counter>* requests = nullptr;
+  std::string route, method;
+  // By status class 1xx..5xx, then anything else; each made at its first
+  // request (With() is idempotent, so a race makes it twice harmlessly).
+  std::array<std::atomic<metrics::Counter*>, 6> by_class{};
+  metrics::Histogram* seconds = nullptr;
+
+  void Record(int status, std::chrono::steady_clock::time_point started) {
+    static constexpr const char* kClasses[] = {"1xx", "2xx", "3xx", "4xx", "5xx", "other"};
+    const size_t c = status >= 100 && status <= 599 ? static_cast<size_t>(status / 100 - 1) : 5;
+    metrics::Counter* counter = by_class[c].load(std::memory_order_acquire);
+    if (!counter) {
+      counter = &requests->With({route, method, kClasses[c]});
+      by_class[c].store(counter, std::memory_order_release);
+    }
+    counter->Inc();
+    seconds->Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  }
+};
+
 // --- routes -----------------------------------------------------------------------------
 
 // Installs routes (api/routes/route.h) behind the controller's
@@ -270,16 +306,16 @@ class Controller::AuthedRoutes : public RouteInstaller {
  public:
   AuthedRoutes(Controller& c, RouteRecorder<GuardedServer>& s) : c_(c), s_(s) {}
   void Get(const std::string& pattern, Route route, std::set<std::string> roles) override {
-    s_.Get(pattern, Wrap(std::move(route), std::move(roles)));
+    s_.Get(pattern, c_.Timed("GET", pattern, Wrap(std::move(route), std::move(roles))));
   }
   void Post(const std::string& pattern, Route route, std::set<std::string> roles) override {
-    s_.Post(pattern, Wrap(std::move(route), std::move(roles)));
+    s_.Post(pattern, c_.Timed("POST", pattern, Wrap(std::move(route), std::move(roles))));
   }
   void Put(const std::string& pattern, Route route, std::set<std::string> roles) override {
-    s_.Put(pattern, Wrap(std::move(route), std::move(roles)));
+    s_.Put(pattern, c_.Timed("PUT", pattern, Wrap(std::move(route), std::move(roles))));
   }
   void Delete(const std::string& pattern, Route route, std::set<std::string> roles) override {
-    s_.Delete(pattern, Wrap(std::move(route), std::move(roles)));
+    s_.Delete(pattern, c_.Timed("DELETE", pattern, Wrap(std::move(route), std::move(roles))));
   }
   // The route runs before the body is read (httplib's content reader), so
   // its refusals are answered without reading it; GuardedServer then
@@ -287,8 +323,10 @@ class Controller::AuthedRoutes : public RouteInstaller {
   void PutStream(const std::string& pattern, StreamRoute route,
                  std::set<std::string> roles) override {
     // Captures the controller, not this installer (which ends with InstallRoutes).
-    s_.Put(pattern, [controller = &c_, route = std::move(route), roles = std::move(roles)](
-                        const Req& req, Res& res, const httplib::ContentReader& reader) {
+    s_.Put(pattern, [controller = &c_, route = std::move(route), roles = std::move(roles),
+                     series = c_.SeriesFor("PUT", pattern)](const Req& req, Res& res,
+                                                            const httplib::ContentReader& reader) {
+      const auto started = std::chrono::steady_clock::now();
       controller->Authed(
           [&](const Caller& c, const Req&, Res& r) {
             BodyReader body = [&reader](const std::function<bool(const char*, size_t)>& receive) {
@@ -297,6 +335,7 @@ class Controller::AuthedRoutes : public RouteInstaller {
             Send(r, route(c, req, body));
           },
           roles)(req, res);
+      series->Record(res.status, started);
     });
   }
 
@@ -336,12 +375,12 @@ void Controller::InstallRoutes() {
   RouteRecorder s(server, &installed_routes_);
   AuthedRoutes routes(*this, s);
 
-  s.Get("/v1/health", [](const Req&, Res& res) {
-    SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
-  });
-  s.Get("/v1/openapi.json", [](const Req&, Res& res) {
-    res.set_content(std::string(kOpenApiJson), "application/json");
-  });
+  s.Get("/v1/health", Timed("GET", "/v1/health", [](const Req&, Res& res) {
+          SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
+        }));
+  s.Get("/v1/openapi.json", Timed("GET", "/v1/openapi.json", [](const Req&, Res& res) {
+          res.set_content(std::string(kOpenApiJson), "application/json");
+        }));
   // Users.
   InstallUserRoutes(routes, *users_);
 
@@ -388,6 +427,117 @@ void Controller::InstallAgentListenerRoutes() {
   RouteRecorder<GuardedServer> recorder(s, &unrecorded);
   AuthedRoutes routes(*this, recorder);
   InstallAgentRoutes(routes, *hosts_);
+}
+
+// --- metrics -----------------------------------------------------------------------------
+
+std::shared_ptr<Controller::RouteSeries> Controller::SeriesFor(const std::string& method,
+                                                               const std::string& pattern) {
+  // The documented template ({ref}) rather than the regular expression.
+  std::string route = pattern;
+  for (const auto& spec : ControllerRoutes())
+    if (spec.method == method && spec.pattern == pattern) route = std::string(spec.doc_path);
+  auto series = std::make_shared<RouteSeries>();
+  series->requests = &metrics_->requests;
+  series->route = route;
+  series->method = method;
+  series->seconds = &metrics_->request_seconds.With({route, method});
+  return series;
+}
+
+std::function<void(const Req&, Res&)> Controller::Timed(const std::string& method,
+                                                        const std::string& pattern,
+                                                        std::function<void(const Req&, Res&)> h) {
+  return [h = std::move(h), series = SeriesFor(method, pattern)](const Req& req, Res& res) {
+    const auto started = std::chrono::steady_clock::now();
+    h(req, res);
+    series->Record(res.status, started);
+  };
+}
+
+std::string Controller::metrics_url() const {
+  return metrics_server_ ? metrics_server_->url() : "";
+}
+
+void Controller::AddMetricsCollectors() {
+  using metrics::FamilySnapshot;
+  using metrics::Type;
+  registry_->AddCollector([this] {
+    std::vector<FamilySnapshot> out;
+    FamilySnapshot vms{"vmgrid_vms", "VMs by state (all users).", Type::kGauge, {}};
+    if (auto counts = store_->CountVmsByState(); counts.ok()) {
+      for (VmState s : AllVmStates()) {
+        auto it = counts->find(ToString(s));
+        vms.Add({{"state", ToString(s)}},
+                it == counts->end() ? 0 : static_cast<double>(it->second));
+      }
+    }
+    out.push_back(std::move(vms));
+    const auto load = ops_->load();
+    out.push_back(FamilySnapshot{
+        "vmgrid_operations_queued",
+        "Background operations waiting for a worker.",
+        Type::kGauge,
+        {}}.Add({}, static_cast<double>(load.queued)));
+    out.push_back(FamilySnapshot{
+        "vmgrid_operations_running",
+        "Background operations running (creates, stops, migrations...).",
+        Type::kGauge,
+        {}}.Add({}, static_cast<double>(load.running)));
+    // Hosts are the grid's (the admin's), not a tenant's: named in labels.
+    FamilySnapshot up{
+        "vmgrid_host_up", "1 while the host's agent heartbeats, else 0.", Type::kGauge, {}};
+    FamilySnapshot vcpus{"vmgrid_host_vcpus", "vCPUs the host offers.", Type::kGauge, {}};
+    FamilySnapshot used_vcpus{
+        "vmgrid_host_reserved_vcpus", "vCPUs of the VMs placed on the host.", Type::kGauge, {}};
+    FamilySnapshot mem{
+        "vmgrid_host_memory_bytes", "Memory the host offers to VMs.", Type::kGauge, {}};
+    FamilySnapshot used_mem{"vmgrid_host_reserved_memory_bytes",
+                            "Memory of the VMs placed on the host.",
+                            Type::kGauge,
+                            {}};
+    FamilySnapshot disk_total{"vmgrid_host_disk_total_bytes",
+                              "Size of the file system of the host's state directory.",
+                              Type::kGauge,
+                              {}};
+    FamilySnapshot disk_free{"vmgrid_host_disk_free_bytes",
+                             "Free space of the host's state directory, as last reported.",
+                             Type::kGauge,
+                             {}};
+    FamilySnapshot used_disk{"vmgrid_host_reserved_disk_bytes",
+                             "Disk reserved by the VMs placed on the host.",
+                             Type::kGauge,
+                             {}};
+    if (auto hosts = store_->ListHosts(); hosts.ok()) {
+      constexpr double kMiB = 1024.0 * 1024.0;
+      for (const auto& h : *hosts) {
+        const metrics::Labels l = {{"host", h.name}};
+        up.Add(l, h.state == "up" ? 1 : 0);
+        vcpus.Add(l, h.vcpus);
+        used_vcpus.Add(l, h.reserved_vcpus);
+        mem.Add(l, static_cast<double>(h.memory_mb) * kMiB);
+        used_mem.Add(l, static_cast<double>(h.reserved_memory_mb) * kMiB);
+        disk_total.Add(l, static_cast<double>(h.disk_total_bytes));
+        disk_free.Add(l, static_cast<double>(h.disk_free_bytes));
+        used_disk.Add(l, static_cast<double>(h.reserved_disk_bytes));
+      }
+    }
+    for (auto* f : {&up, &vcpus, &used_vcpus, &mem, &used_mem, &disk_total, &disk_free, &used_disk})
+      out.push_back(std::move(*f));
+    // Store writes the services could not make after an agent had acted
+    // (each logged): nonzero means records may need reconciling.
+    FamilySnapshot failed{"vmgrid_store_failed_writes_total",
+                          "Store writes that failed after an agent had acted, by service.",
+                          Type::kCounter,
+                          {}};
+    failed.Add({{"service", "hosts"}}, static_cast<double>(hosts_->failed_writes()))
+        .Add({{"service", "vms"}}, static_cast<double>(vms_->failed_writes()))
+        .Add({{"service", "vm_create"}}, static_cast<double>(vm_creates_->failed_writes()))
+        .Add({{"service", "images"}}, static_cast<double>(images_->failed_writes()))
+        .Add({{"service", "migrations"}}, static_cast<double>(migrations_->failed_writes()));
+    out.push_back(std::move(failed));
+    return out;
+  });
 }
 
 void Controller::ReconcileLoop() {

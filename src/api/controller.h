@@ -28,6 +28,7 @@
 
 #include "api/admission.h"
 #include "api/agent_client.h"
+#include "api/controller_metrics.h"
 #include "api/controller_options.h"
 #include "api/host_credentials.h"
 #include "api/op_queue.h"
@@ -43,6 +44,8 @@
 #include "api/services/vm_create_service.h"
 #include "api/services/vm_service.h"
 #include "api/services/workspace_service.h"
+#include "common/metrics.h"
+#include "common/metrics_server.h"
 #include "common/result.h"
 #include "infosvc/query_service.h"
 #include "store/store.h"
@@ -77,6 +80,10 @@ class Controller {
   std::string url() const { return url_; }
   // The agents' listener ("" without --agent-listen).
   std::string agent_url() const { return agent_url_; }
+  // The metrics listener ("" without --metrics-listen).
+  std::string metrics_url() const;
+  // Every metric of the controller (docs/operations.md); set by Start.
+  const metrics::Registry& metrics() const { return *registry_; }
   Store& store() { return *store_; }
   // (method, pattern) of every route of the main listener, in registration
   // order; set by Start() before serving, read-only after (openapi_test).
@@ -93,8 +100,20 @@ class Controller {
       Handler h, const std::set<std::string>& roles = {"admin", "user"});
 
   void ReconcileLoop();
+  // Adds the families computed at scrape time (VMs per state, hosts, queue).
+  void AddMetricsCollectors();
+  // Counts and times `h`'s requests under the route's documented template.
+  std::function<void(const httplib::Request&, httplib::Response&)> Timed(
+      const std::string& method, const std::string& pattern,
+      std::function<void(const httplib::Request&, httplib::Response&)> h);
+  // The series of one route (looked up once, at installation).
+  struct RouteSeries;
+  std::shared_ptr<RouteSeries> SeriesFor(const std::string& method, const std::string& pattern);
 
   ControllerOptions options_;
+  // Metrics outlive everything that counts into them (declared first).
+  std::unique_ptr<metrics::Registry> registry_;
+  std::unique_ptr<ControllerMetrics> metrics_;
   std::string image_dir_;
   std::optional<HostCredentials> host_creds_;  // set by Start, then read-only
   std::string url_;
@@ -131,6 +150,9 @@ class Controller {
   std::unique_ptr<VmCreateService> vm_creates_;
   std::unique_ptr<MigrationService> migrations_;
   std::unique_ptr<DrainService> drains_;  // after migrations_, which it uses
+  // With --metrics-listen; stopped first by Shutdown (its collectors read
+  // the store, the index and the queue).
+  std::unique_ptr<MetricsServer> metrics_server_;
 
   // Admission (api/admission.h): user requests being handled, and per user
   // exec operations, creates in flight and queries. Set by Start.

@@ -47,6 +47,9 @@ struct ControllerOptions {
   // presents to agents and the image server, and the CA all of them chain
   // to; the agents' listener requires agents' client certificates.
   ServerTlsOptions tls;
+  // Prometheus metrics at http://HOST:PORT/metrics, plain HTTP without
+  // authentication (common/metrics_server.h); empty: off.
+  std::string metrics_listen;
 };
 
 // The role's entry point: runs until SIGTERM/SIGINT; returns the process

@@ -66,6 +66,12 @@ void OpQueue::Worker() {
   }
 }
 
+OpQueue::Load OpQueue::load() const {
+  std::lock_guard<std::mutex> l(mu_);
+  // running_ counts work from Run to its end, queued work included.
+  return Load{queue_.size(), running_ - static_cast<int>(queue_.size())};
+}
+
 bool OpQueue::InFlight(const std::string& vm_id) const {
   std::lock_guard<std::mutex> l(mu_);
   return inflight_.count(vm_id) > 0;

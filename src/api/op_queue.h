@@ -57,6 +57,12 @@ class OpQueue {
   // what it captures) is destroyed before the work counts as ended.
   void Run(const std::string& vm_id, std::function<void()> fn);
   bool InFlight(const std::string& vm_id) const;
+  // Work waiting for a worker, and work running (for /metrics).
+  struct Load {
+    size_t queued = 0;
+    int running = 0;
+  };
+  Load load() const;
   // Waits at most `grace` until no work runs; whether none does.
   bool WaitIdle(std::chrono::milliseconds grace);
 

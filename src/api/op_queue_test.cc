@@ -35,6 +35,27 @@ TEST(OpQueueTest, QueuesBeyondItsWorkers) {
   EXPECT_EQ(done.load(), 50);
 }
 
+TEST(OpQueueTest, LoadCountsQueuedAndRunningWork) {
+  OpQueue q(SystemClock::Get(), 1);
+  EXPECT_EQ(q.load().queued, 0u);
+  EXPECT_EQ(q.load().running, 0);
+  std::promise<void> release;
+  std::shared_future<void> gate = release.get_future().share();
+  std::promise<void> started;
+  q.Run("a", [&started, gate] {
+    started.set_value();
+    gate.wait();
+  });
+  started.get_future().wait();
+  q.Run("b", [gate] { gate.wait(); });  // the one worker is busy: queued
+  EXPECT_EQ(q.load().running, 1);
+  EXPECT_EQ(q.load().queued, 1u);
+  release.set_value();
+  EXPECT_TRUE(q.WaitIdle(std::chrono::seconds(10)));
+  EXPECT_EQ(q.load().running, 0);
+  EXPECT_EQ(q.load().queued, 0u);
+}
+
 TEST(OpQueueTest, WhatTheWorkHoldsIsReleasedWhenItCountsAsEnded) {
   OpQueue q;
   auto held = std::make_shared<int>(0);  // e.g. an admission slot

@@ -110,6 +110,41 @@ ImageServer::Stats ImageServer::stats() const {
   return s;
 }
 
+std::vector<metrics::FamilySnapshot> ImageServer::MetricFamilies() const {
+  using metrics::FamilySnapshot;
+  const Stats s = stats();
+  const ChunkStore::Stats st = store_.stats();
+  const auto C = metrics::Type::kCounter, G = metrics::Type::kGauge;
+  auto one = [](const char* name, const char* help, metrics::Type type, uint64_t v) {
+    FamilySnapshot f{name, help, type, {}};
+    f.Add({}, static_cast<double>(v));
+    return f;
+  };
+  return {
+      one("vmgrid_image_server_http_requests_total", "Requests received (all routes).", C,
+          s.requests),
+      one("vmgrid_image_server_batch_requests_total", "Batch chunk requests.", C, s.batch_requests),
+      one("vmgrid_image_server_chunks_served_total", "Chunks sent to clients.", C, s.chunks_served),
+      one("vmgrid_image_server_served_bytes_total", "Chunk bytes sent to clients.", C,
+          s.bytes_served),
+      one("vmgrid_image_server_chunks_uploaded_total", "Uploads that stored a new chunk.", C,
+          s.chunks_uploaded),
+      one("vmgrid_image_server_uploaded_bytes_total", "Bytes of the chunks uploaded.", C,
+          s.bytes_uploaded),
+      one("vmgrid_image_server_manifests_published_total", "Image versions published.", C,
+          s.manifests_published),
+      one("vmgrid_image_server_auth_failures_total", "Requests refused for their token.", C,
+          s.auth_failures),
+      one("vmgrid_chunk_store_chunks", "Distinct chunks stored.", G, st.chunks),
+      one("vmgrid_chunk_store_bytes", "Bytes of the chunks stored.", G, st.bytes),
+      one("vmgrid_chunk_store_dedup_hits_total", "Puts of a chunk already stored.", C,
+          st.dedup_hits),
+      one("vmgrid_chunk_store_corrupt_reads_total",
+          "Reads that found a chunk whose hash did not match (verification failures).", C,
+          st.corrupt_reads),
+  };
+}
+
 json ImageServer::StatsJson() const {
   Stats s = stats();
   ChunkStore::Stats st = store_.stats();

@@ -13,7 +13,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "common/metrics.h"
 #include "common/result.h"
 
 namespace httplib {
@@ -82,6 +84,9 @@ class ImageServer {
   Stats stats() const;
   // Server, store and catalog counters, as served by GET /v1/stats.
   nlohmann::json StatsJson() const;
+  // The server's and the store's counters as metric families (/metrics;
+  // docs/operations.md). Cheap: no catalog scan.
+  std::vector<metrics::FamilySnapshot> MetricFamilies() const;
 
  private:
   void InstallRoutes();

@@ -22,6 +22,9 @@ struct ImageServerOptions {
   std::string token_file;
   // TLS; clients (controller, agents) must present certificates of the CA.
   ServerTlsOptions tls;
+  // Prometheus metrics at http://HOST:PORT/metrics, plain HTTP without
+  // authentication (common/metrics_server.h); empty: off.
+  std::string metrics_listen;
 };
 
 // The role's entry point: runs until SIGTERM/SIGINT; returns the process

@@ -12,6 +12,7 @@
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"
 #include "chunks/test_dir.h"
+#include "common/metrics_text.h"
 
 namespace vmgrid {
 namespace {
@@ -134,6 +135,14 @@ TEST_F(ImageServerTest, UploadListGetAndBatchFetchRoundTrip) {
   auto stats = server_->StatsJson();
   EXPECT_EQ(stats["catalog"]["versions"], 2);
   EXPECT_GT(stats["catalog"]["dedup_ratio"].get<double>(), 1.9);
+
+  // The same counters as metrics, in the text format.
+  auto metrics = metrics::ParseExposition(metrics::RenderText(server_->MetricFamilies()));
+  ASSERT_TRUE(metrics.ok()) << metrics.error().message;
+  EXPECT_EQ(metrics->Sum("vmgrid_image_server_chunks_served_total"), 34);
+  EXPECT_EQ(metrics->Sum("vmgrid_image_server_chunks_uploaded_total"), 33);
+  EXPECT_EQ(metrics->Sum("vmgrid_chunk_store_chunks"), 33);
+  EXPECT_GT(metrics->Sum("vmgrid_image_server_served_bytes_total"), 0);
 }
 
 TEST_F(ImageServerTest, PrefetchHintsAreValidatedAndWrittenOnce) {

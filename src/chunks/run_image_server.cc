@@ -11,6 +11,7 @@
 #include "chunks/image_catalog.h"
 #include "chunks/image_server.h"
 #include "chunks/image_server_options.h"
+#include "common/metrics_server.h"
 #include "common/signals.h"
 #include "common/tls.h"
 #include "common/util.h"
@@ -60,8 +61,17 @@ int RunImageServer(const ImageServerOptions& options) {
       "image server on {} (store {}: {} images, {} versions, {} MiB stored, dedup {:.2f}x)",
       server.url(), options.dir, stats.images, stats.versions, stats.physical_bytes >> 20,
       stats.dedup_ratio);
+  metrics::Registry registry;
+  registry.AddCollector([&server] { return server.MetricFamilies(); });
+  std::unique_ptr<MetricsServer> metrics_server;
+  if (!options.metrics_listen.empty()) {
+    auto started = MetricsServer::Start(options.metrics_listen, registry);
+    if (!started.ok()) return fail(started.error().message);
+    metrics_server = std::move(*started);
+  }
   std::cout << server.url() << std::endl;
   WaitForTermination();
+  metrics_server.reset();
   spdlog::info("image server stopping");
   server.Stop();
   return 0;

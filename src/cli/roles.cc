@@ -24,6 +24,7 @@
 #include "cli/format.h"
 #include "cli/options.h"
 #include "client/api_client.h"
+#include "common/log_format.h"
 #include "common/result.h"
 #include "common/util.h"
 #include "common/vm_state.h"
@@ -35,9 +36,13 @@ namespace {
 // Runs a role through its registered entry point.
 template <class Options>
 int Launch(const Ctx& ctx, const std::function<int(const Options&)>& run, const Options& options,
-           const char* role) {
+           const char* role, const std::string& log_format = "text") {
   if (!run) {
     ctx.io.err << "error: this binary has no " << role << " role" << std::endl;
+    return kExitFailure;
+  }
+  if (Status st = SetLogFormat(log_format); !st.ok()) {
+    ctx.io.err << "error: " << st.error().message << std::endl;
     return kExitFailure;
   }
   return run(options);
@@ -55,6 +60,7 @@ struct AddRoleCommandsFlags {
   DevOptions dev;
   SimHostsOptions sim;
   std::string sim_memory;
+  std::string log_format = "text";  // --log-format of the role run
 };
 
 void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
@@ -71,17 +77,34 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
     role->add_flag("--plain-http", tls.plain_http,
                    "Serve plain HTTP instead of TLS (loopback addresses only)");
   };
+  // How a server role writes its log lines (common/log_format.h).
+  auto log_flag = [&s](CLI::App* role) {
+    role->add_option("--log-format", s.log_format,
+                     "Log lines as text, or as JSON objects one per line")
+        ->check(CLI::IsMember({"text", "json"}))
+        ->capture_default_str();
+  };
+  // The optional metrics endpoint of a server role (common/metrics_server.h).
+  auto metrics_flag = [](CLI::App* role, std::string& listen) {
+    role->add_option("--metrics-listen", listen,
+                     "Serve Prometheus metrics at http://HOST:PORT/metrics, unauthenticated "
+                     "(docs/operations.md; default: off)")
+        ->check(ListenValidator());
+  };
 
   // --- server roles
   {
-    auto* c = t.Leaf(&t.app, "controller", "Run the controller (REST API server)",
-                     [&] { return Launch(t.ctx, roles.controller, s.controller, "controller"); });
+    auto* c = t.Leaf(&t.app, "controller", "Run the controller (REST API server)", [&] {
+      return Launch(t.ctx, roles.controller, s.controller, "controller", s.log_format);
+    });
     c->group("Server roles");
     c->add_option("--listen", s.controller.listen, "Address to listen on")
         ->check(ListenValidator())
         ->capture_default_str();
     c->add_option("--state-dir", s.controller.state_dir, "State directory")->capture_default_str();
     tls_flags(c, s.controller.tls, "the controller");
+    metrics_flag(c, s.controller.metrics_listen);
+    log_flag(c);
     c->add_option("--database", s.controller.database,
                   "PostgreSQL URI, e.g. postgresql://vmgrid:PW@127.0.0.1/vmgrid "
                   "(default: SQLite STATE_DIR/vmgrid.db)");
@@ -120,7 +143,8 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
 
     auto* is = t.Leaf(&t.app, "image-server",
                       "Run an image server (content-addressed image and checkpoint chunks)", [&] {
-                        return Launch(t.ctx, roles.image_server, s.image_server, "image_server");
+                        return Launch(t.ctx, roles.image_server, s.image_server, "image_server",
+                                      s.log_format);
                       });
     is->group("Server roles");
     is->add_option("--listen", s.image_server.listen, "Address to listen on")
@@ -128,6 +152,8 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
         ->capture_default_str();
     is->add_option("--dir", s.image_server.dir, "Chunk store and manifests")->capture_default_str();
     tls_flags(is, s.image_server.tls, "the image server");
+    metrics_flag(is, s.image_server.metrics_listen);
+    log_flag(is);
     is->add_option(
         "--token-file", s.image_server.token_file,
         "File with the bearer token clients must send (default: DIR/server.token, created 0600)");
@@ -135,7 +161,7 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
     auto* a = t.Leaf(&t.app, "agent", "Run a host agent", [&] {
       if (!s.agent_memory.empty()) s.agent.memory_mb = ParseMemoryMb(s.agent_memory).value();
       s.agent.prefetch = !s.no_prefetch;
-      return Launch(t.ctx, roles.agent, s.agent, "agent");
+      return Launch(t.ctx, roles.agent, s.agent, "agent", s.log_format);
     });
     a->group("Server roles");
     a->add_option("--listen", s.agent.listen, "Address to listen on (port 0: any)")
@@ -181,6 +207,8 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
         ->capture_default_str();
     a->add_flag("--no-prefetch", s.no_prefetch,
                 "Do not stream recorded first-read orders on cold starts");
+    metrics_flag(a, s.agent.metrics_listen);
+    log_flag(a);
     a->add_option("--tunnel-listen", s.agent.tunnel_listen,
                   "IPv4[:PORT] for virtual-network tunnels, reachable by the other hosts "
                   "(default: the --listen address, the last run's port)");
@@ -189,8 +217,9 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
         t.Leaf(&t.app, "sim-hosts", "Simulate N hosts for the controller (scale tests)", [&] {
           if (!s.sim_memory.empty())
             s.sim.memory_mb = static_cast<int64_t>(ParseMemoryMb(s.sim_memory).value());
-          return Launch(t.ctx, roles.sim_hosts, s.sim, "sim_hosts");
+          return Launch(t.ctx, roles.sim_hosts, s.sim, "sim_hosts", s.log_format);
         });
+    log_flag(sh);
     sh->add_option("--count", s.sim.count, "Number of simulated hosts")
         ->check(CLI::Range(1, 1000000))
         ->capture_default_str();

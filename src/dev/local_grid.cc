@@ -96,6 +96,8 @@ LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
   for (int i = 0; i < options_.hosts; ++i) agent_ports_.push_back(FreePort());
   if (options_.image_server && options_.image_server_port == 0)
     options_.image_server_port = FreePort();
+  if (options_.metrics)
+    for (int i = 0; i < 2 + options_.hosts; ++i) metrics_ports_.push_back(FreePort());
 }
 
 std::string LocalGrid::image_server_url() const {
@@ -141,6 +143,8 @@ Status LocalGrid::StartImageServer(milliseconds timeout) {
       "--token-file",
       image_server_token_file()};
   for (auto& a : TlsArgs("image-server")) argv.push_back(a);
+  if (options_.metrics)
+    argv.insert(argv.end(), {"--metrics-listen", image_server_metrics_url().substr(7)});
   VMG_ASSIGN_OR_RETURN(image_server_, ChildProcess::Spawn(argv, log_dir() + "/image-server.log"));
   ApiClient probe(image_server_url(), "");
   auto deadline = Clock::now() + timeout;
@@ -199,6 +203,8 @@ Status LocalGrid::StartController(milliseconds timeout) {
                              image_server_token_file()});
   if (!agent_controller_url_.empty())
     argv.insert(argv.end(), {"--agent-listen", agent_controller_url_.substr(scheme_.size())});
+  if (options_.metrics)
+    argv.insert(argv.end(), {"--metrics-listen", controller_metrics_url().substr(7)});
   argv.insert(argv.end(), options_.controller_args.begin(), options_.controller_args.end());
   VMG_ASSIGN_OR_RETURN(controller_, ChildProcess::Spawn(argv, log_dir() + "/controller.log"));
   ApiClient anon(url_, "");
@@ -244,6 +250,8 @@ Status LocalGrid::StartAgent(int index, milliseconds timeout) {
                 {"--image-server", url, "--image-server-token-file", image_server_token_file()});
     if (!options_.agent_prefetch) argv.push_back("--no-prefetch");
   }
+  if (options_.metrics)
+    argv.insert(argv.end(), {"--metrics-listen", agent_metrics_url(index).substr(7)});
   if (netns_) {
     // Its tunnels on its own link; the process in its namespace.
     argv.insert(argv.end(), {"--tunnel-listen", host_address(index)});

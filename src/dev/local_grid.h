@@ -43,6 +43,9 @@ struct LocalGridOptions {
   // tunnels and their traffic to the controller and image server cross real
   // links. Off: everything on loopback.
   bool host_namespaces = false;
+  // Every role serves Prometheus metrics (--metrics-listen, plain HTTP) on
+  // a port of its own; see the *_metrics_url accessors.
+  bool metrics = false;
 };
 
 class LocalGrid {
@@ -84,6 +87,14 @@ class LocalGrid {
   HostNamespaces* namespaces() const { return netns_.get(); }
   // "" when the grid runs without one.
   std::string image_server_url() const;
+  // http://HOST:PORT of each role's metrics listener ("" without `metrics`).
+  std::string controller_metrics_url() const { return MetricsUrl("127.0.0.1", 0); }
+  std::string image_server_metrics_url() const {
+    return options_.image_server ? MetricsUrl(image_server_host_, 1) : "";
+  }
+  std::string agent_metrics_url(int index) const {
+    return MetricsUrl(host_address(index), 2 + static_cast<size_t>(index));
+  }
   std::string image_server_dir() const { return options_.state_dir + "/image-server"; }
   std::string image_server_token_file() const { return options_.state_dir + "/image-server.token"; }
   // Changes where agents started from now on fetch chunks (benchmarks).
@@ -99,6 +110,11 @@ class LocalGrid {
   std::unique_ptr<ChildProcess> image_server_;
   std::vector<std::unique_ptr<ChildProcess>> agents_;
   std::vector<int> agent_ports_;
+  // Metrics ports: the controller's, the image server's, then the agents'.
+  std::vector<int> metrics_ports_;
+  std::string MetricsUrl(const std::string& host, size_t slot) const {
+    return options_.metrics ? "http://" + host + ":" + std::to_string(metrics_ports_[slot]) : "";
+  }
   std::string agent_controller_url_;  // the controller's agents' listener, or ""
   std::string image_server_host_ = "127.0.0.1";
   std::string scheme_;  // "https://" or "http://"

@@ -1544,6 +1544,17 @@ Result<std::vector<Vm>> Store::ListVmsOnHost(const std::string& host_id) {
                    {host_id}, ReadVm);
 }
 
+Result<std::map<std::string, int64_t>> Store::CountVmsByState() {
+  auto read = Read();
+  using Row = std::pair<std::string, int64_t>;
+  VMG_ASSIGN_OR_RETURN(auto rows,
+                       Query<Row>(read.db, "SELECT state, COUNT(*) FROM vms GROUP BY state", {},
+                                  [](const SqlRow& s) {
+                                    return Row{s.Text(0), s.Int(1)};
+                                  }));
+  return std::map<std::string, int64_t>(rows.begin(), rows.end());
+}
+
 Result<std::optional<Store::VmPlacement>> Store::GetVmPlacementLocked(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(
       auto rows,

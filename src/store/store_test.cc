@@ -236,6 +236,20 @@ TEST_P(StoreTest, TransitionByOpFollowsTheTable) {
 }
 
 // Migration 8: the database holds the states of common/vm_state.h only.
+TEST_P(StoreTest, CountsVmsByState) {
+  EXPECT_TRUE(store_->CountVmsByState()->empty());
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{8, 8192, 1000, false});
+  auto a = store_->PlaceAndInsertVm(NewVm("a"), {h->id});
+  auto b = store_->PlaceAndInsertVm(NewVm("b"), {h->id});
+  auto c = store_->PlaceAndInsertVm(NewVm("c"), {h->id});
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  ASSERT_TRUE(store_->TransitionVm(a->id, {"creating"}, "running").ok());
+  ASSERT_TRUE(store_->TransitionVm(b->id, {"creating"}, "running").ok());
+  auto counts = store_->CountVmsByState();
+  ASSERT_TRUE(counts.ok()) << counts.error().message;
+  EXPECT_EQ(*counts, (std::map<std::string, int64_t>{{"creating", 1}, {"running", 2}}));
+}
+
 TEST_P(StoreTest, UnknownVmStateIsRefused) {
   auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{4, 4096, 1000, false});
   auto vm = store_->PlaceAndInsertVm(NewVm("a"), {h->id});

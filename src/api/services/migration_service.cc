@@ -4,6 +4,7 @@
 
 #include "api/admission.h"
 #include "api/agent_client.h"
+#include "api/controller_metrics.h"
 #include "api/op_queue.h"
 #include "api/placement.h"
 #include "api/services/agent_spec.h"
@@ -119,6 +120,10 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
   ops_.Run(vm.id, [this, id = op.id, vm, source, t = *target, slot = std::move(slot),
                    done = std::move(done)]() mutable {
     auto r = Run(id, vm, source, t);
+    if (metrics_)
+      metrics_->CountMigration(r.ok() ? Status::Ok() : r.error(),
+                               r.ok() ? r->value("controller_ms", 0) / 1000.0 : 0,
+                               r.ok() ? r->value("downtime_ms", 0) / 1000.0 : 0);
     slot.reset();
     ops_.Finish(id, r);
     if (done) done(r);

@@ -29,6 +29,8 @@
 
 namespace vmgrid {
 
+struct ControllerMetrics;
+
 class Admission;
 class AgentClient;
 class CapacityIndex;
@@ -78,6 +80,9 @@ class MigrationService {
   // Store writes that failed after an agent had acted (each is logged).
   int64_t failed_writes() const { return failed_writes_.load(); }
 
+  // Where migrations are counted (none by default); set before serving.
+  void set_metrics(ControllerMetrics* metrics) { metrics_ = metrics; }
+
  private:
   // The sequence, on the operation pool; the operation's outcome.
   Result<nlohmann::json> Run(const std::string& op_id, const Vm& vm, const Host& source,
@@ -95,6 +100,7 @@ class MigrationService {
   OpQueue& ops_;
   const Clock& clock_;
   Admission& long_ops_;
+  ControllerMetrics* metrics_ = nullptr;
   std::atomic<int64_t> failed_writes_{0};
 };
 

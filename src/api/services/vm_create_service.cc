@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "api/agent_client.h"
+#include "api/controller_metrics.h"
 #include "api/op_queue.h"
 #include "api/placement.h"
 #include "api/services/agent_spec.h"
@@ -98,10 +99,13 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
                          "no host has registered; start an agent (`vmgrid agent`)");
       std::vector<std::string> all;
       for (const auto& h : hosts) all.push_back(h.id);
-      return ExplainNoPlacement(vm, all, r.site, r.host_network);
+      Error why = ExplainNoPlacement(vm, all, r.site, r.host_network);
+      if (metrics_) metrics_->CountPlacement("single", why);
+      return why;
     }
   }
   auto placed = store_.PlaceAndInsertVm(vm, candidates);
+  if (metrics_) metrics_->CountPlacement("single", placed.ok() ? Status::Ok() : placed.error());
   if (!placed.ok()) {
     if (placed.error().code != ErrorCode::kResourceExhausted) return placed.error();
     Error why = ExplainNoPlacement(vm, candidates, "", "");
@@ -347,6 +351,7 @@ Result<json> VmCreateService::CreateGang(const CreateVmRequest& r, const Vm& pro
   }
   VMG_ASSIGN_OR_RETURN(auto groups, index_.Groups(same, r.policy));
   auto placed = store_.PlaceAndInsertGang(vms, groups);
+  if (metrics_) metrics_->CountPlacement("gang", placed.ok() ? Status::Ok() : placed.error());
   if (!placed.ok()) {
     if (placed.error().code != ErrorCode::kResourceExhausted) return placed.error();
     return MakeError(

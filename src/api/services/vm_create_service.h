@@ -33,6 +33,8 @@
 
 namespace vmgrid {
 
+struct ControllerMetrics;
+
 class AgentClient;
 class ApiViews;
 class CapacityIndex;
@@ -99,6 +101,9 @@ class VmCreateService {
   // Store writes that failed where the create went on (each is logged).
   int64_t failed_writes() const { return failed_writes_.load(); }
 
+  // Where placements are counted (none by default); set before serving.
+  void set_metrics(ControllerMetrics* metrics) { metrics_ = metrics; }
+
  private:
   // What a VM starts from.
   struct Source {
@@ -153,6 +158,7 @@ class VmCreateService {
   WorkspaceService& workspaces_;
   ApiViews& views_;
   const bool image_server_;
+  ControllerMetrics* metrics_ = nullptr;
   std::atomic<int64_t> failed_writes_{0};
 };
 
