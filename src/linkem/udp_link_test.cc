@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include <string>
+#include <thread>
 
 namespace vmgrid {
 namespace {
@@ -65,6 +66,10 @@ TEST(UdpLinkTest, EachSideSeesTheOtherAtItsFacingPortAfterHalfTheRtt) {
   auto [back, via] = a.Receive(5000ms);
   EXPECT_EQ(back, "to a");
   EXPECT_EQ(via, (*link)->b_facing_port());
+  // The link counts a datagram after sendto() returns, so the receiver can
+  // see it a moment before the count moves: wait for the count, briefly.
+  for (auto until = Clock::now() + 2s; (*link)->stats().delivered < 2 && Clock::now() < until;)
+    std::this_thread::sleep_for(1ms);
   EXPECT_EQ((*link)->stats().delivered, 2u);
   EXPECT_EQ((*link)->stats().dropped, 0u);
 }
