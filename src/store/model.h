@@ -208,4 +208,30 @@ struct Workspace {
   int64_t created_ms = 0;
 };
 
+// One entry of the event stream (the `events` table, migration 13): what
+// happened to a VM or a host, in commit order. `id` is the cursor: it only
+// grows (never reused, also after retention deleted older rows). Empty
+// vm_id / host_id / owner_id are NULL in the table; an event without an
+// owner (a host's) is the admin's only.
+struct Event {
+  int64_t id = 0;
+  int64_t time_ms = 0;
+  std::string kind;  // vm.placed, vm.state, vm.failed, vm.deleted, vm.migrated, host.up, ...
+  std::string vm_id;
+  std::string host_id;
+  std::string owner_id;
+  std::string message;      // for people
+  std::string data = "{}";  // a JSON object, for programs
+};
+
+// Which events ListEvents returns: those with id > after, oldest first, at
+// most `limit`; of one VM if vm_id is set; of one owner's VMs unless
+// `owner` is "" (the admin's view, which includes host events).
+struct EventQuery {
+  int64_t after = 0;
+  std::string vm_id;
+  std::string owner;
+  int64_t limit = 100;
+};
+
 }  // namespace vmgrid

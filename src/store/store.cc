@@ -1,7 +1,10 @@
 #include "store/store.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 
 #include "common/util.h"
 #include "common/vm_state.h"
@@ -325,6 +328,39 @@ CREATE TABLE vm_migrations (
     R"sql(
 ALTER TABLE hosts ADD COLUMN draining BIGINT NOT NULL DEFAULT 0;
 )sql",
+    // 13: the event stream (Store::ListEvents, GET /v1/events). id is the
+    // cursor: AUTOINCREMENT / a sequence, so ids are never reused after
+    // PruneEvents deleted the oldest. No foreign keys: a VM's history
+    // outlives the VM. NULL vm_id/host_id/owner_id: not about one; an event
+    // without owner (a host's) is for the admin only.
+    {R"sql(
+CREATE TABLE events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  time_ms BIGINT NOT NULL,
+  kind TEXT NOT NULL,
+  vm_id TEXT,
+  host_id TEXT,
+  owner_id TEXT,
+  message TEXT NOT NULL,
+  data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_vm ON events(vm_id, id);
+CREATE INDEX events_owner ON events(owner_id, id);
+)sql",
+     R"sql(
+CREATE TABLE events (
+  id BIGSERIAL PRIMARY KEY,
+  time_ms BIGINT NOT NULL,
+  kind TEXT NOT NULL,
+  vm_id TEXT,
+  host_id TEXT,
+  owner_id TEXT,
+  message TEXT NOT NULL,
+  data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_vm ON events(vm_id, id);
+CREATE INDEX events_owner ON events(owner_id, id);
+)sql"},
 };
 
 const char* kUserCols =
@@ -939,6 +975,7 @@ Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& ur
   now = NowMs();
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(auto was, db_->Query("SELECT state FROM hosts WHERE name=?", {name}));
   VMG_ASSIGN_OR_RETURN(
       int64_t changed,
       db_->Exec("UPDATE hosts SET url=?, state='up', vcpus=?, memory_mb=?, disk_mb=?, kvm=?, "
@@ -963,6 +1000,11 @@ Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& ur
       auto rows,
       Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.name = ?", {name}, ReadHost));
   Host host = rows.at(0);
+  if (was.empty() || was[0].Text(0) != "up")
+    RecordEventLocked(Event{
+        0, 0, "host.up", "", host.id, "",
+        "host " + name + (was.empty() ? " registered" : " is up again"),
+        nlohmann::json{{"url", url}, {"vcpus", cap.vcpus}, {"memory_mb", cap.memory_mb}}.dump()});
   Notify([host](StoreObserver& o) { o.OnHost(host); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
   std::lock_guard<std::mutex> beat(beat_mu_);
@@ -1126,6 +1168,8 @@ Result<Host> Store::SetHostDraining(const std::string& ref, bool draining) {
   VMG_RETURN_IF_ERROR(
       db_->Exec("UPDATE hosts SET draining = ? WHERE id = ?", {int64_t{draining}, host.id}));
   host.draining = draining;
+  RecordEventLocked(Event{0, 0, draining ? "host.drain" : "host.undrain", "", host.id, "",
+                          "host " + host.name + (draining ? " draining" : " undrained"), "{}"});
   Notify([host](StoreObserver& o) { o.OnHost(host); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
   // A heartbeat that changes nothing returns the host as last written.
@@ -1141,14 +1185,20 @@ Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
   VMG_RETURN_IF_ERROR(FlushHeartbeatsLocked());  // decide on the latest times
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
-  VMG_ASSIGN_OR_RETURN(auto ids,
-                       Query<std::string>(db_.get(),
-                                          "SELECT id FROM hosts WHERE state='up' AND "
-                                          "last_heartbeat_ms < ?",
-                                          {cutoff_ms}, [](const SqlRow& s) { return s.Text(0); }));
+  VMG_ASSIGN_OR_RETURN(auto stale, db_->Query("SELECT id, name FROM hosts WHERE state='up' AND "
+                                              "last_heartbeat_ms < ?",
+                                              {cutoff_ms}));
+  std::vector<std::string> ids;
+  for (const auto& row : stale) ids.push_back(row.Text(0));
   VMG_RETURN_IF_ERROR(db_->Exec(
       "UPDATE hosts SET state='down' WHERE state='up' AND last_heartbeat_ms < ?", {cutoff_ms}));
-  for (const auto& id : ids) Notify([id](StoreObserver& o) { o.OnHostDown(id); });
+  for (const auto& row : stale) {
+    const std::string id = row.Text(0);
+    RecordEventLocked(Event{0, 0, "host.down", "", id, "",
+                            "host " + row.Text(1) + " missed its heartbeats: down",
+                            nlohmann::json{{"last_heartbeat_before_ms", cutoff_ms}}.dump()});
+    Notify([id](StoreObserver& o) { o.OnHostDown(id); });
+  }
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
   if (!ids.empty()) {  // their next heartbeat is written in full (state up)
     std::vector<std::string> sorted = ids;
@@ -1515,6 +1565,7 @@ Status Store::InsertVmRecord(const Vm& vm) {
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_RETURN_IF_ERROR(InsertVmLocked(vm, /*reserved=*/false));
+  RecordVmStateLocked(vm, "", "");
   return CommitLocked(tx);
 }
 
@@ -1589,6 +1640,7 @@ Status Store::UpdateVmLocked(const Vm& v, const VmPlacement& before, bool* raced
     return Status::Ok();
   }
   VMG_RETURN_IF_ERROR(MoveUsageLocked(before, v.host_id, v.state));
+  RecordVmStateLocked(v, before.state, before.host_id);
   if (before.state == "migrating" && v.state != "migrating")
     VMG_RETURN_IF_ERROR(ReleaseMigrationLocked(v.id));
   if (v.host_id != before.host_id)
@@ -1665,6 +1717,7 @@ Result<Vm> Store::TransitionVm(const std::string& id, const std::vector<std::str
                      "VM " + vm.id + " changed state concurrently; retry");
   VMG_RETURN_IF_ERROR(MoveUsageLocked(
       VmPlacement{vm.host_id, seen, vm.vcpus, vm.memory_mb, vm.disk_bytes}, vm.host_id, vm.state));
+  RecordVmStateLocked(vm, seen, vm.host_id);
   Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
   return vm;
@@ -1695,6 +1748,7 @@ Status Store::DeleteVm(const std::string& id) {
     VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET vm_id='' WHERE vm_id=?", {id}));
     VMG_ASSIGN_OR_RETURN(auto before, GetVmPlacementLocked(id));
     if (!before) return tx.Commit();
+    VMG_ASSIGN_OR_RETURN(auto who, db_->Query("SELECT name, owner_id FROM vms WHERE id=?", {id}));
     VMG_RETURN_IF_ERROR(ReleaseMigrationLocked(id));
     VMG_ASSIGN_OR_RETURN(
         auto nets, Query<std::string>(db_.get(), "SELECT network_id FROM nics WHERE vm_id=?", {id},
@@ -1704,6 +1758,12 @@ Status Store::DeleteVm(const std::string& id) {
                          db_->Exec("DELETE FROM vms WHERE id=? AND host_id=? AND state=?",
                                    {id, before->host_id, before->state}));
     if (changed == 0) continue;
+    if (!who.empty()) {
+      const std::string name = who[0].Text(0);
+      RecordEventLocked(Event{0, 0, "vm.deleted", id, before->host_id, who[0].Text(1),
+                              "VM " + name + " deleted (was " + before->state + ")",
+                              nlohmann::json{{"from", before->state}}.dump()});
+    }
     VMG_RETURN_IF_ERROR(RekeyNetworksLeftLocked(nets, before->host_id));
     if (!nets.empty()) ++network_generation_;
     if (HoldsOnHost(before->state))
@@ -1788,6 +1848,7 @@ Result<std::pair<Vm, std::string>> Store::BeginMigration(
         db_->Exec("INSERT INTO vm_migrations (vm_id, target_host_id, vcpus, memory_mb, disk_bytes, "
                   "started_ms) VALUES (?, ?, ?, ?, ?, ?)",
                   {vm.id, host_id, int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, vm.updated_ms}));
+    RecordVmStateLocked(vm, seen, vm.host_id);
     Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
     Notify([host_id](StoreObserver& o) { o.OnVmChanged(host_id); });
     VMG_RETURN_IF_ERROR(CommitLocked(tx));
@@ -1843,6 +1904,7 @@ Result<Vm> Store::FinishMigration(const std::string& id) {
                 "('host','host_cache')",
                 {target, id}));
   VMG_RETURN_IF_ERROR(db_->Exec("UPDATE workspaces SET host_id=? WHERE vm_id=?", {target, id}));
+  RecordVmStateLocked(vm, "migrating", source);
   // NICs are keyed by VM: the host change moves them in every plan.
   VMG_ASSIGN_OR_RETURN(
       auto nets, Query<std::string>(db_.get(), "SELECT network_id FROM nics WHERE vm_id=?", {id},
@@ -2151,6 +2213,102 @@ Result<NetworkPlanInputs> Store::NetworkPlanInputsForHost(const std::string& hos
     in.endpoints[h.id] = {static_cast<uint32_t>(h.tunnel_number), h.tunnel_ip,
                           static_cast<int>(h.tunnel_port)};
   return in;
+}
+
+// --- the event stream -------------------------------------------------------------
+
+namespace {
+
+constexpr const char* kEventCols =
+    "id, time_ms, kind, COALESCE(vm_id, ''), COALESCE(host_id, ''), COALESCE(owner_id, ''), "
+    "message, data";
+Event ReadEvent(const SqlRow& r) {
+  return Event{r.Int(0),  r.Int(1),  r.Text(2), r.Text(3),
+               r.Text(4), r.Text(5), r.Text(6), r.Text(7)};
+}
+SqlValue OrNull(const std::string& s) { return s.empty() ? SqlValue(nullptr) : SqlValue(s); }
+constexpr const char* kEventInsert =
+    "INSERT INTO events (time_ms, kind, vm_id, host_id, owner_id, message, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)";
+std::vector<SqlValue> EventValues(const Event& e) {
+  return {e.time_ms,
+          e.kind,
+          OrNull(e.vm_id),
+          OrNull(e.host_id),
+          OrNull(e.owner_id),
+          e.message,
+          e.data.empty() ? std::string("{}") : e.data};
+}
+
+}  // namespace
+
+void Store::RecordEventLocked(Event event) {
+  if (event.time_ms == 0) event.time_ms = NowMs();
+  Status st = db_->ExecScript("SAVEPOINT event");
+  if (st.ok()) {
+    auto inserted = db_->Exec(kEventInsert, EventValues(event));
+    st = inserted.ok() ? db_->ExecScript("RELEASE event") : Status(inserted.error());
+    if (!inserted.ok() && db_->InTransaction()) {
+      (void)db_->ExecScript("ROLLBACK TO event");
+      (void)db_->ExecScript("RELEASE event");
+    }
+  }
+  if (st.ok()) return;
+  // The change it records goes on: an event is history, not state.
+  ++event_write_failures_;
+  spdlog::warn("event {} ({}) not recorded: {}", event.kind, event.message, st.error().message);
+}
+
+void Store::RecordVmStateLocked(const Vm& vm, const std::string& from_state,
+                                const std::string& from_host) {
+  if (vm.state == from_state && vm.host_id == from_host) return;
+  nlohmann::json data = {{"from", from_state}, {"to", vm.state}, {"host", vm.host_id}};
+  std::string message =
+      "VM " + vm.name + ": " + (from_state.empty() ? "-" : from_state) + " -> " + vm.state;
+  if (vm.host_id != from_host && !from_host.empty()) {
+    data["from_host"] = from_host;
+    message += " (host " + from_host + " -> " + vm.host_id + ")";
+  }
+  if (!vm.error.empty()) {
+    data["error"] = vm.error;
+    message += ": " + vm.error;
+  }
+  RecordEventLocked(Event{0, 0, vm.state == "error" ? "vm.failed" : "vm.state", vm.id, vm.host_id,
+                          vm.owner_id, std::move(message), data.dump()});
+}
+
+Result<int64_t> Store::AppendEvent(Event event) {
+  if (event.time_ms == 0) event.time_ms = NowMs();
+  auto lock = Exclusive();
+  VMG_ASSIGN_OR_RETURN(auto rows,
+                       db_->Query(std::string(kEventInsert) + " RETURNING id", EventValues(event)));
+  if (rows.empty()) return MakeError(ErrorCode::kInternal, "event insert returned no id");
+  return rows[0].Int(0);
+}
+
+Result<std::vector<Event>> Store::ListEvents(const EventQuery& q) {
+  std::string sql = std::string("SELECT ") + kEventCols + " FROM events WHERE id > ?";
+  std::vector<SqlValue> args{q.after};
+  if (!q.vm_id.empty()) {
+    sql += " AND vm_id = ?";
+    args.emplace_back(q.vm_id);
+  }
+  if (!q.owner.empty()) {
+    sql += " AND owner_id = ?";
+    args.emplace_back(q.owner);
+  }
+  sql += " ORDER BY id LIMIT ?";
+  args.emplace_back(std::max<int64_t>(1, q.limit));
+  auto read = Read();
+  return Query<Event>(read.db, sql, args, ReadEvent);
+}
+
+Result<int64_t> Store::PruneEvents(int64_t keep) {
+  auto lock = Exclusive();
+  VMG_ASSIGN_OR_RETURN(auto rows, db_->Query("SELECT COALESCE(MAX(id), 0) FROM events"));
+  const int64_t below = rows.at(0).Int(0) - std::max<int64_t>(0, keep);
+  if (below <= 0) return int64_t{0};
+  return db_->Exec("DELETE FROM events WHERE id <= ?", {below});
 }
 
 }  // namespace vmgrid

@@ -236,6 +236,24 @@ class Store {
   // `state` on its source host with `error`. OK if no migration is in flight.
   Status AbortMigration(const std::string& id, const std::string& state, const std::string& error);
 
+  // --- the event stream (model.h Event; docs/operations.md, "Events") --------------
+  // The store itself records, in the transaction that makes the change,
+  // every change of a VM's state (vm.state; vm.failed when it becomes
+  // error), a VM's deletion (vm.deleted), and a host going up, down,
+  // draining or undrained (host.up, host.down, host.drain, host.undrain).
+  // Such a record never fails the change: it is written under a savepoint
+  // of its own, and a failure is logged and counted (event_write_failures).
+  // Services add what only they know with AppendEvent (vm.placed with the
+  // reason, vm.migrated with the downtime).
+  // Writes `event` (id and, if 0, time_ms are set here); returns its id.
+  Result<int64_t> AppendEvent(Event event);
+  // Events after q.after, oldest first (model.h EventQuery).
+  Result<std::vector<Event>> ListEvents(const EventQuery& q);
+  // Deletes all but the newest `keep` events (by id); returns how many went.
+  Result<int64_t> PruneEvents(int64_t keep);
+  // Records of changes that could not be written (each logged).
+  int64_t event_write_failures() const { return event_write_failures_.load(); }
+
   // --- workspaces ---------------------------------------------------------------
   // Inserts unless the owner's workspace_bytes quota cannot hold ws.size_bytes
   // more (kPermissionDenied), checked in the same transaction.
@@ -286,6 +304,12 @@ class Store {
   Status UpdateVmLocked(const Vm& v, const VmPlacement& before, bool* raced);
   Result<Vm> GetVmLocked(const std::string& ref, const OwnerFilter& owner);
   Status UpdateImageLocked(const Image& image);
+  // Records `event` in the caller's transaction on db_ under a savepoint:
+  // a failure is rolled back alone, logged and counted, never returned.
+  void RecordEventLocked(Event event);
+  // A VM's state change (vm.state, or vm.failed when it becomes error).
+  void RecordVmStateLocked(const Vm& vm, const std::string& from_state,
+                           const std::string& from_host);
   // A connection for reads, held for one method: one of readers_, else
   // (an in-memory SQLite database) the main connection under mu_.
   struct ReadLease {
@@ -343,6 +367,7 @@ class Store {
   // a heartbeat that changes nothing does not wait for the store's lock.
   std::mutex beat_mu_;
   std::atomic<int64_t> network_generation_{1};
+  std::atomic<int64_t> event_write_failures_{0};
   std::unordered_map<std::string, Host> beat_written_;
   std::unordered_map<std::string, int64_t> beat_pending_;
   int schema_version_ = 0;

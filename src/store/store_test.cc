@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <thread>
@@ -21,10 +22,11 @@ using testing_db::TestDatabase;
 // store/test_database.h); every test gets a fresh database.
 // Undoes migration 9 (virtual networks), for tests that run migrations
 // again from an older version.
-// Undoes migrations 9 to 12 (virtual networks, hosts' tunnel columns, live
-// migrations' table, drain; migration 11's state check is dropped with migration 8's).
+// Undoes migrations 9 to 13 (virtual networks, hosts' tunnel columns, live
+// migrations' table, drain, events; migration 11's state check is dropped with migration 8's).
 constexpr const char* kDropMigration9 =
-    "DROP TABLE vm_migrations; DROP TABLE nics; DROP TABLE network_shares; DROP TABLE networks; "
+    "DROP TABLE events; DROP TABLE vm_migrations; DROP TABLE nics; DROP TABLE network_shares; DROP "
+    "TABLE networks; "
     "DROP INDEX hosts_tunnel_number; ALTER TABLE hosts DROP COLUMN tunnel_number; "
     "ALTER TABLE hosts DROP COLUMN tunnel_ip; ALTER TABLE hosts DROP COLUMN tunnel_port; "
     "ALTER TABLE hosts DROP COLUMN draining;";
@@ -315,7 +317,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 12);
+  EXPECT_EQ((*s)->schema_version(), 13);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
@@ -718,7 +720,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 12);
+  EXPECT_EQ(store_->schema_version(), 13);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);
@@ -882,6 +884,174 @@ TEST_P(StoreTest, NetworkPlanInputsAndRekeyWhenAHostLeaves) {
   EXPECT_NE(after->tunnel_key_hex, key);
   // other's key did not move.
   EXPECT_EQ(store_->GetNetwork(other->id, "", true)->key_epoch, other->key_epoch);
+}
+
+// --- the event stream ---------------------------------------------------------------
+
+std::vector<std::string> Kinds(const std::vector<Event>& events) {
+  std::vector<std::string> kinds;
+  for (const auto& e : events) kinds.push_back(e.kind);
+  return kinds;
+}
+
+// Every write of a VM's state is recorded by the store, in its transaction:
+// no path that changes the state can skip it.
+TEST_P(StoreTest, EventsRecordEveryVmStateChange) {
+  auto h1 = store_->HeartbeatHost("h1", "http://1", HostCapacity{4, 4096, 1000, false});
+  auto h2 = store_->HeartbeatHost("h2", "http://2", HostCapacity{4, 4096, 1000, false});
+  ASSERT_TRUE(h1.ok() && h2.ok());
+  auto vm = store_->PlaceAndInsertVm(NewVm("a"), {h1->id});
+  ASSERT_TRUE(vm.ok()) << vm.error().message;
+  ASSERT_TRUE(store_->ModifyVm(vm->id, [](Vm& v) { v.state = "running"; }).ok());
+  ASSERT_TRUE(store_->TransitionVm(vm->id, VmOp::kStop).ok());                     // stopping
+  ASSERT_TRUE(store_->ModifyVm(vm->id, [](Vm& v) { v.state = "running"; }).ok());  // back
+  ASSERT_TRUE(store_->BeginMigration(vm->id, {h2->id}).ok());
+  ASSERT_TRUE(store_->FinishMigration(vm->id).ok());
+  ASSERT_TRUE(store_->ModifyVm(vm->id, [](Vm& v) { v.error = "only the error"; }).ok());
+  ASSERT_TRUE(store_
+                  ->ModifyVm(vm->id,
+                             [](Vm& v) {
+                               v.state = "error";
+                               v.error = "guest died";
+                             })
+                  .ok());
+  ASSERT_TRUE(store_->DeleteVm(vm->id).ok());
+  auto events = store_->ListEvents(EventQuery{0, vm->id, "", 100});
+  ASSERT_TRUE(events.ok()) << events.error().message;
+  EXPECT_EQ(Kinds(*events),
+            (std::vector<std::string>{"vm.state", "vm.state", "vm.state", "vm.state", "vm.state",
+                                      "vm.failed", "vm.deleted"}));
+  const auto data = [&](size_t i) { return nlohmann::json::parse(events->at(i).data); };
+  EXPECT_EQ(data(0)["from"], "creating");
+  EXPECT_EQ(data(0)["to"], "running");
+  EXPECT_EQ(data(1)["to"], "stopping");
+  EXPECT_EQ(data(3)["to"], "migrating");
+  EXPECT_EQ(data(4)["from_host"], h1->id);
+  EXPECT_EQ(data(4)["host"], h2->id);
+  EXPECT_EQ(data(5)["error"], "guest died");
+  for (const auto& e : *events) {
+    EXPECT_EQ(e.owner_id, alice_.id);
+    EXPECT_GT(e.time_ms, 0);
+    EXPECT_FALSE(e.message.empty());
+  }
+  for (size_t i = 1; i < events->size(); ++i) EXPECT_GT(events->at(i).id, events->at(i - 1).id);
+  // The host that came up is in the stream too (admin only: no owner).
+  auto all = store_->ListEvents(EventQuery{0, "", "", 1000});
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(Kinds(*all).front(), "host.up");
+}
+
+TEST_P(StoreTest, HostEventsHaveNoOwner) {
+  auto h = store_->HeartbeatHost("h1", "http://1", HostCapacity{4, 4096, 1000, false});
+  ASSERT_TRUE(h.ok());
+  // An unchanged heartbeat is no event; draining twice is one.
+  ASSERT_TRUE(store_->HeartbeatHost("h1", "http://1", HostCapacity{4, 4096, 1000, false}).ok());
+  ASSERT_TRUE(store_->SetHostDraining("h1", true).ok());
+  ASSERT_TRUE(store_->SetHostDraining("h1", true).ok());
+  ASSERT_TRUE(store_->SetHostDraining("h1", false).ok());
+  auto down = store_->MarkStaleHostsDown(NowMs() + 1000);
+  ASSERT_TRUE(down.ok());
+  ASSERT_TRUE(store_->HeartbeatHost("h1", "http://1", HostCapacity{4, 4096, 1000, false}).ok());
+  auto events = store_->ListEvents(EventQuery{});
+  ASSERT_TRUE(events.ok());
+  EXPECT_EQ(Kinds(*events), (std::vector<std::string>{"host.up", "host.drain", "host.undrain",
+                                                      "host.down", "host.up"}));
+  for (const auto& e : *events) {
+    EXPECT_EQ(e.host_id, h->id);
+    EXPECT_EQ(e.owner_id, "");
+    EXPECT_EQ(e.vm_id, "");
+  }
+  // Not an owner's: a user's filter never matches them.
+  EXPECT_TRUE(store_->ListEvents(EventQuery{0, "", alice_.id, 100})->empty());
+}
+
+TEST_P(StoreTest, EventsAreFilteredByOwnerAndVm) {
+  auto bob = store_->CreateUser("bob", "user");
+  ASSERT_TRUE(bob.ok());
+  auto h = store_->HeartbeatHost("h1", "http://1", HostCapacity{8, 8192, 1000, false});
+  auto a = store_->PlaceAndInsertVm(NewVm("a"), {h->id});
+  Vm bv = NewVm("b");
+  bv.owner_id = bob->first.id;
+  auto b = store_->PlaceAndInsertVm(bv, {h->id});
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(store_->TransitionVm(a->id, {"creating"}, "running").ok());
+  ASSERT_TRUE(store_->TransitionVm(b->id, {"creating"}, "running").ok());
+  auto alices = store_->ListEvents(EventQuery{0, "", alice_.id, 100});
+  ASSERT_TRUE(alices.ok());
+  ASSERT_EQ(alices->size(), 1u);
+  EXPECT_EQ(alices->at(0).vm_id, a->id);
+  // Bob asking for alice's VM by id gets nothing.
+  EXPECT_TRUE(store_->ListEvents(EventQuery{0, a->id, bob->first.id, 100})->empty());
+  EXPECT_EQ(store_->ListEvents(EventQuery{0, b->id, bob->first.id, 100})->size(), 1u);
+  EXPECT_EQ(store_->ListEvents(EventQuery{0, "", "", 100})->size(), 3u);  // + host.up
+}
+
+TEST_P(StoreTest, EventCursorPagesAndRetentionKeepsTheNewest) {
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 25; ++i) {
+    auto id = store_->AppendEvent(
+        Event{0, 0, "vm.placed", "vm-x", "", alice_.id, "n" + std::to_string(i), "{}"});
+    ASSERT_TRUE(id.ok()) << id.error().message;
+    ids.push_back(*id);
+  }
+  std::vector<std::string> seen;
+  int64_t cursor = 0;
+  for (int page = 0; page < 10; ++page) {
+    auto got = store_->ListEvents(EventQuery{cursor, "", alice_.id, 10});
+    ASSERT_TRUE(got.ok());
+    if (got->empty()) break;
+    for (const auto& e : *got) seen.push_back(e.message);
+    cursor = got->back().id;
+  }
+  ASSERT_EQ(seen.size(), 25u);
+  EXPECT_EQ(seen.front(), "n0");
+  EXPECT_EQ(seen.back(), "n24");
+  auto pruned = store_->PruneEvents(5);
+  ASSERT_TRUE(pruned.ok());
+  EXPECT_EQ(*pruned, 20);
+  auto left = store_->ListEvents(EventQuery{0, "", "", 100});
+  ASSERT_EQ(left->size(), 5u);
+  EXPECT_EQ(left->front().message, "n20");
+  EXPECT_EQ(*store_->PruneEvents(5), 0);
+  // Ids are never reused: a cursor stays valid across retention.
+  auto next = store_->AppendEvent(Event{0, 0, "vm.placed", "", "", "", "n25", "{}"});
+  ASSERT_TRUE(next.ok());
+  EXPECT_GT(*next, ids.back());
+  EXPECT_EQ(store_->ListEvents(EventQuery{ids.back(), "", "", 100})->size(), 1u);
+}
+
+// The history is in the database: a new Store (a restarted controller)
+// reads it back.
+TEST_P(StoreTest, EventsSurviveReopen) {
+  auto h = store_->HeartbeatHost("h1", "http://1", HostCapacity{4, 4096, 1000, false});
+  auto vm = store_->PlaceAndInsertVm(NewVm("a"), {h->id});
+  ASSERT_TRUE(vm.ok());
+  ASSERT_TRUE(store_->TransitionVm(vm->id, {"creating"}, "running").ok());
+  store_.reset();
+  auto s = Store::Open(db_->target());
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  store_ = std::move(s).value();
+  auto events = store_->ListEvents(EventQuery{0, vm->id, alice_.id, 100});
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ(nlohmann::json::parse(events->at(0).data)["to"], "running");
+}
+
+// An event that cannot be written never fails the change it records.
+TEST_P(StoreTest, FailedEventWriteDoesNotFailTheChange) {
+  auto h = store_->HeartbeatHost("h1", "http://1", HostCapacity{4, 4096, 1000, false});
+  auto vm = store_->PlaceAndInsertVm(NewVm("a"), {h->id});
+  ASSERT_TRUE(vm.ok());
+  {
+    auto db = OpenSqlBackend(db_->target());
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->ExecScript("DROP TABLE events").ok());
+  }
+  ASSERT_TRUE(store_->TransitionVm(vm->id, {"creating"}, "running").ok());
+  ASSERT_TRUE(store_->ModifyVm(vm->id, [](Vm& v) { v.state = "stopped"; }).ok());
+  EXPECT_EQ(store_->GetVm(vm->id, "")->state, "stopped");
+  EXPECT_EQ(store_->event_write_failures(), 2);
+  EXPECT_FALSE(store_->AppendEvent(Event{0, 0, "vm.placed", "", "", "", "x", "{}"}).ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, testing_db::Backends(), testing_db::BackendName);
