@@ -13,6 +13,7 @@
 #include "api/openapi.h"
 #include "api/placement.h"
 #include "api/routes.h"
+#include "api/routes/event_routes.h"
 #include "api/routes/host_routes.h"
 #include "api/routes/image_routes.h"
 #include "api/routes/migration_routes.h"
@@ -63,6 +64,8 @@ constexpr int64_t kIndexResyncMs = 10'000;
 // operation never started (a crash between the two); the operation itself
 // is seen by OpQueue::InFlight however long it runs.
 constexpr int64_t kMigrationStaleMs = 60'000;
+// How often the event stream is cut to --events-keep.
+constexpr int64_t kEventPruneMs = 60'000;
 
 }  // namespace
 
@@ -137,6 +140,11 @@ Status Controller::Start() {
   creates_ =
       std::make_unique<Admission>("VM creates in flight", options_.max_creates_per_user, 0, 10);
   queries_ = std::make_unique<Admission>("queries", options_.max_queries_per_user, 0, 1);
+  // A follower holds a thread while it waits: few per user, and all of them
+  // well below the thread count (the requests' bound above holds as well).
+  followers_ = std::make_unique<Admission>(
+      "event followers", options_.max_followers_per_user,
+      std::min(options_.max_followers, std::max(1, options_.http_threads / 4)), 5);
   // TLS for users (token authentication, no client certificate), mutual TLS
   // for agents on their listener; our certificate is also our client
   // identity towards agents and the image server.
@@ -146,6 +154,7 @@ Status Controller::Start() {
   if (tls_) VMG_RETURN_IF_ERROR(SetClientTls(options_.tls.files));
   // The services behind the routes, with what they use passed in.
   agents_ = NewHttpAgentClient(*host_creds_);
+  events_ = std::make_unique<EventService>(*store_, *followers_, &stop_);
   hosts_ = std::make_unique<HostService>(
       *store_, *index_, *host_creds_, SystemClock::Get(),
       [this](const std::string& vm_id) { return ops_->InFlight(vm_id); }, tls_);
@@ -409,6 +418,9 @@ void Controller::InstallRoutes() {
 
   // Virtual networks.
   InstallNetworkRoutes(routes, *networks_);
+
+  // The event stream.
+  InstallEventRoutes(routes, *events_);
 }
 
 // Only what agents (and a load balancer's health check) need.
@@ -543,6 +555,7 @@ void Controller::AddMetricsCollectors() {
 void Controller::ReconcileLoop() {
   const int64_t started = NowMs();
   int64_t resynced = started;
+  int64_t pruned = 0;  // at once, then every kEventPruneMs
   while (!stop_) {
     // Migrations a previous controller left half-done (its operations died
     // with it), and any whose operation never started.
@@ -557,6 +570,15 @@ void Controller::ReconcileLoop() {
       if (auto st = store_->Resync(); !st.ok())
         spdlog::warn("capacity index: {}", st.error().message);
       resynced = NowMs();
+    }
+    if (NowMs() - pruned >= kEventPruneMs) {
+      // The event stream's retention (docs/operations.md, "Events").
+      auto gone = store_->PruneEvents(options_.events_keep);
+      if (!gone.ok())
+        spdlog::warn("event retention: {}", gone.error().message);
+      else if (*gone > 0)
+        spdlog::info("event retention: deleted the {} oldest events", *gone);
+      pruned = NowMs();
     }
     for (int i = 0; i < 20 && !stop_; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));

@@ -36,6 +36,7 @@
 #include "api/routes/route.h"
 #include "api/services/api_views.h"
 #include "api/services/drain_service.h"
+#include "api/services/event_service.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
 #include "api/services/migration_service.h"
@@ -140,6 +141,7 @@ class Controller {
   std::unique_ptr<OpQueue> ops_;
   // The services behind the routes (api/services/), set by Start.
   AgentClientPtr agents_;
+  std::unique_ptr<EventService> events_;  // before the services that record events
   std::unique_ptr<HostService> hosts_;
   std::unique_ptr<VmService> vms_;
   std::unique_ptr<NetworkService> networks_;
@@ -157,6 +159,8 @@ class Controller {
   // Admission (api/admission.h): user requests being handled, and per user
   // exec operations, creates in flight and queries. Set by Start.
   std::unique_ptr<Admission> requests_, execs_, creates_, queries_;
+  // Event followers waiting at once (GET /v1/events?follow=1). Set by Start.
+  std::unique_ptr<Admission> followers_;
   // Image finalizes, checkpoint publishes and workspace deletions of one
   // user running at once (set by the constructor).
   std::unique_ptr<Admission> long_ops_;

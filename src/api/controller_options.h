@@ -37,6 +37,8 @@ struct ControllerOptions {
                                    // workspace deletions running at once
   int max_creates_per_user = 16;   // VM creates in flight (gang members count)
   int max_queries_per_user = 2;    // information-service queries at once
+  int max_followers_per_user = 4;  // GET /v1/events?follow=1 waiting at once
+  int max_followers = 32;          // all users' followers waiting at once
   int http_threads = 128;          // connection threads of the REST API server
   int header_timeout_ms = 10'000;  // a request's line and headers, in total
   // A second listener, "HOST:PORT", serving only agents' heartbeats and
@@ -50,6 +52,9 @@ struct ControllerOptions {
   // Prometheus metrics at http://HOST:PORT/metrics, plain HTTP without
   // authentication (common/metrics_server.h); empty: off.
   std::string metrics_listen;
+  // The event stream (docs/operations.md, "Events") keeps the newest this
+  // many events; older ones are deleted once a minute.
+  int64_t events_keep = 100'000;
 };
 
 // The role's entry point: runs until SIGTERM/SIGINT; returns the process

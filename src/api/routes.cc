@@ -64,6 +64,7 @@ constexpr RouteSpec kRoutes[] = {
     {"GET", "/v1/networks/([^/]+)", "/v1/networks/{ref}", {}},
     {"DELETE", "/v1/networks/([^/]+)", "/v1/networks/{ref}", {}},
     {"POST", "/v1/networks/([^/]+)/share", "/v1/networks/{ref}/share", kShareNetworkBody},
+    {"GET", "/v1/events", "/v1/events", {}},
 };
 }  // namespace
 

@@ -52,6 +52,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io, const RoleEntryPo
   AddNetCommands(t);
   AddUserCommands(t);
   AddQueryCommands(t);
+  AddEventsCommand(t);
   AddWhoamiCommand(t);
 
   std::vector<char*> argv;

@@ -153,6 +153,7 @@ void AddVmCommands(CommandTree& t);
 void AddNetCommands(CommandTree& t);
 void AddUserCommands(CommandTree& t);  // user, workspace
 void AddQueryCommands(CommandTree& t);
+void AddEventsCommand(CommandTree& t);
 void AddWhoamiCommand(CommandTree& t);
 
 // ---------------------------------------------------------------------------

@@ -119,6 +119,10 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
                   "Separate address for agents' heartbeats (and health), with threads of its own; "
                   "give agents this URL as --controller (default: none, the main listener)")
         ->check(ListenValidator());
+    c->add_option("--events-keep", s.controller.events_keep,
+                  "Events the event stream keeps (the newest; older ones are deleted)")
+        ->check(CLI::Range(int64_t{1000}, int64_t{1'000'000'000}))
+        ->capture_default_str();
     // Admission limits (docs/api.md#limits); over a limit: 429 with Retry-After.
     for (auto [flag, dst, what] :
          {std::tuple{"--max-requests-per-user", &s.controller.max_requests_per_user,
@@ -135,6 +139,10 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
            "VM creates of one user in flight"},
           {"--max-queries-per-user", &s.controller.max_queries_per_user,
            "Queries of one user running at once"},
+          {"--max-followers-per-user", &s.controller.max_followers_per_user,
+           "Event followers (GET /v1/events?follow=1) of one user waiting at once"},
+          {"--max-followers", &s.controller.max_followers,
+           "Event followers of all users waiting at once"},
           {"--http-threads", &s.controller.http_threads,
            "Connection threads of the REST API server"},
           {"--header-timeout-ms", &s.controller.header_timeout_ms,

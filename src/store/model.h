@@ -232,6 +232,7 @@ struct EventQuery {
   std::string vm_id;
   std::string owner;
   int64_t limit = 100;
+  bool newest = false;  // the newest `limit` of them instead (still oldest first)
 };
 
 }  // namespace vmgrid

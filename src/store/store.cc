@@ -2297,10 +2297,12 @@ Result<std::vector<Event>> Store::ListEvents(const EventQuery& q) {
     sql += " AND owner_id = ?";
     args.emplace_back(q.owner);
   }
-  sql += " ORDER BY id LIMIT ?";
+  sql += q.newest ? " ORDER BY id DESC LIMIT ?" : " ORDER BY id LIMIT ?";
   args.emplace_back(std::max<int64_t>(1, q.limit));
   auto read = Read();
-  return Query<Event>(read.db, sql, args, ReadEvent);
+  VMG_ASSIGN_OR_RETURN(auto events, Query<Event>(read.db, sql, args, ReadEvent));
+  if (q.newest) std::reverse(events.begin(), events.end());
+  return events;
 }
 
 Result<int64_t> Store::PruneEvents(int64_t keep) {

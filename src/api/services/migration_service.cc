@@ -163,6 +163,14 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
           if (auto s = ParseVmState(v.state); s.ok() && !IsTransitional(*s)) state = v.state;
     CountFailedWrite(store_.AbortMigration(vm.id, state, "migration failed: " + e.message),
                      "VM " + vm.id + ": recording a failed migration");
+    RecordEvent(Event{0, clock_.NowMs(), "vm.migration_failed", vm.id, source.id, vm.owner_id,
+                      "VM " + vm.name + ": migration from host " + source.name + " to host " +
+                          target.name + " failed: " + e.message,
+                      json{{"from", source.name},
+                           {"to", target.name},
+                           {"to_host_id", target.id},
+                           {"error", e.message}}
+                          .dump()});
     return e;
   };
 
@@ -208,6 +216,18 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
   out["from"] = source.name;
   out["to"] = target.name;
   out["controller_ms"] = clock_.NowMs() - started;
+  // The state change is in the stream already (the store's); this adds
+  // what only the migration knows.
+  RecordEvent(Event{0, clock_.NowMs(), "vm.migrated", vm.id, target.id, vm.owner_id,
+                    "VM " + vm.name + " migrated from host " + source.name + " to host " +
+                        target.name + " (downtime " +
+                        std::to_string(out.value("downtime_ms", int64_t{0})) + " ms)",
+                    json{{"from", source.name},
+                         {"to", target.name},
+                         {"from_host_id", source.id},
+                         {"downtime_ms", out.value("downtime_ms", int64_t{0})},
+                         {"controller_ms", out["controller_ms"]}}
+                        .dump()});
   return out;
 }
 
@@ -275,6 +295,13 @@ Status MigrationService::Recover(const Store::PendingMigration& m) {
       "the migration to host " + target.name + " was interrupted; the VM stays on " + source.name));
   spdlog::info("interrupted migration of VM {}: it stays on {}", vm.id, source.name);
   return Status::Ok();
+}
+
+void MigrationService::RecordEvent(Event event) {
+  // The migration has happened (or failed) either way: a lost event is
+  // counted, not returned.
+  auto id = store_.AppendEvent(event);
+  if (!id.ok()) CountFailedWrite(id.error(), "event " + event.kind + " of VM " + event.vm_id);
 }
 
 void MigrationService::CountFailedWrite(const Status& st, const std::string& what) {

@@ -88,6 +88,8 @@ class MigrationService {
   Result<nlohmann::json> Run(const std::string& op_id, const Vm& vm, const Host& source,
                              const Host& target);
   void CountFailedWrite(const Status& st, const std::string& what);
+  // Adds an event to the stream (Store::AppendEvent); a failure is counted.
+  void RecordEvent(Event event);
   // One interrupted migration (RecoverInterrupted).
   Status Recover(const Store::PendingMigration& m);
   // The state `host` reports for VM `id` ("" if it does not have it).

@@ -89,6 +89,11 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
   }
   // Placement ranks the hosts of the capacity index (api/placement.h); the
   // store re-checks and reserves.
+  // Why the candidates are what they are (the vm.placed event).
+  const std::string pinned = !r.future_host.empty() ? "pinned to the host of future " + r.future
+                             : claim.workspace      ? "pinned to the host of its workspace"
+                             : !candidates.empty()  ? "limited to the hosts holding its source"
+                                                    : "";
   if (candidates.empty()) {
     candidates = index_.Rank(
         {image.id, vm.vcpus, vm.memory_mb, vm.disk_bytes, r.policy, r.site, r.host_network});
@@ -115,6 +120,8 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
   vm = *placed;
   VMG_RETURN_IF_ERROR(LinkWorkspace(vm, claim));
   auto host = store_.GetHost(vm.host_id);
+  RecordPlaced(vm, candidates, pinned.empty() ? r.policy : "", pinned,
+               host.ok() ? &*host : nullptr);
   json answer = views_.VmJson(vm, &image, host.ok() ? &*host : nullptr);
   if (!src.publish_from) {
     Launch(vm, image, src.checkpoint_dir, claim, started, host.ok() ? &*host : nullptr, slot);
@@ -363,7 +370,17 @@ Result<json> VmCreateService::CreateGang(const CreateVmRequest& r, const Vm& pro
             std::to_string(groups.size()) + " group(s) of up hosts checked); none was created");
   }
   json out = json::array();
-  for (const auto& vm : *placed) out.push_back(views_.VmJson(vm, &image));
+  for (const auto& vm : *placed) {
+    out.push_back(views_.VmJson(vm, &image));
+    // A gang's hosts come from one group (`same`), in the policy's order.
+    const auto group = std::find_if(groups.begin(), groups.end(), [&](const auto& g) {
+      return std::find(g.begin(), g.end(), vm.host_id) != g.end();
+    });
+    RecordPlaced(vm, group != groups.end() ? *group : std::vector<std::string>{}, r.policy,
+                 "gang of " + std::to_string(count) +
+                     (same.empty() ? std::string() : ", all on one " + same),
+                 nullptr);
+  }
   for (const auto& vm : *placed)
     Launch(vm, image, checkpoint_dir, WorkspaceClaim{}, started, nullptr, slot);
   return json{{"vms", out}};
@@ -422,6 +439,46 @@ void VmCreateService::ReleaseWorkspace(const WorkspaceClaim& claim) {
   Workspace w = ws;
   w.vm_id.clear();
   CountFailedWrite(store_.UpdateWorkspace(w), "releasing workspace " + ws.id);
+}
+
+void VmCreateService::RecordPlaced(const Vm& vm, const std::vector<std::string>& candidates,
+                                   const std::string& policy, const std::string& why,
+                                   const Host* host) {
+  const auto at = std::find(candidates.begin(), candidates.end(), vm.host_id);
+  const int64_t rank = at == candidates.end() ? -1 : at - candidates.begin();
+  json data = {{"host_id", vm.host_id},
+               {"candidates", candidates.size()},
+               {"rank", rank},
+               {"image_id", vm.image_id},
+               {"image_cached", index_.IsCached(vm.image_id, vm.host_id)},
+               {"vcpus", vm.vcpus},
+               {"memory_mb", vm.memory_mb},
+               {"disk_bytes", vm.disk_bytes}};
+  std::string reason;
+  if (!policy.empty()) {
+    data["policy"] = policy;
+    // The ranking (api/placement.h): hosts holding the image first, then
+    // by free memory (spread: most, pack: least); the store took the first
+    // of them with room.
+    reason = "placement policy " + policy + ": host ranked " + std::to_string(rank + 1) + " of " +
+             std::to_string(candidates.size()) + " eligible" +
+             (data["image_cached"].get<bool>() ? ", image cached there" : ", image not cached");
+    if (rank > 0) reason += " (" + std::to_string(rank) + " ranked higher had no room left)";
+  }
+  if (!why.empty()) reason = reason.empty() ? why : why + "; " + reason;
+  data["reason"] = reason;
+  std::string host_name = vm.host_id;
+  if (host) {
+    host_name = host->name;
+    data["host"] = host->name;
+    data["host_free_vcpus"] = host->vcpus - host->reserved_vcpus;
+    data["host_free_memory_mb"] = host->memory_mb - host->reserved_memory_mb;
+  }
+  auto id = store_.AppendEvent(
+      Event{0, clock_.NowMs(), "vm.placed", vm.id, vm.host_id, vm.owner_id,
+            "VM " + vm.name + " placed on host " + host_name + ": " + reason, data.dump()});
+  // The VM is placed either way: a lost event is counted, not returned.
+  if (!id.ok()) CountFailedWrite(id.error(), "event vm.placed of VM " + vm.id);
 }
 
 void VmCreateService::CountFailedWrite(const Status& st, const std::string& what) {

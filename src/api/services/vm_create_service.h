@@ -143,6 +143,10 @@ class VmCreateService {
   // A create that did not happen gives its workspace back: deletes the one
   // it created, or releases an existing one (logged and counted on failure).
   void ReleaseWorkspace(const WorkspaceClaim& claim);
+  // Adds the vm.placed event: the host, and why it (`policy`'s ranking
+  // among `candidates`, and/or `why` the candidates were limited).
+  void RecordPlaced(const Vm& vm, const std::vector<std::string>& candidates,
+                    const std::string& policy, const std::string& why, const Host* host);
   void CountFailedWrite(const Status& st, const std::string& what);
 
   Store& store_;
