@@ -86,6 +86,15 @@ TEST_P(MigrationServiceTest, SuccessMovesTheHostAndTheReservations) {
   EXPECT_EQ(done["result"]["from"], "h1");
   EXPECT_EQ(done["result"]["to"], "h2");
   EXPECT_EQ(migrations_->failed_writes(), 0);
+  // The stream: migrating, running on h2 (the store's), then vm.migrated.
+  auto events = store_->ListEvents(EventQuery{0, vm.id, alice_.id, 100});
+  ASSERT_TRUE(events.ok());
+  ASSERT_GE(events->size(), 3u);
+  const auto n = events->size();
+  EXPECT_EQ(nlohmann::json::parse(events->at(n - 3).data)["to"], "migrating");
+  EXPECT_EQ(nlohmann::json::parse(events->at(n - 2).data)["host"], h2_.id);
+  EXPECT_EQ(events->at(n - 1).kind, "vm.migrated");
+  EXPECT_EQ(nlohmann::json::parse(events->at(n - 1).data)["downtime_ms"], 150);
   // And back, naming the host.
   ASSERT_TRUE(migrations_->Migrate(Caller{alice_}, vm.id, "h1").ok());
   Settle();
@@ -116,6 +125,10 @@ TEST_P(MigrationServiceTest, AFailedMigrateOutLeavesTheVmRunningOnItsSource) {
   EXPECT_EQ(done["state"], "failed");
   EXPECT_NE(done["error"]["message"].get<std::string>().find("target unreachable"),
             std::string::npos);
+  auto events = store_->ListEvents(EventQuery{0, vm.id, alice_.id, 100, /*newest=*/true});
+  ASSERT_TRUE(events.ok());
+  ASSERT_FALSE(events->empty());
+  EXPECT_EQ(events->back().kind, "vm.migration_failed");
   // It may be migrated again.
   agent_.migrate_out_answer = MigrationResult{};
   ASSERT_TRUE(migrations_->Migrate(Caller{alice_}, vm.id, "h2").ok());

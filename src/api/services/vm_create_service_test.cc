@@ -92,6 +92,20 @@ TEST_P(VmCreateServiceTest, CreatePlacesAndRecordsTheVmAndAsksTheAgent) {
   ASSERT_TRUE(listed.ok());
   ASSERT_EQ(listed->size(), 1u);
   EXPECT_EQ(store_->GetHost(host_.id)->reserved_vcpus, 1);
+  // Its history: placed (on which host and why), then running.
+  auto events = store_->ListEvents(EventQuery{0, id, alice_.id, 100});
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_EQ(events->at(0).kind, "vm.placed");
+  EXPECT_EQ(events->at(0).host_id, host_.id);
+  auto placed = nlohmann::json::parse(events->at(0).data);
+  EXPECT_EQ(placed["host"], "h1");
+  EXPECT_EQ(placed["policy"], "spread");
+  EXPECT_EQ(placed["rank"], 0);
+  EXPECT_NE(placed["reason"].get<std::string>().find("ranked 1 of 1"), std::string::npos)
+      << placed["reason"];
+  EXPECT_EQ(events->at(1).kind, "vm.state");
+  EXPECT_EQ(nlohmann::json::parse(events->at(1).data)["to"], "running");
 }
 
 TEST_P(VmCreateServiceTest, NothingFitsIsRefusedWithTheReasonAndLeavesNothing) {
