@@ -399,6 +399,21 @@ class FakeController {
                                          .dump(),
                                      "application/json");
                    });
+    server_.Get("/v1/events", [=, this](const httplib::Request& req, httplib::Response& res) {
+      if (!authed(req, res)) return;
+      std::lock_guard<std::mutex> l(mu_);
+      events_params_ = req.params;
+      json events = json::array();
+      events.push_back({{"id", 7},
+                        {"time_ms", 1764950400000},
+                        {"kind", "vm.placed"},
+                        {"vm_id", "vm-1"},
+                        {"host_id", "host-1"},
+                        {"owner_id", "u-1"},
+                        {"message", "VM web placed on host h1: placement policy spread"},
+                        {"data", {{"host", "h1"}}}});
+      res.set_content(json{{"events", events}, {"next", 7}}.dump(), "application/json");
+    });
     server_.Get(
         "/v1/operations/op-ws", [=, this](const httplib::Request& req, httplib::Response& res) {
           if (!authed(req, res)) return;
@@ -468,6 +483,7 @@ class FakeController {
 
   std::mutex mu_;
   json create_body_, exec_body_, image_create_, checkpoint_body_;
+  std::multimap<std::string, std::string> events_params_;  // of the last GET /v1/events
   int exec_posts_ = 0, op_polls_ = 0;
   std::map<std::string, std::string> uploads_;
   json QuotaUser() const {
@@ -531,6 +547,35 @@ TEST_F(CliServerTest, VmListTableAndJson) {
   json parsed = json::parse(j.out);
   EXPECT_EQ(parsed["vms"].size(), 2u);
   EXPECT_NE(j.out.find("\n  \"vms\""), std::string::npos);  // pretty
+}
+
+TEST_F(CliServerTest, EventsTableJsonAndFlags) {
+  auto r = Client({"events", "--vm", "web"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("ID  TIME", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("2025-12-05T16:00:00Z  vm.placed  vm-1  host-1  VM web placed on host h1"),
+            std::string::npos)
+      << r.out;
+  {
+    std::lock_guard<std::mutex> l(fake_.mu_);
+    auto p = fake_.events_params_;
+    EXPECT_EQ(p.find("vm")->second, "web");
+    EXPECT_EQ(p.find("last")->second, "50");  // the newest 50 without --after
+    EXPECT_EQ(p.count("after"), 0u);
+    EXPECT_EQ(p.count("follow"), 0u);
+  }
+  auto j = Client({"events", "--after", "3", "--json"});
+  ASSERT_EQ(j.rc, 0) << j.err;
+  json parsed = json::parse(j.out);
+  EXPECT_EQ(parsed["events"].size(), 1u);
+  EXPECT_EQ(parsed["next"], 7);
+  {
+    std::lock_guard<std::mutex> l(fake_.mu_);
+    EXPECT_EQ(fake_.events_params_.find("after")->second, "3");
+    EXPECT_EQ(fake_.events_params_.count("last"), 0u);
+  }
+  EXPECT_EQ(Client({"events", "--after", "-1"}).rc, 2);
+  EXPECT_EQ(Client({"events", "--last", "0"}).rc, 2);
 }
 
 TEST_F(CliServerTest, VmShowDetails) {
