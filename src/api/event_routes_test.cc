@@ -1,0 +1,155 @@
+// GET /v1/events through a real controller (in-process, SQLite, loopback;
+// no agents): what each user sees over HTTP, the query's strict parsing, a
+// follower's empty answer, and the history read back by a restarted
+// controller. The events are written into the controller's database by a
+// second Store (as the controller's own writes would), since there are no
+// agents to run VMs.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+
+#include "api/controller.h"
+#include "client/api_client.h"
+#include "common/util.h"
+#include "store/store.h"
+
+namespace vmgrid {
+namespace {
+
+using nlohmann::json;
+
+class EventRoutesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / "vmgrid-events-XXXXXX";
+    ASSERT_NE(::mkdtemp(dir_.data()), nullptr);
+    StartController();
+    auto admin = ReadFile(dir_ + "/admin.token");
+    ASSERT_TRUE(admin.ok());
+    admin_token_ = Trim(*admin);
+    for (const char* name : {"alice", "bob"}) {
+      auto made = Client(admin_token_).Post("/v1/users", {{"name", name}});
+      ASSERT_TRUE(made.ok()) << made.error().message;
+      tokens_[name] = (*made)["token"];
+      ids_[name] = (*made)["user"]["id"];
+    }
+  }
+  void TearDown() override {
+    controller_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  void StartController() {
+    ControllerOptions o;
+    o.listen = "127.0.0.1:0";
+    o.state_dir = dir_;
+    o.tls.plain_http = true;
+    o.http_threads = 16;
+    controller_ = std::make_unique<Controller>(o);
+    auto st = controller_->Start();
+    ASSERT_TRUE(st.ok()) << st.error().message;
+  }
+  static std::string Trim(std::string s) {
+    s.erase(s.find_last_not_of("\n") + 1);
+    return s;
+  }
+  ApiClient Client(const std::string& token) { return ApiClient(controller_->url(), token); }
+  // A VM of `owner`'s with one state change, written to the controller's database.
+  std::string AddVmWithHistory(const std::string& owner, const std::string& name) {
+    auto s = Store::Open(dir_ + "/vmgrid.db");
+    EXPECT_TRUE(s.ok());
+    auto h = (*s)->HeartbeatHost("h1", "http://127.0.0.1:1", HostCapacity{8, 8192, 10000, false});
+    EXPECT_TRUE(h.ok());
+    Image img;
+    img.id = "img-" + name;
+    img.name = "tiny-" + name;
+    img.owner_id = ids_[owner];
+    img.state = "ready";
+    img.format = "raw";
+    img.dir = "/nonexistent";
+    EXPECT_TRUE((*s)->InsertImage(img).ok());
+    Vm v;
+    v.id = NewId("vm");
+    v.name = name;
+    v.owner_id = ids_[owner];
+    v.image_id = img.id;
+    v.state = "creating";
+    v.vcpus = 1;
+    v.memory_mb = 128;
+    v.disk = "clone";
+    v.start = "boot";
+    auto placed = (*s)->PlaceAndInsertVm(v, {h->id});
+    EXPECT_TRUE(placed.ok()) << placed.error().message;
+    EXPECT_TRUE((*s)->TransitionVm(v.id, {"creating"}, "running").ok());
+    return v.id;
+  }
+  static std::set<std::string> VmIds(const json& answer) {
+    std::set<std::string> ids;
+    for (const auto& e : answer["events"]) ids.insert(e["vm_id"].get<std::string>());
+    return ids;
+  }
+
+  std::string dir_;
+  std::unique_ptr<Controller> controller_;
+  std::string admin_token_;
+  std::map<std::string, std::string> tokens_, ids_;
+};
+
+TEST_F(EventRoutesTest, UsersSeeOnlyTheirOwnVmsEvents) {
+  const std::string a = AddVmWithHistory("alice", "a");
+  const std::string b = AddVmWithHistory("bob", "b");
+  auto bobs = Client(tokens_["bob"]).Get("/v1/events");
+  ASSERT_TRUE(bobs.ok()) << bobs.error().message;
+  EXPECT_EQ(VmIds(*bobs), std::set<std::string>{b});
+  for (const std::string& ref : {a, std::string("a")}) {
+    auto other = Client(tokens_["bob"]).Get("/v1/events?vm=" + ref);
+    ASSERT_FALSE(other.ok()) << ref << ": " << other->dump();
+    EXPECT_EQ(other.error().code, ErrorCode::kNotFound) << ref;
+  }
+  auto alices = Client(tokens_["alice"]).Get("/v1/events?vm=a");
+  ASSERT_TRUE(alices.ok()) << alices.error().message;
+  ASSERT_EQ((*alices)["events"].size(), 1u);
+  EXPECT_EQ((*alices)["events"][0]["kind"], "vm.state");
+  EXPECT_EQ((*alices)["events"][0]["data"]["to"], "running");
+  EXPECT_EQ((*alices)["next"], (*alices)["events"][0]["id"]);
+  // The admin sees both VMs and the host.
+  auto all = Client(admin_token_).Get("/v1/events?limit=1000");
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(VmIds(*all), (std::set<std::string>{"", a, b}));
+  // A follower with nothing new gets an empty page and the same cursor.
+  auto waited = Client(tokens_["bob"])
+                    .Get("/v1/events?follow=1&wait=1&after=" +
+                         std::to_string((*bobs)["next"].get<int64_t>()));
+  ASSERT_TRUE(waited.ok()) << waited.error().message;
+  EXPECT_TRUE((*waited)["events"].empty());
+  EXPECT_EQ((*waited)["next"], (*bobs)["next"]);
+  // The query is parsed strictly.
+  for (const char* bad :
+       {"/v1/events?limit=0", "/v1/events?after=x", "/v1/events?bogus=1", "/v1/events?wait=61",
+        "/v1/events?follow=yes", "/v1/events?after=1&last=2"}) {
+    auto r = Client(tokens_["alice"]).Get(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << bad;
+  }
+}
+
+// Every VM's history can be read back after a controller restart.
+TEST_F(EventRoutesTest, HistorySurvivesAControllerRestart) {
+  const std::string a = AddVmWithHistory("alice", "a");
+  auto before = Client(tokens_["alice"]).Get("/v1/events?vm=" + a);
+  ASSERT_TRUE(before.ok());
+  controller_.reset();
+  StartController();
+  auto after = Client(tokens_["alice"]).Get("/v1/events?vm=" + a);
+  ASSERT_TRUE(after.ok()) << after.error().message;
+  EXPECT_EQ((*after)["events"], (*before)["events"]);
+  EXPECT_FALSE((*after)["events"].empty());
+}
+
+}  // namespace
+}  // namespace vmgrid
