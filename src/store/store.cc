@@ -2279,11 +2279,17 @@ void Store::RecordVmStateLocked(const Vm& vm, const std::string& from_state,
 
 Result<int64_t> Store::AppendEvent(Event event) {
   if (event.time_ms == 0) event.time_ms = NowMs();
-  auto lock = Exclusive();
-  VMG_ASSIGN_OR_RETURN(auto rows,
-                       db_->Query(std::string(kEventInsert) + " RETURNING id", EventValues(event)));
-  if (rows.empty()) return MakeError(ErrorCode::kInternal, "event insert returned no id");
-  return rows[0].Int(0);
+  // In the write batch (group commit on SQLite), like the VM writes it
+  // follows: a create's event must not force a commit of its own.
+  int64_t id = 0;
+  VMG_RETURN_IF_ERROR(Batched([&]() -> Status {
+    VMG_ASSIGN_OR_RETURN(
+        auto rows, db_->Query(std::string(kEventInsert) + " RETURNING id", EventValues(event)));
+    if (rows.empty()) return MakeError(ErrorCode::kInternal, "event insert returned no id");
+    id = rows[0].Int(0);
+    return Status::Ok();
+  }));
+  return id;
 }
 
 Result<std::vector<Event>> Store::ListEvents(const EventQuery& q) {
