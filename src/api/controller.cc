@@ -548,6 +548,13 @@ void Controller::AddMetricsCollectors() {
         .Add({{"service", "images"}}, static_cast<double>(images_->failed_writes()))
         .Add({{"service", "migrations"}}, static_cast<double>(migrations_->failed_writes()));
     out.push_back(std::move(failed));
+    // Events the stream lost (each logged); the operations they record went on.
+    FamilySnapshot lost{"vmgrid_event_write_failures_total",
+                        "Events of the event stream that could not be written (logged).",
+                        Type::kCounter,
+                        {}};
+    lost.Add({}, static_cast<double>(store_->event_write_failures()));
+    out.push_back(std::move(lost));
     return out;
   });
 }
