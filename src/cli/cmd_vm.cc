@@ -22,6 +22,7 @@
 #include "cli/exit_codes.h"
 #include "cli/format.h"
 #include "client/api_client.h"
+#include "common/host_port.h"
 #include "common/result.h"
 #include "common/util.h"
 #include "common/vm_state.h"
@@ -348,16 +349,12 @@ struct ForwardArgs {
 // `vm forward REF GUEST_PORT [--listen IP:PORT] [--nic N]`: POST
 // /v1/vms/REF/forwards; prints where to connect.
 int CmdVmForward(Ctx& ctx, const ForwardArgs& a) {
-  const auto colon = a.listen.rfind(':');
-  if (colon == std::string::npos)
-    return Fail(ctx,
-                MakeError(ErrorCode::kInvalidArgument, "--listen wants IP:PORT (PORT 0: any)"));
-  json body = {
-      {"guest_port", a.guest_port}, {"nic", a.nic}, {"listen_ip", a.listen.substr(0, colon)}};
-  const std::string port = a.listen.substr(colon + 1);
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
-    return Fail(ctx, MakeError(ErrorCode::kInvalidArgument, "--listen: bad port '" + port + "'"));
-  body["listen_port"] = std::stoi(port);
+  auto listen = ParseHostPort(a.listen, "--listen (IP:PORT, PORT 0: any)");
+  if (!listen.ok()) return Fail(ctx, listen.error());
+  json body = {{"guest_port", a.guest_port},
+               {"nic", a.nic},
+               {"listen_ip", listen->host},
+               {"listen_port", listen->port}};
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
   auto r = client->Post("/v1/vms/" + PathEscape(a.ref) + "/forwards", body);

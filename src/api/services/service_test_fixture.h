@@ -159,9 +159,9 @@ class ServiceTest : public ::testing::TestWithParam<std::string> {
     host_ = *h;
   }
 
-  // A VM of alice's on h1 in `state` (the store stamps its changes with the
-  // real time, which the fake clock starts at).
-  Vm AddVm(const std::string& name, const std::string& state) {
+  // A new record of alice's (1 vCPU, 256 MiB, a clone booting img-1),
+  // creating, not yet placed.
+  Vm NewVmRecord(const std::string& name) {
     Vm v;
     v.id = NewId("vm");
     v.name = name;
@@ -173,7 +173,13 @@ class ServiceTest : public ::testing::TestWithParam<std::string> {
     v.disk = "clone";
     v.start = "boot";
     v.created_ms = v.updated_ms = clock_.NowMs();
-    auto placed = store_->PlaceAndInsertVm(v, {host_.id});
+    return v;
+  }
+
+  // A VM of alice's on h1 in `state` (the store stamps its changes with the
+  // real time, which the fake clock starts at).
+  Vm AddVm(const std::string& name, const std::string& state) {
+    auto placed = store_->PlaceAndInsertVm(NewVmRecord(name), {host_.id});
     EXPECT_TRUE(placed.ok()) << placed.error().message;
     EXPECT_TRUE(store_->ModifyVm(placed->id, [&](Vm& vm) { vm.state = state; }).ok());
     return *store_->GetVm(placed->id, "");

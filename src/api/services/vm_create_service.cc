@@ -275,8 +275,8 @@ Status VmCreateService::LinkWorkspace(Vm& vm, WorkspaceClaim& claim) {
     if (auto st = store_.InsertWorkspace(ws); !st.ok()) {
       // Left behind, the record stays `creating` until reconciliation
       // marks it failed (its host never heard of it); failed VMs hold no room.
-      CountFailedWrite(store_.DeleteVm(vm.id),
-                       "removing VM " + vm.id + " after " + st.error().message);
+      failed_writes_.Count(store_.DeleteVm(vm.id),
+                           "removing VM " + vm.id + " after " + st.error().message);
       return st;
     }
   } else {
@@ -289,8 +289,8 @@ Status VmCreateService::LinkWorkspace(Vm& vm, WorkspaceClaim& claim) {
   if (linked.ok()) linked = store_.UpdateVm(vm);
   if (!linked.ok()) {
     ReleaseWorkspace(claim);
-    CountFailedWrite(store_.DeleteVm(vm.id),
-                     "removing VM " + vm.id + " after " + linked.error().message);
+    failed_writes_.Count(store_.DeleteVm(vm.id),
+                         "removing VM " + vm.id + " after " + linked.error().message);
     return linked;
   }
   return Status::Ok();
@@ -322,8 +322,8 @@ void VmCreateService::RunCreate(const Vm& vm, const Image& image, const std::str
   if (!r.ok()) ReleaseWorkspace(claim);
   // Only placement's preference for hosts with a warm cache depends on it.
   if (r.ok() && !index_.IsCached(vm.image_id, vm.host_id))
-    CountFailedWrite(store_.NoteImageCached(vm.image_id, vm.host_id),
-                     "noting image " + vm.image_id + " cached on host " + vm.host_id);
+    failed_writes_.Count(store_.NoteImageCached(vm.image_id, vm.host_id),
+                         "noting image " + vm.image_id + " cached on host " + vm.host_id);
   vms_.RecordOutcome(vm.id, r, "error", started, true);
 }
 
@@ -431,14 +431,14 @@ void VmCreateService::ReleaseWorkspace(const WorkspaceClaim& claim) {
   if (claim.created) {
     // A workspace record left behind names a file that was never made;
     // deleting the workspace clears it.
-    CountFailedWrite(store_.DeleteWorkspace(ws.id), "removing workspace " + ws.id);
+    failed_writes_.Count(store_.DeleteWorkspace(ws.id), "removing workspace " + ws.id);
     return;
   }
   // Left behind, the workspace stays claimed by the failed VM; deleting
   // that VM releases it.
   Workspace w = ws;
   w.vm_id.clear();
-  CountFailedWrite(store_.UpdateWorkspace(w), "releasing workspace " + ws.id);
+  failed_writes_.Count(store_.UpdateWorkspace(w), "releasing workspace " + ws.id);
 }
 
 void VmCreateService::RecordPlaced(const Vm& vm, const std::vector<std::string>& candidates,
@@ -478,13 +478,7 @@ void VmCreateService::RecordPlaced(const Vm& vm, const std::vector<std::string>&
       Event{0, clock_.NowMs(), "vm.placed", vm.id, vm.host_id, vm.owner_id,
             "VM " + vm.name + " placed on host " + host_name + ": " + reason, data.dump()});
   // The VM is placed either way: a lost event is counted, not returned.
-  if (!id.ok()) CountFailedWrite(id.error(), "event vm.placed of VM " + vm.id);
-}
-
-void VmCreateService::CountFailedWrite(const Status& st, const std::string& what) {
-  if (st.ok()) return;
-  spdlog::warn("{}: {} (store write failed; continuing)", what, st.error().message);
-  ++failed_writes_;
+  if (!id.ok()) failed_writes_.Count(id.error(), "event vm.placed of VM " + vm.id);
 }
 
 }  // namespace vmgrid

@@ -27,6 +27,7 @@
 
 #include "api/admission.h"
 #include "api/routes/route.h"
+#include "api/services/failed_writes.h"
 #include "common/clock.h"
 #include "common/result.h"
 #include "store/store.h"
@@ -99,7 +100,7 @@ class VmCreateService {
                            const std::string& site, const std::string& network);
 
   // Store writes that failed where the create went on (each is logged).
-  int64_t failed_writes() const { return failed_writes_.load(); }
+  int64_t failed_writes() const { return failed_writes_.total(); }
 
   // Where placements are counted (none by default); set before serving.
   void set_metrics(ControllerMetrics* metrics) { metrics_ = metrics; }
@@ -147,7 +148,6 @@ class VmCreateService {
   // among `candidates`, and/or `why` the candidates were limited).
   void RecordPlaced(const Vm& vm, const std::vector<std::string>& candidates,
                     const std::string& policy, const std::string& why, const Host* host);
-  void CountFailedWrite(const Status& st, const std::string& what);
 
   Store& store_;
   const CapacityIndex& index_;
@@ -163,7 +163,7 @@ class VmCreateService {
   ApiViews& views_;
   const bool image_server_;
   ControllerMetrics* metrics_ = nullptr;
-  std::atomic<int64_t> failed_writes_{0};
+  FailedWrites failed_writes_;
 };
 
 }  // namespace vmgrid

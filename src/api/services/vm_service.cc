@@ -76,18 +76,18 @@ Result<Vm> VmService::Delete(const std::string& id, const OwnerFilter& owner, bo
         if (purge) {
           // The file is gone; a record left behind shows a workspace that
           // cannot boot, which deleting it again clears.
-          CountFailedWrite(store_.DeleteWorkspace(ws->id), "deleting workspace " + ws->id);
+          failed_writes_.Count(store_.DeleteWorkspace(ws->id), "deleting workspace " + ws->id);
         } else {
           ws->vm_id.clear();
           // Left behind, the workspace still names this VM and cannot be
           // taken by another until an admin clears it.
-          CountFailedWrite(store_.UpdateWorkspace(*ws), "releasing workspace " + ws->id);
+          failed_writes_.Count(store_.UpdateWorkspace(*ws), "releasing workspace " + ws->id);
         }
       }
     }
     // Left `deleting`: the next heartbeat's reconciliation deletes the
     // record once the host no longer reports the VM.
-    CountFailedWrite(store_.DeleteVm(v.id), "deleting the record of VM " + v.id);
+    failed_writes_.Count(store_.DeleteVm(v.id), "deleting the record of VM " + v.id);
   });
   return *moved;
 }
@@ -148,13 +148,7 @@ void VmService::RecordOutcome(const std::string& vm_id, const Result<VmStatus>& 
   });
   // The record stays transitional; reconciliation with the host's next
   // heartbeat settles it.
-  CountFailedWrite(st, "VM " + vm_id + ": recording the outcome");
-}
-
-void VmService::CountFailedWrite(const Status& st, const std::string& what) {
-  if (st.ok()) return;
-  spdlog::warn("{}: {}", what, st.error().message);
-  ++failed_writes_;
+  failed_writes_.Count(st, "VM " + vm_id + ": recording the outcome");
 }
 
 Result<nlohmann::json> VmService::Forward(const std::string& id, const OwnerFilter& owner,

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "api/routes/route.h"
+#include "api/services/failed_writes.h"
 #include "common/clock.h"
 #include "common/result.h"
 #include "common/vm_state.h"
@@ -75,17 +76,15 @@ class VmService {
                      const std::string& state_on_error, int64_t started_ms, bool timing);
 
   // Store writes that failed after the agent had acted (each is logged).
-  int64_t failed_writes() const { return failed_writes_.load(); }
+  int64_t failed_writes() const { return failed_writes_.total(); }
 
  private:
-  void CountFailedWrite(const Status& st, const std::string& what);
-
   Store& store_;
   AgentClient& agents_;
   OpQueue& ops_;
   const Clock& clock_;
   Admission& execs_;
-  std::atomic<int64_t> failed_writes_{0};
+  FailedWrites failed_writes_;
 };
 
 }  // namespace vmgrid
