@@ -90,6 +90,10 @@ class VmRunner : public VmDriver {
   Status Destroy(const std::string& id, bool purge_workspace) override;
   Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv,
                           const std::string& input, std::chrono::milliseconds timeout) override;
+  Result<GuestFileChunk> ReadGuestFile(const std::string& id,
+                                       const GuestFileRead& request) override;
+  Result<GuestFileWritten> WriteGuestFile(const std::string& id,
+                                          const GuestFileWrite& request) override;
   Result<VmStatus> Get(const std::string& id);
   // state.json and published.json writes that failed (each logged; the
   // in-memory state stays authoritative, see PersistStateOrCount).

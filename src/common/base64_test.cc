@@ -1,4 +1,4 @@
-#include "vmm/base64.h"
+#include "common/base64.h"
 
 #include <gtest/gtest.h>
 
@@ -6,7 +6,7 @@
 
 #include "vmm/json_util.h"
 
-namespace vmgrid::vmm {
+namespace vmgrid {
 namespace {
 
 TEST(Base64Test, KnownVectors) {
@@ -78,4 +78,4 @@ TEST(JsonUtilTest, DumpReportsInvalidUtf8) {
 }
 
 }  // namespace
-}  // namespace vmgrid::vmm
+}  // namespace vmgrid
