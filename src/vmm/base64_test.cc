@@ -6,7 +6,7 @@
 
 #include "vmm/json_util.h"
 
-namespace vmgrid {
+namespace vmgrid::vmm {
 namespace {
 
 TEST(Base64Test, KnownVectors) {
@@ -78,4 +78,4 @@ TEST(JsonUtilTest, DumpReportsInvalidUtf8) {
 }
 
 }  // namespace
-}  // namespace vmgrid
+}  // namespace vmgrid::vmm
