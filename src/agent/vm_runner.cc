@@ -866,16 +866,21 @@ Result<GuestFileChunk> VmRunner::ReadGuestFile(const std::string& id,
   VMG_ASSIGN_OR_RETURN(GuestFileSlice slice,
                        (*ga)->ReadFileAt(request.path, request.offset,
                                          static_cast<size_t>(request.length), seconds(60)));
-  if (slice.size > kMaxGuestCopyBytes)
+  if (slice.size > options_.max_copy_bytes)
     return MakeError(ErrorCode::kResourceExhausted,
                      "guest file " + request.path + " is " + std::to_string(slice.size) +
-                         " bytes; vm cp copies at most " + std::to_string(kMaxGuestCopyBytes));
+                         " bytes; vm cp copies at most " + std::to_string(options_.max_copy_bytes) +
+                         " bytes on this host");
   return GuestFileChunk{request.path, request.offset, std::move(slice.data), slice.size, slice.eof};
 }
 
 Result<GuestFileWritten> VmRunner::WriteGuestFile(const std::string& id,
                                                   const GuestFileWrite& request) {
   VMG_RETURN_IF_ERROR(CheckGuestPath(request.path));
+  if (request.offset + static_cast<int64_t>(request.data.size()) > options_.max_copy_bytes)
+    return MakeError(
+        ErrorCode::kResourceExhausted,
+        "vm cp copies at most " + std::to_string(options_.max_copy_bytes) + " bytes on this host");
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
   RefreshLiveness(*vm);

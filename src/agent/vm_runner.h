@@ -69,6 +69,9 @@ struct VmRunnerOptions {
   // The host's virtual switches (agent/host_networks.h); null: VMs with
   // NICs are refused.
   HostNetworks* networks = nullptr;
+  // `vm cp`: the largest guest file a copy may read or write here (at most
+  // kMaxGuestCopyBytes, the protocol's bound).
+  int64_t max_copy_bytes = kMaxGuestCopyBytes;
 };
 
 // The QEMU VmDriver (agent/vm_driver.h).
