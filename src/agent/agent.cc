@@ -193,6 +193,7 @@ Status Agent::Start() {
   ro.vm_uid_base = options_.vm_uid_base;
   ro.vm_uid_count = options_.vm_uid_count;
   ro.cgroup_root = options_.cgroup_root;
+  ro.max_copy_bytes = int64_t{options_.max_copy_mib} << 20;
   if (!options_.image_server.empty()) {
     HostImages::Options io;
     io.state_dir = options_.state_dir;

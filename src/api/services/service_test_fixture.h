@@ -59,6 +59,32 @@ class FakeAgent : public AgentClient {
     if (on_exec) on_exec();
     return nlohmann::json::object();
   }
+  // `vm cp`: files by "VM-ID PATH", in memory; "read VM PATH OFFSET" /
+  // "write VM PATH OFFSET" calls.
+  std::map<std::string, std::string> guest_files;
+  Result<GuestFileChunk> ReadGuestFile(const Host&, const std::string& vm_id,
+                                       const GuestFileRead& r) override {
+    Note("read " + vm_id + " " + r.path + " " + std::to_string(r.offset));
+    std::lock_guard<std::mutex> l(mu);
+    auto it = guest_files.find(vm_id + " " + r.path);
+    if (it == guest_files.end())
+      return MakeError(ErrorCode::kNotFound,
+                       "guest file " + r.path + ": No such file or directory");
+    const std::string& f = it->second;
+    GuestFileChunk c{r.path, r.offset, "", static_cast<int64_t>(f.size()), true};
+    if (r.offset < c.size) c.data = f.substr(r.offset, r.length);
+    c.eof = r.offset + static_cast<int64_t>(c.data.size()) >= c.size;
+    return c;
+  }
+  Result<GuestFileWritten> WriteGuestFile(const Host&, const std::string& vm_id,
+                                          const GuestFileWrite& w) override {
+    Note("write " + vm_id + " " + w.path + " " + std::to_string(w.offset));
+    std::lock_guard<std::mutex> l(mu);
+    std::string& f = guest_files[vm_id + " " + w.path];
+    if (w.offset == 0) f.clear();
+    f += w.data;
+    return GuestFileWritten{w.path, static_cast<int64_t>(f.size())};
+  }
   Result<HostReport> HostStatus(const Host& h) override {
     Note("status");
     std::lock_guard<std::mutex> l(mu);
