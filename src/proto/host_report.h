@@ -89,7 +89,7 @@ struct HeartbeatReply {
   // VMs this host runs that are no longer its own (recovered elsewhere or
   // declared failed while the host was away): the agent destroys them
   // before it resumes anything (docs/host-failure.md).
-  std::vector<std::string> stale_vms;
+  std::vector<std::string> stale_vms = {};
 };
 nlohmann::json ToJson(const HeartbeatReply& r);
 Result<HeartbeatReply> HeartbeatReplyFromJson(const nlohmann::json& j);

@@ -72,6 +72,10 @@ Result<HostFailureService::Renewal> HostFailureService::Renew(
 std::vector<std::string> HostFailureService::Check() {
   std::lock_guard<std::mutex> l(mu_);
   std::vector<std::string> failed_now;
+  // The heartbeat times kept in memory (Store::HeartbeatHost) reach the
+  // database here; the decisions below use this controller's own times.
+  if (Status st = store_.FlushHeartbeats(); !st.ok())
+    spdlog::warn("writing heartbeat times: {}", st.error().message);
   auto hosts = store_.ListHosts();
   if (!hosts.ok()) {
     spdlog::warn("host failure check: {}", hosts.error().message);
