@@ -106,6 +106,7 @@ std::vector<std::string> HostFailureService::Check() {
         spdlog::warn("declaring host {} failed: {}", h.name, marked.error().message);
         continue;
       }
+      if (!*marked) continue;  // it came back meanwhile (its heartbeat waits for us)
       declared_.insert(h.id);
       failed_now.push_back(h.id);
       // event: host_failed (h.id)
@@ -154,8 +155,9 @@ void HostFailureService::RecoverHostLocked(const Host& host, int64_t silent_ms) 
              "workspaces do not exist yet), so it was not restarted";
     } else if (!ran) {
       note = failed + " while the VM was " + vm.state + "; its disk" +
-             (vm.state == "suspended" ? " and checkpoint were" : " was") +
-             " on that host and are lost, so it was not restarted";
+             (vm.state == "suspended" ? " and checkpoint were on that host and are"
+                                      : " was on that host and is") +
+             " lost, so it was not restarted";
     } else {
       note = failed + "; restarted elsewhere from its image (restart policy on-host-failure): " +
              "everything since its start on " + host.name + " is lost";
