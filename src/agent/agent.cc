@@ -318,12 +318,18 @@ void Agent::HeartbeatLoop() {
 void Agent::UpdateFencePids(const std::vector<VmStatus>& vms) {
   std::map<std::string, pid_t> seen;
   for (const auto& v : vms) {
-    // A VM with an operation in flight reports no pid: keep the last one.
-    pid_t pid = static_cast<pid_t>(v.pid);
+    // The QEMU's own pid file (what it runs as now); else the pid the
+    // runner reported; else the last one seen (an operation in flight).
+    pid_t pid = 0;
+    if (auto text = ReadFile(options_.state_dir + "/vms/" + v.id + "/run/" + kPidFileName, 64);
+        text.ok())
+      pid = static_cast<pid_t>(std::atoi(text->c_str()));
+    if (pid <= 0) pid = static_cast<pid_t>(v.pid);
     if (pid <= 0)
       if (auto it = fence_pids_.find(v.id); it != fence_pids_.end()) pid = it->second;
     if (pid > 0) seen[v.id] = pid;
   }
+  if (seen != fence_pids_) spdlog::info("lease fence: guarding {} QEMU process(es)", seen.size());
   fence_pids_ = std::move(seen);
   std::vector<pid_t> pids;
   for (const auto& [id, pid] : fence_pids_) pids.push_back(pid);
