@@ -358,7 +358,18 @@ void Agent::ApplyHeartbeatReply(const nlohmann::json& j,
     for (const auto& [id, pid] : fence_pids_) pids.push_back(pid);
     fence_->SetPids(pids);
   }
-  if (reply->lease_ms > 0 && fence_->fenced()) {
+  // Resumed: what our fence stopped, and what a previous agent's watchdog
+  // (an agent killed and restarted) stopped after its lease ran out.
+  bool stopped = false;
+  for (const auto& [id, pid] : fence_pids_) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const auto close = line.rfind(')');
+    if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'T')
+      stopped = true;
+  }
+  if (reply->lease_ms > 0 && (fence_->fenced() || stopped)) {
     std::vector<pid_t> pids;
     for (const auto& [id, pid] : fence_pids_) pids.push_back(pid);
     // event: host_unfenced
