@@ -1,8 +1,10 @@
 #include "agent/lease_fence.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,6 +43,15 @@ int64_t MonotonicNs() {
 // meanwhile is stopped too). It outlives a killed agent until it has fenced.
 [[noreturn]] void Watch(LeaseFence::Shared* s, pid_t agent) {
   prctl(PR_SET_NAME, "vmgrid-fence", 0, 0, 0);
+  // It may outlive the agent: it must hold none of its files (its listening
+  // socket, log pipes), or a restarted agent could not bind its port.
+  if (int null = open("/dev/null", O_RDWR); null >= 0) {
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+  }
+  if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0)
+    for (int fd = 3; fd < 65536; ++fd) close(fd);
   const timespec period{0, 50'000'000};
   while (true) {
     if (s->quit.load()) _exit(0);
