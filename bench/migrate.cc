@@ -52,6 +52,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -624,35 +625,28 @@ std::vector<double> Field(const std::vector<Sample>& v, double Sample::*f) {
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> const char* {
-      if (i + 1 >= argc) Die("missing value for " + a);
-      return argv[++i];
-    };
-    if (a == "--runs") {
-      o.runs = std::max(1, std::atoi(next()));
-    } else if (a == "--memory") {
-      o.memory_mb = std::max(128, std::atoi(next()));
-    } else if (a == "--vcpus") {
-      o.vcpus = std::max(1, std::atoi(next()));
-    } else if (a == "--no-wan") {
-      o.wan = false;
-    } else if (a == "--lan") {
-      o.lan = true;
-    } else if (a == "--mbit") {
-      o.mbit = std::max(1, std::atoi(next()));
-    } else if (a == "--rtt-ms") {
-      o.rtt_ms = std::max(0, std::atoi(next()));
-    } else if (a == "--seed") {
-      o.seed = static_cast<unsigned>(std::strtoul(next(), nullptr, 10));
-    } else if (a == "--csv") {
-      o.csv = next();
-    } else {
-      Die("usage: migrate [--runs N=10] [--memory MB=256] [--vcpus N=1] [--no-wan] [--lan] "
-          "[--mbit N=100] [--rtt-ms N=40] [--seed N] [--csv PATH]");
-    }
-  }
+  CLI::App app{"Live migration of the tiny guest: vmgrid against plain QEMU (docs/benchmarks.md)",
+               "migrate"};
+  app.add_option("--runs", o.runs, "Runs per cell")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  app.add_option("--memory", o.memory_mb, "Guest memory, MiB")
+      ->check(CLI::Range(128, 65536))
+      ->capture_default_str();
+  app.add_option("--vcpus", o.vcpus, "Guest vCPUs")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_flag("!--no-wan", o.wan, "Skip the emulated WAN row");
+  app.add_flag("--lan", o.lan, "Add an emulated LAN row (1 Gbit/s, 0.2 ms RTT)");
+  app.add_option("--mbit", o.mbit, "WAN rate, Mbit/s")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  app.add_option("--rtt-ms", o.rtt_ms, "WAN round-trip time, ms")
+      ->check(CLI::Range(0, 600000))
+      ->capture_default_str();
+  app.add_option("--seed", o.seed, "Shuffle seed (0: from the clock)");
+  app.add_option("--csv", o.csv, "Also write every sample to this CSV file");
+  CLI11_PARSE(app, argc, argv);
   signal(SIGPIPE, SIG_IGN);
   std::string why;
   auto img = vmm::testing::FindTinyImage(VMGRID_TINY_IMAGE_DIR, &why);

@@ -24,6 +24,7 @@
 
 #include <signal.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -525,31 +526,27 @@ int main(int argc, char** argv) {
   Options o;
   o.image_dir = std::getenv("VMGRID_TINY_IMAGE") != nullptr ? std::getenv("VMGRID_TINY_IMAGE")
                                                             : VMGRID_TINY_IMAGE_DIR;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> const char* {
-      if (i + 1 >= argc) Die("missing value for " + a);
-      return argv[++i];
-    };
-    if (a == "--mib") {
-      o.mib = std::max(1, std::atoi(next()));
-    } else if (a == "--runs") {
-      o.runs = std::max(1, std::atoi(next()));
-    } else if (a == "--pings") {
-      o.pings = std::max(1, std::atoi(next()));
-    } else if (a == "--interval") {
-      o.interval = std::max(0.01, std::atof(next()));
-    } else if (a == "--memory") {
-      o.memory_mb = std::max(128, std::atoi(next()));
-    } else if (a == "--vcpus") {
-      o.vcpus = std::max(1, std::atoi(next()));
-    } else if (a == "--no-wan") {
-      o.wan = false;
-    } else {
-      Die("usage: vnet [--mib N=32] [--runs N=3] [--pings N=200] [--interval S=0.02] "
-          "[--memory MB=256] [--vcpus N=1] [--no-wan]");
-    }
-  }
+  CLI::App app{"VM-to-VM networking: TCP throughput and ping RTT between two tiny guests", "vnet"};
+  app.add_option("--mib", o.mib, "MiB sent per throughput run")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  app.add_option("--runs", o.runs, "Runs per row")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  app.add_option("--pings", o.pings, "Pings per row")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  app.add_option("--interval", o.interval, "Seconds between pings")
+      ->check(CLI::Range(0.01, 10.0))
+      ->capture_default_str();
+  app.add_option("--memory", o.memory_mb, "Guest memory, MiB")
+      ->check(CLI::Range(128, 65536))
+      ->capture_default_str();
+  app.add_option("--vcpus", o.vcpus, "Guest vCPUs")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_flag("!--no-wan", o.wan, "Skip the tunnel row through an emulated WAN link");
+  CLI11_PARSE(app, argc, argv);
   if (static_cast<int64_t>(o.mib) * 2 + 64 > o.memory_mb)
     Die("--mib needs about twice its size in guest memory (/tmp is RAM): raise --memory");
   signal(SIGPIPE, SIG_IGN);

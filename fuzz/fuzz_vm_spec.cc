@@ -19,6 +19,7 @@
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
 #include "proto/future_id.h"
+#include "proto/guest_file.h"
 #include "proto/host_report.h"
 #include "proto/migration.h"
 #include "proto/network_plan.h"
@@ -128,6 +129,26 @@ void CheckOthers(const json& j) {
     CheckSentInteger(j, "ram_bytes", m->ram_bytes);
     auto again = vmgrid::MigrationResultFromJson(Wire(vmgrid::ToJson(*m)));
     FUZZ_CHECK(again.ok() && *again == *m, j.dump());
+  }
+  // vm cp chunks (POST /agent/v1/vms/ID/files/read|write).
+  if (auto r = vmgrid::GuestFileReadFromJson(j); r.ok()) {
+    FUZZ_CHECK(vmgrid::CheckGuestPath(r->path).ok() && r->length >= 1 &&
+                   r->length <= vmgrid::kMaxGuestFileChunk,
+               j.dump());
+    auto again = vmgrid::GuestFileReadFromJson(Wire(vmgrid::ToJson(*r)));
+    FUZZ_CHECK(again.ok() && *again == *r, j.dump());
+  }
+  if (auto w = vmgrid::GuestFileWriteFromJson(j); w.ok()) {
+    FUZZ_CHECK(vmgrid::CheckGuestPath(w->path).ok() &&
+                   static_cast<int64_t>(w->data.size()) <= vmgrid::kMaxGuestFileChunk &&
+                   w->offset + static_cast<int64_t>(w->data.size()) <= vmgrid::kMaxGuestCopyBytes,
+               j.dump());
+    auto again = vmgrid::GuestFileWriteFromJson(Wire(vmgrid::ToJson(*w)));
+    FUZZ_CHECK(again.ok() && *again == *w, j.dump());
+  }
+  if (auto c = vmgrid::GuestFileChunkFromJson(j); c.ok()) {
+    auto again = vmgrid::GuestFileChunkFromJson(Wire(vmgrid::ToJson(*c)));
+    FUZZ_CHECK(again.ok() && *again == *c, j.dump());
   }
   if (!j.is_object()) return;
   for (const auto& [key, value] : j.items()) {

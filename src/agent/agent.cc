@@ -17,6 +17,7 @@
 #include "agent/agent_api.h"
 #include "agent/agent_metrics.h"
 #include "client/api_client.h"
+#include "common/host_port.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
 #include "common/signals.h"
@@ -92,16 +93,10 @@ Result<std::pair<std::string, int>> TunnelAddress(const AgentOptions& o) {
   if (derived) spec = o.listen.substr(0, o.listen.rfind(':'));
   std::string ip = spec;
   int port = 0;
-  if (!derived) {
-    if (auto colon = spec.rfind(':'); colon != std::string::npos) {
-      ip = spec.substr(0, colon);
-      const std::string p = spec.substr(colon + 1);
-      if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos ||
-          std::stoi(p) > 65535)
-        return MakeError(ErrorCode::kInvalidArgument,
-                         "--tunnel-listen: bad port in '" + o.tunnel_listen + "'");
-      port = std::stoi(p);
-    }
+  if (!derived && spec.find(':') != std::string::npos) {
+    VMG_ASSIGN_OR_RETURN(HostPort where, ParseHostPort(spec, "--tunnel-listen"));
+    ip = std::move(where.host);
+    port = where.port;
   }
   in_addr a{};
   if (inet_pton(AF_INET, ip.c_str(), &a) != 1 || a.s_addr == 0) {
@@ -198,6 +193,7 @@ Status Agent::Start() {
   ro.vm_uid_base = options_.vm_uid_base;
   ro.vm_uid_count = options_.vm_uid_count;
   ro.cgroup_root = options_.cgroup_root;
+  ro.max_copy_bytes = int64_t{options_.max_copy_mib} << 20;
   if (!options_.image_server.empty()) {
     HostImages::Options io;
     io.state_dir = options_.state_dir;

@@ -107,6 +107,26 @@ void InstallAgentApi(httplib::Server& s, const std::string& prefix, int prefix_g
     if (!r.ok()) return SendError(res, r.error());
     SendJson(res, 200, {{"exit_code", r->exit_code}, {"stdout", r->out}, {"stderr", r->err}});
   });
+  // `vm cp` (proto/guest_file.h): one chunk of a file inside the guest. The
+  // path is the guest's and goes to its guest agent only.
+  s.Post(base + R"(/vms/([^/]+)/files/(read|write))", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    auto j = Body(req, res);
+    if (!j) return;
+    if (req.matches[id + 1] == "read") {
+      auto request = GuestFileReadFromJson(*j);
+      if (!request.ok()) return SendError(res, request.error());
+      auto r = h->driver().ReadGuestFile(req.matches[id], *request);
+      if (!r.ok()) return SendError(res, r.error());
+      return SendJson(res, 200, ToJson(*r));
+    }
+    auto request = GuestFileWriteFromJson(*j);
+    if (!request.ok()) return SendError(res, request.error());
+    auto r = h->driver().WriteGuestFile(req.matches[id], *request);
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, 200, ToJson(*r));
+  });
   s.Post(base + R"(/vms/([^/]+)/forwards)", [=](const Req& req, Res& res) {
     AgentHost* h = resolve(req, res);
     if (!h) return;

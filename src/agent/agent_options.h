@@ -54,6 +54,9 @@ struct AgentOptions {
   std::vector<std::string> image_dirs;
   uint64_t cache_mb = 10240;  // bound of the host chunk cache (STATE/chunks)
   bool prefetch = true;       // stream recorded first-read orders on cold starts
+  // `vm cp`: the largest guest file one copy may move through this host (MiB,
+  // at most 1024, the protocol's bound).
+  int max_copy_mib = 1024;
   // Virtual networks: "IP[:PORT]" the host's tunnel UDP socket binds, where
   // the other hosts' switches reach this host's (IPv4). Empty: the host of
   // `listen` (127.0.0.1 when that is a wildcard or a name) and the port of

@@ -24,15 +24,10 @@ bool SamePort(const vnet::PortConfig& a, const vnet::PortConfig& b) {
 }
 
 Result<std::vector<uint8_t>> KeyBytes(const std::string& hex) {
-  if (hex.size() != 64) return MakeError(ErrorCode::kInvalidArgument, "a key is 64 hex digits");
-  std::vector<uint8_t> out(32);
-  for (size_t i = 0; i < 32; ++i) {
-    unsigned v = 0;
-    if (std::sscanf(hex.c_str() + 2 * i, "%2x", &v) != 1)
-      return MakeError(ErrorCode::kInvalidArgument, "a key is 64 hex digits");
-    out[i] = static_cast<uint8_t>(v);
-  }
-  return out;
+  auto bytes = HexDecode(hex);
+  if (hex.size() != 64 || !bytes.ok())
+    return MakeError(ErrorCode::kInvalidArgument, "a key is 64 hex digits");
+  return std::vector<uint8_t>(bytes->begin(), bytes->end());
 }
 
 struct Cidr {

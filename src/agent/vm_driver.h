@@ -13,6 +13,8 @@
 //   Resume:     suspended | stopped -> running
 //   Destroy:    any -> (gone); purge_workspace also deletes a persistent disk
 //   Exec:       running only
+//   ReadGuestFile, WriteGuestFile: running only; one chunk of a guest file
+//               through the guest agent (proto/guest_file.h), never a host path
 //   Live migration (docs/migration.md), the controller calling two hosts:
 //     target PrepareIncoming:  (new) -> creating (an incoming VM: QEMU waits,
 //                              paused, for the source; its disk is exported)
@@ -40,6 +42,7 @@
 #include "common/result.h"
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
+#include "proto/guest_file.h"
 #include "proto/migration.h"
 #include "proto/network_plan.h"
 #include "proto/vm_spec.h"
@@ -59,6 +62,12 @@ class VmDriver {
   virtual Status Destroy(const std::string& id, bool purge_workspace) = 0;
   virtual Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv,
                                   const std::string& input, std::chrono::milliseconds timeout) = 0;
+  // `vm cp`: a chunk of a file inside the guest (no such file: kNotFound,
+  // denied: kPermissionDenied, a VM not running: kFailedPrecondition).
+  virtual Result<GuestFileChunk> ReadGuestFile(const std::string& id,
+                                               const GuestFileRead& request) = 0;
+  virtual Result<GuestFileWritten> WriteGuestFile(const std::string& id,
+                                                  const GuestFileWrite& request) = 0;
   virtual std::vector<VmStatus> List() = 0;
   // Directory of a VM's latest checkpoint ("" if none).
   virtual Result<std::string> CheckpointDir(const std::string& id) = 0;

@@ -851,6 +851,50 @@ Result<ExecResult> VmRunner::Exec(const std::string& id, const std::vector<std::
   return (*ga)->Exec(argv, input, timeout);
 }
 
+Result<GuestFileChunk> VmRunner::ReadGuestFile(const std::string& id,
+                                               const GuestFileRead& request) {
+  VMG_RETURN_IF_ERROR(CheckGuestPath(request.path));
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  RefreshLiveness(*vm);
+  VMG_RETURN_IF_ERROR(NotMigrating(*vm));
+  if (!Allows(vm->State(), VmOp::kExec))
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + ToString(vm->State()) + ", not running");
+  auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(5));
+  if (!ga.ok()) return ForUser(ga.error(), "file copy in VM " + id);
+  VMG_ASSIGN_OR_RETURN(GuestFileSlice slice,
+                       (*ga)->ReadFileAt(request.path, request.offset,
+                                         static_cast<size_t>(request.length), seconds(60)));
+  if (slice.size > options_.max_copy_bytes)
+    return MakeError(ErrorCode::kResourceExhausted,
+                     "guest file " + request.path + " is " + std::to_string(slice.size) +
+                         " bytes; vm cp copies at most " + std::to_string(options_.max_copy_bytes) +
+                         " bytes on this host");
+  return GuestFileChunk{request.path, request.offset, std::move(slice.data), slice.size, slice.eof};
+}
+
+Result<GuestFileWritten> VmRunner::WriteGuestFile(const std::string& id,
+                                                  const GuestFileWrite& request) {
+  VMG_RETURN_IF_ERROR(CheckGuestPath(request.path));
+  if (request.offset + static_cast<int64_t>(request.data.size()) > options_.max_copy_bytes)
+    return MakeError(
+        ErrorCode::kResourceExhausted,
+        "vm cp copies at most " + std::to_string(options_.max_copy_bytes) + " bytes on this host");
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  RefreshLiveness(*vm);
+  VMG_RETURN_IF_ERROR(NotMigrating(*vm));
+  if (!Allows(vm->State(), VmOp::kExec))
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + ToString(vm->State()) + ", not running");
+  auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(5));
+  if (!ga.ok()) return ForUser(ga.error(), "file copy in VM " + id);
+  VMG_ASSIGN_OR_RETURN(int64_t size,
+                       (*ga)->WriteFileAt(request.path, request.offset, request.data, seconds(60)));
+  return GuestFileWritten{request.path, size};
+}
+
 Result<VmStatus> VmRunner::Get(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   return StatusOf(*vm);

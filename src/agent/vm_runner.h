@@ -69,6 +69,9 @@ struct VmRunnerOptions {
   // The host's virtual switches (agent/host_networks.h); null: VMs with
   // NICs are refused.
   HostNetworks* networks = nullptr;
+  // `vm cp`: the largest guest file a copy may read or write here (at most
+  // kMaxGuestCopyBytes, the protocol's bound).
+  int64_t max_copy_bytes = kMaxGuestCopyBytes;
 };
 
 // The QEMU VmDriver (agent/vm_driver.h).
@@ -90,6 +93,10 @@ class VmRunner : public VmDriver {
   Status Destroy(const std::string& id, bool purge_workspace) override;
   Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv,
                           const std::string& input, std::chrono::milliseconds timeout) override;
+  Result<GuestFileChunk> ReadGuestFile(const std::string& id,
+                                       const GuestFileRead& request) override;
+  Result<GuestFileWritten> WriteGuestFile(const std::string& id,
+                                          const GuestFileWrite& request) override;
   Result<VmStatus> Get(const std::string& id);
   // state.json and published.json writes that failed (each logged; the
   // in-memory state stays authoritative, see PersistStateOrCount).

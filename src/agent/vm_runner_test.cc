@@ -55,6 +55,24 @@ TEST(VmRunnerTest, FailedLaunchTellsTheUserNoHostPathsOrQemuOutput) {
   EXPECT_TRUE(runner.List().empty());
 }
 
+TEST(VmRunnerTest, GuestFileCopiesAreBoundedAndNeedAGuestPath) {
+  TestDir dir;
+  VmRunnerOptions o;
+  o.state_dir = dir / "state";
+  o.max_copy_bytes = 10;  // vmgrid agent --max-copy-mib, in bytes
+  VmRunner runner(o);
+  ASSERT_TRUE(runner.Recover().ok());
+  auto big = runner.WriteGuestFile("vm-a", GuestFileWrite{"/tmp/x", 8, "abc"});
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.error().code, ErrorCode::kResourceExhausted);
+  auto rel = runner.ReadGuestFile("vm-a", GuestFileRead{"etc/passwd", 0, 10});
+  ASSERT_FALSE(rel.ok());
+  EXPECT_EQ(rel.error().code, ErrorCode::kInvalidArgument);
+  auto none = runner.ReadGuestFile("vm-a", GuestFileRead{"/etc/passwd", 0, 10});
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, ErrorCode::kNotFound);
+}
+
 TEST(VmRunnerTest, RedactForUserKeepsTheReasonOnly) {
   EXPECT_EQ(RedactForUser("corrupt chunk ab12 from image server http://10.0.0.1:8471"),
             "corrupt chunk ab12 from image server http://10.0.0.1:8471");

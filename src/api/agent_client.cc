@@ -38,6 +38,22 @@ class HttpAgentClient : public AgentClient {
     return Client(host, read_timeout_s).Post("/agent/v1/vms/" + vm_id + "/exec", request);
   }
 
+  Result<GuestFileChunk> ReadGuestFile(const Host& host, const std::string& vm_id,
+                                       const GuestFileRead& request) override {
+    VMG_ASSIGN_OR_RETURN(
+        json answer,
+        Client(host, 120).Post("/agent/v1/vms/" + vm_id + "/files/read", ToJson(request)));
+    return GuestFileChunkFromJson(answer);
+  }
+
+  Result<GuestFileWritten> WriteGuestFile(const Host& host, const std::string& vm_id,
+                                          const GuestFileWrite& request) override {
+    VMG_ASSIGN_OR_RETURN(
+        json answer,
+        Client(host, 120).Post("/agent/v1/vms/" + vm_id + "/files/write", ToJson(request)));
+    return GuestFileWrittenFromJson(answer);
+  }
+
   Result<HostReport> HostStatus(const Host& host) override {
     VMG_ASSIGN_OR_RETURN(json answer, Client(host).Get("/agent/v1/status"));
     VMG_ASSIGN_OR_RETURN(ParsedHostReport parsed, HostReportFromJson(answer));

@@ -11,6 +11,7 @@
 
 #include "common/result.h"
 #include "proto/checkpoint_ref.h"
+#include "proto/guest_file.h"
 #include "proto/host_report.h"
 #include "proto/migration.h"
 #include "proto/network_plan.h"
@@ -40,6 +41,11 @@ class AgentClient {
   // exec's own plus a margin).
   virtual Result<nlohmann::json> Exec(const Host& host, const std::string& vm_id,
                                       const nlohmann::json& request, int read_timeout_s) = 0;
+  // `vm cp`: one chunk of a file inside the VM's guest (proto/guest_file.h).
+  virtual Result<GuestFileChunk> ReadGuestFile(const Host& host, const std::string& vm_id,
+                                               const GuestFileRead& request) = 0;
+  virtual Result<GuestFileWritten> WriteGuestFile(const Host& host, const std::string& vm_id,
+                                                  const GuestFileWrite& request) = 0;
   virtual Result<HostReport> HostStatus(const Host& host) = 0;
   // Where the VM's latest checkpoint is; `publish` first publishes it to the
   // image server (minutes for a large one).

@@ -15,6 +15,8 @@ constexpr BodyObject kImageCheckpointBody[] = {{"", f::kImageCheckpoint}};
 constexpr BodyObject kCreateVmBody[] = {{"", f::kCreateVm}, {"total_memory_mb", f::kTotalMemory}};
 constexpr BodyObject kVmCheckpointBody[] = {{"", f::kVmCheckpoint}};
 constexpr BodyObject kExecBody[] = {{"", f::kExec}};
+constexpr BodyObject kFileReadBody[] = {{"", f::kFileRead}};
+constexpr BodyObject kFileWriteBody[] = {{"", f::kFileWrite}};
 constexpr BodyObject kQueryBody[] = {{"", f::kQuery}, {"set", f::kSetQuery}};
 constexpr BodyObject kCreateNetworkBody[] = {{"", f::kCreateNetwork}};
 constexpr BodyObject kShareNetworkBody[] = {{"", f::kShareNetwork}};
@@ -51,6 +53,8 @@ constexpr RouteSpec kRoutes[] = {
     {"POST", "/v1/vms/([^/]+)/checkpoint", "/v1/vms/{ref}/checkpoint", kVmCheckpointBody},
     {"POST", "/v1/vms/([^/]+)/resume", "/v1/vms/{ref}/resume", {}},
     {"POST", "/v1/vms/([^/]+)/exec", "/v1/vms/{ref}/exec", kExecBody},
+    {"POST", "/v1/vms/([^/]+)/files/read", "/v1/vms/{ref}/files/read", kFileReadBody},
+    {"POST", "/v1/vms/([^/]+)/files/write", "/v1/vms/{ref}/files/write", kFileWriteBody},
     {"POST", "/v1/vms/([^/]+)/forwards", "/v1/vms/{ref}/forwards", kForwardBody},
     {"DELETE", "/v1/vms/([^/]+)/forwards/([^/]+)", "/v1/vms/{ref}/forwards/{port}", {}},
     {"POST", "/v1/vms/([^/]+)/migrate", "/v1/vms/{ref}/migrate", kMigrateVmBody},

@@ -46,6 +46,9 @@ inline constexpr const char* kShareNetwork[] = {"user"};
 inline constexpr const char* kVmCheckpoint[] = {"leave_running"};
 inline constexpr const char* kForward[] = {"nic", "guest_port", "listen_ip", "listen_port"};
 inline constexpr const char* kExec[] = {"argv", "input", "timeout_s"};
+// `vm cp` chunks (proto/guest_file.h parses them with these same fields).
+inline constexpr const char* kFileRead[] = {"path", "offset", "length"};
+inline constexpr const char* kFileWrite[] = {"path", "offset", "data"};
 inline constexpr const char* kMigrateVm[] = {"to"};
 inline constexpr const char* kDrainHost[] = {"parallel"};
 inline constexpr const char* kQuery[] = {"sql", "set", "max_rows", "timeout_ms"};

@@ -4,19 +4,15 @@
 
 #include <cstring>
 
+#include "common/util.h"
+
 namespace vmgrid {
 
 std::string ChunkDigest(const void* data, size_t len) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int md_len = 0;
   EVP_Digest(data, len, md, &md_len, EVP_sha256(), nullptr);
-  static const char kHex[] = "0123456789abcdef";
-  std::string out(md_len * 2, '\0');
-  for (unsigned int i = 0; i < md_len; ++i) {
-    out[2 * i] = kHex[md[i] >> 4];
-    out[2 * i + 1] = kHex[md[i] & 15];
-  }
-  return out;
+  return HexEncode(std::string_view(reinterpret_cast<const char*>(md), md_len));
 }
 
 bool IsChunkDigest(std::string_view s) {

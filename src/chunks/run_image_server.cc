@@ -11,6 +11,7 @@
 #include "chunks/image_catalog.h"
 #include "chunks/image_server.h"
 #include "chunks/image_server_options.h"
+#include "common/host_port.h"
 #include "common/metrics_server.h"
 #include "common/signals.h"
 #include "common/tls.h"
@@ -52,9 +53,9 @@ int RunImageServer(const ImageServerOptions& options) {
   auto catalog = ImageCatalog::Open(options.dir);
   if (!catalog.ok()) return fail(catalog.error().message);
   ImageServer server(**store, **catalog, so);
-  std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  int port = std::atoi(options.listen.substr(options.listen.rfind(':') + 1).c_str());
-  auto bound = server.Start(host, port);
+  auto where = ParseHostPort(options.listen, "--listen");
+  if (!where.ok()) return fail(where.error().message);
+  auto bound = server.Start(where->host, where->port);
   if (!bound.ok()) return fail(bound.error().message);
   auto stats = (*catalog)->ComputeStats(**store);
   spdlog::info(

@@ -12,6 +12,7 @@
 #include "cli/command.h"
 #include "cli/exit_codes.h"
 #include "cli/format.h"
+#include "common/host_port.h"
 #include "common/tls.h"
 #include "common/util.h"
 #include "common/version.h"
@@ -476,16 +477,8 @@ CLI::Validator MemoryValidator() {
 CLI::Validator ListenValidator() {
   return CLI::Validator(
       [](std::string& s) -> std::string {
-        size_t colon = s.rfind(':');
-        if (colon == std::string::npos || colon == 0) {
-          return "expected HOST:PORT (e.g. 127.0.0.1:8470), got '" + s + "'";
-        }
-        std::string port = s.substr(colon + 1);
-        if (port.empty() || port.size() > 5 ||
-            port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) > 65535) {
-          return "bad port in '" + s + "' (0-65535)";
-        }
-        return "";
+        auto parsed = ParseHostPort(s);
+        return parsed.ok() ? std::string() : parsed.error().message;
       },
       "HOST:PORT");
 }

@@ -1,11 +1,15 @@
 // `vmgrid vm ...`: create (single VMs and gangs), list, show, stop,
-// checkpoint, resume, rm, exec, forward, unforward, migrate.
+// checkpoint, resume, rm, exec, cp, forward, unforward, migrate.
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -22,9 +26,12 @@
 #include "cli/exit_codes.h"
 #include "cli/format.h"
 #include "client/api_client.h"
+#include "common/host_port.h"
 #include "common/result.h"
+#include "common/subprocess.h"
 #include "common/util.h"
 #include "common/vm_state.h"
+#include "proto/guest_file.h"
 
 namespace vmgrid::cli {
 namespace {
@@ -258,39 +265,19 @@ struct ExecArgs {
   std::optional<std::string> input;
 };
 
-int CmdVmExec(Ctx& ctx, const ExecArgs& a) {
-  if (a.argv.empty()) {
-    ctx.io.err << "error: no command given; usage: vmgrid vm exec REF -- CMD [ARGS...]"
-               << std::endl;
-    return kExitUsage;
-  }
-  json body = {{"argv", a.argv}};
-  if (a.input) {
-    if (*a.input == "-") {
-      std::string data((std::istreambuf_iterator<char>(std::cin)),
-                       std::istreambuf_iterator<char>());
-      body["input"] = data;
-    } else {
-      body["input"] = *a.input;
-    }
-  }
-  if (a.timeout_s > 0) body["timeout_s"] = a.timeout_s;
-  auto client = MakeClient(ctx);
-  if (!client.ok()) {
-    Fail(ctx, client.error());
-    return kExitFailure;
-  }
-  // The controller answers at once with an exec operation (202), polled
-  // here until the guest command has ended. While the user's exec limit is
-  // reached (429) the command waits its turn, as it did when execs queued.
-  const int guest_timeout = a.timeout_s > 0 ? a.timeout_s : 60;
+// The controller answers at once with an exec operation (202), polled
+// here until the guest command has ended; returns its result ({exit_code,
+// stdout, stderr}). While the user's exec limit is reached (429) the command
+// waits its turn, as it did when execs queued.
+Result<json> RunGuestExec(const ApiClient& client, const std::string& ref, const json& body,
+                          int guest_timeout) {
   const auto give_up =
       std::chrono::steady_clock::now() + std::chrono::seconds(std::max(300, guest_timeout + 60));
-  auto res = client->Post("/v1/vms/" + PathEscape(a.ref) + "/exec", body);
+  auto res = client.Post("/v1/vms/" + PathEscape(ref) + "/exec", body);
   while (!res.ok() && res.error().code == ErrorCode::kTooManyRequests &&
          std::chrono::steady_clock::now() < give_up) {
     std::this_thread::sleep_for(std::chrono::seconds(1));
-    res = client->Post("/v1/vms/" + PathEscape(a.ref) + "/exec", body);
+    res = client.Post("/v1/vms/" + PathEscape(ref) + "/exec", body);
   }
   auto wait = std::chrono::milliseconds(50);
   while (res.ok() && res->is_object() && !res->contains("exit_code") &&
@@ -314,8 +301,35 @@ int CmdVmExec(Ctx& ctx, const ExecArgs& a) {
     }
     std::this_thread::sleep_for(wait);
     wait = std::min(wait * 2, std::chrono::milliseconds(500));
-    res = client->Get("/v1/operations/" + PathEscape(res->value("id", "")));
+    res = client.Get("/v1/operations/" + PathEscape(res->value("id", "")));
   }
+  return res;
+}
+
+int CmdVmExec(Ctx& ctx, const ExecArgs& a) {
+  if (a.argv.empty()) {
+    ctx.io.err << "error: no command given; usage: vmgrid vm exec REF -- CMD [ARGS...]"
+               << std::endl;
+    return kExitUsage;
+  }
+  json body = {{"argv", a.argv}};
+  if (a.input) {
+    if (*a.input == "-") {
+      std::string data((std::istreambuf_iterator<char>(std::cin)),
+                       std::istreambuf_iterator<char>());
+      body["input"] = data;
+    } else {
+      body["input"] = *a.input;
+    }
+  }
+  if (a.timeout_s > 0) body["timeout_s"] = a.timeout_s;
+  auto client = MakeClient(ctx);
+  if (!client.ok()) {
+    Fail(ctx, client.error());
+    return kExitFailure;
+  }
+  const int guest_timeout = a.timeout_s > 0 ? a.timeout_s : 60;
+  Result<json> res = RunGuestExec(*client, a.ref, body, guest_timeout);
   if (!res.ok()) {
     Fail(ctx, res.error(), "vm");
     return ExecTransportExitCode(res.error().code);
@@ -350,16 +364,12 @@ struct ForwardArgs {
 // `vm forward REF GUEST_PORT [--listen IP:PORT] [--nic N]`: POST
 // /v1/vms/REF/forwards; prints where to connect.
 int CmdVmForward(Ctx& ctx, const ForwardArgs& a) {
-  const auto colon = a.listen.rfind(':');
-  if (colon == std::string::npos)
-    return Fail(ctx,
-                MakeError(ErrorCode::kInvalidArgument, "--listen wants IP:PORT (PORT 0: any)"));
-  json body = {
-      {"guest_port", a.guest_port}, {"nic", a.nic}, {"listen_ip", a.listen.substr(0, colon)}};
-  const std::string port = a.listen.substr(colon + 1);
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
-    return Fail(ctx, MakeError(ErrorCode::kInvalidArgument, "--listen: bad port '" + port + "'"));
-  body["listen_port"] = std::stoi(port);
+  auto listen = ParseHostPort(a.listen, "--listen (IP:PORT, PORT 0: any)");
+  if (!listen.ok()) return Fail(ctx, listen.error());
+  json body = {{"guest_port", a.guest_port},
+               {"nic", a.nic},
+               {"listen_ip", listen->host},
+               {"listen_port", listen->port}};
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
   auto r = client->Post("/v1/vms/" + PathEscape(a.ref) + "/forwards", body);
@@ -420,6 +430,369 @@ int CmdVmMigrate(Ctx& ctx, const std::string& ref, const std::string& to, bool n
 }
 
 // ---------------------------------------------------------------------------
+// vm cp: files into and out of a VM, one chunk per request (proto/guest_file.h);
+// a directory travels as a tar file made and unpacked inside the guest by its
+// tar (guest exec) and on this side by tar(1).
+
+struct CpArgs {
+  std::string src, dst;
+  bool progress = false;
+};
+
+// "VM:PATH" (the VM part names no directory, so "./a:b" is local).
+struct CpSide {
+  bool remote = false;
+  std::string vm, path;
+};
+
+CpSide ParseCpSide(const std::string& arg) {
+  size_t colon = arg.find(':');
+  if (colon == std::string::npos || colon == 0 ||
+      arg.substr(0, colon).find('/') != std::string::npos)
+    return CpSide{false, "", arg};
+  return CpSide{true, arg.substr(0, colon), arg.substr(colon + 1)};
+}
+
+std::string BaseName(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  size_t slash = p.rfind('/');
+  return slash == std::string::npos ? p : p.substr(slash + 1);
+}
+
+std::string DirName(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  size_t slash = p.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : p.substr(0, slash);
+}
+
+Error LocalError(ErrorCode code, const std::string& what) {
+  return MakeError(code, what + ": " + std::strerror(errno));
+}
+
+// Errors carry their own message; only the transport's get Fail()'s hints
+// (the token, an unreachable controller).
+int FailCp(Ctx& ctx, const Error& e) {
+  if (e.code == ErrorCode::kUnauthenticated || e.code == ErrorCode::kUnavailable ||
+      e.code == ErrorCode::kTimeout)
+    return Fail(ctx, e, "vm");
+  ctx.io.err << "error: " << e.message << std::endl;
+  return ExitCodeForError(e.code);
+}
+
+class CpProgress {
+ public:
+  CpProgress(Ctx& ctx, bool forced, std::string what)
+      : io_{ctx.io.out, ctx.io.err, ctx.io.err_is_tty || forced},
+        line_(io_),
+        what_(std::move(what)),
+        start_(Clock::now()) {}
+  void Update(int64_t done, int64_t total) {
+    const double elapsed = Seconds(Clock::now() - start_);
+    const int pct = total > 0 ? static_cast<int>(done * 100 / total) : 100;
+    line_.Update(what_ + " " + std::to_string(pct) + "% " + Mib(done) + "/" + Mib(total) + " MiB " +
+                 Mib(elapsed > 0 ? static_cast<int64_t>(done / elapsed) : 0) + " MiB/s");
+  }
+  void Done(int64_t total) {
+    const double elapsed = Seconds(Clock::now() - start_);
+    // Only a progress display gets a summary; scripts see nothing on success.
+    line_.Finish(io_.err_is_tty ? what_ + ": " + Mib(total) + " MiB in " + FormatElapsed(elapsed)
+                                : "");
+  }
+  void Abandon() { line_.Finish(""); }
+
+ private:
+  static std::string Mib(int64_t bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.1f", static_cast<double>(bytes) / (1 << 20));
+    return buf;
+  }
+  CliIo io_;
+  StatusLine line_;
+  std::string what_;
+  Clock::time_point start_;
+};
+
+// One chunk request; waits its turn while the caller's exec limit is reached.
+Result<json> PostChunk(const ApiClient& client, const std::string& url, const json& body) {
+  const auto give_up = Clock::now() + std::chrono::seconds(300);
+  auto res = client.Post(url, body);
+  while (!res.ok() && res.error().code == ErrorCode::kTooManyRequests && Clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    res = client.Post(url, body);
+  }
+  return res;
+}
+
+// Sends local regular file `local` to guest file `path` (a guest directory
+// takes it under its own name when `into_dir_name` is set). Returns the
+// guest path written.
+Result<std::string> SendFile(Ctx& ctx, const ApiClient& client, const std::string& vm,
+                             const std::string& local, std::string path,
+                             const std::string& into_dir_name, bool progress) {
+  struct stat st {};
+  if (::stat(local.c_str(), &st) != 0) return LocalError(ErrorCode::kNotFound, local);
+  if (!S_ISREG(st.st_mode))
+    return MakeError(ErrorCode::kInvalidArgument, local + " is not a regular file");
+  if (st.st_size > kMaxGuestCopyBytes)
+    return MakeError(ErrorCode::kResourceExhausted,
+                     local + " is " + std::to_string(st.st_size) + " bytes; vm cp copies at most " +
+                         std::to_string(kMaxGuestCopyBytes) + " bytes");
+  std::ifstream in(local, std::ios::binary);
+  if (!in) return LocalError(ErrorCode::kFailedPrecondition, "cannot open " + local);
+  const std::string url = "/v1/vms/" + PathEscape(vm) + "/files/write";
+  CpProgress shown(ctx, progress, "copying " + BaseName(local) + " to " + vm);
+  std::string chunk(static_cast<size_t>(kMaxGuestFileChunk), '\0');
+  int64_t offset = 0;
+  bool retried_into_dir = into_dir_name.empty();
+  for (;;) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    const auto got = static_cast<size_t>(in.gcount());
+    if (in.bad()) {
+      shown.Abandon();
+      return LocalError(ErrorCode::kInternal, "reading " + local);
+    }
+    GuestFileWrite w{path, offset, chunk.substr(0, got)};
+    auto res = PostChunk(client, url, ToJson(w));
+    // A destination that is a directory takes the file under its own name.
+    if (!res.ok() && offset == 0 && !retried_into_dir &&
+        res.error().message.find("Is a directory") != std::string::npos) {
+      retried_into_dir = true;
+      path += "/" + into_dir_name;
+      in.clear();
+      in.seekg(0);
+      continue;
+    }
+    if (!res.ok()) {
+      shown.Abandon();
+      return res.error();
+    }
+    offset += static_cast<int64_t>(got);
+    shown.Update(offset, st.st_size);
+    if (got < chunk.size()) break;
+  }
+  shown.Done(offset);
+  return path;
+}
+
+// Fetches guest file `path` into `out`, starting from its `first` chunk.
+Status FetchFile(Ctx& ctx, const ApiClient& client, const std::string& vm, const std::string& path,
+                 GuestFileChunk chunk, std::ostream& out, bool progress) {
+  const std::string url = "/v1/vms/" + PathEscape(vm) + "/files/read";
+  CpProgress shown(ctx, progress, "copying " + BaseName(path) + " from " + vm);
+  int64_t offset = 0;
+  for (;;) {
+    out.write(chunk.data.data(), static_cast<std::streamsize>(chunk.data.size()));
+    if (!out) {
+      shown.Abandon();
+      return LocalError(ErrorCode::kInternal, "writing the copy of " + path);
+    }
+    offset += static_cast<int64_t>(chunk.data.size());
+    shown.Update(offset, chunk.size);
+    if (chunk.eof || chunk.data.empty()) break;
+    auto next = PostChunk(client, url, ToJson(GuestFileRead{path, offset, kMaxGuestFileChunk}));
+    if (!next.ok()) {
+      shown.Abandon();
+      return next.error();
+    }
+    auto parsed = GuestFileChunkFromJson(*next);
+    if (!parsed.ok()) {
+      shown.Abandon();
+      return parsed.error().Wrap("the controller's answer");
+    }
+    chunk = std::move(parsed).value();
+  }
+  out.flush();
+  shown.Done(offset);
+  return Status::Ok();
+}
+
+Result<GuestFileChunk> FirstChunk(const ApiClient& client, const std::string& vm,
+                                  const std::string& path) {
+  VMG_ASSIGN_OR_RETURN(json first, PostChunk(client, "/v1/vms/" + PathEscape(vm) + "/files/read",
+                                             ToJson(GuestFileRead{path, 0, kMaxGuestFileChunk})));
+  auto chunk = GuestFileChunkFromJson(first);
+  if (!chunk.ok()) return chunk.error().Wrap("the controller's answer");
+  return chunk;
+}
+
+// Runs sh -c `script` with `args` ($1...) in the guest; fails unless it exits 0.
+Status GuestSh(const ApiClient& client, const std::string& vm, const std::string& script,
+               const std::vector<std::string>& args, const std::string& what) {
+  std::vector<std::string> argv = {"/bin/sh", "-c", script, "sh"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  VMG_ASSIGN_OR_RETURN(json r, RunGuestExec(client, vm, {{"argv", argv}, {"timeout_s", 600}}, 600));
+  const int64_t code = r.is_object() ? r.value("exit_code", int64_t{-1}) : -1;
+  if (code != 0)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     what + " in the guest failed (exit " + std::to_string(code) +
+                         "): " + (r.is_object() ? r.value("stderr", "") : ""));
+  return Status::Ok();
+}
+
+// A private directory for this copy's tar file on this side.
+class LocalTemp {
+ public:
+  LocalTemp() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string t = std::string(tmp && *tmp ? tmp : "/tmp") + "/vmgrid-cp-XXXXXX";
+    if (::mkdtemp(t.data()) != nullptr) dir_ = t;
+  }
+  ~LocalTemp() {
+    if (!dir_.empty()) (void)RemoveTree(dir_);
+  }
+  LocalTemp(const LocalTemp&) = delete;
+  LocalTemp& operator=(const LocalTemp&) = delete;
+  bool ok() const { return !dir_.empty(); }
+  std::string tar() const { return dir_ + "/copy.tar"; }
+
+ private:
+  std::string dir_;
+};
+
+// Local directory -> guest: tar here, one file across, unpacked by the guest's
+// tar at DST (DST/NAME when DST is a directory already).
+Status SendDir(Ctx& ctx, const ApiClient& client, const std::string& local, const CpSide& to,
+               bool progress) {
+  LocalTemp tmp;
+  if (!tmp.ok()) return LocalError(ErrorCode::kInternal, "making a temporary directory");
+  auto made = RunProcessChecked({"tar", "-cf", tmp.tar(), "-C", local, "."});
+  if (!made.ok()) return made.error().Wrap("tar of " + local);
+  const std::string guest_tar = "/tmp/.vmgrid-cp-" + NewId("in") + ".tar";
+  VMG_RETURN_IF_ERROR(SendFile(ctx, client, to.vm, tmp.tar(), guest_tar, "", progress));
+  return GuestSh(client, to.vm,
+                 "t=\"$2\"; [ -d \"$t\" ] && t=\"$t/$3\"; mkdir -p \"$t\" && tar -xf \"$1\" -C "
+                 "\"$t\"; rc=$?; rm -f \"$1\"; exit $rc",
+                 {guest_tar, to.path, BaseName(local)}, "unpacking into " + to.path);
+}
+
+// Guest directory -> here: tar in the guest, one file across, unpacked by
+// tar(1) into a staging directory beside the target and renamed into place,
+// so a failed copy leaves nothing behind. GNU tar refuses members with ".."
+// and absolute names (the guest is not trusted).
+Status FetchDir(Ctx& ctx, const ApiClient& client, const CpSide& from, const std::string& local,
+                bool progress) {
+  const std::string name = BaseName(from.path);
+  if (name == "/" || name == "." || name == "..")
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "guest path " + from.path + " names no directory to copy");
+  std::string target = local;
+  struct stat st {};
+  if ((!target.empty() && target.back() == '/') ||
+      (::stat(target.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
+    if (target.back() != '/') target += '/';
+    target += name;
+  }
+  if (::lstat(target.c_str(), &st) == 0)
+    return MakeError(ErrorCode::kAlreadyExists, target + " exists; remove it or name another");
+  const std::string guest_tar = "/tmp/.vmgrid-cp-" + NewId("out") + ".tar";
+  VMG_RETURN_IF_ERROR(GuestSh(client, from.vm, "tar -cf \"$1\" -C \"$2\" \"./$3\"",
+                              {guest_tar, DirName(from.path), name}, "tar of " + from.path));
+  LocalTemp tmp;
+  Status fetched = tmp.ok()
+                       ? Status::Ok()
+                       : Status(LocalError(ErrorCode::kInternal, "making a temporary directory"));
+  if (fetched.ok()) {
+    auto first = FirstChunk(client, from.vm, guest_tar);
+    std::ofstream file(tmp.tar(), std::ios::binary | std::ios::trunc);
+    fetched = !first.ok() ? Status(first.error())
+              : !file     ? Status(LocalError(ErrorCode::kInternal, "writing " + tmp.tar()))
+                          : FetchFile(ctx, client, from.vm, guest_tar, *first, file, progress);
+  }
+  (void)GuestSh(client, from.vm, "rm -f \"$1\"", {guest_tar}, "removing " + guest_tar);
+  VMG_RETURN_IF_ERROR(fetched);
+  const std::string staging = target + ".vmgrid-cp-partial";
+  if (::mkdir(staging.c_str(), 0700) != 0)
+    return LocalError(ErrorCode::kFailedPrecondition, staging);
+  auto unpacked = RunProcessChecked({"tar", "-xf", tmp.tar(), "-C", staging, "--no-same-owner"});
+  Status st2 = Status::Ok();
+  if (!unpacked.ok()) {
+    st2 = unpacked.error().Wrap("unpacking the copy of " + from.path);
+  } else if (std::rename((staging + "/" + name).c_str(), target.c_str()) != 0) {
+    st2 = LocalError(ErrorCode::kInternal, "moving the copy to " + target);
+  }
+  (void)RemoveTree(staging);
+  return st2;
+}
+
+int CpIn(Ctx& ctx, const ApiClient& client, const std::string& local, const CpSide& to,
+         bool progress) {
+  struct stat st {};
+  if (::stat(local.c_str(), &st) != 0) return FailCp(ctx, LocalError(ErrorCode::kNotFound, local));
+  if (S_ISDIR(st.st_mode)) {
+    Status sent = SendDir(ctx, client, local, to, progress);
+    return sent.ok() ? kExitOk : FailCp(ctx, sent.error());
+  }
+  std::string path = to.path;
+  if (path.back() == '/') path += BaseName(local);
+  auto sent = SendFile(ctx, client, to.vm, local, path, BaseName(local), progress);
+  return sent.ok() ? kExitOk : FailCp(ctx, sent.error());
+}
+
+int CpOut(Ctx& ctx, const ApiClient& client, const CpSide& from, const std::string& local,
+          bool progress) {
+  const std::string name = BaseName(from.path);
+  // The first chunk says whether the file is there before anything local is made.
+  auto first = FirstChunk(client, from.vm, from.path);
+  if (!first.ok() && first.error().message.find("is a directory") != std::string::npos &&
+      local != "-") {
+    Status got = FetchDir(ctx, client, from, local, progress);
+    return got.ok() ? kExitOk : FailCp(ctx, got.error());
+  }
+  if (!first.ok()) return FailCp(ctx, first.error());
+  if (local == "-") {
+    Status got = FetchFile(ctx, client, from.vm, from.path, *first, ctx.io.out, progress);
+    return got.ok() ? kExitOk : FailCp(ctx, got.error());
+  }
+  std::string target = local;
+  struct stat st {};
+  if ((!target.empty() && target.back() == '/') ||
+      (::stat(target.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
+    // The guest names the file here: it must stay inside the directory.
+    if (name.empty() || name == "." || name == ".." || name == "/")
+      return FailCp(
+          ctx, MakeError(ErrorCode::kInvalidArgument,
+                         "guest path " + from.path + " names no file; give the local file's name"));
+    if (target.back() != '/') target += '/';
+    target += name;
+  }
+  // Written beside the target and renamed at the end: a failed copy leaves
+  // no half-written file.
+  const std::string partial = target + ".vmgrid-cp-partial";
+  std::ofstream file(partial, std::ios::binary | std::ios::trunc);
+  if (!file)
+    return FailCp(ctx, LocalError(ErrorCode::kFailedPrecondition, "cannot write " + partial));
+  Status got = FetchFile(ctx, client, from.vm, from.path, *first, file, progress);
+  file.close();
+  if (got.ok() && (!file || std::rename(partial.c_str(), target.c_str()) != 0))
+    got = LocalError(ErrorCode::kInternal, "cannot write " + target);
+  if (!got.ok()) {
+    std::remove(partial.c_str());
+    return FailCp(ctx, got.error());
+  }
+  return kExitOk;
+}
+
+int CmdVmCp(Ctx& ctx, const CpArgs& a) {
+  CpSide src = ParseCpSide(a.src), dst = ParseCpSide(a.dst);
+  if (src.remote == dst.remote) {
+    ctx.io.err << "error: exactly one of SRC and DST must be VM:PATH (e.g. `vmgrid vm cp "
+                  "./file myvm:/tmp/file` or `vmgrid vm cp myvm:/etc/hostname ./out`)"
+               << std::endl;
+    return kExitUsage;
+  }
+  const CpSide& guest = src.remote ? src : dst;
+  // Checked here for a clear message; the controller checks it again.
+  if (Status st = CheckGuestPath(guest.path); !st.ok()) return FailCp(ctx, st.error());
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  return src.remote ? CpOut(ctx, *client, src, dst.path, a.progress)
+                    : CpIn(ctx, *client, src.path, dst, a.progress);
+}
+
+// ---------------------------------------------------------------------------
 
 }  // namespace
 
@@ -428,6 +801,7 @@ struct AddVmCommandsFlags {
   std::string ref;
   VmCreateArgs create;
   ExecArgs exec;
+  CpArgs cp;
   ForwardArgs forward;
   bool no_wait = false;
   bool leave_running = false;
@@ -545,6 +919,15 @@ void AddVmCommands(CommandTree& t) {
   ex->add_option_function<std::string>(
       "--input", [&](const std::string& v) { s.exec.input = v; },
       "Standard input for the command ('-' reads this process's stdin)");
+  auto* copy = t.Leaf(g, "cp",
+                      "Copy a file into or out of a running VM through its guest agent: "
+                      "vm cp SRC DST, one of them VM:PATH (an absolute guest path; a directory "
+                      "travels as a tar file; DST '-' writes to stdout; at most 1 GiB)",
+                      [&] { return CmdVmCp(t.ctx, s.cp); });
+  copy->add_option("SRC", s.cp.src, "Local file, or VM:PATH")->required();
+  copy->add_option("DST", s.cp.dst, "VM:PATH (a trailing / keeps the name), or a local path")
+      ->required();
+  copy->add_flag("--progress", s.cp.progress, "Show progress on stderr even when it is not a TTY");
 }
 
 }  // namespace vmgrid::cli

@@ -200,6 +200,10 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
     a->add_option("--cgroup-root", s.agent.cgroup_root,
                   "cgroup v2 hierarchy for per-VM cgroups, used when usable (\"\": off)")
         ->capture_default_str();
+    a->add_option("--max-copy-mib", s.agent.max_copy_mib,
+                  "Largest guest file one `vm cp` may move through this host, MiB")
+        ->check(CLI::Range(1, 1024))
+        ->capture_default_str();
     a->add_option("--site", s.agent.site, "Site (administrative domain) of this host")
         ->capture_default_str();
     a->add_option("--network", s.agent.network, "Network segment of this host")

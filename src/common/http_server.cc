@@ -20,6 +20,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/host_port.h"
 #include "common/tls.h"
 
 namespace vmgrid {
@@ -339,17 +340,9 @@ std::string GuardedServer::PeerCertificateName() {
 }
 
 Result<std::string> GuardedServer::Bind(const std::string& listen) {
-  auto colon = listen.rfind(':');
-  if (colon == std::string::npos || colon == 0)
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "listen address must be HOST:PORT, not '" + listen + "'");
-  std::string host = listen.substr(0, colon);
-  const std::string port_text = listen.substr(colon + 1);
-  if (port_text.empty() || port_text.size() > 5 ||
-      port_text.find_first_not_of("0123456789") != std::string::npos ||
-      std::stoi(port_text) > 65535)
-    return MakeError(ErrorCode::kInvalidArgument, "bad port in listen address '" + listen + "'");
-  int port = std::stoi(port_text);
+  VMG_ASSIGN_OR_RETURN(HostPort where, ParseHostPort(listen, "listen address"));
+  std::string host = std::move(where.host);
+  int port = where.port;
   // cpp-httplib listens with a backlog of 5 (fixed in Debian's compiled
   // library): bursts of clients would be reset. Widen it once bound.
   int listen_fd = -1;

@@ -12,6 +12,7 @@
 
 #include <mutex>
 
+#include "common/host_port.h"
 #include "common/util.h"
 
 namespace vmgrid {
@@ -198,8 +199,8 @@ Result<std::shared_ptr<TlsContext>> ServerTls(const std::string& role, const std
     if (!options.files.empty())
       return MakeError(ErrorCode::kInvalidArgument,
                        role + ": --plain-http and --tls-cert/--tls-key/--ca exclude each other");
-    const std::string host = listen.substr(0, listen.rfind(':'));
-    if (!IsLoopbackHost(host))
+    VMG_ASSIGN_OR_RETURN(HostPort where, ParseHostPort(listen, role + ": listen address"));
+    if (!IsLoopbackHost(where.host))
       return MakeError(ErrorCode::kInvalidArgument,
                        role + ": plain HTTP is allowed only on a loopback address, not " + listen +
                            "; give --tls-cert, --tls-key and --ca (`vmgrid tls init` and "

@@ -32,7 +32,7 @@ std::string RandomBytes(size_t n) {
   return out;
 }
 
-static std::string Hex(const std::string& bytes) {
+std::string HexEncode(std::string_view bytes) {
   static const char* kDigits = "0123456789abcdef";
   std::string out;
   out.reserve(bytes.size() * 2);
@@ -43,15 +43,35 @@ static std::string Hex(const std::string& bytes) {
   return out;
 }
 
-std::string NewId(const std::string& prefix) { return prefix + "-" + Hex(RandomBytes(5)); }
+Result<std::string> HexDecode(std::string_view hex) {
+  if (hex.size() % 2)
+    return MakeError(ErrorCode::kInvalidArgument, "hex text has an odd number of digits");
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out(hex.size() / 2, '\0');
+  for (size_t i = 0; i < out.size(); ++i) {
+    const int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "hex text has a non-hex character at offset " + std::to_string(2 * i));
+    out[i] = static_cast<char>(hi << 4 | lo);
+  }
+  return out;
+}
 
-std::string NewToken() { return "vmg_" + Hex(RandomBytes(32)); }
+std::string NewId(const std::string& prefix) { return prefix + "-" + HexEncode(RandomBytes(5)); }
+
+std::string NewToken() { return "vmg_" + HexEncode(RandomBytes(32)); }
 
 std::string NewUuid() {
   std::string b = RandomBytes(16);
   b[6] = static_cast<char>((b[6] & 0x0f) | 0x40);
   b[8] = static_cast<char>((b[8] & 0x3f) | 0x80);
-  std::string h = Hex(b);
+  std::string h = HexEncode(b);
   return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) +
          "-" + h.substr(20);
 }
@@ -60,7 +80,7 @@ std::string Sha256Hex(const std::string& data) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  return Hex(std::string(reinterpret_cast<char*>(md), len));
+  return HexEncode(std::string_view(reinterpret_cast<char*>(md), len));
 }
 
 std::string HmacSha256Hex(const std::string& key, const std::string& data) {
@@ -68,7 +88,7 @@ std::string HmacSha256Hex(const std::string& key, const std::string& data) {
   unsigned int len = 0;
   HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
        reinterpret_cast<const unsigned char*>(data.data()), data.size(), md, &len);
-  return Hex(std::string(reinterpret_cast<char*>(md), len));
+  return HexEncode(std::string_view(reinterpret_cast<char*>(md), len));
 }
 
 int64_t NowMs() {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "common/result.h"
 
@@ -16,6 +17,12 @@ std::string NewId(const std::string& prefix);
 
 // A bearer token: "vmg_" + 64 hex chars of cryptographic randomness.
 std::string NewToken();
+
+// Lower-case hex of `bytes`, and back: HexDecode takes upper or lower case
+// and fails (saying why) on an odd length or a character that is not a
+// hex digit.
+std::string HexEncode(std::string_view bytes);
+Result<std::string> HexDecode(std::string_view hex);
 
 // Hex SHA-256 of `data`.
 std::string Sha256Hex(const std::string& data);

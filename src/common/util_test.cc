@@ -52,5 +52,19 @@ TEST(UtilTest, ResultPropagation) {
   EXPECT_EQ(g(true).error().code, ErrorCode::kNotFound);
 }
 
+TEST(HexTest, RoundTripsAndRejectsWhatIsNotHex) {
+  const std::string bytes("\x00\x01\xab\xff", 4);
+  EXPECT_EQ(HexEncode(bytes), "0001abff");
+  auto back = HexDecode("0001ABff");
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, bytes);
+  EXPECT_EQ(HexDecode("")->size(), 0u);
+  for (const char* bad : {"0", "0g", " 1", "+1", "1 "}) {
+    auto r = HexDecode(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  }
+}
+
 }  // namespace
 }  // namespace vmgrid

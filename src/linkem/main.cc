@@ -12,34 +12,25 @@
 #include <cstdio>
 #include <string>
 
+#include "common/host_port.h"
 #include "linkem/link_emulator.h"
 
 namespace {
 
-// Splits HOST:PORT ([V6]:PORT allowed); false if malformed.
+// HOST:PORT ([V6]:PORT allowed) into the emulator's fields; false if malformed.
 bool SplitHostPort(const std::string& s, std::string* host, uint16_t* port) {
-  size_t colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  std::string p = s.substr(colon + 1);
-  if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos) {
-    return false;
-  }
-  int v = std::stoi(p);
-  if (v > 65535) return false;
-  *host = s.substr(0, colon);
-  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
-    *host = host->substr(1, host->size() - 2);
-  }
-  *port = static_cast<uint16_t>(v);
+  auto parsed = vmgrid::ParseHostPort(s);
+  if (!parsed.ok()) return false;
+  *host = vmgrid::UnbracketHost(parsed->host);
+  *port = static_cast<uint16_t>(parsed->port);
   return true;
 }
 
 CLI::Validator HostPort() {
   return CLI::Validator(
       [](std::string& s) -> std::string {
-        std::string host;
-        uint16_t port = 0;
-        return SplitHostPort(s, &host, &port) ? "" : "expected HOST:PORT, got '" + s + "'";
+        auto parsed = vmgrid::ParseHostPort(s);
+        return parsed.ok() ? std::string() : parsed.error().message;
       },
       "HOST:PORT");
 }

@@ -7,6 +7,7 @@
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
 #include "proto/future_id.h"
+#include "proto/guest_file.h"
 #include "proto/host_report.h"
 #include "proto/migration.h"
 #include "proto/network_plan.h"
@@ -257,9 +258,6 @@ TEST(ImageCheckpointTest, RequestAndResultRoundTrip) {
   EXPECT_EQ(d->dir, "/x");
 }
 
-}  // namespace
-}  // namespace vmgrid
-
 namespace vmgrid {
 namespace {
 
@@ -403,6 +401,46 @@ TEST(MigrationProtoTest, RefusesMalformedParts) {
   EXPECT_FALSE(MigrationResultFromJson({{"total_ms", 1.5}}).ok());
   EXPECT_FALSE(MigrationResultFromJson({{"bytes", 1}}).ok());
   EXPECT_FALSE(MigrationResultFromJson(json::array()).ok());
+}
+
+}  // namespace
+}  // namespace vmgrid
+
+TEST(GuestFileProtoTest, RoundTripsBinaryChunks) {
+  std::string bytes;
+  for (int i = 0; i < 256; ++i) bytes += static_cast<char>(i);
+  GuestFileWrite w{"/tmp/a b", 7, bytes};
+  auto w2 = GuestFileWriteFromJson(nlohmann::json::parse(ToJson(w).dump()));
+  ASSERT_TRUE(w2.ok()) << w2.error().message;
+  EXPECT_EQ(*w2, w);
+  GuestFileChunk c{"/x", 3, bytes, 1000, false};
+  auto c2 = GuestFileChunkFromJson(nlohmann::json::parse(ToJson(c).dump()));
+  ASSERT_TRUE(c2.ok()) << c2.error().message;
+  EXPECT_EQ(*c2, c);
+  GuestFileRead r{"/y", 5, 9};
+  EXPECT_EQ(*GuestFileReadFromJson(ToJson(r)), r);
+  EXPECT_EQ(*GuestFileWrittenFromJson(ToJson(GuestFileWritten{"/z", 4})),
+            (GuestFileWritten{"/z", 4}));
+}
+
+TEST(GuestFileProtoTest, RefusesBadPathsDataAndSizes) {
+  using nlohmann::json;
+  EXPECT_FALSE(CheckGuestPath("").ok());
+  EXPECT_FALSE(CheckGuestPath("etc/passwd").ok());
+  EXPECT_FALSE(CheckGuestPath(std::string("/a\0b", 4)).ok());
+  EXPECT_FALSE(CheckGuestPath("/" + std::string(kMaxGuestPathLength, 'a')).ok());
+  EXPECT_TRUE(CheckGuestPath("/" + std::string(kMaxGuestPathLength - 1, 'a')).ok());
+  EXPECT_FALSE(GuestFileWriteFromJson({{"path", "/x"}, {"data", "not base64!"}}).ok());
+  EXPECT_FALSE(GuestFileWriteFromJson({{"path", "/x"}, {"offset", -1}}).ok());
+  auto big =
+      GuestFileWriteFromJson({{"path", "/x"}, {"offset", kMaxGuestCopyBytes}, {"data", "eA=="}});
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.error().code, ErrorCode::kResourceExhausted);
+  EXPECT_FALSE(GuestFileWriteFromJson(
+                   {{"path", "/x"}, {"data", std::string((kMaxGuestFileChunk / 3 + 2) * 4, 'A')}})
+                   .ok());
+  EXPECT_FALSE(GuestFileReadFromJson({{"path", "/x"}, {"length", 0}}).ok());
+  EXPECT_FALSE(GuestFileReadFromJson(json::array()).ok());
 }
 
 }  // namespace

@@ -118,6 +118,47 @@ Result<ExecResult> SimVmTable::Exec(const std::string& id, const std::vector<std
   return r;
 }
 
+Result<GuestFileChunk> SimVmTable::ReadGuestFile(const std::string& id,
+                                                 const GuestFileRead& request) {
+  VMG_RETURN_IF_ERROR(CheckGuestPath(request.path));
+  Operate();
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindIdleLocked(id));
+  if (!Allowed(e->status, VmOp::kExec))
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + e->status.state + ", not running");
+  auto it = e->files.find(request.path);
+  if (it == e->files.end())
+    return MakeError(ErrorCode::kNotFound,
+                     "guest file " + request.path + ": No such file or directory");
+  const std::string& f = it->second;
+  GuestFileChunk c{request.path, request.offset, "", static_cast<int64_t>(f.size()), true};
+  if (request.offset < c.size) {
+    c.data = f.substr(static_cast<size_t>(request.offset), static_cast<size_t>(request.length));
+    c.eof = request.offset + static_cast<int64_t>(c.data.size()) >= c.size;
+  }
+  return c;
+}
+
+Result<GuestFileWritten> SimVmTable::WriteGuestFile(const std::string& id,
+                                                    const GuestFileWrite& request) {
+  VMG_RETURN_IF_ERROR(CheckGuestPath(request.path));
+  Operate();
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_ASSIGN_OR_RETURN(Entry * e, FindIdleLocked(id));
+  if (!Allowed(e->status, VmOp::kExec))
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + e->status.state + ", not running");
+  std::string& f = e->files[request.path];
+  if (request.offset == 0) f.clear();
+  if (static_cast<int64_t>(f.size()) != request.offset)
+    return MakeError(ErrorCode::kFailedPrecondition, "guest file " + request.path + " is " +
+                                                         std::to_string(f.size()) + " bytes, not " +
+                                                         std::to_string(request.offset));
+  f += request.data;
+  return GuestFileWritten{request.path, static_cast<int64_t>(f.size())};
+}
+
 Result<std::string> SimVmTable::CheckpointDir(const std::string& id) {
   std::lock_guard<std::mutex> l(mu_);
   VMG_ASSIGN_OR_RETURN(Entry * e, FindLocked(id));

@@ -13,6 +13,7 @@
 //   Resume:     stopped | suspended -> running
 //   Destroy:    any -> (gone)
 //   Exec:       running only; answers a canned result
+//   ReadGuestFile, WriteGuestFile: running only; files kept in memory per VM
 //   Adopt:      a state that is none of VmState's -> kInvalidArgument
 // On failure: no side effects. Unknown ids answer kNotFound.
 // Thread-safe: all public methods.
@@ -49,6 +50,10 @@ class SimVmTable : public VmDriver {
   Result<ExecResult> Exec(const std::string& id, const std::vector<std::string>& argv,
                           const std::string& input = "",
                           std::chrono::milliseconds timeout = std::chrono::seconds(60)) override;
+  Result<GuestFileChunk> ReadGuestFile(const std::string& id,
+                                       const GuestFileRead& request) override;
+  Result<GuestFileWritten> WriteGuestFile(const std::string& id,
+                                          const GuestFileWrite& request) override;
   // A path that names the checkpoint; nothing exists there.
   Result<std::string> CheckpointDir(const std::string& id) override;
   // Refused: simulated hosts have no image server.
@@ -85,9 +90,10 @@ class SimVmTable : public VmDriver {
  private:
   struct Entry {
     VmStatus status;
-    std::string workspace_path;  // persistent disks only
-    bool incoming = false;       // PrepareIncoming'd, not finished yet
-    bool migrated_out = false;   // MigrateOut'd, not confirmed yet
+    std::string workspace_path;                  // persistent disks only
+    std::map<std::string, std::string> files{};  // guest path -> bytes (vm cp)
+    bool incoming = false;                       // PrepareIncoming'd, not finished yet
+    bool migrated_out = false;                   // MigrateOut'd, not confirmed yet
   };
   static Entry NewEntry(const VmSpec& spec, const std::string& state);
   Result<Entry*> FindLocked(const std::string& id);

@@ -29,6 +29,28 @@ TEST(SimVmTable, CreateRunsAtOnceAndRefusesDuplicates) {
   EXPECT_EQ(t.size(), 1u);
 }
 
+TEST(SimVmTable, GuestFilesAreKeptPerVmWhileItRuns) {
+  SimVmTable t("h1");
+  ASSERT_TRUE(t.Create(Spec("vm-a")).ok());
+  ASSERT_TRUE(t.WriteGuestFile("vm-a", GuestFileWrite{"/tmp/f", 0, "abc"}).ok());
+  auto w = t.WriteGuestFile("vm-a", GuestFileWrite{"/tmp/f", 3, "de"});
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  EXPECT_EQ(w->size, 5);
+  auto r = t.ReadGuestFile("vm-a", GuestFileRead{"/tmp/f", 1, 3});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->data, "bcd");
+  EXPECT_FALSE(r->eof);
+  EXPECT_EQ(t.ReadGuestFile("vm-a", GuestFileRead{"/nope", 0, 3}).error().code,
+            ErrorCode::kNotFound);
+  EXPECT_EQ(t.WriteGuestFile("vm-a", GuestFileWrite{"/tmp/f", 9, "x"}).error().code,
+            ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(t.ReadGuestFile("vm-a", GuestFileRead{"rel", 0, 3}).error().code,
+            ErrorCode::kInvalidArgument);
+  ASSERT_TRUE(t.Stop("vm-a").ok());
+  EXPECT_EQ(t.ReadGuestFile("vm-a", GuestFileRead{"/tmp/f", 0, 3}).error().code,
+            ErrorCode::kFailedPrecondition);
+}
+
 TEST(SimVmTable, LifecycleFollowsTheAgentStateMachine) {
   SimVmTable t("sim-1");
   ASSERT_TRUE(t.Create(Spec("vm-a")).ok());

@@ -1,4 +1,4 @@
-#include "vmm/base64.h"
+#include "common/base64.h"
 
 #include <gtest/gtest.h>
 

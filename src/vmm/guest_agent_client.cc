@@ -10,7 +10,7 @@
 #include <thread>
 #include <utility>
 
-#include "vmm/base64.h"
+#include "common/base64.h"
 #include "vmm/json_util.h"
 
 namespace vmgrid {
@@ -19,8 +19,8 @@ namespace {
 
 using nlohmann::json;
 using std::chrono::milliseconds;
-using vmm::Base64Decode;
-using vmm::Base64Encode;
+using vmgrid::Base64Decode;
+using vmgrid::Base64Encode;
 using vmm::Clock;
 using vmm::Deadline;
 using vmm::DeadlineAfter;
@@ -354,6 +354,122 @@ Status GuestAgentClient::WriteFileLocked(const std::string& path, const std::str
   Result<json> closed = CallLocked("guest-file-close", {{"handle", handle}}, deadline);
   if (!closed.ok()) return closed.error().Wrap("closing " + path);
   return Status::Ok();
+}
+
+Result<int64_t> GuestAgentClient::OpenLocked(const std::string& path, const char* mode,
+                                             Deadline deadline) {
+  Result<json> opened = CallLocked("guest-file-open", {{"path", path}, {"mode", mode}}, deadline);
+  if (!opened.ok()) {
+    // qemu-ga's desc ends with strerror(): "failed to open file 'P' (mode:
+    // 'r'): No such file or directory".
+    const std::string& m = opened.error().message;
+    ErrorCode code = opened.error().code;
+    if (m.find("No such file or directory") != std::string::npos) {
+      code = ErrorCode::kNotFound;
+    } else if (m.find("Permission denied") != std::string::npos ||
+               m.find("Read-only file system") != std::string::npos) {
+      code = ErrorCode::kPermissionDenied;
+    }
+    size_t at = m.rfind("): ");
+    std::string why = at == std::string::npos ? m : m.substr(at + 3);
+    return MakeError(code, "guest file " + path + ": " + why);
+  }
+  if (!opened->is_number_integer())
+    return MakeError(ErrorCode::kInternal, "guest-file-open: handle is not an integer");
+  return opened->get<int64_t>();
+}
+
+Result<int64_t> GuestAgentClient::SeekLocked(int64_t handle, int64_t offset, const char* whence,
+                                             Deadline deadline) {
+  VMG_ASSIGN_OR_RETURN(
+      json r, CallLocked("guest-file-seek",
+                         {{"handle", handle}, {"offset", offset}, {"whence", whence}}, deadline));
+  std::optional<int64_t> position = GetInt(r, "position");
+  if (!position || *position < 0)
+    return MakeError(ErrorCode::kInternal, "guest-file-seek: reply without position");
+  return *position;
+}
+
+Result<GuestFileSlice> GuestAgentClient::ReadFileAt(const std::string& path, int64_t offset,
+                                                    size_t max_bytes, milliseconds timeout) {
+  Deadline deadline = DeadlineAfter(timeout);
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_ASSIGN_OR_RETURN(int64_t handle, OpenLocked(path, "r", deadline));
+  auto body = [&]() -> Result<GuestFileSlice> {
+    GuestFileSlice slice;
+    VMG_ASSIGN_OR_RETURN(int64_t at, SeekLocked(handle, offset, "set", deadline));
+    if (at != offset) return MakeError(ErrorCode::kInternal, "guest-file-seek: wrong position");
+    while (slice.data.size() < max_bytes) {
+      size_t want = std::min(kFileChunkBytes, max_bytes - slice.data.size());
+      Result<json> r = CallLocked(
+          "guest-file-read", {{"handle", handle}, {"count", static_cast<int64_t>(want)}}, deadline);
+      if (!r.ok()) {
+        const std::string& m = r.error().message;
+        if (m.find("Is a directory") != std::string::npos)
+          return MakeError(ErrorCode::kFailedPrecondition,
+                           "guest file " + path + " is a directory");
+        return r.error().Wrap("reading guest file " + path);
+      }
+      std::optional<int64_t> count = GetInt(*r, "count");
+      std::optional<std::string> b64 = GetString(*r, "buf-b64");
+      Result<std::string> chunk =
+          b64 ? Base64Decode(*b64)
+              : Result<std::string>(MakeError(ErrorCode::kInternal, "no buf-b64"));
+      if (!count || !chunk.ok() || static_cast<int64_t>(chunk->size()) != *count ||
+          chunk->size() > want)
+        return MakeError(ErrorCode::kInternal, "guest-file-read " + path + ": malformed reply");
+      slice.data += *chunk;
+      if (GetBool(*r, "eof").value_or(false) || chunk->empty()) {
+        slice.eof = true;
+        break;
+      }
+    }
+    // The size is asked after reading: a directory opens for reading, and
+    // only its read says what it is (above); its "size" means nothing.
+    VMG_ASSIGN_OR_RETURN(slice.size, SeekLocked(handle, 0, "end", deadline));
+    if (offset + static_cast<int64_t>(slice.data.size()) >= slice.size) slice.eof = true;
+    return slice;
+  };
+  Result<GuestFileSlice> r = body();
+  CloseFileLocked(handle, deadline);
+  return r;
+}
+
+Result<int64_t> GuestAgentClient::WriteFileAt(const std::string& path, int64_t offset,
+                                              const std::string& data, milliseconds timeout) {
+  Deadline deadline = DeadlineAfter(timeout);
+  std::lock_guard<std::mutex> lock(mu_);
+  VMG_ASSIGN_OR_RETURN(int64_t handle, OpenLocked(path, offset == 0 ? "w" : "r+", deadline));
+  auto body = [&]() -> Result<int64_t> {
+    if (offset > 0) {
+      VMG_ASSIGN_OR_RETURN(int64_t size, SeekLocked(handle, 0, "end", deadline));
+      if (size != offset)
+        return MakeError(ErrorCode::kFailedPrecondition,
+                         "guest file " + path + " is " + std::to_string(size) + " bytes, not " +
+                             std::to_string(offset) + "; a copy writes its chunks in order");
+    }
+    std::string_view rest = data;
+    while (!rest.empty()) {
+      std::string_view chunk = rest.substr(0, kFileChunkBytes);
+      VMG_ASSIGN_OR_RETURN(
+          json r, CallLocked("guest-file-write",
+                             {{"handle", handle}, {"buf-b64", Base64Encode(chunk)}}, deadline));
+      std::optional<int64_t> count = GetInt(r, "count");
+      if (!count || *count <= 0 || static_cast<uint64_t>(*count) > chunk.size())
+        return MakeError(ErrorCode::kInternal, "guest-file-write " + path + ": bad count in reply");
+      rest.remove_prefix(static_cast<size_t>(*count));
+    }
+    return offset + static_cast<int64_t>(data.size());
+  };
+  Result<int64_t> r = body();
+  if (!r.ok()) {
+    CloseFileLocked(handle, deadline);
+    return r;
+  }
+  // Closing flushes stdio buffers in the agent: its failure is a write failure.
+  Result<json> closed = CallLocked("guest-file-close", {{"handle", handle}}, deadline);
+  if (!closed.ok()) return closed.error().Wrap("closing guest file " + path);
+  return r;
 }
 
 Status GuestAgentClient::ReseedRandom(milliseconds timeout) {

@@ -28,6 +28,13 @@ struct ExecResult {
   bool out_truncated = false, err_truncated = false;  // the agent caps capture (16 MiB in 7.2)
 };
 
+// A piece of a guest file (ReadFileAt).
+struct GuestFileSlice {
+  std::string data;
+  int64_t size = 0;  // the file's size when it was opened
+  bool eof = false;  // the slice reaches the end of the file
+};
+
 class GuestAgentClient {
  public:
   // guest-exec-status returns all captured output on one line, base64-coded;
@@ -71,6 +78,18 @@ class GuestAgentClient {
   Status WriteFile(const std::string& path, const std::string& data,
                    std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
+  // Up to `max_bytes` of `path` from `offset` (guest-file-open "r", -seek,
+  // -read, -close). Open failures map errno text to codes: no such file ->
+  // kNotFound, permission denied -> kPermissionDenied, others
+  // kFailedPrecondition; the message names the guest path.
+  Result<GuestFileSlice> ReadFileAt(const std::string& path, int64_t offset, size_t max_bytes,
+                                    std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  // Writes `data` at `offset`: offset 0 creates or truncates the file ("w"),
+  // a later offset must equal the file's size ("r+" then seek; kFailedPrecondition
+  // otherwise). Returns the file's size after the write. Errors as ReadFileAt.
+  Result<int64_t> WriteFileAt(const std::string& path, int64_t offset, const std::string& data,
+                              std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
   // Mixes 64 bytes of host getrandom() output into the guest's entropy pool
   // by writing them to /dev/urandom. (This mixes but credits no entropy; it
   // exists so that clones of one checkpoint diverge.)
@@ -87,6 +106,10 @@ class GuestAgentClient {
   // guest-file-close that must not be skipped just because the main
   // operation's deadline passed.
   void CloseFileLocked(int64_t handle, std::chrono::steady_clock::time_point deadline);
+  Result<int64_t> OpenLocked(const std::string& path, const char* mode,
+                             std::chrono::steady_clock::time_point deadline);
+  Result<int64_t> SeekLocked(int64_t handle, int64_t offset, const char* whence,
+                             std::chrono::steady_clock::time_point deadline);
   Status WriteFileLocked(const std::string& path, const std::string& data,
                          std::chrono::steady_clock::time_point deadline);
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <thread>
 
-#include "vmm/base64.h"
+#include "common/base64.h"
 #include "vmm/fake_peer.h"
 
 namespace vmgrid {
@@ -16,8 +16,8 @@ namespace {
 
 using nlohmann::json;
 using std::chrono::milliseconds;
-using vmm::Base64Decode;
-using vmm::Base64Encode;
+using vmgrid::Base64Decode;
+using vmgrid::Base64Encode;
 using vmm::Clock;
 using vmm::testing::FakeConn;
 using vmm::testing::FakeServer;
@@ -233,6 +233,10 @@ struct FakeFiles {
         if (opened_path == "/missing") {
           return R"({"error": {"class": "GenericError", "desc": "failed to open file '/missing' (mode: 'r'): No such file or directory"}})";
         }
+        if (opened_path == "/denied") {
+          return R"({"error": {"class": "GenericError", "desc": "failed to open file '/denied' (mode: 'w'): Permission denied"}})";
+        }
+        if (opened_mode == "w") written.clear();
         read_pos = 0;
         return Ret(1000);
       }
@@ -250,6 +254,13 @@ struct FakeFiles {
         size_t n = std::min(data.size(), max_write);
         written += data.substr(0, n);
         return Ret({{"count", n}, {"eof", false}});
+      }
+      if (cmd == "guest-file-seek") {
+        // Reads seek in `content`, writes in `written`.
+        const std::string& f = opened_mode == "r" ? content : written;
+        int64_t off = a["offset"];
+        read_pos = a["whence"] == "end" ? f.size() + off : off;
+        return Ret({{"position", read_pos}, {"eof", read_pos >= f.size()}});
       }
       if (cmd == "guest-file-close") {
         ++closes;
@@ -287,6 +298,44 @@ TEST_F(GuestAgentClientTest, ReadFileLoopsUntilEofAndCloses) {
   std::lock_guard<std::mutex> l(files.mu);
   EXPECT_EQ(files.closes, 4);  // every successful open was closed
   EXPECT_EQ(files.opened_mode, "r");
+}
+
+TEST_F(GuestAgentClientTest, FileChunksReadAndWriteAtOffsetsAndMapGuestErrors) {
+  FakeFiles files;
+  files.content = "0123456789";
+  FakeServer server(SocketPath(), {[&](FakeConn& c) { ServeAgent(c, files.handler()); }});
+  auto ga = ConnectOrDie();
+  ASSERT_NE(ga, nullptr);
+  auto a = ga->ReadFileAt("/f", 0, 6);
+  ASSERT_TRUE(a.ok()) << a.error().message;
+  EXPECT_EQ(a->data, "012345");
+  EXPECT_EQ(a->size, 10);
+  EXPECT_FALSE(a->eof);
+  auto b = ga->ReadFileAt("/f", 6, 6);
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  EXPECT_EQ(b->data, "6789");
+  EXPECT_TRUE(b->eof);
+
+  auto w = ga->WriteFileAt("/out", 0, "abc");
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  EXPECT_EQ(*w, 3);
+  w = ga->WriteFileAt("/out", 3, "def");
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  EXPECT_EQ(*w, 6);
+  auto gap = ga->WriteFileAt("/out", 9, "x");
+  ASSERT_FALSE(gap.ok()) << "a chunk must follow the file's end";
+  EXPECT_EQ(gap.error().code, ErrorCode::kFailedPrecondition);
+
+  auto missing = ga->ReadFileAt("/missing", 0, 6);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(missing.error().message, "guest file /missing: No such file or directory");
+  auto denied = ga->WriteFileAt("/denied", 0, "x");
+  ASSERT_FALSE(denied.ok());
+  EXPECT_EQ(denied.error().code, ErrorCode::kPermissionDenied);
+  std::lock_guard<std::mutex> l(files.mu);
+  EXPECT_EQ(files.written, "abcdef");
+  EXPECT_EQ(files.closes, 5);  // every open that succeeded
 }
 
 TEST_F(GuestAgentClientTest, WriteFileHandlesShortWrites) {

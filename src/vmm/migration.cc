@@ -16,6 +16,7 @@
 #include <cstring>
 #include <thread>
 
+#include "common/util.h"
 #include "vmm/json_util.h"
 #include "vmm/unique_fd.h"
 #include "vmm/unix_stream.h"
@@ -291,12 +292,7 @@ const char* ToString(MigrationPhase phase) {
 Result<MigrationKey> NewMigrationKey(const std::string& identity) {
   unsigned char raw[32];
   if (RAND_bytes(raw, sizeof raw) != 1) return MakeError(ErrorCode::kInternal, "RAND_bytes failed");
-  static const char* kHex = "0123456789abcdef";
-  MigrationKey key{identity, ""};
-  for (unsigned char b : raw) {
-    key.key_hex += kHex[b >> 4];
-    key.key_hex += kHex[b & 15];
-  }
+  MigrationKey key{identity, HexEncode(std::string_view(reinterpret_cast<char*>(raw), sizeof raw))};
   VMG_RETURN_IF_ERROR(ValidateMigrationKey(key));
   return key;
 }

@@ -9,6 +9,7 @@
 #include "api/services/vm_service.h"
 #include "common/http_json.h"
 #include "proto/future_id.h"
+#include "proto/guest_file.h"
 
 namespace vmgrid {
 
@@ -184,6 +185,27 @@ void InstallExecRoutes(RouteInstaller& s, VmService& vms) {
            VMG_ASSIGN_OR_RETURN(r.timeout_s, f.Int("timeout_s", 60, 1, 3600));
            VMG_ASSIGN_OR_RETURN(json op, vms.Exec(c, req.matches[1], r));
            return Reply{202, op};
+         },
+         kUserRoles);
+  // `vm cp`, one chunk per request (proto/guest_file.h); the guest path is
+  // only ever handed to the guest's agent.
+  s.Post(R"(/v1/vms/([^/]+)/files/read)",
+         [&vms](const Caller& c, const Req& req) -> Result<Reply> {
+           // An unknown VM is 404 whatever the body says.
+           VMG_RETURN_IF_ERROR(vms.Get(req.matches[1], c.owner()));
+           VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body, false));
+           VMG_ASSIGN_OR_RETURN(GuestFileRead r, GuestFileReadFromJson(body));
+           VMG_ASSIGN_OR_RETURN(GuestFileChunk chunk, vms.ReadFile(c, req.matches[1], r));
+           return Reply{200, ToJson(chunk)};
+         },
+         kUserRoles);
+  s.Post(R"(/v1/vms/([^/]+)/files/write)",
+         [&vms](const Caller& c, const Req& req) -> Result<Reply> {
+           VMG_RETURN_IF_ERROR(vms.Get(req.matches[1], c.owner()));
+           VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body, false));
+           VMG_ASSIGN_OR_RETURN(GuestFileWrite w, GuestFileWriteFromJson(body));
+           VMG_ASSIGN_OR_RETURN(GuestFileWritten done, vms.WriteFile(c, req.matches[1], w));
+           return Reply{200, ToJson(done)};
          },
          kUserRoles);
 }

@@ -9,33 +9,21 @@
 #include <memory>
 #include <mutex>
 
-#include "api/admission.h"
-#include "api/services/migration_service.h"
-#include "api/services/network_service.h"
-#include "api/services/service_test_fixture.h"
+#include "api/services/migration_test_fixture.h"
 
 namespace vmgrid {
 namespace {
 
 using nlohmann::json;
 
-class DrainServiceTest : public ServiceTest {
+class DrainServiceTest : public MigrationTestBase {
  protected:
   void SetUp() override {
-    ServiceTest::SetUp();
+    MigrationTestBase::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
-    auto h2 =
-        store_->HeartbeatHost("h2", "https://10.9.8.7:7001", HostCapacity{8, 8192, 10000, false});
-    ASSERT_TRUE(h2.ok()) << h2.error().message;
-    h2_ = *h2;
     admin_ = store_->CreateUser("root", "admin")->first;
-    networks_ = std::make_unique<NetworkService>(*store_);
-    migrations_ = std::make_unique<MigrationService>(*store_, index_, agent_, *networks_, ops_,
-                                                     clock_, long_ops_);
     drains_ = std::make_unique<DrainService>(*store_, *migrations_, ops_);
   }
-  void Settle() { ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10))); }
-  Host HostNow(const std::string& id) { return *store_->GetHost(id); }
   // Drains `host` and waits for the operation's end; its JSON.
   json DrainAndWait(const std::string& host, int parallel = 2) {
     auto started = drains_->Drain(Caller{admin_}, host, parallel);
@@ -48,15 +36,7 @@ class DrainServiceTest : public ServiceTest {
   }
   // A VM record placed by the store's placement among `candidates`.
   Result<Vm> Place(const std::string& name, const std::vector<std::string>& candidates) {
-    Vm v;
-    v.id = NewId("vm");
-    v.name = name;
-    v.owner_id = alice_.id;
-    v.image_id = "img-1";
-    v.state = "creating";
-    v.disk = "clone";
-    v.start = "boot";
-    return store_->PlaceAndInsertVm(v, candidates);
+    return store_->PlaceAndInsertVm(NewVmRecord(name), candidates);
   }
   static PlacementRequest OneVcpu() {
     PlacementRequest r;
@@ -69,12 +49,7 @@ class DrainServiceTest : public ServiceTest {
     return out;
   }
 
-  Host h2_;
   User admin_;
-  std::unique_ptr<NetworkService> networks_;
-  OpQueue ops_;
-  Admission long_ops_{"long operations", 2, 0, 5};
-  std::unique_ptr<MigrationService> migrations_;
   std::unique_ptr<DrainService> drains_;
 };
 
@@ -90,13 +65,7 @@ TEST_P(DrainServiceTest, ADrainedHostIsOfferedToNoPlacementUntilUndrained) {
   ASSERT_FALSE(pinned.ok());
   EXPECT_EQ(pinned.error().code, ErrorCode::kResourceExhausted);
   EXPECT_EQ(Place("free", {host_.id, h2_.id})->host_id, h2_.id);
-  Vm gang;
-  gang.id = NewId("vm");
-  gang.name = "g";
-  gang.owner_id = alice_.id;
-  gang.image_id = "img-1";
-  gang.state = "creating";
-  EXPECT_EQ(store_->PlaceAndInsertGang({gang}, {{host_.id}}).error().code,
+  EXPECT_EQ(store_->PlaceAndInsertGang({NewVmRecord("g")}, {{host_.id}}).error().code,
             ErrorCode::kResourceExhausted);
   auto groups = index_.Groups("", "spread");
   ASSERT_TRUE(groups.ok());

@@ -9,6 +9,7 @@
 #include "api/placement.h"
 #include "api/services/host_failure_service.h"
 #include "api/vnet_plan.h"
+#include "common/host_port.h"
 #include "common/http_json.h"
 #include "common/tls.h"
 #include "common/util.h"
@@ -50,10 +51,10 @@ Status HostService::CheckAgentUrl(const std::string& url) const {
   // HOST:PORT, then an optional path prefix (simulated hosts: /sim/NAME).
   std::string rest = url.substr(https ? 8 : 7);
   rest = rest.substr(0, rest.find('/'));
-  auto colon = rest.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size())
+  auto where = ParseHostPort(rest, "agent url");
+  if (!where.ok())
     return MakeError(ErrorCode::kInvalidArgument, "agent url must be http(s)://HOST:PORT[/PATH]");
-  if (tls_ && !https && !IsLoopbackHost(rest.substr(0, colon)))
+  if (tls_ && !https && !IsLoopbackHost(where->host))
     return MakeError(ErrorCode::kInvalidArgument,
                      "this controller talks to agents over TLS: the agent url must be https:// "
                      "(plain http only on loopback)");
@@ -201,7 +202,7 @@ void HostService::NoteHostImages(const std::string& host_id, const json& report)
     if (!st.ok()) {
       // Only placement's preference for hosts with a warm cache suffers;
       // forget that it was noted, so the next heartbeat tries again.
-      CountFailedWrite(st, "noting image " + i + " cached on host " + host_id);
+      failed_writes_.Count(st, "noting image " + i + " cached on host " + host_id);
       std::lock_guard<std::mutex> l(mu_);
       noted_cached_.erase({i, host_id});
     }
@@ -232,7 +233,7 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
       if (vm.state == "deleting") {
         // The delete finished while we were away. A failed write leaves
         // the record `deleting`, and the next heartbeat tries again.
-        CountFailedWrite(store_.DeleteVm(vm.id), "deleting the record of VM " + vm.id);
+        failed_writes_.Count(store_.DeleteVm(vm.id), "deleting the record of VM " + vm.id);
         continue;
       }
       vm.error = vm.state == "creating" ? "the create was interrupted (controller restart)"
@@ -240,7 +241,7 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
       vm.state = "error";
       spdlog::warn("reconcile: VM {} missing on host {}", vm.id, host.name);
       // Not clean: the next heartbeat tries again.
-      CountFailedWrite(store_.UpdateVm(vm), "marking VM " + vm.id + " failed");
+      failed_writes_.Count(store_.UpdateVm(vm), "marking VM " + vm.id + " failed");
       continue;
     }
     const VmStatus report = std::move(it->second);
@@ -262,7 +263,7 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
       vm.error = report.error;
       if (vm.create_ms == 0) vm.create_ms = report.ready_ms;
       // Not clean: the next heartbeat tries again.
-      CountFailedWrite(store_.UpdateVm(vm), "recording VM " + vm.id + "'s state");
+      failed_writes_.Count(store_.UpdateVm(vm), "recording VM " + vm.id + "'s state");
     }
   }
   for (const auto& [id, v] : by_id)
@@ -270,18 +271,6 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
       spdlog::warn("reconcile: host {} runs VM {} that has no record here; leaving it alone",
                    host.name, id);
   return clean;
-}
-
-void HostService::CountFailedWrite(const Status& st, const std::string& what) {
-  if (st.ok()) return;
-  spdlog::warn("{}: {}", what, st.error().message);
-  std::lock_guard<std::mutex> l(mu_);
-  ++failed_writes_;
-}
-
-int64_t HostService::failed_writes() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return failed_writes_;
 }
 
 Result<std::vector<json>> HostService::List(bool admin) {

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "api/services/failed_writes.h"
 #include "common/clock.h"
 #include "common/result.h"
 #include "proto/host_report.h"
@@ -83,11 +84,10 @@ class HostService {
   void SetFailureDetector(HostFailureService* failures) { failures_ = failures; }
 
   // What the store's writes dropped by reconciliation count (each is logged).
-  int64_t failed_writes() const;
+  int64_t failed_writes() const { return failed_writes_.total(); }
 
  private:
   void NoteHostImages(const std::string& host_id, const nlohmann::json& images);
-  void CountFailedWrite(const Status& st, const std::string& what);
   // The host's part of the virtual networks (api/vnet_plan.h), recomputed
   // when the Store's network generation moved or every kReplanMs.
   Result<HostNetworkPlan> NetworkPlanFor(const Host& host);
@@ -113,7 +113,7 @@ class HostService {
   // Per host: the last report that matched the records, and the records'
   // version then (CapacityIndex::VmVersion).
   std::map<std::string, std::pair<size_t, uint64_t>> reconciled_;  // guarded by mu_
-  int64_t failed_writes_ = 0;                                      // guarded by mu_
+  FailedWrites failed_writes_;
   struct CachedPlan {
     int64_t generation = 0;
     int64_t computed_ms = 0;

@@ -553,7 +553,7 @@ Result<json> ImageService::Checkpoint(const Caller& c, const std::string& ref,
   Status recorded = host.ok() ? store_.UpdateImage(image) : Status(host.error());
   if (!recorded.ok()) {
     // Nothing was started: give the room back.
-    CountFailedWrite(store_.DeleteVm(placed.id), "releasing the reservation " + placed.id);
+    failed_writes_.Count(store_.DeleteVm(placed.id), "releasing the reservation " + placed.id);
     return recorded.error();
   }
   ops_.Run(placed.id, [this, h = *host, image, id = placed.id] { RunCheckpoint(h, image, id); });
@@ -583,7 +583,8 @@ void ImageService::RunCheckpoint(const Host& h, const Image& img,
   if (r.ok()) r = agents_.MakeImageCheckpoint(h, request);
   // The boot is over: its room is free again. A record left behind holds
   // it until reconciliation marks it failed (the host reports no such VM).
-  CountFailedWrite(store_.DeleteVm(reservation_id), "releasing the reservation " + reservation_id);
+  failed_writes_.Count(store_.DeleteVm(reservation_id),
+                       "releasing the reservation " + reservation_id);
   auto fresh = store_.GetImage(img.id, "");
   if (!fresh.ok()) return;  // deleted meanwhile
   json blobs = json::parse(fresh->blobs, nullptr, false);
@@ -609,13 +610,7 @@ void ImageService::RunCheckpoint(const Host& h, const Image& img,
   }
   // Left behind, the image shows its checkpoint as still being made (and
   // refuses another) until the controller restarts; say so in the log.
-  CountFailedWrite(store_.UpdateImage(*fresh), "recording the checkpoint of image " + img.id);
-}
-
-void ImageService::CountFailedWrite(const Status& st, const std::string& what) {
-  if (st.ok()) return;
-  spdlog::warn("{}: {} (store write failed; continuing)", what, st.error().message);
-  ++failed_writes_;
+  failed_writes_.Count(store_.UpdateImage(*fresh), "recording the checkpoint of image " + img.id);
 }
 
 }  // namespace vmgrid

@@ -27,6 +27,7 @@
 #include <string>
 
 #include "api/routes/route.h"
+#include "api/services/failed_writes.h"
 #include "common/clock.h"
 #include "common/result.h"
 #include "proto/blob_ref.h"
@@ -118,7 +119,7 @@ class ImageService {
   static Result<BlobSet> AgentBlobs(const Image& image, bool image_checkpoint);
 
   // Store writes that failed after the work was done (each is logged).
-  int64_t failed_writes() const { return failed_writes_.load(); }
+  int64_t failed_writes() const { return failed_writes_.total(); }
 
  private:
   // Claims `kind` ("disk", "kernel", "initrd", or "finalize" for the whole
@@ -135,7 +136,6 @@ class ImageService {
   Status Publish(Image& image, const std::function<void(const std::string&, int)>& report);
   // The boot that makes a checkpoint, on the operation pool.
   void RunCheckpoint(const Host& host, const Image& image, const std::string& reservation_id);
-  void CountFailedWrite(const Status& st, const std::string& what);
 
   Store& store_;
   const CapacityIndex& index_;
@@ -145,7 +145,7 @@ class ImageService {
   Admission& long_ops_;
   const ImageStorage storage_;
   const std::atomic<bool>& stopping_;
-  std::atomic<int64_t> failed_writes_{0};
+  FailedWrites failed_writes_;
 
   std::mutex mu_;
   std::map<std::string, std::set<std::string>> io_;  // image id -> claimed kinds; guarded by mu_

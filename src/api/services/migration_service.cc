@@ -107,7 +107,7 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
   vm = begun->first;
   auto target = store_.GetHost(begun->second);
   if (!target.ok()) {
-    CountFailedWrite(store_.AbortMigration(vm.id, "running", ""), "VM " + vm.id);
+    failed_writes_.Count(store_.AbortMigration(vm.id, "running", ""), "VM " + vm.id);
     return target.error();
   }
   OpQueue::Operation op;
@@ -161,8 +161,8 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
       for (const auto& v : now->vms)
         if (v.id == vm.id)
           if (auto s = ParseVmState(v.state); s.ok() && !IsTransitional(*s)) state = v.state;
-    CountFailedWrite(store_.AbortMigration(vm.id, state, "migration failed: " + e.message),
-                     "VM " + vm.id + ": recording a failed migration");
+    failed_writes_.Count(store_.AbortMigration(vm.id, state, "migration failed: " + e.message),
+                         "VM " + vm.id + ": recording a failed migration");
     return e;
   };
 
@@ -192,7 +192,7 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
   if (!moved.ok()) {
     // The agents have switched; a record still on the source would be
     // wrong either way. Reconciliation cannot fix this one: say so.
-    CountFailedWrite(moved.error(), "VM " + vm.id + ": recording its new host " + target.name);
+    failed_writes_.Count(moved.error(), "VM " + vm.id + ": recording its new host " + target.name);
     return moved.error().Wrap("VM " + vm.id + " runs on host " + target.name +
                               " but its record could not be moved");
   }
@@ -275,12 +275,6 @@ Status MigrationService::Recover(const Store::PendingMigration& m) {
       "the migration to host " + target.name + " was interrupted; the VM stays on " + source.name));
   spdlog::info("interrupted migration of VM {}: it stays on {}", vm.id, source.name);
   return Status::Ok();
-}
-
-void MigrationService::CountFailedWrite(const Status& st, const std::string& what) {
-  if (st.ok()) return;
-  spdlog::warn("{}: {}", what, st.error().message);
-  ++failed_writes_;
 }
 
 }  // namespace vmgrid

@@ -21,6 +21,7 @@
 #include <string>
 
 #include "api/routes/route.h"
+#include "api/services/failed_writes.h"
 #include "common/clock.h"
 #include "common/result.h"
 #include "proto/migration.h"
@@ -78,7 +79,7 @@ class MigrationService {
   Result<VmSpec> SpecFor(const Vm& vm);
 
   // Store writes that failed after an agent had acted (each is logged).
-  int64_t failed_writes() const { return failed_writes_.load(); }
+  int64_t failed_writes() const { return failed_writes_.total(); }
 
   // Where migrations are counted (none by default); set before serving.
   void set_metrics(ControllerMetrics* metrics) { metrics_ = metrics; }
@@ -87,7 +88,6 @@ class MigrationService {
   // The sequence, on the operation pool; the operation's outcome.
   Result<nlohmann::json> Run(const std::string& op_id, const Vm& vm, const Host& source,
                              const Host& target);
-  void CountFailedWrite(const Status& st, const std::string& what);
   // One interrupted migration (RecoverInterrupted).
   Status Recover(const Store::PendingMigration& m);
   // The state `host` reports for VM `id` ("" if it does not have it).
@@ -101,7 +101,7 @@ class MigrationService {
   const Clock& clock_;
   Admission& long_ops_;
   ControllerMetrics* metrics_ = nullptr;
-  std::atomic<int64_t> failed_writes_{0};
+  FailedWrites failed_writes_;
 };
 
 // The host part of an agent URL ("https://10.0.0.2:7001" -> "10.0.0.2",

@@ -59,6 +59,32 @@ class FakeAgent : public AgentClient {
     if (on_exec) on_exec();
     return nlohmann::json::object();
   }
+  // `vm cp`: files by "VM-ID PATH", in memory; "read VM PATH OFFSET" /
+  // "write VM PATH OFFSET" calls.
+  std::map<std::string, std::string> guest_files;
+  Result<GuestFileChunk> ReadGuestFile(const Host&, const std::string& vm_id,
+                                       const GuestFileRead& r) override {
+    Note("read " + vm_id + " " + r.path + " " + std::to_string(r.offset));
+    std::lock_guard<std::mutex> l(mu);
+    auto it = guest_files.find(vm_id + " " + r.path);
+    if (it == guest_files.end())
+      return MakeError(ErrorCode::kNotFound,
+                       "guest file " + r.path + ": No such file or directory");
+    const std::string& f = it->second;
+    GuestFileChunk c{r.path, r.offset, "", static_cast<int64_t>(f.size()), true};
+    if (r.offset < c.size) c.data = f.substr(r.offset, r.length);
+    c.eof = r.offset + static_cast<int64_t>(c.data.size()) >= c.size;
+    return c;
+  }
+  Result<GuestFileWritten> WriteGuestFile(const Host&, const std::string& vm_id,
+                                          const GuestFileWrite& w) override {
+    Note("write " + vm_id + " " + w.path + " " + std::to_string(w.offset));
+    std::lock_guard<std::mutex> l(mu);
+    std::string& f = guest_files[vm_id + " " + w.path];
+    if (w.offset == 0) f.clear();
+    f += w.data;
+    return GuestFileWritten{w.path, static_cast<int64_t>(f.size())};
+  }
   Result<HostReport> HostStatus(const Host& h) override {
     Note("status");
     std::lock_guard<std::mutex> l(mu);
@@ -159,9 +185,9 @@ class ServiceTest : public ::testing::TestWithParam<std::string> {
     host_ = *h;
   }
 
-  // A VM of alice's on h1 in `state` (the store stamps its changes with the
-  // real time, which the fake clock starts at).
-  Vm AddVm(const std::string& name, const std::string& state) {
+  // A new record of alice's (1 vCPU, 256 MiB, a clone booting img-1),
+  // creating, not yet placed.
+  Vm NewVmRecord(const std::string& name) {
     Vm v;
     v.id = NewId("vm");
     v.name = name;
@@ -173,7 +199,13 @@ class ServiceTest : public ::testing::TestWithParam<std::string> {
     v.disk = "clone";
     v.start = "boot";
     v.created_ms = v.updated_ms = clock_.NowMs();
-    auto placed = store_->PlaceAndInsertVm(v, {host_.id});
+    return v;
+  }
+
+  // A VM of alice's on h1 in `state` (the store stamps its changes with the
+  // real time, which the fake clock starts at).
+  Vm AddVm(const std::string& name, const std::string& state) {
+    auto placed = store_->PlaceAndInsertVm(NewVmRecord(name), {host_.id});
     EXPECT_TRUE(placed.ok()) << placed.error().message;
     EXPECT_TRUE(store_->ModifyVm(placed->id, [&](Vm& vm) { vm.state = state; }).ok());
     return *store_->GetVm(placed->id, "");

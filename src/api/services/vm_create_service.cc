@@ -269,8 +269,8 @@ Status VmCreateService::LinkWorkspace(Vm& vm, WorkspaceClaim& claim) {
     if (auto st = store_.InsertWorkspace(ws); !st.ok()) {
       // Left behind, the record stays `creating` until reconciliation
       // marks it failed (its host never heard of it); failed VMs hold no room.
-      CountFailedWrite(store_.DeleteVm(vm.id),
-                       "removing VM " + vm.id + " after " + st.error().message);
+      failed_writes_.Count(store_.DeleteVm(vm.id),
+                           "removing VM " + vm.id + " after " + st.error().message);
       return st;
     }
   } else {
@@ -283,8 +283,8 @@ Status VmCreateService::LinkWorkspace(Vm& vm, WorkspaceClaim& claim) {
   if (linked.ok()) linked = store_.UpdateVm(vm);
   if (!linked.ok()) {
     ReleaseWorkspace(claim);
-    CountFailedWrite(store_.DeleteVm(vm.id),
-                     "removing VM " + vm.id + " after " + linked.error().message);
+    failed_writes_.Count(store_.DeleteVm(vm.id),
+                         "removing VM " + vm.id + " after " + linked.error().message);
     return linked;
   }
   return Status::Ok();
@@ -316,8 +316,8 @@ void VmCreateService::RunCreate(const Vm& vm, const Image& image, const std::str
   if (!r.ok()) ReleaseWorkspace(claim);
   // Only placement's preference for hosts with a warm cache depends on it.
   if (r.ok() && !index_.IsCached(vm.image_id, vm.host_id))
-    CountFailedWrite(store_.NoteImageCached(vm.image_id, vm.host_id),
-                     "noting image " + vm.image_id + " cached on host " + vm.host_id);
+    failed_writes_.Count(store_.NoteImageCached(vm.image_id, vm.host_id),
+                         "noting image " + vm.image_id + " cached on host " + vm.host_id);
   vms_.RecordOutcome(vm.id, r, "error", started, true);
 }
 
@@ -346,14 +346,14 @@ Status VmCreateService::Recover(const Vm& failed, const std::string& note) {
   ops_.Run(placed.id, [this, h, placed, image, checkpoint_dir, started, note] {
     RunCreate(placed, image, checkpoint_dir, WorkspaceClaim{}, started, h);
     // The outcome recorded by RunCreate, with what happened before it.
-    CountFailedWrite(store_.ModifyVm(placed.id,
-                                     [&](Vm& v) {
-                                       v.error = v.state == "running"
-                                                     ? note + " (now running on " + h.name + ")"
-                                                     : note + "; the restart on " + h.name +
-                                                           " failed: " + v.error;
-                                     }),
-                     "recording the recovery of VM " + placed.id);
+    failed_writes_.Count(store_.ModifyVm(placed.id,
+                                         [&](Vm& v) {
+                                           v.error = v.state == "running"
+                                                         ? note + " (now running on " + h.name + ")"
+                                                         : note + "; the restart on " + h.name +
+                                                               " failed: " + v.error;
+                                         }),
+                         "recording the recovery of VM " + placed.id);
   });
   return Status::Ok();
 }
@@ -452,20 +452,14 @@ void VmCreateService::ReleaseWorkspace(const WorkspaceClaim& claim) {
   if (claim.created) {
     // A workspace record left behind names a file that was never made;
     // deleting the workspace clears it.
-    CountFailedWrite(store_.DeleteWorkspace(ws.id), "removing workspace " + ws.id);
+    failed_writes_.Count(store_.DeleteWorkspace(ws.id), "removing workspace " + ws.id);
     return;
   }
   // Left behind, the workspace stays claimed by the failed VM; deleting
   // that VM releases it.
   Workspace w = ws;
   w.vm_id.clear();
-  CountFailedWrite(store_.UpdateWorkspace(w), "releasing workspace " + ws.id);
-}
-
-void VmCreateService::CountFailedWrite(const Status& st, const std::string& what) {
-  if (st.ok()) return;
-  spdlog::warn("{}: {} (store write failed; continuing)", what, st.error().message);
-  ++failed_writes_;
+  failed_writes_.Count(store_.UpdateWorkspace(w), "releasing workspace " + ws.id);
 }
 
 }  // namespace vmgrid

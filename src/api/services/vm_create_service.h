@@ -27,6 +27,7 @@
 
 #include "api/admission.h"
 #include "api/routes/route.h"
+#include "api/services/failed_writes.h"
 #include "common/clock.h"
 #include "common/result.h"
 #include "store/store.h"
@@ -109,7 +110,7 @@ class VmCreateService {
   Status Recover(const Vm& vm, const std::string& note);
 
   // Store writes that failed where the create went on (each is logged).
-  int64_t failed_writes() const { return failed_writes_.load(); }
+  int64_t failed_writes() const { return failed_writes_.total(); }
 
   // Where placements are counted (none by default); set before serving.
   void set_metrics(ControllerMetrics* metrics) { metrics_ = metrics; }
@@ -153,7 +154,6 @@ class VmCreateService {
   // A create that did not happen gives its workspace back: deletes the one
   // it created, or releases an existing one (logged and counted on failure).
   void ReleaseWorkspace(const WorkspaceClaim& claim);
-  void CountFailedWrite(const Status& st, const std::string& what);
 
   Store& store_;
   const CapacityIndex& index_;
@@ -169,7 +169,7 @@ class VmCreateService {
   ApiViews& views_;
   const bool image_server_;
   ControllerMetrics* metrics_ = nullptr;
-  std::atomic<int64_t> failed_writes_{0};
+  FailedWrites failed_writes_;
 };
 
 }  // namespace vmgrid

@@ -76,18 +76,18 @@ Result<Vm> VmService::Delete(const std::string& id, const OwnerFilter& owner, bo
         if (purge) {
           // The file is gone; a record left behind shows a workspace that
           // cannot boot, which deleting it again clears.
-          CountFailedWrite(store_.DeleteWorkspace(ws->id), "deleting workspace " + ws->id);
+          failed_writes_.Count(store_.DeleteWorkspace(ws->id), "deleting workspace " + ws->id);
         } else {
           ws->vm_id.clear();
           // Left behind, the workspace still names this VM and cannot be
           // taken by another until an admin clears it.
-          CountFailedWrite(store_.UpdateWorkspace(*ws), "releasing workspace " + ws->id);
+          failed_writes_.Count(store_.UpdateWorkspace(*ws), "releasing workspace " + ws->id);
         }
       }
     }
     // Left `deleting`: the next heartbeat's reconciliation deletes the
     // record once the host no longer reports the VM.
-    CountFailedWrite(store_.DeleteVm(v.id), "deleting the record of VM " + v.id);
+    failed_writes_.Count(store_.DeleteVm(v.id), "deleting the record of VM " + v.id);
   });
   return *moved;
 }
@@ -129,6 +129,43 @@ Result<nlohmann::json> VmService::Exec(const Caller& c, const std::string& ref,
   return answer;
 }
 
+Result<std::pair<Vm, Host>> VmService::CopyTarget(const Caller& c, const std::string& ref,
+                                                  const std::string& path) {
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(ref, c.owner()));
+  VMG_RETURN_IF_ERROR(CheckGuestPath(path));
+  if (auto s = ParseVmState(vm.state); !s.ok() || !Allows(*s, VmOp::kExec))
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.name + " is " + vm.state + "; vm cp needs it running");
+  VMG_ASSIGN_OR_RETURN(Host host, store_.GetHost(vm.host_id));
+  return std::make_pair(std::move(vm), std::move(host));
+}
+
+Result<GuestFileChunk> VmService::ReadFile(const Caller& c, const std::string& ref,
+                                           const GuestFileRead& request) {
+  VMG_ASSIGN_OR_RETURN(auto target, CopyTarget(c, ref, request.path));
+  if (request.offset < 0 || request.offset > kMaxGuestCopyBytes || request.length < 1 ||
+      request.length > kMaxGuestFileChunk)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a chunk is 1 to " + std::to_string(kMaxGuestFileChunk) +
+                         " bytes within the first " + std::to_string(kMaxGuestCopyBytes));
+  // A chunk counts as one of the caller's exec operations while it runs.
+  VMG_ASSIGN_OR_RETURN(auto slot, execs_.Acquire(c.user.id, 1, c.admin()));
+  return agents_.ReadGuestFile(target.second, target.first.id, request);
+}
+
+Result<GuestFileWritten> VmService::WriteFile(const Caller& c, const std::string& ref,
+                                              const GuestFileWrite& request) {
+  VMG_ASSIGN_OR_RETURN(auto target, CopyTarget(c, ref, request.path));
+  if (request.offset < 0 || static_cast<int64_t>(request.data.size()) > kMaxGuestFileChunk)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a chunk is at most " + std::to_string(kMaxGuestFileChunk) + " bytes");
+  if (request.offset + static_cast<int64_t>(request.data.size()) > kMaxGuestCopyBytes)
+    return MakeError(ErrorCode::kResourceExhausted,
+                     "a copy moves at most " + std::to_string(kMaxGuestCopyBytes) + " bytes");
+  VMG_ASSIGN_OR_RETURN(auto slot, execs_.Acquire(c.user.id, 1, c.admin()));
+  return agents_.WriteGuestFile(target.second, target.first.id, request);
+}
+
 void VmService::RecordOutcome(const std::string& vm_id, const Result<VmStatus>& answer,
                               const std::string& state_on_error, int64_t started_ms, bool timing) {
   if (!answer.ok()) spdlog::warn("VM {}: {}", vm_id, answer.error().message);
@@ -148,13 +185,7 @@ void VmService::RecordOutcome(const std::string& vm_id, const Result<VmStatus>& 
   });
   // The record stays transitional; reconciliation with the host's next
   // heartbeat settles it.
-  CountFailedWrite(st, "VM " + vm_id + ": recording the outcome");
-}
-
-void VmService::CountFailedWrite(const Status& st, const std::string& what) {
-  if (st.ok()) return;
-  spdlog::warn("{}: {}", what, st.error().message);
-  ++failed_writes_;
+  failed_writes_.Count(st, "VM " + vm_id + ": recording the outcome");
 }
 
 Result<nlohmann::json> VmService::Forward(const std::string& id, const OwnerFilter& owner,

@@ -18,9 +18,11 @@
 #include <vector>
 
 #include "api/routes/route.h"
+#include "api/services/failed_writes.h"
 #include "common/clock.h"
 #include "common/result.h"
 #include "common/vm_state.h"
+#include "proto/guest_file.h"
 #include "proto/network_plan.h"
 #include "proto/vm_status.h"
 #include "store/store.h"
@@ -67,6 +69,18 @@ class VmService {
   // output). kInvalidArgument without a program, kTooManyRequests over the
   // caller's exec operations; nothing runs on failure.
   Result<nlohmann::json> Exec(const Caller& c, const std::string& ref, const ExecRequest& request);
+  // `vm cp`: one chunk of a file inside the guest of VM `ref` of the caller,
+  // relayed to its host's agent and from there to the guest agent (no host
+  // file is ever named). Checked in this order, nothing reaching the guest
+  // on failure: another user's VM -> kNotFound (as exec); a bad guest path
+  // (relative, NUL, too long) or chunk -> kInvalidArgument; a VM not running
+  // -> kFailedPrecondition; over the caller's exec operations ->
+  // kTooManyRequests. The guest's errors come back as the agent maps them
+  // (no such file: kNotFound, denied: kPermissionDenied).
+  Result<GuestFileChunk> ReadFile(const Caller& c, const std::string& ref,
+                                  const GuestFileRead& request);
+  Result<GuestFileWritten> WriteFile(const Caller& c, const std::string& ref,
+                                     const GuestFileWrite& request);
 
   // Records the agent's answer for an operation on VM `vm_id` started at
   // `started_ms`: its state (and, with `timing`, how long it took), or
@@ -75,17 +89,19 @@ class VmService {
                      const std::string& state_on_error, int64_t started_ms, bool timing);
 
   // Store writes that failed after the agent had acted (each is logged).
-  int64_t failed_writes() const { return failed_writes_.load(); }
+  int64_t failed_writes() const { return failed_writes_.total(); }
 
  private:
-  void CountFailedWrite(const Status& st, const std::string& what);
+  // The running VM of the caller a copy reaches, and its host.
+  Result<std::pair<Vm, Host>> CopyTarget(const Caller& c, const std::string& ref,
+                                         const std::string& path);
 
   Store& store_;
   AgentClient& agents_;
   OpQueue& ops_;
   const Clock& clock_;
   Admission& execs_;
-  std::atomic<int64_t> failed_writes_{0};
+  FailedWrites failed_writes_;
 };
 
 }  // namespace vmgrid

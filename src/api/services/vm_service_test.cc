@@ -130,6 +130,102 @@ TEST_P(VmServiceTest, ExecRunsInARunningVmOfTheCallerOnly) {
   EXPECT_EQ(agent_.calls.size(), 1u) << "refused execs call no agent";
 }
 
+// `vm cp`: the attacks first. Another user's VM is 404 exactly as for exec,
+// whatever the path; bad guest paths are 400 naming the problem; nothing of
+// it reaches an agent.
+TEST_P(VmServiceTest, CopyToOrFromAnotherUsersVmIsNotFoundAndReachesNoAgent) {
+  Vm vm = AddVm("a", "running");
+  User bob = store_->CreateUser("bob", "user")->first;
+  GuestFileRead read{"/etc/hostname", 0, 16};
+  GuestFileWrite write{"/tmp/x", 0, "owned"};
+  auto exec_answer = vms_->Exec(Caller{bob}, vm.id, ExecRequest{{"true"}, "", 60});
+  auto r = vms_->ReadFile(Caller{bob}, vm.id, read);
+  auto w = vms_->WriteFile(Caller{bob}, vm.id, write);
+  ASSERT_FALSE(r.ok());
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(w.error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(r.error().message, exec_answer.error().message) << "indistinguishable from exec's";
+  EXPECT_EQ(w.error().message, exec_answer.error().message);
+  // By name too, and with a bad path: still 404 (no hint the VM exists).
+  EXPECT_EQ(vms_->ReadFile(Caller{bob}, vm.name, read).error().code, ErrorCode::kNotFound);
+  read.path = "relative";
+  EXPECT_EQ(vms_->ReadFile(Caller{bob}, vm.id, read).error().code, ErrorCode::kNotFound);
+  Settle();
+  EXPECT_TRUE(agent_.calls.empty());
+}
+
+TEST_P(VmServiceTest, CopyRefusesRelativeNulAndOverlongGuestPaths) {
+  Vm vm = AddVm("a", "running");
+  struct Case {
+    std::string path, words;
+  };
+  for (const Case& c : {Case{"tmp/x", "not absolute"}, Case{"../etc/passwd", "not absolute"},
+                        Case{"", "not absolute"}, Case{std::string("/tmp/a\0b", 8), "NUL"},
+                        Case{"/" + std::string(5000, 'a'), "at most 4096"}}) {
+    auto r = vms_->ReadFile(Caller{alice_}, vm.id, GuestFileRead{c.path, 0, 16});
+    auto w = vms_->WriteFile(Caller{alice_}, vm.id, GuestFileWrite{c.path, 0, "x"});
+    ASSERT_FALSE(r.ok()) << c.words;
+    ASSERT_FALSE(w.ok()) << c.words;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_EQ(w.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(r.error().message.find(c.words), std::string::npos) << r.error().message;
+  }
+  // The wire codec refuses the same before a service sees them.
+  auto nul = GuestFileWriteFromJson({{"path", std::string("/a\0", 3)}, {"data", ""}});
+  ASSERT_FALSE(nul.ok());
+  EXPECT_EQ(nul.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_FALSE(GuestFileReadFromJson({{"path", "x"}}).ok());
+  EXPECT_FALSE(GuestFileReadFromJson({{"path", "/x"}, {"length", kMaxGuestFileChunk + 1}}).ok());
+  EXPECT_FALSE(GuestFileReadFromJson({{"path", "/x"}, {"host_path", "/etc"}}).ok());
+  Settle();
+  EXPECT_TRUE(agent_.calls.empty());
+}
+
+TEST_P(VmServiceTest, CopyNeedsARunningVmAndBoundsTheSize) {
+  Vm stopped = AddVm("b", "stopped");
+  auto r = vms_->ReadFile(Caller{alice_}, stopped.id, GuestFileRead{"/x", 0, 16});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_NE(r.error().message.find("running"), std::string::npos) << r.error().message;
+  Vm vm = AddVm("a", "running");
+  auto big = vms_->WriteFile(Caller{alice_}, vm.id, GuestFileWrite{"/x", kMaxGuestCopyBytes, "x"});
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.error().code, ErrorCode::kResourceExhausted);
+  Settle();
+  EXPECT_TRUE(agent_.calls.empty());
+}
+
+TEST_P(VmServiceTest, CopyRelaysChunksToTheVmsAgentBothWays) {
+  Vm vm = AddVm("a", "running");
+  std::string bytes(kMaxGuestFileChunk + 10, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 7);
+  auto w1 = vms_->WriteFile(Caller{alice_}, vm.id,
+                            GuestFileWrite{"/tmp/f", 0, bytes.substr(0, kMaxGuestFileChunk)});
+  ASSERT_TRUE(w1.ok()) << w1.error().message;
+  auto w2 = vms_->WriteFile(
+      Caller{alice_}, vm.name,
+      GuestFileWrite{"/tmp/f", kMaxGuestFileChunk, bytes.substr(kMaxGuestFileChunk)});
+  ASSERT_TRUE(w2.ok()) << w2.error().message;
+  EXPECT_EQ(w2->size, static_cast<int64_t>(bytes.size()));
+  auto r1 = vms_->ReadFile(Caller{alice_}, vm.id, GuestFileRead{"/tmp/f", 0, kMaxGuestFileChunk});
+  ASSERT_TRUE(r1.ok()) << r1.error().message;
+  EXPECT_FALSE(r1->eof);
+  EXPECT_EQ(r1->size, static_cast<int64_t>(bytes.size()));
+  auto r2 = vms_->ReadFile(Caller{alice_}, vm.id,
+                           GuestFileRead{"/tmp/f", kMaxGuestFileChunk, kMaxGuestFileChunk});
+  ASSERT_TRUE(r2.ok()) << r2.error().message;
+  EXPECT_TRUE(r2->eof);
+  EXPECT_EQ(r1->data + r2->data, bytes);
+  // The guest's "no such file" comes back as not found, naming the path.
+  auto missing = vms_->ReadFile(Caller{alice_}, vm.id, GuestFileRead{"/nope", 0, 16});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(missing.error().message.find("/nope"), std::string::npos);
+  EXPECT_EQ(agent_.calls.front(), "write " + vm.id + " /tmp/f 0");
+  EXPECT_EQ(execs_.held(alice_.id), 0) << "no exec slot is kept after a chunk";
+}
+
 TEST_P(VmServiceTest, ExecBeyondTheCallersLimitIsRefusedWithARetryTime) {
   Vm vm = AddVm("a", "running");
   std::promise<void> release;

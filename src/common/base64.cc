@@ -1,10 +1,10 @@
-#include "vmm/base64.h"
+#include "common/base64.h"
 
 #include <openssl/evp.h>
 
 #include <algorithm>
 
-namespace vmgrid::vmm {
+namespace vmgrid {
 
 namespace {
 // EVP_*Block take int lengths; chunking keeps arbitrarily large inputs safe.
@@ -60,4 +60,4 @@ Result<std::string> Base64Decode(std::string_view text) {
   return out;
 }
 
-}  // namespace vmgrid::vmm
+}  // namespace vmgrid

@@ -9,7 +9,7 @@
 
 #include "common/result.h"
 
-namespace vmgrid::vmm {
+namespace vmgrid {
 
 std::string Base64Encode(std::string_view data);
 
@@ -17,4 +17,4 @@ std::string Base64Encode(std::string_view data);
 // came from a peer that broke the protocol).
 Result<std::string> Base64Decode(std::string_view text);
 
-}  // namespace vmgrid::vmm
+}  // namespace vmgrid
