@@ -237,6 +237,7 @@ Status Agent::Start() {
   co.peer_name = "controller";
   co.read_timeout_s = 10;
   controller_ = std::make_unique<ApiClient>(options_.controller_url, host_token_, co);
+  VMG_ASSIGN_OR_RETURN(fence_, LeaseFence::Start());
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
   spdlog::info("agent {} serving at {} (QEMU runs as '{}', KVM {})", options_.name, url_,
                options_.runas.empty() ? "self" : options_.runas,
@@ -296,8 +297,12 @@ Status Agent::LoadOrRegisterCredentials() {
 void Agent::HeartbeatLoop() {
   bool was_ok = true;
   while (!stop_) {
-    auto r = controller_->Post("/v1/agent/heartbeat", ToJson(Report()));
-    if (r.ok()) ApplyHeartbeatReply(*r);
+    // The lease an answer grants counts from here (docs/host-failure.md).
+    const auto sent = std::chrono::steady_clock::now();
+    HostReport report = Report();
+    UpdateFencePids(report.vms);
+    auto r = controller_->Post("/v1/agent/heartbeat", ToJson(report));
+    if (r.ok()) ApplyHeartbeatReply(*r, sent);
     if (!r.ok() && was_ok)
       spdlog::warn("heartbeat to {} failed: {}", options_.controller_url, r.error().message);
     if (r.ok() && !was_ok) spdlog::info("heartbeat to {} works again", options_.controller_url);
@@ -306,11 +311,66 @@ void Agent::HeartbeatLoop() {
   }
 }
 
-void Agent::ApplyHeartbeatReply(const nlohmann::json& j) {
+void Agent::UpdateFencePids(const std::vector<VmStatus>& vms) {
+  std::map<std::string, pid_t> seen;
+  for (const auto& v : vms) {
+    // The QEMU's own pid file (what it runs as now); else the pid the
+    // runner reported; else the last one seen (an operation in flight).
+    pid_t pid = 0;
+    if (auto text = ReadFile(options_.state_dir + "/vms/" + v.id + "/run/" + kPidFileName, 64);
+        text.ok())
+      pid = static_cast<pid_t>(std::atoi(text->c_str()));
+    if (pid <= 0) pid = static_cast<pid_t>(v.pid);
+    if (pid <= 0)
+      if (auto it = fence_pids_.find(v.id); it != fence_pids_.end()) pid = it->second;
+    if (pid > 0) seen[v.id] = pid;
+  }
+  if (seen != fence_pids_) spdlog::info("lease fence: guarding {} QEMU process(es)", seen.size());
+  fence_pids_ = std::move(seen);
+  std::vector<pid_t> pids;
+  for (const auto& [id, pid] : fence_pids_) pids.push_back(pid);
+  fence_->SetPids(pids);
+}
+
+void Agent::ApplyHeartbeatReply(const nlohmann::json& j,
+                                std::chrono::steady_clock::time_point sent) {
   auto reply = HeartbeatReplyFromJson(j);
   if (!reply.ok()) {
     spdlog::warn("the controller's heartbeat answer is malformed: {}", reply.error().message);
     return;
+  }
+  if (reply->lease_ms > 0) fence_->Renew(sent, reply->lease_ms);
+  // VMs that are no longer ours (recovered elsewhere while we were cut
+  // off): destroyed before anything resumes.
+  for (const auto& id : reply->stale_vms) {
+    // event: stale_vm_destroyed (id)
+    Status st = runner_->Destroy(id, /*purge_workspace=*/false);
+    spdlog::warn("VM {} runs elsewhere now (this host was declared failed): destroying this copy{}",
+                 id, st.ok() ? "" : ": " + st.error().message);
+    fence_pids_.erase(id);
+  }
+  if (!reply->stale_vms.empty()) {
+    std::vector<pid_t> pids;
+    for (const auto& [id, pid] : fence_pids_) pids.push_back(pid);
+    fence_->SetPids(pids);
+  }
+  // Resumed: what our fence stopped, and what a previous agent's watchdog
+  // (an agent killed and restarted) stopped after its lease ran out.
+  bool stopped = false;
+  for (const auto& [id, pid] : fence_pids_) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const auto close = line.rfind(')');
+    if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'T')
+      stopped = true;
+  }
+  if (reply->lease_ms > 0 && (fence_->fenced() || stopped)) {
+    std::vector<pid_t> pids;
+    for (const auto& [id, pid] : fence_pids_) pids.push_back(pid);
+    // event: host_unfenced
+    spdlog::warn("lease renewed: resuming the {} VM(s) paused when it ran out", pids.size());
+    fence_->Resume(pids);
   }
   if (!reply->networks || !networks_) return;
   const bool was_running = networks_->Endpoint().has_value();

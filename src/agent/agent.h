@@ -4,7 +4,11 @@
 // Thread-safe: HTTP handlers run on the server's thread pool.
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
+#include <chrono>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -13,6 +17,7 @@
 #include "agent/agent_api.h"
 #include "agent/agent_options.h"
 #include "agent/allowed_paths.h"
+#include "agent/lease_fence.h"
 #include "agent/vm_runner.h"
 #include "common/metrics.h"
 #include "common/metrics_server.h"
@@ -55,8 +60,12 @@ class Agent : public AgentHost {
  private:
   void InstallRoutes();
   void HeartbeatLoop();
-  // Applies the network plan of a heartbeat answer (HostNetworks).
-  void ApplyHeartbeatReply(const nlohmann::json& reply);
+  // Applies a heartbeat answer to the heartbeat sent at `sent`: renews the
+  // lease, destroys the VMs no longer ours, resumes fenced VMs, and applies
+  // the network plan (HostNetworks).
+  void ApplyHeartbeatReply(const nlohmann::json& reply, std::chrono::steady_clock::time_point sent);
+  // The QEMUs the fence stops when the lease runs out: those of `vms`.
+  void UpdateFencePids(const std::vector<VmStatus>& vms);
   HostCapacityReport Capacity() const;
   // Reads this host's credentials (STATE/host-credentials.json), or, at
   // first start, exchanges the join token for them (api/host_credentials.h).
@@ -76,6 +85,10 @@ class Agent : public AgentHost {
   std::unique_ptr<GuardedServer> server_;
   std::unique_ptr<MetricsServer> metrics_server_;  // with --metrics-listen; stopped first
   std::unique_ptr<ApiClient> controller_;
+  // Host failure fencing (docs/host-failure.md): stops the QEMUs when the
+  // lease the heartbeats renew runs out. Used by the heartbeat thread only.
+  std::unique_ptr<LeaseFence> fence_;
+  std::map<std::string, pid_t> fence_pids_;  // VM id -> QEMU pid last seen; heartbeat thread
   std::thread server_thread_, heartbeat_thread_;
   std::atomic<bool> stop_{false};
 };

@@ -54,7 +54,6 @@ using Res = httplib::Response;
 
 namespace {
 
-constexpr int64_t kHostDownAfterMs = 10'000;
 constexpr int64_t kTokenCacheMs = 10'000;
 // How often the capacity index is reloaded whole: it follows this
 // controller's own writes exactly; the reload picks up other controllers'
@@ -173,6 +172,14 @@ Status Controller::Start() {
                                                    SystemClock::Get(), *long_ops_);
   drains_ = std::make_unique<DrainService>(*store_, *migrations_, *ops_);
   hosts_->SetDrainStatus([this](const std::string& host_id) { return drains_->Running(host_id); });
+  HostFailureOptions fo{options_.host_suspect_after_ms, options_.host_failed_after_ms,
+                        options_.host_lease_ms, options_.host_lease_grace_ms};
+  VMG_RETURN_IF_ERROR(CheckHostFailureOptions(fo));
+  failures_ = std::make_unique<HostFailureService>(
+      *store_, SteadyClock::Get(), fo,
+      [this](const std::string& vm_id) { return ops_->InFlight(vm_id); },
+      [this](const Vm& vm, const std::string& note) { return vm_creates_->Recover(vm, note); });
+  hosts_->SetFailureDetector(failures_.get());
   vm_creates_->set_metrics(metrics_.get());
   migrations_->set_metrics(metrics_.get());
   AddMetricsCollectors();
@@ -567,12 +574,10 @@ void Controller::ReconcileLoop() {
     // Migrations a previous controller left half-done (its operations died
     // with it), and any whose operation never started.
     migrations_->RecoverInterrupted(started, kMigrationStaleMs);
-    // Writes the heartbeat times kept in memory first (Store::HeartbeatHost).
-    auto down = store_->MarkStaleHostsDown(NowMs() - kHostDownAfterMs);
-    if (down.ok())
-      for (const auto& id : *down) spdlog::warn("host {} missed its heartbeats: marked down", id);
-    else
-      spdlog::warn("marking stale hosts down: {}", down.error().message);
+    // Suspect and failed hosts, and the recovery of failed hosts' VMs
+    // (docs/host-failure.md). Writes the heartbeat times kept in memory
+    // first (Store::HeartbeatHost).
+    failures_->Check();
     if (NowMs() - resynced >= kIndexResyncMs) {
       if (auto st = store_->Resync(); !st.ok())
         spdlog::warn("capacity index: {}", st.error().message);

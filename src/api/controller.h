@@ -37,6 +37,7 @@
 #include "api/services/api_views.h"
 #include "api/services/drain_service.h"
 #include "api/services/event_service.h"
+#include "api/services/host_failure_service.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
 #include "api/services/migration_service.h"
@@ -151,7 +152,8 @@ class Controller {
   std::unique_ptr<ApiViews> views_;
   std::unique_ptr<VmCreateService> vm_creates_;
   std::unique_ptr<MigrationService> migrations_;
-  std::unique_ptr<DrainService> drains_;  // after migrations_, which it uses
+  std::unique_ptr<DrainService> drains_;          // after migrations_, which it uses
+  std::unique_ptr<HostFailureService> failures_;  // after vm_creates_, which it uses
   // With --metrics-listen; stopped first by Shutdown (its collectors read
   // the store, the index and the queue).
   std::unique_ptr<MetricsServer> metrics_server_;

@@ -55,6 +55,16 @@ struct ControllerOptions {
   // The event stream (docs/operations.md, "Events") keeps the newest this
   // many events; older ones are deleted once a minute.
   int64_t events_keep = 100'000;
+  // Host failure (docs/host-failure.md): suspect after this long without a
+  // heartbeat (no new placements), failed after the longer interval (VMs
+  // recovered by their restart policy). Each heartbeat grants the agent a
+  // lease; a VM is recovered only after lease + grace without a heartbeat.
+  // Shorter: faster recovery; longer: fewer false failures of slow or
+  // briefly partitioned hosts (each one costs the work of its VMs).
+  int host_suspect_after_ms = 10'000;
+  int host_failed_after_ms = 30'000;
+  int host_lease_ms = 10'000;
+  int host_lease_grace_ms = 5'000;
 };
 
 // The role's entry point: runs until SIGTERM/SIGINT; returns the process

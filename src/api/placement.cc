@@ -132,7 +132,9 @@ void CapacityIndex::SetHostLocked(const Host& h) {
   e.id = h.id;
   e.site = h.site;
   e.network = h.network;
-  e.up = h.state == "up" && !h.draining;  // a draining host is offered to nobody
+  // A draining host is offered to nobody, nor one declared failed (until it
+  // has destroyed its stale VM copies: docs/host-failure.md).
+  e.up = h.state == "up" && !h.draining && h.failed_ms == 0;
   e.vcpus = h.vcpus;
   e.memory_mb = h.memory_mb;
   e.used_vcpus = h.reserved_vcpus;

@@ -152,6 +152,7 @@ struct VmCreateArgs {
   std::string same;
   std::string total_mem;  // "512M..1G"
   std::string policy;
+  std::string restart;
   std::string site;
   std::string host_network;  // --host-segment
   std::string network;       // --network-label
@@ -178,6 +179,7 @@ int CmdVmCreate(Ctx& ctx, const VmCreateArgs& a) {
   if (!a.workspace.empty()) body["workspace"] = a.workspace;
   if (a.resume) body["start"] = "resume";
   if (!a.policy.empty()) body["policy"] = a.policy;
+  if (!a.restart.empty()) body["restart"] = a.restart;
   if (!a.site.empty()) body["site"] = a.site;
   if (!a.host_network.empty()) body["host_network"] = a.host_network;
   if (!a.network.empty()) body["network"] = a.network;
@@ -827,6 +829,10 @@ void AddVmCommands(CommandTree& t) {
   c->add_option("--total-mem", s.create.total_mem, "Gang's total memory range, e.g. 512M..1G");
   c->add_option("--policy", s.create.policy, "Placement: spread (default) or pack")
       ->check(CLI::IsMember({"spread", "pack"}));
+  c->add_option("--restart", s.create.restart,
+                "When its host fails: never (default: the VM is marked error) or on-host-failure "
+                "(a clone VM restarts on another host from its image; docs/host-failure.md)")
+      ->check(CLI::IsMember({"never", "on-host-failure"}));
   c->add_option("--site", s.create.site, "Only hosts of this site");
   c->add_option("--host-segment,--host-network", s.create.host_network,
                 "Only hosts on this network segment (a placement requirement, not a network "

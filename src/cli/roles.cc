@@ -146,7 +146,20 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
           {"--http-threads", &s.controller.http_threads,
            "Connection threads of the REST API server"},
           {"--header-timeout-ms", &s.controller.header_timeout_ms,
-           "Time a client has to send a request's line and headers"}})
+           "Time a client has to send a request's line and headers"},
+          // docs/host-failure.md: shorter recovers sooner, longer declares
+          // fewer slow or briefly cut-off hosts failed (which loses their VMs' work).
+          {"--host-suspect-after-ms", &s.controller.host_suspect_after_ms,
+           "A host without heartbeats this long is suspect: no new VMs are placed there"},
+          {"--host-failed-after-ms", &s.controller.host_failed_after_ms,
+           "A host without heartbeats this long is failed: its VMs are recovered by their restart "
+           "policy (at least --host-lease-ms + --host-lease-grace-ms)"},
+          {"--host-lease-ms", &s.controller.host_lease_ms,
+           "Lease each heartbeat grants an agent: an agent that cannot renew it in time pauses its "
+           "VMs"},
+          {"--host-lease-grace-ms", &s.controller.host_lease_grace_ms,
+           "Margin after a lease ran out before the host's VMs may run elsewhere (covers the "
+           "agent's fencing delay and clock-rate drift)"}})
       c->add_option(flag, *dst, what)->check(CLI::Range(1, 1'000'000))->capture_default_str();
 
     auto* is = t.Leaf(&t.app, "image-server",

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 
 #include "common/util.h"
@@ -24,6 +25,22 @@ class SystemClock : public Clock {
   // The process-wide instance (stateless).
   static const Clock& Get() {
     static const SystemClock clock;
+    return clock;
+  }
+};
+
+// A monotonic clock (std::chrono::steady_clock, in ms from an arbitrary
+// origin): for durations that must not jump with the wall clock, such as
+// how long a host has been silent (docs/host-failure.md).
+class SteadyClock : public Clock {
+ public:
+  int64_t NowMs() const override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  static const Clock& Get() {
+    static const SteadyClock clock;
     return clock;
   }
 };

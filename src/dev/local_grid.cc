@@ -280,6 +280,11 @@ void LocalGrid::StopAgent(int index, bool hard) {
   a.reset();
 }
 
+pid_t LocalGrid::agent_pid(int index) const {
+  const auto& a = agents_[static_cast<size_t>(index)];
+  return a ? a->pid() : 0;
+}
+
 Status LocalGrid::WaitHostsUp(int n, milliseconds timeout) {
   ApiClient admin = Admin();
   auto r = PollUntil(

@@ -62,6 +62,9 @@ class LocalGrid {
   void StopController(bool hard);
   Status StartAgent(int index, std::chrono::milliseconds timeout = std::chrono::seconds(30));
   void StopAgent(int index, bool hard);
+  // The pid of agent `index`'s process (0: not running), e.g. to freeze it
+  // with SIGSTOP as a partition would.
+  pid_t agent_pid(int index) const;
   // Waits until the controller lists `n` hosts as up.
   Status WaitHostsUp(int n, std::chrono::milliseconds timeout);
 

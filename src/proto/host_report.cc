@@ -92,6 +92,8 @@ Result<ParsedHostReport> HostReportFromJson(const json& j) {
 json ToJson(const HeartbeatReply& r) {
   json j = {{"host_id", r.host_id}};
   if (r.networks) j["networks"] = ToJson(*r.networks);
+  if (r.lease_ms > 0) j["lease_ms"] = r.lease_ms;
+  if (!r.stale_vms.empty()) j["stale_vms"] = r.stale_vms;
   return j;
 }
 
@@ -101,6 +103,9 @@ Result<HeartbeatReply> HeartbeatReplyFromJson(const json& j) {
   JsonFields f(j, {"host_id"});
   HeartbeatReply r;
   VMG_ASSIGN_OR_RETURN(r.host_id, f.String("host_id", true));
+  // A week at most: a lease is seconds; anything longer is a bug.
+  VMG_ASSIGN_OR_RETURN(r.lease_ms, f.Int("lease_ms", 0, 0, int64_t{7} * 24 * 3600 * 1000));
+  VMG_ASSIGN_OR_RETURN(r.stale_vms, f.StringList("stale_vms", false, 100000));
   if (auto n = j.find("networks"); n != j.end() && !n->is_null()) {
     VMG_ASSIGN_OR_RETURN(r.networks, HostNetworkPlanFromJson(*n));
   }

@@ -81,6 +81,15 @@ struct HeartbeatReply {
   // The host's part of the virtual networks (absent from controllers that
   // predate them).
   std::optional<HostNetworkPlan> networks = std::nullopt;
+  // Host failure fencing (docs/host-failure.md): the lease this heartbeat
+  // grants, counted by the agent from when it *sent* the heartbeat on its
+  // monotonic clock. An agent whose lease runs out pauses its VMs. 0: no
+  // lease (controllers that predate it): the agent never fences.
+  int64_t lease_ms = 0;
+  // VMs this host runs that are no longer its own (recovered elsewhere or
+  // declared failed while the host was away): the agent destroys them
+  // before it resumes anything (docs/host-failure.md).
+  std::vector<std::string> stale_vms = {};
 };
 nlohmann::json ToJson(const HeartbeatReply& r);
 Result<HeartbeatReply> HeartbeatReplyFromJson(const nlohmann::json& j);

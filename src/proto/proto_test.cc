@@ -157,6 +157,21 @@ TEST(HostReportTest, Strictness) {
   auto reply = HeartbeatReplyFromJson(Wire(ToJson(HeartbeatReply{"host-1"})));
   ASSERT_TRUE(reply.ok());
   EXPECT_EQ(reply->host_id, "host-1");
+  EXPECT_EQ(reply->lease_ms, 0);  // an old controller grants no lease
+  EXPECT_TRUE(reply->stale_vms.empty());
+  HeartbeatReply leased{"host-1"};
+  leased.lease_ms = 15000;
+  leased.stale_vms = {"vm-a", "vm-b"};
+  auto back = HeartbeatReplyFromJson(Wire(ToJson(leased)));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(back->lease_ms, 15000);
+  EXPECT_EQ(back->stale_vms, leased.stale_vms);
+  json bad = ToJson(leased);
+  bad["lease_ms"] = -1;
+  EXPECT_FALSE(HeartbeatReplyFromJson(bad).ok());
+  bad = ToJson(leased);
+  bad["stale_vms"] = json::array({1});
+  EXPECT_FALSE(HeartbeatReplyFromJson(bad).ok());
 }
 
 TEST(FutureIdTest, RoundTripsAndRefusesOthers) {

@@ -47,7 +47,7 @@ struct Host {
   std::string id;
   std::string name;
   std::string url;    // agent endpoint, e.g. http://127.0.0.1:41234
-  std::string state;  // "up" or "down"
+  std::string state;  // "up" or "down" (the API shows "down" as suspect or failed)
   int vcpus = 0;
   int64_t memory_mb = 0;
   int64_t disk_mb = 0;  // free MB of the agent's state directory (legacy; see below)
@@ -73,6 +73,10 @@ struct Host {
   // Drained by the admin (docs/migration.md, "Drain and maintenance"): its
   // VMs stay, but no placement (create, gang, migration target) chooses it.
   bool draining = false;
+  // When the controller declared the host failed (docs/host-failure.md);
+  // 0: not failed. A failed host takes no placement; the mark stays after it
+  // heartbeats again until it has destroyed its stale VM copies.
+  int64_t failed_ms = 0;
 };
 
 struct Image {
@@ -136,6 +140,9 @@ struct Vm {
   // Host disk it holds while placed: what its disk (overlay or workspace)
   // can grow to plus a memory checkpoint (placement reserves and releases it).
   int64_t disk_bytes = 0;
+  // Restart policy when its host fails: "never" or "on-host-failure"
+  // (docs/host-failure.md).
+  std::string restart = "never";
   std::string error;
   int64_t create_ms = 0;  // request-to-ready time of the last create/resume
   int64_t created_ms = 0;

@@ -361,6 +361,14 @@ CREATE TABLE events (
 CREATE INDEX events_vm ON events(vm_id, id);
 CREATE INDEX events_owner ON events(owner_id, id);
 )sql"},
+    // 14: host failure (docs/host-failure.md). hosts.failed_ms: when the
+    // controller declared the host failed (0: not failed; kept after the host
+    // returns until its stale VM copies are gone). vms.restart: the VM's
+    // restart policy, 'never' or 'on-host-failure'.
+    R"sql(
+ALTER TABLE hosts ADD COLUMN failed_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE vms ADD COLUMN restart TEXT NOT NULL DEFAULT 'never';
+)sql",
 };
 
 const char* kUserCols =
@@ -465,7 +473,7 @@ const char* kHostSelect =
     "SELECT h.id, h.name, h.url, h.state, h.vcpus, h.memory_mb, h.disk_mb, h.kvm, "
     "h.last_heartbeat_ms, h.created_ms, h.site, h.network, h.arch, h.used_vcpus, h.used_memory_mb, "
     "h.disk_total_bytes, h.disk_free_bytes, h.used_disk_bytes, h.tunnel_number, h.tunnel_ip, "
-    "h.tunnel_port, h.draining "
+    "h.tunnel_port, h.draining, h.failed_ms "
     "FROM hosts h";
 
 // Whether a VM in this state holds its vcpus and memory on its host.
@@ -490,6 +498,7 @@ const std::string kTakeRoom =
     std::string(
         "UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ?, "
         "used_disk_bytes = used_disk_bytes + ? WHERE id = ? AND state = 'up' AND draining = 0 "
+        "AND failed_ms = 0 "
         "AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? AND ") +
     kDiskRoom;
 std::vector<SqlValue> TakeRoomParams(const Vm& vm, const std::string& host_id) {
@@ -535,6 +544,7 @@ Host ReadHost(const SqlRow& s) {
   h.tunnel_ip = s.Text(19);
   h.tunnel_port = s.Int(20);
   h.draining = s.Int(21) != 0;
+  h.failed_ms = s.Int(22);
   return h;
 }
 
@@ -593,7 +603,7 @@ std::vector<SqlValue> ImageValues(const Image& i) {
 
 const char* kVmCols =
     "id, name, owner_id, image_id, host_id, state, vcpus, memory_mb, disk, start, "
-    "workspace_id, error, create_ms, created_ms, updated_ms, network, disk_bytes";
+    "workspace_id, error, create_ms, created_ms, updated_ms, network, disk_bytes, restart";
 Vm ReadVm(const SqlRow& s) {
   Vm v;
   v.id = s.Text(0);
@@ -613,13 +623,14 @@ Vm ReadVm(const SqlRow& s) {
   v.updated_ms = s.Int(14);
   v.network = s.Text(15);
   v.disk_bytes = s.Int(16);
+  v.restart = s.Text(17);
   return v;
 }
 std::vector<SqlValue> VmValues(const Vm& v) {
   return {v.id,           v.name,           v.owner_id,  v.image_id,   v.host_id,
           v.state,        int64_t{v.vcpus}, v.memory_mb, v.disk,       v.start,
           v.workspace_id, v.error,          v.create_ms, v.created_ms, v.updated_ms,
-          v.network,      v.disk_bytes};
+          v.network,      v.disk_bytes,     v.restart};
 }
 
 const char* kWsCols = "id, name, owner_id, image_id, host_id, path, size_bytes, vm_id, created_ms";
@@ -1179,6 +1190,62 @@ Result<Host> Store::SetHostDraining(const std::string& ref, bool draining) {
   return host;
 }
 
+Result<bool> Store::MarkHostDown(const std::string& id) {
+  auto lock = Exclusive();
+  pending_.clear();
+  VMG_RETURN_IF_ERROR(FlushHeartbeatsLocked());
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(
+      int64_t changed,
+      db_->Exec("UPDATE hosts SET state='down' WHERE state='up' AND id = ?", {id}));
+  if (changed == 0) return false;
+  Notify([id](StoreObserver& o) { o.OnHostDown(id); });
+  VMG_RETURN_IF_ERROR(CommitLocked(tx));
+  // Its next heartbeat is written in full (state up).
+  std::lock_guard<std::mutex> beat(beat_mu_);
+  beat_pending_.erase(id);
+  std::erase_if(beat_written_, [&](const auto& e) { return e.second.id == id; });
+  return true;
+}
+
+Result<bool> Store::MarkHostFailed(const std::string& id) {
+  auto lock = Exclusive();
+  pending_.clear();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(
+      int64_t changed,
+      db_->Exec("UPDATE hosts SET failed_ms = ? WHERE id = ? AND state = 'down' AND failed_ms = 0",
+                {NowMs(), id}));
+  if (changed == 0) return false;
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?", {id}, ReadHost));
+  if (!rows.empty()) Notify([host = rows[0]](StoreObserver& o) { o.OnHost(host); });
+  VMG_RETURN_IF_ERROR(CommitLocked(tx));
+  return true;
+}
+
+Status Store::ClearHostFailed(const std::string& id) {
+  auto lock = Exclusive();
+  pending_.clear();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_RETURN_IF_ERROR(db_->Exec("UPDATE hosts SET failed_ms = 0 WHERE id = ?", {id}));
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?", {id}, ReadHost));
+  if (rows.empty()) return MakeError(ErrorCode::kNotFound, "host '" + id + "' not found");
+  Notify([host = rows[0]](StoreObserver& o) { o.OnHost(host); });
+  VMG_RETURN_IF_ERROR(CommitLocked(tx));
+  // A heartbeat that changes nothing returns the host as last written.
+  std::lock_guard<std::mutex> beat(beat_mu_);
+  if (auto it = beat_written_.find(rows[0].name); it != beat_written_.end())
+    it->second.failed_ms = 0;
+  return Status::Ok();
+}
+
 Result<std::vector<std::string>> Store::MarkStaleHostsDown(int64_t cutoff_ms) {
   auto lock = Exclusive();
   pending_.clear();
@@ -1328,7 +1395,7 @@ Result<bool> Store::TryTakeRoomLocked(const Vm& vm, const std::string& host_id) 
 
 Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
   auto r =
-      db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(17) + ")",
+      db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(18) + ")",
                 VmValues(vm));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
@@ -1471,7 +1538,7 @@ Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm,
                                      const std::vector<std::string>& candidates) {
   const std::string reserve = "WITH r AS (" + kTakeRoom;
   const std::string insert = std::string("v AS (INSERT INTO vms (") + kVmCols + ") SELECT " +
-                             Placeholders(17) + " FROM r RETURNING id), ";
+                             Placeholders(18) + " FROM r RETURNING id), ";
   const std::string sql = reserve + " RETURNING id), " + insert +
                           "x AS (INSERT INTO virtualization (virtual_id, virtual_kind, "
                           "physical_id, physical_kind, vm_id, "
@@ -1855,6 +1922,43 @@ Result<std::pair<Vm, std::string>> Store::BeginMigration(
     return std::make_pair(vm, host_id);
   }
   return NoRoom(vm, candidates.size());  // the transaction rolls back: still running
+}
+
+Result<Vm> Store::RelocateVm(const std::string& id, const std::string& from,
+                             const std::vector<std::string>& candidates, const std::string& note) {
+  auto lock = Exclusive();
+  pending_.clear();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_ASSIGN_OR_RETURN(Vm vm, GetVmLocked(id, ""));
+  if (vm.state != "error" || vm.host_id != from)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id + " is " + vm.state + " and no longer in error on host " + from);
+  for (const auto& host_id : candidates) {
+    if (host_id == from) continue;
+    VMG_ASSIGN_OR_RETURN(bool taken, TryTakeRoomLocked(vm, host_id));
+    if (!taken) continue;
+    vm.host_id = host_id;
+    vm.state = "creating";
+    vm.error = note;
+    vm.updated_ms = NowMs();
+    VMG_ASSIGN_OR_RETURN(int64_t changed,
+                         db_->Exec("UPDATE vms SET host_id=?, state=?, error=?, updated_ms=? WHERE "
+                                   "id=? AND state='error' AND host_id=?",
+                                   {vm.host_id, vm.state, vm.error, vm.updated_ms, id, from}));
+    if (changed == 0)
+      return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " changed concurrently");
+    VMG_RETURN_IF_ERROR(
+        db_->Exec("UPDATE virtualization SET physical_id=? WHERE vm_id=? AND physical_kind IN "
+                  "('host','host_cache')",
+                  {host_id, id}));
+    ++network_generation_;  // its NICs are planned on the new host
+    Notify([from](StoreObserver& o) { o.OnVmChanged(from); });
+    Notify([host_id](StoreObserver& o) { o.OnVmChanged(host_id); });
+    VMG_RETURN_IF_ERROR(CommitLocked(tx));
+    return vm;
+  }
+  return NoRoom(vm, candidates.size());
 }
 
 Result<std::string> Store::MigrationTarget(const std::string& id) {

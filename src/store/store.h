@@ -120,6 +120,16 @@ class Store {
   // Marks hosts whose last heartbeat is older than `cutoff_ms` as down;
   // returns the ids that changed.
   Result<std::vector<std::string>> MarkStaleHostsDown(int64_t cutoff_ms);
+  // Marks host `id` down (suspect: docs/host-failure.md) if it is up;
+  // returns whether it changed. The failure detector decides when, on its
+  // own monotonic clock.
+  Result<bool> MarkHostDown(const std::string& id);
+  // Declares host `id` failed (docs/host-failure.md): sets failed_ms if it
+  // is down and not failed already. Returns whether it changed.
+  Result<bool> MarkHostFailed(const std::string& id);
+  // The failed host returned and holds no stale VM copies any more: it may
+  // take placements again.
+  Status ClearHostFailed(const std::string& id);
 
   // --- images ---------------------------------------------------------------
   Status InsertImage(const Image& image);
@@ -235,6 +245,13 @@ class Store {
   // The migration failed: the target's room is released and the VM is
   // `state` on its source host with `error`. OK if no migration is in flight.
   Status AbortMigration(const std::string& id, const std::string& state, const std::string& error);
+  // Host failure recovery: VM `id`, in `error` on host `from` (holding no
+  // room), is placed on the first of `candidates` with room (the shared
+  // conditional UPDATE) and becomes `creating` there with `note` as its
+  // error text. kResourceExhausted: no candidate had room, nothing changed;
+  // kFailedPrecondition: the VM is no longer in error on `from`.
+  Result<Vm> RelocateVm(const std::string& id, const std::string& from,
+                        const std::vector<std::string>& candidates, const std::string& note);
 
   // --- the event stream (model.h Event; docs/operations.md, "Events") --------------
   // The store itself records, in the transaction that makes the change,

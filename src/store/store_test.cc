@@ -22,14 +22,16 @@ using testing_db::TestDatabase;
 // store/test_database.h); every test gets a fresh database.
 // Undoes migration 9 (virtual networks), for tests that run migrations
 // again from an older version.
-// Undoes migrations 9 to 13 (virtual networks, hosts' tunnel columns, live
-// migrations' table, drain, events; migration 11's state check is dropped with migration 8's).
+// Undoes migrations 9 to 14 (virtual networks, hosts' tunnel columns, live
+// migrations' table, drain, events, host failure; migration 11's state check is dropped with
+// migration 8's).
 constexpr const char* kDropMigration9 =
     "DROP TABLE events; DROP TABLE vm_migrations; DROP TABLE nics; DROP TABLE network_shares; DROP "
     "TABLE networks; "
     "DROP INDEX hosts_tunnel_number; ALTER TABLE hosts DROP COLUMN tunnel_number; "
     "ALTER TABLE hosts DROP COLUMN tunnel_ip; ALTER TABLE hosts DROP COLUMN tunnel_port; "
-    "ALTER TABLE hosts DROP COLUMN draining;";
+    "ALTER TABLE hosts DROP COLUMN draining; ALTER TABLE hosts DROP COLUMN failed_ms; "
+    "ALTER TABLE vms DROP COLUMN restart;";
 
 class StoreTest : public testing::TestWithParam<std::string> {
  protected:
@@ -317,7 +319,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 13);
+  EXPECT_EQ((*s)->schema_version(), 14);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
@@ -408,6 +410,45 @@ TEST_P(StoreTest, StaleHostsGoDown) {
   ASSERT_TRUE(ids.ok());
   EXPECT_EQ(ids->size(), 1u);
   EXPECT_EQ(store_->GetHost("h1")->state, "down");
+}
+
+// Host failure (docs/host-failure.md): a failed host takes no placement until
+// cleared; a VM in error on it is relocated with the same conditional
+// reservation as any placement, keeping its id, name and restart policy.
+TEST_P(StoreTest, FailedHostTakesNoRoomAndRelocateMovesTheVm) {
+  auto a = store_->HeartbeatHost("a", "http://a", HostCapacity{4, 4096, 1000, false});
+  auto b = store_->HeartbeatHost("b", "http://b", HostCapacity{4, 4096, 1000, false});
+  ASSERT_TRUE(a.ok() && b.ok());
+  Vm v = NewVm("v");
+  v.restart = "on-host-failure";
+  auto placed = store_->PlaceAndInsertVm(v, {a->id});
+  ASSERT_TRUE(placed.ok()) << placed.error().message;
+  EXPECT_EQ(store_->GetVm(placed->id, "")->restart, "on-host-failure");
+  EXPECT_FALSE(*store_->MarkHostFailed(a->id)) << "only a down host can be declared failed";
+  ASSERT_TRUE(*store_->MarkHostDown(a->id));
+  ASSERT_TRUE(*store_->MarkHostFailed(a->id));
+  EXPECT_GT(store_->GetHost("a")->failed_ms, 0);
+  // Back up (a heartbeat), still failed: no placement there.
+  ASSERT_TRUE(store_->HeartbeatHost("a", "http://a", HostCapacity{4, 4096, 1000, false}).ok());
+  EXPECT_EQ(store_->GetHost("a")->state, "up");
+  EXPECT_EQ(store_->PlaceAndInsertVm(NewVm("w"), {a->id}).error().code,
+            ErrorCode::kResourceExhausted);
+  // Relocation needs the VM in error on the failed host.
+  EXPECT_EQ(store_->RelocateVm(placed->id, a->id, {b->id}, "n").error().code,
+            ErrorCode::kFailedPrecondition);
+  ASSERT_TRUE(store_->ModifyVm(placed->id, [](Vm& x) { x.state = "error"; }).ok());
+  EXPECT_EQ(store_->GetHost("a")->reserved_vcpus, 0);
+  auto moved = store_->RelocateVm(placed->id, a->id, {a->id, b->id}, "host a failed");
+  ASSERT_TRUE(moved.ok()) << moved.error().message;
+  Vm m = *store_->GetVm(placed->id, "");
+  EXPECT_EQ(m.host_id, b->id);
+  EXPECT_EQ(m.state, "creating");
+  EXPECT_EQ(m.name, "v");
+  EXPECT_EQ(m.error, "host a failed");
+  EXPECT_EQ(store_->GetHost("b")->reserved_vcpus, m.vcpus);
+  ASSERT_TRUE(store_->ClearHostFailed(a->id).ok());
+  EXPECT_EQ(store_->GetHost("a")->failed_ms, 0);
+  EXPECT_TRUE(store_->PlaceAndInsertVm(NewVm("w"), {a->id}).ok());
 }
 
 // Quotas are checked in the transaction that places: many concurrent
@@ -720,7 +761,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 13);
+  EXPECT_EQ(store_->schema_version(), 14);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);

@@ -65,6 +65,7 @@ Result<CreateVmRequest> ParseCreateVm(const std::string& text) {
   VMG_RETURN_IF_ERROR(ValidateName("network", r.network));
   VMG_ASSIGN_OR_RETURN(r.nets, f.StringList("nets", false, 8));
   VMG_ASSIGN_OR_RETURN(r.policy, f.Enum("policy", {"spread", "pack"}, "spread"));
+  VMG_ASSIGN_OR_RETURN(r.restart, f.Enum("restart", {"never", "on-host-failure"}, "never"));
   VMG_ASSIGN_OR_RETURN(r.site, f.String("site", false));
   VMG_ASSIGN_OR_RETURN(r.host_network, f.String("host_network", false));
   for (const auto* v : {&r.site, &r.host_network})

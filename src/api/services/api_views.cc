@@ -41,6 +41,7 @@ json ApiViews::VmJson(const Vm& v, const Image* known_image, const Host* known_h
           {"disk", v.disk},
           {"disk_bytes", v.disk_bytes},
           {"start", v.start},
+          {"restart", v.restart},
           {"workspace", ws_name},
           {"network", v.network},
           {"error", v.error},

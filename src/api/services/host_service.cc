@@ -7,6 +7,7 @@
 
 #include "api/host_credentials.h"
 #include "api/placement.h"
+#include "api/services/host_failure_service.h"
 #include "api/vnet_plan.h"
 #include "common/host_port.h"
 #include "common/http_json.h"
@@ -91,10 +92,21 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
     }
   }
   VMG_ASSIGN_OR_RETURN(Host host, store_.HeartbeatHost(report.name, report.url, hc));
+  // The lease first (docs/host-failure.md); a failed host that returned is
+  // told which VMs are no longer its own, and those are not reconciled.
+  HostFailureService::Renewal renewal;
+  if (failures_) {
+    VMG_ASSIGN_OR_RETURN(renewal, failures_->Renew(host, report.vms));
+  }
+  std::vector<VmStatus> own;
+  for (const auto& v : report.vms)
+    if (std::find(renewal.stale_vms.begin(), renewal.stale_vms.end(), v.id) ==
+        renewal.stale_vms.end())
+      own.push_back(v);
   // A report that already matched the records, while no record on the host
   // changed since, needs no reconciling (most heartbeats of a steady grid).
   json vms = json::array();
-  for (const auto& v : report.vms) vms.push_back(ToJson(v));
+  for (const auto& v : own) vms.push_back(ToJson(v));
   const size_t digest = std::hash<std::string>{}(vms.dump());
   const uint64_t version = index_.VmVersion(host.id);
   bool same;
@@ -104,7 +116,7 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
     same = it != reconciled_.end() && it->second == std::make_pair(digest, version) && version != 0;
   }
   if (!same) {
-    bool clean = Reconcile(host, report.vms, clock_.NowMs());
+    bool clean = Reconcile(host, own, clock_.NowMs()) && renewal.stale_vms.empty();
     std::lock_guard<std::mutex> l(mu_);
     if (clean)
       reconciled_[host.id] = {digest, version};
@@ -117,6 +129,8 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
     host_networks_[host.id] = report.networks;
   }
   HeartbeatReply reply{host.id, std::nullopt};
+  reply.lease_ms = renewal.lease_ms;
+  reply.stale_vms = std::move(renewal.stale_vms);
   // Without its plan a host keeps the last one it had: say nothing rather
   // than something wrong.
   if (auto plan = NetworkPlanFor(host); plan.ok())
@@ -274,7 +288,11 @@ Result<json> HostService::Get(const std::string& ref, bool admin) {
 json HostService::HostJson(const Host& h, bool admin) {
   json j = {{"id", h.id},
             {"name", h.name},
-            {"state", h.state},
+            // Store "down" is suspect until declared failed (docs/host-failure.md);
+            // a failed host that heartbeats again is "returning" until its
+            // stale VM copies are gone.
+            {"state", h.failed_ms > 0 ? (h.state == "up" ? "returning" : "failed")
+                                      : (h.state == "down" ? "suspect" : h.state)},
             {"draining", h.draining},
             {"vcpus", h.vcpus},
             {"memory_mb", h.memory_mb},
@@ -289,6 +307,7 @@ json HostService::HostJson(const Host& h, bool admin) {
             {"disk_free_bytes", h.disk_free_bytes},
             {"reserved_disk_bytes", h.reserved_disk_bytes},
             {"last_heartbeat", FormatTimeMs(h.last_heartbeat_ms)}};
+  if (h.failed_ms > 0) j["failed_at"] = FormatTimeMs(h.failed_ms);
   if (admin) {
     j["url"] = h.url;
     // Where its agent's virtual-network tunnels listen (number 0: not yet numbered).

@@ -29,6 +29,7 @@ namespace vmgrid {
 
 class CapacityIndex;
 class HostCredentials;
+class HostFailureService;
 
 class HostService {
  public:
@@ -77,6 +78,11 @@ class HostService {
     drain_status_ = std::move(status);
   }
 
+  // Where heartbeats get their lease and a failed host learns its stale VMs
+  // (docs/host-failure.md): set once, before the service is used. Without
+  // it heartbeats grant no lease (agents never fence).
+  void SetFailureDetector(HostFailureService* failures) { failures_ = failures; }
+
   // What the store's writes dropped by reconciliation count (each is logged).
   int64_t failed_writes() const { return failed_writes_.total(); }
 
@@ -93,6 +99,7 @@ class HostService {
   const InFlightFn in_flight_;
   const bool tls_;
   std::function<nlohmann::json(const std::string&)> drain_status_;
+  HostFailureService* failures_ = nullptr;
 
   mutable std::mutex mu_;
   // host id -> last reported cache stats

@@ -50,6 +50,7 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
   vm.owner_id = c.user.id;
   vm.disk = r.disk;
   vm.start = r.start;
+  vm.restart = r.restart;
   vm.state = "creating";
   vm.created_ms = vm.updated_ms = started;
   vm.network = r.network;
@@ -325,6 +326,43 @@ void VmCreateService::RunCreate(const Vm& vm, const Image& image, const std::str
     failed_writes_.Count(store_.NoteImageCached(vm.image_id, vm.host_id),
                          "noting image " + vm.image_id + " cached on host " + vm.host_id);
   vms_.RecordOutcome(vm.id, r, "error", started, true);
+}
+
+Status VmCreateService::Recover(const Vm& failed, const std::string& note) {
+  const int64_t started = clock_.NowMs();
+  VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(failed.image_id, ""));
+  std::string checkpoint_dir;
+  Vm vm = failed;
+  if (vm.start == "resume" && image.ckpt_state == "ready" && image.ckpt_vcpus == vm.vcpus &&
+      image.ckpt_memory_mb == vm.memory_mb) {
+    checkpoint_dir = image.dir + "/checkpoint";
+  } else {
+    vm.start = "boot";  // this create's only: its checkpoint was on the failed host
+  }
+  std::vector<std::string> candidates =
+      index_.Rank({image.id, vm.vcpus, vm.memory_mb, vm.disk_bytes, "spread", "", ""});
+  std::erase(candidates, failed.host_id);
+  if (candidates.empty())
+    return MakeError(ErrorCode::kResourceExhausted, "no other host has room for it");
+  VMG_ASSIGN_OR_RETURN(Vm placed, store_.RelocateVm(failed.id, failed.host_id, candidates, note));
+  placed.start = vm.start;
+  auto host = store_.GetHost(placed.host_id);
+  Host h = host.ok() ? *host : Host{};
+  spdlog::info("VM {} ({}) restarts on host {} after its host failed", placed.name, placed.id,
+               h.name);
+  ops_.Run(placed.id, [this, h, placed, image, checkpoint_dir, started, note] {
+    RunCreate(placed, image, checkpoint_dir, WorkspaceClaim{}, started, h);
+    // The outcome recorded by RunCreate, with what happened before it.
+    failed_writes_.Count(store_.ModifyVm(placed.id,
+                                         [&](Vm& v) {
+                                           v.error = v.state == "running"
+                                                         ? note + " (now running on " + h.name + ")"
+                                                         : note + "; the restart on " + h.name +
+                                                               " failed: " + v.error;
+                                         }),
+                         "recording the recovery of VM " + placed.id);
+  });
+  return Status::Ok();
 }
 
 // Gang co-allocation: `count` VMs like `proto`, all on hosts sharing `same`

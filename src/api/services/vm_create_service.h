@@ -69,6 +69,7 @@ struct CreateVmRequest {
   std::vector<std::string> nets;  // virtual networks, one card each
   std::string policy = "spread";  // or "pack"
   std::string site, host_network;
+  std::string restart = "never";  // or "on-host-failure" (docs/host-failure.md)
   // A gang: count > 1, or `same` or `total_memory` given.
   int64_t count = 1;
   std::optional<std::string> same;  // "site", "network" or "" (any set of up hosts)
@@ -98,6 +99,15 @@ class VmCreateService {
   // FailedScheduling events). Always kResourceExhausted.
   Error ExplainNoPlacement(const Vm& vm, const std::vector<std::string>& candidates,
                            const std::string& site, const std::string& network);
+
+  // Host failure recovery (docs/host-failure.md): VM `vm`, in `error` on its
+  // failed host and holding no room there, is placed elsewhere (the normal
+  // ranking and conditional reservation) and created again from its image:
+  // resumed from the image's post-boot checkpoint when it was started from
+  // one and the sizes match, else booted. Keeps its id and name; `note` stays
+  // in its record's error text (with the restart's outcome). On failure
+  // (kResourceExhausted: no room) nothing changed.
+  Status Recover(const Vm& vm, const std::string& note);
 
   // Store writes that failed where the create went on (each is logged).
   int64_t failed_writes() const { return failed_writes_.total(); }

@@ -1,0 +1,192 @@
+#include "api/services/host_failure_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "common/util.h"
+
+namespace vmgrid {
+
+Status CheckHostFailureOptions(const HostFailureOptions& o) {
+  if (o.suspect_after_ms <= 0 || o.failed_after_ms <= o.suspect_after_ms)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "--host-failed-after must be longer than --host-suspect-after (> 0)");
+  if (o.lease_ms < 3000)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "--host-lease must be at least 3s (agents heartbeat every 2s)");
+  if (o.grace_ms < 1000)
+    return MakeError(ErrorCode::kInvalidArgument, "--host-lease-grace must be at least 1s");
+  if (o.lease_ms + o.grace_ms > o.failed_after_ms)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "--host-failed-after must be at least --host-lease + --host-lease-grace "
+                     "(a host's VMs are recovered only after its lease ran out and it fenced "
+                     "them: docs/host-failure.md)");
+  return Status::Ok();
+}
+
+HostFailureService::HostFailureService(Store& store, const Clock& monotonic,
+                                       HostFailureOptions options, InFlightFn in_flight,
+                                       RecoverFn recover)
+    : store_(store),
+      monotonic_(monotonic),
+      options_(options),
+      in_flight_(std::move(in_flight)),
+      recover_(std::move(recover)),
+      started_ms_(monotonic.NowMs()) {}
+
+bool HostFailureService::FailedLocked(const Host& host) const {
+  return host.failed_ms > 0 || declared_.count(host.id) > 0;
+}
+
+Result<HostFailureService::Renewal> HostFailureService::Renew(
+    const Host& host, const std::vector<VmStatus>& reported) {
+  std::lock_guard<std::mutex> l(mu_);
+  // Noted before the lease is granted: the controller's count starts after
+  // the agent's (which starts when it sent this heartbeat).
+  last_heard_[host.id] = monotonic_.NowMs();
+  Renewal r;
+  r.lease_ms = options_.lease_ms;
+  if (!FailedLocked(host)) return r;
+  // Back after being declared failed: every VM it still runs whose record
+  // moved to another host, or was marked failed on this one, is stale.
+  for (const auto& v : reported) {
+    auto vm = store_.GetVm(v.id, "");
+    if (!vm.ok()) continue;  // no record: left alone, as always
+    if (vm->host_id != host.id || vm->state == "error") r.stale_vms.push_back(v.id);
+  }
+  if (r.stale_vms.empty()) {
+    VMG_RETURN_IF_ERROR(store_.ClearHostFailed(host.id));
+    declared_.erase(host.id);
+    // event: host_returned (host.id)
+    spdlog::info("host {} is back after its failure and runs no stale VM: it takes VMs again",
+                 host.name);
+  } else {
+    spdlog::warn("host {} is back after its failure: it must destroy {} stale VM copies ({})",
+                 host.name, r.stale_vms.size(), r.stale_vms.front());
+  }
+  return r;
+}
+
+std::vector<std::string> HostFailureService::Check() {
+  std::lock_guard<std::mutex> l(mu_);
+  std::vector<std::string> failed_now;
+  // The heartbeat times kept in memory (Store::HeartbeatHost) reach the
+  // database here; the decisions below use this controller's own times.
+  if (Status st = store_.FlushHeartbeats(); !st.ok())
+    spdlog::warn("writing heartbeat times: {}", st.error().message);
+  auto hosts = store_.ListHosts();
+  if (!hosts.ok()) {
+    spdlog::warn("host failure check: {}", hosts.error().message);
+    return failed_now;
+  }
+  const int64_t now = monotonic_.NowMs();
+  for (Host& h : *hosts) {
+    auto it = last_heard_.find(h.id);
+    const int64_t silent = now - (it == last_heard_.end() ? started_ms_ : it->second);
+    if (h.state == "up") {
+      // Suspect: missed heartbeats for suspect_after (placement skips it).
+      if (silent < options_.suspect_after_ms) continue;
+      auto marked = store_.MarkHostDown(h.id);
+      if (!marked.ok()) {
+        spdlog::warn("marking host {} suspect: {}", h.name, marked.error().message);
+        continue;
+      }
+      if (!*marked) continue;
+      h.state = "down";
+      // event: host_suspect (h.id)
+      spdlog::warn("host {} missed its heartbeats for {} ms: suspect (no new VMs placed there)",
+                   h.name, silent);
+    }
+    if (!FailedLocked(h)) {
+      if (silent < options_.failed_after_ms) continue;
+      auto marked = store_.MarkHostFailed(h.id);
+      if (!marked.ok()) {
+        spdlog::warn("declaring host {} failed: {}", h.name, marked.error().message);
+        continue;
+      }
+      if (!*marked) continue;  // it came back meanwhile (its heartbeat waits for us)
+      declared_.insert(h.id);
+      failed_now.push_back(h.id);
+      // event: host_failed (h.id)
+      spdlog::error("host {} is failed: no heartbeat for {} ms; recovering its VMs", h.name,
+                    silent);
+    }
+    // The lease the host last got ran out grace ago: its agent fenced its VMs
+    // (failed_after >= lease + grace; checked again here, as the safety rests
+    // on it).
+    if (silent < options_.lease_ms + options_.grace_ms) continue;
+    RecoverHostLocked(h, silent);
+  }
+  return failed_now;
+}
+
+void HostFailureService::RecoverHostLocked(const Host& host, int64_t silent_ms) {
+  auto vms = store_.ListVmsOnHost(host.id);
+  if (!vms.ok()) {
+    spdlog::warn("recovering the VMs of host {}: {}", host.name, vms.error().message);
+    return;
+  }
+  const std::string failed =
+      "host " + host.name + " failed (no heartbeat for " + std::to_string(silent_ms / 1000) + " s)";
+  for (const Vm& vm : *vms) {
+    // An operation in flight settles first; a migration is MigrationService's
+    // to settle (it fails against a dead host). Both are retried next pass.
+    if (in_flight_(vm.id) || vm.state == "migrating") continue;
+    if (vm.state == "error") {
+      auto w = waiting_room_.find(vm.id);
+      if (w == waiting_room_.end()) continue;
+      if (recover_(vm, w->second).ok()) waiting_room_.erase(w);
+      continue;
+    }
+    const bool ran = vm.state != "stopped" && vm.state != "suspended";
+    std::string note;
+    bool recover = false;
+    if (vm.state == "deleting") {
+      // Not removed: the record makes the host destroy its copy when it
+      // returns (a VM without a record would be left alone there).
+      note = failed + " while the VM was being deleted; run `vmgrid vm rm` again";
+    } else if (vm.restart != "on-host-failure") {
+      note = failed + "; restart policy never: the VM is lost with everything on that host " +
+             "(its disk and memory); delete it with `vmgrid vm rm`";
+    } else if (vm.disk == "persistent") {
+      note = failed + "; its workspace was on that host's disk and is lost with it (durable " +
+             "workspaces do not exist yet), so it was not restarted";
+    } else if (!ran) {
+      note = failed + " while the VM was " + vm.state + "; its disk" +
+             (vm.state == "suspended" ? " and checkpoint were on that host and are"
+                                      : " was on that host and is") +
+             " lost, so it was not restarted";
+    } else {
+      note = failed + "; restarted elsewhere from its image (restart policy on-host-failure): " +
+             "everything since its start on " + host.name + " is lost";
+      recover = true;
+    }
+    // Out of `error` first: that releases its room on the failed host.
+    Status st = store_.ModifyVm(vm.id, [&](Vm& v) {
+      v.state = "error";
+      v.error = note;
+    });
+    if (!st.ok()) {
+      spdlog::warn("recording VM {} failed with its host: {}", vm.id, st.error().message);
+      continue;
+    }
+    // event: vm_host_failed (vm.id, note)
+    spdlog::warn("VM {} ({}): {}", vm.name, vm.id, note);
+    if (!recover) continue;
+    Vm failed_vm = vm;
+    failed_vm.state = "error";
+    failed_vm.error = note;
+    if (Status r = recover_(failed_vm, note); !r.ok()) {
+      const std::string waiting = note + "; waiting for a host with room: " + r.error().message;
+      (void)store_.ModifyVm(vm.id, [&](Vm& v) { v.error = waiting; });
+      waiting_room_[vm.id] = note;
+      spdlog::warn("VM {}: no host to restart it on yet: {}", vm.id, r.error().message);
+    } else {
+      // event: vm_recovered (vm.id)
+    }
+  }
+}
+
+}  // namespace vmgrid

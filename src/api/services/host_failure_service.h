@@ -1,0 +1,86 @@
+// HostFailureService: the controller's side of host failure
+// (docs/host-failure.md). A host that misses heartbeats becomes suspect
+// (placement skips it), then failed; every heartbeat grants the host's agent
+// a lease, and a failed host's VMs are recovered elsewhere by their restart
+// policy only once lease + grace has passed since the controller last heard
+// from it, so that the agent has fenced (paused) them first. A failed host
+// that returns is told which of its VMs are no longer its own.
+//
+// Suspicion and failure are measured with `monotonic` (a steady clock in the
+// controller): a duration since the last heartbeat this controller received,
+// never a wall time compared across machines. A controller that starts counts
+// from its own start.
+// Thread-safe: Renew (heartbeats) and Check (the reconcile loop) serialize.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/result.h"
+#include "proto/vm_status.h"
+#include "store/store.h"
+
+namespace vmgrid {
+
+// The controller's failure-detection settings (--host-suspect-after,
+// --host-failed-after, --host-lease, --host-lease-grace).
+struct HostFailureOptions {
+  int64_t suspect_after_ms = 10'000;
+  int64_t failed_after_ms = 30'000;
+  int64_t lease_ms = 10'000;
+  int64_t grace_ms = 5'000;
+};
+// kInvalidArgument unless 0 < suspect_after < failed_after, lease >= 3 s
+// (agents heartbeat every 2 s), grace >= 1 s and lease + grace <= failed_after.
+Status CheckHostFailureOptions(const HostFailureOptions& o);
+
+class HostFailureService {
+ public:
+  using InFlightFn = std::function<bool(const std::string& vm_id)>;
+  // Starts VM `vm` (in `error` on its failed host, holding no room)
+  // elsewhere; `note` goes to its record. VmCreateService::Recover.
+  using RecoverFn = std::function<Status(const Vm& vm, const std::string& note)>;
+  HostFailureService(Store& store, const Clock& monotonic, HostFailureOptions options,
+                     InFlightFn in_flight, RecoverFn recover);
+
+  struct Renewal {
+    int64_t lease_ms = 0;
+    // Reported VMs that are no longer the host's own: to be destroyed.
+    std::vector<std::string> stale_vms;
+  };
+  // A heartbeat of `host` reporting `reported`: notes when it was heard
+  // and answers the lease and the stale VMs. A failed host that reports no
+  // stale VM any more is cleared (it may take placements again).
+  Result<Renewal> Renew(const Host& host, const std::vector<VmStatus>& reported);
+
+  // One pass of the detector: marks hosts suspect, declares failed hosts
+  // and recovers their VMs. Returns the ids of hosts declared failed now.
+  std::vector<std::string> Check();
+
+  const HostFailureOptions& options() const { return options_; }
+
+ private:
+  void RecoverHostLocked(const Host& host, int64_t silent_ms);
+  bool FailedLocked(const Host& host) const;
+
+  Store& store_;
+  const Clock& monotonic_;
+  const HostFailureOptions options_;
+  const InFlightFn in_flight_;
+  const RecoverFn recover_;
+  const int64_t started_ms_;  // monotonic: hosts not heard since count from here
+
+  mutable std::mutex mu_;
+  std::map<std::string, int64_t> last_heard_;  // host id -> monotonic ms; guarded by mu_
+  std::set<std::string> declared_;             // failed by this controller; guarded by mu_
+  // VMs with restart=on-host-failure that found no room yet: retried each pass.
+  std::map<std::string, std::string> waiting_room_;  // vm id -> note; guarded by mu_
+};
+
+}  // namespace vmgrid

@@ -1,0 +1,270 @@
+// HostFailureService on a fresh store (both databases) with a fake agent and a
+// fake clock: a silent host becomes suspect, then failed, at the configured
+// intervals; nothing is recovered before lease + grace; VMs are recovered by
+// their restart policy (on-host-failure: placed and created on another host,
+// same id and name; never / persistent: error with a message), reservations
+// on the failed host are released, and a returning host is told which of its
+// VMs are stale until it has destroyed them.
+#include "api/services/host_failure_service.h"
+
+#include <algorithm>
+#include <set>
+
+#include "api/admission.h"
+#include "api/services/api_views.h"
+#include "api/services/host_service.h"
+#include "api/services/image_service.h"
+#include "api/services/network_service.h"
+#include "api/services/service_test_fixture.h"
+#include "api/services/vm_create_service.h"
+#include "api/services/vm_service.h"
+#include "api/services/workspace_service.h"
+
+namespace vmgrid {
+namespace {
+
+constexpr char kPeer[] = "127.0.0.1";
+
+class HostFailureServiceTest : public ServiceTest {
+ protected:
+  void SetUp() override {
+    ServiceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    auto h2 =
+        store_->HeartbeatHost("h2", "http://127.0.0.1:2", HostCapacity{8, 8192, 10000, false});
+    ASSERT_TRUE(h2.ok());
+    host2_ = *h2;
+    vms_ = std::make_unique<VmService>(*store_, agent_, ops_, clock_, execs_);
+    images_ = std::make_unique<ImageService>(*store_, index_, agent_, ops_, clock_, long_ops_,
+                                             ImageStorage{"/nonexistent", nullptr, ""}, stopping_);
+    networks_ = std::make_unique<NetworkService>(*store_);
+    workspaces_ = std::make_unique<WorkspaceService>(*store_, agent_, ops_, long_ops_);
+    views_ = std::make_unique<ApiViews>(*store_);
+    creates_ = std::make_unique<VmCreateService>(*store_, index_, agent_, ops_, clock_, admitted_,
+                                                 long_ops_, *vms_, *images_, *networks_,
+                                                 *workspaces_, *views_, /*image_server=*/false);
+    failures_ = std::make_unique<HostFailureService>(
+        *store_, clock_, options_, [](const std::string&) { return false; },
+        [this](const Vm& vm, const std::string& note) { return creates_->Recover(vm, note); });
+    hosts_ = std::make_unique<HostService>(
+        *store_, index_, *creds_, clock_, [](const std::string&) { return false; },
+        /*tls=*/false);
+    hosts_->SetFailureDetector(failures_.get());
+    VmStatus running;
+    running.state = "running";
+    agent_.action_answer = running;
+  }
+
+  // Recoveries run on the operation queue: let them end before the services go.
+  void TearDown() override { (void)ops_.WaitIdle(std::chrono::seconds(10)); }
+
+  Vm AddVmWith(const std::string& name, const std::string& restart, const std::string& disk) {
+    Vm v;
+    v.id = NewId("vm");
+    v.name = name;
+    v.owner_id = alice_.id;
+    v.image_id = "img-1";
+    v.state = "creating";
+    v.disk = disk;
+    v.start = "boot";
+    v.restart = restart;
+    v.created_ms = v.updated_ms = clock_.NowMs();
+    auto placed = store_->PlaceAndInsertVm(v, {host_.id});
+    EXPECT_TRUE(placed.ok()) << placed.error().message;
+    EXPECT_TRUE(store_->ModifyVm(placed->id, [&](Vm& vm) { vm.state = "running"; }).ok());
+    return *store_->GetVm(placed->id, "");
+  }
+  Result<HeartbeatReply> Beat(const std::string& name, std::vector<VmStatus> vms = {}) {
+    HostReport r;
+    r.name = name;
+    r.url = name == "h1" ? "http://127.0.0.1:1" : "http://127.0.0.1:2";
+    r.capacity.vcpus = 8;
+    r.capacity.memory_mb = 8192;
+    r.capacity.disk_mb = 10000;
+    r.vms = std::move(vms);
+    return hosts_->Heartbeat(name, r, kPeer);
+  }
+  // Time passes in 2 s steps; h2 heartbeats throughout, h1 is silent.
+  void Silence(int64_t ms) {
+    for (int64_t t = 0; t < ms; t += 2000) {
+      clock_.Advance(2000);
+      ASSERT_TRUE(Beat("h2", h2_vms_).ok());
+      failures_->Check();
+    }
+  }
+  std::string HostState(const std::string& name) {
+    auto h = store_->GetHost(name);
+    return h.ok() ? hosts_->HostJson(*h, false)["state"].get<std::string>() : "?";
+  }
+  Vm Get(const std::string& id) { return *store_->GetVm(id, ""); }
+  static VmStatus Running(const std::string& id) {
+    VmStatus s;
+    s.id = id;
+    s.state = "running";
+    return s;
+  }
+
+  HostFailureOptions options_{10'000, 30'000, 10'000, 5'000};
+  std::vector<VmStatus> h2_vms_;  // what h2's heartbeats report
+  Host host2_;
+  Admission execs_{"exec operations", 1, 0, 5};
+  Admission admitted_{"VM creates in flight", 8, 0, 10};
+  Admission long_ops_{"long operations", 2, 0, 5};
+  std::atomic<bool> stopping_{false};
+  std::unique_ptr<VmService> vms_;
+  std::unique_ptr<ImageService> images_;
+  std::unique_ptr<NetworkService> networks_;
+  std::unique_ptr<WorkspaceService> workspaces_;
+  std::unique_ptr<ApiViews> views_;
+  std::unique_ptr<VmCreateService> creates_;
+  std::unique_ptr<HostFailureService> failures_;
+  std::unique_ptr<HostService> hosts_;
+  OpQueue ops_;  // last: destroyed first
+};
+
+TEST_P(HostFailureServiceTest, OptionsMustLeaveRoomForTheLease) {
+  EXPECT_TRUE(CheckHostFailureOptions(HostFailureOptions{}).ok());
+  EXPECT_FALSE(CheckHostFailureOptions({10'000, 12'000, 10'000, 5'000}).ok())
+      << "failed_after < lease + grace";
+  EXPECT_FALSE(CheckHostFailureOptions({30'000, 30'000, 10'000, 5'000}).ok());
+  EXPECT_FALSE(CheckHostFailureOptions({10'000, 30'000, 1'000, 5'000}).ok());
+}
+
+TEST_P(HostFailureServiceTest, HeartbeatGrantsTheLease) {
+  auto reply = Beat("h1");
+  ASSERT_TRUE(reply.ok()) << reply.error().message;
+  EXPECT_EQ(reply->lease_ms, 10'000);
+  EXPECT_TRUE(reply->stale_vms.empty());
+}
+
+TEST_P(HostFailureServiceTest, SuspectThenFailedThenRecoveredByPolicy) {
+  Vm keep = AddVmWith("keep", "on-host-failure", "clone");
+  Vm lose = AddVmWith("lose", "never", "clone");
+  Vm ws = AddVmWith("ws", "on-host-failure", "persistent");
+  ASSERT_TRUE(Beat("h1", {Running(keep.id), Running(lose.id), Running(ws.id)}).ok());
+  EXPECT_EQ(HostState("h1"), "up");
+  EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 3);
+
+  Silence(8000);
+  EXPECT_EQ(HostState("h1"), "up") << "8 s of silence: not yet suspect";
+  Silence(2000);
+  EXPECT_EQ(HostState("h1"), "suspect");
+  EXPECT_EQ(Get(keep.id).state, "running") << "suspect: nothing recovered";
+  Silence(18000);  // 28 s: past lease + grace, but not yet failed_after
+  EXPECT_EQ(HostState("h1"), "suspect");
+  EXPECT_EQ(Get(keep.id).host_id, host_.id);
+  EXPECT_EQ(Get(lose.id).state, "running");
+  {
+    std::lock_guard<std::mutex> l(agent_.mu);
+    EXPECT_TRUE(agent_.calls.empty()) << "no create anywhere before the host is failed";
+  }
+  Silence(2000);  // 30 s
+  EXPECT_EQ(HostState("h1"), "failed");
+  ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10)));
+
+  Vm k = Get(keep.id);
+  EXPECT_EQ(k.host_id, host2_.id) << "recovered on the other host";
+  EXPECT_EQ(k.name, "keep");
+  EXPECT_EQ(k.state, "running");
+  EXPECT_NE(k.error.find("host h1 failed"), std::string::npos) << k.error;
+  EXPECT_NE(k.error.find("now running on h2"), std::string::npos) << k.error;
+  Vm l = Get(lose.id);
+  EXPECT_EQ(l.state, "error");
+  EXPECT_NE(l.error.find("restart policy never"), std::string::npos) << l.error;
+  Vm w = Get(ws.id);
+  EXPECT_EQ(w.state, "error");
+  EXPECT_NE(w.error.find("workspace"), std::string::npos) << w.error;
+  // Reservations on the failed host are released; the recovered VM holds room on h2.
+  EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 0);
+  EXPECT_EQ(store_->GetHost("h2")->reserved_vcpus, 1);
+  {
+    std::lock_guard<std::mutex> l2(agent_.mu);
+    EXPECT_EQ(agent_.calls, std::vector<std::string>{"create " + keep.id});
+  }
+
+  // h1 returns, still running all three: every one is stale, and it takes no
+  // new VM until it has destroyed them.
+  auto reply = Beat("h1", {Running(keep.id), Running(lose.id), Running(ws.id)});
+  ASSERT_TRUE(reply.ok()) << reply.error().message;
+  std::set<std::string> stale(reply->stale_vms.begin(), reply->stale_vms.end());
+  EXPECT_EQ(stale, (std::set<std::string>{keep.id, lose.id, ws.id}));
+  EXPECT_EQ(HostState("h1"), "returning");
+  EXPECT_EQ(Get(lose.id).state, "error") << "a stale copy does not bring its record back";
+  EXPECT_EQ(Get(keep.id).host_id, host2_.id);
+  auto none = index_.Rank({"img-1", 1, 256, 0, "spread", "", ""});
+  EXPECT_EQ(std::count(none.begin(), none.end(), host_.id), 0);
+  // Destroyed: the host is cleared.
+  reply = Beat("h1", {});
+  ASSERT_TRUE(reply.ok());
+  EXPECT_TRUE(reply->stale_vms.empty());
+  EXPECT_EQ(HostState("h1"), "up");
+  auto again = index_.Rank({"img-1", 1, 256, 0, "spread", "", ""});
+  EXPECT_EQ(std::count(again.begin(), again.end(), host_.id), 1);
+}
+
+TEST_P(HostFailureServiceTest, AHeartbeatBeforeFailedAfterKeepsTheHost) {
+  Vm keep = AddVmWith("keep", "on-host-failure", "clone");
+  Silence(24000);
+  EXPECT_EQ(HostState("h1"), "suspect");
+  auto reply = Beat("h1", {Running(keep.id)});
+  ASSERT_TRUE(reply.ok());
+  EXPECT_TRUE(reply->stale_vms.empty());
+  EXPECT_EQ(HostState("h1"), "up");
+  Silence(24000);  // counted again from that heartbeat
+  EXPECT_EQ(HostState("h1"), "suspect");
+  EXPECT_EQ(Get(keep.id).host_id, host_.id);
+  EXPECT_EQ(Get(keep.id).state, "running");
+}
+
+TEST_P(HostFailureServiceTest, ARestartedControllerCountsFromItsOwnStart) {
+  Vm keep = AddVmWith("keep", "on-host-failure", "clone");
+  clock_.Advance(60'000);  // the host was silent long before this controller started
+  failures_ = std::make_unique<HostFailureService>(
+      *store_, clock_, options_, [](const std::string&) { return false; },
+      [this](const Vm& vm, const std::string& note) { return creates_->Recover(vm, note); });
+  hosts_->SetFailureDetector(failures_.get());
+  ASSERT_TRUE(Beat("h2").ok());
+  failures_->Check();
+  EXPECT_EQ(HostState("h1"), "up");
+  Silence(28000);
+  EXPECT_EQ(Get(keep.id).host_id, host_.id) << "no recovery before failed_after from the start";
+  Silence(2000);
+  EXPECT_EQ(HostState("h1"), "failed");
+}
+
+TEST_P(HostFailureServiceTest, NoRoomElsewhereWaitsAndRetries) {
+  Vm keep = AddVmWith("keep", "on-host-failure", "clone");
+  // h2 full: 8 vCPUs taken.
+  Vm big;
+  big.id = NewId("vm");
+  big.name = "big";
+  big.owner_id = alice_.id;
+  big.image_id = "img-1";
+  big.state = "running";
+  big.vcpus = 8;
+  big.memory_mb = 256;
+  big.disk = "clone";
+  big.start = "boot";
+  auto placed = store_->PlaceAndInsertVm(big, {host2_.id});
+  ASSERT_TRUE(placed.ok()) << placed.error().message;
+  h2_vms_ = {Running(placed->id)};
+  Silence(30000);
+  EXPECT_EQ(HostState("h1"), "failed");
+  Vm k = Get(keep.id);
+  EXPECT_EQ(k.state, "error");
+  EXPECT_NE(k.error.find("waiting for a host with room"), std::string::npos) << k.error;
+  EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 0);
+  ASSERT_TRUE(store_->DeleteVm(placed->id).ok());
+  h2_vms_.clear();
+  Silence(2000);
+  ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10)));
+  k = Get(keep.id);
+  EXPECT_EQ(k.host_id, host2_.id);
+  EXPECT_EQ(k.state, "running");
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, HostFailureServiceTest, testing_db::Backends(),
+                         testing_db::BackendName);
+
+}  // namespace
+}  // namespace vmgrid
