@@ -1200,6 +1200,9 @@ Result<bool> Store::MarkHostDown(const std::string& id) {
       int64_t changed,
       db_->Exec("UPDATE hosts SET state='down' WHERE state='up' AND id = ?", {id}));
   if (changed == 0) return false;
+  RecordEventLocked(Event{0, 0, "host.down", "", id, "",
+                          "host " + id + " missed its heartbeats: suspect (no new placements)",
+                          "{}"});
   Notify([id](StoreObserver& o) { o.OnHostDown(id); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
   // Its next heartbeat is written in full (state up).
@@ -1222,6 +1225,10 @@ Result<bool> Store::MarkHostFailed(const std::string& id) {
   VMG_ASSIGN_OR_RETURN(
       auto rows,
       Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?", {id}, ReadHost));
+  RecordEventLocked(Event{0, 0, "host.failed", "", id, "",
+                          "host " + (rows.empty() ? id : rows[0].name) +
+                              " declared failed: its VMs are recovered by their restart policy",
+                          "{}"});
   if (!rows.empty()) Notify([host = rows[0]](StoreObserver& o) { o.OnHost(host); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
   return true;
@@ -1237,6 +1244,8 @@ Status Store::ClearHostFailed(const std::string& id) {
       auto rows,
       Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?", {id}, ReadHost));
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "host '" + id + "' not found");
+  RecordEventLocked(Event{0, 0, "host.returned", "", id, "",
+                          "host " + rows[0].name + " is back; its stale VM copies are gone", "{}"});
   Notify([host = rows[0]](StoreObserver& o) { o.OnHost(host); });
   VMG_RETURN_IF_ERROR(CommitLocked(tx));
   // A heartbeat that changes nothing returns the host as last written.
@@ -1953,6 +1962,9 @@ Result<Vm> Store::RelocateVm(const std::string& id, const std::string& from,
                   "('host','host_cache')",
                   {host_id, id}));
     ++network_generation_;  // its NICs are planned on the new host
+    RecordEventLocked(Event{0, 0, "vm.recovered", id, host_id, vm.owner_id,
+                            "VM " + vm.name + " restarts on another host: " + note,
+                            nlohmann::json{{"from_host", from}, {"to_host", host_id}}.dump()});
     Notify([from](StoreObserver& o) { o.OnVmChanged(from); });
     Notify([host_id](StoreObserver& o) { o.OnVmChanged(host_id); });
     VMG_RETURN_IF_ERROR(CommitLocked(tx));

@@ -200,6 +200,37 @@ TEST_P(HostFailureServiceTest, SuspectThenFailedThenRecoveredByPolicy) {
   EXPECT_EQ(HostState("h1"), "up");
   auto again = index_.Rank({"img-1", 1, 256, 0, "spread", "", ""});
   EXPECT_EQ(std::count(again.begin(), again.end(), host_.id), 1);
+
+  // The event stream tells the story: suspect, failed, the recovery (for
+  // its owner too), the lost VMs, the return.
+  EventQuery all;
+  all.limit = 1000;
+  auto events = store_->ListEvents(all);
+  ASSERT_TRUE(events.ok()) << events.error().message;
+  std::vector<std::string> host_story;
+  std::set<std::string> failed_vms;
+  std::string all_kinds;
+  for (const Event& e : *events) {
+    all_kinds += e.kind + "@" + e.host_id + " ";
+    if (e.host_id == host_.id && e.kind.rfind("host.", 0) == 0) host_story.push_back(e.kind);
+    if (e.kind == "vm.failed") failed_vms.insert(e.vm_id);
+  }
+  EXPECT_EQ(host_story, (std::vector<std::string>{"host.up", "host.down", "host.failed", "host.up",
+                                                  "host.returned"}))
+      << all_kinds;
+  EXPECT_EQ(failed_vms, (std::set<std::string>{keep.id, lose.id, ws.id}));
+  EventQuery of_keep;
+  of_keep.vm_id = keep.id;
+  of_keep.owner = alice_.id;
+  of_keep.limit = 1000;
+  auto mine = store_->ListEvents(of_keep);
+  ASSERT_TRUE(mine.ok());
+  const Event* recovered = nullptr;
+  for (const Event& e : *mine)
+    if (e.kind == "vm.recovered") recovered = &e;
+  ASSERT_NE(recovered, nullptr) << "the owner sees the recovery";
+  EXPECT_EQ(recovered->host_id, host2_.id);
+  EXPECT_NE(recovered->message.find("host h1 failed"), std::string::npos) << recovered->message;
 }
 
 TEST_P(HostFailureServiceTest, AHeartbeatBeforeFailedAfterKeepsTheHost) {
