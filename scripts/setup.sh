@@ -20,6 +20,8 @@ PACKAGES=(
   libslirp-dev libglib2.0-dev
   # NBD peers used by tests
   libnbd-bin python3-libnbd
+  # tests/packaging_test.sh checks the systemd units with systemd-analyze
+  systemd
 )
 
 missing=()

@@ -34,7 +34,8 @@ inline std::string TinyImageDir() {
 inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
                                             std::vector<std::string> controller_args = {},
                                             bool tls = true, bool host_namespaces = false,
-                                            bool metrics = false) {
+                                            bool metrics = false,
+                                            const std::string& log_format = "text") {
   // A server may close a connection while we still send (e.g. a body it
   // refuses); that must be an error result, not a signal that kills the test.
   signal(SIGPIPE, SIG_IGN);
@@ -57,6 +58,7 @@ inline std::unique_ptr<LocalGrid> StartGrid(const std::string& name, int hosts,
   o.tls = tls;
   o.host_namespaces = host_namespaces;
   o.metrics = metrics;
+  o.log_format = log_format;
   auto grid = std::make_unique<LocalGrid>(o);
   Status st = grid->Start();
   EXPECT_TRUE(st.ok()) << st.error().message;

@@ -2,7 +2,8 @@
 // controller with short failure settings, two agents and tiny guests.
 // A partitioned agent (SIGSTOP) has its VM paused by its lease fence, the VM
 // is recovered on the other host, and when the agent resumes its stale copy
-// is destroyed; the old and new QEMUs are never both running. An agent killed
+// is destroyed; the old and new QEMUs are never both running, and a VM with
+// restart policy never beside it is not fenced. An agent killed
 // with its QEMUs (kill -9) has its on-host-failure VM restarted on the other
 // host and its never VM marked error.
 #include <gtest/gtest.h>
@@ -91,6 +92,15 @@ TEST_F(HostFailureGridTest, PartitionFencesThenRecoversAndKillRecoversByPolicy) 
   const int old_i = IndexOf(old_host);
   const int old_qemu = LiveQemuOn(*grid_, old_i, part_id);
   ASSERT_GT(old_qemu, 0);
+  // Beside it a VM that is never restarted elsewhere: it cannot run twice,
+  // so the fence lets it run through the partition.
+  json stay = CreateVm(alice, {{"image", image}, {"name", "stay"}, {"policy", "pack"}});
+  ASSERT_EQ(stay.value("state", ""), "running") << stay.dump();
+  ASSERT_EQ(stay["host"], old_host) << "pack puts it beside part";
+  const int stay_qemu = LiveQemuOn(*grid_, old_i, stay["id"].get<std::string>());
+  ASSERT_GT(stay_qemu, 0);
+  // A heartbeat has reported it (a guarded VM's pid reaches the fence then).
+  std::this_thread::sleep_for(seconds(3));
   const pid_t agent = grid_->agent_pid(old_i);
   ASSERT_GT(agent, 0);
   ASSERT_EQ(kill(agent, SIGSTOP), 0);
@@ -105,6 +115,7 @@ TEST_F(HostFailureGridTest, PartitionFencesThenRecoversAndKillRecoversByPolicy) 
   EXPECT_NE(moved.value("error", "").find("host " + old_host + " failed"), std::string::npos)
       << moved.dump();
   EXPECT_EQ(ProcState(old_qemu), 'T') << "the old copy is fenced (stopped) while the new runs";
+  EXPECT_TRUE(Runs(stay_qemu)) << "a VM with restart policy never is not fenced";
   auto hosts = admin.Get("/v1/hosts/" + old_host);
   ASSERT_TRUE(hosts.ok());
   EXPECT_EQ((*hosts)["state"], "failed") << hosts->dump();

@@ -1,12 +1,18 @@
 // /metrics of every role of a real grid (docs/operations.md): after one VM
 // boots, each endpoint parses under the text format's rules
 // (common/metrics_text.h) and shows the series an operator needs, with sane
-// values; no VM's name or id appears in any of them.
+// values; no VM's name or id appears in any of them. Every metric the shipped
+// Grafana dashboard queries is among them, and with `--log-format json` every
+// role's log is one JSON object per line.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <regex>
+#include <sstream>
+
 #include "common/metrics.h"
 #include "common/metrics_text.h"
+#include "common/util.h"
 #include "tests/grid_fixture.h"
 
 namespace vmgrid {
@@ -32,7 +38,7 @@ metrics::ParsedExposition Scrape(const std::string& url, const std::vector<std::
 
 TEST(MetricsGridTest, EveryRoleServesParsableMetrics) {
   auto grid = StartGrid("metrics", 1, {}, /*tls=*/true, /*host_namespaces=*/false,
-                        /*metrics=*/true);
+                        /*metrics=*/true, /*log_format=*/"json");
   ASSERT_TRUE(grid);
   ApiClient api = grid->Admin();
   ImportTiny(api, "tiny", false);
@@ -67,7 +73,45 @@ TEST(MetricsGridTest, EveryRoleServesParsableMetrics) {
   EXPECT_GT(s.Sum("vmgrid_image_server_served_bytes_total"), 0);
   EXPECT_GT(s.Sum("vmgrid_chunk_store_chunks"), 0);
 
+  // The dashboard operators import (packaging/grafana) queries only series
+  // that exist: a renamed metric would leave a panel silently empty.
+  auto dashboard =
+      ReadFile(std::string(VMGRID_SOURCE_DIR) + "/packaging/grafana/vmgrid-dashboard.json");
+  ASSERT_TRUE(dashboard.ok());
+  json dash = json::parse(*dashboard);
+  int queried = 0;
+  const std::regex metric_name("vmgrid_[a-z0-9_]+");
+  for (const auto& panel : dash.at("panels")) {
+    for (const auto& target : panel.value("targets", json::array())) {
+      const std::string expr = target.at("expr");
+      for (std::sregex_iterator m(expr.begin(), expr.end(), metric_name), end; m != end; ++m) {
+        const std::string name = m->str();
+        EXPECT_TRUE(c.Has(name) || a.Has(name) || s.Has(name))
+            << "the dashboard's panel '" << panel.value("title", "") << "' queries " << name
+            << ", which no role serves";
+        ++queried;
+      }
+    }
+  }
+  EXPECT_GT(queried, 10);
+
   DeleteVm(api, vm["id"]);
+  // `vmgrid dev --log-format json` reaches every role it starts.
+  for (const char* file : {"controller.log", "image-server.log", "host-1.log"}) {
+    auto text = ReadFile(grid->log_dir() + "/" + file);
+    ASSERT_TRUE(text.ok()) << file;
+    // The roles still run: a line being written has no newline yet.
+    std::istringstream lines(text->substr(0, text->rfind('\n') + 1));
+    int n = 0;
+    for (std::string line; std::getline(lines, line);) {
+      if (line.empty()) continue;
+      json entry = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      EXPECT_TRUE(entry.is_object() && entry.contains("msg") && entry.contains("level"))
+          << file << ": " << line;
+      ++n;
+    }
+    EXPECT_GT(n, 0) << file;
+  }
   StopGrid(grid);
 }
 

@@ -314,6 +314,10 @@ void Agent::HeartbeatLoop() {
 void Agent::UpdateFencePids(const std::vector<VmStatus>& vms) {
   std::map<std::string, pid_t> seen;
   for (const auto& v : vms) {
+    // A VM that is never restarted elsewhere cannot run twice: a host cut
+    // off from the controller lets it run on. Every other VM (the policy
+    // unknown included, a spec from before it was sent) is guarded.
+    if (v.restart == "never") continue;
     // The QEMU's own pid file (what it runs as now); else the pid the
     // runner reported; else the last one seen (an operation in flight).
     pid_t pid = 0;
@@ -341,12 +345,14 @@ void Agent::ApplyHeartbeatReply(const nlohmann::json& j,
   }
   if (reply->lease_ms > 0) fence_->Renew(sent, reply->lease_ms);
   // VMs that are no longer ours (recovered elsewhere while we were cut
-  // off): destroyed before anything resumes.
+  // off, or deleted while we were away): destroyed before anything resumes.
   for (const auto& id : reply->stale_vms) {
     // event: stale_vm_destroyed (id)
     Status st = runner_->Destroy(id, /*purge_workspace=*/false);
-    spdlog::warn("VM {} runs elsewhere now (this host was declared failed): destroying this copy{}",
-                 id, st.ok() ? "" : ": " + st.error().message);
+    spdlog::warn(
+        "VM {} is no longer this host's (recovered elsewhere while this host was declared "
+        "failed, or deleted while it was away): destroying this copy{}",
+        id, st.ok() ? "" : ": " + st.error().message);
     fence_pids_.erase(id);
   }
   if (!reply->stale_vms.empty()) {

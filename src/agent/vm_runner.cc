@@ -321,6 +321,7 @@ VmStatus VmRunner::StatusOf(const Vm& vm) const {
   s.error = vm.error;
   s.has_checkpoint = vm.has_checkpoint;
   s.ready_ms = vm.ready_ms;
+  s.restart = vm.spec.restart;
   return s;
 }
 
@@ -1229,6 +1230,10 @@ Status VmRunner::Recover() {
   VMG_RETURN_IF_ERROR(MakeDirs(root, 0755));
   std::error_code ec;
   bool legacy_nbd = false;
+  // QEMUs whose VM directory is gone (removed by an agent that could not
+  // stop them first) belong to no VM: nothing could ever stop them.
+  for (const std::string& id : KillOrphanQemus(root, seconds(5)))
+    if (cgroups_) cgroups_->Remove(id);
   for (const auto& entry : fs::directory_iterator(root, ec)) {
     if (!entry.is_directory()) continue;
     std::string id = entry.path().filename().string();
@@ -1243,8 +1248,15 @@ Status VmRunner::Recover() {
     std::string state = state_json.is_object() ? state_json.value("state", "") : "";
     if (!spec.ok() || state.empty() || state == "creating" || state == "deleting") {
       // An interrupted create or delete: finish it. A create is only complete
-      // once it is running, so nothing of value is lost.
-      if (auto q = QemuProcess::Adopt(dir + "/run", seconds(2)); q.ok()) (void)(*q)->Kill();
+      // once it is running, so nothing of value is lost. Its QEMU is found by
+      // its command line, not through QMP: one still starting, or stopped by
+      // the lease fence, does not answer QMP, and one whose pid file is not
+      // written yet has none; either would run on unrecorded once its
+      // directory is gone (docs/vm-lifecycle.md, "After a crash").
+      if (int n = KillQemusForRunDir(dir + "/run", seconds(5)); n > 0)
+        spdlog::info("recover: killed {} QEMU process(es) of interrupted {} of {}", n,
+                     state.empty() ? "create" : state, id);
+      if (cgroups_) cgroups_->Remove(id);
       if (spec.ok() && state_json.is_object() && state_json.value("created_workspace", false) &&
           state == "creating")
         unlink(spec->workspace_path.c_str());

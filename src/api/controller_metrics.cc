@@ -25,7 +25,12 @@ ControllerMetrics::ControllerMetrics(metrics::Registry& r)
           r.AddHistogram("vmgrid_migration_downtime_seconds",
                          "Guest downtime of successful live migrations (QEMU's figure).",
                          {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10})
-              .With({})) {}
+              .With({})) {
+  // Both outcomes exist from the start (at 0), so that a rate or increase
+  // over them (a dashboard panel, an alert) has a series before the first
+  // migration.
+  for (const char* outcome : {"ok", "error"}) migrations.With({outcome});
+}
 
 std::string OutcomeLabel(const Status& result) {
   if (result.ok()) return "ok";

@@ -5,7 +5,6 @@
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
-#include <iostream>
 
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"
@@ -70,7 +69,6 @@ int RunImageServer(const ImageServerOptions& options) {
     if (!started.ok()) return fail(started.error().message);
     metrics_server = std::move(*started);
   }
-  std::cout << server.url() << std::endl;
   WaitForTermination();
   metrics_server.reset();
   spdlog::info("image server stopping");

@@ -274,7 +274,8 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
     auto* d =
         t.Leaf(&t.app, "dev", "Run a controller and N agents on this machine (development)", [&] {
           if (s.dev.exit_after_demo) s.dev.demo = true;
-          return Launch(t.ctx, roles.dev, s.dev, "dev");
+          s.dev.log_format = s.log_format;
+          return Launch(t.ctx, roles.dev, s.dev, "dev", s.log_format);
         });
     d->group("Server roles");
     d->add_option("--hosts", s.dev.hosts, "Number of simulated hosts")
@@ -288,6 +289,7 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
     d->add_flag("--exit-after-demo", s.dev.exit_after_demo,
                 "Exit when the demo is done (implies --demo)");
     d->add_flag("--keep-vms", s.dev.keep_vms, "Keep the demo's VMs at exit");
+    log_flag(d);  // also passed to every process the grid starts
   }
 }
 

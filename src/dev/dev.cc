@@ -131,6 +131,7 @@ int RunDev(const DevOptions& options) {
   go.state_dir = options.state_dir;
   go.port = options.port;
   go.hosts = options.hosts;
+  go.log_format = options.log_format;
   LocalGrid grid(go);
   std::printf("==> starting a local grid: controller on %s and %d agent(s), state in %s\n",
               grid.url().c_str(), options.hosts, options.state_dir.c_str());

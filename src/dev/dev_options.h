@@ -25,6 +25,8 @@ struct DevOptions {
   bool exit_after_demo = false;
   // Leave the demo's VMs running/existing at exit instead of deleting them.
   bool keep_vms = false;
+  // --log-format of `vmgrid dev` itself and of every process it starts.
+  std::string log_format = "text";
 };
 
 // The role's entry point: runs until SIGTERM/SIGINT; returns the process

@@ -127,6 +127,12 @@ std::vector<std::string> LocalGrid::TlsArgs(const std::string& role) const {
           "--ca",       ca_file()};
 }
 
+std::vector<std::string> LocalGrid::RoleArgs(const std::string& role) const {
+  std::vector<std::string> args = TlsArgs(role);
+  args.insert(args.end(), {"--log-format", options_.log_format});
+  return args;
+}
+
 Status LocalGrid::StartImageServer(milliseconds timeout) {
   if (!options_.image_server) return Status::Ok();
   VMG_RETURN_IF_ERROR(EnsurePki());
@@ -142,7 +148,7 @@ Status LocalGrid::StartImageServer(milliseconds timeout) {
       image_server_dir(),
       "--token-file",
       image_server_token_file()};
-  for (auto& a : TlsArgs("image-server")) argv.push_back(a);
+  for (auto& a : RoleArgs("image-server")) argv.push_back(a);
   if (options_.metrics)
     argv.insert(argv.end(), {"--metrics-listen", image_server_metrics_url().substr(7)});
   VMG_ASSIGN_OR_RETURN(image_server_, ChildProcess::Spawn(argv, log_dir() + "/image-server.log"));
@@ -197,7 +203,7 @@ Status LocalGrid::StartController(milliseconds timeout) {
                                    "127.0.0.1:" + std::to_string(options_.port),
                                    "--state-dir",
                                    controller_state_dir()};
-  for (auto& a : TlsArgs("controller")) argv.push_back(a);
+  for (auto& a : RoleArgs("controller")) argv.push_back(a);
   if (options_.image_server)
     argv.insert(argv.end(), {"--image-server", image_server_url(), "--image-server-token-file",
                              image_server_token_file()});
@@ -238,7 +244,7 @@ Status LocalGrid::StartAgent(int index, milliseconds timeout) {
       name,
       // Without an image server the controller names image files by path.
       "--image-dir", controller_state_dir() + "/images"};
-  for (auto& a : TlsArgs(name)) argv.push_back(a);
+  for (auto& a : RoleArgs(name)) argv.push_back(a);
   if (options_.host_vcpus > 0)
     argv.insert(argv.end(), {"--vcpus", std::to_string(options_.host_vcpus)});
   if (options_.host_memory_mb > 0)

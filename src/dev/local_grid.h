@@ -46,6 +46,8 @@ struct LocalGridOptions {
   // Every role serves Prometheus metrics (--metrics-listen, plain HTTP) on
   // a port of its own; see the *_metrics_url accessors.
   bool metrics = false;
+  // --log-format of every role started (common/log_format.h): text or json.
+  std::string log_format = "text";
 };
 
 class LocalGrid {
@@ -85,6 +87,8 @@ class LocalGrid {
   std::string ca_file() const { return options_.tls ? tls_dir() + "/ca.pem" : ""; }
   // The command-line flags with which `role` (a PKI name) serves.
   std::vector<std::string> TlsArgs(const std::string& role) const;
+  // TlsArgs plus the flags every role started by the grid shares (--log-format).
+  std::vector<std::string> RoleArgs(const std::string& role) const;
   int hosts() const { return options_.hosts; }
   // The namespaces (host_namespaces on), else nullptr.
   HostNamespaces* namespaces() const { return netns_.get(); }

@@ -87,8 +87,9 @@ struct HeartbeatReply {
   // lease (controllers that predate it): the agent never fences.
   int64_t lease_ms = 0;
   // VMs this host runs that are no longer its own (recovered elsewhere or
-  // declared failed while the host was away): the agent destroys them
-  // before it resumes anything (docs/host-failure.md).
+  // declared failed while the host was away, or with no record at all for
+  // a minute): the agent destroys them before it resumes anything
+  // (docs/host-failure.md, docs/vm-lifecycle.md "After a crash").
   std::vector<std::string> stale_vms = {};
 };
 nlohmann::json ToJson(const HeartbeatReply& r);

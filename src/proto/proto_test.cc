@@ -41,6 +41,7 @@ VmSpec FullSpec() {
   s.blobs = {{"disk", Blob("img-1-disk", 1)},
              {"ckpt_memory", Blob("img-1-ckpt-memory", 2)},
              {"ckpt_disk", Blob("img-1-ckpt-disk", 3)}};
+  s.restart = "on-host-failure";
   return s;
 }
 
@@ -67,6 +68,7 @@ TEST(VmSpecTest, DefaultsAndStrictness) {
   EXPECT_EQ(s->memory_mb, 256);
   EXPECT_EQ(s->start, "boot");
   EXPECT_EQ(s->image.format, "raw");
+  EXPECT_EQ(s->restart, "") << "a spec from before the policy was sent: unknown (fenced)";
   json j = ToJson(FullSpec());
   for (auto [field, value] :
        std::initializer_list<std::pair<const char*, json>>{{"surprise", 1},
@@ -75,6 +77,8 @@ TEST(VmSpecTest, DefaultsAndStrictness) {
                                                            {"memory_mb", 16},
                                                            {"disk_mode", "shared"},
                                                            {"start", "later"},
+                                                           {"restart", "always"},
+                                                           {"restart", true},
                                                            {"id", "../x"},
                                                            {"image", "disk"}}) {
     json bad = j;
@@ -95,7 +99,7 @@ TEST(VmSpecTest, DefaultsAndStrictness) {
 }
 
 TEST(VmStatusTest, RoundTripsAndIgnoresNewFields) {
-  VmStatus s{"vm-1", "user-1", "web", "running", "", 4242, 2, 512, true, 830};
+  VmStatus s{"vm-1", "user-1", "web", "running", "", 4242, 2, 512, true, 830, "never"};
   auto back = VmStatusFromJson(Wire(ToJson(s)));
   ASSERT_TRUE(back.ok()) << back.error().message;
   EXPECT_EQ(*back, s);
@@ -113,8 +117,8 @@ TEST(HostReportTest, RoundTrips) {
   r.name = "h1";
   r.url = "https://127.0.0.1:7000";
   r.capacity = {8, 16384, 100000, 1 << 30, 1 << 29, true, "site-1", "net-1", "x86_64"};
-  r.vms = {VmStatus{"vm-1", "u", "a", "running", "", 1, 1, 256, false, 10},
-           VmStatus{"vm-2", "u", "b", "stopped", "boom", 0, 2, 512, true, 0}};
+  r.vms = {VmStatus{"vm-1", "u", "a", "running", "", 1, 1, 256, false, 10, "on-host-failure"},
+           VmStatus{"vm-2", "u", "b", "stopped", "boom", 0, 2, 512, true, 0, ""}};
   r.images = {{"exports", json::array({{{"name", "img-1-disk"}}})}};
   auto back = HostReportFromJson(Wire(ToJson(r)));
   ASSERT_TRUE(back.ok()) << back.error().message;

@@ -44,7 +44,8 @@ json ToJson(const VmSpec& s) {
           {"start", s.start},
           {"checkpoint_dir", s.checkpoint_dir},
           {"blobs", BlobsJson(s.blobs)},
-          {"nics", NicsJson(s.nics)}};
+          {"nics", NicsJson(s.nics)},
+          {"restart", s.restart}};
 }
 
 Result<VmSpec> VmSpecFromJson(const json& j) {
@@ -63,6 +64,10 @@ Result<VmSpec> VmSpecFromJson(const json& j) {
   VMG_ASSIGN_OR_RETURN(s.workspace_path, f.String("workspace_path", false));
   VMG_ASSIGN_OR_RETURN(s.start, f.Enum("start", {"boot", "resume"}, "boot"));
   VMG_ASSIGN_OR_RETURN(s.checkpoint_dir, f.String("checkpoint_dir", false));
+  VMG_ASSIGN_OR_RETURN(s.restart, f.String("restart", false));
+  if (!s.restart.empty() && s.restart != "never" && s.restart != "on-host-failure")
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "field 'restart' is '" + s.restart + "'; it must be never or on-host-failure");
   if (auto b = j.find("blobs"); b != j.end()) {
     VMG_ASSIGN_OR_RETURN(s.blobs, BlobsFromJson(*b));
   }

@@ -55,13 +55,19 @@ struct VmSpec {
   // One NIC per virtual network, in order (proto/network_plan.h); older
   // spec.json files have none.
   std::vector<NicSpec> nics;
+  // The VM's restart policy, "never" or "on-host-failure" ("" in specs
+  // written before it was sent). Only a VM that may be restarted elsewhere
+  // can run twice, so the agent's lease fence stops every VM whose policy
+  // is not "never" (docs/host-failure.md, "Fencing").
+  std::string restart;
   bool operator==(const VmSpec&) const = default;
 };
 
 // The fields a VM spec may hold (anything else is refused).
 inline constexpr const char* kVmSpecFields[] = {
-    "id",    "name",           "owner_id", "vcpus",          "memory_mb", "disk_mode",
-    "image", "workspace_path", "start",    "checkpoint_dir", "blobs",     "nics"};
+    "id",        "name",  "owner_id",       "vcpus", "memory_mb",
+    "disk_mode", "image", "workspace_path", "start", "checkpoint_dir",
+    "blobs",     "nics",  "restart"};
 
 nlohmann::json ToJson(const VmSpec& spec);
 // Strict: unknown fields, wrong types and out-of-range values are errors

@@ -16,7 +16,8 @@ json ToJson(const VmStatus& s) {
           {"vcpus", s.vcpus},
           {"memory_mb", s.memory_mb},
           {"has_checkpoint", s.has_checkpoint},
-          {"ready_ms", s.ready_ms}};
+          {"ready_ms", s.ready_ms},
+          {"restart", s.restart}};
 }
 
 Result<VmStatus> VmStatusFromJson(const json& j) {
@@ -35,6 +36,7 @@ Result<VmStatus> VmStatusFromJson(const json& j) {
   VMG_ASSIGN_OR_RETURN(s.memory_mb, f.Int("memory_mb", 0, 0, int64_t{1} << 32));
   VMG_ASSIGN_OR_RETURN(s.has_checkpoint, f.Bool("has_checkpoint", false));
   VMG_ASSIGN_OR_RETURN(s.ready_ms, f.Int("ready_ms", 0, 0, int64_t{1} << 53));
+  VMG_ASSIGN_OR_RETURN(s.restart, f.String("restart", false));
   if (s.id.empty()) return MakeError(ErrorCode::kInvalidArgument, "VM status without an id");
   return s;
 }

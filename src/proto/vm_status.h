@@ -24,6 +24,8 @@ struct VmStatus {
   int64_t memory_mb = 0;
   bool has_checkpoint = false;
   int64_t ready_ms = 0;  // duration of the last create/resume until the guest agent answered
+  std::string
+      restart;  // the spec's restart policy ("" unknown): the lease fence guards all but "never"
   bool operator==(const VmStatus&) const = default;
 };
 

@@ -26,6 +26,7 @@ SimVmTable::Entry SimVmTable::NewEntry(const VmSpec& spec, const std::string& st
   Entry e;
   e.status.id = spec.id;
   e.status.owner_id = spec.owner_id;
+  e.status.restart = spec.restart;
   e.status.name = spec.name;
   e.status.state = state;
   e.status.vcpus = spec.vcpus;

@@ -118,9 +118,9 @@ char ProcState(pid_t pid) {
   return stat[paren + 2];
 }
 
-// True if `pid` is a QEMU whose -pidfile lies in `run_dir`: guards against
-// acting on a recycled pid or on some unrelated process.
-bool IsQemuForRunDir(pid_t pid, const std::string& run_dir) {
+// The -pidfile argument of process `pid` if it is a QEMU (canonical path),
+// else "".
+std::string QemuPidfileOf(pid_t pid) {
   std::string raw = ReadProcFile("/proc/" + std::to_string(pid) + "/cmdline");
   std::vector<std::string> argv;
   for (size_t start = 0; start < raw.size();) {
@@ -130,17 +130,39 @@ bool IsQemuForRunDir(pid_t pid, const std::string& run_dir) {
     start = end + 1;
   }
   if (argv.empty() || fs::path(argv[0]).filename().string().find("qemu") == std::string::npos) {
-    return false;
+    return "";
   }
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] != "-pidfile") continue;
+    std::error_code ec;
+    fs::path got = fs::weakly_canonical(argv[i + 1], ec);
+    return ec ? "" : got.string();
+  }
+  return "";
+}
+
+// True if `pid` is a QEMU whose -pidfile lies in `run_dir`: guards against
+// acting on a recycled pid or on some unrelated process.
+bool IsQemuForRunDir(pid_t pid, const std::string& run_dir) {
   std::error_code ec;
   fs::path want = fs::weakly_canonical(RunPath(run_dir, kPidFileName), ec);
   if (ec) return false;
-  for (size_t i = 0; i + 1 < argv.size(); ++i) {
-    if (argv[i] != "-pidfile") continue;
-    fs::path got = fs::weakly_canonical(argv[i + 1], ec);
-    if (!ec && got == want) return true;
+  std::string got = QemuPidfileOf(pid);
+  return !got.empty() && got == want.string();
+}
+
+// Every live QEMU process of this machine with its -pidfile (canonical).
+std::vector<std::pair<pid_t, std::string>> QemuProcesses() {
+  std::vector<std::pair<pid_t, std::string>> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (std::string pidfile = QemuPidfileOf(pid); !pidfile.empty())
+      out.emplace_back(pid, std::move(pidfile));
   }
-  return false;
+  return out;
 }
 
 bool ExitedNoPidfd(pid_t pid) {
@@ -655,6 +677,41 @@ Result<std::unique_ptr<QemuProcess>> QemuProcess::Launch(const QemuConfig& confi
   spdlog::info("launched qemu pid {} for {} in {}{}", pid, cfg.vm_id, run,
                cred.drop ? " as uid " + std::to_string(cred.uid) : std::string());
   return std::unique_ptr<QemuProcess>(new QemuProcess(run, pid, std::move(pidfd), std::move(qmp)));
+}
+
+int KillQemusForRunDir(const std::string& run_dir, milliseconds timeout) {
+  std::error_code ec;
+  const std::string want = fs::weakly_canonical(RunPath(Absolute(run_dir), kPidFileName), ec);
+  if (ec) return 0;
+  std::vector<pid_t> killed;
+  for (const auto& [pid, pidfile] : QemuProcesses())
+    if (pidfile == want && ::kill(pid, SIGKILL) == 0) killed.push_back(pid);
+  // SIGKILL also ends a stopped process; init reaps them (not our children).
+  const Deadline deadline = DeadlineAfter(timeout);
+  for (pid_t pid : killed)
+    while (!ExitedNoPidfd(pid) && Clock::now() < deadline)
+      std::this_thread::sleep_for(milliseconds(10));
+  return static_cast<int>(killed.size());
+}
+
+std::vector<std::string> KillOrphanQemus(const std::string& vms_root, milliseconds timeout) {
+  std::error_code ec;
+  const fs::path root = fs::weakly_canonical(Absolute(vms_root), ec);
+  if (ec) return {};
+  const std::string prefix = root.string() + "/";
+  std::vector<std::string> orphans;
+  for (const auto& [pid, pidfile] : QemuProcesses()) {
+    if (!pidfile.starts_with(prefix)) continue;
+    // ROOT/ID/run/qemu.pid: the VM's directory is gone.
+    const std::string id =
+        pidfile.substr(prefix.size(), pidfile.find('/', prefix.size()) - prefix.size());
+    if (id.empty() || fs::exists(root / id, ec)) continue;
+    spdlog::warn("killing QEMU pid {} of VM {}: its directory {} is gone", pid, id,
+                 (root / id).string());
+    (void)KillQemusForRunDir((root / id / "run").string(), timeout);
+    orphans.push_back(id);
+  }
+  return orphans;
 }
 
 Result<std::unique_ptr<QemuProcess>> QemuProcess::Adopt(const std::string& run_dir,

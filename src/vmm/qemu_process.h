@@ -163,4 +163,17 @@ class QemuProcess {
   std::unique_ptr<QmpClient> qmp_;
 };
 
+// Kills (SIGKILL) every QEMU started for `run_dir`, found in /proc by its
+// -pidfile argument: also one whose pid file is not written yet, whose QMP
+// does not answer (still starting, or stopped by a lease fence) or whose pid
+// file is gone. Waits up to `timeout` for them to exit; returns how many it
+// killed. For leftovers of interrupted creates and deletes (agent Recover).
+int KillQemusForRunDir(const std::string& run_dir, std::chrono::milliseconds timeout);
+
+// Kills every QEMU whose -pidfile lies under `vms_root`/ID/ while the
+// directory `vms_root`/ID does not exist (a VM whose files were removed while
+// its QEMU ran on: no agent can manage it any more). Returns the VM ids.
+std::vector<std::string> KillOrphanQemus(const std::string& vms_root,
+                                         std::chrono::milliseconds timeout);
+
 }  // namespace vmgrid

@@ -156,6 +156,41 @@ TEST_F(QemuProcessTest, DestructorLeavesQemuRunning) {
   EXPECT_FALSE((*adopted)->Alive());
 }
 
+// The leftovers of an interrupted create: a QEMU that answers no QMP (here
+// stopped, as a lease fence leaves it) and has lost its pid file is still
+// found by its command line and killed; a QEMU of another run directory is not.
+TEST_F(QemuProcessTest, KillQemusForRunDirNeedsNeitherQmpNorPidFile) {
+  const std::string vms = dir_.path() + "/vms";
+  auto target = QemuProcess::Launch(BareConfig(vms + "/a/run", "a"), kLaunchTimeout);
+  auto bystander = QemuProcess::Launch(BareConfig(vms + "/b/run", "b"), kLaunchTimeout);
+  ASSERT_TRUE(target.ok()) << target.error().message;
+  ASSERT_TRUE(bystander.ok()) << bystander.error().message;
+  const pid_t pid = (*target)->pid(), other = (*bystander)->pid();
+  ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+  ASSERT_EQ(::unlink((vms + "/a/run/qemu.pid").c_str()), 0);
+  EXPECT_FALSE(QemuProcess::Adopt(vms + "/a/run", milliseconds(500)).ok());
+  EXPECT_EQ(KillQemusForRunDir(vms + "/a/run", milliseconds(5000)), 1);
+  EXPECT_FALSE(ProcessLive(pid));
+  EXPECT_TRUE(ProcessLive(other));
+  EXPECT_EQ(KillQemusForRunDir(vms + "/a/run", milliseconds(5000)), 0) << "nothing left";
+}
+
+// A QEMU whose VM directory was removed under it is an orphan; one whose
+// directory exists is not.
+TEST_F(QemuProcessTest, KillOrphanQemusKillsOnlyThoseWithoutTheirDirectory) {
+  const std::string vms = dir_.path() + "/vms";
+  auto orphan = QemuProcess::Launch(BareConfig(vms + "/gone/run", "gone"), kLaunchTimeout);
+  auto kept = QemuProcess::Launch(BareConfig(vms + "/kept/run", "kept"), kLaunchTimeout);
+  ASSERT_TRUE(orphan.ok()) << orphan.error().message;
+  ASSERT_TRUE(kept.ok()) << kept.error().message;
+  const pid_t pid = (*orphan)->pid(), other = (*kept)->pid();
+  std::filesystem::remove_all(vms + "/gone");
+  EXPECT_EQ(KillOrphanQemus(vms, milliseconds(5000)), std::vector<std::string>{"gone"});
+  EXPECT_FALSE(ProcessLive(pid));
+  EXPECT_TRUE(ProcessLive(other));
+  EXPECT_TRUE(KillOrphanQemus(vms, milliseconds(5000)).empty());
+}
+
 TEST_F(QemuProcessTest, SecondLaunchAndBusyAdoptAreRefused) {
   auto q = QemuProcess::Launch(BareConfig(RunDir(), "one"), kLaunchTimeout);
   ASSERT_TRUE(q.ok()) << q.error().message;

@@ -17,6 +17,7 @@ Result<VmSpec> AgentVmSpec(const Vm& vm, const Image& image, const std::string& 
   spec.image = ImageService::AgentImageFiles(image);
   spec.workspace_path = workspace_path;
   spec.start = vm.start;
+  spec.restart = vm.restart;
   VMG_ASSIGN_OR_RETURN(spec.blobs, ImageService::AgentBlobs(image, image_checkpoint));
   auto nics = networks.VmNicSpecs(vm.id);
   if (!nics.ok()) return nics.error().Wrap("reading the VM's network cards");

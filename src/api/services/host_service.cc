@@ -115,8 +115,9 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
     auto it = reconciled_.find(host.id);
     same = it != reconciled_.end() && it->second == std::make_pair(digest, version) && version != 0;
   }
+  std::vector<std::string> unrecorded;
   if (!same) {
-    bool clean = Reconcile(host, own, clock_.NowMs()) && renewal.stale_vms.empty();
+    bool clean = Reconcile(host, own, clock_.NowMs(), &unrecorded) && renewal.stale_vms.empty();
     std::lock_guard<std::mutex> l(mu_);
     if (clean)
       reconciled_[host.id] = {digest, version};
@@ -131,6 +132,7 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
   HeartbeatReply reply{host.id, std::nullopt};
   reply.lease_ms = renewal.lease_ms;
   reply.stale_vms = std::move(renewal.stale_vms);
+  reply.stale_vms.insert(reply.stale_vms.end(), unrecorded.begin(), unrecorded.end());
   // Without its plan a host keeps the last one it had: say nothing rather
   // than something wrong.
   if (auto plan = NetworkPlanFor(host); plan.ok())
@@ -210,7 +212,7 @@ void HostService::NoteHostImages(const std::string& host_id, const json& report)
 }
 
 bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& reported,
-                            int64_t received_ms) {
+                            int64_t received_ms, std::vector<std::string>* destroy) {
   std::map<std::string, VmStatus> by_id;
   for (const auto& v : reported) by_id[v.id] = v;
   auto records = store_.ListVmsOnHost(host.id);
@@ -266,10 +268,37 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
       failed_writes_.Count(store_.UpdateVm(vm), "recording VM " + vm.id + "'s state");
     }
   }
-  for (const auto& [id, v] : by_id)
-    if (!store_.GetVm(id, "").ok() && !IsImageCheckpointVm(id))
-      spdlog::warn("reconcile: host {} runs VM {} that has no record here; leaving it alone",
-                   host.name, id);
+  // What is left runs on the host without a record here. A record on
+  // another host is that host's business (a failed host's stale copies are
+  // HostFailureService's); a VM with no record at all holds memory outside
+  // any reservation, and nothing would ever stop it.
+  std::map<std::string, int64_t> unrecorded;
+  for (const auto& [id, v] : by_id) {
+    if (IsImageCheckpointVm(id) || in_flight_(id)) continue;
+    auto record = store_.GetVm(id, "");
+    if (!record.ok() && record.error().code == ErrorCode::kNotFound) unrecorded[id] = received_ms;
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto& seen = unrecorded_[host.id];
+    for (auto& [id, first] : unrecorded)
+      if (auto it = seen.find(id); it != seen.end()) first = it->second;
+    seen = unrecorded;  // a VM no longer reported is forgotten
+    if (seen.empty()) unrecorded_.erase(host.id);
+  }
+  for (const auto& [id, first] : unrecorded) {
+    clean = false;  // looked at again at every heartbeat until it is gone
+    if (received_ms - first >= kUnrecordedGraceMs && destroy) {
+      spdlog::warn("reconcile: host {} runs VM {} that has had no record for {} s: destroying it",
+                   host.name, id, (received_ms - first) / 1000);
+      destroy->push_back(id);
+    } else if (first == received_ms) {
+      spdlog::warn(
+          "reconcile: host {} runs VM {} that has no record; it is destroyed if it still "
+          "has none in {} s",
+          host.name, id, kUnrecordedGraceMs / 1000);
+    }
+  }
   return clean;
 }
 

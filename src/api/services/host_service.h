@@ -57,9 +57,18 @@ class HostService {
   // Brings the records of `host`'s VMs in line with what its agent reports
   // (received at `received_ms`): the agent is the authority on what runs,
   // the controller on what should. Records changed in the last 5 s and VMs
-  // with an operation in flight are left alone. Returns whether the records
-  // matched the report with nothing left to do.
-  bool Reconcile(const Host& host, const std::vector<VmStatus>& reported, int64_t received_ms);
+  // with an operation in flight are left alone. A VM the host runs that has
+  // no record at all (deleted while the host was cut off) and has stayed so
+  // for kUnrecordedGraceMs is added to `destroy` (the heartbeat answer's
+  // stale_vms: the agent destroys it, keeping a workspace file); until then
+  // it is only logged. Returns whether the records matched the report with
+  // nothing left to do.
+  bool Reconcile(const Host& host, const std::vector<VmStatus>& reported, int64_t received_ms,
+                 std::vector<std::string>* destroy = nullptr);
+  // How long a VM must run unrecorded before its host is told to destroy it
+  // (a margin for records written by another controller in flight, and for
+  // clocks: the grace counts on this controller's clock from the first report).
+  static constexpr int64_t kUnrecordedGraceMs = 60'000;
 
   // An agent's URL: http(s)://HOST:PORT[/PATH]; with TLS, plain HTTP only on
   // loopback (a controller serving TLS never sends an agent token in the
@@ -113,6 +122,9 @@ class HostService {
   // Per host: the last report that matched the records, and the records'
   // version then (CapacityIndex::VmVersion).
   std::map<std::string, std::pair<size_t, uint64_t>> reconciled_;  // guarded by mu_
+  // Per host: VMs it reports that have no record, and when each was first
+  // reported so (this controller's clock).
+  std::map<std::string, std::map<std::string, int64_t>> unrecorded_;  // guarded by mu_
   FailedWrites failed_writes_;
   struct CachedPlan {
     int64_t generation = 0;

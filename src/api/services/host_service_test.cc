@@ -162,6 +162,57 @@ TEST_P(HostServiceTest, ReconcileWaitsWhileTheAgentIsBusyAndIsCleanWhenAllMatch)
   EXPECT_TRUE(hosts_->Reconcile(host_, {Status(a.id, "running")}, clock_.NowMs()));
 }
 
+// A VM the host runs with no record at all (deleted while the host was cut
+// off) would hold memory outside any reservation forever: after a minute
+// without a record, the heartbeat answer tells the host to destroy it. A VM
+// whose record is on another host, or whose operation is in flight, is not
+// touched, so a host cannot get another host's VM destroyed by reporting it.
+TEST_P(HostServiceTest, AVmWithoutRecordIsDestroyedAfterAGracePeriod) {
+  auto h2 = store_->HeartbeatHost("h2", "http://127.0.0.2:1", HostCapacity{8, 8192, 10000, false});
+  ASSERT_TRUE(h2.ok()) << h2.error().message;
+  Vm mine = AddVm("mine", "running");
+  clock_.Advance(10'000);
+  const std::vector<VmStatus> report = {Status(mine.id, "running"), Status("vm-ghost", "running"),
+                                        Status("vm-busy", "running")};
+  in_flight_.insert("vm-busy");
+  std::vector<std::string> destroy;
+  EXPECT_FALSE(hosts_->Reconcile(host_, report, clock_.NowMs(), &destroy))
+      << "looked at again at the next heartbeat";
+  EXPECT_TRUE(destroy.empty()) << "not before the grace period";
+  clock_.Advance(HostService::kUnrecordedGraceMs - 1000);
+  EXPECT_FALSE(hosts_->Reconcile(host_, report, clock_.NowMs(), &destroy));
+  EXPECT_TRUE(destroy.empty());
+  clock_.Advance(1000);
+  EXPECT_FALSE(hosts_->Reconcile(host_, report, clock_.NowMs(), &destroy));
+  EXPECT_EQ(destroy, std::vector<std::string>{"vm-ghost"});
+  EXPECT_EQ(StateOf(mine.id), "running");
+
+  // Gone from the report: forgotten; reported again, the grace starts over.
+  destroy.clear();
+  EXPECT_TRUE(hosts_->Reconcile(host_, {Status(mine.id, "running")}, clock_.NowMs(), &destroy));
+  EXPECT_FALSE(hosts_->Reconcile(host_, report, clock_.NowMs(), &destroy));
+  EXPECT_TRUE(destroy.empty());
+
+  // Another host reports our VM: its record is here, so it is not destroyed.
+  clock_.Advance(HostService::kUnrecordedGraceMs);
+  hosts_->Reconcile(*h2, {Status(mine.id, "running")}, clock_.NowMs(), &destroy);
+  clock_.Advance(HostService::kUnrecordedGraceMs);
+  hosts_->Reconcile(*h2, {Status(mine.id, "running")}, clock_.NowMs(), &destroy);
+  EXPECT_TRUE(destroy.empty());
+  EXPECT_EQ(StateOf(mine.id), "running");
+}
+
+// Through the heartbeat: the answer's stale_vms carries it.
+TEST_P(HostServiceTest, TheHeartbeatAnswerNamesAnUnrecordedVmAfterTheGrace) {
+  auto first = hosts_->Heartbeat("h1", Report({Status("vm-ghost", "running")}), kPeer);
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_TRUE(first->stale_vms.empty());
+  clock_.Advance(HostService::kUnrecordedGraceMs);
+  auto later = hosts_->Heartbeat("h1", Report({Status("vm-ghost", "running")}), kPeer);
+  ASSERT_TRUE(later.ok()) << later.error().message;
+  EXPECT_EQ(later->stale_vms, std::vector<std::string>{"vm-ghost"});
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, HostServiceTest, testing_db::Backends(),
                          testing_db::BackendName);
 
