@@ -37,7 +37,7 @@ bool InCi() {
 }
 
 // Runs argv with `env` added; returns its exit code (-1 if it could not run).
-int Run(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
+int RunCommand(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
   pid_t pid = fork();
   if (pid == 0) {
     for (const auto& e : env) putenv(const_cast<char*>(e.c_str()));
@@ -61,7 +61,7 @@ TEST(PortalBrowserTest, UserDrivesThePortalInChromium) {
     missing = chromium + " (Debian package chromium; scripts/setup.sh installs it)";
   else if (!std::filesystem::exists(ui_dir + "/node_modules/playwright-core"))
     missing = "tests/ui/node_modules/playwright-core (scripts/setup.sh runs npm ci there)";
-  else if (Run({"node", "--version"}, {}) != 0)
+  else if (RunCommand({"node", "--version"}, {}) != 0)
     missing = "node (Debian package nodejs)";
   if (!missing.empty()) {
     if (InCi()) FAIL() << "the portal's browser test needs " << missing;
@@ -82,10 +82,10 @@ TEST(PortalBrowserTest, UserDrivesThePortalInChromium) {
   const std::string shots =
       Env("VMGRID_UI_SCREENSHOTS", std::string(VMGRID_BINARY_DIR) + "/ui-screenshots");
   std::filesystem::create_directories(shots);
-  int rc = Run({"node", ui_dir + "/portal_test.mjs"},
-               {"VMGRID_URL=" + grid->url(), "VMGRID_ALICE_TOKEN=" + alice,
-                "VMGRID_ADMIN_TOKEN=" + grid->admin_token(), "VMGRID_OTHER_VM=bob-secret-vm",
-                "VMGRID_CHROMIUM=" + chromium, "VMGRID_UI_SCREENSHOTS=" + shots});
+  int rc = RunCommand({"node", ui_dir + "/portal_test.mjs"},
+                      {"VMGRID_URL=" + grid->url(), "VMGRID_ALICE_TOKEN=" + alice,
+                       "VMGRID_ADMIN_TOKEN=" + grid->admin_token(), "VMGRID_OTHER_VM=bob-secret-vm",
+                       "VMGRID_CHROMIUM=" + chromium, "VMGRID_UI_SCREENSHOTS=" + shots});
   EXPECT_EQ(rc, 0) << "tests/ui/portal_test.mjs failed (its output is above; screenshots in "
                    << shots << ")";
   StopGrid(grid);

@@ -56,10 +56,12 @@ TEST(UiAssetsTest, NoInlineScriptAndNoHtmlFromStrings) {
       EXPECT_FALSE(std::regex_search(body, handler_attr)) << a.name;
       EXPECT_EQ(body.find("style="), std::string::npos) << a.name;
     }
-    if (a.name.ends_with(".js"))
+    if (a.name.ends_with(".js")) {
       for (const char* sink : {"innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
-                               "eval(", "new Function", "javascript:"})
+                               "eval(", "new Function", "javascript:"}) {
         EXPECT_EQ(body.find(sink), std::string::npos) << a.name << " uses " << sink;
+      }
+    }
   }
 }
 

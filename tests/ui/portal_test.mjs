@@ -5,7 +5,7 @@
 //   VMGRID_UI_SCREENSHOTS (where the screenshots go).
 // Exits 0 when every check held; prints what failed otherwise.
 import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -20,13 +20,13 @@ const t0 = Date.now();
 function log(msg) { console.log(`[portal ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`); }
 function check(cond, msg) { if (!cond) throw new Error(`check failed: ${msg}`); }
 
-const profile = mkdtempSync(join(tmpdir(), 'vmgrid-chromium-'));
+const profile = mkdtempSync(join(tmpdir(), 'vmgrid-portal-test-'));  // files to upload
 const browser = await chromium.launch({
   executablePath: process.env.VMGRID_CHROMIUM || '/usr/bin/chromium',
   headless: true,
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    `--user-data-dir=${profile}`],
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  // (Playwright gives the browser a fresh, empty profile of its own.)
 });
 const errors = [];
 let failed = false;
@@ -101,7 +101,21 @@ try {
   for (const [name, heading] of [['images', 'Images'], ['hosts', 'Hosts'], ['queries', 'Queries'], ['networks', 'Networks']]) {
     await page.getByRole('navigation', { name: 'Pages' }).getByRole('link', { name: heading === 'Hosts' ? 'Hosts' : heading }).click();
     await page.getByRole('heading', { level: 1, name: heading }).waitFor();
-    if (name === 'images') await page.locator('tr[data-image="tiny"]').waitFor();
+    if (name === 'images') {
+      await page.locator('tr[data-image="tiny"]').waitFor();
+      // Upload a small raw disk of alice's own: progress bar, finalize, ready.
+      const disk = join(profile, 'alice-disk.raw');
+      const bytes = Buffer.alloc(4 << 20);
+      bytes[510] = 0x55;  // a boot sector's signature: a disk without a kernel must have one
+      bytes[511] = 0xaa;
+      writeFileSync(disk, bytes);
+      await page.getByLabel('Name', { exact: true }).fill('alice-disk');
+      await page.getByLabel('Disk file').setInputFiles(disk);
+      await page.getByRole('button', { name: 'Upload image' }).click();
+      await page.locator('#img-progress-text').getByText('alice-disk is ready.').waitFor({ timeout: 60000 });
+      check(await page.locator('#img-progress').evaluate((p) => p.value) === 100, 'progress bar at 100');
+      await page.locator('tr[data-image="alice-disk"]').getByText('ready').waitFor();
+    }
     if (name === 'hosts') await page.locator('.host .bar').first().waitFor();
     if (name === 'queries') {
       await page.getByRole('button', { name: 'Run query' }).click();

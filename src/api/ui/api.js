@@ -19,6 +19,8 @@ export class ApiError extends Error {
 }
 
 export async function api(method, path, body, opts = {}) {
+  // Signed out meanwhile (a refresh still running): send nothing.
+  if (!session.token) throw new ApiError(0, 'signed_out', 'signed out');
   const headers = { Authorization: `Bearer ${session.token}` };
   const init = { method, headers, cache: 'no-store', signal: opts.signal };
   if (body !== undefined) {

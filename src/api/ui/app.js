@@ -34,6 +34,7 @@ export function say(text, kind = 'info') {
 }
 
 export function report(err) {
+  if (err instanceof ApiError && err.code === 'signed_out') return;
   if (err instanceof ApiError && err.status === 401) {
     signOut('Your token was refused; sign in again.');
     return;

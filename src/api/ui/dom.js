@@ -1,5 +1,5 @@
 // DOM helpers. Every value that comes from the API reaches the page through
-// textContent or a DOM property, never through innerHTML (docs/portal.md,
+// textContent or a DOM property, never through an HTML parser (docs/portal.md,
 // "Security"): h() takes children as nodes or strings, and strings become
 // text nodes.
 

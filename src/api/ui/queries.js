@@ -34,18 +34,18 @@ export function mount(root, ctx) {
     inputs[id] = h('input', { id: `set-${id}`, autocomplete: 'off', ...attrs });
     return h('label', { class: 'field', for: `set-${id}` }, h('span', {}, label), inputs[id]);
   };
-  const fromSel = h('select', { id: 'set-from' }, VIEWS.map((v) => h('option', { value: v, selected: v === 'vms' }, v)));
+  const fromSel = h('select', { id: 'set-from' }, VIEWS.map((v) => h('option', { value: v, selected: v === 'hosts' }, v)));
   const setOut = h('div', { id: 'set-result', 'aria-live': 'polite' });
   const setForm = h('form', { class: 'card form-grid', 'aria-labelledby': 'set-title' },
     h('h2', { id: 'set-title' }, 'Set operator'),
     h('p', { class: 'hint wide' }, 'Sets of SIZE distinct rows of FROM sharing the value of SAME whose SUM column totals between MIN and MAX.'),
     h('label', { class: 'field', for: 'set-from' }, h('span', {}, 'From'), fromSel),
-    mk('size', 'Size', { type: 'number', min: 1, value: 2 }),
-    mk('same', 'Same', { value: 'network' }),
-    mk('sum', 'Sum', { value: 'memory_mb' }),
-    mk('min', 'Min', { type: 'number', value: 0 }),
-    mk('max', 'Max', { type: 'number', value: 4096 }),
-    mk('where', 'Where (optional)', { placeholder: "state = 'running'" }),
+    mk('size', 'Size', { type: 'number', min: 1, max: 64, value: 1 }),
+    mk('same', 'Same', { value: 'site' }),
+    mk('sum', 'Sum', { value: 'free_vcpus' }),
+    mk('min', 'Min', { type: 'number', value: 1 }),
+    mk('max', 'Max', { type: 'number', value: 1024 }),
+    mk('where', 'Where (optional)', { placeholder: "state = 'up'" }),
     mk('max_sets', 'Max sets', { type: 'number', min: 1, value: 5 }),
     h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Find sets')),
     setOut);

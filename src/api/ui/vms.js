@@ -19,7 +19,7 @@ export function mount(root, ctx) {
 
   // --- create form ---
   const imageSel = h('select', { id: 'vm-image', required: true });
-  const nameIn = h('input', { id: 'vm-name', placeholder: 'optional', autocomplete: 'off', pattern: '[A-Za-z0-9][A-Za-z0-9._-]*' });
+  const nameIn = h('input', { id: 'vm-name', placeholder: 'optional', autocomplete: 'off' });
   const vcpusIn = h('input', { id: 'vm-vcpus', type: 'number', min: 1, max: 64, value: 1 });
   const memIn = h('input', { id: 'vm-memory', type: 'number', min: 64, step: 64, value: 256 });
   const startSel = h('select', { id: 'vm-start' }, h('option', { value: 'boot' }, 'boot'), h('option', { value: 'resume' }, 'resume (post-boot checkpoint)'));
@@ -214,7 +214,8 @@ export function mount(root, ctx) {
 
   async function refresh() {
     await loadChoices();
-    const list = ctx.live.vms || (await get('/v1/vms')).vms || [];
+    const list = (await get('/v1/vms')).vms || [];
+    ctx.live.vms = list;
     renderList(list);
     if (selected) renderDetail();
     lineChart(chartEl, ctx.live.samples, [
