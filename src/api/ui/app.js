@@ -28,9 +28,13 @@ export const live = {
   samples: JSON.parse(sessionStorage.getItem('vmgrid.samples') || '[]'),
 };
 
+let sayTimer = null;
 export function say(text, kind = 'info') {
   statusEl.className = `status ${kind}`;
   statusEl.textContent = text;
+  // Progress notes fade after a while; errors stay until the next message.
+  if (sayTimer) clearTimeout(sayTimer);
+  sayTimer = kind === 'error' ? null : setTimeout(() => { statusEl.textContent = ''; }, 8000);
 }
 
 export function report(err) {
@@ -108,6 +112,7 @@ function route() {
     if (a.dataset.page === page) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
+  say('');
   const root = h('section', { class: 'page', 'aria-labelledby': `${page}-title` });
   fill(main, root);
   current = { name: page, page: PAGES[page].mount(root, { live, say, report, user: session.user }) };
