@@ -55,7 +55,7 @@ try {
   check((headers['content-security-policy'] || '').includes("default-src 'self'"), 'CSP header');
   await page.getByLabel('API token').waitFor();
   await shot('signin');
-  // Keyboard: the first Tab reaches the skip link, typing and Enter sign in.
+  // Keyboard: type the token into the focused field and press Enter.
   await page.getByLabel('API token').focus();
   await page.keyboard.type(alice);
   await page.keyboard.press('Enter');
