@@ -22,6 +22,9 @@ PACKAGES=(
   libnbd-bin python3-libnbd
   # tests/packaging_test.sh checks the systemd units with systemd-analyze
   systemd
+  # the portal's browser test (tests/portal_browser_test.cc): headless Chromium,
+  # driven from Node.js by playwright-core (installed below)
+  chromium
 )
 
 missing=()
@@ -42,5 +45,20 @@ fi
 if [ "$(id -u)" -eq 0 ] && ! getent passwd vmgrid-qemu >/dev/null; then
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vmgrid-qemu
   echo "setup: created system user vmgrid-qemu"
+fi
+# The browser test's driver, pinned by tests/ui/package-lock.json, into
+# tests/ui/node_modules (playwright-core only: it downloads no browser and
+# drives Debian's /usr/bin/chromium). Node.js from Debian when the machine
+# has none; `npm ci` again only when the lock file changed.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "setup: installing nodejs npm"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+UI_DIR="$(cd "$(dirname "$0")/../tests/ui" && pwd)"
+LOCK_SUM=$(sha256sum "$UI_DIR/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$UI_DIR/node_modules/.vmgrid-lock" 2>/dev/null)" != "$LOCK_SUM" ]; then
+  echo "setup: npm ci in tests/ui (playwright-core for the portal's browser test)"
+  (cd "$UI_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$LOCK_SUM" >"$UI_DIR/node_modules/.vmgrid-lock"
 fi
 echo "setup: all dependencies present"

@@ -32,6 +32,7 @@
 #include "api/services/vm_create_service.h"
 #include "api/services/vm_service.h"
 #include "api/services/workspace_service.h"
+#include "api/ui_routes.h"
 #include "chunks/chunk_client.h"
 #include "client/api_client.h"
 #include "common/http_json.h"
@@ -397,6 +398,11 @@ void Controller::InstallRoutes() {
   s.Get("/v1/openapi.json", Timed("GET", "/v1/openapi.json", [](const Req&, Res& res) {
           res.set_content(std::string(kOpenApiJson), "application/json");
         }));
+  // The web portal (docs/portal.md): static files, no token; not part of
+  // the REST API's table (installed on the server, not the recorder).
+  InstallUiRoutes(server, [this](const std::string& pattern, httplib::Server::Handler h) {
+    return Timed("GET", pattern, std::move(h));
+  });
   // Users.
   InstallUserRoutes(routes, *users_);
 
