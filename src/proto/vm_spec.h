@@ -16,6 +16,7 @@
 
 #include "common/result.h"
 #include "proto/blob_ref.h"
+#include "proto/durable_workspace.h"
 #include "proto/network_plan.h"
 
 namespace vmgrid {
@@ -55,13 +56,19 @@ struct VmSpec {
   // One NIC per virtual network, in order (proto/network_plan.h); older
   // spec.json files have none.
   std::vector<NicSpec> nics;
+  // Persistent disks with durable workspaces (proto/durable_workspace.h):
+  // where to push versions; older spec.json files have none (no pushes).
+  // blobs["workspace"], when present, is the version a missing workspace
+  // file is made from (a restart on another host).
+  DurableSpec durable = {};
   bool operator==(const VmSpec&) const = default;
 };
 
 // The fields a VM spec may hold (anything else is refused).
 inline constexpr const char* kVmSpecFields[] = {
-    "id",    "name",           "owner_id", "vcpus",          "memory_mb", "disk_mode",
-    "image", "workspace_path", "start",    "checkpoint_dir", "blobs",     "nics"};
+    "id",        "name",  "owner_id",       "vcpus", "memory_mb",
+    "disk_mode", "image", "workspace_path", "start", "checkpoint_dir",
+    "blobs",     "nics",  "durable"};
 
 nlohmann::json ToJson(const VmSpec& spec);
 // Strict: unknown fields, wrong types and out-of-range values are errors

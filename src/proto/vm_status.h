@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/result.h"
+#include "proto/durable_workspace.h"
 
 namespace vmgrid {
 
@@ -24,6 +25,8 @@ struct VmStatus {
   int64_t memory_mb = 0;
   bool has_checkpoint = false;
   int64_t ready_ms = 0;  // duration of the last create/resume until the guest agent answered
+  // A persistent VM's latest durable version pushed by this host (empty: none).
+  DurableVersion durable = {};
   bool operator==(const VmStatus&) const = default;
 };
 
