@@ -120,6 +120,7 @@ Agent::~Agent() {
   Shutdown();
   if (server_thread_.joinable()) server_thread_.join();
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+  if (durable_thread_.joinable()) durable_thread_.join();
 }
 
 HostCapacityReport Agent::Capacity() const {
@@ -239,6 +240,15 @@ Status Agent::Start() {
   controller_ = std::make_unique<ApiClient>(options_.controller_url, host_token_, co);
   VMG_ASSIGN_OR_RETURN(fence_, LeaseFence::Start());
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
+  // Interval pushes of durable workspaces (docs/vm-lifecycle.md): off the
+  // heartbeat thread, which must never wait for an upload.
+  if (images_)
+    durable_thread_ = std::thread([this] {
+      while (!stop_) {
+        runner_->PushDueWorkspaces();
+        for (int i = 0; i < 50 && !stop_; ++i) std::this_thread::sleep_for(milliseconds(100));
+      }
+    });
   spdlog::info("agent {} serving at {} (QEMU runs as '{}', KVM {})", options_.name, url_,
                options_.runas.empty() ? "self" : options_.runas,
                KvmUsableBy("qemu-system-x86_64") ? "yes" : "no");

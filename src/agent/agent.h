@@ -90,6 +90,7 @@ class Agent : public AgentHost {
   std::unique_ptr<LeaseFence> fence_;
   std::map<std::string, pid_t> fence_pids_;  // VM id -> QEMU pid last seen; heartbeat thread
   std::thread server_thread_, heartbeat_thread_;
+  std::thread durable_thread_;  // interval pushes of durable workspaces
   std::atomic<bool> stop_{false};
 };
 

@@ -74,7 +74,7 @@ std::shared_ptr<std::mutex> HostImages::LockFor(const std::string& key) {
   return m;
 }
 
-Result<Manifest> HostImages::GetManifest(const BlobRef& ref) {
+Result<Manifest> HostImages::GetManifest(const BlobRef& ref, const std::string& grant) {
   // Published versions are immutable: a local copy (checked against the
   // digest the controller recorded) is as good as the server's.
   std::string path = options_.state_dir + "/manifests/" + ref.digest + ".json";
@@ -87,7 +87,7 @@ Result<Manifest> HostImages::GetManifest(const BlobRef& ref) {
     spdlog::warn("host images: discarding corrupt local manifest {}", path);
     unlink(path.c_str());
   }
-  VMG_ASSIGN_OR_RETURN(Manifest m, client_->GetManifest(ref.name, ref.version, ref.digest));
+  VMG_ASSIGN_OR_RETURN(Manifest m, client_->GetManifest(ref.name, ref.version, ref.digest, grant));
   if (m.size != ref.size)
     return MakeError(ErrorCode::kInternal,
                      "manifest " + ref.name + "/" + std::to_string(ref.version) + " has " +
@@ -421,8 +421,8 @@ Result<std::string> HostImages::MaterializeCheckpoint(const BlobRef& memory, con
   return dir;
 }
 
-Status HostImages::CopyTo(const BlobRef& ref, const std::string& path) {
-  VMG_ASSIGN_OR_RETURN(Manifest m, GetManifest(ref));
+Status HostImages::CopyTo(const BlobRef& ref, const std::string& path, const std::string& grant) {
+  VMG_ASSIGN_OR_RETURN(Manifest m, GetManifest(ref, grant));
   // Pinned while copying: a chunk fetched by Warm must still be there when
   // WriteImageFile reads it.
   std::string pin = "copy:" + path;
@@ -452,6 +452,40 @@ Result<BlobRef> HostImages::Push(const std::string& path, const std::string& nam
                m.size >> 20,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   return BlobRef{m.name, m.version, m.Digest(), m.size};
+}
+
+Result<DurableVersion> HostImages::PushWorkspace(const std::string& raw_path,
+                                                 const DurableSpec& durable,
+                                                 const std::string& trigger, int64_t time_ms) {
+  auto started = std::chrono::steady_clock::now();
+  ChunkClient::UploadCounts counts;
+  auto m = client_->UploadImageFile(raw_path, durable.name, kDefaultChunkSize, nullptr,
+                                    durable.grant, &counts);
+  if (!m.ok()) {
+    push_failures_++;
+    return m.error().Wrap("pushing workspace " + durable.name);
+  }
+  pushes_++;
+  push_chunks_ += counts.chunks;
+  push_chunks_sent_ += counts.chunks_sent;
+  push_bytes_sent_ += counts.bytes_sent;
+  spdlog::info(
+      "host images: pushed workspace {} v{} ({}): {} of {} chunks sent ({} KiB) in {:.2f} s",
+      durable.name, m->version, trigger, counts.chunks_sent, counts.chunks, counts.bytes_sent >> 10,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  DurableVersion v;
+  v.ref = BlobRef{m->name, m->version, m->Digest(), m->size};
+  v.time_ms = time_ms;
+  v.chunks = counts.chunks;
+  v.chunks_sent = counts.chunks_sent;
+  v.bytes_sent = counts.bytes_sent;
+  v.trigger = trigger;
+  return v;
+}
+
+HostImages::PushCounters HostImages::push_counters() const {
+  return PushCounters{pushes_.load(), push_failures_.load(), push_chunks_.load(),
+                      push_chunks_sent_.load(), push_bytes_sent_.load()};
 }
 
 HostImages::Counters HostImages::counters() const {
@@ -493,6 +527,12 @@ json HostImages::StatsJson() const {
                 {"bytes_fetched", cl.bytes_fetched},
                 {"refetches", cl.refetches}}},
               {"prefetch", {{"runs", all.prefetch_runs}, {"chunks", all.prefetched_chunks}}},
+              {"workspace_pushes",
+               {{"pushes", pushes_.load()},
+                {"failures", push_failures_.load()},
+                {"chunks", push_chunks_.load()},
+                {"chunks_sent", push_chunks_sent_.load()},
+                {"bytes_sent", push_bytes_sent_.load()}}},
               {"nbd",
                {{"connections", n.active_connections},
                 {"requests", n.requests},

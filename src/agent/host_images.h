@@ -49,6 +49,7 @@
 #include "common/result.h"
 #include "nbd/nbd_server.h"
 #include "proto/blob_ref.h"
+#include "proto/durable_workspace.h"
 
 namespace vmgrid {
 
@@ -122,9 +123,21 @@ class HostImages {
                                             const std::string& backing, const std::string& kind);
   // Writes all of `ref` to `path` (sparse raw), fetching missing chunks in
   // parallel batches first; progress is logged and shown in StatsJson.
-  Status CopyTo(const BlobRef& ref, const std::string& path);
+  // `grant`: a workspace grant, for a durable workspace version.
+  Status CopyTo(const BlobRef& ref, const std::string& path, const std::string& grant = "");
   // Uploads a local raw file as a new version of `name`.
   Result<BlobRef> Push(const std::string& path, const std::string& name);
+  // Uploads the raw contents of a persistent workspace as a new durable
+  // version of `durable.name` with its grant: only the chunks the image
+  // server lacks travel (the previous version's and the image's are there).
+  // On failure nothing is published (chunks sent stay, unreferenced).
+  Result<DurableVersion> PushWorkspace(const std::string& raw_path, const DurableSpec& durable,
+                                       const std::string& trigger, int64_t time_ms);
+  // Durable pushes so far and the chunks and bytes they sent.
+  struct PushCounters {
+    uint64_t pushes = 0, failures = 0, chunks = 0, chunks_sent = 0, bytes_sent = 0;
+  };
+  PushCounters push_counters() const;
 
   // Cache, client and NBD counters, transfers in progress, exported digests.
   nlohmann::json StatsJson() const;
@@ -153,7 +166,7 @@ class HostImages {
   Result<std::shared_ptr<ManifestBlockSource>> ExportFor(const BlobRef& disk,
                                                          const std::string& user,
                                                          const std::string& mode);
-  Result<Manifest> GetManifest(const BlobRef& ref);
+  Result<Manifest> GetManifest(const BlobRef& ref, const std::string& grant = "");
   // Fetches every missing chunk of `m` in parallel batches; `what` names the
   // transfer in logs and StatsJson.
   Status Warm(const Manifest& m, const std::string& what);
@@ -183,6 +196,8 @@ class HostImages {
       prefetchers_;  // guarded by mu_; finished ones are joined by the next start
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> prefetched_chunks_{0}, prefetch_runs_{0};
+  std::atomic<uint64_t> pushes_{0}, push_failures_{0}, push_chunks_{0}, push_chunks_sent_{0},
+      push_bytes_sent_{0};
 };
 
 }  // namespace vmgrid

@@ -51,6 +51,15 @@ struct VmRunner::Vm {
   // "incoming" (a PrepareIncoming'd target, state creating), "outgoing"
   // (MigrateOut running), "migrated-out" (source paused until confirmed).
   std::string migration;
+  // The latest durable version this host pushed of a persistent workspace
+  // (state.json "durable"), and why the last push failed ("" if it did not).
+  DurableVersion durable;
+  std::string durable_error;
+  int64_t next_push_ms = 0;  // steady clock: when an interval push is due (0: not set yet)
+
+  // Serializes durable pushes of this VM, so versions are published in the
+  // order their copies were taken. Taken before op_mu only with try_lock.
+  std::mutex push_mu;
 
   // Guarded by op_mu.
   std::unique_ptr<QemuProcess> qemu;
@@ -287,6 +296,7 @@ Status VmRunner::PersistState(Vm& vm) {
          {"disk_path", vm.disk_path},
          {"disk_format", vm.disk_format},
          {"migration", vm.migration}};
+    if (!vm.durable.empty()) j["durable"] = ToJson(vm.durable);
   }
   j["uid"] = vm.uid;
   j["gid"] = vm.gid;
@@ -322,6 +332,7 @@ VmStatus VmRunner::StatusOf(const Vm& vm) const {
   s.has_checkpoint = vm.has_checkpoint;
   s.ready_ms = vm.ready_ms;
   s.restart = vm.spec.restart;
+  s.durable = vm.durable;
   return s;
 }
 
@@ -412,7 +423,15 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
       VMG_RETURN_IF_ERROR(MakeDirs(fs::path(disk).parent_path().string(), 0755));
       std::string tmp = disk + ".partial";
       std::string src = s.image.disk, src_format = s.image.format;
-      if (s.start == "boot" && options_.images && s.blobs.count("disk")) {
+      if (s.start == "boot" && options_.images && s.blobs.count("workspace")) {
+        // A restart elsewhere (docs/host-failure.md): the workspace's latest
+        // durable version, fetched with this host's grant.
+        src = tmp + ".raw";
+        src_format = "raw";
+        if (Status c = options_.images->CopyTo(s.blobs.at("workspace"), src, s.durable.grant);
+            !c.ok())
+          return c.error().Wrap("workspace from its durable version");
+      } else if (s.start == "boot" && options_.images && s.blobs.count("disk")) {
         // A full local copy: all chunks in parallel batches (with progress),
         // then one local conversion, instead of QEMU reading the export serially.
         src = tmp + ".raw";
@@ -679,7 +698,95 @@ Result<VmStatus> VmRunner::Stop(const std::string& id) {
   // Once begun a stop does not fail: a QEMU that would not quit was killed.
   vm->Set(*t->success, st.ok() ? "" : "QEMU did not quit cleanly (details in the host's log)");
   PersistStateOrCount(*vm);
+  // QEMU is gone: the workspace file is consistent and nobody writes it.
+  PushDurable(*vm, vm->spec.workspace_path, "stop");
   return StatusOf(*vm);
+}
+
+void VmRunner::PushDurable(Vm& vm, const std::string& qcow2, const std::string& trigger) {
+  const VmSpec& s = vm.spec;
+  if (s.disk_mode != "persistent" || s.durable.empty() || !options_.images) return;
+  std::lock_guard<std::mutex> push(vm.push_mu);
+  PushDurableLocked(vm, qcow2, trigger, NowMs());
+}
+
+void VmRunner::PushDueWorkspaces() {
+  if (!options_.images) return;
+  std::vector<std::shared_ptr<Vm>> vms;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [id, vm] : vms_) vms.push_back(vm);
+  }
+  const int64_t now =
+      std::chrono::duration_cast<milliseconds>(Clock::now().time_since_epoch()).count();
+  for (auto& vm : vms) {
+    const VmSpec& s = vm->spec;
+    if (s.disk_mode != "persistent" || s.durable.empty() || s.durable.push_interval_s <= 0)
+      continue;
+    {
+      std::lock_guard<std::mutex> l(vm->status_mu);
+      if (vm->next_push_ms == 0) vm->next_push_ms = now + s.durable.push_interval_s * 1000;
+      if (now < vm->next_push_ms) continue;
+      vm->next_push_ms = now + s.durable.push_interval_s * 1000;
+    }
+    std::unique_lock<std::mutex> push(vm->push_mu, std::try_to_lock);
+    if (!push.owns_lock()) continue;
+    const std::string dir = VmDir(s.id) + "/durable-copy";
+    const int64_t at = NowMs();
+    Status st = Status::Ok();
+    {
+      // The VM's operations wait only for the copy's start (drive-backup
+      // copies before write: a point-in-time image while the guest runs).
+      std::unique_lock<std::mutex> op(vm->op_mu, std::try_to_lock);
+      if (!op.owns_lock()) continue;  // an operation runs: next round
+      RefreshLiveness(*vm);
+      if (vm->State() != VmState::kRunning || !vm->Migration().empty() || !vm->qemu) continue;
+      if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
+        (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
+      (void)RemoveTree(dir);
+      st = MakeDirs(dir, 0700);
+      if (st.ok()) st = ChownForQemu(*vm, dir);
+      if (st.ok())
+        st = BackupDiskTop(vm->qemu->qmp(), "disk0", dir + "/disk.qcow2", /*full=*/true,
+                           std::chrono::minutes(30));
+    }
+    if (st.ok()) {
+      PushDurableLocked(*vm, dir + "/disk.qcow2", "interval", at);
+    } else {
+      spdlog::warn("VM {}: copying its workspace for an interval push: {}", s.id,
+                   st.error().message);
+    }
+    (void)RemoveTree(dir);
+  }
+}
+
+void VmRunner::PushDurableLocked(Vm& vm, const std::string& qcow2, const std::string& trigger,
+                                 int64_t at) {
+  const VmSpec& s = vm.spec;
+  // The workspace's header is the guest's to choose once it owns QEMU: read
+  // as untrusted (no backing or data file, qemu-img unprivileged, via an fd).
+  const std::string dir = options_.state_dir + "/durable";
+  Status st = MakeDirs(dir, 0711);
+  const std::string raw = dir + "/" + s.id + ".raw";
+  if (st.ok()) st = ConvertUntrustedQcow2ToRaw(qcow2, raw, std::chrono::minutes(30));
+  Result<DurableVersion> v = st.ok() ? options_.images->PushWorkspace(raw, s.durable, trigger, at)
+                                     : Result<DurableVersion>(st.error());
+  unlink(raw.c_str());
+  if (!v.ok()) {
+    // The previous durable version stays the latest; the operation that
+    // triggered the push does not fail for it (the next push retries).
+    spdlog::warn("VM {}: durable push of workspace {} ({}) failed: {}", s.id, s.durable.name,
+                 trigger, v.error().message);
+    std::lock_guard<std::mutex> l(vm.status_mu);
+    vm.durable_error = RedactForUser(v.error().message);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> l(vm.status_mu);
+    vm.durable = *v;
+    vm.durable_error.clear();
+  }
+  PersistStateOrCount(vm);
 }
 
 Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir, bool shared) {
@@ -776,6 +883,9 @@ Result<VmStatus> VmRunner::Checkpoint(const std::string& id, bool leave_running)
     vm->Set(*t->success);
   }
   PersistStateOrCount(*vm);
+  // The checkpoint's disk is a full copy of the workspace at the checkpoint
+  // (drive-backup sync=full while paused): push it, the VM runs meanwhile.
+  PushDurable(*vm, target + "/disk.qcow2", "checkpoint");
   return StatusOf(*vm);
 }
 
@@ -1306,6 +1416,9 @@ Status VmRunner::Recover() {
     vm->has_checkpoint =
         state_json.value("has_checkpoint", false) && FileExists(dir + "/checkpoint/meta.json");
     vm->created_workspace = state_json.value("created_workspace", false);
+    if (auto d = state_json.find("durable"); d != state_json.end()) {
+      if (auto v = DurableVersionFromJson(*d); v.ok()) vm->durable = *v;
+    }
     if (state_json["ready_ms"].is_number_integer())
       vm->ready_ms = state_json["ready_ms"].get<int64_t>();
     vm->disk_path = state_json.value("disk_path", "");

@@ -87,6 +87,12 @@ class VmRunner : public VmDriver {
 
   Result<VmStatus> Create(const VmSpec& spec) override;
   Result<VmStatus> Stop(const std::string& id) override;
+  // Durable workspaces: pushes the workspace of every running persistent VM
+  // whose spec asks for interval pushes and whose last one is that old: a
+  // point-in-time copy (guest sync, then drive-backup sync=full while it
+  // runs), converted and pushed without holding up the VM's operations.
+  // Called periodically by the agent from a thread of its own.
+  void PushDueWorkspaces();
   Result<VmStatus> Checkpoint(const std::string& id, bool leave_running) override;
   // From suspended: restore the checkpoint. From stopped: boot the disk again.
   Result<VmStatus> Resume(const std::string& id) override;
@@ -192,6 +198,14 @@ class VmRunner : public VmDriver {
   void RefreshLiveness(Vm& vm);
   // `shared`: an image's checkpoint, readable by the QEMUs of its clones.
   Status SaveCheckpoint(Vm& vm, const std::string& target_dir, bool shared);
+  // Durable workspaces: pushes the persistent workspace `qcow2` (consistent:
+  // QEMU stopped, or a checkpoint's full copy) as a new version when the
+  // spec asks for it; records it in `vm` (status, state.json). A failure is
+  // logged and kept in the VM's durable_error; the caller's operation goes on.
+  void PushDurable(Vm& vm, const std::string& qcow2, const std::string& trigger);
+  // The same with vm.push_mu held by the caller; `at_ms`: when the copy was taken.
+  void PushDurableLocked(Vm& vm, const std::string& qcow2, const std::string& trigger,
+                         int64_t at_ms);
 
   const VmRunnerOptions options_;
   int qemu_uid_ = -1, qemu_gid_ = -1;

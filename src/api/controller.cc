@@ -182,6 +182,24 @@ Status Controller::Start() {
       [this](const Vm& vm, const std::string& note) { return vm_creates_->Recover(vm, note); });
   hosts_->SetFailureDetector(failures_.get());
   vm_creates_->set_metrics(metrics_.get());
+  if (!options_.image_server_grant_key_file.empty()) {
+    // Durable workspaces (docs/vm-lifecycle.md): the key of the image
+    // server's workspace grants; without an image server it means nothing.
+    if (!image_server_)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "--image-server-grant-key-file needs --image-server");
+    VMG_ASSIGN_OR_RETURN(std::string grant_key,
+                         ReadTokenFile(options_.image_server_grant_key_file));
+    if (grant_key.empty())
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the grant key file " + options_.image_server_grant_key_file + " is empty");
+    vm_creates_->set_durable(DurableOptions{grant_key, options_.workspace_push_interval_s});
+    migrations_->set_durable(DurableOptions{grant_key, options_.workspace_push_interval_s});
+    spdlog::info(
+        "durable workspaces on: persistent workspaces are pushed to the image server on "
+        "stop, checkpoint and every {} s",
+        options_.workspace_push_interval_s);
+  }
   migrations_->set_metrics(metrics_.get());
   AddMetricsCollectors();
   HttpServerLimits limits;

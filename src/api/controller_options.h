@@ -27,6 +27,12 @@ struct ControllerOptions {
   // from image_dir by path (one machine only).
   std::string image_server;
   std::string image_server_token_file;
+  // Durable workspaces (docs/vm-lifecycle.md): the image server's grant key
+  // (its DIR/grant.key). Empty: workspaces stay on their host only.
+  std::string image_server_grant_key_file{};
+  // Seconds between pushes of a running persistent VM's workspace (sent to
+  // agents in the VM spec); 0: only on stop and checkpoint.
+  int64_t workspace_push_interval_s = 600;
   // Admission (docs/api.md#limits): one user's share of the controller. Over
   // a limit the request is answered 429 with Retry-After.
   int max_requests_per_user = 16;  // requests of one user being handled at once

@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "chunks/chunk_batch.h"
+#include "chunks/workspace_grant.h"
 #include "client/api_client.h"
 #include "common/http_json.h"
 #include "common/tls.h"
@@ -83,7 +84,7 @@ std::unique_ptr<httplib::Client> ChunkClient::NewConnection() {
 
 Result<ChunkClient::Answer> ChunkClient::Call(const std::string& method, const std::string& path,
                                               std::string body, const std::string& content_type,
-                                              uint64_t max_answer_bytes) {
+                                              uint64_t max_answer_bytes, const std::string& grant) {
   Lease conn(*this);
   httplib::Request req;
   req.method = method;
@@ -91,6 +92,7 @@ Result<ChunkClient::Answer> ChunkClient::Call(const std::string& method, const s
   req.body = std::move(body);
   if (!content_type.empty()) req.set_header("Content-Type", content_type);
   if (!token_.empty()) req.set_header("Authorization", "Bearer " + token_);
+  if (!grant.empty()) req.set_header(kWorkspaceGrantHeader, grant);
   std::string received;
   bool too_big = false;
   req.response_handler = [&](const httplib::Response& r) {
@@ -143,9 +145,10 @@ Result<ChunkClient::Answer> ChunkClient::Call(const std::string& method, const s
                        " to " + method + " " + path.substr(0, 100));
 }
 
-Result<std::vector<ChunkClient::VersionInfo>> ChunkClient::ListVersions(const std::string& name) {
+Result<std::vector<ChunkClient::VersionInfo>> ChunkClient::ListVersions(const std::string& name,
+                                                                        const std::string& grant) {
   VMG_RETURN_IF_ERROR(ValidateName("image", name));
-  VMG_ASSIGN_OR_RETURN(Answer a, Call("GET", "/v1/manifests/" + name, "", "", 64 << 20));
+  VMG_ASSIGN_OR_RETURN(Answer a, Call("GET", "/v1/manifests/" + name, "", "", 64 << 20, grant));
   std::vector<VersionInfo> out;
   try {
     json j = json::parse(a.body);
@@ -165,11 +168,12 @@ Result<std::vector<ChunkClient::VersionInfo>> ChunkClient::ListVersions(const st
 }
 
 Result<Manifest> ChunkClient::GetManifest(const std::string& name, uint64_t version,
-                                          const std::string& expected_digest) {
+                                          const std::string& expected_digest,
+                                          const std::string& grant) {
   VMG_RETURN_IF_ERROR(ValidateName("image", name));
   std::string path =
       "/v1/manifests/" + name + "/" + (version == 0 ? "latest" : std::to_string(version));
-  VMG_ASSIGN_OR_RETURN(Answer a, Call("GET", path, "", "", kMaxManifestJsonBytes));
+  VMG_ASSIGN_OR_RETURN(Answer a, Call("GET", path, "", "", kMaxManifestJsonBytes, grant));
   auto m = ParseManifestJson(a.body);
   if (!m.ok()) return Protocol(base_url_, "manifest " + name + ": " + m.error().message);
   if (m->name != name || (version != 0 && m->version != version))
@@ -333,7 +337,8 @@ Status ChunkClient::PutChunk(const std::string& digest, std::string_view data) {
   return Status::Ok();
 }
 
-Result<Manifest> ChunkClient::Publish(const std::string& name, const Manifest& draft) {
+Result<Manifest> ChunkClient::Publish(const std::string& name, const Manifest& draft,
+                                      const std::string& grant) {
   VMG_RETURN_IF_ERROR(ValidateName("image", name));
   VMG_RETURN_IF_ERROR(ValidateManifest(draft, false));
   json body = {{"format", Manifest::kFormat},
@@ -341,7 +346,7 @@ Result<Manifest> ChunkClient::Publish(const std::string& name, const Manifest& d
                {"chunk_size", draft.chunk_size},
                {"chunks", draft.chunks}};
   VMG_ASSIGN_OR_RETURN(Answer a, Call("POST", "/v1/manifests/" + name, body.dump(),
-                                      "application/json", kMaxManifestJsonBytes));
+                                      "application/json", kMaxManifestJsonBytes, grant));
   auto m = ParseManifestJson(a.body);
   if (!m.ok()) return Protocol(base_url_, "published manifest: " + m.error().message);
   if (m->name != name || m->size != draft.size || m->chunk_size != draft.chunk_size ||
@@ -351,8 +356,8 @@ Result<Manifest> ChunkClient::Publish(const std::string& name, const Manifest& d
 }
 
 Result<Manifest> ChunkClient::UploadImageFile(const std::string& path, const std::string& name,
-                                              uint32_t chunk_size,
-                                              const ChunkProgressFn& progress) {
+                                              uint32_t chunk_size, const ChunkProgressFn& progress,
+                                              const std::string& grant, UploadCounts* counts) {
   VMG_RETURN_IF_ERROR(ValidateName("image", name));
   Manifest draft;
   draft.chunk_size = chunk_size;
@@ -370,6 +375,8 @@ Result<Manifest> ChunkClient::UploadImageFile(const std::string& path, const std
     if (c != kZeroChunk) nonzero.push_back(c);
   VMG_ASSIGN_OR_RETURN(auto missing_list, MissingChunks(nonzero));
   std::unordered_set<std::string> missing(missing_list.begin(), missing_list.end());
+  UploadCounts sent;
+  sent.chunks = nonzero.size();
   if (!missing.empty()) {
     VMG_RETURN_IF_ERROR(ForEachFileChunk(
         path, chunk_size,
@@ -382,11 +389,14 @@ Result<Manifest> ChunkClient::UploadImageFile(const std::string& path, const std
                              path + " changed while it was uploaded");
           VMG_RETURN_IF_ERROR(PutChunk(d, data));
           missing.erase(d);
+          sent.chunks_sent++;
+          sent.bytes_sent += data.size();
           return Status::Ok();
         },
         progress));
   }
-  return Publish(name, draft);
+  if (counts) *counts = sent;
+  return Publish(name, draft, grant);
 }
 
 ChunkClient::Stats ChunkClient::stats() const {

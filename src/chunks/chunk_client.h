@@ -63,13 +63,17 @@ class ChunkClient {
   ChunkClient(const ChunkClient&) = delete;
   ChunkClient& operator=(const ChunkClient&) = delete;
 
-  Result<std::vector<VersionInfo>> ListVersions(const std::string& name);
+  // `grant`: a workspace grant (chunks/workspace_grant.h), needed for
+  // workspace names ("ws-..."), sent with the manifest requests of the call.
+  Result<std::vector<VersionInfo>> ListVersions(const std::string& name,
+                                                const std::string& grant = "");
   // version 0 means the latest. The answer is parsed strictly
   // (ParseManifestJson: self-digest checked) and must be the requested
   // name/version; with a non-empty expected_digest (e.g. from the
   // controller's records) it must also have that digest.
   Result<Manifest> GetManifest(const std::string& name, uint64_t version,
-                               const std::string& expected_digest = "");
+                               const std::string& expected_digest = "",
+                               const std::string& grant = "");
 
   // One chunk, verified (refetched once on a mismatch).
   Result<std::string> FetchChunk(const std::string& digest);
@@ -96,13 +100,22 @@ class ChunkClient {
   Status PutChunk(const std::string& digest, std::string_view data);
   // Publishes a draft (size, chunk_size, chunks) as the next version of
   // `name`; all its chunks must be on the server.
-  Result<Manifest> Publish(const std::string& name, const Manifest& draft);
+  Result<Manifest> Publish(const std::string& name, const Manifest& draft,
+                           const std::string& grant = "");
+  // What one upload sent: the chunks the server lacked (only those travel).
+  struct UploadCounts {
+    uint64_t chunks = 0;       // non-zero chunks of the file
+    uint64_t chunks_sent = 0;  // of those, PUT because the server lacked them
+    uint64_t bytes_sent = 0;
+  };
   // Chunks a raw image file, uploads the chunks the server lacks and
   // publishes the result as a new version. Reads the file twice (hash, then
   // upload); fails with kFailedPrecondition if it changes in between.
-  // `progress` is called for both passes.
+  // `progress` is called for both passes; `counts` (optional) receives what
+  // travelled.
   Result<Manifest> UploadImageFile(const std::string& path, const std::string& name,
-                                   uint32_t chunk_size, const ChunkProgressFn& progress = nullptr);
+                                   uint32_t chunk_size, const ChunkProgressFn& progress = nullptr,
+                                   const std::string& grant = "", UploadCounts* counts = nullptr);
 
   Stats stats() const;
   const std::string& base_url() const { return base_url_; }
@@ -117,7 +130,8 @@ class ChunkClient {
   std::unique_ptr<httplib::Client> NewConnection();
   // One HTTP exchange on a pooled connection; non-2xx answers become errors.
   Result<Answer> Call(const std::string& method, const std::string& path, std::string body,
-                      const std::string& content_type, uint64_t max_answer_bytes);
+                      const std::string& content_type, uint64_t max_answer_bytes,
+                      const std::string& grant = "");
   // GETs the chunk up to `attempts` times until it verifies; every attempt
   // after the first, and the first too when `refetch`, counts as a refetch.
   Result<std::string> FetchSingle(const std::string& digest, int attempts, bool refetch);

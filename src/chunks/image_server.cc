@@ -11,8 +11,10 @@
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"
 #include "chunks/manifest.h"
+#include "chunks/workspace_grant.h"
 #include "common/http_json.h"
 #include "common/http_server.h"
+#include "common/util.h"
 
 namespace vmgrid {
 
@@ -48,6 +50,17 @@ uint64_t BodyLimitFor(const Req& req) {
       (req.method == "PUT" && req.path.rfind("/v1/prefetch/", 0) == 0))
     return kMaxManifestJsonBytes;
   return kMaxJsonBody;
+}
+
+// The image name a manifest or prefetch route is about ("" for other routes).
+std::string RouteImageName(const std::string& path) {
+  for (const char* prefix : {"/v1/manifests/", "/v1/prefetch/"}) {
+    std::string p = prefix;
+    if (path.rfind(p, 0) != 0) continue;
+    std::string rest = path.substr(p.size());
+    return rest.substr(0, rest.find('/'));
+  }
+  return "";
 }
 
 Result<json> ParseLargeJsonObject(const std::string& body) {
@@ -107,6 +120,7 @@ ImageServer::Stats ImageServer::stats() const {
   s.bytes_uploaded = bytes_uploaded_;
   s.manifests_published = manifests_published_;
   s.auth_failures = auth_failures_;
+  s.grant_refusals = grant_refusals_;
   return s;
 }
 
@@ -135,6 +149,8 @@ std::vector<metrics::FamilySnapshot> ImageServer::MetricFamilies() const {
           s.manifests_published),
       one("vmgrid_image_server_auth_failures_total", "Requests refused for their token.", C,
           s.auth_failures),
+      one("vmgrid_image_server_grant_refusals_total",
+          "Workspace-namespace requests refused for their grant.", C, s.grant_refusals),
       one("vmgrid_chunk_store_chunks", "Distinct chunks stored.", G, st.chunks),
       one("vmgrid_chunk_store_bytes", "Bytes of the chunks stored.", G, st.bytes),
       one("vmgrid_chunk_store_dedup_hits_total", "Puts of a chunk already stored.", C,
@@ -157,7 +173,8 @@ json ImageServer::StatsJson() const {
             {"chunks_uploaded", s.chunks_uploaded},
             {"bytes_uploaded", s.bytes_uploaded},
             {"manifests_published", s.manifests_published},
-            {"auth_failures", s.auth_failures}}},
+            {"auth_failures", s.auth_failures},
+            {"grant_refusals", s.grant_refusals}}},
           {"store",
            {{"chunks", st.chunks},
             {"bytes", st.bytes},
@@ -174,6 +191,38 @@ json ImageServer::StatsJson() const {
             {"dedup_ratio", cs.dedup_ratio},
             {"total_ratio", cs.total_ratio},
             {"corrupt_manifests", cs.corrupt_manifests}}}};
+}
+
+Status ImageServer::CheckWorkspaceGrant(const std::string& name, const std::string& token) {
+  if (options_.grant_key.empty())
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "workspace versions are disabled on this image server (no grant key)");
+  VMG_RETURN_IF_ERROR(ValidateName("image", name));  // it names a file below
+  VMG_ASSIGN_OR_RETURN(WorkspaceGrant g, VerifyWorkspaceGrant(options_.grant_key, token, name));
+  std::lock_guard<std::mutex> l(grant_mu_);
+  auto it = generations_.find(name);
+  uint64_t seen = 0;
+  std::string file = options_.grant_dir.empty() ? "" : options_.grant_dir + "/" + name;
+  if (it != generations_.end()) {
+    seen = it->second;
+  } else if (!file.empty() && FileExists(file)) {
+    auto text = ReadFile(file, 64);
+    if (!text.ok()) return text.error();
+    seen = std::strtoull(text->c_str(), nullptr, 10);
+    generations_[name] = seen;
+  }
+  if (g.generation < seen)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "workspace " + name + " has moved to another host (grant generation " +
+                         std::to_string(g.generation) + " < " + std::to_string(seen) + ")");
+  if (g.generation > seen) {
+    if (!file.empty()) {
+      VMG_RETURN_IF_ERROR(MakeDirs(options_.grant_dir, 0700));
+      VMG_RETURN_IF_ERROR(WriteFileAtomic(file, std::to_string(g.generation) + "\n", 0600));
+    }
+    generations_[name] = g.generation;
+  }
+  return Status::Ok();
 }
 
 void ImageServer::InstallRoutes() {
@@ -194,6 +243,14 @@ void ImageServer::InstallRoutes() {
       res.set_header("WWW-Authenticate", "Bearer");
       SendError(res, MakeError(ErrorCode::kUnauthenticated, "missing or wrong bearer token"));
       return httplib::Server::HandlerResponse::Handled;
+    }
+    if (std::string name = RouteImageName(req.path); IsWorkspaceBlobName(name)) {
+      if (Status st = CheckWorkspaceGrant(name, req.get_header_value(kWorkspaceGrantHeader));
+          !st.ok()) {
+        grant_refusals_++;
+        SendError(res, st.error());
+        return httplib::Server::HandlerResponse::Handled;
+      }
     }
     uint64_t limit = BodyLimitFor(req);
     uint64_t len = std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10);

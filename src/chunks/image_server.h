@@ -9,7 +9,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -38,6 +40,14 @@ class ImageServer {
     // the server hands out every image and checkpoint memory file.
     std::string token;
     bool allow_anonymous = false;
+    // Key of workspace grants (chunks/workspace_grant.h), shared with the
+    // controller only. Names in the workspace namespace ("ws-...") are served
+    // and published only with a valid grant for that name; with no key they
+    // are refused altogether.
+    std::string grant_key{};
+    // Where the highest grant generation seen per workspace name is kept
+    // (one small file per name); "" = in memory only (tests).
+    std::string grant_dir{};
     // TLS (common/tls.h); null: plain HTTP (the caller checked it may).
     std::shared_ptr<TlsContext> tls = nullptr;
     // Worker threads; each keep-alive connection holds one while open.
@@ -66,6 +76,7 @@ class ImageServer {
     uint64_t bytes_uploaded = 0;
     uint64_t manifests_published = 0;
     uint64_t auth_failures = 0;
+    uint64_t grant_refusals = 0;  // workspace-namespace requests refused for their grant
   };
 
   ImageServer(ChunkStore& store, ImageCatalog& catalog, Options options);
@@ -90,6 +101,11 @@ class ImageServer {
 
  private:
   void InstallRoutes();
+  // For a request on a workspace name: OK with a valid grant whose
+  // generation is at least the highest seen for the name (a higher one is
+  // recorded: the first request of the host the workspace moved to locks out
+  // the hosts it left); else the error to send.
+  Status CheckWorkspaceGrant(const std::string& name, const std::string& token);
 
   ChunkStore& store_;
   ImageCatalog& catalog_;
@@ -98,9 +114,12 @@ class ImageServer {
   std::thread thread_;
   std::atomic<bool> listen_returned_{false};
   std::string url_;
+  std::mutex grant_mu_;
+  std::map<std::string, uint64_t> generations_;  // highest seen per name; guarded by grant_mu_
 
   std::atomic<uint64_t> requests_{0}, chunks_served_{0}, bytes_served_{0}, batch_requests_{0},
-      chunks_uploaded_{0}, bytes_uploaded_{0}, manifests_published_{0}, auth_failures_{0};
+      chunks_uploaded_{0}, bytes_uploaded_{0}, manifests_published_{0}, auth_failures_{0},
+      grant_refusals_{0};
 };
 
 }  // namespace vmgrid

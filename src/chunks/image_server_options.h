@@ -20,6 +20,10 @@ struct ImageServerOptions {
   // Bearer token clients must send. "" = DIR/server.token, created (0600) at
   // the first start: the image server never serves without a token.
   std::string token_file;
+  // Key of workspace grants (durable workspaces, chunks/workspace_grant.h),
+  // shared with the controller only. "" = DIR/grant.key, created (0600) at
+  // the first start.
+  std::string grant_key_file{};
   // TLS; clients (controller, agents) must present certificates of the CA.
   ServerTlsOptions tls;
   // Prometheus metrics at http://HOST:PORT/metrics, plain HTTP without

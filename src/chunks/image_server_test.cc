@@ -12,6 +12,7 @@
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"
 #include "chunks/test_dir.h"
+#include "chunks/workspace_grant.h"
 #include "common/metrics_text.h"
 
 namespace vmgrid {
@@ -242,6 +243,110 @@ TEST_F(ImageServerTest, BearerTokenIsRequiredWhenSet) {
   EXPECT_EQ(Client("wrong")->FetchChunk(d).error().code, ErrorCode::kUnauthenticated);
   EXPECT_TRUE(Client("s3cret")->FetchChunk(d).ok());
   EXPECT_EQ(server_->stats().auth_failures, 2u);
+}
+
+// Durable workspaces (chunks/workspace_grant.h): the image server's token is
+// shared by every host, so a workspace's versions need a grant of the
+// controller's for that workspace and host. Attack tests first.
+TEST(WorkspaceGrant, MintVerifyAndForgeries) {
+  const std::string key = "k3y";
+  WorkspaceGrant g{"ws-0123456789", "host-1", 3};
+  std::string token = MintWorkspaceGrant(key, g);
+  auto ok = VerifyWorkspaceGrant(key, token, "ws-0123456789");
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  EXPECT_EQ(*ok, g);
+  // Another workspace's name, another key, a changed host or generation, a
+  // truncated MAC, an empty key: all refused.
+  EXPECT_EQ(VerifyWorkspaceGrant(key, token, "ws-other").error().code,
+            ErrorCode::kPermissionDenied);
+  EXPECT_FALSE(VerifyWorkspaceGrant("other", token, "ws-0123456789").ok());
+  EXPECT_FALSE(VerifyWorkspaceGrant("", token, "ws-0123456789").ok());
+  std::string mac = token.substr(token.rfind(':') + 1);
+  EXPECT_FALSE(
+      VerifyWorkspaceGrant(key, "vmgw1:ws-0123456789:host-2:3:" + mac, "ws-0123456789").ok());
+  EXPECT_FALSE(
+      VerifyWorkspaceGrant(key, "vmgw1:ws-0123456789:host-1:4:" + mac, "ws-0123456789").ok());
+  EXPECT_FALSE(VerifyWorkspaceGrant(key, token.substr(0, token.size() - 1), "ws-0123456789").ok());
+  EXPECT_FALSE(VerifyWorkspaceGrant(key, "", "ws-0123456789").ok());
+  EXPECT_FALSE(VerifyWorkspaceGrant(key, token + ":x", "ws-0123456789").ok());
+  EXPECT_TRUE(IsWorkspaceBlobName("ws-0123456789"));
+  EXPECT_FALSE(IsWorkspaceBlobName("img-1-disk"));
+}
+
+TEST_F(ImageServerTest, WorkspaceVersionsNeedAGrantOfTheirOwn) {
+  const std::string key = "grant-key";
+  ImageServer::Options so;
+  so.token = "shared";
+  so.keep_alive_timeout_s = 1;
+  so.grant_key = key;
+  TestDir grants;
+  so.grant_dir = grants.path();
+  StartServer(so);
+  TestDir local;
+  std::string img = MakeImage(local / "ws.raw", 12, 7);
+  const std::string mine = "ws-aaaaaaaaaa", theirs = "ws-bbbbbbbbbb";
+  std::string a1 = MintWorkspaceGrant(key, {mine, "host-a", 1});
+  std::string b1 = MintWorkspaceGrant(key, {theirs, "host-b", 1});
+  auto client = Client("shared");
+
+  // The holder (host A) publishes a version of its workspace.
+  ChunkClient::UploadCounts counts;
+  auto v1 = client->UploadImageFile(local / "ws.raw", mine, kChunk, nullptr, a1, &counts);
+  ASSERT_TRUE(v1.ok()) << v1.error().message;
+  EXPECT_EQ(counts.chunks_sent, counts.chunks);
+  ASSERT_TRUE(client->GetManifest(mine, 0, "", a1).ok());
+
+  // The shared token alone (a stolen host credential) neither reads nor
+  // lists nor writes a workspace's versions.
+  EXPECT_EQ(client->GetManifest(mine, 0).error().code, ErrorCode::kPermissionDenied);
+  EXPECT_EQ(client->GetManifest(mine, 1).error().code, ErrorCode::kPermissionDenied);
+  EXPECT_EQ(client->ListVersions(mine).error().code, ErrorCode::kPermissionDenied);
+  EXPECT_EQ(client->Publish(mine, *v1).error().code, ErrorCode::kPermissionDenied);
+  EXPECT_EQ(client->GetPrefetch(mine, 1, "boot").error().code, ErrorCode::kPermissionDenied);
+  // Host B's grant (for B's own workspace) opens nothing of A's.
+  EXPECT_EQ(client->GetManifest(mine, 0, "", b1).error().code, ErrorCode::kPermissionDenied);
+  EXPECT_EQ(client->Publish(mine, *v1, b1).error().code, ErrorCode::kPermissionDenied);
+  // A grant forged without the key, or A's grant replayed for B's name.
+  std::string forged = "vmgw1:" + mine + ":host-b:1:" + std::string(64, 'a');
+  EXPECT_EQ(client->GetManifest(mine, 0, "", forged).error().code, ErrorCode::kPermissionDenied);
+  EXPECT_EQ(client->GetManifest(theirs, 0, "", a1).error().code, ErrorCode::kPermissionDenied);
+  EXPECT_GE(server_->stats().grant_refusals, 9u);
+
+  // The workspace moves to host C (generation 2): once C has used its grant,
+  // A's older one can neither publish nor read any more.
+  std::string c2 = MintWorkspaceGrant(key, {mine, "host-c", 2});
+  auto at_c = client->GetManifest(mine, 0, v1->Digest(), c2);
+  ASSERT_TRUE(at_c.ok()) << at_c.error().message;
+  EXPECT_EQ(client->Publish(mine, *v1, a1).error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(client->GetManifest(mine, 0, "", a1).error().code, ErrorCode::kFailedPrecondition);
+  // C publishes a changed version: only the changed chunk travels.
+  img[5 * kChunk + 17] ^= 0x5a;
+  WriteTestFile(local / "ws.raw", img);
+  auto v2 = client->UploadImageFile(local / "ws.raw", mine, kChunk, nullptr, c2, &counts);
+  ASSERT_TRUE(v2.ok()) << v2.error().message;
+  EXPECT_EQ(v2->version, 2u);
+  EXPECT_EQ(counts.chunks_sent, 1u);
+  EXPECT_EQ(counts.bytes_sent, kChunk);
+
+  // The generation survives a restart of the server (kept in grant_dir).
+  server_.reset();
+  ImageServer::Options again = so;
+  again.keep_alive_timeout_s = 1;
+  server_ = std::make_unique<ImageServer>(*store_, *catalog_, again);
+  ASSERT_TRUE(server_->Start("127.0.0.1", 0).ok());
+  auto fresh = Client("shared");
+  EXPECT_EQ(fresh->GetManifest(mine, 0, "", a1).error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_TRUE(fresh->GetManifest(mine, 0, "", c2).ok());
+
+  // Without a grant key the namespace is closed; other names are unchanged.
+  server_.reset();
+  ImageServer::Options closed = so;
+  closed.grant_key = "";
+  server_ = std::make_unique<ImageServer>(*store_, *catalog_, closed);
+  ASSERT_TRUE(server_->Start("127.0.0.1", 0).ok());
+  auto other = Client("shared");
+  EXPECT_EQ(other->GetManifest(mine, 0, "", c2).error().code, ErrorCode::kPermissionDenied);
+  EXPECT_TRUE(other->UploadImageFile(local / "ws.raw", "img-plain", kChunk).ok());
 }
 
 TEST_F(ImageServerTest, ValidatesEveryInput) {

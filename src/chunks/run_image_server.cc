@@ -43,6 +43,22 @@ int RunImageServer(const ImageServerOptions& options) {
   if (!token.ok()) return fail("cannot read the token: " + token.error().message);
   so.token = *token;
   if (so.token.empty()) return fail("the token file " + token_file + " is empty");
+  // The key of workspace grants (chunks/workspace_grant.h): the controller's
+  // --image-server-grant-key-file must name the same bytes; agents never
+  // get it. Created (0600) at the first start like the token.
+  std::string grant_file =
+      options.grant_key_file.empty() ? options.dir + "/grant.key" : options.grant_key_file;
+  if (options.grant_key_file.empty() && !FileExists(grant_file)) {
+    if (Status st = WriteFileAtomic(grant_file, NewToken() + "\n", 0600); !st.ok())
+      return fail("cannot create the grant key file: " + st.error().message);
+    spdlog::info(
+        "image server: created the workspace grant key {} (give it to the controller only)",
+        grant_file);
+  }
+  auto grant_key = ReadTokenFile(grant_file);
+  if (!grant_key.ok()) return fail("cannot read the grant key: " + grant_key.error().message);
+  so.grant_key = *grant_key;
+  so.grant_dir = options.dir + "/grants";
   // Its clients are grid roles (the controller and agents): mutual TLS.
   auto tls = ServerTls("image server", options.listen, options.tls, /*require_client_cert=*/true);
   if (!tls.ok()) return fail(tls.error().message);

@@ -28,12 +28,20 @@
 namespace vmgrid::cli {
 namespace {
 
-const std::vector<std::string> kWorkspaceHeaders = {"ID",   "NAME", "OWNER", "IMAGE",
-                                                    "HOST", "SIZE", "VM",    "AGE"};
+const std::vector<std::string> kWorkspaceHeaders = {"ID",   "NAME", "OWNER", "IMAGE",  "HOST",
+                                                    "SIZE", "VM",   "AGE",   "DURABLE"};
+// The latest durable version: "v3 on host-1, 5m old (2/40 chunks sent)", or "-".
+std::string DurableStr(const json& w) {
+  const json d = w.value("durable", json());
+  if (!d.is_object()) return "-";
+  return "v" + std::to_string(d.value("version", int64_t{0})) + " on " + Str(d, "host") + ", " +
+         AgeStr(d, "taken_at") + " old (" + std::to_string(d.value("sent_chunks", int64_t{0})) +
+         "/" + std::to_string(d.value("chunks", int64_t{0})) + " chunks sent)";
+}
 std::vector<std::string> WorkspaceRow(const json& w) {
-  return {Str(w, "id"),       Str(w, "name"),         Str(w, "owner"),
-          Str(w, "image_id"), Str(w, "host_id"),      BytesStr(w, "size_bytes"),
-          Str(w, "vm_id"),    AgeStr(w, "created_at")};
+  return {Str(w, "id"),       Str(w, "name"),          Str(w, "owner"),
+          Str(w, "image_id"), Str(w, "host_id"),       BytesStr(w, "size_bytes"),
+          Str(w, "vm_id"),    AgeStr(w, "created_at"), DurableStr(w)};
 }
 
 const std::vector<std::string> kUserHeaders = {"ID", "NAME", "ROLE", "AGE"};

@@ -115,6 +115,14 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
         "(default: none; agents read image files by path)");
     c->add_option("--image-server-token-file", s.controller.image_server_token_file,
                   "File with the image server's token");
+    c->add_option("--image-server-grant-key-file", s.controller.image_server_grant_key_file,
+                  "File with the image server's workspace grant key (its DIR/grant.key); "
+                  "without it persistent workspaces are not made durable");
+    c->add_option("--workspace-push-interval", s.controller.workspace_push_interval_s,
+                  "Seconds between pushes of a running persistent VM's workspace to the image "
+                  "server (0: only on stop and checkpoint); sent to agents")
+        ->check(CLI::Range(0, 86400 * 7))
+        ->capture_default_str();
     c->add_option("--agent-listen", s.controller.agent_listen,
                   "Separate address for agents' heartbeats (and health), with threads of its own; "
                   "give agents this URL as --controller (default: none, the main listener)")
@@ -178,6 +186,9 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
     is->add_option(
         "--token-file", s.image_server.token_file,
         "File with the bearer token clients must send (default: DIR/server.token, created 0600)");
+    is->add_option("--grant-key-file", s.image_server.grant_key_file,
+                   "File with the key of workspace grants, shared with the controller only "
+                   "(default: DIR/grant.key, created 0600)");
 
     auto* a = t.Leaf(&t.app, "agent", "Run a host agent", [&] {
       if (!s.agent_memory.empty()) s.agent.memory_mb = ParseMemoryMb(s.agent_memory).value();

@@ -139,6 +139,8 @@ Status LocalGrid::StartImageServer(milliseconds timeout) {
   VMG_RETURN_IF_ERROR(MakeDirs(log_dir()));
   if (!FileExists(image_server_token_file()))
     VMG_RETURN_IF_ERROR(WriteFileAtomic(image_server_token_file(), NewToken() + "\n", 0600));
+  if (!FileExists(image_server_grant_key_file()))
+    VMG_RETURN_IF_ERROR(WriteFileAtomic(image_server_grant_key_file(), NewToken() + "\n", 0600));
   std::vector<std::string> argv = {
       options_.vmgrid_binary,
       "image-server",
@@ -147,7 +149,9 @@ Status LocalGrid::StartImageServer(milliseconds timeout) {
       "--dir",
       image_server_dir(),
       "--token-file",
-      image_server_token_file()};
+      image_server_token_file(),
+      "--grant-key-file",
+      image_server_grant_key_file()};
   for (auto& a : RoleArgs("image-server")) argv.push_back(a);
   if (options_.metrics)
     argv.insert(argv.end(), {"--metrics-listen", image_server_metrics_url().substr(7)});
@@ -206,7 +210,8 @@ Status LocalGrid::StartController(milliseconds timeout) {
   for (auto& a : RoleArgs("controller")) argv.push_back(a);
   if (options_.image_server)
     argv.insert(argv.end(), {"--image-server", image_server_url(), "--image-server-token-file",
-                             image_server_token_file()});
+                             image_server_token_file(), "--image-server-grant-key-file",
+                             image_server_grant_key_file()});
   if (!agent_controller_url_.empty())
     argv.insert(argv.end(), {"--agent-listen", agent_controller_url_.substr(scheme_.size())});
   if (options_.metrics)

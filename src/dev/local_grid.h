@@ -104,6 +104,11 @@ class LocalGrid {
   }
   std::string image_server_dir() const { return options_.state_dir + "/image-server"; }
   std::string image_server_token_file() const { return options_.state_dir + "/image-server.token"; }
+  // The key of workspace grants, shared by the image server and the
+  // controller only (durable workspaces; docs/vm-lifecycle.md).
+  std::string image_server_grant_key_file() const {
+    return options_.state_dir + "/image-server.grant-key";
+  }
   // Changes where agents started from now on fetch chunks (benchmarks).
   void set_agent_image_server_url(std::string url) {
     options_.agent_image_server_url = std::move(url);

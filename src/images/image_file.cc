@@ -187,8 +187,25 @@ Status ConvertUntrustedQcow2ToRaw(const std::string& src, const std::string& dst
       return MakeError(ErrorCode::kInternal, "cannot prepare the converted disk");
     }
   }
+  // qemu-img opens /dev/stdin again, which checks the file's mode: lend the
+  // tool's group read access for the run (as CopyUntrustedQcow2Top does), so
+  // a file only its owner may read (a workspace, a checkpoint) converts too.
+  struct stat before;
+  if (fstat(in.fd, &before) != 0) {
+    unlink(dst.c_str());
+    return MakeError(ErrorCode::kInternal, "cannot stat the disk to convert");
+  }
+  const bool lend = po.drop_privileges && (before.st_mode & 0044) != 0044;
+  if (lend && (fchown(in.fd, before.st_uid, po.gid) != 0 || fchmod(in.fd, 0640) != 0)) {
+    unlink(dst.c_str());
+    return MakeError(ErrorCode::kInternal, "cannot open the disk to the converting user");
+  }
   auto r =
       RunProcess({"qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", "/dev/stdin", dst}, po);
+  if (lend) {
+    (void)fchown(in.fd, before.st_uid, before.st_gid);
+    (void)fchmod(in.fd, before.st_mode & 07777);
+  }
   if (!r.ok() || r->exit_code != 0) {
     unlink(dst.c_str());
     if (!r.ok()) return r.error();

@@ -59,7 +59,8 @@ Result<BlobSet> BlobsFromJson(const json& j) {
     return MakeError(ErrorCode::kInvalidArgument, "field 'blobs' must be an object");
   for (const auto& [kind, ref] : j.items()) {
     if (kind != "disk" && kind != "kernel" && kind != "initrd" && kind != "ckpt_memory" &&
-        kind != "ckpt_disk" && kind != "vm_ckpt_memory" && kind != "vm_ckpt_disk")
+        kind != "ckpt_disk" && kind != "vm_ckpt_memory" && kind != "vm_ckpt_disk" &&
+        kind != "workspace")
       return MakeError(ErrorCode::kInvalidArgument,
                        "unknown blob kind '" + kind.substr(0, 40) + "'");
     VMG_ASSIGN_OR_RETURN(out[kind], BlobRefFromJson(ref, "blobs." + kind));

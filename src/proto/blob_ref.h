@@ -31,7 +31,8 @@ Result<BlobRef> BlobRefFromJson(const nlohmann::json& j, const std::string& what
 
 // The versions a VM's files come from, by kind: "disk", "kernel", "initrd";
 // an image's post-boot checkpoint "ckpt_memory" + "ckpt_disk"; another VM's
-// checkpoint "vm_ckpt_memory" + "vm_ckpt_disk".
+// checkpoint "vm_ckpt_memory" + "vm_ckpt_disk"; a durable workspace version
+// "workspace" (proto/durable_workspace.h).
 using BlobSet = std::map<std::string, BlobRef>;
 nlohmann::json BlobsJson(const BlobSet& blobs);
 // Strict: known kinds only, each a valid BlobRef; disk required when any; a

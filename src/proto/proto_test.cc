@@ -112,6 +112,33 @@ TEST(VmStatusTest, RoundTripsAndIgnoresNewFields) {
   EXPECT_FALSE(VmStatusFromJson({{"state", "running"}}).ok()) << "an id is required";
 }
 
+TEST(DurableWorkspaceTest, SpecAndVersionRoundTripStrictly) {
+  VmSpec s = FullSpec();
+  s.durable = {"ws-0123456789", "vmgw1:ws-0123456789:h1:2:abc", 600};
+  s.blobs["workspace"] = Blob("ws-0123456789", 4);
+  auto back = VmSpecFromJson(Wire(ToJson(s)));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, s);
+  json bad = ToJson(s);
+  bad["durable"]["name"] = "img-1-disk";  // not the workspace namespace
+  EXPECT_FALSE(VmSpecFromJson(bad).ok());
+  bad = ToJson(s);
+  bad["durable"]["extra"] = 1;
+  EXPECT_FALSE(VmSpecFromJson(bad).ok());
+
+  VmStatus st{"vm-1", "user-1", "web", "stopped", "", 0, 2, 512, false, 0, ""};
+  st.durable = {Blob("ws-0123456789", 3), 1700000000000, 256, 2, 1 << 20, "stop"};
+  auto sb = VmStatusFromJson(Wire(ToJson(st)));
+  ASSERT_TRUE(sb.ok()) << sb.error().message;
+  EXPECT_EQ(*sb, st);
+  json wrong = ToJson(st);
+  wrong["durable"]["trigger"] = "whenever";
+  EXPECT_FALSE(VmStatusFromJson(wrong).ok());
+  wrong = ToJson(st);
+  wrong["durable"]["ref"]["name"] = "img-1-disk";
+  EXPECT_FALSE(VmStatusFromJson(wrong).ok());
+}
+
 TEST(HostReportTest, RoundTrips) {
   HostReport r;
   r.name = "h1";

@@ -45,7 +45,8 @@ json ToJson(const VmSpec& s) {
           {"checkpoint_dir", s.checkpoint_dir},
           {"blobs", BlobsJson(s.blobs)},
           {"nics", NicsJson(s.nics)},
-          {"restart", s.restart}};
+          {"restart", s.restart},
+          {"durable", ToJson(s.durable)}};
 }
 
 Result<VmSpec> VmSpecFromJson(const json& j) {
@@ -73,6 +74,9 @@ Result<VmSpec> VmSpecFromJson(const json& j) {
   }
   if (auto n = j.find("nics"); n != j.end()) {
     VMG_ASSIGN_OR_RETURN(s.nics, NicSpecsFromJson(*n));
+  }
+  if (auto d = j.find("durable"); d != j.end()) {
+    VMG_ASSIGN_OR_RETURN(s.durable, DurableSpecFromJson(*d));
   }
   auto it = j.find("image");
   if (it == j.end())

@@ -16,6 +16,7 @@
 
 #include "common/result.h"
 #include "proto/blob_ref.h"
+#include "proto/durable_workspace.h"
 #include "proto/network_plan.h"
 
 namespace vmgrid {
@@ -60,14 +61,19 @@ struct VmSpec {
   // can run twice, so the agent's lease fence stops every VM whose policy
   // is not "never" (docs/host-failure.md, "Fencing").
   std::string restart;
+  // Persistent disks with durable workspaces (proto/durable_workspace.h):
+  // where to push versions; older spec.json files have none (no pushes).
+  // blobs["workspace"], when present, is the version a missing workspace
+  // file is made from (a restart on another host).
+  DurableSpec durable = {};
   bool operator==(const VmSpec&) const = default;
 };
 
 // The fields a VM spec may hold (anything else is refused).
 inline constexpr const char* kVmSpecFields[] = {
-    "id",        "name",  "owner_id",       "vcpus", "memory_mb",
-    "disk_mode", "image", "workspace_path", "start", "checkpoint_dir",
-    "blobs",     "nics",  "restart"};
+    "id",        "name",  "owner_id",       "vcpus",  "memory_mb",
+    "disk_mode", "image", "workspace_path", "start",  "checkpoint_dir",
+    "blobs",     "nics",  "restart",        "durable"};
 
 nlohmann::json ToJson(const VmSpec& spec);
 // Strict: unknown fields, wrong types and out-of-range values are errors

@@ -7,17 +7,19 @@ namespace vmgrid {
 using nlohmann::json;
 
 json ToJson(const VmStatus& s) {
-  return {{"id", s.id},
-          {"owner_id", s.owner_id},
-          {"name", s.name},
-          {"state", s.state},
-          {"error", s.error},
-          {"pid", s.pid},
-          {"vcpus", s.vcpus},
-          {"memory_mb", s.memory_mb},
-          {"has_checkpoint", s.has_checkpoint},
-          {"ready_ms", s.ready_ms},
-          {"restart", s.restart}};
+  json j = {{"id", s.id},
+            {"owner_id", s.owner_id},
+            {"name", s.name},
+            {"state", s.state},
+            {"error", s.error},
+            {"pid", s.pid},
+            {"vcpus", s.vcpus},
+            {"memory_mb", s.memory_mb},
+            {"has_checkpoint", s.has_checkpoint},
+            {"ready_ms", s.ready_ms},
+            {"restart", s.restart}};
+  if (!s.durable.empty()) j["durable"] = ToJson(s.durable);
+  return j;
 }
 
 Result<VmStatus> VmStatusFromJson(const json& j) {
@@ -37,6 +39,9 @@ Result<VmStatus> VmStatusFromJson(const json& j) {
   VMG_ASSIGN_OR_RETURN(s.has_checkpoint, f.Bool("has_checkpoint", false));
   VMG_ASSIGN_OR_RETURN(s.ready_ms, f.Int("ready_ms", 0, 0, int64_t{1} << 53));
   VMG_ASSIGN_OR_RETURN(s.restart, f.String("restart", false));
+  if (auto d = j.find("durable"); d != j.end()) {
+    VMG_ASSIGN_OR_RETURN(s.durable, DurableVersionFromJson(*d));
+  }
   if (s.id.empty()) return MakeError(ErrorCode::kInvalidArgument, "VM status without an id");
   return s;
 }

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/result.h"
+#include "proto/durable_workspace.h"
 
 namespace vmgrid {
 
@@ -26,6 +27,8 @@ struct VmStatus {
   int64_t ready_ms = 0;  // duration of the last create/resume until the guest agent answered
   std::string
       restart;  // the spec's restart policy ("" unknown): the lease fence guards all but "never"
+  // A persistent VM's latest durable version pushed by this host (empty: none).
+  DurableVersion durable = {};
   bool operator==(const VmStatus&) const = default;
 };
 

@@ -213,6 +213,21 @@ struct Workspace {
   int64_t size_bytes = 0;
   std::string vm_id;  // attached VM, "" if none
   int64_t created_ms = 0;
+  // Durable workspaces (migration 15; docs/vm-lifecycle.md): the latest
+  // version on the image server (its name is the workspace id; version 0:
+  // none yet), when the disk was copied for it, what its push sent, and the
+  // host that pushed it.
+  int64_t durable_version = 0;
+  std::string durable_digest{};
+  int64_t durable_size_bytes = 0;
+  int64_t durable_ms = 0;
+  int64_t durable_chunks = 0;       // non-zero chunks of the version
+  int64_t durable_sent_chunks = 0;  // chunks its push sent (the server lacked them)
+  int64_t durable_sent_bytes = 0;
+  std::string durable_host_id{};
+  // Grows each time the workspace moves to another host; the image server
+  // refuses grants of older generations (chunks/workspace_grant.h).
+  int64_t generation = 1;
 };
 
 // One entry of the event stream (the `events` table, migration 13): what

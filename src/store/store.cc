@@ -369,6 +369,21 @@ CREATE INDEX events_owner ON events(owner_id, id);
 ALTER TABLE hosts ADD COLUMN failed_ms BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE vms ADD COLUMN restart TEXT NOT NULL DEFAULT 'never';
 )sql",
+    // 15: durable workspaces (docs/vm-lifecycle.md). The latest version of
+    // each workspace on the image server (durable_version 0: none), what its
+    // push sent, the host that pushed it; generation grows when the
+    // workspace moves to another host (its grants name it).
+    R"sql(
+ALTER TABLE workspaces ADD COLUMN durable_version BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE workspaces ADD COLUMN durable_digest TEXT NOT NULL DEFAULT '';
+ALTER TABLE workspaces ADD COLUMN durable_size_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE workspaces ADD COLUMN durable_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE workspaces ADD COLUMN durable_chunks BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE workspaces ADD COLUMN durable_sent_chunks BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE workspaces ADD COLUMN durable_sent_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE workspaces ADD COLUMN durable_host_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE workspaces ADD COLUMN generation BIGINT NOT NULL DEFAULT 1;
+)sql",
 };
 
 const char* kUserCols =
@@ -633,10 +648,26 @@ std::vector<SqlValue> VmValues(const Vm& v) {
           v.network,      v.disk_bytes,     v.restart};
 }
 
-const char* kWsCols = "id, name, owner_id, image_id, host_id, path, size_bytes, vm_id, created_ms";
+const char* kWsCols =
+    "id, name, owner_id, image_id, host_id, path, size_bytes, vm_id, created_ms, "
+    "durable_version, durable_digest, durable_size_bytes, durable_ms, durable_chunks, "
+    "durable_sent_chunks, durable_sent_bytes, durable_host_id, generation";
+// The columns a new workspace is inserted with (the durable ones default).
+const char* kWsInsertCols =
+    "id, name, owner_id, image_id, host_id, path, size_bytes, vm_id, created_ms";
 Workspace ReadWs(const SqlRow& s) {
-  return Workspace{s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Text(4),
-                   s.Text(5), s.Int(6),  s.Text(7), s.Int(8)};
+  Workspace w{s.Text(0), s.Text(1), s.Text(2), s.Text(3), s.Text(4),
+              s.Text(5), s.Int(6),  s.Text(7), s.Int(8)};
+  w.durable_version = s.Int(9);
+  w.durable_digest = s.Text(10);
+  w.durable_size_bytes = s.Int(11);
+  w.durable_ms = s.Int(12);
+  w.durable_chunks = s.Int(13);
+  w.durable_sent_chunks = s.Int(14);
+  w.durable_sent_bytes = s.Int(15);
+  w.durable_host_id = s.Text(16);
+  w.generation = s.Int(17);
+  return w;
 }
 std::vector<SqlValue> WsValues(const Workspace& w) {
   return {w.id,   w.name,       w.owner_id, w.image_id,  w.host_id,
@@ -1962,6 +1993,13 @@ Result<Vm> Store::RelocateVm(const std::string& id, const std::string& from,
                   "('host','host_cache')",
                   {host_id, id}));
     ++network_generation_;  // its NICs are planned on the new host
+    if (!vm.workspace_id.empty()) {
+      // Its workspace goes with it (restarted from its durable version):
+      // the new generation locks the failed host out of its versions.
+      VMG_RETURN_IF_ERROR(db_->Exec(
+          "UPDATE workspaces SET host_id=?, generation=generation+1 WHERE id=? AND host_id=?",
+          {host_id, vm.workspace_id, from}));
+    }
     RecordEventLocked(Event{0, 0, "vm.recovered", id, host_id, vm.owner_id,
                             "VM " + vm.name + " restarts on another host: " + note,
                             nlohmann::json{{"from_host", from}, {"to_host", host_id}}.dump()});
@@ -2060,9 +2098,9 @@ Status Store::InsertWorkspace(const Workspace& ws) {
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_RETURN_IF_ERROR(
       CheckQuotaLocked(db_.get(), ws.owner_id, QuotaAsk{0, 0, 0, 0, ws.size_bytes}));
-  auto r = db_->Exec(
-      std::string("INSERT INTO workspaces (") + kWsCols + ") VALUES (" + Placeholders(9) + ")",
-      WsValues(ws));
+  auto r = db_->Exec(std::string("INSERT INTO workspaces (") + kWsInsertCols + ") VALUES (" +
+                         Placeholders(9) + ")",
+                     WsValues(ws));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
       return MakeError(ErrorCode::kAlreadyExists,
@@ -2078,6 +2116,19 @@ Status Store::UpdateWorkspace(const Workspace& w) {
       db_->Exec("UPDATE workspaces SET path=?, size_bytes=?, vm_id=?, host_id=? WHERE id=?",
                 {w.path, w.size_bytes, w.vm_id, w.host_id, w.id}));
   return Status::Ok();
+}
+
+Result<bool> Store::RecordDurableVersion(const Workspace& v) {
+  auto lock = Exclusive();
+  VMG_ASSIGN_OR_RETURN(
+      int64_t changed,
+      db_->Exec("UPDATE workspaces SET durable_version=?, durable_digest=?, durable_size_bytes=?, "
+                "durable_ms=?, durable_chunks=?, durable_sent_chunks=?, durable_sent_bytes=?, "
+                "durable_host_id=? WHERE id=? AND host_id=? AND durable_version < ?",
+                {v.durable_version, v.durable_digest, v.durable_size_bytes, v.durable_ms,
+                 v.durable_chunks, v.durable_sent_chunks, v.durable_sent_bytes, v.durable_host_id,
+                 v.id, v.durable_host_id, v.durable_version}));
+  return changed > 0;
 }
 
 Result<Workspace> Store::GetWorkspace(const std::string& ref, const OwnerFilter& owner) {

@@ -276,6 +276,11 @@ class Store {
   // more (kPermissionDenied), checked in the same transaction.
   Status InsertWorkspace(const Workspace& ws);
   Status UpdateWorkspace(const Workspace& ws);
+  // Durable workspaces: records `v`'s durable_* fields as the workspace's
+  // latest durable version if `v.durable_host_id` holds the workspace and
+  // the version is newer than the recorded one; false if nothing changed
+  // (an older or repeated report, or a host the workspace has left).
+  Result<bool> RecordDurableVersion(const Workspace& v);
   Result<Workspace> GetWorkspace(const std::string& ref, const OwnerFilter& owner);
   Result<std::optional<Workspace>> FindWorkspaceByName(const std::string& owner_id,
                                                        const std::string& name);

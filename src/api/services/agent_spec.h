@@ -19,4 +19,22 @@ class NetworkService;
 Result<VmSpec> AgentVmSpec(const Vm& vm, const Image& image, const std::string& workspace_path,
                            bool image_checkpoint, NetworkService& networks);
 
+// Durable workspaces (docs/vm-lifecycle.md): how the controller makes them.
+struct DurableOptions {
+  std::string grant_key{};      // the image server's (chunks/workspace_grant.h); "" = off
+  int64_t push_interval_s = 0;  // sent to the agent; 0: on stop and checkpoint only
+  bool enabled() const { return !grant_key.empty(); }
+};
+
+// Adds to the spec of a persistent VM with workspace `ws` on host
+// `host_name` where to push its versions, that host's grant and, when the
+// workspace has a durable version, that version (blobs["workspace"]: a host
+// that lacks the workspace file makes it from there). No-op when off.
+void AddDurable(VmSpec& spec, const Workspace& ws, const std::string& host_name,
+                const DurableOptions& options);
+
+// The workspace record fields (Store::RecordDurableVersion) of a durable
+// version that host `host_id` pushed.
+Workspace DurableRecord(const std::string& host_id, const DurableVersion& d);
+
 }  // namespace vmgrid

@@ -53,6 +53,19 @@ json ApiViews::VmJson(const Vm& v, const Image* known_image, const Host* known_h
 json ApiViews::WorkspaceJson(const Workspace& w) {
   auto image = store_.GetImage(w.image_id, "");
   auto host = store_.GetHost(w.host_id);
+  // Its latest version on the image server (docs/vm-lifecycle.md), or null.
+  json durable = nullptr;
+  if (w.durable_version > 0) {
+    auto from = store_.GetHost(w.durable_host_id);
+    durable = {{"version", w.durable_version},
+               {"digest", w.durable_digest},
+               {"size_bytes", w.durable_size_bytes},
+               {"taken_at", FormatTimeMs(w.durable_ms)},
+               {"host", from.ok() ? from->name : w.durable_host_id},
+               {"chunks", w.durable_chunks},
+               {"sent_chunks", w.durable_sent_chunks},
+               {"sent_bytes", w.durable_sent_bytes}};
+  }
   return {{"id", w.id},
           {"name", w.name},
           {"owner", UserName(w.owner_id)},
@@ -62,7 +75,8 @@ json ApiViews::WorkspaceJson(const Workspace& w) {
           {"host_id", w.host_id},
           {"size_bytes", w.size_bytes},
           {"vm_id", w.vm_id},
-          {"created_at", FormatTimeMs(w.created_ms)}};
+          {"created_at", FormatTimeMs(w.created_ms)},
+          {"durable", durable}};
 }
 
 }  // namespace vmgrid

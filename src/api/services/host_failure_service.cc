@@ -122,6 +122,14 @@ std::vector<std::string> HostFailureService::Check() {
   return failed_now;
 }
 
+std::string HostFailureService::DurableVersionOf(const Vm& vm) const {
+  if (vm.workspace_id.empty()) return "";
+  auto ws = store_.GetWorkspace(vm.workspace_id, "");
+  if (!ws.ok() || ws->durable_version == 0) return "";
+  return "durable version " + std::to_string(ws->durable_version) + " (taken at " +
+         FormatTimeMs(ws->durable_ms) + ")";
+}
+
 void HostFailureService::RecoverHostLocked(const Host& host, int64_t silent_ms) {
   auto vms = store_.ListVmsOnHost(host.id);
   if (!vms.ok()) {
@@ -150,9 +158,19 @@ void HostFailureService::RecoverHostLocked(const Host& host, int64_t silent_ms) 
     } else if (vm.restart != "on-host-failure") {
       note = failed + "; restart policy never: the VM is lost with everything on that host " +
              "(its disk and memory); delete it with `vmgrid vm rm`";
+    } else if (vm.disk == "persistent" && (!ran || DurableVersionOf(vm).empty())) {
+      const std::string durable = DurableVersionOf(vm);
+      note = failed + (durable.empty()
+                           ? "; its workspace was on that host's disk and has no durable version "
+                             "on the image server, so it is lost and the VM was not restarted"
+                           : " while the VM was " + vm.state +
+                                 "; it was not restarted (only running VMs are); its workspace's " +
+                                 durable + " is on the image server");
     } else if (vm.disk == "persistent") {
-      note = failed + "; its workspace was on that host's disk and is lost with it (durable " +
-             "workspaces do not exist yet), so it was not restarted";
+      note = failed + "; restarted elsewhere from its workspace's " + DurableVersionOf(vm) +
+             " (restart policy on-host-failure): its writes since then on " + host.name +
+             " are lost";
+      recover = true;
     } else if (!ran) {
       note = failed + " while the VM was " + vm.state + "; its disk" +
              (vm.state == "suspended" ? " and checkpoint were on that host and are"

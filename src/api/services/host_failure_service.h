@@ -68,6 +68,9 @@ class HostFailureService {
  private:
   void RecoverHostLocked(const Host& host, int64_t silent_ms);
   bool FailedLocked(const Host& host) const;
+  // "durable version N (taken at TIME)" of a persistent VM's workspace, ""
+  // when it has none.
+  std::string DurableVersionOf(const Vm& vm) const;
 
   Store& store_;
   const Clock& monotonic_;

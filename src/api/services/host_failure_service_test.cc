@@ -11,6 +11,7 @@
 #include <set>
 
 #include "api/admission.h"
+#include "api/services/agent_spec.h"
 #include "api/services/api_views.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
@@ -19,6 +20,7 @@
 #include "api/services/vm_create_service.h"
 #include "api/services/vm_service.h"
 #include "api/services/workspace_service.h"
+#include "chunks/workspace_grant.h"
 
 namespace vmgrid {
 namespace {
@@ -128,6 +130,68 @@ TEST_P(HostFailureServiceTest, OptionsMustLeaveRoomForTheLease) {
       << "failed_after < lease + grace";
   EXPECT_FALSE(CheckHostFailureOptions({30'000, 30'000, 10'000, 5'000}).ok());
   EXPECT_FALSE(CheckHostFailureOptions({10'000, 30'000, 1'000, 5'000}).ok());
+}
+
+// Durable workspaces: a running persistent VM whose workspace has a durable
+// version restarts on another host from that version; the workspace moves
+// with it (a new grant generation) and the record says what was lost.
+TEST_P(HostFailureServiceTest, PersistentVmRestartsFromItsDurableVersion) {
+  const std::string key = "grant-key";
+  creates_->set_durable(DurableOptions{key, 600});
+  Vm ws_vm = AddVmWith("wsvm", "on-host-failure", "persistent");
+  Vm stopped = AddVmWith("wsstopped", "on-host-failure", "persistent");
+  ASSERT_TRUE(store_->ModifyVm(stopped.id, [](Vm& v) { v.state = "stopped"; }).ok());
+  for (const Vm* v : {&ws_vm, &stopped}) {
+    Workspace w{NewId("ws"), v->name, alice_.id,     "img-1", host_.id, alice_.id + "/x.qcow2",
+                1 << 20,     v->id,   clock_.NowMs()};
+    ASSERT_TRUE(store_->InsertWorkspace(w).ok());
+    ASSERT_TRUE(store_->ModifyVm(v->id, [&](Vm& m) { m.workspace_id = w.id; }).ok());
+    // h1 pushed version 3 of it; a report from another host is ignored.
+    DurableVersion d{
+        BlobRef{w.id, 3, std::string(64, 'b'), 1 << 20}, 1700000000000, 20, 2, 1 << 19, "stop"};
+    EXPECT_FALSE(*store_->RecordDurableVersion(DurableRecord(host2_.id, d)));
+    EXPECT_TRUE(*store_->RecordDurableVersion(DurableRecord(host_.id, d)));
+    d.ref.version = 2;  // older: ignored
+    EXPECT_FALSE(*store_->RecordDurableVersion(DurableRecord(host_.id, d)));
+  }
+  VmStatus off = Running(stopped.id);
+  off.state = "stopped";
+  ASSERT_TRUE(Beat("h1", {Running(ws_vm.id), off}).ok());
+  Silence(30000);
+  EXPECT_EQ(HostState("h1"), "failed");
+  ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10)));
+
+  Vm v = Get(ws_vm.id);
+  EXPECT_EQ(v.host_id, host2_.id);
+  EXPECT_EQ(v.state, "running");
+  EXPECT_NE(v.error.find("durable version 3"), std::string::npos) << v.error;
+  EXPECT_NE(v.error.find("writes since then on h1 are lost"), std::string::npos) << v.error;
+  auto w = store_->GetWorkspace(v.workspace_id, "");
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->host_id, host2_.id) << "the workspace moved with the VM";
+  EXPECT_EQ(w->generation, 2);
+  EXPECT_EQ(w->durable_version, 3);
+  {
+    std::lock_guard<std::mutex> l(agent_.mu);
+    ASSERT_EQ(agent_.specs.size(), 1u) << "only the running VM is restarted";
+    const VmSpec& spec = agent_.specs[0];
+    EXPECT_EQ(spec.id, ws_vm.id);
+    ASSERT_TRUE(spec.blobs.count("workspace"));
+    EXPECT_EQ(spec.blobs.at("workspace").version, 3u);
+    EXPECT_EQ(spec.durable.name, w->id);
+    EXPECT_EQ(spec.durable.push_interval_s, 600);
+    auto grant = VerifyWorkspaceGrant(key, spec.durable.grant, w->id);
+    ASSERT_TRUE(grant.ok()) << grant.error().message;
+    EXPECT_EQ(grant->host, "h2") << "a grant for the new host only";
+    EXPECT_EQ(grant->generation, 2u);
+  }
+  Vm s = Get(stopped.id);
+  EXPECT_EQ(s.state, "error");
+  EXPECT_NE(s.error.find("durable version 3"), std::string::npos) << s.error;
+  // The failed host's later reports of the workspace no longer count.
+  DurableVersion late{
+      BlobRef{w->id, 4, std::string(64, 'c'), 1 << 20}, 1700000001000, 20, 1, 1 << 19, "interval"};
+  EXPECT_FALSE(*store_->RecordDurableVersion(DurableRecord(host_.id, late)));
 }
 
 TEST_P(HostFailureServiceTest, HeartbeatGrantsTheLease) {

@@ -7,6 +7,7 @@
 
 #include "api/host_credentials.h"
 #include "api/placement.h"
+#include "api/services/agent_spec.h"
 #include "api/services/host_failure_service.h"
 #include "api/vnet_plan.h"
 #include "common/host_port.h"
@@ -248,6 +249,13 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
     }
     const VmStatus report = std::move(it->second);
     by_id.erase(it);  // matched: what is left in by_id afterwards has no record on this host
+    // A durable version the host pushed (at an interval, or one whose
+    // stop/checkpoint answer was lost); only the workspace's holder counts.
+    if (!report.durable.empty() && report.durable.ref.name == vm.workspace_id) {
+      auto rec = store_.RecordDurableVersion(DurableRecord(host.id, report.durable));
+      failed_writes_.Count(rec.ok() ? Status::Ok() : Status(rec.error()),
+                           "VM " + vm.id + ": recording its durable version");
+    }
     // Agent still busy (or reporting a state that is none of ours: wait).
     if (auto s = ParseVmState(report.state); !s.ok() || IsTransitional(*s)) {
       clean = false;

@@ -39,15 +39,21 @@ MigrationService::MigrationService(Store& store, const CapacityIndex& index, Age
       clock_(clock),
       long_ops_(long_ops) {}
 
-Result<VmSpec> MigrationService::SpecFor(const Vm& vm) {
+Result<VmSpec> MigrationService::SpecFor(const Vm& vm, const Host& target) {
   VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(vm.image_id, ""));
   std::string workspace_path;
+  Workspace ws;
   if (!vm.workspace_id.empty()) {
-    VMG_ASSIGN_OR_RETURN(Workspace ws, store_.GetWorkspace(vm.workspace_id, ""));
+    VMG_ASSIGN_OR_RETURN(ws, store_.GetWorkspace(vm.workspace_id, ""));
     workspace_path = ws.path;
   }
   VMG_ASSIGN_OR_RETURN(VmSpec spec, AgentVmSpec(vm, image, workspace_path, false, networks_));
   spec.start = "boot";  // the target's disk lies on the image (SpecFor's callers refuse resumes)
+  // Durable workspaces: the target pushes its versions once it holds the
+  // workspace (same generation: the source's copy is destroyed on success).
+  // Its disk arrives by the mirror, never from a durable version.
+  if (!ws.id.empty()) AddDurable(spec, ws, target.name, durable_);
+  spec.blobs.erase("workspace");
   return spec;
 }
 
@@ -175,7 +181,7 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
   };
 
   ops_.SetProgress(op_id, "prepare", 5);
-  auto spec = SpecFor(vm);
+  auto spec = SpecFor(vm, target);
   if (!spec.ok()) return fail(spec.error());
   auto key = NewMigrationKey("vmgrid-" + vm.id);
   if (!key.ok()) return fail(key.error());

@@ -21,6 +21,7 @@
 #include <string>
 
 #include "api/routes/route.h"
+#include "api/services/agent_spec.h"
 #include "api/services/failed_writes.h"
 #include "common/clock.h"
 #include "common/result.h"
@@ -76,13 +77,15 @@ class MigrationService {
   int RecoverInterrupted(int64_t interrupted_before_ms, int64_t stale_after_ms);
 
   // The VM's spec as its target agent gets it (what its create had).
-  Result<VmSpec> SpecFor(const Vm& vm);
+  Result<VmSpec> SpecFor(const Vm& vm, const Host& target);
 
   // Store writes that failed after an agent had acted (each is logged).
   int64_t failed_writes() const { return failed_writes_.total(); }
 
   // Where migrations are counted (none by default); set before serving.
   void set_metrics(ControllerMetrics* metrics) { metrics_ = metrics; }
+  // Durable workspaces: the target of a persistent VM pushes its versions.
+  void set_durable(DurableOptions options) { durable_ = std::move(options); }
 
  private:
   // The sequence, on the operation pool; the operation's outcome.
@@ -103,6 +106,7 @@ class MigrationService {
   const Clock& clock_;
   Admission& long_ops_;
   ControllerMetrics* metrics_ = nullptr;
+  DurableOptions durable_;
   FailedWrites failed_writes_;
 };
 

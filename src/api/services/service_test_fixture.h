@@ -40,7 +40,12 @@ class FakeAgent : public AgentClient {
   std::function<void()> on_exec, on_delete_workspace;
   Status delete_workspace_answer;
 
+  std::vector<VmSpec> specs;  // every CreateVm's spec, in order (guarded by mu)
   Result<VmStatus> CreateVm(const Host&, const VmSpec& spec) override {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      specs.push_back(spec);
+    }
     Note("create " + spec.id);
     return action_answer;
   }

@@ -318,6 +318,7 @@ void VmCreateService::RunCreate(const Vm& vm, const Image& image, const std::str
     r = spec.error();
   } else {
     spec->checkpoint_dir = checkpoint_dir;
+    if (claim.workspace) AddDurable(*spec, *claim.workspace, h.name, durable_);
     r = agents_.CreateVm(h, *spec);
   }
   if (!r.ok()) ReleaseWorkspace(claim);
@@ -339,6 +340,16 @@ Status VmCreateService::Recover(const Vm& failed, const std::string& note) {
   } else {
     vm.start = "boot";  // this create's only: its checkpoint was on the failed host
   }
+  // A persistent VM restarts from its workspace's latest durable version
+  // (the target host fetches it with a grant of its own), else not at all.
+  if (vm.disk == "persistent") {
+    VMG_ASSIGN_OR_RETURN(Workspace ws, store_.GetWorkspace(vm.workspace_id, ""));
+    if (!durable_.enabled() || ws.durable_version == 0)
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "its workspace has no durable version to restart from");
+    checkpoint_dir.clear();
+    vm.start = "boot";
+  }
   std::vector<std::string> candidates =
       index_.Rank({image.id, vm.vcpus, vm.memory_mb, vm.disk_bytes, "spread", "", ""});
   std::erase(candidates, failed.host_id);
@@ -350,8 +361,14 @@ Status VmCreateService::Recover(const Vm& failed, const std::string& note) {
   Host h = host.ok() ? *host : Host{};
   spdlog::info("VM {} ({}) restarts on host {} after its host failed", placed.name, placed.id,
                h.name);
-  ops_.Run(placed.id, [this, h, placed, image, checkpoint_dir, started, note] {
-    RunCreate(placed, image, checkpoint_dir, WorkspaceClaim{}, started, h);
+  WorkspaceClaim claim;
+  if (placed.disk == "persistent") {
+    // RelocateVm moved the workspace to the new host (a new generation).
+    auto ws = store_.GetWorkspace(placed.workspace_id, "");
+    if (ws.ok()) claim.workspace = *ws;
+  }
+  ops_.Run(placed.id, [this, h, placed, image, checkpoint_dir, started, note, claim] {
+    RunCreate(placed, image, checkpoint_dir, claim, started, h);
     // The outcome recorded by RunCreate, with what happened before it.
     failed_writes_.Count(store_.ModifyVm(placed.id,
                                          [&](Vm& v) {

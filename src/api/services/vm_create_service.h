@@ -27,6 +27,7 @@
 
 #include "api/admission.h"
 #include "api/routes/route.h"
+#include "api/services/agent_spec.h"
 #include "api/services/failed_writes.h"
 #include "common/clock.h"
 #include "common/result.h"
@@ -114,6 +115,9 @@ class VmCreateService {
 
   // Where placements are counted (none by default); set before serving.
   void set_metrics(ControllerMetrics* metrics) { metrics_ = metrics; }
+  // Durable workspaces (docs/vm-lifecycle.md): persistent VMs are told to
+  // push their workspace's versions. Off by default; set before serving.
+  void set_durable(DurableOptions options) { durable_ = std::move(options); }
 
  private:
   // What a VM starts from.
@@ -173,6 +177,7 @@ class VmCreateService {
   ApiViews& views_;
   const bool image_server_;
   ControllerMetrics* metrics_ = nullptr;
+  DurableOptions durable_;
   FailedWrites failed_writes_;
 };
 

@@ -5,6 +5,7 @@
 #include "api/admission.h"
 #include "api/agent_client.h"
 #include "api/op_queue.h"
+#include "api/services/agent_spec.h"
 
 namespace vmgrid {
 
@@ -169,7 +170,10 @@ Result<GuestFileWritten> VmService::WriteFile(const Caller& c, const std::string
 void VmService::RecordOutcome(const std::string& vm_id, const Result<VmStatus>& answer,
                               const std::string& state_on_error, int64_t started_ms, bool timing) {
   if (!answer.ok()) spdlog::warn("VM {}: {}", vm_id, answer.error().message);
+  std::string host_id, workspace_id;
   Status st = store_.ModifyVm(vm_id, [&](Vm& vm) {
+    host_id = vm.host_id;
+    workspace_id = vm.workspace_id;
     if (answer.ok() && !ParseVmState(answer->state).ok()) {
       // The database holds our states only (migration 8).
       vm.state = state_on_error;
@@ -186,6 +190,14 @@ void VmService::RecordOutcome(const std::string& vm_id, const Result<VmStatus>& 
   // The record stays transitional; reconciliation with the host's next
   // heartbeat settles it.
   failed_writes_.Count(st, "VM " + vm_id + ": recording the outcome");
+  // A stop or checkpoint of a persistent VM pushed a durable version. Lost
+  // here, the host's next heartbeat reports it again (HostService).
+  if (st.ok() && answer.ok() && !answer->durable.empty() &&
+      answer->durable.ref.name == workspace_id) {
+    auto rec = store_.RecordDurableVersion(DurableRecord(host_id, answer->durable));
+    failed_writes_.Count(rec.ok() ? Status::Ok() : Status(rec.error()),
+                         "VM " + vm_id + ": recording its durable version");
+  }
 }
 
 Result<nlohmann::json> VmService::Forward(const std::string& id, const OwnerFilter& owner,

@@ -1,0 +1,102 @@
+// Durable workspaces end to end (issue 12 section 4, docs/vm-lifecycle.md):
+// a real controller, image server and two agents with tiny guests. A
+// persistent VM writes a file and is stopped: its workspace is pushed to the
+// image server as a durable version; a second push after a small change sends
+// only a few chunks; then its host is killed (agent and QEMU, kill -9) and the
+// VM restarts on the other host from the durable version, with the file.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <iostream>
+
+#include "tests/grid_fixture.h"
+
+namespace vmgrid {
+namespace {
+
+using namespace vmgrid::testing_support;
+
+// Host failure detected quickly (as host_failure_grid_test); no interval pushes.
+const std::vector<std::string> kArgs = {
+    "--host-suspect-after-ms",   "3000", "--host-failed-after-ms", "9000",
+    "--host-lease-ms",           "5000", "--host-lease-grace-ms",  "3000",
+    "--workspace-push-interval", "0"};
+
+json Workspace(const ApiClient& api, const std::string& name) {
+  auto r = api.Get("/v1/workspaces");
+  EXPECT_TRUE(r.ok());
+  if (!r.ok()) return json();
+  for (const auto& w : (*r)["workspaces"])
+    if (w.value("name", "") == name) return w;
+  return json();
+}
+
+TEST(DurableWorkspaceGridTest, StopPushesOnlyChangedChunksAndHostFailureRestartsFromIt) {
+  auto grid = StartGrid("durable", 2, kArgs);
+  ASSERT_TRUE(grid);
+  ApiClient admin = grid->Admin();
+  const std::string image = ImportTiny(admin, "tiny", false)["id"];
+  ApiClient alice = NewUser(*grid, "alice");
+
+  json vm = CreateVm(alice, {{"image", image},
+                             {"name", "dw"},
+                             {"disk", "persistent"},
+                             {"workspace", "dws"},
+                             {"restart", "on-host-failure"}});
+  ASSERT_EQ(vm.value("state", ""), "running") << vm.dump();
+  const std::string id = vm["id"];
+  EXPECT_TRUE(Workspace(alice, "dws")["durable"].is_null()) << "no version before a push";
+  Exec(alice, id, "echo first > /root/durable.txt && sync");
+
+  // Stop: version 1 (the chunks the image does not share travel).
+  ASSERT_EQ(Act(alice, id, "stop").value("state", ""), "stopped");
+  json d1 = Workspace(alice, "dws")["durable"];
+  ASSERT_TRUE(d1.is_object()) << Workspace(alice, "dws").dump();
+  std::cout << "[info] version 1: " << d1.dump() << "\n";
+  EXPECT_EQ(d1.value("version", 0), 1);
+  EXPECT_GT(d1.value("chunks", 0), 0);
+  EXPECT_LT(d1.value("sent_chunks", 0), d1.value("chunks", 0))
+      << "dedup with the image: most of the workspace's chunks were on the server already";
+
+  // A small change, stop again: version 2, only a few chunks sent.
+  ASSERT_EQ(Act(alice, id, "resume").value("state", ""), "running");
+  Exec(alice, id, "echo second >> /root/durable.txt && sync");
+  ASSERT_EQ(Act(alice, id, "stop").value("state", ""), "stopped");
+  json d2 = Workspace(alice, "dws")["durable"];
+  std::cout << "[info] version 2: " << d2.dump() << "\n";
+  EXPECT_EQ(d2.value("version", 0), 2);
+  EXPECT_GT(d2.value("sent_chunks", 0), 0);
+  EXPECT_LE(d2.value("sent_chunks", 0), 16) << "only the changed chunks travel";
+  EXPECT_LT(d2.value("sent_chunks", 0), d2.value("chunks", 0));
+
+  // Running again on its host; then the host dies (agent and QEMU, kill -9).
+  json running = Act(alice, id, "resume");
+  ASSERT_EQ(running.value("state", ""), "running") << running.dump();
+  const std::string dead_host = running["host"];
+  const int dead_i = dead_host == "host-1" ? 0 : 1;
+  grid->StopAgent(dead_i, /*hard=*/true);
+  if (int q = LiveQemuOn(*grid, dead_i, id); q > 0) kill(q, SIGKILL);
+  auto moved = PollUntil(
+      alice, "/v1/vms/" + id,
+      [&](const json& v) { return v.value("state", "") == "running" && v["host"] != dead_host; },
+      seconds(180));
+  ASSERT_TRUE(moved.ok()) << moved.error().message;
+  std::cout << "[info] restarted: " << moved->value("error", "") << "\n";
+  EXPECT_NE(moved->value("error", "").find("durable version 2"), std::string::npos)
+      << moved->dump();
+  EXPECT_EQ(Exec(alice, id, "cat /root/durable.txt"), "first\nsecond\n");
+  json ws = Workspace(alice, "dws");
+  EXPECT_NE(ws.value("host_id", ""), "") << ws.dump();
+  EXPECT_EQ(ws["host_id"], (*moved)["host_id"]) << "the workspace is the new host's now";
+
+  // On the new host it is pushed like any workspace: version 3 on stop.
+  ASSERT_EQ(Act(alice, id, "stop").value("state", ""), "stopped");
+  json d3 = Workspace(alice, "dws")["durable"];
+  std::cout << "[info] version 3: " << d3.dump() << "\n";
+  EXPECT_EQ(d3.value("version", 0), 3);
+  EXPECT_EQ(d3.value("host", ""), (*moved)["host"]);
+  StopGrid(grid);
+}
+
+}  // namespace
+}  // namespace vmgrid
