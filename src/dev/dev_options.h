@@ -25,6 +25,11 @@ struct DevOptions {
   bool exit_after_demo = false;
   // Leave the demo's VMs running/existing at exit instead of deleting them.
   bool keep_vms = false;
+  // Controllers (docs/ha.md); more than one needs `database`.
+  int controllers = 1;
+  // The controllers' database, a PostgreSQL URI ("": SQLite in the state
+  // directory, one controller only).
+  std::string database;
 };
 
 // The role's entry point: runs until SIGTERM/SIGINT; returns the process

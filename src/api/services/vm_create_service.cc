@@ -328,6 +328,29 @@ void VmCreateService::RunCreate(const Vm& vm, const Image& image, const std::str
   vms_.RecordOutcome(vm.id, r, "error", started, true);
 }
 
+Status VmCreateService::Relaunch(const Vm& vm) {
+  if (vm.state != "creating")
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + vm.id + " is " + vm.state);
+  if (vm.disk != "clone" || vm.start != "boot")
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "only a clone booted from its image can be created again (its checkpoint "
+                     "or workspace claim went with the controller that accepted it)");
+  VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(vm.image_id, ""));
+  VMG_ASSIGN_OR_RETURN(Host h, store_.GetHost(vm.host_id));
+  const int64_t started = clock_.NowMs();
+  ops_.Run(vm.id, [this, vm, image, h, started] {
+    auto spec = AgentVmSpec(vm, image, "", false, networks_);
+    Result<VmStatus> r = spec.ok() ? agents_.CreateVm(h, *spec) : Result<VmStatus>(spec.error());
+    // The first call reached the agent after all: its report settles the record.
+    if (!r.ok() && r.error().code == ErrorCode::kAlreadyExists) return;
+    if (r.ok() && !index_.IsCached(vm.image_id, vm.host_id))
+      failed_writes_.Count(store_.NoteImageCached(vm.image_id, vm.host_id),
+                           "noting image " + vm.image_id + " cached on host " + vm.host_id);
+    vms_.RecordOutcome(vm.id, r, "error", started, true);
+  });
+  return Status::Ok();
+}
+
 Status VmCreateService::Recover(const Vm& failed, const std::string& note) {
   const int64_t started = clock_.NowMs();
   VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(failed.image_id, ""));

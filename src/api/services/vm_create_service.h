@@ -109,6 +109,15 @@ class VmCreateService {
   // (kResourceExhausted: no room) nothing changed.
   Status Recover(const Vm& vm, const std::string& note);
 
+  // A create accepted by a controller that stopped before the agent call
+  // (docs/ha.md): VM `vm`, `creating` on its host with its room reserved, is
+  // created there again on the operation pool (same id, so an agent that
+  // did get the first call refuses the second, and its report settles the
+  // record). Only a clone booted from its image can be: kFailedPrecondition
+  // for the others (their checkpoint or workspace claim died with the
+  // request), which the caller then marks `error`.
+  Status Relaunch(const Vm& vm);
+
   // Store writes that failed where the create went on (each is logged).
   int64_t failed_writes() const { return failed_writes_.total(); }
 
