@@ -138,6 +138,7 @@ TEST_F(HaGridTest, KillingTheLeaderUnderCreatesLosesAndDuplicatesNothing) {
   std::mutex mu;
   std::map<std::string, std::string> accepted;  // VM id -> name
   std::vector<std::string> refusals;            // the first few, for the log
+  const auto stream_start = std::chrono::steady_clock::now();
   std::atomic<bool> stop{false};
   std::atomic<int> sent{0}, refused{0};
   std::vector<std::thread> clients;
@@ -157,7 +158,12 @@ TEST_F(HaGridTest, KillingTheLeaderUnderCreatesLosesAndDuplicatesNothing) {
         } else {
           ++refused;  // not accepted (e.g. the connection died with the leader)
           std::lock_guard<std::mutex> l(mu);
-          if (refusals.size() < 5) refusals.push_back(r.error().message);
+          if (refusals.size() < 5)
+            refusals.push_back(std::to_string(std::chrono::duration_cast<milliseconds>(
+                                                  std::chrono::steady_clock::now() - stream_start)
+                                                  .count()) +
+                               " ms (" + (c % 2 == 0 ? "first" : "second") +
+                               " controller first): " + r.error().message);
         }
         std::this_thread::sleep_for(milliseconds(100));
       }

@@ -196,6 +196,7 @@ Status Controller::Start() {
   hosts_->SetFailureDetector(failures_.get());
   hosts_->SetRelaunch([this](const Vm& vm) { return vm_creates_->Relaunch(vm); });
   vm_creates_->set_metrics(metrics_.get());
+  vm_creates_->set_resync_when_empty(IsPostgresTarget(database));
   migrations_->set_metrics(metrics_.get());
   AddMetricsCollectors();
   HttpServerLimits limits;

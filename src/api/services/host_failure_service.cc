@@ -104,7 +104,7 @@ std::vector<std::string> HostFailureService::Check(const std::function<bool()>& 
       last_heard_[h.id] = std::max(last_heard_[h.id], now);
     }
     if (still_leader && !still_leader()) {
-      spdlog::warn("host failure check: no longer the leader; stopping this pass");
+      spdlog::info("host failure check: stopping this pass (no longer the leader, or stopping)");
       break;
     }
     auto it = last_heard_.find(h.id);

@@ -96,8 +96,16 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
                              : !candidates.empty()  ? "limited to the hosts holding its source"
                                                     : "";
   if (candidates.empty()) {
-    candidates = index_.Rank(
-        {image.id, vm.vcpus, vm.memory_mb, vm.disk_bytes, r.policy, r.site, r.host_network});
+    const PlacementRequest want{image.id, vm.vcpus, vm.memory_mb,  vm.disk_bytes,
+                                r.policy, r.site,   r.host_network};
+    candidates = index_.Rank(want);
+    if (candidates.empty() && resync_when_empty_) {
+      const int64_t now = clock_.NowMs();
+      int64_t last = last_resync_ms_.load();
+      if (now - last >= 500 && last_resync_ms_.compare_exchange_strong(last, now) &&
+          store_.Resync().ok())
+        candidates = index_.Rank(want);
+    }
     if (candidates.empty()) {
       VMG_ASSIGN_OR_RETURN(auto hosts, store_.ListHosts());
       if (hosts.empty())

@@ -123,6 +123,11 @@ class VmCreateService {
 
   // Where placements are counted (none by default); set before serving.
   void set_metrics(ControllerMetrics* metrics) { metrics_ = metrics; }
+  // Several controllers on one database (docs/ha.md): the capacity index may
+  // not know yet what another controller changed (a new host, room freed),
+  // so a create that finds no candidate reloads it (at most every 500 ms)
+  // and ranks again before refusing. Set before serving.
+  void set_resync_when_empty(bool on) { resync_when_empty_ = on; }
 
  private:
   // What a VM starts from.
@@ -182,6 +187,8 @@ class VmCreateService {
   ApiViews& views_;
   const bool image_server_;
   ControllerMetrics* metrics_ = nullptr;
+  bool resync_when_empty_ = false;
+  std::atomic<int64_t> last_resync_ms_{0};
   FailedWrites failed_writes_;
 };
 
