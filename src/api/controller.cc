@@ -229,6 +229,10 @@ Status Controller::Start() {
   }
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
   (void)lease_->Renew();  // the first attempt before anything runs
+  if (lease_->Held())
+    spdlog::info("controller: leading (term {}): running the background loops", lease_->term());
+  else
+    spdlog::info("controller: serving; another controller leads (docs/ha.md)");
   lease_thread_ = std::thread([this] { LeaseLoop(); });
   reconcile_thread_ = std::thread([this] { ReconcileLoop(); });
   spdlog::info("controller serving at {} (state {}, images {}, database {})", url_,
