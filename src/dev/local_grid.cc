@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <mutex>
+#include <set>
 #include <thread>
 
 #include "common/tls.h"
@@ -19,18 +21,27 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 // Asks the kernel for a free loopback port. The small race until the
-// controller binds it is acceptable for a local grid.
+// controller binds it is acceptable for a local grid. A port is never
+// handed out twice by this process: the kernel may return a port it just
+// freed again, and two of the grid's servers on one port (httplib sets
+// SO_REUSEPORT, so both binds succeed) would split its connections between
+// them — an agent registering at the image server, say.
 int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  int port = ntohs(a.sin_port);
-  close(fd);
-  return port;
+  static std::mutex mu;
+  static std::set<int> given;
+  std::lock_guard<std::mutex> l(mu);
+  for (;;) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    int port = ntohs(a.sin_port);
+    close(fd);
+    if (given.insert(port).second) return port;
+  }
 }
 
 }  // namespace
