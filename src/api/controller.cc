@@ -58,8 +58,12 @@ namespace {
 constexpr int64_t kTokenCacheMs = 10'000;
 // How often the capacity index is reloaded whole: it follows this
 // controller's own writes exactly; the reload picks up other controllers'
-// writes to a shared PostgreSQL database.
+// writes to a shared PostgreSQL database (every kSharedIndexResyncMs there:
+// docs/ha.md).
 constexpr int64_t kIndexResyncMs = 10'000;
+constexpr int64_t kSharedIndexResyncMs = 2'000;
+// How often the leader lease (docs/ha.md) is taken or renewed.
+constexpr int64_t kLeaseAttemptMs = 500;
 // A migration row with no operation this long was left by a migrate whose
 // operation never started (a crash between the two); the operation itself
 // is seen by OpQueue::InFlight however long it runs.
@@ -98,6 +102,16 @@ Status Controller::Start() {
   const std::string database =
       options_.database.empty() ? options_.state_dir + "/vmgrid.db" : options_.database;
   VMG_ASSIGN_OR_RETURN(store_, Store::Open(database));
+  // Before anything is written: a second controller on one SQLite file is
+  // refused here; on PostgreSQL every controller serves, one leads.
+  VMG_ASSIGN_OR_RETURN(
+      lease_, LeaderLease::Open(database, NewId("ctl"), options_.listen, SteadyClock::Get()));
+  if (IsPostgresTarget(database)) {
+    // Heartbeats may reach any controller: one after a silence is written in
+    // full, so that a host another controller declared suspect or failed
+    // meanwhile is seen as such (docs/ha.md). Well below suspect_after.
+    store_->set_heartbeat_refresh_ms(std::max(1000, options_.host_suspect_after_ms * 2 / 3));
+  }
   VMG_ASSIGN_OR_RETURN(query_,
                        QueryService::Open(database, std::max(1, options_.max_queries_per_user)));
   index_ = std::make_unique<CapacityIndex>();
@@ -181,6 +195,7 @@ Status Controller::Start() {
       [this](const std::string& vm_id) { return ops_->InFlight(vm_id); },
       [this](const Vm& vm, const std::string& note) { return vm_creates_->Recover(vm, note); });
   hosts_->SetFailureDetector(failures_.get());
+  hosts_->SetRelaunch([this](const Vm& vm) { return vm_creates_->Relaunch(vm); });
   vm_creates_->set_metrics(metrics_.get());
   if (!options_.image_server_grant_key_file.empty()) {
     // Durable workspaces (docs/vm-lifecycle.md): the key of the image
@@ -200,6 +215,7 @@ Status Controller::Start() {
         "stop, checkpoint and every {} s",
         options_.workspace_push_interval_s);
   }
+  vm_creates_->set_resync_when_empty(IsPostgresTarget(database));
   migrations_->set_metrics(metrics_.get());
   AddMetricsCollectors();
   HttpServerLimits limits;
@@ -231,6 +247,12 @@ Status Controller::Start() {
                          MetricsServer::Start(options_.metrics_listen, *registry_));
   }
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });
+  (void)lease_->Renew();  // the first attempt before anything runs
+  if (lease_->Held())
+    spdlog::info("controller: leading (term {}): running the background loops", lease_->term());
+  else
+    spdlog::info("controller: serving; another controller leads (docs/ha.md)");
+  lease_thread_ = std::thread([this] { LeaseLoop(); });
   reconcile_thread_ = std::thread([this] { ReconcileLoop(); });
   spdlog::info("controller serving at {} (state {}, images {}, database {})", url_,
                options_.state_dir, image_dir_,
@@ -249,6 +271,12 @@ void Controller::Wait(std::chrono::milliseconds grace) {
   if (server_thread_.joinable()) server_thread_.join();
   if (agent_server_thread_.joinable()) agent_server_thread_.join();
   if (reconcile_thread_.joinable()) reconcile_thread_.join();
+  if (lease_thread_.joinable()) {
+    lease_thread_.join();
+    // Another controller takes over at its next attempt, not after the expiry.
+    if (lease_ && lease_->Held()) spdlog::info("controller: giving up the leadership");
+    if (lease_) lease_->Release();
+  }
   ops_->WaitIdle(grace);
 }
 
@@ -410,8 +438,8 @@ void Controller::InstallRoutes() {
   RouteRecorder s(server, &installed_routes_);
   AuthedRoutes routes(*this, s);
 
-  s.Get("/v1/health", Timed("GET", "/v1/health", [](const Req&, Res& res) {
-          SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
+  s.Get("/v1/health", Timed("GET", "/v1/health", [this](const Req&, Res& res) {
+          SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}, {"leader", leader()}});
         }));
   s.Get("/v1/openapi.json", Timed("GET", "/v1/openapi.json", [](const Req&, Res& res) {
           res.set_content(std::string(kOpenApiJson), "application/json");
@@ -463,8 +491,8 @@ void Controller::InstallAgentListenerRoutes() {
                                                       : httplib::Server::HandlerResponse::Unhandled;
   });
   InstallJsonErrorHandlers(s);
-  s.Get("/v1/health", [](const Req&, Res& res) {
-    SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}});
+  s.Get("/v1/health", [this](const Req&, Res& res) {
+    SendJson(res, 200, {{"status", "ok"}, {"version", kVersion}, {"leader", leader()}});
   });
   std::vector<InstalledRoute> unrecorded;  // openapi_test checks the main listener only
   RouteRecorder<GuardedServer> recorder(s, &unrecorded);
@@ -586,35 +614,87 @@ void Controller::AddMetricsCollectors() {
                         {}};
     lost.Add({}, static_cast<double>(store_->event_write_failures()));
     out.push_back(std::move(lost));
+    out.push_back(FamilySnapshot{
+        "vmgrid_controller_leader",
+        "1 while this controller holds the leader lease and runs the background loops "
+        "(docs/ha.md), else 0.",
+        Type::kGauge,
+        {}}.Add({}, leader() ? 1 : 0));
+    out.push_back(FamilySnapshot{
+        "vmgrid_controller_leader_term",
+        "The leadership term this controller last held (0: never).",
+        Type::kGauge,
+        {}}.Add({}, static_cast<double>(lease_->term())));
     return out;
   });
 }
 
-void Controller::ReconcileLoop() {
-  const int64_t started = NowMs();
-  int64_t resynced = started;
-  int64_t pruned = 0;  // at once, then every kEventPruneMs
+void Controller::LeaseLoop() {
+  bool held = lease_->Held();
+  bool failing = false;
   while (!stop_) {
-    // Migrations a previous controller left half-done (its operations died
-    // with it), and any whose operation never started.
-    migrations_->RecoverInterrupted(started, kMigrationStaleMs);
-    // Suspect and failed hosts, and the recovery of failed hosts' VMs
-    // (docs/host-failure.md). Writes the heartbeat times kept in memory
-    // first (Store::HeartbeatHost).
-    failures_->Check();
-    if (NowMs() - resynced >= kIndexResyncMs) {
+    auto r = lease_->Renew();
+    if (!r.ok() && !failing) spdlog::warn("leader lease: {}", r.error().message);
+    failing = !r.ok();
+    const bool now_held = lease_->Held();
+    if (now_held != held) {
+      if (now_held) {
+        spdlog::info("controller: leading (term {}): running the background loops", lease_->term());
+      } else {
+        auto cur = lease_->Current();
+        spdlog::warn("controller: no longer leading{}",
+                     cur.ok() && !cur->id.empty() ? " (the leader is " + cur->url + ")" : "");
+      }
+      held = now_held;
+    }
+    for (int64_t waited = 0; waited < kLeaseAttemptMs && !stop_; waited += 50)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+void Controller::ReconcileLoop() {
+  const bool shared = IsPostgresTarget(options_.database);
+  const int64_t resync_ms = shared ? kSharedIndexResyncMs : kIndexResyncMs;
+  int64_t resynced = NowMs();
+  int64_t pruned = 0;    // at once, then every kEventPruneMs
+  bool leading = false;  // as of the previous pass
+  int64_t leading_since = 0;
+  auto still_leader = [this] { return lease_->Held() && !stop_; };
+  while (!stop_) {
+    // Every controller: the heartbeat times it received reach the database
+    // (the leader's failure detector reads them there), and its capacity
+    // index picks up the other controllers' writes.
+    if (Status st = store_->FlushHeartbeats(); !st.ok())
+      spdlog::warn("writing heartbeat times: {}", st.error().message);
+    if (NowMs() - resynced >= resync_ms) {
       if (auto st = store_->Resync(); !st.ok())
         spdlog::warn("capacity index: {}", st.error().message);
       resynced = NowMs();
     }
-    if (NowMs() - pruned >= kEventPruneMs) {
-      // The event stream's retention (docs/operations.md, "Events").
-      auto gone = store_->PruneEvents(options_.events_keep);
-      if (!gone.ok())
-        spdlog::warn("event retention: {}", gone.error().message);
-      else if (*gone > 0)
-        spdlog::info("event retention: deleted the {} oldest events", *gone);
-      pruned = NowMs();
+    const bool lead = lease_->Held();
+    if (lead && !leading) {
+      // Taken over (or started): count every host from now, and settle what
+      // the previous leader left (docs/ha.md).
+      leading_since = NowMs();
+      failures_->CountFromNow();
+    }
+    leading = lead;
+    if (lead) {
+      // Migrations a previous controller left half-done (its operations died
+      // with it), and any whose operation never started.
+      migrations_->RecoverInterrupted(leading_since, kMigrationStaleMs);
+      // Suspect and failed hosts, and the recovery of failed hosts' VMs
+      // (docs/host-failure.md).
+      failures_->Check(still_leader);
+      if (still_leader() && NowMs() - pruned >= kEventPruneMs) {
+        // The event stream's retention (docs/operations.md, "Events").
+        auto gone = store_->PruneEvents(options_.events_keep);
+        if (!gone.ok())
+          spdlog::warn("event retention: {}", gone.error().message);
+        else if (*gone > 0)
+          spdlog::info("event retention: deleted the {} oldest events", *gone);
+        pruned = NowMs();
+      }
     }
     for (int i = 0; i < 20 && !stop_; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));

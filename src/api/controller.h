@@ -50,6 +50,7 @@
 #include "common/metrics_server.h"
 #include "common/result.h"
 #include "infosvc/query_service.h"
+#include "store/leader_lease.h"
 #include "store/store.h"
 
 namespace httplib {
@@ -87,6 +88,9 @@ class Controller {
   // Every metric of the controller (docs/operations.md); set by Start.
   const metrics::Registry& metrics() const { return *registry_; }
   Store& store() { return *store_; }
+  // Whether this controller runs the background loops now (docs/ha.md):
+  // always with SQLite, the lease holder's with PostgreSQL.
+  bool leader() const { return lease_ && lease_->Held(); }
   // (method, pattern) of every route of the main listener, in registration
   // order; set by Start() before serving, read-only after (openapi_test).
   const std::vector<InstalledRoute>& installed_routes() const { return installed_routes_; }
@@ -102,6 +106,8 @@ class Controller {
       Handler h, const std::set<std::string>& roles = {"admin", "user"});
 
   void ReconcileLoop();
+  // Takes and renews the leader lease (docs/ha.md) every kLeaseAttemptMs.
+  void LeaseLoop();
   // Adds the families computed at scrape time (VMs per state, hosts, queue).
   void AddMetricsCollectors();
   // Counts and times `h`'s requests under the route's documented template.
@@ -121,6 +127,8 @@ class Controller {
   std::string url_;
   std::unique_ptr<CapacityIndex> index_;  // placement's copy of host capacity; outlives store_
   std::unique_ptr<Store> store_;
+  // Which controller on the database runs the background loops; set by Start.
+  std::unique_ptr<LeaderLease> lease_;
   std::unique_ptr<QueryService> query_;
   std::unique_ptr<ChunkClient> image_server_;  // null without --image-server
   std::unique_ptr<GuardedServer> server_;
@@ -129,7 +137,7 @@ class Controller {
   bool tls_ = false;                             // serving TLS (and so talking TLS to agents)
   std::string agent_url_;
   static constexpr size_t kAgentListenerThreads = 16;
-  std::thread server_thread_, reconcile_thread_, agent_server_thread_;
+  std::thread server_thread_, reconcile_thread_, agent_server_thread_, lease_thread_;
   std::atomic<bool> stop_{false};
 
   // Verified tokens: SHA-256 -> (user, expiry ms). Tokens are never revoked

@@ -24,7 +24,8 @@ int Run(const std::vector<std::string>& args, const CliIo& io, const RoleEntryPo
   app.fallthrough();
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("vmgrid ") + kVersion);
-  app.add_option("--url", ctx.g.url, "Controller base URL")
+  app.add_option("--url", ctx.g.url,
+                 "Controller base URL, or several separated by commas (failover: docs/ha.md)")
       ->envname("VMGRID_URL")
       ->capture_default_str();
   app.add_option("--token", ctx.g.token, "Bearer token")->envname("VMGRID_TOKEN");

@@ -199,7 +199,8 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
     a->add_option("--listen", s.agent.listen, "Address to listen on (port 0: any)")
         ->check(ListenValidator())
         ->capture_default_str();
-    a->add_option("--controller", s.agent.controller_url, "Controller base URL")
+    a->add_option("--controller", s.agent.controller_url,
+                  "Controller base URL, or several separated by commas (failover: docs/ha.md)")
         ->capture_default_str();
     a->add_option("--token-file", s.agent.token_file,
                   "File with the join token (controller STATE/agent.token); read only until this "
@@ -259,7 +260,8 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
     sh->add_option("--count", s.sim.count, "Number of simulated hosts")
         ->check(CLI::Range(1, 1000000))
         ->capture_default_str();
-    sh->add_option("--controller", s.sim.controller_url, "Controller base URL")
+    sh->add_option("--controller", s.sim.controller_url,
+                   "Controller base URL, or several separated by commas (failover: docs/ha.md)")
         ->capture_default_str();
     sh->add_option("--token-file", s.sim.token_file,
                    "File with the join token (controller STATE/agent.token)")
@@ -301,6 +303,14 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
                 "Exit when the demo is done (implies --demo)");
     d->add_flag("--keep-vms", s.dev.keep_vms, "Keep the demo's VMs at exit");
     log_flag(d);  // also passed to every process the grid starts
+    d->add_option("--controllers", s.dev.controllers,
+                  "Controllers sharing the database (more than one needs --database; "
+                  "docs/ha.md)")
+        ->check(CLI::Range(1, 8))
+        ->capture_default_str();
+    d->add_option("--database", s.dev.database,
+                  "The controllers' PostgreSQL database (postgresql://...); default SQLite in "
+                  "the state directory");
   }
 }
 

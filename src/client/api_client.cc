@@ -93,8 +93,10 @@ std::map<std::string, std::vector<IdleClient>>& IdleClients() {  // guarded by i
 
 // Access to ApiClient's private state for the request helpers below.
 struct ApiClientInternals {
-  static std::unique_ptr<httplib::Client> MakeClient(const ApiClient& c) {
-    auto cli = NewHttpClient(c.scheme_host_port_);  // https: verified against our CA
+  using Endpoint = ApiClient::Endpoint;
+
+  static std::unique_ptr<httplib::Client> MakeClient(const ApiClient& c, const Endpoint& ep) {
+    auto cli = NewHttpClient(ep.scheme_host_port);  // https: verified against our CA
     cli->set_connection_timeout(c.options_.connect_timeout_s, 0);
     cli->set_read_timeout(c.options_.read_timeout_s, 0);
     cli->set_write_timeout(c.options_.write_timeout_s, 0);
@@ -106,18 +108,18 @@ struct ApiClientInternals {
     return cli;
   }
 
-  static std::string PoolKey(const ApiClient& c) {
-    return c.scheme_host_port_ + "\n" + c.token_ + "\n" + c.options_.user_agent;
+  static std::string PoolKey(const ApiClient& c, const Endpoint& ep) {
+    return ep.scheme_host_port + "\n" + c.token_ + "\n" + c.options_.user_agent;
   }
 
   // A connection for one GET/POST/DELETE: an idle pooled one when
   // keep_alive, else a new one.
-  static std::unique_ptr<httplib::Client> TakeClient(const ApiClient& c) {
-    if (!c.options_.keep_alive) return MakeClient(c);
+  static std::unique_ptr<httplib::Client> TakeClient(const ApiClient& c, const Endpoint& ep) {
+    if (!c.options_.keep_alive) return MakeClient(c, ep);
     std::unique_ptr<httplib::Client> cli;
     {
       std::lock_guard<std::mutex> l(idle_mu);
-      auto it = IdleClients().find(PoolKey(c));
+      auto it = IdleClients().find(PoolKey(c, ep));
       if (it != IdleClients().end()) {
         const auto now = std::chrono::steady_clock::now();
         auto& v = it->second;
@@ -133,7 +135,7 @@ struct ApiClientInternals {
       }
     }
     if (!cli) {
-      cli = MakeClient(c);
+      cli = MakeClient(c, ep);
       cli->set_keep_alive(true);
       cli->set_tcp_nodelay(true);  // else Nagle + delayed ACK: 40 ms per call
     }
@@ -144,15 +146,42 @@ struct ApiClientInternals {
   }
 
   // Returns a connection after a successful exchange (keep_alive only).
-  static void ReturnClient(const ApiClient& c, std::unique_ptr<httplib::Client> cli) {
+  static void ReturnClient(const ApiClient& c, const Endpoint& ep,
+                           std::unique_ptr<httplib::Client> cli) {
     if (!c.options_.keep_alive || !cli->is_socket_open()) return;
     std::lock_guard<std::mutex> l(idle_mu);
-    auto& v = IdleClients()[PoolKey(c)];
+    auto& v = IdleClients()[PoolKey(c, ep)];
     if (v.size() < kIdlePerPeer) v.push_back({std::move(cli), std::chrono::steady_clock::now()});
   }
 
-  static Error TransportError(const ApiClient& c, httplib::Error err, double elapsed_s) {
-    const std::string& url = c.base_url_;
+  // The request was certainly not sent: another endpoint may take it.
+  static bool NotSent(httplib::Error err) {
+    return err == httplib::Error::Connection || err == httplib::Error::ConnectionTimeout ||
+           err == httplib::Error::SSLConnection;
+  }
+
+  // Tries the endpoints from the current one on; `once(ep, &not_sent)` makes
+  // one attempt and says whether it failed before sending anything.
+  static Result<json> Failover(const ApiClient& c,
+                               const std::function<Result<json>(const Endpoint&, bool*)>& once) {
+    const size_t n = c.endpoints_.size();
+    const size_t first = c.current_->load() % n;
+    Result<json> r = MakeError(ErrorCode::kInternal, "no endpoint");
+    for (size_t k = 0; k < n; ++k) {
+      const size_t i = (first + k) % n;
+      bool not_sent = false;
+      r = once(c.endpoints_[i], &not_sent);
+      if (!not_sent) {
+        if (i != first) c.current_->store(i);
+        return r;
+      }
+    }
+    return r;
+  }
+
+  static Error TransportError(const ApiClient& c, const Endpoint& ep, httplib::Error err,
+                              double elapsed_s) {
+    const std::string& url = ep.base_url;
     const std::string unreachable = "cannot reach the " + c.options_.peer_name + " at " + url;
     switch (err) {
       case httplib::Error::Connection:
@@ -200,13 +229,21 @@ struct ApiClientInternals {
   static Result<json> Send(const ApiClient& c, const std::string& method, const std::string& path,
                            const json& body) {
     if (!c.url_error_.empty()) return MakeError(ErrorCode::kInvalidArgument, c.url_error_);
+    const bool has_body = !body.is_null();
+    const std::string payload = has_body ? DumpJson(body) : std::string();
+    return Failover(c, [&](const Endpoint& ep, bool* not_sent) -> Result<json> {
+      return SendTo(c, ep, method, path, has_body, payload, not_sent);
+    });
+  }
+
+  static Result<json> SendTo(const ApiClient& c, const Endpoint& ep, const std::string& method,
+                             const std::string& path, bool has_body, const std::string& payload,
+                             bool* not_sent) {
     try {
-      auto cli = TakeClient(c);
-      const std::string full = c.path_prefix_ + path;
+      auto cli = TakeClient(c, ep);
+      const std::string full = ep.path_prefix + path;
       const auto start = std::chrono::steady_clock::now();
       httplib::Result res{nullptr, httplib::Error::Unknown};
-      const bool has_body = !body.is_null();
-      const std::string payload = has_body ? DumpJson(body) : std::string();
       if (method == "GET") {
         res = cli->Get(full);
       } else if (method == "POST") {
@@ -220,9 +257,12 @@ struct ApiClientInternals {
       }
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (!res) return TransportError(c, res.error(), elapsed);
-      auto answer = ParseResponse(res.value(), c.base_url_);
-      ReturnClient(c, std::move(cli));
+      if (!res) {
+        *not_sent = NotSent(res.error());
+        return TransportError(c, ep, res.error(), elapsed);
+      }
+      auto answer = ParseResponse(res.value(), ep.base_url);
+      ReturnClient(c, ep, std::move(cli));
       return answer;
     } catch (const std::exception& e) {
       return MakeError(ErrorCode::kInternal, std::string("HTTP client failure: ") + e.what());
@@ -232,6 +272,14 @@ struct ApiClientInternals {
   static Result<json> PutFile(const ApiClient& c, const std::string& path,
                               const std::string& file_path, const ApiClient::ProgressFn& progress) {
     if (!c.url_error_.empty()) return MakeError(ErrorCode::kInvalidArgument, c.url_error_);
+    return Failover(c, [&](const Endpoint& ep, bool* not_sent) {
+      return PutFileTo(c, ep, path, file_path, progress, not_sent);
+    });
+  }
+
+  static Result<json> PutFileTo(const ApiClient& c, const Endpoint& ep, const std::string& path,
+                                const std::string& file_path, const ApiClient::ProgressFn& progress,
+                                bool* not_sent) {
     int fd = ::open(file_path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
       return MakeError(ErrorCode::kInvalidArgument,
@@ -281,16 +329,19 @@ struct ApiClientInternals {
         }
         return true;
       };
-      auto cli = MakeClient(c);
+      auto cli = MakeClient(c, ep);
       const auto start = std::chrono::steady_clock::now();
-      auto res = cli->Put(c.path_prefix_ + path, static_cast<size_t>(total), provider,
+      auto res = cli->Put(ep.path_prefix + path, static_cast<size_t>(total), provider,
                           "application/octet-stream");
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (!read_error.empty()) return MakeError(ErrorCode::kInternal, read_error);
       if (canceled) return MakeError(ErrorCode::kInternal, "upload canceled");
-      if (!res) return TransportError(c, res.error(), elapsed);
-      return ParseResponse(res.value(), c.base_url_);
+      if (!res) {
+        *not_sent = NotSent(res.error());
+        return TransportError(c, ep, res.error(), elapsed);
+      }
+      return ParseResponse(res.value(), ep.base_url);
     } catch (const std::exception& e) {
       return MakeError(ErrorCode::kInternal, std::string("HTTP client failure: ") + e.what());
     }
@@ -302,32 +353,49 @@ ApiClient::ApiClient(std::string base_url, std::string token)
 
 ApiClient::ApiClient(std::string base_url, std::string token, Options options)
     : token_(std::move(token)), options_(std::move(options)) {
-  std::string url = Trim(base_url);
-  if (url.find("://") == std::string::npos) url = "http://" + url;
-  const size_t scheme_end = url.find("://");
-  const std::string scheme = url.substr(0, scheme_end);
-  const std::string rest = url.substr(scheme_end + 3);
-  const size_t slash = rest.find('/');
-  const std::string host_port = rest.substr(0, slash);
-  std::string prefix = slash == std::string::npos ? "" : rest.substr(slash);
-  while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
-  if (scheme != "http" && scheme != "https") {
-    url_error_ = "bad URL '" + base_url + "': the scheme must be http or https";
-  } else if (host_port.empty() || host_port.front() == ':') {
-    url_error_ = "bad URL '" + base_url + "': no host (expected http://HOST:PORT)";
-  } else if (host_port.find_first_of("?#@ ") != std::string::npos) {
-    url_error_ = "bad URL '" + base_url + "': expected http://HOST:PORT";
-  } else {
-    // A port, if present, must be numeric (skip IPv6 brackets).
-    size_t colon = host_port.rfind(':');
-    size_t bracket = host_port.rfind(']');
-    if (colon != std::string::npos && (bracket == std::string::npos || colon > bracket)) {
-      std::string port = host_port.substr(colon + 1);
-      if (port.empty() || port.size() > 5 ||
-          port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) > 65535) {
-        url_error_ = "bad URL '" + base_url + "': bad port '" + port + "'";
+  // One URL, or several separated by commas (failover).
+  std::vector<std::string> urls;
+  for (size_t at = 0;;) {
+    const size_t comma = base_url.find(',', at);
+    urls.push_back(Trim(base_url.substr(at, comma == std::string::npos ? comma : comma - at)));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  for (const std::string& one : urls) {
+    std::string url = one;
+    if (url.empty() && urls.size() > 1) {
+      url_error_ = "bad URL list '" + base_url + "': an empty entry";
+      continue;
+    }
+    if (url.find("://") == std::string::npos) url = "http://" + url;
+    const size_t scheme_end = url.find("://");
+    const std::string scheme = url.substr(0, scheme_end);
+    const std::string rest = url.substr(scheme_end + 3);
+    const size_t slash = rest.find('/');
+    const std::string host_port = rest.substr(0, slash);
+    std::string prefix = slash == std::string::npos ? "" : rest.substr(slash);
+    while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
+    if (scheme != "http" && scheme != "https") {
+      url_error_ = "bad URL '" + one + "': the scheme must be http or https";
+    } else if (host_port.empty() || host_port.front() == ':') {
+      url_error_ = "bad URL '" + one + "': no host (expected http://HOST:PORT)";
+    } else if (host_port.find_first_of("?#@ ") != std::string::npos) {
+      url_error_ = "bad URL '" + one + "': expected http://HOST:PORT";
+    } else {
+      // A port, if present, must be numeric (skip IPv6 brackets).
+      size_t colon = host_port.rfind(':');
+      size_t bracket = host_port.rfind(']');
+      if (colon != std::string::npos && (bracket == std::string::npos || colon > bracket)) {
+        std::string port = host_port.substr(colon + 1);
+        if (port.empty() || port.size() > 5 ||
+            port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) > 65535) {
+          url_error_ = "bad URL '" + one + "': bad port '" + port + "'";
+        }
       }
     }
+    Endpoint ep{scheme + "://" + host_port, prefix, scheme + "://" + host_port + prefix};
+    base_url_ += (base_url_.empty() ? "" : ",") + ep.base_url;
+    endpoints_.push_back(std::move(ep));
   }
   for (char ch : token_) {
     if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) {
@@ -335,9 +403,6 @@ ApiClient::ApiClient(std::string base_url, std::string token, Options options)
       break;
     }
   }
-  scheme_host_port_ = scheme + "://" + host_port;
-  path_prefix_ = prefix;
-  base_url_ = scheme_host_port_ + path_prefix_;
 }
 
 Result<nlohmann::json> ApiClient::Get(const std::string& path) const {

@@ -16,12 +16,23 @@
 //   - connection refused / unreachable: kUnavailable, with a hint naming the
 //     peer (Options::peer_name, Options::unreachable_hint).
 //   - no answer within the read timeout: kTimeout.
+//
+// Several controllers (docs/ha.md): base_url may be a comma-separated list
+// of URLs. Calls go to the one that last answered; when it cannot be
+// connected to (refused, unreachable, connect timeout: the request was not
+// sent, so any method may be retried) the next one is tried and, if it
+// answers, used from then on. An answer of any status, or a connection lost
+// after the request was sent, is returned as it is (a POST may have been
+// acted on; retrying it could do it twice).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 
@@ -47,12 +58,14 @@ class ApiClient {
   using ProgressFn = std::function<bool(uint64_t bytes_sent, uint64_t total)>;
 
   // base_url: "http://host:port" (a path prefix such as "http://h:1/x" is
-  // kept; a missing scheme means http). token: bearer token; empty sends no
+  // kept; a missing scheme means http), or several such URLs separated by
+  // commas (failover, above). token: bearer token; empty sends no
   // Authorization header. A malformed URL makes every call fail with
   // kInvalidArgument.
   ApiClient(std::string base_url, std::string token);
   ApiClient(std::string base_url, std::string token, Options options);
 
+  // The URL (or the comma-separated URLs), normalized.
   const std::string& base_url() const { return base_url_; }
   const Options& options() const { return options_; }
   void set_read_timeout_s(int seconds) { options_.read_timeout_s = seconds; }
@@ -72,10 +85,16 @@ class ApiClient {
                                  const ProgressFn& progress = nullptr) const;
 
  private:
-  std::string scheme_host_port_;  // "http://host:port"
-  std::string path_prefix_;       // "" or "/prefix"
-  std::string base_url_;          // normalized, for messages
-  std::string url_error_;         // non-empty when base_url was malformed
+  struct Endpoint {
+    std::string scheme_host_port;  // "http://host:port"
+    std::string path_prefix;       // "" or "/prefix"
+    std::string base_url;          // normalized, for messages
+  };
+  std::vector<Endpoint> endpoints_;  // at least one
+  // The endpoint that last answered; shared by copies of this client.
+  std::shared_ptr<std::atomic<size_t>> current_ = std::make_shared<std::atomic<size_t>>(0);
+  std::string base_url_;   // normalized, for messages
+  std::string url_error_;  // non-empty when base_url was malformed
   std::string token_;
   Options options_;
 

@@ -307,6 +307,59 @@ TEST(ApiClient, RejectsBadUrlsAndTokens) {
   EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
 }
 
+// Several controllers (docs/ha.md): a URL list fails over when a controller
+// cannot be connected to, sticks with the one that answered, and returns
+// HTTP errors as they are (never retried elsewhere).
+TEST(ApiClient, FailsOverToTheNextUrlOnlyWhenItCannotConnect) {
+  FakeServer a, b;
+  std::atomic<int> a_calls{0}, b_calls{0};
+  a.server().Get("/v1/who", [&](const httplib::Request&, httplib::Response& res) {
+    ++a_calls;
+    res.set_content(R"({"who":"a"})", "application/json");
+  });
+  b.server().Get("/v1/who", [&](const httplib::Request&, httplib::Response& res) {
+    ++b_calls;
+    res.set_content(R"({"who":"b"})", "application/json");
+  });
+  b.server().Post("/v1/refuse", [&](const httplib::Request&, httplib::Response& res) {
+    ++b_calls;
+    ReplyError(res, 409, "failed_precondition", "no");
+  });
+  a.Start();
+  b.Start();
+  const std::string down = "http://127.0.0.1:" + std::to_string(UnusedPort());
+  ApiClient c(down + ", " + b.url() + "," + a.url(), "t");
+  EXPECT_EQ(c.base_url(), down + "," + b.url() + "," + a.url());
+  auto r = c.Get("/v1/who");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ((*r)["who"], "b");
+  // Sticks with b, also in copies; a 4xx is b's answer, not a reason to move.
+  ApiClient copy = c;
+  auto refused = copy.Post("/v1/refuse", json::object());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(b_calls, 2);
+  EXPECT_EQ(a_calls, 0);
+  // b goes away: a takes over (the dead one is skipped after it).
+  b.Stop();
+  auto r2 = c.Get("/v1/who");
+  ASSERT_TRUE(r2.ok()) << r2.error().message;
+  EXPECT_EQ((*r2)["who"], "a");
+  auto r3 = c.Get("/v1/who");
+  ASSERT_TRUE(r3.ok());
+  EXPECT_EQ(a_calls, 2);
+  // None answers: the last one's error.
+  a.Stop();
+  auto none = c.Get("/v1/who");
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, ErrorCode::kUnavailable);
+  // An empty entry is a bad list.
+  ApiClient bad(a.url() + ",,", "t");
+  auto b_r = bad.Get("/v1/who");
+  ASSERT_FALSE(b_r.ok());
+  EXPECT_EQ(b_r.error().code, ErrorCode::kInvalidArgument);
+}
+
 TEST(PathEscape, EscapesReservedCharacters) {
   EXPECT_EQ(PathEscape("vm-1_a.b~"), "vm-1_a.b~");
   EXPECT_EQ(PathEscape("a b/c?d"), "a%20b%2Fc%3Fd");

@@ -132,9 +132,12 @@ int RunDev(const DevOptions& options) {
   go.port = options.port;
   go.hosts = options.hosts;
   go.log_format = options.log_format;
+  go.controllers = options.controllers;
+  go.database = options.database;
   LocalGrid grid(go);
-  std::printf("==> starting a local grid: controller on %s and %d agent(s), state in %s\n",
-              grid.url().c_str(), options.hosts, options.state_dir.c_str());
+  std::printf("==> starting a local grid: %s on %s and %d agent(s), state in %s\n",
+              options.controllers > 1 ? "controllers" : "controller", grid.urls().c_str(),
+              options.hosts, options.state_dir.c_str());
   std::fflush(stdout);
   Status st = grid.Start();
   if (!st.ok()) {
@@ -145,7 +148,7 @@ int RunDev(const DevOptions& options) {
       "==> grid is up (TLS, CA %s). To use it from another shell:\n"
       "      export VMGRID_URL=%s VMGRID_CA=%s VMGRID_TOKEN_FILE=%s/admin.token\n"
       "    logs: %s\n",
-      grid.ca_file().c_str(), grid.url().c_str(), grid.ca_file().c_str(),
+      grid.ca_file().c_str(), grid.urls().c_str(), grid.ca_file().c_str(),
       grid.controller_state_dir().c_str(), grid.log_dir().c_str());
   std::fflush(stdout);
   int rc = 0;

@@ -27,6 +27,11 @@ struct DevOptions {
   bool keep_vms = false;
   // --log-format of `vmgrid dev` itself and of every process it starts.
   std::string log_format = "text";
+  // Controllers (docs/ha.md); more than one needs `database`.
+  int controllers = 1;
+  // The controllers' database, a PostgreSQL URI ("": SQLite in the state
+  // directory, one controller only).
+  std::string database;
 };
 
 // The role's entry point: runs until SIGTERM/SIGINT; returns the process

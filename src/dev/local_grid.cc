@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <mutex>
 #include <set>
@@ -42,6 +43,10 @@ int FreePort() {
     close(fd);
     if (given.insert(port).second) return port;
   }
+}
+
+bool IsPostgresUri(const std::string& s) {
+  return s.starts_with("postgresql://") || s.starts_with("postgres://");
 }
 
 }  // namespace
@@ -98,9 +103,20 @@ LocalGrid::LocalGrid(LocalGridOptions options) : options_(std::move(options)) {
       netns_status_ = ns.error().Wrap("host namespaces");
     }
   }
-  // Agents heartbeat to the controller's listener of their own.
-  if (options_.agent_listener)
-    agent_controller_url_ = scheme_ + servers + ":" + std::to_string(FreePort());
+  servers_ = servers;
+  options_.controllers = std::max(1, options_.controllers);
+  controllers_.resize(static_cast<size_t>(options_.controllers));
+  controller_ports_.push_back(options_.port);
+  for (int i = 1; i < options_.controllers; ++i) controller_ports_.push_back(FreePort());
+  // Agents heartbeat to the controllers' listeners of their own.
+  if (options_.agent_listener) {
+    for (int i = 0; i < options_.controllers; ++i) {
+      agent_listener_ports_.push_back(FreePort());
+      const std::string u = scheme_ + servers + ":" + std::to_string(agent_listener_ports_.back());
+      if (i == 0) agent_controller_url_ = u;
+      agent_controller_urls_ += (i == 0 ? "" : ",") + u;
+    }
+  }
   image_server_host_ = servers;
   agents_.resize(static_cast<size_t>(options_.hosts));
   // Agents keep their address across restarts, as on real hosts.
@@ -189,7 +205,7 @@ void LocalGrid::StopImageServer(bool hard) {
 
 LocalGrid::~LocalGrid() {
   for (auto& a : agents_) a.reset();
-  controller_.reset();
+  for (auto& c : controllers_) c.reset();
   image_server_.reset();
   netns_.reset();  // after the processes that use the links
 }
@@ -207,45 +223,81 @@ std::string LocalGrid::admin_token() const {
   return t.ok() ? *t : "";
 }
 
-ApiClient LocalGrid::Admin() const { return ApiClient(url_, admin_token()); }
+ApiClient LocalGrid::Admin() const { return ApiClient(urls(), admin_token()); }
+
+std::string LocalGrid::controller_url(int index) const {
+  return scheme_ + "127.0.0.1:" + std::to_string(controller_ports_[static_cast<size_t>(index)]);
+}
+
+std::string LocalGrid::urls() const {
+  std::string out;
+  for (int i = 0; i < options_.controllers; ++i) out += (i == 0 ? "" : ",") + controller_url(i);
+  return out;
+}
 
 Status LocalGrid::StartController(milliseconds timeout) {
+  if (options_.controllers > 1 && !IsPostgresUri(options_.database))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "several controllers need one PostgreSQL database (--database "
+                     "postgresql://...; docs/ha.md)");
+  // One after the other: the first creates the tokens and keys they share.
+  for (int i = 0; i < options_.controllers; ++i)
+    if (!controllers_[static_cast<size_t>(i)]) VMG_RETURN_IF_ERROR(StartOneController(i, timeout));
+  return Status::Ok();
+}
+
+Status LocalGrid::StartOneController(int index, milliseconds timeout) {
   VMG_RETURN_IF_ERROR(EnsurePki());
   VMG_RETURN_IF_ERROR(MakeDirs(log_dir()));
+  const size_t i = static_cast<size_t>(index);
   std::vector<std::string> argv = {options_.vmgrid_binary,
                                    "controller",
                                    "--listen",
-                                   "127.0.0.1:" + std::to_string(options_.port),
+                                   "127.0.0.1:" + std::to_string(controller_ports_[i]),
                                    "--state-dir",
                                    controller_state_dir()};
   for (auto& a : RoleArgs("controller")) argv.push_back(a);
+  if (!options_.database.empty()) argv.insert(argv.end(), {"--database", options_.database});
   if (options_.image_server)
     argv.insert(argv.end(), {"--image-server", image_server_url(), "--image-server-token-file",
                              image_server_token_file(), "--image-server-grant-key-file",
                              image_server_grant_key_file()});
-  if (!agent_controller_url_.empty())
-    argv.insert(argv.end(), {"--agent-listen", agent_controller_url_.substr(scheme_.size())});
-  if (options_.metrics)
+  if (!agent_listener_ports_.empty())
+    argv.insert(argv.end(),
+                {"--agent-listen", servers_ + ":" + std::to_string(agent_listener_ports_[i])});
+  if (options_.metrics && index == 0)
     argv.insert(argv.end(), {"--metrics-listen", controller_metrics_url().substr(7)});
   argv.insert(argv.end(), options_.controller_args.begin(), options_.controller_args.end());
-  VMG_ASSIGN_OR_RETURN(controller_, ChildProcess::Spawn(argv, log_dir() + "/controller.log"));
-  ApiClient anon(url_, "");
+  const std::string log =
+      log_dir() +
+      (index == 0 ? "/controller.log" : "/controller-" + std::to_string(index + 1) + ".log");
+  auto& controller = controllers_[i];
+  VMG_ASSIGN_OR_RETURN(controller, ChildProcess::Spawn(argv, log));
+  ApiClient anon(controller_url(index), "");
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
-    if (!controller_->Running())
-      return MakeError(ErrorCode::kInternal,
-                       "the controller exited; see " + log_dir() + "/controller.log");
+    if (!controller->Running())
+      return MakeError(ErrorCode::kInternal, "the controller exited; see " + log);
     if (anon.Get("/v1/health").ok() && !admin_token().empty()) return Status::Ok();
     std::this_thread::sleep_for(milliseconds(50));
   }
-  return MakeError(ErrorCode::kTimeout,
-                   "the controller did not come up; see " + log_dir() + "/controller.log");
+  return MakeError(ErrorCode::kTimeout, "the controller did not come up; see " + log);
 }
 
 void LocalGrid::StopController(bool hard) {
-  if (!controller_) return;
-  if (hard) controller_->KillHard();
-  controller_.reset();
+  for (int i = 0; i < options_.controllers; ++i) StopControllerAt(i, hard);
+}
+
+void LocalGrid::StopControllerAt(int index, bool hard) {
+  auto& c = controllers_[static_cast<size_t>(index)];
+  if (!c) return;
+  if (hard) c->KillHard();
+  c.reset();
+}
+
+pid_t LocalGrid::controller_pid(int index) const {
+  const auto& c = controllers_[static_cast<size_t>(index)];
+  return c ? c->pid() : 0;
 }
 
 Status LocalGrid::StartAgent(int index, milliseconds timeout) {
@@ -255,7 +307,7 @@ Status LocalGrid::StartAgent(int index, milliseconds timeout) {
       host_address(index) + ":" + std::to_string(agent_ports_[static_cast<size_t>(index)]);
   std::vector<std::string> argv = {
       options_.vmgrid_binary, "agent", "--listen", address, "--controller",
-      agent_controller_url_.empty() ? url_ : agent_controller_url_, "--token-file",
+      agent_controller_urls_.empty() ? urls() : agent_controller_urls_, "--token-file",
       controller_state_dir() + "/agent.token", "--state-dir", agent_state_dir(index), "--name",
       name,
       // Without an image server the controller names image files by path.

@@ -48,6 +48,11 @@ struct LocalGridOptions {
   bool metrics = false;
   // --log-format of every role started (common/log_format.h): text or json.
   std::string log_format = "text";
+  // Controllers (docs/ha.md): more than one needs `database`, a PostgreSQL
+  // URI they all use. They share the controller state directory (tokens,
+  // the host-credential key, images); agents and Admin() get all their URLs.
+  int controllers = 1;
+  std::string database;  // the controllers' --database ("": SQLite in the state directory)
 };
 
 class LocalGrid {
@@ -58,10 +63,17 @@ class LocalGrid {
   // Starts the controller and all agents and waits until every host is up.
   Status Start(std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
+  // Starts every controller (that is not running).
   Status StartController(std::chrono::milliseconds timeout = std::chrono::seconds(30));
   Status StartImageServer(std::chrono::milliseconds timeout = std::chrono::seconds(30));
   void StopImageServer(bool hard);
+  // Stops every controller.
   void StopController(bool hard);
+  // One controller of several (index 0 is url()): stop it, or its pid (0:
+  // not running).
+  void StopControllerAt(int index, bool hard);
+  pid_t controller_pid(int index) const;
+  int controllers() const { return options_.controllers; }
   Status StartAgent(int index, std::chrono::milliseconds timeout = std::chrono::seconds(30));
   void StopAgent(int index, bool hard);
   // The pid of agent `index`'s process (0: not running), e.g. to freeze it
@@ -75,6 +87,9 @@ class LocalGrid {
   int KillVmProcesses();
 
   const std::string& url() const { return url_; }
+  // Every controller's URL, comma-separated (ApiClient fails over between them).
+  std::string urls() const;
+  std::string controller_url(int index) const;
   // The controller's listener for agents ("" with agent_listener off).
   const std::string& agent_controller_url() const { return agent_controller_url_; }
   std::string admin_token() const;
@@ -118,7 +133,9 @@ class LocalGrid {
  private:
   LocalGridOptions options_;
   std::string url_;
-  std::unique_ptr<ChildProcess> controller_;
+  std::vector<std::unique_ptr<ChildProcess>> controllers_;  // one per options_.controllers
+  std::vector<int> controller_ports_;                       // [0] = options_.port
+  std::vector<int> agent_listener_ports_;                   // with agent_listener
   std::unique_ptr<ChildProcess> image_server_;
   std::vector<std::unique_ptr<ChildProcess>> agents_;
   std::vector<int> agent_ports_;
@@ -127,7 +144,9 @@ class LocalGrid {
   std::string MetricsUrl(const std::string& host, size_t slot) const {
     return options_.metrics ? "http://" + host + ":" + std::to_string(metrics_ports_[slot]) : "";
   }
-  std::string agent_controller_url_;  // the controller's agents' listener, or ""
+  std::string agent_controller_url_;   // the controller's agents' listener, or ""
+  std::string agent_controller_urls_;  // every controller's, comma-separated ("": none)
+  std::string servers_ = "127.0.0.1";  // where agents reach the controllers
   std::string image_server_host_ = "127.0.0.1";
   std::string scheme_;  // "https://" or "http://"
   bool pki_ready_ = false;
@@ -136,6 +155,7 @@ class LocalGrid {
   std::string host_address(int index) const;  // where agent `index` listens
 
   Status EnsurePki();
+  Status StartOneController(int index, std::chrono::milliseconds timeout);
 };
 
 // Waits until GET `path` through `client` succeeds and `done(answer)` holds.

@@ -384,6 +384,20 @@ ALTER TABLE workspaces ADD COLUMN durable_sent_bytes BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE workspaces ADD COLUMN durable_host_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE workspaces ADD COLUMN generation BIGINT NOT NULL DEFAULT 1;
 )sql",
+    // 16: controller high availability (docs/ha.md). The one row says which
+    // controller runs the background loops (store/leader_lease.h): holder's
+    // id and URL, the leadership term (one more at each change of hands) and
+    // the expiry in the database's time. Used on PostgreSQL only (a SQLite
+    // database has one controller, always the leader).
+    R"sql(
+CREATE TABLE controller_leader (
+  id BIGINT PRIMARY KEY CHECK (id = 1),
+  holder TEXT NOT NULL,
+  url TEXT NOT NULL,
+  term BIGINT NOT NULL,
+  expires_ms BIGINT NOT NULL
+);
+)sql",
 };
 
 const char* kUserCols =
@@ -1005,11 +1019,12 @@ Result<Host> Store::HeartbeatHost(const std::string& name, const std::string& ur
   {
     std::lock_guard<std::mutex> beat(beat_mu_);
     auto it = beat_written_.find(name);
-    if (it != beat_written_.end() && SameRegistration(it->second, url, cap)) {
+    const int64_t refresh = heartbeat_refresh_ms_.load();
+    if (it != beat_written_.end() && SameRegistration(it->second, url, cap) &&
+        (refresh <= 0 || now - it->second.last_heartbeat_ms < refresh)) {
       beat_pending_[it->second.id] = now;
-      Host h = it->second;
-      h.last_heartbeat_ms = now;
-      return h;
+      it->second.last_heartbeat_ms = now;  // when this Store last heard it
+      return it->second;
     }
   }
   auto lock = Exclusive();

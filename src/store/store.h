@@ -111,6 +111,12 @@ class Store {
                              const HostCapacity& cap);
   // Writes the heartbeat times kept in memory, in one transaction.
   Status FlushHeartbeats();
+  // Several controllers on one database (docs/ha.md): a heartbeat that comes
+  // `ms` or more after the previous one of the same host on this Store is
+  // written in full (and the host read back), since another controller may
+  // have declared the host suspect or failed in between. 0 (the default):
+  // the in-memory path whatever the gap (one controller sees every change).
+  void set_heartbeat_refresh_ms(int64_t ms) { heartbeat_refresh_ms_ = ms; }
   Result<std::vector<Host>> ListHosts();
   Result<Host> GetHost(const std::string& ref);
   // Sets or clears host `ref`'s (id or name) draining flag and returns the
@@ -392,6 +398,7 @@ class Store {
   std::atomic<int64_t> event_write_failures_{0};
   std::unordered_map<std::string, Host> beat_written_;
   std::unordered_map<std::string, int64_t> beat_pending_;
+  std::atomic<int64_t> heartbeat_refresh_ms_{0};
   int schema_version_ = 0;
   std::string path_;
 };

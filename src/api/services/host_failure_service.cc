@@ -46,6 +46,8 @@ Result<HostFailureService::Renewal> HostFailureService::Renew(
   // Noted before the lease is granted: the controller's count starts after
   // the agent's (which starts when it sent this heartbeat).
   last_heard_[host.id] = monotonic_.NowMs();
+  // The time this controller wrote: not another controller's heartbeat.
+  seen_heartbeat_[host.id] = host.last_heartbeat_ms;
   Renewal r;
   r.lease_ms = options_.lease_ms;
   if (!FailedLocked(host)) return r;
@@ -69,7 +71,16 @@ Result<HostFailureService::Renewal> HostFailureService::Renew(
   return r;
 }
 
-std::vector<std::string> HostFailureService::Check() {
+void HostFailureService::CountFromNow() {
+  std::lock_guard<std::mutex> l(mu_);
+  started_ms_ = monotonic_.NowMs();
+  last_heard_.clear();
+  seen_heartbeat_.clear();
+  declared_.clear();
+  waiting_room_.clear();
+}
+
+std::vector<std::string> HostFailureService::Check(const std::function<bool()>& still_leader) {
   std::lock_guard<std::mutex> l(mu_);
   std::vector<std::string> failed_now;
   // The heartbeat times kept in memory (Store::HeartbeatHost) reach the
@@ -83,6 +94,19 @@ std::vector<std::string> HostFailureService::Check() {
   }
   const int64_t now = monotonic_.NowMs();
   for (Host& h : *hosts) {
+    // A heartbeat another controller received (and wrote): heard now. The
+    // first value seen is only noted (it may be old: count from the start).
+    auto seen = seen_heartbeat_.find(h.id);
+    if (seen == seen_heartbeat_.end()) {
+      seen_heartbeat_[h.id] = h.last_heartbeat_ms;
+    } else if (seen->second != h.last_heartbeat_ms) {
+      seen->second = h.last_heartbeat_ms;
+      last_heard_[h.id] = std::max(last_heard_[h.id], now);
+    }
+    if (still_leader && !still_leader()) {
+      spdlog::info("host failure check: stopping this pass (no longer the leader, or stopping)");
+      break;
+    }
     auto it = last_heard_.find(h.id);
     const int64_t silent = now - (it == last_heard_.end() ? started_ms_ : it->second);
     if (h.state == "up") {
@@ -182,14 +206,20 @@ void HostFailureService::RecoverHostLocked(const Host& host, int64_t silent_ms) 
       recover = true;
     }
     // Out of `error` first: that releases its room on the failed host.
+    // Only the record as listed: another controller (a leader whose term
+    // ended during this pass, docs/ha.md) may have moved it meanwhile.
+    bool changed = false;
     Status st = store_.ModifyVm(vm.id, [&](Vm& v) {
+      if (v.host_id != vm.host_id || v.state != vm.state) return;
       v.state = "error";
       v.error = note;
+      changed = true;
     });
     if (!st.ok()) {
       spdlog::warn("recording VM {} failed with its host: {}", vm.id, st.error().message);
       continue;
     }
+    if (!changed) continue;
     // event: vm_host_failed (vm.id, note)
     spdlog::warn("VM {} ({}): {}", vm.name, vm.id, note);
     if (!recover) continue;

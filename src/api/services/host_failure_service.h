@@ -10,6 +10,14 @@
 // controller): a duration since the last heartbeat this controller received,
 // never a wall time compared across machines. A controller that starts counts
 // from its own start.
+//
+// Several controllers on one database (docs/ha.md): heartbeats may reach any
+// of them, and only the leader runs Check. Every controller writes the
+// heartbeat times it received to hosts.last_heartbeat_ms (Store's batched
+// FlushHeartbeats); Check treats a change of that value since its previous
+// pass as a heartbeat heard now, which is never earlier than the heartbeat
+// was received, so the timing argument holds. A controller that becomes
+// leader calls CountFromNow: every host counts from then.
 // Thread-safe: Renew (heartbeats) and Check (the reconcile loop) serialize.
 #pragma once
 
@@ -61,7 +69,14 @@ class HostFailureService {
 
   // One pass of the detector: marks hosts suspect, declares failed hosts
   // and recovers their VMs. Returns the ids of hosts declared failed now.
-  std::vector<std::string> Check();
+  // `still_leader` is asked before each host's decision (several
+  // controllers: the lease may have run out during the pass).
+  std::vector<std::string> Check(const std::function<bool()>& still_leader = nullptr);
+
+  // Leadership taken (docs/ha.md): every host counts from now, as at a
+  // controller's start; what a previous term of this controller decided is
+  // forgotten (the store has it: hosts.failed_ms, the VMs' records).
+  void CountFromNow();
 
   const HostFailureOptions& options() const { return options_; }
 
@@ -77,11 +92,14 @@ class HostFailureService {
   const HostFailureOptions options_;
   const InFlightFn in_flight_;
   const RecoverFn recover_;
-  const int64_t started_ms_;  // monotonic: hosts not heard since count from here
+  int64_t started_ms_;  // monotonic: hosts not heard since count from here; guarded by mu_
 
   mutable std::mutex mu_;
   std::map<std::string, int64_t> last_heard_;  // host id -> monotonic ms; guarded by mu_
-  std::set<std::string> declared_;             // failed by this controller; guarded by mu_
+  // hosts.last_heartbeat_ms as the previous pass read it (a change: a
+  // heartbeat another controller received). Guarded by mu_.
+  std::map<std::string, int64_t> seen_heartbeat_;
+  std::set<std::string> declared_;  // failed by this controller; guarded by mu_
   // VMs with restart=on-host-failure that found no room yet: retried each pass.
   std::map<std::string, std::string> waiting_room_;  // vm id -> note; guarded by mu_
 };

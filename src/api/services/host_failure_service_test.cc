@@ -8,7 +8,9 @@
 #include "api/services/host_failure_service.h"
 
 #include <algorithm>
+#include <chrono>
 #include <set>
+#include <thread>
 
 #include "api/admission.h"
 #include "api/services/agent_spec.h"
@@ -192,6 +194,42 @@ TEST_P(HostFailureServiceTest, PersistentVmRestartsFromItsDurableVersion) {
   DurableVersion late{
       BlobRef{w->id, 4, std::string(64, 'c'), 1 << 20}, 1700000001000, 20, 1, 1 << 19, "interval"};
   EXPECT_FALSE(*store_->RecordDurableVersion(DurableRecord(host_.id, late)));
+}
+
+// Several controllers (docs/ha.md): a heartbeat another controller received
+// reaches this one (the leader) only through the database; it counts as heard
+// when this controller sees it, and a controller taking over the leadership
+// counts every host from then.
+TEST_P(HostFailureServiceTest, HeartbeatsHeardByAnotherControllerKeepTheHost) {
+  Vm keep = AddVmWith("keep", "on-host-failure", "clone");
+  ASSERT_TRUE(Beat("h1", {Running(keep.id)}).ok());
+  failures_->Check();
+  auto other = Store::Open(db_->target());  // the other controller's store
+  ASSERT_TRUE(other.ok()) << other.error().message;
+  for (int i = 0; i < 4; ++i) {
+    Silence(8000);  // this controller hears nothing from h1
+    // ... but the other one does, and writes it.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // a new wall-clock ms
+    ASSERT_TRUE((*other)
+                    ->HeartbeatHost("h1", "http://127.0.0.1:1", HostCapacity{8, 8192, 10000, false})
+                    .ok());
+    ASSERT_TRUE((*other)->FlushHeartbeats().ok());  // as its reconcile loop does
+  }
+  Silence(2000);
+  EXPECT_EQ(HostState("h1"), "up") << "34 s without a heartbeat here, but heard elsewhere";
+  EXPECT_EQ(Get(keep.id).state, "running");
+  // Silent everywhere: suspect 10 s after the last one was seen (not before).
+  Silence(6000);
+  EXPECT_EQ(HostState("h1"), "up");
+  Silence(4000);
+  EXPECT_EQ(HostState("h1"), "suspect");
+  // A new leader counts from its takeover.
+  failures_->CountFromNow();
+  Silence(28000);
+  EXPECT_EQ(HostState("h1"), "suspect") << "failed only 30 s after the takeover";
+  EXPECT_EQ(Get(keep.id).host_id, host_.id);
+  Silence(2000);
+  EXPECT_EQ(HostState("h1"), "failed");
 }
 
 TEST_P(HostFailureServiceTest, HeartbeatGrantsTheLease) {

@@ -239,6 +239,17 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
         failed_writes_.Count(store_.DeleteVm(vm.id), "deleting the record of VM " + vm.id);
         continue;
       }
+      if (vm.state == "creating" && relaunch_) {
+        // Accepted by a controller that stopped before it reached the agent
+        // (this one, restarted, or another one on the database): done now.
+        Status again = relaunch_(vm);
+        if (again.ok()) {
+          spdlog::info("reconcile: VM {}'s create was interrupted; creating it again on host {}",
+                       vm.id, host.name);
+          continue;
+        }
+        spdlog::warn("reconcile: VM {}'s create was interrupted: {}", vm.id, again.error().message);
+      }
       vm.error = vm.state == "creating" ? "the create was interrupted (controller restart)"
                                         : "the VM is not on host " + host.name + " any more";
       vm.state = "error";

@@ -92,6 +92,15 @@ class HostService {
   // it heartbeats grant no lease (agents never fence).
   void SetFailureDetector(HostFailureService* failures) { failures_ = failures; }
 
+  // Creates again a VM whose record is `creating` on its host, holding its
+  // room, while no operation of this controller runs for it and its agent
+  // does not know it: the controller that accepted the create stopped before
+  // the agent call (docs/ha.md). VmCreateService::Relaunch. Set once, before
+  // the service is used; without it (or when it refuses) such a VM becomes
+  // `error` ("the create was interrupted").
+  using RelaunchFn = std::function<Status(const Vm& vm)>;
+  void SetRelaunch(RelaunchFn relaunch) { relaunch_ = std::move(relaunch); }
+
   // What the store's writes dropped by reconciliation count (each is logged).
   int64_t failed_writes() const { return failed_writes_.total(); }
 
@@ -109,6 +118,7 @@ class HostService {
   const bool tls_;
   std::function<nlohmann::json(const std::string&)> drain_status_;
   HostFailureService* failures_ = nullptr;
+  RelaunchFn relaunch_;
 
   mutable std::mutex mu_;
   // host id -> last reported cache stats

@@ -96,8 +96,16 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
                              : !candidates.empty()  ? "limited to the hosts holding its source"
                                                     : "";
   if (candidates.empty()) {
-    candidates = index_.Rank(
-        {image.id, vm.vcpus, vm.memory_mb, vm.disk_bytes, r.policy, r.site, r.host_network});
+    const PlacementRequest want{image.id, vm.vcpus, vm.memory_mb,  vm.disk_bytes,
+                                r.policy, r.site,   r.host_network};
+    candidates = index_.Rank(want);
+    if (candidates.empty() && resync_when_empty_) {
+      const int64_t now = clock_.NowMs();
+      int64_t last = last_resync_ms_.load();
+      if (now - last >= 500 && last_resync_ms_.compare_exchange_strong(last, now) &&
+          store_.Resync().ok())
+        candidates = index_.Rank(want);
+    }
     if (candidates.empty()) {
       VMG_ASSIGN_OR_RETURN(auto hosts, store_.ListHosts());
       if (hosts.empty())
@@ -327,6 +335,29 @@ void VmCreateService::RunCreate(const Vm& vm, const Image& image, const std::str
     failed_writes_.Count(store_.NoteImageCached(vm.image_id, vm.host_id),
                          "noting image " + vm.image_id + " cached on host " + vm.host_id);
   vms_.RecordOutcome(vm.id, r, "error", started, true);
+}
+
+Status VmCreateService::Relaunch(const Vm& vm) {
+  if (vm.state != "creating")
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + vm.id + " is " + vm.state);
+  if (vm.disk != "clone" || vm.start != "boot")
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "only a clone booted from its image can be created again (its checkpoint "
+                     "or workspace claim went with the controller that accepted it)");
+  VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(vm.image_id, ""));
+  VMG_ASSIGN_OR_RETURN(Host h, store_.GetHost(vm.host_id));
+  const int64_t started = clock_.NowMs();
+  ops_.Run(vm.id, [this, vm, image, h, started] {
+    auto spec = AgentVmSpec(vm, image, "", false, networks_);
+    Result<VmStatus> r = spec.ok() ? agents_.CreateVm(h, *spec) : Result<VmStatus>(spec.error());
+    // The first call reached the agent after all: its report settles the record.
+    if (!r.ok() && r.error().code == ErrorCode::kAlreadyExists) return;
+    if (r.ok() && !index_.IsCached(vm.image_id, vm.host_id))
+      failed_writes_.Count(store_.NoteImageCached(vm.image_id, vm.host_id),
+                           "noting image " + vm.image_id + " cached on host " + vm.host_id);
+    vms_.RecordOutcome(vm.id, r, "error", started, true);
+  });
+  return Status::Ok();
 }
 
 Status VmCreateService::Recover(const Vm& failed, const std::string& note) {

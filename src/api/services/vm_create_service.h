@@ -110,6 +110,15 @@ class VmCreateService {
   // (kResourceExhausted: no room) nothing changed.
   Status Recover(const Vm& vm, const std::string& note);
 
+  // A create accepted by a controller that stopped before the agent call
+  // (docs/ha.md): VM `vm`, `creating` on its host with its room reserved, is
+  // created there again on the operation pool (same id, so an agent that
+  // did get the first call refuses the second, and its report settles the
+  // record). Only a clone booted from its image can be: kFailedPrecondition
+  // for the others (their checkpoint or workspace claim died with the
+  // request), which the caller then marks `error`.
+  Status Relaunch(const Vm& vm);
+
   // Store writes that failed where the create went on (each is logged).
   int64_t failed_writes() const { return failed_writes_.total(); }
 
@@ -118,6 +127,11 @@ class VmCreateService {
   // Durable workspaces (docs/vm-lifecycle.md): persistent VMs are told to
   // push their workspace's versions. Off by default; set before serving.
   void set_durable(DurableOptions options) { durable_ = std::move(options); }
+  // Several controllers on one database (docs/ha.md): the capacity index may
+  // not know yet what another controller changed (a new host, room freed),
+  // so a create that finds no candidate reloads it (at most every 500 ms)
+  // and ranks again before refusing. Set before serving.
+  void set_resync_when_empty(bool on) { resync_when_empty_ = on; }
 
  private:
   // What a VM starts from.
@@ -178,6 +192,8 @@ class VmCreateService {
   const bool image_server_;
   ControllerMetrics* metrics_ = nullptr;
   DurableOptions durable_;
+  bool resync_when_empty_ = false;
+  std::atomic<int64_t> last_resync_ms_{0};
   FailedWrites failed_writes_;
 };
 

@@ -5,6 +5,8 @@
 // its new workspace back.
 #include "api/services/vm_create_service.h"
 
+#include <algorithm>
+
 #include "api/admission.h"
 #include "api/services/api_views.h"
 #include "api/services/image_service.h"
@@ -63,6 +65,43 @@ class VmCreateServiceTest : public ServiceTest {
   // Last, so destroyed first: its work holds slots of the admissions above.
   OpQueue ops_;
 };
+
+// A create accepted by a controller that died before the agent call
+// (docs/ha.md) is made again on its host with the room it holds; an agent
+// that got the first call refuses the second and its report settles the
+// record; a create that cannot be redone is refused (the caller marks it).
+TEST_P(VmCreateServiceTest, RelaunchCreatesAnInterruptedCreateAgainOnItsHost) {
+  auto made = creates_->Create(Caller{alice_}, Boot());
+  ASSERT_TRUE(made.ok()) << made.error().message;
+  Settle();
+  const std::string id = (*made)["id"];
+  // As the dead controller left it: creating, with its room.
+  ASSERT_TRUE(store_->ModifyVm(id, [](Vm& v) { v.state = "creating"; }).ok());
+  Vm vm = *store_->GetVm(id, "");
+  ASSERT_TRUE(creates_->Relaunch(vm).ok());
+  Settle();
+  EXPECT_EQ(store_->GetVm(id, "")->state, "running");
+  EXPECT_EQ(store_->GetVm(id, "")->host_id, vm.host_id);
+  auto calls = Calls();
+  EXPECT_EQ(std::count(calls.begin(), calls.end(), "create " + id), 2) << "the first and again";
+  EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 1);
+
+  // The agent has it already: the record is left for its report.
+  ASSERT_TRUE(store_->ModifyVm(id, [](Vm& v) { v.state = "creating"; }).ok());
+  agent_.action_answer = MakeError(ErrorCode::kAlreadyExists, "VM exists");
+  ASSERT_TRUE(creates_->Relaunch(*store_->GetVm(id, "")).ok());
+  Settle();
+  EXPECT_EQ(store_->GetVm(id, "")->state, "creating");
+  EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 1);
+
+  // Only a clone booted from its image.
+  Vm resumed = *store_->GetVm(id, "");
+  resumed.start = "resume";
+  EXPECT_EQ(creates_->Relaunch(resumed).error().code, ErrorCode::kFailedPrecondition);
+  Vm persistent = *store_->GetVm(id, "");
+  persistent.disk = "persistent";
+  EXPECT_EQ(creates_->Relaunch(persistent).error().code, ErrorCode::kFailedPrecondition);
+}
 
 TEST_P(VmCreateServiceTest, CreatePlacesAndRecordsTheVmAndAsksTheAgent) {
   CreateVmRequest r = Boot();
