@@ -317,6 +317,16 @@ class GuardedStream : public httplib::Stream {
 
 thread_local GuardedStream* current_stream = nullptr;
 
+// SO_REUSEADDR only (a restarted role binds its port again while old
+// connections are in TIME_WAIT). cpp-httplib's default adds SO_REUSEPORT,
+// which lets any other process of the same user bind the same port and take
+// a share of the connections (requests, tokens, a host's registration): a
+// second server on a taken port must fail loudly instead.
+void ListenSocketOptions(socket_t s) {
+  int yes = 1;
+  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+}
+
 }  // namespace
 
 GuardedServer::GuardedServer(HttpServerLimits limits, std::shared_ptr<TlsContext> tls)
@@ -347,14 +357,14 @@ Result<std::string> GuardedServer::Bind(const std::string& listen) {
   // library): bursts of clients would be reset. Widen it once bound.
   int listen_fd = -1;
   set_socket_options([&listen_fd](socket_t s) {
-    httplib::default_socket_options(s);
+    ListenSocketOptions(s);
     listen_fd = s;
   });
   if (port == 0)
     port = bind_to_any_port(host.c_str());
   else if (!bind_to_port(host.c_str(), port))
     port = -1;
-  set_socket_options(httplib::default_socket_options);  // drop the capture
+  set_socket_options(ListenSocketOptions);  // drop the capture
   if (port <= 0)
     return MakeError(ErrorCode::kUnavailable,
                      "cannot listen on " + listen + " (in use by another process?)");

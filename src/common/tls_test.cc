@@ -237,6 +237,31 @@ TEST(ServerTlsTest, PlainHttpOnlyOnLoopbackAndOnlyWhenAskedFor) {
   EXPECT_FALSE(IsLoopbackHost("localhost.evil.example"));
 }
 
+// No SO_REUSEPORT: a second server (of this user or any other process) on a
+// port already served fails to bind instead of taking a share of its
+// connections; a plain socket with SO_REUSEPORT cannot join it either.
+TEST(GuardedServerTest, APortAlreadyServedCannotBeBoundAgain) {
+  GuardedServer first(HttpServerLimits{});
+  auto url = first.Bind("127.0.0.1:0");
+  ASSERT_TRUE(url.ok()) << url.error().message;
+  const std::string port = url->substr(url->rfind(':') + 1);
+  GuardedServer second(HttpServerLimits{});
+  auto again = second.Bind("127.0.0.1:" + port);
+  ASSERT_FALSE(again.ok()) << "bound " << *again << " twice";
+  EXPECT_NE(again.error().message.find("in use"), std::string::npos) << again.error().message;
+
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  int yes = 1;
+  ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &yes, sizeof yes), 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_NE(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  close(fd);
+}
+
 TEST(ServerTlsTest, KeyOfAnotherCertificateIsRefused) {
   std::string dir = fs::temp_directory_path() / ("vmgrid-tls-key-" + NewToken().substr(0, 8));
   auto pki = EnsureLocalPki(dir, {"a", "b"});

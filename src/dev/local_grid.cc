@@ -24,9 +24,8 @@ namespace {
 // Asks the kernel for a free loopback port. The small race until the
 // controller binds it is acceptable for a local grid. A port is never
 // handed out twice by this process: the kernel may return a port it just
-// freed again, and two of the grid's servers on one port (httplib sets
-// SO_REUSEPORT, so both binds succeed) would split its connections between
-// them — an agent registering at the image server, say.
+// freed again, and the second of two servers given one port fails to
+// bind (GuardedServer binds without SO_REUSEPORT).
 int FreePort() {
   static std::mutex mu;
   static std::set<int> given;
