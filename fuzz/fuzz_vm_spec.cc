@@ -14,10 +14,12 @@
 #include <cstdint>
 #include <string>
 
+#include "agent/console_log.h"
 #include "common/http_json.h"
 #include "fuzz_common.h"
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
+#include "proto/console_log.h"
 #include "proto/future_id.h"
 #include "proto/guest_file.h"
 #include "proto/host_report.h"
@@ -150,10 +152,23 @@ void CheckOthers(const json& j) {
     auto again = vmgrid::GuestFileChunkFromJson(Wire(vmgrid::ToJson(*c)));
     FUZZ_CHECK(again.ok() && *again == *c, j.dump());
   }
+  // The serial console log (GET /agent/v1/vms/ID/console).
+  if (auto l = vmgrid::ConsoleLogFromJson(j); l.ok()) {
+    FUZZ_CHECK(l->offset <= l->next_offset && l->next_offset <= l->size, j.dump());
+    auto again = vmgrid::ConsoleLogFromJson(Wire(vmgrid::ToJson(*l)));
+    FUZZ_CHECK(again.ok() && *again == *l, j.dump());
+  }
   if (!j.is_object()) return;
   for (const auto& [key, value] : j.items()) {
     if (!value.is_string()) continue;
     const std::string& text = value.get_ref<const std::string&>();
+    // A guest's console bytes become printable UTF-8 (JSON can carry them)
+    // with no control byte but newline and tab.
+    const std::string shown = vmgrid::PrintableConsoleText(text);
+    FUZZ_CHECK(vmgrid::PrintableConsoleText(shown) == shown, text);
+    for (char ch : shown)
+      FUZZ_CHECK(static_cast<unsigned char>(ch) >= 0x20 || ch == '\n' || ch == '\t', text);
+    (void)nlohmann::json(shown).dump();  // throws (a crash) on invalid UTF-8
     if (auto f = vmgrid::ParseFutureId(text); f.ok()) {
       auto again = vmgrid::ParseFutureId(f->ToString());
       FUZZ_CHECK(again.ok() && *again == *f, text);

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "cli/cli.h"
 #include "tests/grid_fixture.h"
@@ -156,6 +157,70 @@ TEST_F(VmCpTest, FilesGoInAndOutByteForByte) {
   ASSERT_TRUE(WriteFileAtomic(*dir_ + "/empty", "").ok());
   ASSERT_EQ(Cli(*alice_, {"vm", "cp", *dir_ + "/empty", "box:/tmp/empty"}).rc, 0);
   EXPECT_EQ(Exec(Alice(), *vm_, "wc -c < /tmp/empty | tr -d ' '"), "0\n");
+}
+
+// The serial console (docs/api.md "Serial console"), on the same real guest:
+// the owner reads the boot's banner and follows what the guest writes to
+// ttyS0; bob gets exec's 404; a console.log that a compromised QEMU swapped
+// for a link to a host file is refused, never read.
+TEST_F(VmCpTest, SerialConsoleIsTheOwnersFollowsTheGuestAndNeverReadsHostFiles) {
+  ApiClient bob(grid_->url(), *bob_);
+  for (const std::string& ref : {*vm_, std::string("box")}) {
+    auto theirs = bob.Get("/v1/vms/" + ref + "/console");
+    ASSERT_FALSE(theirs.ok());
+    EXPECT_EQ(theirs.error().code, ErrorCode::kNotFound);
+    EXPECT_EQ(Cli(*bob_, {"vm", "console", ref}).rc, 3);
+  }
+  auto exec = bob.Post("/v1/vms/" + *vm_ + "/exec", {{"argv", {"true"}}});
+  EXPECT_EQ(bob.Get("/v1/vms/" + *vm_ + "/console").error().message, exec.error().message);
+
+  CliRun tail = Cli(*alice_, {"vm", "console", "box"});
+  ASSERT_EQ(tail.rc, 0) << tail.err;
+  EXPECT_NE(tail.out.find("BusyBox"), std::string::npos) << tail.out;
+  EXPECT_EQ(tail.out.find('\x1b'), std::string::npos) << "escape sequences are dropped";
+  EXPECT_EQ(tail.out.find('\r'), std::string::npos);
+  auto first = Alice().Get("/v1/vms/" + *vm_ + "/console?max_bytes=100");
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  const int64_t next = first->value("next_offset", int64_t{-1});
+  EXPECT_EQ(next, first->value("size", int64_t{-2}));
+  EXPECT_LE((*first)["text"].get<std::string>().size(), 100u);
+  // Written by the guest now: it appears from the offset the last read ended.
+  EXPECT_EQ(Sh(Alice(), *vm_, "echo console-mark-$((6*7)) > /dev/ttyS0").first, 0);
+  std::string seen;
+  for (int i = 0; i < 50 && seen.find("console-mark-42") == std::string::npos; ++i) {
+    auto more = Alice().Get("/v1/vms/" + *vm_ + "/console?offset=" + std::to_string(next));
+    ASSERT_TRUE(more.ok()) << more.error().message;
+    EXPECT_EQ(more->value("offset", int64_t{-1}), next);
+    seen = (*more)["text"].get<std::string>();
+    if (seen.find("console-mark-42") == std::string::npos)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(seen.find("console-mark-42"), std::string::npos) << seen;
+  // Bad parameters are 400 with the reason.
+  for (const char* q :
+       {"?max_bytes=0", "?max_bytes=999999999", "?offset=-5", "?offset=x", "?lines=10"}) {
+    auto bad = Alice().Get("/v1/vms/" + *vm_ + "/console" + q);
+    ASSERT_FALSE(bad.ok()) << q;
+    EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument) << q;
+  }
+
+  // A compromised QEMU owns its run directory: a link in place of the log
+  // must not make the root agent read the file it points at.
+  const std::string secret = *dir_ + "/host-secret";
+  ASSERT_TRUE(WriteFileAtomic(secret, "host-secret-contents\n", 0600).ok());
+  const std::string log = grid_->agent_state_dir(0) + "/vms/" + *vm_ + "/run/console.log";
+  ASSERT_EQ(access(log.c_str(), F_OK), 0) << log;
+  ASSERT_EQ(rename(log.c_str(), (log + ".real").c_str()), 0);
+  ASSERT_EQ(symlink(secret.c_str(), log.c_str()), 0);
+  auto swapped = Alice().Get("/v1/vms/" + *vm_ + "/console");
+  unlink(log.c_str());
+  rename((log + ".real").c_str(), log.c_str());
+  ASSERT_FALSE(swapped.ok());
+  EXPECT_EQ(swapped.error().message.find("host-secret-contents"), std::string::npos)
+      << swapped.error().message;
+  EXPECT_NE(swapped.error().message.find("not a regular file"), std::string::npos)
+      << swapped.error().message;
+  EXPECT_TRUE(Alice().Get("/v1/vms/" + *vm_ + "/console").ok()) << "back once the file is";
 }
 
 TEST_F(VmCpTest, GuestErrorsHaveClearMessagesAndExitCodes) {

@@ -317,6 +317,8 @@ void Agent::HeartbeatLoop() {
       spdlog::warn("heartbeat to {} failed: {}", options_.controller_url, r.error().message);
     if (r.ok() && !was_ok) spdlog::info("heartbeat to {} works again", options_.controller_url);
     was_ok = r.ok();
+    // A guest printing without end must not fill this host's disk.
+    runner_->TrimConsoleLogs();
     for (int i = 0; i < 20 && !stop_; ++i) std::this_thread::sleep_for(milliseconds(100));
   }
 }

@@ -107,6 +107,21 @@ void InstallAgentApi(httplib::Server& s, const std::string& prefix, int prefix_g
     if (!r.ok()) return SendError(res, r.error());
     SendJson(res, 200, {{"exit_code", r->exit_code}, {"stdout", r->out}, {"stderr", r->err}});
   });
+  // The serial console log (proto/console_log.h): ?offset=N (absent: the
+  // tail) &max_bytes=M.
+  s.Get(base + R"(/vms/([^/]+)/console)", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    if (Status st = CheckQueryParams(req, {"offset", "max_bytes"}); !st.ok())
+      return SendError(res, st.error());
+    auto offset = IntQueryParam(req, "offset", -1, 0, INT64_MAX / 2);
+    auto max = IntQueryParam(req, "max_bytes", kConsoleReadDefaultBytes, 1, kConsoleReadMaxBytes);
+    if (!offset.ok()) return SendError(res, offset.error());
+    if (!max.ok()) return SendError(res, max.error());
+    auto r = h->driver().ReadConsole(req.matches[id], *offset, *max);
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, 200, ToJson(*r));
+  });
   // `vm cp` (proto/guest_file.h): one chunk of a file inside the guest. The
   // path is the guest's and goes to its guest agent only.
   s.Post(base + R"(/vms/([^/]+)/files/(read|write))", [=](const Req& req, Res& res) {

@@ -15,6 +15,7 @@
 //   Exec:       running only
 //   ReadGuestFile, WriteGuestFile: running only; one chunk of a guest file
 //               through the guest agent (proto/guest_file.h), never a host path
+//   ReadConsole: any state; the guest's serial output kept on this host
 //   Live migration (docs/migration.md), the controller calling two hosts:
 //     target PrepareIncoming:  (new) -> creating (an incoming VM: QEMU waits,
 //                              paused, for the source; its disk is exported)
@@ -42,6 +43,7 @@
 #include "common/result.h"
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
+#include "proto/console_log.h"
 #include "proto/guest_file.h"
 #include "proto/migration.h"
 #include "proto/network_plan.h"
@@ -69,6 +71,10 @@ class VmDriver {
   virtual Result<GuestFileWritten> WriteGuestFile(const std::string& id,
                                                   const GuestFileWrite& request) = 0;
   virtual std::vector<VmStatus> List() = 0;
+  // The VM's serial console log (proto/console_log.h), in any state: from
+  // log offset `offset` (< 0: the last max_bytes). Unknown id: kNotFound.
+  virtual Result<ConsoleLog> ReadConsole(const std::string& id, int64_t offset,
+                                         int64_t max_bytes) = 0;
   // Directory of a VM's latest checkpoint ("" if none).
   virtual Result<std::string> CheckpointDir(const std::string& id) = 0;
   // Publishes the VM's latest checkpoint to the image server (its

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <set>
 
+#include "agent/console_log.h"
 #include "agent/guest_network.h"
 #include "common/http_json.h"
 #include "common/subprocess.h"
@@ -1039,6 +1040,30 @@ std::vector<VmStatus> VmRunner::List() {
     out.push_back(s);
   }
   return out;
+}
+
+Result<ConsoleLog> VmRunner::ReadConsole(const std::string& id, int64_t offset, int64_t max_bytes) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> l(console_mu_);
+  return ConsoleLogFiles(RunPath(VmDir(id) + "/run", kConsoleLogName), VmDir(id))
+      .Read(offset, max_bytes);
+}
+
+void VmRunner::TrimConsoleLogs() {
+  std::vector<std::string> ids;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [id, vm] : vms_) ids.push_back(id);
+  }
+  for (const auto& id : ids) {
+    std::lock_guard<std::mutex> l(console_mu_);
+    auto trimmed = ConsoleLogFiles(RunPath(VmDir(id) + "/run", kConsoleLogName), VmDir(id))
+                       .Trim(kConsoleLogMaxBytes, kConsoleLogKeepBytes);
+    if (!trimmed.ok())
+      spdlog::warn("VM {}: console log: {}", id, trimmed.error().message);
+    else if (*trimmed)
+      spdlog::info("VM {}: console log trimmed to its last {} bytes", id, kConsoleLogKeepBytes);
+  }
 }
 
 Result<std::string> VmRunner::CheckpointDir(const std::string& id) {

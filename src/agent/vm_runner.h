@@ -29,6 +29,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent/console_log.h"
 #include "agent/host_images.h"
 #include "agent/host_networks.h"
 #include "agent/vm_driver.h"
@@ -108,6 +109,11 @@ class VmRunner : public VmDriver {
   // in-memory state stays authoritative, see PersistStateOrCount).
   int64_t state_write_failures() const { return state_write_failures_.load(); }
   std::vector<VmStatus> List() override;
+  // The serial console log (agent/console_log.h), any state.
+  Result<ConsoleLog> ReadConsole(const std::string& id, int64_t offset, int64_t max_bytes) override;
+  // Bounds every VM's console log (kConsoleLogMaxBytes, keeping the last
+  // kConsoleLogKeepBytes readable); the agent calls it periodically.
+  void TrimConsoleLogs();
   // Directory of a VM's latest checkpoint ("" if none).
   Result<std::string> CheckpointDir(const std::string& id) override;
   // Publishes the VM's latest checkpoint to the image server (once per
@@ -214,6 +220,7 @@ class VmRunner : public VmDriver {
   std::optional<VmCgroups> cgroups_;  // set when the host allows per-VM cgroups
 
   std::mutex mu_;
+  std::mutex console_mu_;                           // serialises console log reads and trims
   std::map<std::string, std::shared_ptr<Vm>> vms_;  // guarded by mu_
 };
 

@@ -54,6 +54,14 @@ class HttpAgentClient : public AgentClient {
     return GuestFileWrittenFromJson(answer);
   }
 
+  Result<ConsoleLog> ReadConsole(const Host& host, const std::string& vm_id, int64_t offset,
+                                 int64_t max_bytes) override {
+    std::string path = "/agent/v1/vms/" + vm_id + "/console?max_bytes=" + std::to_string(max_bytes);
+    if (offset >= 0) path += "&offset=" + std::to_string(offset);
+    VMG_ASSIGN_OR_RETURN(json answer, Client(host).Get(path));
+    return ConsoleLogFromJson(answer);
+  }
+
   Result<HostReport> HostStatus(const Host& host) override {
     VMG_ASSIGN_OR_RETURN(json answer, Client(host).Get("/agent/v1/status"));
     VMG_ASSIGN_OR_RETURN(ParsedHostReport parsed, HostReportFromJson(answer));

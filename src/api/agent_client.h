@@ -11,6 +11,7 @@
 
 #include "common/result.h"
 #include "proto/checkpoint_ref.h"
+#include "proto/console_log.h"
 #include "proto/guest_file.h"
 #include "proto/host_report.h"
 #include "proto/migration.h"
@@ -46,6 +47,9 @@ class AgentClient {
                                                const GuestFileRead& request) = 0;
   virtual Result<GuestFileWritten> WriteGuestFile(const Host& host, const std::string& vm_id,
                                                   const GuestFileWrite& request) = 0;
+  // The VM's serial console log from `offset` (< 0: its last max_bytes).
+  virtual Result<ConsoleLog> ReadConsole(const Host& host, const std::string& vm_id, int64_t offset,
+                                         int64_t max_bytes) = 0;
   virtual Result<HostReport> HostStatus(const Host& host) = 0;
   // Where the VM's latest checkpoint is; `publish` first publishes it to the
   // image server (minutes for a large one).

@@ -52,6 +52,7 @@ constexpr RouteSpec kRoutes[] = {
     {"POST", "/v1/vms/([^/]+)/stop", "/v1/vms/{ref}/stop", {}},
     {"POST", "/v1/vms/([^/]+)/checkpoint", "/v1/vms/{ref}/checkpoint", kVmCheckpointBody},
     {"POST", "/v1/vms/([^/]+)/resume", "/v1/vms/{ref}/resume", {}},
+    {"GET", "/v1/vms/([^/]+)/console", "/v1/vms/{ref}/console", {}},
     {"POST", "/v1/vms/([^/]+)/exec", "/v1/vms/{ref}/exec", kExecBody},
     {"POST", "/v1/vms/([^/]+)/files/read", "/v1/vms/{ref}/files/read", kFileReadBody},
     {"POST", "/v1/vms/([^/]+)/files/write", "/v1/vms/{ref}/files/write", kFileWriteBody},

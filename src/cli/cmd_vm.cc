@@ -1,5 +1,5 @@
 // `vmgrid vm ...`: create (single VMs and gangs), list, show, stop,
-// checkpoint, resume, rm, exec, cp, forward, unforward, migrate.
+// checkpoint, resume, rm, exec, console, cp, forward, unforward, migrate.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,6 +31,7 @@
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "common/vm_state.h"
+#include "proto/console_log.h"
 #include "proto/guest_file.h"
 
 namespace vmgrid::cli {
@@ -352,6 +353,51 @@ int CmdVmExec(Ctx& ctx, const ExecArgs& a) {
     return kExitFailure;
   }
   return static_cast<int>(code);
+}
+
+struct ConsoleArgs {
+  std::string ref;
+  bool follow = false;
+  int64_t bytes = kConsoleReadDefaultBytes;
+};
+
+// The guest's serial console log (docs/api.md "Serial console"): its tail,
+// then, with --follow, what comes next, polled every second until Ctrl-C.
+int CmdVmConsole(Ctx& ctx, const ConsoleArgs& a) {
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  const std::string path = "/v1/vms/" + PathEscape(a.ref) + "/console?max_bytes=";
+  auto read = [&](int64_t offset, int64_t max) -> Result<ConsoleLog> {
+    std::string p = path + std::to_string(max);
+    if (offset >= 0) p += "&offset=" + std::to_string(offset);
+    VMG_ASSIGN_OR_RETURN(json answer, client->Get(p));
+    return ConsoleLogFromJson(answer);
+  };
+  auto log = read(-1, a.bytes);
+  if (!log.ok()) return Fail(ctx, log.error(), "vm");
+  ctx.io.out << log->text << std::flush;
+  if (!a.follow) return kExitOk;
+  SigintGuard guard;
+  int64_t next = log->next_offset;
+  while (!g_interrupted.load()) {
+    for (int i = 0; i < 10 && !g_interrupted.load(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (g_interrupted.load()) break;
+    log = read(next, kConsoleReadMaxBytes);
+    if (!log.ok()) {
+      // A controller restarting or the exec limit reached: try again.
+      const ErrorCode code = log.error().code;
+      if (code == ErrorCode::kTooManyRequests || code == ErrorCode::kUnavailable ||
+          code == ErrorCode::kTimeout)
+        continue;
+      return Fail(ctx, log.error(), "vm");
+    }
+    if (log->dropped > 0)
+      ctx.io.err << "[" << log->dropped << " bytes of console output were dropped]" << std::endl;
+    ctx.io.out << log->text << std::flush;
+    next = log->next_offset;
+  }
+  return kExitOk;
 }
 
 struct ForwardArgs {
@@ -801,6 +847,7 @@ struct AddVmCommandsFlags {
   std::string ref;
   VmCreateArgs create;
   ExecArgs exec;
+  ConsoleArgs console;
   CpArgs cp;
   ForwardArgs forward;
   bool no_wait = false;
@@ -919,6 +966,15 @@ void AddVmCommands(CommandTree& t) {
   ex->add_option_function<std::string>(
       "--input", [&](const std::string& v) { s.exec.input = v; },
       "Standard input for the command ('-' reads this process's stdin)");
+  auto* con = t.Leaf(g, "console",
+                     "Show the guest's serial console log (ttyS0): its tail, then with --follow "
+                     "what comes next until Ctrl-C",
+                     [&] { return CmdVmConsole(t.ctx, s.console); });
+  con->add_option("REF", s.console.ref, "VM id or name")->required();
+  con->add_flag("--follow,-f", s.console.follow, "Keep printing new output (Ctrl-C ends)");
+  con->add_option("--bytes", s.console.bytes, "How much of the log's end to show first")
+      ->check(CLI::Range(int64_t{1}, kConsoleReadMaxBytes))
+      ->capture_default_str();
   auto* copy = t.Leaf(g, "cp",
                       "Copy a file into or out of a running VM through its guest agent: "
                       "vm cp SRC DST, one of them VM:PATH (an absolute guest path; a directory "

@@ -1,6 +1,7 @@
 #include "common/http_json.h"
 
 #include <algorithm>
+#include <charconv>
 
 namespace vmgrid {
 
@@ -86,6 +87,35 @@ bool ConstantTimeEquals(const std::string& a, const std::string& b) {
   unsigned char diff = 0;
   for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
   return diff == 0;
+}
+
+Status CheckQueryParams(const httplib::Request& req, std::initializer_list<const char*> known) {
+  for (const auto& [name, value] : req.params) {
+    bool ok = false;
+    std::string list;
+    for (const char* k : known) {
+      ok = ok || name == k;
+      list += (list.empty() ? "" : ", ") + std::string(k);
+    }
+    if (!ok)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "unknown query parameter '" + name + "' (known: " + list + ")");
+  }
+  return Status::Ok();
+}
+
+Result<int64_t> IntQueryParam(const httplib::Request& req, const std::string& name, int64_t def,
+                              int64_t min, int64_t max) {
+  if (!req.has_param(name)) return def;
+  const std::string v = req.get_param_value(name);
+  int64_t out = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  if (ec != std::errc() || end != v.data() + v.size())
+    return MakeError(ErrorCode::kInvalidArgument, "'" + name + "' must be an integer");
+  if (out < min || out > max)
+    return MakeError(ErrorCode::kInvalidArgument, "'" + name + "' must be " + std::to_string(min) +
+                                                      " to " + std::to_string(max));
+  return out;
 }
 
 Result<nlohmann::json> ParseJsonObject(const std::string& body, bool allow_empty) {

@@ -63,6 +63,13 @@ class JsonFields {
   std::set<std::string> allowed_;
 };
 
+// Query parameters, strictly: every parameter of `req` is one of `known`
+// (else kInvalidArgument listing them); an integer parameter is decimal and
+// in [min, max] (`def` when absent).
+Status CheckQueryParams(const httplib::Request& req, std::initializer_list<const char*> known);
+Result<int64_t> IntQueryParam(const httplib::Request& req, const std::string& name, int64_t def,
+                              int64_t min, int64_t max);
+
 // Names: 1-63 chars of [A-Za-z0-9._-], starting with a letter or digit.
 Status ValidateName(const std::string& what, const std::string& name);
 

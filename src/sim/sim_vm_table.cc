@@ -168,6 +168,13 @@ Result<std::string> SimVmTable::CheckpointDir(const std::string& id) {
   return "/sim/" + host_name_ + "/vms/" + id + "/checkpoint";
 }
 
+Result<ConsoleLog> SimVmTable::ReadConsole(const std::string& id, int64_t, int64_t) {
+  std::lock_guard<std::mutex> l(mu_);
+  VMG_RETURN_IF_ERROR(FindLocked(id));
+  return MakeError(ErrorCode::kFailedPrecondition,
+                   "VM " + id + " is on a simulated host, which has no serial console");
+}
+
 Result<ForwardInfo> SimVmTable::AddForward(const std::string& id, const ForwardRequest&) {
   return MakeError(ErrorCode::kFailedPrecondition,
                    "VM " + id + " is on a simulated host, which has no virtual networks");

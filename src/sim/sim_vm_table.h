@@ -63,6 +63,8 @@ class SimVmTable : public VmDriver {
                              int vcpus, int64_t memory_mb, const std::string& target_dir) override;
   // Refuses (kFailedPrecondition) while a VM of this host uses `path`.
   Status DeleteWorkspace(const std::string& path) override;
+  // Simulated hosts have no serial console: kFailedPrecondition.
+  Result<ConsoleLog> ReadConsole(const std::string& id, int64_t offset, int64_t max_bytes) override;
   // Simulated hosts carry no virtual networks: kFailedPrecondition.
   Result<ForwardInfo> AddForward(const std::string& id, const ForwardRequest& request) override;
   Status RemoveForward(const std::string& id, int listen_port) override;

@@ -153,7 +153,7 @@ TEST(BuildNicArgsTest, NicsFollowTheFixedDevicesInTheFullArgv) {
             "dgram,id=net0,local.type=unix,local.path=/r/nic0.sock,remote.type=unix,"
             "remote.path=/sw/p.sock");
   EXPECT_EQ(*(vmgenid + 3), "-device");
-  EXPECT_EQ(*(vmgenid + 5), "-serial");
+  EXPECT_EQ(*(vmgenid + 5), "-chardev");  // the serial console follows the NICs
   // No NIC: no network device at all (-nodefaults adds none either).
   c.nics.clear();
   a = BuildQemuArgv(c);

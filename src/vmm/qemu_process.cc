@@ -496,7 +496,10 @@ std::vector<std::string> BuildQemuArgv(const QemuConfig& c) {
   std::vector<std::string> nics = BuildNicArgs(c.nics, run);
   a.insert(a.end(), nics.begin(), nics.end());
   a.insert(a.end(), {
-      "-serial", "file:" + RunPath(run, kConsoleLogName),
+      // Appended to (a VM started again keeps its log); the agent bounds it
+      // (agent/console_log.h).
+      "-chardev", "file,id=serial0,path=" + RunPath(run, kConsoleLogName) + ",append=on",
+      "-serial", "chardev:serial0",
       "-qmp", "unix:" + RunPath(run, kQmpSocketName) + ",server=on,wait=off",
       "-pidfile", RunPath(run, kPidFileName),
       "-D", RunPath(run, kQemuLogName),

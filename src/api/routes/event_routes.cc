@@ -2,9 +2,10 @@
 
 #include <httplib.h>
 
-#include <charconv>
+#include <cstdint>
 
 #include "api/services/event_service.h"
+#include "common/http_json.h"
 
 namespace vmgrid {
 
@@ -13,28 +14,13 @@ using Req = httplib::Request;
 
 namespace {
 
-// The query parameters GET /v1/events reads; any other is refused.
-constexpr const char* kEventParams[] = {"after", "last", "vm", "limit", "follow", "wait"};
-
 Result<int64_t> IntParam(const Req& req, const std::string& name, int64_t fallback) {
-  if (!req.has_param(name)) return fallback;
-  const std::string v = req.get_param_value(name);
-  int64_t out = 0;
-  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
-  if (ec != std::errc() || end != v.data() + v.size())
-    return MakeError(ErrorCode::kInvalidArgument, "'" + name + "' must be an integer");
-  return out;
+  return IntQueryParam(req, name, fallback, INT64_MIN, INT64_MAX);
 }
 
 Result<EventListRequest> ParseEventQuery(const Req& req) {
-  for (const auto& [name, value] : req.params) {
-    bool known = false;
-    for (const char* p : kEventParams) known = known || name == p;
-    if (!known)
-      return MakeError(
-          ErrorCode::kInvalidArgument,
-          "unknown query parameter '" + name + "' (known: after, last, vm, limit, follow, wait)");
-  }
+  // Any other parameter is refused.
+  VMG_RETURN_IF_ERROR(CheckQueryParams(req, {"after", "last", "vm", "limit", "follow", "wait"}));
   EventListRequest r;
   VMG_ASSIGN_OR_RETURN(r.after, IntParam(req, "after", 0));
   VMG_ASSIGN_OR_RETURN(r.last, IntParam(req, "last", 0));

@@ -8,6 +8,7 @@
 #include "api/services/vm_create_service.h"
 #include "api/services/vm_service.h"
 #include "common/http_json.h"
+#include "proto/console_log.h"
 #include "proto/future_id.h"
 #include "proto/guest_file.h"
 
@@ -187,6 +188,20 @@ void InstallExecRoutes(RouteInstaller& s, VmService& vms) {
            return Reply{202, op};
          },
          kUserRoles);
+  // The guest's serial console (proto/console_log.h): ?offset=N (absent: the
+  // tail) &max_bytes=M.
+  s.Get(R"(/v1/vms/([^/]+)/console)",
+        [&vms](const Caller& c, const Req& req) -> Result<Reply> {
+          VMG_RETURN_IF_ERROR(vms.Get(req.matches[1], c.owner()));
+          VMG_RETURN_IF_ERROR(CheckQueryParams(req, {"offset", "max_bytes"}));
+          VMG_ASSIGN_OR_RETURN(int64_t offset, IntQueryParam(req, "offset", -1, 0, INT64_MAX / 2));
+          VMG_ASSIGN_OR_RETURN(
+              int64_t max,
+              IntQueryParam(req, "max_bytes", kConsoleReadDefaultBytes, 1, kConsoleReadMaxBytes));
+          VMG_ASSIGN_OR_RETURN(ConsoleLog log, vms.Console(c, req.matches[1], offset, max));
+          return Reply{200, ToJson(log)};
+        },
+        kUserRoles);
   // `vm cp`, one chunk per request (proto/guest_file.h); the guest path is
   // only ever handed to the guest's agent.
   s.Post(R"(/v1/vms/([^/]+)/files/read)",

@@ -64,6 +64,22 @@ class FakeAgent : public AgentClient {
     if (on_exec) on_exec();
     return nlohmann::json::object();
   }
+  // Console logs by VM id, read as the agent would (tail or from an offset).
+  std::map<std::string, std::string> consoles;
+  Result<ConsoleLog> ReadConsole(const Host&, const std::string& vm_id, int64_t offset,
+                                 int64_t max_bytes) override {
+    Note("console " + vm_id);
+    std::lock_guard<std::mutex> l(mu);
+    auto it = consoles.find(vm_id);
+    if (it == consoles.end()) return MakeError(ErrorCode::kNotFound, "no VM " + vm_id + " here");
+    const auto size = static_cast<int64_t>(it->second.size());
+    ConsoleLog log;
+    log.size = size;
+    log.offset = offset < 0 ? std::max<int64_t>(0, size - max_bytes) : std::min(offset, size);
+    log.text = it->second.substr(static_cast<size_t>(log.offset), static_cast<size_t>(max_bytes));
+    log.next_offset = log.offset + static_cast<int64_t>(log.text.size());
+    return log;
+  }
   // `vm cp`: files by "VM-ID PATH", in memory; "read VM PATH OFFSET" /
   // "write VM PATH OFFSET" calls.
   std::map<std::string, std::string> guest_files;

@@ -167,6 +167,25 @@ Result<GuestFileWritten> VmService::WriteFile(const Caller& c, const std::string
   return agents_.WriteGuestFile(target.second, target.first.id, request);
 }
 
+Result<ConsoleLog> VmService::Console(const Caller& c, const std::string& ref, int64_t offset,
+                                      int64_t max_bytes) {
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(ref, c.owner()));
+  if (max_bytes < 1 || max_bytes > kConsoleReadMaxBytes)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "max_bytes must be 1 to " + std::to_string(kConsoleReadMaxBytes));
+  if (vm.host_id.empty())
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + vm.name + " is " + vm.state +
+                                                         " and on no host: it has no console yet");
+  VMG_ASSIGN_OR_RETURN(Host host, store_.GetHost(vm.host_id));
+  VMG_ASSIGN_OR_RETURN(auto slot, execs_.Acquire(c.user.id, 1, c.admin()));
+  auto log = agents_.ReadConsole(host, vm.id, offset, max_bytes);
+  if (!log.ok() && log.error().code == ErrorCode::kNotFound)
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + vm.name + " is " + vm.state +
+                                                         " and not on host " + host.name +
+                                                         " (yet): it has no console there");
+  return log;
+}
+
 void VmService::RecordOutcome(const std::string& vm_id, const Result<VmStatus>& answer,
                               const std::string& state_on_error, int64_t started_ms, bool timing) {
   if (!answer.ok()) spdlog::warn("VM {}: {}", vm_id, answer.error().message);

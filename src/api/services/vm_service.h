@@ -22,6 +22,7 @@
 #include "common/clock.h"
 #include "common/result.h"
 #include "common/vm_state.h"
+#include "proto/console_log.h"
 #include "proto/guest_file.h"
 #include "proto/network_plan.h"
 #include "proto/vm_status.h"
@@ -81,6 +82,14 @@ class VmService {
                                   const GuestFileRead& request);
   Result<GuestFileWritten> WriteFile(const Caller& c, const std::string& ref,
                                      const GuestFileWrite& request);
+  // The serial console log of VM `ref` of the caller (proto/console_log.h),
+  // from `offset` (< 0: its last max_bytes), in any state once its host has
+  // it: another user's VM -> kNotFound; max_bytes outside
+  // 1..kConsoleReadMaxBytes -> kInvalidArgument; a VM not on a host (yet)
+  // -> kFailedPrecondition; over the caller's exec operations ->
+  // kTooManyRequests.
+  Result<ConsoleLog> Console(const Caller& c, const std::string& ref, int64_t offset,
+                             int64_t max_bytes);
 
   // Records the agent's answer for an operation on VM `vm_id` started at
   // `started_ms`: its state (and, with `timing`, how long it took), or

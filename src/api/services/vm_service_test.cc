@@ -226,6 +226,36 @@ TEST_P(VmServiceTest, CopyRelaysChunksToTheVmsAgentBothWays) {
   EXPECT_EQ(execs_.held(alice_.id), 0) << "no exec slot is kept after a chunk";
 }
 
+TEST_P(VmServiceTest, ConsoleIsTheOwnersInAnyStateOnItsHost) {
+  Vm vm = AddVm("a", "stopped");
+  agent_.consoles[vm.id] = "boot\nlogin:\n";
+  User bob = store_->CreateUser("bob", "user")->first;
+  // Another user's VM: as not found as exec's answer, and no agent call.
+  auto theirs = vms_->Console(Caller{bob}, vm.id, -1, 100);
+  ASSERT_FALSE(theirs.ok());
+  EXPECT_EQ(theirs.error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(theirs.error().message,
+            vms_->Exec(Caller{bob}, vm.id, ExecRequest{{"true"}, "", 60}).error().message);
+  EXPECT_TRUE(agent_.calls.empty());
+  // The owner reads the tail, then follows from an offset (a stopped VM too).
+  auto tail = vms_->Console(Caller{alice_}, vm.name, -1, 7);
+  ASSERT_TRUE(tail.ok()) << tail.error().message;
+  EXPECT_EQ(tail->text, "login:\n");
+  EXPECT_EQ(tail->next_offset, 12);
+  auto from = vms_->Console(Caller{alice_}, vm.id, 0, 5);
+  ASSERT_TRUE(from.ok());
+  EXPECT_EQ(from->text, "boot\n");
+  EXPECT_EQ(vms_->Console(Caller{alice_}, vm.id, 0, 0).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(vms_->Console(Caller{alice_}, vm.id, 0, kConsoleReadMaxBytes + 1).error().code,
+            ErrorCode::kInvalidArgument);
+  // Not on its host (yet): a clear precondition, not "not found".
+  Vm fresh = AddVm("b", "creating");
+  auto none = vms_->Console(Caller{alice_}, fresh.id, -1, 100);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, ErrorCode::kFailedPrecondition) << none.error().message;
+  EXPECT_EQ(execs_.held(alice_.id), 0) << "no exec slot is kept after a read";
+}
+
 TEST_P(VmServiceTest, ExecBeyondTheCallersLimitIsRefusedWithARetryTime) {
   Vm vm = AddVm("a", "running");
   std::promise<void> release;

@@ -151,17 +151,45 @@ export function mount(root, ctx) {
         }
       } catch (err) { fill(execOut, h('span', { class: 'stderr' }, err.message)); }
     });
-    consoleOut = h('pre', { id: 'console-output', class: 'output', tabindex: 0 });
+    // The serial console (GET /v1/vms/ID/console): the tail, then, while
+    // "Follow" is checked and this VM is shown, what comes next.
+    consoleOut = h('pre', { id: 'console-output', class: 'output', tabindex: 0, 'aria-live': 'polite' });
     const consoleBtn = h('button', { type: 'button', id: 'console-load' }, 'Load console log');
-    consoleBtn.addEventListener('click', async () => {
+    const followBox = h('input', { type: 'checkbox', id: 'console-follow' });
+    const consolePath = `/v1/vms/${encodeURIComponent(v.id)}/console`;
+    const shownFor = v.id;
+    let next = null;
+    let timer = null;
+    const atBottom = () => consoleOut.scrollHeight - consoleOut.scrollTop - consoleOut.clientHeight < 8;
+    async function loadConsole() {
       fill(consoleOut, 'reading…');
       try {
-        const op = await post(`/v1/vms/${encodeURIComponent(v.id)}/exec`, { argv: ['/bin/sh', '-c', 'dmesg 2>/dev/null || cat /var/log/messages'], timeout_s: 30 });
-        const done = await awaitOperation(op);
-        fill(consoleOut, done.state === 'succeeded' ? (done.result.stdout || '(empty)') : `failed: ${done.error ? done.error.message : ''}`);
+        const r = await get(consolePath);
+        fill(consoleOut, r.text || '(nothing printed yet)');
+        next = r.next_offset;
         consoleOut.scrollTop = consoleOut.scrollHeight;
-      } catch (err) { fill(consoleOut, err.message); }
-    });
+      } catch (err) { fill(consoleOut, err.message); next = null; }
+    }
+    async function poll() {
+      timer = null;
+      if (!followBox.checked || detailFor !== shownFor) return;
+      try {
+        if (next === null) await loadConsole();
+        else {
+          const r = await get(`${consolePath}?offset=${next}`);
+          if (r.text) {
+            const stick = atBottom();
+            if (consoleOut.textContent === '(nothing printed yet)') fill(consoleOut);
+            consoleOut.append(r.text);
+            if (stick) consoleOut.scrollTop = consoleOut.scrollHeight;
+          }
+          next = r.next_offset;
+        }
+      } catch (err) { /* a restart or the exec limit: try again */ }
+      if (followBox.checked && detailFor === shownFor) timer = setTimeout(poll, 2000);
+    }
+    consoleBtn.addEventListener('click', loadConsole);
+    followBox.addEventListener('change', () => { if (followBox.checked && !timer) poll(); });
     migrateSel = h('select', { id: 'migrate-to' }, h('option', { value: '' }, 'any other host (placement)'));
     const migrateForm = h('form', { class: 'inline', 'aria-label': 'Migrate' },
       h('label', { class: 'field grow', for: 'migrate-to' }, h('span', {}, 'Migrate to'), migrateSel),
@@ -185,8 +213,10 @@ export function mount(root, ctx) {
       h('h2', {}, `VM ${v.name}`), head,
       h('h3', {}, 'Run a command'), execForm, execOut,
       h('h3', {}, 'Console log'),
-      h('p', { class: 'hint' }, "The guest kernel's log (dmesg), read through the guest agent."),
-      consoleBtn, consoleOut,
+      h('p', { class: 'hint' }, "What the guest printed on its serial console (ttyS0), kept by its host."),
+      h('div', { class: 'inline' }, consoleBtn,
+        h('label', { class: 'check', for: 'console-follow' }, followBox, ' Follow')),
+      consoleOut,
       h('h3', {}, 'Live migration'), migrateForm,
       h('button', { type: 'button', class: 'link', onclick: () => { selected = null; detailFor = null; fill(detailEl); } }, 'Close')));
   }
