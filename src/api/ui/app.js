@@ -139,9 +139,37 @@ async function sample() {
     if (v.state === 'running') counts.running++;
   }
   live.vms = list.vms || [];
+  if (!live.samples.length) live.samples = await history(counts).catch(() => []);
   live.samples.push(counts);
   if (live.samples.length > 240) live.samples.splice(0, live.samples.length - 240);
   sessionStorage.setItem('vmgrid.samples', JSON.stringify(live.samples));
+}
+
+// The chart's past, before this page sampled anything: the durable event
+// stream read backwards from the counts now (a VM's first vm.state event has
+// from "" — it was created; vm.deleted removes it; running counts follow
+// from/to), one point per event.
+async function history(now) {
+  const r = await get('/v1/events?last=1000');
+  const points = [];
+  let total = now.total;
+  let running = now.running;
+  const events = (r.events || []).filter((e) => e.time_ms < now.t);
+  for (let i = events.length - 1; i >= 0; i--) {
+    const e = events[i];
+    const d = e.data || {};
+    points.push({ t: e.time_ms, total, running });
+    if (e.kind === 'vm.deleted') {
+      total++;
+      if (d.from === 'running') running++;
+    } else if (e.kind === 'vm.state' || e.kind === 'vm.failed') {
+      if (d.from === '') total--;
+      if (d.to === 'running' && d.from !== 'running') running--;
+      if (d.from === 'running' && d.to !== 'running') running++;
+    }
+  }
+  if (events.length) points.push({ t: events[0].time_ms - 1, total: Math.max(total, 0), running: Math.max(running, 0) });
+  return points.reverse().slice(-200);
 }
 
 function startLive() {

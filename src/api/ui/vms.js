@@ -251,7 +251,7 @@ export function mount(root, ctx) {
     lineChart(chartEl, ctx.live.samples, [
       { key: 'total', label: 'VMs', cls: 'series-a' },
       { key: 'running', label: 'running', cls: 'series-b' },
-    ], 'Number of your VMs over time (sampled every few seconds)');
+    ], 'Number of your VMs over time (from the event history, then sampled every few seconds)');
     renderEvents();
   }
 
