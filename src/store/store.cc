@@ -530,6 +530,15 @@ const std::string kTakeRoom =
         "AND failed_ms = 0 "
         "AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? AND ") +
     kDiskRoom;
+// A VM back from 'error' on the host it was on (its host reports it running
+// again) takes its room back only if the room is still there: it went free
+// with the error and may be another VM's now. Whatever the host's state.
+const std::string kTakeRoomBack =
+    std::string(
+        "UPDATE hosts SET used_vcpus = used_vcpus + ?, used_memory_mb = used_memory_mb + ?, "
+        "used_disk_bytes = used_disk_bytes + ? WHERE id = ? "
+        "AND vcpus - used_vcpus >= ? AND memory_mb - used_memory_mb >= ? AND ") +
+    kDiskRoom;
 std::vector<SqlValue> TakeRoomParams(const Vm& vm, const std::string& host_id) {
   return {int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, host_id,
           int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes};
@@ -1745,6 +1754,20 @@ Status Store::MoveUsageLocked(const VmPlacement& before, const std::string& host
   if (held)
     VMG_RETURN_IF_ERROR(
         AddUsageLocked(before.host_id, -before.vcpus, -before.memory_mb, -before.disk_bytes));
+  if (holds && !held && before.host_id == host_id) {
+    VMG_ASSIGN_OR_RETURN(
+        int64_t taken,
+        db_->Exec(kTakeRoomBack, {before.vcpus, before.memory_mb, before.disk_bytes, host_id,
+                                  before.vcpus, before.memory_mb, before.disk_bytes}));
+    if (taken == 0)
+      return MakeError(ErrorCode::kResourceExhausted,
+                       "host " + host_id + " has no room left for the VM to take back (" +
+                           std::to_string(before.vcpus) + " vCPUs, " +
+                           std::to_string(before.memory_mb) + " MiB)");
+    Notify([host_id, v = before.vcpus, m = before.memory_mb,
+            d = before.disk_bytes](StoreObserver& o) { o.OnUsage(host_id, v, m, d); });
+    return Status::Ok();
+  }
   if (holds)
     VMG_RETURN_IF_ERROR(AddUsageLocked(host_id, before.vcpus, before.memory_mb, before.disk_bytes));
   return Status::Ok();

@@ -280,11 +280,30 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
       clean = false;
       spdlog::info("reconcile: VM {} is {} on host {} (record said {})", vm.id, report.state,
                    host.name, vm.state);
+      const std::string was = vm.state;
       vm.state = report.state;
       vm.error = report.error;
       if (vm.create_ms == 0) vm.create_ms = report.ready_ms;
+      Status st = store_.UpdateVm(vm);
+      if (!st.ok() && st.error().code == ErrorCode::kResourceExhausted && was == "error") {
+        // Back from `error`, but its room went to another VM meanwhile: this
+        // copy is stopped (a workspace file stays) rather than run outside
+        // any reservation; the record stays `error` and says why.
+        spdlog::warn("reconcile: VM {} runs again on host {} but {}: destroying this copy", vm.id,
+                     host.name, st.error().message);
+        const std::string why = "it ran again on host " + host.name +
+                                " after an error, but its room there had been given to other "
+                                "VMs; that copy was stopped";
+        failed_writes_.Count(store_.ModifyVm(vm.id,
+                                             [&](Vm& v) {
+                                               if (v.state == "error") v.error = why;
+                                             }),
+                             "noting why VM " + vm.id + " stays in error");
+        if (destroy) destroy->push_back(vm.id);
+        continue;
+      }
       // Not clean: the next heartbeat tries again.
-      failed_writes_.Count(store_.UpdateVm(vm), "recording VM " + vm.id + "'s state");
+      failed_writes_.Count(st, "recording VM " + vm.id + "'s state");
     }
   }
   // What is left runs on the host without a record here. A record on

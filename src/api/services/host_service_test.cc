@@ -202,6 +202,45 @@ TEST_P(HostServiceTest, AVmWithoutRecordIsDestroyedAfterAGracePeriod) {
   EXPECT_EQ(StateOf(mine.id), "running");
 }
 
+// A VM in `error` gave its room back; when its host reports it running again
+// it takes the room back only if it is still free: never an oversubscribed
+// host. Otherwise that copy is destroyed and the record says why.
+TEST_P(HostServiceTest, AVmBackFromErrorTakesItsRoomOnlyIfItIsStillThere) {
+  Vm a = AddVm("a", "running");
+  Vm b = AddVm("b", "running");
+  for (const Vm* v : {&a, &b})
+    ASSERT_TRUE(store_
+                    ->ModifyVm(v->id,
+                               [](Vm& m) {
+                                 m.state = "error";
+                                 m.error = "the VM is not on host h1 any more";
+                               })
+                    .ok());
+  const auto used = [&] { return store_->GetHost(host_.id)->reserved_memory_mb; };
+  EXPECT_EQ(used(), 0) << "an error VM holds no room";
+  // Another VM takes all the memory but 256 MiB: room for one of the two.
+  Vm big = NewVmRecord("big");
+  big.memory_mb = 8192 - 256;
+  auto placed = store_->PlaceAndInsertVm(big, {host_.id});
+  ASSERT_TRUE(placed.ok()) << placed.error().message;
+  ASSERT_TRUE(store_->ModifyVm(placed->id, [](Vm& v) { v.state = "running"; }).ok());
+  clock_.Advance(10'000);
+  std::vector<std::string> destroy;
+  hosts_->Reconcile(
+      host_, {Status(a.id, "running"), Status(b.id, "running"), Status(placed->id, "running")},
+      clock_.NowMs(), &destroy);
+  const bool a_back = StateOf(a.id) == "running", b_back = StateOf(b.id) == "running";
+  EXPECT_NE(a_back, b_back) << "exactly one fits";
+  const Vm& left = a_back ? b : a;
+  EXPECT_EQ(StateOf(left.id), "error");
+  EXPECT_NE(store_->GetVm(left.id, "")->error.find("room there had been given to other VMs"),
+            std::string::npos)
+      << store_->GetVm(left.id, "")->error;
+  EXPECT_EQ(destroy, std::vector<std::string>{left.id}) << "its copy is stopped";
+  EXPECT_EQ(used(), 8192) << "never more than the host has";
+  EXPECT_EQ(hosts_->failed_writes(), 0);
+}
+
 // Through the heartbeat: the answer's stale_vms carries it.
 TEST_P(HostServiceTest, TheHeartbeatAnswerNamesAnUnrecordedVmAfterTheGrace) {
   auto first = hosts_->Heartbeat("h1", Report({Status("vm-ghost", "running")}), kPeer);
