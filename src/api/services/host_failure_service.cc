@@ -167,8 +167,14 @@ void HostFailureService::RecoverHostLocked(const Host& host, int64_t silent_ms) 
     // to settle (it fails against a dead host). Both are retried next pass.
     if (in_flight_(vm.id) || vm.state == "migrating") continue;
     if (vm.state == "error") {
+      // Waiting for room: known here, or (after a restart of this
+      // controller, or another one leading now) by what its record says.
       auto w = waiting_room_.find(vm.id);
-      if (w == waiting_room_.end()) continue;
+      if (w == waiting_room_.end()) {
+        const size_t at = vm.error.find(kWaitingForRoom);
+        if (vm.restart != "on-host-failure" || at == std::string::npos) continue;
+        w = waiting_room_.emplace(vm.id, vm.error.substr(0, at)).first;
+      }
       if (recover_(vm, w->second).ok()) waiting_room_.erase(w);
       continue;
     }
@@ -227,7 +233,7 @@ void HostFailureService::RecoverHostLocked(const Host& host, int64_t silent_ms) 
     failed_vm.state = "error";
     failed_vm.error = note;
     if (Status r = recover_(failed_vm, note); !r.ok()) {
-      const std::string waiting = note + "; waiting for a host with room: " + r.error().message;
+      const std::string waiting = note + kWaitingForRoom + r.error().message;
       (void)store_.ModifyVm(vm.id, [&](Vm& v) { v.error = waiting; });
       waiting_room_[vm.id] = note;
       spdlog::warn("VM {}: no host to restart it on yet: {}", vm.id, r.error().message);

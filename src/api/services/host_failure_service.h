@@ -100,8 +100,11 @@ class HostFailureService {
   // heartbeat another controller received). Guarded by mu_.
   std::map<std::string, int64_t> seen_heartbeat_;
   std::set<std::string> declared_;  // failed by this controller; guarded by mu_
-  // VMs with restart=on-host-failure that found no room yet: retried each pass.
+  // VMs with restart=on-host-failure that found no room yet: retried each
+  // pass. Their error says so (kWaitingForRoom), so a controller that
+  // restarted or took over the leadership finds them again.
   std::map<std::string, std::string> waiting_room_;  // vm id -> note; guarded by mu_
+  static constexpr char kWaitingForRoom[] = "; waiting for a host with room: ";
 };
 
 }  // namespace vmgrid

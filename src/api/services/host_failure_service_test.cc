@@ -396,6 +396,40 @@ TEST_P(HostFailureServiceTest, NoRoomElsewhereWaitsAndRetries) {
   EXPECT_EQ(k.state, "running");
 }
 
+// The wait for room is in the record, not only in the memory of the
+// controller that declared the host failed: one that restarted, or another
+// one taking over the leadership (CountFromNow forgets what it knew), still
+// restarts the VM once room appears.
+TEST_P(HostFailureServiceTest, AVmWaitingForRoomIsNotForgottenByANewLeader) {
+  Vm keep = AddVmWith("keep", "on-host-failure", "clone");
+  Vm big;
+  big.id = NewId("vm");
+  big.name = "big";
+  big.owner_id = alice_.id;
+  big.image_id = "img-1";
+  big.state = "running";
+  big.vcpus = 8;
+  big.memory_mb = 256;
+  big.disk = "clone";
+  big.start = "boot";
+  auto placed = store_->PlaceAndInsertVm(big, {host2_.id});
+  ASSERT_TRUE(placed.ok()) << placed.error().message;
+  h2_vms_ = {Running(placed->id)};
+  Silence(30000);
+  ASSERT_EQ(HostState("h1"), "failed");
+  ASSERT_NE(Get(keep.id).error.find("waiting for a host with room"), std::string::npos);
+  failures_->CountFromNow();  // what a new leader knows: nothing in memory
+  ASSERT_TRUE(store_->DeleteVm(placed->id).ok());
+  h2_vms_.clear();
+  // A new leader recovers nothing before lease + grace from its own start.
+  Silence(options_.lease_ms + options_.grace_ms + 2000);
+  ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10)));
+  Vm k = Get(keep.id);
+  EXPECT_EQ(k.host_id, host2_.id);
+  EXPECT_EQ(k.state, "running") << k.error;
+  EXPECT_EQ(k.error.find("waiting for a host with room"), std::string::npos) << k.error;
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, HostFailureServiceTest, testing_db::Backends(),
                          testing_db::BackendName);
 
