@@ -101,6 +101,16 @@ class HostFailureServiceTest : public ServiceTest {
     return h.ok() ? hosts_->HostJson(*h, false)["state"].get<std::string>() : "?";
   }
   Vm Get(const std::string& id) { return *store_->GetVm(id, ""); }
+  // h2 full (its 8 vCPUs taken by a running VM it reports); the VM.
+  Vm FillHost2() {
+    Vm big = NewVmRecord("big");
+    big.state = "running";
+    big.vcpus = 8;
+    auto placed = store_->PlaceAndInsertVm(big, {host2_.id});
+    EXPECT_TRUE(placed.ok()) << placed.error().message;
+    h2_vms_ = {Running(placed->id)};
+    return *placed;
+  }
   static VmStatus Running(const std::string& id) {
     VmStatus s;
     s.id = id;
@@ -367,27 +377,14 @@ TEST_P(HostFailureServiceTest, ARestartedControllerCountsFromItsOwnStart) {
 
 TEST_P(HostFailureServiceTest, NoRoomElsewhereWaitsAndRetries) {
   Vm keep = AddVmWith("keep", "on-host-failure", "clone");
-  // h2 full: 8 vCPUs taken.
-  Vm big;
-  big.id = NewId("vm");
-  big.name = "big";
-  big.owner_id = alice_.id;
-  big.image_id = "img-1";
-  big.state = "running";
-  big.vcpus = 8;
-  big.memory_mb = 256;
-  big.disk = "clone";
-  big.start = "boot";
-  auto placed = store_->PlaceAndInsertVm(big, {host2_.id});
-  ASSERT_TRUE(placed.ok()) << placed.error().message;
-  h2_vms_ = {Running(placed->id)};
+  const Vm big = FillHost2();
   Silence(30000);
   EXPECT_EQ(HostState("h1"), "failed");
   Vm k = Get(keep.id);
   EXPECT_EQ(k.state, "error");
   EXPECT_NE(k.error.find("waiting for a host with room"), std::string::npos) << k.error;
   EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 0);
-  ASSERT_TRUE(store_->DeleteVm(placed->id).ok());
+  ASSERT_TRUE(store_->DeleteVm(big.id).ok());
   h2_vms_.clear();
   Silence(2000);
   ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10)));
@@ -402,27 +399,20 @@ TEST_P(HostFailureServiceTest, NoRoomElsewhereWaitsAndRetries) {
 // restarts the VM once room appears.
 TEST_P(HostFailureServiceTest, AVmWaitingForRoomIsNotForgottenByANewLeader) {
   Vm keep = AddVmWith("keep", "on-host-failure", "clone");
-  Vm big;
-  big.id = NewId("vm");
-  big.name = "big";
-  big.owner_id = alice_.id;
-  big.image_id = "img-1";
-  big.state = "running";
-  big.vcpus = 8;
-  big.memory_mb = 256;
-  big.disk = "clone";
-  big.start = "boot";
-  auto placed = store_->PlaceAndInsertVm(big, {host2_.id});
-  ASSERT_TRUE(placed.ok()) << placed.error().message;
-  h2_vms_ = {Running(placed->id)};
+  const Vm big = FillHost2();
   Silence(30000);
   ASSERT_EQ(HostState("h1"), "failed");
   ASSERT_NE(Get(keep.id).error.find("waiting for a host with room"), std::string::npos);
   failures_->CountFromNow();  // what a new leader knows: nothing in memory
-  ASSERT_TRUE(store_->DeleteVm(placed->id).ok());
+  ASSERT_TRUE(store_->DeleteVm(big.id).ok());
   h2_vms_.clear();
-  // A new leader recovers nothing before lease + grace from its own start.
-  Silence(options_.lease_ms + options_.grace_ms + 2000);
+  // A new leader recovers nothing before lease + grace from its own start;
+  // once restarted on h2, h2's heartbeats report it.
+  for (int64_t t = 0; t < options_.lease_ms + options_.grace_ms + 2000; t += 2000) {
+    Silence(2000);
+    ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10)));
+    if (Get(keep.id).host_id == host2_.id) h2_vms_ = {Running(keep.id)};
+  }
   ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10)));
   Vm k = Get(keep.id);
   EXPECT_EQ(k.host_id, host2_.id);
