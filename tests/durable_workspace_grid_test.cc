@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <chrono>
 #include <iostream>
+#include <thread>
 
 #include "tests/grid_fixture.h"
 
@@ -69,6 +71,15 @@ TEST(DurableWorkspaceGridTest, StopPushesOnlyChangedChunksAndHostFailureRestarts
   EXPECT_LE(d2.value("sent_chunks", 0), 16) << "only the changed chunks travel";
   EXPECT_LT(d2.value("sent_chunks", 0), d2.value("chunks", 0));
 
+  // A checkpoint pushes too: version 3, with what the guest wrote before it.
+  ASSERT_EQ(Act(alice, id, "resume").value("state", ""), "running");
+  Exec(alice, id, "echo third >> /root/durable.txt && sync");
+  ASSERT_EQ(Act(alice, id, "checkpoint").value("state", ""), "suspended");
+  json d3 = Workspace(alice, "dws")["durable"];
+  std::cout << "[info] version 3 (checkpoint): " << d3.dump() << "\n";
+  EXPECT_EQ(d3.value("version", 0), 3);
+  EXPECT_LE(d3.value("sent_chunks", 0), 16) << "only the changed chunks travel";
+
   // Running again on its host; then the host dies (agent and QEMU, kill -9).
   json running = Act(alice, id, "resume");
   ASSERT_EQ(running.value("state", ""), "running") << running.dump();
@@ -82,19 +93,54 @@ TEST(DurableWorkspaceGridTest, StopPushesOnlyChangedChunksAndHostFailureRestarts
       seconds(180));
   ASSERT_TRUE(moved.ok()) << moved.error().message;
   std::cout << "[info] restarted: " << moved->value("error", "") << "\n";
-  EXPECT_NE(moved->value("error", "").find("durable version 2"), std::string::npos)
+  EXPECT_NE(moved->value("error", "").find("durable version 3"), std::string::npos)
       << moved->dump();
-  EXPECT_EQ(Exec(alice, id, "cat /root/durable.txt"), "first\nsecond\n");
+  EXPECT_EQ(Exec(alice, id, "cat /root/durable.txt"), "first\nsecond\nthird\n");
   json ws = Workspace(alice, "dws");
   EXPECT_NE(ws.value("host_id", ""), "") << ws.dump();
   EXPECT_EQ(ws["host_id"], (*moved)["host_id"]) << "the workspace is the new host's now";
 
-  // On the new host it is pushed like any workspace: version 3 on stop.
+  // On the new host it is pushed like any workspace: version 4 on stop.
   ASSERT_EQ(Act(alice, id, "stop").value("state", ""), "stopped");
-  json d3 = Workspace(alice, "dws")["durable"];
-  std::cout << "[info] version 3: " << d3.dump() << "\n";
-  EXPECT_EQ(d3.value("version", 0), 3);
-  EXPECT_EQ(d3.value("host", ""), (*moved)["host"]);
+  json d4 = Workspace(alice, "dws")["durable"];
+  std::cout << "[info] version 4: " << d4.dump() << "\n";
+  EXPECT_EQ(d4.value("version", 0), 4);
+  EXPECT_EQ(d4.value("host", ""), (*moved)["host"]);
+  StopGrid(grid);
+}
+
+// --workspace-push-interval: a running persistent VM's workspace is pushed
+// while it runs (a point-in-time copy), without a stop or a checkpoint, and
+// a later push after a small write sends only a few chunks.
+TEST(DurableWorkspaceGridTest, IntervalPushesWhileTheVmRuns) {
+  auto grid = StartGrid("durable-interval", 1, {"--workspace-push-interval", "3"});
+  ASSERT_TRUE(grid);
+  const std::string image = ImportTiny(grid->Admin(), "tiny", false)["id"];
+  ApiClient alice = NewUser(*grid, "alice");
+  json vm = CreateVm(
+      alice, {{"image", image}, {"name", "iv"}, {"disk", "persistent"}, {"workspace", "ivs"}});
+  ASSERT_EQ(vm.value("state", ""), "running") << vm.dump();
+  const std::string id = vm["id"];
+  Exec(alice, id, "echo one > /root/interval.txt && sync");
+  auto version = [&] {
+    const json d = Workspace(alice, "ivs")["durable"];
+    return d.is_object() ? d.value("version", 0) : 0;
+  };
+  const auto give_up = std::chrono::steady_clock::now() + seconds(90);
+  while (version() < 1 && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const int first = version();
+  ASSERT_GE(first, 1) << "no interval push in 90 s: " << Workspace(alice, "ivs").dump();
+  Exec(alice, id, "echo two >> /root/interval.txt && sync");
+  while (version() <= first + 1 && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  json later = Workspace(alice, "ivs")["durable"];
+  std::cout << "[info] interval pushes: version " << first << ", then " << later.dump() << "\n";
+  ASSERT_GT(later.value("version", 0), first + 1) << later.dump();
+  EXPECT_LE(later.value("sent_chunks", 0), 16) << "only the changed chunks travel";
+  auto now = alice.Get("/v1/vms/" + id);
+  ASSERT_TRUE(now.ok());
+  EXPECT_EQ(now->value("state", ""), "running") << "never stopped";
   StopGrid(grid);
 }
 
