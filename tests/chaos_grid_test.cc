@@ -124,7 +124,10 @@ struct ChaosConfig {
 class ChaosRun {
  public:
   explicit ChaosRun(ChaosConfig config) : config_(std::move(config)) {}
-  ~ChaosRun() { StopGrid(grid_); }
+  ~ChaosRun() {
+    Report();  // also after a fatal failure (an ASSERT returned from Run)
+    StopGrid(grid_);
+  }
 
   void Run() {
     seed_ = static_cast<uint64_t>(std::random_device{}());
@@ -138,6 +141,11 @@ class ChaosRun {
     RestartEverything();
     Converge();
     CheckExec();
+  }
+
+ private:
+  void Report() {
+    if (!grid_) return;
     std::cout << "[chaos] " << config_.name << " seed " << seed_ << ": " << steps_ << " steps, "
               << accepted_.size() << " creates and " << deleted_.size()
               << " deletes accepted, done in " << Elapsed() << " s\n";
@@ -149,7 +157,6 @@ class ChaosRun {
     if (::testing::Test::HasFailure()) DumpForDebugging();
   }
 
- private:
   ChaosConfig config_;
   std::unique_ptr<LocalGrid> grid_;
   std::unique_ptr<ApiClient> user_, admin_;
