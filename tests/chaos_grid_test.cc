@@ -7,7 +7,9 @@
 //   1. no accepted VM lost: every create the API accepted (2xx with an id)
 //      and that no accepted delete removed still has a record, and every
 //      record settles (running, stopped, suspended, or error with a reason);
-//      a VM whose delete was accepted is gone, or `error` if that delete failed;
+//      a VM whose delete was accepted is gone, or `error` if its agent refused
+//      the delete (one that did not reach the agent stays `deleting` until
+//      the host is back, then finishes);
 //   2. every QEMU of the grid belongs to exactly one record, on its host, that
 //      says `running`, and every `running` record has exactly one QEMU;
 //   3. every host's reservation equals the sum over the VMs recorded on it
@@ -395,8 +397,9 @@ class ChaosRun {
     // 1. No accepted VM lost; deleted ones gone; every record settled.
     for (const auto& [id, name] : accepted_) {
       const bool recorded = by_id.contains(id);
-      // A delete is an operation: it may fail (its host's agent was down),
-      // and then says so in the record, `error` with the reason.
+      // A delete is an operation: the agent may refuse it, and then the
+      // record says so, `error` with the reason. One that did not reach the
+      // agent stays `deleting` (not settled) until the host is back.
       if (deleted_.contains(id) && recorded && by_id[id].value("state", "") != "error")
         bad.push_back("VM " + name + " (" + id +
                       ") was deleted (accepted) but has a record: " + by_id[id].dump());
