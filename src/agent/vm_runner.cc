@@ -1450,6 +1450,19 @@ Status VmRunner::Recover() {
     vm->disk_format = state_json.value("disk_format", "qcow2");
     const std::string migration = state_json.value("migration", "");
     auto q = QemuProcess::Adopt(dir + "/run", seconds(5));
+    // A QEMU that runs but cannot be adopted answers no QMP: a previous
+    // agent's lease fence stopped it (SIGSTOP) when that agent's lease ran
+    // out, or it is stuck. Nothing could manage it: left alone, it would
+    // stay on with the VM recorded stopped (and, once the VM is destroyed,
+    // as a process of no VM at all). It is killed, found by its command
+    // line like an interrupted create's (docs/vm-lifecycle.md, "After a crash").
+    int unadoptable = 0;
+    if (!q.ok()) {
+      unadoptable = KillQemusForRunDir(dir + "/run", seconds(5));
+      if (unadoptable > 0)
+        spdlog::warn("recover: killed the QEMU of VM {}: it cannot be adopted ({})", id,
+                     q.error().message);
+    }
     if (q.ok() && (migration == "outgoing" || migration == "migrated-out")) {
       // A migration source: if the migration completed, the target may hold
       // the VM (paused until the controller finishes it), so this copy stays
@@ -1507,7 +1520,12 @@ Status VmRunner::Recover() {
       vm->state = *parsed == VmState::kCheckpointing || *parsed == VmState::kResuming
                       ? (vm->has_checkpoint ? VmState::kSuspended : VmState::kStopped)
                       : VmState::kStopped;
-      if (state != "stopping") vm->error = "QEMU exited while the agent was down";
+      if (unadoptable > 0)
+        vm->error =
+            "QEMU answered no monitor after an agent restart (stopped by the lease fence while "
+            "the agent was down?) and was killed";
+      else if (state != "stopping")
+        vm->error = "QEMU exited while the agent was down";
       spdlog::warn("recover: VM {} was {} but its QEMU is gone", id, state);
     }
     PersistStateOrCount(*vm);

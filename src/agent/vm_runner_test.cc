@@ -2,7 +2,10 @@
 #include "agent/vm_runner.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"
@@ -145,6 +148,58 @@ TEST(VmRunnerTest, PublishingACheckpointNeverReadsAHostFileItsDiskNames) {
   EXPECT_EQ(published.error().message.find(dir.path()), std::string::npos)
       << published.error().message;
   EXPECT_EQ(server.stats().chunks_uploaded, 0u);
+}
+
+// A QEMU that a restarted agent cannot adopt (it answers no QMP: a previous
+// agent's lease fence stopped it with SIGSTOP after that agent was killed)
+// is killed, so that the VM's record, stopped, is true. Found by the chaos
+// test (tests/chaos_grid_test.cc): the agent used to mark the VM stopped and
+// leave the QEMU stopped; when the VM then was destroyed as no longer the
+// host's, the QEMU stayed forever, holding its memory, a VM of no record.
+TEST(VmRunnerTest, RecoverKillsAQemuItCannotAdopt) {
+  TestDir dir;
+  VmRunnerOptions o;
+  o.state_dir = dir / "state";
+  const std::string vm_dir = o.state_dir + "/vms/vm-fenced";
+  ASSERT_TRUE(MakeDirs(vm_dir + "/run", 0700).ok());
+  VmSpec spec;
+  spec.id = "vm-fenced";
+  spec.image.disk = dir / "image.raw";
+  spec.image.format = "raw";
+  spec.restart = "on-host-failure";
+  WriteTestFile(vm_dir + "/spec.json", ToJson(spec).dump());
+  WriteTestFile(vm_dir + "/state.json", nlohmann::json{{"state", "running"}}.dump());
+  // A stand-in QEMU: named like one, with the VM's -pidfile, and no monitor.
+  const std::string pidfile = vm_dir + "/run/qemu.pid";
+  const pid_t qemu = fork();
+  ASSERT_GE(qemu, 0);
+  if (qemu == 0) {
+    execl("/bin/sh", "qemu-system-x86_64", "-c", "while :; do sleep 1; done", "-pidfile",
+          pidfile.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  WriteTestFile(pidfile, std::to_string(qemu) + "\n");
+  for (int i = 0; i < 500; ++i) {  // until it has exec'd (its command line is a QEMU's)
+    auto cmdline = ReadFile("/proc/" + std::to_string(qemu) + "/cmdline", 4096);
+    if (cmdline.ok() && cmdline->find("-pidfile") != std::string::npos) break;
+    usleep(10'000);
+  }
+  ASSERT_EQ(::kill(qemu, SIGSTOP), 0);  // the fence of the agent that was killed
+
+  VmRunner runner(o);
+  ASSERT_TRUE(runner.Recover().ok());
+  // Killed (a zombie until we, its parent, reap it).
+  int status = 0;
+  const bool killed = waitpid(qemu, &status, WNOHANG) == qemu;
+  if (!killed) {
+    ::kill(qemu, SIGKILL);
+    waitpid(qemu, &status, 0);
+  }
+  EXPECT_TRUE(killed) << "the QEMU that could not be adopted still runs";
+  auto vm = runner.Get("vm-fenced");
+  ASSERT_TRUE(vm.ok()) << vm.error().message;
+  EXPECT_EQ(vm->state, "stopped");
+  EXPECT_NE(vm->error.find("killed"), std::string::npos) << vm->error;
 }
 
 }  // namespace

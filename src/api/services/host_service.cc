@@ -272,8 +272,16 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
       clean = false;
       continue;
     }
-    if (vm.state == "deleting") {  // will be retried by the user
+    if (vm.state == "deleting") {
+      // An accepted delete that did not reach the host (VmService::Delete
+      // leaves the record so): the host destroys the VM now, and the next
+      // heartbeat that no longer reports it deletes the record (above).
       clean = false;
+      if (destroy) {
+        spdlog::info("reconcile: VM {} is being deleted but still on host {}: destroying it", vm.id,
+                     host.name);
+        destroy->push_back(vm.id);
+      }
       continue;
     }
     if (report.state != vm.state) {

@@ -130,6 +130,23 @@ TEST_P(HostServiceTest, ReconcileFollowsTheAgent) {
   EXPECT_EQ(hosts_->failed_writes(), 0);
 }
 
+// A delete that did not reach the host leaves the record `deleting`
+// (VmService::Delete): the host that still reports the VM is told to destroy
+// it, and the record goes once it no longer does.
+TEST_P(HostServiceTest, ReconcileFinishesADeleteTheHostMissed) {
+  Vm vm = AddVm("a", "deleting");
+  clock_.Advance(10'000);
+  std::vector<std::string> destroy;
+  EXPECT_FALSE(hosts_->Reconcile(host_, {Status(vm.id, "running")}, clock_.NowMs(), &destroy));
+  EXPECT_EQ(destroy, std::vector<std::string>{vm.id});
+  EXPECT_EQ(StateOf(vm.id), "deleting") << "kept (holding its room) until the host has it no more";
+  destroy.clear();
+  hosts_->Reconcile(host_, {}, clock_.NowMs(), &destroy);
+  EXPECT_TRUE(destroy.empty());
+  EXPECT_EQ(StateOf(vm.id), "(gone)");
+  EXPECT_EQ(hosts_->failed_writes(), 0);
+}
+
 TEST_P(HostServiceTest, ARecordNewerThanTheReportIsLeftAlone) {
   Vm a = AddVm("a", "running");
   // Received before the record's last change (plus the 5 s margin).
