@@ -16,6 +16,7 @@ using nlohmann::json;
 namespace {
 constexpr size_t kMaxPendingChunks = size_t{1} << 16;  // per push: 32 GiB at 512 KiB
 constexpr size_t kMaxCachedManifests = 64;
+constexpr size_t kMaxPendingPushes = 16;  // per user: dataset names with chunks sent, unpublished
 }  // namespace
 
 DatasetService::DatasetService(Store& store, ChunkClient* image_server)
@@ -79,6 +80,17 @@ Result<json> DatasetService::PutChunk(const Caller& c, const std::string& name,
   auto key = std::make_pair(c.user.id, name);
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (!sent_.count(key)) {
+      // Pushes never published leave their digests here until the next
+      // publish of the name: bound how many names one user may hold.
+      size_t pending = 0;
+      for (auto it = sent_.lower_bound({c.user.id, ""});
+           it != sent_.end() && it->first.first == c.user.id; ++it)
+        ++pending;
+      if (pending >= kMaxPendingPushes)
+        return MakeError(ErrorCode::kResourceExhausted,
+                         "too many unfinished pushes; finish one (push it again) first");
+    }
     if (sent_[key].size() >= kMaxPendingChunks)
       return MakeError(ErrorCode::kResourceExhausted, "too many chunks in one push");
   }

@@ -172,6 +172,21 @@ TEST_P(DatasetServiceTest, DeleteAVersionOrAll) {
   EXPECT_EQ(service_->Get(alice_c_, "d").error().code, ErrorCode::kNotFound);
 }
 
+TEST_P(DatasetServiceTest, UnfinishedPushesAreBoundedPerUser) {
+  for (int i = 0; i < 16; ++i)
+    ASSERT_TRUE(service_->PutChunk(alice_c_, "d" + std::to_string(i), "x").ok());
+  EXPECT_EQ(service_->PutChunk(alice_c_, "d16", "x").error().code, ErrorCode::kResourceExhausted);
+  EXPECT_TRUE(service_->PutChunk(alice_c_, "d3", "y").ok());  // a push already open goes on
+  EXPECT_TRUE(service_->PutChunk(bob_, "d16", "x").ok());     // another user is not held up
+  // Publishing one frees its place.
+  Manifest m;
+  m.size = 1;
+  m.chunk_size = kDefaultChunkSize;
+  m.chunks = {ChunkDigest("x")};
+  ASSERT_TRUE(service_->Publish(alice_c_, "d0", "file", m).ok());
+  EXPECT_TRUE(service_->PutChunk(alice_c_, "d16", "x").ok());
+}
+
 TEST_P(DatasetServiceTest, WithoutAnImageServerDatasetsAreRefused) {
   DatasetService none(*store_, nullptr);
   EXPECT_EQ(none.PutChunk(alice_c_, "d", "x").error().code, ErrorCode::kFailedPrecondition);
