@@ -200,7 +200,9 @@ Result<json> DatasetService::Publish(const Caller& c, const std::string& name,
 
 Result<json> DatasetService::GetManifest(const Caller& c, const std::string& ref, int64_t version) {
   VMG_RETURN_IF_ERROR(NeedServer());
-  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.owner()));
+  // Only the owner reads the bytes, the admin included (docs/datasets.md,
+  // "Security": a crafted dir version must reach no one else's debugfs).
+  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.user.id));
   VMG_ASSIGN_OR_RETURN(auto loaded, LoadVersion(d, version));
   json out = loaded.second.ToJson();
   out["kind"] = loaded.first.kind;
@@ -211,7 +213,9 @@ Result<json> DatasetService::GetChunk(const Caller& c, const std::string& ref, i
                                       const std::string& digest) {
   VMG_RETURN_IF_ERROR(NeedServer());
   if (!IsChunkDigest(digest)) return MakeError(ErrorCode::kInvalidArgument, "not a chunk digest");
-  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.owner()));
+  // Only the owner reads the bytes, the admin included (docs/datasets.md,
+  // "Security": a crafted dir version must reach no one else's debugfs).
+  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.user.id));
   std::string key = d.id + ":" + std::to_string(version);
   std::shared_ptr<const std::set<std::string>> chunks;
   {

@@ -9,7 +9,11 @@
 // push or that the dataset's latest version already has — so a push cannot
 // name (and then pull) another user's chunk, and no route says whether a
 // chunk exists elsewhere. Pulls read chunks listed in the version's
-// manifest only. Another user's dataset is not found, exactly as for images.
+// manifest only. Another user's dataset is not found, exactly as for images;
+// the admin lists, shows and removes every dataset but reads the bytes
+// (manifest, chunks) of its own only: debugfs's rdump follows a crafted
+// entry name such as "../x" out of its target, so a `dir` version must be
+// extracted by no one but its author until names are vetted.
 //
 // The controller never interprets a dataset's bytes (a `dir` version is
 // opened as a file system only by the pulling user's CLI).

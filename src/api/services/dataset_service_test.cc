@@ -135,6 +135,13 @@ TEST_P(DatasetServiceTest, AnotherUsersDatasetIsNotFound) {
     EXPECT_EQ(service_->Delete(bob_, ref, std::nullopt).error().code, ErrorCode::kNotFound);
   }
   EXPECT_TRUE((*service_->List(bob_))["datasets"].empty());
+  // The admin sees it but does not read its bytes.
+  auto admin = store_->CreateUser("root", "admin");
+  ASSERT_TRUE(admin.ok());
+  Caller root{admin->first};
+  EXPECT_TRUE(service_->Get(root, id).ok());
+  EXPECT_EQ(service_->GetManifest(root, id, 0).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(service_->GetChunk(root, id, 1, v1.chunks[0]).error().code, ErrorCode::kNotFound);
   // Bob's push of the same name makes his own dataset; alice's is untouched.
   auto b = service_->Publish(bob_, "genome", "file", Push(bob_, "genome", Pieces({2})));
   ASSERT_TRUE(b.ok());
