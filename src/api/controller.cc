@@ -13,6 +13,7 @@
 #include "api/openapi.h"
 #include "api/placement.h"
 #include "api/routes.h"
+#include "api/routes/dataset_routes.h"
 #include "api/routes/event_routes.h"
 #include "api/routes/host_routes.h"
 #include "api/routes/image_routes.h"
@@ -23,6 +24,7 @@
 #include "api/routes/vm_routes.h"
 #include "api/routes/workspace_routes.h"
 #include "api/services/api_views.h"
+#include "api/services/dataset_service.h"
 #include "api/services/drain_service.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
@@ -175,6 +177,7 @@ Status Controller::Start() {
   vms_ = std::make_unique<VmService>(*store_, *agents_, *ops_, SystemClock::Get(), *execs_);
   networks_ = std::make_unique<NetworkService>(*store_);
   users_ = std::make_unique<UserService>(*store_);
+  datasets_ = std::make_unique<DatasetService>(*store_, image_server_.get());
   images_ = std::make_unique<ImageService>(
       *store_, *index_, *agents_, *ops_, SystemClock::Get(), *long_ops_,
       ImageStorage{image_dir_, image_server_.get(), options_.image_server}, stop_);
@@ -458,6 +461,7 @@ void Controller::InstallRoutes() {
 
   // Images.
   InstallImageRoutes(routes, *images_);
+  InstallDatasetRoutes(routes, *datasets_);
 
   // VMs.
   InstallVmCreateRoutes(routes, *vm_creates_, *vms_, *networks_,

@@ -64,6 +64,7 @@ namespace vmgrid {
 
 class ApiClient;
 class CapacityIndex;
+class DatasetService;
 class ChunkClient;
 class GuardedServer;
 
@@ -156,6 +157,7 @@ class Controller {
   std::unique_ptr<NetworkService> networks_;
   std::unique_ptr<UserService> users_;
   std::unique_ptr<ImageService> images_;
+  std::unique_ptr<DatasetService> datasets_;
   std::unique_ptr<WorkspaceService> workspaces_;
   std::unique_ptr<ApiViews> views_;
   std::unique_ptr<VmCreateService> vm_creates_;

@@ -23,6 +23,8 @@ constexpr BodyObject kShareNetworkBody[] = {{"", f::kShareNetwork}};
 constexpr BodyObject kForwardBody[] = {{"", f::kForward}};
 constexpr BodyObject kMigrateVmBody[] = {{"", f::kMigrateVm}};
 constexpr BodyObject kDrainHostBody[] = {{"", f::kDrainHost}};
+constexpr BodyObject kDatasetChunkBody[] = {{"", f::kDatasetChunk}};
+constexpr BodyObject kDatasetVersionBody[] = {{"", f::kDatasetVersion}};
 
 // Stop and resume read an optional empty object (VmAction refuses
 // leave_running for them), so they take no documented body.
@@ -46,6 +48,23 @@ constexpr RouteSpec kRoutes[] = {
     {"POST", "/v1/images/([^/]+)/finalize", "/v1/images/{ref}/finalize", {}},
     {"POST", "/v1/images/([^/]+)/checkpoint", "/v1/images/{ref}/checkpoint", kImageCheckpointBody},
     {"DELETE", "/v1/images/([^/]+)", "/v1/images/{ref}", {}},
+    {"GET", "/v1/datasets", "/v1/datasets", {}},
+    {"GET", "/v1/datasets/([^/]+)", "/v1/datasets/{ref}", {}},
+    {"DELETE", "/v1/datasets/([^/]+)", "/v1/datasets/{ref}", {}},
+    {"POST", "/v1/datasets/([^/]+)/chunks", "/v1/datasets/{name}/chunks", kDatasetChunkBody},
+    {"POST", "/v1/datasets/([^/]+)/versions", "/v1/datasets/{name}/versions", kDatasetVersionBody},
+    {"GET",
+     "/v1/datasets/([^/]+)/versions/([^/]+)/manifest",
+     "/v1/datasets/{ref}/versions/{version}/manifest",
+     {}},
+    {"GET",
+     "/v1/datasets/([^/]+)/versions/([^/]+)/chunks/([^/]+)",
+     "/v1/datasets/{ref}/versions/{version}/chunks/{digest}",
+     {}},
+    {"DELETE",
+     "/v1/datasets/([^/]+)/versions/([^/]+)",
+     "/v1/datasets/{ref}/versions/{version}",
+     {}},
     {"POST", "/v1/vms", "/v1/vms", kCreateVmBody},
     {"GET", "/v1/vms", "/v1/vms", {}},
     {"GET", "/v1/vms/([^/]+)", "/v1/vms/{ref}", {}},

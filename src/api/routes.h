@@ -51,6 +51,9 @@ inline constexpr const char* kFileRead[] = {"path", "offset", "length"};
 inline constexpr const char* kFileWrite[] = {"path", "offset", "data"};
 inline constexpr const char* kMigrateVm[] = {"to"};
 inline constexpr const char* kDrainHost[] = {"parallel"};
+// Dataset pushes (docs/datasets.md): one chunk, then the version's draft manifest.
+inline constexpr const char* kDatasetChunk[] = {"data"};
+inline constexpr const char* kDatasetVersion[] = {"kind", "size", "chunk_size", "chunks"};
 inline constexpr const char* kQuery[] = {"sql", "set", "max_rows", "timeout_ms"};
 inline constexpr const char* kSetQuery[] = {"from", "size", "same",  "sum",
                                             "min",  "max",  "where", "max_sets"};

@@ -49,6 +49,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io, const RoleEntryPo
   AddTlsCommands(t);
   AddHostCommands(t);
   AddImageCommands(t);
+  AddDataCommands(t);
   AddVmCommands(t);
   AddNetCommands(t);
   AddUserCommands(t);

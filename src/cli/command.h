@@ -149,6 +149,7 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles);
 void AddTlsCommands(CommandTree& t);
 void AddHostCommands(CommandTree& t);
 void AddImageCommands(CommandTree& t);
+void AddDataCommands(CommandTree& t);
 void AddVmCommands(CommandTree& t);
 void AddNetCommands(CommandTree& t);
 void AddUserCommands(CommandTree& t);  // user, workspace

@@ -257,4 +257,27 @@ struct EventQuery {
   bool newest = false;  // the newest `limit` of them instead (still oldest first)
 };
 
+// A user's dataset (migration 17; docs/datasets.md): a name unique per
+// owner; its versions are immutable.
+struct Dataset {
+  std::string id;  // "ds-..."; also its name on the image server
+  std::string name;
+  std::string owner_id;
+  int64_t created_ms = 0;
+};
+
+// One published version of a dataset: the image server's version of the
+// same number under the dataset's id.
+struct DatasetVersion {
+  std::string dataset_id;
+  int64_t version = 0;
+  std::string kind;  // "file" (raw bytes) or "dir" (an ext4 image)
+  int64_t size_bytes = 0;
+  std::string blob_digest;  // the manifest's digest
+  int64_t chunks = 0;       // non-zero chunks
+  int64_t sent_chunks = 0;  // chunks its push sent (not in an earlier version)
+  int64_t sent_bytes = 0;
+  int64_t created_ms = 0;
+};
+
 }  // namespace vmgrid

@@ -398,6 +398,34 @@ CREATE TABLE controller_leader (
   expires_ms BIGINT NOT NULL
 );
 )sql",
+    // 17: datasets (docs/datasets.md). A user's named dataset and its
+    // immutable versions; each version's bytes are on the image server under
+    // the name "ds-ID" with the same version number (blob_digest: its
+    // manifest's digest). kind: 'file' (raw bytes) or 'dir' (an ext4 image
+    // built without root). chunks: its non-zero chunks; sent_*: what its push
+    // sent (the chunks the previous versions lacked).
+    R"sql(
+CREATE TABLE datasets (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  owner_id TEXT NOT NULL REFERENCES users(id),
+  created_ms BIGINT NOT NULL,
+  UNIQUE (owner_id, name)
+);
+CREATE INDEX datasets_name ON datasets(name);
+CREATE TABLE dataset_versions (
+  dataset_id TEXT NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+  version BIGINT NOT NULL,
+  kind TEXT NOT NULL CHECK (kind IN ('file','dir')),
+  size_bytes BIGINT NOT NULL,
+  blob_digest TEXT NOT NULL,
+  chunks BIGINT NOT NULL,
+  sent_chunks BIGINT NOT NULL,
+  sent_bytes BIGINT NOT NULL,
+  created_ms BIGINT NOT NULL,
+  PRIMARY KEY (dataset_id, version)
+);
+)sql",
 };
 
 const char* kUserCols =
@@ -2200,6 +2228,107 @@ Status Store::DeleteWorkspace(const std::string& id) {
   auto lock = Exclusive();
   VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM workspaces WHERE id=?", {id}));
   return Status::Ok();
+}
+
+// --- datasets ----------------------------------------------------------------------
+
+namespace {
+
+const char* kDatasetCols = "id, name, owner_id, created_ms";
+Dataset ReadDataset(const SqlRow& r) { return Dataset{r.Text(0), r.Text(1), r.Text(2), r.Int(3)}; }
+const char* kDatasetVersionCols =
+    "dataset_id, version, kind, size_bytes, blob_digest, chunks, sent_chunks, sent_bytes, "
+    "created_ms";
+DatasetVersion ReadDatasetVersion(const SqlRow& r) {
+  DatasetVersion v;
+  v.dataset_id = r.Text(0);
+  v.version = r.Int(1);
+  v.kind = r.Text(2);
+  v.size_bytes = r.Int(3);
+  v.blob_digest = r.Text(4);
+  v.chunks = r.Int(5);
+  v.sent_chunks = r.Int(6);
+  v.sent_bytes = r.Int(7);
+  v.created_ms = r.Int(8);
+  return v;
+}
+
+}  // namespace
+
+Result<Dataset> Store::CreateDataset(const std::string& owner_id, const std::string& name) {
+  auto lock = Exclusive();
+  Dataset d{NewId("ds"), name, owner_id, NowMs()};
+  auto r = db_->Exec(std::string("INSERT INTO datasets (") + kDatasetCols + ") VALUES (?,?,?,?)",
+                     {d.id, d.name, d.owner_id, d.created_ms});
+  if (!r.ok()) {
+    if (r.error().code == ErrorCode::kAlreadyExists)
+      return MakeError(ErrorCode::kAlreadyExists, "a dataset named '" + name + "' already exists");
+    return r.error();
+  }
+  return d;
+}
+
+Result<Dataset> Store::GetDataset(const std::string& ref, const OwnerFilter& owner) {
+  auto read = Read();
+  return GetByRef<Dataset>(read.db, "datasets", kDatasetCols, "dataset", ref, owner, ReadDataset);
+}
+
+Result<std::optional<Dataset>> Store::FindDatasetByName(const std::string& owner_id,
+                                                        const std::string& name) {
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<Dataset>(read.db,
+                                                 std::string("SELECT ") + kDatasetCols +
+                                                     " FROM datasets WHERE owner_id=? AND name=?",
+                                                 {owner_id, name}, ReadDataset));
+  if (rows.empty()) return std::optional<Dataset>();
+  return std::optional<Dataset>(rows[0]);
+}
+
+Result<std::vector<Dataset>> Store::ListDatasets(const OwnerFilter& owner) {
+  auto read = Read();
+  std::string sql = std::string("SELECT ") + kDatasetCols + " FROM datasets";
+  if (owner.empty()) return Query<Dataset>(read.db, sql + " ORDER BY name, id", {}, ReadDataset);
+  return Query<Dataset>(read.db, sql + " WHERE owner_id=? ORDER BY name", {owner}, ReadDataset);
+}
+
+Status Store::AddDatasetVersion(const DatasetVersion& v) {
+  auto lock = Exclusive();
+  auto r = db_->Exec(std::string("INSERT INTO dataset_versions (") + kDatasetVersionCols +
+                         ") VALUES (" + Placeholders(9) + ")",
+                     {v.dataset_id, v.version, v.kind, v.size_bytes, v.blob_digest, v.chunks,
+                      v.sent_chunks, v.sent_bytes, v.created_ms});
+  if (!r.ok()) {
+    if (r.error().code == ErrorCode::kAlreadyExists)
+      return MakeError(ErrorCode::kAlreadyExists,
+                       "version " + std::to_string(v.version) + " of the dataset already exists");
+    return r.error();
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<DatasetVersion>> Store::ListDatasetVersions(const std::string& dataset_id) {
+  auto read = Read();
+  return Query<DatasetVersion>(read.db,
+                               std::string("SELECT ") + kDatasetVersionCols +
+                                   " FROM dataset_versions WHERE dataset_id=? ORDER BY version",
+                               {dataset_id}, ReadDatasetVersion);
+}
+
+Result<bool> Store::DeleteDatasetVersion(const std::string& dataset_id, int64_t version) {
+  auto lock = Exclusive();
+  VMG_ASSIGN_OR_RETURN(int64_t n,
+                       db_->Exec("DELETE FROM dataset_versions WHERE dataset_id=? AND version=?",
+                                 {dataset_id, version}));
+  return n > 0;
+}
+
+Status Store::DeleteDataset(const std::string& id) {
+  auto lock = Exclusive();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM dataset_versions WHERE dataset_id=?", {id}));
+  VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM datasets WHERE id=?", {id}));
+  return tx.Commit();
 }
 
 // --- virtual networks -------------------------------------------------------------

@@ -293,6 +293,23 @@ class Store {
   Result<std::vector<Workspace>> ListWorkspaces(const OwnerFilter& owner);
   Status DeleteWorkspace(const std::string& id);
 
+  // --- datasets (migration 17; docs/datasets.md) --------------------------------
+  // kAlreadyExists when the owner has a dataset of that name.
+  Result<Dataset> CreateDataset(const std::string& owner_id, const std::string& name);
+  // By id or the owner's name; another owner's dataset is kNotFound.
+  Result<Dataset> GetDataset(const std::string& ref, const OwnerFilter& owner);
+  Result<std::optional<Dataset>> FindDatasetByName(const std::string& owner_id,
+                                                   const std::string& name);
+  Result<std::vector<Dataset>> ListDatasets(const OwnerFilter& owner);
+  // Records a published version; kAlreadyExists if that number is taken.
+  Status AddDatasetVersion(const DatasetVersion& v);
+  // Oldest first.
+  Result<std::vector<DatasetVersion>> ListDatasetVersions(const std::string& dataset_id);
+  // False when there was no such version.
+  Result<bool> DeleteDatasetVersion(const std::string& dataset_id, int64_t version);
+  // The dataset and all its versions' records, in one transaction.
+  Status DeleteDataset(const std::string& id);
+
  private:
   explicit Store(SqlBackendPtr db) : db_(std::move(db)) {}
   Status Migrate();

@@ -22,7 +22,7 @@ using testing_db::TestDatabase;
 // store/test_database.h); every test gets a fresh database.
 // Undoes migration 9 (virtual networks), for tests that run migrations
 // again from an older version.
-// Undoes migrations 9 to 14 (virtual networks, hosts' tunnel columns, live
+// Undoes migrations 9 to 17 (virtual networks, hosts' tunnel columns, live
 // migrations' table, drain, events, host failure; migration 11's state check is dropped with
 // migration 8's).
 constexpr const char* kDropMigration9 =
@@ -40,7 +40,8 @@ constexpr const char* kDropMigration9 =
     "ALTER TABLE workspaces DROP COLUMN durable_sent_chunks; "
     "ALTER TABLE workspaces DROP COLUMN durable_sent_bytes; "
     "ALTER TABLE workspaces DROP COLUMN durable_host_id; "
-    "ALTER TABLE workspaces DROP COLUMN generation; DROP TABLE controller_leader;";
+    "ALTER TABLE workspaces DROP COLUMN generation; DROP TABLE controller_leader; "
+    "DROP TABLE dataset_versions; DROP TABLE datasets;";
 
 class StoreTest : public testing::TestWithParam<std::string> {
  protected:
@@ -328,7 +329,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 16);
+  EXPECT_EQ((*s)->schema_version(), 17);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
@@ -770,7 +771,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 16);
+  EXPECT_EQ(store_->schema_version(), 17);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);
@@ -1102,6 +1103,52 @@ TEST_P(StoreTest, FailedEventWriteDoesNotFailTheChange) {
   EXPECT_EQ(store_->GetVm(vm->id, "")->state, "stopped");
   EXPECT_EQ(store_->event_write_failures(), 2);
   EXPECT_FALSE(store_->AppendEvent(Event{0, 0, "vm.placed", "", "", "", "x", "{}"}).ok());
+}
+
+TEST_P(StoreTest, DatasetsArePerOwnerWithImmutableVersions) {
+  auto bob = store_->CreateUser("bob", "user");
+  ASSERT_TRUE(bob.ok());
+  auto d = store_->CreateDataset(alice_.id, "genome");
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_EQ(d->id.rfind("ds-", 0), 0u);
+  // Unique per owner, not across owners.
+  auto again = store_->CreateDataset(alice_.id, "genome");
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code, ErrorCode::kAlreadyExists);
+  auto bobs = store_->CreateDataset(bob->first.id, "genome");
+  ASSERT_TRUE(bobs.ok());
+  // Another owner's dataset is not found, by id or by name.
+  EXPECT_EQ(store_->GetDataset(d->id, bob->first.id).error().code, ErrorCode::kNotFound);
+  auto by_name = store_->GetDataset("genome", bob->first.id);
+  ASSERT_TRUE(by_name.ok());
+  EXPECT_EQ(by_name->id, bobs->id);
+  EXPECT_EQ(store_->ListDatasets(alice_.id)->size(), 1u);
+  EXPECT_EQ(store_->ListDatasets("")->size(), 2u);
+  auto found = store_->FindDatasetByName(alice_.id, "genome");
+  ASSERT_TRUE(found.ok() && found->has_value());
+  EXPECT_FALSE(store_->FindDatasetByName(alice_.id, "nope")->has_value());
+
+  DatasetVersion v{d->id, 1, "dir", 1 << 20, "abc", 4, 4, 4 << 19, 1};
+  ASSERT_TRUE(store_->AddDatasetVersion(v).ok());
+  EXPECT_EQ(store_->AddDatasetVersion(v).error().code, ErrorCode::kAlreadyExists);
+  v.version = 2;
+  v.kind = "file";
+  v.sent_chunks = 1;
+  ASSERT_TRUE(store_->AddDatasetVersion(v).ok());
+  v.version = 3;
+  v.kind = "bogus";
+  EXPECT_FALSE(store_->AddDatasetVersion(v).ok());  // the database refuses other kinds
+  auto versions = store_->ListDatasetVersions(d->id);
+  ASSERT_TRUE(versions.ok());
+  ASSERT_EQ(versions->size(), 2u);
+  EXPECT_EQ((*versions)[0].kind, "dir");
+  EXPECT_EQ((*versions)[1].sent_chunks, 1);
+  EXPECT_TRUE(*store_->DeleteDatasetVersion(d->id, 1));
+  EXPECT_FALSE(*store_->DeleteDatasetVersion(d->id, 1));
+  ASSERT_TRUE(store_->DeleteDataset(d->id).ok());
+  EXPECT_EQ(store_->GetDataset(d->id, "").error().code, ErrorCode::kNotFound);
+  EXPECT_TRUE(store_->ListDatasetVersions(d->id)->empty());
+  EXPECT_EQ(store_->ListDatasets("")->size(), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, testing_db::Backends(), testing_db::BackendName);

@@ -1,0 +1,256 @@
+#include "api/services/dataset_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <vector>
+
+#include "chunks/chunk_client.h"
+#include "common/base64.h"
+#include "common/http_json.h"
+#include "common/util.h"
+
+namespace vmgrid {
+
+using nlohmann::json;
+
+namespace {
+constexpr size_t kMaxPendingChunks = size_t{1} << 16;  // per push: 32 GiB at 512 KiB
+constexpr size_t kMaxCachedManifests = 64;
+constexpr size_t kMaxPendingPushes = 16;  // per user: dataset names with chunks sent, unpublished
+}  // namespace
+
+DatasetService::DatasetService(Store& store, ChunkClient* image_server)
+    : store_(store), image_server_(image_server) {}
+
+Status DatasetService::NeedServer() const {
+  if (!image_server_)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "datasets need an image server (controller --image-server)");
+  return Status::Ok();
+}
+
+json DatasetService::View(const Dataset& d, const std::vector<DatasetVersion>& versions) {
+  json vs = json::array();
+  for (const auto& v : versions)
+    vs.push_back({{"version", v.version},
+                  {"kind", v.kind},
+                  {"size_bytes", v.size_bytes},
+                  {"digest", v.blob_digest},
+                  {"chunks", v.chunks},
+                  {"sent_chunks", v.sent_chunks},
+                  {"sent_bytes", v.sent_bytes},
+                  {"reused_chunks", v.chunks - v.sent_chunks},
+                  {"created_at", FormatTimeMs(v.created_ms)}});
+  json latest = versions.empty() ? json(nullptr) : vs.back();
+  return {{"id", d.id},
+          {"name", d.name},
+          {"owner_id", d.owner_id},
+          {"created_at", FormatTimeMs(d.created_ms)},
+          {"latest", latest},
+          {"versions", vs}};
+}
+
+Result<json> DatasetService::List(const Caller& c) {
+  VMG_ASSIGN_OR_RETURN(auto list, store_.ListDatasets(c.owner()));
+  json out = json::array();
+  for (const auto& d : list) {
+    VMG_ASSIGN_OR_RETURN(auto versions, store_.ListDatasetVersions(d.id));
+    json v = View(d, versions);
+    v.erase("versions");
+    v["version_count"] = versions.size();
+    out.push_back(v);
+  }
+  return json{{"datasets", out}};
+}
+
+Result<json> DatasetService::Get(const Caller& c, const std::string& ref) {
+  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.owner()));
+  VMG_ASSIGN_OR_RETURN(auto versions, store_.ListDatasetVersions(d.id));
+  return View(d, versions);
+}
+
+Result<json> DatasetService::PutChunk(const Caller& c, const std::string& name,
+                                      const std::string& data) {
+  VMG_RETURN_IF_ERROR(NeedServer());
+  VMG_RETURN_IF_ERROR(ValidateName("dataset name", name));
+  if (data.empty() || data.size() > kDefaultChunkSize)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a chunk is 1 to " + std::to_string(kDefaultChunkSize) + " bytes");
+  std::string digest = ChunkDigest(data);
+  auto key = std::make_pair(c.user.id, name);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!sent_.count(key)) {
+      // Pushes never published leave their digests here until the next
+      // publish of the name: bound how many names one user may hold.
+      size_t pending = 0;
+      for (auto it = sent_.lower_bound({c.user.id, ""});
+           it != sent_.end() && it->first.first == c.user.id; ++it)
+        ++pending;
+      if (pending >= kMaxPendingPushes)
+        return MakeError(ErrorCode::kResourceExhausted,
+                         "too many unfinished pushes; finish one (push it again) first");
+    }
+    if (sent_[key].size() >= kMaxPendingChunks)
+      return MakeError(ErrorCode::kResourceExhausted, "too many chunks in one push");
+  }
+  VMG_RETURN_IF_ERROR(image_server_->PutChunk(digest, data));
+  std::lock_guard<std::mutex> lock(mu_);
+  sent_[key].insert(digest);
+  return json{{"digest", digest}};
+}
+
+Result<std::pair<DatasetVersion, Manifest>> DatasetService::LoadVersion(const Dataset& d,
+                                                                        int64_t version) {
+  VMG_ASSIGN_OR_RETURN(auto versions, store_.ListDatasetVersions(d.id));
+  const DatasetVersion* found = nullptr;
+  for (const auto& v : versions)
+    if (version == 0 || v.version == version) found = &v;
+  if (!found)
+    return MakeError(ErrorCode::kNotFound,
+                     version == 0
+                         ? "dataset '" + d.name + "' has no version"
+                         : "dataset '" + d.name + "' has no version " + std::to_string(version));
+  VMG_ASSIGN_OR_RETURN(
+      Manifest m,
+      image_server_->GetManifest(d.id, static_cast<uint64_t>(found->version), found->blob_digest));
+  return std::make_pair(*found, std::move(m));
+}
+
+Result<json> DatasetService::Publish(const Caller& c, const std::string& name,
+                                     const std::string& kind, Manifest draft) {
+  VMG_RETURN_IF_ERROR(NeedServer());
+  VMG_RETURN_IF_ERROR(ValidateName("dataset name", name));
+  if (kind != "file" && kind != "dir")
+    return MakeError(ErrorCode::kInvalidArgument, "kind must be file or dir");
+  VMG_RETURN_IF_ERROR(ValidateManifest(draft, false));
+  if (draft.chunk_size != kDefaultChunkSize)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "chunk_size must be " + std::to_string(kDefaultChunkSize));
+  if (draft.size > kMaxDatasetBytes)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a dataset version is at most " + std::to_string(kMaxDatasetBytes) + " bytes");
+  VMG_ASSIGN_OR_RETURN(auto existing, store_.FindDatasetByName(c.user.id, name));
+  bool created = false;
+  Dataset d;
+  std::set<std::string> previous;
+  if (existing) {
+    d = *existing;
+    auto prev = LoadVersion(d, 0);
+    if (prev.ok()) {
+      for (const auto& ch : prev->second.chunks) previous.insert(ch);
+    } else if (prev.error().code != ErrorCode::kNotFound) {
+      return prev.error();
+    }
+  } else {
+    auto made = store_.CreateDataset(c.user.id, name);
+    if (!made.ok()) return made.error();  // a concurrent first push: try again
+    d = *made;
+    created = true;
+  }
+  auto undo = [&](const Error& e) -> Error {
+    if (created) {
+      Status s = store_.DeleteDataset(d.id);
+      if (!s.ok()) spdlog::warn("dataset {}: undoing its creation: {}", d.id, s.error().message);
+    }
+    return e;
+  };
+  auto key = std::make_pair(c.user.id, name);
+  std::set<std::string> sent;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sent_.find(key);
+    if (it != sent_.end()) sent = it->second;
+  }
+  DatasetVersion v;
+  v.dataset_id = d.id;
+  v.kind = kind;
+  v.size_bytes = static_cast<int64_t>(draft.size);
+  std::set<std::string> counted;
+  for (size_t i = 0; i < draft.chunks.size(); ++i) {
+    if (draft.IsZero(i)) continue;
+    const std::string& ch = draft.chunks[i];
+    ++v.chunks;
+    if (previous.count(ch)) continue;
+    if (!sent.count(ch))
+      return undo(MakeError(ErrorCode::kInvalidArgument,
+                            "chunk " + std::to_string(i) +
+                                " was neither sent in this push nor is in the latest version"));
+    if (counted.insert(ch).second) {
+      ++v.sent_chunks;
+      v.sent_bytes += draft.ChunkLength(i);
+    }
+  }
+  auto m = image_server_->Publish(d.id, draft);
+  if (!m.ok()) return undo(m.error());
+  v.version = static_cast<int64_t>(m->version);
+  v.blob_digest = m->Digest();
+  v.created_ms = NowMs();
+  Status s = store_.AddDatasetVersion(v);
+  // The image server keeps a version the store does not name: it is never
+  // served (pulls go by the store's records) and its chunks are shared.
+  if (!s.ok()) return undo(s.error());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sent_.erase(key);
+    manifest_chunks_.clear();  // "latest" changed
+  }
+  return Get(c, d.id);
+}
+
+Result<json> DatasetService::GetManifest(const Caller& c, const std::string& ref, int64_t version) {
+  VMG_RETURN_IF_ERROR(NeedServer());
+  // Only the owner reads the bytes, the admin included (docs/datasets.md,
+  // "Security": a crafted dir version must reach no one else's debugfs).
+  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.user.id));
+  VMG_ASSIGN_OR_RETURN(auto loaded, LoadVersion(d, version));
+  json out = loaded.second.ToJson();
+  out["kind"] = loaded.first.kind;
+  return out;
+}
+
+Result<json> DatasetService::GetChunk(const Caller& c, const std::string& ref, int64_t version,
+                                      const std::string& digest) {
+  VMG_RETURN_IF_ERROR(NeedServer());
+  if (!IsChunkDigest(digest)) return MakeError(ErrorCode::kInvalidArgument, "not a chunk digest");
+  // Only the owner reads the bytes, the admin included (docs/datasets.md,
+  // "Security": a crafted dir version must reach no one else's debugfs).
+  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.user.id));
+  std::string key = d.id + ":" + std::to_string(version);
+  std::shared_ptr<const std::set<std::string>> chunks;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = manifest_chunks_.find(key);
+    if (it != manifest_chunks_.end()) chunks = it->second;
+  }
+  if (!chunks) {
+    VMG_ASSIGN_OR_RETURN(auto loaded, LoadVersion(d, version));
+    auto set = std::make_shared<std::set<std::string>>(loaded.second.chunks.begin(),
+                                                       loaded.second.chunks.end());
+    chunks = set;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (manifest_chunks_.size() >= kMaxCachedManifests) manifest_chunks_.clear();
+    manifest_chunks_[key] = chunks;
+  }
+  if (!chunks->count(digest))
+    return MakeError(ErrorCode::kNotFound, "the version has no chunk " + digest);
+  VMG_ASSIGN_OR_RETURN(std::string data, image_server_->FetchChunk(digest));
+  return json{{"data", Base64Encode(data)}};
+}
+
+Status DatasetService::Delete(const Caller& c, const std::string& ref,
+                              std::optional<int64_t> version) {
+  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.owner()));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    manifest_chunks_.clear();
+  }
+  if (!version) return store_.DeleteDataset(d.id);
+  VMG_ASSIGN_OR_RETURN(bool deleted, store_.DeleteDatasetVersion(d.id, *version));
+  if (!deleted)
+    return MakeError(ErrorCode::kNotFound,
+                     "dataset '" + d.name + "' has no version " + std::to_string(*version));
+  return Status::Ok();
+}
+
+}  // namespace vmgrid

@@ -1,0 +1,89 @@
+// DatasetService: users' datasets (docs/datasets.md) — named, versioned,
+// immutable blobs (a file's bytes, or an ext4 image of a directory built by
+// the CLI) whose bytes live on the image server, chunked and deduplicated
+// like images, under the dataset's id ("ds-...").
+//
+// The CLI never talks to the image server (its token would give every
+// image): it sends chunks through the controller, which hashes each one
+// itself, and publishes a version naming only chunks it sent during this
+// push or that the dataset's latest version already has — so a push cannot
+// name (and then pull) another user's chunk, and no route says whether a
+// chunk exists elsewhere. Pulls read chunks listed in the version's
+// manifest only. Another user's dataset is not found, exactly as for images;
+// the admin lists, shows and removes every dataset but reads the bytes
+// (manifest, chunks) of its own only: debugfs's rdump follows a crafted
+// entry name such as "../x" out of its target, so a `dir` version must be
+// extracted by no one but its author until names are vetted.
+//
+// The controller never interprets a dataset's bytes (a `dir` version is
+// opened as a file system only by the pulling user's CLI).
+// Thread-safe: every method.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "api/routes/route.h"
+#include "chunks/manifest.h"
+#include "common/result.h"
+#include "store/store.h"
+
+namespace vmgrid {
+
+class ChunkClient;
+
+// The largest dataset version: its draft manifest (67 bytes a chunk) must
+// fit a 1 MiB request body.
+inline constexpr uint64_t kMaxDatasetBytes = uint64_t{4} << 30;
+
+class DatasetService {
+ public:
+  // `image_server` may be null (no --image-server): every route then fails
+  // with kFailedPrecondition.
+  DatasetService(Store& store, ChunkClient* image_server);
+
+  Result<nlohmann::json> List(const Caller& c);
+  // The dataset with its versions.
+  Result<nlohmann::json> Get(const Caller& c, const std::string& ref);
+  // Stores one chunk (at most the default chunk size) for a push of the
+  // caller's dataset `name`; answers {digest}. The digest is computed here.
+  Result<nlohmann::json> PutChunk(const Caller& c, const std::string& name,
+                                  const std::string& data);
+  // Publishes `draft` (size, chunk_size, chunks) as the next version of the
+  // caller's dataset `name` (created on its first version); kind "file" or
+  // "dir". Every non-zero chunk must have been sent by this caller for
+  // `name` since its last publish or be in the dataset's latest version
+  // (else kInvalidArgument). On failure nothing is visible.
+  Result<nlohmann::json> Publish(const Caller& c, const std::string& name, const std::string& kind,
+                                 Manifest draft);
+  // Version 0: the latest. The manifest as the image server has it.
+  Result<nlohmann::json> GetManifest(const Caller& c, const std::string& ref, int64_t version);
+  // One chunk of a version ({data: base64}); kNotFound unless the version
+  // lists it.
+  Result<nlohmann::json> GetChunk(const Caller& c, const std::string& ref, int64_t version,
+                                  const std::string& digest);
+  // The whole dataset, or one version (the dataset stays, perhaps empty).
+  Status Delete(const Caller& c, const std::string& ref, std::optional<int64_t> version);
+
+ private:
+  Status NeedServer() const;
+  // The version's record (0: the latest) and its manifest.
+  Result<std::pair<DatasetVersion, Manifest>> LoadVersion(const Dataset& d, int64_t version);
+  nlohmann::json View(const Dataset& d, const std::vector<DatasetVersion>& versions);
+
+  Store& store_;
+  ChunkClient* const image_server_;
+  std::mutex mu_;
+  // Chunks sent per (owner id, dataset name) since its last publish; guarded by mu_.
+  std::map<std::pair<std::string, std::string>, std::set<std::string>> sent_;
+  // Chunk sets of recently read versions ("ds-ID:VERSION"); guarded by mu_.
+  std::map<std::string, std::shared_ptr<const std::set<std::string>>> manifest_chunks_;
+};
+
+}  // namespace vmgrid

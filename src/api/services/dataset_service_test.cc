@@ -1,0 +1,206 @@
+// DatasetService on a fresh store (both databases) with a real image server
+// over loopback: versions are deduplicated against the latest one, a
+// publish may name only chunks its push sent or the latest version has,
+// pulls read only chunks of the version, and another user's dataset is not
+// found for any operation.
+#include "api/services/dataset_service.h"
+
+#include "api/services/service_test_fixture.h"
+#include "chunks/chunk_client.h"
+#include "chunks/chunk_store.h"
+#include "chunks/image_catalog.h"
+#include "chunks/image_server.h"
+#include "chunks/test_dir.h"
+#include "common/base64.h"
+
+namespace vmgrid {
+namespace {
+
+class DatasetServiceTest : public ServiceTest {
+ protected:
+  void SetUp() override {
+    ServiceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    ChunkStore::Options so;
+    so.sync = false;  // a throwaway store
+    chunks_ = std::move(ChunkStore::Open(dir_.path(), so)).value();
+    catalog_ = std::move(ImageCatalog::Open(dir_.path())).value();
+    ImageServer::Options o;
+    o.token = "secret";
+    o.keep_alive_timeout_s = 1;  // Stop() waits for idle connections this long
+    server_ = std::make_unique<ImageServer>(*chunks_, *catalog_, o);
+    auto port = server_->Start("127.0.0.1", 0);
+    ASSERT_TRUE(port.ok());
+    client_ = std::make_unique<ChunkClient>(server_->url(), "secret");
+    service_ = std::make_unique<DatasetService>(*store_, client_.get());
+    auto bob = store_->CreateUser("bob", "user");
+    ASSERT_TRUE(bob.ok());
+    bob_ = Caller{bob->first};
+    alice_c_ = Caller{alice_};
+  }
+  void TearDown() override {
+    if (server_) server_->Stop();
+  }
+
+  // A blob of `n` chunks, chunk i filled with byte seeds[i] (0: a zero chunk).
+  static std::vector<std::string> Pieces(const std::vector<int>& seeds) {
+    std::vector<std::string> out;
+    for (int s : seeds) out.push_back(std::string(kDefaultChunkSize, static_cast<char>(s)));
+    return out;
+  }
+  // Sends the pieces not in `skip` and returns the draft.
+  Manifest Push(const Caller& c, const std::string& name, const std::vector<std::string>& pieces,
+                const std::set<std::string>& skip = {}) {
+    Manifest m;
+    m.size = pieces.size() * kDefaultChunkSize;
+    m.chunk_size = kDefaultChunkSize;
+    for (const auto& p : pieces) {
+      if (p.find_first_not_of('\0') == std::string::npos) {
+        m.chunks.push_back(std::string(kZeroChunk));
+        continue;
+      }
+      std::string d = ChunkDigest(p);
+      m.chunks.push_back(d);
+      if (skip.count(d)) continue;
+      auto r = service_->PutChunk(c, name, p);
+      EXPECT_TRUE(r.ok()) << r.error().message;
+      if (r.ok()) {
+        EXPECT_EQ((*r)["digest"], d);
+      }
+    }
+    return m;
+  }
+
+  TestDir dir_;
+  std::unique_ptr<ChunkStore> chunks_;
+  ImageCatalogPtr catalog_;
+  std::unique_ptr<ImageServer> server_;
+  std::unique_ptr<ChunkClient> client_;
+  std::unique_ptr<DatasetService> service_;
+  Caller alice_c_, bob_;
+};
+
+TEST_P(DatasetServiceTest, SecondVersionSendsOnlyChangedChunks) {
+  auto v1 = Push(alice_c_, "genome", Pieces({1, 2, 0, 3, 4}));
+  auto p1 = service_->Publish(alice_c_, "genome", "dir", v1);
+  ASSERT_TRUE(p1.ok()) << p1.error().message;
+  EXPECT_EQ((*p1)["latest"]["version"], 1);
+  EXPECT_EQ((*p1)["latest"]["chunks"], 4);
+  EXPECT_EQ((*p1)["latest"]["sent_chunks"], 4);
+
+  // Version 2 changes one chunk: only it is sent, the others are reused.
+  std::set<std::string> have(v1.chunks.begin(), v1.chunks.end());
+  auto v2 = Push(alice_c_, "genome", Pieces({1, 2, 0, 9, 4}), have);
+  auto p2 = service_->Publish(alice_c_, "genome", "dir", v2);
+  ASSERT_TRUE(p2.ok()) << p2.error().message;
+  EXPECT_EQ((*p2)["latest"]["version"], 2);
+  EXPECT_EQ((*p2)["latest"]["sent_chunks"], 1);
+  EXPECT_EQ((*p2)["latest"]["sent_bytes"], kDefaultChunkSize);
+  EXPECT_EQ((*p2)["latest"]["reused_chunks"], 3);
+  EXPECT_EQ((*p2)["versions"].size(), 2u);
+
+  // Pull: the manifest and each chunk of the version; not another chunk.
+  auto m = service_->GetManifest(alice_c_, "genome", 1);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ((*m)["kind"], "dir");
+  auto c = service_->GetChunk(alice_c_, "genome", 1, v1.chunks[3]);
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_EQ(*Base64Decode((*c)["data"].get<std::string>()), std::string(kDefaultChunkSize, 3));
+  EXPECT_EQ(service_->GetChunk(alice_c_, "genome", 1, v2.chunks[3]).error().code,
+            ErrorCode::kNotFound);
+}
+
+TEST_P(DatasetServiceTest, APublishMayNameOnlyChunksItSentOrTheLatestHas) {
+  // Bob stores a chunk; alice knows its digest but never sent it.
+  auto bobs = Push(bob_, "secret", Pieces({7}));
+  ASSERT_TRUE(service_->Publish(bob_, "secret", "file", bobs).ok());
+  Manifest steal = bobs;
+  auto r = service_->Publish(alice_c_, "loot", "file", steal);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  // Nothing half-written: no dataset "loot".
+  EXPECT_EQ(service_->Get(alice_c_, "loot").error().code, ErrorCode::kNotFound);
+  EXPECT_TRUE((*service_->List(alice_c_))["datasets"].empty());
+}
+
+TEST_P(DatasetServiceTest, AnotherUsersDatasetIsNotFound) {
+  auto v1 = Push(alice_c_, "genome", Pieces({1}));
+  auto p = service_->Publish(alice_c_, "genome", "file", v1);
+  ASSERT_TRUE(p.ok());
+  std::string id = (*p)["id"];
+  for (const std::string& ref : {id, std::string("genome")}) {
+    EXPECT_EQ(service_->Get(bob_, ref).error().code, ErrorCode::kNotFound);
+    EXPECT_EQ(service_->GetManifest(bob_, ref, 0).error().code, ErrorCode::kNotFound);
+    EXPECT_EQ(service_->GetChunk(bob_, ref, 1, v1.chunks[0]).error().code, ErrorCode::kNotFound);
+    EXPECT_EQ(service_->Delete(bob_, ref, std::nullopt).error().code, ErrorCode::kNotFound);
+  }
+  EXPECT_TRUE((*service_->List(bob_))["datasets"].empty());
+  // The admin sees it but does not read its bytes.
+  auto admin = store_->CreateUser("root", "admin");
+  ASSERT_TRUE(admin.ok());
+  Caller root{admin->first};
+  EXPECT_TRUE(service_->Get(root, id).ok());
+  EXPECT_EQ(service_->GetManifest(root, id, 0).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(service_->GetChunk(root, id, 1, v1.chunks[0]).error().code, ErrorCode::kNotFound);
+  // Bob's push of the same name makes his own dataset; alice's is untouched.
+  auto b = service_->Publish(bob_, "genome", "file", Push(bob_, "genome", Pieces({2})));
+  ASSERT_TRUE(b.ok());
+  EXPECT_NE((*b)["id"], id);
+  EXPECT_EQ((*service_->Get(alice_c_, "genome"))["versions"].size(), 1u);
+}
+
+TEST_P(DatasetServiceTest, BadInputIsRefused) {
+  EXPECT_EQ(service_->PutChunk(alice_c_, "../x", "a").error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(service_->PutChunk(alice_c_, std::string("a\0b", 3), "a").error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(service_->PutChunk(alice_c_, "ok", "").error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(
+      service_->PutChunk(alice_c_, "ok", std::string(kDefaultChunkSize + 1, 'x')).error().code,
+      ErrorCode::kInvalidArgument);
+  auto m = Push(alice_c_, "ok", Pieces({1}));
+  EXPECT_EQ(service_->Publish(alice_c_, "ok", "tar", m).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(service_->Publish(alice_c_, "a/b", "file", m).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(service_->GetChunk(alice_c_, "ok", 1, "../../etc").error().code,
+            ErrorCode::kInvalidArgument);
+}
+
+TEST_P(DatasetServiceTest, DeleteAVersionOrAll) {
+  auto v1 = Push(alice_c_, "d", Pieces({1}));
+  ASSERT_TRUE(service_->Publish(alice_c_, "d", "file", v1).ok());
+  auto v2 = Push(alice_c_, "d", Pieces({2}));
+  ASSERT_TRUE(service_->Publish(alice_c_, "d", "file", v2).ok());
+  ASSERT_TRUE(service_->Delete(alice_c_, "d", 2).ok());
+  EXPECT_EQ(service_->Delete(alice_c_, "d", 2).error().code, ErrorCode::kNotFound);
+  auto m = service_->GetManifest(alice_c_, "d", 0);  // the latest is 1 again
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ((*m)["version"], 1);
+  ASSERT_TRUE(service_->Delete(alice_c_, "d", std::nullopt).ok());
+  EXPECT_EQ(service_->Get(alice_c_, "d").error().code, ErrorCode::kNotFound);
+}
+
+TEST_P(DatasetServiceTest, UnfinishedPushesAreBoundedPerUser) {
+  for (int i = 0; i < 16; ++i)
+    ASSERT_TRUE(service_->PutChunk(alice_c_, "d" + std::to_string(i), "x").ok());
+  EXPECT_EQ(service_->PutChunk(alice_c_, "d16", "x").error().code, ErrorCode::kResourceExhausted);
+  EXPECT_TRUE(service_->PutChunk(alice_c_, "d3", "y").ok());  // a push already open goes on
+  EXPECT_TRUE(service_->PutChunk(bob_, "d16", "x").ok());     // another user is not held up
+  // Publishing one frees its place.
+  Manifest m;
+  m.size = 1;
+  m.chunk_size = kDefaultChunkSize;
+  m.chunks = {ChunkDigest("x")};
+  ASSERT_TRUE(service_->Publish(alice_c_, "d0", "file", m).ok());
+  EXPECT_TRUE(service_->PutChunk(alice_c_, "d16", "x").ok());
+}
+
+TEST_P(DatasetServiceTest, WithoutAnImageServerDatasetsAreRefused) {
+  DatasetService none(*store_, nullptr);
+  EXPECT_EQ(none.PutChunk(alice_c_, "d", "x").error().code, ErrorCode::kFailedPrecondition);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, DatasetServiceTest, testing_db::Backends(),
+                         testing_db::BackendName);
+
+}  // namespace
+}  // namespace vmgrid
