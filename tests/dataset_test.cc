@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "cli/cli.h"
+#include "tests/cli_run.h"
 #include "tests/grid_fixture.h"
 
 namespace vmgrid {
@@ -22,11 +23,6 @@ namespace {
 
 using namespace testing_support;
 namespace fs = std::filesystem;
-
-struct CliRun {
-  int rc = -1;
-  std::string out, err;
-};
 
 // Every regular file and link under `root`, by relative path: its bytes.
 std::map<std::string, std::string> Tree(const std::string& root) {
@@ -81,19 +77,8 @@ class DatasetTest : public testing::Test {
     delete dir_;
   }
 
-  static CliRun Cli(const std::string& token, std::vector<std::string> args) {
-    std::vector<std::string> all = {"vmgrid", "--url", grid_->url(), "--token", token};
-    if (!grid_->ca_file().empty()) {
-      all.push_back("--ca");
-      all.push_back(grid_->ca_file());
-    }
-    all.insert(all.end(), args.begin(), args.end());
-    std::ostringstream out, err;
-    CliRun r;
-    r.rc = RunCliArgs(all, CliIo{out, err, false});
-    r.out = out.str();
-    r.err = err.str();
-    return r;
+  static CliRun Cli(const std::string& token, const std::vector<std::string>& args) {
+    return RunCli(*grid_, token, args);
   }
 
   static LocalGrid* grid_;

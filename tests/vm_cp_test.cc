@@ -12,17 +12,13 @@
 #include <thread>
 
 #include "cli/cli.h"
+#include "tests/cli_run.h"
 #include "tests/grid_fixture.h"
 
 namespace vmgrid {
 namespace {
 
 using namespace testing_support;
-
-struct CliRun {
-  int rc = -1;
-  std::string out, err;
-};
 
 class VmCpTest : public testing::Test {
  protected:
@@ -52,19 +48,8 @@ class VmCpTest : public testing::Test {
     if (!grid_ || vm_->empty()) GTEST_SKIP() << "no running VM";
   }
 
-  static CliRun Cli(const std::string& token, std::vector<std::string> args) {
-    std::vector<std::string> all = {"vmgrid", "--url", grid_->url(), "--token", token};
-    if (!grid_->ca_file().empty()) {
-      all.push_back("--ca");
-      all.push_back(grid_->ca_file());
-    }
-    all.insert(all.end(), args.begin(), args.end());
-    std::ostringstream out, err;
-    CliRun r;
-    r.rc = RunCliArgs(all, CliIo{out, err, false});
-    r.out = out.str();
-    r.err = err.str();
-    return r;
+  static CliRun Cli(const std::string& token, const std::vector<std::string>& args) {
+    return RunCli(*grid_, token, args);
   }
   static ApiClient Alice() { return ApiClient(grid_->url(), *alice_); }
 
