@@ -20,6 +20,7 @@
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
 #include "proto/console_log.h"
+#include "proto/data_attachment.h"
 #include "proto/future_id.h"
 #include "proto/guest_file.h"
 #include "proto/host_report.h"
@@ -192,5 +193,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // VmRunner::Recover: spec.json of any shape (discarded values included).
   json any = json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (!j.ok()) CheckSpec(any);
+
+  // The CLI's --data / --new-data arguments (proto/data_attachment.h): a
+  // parsed one names a valid mount point, and the agent's codec takes it.
+  for (auto parse : {vmgrid::ParseDataArgument, vmgrid::ParseNewDataArgument}) {
+    auto arg = parse(body);
+    if (!arg.ok()) continue;
+    const std::string mount = (*arg)["mount"].get<std::string>();
+    FUZZ_CHECK(vmgrid::ValidateGuestMountPoint(mount).ok(), body);
+  }
   return 0;
 }

@@ -91,6 +91,21 @@ void InstallAgentApi(httplib::Server& s, const std::string& prefix, int prefix_g
     if (!dir.ok()) return SendError(res, dir.error());
     SendJson(res, 200, ToJson(CheckpointRef{*dir, {}, {}}));
   });
+  // A read-write data attachment pushed as its dataset's next version
+  // (agent/guest_data.h); body {name}: the blob name of a new dataset.
+  s.Post(base + R"(/vms/([^/]+)/data/([0-9])/commit)", [=](const Req& req, Res& res) {
+    AgentHost* h = resolve(req, res);
+    if (!h) return;
+    auto j = Body(req, res);
+    if (!j) return;
+    JsonFields f(*j, {"name"});
+    if (Status st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
+    auto name = f.String("name", false);
+    if (!name.ok()) return SendError(res, name.error());
+    auto r = h->driver().CommitData(req.matches[id], std::stoul(req.matches[id + 1].str()), *name);
+    if (!r.ok()) return SendError(res, r.error());
+    SendJson(res, 200, ToJson(*r));
+  });
   s.Post(base + R"(/vms/([^/]+)/exec)", [=](const Req& req, Res& res) {
     AgentHost* h = resolve(req, res);
     if (!h) return;

@@ -44,6 +44,7 @@
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
 #include "proto/console_log.h"
+#include "proto/durable_workspace.h"
 #include "proto/guest_file.h"
 #include "proto/migration.h"
 #include "proto/network_plan.h"
@@ -85,6 +86,13 @@ class VmDriver {
   virtual Status MakeImageCheckpoint(const ImageFiles& image,
                                      const std::map<std::string, BlobRef>& blobs, int vcpus,
                                      int64_t memory_mb, const std::string& target_dir) = 0;
+  // Pushes read-write data attachment `index` (proto/data_attachment.h) as
+  // the next version of its dataset's blob (its `blob.name`, or `name` for a
+  // new one): in a running guest the file system is made read-only for the
+  // copy and writable again after. Only chunks the image server lacks travel.
+  // kFailedPrecondition: not read-write, or the guest refused (files open).
+  virtual Result<DurableVersion> CommitData(const std::string& id, size_t index,
+                                            const std::string& name) = 0;
   // Deletes a workspace no VM of this host uses (kFailedPrecondition if one does).
   virtual Status DeleteWorkspace(const std::string& path) = 0;
   // `vm forward` (running VMs with a NIC on an egress network): a TCP port of

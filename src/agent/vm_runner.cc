@@ -12,6 +12,7 @@
 #include <set>
 
 #include "agent/console_log.h"
+#include "agent/guest_data.h"
 #include "agent/guest_network.h"
 #include "common/http_json.h"
 #include "common/subprocess.h"
@@ -240,6 +241,49 @@ HostImages::VmNbdEndpoint VmRunner::NbdEndpoint(const Vm& vm) const {
   return {VmDir(vm.spec.id) + "/run/nbd.sock", uid, gid};
 }
 
+Result<std::vector<std::string>> VmRunner::AcquireData(const Vm& vm) {
+  const VmSpec& s = vm.spec;
+  std::vector<std::string> backing(s.data.size());
+  if (s.data.empty()) return backing;
+  if (!options_.images)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "datasets need an image server (this agent has no --image-server)");
+  auto [uid, gid] = QemuIds(vm);
+  for (size_t i = 0; i < s.data.size(); ++i) {
+    if (s.data[i].blob.empty()) continue;
+    auto b = options_.images->AcquireDisk(s.data[i].blob, DataExportUser(s.id, i), "",
+                                          {DataDiskSocket(VmDir(s.id) + "/run", i), uid, gid});
+    if (!b.ok()) {
+      ReleaseData(s);
+      return b.error().Wrap("dataset " + s.data[i].dataset);
+    }
+    backing[i] = *b;
+  }
+  return backing;
+}
+
+void VmRunner::ReleaseData(const VmSpec& spec) {
+  if (!options_.images) return;
+  for (size_t i = 0; i < spec.data.size(); ++i)
+    if (!spec.data[i].blob.empty()) options_.images->ReleaseDisk(DataExportUser(spec.id, i));
+}
+
+std::vector<DataDiskConfig> VmRunner::DataDisks(const Vm& vm) const {
+  std::vector<DataDiskConfig> disks;
+  const std::string dir = VmDir(vm.spec.id);
+  for (size_t i = 0; i < vm.spec.data.size(); ++i) {
+    const DataDiskSpec& d = vm.spec.data[i];
+    DataDiskConfig c;
+    c.path = DataDiskPath(dir, i, d);
+    c.format = d.blank_mb > 0 ? "raw" : "qcow2";
+    c.readonly = !d.rw;
+    if (!d.blob.empty()) c.nbd_socket = DataDiskSocket(dir + "/run", i);
+    c.serial = DataDiskSerial(i);
+    disks.push_back(std::move(c));
+  }
+  return disks;
+}
+
 int VmRunner::AllocateUidLocked() const {
   if (!per_vm_uids_) return -1;
   std::set<int> used;
@@ -460,6 +504,17 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
     VMG_RETURN_IF_ERROR(ChownForQemu(vm, disk));
     chmod(disk.c_str(), 0600);
   }
+  if (!s.data.empty()) {
+    // Data attachments: an overlay over each version's export, or a new
+    // empty file system (agent/guest_data.h).
+    VMG_ASSIGN_OR_RETURN(std::vector<std::string> backing, AcquireData(vm));
+    for (size_t i = 0; i < s.data.size(); ++i) {
+      const std::string path = DataDiskPath(dir, i, s.data[i]);
+      VMG_RETURN_IF_ERROR(MakeDataDiskFile(s.data[i], path, backing[i]));
+      VMG_RETURN_IF_ERROR(ChownForQemu(vm, path));
+      chmod(path.c_str(), 0600);
+    }
+  }
   std::lock_guard<std::mutex> l(vm.status_mu);
   vm.disk_path = disk;
   vm.disk_format = "qcow2";
@@ -523,6 +578,7 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state,
   c.vmgenid = NewUuid();  // a new generation id makes a resumed guest reseed its RNG
   c.qemu_binary = options_.qemu_binary;
   VMG_ASSIGN_OR_RETURN(c.nics, AttachNics(vm, true));
+  c.data_disks = DataDisks(vm);
   // Old sockets and logs from a previous run would confuse readiness checks.
   for (const char* f : {"qmp.sock", "qga.sock", "qemu.pid"}) unlink((c.run_dir + "/" + f).c_str());
   VMG_ASSIGN_OR_RETURN(vm.qemu, QemuProcess::Launch(c, seconds(30)));
@@ -551,6 +607,11 @@ Status VmRunner::WaitGuestReady(Vm& vm, Clock::time_point started) {
   return Status::Ok();
 }
 
+Status VmRunner::MountData(Vm& vm) {
+  VMG_ASSIGN_OR_RETURN(auto ga, GuestAgentClient::Connect(vm.qemu->qga_socket(), seconds(5)));
+  return MountGuestData(*ga, vm.spec.data, seconds(60));
+}
+
 static void Reseed(const std::string& qga_socket) {
   auto ga = GuestAgentClient::Connect(qga_socket, seconds(5));
   if (!ga.ok()) return;
@@ -568,6 +629,7 @@ void VmRunner::DiscardNewVm(Vm& vm) {
   vm.qemu.reset();
   if (vm.created_workspace) unlink(spec.workspace_path.c_str());
   if (options_.images) options_.images->ReleaseDisk(spec.id);
+  ReleaseData(spec);
   if (options_.networks) options_.networks->Detach(spec.id, spec.nics);
   if (cgroups_) cgroups_->Remove(spec.id);
   (void)RemoveTree(VmDir(spec.id));
@@ -660,6 +722,10 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
     // Resumed from an image's or another VM's checkpoint: the guest still
     // has that one's network state (agent/guest_network.h).
     st = ReconfigureGuestNetwork(vm->qemu->qga_socket(), spec.nics, seconds(60));
+    if (!st.ok()) return fail(st.error());
+  }
+  if (!spec.data.empty()) {
+    st = MountData(*vm);
     if (!st.ok()) return fail(st.error());
   }
   if (options_.images) options_.images->RecordPrefetch(spec.id);
@@ -907,6 +973,8 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
   PersistStateOrCount(*vm);
   Status st = Launch(*vm, restore, VmDir(id) + "/checkpoint/memory.state");
   if (st.ok()) st = WaitGuestReady(*vm, started);
+  // A guest booted again mounts its datasets again (a restored one still has them).
+  if (st.ok() && !restore && !vm->spec.data.empty()) st = MountData(*vm);
   if (!st.ok()) {
     if (vm->qemu) (void)vm->qemu->Kill();
     vm->qemu.reset();
@@ -941,6 +1009,7 @@ Status VmRunner::Destroy(const std::string& id, bool purge_workspace) {
     chmod(vm->spec.workspace_path.c_str(), 0600);
   }
   if (options_.images) options_.images->ReleaseDisk(id);
+  ReleaseData(vm->spec);
   if (options_.networks) options_.networks->Detach(id, vm->spec.nics);
   if (cgroups_) cgroups_->Remove(id);
   if (Status rm = RemoveTree(VmDir(id)); !rm.ok()) return ForUser(rm.error(), "delete of VM " + id);
@@ -1079,6 +1148,11 @@ Result<CheckpointRef> VmRunner::PublishCheckpoint(const std::string& id) {
   std::lock_guard<std::mutex> op(vm->op_mu);
   if (!options_.images)
     return MakeError(ErrorCode::kFailedPrecondition, "this agent has no image server");
+  if (!vm->spec.data.empty())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + id +
+                         " has datasets attached: its checkpoint holds their mounts, "
+                         "so it cannot be cloned elsewhere");
   std::string dir = VmDir(id) + "/checkpoint";
   {
     std::lock_guard<std::mutex> l(vm->status_mu);
@@ -1162,6 +1236,58 @@ Status VmRunner::MakeImageCheckpoint(const ImageFiles& image,
   return result;
 }
 
+Result<DurableVersion> VmRunner::CommitData(const std::string& id, size_t index,
+                                            const std::string& name) {
+  VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
+  std::lock_guard<std::mutex> op(vm->op_mu);
+  RefreshLiveness(*vm);
+  VMG_RETURN_IF_ERROR(NotMigrating(*vm));
+  const VmSpec& s = vm->spec;
+  if (index >= s.data.size())
+    return MakeError(ErrorCode::kNotFound,
+                     "VM " + id + " has no data attachment " + std::to_string(index));
+  const DataDiskSpec& d = s.data[index];
+  if (!d.rw)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "dataset " + d.dataset + " is attached read-only to VM " + id);
+  if (!options_.images)
+    return MakeError(ErrorCode::kFailedPrecondition, "this agent has no image server");
+  const std::string blob = d.blob.empty() ? name : d.blob.name;
+  if (blob.rfind("ds-", 0) != 0 || blob.find('/') != std::string::npos)
+    return MakeError(ErrorCode::kInvalidArgument, "not a dataset's name: " + blob);
+  const VmState state = vm->State();
+  if (state != VmState::kRunning && state != VmState::kStopped && state != VmState::kSuspended)
+    return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is " + ToString(state) +
+                                                         "; commit needs it running or stopped");
+  const std::string path = DataDiskPath(VmDir(id), index, d);
+  std::unique_ptr<GuestAgentClient> ga;
+  if (state == VmState::kRunning) {
+    // The guest flushes and holds the file system read-only while it is copied.
+    VMG_ASSIGN_OR_RETURN(ga, GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(5)));
+    VMG_RETURN_IF_ERROR(RemountGuestData(*ga, d, /*ro=*/true, seconds(60)));
+  }
+  std::string raw = path;
+  Result<DurableVersion> pushed = MakeError(ErrorCode::kInternal, "not pushed");
+  Status copied = Status::Ok();
+  if (d.blank_mb == 0) {
+    // The overlay and the version below it, as one raw file (-U: QEMU holds
+    // the overlay open; the guest is not writing it).
+    raw = VmDir(id) + "/data" + std::to_string(index) + ".commit.raw";
+    copied = QemuImg({"convert", "-U", "-q", "-f", "qcow2", "-O", "raw", path, raw});
+  }
+  if (copied.ok())
+    pushed = options_.images->PushWorkspace(raw, DurableSpec{blob, "", 0}, "commit", NowMs());
+  if (raw != path) unlink(raw.c_str());
+  if (ga) {
+    Status back = RemountGuestData(*ga, d, /*ro=*/false, seconds(60));
+    if (!back.ok())
+      spdlog::warn("VM {}: after a commit of {}: {}", id, d.dataset, back.error().message);
+  }
+  if (!copied.ok()) return ForUser(copied.error(), "commit of dataset " + d.dataset);
+  if (!pushed.ok()) return ForUser(pushed.error(), "commit of dataset " + d.dataset);
+  return *pushed;
+}
+
 Status VmRunner::DeleteWorkspace(const std::string& path) {
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -1233,6 +1359,9 @@ Status VmRunner::PrepareIncomingDisk(Vm& vm, bool* created_workspace) {
 Result<IncomingInfo> VmRunner::PrepareIncoming(const IncomingRequest& request) {
   const VmSpec& spec = request.spec;
   const std::string what = "incoming migration of VM " + spec.id;
+  if (!spec.data.empty())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + spec.id + " has datasets attached; such VMs cannot migrate yet");
   // Laid out as a create; state.json says creating, so an agent restart
   // before FinishIncoming removes it all (Recover).
   VMG_ASSIGN_OR_RETURN(auto vm, RegisterNewVm(spec, "incoming", what));
@@ -1426,6 +1555,11 @@ Status VmRunner::Recover() {
       auto backing = options_.images->AcquireDisk(spec->blobs.at("disk"), id, "", NbdEndpoint(*vm));
       if (!backing.ok())
         spdlog::error("recover: cannot export the disk of VM {}: {}", id, backing.error().message);
+    }
+    if (!spec->data.empty()) {
+      // The same for its datasets' exports.
+      if (auto d = AcquireData(*vm); !d.ok())
+        spdlog::error("recover: cannot export the datasets of VM {}: {}", id, d.error().message);
     }
     vm->error = state_json.value("error", "");
     auto parsed = ParseVmState(state);

@@ -37,6 +37,7 @@
 #include "proto/vm_spec.h"
 #include "proto/vm_status.h"
 #include "vmm/guest_agent_client.h"
+#include "vmm/qemu_process.h"
 #include "vmm/vm_cgroup.h"
 
 namespace vmgrid {
@@ -121,6 +122,8 @@ class VmRunner : public VmDriver {
   // and the disk as one qcow2 delta over the image's base disk (all layers
   // in between flattened). {"dir", "vm_ckpt_memory", "vm_ckpt_disk"}.
   Result<CheckpointRef> PublishCheckpoint(const std::string& id) override;
+  Result<DurableVersion> CommitData(const std::string& id, size_t index,
+                                    const std::string& name) override;
 
   // Boots `image` once as a throwaway clone, waits for its guest agent, and
   // saves a post-boot checkpoint into `target_dir` (created atomically).
@@ -184,6 +187,8 @@ class VmRunner : public VmDriver {
   // Where the migration's PSK file lives while QEMU needs it.
   std::string MigrationKeyDir(const std::string& id) const;
   Status WaitGuestReady(Vm& vm, std::chrono::steady_clock::time_point started);
+  // Mounts the VM's datasets in its guest (agent/guest_data.h). op_mu held.
+  Status MountData(Vm& vm);
   Status ChownForQemu(const Vm& vm, const std::string& path);
   // The VM's NICs as switch ports (HostNetworks::Attach); none without NICs.
   Result<std::vector<NicConfig>> AttachNics(const Vm& vm, bool wait);
@@ -194,6 +199,14 @@ class VmRunner : public VmDriver {
   // The uid/gid QEMU of `vm` runs as (-1: the agent's own).
   std::pair<int, int> QemuIds(const Vm& vm) const;
   HostImages::VmNbdEndpoint NbdEndpoint(const Vm& vm) const;
+  // Data attachments (agent/guest_data.h): exports each attached version on
+  // a socket of the VM's own and returns their backing strings ("" for a
+  // blank one); ReleaseData drops them. kFailedPrecondition without an
+  // image server.
+  Result<std::vector<std::string>> AcquireData(const Vm& vm);
+  void ReleaseData(const VmSpec& spec);
+  // The data disks as QEMU gets them.
+  std::vector<DataDiskConfig> DataDisks(const Vm& vm) const;
   // The lowest free per-VM uid slot; -1 when per-VM uids are off. mu_ held.
   int AllocateUidLocked() const;
   // Errors that reach users name no host path and carry no QEMU output:

@@ -96,6 +96,16 @@ class HttpAgentClient : public AgentClient {
     return ForwardInfoFromJson(*r);
   }
 
+  Result<DurableVersion> CommitData(const Host& host, const std::string& vm_id, size_t index,
+                                    const std::string& name) override {
+    // The copy and push of the whole disk: minutes for a large one.
+    auto r = Client(host, 1800)
+                 .Post("/agent/v1/vms/" + vm_id + "/data/" + std::to_string(index) + "/commit",
+                       {{"name", name}});
+    if (!r.ok()) return r.error();
+    return DurableVersionFromJson(*r);
+  }
+
   Result<IncomingInfo> PrepareIncoming(const Host& target,
                                        const IncomingRequest& request) override {
     // Builds the VM's disk and starts its QEMU: as long as a create's start.
@@ -175,6 +185,12 @@ Result<VmStatus> AgentClient::FinishIncoming(const Host&, const std::string&) {
 vmgrid::Status AgentClient::AbortIncoming(const Host&, const std::string&) { return NoMigration(); }
 vmgrid::Status AgentClient::ConfirmMigrateOut(const Host&, const std::string&, bool) {
   return NoMigration();
+}
+
+Result<DurableVersion> AgentClient::CommitData(const Host& host, const std::string&, size_t,
+                                               const std::string&) {
+  return MakeError(ErrorCode::kFailedPrecondition,
+                   "host " + host.name + " cannot commit datasets through this client");
 }
 
 AgentClientPtr NewHttpAgentClient(const HostCredentials& credentials) {

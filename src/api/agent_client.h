@@ -74,6 +74,12 @@ class AgentClient {
   virtual vmgrid::Status AbortIncoming(const Host& target, const std::string& vm_id);
   virtual vmgrid::Status ConfirmMigrateOut(const Host& source, const std::string& vm_id,
                                            bool migrated);
+
+  // Pushes read-write data attachment `index` of VM `vm_id` as the next
+  // version of its dataset (`name`: its image server name, "ds-ID"). Not
+  // pure, as above.
+  virtual Result<DurableVersion> CommitData(const Host& host, const std::string& vm_id,
+                                            size_t index, const std::string& name);
 };
 using AgentClientPtr = std::unique_ptr<AgentClient>;
 

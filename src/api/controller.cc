@@ -178,6 +178,7 @@ Status Controller::Start() {
   networks_ = std::make_unique<NetworkService>(*store_);
   users_ = std::make_unique<UserService>(*store_);
   datasets_ = std::make_unique<DatasetService>(*store_, image_server_.get());
+  datasets_->EnableCommits(*agents_, *ops_, *long_ops_);
   images_ = std::make_unique<ImageService>(
       *store_, *index_, *agents_, *ops_, SystemClock::Get(), *long_ops_,
       ImageStorage{image_dir_, image_server_.get(), options_.image_server}, stop_);

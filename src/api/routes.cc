@@ -51,6 +51,7 @@ constexpr RouteSpec kRoutes[] = {
     {"GET", "/v1/datasets", "/v1/datasets", {}},
     {"GET", "/v1/datasets/([^/]+)", "/v1/datasets/{ref}", {}},
     {"DELETE", "/v1/datasets/([^/]+)", "/v1/datasets/{ref}", {}},
+    {"POST", "/v1/vms/([^/]+)/data/([^/]+)/commit", "/v1/vms/{ref}/data/{name}/commit", {}},
     {"POST", "/v1/datasets/([^/]+)/chunks", "/v1/datasets/{name}/chunks", kDatasetChunkBody},
     {"POST", "/v1/datasets/([^/]+)/versions", "/v1/datasets/{name}/versions", kDatasetVersionBody},
     {"GET",

@@ -39,7 +39,7 @@ inline constexpr const char* kCreateVm[] = {
     "image",           "name",      "vcpus",           "memory_mb", "disk",
     "start",           "workspace", "from_checkpoint", "network",   "from_future",
     "policy",          "site",      "host_network",    "count",     "same",
-    "total_memory_mb", "nets",      "restart"};
+    "total_memory_mb", "nets",      "restart",         "data"};
 inline constexpr const char* kTotalMemory[] = {"min", "max"};
 inline constexpr const char* kCreateNetwork[] = {"name", "subnet", "egress"};
 inline constexpr const char* kShareNetwork[] = {"user"};

@@ -16,6 +16,7 @@
 #include "chunks/manifest.h"
 #include "cli/command.h"
 #include "cli/exit_codes.h"
+#include "cli/format.h"
 #include "client/api_client.h"
 #include "common/base64.h"
 #include "common/result.h"
@@ -297,6 +298,26 @@ int CmdDataRm(Ctx& ctx, const std::string& ref) {
 
 }  // namespace
 
+int CmdDataCommit(Ctx& ctx, const std::string& vm, const std::string& name) {
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  auto res = RetryWhileBusy(ctx, [&] {
+    return client->Post("/v1/vms/" + PathEscape(vm) + "/data/" + PathEscape(name) + "/commit",
+                        json::object());
+  });
+  if (IsOperation(res))
+    res = WaitOperation(ctx, *client, *res, "committing dataset " + name + " of VM " + vm, false);
+  if (!res.ok()) return Fail(ctx, res.error(), "vm");
+  if (ctx.g.json) {
+    PrintJson(ctx, *res);
+  } else {
+    ctx.io.out << "dataset " << name << " version " << res->value("version", 0) << ": sent "
+               << res->value("sent_chunks", 0) << " of " << res->value("chunks", 0) << " chunks ("
+               << FormatBytes(res->value("sent_bytes", uint64_t{0})) << ")" << std::endl;
+  }
+  return kExitOk;
+}
+
 struct AddDataCommandsFlags {
   std::string name, path, ref;
 };
@@ -319,6 +340,12 @@ void AddDataCommands(CommandTree& t) {
   pull->add_option("DIR", s.path, "Target: a directory, or the file of a file version")->required();
   t.Leaf(g, "rm", "Delete a dataset, or one version", [&] { return CmdDataRm(t.ctx, s.ref); })
       ->add_option("NAME[:VERSION]", s.ref, "Dataset (all versions) or one version")
+      ->required();
+  auto* commit =
+      t.Leaf(g, "commit", "Store a VM's read-write attachment of a dataset as its next version",
+             [&] { return CmdDataCommit(t.ctx, s.ref, s.name); });
+  commit->add_option("VM", s.ref, "VM name or id")->required();
+  commit->add_option("NAME", s.name, "Dataset attached to it (vm create --data NAME:rw)")
       ->required();
 }
 

@@ -32,6 +32,7 @@
 #include "common/util.h"
 #include "common/vm_state.h"
 #include "proto/console_log.h"
+#include "proto/data_attachment.h"
 #include "proto/guest_file.h"
 
 namespace vmgrid::cli {
@@ -158,6 +159,8 @@ struct VmCreateArgs {
   std::string host_network;  // --host-segment
   std::string network;       // --network-label
   std::vector<std::string> nets;
+  std::vector<std::string> data;      // --data NAME[:VERSION][:MOUNT][:ro|rw]
+  std::vector<std::string> new_data;  // --new-data NAME[:MOUNT][:SIZE_MB]
   bool no_wait = false;
 };
 
@@ -185,6 +188,16 @@ int CmdVmCreate(Ctx& ctx, const VmCreateArgs& a) {
   if (!a.host_network.empty()) body["host_network"] = a.host_network;
   if (!a.network.empty()) body["network"] = a.network;
   if (!a.nets.empty()) body["nets"] = a.nets;
+  for (const std::string& d : a.data) {
+    auto one = ParseDataArgument(d);
+    if (!one.ok()) return UsageError(ctx, one.error().message, "vm create");
+    body["data"].push_back(*one);
+  }
+  for (const std::string& d : a.new_data) {
+    auto one = ParseNewDataArgument(d);
+    if (!one.ok()) return UsageError(ctx, one.error().message, "vm create");
+    body["data"].push_back(*one);
+  }
   if (a.count > 0) body["count"] = a.count;
   if (!a.same.empty()) body["same"] = a.same;
   if (!a.total_mem.empty()) {
@@ -887,6 +900,12 @@ void AddVmCommands(CommandTree& t) {
   c->add_option("--net", s.create.nets,
                 "Give the VM a network card on this virtual network (`vmgrid net`); repeatable, "
                 "one card each, in order");
+  c->add_option("--data", s.create.data,
+                "Attach one of your datasets: NAME[:VERSION][:MOUNT][:ro|rw] (latest version, "
+                "/data/NAME, ro by default); repeatable, at most 4 (docs/datasets.md)");
+  c->add_option("--new-data", s.create.new_data,
+                "Attach a new empty dataset, read-write: NAME[:MOUNT][:SIZE_MB] (/data/NAME, "
+                "1024 MiB by default); `vmgrid data commit VM NAME` stores its first version");
   c->add_option("--network-label", s.create.network,
                 "A free-form label shown as `network` in the information service's vms view "
                 "(not a network card: see --net)");

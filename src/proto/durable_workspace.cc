@@ -48,9 +48,14 @@ Result<DurableVersion> DurableVersionFromJson(const json& j) {
   d.chunks = static_cast<uint64_t>(chunks);
   d.chunks_sent = static_cast<uint64_t>(sent);
   d.bytes_sent = static_cast<uint64_t>(bytes);
-  VMG_ASSIGN_OR_RETURN(d.trigger, f.Enum("trigger", {"stop", "checkpoint", "interval"}, "stop"));
-  if (d.ref.name.rfind("ws-", 0) != 0)
-    return MakeError(ErrorCode::kInvalidArgument, "durable.ref must name a workspace (ws-...)");
+  VMG_ASSIGN_OR_RETURN(d.trigger,
+                       f.Enum("trigger", {"stop", "checkpoint", "interval", "commit"}, "stop"));
+  // A workspace's version, or (a commit) a dataset's.
+  const char* prefix = d.trigger == "commit" ? "ds-" : "ws-";
+  if (d.ref.name.rfind(prefix, 0) != 0)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     std::string("durable.ref must name ") +
+                         (d.trigger == "commit" ? "a dataset (ds-...)" : "a workspace (ws-...)"));
   return d;
 }
 

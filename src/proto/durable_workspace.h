@@ -34,7 +34,9 @@ struct DurableVersion {
   uint64_t chunks = 0;       // non-zero chunks of the disk
   uint64_t chunks_sent = 0;  // chunks the image server lacked: the only ones that travelled
   uint64_t bytes_sent = 0;
-  std::string trigger;  // "stop", "checkpoint" or "interval"
+  // "stop", "checkpoint" or "interval"; "commit" for a dataset's version
+  // pushed from a VM (agent/guest_data.h).
+  std::string trigger;
   bool empty() const { return ref.empty(); }
   bool operator==(const DurableVersion&) const = default;
 };

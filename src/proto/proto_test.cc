@@ -6,6 +6,7 @@
 
 #include "proto/blob_ref.h"
 #include "proto/checkpoint_ref.h"
+#include "proto/data_attachment.h"
 #include "proto/future_id.h"
 #include "proto/guest_file.h"
 #include "proto/host_report.h"
@@ -42,6 +43,8 @@ VmSpec FullSpec() {
              {"ckpt_memory", Blob("img-1-ckpt-memory", 2)},
              {"ckpt_disk", Blob("img-1-ckpt-disk", 3)}};
   s.restart = "on-host-failure";
+  s.data = {DataDiskSpec{"inputs", "/in", false, Blob("ds-1", 2), 0},
+            DataDiskSpec{"out-3", "/out", true, BlobRef{}, 64}};
   return s;
 }
 
@@ -472,6 +475,78 @@ TEST(GuestFileProtoTest, RefusesBadPathsDataAndSizes) {
                    .ok());
   EXPECT_FALSE(GuestFileReadFromJson({{"path", "/x"}, {"length", 0}}).ok());
   EXPECT_FALSE(GuestFileReadFromJson(json::array()).ok());
+}
+
+TEST(DataAttachmentTest, MountPointRules) {
+  for (const char* ok : {"/data", "/in", "/data/set-1", "/mnt/a.b/c_d", "/tmp/x", "/var/data"})
+    EXPECT_TRUE(ValidateGuestMountPoint(ok).ok()) << ok;
+  for (const char* bad :
+       {"", "data", "/", "/data/", "/a//b", "/a/../etc", "/a/./b", "/etc", "/etc/x", "/proc",
+        "/usr/local/x", "/dev/shm/x", "/a b", "/a;b", "/a/b/c/d/e/f/g/h/i"})
+    EXPECT_FALSE(ValidateGuestMountPoint(bad).ok()) << bad;
+  EXPECT_TRUE(CheckMountPointsApart({"/a", "/ab", "/b/a"}).ok());
+  EXPECT_FALSE(CheckMountPointsApart({"/a", "/a"}).ok());
+  EXPECT_FALSE(CheckMountPointsApart({"/a/b", "/a"}).ok());
+}
+
+TEST(DataAttachmentTest, SpecsAreStrict) {
+  nlohmann::json blob = ToJson(Blob("ds-1", 1));
+  auto ok = DataDisksFromJson(
+      nlohmann::json::array({{{"dataset", "a"}, {"mount", "/a"}, {"rw", false}, {"blob", blob}},
+                             {{"dataset", "b"}, {"mount", "/b"}, {"rw", true}, {"blank_mb", 64}}}));
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  EXPECT_EQ(ok->size(), 2u);
+  for (const nlohmann::json& bad : std::vector<nlohmann::json>{
+           nlohmann::json::object(),
+           {{"dataset", "a"}, {"mount", "/a"}},                                    // no source
+           {{"dataset", "a"}, {"mount", "/a"}, {"blob", blob}, {"blank_mb", 64}},  // both
+           {{"dataset", "a"}, {"mount", "/a"}, {"blank_mb", 64}},                  // blank ro
+           {{"dataset", "a"}, {"mount", "/a"}, {"rw", true}, {"blank_mb", 1}},     // too small
+           {{"dataset", "a"}, {"mount", "/etc"}, {"blob", blob}},
+           {{"dataset", "../a"}, {"mount", "/a"}, {"blob", blob}},
+           {{"dataset", "a"}, {"mount", "/a"}, {"blob", blob}, {"extra", 1}}}) {
+    EXPECT_FALSE(DataDiskSpecFromJson(bad).ok()) << bad.dump();
+  }
+  nlohmann::json five = nlohmann::json::array();
+  for (int i = 0; i < 5; ++i)
+    five.push_back({{"dataset", "a"}, {"mount", "/m" + std::to_string(i)}, {"blob", blob}});
+  EXPECT_FALSE(DataDisksFromJson(five).ok());
+  EXPECT_FALSE(DataDisksFromJson(
+                   nlohmann::json::array({{{"dataset", "a"}, {"mount", "/a"}, {"blob", blob}},
+                                          {{"dataset", "b"}, {"mount", "/a/b"}, {"blob", blob}}}))
+                   .ok());
+  EXPECT_EQ(DataDiskSerial(2), "vmgdata-2");
+}
+
+TEST(DataAttachmentTest, CliArgument) {
+  auto a = ParseDataArgument("inputs");
+  ASSERT_TRUE(a.ok()) << a.error().message;
+  EXPECT_EQ(*a,
+            (nlohmann::json{
+                {"dataset", "inputs"}, {"version", 0}, {"mount", "/data/inputs"}, {"mode", "ro"}}));
+  auto b = ParseDataArgument("inputs:3:/in:rw");
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  EXPECT_EQ(*b, (nlohmann::json{
+                    {"dataset", "inputs"}, {"version", 3}, {"mount", "/in"}, {"mode", "rw"}}));
+  auto c = ParseDataArgument("inputs:/in");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)["mount"], "/in");
+  auto d = ParseDataArgument("inputs:rw");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ((*d)["mode"], "rw");
+  for (const char* bad : {"", "in/puts", "inputs:x", "inputs:1:/in:rw:more", "inputs:/etc",
+                          "inputs:/in:rx", "inputs:99999999999"})
+    EXPECT_FALSE(ParseDataArgument(bad).ok()) << bad;
+  auto n = ParseNewDataArgument("out-1:/out:64");
+  ASSERT_TRUE(n.ok()) << n.error().message;
+  EXPECT_EQ(*n, (nlohmann::json{
+                    {"dataset", "out-1"}, {"new", true}, {"mount", "/out"}, {"size_mb", 64}}));
+  auto n2 = ParseNewDataArgument("out");
+  ASSERT_TRUE(n2.ok());
+  EXPECT_EQ((*n2)["mount"], "/data/out");
+  EXPECT_FALSE(n2->contains("size_mb"));
+  for (const char* bad : {"", "out:/etc", "out:1", "out:/o:x", "out:/o:64:z", "o/ut"})
+    EXPECT_FALSE(ParseNewDataArgument(bad).ok()) << bad;
 }
 
 }  // namespace

@@ -46,7 +46,8 @@ json ToJson(const VmSpec& s) {
           {"blobs", BlobsJson(s.blobs)},
           {"nics", NicsJson(s.nics)},
           {"restart", s.restart},
-          {"durable", ToJson(s.durable)}};
+          {"durable", ToJson(s.durable)},
+          {"data", DataDisksJson(s.data)}};
 }
 
 Result<VmSpec> VmSpecFromJson(const json& j) {
@@ -77,6 +78,9 @@ Result<VmSpec> VmSpecFromJson(const json& j) {
   }
   if (auto d = j.find("durable"); d != j.end()) {
     VMG_ASSIGN_OR_RETURN(s.durable, DurableSpecFromJson(*d));
+  }
+  if (auto d = j.find("data"); d != j.end()) {
+    VMG_ASSIGN_OR_RETURN(s.data, DataDisksFromJson(*d));
   }
   auto it = j.find("image");
   if (it == j.end())

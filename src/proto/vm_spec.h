@@ -16,6 +16,7 @@
 
 #include "common/result.h"
 #include "proto/blob_ref.h"
+#include "proto/data_attachment.h"
 #include "proto/durable_workspace.h"
 #include "proto/network_plan.h"
 
@@ -66,14 +67,17 @@ struct VmSpec {
   // blobs["workspace"], when present, is the version a missing workspace
   // file is made from (a restart on another host).
   DurableSpec durable = {};
+  // Datasets attached (proto/data_attachment.h), disk i with serial
+  // DataDiskSerial(i); older spec.json files have none.
+  std::vector<DataDiskSpec> data;
   bool operator==(const VmSpec&) const = default;
 };
 
 // The fields a VM spec may hold (anything else is refused).
 inline constexpr const char* kVmSpecFields[] = {
-    "id",        "name",  "owner_id",       "vcpus",  "memory_mb",
-    "disk_mode", "image", "workspace_path", "start",  "checkpoint_dir",
-    "blobs",     "nics",  "restart",        "durable"};
+    "id",        "name",  "owner_id",       "vcpus",   "memory_mb",
+    "disk_mode", "image", "workspace_path", "start",   "checkpoint_dir",
+    "blobs",     "nics",  "restart",        "durable", "data"};
 
 nlohmann::json ToJson(const VmSpec& spec);
 // Strict: unknown fields, wrong types and out-of-range values are errors

@@ -199,6 +199,11 @@ Result<CheckpointRef> SimVmTable::PublishCheckpoint(const std::string& id) {
       "simulated host " + host_name_ + " has no image server to publish " + dir + " to");
 }
 
+Result<DurableVersion> SimVmTable::CommitData(const std::string& id, size_t, const std::string&) {
+  return MakeError(ErrorCode::kFailedPrecondition,
+                   "simulated host " + host_name_ + " has no datasets to commit (VM " + id + ")");
+}
+
 Status SimVmTable::MakeImageCheckpoint(const ImageFiles&, const std::map<std::string, BlobRef>&,
                                        int, int64_t, const std::string&) {
   Operate();  // pretends: nothing is written

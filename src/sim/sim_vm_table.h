@@ -58,6 +58,8 @@ class SimVmTable : public VmDriver {
   Result<std::string> CheckpointDir(const std::string& id) override;
   // Refused: simulated hosts have no image server.
   Result<CheckpointRef> PublishCheckpoint(const std::string& id) override;
+  Result<DurableVersion> CommitData(const std::string& id, size_t index,
+                                    const std::string& name) override;
   // Pretends: nothing is written to target_dir.
   Status MakeImageCheckpoint(const ImageFiles& image, const std::map<std::string, BlobRef>& blobs,
                              int vcpus, int64_t memory_mb, const std::string& target_dir) override;

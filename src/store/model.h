@@ -143,6 +143,9 @@ struct Vm {
   // Restart policy when its host fails: "never" or "on-host-failure"
   // (docs/host-failure.md).
   std::string restart = "never";
+  // Datasets attached (docs/datasets.md): a JSON array as the controller
+  // resolved them (api/services/data_attachments.h); "" = none.
+  std::string data;
   std::string error;
   int64_t create_ms = 0;  // request-to-ready time of the last create/resume
   int64_t created_ms = 0;

@@ -426,6 +426,13 @@ CREATE TABLE dataset_versions (
   PRIMARY KEY (dataset_id, version)
 );
 )sql",
+    // 18: datasets attached to VMs (docs/datasets.md, "Attaching"). vms.data:
+    // a JSON array of the VM's attachments as the controller resolved them
+    // (dataset id and name, version and its blob, mount point, mode, the
+    // size of a new one); '' = none.
+    R"sql(
+ALTER TABLE vms ADD COLUMN data TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 const char* kUserCols =
@@ -669,7 +676,7 @@ std::vector<SqlValue> ImageValues(const Image& i) {
 
 const char* kVmCols =
     "id, name, owner_id, image_id, host_id, state, vcpus, memory_mb, disk, start, "
-    "workspace_id, error, create_ms, created_ms, updated_ms, network, disk_bytes, restart";
+    "workspace_id, error, create_ms, created_ms, updated_ms, network, disk_bytes, restart, data";
 Vm ReadVm(const SqlRow& s) {
   Vm v;
   v.id = s.Text(0);
@@ -690,13 +697,14 @@ Vm ReadVm(const SqlRow& s) {
   v.network = s.Text(15);
   v.disk_bytes = s.Int(16);
   v.restart = s.Text(17);
+  v.data = s.Text(18);
   return v;
 }
 std::vector<SqlValue> VmValues(const Vm& v) {
   return {v.id,           v.name,           v.owner_id,  v.image_id,   v.host_id,
           v.state,        int64_t{v.vcpus}, v.memory_mb, v.disk,       v.start,
           v.workspace_id, v.error,          v.create_ms, v.created_ms, v.updated_ms,
-          v.network,      v.disk_bytes,     v.restart};
+          v.network,      v.disk_bytes,     v.restart,   v.data};
 }
 
 const char* kWsCols =
@@ -1487,7 +1495,7 @@ Result<bool> Store::TryTakeRoomLocked(const Vm& vm, const std::string& host_id) 
 
 Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
   auto r =
-      db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(18) + ")",
+      db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(19) + ")",
                 VmValues(vm));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
@@ -1630,7 +1638,7 @@ Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm,
                                      const std::vector<std::string>& candidates) {
   const std::string reserve = "WITH r AS (" + kTakeRoom;
   const std::string insert = std::string("v AS (INSERT INTO vms (") + kVmCols + ") SELECT " +
-                             Placeholders(18) + " FROM r RETURNING id), ";
+                             Placeholders(19) + " FROM r RETURNING id), ";
   const std::string sql = reserve + " RETURNING id), " + insert +
                           "x AS (INSERT INTO virtualization (virtual_id, virtual_kind, "
                           "physical_id, physical_kind, vm_id, "

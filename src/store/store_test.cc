@@ -22,7 +22,7 @@ using testing_db::TestDatabase;
 // store/test_database.h); every test gets a fresh database.
 // Undoes migration 9 (virtual networks), for tests that run migrations
 // again from an older version.
-// Undoes migrations 9 to 17 (virtual networks, hosts' tunnel columns, live
+// Undoes migrations 9 to 18 (virtual networks, hosts' tunnel columns, live
 // migrations' table, drain, events, host failure; migration 11's state check is dropped with
 // migration 8's).
 constexpr const char* kDropMigration9 =
@@ -31,7 +31,7 @@ constexpr const char* kDropMigration9 =
     "DROP INDEX hosts_tunnel_number; ALTER TABLE hosts DROP COLUMN tunnel_number; "
     "ALTER TABLE hosts DROP COLUMN tunnel_ip; ALTER TABLE hosts DROP COLUMN tunnel_port; "
     "ALTER TABLE hosts DROP COLUMN draining; ALTER TABLE hosts DROP COLUMN failed_ms; "
-    "ALTER TABLE vms DROP COLUMN restart; "
+    "ALTER TABLE vms DROP COLUMN restart; ALTER TABLE vms DROP COLUMN data; "
     "ALTER TABLE workspaces DROP COLUMN durable_version; "
     "ALTER TABLE workspaces DROP COLUMN durable_digest; "
     "ALTER TABLE workspaces DROP COLUMN durable_size_bytes; "
@@ -329,7 +329,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 17);
+  EXPECT_EQ((*s)->schema_version(), 18);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
@@ -771,7 +771,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 17);
+  EXPECT_EQ(store_->schema_version(), 18);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -144,6 +145,39 @@ TEST(BuildQemuArgvTest, UntrustedLayerLosesItsBackingFile) {
   EXPECT_EQ(*(it + 1),
             "file=/vms/vm-1/disk.qcow2,if=none,id=disk0,format=qcow2,cache=writeback,discard=unmap,"
             "backing.backing.backing=");
+}
+
+TEST(BuildQemuArgvTest, DataDisksGetFixedSlotsSerialsAndTheirOwnSockets) {
+  QemuConfig c = FullConfig();
+  c.data_disks = {{"/vms/vm-1/data0.qcow2", "qcow2", true, "/vms/vm-1/run/data0.sock", "vmgdata-0"},
+                  {"/vms/vm-1/data1.raw", "raw", false, "", "vmgdata-1"}};
+  ASSERT_TRUE(ValidateQemuConfig(c).ok());
+  std::vector<std::string> a = BuildQemuArgv(c);
+  auto has = [&](const std::string& s) { return std::find(a.begin(), a.end(), s) != a.end(); };
+  EXPECT_TRUE(
+      has("file=/vms/vm-1/data0.qcow2,if=none,id=data0,format=qcow2,cache=writeback,"
+          "read-only=on,backing.file.server.path=/vms/vm-1/run/data0.sock"));
+  EXPECT_TRUE(has("virtio-blk-pci,drive=data0,id=vdata0,serial=vmgdata-0,addr=0x18"));
+  EXPECT_TRUE(has("file=/vms/vm-1/data1.raw,if=none,id=data1,format=raw,cache=writeback"));
+  EXPECT_TRUE(has("virtio-blk-pci,drive=data1,id=vdata1,serial=vmgdata-1,addr=0x19"));
+  auto bad = [](auto mutate) {
+    QemuConfig c = FullConfig();
+    c.data_disks = {{"/d.qcow2", "qcow2", false, "", "vmgdata-0"}};
+    mutate(c.data_disks);
+    return !ValidateQemuConfig(c).ok();
+  };
+  EXPECT_FALSE(bad([](auto&) {}));
+  EXPECT_TRUE(bad([](auto& d) { d[0].path = ""; }));
+  EXPECT_TRUE(bad([](auto& d) { d[0].path = "/d,format=raw"; }));
+  EXPECT_TRUE(bad([](auto& d) { d[0].format = "vmdk"; }));
+  EXPECT_TRUE(bad([](auto& d) { d[0].serial = "a,b"; }));
+  EXPECT_TRUE(bad([](auto& d) { d[0].serial = std::string(21, 'a'); }));
+  EXPECT_TRUE(bad([](auto& d) { d[0].nbd_socket = "/s,x"; }));
+  EXPECT_TRUE(bad([](auto& d) {
+    d[0].format = "raw";
+    d[0].nbd_socket = "/s";
+  }));
+  EXPECT_TRUE(bad([](auto& d) { d.resize(5, d[0]); }));
 }
 
 TEST(ValidateQemuConfigTest, AcceptsGoodAndRejectsBadConfigs) {

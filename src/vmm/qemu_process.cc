@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -439,6 +440,24 @@ Status ValidateQemuConfig(const QemuConfig& c) {
   if (c.nbd_socket.size() > kSunPathMax)
     return invalid("nbd_socket too long for a unix socket path");
   if (c.qemu_binary.empty()) return invalid("qemu_binary is required");
+  if (c.data_disks.size() > static_cast<size_t>(kMaxDataDisks))
+    return invalid("at most " + std::to_string(kMaxDataDisks) + " data disks");
+  for (const DataDiskConfig& d : c.data_disks) {
+    for (const std::string* v : {&d.path, &d.nbd_socket})
+      if (v->find_first_of(std::string(",\n\0", 3)) != std::string::npos)
+        return invalid("data disk path contains a comma, NUL or newline: " + *v);
+    if (d.path.empty()) return invalid("a data disk needs a path");
+    if (d.format != "qcow2" && d.format != "raw")
+      return invalid("data disk format must be qcow2 or raw");
+    if (!d.nbd_socket.empty() && d.format != "qcow2")
+      return invalid("a data disk's NBD backing needs a qcow2 overlay");
+    if (d.nbd_socket.size() > kSunPathMax)
+      return invalid("data disk nbd_socket too long for a unix socket path");
+    if (d.serial.empty() || d.serial.size() > 20 ||
+        d.serial.find_first_not_of(
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != std::string::npos)
+      return invalid("data disk serial must match [A-Za-z0-9-]{1,20}");
+  }
   // Default local sockets live in run_dir, which Launch makes absolute.
   VMG_RETURN_IF_ERROR(ValidateNics(c.nics, c.run_dir));
   std::vector<NicConfig> absolute_nics = c.nics;
@@ -495,6 +514,18 @@ std::vector<std::string> BuildQemuArgv(const QemuConfig& c) {
   });
   std::vector<std::string> nics = BuildNicArgs(c.nics, run);
   a.insert(a.end(), nics.begin(), nics.end());
+  for (size_t i = 0; i < c.data_disks.size(); ++i) {
+    const DataDiskConfig& d = c.data_disks[i];
+    const std::string id = "data" + std::to_string(i);
+    char slot[8];
+    std::snprintf(slot, sizeof slot, "0x%x", 0x18 + static_cast<unsigned>(i));
+    a.insert(a.end(), {"-drive",
+                       "file=" + d.path + ",if=none,id=" + id + ",format=" + d.format +
+                           ",cache=writeback" + (d.readonly ? ",read-only=on" : "") +
+                           (d.nbd_socket.empty() ? "" : ",backing.file.server.path=" + d.nbd_socket),
+                       "-device", "virtio-blk-pci,drive=" + id + ",id=v" + id + ",serial=" + d.serial +
+                           ",addr=" + slot});
+  }
   a.insert(a.end(), {
       // Appended to (a VM started again keeps its log); the agent bounds it
       // (agent/console_log.h).
@@ -609,6 +640,7 @@ Result<std::unique_ptr<QemuProcess>> QemuProcess::Launch(const QemuConfig& confi
   VMG_RETURN_IF_ERROR(ValidateQemuConfig(config));
   QemuConfig cfg = config;
   for (std::string* p : {&cfg.run_dir, &cfg.disk_path, &cfg.kernel, &cfg.initrd}) *p = Absolute(*p);
+  for (DataDiskConfig& d : cfg.data_disks) d.path = Absolute(d.path);
   for (NicConfig& nic : cfg.nics) {
     nic.local_path = Absolute(nic.local_path);
     nic.remote_path = Absolute(nic.remote_path);

@@ -42,6 +42,19 @@
 
 namespace vmgrid {
 
+// A disk beyond the boot disk: a dataset attached to the VM
+// (proto/data_attachment.h), data disk i at PCI slot 0x18+i with a serial the
+// guest finds it by. Part of the device layout, like the NICs.
+struct DataDiskConfig {
+  std::string path;              // a qcow2 overlay or a raw file
+  std::string format = "qcow2";  // qcow2 | raw
+  bool readonly = false;         // the guest cannot write it
+  std::string nbd_socket;        // "": none; else the overlay's backing NBD node connects here
+  std::string serial;            // [A-Za-z0-9-]{1,20}
+  bool operator==(const DataDiskConfig&) const = default;
+};
+inline constexpr int kMaxDataDisks = 4;
+
 struct QemuConfig {
   std::string vm_id;  // used in -name and the process title; [A-Za-z0-9._-]{1,64}
   int vcpus = 1;
@@ -74,6 +87,8 @@ struct QemuConfig {
   // Network cards, NIC i at PCI slot 0x10+i (vmm/nic_config.h). Part of the
   // device layout: a resume needs the same list.
   std::vector<NicConfig> nics;
+  // Data disks (at most kMaxDataDisks), disk i at PCI slot 0x18+i.
+  std::vector<DataDiskConfig> data_disks;
   std::string qemu_binary = "qemu-system-x86_64";
 };
 

@@ -56,6 +56,19 @@ void InstallDatasetRoutes(RouteInstaller& s, DatasetService& datasets) {
              return Reply{204, nullptr};
            },
            kUserRoles);
+  // `data commit VM NAME`: a VM's read-write attachment as the next version.
+  s.Post(R"(/v1/vms/([^/]+)/data/([^/]+)/commit)",
+         [&datasets](const Caller& c, const Req& req) -> Result<Reply> {
+           if (!req.body.empty()) {
+             json body = json::parse(req.body, nullptr, false);
+             if (!body.is_object() || !body.empty())
+               return MakeError(ErrorCode::kInvalidArgument,
+                                "a commit takes no body (or an empty object)");
+           }
+           VMG_ASSIGN_OR_RETURN(json op, datasets.Commit(c, req.matches[1], req.matches[2]));
+           return Reply{202, op};
+         },
+         kUserRoles);
   s.Post(R"(/v1/datasets/([^/]+)/chunks)",
          [&datasets](const Caller& c, const Req& req) -> Result<Reply> {
            VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body, false));

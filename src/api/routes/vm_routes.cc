@@ -72,6 +72,9 @@ Result<CreateVmRequest> ParseCreateVm(const std::string& text) {
   for (const auto* v : {&r.site, &r.host_network})
     if (!v->empty()) VMG_RETURN_IF_ERROR(ValidateName("site/network", *v));
   VMG_ASSIGN_OR_RETURN(r.count, f.Int("count", 1, 1, 64));
+  if (auto d = body.find("data"); d != body.end()) {
+    VMG_ASSIGN_OR_RETURN(r.data, ParseDataRequests(*d));
+  }
   // A gang's fields.
   if (body.contains("same")) {
     VMG_ASSIGN_OR_RETURN(r.same, f.String("same", false));

@@ -1,5 +1,6 @@
 #include "api/services/agent_spec.h"
 
+#include "api/services/data_attachments.h"
 #include "api/services/image_service.h"
 #include "api/services/network_service.h"
 #include "chunks/workspace_grant.h"
@@ -23,6 +24,9 @@ Result<VmSpec> AgentVmSpec(const Vm& vm, const Image& image, const std::string& 
   auto nics = networks.VmNicSpecs(vm.id);
   if (!nics.ok()) return nics.error().Wrap("reading the VM's network cards");
   spec.nics = std::move(*nics);
+  auto data = VmDataFromJson(vm.data);
+  if (!data.ok()) return data.error().Wrap("reading the VM's datasets");
+  spec.data = DataDiskSpecs(*data);
   return spec;
 }
 

@@ -1,5 +1,6 @@
 #include "api/services/api_views.h"
 
+#include "api/services/data_attachments.h"
 #include "common/util.h"
 
 namespace vmgrid {
@@ -27,6 +28,7 @@ json ApiViews::VmJson(const Vm& v, const Image* known_image, const Host* known_h
   std::string ws_name;
   if (!v.workspace_id.empty())
     if (auto ws = store_.GetWorkspace(v.workspace_id, ""); ws.ok()) ws_name = ws->name;
+  auto data = VmDataFromJson(v.data);
   return {{"id", v.id},
           {"name", v.name},
           {"owner", UserName(v.owner_id)},
@@ -44,6 +46,7 @@ json ApiViews::VmJson(const Vm& v, const Image* known_image, const Host* known_h
           {"restart", v.restart},
           {"workspace", ws_name},
           {"network", v.network},
+          {"data", data.ok() ? DataAttachmentsView(*data) : json::array()},
           {"error", v.error},
           {"create_ms", v.create_ms},
           {"created_at", FormatTimeMs(v.created_ms)},

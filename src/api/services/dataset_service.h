@@ -36,7 +36,10 @@
 
 namespace vmgrid {
 
+class Admission;
+class AgentClient;
 class ChunkClient;
+class OpQueue;
 
 // The largest dataset version: its draft manifest (67 bytes a chunk) must
 // fit a 1 MiB request body.
@@ -69,7 +72,24 @@ class DatasetService {
   Result<nlohmann::json> GetChunk(const Caller& c, const std::string& ref, int64_t version,
                                   const std::string& digest);
   // The whole dataset, or one version (the dataset stays, perhaps empty).
+  // kFailedPrecondition while a VM has it (that version) attached.
   Status Delete(const Caller& c, const std::string& ref, std::optional<int64_t> version);
+
+  // `data commit` (docs/datasets.md, "Commit"): VM `vm_ref` of the caller
+  // pushes its read-write attachment of dataset `name` as the dataset's next
+  // version, on the operation pool (answers the operation; its result is
+  // {dataset, version, chunks, sent_chunks, sent_bytes}). Another user's VM
+  // -> kNotFound; no such attachment -> kNotFound; read-only, or a VM
+  // neither running nor stopped -> kFailedPrecondition; over the caller's
+  // long operations -> kTooManyRequests. Needs EnableCommits.
+  Result<nlohmann::json> Commit(const Caller& c, const std::string& vm_ref,
+                                const std::string& name);
+  // Where commits go; set before serving (without it Commit fails).
+  void EnableCommits(AgentClient& agents, OpQueue& ops, Admission& long_ops) {
+    agents_ = &agents;
+    ops_ = &ops;
+    long_ops_ = &long_ops;
+  }
 
  private:
   Status NeedServer() const;
@@ -77,8 +97,15 @@ class DatasetService {
   Result<std::pair<DatasetVersion, Manifest>> LoadVersion(const Dataset& d, int64_t version);
   nlohmann::json View(const Dataset& d, const std::vector<DatasetVersion>& versions);
 
+  // A VM of the dataset's owner that has `dataset_id` (version `version`,
+  // or any) attached and is not being deleted, if any.
+  Result<std::optional<Vm>> AttachedTo(const Dataset& d, std::optional<int64_t> version);
+
   Store& store_;
   ChunkClient* const image_server_;
+  AgentClient* agents_ = nullptr;
+  OpQueue* ops_ = nullptr;
+  Admission* long_ops_ = nullptr;
   std::mutex mu_;
   // Chunks sent per (owner id, dataset name) since its last publish; guarded by mu_.
   std::map<std::pair<std::string, std::string>, std::set<std::string>> sent_;

@@ -5,6 +5,7 @@
 // found for any operation.
 #include "api/services/dataset_service.h"
 
+#include "api/services/data_attachments.h"
 #include "api/services/service_test_fixture.h"
 #include "chunks/chunk_client.h"
 #include "chunks/chunk_store.h"
@@ -197,6 +198,78 @@ TEST_P(DatasetServiceTest, UnfinishedPushesAreBoundedPerUser) {
 TEST_P(DatasetServiceTest, WithoutAnImageServerDatasetsAreRefused) {
   DatasetService none(*store_, nullptr);
   EXPECT_EQ(none.PutChunk(alice_c_, "d", "x").error().code, ErrorCode::kFailedPrecondition);
+}
+
+// Attaching to VMs (api/services/data_attachments.h): what a create asks
+// for is parsed strictly and resolved against the owner's datasets only.
+TEST_P(DatasetServiceTest, AttachmentsResolveToTheOwnersDirVersionsOnly) {
+  ASSERT_TRUE(service_->Publish(alice_c_, "tree", "dir", Push(alice_c_, "tree", Pieces({1}))).ok());
+  ASSERT_TRUE(service_->Publish(alice_c_, "tree", "dir", Push(alice_c_, "tree", Pieces({2}))).ok());
+  ASSERT_TRUE(
+      service_->Publish(alice_c_, "blob", "file", Push(alice_c_, "blob", Pieces({3}))).ok());
+  auto parse = [](const nlohmann::json& j) { return ParseDataRequests(j); };
+  auto reqs = parse(nlohmann::json::array({{{"dataset", "tree"}},
+                                           {{"dataset", "tree-v1"}, {"version", 1}},
+                                           {{"dataset", "out"}, {"new", true}}}));
+  ASSERT_TRUE(reqs.ok()) << reqs.error().message;
+  EXPECT_EQ((*reqs)[0].mount, "/data/tree");
+  EXPECT_FALSE((*reqs)[0].rw);
+  EXPECT_TRUE((*reqs)[2].rw);
+  EXPECT_EQ((*reqs)[2].size_mb, 1024);
+  (*reqs)[1].dataset = "tree";  // the same dataset, an older version
+  (*reqs)[1].mount = "/old";
+  auto data = ResolveDataRequests(*store_, alice_.id, *reqs);
+  ASSERT_TRUE(data.ok()) << data.error().message;
+  EXPECT_EQ((*data)[0].version, 2);
+  EXPECT_EQ((*data)[1].version, 1);
+  EXPECT_EQ((*data)[0].dataset_id.rfind("ds-", 0), 0u);
+  EXPECT_EQ((*data)[2].blank_mb, 1024);
+  auto back = VmDataFromJson(VmDataJson(*data));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, *data);
+  auto specs = DataDiskSpecs(*data);
+  EXPECT_EQ(specs[0].blob.name, (*data)[0].dataset_id);
+  EXPECT_EQ(specs[0].blob.version, 2u);
+  EXPECT_TRUE(specs[2].blob.empty());
+
+  // A new dataset exists (empty) once created, and goes again if unused.
+  ASSERT_TRUE(CreateNewDatasets(*store_, alice_.id, *data).ok());
+  ASSERT_FALSE((*data)[2].dataset_id.empty());
+  EXPECT_TRUE(service_->Get(alice_c_, "out").ok());
+  auto taken = ResolveDataRequests(*store_, alice_.id, {(*reqs)[2]});
+  ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(taken.error().code, ErrorCode::kAlreadyExists);
+  DropNewDatasets(*store_, *data);
+  EXPECT_EQ(service_->Get(alice_c_, "out").error().code, ErrorCode::kNotFound);
+
+  // Another user's dataset is not found; a file version is not a file system.
+  auto bobs = ResolveDataRequests(*store_, bob_.user.id, {(*reqs)[0]});
+  ASSERT_FALSE(bobs.ok());
+  EXPECT_EQ(bobs.error().code, ErrorCode::kNotFound);
+  DataRequest file;
+  file.dataset = "blob";
+  file.mount = "/b";
+  auto f = ResolveDataRequests(*store_, alice_.id, {file});
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.error().code, ErrorCode::kInvalidArgument);
+  DataRequest missing = (*reqs)[0];
+  missing.version = 9;
+  EXPECT_EQ(ResolveDataRequests(*store_, alice_.id, {missing}).error().code, ErrorCode::kNotFound);
+
+  for (const nlohmann::json& bad : std::vector<nlohmann::json>{
+           nlohmann::json::object(), nlohmann::json::array({1}),
+           nlohmann::json::array({{{"dataset", "a"}, {"extra", 1}}}),
+           nlohmann::json::array({{{"dataset", "a"}, {"mount", "/proc/x"}}}),
+           nlohmann::json::array({{{"dataset", "a"}, {"mode", "rx"}}}),
+           nlohmann::json::array({{{"dataset", "a"}, {"new", true}, {"mode", "ro"}}}),
+           nlohmann::json::array({{{"dataset", "a"}, {"new", true}, {"version", 2}}}),
+           nlohmann::json::array({{{"dataset", "a"}, {"size_mb", 64}}}),
+           nlohmann::json::array({{{"dataset", "a"}, {"new", true}, {"size_mb", 8}}}),
+           nlohmann::json::array({{{"dataset", "a"}}, {{"dataset", "a"}, {"mount", "/x"}}}),
+           nlohmann::json::array(
+               {{{"dataset", "a"}, {"mount", "/x"}}, {{"dataset", "b"}, {"mount", "/x/y"}}})}) {
+    EXPECT_FALSE(parse(bad).ok()) << bad.dump();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, DatasetServiceTest, testing_db::Backends(),

@@ -71,6 +71,11 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + vm.name +
                          " was resumed from a checkpoint; migrating such VMs is not supported yet");
+  if (!vm.data.empty())
+    // Their overlays would have to be mirrored too (docs/datasets.md).
+    return MakeError(
+        ErrorCode::kFailedPrecondition,
+        "VM " + vm.name + " has datasets attached; migrating such VMs is not supported yet");
   VMG_ASSIGN_OR_RETURN(Host source, store_.GetHost(vm.host_id));
   std::vector<std::string> candidates;
   if (!to_host.empty()) {

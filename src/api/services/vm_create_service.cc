@@ -62,6 +62,24 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
   const Image& image = src.image;
   vm.image_id = image.id;
   VMG_RETURN_IF_ERROR(Size(r, src, vm));
+  // Datasets to attach (docs/datasets.md, "Attaching"): the caller's own,
+  // resolved to their versions now; a new one is created with the VM.
+  std::vector<VmDataAttachment> data;
+  if (!r.data.empty()) {
+    if (!image_server_)
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "datasets live on the image server; this controller has none "
+                       "(--image-server)");
+    VMG_ASSIGN_OR_RETURN(data, ResolveDataRequests(store_, c.user.id, r.data));
+    for (const VmDataAttachment& d : data) {
+      if (r.gang() && d.rw)
+        return MakeError(
+            ErrorCode::kInvalidArgument,
+            "the VMs of a gang attach datasets read-only; dataset " + d.dataset + " is read-write");
+      // What a read-write overlay can grow to is held on the host.
+      if (d.rw) vm.disk_bytes += d.blank_mb > 0 ? d.blank_mb << 20 : d.size_bytes;
+    }
+  }
   std::vector<std::string> candidates = src.candidates;
   VMG_ASSIGN_OR_RETURN(WorkspaceClaim claim, ClaimWorkspace(c, r, vm, image, started, candidates));
 
@@ -81,6 +99,7 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
   if (src.publish_from) {
     VMG_ASSIGN_OR_RETURN(publish_slot, long_ops_.Acquire(c.user.id, 1, c.admin()));
   }
+  vm.data = VmDataJson(data);
   if (r.gang()) {
     if (claim.workspace || !r.from_checkpoint.empty() || !r.future.empty())
       return MakeError(ErrorCode::kInvalidArgument,
@@ -118,7 +137,10 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
       return why;
     }
   }
+  VMG_RETURN_IF_ERROR(CreateNewDatasets(store_, c.user.id, data));
+  vm.data = VmDataJson(data);
   auto placed = store_.PlaceAndInsertVm(vm, candidates);
+  if (!placed.ok()) DropNewDatasets(store_, data);
   if (metrics_) metrics_->CountPlacement("single", placed.ok() ? Status::Ok() : placed.error());
   if (!placed.ok()) {
     if (placed.error().code != ErrorCode::kResourceExhausted) return placed.error();
@@ -177,6 +199,11 @@ Result<VmCreateService::Source> VmCreateService::ResolveSource(const Caller& c,
     if (r.start != "resume")
       return MakeError(ErrorCode::kInvalidArgument, "from_checkpoint implies start=resume");
     VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(r.from_checkpoint, c.owner()));
+    if (!vm.data.empty())
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "VM " + vm.name +
+                           " has datasets attached; its checkpoint holds their mounts, so it "
+                           "cannot be cloned (attach the datasets to the new VM instead)");
     VMG_ASSIGN_OR_RETURN(Host host, store_.GetHost(vm.host_id));
     VMG_ASSIGN_OR_RETURN(src.image, store_.GetImage(vm.image_id, ""));
     src.ckpt_vcpus = vm.vcpus;

@@ -28,6 +28,7 @@
 #include "api/admission.h"
 #include "api/routes/route.h"
 #include "api/services/agent_spec.h"
+#include "api/services/data_attachments.h"
 #include "api/services/failed_writes.h"
 #include "common/clock.h"
 #include "common/result.h"
@@ -71,6 +72,7 @@ struct CreateVmRequest {
   std::string policy = "spread";  // or "pack"
   std::string site, host_network;
   std::string restart = "never";  // or "on-host-failure" (docs/host-failure.md)
+  std::vector<DataRequest> data;  // datasets to attach (docs/datasets.md)
   // A gang: count > 1, or `same` or `total_memory` given.
   int64_t count = 1;
   std::optional<std::string> same;  // "site", "network" or "" (any set of up hosts)
