@@ -59,11 +59,11 @@ namespace {
 
 constexpr int64_t kTokenCacheMs = 10'000;
 // How often the capacity index is reloaded whole: it follows this
-// controller's own writes exactly; the reload picks up other controllers'
-// writes to a shared PostgreSQL database (every kSharedIndexResyncMs there:
-// docs/ha.md).
+// controller's own writes exactly, and on a shared PostgreSQL database the
+// other controllers' through LISTEN/NOTIFY (Store::SetObserver, docs/ha.md);
+// the reload is only a safety net there.
 constexpr int64_t kIndexResyncMs = 10'000;
-constexpr int64_t kSharedIndexResyncMs = 2'000;
+constexpr int64_t kSharedIndexResyncMs = 30'000;
 // How often the leader lease (docs/ha.md) is taken or renewed.
 constexpr int64_t kLeaseAttemptMs = 500;
 // A migration row with no operation this long was left by a migrate whose
