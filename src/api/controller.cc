@@ -196,9 +196,13 @@ Status Controller::Start() {
   failures_ = std::make_unique<HostFailureService>(
       *store_, SteadyClock::Get(), fo,
       [this](const std::string& vm_id) { return ops_->InFlight(vm_id); },
-      [this](const Vm& vm, const std::string& note) { return vm_creates_->Recover(vm, note); });
+      [this](const Vm& vm, const std::string& note, bool keep_stopped) {
+        return vm_creates_->Recover(vm, note, keep_stopped);
+      });
   hosts_->SetFailureDetector(failures_.get());
   hosts_->SetRelaunch([this](const Vm& vm) { return vm_creates_->Relaunch(vm); });
+  vms_->SetStartFromDurable(
+      [this](const Vm& vm, int64_t started) { return vm_creates_->StartFromDurable(vm, started); });
   vm_creates_->set_metrics(metrics_.get());
   if (!options_.image_server_grant_key_file.empty()) {
     // Durable workspaces (docs/vm-lifecycle.md): the key of the image

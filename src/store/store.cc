@@ -2185,7 +2185,10 @@ Result<std::pair<Vm, std::string>> Store::BeginMigration(
 }
 
 Result<Vm> Store::RelocateVm(const std::string& id, const std::string& from,
-                             const std::vector<std::string>& candidates, const std::string& note) {
+                             const std::vector<std::string>& candidates, const std::string& note,
+                             const std::string& to_state) {
+  if (to_state != "creating" && to_state != "stopped")
+    return MakeError(ErrorCode::kInternal, "RelocateVm: to " + to_state);
   auto lock = Exclusive();
   pending_.clear();
   SqlTransaction tx(db_.get());
@@ -2199,7 +2202,7 @@ Result<Vm> Store::RelocateVm(const std::string& id, const std::string& from,
     VMG_ASSIGN_OR_RETURN(bool taken, TryTakeRoomLocked(vm, host_id));
     if (!taken) continue;
     vm.host_id = host_id;
-    vm.state = "creating";
+    vm.state = to_state;
     vm.error = note;
     vm.updated_ms = NowMs();
     VMG_ASSIGN_OR_RETURN(int64_t changed,
@@ -2221,7 +2224,10 @@ Result<Vm> Store::RelocateVm(const std::string& id, const std::string& from,
           {host_id, vm.workspace_id, from}));
     }
     RecordEventLocked(Event{0, 0, "vm.recovered", id, host_id, vm.owner_id,
-                            "VM " + vm.name + " restarts on another host: " + note,
+                            "VM " + vm.name +
+                                (to_state == "stopped" ? " moves, stopped, to another host: "
+                                                       : " restarts on another host: ") +
+                                note,
                             nlohmann::json{{"from_host", from}, {"to_host", host_id}}.dump()});
     Notify([from](StoreObserver& o) { o.OnVmChanged(from); });
     Notify([host_id](StoreObserver& o) { o.OnVmChanged(host_id); });

@@ -265,11 +265,13 @@ class Store {
   Status AbortMigration(const std::string& id, const std::string& state, const std::string& error);
   // Host failure recovery: VM `id`, in `error` on host `from` (holding no
   // room), is placed on the first of `candidates` with room (the shared
-  // conditional UPDATE) and becomes `creating` there with `note` as its
-  // error text. kResourceExhausted: no candidate had room, nothing changed;
-  // kFailedPrecondition: the VM is no longer in error on `from`.
+  // conditional UPDATE) and becomes `to_state` there (`creating`, or
+  // `stopped` for a stopped VM that its next start creates) with `note` as
+  // its error text. kResourceExhausted: no candidate had room, nothing
+  // changed; kFailedPrecondition: the VM is no longer in error on `from`.
   Result<Vm> RelocateVm(const std::string& id, const std::string& from,
-                        const std::vector<std::string>& candidates, const std::string& note);
+                        const std::vector<std::string>& candidates, const std::string& note,
+                        const std::string& to_state = "creating");
 
   // --- the event stream (model.h Event; docs/operations.md, "Events") --------------
   // The store itself records, in the transaction that makes the change,
