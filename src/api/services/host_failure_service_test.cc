@@ -229,6 +229,19 @@ TEST_P(HostFailureServiceTest, PersistentVmRestartsFromItsDurableVersion) {
   late_stopped.id = sw->id;
   EXPECT_FALSE(*store_->RecordDurableVersion(late_stopped));
 
+  // `vm start` while h2's agent fails the create: stopped again, still
+  // marked, so it can be started again.
+  agent_.action_answer = MakeError(ErrorCode::kUnavailable, "h2 unreachable");
+  ASSERT_TRUE(vms_->Act(stopped.id, "", VmOp::kResume).ok());
+  ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10)));
+  s = Get(stopped.id);
+  EXPECT_EQ(s.state, "stopped");
+  EXPECT_TRUE(StartsFromDurable(s)) << s.error;
+  EXPECT_NE(s.error.find("h2 unreachable"), std::string::npos) << s.error;
+  VmStatus running;
+  running.state = "running";
+  agent_.action_answer = running;
+
   // `vm start`: created on h2 from the durable version, not resumed by an agent.
   auto started = vms_->Act(stopped.id, "", VmOp::kResume);
   ASSERT_TRUE(started.ok()) << started.error().message;
@@ -238,8 +251,8 @@ TEST_P(HostFailureServiceTest, PersistentVmRestartsFromItsDurableVersion) {
   EXPECT_EQ(s.host_id, host2_.id);
   EXPECT_FALSE(StartsFromDurable(s));
   std::lock_guard<std::mutex> l(agent_.mu);
-  ASSERT_EQ(agent_.specs.size(), 2u);
-  const VmSpec& spec = agent_.specs[1];
+  ASSERT_EQ(agent_.specs.size(), 3u);
+  const VmSpec& spec = agent_.specs[2];
   EXPECT_EQ(spec.id, stopped.id);
   EXPECT_EQ(spec.start, "boot");
   ASSERT_TRUE(spec.blobs.count("workspace"));

@@ -38,10 +38,16 @@ Result<Vm> VmService::Act(const std::string& id, const OwnerFilter& owner, VmOp 
   VMG_ASSIGN_OR_RETURN(Vm moved, store_.TransitionVm(vm.id, op));
   const std::string previous = vm.state;  // the table's state on failure for these operations
   if (op == VmOp::kResume && StartsFromDurable(vm) && start_from_durable_) {
-    if (Status st = start_from_durable_(moved, started); !st.ok()) {
+    // The transition cleared the error text, whose mark a failed start
+    // must keep (so that the start can be repeated).
+    Vm marked = moved;
+    marked.error = vm.error;
+    if (Status st = start_from_durable_(marked, started); !st.ok()) {
       failed_writes_.Count(store_.ModifyVm(vm.id,
                                            [&](Vm& v) {
-                                             if (v.state == "resuming") v.state = previous;
+                                             if (v.state != "resuming") return;
+                                             v.state = previous;
+                                             v.error = vm.error;
                                            }),
                            "putting VM " + vm.id + " back to " + previous);
       return st.error();
