@@ -59,11 +59,11 @@ namespace {
 
 constexpr int64_t kTokenCacheMs = 10'000;
 // How often the capacity index is reloaded whole: it follows this
-// controller's own writes exactly; the reload picks up other controllers'
-// writes to a shared PostgreSQL database (every kSharedIndexResyncMs there:
-// docs/ha.md).
+// controller's own writes exactly, and on a shared PostgreSQL database the
+// other controllers' through LISTEN/NOTIFY (Store::SetObserver, docs/ha.md);
+// the reload is only a safety net there.
 constexpr int64_t kIndexResyncMs = 10'000;
-constexpr int64_t kSharedIndexResyncMs = 2'000;
+constexpr int64_t kSharedIndexResyncMs = 30'000;
 // How often the leader lease (docs/ha.md) is taken or renewed.
 constexpr int64_t kLeaseAttemptMs = 500;
 // A migration row with no operation this long was left by a migrate whose
@@ -197,9 +197,13 @@ Status Controller::Start() {
   failures_ = std::make_unique<HostFailureService>(
       *store_, SteadyClock::Get(), fo,
       [this](const std::string& vm_id) { return ops_->InFlight(vm_id); },
-      [this](const Vm& vm, const std::string& note) { return vm_creates_->Recover(vm, note); });
+      [this](const Vm& vm, const std::string& note, bool keep_stopped) {
+        return vm_creates_->Recover(vm, note, keep_stopped);
+      });
   hosts_->SetFailureDetector(failures_.get());
   hosts_->SetRelaunch([this](const Vm& vm) { return vm_creates_->Relaunch(vm); });
+  vms_->SetStartFromDurable(
+      [this](const Vm& vm, int64_t started) { return vm_creates_->StartFromDurable(vm, started); });
   vm_creates_->set_metrics(metrics_.get());
   if (!options_.image_server_grant_key_file.empty()) {
     // Durable workspaces (docs/vm-lifecycle.md): the key of the image

@@ -43,14 +43,14 @@ SqlValue ParseValue(const char* text, int len, Oid type) {
   }
 }
 
-bool IsIdentifier(const std::string& s) {
+}  // namespace
+
+bool PgIsIdentifier(const std::string& s) {
   if (s.empty() || !(isalpha(static_cast<unsigned char>(s[0])) || s[0] == '_')) return false;
   for (char c : s)
     if (!isalnum(static_cast<unsigned char>(c)) && c != '_') return false;
   return true;
 }
-
-}  // namespace
 
 Result<PgConnPtr> PgConnect(const std::string& url) {
   PgConnPtr conn(PQconnectdb(url.c_str()));
@@ -126,6 +126,7 @@ Status PgBackend::EnsureConnected() {
   if (PQstatus(conn_.get()) == CONNECTION_OK || in_transaction_) return Status::Ok();
   PQreset(conn_.get());
   prepared_.clear();  // a new session has none
+  pid_ = PQbackendPID(conn_.get());
   if (PQstatus(conn_.get()) != CONNECTION_OK)
     return MakeError(ErrorCode::kUnavailable,
                      "PostgreSQL connection lost: " + PgMessage(conn_.get(), nullptr));
@@ -250,7 +251,7 @@ Status PgBackend::Rollback() {
 }
 
 Status PgBackend::LockTable(const std::string& table) {
-  if (!IsIdentifier(table)) return MakeError(ErrorCode::kInternal, "LockTable: bad table name");
+  if (!PgIsIdentifier(table)) return MakeError(ErrorCode::kInternal, "LockTable: bad table name");
   // SHARE ROW EXCLUSIVE conflicts with itself and with row writers, not with readers.
   return ExecScript("LOCK TABLE " + table + " IN SHARE ROW EXCLUSIVE MODE");
 }

@@ -11,6 +11,7 @@
 
 #include <libpq-fe.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -40,6 +41,9 @@ std::string PgMessage(PGconn* conn, const PGresult* r);
 // quoted identifiers and comments are left alone.
 std::string PgPlaceholders(const std::string& sql);
 
+// Whether `s` is a plain SQL identifier (letters, digits, '_'; no leading digit).
+bool PgIsIdentifier(const std::string& s);
+
 class PgBackend : public SqlBackend {
  public:
   static Result<SqlBackendPtr> Open(const std::string& url);
@@ -54,9 +58,10 @@ class PgBackend : public SqlBackend {
   Status Rollback() override;
   Status LockTable(const std::string& table) override;
   bool InTransaction() const override { return in_transaction_; }
+  int SessionPid() const override { return pid_.load(); }
 
  private:
-  explicit PgBackend(PgConnPtr conn) : conn_(std::move(conn)) {}
+  explicit PgBackend(PgConnPtr conn) : conn_(std::move(conn)), pid_(PQbackendPID(conn_.get())) {}
   // Runs one command with parameters; returns its result or the mapped error.
   Result<PgResultPtr> Run(const std::string& sql, const std::vector<SqlValue>& params);
   // Outside a transaction, reconnects a connection the server dropped.
@@ -65,6 +70,7 @@ class PgBackend : public SqlBackend {
 
   PgConnPtr conn_;
   bool in_transaction_ = false;
+  std::atomic<int> pid_;  // the server process of conn_ (readable from any thread)
   // Statements prepared on this connection: SQL + parameter types -> name.
   // Emptied (DEALLOCATE ALL) outside a transaction when full.
   static constexpr size_t kMaxPrepared = 512;

@@ -65,6 +65,9 @@ class SqlBackend {
   // True while a transaction begun with Begin() is open (false again after a
   // failure the server rolled it back for, where the backend can tell).
   virtual bool InTransaction() const = 0;
+  // PostgreSQL: the server process serving this connection now (a
+  // notification's sender, PgListener); 0 on SQLite. Any thread.
+  virtual int SessionPid() const { return 0; }
   // Inside a transaction: keeps every other LockTable(`table`) and every
   // writer of `table` waiting until this transaction ends; readers go on.
   // A no-op on SQLite, where Begin already excludes all other writers.

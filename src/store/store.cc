@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <shared_mutex>
 
 #include "common/util.h"
 #include "common/vm_state.h"
@@ -540,6 +542,47 @@ const char* kHostSelect =
     "h.tunnel_port, h.draining, h.failed_ms "
     "FROM hosts h";
 
+// Change notifications (PostgreSQL; Store::SetObserver, docs/ha.md): a host
+// row whose capacity, state or usage changed, or any VM record on a host,
+// names the host on kChangeChannel; a new image-cache row sends "IMAGE HOST"
+// on kCacheChannel. Sent by triggers, so in the transaction of the change
+// whichever controller (or version of it) writes; PostgreSQL delivers them at
+// commit, once per distinct payload per transaction. Heartbeat times alone
+// (FlushHeartbeats) send nothing. The hosts trigger compares whole rows (as
+// JSON, without the heartbeat time) rather than naming columns: a trigger
+// that names a column keeps any later migration from dropping it.
+constexpr char kChangeChannel[] = "vmgrid_hosts";
+constexpr char kCacheChannel[] = "vmgrid_image_cache";
+// A batch naming more hosts than this is read as one snapshot.
+constexpr size_t kMaxHostReads = 64;
+const char* kChangeTriggers = R"sql(
+CREATE OR REPLACE FUNCTION vmgrid_notify_host() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('vmgrid_hosts', NEW.id);
+  RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER vmgrid_host_added AFTER INSERT ON hosts
+  FOR EACH ROW EXECUTE FUNCTION vmgrid_notify_host();
+CREATE OR REPLACE TRIGGER vmgrid_host_changed AFTER UPDATE ON hosts FOR EACH ROW
+  WHEN ((to_jsonb(OLD) - 'last_heartbeat_ms') IS DISTINCT FROM (to_jsonb(NEW) - 'last_heartbeat_ms'))
+  EXECUTE FUNCTION vmgrid_notify_host();
+CREATE OR REPLACE FUNCTION vmgrid_notify_vm() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP <> 'INSERT' THEN PERFORM pg_notify('vmgrid_hosts', OLD.host_id); END IF;
+  IF TG_OP <> 'DELETE' THEN PERFORM pg_notify('vmgrid_hosts', NEW.host_id); END IF;
+  RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER vmgrid_vm_changed AFTER INSERT OR UPDATE OR DELETE ON vms
+  FOR EACH ROW EXECUTE FUNCTION vmgrid_notify_vm();
+CREATE OR REPLACE FUNCTION vmgrid_notify_cache() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('vmgrid_image_cache', NEW.image_id || ' ' || NEW.host_id);
+  RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER vmgrid_cache_added AFTER INSERT ON image_cache
+  FOR EACH ROW EXECUTE FUNCTION vmgrid_notify_cache();
+)sql";
+
 // Whether a VM in this state holds its vcpus and memory on its host.
 // (HoldsReservation; a state that does not parse cannot be in the table.)
 bool HoldsOnHost(const std::string& state) {
@@ -810,6 +853,8 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& target) {
   // placement at 5,000 hosts 205 -> 314/s) and, on SQLite, never see a
   // write batch that has not committed yet. They read what was committed,
   // which includes every write this Store has returned.
+  if (store->db_->dialect() == SqlBackend::Dialect::kPostgres)
+    VMG_RETURN_IF_ERROR(store->InstallChangeTriggers());
   const bool sqlite = store->db_->dialect() == SqlBackend::Dialect::kSqlite;
   const bool in_memory =
       sqlite && (target.empty() || target == ":memory:" || target.starts_with("file:"));
@@ -1213,7 +1258,27 @@ Status Store::CommitLocked(SqlTransaction& tx) {
   return st;
 }
 
+Store::~Store() { listener_.reset(); }
+
 Status Store::SetObserver(StoreObserver* observer) {
+  if (db_->dialect() == SqlBackend::Dialect::kPostgres) {
+    listener_.reset();  // outside the locks: its thread may be waiting for them
+    if (observer) {
+      // Listening before the snapshot below: no change falls in between.
+      VMG_ASSIGN_OR_RETURN(
+          listener_,
+          PgListener::Start(
+              path_, {kChangeChannel, kCacheChannel},
+              [this](const std::vector<PgNotification>& batch) { ApplyRemoteChanges(batch); },
+              [this] {
+                if (Status st = Resync(); !st.ok())
+                  spdlog::warn("capacity index after a lost notification connection: {}",
+                               st.error().message);
+              },
+              [this](int pid) { return IsOwnSession(pid); }));
+    }
+  }
+  std::lock_guard<ObserverGate> gate(gate_);
   auto lock = Exclusive();
   observer_ = observer;
   pending_.clear();
@@ -1221,8 +1286,94 @@ Status Store::SetObserver(StoreObserver* observer) {
 }
 
 Status Store::Resync() {
+  std::lock_guard<ObserverGate> gate(gate_);
   auto lock = Exclusive();
   return observer_ ? SnapshotLocked() : Status::Ok();
+}
+
+// --- other controllers' changes (PostgreSQL; docs/ha.md, "Capacity indexes") ----------
+
+void Store::ObserverGate::lock_shared() {
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [&] { return !writer_ && writers_waiting_ == 0; });
+  ++shared_;
+}
+
+void Store::ObserverGate::unlock_shared() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (--shared_ == 0) cv_.notify_all();
+}
+
+void Store::ObserverGate::lock() {
+  std::unique_lock<std::mutex> l(mu_);
+  ++writers_waiting_;
+  cv_.wait(l, [&] { return !writer_ && shared_ == 0; });
+  --writers_waiting_;
+  writer_ = true;
+}
+
+void Store::ObserverGate::unlock() {
+  std::lock_guard<std::mutex> l(mu_);
+  writer_ = false;
+  cv_.notify_all();
+}
+
+Status Store::InstallChangeTriggers() {
+  auto lock = Exclusive();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  // Controllers starting together take turns (CREATE OR REPLACE of one
+  // function concurrently fails with "tuple concurrently updated").
+  VMG_RETURN_IF_ERROR(db_->LockTable("schema_version"));
+  VMG_RETURN_IF_ERROR(db_->ExecScript(kChangeTriggers));
+  return tx.Commit();
+}
+
+bool Store::IsOwnSession(int pid) const {
+  if (pid == 0) return false;
+  if (db_->SessionPid() == pid) return true;
+  for (const auto& r : readers_)
+    if (r->db->SessionPid() == pid) return true;
+  return false;
+}
+
+void Store::ApplyRemoteChanges(const std::vector<PgNotification>& batch) {
+  std::set<std::string> hosts;
+  std::vector<std::pair<std::string, std::string>> cached;  // (image, host)
+  for (const auto& n : batch) {
+    if (n.channel == kChangeChannel) {
+      hosts.insert(n.payload);
+    } else if (n.channel == kCacheChannel) {
+      const size_t space = n.payload.find(' ');
+      if (space != std::string::npos)
+        cached.emplace_back(n.payload.substr(0, space), n.payload.substr(space + 1));
+    }
+  }
+  std::lock_guard<ObserverGate> gate(gate_);
+  auto lock = Exclusive();
+  if (!observer_) return;
+  Status st = Status::Ok();
+  if (hosts.size() > kMaxHostReads) {
+    st = SnapshotLocked();  // one read of everything beats many of one row
+  } else {
+    for (const auto& id : hosts) {
+      auto rows =
+          Query<Host>(db_.get(), std::string(kHostSelect) + " WHERE h.id = ?", {id}, ReadHost);
+      if (!rows.ok()) {
+        st = rows.error();
+        break;
+      }
+      if (!rows->empty()) observer_->OnHost(rows->front());
+    }
+    if (st.ok())
+      for (const auto& [image, host] : cached) observer_->OnImageCached(image, host);
+  }
+  if (!st.ok()) {
+    // The periodic Resync repairs what this missed.
+    spdlog::warn("capacity index: reading other controllers' changes: {}", st.error().message);
+    return;
+  }
+  remote_changes_applied_.fetch_add(1);
 }
 
 Status Store::SnapshotLocked() {
@@ -1590,6 +1741,9 @@ Result<Vm> Store::PlaceAndInsertVm(Vm vm, const std::vector<std::string>& candid
     // locks the user's row, counts, and places (CheckQuotaLocked). A quota
     // set while this runs may not apply to it: it is ordered before the
     // quota, like the VMs the user already holds.
+    // Shared until the observer is told: a re-read of this host by
+    // ApplyRemoteChanges is ordered before the statement or after the call.
+    std::shared_lock<ObserverGate> gate(gate_);
     auto conn = Read();
     const QuotaAsk ask{1, vm.vcpus, vm.memory_mb, 0, 0};
     VMG_ASSIGN_OR_RETURN(
@@ -2039,7 +2193,10 @@ Result<std::pair<Vm, std::string>> Store::BeginMigration(
 }
 
 Result<Vm> Store::RelocateVm(const std::string& id, const std::string& from,
-                             const std::vector<std::string>& candidates, const std::string& note) {
+                             const std::vector<std::string>& candidates, const std::string& note,
+                             const std::string& to_state) {
+  if (to_state != "creating" && to_state != "stopped")
+    return MakeError(ErrorCode::kInternal, "RelocateVm: to " + to_state);
   auto lock = Exclusive();
   pending_.clear();
   SqlTransaction tx(db_.get());
@@ -2053,7 +2210,7 @@ Result<Vm> Store::RelocateVm(const std::string& id, const std::string& from,
     VMG_ASSIGN_OR_RETURN(bool taken, TryTakeRoomLocked(vm, host_id));
     if (!taken) continue;
     vm.host_id = host_id;
-    vm.state = "creating";
+    vm.state = to_state;
     vm.error = note;
     vm.updated_ms = NowMs();
     VMG_ASSIGN_OR_RETURN(int64_t changed,
@@ -2075,7 +2232,10 @@ Result<Vm> Store::RelocateVm(const std::string& id, const std::string& from,
           {host_id, vm.workspace_id, from}));
     }
     RecordEventLocked(Event{0, 0, "vm.recovered", id, host_id, vm.owner_id,
-                            "VM " + vm.name + " restarts on another host: " + note,
+                            "VM " + vm.name +
+                                (to_state == "stopped" ? " moves, stopped, to another host: "
+                                                       : " restarts on another host: ") +
+                                note,
                             nlohmann::json{{"from_host", from}, {"to_host", host_id}}.dump()});
     Notify([from](StoreObserver& o) { o.OnVmChanged(from); });
     Notify([host_id](StoreObserver& o) { o.OnVmChanged(host_id); });

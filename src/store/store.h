@@ -21,6 +21,7 @@
 #include "common/result.h"
 #include "common/vm_state.h"
 #include "store/model.h"
+#include "store/pg_listener.h"
 #include "store/sql_backend.h"
 
 namespace vmgrid {
@@ -77,11 +78,22 @@ class Store {
   const std::string& path() const { return path_; }
 
   // Sets the observer (null: none; it must outlive the Store or be reset)
-  // and hands it a snapshot. Writes by other controllers sharing a
-  // PostgreSQL database reach it only with the next Resync.
+  // and hands it a snapshot.
+  // PostgreSQL: writes by other controllers sharing the database reach it
+  // too (docs/ha.md, "Capacity indexes"): every commit that changes a host
+  // row's capacity, state or usage, or a VM record, or adds an image-cache
+  // row, sends a notification (triggers installed by Open, so in the
+  // changing transaction whoever writes); a listener thread of this Store
+  // re-reads each host named and calls OnHost (OnImageCached), ordered
+  // with this Store's own calls so that a re-read never counts a change
+  // twice. A lost listening connection is followed by a full snapshot.
   Status SetObserver(StoreObserver* observer);
   // Hands the observer a fresh snapshot.
   Status Resync();
+  ~Store();
+  // Re-read batches of other controllers' changes applied (PostgreSQL with
+  // an observer), for tests and logs.
+  int64_t remote_changes_applied() const { return remote_changes_applied_.load(); }
 
   // --- users and tokens ---------------------------------------------------
   // Creates a user and a first token; returns the plaintext token (only the
@@ -253,11 +265,13 @@ class Store {
   Status AbortMigration(const std::string& id, const std::string& state, const std::string& error);
   // Host failure recovery: VM `id`, in `error` on host `from` (holding no
   // room), is placed on the first of `candidates` with room (the shared
-  // conditional UPDATE) and becomes `creating` there with `note` as its
-  // error text. kResourceExhausted: no candidate had room, nothing changed;
-  // kFailedPrecondition: the VM is no longer in error on `from`.
+  // conditional UPDATE) and becomes `to_state` there (`creating`, or
+  // `stopped` for a stopped VM that its next start creates) with `note` as
+  // its error text. kResourceExhausted: no candidate had room, nothing
+  // changed; kFailedPrecondition: the VM is no longer in error on `from`.
   Result<Vm> RelocateVm(const std::string& id, const std::string& from,
-                        const std::vector<std::string>& candidates, const std::string& note);
+                        const std::vector<std::string>& candidates, const std::string& note,
+                        const std::string& to_state = "creating");
 
   // --- the event stream (model.h Event; docs/operations.md, "Events") --------------
   // The store itself records, in the transaction that makes the change,
@@ -367,6 +381,13 @@ class Store {
   // once the VM is committed.
   Result<Vm> PlaceAndInsertVmPg(SqlBackend* db, Vm vm, const std::vector<std::string>& candidates);
   Status SnapshotLocked();
+  // PostgreSQL: the triggers that notify kChangeChannel (hosts, vms) and
+  // kCacheChannel (image_cache) of each committed change. Idempotent.
+  Status InstallChangeTriggers();
+  // The listener's batch: re-reads the hosts named and tells the observer.
+  void ApplyRemoteChanges(const std::vector<PgNotification>& batch);
+  // Whether `pid` is the server process of one of this Store's connections.
+  bool IsOwnSession(int pid) const;
   Status FlushHeartbeatsLocked();
   // Queues a call to the observer until the transaction commits.
   void Notify(std::function<void(StoreObserver&)> event);
@@ -384,6 +405,28 @@ class Store {
   // method that uses db_ in a transaction of its own.
   std::unique_lock<std::mutex> Exclusive();
   void CommitBatchLocked();
+
+  // Orders the observer's calls when this Store reads what others changed
+  // (PostgreSQL): a placement on a side connection holds it shared from
+  // before its statement until it has told the observer; a re-read of hosts
+  // (ApplyRemoteChanges, a snapshot) holds it exclusively, and then mu_, so
+  // that every change it reads was already told and every change told
+  // later was not yet read. Writer-preferring: re-reads are not starved.
+  class ObserverGate {
+   public:
+    void lock_shared();
+    void unlock_shared();
+    void lock();
+    void unlock();
+
+   private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    int shared_ = 0;           // guarded by mu_
+    int writers_waiting_ = 0;  // guarded by mu_
+    bool writer_ = false;      // guarded by mu_
+  };
+  ObserverGate gate_;
 
   std::mutex mu_;
   SqlBackendPtr db_;  // guarded by mu_
@@ -418,6 +461,10 @@ class Store {
   std::atomic<int64_t> heartbeat_refresh_ms_{0};
   int schema_version_ = 0;
   std::string path_;
+  std::atomic<int64_t> remote_changes_applied_{0};
+  // PostgreSQL with an observer: other controllers' changes. Last member, so
+  // its thread (which calls into the Store) stops before anything else goes.
+  PgListenerPtr listener_;
 };
 
 }  // namespace vmgrid

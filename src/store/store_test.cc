@@ -4,6 +4,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -207,6 +211,128 @@ TEST_P(StoreTest, ConcurrentPlacementFromTwoStoresNeverOversubscribes) {
   EXPECT_EQ(ok.load(), 10);
   EXPECT_EQ(exhausted.load(), 40);
   EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 10);
+}
+
+// What an observer holds per host, kept as placement's CapacityIndex keeps
+// it: absolute on snapshots and OnHost, deltas on OnUsage.
+class MirrorObserver : public StoreObserver {
+ public:
+  struct Entry {
+    int64_t vcpus = 0, used_vcpus = 0, used_memory_mb = 0;
+    bool up = false;
+    int vm_changes = 0;
+  };
+  void OnSnapshot(const std::vector<Host>& hosts,
+                  const std::vector<std::pair<std::string, std::string>>& cached) override {
+    std::lock_guard<std::mutex> l(mu_);
+    hosts_.clear();
+    for (const auto& h : hosts) SetLocked(h);
+    cached_ = {cached.begin(), cached.end()};
+  }
+  void OnHost(const Host& h) override {
+    std::lock_guard<std::mutex> l(mu_);
+    SetLocked(h);
+  }
+  void OnHostDown(const std::string& id) override {
+    std::lock_guard<std::mutex> l(mu_);
+    hosts_[id].up = false;
+  }
+  void OnUsage(const std::string& id, int64_t vcpus, int64_t memory_mb, int64_t) override {
+    std::lock_guard<std::mutex> l(mu_);
+    hosts_[id].used_vcpus += vcpus;
+    hosts_[id].used_memory_mb += memory_mb;
+  }
+  void OnVmChanged(const std::string& id) override {
+    std::lock_guard<std::mutex> l(mu_);
+    ++hosts_[id].vm_changes;
+  }
+  void OnImageCached(const std::string& image, const std::string& host) override {
+    std::lock_guard<std::mutex> l(mu_);
+    cached_.insert({image, host});
+  }
+  Entry Get(const std::string& id) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = hosts_.find(id);
+    return it == hosts_.end() ? Entry{} : it->second;
+  }
+  bool Cached(const std::string& image, const std::string& host) {
+    std::lock_guard<std::mutex> l(mu_);
+    return cached_.count({image, host}) > 0;
+  }
+
+ private:
+  void SetLocked(const Host& h) {
+    Entry& e = hosts_[h.id];
+    e.vcpus = h.vcpus;
+    e.used_vcpus = h.reserved_vcpus;
+    e.used_memory_mb = h.reserved_memory_mb;
+    e.up = h.state == "up" && !h.draining && h.failed_ms == 0;
+    ++e.vm_changes;  // as CapacityIndex: a host re-read counts as changed
+  }
+  std::mutex mu_;
+  std::map<std::string, Entry> hosts_;
+  std::set<std::pair<std::string, std::string>> cached_;
+};
+
+// Polls `done` until it holds or a generous deadline passes (no claim on speed).
+bool Eventually(const std::function<bool()>& done) {
+  for (int i = 0; i < 600; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return done();
+}
+
+// Several controllers on one PostgreSQL database (docs/ha.md, "Capacity
+// indexes"): what one Store commits reaches the other's observer through
+// LISTEN/NOTIFY, without a Resync, and re-reads never count a change twice.
+TEST_P(StoreTest, OtherStoresChangesReachTheObserver) {
+  if (!db_->is_postgres()) GTEST_SKIP() << "one controller per SQLite database";
+  MirrorObserver mirror;  // outlives `other`
+  auto opened = Store::Open(db_->target());
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  std::unique_ptr<Store> other = std::move(opened).value();
+  ASSERT_TRUE(other->SetObserver(&mirror).ok());
+
+  // A host registered through the first store.
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{40, 40 * 256, 1000, false});
+  ASSERT_TRUE(h.ok());
+  EXPECT_TRUE(Eventually([&] { return mirror.Get(h->id).vcpus == 40 && mirror.Get(h->id).up; }));
+
+  // A placement through it.
+  auto placed = store_->PlaceAndInsertVm(NewVm("a"), {h->id});
+  ASSERT_TRUE(placed.ok()) << placed.error().message;
+  EXPECT_TRUE(Eventually([&] { return mirror.Get(h->id).used_vcpus == 1; }));
+
+  // Placements through both at once: the observer ends at the database's
+  // usage, its own deltas and the re-reads of the other's changes neither
+  // lost nor counted twice.
+  Store* stores[] = {store_.get(), other.get()};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 30; ++i)
+    threads.emplace_back([&, i] {
+      auto r = stores[i % 2]->PlaceAndInsertVm(NewVm("p" + std::to_string(i)), {h->id});
+      EXPECT_TRUE(r.ok()) << r.error().message;
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(other->GetHost("h1")->reserved_vcpus, 31);
+  EXPECT_TRUE(Eventually([&] {
+    auto e = mirror.Get(h->id);
+    return e.used_vcpus == 31 && e.used_memory_mb == 31 * 256;
+  })) << mirror.Get(h->id).used_vcpus;
+
+  // A release (a VM failed: its room goes back), a state change without
+  // usage, the draining flag and an image-cache row.
+  const int changes = mirror.Get(h->id).vm_changes;
+  ASSERT_TRUE(store_->TransitionVm(placed->id, {"creating"}, "running").ok());
+  EXPECT_TRUE(Eventually([&] { return mirror.Get(h->id).vm_changes > changes; }));
+  ASSERT_TRUE(store_->TransitionVm(placed->id, {"running"}, "error").ok());
+  EXPECT_TRUE(Eventually([&] { return mirror.Get(h->id).used_vcpus == 30; }));
+  ASSERT_TRUE(store_->SetHostDraining("h1", true).ok());
+  EXPECT_TRUE(Eventually([&] { return !mirror.Get(h->id).up; }));
+  ASSERT_TRUE(store_->NoteImageCached("img-1", h->id).ok());
+  EXPECT_TRUE(Eventually([&] { return mirror.Cached("img-1", h->id); }));
+  EXPECT_GT(other->remote_changes_applied(), 0);
 }
 
 TEST_P(StoreTest, OwnerFilterHidesOtherUsersObjects) {

@@ -26,6 +26,20 @@ Status CheckHostFailureOptions(const HostFailureOptions& o) {
   return Status::Ok();
 }
 
+bool StartsFromDurable(const Vm& vm) {
+  return vm.state == "stopped" && vm.error.find(kStartsFromDurable) != std::string::npos;
+}
+
+namespace {
+
+// A recovery that moves the VM stopped (its note says so: also after a
+// restart of the controller, from the record's error text).
+bool KeepsStopped(const std::string& note) {
+  return note.find(kStartsFromDurable) != std::string::npos;
+}
+
+}  // namespace
+
 HostFailureService::HostFailureService(Store& store, const Clock& monotonic,
                                        HostFailureOptions options, InFlightFn in_flight,
                                        RecoverFn recover)
@@ -175,7 +189,7 @@ void HostFailureService::RecoverHostLocked(const Host& host, int64_t silent_ms) 
         if (vm.restart != "on-host-failure" || at == std::string::npos) continue;
         w = waiting_room_.emplace(vm.id, vm.error.substr(0, at)).first;
       }
-      if (recover_(vm, w->second).ok()) waiting_room_.erase(w);
+      if (recover_(vm, w->second, KeepsStopped(w->second)).ok()) waiting_room_.erase(w);
       continue;
     }
     const bool ran = vm.state != "stopped" && vm.state != "suspended";
@@ -188,14 +202,20 @@ void HostFailureService::RecoverHostLocked(const Host& host, int64_t silent_ms) 
     } else if (vm.restart != "on-host-failure") {
       note = failed + "; restart policy never: the VM is lost with everything on that host " +
              "(its disk and memory); delete it with `vmgrid vm rm`";
-    } else if (vm.disk == "persistent" && (!ran || DurableVersionOf(vm).empty())) {
-      const std::string durable = DurableVersionOf(vm);
-      note = failed + (durable.empty()
-                           ? "; its workspace was on that host's disk and has no durable version "
-                             "on the image server, so it is lost and the VM was not restarted"
-                           : " while the VM was " + vm.state +
-                                 "; it was not restarted (only running VMs are); its workspace's " +
-                                 durable + " is on the image server");
+    } else if (vm.disk == "persistent" && DurableVersionOf(vm).empty()) {
+      note = failed +
+             "; its workspace was on that host's disk and has no durable version on the image "
+             "server, so it is lost and the VM was not " +
+             (ran ? "restarted" : "kept");
+    } else if (vm.disk == "persistent" && !ran) {
+      // Kept as it was: stopped, holding room on another host, its workspace
+      // restored from the durable version only when it is started.
+      note = failed + " while the VM was " + vm.state + "; moved, stopped, to another host " +
+             "(restart policy on-host-failure) with its workspace's " + DurableVersionOf(vm) +
+             ": its writes on " + host.name + " after that version" +
+             (vm.state == "suspended" ? " and its suspended memory state are" : " are") + " lost" +
+             kStartsFromDurable;
+      recover = true;
     } else if (vm.disk == "persistent") {
       note = failed + "; restarted elsewhere from its workspace's " + DurableVersionOf(vm) +
              " (restart policy on-host-failure): its writes since then on " + host.name +
@@ -232,7 +252,7 @@ void HostFailureService::RecoverHostLocked(const Host& host, int64_t silent_ms) 
     Vm failed_vm = vm;
     failed_vm.state = "error";
     failed_vm.error = note;
-    if (Status r = recover_(failed_vm, note); !r.ok()) {
+    if (Status r = recover_(failed_vm, note, KeepsStopped(note)); !r.ok()) {
       const std::string waiting = note + kWaitingForRoom + r.error().message;
       (void)store_.ModifyVm(vm.id, [&](Vm& v) { v.error = waiting; });
       waiting_room_[vm.id] = note;

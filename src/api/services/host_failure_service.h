@@ -44,6 +44,16 @@ struct HostFailureOptions {
   int64_t lease_ms = 10'000;
   int64_t grace_ms = 5'000;
 };
+// A persistent VM that was stopped or suspended on a failed host is moved,
+// stopped, to another host without being started (docs/host-failure.md): its
+// record's error text ends with this, and its next start creates it there
+// from its workspace's latest durable version instead of asking the agent
+// to resume it (the agent has never had it).
+inline constexpr char kStartsFromDurable[] =
+    "; its next start boots it there from that durable version";
+// Whether `vm` is such a VM: stopped, with the mark.
+bool StartsFromDurable(const Vm& vm);
+
 // kInvalidArgument unless 0 < suspect_after < failed_after, lease >= 3 s
 // (agents heartbeat every 2 s), grace >= 1 s and lease + grace <= failed_after.
 Status CheckHostFailureOptions(const HostFailureOptions& o);
@@ -52,8 +62,10 @@ class HostFailureService {
  public:
   using InFlightFn = std::function<bool(const std::string& vm_id)>;
   // Starts VM `vm` (in `error` on its failed host, holding no room)
-  // elsewhere; `note` goes to its record. VmCreateService::Recover.
-  using RecoverFn = std::function<Status(const Vm& vm, const std::string& note)>;
+  // elsewhere; `note` goes to its record. With `keep_stopped`, moves it to
+  // another host `stopped` instead, without starting it (its note ends with
+  // kStartsFromDurable). VmCreateService::Recover.
+  using RecoverFn = std::function<Status(const Vm& vm, const std::string& note, bool keep_stopped)>;
   HostFailureService(Store& store, const Clock& monotonic, HostFailureOptions options,
                      InFlightFn in_flight, RecoverFn recover);
 

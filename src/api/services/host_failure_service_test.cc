@@ -47,9 +47,13 @@ class HostFailureServiceTest : public ServiceTest {
     creates_ = std::make_unique<VmCreateService>(*store_, index_, agent_, ops_, clock_, admitted_,
                                                  long_ops_, *vms_, *images_, *networks_,
                                                  *workspaces_, *views_, /*image_server=*/false);
+    vms_->SetStartFromDurable(
+        [this](const Vm& vm, int64_t started) { return creates_->StartFromDurable(vm, started); });
     failures_ = std::make_unique<HostFailureService>(
         *store_, clock_, options_, [](const std::string&) { return false; },
-        [this](const Vm& vm, const std::string& note) { return creates_->Recover(vm, note); });
+        [this](const Vm& vm, const std::string& note, bool keep_stopped) {
+          return creates_->Recover(vm, note, keep_stopped);
+        });
     hosts_ = std::make_unique<HostService>(
         *store_, index_, *creds_, clock_, [](const std::string&) { return false; },
         /*tls=*/false);
@@ -146,7 +150,9 @@ TEST_P(HostFailureServiceTest, OptionsMustLeaveRoomForTheLease) {
 
 // Durable workspaces: a running persistent VM whose workspace has a durable
 // version restarts on another host from that version; the workspace moves
-// with it (a new grant generation) and the record says what was lost.
+// with it (a new grant generation) and the record says what was lost. A
+// stopped one is moved to another host stopped (its room there, not
+// created); its next start creates it there from that version.
 TEST_P(HostFailureServiceTest, PersistentVmRestartsFromItsDurableVersion) {
   const std::string key = "grant-key";
   creates_->set_durable(DurableOptions{key, 600});
@@ -185,7 +191,7 @@ TEST_P(HostFailureServiceTest, PersistentVmRestartsFromItsDurableVersion) {
   EXPECT_EQ(w->durable_version, 3);
   {
     std::lock_guard<std::mutex> l(agent_.mu);
-    ASSERT_EQ(agent_.specs.size(), 1u) << "only the running VM is restarted";
+    ASSERT_EQ(agent_.specs.size(), 1u) << "only the running VM is started";
     const VmSpec& spec = agent_.specs[0];
     EXPECT_EQ(spec.id, ws_vm.id);
     ASSERT_TRUE(spec.blobs.count("workspace"));
@@ -198,12 +204,64 @@ TEST_P(HostFailureServiceTest, PersistentVmRestartsFromItsDurableVersion) {
     EXPECT_EQ(grant->generation, 2u);
   }
   Vm s = Get(stopped.id);
-  EXPECT_EQ(s.state, "error");
+  EXPECT_EQ(s.state, "stopped") << s.error;
+  EXPECT_EQ(s.host_id, host2_.id);
+  EXPECT_TRUE(StartsFromDurable(s)) << s.error;
+  EXPECT_NE(s.error.find("while the VM was stopped"), std::string::npos) << s.error;
   EXPECT_NE(s.error.find("durable version 3"), std::string::npos) << s.error;
+  auto sw = store_->GetWorkspace(s.workspace_id, "");
+  ASSERT_TRUE(sw.ok());
+  EXPECT_EQ(sw->host_id, host2_.id) << "the stopped VM's workspace moved with it";
+  EXPECT_EQ(sw->generation, 2);
+  EXPECT_EQ(sw->vm_id, s.id);
+  // Both hold their room on h2 (a stopped VM holds its room), none on h1.
+  EXPECT_EQ(store_->GetHost("h2")->reserved_vcpus, 2);
+  EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 0);
+  // h2 does not report the stopped VM (it never had it): still stopped.
+  clock_.Advance(6000);
+  ASSERT_TRUE(Beat("h2", {Running(ws_vm.id)}).ok());
+  EXPECT_EQ(Get(stopped.id).state, "stopped") << Get(stopped.id).error;
   // The failed host's later reports of the workspace no longer count.
   DurableVersion late{
       BlobRef{w->id, 4, std::string(64, 'c'), 1 << 20}, 1700000001000, 20, 1, 1 << 19, "interval"};
   EXPECT_FALSE(*store_->RecordDurableVersion(DurableRecord(host_.id, late)));
+  Workspace late_stopped = DurableRecord(host_.id, late);
+  late_stopped.id = sw->id;
+  EXPECT_FALSE(*store_->RecordDurableVersion(late_stopped));
+
+  // `vm start` while h2's agent fails the create: stopped again, still
+  // marked, so it can be started again.
+  agent_.action_answer = MakeError(ErrorCode::kUnavailable, "h2 unreachable");
+  ASSERT_TRUE(vms_->Act(stopped.id, "", VmOp::kResume).ok());
+  ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10)));
+  s = Get(stopped.id);
+  EXPECT_EQ(s.state, "stopped");
+  EXPECT_TRUE(StartsFromDurable(s)) << s.error;
+  EXPECT_NE(s.error.find("h2 unreachable"), std::string::npos) << s.error;
+  VmStatus running;
+  running.state = "running";
+  agent_.action_answer = running;
+
+  // `vm start`: created on h2 from the durable version, not resumed by an agent.
+  auto started = vms_->Act(stopped.id, "", VmOp::kResume);
+  ASSERT_TRUE(started.ok()) << started.error().message;
+  ASSERT_TRUE(ops_.WaitIdle(std::chrono::seconds(10)));
+  s = Get(stopped.id);
+  EXPECT_EQ(s.state, "running") << s.error;
+  EXPECT_EQ(s.host_id, host2_.id);
+  EXPECT_FALSE(StartsFromDurable(s));
+  std::lock_guard<std::mutex> l(agent_.mu);
+  ASSERT_EQ(agent_.specs.size(), 3u);
+  const VmSpec& spec = agent_.specs[2];
+  EXPECT_EQ(spec.id, stopped.id);
+  EXPECT_EQ(spec.start, "boot");
+  ASSERT_TRUE(spec.blobs.count("workspace"));
+  EXPECT_EQ(spec.blobs.at("workspace").name, sw->id);
+  EXPECT_EQ(spec.blobs.at("workspace").version, 3u);
+  auto grant = VerifyWorkspaceGrant(key, spec.durable.grant, sw->id);
+  ASSERT_TRUE(grant.ok()) << grant.error().message;
+  EXPECT_EQ(grant->host, "h2");
+  EXPECT_EQ(grant->generation, 2u);
 }
 
 // Several controllers (docs/ha.md): a heartbeat another controller received
@@ -364,7 +422,9 @@ TEST_P(HostFailureServiceTest, ARestartedControllerCountsFromItsOwnStart) {
   clock_.Advance(60'000);  // the host was silent long before this controller started
   failures_ = std::make_unique<HostFailureService>(
       *store_, clock_, options_, [](const std::string&) { return false; },
-      [this](const Vm& vm, const std::string& note) { return creates_->Recover(vm, note); });
+      [this](const Vm& vm, const std::string& note, bool keep_stopped) {
+        return creates_->Recover(vm, note, keep_stopped);
+      });
   hosts_->SetFailureDetector(failures_.get());
   ASSERT_TRUE(Beat("h2").ok());
   failures_->Check();

@@ -231,7 +231,8 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
     }
     auto it = by_id.find(vm.id);
     if (it == by_id.end()) {
-      if (vm.state == "error") continue;
+      // Moved stopped off a failed host: created here only when started.
+      if (vm.state == "error" || StartsFromDurable(vm)) continue;
       clean = false;
       if (vm.state == "deleting") {
         // The delete finished while we were away. A failed write leaves

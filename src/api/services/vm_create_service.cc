@@ -344,7 +344,8 @@ void VmCreateService::Launch(const Vm& vm, const Image& image, const std::string
 }
 
 void VmCreateService::RunCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
-                                const WorkspaceClaim& claim, int64_t started, const Host& h) {
+                                const WorkspaceClaim& claim, int64_t started, const Host& h,
+                                const std::string& state_on_error) {
   auto spec =
       AgentVmSpec(vm, image, claim.workspace ? claim.workspace->path : "",
                   vm.start == "resume" && checkpoint_dir == image.dir + "/checkpoint", networks_);
@@ -356,12 +357,38 @@ void VmCreateService::RunCreate(const Vm& vm, const Image& image, const std::str
     if (claim.workspace) AddDurable(*spec, *claim.workspace, h.name, durable_);
     r = agents_.CreateVm(h, *spec);
   }
-  if (!r.ok()) ReleaseWorkspace(claim);
+  if (!r.ok() && state_on_error == "error") ReleaseWorkspace(claim);
   // Only placement's preference for hosts with a warm cache depends on it.
   if (r.ok() && !index_.IsCached(vm.image_id, vm.host_id))
     failed_writes_.Count(store_.NoteImageCached(vm.image_id, vm.host_id),
                          "noting image " + vm.image_id + " cached on host " + vm.host_id);
-  vms_.RecordOutcome(vm.id, r, "error", started, true);
+  vms_.RecordOutcome(vm.id, r, state_on_error, started, true);
+}
+
+Status VmCreateService::StartFromDurable(const Vm& vm, int64_t started) {
+  VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(vm.image_id, ""));
+  VMG_ASSIGN_OR_RETURN(Workspace ws, store_.GetWorkspace(vm.workspace_id, ""));
+  if (!durable_.enabled() || ws.durable_version == 0)
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "its workspace has no durable version to start from");
+  VMG_ASSIGN_OR_RETURN(Host h, store_.GetHost(vm.host_id));
+  Vm booted = vm;
+  booted.start = "boot";
+  WorkspaceClaim claim;
+  claim.workspace = ws;
+  const std::string note = vm.error;
+  ops_.Run(vm.id, [this, booted, image, claim, started, h, note] {
+    RunCreate(booted, image, "", claim, started, h, "stopped");
+    // Still stopped: the next start tries again (the mark kept).
+    failed_writes_.Count(store_.ModifyVm(booted.id,
+                                         [&](Vm& v) {
+                                           if (v.state != "stopped") return;
+                                           v.error = "starting it on " + h.name +
+                                                     " failed: " + v.error + "; " + note;
+                                         }),
+                         "recording the failed start of VM " + booted.id);
+  });
+  return Status::Ok();
 }
 
 Status VmCreateService::Relaunch(const Vm& vm) {
@@ -387,7 +414,7 @@ Status VmCreateService::Relaunch(const Vm& vm) {
   return Status::Ok();
 }
 
-Status VmCreateService::Recover(const Vm& failed, const std::string& note) {
+Status VmCreateService::Recover(const Vm& failed, const std::string& note, bool keep_stopped) {
   const int64_t started = clock_.NowMs();
   VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(failed.image_id, ""));
   std::string checkpoint_dir;
@@ -413,10 +440,16 @@ Status VmCreateService::Recover(const Vm& failed, const std::string& note) {
   std::erase(candidates, failed.host_id);
   if (candidates.empty())
     return MakeError(ErrorCode::kResourceExhausted, "no other host has room for it");
-  VMG_ASSIGN_OR_RETURN(Vm placed, store_.RelocateVm(failed.id, failed.host_id, candidates, note));
+  VMG_ASSIGN_OR_RETURN(Vm placed, store_.RelocateVm(failed.id, failed.host_id, candidates, note,
+                                                    keep_stopped ? "stopped" : "creating"));
   placed.start = vm.start;
   auto host = store_.GetHost(placed.host_id);
   Host h = host.ok() ? *host : Host{};
+  if (keep_stopped) {
+    spdlog::info("VM {} ({}) moves, stopped, to host {} after its host failed", placed.name,
+                 placed.id, h.name);
+    return Status::Ok();
+  }
   spdlog::info("VM {} ({}) restarts on host {} after its host failed", placed.name, placed.id,
                h.name);
   WorkspaceClaim claim;

@@ -110,7 +110,17 @@ class VmCreateService {
   // one and the sizes match, else booted. Keeps its id and name; `note` stays
   // in its record's error text (with the restart's outcome). On failure
   // (kResourceExhausted: no room) nothing changed.
-  Status Recover(const Vm& vm, const std::string& note);
+  // `keep_stopped` (a persistent VM that was stopped or suspended, with a
+  // durable version): placed the same way but recorded `stopped` there,
+  // not created; StartFromDurable creates it when it is started.
+  Status Recover(const Vm& vm, const std::string& note, bool keep_stopped = false);
+  // `vm start` of a VM that HostFailureService moved stopped
+  // (StartsFromDurable): VM `vm`, `resuming` on its new host with its room,
+  // is created there on the operation pool from its workspace's latest
+  // durable version (booted; the agent fetches the version on demand). On
+  // failure it is `stopped` again, still marked, so the start can be
+  // repeated.
+  Status StartFromDurable(const Vm& vm, int64_t started);
 
   // A create accepted by a controller that stopped before the agent call
   // (docs/ha.md): VM `vm`, `creating` on its host with its room reserved, is
@@ -169,8 +179,11 @@ class VmCreateService {
               const WorkspaceClaim& claim, int64_t started, const Host* host,
               Admission::SlotPtr slot);
   // A VM create on its host, on the operation pool.
+  // `state_on_error`: "error" for creates (a workspace claimed for the VM is
+  // released then), "stopped" for StartFromDurable (it stays the VM's).
   void RunCreate(const Vm& vm, const Image& image, const std::string& checkpoint_dir,
-                 const WorkspaceClaim& claim, int64_t started, const Host& host);
+                 const WorkspaceClaim& claim, int64_t started, const Host& host,
+                 const std::string& state_on_error = "error");
   // A create that did not happen gives its workspace back: deletes the one
   // it created, or releases an existing one (logged and counted on failure).
   void ReleaseWorkspace(const WorkspaceClaim& claim);

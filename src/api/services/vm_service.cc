@@ -6,6 +6,7 @@
 #include "api/agent_client.h"
 #include "api/op_queue.h"
 #include "api/services/agent_spec.h"
+#include "api/services/host_failure_service.h"
 
 namespace vmgrid {
 
@@ -36,6 +37,23 @@ Result<Vm> VmService::Act(const std::string& id, const OwnerFilter& owner, VmOp 
   VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(id, owner));
   VMG_ASSIGN_OR_RETURN(Vm moved, store_.TransitionVm(vm.id, op));
   const std::string previous = vm.state;  // the table's state on failure for these operations
+  if (op == VmOp::kResume && StartsFromDurable(vm) && start_from_durable_) {
+    // The transition cleared the error text, whose mark a failed start
+    // must keep (so that the start can be repeated).
+    Vm marked = moved;
+    marked.error = vm.error;
+    if (Status st = start_from_durable_(marked, started); !st.ok()) {
+      failed_writes_.Count(store_.ModifyVm(vm.id,
+                                           [&](Vm& v) {
+                                             if (v.state != "resuming") return;
+                                             v.state = previous;
+                                             v.error = vm.error;
+                                           }),
+                           "putting VM " + vm.id + " back to " + previous);
+      return st.error();
+    }
+    return moved;
+  }
   auto host = store_.GetHost(vm.host_id);
   Host h = host.ok() ? *host : Host{};
   const std::string action = AgentAction(op);

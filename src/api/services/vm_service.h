@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -100,6 +101,13 @@ class VmService {
   // Store writes that failed after the agent had acted (each is logged).
   int64_t failed_writes() const { return failed_writes_.total(); }
 
+  // A start (kResume) of a VM that host-failure recovery moved stopped
+  // (host_failure_service.h StartsFromDurable) is not the agent's resume:
+  // its new host never had it. `fn` (VmCreateService::StartFromDurable)
+  // creates it from its workspace's durable version. Set before serving.
+  using StartFromDurableFn = std::function<Status(const Vm& vm, int64_t started)>;
+  void SetStartFromDurable(StartFromDurableFn fn) { start_from_durable_ = std::move(fn); }
+
  private:
   // The running VM of the caller a copy reaches, and its host.
   Result<std::pair<Vm, Host>> CopyTarget(const Caller& c, const std::string& ref,
@@ -111,6 +119,7 @@ class VmService {
   const Clock& clock_;
   Admission& execs_;
   FailedWrites failed_writes_;
+  StartFromDurableFn start_from_durable_;
 };
 
 }  // namespace vmgrid
