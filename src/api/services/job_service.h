@@ -151,7 +151,7 @@ struct JobLimits {
   int64_t max_unfinished_per_user = 10000;  // queued + starting + running tasks
   int64_t max_running = 256;                // tasks this controller runs at once
   int64_t starts_per_tick = 32;             // VM creates per scheduler pass
-  int64_t sweep_ms = 60'000;                // how often orphaned task VMs are looked for
+  int64_t sweep_ms = 15'000;                // how often orphaned task VMs are looked for
 };
 
 // Exit codes of a job (`vmgrid job wait`, docs/jobs.md).
