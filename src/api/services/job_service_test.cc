@@ -111,7 +111,9 @@ class JobServiceTest : public ServiceTest {
   std::vector<JobTask> Tasks(const std::string& job) { return *store_->ListJobTasks(job); }
   // Every task VM that exists is marked running (its guest came up).
   void BootAll() {
-    for (const Vm& v : *store_->ListVms("")) {
+    auto vms = store_->ListVms("");
+    ASSERT_TRUE(vms.ok());
+    for (const Vm& v : *vms) {
       if (v.state != "creating") continue;
       ASSERT_TRUE(store_->ModifyVm(v.id, [](Vm& vm) { vm.state = "running"; }).ok());
     }
