@@ -89,7 +89,8 @@ int CmdJobRun(Ctx& ctx, const RunArgs& a) {
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
   auto job = client->Post("/v1/jobs", body);
-  if (!job.ok()) return Fail(ctx, job.error(), "image");
+  // Not found: the image or an input dataset (the message says which).
+  if (!job.ok()) return Fail(ctx, job.error());
   const std::string id = Str(*job, "id");
   if (ctx.g.json && !a.wait) {
     PrintJson(ctx, *job);
@@ -137,7 +138,7 @@ int CmdJobShow(Ctx& ctx, const std::string& id) {
   for (const auto& t : (*job)["tasks"]) {
     auto time = [&](const char* k) { return t[k].is_string() ? t[k].get<std::string>() : "-"; };
     rows.push_back({NumStr(t, "index"), Str(t, "state"), NumStr(t, "attempts"),
-                    Str(t, "host_id").empty() ? "-" : Str(t, "host_id"),
+                    Str(t, "host").empty() ? "-" : Str(t, "host"),
                     t["exit_code"].is_null() ? "-" : NumStr(t, "exit_code"), time("started_at"),
                     time("finished_at"), Str(t, "error").empty() ? "-" : Str(t, "error")});
   }

@@ -794,6 +794,10 @@ json JobService::JobJson(const Job& job, const JobSpec& spec, const std::vector<
   j["created_at"] = FormatTimeMs(job.created_ms);
   j["finished_at"] = job.finished_ms ? json(FormatTimeMs(job.finished_ms)) : json(nullptr);
   if (!tasks) return j;
+  // Hosts by name beside their ids, as VMs are shown.
+  std::map<std::string, std::string> host_names;
+  if (auto hosts = store_.ListHosts(); hosts.ok())
+    for (const auto& h : *hosts) host_names[h.id] = h.name;
   json counts = json::object();
   json list = json::array();
   for (const auto& t : *tasks) {
@@ -803,6 +807,7 @@ json JobService::JobJson(const Job& job, const JobSpec& spec, const std::vector<
               {"attempts", t.attempts},
               {"vm_id", t.vm_id},
               {"host_id", t.host_id},
+              {"host", host_names.count(t.host_id) ? host_names[t.host_id] : ""},
               {"exit_code", t.exit_code >= 0 ? json(t.exit_code) : json(nullptr)},
               {"error", t.error},
               {"started_at", t.started_ms ? json(FormatTimeMs(t.started_ms)) : json(nullptr)},
