@@ -17,6 +17,7 @@
 #include "api/routes/event_routes.h"
 #include "api/routes/host_routes.h"
 #include "api/routes/image_routes.h"
+#include "api/routes/job_routes.h"
 #include "api/routes/migration_routes.h"
 #include "api/routes/network_routes.h"
 #include "api/routes/query_routes.h"
@@ -26,8 +27,10 @@
 #include "api/services/api_views.h"
 #include "api/services/dataset_service.h"
 #include "api/services/drain_service.h"
+#include "api/services/grid_task_runner.h"
 #include "api/services/host_service.h"
 #include "api/services/image_service.h"
+#include "api/services/job_service.h"
 #include "api/services/migration_service.h"
 #include "api/services/network_service.h"
 #include "api/services/user_service.h"
@@ -205,6 +208,10 @@ Status Controller::Start() {
   vms_->SetStartFromDurable(
       [this](const Vm& vm, int64_t started) { return vm_creates_->StartFromDurable(vm, started); });
   vm_creates_->set_metrics(metrics_.get());
+  task_runner_ = std::make_unique<GridTaskRunner>(*store_, *vm_creates_, *vms_, *agents_);
+  jobs_ = std::make_unique<JobService>(
+      *store_, *task_runner_, SystemClock::Get(),
+      [this](const Caller& c, const std::string& ref) { return images_->VisibleImage(c, ref); });
   if (!options_.image_server_grant_key_file.empty()) {
     // Durable workspaces (docs/vm-lifecycle.md): the key of the image
     // server's workspace grants; without an image server it means nothing.
@@ -262,6 +269,7 @@ Status Controller::Start() {
     spdlog::info("controller: serving; another controller leads (docs/ha.md)");
   lease_thread_ = std::thread([this] { LeaseLoop(); });
   reconcile_thread_ = std::thread([this] { ReconcileLoop(); });
+  job_thread_ = std::thread([this] { JobLoop(); });
   spdlog::info("controller serving at {} (state {}, images {}, database {})", url_,
                options_.state_dir, image_dir_,
                options_.database.empty() ? "SQLite" : RedactTarget(options_.database));
@@ -279,6 +287,7 @@ void Controller::Wait(std::chrono::milliseconds grace) {
   if (server_thread_.joinable()) server_thread_.join();
   if (agent_server_thread_.joinable()) agent_server_thread_.join();
   if (reconcile_thread_.joinable()) reconcile_thread_.join();
+  if (job_thread_.joinable()) job_thread_.join();
   if (lease_thread_.joinable()) {
     lease_thread_.join();
     // Another controller takes over at its next attempt, not after the expiry.
@@ -489,6 +498,9 @@ void Controller::InstallRoutes() {
 
   // The event stream.
   InstallEventRoutes(routes, *events_);
+
+  // Grid jobs (docs/jobs.md).
+  InstallJobRoutes(routes, *jobs_);
 }
 
 // Only what agents (and a load balancer's health check) need.
@@ -706,6 +718,16 @@ void Controller::ReconcileLoop() {
       }
     }
     for (int i = 0; i < 20 && !stop_; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+void Controller::JobLoop() {
+  while (!stop_) {
+    // Only the leader schedules (docs/ha.md); the queue is the store's, so a
+    // new leader continues where the previous one was.
+    if (leader()) jobs_->Tick();
+    for (int i = 0; i < 5 && !stop_; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
 }

@@ -66,6 +66,8 @@ class ApiClient;
 class CapacityIndex;
 class DatasetService;
 class ChunkClient;
+class GridTaskRunner;
+class JobService;
 class GuardedServer;
 
 class Controller {
@@ -107,6 +109,9 @@ class Controller {
       Handler h, const std::set<std::string>& roles = {"admin", "user"});
 
   void ReconcileLoop();
+  // The job scheduler (docs/jobs.md): JobService::Tick every 500 ms while
+  // this controller leads.
+  void JobLoop();
   // Takes and renews the leader lease (docs/ha.md) every kLeaseAttemptMs.
   void LeaseLoop();
   // Adds the families computed at scrape time (VMs per state, hosts, queue).
@@ -139,6 +144,7 @@ class Controller {
   std::string agent_url_;
   static constexpr size_t kAgentListenerThreads = 16;
   std::thread server_thread_, reconcile_thread_, agent_server_thread_, lease_thread_;
+  std::thread job_thread_;
   std::atomic<bool> stop_{false};
 
   // Verified tokens: SHA-256 -> (user, expiry ms). Tokens are never revoked
@@ -164,6 +170,9 @@ class Controller {
   std::unique_ptr<MigrationService> migrations_;
   std::unique_ptr<DrainService> drains_;          // after migrations_, which it uses
   std::unique_ptr<HostFailureService> failures_;  // after vm_creates_, which it uses
+  // Grid jobs (docs/jobs.md), after the services their runner uses.
+  std::unique_ptr<GridTaskRunner> task_runner_;
+  std::unique_ptr<JobService> jobs_;
   // With --metrics-listen; stopped first by Shutdown (its collectors read
   // the store, the index and the queue).
   std::unique_ptr<MetricsServer> metrics_server_;

@@ -25,6 +25,7 @@ constexpr BodyObject kMigrateVmBody[] = {{"", f::kMigrateVm}};
 constexpr BodyObject kDrainHostBody[] = {{"", f::kDrainHost}};
 constexpr BodyObject kDatasetChunkBody[] = {{"", f::kDatasetChunk}};
 constexpr BodyObject kDatasetVersionBody[] = {{"", f::kDatasetVersion}};
+constexpr BodyObject kSubmitJobBody[] = {{"", f::kSubmitJob}, {"output", f::kJobOutput}};
 
 // Stop and resume read an optional empty object (VmAction refuses
 // leave_running for them), so they take no documented body.
@@ -90,6 +91,11 @@ constexpr RouteSpec kRoutes[] = {
     {"DELETE", "/v1/networks/([^/]+)", "/v1/networks/{ref}", {}},
     {"POST", "/v1/networks/([^/]+)/share", "/v1/networks/{ref}/share", kShareNetworkBody},
     {"GET", "/v1/events", "/v1/events", {}},
+    {"POST", "/v1/jobs", "/v1/jobs", kSubmitJobBody},
+    {"GET", "/v1/jobs", "/v1/jobs", {}},
+    {"GET", "/v1/jobs/([^/]+)", "/v1/jobs/{id}", {}},
+    {"GET", "/v1/jobs/([^/]+)/tasks/([^/]+)/logs", "/v1/jobs/{id}/tasks/{index}/logs", {}},
+    {"POST", "/v1/jobs/([^/]+)/cancel", "/v1/jobs/{id}/cancel", {}},
 };
 }  // namespace
 

@@ -54,6 +54,12 @@ inline constexpr const char* kDrainHost[] = {"parallel"};
 // Dataset pushes (docs/datasets.md): one chunk, then the version's draft manifest.
 inline constexpr const char* kDatasetChunk[] = {"data"};
 inline constexpr const char* kDatasetVersion[] = {"kind", "size", "chunk_size", "chunks"};
+// Grid jobs (docs/jobs.md): the job, its output, and each of its `data` list.
+inline constexpr const char* kSubmitJob[] = {"image", "count",     "argv",    "resume",
+                                             "vcpus", "memory_mb", "retries", "timeout_s",
+                                             "data",  "output"};
+inline constexpr const char* kJobOutput[] = {"dataset", "mount", "size_mb"};
+inline constexpr const char* kJobData[] = {"name", "dataset", "version", "mount"};
 inline constexpr const char* kQuery[] = {"sql", "set", "max_rows", "timeout_ms"};
 inline constexpr const char* kSetQuery[] = {"from", "size", "same",  "sum",
                                             "min",  "max",  "where", "max_sets"};

@@ -51,6 +51,7 @@ int Run(const std::vector<std::string>& args, const CliIo& io, const RoleEntryPo
   AddImageCommands(t);
   AddDataCommands(t);
   AddVmCommands(t);
+  AddJobCommands(t);
   AddNetCommands(t);
   AddUserCommands(t);
   AddQueryCommands(t);

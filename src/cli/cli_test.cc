@@ -136,6 +136,14 @@ TEST_F(CliTest, UsageErrorsExitWith2) {
       Cli({"image", "import", "name", "--disk", dir_ + "/d/manifest.json", "--format", "vmdk"}).rc,
       2);
   EXPECT_EQ(Cli({"vm", "exec", "vm-1"}).rc, 2);  // no command
+  // Jobs: refused before any request (no controller is running here).
+  EXPECT_EQ(Cli({"job", "run", "--image", "i"}).rc, 2);  // no command
+  EXPECT_EQ(Cli({"job", "run", "--image", "i", "--count", "1001", "--", "true"}).rc, 2);
+  auto data = Cli({"job", "run", "--image", "i", "--data", "in:/in", "--", "true"});
+  EXPECT_EQ(data.rc, 2);
+  EXPECT_NE(data.err.find("LABEL=DATASET[:VERSION]:/MOUNT"), std::string::npos) << data.err;
+  EXPECT_EQ(Cli({"job", "run", "--image", "i", "--output", "out", "--", "true"}).rc, 2);
+  EXPECT_EQ(Cli({"job", "wait"}).rc, 2);  // JOB is required
   EXPECT_EQ(Cli({"--wait-timeout", "0", "vm", "list"}).rc, 2);
   auto tf = Cli({"--token-file", dir_ + "/none", "vm", "list"});
   EXPECT_EQ(tf.rc, 2);

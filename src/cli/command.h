@@ -151,6 +151,7 @@ void AddHostCommands(CommandTree& t);
 void AddImageCommands(CommandTree& t);
 void AddDataCommands(CommandTree& t);
 void AddVmCommands(CommandTree& t);
+void AddJobCommands(CommandTree& t);
 void AddNetCommands(CommandTree& t);
 void AddUserCommands(CommandTree& t);  // user, workspace
 void AddQueryCommands(CommandTree& t);

@@ -117,6 +117,11 @@ Status RunDemo(LocalGrid& grid) {
         0)
       return MakeError(ErrorCode::kInternal, "vm exec failed");
   }
+  std::printf("\n==> a grid job: 4 tasks, each an unmodified program in a fresh clone VM\n");
+  if (Cli(grid, {"job", "run", "--image", "tiny", "--resume", "--count", "4", "--wait", "--",
+                 "/bin/sh", "-c", "echo \"task {i} on $(hostname)\""}) != 0)
+    return MakeError(ErrorCode::kInternal, "job run failed");
+  Cli(grid, {"job", "list"});
   std::printf("\n");
   Cli(grid, {"vm", "list"});
   Cli(grid, {"host", "list"});

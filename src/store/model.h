@@ -283,4 +283,43 @@ struct DatasetVersion {
   int64_t created_ms = 0;
 };
 
+// A grid job (migration 19; docs/jobs.md): `count` tasks of one program,
+// each run in a fresh clone VM of an image. What the tasks run (argv, size,
+// retries, data) is the job's spec, a JSON object written once at submit and
+// read by the job service (api/services/job_service.h); what changes is
+// relational (the job's state, its tasks' rows).
+struct Job {
+  std::string id;  // "job-..."
+  std::string owner_id;
+  std::string image_id;
+  std::string spec;  // JSON (JobSpec); immutable
+  int64_t count = 0;
+  std::string state;       // queued | running | succeeded | failed | cancelled
+  int64_t exit_code = -1;  // set when it ends (docs/jobs.md, "Exit codes"); -1 before
+  int64_t created_ms = 0;
+  int64_t finished_ms = 0;
+};
+
+// One task of a job. `attempts` counts the VMs started for it; the current
+// attempt's VM is named "<job id>-<index>-a<attempts>" (what the orphan sweep
+// recognises). Logs are kept capped (JobTask::kMaxLogBytes each).
+struct JobTask {
+  std::string job_id;
+  int64_t index = 0;
+  std::string owner_id;
+  std::string state;  // queued | starting | running | succeeded | failed | cancelled
+  int64_t attempts = 0;
+  std::string vm_id;  // the current attempt's VM ("" while none is recorded)
+  std::string host_id;
+  int64_t queued_ms = 0;  // when it (first) entered the queue: the queue's order
+  int64_t started_ms = 0;
+  int64_t finished_ms = 0;
+  int64_t exit_code = -1;  // the program's exit code; -1: none (it did not run to its end)
+  std::string error;       // why it failed without an exit code, or what was retried
+  // Read only by Store::GetJobTaskLogs (lists leave them empty).
+  std::string stdout_data, stderr_data;
+  bool stdout_truncated = false, stderr_truncated = false;
+  static constexpr size_t kMaxLogBytes = size_t{1} << 20;
+};
+
 }  // namespace vmgrid

@@ -8,6 +8,7 @@
 #include <set>
 #include <shared_mutex>
 
+#include "common/base64.h"
 #include "common/util.h"
 #include "common/vm_state.h"
 #include "store/ipam.h"
@@ -434,6 +435,45 @@ CREATE TABLE dataset_versions (
     // size of a new one); '' = none.
     R"sql(
 ALTER TABLE vms ADD COLUMN data TEXT NOT NULL DEFAULT '';
+)sql",
+    // 19: grid jobs (docs/jobs.md). A job and its tasks; the queue is the
+    // tasks in state 'queued', in (queued_ms, job_id, idx) order per owner.
+    // A task's logs are base64 (NUL-safe on PostgreSQL), capped at 1 MiB of
+    // output each.
+    R"sql(
+CREATE TABLE jobs (
+  id TEXT PRIMARY KEY,
+  owner_id TEXT NOT NULL REFERENCES users(id),
+  image_id TEXT NOT NULL,
+  spec TEXT NOT NULL,
+  count BIGINT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('queued','running','succeeded','failed','cancelled')),
+  exit_code BIGINT NOT NULL DEFAULT -1,
+  created_ms BIGINT NOT NULL,
+  finished_ms BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX jobs_owner ON jobs(owner_id, created_ms);
+CREATE TABLE job_tasks (
+  job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+  idx BIGINT NOT NULL,
+  owner_id TEXT NOT NULL,
+  state TEXT NOT NULL
+    CHECK (state IN ('queued','starting','running','succeeded','failed','cancelled')),
+  attempts BIGINT NOT NULL DEFAULT 0,
+  vm_id TEXT NOT NULL DEFAULT '',
+  host_id TEXT NOT NULL DEFAULT '',
+  queued_ms BIGINT NOT NULL,
+  started_ms BIGINT NOT NULL DEFAULT 0,
+  finished_ms BIGINT NOT NULL DEFAULT 0,
+  exit_code BIGINT NOT NULL DEFAULT -1,
+  error TEXT NOT NULL DEFAULT '',
+  stdout_b64 TEXT NOT NULL DEFAULT '',
+  stderr_b64 TEXT NOT NULL DEFAULT '',
+  stdout_truncated BIGINT NOT NULL DEFAULT 0,
+  stderr_truncated BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (job_id, idx)
+);
+CREATE INDEX job_tasks_state ON job_tasks(state, owner_id, queued_ms);
 )sql",
 };
 
@@ -2819,6 +2859,199 @@ Result<int64_t> Store::PruneEvents(int64_t keep) {
   const int64_t below = rows.at(0).Int(0) - std::max<int64_t>(0, keep);
   if (below <= 0) return int64_t{0};
   return db_->Exec("DELETE FROM events WHERE id <= ?", {below});
+}
+
+// --- jobs (docs/jobs.md) ------------------------------------------------------------
+
+namespace {
+
+const char* kJobCols =
+    "id, owner_id, image_id, spec, count, state, exit_code, created_ms, finished_ms";
+Job ReadJob(const SqlRow& r) {
+  return Job{r.Text(0), r.Text(1), r.Text(2), r.Text(3), r.Int(4),
+             r.Text(5), r.Int(6),  r.Int(7),  r.Int(8)};
+}
+const char* kTaskCols =
+    "job_id, idx, owner_id, state, attempts, vm_id, host_id, queued_ms, started_ms, finished_ms, "
+    "exit_code, error";
+JobTask ReadTask(const SqlRow& r) {
+  JobTask t;
+  t.job_id = r.Text(0);
+  t.index = r.Int(1);
+  t.owner_id = r.Text(2);
+  t.state = r.Text(3);
+  t.attempts = r.Int(4);
+  t.vm_id = r.Text(5);
+  t.host_id = r.Text(6);
+  t.queued_ms = r.Int(7);
+  t.started_ms = r.Int(8);
+  t.finished_ms = r.Int(9);
+  t.exit_code = r.Int(10);
+  t.error = r.Text(11);
+  return t;
+}
+const char* kUnfinishedTask = "state IN ('queued','starting','running')";
+
+}  // namespace
+
+Status Store::InsertJob(const Job& job, int64_t max_unfinished) {
+  auto lock = Exclusive();
+  SqlTransaction tx(db_.get());
+  VMG_RETURN_IF_ERROR(tx.begin_status());
+  // Concurrent submits of one owner (on several controllers) take turns.
+  VMG_RETURN_IF_ERROR(db_->LockTable("job_tasks"));
+  VMG_ASSIGN_OR_RETURN(auto n,
+                       Query<int64_t>(db_.get(),
+                                      std::string("SELECT COUNT(*) FROM job_tasks WHERE "
+                                                  "owner_id=? AND ") +
+                                          kUnfinishedTask,
+                                      {job.owner_id}, [](const SqlRow& r) { return r.Int(0); }));
+  const int64_t unfinished = n.empty() ? 0 : n[0];
+  if (unfinished + job.count > max_unfinished)
+    return MakeError(ErrorCode::kResourceExhausted,
+                     "you have " + std::to_string(unfinished) +
+                         " unfinished tasks; a user may have at most " +
+                         std::to_string(max_unfinished) + " (this job adds " +
+                         std::to_string(job.count) + "); wait for some to end or cancel a job");
+  VMG_RETURN_IF_ERROR(
+      db_->Exec(std::string("INSERT INTO jobs (") + kJobCols + ") VALUES (" + Placeholders(9) + ")",
+                {job.id, job.owner_id, job.image_id, job.spec, job.count, job.state, job.exit_code,
+                 job.created_ms, job.finished_ms}));
+  for (int64_t i = 0; i < job.count; ++i) {
+    VMG_RETURN_IF_ERROR(
+        db_->Exec("INSERT INTO job_tasks (job_id, idx, owner_id, state, queued_ms) "
+                  "VALUES (?,?,?,'queued',?)",
+                  {job.id, i, job.owner_id, job.created_ms}));
+  }
+  RecordEventLocked(Event{0, job.created_ms, "job.queued", "", "", job.owner_id,
+                          "job " + job.id + ": " + std::to_string(job.count) + " tasks queued",
+                          nlohmann::json{{"job", job.id}, {"count", job.count}}.dump()});
+  return tx.Commit();
+}
+
+Result<Job> Store::GetJob(const std::string& id, const OwnerFilter& owner) {
+  auto read = Read();
+  std::string sql = std::string("SELECT ") + kJobCols + " FROM jobs WHERE id=?";
+  std::vector<SqlValue> args{id};
+  if (!owner.empty()) {
+    sql += " AND owner_id=?";
+    args.emplace_back(owner);
+  }
+  VMG_ASSIGN_OR_RETURN(auto rows, Query<Job>(read.db, sql, args, ReadJob));
+  if (rows.empty()) return MakeError(ErrorCode::kNotFound, "job '" + id + "' not found");
+  return rows[0];
+}
+
+Result<std::vector<Job>> Store::ListJobs(const OwnerFilter& owner, bool unfinished_only) {
+  auto read = Read();
+  std::string sql = std::string("SELECT ") + kJobCols + " FROM jobs WHERE 1=1";
+  std::vector<SqlValue> args;
+  if (!owner.empty()) {
+    sql += " AND owner_id=?";
+    args.emplace_back(owner);
+  }
+  if (unfinished_only) sql += " AND state IN ('queued','running')";
+  return Query<Job>(read.db, sql + " ORDER BY created_ms, id", args, ReadJob);
+}
+
+Result<std::vector<JobTask>> Store::ListJobTasks(const std::string& job_id) {
+  auto read = Read();
+  return Query<JobTask>(
+      read.db, std::string("SELECT ") + kTaskCols + " FROM job_tasks WHERE job_id=? ORDER BY idx",
+      {job_id}, ReadTask);
+}
+
+Result<std::vector<JobTask>> Store::ListJobTasksInState(const std::string& state) {
+  auto read = Read();
+  return Query<JobTask>(read.db,
+                        std::string("SELECT ") + kTaskCols +
+                            " FROM job_tasks WHERE state=? ORDER BY queued_ms, job_id, idx",
+                        {state}, ReadTask);
+}
+
+Result<std::vector<JobTask>> Store::QueuedTaskHeads(int64_t per_owner) {
+  auto read = Read();
+  // Window functions: SQLite 3.25+ and PostgreSQL.
+  return Query<JobTask>(
+      read.db,
+      std::string("SELECT ") + kTaskCols + " FROM (SELECT " + kTaskCols +
+          ", ROW_NUMBER() OVER (PARTITION BY owner_id ORDER BY queued_ms, job_id, idx) AS rn "
+          "FROM job_tasks WHERE state='queued') q WHERE rn <= ? "
+          "ORDER BY owner_id, queued_ms, job_id, idx",
+      {std::max<int64_t>(1, per_owner)}, ReadTask);
+}
+
+Result<std::map<std::string, int64_t>> Store::ActiveJobTasksByOwner() {
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(auto rows,
+                       read.db->Query("SELECT owner_id, COUNT(*) FROM job_tasks WHERE state IN "
+                                      "('starting','running') GROUP BY owner_id"));
+  std::map<std::string, int64_t> out;
+  for (const auto& r : rows) out[r.Text(0)] = r.Int(1);
+  return out;
+}
+
+Result<JobTask> Store::GetJobTaskLogs(const std::string& job_id, int64_t index) {
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(
+      auto rows, read.db->Query(std::string("SELECT ") + kTaskCols +
+                                    ", stdout_b64, stderr_b64, stdout_truncated, stderr_truncated "
+                                    "FROM job_tasks WHERE job_id=? AND idx=?",
+                                {job_id, index}));
+  if (rows.empty())
+    return MakeError(ErrorCode::kNotFound,
+                     "job " + job_id + " has no task " + std::to_string(index));
+  JobTask t = ReadTask(rows[0]);
+  auto out = Base64Decode(rows[0].Text(12));
+  auto err = Base64Decode(rows[0].Text(13));
+  if (!out.ok() || !err.ok()) return MakeError(ErrorCode::kInternal, "a task's logs are corrupt");
+  t.stdout_data = std::move(*out);
+  t.stderr_data = std::move(*err);
+  t.stdout_truncated = rows[0].Int(14) != 0;
+  t.stderr_truncated = rows[0].Int(15) != 0;
+  return t;
+}
+
+Result<bool> Store::UpdateJobTask(const JobTask& t, const std::string& from_state,
+                                  const std::string& from_vm_id) {
+  auto lock = Exclusive();
+  std::string sql =
+      "UPDATE job_tasks SET state=?, attempts=?, vm_id=?, host_id=?, queued_ms=?, started_ms=?, "
+      "finished_ms=?, exit_code=?, error=?";
+  std::vector<SqlValue> args{t.state,      t.attempts,    t.vm_id,     t.host_id, t.queued_ms,
+                             t.started_ms, t.finished_ms, t.exit_code, t.error};
+  // Logs are written once, when the task ends with them.
+  if (t.state == "succeeded" || t.state == "failed") {
+    sql += ", stdout_b64=?, stderr_b64=?, stdout_truncated=?, stderr_truncated=?";
+    args.emplace_back(Base64Encode(t.stdout_data));
+    args.emplace_back(Base64Encode(t.stderr_data));
+    args.emplace_back(int64_t{t.stdout_truncated});
+    args.emplace_back(int64_t{t.stderr_truncated});
+  }
+  sql += " WHERE job_id=? AND idx=? AND state=? AND vm_id=?";
+  args.emplace_back(t.job_id);
+  args.emplace_back(t.index);
+  args.emplace_back(from_state);
+  args.emplace_back(from_vm_id);
+  VMG_ASSIGN_OR_RETURN(int64_t n, db_->Exec(sql, args));
+  return n > 0;
+}
+
+Result<bool> Store::SetJobState(const std::string& id, const std::vector<std::string>& from,
+                                const std::string& state, int64_t exit_code, int64_t finished_ms) {
+  auto lock = Exclusive();
+  std::string in;
+  std::vector<SqlValue> args{state, exit_code, finished_ms, id};
+  for (const auto& f : from) {
+    in += in.empty() ? "?" : ",?";
+    args.emplace_back(f);
+  }
+  VMG_ASSIGN_OR_RETURN(int64_t n,
+                       db_->Exec("UPDATE jobs SET state=?, exit_code=?, finished_ms=? WHERE id=? "
+                                 "AND state IN (" +
+                                     in + ")",
+                                 args));
+  return n > 0;
 }
 
 }  // namespace vmgrid

@@ -324,6 +324,37 @@ class Store {
   // The dataset and all its versions' records, in one transaction.
   Status DeleteDataset(const std::string& id);
 
+  // --- jobs (migration 19; docs/jobs.md) ------------------------------------------
+  // Records `job` and its `count` tasks, queued, with a job.queued event, in
+  // one transaction, unless its owner would then have more than
+  // `max_unfinished` unfinished (queued, starting, running) tasks:
+  // kResourceExhausted, nothing written.
+  Status InsertJob(const Job& job, int64_t max_unfinished);
+  // Another owner's job is kNotFound (owner "" sees all).
+  Result<Job> GetJob(const std::string& id, const OwnerFilter& owner);
+  // Oldest first; `unfinished_only`: queued or running jobs.
+  Result<std::vector<Job>> ListJobs(const OwnerFilter& owner, bool unfinished_only);
+  // A job's tasks by index, without their logs.
+  Result<std::vector<JobTask>> ListJobTasks(const std::string& job_id);
+  // Every task in `state` (all owners), in queue order, without logs.
+  Result<std::vector<JobTask>> ListJobTasksInState(const std::string& state);
+  // The first `per_owner` queued tasks of each owner, in queue order
+  // (queued_ms, job, index): what the fair-share scheduler picks from.
+  Result<std::vector<JobTask>> QueuedTaskHeads(int64_t per_owner);
+  // Tasks starting or running, per owner (owners with none absent).
+  Result<std::map<std::string, int64_t>> ActiveJobTasksByOwner();
+  // One task with its logs; kNotFound for a bad index.
+  Result<JobTask> GetJobTaskLogs(const std::string& job_id, int64_t index);
+  // Compare-and-set: writes `t`'s mutable fields (and its logs when `t`
+  // ends succeeded or failed) if the task is still in `from_state` with VM
+  // `from_vm_id`; false (nothing written) if it moved meanwhile (cancelled,
+  // or settled by another controller).
+  Result<bool> UpdateJobTask(const JobTask& t, const std::string& from_state,
+                             const std::string& from_vm_id);
+  // Compare-and-set of a job's state; false if it was in none of `from`.
+  Result<bool> SetJobState(const std::string& id, const std::vector<std::string>& from,
+                           const std::string& state, int64_t exit_code, int64_t finished_ms);
+
  private:
   explicit Store(SqlBackendPtr db) : db_(std::move(db)) {}
   Status Migrate();

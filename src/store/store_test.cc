@@ -45,7 +45,7 @@ constexpr const char* kDropMigration9 =
     "ALTER TABLE workspaces DROP COLUMN durable_sent_bytes; "
     "ALTER TABLE workspaces DROP COLUMN durable_host_id; "
     "ALTER TABLE workspaces DROP COLUMN generation; DROP TABLE controller_leader; "
-    "DROP TABLE dataset_versions; DROP TABLE datasets;";
+    "DROP TABLE dataset_versions; DROP TABLE datasets; DROP TABLE job_tasks; DROP TABLE jobs;";
 
 class StoreTest : public testing::TestWithParam<std::string> {
  protected:
@@ -455,7 +455,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 18);
+  EXPECT_EQ((*s)->schema_version(), 19);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
@@ -897,7 +897,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 18);
+  EXPECT_EQ(store_->schema_version(), 19);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);

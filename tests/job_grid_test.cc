@@ -1,0 +1,137 @@
+// Grid jobs with real VMs (docs/jobs.md): a job of 5 tasks resumed from the
+// tiny image's post-boot checkpoint, with exit codes and stdout checked; a
+// job queued while no host takes VMs starts when one does; a task whose
+// agent is killed (SIGKILL) mid-run is retried on the other host.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include "tests/grid_fixture.h"
+
+namespace vmgrid {
+namespace {
+
+using namespace testing_support;
+
+// Host failure detection in seconds, as host_failure_grid_test.
+const std::vector<std::string> kFailureArgs = {
+    "--host-suspect-after-ms", "3000", "--host-failed-after-ms", "9000",
+    "--host-lease-ms",         "5000", "--host-lease-grace-ms",  "3000"};
+
+class JobGridTest : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    grid_ = StartGrid("jobs", 2, kFailureArgs).release();
+    ApiClient api = grid_->Admin();
+    image_ = new json(ImportTiny(api, "tiny", true));
+  }
+  static void TearDownTestSuite() {
+    std::unique_ptr<LocalGrid> g(grid_);
+    StopGrid(g);
+    delete image_;
+  }
+  ApiClient Api() { return grid_->Admin(); }
+  std::string Submit(json body) {
+    body["image"] = "tiny";
+    body["resume"] = true;
+    auto r = Api().Post("/v1/jobs", body);
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return r.ok() ? (*r)["id"].get<std::string>() : "";
+  }
+  json WaitJob(const std::string& id, seconds timeout = seconds(400)) {
+    auto r = PollUntil(
+        Api(), "/v1/jobs/" + id,
+        [](const json& j) {
+          const std::string s = j.value("state", "");
+          return s == "succeeded" || s == "failed" || s == "cancelled";
+        },
+        timeout);
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return r.ok() ? *r : json();
+  }
+  std::string Log(const std::string& id, int task, const std::string& stream = "stdout") {
+    auto r =
+        Api().Get("/v1/jobs/" + id + "/tasks/" + std::to_string(task) + "/logs?stream=" + stream);
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return r.ok() ? (*r)["data"].get<std::string>() : "";
+  }
+
+  static LocalGrid* grid_;
+  static json* image_;
+};
+LocalGrid* JobGridTest::grid_ = nullptr;
+json* JobGridTest::image_ = nullptr;
+
+TEST_F(JobGridTest, FiveTasksKeepTheirExitCodesAndOutputAndLeaveNoVm) {
+  const std::string id =
+      Submit({{"count", 5},
+              {"argv", {"/bin/sh", "-c", "echo task {i}; echo oops >&2; exit $(({i} % 2))"}}});
+  json job = WaitJob(id);
+  EXPECT_EQ(job["state"], "failed") << job.dump();
+  EXPECT_EQ(job["exit_code"], 1);
+  ASSERT_EQ(job["tasks"].size(), 5u);
+  for (const auto& t : job["tasks"]) {
+    const int i = t["index"];
+    EXPECT_EQ(t["exit_code"], i % 2) << t.dump();
+    EXPECT_EQ(t["state"], i % 2 ? "failed" : "succeeded");
+    EXPECT_EQ(t["attempts"], 1);
+    EXPECT_EQ(Log(id, i), "task " + std::to_string(i) + "\n");
+    EXPECT_EQ(Log(id, i, "stderr"), "oops\n");
+  }
+  // Every task VM is gone (deleted after its task).
+  auto vms = PollUntil(
+      Api(), "/v1/vms", [](const json& j) { return j["vms"].empty(); }, seconds(120));
+  EXPECT_TRUE(vms.ok()) << (vms.ok() ? "" : vms.error().message);
+}
+
+TEST_F(JobGridTest, AJobQueuedWhileNoHostTakesVmsStartsWhenOneDoes) {
+  ApiClient api = Api();
+  auto hosts = api.Get("/v1/hosts");
+  ASSERT_TRUE(hosts.ok());
+  std::vector<std::string> ids;
+  for (const auto& h : (*hosts)["hosts"]) ids.push_back(h["id"]);
+  // Draining hosts take no placements: the grid is full for the job.
+  for (const auto& h : ids) {
+    auto d = api.Post("/v1/hosts/" + h + "/drain", json::object());
+    ASSERT_TRUE(d.ok()) << d.error().message;
+    ASSERT_TRUE(AwaitOperation(api, d).ok());
+  }
+  const std::string id = Submit({{"argv", {"/bin/echo", "late"}}});
+  // Several scheduler passes (500 ms each) find no room: still queued.
+  for (int i = 0; i < 6; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    auto j = api.Get("/v1/jobs/" + id);
+    ASSERT_TRUE(j.ok());
+    ASSERT_EQ((*j)["tasks"][0]["state"], "queued") << j->dump();
+  }
+  for (const auto& h : ids) ASSERT_TRUE(api.Post("/v1/hosts/" + h + "/undrain").ok());
+  json job = WaitJob(id);
+  EXPECT_EQ(job["state"], "succeeded") << job.dump();
+  EXPECT_EQ(Log(id, 0), "late\n");
+}
+
+TEST_F(JobGridTest, ATaskWhoseAgentIsKilledIsRetriedOnTheOtherHost) {
+  const std::string id =
+      Submit({{"retries", 5}, {"argv", {"/bin/sh", "-c", "sleep 20; echo done"}}});
+  auto running = PollUntil(
+      Api(), "/v1/jobs/" + id, [](const json& j) { return j["tasks"][0]["state"] == "running"; },
+      seconds(240));
+  ASSERT_TRUE(running.ok()) << running.error().message;
+  const std::string first_host = (*running)["tasks"][0]["host_id"];
+  auto host = Api().Get("/v1/hosts/" + first_host);
+  ASSERT_TRUE(host.ok());
+  int dead = -1;
+  for (int i = 0; i < grid_->hosts(); ++i)
+    if ((*host)["name"] == "host-" + std::to_string(i + 1)) dead = i;  // LocalGrid's names
+  ASSERT_GE(dead, 0) << host->dump();
+  grid_->StopAgent(dead, /*hard=*/true);  // SIGKILL, mid-task
+  json job = WaitJob(id);
+  EXPECT_EQ(job["state"], "succeeded") << job.dump();
+  EXPECT_GE(job["tasks"][0]["attempts"].get<int>(), 2);
+  EXPECT_NE(job["tasks"][0]["host_id"], first_host);
+  EXPECT_EQ(Log(id, 0), "done\n");
+  // Back for the next test (its QEMUs were fenced by their lease).
+  ASSERT_TRUE(grid_->StartAgent(dead).ok());
+}
+
+}  // namespace
+}  // namespace vmgrid
