@@ -208,7 +208,8 @@ Status Controller::Start() {
   vms_->SetStartFromDurable(
       [this](const Vm& vm, int64_t started) { return vm_creates_->StartFromDurable(vm, started); });
   vm_creates_->set_metrics(metrics_.get());
-  task_runner_ = std::make_unique<GridTaskRunner>(*store_, *vm_creates_, *vms_, *agents_);
+  task_runner_ =
+      std::make_unique<GridTaskRunner>(*store_, *vm_creates_, *vms_, *agents_, *datasets_);
   jobs_ = std::make_unique<JobService>(
       *store_, *task_runner_, SystemClock::Get(),
       [this](const Caller& c, const std::string& ref) { return images_->VisibleImage(c, ref); });

@@ -247,10 +247,9 @@ void AddJobCommands(CommandTree& t) {
       ->capture_default_str();
   run->add_option("--data", s.run.data,
                   "LABEL=DATASET[:VERSION]:/MOUNT, a dataset mounted read-only in every task "
-                  "(not in this build yet)");
+                  "(repeatable, at most 3)");
   run->add_option("--output", s.run.output,
-                  "DATASET:/MOUNT, committed as a new dataset per task ({i}: the index; not in "
-                  "this build yet)");
+                  "DATASET:/MOUNT, committed as a new dataset per task ({i}: the index)");
   run->add_flag("--wait", s.run.wait, "Wait for the job and exit with its exit code");
   run->add_option("CMD", s.run.argv, "Command and arguments (after --)");
   t.Leaf(g, "list", "List jobs",

@@ -276,76 +276,81 @@ Result<std::optional<Vm>> DatasetService::AttachedTo(const Dataset& d,
   return std::optional<Vm>();
 }
 
-Result<json> DatasetService::Commit(const Caller& c, const std::string& vm_ref,
-                                    const std::string& name) {
+Result<DatasetService::CommitTarget> DatasetService::FindCommitTarget(const Vm& vm,
+                                                                      const std::string& name) {
   VMG_RETURN_IF_ERROR(NeedServer());
   if (!agents_ || !ops_ || !long_ops_)
     return MakeError(ErrorCode::kFailedPrecondition, "this controller does not commit datasets");
   VMG_RETURN_IF_ERROR(ValidateName("dataset name", name));
-  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(vm_ref, c.owner()));
   VMG_ASSIGN_OR_RETURN(std::vector<VmDataAttachment> data, VmDataFromJson(vm.data));
-  size_t index = data.size();
+  CommitTarget t;
+  t.index = data.size();
   for (size_t i = 0; i < data.size(); ++i)
-    if (data[i].dataset == name) index = i;
-  if (index == data.size())
+    if (data[i].dataset == name) t.index = i;
+  if (t.index == data.size())
     return MakeError(ErrorCode::kNotFound,
                      "VM " + vm.name + " has no dataset named " + name + " attached");
-  const VmDataAttachment a = data[index];
-  if (!a.rw)
+  t.attachment = data[t.index];
+  if (!t.attachment.rw)
     return MakeError(ErrorCode::kFailedPrecondition,
                      "dataset " + name + " is attached read-only to VM " + vm.name +
                          "; only a read-write attachment has changes to commit");
   if (vm.state != "running" && vm.state != "stopped" && vm.state != "suspended")
     return MakeError(ErrorCode::kFailedPrecondition, "VM " + vm.name + " is " + vm.state +
                                                          "; a commit needs it running or stopped");
-  auto dataset = store_.GetDataset(a.dataset_id, vm.owner_id);
-  if (!dataset.ok())
+  if (!store_.GetDataset(t.attachment.dataset_id, vm.owner_id).ok())
     return MakeError(ErrorCode::kFailedPrecondition,
                      "dataset " + name + " was removed since VM " + vm.name + " attached it");
-  VMG_ASSIGN_OR_RETURN(Host host, store_.GetHost(vm.host_id));
+  VMG_ASSIGN_OR_RETURN(t.host, store_.GetHost(vm.host_id));
+  return t;
+}
+
+Result<json> DatasetService::PushAndRecord(const std::string& vm_id, const CommitTarget& t) {
+  const VmDataAttachment& a = t.attachment;
+  auto pushed = agents_->CommitData(t.host, vm_id, t.index, a.dataset_id);
+  if (!pushed.ok()) return pushed.error().Wrap("commit of dataset " + a.dataset);
+  const DurableVersion& p = *pushed;
+  if (p.ref.name != a.dataset_id || p.ref.version == 0 || p.ref.size > kMaxDatasetBytes)
+    return MakeError(ErrorCode::kInternal, "host " + t.host.name +
+                                               " answered a commit of dataset " + a.dataset +
+                                               " with another version");
+  DatasetVersion v;
+  v.dataset_id = a.dataset_id;
+  v.version = static_cast<int64_t>(p.ref.version);
+  v.kind = "dir";
+  v.size_bytes = static_cast<int64_t>(p.ref.size);
+  v.blob_digest = p.ref.digest;
+  v.chunks = static_cast<int64_t>(p.chunks);
+  v.sent_chunks = static_cast<int64_t>(p.chunks_sent);
+  v.sent_bytes = static_cast<int64_t>(p.bytes_sent);
+  v.created_ms = NowMs();
+  if (Status s = store_.AddDatasetVersion(v); !s.ok())
+    return s.error().Wrap("recording dataset " + a.dataset + " version " +
+                          std::to_string(v.version));
+  return json{{"dataset", a.dataset}, {"version", v.version},         {"size_bytes", v.size_bytes},
+              {"chunks", v.chunks},   {"sent_chunks", v.sent_chunks}, {"sent_bytes", v.sent_bytes}};
+}
+
+Result<json> DatasetService::CommitNow(const Vm& vm, const std::string& name) {
+  VMG_ASSIGN_OR_RETURN(CommitTarget t, FindCommitTarget(vm, name));
+  return PushAndRecord(vm.id, t);
+}
+
+Result<json> DatasetService::Commit(const Caller& c, const std::string& vm_ref,
+                                    const std::string& name) {
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(vm_ref, c.owner()));
+  VMG_ASSIGN_OR_RETURN(CommitTarget t, FindCommitTarget(vm, name));
   VMG_ASSIGN_OR_RETURN(auto slot, long_ops_->Acquire(c.user.id, 1, c.admin()));
   OpQueue::Operation op;
   op.kind = "data_commit";
   op.owner_id = c.user.id;
   op.vm_id = vm.id;
   json answer = ops_->Start(op);
-  ops_->Run(
-      vm.id, [this, host, vm_id = vm.id, index, a, id = op.id, slot = std::move(slot)]() mutable {
-        auto pushed = agents_->CommitData(host, vm_id, index, a.dataset_id);
-        slot.reset();
-        if (!pushed.ok()) {
-          ops_->Finish(id, pushed.error().Wrap("commit of dataset " + a.dataset));
-          return;
-        }
-        const DurableVersion& p = *pushed;
-        if (p.ref.name != a.dataset_id || p.ref.version == 0 || p.ref.size > kMaxDatasetBytes) {
-          ops_->Finish(id, MakeError(ErrorCode::kInternal,
-                                     "host " + host.name + " answered a commit of dataset " +
-                                         a.dataset + " with another version"));
-          return;
-        }
-        DatasetVersion v;
-        v.dataset_id = a.dataset_id;
-        v.version = static_cast<int64_t>(p.ref.version);
-        v.kind = "dir";
-        v.size_bytes = static_cast<int64_t>(p.ref.size);
-        v.blob_digest = p.ref.digest;
-        v.chunks = static_cast<int64_t>(p.chunks);
-        v.sent_chunks = static_cast<int64_t>(p.chunks_sent);
-        v.sent_bytes = static_cast<int64_t>(p.bytes_sent);
-        v.created_ms = NowMs();
-        if (Status s = store_.AddDatasetVersion(v); !s.ok()) {
-          ops_->Finish(id, s.error().Wrap("recording dataset " + a.dataset + " version " +
-                                          std::to_string(v.version)));
-          return;
-        }
-        ops_->Finish(id, json{{"dataset", a.dataset},
-                              {"version", v.version},
-                              {"size_bytes", v.size_bytes},
-                              {"chunks", v.chunks},
-                              {"sent_chunks", v.sent_chunks},
-                              {"sent_bytes", v.sent_bytes}});
-      });
+  ops_->Run(vm.id, [this, vm_id = vm.id, t, id = op.id, slot = std::move(slot)]() mutable {
+    auto r = PushAndRecord(vm_id, t);
+    slot.reset();
+    ops_->Finish(id, r);
+  });
   return answer;
 }
 

@@ -30,6 +30,7 @@
 #include <string>
 
 #include "api/routes/route.h"
+#include "api/services/data_attachments.h"
 #include "chunks/manifest.h"
 #include "common/result.h"
 #include "store/store.h"
@@ -84,6 +85,11 @@ class DatasetService {
   // long operations -> kTooManyRequests. Needs EnableCommits.
   Result<nlohmann::json> Commit(const Caller& c, const std::string& vm_ref,
                                 const std::string& name);
+  // The same, synchronously, for the controller's own use (a job task's
+  // output, docs/jobs.md): VM `vm` (already the caller's, any owner)
+  // pushes its read-write attachment of `name`; answers the operation's
+  // result.
+  Result<nlohmann::json> CommitNow(const Vm& vm, const std::string& name);
   // Where commits go; set before serving (without it Commit fails).
   void EnableCommits(AgentClient& agents, OpQueue& ops, Admission& long_ops) {
     agents_ = &agents;
@@ -97,6 +103,16 @@ class DatasetService {
   Result<std::pair<DatasetVersion, Manifest>> LoadVersion(const Dataset& d, int64_t version);
   nlohmann::json View(const Dataset& d, const std::vector<DatasetVersion>& versions);
 
+  // VM `vm`'s read-write attachment of dataset `name`, its index and host,
+  // checked as Commit documents.
+  struct CommitTarget {
+    size_t index = 0;
+    VmDataAttachment attachment;
+    Host host;
+  };
+  Result<CommitTarget> FindCommitTarget(const Vm& vm, const std::string& name);
+  // The agent's push of `t` and the version's record.
+  Result<nlohmann::json> PushAndRecord(const std::string& vm_id, const CommitTarget& t);
   // A VM of the dataset's owner that has `dataset_id` (version `version`,
   // or any) attached and is not being deleted, if any.
   Result<std::optional<Vm>> AttachedTo(const Dataset& d, std::optional<int64_t> version);

@@ -1,6 +1,7 @@
 #include "api/services/grid_task_runner.h"
 
 #include "api/agent_client.h"
+#include "api/services/dataset_service.h"
 #include "api/services/vm_create_service.h"
 #include "api/services/vm_service.h"
 
@@ -9,11 +10,11 @@ namespace vmgrid {
 using nlohmann::json;
 
 GridTaskRunner::GridTaskRunner(Store& store, VmCreateService& creates, VmService& vms,
-                               AgentClient& agents)
-    : store_(store), creates_(creates), vms_(vms), agents_(agents) {}
+                               AgentClient& agents, DatasetService& datasets)
+    : store_(store), creates_(creates), vms_(vms), agents_(agents), datasets_(datasets) {}
 
 // ---- THE task VM create: one place for everything a task's VM is made with.
-Result<Vm> GridTaskRunner::CreateTaskVm(const Job& job, const JobSpec& spec, int64_t /*index*/,
+Result<Vm> GridTaskRunner::CreateTaskVm(const Job& job, const JobSpec& spec, int64_t index,
                                         const std::string& vm_name) {
   VMG_ASSIGN_OR_RETURN(User owner, store_.GetUserById(job.owner_id));
   CreateVmRequest r;
@@ -24,12 +25,30 @@ Result<Vm> GridTaskRunner::CreateTaskVm(const Job& job, const JobSpec& spec, int
   r.vcpus = spec.vcpus;
   r.memory_mb = spec.memory_mb;
   r.memory_named = spec.memory_mb > 0;
-  // DATA (not in this build; JobService::Submit refuses jobs with data):
-  // each of spec.data becomes {"dataset": d.dataset, "version": d.version,
-  // "mount": d.mount, "mode": "ro"} of the create request's `data`, and
-  // spec.output {"dataset": ExpandTaskIndex(output.dataset, index),
-  // "mount": output.mount, "mode": "rw", "new": true, "size_mb":
-  // output.size_mb}.
+  // The inputs, read-only; the output, a new dataset (docs/datasets.md).
+  for (const JobDataInput& d : spec.data) {
+    DataRequest q;
+    q.dataset = d.dataset;
+    q.version = d.version;
+    q.mount = d.mount;
+    r.data.push_back(q);
+  }
+  if (spec.output) {
+    DataRequest q;
+    q.dataset = ExpandTaskIndex(spec.output->dataset, index);
+    q.mount = spec.output->mount;
+    q.rw = q.create = true;
+    q.size_mb = spec.output->size_mb;
+    // An earlier attempt of this task (its VM lost) left the dataset empty:
+    // it is this task's, made again with the new VM.
+    VMG_ASSIGN_OR_RETURN(auto left, store_.FindDatasetByName(job.owner_id, q.dataset));
+    if (left) {
+      VMG_ASSIGN_OR_RETURN(auto versions, store_.ListDatasetVersions(left->id));
+      if (versions.empty() && left->created_ms >= job.created_ms)
+        VMG_RETURN_IF_ERROR(store_.DeleteDataset(left->id));
+    }
+    r.data.push_back(q);
+  }
   VMG_ASSIGN_OR_RETURN(json answer, creates_.Create(Caller{owner}, r));
   if (!answer.is_object() || !answer.contains("id") || !answer["id"].is_string())
     return MakeError(ErrorCode::kInternal, "the VM create answered no id");
@@ -55,13 +74,14 @@ Result<TaskOutcome> GridTaskRunner::RunTask(const Vm& vm, const JobSpec& spec, i
 }
 
 // ---- THE output commit: after the program exited, before the VM goes.
-Status GridTaskRunner::CommitTaskOutput(const Vm& /*vm*/, const Job& /*job*/,
-                                        const JobSpec& /*spec*/, int64_t /*index*/) {
-  // DATA: DatasetService's commit of the VM's rw attachment
-  // ExpandTaskIndex(spec.output->dataset, index) as that dataset's next
-  // version (POST /v1/vms/{ref}/data/{name}/commit in process).
-  return MakeError(ErrorCode::kFailedPrecondition,
-                   "dataset attachments are not available in this build");
+Status GridTaskRunner::CommitTaskOutput(const Vm& vm, const Job& /*job*/, const JobSpec& spec,
+                                        int64_t index) {
+  if (!spec.output) return Status::Ok();
+  // The program has exited: the guest flushes and the output is pushed.
+  VMG_ASSIGN_OR_RETURN(Vm now, store_.GetVm(vm.id, ""));
+  auto r = datasets_.CommitNow(now, ExpandTaskIndex(spec.output->dataset, index));
+  if (!r.ok()) return r.error();
+  return Status::Ok();
 }
 
 Status GridTaskRunner::DeleteTaskVm(const std::string& vm_id) {

@@ -2,9 +2,10 @@
 // (JobService's TaskRunner): the VM through VmCreateService (placed,
 // reserved and within the owner's quota like any VM create), the program
 // through the host's agent (the guest agent's exec, the same call as
-// `vm exec`), the VM's delete through VmService. Dataset attachments (the
-// job's --data/--output) are wired in CreateTaskVm and CommitTaskOutput
-// once VM creates take them. Thread-safe: every method.
+// `vm exec`), the VM's delete through VmService. A job's --data inputs are
+// read-only attachments of each task's VM and its --output a new dataset
+// attached read-write, committed by DatasetService once the program has
+// exited (docs/jobs.md). Thread-safe: every method.
 #pragma once
 
 #include <string>
@@ -14,12 +15,14 @@
 namespace vmgrid {
 
 class AgentClient;
+class DatasetService;
 class VmCreateService;
 class VmService;
 
 class GridTaskRunner : public TaskRunner {
  public:
-  GridTaskRunner(Store& store, VmCreateService& creates, VmService& vms, AgentClient& agents);
+  GridTaskRunner(Store& store, VmCreateService& creates, VmService& vms, AgentClient& agents,
+                 DatasetService& datasets);
 
   Result<Vm> CreateTaskVm(const Job& job, const JobSpec& spec, int64_t index,
                           const std::string& vm_name) override;
@@ -33,6 +36,7 @@ class GridTaskRunner : public TaskRunner {
   VmCreateService& creates_;
   VmService& vms_;
   AgentClient& agents_;
+  DatasetService& datasets_;
 };
 
 }  // namespace vmgrid

@@ -9,6 +9,7 @@
 #include "api/routes.h"
 #include "common/http_json.h"
 #include "common/util.h"
+#include "proto/data_attachment.h"
 
 namespace vmgrid {
 
@@ -19,8 +20,7 @@ namespace {
 constexpr size_t kMaxArgs = 256;
 constexpr size_t kMaxArgBytes = 4096;
 constexpr size_t kMaxArgvBytes = 64 * 1024;
-constexpr size_t kMaxDataInputs = 8;
-constexpr size_t kMaxMountBytes = 255;
+constexpr size_t kMaxDataInputs = kMaxDataAttachments - 1;  // and the output
 
 bool Terminal(const std::string& state) {
   return state == "succeeded" || state == "failed" || state == "cancelled";
@@ -28,28 +28,10 @@ bool Terminal(const std::string& state) {
 
 // A guest mount point: absolute, normalised (no '.', '..' or empty parts),
 // not the root and not a directory the guest system needs.
+// The same rules as every dataset attachment (proto/data_attachment.h).
 Status CheckMount(const std::string& what, const std::string& m) {
-  auto bad = [&](const std::string& why) {
-    return MakeError(ErrorCode::kInvalidArgument, what + " mount point '" + m + "' " + why);
-  };
-  if (m.empty() || m[0] != '/') return bad("must be an absolute path");
-  if (m.size() > kMaxMountBytes) return bad("is too long");
-  if (m == "/") return bad("cannot be the guest's root");
-  if (m.find('\0') != std::string::npos) return bad("holds a NUL byte");
-  size_t start = 1;
-  std::string first;
-  while (start <= m.size()) {
-    size_t end = m.find('/', start);
-    if (end == std::string::npos) end = m.size();
-    std::string part = m.substr(start, end - start);
-    if (part.empty() || part == "." || part == "..")
-      return bad("must be normalised (no empty, '.' or '..' parts)");
-    if (first.empty()) first = part;
-    start = end + 1;
-  }
-  static const std::set<std::string> kSystem = {"bin",  "boot", "dev",  "etc", "lib", "lib64",
-                                                "proc", "run",  "sbin", "sys", "usr", "var"};
-  if (kSystem.count(first)) return bad("is inside /" + first + ", which the guest system needs");
+  Status st = ValidateGuestMountPoint(m);
+  if (!st.ok()) return st.error().Wrap(what);
   return Status::Ok();
 }
 
@@ -183,7 +165,7 @@ Result<JobSpec> ParseSpecFields(const json& j, const JsonFields& f) {
     JobDataOutput out;
     VMG_ASSIGN_OR_RETURN(out.dataset, of.String("dataset", true));
     VMG_ASSIGN_OR_RETURN(out.mount, of.String("mount", true));
-    VMG_ASSIGN_OR_RETURN(out.size_mb, of.Int("size_mb", 1024, 16, 1 << 20));
+    VMG_ASSIGN_OR_RETURN(out.size_mb, of.Int("size_mb", 1024, kMinBlankDataMb, kMaxBlankDataMb));
     VMG_RETURN_IF_ERROR(CheckDatasetName("output dataset name", out.dataset, true));
     VMG_RETURN_IF_ERROR(CheckMount("output", out.mount));
     for (const auto& d : s.data)
@@ -344,14 +326,6 @@ Result<json> JobService::Submit(const Caller& c, const JobRequest& r) {
                          "the output dataset's name needs {i} when a job has several tasks");
     }
   }
-  // DATA: dataset attachments of VMs are not in this build; the job's data
-  // and output are validated and would be stored as they are. Remove this
-  // refusal when VmCreateService takes `data` (GridTaskRunner's
-  // CreateTaskVm and CommitTaskOutput are where they are wired).
-  if (!s.data.empty() || s.output)
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "dataset attachments are not available in this build");
-
   Job job;
   job.id = NewId("job");
   job.owner_id = c.user.id;
