@@ -10,7 +10,6 @@
 #include <cctype>
 #include <filesystem>
 #include <set>
-#include <sstream>
 
 #include "agent/console_log.h"
 #include "agent/guest_data.h"
@@ -31,25 +30,6 @@ namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 using Clock = std::chrono::steady_clock;
-
-namespace {
-
-// "PID:STARTTIME" of a process (/proc/PID/stat field 22, in clock ticks
-// since boot): unlike a pid alone, never the same for two processes of one
-// boot. "" when it cannot be read.
-std::string QemuIdentity(pid_t pid) {
-  auto stat = ReadFile("/proc/" + std::to_string(pid) + "/stat");
-  if (!stat.ok()) return "";
-  const size_t paren = stat->rfind(')');
-  if (paren == std::string::npos || paren + 2 > stat->size()) return "";
-  std::istringstream fields(stat->substr(paren + 2));  // field 3 (state) on
-  std::string field;
-  for (int i = 3; i <= 22 && fields >> field; ++i)
-    if (i == 22) return std::to_string(pid) + ":" + field;
-  return "";
-}
-
-}  // namespace
 
 struct VmRunner::Vm {
   std::mutex op_mu;  // serializes lifecycle operations on this VM
@@ -82,12 +62,6 @@ struct VmRunner::Vm {
   // Serializes durable pushes of this VM, so versions are published in the
   // order their copies were taken. Taken before op_mu only with try_lock.
   std::mutex push_mu;
-  // Guarded by push_mu: the disk's write counters when the copy of the
-  // latest version an interval push published was taken, and the QEMU
-  // process they were read from (QemuIdentity). An interval push is skipped
-  // while both are unchanged: nothing was written since that version.
-  DiskWrites pushed_writes;
-  std::string pushed_qemu;
 
   // Guarded by op_mu.
   std::unique_ptr<QemuProcess> qemu;
@@ -827,8 +801,6 @@ void VmRunner::PushDueWorkspaces() {
     const std::string dir = VmDir(s.id) + "/durable-copy";
     const int64_t at = NowMs();
     Status st = Status::Ok();
-    DiskWrites copied_writes;  // the disk's write counters at the copy
-    std::string copied_qemu;
     {
       // The VM's operations wait only for the copy's start (drive-backup
       // copies before write: a point-in-time image while the guest runs).
@@ -838,27 +810,6 @@ void VmRunner::PushDueWorkspaces() {
       if (vm->State() != VmState::kRunning || !vm->Migration().empty() || !vm->qemu) continue;
       if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
         (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
-      // Nothing written since the copy of the last version this QEMU pushed
-      // (counters read after the guest's sync, so its cached writes count):
-      // that version is this disk, skip. Any doubt (counters unreadable or
-      // empty, another QEMU, a failed push since) pushes.
-      auto writes = QueryDiskWrites(vm->qemu->qmp(), "disk0");
-      const std::string identity = QemuIdentity(vm->qemu->pid());
-      bool failed_since;
-      uint64_t version;
-      {
-        std::lock_guard<std::mutex> l(vm->status_mu);
-        failed_since = !vm->durable_error.empty();
-        version = vm->durable.ref.version;
-      }
-      if (writes.ok() && !writes->empty() && !identity.empty() && !failed_since &&
-          identity == vm->pushed_qemu && *writes == vm->pushed_writes) {
-        spdlog::debug("VM {}: workspace unchanged since durable version {}: no interval push", s.id,
-                      version);
-        continue;
-      }
-      copied_writes = writes.ok() ? *writes : DiskWrites{};
-      copied_qemu = writes.ok() ? identity : "";
       (void)RemoveTree(dir);
       st = MakeDirs(dir, 0700);
       if (st.ok()) st = ChownForQemu(*vm, dir);
@@ -867,9 +818,7 @@ void VmRunner::PushDueWorkspaces() {
                            std::chrono::minutes(30));
     }
     if (st.ok()) {
-      const bool pushed = PushDurableLocked(*vm, dir + "/disk.qcow2", "interval", at);
-      vm->pushed_writes = pushed ? copied_writes : DiskWrites{};
-      vm->pushed_qemu = pushed ? copied_qemu : "";
+      PushDurableLocked(*vm, dir + "/disk.qcow2", "interval", at);
     } else {
       spdlog::warn("VM {}: copying its workspace for an interval push: {}", s.id,
                    st.error().message);
@@ -878,7 +827,7 @@ void VmRunner::PushDueWorkspaces() {
   }
 }
 
-bool VmRunner::PushDurableLocked(Vm& vm, const std::string& qcow2, const std::string& trigger,
+void VmRunner::PushDurableLocked(Vm& vm, const std::string& qcow2, const std::string& trigger,
                                  int64_t at) {
   const VmSpec& s = vm.spec;
   // The workspace's header is the guest's to choose once it owns QEMU: read
@@ -897,7 +846,7 @@ bool VmRunner::PushDurableLocked(Vm& vm, const std::string& qcow2, const std::st
                  trigger, v.error().message);
     std::lock_guard<std::mutex> l(vm.status_mu);
     vm.durable_error = RedactForUser(v.error().message);
-    return false;
+    return;
   }
   {
     std::lock_guard<std::mutex> l(vm.status_mu);
@@ -905,7 +854,6 @@ bool VmRunner::PushDurableLocked(Vm& vm, const std::string& qcow2, const std::st
     vm.durable_error.clear();
   }
   PersistStateOrCount(vm);
-  return true;
 }
 
 Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir, bool shared) {

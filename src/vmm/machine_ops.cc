@@ -82,34 +82,6 @@ void ForgetFd(QmpClient& qmp, const std::string& name) {
 
 }  // namespace
 
-Result<DiskWrites> ParseDiskWrites(const json& blockstats, const std::string& device) {
-  if (!blockstats.is_array())
-    return MakeError(ErrorCode::kInternal, "query-blockstats: not a list");
-  for (const json& entry : blockstats) {
-    if (!entry.is_object()) continue;
-    const bool named = GetString(entry, "device") == device || GetString(entry, "qdev") == device ||
-                       GetString(entry, "node-name") == device;
-    if (!named) continue;
-    DiskWrites writes;
-    auto stats = entry.find("stats");
-    if (stats == entry.end() || !stats->is_object()) return writes;
-    for (const auto& [name, value] : stats->items()) {
-      const bool changes = name.find("wr_") != std::string::npos ||
-                           name.find("unmap") != std::string::npos ||
-                           name.find("zone_append") != std::string::npos;
-      if (changes && value.is_number_integer()) writes[name] = value.get<int64_t>();
-    }
-    return writes;
-  }
-  return MakeError(ErrorCode::kNotFound, "query-blockstats: no device " + device);
-}
-
-Result<DiskWrites> QueryDiskWrites(QmpClient& qmp, const std::string& device) {
-  VMG_ASSIGN_OR_RETURN(json stats,
-                       qmp.Execute("query-blockstats", json::object(), kCommandTimeout));
-  return ParseDiskWrites(stats, device);
-}
-
 Result<std::string> QueryStatus(QmpClient& qmp) {
   VMG_ASSIGN_OR_RETURN(json info, qmp.Execute("query-status", json::object(), kCommandTimeout));
   std::optional<std::string> status = GetString(info, "status");

@@ -11,9 +11,6 @@
 #pragma once
 
 #include <chrono>
-#include <cstdint>
-#include <map>
-#include <nlohmann/json.hpp>
 #include <string>
 
 #include "common/result.h"
@@ -45,20 +42,6 @@ Status ResumeFromFile(QmpClient& qmp, const std::string& path, std::chrono::mill
 Status CheckpointToFiles(QmpClient& qmp, const std::string& device, const std::string& disk_target,
                          bool full_disk, const std::string& state_path,
                          std::chrono::milliseconds timeout);
-
-// What has changed a block device's contents since its QEMU started: every
-// integer of query-blockstats' "stats" whose name says write, unmap
-// (discard) or zone append (wr_operations, wr_bytes, failed_wr_operations,
-// unmap_bytes, ...). Reads, flushes and idle times are left out. Two equal
-// values taken from one QEMU mean no write completed in between (QEMU counts
-// a request when it completes; one in flight at the first reading completes
-// before the second, or is still in flight and was not in either copy taken
-// at those points). Empty: QEMU reported no such counter (unknown).
-using DiskWrites = std::map<std::string, int64_t>;
-// From a query-blockstats reply: the entry whose device, qdev or node-name
-// is `device`. kNotFound when none is.
-Result<DiskWrites> ParseDiskWrites(const nlohmann::json& blockstats, const std::string& device);
-Result<DiskWrites> QueryDiskWrites(QmpClient& qmp, const std::string& device);
 
 // query-status "status": running, paused, postmigrate, inmigrate, ...
 Result<std::string> QueryStatus(QmpClient& qmp);
