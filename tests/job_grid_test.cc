@@ -142,10 +142,10 @@ TEST_F(JobGridTest, AJobQueuedWhileNoHostTakesVmsStartsWhenOneDoes) {
   EXPECT_EQ(Log(id, 0), "late\n");
 }
 
-// DISABLED 2026-12-06: in CI all 6 attempts were placed on the killed host (not yet
-// suspect) and failed within 4 s; retries need a back-off and must avoid that
-// host (see the stop 25 note). Enable again with that fix.
-TEST_F(JobGridTest, DISABLED_ATaskWhoseAgentIsKilledIsRetriedOnTheOtherHost) {
+// Retries back off (2 s, 4 s, ...) and prefer another host than the one the
+// last attempt was lost on: before that, all 6 attempts once went to the
+// killed host (not yet suspect) and failed within 4 s.
+TEST_F(JobGridTest, ATaskWhoseAgentIsKilledIsRetriedOnTheOtherHost) {
   const std::string id =
       Submit({{"retries", 5}, {"argv", {"/bin/sh", "-c", "sleep 20; echo done"}}});
   auto running = PollUntil(
@@ -164,6 +164,7 @@ TEST_F(JobGridTest, DISABLED_ATaskWhoseAgentIsKilledIsRetriedOnTheOtherHost) {
   EXPECT_EQ(job["state"], "succeeded") << job.dump();
   EXPECT_GE(job["tasks"][0]["attempts"].get<int>(), 2);
   EXPECT_NE(job["tasks"][0]["host_id"], first_host);
+  EXPECT_EQ(job["tasks"][0]["last_host_id"], first_host) << job.dump();
   EXPECT_EQ(Log(id, 0), "done\n");
   // The last test of the suite: the killed agent stays down (StopGrid sweeps
   // its fenced QEMUs). Restarting it here once did not answer LocalGrid's

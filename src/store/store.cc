@@ -475,6 +475,13 @@ CREATE TABLE job_tasks (
 );
 CREATE INDEX job_tasks_state ON job_tasks(state, owner_id, queued_ms);
 )sql",
+    // 20: job retries back off and avoid the host that failed (docs/jobs.md,
+    // "Retries"). not_before_ms: a queued task is not started before then;
+    // last_host_id: the host its last lost attempt ran on.
+    R"sql(
+ALTER TABLE job_tasks ADD COLUMN not_before_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE job_tasks ADD COLUMN last_host_id TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 const char* kUserCols =
@@ -2873,7 +2880,7 @@ Job ReadJob(const SqlRow& r) {
 }
 const char* kTaskCols =
     "job_id, idx, owner_id, state, attempts, vm_id, host_id, queued_ms, started_ms, finished_ms, "
-    "exit_code, error";
+    "exit_code, error, not_before_ms, last_host_id";
 JobTask ReadTask(const SqlRow& r) {
   JobTask t;
   t.job_id = r.Text(0);
@@ -2888,6 +2895,8 @@ JobTask ReadTask(const SqlRow& r) {
   t.finished_ms = r.Int(9);
   t.exit_code = r.Int(10);
   t.error = r.Text(11);
+  t.not_before_ms = r.Int(12);
+  t.last_host_id = r.Text(13);
   return t;
 }
 const char* kUnfinishedTask = "state IN ('queued','starting','running')";
@@ -2969,16 +2978,17 @@ Result<std::vector<JobTask>> Store::ListJobTasksInState(const std::string& state
                         {state}, ReadTask);
 }
 
-Result<std::vector<JobTask>> Store::QueuedTaskHeads(int64_t per_owner) {
+Result<std::vector<JobTask>> Store::QueuedTaskHeads(int64_t per_owner, int64_t now_ms) {
   auto read = Read();
-  // Window functions: SQLite 3.25+ and PostgreSQL.
+  // Window functions: SQLite 3.25+ and PostgreSQL. A task backing off is
+  // not a head: its owner's next one may start meanwhile.
   return Query<JobTask>(
       read.db,
       std::string("SELECT ") + kTaskCols + " FROM (SELECT " + kTaskCols +
           ", ROW_NUMBER() OVER (PARTITION BY owner_id ORDER BY queued_ms, job_id, idx) AS rn "
-          "FROM job_tasks WHERE state='queued') q WHERE rn <= ? "
+          "FROM job_tasks WHERE state='queued' AND not_before_ms <= ?) q WHERE rn <= ? "
           "ORDER BY owner_id, queued_ms, job_id, idx",
-      {std::max<int64_t>(1, per_owner)}, ReadTask);
+      {now_ms, std::max<int64_t>(1, per_owner)}, ReadTask);
 }
 
 Result<std::map<std::string, int64_t>> Store::ActiveJobTasksByOwner() {
@@ -3002,13 +3012,13 @@ Result<JobTask> Store::GetJobTaskLogs(const std::string& job_id, int64_t index) 
     return MakeError(ErrorCode::kNotFound,
                      "job " + job_id + " has no task " + std::to_string(index));
   JobTask t = ReadTask(rows[0]);
-  auto out = Base64Decode(rows[0].Text(12));
-  auto err = Base64Decode(rows[0].Text(13));
+  auto out = Base64Decode(rows[0].Text(14));
+  auto err = Base64Decode(rows[0].Text(15));
   if (!out.ok() || !err.ok()) return MakeError(ErrorCode::kInternal, "a task's logs are corrupt");
   t.stdout_data = std::move(*out);
   t.stderr_data = std::move(*err);
-  t.stdout_truncated = rows[0].Int(14) != 0;
-  t.stderr_truncated = rows[0].Int(15) != 0;
+  t.stdout_truncated = rows[0].Int(16) != 0;
+  t.stderr_truncated = rows[0].Int(17) != 0;
   return t;
 }
 
@@ -3017,9 +3027,10 @@ Result<bool> Store::UpdateJobTask(const JobTask& t, const std::string& from_stat
   auto lock = Exclusive();
   std::string sql =
       "UPDATE job_tasks SET state=?, attempts=?, vm_id=?, host_id=?, queued_ms=?, started_ms=?, "
-      "finished_ms=?, exit_code=?, error=?";
-  std::vector<SqlValue> args{t.state,      t.attempts,    t.vm_id,     t.host_id, t.queued_ms,
-                             t.started_ms, t.finished_ms, t.exit_code, t.error};
+      "finished_ms=?, exit_code=?, error=?, not_before_ms=?, last_host_id=?";
+  std::vector<SqlValue> args{t.state,       t.attempts,  t.vm_id,         t.host_id,
+                             t.queued_ms,   t.started_ms, t.finished_ms,  t.exit_code,
+                             t.error,       t.not_before_ms, t.last_host_id};
   // Logs are written once, when the task ends with them.
   if (t.state == "succeeded" || t.state == "failed") {
     sql += ", stdout_b64=?, stderr_b64=?, stdout_truncated=?, stderr_truncated=?";

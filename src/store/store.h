@@ -340,7 +340,8 @@ class Store {
   Result<std::vector<JobTask>> ListJobTasksInState(const std::string& state);
   // The first `per_owner` queued tasks of each owner, in queue order
   // (queued_ms, job, index): what the fair-share scheduler picks from.
-  Result<std::vector<JobTask>> QueuedTaskHeads(int64_t per_owner);
+  // Tasks backing off (not_before_ms > now_ms) are left out.
+  Result<std::vector<JobTask>> QueuedTaskHeads(int64_t per_owner, int64_t now_ms);
   // Tasks starting or running, per owner (owners with none absent).
   Result<std::map<std::string, int64_t>> ActiveJobTasksByOwner();
   // One task with its logs; kNotFound for a bad index.

@@ -455,7 +455,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 19);
+  EXPECT_EQ((*s)->schema_version(), 20);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
@@ -897,7 +897,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 19);
+  EXPECT_EQ(store_->schema_version(), 20);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);

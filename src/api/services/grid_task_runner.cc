@@ -15,7 +15,8 @@ GridTaskRunner::GridTaskRunner(Store& store, VmCreateService& creates, VmService
 
 // ---- THE task VM create: one place for everything a task's VM is made with.
 Result<Vm> GridTaskRunner::CreateTaskVm(const Job& job, const JobSpec& spec, int64_t index,
-                                        const std::string& vm_name) {
+                                        const std::string& vm_name,
+                                        const std::string& avoid_host) {
   VMG_ASSIGN_OR_RETURN(User owner, store_.GetUserById(job.owner_id));
   CreateVmRequest r;
   r.image = job.image_id;
@@ -25,6 +26,7 @@ Result<Vm> GridTaskRunner::CreateTaskVm(const Job& job, const JobSpec& spec, int
   r.vcpus = spec.vcpus;
   r.memory_mb = spec.memory_mb;
   r.memory_named = spec.memory_mb > 0;
+  if (!avoid_host.empty()) r.avoid_hosts = {avoid_host};
   // The inputs, read-only; the output, a new dataset (docs/datasets.md).
   for (const JobDataInput& d : spec.data) {
     DataRequest q;

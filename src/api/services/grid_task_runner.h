@@ -25,7 +25,7 @@ class GridTaskRunner : public TaskRunner {
                  DatasetService& datasets);
 
   Result<Vm> CreateTaskVm(const Job& job, const JobSpec& spec, int64_t index,
-                          const std::string& vm_name) override;
+                          const std::string& vm_name, const std::string& avoid_host) override;
   Result<TaskOutcome> RunTask(const Vm& vm, const JobSpec& spec, int64_t index) override;
   Status CommitTaskOutput(const Vm& vm, const Job& job, const JobSpec& spec,
                           int64_t index) override;

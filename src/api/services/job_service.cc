@@ -467,6 +467,12 @@ void JobService::DeleteVm(const std::string& vm_id) {
     spdlog::info("job task VM {}: delete: {} (the sweep retries)", vm_id, st.error().message);
 }
 
+int64_t RetryBackoffMs(const JobLimits& limits, int64_t lost_attempts) {
+  int64_t ms = std::max<int64_t>(0, limits.retry_backoff_ms);
+  for (int64_t i = 1; i < lost_attempts && ms < limits.retry_backoff_max_ms; ++i) ms *= 2;
+  return std::min(ms, std::max<int64_t>(0, limits.retry_backoff_max_ms));
+}
+
 void JobService::VmLost(const JobTask& t, const JobSpec& spec, const std::string& why) {
   JobTask next = t;
   next.vm_id.clear();
@@ -481,7 +487,12 @@ void JobService::VmLost(const JobTask& t, const JobSpec& spec, const std::string
   }
   next.state = "queued";
   next.started_ms = 0;
-  next.error = "attempt " + std::to_string(t.attempts) + ": " + why + "; retried";
+  // The next attempt waits (a dying host is not yet known dead: placement
+  // would pick it again) and prefers another host.
+  next.not_before_ms = clock_.NowMs() + RetryBackoffMs(limits_, t.attempts);
+  if (!t.host_id.empty()) next.last_host_id = t.host_id;
+  next.error = "attempt " + std::to_string(t.attempts) + ": " + why + "; retried in " +
+               std::to_string((next.not_before_ms - clock_.NowMs() + 999) / 1000) + " s";
   // queued_ms stays: a retried task is ahead of its owner's later ones.
   if (Move(t, next, "job.task.retried", next.error)) DeleteVm(t.vm_id);
 }
@@ -649,7 +660,7 @@ void JobService::Schedule() {
   auto starting = store_.ListJobTasksInState("starting");
   if (starting.ok()) busy += static_cast<int64_t>(starting->size());
   if (busy >= limits_.max_running) return;
-  auto heads = store_.QueuedTaskHeads(limits_.starts_per_tick);
+  auto heads = store_.QueuedTaskHeads(limits_.starts_per_tick, clock_.NowMs());
   auto active = store_.ActiveJobTasksByOwner();
   if (!heads.ok() || !active.ok()) return;
   FairShare share(*active, *heads);
@@ -682,7 +693,7 @@ void JobService::Schedule() {
       continue;
     }
     const std::string name = TaskVmName(job.id, t->index, claim.attempts);
-    auto vm = runner_.CreateTaskVm(job, spec, t->index, name);
+    auto vm = runner_.CreateTaskVm(job, spec, t->index, name, t->last_host_id);
     if (!vm.ok()) {
       const ErrorCode code = vm.error().code;
       JobTask back = claim;
@@ -784,6 +795,11 @@ json JobService::JobJson(const Job& job, const JobSpec& spec, const std::vector<
               {"host", host_names.count(t.host_id) ? host_names[t.host_id] : ""},
               {"exit_code", t.exit_code >= 0 ? json(t.exit_code) : json(nullptr)},
               {"error", t.error},
+              // A retry backing off: when it may start, and the host it avoids.
+              {"retry_at", t.state == "queued" && t.not_before_ms > 0
+                               ? json(FormatTimeMs(t.not_before_ms))
+                               : json(nullptr)},
+              {"last_host_id", t.last_host_id},
               {"started_at", t.started_ms ? json(FormatTimeMs(t.started_ms)) : json(nullptr)},
               {"finished_at", t.finished_ms ? json(FormatTimeMs(t.finished_ms)) : json(nullptr)}};
     list.push_back(std::move(v));

@@ -109,8 +109,10 @@ class TaskRunner {
   // like any VM create); answers its record (`creating`). No room
   // (kResourceExhausted), over the owner's quota (kPermissionDenied) or
   // creates in flight (kTooManyRequests): the task stays queued.
+  // `avoid_host` ("" = none): the host the task's last attempt was lost on;
+  // any other host that fits goes first.
   virtual Result<Vm> CreateTaskVm(const Job& job, const JobSpec& spec, int64_t index,
-                                  const std::string& vm_name) = 0;
+                                  const std::string& vm_name, const std::string& avoid_host) = 0;
   // Runs the task's program in its running VM to its end (blocks up to
   // spec.timeout_s). kUnavailable / kNotFound / kFailedPrecondition: the VM
   // or its host was lost (the task is retried).
@@ -152,7 +154,16 @@ struct JobLimits {
   int64_t max_running = 256;                // tasks this controller runs at once
   int64_t starts_per_tick = 32;             // VM creates per scheduler pass
   int64_t sweep_ms = 15'000;                // how often orphaned task VMs are looked for
+  // A task whose VM or host was lost is retried after retry_backoff_ms,
+  // doubled for each further lost attempt, at most retry_backoff_max_ms: a
+  // host that just died has time to be found dead (docs/jobs.md, "Retries").
+  int64_t retry_backoff_ms = 2'000;
+  int64_t retry_backoff_max_ms = 60'000;
 };
+
+// How long a task waits before its next attempt after `lost_attempts`
+// attempts of it were lost (1: the first).
+int64_t RetryBackoffMs(const JobLimits& limits, int64_t lost_attempts);
 
 // Exit codes of a job (`vmgrid job wait`, docs/jobs.md).
 inline constexpr int64_t kJobExitNoExitCode = 125;  // a task failed without an exit code

@@ -20,7 +20,11 @@ class FakeRunner : public TaskRunner {
   FakeRunner(Store& store, std::string host_id) : store_(store), host_id_(std::move(host_id)) {}
 
   Result<Vm> CreateTaskVm(const Job& job, const JobSpec& spec, int64_t,
-                          const std::string& vm_name) override {
+                          const std::string& vm_name, const std::string& avoid_host) override {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      avoided.push_back(avoid_host);
+    }
     Vm v;
     v.id = NewId("vm");
     v.name = vm_name;
@@ -69,6 +73,7 @@ class FakeRunner : public TaskRunner {
   Status run_answer;                 // guarded by mu
   std::vector<std::string> ran;      // guarded by mu
   std::vector<std::string> deleted;  // guarded by mu
+  std::vector<std::string> avoided;  // guarded by mu: each create's avoid_host
 
  private:
   Store& store_;
@@ -311,11 +316,26 @@ TEST_P(JobServiceTest, ALostVmIsRetriedAndThenFailsWithoutAnExitCode) {
   const std::string id = Submit(alice_, r);
   jobs_->Tick();
   ASSERT_TRUE(store_->DeleteVm(Tasks(id)[0].vm_id).ok());  // its host lost it
-  jobs_->Tick();  // retried: queued again and started in the same pass
+  jobs_->Tick();  // retried: queued again, backing off
   JobTask t = Tasks(id)[0];
+  EXPECT_EQ(t.state, "queued");
+  EXPECT_EQ(t.attempts, 1);
+  EXPECT_EQ(t.not_before_ms, clock_.NowMs() + 2000);
+  EXPECT_EQ(t.last_host_id, host_.id);
+  EXPECT_NE(t.error.find("vanished"), std::string::npos) << t.error;
+  EXPECT_NE(t.error.find("retried in 2 s"), std::string::npos) << t.error;
+  clock_.Advance(1999);
+  jobs_->Tick();
+  EXPECT_EQ(Tasks(id)[0].state, "queued");
+  clock_.Advance(1);
+  jobs_->Tick();  // started, placed away from the host it was lost on
+  t = Tasks(id)[0];
   EXPECT_EQ(t.state, "starting");
   EXPECT_EQ(t.attempts, 2);
-  EXPECT_NE(t.error.find("vanished"), std::string::npos) << t.error;
+  {
+    std::lock_guard<std::mutex> l(runner_->mu);
+    EXPECT_EQ(runner_->avoided, (std::vector<std::string>{"", host_.id}));
+  }
   BootAll();
   {
     std::lock_guard<std::mutex> l(runner_->mu);
@@ -329,6 +349,39 @@ TEST_P(JobServiceTest, ALostVmIsRetriedAndThenFailsWithoutAnExitCode) {
   EXPECT_NE(t.error.find("no retries left"), std::string::npos) << t.error;
   jobs_->Tick();
   EXPECT_EQ(store_->GetJob(id, "")->exit_code, kJobExitNoExitCode);
+}
+
+TEST(JobRetryTest, TheBackoffDoublesPerLostAttemptUpToItsBound) {
+  JobLimits l;
+  l.retry_backoff_ms = 2000;
+  l.retry_backoff_max_ms = 60000;
+  EXPECT_EQ(RetryBackoffMs(l, 1), 2000);
+  EXPECT_EQ(RetryBackoffMs(l, 2), 4000);
+  EXPECT_EQ(RetryBackoffMs(l, 5), 32000);
+  EXPECT_EQ(RetryBackoffMs(l, 6), 60000);
+  EXPECT_EQ(RetryBackoffMs(l, 1000), 60000);  // no overflow
+  l.retry_backoff_ms = 0;
+  EXPECT_EQ(RetryBackoffMs(l, 3), 0);
+}
+
+TEST_P(JobServiceTest, ABackingOffTaskDoesNotHoldUpItsOwnersNextOne) {
+  JobRequest r = Request(2);
+  r.spec.retries = 3;
+  const std::string id = Submit(alice_, r);
+  jobs_->Tick();
+  ASSERT_EQ(Tasks(id)[0].state, "starting");
+  ASSERT_EQ(Tasks(id)[1].state, "starting");
+  ASSERT_TRUE(store_->DeleteVm(Tasks(id)[0].vm_id).ok());
+  jobs_->Tick();
+  EXPECT_EQ(Tasks(id)[0].state, "queued");
+  // A third task of the same owner's, queued later, starts meanwhile.
+  const std::string later = Submit(alice_, Request(1));
+  jobs_->Tick();
+  EXPECT_EQ(Tasks(later)[0].state, "starting");
+  EXPECT_EQ(Tasks(id)[0].state, "queued");
+  clock_.Advance(2000);
+  jobs_->Tick();
+  EXPECT_EQ(Tasks(id)[0].state, "starting");
 }
 
 TEST_P(JobServiceTest, CancelStopsQueuedAndRunningTasks) {

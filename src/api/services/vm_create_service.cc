@@ -125,6 +125,9 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
           store_.Resync().ok())
         candidates = index_.Rank(want);
     }
+    std::stable_partition(candidates.begin(), candidates.end(), [&](const std::string& h) {
+      return std::find(r.avoid_hosts.begin(), r.avoid_hosts.end(), h) == r.avoid_hosts.end();
+    });
     if (candidates.empty()) {
       VMG_ASSIGN_OR_RETURN(auto hosts, store_.ListHosts());
       if (hosts.empty())

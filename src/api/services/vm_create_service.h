@@ -73,6 +73,9 @@ struct CreateVmRequest {
   std::string site, host_network;
   std::string restart = "never";  // or "on-host-failure" (docs/host-failure.md)
   std::vector<DataRequest> data;  // datasets to attach (docs/datasets.md)
+  // Not from the API: hosts ranked last (a job's retry avoids the host its
+  // last attempt was lost on, yet takes it when nothing else fits).
+  std::vector<std::string> avoid_hosts;
   // A gang: count > 1, or `same` or `total_memory` given.
   int64_t count = 1;
   std::optional<std::string> same;  // "site", "network" or "" (any set of up hosts)
