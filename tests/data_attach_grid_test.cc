@@ -15,6 +15,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "cli/cli.h"
 #include "tests/cli_run.h"
@@ -299,6 +300,60 @@ TEST_F(DataAttachTest, BadRequestsAreClearAndLeaveNothing) {
     EXPECT_NE(mig.error().message.find("datasets attached"), std::string::npos);
   }
   DeleteVm(api, vm["id"]);
+}
+
+// Placement prefers a host that already caches a VM's dataset over the
+// emptier one (docs/datasets.md, "Placement"), and the information service
+// shows where the dataset is cached (to its owner only).
+TEST_F(DataAttachTest, AVmGoesWhereItsDatasetIsAlreadyCached) {
+  PushInputs("warm");
+  ApiClient api = Alice();
+  json first = CreateVm(api, {{"image", "tiny"},
+                              {"name", "warm-1"},
+                              {"memory_mb", 1024},
+                              {"data", {{{"dataset", "warm"}, {"mount", "/in"}}}}});
+  ASSERT_EQ(first["state"], "running") << first.dump();
+  const int warm = HostIndex(first);
+  ASSERT_GE(warm, 0);
+  EXPECT_EQ(Exec(api, first["id"], "sha256sum /in/small.bin | cut -d' ' -f1"),
+            Sha256Hex(*small_) + "\n");
+  // The host reports the export in a heartbeat; the owner's query shows it.
+  const json sql = {{"sql",
+                     "SELECT c.host_id, c.version FROM dataset_cache c JOIN datasets d ON "
+                     "d.id = c.dataset_id WHERE d.name = 'warm'"}};
+  json rows = json::array();
+  for (int i = 0; i < 300 && rows.empty(); ++i) {
+    auto q = api.Post("/v1/query", sql);
+    ASSERT_TRUE(q.ok()) << q.error().message;
+    rows = (*q)["rows"];
+    if (rows.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(rows.size(), 1u) << rows.dump();
+  EXPECT_EQ(rows[0][0], first["host_id"]);
+  auto bobs = ApiClient(grid_->url(), *bob_).Post("/v1/query", sql);
+  ASSERT_TRUE(bobs.ok());
+  EXPECT_TRUE((*bobs)["rows"].empty()) << "bob sees where alice's dataset is cached";
+
+  // Spread puts a VM without the dataset on the emptier host; one with it
+  // goes to the host that caches it although that host has less room.
+  json plain = CreateVm(api, {{"image", "tiny"}, {"name", "warm-plain"}});
+  ASSERT_EQ(plain["state"], "running") << plain.dump();
+  EXPECT_NE(HostIndex(plain), warm);
+  json second = CreateVm(api, {{"image", "tiny"},
+                               {"name", "warm-2"},
+                               {"data", {{{"dataset", "warm"}, {"mount", "/in"}}}}});
+  ASSERT_EQ(second["state"], "running") << second.dump();
+  EXPECT_EQ(HostIndex(second), warm);
+  auto events = api.Get("/v1/events?vm=" + second["id"].get<std::string>());
+  ASSERT_TRUE(events.ok()) << events.error().message;
+  bool placed = false;
+  for (const auto& e : (*events)["events"])
+    if (e["kind"] == "vm.placed") {
+      placed = true;
+      EXPECT_EQ(e["data"]["datasets_cached"], 1) << e.dump();
+    }
+  EXPECT_TRUE(placed) << events->dump();
+  for (const json* v : {&first, &plain, &second}) DeleteVm(api, (*v)["id"]);
 }
 
 }  // namespace

@@ -1430,6 +1430,22 @@ Result<MigrationResult> VmRunner::MigrateOut(const std::string& id,
                          stats->downtime_ms, stats->ram_bytes, stats->disk_bytes};
 }
 
+// What the host can see of a guest that stopped answering: QEMU's run
+// state, each disk's I/O status and the ends of QEMU's and the console's logs.
+static void LogStuckGuest(const std::string& id, QemuProcess& q) {
+  std::string blocks;
+  if (auto b = q.qmp().Execute("query-block", nlohmann::json::object(), seconds(5)); b.ok()) {
+    for (const auto& d : b->is_array() ? *b : nlohmann::json::array())
+      blocks += " " + d.value("device", std::string("?")) + "=" +
+                d.value("io-status", std::string("-"));
+  }
+  auto status = q.qmp().Execute("query-status", nlohmann::json::object(), seconds(5));
+  spdlog::warn("VM {}: the guest does not answer; QEMU status {}, disks:{}; QEMU log: {}; "
+               "console: {}",
+               id, status.ok() ? status->dump() : status.error().message, blocks, q.LogTail(),
+               q.ConsoleTail());
+}
+
 Result<VmStatus> VmRunner::FinishIncoming(const std::string& id) {
   auto started = Clock::now();
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
@@ -1440,6 +1456,7 @@ Result<VmStatus> VmRunner::FinishIncoming(const std::string& id) {
                        : Status(MakeError(ErrorCode::kInternal, "its QEMU is gone"));
   if (st.ok()) st = WaitGuestReady(*vm, started);
   if (!st.ok()) {
+    if (vm->qemu) LogStuckGuest(id, *vm->qemu);
     DiscardNewVm(*vm);
     return ForUser(st.error(), "finishing the incoming migration of VM " + id);
   }

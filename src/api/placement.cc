@@ -9,21 +9,60 @@ std::vector<std::string> CapacityIndex::Rank(const PlacementRequest& r) const {
   std::vector<std::string> out;
   auto image = image_ids_.find(r.image_id);
   const int image_ix = image == image_ids_.end() ? -1 : image->second;
-  if (image_ix >= 0) WalkLocked(by_free_cached_[static_cast<size_t>(image_ix)], r, -1, out);
-  WalkLocked(by_free_, r, image_ix, out);
+  if (!r.datasets.empty()) RankDataHostsLocked(r, image_ix, out);
+  if (image_ix >= 0) WalkLocked(by_free_cached_[static_cast<size_t>(image_ix)], r, out);
+  WalkLocked(by_free_, r, out);
   return out;
 }
 
-void CapacityIndex::WalkLocked(const ByFree& set, const PlacementRequest& r, int skip_cached,
+void CapacityIndex::RankDataHostsLocked(const PlacementRequest& r, int image_ix,
+                                        std::vector<std::string>& out) const {
+  std::vector<int> data_ix;
+  for (const std::string& d : r.datasets)
+    if (auto it = image_ids_.find(DatasetCacheKey(d)); it != image_ids_.end())
+      data_ix.push_back(it->second);
+  for (int ix : data_ix) WalkLocked(by_free_cached_[static_cast<size_t>(ix)], r, out);
+  // Most of the VM's datasets first, then its image, then the policy's order.
+  auto holds = [&](const Entry& e, int ix) {
+    return std::find(e.images.begin(), e.images.end(), ix) != e.images.end();
+  };
+  struct Key {
+    int datasets = 0;
+    bool image = false;
+    int64_t free = 0;
+    const std::string* id = nullptr;
+  };
+  std::vector<Key> keys;
+  for (const std::string& id : out) {
+    const Entry& e = hosts_.at(id);
+    Key k{0, image_ix >= 0 && holds(e, image_ix), e.free_memory(), &e.id};
+    for (int ix : data_ix) k.datasets += holds(e, ix) ? 1 : 0;
+    keys.push_back(k);
+  }
+  const bool pack = r.policy == "pack";
+  std::sort(keys.begin(), keys.end(), [pack](const Key& a, const Key& b) {
+    if (a.datasets != b.datasets) return a.datasets > b.datasets;
+    if (a.image != b.image) return a.image;
+    if (a.free != b.free) return pack ? a.free < b.free : a.free > b.free;
+    return *a.id < *b.id;
+  });
+  std::vector<std::string> ranked;
+  for (const Key& k : keys) ranked.push_back(*k.id);
+  out = std::move(ranked);
+}
+
+void CapacityIndex::WalkLocked(const ByFree& set, const PlacementRequest& r,
                                std::vector<std::string>& out) const {
+  // Hosts already in `out` (an earlier, preferred walk) are not added again.
+  const size_t before = out.size();
   auto consider = [&](const std::string& id) {
     const Entry& e = hosts_.at(id);
     if (e.vcpus - e.used_vcpus < r.vcpus) return;
     if (e.disk_total > 0 && e.disk_free - e.used_disk < r.disk_bytes) return;
     if (!r.site.empty() && e.site != r.site) return;
     if (!r.network.empty() && e.network != r.network) return;
-    if (skip_cached >= 0 &&
-        std::find(e.images.begin(), e.images.end(), skip_cached) != e.images.end())
+    if (std::find(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(before), id) !=
+        out.begin() + static_cast<std::ptrdiff_t>(before))
       return;
     out.push_back(id);
   };

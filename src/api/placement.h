@@ -4,7 +4,8 @@
 //   requirements: host up and not draining, free vCPUs >= vcpus, free memory >= memory_mb,
 //                 free disk >= disk_bytes (hosts that report their disk),
 //                 and the site / network segment if the request names one;
-//   rank:         hosts that already hold the image first (cache locality),
+//   rank:         hosts that already hold more of the VM's datasets first,
+//                 then those holding the image (cache locality),
 //                 then by free memory — most first ("spread", the default) or
 //                 least first ("pack", best fit) — then by id for stability.
 // It runs over CapacityIndex, an in-memory copy of the hosts' capacity, usage
@@ -35,6 +36,7 @@ struct PlacementRequest {
   std::string policy = "spread";  // or "pack"
   std::string site;               // "" = any
   std::string network;            // host network segment, "" = any
+  std::vector<std::string> datasets;  // ids of the datasets it attaches (hosts caching them first)
   size_t max_candidates = 64;
 };
 
@@ -84,9 +86,13 @@ class CapacityIndex : public StoreObserver {
   // Take a host out of / put it into the ordered sets (before / after a change).
   void UnlinkLocked(const Entry& e);
   void LinkLocked(const Entry& e);
-  // Appends to `out` the fits of `set` in rank order, skipping `skip_cached`'s hosts.
-  void WalkLocked(const ByFree& set, const PlacementRequest& r, int skip_cached,
+  // Appends to `out` the fits of `set` in rank order, skipping hosts already in it.
+  void WalkLocked(const ByFree& set, const PlacementRequest& r,
                   std::vector<std::string>& out) const;
+  // Fills `out` with the fitting hosts that cache any of r.datasets, those
+  // holding more of them (then the image) first.
+  void RankDataHostsLocked(const PlacementRequest& r, int image_ix,
+                           std::vector<std::string>& out) const;
 
   mutable std::mutex mu_;
   std::unordered_map<std::string, Entry> hosts_;    // by id; guarded by mu_

@@ -38,6 +38,34 @@ TEST(CapacityIndex, SpreadRanksCachedHostsFirstThenMostFreeMemory) {
   EXPECT_EQ(ix.Rank(Request("other", 1, 3000)), (std::vector<std::string>{"b", "a"}));
 }
 
+TEST(CapacityIndex, HostsCachingMoreOfTheVmsDatasetsComeFirstThenTheImage) {
+  CapacityIndex ix;
+  ix.OnSnapshot({MakeHost("a", 4, 4096), MakeHost("b", 4, 8192), MakeHost("c", 4, 2048),
+                 MakeHost("d", 4, 3000), MakeHost("full", 1, 65536, 1, 256)},
+                {{"img", "c"}, {DatasetCacheKey("ds-1"), "a"}, {DatasetCacheKey("ds-1"), "d"},
+                 {"img", "d"}, {DatasetCacheKey("ds-2"), "c"}, {DatasetCacheKey("ds-1"), "full"}});
+  PlacementRequest r = Request("img", 1, 512);
+  r.datasets = {"ds-1"};
+  // d holds ds-1 and the image, a only ds-1; then c (the image); then b. The
+  // full host caching ds-1 does not fit.
+  EXPECT_EQ(ix.Rank(r), (std::vector<std::string>{"d", "a", "c", "b"}));
+  r.datasets = {"ds-1", "ds-2"};  // c holds ds-2 and the image: on a par with d, less free
+  EXPECT_EQ(ix.Rank(r), (std::vector<std::string>{"d", "c", "a", "b"}));
+  ix.OnImageCached(DatasetCacheKey("ds-2"), "a");  // a now holds both
+  EXPECT_EQ(ix.Rank(r), (std::vector<std::string>{"a", "d", "c", "b"}));
+  r.policy = "pack";  // among equals, least free memory first
+  r.datasets = {"ds-1"};
+  EXPECT_EQ(ix.Rank(r), (std::vector<std::string>{"d", "a", "c", "b"}));
+  r.image_id = "other";
+  EXPECT_EQ(ix.Rank(r), (std::vector<std::string>{"d", "a", "c", "b"}));
+  // A dataset no host caches changes nothing.
+  r.datasets = {"ds-none"};
+  r.policy = "spread";
+  EXPECT_EQ(ix.Rank(r), ix.Rank(Request("other", 1, 512)));
+  EXPECT_TRUE(ix.IsCached(DatasetCacheKey("ds-2"), "a"));
+  EXPECT_FALSE(ix.IsCached(DatasetCacheKey("ds-2"), "b"));
+}
+
 TEST(CapacityIndex, HostWithoutFreeVcpuIsNeverRankedAndComesBackWhenFreed) {
   CapacityIndex ix;
   ix.OnSnapshot({MakeHost("full", 2, 65536, 2, 512), MakeHost("small", 2, 1024)},

@@ -113,8 +113,9 @@ void AddQueryCommands(CommandTree& t) {
                    [&] { return CmdQuery(t.ctx, s.query); });
   q->group("Client commands");
   q->add_option("SQL", s.query.sql,
-                "SELECT over the views hosts, vms, images, image_cache, vdisks, "
-                "virtualization, futures, machines, machines_ext");
+                "SELECT over the views hosts, vms, images, image_cache, datasets, "
+                "dataset_versions, dataset_cache, vdisks, virtualization, futures, networks, "
+                "nics, machines, machines_ext");
   q->add_flag("--set", s.query.set,
               "Find sets of --size rows with the same --same value "
               "whose --sum totals between --min and --max");

@@ -183,6 +183,7 @@ Status LocalGrid::StartImageServer(milliseconds timeout) {
     argv.insert(argv.end(), {"--metrics-listen", image_server_metrics_url().substr(7)});
   VMG_ASSIGN_OR_RETURN(image_server_, ChildProcess::Spawn(argv, log_dir() + "/image-server.log"));
   ApiClient probe(image_server_url(), "");
+  probe.set_read_timeout_s(2);  // a probe that hangs must not outlast `timeout`
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
     if (!image_server_->Running())
@@ -273,6 +274,7 @@ Status LocalGrid::StartOneController(int index, milliseconds timeout) {
   auto& controller = controllers_[i];
   VMG_ASSIGN_OR_RETURN(controller, ChildProcess::Spawn(argv, log));
   ApiClient anon(controller_url(index), "");
+  anon.set_read_timeout_s(2);  // a probe that hangs must not outlast `timeout`
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
     if (!controller->Running())
@@ -334,6 +336,9 @@ Status LocalGrid::StartAgent(int index, milliseconds timeout) {
   VMG_ASSIGN_OR_RETURN(agent, ChildProcess::Spawn(argv, log_dir() + "/" + name + ".log"));
   // Serving = its API answers (401 without the agent token) on its address.
   ApiClient probe(scheme_ + address, "");
+  // A connection accepted before the agent serves (it recovers its VMs
+  // first) must not hold the probe for the client's default 300 s.
+  probe.set_read_timeout_s(2);
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
     if (!agent->Running())

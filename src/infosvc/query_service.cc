@@ -72,6 +72,20 @@ const char* kViews = R"sql(
   SELECT c.image_id, c.host_id FROM {base}image_cache c
   WHERE c.image_id IN (SELECT id FROM {pub}images{sfx});
 
+{create}datasets{sfx} AS
+  SELECT d.id, d.name, u.name AS owner, d.created_ms
+  FROM {base}datasets d JOIN {base}users u ON u.id = d.owner_id
+  WHERE )sql" VISIBLE("d.owner_id") R"sql(;
+
+{create}dataset_versions{sfx} AS
+  SELECT v.dataset_id, v.version, v.kind, v.size_bytes, v.chunks, v.created_ms
+  FROM {base}dataset_versions v
+  WHERE v.dataset_id IN (SELECT id FROM {pub}datasets{sfx});
+
+{create}dataset_cache{sfx} AS
+  SELECT c.dataset_id, c.version, c.host_id FROM {base}dataset_cache c
+  WHERE c.dataset_id IN (SELECT id FROM {pub}datasets{sfx});
+
 {create}vdisks{sfx} AS
   SELECT 'disk-' || v.id AS id, v.id AS vm_id, v.image_id, v.disk AS mode, v.host_id,
          NULLIF(v.workspace_id, '') AS workspace_id
@@ -591,6 +605,9 @@ DROP POLICY IF EXISTS vmgrid_caller ON users;
 DROP POLICY IF EXISTS vmgrid_caller ON networks;
 DROP POLICY IF EXISTS vmgrid_caller ON network_shares;
 DROP POLICY IF EXISTS vmgrid_caller ON nics;
+DROP POLICY IF EXISTS vmgrid_caller ON datasets;
+DROP POLICY IF EXISTS vmgrid_caller ON dataset_versions;
+DROP POLICY IF EXISTS vmgrid_caller ON dataset_cache;
 )sql";
 constexpr char kPgPolicies[] = R"sql(
 CREATE POLICY vmgrid_caller ON vms USING (current_user <> 'vmgrid_query'
@@ -633,6 +650,19 @@ ALTER TABLE networks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE networks FORCE ROW LEVEL SECURITY;
 ALTER TABLE nics ENABLE ROW LEVEL SECURITY;
 ALTER TABLE nics FORCE ROW LEVEL SECURITY;
+-- Datasets: the caller's own; their versions and which hosts cache them.
+CREATE POLICY vmgrid_caller ON datasets USING (current_user <> 'vmgrid_query'
+  OR (SELECT admin FROM infosvc.caller) OR owner_id = (SELECT user_id FROM infosvc.caller));
+CREATE POLICY vmgrid_caller ON dataset_versions USING (current_user <> 'vmgrid_query'
+  OR dataset_id IN (SELECT id FROM datasets));
+CREATE POLICY vmgrid_caller ON dataset_cache USING (current_user <> 'vmgrid_query'
+  OR dataset_id IN (SELECT id FROM datasets));
+ALTER TABLE datasets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE datasets FORCE ROW LEVEL SECURITY;
+ALTER TABLE dataset_versions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dataset_versions FORCE ROW LEVEL SECURITY;
+ALTER TABLE dataset_cache ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dataset_cache FORCE ROW LEVEL SECURITY;
 )sql";
 
 // After the views: privileges, and the function queries run in. Creating a
@@ -983,8 +1013,9 @@ bool IsIdentifier(const std::string& s) {
 
 const std::vector<std::string>& QueryService::Views() {
   static const std::vector<std::string> kNames = {
-      "hosts",   "vms",      "images", "image_cache", "vdisks",      "virtualization",
-      "futures", "networks", "nics",   "machines",    "machines_ext"};
+      "hosts",    "vms",      "images",           "image_cache",   "datasets",
+      "dataset_versions", "dataset_cache", "vdisks", "virtualization", "futures",
+      "networks", "nics",     "machines",         "machines_ext"};
   return kNames;
 }
 

@@ -458,7 +458,22 @@ TEST_P(QueryServiceTest, AnswersNeverHoldAnotherUsersRows) {
   const Nic nic = (*store_->ListVmNics(nic_vm.id))[0];
   const std::string tok = NewToken();
   ASSERT_TRUE(store_->AddToken(alice_.id, tok).ok());
+  // Alice's dataset, a version of it cached on h1.
+  auto ds = store_->CreateDataset(alice_.id, "alice-secret-data");
+  ASSERT_TRUE(ds.ok());
+  DatasetVersion dv;
+  dv.dataset_id = ds->id;
+  dv.version = 1;
+  dv.kind = "dir";
+  dv.size_bytes = 1 << 20;
+  dv.blob_digest = std::string(64, 'a');
+  dv.created_ms = NowMs();
+  ASSERT_TRUE(store_->AddDatasetVersion(dv).ok());
+  ASSERT_TRUE(store_->NoteDatasetCached(ds->id, 1, h1_).ok());
+  ASSERT_TRUE(store_->CreateDataset(bob_.id, "bobdata").ok());
   std::set<std::string> hidden = {priv.id,
+                                  ds->id,
+                                  ds->name,
                                   priv.name,
                                   alice_.id,
                                   alice_.name,
@@ -484,6 +499,8 @@ TEST_P(QueryServiceTest, AnswersNeverHoldAnotherUsersRows) {
                  {"SELECT v.*, x.* FROM vms v JOIN virtualization x ON x.virtual_id = v.id",
                   "SELECT * FROM virtualization x LEFT JOIN vdisks d ON d.id = x.virtual_id",
                   "SELECT * FROM images i LEFT JOIN image_cache c ON c.image_id = i.id",
+                  "SELECT * FROM dataset_cache c LEFT JOIN hosts h ON h.id = c.host_id",
+                  "SELECT * FROM datasets d LEFT JOIN dataset_versions v ON v.dataset_id = d.id",
                   "SELECT * FROM machines_ext m LEFT JOIN vms v ON v.id = m.id",
                   "SELECT * FROM nics n LEFT JOIN networks w ON w.id = n.network_id",
                   "SELECT * FROM networks w LEFT JOIN virtualization x ON x.physical_id = w.id",
@@ -513,6 +530,17 @@ TEST_P(QueryServiceTest, AnswersNeverHoldAnotherUsersRows) {
   // ... and the admin, who may see alice's, does see them through the same views.
   auto admin_sees = Q(admin_, "SELECT name FROM images WHERE id = 'img-alice-private'");
   EXPECT_EQ(admin_sees.rows.size(), 1u);
+  // Bob sees his own dataset; alice sees hers, its version and where it is cached.
+  auto bobs = Q(bob_, "SELECT name FROM datasets");
+  ASSERT_EQ(bobs.rows.size(), 1u);
+  EXPECT_EQ(bobs.rows[0][0], "bobdata");
+  auto cached = Q(alice_,
+                  "SELECT d.name, v.version, c.host_id FROM datasets d JOIN dataset_versions v "
+                  "ON v.dataset_id = d.id JOIN dataset_cache c ON c.dataset_id = d.id "
+                  "AND c.version = v.version");
+  ASSERT_EQ(cached.rows.size(), 1u);
+  EXPECT_EQ(cached.rows[0][0], "alice-secret-data");
+  EXPECT_EQ(cached.rows[0][2], h1_);
 }
 
 TEST_P(QueryServiceTest, ResultsAreCappedInBytes) {

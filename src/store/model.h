@@ -303,6 +303,14 @@ struct Job {
 // One task of a job. `attempts` counts the VMs started for it; the current
 // attempt's VM is named "<job id>-<index>-a<attempts>" (what the orphan sweep
 // recognises). Logs are kept capped (JobTask::kMaxLogBytes each).
+// A host that holds (some of) a dataset version's chunks.
+struct DatasetCacheRow {
+  std::string dataset_id;
+  int64_t version = 0;
+  std::string host_id;
+  int64_t first_ms = 0;  // when it was first noted
+};
+
 struct JobTask {
   std::string job_id;
   int64_t index = 0;

@@ -482,6 +482,20 @@ CREATE INDEX job_tasks_state ON job_tasks(state, owner_id, queued_ms);
 ALTER TABLE job_tasks ADD COLUMN not_before_ms BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE job_tasks ADD COLUMN last_host_id TEXT NOT NULL DEFAULT '';
 )sql",
+    // 21: which hosts cache which dataset versions (docs/datasets.md,
+    // "Placement"): a host that exported a version to one of its VMs holds
+    // the chunks it read; placement prefers such hosts for VMs and job tasks
+    // attaching the dataset, as image_cache does for images.
+    R"sql(
+CREATE TABLE dataset_cache (
+  dataset_id TEXT NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+  version BIGINT NOT NULL,
+  host_id TEXT NOT NULL REFERENCES hosts(id),
+  first_ms BIGINT NOT NULL,
+  PRIMARY KEY (dataset_id, version, host_id)
+);
+CREATE INDEX dataset_cache_host ON dataset_cache(host_id);
+)sql",
 };
 
 const char* kUserCols =
@@ -628,6 +642,13 @@ BEGIN
 END $$;
 CREATE OR REPLACE TRIGGER vmgrid_cache_added AFTER INSERT ON image_cache
   FOR EACH ROW EXECUTE FUNCTION vmgrid_notify_cache();
+CREATE OR REPLACE FUNCTION vmgrid_notify_dataset_cache() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('vmgrid_image_cache', 'dataset:' || NEW.dataset_id || ' ' || NEW.host_id);
+  RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER vmgrid_dataset_cache_added AFTER INSERT ON dataset_cache
+  FOR EACH ROW EXECUTE FUNCTION vmgrid_notify_dataset_cache();
 )sql";
 
 // Whether a VM in this state holds its vcpus and memory on its host.
@@ -1428,9 +1449,10 @@ Status Store::SnapshotLocked() {
   using Pair = std::pair<std::string, std::string>;
   VMG_ASSIGN_OR_RETURN(
       auto cached,
-      Query<Pair>(db_.get(), "SELECT image_id, host_id FROM image_cache", {}, [](const SqlRow& r) {
-        return Pair{r.Text(0), r.Text(1)};
-      }));
+      Query<Pair>(db_.get(),
+                  "SELECT image_id, host_id FROM image_cache UNION "
+                  "SELECT DISTINCT 'dataset:' || dataset_id, host_id FROM dataset_cache",
+                  {}, [](const SqlRow& r) { return Pair{r.Text(0), r.Text(1)}; }));
   observer_->OnSnapshot(hosts, cached);
   return Status::Ok();
 }
@@ -2369,6 +2391,30 @@ Status Store::NoteImageCached(const std::string& image_id, const std::string& ho
                                  {image_id, host_id, NowMs()}));
   if (added > 0 && observer_) observer_->OnImageCached(image_id, host_id);
   return Status::Ok();
+}
+
+std::string DatasetCacheKey(const std::string& dataset_id) { return "dataset:" + dataset_id; }
+
+Status Store::NoteDatasetCached(const std::string& dataset_id, int64_t version,
+                                const std::string& host_id) {
+  auto lock = Exclusive();
+  VMG_ASSIGN_OR_RETURN(
+      int64_t added,
+      db_->Exec("INSERT INTO dataset_cache VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                {dataset_id, version, host_id, NowMs()}));
+  if (added > 0 && observer_) observer_->OnImageCached(DatasetCacheKey(dataset_id), host_id);
+  return Status::Ok();
+}
+
+Result<std::vector<DatasetCacheRow>> Store::ListDatasetCache(const std::string& dataset_id) {
+  auto read = Read();
+  return Query<DatasetCacheRow>(
+      read.db,
+      "SELECT dataset_id, version, host_id, first_ms FROM dataset_cache WHERE dataset_id = ? "
+      "ORDER BY version, host_id",
+      {dataset_id}, [](const SqlRow& r) {
+        return DatasetCacheRow{r.Text(0), r.Int(1), r.Text(2), r.Int(3)};
+      });
 }
 
 // --- workspaces --------------------------------------------------------------------

@@ -61,8 +61,12 @@ class StoreObserver {
                        int64_t disk_bytes) = 0;
   // A VM record on this host was inserted, changed or deleted.
   virtual void OnVmChanged(const std::string& host_id) = 0;
+  // `image_id` is an image's id, or DatasetCacheKey(id) for a dataset.
   virtual void OnImageCached(const std::string& image_id, const std::string& host_id) = 0;
 };
+
+// A dataset in the capacity index's cache map (StoreObserver::OnImageCached).
+std::string DatasetCacheKey(const std::string& dataset_id);
 
 class Store {
  public:
@@ -233,6 +237,12 @@ class Store {
   Status DeleteVm(const std::string& id);
   // Records that `host_id` holds `image_id` (it ran a VM of it).
   Status NoteImageCached(const std::string& image_id, const std::string& host_id);
+  // Records that `host_id` holds version `version` of a dataset (it exported
+  // it to a VM); the observer hears DatasetCacheKey(dataset_id).
+  Status NoteDatasetCached(const std::string& dataset_id, int64_t version,
+                           const std::string& host_id);
+  // The hosts holding each version of the dataset, by version then host.
+  Result<std::vector<DatasetCacheRow>> ListDatasetCache(const std::string& dataset_id);
   // Inserts a VM record as-is (used when an agent reports a VM the controller
   // has no record of, e.g. after restoring an old database).
   Status InsertVmRecord(const Vm& vm);

@@ -45,7 +45,8 @@ constexpr const char* kDropMigration9 =
     "ALTER TABLE workspaces DROP COLUMN durable_sent_bytes; "
     "ALTER TABLE workspaces DROP COLUMN durable_host_id; "
     "ALTER TABLE workspaces DROP COLUMN generation; DROP TABLE controller_leader; "
-    "DROP TABLE dataset_versions; DROP TABLE datasets; DROP TABLE job_tasks; DROP TABLE jobs;";
+    "DROP TABLE dataset_cache; DROP TABLE dataset_versions; DROP TABLE datasets; "
+    "DROP TABLE job_tasks; DROP TABLE jobs;";
 
 class StoreTest : public testing::TestWithParam<std::string> {
  protected:
@@ -332,7 +333,35 @@ TEST_P(StoreTest, OtherStoresChangesReachTheObserver) {
   EXPECT_TRUE(Eventually([&] { return !mirror.Get(h->id).up; }));
   ASSERT_TRUE(store_->NoteImageCached("img-1", h->id).ok());
   EXPECT_TRUE(Eventually([&] { return mirror.Cached("img-1", h->id); }));
+  // A dataset-cache row reaches it too, under the dataset's key.
+  auto ds = store_->CreateDataset(alice_.id, "genome");
+  ASSERT_TRUE(ds.ok());
+  ASSERT_TRUE(store_->NoteDatasetCached(ds->id, 1, h->id).ok());
+  EXPECT_TRUE(Eventually([&] { return mirror.Cached(DatasetCacheKey(ds->id), h->id); }));
   EXPECT_GT(other->remote_changes_applied(), 0);
+}
+
+TEST_P(StoreTest, DatasetCacheRowsAreKeptPerVersionAndGoWithTheDataset) {
+  auto h1 = store_->HeartbeatHost("h1", "http://x", HostCapacity{4, 4096, 1000, false});
+  auto h2 = store_->HeartbeatHost("h2", "http://y", HostCapacity{4, 4096, 1000, false});
+  ASSERT_TRUE(h1.ok() && h2.ok());
+  auto ds = store_->CreateDataset(alice_.id, "genome");
+  ASSERT_TRUE(ds.ok());
+  ASSERT_TRUE(store_->NoteDatasetCached(ds->id, 1, h1->id).ok());
+  ASSERT_TRUE(store_->NoteDatasetCached(ds->id, 1, h1->id).ok());  // noted twice: one row
+  ASSERT_TRUE(store_->NoteDatasetCached(ds->id, 2, h1->id).ok());
+  ASSERT_TRUE(store_->NoteDatasetCached(ds->id, 2, h2->id).ok());
+  auto rows = store_->ListDatasetCache(ds->id);
+  ASSERT_TRUE(rows.ok()) << rows.error().message;
+  ASSERT_EQ(rows->size(), 3u);
+  EXPECT_EQ((*rows)[0].version, 1);
+  EXPECT_EQ((*rows)[0].host_id, h1->id);
+  EXPECT_EQ((*rows)[2].host_id, h2->id);
+  // A dataset that is not there cannot be noted (the agent's report is not
+  // trusted to name one).
+  EXPECT_FALSE(store_->NoteDatasetCached("ds-nosuch", 1, h1->id).ok());
+  ASSERT_TRUE(store_->DeleteDataset(ds->id).ok());
+  EXPECT_TRUE(store_->ListDatasetCache(ds->id)->empty());
 }
 
 TEST_P(StoreTest, OwnerFilterHidesOtherUsersObjects) {
@@ -455,7 +484,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 20);
+  EXPECT_EQ((*s)->schema_version(), 21);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
@@ -897,7 +926,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 20);
+  EXPECT_EQ(store_->schema_version(), 21);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);

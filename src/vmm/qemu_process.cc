@@ -772,6 +772,10 @@ std::string QemuProcess::LogTail() const {
   return err.empty() ? log : log.empty() ? err : err + "\n" + log;
 }
 
+std::string QemuProcess::ConsoleTail() const {
+  return TailOfFile(RunPath(run_dir_, kConsoleLogName));
+}
+
 bool QemuProcess::Alive() const { return !Exited(pid_, pidfd_); }
 
 bool QemuProcess::WaitExit(Deadline deadline) const { return WaitGone(pid_, pidfd_, deadline); }

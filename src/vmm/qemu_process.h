@@ -155,6 +155,9 @@ class QemuProcess {
   std::string qga_socket() const { return RunPath(run_dir_, kQgaSocketName); }
   // The end of qemu.stderr and qemu.log: QEMU's own error messages.
   std::string LogTail() const;
+  // The end of the guest's serial console (kernel messages such as hung
+  // tasks), for diagnosing a guest that stopped answering.
+  std::string ConsoleTail() const;
 
   // False once the process has exited (a zombie counts as exited).
   bool Alive() const;

@@ -184,20 +184,46 @@ Result<HostNetworkPlan> HostService::NetworkPlanFor(const Host& host) {
 }
 
 // Keeps the host's cache counters for `host show`, and records which images
-// the host has exported (so it caches their chunks) in image_cache.
+// and dataset versions the host has exported (so it caches their chunks) in
+// image_cache and dataset_cache.
 void HostService::NoteHostImages(const std::string& host_id, const json& report) {
   std::vector<std::string> images;
+  std::vector<std::pair<std::string, int64_t>> datasets;  // (id, version)
   if (auto ex = report.find("exports"); ex != report.end() && ex->is_array())
-    for (const auto& e : *ex)
-      if (e.is_object() && e.contains("name") && e["name"].is_string())
-        if (auto ref = ParseExportRef(e["name"].get<std::string>()); ref && ref->kind == "disk")
-          images.push_back(ref->image_id);
+    for (const auto& e : *ex) {
+      if (!e.is_object() || !e.contains("name") || !e["name"].is_string()) continue;
+      const std::string name = e["name"].get<std::string>();
+      if (auto ref = ParseExportRef(name); ref && ref->kind == "disk") {
+        images.push_back(ref->image_id);
+      } else if (name.rfind("ds-", 0) == 0 && ValidateName("dataset", name).ok() &&
+                 e.contains("version") && e["version"].is_number_unsigned() &&
+                 e["version"].get<uint64_t>() > 0 &&
+                 e["version"].get<uint64_t>() <= uint64_t{1} << 62) {
+        datasets.emplace_back(name, e["version"].get<int64_t>());
+      }
+    }
   std::vector<std::string> fresh;
+  std::vector<std::pair<std::string, int64_t>> fresh_data;
   {
     std::lock_guard<std::mutex> l(mu_);
     host_images_[host_id] = report;
     for (const auto& i : images)
       if (noted_cached_.insert({i, host_id}).second) fresh.push_back(i);
+    for (const auto& [d, v] : datasets)
+      if (noted_cached_.insert({d + "@" + std::to_string(v), host_id}).second)
+        fresh_data.emplace_back(d, v);
+  }
+  for (const auto& [d, v] : fresh_data) {
+    const std::string key = d + "@" + std::to_string(v);
+    // A report naming a dataset that is not there (deleted meanwhile, or a
+    // host making one up) notes nothing: the row needs the dataset.
+    if (auto ds = store_.GetDataset(d, ""); !ds.ok() || ds->id != d) continue;
+    Status st = store_.NoteDatasetCached(d, v, host_id);
+    if (!st.ok()) {
+      failed_writes_.Count(st, "noting dataset " + key + " cached on host " + host_id);
+      std::lock_guard<std::mutex> l(mu_);
+      noted_cached_.erase({key, host_id});
+    }
   }
   for (const auto& i : fresh) {
     if (!store_.GetImage(i, "").ok()) continue;  // an image deleted meanwhile

@@ -71,6 +71,27 @@ TEST_P(HostServiceTest, HeartbeatRecordsCapacityAndTheImagesTheHostCaches) {
   EXPECT_FALSE(hosts_->Get(host_.id, false)->contains("url")) << "users do not see agent URLs";
 }
 
+TEST_P(HostServiceTest, HeartbeatRecordsTheDatasetVersionsTheHostExported) {
+  auto ds = store_->CreateDataset(alice_.id, "genome");
+  ASSERT_TRUE(ds.ok());
+  HostReport r = Report({});
+  r.images = {{"exports",
+               {{{"name", ds->id}, {"version", 2}},
+                {{"name", "ds-nosuch"}, {"version", 1}},          // not a dataset: ignored
+                {{"name", ds->id}, {"version", -1}},              // bad versions: ignored
+                {{"name", ds->id}, {"version", "3"}},
+                {{"name", "ds-../x"}, {"version", 1}}}}};
+  ASSERT_TRUE(hosts_->Heartbeat("h1", r, kPeer).ok());
+  auto rows = store_->ListDatasetCache(ds->id);
+  ASSERT_TRUE(rows.ok()) << rows.error().message;
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ((*rows)[0].version, 2);
+  EXPECT_EQ((*rows)[0].host_id, host_.id);
+  EXPECT_TRUE(index_.IsCached(DatasetCacheKey(ds->id), host_.id));
+  ASSERT_TRUE(hosts_->Heartbeat("h1", r, kPeer).ok());  // reported again: still one row
+  EXPECT_EQ(store_->ListDatasetCache(ds->id)->size(), 1u);
+}
+
 // A stolen host credential must not point the tunnels of the host's
 // networks at a third party: the endpoint counts only from its own address.
 TEST_P(HostServiceTest, ATunnelEndpointCountsOnlyFromTheAddressTheHostSpeaksFrom) {

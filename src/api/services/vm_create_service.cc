@@ -115,8 +115,11 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
                              : !candidates.empty()  ? "limited to the hosts holding its source"
                                                     : "";
   if (candidates.empty()) {
-    const PlacementRequest want{image.id, vm.vcpus, vm.memory_mb,  vm.disk_bytes,
-                                r.policy, r.site,   r.host_network};
+    PlacementRequest want{image.id, vm.vcpus, vm.memory_mb,  vm.disk_bytes,
+                          r.policy, r.site,   r.host_network};
+    // Hosts already caching its datasets first (docs/datasets.md, "Placement").
+    for (const VmDataAttachment& d : data)
+      if (d.version > 0) want.datasets.push_back(d.dataset_id);
     candidates = index_.Rank(want);
     if (candidates.empty() && resync_when_empty_) {
       const int64_t now = clock_.NowMs();
@@ -590,6 +593,16 @@ void VmCreateService::ReleaseWorkspace(const WorkspaceClaim& claim) {
   failed_writes_.Count(store_.UpdateWorkspace(w), "releasing workspace " + ws.id);
 }
 
+// How many of the VM's attached datasets its host had cached when placed.
+int64_t VmCreateService::DatasetsCached(const Vm& vm) const {
+  auto data = VmDataFromJson(vm.data);
+  int64_t n = 0;
+  if (data.ok())
+    for (const VmDataAttachment& d : *data)
+      n += d.version > 0 && index_.IsCached(DatasetCacheKey(d.dataset_id), vm.host_id) ? 1 : 0;
+  return n;
+}
+
 void VmCreateService::RecordPlaced(const Vm& vm, const std::vector<std::string>& candidates,
                                    const std::string& policy, const std::string& why,
                                    const Host* host) {
@@ -600,6 +613,7 @@ void VmCreateService::RecordPlaced(const Vm& vm, const std::vector<std::string>&
                {"rank", rank},
                {"image_id", vm.image_id},
                {"image_cached", index_.IsCached(vm.image_id, vm.host_id)},
+               {"datasets_cached", DatasetsCached(vm)},
                {"vcpus", vm.vcpus},
                {"memory_mb", vm.memory_mb},
                {"disk_bytes", vm.disk_bytes}};
@@ -612,6 +626,8 @@ void VmCreateService::RecordPlaced(const Vm& vm, const std::vector<std::string>&
     reason = "placement policy " + policy + ": host ranked " + std::to_string(rank + 1) + " of " +
              std::to_string(candidates.size()) + " eligible" +
              (data["image_cached"].get<bool>() ? ", image cached there" : ", image not cached");
+    if (const int64_t n = data["datasets_cached"].get<int64_t>(); n > 0)
+      reason += ", " + std::to_string(n) + " of its datasets cached there";
     if (rank > 0) reason += " (" + std::to_string(rank) + " ranked higher had no room left)";
   }
   if (!why.empty()) reason = reason.empty() ? why : why + "; " + reason;

@@ -194,6 +194,7 @@ class VmCreateService {
   // among `candidates`, and/or `why` the candidates were limited).
   void RecordPlaced(const Vm& vm, const std::vector<std::string>& candidates,
                     const std::string& policy, const std::string& why, const Host* host);
+  int64_t DatasetsCached(const Vm& vm) const;
 
   Store& store_;
   const CapacityIndex& index_;

@@ -6,7 +6,7 @@ import { h, fill, table } from './dom.js';
 
 export const title = 'Queries';
 
-const VIEWS = ['hosts', 'vms', 'images', 'image_cache', 'vdisks', 'virtualization', 'futures', 'machines', 'machines_ext'];
+const VIEWS = ['hosts', 'vms', 'images', 'image_cache', 'datasets', 'dataset_versions', 'dataset_cache', 'vdisks', 'virtualization', 'futures', 'networks', 'nics', 'machines', 'machines_ext'];
 
 export function mount(root, ctx) {
   const sqlIn = h('textarea', { id: 'sql', rows: 4, spellcheck: 'false' }, 'SELECT name, state, vcpus, memory_mb FROM vms');
