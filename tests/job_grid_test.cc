@@ -1,10 +1,12 @@
 // Grid jobs with real VMs (docs/jobs.md): a job of 5 tasks resumed from the
 // tiny image's post-boot checkpoint, with exit codes and stdout checked; a
-// job queued while no host takes VMs starts when one does; a task whose
-// agent is killed (SIGKILL) mid-run is retried on the other host.
+// job queued while no host takes VMs starts when one does; fair share between
+// two users; a task whose agent is killed (SIGKILL) mid-run is retried on
+// the other host.
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -140,6 +142,45 @@ TEST_F(JobGridTest, AJobQueuedWhileNoHostTakesVmsStartsWhenOneDoes) {
   json job = WaitJob(id);
   EXPECT_EQ(job["state"], "succeeded") << job.dump();
   EXPECT_EQ(Log(id, 0), "late\n");
+}
+
+// Fair share with real VMs: one host takes two 4-vCPU tasks at a time; user
+// b's two tasks, submitted after user a's four, start before a's last two.
+TEST_F(JobGridTest, AUserWithABacklogDoesNotMakeAnotherWait) {
+  ApiClient admin = Api();
+  auto hosts = admin.Get("/v1/hosts");
+  ASSERT_TRUE(hosts.ok());
+  const std::string kept = (*hosts)["hosts"][0]["id"];
+  std::vector<std::string> drained;
+  for (const auto& h : (*hosts)["hosts"])
+    if (h["id"] != kept) drained.push_back(h["id"]);
+  for (const auto& h : drained) {
+    auto d = admin.Post("/v1/hosts/" + h + "/drain", json::object());
+    ASSERT_TRUE(d.ok()) << d.error().message;
+    ASSERT_TRUE(AwaitOperation(admin, d).ok());
+  }
+  ApiClient a(grid_->url(), NewUserToken(*grid_, "share-a"));
+  ApiClient b(grid_->url(), NewUserToken(*grid_, "share-b"));
+  auto submit = [](ApiClient& as, int count) {
+    auto r = as.Post("/v1/jobs", {{"image", "tiny"},
+                                  {"count", count},
+                                  {"vcpus", 4},
+                                  {"argv", {"/bin/sh", "-c", "sleep 2; echo {i}"}}});
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return r.ok() ? (*r)["id"].get<std::string>() : "";
+  };
+  const std::string ja = submit(a, 4);
+  const std::string jb = submit(b, 2);
+  json job_a = WaitJob(ja), job_b = WaitJob(jb);
+  for (const auto& h : drained) ASSERT_TRUE(admin.Post("/v1/hosts/" + h + "/undrain").ok());
+  ASSERT_EQ(job_a["state"], "succeeded") << job_a.dump();
+  ASSERT_EQ(job_b["state"], "succeeded") << job_b.dump();
+  std::vector<std::string> a_starts;
+  for (const auto& t : job_a["tasks"]) a_starts.push_back(t["started_at"]);
+  std::sort(a_starts.begin(), a_starts.end());  // RFC 3339 UTC times sort as text
+  for (const auto& t : job_b["tasks"])
+    EXPECT_LT(t["started_at"].get<std::string>(), a_starts[2])
+        << "b waited for a's backlog: " << job_a.dump() << job_b.dump();
 }
 
 // Retries back off (2 s, 4 s, ...) and prefer another host than the one the
