@@ -937,7 +937,8 @@ void AddVmCommands(CommandTree& t) {
                 "one card each, in order");
   c->add_option("--data", s.create.data,
                 "Attach one of your datasets: NAME[:VERSION][:MOUNT][:ro|rw] (latest version, "
-                "/data/NAME, ro by default); repeatable, at most 4 (docs/datasets.md)");
+                "/data/NAME, ro by default), or OWNER/NAME, one shared with you (ro only); "
+                "repeatable, at most 4 (docs/datasets.md)");
   c->add_option("--new-data", s.create.new_data,
                 "Attach a new empty dataset, read-write: NAME[:MOUNT][:SIZE_MB] (/data/NAME, "
                 "1024 MiB by default); `vmgrid data commit VM NAME` stores its first version");

@@ -33,7 +33,7 @@ Status DatasetService::NeedServer() const {
   return Status::Ok();
 }
 
-json DatasetService::View(const UsableDataset& u, const std::string& owner_name,
+json DatasetService::View(const Caller& c, const UsableDataset& u, const std::string& owner_name,
                           const std::vector<DatasetVersion>& versions) {
   const Dataset& d = u.dataset;
   json vs = json::array();
@@ -50,7 +50,8 @@ json DatasetService::View(const UsableDataset& u, const std::string& owner_name,
   json latest = versions.empty() ? json(nullptr) : vs.back();
   return {{"id", d.id},
           {"name", d.name},
-          {"ref", u.Ref()},
+          // NAME for the caller's own; OWNER/NAME for another's (shared, or the admin's view).
+          {"ref", d.owner_id == c.user.id ? d.name : owner_name + "/" + d.name},
           {"owner_id", d.owner_id},
           {"owner", owner_name},
           {"shared", u.shared},
@@ -112,7 +113,7 @@ Result<json> DatasetService::List(const Caller& c) {
     }
     if (u.shared) u.owner_name = owner;
     VMG_ASSIGN_OR_RETURN(auto versions, store_.ListDatasetVersions(u.dataset.id));
-    json v = View(u, owner, versions);
+    json v = View(c, u, owner, versions);
     v.erase("versions");
     v["version_count"] = versions.size();
     out.push_back(v);
@@ -124,7 +125,7 @@ Result<json> DatasetService::Get(const Caller& c, const std::string& ref) {
   VMG_ASSIGN_OR_RETURN(UsableDataset u, Find(c, ref));
   VMG_ASSIGN_OR_RETURN(auto versions, store_.ListDatasetVersions(u.dataset.id));
   VMG_ASSIGN_OR_RETURN(User owner, store_.GetUserById(u.dataset.owner_id));
-  json view = View(u, owner.name, versions);
+  json view = View(c, u, owner.name, versions);
   if (!u.shared) {
     // Whom it is shared with is the owner's (and the admin's) to know.
     VMG_ASSIGN_OR_RETURN(auto users, store_.ListDatasetShares(u.dataset.id));

@@ -131,7 +131,7 @@ class DatasetService {
   Status NeedServer() const;
   // The version's record (0: the latest) and its manifest.
   Result<std::pair<DatasetVersion, Manifest>> LoadVersion(const Dataset& d, int64_t version);
-  nlohmann::json View(const UsableDataset& u, const std::string& owner_name,
+  nlohmann::json View(const Caller& c, const UsableDataset& u, const std::string& owner_name,
                       const std::vector<DatasetVersion>& versions);
   // The dataset `ref` as the caller sees it: its own, shared with it, or
   // (the admin) anyone's; else kNotFound.

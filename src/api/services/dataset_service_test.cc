@@ -376,7 +376,10 @@ TEST_P(DatasetServiceTest, ASharedDatasetIsReadOnlyForItsUsersAndHiddenFromOther
   auto admin = store_->CreateUser("root", "admin");
   ASSERT_TRUE(admin.ok());
   Caller root{admin->first};
-  EXPECT_TRUE(service_->Get(root, "alice/genome").ok());
+  auto seen = service_->Get(root, "alice/genome");
+  ASSERT_TRUE(seen.ok()) << seen.error().message;
+  EXPECT_EQ((*seen)["ref"], "alice/genome");
+  EXPECT_EQ((*seen)["shared_with"], nlohmann::json::array({"bob"}));
   EXPECT_EQ(service_->GetManifest(root, "alice/genome", 0).error().code, ErrorCode::kNotFound);
   EXPECT_EQ(service_->Share(root, id, "root", true).error().code, ErrorCode::kPermissionDenied);
 
