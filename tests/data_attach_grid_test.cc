@@ -91,6 +91,20 @@ class DataAttachTest : public testing::Test {
     ASSERT_EQ(r.rc, 0) << r.out << r.err;
   }
 
+  // Pushes the input tree as alice's dataset `inputs`, creates her VM `name`
+  // with `data` (NAME:MOUNT:rw) and `new_data` (NAME:MOUNT:SIZE_MB) attached
+  // (by the CLI) and runs `script` in its guest, which must end well.
+  static void StartWriter(const std::string& inputs, const std::string& name,
+                          const std::string& data, const std::string& new_data,
+                          const std::string& script) {
+    ASSERT_NO_FATAL_FAILURE(PushInputs(inputs));
+    CliRun created = Cli(*alice_, {"vm", "create", "--image", "tiny", "--name", name, "--data",
+                                   data, "--new-data", new_data});
+    ASSERT_EQ(created.rc, 0) << created.out << created.err;
+    auto [rc, out] = Sh(Alice(), name, script);
+    ASSERT_EQ(rc, 0) << out;
+  }
+
   // The non-zero chunks of alice's dataset version and how many of them
   // host `index`'s chunk cache holds.
   static std::pair<int, int> CachedChunks(const std::string& dataset, int version, int index) {
@@ -179,18 +193,14 @@ TEST_F(DataAttachTest, ReadOnlyOnTwoHostsIsFetchedOnDemandAndReadsBack) {
 }
 
 TEST_F(DataAttachTest, ReadWriteAndNewDatasetsCommitOnlyWhatChanged) {
-  PushInputs("work");
-  ApiClient api = Alice();
-  CliRun created = Cli(*alice_, {"vm", "create", "--image", "tiny", "--name", "writer", "--data",
-                                 "work:/work:rw", "--new-data", "results:/out:64"});
-  ASSERT_EQ(created.rc, 0) << created.out << created.err;
   // The guest writes a file of known bytes into both (from its own copy of
   // the small file: base64 would be slow through exec).
-  auto [rc, out] = Sh(api, "writer",
-                      "head -c 716800 /dev/zero > /tmp/z && cp /work/small.bin /out/copy.bin && "
-                      "cp /tmp/z /work/zeros.bin && echo hello > /out/hello.txt && "
-                      "rm /work/sub/big.bin && sync && echo ok");
-  ASSERT_EQ(rc, 0) << out;
+  ASSERT_NO_FATAL_FAILURE(
+      StartWriter("work", "writer", "work:/work:rw", "results:/out:64",
+                  "head -c 716800 /dev/zero > /tmp/z && cp /work/small.bin /out/copy.bin && "
+                  "cp /tmp/z /work/zeros.bin && echo hello > /out/hello.txt && "
+                  "rm /work/sub/big.bin && sync && echo ok"));
+  ApiClient api = Alice();
 
   CliRun commit = Cli(*alice_, {"--json", "data", "commit", "writer", "work"});
   ASSERT_EQ(commit.rc, 0) << commit.out << commit.err;
@@ -233,16 +243,13 @@ TEST_F(DataAttachTest, ReadWriteAndNewDatasetsCommitOnlyWhatChanged) {
 // goes; a commit that fails (a file held open for writing in the guest)
 // stops nothing, names the dataset, and loses nothing.
 TEST_F(DataAttachTest, StopAndRmWithCommitStoreEveryReadWriteAttachmentFirst) {
-  PushInputs("sc-work");
+  // A process keeps a file of sc-out open for writing.
+  ASSERT_NO_FATAL_FAILURE(
+      StartWriter("sc-work", "sc", "sc-work:/w:rw", "sc-out:/o:64",
+                  "echo one > /w/one.txt && echo two > /o/two.txt && "
+                  "(exec 3>>/o/held; exec sleep 300) </dev/null >/dev/null 2>&1 & "
+                  "echo $! > /tmp/holder.pid && sync && echo ok"));
   ApiClient api = Alice();
-  CliRun created = Cli(*alice_, {"vm", "create", "--image", "tiny", "--name", "sc", "--data",
-                                 "sc-work:/w:rw", "--new-data", "sc-out:/o:64"});
-  ASSERT_EQ(created.rc, 0) << created.out << created.err;
-  auto [rc, out] = Sh(api, "sc",
-                      "echo one > /w/one.txt && echo two > /o/two.txt && "
-                      "(exec 3>>/o/held; exec sleep 300) </dev/null >/dev/null 2>&1 & "
-                      "echo $! > /tmp/holder.pid && sync && echo ok");
-  ASSERT_EQ(rc, 0) << out;
   auto versions = [&](const std::string& name) -> size_t {
     auto d = api.Get("/v1/datasets/" + name);
     return d.ok() ? (*d)["versions"].size() : 0;

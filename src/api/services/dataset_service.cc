@@ -432,14 +432,19 @@ Result<json> DatasetService::Commit(const Caller& c, const std::string& vm_ref,
                                     const std::string& name) {
   VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(vm_ref, c.owner()));
   VMG_ASSIGN_OR_RETURN(CommitTarget t, FindCommitTarget(vm, name));
+  return StartCommit(c, vm, [this, vm_id = vm.id, t] { return PushAndRecord(vm_id, t); });
+}
+
+Result<json> DatasetService::StartCommit(const Caller& c, const Vm& vm,
+                                         std::function<Result<json>()> work) {
   VMG_ASSIGN_OR_RETURN(auto slot, long_ops_->Acquire(c.user.id, 1, c.admin()));
   OpQueue::Operation op;
   op.kind = "data_commit";
   op.owner_id = c.user.id;
   op.vm_id = vm.id;
   json answer = ops_->Start(op);
-  ops_->Run(vm.id, [this, vm_id = vm.id, t, id = op.id, slot = std::move(slot)]() mutable {
-    auto r = PushAndRecord(vm_id, t);
+  ops_->Run(vm.id, [this, work = std::move(work), id = op.id, slot = std::move(slot)]() mutable {
+    auto r = work();
     slot.reset();
     ops_->Finish(id, r);
   });
@@ -461,37 +466,21 @@ Result<json> DatasetService::CommitAllThen(const Caller& c, const std::string& v
     targets.push_back(std::move(*t));
   }
   if (targets.empty()) return then(vm);
-  VMG_ASSIGN_OR_RETURN(auto slot, long_ops_->Acquire(c.user.id, 1, c.admin()));
-  OpQueue::Operation op;
-  op.kind = "data_commit";
-  op.owner_id = c.user.id;
-  op.vm_id = vm.id;
-  json answer = ops_->Start(op);
-  ops_->Run(vm.id, [this, vm, targets, what, then = std::move(then), id = op.id,
-                    slot = std::move(slot)]() mutable {
+  return StartCommit(c, vm, [this, vm, targets, what, then = std::move(then)]() -> Result<json> {
     json commits = json::array();
     for (const CommitTarget& t : targets) {
       auto r = PushAndRecord(vm.id, t);
-      if (!r.ok()) {
-        slot.reset();
-        ops_->Finish(
-            id, r.error().Wrap("VM " + vm.name + " not " + what + " (its disks are as they were; " +
-                               std::to_string(commits.size()) + " of " +
-                               std::to_string(targets.size()) + " datasets committed)"));
-        return;
-      }
+      if (!r.ok())
+        return r.error().Wrap("VM " + vm.name + " not " + what + " (its disks are as they were; " +
+                              std::to_string(commits.size()) + " of " +
+                              std::to_string(targets.size()) + " datasets committed)");
       commits.push_back(*r);
     }
-    slot.reset();
     auto done = then(vm);
-    if (!done.ok()) {
-      ops_->Finish(
-          id, done.error().Wrap("committed " + std::to_string(commits.size()) + " datasets, then"));
-      return;
-    }
-    ops_->Finish(id, json{{"commits", commits}, {"vm", *done}});
+    if (!done.ok())
+      return done.error().Wrap("committed " + std::to_string(commits.size()) + " datasets, then");
+    return json{{"commits", commits}, {"vm", *done}};
   });
-  return answer;
 }
 
 }  // namespace vmgrid

@@ -150,6 +150,10 @@ class DatasetService {
     Host host;
   };
   Result<CommitTarget> FindCommitTarget(const Vm& vm, const std::string& name);
+  // Runs `work` as a data_commit operation of the caller's on VM `vm` (one
+  // of the caller's long operations); answers the operation.
+  Result<nlohmann::json> StartCommit(const Caller& c, const Vm& vm,
+                                     std::function<Result<nlohmann::json>()> work);
   // The agent's push of `t` and the version's record.
   Result<nlohmann::json> PushAndRecord(const std::string& vm_id, const CommitTarget& t);
   // A VM of the dataset's owner that has `dataset_id` (version `version`,
