@@ -160,8 +160,11 @@ Status VetExt4Tree(const Ext4Lister& list, uint64_t max_bytes) {
     Dir d = std::move(todo.front());
     todo.pop_front();
     VMG_ASSIGN_OR_RETURN(std::string text, list(d.inode));
-    VMG_ASSIGN_OR_RETURN(auto listed, ParseDebugfsListing(text));
-    VMG_ASSIGN_OR_RETURN(auto vetted, VetDirectoryEntries(listed, d.inode, d.path));
+    auto listed = ParseDebugfsListing(text);
+    // A name holding '/' or a newline breaks a line's shape.
+    if (!listed.ok())
+      return Bad("refusing to extract: " + Printable(d.path) + ": " + listed.error().message);
+    VMG_ASSIGN_OR_RETURN(auto vetted, VetDirectoryEntries(*listed, d.inode, d.path));
     for (const Ext4DirEntry& e : vetted) {
       const std::string path = d.path + (d.path == "/" ? "" : "/") + e.name;
       if (++entries > kMaxExt4Entries)
