@@ -25,7 +25,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${FUZZ_BUILD_DIR:-build-fuzz}"
 case "$BUILD" in /*) ;; *) BUILD="$ROOT/$BUILD" ;; esac
 JOBS="${FUZZ_JOBS:-2}"
-TARGETS="${FUZZ_TARGETS:-fuzz_qmp fuzz_qga fuzz_http_json fuzz_vm_spec fuzz_image_magic fuzz_chunks fuzz_query fuzz_host_token fuzz_qcow2_header fuzz_http_request fuzz_vnet_frame fuzz_vnet_switch fuzz_vnet_tunnel fuzz_vnet_dhcp fuzz_vnet_dns fuzz_metrics_text}"
+TARGETS="${FUZZ_TARGETS:-fuzz_qmp fuzz_qga fuzz_http_json fuzz_vm_spec fuzz_image_magic fuzz_chunks fuzz_query fuzz_host_token fuzz_qcow2_header fuzz_http_request fuzz_vnet_frame fuzz_vnet_switch fuzz_vnet_tunnel fuzz_vnet_dhcp fuzz_vnet_dns fuzz_metrics_text fuzz_ext4_listing}"
 # Be gentle with whatever else runs on the machine (VMs, benchmarks).
 NICE=(nice -n 10)
 

@@ -6,7 +6,8 @@
 // a new dataset are committed as versions whose changed chunks are all that
 // travelled, then pulled and compared; a clone resumed from the image's
 // post-boot checkpoint finds its dataset too; bad requests are clear errors
-// that leave nothing behind.
+// that leave nothing behind. `vm stop/rm --commit` commit every read-write
+// attachment first; another user's shared dataset attaches read-only.
 #include <gtest/gtest.h>
 #include <openssl/sha.h>
 #include <unistd.h>
@@ -89,6 +90,20 @@ class DataAttachTest : public testing::Test {
   static void PushInputs(const std::string& name) {
     CliRun r = Cli(*alice_, {"data", "push", name, *dir_ + "/in"});
     ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  }
+
+  // Pushes the input tree as alice's dataset `inputs`, creates her VM `name`
+  // with `data` (NAME:MOUNT:rw) and `new_data` (NAME:MOUNT:SIZE_MB) attached
+  // (by the CLI) and runs `script` in its guest, which must end well.
+  static void StartWriter(const std::string& inputs, const std::string& name,
+                          const std::string& data, const std::string& new_data,
+                          const std::string& script) {
+    ASSERT_NO_FATAL_FAILURE(PushInputs(inputs));
+    CliRun created = Cli(*alice_, {"vm", "create", "--image", "tiny", "--name", name, "--data",
+                                   data, "--new-data", new_data});
+    ASSERT_EQ(created.rc, 0) << created.out << created.err;
+    auto [rc, out] = Sh(Alice(), name, script);
+    ASSERT_EQ(rc, 0) << out;
   }
 
   // The non-zero chunks of alice's dataset version and how many of them
@@ -179,18 +194,14 @@ TEST_F(DataAttachTest, ReadOnlyOnTwoHostsIsFetchedOnDemandAndReadsBack) {
 }
 
 TEST_F(DataAttachTest, ReadWriteAndNewDatasetsCommitOnlyWhatChanged) {
-  PushInputs("work");
-  ApiClient api = Alice();
-  CliRun created = Cli(*alice_, {"vm", "create", "--image", "tiny", "--name", "writer", "--data",
-                                 "work:/work:rw", "--new-data", "results:/out:64"});
-  ASSERT_EQ(created.rc, 0) << created.out << created.err;
   // The guest writes a file of known bytes into both (from its own copy of
   // the small file: base64 would be slow through exec).
-  auto [rc, out] = Sh(api, "writer",
-                      "head -c 716800 /dev/zero > /tmp/z && cp /work/small.bin /out/copy.bin && "
-                      "cp /tmp/z /work/zeros.bin && echo hello > /out/hello.txt && "
-                      "rm /work/sub/big.bin && sync && echo ok");
-  ASSERT_EQ(rc, 0) << out;
+  ASSERT_NO_FATAL_FAILURE(
+      StartWriter("work", "writer", "work:/work:rw", "results:/out:64",
+                  "head -c 716800 /dev/zero > /tmp/z && cp /work/small.bin /out/copy.bin && "
+                  "cp /tmp/z /work/zeros.bin && echo hello > /out/hello.txt && "
+                  "rm /work/sub/big.bin && sync && echo ok"));
+  ApiClient api = Alice();
 
   CliRun commit = Cli(*alice_, {"--json", "data", "commit", "writer", "work"});
   ASSERT_EQ(commit.rc, 0) << commit.out << commit.err;
@@ -226,6 +237,107 @@ TEST_F(DataAttachTest, ReadWriteAndNewDatasetsCommitOnlyWhatChanged) {
   ASSERT_EQ(Cli(*alice_, {"data", "pull", "work:1", pulled_v1}).rc, 0);
   EXPECT_EQ(Slurp(pulled_v1 + "/sub/big.bin"), *big_);
   DeleteVm(api, "writer");
+}
+
+// `vm stop --commit` and `vm rm --commit` (docs/datasets.md, "Commit"):
+// every read-write attachment becomes a version before the VM stops or
+// goes; a commit that fails (a file held open for writing in the guest)
+// stops nothing, names the dataset, and loses nothing.
+TEST_F(DataAttachTest, StopAndRmWithCommitStoreEveryReadWriteAttachmentFirst) {
+  // A process keeps a file of sc-out open for writing.
+  ASSERT_NO_FATAL_FAILURE(
+      StartWriter("sc-work", "sc", "sc-work:/w:rw", "sc-out:/o:64",
+                  "echo one > /w/one.txt && echo two > /o/two.txt && "
+                  "(exec 3>>/o/held; exec sleep 300) </dev/null >/dev/null 2>&1 & "
+                  "echo $! > /tmp/holder.pid && sync && echo ok"));
+  ApiClient api = Alice();
+  auto versions = [&](const std::string& name) -> size_t {
+    auto d = api.Get("/v1/datasets/" + name);
+    return d.ok() ? (*d)["versions"].size() : 0;
+  };
+
+  // sc-out cannot be remounted read-only while the guest writes to it.
+  CliRun refused = Cli(*alice_, {"vm", "stop", "sc", "--commit"});
+  EXPECT_NE(refused.rc, 0);
+  EXPECT_NE(refused.err.find("sc-out"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("not stopped"), std::string::npos) << refused.err;
+  auto vm = api.Get("/v1/vms/sc");
+  ASSERT_TRUE(vm.ok());
+  EXPECT_EQ((*vm)["state"], "running") << vm->dump();
+  EXPECT_EQ(versions("sc-work"), 2u);  // committed before sc-out failed; it stays
+  EXPECT_EQ(versions("sc-out"), 0u);
+  EXPECT_EQ(Exec(api, "sc", "cat /w/one.txt /o/two.txt"), "one\ntwo\n");  // nothing lost
+  // The same for rm: the VM stays.
+  CliRun rm_refused = Cli(*alice_, {"vm", "rm", "sc", "--commit"});
+  EXPECT_NE(rm_refused.rc, 0);
+  EXPECT_NE(rm_refused.err.find("sc-out"), std::string::npos) << rm_refused.err;
+  EXPECT_NE(rm_refused.err.find("not deleted"), std::string::npos) << rm_refused.err;
+  ASSERT_TRUE(api.Get("/v1/vms/sc").ok());
+
+  auto [krc, kout] = Sh(api, "sc", "kill $(cat /tmp/holder.pid) && sleep 1 && echo ok");
+  ASSERT_EQ(krc, 0) << kout;
+  CliRun stopped = Cli(*alice_, {"vm", "stop", "sc", "--commit"});
+  ASSERT_EQ(stopped.rc, 0) << stopped.out << stopped.err;
+  EXPECT_NE(stopped.out.find("dataset sc-out version 1"), std::string::npos) << stopped.out;
+  vm = api.Get("/v1/vms/sc");
+  ASSERT_TRUE(vm.ok());
+  EXPECT_EQ((*vm)["state"], "stopped") << vm->dump();
+  EXPECT_EQ(versions("sc-work"), 3u);
+  EXPECT_EQ(versions("sc-out"), 1u);
+  const std::string pulled = *dir_ + "/pulled-sc-out";
+  ASSERT_EQ(Cli(*alice_, {"data", "pull", "sc-out", pulled}).rc, 0);
+  EXPECT_EQ(Slurp(pulled + "/two.txt"), "two\n");
+
+  // rm --commit of the stopped VM: one more version each, then the VM is gone.
+  CliRun removed = Cli(*alice_, {"vm", "rm", "sc", "--commit"});
+  ASSERT_EQ(removed.rc, 0) << removed.out << removed.err;
+  EXPECT_EQ(versions("sc-work"), 4u);
+  EXPECT_EQ(versions("sc-out"), 2u);
+  EXPECT_FALSE(api.Get("/v1/vms/sc").ok());
+  const std::string pulled_work = *dir_ + "/pulled-sc-work";
+  ASSERT_EQ(Cli(*alice_, {"data", "pull", "sc-work", pulled_work}).rc, 0);
+  EXPECT_EQ(Slurp(pulled_work + "/one.txt"), "one\n");
+}
+
+// Sharing (docs/datasets.md, "Sharing"): bob attaches alice's shared
+// dataset read-only as alice/NAME; read-write and commit are refused; once
+// unshared, bob's running VM keeps reading it and a new one cannot attach it.
+TEST_F(DataAttachTest, ASharedDatasetAttachesReadOnlyForItsUser) {
+  PushInputs("lib");
+  ApiClient bob(grid_->url(), *bob_);
+  CliRun none =
+      Cli(*bob_, {"vm", "create", "--image", "tiny", "--name", "b1", "--data", "alice/lib"});
+  EXPECT_NE(none.rc, 0);
+  EXPECT_NE(none.err.find("not found"), std::string::npos) << none.err;
+  ASSERT_EQ(Cli(*alice_, {"data", "share", "lib", "bob"}).rc, 0);
+  CliRun rw =
+      Cli(*bob_, {"vm", "create", "--image", "tiny", "--name", "b1", "--data", "alice/lib:rw"});
+  EXPECT_NE(rw.rc, 0);
+  EXPECT_NE(rw.err.find("read-only"), std::string::npos) << rw.err;
+  CliRun ro =
+      Cli(*bob_, {"vm", "create", "--image", "tiny", "--name", "b1", "--data", "alice/lib"});
+  ASSERT_EQ(ro.rc, 0) << ro.out << ro.err;
+  auto shown = bob.Get("/v1/vms/b1");
+  ASSERT_TRUE(shown.ok());
+  EXPECT_EQ((*shown)["data"][0]["dataset"], "alice/lib") << shown->dump();
+  EXPECT_EQ(Exec(bob, "b1", "sha256sum /data/lib/small.bin | cut -d' ' -f1"),
+            Sha256Hex(*small_) + "\n");
+  CliRun commit = Cli(*bob_, {"data", "commit", "b1", "alice/lib"});
+  EXPECT_NE(commit.rc, 0);
+  EXPECT_NE(commit.err.find("read-only"), std::string::npos) << commit.err;
+  // Unshared: the attached VM keeps reading (the big file was never read
+  // before, so its chunks travel now); a new attachment is not found.
+  ASSERT_EQ(Cli(*alice_, {"data", "unshare", "lib", "bob"}).rc, 0);
+  EXPECT_EQ(Exec(bob, "b1", "sha256sum /data/lib/sub/big.bin | cut -d' ' -f1"),
+            Sha256Hex(*big_) + "\n");
+  CliRun again =
+      Cli(*bob_, {"vm", "create", "--image", "tiny", "--name", "b2", "--data", "alice/lib"});
+  EXPECT_NE(again.rc, 0);
+  EXPECT_NE(again.err.find("not found"), std::string::npos) << again.err;
+  // Nothing read-write: rm --commit is a plain rm.
+  CliRun rm = Cli(*bob_, {"vm", "rm", "b1", "--commit"});
+  EXPECT_EQ(rm.rc, 0) << rm.out << rm.err;
+  EXPECT_FALSE(bob.Get("/v1/vms/b1").ok());
 }
 
 TEST_F(DataAttachTest, ResumedCloneFindsItsDataset) {

@@ -12,9 +12,13 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
 #include <sstream>
 
+#include "chunks/manifest.h"
 #include "cli/cli.h"
+#include "common/base64.h"
+#include "common/subprocess.h"
 #include "tests/cli_run.h"
 #include "tests/grid_fixture.h"
 
@@ -162,6 +166,113 @@ TEST_F(DatasetTest, PushTwicePullBothVersionsAndOnlyChangedChunksTravel) {
   EXPECT_EQ(Cli(*alice_, {"data", "pull", "genome:1", *dir_ + "/gone"}).rc, 3);
   EXPECT_EQ(Cli(*alice_, {"data", "rm", "genome"}).rc, 0);
   EXPECT_EQ(Cli(*alice_, {"data", "show", "genome"}).rc, 3);
+}
+
+// Publishes `bytes` as the next `kind` version of the caller's dataset
+// `name` straight through the REST API, as another client than ours could:
+// nothing checks what the bytes hold.
+json PushRaw(const ApiClient& api, const std::string& name, const std::string& kind,
+             const std::string& bytes) {
+  json chunks = json::array();
+  for (size_t off = 0; off < bytes.size(); off += kDefaultChunkSize) {
+    std::string piece = bytes.substr(off, kDefaultChunkSize);
+    if (piece.find_first_not_of('\0') == std::string::npos) {
+      chunks.push_back("zero");
+      continue;
+    }
+    auto r = api.Post("/v1/datasets/" + name + "/chunks", {{"data", Base64Encode(piece)}});
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    if (!r.ok()) return json();
+    chunks.push_back((*r)["digest"]);
+  }
+  auto v = api.Post("/v1/datasets/" + name + "/versions", {{"kind", kind},
+                                                           {"size", bytes.size()},
+                                                           {"chunk_size", kDefaultChunkSize},
+                                                           {"chunks", chunks}});
+  EXPECT_TRUE(v.ok()) << v.error().message;
+  return v.ok() ? *v : json();
+}
+
+// Sharing (docs/datasets.md, "Sharing"): bob lists, shows and pulls alice's
+// shared dataset as alice/NAME; carol, not shared with, finds nothing; a
+// crafted image alice shares is refused by bob's pull, which writes nothing
+// outside its target; unsharing stops bob's pulls.
+TEST_F(DatasetTest, ASharedDatasetIsPulledByItsUserOnlyAndSafely) {
+  const std::string carol = NewUserToken(*grid_, "carol");
+  std::string src = *dir_ + "/share-src";
+  fs::create_directories(src + "/sub");
+  WriteRandom(src + "/data", 300000, 5);
+  std::ofstream(src + "/sub/note") << "shared\n";
+  fs::create_symlink("../data", src + "/sub/link");
+  ASSERT_EQ(Cli(*alice_, {"data", "push", "tree", src}).rc, 0);
+  // Bob's own "tree" does not collide with alice's.
+  ASSERT_EQ(Cli(*bob_, {"data", "push", "tree", src + "/sub/note"}).rc, 0);
+  EXPECT_EQ(Cli(*bob_, {"data", "show", "alice/tree"}).rc, 3);  // not shared yet
+
+  auto shared = Cli(*alice_, {"data", "share", "tree", "bob"});
+  ASSERT_EQ(shared.rc, 0) << shared.err;
+  EXPECT_NE(shared.out.find("alice/tree"), std::string::npos) << shared.out;
+  auto ashow = Cli(*alice_, {"data", "show", "tree"});
+  EXPECT_NE(ashow.out.find("shared with bob"), std::string::npos) << ashow.out;
+  auto list = Cli(*bob_, {"--json", "data", "list"});
+  ASSERT_EQ(list.rc, 0) << list.err;
+  std::set<std::string> refs;
+  json listed = json::parse(list.out);
+  if (listed.is_object()) listed = listed["datasets"];
+  ASSERT_TRUE(listed.is_array()) << list.out;
+  for (const auto& d : listed) refs.insert(d["ref"].get<std::string>());
+  EXPECT_EQ(refs, (std::set<std::string>{"tree", "alice/tree"})) << list.out;
+  auto show = Cli(*bob_, {"data", "show", "alice/tree"});
+  ASSERT_EQ(show.rc, 0) << show.err;
+  EXPECT_NE(show.out.find("owner alice, shared with you read-only"), std::string::npos) << show.out;
+  // The REST path takes OWNER/NAME with the '/' literal or escaped.
+  ApiClient bob_api(grid_->url(), *bob_);
+  EXPECT_TRUE(bob_api.Get("/v1/datasets/alice/tree").ok());
+  EXPECT_TRUE(bob_api.Get("/v1/datasets/alice%2Ftree/versions/1/manifest").ok());
+  auto pulled = Cli(*bob_, {"data", "pull", "alice/tree:1", *dir_ + "/bob-tree"});
+  ASSERT_EQ(pulled.rc, 0) << pulled.err;
+  EXPECT_EQ(Tree(*dir_ + "/bob-tree"), Tree(src));
+  // Read-only for bob.
+  auto rm = Cli(*bob_, {"data", "rm", "alice/tree"});
+  EXPECT_NE(rm.rc, 0);
+  EXPECT_NE(rm.err.find("read-only"), std::string::npos) << rm.err;
+  EXPECT_NE(Cli(*bob_, {"data", "share", "alice/tree", "carol"}).rc, 0);
+  // Carol finds nothing, under any name.
+  for (const std::string ref : {"alice/tree", "tree"}) {
+    EXPECT_EQ(Cli(carol, {"data", "show", ref}).rc, 3) << ref;
+    EXPECT_EQ(Cli(carol, {"data", "pull", ref, *dir_ + "/carol"}).rc, 3) << ref;
+  }
+  EXPECT_FALSE(fs::exists(*dir_ + "/carol"));
+
+  // A crafted image: a file whose name is patched to climb out of the target.
+  std::string craft = *dir_ + "/craft-src";
+  fs::create_directories(craft);
+  std::ofstream(craft + "/AAAAAAAAAA") << "escaped\n";
+  std::string img = *dir_ + "/craft.img";
+  auto mk = RunProcess({"mkfs.ext4", "-q", "-F", "-O", "^metadata_csum,^has_journal", "-b", "4096",
+                        "-d", craft, img, "8M"});
+  ASSERT_TRUE(mk.ok() && mk->exit_code == 0);
+  std::ifstream in(img, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t at = bytes.find("AAAAAAAAAA");
+  ASSERT_NE(at, std::string::npos);
+  bytes.replace(at, 10, "../../esc_");
+  ApiClient alice_api(grid_->url(), *alice_);
+  ASSERT_FALSE(PushRaw(alice_api, "crafted", "dir", bytes).is_null());
+  ASSERT_EQ(Cli(*alice_, {"data", "share", "crafted", "bob"}).rc, 0);
+  fs::create_directories(*dir_ + "/x/y");
+  auto bad = Cli(*bob_, {"data", "pull", "alice/crafted", *dir_ + "/x/y/out"});
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("refusing to extract"), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(*dir_ + "/x/esc_"));
+  EXPECT_FALSE(fs::exists(*dir_ + "/esc_"));
+  EXPECT_FALSE(fs::exists(*dir_ + "/x/y/out"));
+  EXPECT_EQ(CountEntries(*dir_ + "/x/y", ".out"), 0);
+
+  // Unshared: bob's pulls are refused again.
+  ASSERT_EQ(Cli(*alice_, {"data", "unshare", "tree", "bob"}).rc, 0);
+  EXPECT_EQ(Cli(*bob_, {"data", "pull", "alice/tree", *dir_ + "/bob-again"}).rc, 3);
+  EXPECT_EQ(Cli(*alice_, {"data", "unshare", "tree", "bob"}).rc, 3);
 }
 
 TEST_F(DatasetTest, BadInputsAreClearErrorsAndLeaveNothingBehind) {

@@ -481,7 +481,8 @@ void Controller::InstallRoutes() {
   // VMs.
   InstallVmCreateRoutes(routes, *vm_creates_, *vms_, *networks_,
                         [this](const Vm& v) { return views_->VmJson(v); });
-  InstallVmActionRoutes(routes, *vms_, [this](const Vm& v) { return views_->VmJson(v); });
+  InstallVmActionRoutes(routes, *vms_, *datasets_,
+                        [this](const Vm& v) { return views_->VmJson(v); });
   InstallExecRoutes(routes, *vms_);
   InstallOperationRoutes(routes, *ops_);
   InstallMigrationRoutes(routes, *migrations_);

@@ -25,6 +25,7 @@ constexpr BodyObject kMigrateVmBody[] = {{"", f::kMigrateVm}};
 constexpr BodyObject kDrainHostBody[] = {{"", f::kDrainHost}};
 constexpr BodyObject kDatasetChunkBody[] = {{"", f::kDatasetChunk}};
 constexpr BodyObject kDatasetVersionBody[] = {{"", f::kDatasetVersion}};
+constexpr BodyObject kShareDatasetBody[] = {{"", f::kShareDataset}};
 constexpr BodyObject kSubmitJobBody[] = {{"", f::kSubmitJob}, {"output", f::kJobOutput}};
 
 // Stop and resume read an optional empty object (VmAction refuses
@@ -50,17 +51,19 @@ constexpr RouteSpec kRoutes[] = {
     {"POST", "/v1/images/([^/]+)/checkpoint", "/v1/images/{ref}/checkpoint", kImageCheckpointBody},
     {"DELETE", "/v1/images/([^/]+)", "/v1/images/{ref}", {}},
     {"GET", "/v1/datasets", "/v1/datasets", {}},
-    {"GET", "/v1/datasets/([^/]+)", "/v1/datasets/{ref}", {}},
-    {"DELETE", "/v1/datasets/([^/]+)", "/v1/datasets/{ref}", {}},
+    {"GET", "/v1/datasets/((?:[^/]+/)?[^/]+)", "/v1/datasets/{ref}", {}},
+    {"DELETE", "/v1/datasets/((?:[^/]+/)?[^/]+)", "/v1/datasets/{ref}", {}},
+    {"POST", "/v1/datasets/([^/]+)/share", "/v1/datasets/{ref}/share", kShareDatasetBody},
+    {"POST", "/v1/datasets/([^/]+)/unshare", "/v1/datasets/{ref}/unshare", kShareDatasetBody},
     {"POST", "/v1/vms/([^/]+)/data/([^/]+)/commit", "/v1/vms/{ref}/data/{name}/commit", {}},
     {"POST", "/v1/datasets/([^/]+)/chunks", "/v1/datasets/{name}/chunks", kDatasetChunkBody},
     {"POST", "/v1/datasets/([^/]+)/versions", "/v1/datasets/{name}/versions", kDatasetVersionBody},
     {"GET",
-     "/v1/datasets/([^/]+)/versions/([^/]+)/manifest",
+     "/v1/datasets/((?:[^/]+/)?[^/]+)/versions/([^/]+)/manifest",
      "/v1/datasets/{ref}/versions/{version}/manifest",
      {}},
     {"GET",
-     "/v1/datasets/([^/]+)/versions/([^/]+)/chunks/([^/]+)",
+     "/v1/datasets/((?:[^/]+/)?[^/]+)/versions/([^/]+)/chunks/([^/]+)",
      "/v1/datasets/{ref}/versions/{version}/chunks/{digest}",
      {}},
     {"DELETE",

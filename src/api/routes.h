@@ -54,6 +54,7 @@ inline constexpr const char* kDrainHost[] = {"parallel"};
 // Dataset pushes (docs/datasets.md): one chunk, then the version's draft manifest.
 inline constexpr const char* kDatasetChunk[] = {"data"};
 inline constexpr const char* kDatasetVersion[] = {"kind", "size", "chunk_size", "chunks"};
+inline constexpr const char* kShareDataset[] = {"user"};
 // Grid jobs (docs/jobs.md): the job, its output, and each of its `data` list.
 inline constexpr const char* kSubmitJob[] = {"image", "count",     "argv",    "resume",
                                              "vcpus", "memory_mb", "retries", "timeout_s",

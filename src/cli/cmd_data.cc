@@ -1,7 +1,8 @@
 // `vmgrid data ...`: datasets (docs/datasets.md) — push (a file as is, a
 // directory as an ext4 image built without root by mkfs.ext4 -d), list,
-// show, pull (a directory version extracted without root by debugfs
-// rdump, on this machine only) and rm.
+// show, pull (a directory version vetted entry by entry, then extracted
+// without root by debugfs rdump, on this machine only: images/ext4_listing.h),
+// rm, share and unshare.
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -21,6 +22,8 @@
 #include "common/base64.h"
 #include "common/result.h"
 #include "common/subprocess.h"
+#include "images/ext4_listing.h"
+#include "proto/data_attachment.h"
 
 namespace vmgrid::cli {
 namespace {
@@ -29,14 +32,26 @@ namespace fs = std::filesystem;
 
 // The controller's bound (api/services/dataset_service.h).
 constexpr uint64_t kMaxDatasetBytesCli = uint64_t{4} << 30;
+// What a pulled directory version may hold in its files' sizes (sparse
+// files and hard links make it more than the image).
+constexpr uint64_t kMaxExtractedBytes = uint64_t{64} << 30;
 
-const std::vector<std::string> kDataHeaders = {"ID",   "NAME", "VERSIONS", "LATEST",
-                                               "KIND", "SIZE", "AGE"};
+const std::vector<std::string> kDataHeaders = {"ID",     "NAME", "OWNER", "VERSIONS",
+                                               "LATEST", "KIND", "SIZE",  "AGE"};
 std::vector<std::string> DataRow(const json& d) {
   const json& l = d.contains("latest") && d["latest"].is_object() ? d["latest"] : json::object();
-  return {Str(d, "id"),           Str(d, "name"), NumStr(d, "version_count"),
-          NumStr(l, "version"),   Str(l, "kind"), BytesStr(l, "size_bytes"),
-          AgeStr(d, "created_at")};
+  // A dataset shared with the caller is named OWNER/NAME.
+  std::string name = d.contains("ref") ? Str(d, "ref") : Str(d, "name");
+  return {
+      Str(d, "id"),         name,           Str(d, "owner"),           NumStr(d, "version_count"),
+      NumStr(l, "version"), Str(l, "kind"), BytesStr(l, "size_bytes"), AgeStr(d, "created_at")};
+}
+
+// /v1/datasets/REF: NAME, an id, or OWNER/NAME (each part escaped).
+Result<std::string> DatasetPath(const std::string& ref) {
+  if (ref.find('/') == std::string::npos) return "/v1/datasets/" + PathEscape(ref);
+  VMG_ASSIGN_OR_RETURN(DatasetRef r, ParseDatasetRef(ref));
+  return "/v1/datasets/" + PathEscape(r.owner) + "/" + PathEscape(r.name);
 }
 
 // A private temporary directory, removed with everything in it.
@@ -185,15 +200,26 @@ int CmdDataList(Ctx& ctx) {
 }
 
 int CmdDataShow(Ctx& ctx, const std::string& ref) {
+  auto path = DatasetPath(ref);
+  if (!path.ok()) return UsageError(ctx, path.error().message, "data show");
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
-  auto d = client->Get("/v1/datasets/" + PathEscape(ref));
+  auto d = client->Get(*path);
   if (!d.ok()) return Fail(ctx, d.error(), "dataset");
   if (ctx.g.json) {
     PrintJson(ctx, *d);
     return kExitOk;
   }
-  ctx.io.out << "dataset " << Str(*d, "name") << " (" << Str(*d, "id") << ")\n";
+  ctx.io.out << "dataset " << Str(*d, "ref") << " (" << Str(*d, "id") << ")\n";
+  if (d->value("shared", false)) {
+    ctx.io.out << "owner " << Str(*d, "owner") << ", shared with you read-only\n";
+  } else {
+    std::string with;
+    for (const auto& u : ListOf(*d, "shared_with"))
+      with += (with.empty() ? "" : ", ") + (u.is_string() ? u.get<std::string>() : "");
+    ctx.io.out << "owner " << Str(*d, "owner") << "; shared with "
+               << (with.empty() ? "no one" : with) << "\n";
+  }
   std::vector<std::vector<std::string>> rows;
   for (const auto& v : ListOf(*d, "versions"))
     rows.push_back({NumStr(v, "version"), Str(v, "kind"), BytesStr(v, "size_bytes"),
@@ -226,9 +252,11 @@ int CmdDataPull(Ctx& ctx, const std::string& ref, const std::string& target) {
     return UsageError(ctx, target + " exists (and is not an empty directory)", "data pull");
   fs::path abs = fs::absolute(target);
   std::string parent = abs.parent_path().string();
+  auto dpath = DatasetPath(name);
+  if (!dpath.ok()) return UsageError(ctx, dpath.error().message, "data pull");
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
-  std::string base = "/v1/datasets/" + PathEscape(name) + "/versions/" + std::to_string(version);
+  std::string base = *dpath + "/versions/" + std::to_string(version);
   auto mj = client->Get(base + "/manifest");
   if (!mj.ok()) return Fail(ctx, mj.error(), "dataset");
   std::string kind = mj->is_object() ? Str(*mj, "kind") : "";
@@ -238,7 +266,7 @@ int CmdDataPull(Ctx& ctx, const std::string& ref, const std::string& target) {
   auto m = ParseManifestJson(mj->dump());
   if (!m.ok()) return Fail(ctx, m.error());
   // Later chunk requests name this exact version.
-  base = "/v1/datasets/" + PathEscape(name) + "/versions/" + std::to_string(m->version);
+  base = *dpath + "/versions/" + std::to_string(m->version);
   // Staging beside the target: renamed into place at the end, removed on failure.
   auto stage = TempDir::Make(parent, "." + abs.filename().string() + ".partial-");
   if (!stage.ok()) return Fail(ctx, stage.error());
@@ -262,15 +290,15 @@ int CmdDataPull(Ctx& ctx, const std::string& ref, const std::string& target) {
   if (!w.ok()) return Fail(ctx, w.error());
   std::string result = image;
   if (kind == "dir") {
-    // The image came from a user: only debugfs (a user-space reader, no
-    // mount) opens it, here, as the pulling user.
+    // The image came from a user, perhaps another one: only debugfs (a
+    // user-space reader, no mount) opens it, here, as the pulling user, and
+    // every entry is vetted before anything is written (a crafted name
+    // would otherwise lead rdump out of the staging directory).
     std::string out = stage->path() + "/tree";
     if (::mkdir(out.c_str(), 0700) != 0)
       return Fail(ctx, MakeError(ErrorCode::kInternal, "cannot make " + out));
-    auto r = RunProcess({"debugfs", "-R", "rdump / " + out, image});
-    if (!r.ok()) return Fail(ctx, r.error());
-    if (r->exit_code != 0)
-      return Fail(ctx, MakeError(ErrorCode::kInternal, "debugfs rdump failed: " + r->err));
+    Status x = ExtractExt4Image(image, out, kMaxExtractedBytes);
+    if (!x.ok()) return Fail(ctx, x.error());
     fs::remove_all(out + "/lost+found", ec);
     result = out;
   }
@@ -286,13 +314,33 @@ int CmdDataPull(Ctx& ctx, const std::string& ref, const std::string& target) {
 int CmdDataRm(Ctx& ctx, const std::string& ref) {
   auto parsed = ParseRef(ref);
   if (!parsed.ok()) return UsageError(ctx, parsed.error().message, "data rm");
+  auto dpath = DatasetPath(parsed->first);
+  if (!dpath.ok()) return UsageError(ctx, dpath.error().message, "data rm");
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
-  std::string path = "/v1/datasets/" + PathEscape(parsed->first);
+  std::string path = *dpath;
   if (parsed->second) path += "/versions/" + std::to_string(parsed->second);
   auto res = client->Delete(path);
   if (!res.ok()) return Fail(ctx, res.error(), "dataset");
   if (!ctx.g.json) ctx.io.out << "deleted dataset " << ref << std::endl;
+  return kExitOk;
+}
+
+// `data share NAME USER` and `data unshare NAME USER`.
+int CmdDataShare(Ctx& ctx, const std::string& name, const std::string& user, bool share) {
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  auto res = client->Post("/v1/datasets/" + PathEscape(name) + (share ? "/share" : "/unshare"),
+                          {{"user", user}});
+  if (!res.ok()) return Fail(ctx, res.error(), "dataset");
+  if (ctx.g.json) {
+    PrintJson(ctx, *res);
+  } else if (share) {
+    ctx.io.out << "shared dataset " << name << " read-only with " << user << " (as "
+               << Str(*res, "owner") << "/" << Str(*res, "name") << ")" << std::endl;
+  } else {
+    ctx.io.out << "stopped sharing dataset " << name << " with " << user << std::endl;
+  }
   return kExitOk;
 }
 
@@ -331,16 +379,27 @@ void AddDataCommands(CommandTree& t) {
   push->add_option("NAME", s.name, "Dataset name")->required();
   push->add_option("PATH", s.path, "A file or a directory")->required();
   t.Leaf(g, "list", "List datasets", [&] { return CmdDataList(t.ctx); });
-  t.Leaf(g, "show", "Show a dataset's versions", [&] { return CmdDataShow(t.ctx, s.ref); })
-      ->add_option("NAME", s.ref, "Dataset name or id")
+  t.Leaf(g, "show", "Show a dataset's versions and whom it is shared with",
+         [&] { return CmdDataShow(t.ctx, s.ref); })
+      ->add_option("NAME", s.ref, "Dataset name or id, or OWNER/NAME when shared with you")
       ->required();
   auto* pull = t.Leaf(g, "pull", "Write a version into DIR (which must not exist or be empty)",
                       [&] { return CmdDataPull(t.ctx, s.ref, s.path); });
-  pull->add_option("NAME[:VERSION]", s.ref, "Dataset (latest version by default)")->required();
+  pull->add_option("NAME[:VERSION]", s.ref,
+                   "Dataset (latest version by default); OWNER/NAME when shared with you")
+      ->required();
   pull->add_option("DIR", s.path, "Target: a directory, or the file of a file version")->required();
   t.Leaf(g, "rm", "Delete a dataset, or one version", [&] { return CmdDataRm(t.ctx, s.ref); })
       ->add_option("NAME[:VERSION]", s.ref, "Dataset (all versions) or one version")
       ->required();
+  for (bool share : {true, false}) {
+    auto* sh = t.Leaf(g, share ? "share" : "unshare",
+                      share ? "Let another user list, pull and attach a dataset read-only"
+                            : "Stop sharing a dataset (VMs attached already keep it)",
+                      [&, share] { return CmdDataShare(t.ctx, s.ref, s.name, share); });
+    sh->add_option("NAME", s.ref, "Your dataset")->required();
+    sh->add_option("USER", s.name, "The user's name")->required();
+  }
   auto* commit =
       t.Leaf(g, "commit", "Store a VM's read-write attachment of a dataset as its next version",
              [&] { return CmdDataCommit(t.ctx, s.ref, s.name); });

@@ -247,7 +247,7 @@ void AddJobCommands(CommandTree& t) {
       ->capture_default_str();
   run->add_option("--data", s.run.data,
                   "LABEL=DATASET[:VERSION]:/MOUNT, a dataset mounted read-only in every task "
-                  "(repeatable, at most 3)");
+                  "(DATASET: yours, or OWNER/NAME shared with you; repeatable, at most 3)");
   run->add_option("--output", s.run.output,
                   "DATASET:/MOUNT, committed as a new dataset per task ({i}: the index)");
   run->add_flag("--wait", s.run.wait, "Wait for the job and exit with its exit code");

@@ -252,12 +252,46 @@ int VmAction(Ctx& ctx, const std::string& ref, const std::string& action, const 
   return WaitVm(ctx, *client, *vm, ref, expected);
 }
 
-int CmdVmRm(Ctx& ctx, const std::string& ref, bool purge_workspace, bool no_wait) {
+// --commit: the controller first commits each read-write dataset attachment
+// (an operation, waited for here; its result holds the VM as the stop or
+// delete left it). Without any, it answers the VM at once.
+Result<json> AfterCommits(Ctx& ctx, const ApiClient& client, Result<json> res,
+                          const std::string& ref) {
+  if (!IsOperation(res)) return res;
+  auto done = WaitOperation(ctx, client, *res, "committing the datasets of VM " + ref, false);
+  if (!done.ok()) return done;
+  if (!ctx.g.json)
+    for (const auto& c : ListOf(*done, "commits"))
+      ctx.io.out << "dataset " << Str(c, "dataset") << " version " << NumStr(c, "version")
+                 << ": sent " << NumStr(c, "sent_chunks") << " of " << NumStr(c, "chunks")
+                 << " chunks" << std::endl;
+  return done->contains("vm") ? (*done)["vm"] : json::object();
+}
+
+int CmdVmStop(Ctx& ctx, const std::string& ref, bool commit, bool no_wait) {
+  if (!commit) return VmAction(ctx, ref, "stop", nullptr, SuccessStateOf(VmOp::kStop), no_wait);
+  auto client = MakeClient(ctx);
+  if (!client.ok()) return Fail(ctx, client.error());
+  auto vm = AfterCommits(
+      ctx, *client,
+      RetryWhileBusy(
+          ctx, [&] { return client->Post("/v1/vms/" + PathEscape(ref) + "/stop?commit=true"); }),
+      ref);
+  if (!vm.ok()) return Fail(ctx, vm.error(), "vm");
+  if (no_wait) return PrintOne(ctx, *vm, kVmHeaders, VmRow);
+  return WaitVm(ctx, *client, *vm, ref, SuccessStateOf(VmOp::kStop));
+}
+
+int CmdVmRm(Ctx& ctx, const std::string& ref, bool purge_workspace, bool commit, bool no_wait) {
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
   std::string path = "/v1/vms/" + PathEscape(ref);
   if (purge_workspace) path += "?purge_workspace=true";
-  auto res = client->Delete(path);
+  if (commit) path += purge_workspace ? "&commit=true" : "?commit=true";
+  auto res = AfterCommits(
+      ctx, *client,
+      commit ? RetryWhileBusy(ctx, [&] { return client->Delete(path); }) : client->Delete(path),
+      ref);
   if (!res.ok()) return Fail(ctx, res.error(), "vm");
   json vm = res->is_object() ? *res : json::object();
   if (no_wait) {
@@ -866,6 +900,7 @@ struct AddVmCommandsFlags {
   bool no_wait = false;
   bool leave_running = false;
   bool purge_workspace = false;
+  bool commit = false;
   std::string migrate_to;
   bool wait = true;
 };
@@ -902,7 +937,8 @@ void AddVmCommands(CommandTree& t) {
                 "one card each, in order");
   c->add_option("--data", s.create.data,
                 "Attach one of your datasets: NAME[:VERSION][:MOUNT][:ro|rw] (latest version, "
-                "/data/NAME, ro by default); repeatable, at most 4 (docs/datasets.md)");
+                "/data/NAME, ro by default), or OWNER/NAME, one shared with you (ro only); "
+                "repeatable, at most 4 (docs/datasets.md)");
   c->add_option("--new-data", s.create.new_data,
                 "Attach a new empty dataset, read-write: NAME[:MOUNT][:SIZE_MB] (/data/NAME, "
                 "1024 MiB by default); `vmgrid data commit VM NAME` stores its first version");
@@ -926,10 +962,12 @@ void AddVmCommands(CommandTree& t) {
   t.Leaf(g, "show", "Show one VM", [&] { return CmdVmShow(t.ctx, s.ref); })
       ->add_option("REF", s.ref, "VM id or name")
       ->required();
-  auto* stop = t.Leaf(g, "stop", "Stop a VM", [&] {
-    return VmAction(t.ctx, s.ref, "stop", nullptr, SuccessStateOf(VmOp::kStop), s.no_wait);
-  });
+  auto* stop =
+      t.Leaf(g, "stop", "Stop a VM", [&] { return CmdVmStop(t.ctx, s.ref, s.commit, s.no_wait); });
   stop->add_option("REF", s.ref, "VM id or name")->required();
+  stop->add_flag("--commit", s.commit,
+                 "First store each read-write dataset attachment as a new version "
+                 "(no stop if one fails)");
   stop->add_flag("--no-wait", s.no_wait, "Do not wait");
   auto* cp = t.Leaf(g, "checkpoint", "Checkpoint a VM (suspends it unless --leave-running)", [&] {
     return VmAction(
@@ -946,8 +984,11 @@ void AddVmCommands(CommandTree& t) {
   resume->add_option("REF", s.ref, "VM id or name")->required();
   resume->add_flag("--no-wait", s.no_wait, "Do not wait");
   auto* rm = t.Leaf(g, "rm", "Delete a VM",
-                    [&] { return CmdVmRm(t.ctx, s.ref, s.purge_workspace, s.no_wait); });
+                    [&] { return CmdVmRm(t.ctx, s.ref, s.purge_workspace, s.commit, s.no_wait); });
   rm->add_option("REF", s.ref, "VM id or name")->required();
+  rm->add_flag("--commit", s.commit,
+               "First store each read-write dataset attachment as a new version "
+               "(no delete if one fails)");
   rm->add_flag("--purge-workspace", s.purge_workspace, "Also delete its workspace");
   rm->add_flag("--no-wait", s.no_wait, "Do not wait");
   auto* mig =

@@ -73,9 +73,12 @@ const char* kViews = R"sql(
   WHERE c.image_id IN (SELECT id FROM {pub}images{sfx});
 
 {create}datasets{sfx} AS
-  SELECT d.id, d.name, u.name AS owner, d.created_ms
-  FROM {base}datasets d JOIN {base}users u ON u.id = d.owner_id
-  WHERE )sql" VISIBLE("d.owner_id") R"sql(;
+  SELECT d.id, d.name,
+         CASE WHEN )sql" VISIBLE("d.owner_id") R"sql( THEN u.name END AS owner,
+         CAST(d.owner_id <> {caller} AS INTEGER) AS shared, d.created_ms
+  FROM {base}datasets d LEFT JOIN {base}users u ON u.id = d.owner_id
+  WHERE )sql" VISIBLE("d.owner_id") R"sql(
+     OR d.id IN (SELECT s.dataset_id FROM {base}dataset_shares s WHERE s.user_id = {caller});
 
 {create}dataset_versions{sfx} AS
   SELECT v.dataset_id, v.version, v.kind, v.size_bytes, v.chunks, v.created_ms
@@ -608,6 +611,7 @@ DROP POLICY IF EXISTS vmgrid_caller ON nics;
 DROP POLICY IF EXISTS vmgrid_caller ON datasets;
 DROP POLICY IF EXISTS vmgrid_caller ON dataset_versions;
 DROP POLICY IF EXISTS vmgrid_caller ON dataset_cache;
+DROP POLICY IF EXISTS vmgrid_caller ON dataset_shares;
 )sql";
 constexpr char kPgPolicies[] = R"sql(
 CREATE POLICY vmgrid_caller ON vms USING (current_user <> 'vmgrid_query'
@@ -650,9 +654,13 @@ ALTER TABLE networks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE networks FORCE ROW LEVEL SECURITY;
 ALTER TABLE nics ENABLE ROW LEVEL SECURITY;
 ALTER TABLE nics FORCE ROW LEVEL SECURITY;
--- Datasets: the caller's own; their versions and which hosts cache them.
+-- Datasets: the caller's own and those shared with them; their versions and
+-- which hosts cache them.
+CREATE POLICY vmgrid_caller ON dataset_shares USING (current_user <> 'vmgrid_query'
+  OR (SELECT admin FROM infosvc.caller) OR user_id = (SELECT user_id FROM infosvc.caller));
 CREATE POLICY vmgrid_caller ON datasets USING (current_user <> 'vmgrid_query'
-  OR (SELECT admin FROM infosvc.caller) OR owner_id = (SELECT user_id FROM infosvc.caller));
+  OR (SELECT admin FROM infosvc.caller) OR owner_id = (SELECT user_id FROM infosvc.caller)
+  OR id IN (SELECT dataset_id FROM dataset_shares));
 CREATE POLICY vmgrid_caller ON dataset_versions USING (current_user <> 'vmgrid_query'
   OR dataset_id IN (SELECT id FROM datasets));
 CREATE POLICY vmgrid_caller ON dataset_cache USING (current_user <> 'vmgrid_query'
@@ -663,6 +671,8 @@ ALTER TABLE dataset_versions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dataset_versions FORCE ROW LEVEL SECURITY;
 ALTER TABLE dataset_cache ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dataset_cache FORCE ROW LEVEL SECURITY;
+ALTER TABLE dataset_shares ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dataset_shares FORCE ROW LEVEL SECURITY;
 )sql";
 
 // After the views: privileges, and the function queries run in. Creating a

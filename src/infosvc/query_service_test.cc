@@ -541,6 +541,15 @@ TEST_P(QueryServiceTest, AnswersNeverHoldAnotherUsersRows) {
   ASSERT_EQ(cached.rows.size(), 1u);
   EXPECT_EQ(cached.rows[0][0], "alice-secret-data");
   EXPECT_EQ(cached.rows[0][2], h1_);
+  // Shared with bob: he sees it, marked shared, and where it is cached.
+  ASSERT_TRUE(store_->ShareDataset(ds->id, bob_.id).ok());
+  auto shared = Q(bob_,
+                  "SELECT d.name, d.shared, c.host_id FROM datasets d JOIN dataset_cache c "
+                  "ON c.dataset_id = d.id");
+  ASSERT_EQ(shared.rows.size(), 1u);
+  EXPECT_EQ(shared.rows[0][0], "alice-secret-data");
+  EXPECT_EQ(shared.rows[0][1], 1);
+  EXPECT_EQ(shared.rows[0][2], h1_);
 }
 
 TEST_P(QueryServiceTest, ResultsAreCappedInBytes) {

@@ -117,6 +117,20 @@ Status CheckMountPointsApart(const std::vector<std::string>& paths) {
   return Status::Ok();
 }
 
+Result<DatasetRef> ParseDatasetRef(const std::string& ref) {
+  DatasetRef r;
+  size_t slash = ref.find('/');
+  if (slash == std::string::npos) {
+    r.name = ref;
+  } else {
+    r.owner = ref.substr(0, slash);
+    r.name = ref.substr(slash + 1);
+    VMG_RETURN_IF_ERROR(ValidateName("dataset owner", r.owner));
+  }
+  VMG_RETURN_IF_ERROR(ValidateName("dataset", r.name));
+  return r;
+}
+
 static std::vector<std::string> SplitColons(const std::string& arg) {
   std::vector<std::string> parts;
   size_t start = 0;
@@ -169,7 +183,8 @@ Result<json> ParseDataArgument(const std::string& arg) {
   if (parts.size() > 4) return bad("too many ':'");
   json j;
   j["dataset"] = parts[0];
-  if (Status s = ValidateName("dataset name", parts[0]); !s.ok()) return bad(s.error().message);
+  auto ref = ParseDatasetRef(parts[0]);
+  if (!ref.ok()) return bad(ref.error().message);
   size_t i = 1;
   int64_t version = 0;
   if (i < parts.size() && !parts[i].empty() && parts[i][0] != '/' && parts[i] != "ro" &&
@@ -179,7 +194,7 @@ Result<json> ParseDataArgument(const std::string& arg) {
     version = std::stoll(v);
     ++i;
   }
-  std::string mount = "/data/" + parts[0];
+  std::string mount = ref->DefaultMount();
   if (i < parts.size() && !parts[i].empty() && parts[i][0] == '/') mount = parts[i++];
   std::string mode = "ro";
   if (i < parts.size() && (parts[i] == "ro" || parts[i] == "rw")) mode = parts[i++];

@@ -59,8 +59,21 @@ Status ValidateGuestMountPoint(const std::string& path);
 // Distinct and none inside another (kInvalidArgument naming both).
 Status CheckMountPointsApart(const std::vector<std::string>& paths);
 
-// The CLI's --data argument, NAME[:VERSION][:MOUNT][:ro|rw] (version 0 =
-// latest; mount default /data/NAME; mode default ro), as the API's
+// A dataset as users name it (docs/datasets.md, "Sharing"): NAME, the
+// caller's own, or OWNER/NAME, user OWNER's dataset NAME (the caller's own
+// when OWNER is the caller, else one shared with the caller). Both parts
+// follow ValidateName, so a reference never holds more than one '/'.
+struct DatasetRef {
+  std::string owner;  // "" when not given
+  std::string name;
+  // The default guest mount point /data/NAME (the name without the owner).
+  std::string DefaultMount() const { return "/data/" + name; }
+};
+Result<DatasetRef> ParseDatasetRef(const std::string& ref);
+
+// The CLI's --data argument, NAME[:VERSION][:MOUNT][:ro|rw] (NAME may be
+// OWNER/NAME; version 0 = latest; mount default /data/NAME without the
+// owner; mode default ro), as the API's
 // {"dataset", "version", "mount", "mode"} object. Validated.
 Result<nlohmann::json> ParseDataArgument(const std::string& arg);
 // The CLI's --new-data argument, NAME[:MOUNT][:SIZE_MB] (mount default

@@ -534,9 +534,26 @@ TEST(DataAttachmentTest, CliArgument) {
   auto d = ParseDataArgument("inputs:rw");
   ASSERT_TRUE(d.ok());
   EXPECT_EQ((*d)["mode"], "rw");
-  for (const char* bad : {"", "in/puts", "inputs:x", "inputs:1:/in:rw:more", "inputs:/etc",
-                          "inputs:/in:rx", "inputs:99999999999"})
+  // Another user's dataset shared with the caller: OWNER/NAME, mounted at /data/NAME.
+  auto s = ParseDataArgument("alice/inputs:2");
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  EXPECT_EQ(
+      *s,
+      (nlohmann::json{
+          {"dataset", "alice/inputs"}, {"version", 2}, {"mount", "/data/inputs"}, {"mode", "ro"}}));
+  for (const char* bad :
+       {"", "in/", "/inputs", "a/b/c", "../inputs", "a/..", "inputs:x", "inputs:1:/in:rw:more",
+        "inputs:/etc", "inputs:/in:rx", "inputs:99999999999"})
     EXPECT_FALSE(ParseDataArgument(bad).ok()) << bad;
+  auto r = ParseDatasetRef("alice/genome");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->owner, "alice");
+  EXPECT_EQ(r->name, "genome");
+  EXPECT_EQ(ParseDatasetRef("genome")->owner, "");
+  for (const std::string& bad :
+       {std::string(), std::string("a/"), std::string("/a"), std::string("a//b"),
+        std::string("a/b/c"), std::string("a/."), std::string("./a"), std::string("a/\0b", 4)})
+    EXPECT_FALSE(ParseDatasetRef(bad).ok()) << bad;
   auto n = ParseNewDataArgument("out-1:/out:64");
   ASSERT_TRUE(n.ok()) << n.error().message;
   EXPECT_EQ(*n, (nlohmann::json{

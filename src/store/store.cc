@@ -496,6 +496,18 @@ CREATE TABLE dataset_cache (
 );
 CREATE INDEX dataset_cache_host ON dataset_cache(host_id);
 )sql",
+    // 22: datasets shared read-only with named users (docs/datasets.md,
+    // "Sharing"). A row lets user_id list, show, pull and attach read-only
+    // the dataset; removed with the dataset or by `data unshare`.
+    R"sql(
+CREATE TABLE dataset_shares (
+  dataset_id TEXT NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+  user_id TEXT NOT NULL REFERENCES users(id),
+  created_ms BIGINT NOT NULL,
+  PRIMARY KEY (dataset_id, user_id)
+);
+CREATE INDEX dataset_shares_user ON dataset_shares(user_id);
+)sql",
 };
 
 const char* kUserCols =
@@ -1116,6 +1128,16 @@ Result<User> Store::GetUserById(const std::string& id) {
       Query<User>(read.db, std::string("SELECT ") + kUserCols + " FROM users WHERE id = ?", {id},
                   ReadUser));
   if (rows.empty()) return MakeError(ErrorCode::kNotFound, "user " + id + " not found");
+  return rows[0];
+}
+
+Result<User> Store::GetUserByName(const std::string& name) {
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<User>(read.db, std::string("SELECT ") + kUserCols + " FROM users WHERE name = ?",
+                  {name}, ReadUser));
+  if (rows.empty()) return MakeError(ErrorCode::kNotFound, "no user named '" + name + "'");
   return rows[0];
 }
 
@@ -2588,8 +2610,65 @@ Status Store::DeleteDataset(const std::string& id) {
   SqlTransaction tx(db_.get());
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM dataset_versions WHERE dataset_id=?", {id}));
+  VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM dataset_shares WHERE dataset_id=?", {id}));
   VMG_RETURN_IF_ERROR(db_->Exec("DELETE FROM datasets WHERE id=?", {id}));
   return tx.Commit();
+}
+
+Result<std::optional<Dataset>> Store::FindDatasetByOwnerName(const std::string& owner_name,
+                                                             const std::string& name) {
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(
+      auto rows, Query<Dataset>(read.db,
+                                "SELECT d.id, d.name, d.owner_id, d.created_ms FROM datasets d "
+                                "JOIN users u ON u.id = d.owner_id WHERE u.name=? AND d.name=?",
+                                {owner_name, name}, ReadDataset));
+  if (rows.empty()) return std::optional<Dataset>();
+  return std::optional<Dataset>(rows[0]);
+}
+
+Status Store::ShareDataset(const std::string& dataset_id, const std::string& user_id) {
+  auto lock = Exclusive();
+  auto r = db_->Exec("INSERT INTO dataset_shares (dataset_id, user_id, created_ms) VALUES (?,?,?)",
+                     {dataset_id, user_id, NowMs()});
+  if (!r.ok() && r.error().code != ErrorCode::kAlreadyExists) return r.error();
+  return Status::Ok();
+}
+
+Result<bool> Store::UnshareDataset(const std::string& dataset_id, const std::string& user_id) {
+  auto lock = Exclusive();
+  VMG_ASSIGN_OR_RETURN(int64_t n,
+                       db_->Exec("DELETE FROM dataset_shares WHERE dataset_id=? AND user_id=?",
+                                 {dataset_id, user_id}));
+  return n > 0;
+}
+
+Result<bool> Store::IsDatasetSharedWith(const std::string& dataset_id, const std::string& user_id) {
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(
+      auto rows,
+      Query<int64_t>(read.db,
+                     "SELECT COUNT(*) FROM dataset_shares WHERE dataset_id=? AND user_id=?",
+                     {dataset_id, user_id}, [](const SqlRow& r) { return r.Int(0); }));
+  return !rows.empty() && rows[0] > 0;
+}
+
+Result<std::vector<User>> Store::ListDatasetShares(const std::string& dataset_id) {
+  auto read = Read();
+  return Query<User>(read.db,
+                     std::string("SELECT ") + kUserCols +
+                         " FROM users WHERE id IN (SELECT user_id FROM dataset_shares WHERE "
+                         "dataset_id=?) ORDER BY name",
+                     {dataset_id}, ReadUser);
+}
+
+Result<std::vector<Dataset>> Store::ListDatasetsSharedWith(const std::string& user_id) {
+  auto read = Read();
+  return Query<Dataset>(read.db,
+                        "SELECT d.id, d.name, d.owner_id, d.created_ms FROM datasets d "
+                        "JOIN dataset_shares s ON s.dataset_id = d.id WHERE s.user_id=? "
+                        "ORDER BY d.owner_id, d.name",
+                        {user_id}, ReadDataset);
 }
 
 // --- virtual networks -------------------------------------------------------------
@@ -3074,9 +3153,9 @@ Result<bool> Store::UpdateJobTask(const JobTask& t, const std::string& from_stat
   std::string sql =
       "UPDATE job_tasks SET state=?, attempts=?, vm_id=?, host_id=?, queued_ms=?, started_ms=?, "
       "finished_ms=?, exit_code=?, error=?, not_before_ms=?, last_host_id=?";
-  std::vector<SqlValue> args{t.state,       t.attempts,  t.vm_id,         t.host_id,
-                             t.queued_ms,   t.started_ms, t.finished_ms,  t.exit_code,
-                             t.error,       t.not_before_ms, t.last_host_id};
+  std::vector<SqlValue> args{t.state,     t.attempts,      t.vm_id,       t.host_id,
+                             t.queued_ms, t.started_ms,    t.finished_ms, t.exit_code,
+                             t.error,     t.not_before_ms, t.last_host_id};
   // Logs are written once, when the task ends with them.
   if (t.state == "succeeded" || t.state == "failed") {
     sql += ", stdout_b64=?, stderr_b64=?, stdout_truncated=?, stderr_truncated=?";

@@ -107,6 +107,7 @@ class Store {
   Result<std::vector<User>> ListUsers();
   Result<bool> HasUserWithRole(const std::string& role);
   Result<User> GetUserById(const std::string& id);
+  Result<User> GetUserByName(const std::string& name);
   // Sets the quota of the user named `name` (0 fields: unlimited) and
   // returns the user. It limits what is placed, finalized or created from
   // then on; what the user already holds stays.
@@ -331,8 +332,21 @@ class Store {
   Result<std::vector<DatasetVersion>> ListDatasetVersions(const std::string& dataset_id);
   // False when there was no such version.
   Result<bool> DeleteDatasetVersion(const std::string& dataset_id, int64_t version);
-  // The dataset and all its versions' records, in one transaction.
+  // The dataset, all its versions' records and its shares, in one transaction.
   Status DeleteDataset(const std::string& id);
+  // The dataset `name` of the user named `owner_name`, whoever asks (the
+  // caller checks who may see it).
+  Result<std::optional<Dataset>> FindDatasetByOwnerName(const std::string& owner_name,
+                                                        const std::string& name);
+  // Sharing (migration 22): read-only access for another user. Sharing
+  // twice is one share; Unshare answers false when there was none.
+  Status ShareDataset(const std::string& dataset_id, const std::string& user_id);
+  Result<bool> UnshareDataset(const std::string& dataset_id, const std::string& user_id);
+  Result<bool> IsDatasetSharedWith(const std::string& dataset_id, const std::string& user_id);
+  // The users a dataset is shared with, by name.
+  Result<std::vector<User>> ListDatasetShares(const std::string& dataset_id);
+  // Other users' datasets shared with `user_id`.
+  Result<std::vector<Dataset>> ListDatasetsSharedWith(const std::string& user_id);
 
   // --- jobs (migration 19; docs/jobs.md) ------------------------------------------
   // Records `job` and its `count` tasks, queued, with a job.queued event, in

@@ -26,7 +26,7 @@ using testing_db::TestDatabase;
 // store/test_database.h); every test gets a fresh database.
 // Undoes migration 9 (virtual networks), for tests that run migrations
 // again from an older version.
-// Undoes migrations 9 to 18 (virtual networks, hosts' tunnel columns, live
+// Undoes migrations 9 to 21 (virtual networks, hosts' tunnel columns, live
 // migrations' table, drain, events, host failure; migration 11's state check is dropped with
 // migration 8's).
 constexpr const char* kDropMigration9 =
@@ -45,7 +45,8 @@ constexpr const char* kDropMigration9 =
     "ALTER TABLE workspaces DROP COLUMN durable_sent_bytes; "
     "ALTER TABLE workspaces DROP COLUMN durable_host_id; "
     "ALTER TABLE workspaces DROP COLUMN generation; DROP TABLE controller_leader; "
-    "DROP TABLE dataset_cache; DROP TABLE dataset_versions; DROP TABLE datasets; "
+    "DROP TABLE dataset_cache; DROP TABLE dataset_shares; DROP TABLE dataset_versions; "
+    "DROP TABLE datasets; "
     "DROP TABLE job_tasks; DROP TABLE jobs;";
 
 class StoreTest : public testing::TestWithParam<std::string> {
@@ -484,7 +485,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 21);
+  EXPECT_EQ((*s)->schema_version(), 22);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
@@ -926,7 +927,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 21);
+  EXPECT_EQ(store_->schema_version(), 22);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);
@@ -1304,6 +1305,49 @@ TEST_P(StoreTest, DatasetsArePerOwnerWithImmutableVersions) {
   EXPECT_EQ(store_->GetDataset(d->id, "").error().code, ErrorCode::kNotFound);
   EXPECT_TRUE(store_->ListDatasetVersions(d->id)->empty());
   EXPECT_EQ(store_->ListDatasets("")->size(), 1u);
+}
+
+TEST_P(StoreTest, DatasetsAreSharedWithNamedUsers) {
+  auto bob = store_->CreateUser("bob", "user");
+  auto carol = store_->CreateUser("carol", "user");
+  ASSERT_TRUE(bob.ok() && carol.ok());
+  auto d = store_->CreateDataset(alice_.id, "genome");
+  auto other = store_->CreateDataset(alice_.id, "private");
+  ASSERT_TRUE(d.ok() && other.ok());
+  auto by_owner = store_->FindDatasetByOwnerName("alice", "genome");
+  ASSERT_TRUE(by_owner.ok() && by_owner->has_value());
+  EXPECT_EQ((*by_owner)->id, d->id);
+  EXPECT_FALSE(store_->FindDatasetByOwnerName("bob", "genome")->has_value());
+  EXPECT_FALSE(store_->FindDatasetByOwnerName("alice", "nope")->has_value());
+  EXPECT_EQ(store_->GetUserByName("carol")->id, carol->first.id);
+  EXPECT_EQ(store_->GetUserByName("dave").error().code, ErrorCode::kNotFound);
+
+  EXPECT_FALSE(*store_->IsDatasetSharedWith(d->id, bob->first.id));
+  ASSERT_TRUE(store_->ShareDataset(d->id, bob->first.id).ok());
+  ASSERT_TRUE(store_->ShareDataset(d->id, bob->first.id).ok());  // twice is once
+  ASSERT_TRUE(store_->ShareDataset(d->id, carol->first.id).ok());
+  EXPECT_TRUE(*store_->IsDatasetSharedWith(d->id, bob->first.id));
+  EXPECT_FALSE(*store_->IsDatasetSharedWith(other->id, bob->first.id));
+  auto shares = store_->ListDatasetShares(d->id);
+  ASSERT_TRUE(shares.ok());
+  ASSERT_EQ(shares->size(), 2u);
+  EXPECT_EQ((*shares)[0].name, "bob");
+  EXPECT_EQ((*shares)[1].name, "carol");
+  auto with_bob = store_->ListDatasetsSharedWith(bob->first.id);
+  ASSERT_TRUE(with_bob.ok());
+  ASSERT_EQ(with_bob->size(), 1u);
+  EXPECT_EQ((*with_bob)[0].id, d->id);
+  // Sharing does not change ownership lookups.
+  EXPECT_EQ(store_->GetDataset(d->id, bob->first.id).error().code, ErrorCode::kNotFound);
+
+  EXPECT_TRUE(*store_->UnshareDataset(d->id, bob->first.id));
+  EXPECT_FALSE(*store_->UnshareDataset(d->id, bob->first.id));
+  EXPECT_FALSE(*store_->IsDatasetSharedWith(d->id, bob->first.id));
+  EXPECT_TRUE(store_->ListDatasetsSharedWith(bob->first.id)->empty());
+  // Deleting the dataset removes its shares.
+  ASSERT_TRUE(store_->DeleteDataset(d->id).ok());
+  EXPECT_TRUE(store_->ListDatasetsSharedWith(carol->first.id)->empty());
+  EXPECT_TRUE(store_->ListDatasetShares(d->id)->empty());
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, testing_db::Backends(), testing_db::BackendName);

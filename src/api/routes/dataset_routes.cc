@@ -37,13 +37,14 @@ void InstallDatasetRoutes(RouteInstaller& s, DatasetService& datasets) {
         return Reply{200, list};
       },
       kUserRoles);
-  s.Get(R"(/v1/datasets/([^/]+))",
+  // A ref where another user's dataset may be named: OWNER/NAME (docs/datasets.md, "Sharing").
+  s.Get(R"(/v1/datasets/((?:[^/]+/)?[^/]+))",
         [&datasets](const Caller& c, const Req& req) -> Result<Reply> {
           VMG_ASSIGN_OR_RETURN(json d, datasets.Get(c, req.matches[1]));
           return Reply{200, d};
         },
         kUserRoles);
-  s.Delete(R"(/v1/datasets/([^/]+))",
+  s.Delete(R"(/v1/datasets/((?:[^/]+/)?[^/]+))",
            [&datasets](const Caller& c, const Req& req) -> Result<Reply> {
              VMG_RETURN_IF_ERROR(datasets.Delete(c, req.matches[1], std::nullopt));
              return Reply{204, nullptr};
@@ -56,6 +57,19 @@ void InstallDatasetRoutes(RouteInstaller& s, DatasetService& datasets) {
              return Reply{204, nullptr};
            },
            kUserRoles);
+  // `data share NAME USER` / `data unshare NAME USER`: read-only access for a named user.
+  for (bool share : {true, false})
+    s.Post(
+        share ? R"(/v1/datasets/([^/]+)/share)" : R"(/v1/datasets/([^/]+)/unshare)",
+        [&datasets, share](const Caller& c, const Req& req) -> Result<Reply> {
+          VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body, false));
+          JsonFields f(body, request_fields::kShareDataset);
+          VMG_RETURN_IF_ERROR(f.CheckUnknown());
+          VMG_ASSIGN_OR_RETURN(std::string user, f.String("user", true));
+          VMG_ASSIGN_OR_RETURN(json d, datasets.Share(c, req.matches[1], user, share));
+          return Reply{200, d};
+        },
+        kUserRoles);
   // `data commit VM NAME`: a VM's read-write attachment as the next version.
   s.Post(R"(/v1/vms/([^/]+)/data/([^/]+)/commit)",
          [&datasets](const Caller& c, const Req& req) -> Result<Reply> {
@@ -97,14 +111,14 @@ void InstallDatasetRoutes(RouteInstaller& s, DatasetService& datasets) {
            return Reply{201, out};
          },
          kUserRoles);
-  s.Get(R"(/v1/datasets/([^/]+)/versions/([^/]+)/manifest)",
+  s.Get(R"(/v1/datasets/((?:[^/]+/)?[^/]+)/versions/([^/]+)/manifest)",
         [&datasets](const Caller& c, const Req& req) -> Result<Reply> {
           VMG_ASSIGN_OR_RETURN(int64_t v, ParseVersion(req.matches[2], true));
           VMG_ASSIGN_OR_RETURN(json m, datasets.GetManifest(c, req.matches[1], v));
           return Reply{200, m};
         },
         kUserRoles);
-  s.Get(R"(/v1/datasets/([^/]+)/versions/([^/]+)/chunks/([^/]+))",
+  s.Get(R"(/v1/datasets/((?:[^/]+/)?[^/]+)/versions/([^/]+)/chunks/([^/]+))",
         [&datasets](const Caller& c, const Req& req) -> Result<Reply> {
           VMG_ASSIGN_OR_RETURN(int64_t v, ParseVersion(req.matches[2], true));
           VMG_ASSIGN_OR_RETURN(json out, datasets.GetChunk(c, req.matches[1], v, req.matches[3]));

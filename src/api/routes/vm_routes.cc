@@ -4,6 +4,7 @@
 
 #include "api/op_queue.h"
 #include "api/routes.h"
+#include "api/services/dataset_service.h"
 #include "api/services/network_service.h"
 #include "api/services/vm_create_service.h"
 #include "api/services/vm_service.h"
@@ -124,11 +125,25 @@ void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmServic
         kUserRoles);
 }
 
-void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, VmView view) {
+namespace {
+
+// ?commit=true|false (absent: false).
+Result<bool> CommitParam(const Req& req) {
+  if (!req.has_param("commit")) return false;
+  const std::string v = req.get_param_value("commit");
+  if (v != "true" && v != "false")
+    return MakeError(ErrorCode::kInvalidArgument, "commit must be true or false");
+  return v == "true";
+}
+
+}  // namespace
+
+void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, DatasetService& datasets,
+                           VmView view) {
   for (const std::string action : {"stop", "checkpoint", "resume"}) {
     s.Post(
         "/v1/vms/([^/]+)/" + action,
-        [&vms, view, action](const Caller& c, const Req& req) -> Result<Reply> {
+        [&vms, &datasets, view, action](const Caller& c, const Req& req) -> Result<Reply> {
           VMG_ASSIGN_OR_RETURN(json body, ParseJsonObject(req.body));
           JsonFields f(body, request_fields::kVmCheckpoint);
           VMG_RETURN_IF_ERROR(f.CheckUnknown());
@@ -136,10 +151,25 @@ void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, VmView view) {
           if (action != "checkpoint" && body.contains("leave_running"))
             return MakeError(ErrorCode::kInvalidArgument,
                              "leave_running applies to checkpoint only");
+          VMG_ASSIGN_OR_RETURN(bool commit, CommitParam(req));
+          if (commit && action != "stop")
+            return MakeError(ErrorCode::kInvalidArgument, "commit applies to stop and delete");
           const VmOp op = action == "stop" ? VmOp::kStop
                           : action == "checkpoint"
                               ? (leave ? VmOp::kCheckpointLeaveRunning : VmOp::kCheckpoint)
                               : VmOp::kResume;
+          if (commit) {
+            // An operation while datasets are committed; the VM as below when none is.
+            VMG_ASSIGN_OR_RETURN(json answer,
+                                 datasets.CommitAllThen(
+                                     c, req.matches[1], "stopped",
+                                     [&vms, view, owner = c.owner()](const Vm& v) -> Result<json> {
+                                       VMG_ASSIGN_OR_RETURN(Vm moved,
+                                                            vms.Act(v.id, owner, VmOp::kStop));
+                                       return view(moved);
+                                     }));
+            return Reply{202, answer};
+          }
           VMG_ASSIGN_OR_RETURN(Vm moved, vms.Act(req.matches[1], c.owner(), op));
           return Reply{202, view(moved)};
         },
@@ -167,8 +197,20 @@ void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, VmView view) {
            },
            kUserRoles);
   s.Delete(R"(/v1/vms/([^/]+))",
-           [&vms, view](const Caller& c, const Req& req) -> Result<Reply> {
+           [&vms, &datasets, view](const Caller& c, const Req& req) -> Result<Reply> {
              const bool purge = req.get_param_value("purge_workspace") == "true";
+             VMG_ASSIGN_OR_RETURN(bool commit, CommitParam(req));
+             if (commit) {
+               VMG_ASSIGN_OR_RETURN(
+                   json answer,
+                   datasets.CommitAllThen(
+                       c, req.matches[1], "deleted",
+                       [&vms, view, purge, owner = c.owner()](const Vm& v) -> Result<json> {
+                         VMG_ASSIGN_OR_RETURN(Vm moved, vms.Delete(v.id, owner, purge));
+                         return view(moved);
+                       }));
+               return Reply{202, answer};
+             }
              VMG_ASSIGN_OR_RETURN(Vm moved, vms.Delete(req.matches[1], c.owner(), purge));
              return Reply{202, view(moved)};
            },

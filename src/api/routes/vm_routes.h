@@ -14,6 +14,7 @@
 
 namespace vmgrid {
 
+class DatasetService;
 class NetworkService;
 class OpQueue;
 class VmCreateService;
@@ -25,7 +26,10 @@ using VmView = std::function<nlohmann::json(const Vm&)>;
 // POST /v1/vms, GET /v1/vms and GET /v1/vms/ID (with the VM's cards).
 void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmService& vms,
                            NetworkService& networks, VmView view);
-void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, VmView view);
+// stop and DELETE take ?commit=true: every read-write dataset attachment
+// is committed first (DatasetService::CommitAllThen).
+void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, DatasetService& datasets,
+                           VmView view);
 void InstallExecRoutes(RouteInstaller& s, VmService& vms);
 void InstallOperationRoutes(RouteInstaller& s, const OpQueue& ops);
 

@@ -14,6 +14,37 @@ namespace {
 constexpr int64_t kDefaultBlankMb = 1024;
 }  // namespace
 
+Result<UsableDataset> FindUsableDataset(Store& store, const std::string& user_id,
+                                        const std::string& ref) {
+  const Error not_found = MakeError(ErrorCode::kNotFound, "dataset '" + ref + "' not found");
+  UsableDataset u;
+  if (ref.find('/') == std::string::npos) {
+    auto own = store.GetDataset(ref, user_id);
+    if (own.ok()) {
+      u.dataset = *own;
+      return u;
+    }
+    if (own.error().code != ErrorCode::kNotFound) return own.error();
+    if (ref.rfind("ds-", 0) != 0) return not_found;
+    // Another user's dataset by id: only when shared with this user.
+    auto any = store.GetDataset(ref, "");
+    if (!any.ok()) return any.error().code == ErrorCode::kNotFound ? not_found : any.error();
+    u.dataset = *any;
+  } else {
+    VMG_ASSIGN_OR_RETURN(DatasetRef r, ParseDatasetRef(ref));
+    VMG_ASSIGN_OR_RETURN(auto found, store.FindDatasetByOwnerName(r.owner, r.name));
+    if (!found) return not_found;
+    u.dataset = *found;
+    if (u.dataset.owner_id == user_id) return u;
+  }
+  VMG_ASSIGN_OR_RETURN(bool shared, store.IsDatasetSharedWith(u.dataset.id, user_id));
+  if (!shared) return not_found;
+  VMG_ASSIGN_OR_RETURN(User owner, store.GetUserById(u.dataset.owner_id));
+  u.shared = true;
+  u.owner_name = owner.name;
+  return u;
+}
+
 Result<std::vector<DataRequest>> ParseDataRequests(const json& j) {
   if (!j.is_array())
     return MakeError(ErrorCode::kInvalidArgument,
@@ -31,15 +62,18 @@ Result<std::vector<DataRequest>> ParseDataRequests(const json& j) {
     VMG_RETURN_IF_ERROR(f.CheckUnknown());
     DataRequest r;
     VMG_ASSIGN_OR_RETURN(r.dataset, f.String("dataset", true));
-    VMG_RETURN_IF_ERROR(ValidateName("dataset name", r.dataset));
+    VMG_ASSIGN_OR_RETURN(DatasetRef ref, ParseDatasetRef(r.dataset));
     VMG_ASSIGN_OR_RETURN(r.version, f.Int("version", 0, 0, int64_t{1} << 40));
-    VMG_ASSIGN_OR_RETURN(r.mount, f.String("mount", false, "/data/" + r.dataset));
+    VMG_ASSIGN_OR_RETURN(r.mount, f.String("mount", false, ref.DefaultMount()));
     VMG_RETURN_IF_ERROR(ValidateGuestMountPoint(r.mount));
     VMG_ASSIGN_OR_RETURN(r.create, f.Bool("new", false));
     VMG_ASSIGN_OR_RETURN(std::string mode, f.Enum("mode", {"ro", "rw"}, r.create ? "rw" : "ro"));
     r.rw = mode == "rw";
     VMG_ASSIGN_OR_RETURN(r.size_mb, f.Int("size_mb", 0, kMinBlankDataMb, kMaxBlankDataMb));
     if (r.create) {
+      if (!ref.owner.empty())
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "new dataset " + r.dataset + ": a new dataset is the VM owner's (NAME)");
       if (!r.rw || r.version != 0)
         return MakeError(ErrorCode::kInvalidArgument,
                          "new dataset " + r.dataset + " is read-write and has no version yet");
@@ -107,8 +141,8 @@ Result<std::vector<VmDataAttachment>> ResolveDataRequests(
     a.dataset = r.dataset;
     a.mount = r.mount;
     a.rw = r.rw;
-    VMG_ASSIGN_OR_RETURN(auto found, store.FindDatasetByName(owner_id, r.dataset));
     if (r.create) {
+      VMG_ASSIGN_OR_RETURN(auto found, store.FindDatasetByName(owner_id, r.dataset));
       if (found)
         return MakeError(ErrorCode::kAlreadyExists,
                          "dataset " + r.dataset +
@@ -118,9 +152,17 @@ Result<std::vector<VmDataAttachment>> ResolveDataRequests(
       out.push_back(std::move(a));
       continue;
     }
-    if (!found)
+    auto usable = FindUsableDataset(store, owner_id, r.dataset);
+    if (!usable.ok() && usable.error().code == ErrorCode::kNotFound)
       return MakeError(ErrorCode::kNotFound,
                        "dataset " + r.dataset + " not found (`vmgrid data push` makes one)");
+    if (!usable.ok()) return usable.error();
+    if (usable->shared && r.rw)
+      return MakeError(ErrorCode::kPermissionDenied,
+                       "dataset " + r.dataset + " is shared with you read-only by " +
+                           usable->owner_name + "; attach it with mode ro (only its owner " +
+                           "writes new versions)");
+    const Dataset* found = &usable->dataset;
     VMG_ASSIGN_OR_RETURN(auto versions, store.ListDatasetVersions(found->id));
     const DatasetVersion* v = nullptr;
     for (const auto& x : versions)
@@ -135,6 +177,7 @@ Result<std::vector<VmDataAttachment>> ResolveDataRequests(
                        "dataset " + r.dataset + " version " + std::to_string(v->version) +
                            " is a single file, not a file system; only directory datasets "
                            "can be mounted (push a directory holding the file)");
+    a.dataset = usable->Ref();
     a.dataset_id = found->id;
     a.version = v->version;
     a.blob_digest = v->blob_digest;
@@ -178,7 +221,9 @@ std::vector<DataDiskSpec> DataDiskSpecs(const std::vector<VmDataAttachment>& dat
   std::vector<DataDiskSpec> out;
   for (const VmDataAttachment& d : data) {
     DataDiskSpec s;
-    s.dataset = d.dataset;
+    // The agent and the guest see the name alone (OWNER/ is the controller's).
+    size_t slash = d.dataset.find('/');
+    s.dataset = slash == std::string::npos ? d.dataset : d.dataset.substr(slash + 1);
     s.mount = d.mount;
     s.rw = d.rw;
     if (d.blank_mb > 0) {

@@ -33,7 +33,9 @@ Status DatasetService::NeedServer() const {
   return Status::Ok();
 }
 
-json DatasetService::View(const Dataset& d, const std::vector<DatasetVersion>& versions) {
+json DatasetService::View(const Caller& c, const UsableDataset& u, const std::string& owner_name,
+                          const std::vector<DatasetVersion>& versions) {
+  const Dataset& d = u.dataset;
   json vs = json::array();
   for (const auto& v : versions)
     vs.push_back({{"version", v.version},
@@ -48,18 +50,70 @@ json DatasetService::View(const Dataset& d, const std::vector<DatasetVersion>& v
   json latest = versions.empty() ? json(nullptr) : vs.back();
   return {{"id", d.id},
           {"name", d.name},
+          // NAME for the caller's own; OWNER/NAME for another's (shared, or the admin's view).
+          {"ref", d.owner_id == c.user.id ? d.name : owner_name + "/" + d.name},
           {"owner_id", d.owner_id},
+          {"owner", owner_name},
+          {"shared", u.shared},
           {"created_at", FormatTimeMs(d.created_ms)},
           {"latest", latest},
           {"versions", vs}};
 }
 
+Result<UsableDataset> DatasetService::Find(const Caller& c, const std::string& ref) {
+  auto u = FindUsableDataset(store_, c.user.id, ref);
+  if (u.ok() || !c.admin() || u.error().code != ErrorCode::kNotFound) return u;
+  // The admin sees (not reads) every dataset: by id, its owner's name, or OWNER/NAME.
+  UsableDataset any;
+  if (ref.find('/') == std::string::npos) {
+    VMG_ASSIGN_OR_RETURN(any.dataset, store_.GetDataset(ref, ""));
+    return any;
+  }
+  VMG_ASSIGN_OR_RETURN(DatasetRef r, ParseDatasetRef(ref));
+  VMG_ASSIGN_OR_RETURN(auto found, store_.FindDatasetByOwnerName(r.owner, r.name));
+  if (!found) return u.error();
+  any.dataset = *found;
+  return any;
+}
+
+Result<UsableDataset> DatasetService::FindReadable(const Caller& c, const std::string& ref) {
+  VMG_ASSIGN_OR_RETURN(UsableDataset u, Find(c, ref));
+  // Only the owner and the users it shared with read the bytes, the admin
+  // included (docs/datasets.md, "Security").
+  if (!u.shared && u.dataset.owner_id != c.user.id)
+    return MakeError(ErrorCode::kNotFound, "dataset '" + ref + "' not found");
+  return u;
+}
+
+Result<UsableDataset> DatasetService::FindOwned(const Caller& c, const std::string& ref,
+                                                const std::string& what) {
+  VMG_ASSIGN_OR_RETURN(UsableDataset u, Find(c, ref));
+  if (u.shared)
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "dataset " + u.Ref() + " is " + u.owner_name +
+                         "'s, shared with you read-only; only its owner can " + what + " it");
+  return u;
+}
+
 Result<json> DatasetService::List(const Caller& c) {
-  VMG_ASSIGN_OR_RETURN(auto list, store_.ListDatasets(c.owner()));
+  VMG_ASSIGN_OR_RETURN(auto own, store_.ListDatasets(c.owner()));
+  std::vector<UsableDataset> all;
+  for (auto& d : own) all.push_back(UsableDataset{std::move(d), false, ""});
+  if (!c.admin()) {
+    VMG_ASSIGN_OR_RETURN(auto shared, store_.ListDatasetsSharedWith(c.user.id));
+    for (auto& d : shared) all.push_back(UsableDataset{std::move(d), true, ""});
+  }
+  std::map<std::string, std::string> names;  // owner id -> name
   json out = json::array();
-  for (const auto& d : list) {
-    VMG_ASSIGN_OR_RETURN(auto versions, store_.ListDatasetVersions(d.id));
-    json v = View(d, versions);
+  for (auto& u : all) {
+    auto& owner = names[u.dataset.owner_id];
+    if (owner.empty()) {
+      VMG_ASSIGN_OR_RETURN(User user, store_.GetUserById(u.dataset.owner_id));
+      owner = user.name;
+    }
+    if (u.shared) u.owner_name = owner;
+    VMG_ASSIGN_OR_RETURN(auto versions, store_.ListDatasetVersions(u.dataset.id));
+    json v = View(c, u, owner, versions);
     v.erase("versions");
     v["version_count"] = versions.size();
     out.push_back(v);
@@ -68,9 +122,45 @@ Result<json> DatasetService::List(const Caller& c) {
 }
 
 Result<json> DatasetService::Get(const Caller& c, const std::string& ref) {
-  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.owner()));
-  VMG_ASSIGN_OR_RETURN(auto versions, store_.ListDatasetVersions(d.id));
-  return View(d, versions);
+  VMG_ASSIGN_OR_RETURN(UsableDataset u, Find(c, ref));
+  VMG_ASSIGN_OR_RETURN(auto versions, store_.ListDatasetVersions(u.dataset.id));
+  VMG_ASSIGN_OR_RETURN(User owner, store_.GetUserById(u.dataset.owner_id));
+  json view = View(c, u, owner.name, versions);
+  if (!u.shared) {
+    // Whom it is shared with is the owner's (and the admin's) to know.
+    VMG_ASSIGN_OR_RETURN(auto users, store_.ListDatasetShares(u.dataset.id));
+    json names = json::array();
+    for (const User& x : users) names.push_back(x.name);
+    view["shared_with"] = names;
+  }
+  return view;
+}
+
+Result<json> DatasetService::Share(const Caller& c, const std::string& ref, const std::string& user,
+                                   bool share) {
+  VMG_ASSIGN_OR_RETURN(UsableDataset u, FindOwned(c, ref, share ? "share" : "unshare"));
+  if (u.dataset.owner_id != c.user.id)
+    return MakeError(ErrorCode::kPermissionDenied, "only the owner of dataset " + ref +
+                                                       " can share it (the admin reads no " +
+                                                       "other user's datasets)");
+  VMG_RETURN_IF_ERROR(ValidateName("user", user));
+  auto to = store_.GetUserByName(user);
+  if (!to.ok() || (to->role != "user" && to->role != "admin"))
+    return MakeError(ErrorCode::kNotFound, "no user named '" + user + "'");
+  if (to->id == c.user.id)
+    return MakeError(ErrorCode::kInvalidArgument, "dataset " + ref + " is yours already");
+  if (share) {
+    VMG_RETURN_IF_ERROR(store_.ShareDataset(u.dataset.id, to->id));
+  } else {
+    VMG_ASSIGN_OR_RETURN(bool was, store_.UnshareDataset(u.dataset.id, to->id));
+    if (!was)
+      return MakeError(ErrorCode::kNotFound, "dataset " + ref + " is not shared with " + user);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    manifest_chunks_.clear();
+  }
+  return Get(c, u.dataset.id);
 }
 
 Result<json> DatasetService::PutChunk(const Caller& c, const std::string& name,
@@ -204,10 +294,8 @@ Result<json> DatasetService::Publish(const Caller& c, const std::string& name,
 
 Result<json> DatasetService::GetManifest(const Caller& c, const std::string& ref, int64_t version) {
   VMG_RETURN_IF_ERROR(NeedServer());
-  // Only the owner reads the bytes, the admin included (docs/datasets.md,
-  // "Security": a crafted dir version must reach no one else's debugfs).
-  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.user.id));
-  VMG_ASSIGN_OR_RETURN(auto loaded, LoadVersion(d, version));
+  VMG_ASSIGN_OR_RETURN(UsableDataset u, FindReadable(c, ref));
+  VMG_ASSIGN_OR_RETURN(auto loaded, LoadVersion(u.dataset, version));
   json out = loaded.second.ToJson();
   out["kind"] = loaded.first.kind;
   return out;
@@ -217,9 +305,8 @@ Result<json> DatasetService::GetChunk(const Caller& c, const std::string& ref, i
                                       const std::string& digest) {
   VMG_RETURN_IF_ERROR(NeedServer());
   if (!IsChunkDigest(digest)) return MakeError(ErrorCode::kInvalidArgument, "not a chunk digest");
-  // Only the owner reads the bytes, the admin included (docs/datasets.md,
-  // "Security": a crafted dir version must reach no one else's debugfs).
-  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.user.id));
+  VMG_ASSIGN_OR_RETURN(UsableDataset u, FindReadable(c, ref));
+  const Dataset& d = u.dataset;
   std::string key = d.id + ":" + std::to_string(version);
   std::shared_ptr<const std::set<std::string>> chunks;
   {
@@ -244,7 +331,8 @@ Result<json> DatasetService::GetChunk(const Caller& c, const std::string& ref, i
 
 Status DatasetService::Delete(const Caller& c, const std::string& ref,
                               std::optional<int64_t> version) {
-  VMG_ASSIGN_OR_RETURN(Dataset d, store_.GetDataset(ref, c.owner()));
+  VMG_ASSIGN_OR_RETURN(UsableDataset u, FindOwned(c, ref, "remove"));
+  const Dataset& d = u.dataset;
   {
     std::lock_guard<std::mutex> lock(mu_);
     manifest_chunks_.clear();
@@ -291,6 +379,10 @@ Result<DatasetService::CommitTarget> DatasetService::FindCommitTarget(const Vm& 
     return MakeError(ErrorCode::kNotFound,
                      "VM " + vm.name + " has no dataset named " + name + " attached");
   t.attachment = data[t.index];
+  if (t.attachment.dataset.find('/') != std::string::npos)
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "dataset " + name + " is another user's, shared with you read-only; only " +
+                         "its owner stores new versions (push your own copy instead)");
   if (!t.attachment.rw)
     return MakeError(ErrorCode::kFailedPrecondition,
                      "dataset " + name + " is attached read-only to VM " + vm.name +
@@ -340,18 +432,55 @@ Result<json> DatasetService::Commit(const Caller& c, const std::string& vm_ref,
                                     const std::string& name) {
   VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(vm_ref, c.owner()));
   VMG_ASSIGN_OR_RETURN(CommitTarget t, FindCommitTarget(vm, name));
+  return StartCommit(c, vm, [this, vm_id = vm.id, t] { return PushAndRecord(vm_id, t); });
+}
+
+Result<json> DatasetService::StartCommit(const Caller& c, const Vm& vm,
+                                         std::function<Result<json>()> work) {
   VMG_ASSIGN_OR_RETURN(auto slot, long_ops_->Acquire(c.user.id, 1, c.admin()));
   OpQueue::Operation op;
   op.kind = "data_commit";
   op.owner_id = c.user.id;
   op.vm_id = vm.id;
   json answer = ops_->Start(op);
-  ops_->Run(vm.id, [this, vm_id = vm.id, t, id = op.id, slot = std::move(slot)]() mutable {
-    auto r = PushAndRecord(vm_id, t);
+  ops_->Run(vm.id, [this, work = std::move(work), id = op.id, slot = std::move(slot)]() mutable {
+    auto r = work();
     slot.reset();
     ops_->Finish(id, r);
   });
   return answer;
+}
+
+Result<json> DatasetService::CommitAllThen(const Caller& c, const std::string& vm_ref,
+                                           const std::string& what,
+                                           std::function<Result<json>(const Vm&)> then) {
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(vm_ref, c.owner()));
+  VMG_ASSIGN_OR_RETURN(std::vector<VmDataAttachment> data, VmDataFromJson(vm.data));
+  std::vector<CommitTarget> targets;
+  for (const VmDataAttachment& a : data) {
+    if (!a.rw) continue;
+    auto t = FindCommitTarget(vm, a.dataset);
+    if (!t.ok())
+      return t.error().Wrap("VM " + vm.name + " not " + what + ": dataset " + a.dataset +
+                            " cannot be committed");
+    targets.push_back(std::move(*t));
+  }
+  if (targets.empty()) return then(vm);
+  return StartCommit(c, vm, [this, vm, targets, what, then = std::move(then)]() -> Result<json> {
+    json commits = json::array();
+    for (const CommitTarget& t : targets) {
+      auto r = PushAndRecord(vm.id, t);
+      if (!r.ok())
+        return r.error().Wrap("VM " + vm.name + " not " + what + " (its disks are as they were; " +
+                              std::to_string(commits.size()) + " of " +
+                              std::to_string(targets.size()) + " datasets committed)");
+      commits.push_back(*r);
+    }
+    auto done = then(vm);
+    if (!done.ok())
+      return done.error().Wrap("committed " + std::to_string(commits.size()) + " datasets, then");
+    return json{{"commits", commits}, {"vm", *done}};
+  });
 }
 
 }  // namespace vmgrid

@@ -272,6 +272,132 @@ TEST_P(DatasetServiceTest, AttachmentsResolveToTheOwnersDirVersionsOnly) {
   }
 }
 
+// Sharing (docs/datasets.md, "Sharing"): alice shares "genome" with bob
+// read-only; carol, not shared with, still finds nothing.
+TEST_P(DatasetServiceTest, ASharedDatasetIsReadOnlyForItsUsersAndHiddenFromOthers) {
+  auto carol_u = store_->CreateUser("carol", "user");
+  ASSERT_TRUE(carol_u.ok());
+  Caller carol{carol_u->first};
+  auto v1 = Push(alice_c_, "genome", Pieces({1, 2}));
+  auto p = service_->Publish(alice_c_, "genome", "dir", v1);
+  ASSERT_TRUE(p.ok()) << p.error().message;
+  const std::string id = (*p)["id"];
+  ASSERT_TRUE(
+      service_->Publish(alice_c_, "other", "dir", Push(alice_c_, "other", Pieces({3}))).ok());
+  // Bob's own dataset of the same name does not collide: alice's is alice/genome.
+  ASSERT_TRUE(service_->Publish(bob_, "genome", "file", Push(bob_, "genome", Pieces({4}))).ok());
+
+  // Before the share bob finds nothing of alice's, under any name.
+  for (const std::string& ref : {id, std::string("alice/genome")}) {
+    EXPECT_EQ(service_->Get(bob_, ref).error().code, ErrorCode::kNotFound) << ref;
+    EXPECT_EQ(service_->GetManifest(bob_, ref, 0).error().code, ErrorCode::kNotFound) << ref;
+  }
+  auto shared = service_->Share(alice_c_, "genome", "bob", true);
+  ASSERT_TRUE(shared.ok()) << shared.error().message;
+  EXPECT_EQ((*shared)["shared_with"], nlohmann::json::array({"bob"}));
+  EXPECT_EQ((*shared)["shared"], false);
+  EXPECT_EQ((*shared)["owner"], "alice");
+
+  // Bob lists it beside his own, marked as shared, and reads it as alice/genome or by id.
+  auto list = service_->List(bob_);
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ((*list)["datasets"].size(), 2u);
+  const auto& theirs = (*list)["datasets"][1];
+  EXPECT_EQ(theirs["ref"], "alice/genome");
+  EXPECT_EQ(theirs["shared"], true);
+  EXPECT_EQ(theirs["owner"], "alice");
+  EXPECT_EQ((*list)["datasets"][0]["ref"], "genome");
+  EXPECT_EQ((*list)["datasets"][0]["shared"], false);
+  for (const std::string& ref : {id, std::string("alice/genome")}) {
+    auto g = service_->Get(bob_, ref);
+    ASSERT_TRUE(g.ok()) << ref << ": " << g.error().message;
+    EXPECT_EQ((*g)["id"], id);
+    EXPECT_FALSE(g->contains("shared_with"));  // whom else it is shared with is not bob's
+    auto m = service_->GetManifest(bob_, ref, 1);
+    ASSERT_TRUE(m.ok()) << m.error().message;
+    auto c = service_->GetChunk(bob_, ref, 1, v1.chunks[1]);
+    ASSERT_TRUE(c.ok()) << c.error().message;
+    EXPECT_EQ(*Base64Decode((*c)["data"].get<std::string>()), std::string(kDefaultChunkSize, 2));
+  }
+  // "genome" alone is still bob's own.
+  EXPECT_NE((*service_->Get(bob_, "genome"))["id"], id);
+  // Read-only: bob may neither remove, share nor unshare it.
+  EXPECT_EQ(service_->Delete(bob_, "alice/genome", std::nullopt).error().code,
+            ErrorCode::kPermissionDenied);
+  EXPECT_EQ(service_->Delete(bob_, "alice/genome", 1).error().code, ErrorCode::kPermissionDenied);
+  EXPECT_EQ(service_->Share(bob_, "alice/genome", "carol", true).error().code,
+            ErrorCode::kPermissionDenied);
+  EXPECT_EQ(service_->Share(bob_, "alice/genome", "bob", false).error().code,
+            ErrorCode::kPermissionDenied);
+  // Nor write: a read-write attachment is refused with a reason, read-only works.
+  DataRequest rw;
+  rw.dataset = "alice/genome";
+  rw.mount = "/data/genome";
+  rw.rw = true;
+  auto refused = ResolveDataRequests(*store_, bob_.user.id, {rw});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(refused.error().message.find("read-only"), std::string::npos);
+  rw.rw = false;
+  auto ro = ResolveDataRequests(*store_, bob_.user.id, {rw});
+  ASSERT_TRUE(ro.ok()) << ro.error().message;
+  EXPECT_EQ((*ro)[0].dataset_id, id);
+  EXPECT_EQ((*ro)[0].dataset, "alice/genome");
+  EXPECT_EQ(DataDiskSpecs(*ro)[0].dataset, "genome");  // the agent sees the name alone
+  auto parsed = ParseDataRequests(nlohmann::json::array({{{"dataset", "alice/genome"}}}));
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message;
+  EXPECT_EQ((*parsed)[0].mount, "/data/genome");
+  EXPECT_FALSE(
+      ParseDataRequests(nlohmann::json::array({{{"dataset", "alice/genome"}, {"new", true}}}))
+          .ok());
+
+  // Carol, not shared with, and anyone naming another of alice's datasets: 404 everywhere.
+  for (const std::string& ref : {id, std::string("alice/genome"), std::string("genome")}) {
+    EXPECT_EQ(service_->Get(carol, ref).error().code, ErrorCode::kNotFound) << ref;
+    EXPECT_EQ(service_->GetManifest(carol, ref, 0).error().code, ErrorCode::kNotFound) << ref;
+    EXPECT_EQ(service_->GetChunk(carol, ref, 1, v1.chunks[0]).error().code, ErrorCode::kNotFound);
+    EXPECT_EQ(service_->Delete(carol, ref, std::nullopt).error().code, ErrorCode::kNotFound);
+    EXPECT_EQ(service_->Share(carol, ref, "carol", true).error().code, ErrorCode::kNotFound);
+  }
+  EXPECT_TRUE((*service_->List(carol))["datasets"].empty());
+  DataRequest theirs_req = rw;
+  EXPECT_EQ(ResolveDataRequests(*store_, carol.user.id, {theirs_req}).error().code,
+            ErrorCode::kNotFound);
+  EXPECT_EQ(service_->Get(bob_, "alice/other").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(service_->Get(bob_, "alice/nope").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(service_->Get(bob_, "nobody/genome").error().code, ErrorCode::kNotFound);
+
+  // Sharing with no one known, or oneself, is refused; the admin sees, shares nothing.
+  EXPECT_EQ(service_->Share(alice_c_, "genome", "dave", true).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(service_->Share(alice_c_, "genome", "alice", true).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(service_->Share(alice_c_, "genome", "../x", true).error().code,
+            ErrorCode::kInvalidArgument);
+  auto admin = store_->CreateUser("root", "admin");
+  ASSERT_TRUE(admin.ok());
+  Caller root{admin->first};
+  auto seen = service_->Get(root, "alice/genome");
+  ASSERT_TRUE(seen.ok()) << seen.error().message;
+  EXPECT_EQ((*seen)["ref"], "alice/genome");
+  EXPECT_EQ((*seen)["shared_with"], nlohmann::json::array({"bob"}));
+  EXPECT_EQ(service_->GetManifest(root, "alice/genome", 0).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(service_->Share(root, id, "root", true).error().code, ErrorCode::kPermissionDenied);
+
+  // Unsharing stops new reads and attachments; twice is not found.
+  ASSERT_TRUE(service_->Share(alice_c_, "genome", "bob", false).ok());
+  EXPECT_EQ(service_->Share(alice_c_, "genome", "bob", false).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(service_->Get(bob_, "alice/genome").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(service_->GetManifest(bob_, id, 1).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(service_->GetChunk(bob_, id, 1, v1.chunks[1]).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(ResolveDataRequests(*store_, bob_.user.id, {rw}).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ((*service_->List(bob_))["datasets"].size(), 1u);
+
+  // Shared again, the owner may still remove it: the share goes with it.
+  ASSERT_TRUE(service_->Share(alice_c_, id, "bob", true).ok());
+  ASSERT_TRUE(service_->Delete(alice_c_, "genome", std::nullopt).ok());
+  EXPECT_EQ((*service_->List(bob_))["datasets"].size(), 1u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, DatasetServiceTest, testing_db::Backends(),
                          testing_db::BackendName);
 

@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "api/routes.h"
+#include "api/services/data_attachments.h"
 #include "common/http_json.h"
 #include "common/util.h"
 #include "proto/data_attachment.h"
@@ -149,7 +150,8 @@ Result<JobSpec> ParseSpecFields(const json& j, const JsonFields& f) {
       VMG_ASSIGN_OR_RETURN(in.version, df.Int("version", 0, 0, int64_t{1} << 53));
       VMG_ASSIGN_OR_RETURN(in.mount, df.String("mount", true));
       VMG_RETURN_IF_ERROR(ValidateName("data attachment name", in.name));
-      VMG_RETURN_IF_ERROR(CheckDatasetName("dataset name", in.dataset, false));
+      // NAME, or OWNER/NAME of a dataset shared with the job's owner.
+      VMG_RETURN_IF_ERROR(ParseDatasetRef(in.dataset));
       VMG_RETURN_IF_ERROR(CheckMount("data attachment '" + in.name + "'", in.mount));
       if (!names.insert(in.name).second || !mounts.insert(in.mount).second)
         return MakeError(ErrorCode::kInvalidArgument,
@@ -307,10 +309,11 @@ Result<json> JobService::Submit(const Caller& c, const JobRequest& r) {
                          (q.memory_mb > 0 ? std::to_string(q.memory_mb) : "any") + " MB");
   // Data: the datasets must be there (inputs) or not yet (outputs).
   for (const auto& d : s.data) {
-    VMG_ASSIGN_OR_RETURN(auto ds, store_.FindDatasetByName(c.user.id, d.dataset));
-    if (!ds)
+    auto ds = FindUsableDataset(store_, c.user.id, d.dataset);
+    if (!ds.ok() && ds.error().code == ErrorCode::kNotFound)
       return MakeError(ErrorCode::kNotFound,
                        "data attachment '" + d.name + "': dataset '" + d.dataset + "' not found");
+    if (!ds.ok()) return ds.error();
   }
   if (s.output) {
     for (int64_t i = 0; i < r.count; ++i) {
