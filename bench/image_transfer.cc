@@ -39,14 +39,15 @@
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
-#include "linkem/link_emulator.h"
 #include "grid_bench.h"
+#include "linkem/link_emulator.h"
 #include "nbd/nbd_server.h"
+#include "stats.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/machine_ops.h"
 #include "vmm/qemu_process.h"
 #include "vmm/qmp_client.h"
-#include "stats.h"
+#include "wan.h"
 
 using namespace vmgrid;
 using namespace vmgrid::bench;
@@ -469,15 +470,10 @@ int main(int argc, char** argv) {
   if (auto st = grid.Start(); !st.ok()) Die(st.error().message);
   ApiClient api = grid.Admin();
   const std::string lan_url = grid.image_server_url();
-  const int server_port = std::atoi(lan_url.substr(lan_url.rfind(':') + 1).c_str());
-  linkem::LinkEmulatorOptions lo;
-  lo.target_port = static_cast<uint16_t>(server_port);
-  lo.rtt = std::chrono::microseconds(static_cast<int64_t>(rtt_ms * 1000));
-  lo.rate_bps = static_cast<uint64_t>(mbit * 1e6);
-  linkem::LinkEmulator wan(lo);
-  auto wan_port = wan.Start();
-  if (!wan_port.ok()) Die(wan_port.error().message);
-  const std::string wan_url = "http://127.0.0.1:" + std::to_string(*wan_port);
+  linkem::LinkEmulator wan(WanOptions(lan_url, rtt_ms, mbit));
+  auto started = StartInFront(wan, lan_url);
+  if (!started.ok()) Die(started.error().message);
+  const std::string wan_url = *started;
 
   std::ostringstream md;
   md << "Date: " << FormatTimeMs(NowMs()).substr(0, 10) << ". Machine: " << MachineLineWithAccel()

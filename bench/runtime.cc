@@ -30,8 +30,10 @@
 
 #include <signal.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <set>
 #include <sstream>
@@ -44,11 +46,11 @@
 #include "grid_bench.h"
 #include "linkem/link_emulator.h"
 #include "stats.h"
+#include "wan.h"
 
 using namespace vmgrid;
 using namespace vmgrid::bench;
 using nlohmann::json;
-using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 namespace {
@@ -71,15 +73,6 @@ void Must(const Status& st, const std::string& what) {
   if (!st.ok()) Die(what + ": " + st.error().message);
 }
 
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Inputs: deterministic, so that every machine measures the same bytes.
 
@@ -97,11 +90,11 @@ struct Rng {
 // English-like text from a fixed vocabulary: bzip2 works on it as on prose.
 std::string Text(uint64_t seed, size_t bytes) {
   static const char* kWords[] = {
-      "grid",    "virtual", "machine", "host",   "image",  "disk",     "the",    "of",
-      "and",     "to",      "a",       "in",     "is",     "for",      "that",   "with",
+      "grid",    "virtual", "machine", "host",   "image",      "disk",     "the",     "of",
+      "and",     "to",      "a",       "in",     "is",         "for",      "that",    "with",
       "data",    "job",     "task",    "user",   "middleware", "resource", "cluster", "node",
-      "network", "file",    "system",  "time",   "seismic", "wave",    "model",  "kernel",
-      "process", "memory",  "state",   "server", "client", "request",  "result", "run"};
+      "network", "file",    "system",  "time",   "seismic",    "wave",     "model",   "kernel",
+      "process", "memory",  "state",   "server", "client",     "request",  "result",  "run"};
   constexpr size_t kN = sizeof kWords / sizeof kWords[0];
   Rng r{seed};
   std::string out;
@@ -204,13 +197,14 @@ json WaitJob(const ApiClient& api, const std::string& id, seconds timeout) {
 
 std::string TaskLog(const ApiClient& api, const std::string& id, int task,
                     const std::string& stream) {
-  auto r = Must(api.Get("/v1/jobs/" + id + "/tasks/" + std::to_string(task) + "/logs?stream=" +
-                        stream),
-                "logs of " + id);
+  auto r =
+      Must(api.Get("/v1/jobs/" + id + "/tasks/" + std::to_string(task) + "/logs?stream=" + stream),
+           "logs of " + id);
   return r["data"].get<std::string>();
 }
 
-RunResult InVm(const ApiClient& api, const Workload& w) {
+// A job that fails is an error (reported in its cell), not the end of the run.
+Result<RunResult> InVm(const ApiClient& api, const Workload& w) {
   json body = {{"image", "tiny"},
                {"resume", true},
                {"count", 1},
@@ -223,7 +217,9 @@ RunResult InVm(const ApiClient& api, const Workload& w) {
   json job = WaitJob(api, id, seconds(1500));
   RunResult r;
   r.job_s = Since(t0);
-  if (job["state"] != "succeeded") Die(w.name + " job failed: " + job.dump());
+  if (job["state"] != "succeeded")
+    return MakeError(ErrorCode::kInternal, w.name + " job " + id + " " + job.value("state", "") +
+                                               ": " + job["tasks"][0].value("error", ""));
   r.program_s = RealSeconds(TaskLog(api, id, 0, "stderr"));
   r.out = TaskLog(api, id, 0, "stdout");
   return r;
@@ -245,12 +241,8 @@ int64_t ParseIsoSeconds(const std::string& s) {
 }
 
 BagResult Bag(const ApiClient& api, int tasks, double task_s, bool resume) {
-  json body = {{"image", "tiny"},
-               {"resume", resume},
-               {"count", tasks},
-               {"retries", 2},
-               {"timeout_s", 600},
-               {"argv", {"/bin/sleep", Fmt("%g", task_s)}}};
+  json body = {{"image", "tiny"}, {"resume", resume}, {"count", tasks},
+               {"retries", 2},    {"timeout_s", 600}, {"argv", {"/bin/sleep", Fmt("%g", task_s)}}};
   if (!resume) {
     body["memory_mb"] = kVmMemoryMb;
     body["vcpus"] = 1;
@@ -288,46 +280,39 @@ int main(int argc, char** argv) {
   std::vector<std::string> bag_modes = {"resume", "boot"};
   std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
   std::string tiny_dir = std::string(VMGRID_SOURCE_DIR) + "/build/images/tiny";
-  const char* usage =
-      "usage: runtime [--runs N] [--cells host,local,cold-lan,cold-wan,warm-wan] "
-      "[--workloads cpu,io]\n"
-      "               [--bag-tasks N] [--bag-seconds S] [--bag resume,boot|none] [--rtt-ms MS] "
-      "[--mbit M]\n"
-      "               [--cpu-passes N] [--tiny DIR] [--no-write] [--docs PATH]";
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) Die(usage);
-      return argv[++i];
-    };
-    if (a == "--runs")
-      runs = std::max(1, std::atoi(next().c_str()));
-    else if (a == "--cells")
-      cells = Split(next());
-    else if (a == "--workloads")
-      workloads = Split(next());
-    else if (a == "--bag-tasks")
-      bag_tasks = std::max(1, std::atoi(next().c_str()));
-    else if (a == "--bag-seconds")
-      bag_seconds = std::atof(next().c_str());
-    else if (a == "--bag") {
-      bag_modes = Split(next());
-      if (bag_modes == std::vector<std::string>{"none"}) bag_modes.clear();
-    } else if (a == "--rtt-ms")
-      rtt_ms = std::atof(next().c_str());
-    else if (a == "--mbit")
-      mbit = std::atof(next().c_str());
-    else if (a == "--cpu-passes")
-      cpu_passes = std::max(1, std::atoi(next().c_str()));
-    else if (a == "--tiny")
-      tiny_dir = next();
-    else if (a == "--no-write")
-      write = false;
-    else if (a == "--docs")
-      docs = next();
-    else
-      Die(usage);
-  }
+  CLI::App app{"The paper's run-time table and a bag of tasks (docs/benchmarks.md)", "runtime"};
+  app.add_option("--runs", runs, "Runs per cell")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--cells", cells, "Cells: host,local,cold-lan,cold-wan,warm-wan")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"host", "local", "cold-lan", "cold-wan", "warm-wan"}));
+  app.add_option("--workloads", workloads, "Workloads: cpu,io")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"cpu", "io"}));
+  app.add_option("--bag", bag_modes, "Bags of tasks: resume,boot, or none")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"resume", "boot", "none"}));
+  app.add_option("--bag-tasks", bag_tasks, "Tasks in a bag")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--bag-seconds", bag_seconds, "Each task's sleep, s")
+      ->check(CLI::Range(0.0, 3000.0))
+      ->capture_default_str();
+  app.add_option("--rtt-ms", rtt_ms, "WAN round-trip time, ms")
+      ->check(CLI::Range(0.0, 600000.0))
+      ->capture_default_str();
+  app.add_option("--mbit", mbit, "WAN rate, Mbit/s")
+      ->check(CLI::Range(1.0, 1000000.0))
+      ->capture_default_str();
+  app.add_option("--cpu-passes", cpu_passes, "bzip2 passes of the cpu workload")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  app.add_option("--tiny", tiny_dir, "The tiny guest build")->capture_default_str();
+  app.add_flag("!--no-write", write, "Print only; do not rewrite docs/benchmarks.md");
+  app.add_option("--docs", docs, "The markdown file to write")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  std::erase(bag_modes, "none");
   const std::set<std::string> want(cells.begin(), cells.end());
   signal(SIGPIPE, SIG_IGN);
   auto whole = Clock::now();
@@ -361,18 +346,13 @@ int main(int argc, char** argv) {
   Must(grid.Start(), "grid");
   ApiClient api = grid.Admin();
   const std::string lan_url = grid.image_server_url();
-  linkem::LinkEmulatorOptions lo;
-  lo.target_port = static_cast<uint16_t>(std::atoi(lan_url.substr(lan_url.rfind(':') + 1).c_str()));
-  lo.rtt = std::chrono::microseconds(static_cast<int64_t>(rtt_ms * 1000));
-  lo.rate_bps = static_cast<uint64_t>(mbit * 1e6);
-  linkem::LinkEmulator wan(lo);
-  const std::string wan_url =
-      "http://127.0.0.1:" + std::to_string(Must(wan.Start(), "link emulator"));
+  linkem::LinkEmulator wan(WanOptions(lan_url, rtt_ms, mbit));
+  const std::string wan_url = Must(StartInFront(wan, lan_url), "link emulator");
 
   std::fprintf(stderr, "importing tiny and making its checkpoint...\n");
   Must(ImportWithCheckpoint(api, tiny_dir, "tiny", kVmMemoryMb), "import tiny");
   for (auto& w : under_test) {
-    std::vector<std::string> push = {VMGRID_BINARY, "--url",   grid.url(), "--token",
+    std::vector<std::string> push = {VMGRID_BINARY, "--url", grid.url(), "--token",
                                      grid.admin_token()};
     if (!grid.ca_file().empty()) push.insert(push.end(), {"--ca", grid.ca_file()});
     push.insert(push.end(), {"data", "push", w.dataset, w.host_dir});
@@ -382,14 +362,23 @@ int main(int argc, char** argv) {
   // samples[workload][cell]
   std::map<std::string, std::map<std::string, Samples>> program, job;
   std::map<std::string, std::string> digest;  // workload -> the host's output
-  auto record = [&](const Workload& w, const std::string& cell, int run, const RunResult& r) {
+  std::map<std::string, std::map<std::string, int>> failed;
+  auto record = [&](const Workload& w, const std::string& cell, int run,
+                    const Result<RunResult>& result) {
+    if (!result.ok()) {
+      failed[w.name][cell]++;
+      std::fprintf(stderr, "run %d %-3s %-9s FAILED: %s\n", run + 1, w.name.c_str(), cell.c_str(),
+                   result.error().message.c_str());
+      return;
+    }
+    const RunResult& r = *result;
     program[w.name][cell].v.push_back(r.program_s);
     job[w.name][cell].v.push_back(r.job_s);
     if (digest.count(w.name) && digest[w.name] != r.out)
       Die(w.name + " in " + cell + " printed " + r.out + ", the first run " + digest[w.name]);
     digest[w.name] = r.out;
-    std::fprintf(stderr, "run %d %-3s %-9s program %6.2f s  job %6.2f s\n", run + 1,
-                 w.name.c_str(), cell.c_str(), r.program_s, r.job_s);
+    std::fprintf(stderr, "run %d %-3s %-9s program %6.2f s  job %6.2f s\n", run + 1, w.name.c_str(),
+                 cell.c_str(), r.program_s, r.job_s);
   };
   for (int run = 0; run < runs; ++run) {
     for (auto& w : under_test) {
@@ -401,7 +390,7 @@ int main(int argc, char** argv) {
                              Net{"WAN", wan_url, "cold-wan", "warm-wan"}}) {
         if (!want.count(net.cold) && !want.count(net.warm)) continue;
         Must(EmptyHostCache(grid, 0, net.url, true), "empty the host cache");
-        RunResult cold = InVm(api, w);  // also fills the cache for the warm cell
+        Result<RunResult> cold = InVm(api, w);  // also fills the cache for the warm cell
         if (want.count(net.cold)) record(w, net.cold, run, cold);
         if (want.count(net.warm)) record(w, net.warm, run, InVm(api, w));
       }
@@ -470,8 +459,9 @@ int main(int argc, char** argv) {
         if (!want.count(key)) continue;
         const Samples& s = table[w.name][key];
         md << " " << s.MedianIqr("%.2f");
-        if (key != "host" && base > 0)
+        if (key != "host" && base > 0 && !s.v.empty())
           md << " " << Fmt("%+.1f%%", 100 * (s.Median() / base - 1));
+        if (int n = failed[w.name][key]; n > 0) md << " (" << n << " run(s) failed)";
         md << " |";
       }
       md << "\n";
