@@ -39,17 +39,19 @@
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
+#include "grid_bench.h"
 #include "linkem/link_emulator.h"
-#include "machine.h"
 #include "nbd/nbd_server.h"
+#include "stats.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/machine_ops.h"
 #include "vmm/qemu_process.h"
 #include "vmm/qmp_client.h"
+#include "wan.h"
 
 using namespace vmgrid;
+using namespace vmgrid::bench;
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
@@ -57,32 +59,11 @@ namespace {
 
 constexpr char kStateDir[] = "/tmp/vmgrid-bench-image-transfer";
 
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "image_transfer: %s\n", what.c_str());
   std::exit(1);
 }
 
-struct Samples {
-  std::vector<double> v;
-  double Median() const {
-    auto s = v;
-    std::sort(s.begin(), s.end());
-    if (s.empty()) return 0;
-    return s.size() % 2 ? s[s.size() / 2] : (s[s.size() / 2 - 1] + s[s.size() / 2]) / 2;
-  }
-  double Min() const { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
-  double Max() const { return v.empty() ? 0 : *std::max_element(v.begin(), v.end()); }
-};
-
-std::string Fmt(const char* f, double a) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, a);
-  return b;
-}
 std::string MiB(double bytes) { return Fmt("%.1f", bytes / (1 << 20)); }
 
 // One image under test: its source directory and how it is started.
@@ -252,19 +233,6 @@ uint64_t ServerBytes(const json& images) {
   return images["image_server"]["bytes_fetched"].get<uint64_t>();
 }
 
-// Restarts the agent with an empty cache (chunks, materialized files and
-// manifests removed while it is down), fetching from `url`.
-void EmptyHostCache(LocalGrid& grid, const std::string& url, bool prefetch) {
-  grid.StopAgent(0, false);
-  std::string dir = grid.agent_state_dir(0);
-  for (const char* sub : {"/chunks", "/blobs", "/manifests"})
-    if (!RemoveTree(dir + sub).ok()) Die("cannot empty " + dir + sub);
-  grid.set_agent_image_server_url(url);
-  grid.set_agent_prefetch(prefetch);
-  if (auto st = grid.StartAgent(0); !st.ok()) Die(st.error().message);
-  if (auto st = grid.WaitHostsUp(1, seconds(60)); !st.ok()) Die(st.error().message);
-}
-
 struct VmRun {
   double seconds = 0;
   double create_ms = 0;  // the controller's own measure
@@ -395,11 +363,6 @@ NbdResult MeasureNbd(const ImageUnderTest& im, int random_reads) {
 
 // ---------------------------------------------------------------------------------------------
 
-std::string MachineLine() {
-  return bench::MachineLine() + ", " +
-         (KvmUsableBy("qemu-system-x86_64") ? "KVM" : "no usable KVM: QEMU TCG");
-}
-
 uint64_t AllocatedBytes(const std::string& path) {
   struct stat st {};
   if (stat(path.c_str(), &st) != 0) Die("stat " + path);
@@ -507,18 +470,13 @@ int main(int argc, char** argv) {
   if (auto st = grid.Start(); !st.ok()) Die(st.error().message);
   ApiClient api = grid.Admin();
   const std::string lan_url = grid.image_server_url();
-  const int server_port = std::atoi(lan_url.substr(lan_url.rfind(':') + 1).c_str());
-  linkem::LinkEmulatorOptions lo;
-  lo.target_port = static_cast<uint16_t>(server_port);
-  lo.rtt = std::chrono::microseconds(static_cast<int64_t>(rtt_ms * 1000));
-  lo.rate_bps = static_cast<uint64_t>(mbit * 1e6);
-  linkem::LinkEmulator wan(lo);
-  auto wan_port = wan.Start();
-  if (!wan_port.ok()) Die(wan_port.error().message);
-  const std::string wan_url = "http://127.0.0.1:" + std::to_string(*wan_port);
+  linkem::LinkEmulator wan(WanOptions(lan_url, rtt_ms, mbit));
+  auto started = StartInFront(wan, lan_url);
+  if (!started.ok()) Die(started.error().message);
+  const std::string wan_url = *started;
 
   std::ostringstream md;
-  md << "Date: " << FormatTimeMs(NowMs()).substr(0, 10) << ". Machine: " << MachineLine()
+  md << "Date: " << FormatTimeMs(NowMs()).substr(0, 10) << ". Machine: " << MachineLineWithAccel()
      << "; shared with other engineers' builds and tests during the run. WAN: LinkEmulator in "
         "front of the "
         "image server, "
@@ -549,7 +507,7 @@ int main(int argc, char** argv) {
 
     // Priming: make sure both prefetch hints exist (the checkpoint's boot on
     // this host recorded the boot order; the first resume records its own).
-    EmptyHostCache(grid, lan_url, true);
+    if (auto st = EmptyHostCache(grid, 0, lan_url, true); !st.ok()) Die(st.error().message);
     for (const char* start : {"boot", "resume"}) {
       json b = body_base;
       b["start"] = start;
@@ -574,7 +532,7 @@ int main(int argc, char** argv) {
       };
       for (const Net& net : {Net{"LAN", lan_url}, Net{"WAN", wan_url}}) {
         for (const char* start : {"boot", "resume"}) {
-          EmptyHostCache(grid, net.url, true);
+          if (auto st = EmptyHostCache(grid, 0, net.url, true); !st.ok()) Die(st.error().message);
           // A fresh agent process: its counters start at 0 (reading them
           // here could still see the previous process's last heartbeat).
           uint64_t before = 0;
@@ -600,7 +558,7 @@ int main(int argc, char** argv) {
         }
       }
       for (const Net& net : {Net{"LAN", lan_url}, Net{"WAN", wan_url}}) {
-        EmptyHostCache(grid, net.url, false);
+        if (auto st = EmptyHostCache(grid, 0, net.url, false); !st.ok()) Die(st.error().message);
         uint64_t before = 0;  // a fresh agent process (see above)
         json b = body_base;
         b["start"] = "boot";
@@ -615,7 +573,7 @@ int main(int argc, char** argv) {
                      key.c_str(), r.seconds, MiB(static_cast<double>(after - before)).c_str());
       }
     }
-    EmptyHostCache(grid, lan_url, true);
+    if (auto st = EmptyHostCache(grid, 0, lan_url, true); !st.ok()) Die(st.error().message);
 
     // --- tables for this image
     const double bw = mbit * 1e6 / 8;  // bytes/s
@@ -797,16 +755,10 @@ int main(int argc, char** argv) {
 
   std::printf("%s", md.str().c_str());
   if (write) {
-    std::string begin = "<!-- image-transfer:begin -->", end = "<!-- image-transfer:end -->";
-    auto old = ReadFile(docs);
-    std::string text = old.ok() ? *old : "# Benchmarks\n\n";
-    std::string block = begin + "\n" + md.str() + end;
-    auto b = text.find(begin), e = text.find(end);
-    if (b != std::string::npos && e != std::string::npos)
-      text.replace(b, e + end.size() - b, block);
-    else
-      text += "\n## Image transfer (bench/image_transfer)\n\n" + block + "\n";
-    if (!WriteFileAtomic(docs, text).ok()) Die("cannot write " + docs);
+    if (!WriteDocsSection(docs, "image-transfer", "## Image transfer (bench/image_transfer)",
+                          md.str())
+             .ok())
+      Die("cannot write " + docs);
     std::fprintf(stderr, "wrote %s\n", docs.c_str());
   }
   return 0;

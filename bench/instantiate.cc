@@ -24,66 +24,23 @@
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
-#include "machine.h"
+#include "grid_bench.h"
+#include "stats.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/qemu_process.h"
 #include "vmm/qmp_client.h"
 
 using namespace vmgrid;
+using namespace vmgrid::bench;
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 namespace {
 
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-struct Stats {
-  std::vector<double> v;
-  double Median() const {
-    auto s = v;
-    std::sort(s.begin(), s.end());
-    if (s.empty()) return 0;
-    return s.size() % 2 ? s[s.size() / 2] : (s[s.size() / 2 - 1] + s[s.size() / 2]) / 2;
-  }
-  double Min() const { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
-  double Max() const { return v.empty() ? 0 : *std::max_element(v.begin(), v.end()); }
-};
-
 void Die(const std::string& what) {
   std::fprintf(stderr, "instantiate: %s\n", what.c_str());
   std::exit(1);
-}
-
-json ImportTiny(const ApiClient& api, const std::string& dir) {
-  json m = json::parse(*ReadFile(dir + "/manifest.json"));
-  auto created = api.Post("/v1/images", {{"name", "tiny"},
-                                         {"format", m.value("disk_format", "raw")},
-                                         {"has_kernel", true},
-                                         {"has_initrd", true},
-                                         {"append", m.value("append", "")}});
-  if (!created.ok()) Die(created.error().message);
-  std::string id = (*created)["id"];
-  for (const char* kind : {"disk", "kernel", "initrd"}) {
-    auto r =
-        api.PutFile("/v1/images/" + id + "/files/" + kind, dir + "/" + m[kind].get<std::string>());
-    if (!r.ok()) Die(r.error().message);
-  }
-  if (auto r = AwaitOperation(api, api.Post("/v1/images/" + id + "/finalize")); !r.ok())
-    Die(r.error().message);
-  if (auto r = api.Post("/v1/images/" + id + "/checkpoint", json::object()); !r.ok())
-    Die(r.error().message);
-  auto done = PollUntil(
-      api, "/v1/images/" + id,
-      [](const json& j) {
-        return !j["checkpoint"].is_null() && j["checkpoint"]["state"] != "creating";
-      },
-      seconds(300));
-  if (!done.ok() || (*done)["checkpoint"]["state"] != "ready") Die("image checkpoint failed");
-  return *done;
 }
 
 // One vmgrid instantiation: request -> state running (polling every 10 ms).
@@ -224,7 +181,9 @@ int main(int argc, char** argv) {
   if (auto st = grid.Start(); !st.ok()) Die(st.error().message);
   ApiClient api = grid.Admin();
   std::fprintf(stderr, "importing tiny and making its post-boot checkpoint...\n");
-  json image = ImportTiny(api, image_src);
+  auto imported = ImportWithCheckpoint(api, image_src, "tiny", 0, seconds(300));
+  if (!imported.ok()) Die(imported.error().message);
+  json image = *imported;
   std::string image_dir = grid.controller_state_dir() + "/images/" + image["id"].get<std::string>();
   bool kvm = KvmUsableBy("qemu-system-x86_64");
 
@@ -244,7 +203,7 @@ int main(int argc, char** argv) {
        "resume",
        {{"image", "tiny"}, {"start", "resume"}, {"disk", "persistent"}}},
   };
-  std::map<std::string, Stats> plain, ours;
+  std::map<std::string, Samples> plain, ours;
   // Interleave the modes run by run so that drifting machine load hits all alike.
   for (int r = 0; r < runs; ++r) {
     for (const char* key : {"boot", "resume"}) {
@@ -270,8 +229,8 @@ int main(int argc, char** argv) {
      << "| start | plain QEMU (s) | mode | vmgrid median (s) | min | max | vmgrid / plain |\n"
      << "|---|---|---|---|---|---|---|\n";
   for (auto& row : rows) {
-    const Stats& p = plain[row.plain_key];
-    const Stats& s = ours[row.mode];
+    const Samples& p = plain[row.plain_key];
+    const Samples& s = ours[row.mode];
     char line[256];
     std::snprintf(line, sizeof line, "| %s | %.2f | %s | %.2f | %.2f | %.2f | %.2fx |\n",
                   row.plain_key.c_str(), p.Median(), row.mode.c_str(), s.Median(), s.Min(), s.Max(),
@@ -288,16 +247,9 @@ int main(int argc, char** argv) {
   std::printf("%s", md.str().c_str());
 
   if (write) {
-    std::string begin = "<!-- instantiate:begin -->", end = "<!-- instantiate:end -->";
-    auto old = ReadFile(docs);
-    std::string text = old.ok() ? *old : "# Benchmarks\n\n";
-    std::string block = begin + "\n" + md.str() + end;
-    auto b = text.find(begin), e = text.find(end);
-    if (b != std::string::npos && e != std::string::npos)
-      text.replace(b, e + end.size() - b, block);
-    else
-      text += "\n## Instantiation (bench/instantiate)\n\n" + block + "\n";
-    if (!WriteFileAtomic(docs, text).ok()) Die("cannot write " + docs);
+    if (!WriteDocsSection(docs, "instantiate", "## Instantiation (bench/instantiate)", md.str())
+             .ok())
+      Die("cannot write " + docs);
     std::fprintf(stderr, "wrote %s\n", docs.c_str());
   }
   return 0;

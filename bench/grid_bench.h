@@ -1,0 +1,92 @@
+// What the benchmarks that drive a LocalGrid share: importing the tiny image
+// with its post-boot checkpoint, emptying a host's image cache, the machine
+// line with the accelerator, and writing a section of docs/benchmarks.md
+// between its markers.
+#pragma once
+
+#include <string>
+
+#include "client/api_client.h"
+#include "common/result.h"
+#include "common/util.h"
+#include "dev/local_grid.h"
+#include "machine.h"
+#include "vmm/qemu_process.h"
+
+namespace vmgrid::bench {
+
+// Imports the guest build in `dir` (guest/build-tiny.sh's manifest.json) as
+// image `name` and makes its post-boot checkpoint with `memory_mb` (0: the
+// controller's default). Returns the image as GET /v1/images/ID shows it.
+inline Result<nlohmann::json> ImportWithCheckpoint(
+    const ApiClient& api, const std::string& dir, const std::string& name, int memory_mb = 0,
+    std::chrono::milliseconds timeout = std::chrono::seconds(900)) {
+  auto text = ReadFile(dir + "/manifest.json");
+  if (!text.ok()) return text.error();
+  nlohmann::json m = nlohmann::json::parse(*text);
+  auto created = api.Post("/v1/images", {{"name", name},
+                                         {"format", m.value("disk_format", "raw")},
+                                         {"has_kernel", true},
+                                         {"has_initrd", true},
+                                         {"append", m.value("append", "")}});
+  if (!created.ok()) return created.error();
+  std::string id = (*created)["id"];
+  for (const char* kind : {"disk", "kernel", "initrd"}) {
+    auto r =
+        api.PutFile("/v1/images/" + id + "/files/" + kind, dir + "/" + m[kind].get<std::string>());
+    if (!r.ok()) return r.error();
+  }
+  if (auto r = AwaitOperation(api, api.Post("/v1/images/" + id + "/finalize")); !r.ok())
+    return r.error();
+  nlohmann::json body = nlohmann::json::object();
+  if (memory_mb > 0) body["memory_mb"] = memory_mb;
+  if (auto r = api.Post("/v1/images/" + id + "/checkpoint", body); !r.ok()) return r.error();
+  auto done = PollUntil(
+      api, "/v1/images/" + id,
+      [](const nlohmann::json& j) {
+        return !j["checkpoint"].is_null() && j["checkpoint"]["state"] != "creating";
+      },
+      timeout);
+  if (!done.ok()) return done.error();
+  if ((*done)["checkpoint"]["state"] != "ready")
+    return Error{ErrorCode::kInternal, "image checkpoint failed: " + done->dump()};
+  return *done;
+}
+
+// Restarts agent `index` with an empty cache (chunks, materialized files and
+// manifests removed while it is down), fetching from `url`.
+inline Status EmptyHostCache(LocalGrid& grid, int index, const std::string& url, bool prefetch) {
+  grid.StopAgent(index, false);
+  std::string dir = grid.agent_state_dir(index);
+  for (const char* sub : {"/chunks", "/blobs", "/manifests"})
+    if (auto st = RemoveTree(dir + sub); !st.ok()) return st;
+  grid.set_agent_image_server_url(url);
+  grid.set_agent_prefetch(prefetch);
+  if (auto st = grid.StartAgent(index); !st.ok()) return st;
+  return grid.WaitHostsUp(grid.hosts(), std::chrono::seconds(60));
+}
+
+// MachineLine() and whether QEMU runs with KVM or TCG here.
+inline std::string MachineLineWithAccel() {
+  return MachineLine() + ", " +
+         (KvmUsableBy("qemu-system-x86_64") ? "KVM" : "no usable KVM: QEMU TCG");
+}
+
+// Replaces the text between "<!-- MARKER:begin -->" and "<!-- MARKER:end -->"
+// in the markdown file `docs` with `md`, or appends `heading` and a new
+// marked block when the markers are not there yet.
+inline Status WriteDocsSection(const std::string& docs, const std::string& marker,
+                               const std::string& heading, const std::string& md) {
+  std::string begin = "<!-- " + marker + ":begin -->", end = "<!-- " + marker + ":end -->";
+  auto old = ReadFile(docs);
+  std::string text = old.ok() ? *old : "# Benchmarks\n\n";
+  std::string block = begin + "\n" + md + end;
+  auto b = text.find(begin), e = text.find(end);
+  if (b != std::string::npos && e != std::string::npos)
+    text.replace(b, e + end.size() - b, block);
+  else
+    text += "\n" + heading + "\n\n" + block + "\n";
+  return WriteFileAtomic(docs, text);
+}
+
+}  // namespace vmgrid::bench
