@@ -451,9 +451,9 @@ TEST_F(DataAttachTest, AVmGoesWhereItsDatasetIsAlreadyCached) {
   json plain = CreateVm(api, {{"image", "tiny"}, {"name", "warm-plain"}});
   ASSERT_EQ(plain["state"], "running") << plain.dump();
   EXPECT_NE(HostIndex(plain), warm);
-  json second = CreateVm(api, {{"image", "tiny"},
-                               {"name", "warm-2"},
-                               {"data", {{{"dataset", "warm"}, {"mount", "/in"}}}}});
+  json second = CreateVm(
+      api,
+      {{"image", "tiny"}, {"name", "warm-2"}, {"data", {{{"dataset", "warm"}, {"mount", "/in"}}}}});
   ASSERT_EQ(second["state"], "running") << second.dump();
   EXPECT_EQ(HostIndex(second), warm);
   auto events = api.Get("/v1/events?vm=" + second["id"].get<std::string>());

@@ -1436,14 +1436,15 @@ static void LogStuckGuest(const std::string& id, QemuProcess& q) {
   std::string blocks;
   if (auto b = q.qmp().Execute("query-block", nlohmann::json::object(), seconds(5)); b.ok()) {
     for (const auto& d : b->is_array() ? *b : nlohmann::json::array())
-      blocks += " " + d.value("device", std::string("?")) + "=" +
-                d.value("io-status", std::string("-"));
+      blocks +=
+          " " + d.value("device", std::string("?")) + "=" + d.value("io-status", std::string("-"));
   }
   auto status = q.qmp().Execute("query-status", nlohmann::json::object(), seconds(5));
-  spdlog::warn("VM {}: the guest does not answer; QEMU status {}, disks:{}; QEMU log: {}; "
-               "console: {}",
-               id, status.ok() ? status->dump() : status.error().message, blocks, q.LogTail(),
-               q.ConsoleTail());
+  spdlog::warn(
+      "VM {}: the guest does not answer; QEMU status {}, disks:{}; QEMU log: {}; "
+      "console: {}",
+      id, status.ok() ? status->dump() : status.error().message, blocks, q.LogTail(),
+      q.ConsoleTail());
 }
 
 Result<VmStatus> VmRunner::FinishIncoming(const std::string& id) {

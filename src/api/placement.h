@@ -32,10 +32,10 @@ struct PlacementRequest {
   std::string image_id;
   int vcpus = 1;
   int64_t memory_mb = 256;
-  int64_t disk_bytes = 0;         // Vm::disk_bytes
-  std::string policy = "spread";  // or "pack"
-  std::string site;               // "" = any
-  std::string network;            // host network segment, "" = any
+  int64_t disk_bytes = 0;             // Vm::disk_bytes
+  std::string policy = "spread";      // or "pack"
+  std::string site;                   // "" = any
+  std::string network;                // host network segment, "" = any
   std::vector<std::string> datasets;  // ids of the datasets it attaches (hosts caching them first)
   size_t max_candidates = 64;
 };

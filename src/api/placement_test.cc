@@ -42,8 +42,12 @@ TEST(CapacityIndex, HostsCachingMoreOfTheVmsDatasetsComeFirstThenTheImage) {
   CapacityIndex ix;
   ix.OnSnapshot({MakeHost("a", 4, 4096), MakeHost("b", 4, 8192), MakeHost("c", 4, 2048),
                  MakeHost("d", 4, 3000), MakeHost("full", 1, 65536, 1, 256)},
-                {{"img", "c"}, {DatasetCacheKey("ds-1"), "a"}, {DatasetCacheKey("ds-1"), "d"},
-                 {"img", "d"}, {DatasetCacheKey("ds-2"), "c"}, {DatasetCacheKey("ds-1"), "full"}});
+                {{"img", "c"},
+                 {DatasetCacheKey("ds-1"), "a"},
+                 {DatasetCacheKey("ds-1"), "d"},
+                 {"img", "d"},
+                 {DatasetCacheKey("ds-2"), "c"},
+                 {DatasetCacheKey("ds-1"), "full"}});
   PlacementRequest r = Request("img", 1, 512);
   r.datasets = {"ds-1"};
   // d holds ds-1 and the image, a only ds-1; then c (the image); then b. The

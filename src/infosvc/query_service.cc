@@ -1023,9 +1023,11 @@ bool IsIdentifier(const std::string& s) {
 
 const std::vector<std::string>& QueryService::Views() {
   static const std::vector<std::string> kNames = {
-      "hosts",    "vms",      "images",           "image_cache",   "datasets",
-      "dataset_versions", "dataset_cache", "vdisks", "virtualization", "futures",
-      "networks", "nics",     "machines",         "machines_ext"};
+      "hosts",         "vms",         "images",
+      "image_cache",   "datasets",    "dataset_versions",
+      "dataset_cache", "vdisks",      "virtualization",
+      "futures",       "networks",    "nics",
+      "machines",      "machines_ext"};
   return kNames;
 }
 

@@ -322,8 +322,8 @@ struct JobTask {
   int64_t queued_ms = 0;  // when it (first) entered the queue: the queue's order
   int64_t started_ms = 0;
   int64_t finished_ms = 0;
-  int64_t exit_code = -1;  // the program's exit code; -1: none (it did not run to its end)
-  std::string error;       // why it failed without an exit code, or what was retried
+  int64_t exit_code = -1;     // the program's exit code; -1: none (it did not run to its end)
+  std::string error;          // why it failed without an exit code, or what was retried
   int64_t not_before_ms = 0;  // a retry backing off is not started before then
   std::string last_host_id;   // the host its last lost attempt ran on (a retry avoids it)
   // Read only by Store::GetJobTaskLogs (lists leave them empty).

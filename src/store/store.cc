@@ -1474,7 +1474,9 @@ Status Store::SnapshotLocked() {
       Query<Pair>(db_.get(),
                   "SELECT image_id, host_id FROM image_cache UNION "
                   "SELECT DISTINCT 'dataset:' || dataset_id, host_id FROM dataset_cache",
-                  {}, [](const SqlRow& r) { return Pair{r.Text(0), r.Text(1)}; }));
+                  {}, [](const SqlRow& r) {
+                    return Pair{r.Text(0), r.Text(1)};
+                  }));
   observer_->OnSnapshot(hosts, cached);
   return Status::Ok();
 }
@@ -2421,9 +2423,8 @@ Status Store::NoteDatasetCached(const std::string& dataset_id, int64_t version,
                                 const std::string& host_id) {
   auto lock = Exclusive();
   VMG_ASSIGN_OR_RETURN(
-      int64_t added,
-      db_->Exec("INSERT INTO dataset_cache VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
-                {dataset_id, version, host_id, NowMs()}));
+      int64_t added, db_->Exec("INSERT INTO dataset_cache VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                               {dataset_id, version, host_id, NowMs()}));
   if (added > 0 && observer_) observer_->OnImageCached(DatasetCacheKey(dataset_id), host_id);
   return Status::Ok();
 }

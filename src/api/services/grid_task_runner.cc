@@ -15,8 +15,7 @@ GridTaskRunner::GridTaskRunner(Store& store, VmCreateService& creates, VmService
 
 // ---- THE task VM create: one place for everything a task's VM is made with.
 Result<Vm> GridTaskRunner::CreateTaskVm(const Job& job, const JobSpec& spec, int64_t index,
-                                        const std::string& vm_name,
-                                        const std::string& avoid_host) {
+                                        const std::string& vm_name, const std::string& avoid_host) {
   VMG_ASSIGN_OR_RETURN(User owner, store_.GetUserById(job.owner_id));
   CreateVmRequest r;
   r.image = job.image_id;

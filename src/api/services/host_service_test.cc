@@ -77,8 +77,8 @@ TEST_P(HostServiceTest, HeartbeatRecordsTheDatasetVersionsTheHostExported) {
   HostReport r = Report({});
   r.images = {{"exports",
                {{{"name", ds->id}, {"version", 2}},
-                {{"name", "ds-nosuch"}, {"version", 1}},          // not a dataset: ignored
-                {{"name", ds->id}, {"version", -1}},              // bad versions: ignored
+                {{"name", "ds-nosuch"}, {"version", 1}},  // not a dataset: ignored
+                {{"name", ds->id}, {"version", -1}},      // bad versions: ignored
                 {{"name", ds->id}, {"version", "3"}},
                 {{"name", "ds-../x"}, {"version", 1}}}}};
   ASSERT_TRUE(hosts_->Heartbeat("h1", r, kPeer).ok());

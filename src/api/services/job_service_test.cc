@@ -19,8 +19,8 @@ class FakeRunner : public TaskRunner {
  public:
   FakeRunner(Store& store, std::string host_id) : store_(store), host_id_(std::move(host_id)) {}
 
-  Result<Vm> CreateTaskVm(const Job& job, const JobSpec& spec, int64_t,
-                          const std::string& vm_name, const std::string& avoid_host) override {
+  Result<Vm> CreateTaskVm(const Job& job, const JobSpec& spec, int64_t, const std::string& vm_name,
+                          const std::string& avoid_host) override {
     {
       std::lock_guard<std::mutex> l(mu);
       avoided.push_back(avoid_host);
@@ -316,7 +316,7 @@ TEST_P(JobServiceTest, ALostVmIsRetriedAndThenFailsWithoutAnExitCode) {
   const std::string id = Submit(alice_, r);
   jobs_->Tick();
   ASSERT_TRUE(store_->DeleteVm(Tasks(id)[0].vm_id).ok());  // its host lost it
-  jobs_->Tick();  // retried: queued again, backing off
+  jobs_->Tick();                                           // retried: queued again, backing off
   JobTask t = Tasks(id)[0];
   EXPECT_EQ(t.state, "queued");
   EXPECT_EQ(t.attempts, 1);
