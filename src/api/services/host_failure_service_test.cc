@@ -361,14 +361,14 @@ TEST_P(HostFailureServiceTest, SuspectThenFailedThenRecoveredByPolicy) {
   EXPECT_EQ(HostState("h1"), "returning");
   EXPECT_EQ(Get(lose.id).state, "error") << "a stale copy does not bring its record back";
   EXPECT_EQ(Get(keep.id).host_id, host2_.id);
-  auto none = index_.Rank({"img-1", 1, 256, 0, "spread", "", ""});
+  auto none = index_.Rank({"img-1", 1, 256, 0, "spread", "", "", {}});
   EXPECT_EQ(std::count(none.begin(), none.end(), host_.id), 0);
   // Destroyed: the host is cleared.
   reply = Beat("h1", {});
   ASSERT_TRUE(reply.ok());
   EXPECT_TRUE(reply->stale_vms.empty());
   EXPECT_EQ(HostState("h1"), "up");
-  auto again = index_.Rank({"img-1", 1, 256, 0, "spread", "", ""});
+  auto again = index_.Rank({"img-1", 1, 256, 0, "spread", "", "", {}});
   EXPECT_EQ(std::count(again.begin(), again.end(), host_.id), 1);
 
   // The event stream tells the story: suspect, failed, the recovery (for

@@ -540,8 +540,14 @@ Result<json> ImageService::Checkpoint(const Caller& c, const std::string& ref,
   reservation.start = "boot";
   reservation.disk_bytes = image.CloneBoundBytes() + (mem << 20);
   reservation.created_ms = reservation.updated_ms = clock_.NowMs();
-  auto candidates = index_.Rank({image.id, reservation.vcpus, reservation.memory_mb,
-                                 reservation.disk_bytes, "spread", "", ""});
+  auto candidates = index_.Rank({image.id,
+                                 reservation.vcpus,
+                                 reservation.memory_mb,
+                                 reservation.disk_bytes,
+                                 "spread",
+                                 "",
+                                 "",
+                                 {}});
   if (candidates.empty())
     return MakeError(ErrorCode::kResourceExhausted, "no host is up with room to boot the image");
   VMG_ASSIGN_OR_RETURN(Vm placed, store_.PlaceAndInsertVm(reservation, candidates));

@@ -115,8 +115,8 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
                              : !candidates.empty()  ? "limited to the hosts holding its source"
                                                     : "";
   if (candidates.empty()) {
-    PlacementRequest want{image.id, vm.vcpus, vm.memory_mb,  vm.disk_bytes,
-                          r.policy, r.site,   r.host_network};
+    PlacementRequest want{image.id, vm.vcpus, vm.memory_mb,   vm.disk_bytes,
+                          r.policy, r.site,   r.host_network, {}};
     // Hosts already caching its datasets first (docs/datasets.md, "Placement").
     for (const VmDataAttachment& d : data)
       if (d.version > 0) want.datasets.push_back(d.dataset_id);
@@ -442,7 +442,7 @@ Status VmCreateService::Recover(const Vm& failed, const std::string& note, bool 
     vm.start = "boot";
   }
   std::vector<std::string> candidates =
-      index_.Rank({image.id, vm.vcpus, vm.memory_mb, vm.disk_bytes, "spread", "", ""});
+      index_.Rank({image.id, vm.vcpus, vm.memory_mb, vm.disk_bytes, "spread", "", "", {}});
   std::erase(candidates, failed.host_id);
   if (candidates.empty())
     return MakeError(ErrorCode::kResourceExhausted, "no other host has room for it");
