@@ -55,7 +55,7 @@ constexpr RouteSpec kRoutes[] = {
     {"DELETE", "/v1/datasets/((?:[^/]+/)?[^/]+)", "/v1/datasets/{ref}", {}},
     {"POST", "/v1/datasets/([^/]+)/share", "/v1/datasets/{ref}/share", kShareDatasetBody},
     {"POST", "/v1/datasets/([^/]+)/unshare", "/v1/datasets/{ref}/unshare", kShareDatasetBody},
-    {"POST", "/v1/vms/([^/]+)/data/([^/]+)/commit", "/v1/vms/{ref}/data/{name}/commit", {}},
+    {"POST", "/v1/vms/([^/]+)/data/((?:[^/]+/)?[^/]+)/commit", "/v1/vms/{ref}/data/{name}/commit", {}},
     {"POST", "/v1/datasets/([^/]+)/chunks", "/v1/datasets/{name}/chunks", kDatasetChunkBody},
     {"POST", "/v1/datasets/([^/]+)/versions", "/v1/datasets/{name}/versions", kDatasetVersionBody},
     {"GET",
