@@ -267,12 +267,14 @@ TEST_F(DataAttachTest, StopAndRmWithCommitStoreEveryReadWriteAttachmentFirst) {
   EXPECT_EQ(versions("sc-work"), 2u);  // committed before sc-out failed; it stays
   EXPECT_EQ(versions("sc-out"), 0u);
   EXPECT_EQ(Exec(api, "sc", "cat /w/one.txt /o/two.txt"), "one\ntwo\n");  // nothing lost
-  // The same for rm: the VM stays.
+  // The same for rm: the VM stays (sc-work is committed once more before sc-out fails).
   CliRun rm_refused = Cli(*alice_, {"vm", "rm", "sc", "--commit"});
   EXPECT_NE(rm_refused.rc, 0);
   EXPECT_NE(rm_refused.err.find("sc-out"), std::string::npos) << rm_refused.err;
   EXPECT_NE(rm_refused.err.find("not deleted"), std::string::npos) << rm_refused.err;
   ASSERT_TRUE(api.Get("/v1/vms/sc").ok());
+  EXPECT_EQ(versions("sc-work"), 3u);
+  EXPECT_EQ(versions("sc-out"), 0u);
 
   auto [krc, kout] = Sh(api, "sc", "kill $(cat /tmp/holder.pid) && sleep 1 && echo ok");
   ASSERT_EQ(krc, 0) << kout;
@@ -282,7 +284,7 @@ TEST_F(DataAttachTest, StopAndRmWithCommitStoreEveryReadWriteAttachmentFirst) {
   vm = api.Get("/v1/vms/sc");
   ASSERT_TRUE(vm.ok());
   EXPECT_EQ((*vm)["state"], "stopped") << vm->dump();
-  EXPECT_EQ(versions("sc-work"), 3u);
+  EXPECT_EQ(versions("sc-work"), 4u);
   EXPECT_EQ(versions("sc-out"), 1u);
   const std::string pulled = *dir_ + "/pulled-sc-out";
   ASSERT_EQ(Cli(*alice_, {"data", "pull", "sc-out", pulled}).rc, 0);
@@ -291,7 +293,7 @@ TEST_F(DataAttachTest, StopAndRmWithCommitStoreEveryReadWriteAttachmentFirst) {
   // rm --commit of the stopped VM: one more version each, then the VM is gone.
   CliRun removed = Cli(*alice_, {"vm", "rm", "sc", "--commit"});
   ASSERT_EQ(removed.rc, 0) << removed.out << removed.err;
-  EXPECT_EQ(versions("sc-work"), 4u);
+  EXPECT_EQ(versions("sc-work"), 5u);
   EXPECT_EQ(versions("sc-out"), 2u);
   EXPECT_FALSE(api.Get("/v1/vms/sc").ok());
   const std::string pulled_work = *dir_ + "/pulled-sc-work";

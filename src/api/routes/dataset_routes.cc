@@ -71,7 +71,7 @@ void InstallDatasetRoutes(RouteInstaller& s, DatasetService& datasets) {
         },
         kUserRoles);
   // `data commit VM NAME`: a VM's read-write attachment as the next version.
-  s.Post(R"(/v1/vms/([^/]+)/data/([^/]+)/commit)",
+  s.Post(R"(/v1/vms/([^/]+)/data/((?:[^/]+/)?[^/]+)/commit)",
          [&datasets](const Caller& c, const Req& req) -> Result<Reply> {
            if (!req.body.empty()) {
              json body = json::parse(req.body, nullptr, false);

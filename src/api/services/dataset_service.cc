@@ -369,7 +369,7 @@ Result<DatasetService::CommitTarget> DatasetService::FindCommitTarget(const Vm& 
   VMG_RETURN_IF_ERROR(NeedServer());
   if (!agents_ || !ops_ || !long_ops_)
     return MakeError(ErrorCode::kFailedPrecondition, "this controller does not commit datasets");
-  VMG_RETURN_IF_ERROR(ValidateName("dataset name", name));
+  VMG_RETURN_IF_ERROR(ParseDatasetRef(name));  // NAME, or OWNER/NAME of a shared one
   VMG_ASSIGN_OR_RETURN(std::vector<VmDataAttachment> data, VmDataFromJson(vm.data));
   CommitTarget t;
   t.index = data.size();

@@ -412,6 +412,28 @@ TEST_P(JobServiceTest, AnotherUsersJobIsNotFoundAndTheAdminSeesAll) {
   EXPECT_EQ((*jobs_->List(As(admin->first)))["jobs"].size(), 1u);
 }
 
+// A job's input may be another user's dataset shared with its owner
+// (OWNER/NAME, docs/datasets.md "Sharing"); not shared, it is not found.
+TEST_P(JobServiceTest, AnInputSharedWithTheOwnerIsTakenOthersAreNotFound) {
+  auto genome = store_->CreateDataset(bob_.id, "genome");
+  ASSERT_TRUE(genome.ok());
+  JobRequest r = Request(1);
+  r.spec.data = {JobDataInput{"in", "bob/genome", 0, "/in"}};
+  auto refused = jobs_->Submit(As(alice_), r);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::kNotFound);
+  ASSERT_TRUE(store_->ShareDataset(genome->id, alice_.id).ok());
+  EXPECT_FALSE(Submit(alice_, r).empty());
+  EXPECT_EQ(ParseJobRequest(
+                json{{"image", "tiny"},
+                     {"argv", {"x"}},
+                     {"data", json::array({json::object(
+                                  {{"name", "in"}, {"dataset", "a/b/c"}, {"mount", "/in"}})})}})
+                .error()
+                .code,
+            ErrorCode::kInvalidArgument);
+}
+
 TEST_P(JobServiceTest, BadJobsAreRefusedAndNothingIsStored) {
   ASSERT_TRUE(store_->CreateDataset(alice_.id, "result-3").ok());
   JobRequest too_many = Request(1001);
