@@ -357,7 +357,10 @@ TEST_P(StoreTest, DatasetCacheRowsAreKeptPerVersionAndGoWithTheDataset) {
   ASSERT_EQ(rows->size(), 3u);
   EXPECT_EQ((*rows)[0].version, 1);
   EXPECT_EQ((*rows)[0].host_id, h1->id);
-  EXPECT_EQ((*rows)[2].host_id, h2->id);
+  EXPECT_EQ((*rows)[1].version, 2);
+  EXPECT_EQ((*rows)[2].version, 2);
+  EXPECT_EQ((std::set<std::string>{(*rows)[1].host_id, (*rows)[2].host_id}),
+            (std::set<std::string>{h1->id, h2->id}));
   // A dataset that is not there cannot be noted (the agent's report is not
   // trusted to name one).
   EXPECT_FALSE(store_->NoteDatasetCached("ds-nosuch", 1, h1->id).ok());

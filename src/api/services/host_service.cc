@@ -196,9 +196,8 @@ void HostService::NoteHostImages(const std::string& host_id, const json& report)
       if (auto ref = ParseExportRef(name); ref && ref->kind == "disk") {
         images.push_back(ref->image_id);
       } else if (name.rfind("ds-", 0) == 0 && ValidateName("dataset", name).ok() &&
-                 e.contains("version") && e["version"].is_number_unsigned() &&
-                 e["version"].get<uint64_t>() > 0 &&
-                 e["version"].get<uint64_t>() <= uint64_t{1} << 62) {
+                 e.contains("version") && e["version"].is_number_integer() &&
+                 e["version"].get<int64_t>() > 0) {
         datasets.emplace_back(name, e["version"].get<int64_t>());
       }
     }
