@@ -4,6 +4,8 @@
 
 #include <unistd.h>
 
+#include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <string>
 
@@ -20,6 +22,42 @@ inline std::string MachineLine() {
     }
   return std::to_string(sysconf(_SC_NPROCESSORS_ONLN)) + " cores (" + model + "), " +
          std::to_string(sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGE_SIZE) / (1 << 30)) + " GiB";
+}
+
+// The 1-minute load average now (/proc/loadavg), -1 when unreadable.
+inline double LoadAverage1() {
+  std::ifstream in("/proc/loadavg");
+  double l = -1;
+  in >> l;
+  return l;
+}
+
+// "2026-12-06 11:30 UTC".
+inline std::string Today() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char b[32];
+  std::strftime(b, sizeof b, "%Y-%m-%d %H:%M UTC", &tm);
+  return b;
+}
+
+// The source tree's commit (`git rev-parse --short HEAD` in `source_dir`),
+// with "+changes" when the tree differs from it; "unknown" without git.
+inline std::string GitCommit(const std::string& source_dir) {
+  auto run = [&](const std::string& args) {
+    std::string out;
+    if (FILE* p = popen(("git -C '" + source_dir + "' " + args + " 2>/dev/null").c_str(), "r")) {
+      char b[256];
+      while (fgets(b, sizeof b, p)) out += b;
+      pclose(p);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+  };
+  std::string rev = run("rev-parse --short HEAD");
+  if (rev.empty()) return "unknown";
+  return run("status --porcelain --untracked-files=no").empty() ? rev : rev + "+changes";
 }
 
 }  // namespace vmgrid::bench

@@ -180,6 +180,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(vmgrid::ConstantTimeEquals(token, header) == (token == header), token);
   FUZZ_CHECK(vmgrid::ConstantTimeEquals(token, token), token);
 
+  // The same bytes as a list page's cursor and limit (docs/api.md,
+  // "Paging"): refused with a 400, or a cursor that encodes back to itself.
+  {
+    httplib::Request page;
+    page.params.emplace("cursor", body);
+    page.params.emplace("limit", body);
+    auto parsed = vmgrid::PageQueryParams(page);
+    if (Check(parsed)) {
+      FUZZ_CHECK(parsed->limit >= 1 && parsed->limit <= vmgrid::kMaxPageLimit, body);
+      FUZZ_CHECK(vmgrid::EncodeCursor(parsed->after_key, parsed->after_id) == body, body);
+    }
+    vmgrid::PageRequest cursor;
+    if (vmgrid::DecodeCursor(body, cursor).ok()) {
+      FUZZ_CHECK(cursor.has_after(), body);
+      FUZZ_CHECK(vmgrid::EncodeCursor(cursor.after_key, cursor.after_id) == body, body);
+    }
+  }
+
   auto lenient = vmgrid::ParseJsonObject(body, /*allow_empty=*/true);
   auto strict = vmgrid::ParseJsonObject(body, /*allow_empty=*/false);
   bool blank = body.find_first_not_of(" \t\r\n") == std::string::npos;

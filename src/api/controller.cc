@@ -479,8 +479,9 @@ void Controller::InstallRoutes() {
   InstallDatasetRoutes(routes, *datasets_);
 
   // VMs.
-  InstallVmCreateRoutes(routes, *vm_creates_, *vms_, *networks_,
-                        [this](const Vm& v) { return views_->VmJson(v); });
+  InstallVmCreateRoutes(
+      routes, *vm_creates_, *vms_, *networks_, [this](const Vm& v) { return views_->VmJson(v); },
+      [this](const std::vector<Vm>& vms) { return views_->VmListJson(vms); });
   InstallVmActionRoutes(routes, *vms_, *datasets_,
                         [this](const Vm& v) { return views_->VmJson(v); });
   InstallExecRoutes(routes, *vms_);

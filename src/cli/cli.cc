@@ -17,7 +17,7 @@ namespace cli {
 // Parses the arguments with every command registered (cmd_*.cc, roles.cc)
 // and runs the chosen one.
 int Run(const std::vector<std::string>& args, const CliIo& io, const RoleEntryPoints& roles) {
-  Ctx ctx{Globals{}, io, "", false};
+  Ctx ctx{Globals{}, io, "", false, {}};
 
   CLI::App app{"vmgrid: run QEMU VMs on a grid of hosts.", "vmgrid"};
   app.footer(kExitCodeFooter);

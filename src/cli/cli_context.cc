@@ -13,6 +13,7 @@
 #include "cli/exit_codes.h"
 #include "cli/format.h"
 #include "common/host_port.h"
+#include "common/http_json.h"
 #include "common/tls.h"
 #include "common/util.h"
 #include "common/version.h"
@@ -366,9 +367,35 @@ int ListCommand(Ctx& ctx, const std::string& path, const char* key,
                 const std::function<std::vector<std::string>(const json&)>& row) {
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
-  auto answer = client->Get(path);
-  if (!answer.ok()) return Fail(ctx, answer.error());
-  return PrintList(ctx, *answer, key, headers, row);
+  const std::string first = path + (path.find('?') == std::string::npos ? "?" : "&") + "limit=";
+  const ListPaging& p = ctx.page;
+  if (p.limit > 0 || !p.cursor.empty()) {  // one page, as asked
+    std::string q = first + std::to_string(p.limit > 0 ? p.limit : kMaxPageLimit);
+    if (!p.cursor.empty()) q += "&cursor=" + PathEscape(p.cursor);
+    auto answer = client->Get(q);
+    if (!answer.ok()) return Fail(ctx, answer.error());
+    int rc = PrintList(ctx, *answer, key, headers, row);
+    if (!ctx.g.json && answer->contains("next") && (*answer)["next"].is_string())
+      ctx.io.err << "more: --cursor " << (*answer)["next"].get<std::string>() << "\n";
+    return rc;
+  }
+  // Every page, printed as one list.
+  json items = json::array();
+  std::string cursor;
+  for (;;) {
+    std::string q = first + std::to_string(kMaxPageLimit);
+    if (!cursor.empty()) q += "&cursor=" + PathEscape(cursor);
+    auto answer = client->Get(q);
+    if (!answer.ok()) return Fail(ctx, answer.error());
+    for (auto& item : ListOf(*answer, key)) items.push_back(std::move(item));
+    if (!answer->contains("next")) break;
+    const json& next = (*answer)["next"];
+    if (!next.is_string() || next.get<std::string>().empty() || next.get<std::string>() == cursor)
+      return Fail(ctx, Error{ErrorCode::kInternal,
+                             "the controller answered a page with a bad 'next': " + next.dump()});
+    cursor = next.get<std::string>();
+  }
+  return PrintList(ctx, json{{key, std::move(items)}}, key, headers, row);
 }
 
 int ShowCommand(Ctx& ctx, const std::string& path, const std::string& kind) {
@@ -487,6 +514,17 @@ CLI::App* CommandTree::Leaf(CLI::App* parent, const std::string& name, const std
                             std::function<int()> fn) {
   CLI::App* sub = parent->add_subcommand(name, desc);
   sub->callback([this, fn = std::move(fn)] { action = fn; });
+  return sub;
+}
+
+CLI::App* CommandTree::ListLeaf(CLI::App* parent, const std::string& desc,
+                                std::function<int()> fn) {
+  CLI::App* sub = Leaf(parent, "list", desc, std::move(fn));
+  sub->add_option("--limit", ctx.page.limit,
+                  "Print one page of at most N items (the answer's next page: --cursor); "
+                  "without it, every page")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000}));
+  sub->add_option("--cursor", ctx.page.cursor, "Start after this cursor (a page's 'next')");
   return sub;
 }
 

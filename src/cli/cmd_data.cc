@@ -378,7 +378,7 @@ void AddDataCommands(CommandTree& t) {
                       [&] { return CmdDataPush(t.ctx, s.name, s.path); });
   push->add_option("NAME", s.name, "Dataset name")->required();
   push->add_option("PATH", s.path, "A file or a directory")->required();
-  t.Leaf(g, "list", "List datasets", [&] { return CmdDataList(t.ctx); });
+  t.ListLeaf(g, "List datasets", [&] { return CmdDataList(t.ctx); });
   t.Leaf(g, "show", "Show a dataset's versions and whom it is shared with",
          [&] { return CmdDataShow(t.ctx, s.ref); })
       ->add_option("NAME", s.ref, "Dataset name or id, or OWNER/NAME when shared with you")

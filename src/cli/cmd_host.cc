@@ -154,7 +154,7 @@ void AddHostCommands(CommandTree& t) {
   auto& ref = t.Keep<std::string>();
   auto* g = t.Group(&t.app, "host", "Hosts of the grid");
   g->group("Client commands");
-  t.Leaf(g, "list", "List hosts", [&t] { return CmdHostList(t.ctx); });
+  t.ListLeaf(g, "List hosts", [&t] { return CmdHostList(t.ctx); });
   t.Leaf(g, "show", "Show one host", [&t, &ref] { return CmdHostShow(t.ctx, ref); })
       ->add_option("REF", ref, "Host id or name")
       ->required();

@@ -419,7 +419,7 @@ void AddImageCommands(CommandTree& t) {
       "min_memory_mb} (file names relative to DIR). A failed or interrupted import removes the\n"
       "half-created image.");
 
-  t.Leaf(g, "list", "List images", [&] { return CmdImageList(t.ctx); });
+  t.ListLeaf(g, "List images", [&] { return CmdImageList(t.ctx); });
   t.Leaf(g, "show", "Show one image", [&] { return CmdImageShow(t.ctx, s.ref); })
       ->add_option("REF", s.ref, "Image id or name")
       ->required();

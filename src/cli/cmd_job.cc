@@ -252,8 +252,8 @@ void AddJobCommands(CommandTree& t) {
                   "DATASET:/MOUNT, committed as a new dataset per task ({i}: the index)");
   run->add_flag("--wait", s.run.wait, "Wait for the job and exit with its exit code");
   run->add_option("CMD", s.run.argv, "Command and arguments (after --)");
-  t.Leaf(g, "list", "List jobs",
-         [&] { return ListCommand(t.ctx, "/v1/jobs", "jobs", kJobHeaders, JobRow); });
+  t.ListLeaf(g, "List jobs",
+             [&] { return ListCommand(t.ctx, "/v1/jobs", "jobs", kJobHeaders, JobRow); });
   t.Leaf(g, "show", "Show a job and its tasks (states, hosts, times, exit codes, attempts)",
          [&] { return CmdJobShow(t.ctx, s.id); })
       ->add_option("JOB", s.id, "Job id")

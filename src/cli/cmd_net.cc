@@ -95,8 +95,8 @@ void AddNetCommands(CommandTree& t) {
                 "networks are isolated, so subnets may overlap)");
   c->add_flag("--egress", s.create.egress,
               "Let its VMs reach outside the grid through a NAT gateway");
-  t.Leaf(g, "list", "List the networks you may use",
-         [&] { return ListCommand(t.ctx, "/v1/networks", "networks", kNetHeaders, NetRow); });
+  t.ListLeaf(g, "List the networks you may use",
+             [&] { return ListCommand(t.ctx, "/v1/networks", "networks", kNetHeaders, NetRow); });
   t.Leaf(g, "show", "Show a network and its VMs' cards (MAC, address, host)",
          [&] { return CmdNetShow(t.ctx, s.ref); })
       ->add_option("REF", s.ref, "Network id or name")

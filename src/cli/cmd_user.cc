@@ -172,7 +172,7 @@ void AddUserCommands(CommandTree& t) {
                      [&] { return CmdUserCreate(t.ctx, s.user_name, s.user_admin); });
     c->add_option("NAME", s.user_name, "User name")->required();
     c->add_flag("--admin", s.user_admin, "Give the admin role");
-    t.Leaf(g, "list", "List users", [&] { return CmdUserList(t.ctx); });
+    t.ListLeaf(g, "List users", [&] { return CmdUserList(t.ctx); });
     auto* q =
         t.Leaf(g, "quota", "Show a user's quota and usage, or set parts of it (0 = unlimited)",
                [&] { return CmdUserQuota(t.ctx, s.user_name, s.quota); });
@@ -191,7 +191,7 @@ void AddUserCommands(CommandTree& t) {
   {
     auto* g = t.Group(&t.app, "workspace", "Persistent VM disks");
     g->group("Client commands");
-    t.Leaf(g, "list", "List workspaces", [&] { return CmdWorkspaceList(t.ctx); });
+    t.ListLeaf(g, "List workspaces", [&] { return CmdWorkspaceList(t.ctx); });
     t.Leaf(g, "rm", "Delete a workspace", [&] { return CmdWorkspaceRm(t.ctx, s.ref); })
         ->add_option("REF", s.ref, "Workspace id or name")
         ->required();

@@ -958,7 +958,7 @@ void AddVmCommands(CommandTree& t) {
   c->add_flag("--resume", s.create.resume, "Start from the image's checkpoint");
   c->add_flag("--no-wait", s.create.no_wait, "Return right after the request is accepted");
 
-  t.Leaf(g, "list", "List VMs", [&] { return CmdVmList(t.ctx); });
+  t.ListLeaf(g, "List VMs", [&] { return CmdVmList(t.ctx); });
   t.Leaf(g, "show", "Show one VM", [&] { return CmdVmShow(t.ctx, s.ref); })
       ->add_option("REF", s.ref, "VM id or name")
       ->required();

@@ -115,11 +115,18 @@ struct Globals {
   int wait_timeout_s = 600;
 };
 
+// A list command's --limit and --cursor (CommandTree::ListLeaf).
+struct ListPaging {
+  int64_t limit = 0;  // 0: every page
+  std::string cursor;
+};
+
 struct Ctx {
   Globals g;
   CliIo io;
   std::string token_source;  // where the token came from, for messages
   bool have_token = false;
+  ListPaging page;
 };
 
 // ---------------------------------------------------------------------------
@@ -136,6 +143,9 @@ struct CommandTree {
   CLI::App* Leaf(CLI::App* parent, const std::string& name, const std::string& desc,
                  std::function<int()> fn);
   CLI::App* Group(CLI::App* parent, const std::string& name, const std::string& desc);
+  // A "list" leaf with --limit and --cursor (into ctx.page, which
+  // ListCommand reads).
+  CLI::App* ListLeaf(CLI::App* parent, const std::string& desc, std::function<int()> fn);
   template <class T>
   T& Keep() {
     auto p = std::make_shared<T>();

@@ -118,6 +118,22 @@ Result<int64_t> IntQueryParam(const httplib::Request& req, const std::string& na
   return out;
 }
 
+Result<PageRequest> PageQueryParams(const httplib::Request& req) {
+  VMG_RETURN_IF_ERROR(CheckQueryParams(req, {"limit", "cursor"}));
+  for (const char* name : {"limit", "cursor"})
+    if (req.get_param_value_count(name) > 1)
+      return MakeError(ErrorCode::kInvalidArgument, std::string("give '") + name + "' once");
+  PageRequest page;
+  VMG_ASSIGN_OR_RETURN(page.limit, IntQueryParam(req, "limit", kMaxPageLimit, 1, kMaxPageLimit));
+  if (req.has_param("cursor"))
+    VMG_RETURN_IF_ERROR(DecodeCursor(req.get_param_value("cursor"), page));
+  return page;
+}
+
+void AddNext(nlohmann::json& answer, const std::string& next) {
+  if (!next.empty()) answer["next"] = next;
+}
+
 Result<nlohmann::json> ParseJsonObject(const std::string& body, bool allow_empty) {
   if (body.size() > kMaxJsonBody)
     return MakeError(ErrorCode::kInvalidArgument,

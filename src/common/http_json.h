@@ -11,6 +11,7 @@
 #include <span>
 #include <string>
 
+#include "common/paging.h"
 #include "common/result.h"
 
 namespace vmgrid {
@@ -69,6 +70,14 @@ class JsonFields {
 Status CheckQueryParams(const httplib::Request& req, std::initializer_list<const char*> known);
 Result<int64_t> IntQueryParam(const httplib::Request& req, const std::string& name, int64_t def,
                               int64_t min, int64_t max);
+
+// A list endpoint's page (docs/api.md, "Paging"): ?limit=1..kMaxPageLimit
+// (default kMaxPageLimit) and ?cursor= (the previous page's `next`).
+// Refuses any other parameter, as CheckQueryParams does.
+constexpr int64_t kMaxPageLimit = 1000;
+Result<PageRequest> PageQueryParams(const httplib::Request& req);
+// Adds `next` to a list answer when there is a next page.
+void AddNext(nlohmann::json& answer, const std::string& next);
 
 // Names: 1-63 chars of [A-Za-z0-9._-], starting with a letter or digit.
 Status ValidateName(const std::string& what, const std::string& name);

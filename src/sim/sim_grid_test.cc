@@ -6,10 +6,13 @@
 #include <httplib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
+#include "cli/cli.h"
 #include "client/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
@@ -349,6 +352,107 @@ TEST_F(SimGridTest, VirtualNetworksBelongToTheirOwnersAndGiveVmsCards) {
   auto del = alice.Delete("/v1/networks/lab");
   EXPECT_TRUE(del.ok()) << del.error().message;
   EXPECT_EQ(alice.Get("/v1/networks/lab").error().code, ErrorCode::kNotFound);
+}
+
+// Every list endpoint pages (docs/api.md, "Paging"): a user's pages cover
+// their VMs once each, oldest first, and nobody else's; another user's
+// cursor lists nothing of the first user's; bad paging parameters are a
+// 400 naming what is wrong; the CLI reads every page, or one with --limit.
+TEST_F(SimGridTest, ListsPageWithCursorsThatRevealNothing) {
+  WaitHostsUp(kHosts);
+  ImportDisk("disk-only");
+  ApiClient admin = Admin();
+  auto alice = admin.Post("/v1/users", {{"name", "alice"}});
+  auto bob = admin.Post("/v1/users", {{"name", "bob"}});
+  ASSERT_TRUE(alice.ok() && bob.ok());
+  const std::string alice_token = (*alice)["token"], bob_token = (*bob)["token"];
+  ApiClient a(controller_->url(), alice_token), b(controller_->url(), bob_token);
+  std::vector<std::string> created;
+  for (int i = 0; i < 7; ++i) {
+    auto vm = a.Post("/v1/vms", {{"image", "disk-only"}, {"name", "a" + std::to_string(i)}});
+    ASSERT_TRUE(vm.ok()) << vm.error().message;
+    created.push_back((*vm)["id"]);
+  }
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(
+        b.Post("/v1/vms", {{"image", "disk-only"}, {"name", "b" + std::to_string(i)}}).ok());
+
+  std::vector<std::string> seen;
+  std::string path = "/v1/vms?limit=2", bobs_view_cursor;
+  int pages = 0;
+  for (;; ++pages) {
+    ASSERT_LT(pages, 10);
+    auto page = a.Get(path);
+    ASSERT_TRUE(page.ok()) << page.error().message;
+    ASSERT_LE((*page)["vms"].size(), 2u);
+    for (const auto& v : (*page)["vms"]) seen.push_back(v["id"]);
+    if (!page->contains("next")) break;
+    std::string next = (*page)["next"];
+    if (bobs_view_cursor.empty()) bobs_view_cursor = next;
+    path = "/v1/vms?limit=2&cursor=" + next;
+  }
+  EXPECT_EQ(pages + 1, 4);
+  EXPECT_EQ(seen, created);  // each once, oldest first, none of Bob's
+
+  // Alice's cursor in Bob's hands starts a page of Bob's VMs only.
+  auto bobs = b.Get("/v1/vms?limit=100&cursor=" + bobs_view_cursor);
+  ASSERT_TRUE(bobs.ok()) << bobs.error().message;
+  for (const auto& v : (*bobs)["vms"]) EXPECT_EQ(v["owner"], "bob");
+  // The admin's first page of 8 has everybody's VMs and a next page.
+  auto first = admin.Get("/v1/vms?limit=8");
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ((*first)["vms"].size(), 8u);
+  EXPECT_TRUE(first->contains("next"));
+
+  for (const char* bad :
+       {"/v1/vms?limit=0", "/v1/vms?limit=1001", "/v1/vms?limit=two", "/v1/vms?cursor=not-a-cursor",
+        "/v1/vms?cursor=", "/v1/vms?owner=bob", "/v1/hosts?limit=-1", "/v1/images?sort=name",
+        "/v1/jobs?cursor=%00", "/v1/networks?limit=1&limit=2"}) {
+    auto r = a.Get(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << bad << ": " << r.error().message;
+  }
+  // A host cursor given to the VM list (a name where a time belongs).
+  auto hosts1 = admin.Get("/v1/hosts?limit=1");
+  ASSERT_TRUE(hosts1.ok());
+  ASSERT_TRUE(hosts1->contains("next"));
+  EXPECT_EQ(a.Get("/v1/vms?cursor=" + (*hosts1)["next"].get<std::string>()).error().code,
+            ErrorCode::kInvalidArgument);
+
+  // Hosts page by name.
+  std::vector<std::string> names;
+  path = "/v1/hosts?limit=3";
+  for (int i = 0; i < 10; ++i) {
+    auto page = b.Get(path);
+    ASSERT_TRUE(page.ok()) << page.error().message;
+    for (const auto& h : (*page)["hosts"]) names.push_back(h["name"]);
+    if (!page->contains("next")) break;
+    path = "/v1/hosts?limit=3&cursor=" + (*page)["next"].get<std::string>();
+  }
+  ASSERT_EQ(names.size(), static_cast<size_t>(kHosts));
+  EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
+
+  // The CLI: every page by default, one page with --limit (and the cursor
+  // of the next on stderr).
+  auto cli = [&](std::vector<std::string> args) {
+    std::vector<std::string> all = {"vmgrid",  "--url",     controller_->url(),
+                                    "--token", alice_token, "--json"};
+    all.insert(all.end(), args.begin(), args.end());
+    std::ostringstream out, err;
+    int rc = RunCliArgs(all, CliIo{out, err, false});
+    EXPECT_EQ(rc, 0) << err.str();
+    return json::parse(out.str(), nullptr, false);
+  };
+  json every = cli({"vm", "list"});
+  ASSERT_TRUE(every.contains("vms")) << every.dump();
+  EXPECT_EQ(every["vms"].size(), 7u);
+  EXPECT_FALSE(every.contains("next"));
+  json one = cli({"vm", "list", "--limit", "3"});
+  ASSERT_EQ(one["vms"].size(), 3u);
+  ASSERT_TRUE(one.contains("next"));
+  json rest = cli({"vm", "list", "--limit", "10", "--cursor", one["next"]});
+  EXPECT_EQ(rest["vms"].size(), 4u);
+  EXPECT_EQ(rest["vms"][0]["id"], created[3]);
 }
 
 }  // namespace

@@ -508,6 +508,13 @@ CREATE TABLE dataset_shares (
 );
 CREATE INDEX dataset_shares_user ON dataset_shares(user_id);
 )sql",
+    // 23: list pages (docs/api.md, "Paging") read VMs in (created_ms, id)
+    // order, a user's own or everybody's, straight from an index.
+    R"sql(
+DROP INDEX vms_owner;
+CREATE INDEX vms_owner_created ON vms(owner_id, created_ms, id);
+CREATE INDEX vms_created ON vms(created_ms, id);
+)sql",
 };
 
 const char* kUserCols =
@@ -870,6 +877,42 @@ Result<std::vector<T>> Query(SqlBackend* db, const std::string& sql,
   std::vector<T> out;
   out.reserve(rows.size());
   for (const SqlRow& row : rows) out.push_back(read(row));
+  return out;
+}
+
+// One page of a listing in (sort, id) order (common/paging.h): `sql` ends in
+// a WHERE clause (at least "WHERE 1=1"); `int_sort`: the sort column is a
+// number, whose cursor key is a NumberKey. Reads one row past the limit to
+// know whether there is a next page.
+template <typename T, typename F, typename K>
+Result<Page<T>> QueryPage(SqlBackend* db, std::string sql, std::vector<SqlValue> params,
+                          const PageRequest& page, const std::string& sort, bool int_sort,
+                          const std::string& id, F read, K key) {
+  if (page.has_after()) {
+    SqlValue after = page.after_key;
+    if (int_sort) {
+      int64_t n = 0;
+      const std::string& k = page.after_key;
+      if (k.empty() || k.size() > 20 || k.find_first_not_of("0123456789") != std::string::npos)
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "cursor is not one this server issued for this list");
+      for (char c : k) n = n * 10 + (c - '0');
+      after = n;
+    }
+    sql += " AND (" + sort + " > ? OR (" + sort + " = ? AND " + id + " > ?))";
+    params.push_back(after);
+    params.push_back(after);
+    params.emplace_back(page.after_id);
+  }
+  sql += " ORDER BY " + sort + ", " + id;
+  if (page.limit > 0) sql += " LIMIT " + std::to_string(page.limit + 1);
+  Page<T> out;
+  VMG_ASSIGN_OR_RETURN(out.items, Query<T>(db, sql, params, read));
+  if (page.limit > 0 && static_cast<int64_t>(out.items.size()) > page.limit) {
+    out.items.pop_back();
+    const T& last = out.items.back();
+    out.next = EncodeCursor(key(last), last.id);
+  }
   return out;
 }
 
@@ -1490,6 +1533,15 @@ Result<std::vector<Host>> Store::ListHosts() {
   return hosts;
 }
 
+Result<Page<Host>> Store::ListHostsPage(const PageRequest& page) {
+  auto read = Read();
+  VMG_ASSIGN_OR_RETURN(auto hosts, QueryPage<Host>(read.db, std::string(kHostSelect) + " WHERE 1=1",
+                                                   {}, page, "h.name", false, "h.id", ReadHost,
+                                                   [](const Host& h) { return h.name; }));
+  OverlayBeats(hosts.items);
+  return hosts;
+}
+
 Result<Host> Store::GetHost(const std::string& ref) {
   auto read = Read();
   VMG_ASSIGN_OR_RETURN(
@@ -2001,6 +2053,18 @@ Result<std::vector<Vm>> Store::ListVms(const OwnerFilter& owner) {
       read.db,
       std::string("SELECT ") + kVmCols + " FROM vms WHERE owner_id = ? ORDER BY created_ms",
       {owner}, ReadVm);
+}
+
+Result<Page<Vm>> Store::ListVmsPage(const OwnerFilter& owner, const PageRequest& page) {
+  auto read = Read();
+  std::string sql = std::string("SELECT ") + kVmCols + " FROM vms WHERE 1=1";
+  std::vector<SqlValue> params;
+  if (!owner.empty()) {
+    sql += " AND owner_id = ?";
+    params.emplace_back(owner);
+  }
+  return QueryPage<Vm>(read.db, sql, std::move(params), page, "created_ms", true, "id", ReadVm,
+                       [](const Vm& v) { return NumberKey(v.created_ms); });
 }
 
 Result<std::vector<Vm>> Store::ListVmsOnHost(const std::string& host_id) {
@@ -3087,6 +3151,18 @@ Result<std::vector<Job>> Store::ListJobs(const OwnerFilter& owner, bool unfinish
   }
   if (unfinished_only) sql += " AND state IN ('queued','running')";
   return Query<Job>(read.db, sql + " ORDER BY created_ms, id", args, ReadJob);
+}
+
+Result<Page<Job>> Store::ListJobsPage(const OwnerFilter& owner, const PageRequest& page) {
+  auto read = Read();
+  std::string sql = std::string("SELECT ") + kJobCols + " FROM jobs WHERE 1=1";
+  std::vector<SqlValue> params;
+  if (!owner.empty()) {
+    sql += " AND owner_id=?";
+    params.emplace_back(owner);
+  }
+  return QueryPage<Job>(read.db, sql, std::move(params), page, "created_ms", true, "id", ReadJob,
+                        [](const Job& j) { return NumberKey(j.created_ms); });
 }
 
 Result<std::vector<JobTask>> Store::ListJobTasks(const std::string& job_id) {

@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/paging.h"
 #include "common/result.h"
 #include "common/vm_state.h"
 #include "store/model.h"
@@ -135,6 +136,8 @@ class Store {
   // the in-memory path whatever the gap (one controller sees every change).
   void set_heartbeat_refresh_ms(int64_t ms) { heartbeat_refresh_ms_ = ms; }
   Result<std::vector<Host>> ListHosts();
+  // Paged (common/paging.h), in (name, id) order.
+  Result<Page<Host>> ListHostsPage(const PageRequest& page);
   Result<Host> GetHost(const std::string& ref);
   // Sets or clears host `ref`'s (id or name) draining flag and returns the
   // host; placement's conditional updates skip a draining host from the
@@ -215,6 +218,8 @@ class Store {
                                              const std::vector<std::vector<std::string>>& groups);
   Result<Vm> GetVm(const std::string& ref, const OwnerFilter& owner);
   Result<std::vector<Vm>> ListVms(const OwnerFilter& owner);
+  // Paged (common/paging.h), oldest first: (created_ms, id) order.
+  Result<Page<Vm>> ListVmsPage(const OwnerFilter& owner, const PageRequest& page);
   Result<std::vector<Vm>> ListVmsOnHost(const std::string& host_id);
   // The number of VMs in each state (states without VMs absent): what
   // /metrics shows, without reading every record.
@@ -358,6 +363,8 @@ class Store {
   Result<Job> GetJob(const std::string& id, const OwnerFilter& owner);
   // Oldest first; `unfinished_only`: queued or running jobs.
   Result<std::vector<Job>> ListJobs(const OwnerFilter& owner, bool unfinished_only);
+  // Paged (common/paging.h), oldest first: (created_ms, id) order.
+  Result<Page<Job>> ListJobsPage(const OwnerFilter& owner, const PageRequest& page);
   // A job's tasks by index, without their logs.
   Result<std::vector<JobTask>> ListJobTasks(const std::string& job_id);
   // Every task in `state` (all owners), in queue order, without logs.

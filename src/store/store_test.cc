@@ -26,7 +26,7 @@ using testing_db::TestDatabase;
 // store/test_database.h); every test gets a fresh database.
 // Undoes migration 9 (virtual networks), for tests that run migrations
 // again from an older version.
-// Undoes migrations 9 to 21 (virtual networks, hosts' tunnel columns, live
+// Undoes migrations 9 to 23 (virtual networks, hosts' tunnel columns, live
 // migrations' table, drain, events, host failure; migration 11's state check is dropped with
 // migration 8's).
 constexpr const char* kDropMigration9 =
@@ -47,7 +47,15 @@ constexpr const char* kDropMigration9 =
     "ALTER TABLE workspaces DROP COLUMN generation; DROP TABLE controller_leader; "
     "DROP TABLE dataset_cache; DROP TABLE dataset_shares; DROP TABLE dataset_versions; "
     "DROP TABLE datasets; "
-    "DROP TABLE job_tasks; DROP TABLE jobs;";
+    "DROP TABLE job_tasks; DROP TABLE jobs; DROP INDEX vms_owner_created; DROP INDEX vms_created; "
+    "CREATE INDEX vms_owner ON vms(owner_id);";
+
+// The first page of at most `limit` items.
+PageRequest FirstPage(int64_t limit) {
+  PageRequest p;
+  p.limit = limit;
+  return p;
+}
 
 class StoreTest : public testing::TestWithParam<std::string> {
  protected:
@@ -117,6 +125,103 @@ TEST_P(StoreTest, TokensAuthenticateAndAreStoredHashed) {
       for (const auto& row : *rows) EXPECT_EQ(row.Text(0).find(u->second), std::string::npos);
     }
   }
+}
+
+// Keyset pages (common/paging.h) cover a user's VMs once each, oldest
+// first, never another user's; a cursor survives the removal of the item
+// it names; hosts page by name and jobs by creation.
+TEST_P(StoreTest, ListPagesCoverEachItemOnceInOrderAndOnlyTheOwners) {
+  auto bob = store_->CreateUser("bob", "user");
+  ASSERT_TRUE(bob.ok());
+  std::vector<std::string> alice_ids;
+  for (int i = 0; i < 9; ++i) {
+    Vm v = NewVm("a" + std::to_string(i));
+    v.created_ms = 1000 + i / 3;  // ties, broken by the id
+    ASSERT_TRUE(store_->InsertVmRecord(v).ok());
+    alice_ids.push_back(v.id);
+    Vm b = NewVm("b" + std::to_string(i));
+    b.owner_id = bob->first.id;
+    b.created_ms = 1000 + i;
+    ASSERT_TRUE(store_->InsertVmRecord(b).ok());
+  }
+  auto all = store_->ListVms(alice_.id);
+  ASSERT_TRUE(all.ok());
+  std::vector<std::pair<int64_t, std::string>> want;
+  for (const auto& v : *all) want.push_back({v.created_ms, v.id});
+  std::sort(want.begin(), want.end());
+  for (int64_t limit : {1, 2, 4, 9, 10}) {
+    std::vector<std::pair<int64_t, std::string>> got;
+    PageRequest page = FirstPage(limit);
+    for (int pages = 0;; ++pages) {
+      ASSERT_LT(pages, 20);
+      auto p = store_->ListVmsPage(alice_.id, page);
+      ASSERT_TRUE(p.ok()) << p.error().message;
+      ASSERT_LE(static_cast<int64_t>(p->items.size()), limit);
+      for (const auto& v : p->items) {
+        EXPECT_EQ(v.owner_id, alice_.id);
+        got.push_back({v.created_ms, v.id});
+      }
+      if (p->next.empty()) break;
+      ASSERT_TRUE(DecodeCursor(p->next, page).ok());
+    }
+    EXPECT_EQ(got, want) << "limit " << limit;
+  }
+  // Everybody's (the admin): 18, with the same cursor kind.
+  auto everyone = store_->ListVmsPage("", FirstPage(100));
+  ASSERT_TRUE(everyone.ok());
+  EXPECT_EQ(everyone->items.size(), 18u);
+  EXPECT_TRUE(everyone->next.empty());
+
+  // The VM a cursor names is removed: the next page starts after it anyway.
+  auto first = store_->ListVmsPage(alice_.id, FirstPage(3));
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(store_->DeleteVm(first->items.back().id).ok());
+  PageRequest after = FirstPage(100);
+  ASSERT_TRUE(DecodeCursor(first->next, after).ok());
+  auto rest = store_->ListVmsPage(alice_.id, after);
+  ASSERT_TRUE(rest.ok());
+  EXPECT_EQ(rest->items.size(), 5u);
+  // A cursor whose key is not a number (a host cursor given to the VM list).
+  PageRequest wrong = FirstPage(1);
+  wrong.after_key = "h1";
+  wrong.after_id = "x";
+  EXPECT_EQ(store_->ListVmsPage(alice_.id, wrong).error().code, ErrorCode::kInvalidArgument);
+
+  for (const char* name : {"h3", "h1", "h2"})
+    ASSERT_TRUE(store_->HeartbeatHost(name, "http://x", HostCapacity{1, 256, 10, false}).ok());
+  std::vector<std::string> names;
+  PageRequest hp = FirstPage(2);
+  for (;;) {
+    auto p = store_->ListHostsPage(hp);
+    ASSERT_TRUE(p.ok()) << p.error().message;
+    for (const auto& h : p->items) names.push_back(h.name);
+    if (p->next.empty()) break;
+    ASSERT_TRUE(DecodeCursor(p->next, hp).ok());
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"h1", "h2", "h3"}));
+
+  for (int i = 0; i < 3; ++i) {
+    Job j;
+    j.id = "job-" + std::to_string(i);
+    j.owner_id = i == 1 ? bob->first.id : alice_.id;
+    j.image_id = "img-1";
+    j.spec = "{}";
+    j.count = 1;
+    j.state = "queued";
+    j.created_ms = 5000 - i;
+    ASSERT_TRUE(store_->InsertJob(j, 100).ok());
+  }
+  auto jobs = store_->ListJobsPage(alice_.id, FirstPage(1));
+  ASSERT_TRUE(jobs.ok());
+  ASSERT_EQ(jobs->items.size(), 1u);
+  EXPECT_EQ(jobs->items[0].id, "job-2");  // the oldest
+  PageRequest jp = FirstPage(1);
+  ASSERT_TRUE(DecodeCursor(jobs->next, jp).ok());
+  auto jobs2 = store_->ListJobsPage(alice_.id, jp);
+  ASSERT_TRUE(jobs2.ok());
+  ASSERT_EQ(jobs2->items.size(), 1u);
+  EXPECT_EQ(jobs2->items[0].id, "job-0");
+  EXPECT_TRUE(jobs2->next.empty());
 }
 
 TEST_P(StoreTest, MigrationsAreIdempotentAcrossReopen) {
@@ -488,7 +593,7 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 22);
+  EXPECT_EQ((*s)->schema_version(), 23);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
@@ -930,7 +1035,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 22);
+  EXPECT_EQ(store_->schema_version(), 23);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);

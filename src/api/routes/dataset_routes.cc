@@ -32,8 +32,9 @@ Result<int64_t> ParseVersion(const std::string& s, bool allow_latest) {
 void InstallDatasetRoutes(RouteInstaller& s, DatasetService& datasets) {
   s.Get(
       "/v1/datasets",
-      [&datasets](const Caller& c, const Req&) -> Result<Reply> {
-        VMG_ASSIGN_OR_RETURN(json list, datasets.List(c));
+      [&datasets](const Caller& c, const Req& req) -> Result<Reply> {
+        VMG_ASSIGN_OR_RETURN(PageRequest page, PageQueryParams(req));
+        VMG_ASSIGN_OR_RETURN(json list, datasets.List(c, page));
         return Reply{200, list};
       },
       kUserRoles);

@@ -16,9 +16,10 @@ using Req = httplib::Request;
 void InstallHostRoutes(RouteInstaller& s, HostService& hosts) {
   s.Get(
       "/v1/hosts",
-      [&hosts](const Caller& c, const Req&) -> Result<Reply> {
-        VMG_ASSIGN_OR_RETURN(auto list, hosts.List(c.admin()));
-        return Reply{200, {{"hosts", list}}};
+      [&hosts](const Caller& c, const Req& req) -> Result<Reply> {
+        VMG_ASSIGN_OR_RETURN(PageRequest page, PageQueryParams(req));
+        VMG_ASSIGN_OR_RETURN(json list, hosts.List(c.admin(), page));
+        return Reply{200, std::move(list)};
       },
       kUserRoles);
   s.Get(R"(/v1/hosts/([^/]+))",

@@ -31,8 +31,9 @@ void InstallImageRoutes(RouteInstaller& s, ImageService& images) {
       kUserRoles);
   s.Get(
       "/v1/images",
-      [&images](const Caller& c, const Req&) -> Result<Reply> {
-        VMG_ASSIGN_OR_RETURN(json list, images.List(c));
+      [&images](const Caller& c, const Req& req) -> Result<Reply> {
+        VMG_ASSIGN_OR_RETURN(PageRequest page, PageQueryParams(req));
+        VMG_ASSIGN_OR_RETURN(json list, images.List(c, page));
         return Reply{200, list};
       },
       kUserRoles);

@@ -24,8 +24,9 @@ void InstallJobRoutes(RouteInstaller& s, JobService& jobs) {
       kUserRoles);
   s.Get(
       "/v1/jobs",
-      [&jobs](const Caller& c, const Req&) -> Result<Reply> {
-        VMG_ASSIGN_OR_RETURN(json list, jobs.List(c));
+      [&jobs](const Caller& c, const Req& req) -> Result<Reply> {
+        VMG_ASSIGN_OR_RETURN(PageRequest page, PageQueryParams(req));
+        VMG_ASSIGN_OR_RETURN(json list, jobs.List(c, page));
         return Reply{200, list};
       },
       kUserRoles);

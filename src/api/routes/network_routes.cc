@@ -27,8 +27,9 @@ void InstallNetworkRoutes(RouteInstaller& s, NetworkService& networks) {
       kUserRoles);
   s.Get(
       "/v1/networks",
-      [&networks](const Caller& c, const Req&) -> Result<Reply> {
-        VMG_ASSIGN_OR_RETURN(json list, networks.List(c));
+      [&networks](const Caller& c, const Req& req) -> Result<Reply> {
+        VMG_ASSIGN_OR_RETURN(PageRequest page, PageQueryParams(req));
+        VMG_ASSIGN_OR_RETURN(json list, networks.List(c, page));
         return Reply{200, list};
       },
       kUserRoles);

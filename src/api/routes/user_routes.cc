@@ -31,8 +31,9 @@ void InstallUserRoutes(RouteInstaller& s, UserService& users) {
          },
          {"admin"});
   s.Get("/v1/users",
-        [&users](const Caller&, const Req&) -> Result<Reply> {
-          VMG_ASSIGN_OR_RETURN(json list, users.List());
+        [&users](const Caller&, const Req& req) -> Result<Reply> {
+          VMG_ASSIGN_OR_RETURN(PageRequest page, PageQueryParams(req));
+          VMG_ASSIGN_OR_RETURN(json list, users.List(page));
           return Reply{200, list};
         },
         {"admin"});

@@ -97,7 +97,7 @@ Result<CreateVmRequest> ParseCreateVm(const std::string& text) {
 }  // namespace
 
 void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmService& vms,
-                           NetworkService& networks, VmView view) {
+                           NetworkService& networks, VmView view, VmListView list_view) {
   s.Post(
       "/v1/vms",
       [&creates](const Caller& c, const Req& req) -> Result<Reply> {
@@ -108,11 +108,12 @@ void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmServic
       kUserRoles);
   s.Get(
       "/v1/vms",
-      [&vms, view](const Caller& c, const Req&) -> Result<Reply> {
-        VMG_ASSIGN_OR_RETURN(std::vector<Vm> list, vms.List(c.owner()));
-        json out = json::array();
-        for (const auto& v : list) out.push_back(view(v));
-        return Reply{200, {{"vms", out}}};
+      [&vms, list_view](const Caller& c, const Req& req) -> Result<Reply> {
+        VMG_ASSIGN_OR_RETURN(PageRequest page, PageQueryParams(req));
+        VMG_ASSIGN_OR_RETURN(Page<Vm> list, vms.List(c.owner(), page));
+        json answer{{"vms", list_view(list.items)}};
+        AddNext(answer, list.next);
+        return Reply{200, std::move(answer)};
       },
       kUserRoles);
   s.Get(R"(/v1/vms/([^/]+))",

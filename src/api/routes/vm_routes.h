@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "api/routes/route.h"
 
@@ -22,10 +23,12 @@ class VmService;
 
 // How a VM is shown (the controller's view: names of its image, host, ...).
 using VmView = std::function<nlohmann::json(const Vm&)>;
+// How a list of VMs is shown (an array of VmView's, read more cheaply).
+using VmListView = std::function<nlohmann::json(const std::vector<Vm>&)>;
 
 // POST /v1/vms, GET /v1/vms and GET /v1/vms/ID (with the VM's cards).
 void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmService& vms,
-                           NetworkService& networks, VmView view);
+                           NetworkService& networks, VmView view, VmListView list_view);
 // stop and DELETE take ?commit=true: every read-write dataset attachment
 // is committed first (DatasetService::CommitAllThen).
 void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, DatasetService& datasets,

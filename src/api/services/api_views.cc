@@ -1,5 +1,7 @@
 #include "api/services/api_views.h"
 
+#include <unordered_map>
+
 #include "api/services/data_attachments.h"
 #include "common/util.h"
 
@@ -28,6 +30,36 @@ json ApiViews::VmJson(const Vm& v, const Image* known_image, const Host* known_h
   std::string ws_name;
   if (!v.workspace_id.empty())
     if (auto ws = store_.GetWorkspace(v.workspace_id, ""); ws.ok()) ws_name = ws->name;
+  return VmJsonWith(v, image, host, ws_name);
+}
+
+json ApiViews::VmListJson(const std::vector<Vm>& vms) {
+  std::unordered_map<std::string, Result<Image>> images;
+  std::unordered_map<std::string, Result<Host>> hosts;
+  std::unordered_map<std::string, std::string> workspaces;  // id -> name ("" unknown)
+  json out = json::array();
+  for (const Vm& v : vms) {
+    auto image = images.find(v.image_id);
+    if (image == images.end())
+      image = images.emplace(v.image_id, store_.GetImage(v.image_id, "")).first;
+    auto host = hosts.find(v.host_id);
+    if (host == hosts.end()) host = hosts.emplace(v.host_id, store_.GetHost(v.host_id)).first;
+    std::string ws_name;
+    if (!v.workspace_id.empty()) {
+      auto ws = workspaces.find(v.workspace_id);
+      if (ws == workspaces.end()) {
+        auto got = store_.GetWorkspace(v.workspace_id, "");
+        ws = workspaces.emplace(v.workspace_id, got.ok() ? got->name : "").first;
+      }
+      ws_name = ws->second;
+    }
+    out.push_back(VmJsonWith(v, image->second, host->second, ws_name));
+  }
+  return out;
+}
+
+json ApiViews::VmJsonWith(const Vm& v, const Result<Image>& image, const Result<Host>& host,
+                          const std::string& ws_name) {
   auto data = VmDataFromJson(v.data);
   return {{"id", v.id},
           {"name", v.name},

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "store/store.h"
 
@@ -21,11 +22,17 @@ class ApiViews {
   // `image` and `host`, when the caller has them at hand, save reading them
   // (each is used only if it is the VM's).
   nlohmann::json VmJson(const Vm& v, const Image* image = nullptr, const Host* host = nullptr);
+  // Views of a list of VMs (an array): each image, host and workspace they
+  // name is read once, not once per VM.
+  nlohmann::json VmListJson(const std::vector<Vm>& vms);
   nlohmann::json WorkspaceJson(const Workspace& w);
   // User `id`'s name (the id itself if there is no such user).
   std::string UserName(const std::string& id);
 
  private:
+  nlohmann::json VmJsonWith(const Vm& v, const Result<Image>& image, const Result<Host>& host,
+                            const std::string& workspace_name);
+
   Store& store_;
   std::mutex mu_;
   std::map<std::string, std::string> user_names_;  // id -> name; guarded by mu_

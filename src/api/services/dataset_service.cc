@@ -95,7 +95,7 @@ Result<UsableDataset> DatasetService::FindOwned(const Caller& c, const std::stri
   return u;
 }
 
-Result<json> DatasetService::List(const Caller& c) {
+Result<json> DatasetService::List(const Caller& c, const PageRequest& page) {
   VMG_ASSIGN_OR_RETURN(auto own, store_.ListDatasets(c.owner()));
   std::vector<UsableDataset> all;
   for (auto& d : own) all.push_back(UsableDataset{std::move(d), false, ""});
@@ -103,9 +103,12 @@ Result<json> DatasetService::List(const Caller& c) {
     VMG_ASSIGN_OR_RETURN(auto shared, store_.ListDatasetsSharedWith(c.user.id));
     for (auto& d : shared) all.push_back(UsableDataset{std::move(d), true, ""});
   }
+  auto got = PageOf(
+      std::move(all), page, [](const UsableDataset& u) { return u.dataset.name; },
+      [](const UsableDataset& u) { return u.dataset.id; });
   std::map<std::string, std::string> names;  // owner id -> name
   json out = json::array();
-  for (auto& u : all) {
+  for (auto& u : got.items) {
     auto& owner = names[u.dataset.owner_id];
     if (owner.empty()) {
       VMG_ASSIGN_OR_RETURN(User user, store_.GetUserById(u.dataset.owner_id));
@@ -118,7 +121,9 @@ Result<json> DatasetService::List(const Caller& c) {
     v["version_count"] = versions.size();
     out.push_back(v);
   }
-  return json{{"datasets", out}};
+  json answer{{"datasets", std::move(out)}};
+  AddNext(answer, got.next);
+  return answer;
 }
 
 Result<json> DatasetService::Get(const Caller& c, const std::string& ref) {

@@ -58,7 +58,8 @@ class DatasetService {
 
   // The caller's datasets and those shared with it ({shared, owner, ref}
   // tell them apart); the admin: every dataset.
-  Result<nlohmann::json> List(const Caller& c);
+  // One page (common/paging.h) in name order: {"datasets": [...], "next"}.
+  Result<nlohmann::json> List(const Caller& c, const PageRequest& page);
   // The dataset with its versions; `ref` is NAME, an id or OWNER/NAME
   // (docs/datasets.md, "Sharing"). The owner's view lists shared_with.
   Result<nlohmann::json> Get(const Caller& c, const std::string& ref);

@@ -374,11 +374,13 @@ bool HostService::Reconcile(const Host& host, const std::vector<VmStatus>& repor
   return clean;
 }
 
-Result<std::vector<json>> HostService::List(bool admin) {
-  VMG_ASSIGN_OR_RETURN(auto hosts, store_.ListHosts());
-  std::vector<json> out;
-  for (const auto& h : hosts) out.push_back(HostJson(h, admin));
-  return out;
+Result<json> HostService::List(bool admin, const PageRequest& page) {
+  VMG_ASSIGN_OR_RETURN(auto hosts, store_.ListHostsPage(page));
+  json out = json::array();
+  for (const auto& h : hosts.items) out.push_back(HostJson(h, admin));
+  json answer{{"hosts", std::move(out)}};
+  AddNext(answer, hosts.next);
+  return answer;
 }
 
 Result<json> HostService::Get(const std::string& ref, bool admin) {

@@ -75,7 +75,8 @@ class HostService {
   // clear).
   Status CheckAgentUrl(const std::string& url) const;
 
-  Result<std::vector<nlohmann::json>> List(bool admin);
+  // One page (common/paging.h) in name order: {"hosts": [...], "next"}.
+  Result<nlohmann::json> List(bool admin, const PageRequest& page);
   Result<nlohmann::json> Get(const std::string& ref, bool admin);
   // The host as the REST API shows it; the admin also sees its URL, VM count
   // and image cache statistics.

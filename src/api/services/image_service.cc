@@ -224,15 +224,20 @@ Result<json> ImageService::Create(const Caller& c, const NewImage& r) {
   return View(i);
 }
 
-Result<json> ImageService::List(const Caller& c) {
+Result<json> ImageService::List(const Caller& c, const PageRequest& page) {
   VMG_ASSIGN_OR_RETURN(std::vector<Image> all, store_.ListImages(c.owner()));
   if (!c.admin()) {
     auto pub = store_.ListPublicImages();
     if (pub.ok()) all.insert(all.end(), pub->begin(), pub->end());
   }
+  auto list = PageOf(
+      std::move(all), page, [](const Image& i) { return NumberKey(i.created_ms); },
+      [](const Image& i) { return i.id; });
   json out = json::array();
-  for (const auto& i : all) out.push_back(View(i));
-  return json{{"images", out}};
+  for (const auto& i : list.items) out.push_back(View(i));
+  json answer{{"images", std::move(out)}};
+  AddNext(answer, list.next);
+  return answer;
 }
 
 Result<json> ImageService::Get(const Caller& c, const std::string& ref) {

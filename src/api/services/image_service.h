@@ -76,7 +76,8 @@ class ImageService {
   // characters; nothing is left behind on failure.
   Result<nlohmann::json> Create(const Caller& c, const NewImage& request);
   // The caller's images and (for a user) the admin's public ones.
-  Result<nlohmann::json> List(const Caller& c);
+  // One page (common/paging.h), oldest first: {"images": [...], "next"}.
+  Result<nlohmann::json> List(const Caller& c, const PageRequest& page);
   Result<nlohmann::json> Get(const Caller& c, const std::string& ref);
 
   // Stores file `kind` ("disk", "kernel" or "initrd") of image `ref` from

@@ -346,17 +346,19 @@ Result<json> JobService::Submit(const Caller& c, const JobRequest& r) {
   return JobJson(job, s, &tasks);
 }
 
-Result<json> JobService::List(const Caller& c) {
-  VMG_ASSIGN_OR_RETURN(auto jobs, store_.ListJobs(c.owner(), false));
+Result<json> JobService::List(const Caller& c, const PageRequest& page) {
+  VMG_ASSIGN_OR_RETURN(auto jobs, store_.ListJobsPage(c.owner(), page));
   json list = json::array();
-  for (const auto& j : jobs) {
+  for (const auto& j : jobs.items) {
     VMG_ASSIGN_OR_RETURN(auto js, JobOf(j.id));
     VMG_ASSIGN_OR_RETURN(auto tasks, store_.ListJobTasks(j.id));
     json v = JobJson(j, js.second, &tasks);
     v.erase("tasks");
     list.push_back(std::move(v));
   }
-  return json{{"jobs", list}};
+  json answer{{"jobs", std::move(list)}};
+  AddNext(answer, jobs.next);
+  return answer;
 }
 
 Result<json> JobService::Get(const Caller& c, const std::string& id) {

@@ -184,7 +184,8 @@ class JobService {
   // (kInvalidArgument), over the caller's unfinished tasks
   // (kResourceExhausted). Answers the job.
   Result<nlohmann::json> Submit(const Caller& c, const JobRequest& r);
-  Result<nlohmann::json> List(const Caller& c);
+  // One page (common/paging.h), oldest first: {"jobs": [...], "next"}.
+  Result<nlohmann::json> List(const Caller& c, const PageRequest& page);
   // Another user's job is kNotFound.
   Result<nlohmann::json> Get(const Caller& c, const std::string& id);
   // stream: "stdout" or "stderr".

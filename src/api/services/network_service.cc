@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "common/http_json.h"
 #include "common/util.h"
 
 namespace vmgrid {
@@ -49,11 +50,16 @@ Result<json> NetworkService::Create(const Caller& c, const std::string& name, st
   return NetworkJson(c, n);
 }
 
-Result<json> NetworkService::List(const Caller& c) {
+Result<json> NetworkService::List(const Caller& c, const PageRequest& page) {
   VMG_ASSIGN_OR_RETURN(auto nets, store_.ListNetworks(c.user.id, c.admin()));
+  auto got = PageOf(
+      std::move(nets), page, [](const Network& n) { return NumberKey(n.created_ms); },
+      [](const Network& n) { return n.id; });
   json list = json::array();
-  for (const auto& n : nets) list.push_back(NetworkJson(c, n));
-  return json{{"networks", list}};
+  for (const auto& n : got.items) list.push_back(NetworkJson(c, n));
+  json answer{{"networks", std::move(list)}};
+  AddNext(answer, got.next);
+  return answer;
 }
 
 Result<json> NetworkService::Get(const Caller& c, const std::string& ref) {

@@ -26,7 +26,8 @@ class NetworkService {
   // `subnet` "" = 10.20.0.0/24 (networks are isolated, so they may overlap).
   Result<nlohmann::json> Create(const Caller& c, const std::string& name, std::string subnet,
                                 bool egress);
-  Result<nlohmann::json> List(const Caller& c);
+  // One page (common/paging.h), oldest first: {"networks": [...], "next"}.
+  Result<nlohmann::json> List(const Caller& c, const PageRequest& page);
   // With its cards: MAC and address of every card; the VM's name and host
   // only for the caller's own VMs (or for the admin).
   Result<nlohmann::json> Get(const Caller& c, const std::string& ref);

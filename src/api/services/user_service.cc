@@ -23,14 +23,19 @@ Result<json> UserService::Create(const std::string& name, const std::string& rol
   return json{{"user", Brief(created.first)}, {"token", created.second}};
 }
 
-Result<json> UserService::List() {
+Result<json> UserService::List(const PageRequest& page) {
   VMG_ASSIGN_OR_RETURN(std::vector<User> users, store_.ListUsers());
+  auto got = PageOf(
+      std::move(users), page, [](const User& u) { return NumberKey(u.created_ms); },
+      [](const User& u) { return u.id; });
   json out = json::array();
-  for (const auto& u : users) {
+  for (const auto& u : got.items) {
     VMG_ASSIGN_OR_RETURN(json user, View(u));
     out.push_back(std::move(user));
   }
-  return json{{"users", out}};
+  json answer{{"users", std::move(out)}};
+  AddNext(answer, got.next);
+  return answer;
 }
 
 Result<json> UserService::View(const User& u) {

@@ -21,7 +21,8 @@ class UserService {
   // kAlreadyExists for a taken name; nothing is created on failure.
   Result<nlohmann::json> Create(const std::string& name, const std::string& role);
   // Every user with its quota and usage: {users: [...]}.
-  Result<nlohmann::json> List();
+  // One page (common/paging.h), oldest first: {"users": [...], "next"}.
+  Result<nlohmann::json> List(const PageRequest& page);
   // Replaces user `name`'s whole quota (0: unlimited); answers the user.
   Result<nlohmann::json> SetQuota(const std::string& name, const UserQuota& quota);
 

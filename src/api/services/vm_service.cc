@@ -129,7 +129,9 @@ Result<Vm> VmService::Get(const std::string& ref, const OwnerFilter& owner) {
   return store_.GetVm(ref, owner);
 }
 
-Result<std::vector<Vm>> VmService::List(const OwnerFilter& owner) { return store_.ListVms(owner); }
+Result<Page<Vm>> VmService::List(const OwnerFilter& owner, const PageRequest& page) {
+  return store_.ListVmsPage(owner, page);
+}
 
 Result<nlohmann::json> VmService::Exec(const Caller& c, const std::string& ref,
                                        const ExecRequest& request) {

@@ -65,7 +65,8 @@ class VmService {
   // VM `ref` (id or name) of `owner`; kNotFound for another user's.
   Result<Vm> Get(const std::string& ref, const OwnerFilter& owner);
   // The VMs of `owner` ("": everyone's).
-  Result<std::vector<Vm>> List(const OwnerFilter& owner);
+  // One page (common/paging.h), oldest first.
+  Result<Page<Vm>> List(const OwnerFilter& owner, const PageRequest& page);
   // Starts `request` in VM `ref` of the caller (it must be running);
   // answers the operation, whose result is the agent's (exit code and
   // output). kInvalidArgument without a program, kTooManyRequests over the

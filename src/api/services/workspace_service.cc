@@ -12,8 +12,11 @@ namespace vmgrid {
 
 using nlohmann::json;
 
-Result<std::vector<Workspace>> WorkspaceService::List(const Caller& c) {
-  return store_.ListWorkspaces(c.owner());
+Result<Page<Workspace>> WorkspaceService::List(const Caller& c, const PageRequest& page) {
+  VMG_ASSIGN_OR_RETURN(auto all, store_.ListWorkspaces(c.owner()));
+  return PageOf(
+      std::move(all), page, [](const Workspace& w) { return NumberKey(w.created_ms); },
+      [](const Workspace& w) { return w.id; });
 }
 
 bool WorkspaceService::BeingDeleted(const std::string& id) {

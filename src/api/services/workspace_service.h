@@ -33,7 +33,8 @@ class WorkspaceService {
   WorkspaceService(Store& store, AgentClient& agents, OpQueue& ops, Admission& long_ops)
       : store_(store), agents_(agents), ops_(ops), long_ops_(long_ops) {}
 
-  Result<std::vector<Workspace>> List(const Caller& c);
+  // One page (common/paging.h), oldest first.
+  Result<Page<Workspace>> List(const Caller& c, const PageRequest& page);
   // Starts deleting workspace `ref` (its file on its host, then its record);
   // answers the operation. kFailedPrecondition while a VM uses it or another
   // deletion runs, kTooManyRequests over the caller's long operations. On

@@ -45,6 +45,21 @@ export const get = (p, o) => api('GET', p, undefined, o);
 export const post = (p, b) => api('POST', p, b === undefined ? {} : b);
 export const del = (p) => api('DELETE', p);
 
+// Every page of a list endpoint (docs/api.md, "Paging"), as one answer
+// { [key]: items }.
+export async function getAll(path, key, o) {
+  const items = [];
+  let cursor = '';
+  for (;;) {
+    const sep = path.includes('?') ? '&' : '?';
+    const page = await get(`${path}${sep}limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, o);
+    items.push(...((page && page[key]) || []));
+    if (!page || !page.next || page.next === cursor) break;
+    cursor = page.next;
+  }
+  return { [key]: items };
+}
+
 // Polls an operation until it is no longer running.
 export async function awaitOperation(op, onProgress) {
   let cur = op;

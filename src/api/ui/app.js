@@ -1,7 +1,7 @@
 // The portal's shell: sign-in, navigation between pages (the URL's hash),
 // and live updates (a poll every few seconds, and GET /v1/events as a long
 // poll that refreshes the page as soon as something happens).
-import { session, get, ApiError } from './api.js';
+import { session, get, getAll, ApiError } from './api.js';
 import { h, fill } from './dom.js';
 import * as vms from './vms.js';
 import * as images from './images.js';
@@ -132,7 +132,7 @@ async function refresh() {
 
 // Counts the caller's VMs by state, for the chart of VMs over time.
 async function sample() {
-  const list = await get('/v1/vms');
+  const list = await getAll('/v1/vms', 'vms');
   const counts = { t: Date.now(), total: 0, running: 0 };
   for (const v of list.vms || []) {
     counts.total++;

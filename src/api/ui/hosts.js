@@ -1,7 +1,7 @@
 // Hosts: capacity and what is used of it (bars), and each host's chunk
 // cache hit rate. Users see every host's public capacity; the admin also
 // sees URLs, VM counts and cache counters (GET /v1/hosts decides).
-import { get } from './api.js';
+import { getAll } from './api.js';
 import { h, fill, bar, bytes, table } from './dom.js';
 
 export const title = 'Hosts';
@@ -14,7 +14,7 @@ export function mount(root, ctx) {
     cards, h('div', { class: 'card' }, h('h2', {}, 'All hosts'), listEl));
 
   async function refresh() {
-    const r = await get('/v1/hosts');
+    const r = await getAll('/v1/hosts', 'hosts');
     const hostsList = r.hosts || [];
     fill(cards, hostsList.map((x) => {
       const usedCpu = x.vcpus - x.free_vcpus;

@@ -1,7 +1,7 @@
 // Images: the list with each image's post-boot checkpoint state, and the
 // upload of a new one (create, PUT each file with a progress bar, finalize),
 // then optionally its checkpoint.
-import { get, post, del, upload, awaitOperation } from './api.js';
+import { get, getAll, post, del, upload, awaitOperation } from './api.js';
 import { h, fill, table, bytes, age } from './dom.js';
 
 export const title = 'Images';
@@ -66,7 +66,7 @@ export function mount(root, ctx) {
   fill(root, h('h1', { id: 'images-title' }, 'Images'), form, h('div', { class: 'card' }, h('h2', {}, 'Images you can use'), listEl));
 
   async function refresh() {
-    const r = await get('/v1/images');
+    const r = await getAll('/v1/images', 'images');
     const list = r.images || [];
     if (!list.length) { fill(listEl, h('p', { class: 'empty' }, 'No images yet.')); return; }
     fill(listEl, table(['Name', 'Owner', 'State', 'Format', 'Size', 'Checkpoint', 'Age', ''], list.map((i) => {

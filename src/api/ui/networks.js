@@ -1,6 +1,6 @@
 // Virtual networks: the caller's own and those shared with them, and a form
 // to create one (docs/vnet.md).
-import { get, post, del } from './api.js';
+import { getAll, post, del } from './api.js';
 import { h, fill, table, field } from './dom.js';
 
 export const title = 'Networks';
@@ -31,7 +31,7 @@ export function mount(root, ctx) {
   fill(root, h('h1', { id: 'networks-title' }, 'Networks'), form, h('div', { class: 'card' }, h('h2', {}, 'Networks you can use'), listEl));
 
   async function refresh() {
-    const r = await get('/v1/networks');
+    const r = await getAll('/v1/networks', 'networks');
     const list = r.networks || [];
     if (!list.length) { fill(listEl, h('p', { class: 'empty' }, 'No networks.')); return; }
     fill(listEl, table(['Name', 'Subnet', 'Owner', 'Egress', ''], list.map((n) => h('tr', { dataset: { net: n.name } },

@@ -1,7 +1,7 @@
 // VMs: the list (state, host, image, age) with actions, the create form, a
 // chart of VMs over time, recent events, and a VM's details: run a command
 // (exec), its console log, and live migration.
-import { get, post, del, awaitOperation } from './api.js';
+import { get, getAll, post, del, awaitOperation } from './api.js';
 import { h, fill, field, table, age, bytes } from './dom.js';
 import { lineChart } from './chart.js';
 
@@ -206,7 +206,7 @@ export function mount(root, ctx) {
         await refresh();
       } catch (err) { ctx.report(err); }
     });
-    get('/v1/hosts').then((r) => {
+    getAll('/v1/hosts', 'hosts').then((r) => {
       for (const host of r.hosts || []) if (host.name !== v.host) migrateSel.append(h('option', { value: host.name }, host.name));
     }).catch(() => {});
     fill(detailEl, h('div', { class: 'card', id: 'vm-detail-card' },
@@ -232,7 +232,7 @@ export function mount(root, ctx) {
   async function loadChoices() {
     if (Date.now() - imagesLoadedAt < 15000) return;
     imagesLoadedAt = Date.now();
-    const [imgs, nets] = await Promise.all([get('/v1/images'), get('/v1/networks')]);
+    const [imgs, nets] = await Promise.all([getAll('/v1/images', 'images'), getAll('/v1/networks', 'networks')]);
     const keep = imageSel.value;
     fill(imageSel, (imgs.images || []).filter((i) => i.state === 'ready')
       .map((i) => h('option', { value: i.id },
@@ -244,7 +244,7 @@ export function mount(root, ctx) {
 
   async function refresh() {
     await loadChoices();
-    const list = (await get('/v1/vms')).vms || [];
+    const list = (await getAll('/v1/vms', 'vms')).vms || [];
     ctx.live.vms = list;
     renderList(list);
     if (selected) renderDetail();
