@@ -1430,6 +1430,9 @@ Result<MigrationResult> VmRunner::MigrateOut(const std::string& id,
                          stats->downtime_ms, stats->ram_bytes, stats->disk_bytes};
 }
 
+// A kernel oops with its call trace and register dump is 4-6 KB.
+constexpr size_t kStuckConsoleBytes = 8192;
+
 // What the host can see of a guest that stopped answering: QEMU's run
 // state, each disk's I/O status and the ends of QEMU's and the console's logs.
 static void LogStuckGuest(const std::string& id, QemuProcess& q) {
@@ -1440,11 +1443,24 @@ static void LogStuckGuest(const std::string& id, QemuProcess& q) {
           " " + d.value("device", std::string("?")) + "=" + d.value("io-status", std::string("-"));
   }
   auto status = q.qmp().Execute("query-status", nlohmann::json::object(), seconds(5));
+  // The guest agent's virtqueues (virtio-serial: 2/3 control in/out, 4/5 the
+  // agent's port in/out) and the first disk's: indices that stand still
+  // while requests are queued say which side stopped consuming.
+  std::string queues;
+  for (auto [dev, queue] :
+       {std::pair{"vser0", 2}, {"vser0", 3}, {"vser0", 4}, {"vser0", 5}, {"vda", 0}}) {
+    auto r = q.qmp().Execute(
+        "x-query-virtio-queue-status",
+        {{"path", std::string("/machine/peripheral/") + dev + "/virtio-backend"}, {"queue", queue}},
+        seconds(5));
+    queues += " " + std::string(dev) + "/" + std::to_string(queue) + "=" +
+              (r.ok() ? r->dump() : r.error().message);
+  }
   spdlog::warn(
-      "VM {}: the guest does not answer; QEMU status {}, disks:{}; QEMU log: {}; "
+      "VM {}: the guest does not answer; QEMU status {}, disks:{}; virtqueues:{}; QEMU log: {}; "
       "console: {}",
-      id, status.ok() ? status->dump() : status.error().message, blocks, q.LogTail(),
-      q.ConsoleTail());
+      id, status.ok() ? status->dump() : status.error().message, blocks, queues, q.LogTail(),
+      q.ConsoleTail(kStuckConsoleBytes));
 }
 
 Result<VmStatus> VmRunner::FinishIncoming(const std::string& id) {

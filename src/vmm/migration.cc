@@ -380,6 +380,19 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
         ErrorCode::kFailedPrecondition,
         "migrate: the source is " + GetString(*status, "status").value_or("?") + ", not running");
 
+  // Under TCG, QEMU 7.2 loses guest stores during live RAM migration (its
+  // dirty-bitmap fast path clears bits without re-arming TCG's TLB write
+  // tracking; fixed upstream in 9.0 by 03bfc2188f "physmem: Fix migration
+  // dirty bitmap coherency with TCG memory access"): pages written after a
+  // bitmap sync may never be sent again, and the target's guest runs on with
+  // stale memory (seen as kernel oopses and crashed processes right after the
+  // switch, docs/migration.md). With the vCPUs stopped no TCG store can be
+  // missed (device DMA marks its pages itself), so under TCG the RAM moves
+  // with the guest paused; the disk mirror still runs live before that.
+  Result<json> kvm = qmp.Execute("query-kvm", json::object(), Left(deadline));
+  if (!kvm.ok()) return kvm.error().Wrap("migrate");
+  const bool pause_for_ram = !GetBool(*kvm, "enabled").value_or(false);
+
   bool have_node = false, have_mirror = false, migrating = false;
   auto fail = [&](const Error& e) -> Error {
     CleanUpOutgoing(qmp, migrating, have_mirror, have_node);
@@ -436,6 +449,13 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
                     json::array({{{"capability", "pause-before-switchover"}, {"state", true}}})}},
                   Left(deadline));
   if (!r.ok()) return fail(r.error());
+  Clock::time_point paused_at{};
+  if (pause_for_ram) {
+    // On failure CleanUpOutgoing's `cont` runs the guest again.
+    r = qmp.Execute("stop", json::object(), Left(deadline));
+    if (!r.ok()) return fail(r.error().Wrap("pause the guest for a TCG migration"));
+    paused_at = Clock::now();
+  }
   r = qmp.Execute("migrate-set-parameters",
                   {{"tls-creds", kCredsId},
                    {"max-bandwidth", p.max_bandwidth > 0 ? p.max_bandwidth : kUnthrottled}},
@@ -509,6 +529,8 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
   stats.total_ms = MsSince(started);
   stats.qemu_total_ms = GetInt(final_info, "total-time").value_or(0);
   stats.downtime_ms = GetInt(final_info, "downtime").value_or(0);
+  // QEMU counts from its own stop at completion; the guest stopped earlier.
+  if (pause_for_ram) stats.downtime_ms = std::max(stats.downtime_ms, MsSince(paused_at));
   if (const json* ram = vmm::FindField(final_info, "ram"))
     stats.ram_bytes = GetInt(*ram, "transferred").value_or(0);
   return stats;

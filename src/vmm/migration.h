@@ -38,6 +38,10 @@
 //   After "completed" the disks are inactivated; `cont` re-activates them.
 // * If the migration fails or is cancelled QEMU restarts the source's vCPUs
 //   itself when they ran before; ResumeSource/the failure path check anyway.
+// * Under TCG (query-kvm "enabled": false) QEMU 7.2's live RAM migration can
+//   lose guest stores (fixed in QEMU 9.0 by 03bfc2188f); MigrateOut then
+//   stops the guest before RAM moves (the disk mirror still runs live), so
+//   the downtime is the whole RAM transfer. With KVM it stays live.
 //
 // Thread-safety: free functions over a QmpClient (itself locked); two
 // migration or lifecycle operations on one QEMU must not run concurrently.
@@ -115,7 +119,8 @@ struct MigrationStats {
   int64_t total_ms = 0;       // MigrateOut's wall time: mirror + migration
   int64_t mirror_ms = 0;      // until the mirror was ready
   int64_t qemu_total_ms = 0;  // QEMU's "total-time" of the RAM migration
-  int64_t downtime_ms = 0;    // QEMU's "downtime" (vCPUs stopped, incl. mirror completion)
+  int64_t downtime_ms = 0;    // vCPUs stopped, incl. mirror completion (QEMU's "downtime";
+                              // under TCG from the pause before RAM moves)
   int64_t ram_bytes = 0;      // QEMU's ram "transferred"
   int64_t disk_bytes = 0;     // bytes the mirror wrote (its job offset)
 };

@@ -45,7 +45,6 @@ using vmm::UniqueFd;
 
 constexpr size_t kSunPathMax = 107;  // sizeof(sockaddr_un::sun_path) - 1
 constexpr milliseconds kKillWait(10000);
-constexpr size_t kLogTailBytes = 1500;
 
 Error ErrnoError(ErrorCode code, const std::string& what, int err) {
   return MakeError(code, what + ": " + std::strerror(err));
@@ -75,12 +74,11 @@ std::string ReadProcFile(const std::string& path) {
   return text.ok() ? *text : "";
 }
 
-std::string TailOfFile(const std::string& path) {
+std::string TailOfFile(const std::string& path, size_t max_bytes = kLogTailBytes) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) return "";
   std::streamoff size = in.tellg();
-  std::streamoff start =
-      std::max<std::streamoff>(0, size - static_cast<std::streamoff>(kLogTailBytes));
+  std::streamoff start = std::max<std::streamoff>(0, size - static_cast<std::streamoff>(max_bytes));
   in.seekg(start);
   std::string tail(static_cast<size_t>(size - start), '\0');
   in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
@@ -772,8 +770,8 @@ std::string QemuProcess::LogTail() const {
   return err.empty() ? log : log.empty() ? err : err + "\n" + log;
 }
 
-std::string QemuProcess::ConsoleTail() const {
-  return TailOfFile(RunPath(run_dir_, kConsoleLogName));
+std::string QemuProcess::ConsoleTail(size_t max_bytes) const {
+  return TailOfFile(RunPath(run_dir_, kConsoleLogName), max_bytes);
 }
 
 bool QemuProcess::Alive() const { return !Exited(pid_, pidfd_); }

@@ -31,6 +31,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <vector>
@@ -99,6 +100,8 @@ inline constexpr char kPidFileName[] = "qemu.pid";
 inline constexpr char kConsoleLogName[] = "console.log";
 inline constexpr char kQemuLogName[] = "qemu.log";
 inline constexpr char kQemuStderrName[] = "qemu.stderr";  // QEMU's stderr (its error messages)
+// How much of the end of a log LogTail and ConsoleTail return by default.
+inline constexpr size_t kLogTailBytes = 1500;
 inline constexpr char kSandboxOptions[] =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
@@ -155,9 +158,9 @@ class QemuProcess {
   std::string qga_socket() const { return RunPath(run_dir_, kQgaSocketName); }
   // The end of qemu.stderr and qemu.log: QEMU's own error messages.
   std::string LogTail() const;
-  // The end of the guest's serial console (kernel messages such as hung
-  // tasks), for diagnosing a guest that stopped answering.
-  std::string ConsoleTail() const;
+  // The last `max_bytes` of the guest's serial console (kernel messages such
+  // as hung tasks or an oops), for diagnosing a guest that stopped answering.
+  std::string ConsoleTail(size_t max_bytes = kLogTailBytes) const;
 
   // False once the process has exited (a zombie counts as exited).
   bool Alive() const;
