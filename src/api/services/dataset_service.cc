@@ -104,7 +104,11 @@ Result<json> DatasetService::List(const Caller& c, const PageRequest& page) {
     for (auto& d : shared) all.push_back(UsableDataset{std::move(d), true, ""});
   }
   auto got = PageOf(
-      std::move(all), page, [](const UsableDataset& u) { return u.dataset.name; },
+      std::move(all), page,
+      // One's own before one shared under the same name (names hold no space).
+      [](const UsableDataset& u) {
+        return u.dataset.name + (u.shared ? " 1" + u.dataset.owner_id : " 0");
+      },
       [](const UsableDataset& u) { return u.dataset.id; });
   std::map<std::string, std::string> names;  // owner id -> name
   json out = json::array();

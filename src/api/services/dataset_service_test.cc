@@ -121,7 +121,7 @@ TEST_P(DatasetServiceTest, APublishMayNameOnlyChunksItSentOrTheLatestHas) {
   EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
   // Nothing half-written: no dataset "loot".
   EXPECT_EQ(service_->Get(alice_c_, "loot").error().code, ErrorCode::kNotFound);
-  EXPECT_TRUE((*service_->List(alice_c_))["datasets"].empty());
+  EXPECT_TRUE((*service_->List(alice_c_, {}))["datasets"].empty());
 }
 
 TEST_P(DatasetServiceTest, AnotherUsersDatasetIsNotFound) {
@@ -135,7 +135,7 @@ TEST_P(DatasetServiceTest, AnotherUsersDatasetIsNotFound) {
     EXPECT_EQ(service_->GetChunk(bob_, ref, 1, v1.chunks[0]).error().code, ErrorCode::kNotFound);
     EXPECT_EQ(service_->Delete(bob_, ref, std::nullopt).error().code, ErrorCode::kNotFound);
   }
-  EXPECT_TRUE((*service_->List(bob_))["datasets"].empty());
+  EXPECT_TRUE((*service_->List(bob_, {}))["datasets"].empty());
   // The admin sees it but does not read its bytes.
   auto admin = store_->CreateUser("root", "admin");
   ASSERT_TRUE(admin.ok());
@@ -299,7 +299,7 @@ TEST_P(DatasetServiceTest, ASharedDatasetIsReadOnlyForItsUsersAndHiddenFromOther
   EXPECT_EQ((*shared)["owner"], "alice");
 
   // Bob lists it beside his own, marked as shared, and reads it as alice/genome or by id.
-  auto list = service_->List(bob_);
+  auto list = service_->List(bob_, {});
   ASSERT_TRUE(list.ok());
   ASSERT_EQ((*list)["datasets"].size(), 2u);
   const auto& theirs = (*list)["datasets"][1];
@@ -359,7 +359,7 @@ TEST_P(DatasetServiceTest, ASharedDatasetIsReadOnlyForItsUsersAndHiddenFromOther
     EXPECT_EQ(service_->Delete(carol, ref, std::nullopt).error().code, ErrorCode::kNotFound);
     EXPECT_EQ(service_->Share(carol, ref, "carol", true).error().code, ErrorCode::kNotFound);
   }
-  EXPECT_TRUE((*service_->List(carol))["datasets"].empty());
+  EXPECT_TRUE((*service_->List(carol, {}))["datasets"].empty());
   DataRequest theirs_req = rw;
   EXPECT_EQ(ResolveDataRequests(*store_, carol.user.id, {theirs_req}).error().code,
             ErrorCode::kNotFound);
@@ -390,12 +390,12 @@ TEST_P(DatasetServiceTest, ASharedDatasetIsReadOnlyForItsUsersAndHiddenFromOther
   EXPECT_EQ(service_->GetManifest(bob_, id, 1).error().code, ErrorCode::kNotFound);
   EXPECT_EQ(service_->GetChunk(bob_, id, 1, v1.chunks[1]).error().code, ErrorCode::kNotFound);
   EXPECT_EQ(ResolveDataRequests(*store_, bob_.user.id, {rw}).error().code, ErrorCode::kNotFound);
-  EXPECT_EQ((*service_->List(bob_))["datasets"].size(), 1u);
+  EXPECT_EQ((*service_->List(bob_, {}))["datasets"].size(), 1u);
 
   // Shared again, the owner may still remove it: the share goes with it.
   ASSERT_TRUE(service_->Share(alice_c_, id, "bob", true).ok());
   ASSERT_TRUE(service_->Delete(alice_c_, "genome", std::nullopt).ok());
-  EXPECT_EQ((*service_->List(bob_))["datasets"].size(), 1u);
+  EXPECT_EQ((*service_->List(bob_, {}))["datasets"].size(), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, DatasetServiceTest, testing_db::Backends(),

@@ -61,7 +61,7 @@ TEST_P(ImageServiceTest, CreateChecksItsInputAndLeavesNothingOnRefusal) {
   ASSERT_FALSE(append.ok());
   EXPECT_NE(append.error().message.find("append"), std::string::npos) << append.error().message;
   EXPECT_FALSE(FileExists(dir_) && !std::filesystem::is_empty(dir_)) << "no directory left";
-  auto list = images_->List(Caller{alice_});
+  auto list = images_->List(Caller{alice_}, {});
   ASSERT_TRUE(list.ok()) << list.error().message;
   EXPECT_EQ((*list)["images"].size(), 1u) << "only the fixture's image";
 
@@ -85,7 +85,7 @@ TEST_P(ImageServiceTest, AnotherUserNeitherSeesNorChangesAnImage) {
             ErrorCode::kNotFound);
   EXPECT_FALSE(read);
   EXPECT_EQ(images_->Checkpoint(b, "img-1", std::nullopt, 1).error().code, ErrorCode::kNotFound);
-  auto list = images_->List(b);
+  auto list = images_->List(b, {});
   ASSERT_TRUE(list.ok()) << list.error().message;
   EXPECT_TRUE((*list)["images"].empty());
 

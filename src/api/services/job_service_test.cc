@@ -405,11 +405,11 @@ TEST_P(JobServiceTest, AnotherUsersJobIsNotFoundAndTheAdminSeesAll) {
   EXPECT_EQ(jobs_->Get(As(bob_), id).error().code, ErrorCode::kNotFound);
   EXPECT_EQ(jobs_->Logs(As(bob_), id, 0, "stdout").error().code, ErrorCode::kNotFound);
   EXPECT_EQ(jobs_->Cancel(As(bob_), id).error().code, ErrorCode::kNotFound);
-  EXPECT_TRUE((*jobs_->List(As(bob_)))["jobs"].empty());
+  EXPECT_TRUE((*jobs_->List(As(bob_), {}))["jobs"].empty());
   auto admin = store_->CreateUser("root", "admin");
   ASSERT_TRUE(admin.ok());
   EXPECT_TRUE(jobs_->Get(As(admin->first), id).ok());
-  EXPECT_EQ((*jobs_->List(As(admin->first)))["jobs"].size(), 1u);
+  EXPECT_EQ((*jobs_->List(As(admin->first), {}))["jobs"].size(), 1u);
 }
 
 // A job's input may be another user's dataset shared with its owner

@@ -38,7 +38,7 @@ TEST_P(UserServiceTest, BadNamesAndRolesAreRefusedNamingWhatIsWrong) {
   ASSERT_FALSE(role.ok());
   EXPECT_EQ(role.error().code, ErrorCode::kInvalidArgument);
   EXPECT_NE(role.error().message.find("'role'"), std::string::npos) << role.error().message;
-  auto list = users_->List();
+  auto list = users_->List({});
   ASSERT_TRUE(list.ok()) << list.error().message;
   for (const auto& u : (*list)["users"]) EXPECT_NE(u["name"], "carol");
 }

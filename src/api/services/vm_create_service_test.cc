@@ -127,9 +127,9 @@ TEST_P(VmCreateServiceTest, CreatePlacesAndRecordsTheVmAndAsksTheAgent) {
   EXPECT_EQ(admitted_.held(alice_.id), 0) << "the create's slot is released after the answer";
   EXPECT_EQ(creates_->failed_writes(), 0);
   // It is listed, and the reservation counts on its host.
-  auto listed = vms_->List(alice_.id);
+  auto listed = vms_->List(alice_.id, {});
   ASSERT_TRUE(listed.ok());
-  ASSERT_EQ(listed->size(), 1u);
+  ASSERT_EQ(listed->items.size(), 1u);
   EXPECT_EQ(store_->GetHost(host_.id)->reserved_vcpus, 1);
   // Its history: placed (on which host and why), then running.
   auto events = store_->ListEvents(EventQuery{0, id, alice_.id, 100});

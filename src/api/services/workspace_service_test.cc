@@ -53,9 +53,9 @@ TEST_P(WorkspaceServiceTest, DeleteRemovesTheFileThenTheRecord) {
 TEST_P(WorkspaceServiceTest, AnotherUserNeitherSeesNorDeletesIt) {
   Workspace w = AddWorkspace("data");
   User bob = store_->CreateUser("bob", "user")->first;
-  auto list = workspaces_->List(Caller{bob});
+  auto list = workspaces_->List(Caller{bob}, {});
   ASSERT_TRUE(list.ok()) << list.error().message;
-  EXPECT_TRUE(list->empty());
+  EXPECT_TRUE(list->items.empty());
   EXPECT_EQ(workspaces_->Delete(Caller{bob}, w.id).error().code, ErrorCode::kNotFound);
   Settle();
   EXPECT_TRUE(agent_.calls.empty());
