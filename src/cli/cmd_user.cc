@@ -85,11 +85,19 @@ const std::vector<std::pair<const char*, const char*>> kQuotaFields = {
 int CmdUserQuota(Ctx& ctx, const std::string& name, const std::map<std::string, int64_t>& set) {
   auto client = MakeClient(ctx);
   if (!client.ok()) return Fail(ctx, client.error());
-  auto users = client->Get("/v1/users");
-  if (!users.ok()) return Fail(ctx, users.error().Wrap("cannot read users"), "user quota");
   json user;
-  for (const auto& u : users->value("users", json::array()))
-    if (Str(u, "name") == name) user = u;
+  std::string path = "/v1/users";
+  for (;;) {  // every page (docs/api.md, "Paging") until the user is found
+    auto users = client->Get(path);
+    if (!users.ok()) return Fail(ctx, users.error().Wrap("cannot read users"), "user quota");
+    for (const auto& u : users->value("users", json::array()))
+      if (Str(u, "name") == name) user = u;
+    auto next = users->find("next");
+    if (!user.is_null() || next == users->end() || !next->is_string() ||
+        path == "/v1/users?cursor=" + PathEscape(next->get<std::string>()))
+      break;
+    path = "/v1/users?cursor=" + PathEscape(next->get<std::string>());
+  }
   if (user.is_null())
     return Fail(ctx, MakeError(ErrorCode::kNotFound, "user '" + name + "' not found"),
                 "user quota");
