@@ -10,7 +10,10 @@
 # concurrent runs do not share or stop each other's server.
 # It listens on the unix socket in sock/ only (no TCP), trusts local connections
 # (the socket directory is 0700, so only its owner and root can connect), and
-# trades durability for speed (fsync off). `start` and `stop` are idempotent.
+# trades durability for speed (fsync off) unless VMGRID_PG_DURABLE=1 (fsync, synchronous_commit
+# and full_page_writes on, the server's defaults: what a production database runs, used by
+# bench/infosvc's durable rows). The setting applies when the server starts.
+# `start` and `stop` are idempotent.
 # The role `vmgrid` is not a superuser: it has CREATEDB (each test makes its own
 # database) and CREATEROLE (the information service creates its query role), as
 # a production controller's role would.
@@ -50,10 +53,12 @@ start() {
     as_owner "$BIN/initdb" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C \
       >"$DIR/initdb.log" 2>&1 || { cat "$DIR/initdb.log" >&2; exit 1; }
   fi
+  local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  [ "${VMGRID_PG_DURABLE:-0}" = 1 ] && durability="-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
   if ! running; then
     as_owner "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start \
       -o "-c listen_addresses='' -c unix_socket_directories='$SOCK' -c unix_socket_permissions=0700 \
-          -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+          $durability -c max_connections=300" \
       >/dev/null || { tail -20 "$LOG" >&2; exit 1; }
   fi
   psql_admin <<SQL

@@ -238,6 +238,16 @@ Status PgBackend::Begin() {
 }
 
 Status PgBackend::Commit() {
+  // COMMIT of a transaction that a failed statement aborted answers
+  // "ROLLBACK", not an error: report it as the failure it is, or a caller
+  // that went on after a failed statement would believe its writes landed.
+  if (PQtransactionStatus(conn_.get()) == PQTRANS_INERROR) {
+    (void)ExecScript("ROLLBACK");
+    in_transaction_ = false;
+    return MakeError(ErrorCode::kInternal,
+                     "PostgreSQL: the transaction was aborted by a failed statement; "
+                     "nothing of it was written");
+  }
   Status s = ExecScript("COMMIT");
   // A failed COMMIT ends the transaction too (the server rolls it back).
   in_transaction_ = false;

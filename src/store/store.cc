@@ -1829,9 +1829,11 @@ Status Store::AllocateNicLocked(SqlBackend* db, const Vm& vm, int index,
                                 const std::string& network_id) {
   using SubnetVni = std::pair<std::string, int64_t>;
   auto read_net = [](const SqlRow& r) { return SubnetVni{r.Text(0), r.Int(1)}; };
-  VMG_ASSIGN_OR_RETURN(auto nets,
-                       Query<SubnetVni>(db_.get(), "SELECT subnet, vni FROM networks WHERE id = ?",
-                                        {network_id}, read_net));
+  // On `db`, the connection of the caller's transaction: db_ may be in use by
+  // another thread (PostgreSQL placements run on side connections).
+  VMG_ASSIGN_OR_RETURN(
+      auto nets, Query<SubnetVni>(db, "SELECT subnet, vni FROM networks WHERE id = ?", {network_id},
+                                  read_net));
   if (nets.empty())
     return MakeError(ErrorCode::kNotFound, "network '" + network_id + "' not found");
   VMG_ASSIGN_OR_RETURN(Subnet subnet, ParseSubnet(nets[0].first));

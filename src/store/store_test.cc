@@ -102,6 +102,38 @@ class StoreTest : public testing::TestWithParam<std::string> {
   User alice_;
 };
 
+// A transaction in which one statement failed: PostgreSQL aborts it (COMMIT
+// then answers ROLLBACK), SQLite keeps the other statements. Either way
+// Commit must not claim what was not written.
+TEST_P(StoreTest, CommitNeverReportsWritesThatWereNotWritten) {
+  auto opened = OpenSqlBackend(db_->target());
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  SqlBackend& db = **opened;
+  ASSERT_TRUE(db.ExecScript("CREATE TABLE commit_probe (k INTEGER PRIMARY KEY)").ok());
+  ASSERT_TRUE(db.Begin().ok());
+  ASSERT_TRUE(db.Exec("INSERT INTO commit_probe (k) VALUES (1)").ok());
+  auto dup = db.Exec("INSERT INTO commit_probe (k) VALUES (1)");
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.error().code, ErrorCode::kAlreadyExists);
+  (void)db.Exec("INSERT INTO commit_probe (k) VALUES (2)");  // fails on PostgreSQL
+  Status committed = db.Commit();
+  EXPECT_FALSE(db.InTransaction());
+  auto rows = db.Query("SELECT COUNT(*) FROM commit_probe");
+  ASSERT_TRUE(rows.ok()) << rows.error().message;
+  const int64_t n = (*rows)[0].Int(0);
+  if (GetParam() == testing_db::kPostgres) {
+    ASSERT_FALSE(committed.ok());
+    EXPECT_NE(committed.error().message.find("aborted"), std::string::npos)
+        << committed.error().message;
+    EXPECT_EQ(n, 0);
+  } else {
+    ASSERT_TRUE(committed.ok()) << committed.error().message;
+    EXPECT_EQ(n, 2);
+  }
+  // The connection is usable afterwards.
+  EXPECT_TRUE(db.Exec("INSERT INTO commit_probe (k) VALUES (3)").ok());
+}
+
 TEST_P(StoreTest, TokensAuthenticateAndAreStoredHashed) {
   auto u = store_->CreateUser("bob", "user");
   ASSERT_TRUE(u.ok());
