@@ -5,7 +5,8 @@
 // and 16 inside the chunks that hold data). Each round runs both servers,
 // in alternating order (qemu-nbd first in even rounds); after one untimed
 // warm-up round, --runs rounds are timed. Prints median (Q1-Q3) per cell and
-// the ratio of the medians, plus the load average before and after.
+// the ratio of the medians, plus the load average before and after. Before
+// timing, `qemu-img compare` checks our export against the raw file.
 //
 // Usage: nbd_read [--data-mib N] [--hole-mib N] [--runs N] [--random-reads N] [--image PATH]
 // Without --image, it makes a raw image of N MiB of random data followed by
@@ -178,6 +179,13 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   const std::string ours_uri = "nbd+unix:///disk?socket=" + no.unix_socket_path;
   const std::string qemu_uri = "nbd+unix:///disk?socket=" + qsock;
+
+  // What is measured must be right: QEMU's NBD client (structured replies,
+  // so the zero chunks arrive as OFFSET_HOLE) compares our export with the file.
+  auto cmp = RunProcessChecked({"qemu-img", "compare", "-f", "raw", "-F", "raw", image, ours_uri},
+                               std::chrono::minutes(10));
+  if (!cmp.ok()) Die("qemu-img compare of the export with the image: " + cmp.error().message);
+  std::fprintf(stderr, "qemu-img compare: %s", cmp->c_str());
 
   const std::string load_before = LoadAverage();
   auto t0 = Clock::now();
