@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
   uint64_t data_mib = 1024, hole_mib = 256;
   int runs = 7, random_reads = 20000;
   ManifestBlockSource::Options so;
+  int workers = -1;  // NbdServerOptions::session_workers; -1: the default
   std::string image;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -123,11 +124,13 @@ int main(int argc, char** argv) {
       random_reads = std::max(16, std::atoi(next().c_str()));
     else if (a == "--open-chunks")
       so.open_chunks = std::strtoull(next().c_str(), nullptr, 10);
+    else if (a == "--workers")
+      workers = std::atoi(next().c_str());
     else if (a == "--image")
       image = next();
     else
       Die("usage: nbd_read [--data-mib N] [--hole-mib N] [--runs N] [--random-reads N] "
-          "[--open-chunks N] [--image PATH]");
+          "[--open-chunks N] [--workers N] [--image PATH]");
   }
   if (!MakeDirs(kWork).ok()) Die(std::string("mkdir ") + kWork);
   if (image.empty()) {
@@ -166,6 +169,7 @@ int main(int argc, char** argv) {
   if (!source.ok()) Die(source.error().message);
   nbd::NbdServerOptions no;
   no.unix_socket_path = work + "/ours.sock";
+  if (workers >= 0) no.session_workers = workers;
   nbd::NbdServer server(no);
   if (auto st = server.AddExport("disk", *source); !st.ok()) Die(st.error().message);
   if (auto st = server.Start(); !st.ok()) Die(st.error().message);
