@@ -7,7 +7,13 @@
 // exercise messages split across reads); the rest is the client's bytes.
 //
 // Beyond the sanitizers, the target checks the server's central promise: a
-// BlockSource is only ever asked for ranges inside the export.
+// BlockSource is only ever asked for ranges inside the export. The "sparse"
+// export reports holes, so READs after NBD_OPT_STRUCTURED_REPLY take the
+// OFFSET_HOLE path.
+//
+// The same input bytes, read as a server's structured replies to one READ,
+// also go through the client-side checker ReadReplyAssembler, whose promise
+// is checked too: a completed, error-free reply covered the range exactly.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -15,6 +21,8 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <string_view>
+#include <vector>
 
 #include "nbd/block_source.h"
 #include "nbd/export_table.h"
@@ -47,6 +55,49 @@ class CheckedSource : public BlockSource {
   uint64_t size_;
   bool flaky_;
 };
+
+// Holes and data alternating every 4 KiB + 1 bytes (so runs straddle any
+// aligned request), reported by MapExtents; Read checks its bounds.
+class SparseSource : public BlockSource {
+ public:
+  static constexpr uint64_t kRun = 4097;
+  uint64_t size() const override { return 1 << 20; }
+  static bool IsHole(uint64_t off) { return (off / kRun) % 2 == 1; }
+  Status Read(uint64_t offset, size_t len, char* out) override {
+    if (len == 0 || len > kFuzzMaxPayload || offset > size() || len > size() - offset) {
+      __builtin_trap();
+    }
+    for (size_t i = 0; i < len; ++i) out[i] = IsHole(offset + i) ? 0 : 's';
+    return Status::Ok();
+  }
+  void MapExtents(uint64_t offset, uint64_t len, std::vector<Extent>* out) const override {
+    out->clear();
+    for (uint64_t end = offset + len; offset < end;) {
+      uint64_t run_end = std::min(end, (offset / kRun + 1) * kRun);
+      out->push_back(Extent{run_end - offset, IsHole(offset)});
+      offset = run_end;
+    }
+  }
+};
+
+// Reads `in` as structured reply chunks to a READ of 64 KiB at 4096 whose
+// cookie is the first chunk's; stops at the first rejected chunk.
+void FuzzReplyAssembler(std::string_view in) {
+  if (in.size() < kStructuredReplyHeaderSize) return;
+  auto first = ParseStructuredReplyHeader(in.substr(0, kStructuredReplyHeaderSize));
+  if (!first.ok()) return;
+  const uint32_t length = 1 << 16;
+  ReadReplyAssembler a(first->cookie, 4096, length);
+  while (in.size() >= kStructuredReplyHeaderSize && !a.done()) {
+    auto h = ParseStructuredReplyHeader(in.substr(0, kStructuredReplyHeaderSize));
+    if (!h.ok()) return;
+    in.remove_prefix(kStructuredReplyHeaderSize);
+    if (h->length > in.size()) return;
+    if (!a.Add(*h, in.substr(0, h->length)).ok()) return;
+    in.remove_prefix(h->length);
+  }
+  if (a.done() && a.error() == 0 && a.data().size() != length) __builtin_trap();
+}
 
 class FuzzStream : public ByteStream {
  public:
@@ -86,6 +137,7 @@ ExportTable* MakeExports() {
                std::make_shared<CheckedSource>(std::numeric_limits<uint64_t>::max(), false));
   (void)t->Add("flaky", std::make_shared<CheckedSource>(1 << 20, true));
   (void)t->Add("empty", std::make_shared<CheckedSource>(0, false));
+  (void)t->Add("sparse", std::make_shared<SparseSource>());
   return t;
 }
 
@@ -101,5 +153,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.max_payload = kFuzzMaxPayload;
   (void)RunSession(stream, *exports, counters, options);
   if (stream.written() < kGreetingSize) __builtin_trap();  // the greeting always goes out
+  FuzzReplyAssembler(std::string_view(reinterpret_cast<const char*>(data) + 1, size - 1));
   return 0;
 }

@@ -17,6 +17,20 @@ std::string Go(const std::string& name, std::vector<uint16_t> info = {kInfoBlock
   return BuildOption(kOptGo, BuildInfoRequestData(name, info));
 }
 
+std::string ReplyChunks() {
+  std::string out;
+  auto data = [&](uint64_t offset, uint32_t n, bool done) {
+    auto h = BuildReadChunkHeader(9, offset, n, done);
+    out.append(h.data(), h.size());
+    out.append(n, 'd');
+  };
+  data(4096, 1000, false);
+  auto hole = BuildHoleChunk(9, 5096, 30000, false);
+  out.append(hole.data(), hole.size());
+  data(35096, 65536 - 31000, true);
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -51,6 +65,13 @@ int main(int argc, char** argv) {
       {"empty_export",
        Flags() + Go("empty") + BuildRequest(kCmdRead, 1, 0, 0) + BuildRequest(kCmdRead, 2, 0, 1)},
       {"oversized_option", Flags() + BuildOption(kOptGo, std::string(5000, 'g')) + Go("disk")},
+      {"sparse_structured", Flags() + BuildOption(kOptStructuredReply, "") + Go("sparse") +
+                                BuildRequest(kCmdRead, 1, 4000, 9000) +
+                                BuildRequest(kCmdRead, 2, 4097, 4097) +
+                                BuildRequest(kCmdRead, 3, 0, 65536)},
+      // Read by the target's second half as a server's reply to a READ of
+      // 64 KiB at 4096: data, a hole, data, the last chunk DONE.
+      {"reply_chunks", ReplyChunks()},
   };
   for (auto& [name, bytes] : seeds) {
     for (char chunking : {'\xff', '\x03'}) {

@@ -1,7 +1,9 @@
 #include "chunks/chunk_cache.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,7 +23,62 @@ Error BadDigest(const std::string& s) {
                    "'" + s.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
 }
 
+int64_t Nanos(const struct timespec& t) {
+  return static_cast<int64_t>(t.tv_sec) * 1000000000 + t.tv_nsec;
+}
+
+ChunkFileStamp StampOf(const struct stat& st) {
+  return ChunkFileStamp{st.st_dev, st.st_ino, static_cast<int64_t>(st.st_size), Nanos(st.st_mtim),
+                        Nanos(st.st_ctim)};
+}
+
+// pread until `len` bytes or end of file; the count read, or -1 (errno set).
+ssize_t PreadFull(int fd, char* out, size_t len, uint64_t offset) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t r = ::pread(fd, out + done, len - done, static_cast<off_t>(offset + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (r == 0) break;
+    done += static_cast<size_t>(r);
+  }
+  return static_cast<ssize_t>(done);
+}
+
 }  // namespace
+
+CachedChunk::~CachedChunk() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status CachedChunk::Read(uint64_t offset, size_t len, char* out) const {
+  if (offset > size_ || len > size_ - offset)
+    return MakeError(ErrorCode::kInvalidArgument, "read past the end of chunk " + digest_);
+  if (fd_ < 0) {
+    std::memcpy(out, bytes_.data() + offset, len);
+    return Status::Ok();
+  }
+  ssize_t got = PreadFull(fd_, out, len, offset);
+  if (got < 0)
+    return MakeError(ErrorCode::kInternal,
+                     "read of chunk " + digest_ + ": " + std::string(std::strerror(errno)));
+  // After the copy: a change that raced with it has updated the stamp by now
+  // (the kernel updates mtime/ctime before it copies a write's bytes).
+  struct stat st;
+  if (static_cast<size_t>(got) != len || ::fstat(fd_, &st) != 0 || StampOf(st) != stamp_)
+    return MakeError(ErrorCode::kInternal,
+                     "chunk file " + digest_ + " changed since it was verified");
+  return Status::Ok();
+}
+
+Result<std::string> CachedChunk::ReadAll() const {
+  if (fd_ < 0) return bytes_;
+  std::string out(size_, '\0');
+  VMG_RETURN_IF_ERROR(Read(0, out.size(), out.data()));
+  return out;
+}
 
 ChunkCache::ChunkCache(std::string dir, Options options, chunkfs::DirLock lock)
     : dir_(std::move(dir)), options_(options), lock_(std::move(lock)) {
@@ -115,34 +172,105 @@ void ChunkCache::EvictLocked() {
 }
 
 Result<std::string> ChunkCache::Get(const std::string& digest, const FetchFn& fetch) {
+  VMG_ASSIGN_OR_RETURN(CachedChunkPtr chunk, OpenChunk(digest, fetch));
+  auto bytes = chunk->ReadAll();
+  if (bytes.ok()) return bytes;
+  // The file changed between the open and the read: once more, which hashes it.
+  VMG_ASSIGN_OR_RETURN(chunk, OpenChunk(digest, fetch));
+  return chunk->ReadAll();
+}
+
+ChunkCache::Opened ChunkCache::OpenFile(const std::string& digest,
+                                        const std::optional<ChunkFileStamp>& trusted) const {
+  Opened o;
+  const std::string path = chunkfs::ChunkPath(dir_, digest);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    o.absent = errno == ENOENT;
+    o.problem = "open: " + std::string(std::strerror(errno));
+    return o;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+      static_cast<uint64_t>(st.st_size) > kMaxChunkBytes) {
+    ::close(fd);
+    o.problem = "not a chunk file";
+    return o;
+  }
+  const ChunkFileStamp stamp = StampOf(st);
+  if (trusted && *trusted == stamp) {
+    o.chunk.reset(new CachedChunk(digest, fd, stamp));
+    return o;
+  }
+  // Hash it. The bytes served are the bytes hashed (kept in memory), so
+  // nothing can change between the check and the use.
+  struct timespec began;
+  ::clock_gettime(CLOCK_REALTIME, &began);
+  std::string bytes(static_cast<size_t>(st.st_size), '\0');
+  ssize_t got = PreadFull(fd, bytes.data(), bytes.size(), 0);
+  struct stat after;
+  bool same = ::fstat(fd, &after) == 0 && StampOf(after) == stamp;
+  ::close(fd);
+  o.hashed = true;
+  if (got != static_cast<ssize_t>(bytes.size()) || ChunkDigest(bytes) != digest) {
+    o.problem = got < 0 ? "read: " + std::string(std::strerror(errno)) : "hash mismatch";
+    return o;
+  }
+  if (!same) {
+    o.problem = "changed while it was verified";
+    return o;
+  }
+  if (stamp.ctime_ns + options_.settle.count() < Nanos(began)) o.trust = stamp;
+  o.chunk.reset(new CachedChunk(digest, std::move(bytes)));
+  return o;
+}
+
+Result<CachedChunkPtr> ChunkCache::OpenChunk(const std::string& digest, const FetchFn& fetch) {
   if (!IsChunkDigest(digest)) return BadDigest(digest);
   std::unique_lock<std::mutex> l(mu_);
+  std::optional<std::string> fetched;  // the bytes of this call's fetch, once it happened
   for (;;) {
     auto it = entries_.find(digest);
-    if (it == entries_.end()) break;
-    Entry& e = it->second;
-    if (!e.pinned) lru_.splice(lru_.begin(), lru_, e.lru);
-    uint64_t gen = e.gen;
-    l.unlock();
-    auto data = chunkfs::ReadChunkFile(chunkfs::ChunkPath(dir_, digest));
-    bool good = data.ok() && ChunkDigest(*data) == digest;
-    l.lock();
-    if (good) {
-      stats_.hits++;
-      return data;
-    }
-    it = entries_.find(digest);
-    if (it != entries_.end() && it->second.gen == gen) {
-      // Evicted between lookup and read: just a miss. Anything else is a
-      // damaged file: drop it and fetch a good copy.
-      if (data.ok() || data.error().code != ErrorCode::kNotFound) {
-        stats_.verification_failures++;
-        spdlog::warn("chunk cache: chunk {} on disk is corrupt ({}); refetching", digest,
-                     data.ok() ? "hash mismatch" : data.error().message);
+    if (it != entries_.end()) {
+      Entry& e = it->second;
+      if (!e.pinned) lru_.splice(lru_.begin(), lru_, e.lru);
+      const uint64_t gen = e.gen;
+      const std::optional<ChunkFileStamp> trusted = e.trusted;
+      l.unlock();
+      Opened o = OpenFile(digest, trusted);
+      l.lock();
+      if (o.hashed) stats_.file_hashes++;
+      it = entries_.find(digest);
+      const bool same_entry = it != entries_.end() && it->second.gen == gen;
+      if (o.chunk) {
+        if (!fetched) stats_.hits++;
+        if (o.trust && same_entry) it->second.trusted = o.trust;
+        return o.chunk;
       }
-      RemoveEntryLocked(it);
+      if (same_entry) {
+        // Evicted between lookup and open: just a miss. Anything else is a
+        // damaged file: drop it and fetch a good copy.
+        if (!o.absent) {
+          stats_.verification_failures++;
+          spdlog::warn("chunk cache: chunk {} on disk is corrupt ({}); refetching", digest,
+                       o.problem);
+        }
+        RemoveEntryLocked(it);
+      }
     }
+    if (fetched) {
+      // Fetched and verified, but its file is gone or bad already: serve
+      // the verified bytes from memory.
+      return CachedChunkPtr(new CachedChunk(digest, std::move(*fetched)));
+    }
+    Result<std::string> r = Fetch(digest, fetch, l);
+    if (!r.ok()) return r.error();
+    fetched = std::move(r).value();
   }
+}
+
+Result<std::string> ChunkCache::Fetch(const std::string& digest, const FetchFn& fetch,
+                                      std::unique_lock<std::mutex>& l) {
   stats_.misses++;
   if (auto fl = inflight_.find(digest); fl != inflight_.end()) {
     std::shared_ptr<InFlight> f = fl->second;

@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -126,6 +129,126 @@ TEST(ChunkCache, FetchedBytesAreVerified) {
   EXPECT_FALSE(cache->Contains(b.digest));
 
   EXPECT_EQ(cache->Insert(b.digest, a.data).error().code, ErrorCode::kInvalidArgument);
+}
+
+ChunkCachePtr OpenCacheSettle(const std::string& dir, std::chrono::nanoseconds settle) {
+  ChunkCache::Options o;
+  o.capacity_bytes = 1 << 20;
+  o.settle = settle;
+  auto c = ChunkCache::Open(dir, o);
+  EXPECT_TRUE(c.ok()) << c.error().message;
+  return c.ok() ? std::move(c).value() : nullptr;
+}
+// Trust any verified file at once (a negative settle time), so that tests
+// reach the trusted path deterministically; or never (one hour).
+constexpr auto kTrustAtOnce = -std::chrono::hours(1);
+constexpr auto kNeverTrust = std::chrono::hours(1);
+
+void AppendByte(const std::string& path) {
+  std::ofstream f(path, std::ios::binary | std::ios::app);
+  f << 'x';
+}
+// Replaces the file with a corrupt copy (a new inode), as a tool that
+// rewrites files would.
+void ReplaceWithCorruptCopy(const std::string& path) {
+  std::string bytes = *ReadFile(path);
+  bytes[7] ^= 1;
+  WriteTestFile(path + ".new", bytes);
+  ASSERT_EQ(std::rename((path + ".new").c_str(), path.c_str()), 0);
+}
+
+TEST(ChunkCache, AVerifiedFileIsHashedOnceThenServedFromTheFile) {
+  TestDir dir;
+  auto cache = OpenCacheSettle(dir.path(), kTrustAtOnce);
+  FakeOrigin origin;
+  Chunk a = MakeChunk(1, 8192);
+  origin.Add(a);
+  ASSERT_TRUE(cache->Insert(a.digest, a.data).ok());
+  auto first = cache->OpenChunk(a.digest, origin.Fn());
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_TRUE((*first)->in_memory());  // the bytes that were hashed
+  EXPECT_EQ(cache->stats().file_hashes, 1u);
+  auto again = cache->OpenChunk(a.digest, origin.Fn());
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE((*again)->in_memory());  // trusted: the file, not hashed again
+  EXPECT_EQ(cache->stats().file_hashes, 1u);
+  std::string part(100, '\0');
+  ASSERT_TRUE((*again)->Read(4000, 100, part.data()).ok());
+  EXPECT_EQ(part, a.data.substr(4000, 100));
+  EXPECT_EQ(*cache->Get(a.digest, origin.Fn()), a.data);
+  EXPECT_EQ(cache->stats().file_hashes, 1u);
+  EXPECT_EQ(cache->stats().hits, 3u);
+  EXPECT_EQ(origin.calls, 0);
+  EXPECT_EQ((*again)->Read(8000, 193, part.data()).error().code, ErrorCode::kInvalidArgument);
+}
+
+TEST(ChunkCache, AFileChangedSinceVerificationIsVerifiedAgain) {
+  TestDir dir;
+  auto cache = OpenCacheSettle(dir.path(), kTrustAtOnce);
+  FakeOrigin origin;
+  Chunk a = MakeChunk(1), b = MakeChunk(2);
+  origin.Add(a);
+  origin.Add(b);
+  for (const Chunk& c : {a, b}) {
+    ASSERT_TRUE(cache->Insert(c.digest, c.data).ok());
+    ASSERT_TRUE(cache->OpenChunk(c.digest, origin.Fn()).ok());  // hashed, now trusted
+  }
+  auto held = cache->OpenChunk(a.digest, origin.Fn());
+  ASSERT_TRUE(held.ok());
+  ASSERT_FALSE((*held)->in_memory());
+  EXPECT_EQ(cache->stats().file_hashes, 2u);
+
+  // Changed in place under an open chunk: its next read notices.
+  AppendByte(PathOf(dir, a.digest));
+  std::string out(10, '\0');
+  Status st = (*held)->Read(0, 10, out.data());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ErrorCode::kInternal);
+  EXPECT_NE(st.error().message.find("changed since"), std::string::npos);
+  // Opened again: hashed, found corrupt, refetched.
+  auto r = cache->OpenChunk(a.digest, origin.Fn());
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(*(*r)->ReadAll(), a.data);
+  EXPECT_EQ(origin.calls, 1);
+  EXPECT_EQ(cache->stats().verification_failures, 1u);
+
+  // Replaced by another file: never trusted on the old file's word.
+  ReplaceWithCorruptCopy(PathOf(dir, b.digest));
+  EXPECT_EQ(*cache->Get(b.digest, origin.Fn()), b.data);
+  EXPECT_EQ(origin.calls, 2);
+  EXPECT_EQ(cache->stats().verification_failures, 2u);
+}
+
+TEST(ChunkCache, AFileThatChangedJustBeforeItsHashIsNeverTrusted) {
+  // A write in the same timestamp tick as the hash would leave the stamp
+  // unchanged, so a recently changed file is hashed on every open.
+  TestDir dir;
+  auto cache = OpenCacheSettle(dir.path(), kNeverTrust);
+  FakeOrigin origin;
+  Chunk a = MakeChunk(1);
+  origin.Add(a);
+  ASSERT_TRUE(cache->Insert(a.digest, a.data).ok());
+  ASSERT_TRUE(cache->OpenChunk(a.digest, origin.Fn()).ok());
+  ASSERT_TRUE(cache->OpenChunk(a.digest, origin.Fn()).ok());
+  EXPECT_EQ(cache->stats().file_hashes, 2u);
+  FlipByte(PathOf(dir, a.digest), 100);  // same size, maybe the same ctime
+  auto r = cache->OpenChunk(a.digest, origin.Fn());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*(*r)->ReadAll(), a.data);
+  EXPECT_EQ(cache->stats().verification_failures, 1u);
+  EXPECT_EQ(origin.calls, 1);
+}
+
+TEST(ChunkCache, OpenChunkOfACorruptFetchFails) {
+  TestDir dir;
+  auto cache = OpenCache(dir.path(), 1 << 20);
+  Chunk a = MakeChunk(1);
+  auto lying = [](const std::string&) -> Result<std::string> { return MakeChunk(2).data; };
+  auto r = cache->OpenChunk(a.digest, lying);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kInternal);
+  EXPECT_FALSE(cache->Contains(a.digest));
+  EXPECT_EQ(cache->OpenChunk("../x", lying).error().code, ErrorCode::kInvalidArgument);
 }
 
 TEST(ChunkCache, CorruptFileOnDiskIsDiscardedAndRefetched) {

@@ -1,5 +1,7 @@
 #include "chunks/manifest_block_source.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -39,7 +41,7 @@ ManifestBlockSource::~ManifestBlockSource() {
   if (!pin_id_.empty()) (void)cache_.Unpin(pin_id_);
 }
 
-Result<ManifestBlockSource::ChunkData> ManifestBlockSource::Chunk(size_t index) {
+Result<CachedChunkPtr> ManifestBlockSource::Chunk(size_t index) {
   {
     std::lock_guard<std::mutex> l(mu_);
     if (!touched_[index]) {
@@ -52,25 +54,32 @@ Result<ManifestBlockSource::ChunkData> ManifestBlockSource::Chunk(size_t index) 
     }
   }
   const std::string& digest = manifest_.chunks[index];
-  VMG_ASSIGN_OR_RETURN(std::string bytes, cache_.Get(digest, fetch_));
-  if (bytes.size() != manifest_.ChunkLength(index))
+  VMG_ASSIGN_OR_RETURN(CachedChunkPtr chunk, cache_.OpenChunk(digest, fetch_));
+  if (chunk->size() != manifest_.ChunkLength(index))
     return MakeError(ErrorCode::kInternal,
                      "chunk " + std::to_string(index) + " (" + digest + ") of " + manifest_.name +
-                         " has " + std::to_string(bytes.size()) + " bytes; the manifest says " +
+                         " has " + std::to_string(chunk->size()) + " bytes; the manifest says " +
                          std::to_string(manifest_.ChunkLength(index)));
-  auto data = std::make_shared<const std::string>(std::move(bytes));
-  if (options_.memory_chunks > 0) {
+  if (options_.open_chunks > 0) {
     std::lock_guard<std::mutex> l(mu_);
     if (!recent_index_.count(index)) {  // another reader may have added it meanwhile
-      if (recent_.size() >= options_.memory_chunks) {
+      if (recent_.size() >= options_.open_chunks) {
         recent_index_.erase(recent_.back().first);
         recent_.pop_back();
       }
-      recent_.emplace_front(index, data);
+      recent_.emplace_front(index, chunk);
       recent_index_[index] = recent_.begin();
     }
   }
-  return data;
+  return chunk;
+}
+
+void ManifestBlockSource::Forget(size_t index, const CachedChunkPtr& chunk) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = recent_index_.find(index);
+  if (it == recent_index_.end() || it->second->second != chunk) return;
+  recent_.erase(it->second);
+  recent_index_.erase(it);
 }
 
 Status ManifestBlockSource::Read(uint64_t offset, size_t len, char* out) {
@@ -85,14 +94,39 @@ Status ManifestBlockSource::Read(uint64_t offset, size_t len, char* out) {
     if (manifest_.IsZero(index)) {
       std::memset(out, 0, n);
     } else {
-      VMG_ASSIGN_OR_RETURN(ChunkData data, Chunk(index));
-      std::memcpy(out, data->data() + within, n);
+      VMG_ASSIGN_OR_RETURN(CachedChunkPtr chunk, Chunk(index));
+      if (Status st = chunk->Read(within, n, out); !st.ok()) {
+        // The file changed since it was verified: the cache hashes it again
+        // (and refetches it if it is corrupt). Once; a second failure is
+        // reported.
+        spdlog::warn("{}: {}; verifying it again", manifest_.name, st.error().message);
+        Forget(index, chunk);
+        VMG_ASSIGN_OR_RETURN(chunk, Chunk(index));
+        VMG_RETURN_IF_ERROR(chunk->Read(within, n, out));
+      }
     }
     out += n;
     offset += n;
     len -= n;
   }
   return Status::Ok();
+}
+
+void ManifestBlockSource::MapExtents(uint64_t offset, uint64_t len,
+                                     std::vector<nbd::Extent>* out) const {
+  out->clear();
+  const uint64_t end = std::min(manifest_.size, offset + len);
+  while (offset < end) {
+    size_t index = static_cast<size_t>(offset / manifest_.chunk_size);
+    uint64_t chunk_end = std::min<uint64_t>(
+        end, static_cast<uint64_t>(index) * manifest_.chunk_size + manifest_.ChunkLength(index));
+    bool zero = manifest_.IsZero(index);
+    if (!out->empty() && out->back().zero == zero)
+      out->back().length += chunk_end - offset;
+    else
+      out->push_back(nbd::Extent{chunk_end - offset, zero});
+    offset = chunk_end;
+  }
 }
 
 Status PrefetchManifest(const Manifest& m, ChunkCache& cache, ChunkClient& client) {

@@ -2,8 +2,11 @@
 // export (nbd::BlockSource), assembled from its manifest's chunks through
 // the host's ChunkCache; a miss is fetched on demand (e.g. with
 // ChunkClient::FetchChunk) and verified by the cache. Zero chunks cost no
-// I/O. The last few chunks used stay in memory, so a run of small guest
-// reads inside one chunk costs one cache read and one hash check.
+// I/O and are reported as holes (MapExtents), which the NBD server sends as
+// NBD_REPLY_TYPE_OFFSET_HOLE. A read copies just the bytes asked for with
+// pread from the verified cache file (ChunkCache::OpenChunk: each file is
+// hashed once, then trusted while its stamp is unchanged); the last chunks
+// used stay open, so a run of reads inside one chunk costs no open(2).
 //
 // Thread-safe (NBD calls Read from every connection's thread).
 #pragma once
@@ -29,10 +32,11 @@ class ChunkClient;
 class ManifestBlockSource final : public nbd::BlockSource {
  public:
   struct Options {
-    // Recently used chunks kept in memory, verified: 128 x 512 KiB = 64 MiB
-    // per exported version, enough for a boot's working set, so scattered
-    // small guest reads do not re-read and re-hash a chunk each time.
-    size_t memory_chunks = 128;
+    // Recently used chunks kept open (CachedChunk: a descriptor, or for a
+    // chunk verified moments ago its bytes in memory, at most this many x
+    // 512 KiB). Saves an open + fstat per read; correctness does not depend
+    // on it (0 works).
+    size_t open_chunks = 64;
     // Pin the manifest's chunks in the cache (pin id: the manifest digest)
     // for the life of this object, so a running VM's image is never evicted.
     bool pin = true;
@@ -51,8 +55,11 @@ class ManifestBlockSource final : public nbd::BlockSource {
   uint64_t size() const override { return manifest_.size; }
   // kInvalidArgument outside [0, size()); the cache's errors (kUnavailable
   // when the image server is unreachable, kInternal for a chunk that cannot
-  // be verified). Never returns unverified bytes.
+  // be verified). Never returns unverified bytes: a cache file that changed
+  // since it was verified is verified again (and refetched if corrupt).
   Status Read(uint64_t offset, size_t len, char* out) override;
+  // Zero chunks are holes; everything else is data. No I/O.
+  void MapExtents(uint64_t offset, uint64_t len, std::vector<nbd::Extent>* out) const override;
 
   const Manifest& manifest() const { return manifest_; }
 
@@ -61,10 +68,10 @@ class ManifestBlockSource final : public nbd::BlockSource {
   std::vector<uint64_t> FirstReads() const;
 
  private:
-  using ChunkData = std::shared_ptr<const std::string>;
   ManifestBlockSource(Manifest manifest, ChunkCache& cache, ChunkCache::FetchFn fetch,
                       Options options);
-  Result<ChunkData> Chunk(size_t index);
+  Result<CachedChunkPtr> Chunk(size_t index);
+  void Forget(size_t index, const CachedChunkPtr& chunk);
 
   const Manifest manifest_;
   std::string pin_id_;  // set once by Create; empty when not pinned
@@ -73,8 +80,8 @@ class ManifestBlockSource final : public nbd::BlockSource {
   const Options options_;
 
   mutable std::mutex mu_;
-  std::list<std::pair<size_t, ChunkData>> recent_;  // most recent first; protected by mu_
-  std::unordered_map<size_t, std::list<std::pair<size_t, ChunkData>>::iterator>
+  std::list<std::pair<size_t, CachedChunkPtr>> recent_;  // most recent first; protected by mu_
+  std::unordered_map<size_t, std::list<std::pair<size_t, CachedChunkPtr>>::iterator>
       recent_index_;                   // protected by mu_
   std::vector<bool> touched_;          // per chunk; protected by mu_
   std::vector<uint64_t> first_reads_;  // protected by mu_

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <fstream>
 #include <thread>
 
 #include "chunks/chunk_client.h"
@@ -15,6 +17,11 @@ namespace vmgrid {
 namespace {
 
 constexpr uint32_t kChunk = 16 << 10;
+
+void AppendByte(const std::string& path) {
+  std::ofstream f(path, std::ios::binary | std::ios::app);
+  f << 'y';
+}
 
 class ManifestBlockSourceTest : public ::testing::Test {
  protected:
@@ -133,9 +140,78 @@ TEST_F(ManifestBlockSourceTest, NeverServesUnverifiedBytes) {
   EXPECT_EQ((*src2)->Read(2 * kChunk, 10, out.data()).error().code, ErrorCode::kUnavailable);
 }
 
+TEST_F(ManifestBlockSourceTest, ACachedChunkFileCorruptedWhileServedIsNeverServed) {
+  // Trusted at once (negative settle), so reads go straight to the file.
+  ChunkCache::Options co;
+  co.capacity_bytes = 1 << 20;
+  co.settle = -std::chrono::hours(1);
+  cache_.reset();
+  cache_ = std::move(ChunkCache::Open(dir_ / "cache", co)).value();
+  auto warm = ManifestBlockSource::Create(manifest_, *cache_, Fetch());
+  ASSERT_TRUE(warm.ok());
+  std::string out(image_.size(), '\0');
+  ASSERT_TRUE((*warm)->Read(0, image_.size(), out.data()).ok());  // fetched and hashed
+  auto src = ManifestBlockSource::Create(manifest_, *cache_, Fetch());
+  ASSERT_TRUE(src.ok());
+  ASSERT_TRUE((*src)->Read(0, image_.size(), out.data()).ok());  // from the trusted files
+  ASSERT_TRUE(out == image_);
+  const uint64_t hashes = cache_->stats().file_hashes;
+  ASSERT_TRUE((*src)->Read(0, image_.size(), out.data()).ok());
+  EXPECT_EQ(cache_->stats().file_hashes, hashes) << "a trusted chunk is not hashed again";
+  const int fetches = fetches_;
+
+  // Chunk 1's file grows a byte while src holds it open.
+  const std::string path =
+      dir_ / ("cache/chunks/" + manifest_.chunks[1].substr(0, 2) + "/" + manifest_.chunks[1]);
+  {
+    std::ofstream f(path, std::ios::binary | std::ios::app);
+    f << 'x';
+  }
+  std::string part(300, '\0');
+  Status st = (*src)->Read(kChunk + 100, 300, part.data());
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  EXPECT_TRUE(part == image_.substr(kChunk + 100, 300));
+  EXPECT_EQ(cache_->stats().verification_failures, 1u);
+  EXPECT_EQ(fetches_, fetches + 1);  // refetched from the image server
+
+  // The image server lies as well: the read fails, nothing unverified is served.
+  FlipByte(path, 5);
+  AppendByte(path);
+  auto lying = [&](const std::string&) -> Result<std::string> { return TestBytes(kChunk, 999); };
+  auto bad = ManifestBlockSource::Create(manifest_, *cache_, lying);
+  ASSERT_TRUE(bad.ok());
+  std::string x(100, 'x');
+  st = (*bad)->Read(kChunk, 100, x.data());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ErrorCode::kInternal);
+}
+
+TEST_F(ManifestBlockSourceTest, ZeroChunksAreHoles) {
+  auto src = ManifestBlockSource::Create(manifest_, *cache_, Fetch());
+  ASSERT_TRUE(src.ok());
+  std::vector<nbd::Extent> e;
+  (*src)->MapExtents(0, image_.size(), &e);
+  ASSERT_EQ(e.size(), 3u);  // chunks 0-3 data, 4-5 zero, 6-12 data
+  EXPECT_EQ(e[0].length, 4 * kChunk);
+  EXPECT_FALSE(e[0].zero);
+  EXPECT_EQ(e[1].length, 2 * kChunk);
+  EXPECT_TRUE(e[1].zero);
+  EXPECT_EQ(e[2].length, image_.size() - 6 * kChunk);
+  EXPECT_FALSE(e[2].zero);
+  (*src)->MapExtents(4 * kChunk + 10, 20, &e);
+  ASSERT_EQ(e.size(), 1u);
+  EXPECT_EQ(e[0].length, 20u);
+  EXPECT_TRUE(e[0].zero);
+  (*src)->MapExtents(6 * kChunk - 1, 2, &e);
+  ASSERT_EQ(e.size(), 2u);
+  EXPECT_TRUE(e[0].zero);
+  EXPECT_FALSE(e[1].zero);
+  EXPECT_EQ(fetches_, 0);  // no I/O
+}
+
 TEST_F(ManifestBlockSourceTest, ConcurrentReadersSeeTheImage) {
   auto src =
-      ManifestBlockSource::Create(manifest_, *cache_, Fetch(), {.memory_chunks = 2, .pin = true});
+      ManifestBlockSource::Create(manifest_, *cache_, Fetch(), {.open_chunks = 2, .pin = true});
   ASSERT_TRUE(src.ok());
   std::atomic<int> bad{0};
   std::vector<std::thread> threads;

@@ -8,10 +8,18 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 
 namespace vmgrid::nbd {
+
+// A run of an export: data, or a hole (reads as zeros; the source keeps no
+// bytes for it, so a client may be told "zeros" instead of being sent them).
+struct Extent {
+  uint64_t length = 0;
+  bool zero = false;
+};
 
 class BlockSource {
  public:
@@ -27,6 +35,14 @@ class BlockSource {
   // while a chunk is fetched). On failure the content of `out` is unspecified
   // and the client gets EIO for this request only; the connection stays up.
   virtual Status Read(uint64_t offset, size_t len, char* out) = 0;
+
+  // Replaces *out with runs covering [offset, offset + len) in order, none
+  // empty, adjacent runs of the same kind merged. Same caller guarantees as
+  // Read. Must be cheap (no I/O) and thread-safe; a hole is only a hint, Read
+  // of it still returns zeros. Default: one data run.
+  virtual void MapExtents(uint64_t /*offset*/, uint64_t len, std::vector<Extent>* out) const {
+    out->assign(1, Extent{len, false});
+  }
 };
 
 // Shared, not unique: a connection keeps its export's source alive after the

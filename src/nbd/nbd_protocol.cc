@@ -190,13 +190,25 @@ void AppendChunkHeader(std::string& out, uint16_t flags, uint16_t type, uint64_t
 }  // namespace
 
 std::array<char, kReadChunkHeaderSize> BuildReadChunkHeader(uint64_t cookie, uint64_t offset,
-                                                            uint32_t data_length) {
+                                                            uint32_t data_length, bool done) {
   std::string s;
   s.reserve(kReadChunkHeaderSize);
   // data_length <= kMaxPayload in every caller, so + 8 cannot wrap.
-  AppendChunkHeader(s, kReplyFlagDone, kReplyTypeOffsetData, cookie, data_length + 8);
+  AppendChunkHeader(s, done ? kReplyFlagDone : 0, kReplyTypeOffsetData, cookie, data_length + 8);
   AppendBe64(s, offset);
   std::array<char, kReadChunkHeaderSize> out;
+  s.copy(out.data(), out.size());
+  return out;
+}
+
+std::array<char, kHoleChunkSize> BuildHoleChunk(uint64_t cookie, uint64_t offset, uint32_t length,
+                                                bool done) {
+  std::string s;
+  s.reserve(kHoleChunkSize);
+  AppendChunkHeader(s, done ? kReplyFlagDone : 0, kReplyTypeOffsetHole, cookie, 12);
+  AppendBe64(s, offset);
+  AppendBe32(s, length);
+  std::array<char, kHoleChunkSize> out;
   s.copy(out.data(), out.size());
   return out;
 }
@@ -272,6 +284,64 @@ Result<StructuredReplyHeader> ParseStructuredReplyHeader(std::string_view data) 
   if (LoadBe32(data.data()) != kStructuredReplyMagic) return Invalid("structured reply: bad magic");
   return StructuredReplyHeader{LoadBe16(data.data() + 4), LoadBe16(data.data() + 6),
                                LoadBe64(data.data() + 8), LoadBe32(data.data() + 16)};
+}
+
+ReadReplyAssembler::ReadReplyAssembler(uint64_t cookie, uint64_t offset, uint32_t length)
+    : cookie_(cookie), offset_(offset), length_(length), data_(length, '\0') {}
+
+Status ReadReplyAssembler::Add(const StructuredReplyHeader& h, std::string_view payload) {
+  if (done_) return Invalid("structured reply: chunk after DONE");
+  if (h.cookie != cookie_) return Invalid("structured reply: chunk of another request");
+  if (payload.size() != h.length) return Invalid("structured reply: payload length mismatch");
+  if ((h.flags & ~kReplyFlagDone) != 0) return Invalid("structured reply: unknown flags");
+  const bool last = (h.flags & kReplyFlagDone) != 0;
+  auto place = [&](uint64_t offset, uint64_t length) -> Result<uint64_t> {
+    // Inside the request, not empty, no overlap with what came before.
+    if (length == 0) return Invalid("structured reply: empty chunk");
+    if (offset < offset_ || offset - offset_ > length_ || length > length_ - (offset - offset_))
+      return Invalid("structured reply: chunk outside the request");
+    uint64_t begin = offset - offset_, end = begin + length;
+    for (const auto& [b, e] : covered_)
+      if (begin < e && b < end) return Invalid("structured reply: overlapping chunks");
+    covered_.emplace_back(begin, end);
+    covered_bytes_ += length;
+    return begin;
+  };
+  switch (h.type) {
+    case kReplyTypeNone:
+      if (!last || !payload.empty()) return Invalid("structured reply: bad NONE chunk");
+      break;
+    case kReplyTypeOffsetData: {
+      if (payload.size() <= 8) return Invalid("structured reply: OFFSET_DATA without data");
+      auto begin = place(LoadBe64(payload.data()), payload.size() - 8);
+      if (!begin.ok()) return begin.error();
+      payload.substr(8).copy(data_.data() + *begin, payload.size() - 8);
+      break;
+    }
+    case kReplyTypeOffsetHole: {
+      if (payload.size() != 12) return Invalid("structured reply: OFFSET_HOLE of wrong length");
+      uint32_t length = LoadBe32(payload.data() + 8);
+      auto begin = place(LoadBe64(payload.data()), length);
+      if (!begin.ok()) return begin.error();
+      hole_bytes_ += length;  // data_ is zero there already
+      break;
+    }
+    case kReplyTypeError: {
+      if (payload.size() < 6 || LoadBe16(payload.data() + 4) != payload.size() - 6)
+        return Invalid("structured reply: malformed ERROR chunk");
+      error_ = LoadBe32(payload.data());
+      if (error_ == 0) return Invalid("structured reply: ERROR chunk with error 0");
+      break;
+    }
+    default:
+      return Invalid("structured reply: unknown chunk type " + std::to_string(h.type));
+  }
+  if (last) {
+    if (error_ == 0 && covered_bytes_ != length_)
+      return Invalid("structured reply: DONE before the whole range was sent");
+    done_ = true;
+  }
+  return Status::Ok();
 }
 
 const char* OptionName(uint32_t option) {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
@@ -92,6 +93,7 @@ inline constexpr uint16_t kCmdFlagFua = 1 << 0;
 inline constexpr uint16_t kReplyFlagDone = 1 << 0;
 inline constexpr uint16_t kReplyTypeNone = 0;
 inline constexpr uint16_t kReplyTypeOffsetData = 1;
+inline constexpr uint16_t kReplyTypeOffsetHole = 2;
 inline constexpr uint16_t kReplyTypeError = (1 << 15) + 1;
 
 // --- Error values in replies ---------------------------------------------------
@@ -113,6 +115,7 @@ inline constexpr size_t kRequestHeaderSize = 28;
 inline constexpr size_t kSimpleReplySize = 16;
 inline constexpr size_t kStructuredReplyHeaderSize = 20;  // magic, flags, type, cookie, length
 inline constexpr size_t kReadChunkHeaderSize = kStructuredReplyHeaderSize + 8;  // + offset
+inline constexpr size_t kHoleChunkSize = kStructuredReplyHeaderSize + 12;       // + offset, length
 inline constexpr size_t kExportNameZeroes = 124;
 
 // --- Limits we enforce ---------------------------------------------------------------------
@@ -214,11 +217,16 @@ uint32_t CheckRequest(const Request& request, uint64_t export_size, uint32_t max
 // The 16-byte simple reply header (data follows for a successful READ).
 std::array<char, kSimpleReplySize> BuildSimpleReply(uint32_t error, uint64_t cookie);
 
-// Structured replies. We answer every READ with exactly one chunk, flagged
-// DONE: OFFSET_DATA with the whole range (its header and offset built here,
-// the data follows), NONE for an empty read, or ERROR.
+// Structured replies. A READ is answered with one OFFSET_DATA chunk for the
+// whole range (its header and offset built here, the data follows), or,
+// when the range has holes, with OFFSET_DATA and OFFSET_HOLE chunks that
+// cover it in order without overlap, the last one flagged DONE; NONE for an
+// empty read; ERROR when the read failed.
 std::array<char, kReadChunkHeaderSize> BuildReadChunkHeader(uint64_t cookie, uint64_t offset,
-                                                            uint32_t data_length);
+                                                            uint32_t data_length, bool done = true);
+// NBD_REPLY_TYPE_OFFSET_HOLE: `length` (> 0) zero bytes at `offset`.
+std::array<char, kHoleChunkSize> BuildHoleChunk(uint64_t cookie, uint64_t offset, uint32_t length,
+                                                bool done);
 std::string BuildDoneChunk(uint64_t cookie);  // NBD_REPLY_TYPE_NONE
 // `message` is cut to kMaxNameLength bytes (the spec's string limit).
 std::string BuildErrorChunk(uint64_t cookie, uint32_t error, std::string_view message);
@@ -252,6 +260,33 @@ struct StructuredReplyHeader {
   uint32_t length = 0;
 };
 Result<StructuredReplyHeader> ParseStructuredReplyHeader(std::string_view data);  // 20 bytes
+
+// Client side of a READ answered with structured replies: checks each chunk
+// against the request and assembles the data. Chunks come from the server,
+// so they are untrusted: kInvalidArgument for a chunk of another cookie, an
+// unknown or wrong-length chunk, a range outside the request, overlapping
+// chunks, a chunk after DONE, or DONE before the whole range was covered.
+// An ERROR chunk makes the read fail (error() holds the NBD error).
+class ReadReplyAssembler {
+ public:
+  ReadReplyAssembler(uint64_t cookie, uint64_t offset, uint32_t length);
+  // One chunk: its 20-byte header, already parsed, and its payload.
+  Status Add(const StructuredReplyHeader& header, std::string_view payload);
+  bool done() const { return done_; }
+  uint32_t error() const { return error_; }          // 0 unless an ERROR chunk came
+  const std::string& data() const { return data_; }  // holes read as zeros
+  uint64_t hole_bytes() const { return hole_bytes_; }
+
+ private:
+  uint64_t cookie_, offset_;
+  uint32_t length_;
+  std::string data_;
+  std::vector<std::pair<uint64_t, uint64_t>> covered_;  // [begin, end) within the request
+  uint64_t covered_bytes_ = 0;
+  uint64_t hole_bytes_ = 0;
+  uint32_t error_ = 0;
+  bool done_ = false;
+};
 
 // Names for logs.
 const char* OptionName(uint32_t option);

@@ -42,16 +42,27 @@ class SocketStream final : public ByteStream {
     }
   }
 
+  // Any number of parts (a READ with holes has two per run), sent in
+  // batches of up to kMaxParts iovecs.
   Status WriteAll(std::span<const std::string_view> parts) override {
-    constexpr size_t kMaxParts = 8;
-    iovec iov[kMaxParts];
-    size_t count = 0;
-    for (std::string_view p : parts) {
-      if (p.empty()) continue;
-      if (count == kMaxParts) return MakeError(ErrorCode::kInternal, "too many iovecs");
-      iov[count++] = iovec{const_cast<char*>(p.data()), p.size()};
+    constexpr size_t kMaxParts = 64;
+    while (!parts.empty()) {
+      iovec iov[kMaxParts];
+      size_t count = 0, used = 0;
+      for (; used < parts.size() && count < kMaxParts; ++used) {
+        if (parts[used].empty()) continue;
+        iov[count++] = iovec{const_cast<char*>(parts[used].data()), parts[used].size()};
+      }
+      parts = parts.subspan(used);
+      VMG_RETURN_IF_ERROR(SendAll(iov, count));
     }
-    iovec* next = iov;
+    return Status::Ok();
+  }
+
+  void EnterTransmission() override { SetReceiveTimeout(std::chrono::milliseconds(0)); }
+
+ private:
+  Status SendAll(iovec* next, size_t count) {
     while (count > 0) {
       msghdr msg{};
       msg.msg_iov = next;
@@ -76,9 +87,6 @@ class SocketStream final : public ByteStream {
     return Status::Ok();
   }
 
-  void EnterTransmission() override { SetReceiveTimeout(std::chrono::milliseconds(0)); }
-
- private:
   void SetReceiveTimeout(std::chrono::milliseconds timeout) {
     timeval tv{};
     tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);

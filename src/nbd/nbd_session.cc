@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -38,6 +39,17 @@ const char* ErrorText(uint32_t error) {
       return "invalid request (range, length, flags or command)";
   }
   return "request failed";
+}
+
+// What MapExtents promises, checked because a source is not the server's
+// code: runs that are not empty and add up to the request exactly.
+bool ValidExtents(const std::vector<Extent>& extents, uint32_t length) {
+  uint64_t total = 0;
+  for (const Extent& e : extents) {
+    if (e.length == 0 || e.length > length) return false;
+    total += e.length;
+  }
+  return total == length;
 }
 
 class Session {
@@ -298,9 +310,27 @@ class Session {
       buffer.reset(new char[r.length]);
       capacity = r.length;
     }
+    // With structured replies, holes are sent as OFFSET_HOLE chunks and not
+    // read at all; otherwise the source fills them with zeros.
+    std::vector<Extent> extents;
+    if (structured_) {
+      source_->MapExtents(r.offset, r.length, &extents);
+      if (!ValidExtents(extents, r.length)) extents.assign(1, Extent{r.length, false});
+    }
     // The whole range is read before any header goes out, so a failure can
     // still be reported cleanly (a simple reply cannot fail half-way).
-    Status read = source_->Read(r.offset, r.length, buffer.get());
+    const bool sparse = structured_ && (extents.size() > 1 || extents[0].zero);
+    Status read = Status::Ok();
+    if (sparse) {
+      uint64_t at = 0;
+      for (const Extent& e : extents) {
+        if (!e.zero && read.ok())
+          read = source_->Read(r.offset + at, static_cast<size_t>(e.length), buffer.get() + at);
+        at += e.length;
+      }
+    } else {
+      read = source_->Read(r.offset, r.length, buffer.get());
+    }
     if (!read.ok()) {
       counters_.source_errors.fetch_add(1, std::memory_order_relaxed);
       // One warning per session: a failing source would otherwise flood the log.
@@ -311,7 +341,9 @@ class Session {
       return Reply(kEio, r);
     }
     std::string_view data(buffer.get(), r.length);
-    if (structured_) {
+    if (sparse) {
+      VMG_RETURN_IF_ERROR(SendSparse(r, extents, data));
+    } else if (structured_) {
       auto header = BuildReadChunkHeader(r.cookie, r.offset, r.length);
       std::string_view parts[] = {std::string_view(header.data(), header.size()), data};
       VMG_RETURN_IF_ERROR(Write(parts));
@@ -322,6 +354,32 @@ class Session {
     }
     counters_.bytes_read.fetch_add(r.length, std::memory_order_relaxed);
     return Status::Ok();
+  }
+
+  // One READ as OFFSET_DATA and OFFSET_HOLE chunks in order, the last DONE,
+  // in one write (chunks of one reply need not be contiguous on the wire,
+  // but keeping them so costs nothing).
+  Status SendSparse(const Request& r, const std::vector<Extent>& extents, std::string_view data) {
+    std::vector<std::array<char, kHoleChunkSize>> headers(extents.size());
+    std::vector<std::string_view> parts;
+    parts.reserve(extents.size() * 2);
+    uint64_t at = 0;
+    for (size_t i = 0; i < extents.size(); ++i) {
+      const Extent& e = extents[i];
+      const bool last = i + 1 == extents.size();
+      const uint32_t n = static_cast<uint32_t>(e.length);  // <= r.length
+      if (e.zero) {
+        headers[i] = BuildHoleChunk(r.cookie, r.offset + at, n, last);
+        parts.emplace_back(headers[i].data(), kHoleChunkSize);
+      } else {
+        auto h = BuildReadChunkHeader(r.cookie, r.offset + at, n, last);
+        std::copy(h.begin(), h.end(), headers[i].begin());
+        parts.emplace_back(headers[i].data(), kReadChunkHeaderSize);
+        parts.push_back(data.substr(at, n));
+      }
+      at += n;
+    }
+    return Write(parts);
   }
 
   // Replies without payload. Once structured replies are negotiated a READ

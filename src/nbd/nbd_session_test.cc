@@ -450,6 +450,183 @@ TEST_F(NbdSessionTest, StructuredRepliesForReads) {
   EXPECT_TRUE(f.AtEnd());
 }
 
+// 1 MiB: data, a 256 KiB hole at [256 KiB, 512 KiB), data, a hole from
+// 768 KiB to the end. Traps a Read that touches a hole, so a test sees
+// whether the server skipped the holes or read them.
+class SparseSource : public BlockSource {
+ public:
+  static constexpr uint64_t kSize = 1 << 20, kRun = 256 << 10;
+  static bool IsHole(uint64_t off) { return (off / kRun) % 2 == 1; }
+  uint64_t size() const override { return kSize; }
+  Status Read(uint64_t offset, size_t len, char* out) override {
+    for (uint64_t i = 0; i < len; ++i) {
+      if (IsHole(offset + i)) {
+        hole_reads++;
+        out[i] = 0;
+      } else {
+        out[i] = static_cast<char>(1 + (offset + i) % 251);
+      }
+    }
+    return Status::Ok();
+  }
+  void MapExtents(uint64_t offset, uint64_t len, std::vector<Extent>* out) const override {
+    out->clear();
+    for (uint64_t end = offset + len; offset < end;) {
+      uint64_t run_end = std::min(end, (offset / kRun + 1) * kRun);
+      out->push_back(Extent{run_end - offset, IsHole(offset)});
+      offset = run_end;
+    }
+  }
+  std::string Expected(uint64_t offset, size_t len) const {
+    std::string s(len, '\0');
+    for (uint64_t i = 0; i < len; ++i)
+      s[i] = IsHole(offset + i) ? '\0' : static_cast<char>(1 + (offset + i) % 251);
+    return s;
+  }
+  int hole_reads = 0;
+};
+
+// Reads every chunk of one structured READ reply into an assembler.
+Status Assemble(Replies& r, ReadReplyAssembler& a, int* chunks) {
+  *chunks = 0;
+  while (!a.done()) {
+    auto h = ParseStructuredReplyHeader(r.Take(kStructuredReplyHeaderSize));
+    if (!h.ok()) return h.error();
+    VMG_RETURN_IF_ERROR(a.Add(*h, r.Take(h->length)));
+    ++*chunks;
+  }
+  return Status::Ok();
+}
+
+TEST_F(NbdSessionTest, HolesAreSentAsHoleChunksWithStructuredReplies) {
+  auto sparse = std::make_shared<SparseSource>();
+  ASSERT_TRUE(exports_.Add("sparse", sparse).ok());
+  struct Case {
+    uint64_t offset;
+    uint32_t length;
+    int chunks;
+    uint64_t hole_bytes;
+  };
+  const uint64_t k = SparseSource::kRun;
+  std::vector<Case> cases = {{0, 4096, 1, 0},                     // data only
+                             {k, 4096, 1, 4096},                  // hole only
+                             {k - 100, 200, 2, 100},              // data, hole
+                             {k - 100, 2 * k + 200, 4, k + 100},  // data, hole, data, hole
+                             {0, static_cast<uint32_t>(4 * k), 4, 2 * k}};  // the whole export
+  std::string in = BuildClientFlags(3) + BuildOption(kOptStructuredReply, "") + Go("sparse");
+  for (size_t i = 0; i < cases.size(); ++i)
+    in += BuildRequest(kCmdRead, 100 + i, cases[i].offset, cases[i].length);
+  Status st;
+  Replies r = Run(in, &st);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  r.Option(kOptStructuredReply, kRepAck);
+  r.Option(kOptGo, kRepInfo);
+  r.Option(kOptGo, kRepAck);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    ReadReplyAssembler a(100 + i, c.offset, c.length);
+    int chunks = 0;
+    Status s = Assemble(r, a, &chunks);
+    ASSERT_TRUE(s.ok()) << "case " << i << ": " << s.error().message;
+    EXPECT_EQ(a.error(), 0u);
+    EXPECT_EQ(chunks, c.chunks) << "case " << i;
+    EXPECT_EQ(a.hole_bytes(), c.hole_bytes) << "case " << i;
+    EXPECT_TRUE(a.data() == sparse->Expected(c.offset, c.length)) << "case " << i;
+  }
+  EXPECT_TRUE(r.AtEnd());
+  EXPECT_EQ(sparse->hole_reads, 0) << "holes must not be read";
+
+  // Without structured replies the same ranges come as zeros in simple replies.
+  std::string plain = BuildClientFlags(3) + Go("sparse") + BuildRequest(kCmdRead, 9, k - 100, 200);
+  Replies p = Run(plain, &st);
+  p.Option(kOptGo, kRepInfo);
+  p.Option(kOptGo, kRepAck);
+  EXPECT_EQ(p.Simple(9), 0u);
+  EXPECT_TRUE(p.Take(200) == sparse->Expected(k - 100, 200));
+  EXPECT_TRUE(p.AtEnd());
+}
+
+// A source whose MapExtents breaks its contract is served as all data.
+class LyingSource : public SparseSource {
+ public:
+  void MapExtents(uint64_t, uint64_t len, std::vector<Extent>* out) const override {
+    out->assign(2, Extent{len, true});  // twice the range
+  }
+};
+
+TEST_F(NbdSessionTest, InvalidExtentsFallBackToOneDataChunk) {
+  ASSERT_TRUE(exports_.Add("liar", std::make_shared<LyingSource>()).ok());
+  Replies r = Run(BuildClientFlags(3) + BuildOption(kOptStructuredReply, "") + Go("liar") +
+                  BuildRequest(kCmdRead, 1, 0, 4096));
+  r.Option(kOptStructuredReply, kRepAck);
+  r.Option(kOptGo, kRepInfo);
+  r.Option(kOptGo, kRepAck);
+  EXPECT_EQ(r.Chunk(1, kReplyTypeOffsetData).size(), 8u + 4096);
+  EXPECT_TRUE(r.AtEnd());
+}
+
+StructuredReplyHeader Hdr(uint16_t type, uint32_t length, bool done, uint64_t cookie = 5) {
+  return StructuredReplyHeader{static_cast<uint16_t>(done ? kReplyFlagDone : 0), type, cookie,
+                               length};
+}
+std::string HolePayload(uint64_t offset, uint32_t length) {
+  std::string s;
+  AppendBe64(s, offset);
+  AppendBe32(s, length);
+  return s;
+}
+
+TEST(ReadReplyAssemblerTest, RejectsWhatAHostileServerMightSend) {
+  auto data = [](uint64_t offset, std::string bytes) {
+    std::string s;
+    AppendBe64(s, offset);
+    return s + bytes;
+  };
+  {  // good: data + hole, in any order
+    ReadReplyAssembler a(5, 1000, 8);
+    EXPECT_TRUE(a.Add(Hdr(kReplyTypeOffsetHole, 12, false), HolePayload(1004, 4)).ok());
+    EXPECT_TRUE(a.Add(Hdr(kReplyTypeOffsetData, 12, true), data(1000, "abcd")).ok());
+    EXPECT_TRUE(a.done());
+    EXPECT_EQ(a.data(), std::string("abcd\0\0\0\0", 8));
+    EXPECT_FALSE(a.Add(Hdr(kReplyTypeNone, 0, true), "").ok());  // after DONE
+  }
+  {  // overlap
+    ReadReplyAssembler a(5, 1000, 8);
+    EXPECT_TRUE(a.Add(Hdr(kReplyTypeOffsetHole, 12, false), HolePayload(1000, 6)).ok());
+    EXPECT_FALSE(a.Add(Hdr(kReplyTypeOffsetData, 12, true), data(1004, "abcd")).ok());
+  }
+  {  // outside the request, before and after, and a length that wraps
+    ReadReplyAssembler a(5, 1000, 8);
+    EXPECT_FALSE(a.Add(Hdr(kReplyTypeOffsetHole, 12, false), HolePayload(999, 2)).ok());
+    EXPECT_FALSE(a.Add(Hdr(kReplyTypeOffsetHole, 12, false), HolePayload(1006, 3)).ok());
+    EXPECT_FALSE(a.Add(Hdr(kReplyTypeOffsetHole, 12, false), HolePayload(~0ull, 2)).ok());
+    EXPECT_FALSE(a.Add(Hdr(kReplyTypeOffsetHole, 12, false), HolePayload(1000, 0)).ok());
+  }
+  {  // DONE before the range is covered; wrong cookie; bad lengths; unknown type/flags
+    ReadReplyAssembler a(5, 1000, 8);
+    EXPECT_FALSE(a.Add(Hdr(kReplyTypeOffsetHole, 12, true), HolePayload(1000, 4)).ok());
+    ReadReplyAssembler b(5, 1000, 8);
+    EXPECT_FALSE(b.Add(Hdr(kReplyTypeOffsetHole, 12, true, 6), HolePayload(1000, 8)).ok());
+    EXPECT_FALSE(b.Add(Hdr(kReplyTypeOffsetHole, 13, true), HolePayload(1000, 8) + "x").ok());
+    EXPECT_FALSE(b.Add(Hdr(kReplyTypeOffsetHole, 11, true), HolePayload(1000, 8).substr(1)).ok());
+    EXPECT_FALSE(b.Add(Hdr(kReplyTypeOffsetData, 8, true), data(1000, "")).ok());
+    EXPECT_FALSE(b.Add(Hdr(77, 0, true), "").ok());
+    StructuredReplyHeader odd = Hdr(kReplyTypeOffsetHole, 12, true);
+    odd.flags |= 2;
+    EXPECT_FALSE(b.Add(odd, HolePayload(1000, 8)).ok());
+    EXPECT_TRUE(b.Add(Hdr(kReplyTypeOffsetHole, 12, true), HolePayload(1000, 8)).ok());
+  }
+  {  // an ERROR chunk ends the read with its error
+    ReadReplyAssembler a(5, 1000, 8);
+    std::string e;
+    AppendBe32(e, kEio);
+    AppendBe16(e, 2);
+    e += "no";
+    EXPECT_TRUE(a.Add(Hdr(kReplyTypeError, static_cast<uint32_t>(e.size()), true), e).ok());
+    EXPECT_EQ(a.error(), kEio);
+  }
+}
+
 TEST(ExportTableTest, AddRemoveFind) {
   ExportTable t;
   auto src = std::make_shared<MemoryBlockSource>("x");
