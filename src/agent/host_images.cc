@@ -484,8 +484,8 @@ Result<DurableVersion> HostImages::PushWorkspace(const std::string& raw_path,
 }
 
 HostImages::PushCounters HostImages::push_counters() const {
-  return PushCounters{pushes_.load(), push_failures_.load(), push_chunks_.load(),
-                      push_chunks_sent_.load(), push_bytes_sent_.load()};
+  return PushCounters{pushes_.load(),           push_failures_.load(),   push_chunks_.load(),
+                      push_chunks_sent_.load(), push_bytes_sent_.load(), push_unchanged_.load()};
 }
 
 HostImages::Counters HostImages::counters() const {
@@ -532,7 +532,8 @@ json HostImages::StatsJson() const {
                 {"failures", push_failures_.load()},
                 {"chunks", push_chunks_.load()},
                 {"chunks_sent", push_chunks_sent_.load()},
-                {"bytes_sent", push_bytes_sent_.load()}}},
+                {"bytes_sent", push_bytes_sent_.load()},
+                {"unchanged_skipped", push_unchanged_.load()}}},
               {"nbd",
                {{"connections", n.active_connections},
                 {"requests", n.requests},

@@ -136,8 +136,11 @@ class HostImages {
   // Durable pushes so far and the chunks and bytes they sent.
   struct PushCounters {
     uint64_t pushes = 0, failures = 0, chunks = 0, chunks_sent = 0, bytes_sent = 0;
+    uint64_t unchanged = 0;  // interval pushes skipped: the guest wrote nothing since
   };
   PushCounters push_counters() const;
+  // An interval push skipped because the workspace had not changed.
+  void CountUnchangedPush() { push_unchanged_++; }
 
   // Cache, client and NBD counters, transfers in progress, exported digests.
   nlohmann::json StatsJson() const;
@@ -196,6 +199,7 @@ class HostImages {
       prefetchers_;  // guarded by mu_; finished ones are joined by the next start
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> prefetched_chunks_{0}, prefetch_runs_{0};
+  std::atomic<uint64_t> push_unchanged_{0};
   std::atomic<uint64_t> pushes_{0}, push_failures_{0}, push_chunks_{0}, push_chunks_sent_{0},
       push_bytes_sent_{0};
 };

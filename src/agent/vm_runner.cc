@@ -58,6 +58,10 @@ struct VmRunner::Vm {
   DurableVersion durable;
   std::string durable_error;
   int64_t next_push_ms = 0;  // steady clock: when an interval push is due (0: not set yet)
+  // The guest's disk write count (DiskWriteCount) when the copy of the last
+  // successful interval push was taken, in the QEMU running now (-1: none):
+  // an interval push is skipped while the count has not moved.
+  int64_t pushed_writes = -1;
 
   // Serializes durable pushes of this VM, so versions are published in the
   // order their copies were taken. Taken before op_mu only with try_lock.
@@ -581,6 +585,10 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state,
   c.data_disks = DataDisks(vm);
   // Old sockets and logs from a previous run would confuse readiness checks.
   for (const char* f : {"qmp.sock", "qga.sock", "qemu.pid"}) unlink((c.run_dir + "/" + f).c_str());
+  {
+    std::lock_guard<std::mutex> l(vm.status_mu);
+    vm.pushed_writes = -1;  // the write count is this QEMU's
+  }
   VMG_ASSIGN_OR_RETURN(vm.qemu, QemuProcess::Launch(c, seconds(30)));
   if (incoming && !migration_target) {
     Status st = ResumeFromFile(vm.qemu->qmp(), memory_state, seconds(120));
@@ -801,6 +809,7 @@ void VmRunner::PushDueWorkspaces() {
     const std::string dir = VmDir(s.id) + "/durable-copy";
     const int64_t at = NowMs();
     Status st = Status::Ok();
+    int64_t writes = -1;
     {
       // The VM's operations wait only for the copy's start (drive-backup
       // copies before write: a point-in-time image while the guest runs).
@@ -810,6 +819,18 @@ void VmRunner::PushDueWorkspaces() {
       if (vm->State() != VmState::kRunning || !vm->Migration().empty() || !vm->qemu) continue;
       if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
         (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
+      // Nothing written since the last interval push's copy (after the guest's
+      // sync): that version is this disk; skip the copy, read and push.
+      if (auto w = DiskWriteCount(vm->qemu->qmp(), "disk0"); w.ok()) writes = *w;
+      bool unchanged = false;
+      {
+        std::lock_guard<std::mutex> l(vm->status_mu);
+        unchanged = writes >= 0 && writes == vm->pushed_writes && vm->durable_error.empty();
+      }
+      if (unchanged) {
+        options_.images->CountUnchangedPush();
+        continue;
+      }
       (void)RemoveTree(dir);
       st = MakeDirs(dir, 0700);
       if (st.ok()) st = ChownForQemu(*vm, dir);
@@ -818,7 +839,10 @@ void VmRunner::PushDueWorkspaces() {
                            std::chrono::minutes(30));
     }
     if (st.ok()) {
-      PushDurableLocked(*vm, dir + "/disk.qcow2", "interval", at);
+      if (PushDurableLocked(*vm, dir + "/disk.qcow2", "interval", at)) {
+        std::lock_guard<std::mutex> l(vm->status_mu);
+        vm->pushed_writes = writes;
+      }
     } else {
       spdlog::warn("VM {}: copying its workspace for an interval push: {}", s.id,
                    st.error().message);
@@ -827,7 +851,7 @@ void VmRunner::PushDueWorkspaces() {
   }
 }
 
-void VmRunner::PushDurableLocked(Vm& vm, const std::string& qcow2, const std::string& trigger,
+bool VmRunner::PushDurableLocked(Vm& vm, const std::string& qcow2, const std::string& trigger,
                                  int64_t at) {
   const VmSpec& s = vm.spec;
   // The workspace's header is the guest's to choose once it owns QEMU: read
@@ -846,7 +870,7 @@ void VmRunner::PushDurableLocked(Vm& vm, const std::string& qcow2, const std::st
                  trigger, v.error().message);
     std::lock_guard<std::mutex> l(vm.status_mu);
     vm.durable_error = RedactForUser(v.error().message);
-    return;
+    return false;
   }
   {
     std::lock_guard<std::mutex> l(vm.status_mu);
@@ -854,6 +878,7 @@ void VmRunner::PushDurableLocked(Vm& vm, const std::string& qcow2, const std::st
     vm.durable_error.clear();
   }
   PersistStateOrCount(vm);
+  return true;
 }
 
 Status VmRunner::SaveCheckpoint(Vm& vm, const std::string& target_dir, bool shared) {

@@ -222,8 +222,9 @@ class VmRunner : public VmDriver {
   // spec asks for it; records it in `vm` (status, state.json). A failure is
   // logged and kept in the VM's durable_error; the caller's operation goes on.
   void PushDurable(Vm& vm, const std::string& qcow2, const std::string& trigger);
-  // The same with vm.push_mu held by the caller; `at_ms`: when the copy was taken.
-  void PushDurableLocked(Vm& vm, const std::string& qcow2, const std::string& trigger,
+  // The same with vm.push_mu held by the caller; `at_ms`: when the copy was
+  // taken. True when the version was published.
+  bool PushDurableLocked(Vm& vm, const std::string& qcow2, const std::string& trigger,
                          int64_t at_ms);
 
   const VmRunnerOptions options_;

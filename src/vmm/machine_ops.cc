@@ -23,6 +23,8 @@ using std::chrono::milliseconds;
 using vmm::Clock;
 using vmm::Deadline;
 using vmm::DeadlineAfter;
+using vmm::FindField;
+using vmm::GetInt;
 using vmm::GetString;
 using vmm::MillisUntil;
 using vmm::UniqueFd;
@@ -87,6 +89,28 @@ Result<std::string> QueryStatus(QmpClient& qmp) {
   std::optional<std::string> status = GetString(info, "status");
   if (!status) return MakeError(ErrorCode::kInternal, "query-status: no status in reply");
   return *status;
+}
+
+Result<int64_t> DiskWriteCount(QmpClient& qmp, const std::string& device) {
+  VMG_ASSIGN_OR_RETURN(json all, qmp.Execute("query-blockstats", json::object(), kCommandTimeout));
+  if (!all.is_array()) return MakeError(ErrorCode::kInternal, "query-blockstats: not a list");
+  for (const json& entry : all) {
+    if (GetString(entry, "device").value_or("") != device) continue;
+    const json* stats = FindField(entry, "stats");
+    if (!stats) return MakeError(ErrorCode::kInternal, "query-blockstats: no stats for " + device);
+    int64_t total = 0;
+    for (const char* key :
+         {"wr_operations", "failed_wr_operations", "invalid_wr_operations", "unmap_operations",
+          "failed_unmap_operations", "invalid_unmap_operations"}) {
+      std::optional<int64_t> n = GetInt(*stats, key);
+      if (!n || *n < 0)
+        return MakeError(ErrorCode::kInternal,
+                         std::string("query-blockstats: no valid ") + key + " for " + device);
+      total += *n;
+    }
+    return total;
+  }
+  return MakeError(ErrorCode::kNotFound, "query-blockstats: no device " + device);
 }
 
 Status Cont(QmpClient& qmp) {

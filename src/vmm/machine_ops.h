@@ -31,6 +31,14 @@ Status SaveStateToFile(QmpClient& qmp, const std::string& path, std::chrono::mil
 Status BackupDiskTop(QmpClient& qmp, const std::string& device, const std::string& target_qcow2,
                      bool full, std::chrono::milliseconds timeout);
 
+// How many writes and discards the guest has sent to `device` (a -drive id)
+// since QEMU started, failed and invalid ones included: from
+// query-blockstats. Block jobs (drive-backup, mirror) do not count. Equal
+// counts at two moments of one QEMU mean the guest changed nothing on the
+// disk in between. kNotFound for an unknown device; kInternal when QEMU's
+// reply lacks the counters.
+Result<int64_t> DiskWriteCount(QmpClient& qmp, const std::string& device);
+
 // For a QEMU started with -incoming defer: loads the state saved in `path`,
 // then runs the VM.
 Status ResumeFromFile(QmpClient& qmp, const std::string& path, std::chrono::milliseconds timeout);

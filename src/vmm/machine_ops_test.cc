@@ -67,11 +67,19 @@ TEST_F(MachineOpsTest, CheckpointAndResumeWithoutGuest) {
   ASSERT_TRUE(src.ok()) << src.error().message;
   QmpClient& qmp = (*src)->qmp();
   EXPECT_EQ(*QueryStatus(qmp), "running");
+  // No guest, no writes; an unknown device is not a zero.
+  auto writes = DiskWriteCount(qmp, "disk0");
+  ASSERT_TRUE(writes.ok()) << writes.error().message;
+  EXPECT_EQ(*writes, 0);
+  auto unknown = DiskWriteCount(qmp, "nope");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code, ErrorCode::kNotFound);
 
   ASSERT_TRUE(Stop(qmp).ok());
   EXPECT_EQ(*QueryStatus(qmp), "paused");
   Status st = BackupDiskTop(qmp, "disk0", P("ckpt/disk.qcow2"), /*full=*/false, seconds(60));
   ASSERT_TRUE(st.ok()) << st.error().message;
+  EXPECT_EQ(*DiskWriteCount(qmp, "disk0"), 0) << "a block job's writes are not the guest's";
   st = BackupDiskTop(qmp, "disk0", P("ckpt/disk.qcow2"), false, seconds(60));
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, ErrorCode::kAlreadyExists);
@@ -210,8 +218,14 @@ TEST_F(MachineOpsTest, TinyGuestBootExecCheckpointResume) {
 
   const std::string marker_path = "/root/vmgrid-marker";
   const std::string marker = "marker " + RandomUuid();
+  auto writes_before = DiskWriteCount((*vm)->qmp(), "disk0");
+  ASSERT_TRUE(writes_before.ok()) << writes_before.error().message;
   Status st = (*ga)->WriteFile(marker_path, marker);
   ASSERT_TRUE(st.ok()) << st.error().message;
+  ASSERT_TRUE((*ga)->Exec({"/bin/sync"}, "", seconds(60)).ok());
+  auto writes_after = DiskWriteCount((*vm)->qmp(), "disk0");
+  ASSERT_TRUE(writes_after.ok()) << writes_after.error().message;
+  EXPECT_GT(*writes_after, *writes_before) << "a synced file write reaches the disk";
   Result<std::string> back = (*ga)->ReadFile(marker_path, 4096);
   ASSERT_TRUE(back.ok()) << back.error().message;
   EXPECT_EQ(*back, marker);
