@@ -540,7 +540,8 @@ class Bench {
     IncomingParams in;
     in.key = key;
     in.key_dir = dst.run_dir() + "/mig-key";
-    VMG_ASSIGN_OR_RETURN(IncomingEndpoint ep, StartIncoming(dst.qmp(), in, seconds(30)));
+    std::unique_ptr<MigrationTunnel> tunnel;
+    VMG_ASSIGN_OR_RETURN(IncomingEndpoint ep, StartIncoming(dst.qmp(), in, seconds(30), &tunnel));
     VMG_ASSIGN_OR_RETURN(Links links, Connect(spec, ep.nbd_port, ep.migration_port));
     ph.Mark("prepared");
     OutgoingParams out;

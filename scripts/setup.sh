@@ -41,6 +41,35 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Opt-in: QEMU 10 from bookworm-backports (VMGRID_QEMU_BACKPORTS=1). Under TCG
+# QEMU 7.2's live migration loses guest stores, so vmgrid pauses a TCG guest
+# while its RAM moves; QEMU >= 9.0 has the fix and migrates live
+# (docs/migration.md, "QEMU 10 from backports"). The backports suite is added
+# with the mirror this machine's Debian sources already use. Every host of a
+# grid must run the same QEMU: migrations and checkpoints do not cross versions.
+if [ "${VMGRID_QEMU_BACKPORTS:-0}" = 1 ]; then
+  have=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+  if [ -z "$have" ] || dpkg --compare-versions "$have" lt 1:9; then
+    list=/etc/apt/sources.list.d/vmgrid-backports.sources
+    if [ ! -e "$list" ]; then
+      . /etc/os-release
+      uri=$(awk -v s="$VERSION_CODENAME" '/^URIs:/ {u=$2} /^Suites:/ && $0 ~ ("[ ]" s "([ ]|$)") {print u; exit}' \
+        /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+      [ -n "$uri" ] || uri=$(awk -v s="$VERSION_CODENAME" '$1 == "deb" && $3 == s {print $2; exit}' \
+        /etc/apt/sources.list 2>/dev/null || true)
+      [ -n "$uri" ] || { echo "setup: no Debian mirror found in the apt sources" >&2; exit 1; }
+      printf 'Types: deb\nURIs: %s\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$uri" "$VERSION_CODENAME" | $SUDO tee "$list" >/dev/null
+      echo "setup: added $list"
+    fi
+    echo "setup: installing QEMU from ${VERSION_CODENAME:-bookworm}-backports (installed: ${have:-none})"
+    $SUDO apt-get update -qq
+    . /etc/os-release
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      "qemu-system-x86/$VERSION_CODENAME-backports" "qemu-utils/$VERSION_CODENAME-backports" >/dev/null
+  fi
+fi
+
 # QEMU runs as this unprivileged user when the agent runs as root.
 if [ "$(id -u)" -eq 0 ] && ! getent passwd vmgrid-qemu >/dev/null; then
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vmgrid-qemu

@@ -69,6 +69,9 @@ struct VmRunner::Vm {
 
   // Guarded by op_mu.
   std::unique_ptr<QemuProcess> qemu;
+  // An incoming migration's stream (PrepareIncoming until FinishIncoming or
+  // the VM is discarded). Guarded by op_mu.
+  std::unique_ptr<MigrationTunnel> incoming_tunnel;
 
   void Set(VmState s, const std::string& e = "") {
     std::lock_guard<std::mutex> l(status_mu);
@@ -633,6 +636,7 @@ void VmRunner::DiscardNewVm(Vm& vm) {
   // A failed create (or incoming migration) leaves nothing behind: no
   // process, no files, no record.
   const VmSpec& spec = vm.spec;
+  vm.incoming_tunnel.reset();
   if (vm.qemu) (void)vm.qemu->Kill();
   vm.qemu.reset();
   if (vm.created_workspace) unlink(spec.workspace_path.c_str());
@@ -1411,7 +1415,7 @@ Result<IncomingInfo> VmRunner::PrepareIncoming(const IncomingRequest& request) {
   p.qemu_uid = uid;
   p.qemu_gid = gid;
   RemoveKeyDir(p.key_dir);  // a leftover of an earlier attempt
-  auto ep = StartIncoming(vm->qemu->qmp(), p, seconds(30));
+  auto ep = StartIncoming(vm->qemu->qmp(), p, seconds(30), &vm->incoming_tunnel);
   if (!ep.ok()) return fail(ep.error());
   spdlog::info("VM {}: incoming migration prepared (NBD port {}, migration port {})", spec.id,
                ep->nbd_port, ep->migration_port);
@@ -1496,6 +1500,7 @@ Result<VmStatus> VmRunner::FinishIncoming(const std::string& id) {
     return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is not an incoming migration");
   Status st = vm->qemu ? vmgrid::FinishIncoming(vm->qemu->qmp(), MigrationKeyDir(id), seconds(60))
                        : Status(MakeError(ErrorCode::kInternal, "its QEMU is gone"));
+  vm->incoming_tunnel.reset();  // the stream is complete (or failed)
   if (st.ok()) st = WaitGuestReady(*vm, started);
   if (!st.ok()) {
     if (vm->qemu) LogStuckGuest(id, *vm->qemu);

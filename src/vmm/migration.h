@@ -50,9 +50,11 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "common/result.h"
+#include "vmm/migration_tunnel.h"
 #include "vmm/qmp_client.h"
 
 namespace vmgrid {
@@ -90,8 +92,12 @@ struct IncomingParams {
 // a fresh TCP port with the disk exported writable, and a migration listener.
 // The returned endpoint's host is params.listen_host. On failure QEMU is in an
 // unknown state: the caller kills it (AbortIncoming's job in the agent).
+// The RAM stream comes through a MigrationTunnel (TLS 1.3 with the same key;
+// migration_tunnel.h), returned in `tunnel`: keep it until FinishIncoming
+// has returned (destroying it earlier cuts the stream).
 Result<IncomingEndpoint> StartIncoming(QmpClient& target, const IncomingParams& params,
-                                       std::chrono::milliseconds timeout);
+                                       std::chrono::milliseconds timeout,
+                                       std::unique_ptr<MigrationTunnel>* tunnel);
 
 // Progress points of MigrateOut, for logs and for tests that break things at
 // a chosen moment.

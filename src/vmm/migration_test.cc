@@ -142,7 +142,8 @@ TEST_F(MigrationTest, GuestlessWithDiskOverPskTls) {
 
   auto key = NewMigrationKey("vmgrid-test");
   ASSERT_TRUE(key.ok());
-  auto ep = StartIncoming((*dst)->qmp(), Incoming(*key, "dst", true), seconds(30));
+  std::unique_ptr<MigrationTunnel> tunnel;
+  auto ep = StartIncoming((*dst)->qmp(), Incoming(*key, "dst", true), seconds(30), &tunnel);
   ASSERT_TRUE(ep.ok()) << ep.error().message << "\n" << (*dst)->LogTail();
   EXPECT_GT(ep->nbd_port, 0);
   EXPECT_GT(ep->migration_port, 0);
@@ -191,7 +192,8 @@ TEST_F(MigrationTest, WrongKeyOnTheMigrationStreamFailsAndSourceRuns) {
   auto right = NewMigrationKey("vmgrid-test");
   auto wrong = NewMigrationKey("vmgrid-test");
   ASSERT_TRUE(right.ok() && wrong.ok());
-  auto ep = StartIncoming((*dst)->qmp(), Incoming(*right, "dst", false), seconds(30));
+  std::unique_ptr<MigrationTunnel> tunnel;
+  auto ep = StartIncoming((*dst)->qmp(), Incoming(*right, "dst", false), seconds(30), &tunnel);
   ASSERT_TRUE(ep.ok()) << ep.error().message;
   auto stats = MigrateOut((*src)->qmp(), Outgoing(*wrong, "src", *ep, false), seconds(60));
   ASSERT_FALSE(stats.ok());
@@ -220,7 +222,8 @@ TEST_F(MigrationTest, RecoverOutgoingCancelsAnInterruptedMigration) {
   ASSERT_TRUE(dst.ok()) << dst.error().message;
   auto key = NewMigrationKey("vmgrid-test");
   ASSERT_TRUE(key.ok());
-  auto ep = StartIncoming((*dst)->qmp(), Incoming(*key, "dst", true), seconds(30));
+  std::unique_ptr<MigrationTunnel> tunnel;
+  auto ep = StartIncoming((*dst)->qmp(), Incoming(*key, "dst", true), seconds(30), &tunnel);
   ASSERT_TRUE(ep.ok()) << ep.error().message;
   // MigrateOut's own steps, stopped halfway: the "agent" dies once RAM moves
   // (1 MB/s: it is still moving when we look).
@@ -358,7 +361,8 @@ TEST_F(TinyMigrationTest, GuestWithDiskAndLoopMovesAndKeepsRunning) {
   ASSERT_NE(dst, nullptr);
   auto key = NewMigrationKey("vmgrid-test");
   ASSERT_TRUE(key.ok());
-  auto ep = StartIncoming(dst->qmp(), Incoming(*key, "dst", true), seconds(30));
+  std::unique_ptr<MigrationTunnel> tunnel;
+  auto ep = StartIncoming(dst->qmp(), Incoming(*key, "dst", true), seconds(30), &tunnel);
   ASSERT_TRUE(ep.ok()) << ep.error().message;
   auto stats = MigrateOut(src->qmp(), Outgoing(*key, "src", *ep, true), seconds(300));
   ASSERT_TRUE(stats.ok()) << stats.error().message << "\n" << src->LogTail();
@@ -397,7 +401,8 @@ TEST_F(TinyMigrationTest, TargetKilledMidMigrationLeavesSourceRunning) {
     ASSERT_NE(dst, nullptr);
     auto key = NewMigrationKey("vmgrid-test");
     ASSERT_TRUE(key.ok());
-    auto ep = StartIncoming(dst->qmp(), Incoming(*key, name, true), seconds(30));
+    std::unique_ptr<MigrationTunnel> tunnel;
+    auto ep = StartIncoming(dst->qmp(), Incoming(*key, name, true), seconds(30), &tunnel);
     ASSERT_TRUE(ep.ok()) << ep.error().message;
     OutgoingParams out = Outgoing(*key, "src", *ep, true);
     pid_t dst_pid = dst->pid();
@@ -451,7 +456,8 @@ TEST_F(TinyMigrationTest, WrongKeyOnTargetFailsAndSourceRuns) {
   auto right = NewMigrationKey("vmgrid-test");
   auto wrong = NewMigrationKey("vmgrid-test");
   ASSERT_TRUE(right.ok() && wrong.ok());
-  auto ep = StartIncoming(dst->qmp(), Incoming(*wrong, "dst", true), seconds(30));
+  std::unique_ptr<MigrationTunnel> tunnel;
+  auto ep = StartIncoming(dst->qmp(), Incoming(*wrong, "dst", true), seconds(30), &tunnel);
   ASSERT_TRUE(ep.ok()) << ep.error().message;
   auto stats = MigrateOut(src->qmp(), Outgoing(*right, "src", *ep, true), seconds(120));
   ASSERT_FALSE(stats.ok());
