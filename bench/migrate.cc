@@ -729,10 +729,12 @@ int main(int argc, char** argv) {
   std::printf(
       "plain QEMU: no -S; blockdev-mirror sync=top copy-mode=write-blocking to the "
       "target's NBD export, migrate with default capabilities, the target runs on completion; no "
-      "TLS, or (+ TLS) PSK TLS on NBD and the stream as vmgrid (same RFC 7919 DH group). "
-      "vmgrid: vmm/migration.h (StartIncoming, MigrateOut, FinishIncoming): PSK TLS on NBD and "
-      "the stream, mirror sync=top background, pause-before-switchover, target -S + cont. "
-      "Both: max-bandwidth unthrottled.\n");
+      "TLS, or (+ TLS) QEMU's PSK TLS on NBD and the stream (same key format and RFC 7919 DH "
+      "group as vmgrid's NBD). vmgrid: vmm/migration.h (StartIncoming, MigrateOut, "
+      "FinishIncoming): QEMU's PSK TLS on NBD, the stream through vmgrid's TLS 1.3 PSK tunnel "
+      "(vmm/migration_tunnel.h), mirror sync=top background, pause-before-switchover, under "
+      "TCG on QEMU < 9 the guest paused while RAM moves, target -S + cont. Both: max-bandwidth "
+      "unthrottled.\n");
   std::printf(
       "total: target prepare → guest running on the target. downtime: QEMU's query-migrate. "
       "gap: largest host-timed gap between the guest's console ticks. guest clock: the guest's "
