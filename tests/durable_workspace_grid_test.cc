@@ -161,6 +161,21 @@ TEST(DurableWorkspaceGridTest, IntervalPushesWhileTheVmRuns) {
   auto now = alice.Get("/v1/vms/" + id);
   ASSERT_TRUE(now.ok());
   EXPECT_EQ(now->value("state", ""), "running") << "never stopped";
+  // A stop after an interval push with nothing written since pushes nothing
+  // more: the latest version is the disk.
+  const int64_t skips = unchanged();
+  const auto settle_give_up = std::chrono::steady_clock::now() + seconds(60);
+  while (unchanged() <= skips && std::chrono::steady_clock::now() < settle_give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const int settled = version();
+  const int64_t before_stop = unchanged();
+  ASSERT_GT(before_stop, skips) << "no interval push skipped after the last write";
+  ASSERT_EQ(Act(alice, id, "stop").value("state", ""), "stopped");
+  const auto stop_give_up = std::chrono::steady_clock::now() + seconds(30);
+  while (unchanged() <= before_stop && std::chrono::steady_clock::now() < stop_give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the next heartbeat
+  EXPECT_GT(unchanged(), before_stop) << "the stop's push was not skipped";
+  EXPECT_EQ(version(), settled) << Workspace(alice, "ivs").dump();
   StopGrid(grid);
 }
 

@@ -771,6 +771,12 @@ Result<VmStatus> VmRunner::Stop(const std::string& id) {
   // Flush the guest's page cache so the disk is consistent, then power off.
   if (auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2)); ga.ok())
     (void)(*ga)->Exec({"/bin/sync"}, "", seconds(10));
+  // A persistent workspace's final write count (vCPUs stopped, I/O drained):
+  // equal to the last interval push's, the durable version is this disk.
+  int64_t writes = -1;
+  if (vm->spec.disk_mode == "persistent" && !vm->spec.durable.empty() &&
+      vmgrid::Stop(vm->qemu->qmp()).ok())
+    if (auto w = DiskWriteCount(vm->qemu->qmp(), "disk0"); w.ok()) writes = *w;
   Status st = vm->qemu->Quit(seconds(10));
   vm->qemu.reset();
   if (!st.ok()) spdlog::warn("stop of VM {}: {}", id, st.error().message);
@@ -778,14 +784,23 @@ Result<VmStatus> VmRunner::Stop(const std::string& id) {
   vm->Set(*t->success, st.ok() ? "" : "QEMU did not quit cleanly (details in the host's log)");
   PersistStateOrCount(*vm);
   // QEMU is gone: the workspace file is consistent and nobody writes it.
-  PushDurable(*vm, vm->spec.workspace_path, "stop");
+  PushDurable(*vm, vm->spec.workspace_path, "stop", writes);
   return StatusOf(*vm);
 }
 
-void VmRunner::PushDurable(Vm& vm, const std::string& qcow2, const std::string& trigger) {
+void VmRunner::PushDurable(Vm& vm, const std::string& qcow2, const std::string& trigger,
+                           int64_t writes) {
   const VmSpec& s = vm.spec;
   if (s.disk_mode != "persistent" || s.durable.empty() || !options_.images) return;
   std::lock_guard<std::mutex> push(vm.push_mu);
+  {
+    // After the interval push that may have run meanwhile (push_mu).
+    std::lock_guard<std::mutex> l(vm.status_mu);
+    if (writes >= 0 && writes == vm.pushed_writes && vm.durable_error.empty()) {
+      options_.images->CountUnchangedPush();
+      return;
+    }
+  }
   PushDurableLocked(vm, qcow2, trigger, NowMs());
 }
 

@@ -221,7 +221,10 @@ class VmRunner : public VmDriver {
   // QEMU stopped, or a checkpoint's full copy) as a new version when the
   // spec asks for it; records it in `vm` (status, state.json). A failure is
   // logged and kept in the VM's durable_error; the caller's operation goes on.
-  void PushDurable(Vm& vm, const std::string& qcow2, const std::string& trigger);
+  // `writes`: the disk's write count (DiskWriteCount) the copy holds, if
+  // known (-1): equal to the last interval push's, nothing is pushed.
+  void PushDurable(Vm& vm, const std::string& qcow2, const std::string& trigger,
+                   int64_t writes = -1);
   // The same with vm.push_mu held by the caller; `at_ms`: when the copy was
   // taken. True when the version was published.
   bool PushDurableLocked(Vm& vm, const std::string& qcow2, const std::string& trigger,
