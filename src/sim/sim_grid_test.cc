@@ -245,8 +245,15 @@ TEST_F(SimGridDiskTest, HostsWithoutDiskRoomAreRefused) {
   for (const auto& h : (*listed)["hosts"])
     EXPECT_EQ(h["reserved_disk_bytes"], 3 * (bound + (int64_t{256} << 20))) << h.dump();
 
-  // Deleting a VM releases its disk.
-  ASSERT_TRUE(admin.Delete("/v1/vms/" + ids[0]).ok());
+  // Deleting a VM releases its disk. A VM still creating cannot be deleted
+  // (docs/vm-lifecycle.md): under load the simulated agent may not have
+  // answered yet, so wait for it to run.
+  auto running = PollUntil(
+      admin, "/v1/vms/" + ids[0], [](const json& j) { return j["state"] == "running"; },
+      seconds(30));
+  ASSERT_TRUE(running.ok()) << running.error().message;
+  auto deleted = admin.Delete("/v1/vms/" + ids[0]);
+  ASSERT_TRUE(deleted.ok()) << deleted.error().message;
   auto gone = PollUntil(
       admin, "/v1/vms", [](const json& j) { return j["vms"].size() == 5u; }, seconds(30));
   ASSERT_TRUE(gone.ok()) << gone.error().message;
