@@ -9,7 +9,9 @@
 #include <cstdio>
 #include <iostream>
 #include <set>
+#include <thread>
 
+#include "store/store.h"
 #include "tests/grid_fixture.h"
 
 namespace vmgrid {
@@ -119,6 +121,31 @@ TEST_F(DrainGridTest, DrainMovesEveryVmAwayAndKeepsNewOnesOffUntilUndrained) {
   json d4 = CreateVm(alice, {{"image", image}, {"name", "d4"}});
   EXPECT_EQ(d4.value("state", ""), "running") << d4.dump();
   EXPECT_EQ(d4.value("host", ""), h0) << d4.dump();
+
+  // A controller that dies mid-drain leaves the host's flag and loses the
+  // operation. Modelled exactly: with the controller down (kill -9), h0,
+  // which holds d4, is marked draining in its database and nothing else;
+  // the restarted controller, once it leads, resumes the drain and d4 moves
+  // off h0, still running.
+  grid_->StopController(/*hard=*/true);
+  {
+    auto store = Store::Open(grid_->controller_state_dir() + "/vmgrid.db");
+    ASSERT_TRUE(store.ok()) << store.error().message;
+    ASSERT_TRUE((*store)->SetHostDraining(h0, true).ok());
+  }
+  ASSERT_TRUE(grid_->StartController().ok());
+  const std::string d4_id = d4["id"];
+  json now;
+  for (int i = 0; i < 1200; ++i) {  // two minutes at most
+    auto got = alice.Get("/v1/vms/" + d4_id);
+    if (got.ok()) now = *got;
+    if (now.value("state", "") == "running" && now.value("host", "") != h0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(now.value("state", ""), "running") << now.dump();
+  EXPECT_NE(now.value("host", ""), h0) << "the drain was not resumed: " << now.dump();
+  EXPECT_EQ(Exec(alice, d4_id, "echo moved"), "moved\n");
+  EXPECT_TRUE(Host(h0).value("draining", false));
 }
 
 }  // namespace

@@ -73,6 +73,10 @@ constexpr int64_t kLeaseAttemptMs = 500;
 // operation never started (a crash between the two); the operation itself
 // is seen by OpQueue::InFlight however long it runs.
 constexpr int64_t kMigrationStaleMs = 60'000;
+// How long a new leader waits before it resumes the drains its predecessor
+// left: the agents have heartbeated to it by then (every 2 s), so placement
+// sees the hosts as they are.
+constexpr int64_t kDrainResumeDelayMs = 5'000;
 // How often the event stream is cut to --events-keep.
 constexpr int64_t kEventPruneMs = 60'000;
 
@@ -682,6 +686,7 @@ void Controller::ReconcileLoop() {
   int64_t resynced = NowMs();
   int64_t pruned = 0;    // at once, then every kEventPruneMs
   bool leading = false;  // as of the previous pass
+  bool resume_drains = false;
   int64_t leading_since = 0;
   auto still_leader = [this] { return lease_->Held() && !stop_; };
   while (!stop_) {
@@ -701,12 +706,21 @@ void Controller::ReconcileLoop() {
       // the previous leader left (docs/ha.md).
       leading_since = NowMs();
       failures_->CountFromNow();
+      resume_drains = true;
     }
     leading = lead;
     if (lead) {
       // Migrations a previous controller left half-done (its operations died
       // with it), and any whose operation never started.
       migrations_->RecoverInterrupted(leading_since, kMigrationStaleMs);
+      // Drains whose operation died with the previous leader, once per
+      // leadership, kDrainResumeDelayMs after taking over (a VM whose
+      // migration the step above has not settled yet is not running: a later
+      // drain moves it).
+      if (resume_drains && NowMs() - leading_since >= kDrainResumeDelayMs) {
+        (void)drains_->ResumeInterrupted();
+        resume_drains = false;
+      }
       // Suspect and failed hosts, and the recovery of failed hosts' VMs
       // (docs/host-failure.md).
       failures_->Check(still_leader);

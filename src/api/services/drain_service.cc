@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <optional>
 #include <vector>
 
 #include "api/op_queue.h"
@@ -69,6 +70,53 @@ json DrainService::Running(const std::string& host_id) const {
   }
   auto op = ops_.Get(id, "", /*admin=*/true);
   return op.ok() ? *op : json(nullptr);
+}
+
+std::vector<json> DrainService::ResumeInterrupted() {
+  std::vector<json> started;
+  auto hosts = store_.ListHosts();
+  if (!hosts.ok()) {
+    spdlog::warn("resuming drains: {}", hosts.error().message);
+    return started;
+  }
+  std::optional<User> admin;
+  for (const Host& host : *hosts) {
+    if (!host.draining) continue;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (running_.count(host.id) != 0) continue;
+    }
+    auto vms = store_.ListVmsOnHost(host.id);
+    if (!vms.ok()) {
+      spdlog::warn("resuming the drain of host {}: {}", host.name, vms.error().message);
+      continue;
+    }
+    const auto left =
+        std::count_if(vms->begin(), vms->end(), [](const Vm& vm) { return vm.state == "running"; });
+    if (left == 0) continue;
+    if (!admin) {
+      auto users = store_.ListUsers();
+      if (users.ok())
+        for (const User& u : *users)
+          if (u.role == "admin") {
+            admin = u;
+            break;
+          }
+      if (!admin) {
+        spdlog::warn("resuming drains: no admin user to run them as");
+        return started;
+      }
+    }
+    auto answer = Drain(Caller{*admin}, host.id, kDefaultParallel);
+    if (!answer.ok()) {
+      spdlog::warn("resuming the drain of host {}: {}", host.name, answer.error().message);
+      continue;
+    }
+    spdlog::info("host {} is draining with {} running VM(s) and no drain running: resumed as {}",
+                 host.name, left, answer->value("id", ""));
+    started.push_back(*answer);
+  }
+  return started;
 }
 
 Result<json> DrainService::Run(const std::string& op_id, const Caller& c, const Host& host,

@@ -13,13 +13,15 @@
 // Failure and restart: the flag is in the database, the operation in memory.
 // A controller restart mid-drain forgets the operation (each migration in
 // flight ends as a restart leaves any migration); the host stays drained,
-// and running drain again moves what is left. Thread-safe: every method.
+// and the next leader resumes the drain (ResumeInterrupted) with a new
+// operation for what is left. Thread-safe: every method.
 #pragma once
 
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "api/routes/route.h"
 #include "common/result.h"
@@ -57,6 +59,14 @@ class DrainService {
   // The drain of `host_id` running now as the admin polls it (the
   // operation: id, state, progress with each VM's state), or null.
   nlohmann::json Running(const std::string& host_id) const;
+
+  // For a controller that has just become the leader (started, or taken
+  // over from one that died): the drains the old leader ran died with its
+  // memory. Starts a drain (as the first admin user, kDefaultParallel) of
+  // every draining host that still has a running VM and no drain running
+  // here, and returns the operations' answers. A VM that could not move
+  // before is tried once more; a host with nothing running is left alone.
+  std::vector<nlohmann::json> ResumeInterrupted();
 
  private:
   Result<nlohmann::json> Run(const std::string& op_id, const Caller& c, const Host& host,

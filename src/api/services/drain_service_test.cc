@@ -210,6 +210,37 @@ TEST_P(DrainServiceTest, ARunningDrainIsAnsweredAgainAndUndrainStopsIt) {
   EXPECT_TRUE(drains_->Running(host_.id).is_null()) << "ended";
 }
 
+// A controller that dies mid-drain leaves the flag and no operation: the
+// next leader (a new DrainService on the same database) resumes it once,
+// moving what still runs there, and leaves alone a draining host with
+// nothing running and a host that is not draining.
+TEST_P(DrainServiceTest, TheNextLeaderResumesADrainItsPredecessorLeftUnfinished) {
+  Vm a = AddVm("a", "running");
+  Vm b = AddVm("b", "running");
+  Vm c = AddVm("c", "stopped");
+  ASSERT_TRUE(store_->SetHostDraining("h1", true).ok());
+  DrainService next(*store_, *migrations_, ops_);
+  auto resumed = next.ResumeInterrupted();
+  ASSERT_EQ(resumed.size(), 1u);
+  EXPECT_EQ(resumed[0]["host"], "h1");
+  EXPECT_EQ(resumed[0]["parallel"], DrainService::kDefaultParallel);
+  Settle();
+  // The admin sees it as their own drain would be.
+  auto op = ops_.Get(resumed[0]["id"], admin_.id, false);
+  ASSERT_TRUE(op.ok()) << op.error().message;
+  EXPECT_EQ((*op)["state"], "succeeded") << op->dump();
+  EXPECT_EQ((*op)["result"]["moved"], 2);
+  EXPECT_EQ((*op)["result"]["not_moved"], 1);
+  EXPECT_EQ(store_->GetVm(a.id, "")->host_id, h2_.id);
+  EXPECT_EQ(store_->GetVm(b.id, "")->host_id, h2_.id);
+  EXPECT_EQ(store_->GetVm(c.id, "")->host_id, host_.id);
+  EXPECT_TRUE(HostNow(host_.id).draining);
+  // Nothing runs on h1 any more, and h2 (with a and b) is not draining.
+  EXPECT_TRUE(next.ResumeInterrupted().empty());
+  EXPECT_FALSE(HostNow(h2_.id).draining);
+  EXPECT_EQ(store_->GetVm(a.id, "")->host_id, h2_.id);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, DrainServiceTest, testing_db::Backends(),
                          testing_db::BackendName);
 
