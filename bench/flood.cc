@@ -28,20 +28,17 @@
 #include "common/tls.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
+#include "die.h"
 #include "machine.h"
 
 using namespace vmgrid;
 using nlohmann::json;
+using vmgrid::bench::Die;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 namespace {
-
-void Die(const std::string& what) {
-  std::fprintf(stderr, "flood: %s\n", what.c_str());
-  std::exit(1);
-}
 
 struct Latencies {
   std::vector<double> ms;

@@ -10,6 +10,7 @@
 #include "common/result.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
+#include "docs_section.h"
 #include "machine.h"
 #include "vmm/qemu_process.h"
 
@@ -70,23 +71,6 @@ inline Status EmptyHostCache(LocalGrid& grid, int index, const std::string& url,
 inline std::string MachineLineWithAccel() {
   return MachineLine() + ", " +
          (KvmUsableBy("qemu-system-x86_64") ? "KVM" : "no usable KVM: QEMU TCG");
-}
-
-// Replaces the text between "<!-- MARKER:begin -->" and "<!-- MARKER:end -->"
-// in the markdown file `docs` with `md`, or appends `heading` and a new
-// marked block when the markers are not there yet.
-inline Status WriteDocsSection(const std::string& docs, const std::string& marker,
-                               const std::string& heading, const std::string& md) {
-  std::string begin = "<!-- " + marker + ":begin -->", end = "<!-- " + marker + ":end -->";
-  auto old = ReadFile(docs);
-  std::string text = old.ok() ? *old : "# Benchmarks\n\n";
-  std::string block = begin + "\n" + md + end;
-  auto b = text.find(begin), e = text.find(end);
-  if (b != std::string::npos && e != std::string::npos)
-    text.replace(b, e + end.size() - b, block);
-  else
-    text += "\n" + heading + "\n\n" + block + "\n";
-  return WriteFileAtomic(docs, text);
 }
 
 }  // namespace vmgrid::bench

@@ -30,18 +30,16 @@
 #include <sstream>
 #include <thread>
 
-#include "chunks/chunk_cache.h"
-#include "chunks/chunk_store.h"
 #include "chunks/manifest.h"
-#include "chunks/manifest_block_source.h"
 #include "client/api_client.h"
 #include "common/child_process.h"
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
+#include "die.h"
 #include "grid_bench.h"
 #include "linkem/link_emulator.h"
-#include "nbd/nbd_server.h"
+#include "nbd_bench.h"
 #include "stats.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/machine_ops.h"
@@ -58,11 +56,6 @@ using std::chrono::seconds;
 namespace {
 
 constexpr char kStateDir[] = "/tmp/vmgrid-bench-image-transfer";
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "image_transfer: %s\n", what.c_str());
-  std::exit(1);
-}
 
 std::string MiB(double bytes) { return Fmt("%.1f", bytes / (1 << 20)); }
 
@@ -290,74 +283,23 @@ struct NbdResult {
   double ours_nbdcopy = 0, qemu_nbdcopy = 0;  // MiB/s
 };
 
-json RunReadBench(const std::string& uri, const std::string& chunks_file, int random_reads) {
-  std::string script = std::string(VMGRID_SOURCE_DIR) + "/bench/nbd_read_bench.py";
-  auto r = RunProcessChecked({"/usr/bin/python3", script, uri, "--data-chunks", chunks_file,
-                              "--random", std::to_string(random_reads)},
-                             std::chrono::minutes(20));
-  if (!r.ok()) Die("nbd_read_bench.py: " + r.error().message + " (python3-libnbd installed?)");
-  return json::parse(*r);
-}
-
-double NbdcopyMiBs(const std::string& uri, uint64_t size) {
-  auto t0 = Clock::now();
-  auto r = RunProcessChecked({"nbdcopy", "--no-extents", uri, "null:"}, std::chrono::minutes(20));
-  if (!r.ok()) Die("nbdcopy: " + r.error().message);
-  return static_cast<double>(size) / (1 << 20) / Since(t0);
-}
-
 NbdResult MeasureNbd(const ImageUnderTest& im, int random_reads) {
-  std::string work = std::string(kStateDir) + "/nbd-" + im.name;
-  (void)RemoveTree(work);
-  if (!MakeDirs(work).ok()) Die("mkdir " + work);
-  auto store = ChunkStore::Open(work + "/store");
-  if (!store.ok()) Die(store.error().message);
-  auto draft = ChunkImageFile(im.disk, kDefaultChunkSize, **store);
-  if (!draft.ok()) Die(draft.error().message);
-  Manifest m = *draft;
-  m.name = im.name;
-  m.version = 1;
-  ChunkCache::Options co;
-  co.capacity_bytes = 64ull << 30;
-  auto cache = ChunkCache::Open(work + "/cache", co);
-  if (!cache.ok()) Die(cache.error().message);
-  ChunkStore* s = store->get();
-  ChunkCache::FetchFn fetch = [s](const std::string& d) { return s->Get(d); };
-  std::ofstream chunks_file(work + "/data-chunks.txt");
-  chunks_file << m.chunk_size << "\n";
-  for (size_t i = 0; i < m.chunks.size(); ++i) {
-    if (m.IsZero(i)) continue;
-    chunks_file << i << "\n";
-    if (auto g = (*cache)->Get(m.chunks[i], fetch); !g.ok()) Die(g.error().message);  // warm
-  }
-  chunks_file.close();
-  auto source = ManifestBlockSource::Create(m, **cache, fetch);
-  if (!source.ok()) Die(source.error().message);
-  nbd::NbdServerOptions no;
-  no.unix_socket_path = work + "/ours.sock";
-  nbd::NbdServer server(no);
-  if (auto st = server.AddExport("disk", *source); !st.ok()) Die(st.error().message);
-  if (auto st = server.Start(); !st.ok()) Die(st.error().message);
-  std::string qsock = work + "/qemu-nbd.sock";
-  auto qemu_nbd =
-      ChildProcess::Spawn({"qemu-nbd", "--read-only", "--persistent", "--shared=8", "--format=raw",
-                           "--export-name=disk", "--socket=" + qsock, im.disk},
-                          work + "/qemu-nbd.log");
-  if (!qemu_nbd.ok()) Die(qemu_nbd.error().message);
-  for (int i = 0; i < 200 && !FileExists(qsock); ++i) std::this_thread::sleep_for(milliseconds(25));
-  std::string ours_uri = "nbd+unix:///disk?socket=" + no.unix_socket_path;
-  std::string qemu_uri = "nbd+unix:///disk?socket=" + qsock;
+  NbdExportPairOptions po;
+  po.image = im.disk;
+  po.work = std::string(kStateDir) + "/nbd-" + im.name;
+  po.manifest_name = im.name;
+  auto pair = Must(NbdExportPair::Start(po));
+  const uint64_t size = pair->manifest().size;
+  const std::string &ours_uri = pair->ours_uri(), &qemu_uri = pair->qemu_uri();
   NbdResult r;
   // A first untimed pass puts the raw file and the cache's chunk files in the
   // page cache for both; then alternate so that load drift hits both alike.
-  (void)NbdcopyMiBs(qemu_uri, m.size);
-  (void)NbdcopyMiBs(ours_uri, m.size);
-  r.qemu_nbdcopy = NbdcopyMiBs(qemu_uri, m.size);
-  r.ours_nbdcopy = NbdcopyMiBs(ours_uri, m.size);
-  r.qemu = RunReadBench(qemu_uri, work + "/data-chunks.txt", random_reads);
-  r.ours = RunReadBench(ours_uri, work + "/data-chunks.txt", random_reads);
-  server.Stop();
-  (void)(*qemu_nbd)->Terminate(seconds(5));
+  (void)Must(NbdcopyMiBs(qemu_uri, size));
+  (void)Must(NbdcopyMiBs(ours_uri, size));
+  r.qemu_nbdcopy = Must(NbdcopyMiBs(qemu_uri, size));
+  r.ours_nbdcopy = Must(NbdcopyMiBs(ours_uri, size));
+  r.qemu = Must(RunReadBench(qemu_uri, pair->chunks_file(), random_reads));
+  r.ours = Must(RunReadBench(ours_uri, pair->chunks_file(), random_reads));
   return r;
 }
 

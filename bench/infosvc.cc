@@ -48,6 +48,7 @@
 #include "client/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
+#include "die.h"
 #include "infosvc/query_service.h"
 #include "machine.h"
 #include "sim/controller_process.h"
@@ -56,6 +57,8 @@
 
 using namespace vmgrid;
 using nlohmann::json;
+using vmgrid::bench::Die;
+using vmgrid::bench::Must;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
@@ -84,17 +87,6 @@ struct Flags {
   std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
   std::string state_dir = "/tmp/vmgrid-bench-infosvc";
 };
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "infosvc: %s\n", what.c_str());
-  std::exit(1);
-}
-
-template <typename T>
-T Must(Result<T> r, const std::string& what) {
-  if (!r.ok()) Die(what + ": " + r.error().message);
-  return std::move(r).value();
-}
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 double Since(Clock::time_point t0) {

@@ -24,6 +24,7 @@
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
+#include "die.h"
 #include "grid_bench.h"
 #include "stats.h"
 #include "vmm/guest_agent_client.h"
@@ -37,11 +38,6 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 namespace {
-
-void Die(const std::string& what) {
-  std::fprintf(stderr, "instantiate: %s\n", what.c_str());
-  std::exit(1);
-}
 
 // One vmgrid instantiation: request -> state running (polling every 10 ms).
 double VmgridOnce(const ApiClient& api, json body) {

@@ -36,6 +36,7 @@
 
 #include "client/api_client.h"
 #include "common/util.h"
+#include "die.h"
 #include "grid_bench.h"
 #include "machine.h"
 #include "sim/controller_process.h"
@@ -61,17 +62,6 @@ struct Flags {
   std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
   std::string state_dir = "/tmp/vmgrid-bench-listing";
 };
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "listing: %s\n", what.c_str());
-  std::exit(1);
-}
-
-template <typename T>
-T Must(Result<T> r, const std::string& what) {
-  if (!r.ok()) Die(what + ": " + r.error().message);
-  return std::move(r).value();
-}
 
 // The first page of at most `limit` items.
 PageRequest FirstPage(int64_t limit) {

@@ -20,16 +20,11 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <thread>
 
-#include "chunks/chunk_cache.h"
-#include "chunks/chunk_store.h"
-#include "chunks/manifest.h"
-#include "chunks/manifest_block_source.h"
-#include "common/child_process.h"
 #include "common/subprocess.h"
 #include "common/util.h"
-#include "nbd/nbd_server.h"
+#include "die.h"
+#include "nbd_bench.h"
 #include "stats.h"
 
 using namespace vmgrid;
@@ -39,11 +34,6 @@ using nlohmann::json;
 namespace {
 
 constexpr char kWork[] = "/tmp/vmgrid-bench-nbd-read";
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "nbd_read: %s\n", what.c_str());
-  std::exit(1);
-}
 
 std::string LoadAverage() {
   std::ifstream f("/proc/loadavg");
@@ -69,30 +59,14 @@ void MakeImage(const std::string& path, uint64_t data_mib, uint64_t hole_mib) {
   close(out);
 }
 
-json ReadBench(const std::string& uri, const std::string& chunks_file, int random_reads) {
-  std::string script = std::string(VMGRID_SOURCE_DIR) + "/bench/nbd_read_bench.py";
-  auto r = RunProcessChecked({"/usr/bin/python3", script, uri, "--data-chunks", chunks_file,
-                              "--random", std::to_string(random_reads)},
-                             std::chrono::minutes(20));
-  if (!r.ok()) Die("nbd_read_bench.py: " + r.error().message + " (python3-libnbd installed?)");
-  return json::parse(*r);
-}
-
-double NbdcopyMiBs(const std::string& uri, uint64_t size) {
-  auto t0 = Clock::now();
-  auto r = RunProcessChecked({"nbdcopy", "--no-extents", uri, "null:"}, std::chrono::minutes(20));
-  if (!r.ok()) Die("nbdcopy: " + r.error().message);
-  return static_cast<double>(size) / (1 << 20) / Since(t0);
-}
-
 struct Cells {
   Samples nbdcopy, seq, qd1, qd16;
 };
 
 void Measure(const std::string& uri, const std::string& chunks_file, uint64_t size,
              int random_reads, Cells* c) {
-  double copy = NbdcopyMiBs(uri, size);
-  json j = ReadBench(uri, chunks_file, random_reads);
+  double copy = Must(NbdcopyMiBs(uri, size));
+  json j = Must(RunReadBench(uri, chunks_file, random_reads));
   if (!c) return;
   c->nbdcopy.v.push_back(copy);
   c->seq.v.push_back(j["seq"]["mib_s"].get<double>());
@@ -105,8 +79,7 @@ void Measure(const std::string& uri, const std::string& chunks_file, uint64_t si
 int main(int argc, char** argv) {
   uint64_t data_mib = 1024, hole_mib = 256;
   int runs = 7, random_reads = 20000;
-  ManifestBlockSource::Options so;
-  int workers = -1;  // NbdServerOptions::session_workers; -1: the default
+  NbdExportPairOptions po;  // manifest "bench"
   std::string image;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -123,9 +96,9 @@ int main(int argc, char** argv) {
     else if (a == "--random-reads")
       random_reads = std::max(16, std::atoi(next().c_str()));
     else if (a == "--open-chunks")
-      so.open_chunks = std::strtoull(next().c_str(), nullptr, 10);
+      po.source.open_chunks = std::strtoull(next().c_str(), nullptr, 10);
     else if (a == "--workers")
-      workers = std::atoi(next().c_str());
+      po.session_workers = std::atoi(next().c_str());
     else if (a == "--image")
       image = next();
     else
@@ -137,52 +110,15 @@ int main(int argc, char** argv) {
     image = std::string(kWork) + "/image.raw";
     MakeImage(image, data_mib, hole_mib);
   }
-  const std::string work = std::string(kWork) + "/run";
-  (void)RemoveTree(work);
-  if (!MakeDirs(work).ok()) Die("mkdir " + work);
-
-  auto store = ChunkStore::Open(work + "/store");
-  if (!store.ok()) Die(store.error().message);
-  auto draft = ChunkImageFile(image, kDefaultChunkSize, **store);
-  if (!draft.ok()) Die(draft.error().message);
-  Manifest m = *draft;
-  m.name = "bench";
-  m.version = 1;
-  ChunkCache::Options co;
-  co.capacity_bytes = 64ull << 30;
-  auto cache = ChunkCache::Open(work + "/cache", co);
-  if (!cache.ok()) Die(cache.error().message);
-  ChunkStore* s = store->get();
-  ChunkCache::FetchFn fetch = [s](const std::string& d) { return s->Get(d); };
-  const std::string chunks_file = work + "/data-chunks.txt";
-  std::ofstream cf(chunks_file);
-  cf << m.chunk_size << "\n";
-  uint64_t data_chunks = 0;
-  for (size_t i = 0; i < m.chunks.size(); ++i) {
-    if (m.IsZero(i)) continue;
-    cf << i << "\n";
-    data_chunks++;
-    if (auto g = (*cache)->Get(m.chunks[i], fetch); !g.ok()) Die(g.error().message);
-  }
-  cf.close();
-  auto source = ManifestBlockSource::Create(m, **cache, fetch, so);
-  if (!source.ok()) Die(source.error().message);
-  nbd::NbdServerOptions no;
-  no.unix_socket_path = work + "/ours.sock";
-  if (workers >= 0) no.session_workers = workers;
-  nbd::NbdServer server(no);
-  if (auto st = server.AddExport("disk", *source); !st.ok()) Die(st.error().message);
-  if (auto st = server.Start(); !st.ok()) Die(st.error().message);
-  const std::string qsock = work + "/qemu-nbd.sock";
-  auto qemu_nbd =
-      ChildProcess::Spawn({"qemu-nbd", "--read-only", "--persistent", "--shared=8", "--format=raw",
-                           "--export-name=disk", "--socket=" + qsock, image},
-                          work + "/qemu-nbd.log");
-  if (!qemu_nbd.ok()) Die(qemu_nbd.error().message);
-  for (int i = 0; i < 200 && !FileExists(qsock); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  const std::string ours_uri = "nbd+unix:///disk?socket=" + no.unix_socket_path;
-  const std::string qemu_uri = "nbd+unix:///disk?socket=" + qsock;
+  po.image = image;
+  po.work = std::string(kWork) + "/run";
+  auto pair = Must(NbdExportPair::Start(po));
+  // Copies: the table below is printed after the servers stopped.
+  const Manifest m = pair->manifest();
+  const std::string chunks_file = pair->chunks_file();
+  const uint64_t data_chunks = pair->data_chunks();
+  const std::string ours_uri = pair->ours_uri();
+  const std::string qemu_uri = pair->qemu_uri();
 
   // What is measured must be right: QEMU's NBD client (structured replies,
   // so the zero chunks arrive as OFFSET_HOLE) compares our export with the file.
@@ -209,9 +145,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "round %d/%d done (%.0f s)\n", r + 1, runs, Since(t0));
   }
   const std::string load_after = LoadAverage();
-  auto cs = (*cache)->stats();
-  server.Stop();
-  (void)(*qemu_nbd)->Terminate(std::chrono::seconds(5));
+  auto cs = pair->cache_stats();
+  pair.reset();  // stops both servers
 
   std::printf(
       "image: %.0f MiB (%llu data chunks of %u KiB = %.0f MiB of data, the rest a hole), %d "

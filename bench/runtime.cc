@@ -43,6 +43,7 @@
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
+#include "die.h"
 #include "grid_bench.h"
 #include "linkem/link_emulator.h"
 #include "stats.h"
@@ -58,20 +59,6 @@ namespace {
 constexpr char kStateDir[] = "/tmp/vmgrid-bench-runtime";
 constexpr char kBusybox[] = "/bin/busybox";  // the host's busybox-static, also the guest's
 constexpr int kVmMemoryMb = 256;
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "runtime: %s\n", what.c_str());
-  std::exit(1);
-}
-
-template <typename T>
-T Must(Result<T> r, const std::string& what) {
-  if (!r.ok()) Die(what + ": " + r.error().message);
-  return std::move(*r);
-}
-void Must(const Status& st, const std::string& what) {
-  if (!st.ok()) Die(what + ": " + st.error().message);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Inputs: deterministic, so that every machine measures the same bytes.

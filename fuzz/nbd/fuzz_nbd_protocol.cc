@@ -28,6 +28,7 @@
 #include "nbd/export_table.h"
 #include "nbd/nbd_protocol.h"
 #include "nbd/nbd_session.h"
+#include "nbd/test_block_sources.h"
 
 namespace {
 
@@ -58,25 +59,15 @@ class CheckedSource : public BlockSource {
 
 // Holes and data alternating every 4 KiB + 1 bytes (so runs straddle any
 // aligned request), reported by MapExtents; Read checks its bounds.
-class SparseSource : public BlockSource {
+class SparseSource final : public StripedSource {
  public:
-  static constexpr uint64_t kRun = 4097;
-  uint64_t size() const override { return 1 << 20; }
-  static bool IsHole(uint64_t off) { return (off / kRun) % 2 == 1; }
+  SparseSource() : StripedSource(1 << 20, 4097) {}
+  char DataByte(uint64_t) const override { return 's'; }
   Status Read(uint64_t offset, size_t len, char* out) override {
     if (len == 0 || len > kFuzzMaxPayload || offset > size() || len > size() - offset) {
       __builtin_trap();
     }
-    for (size_t i = 0; i < len; ++i) out[i] = IsHole(offset + i) ? 0 : 's';
-    return Status::Ok();
-  }
-  void MapExtents(uint64_t offset, uint64_t len, std::vector<Extent>* out) const override {
-    out->clear();
-    for (uint64_t end = offset + len; offset < end;) {
-      uint64_t run_end = std::min(end, (offset / kRun + 1) * kRun);
-      out->push_back(Extent{run_end - offset, IsHole(offset)});
-      offset = run_end;
-    }
+    return StripedSource::Read(offset, len, out);
   }
 };
 

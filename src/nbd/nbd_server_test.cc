@@ -18,6 +18,7 @@
 #include "common/subprocess.h"
 #include "common/util.h"
 #include "nbd/nbd_protocol.h"
+#include "nbd/test_block_sources.h"
 
 namespace vmgrid::nbd {
 namespace {
@@ -215,35 +216,17 @@ TEST_F(NbdServerTest, QemuImgConvertAndCompare) {
 
 // Data and holes alternating every 4 KiB: a large READ becomes hundreds of
 // OFFSET_DATA/OFFSET_HOLE chunks (more than one sendmsg's worth of iovecs).
-class StripedSource : public BlockSource {
+class FourKiBStripes final : public StripedSource {
  public:
   static constexpr uint64_t kSize = 8 << 20, kRun = 4096;
-  static bool IsHole(uint64_t off) { return (off / kRun) % 2 == 1; }
-  uint64_t size() const override { return kSize; }
-  Status Read(uint64_t offset, size_t len, char* out) override {
-    for (size_t i = 0; i < len; ++i)
-      out[i] = IsHole(offset + i) ? 0 : static_cast<char>(1 + (offset + i) % 253);
-    return Status::Ok();
-  }
-  void MapExtents(uint64_t offset, uint64_t len, std::vector<Extent>* out) const override {
-    out->clear();
-    for (uint64_t end = offset + len; offset < end;) {
-      uint64_t run_end = std::min(end, (offset / kRun + 1) * kRun);
-      out->push_back(Extent{run_end - offset, IsHole(offset)});
-      offset = run_end;
-    }
-  }
-  static std::string Image() {
-    std::string s(kSize, '\0');
-    (void)StripedSource().Read(0, kSize, s.data());
-    return s;
-  }
+  FourKiBStripes() : StripedSource(kSize, kRun) {}
+  char DataByte(uint64_t offset) const override { return static_cast<char>(1 + offset % 253); }
 };
 
 TEST_F(NbdServerTest, HolesReachQemuAndLibnbdAsHoles) {
   REQUIRE_TOOL("qemu-img");
-  ASSERT_TRUE(server_->AddExport("striped", std::make_shared<StripedSource>()).ok());
-  const std::string expected = StripedSource::Image();
+  ASSERT_TRUE(server_->AddExport("striped", std::make_shared<FourKiBStripes>()).ok());
+  const std::string expected = FourKiBStripes().Expected(0, FourKiBStripes::kSize);
   std::string copy = dir_ + "/striped.raw";
   ProcessOutput conv = Run({"qemu-img", "convert", "-f", "raw", "-O", "raw", Uri("striped"), copy});
   ASSERT_EQ(conv.exit_code, 0) << conv.err;

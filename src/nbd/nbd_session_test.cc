@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "nbd/block_source.h"
+#include "nbd/test_block_sources.h"
 
 namespace vmgrid::nbd {
 namespace {
@@ -453,35 +454,14 @@ TEST_F(NbdSessionTest, StructuredRepliesForReads) {
 // 1 MiB: data, a 256 KiB hole at [256 KiB, 512 KiB), data, a hole from
 // 768 KiB to the end. Traps a Read that touches a hole, so a test sees
 // whether the server skipped the holes or read them.
-class SparseSource : public BlockSource {
+class SparseSource : public StripedSource {
  public:
   static constexpr uint64_t kSize = 1 << 20, kRun = 256 << 10;
-  static bool IsHole(uint64_t off) { return (off / kRun) % 2 == 1; }
-  uint64_t size() const override { return kSize; }
+  SparseSource() : StripedSource(kSize, kRun) {}
+  char DataByte(uint64_t offset) const override { return static_cast<char>(1 + offset % 251); }
   Status Read(uint64_t offset, size_t len, char* out) override {
-    for (uint64_t i = 0; i < len; ++i) {
-      if (IsHole(offset + i)) {
-        hole_reads++;
-        out[i] = 0;
-      } else {
-        out[i] = static_cast<char>(1 + (offset + i) % 251);
-      }
-    }
-    return Status::Ok();
-  }
-  void MapExtents(uint64_t offset, uint64_t len, std::vector<Extent>* out) const override {
-    out->clear();
-    for (uint64_t end = offset + len; offset < end;) {
-      uint64_t run_end = std::min(end, (offset / kRun + 1) * kRun);
-      out->push_back(Extent{run_end - offset, IsHole(offset)});
-      offset = run_end;
-    }
-  }
-  std::string Expected(uint64_t offset, size_t len) const {
-    std::string s(len, '\0');
-    for (uint64_t i = 0; i < len; ++i)
-      s[i] = IsHole(offset + i) ? '\0' : static_cast<char>(1 + (offset + i) % 251);
-    return s;
+    for (uint64_t i = 0; i < len; ++i) hole_reads += IsHole(offset + i) ? 1 : 0;
+    return StripedSource::Read(offset, len, out);
   }
   int hole_reads = 0;
 };

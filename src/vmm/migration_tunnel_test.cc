@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -10,7 +12,9 @@
 #include <string>
 #include <thread>
 
+#include "common/tls.h"
 #include "vmm/migration.h"
+#include "vmm/test_util.h"
 
 namespace vmgrid {
 namespace {
@@ -145,6 +149,60 @@ TEST(MigrationTunnelTest, RefusesCleartext) {
     std::this_thread::sleep_for(milliseconds(20));
   EXPECT_EQ((*in)->rejected_handshakes(), 1);
   EXPECT_FALSE(Readable(target_qemu.get(), 100));
+}
+
+// The source's side talks only to a peer that proves the migration key.
+// An ordinary TLS 1.3 server with a certificate (here one of the grid's
+// own CA, valid for 127.0.0.1: what another grid process on the target's
+// port, or a man in the middle holding a grid certificate, would present)
+// is refused by Connect and gets none of QEMU's stream: the client trusts
+// no certificate, and takes no handshake that did not use the key.
+TEST(MigrationTunnelTest, RefusesAServerThatPresentsACertificate) {
+  vmm::testing::TempDir dir;
+  auto pki = EnsureLocalPki(dir.path(), {"impostor"});
+  ASSERT_TRUE(pki.ok()) << pki.error().message;
+  auto tls = TlsContext::ForServer((*pki)[0], /*require_client_cert=*/false);
+  ASSERT_TRUE(tls.ok()) << tls.error().message;
+  SSL_CTX* ctx = (*tls)->get();
+  ASSERT_EQ(SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION), 1);
+  int port = 0;
+  auto listener = ListenTcp("127.0.0.1", &port);
+  ASSERT_TRUE(listener.ok()) << listener.error().message;
+
+  int accepted = 0;      // SSL_accept's result
+  std::string received;  // what the server read after a handshake
+  std::thread server([&] {
+    sigset_t pipe;  // the client may close first: fail the write, not the test
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
+    UniqueFd conn(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn.valid()) return;
+    timeval tv{5, 0};
+    ::setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(conn.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    SSL* ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, conn.get());
+    accepted = SSL_accept(ssl);
+    char buf[4096];
+    size_t got = 0;
+    while (accepted == 1 && SSL_read_ex(ssl, buf, sizeof buf, &got) == 1) received.append(buf, got);
+    SSL_free(ssl);
+  });
+
+  UniqueFd source_qemu;
+  auto out = MigrationTunnel::Connect("127.0.0.1", port, Key(), seconds(5), &source_qemu);
+  if (out.ok()) {
+    // What a source QEMU would write next, so that the checks below see
+    // whether it reached the impostor.
+    (void)::write(source_qemu.get(), "QEVM", 4);
+    source_qemu.Reset();
+    (void)(*out)->WaitDone(seconds(5));
+  }
+  server.join();
+  EXPECT_EQ(received, "") << "stream bytes reached a server without the migration key";
+  ASSERT_FALSE(out.ok()) << "the tunnel connected to a server without the migration key";
+  EXPECT_EQ(out.error().code, ErrorCode::kUnauthenticated) << out.error().message;
 }
 
 // Destroying a tunnel wakes its thread wherever it waits: no hang, and the
