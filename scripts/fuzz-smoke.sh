@@ -50,7 +50,14 @@ if ! clang++ -fsanitize=fuzzer,address,undefined "$probe_dir/probe.cc" -o "$prob
 fi
 
 echo "fuzz-smoke: building fuzz/ with $(clang++ --version | head -n 1) into $BUILD"
-CC=clang CXX=clang++ cmake -S "$ROOT/fuzz" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$probe_dir/cmake.log" 2>&1 ||
+# ccache when installed (as the Makefile's build): a fresh clone reuses objects.
+launcher=()
+if command -v ccache >/dev/null 2>&1; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=true
+fi
+CC=clang CXX=clang++ cmake -S "$ROOT/fuzz" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo "${launcher[@]}" \
+  >"$probe_dir/cmake.log" 2>&1 ||
   { cat "$probe_dir/cmake.log"; echo "fuzz-smoke: FAIL: cmake configure"; exit 1; }
 # (fuzz/CMakeLists.txt refuses any compiler but clang, e.g. a stale cache.)
 # shellcheck disable=SC2086

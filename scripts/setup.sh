@@ -25,6 +25,8 @@ PACKAGES=(
   # the portal's browser test (tests/portal_browser_test.cc): headless Chromium,
   # driven from Node.js by playwright-core (installed below)
   chromium
+  # compiler cache: `make` in a fresh clone reuses earlier builds' objects
+  ccache
 )
 
 missing=()
@@ -41,13 +43,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Opt-in: QEMU 10 from bookworm-backports (VMGRID_QEMU_BACKPORTS=1). Under TCG
-# QEMU 7.2's live migration loses guest stores, so vmgrid pauses a TCG guest
-# while its RAM moves; QEMU >= 9.0 has the fix and migrates live
+# QEMU 10 from bookworm-backports (the default; VMGRID_QEMU_BACKPORTS=0 keeps
+# Debian 12's QEMU 7.2). Under TCG QEMU 7.2's live migration loses guest
+# stores, so vmgrid pauses a TCG guest while its RAM moves; QEMU >= 9.0 has the fix and migrates live
 # (docs/migration.md, "QEMU 10 from backports"). The backports suite is added
 # with the mirror this machine's Debian sources already use. Every host of a
 # grid must run the same QEMU: migrations and checkpoints do not cross versions.
-if [ "${VMGRID_QEMU_BACKPORTS:-0}" = 1 ]; then
+if [ "${VMGRID_QEMU_BACKPORTS:-1}" = 1 ]; then
   have=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
   if [ -z "$have" ] || dpkg --compare-versions "$have" lt 1:9; then
     list=/etc/apt/sources.list.d/vmgrid-backports.sources
