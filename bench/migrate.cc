@@ -48,6 +48,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <spdlog/cfg/env.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -72,6 +74,7 @@
 #include <thread>
 #include <vector>
 
+#include "die.h"
 #include "linkem/link_emulator.h"
 #include "machine.h"
 #include "vmm/guest_agent_client.h"
@@ -80,6 +83,7 @@
 #include "vmm/test_util.h"
 
 using namespace vmgrid;
+using vmgrid::bench::Die;
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 using std::chrono::milliseconds;
@@ -88,11 +92,6 @@ using std::chrono::seconds;
 namespace {
 
 namespace fs = std::filesystem;
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "migrate: %s\n", what.c_str());
-  std::exit(1);
-}
 
 double MsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
@@ -625,6 +624,7 @@ std::vector<double> Field(const std::vector<Sample>& v, double Sample::*f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=trace shows each QMP command's time
   Options o;
   CLI::App app{"Live migration of the tiny guest: vmgrid against plain QEMU (docs/benchmarks.md)",
                "migrate"};

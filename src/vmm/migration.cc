@@ -14,7 +14,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <thread>
+#include <initializer_list>
 
 #include "common/util.h"
 #include "vmm/json_util.h"
@@ -165,10 +165,19 @@ Result<json> MirrorJob(QmpClient& qmp, Deadline deadline) {
   return json();
 }
 
-// Sleeps a growing nap, or fails once `deadline` would pass.
-Status Nap(milliseconds* nap, Deadline deadline, const std::string& what) {
+// Sleeps a growing nap, or fails once `deadline` would pass; wakes early when
+// QEMU sends an event named `event` (a MIGRATION status change, with the
+// `events` capability on; a JOB_STATUS_CHANGE): the caller polls again at
+// once instead of after the rest of the nap. While the vCPUs are stopped
+// (pre-switchover, the mirror's completion) every millisecond of a nap is
+// downtime. A stale event only costs one early poll.
+Status NapUntilEvent(QmpClient& qmp, const char* event, milliseconds* nap, Deadline deadline,
+                     const std::string& what) {
   if (Clock::now() + *nap >= deadline) return MakeError(ErrorCode::kTimeout, what + " at deadline");
-  std::this_thread::sleep_for(*nap);
+  Result<json> e = qmp.WaitEventIf(
+      [event](const json& ev) { return GetString(ev, "event").value_or("") == event; }, *nap);
+  // A broken connection shows in the caller's next command.
+  (void)e;
   *nap = std::min(*nap * 2, kMaxNap);
   return Status::Ok();
 }
@@ -186,16 +195,20 @@ void CancelMirror(QmpClient& qmp) {
       (void)qmp.Execute("job-dismiss", {{"id", kMirrorJob}}, kCleanupTimeout);
       break;
     }
-    if (!Nap(&nap, deadline, "mirror cancel").ok()) break;
+    if (!NapUntilEvent(qmp, "JOB_STATUS_CHANGE", &nap, deadline, "mirror cancel").ok()) break;
   }
 }
 
+// migrate-set-capabilities for the capabilities named, all to `state`.
+Result<json> SetCapabilities(QmpClient& qmp, std::initializer_list<const char*> names, bool state,
+                             milliseconds timeout) {
+  json caps = json::array();
+  for (const char* n : names) caps.push_back({{"capability", n}, {"state", state}});
+  return qmp.Execute("migrate-set-capabilities", {{"capabilities", std::move(caps)}}, timeout);
+}
+
 void ResetMigrationSettings(QmpClient& qmp) {
-  (void)qmp.Execute(
-      "migrate-set-capabilities",
-      {{"capabilities",
-        json::array({{{"capability", "pause-before-switchover"}, {"state", false}}})}},
-      kCleanupTimeout);
+  (void)SetCapabilities(qmp, {"pause-before-switchover", "events"}, false, kCleanupTimeout);
   (void)qmp.Execute("migrate-set-parameters", {{"max-bandwidth", kUnthrottled}}, kCleanupTimeout);
   DropCredentials(qmp);
 }
@@ -212,7 +225,7 @@ void CleanUpOutgoing(QmpClient& qmp, bool migrating, bool mirror, bool node) {
       Result<json> info = qmp.Execute("query-migrate", json::object(), kCleanupTimeout);
       std::string s = info.ok() ? GetString(*info, "status").value_or("") : "";
       if (!info.ok() || s == "cancelled" || s == "failed" || s == "completed" || s.empty()) break;
-      if (!Nap(&nap, d, "migrate_cancel").ok()) break;
+      if (!NapUntilEvent(qmp, "MIGRATION", &nap, d, "migrate_cancel").ok()) break;
     }
   }
   if (mirror) CancelMirror(qmp);
@@ -322,8 +335,11 @@ Result<IncomingEndpoint> StartIncoming(QmpClient& qmp, const IncomingParams& p,
   Result<std::unique_ptr<MigrationTunnel>> t =
       MigrationTunnel::Listen(p.listen_host, p.key, &qemu_end);
   if (!t.ok()) return fail(t.error());
-  Result<json> r =
-      qmp.ExecuteWithFd("getfd", {{"fdname", kStreamFd}}, qemu_end.get(), Left(deadline));
+  // `events`: FinishIncoming sees the completion at once (the guest waits,
+  // stopped, until its `cont`).
+  Result<json> r = SetCapabilities(qmp, {"events"}, true, Left(deadline));
+  if (!r.ok()) return fail(r.error());
+  r = qmp.ExecuteWithFd("getfd", {{"fdname", kStreamFd}}, qemu_end.get(), Left(deadline));
   if (!r.ok()) return fail(r.error());
   r = qmp.Execute("migrate-incoming", {{"uri", std::string("fd:") + kStreamFd}}, Left(deadline));
   if (!r.ok()) return fail(r.error());
@@ -411,18 +427,19 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
             ErrorCode::kInternal,
             "the disk mirror failed: " + GetString(*job, "error").value_or("(no reason)")));
       if (GetBool(*job, "ready").value_or(false)) break;
-      if (Status n = Nap(&nap, deadline, "the disk mirror is still not ready"); !n.ok())
+      if (Status n = NapUntilEvent(qmp, "JOB_STATUS_CHANGE", &nap, deadline,
+                                   "the disk mirror is still not ready");
+          !n.ok())
         return fail(n.error());
     }
     stats.mirror_ms = MsSince(started);
     phase(MigrationPhase::kMirrorReady);
   }
 
+  // `events`: QEMU announces each status change (MIGRATION), so the loop
+  // below sees pre-switchover, when the vCPUs have just stopped, at once.
   Result<json> r =
-      qmp.Execute("migrate-set-capabilities",
-                  {{"capabilities",
-                    json::array({{{"capability", "pause-before-switchover"}, {"state", true}}})}},
-                  Left(deadline));
+      SetCapabilities(qmp, {"pause-before-switchover", "events"}, true, Left(deadline));
   if (!r.ok()) return fail(r.error());
   Clock::time_point paused_at{};
   if (pause_for_ram) {
@@ -486,7 +503,9 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
           if (job->is_null())
             return fail(MakeError(ErrorCode::kInternal, "the disk mirror vanished"));
           if (GetString(*job, "status") == "concluded") break;
-          if (Status n = Nap(&jnap, deadline, "the disk mirror did not complete"); !n.ok())
+          if (Status n = NapUntilEvent(qmp, "JOB_STATUS_CHANGE", &jnap, deadline,
+                                       "the disk mirror did not complete");
+              !n.ok())
             return fail(n.error());
         }
         stats.disk_bytes = GetInt(*job, "offset").value_or(0);
@@ -502,7 +521,8 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
       nap = milliseconds(2);
       continue;
     }
-    if (Status n = Nap(&nap, deadline, "migration still " + s); !n.ok()) return fail(n.error());
+    if (Status n = NapUntilEvent(qmp, "MIGRATION", &nap, deadline, "migration still " + s); !n.ok())
+      return fail(n.error());
   }
   // QEMU has written its last byte into the socketpair; the tunnel may still
   // hold some: the target completes only once it has them all.
@@ -511,8 +531,9 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
         ErrorCode::kUnavailable,
         "the migration stream did not reach the target: " +
             ((*tunnel)->error().empty() ? std::string("timed out") : (*tunnel)->error())));
-  if (have_node) (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, Left(deadline));
-  ResetMigrationSettings(qmp);
+  // The guest waits, stopped, until the target's `cont`: tidying the source
+  // (the NBD node, the capabilities, the key) is left to ResumeSource, in
+  // case it lives on, or to its quit (about 20 ms less downtime).
   stats.total_ms = MsSince(started);
   stats.qemu_total_ms = GetInt(final_info, "total-time").value_or(0);
   stats.downtime_ms = GetInt(final_info, "downtime").value_or(0);
@@ -540,7 +561,8 @@ Status FinishIncoming(QmpClient& qmp, const std::string& key_dir, milliseconds t
     if (s == "completed") break;
     if (s == "failed" || s == "cancelled")
       return MakeError(ErrorCode::kInternal, "incoming migration " + s);
-    if (Status n = Nap(&nap, deadline, "incoming migration still " + (s.empty() ? "waiting" : s));
+    if (Status n = NapUntilEvent(qmp, "MIGRATION", &nap, deadline,
+                                 "incoming migration still " + (s.empty() ? "waiting" : s));
         !n.ok())
       return n.error();
   }
@@ -552,10 +574,15 @@ Status FinishIncoming(QmpClient& qmp, const std::string& key_dir, milliseconds t
   if (!r.ok()) return r.error().Wrap("finish incoming migration: cont");
   // Only new connections need them; after `cont` so the guest waits for less.
   DropCredentials(qmp);
+  (void)SetCapabilities(qmp, {"events"}, false, kCleanupTimeout);
   return Status::Ok();
 }
 
 Status ResumeSource(QmpClient& qmp) {
+  // What MigrateOut left for after the switchover; best effort (gone already
+  // when MigrateOut failed or RecoverOutgoing ran).
+  (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, kCleanupTimeout);
+  ResetMigrationSettings(qmp);
   Result<json> s = qmp.Execute("query-status", json::object(), kCleanupTimeout);
   if (!s.ok()) return s.error().Wrap("resume the migration source");
   if (GetString(*s, "status") == "running") return Status::Ok();

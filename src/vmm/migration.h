@@ -132,13 +132,15 @@ struct MigrationStats {
 };
 
 // Runs the source side. On success the source is paused ("postmigrate", disks
-// inactivated) with no mirror job, NBD node or TLS object of ours left: quit
-// it once the target has taken over, or ResumeSource it if the target could
-// not. On failure (the target died or refused the key, a timeout, ...) the
-// source runs as before: the mirror is cancelled, the migration cancelled, the
-// NBD client node and credentials removed, and `cont` issued if the vCPUs were
-// left stopped. Either way migration parameters and capabilities are put back
-// (no TLS, no pause-before-switchover) so later checkpoints work.
+// inactivated) with no mirror job; its NBD client node, TLS object and
+// migration capabilities stay (tidying them would keep the guest stopped
+// longer): quit it once the target has taken over, or ResumeSource it if the
+// target could not, which tidies them. On failure (the target died or
+// refused the key, a timeout, ...) the source runs as before: the mirror is
+// cancelled, the migration cancelled, the NBD client node and credentials
+// removed, and `cont` issued if the vCPUs were left stopped; migration
+// parameters and capabilities are put back (no TLS, no
+// pause-before-switchover, no events) so later checkpoints work.
 Result<MigrationStats> MigrateOut(QmpClient& source, const OutgoingParams& params,
                                   std::chrono::milliseconds timeout);
 
@@ -160,7 +162,8 @@ Result<bool> RecoverOutgoing(QmpClient& source);
 void RemoveKeyDir(const std::string& key_dir);
 
 // Source side when the target could not take over after MigrateOut succeeded:
-// `cont` (re-activates the disks; the guest runs on where it stopped).
+// removes what MigrateOut left (NBD node, TLS object, capabilities) and
+// `cont`s (re-activates the disks; the guest runs on where it stopped).
 Status ResumeSource(QmpClient& source);
 
 }  // namespace vmgrid

@@ -73,14 +73,26 @@ Result<json> QmpClient::Execute(const std::string& cmd, const json& args,
                                 std::chrono::milliseconds timeout) {
   Deadline deadline = DeadlineAfter(timeout);
   std::lock_guard<std::mutex> lock(mu_);
-  return ExecuteLocked(cmd, args, std::nullopt, deadline);
+  return TimedLocked(cmd, [&] { return ExecuteLocked(cmd, args, std::nullopt, deadline); });
 }
 
 Result<json> QmpClient::ExecuteWithFd(const std::string& cmd, const json& args, int fd,
                                       std::chrono::milliseconds timeout) {
   Deadline deadline = DeadlineAfter(timeout);
   std::lock_guard<std::mutex> lock(mu_);
-  return ExecuteLocked(cmd, args, fd, deadline);
+  return TimedLocked(cmd, [&] { return ExecuteLocked(cmd, args, fd, deadline); });
+}
+
+Result<json> QmpClient::TimedLocked(const std::string& cmd,
+                                    const std::function<Result<json>()>& execute) {
+  if (!spdlog::should_log(spdlog::level::trace)) return execute();
+  const auto start = std::chrono::steady_clock::now();
+  Result<json> r = execute();
+  spdlog::trace("qmp {}: {} in {} us", cmd, r.ok() ? "ok" : "error",
+                std::chrono::duration_cast<std::chrono::microseconds>(
+                    std::chrono::steady_clock::now() - start)
+                    .count());
+  return r;
 }
 
 Result<json> QmpClient::ExecuteLocked(const std::string& cmd, const json& args,

@@ -83,6 +83,9 @@ class QmpClient {
   Result<nlohmann::json> ExecuteLocked(const std::string& cmd, const nlohmann::json& args,
                                        std::optional<int> fd,
                                        std::chrono::steady_clock::time_point deadline);
+  // Runs `execute`; at trace level logs the command and how long it took.
+  static Result<nlohmann::json> TimedLocked(const std::string& cmd,
+                                            const std::function<Result<nlohmann::json>()>& execute);
   // Reads one message object; marks the client broken on transport errors.
   Result<nlohmann::json> ReadMessageLocked(std::chrono::steady_clock::time_point deadline);
   void QueueEventLocked(nlohmann::json event);
