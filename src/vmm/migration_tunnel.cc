@@ -381,7 +381,14 @@ void MigrationTunnel::RunReceiver() {
                               : SslError("the source's stream broke off"));
     }
     if (Status st = WriteAll(clear_fd_.get(), buf.data(), got); !st.ok()) {
-      ::shutdown(tcp_fd_.get(), SHUT_RDWR);  // the source's writes fail too
+      // QEMU is gone: the source's writes must fail too. A shutdown would
+      // only send a FIN, and the source would block for good on a full
+      // window (the unread stream stays queued here); closing a socket with
+      // unread data sends a reset. Nothing uses the TLS session after this.
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        tcp_fd_.Reset();
+      }
       return Finish(st.error().message);
     }
     bytes_ += got;

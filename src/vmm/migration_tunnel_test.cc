@@ -232,6 +232,54 @@ TEST(MigrationTunnelTest, DestroyingEndsTheStreamWithoutHanging) {
       << "QEMU's writes fail once the tunnel is gone";
 }
 
+// The target's QEMU dies mid-stream (its end closed with data unread) while
+// the target's tunnel object lives on (the agent has not torn the migration
+// down yet): the source's tunnel fails and the source QEMU's writes fail
+// within seconds, instead of blocking for good on a full TCP window (seen
+// in migration_grid_test before the target closed its connection).
+TEST(MigrationTunnelTest, ATargetQemuThatDiesFailsTheSourcesWrites) {
+  const MigrationKey key = Key();
+  UniqueFd target_qemu, source_qemu;
+  auto in = MigrationTunnel::Listen("127.0.0.1", key, &target_qemu);
+  ASSERT_TRUE(in.ok()) << in.error().message;
+  auto out = MigrationTunnel::Connect("127.0.0.1", (*in)->port(), key, seconds(10), &source_qemu);
+  ASSERT_TRUE(out.ok()) << out.error().message;
+  const std::string chunk = Pattern(1 << 20);
+  // Writes what the source can until `until`; false once a write fails.
+  auto pump = [&](std::chrono::steady_clock::time_point until, bool stop_when_full) {
+    auto last_progress = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() < until) {
+      pollfd p{source_qemu.get(), POLLOUT, 0};
+      if (::poll(&p, 1, 50) > 0 && (p.revents & (POLLERR | POLLHUP))) return false;
+      ssize_t n =
+          ::send(source_qemu.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0 && errno != EAGAIN) return false;
+      if (n > 0) last_progress = std::chrono::steady_clock::now();
+      // Every buffer on the way is full: the target QEMU is not reading.
+      if (stop_when_full && std::chrono::steady_clock::now() - last_progress > milliseconds(1500))
+        return true;
+    }
+    return true;
+  };
+  // The target QEMU reads a little, then stalls (loading a device, say) while
+  // the source fills every buffer on the way: the socketpair, the TCP windows.
+  ASSERT_EQ(::write(source_qemu.get(), chunk.data(), 4096), 4096);
+  char first[16];
+  ASSERT_TRUE(Readable(target_qemu.get(), 10000));
+  ASSERT_GT(::read(target_qemu.get(), first, sizeof first), 0);
+  ASSERT_TRUE(pump(std::chrono::steady_clock::now() + seconds(30), /*stop_when_full=*/true));
+  target_qemu.Reset();  // kill -9 of the target QEMU
+  // The source QEMU keeps writing, as a migration does, until a write fails.
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool failed = !pump(t0 + seconds(20), /*stop_when_full=*/false);
+  EXPECT_TRUE(failed) << "the source QEMU's writes still block 20 s after the target QEMU died";
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, seconds(10));
+  EXPECT_FALSE((*out)->WaitDone(seconds(10)));
+  EXPECT_FALSE((*out)->error().empty());
+  EXPECT_FALSE((*in)->WaitDone(seconds(1)));
+  EXPECT_FALSE((*in)->error().empty());
+}
+
 TEST(MigrationTunnelTest, ConnectToNothingIsUnavailable) {
   const MigrationKey key = Key();
   int port = 0;
