@@ -32,6 +32,21 @@ inline double LoadAverage1() {
   return l;
 }
 
+// "QEMU 10.0.2": the version qemu-system-x86_64 prints, "QEMU (unknown)"
+// when it cannot be run.
+inline std::string QemuVersion() {
+  std::string out;
+  if (FILE* p = popen("qemu-system-x86_64 --version 2>/dev/null", "r")) {
+    char b[256];
+    if (fgets(b, sizeof b, p)) out = b;
+    pclose(p);
+  }
+  const std::string prefix = "QEMU emulator version ";
+  if (out.rfind(prefix, 0) != 0) return "QEMU (unknown)";
+  out = out.substr(prefix.size());
+  return "QEMU " + out.substr(0, out.find_first_of(" \n"));
+}
+
 // "2026-12-06 11:30 UTC".
 inline std::string Today() {
   std::time_t t = std::time(nullptr);

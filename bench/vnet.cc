@@ -16,10 +16,15 @@
 //                 100 Mbit/s, 40 ms RTT, drop-tail buffer of one BDP);
 //                 --no-wan leaves it out
 // Each is a VmLink (below): start two guests with addresses on NIC 0, hand
-// out their guest agents; RunRow measures every link alike.
+// out their guest agents. All links stay up for the whole run; each round
+// transfers once over every link, in a new random order per round, so load
+// drift hits every row alike, and each row's throughput is also taken as a
+// ratio to the baseline's in the same round. Writes its table into
+// docs/benchmarks.md (between the bench-vnet markers) unless --no-write.
 //
-// Usage: vnet [--mib N=32] [--runs N=3] [--pings N=200] [--interval S=0.02]
-//             [--memory MB=256] [--vcpus N=1] [--no-wan]
+// Usage: vnet [--mib N=16] [--runs N=10] [--pings N=200] [--interval S=0.02]
+//             [--memory MB=256] [--vcpus N=1] [--no-wan] [--seed N]
+//             [--no-write] [--docs FILE]
 // The tiny image: VMGRID_TINY_IMAGE or the build's images/tiny.
 
 #include <signal.h>
@@ -35,19 +40,24 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "die.h"
+#include "docs_section.h"
 #include "linkem/udp_link.h"
 #include "machine.h"
+#include "stats.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/nic_config.h"
 #include "vmm/qemu_process.h"
 #include "vnet/switch_host.h"
 
 using namespace vmgrid;
+using vmgrid::bench::Die;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
@@ -56,19 +66,17 @@ namespace {
 
 namespace fs = std::filesystem;
 
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "vnet: %s\n", what.c_str());
-  std::exit(1);
-}
-
 struct Options {
-  int mib = 32;
-  int runs = 3;
+  int mib = 16;
+  int runs = 10;
   int pings = 200;
   double interval = 0.02;
   int memory_mb = 256;
   int vcpus = 1;
   bool wan = true;  // the tunnel row again through an emulated WAN link
+  uint64_t seed = 1;
+  bool write = true;
+  std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
   std::string image_dir;
   std::string work_dir = "/tmp/vmgrid-bench-vnet";
 };
@@ -104,6 +112,9 @@ class VmLink {
   virtual std::string Ip(int i) const = 0;
   // Stops both guests (also on a failed Start).
   virtual void Stop() = 0;
+  // Whether its link is as fast as the baseline's (loopback), so that the
+  // issue's 0.9x goal applies; an emulated WAN link is shown, not judged.
+  virtual bool Judged() const { return true; }
 };
 using VmLinkPtr = std::unique_ptr<VmLink>;
 
@@ -195,15 +206,17 @@ double Percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
 }
 
-double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
-
 struct Row {
   std::string name;
-  std::vector<double> mb_per_s;       // one per run, guest-timed
-  std::vector<double> host_mb_per_s;  // the same transfers timed on the host
+  bench::Samples mb_per_s;       // one per run, guest-timed
+  bench::Samples host_mb_per_s;  // the same transfers timed on the host
+  bench::Samples ratio;          // guest MB/s over the baseline's in the same round
   std::vector<double> rtt_ms;
   int pings_sent = 0;
   int64_t out_segs = 0, retrans_segs = 0;  // the sender's TCP counters over all transfers
+  std::optional<std::pair<int64_t, int64_t>> counters_before;
+  bool up = false;
+  bool judged = true;  // VmLink::Judged
   std::string error;
 };
 
@@ -293,79 +306,108 @@ Result<std::vector<double>> Pings(VmLink& link, int count, double interval) {
   return rtt;
 }
 
-Row RunRow(VmLink& link, const Options& o) {
-  Row row;
-  row.name = link.Name();
+// Boots a link's two guests (row.up), or records why not.
+void StartLink(VmLink& link, Row& row) {
   std::fprintf(stderr, "vnet: %s: booting two guests...\n", row.name.c_str());
   auto t0 = Clock::now();
   if (Status st = link.Start(); !st.ok()) {
     row.error = st.error().message;
     link.Stop();
-    return row;
+    return;
   }
-  std::fprintf(stderr, "vnet: %s: both guests up in %.1f s; %d x %d MiB a -> b, then %d pings\n",
-               row.name.c_str(), std::chrono::duration<double>(Clock::now() - t0).count(), o.runs,
-               o.mib, o.pings);
-  auto before = TcpCounters(link.Guest(0));
-  for (int run = 0; run < o.runs; ++run) {
-    auto r = Transfer(link, o.mib, 5001 + run);
-    if (!r.ok()) {
-      row.error = r.error().message;
-      break;
+  row.up = true;
+  std::fprintf(stderr, "vnet: %s: both guests up in %.1f s\n", row.name.c_str(),
+               std::chrono::duration<double>(Clock::now() - t0).count());
+  if (auto c = TcpCounters(link.Guest(0)); c.ok()) row.counters_before = *c;
+}
+
+// One transfer on a link that is up; a failure takes the row out of the runs.
+void TransferOnce(VmLink& link, Row& row, const Options& o, int run) {
+  auto r = Transfer(link, o.mib, 5001 + run);
+  if (!r.ok()) {
+    row.error = r.error().message;
+    row.up = false;
+    return;
+  }
+  row.mb_per_s.v.push_back(r->first);
+  row.host_mb_per_s.v.push_back(r->second);
+  std::fprintf(stderr, "vnet:   run %d, %s: %.2f MB/s (guest), %.2f MB/s (host)\n", run + 1,
+               row.name.c_str(), r->first, r->second);
+}
+
+// The TCP counters since StartLink, then the pings; stops the link.
+void FinishLink(VmLink& link, Row& row, const Options& o) {
+  if (row.up) {
+    auto after = TcpCounters(link.Guest(0));
+    if (row.counters_before && after.ok()) {
+      row.out_segs = after->first - row.counters_before->first;
+      row.retrans_segs = after->second - row.counters_before->second;
     }
-    row.mb_per_s.push_back(r->first);
-    row.host_mb_per_s.push_back(r->second);
-    std::fprintf(stderr, "vnet:   transfer %d: %.2f MB/s (guest), %.2f MB/s (host)\n", run + 1,
-                 r->first, r->second);
-  }
-  auto after = TcpCounters(link.Guest(0));
-  if (before.ok() && after.ok()) {
-    row.out_segs = after->first - before->first;
-    row.retrans_segs = after->second - before->second;
-  }
-  if (row.error.empty()) {
     auto rtt = Pings(link, o.pings, o.interval);
     if (rtt.ok()) {
       row.rtt_ms = *rtt;
     } else {
       row.error = rtt.error().message;
     }
+    row.pings_sent = o.pings;
   }
-  row.pings_sent = o.pings;
   link.Stop();
-  return row;
 }
 
-void PrintTable(const std::vector<Row>& rows, const Options& o) {
-  std::printf("## bench/vnet: VM to VM on one link\n\n");
-  std::printf("machine: %s; guests: tiny image, TCG, %d vCPU, %d MiB each\n",
-              bench::MachineLine().c_str(), o.vcpus, o.memory_mb);
-  std::printf(
-      "TCP: %d MiB of random data a -> b with busybox nc, md5 checked, %d runs (guest-timed: "
-      "receiver's accept to EOF, 10 ms steps; host-timed: from the sender's start to the receiver "
-      "seen done, incl. guest-agent round trips; retransmitted: the sender's TCP RetransSegs / "
-      "OutSegs). ping: %d pings every %.3f s after 3 warm-up.\n\n",
-      o.mib, o.runs, o.pings, o.interval);
-  std::printf(
-      "| path | TCP MB/s (median, guest) | min..max | TCP MB/s (median, host) | retransmitted | "
-      "ping p50 ms | p99 ms | max ms | lost |\n");
-  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+std::string Table(const std::vector<Row>& rows, const Options& o, const bench::Samples& load) {
+  std::string md;
+  md += "`bench/vnet --mib " + std::to_string(o.mib) + " --runs " + std::to_string(o.runs) +
+        " --pings " + std::to_string(o.pings) + (o.wan ? "" : " --no-wan") + "`, " +
+        bench::Today() + ", commit " + bench::GitCommit(VMGRID_SOURCE_DIR) + ", " +
+        bench::MachineLine() + ", QEMU TCG, " + bench::QemuVersion() + "; guests: tiny image, " +
+        std::to_string(o.vcpus) + " vCPU, " + std::to_string(o.memory_mb) +
+        " MiB each; load average (1 min) during the runs " + load.MedianIqr("%.1f") + ".\n\n";
+  md += "All links' guests stay up for the whole run; each of the " + std::to_string(o.runs) +
+        " rounds sends " + std::to_string(o.mib) +
+        " MiB of random data a -> b once over every link, the links in a new random order each "
+        "round (busybox nc, md5 checked; guest-timed from the receiver's accept to EOF, host-timed "
+        "from the sender's start to the receiver seen done). \"× baseline\" is each round's "
+        "guest MB/s over the baseline's in the same round. Then " +
+        std::to_string(o.pings) + " pings per link, " + bench::Fmt("%.3f", o.interval) +
+        " s apart, after 3 warm-up. Median (IQR) throughout.\n\n";
+  md +=
+      "| path | TCP MB/s (guest) | × baseline | TCP MB/s (host) | retransmitted | ping p50 ms | "
+      "p99 ms | lost |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const Row& r : rows) {
-    if (!r.error.empty() && r.mb_per_s.empty()) {
-      std::printf("| %s | failed: %s | | | | | | | |\n", r.name.c_str(), r.error.c_str());
+    if (r.mb_per_s.v.empty()) {
+      md += "| " + r.name + " | failed: " + r.error + " | | | | | | |\n";
       continue;
     }
-    auto [mn, mx] = std::minmax_element(r.mb_per_s.begin(), r.mb_per_s.end());
-    std::printf("| %s | %.2f | %.2f..%.2f | %.2f | %.2f%% | %.2f | %.2f | %.2f | %d/%d |\n",
-                r.name.c_str(), Median(r.mb_per_s), *mn, *mx, Median(r.host_mb_per_s),
-                r.out_segs > 0
-                    ? 100.0 * static_cast<double>(r.retrans_segs) / static_cast<double>(r.out_segs)
-                    : 0.0,
-                Percentile(r.rtt_ms, 0.5), Percentile(r.rtt_ms, 0.99),
-                r.rtt_ms.empty() ? 0.0 : *std::max_element(r.rtt_ms.begin(), r.rtt_ms.end()),
-                r.pings_sent - static_cast<int>(r.rtt_ms.size()), r.pings_sent);
-    if (!r.error.empty()) std::printf("\n(%s: %s)\n", r.name.c_str(), r.error.c_str());
+    md += "| " + r.name + " | " + r.mb_per_s.MedianIqr("%.2f") + " | " +
+          (&r == &rows[0] ? std::string("1") : r.ratio.MedianIqr("%.2f")) + " | " +
+          r.host_mb_per_s.MedianIqr("%.2f") + " | " +
+          bench::Fmt("%.2f%%", r.out_segs > 0 ? 100.0 * static_cast<double>(r.retrans_segs) /
+                                                    static_cast<double>(r.out_segs)
+                                              : 0.0) +
+          " | " + bench::Fmt("%.2f", Percentile(r.rtt_ms, 0.5)) + " | " +
+          bench::Fmt("%.2f", Percentile(r.rtt_ms, 0.99)) + " | " +
+          std::to_string(r.pings_sent - static_cast<int>(r.rtt_ms.size())) + "/" +
+          std::to_string(r.pings_sent) + " |\n";
   }
+  md +=
+      "\nGoal (issue 11): at least 0.9× the baseline's throughput, met only when the whole IQR "
+      "of \"× baseline\" is at or above 0.9:";
+  for (size_t i = 1; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    if (!r.judged) continue;
+    md += std::string(i == 1 ? " " : "; ") + r.name.substr(0, r.name.find(':')) + " " +
+          (r.ratio.v.empty()               ? "not measured"
+           : r.ratio.Quantile(0.25) >= 0.9 ? "**met**"
+           : r.ratio.Quantile(0.75) < 0.9  ? "**missed**"
+                                           : "**undecided** (the IQR straddles 0.9)");
+  }
+  md += ".";
+  if (std::any_of(rows.begin(), rows.end(), [](const Row& r) { return !r.judged; }))
+    md += " The emulated WAN row is shown, not judged: its link is slower than the baseline's.";
+  md += "\n";
+  for (const Row& r : rows)
+    if (!r.error.empty()) md += "\n(" + r.name + ": " + r.error + ")\n";
+  return md;
 }
 
 }  // namespace
@@ -392,6 +434,7 @@ class SwitchedLink : public VmLink {
                    : "switch: two VMs on one vmgrid switch";
   }
   std::string Ip(int i) const override { return i == 0 ? "10.98.0.10" : "10.98.0.11"; }
+  bool Judged() const override { return !wan_; }
   GuestAgentClient& Guest(int i) override { return *ga_[i]; }
 
   Status Start() override {
@@ -406,7 +449,11 @@ class SwitchedLink : public VmLink {
     net.name = "bench";
     VMG_ASSIGN_OR_RETURN(net.subnet, vnet::ParseIpv4("10.98.0.0"));
     net.prefix_len = 24;
-    net.mtu = tunnel_ ? 1400 : 0;
+    // As the agent configures networks: no MTU option, so the guests use
+    // 1500 (a tunnelled full frame is fragmented on a 1500-byte underlay,
+    // not on loopback). With 1400 by DHCP the tunnel row measured 0.68x the
+    // baseline instead of about 0.85x (docs/benchmarks.md).
+    net.mtu = 0;
     uint8_t key[32];
     for (int i = 0; i < 32; ++i) key[i] = static_cast<uint8_t>(i * 7 + 1);
     const int hosts = tunnel_ ? 2 : 1;
@@ -546,6 +593,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_flag("!--no-wan", o.wan, "Skip the tunnel row through an emulated WAN link");
+  app.add_option("--seed", o.seed, "Seed of the rounds' random order")->capture_default_str();
+  app.add_flag("!--no-write", o.write, "Do not update docs/benchmarks.md");
+  app.add_option("--docs", o.docs, "The markdown file to update")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (static_cast<int64_t>(o.mib) * 2 + 64 > o.memory_mb)
     Die("--mib needs about twice its size in guest memory (/tmp is RAM): raise --memory");
@@ -567,9 +617,42 @@ int main(int argc, char** argv) {
         o, img, /*tunnel=*/true,
         SwitchedLink::Wan{100'000'000, std::chrono::microseconds(40'000)}));
 
-  std::vector<Row> rows;
-  for (VmLinkPtr& link : links) rows.push_back(RunRow(*link, o));
-  PrintTable(rows, o);
+  std::vector<Row> rows(links.size());
+  for (size_t i = 0; i < links.size(); ++i) {
+    rows[i].name = links[i]->Name();
+    rows[i].judged = links[i]->Judged();
+    StartLink(*links[i], rows[i]);
+  }
+  if (!rows[0].up) Die("the baseline did not start: " + rows[0].error);
+  // A warm-up transfer per link (page cache, TCP, ARP), then the rounds.
+  for (size_t i = 0; i < links.size(); ++i)
+    if (rows[i].up && !Transfer(*links[i], o.mib, 5000).ok())
+      std::fprintf(stderr, "vnet: %s: warm-up transfer failed\n", rows[i].name.c_str());
+  std::mt19937_64 rng(o.seed);
+  bench::Samples load;
+  for (int run = 0; run < o.runs; ++run) {
+    std::vector<size_t> order(links.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<double> got(links.size(), -1);
+    for (size_t i : order) {
+      if (!rows[i].up) continue;
+      const size_t before = rows[i].mb_per_s.v.size();
+      TransferOnce(*links[i], rows[i], o, run);
+      if (rows[i].mb_per_s.v.size() > before) got[i] = rows[i].mb_per_s.v.back();
+      load.v.push_back(bench::LoadAverage1());
+    }
+    for (size_t i = 1; i < links.size(); ++i)
+      if (got[0] > 0 && got[i] > 0) rows[i].ratio.v.push_back(got[i] / got[0]);
+  }
+  for (size_t i = 0; i < links.size(); ++i) FinishLink(*links[i], rows[i], o);
+  const std::string md = Table(rows, o, load);
+  std::printf("%s", md.c_str());
+  if (o.write)
+    if (auto st = bench::WriteDocsSection(o.docs, "bench-vnet",
+                                          "## VM-to-VM networking (bench/vnet)", md);
+        !st.ok())
+      Die(st.error().message);
   std::error_code ec;
   fs::remove_all(o.work_dir, ec);
   for (const Row& r : rows) {
