@@ -321,18 +321,20 @@ void StartLink(VmLink& link, Row& row) {
   if (auto c = TcpCounters(link.Guest(0)); c.ok()) row.counters_before = *c;
 }
 
-// One transfer on a link that is up; a failure takes the row out of the runs.
-void TransferOnce(VmLink& link, Row& row, const Options& o, int run) {
+// One transfer on a link that is up: its guest-timed MB/s, or nothing when it
+// failed, which takes the row out of the runs.
+std::optional<double> TransferOnce(VmLink& link, Row& row, const Options& o, int run) {
   auto r = Transfer(link, o.mib, 5001 + run);
   if (!r.ok()) {
     row.error = r.error().message;
     row.up = false;
-    return;
+    return std::nullopt;
   }
   row.mb_per_s.v.push_back(r->first);
   row.host_mb_per_s.v.push_back(r->second);
   std::fprintf(stderr, "vnet:   run %d, %s: %.2f MB/s (guest), %.2f MB/s (host)\n", run + 1,
                row.name.c_str(), r->first, r->second);
+  return r->first;
 }
 
 // The TCP counters since StartLink, then the pings; stops the link.
@@ -637,9 +639,7 @@ int main(int argc, char** argv) {
     std::vector<double> got(links.size(), -1);
     for (size_t i : order) {
       if (!rows[i].up) continue;
-      const size_t before = rows[i].mb_per_s.v.size();
-      TransferOnce(*links[i], rows[i], o, run);
-      if (rows[i].mb_per_s.v.size() > before) got[i] = rows[i].mb_per_s.v.back();
+      if (auto mb = TransferOnce(*links[i], rows[i], o, run)) got[i] = *mb;
       load.v.push_back(bench::LoadAverage1());
     }
     for (size_t i = 1; i < links.size(); ++i)
