@@ -55,6 +55,10 @@ Status DecodeCursor(std::string_view cursor, PageRequest& page) {
   if (id.empty()) return bad();
   for (unsigned char c : *raw)
     if (c != static_cast<unsigned char>(kSeparator) && (c < 0x20 || c == 0x7f)) return bad();
+  // One spelling per cursor: base64 ignores the unused low bits of a last
+  // partial character ("wwrkrk" decodes like "wwrkrg"), so a cursor must be
+  // exactly what EncodeCursor makes of what it decodes to.
+  if (EncodeCursor(key, id) != cursor) return bad();
   page.after_key = std::move(key);
   page.after_id = std::move(id);
   return Status::Ok();

@@ -42,7 +42,10 @@ TEST(PagingTest, RefusesCursorsItDidNotIssue) {
        {std::string(""), std::string("!!!!"), std::string("a"),
         std::string("YWJj"),  // "abc": no separator
         EncodeCursor("a\nb", "c"), EncodeCursor("key", ""), EncodeCursor("k\x01", "id"),
-        std::string(600, 'A'), std::string("YWJj+/8="), std::string("a b")}) {
+        std::string(600, 'A'), std::string("YWJj+/8="), std::string("a b"),
+        // Non-zero unused bits in the last character: decodes, but is not
+        // what EncodeCursor writes (found by fuzz_http_json).
+        std::string("wwrkrk")}) {
     auto st = DecodeCursor(bad, p);
     EXPECT_FALSE(st.ok()) << bad;
     if (!st.ok()) {
