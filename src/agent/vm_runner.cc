@@ -94,7 +94,8 @@ struct VmRunner::Vm {
 
 // --- helpers ----------------------------------------------------------------------
 
-VmRunner::VmRunner(VmRunnerOptions options) : options_(std::move(options)) {
+VmRunner::VmRunner(VmRunnerOptions options)
+    : options_(std::move(options)), overlays_(options_.state_dir + "/overlay-templates") {
   if (!options_.runas.empty()) {
     if (struct passwd* pw = getpwnam(options_.runas.c_str())) {
       qemu_uid_ = static_cast<int>(pw->pw_uid);
@@ -125,7 +126,10 @@ VmRunner::VmRunner(VmRunnerOptions options) : options_(std::move(options)) {
   }
 }
 
-VmRunner::~VmRunner() = default;
+VmRunner::~VmRunner() {
+  std::lock_guard<std::mutex> l(background_mu_);
+  for (auto& f : background_) f.wait();
+}
 
 std::string VmRunner::VmDir(const std::string& id) const {
   return options_.state_dir + "/vms/" + id;
@@ -448,8 +452,7 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
   if (s.disk_mode == "clone") {
     disk = dir + "/disk.qcow2";
     if (s.start == "boot") {
-      VMG_RETURN_IF_ERROR(
-          QemuImg({"create", "-q", "-f", "qcow2", "-b", s.image.disk, "-F", s.image.format, disk}));
+      VMG_RETURN_IF_ERROR(overlays_.Create(s.image.disk, s.image.format, disk));
       if (options_.images && s.blobs.count("disk")) vm.nbd_depth = 1;
     } else {
       VMG_ASSIGN_OR_RETURN(std::string kind, CheckpointKind(s.checkpoint_dir));
@@ -458,8 +461,7 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
       if (options_.images && s.blobs.count("disk")) vm.nbd_depth = kind == "image" ? 2 : 1;
       if (kind == "image") {
         // An image's post-boot checkpoint lives as long as the image: link to it.
-        VMG_RETURN_IF_ERROR(
-            QemuImg({"create", "-q", "-f", "qcow2", "-b", src, "-F", "qcow2", disk}));
+        VMG_RETURN_IF_ERROR(overlays_.Create(src, "qcow2", disk));
       } else {
         // Another VM's checkpoint can vanish with that VM: take a copy. Its
         // backing file is the image (or the image's checkpoint), which outlives it.
@@ -623,11 +625,27 @@ Status VmRunner::MountData(Vm& vm) {
   return MountGuestData(*ga, vm.spec.data, seconds(60));
 }
 
-static void Reseed(const std::string& qga_socket) {
-  auto ga = GuestAgentClient::Connect(qga_socket, seconds(5));
-  if (!ga.ok()) return;
-  Status st = (*ga)->ReseedRandom();
-  if (!st.ok()) spdlog::warn("reseeding guest RNG failed: {}", st.error().message);
+// Clones of one checkpoint start with the same RNG state. What makes them
+// differ is the fresh vmgenid of each launch: the guest kernel reseeds its
+// RNG when it sees the change, before its agent answers (the tiny guest's
+// dmesg shows "crng reseeded due to virtual machine fork"; machine_ops_test).
+// Host randomness written to /dev/urandom only enters the guest's input pool
+// (Linux reseeds from it later), so it is written after the VM is reported
+// running instead of delaying every resume by its guest-agent round trips.
+void VmRunner::ReseedLater(const std::shared_ptr<Vm>& vm) {
+  std::lock_guard<std::mutex> l(background_mu_);
+  std::erase_if(background_, [](const std::future<void>& f) {
+    return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  });
+  background_.push_back(std::async(std::launch::async, [vm] {
+    std::lock_guard<std::mutex> op(vm->op_mu);
+    if (!vm->qemu || vm->State() != VmState::kRunning) return;
+    auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(5));
+    if (!ga.ok()) return;
+    Status st = (*ga)->ReseedRandom();
+    if (!st.ok())
+      spdlog::warn("VM {}: reseeding guest RNG failed: {}", vm->spec.id, st.error().message);
+  }));
 }
 
 // --- lifecycle ----------------------------------------------------------------------
@@ -729,7 +747,6 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   st = WaitGuestReady(*vm, started);
   if (!st.ok()) return fail(st.error());
   auto t_ready = Clock::now();
-  if (resume) Reseed(vm->qemu->qga_socket());
   if (resume && !spec.nics.empty()) {
     // Resumed from an image's or another VM's checkpoint: the guest still
     // has that one's network state (agent/guest_network.h).
@@ -743,6 +760,7 @@ Result<VmStatus> VmRunner::Create(const VmSpec& spec) {
   if (options_.images) options_.images->RecordPrefetch(spec.id);
   vm->Set(VmState::kRunning);
   PersistStateOrCount(*vm);
+  if (resume) ReseedLater(vm);
   auto ms = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration_cast<milliseconds>(b - a).count();
   };
@@ -1026,9 +1044,9 @@ Result<VmStatus> VmRunner::Resume(const std::string& id) {
     PersistStateOrCount(*vm);
     return ForUser(st.error(), "resume of VM " + id);
   }
-  if (restore) Reseed(vm->qemu->qga_socket());
   vm->Set(*t->success);
   PersistStateOrCount(*vm);
+  if (restore) ReseedLater(vm);
   return StatusOf(*vm);
 }
 

@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -32,6 +33,7 @@
 #include "agent/console_log.h"
 #include "agent/host_images.h"
 #include "agent/host_networks.h"
+#include "agent/overlay_templates.h"
 #include "agent/vm_driver.h"
 #include "common/result.h"
 #include "proto/vm_spec.h"
@@ -223,6 +225,9 @@ class VmRunner : public VmDriver {
   // logged and kept in the VM's durable_error; the caller's operation goes on.
   // `writes`: the disk's write count (DiskWriteCount) the copy holds, if
   // known (-1): equal to the last interval push's, nothing is pushed.
+  // After a resume, once the VM is reported running: 64 bytes of host
+  // randomness into the guest's /dev/urandom, with the VM's op_mu held.
+  void ReseedLater(const std::shared_ptr<Vm>& vm);
   void PushDurable(Vm& vm, const std::string& qcow2, const std::string& trigger,
                    int64_t writes = -1);
   // The same with vm.push_mu held by the caller; `at_ms`: when the copy was
@@ -235,6 +240,12 @@ class VmRunner : public VmDriver {
   bool per_vm_uids_ = false;
   std::atomic<int64_t> state_write_failures_{0};
   std::optional<VmCgroups> cgroups_;  // set when the host allows per-VM cgroups
+  OverlayTemplates overlays_;         // STATE/overlay-templates
+
+  // Host entropy written into resumed guests after they are reported running
+  // (ReseedLater); waited for by the destructor.
+  std::mutex background_mu_;
+  std::vector<std::future<void>> background_;  // guarded by background_mu_
 
   std::mutex mu_;
   std::mutex console_mu_;                           // serialises console log reads and trims

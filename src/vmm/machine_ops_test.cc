@@ -270,6 +270,13 @@ TEST_F(MachineOpsTest, TinyGuestBootExecCheckpointResume) {
                    "", seconds(60));
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(r->out, marker);
+  // The new generation id alone reseeds the guest kernel's RNG at once, with
+  // no help from the agent (Linux logs it; drivers/char/random.c).
+  r = (*ga2)->Exec({"dmesg"}, "", seconds(60));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_NE(r->out.find("crng reseeded due to virtual machine fork"), std::string::npos)
+      << "the guest did not see the vmgenid change:\n"
+      << r->out;
   ASSERT_TRUE((*ga2)->ReseedRandom().ok());
   ASSERT_TRUE((*vm2)->Quit(seconds(10)).ok());
 }
