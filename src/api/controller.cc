@@ -425,8 +425,9 @@ class Controller::AuthedRoutes : public RouteInstaller {
   }
 
  private:
-  static void Send(Res& res, const Result<Reply>& r) {
+  static void Send(Res& res, Result<Reply> r) {
     if (!r.ok()) return SendError(res, r.error());
+    if (r->text) return SendJsonText(res, r->status, std::move(*r->text));
     SendJson(res, r->status, r->body);
   }
   std::function<void(const Req&, Res&)> Wrap(Route route, std::set<std::string> roles) {
@@ -485,7 +486,7 @@ void Controller::InstallRoutes() {
   // VMs.
   InstallVmCreateRoutes(
       routes, *vm_creates_, *vms_, *networks_, [this](const Vm& v) { return views_->VmJson(v); },
-      [this](const std::vector<Vm>& vms) { return views_->VmListJson(vms); });
+      [this](const std::vector<Vm>& vms) { return views_->VmListText(vms); });
   InstallVmActionRoutes(routes, *vms_, *datasets_,
                         [this](const Vm& v) { return views_->VmJson(v); });
   InstallExecRoutes(routes, *vms_);

@@ -25,6 +25,8 @@ int HttpStatusFor(ErrorCode code);
 // Writes {"error":{"code":..., "message":...}} with the matching status.
 void SendError(httplib::Response& res, const Error& error);
 void SendJson(httplib::Response& res, int status, const nlohmann::json& body);
+// The same for a body that is JSON text already.
+void SendJsonText(httplib::Response& res, int status, std::string text);
 
 // An exception escaping a handler (a bug) answers 500 with the JSON error
 // body instead of an empty response, and httplib's own error answers (404

@@ -150,6 +150,8 @@ struct Vm {
   int64_t create_ms = 0;  // request-to-ready time of the last create/resume
   int64_t created_ms = 0;
   int64_t updated_ms = 0;
+
+  bool operator==(const Vm&) const = default;
 };
 
 // A user's virtual network (docs/vnet.md): an IPv4 subnet whose addresses

@@ -8,8 +8,10 @@
 #include <cstddef>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 
 #include "api/routes.h"
 #include "common/result.h"
@@ -31,8 +33,20 @@ struct Caller {
 };
 
 struct Reply {
+  Reply() = default;
+  Reply(int s, nlohmann::json b) : status(s), body(std::move(b)) {}
+  // An answer whose body is JSON text already (sent instead of `body`):
+  // assembled from cached pieces (GET /v1/vms).
+  static Reply Text(int s, std::string t) {
+    Reply r;
+    r.status = s;
+    r.text = std::move(t);
+    return r;
+  }
+
   int status = 200;
   nlohmann::json body;
+  std::optional<std::string> text;
 };
 
 using Route = std::function<Result<Reply>(const Caller&, const httplib::Request&)>;

@@ -111,9 +111,14 @@ void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmServic
       [&vms, list_view](const Caller& c, const Req& req) -> Result<Reply> {
         VMG_ASSIGN_OR_RETURN(PageRequest page, PageQueryParams(req));
         VMG_ASSIGN_OR_RETURN(Page<Vm> list, vms.List(c.owner(), page));
-        json answer{{"vms", list_view(list.items)}};
-        AddNext(answer, list.next);
-        return Reply{200, std::move(answer)};
+        // {"next":...,"vms":[...]}: the keys in the order json::dump writes them.
+        json head = json::object();
+        AddNext(head, list.next);
+        std::string text = head.dump(-1, ' ', false, json::error_handler_t::replace);
+        text.pop_back();  // '}'
+        if (text.size() > 1) text += ',';
+        text += "\"vms\":" + list_view(list.items) + "}";
+        return Reply::Text(200, std::move(text));
       },
       kUserRoles);
   s.Get(R"(/v1/vms/([^/]+))",

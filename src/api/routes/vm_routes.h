@@ -23,8 +23,9 @@ class VmService;
 
 // How a VM is shown (the controller's view: names of its image, host, ...).
 using VmView = std::function<nlohmann::json(const Vm&)>;
-// How a list of VMs is shown (an array of VmView's, read more cheaply).
-using VmListView = std::function<nlohmann::json(const std::vector<Vm>&)>;
+// How a list of VMs is shown: the JSON text of an array of VmView's (read
+// and serialized more cheaply, ApiViews::VmListText).
+using VmListView = std::function<std::string(const std::vector<Vm>&)>;
 
 // POST /v1/vms, GET /v1/vms and GET /v1/vms/ID (with the VM's cards).
 void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmService& vms,

@@ -33,27 +33,84 @@ json ApiViews::VmJson(const Vm& v, const Image* known_image, const Host* known_h
   return VmJsonWith(v, image, host, ws_name);
 }
 
-json ApiViews::VmListJson(const std::vector<Vm>& vms) {
-  std::unordered_map<std::string, Result<Image>> images;
-  std::unordered_map<std::string, Result<Host>> hosts;
-  std::unordered_map<std::string, std::string> workspaces;  // id -> name ("" unknown)
-  json out = json::array();
+ApiViews::Names ApiViews::ReadNames(const std::vector<Vm>& vms) {
+  Names n;
   for (const Vm& v : vms) {
-    auto image = images.find(v.image_id);
-    if (image == images.end())
-      image = images.emplace(v.image_id, store_.GetImage(v.image_id, "")).first;
-    auto host = hosts.find(v.host_id);
-    if (host == hosts.end()) host = hosts.emplace(v.host_id, store_.GetHost(v.host_id)).first;
-    std::string ws_name;
-    if (!v.workspace_id.empty()) {
-      auto ws = workspaces.find(v.workspace_id);
-      if (ws == workspaces.end()) {
-        auto got = store_.GetWorkspace(v.workspace_id, "");
-        ws = workspaces.emplace(v.workspace_id, got.ok() ? got->name : "").first;
-      }
-      ws_name = ws->second;
+    if (!n.images.count(v.image_id)) n.images.emplace(v.image_id, store_.GetImage(v.image_id, ""));
+    if (!n.hosts.count(v.host_id)) n.hosts.emplace(v.host_id, store_.GetHost(v.host_id));
+    if (!v.workspace_id.empty() && !n.workspaces.count(v.workspace_id)) {
+      auto got = store_.GetWorkspace(v.workspace_id, "");
+      n.workspaces.emplace(v.workspace_id, got.ok() ? got->name : "");
     }
-    out.push_back(VmJsonWith(v, image->second, host->second, ws_name));
+  }
+  return n;
+}
+
+std::string ApiViews::Names::WorkspaceName(const std::string& id) const {
+  auto it = workspaces.find(id);
+  return it == workspaces.end() ? "" : it->second;
+}
+
+json ApiViews::VmListJson(const std::vector<Vm>& vms) {
+  Names n = ReadNames(vms);
+  json out = json::array();
+  for (const Vm& v : vms)
+    out.push_back(VmJsonWith(v, n.images.at(v.image_id), n.hosts.at(v.host_id),
+                             n.WorkspaceName(v.workspace_id)));
+  return out;
+}
+
+std::string ApiViews::VmListText(const std::vector<Vm>& vms) {
+  // What each view shows besides the record (VmJsonWith), then one pass over
+  // the cache under one lock: cached texts are copied in place, and the
+  // places of the others are noted and filled afterwards, outside the lock.
+  struct Item {
+    const Vm* vm;
+    const Result<Image>* image;
+    const Result<Host>* host;
+    std::string image_name, host_name, host_state, ws_name;
+  };
+  std::vector<Item> items;
+  items.reserve(vms.size());
+  Names names = ReadNames(vms);
+  for (const Vm& v : vms) {
+    const Result<Image>& image = names.images.at(v.image_id);
+    const Result<Host>& host = names.hosts.at(v.host_id);
+    items.push_back({&v, &image, &host, image.ok() ? image->name : v.image_id,
+                     host.ok() ? host->name : v.host_id, host.ok() ? host->state : "unknown",
+                     names.WorkspaceName(v.workspace_id)});
+  }
+  std::string out = "[";
+  std::vector<std::pair<size_t, const Item*>> missing;  // (offset in out, item)
+  {
+    std::lock_guard<std::mutex> l(views_mu_);
+    for (const Item& it : items) {
+      if (&it != &items.front()) out += ',';
+      auto c = views_.find(it.vm->id);
+      if (c != views_.end() && c->second.vm == *it.vm && c->second.image == it.image_name &&
+          c->second.host == it.host_name && c->second.host_state == it.host_state &&
+          c->second.workspace == it.ws_name) {
+        out += c->second.text;
+      } else {
+        missing.emplace_back(out.size(), &it);
+      }
+    }
+  }
+  out += ']';
+  // From the last to the first, so that earlier offsets stay right.
+  for (auto m = missing.rbegin(); m != missing.rend(); ++m) {
+    const Item& it = *m->second;
+    CachedView c{*it.vm,
+                 it.image_name,
+                 it.host_name,
+                 it.host_state,
+                 it.ws_name,
+                 VmJsonWith(*it.vm, *it.image, *it.host, it.ws_name)
+                     .dump(-1, ' ', false, json::error_handler_t::replace)};
+    out.insert(m->first, c.text);
+    std::lock_guard<std::mutex> l(views_mu_);
+    if (views_.size() >= kMaxCachedViews) views_.clear();
+    views_.insert_or_assign(it.vm->id, std::move(c));
   }
   return out;
 }
