@@ -40,6 +40,7 @@
 #include "grid_bench.h"
 #include "linkem/link_emulator.h"
 #include "nbd_bench.h"
+#include "plain_qemu.h"
 #include "stats.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/machine_ops.h"
@@ -133,20 +134,7 @@ double PlainOnce(const ImageUnderTest& im, bool resume) {
   QemuConfig c = PlainConfig(im, work, overlay, resume);
   auto t0 = Clock::now();
   auto proc = SpawnPlain(c, im.plain_ckpt + "/memory.state", work + "/qemu.out");
-  auto deadline = Clock::now() + seconds(600);
-  if (resume) {
-    auto qmp = QmpClient::Connect(c.run_dir + "/qmp.sock", seconds(30));
-    if (!qmp.ok()) Die("plain QEMU: " + qmp.error().message + "; see " + work + "/qemu.out");
-    while (true) {
-      auto st = (*qmp)->Execute("query-status");
-      if (st.ok() && (*st)["status"] != "inmigrate") break;
-      if (Clock::now() > deadline) Die("plain resume did not finish");
-      std::this_thread::sleep_for(milliseconds(5));
-    }
-    if (!(*qmp)->Execute("cont").ok()) Die("cont failed");
-  }
-  Status ready = GuestAgentClient::WaitReady(c.run_dir + "/qga.sock", deadline);
-  if (!ready.ok()) Die("plain QEMU: " + ready.error().message);
+  WaitPlainReady(c.run_dir, resume, work + "/qemu.out");
   double t = Since(t0);
   proc->KillHard();
   return t;

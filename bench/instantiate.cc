@@ -31,6 +31,7 @@
 #include "die.h"
 #include "grid_bench.h"
 #include "machine.h"
+#include "plain_qemu.h"
 #include "stats.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/qemu_process.h"
@@ -67,91 +68,6 @@ double VmgridOnce(const ApiClient& api, json body) {
         return true;
       },
       seconds(60));
-  return t;
-}
-
-// Whether the installed QEMU is version major.minor or later.
-bool QemuAtLeast(int major, int minor) {
-  int a = 0, b = 0;
-  if (std::sscanf(QemuVersion().c_str(), "QEMU %d.%d", &a, &b) != 2) return false;
-  return a > major || (a == major && b >= minor);
-}
-
-// Plain QEMU, same device configuration, no vmgrid: boot (or resume with
-// -incoming from the same checkpoint file, then `cont`), until the guest
-// agent answers guest-ping.
-double PlainQemuOnce(const std::string& work, const json& image, const std::string& image_dir,
-                     bool resume) {
-  (void)RemoveTree(work);
-  if (!MakeDirs(work + "/run").ok()) Die("mkdir " + work);
-  std::string overlay = work + "/disk.qcow2";
-  std::string backing = resume ? image_dir + "/checkpoint/disk.qcow2" : image_dir + "/disk.raw";
-  if (!RunProcessChecked({"qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F",
-                          resume ? "qcow2" : "raw", overlay})
-           .ok())
-    Die("qemu-img create failed");
-  QemuConfig c;
-  c.vm_id = "plain";
-  c.memory_mb = static_cast<int>(image["checkpoint"]["memory_mb"].get<int64_t>());
-  c.vcpus = image["checkpoint"]["vcpus"];
-  c.kernel = image_dir + "/vmlinuz";
-  c.initrd = image_dir + "/initrd.img";
-  c.append = image["append"];
-  c.disk_path = overlay;
-  c.disk_format = "qcow2";
-  c.run_dir = work + "/run";
-  c.accel = KvmUsableBy(c.qemu_binary) ? "kvm" : "tcg";
-  c.incoming = resume;
-  std::vector<std::string> argv = BuildQemuArgv(c);
-  // Foreground QEMU as a user would run it: no -daemonize/-pidfile. A resume
-  // reads the state straight from the file where QEMU can (`-incoming
-  // file:`, QEMU 8.2 and later: no shell, no pipe), else through `exec:cat`.
-  const bool file_uri = QemuAtLeast(8, 2);
-  std::vector<std::string> plain;
-  for (size_t i = 0; i < argv.size(); ++i) {
-    if (argv[i] == "-daemonize") continue;
-    if (argv[i] == "-pidfile") {
-      ++i;
-      continue;
-    }
-    // `-incoming exec:cat ...` spawns a shell, which the full sandbox's
-    // spawn=deny kills silently (SIGSYS); vmgrid itself restores through an
-    // fd. The plain resume keeps the rest of the sandbox.
-    if (argv[i] == "-sandbox" && resume && !file_uri && i + 1 < argv.size()) {
-      std::string options = argv[++i];
-      if (auto at = options.find(",spawn=deny"); at != std::string::npos)
-        options.erase(at, std::string(",spawn=deny").size());
-      plain.insert(plain.end(), {"-sandbox", options});
-      continue;
-    }
-    if (argv[i] == "-incoming") {
-      plain.push_back("-incoming");
-      plain.push_back((file_uri ? "file:" : "exec:cat ") + image_dir + "/checkpoint/memory.state");
-      ++i;
-      continue;
-    }
-    plain.push_back(argv[i]);
-  }
-  auto t0 = Clock::now();
-  auto proc = ChildProcess::Spawn(plain, work + "/qemu.out");
-  if (!proc.ok()) Die(proc.error().message);
-  auto deadline = Clock::now() + seconds(300);
-  if (resume) {
-    auto qmp = QmpClient::Connect(c.run_dir + "/qmp.sock", seconds(30));
-    if (!(*proc)->Running()) Die("plain QEMU exited; see " + work + "/qemu.out");
-    if (!qmp.ok()) Die(qmp.error().message);
-    while (true) {
-      auto st = (*qmp)->Execute("query-status");
-      if (st.ok() && (*st)["status"] != "inmigrate") break;
-      if (Clock::now() > deadline) Die("plain resume did not finish");
-      std::this_thread::sleep_for(milliseconds(5));
-    }
-    if (!(*qmp)->Execute("cont").ok()) Die("cont failed");
-  }
-  Status ready = GuestAgentClient::WaitReady(c.run_dir + "/qga.sock", deadline);
-  if (!ready.ok()) Die("plain QEMU: " + ready.error().message);
-  double t = Since(t0);
-  (*proc)->KillHard();
   return t;
 }
 

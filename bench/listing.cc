@@ -82,23 +82,6 @@ struct Row {
   Samples rate, items_rate, cpu_ms;     // cpu_ms: controller CPU per request (HTTP rows)
 };
 
-// User plus system CPU time of process `pid` so far, in ms (/proc/PID/stat),
-// or -1.
-double ProcessCpuMs(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  size_t p = text.rfind(')');
-  if (p == std::string::npos) return -1;
-  std::istringstream fields(text.substr(p + 2));
-  std::string f;
-  double utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && fields >> f; ++i) {  // fields 14 and 15: utime, stime
-    if (i == 14) utime = std::stod(f);
-    if (i == 15) stime = std::stod(f);
-  }
-  return (utime + stime) * 1000.0 / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
 // GET `path` with `token`; the answer must be 200.
 bool GetOk(httplib::Client& c, const std::string& path, const std::string& token) {
   auto res = c.Get(path, {{"Authorization", "Bearer " + token}});

@@ -1,12 +1,15 @@
 // The machine line every benchmark prints with its results: cores, CPU
-// model, memory.
+// model, memory; and what the benchmarks read about processes and QEMU.
 #pragma once
 
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <iterator>
+#include <sstream>
 #include <string>
 
 namespace vmgrid::bench {
@@ -45,6 +48,23 @@ inline std::string QemuVersion() {
   if (out.rfind(prefix, 0) != 0) return "QEMU (unknown)";
   out = out.substr(prefix.size());
   return "QEMU " + out.substr(0, out.find_first_of(" \n"));
+}
+
+// User plus system CPU time of process `pid` so far, in ms (/proc/PID/stat),
+// or -1.
+inline double ProcessCpuMs(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t p = text.rfind(')');
+  if (p == std::string::npos) return -1;
+  std::istringstream fields(text.substr(p + 2));
+  std::string f;
+  double utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {  // fields 14 and 15: utime, stime
+    if (i == 14) utime = std::stod(f);
+    if (i == 15) stime = std::stod(f);
+  }
+  return (utime + stime) * 1000.0 / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 // "2026-12-06 11:30 UTC".
