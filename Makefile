@@ -46,6 +46,8 @@ bench: setup build image
 	$(BUILD)/bench/instantiate
 	$(BUILD)/bench/storm
 	$(BUILD)/bench/listing
+	@if command -v gnuplot >/dev/null; then python3 scripts/plot-tables.py; \
+	  else echo "no gnuplot (Debian: gnuplot-nox): the plots in docs/plots were not redrawn"; fi
 
 clean:
 	rm -rf $(BUILD)

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Draws the tables that bench/instantiate, bench/storm and bench/listing
+write into docs/benchmarks.md as bar charts with their interquartile ranges
+(gnuplot), into docs/plots/{instantiate,storm,listing}.svg. It reads the
+tables themselves (each cell "median (Q1–Q3)"), so a plot always shows the
+table beside it; run it after the benchmarks (`make bench` does).
+
+Usage: scripts/plot-tables.py [docs/benchmarks.md] [OUT_DIR]
+Needs gnuplot (Debian: gnuplot-nox).
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+CELL = re.compile(r"([\d.]+) \(([\d.]+)–([\d.]+)\)")
+
+
+def block(text, marker):
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    if begin not in text or end not in text:
+        sys.exit(f"plot-tables: no {marker} block in the document")
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
+def rows(table_text):
+    """The table's body rows as lists of cells (header and rule skipped)."""
+    out = []
+    lines = [l for l in table_text.splitlines() if l.startswith("|")]
+    for line in lines[2:]:
+        out.append([c.strip() for c in line.strip("|").split("|")])
+    return out
+
+
+def cell(text):
+    m = CELL.search(text)
+    if not m:
+        raise ValueError(f"not a 'median (Q1–Q3)' cell: {text!r}")
+    return [float(m.group(i)) for i in (1, 2, 3)]
+
+
+def first_line(text):
+    line = next((l for l in text.splitlines() if l.startswith("`bench/")), "")
+    return line.replace("`", "").split(",")[0:2]
+
+
+def gnuplot(out, title, data_rows, columns, ylabel, logscale=False):
+    """data_rows: [(label, [median, q1, q3] per column)]."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "t.dat")
+        with open(data, "w") as d:
+            for label, values in data_rows:
+                fields = [f'"{label}"']
+                for v in values:
+                    fields += [f"{x:.4f}" for x in v] if v else ["NaN"] * 3
+                d.write(" ".join(fields) + "\n")
+        plots = []
+        for i, name in enumerate(columns):
+            base = 2 + 3 * i
+            using = f"{base}:{base + 1}:{base + 2}" + (":xtic(1)" if i == 0 else "")
+            plots.append(("'" + data + "'" if i == 0 else "''") + f" using {using} title '{name}'")
+        script = [
+            "set terminal svg size 1100,420 dynamic font 'sans,11'" if out.endswith('.svg') else "set terminal pngcairo size 1000,420 font 'sans,10'",
+            f"set output '{out}'",
+            "set style data histogram",
+            "set style histogram errorbars gap 1 lw 1",
+            "set style fill solid 0.6 border -1",
+            "set key top left",
+            "set grid ytics",
+            "set xtics nomirror",
+            f"set title \"{title}\" noenhanced",
+            f"set ylabel '{ylabel}'",
+            "set logscale y" if logscale else "set yrange [0:*]",
+            "plot " + ", ".join(plots),
+        ]
+        subprocess.run(["gnuplot"], input="\n".join(script), text=True, check=True)
+
+
+def main():
+    docs = sys.argv[1] if len(sys.argv) > 1 else "docs/benchmarks.md"
+    out_dir = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(docs), "plots")
+    os.makedirs(out_dir, exist_ok=True)
+    text = open(docs, encoding="utf-8").read()
+
+    # bench/instantiate: | start | plain | mode | vmgrid | ratio |
+    b = block(text, "instantiate")
+    data = []
+    for r in rows(b):
+        mode = r[2].replace("vmgrid ", "").replace(", image server (warm host cache)", ", served")
+        data.append((mode, [cell(r[1]), cell(r[3])]))
+    when = ", ".join(s.strip() for s in first_line(b))
+    gnuplot(os.path.join(out_dir, "instantiate.svg"),
+            f"{when}: request to first guest-agent answer, median and IQR",
+            data, ["plain QEMU (same start)", "vmgrid"], "seconds (log scale)", logscale=True)
+
+    # bench/storm: | start | plain all | vmgrid all | ratio | plain each | vmgrid each |
+    b = block(text, "storm")
+    table = b.split("\n\nMemory", 1)[0]
+    data = [(r[0], [cell(r[1]), cell(r[2])]) for r in rows(table)]
+    when = ", ".join(s.strip() for s in first_line(b))
+    gnuplot(os.path.join(out_dir, "storm.svg"),
+            f"{when}: until all VMs answered, median and IQR",
+            data, ["plain QEMU", "vmgrid"], "seconds (log scale)", logscale=True)
+
+    # bench/listing: | row | requests/s | VMs listed/s | CPU ms |
+    b = block(text, "bench-listing")
+    short = [("GET /v1/health", "health (HTTP floor)"), ("in process", "database floor"),
+             ("GET /v1/vms?limit=100", "pages of 100"), ("as admin", "admin, page of 500"),
+             ("GET /v1/vms?limit=", "page of 500")]
+    data = []
+    for r in rows(b):
+        label = next((name for key, name in short if key in r[0]), r[0])
+        data.append((label, [cell(r[1])]))
+    when = ", ".join(s.strip() for s in first_line(b))
+    gnuplot(os.path.join(out_dir, "listing.svg"),
+            f"{when}: requests per second, median and IQR",
+            data, ["requests/s"], "requests per second (log scale)", logscale=True)
+    print(f"wrote {out_dir}/instantiate.svg, storm.svg, listing.svg")
+
+
+if __name__ == "__main__":
+    main()
