@@ -127,8 +127,14 @@ VmRunner::VmRunner(VmRunnerOptions options)
 }
 
 VmRunner::~VmRunner() {
-  std::lock_guard<std::mutex> l(background_mu_);
-  for (auto& f : background_) f.wait();
+  // Waited for outside the lock: a task needs its VM's op_mu, whose holder
+  // may be about to call ReseedLater.
+  std::vector<std::future<void>> tasks;
+  {
+    std::lock_guard<std::mutex> l(background_mu_);
+    tasks.swap(background_);
+  }
+  for (auto& f : tasks) f.wait();
 }
 
 std::string VmRunner::VmDir(const std::string& id) const {
@@ -640,9 +646,11 @@ void VmRunner::ReseedLater(const std::shared_ptr<Vm>& vm) {
   background_.push_back(std::async(std::launch::async, [vm] {
     std::lock_guard<std::mutex> op(vm->op_mu);
     if (!vm->qemu || vm->State() != VmState::kRunning) return;
-    auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(5));
+    // Short timeouts: the guest agent answered a moment ago, and a stop or
+    // delete of this VM waits for the lock meanwhile.
+    auto ga = GuestAgentClient::Connect(vm->qemu->qga_socket(), seconds(2));
     if (!ga.ok()) return;
-    Status st = (*ga)->ReseedRandom();
+    Status st = (*ga)->ReseedRandom(seconds(2));
     if (!st.ok())
       spdlog::warn("VM {}: reseeding guest RNG failed: {}", vm->spec.id, st.error().message);
   }));
