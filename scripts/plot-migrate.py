@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 
+from gnuplot_bars import bar_chart_preamble
+
 SIDES = ["plain QEMU", "plain QEMU + TLS", "vmgrid"]
 PANELS = [
     ("total_ms", "total (ms, log scale)", True),
@@ -58,17 +60,7 @@ def main():
     runs = min(len(v[PANELS[0][0]]) for v in samples.values())
 
     with tempfile.TemporaryDirectory() as tmp:
-        script = [
-            "set terminal pngcairo size 1500,520 font 'sans,11'"
-            if out.endswith(".png")
-            else "set terminal svg size 1200,420 dynamic font 'sans,11'",
-            f"set output '{out}'",
-            "set style data histogram",
-            "set style histogram errorbars gap 1 lw 1",
-            "set style fill solid 0.6 border -1",
-            "set key top left",
-            "set grid ytics",
-            "set xtics nomirror",
+        script = bar_chart_preamble(out, "1200,420", "1500,520") + [
             "set multiplot layout 1,3 title "
             f"'bench/migrate: median and interquartile range of {runs} runs per cell "
             f"({os.path.basename(src)}): "

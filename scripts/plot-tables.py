@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 
+from gnuplot_bars import bar_chart_preamble
+
 CELL = re.compile(r"([\d.]+) \(([\d.]+)–([\d.]+)\)")
 
 
@@ -60,15 +62,7 @@ def gnuplot(out, title, data_rows, columns, ylabel, logscale=False):
             base = 2 + 3 * i
             using = f"{base}:{base + 1}:{base + 2}" + (":xtic(1)" if i == 0 else "")
             plots.append(("'" + data + "'" if i == 0 else "''") + f" using {using} title '{name}'")
-        script = [
-            "set terminal svg size 1100,420 dynamic font 'sans,11'" if out.endswith('.svg') else "set terminal pngcairo size 1000,420 font 'sans,10'",
-            f"set output '{out}'",
-            "set style data histogram",
-            "set style histogram errorbars gap 1 lw 1",
-            "set style fill solid 0.6 border -1",
-            "set key top left",
-            "set grid ytics",
-            "set xtics nomirror",
+        script = bar_chart_preamble(out, "1100,420", "1100,420") + [
             f"set title \"{title}\" noenhanced",
             f"set ylabel '{ylabel}'",
             "set logscale y" if logscale else "set yrange [0:*]",
