@@ -34,6 +34,9 @@ using std::chrono::seconds;
 
 namespace {
 
+// The agent API's threads (Agent::Start).
+constexpr size_t kHttpThreads = 64;
+
 int64_t MemTotalMb() {
   std::ifstream in("/proc/meminfo");
   std::string key;
@@ -220,7 +223,15 @@ Status Agent::Start() {
   runner_ = std::make_unique<VmRunner>(ro);
   VMG_RETURN_IF_ERROR(runner_->Recover());
 
-  server_ = std::make_unique<GuardedServer>(HttpServerLimits{}, tls);
+  // The controller keeps a few connections open (ApiClient keep-alive, idle
+  // at most 2 s there), and every connection holds one of these threads;
+  // most calls are long (a create answers once its guest runs), so a burst
+  // of creates on one host runs at once rather than eight at a time.
+  HttpServerLimits limits;
+  limits.keep_alive_idle_ms = 3'000;
+  server_ = std::make_unique<GuardedServer>(limits, tls);
+  server_->new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
+  server_->set_tcp_nodelay(true);  // else Nagle + delayed ACK on kept-alive connections
   InstallRoutes();
   VMG_ASSIGN_OR_RETURN(url_, server_->Bind(options_.listen));
   server_thread_ = std::thread([this] { server_->listen_after_bind(); });

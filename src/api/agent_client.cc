@@ -158,6 +158,7 @@ class HttpAgentClient : public AgentClient {
     o.peer_name = "agent of host " + host.name;
     o.unreachable_hint = "is `vmgrid agent` running there?";
     o.read_timeout_s = read_timeout_s;
+    o.keep_alive = true;
     return ApiClient(host.url, credentials_.AgentApiToken(host.name), o);
   }
 

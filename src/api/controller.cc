@@ -485,7 +485,8 @@ void Controller::InstallRoutes() {
 
   // VMs.
   InstallVmCreateRoutes(
-      routes, *vm_creates_, *vms_, *networks_, [this](const Vm& v) { return views_->VmJson(v); },
+      routes, *vm_creates_, *vms_, *networks_, *events_,
+      [this](const Vm& v) { return views_->VmJson(v); },
       [this](const std::vector<Vm>& vms) { return views_->VmListText(vms); });
   InstallVmActionRoutes(routes, *vms_, *datasets_,
                         [this](const Vm& v) { return views_->VmJson(v); });

@@ -1,17 +1,19 @@
 // GET /v1/events through a real controller (in-process, SQLite, loopback;
 // no agents): what each user sees over HTTP, the query's strict parsing, a
-// follower's empty answer, and the history read back by a restarted
+// follower's empty answer, a VM's long poll, and the history read back by a restarted
 // controller. The events are written into the controller's database by a
 // second Store (as the controller's own writes would), since there are no
 // agents to run VMs.
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <chrono>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "api/controller.h"
 #include "client/api_client.h"
@@ -60,7 +62,7 @@ class EventRoutesTest : public ::testing::Test {
   }
   ApiClient Client(const std::string& token) { return ApiClient(controller_->url(), token); }
   // A VM of `owner`'s with one state change, written to the controller's database.
-  std::string AddVmWithHistory(const std::string& owner, const std::string& name) {
+  std::string AddVmWithHistory(const std::string& owner, const std::string& name, bool run = true) {
     auto s = Store::Open(dir_ + "/vmgrid.db");
     EXPECT_TRUE(s.ok());
     auto h = (*s)->HeartbeatHost("h1", "http://127.0.0.1:1", HostCapacity{8, 8192, 10000, false});
@@ -85,7 +87,9 @@ class EventRoutesTest : public ::testing::Test {
     v.start = "boot";
     auto placed = (*s)->PlaceAndInsertVm(v, {h->id});
     EXPECT_TRUE(placed.ok()) << placed.error().message;
-    EXPECT_TRUE((*s)->TransitionVm(v.id, {"creating"}, "running").ok());
+    if (run) {
+      EXPECT_TRUE((*s)->TransitionVm(v.id, {"creating"}, "running").ok());
+    }
     return v.id;
   }
   static std::set<std::string> VmIds(const json& answer) {
@@ -133,6 +137,43 @@ TEST_F(EventRoutesTest, UsersSeeOnlyTheirOwnVmsEvents) {
        {"/v1/events?limit=0", "/v1/events?after=x", "/v1/events?bogus=1", "/v1/events?wait=61",
         "/v1/events?follow=yes", "/v1/events?after=1&last=2"}) {
     auto r = Client(tokens_["alice"]).Get(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << bad;
+  }
+}
+
+// GET /v1/vms/ID?while=STATE&wait=S: the VM once it left STATE. Here the
+// change is written by another Store (as another controller would), which
+// does not ring this controller's event bell: the waiter's own re-reads
+// find it. Only the owner may wait; the query is parsed strictly.
+TEST_F(EventRoutesTest, VmLongPollAnswersWhenTheStateChanges) {
+  const std::string a = AddVmWithHistory("alice", "a", /*run=*/false);
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    auto s = Store::Open(dir_ + "/vmgrid.db");
+    ASSERT_TRUE(s.ok());
+    EXPECT_TRUE((*s)->TransitionVm(a, {"creating"}, "running").ok());
+  });
+  auto got = Client(tokens_["alice"]).Get("/v1/vms/" + a + "?while=creating&wait=60");
+  writer.join();
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  EXPECT_EQ((*got)["state"], "running");
+  EXPECT_EQ((*got)["id"], a);
+  // Not in that state: at once, as it is.
+  auto now = Client(tokens_["alice"]).Get("/v1/vms/a?while=stopped&wait=60");
+  ASSERT_TRUE(now.ok()) << now.error().message;
+  EXPECT_EQ((*now)["state"], "running");
+  // Nothing changes: the answer after `wait`, still running.
+  auto same = Client(tokens_["alice"]).Get("/v1/vms/a?while=running&wait=1");
+  ASSERT_TRUE(same.ok()) << same.error().message;
+  EXPECT_EQ((*same)["state"], "running");
+  // Another user's VM is not found, waiting or not.
+  auto other = Client(tokens_["bob"]).Get("/v1/vms/" + a + "?while=running&wait=1");
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.error().code, ErrorCode::kNotFound);
+  for (const std::string bad : {"?wait=5", "?while=sleeping", "?while=running&wait=61",
+                                "?while=running&wait=-1", "?while=running&bogus=1"}) {
+    auto r = Client(tokens_["alice"]).Get("/v1/vms/" + a + bad);
     ASSERT_FALSE(r.ok()) << bad;
     EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << bad;
   }

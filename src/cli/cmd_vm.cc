@@ -61,9 +61,11 @@ std::string VmErrorText(const json& vm) {
   return e == "-" ? "no error message recorded" : e;
 }
 
-// Polls GET /v1/vms/ID until the VM leaves the transitional states (or, for
-// rm, disappears). expected: the state that means success ("" = gone).
-// Returns the exit code and prints the outcome.
+// Waits until the VM leaves the transitional states (or, for rm,
+// disappears), with long polls (GET /v1/vms/ID?while=STATE&wait=S answers as
+// soon as the state changes) or, over the controller's bound of waiters,
+// GET every kVmPollInterval. expected: the state that means success ("" =
+// gone). Returns the exit code and prints the outcome.
 int WaitVm(Ctx& ctx, const ApiClient& client, json vm, const std::string& ref,
            const std::string& expected) {
   const std::string id = IdOr(vm, ref);
@@ -73,11 +75,24 @@ int WaitVm(Ctx& ctx, const ApiClient& client, json vm, const std::string& ref,
   StatusLine status(ctx.io);
   int unavailable_streak = 0;
   bool first = true;
+  // Until the controller says 429. On a terminal each wait is short so that
+  // the status line's elapsed time keeps moving.
+  bool long_poll = true;
   std::string state = StateOf(vm);
   while (true) {
     if (!first || state.empty() || IsTransitionalName(state)) {
-      if (!first) std::this_thread::sleep_for(kVmPollInterval);
-      auto got = client.Get(path);
+      const bool wait_here = long_poll && !state.empty() && IsTransitionalName(state);
+      if (!first && !wait_here) std::this_thread::sleep_for(kVmPollInterval);
+      const auto left = std::chrono::duration_cast<std::chrono::seconds>(deadline - Clock::now());
+      auto got = wait_here ? client.Get(path + "?while=" + state + "&wait=" +
+                                        std::to_string(std::clamp<int64_t>(
+                                            left.count(), 1, ctx.io.err_is_tty ? 1 : 25)))
+                           : client.Get(path);
+      if (!got.ok() && got.error().code == ErrorCode::kTooManyRequests && wait_here) {
+        long_poll = false;  // too many waiters: poll instead
+        first = false;
+        continue;
+      }
       if (!got.ok()) {
         if (got.error().code == ErrorCode::kNotFound && expected.empty()) {
           status.Finish(ctx.io.err_is_tty

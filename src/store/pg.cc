@@ -251,7 +251,7 @@ Status PgBackend::Commit() {
   Status s = ExecScript("COMMIT");
   // A failed COMMIT ends the transaction too (the server rolls it back).
   in_transaction_ = false;
-  return s;
+  return Committed(std::move(s));
 }
 
 Status PgBackend::Rollback() {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <variant>
@@ -73,6 +74,20 @@ class SqlBackend {
   // A no-op on SQLite, where Begin already excludes all other writers.
   // `table` is a name from our code, never from input.
   virtual Status LockTable(const std::string& table) = 0;
+
+  // `f` runs after each successful Commit() on this connection, in the
+  // committing thread (with whatever locks it holds: keep it short).
+  void SetAfterCommit(std::function<void()> f) { after_commit_ = std::move(f); }
+
+ protected:
+  // Backends call this when a Commit() succeeded.
+  Status Committed(Status s) {
+    if (s.ok() && after_commit_) after_commit_();
+    return s;
+  }
+
+ private:
+  std::function<void()> after_commit_;
 };
 
 // True for the targets that name a PostgreSQL database:

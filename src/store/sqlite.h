@@ -27,7 +27,7 @@ class SqliteBackend : public SqlBackend {
   Result<int64_t> Exec(const std::string& sql, const std::vector<SqlValue>& params) override;
   Status ExecScript(const std::string& sql) override;
   Status Begin() override { return Run("BEGIN IMMEDIATE", {}, nullptr); }
-  Status Commit() override { return Run("COMMIT", {}, nullptr); }
+  Status Commit() override { return Committed(Run("COMMIT", {}, nullptr)); }
   Status Rollback() override { return Run("ROLLBACK", {}, nullptr); }
   Status LockTable(const std::string&) override { return Status::Ok(); }
   bool InTransaction() const override;

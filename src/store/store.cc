@@ -951,6 +951,14 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& target) {
   VMG_ASSIGN_OR_RETURN(auto db, OpenSqlBackend(target));
   std::unique_ptr<Store> store(new Store(std::move(db)));
   store->path_ = target;
+  store->db_->SetAfterCommit([s = store.get()] {
+    if (!s->events_written_.exchange(false)) return;
+    {
+      std::lock_guard<std::mutex> l(s->bell_mu_);
+      ++s->bell_;
+    }
+    s->bell_cv_.notify_all();
+  });
   VMG_RETURN_IF_ERROR(store->Migrate());
   if (store->db_->dialect() == SqlBackend::Dialect::kPostgres) {
     // PostgreSQL storage settings (not schema; re-applied at every start).
@@ -2994,7 +3002,10 @@ void Store::RecordEventLocked(Event event) {
       (void)db_->ExecScript("RELEASE event");
     }
   }
-  if (st.ok()) return;
+  if (st.ok()) {
+    events_written_ = true;
+    return;
+  }
   // The change it records goes on: an event is history, not state.
   ++event_write_failures_;
   spdlog::warn("event {} ({}) not recorded: {}", event.kind, event.message, st.error().message);
@@ -3028,9 +3039,20 @@ Result<int64_t> Store::AppendEvent(Event event) {
         auto rows, db_->Query(std::string(kEventInsert) + " RETURNING id", EventValues(event)));
     if (rows.empty()) return MakeError(ErrorCode::kInternal, "event insert returned no id");
     id = rows[0].Int(0);
+    events_written_ = true;
     return Status::Ok();
   }));
   return id;
+}
+
+uint64_t Store::EventBell() const {
+  std::lock_guard<std::mutex> l(bell_mu_);
+  return bell_;
+}
+
+void Store::WaitEventBell(uint64_t seen, std::chrono::milliseconds at_most) const {
+  std::unique_lock<std::mutex> l(bell_mu_);
+  bell_cv_.wait_for(l, at_most, [&] { return bell_ != seen; });
 }
 
 Result<std::vector<Event>> Store::ListEvents(const EventQuery& q) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -306,6 +307,17 @@ class Store {
   Result<int64_t> PruneEvents(int64_t keep);
   // Records of changes that could not be written (each logged).
   int64_t event_write_failures() const { return event_write_failures_.load(); }
+  // A bell for waiters (long polls): its count goes up after each commit
+  // of this Store that wrote events, so every recorded change of a VM's
+  // state. Take the count, read, and if nothing changed yet wait for a
+  // count other than the one taken: a commit between the read and the wait
+  // is not missed. Changes written by other controllers (PostgreSQL) and
+  // events written outside a transaction do not ring it; waiters therefore
+  // also re-read at an interval of their own.
+  uint64_t EventBell() const;
+  // Returns at once if the count is no longer `seen`, else when it changes
+  // or after `at_most`.
+  void WaitEventBell(uint64_t seen, std::chrono::milliseconds at_most) const;
 
   // --- workspaces ---------------------------------------------------------------
   // Inserts unless the owner's workspace_bytes quota cannot hold ws.size_bytes
@@ -519,6 +531,11 @@ class Store {
   std::mutex beat_mu_;
   std::atomic<int64_t> network_generation_{1};
   std::atomic<int64_t> event_write_failures_{0};
+  // EventBell: set with an event written on db_, rung by db_'s next commit.
+  std::atomic<bool> events_written_{false};
+  mutable std::mutex bell_mu_;
+  mutable std::condition_variable bell_cv_;
+  uint64_t bell_ = 0;  // guarded by bell_mu_
   std::unordered_map<std::string, Host> beat_written_;
   std::unordered_map<std::string, int64_t> beat_pending_;
   std::atomic<int64_t> heartbeat_refresh_ms_{0};

@@ -531,6 +531,33 @@ TEST_P(StoreTest, TransitionIsCompareAndSet) {
   EXPECT_EQ(store_->DeleteImage("img-1").error().code, ErrorCode::kFailedPrecondition);
 }
 
+// The event bell (long polls wait on it): it rings once a commit that
+// recorded an event is done, so a waiter that took the count before its
+// read wakes and reads the change; a failed write does not ring it.
+TEST_P(StoreTest, EventBellRingsAfterTheChangeIsCommitted) {
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{4, 4096, 1000, false});
+  auto vm = store_->PlaceAndInsertVm(NewVm("a"), {h->id});
+  ASSERT_TRUE(vm.ok());
+  const uint64_t seen = store_->EventBell();
+  ASSERT_EQ(store_->GetVm(vm->id, "")->state, "creating");
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_TRUE(store_->TransitionVm(vm->id, {"creating"}, "running").ok());
+  });
+  // Far longer than the writer needs: returning with a new count means the
+  // bell rang (a timeout would leave it at `seen`).
+  store_->WaitEventBell(seen, std::chrono::seconds(60));
+  const uint64_t rung = store_->EventBell();
+  EXPECT_NE(rung, seen);
+  EXPECT_EQ(store_->GetVm(vm->id, "")->state, "running");
+  writer.join();
+  // A refused transition writes nothing and rings nothing.
+  ASSERT_FALSE(store_->TransitionVm(vm->id, {"creating"}, "stopped").ok());
+  EXPECT_EQ(store_->EventBell(), rung);
+  // A count other than the current one returns at once.
+  store_->WaitEventBell(seen, std::chrono::hours(1));
+}
+
 TEST_P(StoreTest, TransitionByOpFollowsTheTable) {
   auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{4, 4096, 1000, false});
   auto vm = store_->PlaceAndInsertVm(NewVm("a"), {h->id});

@@ -69,6 +69,28 @@ Result<json> WaitMigration(QmpClient& qmp, Deadline deadline, const char* what) 
   }
 }
 
+bool MigrationEnded(const std::string& status) {
+  return status == "completed" || status == "failed" || status == "cancelled";
+}
+
+// Waits for the MIGRATION event that ends a migration (completed, failed,
+// cancelled), asking query-migrate every 200 ms in case an event is missed,
+// until `deadline` or the connection fails. The caller then reads the
+// outcome with WaitMigration.
+void WaitMigrationEnd(QmpClient& qmp, Deadline deadline) {
+  auto ended = [](const json& e) {
+    if (GetString(e, "event").value_or("") != "MIGRATION") return false;
+    const json* data = FindField(e, "data");
+    return data != nullptr && MigrationEnded(GetString(*data, "status").value_or(""));
+  };
+  while (Clock::now() < deadline) {
+    Result<json> e = qmp.WaitEventIf(ended, std::min(Left(deadline), milliseconds(200)));
+    if (e.ok() || e.error().code != ErrorCode::kTimeout) return;
+    Result<json> info = qmp.Execute("query-migrate", json::object(), Left(deadline));
+    if (!info.ok() || MigrationEnded(GetString(*info, "status").value_or(""))) return;
+  }
+}
+
 // Hands `fd` to QEMU under a fresh name for a "fd:NAME" migration URI.
 Result<std::string> PassFd(QmpClient& qmp, int fd, Deadline deadline) {
   std::string name = UniqueName("vmg-mig-");
@@ -260,11 +282,20 @@ Status ResumeFromFile(QmpClient& qmp, const std::string& path, milliseconds time
   }
   VMG_ASSIGN_OR_RETURN(std::string name, PassFd(qmp, fd.get(), deadline));
   fd.Reset();
+  // With the "events" capability QEMU says when loading ends (a MIGRATION
+  // event), so the resume goes on at once instead of at the next poll.
+  const bool events =
+      qmp.Execute("migrate-set-capabilities",
+                  {{"capabilities", json::array({{{"capability", "events"}, {"state", true}}})}},
+                  Left(deadline))
+          .ok();
+  (void)qmp.DrainEvents();
   Result<json> started = qmp.Execute("migrate-incoming", {{"uri", "fd:" + name}}, Left(deadline));
   if (!started.ok()) {
     ForgetFd(qmp, name);
     return started.error().Wrap(context);
   }
+  if (events) WaitMigrationEnd(qmp, deadline);
   Result<json> done = WaitMigration(qmp, deadline, "incoming migration");
   if (!done.ok()) {
     if (done.error().code == ErrorCode::kUnavailable) {

@@ -5,6 +5,7 @@
 #include "api/op_queue.h"
 #include "api/routes.h"
 #include "api/services/dataset_service.h"
+#include "api/services/event_service.h"
 #include "api/services/network_service.h"
 #include "api/services/vm_create_service.h"
 #include "api/services/vm_service.h"
@@ -19,6 +20,9 @@ using nlohmann::json;
 using Req = httplib::Request;
 
 namespace {
+
+// GET /v1/vms/ID?while=STATE without wait: how long it waits at most.
+constexpr int64_t kDefaultVmWaitS = 25;
 
 // POST /v1/vms's body: types, ranges and names; what needs the store is
 // VmCreateService's.
@@ -97,7 +101,8 @@ Result<CreateVmRequest> ParseCreateVm(const std::string& text) {
 }  // namespace
 
 void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmService& vms,
-                           NetworkService& networks, VmView view, VmListView list_view) {
+                           NetworkService& networks, EventService& events, VmView view,
+                           VmListView list_view) {
   s.Post(
       "/v1/vms",
       [&creates](const Caller& c, const Req& req) -> Result<Reply> {
@@ -122,8 +127,20 @@ void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmServic
       },
       kUserRoles);
   s.Get(R"(/v1/vms/([^/]+))",
-        [&vms, &networks, view](const Caller& c, const Req& req) -> Result<Reply> {
-          VMG_ASSIGN_OR_RETURN(Vm v, vms.Get(req.matches[1], c.owner()));
+        [&vms, &networks, &events, view](const Caller& c, const Req& req) -> Result<Reply> {
+          VMG_RETURN_IF_ERROR(CheckQueryParams(req, {"while", "wait"}));
+          Vm v;
+          if (req.has_param("while")) {
+            // A long poll: the VM once it leaves this state (EventService::VmWhenNot).
+            VMG_ASSIGN_OR_RETURN(VmState state, ParseVmState(req.get_param_value("while")));
+            VMG_ASSIGN_OR_RETURN(int64_t wait_s, IntQueryParam(req, "wait", kDefaultVmWaitS, 0,
+                                                               EventService::kMaxWaitMs / 1000));
+            VMG_ASSIGN_OR_RETURN(v, events.VmWhenNot(c, req.matches[1], state, wait_s * 1000));
+          } else {
+            if (req.has_param("wait"))
+              return MakeError(ErrorCode::kInvalidArgument, "wait needs while=STATE");
+            VMG_ASSIGN_OR_RETURN(v, vms.Get(req.matches[1], c.owner()));
+          }
           json vm = view(v);
           VMG_ASSIGN_OR_RETURN(vm["nics"], networks.VmNics(v.id));
           return Reply{200, vm};

@@ -16,6 +16,7 @@
 namespace vmgrid {
 
 class DatasetService;
+class EventService;
 class NetworkService;
 class OpQueue;
 class VmCreateService;
@@ -27,9 +28,11 @@ using VmView = std::function<nlohmann::json(const Vm&)>;
 // and serialized more cheaply, ApiViews::VmListText).
 using VmListView = std::function<std::string(const std::vector<Vm>&)>;
 
-// POST /v1/vms, GET /v1/vms and GET /v1/vms/ID (with the VM's cards).
+// POST /v1/vms, GET /v1/vms and GET /v1/vms/ID (with the VM's cards;
+// ?while=STATE&wait=S answers once the VM left STATE: EventService::VmWhenNot).
 void InstallVmCreateRoutes(RouteInstaller& s, VmCreateService& creates, VmService& vms,
-                           NetworkService& networks, VmView view, VmListView list_view);
+                           NetworkService& networks, EventService& events, VmView view,
+                           VmListView list_view);
 // stop and DELETE take ?commit=true: every read-write dataset attachment
 // is committed first (DatasetService::CommitAllThen).
 void InstallVmActionRoutes(RouteInstaller& s, VmService& vms, DatasetService& datasets,

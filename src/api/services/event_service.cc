@@ -2,15 +2,17 @@
 
 #include <algorithm>
 #include <chrono>
-#include <thread>
 
 namespace vmgrid {
 
 using nlohmann::json;
 
 namespace {
-// How often a follower looks for new events: reads of an indexed range on a
-// reader connection, bounded by the followers' admission.
+// A follower looks again when the store's event bell rings (a commit of
+// this controller that wrote events), and at least this often for the
+// changes that do not ring it (another controller's, Store::EventBell):
+// reads of an indexed row or range on a reader connection, bounded by the
+// followers' admission.
 constexpr auto kFollowPoll = std::chrono::milliseconds(250);
 }  // namespace
 
@@ -51,14 +53,15 @@ Result<EventPage> EventService::List(const Caller& c, const EventListRequest& r)
     q.after = newest.empty() ? 0 : newest.front().id - 1;
     if (!newest.empty()) q.limit = std::max<int64_t>(q.limit, static_cast<int64_t>(newest.size()));
   }
+  uint64_t bell = store_.EventBell();  // before the read: no commit after it is missed
   VMG_ASSIGN_OR_RETURN(auto events, store_.ListEvents(q));
   if (events.empty() && r.follow && r.wait_ms > 0) {
     VMG_ASSIGN_OR_RETURN(Admission::SlotPtr slot, followers_.Acquire(c.user.id, 1, c.admin()));
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(r.wait_ms);
     while (events.empty() && std::chrono::steady_clock::now() < deadline &&
            !(stop_ && stop_->load())) {
-      std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
-          kFollowPoll, deadline - std::chrono::steady_clock::now()));
+      WaitBell(bell, deadline);
+      bell = store_.EventBell();
       VMG_ASSIGN_OR_RETURN(events, store_.ListEvents(q));
     }
   }
@@ -66,6 +69,33 @@ Result<EventPage> EventService::List(const Caller& c, const EventListRequest& r)
   page.next = events.empty() ? q.after : events.back().id;
   page.events = std::move(events);
   return page;
+}
+
+Result<Vm> EventService::VmWhenNot(const Caller& c, const std::string& ref, VmState state,
+                                   int64_t wait_ms) {
+  if (wait_ms < 0 || wait_ms > kMaxWaitMs)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "wait must be 0.." + std::to_string(kMaxWaitMs / 1000) + " s");
+  uint64_t bell = store_.EventBell();
+  VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(ref, c.owner()));
+  const std::string waiting_for = ToString(state);
+  if (vm.state != waiting_for || wait_ms == 0) return vm;
+  VMG_ASSIGN_OR_RETURN(Admission::SlotPtr slot, followers_.Acquire(c.user.id, 1, c.admin()));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  while (vm.state == waiting_for && std::chrono::steady_clock::now() < deadline &&
+         !(stop_ && stop_->load())) {
+    WaitBell(bell, deadline);
+    bell = store_.EventBell();
+    // By id: a rename meanwhile changes nothing; a deletion is kNotFound.
+    VMG_ASSIGN_OR_RETURN(vm, store_.GetVm(vm.id, c.owner()));
+  }
+  return vm;
+}
+
+void EventService::WaitBell(uint64_t seen, std::chrono::steady_clock::time_point deadline) const {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+  store_.WaitEventBell(seen, std::clamp(left, std::chrono::milliseconds(0), kFollowPoll));
 }
 
 json EventService::EventJson(const Event& e) {

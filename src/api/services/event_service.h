@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,7 @@
 #include "api/admission.h"
 #include "api/routes/route.h"
 #include "common/result.h"
+#include "common/vm_state.h"
 #include "store/store.h"
 
 namespace vmgrid {
@@ -48,10 +50,21 @@ class EventService {
   // over its bound gets the admission's refusal (429).
   Result<EventPage> List(const Caller& c, const EventListRequest& r);
 
+  // VM `ref` of `c` once its state is no longer `state`, or as it is after
+  // `wait_ms` (GET /v1/vms/ID?while=STATE&wait=S: a client waiting for an
+  // operation learns its end at once instead of polling). A VM deleted
+  // meanwhile is kNotFound; waiting holds a follower's slot (429 over the
+  // bound), as following events does.
+  Result<Vm> VmWhenNot(const Caller& c, const std::string& ref, VmState state, int64_t wait_ms);
+
   // The JSON form of an event in API answers.
   static nlohmann::json EventJson(const Event& e);
 
  private:
+  // Until the store's event bell is no longer `seen`, for at most a poll
+  // interval and never past `deadline`.
+  void WaitBell(uint64_t seen, std::chrono::steady_clock::time_point deadline) const;
+
   Store& store_;
   Admission& followers_;
   const std::atomic<bool>* stop_;
