@@ -39,12 +39,15 @@ build:
 image:
 	@bash guest/build-tiny.sh $(IMAGE_DIR)
 
-# The start-up benchmarks against plain QEMU and the listing rate (about 15
-# minutes); each rewrites its table in docs/benchmarks.md. The others (infosvc,
+# The start-up benchmarks against plain QEMU, guest disk throughput, many
+# hosts pulling one cold image and the listing rate (about 25 minutes); each
+# rewrites its table in docs/benchmarks.md. The others (infosvc,
 # image_transfer, vnet, migrate, nbd_read, ...) run one by one: see there.
 bench: setup build image
 	$(BUILD)/bench/instantiate
 	$(BUILD)/bench/storm
+	$(BUILD)/bench/guest_disk
+	$(BUILD)/bench/fanout
 	$(BUILD)/bench/listing
 	@if command -v gnuplot >/dev/null; then python3 scripts/plot-tables.py; \
 	  else echo "no gnuplot (Debian: gnuplot-nox): the plots in docs/plots were not redrawn"; fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Draws the tables that bench/instantiate, bench/storm and bench/listing
-write into docs/benchmarks.md as bar charts with their interquartile ranges
-(gnuplot), into docs/plots/{instantiate,storm,listing}.svg. It reads the
+"""Draws the tables that bench/instantiate, bench/storm, bench/listing,
+bench/guest_disk and bench/fanout write into docs/benchmarks.md as bar
+charts with their interquartile ranges (gnuplot), into
+docs/plots/{instantiate,storm,listing,guest_disk,fanout}.svg. It reads the
 tables themselves (each cell "median (Q1–Q3)"), so a plot always shows the
 table beside it; run it after the benchmarks (`make bench` does).
 
@@ -20,9 +21,11 @@ CELL = re.compile(r"([\d.]+) \(([\d.]+)–([\d.]+)\)")
 
 
 def block(text, marker):
+    """The text between the marker's comments, or None (said on stderr)."""
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     if begin not in text or end not in text:
-        sys.exit(f"plot-tables: no {marker} block in the document")
+        print(f"plot-tables: no {marker} block in the document: not drawn", file=sys.stderr)
+        return None
     return text.split(begin, 1)[1].split(end, 1)[0]
 
 
@@ -77,40 +80,71 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     text = open(docs, encoding="utf-8").read()
 
+    drawn = []
+
     # bench/instantiate: | start | plain | mode | vmgrid | ratio |
     b = block(text, "instantiate")
-    data = []
-    for r in rows(b):
-        mode = r[2].replace("vmgrid ", "").replace(", image server (warm host cache)", ", served")
-        data.append((mode, [cell(r[1]), cell(r[3])]))
-    when = ", ".join(s.strip() for s in first_line(b))
-    gnuplot(os.path.join(out_dir, "instantiate.svg"),
-            f"{when}: request to first guest-agent answer, median and IQR",
-            data, ["plain QEMU (same start)", "vmgrid"], "seconds (log scale)", logscale=True)
+    if b is not None:
+        data = []
+        for r in rows(b):
+            mode = r[2].replace("vmgrid ", "").replace(", image server (warm host cache)", ", served")
+            data.append((mode, [cell(r[1]), cell(r[3])]))
+        when = ", ".join(s.strip() for s in first_line(b))
+        gnuplot(os.path.join(out_dir, "instantiate.svg"),
+                f"{when}: request to first guest-agent answer, median and IQR",
+                data, ["plain QEMU (same start)", "vmgrid"], "seconds (log scale)", logscale=True)
+        drawn.append("instantiate.svg")
 
     # bench/storm: | start | plain all | vmgrid all | ratio | plain each | vmgrid each |
     b = block(text, "storm")
-    table = b.split("\n\nMemory", 1)[0]
-    data = [(r[0], [cell(r[1]), cell(r[2])]) for r in rows(table)]
-    when = ", ".join(s.strip() for s in first_line(b))
-    gnuplot(os.path.join(out_dir, "storm.svg"),
-            f"{when}: until all VMs answered, median and IQR",
-            data, ["plain QEMU", "vmgrid"], "seconds (log scale)", logscale=True)
+    if b is not None:
+        table = b.split("\n\nMemory", 1)[0]
+        data = [(r[0], [cell(r[1]), cell(r[2])]) for r in rows(table)]
+        when = ", ".join(s.strip() for s in first_line(b))
+        gnuplot(os.path.join(out_dir, "storm.svg"),
+                f"{when}: until all VMs answered, median and IQR",
+                data, ["plain QEMU", "vmgrid"], "seconds (log scale)", logscale=True)
+        drawn.append("storm.svg")
 
     # bench/listing: | row | requests/s | VMs listed/s | CPU ms |
     b = block(text, "bench-listing")
-    short = [("GET /v1/health", "health (HTTP floor)"), ("in process", "database floor"),
-             ("GET /v1/vms?limit=100", "pages of 100"), ("as admin", "admin, page of 500"),
-             ("GET /v1/vms?limit=", "page of 500")]
-    data = []
-    for r in rows(b):
-        label = next((name for key, name in short if key in r[0]), r[0])
-        data.append((label, [cell(r[1])]))
-    when = ", ".join(s.strip() for s in first_line(b))
-    gnuplot(os.path.join(out_dir, "listing.svg"),
-            f"{when}: requests per second, median and IQR",
-            data, ["requests/s"], "requests per second (log scale)", logscale=True)
-    print(f"wrote {out_dir}/instantiate.svg, storm.svg, listing.svg")
+    if b is not None:
+        short = [("GET /v1/health", "health (HTTP floor)"), ("in process", "database floor"),
+                 ("GET /v1/vms?limit=100", "pages of 100"), ("as admin", "admin, page of 500"),
+                 ("GET /v1/vms?limit=", "page of 500")]
+        data = []
+        for r in rows(b):
+            label = next((name for key, name in short if key in r[0]), r[0])
+            data.append((label, [cell(r[1])]))
+        when = ", ".join(s.strip() for s in first_line(b))
+        gnuplot(os.path.join(out_dir, "listing.svg"),
+                f"{when}: requests per second, median and IQR",
+                data, ["requests/s"], "requests per second (log scale)", logscale=True)
+        drawn.append("listing.svg")
+
+    # bench/guest_disk: | chain | read MB/s | / plain | write MB/s | / plain |
+    b = block(text, "guest-disk")
+    if b is not None:
+        data = [(r[0].replace(" (NBD, warm cache)", ", NBD"), [cell(r[1]), cell(r[3])])
+                for r in rows(b)]
+        when = ", ".join(s.strip() for s in first_line(b))
+        gnuplot(os.path.join(out_dir, "guest_disk.svg"),
+                f"{when}: guest disk throughput, median and IQR",
+                data, ["read /dev/vda", "write 32 MiB + fsync"], "MB/s")
+        drawn.append("guest_disk.svg")
+
+    # bench/fanout: | hosts | all running | each VM | / 1 host | MiB fetched |
+    b = block(text, "fanout")
+    if b is not None:
+        data = [(r[0] + (" host" if r[0] == "1" else " hosts at once"), [cell(r[1]), cell(r[2])])
+                for r in rows(b)]
+        when = ", ".join(s.strip() for s in first_line(b))
+        gnuplot(os.path.join(out_dir, "fanout.svg"),
+                f"{when}: cold resumes through the image server, median and IQR",
+                data, ["all running", "each VM"], "seconds")
+        drawn.append("fanout.svg")
+
+    print(f"wrote {', '.join(drawn)} in {out_dir}")
 
 
 if __name__ == "__main__":
