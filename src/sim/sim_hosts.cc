@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <optional>
 
 #include "agent/agent_api.h"
@@ -15,6 +16,7 @@
 #include "common/signals.h"
 #include "common/tls.h"
 #include "common/util.h"
+#include "proto/vm_status.h"
 
 namespace vmgrid {
 
@@ -76,6 +78,7 @@ SimHosts::SimHosts(SimHostsOptions options) : options_(std::move(options)) {
   host_ids_.resize(hosts_.size());
   host_tokens_.resize(hosts_.size());
   api_tokens_.resize(hosts_.size());
+  last_ok_ms_.resize(hosts_.size(), 0);
 }
 
 SimHosts::~SimHosts() {
@@ -124,12 +127,34 @@ HostReport SimHosts::Report(int index) const {
 
 SimHosts::Stats SimHosts::stats() const {
   Stats s;
+  s.heartbeats_due = HeartbeatsDue();
   s.heartbeats_ok = heartbeats_ok_;
   s.heartbeats_failed = heartbeats_failed_;
   s.heartbeat_us_total = heartbeat_us_;
   s.registered = registered_;
   s.vm_operations = vm_ops_;
   return s;
+}
+
+int SimHosts::HostsHeartbeatedSince(int64_t wall_ms) const {
+  std::lock_guard<std::mutex> l(ids_mu_);
+  return static_cast<int>(std::count_if(last_ok_ms_.begin(), last_ok_ms_.end(),
+                                        [&](int64_t t) { return t >= wall_ms; }));
+}
+
+// As HeartbeatLoop schedules them: thread t's m hosts are all due at the
+// start (round 0), then host j of them at start + period * (round + j / m).
+int64_t SimHosts::HeartbeatsDue() const {
+  if (heartbeat_thread_count_ == 0) return 0;
+  const double elapsed = std::chrono::duration<double>(Clock::now() - heartbeat_start_).count();
+  const double rounds = elapsed / options_.heartbeat_interval_s;
+  int64_t due = 0;
+  for (int t = 0; t < heartbeat_thread_count_; ++t) {
+    const int64_t m = (options_.count - t + heartbeat_thread_count_ - 1) / heartbeat_thread_count_;
+    const auto q = static_cast<int64_t>(std::floor(rounds * static_cast<double>(m)));
+    due += m + std::max<int64_t>(0, q - m + 1);
+  }
+  return due;
 }
 
 Status SimHosts::Start() {
@@ -159,19 +184,27 @@ Status SimHosts::Start() {
   ServerTlsOptions plain;
   plain.plain_http = true;
   VMG_RETURN_IF_ERROR(ServerTls("simulated hosts", options_.listen, plain, false));
-  server_ = std::make_unique<GuardedServer>(HttpServerLimits{});
+  // One connection per request: one server plays every host, and the
+  // controller keeps connections to each host alive (api/agent_client.cc);
+  // each kept-alive connection would hold one of the few server threads for
+  // the idle timeout, and a few dozen hosts' connections would stall the rest.
+  HttpServerLimits limits;
+  limits.max_requests_per_connection = 1;
+  server_ = std::make_unique<GuardedServer>(limits);
   int threads = options_.server_threads;
   server_->new_task_queue = [threads] {
     return new httplib::ThreadPool(static_cast<size_t>(threads));
   };
   InstallRoutes();
   VMG_ASSIGN_OR_RETURN(url_, server_->Bind(options_.listen));
-  server_thread_ = std::thread([this] { server_->listen_after_bind(); });
+  // The schedule is fixed before anything can read it (stats(), the control API).
   int threads_wanted = options_.heartbeat_threads;
   if (threads_wanted == 0)
     threads_wanted = std::clamp(
-        static_cast<int>(options_.count / options_.heartbeat_interval_s / 100) + 1, 2, 64);
+        static_cast<int>(options_.count / options_.heartbeat_interval_s / 25) + 1, 2, 256);
+  heartbeat_start_ = Clock::now();
   heartbeat_thread_count_ = std::min(threads_wanted, options_.count);
+  server_thread_ = std::thread([this] { server_->listen_after_bind(); });
   for (int t = 0; t < heartbeat_thread_count_; ++t)
     heartbeat_threads_.emplace_back([this, t] { HeartbeatLoop(t); });
   return Status::Ok();
@@ -226,11 +259,13 @@ void SimHosts::SendHeartbeat(const ApiClient& controller, int index) {
   }
   ++heartbeats_ok_;
   heartbeat_us_ += std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+  const int64_t answered_ms = NowMs();
   if (failing_.exchange(false))
     spdlog::info("sim-hosts: heartbeats to {} work again", options_.controller_url);
   auto reply = HeartbeatReplyFromJson(*r);
   std::string id = reply.ok() ? reply->host_id : "";
   std::lock_guard<std::mutex> l(ids_mu_);
+  last_ok_ms_[static_cast<size_t>(index)] = answered_ms;
   auto& slot = host_ids_[static_cast<size_t>(index)];
   if (slot.empty() && !id.empty()) ++registered_;
   slot = id;
@@ -249,7 +284,7 @@ void SimHosts::HeartbeatLoop(int t) {
   o.peer_name = "controller";
   o.read_timeout_s = 10;
   ApiClient controller(options_.controller_url, token_, o);
-  auto start = Clock::now();
+  const auto start = heartbeat_start_;
   for (int64_t round = 0;; ++round) {
     for (size_t j = 0; j < mine.size(); ++j) {
       auto due = round == 0
@@ -277,7 +312,9 @@ void SimHosts::InstallRoutes() {
   s.set_pre_routing_handler([this](const Req& req, Res& res) {
     const std::string prefix = "/sim/";
     std::string expected;
-    if (req.path.rfind(prefix, 0) == 0) {
+    if (req.path.rfind("/control/", 0) == 0) {
+      expected = token_;  // the control API: the join token's holder
+    } else if (req.path.rfind(prefix, 0) == 0) {
       const size_t end = req.path.find('/', prefix.size());
       int i = IndexOf(req.path.substr(
           prefix.size(), end == std::string::npos ? std::string::npos : end - prefix.size()));
@@ -307,6 +344,47 @@ void SimHosts::InstallRoutes() {
       return nullptr;
     }
     return agent_hosts_[static_cast<size_t>(i)].get();
+  });
+  InstallControlRoutes();
+}
+
+void SimHosts::InstallControlRoutes() {
+  auto& s = *server_;
+  s.Get("/control/v1/stats", [this](const Req& req, Res& res) {
+    if (auto st = CheckQueryParams(req, {"since_ms"}); !st.ok()) return SendError(res, st.error());
+    auto since = IntQueryParam(req, "since_ms", -1, -1, int64_t{1} << 62);
+    if (!since.ok()) return SendError(res, since.error());
+    const Stats st = stats();
+    json body = {{"count", options_.count},
+                 {"heartbeats_due", st.heartbeats_due},
+                 {"heartbeats_ok", st.heartbeats_ok},
+                 {"heartbeats_failed", st.heartbeats_failed},
+                 {"heartbeat_us_total", st.heartbeat_us_total},
+                 {"registered", st.registered},
+                 {"vm_operations", st.vm_operations}};
+    if (*since >= 0) body["hosts_heartbeated_since"] = HostsHeartbeatedSince(*since);
+    SendJson(res, 200, body);
+  });
+  s.Post("/control/v1/adopt", [this](const Req& req, Res& res) {
+    auto body = ParseJsonObject(req.body, false);
+    if (!body.ok()) return SendError(res, body.error());
+    if (!(*body)["vms"].is_array())
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument, "vms must be an array"));
+    int64_t adopted = 0;
+    for (const auto& item : (*body)["vms"]) {
+      const std::string where = "vms[" + std::to_string(adopted) + "]: ";
+      const json name = item.is_object() ? item.value("host", json()) : json();
+      const int i = name.is_string() ? IndexOf(name.get<std::string>()) : -1;
+      if (i < 0)
+        return SendError(res, MakeError(ErrorCode::kNotFound, where + "no such simulated host"));
+      auto status = VmStatusFromJson(item.value("status", json()));
+      if (!status.ok())
+        return SendError(res, MakeError(status.error().code, where + status.error().message));
+      if (auto st = host(i).Adopt(*status); !st.ok())
+        return SendError(res, MakeError(st.error().code, where + st.error().message));
+      ++adopted;
+    }
+    SendJson(res, 200, {{"adopted", adopted}});
   });
 }
 

@@ -9,7 +9,9 @@
 // (/sim/NAME/agent/v1/...): the real agent API code (agent/agent_api.h) with
 // a SimVmTable as each host's VmDriver, behind a per-host agent-token check.
 // The controller appends agent paths to a host's URL (ApiClient keeps a base
-// URL's path prefix), so it needs no change.
+// URL's path prefix), so it needs no change. Each connection serves one
+// request (the server's threads are shared by all hosts, so none is held by
+// a kept-alive connection of one host).
 //
 // Heartbeats: at Start() every host registers at once (as fast as the
 // controller answers); after that each host heartbeats every
@@ -17,11 +19,21 @@
 // heartbeat threads. Capacity is the same for every host; host i is
 // in site-(i % sites + 1) and on network segment net-(i % networks + 1).
 //
+// Control API (for benchmarks that run `vmgrid sim-hosts` as a child
+// process), on the same port, for the holder of the join token:
+//   GET  /control/v1/stats[?since_ms=T]  Stats as JSON (the field names of
+//        Stats), plus "hosts_heartbeated_since": hosts whose last heartbeat
+//        the controller answered at or after T (ms since the epoch).
+//   POST /control/v1/adopt {"vms": [{"host": NAME, "status": VmStatus}]}
+//        Adopt()s each VM on host NAME, in order; stops at the first refusal
+//        (the error names it; those before it stay adopted). {"adopted": N}.
+//
 // Thread-safe: HTTP handlers and heartbeats run on their own threads; the
 // public methods may be called from any thread after Start().
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -70,9 +82,10 @@ struct SimHostsOptions {
   // Seconds between two heartbeats of one host. The controller marks a host
   // down after 10 s without one.
   double heartbeat_interval_s = 5;
-  // Threads sending heartbeats, each one request at a time. 0: one per 100
-  // heartbeats/s of schedule (2..64), so a slow controller round trip does
-  // not by itself make the schedule slip.
+  // Threads sending heartbeats, each one request at a time. 0: one per 25
+  // heartbeats/s of schedule (2..256), so that a controller round trip of up
+  // to ~40 ms does not by itself make the schedule slip (real agents each
+  // heartbeat on their own).
   int heartbeat_threads = 0;
   // Fake duration of every VM operation (create, stop, checkpoint, resume,
   // delete, exec, image checkpoint).
@@ -111,6 +124,10 @@ class SimHosts {
   HostReport Report(int index) const;
 
   struct Stats {
+    // Heartbeats the schedule called for so far (registration round
+    // included), whether sent yet or not: with heartbeats_ok, how much of
+    // the schedule the controller kept up with.
+    int64_t heartbeats_due = 0;
     int64_t heartbeats_ok = 0;
     int64_t heartbeats_failed = 0;
     int64_t heartbeat_us_total = 0;  // summed round trips of successful heartbeats
@@ -118,10 +135,15 @@ class SimHosts {
     int64_t vm_operations = 0;       // agent API calls that changed a VM
   };
   Stats stats() const;
+  // Hosts whose last heartbeat the controller answered at or after `wall_ms`
+  // (ms since the epoch, NowMs()).
+  int HostsHeartbeatedSince(int64_t wall_ms) const;
 
  private:
   void InstallRoutes();
+  void InstallControlRoutes();
   void HeartbeatLoop(int thread_index);
+  int64_t HeartbeatsDue() const;
   void SendHeartbeat(const ApiClient& controller, int index);
   HostCapacityReport Capacity(int index) const;
 
@@ -135,6 +157,7 @@ class SimHosts {
   std::thread server_thread_;
   std::vector<std::thread> heartbeat_threads_;
   int heartbeat_thread_count_ = 0;
+  std::chrono::steady_clock::time_point heartbeat_start_;  // round 0; set before the threads start
 
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;
@@ -145,6 +168,7 @@ class SimHosts {
   std::vector<std::string> host_tokens_;  // host -> controller; guarded by ids_mu_
   std::vector<std::string>
       api_tokens_;  // controller -> host ("" before registering); guarded by ids_mu_
+  std::vector<int64_t> last_ok_ms_;  // NowMs() of the last answered heartbeat; guarded by ids_mu_
 
   std::atomic<int64_t> heartbeats_ok_{0}, heartbeats_failed_{0}, heartbeat_us_{0}, vm_ops_{0};
   std::atomic<int> registered_{0};

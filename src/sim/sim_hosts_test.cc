@@ -12,7 +12,9 @@
 
 #include "client/api_client.h"
 #include "common/http_json.h"
+#include "common/util.h"
 #include "proto/migration.h"
+#include "proto/vm_status.h"
 
 namespace vmgrid {
 namespace {
@@ -318,6 +320,58 @@ TEST_F(SimHostsTest, AcceptsABurstOfConnections) {
   EXPECT_EQ(ok, kClients);
   for (const auto& e : errors)
     if (!e.empty()) ADD_FAILURE() << e;
+}
+
+// The control API (sim_hosts.h): the join token's holder reads the counters
+// and seeds VMs that the hosts then report in their heartbeats.
+TEST_F(SimHostsTest, ControlApiReportsStatsAndAdoptsVms) {
+  ApiClient control(sim_->url(), kToken);
+  ASSERT_TRUE(Eventually([&] { return sim_->stats().registered == 5; }));
+  const int64_t since = NowMs();
+  ASSERT_TRUE(Eventually([&] {
+    auto st = control.Get("/control/v1/stats?since_ms=" + std::to_string(since));
+    return st.ok() && (*st)["hosts_heartbeated_since"] == 5;
+  }));
+  auto st = control.Get("/control/v1/stats");
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  EXPECT_EQ((*st)["count"], 5);
+  EXPECT_EQ((*st)["registered"], 5);
+  EXPECT_FALSE(st->contains("hosts_heartbeated_since"));
+  // Round 0 (5) and at least one more round (interval 0.2 s) are due by now,
+  // and the fake controller keeps up with them.
+  EXPECT_GE((*st)["heartbeats_due"].get<int64_t>(), 10);
+  EXPECT_GE((*st)["heartbeats_ok"].get<int64_t>(), 5);
+  EXPECT_LE((*st)["heartbeats_ok"].get<int64_t>(), (*st)["heartbeats_due"].get<int64_t>() + 5);
+
+  VmStatus vm;
+  vm.id = vm.name = "vm-seeded";
+  vm.owner_id = "usr-1";
+  vm.state = "running";
+  vm.vcpus = 1;
+  vm.memory_mb = 2048;
+  auto adopted =
+      control.Post("/control/v1/adopt", {{"vms", {{{"host", "sim-4"}, {"status", ToJson(vm)}}}}});
+  ASSERT_TRUE(adopted.ok()) << adopted.error().message;
+  EXPECT_EQ((*adopted)["adopted"], 1);
+  EXPECT_EQ(sim_->host(3).size(), 1u);
+  ASSERT_TRUE(Eventually([&] {
+    json hb = controller_.Last("sim-4");
+    return hb.is_object() && hb["vms"].size() == 1 && hb["vms"][0]["id"] == "vm-seeded";
+  }));
+  // The same id again, and an unknown host: refused, naming the entry.
+  auto again =
+      control.Post("/control/v1/adopt", {{"vms", {{{"host", "sim-4"}, {"status", ToJson(vm)}}}}});
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.error().message.find("vms[0]"), std::string::npos);
+  auto unknown =
+      control.Post("/control/v1/adopt", {{"vms", {{{"host", "sim-9"}, {"status", ToJson(vm)}}}}});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code, ErrorCode::kNotFound);
+  // Only with the join token: not anonymously, not with a host's credential.
+  EXPECT_EQ(ApiClient(sim_->url(), "").Get("/control/v1/stats").error().code,
+            ErrorCode::kUnauthenticated);
+  EXPECT_EQ(ApiClient(sim_->url(), ApiToken("sim-1")).Get("/control/v1/stats").error().code,
+            ErrorCode::kUnauthenticated);
 }
 
 TEST(SimHostsStart, FailsWithoutAToken) {
