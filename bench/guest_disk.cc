@@ -209,9 +209,9 @@ int main(int argc, char** argv) {
      << GitCommit(VMGRID_SOURCE_DIR) << ", " << MachineLineWithAccel() << ", " << QemuVersion()
      << "; load average (1 min) during the runs " << load.MedianIqr("%.1f")
      << ". Image: tiny, 128 MiB disk, 256 MB, 1 vCPU, virtio-blk; each VM resumed from the "
-        "image's post-boot checkpoint and running through the whole run. MB/s (10^6 bytes) as "
-        "the guest's busybox dd reports it, after dropping the guest's page cache; median (IQR) "
-        "of "
+        "image's post-boot checkpoint and running through the whole run. MB/s (10^6 bytes) of "
+        "busybox dd in the guest, timed with the guest's /proc/uptime (10 ms steps), after "
+        "dropping the guest's page cache; median (IQR) of "
      << runs
      << " rounds after a warm-up round, each round running every cell once in random order. "
         "\"/ plain\" is each round's figure over plain QEMU's in the same round.\n\n"

@@ -223,12 +223,13 @@ Status Agent::Start() {
   runner_ = std::make_unique<VmRunner>(ro);
   VMG_RETURN_IF_ERROR(runner_->Recover());
 
-  // The controller keeps a few connections open (ApiClient keep-alive, idle
-  // at most 2 s there), and every connection holds one of these threads;
-  // most calls are long (a create answers once its guest runs), so a burst
-  // of creates on one host runs at once rather than eight at a time.
+  // The controller keeps a few connections open (ApiClient keep-alive, at
+  // most 4 idle per controller, reused for 20 s: api/agent_client.cc), and
+  // every connection holds one of these threads; most calls are long (a
+  // create answers once its guest runs), so a burst of creates on one host
+  // runs at once rather than eight at a time.
   HttpServerLimits limits;
-  limits.keep_alive_idle_ms = 3'000;
+  limits.keep_alive_idle_ms = 30'000;
   server_ = std::make_unique<GuardedServer>(limits, tls);
   server_->new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
   server_->set_tcp_nodelay(true);  // else Nagle + delayed ACK on kept-alive connections

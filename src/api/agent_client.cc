@@ -158,7 +158,12 @@ class HttpAgentClient : public AgentClient {
     o.peer_name = "agent of host " + host.name;
     o.unreachable_hint = "is `vmgrid agent` running there?";
     o.read_timeout_s = read_timeout_s;
+    // Kept alive across the seconds between a host's calls (a create, then
+    // minutes later its delete); the agent keeps idle connections 30 s
+    // (agent/agent.cc), these are reused for 20 s. A reused connection saves
+    // a mutual-TLS handshake (~5 ms here) on each call.
     o.keep_alive = true;
+    o.keep_alive_idle_ms = 20'000;
     return ApiClient(host.url, credentials_.AgentApiToken(host.name), o);
   }
 

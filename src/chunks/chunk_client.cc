@@ -1,7 +1,9 @@
 #include "chunks/chunk_client.h"
 
 #include <httplib.h>
+#include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <thread>
 #include <unordered_set>
@@ -85,11 +87,33 @@ std::unique_ptr<httplib::Client> ChunkClient::NewConnection() {
 Result<ChunkClient::Answer> ChunkClient::Call(const std::string& method, const std::string& path,
                                               std::string body, const std::string& content_type,
                                               uint64_t max_answer_bytes, const std::string& grant) {
+  // Only a request that was certainly not sent is tried again (so even a
+  // publish is never done twice): the server did not accept the connection
+  // or finish the TLS handshake in time, as when many hosts fetch at once.
+  const auto give_up =
+      std::chrono::steady_clock::now() + std::chrono::seconds(options_.retry_unsent_s);
+  auto pause = std::chrono::milliseconds(100);
+  for (;;) {
+    bool unsent = false;
+    Result<Answer> a = CallOnce(method, path, body, content_type, max_answer_bytes, grant, &unsent);
+    if (a.ok() || !unsent || std::chrono::steady_clock::now() + pause >= give_up) return a;
+    unsent_retries_++;
+    spdlog::warn("{}; trying again in {} ms", a.error().message, pause.count());
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds(2000));
+  }
+}
+
+Result<ChunkClient::Answer> ChunkClient::CallOnce(const std::string& method,
+                                                  const std::string& path, const std::string& body,
+                                                  const std::string& content_type,
+                                                  uint64_t max_answer_bytes,
+                                                  const std::string& grant, bool* unsent) {
   Lease conn(*this);
   httplib::Request req;
   req.method = method;
   req.path = path;
-  req.body = std::move(body);
+  req.body = body;
   if (!content_type.empty()) req.set_header("Content-Type", content_type);
   if (!token_.empty()) req.set_header("Authorization", "Bearer " + token_);
   if (!grant.empty()) req.set_header(kWorkspaceGrantHeader, grant);
@@ -115,6 +139,9 @@ Result<ChunkClient::Answer> ChunkClient::Call(const std::string& method, const s
   auto res = conn->send(req);
   if (!res) {
     conn.Discard();
+    *unsent = res.error() == httplib::Error::Connection ||
+              res.error() == httplib::Error::ConnectionTimeout ||
+              res.error() == httplib::Error::SSLConnection;
     if (too_big)
       return Protocol(base_url_, "answer to " + method + " " + path + " is larger than " +
                                      std::to_string(max_answer_bytes) + " bytes");
@@ -407,6 +434,7 @@ ChunkClient::Stats ChunkClient::stats() const {
   s.verification_failures = verification_failures_;
   s.refetches = refetches_;
   s.connections_opened = connections_opened_;
+  s.unsent_retries = unsent_retries_;
   return s;
 }
 

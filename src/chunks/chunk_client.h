@@ -37,6 +37,10 @@ class ChunkClient {
     size_t batch_chunks = 16;  // digests per batch request (<= kMaxBatchChunks)
     int connect_timeout_s = 5;
     int io_timeout_s = 60;
+    // A request that could not be sent (no connection, or no TLS handshake
+    // in connect_timeout_s: a busy or restarting image server) is tried
+    // again, with growing pauses, for up to this long.
+    int retry_unsent_s = 15;
   };
 
   struct Stats {
@@ -46,6 +50,7 @@ class ChunkClient {
     uint64_t verification_failures = 0;  // chunks received that did not match their digest
     uint64_t refetches = 0;
     uint64_t connections_opened = 0;
+    uint64_t unsent_retries = 0;  // requests tried again after they could not be sent
   };
 
   struct VersionInfo {
@@ -129,9 +134,15 @@ class ChunkClient {
 
   std::unique_ptr<httplib::Client> NewConnection();
   // One HTTP exchange on a pooled connection; non-2xx answers become errors.
+  // A request that could not be sent is tried again (Options::retry_unsent_s).
   Result<Answer> Call(const std::string& method, const std::string& path, std::string body,
                       const std::string& content_type, uint64_t max_answer_bytes,
                       const std::string& grant = "");
+  // One try; `*unsent` says whether a failure happened before the request
+  // could have reached the server.
+  Result<Answer> CallOnce(const std::string& method, const std::string& path,
+                          const std::string& body, const std::string& content_type,
+                          uint64_t max_answer_bytes, const std::string& grant, bool* unsent);
   // GETs the chunk up to `attempts` times until it verifies; every attempt
   // after the first, and the first too when `refetch`, counts as a refetch.
   Result<std::string> FetchSingle(const std::string& digest, int attempts, bool refetch);
@@ -147,7 +158,7 @@ class ChunkClient {
   int open_ = 0;                                        // protected by pool_mu_
 
   std::atomic<uint64_t> requests_{0}, chunks_fetched_{0}, bytes_fetched_{0},
-      verification_failures_{0}, refetches_{0}, connections_opened_{0};
+      verification_failures_{0}, refetches_{0}, connections_opened_{0}, unsent_retries_{0};
 };
 
 }  // namespace vmgrid

@@ -50,8 +50,11 @@ class ImageServer {
     std::string grant_dir{};
     // TLS (common/tls.h); null: plain HTTP (the caller checked it may).
     std::shared_ptr<TlsContext> tls = nullptr;
-    // Worker threads; each keep-alive connection holds one while open.
-    int threads = 16;
+    // Worker threads; each keep-alive connection holds one while open, and
+    // each host keeps up to 4 (ChunkClient::Options::connections): enough
+    // for 64 hosts fetching at once. Beyond, new connections wait for a
+    // thread (hosts retry: ChunkClient::Call).
+    int threads = 256;
     // A batch answer stops adding chunks once it would exceed this many
     // bytes (it always carries at least one); the client asks again for the
     // rest. Bounds the server's memory per request.

@@ -569,10 +569,44 @@ TEST(ChunkClient, UnreachableServerIsUnavailable) {
     ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
     url = server.url();
   }  // stopped: the port now refuses connections
-  ChunkClient client(url, "");
+  ChunkClient::Options co;
+  co.retry_unsent_s = 0;
+  ChunkClient client(url, "", co);
   auto r = client.FetchChunk(ChunkDigest(std::string("x")));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kUnavailable);
+}
+
+// A request that could not be sent (the server is not listening yet, as
+// when it restarts or is too busy to accept) is tried again until it is.
+TEST(ChunkClient, RetriesARequestThatCouldNotBeSent) {
+  TestDir dir;
+  ChunkStore::Options so;
+  so.sync = false;
+  auto store = std::move(ChunkStore::Open(dir.path(), so)).value();
+  auto catalog = std::move(ImageCatalog::Open(dir.path())).value();
+  ImageServer::Options o;
+  o.allow_anonymous = true;
+  o.keep_alive_timeout_s = 1;  // Stop() waits for the client's idle connection
+  auto digest = store->Put("payload");
+  ASSERT_TRUE(digest.ok());
+  int port = 0;
+  {
+    ImageServer probe(*store, *catalog, o);
+    ASSERT_TRUE(probe.Start("127.0.0.1", 0).ok());
+    port = std::stoi(probe.url().substr(probe.url().rfind(':') + 1));
+  }  // its port is free again
+  ChunkClient client("http://127.0.0.1:" + std::to_string(port), "");
+  ImageServer late(*store, *catalog, o);
+  std::thread starter([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_TRUE(late.Start("127.0.0.1", port).ok());
+  });
+  auto r = client.FetchChunk(*digest);
+  starter.join();
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(*r, "payload");
+  EXPECT_GT(client.stats().unsent_retries, 0u);
 }
 
 }  // namespace

@@ -78,7 +78,6 @@ Result<json> ParseResponse(const httplib::Response& res, const std::string& url)
 
 // Idle keep-alive connections, per "scheme://host:port\ntoken\nuser agent".
 constexpr size_t kIdlePerPeer = 4;
-constexpr auto kMaxIdle = std::chrono::seconds(2);
 struct IdleClient {
   std::unique_ptr<httplib::Client> cli;
   std::chrono::steady_clock::time_point since;
@@ -126,7 +125,7 @@ struct ApiClientInternals {
         while (!v.empty()) {
           IdleClient ic = std::move(v.back());
           v.pop_back();
-          if (now - ic.since < kMaxIdle) {
+          if (now - ic.since < std::chrono::milliseconds(c.options_.keep_alive_idle_ms)) {
             cli = std::move(ic.cli);
             break;
           }

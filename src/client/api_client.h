@@ -5,8 +5,8 @@
 // Every call opens its own connection, so one ApiClient may be used from
 // several threads at once. With Options::keep_alive, GET/POST/DELETE calls
 // instead reuse idle connections to the same scheme://host:port (shared by
-// all ApiClients in the process; a few per peer, each idle at most 2 s, so
-// well within the server's keep-alive timeout).
+// all ApiClients in the process; a few per peer, each idle at most
+// Options::keep_alive_idle_ms, within the server's keep-alive timeout).
 //
 // Error mapping:
 //   - non-2xx with body {"error":{"code","message"}}: the code string maps to
@@ -51,6 +51,11 @@ class ApiClient {
     // Reuse connections (see above). The peer keeps one server thread per
     // open connection; use it only for peers with threads to spare.
     bool keep_alive = false;
+    // An idle connection older than this is not reused (closed instead). It
+    // must stay below the peer's own idle timeout (common/http_server.h
+    // HttpServerLimits::keep_alive_idle_ms, 5 s by default), or a request
+    // could go out on a connection the peer is closing.
+    int keep_alive_idle_ms = 2'000;
   };
 
   // Called while uploading; return false to cancel (the call then fails

@@ -85,6 +85,37 @@ TEST(ApiClient, SendsBearerTokenAndParsesJson) {
   EXPECT_EQ(n.error().code, ErrorCode::kUnauthenticated);
 }
 
+// With keep_alive, a call reuses the idle connection of the one before
+// (the server sees the same client port), but not once it has been idle
+// longer than keep_alive_idle_ms; without keep_alive every call connects.
+TEST(ApiClient, KeepAliveReusesIdleConnectionsOnlyWithinTheirIdleTime) {
+  FakeServer fake;
+  fake.server().set_keep_alive_timeout(1);  // its Stop waits for the kept connection
+  fake.server().Get("/port", [](const httplib::Request& req, httplib::Response& res) {
+    res.set_content(json{{"port", req.remote_port}}.dump(), "application/json");
+  });
+  fake.Start();
+  auto port = [](const ApiClient& c) {
+    auto r = c.Get("/port");
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return r.ok() ? (*r)["port"].get<int>() : -1;
+  };
+  ApiClient::Options o;
+  o.keep_alive = true;
+  o.keep_alive_idle_ms = 60'000;
+  ApiClient kept(fake.url(), "t1", o);
+  const int first = port(kept);
+  EXPECT_EQ(port(kept), first);
+  o.keep_alive_idle_ms = 1;
+  ApiClient brief(fake.url(), "t2", o);
+  const int second = port(brief);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_NE(port(brief), second);
+  ApiClient plain(fake.url(), "t3");
+  const int third = port(plain);
+  EXPECT_NE(port(plain), third);
+}
+
 TEST(ApiClient, MapsErrorCodes) {
   FakeServer fake;
   fake.server().Get(R"(/v1/err/(\d+)/(\w+))",
