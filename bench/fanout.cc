@@ -27,6 +27,7 @@
 #include <sstream>
 #include <thread>
 
+#include "bench_flags.h"
 #include "client/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
@@ -117,14 +118,8 @@ Storm StartVms(const ApiClient& api, int n, int round) {
                              {"name", "fan-" + std::to_string(round) + "-" + std::to_string(i)}});
     if (!r.ok()) Die(r.error().message);
     ids[i] = (*r)["id"];
-    waiters.emplace_back([&, i, state = (*r)["state"].get<std::string>()]() mutable {
-      while (state != "running") {
-        if (state == "error") Die("VM " + ids[i] + " failed; see `vmgrid vm show " + ids[i] + "`");
-        auto g = api.Get("/v1/vms/" + ids[i] + "?while=" + state + "&wait=60");
-        if (!g.ok()) Die(g.error().message);
-        state = (*g)["state"];
-        hosts[i] = g->value("host", "");
-      }
+    waiters.emplace_back([&, i, created = *r] {
+      hosts[i] = WaitRunning(api, created).value("host", "");
       done[i] = Since(asked[i]);
     });
   }
@@ -142,25 +137,16 @@ Storm StartVms(const ApiClient& api, int n, int round) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int hosts = 10, runs = 5;
-  uint64_t seed = 1;
-  bool write = true;
-  std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--hosts" && i + 1 < argc)
-      hosts = std::clamp(std::atoi(argv[++i]), 2, 32);
-    else if (a == "--runs" && i + 1 < argc)
-      runs = std::max(1, std::atoi(argv[++i]));
-    else if (a == "--seed" && i + 1 < argc)
-      seed = std::strtoull(argv[++i], nullptr, 10);
-    else if (a == "--no-write")
-      write = false;
-    else if (a == "--docs" && i + 1 < argc)
-      docs = argv[++i];
-    else
-      Die("usage: fanout [--hosts N] [--runs N] [--seed N] [--no-write] [--docs PATH]");
-  }
+  int hosts = 10;
+  const BenchFlags flags = ParseBenchFlags(
+      argc, argv, {.runs = 5, .docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md"},
+      "fanout [--hosts N] [--runs N] [--seed N] [--no-write] [--docs PATH]",
+      [&](const std::string& a, const char* next) {
+        if (a != "--hosts" || !next) return 0;
+        hosts = std::clamp(std::atoi(next), 2, 32);
+        return 2;
+      });
+  const int runs = flags.runs;
   signal(SIGPIPE, SIG_IGN);
   std::string image_src =
       getenv("VMGRID_TINY_IMAGE") ? getenv("VMGRID_TINY_IMAGE") : VMGRID_TINY_IMAGE_DIR;
@@ -191,7 +177,7 @@ int main(int argc, char** argv) {
   const std::vector<int> cells = {1, hosts};
   std::map<int, Samples> all, each, mib, ratio;
   Samples load;
-  std::mt19937_64 rng(seed);
+  std::mt19937_64 rng(flags.seed);
   for (int r = -1; r < runs; ++r) {  // r == -1: the warm-up
     std::vector<int> order = cells;
     std::shuffle(order.begin(), order.end(), rng);
@@ -235,12 +221,12 @@ int main(int argc, char** argv) {
        << " | " << (n == 1 ? std::string("1") : ratio[n].MedianIqr("%.2f")) << " | "
        << mib[n].MedianIqr("%.1f") << " |\n";
   std::printf("%s", md.str().c_str());
-  if (write) {
-    if (!WriteDocsSection(docs, "fanout", "## Many hosts pulling one cold image (bench/fanout)",
-                          md.str())
+  if (flags.write) {
+    if (!WriteDocsSection(flags.docs, "fanout",
+                          "## Many hosts pulling one cold image (bench/fanout)", md.str())
              .ok())
-      Die("cannot write " + docs);
-    std::fprintf(stderr, "wrote %s\n", docs.c_str());
+      Die("cannot write " + flags.docs);
+    std::fprintf(stderr, "wrote %s\n", flags.docs.c_str());
   }
   return 0;
 }

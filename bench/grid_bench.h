@@ -4,12 +4,15 @@
 // between its markers.
 #pragma once
 
+#include <chrono>
+#include <filesystem>
 #include <string>
 
 #include "client/api_client.h"
 #include "common/result.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
+#include "die.h"
 #include "docs_section.h"
 #include "machine.h"
 #include "vmm/qemu_process.h"
@@ -65,6 +68,41 @@ inline Status EmptyHostCache(LocalGrid& grid, int index, const std::string& url,
   grid.set_agent_prefetch(prefetch);
   if (auto st = grid.StartAgent(index); !st.ok()) return st;
   return grid.WaitHostsUp(grid.hosts(), std::chrono::seconds(60));
+}
+
+// Waits as `vmgrid vm create` does, with long polls (GET
+// /v1/vms/ID?while=STATE) that answer when the state changes, until the VM
+// that POST /v1/vms answered `created` is running; returns its last view.
+// Dies if it fails or is not running after 300 s.
+inline nlohmann::json WaitRunning(const ApiClient& api, nlohmann::json created) {
+  const std::string id = created["id"];
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(300);
+  nlohmann::json vm = std::move(created);
+  while (vm["state"] != "running") {
+    if (vm["state"] == "error") Die("VM " + id + " failed; see `vmgrid vm show " + id + "`");
+    if (std::chrono::steady_clock::now() > deadline) Die("VM " + id + " did not start in 300 s");
+    auto g = api.Get("/v1/vms/" + id + "?while=" + vm["state"].get<std::string>() + "&wait=30");
+    if (!g.ok()) Die(g.error().message);
+    vm = std::move(g).value();
+  }
+  return vm;
+}
+
+// The options of a second grid beside `first`'s, in `state_dir` (emptied),
+// with an image server and `first`'s TLS files (one CA for this process's
+// clients).
+inline LocalGridOptions ServedGridOptions(const LocalGridOptions& first,
+                                          const std::string& state_dir) {
+  LocalGridOptions so = first;
+  so.state_dir = state_dir;
+  (void)RemoveTree(so.state_dir);
+  so.image_server = true;
+  if (auto st = MakeDirs(so.state_dir, 0755); !st.ok()) Die(st.error().message);
+  std::error_code ec;
+  std::filesystem::copy(first.state_dir + "/tls", so.state_dir + "/tls",
+                        std::filesystem::copy_options::recursive, ec);
+  if (ec) Die("copying the grid's TLS files: " + ec.message());
+  return so;
 }
 
 // MachineLine() and whether QEMU runs with KVM or TCG here.

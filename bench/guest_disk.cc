@@ -29,6 +29,7 @@
 #include <sstream>
 #include <thread>
 
+#include "bench_flags.h"
 #include "client/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
@@ -81,14 +82,7 @@ std::string StartVm(const ApiClient& api, const std::string& name) {
   auto r = api.Post("/v1/vms",
                     {{"image", "tiny"}, {"start", "resume"}, {"disk", "clone"}, {"name", name}});
   if (!r.ok()) Die(r.error().message);
-  std::string id = (*r)["id"], state = (*r)["state"];
-  while (state != "running") {
-    if (state == "error") Die("VM " + id + " failed");
-    auto g = api.Get("/v1/vms/" + id + "?while=" + state + "&wait=30");
-    if (!g.ok()) Die(g.error().message);
-    state = (*g)["state"];
-  }
-  return id;
+  return WaitRunning(api, *r)["id"];
 }
 
 // `script` in the guest of VM `id` through POST /v1/vms/ID/exec.
@@ -104,23 +98,10 @@ GuestRun VmgridExec(const ApiClient& api, const std::string& id, const std::stri
 }  // namespace
 
 int main(int argc, char** argv) {
-  int runs = 10;
-  uint64_t seed = 1;
-  bool write = true;
-  std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--runs" && i + 1 < argc)
-      runs = std::max(1, std::atoi(argv[++i]));
-    else if (a == "--seed" && i + 1 < argc)
-      seed = std::strtoull(argv[++i], nullptr, 10);
-    else if (a == "--no-write")
-      write = false;
-    else if (a == "--docs" && i + 1 < argc)
-      docs = argv[++i];
-    else
-      Die("usage: guest_disk [--runs N] [--seed N] [--no-write] [--docs PATH]");
-  }
+  const BenchFlags flags =
+      ParseBenchFlags(argc, argv, {.docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md"},
+                      "guest_disk [--runs N] [--seed N] [--no-write] [--docs PATH]");
+  const int runs = flags.runs;
   signal(SIGPIPE, SIG_IGN);
   std::string image_src =
       getenv("VMGRID_TINY_IMAGE") ? getenv("VMGRID_TINY_IMAGE") : VMGRID_TINY_IMAGE_DIR;
@@ -139,15 +120,7 @@ int main(int argc, char** argv) {
   json image = *imported;
   std::string image_dir = grid.controller_state_dir() + "/images/" + image["id"].get<std::string>();
 
-  LocalGridOptions so = o;
-  so.state_dir = "/tmp/vmgrid-bench-guest-disk-served";
-  (void)RemoveTree(so.state_dir);
-  so.image_server = true;
-  if (auto st = MakeDirs(so.state_dir, 0755); !st.ok()) Die(st.error().message);
-  std::error_code ec;
-  std::filesystem::copy(o.state_dir + "/tls", so.state_dir + "/tls",
-                        std::filesystem::copy_options::recursive, ec);
-  if (ec) Die("copying the grid's TLS files: " + ec.message());
+  LocalGridOptions so = ServedGridOptions(o, "/tmp/vmgrid-bench-guest-disk-served");
   LocalGrid served(so);
   if (auto st = served.Start(); !st.ok()) Die(st.error().message);
   ApiClient served_api = served.Admin();
@@ -179,7 +152,7 @@ int main(int argc, char** argv) {
   std::map<std::string, Samples> mbps;  // cell + "\n" + test
   std::map<std::string, Samples> ratio;
   Samples load;
-  std::mt19937_64 rng(seed);
+  std::mt19937_64 rng(flags.seed);
   for (int r = -1; r < runs; ++r) {  // r == -1: the warm-up (fills the host cache)
     std::vector<std::pair<std::string, std::string>> order;
     for (const auto& c : cells)
@@ -226,12 +199,12 @@ int main(int argc, char** argv) {
     md << " |\n";
   }
   std::printf("%s", md.str().c_str());
-  if (write) {
-    if (!WriteDocsSection(docs, "guest-disk", "## Guest disk throughput (bench/guest_disk)",
+  if (flags.write) {
+    if (!WriteDocsSection(flags.docs, "guest-disk", "## Guest disk throughput (bench/guest_disk)",
                           md.str())
              .ok())
-      Die("cannot write " + docs);
-    std::fprintf(stderr, "wrote %s\n", docs.c_str());
+      Die("cannot write " + flags.docs);
+    std::fprintf(stderr, "wrote %s\n", flags.docs.c_str());
   }
   return 0;
 }

@@ -23,6 +23,7 @@
 #include <sstream>
 #include <thread>
 
+#include "bench_flags.h"
 #include "client/api_client.h"
 #include "common/child_process.h"
 #include "common/subprocess.h"
@@ -50,16 +51,8 @@ double VmgridOnce(const ApiClient& api, json body) {
   auto t0 = Clock::now();
   auto r = api.Post("/v1/vms", body);
   if (!r.ok()) Die(r.error().message);
-  std::string id = (*r)["id"];
-  std::string state = (*r)["state"];
-  // As `vmgrid vm create` waits: long polls that answer when the state changes.
-  while (state != "running") {
-    if (state == "error") Die("VM " + id + " failed; see `vmgrid vm show " + id + "`");
-    if (Since(t0) > 300) Die("VM did not start in 300 s");
-    auto g = api.Get("/v1/vms/" + id + "?while=" + state + "&wait=30");
-    if (!g.ok()) Die(g.error().message);
-    state = (*g)["state"];
-  }
+  const std::string id = (*r)["id"];
+  (void)WaitRunning(api, *r);
   double t = Since(t0);
   (void)api.Delete("/v1/vms/" + id + "?purge_workspace=true");
   (void)PollUntil(
@@ -103,27 +96,17 @@ std::string PlainCopyOfServedCheckpoint(const std::string& blobs, const std::str
 }  // namespace
 
 int main(int argc, char** argv) {
-  int runs = 10;
-  uint64_t seed = 1;
-  bool write = true;
   bool resume_only = false;  // for quick looks while working on resume; never written to docs
-  std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--runs" && i + 1 < argc)
-      runs = std::max(1, std::atoi(argv[++i]));
-    else if (a == "--seed" && i + 1 < argc)
-      seed = std::strtoull(argv[++i], nullptr, 10);
-    else if (a == "--no-write")
-      write = false;
-    else if (a == "--resume-only") {
-      resume_only = true;
-      write = false;
-    } else if (a == "--docs" && i + 1 < argc)
-      docs = argv[++i];
-    else
-      Die("usage: instantiate [--runs N] [--seed N] [--no-write] [--resume-only] [--docs PATH]");
-  }
+  BenchFlags flags = ParseBenchFlags(
+      argc, argv, {.docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md"},
+      "instantiate [--runs N] [--seed N] [--no-write] [--resume-only] [--docs PATH]",
+      [&](const std::string& a, const char*) {
+        if (a != "--resume-only") return 0;
+        resume_only = true;
+        return 1;
+      });
+  if (resume_only) flags.write = false;
+  const int runs = flags.runs;
   signal(SIGPIPE, SIG_IGN);
   std::string image_src =
       getenv("VMGRID_TINY_IMAGE") ? getenv("VMGRID_TINY_IMAGE") : VMGRID_TINY_IMAGE_DIR;
@@ -148,16 +131,7 @@ int main(int argc, char** argv) {
   // image server (chunk cache, NBD export of the base disk, materialized
   // checkpoint files); warm after the warm-up round. Its agent, controller
   // and image server sit idle while the first grid's cells run.
-  LocalGridOptions so = o;
-  so.state_dir = "/tmp/vmgrid-bench-instantiate-served";
-  (void)RemoveTree(so.state_dir);
-  so.image_server = true;
-  // The same CA and certificates (this process trusts one CA for its clients).
-  if (auto st = MakeDirs(so.state_dir, 0755); !st.ok()) Die(st.error().message);
-  std::error_code ec;
-  std::filesystem::copy(o.state_dir + "/tls", so.state_dir + "/tls",
-                        std::filesystem::copy_options::recursive, ec);
-  if (ec) Die("copying the grid's TLS files: " + ec.message());
+  LocalGridOptions so = ServedGridOptions(o, "/tmp/vmgrid-bench-instantiate-served");
   LocalGrid served(so);
   if (auto st = served.Start(); !st.ok()) Die(st.error().message);
   ApiClient served_api = served.Admin();
@@ -222,7 +196,7 @@ int main(int argc, char** argv) {
   }
   std::map<std::string, Samples> plain, ours, ratio;
   Samples load;
-  std::mt19937_64 rng(seed);
+  std::mt19937_64 rng(flags.seed);
   for (int r = -1; r < runs; ++r) {  // r == -1: the warm-up
     std::vector<size_t> order(cells.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -291,11 +265,12 @@ int main(int argc, char** argv) {
   }
   std::printf("%s", md.str().c_str());
 
-  if (write) {
-    if (!WriteDocsSection(docs, "instantiate", "## Instantiation (bench/instantiate)", md.str())
+  if (flags.write) {
+    if (!WriteDocsSection(flags.docs, "instantiate", "## Instantiation (bench/instantiate)",
+                          md.str())
              .ok())
-      Die("cannot write " + docs);
-    std::fprintf(stderr, "wrote %s\n", docs.c_str());
+      Die("cannot write " + flags.docs);
+    std::fprintf(stderr, "wrote %s\n", flags.docs.c_str());
   }
   return 0;
 }

@@ -23,6 +23,7 @@
 #include <sstream>
 #include <thread>
 
+#include "bench_flags.h"
 #include "client/api_client.h"
 #include "common/util.h"
 #include "dev/local_grid.h"
@@ -164,25 +165,16 @@ std::string Mib(const Samples& kb) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int n = 20, runs = 10;
-  uint64_t seed = 1;
-  bool write = true;
-  std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--vms" && i + 1 < argc)
-      n = std::max(2, std::atoi(argv[++i]));
-    else if (a == "--runs" && i + 1 < argc)
-      runs = std::max(1, std::atoi(argv[++i]));
-    else if (a == "--seed" && i + 1 < argc)
-      seed = std::strtoull(argv[++i], nullptr, 10);
-    else if (a == "--no-write")
-      write = false;
-    else if (a == "--docs" && i + 1 < argc)
-      docs = argv[++i];
-    else
-      Die("usage: storm [--vms N] [--runs N] [--seed N] [--no-write] [--docs PATH]");
-  }
+  int n = 20;
+  const BenchFlags flags =
+      ParseBenchFlags(argc, argv, {.docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md"},
+                      "storm [--vms N] [--runs N] [--seed N] [--no-write] [--docs PATH]",
+                      [&](const std::string& a, const char* next) {
+                        if (a != "--vms" || !next) return 0;
+                        n = std::max(2, std::atoi(next));
+                        return 2;
+                      });
+  const int runs = flags.runs;
   signal(SIGPIPE, SIG_IGN);
   std::string image_src =
       getenv("VMGRID_TINY_IMAGE") ? getenv("VMGRID_TINY_IMAGE") : VMGRID_TINY_IMAGE_DIR;
@@ -211,7 +203,7 @@ int main(int argc, char** argv) {
                                           "plain single"};
   std::map<std::string, Samples> all, each, rss, pss, ratio;
   Samples agent_rss, controller_cpu_ms, load;
-  std::mt19937_64 rng(seed);
+  std::mt19937_64 rng(flags.seed);
   for (int r = -1; r < runs; ++r) {  // r == -1: the warm-up
     std::vector<size_t> order(cells.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -279,11 +271,12 @@ int main(int argc, char** argv) {
         "the storm / "
      << n << "): " << controller_cpu_ms.MedianIqr("%.2f") << " ms.\n";
   std::printf("%s", md.str().c_str());
-  if (write) {
-    if (!WriteDocsSection(docs, "storm", "## Many VMs on one host at once (bench/storm)", md.str())
+  if (flags.write) {
+    if (!WriteDocsSection(flags.docs, "storm", "## Many VMs on one host at once (bench/storm)",
+                          md.str())
              .ok())
-      Die("cannot write " + docs);
-    std::fprintf(stderr, "wrote %s\n", docs.c_str());
+      Die("cannot write " + flags.docs);
+    std::fprintf(stderr, "wrote %s\n", flags.docs.c_str());
   }
   return 0;
 }
