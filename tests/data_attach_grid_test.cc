@@ -193,6 +193,77 @@ TEST_F(DataAttachTest, ReadOnlyOnTwoHostsIsFetchedOnDemandAndReadsBack) {
   DeleteVm(api, b["id"]);
 }
 
+// Live migration of a clone resumed from the image's post-boot checkpoint
+// with three datasets attached (issue 12, docs/migration.md): the target
+// lays its disk over the same checkpoint, the read-write overlay and the new
+// dataset are mirrored with the boot disk, the read-only one is opened
+// there; everything the guest wrote is there after the move, the guest did
+// not reboot, and a commit on the new host stores what it wrote.
+TEST_F(DataAttachTest, AResumedVmWithDatasetsMigratesWithAllItWrote) {
+  ASSERT_NO_FATAL_FAILURE(PushInputs("mig-rw"));
+  ASSERT_NO_FATAL_FAILURE(PushInputs("mig-ro"));
+  ApiClient api = Alice();
+  json vm =
+      CreateVm(api, {{"image", "tiny"},
+                     {"name", "mover"},
+                     {"start", "resume"},
+                     {"data",
+                      {{{"dataset", "mig-rw"}, {"mount", "/rw"}, {"mode", "rw"}},
+                       {{"dataset", "mig-new"}, {"mount", "/new"}, {"new", true}, {"size_mb", 64}},
+                       {{"dataset", "mig-ro"}, {"mount", "/ro"}}}}});
+  ASSERT_EQ(vm.value("state", ""), "running") << vm.dump();
+  const std::string id = vm["id"], from = vm["host_id"];
+  auto [wc, before] = Sh(api, id,
+                         "cat /proc/sys/kernel/random/boot_id > /root/boot && "
+                         "cp /ro/small.bin /new/copy.bin && echo changed > /rw/changed.txt && "
+                         "rm /rw/sub/big.bin && head -c 3000000 /dev/urandom > /root/r.bin && "
+                         "sync && cat /root/boot && md5sum /root/r.bin | cut -c1-32");
+  ASSERT_EQ(wc, 0) << before;
+
+  auto started = api.Post("/v1/vms/" + id + "/migrate", json::object());
+  ASSERT_TRUE(started.ok()) << started.error().message;
+  auto result = AwaitOperation(api, started);
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  std::printf("migration of a resumed VM with 3 datasets: %s\n", result->dump().c_str());
+  // The boot disk's top layer and the two writable data disks travelled.
+  EXPECT_GT(result->value("disk_bytes", 0), 3000000) << result->dump();
+  json moved = WaitVm(api, id);
+  ASSERT_EQ(moved.value("state", ""), "running") << moved.dump();
+  EXPECT_NE(moved.value("host_id", ""), from);
+  // The target's top layer lies on the image's checkpoint disk, as the
+  // source's did (on the image itself the guest's file system would be torn).
+  const std::string top = grid_->agent_state_dir(HostIndex(moved)) + "/vms/" + id + "/disk.qcow2";
+  FILE* info = popen(("qemu-img info -U --output=json " + top).c_str(), "r");
+  ASSERT_NE(info, nullptr);
+  std::string info_out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, info)) info_out.append(buf, n);
+  pclose(info);
+  json disk_info = json::parse(info_out, nullptr, false);
+  EXPECT_NE(disk_info.value("backing-filename", "").find("ckpt-"), std::string::npos) << info_out;
+
+  auto [rc, after] = Sh(api, id,
+                        "cat /proc/sys/kernel/random/boot_id && md5sum /root/r.bin | "
+                        "cut -c1-32");
+  ASSERT_EQ(rc, 0) << after;
+  EXPECT_EQ(after, before) << "the guest rebooted or lost its disk";
+  EXPECT_EQ(Exec(api, id, "cat /rw/changed.txt; test -e /rw/sub/big.bin || echo gone"),
+            "changed\ngone\n");
+  EXPECT_EQ(Exec(api, id, "sha256sum /new/copy.bin /ro/sub/big.bin | cut -d' ' -f1 | tr '\\n' ' '"),
+            Sha256Hex(*small_) + " " + Sha256Hex(*big_) + " ");
+  // Still read-only on the new host.
+  auto [roc, rout] = Sh(api, id, "echo x > /ro/x.txt");
+  EXPECT_NE(roc, 0) << rout;
+
+  // The new host commits what the guest wrote before the move.
+  CliRun commit = Cli(*alice_, {"--json", "data", "commit", "mover", "mig-new"});
+  ASSERT_EQ(commit.rc, 0) << commit.out << commit.err;
+  const std::string pulled = *dir_ + "/pulled-mig-new";
+  ASSERT_EQ(Cli(*alice_, {"data", "pull", "mig-new", pulled}).rc, 0);
+  EXPECT_EQ(Slurp(pulled + "/copy.bin"), *small_);
+  DeleteVm(api, "mover");
+}
+
 TEST_F(DataAttachTest, ReadWriteAndNewDatasetsCommitOnlyWhatChanged) {
   // The guest writes a file of known bytes into both (from its own copy of
   // the small file: base64 would be slow through exec).

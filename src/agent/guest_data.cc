@@ -1,5 +1,6 @@
 #include "agent/guest_data.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -43,6 +44,29 @@ Status MakeDataDiskFile(const DataDiskSpec& d, const std::string& path,
   if (!r.ok()) {
     unlink(tmp.c_str());
     return r.error().Wrap("the disk of dataset " + d.dataset);
+  }
+  return Status::Ok();
+}
+
+Status MakeMirrorTargetFile(const DataDiskSpec& d, const std::string& path) {
+  if (d.blank_mb <= 0)
+    return MakeError(ErrorCode::kInvalidArgument, "dataset " + d.dataset + " is not blank");
+  const std::string tmp = path + ".partial";
+  unlink(tmp.c_str());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0)
+    return MakeError(ErrorCode::kInternal, "create " + tmp + ": " + std::string(strerror(errno)));
+  int rc = ::ftruncate(fd, static_cast<off_t>(d.blank_mb) << 20);
+  int err = errno;
+  ::close(fd);
+  if (rc == 0 && rename(tmp.c_str(), path.c_str()) != 0) {
+    rc = -1;
+    err = errno;
+  }
+  if (rc != 0) {
+    unlink(tmp.c_str());
+    return MakeError(ErrorCode::kInternal,
+                     "the disk of dataset " + d.dataset + ": " + std::string(strerror(err)));
   }
   return Status::Ok();
 }

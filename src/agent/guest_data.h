@@ -39,6 +39,11 @@ std::string DataExportUser(const std::string& vm_id, size_t index);
 // file; nothing of the user's is read). Atomic: on failure no file is left.
 Status MakeDataDiskFile(const DataDiskSpec& d, const std::string& path, const std::string& backing);
 
+// An incoming migration's copy of a blank attachment's disk: a sparse raw
+// file of blank_mb MiB, all zeros, which the source's mirror fills. Atomic
+// as above.
+Status MakeMirrorTargetFile(const DataDiskSpec& d, const std::string& path);
+
 // The shell script run in the guest ($1 serial, $2 mount point, $3 options)
 // that finds the disk by its serial (rescanning PCI when it is not there
 // yet: a guest resumed from an image's checkpoint learns of disks added

@@ -519,21 +519,44 @@ Status VmRunner::PrepareDisk(Vm& vm, bool* created_workspace) {
     VMG_RETURN_IF_ERROR(ChownForQemu(vm, disk));
     chmod(disk.c_str(), 0600);
   }
-  if (!s.data.empty()) {
-    // Data attachments: an overlay over each version's export, or a new
-    // empty file system (agent/guest_data.h).
-    VMG_ASSIGN_OR_RETURN(std::vector<std::string> backing, AcquireData(vm));
-    for (size_t i = 0; i < s.data.size(); ++i) {
-      const std::string path = DataDiskPath(dir, i, s.data[i]);
-      VMG_RETURN_IF_ERROR(MakeDataDiskFile(s.data[i], path, backing[i]));
-      VMG_RETURN_IF_ERROR(ChownForQemu(vm, path));
-      chmod(path.c_str(), 0600);
-    }
-  }
+  VMG_RETURN_IF_ERROR(PrepareDataDisks(vm, /*incoming=*/false));
   std::lock_guard<std::mutex> l(vm.status_mu);
   vm.disk_path = disk;
   vm.disk_format = "qcow2";
   return Status::Ok();
+}
+
+Status VmRunner::PrepareDataDisks(Vm& vm, bool incoming) {
+  const VmSpec& s = vm.spec;
+  if (s.data.empty()) return Status::Ok();
+  // Data attachments: an overlay over each version's export, or a new
+  // empty file system (agent/guest_data.h). An incoming migration's new
+  // file system is an empty file of its size instead: the mirror brings
+  // its content.
+  const std::string dir = VmDir(s.id);
+  VMG_ASSIGN_OR_RETURN(std::vector<std::string> backing, AcquireData(vm));
+  for (size_t i = 0; i < s.data.size(); ++i) {
+    const std::string path = DataDiskPath(dir, i, s.data[i]);
+    if (incoming && s.data[i].blank_mb > 0) {
+      VMG_RETURN_IF_ERROR(MakeMirrorTargetFile(s.data[i], path));
+    } else {
+      VMG_RETURN_IF_ERROR(MakeDataDiskFile(s.data[i], path, backing[i]));
+    }
+    VMG_RETURN_IF_ERROR(ChownForQemu(vm, path));
+    chmod(path.c_str(), 0600);
+  }
+  return Status::Ok();
+}
+
+// The drives a live migration mirrors: the boot disk and every writable
+// data disk (read-only ones hold the same version on both hosts). Source
+// and target derive the same list from the VM's spec.
+static std::vector<std::string> MirroredDevices(const VmSpec& s, bool has_disk) {
+  std::vector<std::string> out;
+  if (has_disk) out.push_back("disk0");
+  for (size_t i = 0; i < s.data.size(); ++i)
+    if (s.data[i].rw) out.push_back("data" + std::to_string(i));
+  return out;
 }
 
 // How many backing steps below `top` (an overlay the agent made) the user's
@@ -1429,9 +1452,6 @@ Status VmRunner::PrepareIncomingDisk(Vm& vm, bool* created_workspace) {
 Result<IncomingInfo> VmRunner::PrepareIncoming(const IncomingRequest& request) {
   const VmSpec& spec = request.spec;
   const std::string what = "incoming migration of VM " + spec.id;
-  if (!spec.data.empty())
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "VM " + spec.id + " has datasets attached; such VMs cannot migrate yet");
   // Laid out as a create; state.json says creating, so an agent restart
   // before FinishIncoming removes it all (Recover).
   VMG_ASSIGN_OR_RETURN(auto vm, RegisterNewVm(spec, "incoming", what));
@@ -1444,12 +1464,13 @@ Result<IncomingInfo> VmRunner::PrepareIncoming(const IncomingRequest& request) {
   bool created_ws = false;
   if (st.ok()) st = PrepareIncomingDisk(*vm, &created_ws);
   vm->created_workspace = created_ws;
+  if (st.ok()) st = PrepareDataDisks(*vm, /*incoming=*/true);
   if (st.ok()) st = PersistState(*vm);
   if (st.ok()) st = Launch(*vm, false, "", /*migration_target=*/true);
   if (!st.ok()) return fail(st.error());
   auto [uid, gid] = QemuIds(*vm);
   IncomingParams p;
-  p.device = "disk0";
+  p.devices = MirroredDevices(spec, true);
   p.listen_host = request.listen_host;
   p.key = {request.credential.identity, request.credential.key_hex};
   p.key_dir = MigrationKeyDir(spec.id);
@@ -1460,7 +1481,7 @@ Result<IncomingInfo> VmRunner::PrepareIncoming(const IncomingRequest& request) {
   if (!ep.ok()) return fail(ep.error());
   spdlog::info("VM {}: incoming migration prepared (NBD port {}, migration port {})", spec.id,
                ep->nbd_port, ep->migration_port);
-  return IncomingInfo{ep->host, ep->nbd_port, ep->migration_port, ep->nbd_export};
+  return IncomingInfo{ep->host, ep->nbd_port, ep->migration_port, ep->nbd_exports};
 }
 
 Result<MigrationResult> VmRunner::MigrateOut(const std::string& id,
@@ -1473,10 +1494,10 @@ Result<MigrationResult> VmRunner::MigrateOut(const std::string& id,
   auto [uid, gid] = QemuIds(*vm);
   OutgoingParams p;
   p.target = {request.target.host, request.target.nbd_port, request.target.migration_port,
-              request.target.nbd_export};
+              request.target.nbd_exports};
   {
     std::lock_guard<std::mutex> l(vm->status_mu);
-    p.device = vm->disk_path.empty() ? "" : "disk0";
+    p.devices = MirroredDevices(vm->spec, !vm->disk_path.empty());
   }
   p.key = {request.credential.identity, request.credential.key_hex};
   p.key_dir = MigrationKeyDir(id);

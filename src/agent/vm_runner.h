@@ -170,6 +170,9 @@ class VmRunner : public VmDriver {
   // the source's top layer (the image, or an image's checkpoint; nothing
   // for a persistent workspace, which gets the image's virtual size).
   Status PrepareIncomingDisk(Vm& vm, bool* created_workspace);
+  // The data attachments' disk files (after the boot disk); `incoming`: an
+  // incoming migration's, whose blank ones the mirror fills.
+  Status PrepareDataDisks(Vm& vm, bool incoming);
   // A new VM record (a create, or an incoming migration when `migration` is
   // "incoming") in state creating with a per-VM uid; kAlreadyExists if the id
   // or its directory is taken here.

@@ -97,12 +97,13 @@ json ToJson(const IncomingInfo& i) {
   return {{"host", i.host},
           {"nbd_port", i.nbd_port},
           {"migration_port", i.migration_port},
-          {"nbd_export", i.nbd_export}};
+          {"nbd_export", i.nbd_exports.empty() ? std::string() : i.nbd_exports.front()},
+          {"nbd_exports", i.nbd_exports}};
 }
 
 Result<IncomingInfo> IncomingInfoFromJson(const json& j) {
   VMG_RETURN_IF_ERROR(NeedObject(j, "incoming migration info"));
-  JsonFields f(j, {"host", "nbd_port", "migration_port", "nbd_export"});
+  JsonFields f(j, {"host", "nbd_port", "migration_port", "nbd_export", "nbd_exports"});
   VMG_RETURN_IF_ERROR(f.CheckUnknown());
   IncomingInfo i;
   VMG_ASSIGN_OR_RETURN(i.host, f.String("host", true));
@@ -112,10 +113,27 @@ Result<IncomingInfo> IncomingInfoFromJson(const json& j) {
   if (mig == 0) return Invalid("field 'migration_port' is required");
   i.nbd_port = static_cast<int>(nbd);
   i.migration_port = static_cast<int>(mig);
-  VMG_ASSIGN_OR_RETURN(i.nbd_export, f.String("nbd_export", false));
-  if (!NameChars(i.nbd_export, 64)) return Invalid("nbd_export must match [A-Za-z0-9._-]{0,64}");
-  if ((i.nbd_port == 0) != i.nbd_export.empty())
-    return Invalid("nbd_port and nbd_export go together");
+  VMG_ASSIGN_OR_RETURN(std::string first, f.String("nbd_export", false));
+  if (!NameChars(first, 64)) return Invalid("nbd_export must match [A-Za-z0-9._-]{0,64}");
+  if (j.contains("nbd_exports")) {
+    const json& list = j["nbd_exports"];
+    if (!list.is_array() || list.size() > 8)
+      return Invalid("nbd_exports must be an array of at most 8 names");
+    for (const json& e : list) {
+      if (!e.is_string() || e.get<std::string>().empty() || !NameChars(e.get<std::string>(), 64))
+        return Invalid("each of nbd_exports must match [A-Za-z0-9._-]{1,64}");
+      if (std::find(i.nbd_exports.begin(), i.nbd_exports.end(), e.get<std::string>()) !=
+          i.nbd_exports.end())
+        return Invalid("nbd_exports names " + e.get<std::string>() + " twice");
+      i.nbd_exports.push_back(e.get<std::string>());
+    }
+    if (!first.empty() && (i.nbd_exports.empty() || i.nbd_exports.front() != first))
+      return Invalid("nbd_export must be the first of nbd_exports");
+  } else if (!first.empty()) {
+    i.nbd_exports.push_back(first);
+  }
+  if ((i.nbd_port == 0) != i.nbd_exports.empty())
+    return Invalid("nbd_port and nbd_exports go together");
   return i;
 }
 

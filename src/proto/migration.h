@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "proto/vm_spec.h"
@@ -46,7 +47,10 @@ struct IncomingInfo {
   std::string host;        // IP literal or host name
   int nbd_port = 0;        // 1..65535; 0 when the VM has no disk
   int migration_port = 0;  // 1..65535
-  std::string nbd_export;  // [A-Za-z0-9._-]{0,64}; "" with nbd_port 0
+  // The disks exported, each named after its drive ("disk0", "data1", ...;
+  // [A-Za-z0-9._-]{1,64}, distinct, at most 8); empty with nbd_port 0. On the
+  // wire "nbd_exports", and "nbd_export" (the first) for older sources.
+  std::vector<std::string> nbd_exports;
   bool operator==(const IncomingInfo&) const = default;
 };
 nlohmann::json ToJson(const IncomingInfo& i);

@@ -378,11 +378,16 @@ TEST(MigrationProtoTest, RoundTrips) {
   auto in_back = IncomingRequestFromJson(Wire(ToJson(in)));
   ASSERT_TRUE(in_back.ok()) << in_back.error().message;
   EXPECT_EQ(*in_back, in);
-  IncomingInfo info{"10.0.0.2", 40001, 40002, "disk0"};
+  IncomingInfo info{"10.0.0.2", 40001, 40002, {"disk0", "data1"}};
   auto info_back = IncomingInfoFromJson(Wire(ToJson(info)));
   ASSERT_TRUE(info_back.ok()) << info_back.error().message;
   EXPECT_EQ(*info_back, info);
-  IncomingInfo diskless{"host-b.example", 0, 40002, ""};
+  // An older target names its one export in nbd_export only.
+  auto legacy = IncomingInfoFromJson(
+      json{{"host", "10.0.0.2"}, {"nbd_port", 1}, {"migration_port", 2}, {"nbd_export", "disk0"}});
+  ASSERT_TRUE(legacy.ok()) << legacy.error().message;
+  EXPECT_EQ(legacy->nbd_exports, std::vector<std::string>{"disk0"});
+  IncomingInfo diskless{"host-b.example", 0, 40002, {}};
   ASSERT_TRUE(IncomingInfoFromJson(Wire(ToJson(diskless))).ok());
   MigrateOutRequest out{info, cred, 100 << 20};
   auto out_back = MigrateOutRequestFromJson(Wire(ToJson(out)));
@@ -413,13 +418,30 @@ TEST(MigrationProtoTest, RefusesMalformedParts) {
     edit(bad);
     EXPECT_FALSE(IncomingRequestFromJson(bad).ok()) << bad.dump();
   }
-  json info = ToJson(IncomingInfo{"10.0.0.2", 40001, 40002, "disk0"});
+  json info = ToJson(IncomingInfo{"10.0.0.2", 40001, 40002, {"disk0"}});
   for (auto edit : std::vector<std::function<void(json&)>>{
            [](json& j) { j["nbd_port"] = 70000; },
            [](json& j) { j["migration_port"] = 0; },
            [](json& j) { j.erase("migration_port"); },
-           [](json& j) { j["nbd_export"] = ""; },
+           [](json& j) {
+             j["nbd_export"] = "";
+             j["nbd_exports"] = json::array();
+           },
            [](json& j) { j["nbd_export"] = "a/b"; },
+           [](json& j) {
+             j["nbd_exports"] = {"disk0", "a/b"};
+           },
+           [](json& j) {
+             j["nbd_exports"] = {"disk0", "disk0"};
+           },
+           [](json& j) {
+             j["nbd_exports"] = {"disk0", ""};
+           },
+           [](json& j) {
+             j["nbd_exports"] = {"data1", "disk0"};
+           },
+           [](json& j) { j["nbd_exports"] = "disk0"; },
+           [](json& j) { j["nbd_exports"] = json(std::vector<std::string>(9, "d")); },
            [](json& j) { j["host"] = "a b"; },
            [](json& j) { j["host"] = ""; },
            [](json& j) { j["nbd_port"] = "40001"; },
@@ -428,7 +450,7 @@ TEST(MigrationProtoTest, RefusesMalformedParts) {
     edit(bad);
     EXPECT_FALSE(IncomingInfoFromJson(bad).ok()) << bad.dump();
   }
-  json out = ToJson(MigrateOutRequest{IncomingInfo{"10.0.0.2", 1, 2, "d"}, cred, 0});
+  json out = ToJson(MigrateOutRequest{IncomingInfo{"10.0.0.2", 1, 2, {"d"}}, cred, 0});
   out["max_bandwidth"] = -1;
   EXPECT_FALSE(MigrateOutRequestFromJson(out).ok());
   EXPECT_FALSE(MigrationResultFromJson({{"total_ms", -5}}).ok());

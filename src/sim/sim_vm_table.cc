@@ -261,7 +261,7 @@ Result<IncomingInfo> SimVmTable::PrepareIncoming(const IncomingRequest& request)
   Entry e = NewEntry(spec, ToString(VmState::kCreating));
   e.incoming = true;
   vms_.emplace(spec.id, std::move(e));
-  return IncomingInfo{request.listen_host, 1, 2, "disk0"};
+  return IncomingInfo{request.listen_host, 1, 2, {"disk0"}};
 }
 
 Result<MigrationResult> SimVmTable::MigrateOut(const std::string& id, const MigrateOutRequest&) {

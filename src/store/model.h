@@ -146,6 +146,14 @@ struct Vm {
   // Datasets attached (docs/datasets.md): a JSON array as the controller
   // resolved them (api/services/data_attachments.h); "" = none.
   std::string data;
+  // What a clone's disk (its top layer) lies on, so that a live migration
+  // lays the target's over the same (schema migration 24): "image" (booted,
+  // or a clone of another VM's checkpoint, whose disk was copied into the
+  // top layer), "image_checkpoint" (the image's post-boot checkpoint files,
+  // without an image server), or a JSON object of the image checkpoint's
+  // blob versions {"ckpt_memory":…, "ckpt_disk":…}. "" = not recorded
+  // (records from before migration 24). Persistent disks lie on nothing.
+  std::string disk_base;
   std::string error;
   int64_t create_ms = 0;  // request-to-ready time of the last create/resume
   int64_t created_ms = 0;

@@ -515,6 +515,13 @@ DROP INDEX vms_owner;
 CREATE INDEX vms_owner_created ON vms(owner_id, created_ms, id);
 CREATE INDEX vms_created ON vms(created_ms, id);
 )sql",
+    // 24: what a clone's disk lies on (Vm::disk_base), so that VMs resumed
+    // from a checkpoint can live-migrate (docs/migration.md). Existing
+    // records keep '' (not known): booted ones lie on their image.
+    R"sql(
+ALTER TABLE vms ADD COLUMN disk_base TEXT NOT NULL DEFAULT '';
+UPDATE vms SET disk_base = 'image' WHERE start = 'boot' AND disk = 'clone';
+)sql",
 };
 
 const char* kUserCols =
@@ -806,7 +813,8 @@ std::vector<SqlValue> ImageValues(const Image& i) {
 
 const char* kVmCols =
     "id, name, owner_id, image_id, host_id, state, vcpus, memory_mb, disk, start, "
-    "workspace_id, error, create_ms, created_ms, updated_ms, network, disk_bytes, restart, data";
+    "workspace_id, error, create_ms, created_ms, updated_ms, network, disk_bytes, restart, data, "
+    "disk_base";
 Vm ReadVm(const SqlRow& s) {
   Vm v;
   v.id = s.Text(0);
@@ -828,13 +836,14 @@ Vm ReadVm(const SqlRow& s) {
   v.disk_bytes = s.Int(16);
   v.restart = s.Text(17);
   v.data = s.Text(18);
+  v.disk_base = s.Text(19);
   return v;
 }
 std::vector<SqlValue> VmValues(const Vm& v) {
   return {v.id,           v.name,           v.owner_id,  v.image_id,   v.host_id,
           v.state,        int64_t{v.vcpus}, v.memory_mb, v.disk,       v.start,
           v.workspace_id, v.error,          v.create_ms, v.created_ms, v.updated_ms,
-          v.network,      v.disk_bytes,     v.restart,   v.data};
+          v.network,      v.disk_bytes,     v.restart,   v.data,       v.disk_base};
 }
 
 const char* kWsCols =
@@ -1799,7 +1808,7 @@ Result<bool> Store::TryTakeRoomLocked(const Vm& vm, const std::string& host_id) 
 
 Status Store::InsertVmLocked(const Vm& vm, bool reserved) {
   auto r =
-      db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(19) + ")",
+      db_->Exec(std::string("INSERT INTO vms (") + kVmCols + ") VALUES (" + Placeholders(20) + ")",
                 VmValues(vm));
   if (!r.ok()) {
     if (r.error().code == ErrorCode::kAlreadyExists)
@@ -1947,7 +1956,7 @@ Result<Vm> Store::PlaceAndInsertVmPg(SqlBackend* db, Vm vm,
                                      const std::vector<std::string>& candidates) {
   const std::string reserve = "WITH r AS (" + kTakeRoom;
   const std::string insert = std::string("v AS (INSERT INTO vms (") + kVmCols + ") SELECT " +
-                             Placeholders(19) + " FROM r RETURNING id), ";
+                             Placeholders(20) + " FROM r RETURNING id), ";
   const std::string sql = reserve + " RETURNING id), " + insert +
                           "x AS (INSERT INTO virtualization (virtual_id, virtual_kind, "
                           "physical_id, physical_kind, vm_id, "
@@ -2134,9 +2143,9 @@ Status Store::UpdateVmLocked(const Vm& v, const VmPlacement& before, bool* raced
   VMG_ASSIGN_OR_RETURN(
       int64_t changed,
       db_->Exec("UPDATE vms SET host_id=?, state=?, workspace_id=?, error=?, create_ms=?, "
-                "updated_ms=? WHERE id=? AND host_id=? AND state=?",
-                {v.host_id, v.state, v.workspace_id, v.error, v.create_ms, NowMs(), v.id,
-                 before.host_id, before.state}));
+                "disk_base=?, updated_ms=? WHERE id=? AND host_id=? AND state=?",
+                {v.host_id, v.state, v.workspace_id, v.error, v.create_ms, v.disk_base, NowMs(),
+                 v.id, before.host_id, before.state}));
   if (changed == 0) {
     *raced = true;
     return Status::Ok();

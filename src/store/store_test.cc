@@ -36,6 +36,7 @@ constexpr const char* kDropMigration9 =
     "ALTER TABLE hosts DROP COLUMN tunnel_ip; ALTER TABLE hosts DROP COLUMN tunnel_port; "
     "ALTER TABLE hosts DROP COLUMN draining; ALTER TABLE hosts DROP COLUMN failed_ms; "
     "ALTER TABLE vms DROP COLUMN restart; ALTER TABLE vms DROP COLUMN data; "
+    "ALTER TABLE vms DROP COLUMN disk_base; "
     "ALTER TABLE workspaces DROP COLUMN durable_version; "
     "ALTER TABLE workspaces DROP COLUMN durable_digest; "
     "ALTER TABLE workspaces DROP COLUMN durable_size_bytes; "
@@ -656,8 +657,10 @@ TEST_P(StoreTest, StateMigrationChecksExistingRows) {
   ASSERT_TRUE((*db)->Exec("UPDATE vms SET state='stopped' WHERE id=?", {vm->id}).ok());
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
-  EXPECT_EQ((*s)->schema_version(), 23);
+  EXPECT_EQ((*s)->schema_version(), 24);
   EXPECT_EQ((*s)->GetVm(vm->id, "")->state, "stopped");
+  // Migration 24: a booted clone's disk lies on its image.
+  EXPECT_EQ((*s)->GetVm(vm->id, "")->disk_base, "image");
   // Migration 10 numbered the host that was there.
   EXPECT_EQ((*s)->GetHost("h1")->tunnel_number, 1);
   // Migration 12: the host that was there is not draining.
@@ -1098,7 +1101,7 @@ TEST_P(StoreTest, Migration7ReservesDiskForExistingVms) {
   auto s = Store::Open(db_->target());
   ASSERT_TRUE(s.ok()) << s.error().message;
   store_ = std::move(s).value();
-  EXPECT_EQ(store_->schema_version(), 23);
+  EXPECT_EQ(store_->schema_version(), 24);
   EXPECT_EQ(store_->GetVm(a.id, "")->disk_bytes, kGiB + (int64_t{256} << 20));
   EXPECT_EQ(store_->GetHost("h1")->reserved_disk_bytes, 2 * (kGiB + (int64_t{256} << 20)));
   EXPECT_EQ(store_->GetImage("img-big", "")->max_clone_bytes, kGiB);

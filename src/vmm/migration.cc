@@ -15,6 +15,8 @@
 #include <cerrno>
 #include <cstring>
 #include <initializer_list>
+#include <map>
+#include <vector>
 
 #include "common/util.h"
 #include "vmm/json_util.h"
@@ -156,13 +158,40 @@ Result<std::string> NodeNameOf(QmpClient& qmp, const std::string& device, Deadli
   return MakeError(ErrorCode::kNotFound, "no block device '" + device + "' with a medium");
 }
 
-// The mirror job as query-block-jobs shows it, or null json when it is gone.
-Result<json> MirrorJob(QmpClient& qmp, Deadline deadline) {
+// Per mirrored drive: the source's NBD client node and mirror job, the
+// target's export. Cleanup finds them by the prefixes (an agent restarted
+// mid-migration no longer knows the drives).
+std::string NodeFor(const std::string& device) { return std::string(kNbdNode) + "-" + device; }
+std::string JobFor(const std::string& device) { return std::string(kMirrorJob) + "-" + device; }
+std::string ExportIdFor(const std::string& device) { return std::string(kExportId) + "-" + device; }
+
+// Our mirror jobs as query-block-jobs shows them, by job id.
+Result<std::map<std::string, json>> MirrorJobs(QmpClient& qmp, Deadline deadline) {
   VMG_ASSIGN_OR_RETURN(json jobs, qmp.Execute("query-block-jobs", json::object(), Left(deadline)));
+  std::map<std::string, json> out;
   if (jobs.is_array())
-    for (const json& j : jobs)
-      if (GetString(j, "device") == kMirrorJob) return j;
-  return json();
+    for (const json& j : jobs) {
+      std::string id = GetString(j, "device").value_or("");
+      if (id.starts_with(kMirrorJob)) out[id] = j;
+    }
+  return out;
+}
+
+// Our NBD client nodes (query-named-block-nodes), by node name.
+std::vector<std::string> MigrationNodes(QmpClient& qmp) {
+  std::vector<std::string> out;
+  Result<json> nodes = qmp.Execute("query-named-block-nodes", {{"flat", true}}, kCleanupTimeout);
+  if (!nodes.ok() || !nodes->is_array()) return out;
+  for (const json& n : *nodes) {
+    std::string name = GetString(n, "node-name").value_or("");
+    if (name.starts_with(kNbdNode)) out.push_back(name);
+  }
+  return out;
+}
+
+void DeleteMigrationNodes(QmpClient& qmp) {
+  for (const std::string& n : MigrationNodes(qmp))
+    (void)qmp.Execute("blockdev-del", {{"node-name", n}}, kCleanupTimeout);
 }
 
 // Sleeps a growing nap, or fails once `deadline` would pass; wakes early when
@@ -182,19 +211,26 @@ Status NapUntilEvent(QmpClient& qmp, const char* event, milliseconds* nap, Deadl
   return Status::Ok();
 }
 
-// Cancels the mirror (forcefully: no completion wanted) and waits until it is
-// gone; best effort.
-void CancelMirror(QmpClient& qmp) {
+// Cancels every mirror of ours (forcefully: no completion wanted) and waits
+// until they are gone; best effort.
+void CancelMirrors(QmpClient& qmp) {
   Deadline deadline = DeadlineAfter(milliseconds(10000));
-  (void)qmp.Execute("block-job-cancel", {{"device", kMirrorJob}, {"force", true}}, kCleanupTimeout);
+  Result<std::map<std::string, json>> jobs = MirrorJobs(qmp, deadline);
+  if (!jobs.ok()) return;
+  for (const auto& [id, job] : *jobs)
+    (void)qmp.Execute("block-job-cancel", {{"device", id}, {"force", true}}, kCleanupTimeout);
   milliseconds nap(5);
   for (;;) {
-    Result<json> job = MirrorJob(qmp, deadline);
-    if (!job.ok() || job->is_null()) break;
-    if (GetString(*job, "status") == "concluded") {
-      (void)qmp.Execute("job-dismiss", {{"id", kMirrorJob}}, kCleanupTimeout);
-      break;
+    jobs = MirrorJobs(qmp, deadline);
+    if (!jobs.ok() || jobs->empty()) break;
+    bool pending = false;
+    for (const auto& [id, job] : *jobs) {
+      if (GetString(job, "status") == "concluded")
+        (void)qmp.Execute("job-dismiss", {{"id", id}}, kCleanupTimeout);
+      else
+        pending = true;
     }
+    if (!pending) break;
     if (!NapUntilEvent(qmp, "JOB_STATUS_CHANGE", &nap, deadline, "mirror cancel").ok()) break;
   }
 }
@@ -228,8 +264,8 @@ void CleanUpOutgoing(QmpClient& qmp, bool migrating, bool mirror, bool node) {
       if (!NapUntilEvent(qmp, "MIGRATION", &nap, d, "migrate_cancel").ok()) break;
     }
   }
-  if (mirror) CancelMirror(qmp);
-  if (node) (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, kCleanupTimeout);
+  if (mirror) CancelMirrors(qmp);
+  if (node) DeleteMigrationNodes(qmp);
   ResetMigrationSettings(qmp);
   if (Result<json> s = qmp.Execute("query-status", json::object(), kCleanupTimeout); s.ok()) {
     std::string now = GetString(*s, "status").value_or("");
@@ -242,6 +278,49 @@ void CleanUpOutgoing(QmpClient& qmp, bool migrating, bool mirror, bool node) {
   }
 }
 
+// At pre-switchover (vCPUs stopped, disks active): cancels each ready
+// mirror, which completes it without pivoting, and waits until all have
+// concluded without error; adds their offsets to *bytes.
+Status CompleteMirrors(QmpClient& qmp, const std::vector<std::string>& devices, Deadline deadline,
+                       int64_t* bytes) {
+  Result<std::map<std::string, json>> jobs = MirrorJobs(qmp, deadline);
+  if (!jobs.ok()) return jobs.error();
+  for (const std::string& device : devices) {
+    auto job = jobs->find(JobFor(device));
+    if (job == jobs->end() || GetString(job->second, "status") == "concluded")
+      return MakeError(ErrorCode::kInternal,
+                       "the mirror of disk " + device + " failed before switchover: " +
+                           (job == jobs->end() ? std::string("gone")
+                                               : GetString(job->second, "error").value_or("?")));
+    Result<json> c = qmp.Execute("block-job-cancel", {{"device", JobFor(device)}}, Left(deadline));
+    if (!c.ok()) return c.error();
+  }
+  milliseconds nap(2);
+  for (;;) {
+    jobs = MirrorJobs(qmp, deadline);
+    if (!jobs.ok()) return jobs.error();
+    size_t concluded = 0;
+    for (const std::string& device : devices) {
+      auto job = jobs->find(JobFor(device));
+      if (job == jobs->end())
+        return MakeError(ErrorCode::kInternal, "the mirror of disk " + device + " vanished");
+      if (GetString(job->second, "status") == "concluded") ++concluded;
+    }
+    if (concluded == devices.size()) break;
+    VMG_RETURN_IF_ERROR(NapUntilEvent(qmp, "JOB_STATUS_CHANGE", &nap, deadline,
+                                      "the disk mirror did not complete"));
+  }
+  for (const std::string& device : devices) {
+    const json& job = jobs->at(JobFor(device));
+    *bytes += GetInt(job, "offset").value_or(0);
+    if (auto err = GetString(job, "error"))
+      return MakeError(ErrorCode::kInternal,
+                       "the mirror of disk " + device + " failed at switchover: " + *err);
+    (void)qmp.Execute("job-dismiss", {{"id", JobFor(device)}}, Left(deadline));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<bool> RecoverOutgoing(QmpClient& qmp) {
@@ -250,7 +329,7 @@ Result<bool> RecoverOutgoing(QmpClient& qmp) {
   if (GetString(info, "status") == "completed" && GetString(status, "status") == "postmigrate") {
     // The target may hold the VM (paused until FinishIncoming): only the
     // controller knows which copy lives on.
-    (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, kCleanupTimeout);
+    DeleteMigrationNodes(qmp);
     ResetMigrationSettings(qmp);
     return true;
   }
@@ -306,9 +385,7 @@ Result<IncomingEndpoint> StartIncoming(QmpClient& qmp, const IncomingParams& p,
   if (Status st = AddCredentials(qmp, p.key, p.key_dir, p.qemu_uid, p.qemu_gid, true, deadline);
       !st.ok())
     return fail(st.error());
-  if (!p.device.empty()) {
-    Result<std::string> node = NodeNameOf(qmp, p.device, deadline);
-    if (!node.ok()) return fail(node.error());
+  if (!p.devices.empty()) {
     Result<UniqueFd> listener = ListenTcp(p.listen_host, &out.nbd_port);
     if (!listener.ok()) return fail(listener.error());
     Result<json> r =
@@ -319,15 +396,19 @@ Result<IncomingEndpoint> StartIncoming(QmpClient& qmp, const IncomingParams& p,
         {{"addr", {{"type", "fd"}, {"data", {{"str", kNbdListenFd}}}}}, {"tls-creds", kCredsId}},
         Left(deadline));
     if (!r.ok()) return fail(r.error());
-    out.nbd_export = p.device;
-    r = qmp.Execute("block-export-add",
-                    {{"type", "nbd"},
-                     {"id", kExportId},
-                     {"node-name", *node},
-                     {"name", out.nbd_export},
-                     {"writable", true}},
-                    Left(deadline));
-    if (!r.ok()) return fail(r.error());
+    for (const std::string& device : p.devices) {
+      Result<std::string> node = NodeNameOf(qmp, device, deadline);
+      if (!node.ok()) return fail(node.error());
+      r = qmp.Execute("block-export-add",
+                      {{"type", "nbd"},
+                       {"id", ExportIdFor(device)},
+                       {"node-name", *node},
+                       {"name", device},
+                       {"writable", true}},
+                      Left(deadline));
+      if (!r.ok()) return fail(r.error().Wrap("export " + device));
+      out.nbd_exports.push_back(device);
+    }
   }
   // The stream arrives through our tunnel (migration_tunnel.h), which writes
   // it in clear into QEMU's end of a socketpair.
@@ -393,40 +474,54 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
   Status st = AddCredentials(qmp, p.key, p.key_dir, p.qemu_uid, p.qemu_gid, false, deadline);
   if (!st.ok()) return fail(st.error());
 
-  if (!p.device.empty()) {
+  if (!p.devices.empty()) {
     if (p.target.nbd_port <= 0)
       return fail(MakeError(ErrorCode::kInvalidArgument, "the target has no NBD export"));
-    Result<json> r = qmp.Execute(
-        "blockdev-add",
-        {{"driver", "nbd"},
-         {"node-name", kNbdNode},
-         {"server",
-          {{"type", "inet"}, {"host", p.target.host}, {"port", std::to_string(p.target.nbd_port)}}},
-         {"export", p.target.nbd_export},
-         {"tls-creds", kCredsId}},
-        Left(deadline));
-    if (!r.ok()) return fail(r.error().Wrap("connect to the target's disk"));
-    have_node = true;
-    r = qmp.Execute("blockdev-mirror",
-                    {{"job-id", kMirrorJob},
-                     {"device", p.device},
-                     {"target", kNbdNode},
-                     {"sync", "top"},
-                     {"auto-dismiss", false}},
-                    Left(deadline));
-    if (!r.ok()) return fail(r.error().Wrap("start the disk mirror"));
-    have_mirror = true;
+    for (const std::string& device : p.devices) {
+      if (std::find(p.target.nbd_exports.begin(), p.target.nbd_exports.end(), device) ==
+          p.target.nbd_exports.end())
+        return fail(
+            MakeError(ErrorCode::kInvalidArgument, "the target does not export disk " + device));
+      Result<json> r = qmp.Execute("blockdev-add",
+                                   {{"driver", "nbd"},
+                                    {"node-name", NodeFor(device)},
+                                    {"server",
+                                     {{"type", "inet"},
+                                      {"host", p.target.host},
+                                      {"port", std::to_string(p.target.nbd_port)}}},
+                                    {"export", device},
+                                    {"tls-creds", kCredsId}},
+                                   Left(deadline));
+      if (!r.ok()) return fail(r.error().Wrap("connect to the target's disk " + device));
+      have_node = true;
+      r = qmp.Execute("blockdev-mirror",
+                      {{"job-id", JobFor(device)},
+                       {"device", device},
+                       {"target", NodeFor(device)},
+                       {"sync", "top"},
+                       {"auto-dismiss", false}},
+                      Left(deadline));
+      if (!r.ok()) return fail(r.error().Wrap("start the mirror of disk " + device));
+      have_mirror = true;
+    }
     phase(MigrationPhase::kMirrorStarted);
     milliseconds nap(5);
     for (;;) {
-      Result<json> job = MirrorJob(qmp, deadline);
-      if (!job.ok()) return fail(job.error());
-      if (job->is_null()) return fail(MakeError(ErrorCode::kInternal, "the disk mirror vanished"));
-      if (GetString(*job, "status") == "concluded")
-        return fail(MakeError(
-            ErrorCode::kInternal,
-            "the disk mirror failed: " + GetString(*job, "error").value_or("(no reason)")));
-      if (GetBool(*job, "ready").value_or(false)) break;
+      Result<std::map<std::string, json>> jobs = MirrorJobs(qmp, deadline);
+      if (!jobs.ok()) return fail(jobs.error());
+      size_t ready = 0;
+      for (const std::string& device : p.devices) {
+        auto job = jobs->find(JobFor(device));
+        if (job == jobs->end())
+          return fail(
+              MakeError(ErrorCode::kInternal, "the mirror of disk " + device + " vanished"));
+        if (GetString(job->second, "status") == "concluded")
+          return fail(MakeError(ErrorCode::kInternal,
+                                "the mirror of disk " + device + " failed: " +
+                                    GetString(job->second, "error").value_or("(no reason)")));
+        if (GetBool(job->second, "ready").value_or(false)) ++ready;
+      }
+      if (ready == p.devices.size()) break;
       if (Status n = NapUntilEvent(qmp, "JOB_STATUS_CHANGE", &nap, deadline,
                                    "the disk mirror is still not ready");
           !n.ok())
@@ -486,33 +581,9 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
       phase(MigrationPhase::kSwitchover);
       if (have_mirror) {
         // vCPUs are stopped and the disks still active: completing the ready
-        // mirror now leaves the target with every write the guest made.
-        Result<json> job = MirrorJob(qmp, deadline);
-        if (!job.ok()) return fail(job.error());
-        if (job->is_null() || GetString(*job, "status") == "concluded")
-          return fail(MakeError(
-              ErrorCode::kInternal,
-              "the disk mirror failed before switchover: " +
-                  (job->is_null() ? std::string("gone") : GetString(*job, "error").value_or("?"))));
-        Result<json> c = qmp.Execute("block-job-cancel", {{"device", kMirrorJob}}, Left(deadline));
-        if (!c.ok()) return fail(c.error());
-        milliseconds jnap(2);
-        for (;;) {
-          job = MirrorJob(qmp, deadline);
-          if (!job.ok()) return fail(job.error());
-          if (job->is_null())
-            return fail(MakeError(ErrorCode::kInternal, "the disk mirror vanished"));
-          if (GetString(*job, "status") == "concluded") break;
-          if (Status n = NapUntilEvent(qmp, "JOB_STATUS_CHANGE", &jnap, deadline,
-                                       "the disk mirror did not complete");
-              !n.ok())
-            return fail(n.error());
-        }
-        stats.disk_bytes = GetInt(*job, "offset").value_or(0);
-        if (auto err = GetString(*job, "error"))
-          return fail(
-              MakeError(ErrorCode::kInternal, "the disk mirror failed at switchover: " + *err));
-        (void)qmp.Execute("job-dismiss", {{"id", kMirrorJob}}, Left(deadline));
+        // mirrors now leaves the target with every write the guest made.
+        Status done = CompleteMirrors(qmp, p.devices, deadline, &stats.disk_bytes);
+        if (!done.ok()) return fail(done.error());
         have_mirror = false;
       }
       Result<json> c =
@@ -581,7 +652,7 @@ Status FinishIncoming(QmpClient& qmp, const std::string& key_dir, milliseconds t
 Status ResumeSource(QmpClient& qmp) {
   // What MigrateOut left for after the switchover; best effort (gone already
   // when MigrateOut failed or RecoverOutgoing ran).
-  (void)qmp.Execute("blockdev-del", {{"node-name", kNbdNode}}, kCleanupTimeout);
+  DeleteMigrationNodes(qmp);
   ResetMigrationSettings(qmp);
   Result<json> s = qmp.Execute("query-status", json::object(), kCleanupTimeout);
   if (!s.ok()) return s.error().Wrap("resume the migration source");

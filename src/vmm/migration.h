@@ -52,6 +52,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "vmm/migration_tunnel.h"
@@ -73,11 +74,18 @@ struct IncomingEndpoint {
   std::string host;  // IPv4/IPv6 literal or host name
   int nbd_port = 0;  // 0: no disk is mirrored
   int migration_port = 0;
-  std::string nbd_export;  // export name of the target's disk
+  // The writable exports of the target's disks, one per device mirrored,
+  // each named after its drive id ("disk0", "data1", ...); empty with
+  // nbd_port 0.
+  std::vector<std::string> nbd_exports;
 };
 
 struct IncomingParams {
-  std::string device = "disk0";           // the drive to export; "" = a diskless VM
+  // The drives to export (each a fresh overlay of its source's base, or an
+  // empty file of the same size): the boot disk and every writable data
+  // disk. Empty = nothing is mirrored (a diskless VM). Read-only disks are
+  // not listed: both sides open the same content.
+  std::vector<std::string> devices = {"disk0"};
   std::string listen_host = "127.0.0.1";  // address both listeners bind
   MigrationKey key;
   // Created (must not exist) 0700 for QEMU's uid/gid to hold keys.psk (0600)
@@ -87,9 +95,10 @@ struct IncomingParams {
 };
 
 // For a QEMU started with incoming=true, start_paused=true and the source's
-// device layout, its disk a fresh overlay of the source's top layer's base
-// (same virtual size): creates the TLS server credentials, an NBD server on
-// a fresh TCP port with the disk exported writable, and a migration listener.
+// device layout, each disk in `devices` a fresh overlay of the source's top
+// layer's base (same virtual size): creates the TLS server credentials, an
+// NBD server on a fresh TCP port with each of those disks exported writable
+// under its drive id, and a migration listener.
 // The returned endpoint's host is params.listen_host. On failure QEMU is in an
 // unknown state: the caller kills it (AbortIncoming's job in the agent).
 // The RAM stream comes through a MigrationTunnel (TLS 1.3 with the same key;
@@ -111,7 +120,9 @@ const char* ToString(MigrationPhase phase);
 
 struct OutgoingParams {
   IncomingEndpoint target;
-  std::string device = "disk0";  // "" = a diskless VM (no mirror)
+  // The drives to mirror, each into the target's export of the same name
+  // (which must be in target.nbd_exports). Empty = no mirror.
+  std::vector<std::string> devices = {"disk0"};
   MigrationKey key;
   // As IncomingParams::key_dir, on the source's side; removed before
   // MigrateOut returns (right after QEMU read the key).
@@ -128,7 +139,7 @@ struct MigrationStats {
   int64_t downtime_ms = 0;    // vCPUs stopped, incl. mirror completion (QEMU's "downtime";
                               // under TCG from the pause before RAM moves)
   int64_t ram_bytes = 0;      // QEMU's ram "transferred"
-  int64_t disk_bytes = 0;     // bytes the mirror wrote (its job offset)
+  int64_t disk_bytes = 0;     // bytes the mirrors wrote (their jobs' offsets, summed)
 };
 
 // Runs the source side. On success the source is paused ("postmigrate", disks

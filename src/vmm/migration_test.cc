@@ -86,7 +86,7 @@ class MigrationTest : public ::testing::Test {
   }
   IncomingParams Incoming(const MigrationKey& key, const std::string& run, bool disk) {
     IncomingParams p;
-    p.device = disk ? "disk0" : "";
+    if (!disk) p.devices.clear();
     p.listen_host = "127.0.0.1";
     p.key = key;
     p.key_dir = P(run) + "/mig-key";
@@ -98,7 +98,7 @@ class MigrationTest : public ::testing::Test {
                           const IncomingEndpoint& target, bool disk) {
     OutgoingParams p;
     p.target = target;
-    p.device = disk ? "disk0" : "";
+    if (!disk) p.devices.clear();
     p.key = key;
     p.key_dir = P(run) + "/mig-key";
     p.qemu_uid = uid_;
@@ -179,6 +179,77 @@ TEST_F(MigrationTest, GuestlessWithDiskOverPskTls) {
   // The target's own top layer now holds the data (its base has zeros there).
   EXPECT_EQ(Sh("qemu-io -f qcow2 -r -c 'read -P 0x5a 1M 2M' " + P("dst.qcow2") +
                " | grep -q 'read 2097152/2097152'"),
+            0);
+}
+
+// A VM with data disks (docs/datasets.md): the boot disk and a writable raw
+// data disk are both mirrored, each into its own export; a read-only one is
+// not (both sides open the same content).
+TEST_F(MigrationTest, EveryWritableDiskIsMirroredIntoItsOwnExport) {
+  ASSERT_EQ(Sh("qemu-img create -q -f raw " + P("base.raw") + " 64M"), 0);
+  ::chmod(P("base.raw").c_str(), 0644);
+  Overlay(P("base.raw"), "raw", "src.qcow2");
+  Overlay(P("base.raw"), "raw", "dst.qcow2");
+  for (const char* f : {"src-data.raw", "dst-data.raw"}) {
+    ASSERT_EQ(Sh("truncate -s 32M " + P(f)), 0);
+    ::chmod(P(f).c_str(), 0600);
+    Give(P(f));
+  }
+  ASSERT_EQ(Sh("qemu-img create -q -f raw " + P("ro.raw") + " 8M"), 0);
+  ::chmod(P("ro.raw").c_str(), 0644);
+  auto config = [&](const std::string& data) {
+    QemuConfig c;
+    c.memory_mb = 128;
+    c.data_disks = {DataDiskConfig{P(data), "raw", false, "", "vmgdata-0"},
+                    DataDiskConfig{P("ro.raw"), "raw", true, "", "vmgdata-1"}};
+    return c;
+  };
+  auto src = Start(config("src-data.raw"), "src", "src.qcow2", false);
+  ASSERT_TRUE(src.ok()) << src.error().message;
+  for (const char* cmd :
+       {"qemu-io disk0 \"write -P 0x5a 1M 2M\"", "qemu-io data0 \"write -P 0x6b 4M 3M\""})
+    ASSERT_TRUE((*src)->qmp().Execute("human-monitor-command", {{"command-line", cmd}}).ok())
+        << cmd;
+  auto dst = Start(config("dst-data.raw"), "dst", "dst.qcow2", true);
+  ASSERT_TRUE(dst.ok()) << dst.error().message;
+
+  auto key = NewMigrationKey("vmgrid-test");
+  ASSERT_TRUE(key.ok());
+  std::unique_ptr<MigrationTunnel> tunnel;
+  IncomingParams in = Incoming(*key, "dst", true);
+  in.devices = {"disk0", "data0"};
+  auto ep = StartIncoming((*dst)->qmp(), in, seconds(30), &tunnel);
+  ASSERT_TRUE(ep.ok()) << ep.error().message << "\n" << (*dst)->LogTail();
+  EXPECT_EQ(ep->nbd_exports, (std::vector<std::string>{"disk0", "data0"}));
+  // A source asking for a disk the target does not export fails and runs on.
+  OutgoingParams wrong = Outgoing(*key, "src", *ep, true);
+  wrong.devices = {"disk0", "data1"};
+  auto refused = MigrateOut((*src)->qmp(), wrong, seconds(30));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("does not export disk data1"), std::string::npos)
+      << refused.error().message;
+  EXPECT_EQ(*QueryStatus((*src)->qmp()), "running");
+
+  OutgoingParams out = Outgoing(*key, "src", *ep, true);
+  out.devices = {"disk0", "data0"};
+  auto stats = MigrateOut((*src)->qmp(), out, seconds(120));
+  ASSERT_TRUE(stats.ok()) << stats.error().message << "\n" << (*src)->LogTail();
+  PrintStats("guestless, boot disk and a data disk mirrored", *stats);
+  EXPECT_GE(stats->disk_bytes, 5 << 20);
+  Status st = FinishIncoming((*dst)->qmp(), P("dst/mig-key"), seconds(30));
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  EXPECT_EQ(*QueryStatus((*dst)->qmp()), "running");
+  ASSERT_TRUE((*src)->Quit(seconds(10)).ok());
+  ASSERT_TRUE((*dst)->Quit(seconds(10)).ok());
+  EXPECT_EQ(Sh("qemu-io -f qcow2 -r -c 'read -P 0x5a 1M 2M' " + P("dst.qcow2") +
+               " | grep -q 'read 2097152/2097152'"),
+            0);
+  EXPECT_EQ(Sh("qemu-io -f raw -r -c 'read -P 0x6b 4M 3M' " + P("dst-data.raw") +
+               " | grep -q 'read 3145728/3145728'"),
+            0);
+  // Zeros around it, as on the source.
+  EXPECT_EQ(Sh("qemu-io -f raw -r -c 'read -P 0 0 4M' " + P("dst-data.raw") +
+               " | grep -q 'read 4194304/4194304'"),
             0);
 }
 

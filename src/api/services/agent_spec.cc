@@ -30,6 +30,63 @@ Result<VmSpec> AgentVmSpec(const Vm& vm, const Image& image, const std::string& 
   return spec;
 }
 
+std::string DiskBaseFor(const Vm& vm, const Image& image, bool image_checkpoint) {
+  if (vm.disk != "clone") return "";
+  if (!image_checkpoint) return "image";
+  nlohmann::json all = nlohmann::json::parse(image.blobs, nullptr, false);
+  if (all.is_object() && all.contains("ckpt_memory") && all.contains("ckpt_disk"))
+    return nlohmann::json{{"ckpt_memory", all["ckpt_memory"]}, {"ckpt_disk", all["ckpt_disk"]}}
+        .dump();
+  return "image_checkpoint";
+}
+
+Result<VmSpec> MigrationTargetSpec(const Vm& vm, const Image& image,
+                                   const std::string& workspace_path, NetworkService& networks) {
+  VMG_ASSIGN_OR_RETURN(VmSpec spec, AgentVmSpec(vm, image, workspace_path, false, networks));
+  spec.start = "boot";
+  // A clone of another VM's checkpoint got that checkpoint's disk copied into
+  // its top layer (the mirror carries it); the target needs the image only.
+  spec.blobs.erase("vm_ckpt_memory");
+  spec.blobs.erase("vm_ckpt_disk");
+  if (vm.disk != "clone") return spec;  // a workspace is a whole disk
+  std::string base = vm.disk_base;
+  if (base.empty() && vm.start == "boot") base = "image";
+  if (base == "image") return spec;
+  if (base.empty())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.name +
+                         " was resumed from a checkpoint before this controller recorded what "
+                         "its disk lies on; it cannot migrate (stop and start it, or create it "
+                         "again)");
+  // The target's top layer lies over the same image checkpoint disk as the
+  // source's: the agent materializes it (as for a resume) but boots nothing
+  // from it; the RAM comes by the migration.
+  spec.start = "resume";
+  if (base == "image_checkpoint") {
+    if (image.ckpt_state != "ready")
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "VM " + vm.name + " lies on the post-boot checkpoint of image " +
+                           image.name + ", which is gone");
+    spec.checkpoint_dir = image.dir + "/checkpoint";
+    return spec;
+  }
+  nlohmann::json blobs = nlohmann::json::parse(base, nullptr, false);
+  for (const char* kind : {"ckpt_memory", "ckpt_disk"}) {
+    auto ref = blobs.is_object() && blobs.contains(kind)
+                   ? BlobRefFromJson(blobs[kind], kind)
+                   : Result<BlobRef>(MakeError(ErrorCode::kInvalidArgument, "missing"));
+    if (!ref.ok())
+      return MakeError(ErrorCode::kInternal,
+                       "VM " + vm.name + ": its recorded disk base is invalid (" + kind + ")");
+    spec.blobs[kind] = *ref;
+  }
+  if (!spec.blobs.count("disk"))
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.name + " lies on a checkpoint on the image server, but image " +
+                         image.name + " has no versions there");
+  return spec;
+}
+
 void AddDurable(VmSpec& spec, const Workspace& ws, const std::string& host_name,
                 const DurableOptions& options) {
   if (!options.enabled() || spec.disk_mode != "persistent" || ws.id.empty()) return;

@@ -19,6 +19,20 @@ class NetworkService;
 Result<VmSpec> AgentVmSpec(const Vm& vm, const Image& image, const std::string& workspace_path,
                            bool image_checkpoint, NetworkService& networks);
 
+// What a clone created from `image` lies on (Vm::disk_base): "image", or
+// when it resumes the image's post-boot checkpoint, that checkpoint's blob
+// versions (a JSON object), or "image_checkpoint" without an image server.
+// A persistent VM: "" (its workspace is a whole disk).
+std::string DiskBaseFor(const Vm& vm, const Image& image, bool image_checkpoint);
+
+// The spec a live migration's target lays the VM out by: as AgentVmSpec,
+// with start and blobs such that its new top layer lies on the same base as
+// the source's (docs/migration.md). FailedPrecondition when the record does
+// not say what the disk lies on (a resumed clone recorded before schema
+// migration 24) or names a base the image no longer has files for.
+Result<VmSpec> MigrationTargetSpec(const Vm& vm, const Image& image,
+                                   const std::string& workspace_path, NetworkService& networks);
+
 // Durable workspaces (docs/vm-lifecycle.md): how the controller makes them.
 struct DurableOptions {
   std::string grant_key{};      // the image server's (chunks/workspace_grant.h); "" = off

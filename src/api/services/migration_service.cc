@@ -47,8 +47,7 @@ Result<VmSpec> MigrationService::SpecFor(const Vm& vm, const Host& target) {
     VMG_ASSIGN_OR_RETURN(ws, store_.GetWorkspace(vm.workspace_id, ""));
     workspace_path = ws.path;
   }
-  VMG_ASSIGN_OR_RETURN(VmSpec spec, AgentVmSpec(vm, image, workspace_path, false, networks_));
-  spec.start = "boot";  // the target's disk lies on the image (SpecFor's callers refuse resumes)
+  VMG_ASSIGN_OR_RETURN(VmSpec spec, MigrationTargetSpec(vm, image, workspace_path, networks_));
   // Durable workspaces: the target pushes its versions once it holds the
   // workspace (same generation: the source's copy is destroyed on success).
   // Its disk arrives by the mirror, never from a durable version.
@@ -64,18 +63,12 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
     return MakeError(ErrorCode::kFailedPrecondition, "VM " + vm.name + " is " + vm.state +
                                                          "; migrate needs it to be " +
                                                          DescribeFromStates(VmOp::kMigrate));
-  if (vm.start == "resume")
-    // Its disk's top layer lies over the checkpoint it was resumed from
-    // (an image's, or another VM's copied into it); the record does not say
-    // which, so the target could not lay its disk over the right base.
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "VM " + vm.name +
-                         " was resumed from a checkpoint; migrating such VMs is not supported yet");
-  if (!vm.data.empty())
-    // Their overlays would have to be mirrored too (docs/datasets.md).
-    return MakeError(
-        ErrorCode::kFailedPrecondition,
-        "VM " + vm.name + " has datasets attached; migrating such VMs is not supported yet");
+  {
+    // Refuses, before anything changes, a VM whose disk base is not known.
+    VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(vm.image_id, ""));
+    auto spec = MigrationTargetSpec(vm, image, "", networks_);
+    if (!spec.ok()) return spec.error();
+  }
   VMG_ASSIGN_OR_RETURN(Host source, store_.GetHost(vm.host_id));
   std::vector<std::string> candidates;
   if (!to_host.empty()) {

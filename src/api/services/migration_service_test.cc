@@ -166,6 +166,91 @@ TEST_P(MigrationServiceTest, RefusalsChangeNothingAndCallNoAgent) {
   EXPECT_EQ(store_->GetVm(vm.id, "")->host_id, h2_.id);
 }
 
+// The target lays its new top layer over what the source's lies on (the
+// record's disk_base): a clone resumed from the image's post-boot checkpoint
+// gets those checkpoint versions, a clone of another VM's checkpoint (whose
+// disk was copied into its top layer) the image only; a resumed clone
+// recorded before the base was (disk_base "") is refused.
+TEST_P(MigrationServiceTest, ResumedClonesMigrateOntoTheSameBase) {
+  const std::string d1(64, 'a'), d2(64, 'b');
+  const nlohmann::json ckpt = {
+      {"ckpt_memory",
+       {{"name", "img-1-ckpt-memory"}, {"version", 3}, {"digest", d1}, {"size", 1000}}},
+      {"ckpt_disk", {{"name", "img-1-ckpt-disk"}, {"version", 3}, {"digest", d2}, {"size", 2000}}}};
+  // The image's own versions on the image server.
+  Image image = *store_->GetImage("img-1", "");
+  image.blobs =
+      nlohmann::json{
+          {"disk",
+           {{"name", "img-1"}, {"version", 1}, {"digest", std::string(64, 'c')}, {"size", 4096}}}}
+          .dump();
+  ASSERT_TRUE(store_->UpdateImage(image).ok());
+  // A running resumed clone whose record says it lies on `base`.
+  auto resumed = [&](const std::string& name, const std::string& base) {
+    Vm record = NewVmRecord(name);
+    record.start = "resume";
+    record.disk_base = base;
+    auto placed = store_->PlaceAndInsertVm(record, {host_.id});
+    EXPECT_TRUE(placed.ok()) << placed.error().message;
+    EXPECT_TRUE(store_->ModifyVm(placed->id, [](Vm& v) { v.state = "running"; }).ok());
+    return *store_->GetVm(placed->id, "");
+  };
+  Vm on_ckpt = resumed("on-ckpt", ckpt.dump());
+  ASSERT_EQ(on_ckpt.disk_base, ckpt.dump());
+  ASSERT_EQ(on_ckpt.start, "resume");
+  ASSERT_TRUE(migrations_->Migrate(Caller{alice_}, "on-ckpt", "h2").ok());
+  Settle();
+  EXPECT_EQ(store_->GetVm(on_ckpt.id, "")->host_id, h2_.id);
+  const VmSpec& spec = agent_.last_incoming.spec;
+  EXPECT_EQ(spec.start, "resume");
+  ASSERT_TRUE(spec.blobs.count("ckpt_disk"));
+  EXPECT_EQ(spec.blobs.at("ckpt_disk").digest, d2);
+  EXPECT_EQ(spec.blobs.at("ckpt_memory").version, 3u);
+
+  Vm cloned = resumed("cloned", "image");
+  ASSERT_TRUE(migrations_->Migrate(Caller{alice_}, "cloned", "h2").ok());
+  Settle();
+  EXPECT_EQ(store_->GetVm(cloned.id, "")->host_id, h2_.id);
+  EXPECT_EQ(agent_.last_incoming.spec.start, "boot");
+  EXPECT_FALSE(agent_.last_incoming.spec.blobs.count("ckpt_disk"));
+
+  Vm legacy = resumed("legacy", "");
+  agent_.calls.clear();
+  auto refused = migrations_->Migrate(Caller{alice_}, "legacy", "h2");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_NE(refused.error().message.find("cannot migrate"), std::string::npos)
+      << refused.error().message;
+  Settle();
+  EXPECT_TRUE(agent_.calls.empty());
+  EXPECT_EQ(store_->GetVm(legacy.id, "")->state, "running");
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 2);  // the two that moved, nothing more
+}
+
+// Datasets attached migrate with the VM: the target gets the attachments in
+// its spec (the agents mirror the writable ones, docs/migration.md).
+TEST_P(MigrationServiceTest, AVmWithDatasetsAttachedMigrates) {
+  Vm record = NewVmRecord("a");
+  record.data = nlohmann::json::array({{{"dataset_id", "ds-1"},
+                                        {"dataset", "results"},
+                                        {"version", 0},
+                                        {"mount", "/data/results"},
+                                        {"rw", true},
+                                        {"blank_mb", 64}}})
+                    .dump();
+  auto placed = store_->PlaceAndInsertVm(record, {host_.id});
+  ASSERT_TRUE(placed.ok()) << placed.error().message;
+  ASSERT_TRUE(store_->ModifyVm(placed->id, [](Vm& v) { v.state = "running"; }).ok());
+  Vm vm = *store_->GetVm(placed->id, "");
+  auto op = migrations_->Migrate(Caller{alice_}, "a", "h2");
+  ASSERT_TRUE(op.ok()) << op.error().message;
+  Settle();
+  EXPECT_EQ(store_->GetVm(vm.id, "")->host_id, h2_.id);
+  ASSERT_EQ(agent_.last_incoming.spec.data.size(), 1u);
+  EXPECT_TRUE(agent_.last_incoming.spec.data[0].rw);
+  EXPECT_EQ(agent_.last_incoming.spec.data[0].blank_mb, 64);
+}
+
 TEST_P(MigrationServiceTest, AMigratingVmTakesNoOtherOperationAndADeleteReleasesBothHosts) {
   Vm vm = AddVm("a", "running");
   auto begun = store_->BeginMigration(vm.id, {host_.id, h2_.id});

@@ -129,7 +129,7 @@ class FakeAgent : public AgentClient {
   // Live migration: "prepare-incoming HOST VM", "migrate-out HOST VM",
   // "finish-incoming HOST VM", "abort-incoming HOST VM",
   // "confirm-migrate-out HOST VM true|false" (HOST: the host's name).
-  Result<IncomingInfo> incoming_answer = IncomingInfo{"127.0.0.1", 10809, 4444, "disk"};
+  Result<IncomingInfo> incoming_answer = IncomingInfo{"127.0.0.1", 10809, 4444, {"disk"}};
   Result<MigrationResult> migrate_out_answer = MigrationResult{3000, 200, 2700, 150, 1 << 20, 4096};
   Result<VmStatus> finish_answer = VmStatus{};
   vmgrid::Status abort_answer, confirm_answer;

@@ -62,6 +62,12 @@ Result<json> VmCreateService::Create(const Caller& c, const CreateVmRequest& r) 
   const Image& image = src.image;
   vm.image_id = image.id;
   VMG_RETURN_IF_ERROR(Size(r, src, vm));
+  vm.disk_base =
+      vm.disk != "clone"
+          ? ""
+          : src.disk_base.value_or(DiskBaseFor(
+                vm, image,
+                vm.start == "resume" && src.checkpoint_dir == image.dir + "/checkpoint"));
   // Datasets to attach (docs/datasets.md, "Attaching"): the caller's own,
   // resolved to their versions now; a new one is created with the VM.
   std::vector<VmDataAttachment> data;
@@ -222,8 +228,13 @@ Result<VmCreateService::Source> VmCreateService::ResolveSource(const Caller& c,
       // Any host can resume it once published (by Create, on the operation pool).
       src.publish_from = host;
       src.publish_vm = vm.id;
+      // Its published disk is rebased onto the image's export (HostImages::
+      // MaterializeCheckpoint), and copied into the clone's top layer.
+      src.disk_base = "image";
     } else {
       src.candidates.push_back(vm.host_id);  // without an image server it lives there only
+      // The copy keeps the backing file of the VM's own disk.
+      src.disk_base = vm.disk_base;
     }
     return src;
   }
@@ -449,6 +460,10 @@ Status VmCreateService::Recover(const Vm& failed, const std::string& note, bool 
   VMG_ASSIGN_OR_RETURN(Vm placed, store_.RelocateVm(failed.id, failed.host_id, candidates, note,
                                                     keep_stopped ? "stopped" : "creating"));
   placed.start = vm.start;
+  // Its new disk lies on the image, or on the image's checkpoint as it is now.
+  placed.disk_base = DiskBaseFor(placed, image, !checkpoint_dir.empty());
+  failed_writes_.Count(store_.ModifyVm(placed.id, [&](Vm& v) { v.disk_base = placed.disk_base; }),
+                       "recording what the disk of VM " + placed.id + " lies on");
   auto host = store_.GetHost(placed.host_id);
   Host h = host.ok() ? *host : Host{};
   if (keep_stopped) {

@@ -160,6 +160,9 @@ class VmCreateService {
     // (once; minutes for a large one) on the operation pool before the create.
     std::optional<Host> publish_from;
     std::string publish_vm;
+    // What the new clone's disk lies on (Vm::disk_base), when the source
+    // decides it (a VM's checkpoint); else DiskBaseFor the image.
+    std::optional<std::string> disk_base;
   };
   struct WorkspaceClaim {
     std::optional<Workspace> workspace;

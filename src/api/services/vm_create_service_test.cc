@@ -248,6 +248,36 @@ TEST_P(VmCreateServiceTest, AUserCannotCreateFromAnotherUsersPrivateImage) {
   EXPECT_TRUE(Calls().empty());
 }
 
+// The record says what a clone's disk lies on, for a later live migration
+// (docs/migration.md): the image when booted, the image checkpoint's blob
+// versions when resumed from it.
+TEST_P(VmCreateServiceTest, TheRecordSaysWhatTheDiskLiesOn) {
+  Image image = *store_->GetImage("img-1", "");
+  const nlohmann::json ref = {
+      {"name", "img-1-ckpt"}, {"version", 2}, {"digest", std::string(64, 'e')}, {"size", 10}};
+  image.ckpt_state = "ready";
+  image.ckpt_vcpus = 1;
+  image.ckpt_memory_mb = 256;
+  image.blobs = nlohmann::json{{"disk", ref}, {"ckpt_memory", ref}, {"ckpt_disk", ref}}.dump();
+  ASSERT_TRUE(store_->UpdateImage(image).ok());
+  auto booted = creates_->Create(Caller{alice_}, Boot());
+  ASSERT_TRUE(booted.ok()) << booted.error().message;
+  CreateVmRequest r = Boot();
+  r.start = "resume";
+  auto resumed = creates_->Create(Caller{alice_}, r);
+  ASSERT_TRUE(resumed.ok()) << resumed.error().message;
+  r.disk = "persistent";
+  r.start = "boot";
+  auto persistent = creates_->Create(Caller{alice_}, r);
+  ASSERT_TRUE(persistent.ok()) << persistent.error().message;
+  Settle();
+  EXPECT_EQ(store_->GetVm((*booted)["id"].get<std::string>(), "")->disk_base, "image");
+  auto base = nlohmann::json::parse(
+      store_->GetVm((*resumed)["id"].get<std::string>(), "")->disk_base, nullptr, false);
+  EXPECT_EQ(base, (nlohmann::json{{"ckpt_memory", ref}, {"ckpt_disk", ref}}));
+  EXPECT_EQ(store_->GetVm((*persistent)["id"].get<std::string>(), "")->disk_base, "");
+}
+
 TEST_P(VmCreateServiceTest, AFailedCreateGivesItsNewWorkspaceBack) {
   agent_.action_answer = MakeError(ErrorCode::kInternal, "qemu-img failed");
   CreateVmRequest r = Boot();
