@@ -163,6 +163,46 @@ void MigrationGridTest::MovesWithItsDiskAndNetwork() {
   EXPECT_EQ(p2, 0) << ping2;
 }
 
+// A stopped VM moves cold (docs/migration.md, "Cold migration"): its disk
+// arrives on the other host, the VM stays stopped there, holds no room on
+// its old host, and boots there with what it wrote before it was stopped.
+TEST_F(MigrationGridTest, AStoppedVmMovesColdAndStartsThereWithItsDisk) {
+  ApiClient dora = User("dora");
+  json vm = CreateVm(dora, {{"image", (*image_)["id"]}, {"name", "cold1"}});
+  ASSERT_EQ(vm.value("state", ""), "running") << vm.dump();
+  const std::string id = vm["id"], from = vm["host_id"];
+  auto [wc, written] = Sh(dora, id,
+                          "head -c 2000000 /dev/urandom > /root/cold.bin && sync && "
+                          "md5sum /root/cold.bin | cut -c1-32");
+  ASSERT_EQ(wc, 0) << written;
+  ASSERT_TRUE(dora.Post("/v1/vms/" + id + "/stop", json::object()).ok());
+  json stopped = WaitVm(dora, id);
+  ASSERT_EQ(stopped.value("state", ""), "stopped") << stopped.dump();
+
+  auto started = dora.Post("/v1/vms/" + id + "/migrate", json::object());
+  ASSERT_TRUE(started.ok()) << started.error().message;
+  auto result = AwaitOperation(dora, started);
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  std::cout << "[info] cold migration " << result->dump() << "\n";
+  EXPECT_TRUE(result->value("cold", false)) << result->dump();
+  EXPECT_GE(result->value("disk_bytes", 0), 2000000) << result->dump();
+  EXPECT_EQ(result->value("ram_bytes", -1), 0) << result->dump();
+  json moved = WaitVm(dora, id);
+  EXPECT_EQ(moved.value("state", ""), "stopped") << moved.dump();
+  EXPECT_NE(moved.value("host_id", ""), from) << moved.dump();
+  // No QEMU of it runs anywhere while it is stopped.
+  for (int i = 0; i < grid_->hosts(); ++i) EXPECT_EQ(LiveQemuOn(*grid_, i, id), 0) << i;
+
+  ASSERT_TRUE(dora.Post("/v1/vms/" + id + "/resume", json::object()).ok());
+  json running = WaitVm(dora, id);
+  ASSERT_EQ(running.value("state", ""), "running") << running.dump();
+  EXPECT_EQ(running.value("host_id", ""), moved.value("host_id", ""));
+  auto [rc, now] = Sh(dora, id, "md5sum /root/cold.bin | cut -c1-32");
+  EXPECT_EQ(rc, 0) << now;
+  EXPECT_EQ(now, written) << "the disk did not arrive whole";
+  DeleteVm(dora, id);
+}
+
 // Where a VM of this grid runs: its host's index ("host-N" is index N-1).
 int HostIndex(const json& vm) { return std::stoi(vm.value("host", "host-0").substr(5)) - 1; }
 

@@ -72,6 +72,9 @@ struct VmRunner::Vm {
   // An incoming migration's stream (PrepareIncoming until FinishIncoming or
   // the VM is discarded). Guarded by op_mu.
   std::unique_ptr<MigrationTunnel> incoming_tunnel;
+  // The incoming migration is a cold one (a stopped VM's disks only): its
+  // QEMU never runs the guest and goes at FinishIncoming. Guarded by op_mu.
+  bool cold_incoming = false;
 
   void Set(VmState s, const std::string& e = "") {
     std::lock_guard<std::mutex> l(status_mu);
@@ -574,7 +577,7 @@ static int UntrustedDepth(const std::string& top, const std::string& user_disk) 
 }
 
 Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state,
-                        bool migration_target) {
+                        bool migration_target, bool paused) {
   QemuConfig c;
   c.vm_id = vm.spec.id;
   c.vcpus = vm.spec.vcpus;
@@ -593,7 +596,7 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state,
   c.run_dir = VmDir(vm.spec.id) + "/run";
   c.incoming = incoming || migration_target;
   // A migration target must not run before the source has stopped for good.
-  c.start_paused = migration_target;
+  c.start_paused = migration_target || paused;
   c.runas = options_.runas;
   if (vm.uid >= 0) {
     c.uid = vm.uid;
@@ -1471,6 +1474,8 @@ Result<IncomingInfo> VmRunner::PrepareIncoming(const IncomingRequest& request) {
   auto [uid, gid] = QemuIds(*vm);
   IncomingParams p;
   p.devices = MirroredDevices(spec, true);
+  p.stream = !request.cold;
+  vm->cold_incoming = request.cold;
   p.listen_host = request.listen_host;
   p.key = {request.credential.identity, request.credential.key_hex};
   p.key_dir = MigrationKeyDir(spec.id);
@@ -1488,6 +1493,9 @@ Result<MigrationResult> VmRunner::MigrateOut(const std::string& id,
                                              const MigrateOutRequest& request) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
+  RefreshLiveness(*vm);
+  if (vm->State() == VmState::kStopped && !vm->qemu && vm->Migration().empty())
+    return MigrateOutCold(*vm, request);
   VMG_RETURN_IF_ERROR(RunningAndIdle(*vm));
   vm->SetMigration("outgoing");
   PersistStateOrCount(*vm);
@@ -1519,6 +1527,45 @@ Result<MigrationResult> VmRunner::MigrateOut(const std::string& id,
                stats->total_ms, stats->downtime_ms, stats->ram_bytes, stats->disk_bytes);
   return MigrationResult{stats->total_ms,    stats->mirror_ms, stats->qemu_total_ms,
                          stats->downtime_ms, stats->ram_bytes, stats->disk_bytes};
+}
+
+Result<MigrationResult> VmRunner::MigrateOutCold(Vm& vm, const MigrateOutRequest& request) {
+  const std::string& id = vm.spec.id;
+  vm.SetMigration("outgoing");  // an agent restart now kills the helper QEMU (Recover)
+  PersistStateOrCount(vm);
+  auto [uid, gid] = QemuIds(vm);
+  OutgoingParams p;
+  p.target = {request.target.host, request.target.nbd_port, request.target.migration_port,
+              request.target.nbd_exports};
+  {
+    std::lock_guard<std::mutex> l(vm.status_mu);
+    p.devices = MirroredDevices(vm.spec, !vm.disk_path.empty());
+  }
+  p.key = {request.credential.identity, request.credential.key_hex};
+  p.key_dir = MigrationKeyDir(id);
+  p.qemu_uid = uid;
+  p.qemu_gid = gid;
+  p.on_phase = [&id](MigrationPhase ph) {
+    spdlog::info("VM {}: cold migration {}", id, ToString(ph));
+  };
+  RemoveKeyDir(p.key_dir);
+  // QEMU serves as the mirror's source only: paused from the start (-S),
+  // the guest never runs here again.
+  Status st = Launch(vm, false, "", false, /*paused=*/true);
+  Result<MigrationStats> stats = st.ok()
+                                     ? MirrorDisksOut(vm.qemu->qmp(), p, std::chrono::minutes(30))
+                                     : Result<MigrationStats>(st.error());
+  if (vm.qemu) {
+    if (!vm.qemu->Quit(seconds(10)).ok()) (void)vm.qemu->Kill();
+    vm.qemu.reset();
+  }
+  vm.Set(VmState::kStopped);
+  vm.SetMigration(stats.ok() ? "migrated-out" : "");
+  PersistStateOrCount(vm);
+  if (!stats.ok()) return ForUser(stats.error(), "cold migration of VM " + id);
+  spdlog::info("VM {} (stopped) migrated out in {} ms (disk {} bytes)", id, stats->total_ms,
+               stats->disk_bytes);
+  return MigrationResult{stats->total_ms, stats->mirror_ms, 0, 0, 0, stats->disk_bytes};
 }
 
 // A kernel oops with its call trace and register dump is 4-6 KB.
@@ -1560,6 +1607,23 @@ Result<VmStatus> VmRunner::FinishIncoming(const std::string& id) {
   std::lock_guard<std::mutex> op(vm->op_mu);
   if (vm->Migration() != "incoming")
     return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " is not an incoming migration");
+  if (vm->cold_incoming) {
+    // The disks have arrived: the VM is stopped here now.
+    Status st = vm->qemu ? FinishDiskExport(vm->qemu->qmp(), MigrationKeyDir(id), seconds(30))
+                         : Status(MakeError(ErrorCode::kInternal, "its QEMU is gone"));
+    if (st.ok() && !vm->qemu->Quit(seconds(10)).ok())
+      st = MakeError(ErrorCode::kInternal, "its QEMU did not quit");
+    if (!st.ok()) {
+      DiscardNewVm(*vm);
+      return ForUser(st.error(), "finishing the cold migration of VM " + id);
+    }
+    vm->qemu.reset();
+    vm->cold_incoming = false;
+    vm->SetMigration("");
+    vm->Set(VmState::kStopped);
+    PersistStateOrCount(*vm);
+    return StatusOf(*vm);
+  }
   Status st = vm->qemu ? vmgrid::FinishIncoming(vm->qemu->qmp(), MigrationKeyDir(id), seconds(60))
                        : Status(MakeError(ErrorCode::kInternal, "its QEMU is gone"));
   vm->incoming_tunnel.reset();  // the stream is complete (or failed)
@@ -1590,6 +1654,12 @@ Status VmRunner::ConfirmMigrateOut(const std::string& id, bool migrated) {
     std::lock_guard<std::mutex> op(vm->op_mu);
     if (vm->Migration() != "migrated-out")
       return MakeError(ErrorCode::kFailedPrecondition, "VM " + id + " has not migrated out");
+    if (!migrated && !vm->qemu && vm->State() == VmState::kStopped) {
+      // A cold migration's source: the VM stays stopped here.
+      vm->SetMigration("");
+      PersistStateOrCount(*vm);
+      return Status::Ok();
+    }
     if (!migrated) {
       // The target could not take over: the source runs on where it stopped.
       Status st = vm->qemu ? ResumeSource(vm->qemu->qmp())
@@ -1723,7 +1793,17 @@ Status VmRunner::Recover() {
         spdlog::warn("recover: killed the QEMU of VM {}: it cannot be adopted ({})", id,
                      q.error().message);
     }
-    if (q.ok() && (migration == "outgoing" || migration == "migrated-out")) {
+    if (vm->state == VmState::kStopped &&
+        (migration == "outgoing" || migration == "migrated-out")) {
+      // A cold migration's source: its QEMU only served the mirror (paused
+      // since launch). Done or not, it goes; the VM stays stopped here and a
+      // completed copy waits for the controller's ConfirmMigrateOut.
+      if (q.ok()) (void)(*q)->Kill();
+      KillQemusForRunDir(dir + "/run", seconds(5));
+      RemoveKeyDir(MigrationKeyDir(id));
+      if (migration == "migrated-out") vm->migration = "migrated-out";
+      spdlog::info("recover: VM {} was stopped and migrating out ({})", id, migration);
+    } else if (q.ok() && (migration == "outgoing" || migration == "migrated-out")) {
       // A migration source: if the migration completed, the target may hold
       // the VM (paused until the controller finishes it), so this copy stays
       // paused until ConfirmMigrateOut says which one lives on; otherwise

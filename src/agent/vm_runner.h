@@ -164,8 +164,12 @@ class VmRunner : public VmDriver {
   Status ResolveBlobs(Vm& vm);
   Status PrepareDisk(Vm& vm, bool* created_workspace);
   // migration_target: -incoming defer and -S, no state loaded (StartIncoming's job).
+  // `paused`: start with -S and no -incoming (a cold migration's source).
   Status Launch(Vm& vm, bool incoming, const std::string& memory_state,
-                bool migration_target = false);
+                bool migration_target = false, bool paused = false);
+  // MigrateOut of a stopped VM: its disks only (docs/migration.md, "Cold
+  // migration"). Called with op_mu held.
+  Result<MigrationResult> MigrateOutCold(Vm& vm, const MigrateOutRequest& request);
   // The disk of an incoming migration: a fresh qcow2 over what lies below
   // the source's top layer (the image, or an image's checkpoint; nothing
   // for a persistent workspace, which gets the image's virtual size).

@@ -529,9 +529,12 @@ int CmdVmMigrate(Ctx& ctx, const std::string& ref, const std::string& to, bool n
   } else {
     auto num = [&](const char* k) { return Num(*res, k).value_or(0); };
     ctx.io.out << "migrated " << ref << " from " << Str(*res, "from") << " to " << Str(*res, "to")
-               << " in " << num("total_ms") << " ms (downtime " << num("downtime_ms") << " ms, RAM "
-               << num("ram_bytes") / 1000000 << " MB, disk " << num("disk_bytes") / 1000000
-               << " MB)" << std::endl;
+               << " in " << num("total_ms") << " ms";
+    if (res->value("cold", false))
+      ctx.io.out << " (stopped: disk " << num("disk_bytes") / 1000000 << " MB)" << std::endl;
+    else
+      ctx.io.out << " (downtime " << num("downtime_ms") << " ms, RAM " << num("ram_bytes") / 1000000
+                 << " MB, disk " << num("disk_bytes") / 1000000 << " MB)" << std::endl;
     if (res->contains("warning")) ctx.io.err << "warning: " << Str(*res, "warning") << std::endl;
   }
   return kExitOk;
@@ -1006,9 +1009,11 @@ void AddVmCommands(CommandTree& t) {
                "(no delete if one fails)");
   rm->add_flag("--purge-workspace", s.purge_workspace, "Also delete its workspace");
   rm->add_flag("--no-wait", s.no_wait, "Do not wait");
-  auto* mig =
-      t.Leaf(g, "migrate", "Live-migrate a running VM to another host: vm migrate REF [--to HOST]",
-             [&] { return CmdVmMigrate(t.ctx, s.ref, s.migrate_to, s.no_wait); });
+  auto* mig = t.Leaf(
+      g, "migrate",
+      "Live-migrate a running VM to another host, or move a stopped VM's disks there (it stays "
+      "stopped): vm migrate REF [--to HOST]",
+      [&] { return CmdVmMigrate(t.ctx, s.ref, s.migrate_to, s.no_wait); });
   mig->add_option("REF", s.ref, "VM id or name")->required();
   mig->add_option("--to", s.migrate_to, "Target host (name or id); default: placement's choice");
   mig->add_flag("--wait", s.wait, "Wait until the VM runs on its new host (the default)");

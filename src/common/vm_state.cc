@@ -13,8 +13,9 @@ constexpr std::array kStates = {S::kCreating,      S::kRunning,   S::kStopping, 
                                 S::kMigrating,     S::kError};
 
 constexpr std::array kOps = {
-    VmOp::kCreate, VmOp::kStop,   VmOp::kCheckpoint, VmOp::kCheckpointLeaveRunning,
-    VmOp::kResume, VmOp::kDelete, VmOp::kExec,       VmOp::kMigrate};
+    VmOp::kCreate,     VmOp::kStop,   VmOp::kCheckpoint, VmOp::kCheckpointLeaveRunning,
+    VmOp::kResume,     VmOp::kDelete, VmOp::kExec,       VmOp::kMigrate,
+    VmOp::kColdMigrate};
 
 // The table. Rows of one operation are in the order their from-states are
 // named in messages ("stopped or suspended"); docs/vm-lifecycle.md lists
@@ -35,6 +36,8 @@ const VmTransition kTable[] = {
     {S::kRunning, VmOp::kExec, std::nullopt, S::kRunning, S::kRunning},
     // Success: running on the target host; failure: running on the source.
     {S::kRunning, VmOp::kMigrate, S::kMigrating, S::kRunning, S::kRunning},
+    // A cold migration: the stopped VM's disks move; it stays stopped.
+    {S::kStopped, VmOp::kColdMigrate, S::kMigrating, S::kStopped, S::kStopped},
 };
 
 std::string StateList() {
@@ -125,6 +128,8 @@ const char* ToString(VmOp op) {
       return "exec";
     case VmOp::kMigrate:
       return "migrate";
+    case VmOp::kColdMigrate:
+      return "cold_migrate";
   }
   return "?";
 }

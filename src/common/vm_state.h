@@ -59,13 +59,14 @@ enum class VmOp {
   kCheckpointLeaveRunning,  // checkpoint with leave_running: it keeps running
   kResume,
   kDelete,
-  kExec,     // runs a command in the guest; the VM's state does not change
-  kMigrate,  // live migration to another host (docs/migration.md)
+  kExec,         // runs a command in the guest; the VM's state does not change
+  kMigrate,      // live migration to another host (docs/migration.md)
+  kColdMigrate,  // a stopped VM's disks move to another host; it stays stopped
 };
 
 std::span<const VmOp> AllVmOps();
 // "create", "stop", "checkpoint", "checkpoint_leave_running", "resume",
-// "delete", "exec", "migrate".
+// "delete", "exec", "migrate", "cold_migrate".
 const char* ToString(VmOp op);
 Result<VmOp> ParseVmOp(std::string_view name);
 

@@ -76,12 +76,13 @@ Result<MigrationCredential> MigrationCredentialFromJson(const json& j) {
 json ToJson(const IncomingRequest& r) {
   return {{"spec", ToJson(r.spec)},
           {"credential", ToJson(r.credential)},
-          {"listen_host", r.listen_host}};
+          {"listen_host", r.listen_host},
+          {"cold", r.cold}};
 }
 
 Result<IncomingRequest> IncomingRequestFromJson(const json& j) {
   VMG_RETURN_IF_ERROR(NeedObject(j, "an incoming migration request"));
-  JsonFields f(j, {"spec", "credential", "listen_host"});
+  JsonFields f(j, {"spec", "credential", "listen_host", "cold"});
   VMG_RETURN_IF_ERROR(f.CheckUnknown());
   IncomingRequest r;
   VMG_ASSIGN_OR_RETURN(const json* spec, Object(j, "spec"));
@@ -90,6 +91,7 @@ Result<IncomingRequest> IncomingRequestFromJson(const json& j) {
   VMG_ASSIGN_OR_RETURN(r.credential, MigrationCredentialFromJson(*cred));
   VMG_ASSIGN_OR_RETURN(r.listen_host, f.String("listen_host", true));
   if (!IpLiteral(r.listen_host)) return Invalid("listen_host must be an IP address");
+  VMG_ASSIGN_OR_RETURN(r.cold, f.Bool("cold", false));
   return r;
 }
 
@@ -109,8 +111,10 @@ Result<IncomingInfo> IncomingInfoFromJson(const json& j) {
   VMG_ASSIGN_OR_RETURN(i.host, f.String("host", true));
   if (!HostName(i.host)) return Invalid("host must be an IP address or a host name");
   VMG_ASSIGN_OR_RETURN(int64_t nbd, f.Int("nbd_port", 0, 0, 65535));
-  VMG_ASSIGN_OR_RETURN(int64_t mig, f.Int("migration_port", 0, 1, 65535));
-  if (mig == 0) return Invalid("field 'migration_port' is required");
+  VMG_ASSIGN_OR_RETURN(int64_t mig, f.Int("migration_port", 0, 0, 65535));
+  // 0: a cold migration's target, which takes the disks only.
+  if (!j.contains("migration_port") || (mig == 0 && nbd == 0))
+    return Invalid("field 'migration_port' is required");
   i.nbd_port = static_cast<int>(nbd);
   i.migration_port = static_cast<int>(mig);
   VMG_ASSIGN_OR_RETURN(std::string first, f.String("nbd_export", false));

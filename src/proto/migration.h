@@ -36,6 +36,9 @@ struct IncomingRequest {
   VmSpec spec;
   MigrationCredential credential;
   std::string listen_host;
+  // A cold migration of a stopped VM (docs/migration.md): the target takes
+  // its disks only, and stays stopped after FinishIncoming.
+  bool cold = false;
   bool operator==(const IncomingRequest&) const = default;
 };
 nlohmann::json ToJson(const IncomingRequest& r);
@@ -46,7 +49,7 @@ Result<IncomingRequest> IncomingRequestFromJson(const nlohmann::json& j);
 struct IncomingInfo {
   std::string host;        // IP literal or host name
   int nbd_port = 0;        // 1..65535; 0 when the VM has no disk
-  int migration_port = 0;  // 1..65535
+  int migration_port = 0;  // 1..65535; 0 for a cold migration (then nbd_port > 0)
   // The disks exported, each named after its drive ("disk0", "data1", ...;
   // [A-Za-z0-9._-]{1,64}, distinct, at most 8); empty with nbd_port 0. On the
   // wire "nbd_exports", and "nbd_export" (the first) for older sources.

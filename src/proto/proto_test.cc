@@ -387,6 +387,13 @@ TEST(MigrationProtoTest, RoundTrips) {
       json{{"host", "10.0.0.2"}, {"nbd_port", 1}, {"migration_port", 2}, {"nbd_export", "disk0"}});
   ASSERT_TRUE(legacy.ok()) << legacy.error().message;
   EXPECT_EQ(legacy->nbd_exports, std::vector<std::string>{"disk0"});
+  // A cold migration's target: disks only.
+  IncomingInfo cold_info{"10.0.0.2", 40001, 0, {"disk0"}};
+  ASSERT_TRUE(IncomingInfoFromJson(Wire(ToJson(cold_info))).ok());
+  IncomingRequest cold{FullSpec(), cred, "10.0.0.2", true};
+  auto cold_back = IncomingRequestFromJson(Wire(ToJson(cold)));
+  ASSERT_TRUE(cold_back.ok()) << cold_back.error().message;
+  EXPECT_TRUE(cold_back->cold);
   IncomingInfo diskless{"host-b.example", 0, 40002, {}};
   ASSERT_TRUE(IncomingInfoFromJson(Wire(ToJson(diskless))).ok());
   MigrateOutRequest out{info, cred, 100 << 20};
@@ -421,7 +428,12 @@ TEST(MigrationProtoTest, RefusesMalformedParts) {
   json info = ToJson(IncomingInfo{"10.0.0.2", 40001, 40002, {"disk0"}});
   for (auto edit : std::vector<std::function<void(json&)>>{
            [](json& j) { j["nbd_port"] = 70000; },
-           [](json& j) { j["migration_port"] = 0; },
+           [](json& j) {
+             j["migration_port"] = 0;  // with no disk either: nothing to connect to
+             j["nbd_port"] = 0;
+             j["nbd_export"] = "";
+             j["nbd_exports"] = json::array();
+           },
            [](json& j) { j.erase("migration_port"); },
            [](json& j) {
              j["nbd_export"] = "";

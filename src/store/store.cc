@@ -522,6 +522,11 @@ CREATE INDEX vms_created ON vms(created_ms, id);
 ALTER TABLE vms ADD COLUMN disk_base TEXT NOT NULL DEFAULT '';
 UPDATE vms SET disk_base = 'image' WHERE start = 'boot' AND disk = 'clone';
 )sql",
+    // 25: cold migrations of stopped VMs (docs/migration.md): such a VM is
+    // `migrating` like a running one and ends `stopped`.
+    R"sql(
+ALTER TABLE vm_migrations ADD COLUMN cold BIGINT NOT NULL DEFAULT 0;
+)sql",
 };
 
 const char* kUserCols =
@@ -2310,12 +2315,13 @@ namespace {
 struct MigrationRow {
   std::string target;
   int64_t vcpus = 0, memory_mb = 0, disk_bytes = 0;
+  bool cold = false;
 };
 MigrationRow ReadMigrationRow(const SqlRow& r) {
-  return MigrationRow{r.Text(0), r.Int(1), r.Int(2), r.Int(3)};
+  return MigrationRow{r.Text(0), r.Int(1), r.Int(2), r.Int(3), r.Int(4) != 0};
 }
 constexpr const char* kMigrationSelect =
-    "SELECT target_host_id, vcpus, memory_mb, disk_bytes FROM vm_migrations WHERE vm_id = ?";
+    "SELECT target_host_id, vcpus, memory_mb, disk_bytes, cold FROM vm_migrations WHERE vm_id = ?";
 }  // namespace
 
 Status Store::ReleaseMigrationLocked(const std::string& id) {
@@ -2337,7 +2343,8 @@ Result<std::pair<Vm, std::string>> Store::BeginMigration(
   VMG_RETURN_IF_ERROR(tx.begin_status());
   VMG_ASSIGN_OR_RETURN(Vm vm, GetVmLocked(id, ""));
   VMG_ASSIGN_OR_RETURN(VmState state, ParseVmState(vm.state));
-  VMG_RETURN_IF_ERROR(LookupTransition(state, VmOp::kMigrate));
+  VMG_RETURN_IF_ERROR(
+      LookupTransition(state, state == VmState::kStopped ? VmOp::kColdMigrate : VmOp::kMigrate));
   const std::string seen = vm.state;
   vm.state = ToString(VmState::kMigrating);
   vm.error.clear();
@@ -2357,8 +2364,9 @@ Result<std::pair<Vm, std::string>> Store::BeginMigration(
     if (!taken) continue;
     VMG_RETURN_IF_ERROR(
         db_->Exec("INSERT INTO vm_migrations (vm_id, target_host_id, vcpus, memory_mb, disk_bytes, "
-                  "started_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                  {vm.id, host_id, int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, vm.updated_ms}));
+                  "started_ms, cold) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  {vm.id, host_id, int64_t{vm.vcpus}, vm.memory_mb, vm.disk_bytes, vm.updated_ms,
+                   int64_t{seen == "stopped" ? 1 : 0}}));
     RecordVmStateLocked(vm, seen, vm.host_id);
     Notify([host = vm.host_id](StoreObserver& o) { o.OnVmChanged(host); });
     Notify([host_id](StoreObserver& o) { o.OnVmChanged(host_id); });
@@ -2432,9 +2440,10 @@ Result<std::vector<Store::PendingMigration>> Store::ListMigrations() {
   auto read = Read();
   return Query<PendingMigration>(
       read.db,
-      "SELECT vm_id, target_host_id, started_ms FROM vm_migrations ORDER BY started_ms, vm_id", {},
-      [](const SqlRow& r) {
-        return PendingMigration{r.Text(0), r.Text(1), r.Int(2)};
+      "SELECT vm_id, target_host_id, started_ms, cold FROM vm_migrations ORDER BY started_ms, "
+      "vm_id",
+      {}, [](const SqlRow& r) {
+        return PendingMigration{r.Text(0), r.Text(1), r.Int(2), r.Int(3) != 0};
       });
 }
 
@@ -2451,7 +2460,7 @@ Result<Vm> Store::FinishMigration(const std::string& id) {
                      "VM " + vm.id + " is " + vm.state + ", not migrating");
   const std::string source = vm.host_id, target = rows[0].target;
   vm.host_id = target;
-  vm.state = ToString(VmState::kRunning);
+  vm.state = ToString(rows[0].cold ? VmState::kStopped : VmState::kRunning);
   vm.error.clear();
   vm.updated_ms = NowMs();
   VMG_ASSIGN_OR_RETURN(int64_t changed,

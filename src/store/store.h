@@ -269,6 +269,7 @@ class Store {
   struct PendingMigration {
     std::string vm_id, target_host_id;
     int64_t started_ms = 0;
+    bool cold = false;  // the VM was stopped: it ends stopped (docs/migration.md)
   };
   Result<std::vector<PendingMigration>> ListMigrations();
   // The VM arrived: it is running on the target (the room reserved there is

@@ -252,7 +252,7 @@ void ResetMigrationSettings(QmpClient& qmp) {
 // Undoes what MigrateOut started, in reverse order; each step is best effort
 // (QEMU may be busy, the target gone) and must not stop the next. Leaves the
 // source running.
-void CleanUpOutgoing(QmpClient& qmp, bool migrating, bool mirror, bool node) {
+void CleanUpOutgoing(QmpClient& qmp, bool migrating, bool mirror, bool node, bool resume = true) {
   if (migrating) {
     (void)qmp.Execute("migrate_cancel", json::object(), kCleanupTimeout);
     Deadline d = DeadlineAfter(milliseconds(10000));
@@ -267,6 +267,7 @@ void CleanUpOutgoing(QmpClient& qmp, bool migrating, bool mirror, bool node) {
   if (mirror) CancelMirrors(qmp);
   if (node) DeleteMigrationNodes(qmp);
   ResetMigrationSettings(qmp);
+  if (!resume) return;
   if (Result<json> s = qmp.Execute("query-status", json::object(), kCleanupTimeout); s.ok()) {
     std::string now = GetString(*s, "status").value_or("");
     if (now != "running") {
@@ -275,6 +276,60 @@ void CleanUpOutgoing(QmpClient& qmp, bool migrating, bool mirror, bool node) {
         spdlog::error("migration failed and the source ({}) did not resume: {}", now,
                       c.error().message);
     }
+  }
+}
+
+// Connects to each of the target's exports and starts a mirror of each
+// device into it (sync=top), then waits until all are ready. *have_node and
+// *have_mirror say what there is to clean up on failure.
+Status StartMirrorsAndWaitReady(QmpClient& qmp, const OutgoingParams& p, Deadline deadline,
+                                bool* have_node, bool* have_mirror,
+                                const std::function<void(MigrationPhase)>& phase) {
+  if (p.target.nbd_port <= 0)
+    return MakeError(ErrorCode::kInvalidArgument, "the target has no NBD export");
+  for (const std::string& device : p.devices) {
+    if (std::find(p.target.nbd_exports.begin(), p.target.nbd_exports.end(), device) ==
+        p.target.nbd_exports.end())
+      return MakeError(ErrorCode::kInvalidArgument, "the target does not export disk " + device);
+    Result<json> r = qmp.Execute(
+        "blockdev-add",
+        {{"driver", "nbd"},
+         {"node-name", NodeFor(device)},
+         {"server",
+          {{"type", "inet"}, {"host", p.target.host}, {"port", std::to_string(p.target.nbd_port)}}},
+         {"export", device},
+         {"tls-creds", kCredsId}},
+        Left(deadline));
+    if (!r.ok()) return r.error().Wrap("connect to the target's disk " + device);
+    *have_node = true;
+    r = qmp.Execute("blockdev-mirror",
+                    {{"job-id", JobFor(device)},
+                     {"device", device},
+                     {"target", NodeFor(device)},
+                     {"sync", "top"},
+                     {"auto-dismiss", false}},
+                    Left(deadline));
+    if (!r.ok()) return r.error().Wrap("start the mirror of disk " + device);
+    *have_mirror = true;
+  }
+  phase(MigrationPhase::kMirrorStarted);
+  milliseconds nap(5);
+  for (;;) {
+    VMG_ASSIGN_OR_RETURN(auto jobs, MirrorJobs(qmp, deadline));
+    size_t ready = 0;
+    for (const std::string& device : p.devices) {
+      auto job = jobs.find(JobFor(device));
+      if (job == jobs.end())
+        return MakeError(ErrorCode::kInternal, "the mirror of disk " + device + " vanished");
+      if (GetString(job->second, "status") == "concluded")
+        return MakeError(ErrorCode::kInternal,
+                         "the mirror of disk " + device +
+                             " failed: " + GetString(job->second, "error").value_or("(no reason)"));
+      if (GetBool(job->second, "ready").value_or(false)) ++ready;
+    }
+    if (ready == p.devices.size()) return Status::Ok();
+    VMG_RETURN_IF_ERROR(NapUntilEvent(qmp, "JOB_STATUS_CHANGE", &nap, deadline,
+                                      "the disk mirror is still not ready"));
   }
 }
 
@@ -379,7 +434,11 @@ Result<IncomingEndpoint> StartIncoming(QmpClient& qmp, const IncomingParams& p,
   auto fail = [](const Error& e) { return e.Wrap("prepare incoming migration"); };
   Result<json> status = qmp.Execute("query-status", json::object(), Left(deadline));
   if (!status.ok()) return fail(status.error());
-  if (GetString(*status, "status") != "inmigrate")
+  const std::string run_state = GetString(*status, "status").value_or("");
+  // A cold migration's target is started the same way (its disks inactive,
+  // so the export may write them under the guest's device) and never gets
+  // the stream.
+  if (run_state != "inmigrate")
     return fail(
         MakeError(ErrorCode::kFailedPrecondition, "QEMU is not waiting for an incoming migration"));
   if (Status st = AddCredentials(qmp, p.key, p.key_dir, p.qemu_uid, p.qemu_gid, true, deadline);
@@ -410,6 +469,7 @@ Result<IncomingEndpoint> StartIncoming(QmpClient& qmp, const IncomingParams& p,
       out.nbd_exports.push_back(device);
     }
   }
+  if (!p.stream) return out;  // a cold migration: the disks are all
   // The stream arrives through our tunnel (migration_tunnel.h), which writes
   // it in clear into QEMU's end of a socketpair.
   UniqueFd qemu_end;
@@ -475,58 +535,8 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
   if (!st.ok()) return fail(st.error());
 
   if (!p.devices.empty()) {
-    if (p.target.nbd_port <= 0)
-      return fail(MakeError(ErrorCode::kInvalidArgument, "the target has no NBD export"));
-    for (const std::string& device : p.devices) {
-      if (std::find(p.target.nbd_exports.begin(), p.target.nbd_exports.end(), device) ==
-          p.target.nbd_exports.end())
-        return fail(
-            MakeError(ErrorCode::kInvalidArgument, "the target does not export disk " + device));
-      Result<json> r = qmp.Execute("blockdev-add",
-                                   {{"driver", "nbd"},
-                                    {"node-name", NodeFor(device)},
-                                    {"server",
-                                     {{"type", "inet"},
-                                      {"host", p.target.host},
-                                      {"port", std::to_string(p.target.nbd_port)}}},
-                                    {"export", device},
-                                    {"tls-creds", kCredsId}},
-                                   Left(deadline));
-      if (!r.ok()) return fail(r.error().Wrap("connect to the target's disk " + device));
-      have_node = true;
-      r = qmp.Execute("blockdev-mirror",
-                      {{"job-id", JobFor(device)},
-                       {"device", device},
-                       {"target", NodeFor(device)},
-                       {"sync", "top"},
-                       {"auto-dismiss", false}},
-                      Left(deadline));
-      if (!r.ok()) return fail(r.error().Wrap("start the mirror of disk " + device));
-      have_mirror = true;
-    }
-    phase(MigrationPhase::kMirrorStarted);
-    milliseconds nap(5);
-    for (;;) {
-      Result<std::map<std::string, json>> jobs = MirrorJobs(qmp, deadline);
-      if (!jobs.ok()) return fail(jobs.error());
-      size_t ready = 0;
-      for (const std::string& device : p.devices) {
-        auto job = jobs->find(JobFor(device));
-        if (job == jobs->end())
-          return fail(
-              MakeError(ErrorCode::kInternal, "the mirror of disk " + device + " vanished"));
-        if (GetString(job->second, "status") == "concluded")
-          return fail(MakeError(ErrorCode::kInternal,
-                                "the mirror of disk " + device + " failed: " +
-                                    GetString(job->second, "error").value_or("(no reason)")));
-        if (GetBool(job->second, "ready").value_or(false)) ++ready;
-      }
-      if (ready == p.devices.size()) break;
-      if (Status n = NapUntilEvent(qmp, "JOB_STATUS_CHANGE", &nap, deadline,
-                                   "the disk mirror is still not ready");
-          !n.ok())
-        return fail(n.error());
-    }
+    Status mirrored = StartMirrorsAndWaitReady(qmp, p, deadline, &have_node, &have_mirror, phase);
+    if (!mirrored.ok()) return fail(mirrored.error());
     stats.mirror_ms = MsSince(started);
     phase(MigrationPhase::kMirrorReady);
   }
@@ -613,6 +623,54 @@ Result<MigrationStats> MigrateOut(QmpClient& qmp, const OutgoingParams& p, milli
   if (const json* ram = vmm::FindField(final_info, "ram"))
     stats.ram_bytes = GetInt(*ram, "transferred").value_or(0);
   return stats;
+}
+
+Result<MigrationStats> MirrorDisksOut(QmpClient& qmp, const OutgoingParams& p,
+                                      milliseconds timeout) {
+  const auto started = Clock::now();
+  Deadline deadline = DeadlineAfter(timeout);
+  MigrationStats stats;
+  auto phase = [&](MigrationPhase ph) {
+    spdlog::debug("cold migration: {}", ToString(ph));
+    if (p.on_phase) p.on_phase(ph);
+  };
+  Result<json> status = qmp.Execute("query-status", json::object(), Left(deadline));
+  if (!status.ok()) return status.error().Wrap("cold migrate");
+  const std::string run_state = GetString(*status, "status").value_or("");
+  if (run_state != "prelaunch" && run_state != "paused")
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "cold migrate: the source is " + run_state + "; its guest must not run");
+  if (p.devices.empty())
+    return MakeError(ErrorCode::kInvalidArgument, "cold migrate: no disk to move");
+  bool have_node = false, have_mirror = false;
+  auto fail = [&](const Error& e) -> Error {
+    CleanUpOutgoing(qmp, false, have_mirror, have_node, /*resume=*/false);
+    return e.Wrap("cold migrate");
+  };
+  Status st = AddCredentials(qmp, p.key, p.key_dir, p.qemu_uid, p.qemu_gid, false, deadline);
+  if (!st.ok()) return fail(st.error());
+  st = StartMirrorsAndWaitReady(qmp, p, deadline, &have_node, &have_mirror, phase);
+  if (!st.ok()) return fail(st.error());
+  stats.mirror_ms = MsSince(started);
+  phase(MigrationPhase::kMirrorReady);
+  // Nothing writes (the guest never ran): completing now leaves the target
+  // with the whole top layer of every disk.
+  st = CompleteMirrors(qmp, p.devices, deadline, &stats.disk_bytes);
+  if (!st.ok()) return fail(st.error());
+  have_mirror = false;
+  DeleteMigrationNodes(qmp);
+  DropCredentials(qmp);
+  stats.total_ms = MsSince(started);
+  return stats;
+}
+
+Status FinishDiskExport(QmpClient& qmp, const std::string& key_dir, milliseconds timeout) {
+  RemoveKeyDir(key_dir);
+  Result<json> r = qmp.Execute("nbd-server-stop", json::object(), timeout);
+  if (!r.ok() && r.error().message.find("not running") == std::string::npos)
+    return r.error().Wrap("finish the cold migration: nbd-server-stop");
+  DropCredentials(qmp);
+  return Status::Ok();
 }
 
 void RemoveKeyDir(const std::string& key_dir) {

@@ -87,6 +87,11 @@ struct IncomingParams {
   // not listed: both sides open the same content.
   std::vector<std::string> devices = {"disk0"};
   std::string listen_host = "127.0.0.1";  // address both listeners bind
+  // false: a cold migration (MirrorDisksOut): the disks only, no RAM stream
+  // and no migration listener (migration_port 0). QEMU is started as for a
+  // live migration (incoming, paused); it never gets a stream and is quit
+  // after FinishDiskExport.
+  bool stream = true;
   MigrationKey key;
   // Created (must not exist) 0700 for QEMU's uid/gid to hold keys.psk (0600)
   // while QEMU needs it: until FinishIncoming, or RemoveKeyDir on failure.
@@ -168,6 +173,21 @@ Status FinishIncoming(QmpClient& target, const std::string& key_dir,
 // otherwise whatever is still in flight is cancelled as on failure and the
 // source runs again (false).
 Result<bool> RecoverOutgoing(QmpClient& source);
+
+// A cold migration of a stopped VM's disks, source side: QEMU was started
+// paused (-S) for the purpose and its guest never runs. Mirrors each device
+// into the target's export (StartIncoming with stream=false) and completes
+// the mirrors at once; no RAM moves. On success and on failure the source's
+// migration objects are gone; quit its QEMU afterwards either way. Stats:
+// total_ms, mirror_ms and disk_bytes only.
+Result<MigrationStats> MirrorDisksOut(QmpClient& source, const OutgoingParams& params,
+                                      std::chrono::milliseconds timeout);
+
+// The target of a cold migration once MirrorDisksOut succeeded: removes the
+// key directory, stops the NBD server and drops the credentials; quit its
+// QEMU afterwards (the VM stays stopped).
+Status FinishDiskExport(QmpClient& target, const std::string& key_dir,
+                        std::chrono::milliseconds timeout);
 
 // Removes a key directory StartIncoming made (when the target is abandoned).
 void RemoveKeyDir(const std::string& key_dir);

@@ -73,14 +73,15 @@ class MigrationTest : public ::testing::Test {
     Give(P(name));
   }
   Result<std::unique_ptr<QemuProcess>> Start(QemuConfig c, const std::string& name,
-                                             const std::string& disk, bool incoming) {
+                                             const std::string& disk, bool incoming,
+                                             bool paused = false) {
     c.vm_id = name;
     c.run_dir = P(name);
     c.disk_path = disk.empty() ? "" : P(disk);
     c.runas = runas_;
     c.accel = "tcg";
     c.incoming = incoming;
-    c.start_paused = incoming;
+    c.start_paused = incoming || paused;
     c.vmgenid = RandomUuid();
     return QemuProcess::Launch(c, seconds(30));
   }
@@ -250,6 +251,53 @@ TEST_F(MigrationTest, EveryWritableDiskIsMirroredIntoItsOwnExport) {
   // Zeros around it, as on the source.
   EXPECT_EQ(Sh("qemu-io -f raw -r -c 'read -P 0 0 4M' " + P("dst-data.raw") +
                " | grep -q 'read 4194304/4194304'"),
+            0);
+}
+
+// A cold migration (a stopped VM): both QEMUs paused (-S) from the start,
+// no RAM stream; the disks' top layers arrive whole and neither guest ever
+// ran.
+TEST_F(MigrationTest, ColdMigrationMovesTheDisksOfAGuestThatNeverRuns) {
+  ASSERT_EQ(Sh("qemu-img create -q -f raw " + P("base.raw") + " 64M"), 0);
+  ::chmod(P("base.raw").c_str(), 0644);
+  Overlay(P("base.raw"), "raw", "src.qcow2");
+  Overlay(P("base.raw"), "raw", "dst.qcow2");
+  // What the stopped VM's disk holds, written before its QEMU starts.
+  ASSERT_EQ(Sh("qemu-io -f qcow2 -c 'write -P 0x3c 5M 3M' " + P("src.qcow2") + " >/dev/null"), 0);
+  QemuConfig c;
+  c.memory_mb = 128;
+  auto src = Start(c, "src", "src.qcow2", false, /*paused=*/true);
+  ASSERT_TRUE(src.ok()) << src.error().message;
+  auto dst = Start(c, "dst", "dst.qcow2", true);
+  ASSERT_TRUE(dst.ok()) << dst.error().message;
+  auto key = NewMigrationKey("vmgrid-test");
+  ASSERT_TRUE(key.ok());
+  std::unique_ptr<MigrationTunnel> tunnel;
+  IncomingParams in = Incoming(*key, "dst", true);
+  in.stream = false;
+  auto ep = StartIncoming((*dst)->qmp(), in, seconds(30), &tunnel);
+  ASSERT_TRUE(ep.ok()) << ep.error().message << "\n" << (*dst)->LogTail();
+  EXPECT_EQ(ep->migration_port, 0);
+  EXPECT_EQ(tunnel, nullptr);
+  // A running source is refused: its guest would write while the disk moves.
+  auto running = Start(c, "run", "", false);
+  ASSERT_TRUE(running.ok()) << running.error().message;
+  EXPECT_FALSE(
+      MirrorDisksOut((*running)->qmp(), Outgoing(*key, "run", *ep, true), seconds(30)).ok());
+  auto stats = MirrorDisksOut((*src)->qmp(), Outgoing(*key, "src", *ep, true), seconds(60));
+  ASSERT_TRUE(stats.ok()) << stats.error().message << "\n" << (*src)->LogTail();
+  PrintStats("cold, 64 MiB disk with 3 MiB in its top layer", *stats);
+  EXPECT_GE(stats->disk_bytes, 3 << 20);
+  EXPECT_EQ(stats->ram_bytes, 0);
+  EXPECT_FALSE(fs::exists(P("src/mig-key")));
+  ASSERT_TRUE(FinishDiskExport((*dst)->qmp(), P("dst/mig-key"), seconds(10)).ok());
+  EXPECT_FALSE(fs::exists(P("dst/mig-key")));
+  EXPECT_EQ(*QueryStatus((*src)->qmp()), "prelaunch");
+  EXPECT_EQ(*QueryStatus((*dst)->qmp()), "inmigrate");
+  ASSERT_TRUE((*src)->Quit(seconds(10)).ok());
+  ASSERT_TRUE((*dst)->Quit(seconds(10)).ok());
+  EXPECT_EQ(Sh("qemu-io -f qcow2 -r -c 'read -P 0x3c 5M 3M' " + P("dst.qcow2") +
+               " | grep -q 'read 3145728/3145728'"),
             0);
 }
 

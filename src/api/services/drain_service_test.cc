@@ -112,26 +112,31 @@ TEST_P(DrainServiceTest, OnlyTheAdminDrainsAndUnknownHostsAreNotFound) {
 TEST_P(DrainServiceTest, MovesTheRunningVmsAndReportsTheOthersWhichStay) {
   Vm a = AddVm("a", "running");
   Vm b = AddVm("b", "running");
-  Vm c = AddVm("c", "stopped");
+  Vm c = AddVm("c", "suspended");
+  Vm d = AddVm("d", "stopped");
   auto done = DrainAndWait("h1");
   ASSERT_EQ(done["state"], "succeeded") << done.dump();
-  EXPECT_EQ(done["result"]["moved"], 2);
+  EXPECT_EQ(done["result"]["moved"], 3);
   EXPECT_EQ(done["result"]["not_moved"], 1);
   auto vms = ByName(done["result"]["vms"]);
   EXPECT_EQ(vms["a"]["state"], "moved");
   EXPECT_EQ(vms["a"]["to"], "h2");
   EXPECT_EQ(vms["b"]["state"], "moved");
   EXPECT_EQ(vms["c"]["state"], "not_moved");
-  EXPECT_NE(vms["c"]["error"].get<std::string>().find("stopped"), std::string::npos)
+  EXPECT_NE(vms["c"]["error"].get<std::string>().find("suspended"), std::string::npos)
       << vms["c"].dump();
+  // The stopped VM moved cold and is stopped on its new host.
+  EXPECT_EQ(vms["d"]["state"], "moved");
+  EXPECT_EQ(store_->GetVm(d.id, "")->host_id, h2_.id);
+  EXPECT_EQ(store_->GetVm(d.id, "")->state, "stopped");
   EXPECT_EQ(store_->GetVm(a.id, "")->host_id, h2_.id);
   EXPECT_EQ(store_->GetVm(b.id, "")->host_id, h2_.id);
   Vm stayed = *store_->GetVm(c.id, "");
   EXPECT_EQ(stayed.host_id, host_.id);
-  EXPECT_EQ(stayed.state, "stopped");
-  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 1) << "the stopped VM keeps its room";
-  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 2);
-  // Drain again (idempotent): nothing new moves, the stopped VM is reported again.
+  EXPECT_EQ(stayed.state, "suspended");
+  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 1) << "the suspended VM keeps its room";
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 3);
+  // Drain again (idempotent): nothing new moves, the suspended VM is reported again.
   auto again = DrainAndWait("h1");
   EXPECT_EQ(again["result"]["moved"], 0);
   EXPECT_EQ(again["result"]["not_moved"], 1);
@@ -217,7 +222,7 @@ TEST_P(DrainServiceTest, ARunningDrainIsAnsweredAgainAndUndrainStopsIt) {
 TEST_P(DrainServiceTest, TheNextLeaderResumesADrainItsPredecessorLeftUnfinished) {
   Vm a = AddVm("a", "running");
   Vm b = AddVm("b", "running");
-  Vm c = AddVm("c", "stopped");
+  Vm c = AddVm("c", "suspended");
   ASSERT_TRUE(store_->SetHostDraining("h1", true).ok());
   DrainService next(*store_, *migrations_, ops_);
   auto resumed = next.ResumeInterrupted();

@@ -59,10 +59,12 @@ Result<VmSpec> MigrationService::SpecFor(const Vm& vm, const Host& target) {
 Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_ref,
                                        const std::string& to_host, DoneFn done) {
   VMG_ASSIGN_OR_RETURN(Vm vm, store_.GetVm(vm_ref, c.owner()));
-  if (auto s = ParseVmState(vm.state); !s.ok() || !Allows(*s, VmOp::kMigrate))
-    return MakeError(ErrorCode::kFailedPrecondition, "VM " + vm.name + " is " + vm.state +
-                                                         "; migrate needs it to be " +
-                                                         DescribeFromStates(VmOp::kMigrate));
+  if (auto s = ParseVmState(vm.state);
+      !s.ok() || (!Allows(*s, VmOp::kMigrate) && !Allows(*s, VmOp::kColdMigrate)))
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "VM " + vm.name + " is " + vm.state + "; migrate needs it to be " +
+                         DescribeFromStates(VmOp::kMigrate) + " (live) or " +
+                         DescribeFromStates(VmOp::kColdMigrate) + " (its disks move)");
   {
     // Refuses, before anything changes, a VM whose disk base is not known.
     VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(vm.image_id, ""));
@@ -99,6 +101,8 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
   }
   VMG_ASSIGN_OR_RETURN(auto slot, long_ops_.Acquire(c.user.id, 1, c.admin()));
   // Moves the record and reserves the target's room, or changes nothing.
+  // A stopped VM moves cold: its disks only (docs/migration.md).
+  const bool cold = vm.state == "stopped";
   auto begun = store_.BeginMigration(vm.id, candidates);
   if (!begun.ok()) {
     if (begun.error().code == ErrorCode::kResourceExhausted && !to_host.empty())
@@ -111,7 +115,8 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
   vm = begun->first;
   auto target = store_.GetHost(begun->second);
   if (!target.ok()) {
-    failed_writes_.Count(store_.AbortMigration(vm.id, "running", ""), "VM " + vm.id);
+    failed_writes_.Count(store_.AbortMigration(vm.id, cold ? "stopped" : "running", ""),
+                         "VM " + vm.id);
     return target.error();
   }
   OpQueue::Operation op;
@@ -122,8 +127,8 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
   answer["from"] = source.name;
   answer["to"] = target->name;
   ops_.Run(vm.id, [this, id = op.id, vm, source, t = *target, slot = std::move(slot),
-                   done = std::move(done)]() mutable {
-    auto r = Run(id, vm, source, t);
+                   done = std::move(done), cold]() mutable {
+    auto r = Run(id, vm, source, t, cold);
     if (metrics_)
       metrics_->CountMigration(r.ok() ? Status::Ok() : r.error(),
                                r.ok() ? r->value("controller_ms", 0) / 1000.0 : 0,
@@ -136,7 +141,7 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
 }
 
 Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const Host& source,
-                                   const Host& target) {
+                                   const Host& target, bool cold) {
   const int64_t started = clock_.NowMs();
   bool prepared = false, sent = false;
   // Puts everything back: the VM runs on its source.
@@ -159,8 +164,8 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
                      st.error().message);
     }
     // The state the source reports after the failure wins (QEMU may have
-    // died); else the VM runs on.
-    std::string state = "running";
+    // died); else the VM runs on (or stays stopped).
+    std::string state = cold ? "stopped" : "running";
     if (auto now = agents_.HostStatus(source); now.ok())
       for (const auto& v : now->vms)
         if (v.id == vm.id)
@@ -184,7 +189,7 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
   auto key = NewMigrationKey("vmgrid-" + vm.id);
   if (!key.ok()) return fail(key.error());
   const MigrationCredential credential{key->identity, key->key_hex};
-  IncomingRequest incoming{*spec, credential, HostOfUrl(target.url)};
+  IncomingRequest incoming{*spec, credential, HostOfUrl(target.url), cold};
   prepared = true;  // a failed PrepareIncoming removes what it made; an abort is harmless
   auto info = agents_.PrepareIncoming(target, incoming);
   if (!info.ok()) return fail(info.error().Wrap("preparing host " + target.name));
@@ -220,18 +225,20 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
   out["from"] = source.name;
   out["to"] = target.name;
   out["controller_ms"] = clock_.NowMs() - started;
+  out["cold"] = cold;
   // The state change is in the stream already (the store's); this adds
   // what only the migration knows.
-  RecordEvent(Event{0, clock_.NowMs(), "vm.migrated", vm.id, target.id, vm.owner_id,
-                    "VM " + vm.name + " migrated from host " + source.name + " to host " +
-                        target.name + " (downtime " +
-                        std::to_string(out.value("downtime_ms", int64_t{0})) + " ms)",
-                    json{{"from", source.name},
-                         {"to", target.name},
-                         {"from_host_id", source.id},
-                         {"downtime_ms", out.value("downtime_ms", int64_t{0})},
-                         {"controller_ms", out["controller_ms"]}}
-                        .dump()});
+  RecordEvent(Event{
+      0, clock_.NowMs(), "vm.migrated", vm.id, target.id, vm.owner_id,
+      "VM " + vm.name + " migrated from host " + source.name + " to host " + target.name +
+          (cold ? std::string(" (stopped: its disks moved)")
+                : " (downtime " + std::to_string(out.value("downtime_ms", int64_t{0})) + " ms)"),
+      json{{"from", source.name},
+           {"to", target.name},
+           {"from_host_id", source.id},
+           {"downtime_ms", out.value("downtime_ms", int64_t{0})},
+           {"controller_ms", out["controller_ms"]}}
+          .dump()});
   return out;
 }
 
@@ -271,7 +278,7 @@ Status MigrationService::Recover(const Store::PendingMigration& m) {
   auto on_target = ReportedState(target, vm.id);
   if (!on_target.ok())
     return on_target.error().Wrap("asking target host " + target.name + " about the VM");
-  if (*on_target == "running") {
+  if (*on_target == "running" || (m.cold && *on_target == "stopped")) {
     // FinishIncoming ran: the target's copy is the VM now; the source's
     // (paused since the switchover) goes.
     if (auto moved = store_.FinishMigration(vm.id); !moved.ok()) return moved.error();
@@ -291,7 +298,7 @@ Status MigrationService::Recover(const Store::PendingMigration& m) {
   if (!resumed.ok() && resumed.error().code != ErrorCode::kFailedPrecondition &&
       resumed.error().code != ErrorCode::kNotFound)
     spdlog::warn("VM {}: resuming it on {}: {}", vm.id, source.name, resumed.error().message);
-  std::string state = "running";
+  std::string state = m.cold ? "stopped" : "running";
   if (auto now = ReportedState(source, vm.id); now.ok())
     if (auto s = ParseVmState(*now); s.ok() && !IsTransitional(*s)) state = *now;
   VMG_RETURN_IF_ERROR(store_.AbortMigration(

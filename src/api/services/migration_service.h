@@ -89,8 +89,9 @@ class MigrationService {
 
  private:
   // The sequence, on the operation pool; the operation's outcome.
+  // `cold`: the VM was stopped (its disks move, it stays stopped).
   Result<nlohmann::json> Run(const std::string& op_id, const Vm& vm, const Host& source,
-                             const Host& target);
+                             const Host& target, bool cold);
   // Adds an event to the stream (Store::AppendEvent); a failure is counted.
   void RecordEvent(Event event);
   // One interrupted migration (RecoverInterrupted).

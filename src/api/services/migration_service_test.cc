@@ -132,9 +132,12 @@ TEST_P(MigrationServiceTest, RefusalsChangeNothingAndCallNoAgent) {
   Vm vm = AddVm("a", "running");
   User bob = store_->CreateUser("bob", "user")->first;
   EXPECT_EQ(migrations_->Migrate(Caller{bob}, vm.id, "").error().code, ErrorCode::kNotFound);
-  Vm stopped = AddVm("b", "stopped");
-  EXPECT_EQ(migrations_->Migrate(Caller{alice_}, stopped.id, "").error().code,
-            ErrorCode::kFailedPrecondition);
+  Vm suspended = AddVm("b", "suspended");
+  auto refused = migrations_->Migrate(Caller{alice_}, suspended.id, "");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(refused.error().message,
+            "VM b is suspended; migrate needs it to be running (live) or stopped (its disks move)");
   auto same = migrations_->Migrate(Caller{alice_}, vm.id, "h1");
   ASSERT_FALSE(same.ok());
   EXPECT_EQ(same.error().code, ErrorCode::kInvalidArgument);
@@ -225,6 +228,39 @@ TEST_P(MigrationServiceTest, ResumedClonesMigrateOntoTheSameBase) {
   EXPECT_TRUE(agent_.calls.empty());
   EXPECT_EQ(store_->GetVm(legacy.id, "")->state, "running");
   EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 2);  // the two that moved, nothing more
+}
+
+// A stopped VM moves cold: the target is told so, the record goes
+// stopped -> migrating -> stopped on the target with the reservations moved;
+// a failure leaves it stopped on its source. A controller restart mid-way is
+// settled by what the target reports (stopped there: it moved).
+TEST_P(MigrationServiceTest, AStoppedVmMovesColdAndStaysStopped) {
+  Vm vm = AddVm("a", "stopped");
+  Vm during;
+  agent_.on_migrate_out = [&] { during = *store_->GetVm(vm.id, ""); };
+  auto op = migrations_->Migrate(Caller{alice_}, "a", "h2");
+  ASSERT_TRUE(op.ok()) << op.error().message;
+  Settle();
+  EXPECT_EQ(during.state, "migrating");
+  EXPECT_TRUE(agent_.last_incoming.cold);
+  Vm after = *store_->GetVm(vm.id, "");
+  EXPECT_EQ(after.state, "stopped");
+  EXPECT_EQ(after.host_id, h2_.id);
+  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 0);
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 1);
+  auto result = Operation(*op);
+  EXPECT_EQ(result["result"]["cold"], true) << result.dump();
+
+  // A failed cold migration: stopped on its source, nothing held on the target.
+  agent_.migrate_out_answer = MakeError(ErrorCode::kUnavailable, "target unreachable");
+  ASSERT_TRUE(migrations_->Migrate(Caller{alice_}, "a", "h1").ok());
+  Settle();
+  after = *store_->GetVm(vm.id, "");
+  EXPECT_EQ(after.state, "stopped");
+  EXPECT_EQ(after.host_id, h2_.id);
+  EXPECT_NE(after.error.find("target unreachable"), std::string::npos) << after.error;
+  EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 0);
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 1);
 }
 
 // Datasets attached migrate with the VM: the target gets the attachments in
@@ -332,6 +368,32 @@ TEST_P(MigrationServiceTest, AnInterruptedMigrationNotStartedOnTheTargetGoesBack
   EXPECT_EQ(store_->GetVm(b.id, "")->state, "stopped");
   EXPECT_EQ(agent_.calls, (std::vector<std::string>{
                               "status", "confirm-migrate-out h1 " + b.id + " false", "status"}));
+}
+
+// The next controller settles an interrupted cold migration by what the
+// target reports: stopped there means the disks arrived (FinishIncoming
+// ran); still arriving means it stays stopped on its source.
+TEST_P(MigrationServiceTest, AnInterruptedColdMigrationIsSettledByTheTargetsReport) {
+  Vm moved = AddVm("a", "stopped");
+  ASSERT_TRUE(store_->BeginMigration(moved.id, {h2_.id}).ok());
+  agent_.status_by_host.insert_or_assign("h2", Reporting(moved.id, "stopped"));
+  agent_.status_by_host.insert_or_assign("h1", Reporting(moved.id, "stopped"));
+  EXPECT_EQ(migrations_->RecoverInterrupted(NowMs() + 1, 60'000), 1);
+  Vm after = *store_->GetVm(moved.id, "");
+  EXPECT_EQ(after.state, "stopped");
+  EXPECT_EQ(after.host_id, h2_.id);
+  EXPECT_EQ(agent_.calls,
+            (std::vector<std::string>{"status", "confirm-migrate-out h1 " + moved.id + " true"}));
+  agent_.calls.clear();
+  Vm stays = AddVm("b", "stopped");
+  ASSERT_TRUE(store_->BeginMigration(stays.id, {h2_.id}).ok());
+  agent_.status_by_host.insert_or_assign("h2", Reporting(stays.id, "creating"));
+  agent_.status_by_host.insert_or_assign("h1", Reporting(stays.id, "stopped"));
+  EXPECT_EQ(migrations_->RecoverInterrupted(NowMs() + 1, 60'000), 1);
+  after = *store_->GetVm(stays.id, "");
+  EXPECT_EQ(after.state, "stopped");
+  EXPECT_EQ(after.host_id, host_.id);
+  EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 1) << "only a's room on the target";
 }
 
 TEST_P(MigrationServiceTest, AnInterruptedMigrationWaitsForAnUnreachableTargetAndSparesLiveOnes) {
