@@ -113,8 +113,11 @@ void CheckOthers(const json& j) {
     FUZZ_CHECK(again.ok() && *again == *m, j.dump());
   }
   if (auto m = vmgrid::IncomingInfoFromJson(j); m.ok()) {
-    FUZZ_CHECK(m->migration_port >= 1 && m->migration_port <= 65535, j.dump());
-    FUZZ_CHECK((m->nbd_port == 0) == m->nbd_export.empty(), j.dump());
+    // 0: a cold migration's target (disks only).
+    FUZZ_CHECK(m->migration_port >= 0 && m->migration_port <= 65535, j.dump());
+    FUZZ_CHECK(m->migration_port > 0 || m->nbd_port > 0, j.dump());
+    FUZZ_CHECK((m->nbd_port == 0) == m->nbd_exports.empty(), j.dump());
+    FUZZ_CHECK(m->nbd_exports.size() <= 8, j.dump());
     CheckSentInteger(j, "nbd_port", m->nbd_port);
     CheckSentInteger(j, "migration_port", m->migration_port);
     auto again = vmgrid::IncomingInfoFromJson(Wire(vmgrid::ToJson(*m)));

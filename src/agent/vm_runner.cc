@@ -1277,9 +1277,21 @@ Result<CheckpointRef> VmRunner::PublishCheckpoint(const std::string& id) {
     tool.gid = static_cast<gid_t>(gid);
   }
   const bool backed = vm->spec.disk_mode == "clone" && vm->spec.blobs.count("disk");
-  Status st = CopyUntrustedQcow2Top(
-      dir + "/disk.qcow2", flat,
-      backed ? options_.images->BackingFor(vm->spec.blobs.at("disk").digest) : "", "raw", tool);
+  const std::string image_backing =
+      backed ? options_.images->BackingFor(vm->spec.blobs.at("disk").digest) : "";
+  // A clone resumed from its image's post-boot checkpoint lies on that
+  // checkpoint's disk: the published copy must hold that layer too, since
+  // whoever resumes it lays it on the image alone (MaterializeCheckpoint).
+  Result<std::string> kind =
+      backed && vm->spec.start == "resume" && !vm->spec.checkpoint_dir.empty()
+          ? CheckpointKind(vm->spec.checkpoint_dir)
+          : Result<std::string>(std::string("none"));
+  Status st = !kind.ok() ? Status(kind.error())
+              : *kind == "image"
+                  ? CopyUntrustedQcow2TopAndMiddle(dir + "/disk.qcow2",
+                                                   vm->spec.checkpoint_dir + "/disk.qcow2", flat,
+                                                   image_backing, "raw", tool)
+                  : CopyUntrustedQcow2Top(dir + "/disk.qcow2", flat, image_backing, "raw", tool);
   Result<BlobRef> mem =
       st.ok() ? options_.images->Push(dir + "/memory.state", CheckpointBlobStem(id) + "-memory")
               : Result<BlobRef>(st.error());

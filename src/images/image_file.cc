@@ -307,6 +307,23 @@ Status CopyUntrustedQcow2Top(const std::string& src, const std::string& dst,
   return Status::Ok();
 }
 
+Status CopyUntrustedQcow2TopAndMiddle(const std::string& src, const std::string& middle,
+                                      const std::string& dst, const std::string& backing,
+                                      const std::string& backing_format,
+                                      const ProcessOptions& tool) {
+  VMG_RETURN_IF_ERROR(CopyUntrustedQcow2Top(src, dst, middle, "qcow2", tool));
+  // dst's header is ours (checked to name `middle`); its clusters are the
+  // guest's data, which a safe rebase only reads and compares.
+  auto r = RunProcessChecked(
+      {"qemu-img", "rebase", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format, dst},
+      std::chrono::minutes(30));
+  if (!r.ok()) {
+    unlink(dst.c_str());
+    return r.error().Wrap("rebasing the copy onto its base");
+  }
+  return Status::Ok();
+}
+
 Status CheckKernel(const std::string& path) {
   OwnedFd f{open(path.c_str(), O_RDONLY | O_CLOEXEC)};
   if (f.fd < 0) return MakeError(ErrorCode::kInvalidArgument, path + ": " + strerror(errno));

@@ -69,6 +69,19 @@ Status CopyUntrustedQcow2Top(const std::string& src, const std::string& dst,
                              const std::string& backing, const std::string& backing_format,
                              const ProcessOptions& tool);
 
+// As CopyUntrustedQcow2Top, for a `src` whose own backing is `middle` (a
+// trusted qcow2 the agent made, itself over `backing`): the copy lies on
+// `backing` and holds `src`'s layer and `middle`'s, so that it shows the same
+// disk without `middle` (a VM resumed from an image's post-boot checkpoint,
+// whose checkpoint is published as a delta over the image). The top layer is
+// copied over `middle` as above, then rebased safely (qemu-img rebase, as
+// this process, on the trusted files only) onto `backing`. On failure `dst`
+// does not exist.
+Status CopyUntrustedQcow2TopAndMiddle(const std::string& src, const std::string& middle,
+                                      const std::string& dst, const std::string& backing,
+                                      const std::string& backing_format,
+                                      const ProcessOptions& tool);
+
 // How qemu-img and other tools are run on user files: as vmgrid-qemu (or
 // nobody) when this process is root, unchanged otherwise.
 ProcessOptions UntrustedToolOptions(std::chrono::milliseconds timeout);

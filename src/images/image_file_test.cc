@@ -165,6 +165,41 @@ TEST_F(CopyTopTest, CopiesTheTopLayerOverTheGivenBacking) {
   EXPECT_FALSE(FileExists(out + ".zero"));
 }
 
+// A top layer over a middle layer (an image's post-boot checkpoint disk)
+// over the base: the copy lies on the base and shows the same disk, the
+// middle layer's data included.
+TEST_F(CopyTopTest, TopAndMiddleAreCopiedOverTheBase) {
+  const std::string middle = dir_ + "/middle.qcow2";
+  ASSERT_TRUE(RunProcessChecked({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base_, "-F",
+                                 "raw", middle, "4M"})
+                  .ok());
+  ASSERT_TRUE(RunProcessChecked({"qemu-io", "-c", "write -P 0x33 3M 64k", middle}).ok());
+  std::string top = dir_ + "/top-over-middle.qcow2";
+  ASSERT_TRUE(RunProcessChecked({"qemu-img", "create", "-q", "-f", "qcow2", "-b", middle, "-F",
+                                 "qcow2", top, "4M"})
+                  .ok());
+  ASSERT_TRUE(
+      RunProcessChecked({"qemu-io", "-c", "write -P 0x22 1M 64k", "-c", "write -z 2M 64k", top})
+          .ok());
+  ASSERT_EQ(chmod(top.c_str(), 0600), 0);
+  std::string out = dir_ + "/flat.qcow2";
+  Status st = CopyUntrustedQcow2TopAndMiddle(top, middle, out, base_, "raw",
+                                             UntrustedToolOptions(std::chrono::minutes(1)));
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  EXPECT_EQ(*Qcow2BackingFile(out), base_);
+  auto cmp = RunProcess({"qemu-img", "compare", top, out});
+  ASSERT_TRUE(cmp.ok());
+  EXPECT_EQ(cmp->exit_code, 0) << cmp->out << cmp->err;
+  // The top layer alone over the base would show the base at 3 MiB.
+  std::string top_only = dir_ + "/top-only.qcow2";
+  ASSERT_TRUE(CopyUntrustedQcow2Top(top, top_only, base_, "raw",
+                                    UntrustedToolOptions(std::chrono::minutes(1)))
+                  .ok());
+  auto differs = RunProcess({"qemu-img", "compare", top, top_only});
+  ASSERT_TRUE(differs.ok());
+  EXPECT_NE(differs->exit_code, 0) << "the middle layer's data must be missing without it";
+}
+
 TEST_F(CopyTopTest, NeverReadsTheBackingFileTheHeaderNames) {
   // A guest that owns QEMU points its checkpoint at a host file.
   std::string evil = Top("evil.qcow2", secret_);
