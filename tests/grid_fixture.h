@@ -3,8 +3,12 @@
 // over the REST API. VMs are real QEMU guests booting the tiny image.
 #pragma once
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -224,6 +228,31 @@ inline int LiveQemuOn(const LocalGrid& grid, int index, const std::string& vm_id
   const int p = std::atoi(pid->c_str());
   auto cmdline = ReadFile("/proc/" + std::to_string(p) + "/cmdline", 1 << 20);
   return p > 0 && cmdline.ok() && cmdline->find("qemu-system") != std::string::npos ? p : 0;
+}
+
+// Sends `text` to 127.0.0.1:port and returns what comes back before the
+// peer closes or 5 s pass ("" if the connection fails).
+inline std::string EchoThrough(int port, const std::string& text) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string got;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      ::send(fd, text.data(), text.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(text.size())) {
+    char buf[4096];
+    while (got.size() < text.size()) {
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  return got;
 }
 
 // A new user of the grid (made by its admin); returns the user's token.

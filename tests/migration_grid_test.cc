@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "tests/grid_fixture.h"
 
@@ -201,6 +202,45 @@ TEST_F(MigrationGridTest, AStoppedVmMovesColdAndStartsThereWithItsDisk) {
   EXPECT_EQ(rc, 0) << now;
   EXPECT_EQ(now, written) << "the disk did not arrive whole";
   DeleteVm(dora, id);
+}
+
+// A port forward follows its VM: after a live migration the guest's port
+// is forwarded on the new host (the listener on the old one went with the
+// source's copy), and the guest's server, which kept running, answers.
+TEST_F(MigrationGridTest, AForwardFollowsItsVmToTheNewHost) {
+  ApiClient erin = User("erin");
+  ASSERT_TRUE(erin.Post("/v1/networks", {{"name", "fw"}, {"egress", true}}).ok());
+  json vm = CreateVm(erin, {{"image", (*image_)["id"]}, {"name", "fw1"}, {"nets", {"fw"}}});
+  ASSERT_EQ(vm.value("state", ""), "running") << vm.dump();
+  const std::string id = vm["id"];
+  ASSERT_EQ(Sh(erin, id, "(nc -ll -p 8080 -e /bin/cat </dev/null >/dev/null 2>&1 &)").first, 0);
+  auto f = erin.Post("/v1/vms/" + id + "/forwards", {{"guest_port", 8080}});
+  ASSERT_TRUE(f.ok()) << f.error().message;
+  const std::string text = "through the forward after a migration\n";
+  auto echo = [&](int port) {
+    std::string got;
+    for (int attempt = 0; attempt < 30 && got != text; ++attempt) {
+      got = EchoThrough(port, text);
+      if (got != text) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    }
+    return got;
+  };
+  ASSERT_EQ(echo((*f)["listen_port"]), text);
+
+  auto started = erin.Post("/v1/vms/" + id + "/migrate", json::object());
+  ASSERT_TRUE(started.ok()) << started.error().message;
+  auto result = AwaitOperation(erin, started);
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  std::cout << "[info] migration with a forward " << result->dump() << "\n";
+  EXPECT_FALSE(result->contains("warning")) << result->dump();
+  ASSERT_EQ(result->value("forwards", json::array()).size(), 1u) << result->dump();
+  const json& moved = (*result)["forwards"][0];
+  EXPECT_EQ(moved.value("guest_port", 0), 8080);
+  // The same listen port when it is free on the new host (here both hosts
+  // share 127.0.0.1, and the old listener is gone first).
+  EXPECT_EQ(moved.value("listen_port", 0), (*f)["listen_port"].get<int>());
+  EXPECT_EQ(echo(moved.value("listen_port", 0)), text);
+  DeleteVm(erin, id);
 }
 
 // Where a VM of this grid runs: its host's index ("host-N" is index N-1).

@@ -329,31 +329,6 @@ TEST_F(VnetGridTest, ResumedClonesGetTheirOwnAddressesAndTalkToTheOriginal) {
   for (const json* v : {&o1, &c1, &r1}) DeleteVm(erin, (*v)["id"]);
 }
 
-// Sends `text` to 127.0.0.1:port and returns what comes back before the
-// peer closes or 5 s pass ("" if the connection fails).
-std::string EchoThrough(int port, const std::string& text) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return "";
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  std::string got;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      ::send(fd, text.data(), text.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(text.size())) {
-    char buf[4096];
-    while (got.size() < text.size()) {
-      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      got.append(buf, static_cast<size_t>(n));
-    }
-  }
-  ::close(fd);
-  return got;
-}
-
 TEST_F(VnetGridTest, ForwardExposesAGuestPortToItsOwnerOnly) {
   ApiClient carol = User("carol"), dave = User("dave");
   ASSERT_TRUE(carol.Post("/v1/networks", {{"name", "web"}, {"egress", true}}).ok());

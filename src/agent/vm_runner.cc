@@ -1537,8 +1537,16 @@ Result<MigrationResult> VmRunner::MigrateOut(const std::string& id,
   PersistStateOrCount(*vm);
   spdlog::info("VM {} migrated out in {} ms (downtime {} ms, RAM {} bytes, disk {} bytes)", id,
                stats->total_ms, stats->downtime_ms, stats->ram_bytes, stats->disk_bytes);
-  return MigrationResult{stats->total_ms,    stats->mirror_ms, stats->qemu_total_ms,
-                         stats->downtime_ms, stats->ram_bytes, stats->disk_bytes};
+  MigrationResult result{stats->total_ms,
+                         stats->mirror_ms,
+                         stats->qemu_total_ms,
+                         stats->downtime_ms,
+                         stats->ram_bytes,
+                         stats->disk_bytes,
+                         {}};
+  result.forwards = LoadForwards(id);
+  if (result.forwards.size() > 64) result.forwards.resize(64);
+  return result;
 }
 
 Result<MigrationResult> VmRunner::MigrateOutCold(Vm& vm, const MigrateOutRequest& request) {
@@ -1577,7 +1585,7 @@ Result<MigrationResult> VmRunner::MigrateOutCold(Vm& vm, const MigrateOutRequest
   if (!stats.ok()) return ForUser(stats.error(), "cold migration of VM " + id);
   spdlog::info("VM {} (stopped) migrated out in {} ms (disk {} bytes)", id, stats->total_ms,
                stats->disk_bytes);
-  return MigrationResult{stats->total_ms, stats->mirror_ms, 0, 0, 0, stats->disk_bytes};
+  return MigrationResult{stats->total_ms, stats->mirror_ms, 0, 0, 0, stats->disk_bytes, {}};
 }
 
 // A kernel oops with its call trace and register dump is 4-6 KB.

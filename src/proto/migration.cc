@@ -161,15 +161,18 @@ Result<MigrateOutRequest> MigrateOutRequestFromJson(const json& j) {
 }
 
 json ToJson(const MigrationResult& r) {
+  json forwards = json::array();
+  for (const ForwardInfo& f : r.forwards) forwards.push_back(ToJson(f));
   return {{"total_ms", r.total_ms},           {"mirror_ms", r.mirror_ms},
           {"qemu_total_ms", r.qemu_total_ms}, {"downtime_ms", r.downtime_ms},
-          {"ram_bytes", r.ram_bytes},         {"disk_bytes", r.disk_bytes}};
+          {"ram_bytes", r.ram_bytes},         {"disk_bytes", r.disk_bytes},
+          {"forwards", std::move(forwards)}};
 }
 
 Result<MigrationResult> MigrationResultFromJson(const json& j) {
   VMG_RETURN_IF_ERROR(NeedObject(j, "a migration result"));
-  JsonFields f(
-      j, {"total_ms", "mirror_ms", "qemu_total_ms", "downtime_ms", "ram_bytes", "disk_bytes"});
+  JsonFields f(j, {"total_ms", "mirror_ms", "qemu_total_ms", "downtime_ms", "ram_bytes",
+                   "disk_bytes", "forwards"});
   VMG_RETURN_IF_ERROR(f.CheckUnknown());
   MigrationResult r;
   VMG_ASSIGN_OR_RETURN(r.total_ms, f.Int("total_ms", 0, 0, kMaxInt));
@@ -178,6 +181,16 @@ Result<MigrationResult> MigrationResultFromJson(const json& j) {
   VMG_ASSIGN_OR_RETURN(r.downtime_ms, f.Int("downtime_ms", 0, 0, kMaxInt));
   VMG_ASSIGN_OR_RETURN(r.ram_bytes, f.Int("ram_bytes", 0, 0, kMaxInt));
   VMG_ASSIGN_OR_RETURN(r.disk_bytes, f.Int("disk_bytes", 0, 0, kMaxInt));
+  if (j.contains("forwards")) {
+    const json& list = j["forwards"];
+    if (!list.is_array() || list.size() > 64)
+      return Invalid("forwards must be an array of at most 64 forwards");
+    for (const json& e : list) {
+      auto fw = ForwardInfoFromJson(e);
+      if (!fw.ok()) return fw.error().Wrap("forwards");
+      r.forwards.push_back(*fw);
+    }
+  }
   return r;
 }
 

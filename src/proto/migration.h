@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "proto/network_plan.h"
 #include "proto/vm_spec.h"
 
 namespace vmgrid {
@@ -76,6 +77,9 @@ struct MigrationResult {
   int64_t downtime_ms = 0;
   int64_t ram_bytes = 0;
   int64_t disk_bytes = 0;
+  // The source's port forwards of the VM (`vm forward`), which the
+  // controller adds again on the target (at most 64).
+  std::vector<ForwardInfo> forwards;
   bool operator==(const MigrationResult&) const = default;
 };
 nlohmann::json ToJson(const MigrationResult& r);

@@ -400,7 +400,8 @@ TEST(MigrationProtoTest, RoundTrips) {
   auto out_back = MigrateOutRequestFromJson(Wire(ToJson(out)));
   ASSERT_TRUE(out_back.ok()) << out_back.error().message;
   EXPECT_EQ(*out_back, out);
-  MigrationResult result{2948, 227, 2670, 199, 98791371, 1703936};
+  MigrationResult result{2948, 227, 2670, 199, 98791371, 1703936, {}};
+  result.forwards.push_back(ForwardInfo{0, "10.20.0.5", 80, "127.0.0.1", 40080});
   auto result_back = MigrationResultFromJson(Wire(ToJson(result)));
   ASSERT_TRUE(result_back.ok()) << result_back.error().message;
   EXPECT_EQ(*result_back, result);

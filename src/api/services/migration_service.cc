@@ -221,6 +221,8 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
     out["warning"] =
         "the paused copy on host " + source.name + " was not removed: " + confirmed.error().message;
   }
+  out.erase("forwards");  // the source's; the answer names those made on the target
+  if (!cold && confirmed.ok()) AddForwardsOnTarget(vm, target, *result, out);
   out["vm_id"] = vm.id;
   out["from"] = source.name;
   out["to"] = target.name;
@@ -240,6 +242,33 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
            {"controller_ms", out["controller_ms"]}}
           .dump()});
   return out;
+}
+
+void MigrationService::AddForwardsOnTarget(const Vm& vm, const Host& target,
+                                           const MigrationResult& result, json& out) {
+  // After the source's copy is gone (and its listeners with it), the same
+  // guest ports are forwarded on the target, on the same listen port when
+  // it is free there. One that cannot be made is a warning: the VM runs.
+  json added = json::array();
+  std::string failed;
+  for (const ForwardInfo& f : result.forwards) {
+    auto made = agents_.AddForward(target, vm.id,
+                                   ForwardRequest{f.nic, f.guest_port, f.listen_ip, f.listen_port});
+    if (!made.ok() && f.listen_port != 0)  // the port is taken there: any free one
+      made = agents_.AddForward(target, vm.id, ForwardRequest{f.nic, f.guest_port, f.listen_ip, 0});
+    if (made.ok()) {
+      added.push_back(ToJson(*made));
+    } else {
+      failed += (failed.empty() ? "" : "; ") + std::string("guest port ") +
+                std::to_string(f.guest_port) + ": " + made.error().message;
+    }
+  }
+  out["forwards"] = added;
+  if (!failed.empty()) {
+    spdlog::warn("VM {}: forwards not made again on {}: {}", vm.id, target.name, failed);
+    std::string w = "forwards not made again on host " + target.name + ": " + failed;
+    out["warning"] = out.contains("warning") ? out["warning"].get<std::string>() + "; " + w : w;
+  }
 }
 
 int MigrationService::RecoverInterrupted(int64_t interrupted_before_ms, int64_t stale_after_ms) {

@@ -92,6 +92,10 @@ class MigrationService {
   // `cold`: the VM was stopped (its disks move, it stays stopped).
   Result<nlohmann::json> Run(const std::string& op_id, const Vm& vm, const Host& source,
                              const Host& target, bool cold);
+  // The source's forwards made again on the target; adds `forwards` (as
+  // made) and a `warning` for any that could not be to `out`.
+  void AddForwardsOnTarget(const Vm& vm, const Host& target, const MigrationResult& result,
+                           nlohmann::json& out);
   // Adds an event to the stream (Store::AppendEvent); a failure is counted.
   void RecordEvent(Event event);
   // One interrupted migration (RecoverInterrupted).

@@ -263,6 +263,29 @@ TEST_P(MigrationServiceTest, AStoppedVmMovesColdAndStaysStopped) {
   EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 1);
 }
 
+// The source's port forwards are made again on the target once the source's
+// copy is gone; one that cannot be made is a warning, not a failure.
+TEST_P(MigrationServiceTest, ForwardsFollowTheVmToItsNewHost) {
+  Vm vm = AddVm("a", "running");
+  MigrationResult answer{3000, 200, 2700, 150, 1 << 20, 4096, {}};
+  answer.forwards = {ForwardInfo{0, "10.20.0.10", 80, "127.0.0.1", 40080},
+                     ForwardInfo{0, "10.20.0.10", 22, "127.0.0.1", 40022}};
+  agent_.migrate_out_answer = answer;
+  auto op = migrations_->Migrate(Caller{alice_}, "a", "h2");
+  ASSERT_TRUE(op.ok()) << op.error().message;
+  Settle();
+  auto done = Operation(*op);
+  ASSERT_EQ(done["state"], "succeeded") << done.dump();
+  const auto& calls = agent_.calls;
+  ASSERT_GE(calls.size(), 6u);
+  // After the source's copy went (its listeners with it).
+  EXPECT_EQ(calls[calls.size() - 3], "confirm-migrate-out h1 " + vm.id + " true");
+  EXPECT_EQ(calls[calls.size() - 2], "forward " + vm.id + " 80");
+  EXPECT_EQ(calls[calls.size() - 1], "forward " + vm.id + " 22");
+  EXPECT_EQ(done["result"]["forwards"].size(), 2u) << done.dump();
+  EXPECT_FALSE(done["result"].contains("warning")) << done.dump();
+}
+
 // Datasets attached migrate with the VM: the target gets the attachments in
 // its spec (the agents mirror the writable ones, docs/migration.md).
 TEST_P(MigrationServiceTest, AVmWithDatasetsAttachedMigrates) {

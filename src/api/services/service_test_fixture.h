@@ -130,7 +130,8 @@ class FakeAgent : public AgentClient {
   // "finish-incoming HOST VM", "abort-incoming HOST VM",
   // "confirm-migrate-out HOST VM true|false" (HOST: the host's name).
   Result<IncomingInfo> incoming_answer = IncomingInfo{"127.0.0.1", 10809, 4444, {"disk"}};
-  Result<MigrationResult> migrate_out_answer = MigrationResult{3000, 200, 2700, 150, 1 << 20, 4096};
+  Result<MigrationResult> migrate_out_answer =
+      MigrationResult{3000, 200, 2700, 150, 1 << 20, 4096, {}};
   Result<VmStatus> finish_answer = VmStatus{};
   vmgrid::Status abort_answer, confirm_answer;
   std::function<void()> on_migrate_out;  // called before MigrateOut answers
