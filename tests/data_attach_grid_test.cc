@@ -478,12 +478,14 @@ TEST_F(DataAttachTest, BadRequestsAreClearAndLeaveNothing) {
   auto show = api.Get("/v1/datasets/mine");
   ASSERT_TRUE(show.ok());
   EXPECT_EQ((*show)["versions"].size(), 1u) << show->dump();
-  // Migration is refused for now, and says why.
-  auto mig = api.Post("/v1/vms/ro-vm/migrate", json::object());
-  EXPECT_FALSE(mig.ok());
-  if (!mig.ok()) {
-    EXPECT_NE(mig.error().message.find("datasets attached"), std::string::npos);
-  }
+  // It migrates with its read-only attachment (opened from the new host's
+  // own export) and still reads it there.
+  auto mig = AwaitOperation(api, api.Post("/v1/vms/ro-vm/migrate", json::object()));
+  ASSERT_TRUE(mig.ok()) << mig.error().message;
+  ASSERT_EQ(WaitVm(api, vm["id"]).value("state", ""), "running");
+  auto [rc, out] = Sh(api, vm["id"], "ls /data/mine >/dev/null && echo readable");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out, "readable\n");
   DeleteVm(api, vm["id"]);
 }
 
