@@ -164,8 +164,8 @@ void AddHostCommands(CommandTree& t) {
   auto* drain = t.Leaf(
       g, "drain",
       "Take a host out of service (admin): no new VM goes there, and its VMs "
-      "are live-migrated away; a VM that cannot move is reported and keeps "
-      "running there (exit 5)",
+      "are migrated away (running ones live, stopped ones cold); a VM that cannot move is "
+      "reported and stays there (exit 5)",
       [&t, &ref, &parallel, &no_wait] { return CmdHostDrain(t.ctx, ref, parallel, no_wait); });
   drain->add_option("REF", ref, "Host id or name")->required();
   drain->add_option("--parallel", parallel, "Migrations at once (1-16, default 2)")

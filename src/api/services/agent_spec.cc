@@ -40,18 +40,21 @@ std::string DiskBaseFor(const Vm& vm, const Image& image, bool image_checkpoint)
   return "image_checkpoint";
 }
 
-Result<VmSpec> MigrationTargetSpec(const Vm& vm, const Image& image,
-                                   const std::string& workspace_path, NetworkService& networks) {
-  VMG_ASSIGN_OR_RETURN(VmSpec spec, AgentVmSpec(vm, image, workspace_path, false, networks));
+namespace {
+
+// Sets spec.start, checkpoint_dir and the checkpoint blobs so that the
+// target's top layer lies on what vm.disk_base records; spec.blobs holds the
+// image's own versions.
+Status LayOnDiskBase(const Vm& vm, const Image& image, VmSpec& spec) {
   spec.start = "boot";
   // A clone of another VM's checkpoint got that checkpoint's disk copied into
   // its top layer (the mirror carries it); the target needs the image only.
   spec.blobs.erase("vm_ckpt_memory");
   spec.blobs.erase("vm_ckpt_disk");
-  if (vm.disk != "clone") return spec;  // a workspace is a whole disk
+  if (vm.disk != "clone") return Status::Ok();  // a workspace is a whole disk
   std::string base = vm.disk_base;
   if (base.empty() && vm.start == "boot") base = "image";
-  if (base == "image") return spec;
+  if (base == "image") return Status::Ok();
   if (base.empty())
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + vm.name +
@@ -68,7 +71,7 @@ Result<VmSpec> MigrationTargetSpec(const Vm& vm, const Image& image,
                        "VM " + vm.name + " lies on the post-boot checkpoint of image " +
                            image.name + ", which is gone");
     spec.checkpoint_dir = image.dir + "/checkpoint";
-    return spec;
+    return Status::Ok();
   }
   nlohmann::json blobs = nlohmann::json::parse(base, nullptr, false);
   for (const char* kind : {"ckpt_memory", "ckpt_disk"}) {
@@ -84,7 +87,22 @@ Result<VmSpec> MigrationTargetSpec(const Vm& vm, const Image& image,
     return MakeError(ErrorCode::kFailedPrecondition,
                      "VM " + vm.name + " lies on a checkpoint on the image server, but image " +
                          image.name + " has no versions there");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<VmSpec> MigrationTargetSpec(const Vm& vm, const Image& image,
+                                   const std::string& workspace_path, NetworkService& networks) {
+  VMG_ASSIGN_OR_RETURN(VmSpec spec, AgentVmSpec(vm, image, workspace_path, false, networks));
+  VMG_RETURN_IF_ERROR(LayOnDiskBase(vm, image, spec));
   return spec;
+}
+
+Status CheckDiskBase(const Vm& vm, const Image& image) {
+  VmSpec probe;
+  VMG_ASSIGN_OR_RETURN(probe.blobs, ImageService::AgentBlobs(image, false));
+  return LayOnDiskBase(vm, image, probe);
 }
 
 void AddDurable(VmSpec& spec, const Workspace& ws, const std::string& host_name,

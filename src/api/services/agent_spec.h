@@ -32,6 +32,9 @@ std::string DiskBaseFor(const Vm& vm, const Image& image, bool image_checkpoint)
 // migration 24) or names a base the image no longer has files for.
 Result<VmSpec> MigrationTargetSpec(const Vm& vm, const Image& image,
                                    const std::string& workspace_path, NetworkService& networks);
+// MigrationTargetSpec's refusals alone, without building the spec (no NIC
+// reads): for the checks before a migration starts.
+Status CheckDiskBase(const Vm& vm, const Image& image);
 
 // Durable workspaces (docs/vm-lifecycle.md): how the controller makes them.
 struct DurableOptions {

@@ -68,8 +68,7 @@ Result<json> MigrationService::Migrate(const Caller& c, const std::string& vm_re
   {
     // Refuses, before anything changes, a VM whose disk base is not known.
     VMG_ASSIGN_OR_RETURN(Image image, store_.GetImage(vm.image_id, ""));
-    auto spec = MigrationTargetSpec(vm, image, "", networks_);
-    if (!spec.ok()) return spec.error();
+    VMG_RETURN_IF_ERROR(CheckDiskBase(vm, image));
   }
   VMG_ASSIGN_OR_RETURN(Host source, store_.GetHost(vm.host_id));
   std::vector<std::string> candidates;
