@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -379,6 +380,9 @@ TEST_F(SimGridTest, ListsPageWithCursorsThatRevealNothing) {
     auto vm = a.Post("/v1/vms", {{"image", "disk-only"}, {"name", "a" + std::to_string(i)}});
     ASSERT_TRUE(vm.ok()) << vm.error().message;
     created.push_back((*vm)["id"]);
+    // Lists order by (creation millisecond, id): two VMs made in the same
+    // millisecond come out in id order, which need not be creation order.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   for (int i = 0; i < 3; ++i)
     ASSERT_TRUE(

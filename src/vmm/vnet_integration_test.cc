@@ -183,8 +183,7 @@ TEST_F(VnetTest, TwoTinyGuestsJoinedByDgramPingTransferAndResume) {
   std::unique_ptr<GuestAgentClient> ga[2];
   for (int i = 0; i < 2; ++i) {
     auto c = GuestAgentClient::ConnectWhenReady(vm[i]->qga_socket(), t0 + seconds(45));
-    ASSERT_TRUE(c.ok()) << c.error().message << "\nconsole: " << P("run-" + names[i]) << "/"
-                        << kConsoleLogName;
+    ASSERT_TRUE(c.ok()) << c.error().message << "\nconsole:\n" << vm[i]->ConsoleTail(8192);
     ga[i] = std::move(c).value();
   }
   std::cout << "[timing] both guests answer: " << MsSince(t0) << " ms\n";
