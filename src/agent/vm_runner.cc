@@ -595,6 +595,10 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state,
     c.disk_untrusted_depth = UntrustedDepth(c.disk_path, vm.spec.image.disk);
   c.run_dir = VmDir(vm.spec.id) + "/run";
   c.incoming = incoming || migration_target;
+  // A resume hands QEMU its saved state at exec, so the load overlaps QEMU's
+  // start (a migration target waits for its stream instead).
+  const bool resume = incoming && !migration_target;
+  if (resume) c.incoming_file = memory_state;
   // A migration target must not run before the source has stopped for good.
   c.start_paused = migration_target || paused;
   c.runas = options_.runas;
@@ -627,8 +631,8 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state,
     vm.pushed_writes = -1;  // the write count is this QEMU's
   }
   VMG_ASSIGN_OR_RETURN(vm.qemu, QemuProcess::Launch(c, seconds(30)));
-  if (incoming && !migration_target) {
-    Status st = ResumeFromFile(vm.qemu->qmp(), memory_state, seconds(120));
+  if (resume) {
+    Status st = FinishResumeAtStart(vm.qemu->qmp(), seconds(120));
     if (!st.ok()) {
       (void)vm.qemu->Kill();
       vm.qemu.reset();

@@ -104,6 +104,26 @@ void ForgetFd(QmpClient& qmp, const std::string& name) {
   (void)qmp.Execute("closefd", {{"fdname", name}}, milliseconds(2000));
 }
 
+Status RunWhenLoaded(QmpClient& qmp, Deadline deadline, const std::string& context) {
+  Result<json> done = WaitMigration(qmp, deadline, "incoming migration");
+  if (!done.ok()) {
+    if (done.error().code == ErrorCode::kUnavailable) {
+      // QEMU 7.2 exits when loading fails; its reason is in its -D log.
+      return MakeError(ErrorCode::kInternal,
+                       context + ": QEMU exited while loading the state (its qemu.log says why)");
+    }
+    return done.error().Wrap(context);
+  }
+  // A state saved from a paused VM stays paused after loading; one saved while
+  // running would already run.
+  VMG_ASSIGN_OR_RETURN(std::string status, QueryStatus(qmp));
+  if (status != "running") {
+    Status st = Cont(qmp);
+    if (!st.ok()) return st.error().Wrap(context + ": cont");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<std::string> QueryStatus(QmpClient& qmp) {
@@ -296,23 +316,18 @@ Status ResumeFromFile(QmpClient& qmp, const std::string& path, milliseconds time
     return started.error().Wrap(context);
   }
   if (events) WaitMigrationEnd(qmp, deadline);
-  Result<json> done = WaitMigration(qmp, deadline, "incoming migration");
-  if (!done.ok()) {
-    if (done.error().code == ErrorCode::kUnavailable) {
-      // QEMU 7.2 exits when loading fails; its reason is in its -D log.
-      return MakeError(ErrorCode::kInternal,
-                       context + ": QEMU exited while loading the state (its qemu.log says why)");
-    }
-    return done.error().Wrap(context);
-  }
-  // A state saved from a paused VM stays paused after loading; one saved while
-  // running would already run.
-  VMG_ASSIGN_OR_RETURN(status, QueryStatus(qmp));
-  if (status != "running") {
-    Status st = Cont(qmp);
-    if (!st.ok()) return st.error().Wrap(context + ": cont");
-  }
-  return Status::Ok();
+  return RunWhenLoaded(qmp, deadline, context);
+}
+
+Status FinishResumeAtStart(QmpClient& qmp, milliseconds timeout) {
+  Deadline deadline = DeadlineAfter(timeout);
+  const std::string context = "resume from the state given at start";
+  // QEMU announces the load's end with a MIGRATION event (x-events on its
+  // command line); one sent before this connection existed is lost, so ask
+  // first and wait for the event only while the load still runs.
+  VMG_ASSIGN_OR_RETURN(json info, qmp.Execute("query-migrate", json::object(), Left(deadline)));
+  if (!MigrationEnded(GetString(info, "status").value_or(""))) WaitMigrationEnd(qmp, deadline);
+  return RunWhenLoaded(qmp, deadline, context);
 }
 
 }  // namespace vmgrid

@@ -43,6 +43,11 @@ Result<int64_t> DiskWriteCount(QmpClient& qmp, const std::string& device);
 // then runs the VM.
 Status ResumeFromFile(QmpClient& qmp, const std::string& path, std::chrono::milliseconds timeout);
 
+// For a QEMU launched with QemuConfig::incoming_file (the state loads as QEMU
+// starts): waits until the load ends, then runs the VM. The faster resume:
+// QEMU's start and the load overlap.
+Status FinishResumeAtStart(QmpClient& qmp, std::chrono::milliseconds timeout);
+
 // The whole consistent checkpoint: Stop, BackupDiskTop (skipped when
 // `device` is empty, e.g. a diskless VM), SaveStateToFile. On failure it
 // removes what it wrote. The VM is left paused either way; Cont() resumes it

@@ -135,6 +135,51 @@ TEST_F(MachineOpsTest, CheckpointAndResumeWithoutGuest) {
   std::cout << "[timing] guestless resume: " << MsSince(t0) << " ms\n";
   EXPECT_EQ(*QueryStatus((*dst)->qmp()), "running");
   ASSERT_TRUE((*dst)->Quit(seconds(10)).ok());
+
+  // The same state handed to QEMU at exec (-incoming fd:3): the load overlaps
+  // QEMU's start, and QEMU's user, who cannot open the 0600 file, needs not.
+  ASSERT_EQ(
+      Sh("qemu-img create -q -f qcow2 -b " + P("ckpt/disk.qcow2") + " -F qcow2 " + P("top3.qcow2")),
+      0);
+  ASSERT_TRUE(GiveTo(P("top3.qcow2"), runas));
+  c.vm_id = "ops-dst2";
+  c.disk_path = P("top3.qcow2");
+  c.run_dir = P("run3");
+  c.incoming_file = P("ckpt/memory.state");
+  c.vmgenid = RandomUuid();
+  t0 = Clock::now();
+  auto dst2 = QemuProcess::Launch(c, seconds(30));
+  ASSERT_TRUE(dst2.ok()) << dst2.error().message;
+  st = FinishResumeAtStart((*dst2)->qmp(), seconds(60));
+  ASSERT_TRUE(st.ok()) << st.error().message << "\n" << (*dst2)->LogTail();
+  std::cout << "[timing] guestless resume, state at exec, launch included: " << MsSince(t0)
+            << " ms\n";
+  EXPECT_EQ(*QueryStatus((*dst2)->qmp()), "running");
+  // QEMU holds the state on fd 3 and on no other.
+  std::error_code ec;
+  int state_fds = 0;
+  for (const auto& e :
+       fs::directory_iterator("/proc/" + std::to_string((*dst2)->pid()) + "/fd", ec))
+    if (fs::read_symlink(e.path(), ec).string() == P("ckpt/memory.state")) {
+      ++state_fds;
+      EXPECT_EQ(e.path().filename().string(), std::to_string(kIncomingStateFd));
+    }
+  EXPECT_LE(state_fds, 1);
+  ASSERT_TRUE((*dst2)->Quit(seconds(10)).ok());
+
+  // A state file that is not there fails the launch before any QEMU starts.
+  c.run_dir = P("run4");
+  c.incoming_file = P("ckpt/no-such.state");
+  auto missing = QemuProcess::Launch(c, seconds(30));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound) << missing.error().message;
+  EXPECT_TRUE(ProcessesMentioning(P("run4")).empty());
+  // incoming_file without incoming is refused.
+  c.incoming = false;
+  c.incoming_file = P("ckpt/memory.state");
+  auto inconsistent = QemuProcess::Launch(c, seconds(30));
+  ASSERT_FALSE(inconsistent.ok());
+  EXPECT_EQ(inconsistent.error().code, ErrorCode::kInvalidArgument);
 }
 
 TEST_F(MachineOpsTest, ResumeFromCorruptStateFailsWithoutHanging) {
@@ -158,6 +203,23 @@ TEST_F(MachineOpsTest, ResumeFromCorruptStateFailsWithoutHanging) {
   EXPECT_FALSE((*q)->Alive());
   st = ResumeFromFile((*q)->qmp(), P("missing.state"), seconds(5));
   ASSERT_FALSE(st.ok());
+
+  // Handed over at exec, a corrupt state fails the launch or the wait for
+  // the load, never by running out the clock, and no QEMU stays.
+  c.run_dir = P("run-at-exec");
+  c.incoming_file = P("bad.state");
+  auto at_exec = QemuProcess::Launch(c, seconds(30));
+  if (at_exec.ok()) {
+    st = FinishResumeAtStart((*at_exec)->qmp(), seconds(20));
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.error().code, ErrorCode::kTimeout) << st.error().message;
+    for (int i = 0; i < 100 && (*at_exec)->Alive(); ++i)
+      std::this_thread::sleep_for(milliseconds(50));
+    EXPECT_FALSE((*at_exec)->Alive());
+  } else {
+    EXPECT_NE(at_exec.error().message.find("Not a migration stream"), std::string::npos)
+        << at_exec.error().message;
+  }
   (void)(*q)->Kill();
 }
 
@@ -205,7 +267,7 @@ TEST_F(MachineOpsTest, TinyGuestBootExecCheckpointResume) {
   auto vm = QemuProcess::Launch(c, seconds(30));
   ASSERT_TRUE(vm.ok()) << vm.error().message;
   auto ga = GuestAgentClient::ConnectWhenReady((*vm)->qga_socket(), Clock::now() + seconds(240));
-  ASSERT_TRUE(ga.ok()) << ga.error().message << "\nconsole: " << P("run1/console.log");
+  ASSERT_TRUE(ga.ok()) << ga.error().message << "\nconsole:\n" << (*vm)->ConsoleTail(8192);
   std::cout << "[timing] boot to guest-agent ready (" << c.accel << "): " << MsSince(t0) << " ms\n";
 
   Result<ExecResult> r = (*ga)->Exec({"echo", "hi"}, "", seconds(60));
@@ -249,12 +311,13 @@ TEST_F(MachineOpsTest, TinyGuestBootExecCheckpointResume) {
   c.disk_path = P("ov2.qcow2");
   c.run_dir = P("run2");
   c.incoming = true;
-  c.vmgenid = RandomUuid();  // a clone must look like a new generation to the guest
+  c.incoming_file = P("ckpt/memory.state");  // as the agent resumes: the state at exec
+  c.vmgenid = RandomUuid();                  // a clone must look like a new generation to the guest
   t0 = Clock::now();
   auto vm2 = QemuProcess::Launch(c, seconds(30));
   ASSERT_TRUE(vm2.ok()) << vm2.error().message;
   auto launched_ms = MsSince(t0);
-  st = ResumeFromFile((*vm2)->qmp(), P("ckpt/memory.state"), seconds(120));
+  st = FinishResumeAtStart((*vm2)->qmp(), seconds(120));
   ASSERT_TRUE(st.ok()) << st.error().message;
   auto resumed_ms = MsSince(t0);
   auto ga2 = GuestAgentClient::ConnectWhenReady((*vm2)->qga_socket(), Clock::now() + seconds(60));

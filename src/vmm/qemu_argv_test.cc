@@ -106,6 +106,22 @@ TEST(BuildQemuArgvTest, StartPausedAddsDashS) {
   EXPECT_NE(std::find(a.begin(), a.end(), "-S"), a.end());
 }
 
+TEST(BuildQemuArgvTest, IncomingFileLoadsFromTheStateFdWithEvents) {
+  QemuConfig c;
+  c.vm_id = "x";
+  c.run_dir = "/r";
+  c.incoming = true;
+  c.incoming_file = "/ckpt/memory.state";
+  std::vector<std::string> a = BuildQemuArgv(c);
+  auto at = std::find(a.begin(), a.end(), "-incoming");
+  ASSERT_NE(at, a.end());
+  EXPECT_EQ(*(at + 1), "fd:" + std::to_string(kIncomingStateFd));
+  EXPECT_EQ(std::count(a.begin(), a.end(), "-incoming"), 1);
+  EXPECT_NE(std::find(a.begin(), a.end(), "migration.x-events=on"), a.end());
+  // The path itself is never on the command line (QEMU gets the open fd).
+  for (const std::string& arg : a) EXPECT_EQ(arg.find("memory.state"), std::string::npos) << arg;
+}
+
 TEST(BuildQemuArgvTest, MinimalConfigOmitsOptionalParts) {
   QemuConfig c;
   c.vm_id = "x";

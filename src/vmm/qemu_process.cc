@@ -279,10 +279,10 @@ std::string FindExecutable(const std::string& name) {
 // (or a subreaper) and it is in a session of its own — a signal to the
 // agent's process group (Ctrl-C, a supervisor's kill) must not reach it. The
 // grandchild resets signals, sets umask 077, points stdin at /dev/null and
-// stdout/stderr at `stderr_fd`, closes every other fd, drops to `cred` and
-// execs. Returns QEMU's pid once exec succeeded; between fork and exec only
-// async-signal-safe calls run.
-Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, int stderr_fd,
+// stdout/stderr at `stderr_fd`, puts `state_fd` (if >= 0) at kIncomingStateFd,
+// closes every other fd, drops to `cred` and execs. Returns QEMU's pid once exec succeeded; between
+// fork and exec only async-signal-safe calls run.
+Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, int stderr_fd, int state_fd,
                             const Credentials& cred, const std::string& cgroup_dir) {
   std::string binary = FindExecutable(argv[0]);
   std::vector<char*> cargv;
@@ -303,8 +303,8 @@ Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, int stderr_fd,
   pid_t middle = ::fork();
   if (middle < 0) return ErrnoError(ErrorCode::kInternal, "fork", errno);
   if (middle == 0) {
-    const int w = report_write.get();
-    auto die = [w](int err) {
+    int w = report_write.get();
+    auto die = [&w](int err) {
       int32_t msg[2] = {-1, err};
       (void)!::write(w, msg, sizeof msg);
       ::_exit(127);
@@ -331,11 +331,26 @@ Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, int stderr_fd,
     if (cgroup_procs.valid() && ::write(cgroup_procs.get(), "0", 1) != 1) die(errno);
     if (::dup2(dev_null.get(), 0) < 0 || ::dup2(stderr_fd, 1) < 0 || ::dup2(stderr_fd, 2) < 0)
       die(errno);
+    int first_closed = 3;
+    if (state_fd >= 0) {
+      // The report pipe must not sit where the state goes.
+      if (w == kIncomingStateFd) {
+        w = ::fcntl(w, F_DUPFD_CLOEXEC, kIncomingStateFd + 1);
+        if (w < 0) ::_exit(127);
+      }
+      if (state_fd == kIncomingStateFd) {
+        if (::fcntl(state_fd, F_SETFD, 0) != 0) die(errno);  // keep it across exec
+      } else if (::dup2(state_fd, kIncomingStateFd) < 0) {   // dup2 clears close-on-exec
+        die(errno);
+      }
+      first_closed = kIncomingStateFd + 1;
+    }
     // Belt and braces next to O_CLOEXEC: fds opened by other libraries
     // without it (sockets, the agent's database) must not leak into a VM.
-    // Only the report pipe (close-on-exec) stays.
-    if (w > 3) (void)::close_range(3, static_cast<unsigned>(w - 1), 0);
-    (void)::close_range(static_cast<unsigned>(w + 1), ~0U, 0);
+    // Only the report pipe (close-on-exec) and the state stay.
+    if (w > first_closed)
+      (void)::close_range(static_cast<unsigned>(first_closed), static_cast<unsigned>(w - 1), 0);
+    (void)::close_range(static_cast<unsigned>(std::max(w + 1, first_closed)), ~0U, 0);
     if (::chdir("/") != 0) die(errno);
     if (cred.drop) {
       if (::setgroups(cred.groups.size(), cred.groups.data()) != 0) die(errno);
@@ -438,6 +453,7 @@ Status ValidateQemuConfig(const QemuConfig& c) {
   if (c.nbd_socket.size() > kSunPathMax)
     return invalid("nbd_socket too long for a unix socket path");
   if (c.qemu_binary.empty()) return invalid("qemu_binary is required");
+  if (!c.incoming_file.empty() && !c.incoming) return invalid("incoming_file needs incoming");
   if (c.data_disks.size() > static_cast<size_t>(kMaxDataDisks))
     return invalid("at most " + std::to_string(kMaxDataDisks) + " data disks");
   for (const DataDiskConfig& d : c.data_disks) {
@@ -533,7 +549,14 @@ std::vector<std::string> BuildQemuArgv(const QemuConfig& c) {
       "-pidfile", RunPath(run, kPidFileName),
       "-D", RunPath(run, kQemuLogName),
   });
-  if (c.incoming) a.insert(a.end(), {"-incoming", "defer"});
+  if (c.incoming && !c.incoming_file.empty()) {
+    // MIGRATION events from the start: the load may end before QMP is
+    // connected (query-migrate tells then), or after (the event tells).
+    a.insert(a.end(), {"-incoming", "fd:" + std::to_string(kIncomingStateFd), "-global",
+                       "migration.x-events=on"});
+  } else if (c.incoming) {
+    a.insert(a.end(), {"-incoming", "defer"});
+  }
   if (c.start_paused) a.push_back("-S");
   if (c.sandbox) a.insert(a.end(), {"-sandbox", kSandboxOptions});
   a.insert(a.end(), {"-name", c.vm_id + ",process=vmgrid-" + c.vm_id});
@@ -669,9 +692,19 @@ Result<std::unique_ptr<QemuProcess>> QemuProcess::Launch(const QemuConfig& confi
   UniqueFd err_fd(::open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!err_fd.valid()) return ErrnoError(ErrorCode::kInternal, "open " + stderr_path, errno);
 
+  UniqueFd state_fd;
+  if (!cfg.incoming_file.empty()) {
+    state_fd.Reset(::open(cfg.incoming_file.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!state_fd.valid()) {
+      return ErrnoError(errno == ENOENT ? ErrorCode::kNotFound : ErrorCode::kInternal,
+                        "open saved state " + cfg.incoming_file, errno);
+    }
+  }
+
   std::vector<std::string> argv = BuildQemuArgv(cfg);
-  Result<pid_t> spawned = SpawnDetached(argv, err_fd.get(), cred, cfg.cgroup_dir);
+  Result<pid_t> spawned = SpawnDetached(argv, err_fd.get(), state_fd.get(), cred, cfg.cgroup_dir);
   err_fd.Reset();
+  state_fd.Reset();
   if (!spawned.ok())
     return MakeError(spawned.error().code, spawned.error().message + DiagnosticTail(run));
   pid_t pid = *spawned;

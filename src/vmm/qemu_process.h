@@ -69,6 +69,11 @@ struct QemuConfig {
   int disk_untrusted_depth = 0;
   std::string run_dir;    // holds qmp.sock, qga.sock, qemu.pid, console.log, qemu.log
   bool incoming = false;  // start with -incoming defer (resume from a checkpoint)
+  // With `incoming`: the saved state QEMU loads as it starts (-incoming fd:N,
+  // the file opened by Launch, so QEMU's user needs no access to it) instead
+  // of waiting for migrate-incoming; FinishResumeAtStart then runs the VM.
+  // The load overlaps QEMU's start. "" = -incoming defer.
+  std::string incoming_file;
   // -S: the guest stays paused until `cont`, also once an incoming migration
   // completes (a live-migration target must not run before the source knows
   // the migration succeeded: vmm/migration.h).
@@ -102,6 +107,8 @@ inline constexpr char kQemuLogName[] = "qemu.log";
 inline constexpr char kQemuStderrName[] = "qemu.stderr";  // QEMU's stderr (its error messages)
 // How much of the end of a log LogTail and ConsoleTail return by default.
 inline constexpr size_t kLogTailBytes = 1500;
+// The fd number QEMU reads QemuConfig::incoming_file from (-incoming fd:3).
+inline constexpr int kIncomingStateFd = 3;
 inline constexpr char kSandboxOptions[] =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
