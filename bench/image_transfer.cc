@@ -94,22 +94,7 @@ QemuConfig PlainConfig(const ImageUnderTest& im, const std::string& work,
 
 std::unique_ptr<ChildProcess> SpawnPlain(const QemuConfig& c, const std::string& incoming_file,
                                          const std::string& log) {
-  std::vector<std::string> argv = BuildQemuArgv(c), plain;
-  for (size_t i = 0; i < argv.size(); ++i) {
-    if (argv[i] == "-daemonize") continue;
-    if (argv[i] == "-pidfile") {
-      ++i;
-      continue;
-    }
-    if (argv[i] == "-incoming") {
-      plain.push_back("-incoming");
-      plain.push_back("exec:cat " + incoming_file);
-      ++i;
-      continue;
-    }
-    plain.push_back(argv[i]);
-  }
-  auto proc = ChildProcess::Spawn(plain, log);
+  auto proc = ChildProcess::Spawn(PlainQemuArgv(c, incoming_file), log);
   if (!proc.ok()) Die(proc.error().message);
   return std::move(*proc);
 }

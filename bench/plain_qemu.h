@@ -32,6 +32,41 @@ inline bool QemuAtLeast(int major, int minor) {
   return a > major || (a == major && b >= minor);
 }
 
+// The command line of plain QEMU for `c` (BuildQemuArgv's, as the agent
+// runs it) as a user would type it: in the foreground (no -daemonize or
+// -pidfile), and a resume (`c.incoming`) reading `state_file` with
+// `-incoming file:` (QEMU 8.2 and later: QEMU reads the file itself, no shell,
+// no pipe), else `-incoming "exec:cat FILE"`, for which the sandbox must
+// allow spawning (its spawn=deny kills the shell silently with SIGSYS; vmgrid
+// itself restores through an fd).
+inline std::vector<std::string> PlainQemuArgv(const QemuConfig& c, const std::string& state_file) {
+  std::vector<std::string> argv = BuildQemuArgv(c);
+  const bool file_uri = QemuAtLeast(8, 2);
+  std::vector<std::string> plain;
+  for (size_t i = 0; i < argv.size(); ++i) {
+    if (argv[i] == "-daemonize") continue;
+    if (argv[i] == "-pidfile") {
+      ++i;
+      continue;
+    }
+    if (argv[i] == "-sandbox" && c.incoming && !file_uri && i + 1 < argv.size()) {
+      std::string options = argv[++i];
+      if (auto at = options.find(",spawn=deny"); at != std::string::npos)
+        options.erase(at, std::string(",spawn=deny").size());
+      plain.insert(plain.end(), {"-sandbox", options});
+      continue;
+    }
+    if (argv[i] == "-incoming") {
+      plain.push_back("-incoming");
+      plain.push_back((file_uri ? "file:" : "exec:cat ") + state_file);
+      ++i;
+      continue;
+    }
+    plain.push_back(argv[i]);
+  }
+  return plain;
+}
+
 // One plain QEMU started by PlainQemuStart.
 struct PlainQemu {
   std::unique_ptr<ChildProcess> proc;
@@ -41,9 +76,7 @@ struct PlainQemu {
 };
 
 // Prepares `work` (a fresh overlay: not timed) and spawns plain QEMU booting
-// the image, or resuming its post-boot checkpoint: `-incoming file:` (QEMU
-// 8.2 and later: QEMU reads the state file itself, no shell, no pipe), else
-// `-incoming "exec:cat FILE"`.
+// the image, or resuming its post-boot checkpoint (PlainQemuArgv).
 inline PlainQemu PlainQemuStart(const std::string& work, const nlohmann::json& image,
                                 const std::string& image_dir, bool resume) {
   (void)RemoveTree(work);
@@ -66,34 +99,7 @@ inline PlainQemu PlainQemuStart(const std::string& work, const nlohmann::json& i
   c.run_dir = work + "/run";
   c.accel = KvmUsableBy(c.qemu_binary) ? "kvm" : "tcg";
   c.incoming = resume;
-  std::vector<std::string> argv = BuildQemuArgv(c);
-  const bool file_uri = QemuAtLeast(8, 2);
-  // Foreground QEMU as a user would run it: no -daemonize/-pidfile.
-  std::vector<std::string> plain;
-  for (size_t i = 0; i < argv.size(); ++i) {
-    if (argv[i] == "-daemonize") continue;
-    if (argv[i] == "-pidfile") {
-      ++i;
-      continue;
-    }
-    // `-incoming exec:cat ...` spawns a shell, which the full sandbox's
-    // spawn=deny kills silently (SIGSYS); vmgrid itself restores through an
-    // fd. The plain resume then keeps the rest of the sandbox.
-    if (argv[i] == "-sandbox" && resume && !file_uri && i + 1 < argv.size()) {
-      std::string options = argv[++i];
-      if (auto at = options.find(",spawn=deny"); at != std::string::npos)
-        options.erase(at, std::string(",spawn=deny").size());
-      plain.insert(plain.end(), {"-sandbox", options});
-      continue;
-    }
-    if (argv[i] == "-incoming") {
-      plain.push_back("-incoming");
-      plain.push_back((file_uri ? "file:" : "exec:cat ") + image_dir + "/checkpoint/memory.state");
-      ++i;
-      continue;
-    }
-    plain.push_back(argv[i]);
-  }
+  std::vector<std::string> plain = PlainQemuArgv(c, image_dir + "/checkpoint/memory.state");
   PlainQemu q;
   q.work = work;
   q.run_dir = c.run_dir;

@@ -158,11 +158,15 @@ class HttpAgentClient : public AgentClient {
     o.peer_name = "agent of host " + host.name;
     o.unreachable_hint = "is `vmgrid agent` running there?";
     o.read_timeout_s = read_timeout_s;
-    // A new connection per call. Kept-alive connections (ApiClient's pool)
-    // saved a TLS handshake per call, but after an agent restarted the next
-    // call went out on a dead pooled connection and failed as "lost before
-    // it answered" (chaos_grid_test, 2026-12-07): not before the pool can
-    // tell a request that was never read from one that was.
+    // Kept alive across the seconds between a host's calls (a create, then
+    // its delete); the agent keeps idle connections 30 s (agent/agent.cc),
+    // these are reused for 20 s. A reused connection saves a mutual-TLS
+    // handshake and a TLS context per call. The pool reuses a connection only
+    // if the agent has not closed it: one whose agent restarted is readable
+    // (its FIN) and dropped, so the call is not lost on it (chaos_grid_test
+    // caught that before the pool checked, 2026-12-07).
+    o.keep_alive = true;
+    o.keep_alive_idle_ms = 20'000;
     return ApiClient(host.url, credentials_.AgentApiToken(host.name), o);
   }
 

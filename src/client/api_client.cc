@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <httplib.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -107,6 +108,18 @@ struct ApiClientInternals {
     return cli;
   }
 
+  // Whether an idle connection may carry a request: after a complete
+  // exchange the peer has nothing more to say, so anything readable (its FIN
+  // or RST when it closed or died, a TLS close_notify) means the peer is gone
+  // and a request sent there would be lost unread. A peer that restarted
+  // closed all its connections when its old process died.
+  static bool StillOpen(const httplib::Client& cli) {
+    if (!cli.is_socket_open()) return false;
+    pollfd p{cli.socket(), POLLIN | POLLRDHUP, 0};
+    int n = ::poll(&p, 1, 0);
+    return n == 0;
+  }
+
   static std::string PoolKey(const ApiClient& c, const Endpoint& ep) {
     return ep.scheme_host_port + "\n" + c.token_ + "\n" + c.options_.user_agent;
   }
@@ -125,7 +138,8 @@ struct ApiClientInternals {
         while (!v.empty()) {
           IdleClient ic = std::move(v.back());
           v.pop_back();
-          if (now - ic.since < std::chrono::milliseconds(c.options_.keep_alive_idle_ms)) {
+          if (now - ic.since < std::chrono::milliseconds(c.options_.keep_alive_idle_ms) &&
+              StillOpen(*ic.cli)) {
             cli = std::move(ic.cli);
             break;
           }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -114,6 +115,102 @@ TEST(ApiClient, KeepAliveReusesIdleConnectionsOnlyWithinTheirIdleTime) {
   ApiClient plain(fake.url(), "t3");
   const int third = port(plain);
   EXPECT_NE(port(plain), third);
+}
+
+// A kept-alive connection whose server went away (an agent that restarted)
+// is not used again: the next call opens a new connection and gets its
+// answer, instead of being lost on the dead one.
+TEST(ApiClient, KeepAliveNeverSendsOnAConnectionThePeerClosed) {
+  std::atomic<int> served{0};
+  auto handler = [&](const httplib::Request&, httplib::Response& res) {
+    ++served;
+    res.set_content("{}", "application/json");
+  };
+  ApiClient::Options o;
+  o.keep_alive = true;
+  o.keep_alive_idle_ms = 60'000;
+  std::string url;
+  int port = 0;
+  {
+    FakeServer first;
+    first.server().set_keep_alive_timeout(1);  // its Stop waits for the kept connection
+    first.server().Post("/v1/things", handler);
+    first.Start();
+    url = first.url();
+    port = first.port();
+    ApiClient c(url, "t-restart", o);
+    ASSERT_TRUE(c.Post("/v1/things", json::object()).ok());
+  }  // the server stops: the pooled connection is closed from its side
+  httplib::Server second;
+  second.set_keep_alive_timeout(1);
+  second.Post("/v1/things", handler);
+  ASSERT_TRUE(second.bind_to_port("127.0.0.1", port));
+  std::thread t([&] { second.listen_after_bind(); });
+  while (!second.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ApiClient again(url, "t-restart", o);  // same pool key: the same idle connection
+  auto r = again.Post("/v1/things", json::object());
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(served.load(), 2);
+  second.stop();
+  t.join();
+}
+
+// A pooled connection on which the peer sent something after its answer (a
+// TLS close_notify, a proxy's goodbye, garbage) is not reused: cpp-httplib's
+// own liveness peek counts pending bytes as "alive" and would send the next
+// request there. A raw server answers, then writes stray bytes and keeps
+// the connection open; the next call must go out on a new connection.
+TEST(ApiClient, KeepAliveDropsAConnectionWithStrayBytesPending) {
+  int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const int port = ntohs(addr.sin_port);
+  std::atomic<int> connections{0};
+  std::vector<int> open_fds;
+  std::thread server([&] {
+    for (int c = 0; c < 2; ++c) {
+      pollfd p{lfd, POLLIN, 0};
+      if (::poll(&p, 1, 5000) != 1) return;  // no second connection: the test fails, not hangs
+      int fd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) return;
+      ++connections;
+      open_fds.push_back(fd);
+      std::string req;
+      char buf[4096];
+      while (req.find("\r\n\r\n") == std::string::npos) {
+        ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n <= 0) break;
+        req.append(buf, static_cast<size_t>(n));
+      }
+      const std::string answer =
+          "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+          "Connection: keep-alive\r\n\r\n{}";
+      (void)!::write(fd, answer.data(), answer.size());
+      if (c == 0) {  // after the answer was read; the connection stays
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        (void)!::write(fd, "stray", 5);
+      }
+    }
+  });
+  ApiClient::Options o;
+  o.keep_alive = true;
+  o.keep_alive_idle_ms = 60'000;
+  o.read_timeout_s = 5;  // without the check the call reads "stray" and waits for the rest
+  ApiClient c("http://127.0.0.1:" + std::to_string(port), "t-stray", o);
+  ASSERT_TRUE(c.Get("/a").ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the stray bytes arrive
+  auto r = c.Get("/b");
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  server.join();
+  EXPECT_EQ(connections.load(), 2);
+  for (int fd : open_fds) ::close(fd);
+  ::close(lfd);
 }
 
 TEST(ApiClient, MapsErrorCodes) {
