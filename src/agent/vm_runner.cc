@@ -44,6 +44,10 @@ struct VmRunner::Vm {
   int64_t ready_ms = 0;
   std::string disk_path;
   std::string disk_format;
+  // The guest's generation id (QEMU's vmgenid) of the running QEMU: new at
+  // each start or resume (a clone must reseed), kept by a live migration
+  // (the target starts with the source's: IncomingRequest::vmgenid).
+  std::string vmgenid;
   // Set at creation, then fixed (state.json): QEMU's uid/gid (-1: the
   // agent's runas user or itself) and how many backing levels below the
   // disk its NBD node sits (0: no NBD backing).
@@ -358,6 +362,7 @@ Status VmRunner::PersistState(Vm& vm) {
          {"has_checkpoint", vm.has_checkpoint},
          {"created_workspace", vm.created_workspace},
          {"ready_ms", vm.ready_ms},
+         {"vmgenid", vm.vmgenid},
          {"disk_path", vm.disk_path},
          {"disk_format", vm.disk_format},
          {"migration", vm.migration}};
@@ -396,6 +401,7 @@ VmStatus VmRunner::StatusOf(const Vm& vm) const {
   s.error = vm.error;
   s.has_checkpoint = vm.has_checkpoint;
   s.ready_ms = vm.ready_ms;
+  s.vmgenid = vm.vmgenid;
   s.restart = vm.spec.restart;
   s.durable = vm.durable;
   return s;
@@ -620,7 +626,13 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state,
     }
   }
   c.accel = options_.accel;
-  c.vmgenid = NewUuid();  // a new generation id makes a resumed guest reseed its RNG
+  {
+    // A new generation id makes a resumed guest reseed its RNG; a live
+    // migration's target continues the source's generation.
+    std::lock_guard<std::mutex> l(vm.status_mu);
+    if (!migration_target || vm.vmgenid.empty()) vm.vmgenid = NewUuid();
+    c.vmgenid = vm.vmgenid;
+  }
   c.qemu_binary = options_.qemu_binary;
   VMG_ASSIGN_OR_RETURN(c.nics, AttachNics(vm, true));
   c.data_disks = DataDisks(vm);
@@ -1475,6 +1487,10 @@ Result<IncomingInfo> VmRunner::PrepareIncoming(const IncomingRequest& request) {
   // before FinishIncoming removes it all (Recover).
   VMG_ASSIGN_OR_RETURN(auto vm, RegisterNewVm(spec, "incoming", what));
   std::lock_guard<std::mutex> op(vm->op_mu);
+  {
+    std::lock_guard<std::mutex> l(vm->status_mu);
+    vm->vmgenid = request.vmgenid;  // "" (an older controller): Launch picks a new one
+  }
   auto fail = [&](const Error& e) -> Error {
     DiscardNewVm(*vm);
     return ForUser(e, what);
@@ -1802,6 +1818,7 @@ Status VmRunner::Recover() {
       vm->ready_ms = state_json["ready_ms"].get<int64_t>();
     vm->disk_path = state_json.value("disk_path", "");
     vm->disk_format = state_json.value("disk_format", "qcow2");
+    if (state_json["vmgenid"].is_string()) vm->vmgenid = state_json["vmgenid"].get<std::string>();
     const std::string migration = state_json.value("migration", "");
     auto q = QemuProcess::Adopt(dir + "/run", seconds(5));
     // A QEMU that runs but cannot be adopted answers no QMP: a previous

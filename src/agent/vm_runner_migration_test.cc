@@ -116,9 +116,11 @@ TEST_F(VmRunnerMigrationTest, MovesARunningVmBetweenHosts) {
   ASSERT_TRUE(created.ok()) << created.error().message;
   EXPECT_EQ(Out(*a_, "echo before > /root/marker && sync && cat /root/marker"), "before\n");
   const std::string logged = StartLog(*a_);
+  const std::string generation = a_->Get("vm-mig")->vmgenid;
+  EXPECT_TRUE(ValidUuid(generation)) << generation;
 
   MigrationCredential cred = Credential();
-  auto info = b_->PrepareIncoming(IncomingRequest{Spec(), cred, "127.0.0.1"});
+  auto info = b_->PrepareIncoming(IncomingRequest{Spec(), cred, "127.0.0.1", false, generation});
   ASSERT_TRUE(info.ok()) << info.error().message;
   EXPECT_EQ(b_->Get("vm-mig")->state, "creating");
   // The target refuses other operations while it waits.
@@ -144,11 +146,16 @@ TEST_F(VmRunnerMigrationTest, MovesARunningVmBetweenHosts) {
   // Memory the migration got wrong shows as oopses and crashed processes.
   EXPECT_EQ(
       Out(*b_, "dmesg | grep -E 'BUG:|Oops|segfault|general protection|Kernel panic' || true"), "");
+  // The same generation continues: the guest was moved, not cloned, so its
+  // kernel saw no new vmgenid (it would reseed "due to virtual machine fork").
+  EXPECT_EQ(finished->vmgenid, generation);
+  EXPECT_EQ(Out(*b_, "dmesg | grep -c 'virtual machine fork' || true"), "0\n");
 
   // The target's agent restarts: the VM is adopted as an ordinary running VM.
   b_ = std::make_unique<VmRunner>(b_->options());
   ASSERT_TRUE(b_->Recover().ok());
   EXPECT_EQ(b_->Get("vm-mig")->state, "running");
+  EXPECT_EQ(b_->Get("vm-mig")->vmgenid, generation);
   EXPECT_EQ(Out(*b_, "echo after"), "after\n");
   ASSERT_TRUE(b_->Destroy("vm-mig", true).ok());
 }

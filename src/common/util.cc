@@ -67,6 +67,16 @@ std::string NewId(const std::string& prefix) { return prefix + "-" + HexEncode(R
 
 std::string NewToken() { return "vmg_" + HexEncode(RandomBytes(32)); }
 
+bool ValidUuid(const std::string& s) {
+  if (s.size() != 36) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    bool dash_pos = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash_pos != (s[i] == '-')) return false;
+    if (!dash_pos && !std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
+  }
+  return true;
+}
+
 std::string NewUuid() {
   std::string b = RandomBytes(16);
   b[6] = static_cast<char>((b[6] & 0x0f) | 0x40);

@@ -34,6 +34,8 @@ std::string RandomBytes(size_t n);
 
 // RFC 4122 version-4 UUID string.
 std::string NewUuid();
+// 8-4-4-4-12 hex digits, either case (what NewUuid and QEMU's vmgenid take).
+bool ValidUuid(const std::string& s);
 
 // Milliseconds since the Unix epoch.
 int64_t NowMs();

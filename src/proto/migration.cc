@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "common/http_json.h"
+#include "common/util.h"
 
 namespace vmgrid {
 
@@ -74,15 +75,17 @@ Result<MigrationCredential> MigrationCredentialFromJson(const json& j) {
 }
 
 json ToJson(const IncomingRequest& r) {
-  return {{"spec", ToJson(r.spec)},
-          {"credential", ToJson(r.credential)},
-          {"listen_host", r.listen_host},
-          {"cold", r.cold}};
+  json j = {{"spec", ToJson(r.spec)},
+            {"credential", ToJson(r.credential)},
+            {"listen_host", r.listen_host},
+            {"cold", r.cold}};
+  if (!r.vmgenid.empty()) j["vmgenid"] = r.vmgenid;
+  return j;
 }
 
 Result<IncomingRequest> IncomingRequestFromJson(const json& j) {
   VMG_RETURN_IF_ERROR(NeedObject(j, "an incoming migration request"));
-  JsonFields f(j, {"spec", "credential", "listen_host", "cold"});
+  JsonFields f(j, {"spec", "credential", "listen_host", "cold", "vmgenid"});
   VMG_RETURN_IF_ERROR(f.CheckUnknown());
   IncomingRequest r;
   VMG_ASSIGN_OR_RETURN(const json* spec, Object(j, "spec"));
@@ -92,6 +95,8 @@ Result<IncomingRequest> IncomingRequestFromJson(const json& j) {
   VMG_ASSIGN_OR_RETURN(r.listen_host, f.String("listen_host", true));
   if (!IpLiteral(r.listen_host)) return Invalid("listen_host must be an IP address");
   VMG_ASSIGN_OR_RETURN(r.cold, f.Bool("cold", false));
+  VMG_ASSIGN_OR_RETURN(r.vmgenid, f.String("vmgenid", false));
+  if (!r.vmgenid.empty() && !ValidUuid(r.vmgenid)) return Invalid("vmgenid must be a UUID");
   return r;
 }
 

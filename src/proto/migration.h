@@ -40,6 +40,10 @@ struct IncomingRequest {
   // A cold migration of a stopped VM (docs/migration.md): the target takes
   // its disks only, and stays stopped after FinishIncoming.
   bool cold = false;
+  // The source QEMU's generation id (a UUID): the target starts with it, so
+  // the guest does not take the migration for a clone (a new vmgenid makes it
+  // reseed and tell its services it was forked). "": the target picks one.
+  std::string vmgenid = {};
   bool operator==(const IncomingRequest&) const = default;
 };
 nlohmann::json ToJson(const IncomingRequest& r);

@@ -113,6 +113,13 @@ TEST(VmStatusTest, RoundTripsAndIgnoresNewFields) {
   bad["vcpus"] = "two";
   EXPECT_FALSE(VmStatusFromJson(bad).ok());
   EXPECT_FALSE(VmStatusFromJson({{"state", "running"}}).ok()) << "an id is required";
+  s.vmgenid = "0F8FAD5B-D9CB-469F-A165-70867728950E";
+  back = VmStatusFromJson(Wire(ToJson(s)));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(back->vmgenid, s.vmgenid);
+  bad = ToJson(s);
+  bad["vmgenid"] = "0F8FAD5B";
+  EXPECT_FALSE(VmStatusFromJson(bad).ok());
 }
 
 TEST(DurableWorkspaceTest, SpecAndVersionRoundTripStrictly) {
@@ -378,6 +385,16 @@ TEST(MigrationProtoTest, RoundTrips) {
   auto in_back = IncomingRequestFromJson(Wire(ToJson(in)));
   ASSERT_TRUE(in_back.ok()) << in_back.error().message;
   EXPECT_EQ(*in_back, in);
+  EXPECT_FALSE(ToJson(in).contains("vmgenid"));  // an older target accepts it
+  in.vmgenid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+  in_back = IncomingRequestFromJson(Wire(ToJson(in)));
+  ASSERT_TRUE(in_back.ok()) << in_back.error().message;
+  EXPECT_EQ(*in_back, in);
+  for (const char* bad : {"not-a-uuid", "0f8fad5b-d9cb-469f-a165-70867728950e,x", "'; rm -rf /"}) {
+    json j = ToJson(in);
+    j["vmgenid"] = bad;
+    EXPECT_FALSE(IncomingRequestFromJson(j).ok()) << bad;
+  }
   IncomingInfo info{"10.0.0.2", 40001, 40002, {"disk0", "data1"}};
   auto info_back = IncomingInfoFromJson(Wire(ToJson(info)));
   ASSERT_TRUE(info_back.ok()) << info_back.error().message;

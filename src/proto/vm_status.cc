@@ -1,6 +1,7 @@
 #include "proto/vm_status.h"
 
 #include "common/http_json.h"
+#include "common/util.h"
 
 namespace vmgrid {
 
@@ -18,6 +19,7 @@ json ToJson(const VmStatus& s) {
             {"has_checkpoint", s.has_checkpoint},
             {"ready_ms", s.ready_ms},
             {"restart", s.restart}};
+  if (!s.vmgenid.empty()) j["vmgenid"] = s.vmgenid;
   if (!s.durable.empty()) j["durable"] = ToJson(s.durable);
   return j;
 }
@@ -39,6 +41,9 @@ Result<VmStatus> VmStatusFromJson(const json& j) {
   VMG_ASSIGN_OR_RETURN(s.has_checkpoint, f.Bool("has_checkpoint", false));
   VMG_ASSIGN_OR_RETURN(s.ready_ms, f.Int("ready_ms", 0, 0, int64_t{1} << 53));
   VMG_ASSIGN_OR_RETURN(s.restart, f.String("restart", false));
+  VMG_ASSIGN_OR_RETURN(s.vmgenid, f.String("vmgenid", false));
+  if (!s.vmgenid.empty() && !ValidUuid(s.vmgenid))
+    return MakeError(ErrorCode::kInvalidArgument, "VM status: vmgenid is not a UUID");
   if (auto d = j.find("durable"); d != j.end()) {
     VMG_ASSIGN_OR_RETURN(s.durable, DurableVersionFromJson(*d));
   }

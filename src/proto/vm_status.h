@@ -29,6 +29,9 @@ struct VmStatus {
       restart;  // the spec's restart policy ("" unknown): the lease fence guards all but "never"
   // A persistent VM's latest durable version pushed by this host (empty: none).
   DurableVersion durable = {};
+  // The generation id of the VM's running QEMU (a UUID; "" when unknown): a
+  // live migration's target starts with it (IncomingRequest::vmgenid).
+  std::string vmgenid = {};
   bool operator==(const VmStatus&) const = default;
 };
 

@@ -58,16 +58,6 @@ bool ValidId(const std::string& s, size_t max_len) {
   });
 }
 
-bool ValidUuid(const std::string& s) {
-  if (s.size() != 36) return false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    bool dash_pos = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash_pos != (s[i] == '-')) return false;
-    if (!dash_pos && !std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
-  }
-  return true;
-}
-
 // A /proc file's text, or "" if it cannot be read (the process is gone).
 std::string ReadProcFile(const std::string& path) {
   auto text = ReadFile(path, 1 << 20);

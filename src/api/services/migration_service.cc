@@ -189,6 +189,15 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
   if (!key.ok()) return fail(key.error());
   const MigrationCredential credential{key->identity, key->key_hex};
   IncomingRequest incoming{*spec, credential, HostOfUrl(target.url), cold};
+  // The target continues the guest's generation: a new vmgenid would tell the
+  // guest it was cloned. An agent that does not report it (older) leaves the
+  // target to pick one, as before.
+  if (!cold) {
+    auto report = agents_.HostStatus(source);
+    if (!report.ok()) return fail(report.error().Wrap("asking host " + source.name));
+    for (const auto& v : report->vms)
+      if (v.id == vm.id) incoming.vmgenid = v.vmgenid;
+  }
   prepared = true;  // a failed PrepareIncoming removes what it made; an abort is harmless
   auto info = agents_.PrepareIncoming(target, incoming);
   if (!info.ok()) return fail(info.error().Wrap("preparing host " + target.name));

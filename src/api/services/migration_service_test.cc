@@ -21,6 +21,12 @@ class MigrationServiceTest : public MigrationTestBase {
 TEST_P(MigrationServiceTest, SuccessMovesTheHostAndTheReservations) {
   Vm vm = AddVm("a", "running");
   EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 1);
+  // The source reports the guest's generation id; the target must continue it.
+  HostReport source_report;
+  VmStatus running{vm.id, vm.owner_id, "a", "running", "", 4242, 1, 256, false, 100, "never"};
+  running.vmgenid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+  source_report.vms = {running};
+  agent_.status_by_host.insert_or_assign("h1", source_report);
   // While the source sends, the VM is migrating and holds room on both hosts.
   Vm during;
   Host target_during;
@@ -50,10 +56,12 @@ TEST_P(MigrationServiceTest, SuccessMovesTheHostAndTheReservations) {
   EXPECT_EQ(HostNow(h2_.id).reserved_disk_bytes, vm.disk_bytes);
   EXPECT_EQ(*store_->MigrationTarget(vm.id), "");
   EXPECT_EQ(agent_.calls,
-            (std::vector<std::string>{"prepare-incoming h2 " + vm.id, "migrate-out h1 " + vm.id,
-                                      "finish-incoming h2 " + vm.id,
+            (std::vector<std::string>{"status", "prepare-incoming h2 " + vm.id,
+                                      "migrate-out h1 " + vm.id, "finish-incoming h2 " + vm.id,
                                       "confirm-migrate-out h1 " + vm.id + " true"}));
-  // The target got the VM's spec, a one-time key and its own address.
+  // The target got the VM's spec, a one-time key, its own address and the
+  // guest's generation id.
+  EXPECT_EQ(agent_.last_incoming.vmgenid, "0f8fad5b-d9cb-469f-a165-70867728950e");
   EXPECT_EQ(agent_.last_incoming.spec.id, vm.id);
   EXPECT_EQ(agent_.last_incoming.spec.memory_mb, 256);
   EXPECT_EQ(agent_.last_incoming.listen_host, "10.9.8.7");
@@ -97,8 +105,8 @@ TEST_P(MigrationServiceTest, AFailedMigrateOutLeavesTheVmRunningOnItsSource) {
   EXPECT_EQ(HostNow(host_.id).reserved_vcpus, 1);
   EXPECT_EQ(*store_->MigrationTarget(vm.id), "");
   EXPECT_EQ(agent_.calls,
-            (std::vector<std::string>{"prepare-incoming h2 " + vm.id, "migrate-out h1 " + vm.id,
-                                      "abort-incoming h2 " + vm.id,
+            (std::vector<std::string>{"status", "prepare-incoming h2 " + vm.id,
+                                      "migrate-out h1 " + vm.id, "abort-incoming h2 " + vm.id,
                                       "confirm-migrate-out h1 " + vm.id + " false", "status"}));
   auto done = Operation(*op);
   EXPECT_EQ(done["state"], "failed");
@@ -124,8 +132,9 @@ TEST_P(MigrationServiceTest, AFailedFinishResumesTheSource) {
   EXPECT_EQ(after.state, "running");
   EXPECT_EQ(after.host_id, host_.id);
   EXPECT_EQ(HostNow(h2_.id).reserved_vcpus, 0);
-  EXPECT_EQ(agent_.calls[3], "abort-incoming h2 " + vm.id);
-  EXPECT_EQ(agent_.calls[4], "confirm-migrate-out h1 " + vm.id + " false");
+  ASSERT_GE(agent_.calls.size(), 6u);
+  EXPECT_EQ(agent_.calls[4], "abort-incoming h2 " + vm.id);  // after status, prepare, out, finish
+  EXPECT_EQ(agent_.calls[5], "confirm-migrate-out h1 " + vm.id + " false");
 }
 
 TEST_P(MigrationServiceTest, RefusalsChangeNothingAndCallNoAgent) {
