@@ -240,6 +240,26 @@ TEST_F(MigrationGridTest, AForwardFollowsItsVmToTheNewHost) {
   // share 127.0.0.1, and the old listener is gone first).
   EXPECT_EQ(moved.value("listen_port", 0), (*f)["listen_port"].get<int>());
   EXPECT_EQ(echo(moved.value("listen_port", 0)), text);
+
+  // Stopped, it moves cold: the new host records the forward, and it opens
+  // there when the VM starts (a guest booted again starts its server again).
+  ASSERT_TRUE(erin.Post("/v1/vms/" + id + "/stop", json::object()).ok());
+  ASSERT_EQ(WaitVm(erin, id).value("state", ""), "stopped");
+  auto cold = erin.Post("/v1/vms/" + id + "/migrate", json::object());
+  ASSERT_TRUE(cold.ok()) << cold.error().message;
+  auto cold_result = AwaitOperation(erin, cold);
+  ASSERT_TRUE(cold_result.ok()) << cold_result.error().message;
+  std::cout << "[info] cold migration with a forward " << cold_result->dump() << "\n";
+  EXPECT_TRUE(cold_result->value("cold", false)) << cold_result->dump();
+  EXPECT_FALSE(cold_result->contains("warning")) << cold_result->dump();
+  ASSERT_EQ(cold_result->value("forwards", json::array()).size(), 1u) << cold_result->dump();
+  const int cold_port = (*cold_result)["forwards"][0].value("listen_port", 0);
+  EXPECT_EQ(cold_port, moved.value("listen_port", 0));
+  EXPECT_NE(EchoThrough(cold_port, text), text) << "a stopped VM's forward must not be open";
+  ASSERT_TRUE(erin.Post("/v1/vms/" + id + "/resume", json::object()).ok());
+  ASSERT_EQ(WaitVm(erin, id).value("state", ""), "running");
+  ASSERT_EQ(Sh(erin, id, "(nc -ll -p 8080 -e /bin/cat </dev/null >/dev/null 2>&1 &)").first, 0);
+  EXPECT_EQ(echo(cold_port), text);
   DeleteVm(erin, id);
 }
 

@@ -434,19 +434,38 @@ HostNetworks::Totals HostNetworks::totals() const {
   return t;
 }
 
-Result<ForwardInfo> HostNetworks::AddForward(const NicSpec& nic, const ForwardRequest& request) {
+// The checks AddForward and CheckForward share: where it listens, and that
+// the network can carry it.
+static Status ForwardAllowed(const NicSpec& nic, const ForwardRequest& request,
+                             const std::string& tunnel_ip) {
   VMG_ASSIGN_OR_RETURN(vnet::Ipv4Addr listen, vnet::ParseIpv4(request.listen_ip));
-  if ((listen >> 24) != 127 && request.listen_ip != options_.tunnel_ip)
+  if ((listen >> 24) != 127 && request.listen_ip != tunnel_ip)
     return MakeError(ErrorCode::kPermissionDenied,
-                     "a forward listens on loopback or on the host's tunnel address " +
-                         options_.tunnel_ip + ", not on " + request.listen_ip);
-  VMG_ASSIGN_OR_RETURN(vnet::Ipv4Addr guest, vnet::ParseIpv4(nic.ip));
-  std::lock_guard<std::mutex> l(mu_);
-  if (!host_)
-    return MakeError(ErrorCode::kUnavailable, "virtual networks are not running on this host yet");
+                     "a forward listens on loopback or on the host's tunnel address " + tunnel_ip +
+                         ", not on " + request.listen_ip);
+  if (auto guest = vnet::ParseIpv4(nic.ip); !guest.ok()) return guest.error();
   if (!nic.egress)
     return MakeError(ErrorCode::kFailedPrecondition,
                      "network " + nic.network + " has no egress gateway (create it with --egress)");
+  return Status::Ok();
+}
+
+Result<ForwardInfo> HostNetworks::CheckForward(const NicSpec& nic,
+                                               const ForwardRequest& request) const {
+  VMG_RETURN_IF_ERROR(ForwardAllowed(nic, request, options_.tunnel_ip));
+  if (request.listen_port <= 0 || request.listen_port > 65535)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a stopped VM's forward needs its listen port (it is opened at start)");
+  return ForwardInfo{nic.index, nic.ip, request.guest_port, request.listen_ip, request.listen_port};
+}
+
+Result<ForwardInfo> HostNetworks::AddForward(const NicSpec& nic, const ForwardRequest& request) {
+  VMG_RETURN_IF_ERROR(ForwardAllowed(nic, request, options_.tunnel_ip));
+  vnet::Ipv4Addr listen = *vnet::ParseIpv4(request.listen_ip);
+  vnet::Ipv4Addr guest = *vnet::ParseIpv4(nic.ip);
+  std::lock_guard<std::mutex> l(mu_);
+  if (!host_)
+    return MakeError(ErrorCode::kUnavailable, "virtual networks are not running on this host yet");
   VMG_ASSIGN_OR_RETURN(uint16_t port,
                        host_->AddForward(nic.vni, guest, static_cast<uint16_t>(request.guest_port),
                                          listen, static_cast<uint16_t>(request.listen_port)));

@@ -80,6 +80,10 @@ class HostNetworks {
   // listen_ip: loopback or the tunnel address (nothing else of the host is
   // opened to users).
   Result<ForwardInfo> AddForward(const NicSpec& nic, const ForwardRequest& request);
+  // AddForward's checks without opening anything: the forward of a stopped
+  // VM, made when it starts (then AddForward may still find its port taken).
+  // The answer has the requested port (which must not be 0).
+  Result<ForwardInfo> CheckForward(const NicSpec& nic, const ForwardRequest& request) const;
   Status RemoveForward(const NicSpec& nic, const std::string& listen_ip, int listen_port);
 
   // Removes the VM's ports (those that exist).

@@ -202,12 +202,30 @@ Status VmRunner::SaveForwards(const std::string& id, const std::vector<ForwardIn
 Result<ForwardInfo> VmRunner::AddForward(const std::string& id, const ForwardRequest& request) {
   VMG_ASSIGN_OR_RETURN(auto vm, Find(id));
   std::lock_guard<std::mutex> op(vm->op_mu);
-  VMG_RETURN_IF_ERROR(RunningAndIdle(*vm));
+  RefreshLiveness(*vm);
+  // A stopped VM's forward is recorded and opened when it starts (AttachNics):
+  // how a cold migration's target takes over the forwards of the VM it got.
+  const bool stopped = vm->State() == VmState::kStopped && !vm->qemu && vm->Migration().empty();
+  if (!stopped) VMG_RETURN_IF_ERROR(RunningAndIdle(*vm));
   if (request.nic < 0 || static_cast<size_t>(request.nic) >= vm->spec.nics.size())
     return MakeError(ErrorCode::kInvalidArgument,
                      "VM " + id + " has no NIC " + std::to_string(request.nic));
   if (!options_.networks)
     return MakeError(ErrorCode::kFailedPrecondition, "this host runs no virtual networks");
+  if (stopped) {
+    const NicSpec& nic = vm->spec.nics[static_cast<size_t>(request.nic)];
+    VMG_ASSIGN_OR_RETURN(ForwardInfo f, options_.networks->CheckForward(nic, request));
+    std::vector<ForwardInfo> all = LoadForwards(id);
+    for (const ForwardInfo& other : all)
+      if (other.listen_ip == f.listen_ip && other.listen_port == f.listen_port)
+        return MakeError(
+            ErrorCode::kAlreadyExists,
+            "VM " + id + " already forwards " + f.listen_ip + ":" + std::to_string(f.listen_port));
+    all.push_back(f);
+    if (Status st = SaveForwards(id, all); !st.ok())
+      return ForUser(st.error(), "forward of VM " + id);
+    return f;
+  }
   VMG_ASSIGN_OR_RETURN(
       ForwardInfo f,
       options_.networks->AddForward(vm->spec.nics[static_cast<size_t>(request.nic)], request));
@@ -1605,7 +1623,10 @@ Result<MigrationResult> VmRunner::MigrateOutCold(Vm& vm, const MigrateOutRequest
   if (!stats.ok()) return ForUser(stats.error(), "cold migration of VM " + id);
   spdlog::info("VM {} (stopped) migrated out in {} ms (disk {} bytes)", id, stats->total_ms,
                stats->disk_bytes);
-  return MigrationResult{stats->total_ms, stats->mirror_ms, 0, 0, 0, stats->disk_bytes, {}};
+  MigrationResult result{stats->total_ms, stats->mirror_ms, 0, 0, 0, stats->disk_bytes, {}};
+  result.forwards = LoadForwards(id);  // the target records them; they open at its start
+  if (result.forwards.size() > 64) result.forwards.resize(64);
+  return result;
 }
 
 // A kernel oops with its call trace and register dump is 4-6 KB.

@@ -230,7 +230,7 @@ Result<json> MigrationService::Run(const std::string& op_id, const Vm& vm, const
         "the paused copy on host " + source.name + " was not removed: " + confirmed.error().message;
   }
   out.erase("forwards");  // the source's; the answer names those made on the target
-  if (!cold && confirmed.ok()) AddForwardsOnTarget(vm, target, *result, out);
+  if (confirmed.ok()) AddForwardsOnTarget(vm, target, *result, out);
   out["vm_id"] = vm.id;
   out["from"] = source.name;
   out["to"] = target.name;
@@ -257,6 +257,8 @@ void MigrationService::AddForwardsOnTarget(const Vm& vm, const Host& target,
   // After the source's copy is gone (and its listeners with it), the same
   // guest ports are forwarded on the target, on the same listen port when
   // it is free there. One that cannot be made is a warning: the VM runs.
+  // A cold-migrated (stopped) VM's forwards are recorded on the target with
+  // their ports and open when it starts there.
   json added = json::array();
   std::string failed;
   for (const ForwardInfo& f : result.forwards) {
