@@ -14,6 +14,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "api/controller.h"
 #include "client/api_client.h"
@@ -46,12 +47,13 @@ class EventRoutesTest : public ::testing::Test {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
   }
-  void StartController() {
+  // http_threads / 4 is also the cap on all users' followers at once.
+  void StartController(int http_threads = 16) {
     ControllerOptions o;
     o.listen = "127.0.0.1:0";
     o.state_dir = dir_;
     o.tls.plain_http = true;
-    o.http_threads = 16;
+    o.http_threads = http_threads;
     controller_ = std::make_unique<Controller>(o);
     auto st = controller_->Start();
     ASSERT_TRUE(st.ok()) << st.error().message;
@@ -177,6 +179,34 @@ TEST_F(EventRoutesTest, VmLongPollAnswersWhenTheStateChanges) {
     ASSERT_FALSE(r.ok()) << bad;
     EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << bad;
   }
+}
+
+// A VM's long poll holds a follower's slot: a user with --max-followers-per-user
+// (4) waits open gets 429 for the next, not a controller thread, while another
+// user still waits at once; a slot comes back when its wait ends. (With 16
+// threads all users' followers are capped at 4 too: 64 threads allow 16.)
+TEST_F(EventRoutesTest, VmLongPollsOfOneUserAreBoundedByTheFollowerLimit) {
+  controller_.reset();
+  StartController(64);
+  const std::string a = AddVmWithHistory("alice", "a");
+  const std::string b = AddVmWithHistory("bob", "b");
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < 4; ++i)
+    waiters.emplace_back([&] {
+      auto r = Client(tokens_["alice"]).Get("/v1/vms/" + a + "?while=running&wait=3");
+      EXPECT_TRUE(r.ok()) << r.error().message;
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // all four are waiting
+  auto fifth = Client(tokens_["alice"]).Get("/v1/vms/" + a + "?while=running&wait=3");
+  ASSERT_FALSE(fifth.ok());
+  EXPECT_EQ(fifth.error().code, ErrorCode::kTooManyRequests) << fifth.error().message;
+  // Without `while` it is an ordinary read, not a follower.
+  EXPECT_TRUE(Client(tokens_["alice"]).Get("/v1/vms/" + a).ok());
+  auto bobs = Client(tokens_["bob"]).Get("/v1/vms/" + b + "?while=running&wait=1");
+  EXPECT_TRUE(bobs.ok()) << bobs.error().message;
+  for (auto& t : waiters) t.join();
+  auto again = Client(tokens_["alice"]).Get("/v1/vms/" + a + "?while=running&wait=1");
+  EXPECT_TRUE(again.ok()) << again.error().message;
 }
 
 // Every VM's history can be read back after a controller restart.
