@@ -117,12 +117,15 @@ TEST_F(MachineOpsTest, CheckpointAndResumeWithoutGuest) {
   ASSERT_EQ(Sh("qemu-img info " + P("ckpt/disk.qcow2") +
                " | grep -q 'backing file: " + P("base.raw") + "'"),
             0);
-  ASSERT_EQ(
-      Sh("qemu-img create -q -f qcow2 -b " + P("ckpt/disk.qcow2") + " -F qcow2 " + P("top2.qcow2")),
-      0);
-  ASSERT_TRUE(GiveTo(P("top2.qcow2"), runas));
+  // A new overlay on the checkpoint's disk, for a QEMU that resumes it.
+  auto overlay_on_checkpoint = [&](const std::string& name) {
+    EXPECT_EQ(Sh("qemu-img create -q -f qcow2 -b " + P("ckpt/disk.qcow2") + " -F qcow2 " + P(name)),
+              0);
+    EXPECT_TRUE(GiveTo(P(name), runas));
+    return P(name);
+  };
   c.vm_id = "ops-dst";
-  c.disk_path = P("top2.qcow2");
+  c.disk_path = overlay_on_checkpoint("top2.qcow2");
   c.run_dir = P("run2");
   c.incoming = true;
   c.vmgenid = RandomUuid();
@@ -136,14 +139,11 @@ TEST_F(MachineOpsTest, CheckpointAndResumeWithoutGuest) {
   EXPECT_EQ(*QueryStatus((*dst)->qmp()), "running");
   ASSERT_TRUE((*dst)->Quit(seconds(10)).ok());
 
-  // The same state handed to QEMU at exec (-incoming fd:3): the load overlaps
-  // QEMU's start, and QEMU's user, who cannot open the 0600 file, needs not.
-  ASSERT_EQ(
-      Sh("qemu-img create -q -f qcow2 -b " + P("ckpt/disk.qcow2") + " -F qcow2 " + P("top3.qcow2")),
-      0);
-  ASSERT_TRUE(GiveTo(P("top3.qcow2"), runas));
+  // The same state handed to QEMU at exec (-incoming fd:3): the load starts as
+  // QEMU finishes initializing, and QEMU's user, who cannot open the 0600
+  // file, needs not.
   c.vm_id = "ops-dst2";
-  c.disk_path = P("top3.qcow2");
+  c.disk_path = overlay_on_checkpoint("top3.qcow2");
   c.run_dir = P("run3");
   c.incoming_file = P("ckpt/memory.state");
   c.vmgenid = RandomUuid();
