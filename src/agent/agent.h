@@ -22,6 +22,7 @@
 #include "common/metrics.h"
 #include "common/metrics_server.h"
 #include "common/result.h"
+#include "proto/host_report.h"
 
 namespace httplib {
 class Server;
@@ -89,6 +90,7 @@ class Agent : public AgentHost {
   // lease the heartbeats renew runs out. Used by the heartbeat thread only.
   std::unique_ptr<LeaseFence> fence_;
   std::map<std::string, pid_t> fence_pids_;  // VM id -> QEMU pid last seen; heartbeat thread
+  VmListAck vms_ack_;                        // heartbeat thread
   std::thread server_thread_, heartbeat_thread_;
   std::thread durable_thread_;  // interval pushes of durable workspaces
   std::atomic<bool> stop_{false};

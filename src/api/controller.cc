@@ -637,6 +637,17 @@ void Controller::AddMetricsCollectors() {
         .Add({{"service", "images"}}, static_cast<double>(images_->failed_writes()))
         .Add({{"service", "migrations"}}, static_cast<double>(migrations_->failed_writes()));
     out.push_back(std::move(failed));
+    const auto beats = hosts_->heartbeat_counts();
+    FamilySnapshot heartbeats{
+        "vmgrid_heartbeats_total",
+        "Hosts' heartbeats by how they gave their VM list: full, same_as (the digest of the list "
+        "last acknowledged), unknown_digest (refused; the host then sends it in full).",
+        Type::kCounter,
+        {}};
+    heartbeats.Add({{"vms", "full"}}, static_cast<double>(beats.full))
+        .Add({{"vms", "same_as"}}, static_cast<double>(beats.same_as))
+        .Add({{"vms", "unknown_digest"}}, static_cast<double>(beats.unknown_digest));
+    out.push_back(std::move(heartbeats));
     // Events the stream lost (each logged); the operations they record went on.
     FamilySnapshot lost{"vmgrid_event_write_failures_total",
                         "Events of the event stream that could not be written (logged).",

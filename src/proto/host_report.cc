@@ -1,5 +1,7 @@
 #include "proto/host_report.h"
 
+#include <algorithm>
+
 #include "common/http_json.h"
 
 namespace vmgrid {
@@ -18,9 +20,18 @@ json ToJson(const HostCapacityReport& c) {
           {"arch", c.arch}};
 }
 
+bool ValidVmsDigest(const std::string& digest) {
+  return !digest.empty() && digest.size() <= 64 &&
+         std::all_of(digest.begin(), digest.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
 json ToJson(const HostReport& r) {
   json vms = json::array();
-  for (const auto& v : r.vms) vms.push_back(ToJson(v));
+  if (!r.vms_same_as.empty())
+    vms = json{{"same_as", r.vms_same_as}};
+  else
+    for (const auto& v : r.vms) vms.push_back(ToJson(v));
   json out = {{"name", r.name}, {"url", r.url}, {"capacity", ToJson(r.capacity)}, {"vms", vms}};
   if (!r.images.is_null()) out["images"] = r.images;
   if (r.tunnel) out["tunnel"] = ToJson(*r.tunnel);
@@ -63,8 +74,17 @@ Result<ParsedHostReport> HostReportFromJson(const json& j) {
   auto cap = j.find("capacity");
   if (cap == j.end()) return MakeError(ErrorCode::kInvalidArgument, "capacity must be an object");
   VMG_ASSIGN_OR_RETURN(r.capacity, HostCapacityFromJson(*cap));
-  if (auto vms = j.find("vms"); vms != j.end() && !vms->is_null()) {
-    if (!vms->is_array()) return MakeError(ErrorCode::kInvalidArgument, "vms must be an array");
+  if (auto vms = j.find("vms"); vms != j.end() && vms->is_object()) {
+    JsonFields vf(*vms, {"same_as"});
+    VMG_RETURN_IF_ERROR(vf.CheckUnknown());
+    VMG_ASSIGN_OR_RETURN(r.vms_same_as, vf.String("same_as", true));
+    if (!ValidVmsDigest(r.vms_same_as))
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "vms.same_as must be a VM-list digest (1 to 64 hex digits)");
+  } else if (vms != j.end() && !vms->is_null()) {
+    if (!vms->is_array())
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "vms must be an array or {\"same_as\": DIGEST}");
     for (const auto& v : *vms) {
       auto s = VmStatusFromJson(v);
       if (s.ok())
@@ -94,6 +114,7 @@ json ToJson(const HeartbeatReply& r) {
   if (r.networks) j["networks"] = ToJson(*r.networks);
   if (r.lease_ms > 0) j["lease_ms"] = r.lease_ms;
   if (!r.stale_vms.empty()) j["stale_vms"] = r.stale_vms;
+  if (!r.vms_digest.empty()) j["vms_digest"] = r.vms_digest;
   return j;
 }
 
@@ -106,10 +127,26 @@ Result<HeartbeatReply> HeartbeatReplyFromJson(const json& j) {
   // A week at most: a lease is seconds; anything longer is a bug.
   VMG_ASSIGN_OR_RETURN(r.lease_ms, f.Int("lease_ms", 0, 0, int64_t{7} * 24 * 3600 * 1000));
   VMG_ASSIGN_OR_RETURN(r.stale_vms, f.StringList("stale_vms", false, 100000));
+  VMG_ASSIGN_OR_RETURN(r.vms_digest, f.String("vms_digest", false));
+  if (!r.vms_digest.empty() && !ValidVmsDigest(r.vms_digest))
+    return MakeError(ErrorCode::kInvalidArgument, "vms_digest must be 1 to 64 hex digits");
   if (auto n = j.find("networks"); n != j.end() && !n->is_null()) {
     VMG_ASSIGN_OR_RETURN(r.networks, HostNetworkPlanFromJson(*n));
   }
   return r;
+}
+
+bool VmListAck::Shorten(HostReport& report) const {
+  if (digest_.empty() || report.vms != vms_) return false;
+  report.vms.clear();
+  report.vms_same_as = digest_;
+  return true;
+}
+
+void VmListAck::Acknowledged(std::vector<VmStatus> vms, const std::string& digest) {
+  if (digest.empty() || !ValidVmsDigest(digest)) return Forget();
+  digest_ = digest;
+  vms_ = std::move(vms);
 }
 
 }  // namespace vmgrid

@@ -54,8 +54,17 @@ struct HostReport {
   // The host's virtual switches' counters (HostNetworks::Stats: per port
   // and per network, drops by reason); null without. Shown, not parsed.
   nlohmann::json networks;
+  // A heartbeat that leaves `vms` out: the host's VM list is the one the
+  // controller acknowledged with this digest (HeartbeatReply::vms_digest).
+  // On the wire `"vms": {"same_as": DIGEST}`, so a controller that predates
+  // it refuses the report (vms must be an array) instead of reading an
+  // empty list, and the agent sends the list in full.
+  std::string vms_same_as = {};
   bool operator==(const HostReport&) const = default;
 };
+
+// A VM-list digest (HeartbeatReply::vms_digest): 1 to 64 lowercase hex digits.
+bool ValidVmsDigest(const std::string& digest);
 
 nlohmann::json ToJson(const HostCapacityReport& c);
 nlohmann::json ToJson(const HostReport& r);
@@ -65,7 +74,8 @@ nlohmann::json ToJson(const HostReport& r);
 Result<HostCapacityReport> HostCapacityFromJson(const nlohmann::json& j);
 // Strict on types: name and url required (the name a valid host name; the
 // URL's form is the controller's policy), capacity an object, vms an array
-// of VM statuses (an entry that does not parse is dropped and counted in
+// of VM statuses or {"same_as": DIGEST} (vms_same_as; the digest checked
+// for form only) (an entry that does not parse is dropped and counted in
 // `dropped_vms`: one odd VM must not silence a host's heartbeats), images an
 // object if present. Fields a newer agent adds are ignored, so agents can be
 // upgraded before their controller.
@@ -91,8 +101,32 @@ struct HeartbeatReply {
   // a minute): the agent destroys them before it resumes anything
   // (docs/host-failure.md, docs/vm-lifecycle.md "After a crash").
   std::vector<std::string> stale_vms = {};
+  // The digest of the VM list this heartbeat reported (empty: not kept; a
+  // controller that predates it never sends one). While its VM list stays
+  // the same the agent sends `vms_same_as` = this digest instead of the
+  // list (docs/infosvc.md, "Heartbeats").
+  std::string vms_digest = {};
 };
 nlohmann::json ToJson(const HeartbeatReply& r);
 Result<HeartbeatReply> HeartbeatReplyFromJson(const nlohmann::json& j);
+
+// A host's side of the VM-list digest: the list its controller last
+// acknowledged. A heartbeat whose list is that one names the digest instead
+// (Shorten); a refused short heartbeat is sent again in full at once
+// (Forget, then the list). Not thread-safe: one per host's heartbeat loop.
+class VmListAck {
+ public:
+  // Replaces report.vms by vms_same_as if they are the acknowledged list;
+  // returns whether it did.
+  bool Shorten(HostReport& report) const;
+  // An answered heartbeat that reported `vms`: remembers them with the
+  // digest of the answer (forgets them if it has none).
+  void Acknowledged(std::vector<VmStatus> vms, const std::string& digest);
+  void Forget() { digest_.clear(), vms_.clear(); }
+
+ private:
+  std::string digest_;
+  std::vector<VmStatus> vms_;
+};
 
 }  // namespace vmgrid

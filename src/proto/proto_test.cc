@@ -215,6 +215,67 @@ TEST(HostReportTest, Strictness) {
   EXPECT_FALSE(HeartbeatReplyFromJson(bad).ok());
 }
 
+TEST(HostReportTest, AVmListNamedByItsDigest) {
+  HostReport r;
+  r.name = "h1";
+  r.url = "http://127.0.0.1:1";
+  r.vms_same_as = "00ff12ab";
+  json wire = Wire(ToJson(r));
+  EXPECT_EQ(wire["vms"], json({{"same_as", "00ff12ab"}})) << "never an array an old controller "
+                                                             "would read as no VMs";
+  auto back = HostReportFromJson(wire);
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(back->report, r);
+  EXPECT_TRUE(back->report.vms.empty());
+  for (const json& bad : {json{{"same_as", "XYZ"}}, json{{"same_as", ""}}, json{{"same_as", 5}},
+                          json::object(), json{{"same_as", "ab"}, {"also", 1}},
+                          json{{"same_as", std::string(65, 'a')}}, json{{"same_as", "AB"}}}) {
+    json j = wire;
+    j["vms"] = bad;
+    EXPECT_FALSE(HostReportFromJson(j).ok()) << bad.dump();
+  }
+  HeartbeatReply reply{"host-1"};
+  reply.vms_digest = "0123456789abcdef";
+  auto rb = HeartbeatReplyFromJson(Wire(ToJson(reply)));
+  ASSERT_TRUE(rb.ok()) << rb.error().message;
+  EXPECT_EQ(rb->vms_digest, reply.vms_digest);
+  EXPECT_EQ(HeartbeatReplyFromJson(Wire(ToJson(HeartbeatReply{"host-1"})))->vms_digest, "")
+      << "a controller that predates it sends none";
+  json bad = ToJson(reply);
+  bad["vms_digest"] = "not hex";
+  EXPECT_FALSE(HeartbeatReplyFromJson(bad).ok());
+}
+
+TEST(HostReportTest, VmListAckShortensOnlyTheAcknowledgedList) {
+  VmStatus a;
+  a.id = "vm-a";
+  a.state = "running";
+  HostReport r;
+  r.vms = {a};
+  VmListAck ack;
+  EXPECT_FALSE(ack.Shorten(r)) << "nothing acknowledged yet";
+  ack.Acknowledged({a}, "abc1");
+  HostReport same = r;
+  ASSERT_TRUE(ack.Shorten(same));
+  EXPECT_TRUE(same.vms.empty());
+  EXPECT_EQ(same.vms_same_as, "abc1");
+  HostReport changed = r;
+  changed.vms[0].state = "paused";
+  EXPECT_FALSE(ack.Shorten(changed)) << "a changed list travels in full";
+  EXPECT_EQ(changed.vms.size(), 1u);
+  EXPECT_TRUE(changed.vms_same_as.empty());
+  HostReport none;
+  EXPECT_FALSE(ack.Shorten(none)) << "an emptied list is a change too";
+  ack.Acknowledged({a}, "");  // an answer without a digest (an older controller)
+  HostReport again = r;
+  EXPECT_FALSE(ack.Shorten(again));
+  ack.Acknowledged({a}, "abc1");
+  ack.Forget();
+  EXPECT_FALSE(ack.Shorten(again));
+  ack.Acknowledged({a}, "NOT-HEX");
+  EXPECT_FALSE(ack.Shorten(again)) << "a malformed digest is never sent back";
+}
+
 TEST(FutureIdTest, RoundTripsAndRefusesOthers) {
   FutureId f{"img-0a1b2c3d4e", "host-5f6a7b8c9d", "resume"};
   EXPECT_EQ(f.ToString(), "fut-img-0a1b2c3d4e-host-5f6a7b8c9d-resume");

@@ -366,6 +366,42 @@ TEST_F(SimGridTest, VirtualNetworksBelongToTheirOwnersAndGiveVmsCards) {
 // their VMs once each, oldest first, and nobody else's; another user's
 // cursor lists nothing of the first user's; bad paging parameters are a
 // 400 naming what is wrong; the CLI reads every page, or one with --limit.
+// Heartbeats name an unchanged VM list by its digest (docs/infosvc.md,
+// "Heartbeats"); a restarted controller knows no digest, refuses those, and
+// gets every list in full at once: no host goes suspect, no VM is lost.
+TEST_F(SimGridTest, HeartbeatsNameUnchangedVmListsAndARestartedControllerGetsThemInFull) {
+  ImportDisk("tiny");
+  ApiClient admin = Admin();
+  WaitHostsUp(kHosts);
+  ASSERT_TRUE(admin.Post("/v1/vms", {{"image", "tiny"}, {"name", "keep"}}).ok());
+  auto vm = PollUntil(
+      admin, "/v1/vms/keep", [](const json& j) { return j["state"] == "running"; }, seconds(30));
+  ASSERT_TRUE(vm.ok()) << vm.error().message;
+  // Two rounds (2 s apart): every host has had a list acknowledged and
+  // names it since.
+  const auto deadline = std::chrono::steady_clock::now() + seconds(30);
+  while (sim_->stats().heartbeats_same_as < 2 * kHosts &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_GE(sim_->stats().heartbeats_same_as, 2 * kHosts);
+  EXPECT_EQ(sim_->stats().heartbeats_same_as_refused, 0);
+
+  ASSERT_TRUE(controller_->Restart().ok());
+  const int64_t restarted = NowMs();
+  const auto failed_before = sim_->stats().heartbeats_failed;
+  while (sim_->HostsHeartbeatedSince(restarted) < kHosts &&
+         std::chrono::steady_clock::now() < deadline + seconds(30))
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_EQ(sim_->HostsHeartbeatedSince(restarted), kHosts);
+  const auto st = sim_->stats();
+  EXPECT_GE(st.heartbeats_same_as_refused, kHosts) << "each host's first named list was refused";
+  EXPECT_EQ(st.heartbeats_failed, failed_before) << "and its list then sent in full was answered";
+  auto shown = admin.Get("/v1/vms/keep");
+  ASSERT_TRUE(shown.ok()) << shown.error().message;
+  EXPECT_EQ((*shown)["state"], "running");
+  WaitHostsUp(kHosts);
+}
+
 TEST_F(SimGridTest, ListsPageWithCursorsThatRevealNothing) {
   WaitHostsUp(kHosts);
   ImportDisk("disk-only");

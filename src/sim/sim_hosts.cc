@@ -79,6 +79,7 @@ SimHosts::SimHosts(SimHostsOptions options) : options_(std::move(options)) {
   host_tokens_.resize(hosts_.size());
   api_tokens_.resize(hosts_.size());
   last_ok_ms_.resize(hosts_.size(), 0);
+  vms_acks_.resize(hosts_.size());
 }
 
 SimHosts::~SimHosts() {
@@ -133,6 +134,8 @@ SimHosts::Stats SimHosts::stats() const {
   s.heartbeat_us_total = heartbeat_us_;
   s.registered = registered_;
   s.vm_operations = vm_ops_;
+  s.heartbeats_same_as = same_as_;
+  s.heartbeats_same_as_refused = same_as_refused_;
   return s;
 }
 
@@ -248,8 +251,23 @@ void SimHosts::SendHeartbeat(const ApiClient& controller, int index) {
     api_tokens_[static_cast<size_t>(index)] = (*reg)["agent_api_token"];
   }
   auto t0 = Clock::now();
-  auto r = ApiClient(options_.controller_url, host_token, controller.options())
-               .Post("/v1/agent/heartbeat", ToJson(Report(index)));
+  // As agents do: the VM list only when it changed since it was acknowledged.
+  const ApiClient client(options_.controller_url, host_token, controller.options());
+  VmListAck& ack = vms_acks_[static_cast<size_t>(index)];
+  HostReport report = Report(index);
+  std::vector<VmStatus> vms = report.vms;
+  Result<nlohmann::json> r = MakeError(ErrorCode::kInternal, "not sent");
+  if (ack.Shorten(report)) {
+    ++same_as_;
+    r = client.Post("/v1/agent/heartbeat", ToJson(report));
+    if (!r.ok()) {
+      ++same_as_refused_;
+      ack.Forget();
+      report.vms = vms;
+      report.vms_same_as.clear();
+    }
+  }
+  if (report.vms_same_as.empty()) r = client.Post("/v1/agent/heartbeat", ToJson(report));
   if (!r.ok()) {
     ++heartbeats_failed_;
     if (!failing_.exchange(true))
@@ -263,6 +281,7 @@ void SimHosts::SendHeartbeat(const ApiClient& controller, int index) {
   if (failing_.exchange(false))
     spdlog::info("sim-hosts: heartbeats to {} work again", options_.controller_url);
   auto reply = HeartbeatReplyFromJson(*r);
+  ack.Acknowledged(std::move(vms), reply.ok() ? reply->vms_digest : "");
   std::string id = reply.ok() ? reply->host_id : "";
   std::lock_guard<std::mutex> l(ids_mu_);
   last_ok_ms_[static_cast<size_t>(index)] = answered_ms;
@@ -361,7 +380,9 @@ void SimHosts::InstallControlRoutes() {
                  {"heartbeats_failed", st.heartbeats_failed},
                  {"heartbeat_us_total", st.heartbeat_us_total},
                  {"registered", st.registered},
-                 {"vm_operations", st.vm_operations}};
+                 {"vm_operations", st.vm_operations},
+                 {"heartbeats_same_as", st.heartbeats_same_as},
+                 {"heartbeats_same_as_refused", st.heartbeats_same_as_refused}};
     if (*since >= 0) body["hosts_heartbeated_since"] = HostsHeartbeatedSince(*since);
     SendJson(res, 200, body);
   });

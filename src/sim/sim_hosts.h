@@ -133,6 +133,10 @@ class SimHosts {
     int64_t heartbeat_us_total = 0;  // summed round trips of successful heartbeats
     int registered = 0;              // hosts with at least one successful heartbeat
     int64_t vm_operations = 0;       // agent API calls that changed a VM
+    // Heartbeats sent with the digest of the acknowledged VM list instead of
+    // the list, and those of them refused (each then sent again in full).
+    int64_t heartbeats_same_as = 0;
+    int64_t heartbeats_same_as_refused = 0;
   };
   Stats stats() const;
   // Hosts whose last heartbeat the controller answered at or after `wall_ms`
@@ -169,8 +173,11 @@ class SimHosts {
   std::vector<std::string>
       api_tokens_;  // controller -> host ("" before registering); guarded by ids_mu_
   std::vector<int64_t> last_ok_ms_;  // NowMs() of the last answered heartbeat; guarded by ids_mu_
+  // Per host: its acknowledged VM list; touched by its heartbeat thread only.
+  std::vector<VmListAck> vms_acks_;
 
-  std::atomic<int64_t> heartbeats_ok_{0}, heartbeats_failed_{0}, heartbeat_us_{0}, vm_ops_{0};
+  std::atomic<int64_t> heartbeats_ok_{0}, heartbeats_failed_{0}, heartbeat_us_{0}, vm_ops_{0},
+      same_as_{0}, same_as_refused_{0};
   std::atomic<int> registered_{0};
   std::atomic<bool> failing_{false};
 };

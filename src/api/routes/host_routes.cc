@@ -57,6 +57,9 @@ void InstallAgentRoutes(RouteInstaller& s, HostService& hosts) {
                           name, parsed.dropped_vms);
            VMG_ASSIGN_OR_RETURN(HeartbeatReply reply,
                                 hosts.Heartbeat(c.user.name, parsed.report, req.remote_addr));
+           // Entries that did not parse are left out of what the digest
+           // names: the host keeps sending its list, and the warning above.
+           if (parsed.dropped_vms > 0) reply.vms_digest.clear();
            return Reply{200, ToJson(reply)};
          },
          {"host"});

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <utility>
 
 #include "api/host_credentials.h"
@@ -68,6 +69,36 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
     return MakeError(ErrorCode::kPermissionDenied,
                      "this credential belongs to host '" + caller + "', not '" + report.name + "'");
   VMG_RETURN_IF_ERROR(CheckAgentUrl(report.url));
+  // The VM list: in full (kept with its digest for the next heartbeats), or
+  // named by the digest this controller gave it. Checked before anything is
+  // written: a refused heartbeat counts for nothing, and the agent sends
+  // the list in full at once.
+  std::shared_ptr<const std::vector<VmStatus>> reported;
+  std::string digest;
+  if (!report.vms_same_as.empty()) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = reported_.find(report.name);
+    if (it == reported_.end() || it->second.digest != report.vms_same_as) {
+      ++beats_unknown_digest_;
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "this controller does not know the VM list with digest " +
+                           report.vms_same_as + " of host " + report.name +
+                           "; send the list in full");
+    }
+    reported = it->second.vms;
+    digest = it->second.digest;
+    ++beats_same_as_;
+  } else {
+    json all = json::array();
+    for (const auto& v : report.vms) all.push_back(ToJson(v));
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016zx", std::hash<std::string>{}(all.dump()));
+    digest = hex;
+    reported = std::make_shared<const std::vector<VmStatus>>(report.vms);
+    std::lock_guard<std::mutex> l(mu_);
+    reported_[report.name] = {digest, reported};
+    ++beats_full_;
+  }
   const HostCapacityReport& cap = report.capacity;
   HostCapacity hc{cap.vcpus, cap.memory_mb, cap.disk_mb, cap.kvm};
   hc.disk_total_bytes = cap.disk_total_bytes;
@@ -97,31 +128,36 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
   // told which VMs are no longer its own, and those are not reconciled.
   HostFailureService::Renewal renewal;
   if (failures_) {
-    VMG_ASSIGN_OR_RETURN(renewal, failures_->Renew(host, report.vms));
+    VMG_ASSIGN_OR_RETURN(renewal, failures_->Renew(host, *reported));
   }
   std::vector<VmStatus> own;
-  for (const auto& v : report.vms)
+  for (const auto& v : *reported)
     if (std::find(renewal.stale_vms.begin(), renewal.stale_vms.end(), v.id) ==
         renewal.stale_vms.end())
       own.push_back(v);
   // A report that already matched the records, while no record on the host
   // changed since, needs no reconciling (most heartbeats of a steady grid).
-  json vms = json::array();
-  for (const auto& v : own) vms.push_back(ToJson(v));
-  const size_t digest = std::hash<std::string>{}(vms.dump());
+  // Without stale VMs the list is the whole report, whose digest is known.
+  size_t own_digest = std::hash<std::string>{}(digest);
+  if (own.size() != reported->size()) {
+    json vms = json::array();
+    for (const auto& v : own) vms.push_back(ToJson(v));
+    own_digest = std::hash<std::string>{}(vms.dump());
+  }
   const uint64_t version = index_.VmVersion(host.id);
   bool same;
   {
     std::lock_guard<std::mutex> l(mu_);
     auto it = reconciled_.find(host.id);
-    same = it != reconciled_.end() && it->second == std::make_pair(digest, version) && version != 0;
+    same = it != reconciled_.end() && it->second == std::make_pair(own_digest, version) &&
+           version != 0;
   }
   std::vector<std::string> unrecorded;
   if (!same) {
     bool clean = Reconcile(host, own, clock_.NowMs(), &unrecorded) && renewal.stale_vms.empty();
     std::lock_guard<std::mutex> l(mu_);
     if (clean)
-      reconciled_[host.id] = {digest, version};
+      reconciled_[host.id] = {own_digest, version};
     else
       reconciled_.erase(host.id);
   }
@@ -134,6 +170,7 @@ Result<HeartbeatReply> HostService::Heartbeat(const std::string& caller, const H
   reply.lease_ms = renewal.lease_ms;
   reply.stale_vms = std::move(renewal.stale_vms);
   reply.stale_vms.insert(reply.stale_vms.end(), unrecorded.begin(), unrecorded.end());
+  reply.vms_digest = digest;
   // Without its plan a host keeps the last one it had: say nothing rather
   // than something wrong.
   if (auto plan = NetworkPlanFor(host); plan.ok())

@@ -9,13 +9,16 @@
 // Thread-safe: every method (heartbeats of many hosts arrive at once).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -105,6 +108,19 @@ class HostService {
   // What the store's writes dropped by reconciliation count (each is logged).
   int64_t failed_writes() const { return failed_writes_.total(); }
 
+  // Heartbeats answered since the start, by how they gave their VM list:
+  // in full, or by the digest of the list last acknowledged; and those
+  // refused because this controller does not know that digest (the agent
+  // then sends the list in full).
+  struct HeartbeatCounts {
+    int64_t full = 0;
+    int64_t same_as = 0;
+    int64_t unknown_digest = 0;
+  };
+  HeartbeatCounts heartbeat_counts() const {
+    return {beats_full_.load(), beats_same_as_.load(), beats_unknown_digest_.load()};
+  }
+
  private:
   void NoteHostImages(const std::string& host_id, const nlohmann::json& images);
   // The host's part of the virtual networks (api/vnet_plan.h), recomputed
@@ -133,10 +149,19 @@ class HostService {
   // Per host: the last report that matched the records, and the records'
   // version then (CapacityIndex::VmVersion).
   std::map<std::string, std::pair<size_t, uint64_t>> reconciled_;  // guarded by mu_
+  // Per host name: the VM list of its last full report and that list's
+  // digest (HeartbeatReply::vms_digest), which its next heartbeats may name
+  // instead of sending the list (HostReport::vms_same_as).
+  struct ReportedVms {
+    std::string digest;
+    std::shared_ptr<const std::vector<VmStatus>> vms;
+  };
+  std::unordered_map<std::string, ReportedVms> reported_;  // guarded by mu_
   // Per host: VMs it reports that have no record, and when each was first
   // reported so (this controller's clock).
   std::map<std::string, std::map<std::string, int64_t>> unrecorded_;  // guarded by mu_
   FailedWrites failed_writes_;
+  std::atomic<int64_t> beats_full_{0}, beats_same_as_{0}, beats_unknown_digest_{0};
   struct CachedPlan {
     int64_t generation = 0;
     int64_t computed_ms = 0;

@@ -2,7 +2,9 @@
 // reconciliation of the VM records with what a host reports.
 #include "api/services/host_service.h"
 
+#include <chrono>
 #include <set>
+#include <thread>
 
 #include "api/services/service_test_fixture.h"
 
@@ -288,6 +290,52 @@ TEST_P(HostServiceTest, TheHeartbeatAnswerNamesAnUnrecordedVmAfterTheGrace) {
   auto later = hosts_->Heartbeat("h1", Report({Status("vm-ghost", "running")}), kPeer);
   ASSERT_TRUE(later.ok()) << later.error().message;
   EXPECT_EQ(later->stale_vms, std::vector<std::string>{"vm-ghost"});
+}
+
+// A heartbeat may name its VM list by the digest the last answer gave
+// (docs/infosvc.md, "Heartbeats"): the list is then the one kept with it.
+TEST_P(HostServiceTest, AHeartbeatNamesItsVmListByTheAcknowledgedDigest) {
+  auto full = hosts_->Heartbeat("h1", Report({Status("vm-ghost", "running")}), kPeer);
+  ASSERT_TRUE(full.ok()) << full.error().message;
+  ASSERT_FALSE(full->vms_digest.empty());
+  EXPECT_TRUE(full->stale_vms.empty());
+  clock_.Advance(HostService::kUnrecordedGraceMs);
+  HostReport same = Report({});
+  same.vms_same_as = full->vms_digest;
+  auto later = hosts_->Heartbeat("h1", same, kPeer);
+  ASSERT_TRUE(later.ok()) << later.error().message;
+  EXPECT_EQ(later->stale_vms, std::vector<std::string>{"vm-ghost"})
+      << "the kept list was reconciled: the ghost it holds is named";
+  EXPECT_EQ(later->vms_digest, full->vms_digest);
+  // Another list has another digest.
+  auto other = hosts_->Heartbeat("h1", Report({Status("vm-other", "running")}), kPeer);
+  ASSERT_TRUE(other.ok()) << other.error().message;
+  EXPECT_NE(other->vms_digest, full->vms_digest);
+  // The old digest names nothing now; neither does a made-up one, nor
+  // another host's: refused, and nothing is written.
+  ASSERT_TRUE(store_->FlushHeartbeats().ok());
+  const int64_t heard = store_->GetHost("h1")->last_heartbeat_ms;
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // the store's times are real
+  for (const std::string& d : {full->vms_digest, std::string("0123abcd")}) {
+    HostReport stale = Report({});
+    stale.vms_same_as = d;
+    auto refused = hosts_->Heartbeat("h1", stale, kPeer);
+    ASSERT_FALSE(refused.ok()) << d;
+    EXPECT_EQ(refused.error().code, ErrorCode::kFailedPrecondition);
+    EXPECT_NE(refused.error().message.find("send the list in full"), std::string::npos);
+  }
+  ASSERT_TRUE(store_->FlushHeartbeats().ok());
+  EXPECT_EQ(store_->GetHost("h1")->last_heartbeat_ms, heard) << "a refused heartbeat counts not";
+  HostReport h2 = Report({});
+  h2.name = "h2";
+  h2.vms_same_as = other->vms_digest;
+  auto foreign = hosts_->Heartbeat("h2", h2, kPeer);
+  ASSERT_FALSE(foreign.ok());
+  EXPECT_EQ(foreign.error().code, ErrorCode::kFailedPrecondition) << "digests are per host";
+  const auto counts = hosts_->heartbeat_counts();
+  EXPECT_EQ(counts.full, 2);
+  EXPECT_EQ(counts.same_as, 1);
+  EXPECT_EQ(counts.unknown_digest, 3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, HostServiceTest, testing_db::Backends(),
