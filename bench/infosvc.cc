@@ -35,7 +35,8 @@
 //                [--hosts N] [--vms N] [--placement-hosts N] [--placements N]
 //                [--runs N] [--clients N] [--heartbeat-interval S] [--sim-processes N]
 //                [--idle-window S] [--seed N] [--naive-timeout S] [--query-budget S]
-//                [--skip-queries] [--skip-placement] [--no-write] [--docs PATH]
+//                [--skip-queries] [--skip-placement] [--no-write] [--full-vm-lists]
+//                [--docs PATH]
 // VMGRID_BINARY in the environment overrides the `vmgrid` binary to run.
 // --backend postgres runs the controller on PostgreSQL: --pg-url (default
 // $VMGRID_TEST_PG_URL, e.g. from scripts/pg-test-server.sh) names a database
@@ -112,6 +113,9 @@ struct Flags {
   bool queries = true;
   bool placement = true;
   bool write = true;
+  // The simulated hosts send every VM list in full (agents before
+  // HostReport::vms_same_as): the baseline of the heartbeat cost.
+  bool full_vm_lists = false;
   std::string docs = std::string(VMGRID_SOURCE_DIR) + "/docs/benchmarks.md";
   std::string state_dir = "/tmp/vmgrid-bench-infosvc";
   std::string command;  // as run, for the tables
@@ -479,6 +483,7 @@ class SimFleet {
                                        "50",
                                        "--heartbeat-interval",
                                        Fixed(f.heartbeat_interval_s, 3)};
+      if (f.full_vm_lists) argv.push_back("--full-vm-lists");
       c.proc = Must(ChildProcess::Spawn(argv, c.log), "spawn vmgrid sim-hosts");
       children_.push_back(std::move(c));
     }
@@ -1248,6 +1253,7 @@ int main(int argc, char** argv) {
       "[--vms N] [--placement-hosts N] [--placements N] [--runs N] [--clients N] "
       "[--heartbeat-interval S] [--sim-processes N] [--idle-window S] [--seed N] "
       "[--naive-timeout S] [--query-budget S] [--skip-queries] [--skip-placement] [--no-write] "
+      "[--full-vm-lists] "
       "[--docs PATH]\n"
       "Exit status 3: the run is rejected (fewer than 90% of the scheduled heartbeats arrived in "
       "a measured window).";
@@ -1312,6 +1318,8 @@ int main(int argc, char** argv) {
       f.placement = false;
     else if (a == "--no-write")
       f.write = false;
+    else if (a == "--full-vm-lists")
+      f.full_vm_lists = true;
     else if (a == "--docs" && has)
       f.docs = argv[++i];
     else
@@ -1374,8 +1382,11 @@ int main(int argc, char** argv) {
                    "table"
              : std::string("SQLite store"))
      << "); hosts: `vmgrid sim-hosts` child processes (agent API and heartbeats every "
-     << Fixed(f.heartbeat_interval_s, 1)
-     << " s like agents, VM operations answered at once). Heartbeats scheduled vs answered by "
+     << Fixed(f.heartbeat_interval_s, 1) << " s like agents, "
+     << (f.full_vm_lists ? "**every VM list sent in full** (`--full-vm-lists`: agents before the "
+                           "VM-list digest, a baseline)"
+                         : "an unchanged VM list named by its digest as agents do")
+     << ", VM operations answered at once). Heartbeats scheduled vs answered by "
         "the controller are counted in every measured window; fewer than 90% arrived in any "
         "rejects the run.\n\n";
   if (!rejected_by.empty()) {

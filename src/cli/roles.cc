@@ -283,6 +283,9 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
         ->check(CLI::Range(0.1, 9.0));
     sh->add_option("--latency-ms", s.sim.op_latency_ms, "Fake latency of VM operations")
         ->check(CLI::Range(0, 600000));
+    sh->add_flag(
+        "--full-vm-lists", s.sim.full_vm_lists,
+        "Send every VM list in full (never its digest): the older agents' way, a baseline");
 
     auto* d =
         t.Leaf(&t.app, "dev", "Run a controller and N agents on this machine (development)", [&] {

@@ -92,6 +92,9 @@ struct SimHostsOptions {
   int op_latency_ms = 0;
   // Threads answering agent API requests.
   int server_threads = 16;
+  // Every heartbeat carries its VM list in full, as agents did before
+  // HostReport::vms_same_as: a baseline for bench/infosvc.
+  bool full_vm_lists = false;
 };
 
 class SimHosts {
