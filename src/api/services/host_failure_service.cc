@@ -95,7 +95,6 @@ void HostFailureService::CountFromNow() {
 }
 
 std::vector<std::string> HostFailureService::Check(const std::function<bool()>& still_leader) {
-  std::lock_guard<std::mutex> l(mu_);
   std::vector<std::string> failed_now;
   // The heartbeat times kept in memory (Store::HeartbeatHost) reach the
   // database here; the decisions below use this controller's own times.
@@ -106,37 +105,60 @@ std::vector<std::string> HostFailureService::Check(const std::function<bool()>& 
     spdlog::warn("host failure check: {}", hosts.error().message);
     return failed_now;
   }
+  auto stopping = [&] {
+    if (!still_leader || still_leader()) return false;
+    spdlog::info("host failure check: stopping this pass (no longer the leader, or stopping)");
+    return true;
+  };
+  // First the hosts that turn suspect. Marking them is a store write each
+  // (a durable commit on PostgreSQL), made without mu_: every heartbeat's
+  // Renew takes mu_, and with thousands of hosts turning suspect at once
+  // (a controller that fell behind) heartbeats queued behind these writes
+  // made more hosts suspect in turn. Suspicion grants and takes no lease, so
+  // it needs no ordering with Renew; failure (below) does, under mu_.
+  std::vector<std::pair<Host*, int64_t>> suspects;  // with how long silent
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    const int64_t now = monotonic_.NowMs();
+    for (Host& h : *hosts) {
+      // A heartbeat another controller received (and wrote): heard now. The
+      // first value seen is only noted (it may be old: count from the start).
+      auto seen = seen_heartbeat_.find(h.id);
+      if (seen == seen_heartbeat_.end()) {
+        seen_heartbeat_[h.id] = h.last_heartbeat_ms;
+      } else if (seen->second != h.last_heartbeat_ms) {
+        seen->second = h.last_heartbeat_ms;
+        last_heard_[h.id] = std::max(last_heard_[h.id], now);
+      }
+      if (h.state != "up") continue;
+      auto it = last_heard_.find(h.id);
+      const int64_t silent = now - (it == last_heard_.end() ? started_ms_ : it->second);
+      // Suspect: missed heartbeats for suspect_after (placement skips it).
+      if (silent >= options_.suspect_after_ms) suspects.emplace_back(&h, silent);
+    }
+  }
+  for (auto [h, silent] : suspects) {
+    if (stopping()) return failed_now;
+    auto marked = store_.MarkHostDown(h->id);
+    if (!marked.ok()) {
+      spdlog::warn("marking host {} suspect: {}", h->name, marked.error().message);
+      continue;
+    }
+    if (!*marked) continue;
+    h->state = "down";
+    // event: host_suspect (h.id)
+    spdlog::warn("host {} missed its heartbeats for {} ms: suspect (no new VMs placed there)",
+                 h->name, silent);
+  }
+  // Then failures and recovery, on the times as they are now: a host heard
+  // while the marks were written is not failed.
+  std::lock_guard<std::mutex> l(mu_);
   const int64_t now = monotonic_.NowMs();
   for (Host& h : *hosts) {
-    // A heartbeat another controller received (and wrote): heard now. The
-    // first value seen is only noted (it may be old: count from the start).
-    auto seen = seen_heartbeat_.find(h.id);
-    if (seen == seen_heartbeat_.end()) {
-      seen_heartbeat_[h.id] = h.last_heartbeat_ms;
-    } else if (seen->second != h.last_heartbeat_ms) {
-      seen->second = h.last_heartbeat_ms;
-      last_heard_[h.id] = std::max(last_heard_[h.id], now);
-    }
-    if (still_leader && !still_leader()) {
-      spdlog::info("host failure check: stopping this pass (no longer the leader, or stopping)");
-      break;
-    }
+    if (h.state == "up") continue;
+    if (stopping()) break;
     auto it = last_heard_.find(h.id);
     const int64_t silent = now - (it == last_heard_.end() ? started_ms_ : it->second);
-    if (h.state == "up") {
-      // Suspect: missed heartbeats for suspect_after (placement skips it).
-      if (silent < options_.suspect_after_ms) continue;
-      auto marked = store_.MarkHostDown(h.id);
-      if (!marked.ok()) {
-        spdlog::warn("marking host {} suspect: {}", h.name, marked.error().message);
-        continue;
-      }
-      if (!*marked) continue;
-      h.state = "down";
-      // event: host_suspect (h.id)
-      spdlog::warn("host {} missed its heartbeats for {} ms: suspect (no new VMs placed there)",
-                   h.name, silent);
-    }
     if (!FailedLocked(h)) {
       if (silent < options_.failed_after_ms) continue;
       auto marked = store_.MarkHostFailed(h.id);
