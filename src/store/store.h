@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -465,6 +466,21 @@ class Store {
   // Whether `pid` is the server process of one of this Store's connections.
   bool IsOwnSession(int pid) const;
   Status FlushHeartbeatsLocked();
+  // Heartbeats written in full (HeartbeatHost): queued, and written a batch
+  // at a time by the writer at the queue's front.
+  struct BeatWrite {
+    std::string name, url;
+    HostCapacity cap;
+    Result<Host> result = MakeError(ErrorCode::kInternal, "not written");
+    bool done = false;  // guarded by beat_queue_mu_
+  };
+  static constexpr size_t kMaxBeatBatch = 256;
+  // One transaction for `batch`, a savepoint per heartbeat (one that fails
+  // fails alone); sets each result.
+  void WriteBeats(const std::vector<std::shared_ptr<BeatWrite>>& batch);
+  // One heartbeat's row, in the caller's transaction on db_.
+  Result<Host> WriteBeatLocked(const std::string& name, const std::string& url,
+                               const HostCapacity& cap, int64_t now);
   // Queues a call to the observer until the transaction commits.
   void Notify(std::function<void(StoreObserver&)> event);
   // Commits and then delivers the queued calls (dropped if it fails).
@@ -537,6 +553,9 @@ class Store {
   mutable std::mutex bell_mu_;
   mutable std::condition_variable bell_cv_;
   uint64_t bell_ = 0;  // guarded by bell_mu_
+  std::mutex beat_queue_mu_;
+  std::condition_variable beat_queue_cv_;
+  std::deque<std::shared_ptr<BeatWrite>> beat_queue_;  // guarded by beat_queue_mu_
   std::unordered_map<std::string, Host> beat_written_;
   std::unordered_map<std::string, int64_t> beat_pending_;
   std::atomic<int64_t> heartbeat_refresh_ms_{0};

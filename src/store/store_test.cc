@@ -135,6 +135,47 @@ TEST_P(StoreTest, CommitNeverReportsWritesThatWereNotWritten) {
   EXPECT_TRUE(db.Exec("INSERT INTO commit_probe (k) VALUES (3)").ok());
 }
 
+// Heartbeats written in full share transactions (the write queue): many
+// hosts registering and coming back at once each get their own row, tunnel
+// number and host.up event, and the ones that change nothing stay in memory.
+TEST_P(StoreTest, HeartbeatsWrittenTogetherEachGetTheirOwnRow) {
+  constexpr int kThreads = 16, kHosts = 8;
+  std::atomic<int> failed{0};
+  auto beat_all = [&](int64_t vcpus) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t)
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < kHosts; ++i) {
+          auto h =
+              store_->HeartbeatHost("h-" + std::to_string(t) + "-" + std::to_string(i), "http://x",
+                                    HostCapacity{static_cast<int>(vcpus), 256, 10, false});
+          if (!h.ok() || h->vcpus != vcpus || h->state != "up") ++failed;
+        }
+      });
+    for (auto& th : threads) th.join();
+  };
+  beat_all(4);  // all register
+  beat_all(8);  // all written again (a new capacity)
+  EXPECT_EQ(failed.load(), 0);
+  auto hosts = store_->ListHosts();
+  ASSERT_TRUE(hosts.ok()) << hosts.error().message;
+  ASSERT_EQ(hosts->size(), size_t{kThreads * kHosts});
+  std::set<int64_t> numbers;
+  for (const auto& h : *hosts) {
+    EXPECT_EQ(h.vcpus, 8) << h.name;
+    numbers.insert(h.tunnel_number);
+  }
+  EXPECT_EQ(numbers.size(), hosts->size()) << "tunnel numbers are unique";
+  EventQuery q;
+  q.limit = 10000;
+  auto events = store_->ListEvents(q);
+  ASSERT_TRUE(events.ok()) << events.error().message;
+  EXPECT_EQ(std::count_if(events->begin(), events->end(),
+                          [](const Event& e) { return e.kind == "host.up"; }),
+            kThreads * kHosts)
+      << "one host.up each: registered once";
+}
+
 TEST_P(StoreTest, TokensAuthenticateAndAreStoredHashed) {
   auto u = store_->CreateUser("bob", "user");
   ASSERT_TRUE(u.ok());
