@@ -72,8 +72,16 @@ void CheckSpec(const json& j) {
 void CheckOthers(const json& j) {
   if (auto r = vmgrid::HostReportFromJson(j); r.ok()) {
     FUZZ_CHECK(r->report.capacity.disk_free_bytes <= r->report.capacity.disk_total_bytes, j.dump());
+    FUZZ_CHECK(r->report.vms_same_as.empty() ||
+                   (r->report.vms.empty() && vmgrid::ValidVmsDigest(r->report.vms_same_as)),
+               j.dump());
     auto again = vmgrid::HostReportFromJson(Wire(vmgrid::ToJson(r->report)));
     FUZZ_CHECK(again.ok() && again->report == r->report && again->dropped_vms == 0, j.dump());
+  }
+  if (auto h = vmgrid::HeartbeatReplyFromJson(j); h.ok()) {
+    FUZZ_CHECK(h->vms_digest.empty() || vmgrid::ValidVmsDigest(h->vms_digest), j.dump());
+    auto again = vmgrid::HeartbeatReplyFromJson(Wire(vmgrid::ToJson(*h)));
+    FUZZ_CHECK(again.ok() && again->vms_digest == h->vms_digest, j.dump());
   }
   if (auto h = vmgrid::HeartbeatReplyFromJson(j); h.ok() && h->networks) {
     for (const auto& n : h->networks->networks)
