@@ -2,7 +2,9 @@
 """Draws the tables that bench/instantiate, bench/storm, bench/listing,
 bench/guest_disk and bench/fanout write into docs/benchmarks.md as bar
 charts with their interquartile ranges (gnuplot), into
-docs/plots/{instantiate,storm,listing,guest_disk,fanout}.svg. It reads the
+docs/plots/{instantiate,storm,listing,guest_disk,fanout}.svg; and bench/infosvc's
+query latencies (p50 with a bar up to p99) and placement rates per backend
+into docs/plots/infosvc_queries.svg and infosvc_placement.svg. It reads the
 tables themselves (each cell "median (Q1–Q3)"), so a plot always shows the
 table beside it; run it after the benchmarks (`make bench` does).
 
@@ -45,12 +47,38 @@ def cell(text):
     return [float(m.group(i)) for i in (1, 2, 3)]
 
 
+def short_query(name):
+    """A tick label for an infosvc query row."""
+    for key, label in (("single", "single"), ("image cached", "join: image"),
+                       ("virtualization", "join: virt."), ("naive", "naive SQL"),
+                       ("pruned", "pruned SQL"), ("set", "set operator")):
+        if key in name:
+            return label + ("\\n(no answer)" if "no answer" in name else "")
+    return name[:16]
+
+
+def section(text, heading):
+    """The text under a markdown heading, up to the next heading of that level."""
+    part = text.split(heading, 1)[1] if heading in text else ""
+    return part.split("\n#### ", 1)[0]
+
+
+def number(text):
+    """A plain number cell ("1,234", "0.25", "**12**")."""
+    return float(re.sub(r"[^\d.]", "", text))
+
+
+def method_date(text):
+    m = re.search(r"\*Method\*: (\d{4}-\d\d-\d\d \d\d:\d\d UTC, commit \w+)", text)
+    return m.group(1) if m else ""
+
+
 def first_line(text):
     line = next((l for l in text.splitlines() if l.startswith("`bench/")), "")
     return line.replace("`", "").split(",")[0:2]
 
 
-def gnuplot(out, title, data_rows, columns, ylabel, logscale=False):
+def gnuplot(out, title, data_rows, columns, ylabel, logscale=False, key="top left"):
     """data_rows: [(label, [median, q1, q3] per column)]."""
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "t.dat")
@@ -66,6 +94,8 @@ def gnuplot(out, title, data_rows, columns, ylabel, logscale=False):
             using = f"{base}:{base + 1}:{base + 2}" + (":xtic(1)" if i == 0 else "")
             plots.append(("'" + data + "'" if i == 0 else "''") + f" using {using} title '{name}'")
         script = bar_chart_preamble(out, "1100,420", "1100,420") + [
+            f"set key {key}",
+            "set bmargin 4" if any("\\n" in label for label, _ in data_rows) else "",
             f"set title \"{title}\" noenhanced",
             f"set ylabel '{ylabel}'",
             "set logscale y" if logscale else "set yrange [0:*]",
@@ -143,6 +173,47 @@ def main():
                 f"{when}: cold resumes through the image server, median and IQR",
                 data, ["all running", "each VM"], "seconds")
         drawn.append("fanout.svg")
+
+    # bench/infosvc (SQLite): | query | rows | quiet p50 | quiet p99 | live p50 | live p99 |
+    # live API p50 | live API p99 | target |; one run each, so p50 with a bar up to p99.
+    b = block(text, "infosvc-sqlite")
+    if b is not None:
+        queries = section(b, "#### Queries")
+        data = []
+        for r in rows(queries):
+            label = short_query(r[0])
+            cols = []
+            for p50, p99 in ((r[2], r[3]), (r[4], r[5]), (r[6], r[7])):
+                cols.append(None if "–" in p50 else [number(p50), number(p50), number(p99)])
+            data.append((label, cols))
+        when = method_date(queries)
+        gnuplot(os.path.join(out_dir, "infosvc_queries.svg"),
+                f"bench/infosvc, SQLite, 10,000 hosts, {when}: query latency, p50 with a bar to p99",
+                data, ["quiet", "live (in process)", "live API (HTTP)"],
+                "milliseconds (log scale)", logscale=True)
+        drawn.append("infosvc_queries.svg")
+
+    # bench/infosvc placement, both backends: creates/s and VMs running/s (one run each).
+    data = []
+    for marker, name in (("infosvc-sqlite", "SQLite"), ("infosvc-postgres", "PostgreSQL")):
+        b = block(text, marker)
+        if b is None:
+            continue
+        table = section(b, "#### Placement")
+        header = next((l for l in table.splitlines() if l.startswith("|")), "")
+        heads = [c.strip() for c in header.strip("|").split("|")]
+        for r in rows(table):
+            rec = dict(zip(heads, r))
+            label = name + (" " + rec["commits"] if "commits" in rec else "") + "\\n" + \
+                rec["hosts"] + " hosts"
+            rate = [number(rec["creates/s"])] * 3
+            running = [number(rec["running/s"])] * 3
+            data.append((label, [rate, running]))
+    if data:
+        gnuplot(os.path.join(out_dir, "infosvc_placement.svg"),
+                "bench/infosvc: placement with every host heartbeating every 2 s (goal 2,000/s)",
+                data, ["creates accepted/s", "VMs running/s"], "per second", key="top right")
+        drawn.append("infosvc_placement.svg")
 
     print(f"wrote {', '.join(drawn)} in {out_dir}")
 
