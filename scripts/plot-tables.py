@@ -4,7 +4,8 @@ bench/guest_disk and bench/fanout write into docs/benchmarks.md as bar
 charts with their interquartile ranges (gnuplot), into
 docs/plots/{instantiate,storm,listing,guest_disk,fanout}.svg; and bench/infosvc's
 query latencies (p50 with a bar up to p99) and placement rates per backend
-into docs/plots/infosvc_queries.svg and infosvc_placement.svg. It reads the
+into docs/plots/infosvc_queries.svg and infosvc_placement.svg; and
+bench/image_transfer's start times per image into image_transfer_NAME.svg. It reads the
 tables themselves (each cell "median (Q1–Q3)"), so a plot always shows the
 table beside it; run it after the benchmarks (`make bench` does).
 
@@ -70,6 +71,11 @@ def number(text):
 
 def method_date(text):
     m = re.search(r"\*Method\*: (\d{4}-\d\d-\d\d \d\d:\d\d UTC, commit \w+)", text)
+    return m.group(1) if m else ""
+
+
+def method_date_line(text):
+    m = re.search(r"Date: (\d{4}-\d\d-\d\d \d\d:\d\d UTC, commit [\w+]+)", text)
     return m.group(1) if m else ""
 
 
@@ -173,6 +179,31 @@ def main():
                 f"{when}: cold resumes through the image server, median and IQR",
                 data, ["all running", "each VM"], "seconds")
         drawn.append("fanout.svg")
+
+    # bench/image_transfer, per image: | start | plain | cold LAN | cold WAN | warm LAN |
+    # warm WAN | copy whole LAN | copy whole WAN |, cells "median (Q1–Q3) s, ratio".
+    b = block(text, "image-transfer")
+    if b is not None:
+        for part in b.split("\n### ")[1:]:
+            name = part.split("\n", 1)[0].strip()
+            if name in ("Targets",) or name.startswith("NBD"):
+                continue
+            table = part.split("\n\n", 2)[2] if part.count("\n\n") >= 2 else ""
+            header = next((l for l in table.splitlines() if l.startswith("| start")), None)
+            if header is None:
+                continue
+            heads = [c.strip() for c in header.strip("|").split("|")][1:]
+            first = table[table.index(header):].split("\n\n", 1)[0]
+            try:
+                data = [(r[0], [cell(c) for c in r[1:]]) for r in rows(first)]
+            except ValueError as e:  # a table of the method before 2026-12-07
+                print(f"plot-tables: image_transfer {name}: {e}: not drawn", file=sys.stderr)
+                continue
+            when = method_date_line(b)
+            gnuplot(os.path.join(out_dir, f"image_transfer_{name}.svg"),
+                    f"bench/image_transfer, {name}, {when}: start to guest agent, median and IQR",
+                    data, heads, "seconds (log scale)", logscale=True)
+            drawn.append(f"image_transfer_{name}.svg")
 
     # bench/infosvc (SQLite): | query | rows | quiet p50 | quiet p99 | live p50 | live p99 |
     # live API p50 | live API p99 | target |; one run each, so p50 with a bar up to p99.
