@@ -326,22 +326,10 @@ void Agent::HeartbeatLoop() {
     // The VM list travels only when it changed since the controller last
     // acknowledged it (docs/infosvc.md, "Heartbeats"); a controller that
     // does not know the digest (restarted, another one) gets it in full.
-    std::vector<VmStatus> vms = report.vms;
-    Result<nlohmann::json> r = MakeError(ErrorCode::kInternal, "not sent");
-    if (vms_ack_.Shorten(report)) {
-      r = controller_->Post("/v1/agent/heartbeat", ToJson(report));
-      if (!r.ok()) {
-        vms_ack_.Forget();
-        report.vms = vms;
-        report.vms_same_as.clear();
-      }
-    }
-    if (report.vms_same_as.empty()) r = controller_->Post("/v1/agent/heartbeat", ToJson(report));
-    if (r.ok()) {
-      ApplyHeartbeatReply(*r, sent);
-      auto reply = HeartbeatReplyFromJson(*r);
-      vms_ack_.Acknowledged(std::move(vms), reply.ok() ? reply->vms_digest : "");
-    }
+    auto r = vms_ack_.Send(std::move(report), [this](const nlohmann::json& body) {
+      return controller_->Post("/v1/agent/heartbeat", body);
+    });
+    if (r.ok()) ApplyHeartbeatReply(*r, sent);
     if (!r.ok() && was_ok)
       spdlog::warn("heartbeat to {} failed: {}", options_.controller_url, r.error().message);
     if (r.ok() && !was_ok) spdlog::info("heartbeat to {} works again", options_.controller_url);

@@ -143,6 +143,33 @@ bool VmListAck::Shorten(HostReport& report) const {
   return true;
 }
 
+Result<nlohmann::json> VmListAck::Send(HostReport report, const Post& post, bool* named,
+                                       bool* refused) {
+  std::vector<VmStatus> vms = report.vms;
+  const bool short_form = Shorten(report);
+  if (named) *named = short_form;
+  if (refused) *refused = false;
+  Result<json> r = MakeError(ErrorCode::kInternal, "not sent");
+  if (short_form) {
+    r = post(ToJson(report));
+    if (r.ok()) {
+      auto reply = HeartbeatReplyFromJson(*r);
+      Acknowledged(std::move(vms), reply.ok() ? reply->vms_digest : "");
+      return r;
+    }
+    if (refused) *refused = true;
+    Forget();
+    report.vms = vms;
+    report.vms_same_as.clear();
+  }
+  r = post(ToJson(report));
+  if (r.ok()) {
+    auto reply = HeartbeatReplyFromJson(*r);
+    Acknowledged(std::move(vms), reply.ok() ? reply->vms_digest : "");
+  }
+  return r;
+}
+
 void VmListAck::Acknowledged(std::vector<VmStatus> vms, const std::string& digest) {
   if (digest.empty() || !ValidVmsDigest(digest)) return Forget();
   digest_ = digest;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -123,6 +124,14 @@ class VmListAck {
   // digest of the answer (forgets them if it has none).
   void Acknowledged(std::vector<VmStatus> vms, const std::string& digest);
   void Forget() { digest_.clear(), vms_.clear(); }
+
+  // One heartbeat through `post`: the list named by its digest when it is
+  // the acknowledged one, else (or when that is refused) in full; the
+  // answer's digest is kept. `*named` says whether it was named first and
+  // `*refused` whether that was refused.
+  using Post = std::function<Result<nlohmann::json>(const nlohmann::json&)>;
+  Result<nlohmann::json> Send(HostReport report, const Post& post, bool* named = nullptr,
+                              bool* refused = nullptr);
 
  private:
   std::string digest_;

@@ -276,6 +276,39 @@ TEST(HostReportTest, VmListAckShortensOnlyTheAcknowledgedList) {
   EXPECT_FALSE(ack.Shorten(again)) << "a malformed digest is never sent back";
 }
 
+TEST(HostReportTest, VmListAckSendsInFullWhenTheDigestIsRefused) {
+  VmStatus a;
+  a.id = "vm-a";
+  HostReport r;
+  r.name = "h1";
+  r.vms = {a};
+  std::vector<json> sent;
+  bool know = true;
+  auto post = [&](const json& body) -> Result<json> {
+    sent.push_back(body);
+    if (body["vms"].is_object() && !know)
+      return MakeError(ErrorCode::kFailedPrecondition, "unknown digest");
+    return json{{"host_id", "host-1"}, {"vms_digest", "abc1"}};
+  };
+  VmListAck ack;
+  bool named = true, refused = true;
+  ASSERT_TRUE(ack.Send(r, post, &named, &refused).ok());
+  EXPECT_FALSE(named);
+  EXPECT_TRUE(sent.back()["vms"].is_array());
+  ASSERT_TRUE(ack.Send(r, post, &named, &refused).ok());
+  EXPECT_TRUE(named);
+  EXPECT_FALSE(refused);
+  EXPECT_EQ(sent.back()["vms"], json({{"same_as", "abc1"}}));
+  know = false;  // a restarted controller
+  sent.clear();
+  ASSERT_TRUE(ack.Send(r, post, &named, &refused).ok());
+  EXPECT_TRUE(named);
+  EXPECT_TRUE(refused);
+  ASSERT_EQ(sent.size(), 2u) << "named, refused, then sent in full at once";
+  EXPECT_TRUE(sent[1]["vms"].is_array());
+  EXPECT_EQ(sent[1]["vms"].size(), 1u);
+}
+
 TEST(FutureIdTest, RoundTripsAndRefusesOthers) {
   FutureId f{"img-0a1b2c3d4e", "host-5f6a7b8c9d", "resume"};
   EXPECT_EQ(f.ToString(), "fut-img-0a1b2c3d4e-host-5f6a7b8c9d-resume");

@@ -254,20 +254,12 @@ void SimHosts::SendHeartbeat(const ApiClient& controller, int index) {
   // As agents do: the VM list only when it changed since it was acknowledged.
   const ApiClient client(options_.controller_url, host_token, controller.options());
   VmListAck& ack = vms_acks_[static_cast<size_t>(index)];
-  HostReport report = Report(index);
-  std::vector<VmStatus> vms = report.vms;
-  Result<nlohmann::json> r = MakeError(ErrorCode::kInternal, "not sent");
-  if (!options_.full_vm_lists && ack.Shorten(report)) {
-    ++same_as_;
-    r = client.Post("/v1/agent/heartbeat", ToJson(report));
-    if (!r.ok()) {
-      ++same_as_refused_;
-      ack.Forget();
-      report.vms = vms;
-      report.vms_same_as.clear();
-    }
-  }
-  if (report.vms_same_as.empty()) r = client.Post("/v1/agent/heartbeat", ToJson(report));
+  auto post = [&](const nlohmann::json& body) { return client.Post("/v1/agent/heartbeat", body); };
+  bool named = false, refused = false;
+  auto r = options_.full_vm_lists ? post(ToJson(Report(index)))
+                                  : ack.Send(Report(index), post, &named, &refused);
+  same_as_ += named;
+  same_as_refused_ += refused;
   if (!r.ok()) {
     ++heartbeats_failed_;
     if (!failing_.exchange(true))
@@ -281,7 +273,6 @@ void SimHosts::SendHeartbeat(const ApiClient& controller, int index) {
   if (failing_.exchange(false))
     spdlog::info("sim-hosts: heartbeats to {} work again", options_.controller_url);
   auto reply = HeartbeatReplyFromJson(*r);
-  ack.Acknowledged(std::move(vms), reply.ok() ? reply->vms_digest : "");
   std::string id = reply.ok() ? reply->host_id : "";
   std::lock_guard<std::mutex> l(ids_mu_);
   last_ok_ms_[static_cast<size_t>(index)] = answered_ms;
