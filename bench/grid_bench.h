@@ -59,13 +59,15 @@ inline Result<nlohmann::json> ImportWithCheckpoint(
 
 // Restarts agent `index` with an empty cache (chunks, materialized files and
 // manifests removed while it is down), fetching from `url`.
-inline Status EmptyHostCache(LocalGrid& grid, int index, const std::string& url, bool prefetch) {
+inline Status EmptyHostCache(LocalGrid& grid, int index, const std::string& url, bool prefetch,
+                             bool compressed_transfer = true) {
   grid.StopAgent(index, false);
   std::string dir = grid.agent_state_dir(index);
   for (const char* sub : {"/chunks", "/blobs", "/manifests"})
     if (auto st = RemoveTree(dir + sub); !st.ok()) return st;
   grid.set_agent_image_server_url(url);
   grid.set_agent_prefetch(prefetch);
+  grid.set_agent_compressed_transfer(compressed_transfer);
   if (auto st = grid.StartAgent(index); !st.ok()) return st;
   return grid.WaitHostsUp(grid.hosts(), std::chrono::seconds(60));
 }

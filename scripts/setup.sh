@@ -10,6 +10,8 @@ PACKAGES=(
   clang-format
   libsqlite3-dev nlohmann-json3-dev libcpp-httplib-dev libssl-dev libcli11-dev
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # chunks travel from the image server as zstd frames (src/chunks/chunk_codec.h)
+  libzstd-dev
   # the PostgreSQL backend (libpq) and the server its tests run against
   libpq-dev postgresql
   # run VMs

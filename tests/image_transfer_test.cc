@@ -74,6 +74,13 @@ TEST_F(ImageTransferTest, ColdBootFetchesLittleThenCorruptCacheIsRefetched) {
   // On-demand transfer: booting reads a small part of the disk.
   const uint64_t fetched = st["cache"]["bytes_fetched"];
   EXPECT_LT(fetched, disk_size / 2) << st.dump();
+  // Compressed transfer: the kernel's chunks came as zstd frames, so fewer
+  // bytes arrived than the chunks hold; every chunk was verified decoded.
+  const json& server = st["image_server"];
+  EXPECT_GT(server["zstd_chunks"].get<uint64_t>(), 0u) << st.dump();
+  EXPECT_LT(server["bytes_fetched"].get<uint64_t>(), server["raw_bytes_fetched"].get<uint64_t>())
+      << st.dump();
+  EXPECT_EQ(server["raw_bytes_fetched"].get<uint64_t>(), fetched) << st.dump();
   ASSERT_EQ(st["exports"].size(), 1u) << st.dump();
   EXPECT_EQ(st["exports"][0]["vms"], 1);
   // The first cold boot recorded its first-read order with the image version.

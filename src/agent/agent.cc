@@ -204,6 +204,7 @@ Status Agent::Start() {
     io.server_url = options_.image_server;
     io.cache_bytes = options_.cache_mb << 20;
     io.prefetch = options_.prefetch;
+    io.compressed_transfer = options_.compressed_transfer;
     if (!options_.image_server_token_file.empty()) {
       VMG_ASSIGN_OR_RETURN(io.token, ReadTokenFile(options_.image_server_token_file));
     }

@@ -61,8 +61,15 @@ std::vector<FamilySnapshot> AgentMetrics(const std::vector<VmStatus>& vms,
     out.push_back(Single("vmgrid_image_server_requests_total",
                          "Requests this host made to the image server.", C, D(cl.requests)));
     out.push_back(Single("vmgrid_image_server_received_bytes_total",
-                         "Chunk bytes received from the image server, good or bad.", C,
-                         D(cl.bytes_fetched)));
+                         "Chunk bytes received from the image server, good or bad (zstd frames "
+                         "as received).",
+                         C, D(cl.bytes_fetched)));
+    out.push_back(Single("vmgrid_image_server_received_raw_bytes_total",
+                         "Bytes of the verified chunks received, after decoding.", C,
+                         D(cl.raw_bytes_fetched)));
+    out.push_back(Single("vmgrid_image_server_zstd_chunks_total",
+                         "Chunks received from the image server as zstd frames.", C,
+                         D(cl.zstd_chunks)));
     out.push_back(Single("vmgrid_image_prefetch_chunks_total",
                          "Chunks prefetched in recorded first-read order on cold starts.", C,
                          D(images->prefetched_chunks)));

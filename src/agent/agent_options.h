@@ -54,6 +54,8 @@ struct AgentOptions {
   std::vector<std::string> image_dirs;
   uint64_t cache_mb = 10240;  // bound of the host chunk cache (STATE/chunks)
   bool prefetch = true;       // stream recorded first-read orders on cold starts
+  // Ask the image server for chunks as zstd frames (docs/chunk-store.md).
+  bool compressed_transfer = true;
   // `vm cp`: the largest guest file one copy may move through this host (MiB,
   // at most 1024, the protocol's bound).
   int max_copy_mib = 1024;

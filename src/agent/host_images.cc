@@ -32,6 +32,7 @@ Result<std::unique_ptr<HostImages>> HostImages::Open(Options options) {
   VMG_ASSIGN_OR_RETURN(h->cache_, ChunkCache::Open(dir + "/chunks", co));
   ChunkClient::Options cl;
   cl.connections = options.connections;
+  cl.accept_zstd = options.compressed_transfer;
   h->client_ = std::make_unique<ChunkClient>(options.server_url, options.token, cl);
   h->socket_path_ = dir + "/nbd.sock";
   nbd::NbdServerOptions no;
@@ -525,6 +526,8 @@ json HostImages::StatsJson() const {
                {{"url", options_.server_url},
                 {"requests", cl.requests},
                 {"bytes_fetched", cl.bytes_fetched},
+                {"raw_bytes_fetched", cl.raw_bytes_fetched},
+                {"zstd_chunks", cl.zstd_chunks},
                 {"refetches", cl.refetches}}},
               {"prefetch", {{"runs", all.prefetch_runs}, {"chunks", all.prefetched_chunks}}},
               {"workspace_pushes",

@@ -71,6 +71,7 @@ class HostImages {
     bool prefetch = true;         // stream recorded first-read orders on cold starts
     int connections = 4;          // parallel connections to the image server
     int reconnect_delay_s = 300;  // how long QEMU holds I/O while the export is away
+    bool compressed_transfer = true;  // ask for chunks as zstd frames (ChunkClient)
   };
 
   struct Transfer {  // a materialization or full copy in progress

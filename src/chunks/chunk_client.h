@@ -41,12 +41,17 @@ class ChunkClient {
     // in connect_timeout_s: a busy or restarting image server) is tried
     // again, with growing pauses, for up to this long.
     int retry_unsent_s = 15;
+    // Ask for chunks as zstd frames where the server finds compressing pays
+    // (docs/chunk-store.md, "Compressed transfer"); decoded and verified here.
+    bool accept_zstd = true;
   };
 
   struct Stats {
     uint64_t requests = 0;
-    uint64_t chunks_fetched = 0;         // verified chunks handed to callers
-    uint64_t bytes_fetched = 0;          // chunk bytes received, good or bad
+    uint64_t chunks_fetched = 0;     // verified chunks handed to callers
+    uint64_t bytes_fetched = 0;      // chunk bytes received, good or bad (a zstd frame: its length)
+    uint64_t raw_bytes_fetched = 0;  // the same chunks' own lengths (after decoding)
+    uint64_t zstd_chunks = 0;        // chunks received as zstd frames
     uint64_t verification_failures = 0;  // chunks received that did not match their digest
     uint64_t refetches = 0;
     uint64_t connections_opened = 0;
@@ -157,8 +162,10 @@ class ChunkClient {
   std::vector<std::unique_ptr<httplib::Client>> idle_;  // protected by pool_mu_
   int open_ = 0;                                        // protected by pool_mu_
 
-  std::atomic<uint64_t> requests_{0}, chunks_fetched_{0}, bytes_fetched_{0},
-      verification_failures_{0}, refetches_{0}, connections_opened_{0}, unsent_retries_{0};
+  std::atomic<bool> server_refuses_zstd_{false};  // an old server refused "encodings"
+  std::atomic<uint64_t> requests_{0}, chunks_fetched_{0}, bytes_fetched_{0}, raw_bytes_fetched_{0},
+      zstd_chunks_{0}, verification_failures_{0}, refetches_{0}, connections_opened_{0},
+      unsent_retries_{0};
 };
 
 }  // namespace vmgrid

@@ -112,9 +112,11 @@ Result<DirLock> OpenLayout(const std::string& root, uint64_t* torn_files) {
   return lock;
 }
 
-std::string ChunkPath(const std::string& root, std::string_view digest) {
+std::string ChunkPath(const std::string& root, std::string_view digest, std::string_view tree) {
   std::string p = root;
-  p += "/chunks/";
+  p += '/';
+  p += tree;
+  p += '/';
   p += digest.substr(0, 2);
   p += '/';
   p += digest;
@@ -122,7 +124,7 @@ std::string ChunkPath(const std::string& root, std::string_view digest) {
 }
 
 Result<bool> WriteChunkFile(const std::string& root, std::string_view digest, std::string_view data,
-                            bool sync, bool replace) {
+                            bool sync, bool replace, std::string_view tree) {
   static std::atomic<uint64_t> counter{0};
   std::string tmp = root + "/tmp/" + std::string(digest.substr(0, 16)) + "." +
                     std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1));
@@ -135,7 +137,7 @@ Result<bool> WriteChunkFile(const std::string& root, std::string_view digest, st
     ::unlink(tmp.c_str());
     return st.error();
   }
-  std::string path = ChunkPath(root, digest);
+  std::string path = ChunkPath(root, digest, tree);
   std::string shard = path.substr(0, path.rfind('/'));
   if (::mkdir(shard.c_str(), 0755) != 0 && errno != EEXIST) {
     Error e = Errno("mkdir " + shard);

@@ -35,7 +35,10 @@ class DirLock {
 // *torn_files (optional) receives how many leftover temp files were removed.
 Result<DirLock> OpenLayout(const std::string& root, uint64_t* torn_files);
 
-std::string ChunkPath(const std::string& root, std::string_view digest);
+// ROOT/TREE/ab/<digest>; TREE is "chunks" except for the image server's
+// kept zstd frames ("zstd", ChunkStore::GetForTransfer).
+std::string ChunkPath(const std::string& root, std::string_view digest,
+                      std::string_view tree = "chunks");
 
 // Writes `data` as chunk `digest`: temp file in ROOT/tmp, fsync (when `sync`),
 // rename into place, fsync of the shard directory (when `sync`). A reader
@@ -43,10 +46,10 @@ std::string ChunkPath(const std::string& root, std::string_view digest);
 // alone and the result is false; otherwise true (created or replaced).
 // The caller has checked that `data` hashes to `digest`.
 Result<bool> WriteChunkFile(const std::string& root, std::string_view digest, std::string_view data,
-                            bool sync, bool replace);
+                            bool sync, bool replace, std::string_view tree = "chunks");
 
-// Reads a whole chunk file. kNotFound when absent; kInternal when it is
-// larger than kMaxChunkBytes or unreadable.
+// Reads a whole chunk file (or kept frame). kNotFound when absent; kInternal
+// when it is larger than kMaxChunkBytes or unreadable.
 Result<std::string> ReadChunkFile(const std::string& path);
 
 struct ChunkFileInfo {

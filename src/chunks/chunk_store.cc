@@ -1,9 +1,11 @@
 #include "chunks/chunk_store.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
 #include <cstdio>
 
+#include "chunks/chunk_codec.h"
 #include "chunks/chunk_digest.h"
 #include "common/util.h"
 
@@ -21,6 +23,7 @@ ChunkStore::ChunkStore(std::string dir, Options options, chunkfs::DirLock lock)
 Result<ChunkStorePtr> ChunkStore::Open(const std::string& dir, Options options) {
   uint64_t torn = 0;
   VMG_ASSIGN_OR_RETURN(chunkfs::DirLock lock, chunkfs::OpenLayout(dir, &torn));
+  VMG_RETURN_IF_ERROR(MakeDirs(dir + "/zstd", 0755));
   std::vector<std::string> junk;
   VMG_ASSIGN_OR_RETURN(auto files, chunkfs::ScanChunks(dir, &junk));
   ChunkStorePtr store(new ChunkStore(dir, options, std::move(lock)));
@@ -70,6 +73,7 @@ Status ChunkStore::PutChecked(const std::string& digest, std::string_view data) 
   }
   VMG_ASSIGN_OR_RETURN(bool created,
                        chunkfs::WriteChunkFile(dir_, digest, data, options_.sync, present));
+  if (options_.frames_on_put && (created || present)) KeepFrame(digest, data);
   std::lock_guard<std::mutex> l(mu_);
   stats_.puts++;
   stats_.put_bytes += data.size();
@@ -132,6 +136,66 @@ Result<std::string> ChunkStore::GetUnverified(const std::string& digest) {
   if (!data.ok() && data.error().code == ErrorCode::kNotFound)
     return MakeError(ErrorCode::kNotFound, "no chunk " + digest);
   return data;
+}
+
+std::optional<std::string> ChunkStore::KeepFrame(const std::string& digest, std::string_view data) {
+  std::optional<std::string> frame = CompressChunk(data);
+  // Not synced: a frame lost or torn in a crash is made again (or found bad
+  // and removed) when it is next needed.
+  auto w = chunkfs::WriteChunkFile(dir_, digest, frame ? std::string_view(*frame) : "", false, true,
+                                   "zstd");
+  if (!w.ok()) {
+    spdlog::warn("chunk store: cannot keep the zstd frame of {}: {}", digest, w.error().message);
+  } else {
+    std::lock_guard<std::mutex> l(mu_);
+    stats_.frames_made++;
+  }
+  return frame;
+}
+
+Result<ChunkStore::TransferChunk> ChunkStore::GetForTransfer(const std::string& digest,
+                                                             bool verify) {
+  if (!IsChunkDigest(digest))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + digest.substr(0, 80) + "' is not a chunk digest (64 lowercase hex)");
+  std::string frame_path = chunkfs::ChunkPath(dir_, digest, "zstd");
+  auto frame = chunkfs::ReadChunkFile(frame_path);
+  bool raw_mark = frame.ok() && frame->empty();
+  if (frame.ok() && !raw_mark) {
+    if (!verify) {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        stats_.gets++;
+      }
+      // The raw size is not known without decoding; the frame declares it.
+      auto declared = DeclaredChunkSize(*frame);
+      if (declared.ok()) return TransferChunk{std::move(frame).value(), true, *declared};
+    } else {
+      auto raw = DecompressChunk(*frame);
+      if (raw.ok() && ChunkDigest(*raw) == digest) {
+        std::lock_guard<std::mutex> l(mu_);
+        stats_.gets++;
+        return TransferChunk{std::move(frame).value(), true, raw->size()};
+      }
+    }
+    ::unlink(frame_path.c_str());
+    spdlog::warn("chunk store: the kept zstd frame of {} did not give the chunk back; removed",
+                 digest);
+    std::lock_guard<std::mutex> l(mu_);
+    stats_.bad_frames++;
+  }
+  VMG_ASSIGN_OR_RETURN(std::string raw, verify ? Get(digest) : GetUnverified(digest));
+  TransferChunk out;
+  out.raw_size = raw.size();
+  if (!raw_mark) {
+    if (std::optional<std::string> made = KeepFrame(digest, raw)) {
+      out.data = std::move(*made);
+      out.zstd = true;
+      return out;
+    }
+  }
+  out.data = std::move(raw);
+  return out;
 }
 
 bool ChunkStore::Has(const std::string& digest) const {

@@ -1,6 +1,9 @@
 // ChunkStore: the image server's content-addressed chunk store on disk.
 // A chunk is stored once under DIR/chunks/ab/<sha256 hex> however many image
-// versions reference it; every read is checked against the digest.
+// versions reference it; every read is checked against the digest. Beside
+// it, DIR/zstd/ab/<sha256 hex> keeps the chunk's zstd frame for transfer (an
+// empty file there: compressing did not pay); frames are a cache, made again
+// when missing or bad.
 //
 // Thread-safe. One process per DIR (enforced with DIR/LOCK).
 #pragma once
@@ -9,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -26,6 +30,9 @@ class ChunkStore {
     // fsync each new chunk and its directory before Put returns. Off only
     // for benchmarks and throwaway stores.
     bool sync = true;
+    // Keep each chunk's zstd frame for compressed transfer (GetForTransfer),
+    // made when the chunk is stored. Off: frames are made on first transfer.
+    bool frames_on_put = true;
   };
 
   struct Stats {
@@ -36,6 +43,15 @@ class ChunkStore {
     uint64_t dedup_hits = 0;  // puts of a chunk that was already stored
     uint64_t gets = 0;
     uint64_t corrupt_reads = 0;  // Gets that found a chunk whose hash did not match
+    uint64_t frames_made = 0;    // zstd frames (or "raw" marks) written
+    uint64_t bad_frames = 0;     // kept frames that did not decode to their chunk (removed)
+  };
+
+  // A chunk as it travels to a client that accepts zstd.
+  struct TransferChunk {
+    std::string data;  // the zstd frame when `zstd`, else the chunk's bytes
+    bool zstd = false;
+    uint64_t raw_size = 0;
   };
 
   // Opens (creating if needed) the store at `dir`. Leftover temp files from
@@ -62,6 +78,14 @@ class ChunkStore {
   // clients verify every chunk themselves (ImageServer::Options).
   Result<std::string> GetUnverified(const std::string& digest);
 
+  // The chunk's kept zstd frame when compressing it paid (CompressChunk),
+  // else its raw bytes. A missing frame is made (and kept) from the raw
+  // chunk, read as Get (verify) or GetUnverified. With `verify` a kept frame
+  // is decoded and hashed before it is returned; one that does not give the
+  // chunk back is removed (Stats::bad_frames) and the raw chunk served.
+  // Errors as Get.
+  Result<TransferChunk> GetForTransfer(const std::string& digest, bool verify);
+
   bool Has(const std::string& digest) const;
   // Stored length of the chunk (not verified). kNotFound when absent.
   Result<uint64_t> Size(const std::string& digest) const;
@@ -72,6 +96,9 @@ class ChunkStore {
  private:
   ChunkStore(std::string dir, Options options, chunkfs::DirLock lock);
   Status PutChecked(const std::string& digest, std::string_view data);
+  // Writes the frame (or the empty "raw" mark) of `data`; returns the frame
+  // when compressing paid. Failures only log: frames are a cache.
+  std::optional<std::string> KeepFrame(const std::string& digest, std::string_view data);
 
   const std::string dir_;
   const Options options_;

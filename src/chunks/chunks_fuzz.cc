@@ -1,6 +1,6 @@
 // libFuzzer target for the chunk module's parsers of untrusted input: image
-// manifests (from an image server or a client's upload) and batch answer
-// framing (from an image server). The first input byte picks the parser.
+// manifests (from an image server or a client's upload), batch answer
+// framing and zstd chunk frames (from an image server). The first input byte picks the parser.
 // Built by fuzz/CMakeLists.txt (target fuzz_chunks, run by
 // scripts/fuzz-smoke.sh); seeds in fuzz/corpus/fuzz_chunks/.
 #include <cstdint>
@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "chunks/chunk_batch.h"
+#include "chunks/chunk_codec.h"
 #include "chunks/chunk_digest.h"
 #include "chunks/manifest.h"
 
@@ -23,7 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace vmgrid;
   if (size == 0) return 0;
   std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
-  switch (data[0] % 3) {
+  switch (data[0] % 5) {
     case 0: {
       auto m = ParseManifestJson(in);
       if (!m.ok()) break;
@@ -51,6 +52,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       size_t end = entries->back().offset + entries->back().length;
       Check(end == in.size());
       for (size_t i = 0; i < entries->size(); ++i) Check((*entries)[i].digest == asked[i]);
+      for (const auto& e : *entries) Check(!e.zstd);
+      break;
+    }
+    case 3: {  // the same framing from a client that asked for zstd
+      static const std::vector<std::string> asked = {ChunkDigest(std::string_view("a")),
+                                                     ChunkDigest(std::string_view("b"))};
+      auto entries = DecodeBatchAnswer(in, asked, true);
+      if (!entries.ok()) break;
+      Check(!entries->empty() && entries->size() <= asked.size());
+      Check(entries->back().offset + entries->back().length == in.size());
+      break;
+    }
+    case 4: {  // a zstd chunk frame
+      auto raw = DecompressChunk(in);
+      if (!raw.ok()) break;
+      // Anything accepted is a chunk of the declared size, whose own frame
+      // (when compressing pays) decodes back to it.
+      Check(!raw->empty() && raw->size() <= kMaxChunkBytes);
+      Check(DeclaredChunkSize(in).ok() && *DeclaredChunkSize(in) == raw->size());
+      if (auto again = CompressChunk(*raw)) {
+        auto back = DecompressChunk(*again);
+        Check(back.ok() && *back == *raw);
+      }
       break;
     }
   }

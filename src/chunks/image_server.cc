@@ -3,10 +3,12 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <unordered_set>
 
 #include "chunks/chunk_batch.h"
+#include "chunks/chunk_codec.h"
 #include "chunks/chunk_digest.h"
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"
@@ -115,6 +117,8 @@ ImageServer::Stats ImageServer::stats() const {
   s.requests = requests_;
   s.chunks_served = chunks_served_;
   s.bytes_served = bytes_served_;
+  s.raw_bytes_served = raw_bytes_served_;
+  s.zstd_chunks_served = zstd_chunks_served_;
   s.batch_requests = batch_requests_;
   s.chunks_uploaded = chunks_uploaded_;
   s.bytes_uploaded = bytes_uploaded_;
@@ -139,8 +143,12 @@ std::vector<metrics::FamilySnapshot> ImageServer::MetricFamilies() const {
           s.requests),
       one("vmgrid_image_server_batch_requests_total", "Batch chunk requests.", C, s.batch_requests),
       one("vmgrid_image_server_chunks_served_total", "Chunks sent to clients.", C, s.chunks_served),
-      one("vmgrid_image_server_served_bytes_total", "Chunk bytes sent to clients.", C,
-          s.bytes_served),
+      one("vmgrid_image_server_served_bytes_total",
+          "Chunk bytes sent to clients (zstd frames counted as sent).", C, s.bytes_served),
+      one("vmgrid_image_server_served_raw_bytes_total",
+          "Bytes of the chunks sent to clients, before compression.", C, s.raw_bytes_served),
+      one("vmgrid_image_server_zstd_chunks_served_total", "Chunks sent as zstd frames.", C,
+          s.zstd_chunks_served),
       one("vmgrid_image_server_chunks_uploaded_total", "Uploads that stored a new chunk.", C,
           s.chunks_uploaded),
       one("vmgrid_image_server_uploaded_bytes_total", "Bytes of the chunks uploaded.", C,
@@ -158,6 +166,10 @@ std::vector<metrics::FamilySnapshot> ImageServer::MetricFamilies() const {
       one("vmgrid_chunk_store_corrupt_reads_total",
           "Reads that found a chunk whose hash did not match (verification failures).", C,
           st.corrupt_reads),
+      one("vmgrid_chunk_store_frames_made_total",
+          "zstd frames of chunks made for compressed transfer.", C, st.frames_made),
+      one("vmgrid_chunk_store_bad_frames_total",
+          "Kept zstd frames that did not decode to their chunk (removed).", C, st.bad_frames),
   };
 }
 
@@ -169,6 +181,8 @@ json ImageServer::StatsJson() const {
            {{"requests", s.requests},
             {"chunks_served", s.chunks_served},
             {"bytes_served", s.bytes_served},
+            {"raw_bytes_served", s.raw_bytes_served},
+            {"zstd_chunks_served", s.zstd_chunks_served},
             {"batch_requests", s.batch_requests},
             {"chunks_uploaded", s.chunks_uploaded},
             {"bytes_uploaded", s.bytes_uploaded},
@@ -181,7 +195,9 @@ json ImageServer::StatsJson() const {
             {"puts", st.puts},
             {"dedup_hits", st.dedup_hits},
             {"gets", st.gets},
-            {"corrupt_reads", st.corrupt_reads}}},
+            {"corrupt_reads", st.corrupt_reads},
+            {"frames_made", st.frames_made},
+            {"bad_frames", st.bad_frames}}},
           {"catalog",
            {{"images", cs.images},
             {"versions", cs.versions},
@@ -315,6 +331,7 @@ void ImageServer::InstallRoutes() {
     if (!data.ok()) return SendError(res, data.error());
     chunks_served_++;
     bytes_served_ += data->size();
+    raw_bytes_served_ += data->size();
     res.set_header("Cache-Control", "public, max-age=31536000, immutable");
     res.set_content(std::move(data).value(), "application/octet-stream");
   });
@@ -335,7 +352,7 @@ void ImageServer::InstallRoutes() {
     batch_requests_++;
     auto body = ParseJsonObject(req.body, false);
     if (!body.ok()) return SendError(res, body.error());
-    JsonFields f(*body, {"digests"});
+    JsonFields f(*body, {"digests", "encodings"});
     if (Status st = f.CheckUnknown(); !st.ok()) return SendError(res, st.error());
     auto digests = f.StringList("digests", true, kMaxBatchChunks);
     if (!digests.ok()) return SendError(res, digests.error());
@@ -343,27 +360,48 @@ void ImageServer::InstallRoutes() {
       return SendError(res, MakeError(ErrorCode::kInvalidArgument, "field 'digests' is empty"));
     for (const auto& d : *digests)
       if (!IsChunkDigest(d)) return SendError(res, BadDigest(d));
+    // The encodings the client accepts besides raw bytes; like HTTP's
+    // Accept-Encoding, names this server does not know are ignored.
+    auto encodings = f.StringList("encodings", false, 16);
+    if (!encodings.ok()) return SendError(res, encodings.error());
+    const bool zstd_ok = options_.compress && std::find(encodings->begin(), encodings->end(),
+                                                        kZstdEncoding) != encodings->end();
     std::vector<std::string> datas;
-    uint64_t total = 0;
+    uint64_t total = 0, raw_total = 0;
     std::vector<std::string> served;
     std::vector<uint64_t> lengths;
+    std::vector<bool> zstd;
     for (const auto& d : *digests) {
       // Stop before reading a chunk that would not fit; the client asks again.
+      // (Bounded by raw sizes: a frame is never longer than its chunk.)
       auto size = store_.Size(d);
       if (!size.ok()) return SendError(res, size.error());
       if (!datas.empty() && total + *size > options_.max_batch_bytes) break;
-      auto data = options_.verify_on_read ? store_.Get(d) : store_.GetUnverified(d);
-      if (!data.ok()) return SendError(res, data.error());
-      total += data->size();
+      std::string data;
+      if (zstd_ok) {
+        auto c = store_.GetForTransfer(d, options_.verify_on_read);
+        if (!c.ok()) return SendError(res, c.error());
+        raw_total += c->raw_size;
+        zstd.push_back(c->zstd);
+        data = std::move(c->data);
+      } else {
+        auto c = options_.verify_on_read ? store_.Get(d) : store_.GetUnverified(d);
+        if (!c.ok()) return SendError(res, c.error());
+        raw_total += c->size();
+        data = std::move(c).value();
+      }
+      total += data.size();
       served.push_back(d);
-      lengths.push_back(data->size());
-      datas.push_back(std::move(data).value());
+      lengths.push_back(data.size());
+      datas.push_back(std::move(data));
     }
-    std::string out = EncodeBatchHeader(served, lengths);
+    std::string out = EncodeBatchHeader(served, lengths, zstd_ok ? &zstd : nullptr);
     out.reserve(out.size() + total);
     for (const auto& d : datas) out += d;
     chunks_served_ += datas.size();
     bytes_served_ += total;
+    raw_bytes_served_ += raw_total;
+    zstd_chunks_served_ += static_cast<uint64_t>(std::count(zstd.begin(), zstd.end(), true));
     res.set_header("X-Vmgrid-Batch-Chunks", std::to_string(datas.size()));
     res.set_content(std::move(out), "application/octet-stream");
   });

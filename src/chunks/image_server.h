@@ -63,6 +63,9 @@ class ImageServer {
     // and is quarantined. Clients verify anyway, so turning this off trades
     // server CPU for detecting rot only at the client.
     bool verify_on_read = true;
+    // Send chunks as zstd frames to clients that accept them (batch
+    // requests with "encodings":["zstd"]), where compressing pays.
+    bool compress = true;
     // An idle keep-alive connection is closed after this long (the client
     // reconnects transparently). Stop() waits for open idle connections up
     // to this long, so keep it short.
@@ -73,7 +76,9 @@ class ImageServer {
   struct Stats {
     uint64_t requests = 0;
     uint64_t chunks_served = 0;
-    uint64_t bytes_served = 0;
+    uint64_t bytes_served = 0;      // as sent: a zstd frame counts its own length
+    uint64_t raw_bytes_served = 0;  // the chunks' own lengths
+    uint64_t zstd_chunks_served = 0;
     uint64_t batch_requests = 0;
     uint64_t chunks_uploaded = 0;  // PUTs that stored a new chunk
     uint64_t bytes_uploaded = 0;
@@ -120,9 +125,9 @@ class ImageServer {
   std::mutex grant_mu_;
   std::map<std::string, uint64_t> generations_;  // highest seen per name; guarded by grant_mu_
 
-  std::atomic<uint64_t> requests_{0}, chunks_served_{0}, bytes_served_{0}, batch_requests_{0},
-      chunks_uploaded_{0}, bytes_uploaded_{0}, manifests_published_{0}, auth_failures_{0},
-      grant_refusals_{0};
+  std::atomic<uint64_t> requests_{0}, chunks_served_{0}, bytes_served_{0}, raw_bytes_served_{0},
+      zstd_chunks_served_{0}, batch_requests_{0}, chunks_uploaded_{0}, bytes_uploaded_{0},
+      manifests_published_{0}, auth_failures_{0}, grant_refusals_{0};
 };
 
 }  // namespace vmgrid

@@ -9,10 +9,12 @@
 
 #include "chunks/chunk_batch.h"
 #include "chunks/chunk_client.h"
+#include "chunks/chunk_codec.h"
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"
 #include "chunks/test_dir.h"
 #include "chunks/workspace_grant.h"
+#include "common/http_json.h"
 #include "common/metrics_text.h"
 
 namespace vmgrid {
@@ -30,6 +32,14 @@ std::string MakeImage(const std::string& path, size_t chunks, uint64_t seed) {
   img += TestBytes(1234, seed);
   WriteTestFile(path, img);
   return img;
+}
+
+// Bytes zstd compresses well (each pseudo-random byte repeated 8 times).
+std::string Compressible(size_t n, uint64_t seed) {
+  std::string r = TestBytes(n / 8 + 1, seed), out;
+  for (char c : r) out.append(8, c);
+  out.resize(n);
+  return out;
 }
 
 class ImageServerTest : public ::testing::Test {
@@ -469,6 +479,121 @@ TEST_F(ImageServerTest, ServerVerifiesAndQuarantinesCorruptChunk) {
   EXPECT_TRUE(client->FetchChunk(bad).ok());
 }
 
+TEST_F(ImageServerTest, CompressibleChunksTravelAsZstdFramesAndArriveExact) {
+  StartServer();
+  std::string text = Compressible(kChunk, 1), noise = TestBytes(kChunk, 2);
+  std::string dt = *store_->Put(text), dn = *store_->Put(noise);
+  auto fetch = [&](ChunkClient& client) {
+    std::map<std::string, std::string> got;
+    std::mutex mu;
+    Status st = client.FetchChunks({dt, dn}, [&](const std::string& d, std::string data) {
+      std::lock_guard<std::mutex> l(mu);
+      got[d] = std::move(data);
+      return Status::Ok();
+    });
+    EXPECT_TRUE(st.ok()) << st.error().message;
+    EXPECT_EQ(got[dt], text);
+    EXPECT_EQ(got[dn], noise);
+  };
+  auto zclient = Client();
+  fetch(*zclient);
+  ChunkClient::Stats zs = zclient->stats();
+  EXPECT_EQ(zs.zstd_chunks, 1u);  // the noise travels raw
+  EXPECT_EQ(zs.raw_bytes_fetched, 2 * uint64_t{kChunk});
+  EXPECT_LT(zs.bytes_fetched, kChunk + kChunk / 4);
+  EXPECT_EQ(zs.verification_failures, 0u);
+  ImageServer::Stats ss = server_->stats();
+  EXPECT_EQ(ss.zstd_chunks_served, 1u);
+  EXPECT_EQ(ss.bytes_served, zs.bytes_fetched);
+  EXPECT_EQ(ss.raw_bytes_served, 2 * uint64_t{kChunk});
+
+  ChunkClient::Options raw_only;
+  raw_only.accept_zstd = false;
+  auto rclient = Client("", raw_only);
+  fetch(*rclient);
+  EXPECT_EQ(rclient->stats().zstd_chunks, 0u);
+  EXPECT_EQ(rclient->stats().bytes_fetched, 2 * uint64_t{kChunk});
+  EXPECT_EQ(server_->stats().zstd_chunks_served, 1u);
+
+  // Asked raw by hand: the answer has no "encodings" (old clients parse it).
+  httplib::Client http(server_->url());
+  auto r = http.Post("/v1/chunks:batch", json{{"digests", {dt}}}.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(r->body.substr(0, r->body.find('\n')).find("encodings"), std::string::npos);
+  // Encodings it does not know are ignored, as in Accept-Encoding.
+  r = http.Post("/v1/chunks:batch", json{{"digests", {dt}}, {"encodings", {"br", "zstd"}}}.dump(),
+                "application/json");
+  ASSERT_TRUE(r);
+  auto entries = DecodeBatchAnswer(r->body, {dt}, true);
+  ASSERT_TRUE(entries.ok()) << entries.error().message;
+  EXPECT_TRUE((*entries)[0].zstd);
+  r = http.Post("/v1/chunks:batch", json{{"digests", {dt}}, {"encodings", "zstd"}}.dump(),
+                "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+}
+
+// verify_on_read off: a kept frame that does not decode to its chunk reaches
+// the client, which refuses it and fetches the raw chunk instead.
+TEST_F(ImageServerTest, ClientRefusesABadFrameAndFetchesTheChunkRaw) {
+  ImageServer::Options so;
+  so.verify_on_read = false;
+  StartServer(so);
+  std::string text = Compressible(kChunk, 3);
+  std::string d = *store_->Put(text);
+  WriteTestFile(dir_ / ("zstd/" + d.substr(0, 2) + "/" + d),
+                *CompressChunk(Compressible(kChunk, 4)));
+  auto client = Client();
+  auto got = std::string();
+  Status st = client->FetchChunks({d}, [&](const std::string&, std::string data) {
+    got = std::move(data);
+    return Status::Ok();
+  });
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  EXPECT_EQ(got, text);
+  EXPECT_EQ(client->stats().verification_failures, 1u);
+  EXPECT_EQ(client->stats().refetches, 1u);
+}
+
+// A server from before compressed transfer refuses the "encodings" field
+// (strict parsing); the client then asks it for raw chunks, once.
+TEST(ChunkClient, FallsBackToRawChunksWithAServerThatRefusesEncodings) {
+  std::string data = TestBytes(5000, 9);
+  std::string digest = ChunkDigest(data);
+  int refused = 0, served = 0;
+  httplib::Server old;
+  old.Post("/v1/chunks:batch", [&](const httplib::Request& req, httplib::Response& res) {
+    if (json::parse(req.body).contains("encodings")) {
+      refused++;
+      return SendError(res, MakeError(ErrorCode::kInvalidArgument,
+                                      "unknown field 'encodings' (allowed: digests)"));
+    }
+    served++;
+    res.set_content(json{{"digests", {digest}}, {"lengths", {data.size()}}}.dump() + "\n" + data,
+                    "application/octet-stream");
+  });
+  int port = old.bind_to_any_port("127.0.0.1");
+  std::thread t([&] { old.listen_after_bind(); });
+  while (!old.is_running()) std::this_thread::yield();
+  {
+    ChunkClient client("http://127.0.0.1:" + std::to_string(port), "");
+    for (int i = 0; i < 2; ++i) {
+      std::string got;
+      Status st = client.FetchChunks({digest}, [&](const std::string&, std::string d) {
+        got = std::move(d);
+        return Status::Ok();
+      });
+      ASSERT_TRUE(st.ok()) << st.error().message;
+      EXPECT_EQ(got, data);
+    }
+    EXPECT_EQ(refused, 1);
+    EXPECT_EQ(served, 2);
+  }
+  old.stop();
+  t.join();
+}
+
 // A server that corrupts the first copy of each chunk it sends in a batch.
 TEST(ChunkClient, TransientCorruptionIsRepairedByOneRefetch) {
   std::string data = TestBytes(5000, 9);
@@ -513,6 +638,22 @@ TEST(ChunkBatch, EncodeDecodeRoundTrip) {
   EXPECT_FALSE(DecodeBatchAnswer(body, {asked[1], asked[0]}).ok());  // out of order
   EXPECT_FALSE(DecodeBatchAnswer(body, {asked[0]}).ok());            // more than asked
   EXPECT_FALSE(DecodeBatchAnswer(body.substr(0, body.size() - 1), asked).ok());
+
+  // With encodings: only when asked for, one known name per entry.
+  std::vector<bool> zstd = {true, false};
+  std::string zbody = EncodeBatchHeader({asked[0], asked[1]}, {1, 2}, &zstd) + "abb";
+  auto z = DecodeBatchAnswer(zbody, asked, true);
+  ASSERT_TRUE(z.ok()) << z.error().message;
+  EXPECT_TRUE((*z)[0].zstd);
+  EXPECT_FALSE((*z)[1].zstd);
+  EXPECT_FALSE(DecodeBatchAnswer(zbody, asked).ok());  // not asked for
+  auto plain = DecodeBatchAnswer(body, asked, true);   // asked for, left out: all raw
+  ASSERT_TRUE(plain.ok()) << plain.error().message;
+  EXPECT_FALSE((*plain)[0].zstd);
+  for (const json& enc : {json{"zstd"}, json{"zstd", "gzip"}, json{"zstd", 1}, json("zstd")}) {
+    json h = {{"digests", {asked[0], asked[1]}}, {"lengths", {1, 2}}, {"encodings", enc}};
+    EXPECT_FALSE(DecodeBatchAnswer(h.dump() + "\nabb", asked, true).ok()) << enc.dump();
+  }
 }
 
 // Hostile batch framing from a server is rejected, never trusted.

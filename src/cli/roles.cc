@@ -56,6 +56,7 @@ struct AddRoleCommandsFlags {
   ImageServerOptions image_server;
   AgentOptions agent;
   bool no_prefetch = false;
+  bool no_compressed_transfer = false;
   std::string agent_memory;
   DevOptions dev;
   SimHostsOptions sim;
@@ -193,6 +194,7 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
     auto* a = t.Leaf(&t.app, "agent", "Run a host agent", [&] {
       if (!s.agent_memory.empty()) s.agent.memory_mb = ParseMemoryMb(s.agent_memory).value();
       s.agent.prefetch = !s.no_prefetch;
+      s.agent.compressed_transfer = !s.no_compressed_transfer;
       return Launch(t.ctx, roles.agent, s.agent, "agent", s.log_format);
     });
     a->group("Server roles");
@@ -244,6 +246,8 @@ void AddRoleCommands(CommandTree& t, const RoleEntryPoints& roles) {
         ->capture_default_str();
     a->add_flag("--no-prefetch", s.no_prefetch,
                 "Do not stream recorded first-read orders on cold starts");
+    a->add_flag("--no-compressed-transfer", s.no_compressed_transfer,
+                "Fetch chunks from the image server raw, not as zstd frames");
     metrics_flag(a, s.agent.metrics_listen);
     log_flag(a);
     a->add_option("--tunnel-listen", s.agent.tunnel_listen,

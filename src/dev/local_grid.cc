@@ -324,6 +324,7 @@ Status LocalGrid::StartAgent(int index, milliseconds timeout) {
     argv.insert(argv.end(),
                 {"--image-server", url, "--image-server-token-file", image_server_token_file()});
     if (!options_.agent_prefetch) argv.push_back("--no-prefetch");
+    if (!options_.agent_compressed_transfer) argv.push_back("--no-compressed-transfer");
   }
   if (options_.metrics)
     argv.insert(argv.end(), {"--metrics-listen", agent_metrics_url(index).substr(7)});

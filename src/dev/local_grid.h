@@ -30,6 +30,7 @@ struct LocalGridOptions {
   int image_server_port = 0;           // 0 = pick a free one
   std::string agent_image_server_url;  // "" = the grid's own (e.g. a WAN emulator in front of it)
   bool agent_prefetch = true;
+  bool agent_compressed_transfer = true;     // false: agents run with --no-compressed-transfer
   std::vector<std::string> controller_args;  // appended to `vmgrid controller` (e.g. limits)
   // The controller serves agents on a listener of their own (--agent-listen),
   // so users' connections never delay heartbeats.
@@ -129,6 +130,7 @@ class LocalGrid {
     options_.agent_image_server_url = std::move(url);
   }
   void set_agent_prefetch(bool on) { options_.agent_prefetch = on; }
+  void set_agent_compressed_transfer(bool on) { options_.agent_compressed_transfer = on; }
 
  private:
   LocalGridOptions options_;
