@@ -220,6 +220,12 @@ void HostImages::ReleaseDisk(const std::string& user) {
     if (auto s = vm_servers_.find(user); s != vm_servers_.end()) {
       server = std::move(s->second);
       vm_servers_.erase(s);
+      const nbd::NbdStats v = server->stats();
+      released_nbd_.connections += v.connections;
+      released_nbd_.requests += v.requests;
+      released_nbd_.bytes_read += v.bytes_read;
+      released_nbd_.errors += v.errors;
+      released_nbd_.source_errors += v.source_errors;
     }
     auto it = user_of_.find(user);
     if (it == user_of_.end()) return;
@@ -494,6 +500,11 @@ HostImages::Counters HostImages::counters() const {
                prefetched_chunks_.load()};
   auto& n = out.nbd;
   std::lock_guard<std::mutex> l(mu_);
+  n.connections += released_nbd_.connections;
+  n.requests += released_nbd_.requests;
+  n.bytes_read += released_nbd_.bytes_read;
+  n.errors += released_nbd_.errors;
+  n.source_errors += released_nbd_.source_errors;
   for (const auto& [vm, server] : vm_servers_) {
     auto v = server->stats();
     n.connections += v.connections;

@@ -189,6 +189,9 @@ class HostImages {
   std::map<std::string, std::string> user_of_;  // user -> digest; guarded by mu_
   // One NBD server per VM, serving only that VM's export; guarded by mu_.
   std::map<std::string, std::unique_ptr<nbd::NbdServer>> vm_servers_;
+  // The counters of VMs' NBD servers already released (so that the host's
+  // totals do not drop when a VM goes); guarded by mu_.
+  nbd::NbdStats released_nbd_;
   std::map<std::string, std::shared_ptr<std::mutex>> key_locks_;  // guarded by mu_
   std::map<uint64_t, Transfer> transfers_;                        // guarded by mu_
   uint64_t next_transfer_ = 1;                                    // guarded by mu_

@@ -90,11 +90,16 @@ TEST_F(HostImagesTest, ExportServesTheImageLazilyAndIsReferenceCounted) {
   EXPECT_GT(st["cache"]["misses"].get<int>(), 0);
   EXPECT_EQ(st["cache"]["verification_failures"], 0);
 
+  const uint64_t read = st["nbd"]["bytes_read"].get<uint64_t>();
+  EXPECT_GE(read, image_.size());
+
   // A second VM shares the export; it goes away with the last user.
   ASSERT_TRUE(h->AcquireDisk(disk_, "vm-2", "boot", Endpoint("vm-2")).ok());
   EXPECT_EQ(h->StatsJson()["exports"][0]["vms"], 2);
   h->ReleaseDisk("vm-1");
   EXPECT_EQ(h->StatsJson()["exports"].size(), 1u);
+  // The host's NBD totals keep what a released VM's server read.
+  EXPECT_EQ(h->StatsJson()["nbd"]["bytes_read"].get<uint64_t>(), read);
   h->ReleaseDisk("vm-2");
   EXPECT_EQ(h->StatsJson()["exports"].size(), 0u);
   EXPECT_FALSE(ReadThroughQemuImg(*backing).ok()) << "a removed export must not be served";
