@@ -181,7 +181,8 @@ def main():
         drawn.append("fanout.svg")
 
     # bench/image_transfer, per image: | start | plain | cold LAN | cold WAN | warm LAN |
-    # warm WAN | copy whole LAN | copy whole WAN |, cells "median (Q1–Q3) s, ratio".
+    # warm WAN | copy whole LAN | copy whole WAN | copy whole zstd LAN | copy whole zstd WAN |,
+    # cells "median (Q1–Q3) s, ratio".
     b = block(text, "image-transfer")
     if b is not None:
         for part in b.split("\n### ")[1:]:
