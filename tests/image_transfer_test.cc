@@ -45,6 +45,23 @@ class ImageTransferTest : public ::testing::Test {
     ASSERT_TRUE(grid_->WaitHostsUp(1, seconds(30)).ok());
   }
 
+  // How many kernel and initrd files the host has materialized.
+  int BootFiles() {
+    int n = 0;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(grid_->agent_state_dir(0) + "/blobs", ec)) {
+      const std::string ext = e.path().extension().string();
+      n += ext == ".kernel" || ext == ".initrd";
+    }
+    return n;
+  }
+
+  json VmStateJson(const std::string& id) {
+    auto text = ReadFile(grid_->agent_state_dir(0) + "/vms/" + id + "/state.json");
+    EXPECT_TRUE(text.ok());
+    return text.ok() ? json::parse(*text, nullptr, false) : json::object();
+  }
+
   std::vector<std::string> CachedChunkFiles() {
     std::vector<std::string> out;
     std::error_code ec;
@@ -126,17 +143,61 @@ TEST_F(ImageTransferTest, EmptyCacheHostResumesCloneFromImageCheckpoint) {
   EmptyHostCache();
   json vm = CreateVm(api, {{"image", "ckpt"}, {"name", "resumed"}, {"start", "resume"}});
   ASSERT_EQ(vm["state"], "running") << vm.dump();
-  EXPECT_EQ(Exec(api, vm["id"], "echo resumed"), "resumed\n");
+  const std::string id = vm["id"];
+  EXPECT_EQ(Exec(api, id, "echo resumed"), "resumed\n");
   json st = FreshHostImages();
   EXPECT_GT(
       st["cache"]["misses"].get<uint64_t>() + st["image_server"]["bytes_fetched"].get<uint64_t>(),
       0u)
       << st.dump();
+  // The resume did not fetch the kernel and initrd it does not run: QEMU got
+  // the boot stub for them (vmm/boot_stub.h).
+  const uint64_t kernel_size = img["versions"]["kernel"]["size"];
+  EXPECT_LT(st["image_server"]["raw_bytes_fetched"].get<uint64_t>(),
+            img["versions"]["ckpt_memory"]["size"].get<uint64_t>() + kernel_size / 2)
+      << st.dump();
+  EXPECT_EQ(BootFiles(), 0) << "a resume fetched the kernel or initrd";
+  EXPECT_EQ(VmStateJson(id).value("boot_stub", false), true);
+
+  // An agent killed and started again adopts that QEMU as one with the stub.
+  grid_->StopAgent(0, /*hard=*/true);
+  ASSERT_TRUE(grid_->StartAgent(0).ok());
+  ASSERT_TRUE(grid_->WaitHostsUp(1, seconds(30)).ok());
+  EXPECT_EQ(VmStateJson(id).value("boot_stub", false), true);
+
+  // A reboot of that guest ends its QEMU; the agent boots the VM again on its
+  // disk with the image's kernel, fetched now, and the VM stays running.
+  const std::string boot_id = Exec(api, id, "cat /proc/sys/kernel/random/boot_id");
+  ASSERT_FALSE(boot_id.empty());
+  EXPECT_EQ(Exec(api, id, "echo kept > /root/before-reboot && sync && echo ok"), "ok\n");
+  (void)ExecOperation(api, id, {{"argv", {"/sbin/reboot"}}, {"timeout_s", 10}});
+  std::string new_boot_id;
+  for (auto deadline = std::chrono::steady_clock::now() + seconds(120);
+       std::chrono::steady_clock::now() < deadline;
+       std::this_thread::sleep_for(std::chrono::milliseconds(500))) {
+    auto op = ExecOperation(
+        api, id, {{"argv", {"cat", "/proc/sys/kernel/random/boot_id"}}, {"timeout_s", 10}});
+    if (!op.ok() || (*op)["state"] != "succeeded" || !(*op)["result"].is_object()) continue;
+    std::string out = (*op)["result"].value("stdout", "");
+    if (!out.empty() && out != boot_id) {
+      new_boot_id = out;
+      break;
+    }
+  }
+  ASSERT_FALSE(new_boot_id.empty()) << "the guest did not come back after its reboot";
+  EXPECT_EQ(Exec(api, id, "cat /root/before-reboot"), "kept\n") << "the disk survives the reboot";
+  EXPECT_EQ(BootFiles(), 2) << "the reboot fetched the kernel and initrd";
+  EXPECT_EQ(VmStateJson(id).value("boot_stub", true), false);
+  auto got = api.Get("/v1/vms/" + id);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ((*got)["state"], "running") << got->dump();
   // A second clone on the now-warm host resumes too, from the same files.
   json vm2 = CreateVm(api, {{"image", "ckpt"}, {"name", "resumed2"}, {"start", "resume"}});
   ASSERT_EQ(vm2["state"], "running") << vm2.dump();
   EXPECT_EQ(Exec(api, vm2["id"], "echo again"), "again\n");
-  DeleteVm(api, vm["id"]);
+  EXPECT_EQ(VmStateJson(vm2["id"]).value("boot_stub", true), false)
+      << "with the kernel on the host, a resume hands it to QEMU";
+  DeleteVm(api, id);
   DeleteVm(api, vm2["id"]);
   EXPECT_TRUE(api.Delete("/v1/images/ckpt").ok());
 }

@@ -372,9 +372,13 @@ Status HostImages::Warm(const Manifest& m, const std::string& what) {
   return st;
 }
 
+std::string HostImages::BlobPath(const BlobRef& ref, const std::string& suffix) const {
+  return options_.state_dir + "/blobs/" + ref.digest + suffix;
+}
+
 Result<std::string> HostImages::Materialize(const BlobRef& ref, const std::string& suffix,
                                             int mode) {
-  std::string path = options_.state_dir + "/blobs/" + ref.digest + suffix;
+  std::string path = BlobPath(ref, suffix);
   auto lock = LockFor("blob:" + path);
   std::lock_guard<std::mutex> one(*lock);
   if (FileExists(path)) return path;

@@ -114,9 +114,12 @@ class HostImages {
   // on `socket_path` when given.
   std::string BackingFor(const std::string& digest, const std::string& socket_path = "") const;
 
-  // A local file with the bytes of `ref` (STATE/blobs/DIGEST + suffix),
-  // fetched in parallel batches and verified when not there yet.
+  // A local file with the bytes of `ref` (BlobPath(ref, suffix)), fetched in
+  // parallel batches and verified when not there yet.
   Result<std::string> Materialize(const BlobRef& ref, const std::string& suffix, int mode);
+  // Where Materialize puts `ref` (STATE/blobs/DIGEST + suffix); the file
+  // exists only once materialized.
+  std::string BlobPath(const BlobRef& ref, const std::string& suffix) const;
   // A local checkpoint directory (memory.state, disk.qcow2 rebased onto
   // `backing` when it has a backing file, meta.json with `kind` "image" or
   // "vm") as VmRunner resumes from; made once per version, atomically.

@@ -20,6 +20,7 @@
 #include "common/vm_state.h"
 #include "images/image_file.h"
 #include "images/qcow2_header.h"
+#include "vmm/boot_stub.h"
 #include "vmm/machine_ops.h"
 #include "vmm/migration.h"
 #include "vmm/qemu_process.h"
@@ -79,6 +80,11 @@ struct VmRunner::Vm {
   // The incoming migration is a cold one (a stopped VM's disks only): its
   // QEMU never runs the guest and goes at FinishIncoming. Guarded by op_mu.
   bool cold_incoming = false;
+  // The running QEMU has the boot stub for its kernel (vmm/boot_stub.h) and
+  // ends at a guest reboot (state.json "boot_stub"); guest_reset: its exit
+  // was such a reboot (RebootedGuest). Guarded by op_mu.
+  bool boot_stub = false;
+  bool guest_reset = false;
 
   void Set(VmState s, const std::string& e = "") {
     std::lock_guard<std::mutex> l(status_mu);
@@ -389,6 +395,7 @@ Status VmRunner::PersistState(Vm& vm) {
   j["uid"] = vm.uid;
   j["gid"] = vm.gid;
   j["nbd_depth"] = vm.nbd_depth;
+  j["boot_stub"] = vm.boot_stub;
   return WriteFileAtomic(VmDir(vm.spec.id) + "/state.json", j.dump(2) + "\n", 0600);
 }
 
@@ -448,6 +455,24 @@ static Result<std::string> CheckpointKind(const std::string& dir) {
   return j["kind"].get<std::string>();
 }
 
+Status VmRunner::MaterializeBootFiles(const VmSpec& s, std::string* kernel, std::string* initrd) {
+  if (!options_.images) return Status::Ok();
+  if (auto k = s.blobs.find("kernel"); k != s.blobs.end()) {
+    VMG_ASSIGN_OR_RETURN(*kernel, options_.images->Materialize(k->second, ".kernel", 0644));
+  }
+  if (auto i = s.blobs.find("initrd"); i != s.blobs.end()) {
+    VMG_ASSIGN_OR_RETURN(*initrd, options_.images->Materialize(i->second, ".initrd", 0644));
+  }
+  return Status::Ok();
+}
+
+Result<std::string> VmRunner::BootStubPath() {
+  const std::string path = options_.state_dir + "/blobs/boot-stub.elf";
+  std::lock_guard<std::mutex> l(stub_mu_);
+  VMG_RETURN_IF_ERROR(WriteBootStub(path));
+  return path;
+}
+
 Status VmRunner::ResolveBlobs(Vm& vm) {
   VmSpec& s = vm.spec;
   if (!options_.images || !s.blobs.count("disk")) return Status::Ok();
@@ -459,11 +484,16 @@ Status VmRunner::ResolveBlobs(Vm& vm) {
   const std::string shared_backing = images.BackingFor(s.blobs.at("disk").digest);
   s.image.disk = backing;
   s.image.format = "raw";
-  if (auto k = s.blobs.find("kernel"); k != s.blobs.end()) {
-    VMG_ASSIGN_OR_RETURN(s.image.kernel, images.Materialize(k->second, ".kernel", 0644));
-  }
-  if (auto i = s.blobs.find("initrd"); i != s.blobs.end()) {
-    VMG_ASSIGN_OR_RETURN(s.image.initrd, images.Materialize(i->second, ".initrd", 0644));
+  // A resume or an incoming migration restores a guest whose kernel is in its
+  // memory: the kernel and initrd are only named here, and fetched when a
+  // QEMU of this VM boots (Launch).
+  if (s.start == "resume" || vm.migration == "incoming") {
+    if (auto k = s.blobs.find("kernel"); k != s.blobs.end())
+      s.image.kernel = images.BlobPath(k->second, ".kernel");
+    if (auto i = s.blobs.find("initrd"); i != s.blobs.end())
+      s.image.initrd = images.BlobPath(i->second, ".initrd");
+  } else {
+    VMG_RETURN_IF_ERROR(MaterializeBootFiles(s, &s.image.kernel, &s.image.initrd));
   }
   if (s.start == "resume" && s.blobs.count("vm_ckpt_memory")) {
     // Another VM's checkpoint, possibly made on another host.
@@ -609,6 +639,22 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state,
   c.kernel = vm.spec.image.kernel;
   c.initrd = vm.spec.image.initrd;
   c.append = vm.spec.image.append;
+  // The kernel and initrd from the image server: a QEMU that boots needs
+  // them; one that restores a guest gets the boot stub while they are not on
+  // this host (ResolveBlobs), and then ends at a guest reboot (RefreshLiveness).
+  bool stub = false;
+  if (options_.images && vm.spec.blobs.count("kernel")) {
+    if (!incoming && !migration_target) {
+      VMG_RETURN_IF_ERROR(MaterializeBootFiles(vm.spec, &c.kernel, &c.initrd));
+    } else {
+      stub = !FileExists(c.kernel) || (!c.initrd.empty() && !FileExists(c.initrd));
+    }
+  }
+  if (stub) {
+    VMG_ASSIGN_OR_RETURN(c.kernel, BootStubPath());
+    c.initrd.clear();
+    c.reboot_exits = true;
+  }
   {
     std::lock_guard<std::mutex> l(vm.status_mu);
     c.disk_path = vm.disk_path;
@@ -661,6 +707,8 @@ Status VmRunner::Launch(Vm& vm, bool incoming, const std::string& memory_state,
     vm.pushed_writes = -1;  // the write count is this QEMU's
   }
   VMG_ASSIGN_OR_RETURN(vm.qemu, QemuProcess::Launch(c, seconds(30)));
+  vm.boot_stub = stub;
+  vm.guest_reset = false;
   if (resume) {
     Status st = FinishResumeAtStart(vm.qemu->qmp(), seconds(120));
     if (!st.ok()) {
@@ -698,12 +746,16 @@ Status VmRunner::MountData(Vm& vm) {
 // Host randomness written to /dev/urandom only enters the guest's input pool
 // (Linux reseeds from it later), so it is written after the VM is reported
 // running instead of delaying every resume by its guest-agent round trips.
-void VmRunner::ReseedLater(const std::shared_ptr<Vm>& vm) {
+void VmRunner::InBackground(std::function<void()> task) {
   std::lock_guard<std::mutex> l(background_mu_);
   std::erase_if(background_, [](const std::future<void>& f) {
     return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
   });
-  background_.push_back(std::async(std::launch::async, [vm] {
+  background_.push_back(std::async(std::launch::async, std::move(task)));
+}
+
+void VmRunner::ReseedLater(const std::shared_ptr<Vm>& vm) {
+  InBackground([vm] {
     std::lock_guard<std::mutex> op(vm->op_mu);
     if (!vm->qemu || vm->State() != VmState::kRunning) return;
     // Short timeouts: the guest agent answered a moment ago, and a stop or
@@ -713,7 +765,7 @@ void VmRunner::ReseedLater(const std::shared_ptr<Vm>& vm) {
     Status st = (*ga)->ReseedRandom(seconds(2));
     if (!st.ok())
       spdlog::warn("VM {}: reseeding guest RNG failed: {}", vm->spec.id, st.error().message);
-  }));
+  });
 }
 
 // --- lifecycle ----------------------------------------------------------------------
@@ -1211,9 +1263,51 @@ Result<VmStatus> VmRunner::Get(const std::string& id) {
   return StatusOf(*vm);
 }
 
+bool VmRunner::RebootedGuest(Vm& vm) {
+  if (!vm.qemu || !vm.boot_stub || vm.State() != VmState::kRunning) return false;
+  if (!vm.guest_reset) {
+    // QEMU sent the event before it exited; it waits, read, in our socket.
+    auto ev = vm.qemu->qmp().WaitEventIf(
+        [](const nlohmann::json& e) { return e.is_object() && e.value("event", "") == "SHUTDOWN"; },
+        milliseconds(200));
+    vm.guest_reset =
+        ev.ok() && (*ev)["data"].is_object() && (*ev)["data"].value("reason", "") == "guest-reset";
+  }
+  return vm.guest_reset;
+}
+
+Status VmRunner::RestartAfterReboot(Vm& vm) {
+  spdlog::info("VM {}: the guest rebooted; starting it again with its image's kernel", vm.spec.id);
+  vm.qemu.reset();
+  // Launch fetches the kernel and initrd if this host lacks them. The VM
+  // stays running: its guest boots as after any reboot.
+  VMG_RETURN_IF_ERROR(Launch(vm, false, ""));
+  PersistStateOrCount(vm);
+  return Status::Ok();
+}
+
+void VmRunner::RestartAfterRebootLater(const std::shared_ptr<Vm>& vm) {
+  InBackground([this, vm] {
+    std::lock_guard<std::mutex> op(vm->op_mu);
+    RefreshLiveness(*vm);
+  });
+}
+
 void VmRunner::RefreshLiveness(Vm& vm) {
   // Called with op_mu held. A QEMU that exited on its own (guest poweroff,
-  // crash, OOM kill) turns a running VM into a stopped one.
+  // crash, OOM kill) turns a running VM into a stopped one; a guest restored
+  // with the boot stub that rebooted is started again.
+  if (vm.qemu && !vm.qemu->Alive() && RebootedGuest(vm)) {
+    Status st = RestartAfterReboot(vm);
+    if (st.ok()) return;
+    spdlog::warn("VM {}: starting it again after a guest reboot failed: {}", vm.spec.id,
+                 st.error().message);
+    vm.qemu.reset();
+    vm.Set(VmState::kStopped,
+           "the guest rebooted and starting it again failed: " + RedactForUser(st.error().message));
+    PersistStateOrCount(vm);
+    return;
+  }
   if (vm.qemu && !vm.qemu->Alive()) {
     spdlog::warn("VM {}: QEMU exited unexpectedly; see {}/run/qemu.log: {}", vm.spec.id,
                  VmDir(vm.spec.id), vm.qemu->LogTail());
@@ -1233,7 +1327,11 @@ std::vector<VmStatus> VmRunner::List() {
   for (auto& vm : vms) {
     // Only check liveness when no operation is in flight on this VM.
     std::unique_lock<std::mutex> op(vm->op_mu, std::try_to_lock);
-    if (op.owns_lock()) RefreshLiveness(*vm);
+    // A reboot's restart may fetch the kernel: not on the heartbeat's time.
+    if (op.owns_lock() && vm->qemu && !vm->qemu->Alive() && RebootedGuest(*vm))
+      RestartAfterRebootLater(vm);
+    else if (op.owns_lock())
+      RefreshLiveness(*vm);
     VmStatus s = StatusOf(*vm);
     if (op.owns_lock() && vm->qemu) s.pid = vm->qemu->pid();
     out.push_back(s);
@@ -1795,6 +1893,8 @@ Status VmRunner::Recover() {
     vm->uid = int_field("uid", -1);
     vm->gid = int_field("gid", -1);
     vm->nbd_depth = int_field("nbd_depth", 0);
+    if (auto b = state_json.find("boot_stub"); b != state_json.end() && b->is_boolean())
+      vm->boot_stub = b->get<bool>();
     if (options_.images && spec->blobs.count("disk") && spec->disk_mode == "clone" &&
         !state_json.contains("nbd_depth") && !legacy_nbd) {
       // Started by an agent before per-VM sockets: its QEMU reconnects to

@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -223,7 +224,25 @@ class VmRunner : public VmDriver {
   // QEMU's output cut and host paths replaced (RedactForUser).
   Error ForUser(const Error& e, const std::string& what) const;
   VmStatus StatusOf(const Vm& vm) const;
+  // Called with op_mu held: a QEMU that exited turns a running VM stopped,
+  // unless its guest, restored with the boot stub, rebooted: then the VM is
+  // started again (RestartAfterReboot).
   void RefreshLiveness(Vm& vm);
+  // The VM's QEMU, started with the boot stub, exited because its guest
+  // rebooted (QEMU's SHUTDOWN event, reason "guest-reset"). op_mu held.
+  bool RebootedGuest(Vm& vm);
+  // Boots the VM again on its disk with the image's kernel and initrd
+  // (fetched now if this host lacks them); the VM stays running. op_mu held.
+  Status RestartAfterReboot(Vm& vm);
+  // Runs `task` on its own thread; the destructor waits for it.
+  void InBackground(std::function<void()> task);
+  // RefreshLiveness in the background (a restart may fetch a kernel).
+  void RestartAfterRebootLater(const std::shared_ptr<Vm>& vm);
+  // Fetches the kernel and initrd of `spec` from the image server, if they
+  // come from there, and sets *kernel and *initrd to their files.
+  Status MaterializeBootFiles(const VmSpec& spec, std::string* kernel, std::string* initrd);
+  // STATE/blobs/boot-stub.elf (vmm/boot_stub.h), written if missing.
+  Result<std::string> BootStubPath();
   // `shared`: an image's checkpoint, readable by the QEMUs of its clones.
   Status SaveCheckpoint(Vm& vm, const std::string& target_dir, bool shared);
   // Durable workspaces: pushes the persistent workspace `qcow2` (consistent:
@@ -249,13 +268,15 @@ class VmRunner : public VmDriver {
   std::optional<VmCgroups> cgroups_;  // set when the host allows per-VM cgroups
   OverlayTemplates overlays_;         // STATE/overlay-templates
 
-  // Host entropy written into resumed guests after they are reported running
-  // (ReseedLater); waited for by the destructor.
+  // Tasks of InBackground (host entropy written into resumed guests after
+  // they are reported running, restarts after a guest reboot); waited for by
+  // the destructor.
   std::mutex background_mu_;
   std::vector<std::future<void>> background_;  // guarded by background_mu_
 
   std::mutex mu_;
   std::mutex console_mu_;                           // serialises console log reads and trims
+  std::mutex stub_mu_;                              // serialises BootStubPath's writes
   std::map<std::string, std::shared_ptr<Vm>> vms_;  // guarded by mu_
 };
 

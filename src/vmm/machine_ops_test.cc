@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "vmm/boot_stub.h"
 #include "vmm/guest_agent_client.h"
 #include "vmm/qemu_process.h"
 #include "vmm/test_util.h"
@@ -342,6 +343,39 @@ TEST_F(MachineOpsTest, TinyGuestBootExecCheckpointResume) {
       << r->out;
   ASSERT_TRUE((*ga2)->ReseedRandom().ok());
   ASSERT_TRUE((*vm2)->Quit(seconds(10)).ok());
+
+  // A restore does not run the image's kernel: the boot stub stands in for
+  // it and the initrd (vmm/boot_stub.h), and with reboot_exits a reboot of
+  // the guest ends QEMU instead of running the stub.
+  ASSERT_TRUE(WriteBootStub(P("stub.elf")).ok());
+  ASSERT_EQ(
+      Sh("qemu-img create -q -f qcow2 -b " + P("ckpt/disk.qcow2") + " -F qcow2 " + P("ov3.qcow2")),
+      0);
+  ASSERT_TRUE(GiveTo(P("ov3.qcow2"), runas));
+  c.vm_id = "tiny-c";
+  c.disk_path = P("ov3.qcow2");
+  c.run_dir = P("run3");
+  c.kernel = P("stub.elf");
+  c.initrd.clear();
+  c.reboot_exits = true;
+  c.vmgenid = RandomUuid();
+  auto vm3 = QemuProcess::Launch(c, seconds(30));
+  ASSERT_TRUE(vm3.ok()) << vm3.error().message;
+  st = FinishResumeAtStart((*vm3)->qmp(), seconds(120));
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  auto ga3 = GuestAgentClient::ConnectWhenReady((*vm3)->qga_socket(), Clock::now() + seconds(60));
+  ASSERT_TRUE(ga3.ok()) << ga3.error().message;
+  back = (*ga3)->ReadFile(marker_path, 4096);
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(*back, marker);
+  // The guest agent may be gone before it reports reboot's exit status.
+  (void)(*ga3)->Exec({"/sbin/reboot"}, "", seconds(20));
+  auto shutdown = (*vm3)->qmp().WaitEvent("SHUTDOWN", seconds(60));
+  ASSERT_TRUE(shutdown.ok()) << shutdown.error().message;
+  EXPECT_EQ((*shutdown)["data"].value("reason", ""), "guest-reset") << shutdown->dump();
+  for (auto deadline = Clock::now() + seconds(20); (*vm3)->Alive() && Clock::now() < deadline;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE((*vm3)->Alive()) << "QEMU must exit, not reset";
 }
 
 }  // namespace

@@ -152,6 +152,17 @@ TEST(BuildQemuArgvTest, KernelWithoutInitrdOrAppend) {
   EXPECT_EQ(std::find(a.begin(), a.end(), "-append"), a.end());
 }
 
+TEST(BuildQemuArgvTest, RebootExitsTurnsAGuestResetIntoShutdown) {
+  QemuConfig c = FullConfig();
+  std::vector<std::string> a = BuildQemuArgv(c);
+  EXPECT_EQ(std::find(a.begin(), a.end(), "-action"), a.end()) << "resets in place by default";
+  c.reboot_exits = true;
+  a = BuildQemuArgv(c);
+  auto at = std::find(a.begin(), a.end(), "-action");
+  ASSERT_NE(at, a.end());
+  EXPECT_EQ(*(at + 1), "reboot=shutdown");
+}
+
 TEST(BuildQemuArgvTest, UntrustedLayerLosesItsBackingFile) {
   QemuConfig c = FullConfig();
   c.disk_untrusted_depth = 2;

@@ -548,6 +548,7 @@ std::vector<std::string> BuildQemuArgv(const QemuConfig& c) {
     a.insert(a.end(), {"-incoming", "defer"});
   }
   if (c.start_paused) a.push_back("-S");
+  if (c.reboot_exits) a.insert(a.end(), {"-action", "reboot=shutdown"});
   if (c.sandbox) a.insert(a.end(), {"-sandbox", kSandboxOptions});
   a.insert(a.end(), {"-name", c.vm_id + ",process=vmgrid-" + c.vm_id});
   return a;

@@ -96,6 +96,10 @@ struct QemuConfig {
   // Data disks (at most kMaxDataDisks), disk i at PCI slot 0x18+i.
   std::vector<DataDiskConfig> data_disks;
   std::string qemu_binary = "qemu-system-x86_64";
+  // -action reboot=shutdown: a guest reboot ends QEMU (a SHUTDOWN event with
+  // reason "guest-reset", then exit 0) instead of resetting the machine; for
+  // a guest restored with vmm/boot_stub.h in place of its kernel.
+  bool reboot_exits = false;
 };
 
 // Fixed names inside a run directory.
