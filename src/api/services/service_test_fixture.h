@@ -7,6 +7,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <deque>
 #include <functional>
@@ -181,6 +182,9 @@ class FakeAgent : public AgentClient {
 
 class ServiceTest : public ::testing::TestWithParam<std::string> {
  protected:
+  ~ServiceTest() override {
+    if (!creds_file_.empty()) unlink(creds_file_.c_str());
+  }
   void SetUp() override {
     db_ = std::make_unique<testing_db::TestDatabase>(GetParam());
     VMGRID_REQUIRE_TEST_DATABASE(*db_);
@@ -188,7 +192,8 @@ class ServiceTest : public ::testing::TestWithParam<std::string> {
     ASSERT_TRUE(s.ok()) << s.error().message;
     store_ = std::move(s).value();
     ASSERT_TRUE(store_->SetObserver(&index_).ok());
-    auto creds = HostCredentials::Open(::testing::TempDir() + "/" + NewId("key"));
+    creds_file_ = ::testing::TempDir() + "/" + NewId("key");
+    auto creds = HostCredentials::Open(creds_file_);
     ASSERT_TRUE(creds.ok()) << creds.error().message;
     creds_.emplace(std::move(creds).value());
     auto u = store_->CreateUser("alice", "user");
@@ -237,6 +242,7 @@ class ServiceTest : public ::testing::TestWithParam<std::string> {
   CapacityIndex index_;  // outlives store_
   std::unique_ptr<Store> store_;
   std::optional<HostCredentials> creds_;
+  std::string creds_file_;  // one per test, removed by the destructor
   FakeClock clock_{NowMs()};
   FakeAgent agent_;
   User alice_;
