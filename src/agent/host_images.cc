@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <future>
 
 #include "chunks/chunk_cache.h"
 #include "chunks/chunk_client.h"
@@ -324,7 +325,7 @@ void HostImages::Prefetch(const Manifest& m, const std::string& mode) {
                mode);
 }
 
-Status HostImages::Warm(const Manifest& m, const std::string& what) {
+Status HostImages::Warm(const Manifest& m, const std::string& what, const ArrivedFn& arrived) {
   std::vector<std::string> missing = cache_->Missing(m.chunks);
   if (missing.empty()) return Status::Ok();
   const uint64_t total =
@@ -343,6 +344,7 @@ Status HostImages::Warm(const Manifest& m, const std::string& what) {
       client_->FetchChunks(missing, [&](const std::string& digest, std::string data) -> Status {
         uint64_t n = data.size();
         VMG_RETURN_IF_ERROR(cache_->Insert(digest, data));
+        if (arrived) VMG_RETURN_IF_ERROR(arrived(digest, data));
         std::lock_guard<std::mutex> l(pm);
         got += n;
         {
@@ -403,8 +405,12 @@ Result<std::string> HostImages::MaterializeCheckpoint(const BlobRef& memory, con
     (void)RemoveTree(tmp);
     return e.Wrap("checkpoint " + memory.name + " v" + std::to_string(memory.version));
   };
+  // Both at once: the disk's fetch overlaps the memory state's.
+  auto disk_copy =
+      std::async(std::launch::async, [&] { return CopyTo(disk, tmp + "/disk.qcow2"); });
   Status st = CopyTo(memory, tmp + "/memory.state");
-  if (st.ok()) st = CopyTo(disk, tmp + "/disk.qcow2");
+  Status disk_st = disk_copy.get();
+  if (st.ok()) st = disk_st;
   if (!st.ok()) return fail(st.error());
   chmod((tmp + "/memory.state").c_str(), 0600);  // guest memory: root only
   chmod((tmp + "/disk.qcow2").c_str(), 0644);
@@ -440,10 +446,21 @@ Status HostImages::CopyTo(const BlobRef& ref, const std::string& path, const std
   VMG_RETURN_IF_ERROR(cache_->Pin(pin, m.chunks));
   ChunkClient* client = client_.get();
   auto fetch = [client](const std::string& digest) { return client->FetchChunk(digest); };
-  Status st = Warm(m, ref.name + " v" + std::to_string(ref.version));
-  if (st.ok())
-    st = WriteImageFile(
-        m, [this, &fetch](const std::string& d) { return cache_->Get(d, fetch); }, path);
+  // Fetched chunks land in the file as they arrive (verified by the client
+  // and the cache); those the cache had are read from it afterwards.
+  auto st = [&]() -> Status {
+    VMG_ASSIGN_OR_RETURN(auto out, ImageFileWriter::Open(m, path));
+    VMG_RETURN_IF_ERROR(
+        Warm(m, ref.name + " v" + std::to_string(ref.version),
+             [&out](const std::string& d, std::string_view data) { return out->Put(d, data); }));
+    for (const std::string& d : out->Missing()) {
+      VMG_ASSIGN_OR_RETURN(std::string data, cache_->Get(d, fetch));
+      if (ChunkDigest(data) != d)
+        return MakeError(ErrorCode::kInternal, "chunk " + d + " from the cache has other bytes");
+      VMG_RETURN_IF_ERROR(out->Put(d, data));
+    }
+    return out->Commit();
+  }();
   (void)cache_->Unpin(pin);
   if (!st.ok())
     return st.error().Wrap("copying " + ref.name + " v" + std::to_string(ref.version) + " to " +

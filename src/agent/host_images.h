@@ -34,12 +34,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -174,9 +176,12 @@ class HostImages {
                                                          const std::string& user,
                                                          const std::string& mode);
   Result<Manifest> GetManifest(const BlobRef& ref, const std::string& grant = "");
+  // Called with each chunk Warm fetched (verified), after the cache took it;
+  // from several threads at once.
+  using ArrivedFn = std::function<Status(const std::string& digest, std::string_view data)>;
   // Fetches every missing chunk of `m` in parallel batches; `what` names the
   // transfer in logs and StatsJson.
-  Status Warm(const Manifest& m, const std::string& what);
+  Status Warm(const Manifest& m, const std::string& what, const ArrivedFn& arrived = nullptr);
   void StartPrefetch(const Manifest& m, const std::string& mode);
   void Prefetch(const Manifest& m, const std::string& mode);  // runs on a prefetcher thread
   std::shared_ptr<std::mutex> LockFor(const std::string& key);

@@ -293,45 +293,92 @@ Result<Manifest> ChunkImageFile(const std::string& path, uint32_t chunk_size, Ch
 Status WriteImageFile(const Manifest& m, const ChunkGetFn& get, const std::string& out_path,
                       const ChunkProgressFn& progress) {
   VMG_RETURN_IF_ERROR(ValidateManifest(m, false));
-  std::string tmp = out_path + ".partial";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("create " + tmp);
-  auto fail = [&](Error e) -> Status {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return e;
-  };
-  if (::ftruncate(fd, static_cast<off_t>(m.size)) != 0) return fail(Errno("truncate " + tmp));
+  VMG_ASSIGN_OR_RETURN(auto out, ImageFileWriter::Open(m, out_path));
+  std::set<std::string> done;
   for (size_t i = 0; i < m.chunks.size(); ++i) {
-    uint64_t off = m.ChunkOffset(i);
-    uint32_t len = m.ChunkLength(i);
-    if (!m.IsZero(i)) {
+    const uint64_t off = m.ChunkOffset(i);
+    const uint32_t len = m.ChunkLength(i);
+    if (!m.IsZero(i) && done.insert(m.chunks[i]).second) {
       auto data = get(m.chunks[i]);
-      if (!data.ok()) return fail(data.error().Wrap("chunk " + std::to_string(i)));
+      if (!data.ok()) return data.error().Wrap("chunk " + std::to_string(i));
       if (data->size() != len || ChunkDigest(*data) != m.chunks[i])
-        return fail(MakeError(ErrorCode::kInternal, "chunk " + std::to_string(i) + " (" +
-                                                        m.chunks[i] +
-                                                        ") has the wrong length or content"));
-      size_t done = 0;
-      while (done < len) {
-        ssize_t w = ::pwrite(fd, data->data() + done, len - done, static_cast<off_t>(off + done));
-        if (w < 0) {
-          if (errno == EINTR) continue;
-          return fail(Errno("write " + tmp));
-        }
-        done += static_cast<size_t>(w);
-      }
+        return MakeError(ErrorCode::kInternal, "chunk " + std::to_string(i) + " (" + m.chunks[i] +
+                                                   ") has the wrong length or content");
+      VMG_RETURN_IF_ERROR(out->Put(m.chunks[i], *data));
     }
     if (progress && !progress(off + len, m.size))
-      return fail(MakeError(ErrorCode::kInternal, "canceled"));
+      return MakeError(ErrorCode::kInternal, "canceled");
   }
-  if (::fsync(fd) != 0) return fail(Errno("fsync " + tmp));
-  ::close(fd);
-  if (::rename(tmp.c_str(), out_path.c_str()) != 0) {
-    Error e = Errno("rename " + tmp);
-    ::unlink(tmp.c_str());
-    return e;
+  return out->Commit();
+}
+
+Result<std::unique_ptr<ImageFileWriter>> ImageFileWriter::Open(const Manifest& m,
+                                                               const std::string& out_path) {
+  VMG_RETURN_IF_ERROR(ValidateManifest(m, false));
+  const std::string tmp = out_path + ".partial";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno("create " + tmp);
+  std::unique_ptr<ImageFileWriter> w(new ImageFileWriter(m, out_path, fd));
+  if (::ftruncate(fd, static_cast<off_t>(m.size)) != 0) return Errno("truncate " + tmp);
+  for (size_t i = 0; i < m.chunks.size(); ++i)
+    if (!m.IsZero(i)) w->places_[m.chunks[i]].push_back(i);
+  return w;
+}
+
+ImageFileWriter::ImageFileWriter(const Manifest& m, std::string out_path, int fd)
+    : manifest_(m), out_path_(std::move(out_path)), tmp_path_(out_path_ + ".partial"), fd_(fd) {}
+
+ImageFileWriter::~ImageFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(tmp_path_.c_str());
+}
+
+Status ImageFileWriter::Put(const std::string& digest, std::string_view data) {
+  auto it = places_.find(digest);
+  if (it == places_.end())
+    return MakeError(ErrorCode::kInvalidArgument, "chunk " + digest + " is not in the manifest");
+  for (size_t i : it->second) {
+    if (data.size() != manifest_.ChunkLength(i))
+      return MakeError(ErrorCode::kInternal,
+                       "chunk " + std::to_string(i) + " (" + digest + ") has the wrong length");
+    const uint64_t off = manifest_.ChunkOffset(i);
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t w =
+          ::pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(off + done));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return Errno("write " + tmp_path_);
+      }
+      done += static_cast<size_t>(w);
+    }
   }
+  std::lock_guard<std::mutex> l(mu_);
+  written_.insert(digest);
+  return Status::Ok();
+}
+
+std::vector<std::string> ImageFileWriter::Missing() const {
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  std::lock_guard<std::mutex> l(mu_);
+  for (size_t i = 0; i < manifest_.chunks.size(); ++i) {
+    const std::string& d = manifest_.chunks[i];
+    if (!manifest_.IsZero(i) && !written_.count(d) && seen.insert(d).second) out.push_back(d);
+  }
+  return out;
+}
+
+Status ImageFileWriter::Commit() {
+  if (auto missing = Missing(); !missing.empty())
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     std::to_string(missing.size()) + " chunk(s) of " + out_path_ +
+                         " were not written, the first " + missing.front());
+  if (::fsync(fd_) != 0) return Errno("fsync " + tmp_path_);
+  ::close(fd_);
+  fd_ = -1;
+  if (::rename(tmp_path_.c_str(), out_path_.c_str()) != 0) return Errno("rename " + tmp_path_);
+  committed_ = true;
   return Status::Ok();
 }
 

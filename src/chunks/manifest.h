@@ -7,7 +7,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -107,5 +111,41 @@ using ChunkGetFn = std::function<Result<std::string>(const std::string& digest)>
 // out_path + ".partial" and renames at the end; on failure nothing is left.
 Status WriteImageFile(const Manifest& m, const ChunkGetFn& get, const std::string& out_path,
                       const ChunkProgressFn& progress = nullptr);
+
+// The raw image of a manifest written chunk by chunk in any order, so that
+// chunks can land in the file as they arrive from the network: Open, Put
+// every distinct chunk, Commit. The file is out_path + ".partial" (sparse:
+// zero chunks stay holes) until Commit fsyncs it and renames it; a writer
+// destroyed before a successful Commit removes it. `m` must outlive it.
+// Thread-safety: Put may be called from several threads at once.
+class ImageFileWriter {
+ public:
+  static Result<std::unique_ptr<ImageFileWriter>> Open(const Manifest& m,
+                                                       const std::string& out_path);
+  ~ImageFileWriter();
+  ImageFileWriter(const ImageFileWriter&) = delete;
+  ImageFileWriter& operator=(const ImageFileWriter&) = delete;
+
+  // Writes `data` at every place of the manifest that holds `digest`. The
+  // caller vouches that `data` hashes to `digest` (it verified it); Put
+  // checks the length of each place. kInvalidArgument for a digest the
+  // manifest does not hold.
+  Status Put(const std::string& digest, std::string_view data);
+  // The distinct non-zero digests not written yet, in file order.
+  std::vector<std::string> Missing() const;
+  // kFailedPrecondition while a chunk is missing; else fsync and rename.
+  Status Commit();
+
+ private:
+  ImageFileWriter(const Manifest& m, std::string out_path, int fd);
+
+  const Manifest& manifest_;
+  const std::string out_path_, tmp_path_;
+  int fd_;
+  bool committed_ = false;
+  std::map<std::string, std::vector<size_t>> places_;  // digest -> chunk indexes; fixed
+  mutable std::mutex mu_;
+  std::set<std::string> written_;  // guarded by mu_
+};
 
 }  // namespace vmgrid

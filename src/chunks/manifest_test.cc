@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <string>
+#include <thread>
+#include <vector>
+
 #include "chunks/chunk_store.h"
 #include "chunks/image_catalog.h"
 #include "chunks/test_dir.h"
@@ -200,6 +204,48 @@ TEST(ChunkImageFile, ChunksAndReassemblesBitExactly) {
   EXPECT_FALSE(bad.ok());
   EXPECT_FALSE(FileExists(dir / "bad.raw"));
   EXPECT_FALSE(FileExists(dir / "bad.raw.partial"));
+}
+
+// Chunks arriving in any order, from several threads, make the same file;
+// a writer that did not get every chunk leaves nothing behind.
+TEST(ImageFileWriter, ChunksInAnyOrderMakeTheImage) {
+  TestDir dir;
+  auto store = OpenStore(dir / "store");
+  const uint32_t cs = 64 << 10;
+  std::string img = MakeImage(dir / "disk.raw", cs);
+  auto m = ChunkImageFile(dir / "disk.raw", cs, *store);
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  {
+    auto w = ImageFileWriter::Open(*m, dir / "out.raw");
+    ASSERT_TRUE(w.ok()) << w.error().message;
+    std::vector<std::string> missing = (*w)->Missing();
+    ASSERT_EQ(missing.size(), 2u) << "distinct non-zero chunks, the repeat once";
+    std::vector<std::thread> threads;
+    for (auto it = missing.rbegin(); it != missing.rend(); ++it)
+      threads.emplace_back([&, d = *it] { EXPECT_TRUE((*w)->Put(d, *store->Get(d)).ok()); });
+    for (auto& t : threads) t.join();
+    EXPECT_TRUE((*w)->Missing().empty());
+    EXPECT_EQ((*w)->Put("sha256:" + std::string(64, '0'), "x").error().code,
+              ErrorCode::kInvalidArgument);
+    EXPECT_EQ((*w)->Put(missing[0], "short").error().code, ErrorCode::kInternal);
+    ASSERT_TRUE((*w)->Commit().ok());
+  }
+  auto out = ReadFile(dir / "out.raw", 1 << 30);
+  ASSERT_TRUE(out.ok());
+  EXPECT_TRUE(*out == img) << "the image written out of order differs";
+  EXPECT_FALSE(FileExists(dir / "out.raw.partial"));
+
+  {
+    auto w = ImageFileWriter::Open(*m, dir / "half.raw");
+    ASSERT_TRUE(w.ok());
+    const std::string first = (*w)->Missing().front();
+    ASSERT_TRUE((*w)->Put(first, *store->Get(first)).ok());
+    Status st = (*w)->Commit();
+    EXPECT_EQ(st.error().code, ErrorCode::kFailedPrecondition);
+    EXPECT_TRUE(FileExists(dir / "half.raw.partial"));
+  }
+  EXPECT_FALSE(FileExists(dir / "half.raw"));
+  EXPECT_FALSE(FileExists(dir / "half.raw.partial")) << "the destructor removes the partial file";
 }
 
 TEST(ChunkImageFile, RejectsBadInput) {

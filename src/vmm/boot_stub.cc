@@ -35,7 +35,9 @@ std::string BootStubKernel() {
   const uint64_t note_offset = kElfHeaderSize + kProgramHeaderSize * kProgramHeaders;
   const uint64_t code_offset = note_offset + note.size();
 
-  std::string elf = "\x7f" "ELF";
+  std::string elf =
+      "\x7f"
+      "ELF";
   elf += std::string("\x02\x01\x01\x00", 4);  // 64-bit, little-endian, version 1, System V
   elf += std::string(8, '\0');                // padding of e_ident
   Put(elf, 2, 2);                             // e_type: ET_EXEC

@@ -25,7 +25,9 @@ TEST(BootStubTest, IsAnX86_64ElfWithAPvhEntryNote) {
   const std::string elf = BootStubKernel();
   EXPECT_EQ(elf, BootStubKernel());
   ASSERT_GE(elf.size(), 64u);
-  EXPECT_EQ(elf.substr(0, 4), "\x7f" "ELF");
+  EXPECT_EQ(elf.substr(0, 4),
+            "\x7f"
+            "ELF");
   EXPECT_EQ(elf[4], 2) << "64-bit";
   EXPECT_EQ(elf[5], 1) << "little-endian";
   EXPECT_EQ(Le(elf, 16, 2), 2u) << "ET_EXEC";
