@@ -42,6 +42,28 @@ std::string Compressible(size_t n, uint64_t seed) {
   return out;
 }
 
+// Serves `server` (routes set up by the test) on a loopback port until
+// destroyed. Clients must close their keep-alive connections first.
+class RunningFake {
+ public:
+  explicit RunningFake(httplib::Server& server)
+      : server_(server),
+        port_(server.bind_to_any_port("127.0.0.1")),
+        thread_([this] { server_.listen_after_bind(); }) {
+    while (!server_.is_running()) std::this_thread::yield();
+  }
+  ~RunningFake() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  httplib::Server& server_;
+  int port_;
+  std::thread thread_;
+};
+
 class ImageServerTest : public ::testing::Test {
  protected:
   void StartServer(ImageServer::Options options = {}) {
@@ -573,11 +595,9 @@ TEST(ChunkClient, FallsBackToRawChunksWithAServerThatRefusesEncodings) {
     res.set_content(json{{"digests", {digest}}, {"lengths", {data.size()}}}.dump() + "\n" + data,
                     "application/octet-stream");
   });
-  int port = old.bind_to_any_port("127.0.0.1");
-  std::thread t([&] { old.listen_after_bind(); });
-  while (!old.is_running()) std::this_thread::yield();
+  RunningFake running(old);
   {
-    ChunkClient client("http://127.0.0.1:" + std::to_string(port), "");
+    ChunkClient client(running.url(), "");
     for (int i = 0; i < 2; ++i) {
       std::string got;
       Status st = client.FetchChunks({digest}, [&](const std::string&, std::string d) {
@@ -590,8 +610,6 @@ TEST(ChunkClient, FallsBackToRawChunksWithAServerThatRefusesEncodings) {
     EXPECT_EQ(refused, 1);
     EXPECT_EQ(served, 2);
   }
-  old.stop();
-  t.join();
 }
 
 // A server that corrupts the first copy of each chunk it sends in a batch.
@@ -608,11 +626,9 @@ TEST(ChunkClient, TransientCorruptionIsRepairedByOneRefetch) {
   fake.Get(R"(/v1/chunks/(.+))", [&](const httplib::Request&, httplib::Response& res) {
     res.set_content(data, "application/octet-stream");
   });
-  int port = fake.bind_to_any_port("127.0.0.1");
-  std::thread t([&] { fake.listen_after_bind(); });
-  while (!fake.is_running()) std::this_thread::yield();
+  RunningFake running(fake);
   {
-    ChunkClient client("http://127.0.0.1:" + std::to_string(port), "");
+    ChunkClient client(running.url(), "");
     std::string got;
     Status st = client.FetchChunks({digest}, [&](const std::string&, std::string d) {
       got = std::move(d);
@@ -623,8 +639,6 @@ TEST(ChunkClient, TransientCorruptionIsRepairedByOneRefetch) {
     EXPECT_EQ(client.stats().verification_failures, 1u);
     EXPECT_EQ(client.stats().refetches, 1u);
   }  // closes the keep-alive connection, so stop() need not wait it out
-  fake.stop();
-  t.join();
 }
 
 TEST(ChunkBatch, EncodeDecodeRoundTrip) {
@@ -675,11 +689,9 @@ TEST(ChunkClient, RejectsMalformedBatchAnswers) {
   fake.Post("/v1/chunks:batch", [&](const httplib::Request&, httplib::Response& res) {
     res.set_content(answers[next], "application/octet-stream");
   });
-  int port = fake.bind_to_any_port("127.0.0.1");
-  std::thread t([&] { fake.listen_after_bind(); });
-  while (!fake.is_running()) std::this_thread::yield();
+  RunningFake running(fake);
   {
-    ChunkClient client("http://127.0.0.1:" + std::to_string(port), "");
+    ChunkClient client(running.url(), "");
     for (next = 0; next < answers.size(); ++next) {
       int calls = 0;
       Status st = client.FetchChunks({digest}, [&](const std::string&, std::string) {
@@ -690,8 +702,6 @@ TEST(ChunkClient, RejectsMalformedBatchAnswers) {
       EXPECT_EQ(calls, 0) << "answer " << next;
     }
   }
-  fake.stop();
-  t.join();
 }
 
 TEST(ChunkClient, UnreachableServerIsUnavailable) {
