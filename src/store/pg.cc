@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 namespace vmgrid {
 
@@ -138,6 +139,11 @@ Error PgBackend::CommandError(const PGresult* r, const std::string& sql) {
   std::string state = PgSqlState(r);
   std::string msg = PgMessage(conn_.get(), r);
   if (state.rfind("23", 0) == 0) return MakeError(ErrorCode::kAlreadyExists, "constraint: " + msg);
+  // Class 40 (a deadlock, a serialization failure) and a lock not granted
+  // within lock_timeout: the statement failed for what else ran at the
+  // time; running it again may succeed.
+  if (state.rfind("40", 0) == 0 || state == "55P03")
+    return MakeError(ErrorCode::kUnavailable, "sql: " + msg + " (in '" + sql + "'; retry)");
   if (PQstatus(conn_.get()) != CONNECTION_OK || state.rfind("08", 0) == 0)
     return MakeError(ErrorCode::kUnavailable, "PostgreSQL connection lost: " + msg);
   return MakeError(ErrorCode::kInternal, "sql: " + msg + " (in '" + sql + "')");
@@ -176,6 +182,21 @@ Result<PgResultPtr> PgBackend::Run(const std::string& sql, const std::vector<Sql
   if (it == prepared_.end() && prepared_.size() >= kMaxPrepared && !in_transaction_) {
     VMG_RETURN_IF_ERROR(ExecScript("DEALLOCATE ALL"));
     prepared_.clear();
+  }
+  if (!deferred_.empty()) {
+    // One round trip for the deferred statements, the preparation and the
+    // statement itself.
+    std::string prepare, name;
+    if (it != prepared_.end()) {
+      name = it->second;
+    } else if (prepared_.size() < kMaxPrepared) {
+      prepare = name = "vmg" + std::to_string(++prepared_serial_);
+    }
+    auto r = RunPipelined(sql, prepare, name, n, types.data(), values.data());
+    // Prepared even if the statement itself failed (the preparation is
+    // answered before it), unless the round trip failed before that.
+    if (!prepare.empty() && (r.ok() || prepare_ok_)) prepared_.emplace(std::move(key), prepare);
+    return r;
   }
   if (it == prepared_.end() && prepared_.size() < kMaxPrepared) {
     std::string name = "vmg" + std::to_string(++prepared_serial_);
@@ -225,37 +246,136 @@ Result<int64_t> PgBackend::Exec(const std::string& sql, const std::vector<SqlVal
 
 Status PgBackend::ExecScript(const std::string& sql) {
   VMG_RETURN_IF_ERROR(EnsureConnected());
-  PgResultPtr r(PQexec(conn_.get(), sql.c_str()));
+  // The deferred statements go first in the same simple query: the server
+  // runs the statements of a query string in order and stops at the first
+  // that fails, whose error is the answer.
+  std::string text;
+  for (const std::string& d : deferred_) text += d + "; ";
+  deferred_.clear();
+  text += sql;
+  PgResultPtr r(PQexec(conn_.get(), text.c_str()));
   ExecStatusType st = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
-  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return CommandError(r.get(), sql);
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return CommandError(r.get(), text);
+  return Status::Ok();
+}
+
+Status PgBackend::Defer(const std::string& sql) {
+  if (!in_transaction_) return ExecScript(sql);
+  deferred_.push_back(sql);
   return Status::Ok();
 }
 
 Status PgBackend::Begin() {
-  VMG_RETURN_IF_ERROR(ExecScript("BEGIN"));
+  if (in_transaction_) return Status::Ok();  // as the server does: a warning, no new transaction
+  // Reconnects a dropped connection now, while no transaction is lost; the
+  // BEGIN itself goes with the transaction's first statement.
+  VMG_RETURN_IF_ERROR(EnsureConnected());
+  deferred_.assign(1, "BEGIN");
   in_transaction_ = true;
   return Status::Ok();
+}
+
+Error PgBackend::Broken(const std::string& what) {
+  Error e = MakeError(
+      ErrorCode::kUnavailable,
+      "PostgreSQL connection lost: " + PgMessage(conn_.get(), nullptr) + " (" + what + ")");
+  // Whatever the server did with the pipeline, the transaction is gone;
+  // the next command outside a transaction starts a new session.
+  PQreset(conn_.get());
+  prepared_.clear();
+  deferred_.clear();
+  in_transaction_ = false;
+  pid_ = PQbackendPID(conn_.get());
+  return e;
+}
+
+Result<PgResultPtr> PgBackend::RunPipelined(const std::string& sql, const std::string& prepare,
+                                            const std::string& name, int n, const Oid* types,
+                                            const char* const* values) {
+  PGconn* c = conn_.get();
+  std::vector<std::string> sent = std::move(deferred_);
+  deferred_.clear();
+  prepare_ok_ = false;
+  if (PQenterPipelineMode(c) != 1) return Broken("entering pipeline mode");
+  bool ok = true;
+  for (const std::string& d : sent)
+    ok = ok && PQsendQueryParams(c, d.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) == 1;
+  const std::string text = PgPlaceholders(sql);
+  if (!prepare.empty()) {
+    ok = ok && PQsendPrepare(c, prepare.c_str(), text.c_str(), n, types) == 1;
+    sent.push_back("PREPARE " + sql);
+  }
+  ok = ok &&
+       (name.empty() ? PQsendQueryParams(c, text.c_str(), n, types, values, nullptr, nullptr, 0)
+                     : PQsendQueryPrepared(c, name.c_str(), n, values, nullptr, nullptr, 0)) == 1;
+  sent.push_back(sql);
+  ok = ok && PQpipelineSync(c) == 1;
+  if (!ok) return Broken("sending a pipeline");
+  // One result and then a null per command, then the sync. After an error
+  // the server skips the rest until the sync: PGRES_PIPELINE_ABORTED.
+  std::optional<Error> first_error;
+  PgResultPtr last;
+  for (size_t i = 0; i < sent.size(); ++i) {
+    PgResultPtr r(PQgetResult(c));
+    if (!r) return Broken("reading a pipeline's results");
+    const ExecStatusType st = PQresultStatus(r.get());
+    if (st == PGRES_PIPELINE_ABORTED) {
+      if (!first_error)
+        first_error =
+            MakeError(ErrorCode::kInternal, "sql: pipeline aborted (in '" + sent[i] + "')");
+    } else if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+      if (!first_error) first_error = CommandError(r.get(), sent[i]);
+    } else if (!prepare.empty() && i + 2 == sent.size()) {
+      prepare_ok_ = true;
+    }
+    while (PGresult* extra = PQgetResult(c)) PQclear(extra);  // the command's end
+    if (i + 1 == sent.size()) last = std::move(r);
+  }
+  PgResultPtr sync(PQgetResult(c));
+  if (!sync || PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC)
+    return Broken("reading a pipeline's sync");
+  if (PQexitPipelineMode(c) != 1) return Broken("leaving pipeline mode");
+  if (first_error) return *first_error;
+  return last;
 }
 
 Status PgBackend::Commit() {
   // COMMIT of a transaction that a failed statement aborted answers
   // "ROLLBACK", not an error: report it as the failure it is, or a caller
   // that went on after a failed statement would believe its writes landed.
+  if (!in_transaction_)
+    return MakeError(ErrorCode::kUnavailable,
+                     "PostgreSQL: no transaction to commit (it was lost with the connection)");
   if (PQtransactionStatus(conn_.get()) == PQTRANS_INERROR) {
+    deferred_.clear();
     (void)ExecScript("ROLLBACK");
     in_transaction_ = false;
     return MakeError(ErrorCode::kInternal,
                      "PostgreSQL: the transaction was aborted by a failed statement; "
                      "nothing of it was written");
   }
+  if (!deferred_.empty() && deferred_[0] == "BEGIN") {
+    // The server never saw this transaction: no statement ran in it.
+    deferred_.clear();
+    in_transaction_ = false;
+    return Committed(Status::Ok());
+  }
   Status s = ExecScript("COMMIT");
-  // A failed COMMIT ends the transaction too (the server rolls it back).
+  // A failed COMMIT ends the transaction too (the server rolls it back); a
+  // deferred statement that failed before it leaves it open and aborted.
+  if (!s.ok() && PQtransactionStatus(conn_.get()) == PQTRANS_INERROR) {
+    deferred_.clear();
+    (void)ExecScript("ROLLBACK");
+  }
   in_transaction_ = false;
   return Committed(std::move(s));
 }
 
 Status PgBackend::Rollback() {
   in_transaction_ = false;
+  const bool unseen = !deferred_.empty() && deferred_[0] == "BEGIN";
+  deferred_.clear();
+  if (unseen) return Status::Ok();  // the server never saw the transaction
   if (PQstatus(conn_.get()) != CONNECTION_OK) return Status::Ok();  // nothing to roll back
   return ExecScript("ROLLBACK");
 }

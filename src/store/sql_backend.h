@@ -56,6 +56,12 @@ class SqlBackend {
                                const std::vector<SqlValue>& params = {}) = 0;
   // Runs several `;`-separated statements without parameters (migrations).
   virtual Status ExecScript(const std::string& sql) = 0;
+  // Inside a transaction: a statement without parameters or rows (SAVEPOINT,
+  // RELEASE) whose outcome can wait. PostgreSQL sends it with the next
+  // command, in the same round trip (libpq's pipeline mode), and that
+  // command fails with its error if it failed; SQLite, in process, runs it
+  // at once.
+  virtual Status Defer(const std::string& sql) { return ExecScript(sql); }
 
   // A write transaction. SQLite: BEGIN IMMEDIATE (it holds the database's
   // write lock, so transactions are serial). PostgreSQL: BEGIN at READ

@@ -2,9 +2,9 @@
 // VMs, workspaces) in SQLite (embedded, the default) or PostgreSQL, with
 // versioned schema migrations. Every method is a single transaction: either
 // all of its effect is recorded or none.
-// Thread-safe: one connection for writes, serialized by a mutex (on SQLite
-// the hot writes share transactions: group commit), and connections of
-// their own for reads.
+// Thread-safe: one connection for writes, serialized by a mutex (the hot
+// writes share transactions: group commit), and connections of their own
+// for reads.
 #pragma once
 
 #include <atomic>
@@ -488,10 +488,10 @@ class Store {
   // Overlays heartbeat times not written yet.
   void OverlayBeats(std::vector<Host>& hosts);
 
-  // Group commit (SQLite; store.cc, "Group commit"): runs `body` (statements
-  // on db_, Notify) in the open write batch under a savepoint, and returns
-  // once the batch has committed, with body's error or the commit's. Without
-  // group commit (PostgreSQL), one transaction of its own.
+  // Group commit (store.cc, "Group commit"): runs `body` (statements on
+  // db_, Notify) in the open write batch under a savepoint, and returns once
+  // the batch has committed, with body's error or the commit's. Without
+  // group commit (an in-memory SQLite database), one transaction of its own.
   Status Batched(const std::function<Status()>& body);
   // mu_, with the open write batch (if any) committed first: for every
   // method that uses db_ in a transaction of its own.

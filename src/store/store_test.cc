@@ -135,6 +135,83 @@ TEST_P(StoreTest, CommitNeverReportsWritesThatWereNotWritten) {
   EXPECT_TRUE(db.Exec("INSERT INTO commit_probe (k) VALUES (3)").ok());
 }
 
+// Defer (PostgreSQL: BEGIN, SAVEPOINT and RELEASE go with the next command
+// in one round trip): a deferred statement's failure is the next command's,
+// a statement first prepared in such a round trip is prepared only if that
+// succeeded, and a connection lost mid-transaction comes back afterwards.
+TEST_P(StoreTest, DeferredStatementsFailTheCommandTheyPrecede) {
+  const bool pg = GetParam() == testing_db::kPostgres;
+  auto opened = OpenSqlBackend(db_->target());
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  SqlBackend& db = **opened;
+  ASSERT_TRUE(db.ExecScript("CREATE TABLE defer_probe (k INTEGER PRIMARY KEY)").ok());
+  auto count = [&] {
+    auto rows = db.Query("SELECT COUNT(*) FROM defer_probe");
+    return rows.ok() ? (*rows)[0].Int(0) : -1;
+  };
+  const std::string insert = "INSERT INTO defer_probe (k) VALUES (?)";
+  // A transaction in which nothing ran commits.
+  ASSERT_TRUE(db.Begin().ok());
+  EXPECT_TRUE(db.Commit().ok());
+  EXPECT_FALSE(db.InTransaction());
+  // Savepoints with the statements; the insert is prepared in that round trip.
+  ASSERT_TRUE(db.Begin().ok());
+  ASSERT_TRUE(db.Defer("SAVEPOINT a").ok());
+  ASSERT_TRUE(db.Exec(insert, {int64_t{1}}).ok());
+  ASSERT_TRUE(db.Defer("RELEASE a").ok());
+  ASSERT_TRUE(db.Commit().ok());
+  EXPECT_EQ(count(), 1);
+  // A deferred statement that fails fails the command it went with (on
+  // SQLite at once), and nothing of the transaction is written.
+  ASSERT_TRUE(db.Begin().ok());
+  ASSERT_TRUE(db.Exec(insert, {int64_t{2}}).ok());
+  Status deferred = db.Defer("RELEASE no_such_savepoint");
+  if (pg) {
+    ASSERT_TRUE(deferred.ok());
+    // A statement not prepared yet: its preparation is skipped with it.
+    auto x = db.Exec("INSERT INTO defer_probe (k) VALUES (? + 100)", {int64_t{3}});
+    ASSERT_FALSE(x.ok());
+    EXPECT_NE(x.error().message.find("no_such_savepoint"), std::string::npos) << x.error().message;
+    EXPECT_FALSE(db.Commit().ok());
+  } else {
+    EXPECT_FALSE(deferred.ok());
+    ASSERT_TRUE(db.Rollback().ok());
+  }
+  EXPECT_FALSE(db.InTransaction());
+  EXPECT_EQ(count(), 1);
+  // Both statements work afterwards, in a round trip with a deferred
+  // statement and alone (prepared once, whichever came first).
+  ASSERT_TRUE(db.Begin().ok());
+  ASSERT_TRUE(db.Defer("SAVEPOINT b").ok());
+  ASSERT_TRUE(db.Exec("INSERT INTO defer_probe (k) VALUES (? + 100)", {int64_t{3}}).ok());
+  ASSERT_TRUE(db.Exec(insert, {int64_t{4}}).ok());
+  ASSERT_TRUE(db.Commit().ok());
+  ASSERT_TRUE(db.Exec("INSERT INTO defer_probe (k) VALUES (? + 100)", {int64_t{5}}).ok());
+  EXPECT_EQ(count(), 4);
+  if (!pg) return;
+  // The server ends the session in the middle of a transaction: the next
+  // round trip fails as a lost connection, nothing is written, and the
+  // connection is usable again after the transaction.
+  ASSERT_TRUE(db.Begin().ok());
+  ASSERT_TRUE(db.Exec(insert, {int64_t{6}}).ok());
+  {
+    auto killer = OpenSqlBackend(db_->target());
+    ASSERT_TRUE(killer.ok());
+    ASSERT_TRUE(
+        (*killer)
+            ->Query("SELECT pg_terminate_backend(CAST(? AS INTEGER))", {int64_t{db.SessionPid()}})
+            .ok());
+  }
+  ASSERT_TRUE(db.Defer("SAVEPOINT c").ok());
+  auto lost = db.Exec(insert, {int64_t{7}});
+  ASSERT_FALSE(lost.ok());
+  EXPECT_EQ(lost.error().code, ErrorCode::kUnavailable) << lost.error().message;
+  EXPECT_FALSE(db.Commit().ok());
+  EXPECT_EQ(count(), 4);
+  EXPECT_TRUE(db.Exec(insert, {int64_t{8}}).ok());
+  EXPECT_EQ(count(), 5);
+}
+
 // Heartbeats written in full share transactions (the write queue): many
 // hosts registering and coming back at once each get their own row, tunnel
 // number and host.up event, and the ones that change nothing stay in memory.
@@ -369,6 +446,50 @@ TEST_P(StoreTest, ConcurrentWritesFailAloneAndCommitBeforeReturning) {
   for (const auto& vm : *vms) EXPECT_EQ(vm.state, "running") << vm.name;
   EXPECT_EQ((*other)->GetHost("h1")->reserved_vcpus, 8 * 20);
   EXPECT_EQ(store_->GetHost("h1")->reserved_vcpus, 8 * 20);
+}
+
+// Two Stores on one database whose writers update the same VMs in
+// different orders: their write batches (group commit) hold row locks until
+// they commit, so they can deadlock where single writes would not
+// (PostgreSQL). The write the server fails runs again alone: every update
+// returns OK and is there afterwards.
+TEST_P(StoreTest, WriteBatchesOfTwoStoresSurviveDeadlocks) {
+  auto other = Store::Open(db_->target());
+  ASSERT_TRUE(other.ok()) << other.error().message;
+  Store* stores[] = {store_.get(), other->get()};
+  auto h = store_->HeartbeatHost("h1", "http://x", HostCapacity{64, 64 * 256, 1000, false});
+  ASSERT_TRUE(h.ok());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) {
+    auto vm = store_->PlaceAndInsertVm(NewVm("vm" + std::to_string(i)), {h->id});
+    ASSERT_TRUE(vm.ok()) << vm.error().message;
+    ids.push_back(vm->id);
+  }
+  constexpr int kThreads = 12, kWrites = 20;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kWrites; ++i) {
+        // Each store walks the VMs in its own direction.
+        const size_t k =
+            t % 2 ? static_cast<size_t>(t + i) % 4 : static_cast<size_t>(3 - (t + i) % 4);
+        const std::string mark = std::to_string(t) + "-" + std::to_string(i);
+        Status st = stores[t % 2]->ModifyVm(ids[k], [&](Vm& vm) { vm.error = mark; });
+        if (st.ok())
+          ++ok;
+        else
+          ADD_FAILURE() << st.error().message;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), kThreads * kWrites);
+  for (const auto& id : ids) {
+    auto vm = store_->GetVm(id, "");
+    ASSERT_TRUE(vm.ok());
+    EXPECT_FALSE(vm->error.empty());
+  }
 }
 
 // Two Stores on one database stand for two controllers sharing it: their
