@@ -1050,7 +1050,8 @@ Store::ReadLease Store::Read() {
 // have met alone (another controller's batch, a placement's transaction on
 // a side connection), which the server breaks only after deadlock_timeout
 // (1 s; only a superuser may lower it). A write in a batch therefore waits
-// at most kBatchLockTimeout for a row lock (SET LOCAL lock_timeout); a
+// at most kBatchLockTimeout for a row lock (SET LOCAL lock_timeout; not
+// its COMMIT, which waits for the notification queue's lock); a
 // statement that fails so, or as a deadlock (SQLSTATE 55P03, 40P01:
 // kUnavailable from the backend), is rolled back to its savepoint and, once
 // the batch has committed, the write runs again in a transaction of its own
@@ -1058,6 +1059,7 @@ Store::ReadLease Store::Read() {
 
 namespace {
 constexpr char kBatchLockTimeout[] = "SET LOCAL lock_timeout = '50ms'";
+constexpr char kBatchLockTimeoutOff[] = "SET LOCAL lock_timeout = 0";
 }  // namespace
 
 std::unique_lock<std::mutex> Store::Exclusive() {
@@ -1071,9 +1073,16 @@ void Store::CommitBatchLocked() {
   std::shared_ptr<Batch> b = std::move(batch_);
   batch_.reset();
   if (b->status.ok()) {
-    b->status = db_->InTransaction() ? db_->Commit()
-                                     : MakeError(ErrorCode::kInternal,
-                                                 "the write batch was rolled back by the database");
+    // The lock limit is for the batch's writes, not its COMMIT: a commit
+    // that notifies waits for the server's notification queue lock, held by
+    // every other notifying commit until its WAL is flushed.
+    if (db_->InTransaction() && db_->dialect() == SqlBackend::Dialect::kPostgres)
+      b->status = db_->Defer(kBatchLockTimeoutOff);
+    if (b->status.ok())
+      b->status = db_->InTransaction()
+                      ? db_->Commit()
+                      : MakeError(ErrorCode::kInternal,
+                                  "the write batch was rolled back by the database");
   }
   if (db_->InTransaction()) (void)db_->Rollback();
   if (b->status.ok() && observer_)
