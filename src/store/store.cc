@@ -1079,10 +1079,10 @@ void Store::CommitBatchLocked() {
     if (db_->InTransaction() && db_->dialect() == SqlBackend::Dialect::kPostgres)
       b->status = db_->Defer(kBatchLockTimeoutOff);
     if (b->status.ok())
-      b->status = db_->InTransaction()
-                      ? db_->Commit()
-                      : MakeError(ErrorCode::kInternal,
-                                  "the write batch was rolled back by the database");
+      b->status =
+          db_->InTransaction()
+              ? db_->Commit()
+              : MakeError(ErrorCode::kInternal, "the write batch was rolled back by the database");
   }
   if (db_->InTransaction()) (void)db_->Rollback();
   if (b->status.ok() && observer_)
